@@ -1,0 +1,68 @@
+/**
+ * Engine configuration, with the spec's defaults. Decoded with Schema; loadable from the
+ * environment (`MAX_CONCURRENT_REQUESTS`, `MAX_QUEUED_REQUESTS`, `QUEUE_TIMEOUT_MS`,
+ * `ENABLE_PRIORITY_QUEUE`).
+ *
+ * @module AsyncConfig
+ */
+import { Config, Context, Duration, Effect, Layer, Schema } from "effect"
+
+const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
+const NonNegativeMillis = Schema.Number.check(Schema.isGreaterThanOrEqualTo(0))
+
+/** The encoded form: plain JSON, durations in milliseconds. */
+export const Encoded = Schema.Struct({
+  maxConcurrentRequests: PositiveInt,
+  maxQueuedRequests: PositiveInt,
+  queueTimeoutMs: NonNegativeMillis,
+  enablePriorityQueue: Schema.Boolean
+})
+
+export interface AsyncConfig {
+  /** Native runs (or batches) at once, never exceeded. */
+  readonly maxConcurrentRequests: number
+  /** Requests waiting in the queue, all levels together; one more is refused with QueueFull. */
+  readonly maxQueuedRequests: number
+  /** Longest wait in the queue before a request fails with QueueTimeout (it never runs). */
+  readonly queueTimeout: Duration.Duration
+  /** When false, one FIFO for all priorities. */
+  readonly enablePriorityQueue: boolean
+}
+
+export const defaults: AsyncConfig = {
+  maxConcurrentRequests: 4,
+  maxQueuedRequests: 100,
+  queueTimeout: Duration.seconds(5),
+  enablePriorityQueue: true
+}
+
+/** Decodes a (partial) JSON object over the defaults; fails with a SchemaError naming the field. */
+export const decode = (input: unknown): Effect.Effect<AsyncConfig, Schema.SchemaError> =>
+  Schema.decodeUnknownEffect(Schema.Struct({
+    maxConcurrentRequests: Schema.optional(PositiveInt),
+    maxQueuedRequests: Schema.optional(PositiveInt),
+    queueTimeoutMs: Schema.optional(NonNegativeMillis),
+    enablePriorityQueue: Schema.optional(Schema.Boolean)
+  }))(input).pipe(Effect.map((c) => ({
+    maxConcurrentRequests: c.maxConcurrentRequests ?? defaults.maxConcurrentRequests,
+    maxQueuedRequests: c.maxQueuedRequests ?? defaults.maxQueuedRequests,
+    queueTimeout: c.queueTimeoutMs === undefined ? defaults.queueTimeout : Duration.millis(c.queueTimeoutMs),
+    enablePriorityQueue: c.enablePriorityQueue ?? defaults.enablePriorityQueue
+  })))
+
+/** Reads the configuration from the ConfigProvider (the environment by default). */
+export const config: Config.Config<AsyncConfig> = Config.all({
+  maxConcurrentRequests: Config.Int("MAX_CONCURRENT_REQUESTS").pipe(Config.withDefault(defaults.maxConcurrentRequests)),
+  maxQueuedRequests: Config.Int("MAX_QUEUED_REQUESTS").pipe(Config.withDefault(defaults.maxQueuedRequests)),
+  queueTimeoutMs: Config.Number("QUEUE_TIMEOUT_MS").pipe(Config.withDefault(Duration.toMillis(defaults.queueTimeout))),
+  enablePriorityQueue: Config.Boolean("ENABLE_PRIORITY_QUEUE").pipe(Config.withDefault(defaults.enablePriorityQueue))
+}).pipe(Config.mapEffect((raw) => decode(raw).pipe(Effect.mapError((e) => new Config.ConfigError(e)))))
+
+/** The engine's configuration as a service. */
+export class AsyncConfigService extends Context.Service<AsyncConfigService, AsyncConfig>()("effect-inference/AsyncConfig") {
+  /** The spec's defaults. */
+  static readonly layer = Layer.succeed(AsyncConfigService, defaults)
+  /** From the environment (see the module doc), defaults for what is unset. */
+  static readonly layerConfig = Layer.effect(AsyncConfigService, config)
+  static readonly layerWith = (overrides: Partial<AsyncConfig>) => Layer.succeed(AsyncConfigService, { ...defaults, ...overrides })
+}

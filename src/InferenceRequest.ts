@@ -1,0 +1,56 @@
+/**
+ * A request to run one model once.
+ *
+ * @module InferenceRequest
+ */
+import { Duration } from "effect"
+import { dual } from "effect/Function"
+import * as Priority from "./Priority.ts"
+import type * as Tensor from "./Tensor.ts"
+
+export interface InferenceRequest {
+  /** Unique per request; generated unless given. */
+  readonly requestId: string
+  readonly modelId: string
+  readonly inputs: Tensor.TensorMap
+  /** Deadline for the whole request: queue wait plus run. */
+  readonly timeout: Duration.Duration
+  readonly priority: Priority.Priority
+  readonly metadata: Readonly<Record<string, string>>
+}
+
+/** 30 seconds, as in the spec. */
+export const defaultTimeout: Duration.Duration = Duration.seconds(30)
+
+export interface Options {
+  readonly requestId?: string | undefined
+  readonly timeout?: Duration.Input | undefined
+  readonly priority?: Priority.Priority | undefined
+  readonly metadata?: Readonly<Record<string, string>> | undefined
+}
+
+let counter = 0
+const prefix = Math.random().toString(36).slice(2, 8)
+
+/** A fresh request id: unique within the process, cheap to make. */
+export const nextRequestId = (): string => `${prefix}-${(++counter).toString(36)}`
+
+/** A request with the spec's defaults: 30 s timeout, Normal priority, no metadata, a generated id. */
+export const make = (modelId: string, inputs: Tensor.TensorMap, options: Options = {}): InferenceRequest => ({
+  requestId: options.requestId ?? nextRequestId(),
+  modelId,
+  inputs,
+  timeout: options.timeout === undefined ? defaultTimeout : Duration.fromInputUnsafe(options.timeout),
+  priority: options.priority ?? Priority.Normal,
+  metadata: options.metadata ?? {}
+})
+
+export const withPriority: {
+  (priority: Priority.Priority): (self: InferenceRequest) => InferenceRequest
+  (self: InferenceRequest, priority: Priority.Priority): InferenceRequest
+} = dual(2, (self: InferenceRequest, priority: Priority.Priority): InferenceRequest => ({ ...self, priority }))
+
+export const withTimeout: {
+  (timeout: Duration.Input): (self: InferenceRequest) => InferenceRequest
+  (self: InferenceRequest, timeout: Duration.Input): InferenceRequest
+} = dual(2, (self: InferenceRequest, timeout: Duration.Input): InferenceRequest => ({ ...self, timeout: Duration.fromInputUnsafe(timeout) }))

@@ -1,0 +1,84 @@
+/**
+ * What a model takes and returns, read from its ONNX metadata, and the pure check of a
+ * request's inputs against it (run before a request is queued).
+ *
+ * @module ModelMetadata
+ */
+import * as InferenceError from "./InferenceError.ts"
+import * as Tensor from "./Tensor.ts"
+
+/** One input or output. A dim of -1 is dynamic (any size). */
+export interface TensorSpec {
+  readonly name: string
+  readonly dtype: Tensor.DataType
+  readonly dims: ReadonlyArray<number>
+}
+
+export interface ModelMetadata {
+  readonly name: string
+  readonly version: string
+  readonly inputs: ReadonlyArray<TensorSpec>
+  readonly outputs: ReadonlyArray<TensorSpec>
+}
+
+/** Largest element count the engine accepts in one tensor (2^28 elements, 1 GiB of float32). */
+export const maxElementsPerTensor = 2 ** 28
+
+const invalid = (modelId: string, input: string | undefined, detail: string) =>
+  new InferenceError.InvalidInput(input === undefined ? { modelId, detail } : { modelId, input, detail })
+
+const dimsText = (dims: ReadonlyArray<number>) => `[${dims.join(", ")}]`
+
+/**
+ * Checks the shape of a tensor on its own: integer, non-negative dims whose product fits the
+ * element limit. Cheap: it never looks at the data.
+ */
+export const checkDims = (modelId: string, name: string, dims: ReadonlyArray<number>): InferenceError.InvalidInput | undefined => {
+  let count = 1
+  for (const d of dims) {
+    if (!Number.isSafeInteger(d) || d < 0) return invalid(modelId, name, `dims ${dimsText(dims)} must be non-negative integers`)
+    count *= d
+    if (count > maxElementsPerTensor) {
+      return invalid(modelId, name, `dims ${dimsText(dims)} exceed the limit of ${maxElementsPerTensor} elements`)
+    }
+  }
+  return undefined
+}
+
+/**
+ * Checks `inputs` against the model: every declared input present, no unknown input, dtype,
+ * rank and fixed dims equal, data length equal to the element count.
+ * Returns the first problem found, or undefined when the inputs fit.
+ */
+export const validateInputs = (metadata: ModelMetadata, inputs: Tensor.TensorMap): InferenceError.InvalidInput | undefined => {
+  const modelId = metadata.name
+  for (const name of Object.keys(inputs)) {
+    if (!metadata.inputs.some((spec) => spec.name === name)) {
+      return invalid(modelId, name, `unknown input; the model takes ${metadata.inputs.map((s) => s.name).join(", ")}`)
+    }
+  }
+  for (const spec of metadata.inputs) {
+    const tensor = inputs[spec.name]
+    if (tensor === undefined) return invalid(modelId, spec.name, "missing input")
+    if (tensor.dtype !== spec.dtype) return invalid(modelId, spec.name, `dtype ${tensor.dtype} given, the model takes ${spec.dtype}`)
+    const bad = checkDims(modelId, spec.name, tensor.dims)
+    if (bad !== undefined) return bad
+    if (tensor.dims.length !== spec.dims.length) {
+      return invalid(modelId, spec.name, `rank ${tensor.dims.length} given (dims ${dimsText(tensor.dims)}), the model takes rank ${spec.dims.length} ${dimsText(spec.dims)}`)
+    }
+    for (let axis = 0; axis < spec.dims.length; axis++) {
+      const expected = spec.dims[axis]!
+      if (expected >= 0 && tensor.dims[axis] !== expected) {
+        return invalid(modelId, spec.name, `dim ${axis} is ${tensor.dims[axis]}, the model takes ${expected} (dims ${dimsText(spec.dims)})`)
+      }
+    }
+    if (!Tensor.dataMatches(tensor.dtype, tensor.data)) {
+      return invalid(modelId, spec.name, `data is not the array type that holds ${tensor.dtype}`)
+    }
+    const count = Tensor.elementCount(tensor.dims)
+    if (tensor.data.length !== count) {
+      return invalid(modelId, spec.name, `data has ${tensor.data.length} elements, dims ${dimsText(tensor.dims)} need ${count}`)
+    }
+  }
+  return undefined
+}

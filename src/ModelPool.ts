@@ -1,0 +1,51 @@
+/**
+ * The engine's view of loaded models: metadata for validation, and `run` on a free instance.
+ * The onnxruntime implementation (sessions in worker threads over a model repository) is
+ * `OnnxModelPool`; tests provide fakes with scripted latency.
+ *
+ * @module ModelPool
+ */
+import { Context, type Effect } from "effect"
+import type * as InferenceError from "./InferenceError.ts"
+import type * as ModelMetadata from "./ModelMetadata.ts"
+import type * as Tensor from "./Tensor.ts"
+
+export interface RunOutput {
+  readonly outputs: Tensor.TensorMap
+  /** The execution provider that actually ran ("cpu" after a fallback). */
+  readonly deviceUsed: string
+}
+
+/** A model's state in the repository, as the server's repository index reports it. */
+export interface ModelStatus {
+  readonly name: string
+  readonly version: string
+  readonly state: "READY" | "UNAVAILABLE"
+  /** Why it is unavailable. */
+  readonly reason?: string
+}
+
+export interface Service {
+  /**
+   * The metadata of a model that can serve. `version` defaults to the highest one.
+   * Fails with ModelNotFound, or ModelUnavailable when the model failed to load.
+   */
+  readonly metadata: (
+    modelId: string,
+    version?: string
+  ) => Effect.Effect<ModelMetadata.ModelMetadata, InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
+  /**
+   * Runs `inputs` (already validated) on a free instance of the model, waiting in FIFO order
+   * when every instance is busy. Interrupting it returns at once; the instance goes back to
+   * the pool only when its native run has ended, so no instance ever runs two requests.
+   */
+  readonly run: (
+    modelId: string,
+    inputs: Tensor.TensorMap,
+    options: { readonly requestId: string; readonly version?: string | undefined }
+  ) => Effect.Effect<RunOutput, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
+  /** Every model in the repository with its state. */
+  readonly models: Effect.Effect<ReadonlyArray<ModelStatus>>
+}
+
+export class ModelPool extends Context.Service<ModelPool, Service>()("effect-inference/ModelPool") {}

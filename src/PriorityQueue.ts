@@ -1,0 +1,158 @@
+/**
+ * A bounded queue with one FIFO per priority level. Mutable and synchronous: it is the data
+ * structure under the engine's dispatcher, which owns the fibers and the clock.
+ *
+ * - `offer` never blocks: past `capacity` (all levels together) it refuses.
+ * - `poll` takes the oldest entry of the highest non-empty level.
+ * - `remove` drops an entry in O(1) through the handle `offer` returned (a cancelled request).
+ * - With `enablePriority` false every entry goes into one FIFO; stats still count by priority.
+ *
+ * @module PriorityQueue
+ */
+import * as Priority from "./Priority.ts"
+
+/** Queued entries by level. */
+export interface QueueStats {
+  readonly critical: number
+  readonly high: number
+  readonly normal: number
+  readonly low: number
+  readonly total: number
+}
+
+/** The handle of a queued value. */
+export interface Entry<A> {
+  readonly value: A
+  readonly priority: Priority.Priority
+  /** False once polled or removed. */
+  readonly queued: boolean
+}
+
+class Node<A> implements Entry<A> {
+  prev: Node<A> | undefined = undefined
+  next: Node<A> | undefined = undefined
+  queued = true
+  readonly value: A
+  readonly priority: Priority.Priority
+  readonly fifo: number
+  constructor(value: A, priority: Priority.Priority, fifo: number) {
+    this.value = value
+    this.priority = priority
+    this.fifo = fifo
+  }
+}
+
+class Fifo<A> {
+  head: Node<A> | undefined = undefined
+  tail: Node<A> | undefined = undefined
+  push(node: Node<A>): void {
+    node.prev = this.tail
+    if (this.tail === undefined) this.head = node
+    else this.tail.next = node
+    this.tail = node
+  }
+  unlink(node: Node<A>): void {
+    if (node.prev === undefined) this.head = node.next
+    else node.prev.next = node.next
+    if (node.next === undefined) this.tail = node.prev
+    else node.next.prev = node.prev
+    node.prev = undefined
+    node.next = undefined
+  }
+}
+
+export class PriorityQueue<A> {
+  readonly #fifos: ReadonlyArray<Fifo<A>>
+  readonly #counts = [0, 0, 0, 0]
+  #size = 0
+  readonly capacity: number
+  readonly enablePriority: boolean
+
+  constructor(capacity: number, enablePriority = true) {
+    this.capacity = capacity
+    this.enablePriority = enablePriority
+    this.#fifos = enablePriority ? [new Fifo(), new Fifo(), new Fifo(), new Fifo()] : [new Fifo()]
+  }
+
+  get size(): number {
+    return this.#size
+  }
+
+  /** Queues `value` at the back of its level; undefined (nothing queued) when full. */
+  offer(value: A, priority: Priority.Priority): Entry<A> | undefined {
+    if (this.#size >= this.capacity) return undefined
+    const node = new Node(value, priority, this.enablePriority ? Priority.rank(priority) : 0)
+    this.#fifos[node.fifo]!.push(node)
+    this.#counts[Priority.rank(priority)]!++
+    this.#size++
+    return node
+  }
+
+  /** Takes the oldest entry of the highest level that has one. */
+  poll(): A | undefined {
+    for (const fifo of this.#fifos) {
+      const node = fifo.head
+      if (node !== undefined) {
+        this.#unlink(node)
+        return node.value
+      }
+    }
+    return undefined
+  }
+
+  /** The entry `poll` would take next, left in place. */
+  peek(): Entry<A> | undefined {
+    for (const fifo of this.#fifos) if (fifo.head !== undefined) return fifo.head
+    return undefined
+  }
+
+  /** Removes a queued entry; false when it was already polled or removed. O(1). */
+  remove(entry: Entry<A>): boolean {
+    const node = entry as Node<A>
+    if (!node.queued) return false
+    this.#unlink(node)
+    return true
+  }
+
+  /**
+   * Takes up to `max` entries that satisfy `predicate`, in dispatch order (highest level first,
+   * FIFO within a level), leaving the others in place. O(queued).
+   */
+  takeWhere(predicate: (value: A) => boolean, max: number): Array<A> {
+    const taken: Array<A> = []
+    for (const fifo of this.#fifos) {
+      let node = fifo.head
+      while (node !== undefined && taken.length < max) {
+        const next = node.next
+        if (predicate(node.value)) {
+          this.#unlink(node)
+          taken.push(node.value)
+        }
+        node = next
+      }
+      if (taken.length >= max) break
+    }
+    return taken
+  }
+
+  /** Every queued value in dispatch order. */
+  *values(): IterableIterator<A> {
+    for (const fifo of this.#fifos) {
+      for (let node = fifo.head; node !== undefined; node = node.next) yield node.value
+    }
+  }
+
+  stats(): QueueStats {
+    const [critical, high, normal, low] = this.#counts as [number, number, number, number]
+    return { critical, high, normal, low, total: this.#size }
+  }
+
+  #unlink(node: Node<A>): void {
+    this.#fifos[node.fifo]!.unlink(node)
+    node.queued = false
+    this.#counts[Priority.rank(node.priority)]!--
+    this.#size--
+  }
+}
+
+export const make = <A>(capacity: number, enablePriority = true): PriorityQueue<A> => new PriorityQueue<A>(capacity, enablePriority)

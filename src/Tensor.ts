@@ -1,0 +1,102 @@
+/**
+ * Tensors as the engine sees them: a dtype, dims and a typed array in row-major order.
+ *
+ * Ownership: the engine never writes into a caller's `data`. Inputs are copied when they
+ * cross to a worker thread; outputs are fresh arrays that the caller owns.
+ *
+ * @module Tensor
+ */
+
+/** Element types, named as onnxruntime names them. */
+export const dataTypes = [
+  "float32", "float64", "float16",
+  "int8", "int16", "int32", "int64",
+  "uint8", "uint16", "uint32", "uint64",
+  "bool", "string"
+] as const
+
+export type DataType = typeof dataTypes[number]
+
+/** The typed array that holds each dtype (bool is a Uint8Array of 0/1, float16 raw bits in a Uint16Array). */
+export interface DataTypeToArray {
+  float32: Float32Array
+  float64: Float64Array
+  float16: Uint16Array
+  int8: Int8Array
+  int16: Int16Array
+  int32: Int32Array
+  int64: BigInt64Array
+  uint8: Uint8Array
+  uint16: Uint16Array
+  uint32: Uint32Array
+  uint64: BigUint64Array
+  bool: Uint8Array
+  string: ReadonlyArray<string>
+}
+
+export type TensorData = DataTypeToArray[DataType]
+
+export interface Tensor<T extends DataType = DataType> {
+  readonly dtype: T
+  /** Row-major dimensions; every entry a non-negative integer. */
+  readonly dims: ReadonlyArray<number>
+  readonly data: DataTypeToArray[T]
+}
+
+/** Input or output name → tensor. */
+export type TensorMap = Readonly<Record<string, Tensor>>
+
+export const make = <T extends DataType>(dtype: T, data: DataTypeToArray[T], dims: ReadonlyArray<number>): Tensor<T> => ({
+  dtype,
+  dims,
+  data
+})
+
+export const float32 = (data: Float32Array | ReadonlyArray<number>, dims: ReadonlyArray<number>): Tensor<"float32"> =>
+  make("float32", data instanceof Float32Array ? data : Float32Array.from(data), dims)
+
+export const int64 = (data: BigInt64Array | ReadonlyArray<bigint | number>, dims: ReadonlyArray<number>): Tensor<"int64"> =>
+  make("int64", data instanceof BigInt64Array ? data : BigInt64Array.from(data, (x) => BigInt(x)), dims)
+
+/** Product of dims (1 for a scalar). */
+export const elementCount = (dims: ReadonlyArray<number>): number => {
+  let n = 1
+  for (const d of dims) n *= d
+  return n
+}
+
+const constructors = {
+  float32: Float32Array,
+  float64: Float64Array,
+  float16: Uint16Array,
+  int8: Int8Array,
+  int16: Int16Array,
+  int32: Int32Array,
+  int64: BigInt64Array,
+  uint8: Uint8Array,
+  uint16: Uint16Array,
+  uint32: Uint32Array,
+  uint64: BigUint64Array,
+  bool: Uint8Array
+} as const
+
+/** Bytes per element, or undefined for string tensors. */
+export const bytesPerElement = (dtype: DataType): number | undefined =>
+  dtype === "string" ? undefined : constructors[dtype].BYTES_PER_ELEMENT
+
+/** A zero-filled array of `length` elements of `dtype`. */
+export const allocate = <T extends DataType>(dtype: T, length: number): DataTypeToArray[T] =>
+  (dtype === "string" ? new Array<string>(length).fill("") : new constructors[dtype as Exclude<DataType, "string">](length)) as DataTypeToArray[T]
+
+/** True when `data` is the typed array (or string array) that holds `dtype`. */
+export const dataMatches = (dtype: DataType, data: unknown): boolean =>
+  dtype === "string" ? Array.isArray(data) : data instanceof constructors[dtype]
+
+/**
+ * A copy of `data` whose buffer holds exactly its elements, so that it can be posted to another
+ * thread without cloning a larger backing buffer (a view into a pooled Buffer, say).
+ */
+export const compact = <T extends TensorData>(data: T): T =>
+  ArrayBuffer.isView(data) && (data.byteOffset !== 0 || data.byteLength !== data.buffer.byteLength)
+    ? (data as unknown as { slice: () => T }).slice()
+    : data
