@@ -112,7 +112,7 @@ export const make = Effect.gen(function*() {
       const { request } = pending
       const startedMs = nowMs(clock)
       return telemetry.recordQueueWait(request.modelId, request.priority, startedMs - pending.admittedAtMs).pipe(
-        Effect.andThen(Effect.exit(pool.run(request.modelId, request.inputs, { requestId: request.requestId }))),
+        Effect.andThen(Effect.exit(pool.run(request.modelId, request.inputs, { requestId: request.requestId, version: request.modelVersion }))),
         Effect.tap(() => telemetry.recordRun(request.modelId, nowMs(clock) - startedMs, 1)),
         // A caller that is gone (cancelled, timed out) has already settled it: the result is dropped.
         Effect.flatMap((exit) => Effect.sync(() => settle(pending, exit))),
@@ -214,7 +214,7 @@ export const make = Effect.gen(function*() {
   const admitAndAwait = (request: InferenceRequest, admittedAtMs: number) =>
     Effect.gen(function*() {
       if (draining) return yield* fail(new InferenceError.ShuttingDown({}))
-      const metadata = yield* Effect.mapError(pool.metadata(request.modelId), InferenceError.make)
+      const metadata = yield* Effect.mapError(pool.metadata(request.modelId, request.modelVersion), InferenceError.make)
       const invalid = ModelMetadata.validateInputs(metadata, request.inputs)
       if (invalid !== undefined) return yield* fail(invalid)
       const pending: Pending = {

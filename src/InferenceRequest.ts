@@ -12,6 +12,8 @@ export interface InferenceRequest {
   /** Unique per request; generated unless given. */
   readonly requestId: string
   readonly modelId: string
+  /** A model version; undefined means the model's default (highest) version. */
+  readonly modelVersion?: string | undefined
   readonly inputs: Tensor.TensorMap
   /** Deadline for the whole request: queue wait plus run. */
   readonly timeout: Duration.Duration
@@ -24,6 +26,7 @@ export const defaultTimeout: Duration.Duration = Duration.seconds(30)
 
 export interface Options {
   readonly requestId?: string | undefined
+  readonly modelVersion?: string | undefined
   readonly timeout?: Duration.Input | undefined
   readonly priority?: Priority.Priority | undefined
   readonly metadata?: Readonly<Record<string, string>> | undefined
@@ -39,6 +42,7 @@ export const nextRequestId = (): string => `${prefix}-${(++counter).toString(36)
 export const make = (modelId: string, inputs: Tensor.TensorMap, options: Options = {}): InferenceRequest => ({
   requestId: options.requestId ?? nextRequestId(),
   modelId,
+  ...(options.modelVersion === undefined ? {} : { modelVersion: options.modelVersion }),
   inputs,
   timeout: options.timeout === undefined ? defaultTimeout : Duration.fromInputUnsafe(options.timeout),
   priority: options.priority ?? Priority.Normal,
