@@ -1,0 +1,314 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit, Fiber, Scope, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import * as CancelToken from "../src/CancelToken.ts"
+import type * as InferenceError from "../src/InferenceError.ts"
+import * as InferenceRequest from "../src/InferenceRequest.ts"
+import type * as Priority from "../src/Priority.ts"
+import * as Tensor from "../src/Tensor.ts"
+import { makeHarness } from "./fixtures/EngineHarness.ts"
+import { echoInputs } from "./fixtures/FakeModelPool.ts"
+
+const request = (id: string, options: InferenceRequest.Options = {}) =>
+  InferenceRequest.make("echo", echoInputs(1), { requestId: id, ...options })
+
+const fork = <A, E>(effect: Effect.Effect<A, E>) => Effect.forkChild(effect, { startImmediately: true })
+
+const reasonOf = <A>(exit: Exit.Exit<A, InferenceError.InferenceError>) => {
+  if (Exit.isSuccess(exit)) return "Success"
+  const fail = exit.cause.reasons.find((r) => r._tag === "Fail")
+  return fail === undefined ? "Interrupted" : fail.error.reason._tag
+}
+
+describe("AsyncInferenceEngine", () => {
+  describe("dispatch", () => {
+    it.effect("runs the highest priority first and FIFO within a level", () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({ script: () => ({ latency: "10 millis" }), config: { maxConcurrentRequests: 1 } })
+        const levels: ReadonlyArray<readonly [string, Priority.Priority]> = [
+          ["busy", "Low"],
+          ["low-1", "Low"],
+          ["normal-1", "Normal"],
+          ["low-2", "Low"],
+          ["high-1", "High"],
+          ["critical-1", "Critical"],
+          ["high-2", "High"]
+        ]
+        const fibers = []
+        for (const [id, priority] of levels) {
+          fibers.push(yield* fork(engine.infer(request(id, { priority }))))
+          if (id === "busy") yield* Effect.yieldNow // let the dispatcher take it before the others queue
+        }
+        yield* TestClock.adjust("100 millis")
+        for (const f of fibers) yield* Fiber.join(f)
+        assert.deepStrictEqual(stats.order, ["busy", "critical-1", "high-1", "high-2", "normal-1", "low-1", "low-2"])
+      }))
+
+    it.effect("never runs more than maxConcurrentRequests at once", () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({
+          script: (id) => ({ latency: `${5 + (Number(id) % 7)} millis` }),
+          config: { maxConcurrentRequests: 3 }
+        })
+        const fibers = []
+        for (let i = 0; i < 40; i++) fibers.push(yield* fork(engine.infer(request(String(i)))))
+        for (let t = 0; t < 200; t++) yield* TestClock.adjust("1 millis")
+        for (const f of fibers) yield* Fiber.join(f)
+        assert.strictEqual(stats.finished, 40)
+        assert.strictEqual(stats.maxActive, 3)
+      }))
+
+    it.effect("answers QueueFull at once when the queue is at its bound, queuing nothing", () =>
+      Effect.gen(function*() {
+        const { engine, outcomes } = yield* makeHarness({ script: () => ({ latency: "1 second" }), config: { maxConcurrentRequests: 1, maxQueuedRequests: 2 } })
+        yield* fork(engine.infer(request("running")))
+        yield* Effect.yieldNow
+        yield* fork(engine.infer(request("q1")))
+        yield* fork(engine.infer(request("q2")))
+        const exit = yield* Effect.exit(engine.infer(request("overflow")))
+        assert.strictEqual(reasonOf(exit), "QueueFull")
+        if (Exit.isFailure(exit)) {
+          const reason = exit.cause.reasons[0]
+          assert.deepInclude(reason?._tag === "Fail" ? reason.error.reason : {}, { capacity: 2, requestId: "overflow", modelId: "echo" })
+        }
+        assert.strictEqual((yield* engine.queueStats).total, 2)
+        assert.strictEqual(outcomes().rejected, 1)
+      }))
+
+    it.effect("refuses invalid input and unknown models before queuing", () =>
+      Effect.gen(function*() {
+        const { engine, stats, outcomes } = yield* makeHarness()
+        const wrongDim = InferenceRequest.make("echo", { x: Tensor.float32([1, 2, 3], [1, 3]) })
+        const unknownInput = InferenceRequest.make("echo", { ...echoInputs(1), extra: Tensor.float32([1], [1]) })
+        const unknownModel = InferenceRequest.make("nope", echoInputs(1))
+        assert.strictEqual(reasonOf(yield* Effect.exit(engine.infer(wrongDim))), "InvalidInput")
+        assert.strictEqual(reasonOf(yield* Effect.exit(engine.infer(unknownInput))), "InvalidInput")
+        assert.strictEqual(reasonOf(yield* Effect.exit(engine.infer(unknownModel))), "ModelNotFound")
+        assert.strictEqual(stats.started, 0)
+        assert.deepInclude(outcomes(), { start: 3, failure: 3 })
+      }))
+
+    it.effect("a failed run fails only its own request", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness({ script: (id) => id === "bad" ? { latency: "5 millis", failWith: "kernel error" } : { latency: "5 millis" } })
+        const bad = yield* fork(Effect.exit(engine.infer(request("bad"))))
+        const good = yield* fork(Effect.exit(engine.infer(request("good"))))
+        yield* TestClock.adjust("10 millis")
+        assert.strictEqual(reasonOf(yield* Fiber.join(bad)), "RunFailed")
+        assert.strictEqual(reasonOf(yield* Fiber.join(good)), "Success")
+      }))
+  })
+
+  describe("cancellation", () => {
+    it.effect("a request interrupted while queued leaves the queue at once and never runs", () =>
+      Effect.gen(function*() {
+        const { engine, stats, outcomes } = yield* makeHarness({ script: () => ({ latency: "100 millis" }), config: { maxConcurrentRequests: 1 } })
+        yield* fork(engine.infer(request("running")))
+        const queued = yield* fork(engine.infer(request("queued")))
+        yield* TestClock.adjust("10 millis")
+        assert.strictEqual((yield* engine.queueStats).total, 1)
+        yield* Fiber.interrupt(queued)
+        assert.strictEqual((yield* engine.queueStats).total, 0)
+        yield* TestClock.adjust("500 millis")
+        assert.deepStrictEqual(stats.order, ["running"])
+        assert.strictEqual(outcomes().cancelled, 1)
+      }))
+
+    it.effect("a request interrupted while running is answered at once; its permit stays held until the run ends", () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({ script: () => ({ latency: "100 millis" }), config: { maxConcurrentRequests: 1 } })
+        const running = yield* fork(engine.infer(request("running")))
+        yield* TestClock.adjust("10 millis")
+        const next = yield* fork(engine.infer(request("next")))
+        yield* Fiber.interrupt(running)
+        assert.strictEqual(stats.finished, 0, "the run goes on after its caller left")
+        yield* TestClock.adjust("50 millis")
+        assert.deepStrictEqual(stats.order, ["running"], "the next request waits for the native run to end")
+        yield* TestClock.adjust("40 millis")
+        assert.deepStrictEqual(stats.order, ["running", "next"])
+        yield* TestClock.adjust("100 millis")
+        const result = yield* Fiber.join(next)
+        assert.strictEqual(result.requestId, "next")
+        assert.strictEqual(stats.maxActive, 1)
+      }))
+
+    it.effect("an AbortSignal cancels like interruption", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness({ script: () => ({ latency: "1 second" }) })
+        const controller = new AbortController()
+        const fiber = yield* fork(engine.inferResult(request("a"), controller.signal))
+        yield* TestClock.adjust("10 millis")
+        controller.abort(new Error("client went away"))
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(result._tag === "Cancelled" ? result.reason : result._tag, "client went away")
+      }))
+
+    it.effect("a token cancelled before submission settles as Cancelled without running", () =>
+      Effect.gen(function*() {
+        const { engine, stats, outcomes } = yield* makeHarness()
+        const token = CancelToken.makeUnsafe()
+        token.cancelUnsafe("too late")
+        const result = yield* engine.inferResult(request("a"), token)
+        assert.strictEqual(result._tag, "Cancelled")
+        assert.strictEqual(stats.started, 0)
+        assert.deepInclude(outcomes(), { start: 1, cancelled: 1 })
+      }))
+  })
+
+  describe("deadlines", () => {
+    it.effect("the deadline covers queue wait plus run", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness({ script: () => ({ latency: "60 millis" }), config: { maxConcurrentRequests: 1 } })
+        yield* fork(engine.infer(request("first")))
+        const second = yield* fork(Effect.exit(engine.infer(request("second", { timeout: "100 millis" }))))
+        yield* TestClock.adjust("99 millis")
+        assert.isUndefined(second.pollUnsafe(), "still waiting at 99 ms")
+        yield* TestClock.adjust("1 millis")
+        const exit = yield* Fiber.join(second)
+        assert.strictEqual(reasonOf(exit), "DeadlineExceeded")
+      }))
+
+    it.effect("the deadline fires on time while the run is in progress", () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({ script: () => ({ latency: "10 seconds" }) })
+        const fiber = yield* fork(engine.inferResult(request("slow", { timeout: "250 millis" })))
+        yield* TestClock.adjust("250 millis")
+        const result = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(result, { ...result, _tag: "TimedOut", elapsedMs: 250 })
+        assert.strictEqual(stats.finished, 0)
+      }))
+
+    it.effect("a request queued longer than queueTimeout fails with QueueTimeout and never runs", () =>
+      Effect.gen(function*() {
+        const { engine, stats, outcomes } = yield* makeHarness({
+          script: () => ({ latency: "1 second" }),
+          config: { maxConcurrentRequests: 1, queueTimeout: "50 millis" as never }
+        })
+        yield* fork(engine.infer(request("busy")))
+        const waiting = yield* fork(Effect.exit(engine.infer(request("waiting"))))
+        yield* TestClock.adjust("50 millis")
+        const exit = yield* Fiber.join(waiting)
+        assert.strictEqual(reasonOf(exit), "QueueTimeout")
+        assert.strictEqual((yield* engine.queueStats).total, 0)
+        yield* TestClock.adjust("2 seconds")
+        assert.deepStrictEqual(stats.order, ["busy"])
+        assert.strictEqual(outcomes().timeout, 1)
+      }))
+
+    it.effect("the queue timeout does not cut a request that is already running", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness({ script: () => ({ latency: "200 millis" }), config: { queueTimeout: "50 millis" as never } })
+        const fiber = yield* fork(Effect.exit(engine.infer(request("a"))))
+        yield* TestClock.adjust("200 millis")
+        assert.strictEqual(reasonOf(yield* Fiber.join(fiber)), "Success")
+      }))
+  })
+
+  describe("inferBatch", () => {
+    it.effect("emits results in completion order", () =>
+      Effect.gen(function*() {
+        const latencies: Record<string, string> = { a: "30 millis", b: "10 millis", c: "20 millis" }
+        const { engine } = yield* makeHarness({ script: (id) => ({ latency: latencies[id]! }) })
+        const fiber = yield* fork(Stream.runCollect(engine.inferBatch(["a", "b", "c"].map((id) => request(id)))))
+        yield* TestClock.adjust("30 millis")
+        const results = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(results.map((r) => r.requestId), ["b", "c", "a"])
+      }))
+
+    it.effect("a consumer that stops early cancels what is outstanding", () =>
+      Effect.gen(function*() {
+        const { engine, outcomes, stats } = yield* makeHarness({ script: (id) => ({ latency: `${10 * Number(id)} millis` }), config: { maxConcurrentRequests: 1 } })
+        const requests = ["1", "2", "3", "4", "5"].map((id) => request(id))
+        const fiber = yield* fork(Stream.runCollect(Stream.take(engine.inferBatch(requests, { concurrency: 5 }), 2)))
+        yield* TestClock.adjust("30 millis")
+        const results = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(results.map((r) => r.requestId), ["1", "2"])
+        assert.deepInclude(outcomes(), { success: 2, cancelled: 3 })
+        assert.strictEqual((yield* engine.queueStats).total, 0, "nothing left queued")
+        const startedAtStop = stats.started
+        assert.isAtMost(startedAtStop, 3, "at most the one run that was already dispatched")
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(stats.started, startedAtStop, "nothing runs after the consumer stopped")
+        assert.strictEqual(yield* engine.pending, 0)
+      }))
+
+    it.effect("cancelling the token settles what is outstanding as Cancelled", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness({ script: () => ({ latency: "10 millis" }), config: { maxConcurrentRequests: 1 } })
+        const token = yield* CancelToken.make
+        const requests = ["a", "b", "c", "d"].map((id) => request(id))
+        const fiber = yield* fork(Stream.runCollect(engine.inferBatch(requests, { cancel: token, concurrency: 4 })))
+        yield* TestClock.adjust("10 millis")
+        yield* token.cancel("enough")
+        const results = yield* Fiber.join(fiber)
+        assert.deepStrictEqual(results.map((r) => `${r.requestId}:${r._tag}`).sort(), ["a:Success", "b:Cancelled", "c:Cancelled", "d:Cancelled"])
+      }))
+  })
+
+  describe("telemetry", () => {
+    it.effect("records one outcome per start, plus queue wait and run time", () =>
+      Effect.gen(function*() {
+        const { engine, log, outcomes } = yield* makeHarness({
+          script: (id) => id === "fail" ? { latency: "5 millis", failWith: "x" } : { latency: "5 millis" },
+          config: { maxConcurrentRequests: 1, maxQueuedRequests: 3 }
+        })
+        const ok = yield* fork(Effect.exit(engine.infer(request("ok"))))
+        yield* Effect.yieldNow // dispatched: the queue is empty again
+        const fibers = [
+          ok,
+          yield* fork(Effect.exit(engine.infer(request("fail")))),
+          yield* fork(Effect.exit(engine.infer(request("late", { timeout: "7 millis" })))),
+          yield* fork(Effect.exit(engine.infer(request("cancel")))),
+          yield* fork(Effect.exit(engine.infer(request("full"))))
+        ]
+        yield* Fiber.interrupt(fibers[3]!)
+        fibers.push(yield* fork(Effect.exit(engine.infer(request("room-again")))))
+        yield* TestClock.adjust("100 millis")
+        for (const f of fibers) yield* Fiber.await(f)
+        const counts = outcomes()
+        assert.deepStrictEqual(counts, { start: 6, success: 2, failure: 1, cancelled: 1, timeout: 1, rejected: 1 })
+        assert.strictEqual(counts.start, counts.success! + counts.failure! + counts.cancelled! + counts.timeout! + counts.rejected!)
+        const waits = log.events.filter((e) => e._tag === "queueWait").map((e) => e._tag === "queueWait" ? e.waitMs : -1)
+        assert.deepStrictEqual(waits, [0, 5, 10])
+        const runs = log.events.filter((e) => e._tag === "run")
+        assert.strictEqual(runs.length, 3)
+        assert.isTrue(runs.every((e) => e._tag === "run" && e.runMs === 5 && e.batchSize === 1))
+      }))
+  })
+
+  describe("lifecycle", () => {
+    it.effect("drain refuses new requests and waits for queued and running ones", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness({ script: () => ({ latency: "20 millis" }), config: { maxConcurrentRequests: 1 } })
+        const a = yield* fork(Effect.exit(engine.infer(request("a"))))
+        const b = yield* fork(Effect.exit(engine.infer(request("b"))))
+        const drain = yield* fork(engine.drain("1 second"))
+        assert.isTrue(yield* engine.isDraining)
+        assert.strictEqual(reasonOf(yield* Effect.exit(engine.infer(request("c")))), "ShuttingDown")
+        yield* TestClock.adjust("40 millis")
+        assert.deepStrictEqual(yield* Fiber.join(drain), { drained: true })
+        assert.strictEqual(reasonOf(yield* Fiber.join(a)), "Success")
+        assert.strictEqual(reasonOf(yield* Fiber.join(b)), "Success")
+      }))
+
+    it.effect("drain gives up after its grace period", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness({ script: () => ({ latency: "10 seconds" }) })
+        yield* fork(engine.infer(request("a")))
+        const drain = yield* fork(engine.drain("1 second"))
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual(yield* Fiber.join(drain), { drained: false })
+      }))
+
+    it.effect("closing the engine's scope answers queued requests with ShuttingDown", () =>
+      Effect.gen(function*() {
+        const scope = yield* Scope.make()
+        const { engine } = yield* makeHarness({ script: () => ({ latency: "1 second" }), config: { maxConcurrentRequests: 1 } }).pipe(Scope.provide(scope))
+        yield* fork(Effect.exit(engine.infer(request("running"))))
+        const queued = yield* fork(Effect.exit(engine.infer(request("queued"))))
+        yield* TestClock.adjust("1 millis")
+        yield* Scope.close(scope, Exit.void)
+        assert.strictEqual(reasonOf(yield* Fiber.join(queued)), "ShuttingDown")
+      }))
+  })
+})

@@ -1,0 +1,43 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as ModelMetadata from "../src/ModelMetadata.ts"
+import * as Tensor from "../src/Tensor.ts"
+
+const metadata: ModelMetadata.ModelMetadata = {
+  name: "m",
+  version: "1",
+  inputs: [
+    { name: "x", dtype: "float32", dims: [-1, 3] },
+    { name: "sr", dtype: "int64", dims: [] }
+  ],
+  outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }]
+}
+
+const valid = { x: Tensor.float32([1, 2, 3, 4, 5, 6], [2, 3]), sr: Tensor.int64([16000], []) }
+
+describe("ModelMetadata.validateInputs", () => {
+  it("accepts inputs that fit, with any size on a dynamic dim", () => {
+    assert.isUndefined(ModelMetadata.validateInputs(metadata, valid))
+  })
+
+  const cases: ReadonlyArray<readonly [string, Tensor.TensorMap, string | undefined, RegExp]> = [
+    ["an unknown input", { ...valid, z: Tensor.float32([1], [1]) }, "z", /unknown input; the model takes x, sr/],
+    ["a missing input", { x: valid.x }, "sr", /missing input/],
+    ["a wrong dtype", { ...valid, x: Tensor.make("float64", new Float64Array(6), [2, 3]) }, "x", /dtype float64 given, the model takes float32/],
+    ["a wrong rank", { ...valid, x: Tensor.float32([1, 2, 3], [3]) }, "x", /rank 1 given/],
+    ["a wrong fixed dim", { ...valid, x: Tensor.float32([1, 2, 3, 4], [1, 4]) }, "x", /dim 1 is 4, the model takes 3/],
+    ["data shorter than the dims", { ...valid, x: Tensor.float32([1, 2, 3], [2, 3]) }, "x", /data has 3 elements, dims \[2, 3\] need 6/],
+    ["a negative dim", { ...valid, x: Tensor.float32([], [-1, 3]) }, "x", /non-negative integers/],
+    ["a fractional dim", { ...valid, x: Tensor.float32([], [1.5, 3]) }, "x", /non-negative integers/],
+    ["a huge shape", { ...valid, x: Tensor.float32([], [1e9, 1e9]) }, "x", /exceed the limit/],
+    ["data of the wrong array type", { ...valid, x: { dtype: "float32", dims: [1, 3], data: new Float64Array(3) } as unknown as Tensor.Tensor }, "x", /array type/]
+  ]
+  for (const [name, inputs, input, detail] of cases) {
+    it(`refuses ${name}, naming the input`, () => {
+      const error = ModelMetadata.validateInputs(metadata, inputs)
+      assert.isDefined(error)
+      assert.strictEqual(error!.modelId, "m")
+      assert.strictEqual(error!.input, input)
+      assert.match(error!.detail, detail)
+    })
+  }
+})

@@ -1,0 +1,92 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as Priority from "../src/Priority.ts"
+import * as PriorityQueue from "../src/PriorityQueue.ts"
+
+describe("PriorityQueue", () => {
+  it("takes the highest level first and keeps FIFO order within a level", () => {
+    const queue = PriorityQueue.make<string>(10)
+    queue.offer("low-1", Priority.Low)
+    queue.offer("high-1", Priority.High)
+    queue.offer("low-2", Priority.Low)
+    queue.offer("critical-1", Priority.Critical)
+    queue.offer("high-2", Priority.High)
+    const order = Array.from({ length: 5 }, () => queue.poll())
+    assert.deepStrictEqual(order, ["critical-1", "high-1", "high-2", "low-1", "low-2"])
+    assert.isUndefined(queue.poll())
+  })
+
+  it("refuses an offer when all levels together hold capacity entries", () => {
+    const queue = PriorityQueue.make<number>(3)
+    assert.isDefined(queue.offer(1, Priority.Low))
+    assert.isDefined(queue.offer(2, Priority.Critical))
+    assert.isDefined(queue.offer(3, Priority.Normal))
+    assert.isUndefined(queue.offer(4, Priority.Critical))
+    assert.strictEqual(queue.size, 3)
+    queue.poll()
+    assert.isDefined(queue.offer(4, Priority.Critical), "room again after a poll")
+  })
+
+  it("removes a cancelled entry through its handle, once", () => {
+    const queue = PriorityQueue.make<string>(10)
+    queue.offer("a", Priority.Normal)
+    const b = queue.offer("b", Priority.Normal)!
+    queue.offer("c", Priority.Normal)
+    assert.isTrue(queue.remove(b))
+    assert.isFalse(queue.remove(b))
+    assert.isFalse(b.queued)
+    assert.deepStrictEqual([queue.poll(), queue.poll(), queue.poll()], ["a", "c", undefined])
+    assert.deepStrictEqual(queue.stats(), { critical: 0, high: 0, normal: 0, low: 0, total: 0 })
+  })
+
+  it("removing the only entry of a level leaves the level empty and usable", () => {
+    const queue = PriorityQueue.make<string>(10)
+    const only = queue.offer("x", Priority.High)!
+    queue.remove(only)
+    queue.offer("y", Priority.High)
+    assert.strictEqual(queue.poll(), "y")
+  })
+
+  it("does not remove an entry that was already polled", () => {
+    const queue = PriorityQueue.make<string>(10)
+    const a = queue.offer("a", Priority.Low)!
+    assert.strictEqual(queue.poll(), "a")
+    assert.isFalse(queue.remove(a))
+    assert.strictEqual(queue.size, 0)
+  })
+
+  it("counts queued entries by level", () => {
+    const queue = PriorityQueue.make<number>(10)
+    for (const [i, p] of (["Critical", "High", "High", "Normal", "Low", "Low", "Low"] as const).entries()) queue.offer(i, p)
+    assert.deepStrictEqual(queue.stats(), { critical: 1, high: 2, normal: 1, low: 3, total: 7 })
+  })
+
+  it("is a single FIFO when priorities are disabled, still counting by level", () => {
+    const queue = PriorityQueue.make<string>(10, false)
+    queue.offer("low", Priority.Low)
+    queue.offer("critical", Priority.Critical)
+    queue.offer("normal", Priority.Normal)
+    assert.deepStrictEqual(queue.stats(), { critical: 1, high: 0, normal: 1, low: 1, total: 3 })
+    assert.deepStrictEqual([queue.poll(), queue.poll(), queue.poll()], ["low", "critical", "normal"])
+  })
+
+  it("takeWhere takes matching entries in dispatch order and leaves the rest", () => {
+    const queue = PriorityQueue.make<string>(10)
+    queue.offer("a-low", Priority.Low)
+    queue.offer("b-high", Priority.High)
+    queue.offer("a-high", Priority.High)
+    queue.offer("a-critical", Priority.Critical)
+    queue.offer("a-normal", Priority.Normal)
+    assert.deepStrictEqual(queue.takeWhere((s) => s.startsWith("a"), 3), ["a-critical", "a-high", "a-normal"])
+    assert.deepStrictEqual([...queue.values()], ["b-high", "a-low"])
+    assert.strictEqual(queue.stats().total, 2)
+  })
+
+  it("peek shows the next entry without taking it", () => {
+    const queue = PriorityQueue.make<string>(10)
+    assert.isUndefined(queue.peek())
+    queue.offer("n", Priority.Normal)
+    queue.offer("c", Priority.Critical)
+    assert.strictEqual(queue.peek()?.value, "c")
+    assert.strictEqual(queue.size, 2)
+  })
+})
