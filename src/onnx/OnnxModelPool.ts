@@ -1,0 +1,219 @@
+/**
+ * The onnxruntime implementation of `ModelPool`: every model version of a repository
+ * (`ModelRepository`) loaded as `instances` onnxruntime sessions, each in its own worker
+ * thread (`WorkerHost`), so that no native run ever blocks the main event loop.
+ *
+ * - `make` scans the repository and loads every model version at once; it returns when each
+ *   is READY or UNAVAILABLE (missing, empty or corrupt file, invalid config.json, a session that
+ *   cannot be created). Only a repository root that cannot be read fails it.
+ * - Every worker and session belongs to the scope of `make` (the Layer's scope for `layer`):
+ *   closing it fails queued runs with ModelUnavailable, lets running ones finish, then releases
+ *   every session and waits for every thread to exit. `counters` proves it afterwards.
+ * - `run` waits in FIFO order for a free instance of the model. Interrupting it returns at once;
+ *   the instance stays busy until its native run ends, and the late reply is dropped.
+ * - A crashed worker fails only its own request (RunFailed) and is replaced.
+ * - Execution providers are tried in the configured order, then CPU; `RunOutput.deviceUsed`
+ *   and `models` tell which one runs.
+ *
+ * @module OnnxModelPool
+ */
+import { Context, Duration, Effect, Layer, type Scope } from "effect"
+import * as InferenceError from "../InferenceError.ts"
+import type * as ModelMetadata from "../ModelMetadata.ts"
+import { ModelPool, type ModelStatus, type RunOutput, type Service as ModelPoolService } from "../ModelPool.ts"
+import * as ModelRepository from "../ModelRepository.ts"
+import type * as Tensor from "../Tensor.ts"
+import type * as Protocol from "./Protocol.ts"
+import * as WorkerHost from "./WorkerHost.ts"
+
+export type TestOp = Protocol.TestOp
+
+export interface Options {
+  /** The repository root (see `ModelRepository`). */
+  readonly repository: string
+  /** Defaults for models without (or with a partial) config.json; otherwise `ModelRepository.defaults()`. */
+  readonly defaults?: Partial<ModelRepository.Defaults> | undefined
+  /**
+   * Enables `test` (spin, crash and fail operations inside a worker). For tests only: a crash
+   * op kills a worker on purpose. Default false.
+   */
+  readonly allowTestOps?: boolean | undefined
+  /** How long closing waits for a worker to finish before `terminate()`. Default 60 seconds. */
+  readonly closeTimeout?: Duration.Input | undefined
+  /** Replacement attempts for a crashed instance (default 5). */
+  readonly respawnAttempts?: number | undefined
+}
+
+/** A model version's state with what the runtime reports about it. */
+export interface ModelInfo extends ModelStatus {
+  /** The provider its sessions run on (READY only). */
+  readonly deviceUsed?: string
+  /** Providers that were requested but could not load. */
+  readonly fallbacks?: ReadonlyArray<Protocol.Fallback>
+  readonly stats?: WorkerHost.Stats
+}
+
+export interface Service extends ModelPoolService {
+  /** The repository as scanned. */
+  readonly repository: ModelRepository.ModelRepository
+  /** `models`, with providers and instance stats. */
+  readonly info: Effect.Effect<ReadonlyArray<ModelInfo>>
+  /**
+   * Runs a test operation on a free instance, as `run` would run a request. Fails with RunFailed
+   * unless the pool was made with `allowTestOps`.
+   */
+  readonly test: (
+    modelId: string,
+    op: TestOp,
+    options: { readonly requestId: string; readonly version?: string | undefined }
+  ) => Effect.Effect<RunOutput, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
+  /** A model version's instance stats; undefined when it is not loaded. */
+  readonly stats: (modelId: string, version?: string) => WorkerHost.Stats | undefined
+  /** Lifetime counters of workers and sessions; still readable after the scope closed. */
+  readonly counters: Readonly<WorkerHost.Counters>
+}
+
+/** The pool with its extras (`test`, `stats`, `counters`), for tests and operators. */
+export class OnnxModelPool extends Context.Service<OnnxModelPool, Service>()("effect-inference/OnnxModelPool") {}
+
+type Loaded =
+  | { readonly _tag: "Ready"; readonly host: WorkerHost.WorkerHost }
+  | { readonly _tag: "Unavailable"; readonly reason: string }
+
+const isError = (
+  u: WorkerHost.WorkerHost | InferenceError.ModelNotFound | InferenceError.ModelUnavailable
+): u is InferenceError.ModelNotFound | InferenceError.ModelUnavailable =>
+  u instanceof InferenceError.ModelNotFound || u instanceof InferenceError.ModelUnavailable
+
+const key = (name: string, version: string) => `${name}\u0000${version}`
+
+/**
+ * Scans the repository and loads every model version; the current scope owns every worker.
+ * Fails only when the repository root cannot be read.
+ */
+export const make = (options: Options): Effect.Effect<Service, ModelRepository.RepositoryError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const repository = yield* ModelRepository.scan(options.repository, { defaults: options.defaults })
+    const counters = WorkerHost.makeCounters()
+    const closeTimeout = Duration.fromInputUnsafe(options.closeTimeout ?? Duration.seconds(60))
+    const loaded = new Map<string, Loaded>()
+    const hosts: Array<WorkerHost.WorkerHost> = []
+
+    // One finalizer closes every host at once (in-flight runs end in parallel, not one model after another).
+    yield* Effect.addFinalizer(() =>
+      Effect.forEach(hosts, (host) => host.close, { concurrency: "unbounded", discard: true }).pipe(
+        Effect.withSpan("OnnxModelPool.close")
+      )
+    )
+
+    for (const name of repository.ignored) {
+      yield* Effect.logWarning(`model repository: ignoring ${JSON.stringify(name.name)}: ${name.reason}`)
+    }
+
+    yield* Effect.forEach(repository.entries, (entry) => {
+      if (entry._tag === "Unavailable") {
+        loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason: entry.reason })
+        return Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${entry.reason}`)
+      }
+      // start + register in one uninterruptible step: no host can escape the finalizer.
+      return WorkerHost.start({
+        modelId: entry.name,
+        version: entry.version,
+        path: entry.path,
+        instances: entry.config.instances,
+        executionProviders: entry.config.executionProviders,
+        intraOpNumThreads: entry.config.intraOpNumThreads,
+        interOpNumThreads: entry.config.interOpNumThreads,
+        allowTestOps: options.allowTestOps ?? false,
+        closeTimeout,
+        counters,
+        respawnAttempts: options.respawnAttempts
+      }).pipe(
+        Effect.tap((host) => Effect.sync(() => hosts.push(host))),
+        Effect.uninterruptible,
+        Effect.matchEffect({
+          onFailure: (e) =>
+            Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason: e.reason })).pipe(
+              Effect.andThen(Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${e.reason}`))
+            ),
+          onSuccess: (host) =>
+            Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Ready", host })).pipe(
+              Effect.andThen(
+                host.fallbacks.length === 0
+                  ? Effect.logInfo(`model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s))`)
+                  : Effect.logWarning(
+                    `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} after falling back from ${
+                      host.fallbacks.map((f) => `${f.provider} (${f.error.split("\n")[0]})`).join(", ")
+                    }`
+                  )
+              )
+            )
+        })
+      )
+    }, { concurrency: "unbounded", discard: true })
+
+    /** The host serving `modelId` at `version` (default: highest), or why not. */
+    const resolve = (
+      modelId: string,
+      version: string | undefined
+    ): WorkerHost.WorkerHost | InferenceError.ModelNotFound | InferenceError.ModelUnavailable => {
+      const notFound = () => new InferenceError.ModelNotFound(version === undefined ? { modelId } : { modelId, version })
+      if (!ModelRepository.isValidModelName(modelId)) return notFound()
+      const entry = ModelRepository.lookup(repository, modelId, version)
+      if (entry === undefined) return notFound()
+      const state = loaded.get(key(entry.name, entry.version))
+      if (state === undefined) return new InferenceError.ModelUnavailable({ modelId, reason: "not loaded" })
+      if (state._tag === "Unavailable") return new InferenceError.ModelUnavailable({ modelId, reason: state.reason })
+      const reason = state.host.unavailableReason()
+      return reason === undefined ? state.host : new InferenceError.ModelUnavailable({ modelId, reason })
+    }
+
+    const withHost = <A, E>(
+      modelId: string,
+      version: string | undefined,
+      f: (host: WorkerHost.WorkerHost) => Effect.Effect<A, E>
+    ): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
+      Effect.suspend((): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> => {
+        const host = resolve(modelId, version)
+        return isError(host) ? Effect.fail(host) : f(host)
+      })
+
+    const info = Effect.sync((): ReadonlyArray<ModelInfo> =>
+      repository.entries.map((entry) => {
+        const state = loaded.get(key(entry.name, entry.version))
+        const base = { name: entry.name, version: entry.version }
+        if (state === undefined || state._tag === "Unavailable") {
+          return { ...base, state: "UNAVAILABLE", reason: state?.reason ?? (entry._tag === "Unavailable" ? entry.reason : "not loaded") }
+        }
+        const reason = state.host.unavailableReason()
+        const extra = { deviceUsed: state.host.deviceUsed, fallbacks: state.host.fallbacks, stats: state.host.stats() }
+        return reason === undefined ? { ...base, state: "READY", ...extra } : { ...base, state: "UNAVAILABLE", reason, ...extra }
+      })
+    )
+
+    const service: Service = {
+      metadata: (modelId, version) => withHost(modelId, version, (host) => Effect.succeed<ModelMetadata.ModelMetadata>(host.metadata)),
+      run: (modelId: string, inputs: Tensor.TensorMap, runOptions) =>
+        withHost(modelId, runOptions.version, (host) => host.run(inputs, runOptions.requestId)),
+      models: Effect.map(info, (all) =>
+        all.map((m): ModelStatus => (m.reason === undefined
+          ? { name: m.name, version: m.version, state: m.state }
+          : { name: m.name, version: m.version, state: m.state, reason: m.reason }))),
+      repository,
+      info,
+      test: (modelId, op, testOptions) => withHost(modelId, testOptions.version, (host) => host.test(op, testOptions.requestId)),
+      stats: (modelId, version) => {
+        const host = resolve(modelId, version)
+        return isError(host) ? undefined : host.stats()
+      },
+      counters
+    }
+    return service
+  }).pipe(Effect.withSpan("OnnxModelPool.make", { attributes: { repository: options.repository } }))
+
+/** `ModelPool` backed by onnxruntime sessions in worker threads; the Layer's scope owns them. */
+export const layer = (options: Options): Layer.Layer<ModelPool, ModelRepository.RepositoryError> => Layer.effect(ModelPool, make(options))
+
+/** Both `ModelPool` and `OnnxModelPool` (the same instance), for tests and operators. */
+export const layerWithControl = (options: Options): Layer.Layer<ModelPool | OnnxModelPool, ModelRepository.RepositoryError> =>
+  Layer.effectContext(Effect.map(make(options), (service) => Context.make(ModelPool, service).pipe(Context.add(OnnxModelPool, service))))

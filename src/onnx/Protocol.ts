@@ -1,0 +1,69 @@
+/**
+ * The messages between a `WorkerHost` (main thread) and a `SessionWorker` (one worker thread,
+ * one onnxruntime session). Types only, so that the worker loads nothing for it.
+ *
+ * Host → worker: `run` and `test` carry a request id that the reply repeats; `close` asks the
+ * worker to release its session and exit once the job in hand (if any) has ended.
+ * Worker → host: `ready` (or `loadFailed`, then the worker exits) once; then one `done` or
+ * `failed` per request, in order; `closed` before a graceful exit.
+ *
+ * Input tensors are structured-cloned (copied) to the worker; output buffers are transferred
+ * back (the worker's arrays are detached, the host's are exact-size and owned by the caller).
+ *
+ * @module Protocol
+ */
+import type * as ModelMetadata from "../ModelMetadata.ts"
+import type * as Tensor from "../Tensor.ts"
+
+/** What a worker is started with (`workerData`). */
+export interface WorkerConfig {
+  readonly modelId: string
+  readonly version: string
+  /** Absolute path of model.onnx. */
+  readonly modelPath: string
+  /** Providers to try, in order; "cpu" is tried last when none of them loads. */
+  readonly executionProviders: ReadonlyArray<string>
+  readonly intraOpNumThreads: number
+  readonly interOpNumThreads: number
+  /** Whether `test` messages are honoured. */
+  readonly allowTestOps: boolean
+}
+
+/** Operations for tests only (refused unless `allowTestOps`). */
+export type TestOp =
+  /** Blocks the worker thread for `ms`, as a long native run does; replies done. */
+  | { readonly _tag: "spin"; readonly ms: number }
+  /** Throws an uncaught exception: the worker dies with the job in flight. */
+  | { readonly _tag: "throwUncaught" }
+  /** Calls `process.exit(code)` inside the worker: the worker dies with the job in flight. */
+  | { readonly _tag: "exit"; readonly code: number }
+  /** Replies `failed` with `message`; the worker lives on. */
+  | { readonly _tag: "fail"; readonly message: string }
+
+export type ToWorker =
+  | { readonly _tag: "run"; readonly id: number; readonly inputs: Tensor.TensorMap }
+  | { readonly _tag: "test"; readonly id: number; readonly op: TestOp }
+  | { readonly _tag: "close" }
+
+/** A provider that was requested but could not create the session. */
+export interface Fallback {
+  readonly provider: string
+  readonly error: string
+}
+
+export type FromWorker =
+  | {
+    readonly _tag: "ready"
+    /** The provider the session runs on. */
+    readonly deviceUsed: string
+    /** Requested providers that failed before `deviceUsed` loaded. */
+    readonly fallbacks: ReadonlyArray<Fallback>
+    readonly inputs: ReadonlyArray<ModelMetadata.TensorSpec>
+    readonly outputs: ReadonlyArray<ModelMetadata.TensorSpec>
+    /** Time to create the session, all attempts included. */
+    readonly loadMs: number
+  }
+  | { readonly _tag: "loadFailed"; readonly error: string }
+  | { readonly _tag: "done"; readonly id: number; readonly outputs: Tensor.TensorMap; readonly deviceUsed: string; readonly runMs: number }
+  | { readonly _tag: "failed"; readonly id: number; readonly error: string }
+  | { readonly _tag: "closed" }
