@@ -19,12 +19,15 @@
  */
 import { Clock, Context, Deferred, Duration, Effect, Exit, Latch, Layer, Semaphore, Stream } from "effect"
 import { AsyncConfigService, type AsyncConfig } from "./AsyncConfig.ts"
+import * as Batch from "./Batch.ts"
+import * as BatchPolicy from "./BatchPolicy.ts"
 import * as CancelToken from "./CancelToken.ts"
 import * as InferenceError from "./InferenceError.ts"
 import type { InferenceRequest } from "./InferenceRequest.ts"
 import * as InferenceResult from "./InferenceResult.ts"
 import * as ModelMetadata from "./ModelMetadata.ts"
 import { ModelPool, type RunOutput } from "./ModelPool.ts"
+import * as Priority from "./Priority.ts"
 import * as PriorityQueue from "./PriorityQueue.ts"
 import { type RequestInfo, TelemetryCollector } from "./Telemetry.ts"
 
@@ -50,7 +53,7 @@ export interface Service {
     options?: { readonly cancel?: CancelToken.Cancellation | undefined; readonly concurrency?: number | undefined }
   ) => Stream.Stream<InferenceResult.InferenceResult>
   readonly queueStats: Effect.Effect<PriorityQueue.QueueStats>
-  /** Requests admitted and not yet settled: queued plus running. */
+  /** Requests admitted and not yet answered: queued, forming a batch, or running. */
   readonly pending: Effect.Effect<number>
   readonly config: AsyncConfig
   /**
@@ -62,15 +65,37 @@ export interface Service {
   readonly isDraining: Effect.Effect<boolean>
 }
 
-type State = "queued" | "running" | "settled"
+type State = "queued" | "forming" | "running" | "settled"
 
 interface Pending {
   readonly request: InferenceRequest
   readonly deferred: Deferred.Deferred<RunOutput, InferenceError.Reason>
   readonly admittedAtMs: number
+  readonly deadlineAtMs: number
+  /** Requests with the same key may run as one batch; undefined runs alone. */
+  readonly batchKey: string | undefined
+  readonly rows: number
+  readonly batching: BatchPolicy.BatchingConfig
   entry: PriorityQueue.Entry<Pending> | undefined
   state: State
 }
+
+/** A batch that holds a permit while it waits for more rows. */
+interface Forming {
+  readonly key: string
+  readonly members: Array<Pending>
+  rows: number
+  readonly arrival: Latch.Latch
+}
+
+/**
+ * A test hook in the spirit of Triton's TRITONSERVER_DELAY_SCHEDULER: the dispatcher runs this
+ * effect (after taking a permit, before taking requests from the queue), so a test can hold
+ * dispatch until the queue holds exactly what it wants batched.
+ */
+export const DispatchGate = Context.Reference<Effect.Effect<void>>("effect-inference/Engine/DispatchGate", {
+  defaultValue: () => Effect.void
+})
 
 const nowMs = (clock: Clock.Clock): number => Number(clock.monotonicTimeNanosUnsafe()) / 1e6
 
@@ -80,49 +105,140 @@ const infoOf = (request: InferenceRequest): RequestInfo => ({
   priority: request.priority
 })
 
+const modelKey = (request: InferenceRequest) => request.modelVersion === undefined ? request.modelId : `${request.modelId}@${request.modelVersion}`
+
 /** Builds the engine in the current scope; closing the scope stops it (see `layer`). */
 export const make = Effect.gen(function*() {
   const config = yield* AsyncConfigService
   const pool = yield* ModelPool
   const telemetry = yield* TelemetryCollector
   const clock = yield* Clock.Clock
+  const gate = yield* DispatchGate
   const scope = yield* Effect.scope
 
   const queue = PriorityQueue.make<Pending>(config.maxQueuedRequests, config.enablePriorityQueue)
   const permits = yield* Semaphore.make(config.maxConcurrentRequests)
   const wake = yield* Latch.make(false)
   const settledLatch = yield* Latch.make(false)
-  let running = 0
+  const forming = new Map<string, Forming>()
+  const runsInFlight = new Map<string, number>()
+  const expectedRunMs = new Map<string, number>()
+  let unsettled = 0
   let draining = false
   const queueTimeoutMs = Duration.toMillis(config.queueTimeout)
 
+  const noteIdle = () => {
+    if (unsettled === 0) settledLatch.openUnsafe()
+  }
+
+  /** Answers the caller once; a later answer (a dropped result) is ignored. */
   const settle = (pending: Pending, exit: Exit.Exit<RunOutput, InferenceError.Reason>): void => {
     if (pending.state === "settled") return
+    if (pending.state === "queued") queue.remove(pending.entry!)
     pending.state = "settled"
+    unsettled--
     Deferred.doneUnsafe(pending.deferred, exit)
+    noteIdle()
   }
 
-  const noteIdle = () => {
-    if (queue.size === 0 && running === 0) settledLatch.openUnsafe()
-  }
+  const shuttingDown = Exit.fail(new InferenceError.ShuttingDown({}))
 
-  /** Runs one dispatched request; the caller holds a permit until the native run ends. */
-  const runOne = (pending: Pending): Effect.Effect<void> =>
+  /** One native run of `members` (one request, or a batch); the caller holds a permit until it ends. */
+  const runMembers = (candidates: ReadonlyArray<Pending>): Effect.Effect<void> =>
     Effect.suspend(() => {
-      const { request } = pending
+      // A member whose caller left before this point never runs.
+      const members = candidates.filter((m) => m.state !== "settled")
+      if (members.length === 0) return Effect.void
+      const first = members[0]!
+      const { request, batching } = first
+      const model = modelKey(request)
       const startedMs = nowMs(clock)
-      return telemetry.recordQueueWait(request.modelId, request.priority, startedMs - pending.admittedAtMs).pipe(
-        Effect.andThen(Effect.exit(pool.run(request.modelId, request.inputs, { requestId: request.requestId, version: request.modelVersion }))),
-        Effect.tap(() => telemetry.recordRun(request.modelId, nowMs(clock) - startedMs, 1)),
-        // A caller that is gone (cancelled, timed out) has already settled it: the result is dropped.
-        Effect.flatMap((exit) => Effect.sync(() => settle(pending, exit))),
-        Effect.onInterrupt(() => Effect.sync(() => settle(pending, Exit.fail(new InferenceError.ShuttingDown({})))))
+      for (const m of members) m.state = "running"
+      runsInFlight.set(model, (runsInFlight.get(model) ?? 0) + 1)
+      const inputs = Batch.concat(batching, members.map((m) => m.request.inputs))
+      return Effect.forEach(members, (m) => telemetry.recordQueueWait(request.modelId, m.request.priority, startedMs - m.admittedAtMs), { discard: true }).pipe(
+        Effect.andThen(Effect.exit(pool.run(request.modelId, inputs, { requestId: request.requestId, version: request.modelVersion }))),
+        Effect.flatMap((exit) => {
+          const runMs = nowMs(clock) - startedMs
+          expectedRunMs.set(model, runMs)
+          if (Exit.isFailure(exit)) {
+            for (const m of members) settle(m, exit)
+          } else {
+            const parts = Batch.split(batching, exit.value.outputs, members.map((m) => m.rows))
+            members.forEach((m, i) =>
+              settle(m, parts === undefined
+                ? Exit.fail(new InferenceError.RunFailed({ modelId: request.modelId, requestId: m.request.requestId, detail: "the model's outputs do not have the batch's rows on their batch axis" }))
+                : Exit.succeed({ outputs: parts[i]!, deviceUsed: exit.value.deviceUsed }))
+            )
+          }
+          return telemetry.recordRun(request.modelId, runMs, members.length)
+        }),
+        Effect.ensuring(Effect.sync(() => runsInFlight.set(model, runsInFlight.get(model)! - 1))),
+        Effect.onInterrupt(() => Effect.sync(() => {
+          for (const m of members) settle(m, shuttingDown)
+        }))
       )
     })
+
+  /** Takes queued requests that can join `batch`, highest priority first, while rows fit. */
+  const gather = (batch: Forming, maxRows: number) => {
+    const joined = queue.takeWhere((p) => {
+      if (p.batchKey !== batch.key || batch.rows + p.rows > maxRows) return false
+      batch.rows += p.rows
+      return true
+    }, Infinity)
+    for (const p of joined) {
+      p.state = "forming"
+      batch.members.push(p)
+    }
+  }
+
+  /** Holds a permit while the batch policy says wait; then runs what is still wanted. */
+  const formAndRun = (batch: Forming, batching: BatchPolicy.BatchingConfig, model: string): Effect.Effect<void> =>
+    Effect.gen(function*() {
+      while (true) {
+        // Members cancelled or expired while forming have settled: they leave the batch.
+        for (let i = batch.members.length - 1; i >= 0; i--) {
+          const m = batch.members[i]!
+          if (m.state === "settled") {
+            batch.members.splice(i, 1)
+            batch.rows -= m.rows
+          }
+        }
+        if (batch.members.length === 0) return
+        const now = nowMs(clock)
+        let oldest = Infinity
+        let earliestDeadline = Infinity
+        let highest = 3
+        for (const m of batch.members) {
+          oldest = Math.min(oldest, m.admittedAtMs)
+          earliestDeadline = Math.min(earliestDeadline, m.deadlineAtMs)
+          highest = Math.min(highest, Priority.rank(m.request.priority))
+        }
+        const decision = BatchPolicy.decide(batching, {
+          rows: batch.rows,
+          oldestWaitMs: now - oldest,
+          earliestDeadlineInMs: earliestDeadline - now,
+          highestPriority: Priority.levels[highest]!,
+          runsInFlight: runsInFlight.get(model) ?? 0,
+          expectedRunMs: expectedRunMs.get(model) ?? 0
+        })
+        if (decision._tag === "Send") break
+        forming.set(batch.key, batch)
+        batch.arrival.closeUnsafe()
+        yield* Effect.raceFirst(batch.arrival.await, Effect.sleep(Duration.millis(decision.ms)))
+        gather(batch, batching.maxBatchSize)
+      }
+      if (forming.get(batch.key) === batch) forming.delete(batch.key)
+      yield* runMembers(batch.members)
+    }).pipe(Effect.ensuring(Effect.sync(() => {
+      if (forming.get(batch.key) === batch) forming.delete(batch.key)
+    })))
 
   const dispatcher = Effect.gen(function*() {
     while (true) {
       yield* permits.take(1)
+      yield* gate
       let next = queue.poll()
       while (next === undefined) {
         wake.closeUnsafe()
@@ -130,25 +246,37 @@ export const make = Effect.gen(function*() {
         if (next === undefined) yield* wake.await
       }
       const pending = next
-      pending.state = "running"
-      running++
-      yield* Effect.forkIn(
-        runOne(pending).pipe(Effect.ensuring(Effect.andThen(permits.release(1), Effect.sync(() => {
-          running--
-          noteIdle()
-        })))),
-        scope,
-        { startImmediately: true }
-      )
+      let work: Effect.Effect<void>
+      if (pending.batchKey === undefined) {
+        pending.state = "running"
+        work = runMembers([pending])
+      } else {
+        const open = forming.get(pending.batchKey)
+        if (open !== undefined && open.rows + pending.rows <= pending.batching.maxBatchSize) {
+          // A batch of its kind is already forming: join it and give the permit back.
+          pending.state = "forming"
+          open.members.push(pending)
+          open.rows += pending.rows
+          open.arrival.openUnsafe()
+          yield* permits.release(1)
+          continue
+        }
+        const batch: Forming = { key: pending.batchKey, members: [pending], rows: pending.rows, arrival: Latch.makeUnsafe(false) }
+        pending.state = "forming"
+        gather(batch, pending.batching.maxBatchSize)
+        work = formAndRun(batch, pending.batching, modelKey(pending.request))
+      }
+      yield* Effect.forkIn(work.pipe(Effect.ensuring(permits.release(1))), scope, { startImmediately: true })
     }
   })
   yield* Effect.forkIn(dispatcher, scope)
 
-  // On close: refuse new work, and answer everything still queued.
+  // On close: refuse new work, and answer everything still queued or forming.
   yield* Effect.addFinalizer(() =>
     Effect.sync(() => {
       draining = true
-      for (let p = queue.poll(); p !== undefined; p = queue.poll()) settle(p, Exit.fail(new InferenceError.ShuttingDown({})))
+      for (let p = queue.poll(); p !== undefined; p = queue.poll()) settle(p, shuttingDown)
+      for (const batch of forming.values()) for (const m of batch.members) settle(m, shuttingDown)
     })
   )
 
@@ -167,15 +295,13 @@ export const make = Effect.gen(function*() {
         elapsedMs: nowMs(clock) - pending.admittedAtMs
       })
     const afterQueueLimit = Effect.suspend((): Effect.Effect<RunOutput, InferenceError.Reason> => {
-      if (pending.state === "queued") {
-        queue.remove(pending.entry!)
+      if (pending.state === "queued" || pending.state === "forming") {
         const waitedMs = nowMs(clock) - pending.admittedAtMs
         settle(pending, Exit.fail(
           queueLimitMs < timeoutMs
             ? new InferenceError.QueueTimeout({ modelId: request.modelId, requestId: request.requestId, queueTimeoutMs, waitedMs })
             : deadlineExceeded()
         ))
-        noteIdle()
         return Deferred.await(pending.deferred)
       }
       if (pending.state === "settled") return Deferred.await(pending.deferred)
@@ -217,10 +343,16 @@ export const make = Effect.gen(function*() {
       const metadata = yield* Effect.mapError(pool.metadata(request.modelId, request.modelVersion), InferenceError.make)
       const invalid = ModelMetadata.validateInputs(metadata, request.inputs)
       if (invalid !== undefined) return yield* fail(invalid)
+      const batching = metadata.batching ?? BatchPolicy.disabled
+      const joinable = batching.enabled ? Batch.keyOf(batching, request.inputs) : undefined
       const pending: Pending = {
         request,
         deferred: Deferred.makeUnsafe(),
         admittedAtMs,
+        deadlineAtMs: admittedAtMs + Duration.toMillis(request.timeout),
+        batchKey: joinable === undefined ? undefined : `${modelKey(request)}|${joinable.key}`,
+        rows: joinable?.rows ?? 1,
+        batching,
         entry: undefined,
         state: "queued"
       }
@@ -228,8 +360,10 @@ export const make = Effect.gen(function*() {
       if (pending.entry === undefined) {
         return yield* fail(new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: config.maxQueuedRequests }))
       }
+      unsettled++
       settledLatch.closeUnsafe()
       wake.openUnsafe()
+      if (pending.batchKey !== undefined) forming.get(pending.batchKey)?.arrival.openUnsafe()
       return yield* awaitWithDeadlines(pending).pipe(
         Effect.mapError(InferenceError.make),
         Effect.map((output) =>
@@ -240,18 +374,9 @@ export const make = Effect.gen(function*() {
             deviceUsed: output.deviceUsed
           }) as InferenceResult.Success
         ),
-        // Whatever ends the wait (interruption included) takes the request out of the engine.
-        Effect.onExit(() =>
-          Effect.sync(() => {
-            if (pending.state === "queued") {
-              queue.remove(pending.entry!)
-              settle(pending, Exit.interrupt())
-              noteIdle()
-            } else if (pending.state === "running") {
-              settle(pending, Exit.interrupt())
-            }
-          })
-        )
+        // Whatever ends the wait (interruption included) takes the request out of the engine:
+        // out of the queue or its forming batch, or, when running, its result is dropped.
+        Effect.onExit(() => Effect.sync(() => settle(pending, Exit.interrupt())))
       )
     })
 
@@ -320,7 +445,7 @@ export const make = Effect.gen(function*() {
     inferResult,
     inferBatch,
     queueStats: Effect.sync(() => queue.stats()),
-    pending: Effect.sync(() => queue.size + running),
+    pending: Effect.sync(() => unsettled),
     config,
     drain,
     isDraining: Effect.sync(() => draining)

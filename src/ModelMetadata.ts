@@ -4,6 +4,7 @@
  *
  * @module ModelMetadata
  */
+import type * as BatchPolicy from "./BatchPolicy.ts"
 import * as InferenceError from "./InferenceError.ts"
 import * as Tensor from "./Tensor.ts"
 
@@ -19,6 +20,8 @@ export interface ModelMetadata {
   readonly version: string
   readonly inputs: ReadonlyArray<TensorSpec>
   readonly outputs: ReadonlyArray<TensorSpec>
+  /** Dynamic batching for this model; absent means off. */
+  readonly batching?: BatchPolicy.BatchingConfig | undefined
 }
 
 /** Largest element count the engine accepts in one tensor (2^28 elements, 1 GiB of float32). */

@@ -207,8 +207,8 @@ describe("AsyncInferenceEngine", () => {
   describe("inferBatch", () => {
     it.effect("emits results in completion order", () =>
       Effect.gen(function*() {
-        const latencies: Record<string, string> = { a: "30 millis", b: "10 millis", c: "20 millis" }
-        const { engine } = yield* makeHarness({ script: (id) => ({ latency: latencies[id]! }) })
+        const latencies: Record<string, number> = { a: 30, b: 10, c: 20 }
+        const { engine } = yield* makeHarness({ script: (id) => ({ latency: `${latencies[id]!} millis` }) })
         const fiber = yield* fork(Stream.runCollect(engine.inferBatch(["a", "b", "c"].map((id) => request(id)))))
         yield* TestClock.adjust("30 millis")
         const results = yield* Fiber.join(fiber)

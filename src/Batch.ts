@@ -1,0 +1,122 @@
+/**
+ * Joining requests into one batch and splitting the batch's outputs back, along each tensor's
+ * batch axis (row-major). Pure: no fibers, no clock.
+ *
+ * @module Batch
+ */
+import type * as BatchPolicy from "./BatchPolicy.ts"
+import * as Tensor from "./Tensor.ts"
+
+const axisOf = (axes: Readonly<Record<string, BatchPolicy.Axis>>, name: string): BatchPolicy.Axis => {
+  const axis = axes[name]
+  return axis === undefined ? 0 : axis
+}
+
+/**
+ * The key that requests must share to join one batch: every input's dtype and its dims off the
+ * batch axis, and the values of unbatched inputs. Undefined when the request cannot batch
+ * (its batched inputs disagree on the row count, or it is too large).
+ */
+export const keyOf = (config: BatchPolicy.BatchingConfig, inputs: Tensor.TensorMap): { readonly key: string; readonly rows: number } | undefined => {
+  let rows: number | undefined
+  const parts: Array<string> = []
+  for (const name of Object.keys(inputs).sort()) {
+    const tensor = inputs[name]!
+    const axis = axisOf(config.inputAxes, name)
+    if (axis === null) {
+      if (tensor.data.length > 16) return undefined
+      parts.push(`${name}:${tensor.dtype}:${tensor.dims.join("x")}=${Array.from(tensor.data as ArrayLike<unknown>, String).join(",")}`)
+      continue
+    }
+    const r = tensor.dims[axis]
+    if (r === undefined || (rows !== undefined && r !== rows)) return undefined
+    rows = r
+    parts.push(`${name}:${tensor.dtype}:${tensor.dims.map((d, i) => i === axis ? "*" : d).join("x")}`)
+  }
+  if (rows === undefined || rows === 0 || rows > config.maxBatchSize) return undefined
+  return { key: parts.join("|"), rows }
+}
+
+/** Elements before and after the batch axis: [outer, inner]. */
+const strides = (dims: ReadonlyArray<number>, axis: number): readonly [number, number] => [
+  Tensor.elementCount(dims.slice(0, axis)),
+  Tensor.elementCount(dims.slice(axis + 1))
+]
+
+const copy = (target: Tensor.TensorData, offset: number, source: Tensor.TensorData, start: number, end: number): void => {
+  if (Array.isArray(target)) {
+    const t = target as Array<string>
+    for (let i = start; i < end; i++) t[offset + i - start] = (source as ReadonlyArray<string>)[i]!
+  } else {
+    ;(target as Uint8Array).set((source as Uint8Array).subarray(start, end), offset)
+  }
+}
+
+const concatTensor = (tensors: ReadonlyArray<Tensor.Tensor>, axis: number): Tensor.Tensor => {
+  const first = tensors[0]!
+  let rows = 0
+  for (const t of tensors) rows += t.dims[axis]!
+  const dims = first.dims.map((d, i) => i === axis ? rows : d)
+  const [outer, inner] = strides(first.dims, axis)
+  const data = Tensor.allocate(first.dtype, outer * rows * inner)
+  let offset = 0
+  for (let o = 0; o < outer; o++) {
+    for (const t of tensors) {
+      const block = t.dims[axis]! * inner
+      copy(data, offset, t.data, o * block, (o + 1) * block)
+      offset += block
+    }
+  }
+  return Tensor.make(first.dtype, data, dims)
+}
+
+/** Joins the members' inputs into one input map (members all share one `keyOf` key). */
+export const concat = (config: BatchPolicy.BatchingConfig, members: ReadonlyArray<Tensor.TensorMap>): Tensor.TensorMap => {
+  if (members.length === 1) return members[0]!
+  const out: Record<string, Tensor.Tensor> = {}
+  for (const name of Object.keys(members[0]!)) {
+    const axis = axisOf(config.inputAxes, name)
+    out[name] = axis === null ? members[0]![name]! : concatTensor(members.map((m) => m[name]!), axis)
+  }
+  return out
+}
+
+const sliceTensor = (tensor: Tensor.Tensor, axis: number, from: number, rows: number): Tensor.Tensor => {
+  const [outer, inner] = strides(tensor.dims, axis)
+  const total = tensor.dims[axis]!
+  const data = Tensor.allocate(tensor.dtype, outer * rows * inner)
+  for (let o = 0; o < outer; o++) {
+    const start = (o * total + from) * inner
+    copy(data, o * rows * inner, tensor.data, start, start + rows * inner)
+  }
+  return Tensor.make(tensor.dtype, data, tensor.dims.map((d, i) => i === axis ? rows : d))
+}
+
+/**
+ * Splits a batch's outputs back into one output map per member, `rows[i]` rows each, in member
+ * order. An unbatched output (axis null) is given whole to every member. Fails (undefined) when
+ * an output's batch dim does not equal the total rows.
+ */
+export const split = (
+  config: BatchPolicy.BatchingConfig,
+  outputs: Tensor.TensorMap,
+  rows: ReadonlyArray<number>
+): ReadonlyArray<Tensor.TensorMap> | undefined => {
+  if (rows.length === 1) return [outputs]
+  const total = rows.reduce((a, b) => a + b, 0)
+  const result: Array<Record<string, Tensor.Tensor>> = rows.map(() => ({}))
+  for (const [name, tensor] of Object.entries(outputs)) {
+    const axis = axisOf(config.outputAxes, name)
+    if (axis === null) {
+      for (const r of result) r[name] = tensor
+      continue
+    }
+    if (tensor.dims[axis] !== total) return undefined
+    let from = 0
+    rows.forEach((n, i) => {
+      result[i]![name] = sliceTensor(tensor, axis, from, n)
+      from += n
+    })
+  }
+  return result
+}

@@ -1,0 +1,144 @@
+/**
+ * Dynamic batching policy: per-model configuration and the pure decision "send the forming
+ * batch now, or wait at most d" (Triton's decision-function design). The mechanism that owns
+ * fibers and the clock lives in the engine; this module never sleeps.
+ *
+ * @module BatchPolicy
+ */
+import { Duration, Effect, Schema } from "effect"
+import * as Priority from "./Priority.ts"
+
+/** A batch axis, or null for an input that is not batched (it must be equal across the batch and is passed once). */
+export type Axis = number | null
+
+export interface BatchingConfig {
+  readonly enabled: boolean
+  /** Most rows (sum of the requests' batch dims) in one run. */
+  readonly maxBatchSize: number
+  /** Longest time a forming batch waits for more rows, counted from its oldest request's admission. */
+  readonly maxQueueDelay: Duration.Duration
+  /** Sizes that are sent as soon as they are reached (ascending). */
+  readonly preferredBatchSizes: ReadonlyArray<number>
+  /** Batch axis per input; inputs not listed batch on axis 0. */
+  readonly inputAxes: Readonly<Record<string, Axis>>
+  /** Batch axis per output; outputs not listed batch on axis 0. */
+  readonly outputAxes: Readonly<Record<string, Axis>>
+}
+
+export const disabled: BatchingConfig = {
+  enabled: false,
+  maxBatchSize: 1,
+  maxQueueDelay: Duration.zero,
+  preferredBatchSizes: [],
+  inputAxes: {},
+  outputAxes: {}
+}
+
+const AxisSchema = Schema.NullOr(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)))
+
+/** The `batching` object of a model's config.json. Every field is optional. */
+export const ConfigJson = Schema.Struct({
+  enabled: Schema.optional(Schema.Boolean),
+  maxBatchSize: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65536 }))),
+  maxQueueDelayMs: Schema.optional(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 60_000 }))),
+  preferredBatchSizes: Schema.optional(Schema.Array(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)))),
+  inputAxes: Schema.optional(Schema.Record(Schema.String, AxisSchema)),
+  outputAxes: Schema.optional(Schema.Record(Schema.String, AxisSchema))
+})
+
+export type ConfigJson = typeof ConfigJson.Type
+
+/** What a model declares: each input's and output's dims (-1 = dynamic). */
+export interface Signature {
+  readonly inputs: ReadonlyArray<{ readonly name: string; readonly dims: ReadonlyArray<number> }>
+  readonly outputs: ReadonlyArray<{ readonly name: string; readonly dims: ReadonlyArray<number> }>
+}
+
+/**
+ * Resolves a model's batching from its config.json `batching` object and its signature.
+ * Without an explicit `enabled`, batching is on exactly when every batched input and output
+ * has a dynamic dim on its batch axis. Fails with a message naming the bad field.
+ */
+export const resolve = (json: ConfigJson | undefined, signature: Signature): Effect.Effect<BatchingConfig, string> =>
+  Effect.suspend(() => {
+    const inputAxes = json?.inputAxes ?? {}
+    const outputAxes = json?.outputAxes ?? {}
+    for (const name of Object.keys(inputAxes)) {
+      if (!signature.inputs.some((i) => i.name === name)) return Effect.fail(`batching.inputAxes names unknown input ${JSON.stringify(name)}`)
+    }
+    for (const name of Object.keys(outputAxes)) {
+      if (!signature.outputs.some((o) => o.name === name)) return Effect.fail(`batching.outputAxes names unknown output ${JSON.stringify(name)}`)
+    }
+    const problems: Array<string> = []
+    const check = (kind: string, specs: Signature["inputs"], axes: Readonly<Record<string, Axis>>) => {
+      for (const spec of specs) {
+        const axis = axes[spec.name] === undefined ? 0 : axes[spec.name]!
+        if (axis === null) continue
+        if (axis >= spec.dims.length) problems.push(`${kind} ${spec.name} has rank ${spec.dims.length}, no axis ${axis}`)
+        else if (spec.dims[axis] !== -1) problems.push(`${kind} ${spec.name} has a fixed dim ${spec.dims[axis]} on batch axis ${axis}`)
+      }
+    }
+    check("input", signature.inputs, inputAxes)
+    check("output", signature.outputs, outputAxes)
+    const batchable = problems.length === 0 && signature.inputs.some((i) => inputAxes[i.name] !== null)
+    if (json?.enabled === true && !batchable) {
+      return Effect.fail(`batching is enabled but the model cannot batch: ${problems.join("; ") || "no input has a batch axis"}`)
+    }
+    const maxBatchSize = json?.maxBatchSize ?? 64
+    const preferred = [...(json?.preferredBatchSizes ?? [])].sort((a, b) => a - b)
+    const tooBig = preferred.find((p) => p > maxBatchSize)
+    if (tooBig !== undefined) return Effect.fail(`batching.preferredBatchSizes has ${tooBig}, above maxBatchSize ${maxBatchSize}`)
+    return Effect.succeed({
+      enabled: json?.enabled ?? batchable,
+      maxBatchSize,
+      maxQueueDelay: Duration.millis(json?.maxQueueDelayMs ?? 0),
+      preferredBatchSizes: preferred,
+      inputAxes,
+      outputAxes
+    })
+  })
+
+/** What is known about a forming batch when the policy is asked. */
+export interface Pending {
+  /** Rows gathered so far. */
+  readonly rows: number
+  /** Time since the oldest member was admitted. */
+  readonly oldestWaitMs: number
+  /** Time left until the earliest member's deadline. */
+  readonly earliestDeadlineInMs: number
+  /** The highest priority among the members. */
+  readonly highestPriority: Priority.Priority
+  /** Other runs of this model in progress: the sign that more requests are flowing. */
+  readonly runsInFlight: number
+  /** Recent run time of this model (0 when unknown). */
+  readonly expectedRunMs: number
+}
+
+export type Decision =
+  | { readonly _tag: "Send"; readonly why: "full" | "preferred" | "noDelay" | "delayElapsed" | "deadline" | "critical" | "idle" }
+  | { readonly _tag: "Wait"; readonly ms: number }
+
+/**
+ * Send now, or wait at most `ms` for more rows.
+ * - A full batch, a preferred size, no delay configured, or a delay already spent: send.
+ * - A Critical member never waits for a batch to fill.
+ * - Never past a member's deadline: the wait ends early enough for the run to finish in time
+ *   (with twice the recent run time as headroom).
+ * - A free runner never waits when nothing else of this model is running: with no traffic in
+ *   flight, no closed-loop caller is about to send another request, so waiting would only add
+ *   latency (a lone request would always sit out the whole delay).
+ */
+export const decide = (config: BatchingConfig, pending: Pending): Decision => {
+  if (pending.rows >= config.maxBatchSize) return { _tag: "Send", why: "full" }
+  if (config.preferredBatchSizes.includes(pending.rows)) return { _tag: "Send", why: "preferred" }
+  const delayMs = Duration.toMillis(config.maxQueueDelay)
+  if (delayMs <= 0) return { _tag: "Send", why: "noDelay" }
+  if (pending.highestPriority === Priority.Critical) return { _tag: "Send", why: "critical" }
+  const delayLeftMs = delayMs - pending.oldestWaitMs
+  if (delayLeftMs <= 0) return { _tag: "Send", why: "delayElapsed" }
+  // Twice the recent run time as headroom: run times vary by a third or more between runs.
+  const deadlineLeftMs = pending.earliestDeadlineInMs - 2 * pending.expectedRunMs
+  if (deadlineLeftMs <= 0) return { _tag: "Send", why: "deadline" }
+  if (pending.runsInFlight === 0) return { _tag: "Send", why: "idle" }
+  return { _tag: "Wait", ms: Math.min(delayLeftMs, deadlineLeftMs) }
+}

@@ -1,0 +1,51 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as Batch from "../src/Batch.ts"
+import * as BatchPolicy from "../src/BatchPolicy.ts"
+import * as Tensor from "../src/Tensor.ts"
+
+const on: BatchPolicy.BatchingConfig = { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 16 }
+const silero: BatchPolicy.BatchingConfig = { ...on, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 } }
+
+describe("Batch", () => {
+  it("joins on axis 0 and splits each member's rows back", () => {
+    const a = { x: Tensor.float32([1, 2, 3], [1, 3]) }
+    const b = { x: Tensor.float32([4, 5, 6, 7, 8, 9], [2, 3]) }
+    const joined = Batch.concat(on, [a, b])
+    assert.deepStrictEqual(joined["x"]!.dims, [3, 3])
+    assert.deepStrictEqual(Array.from(joined["x"]!.data as Float32Array), [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    const parts = Batch.split(on, { y: joined["x"]! }, [1, 2])!
+    assert.deepStrictEqual(Array.from(parts[0]!["y"]!.data as Float32Array), [1, 2, 3])
+    assert.deepStrictEqual(parts[1]!["y"]!.dims, [2, 3])
+    assert.deepStrictEqual(Array.from(parts[1]!["y"]!.data as Float32Array), [4, 5, 6, 7, 8, 9])
+  })
+
+  it("joins on axis 1 (Silero's state) and passes unbatched inputs once", () => {
+    const member = (v: number) => ({
+      input: Tensor.float32([v, v], [1, 2]),
+      state: Tensor.float32([v, v + 0.5], [2, 1, 1]),
+      sr: Tensor.int64([16000], [])
+    })
+    const joined = Batch.concat(silero, [member(1), member(2)])
+    assert.deepStrictEqual(joined["state"]!.dims, [2, 2, 1])
+    assert.deepStrictEqual(Array.from(joined["state"]!.data as Float32Array), [1, 2, 1.5, 2.5])
+    assert.deepStrictEqual(joined["sr"]!.dims, [])
+    const parts = Batch.split(silero, { stateN: joined["state"]!, output: Tensor.float32([10, 20], [2, 1]) }, [1, 1])!
+    assert.deepStrictEqual(Array.from(parts[1]!["stateN"]!.data as Float32Array), [2, 2.5])
+    assert.deepStrictEqual(Array.from(parts[1]!["output"]!.data as Float32Array), [20])
+  })
+
+  it("keys requests by dtype, off-axis dims and unbatched values", () => {
+    const k = (inputs: Tensor.TensorMap) => Batch.keyOf(silero, inputs)
+    const base = { input: Tensor.float32([0, 0], [1, 2]), state: Tensor.float32([0, 0], [2, 1, 1]), sr: Tensor.int64([16000], []) }
+    assert.deepStrictEqual(k(base)?.rows, 1)
+    assert.strictEqual(k(base)?.key, k({ ...base, input: Tensor.float32([1, 1, 1, 1], [2, 2]), state: Tensor.float32([0, 0, 0, 0], [2, 2, 1]) })?.key)
+    assert.notStrictEqual(k(base)?.key, k({ ...base, sr: Tensor.int64([8000], []) })?.key, "another sample rate")
+    assert.notStrictEqual(k(base)?.key, k({ ...base, input: Tensor.float32([0, 0, 0], [1, 3]) })?.key, "another window length")
+    assert.isUndefined(k({ ...base, input: Tensor.float32([0, 0, 0, 0], [2, 2]) }), "inputs that disagree on rows cannot batch")
+    assert.isUndefined(Batch.keyOf({ ...on, maxBatchSize: 2 }, { x: Tensor.float32(new Float32Array(9), [3, 3]) }), "more rows than a batch holds")
+  })
+
+  it("refuses to split outputs whose batch dim is not the total", () => {
+    assert.isUndefined(Batch.split(on, { y: Tensor.float32([1, 2], [2, 1]) }, [1, 2]))
+  })
+})

@@ -1,0 +1,81 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect } from "effect"
+import * as BatchPolicy from "../src/BatchPolicy.ts"
+
+const config: BatchPolicy.BatchingConfig = {
+  ...BatchPolicy.disabled,
+  enabled: true,
+  maxBatchSize: 8,
+  maxQueueDelay: Duration.millis(10),
+  preferredBatchSizes: [4]
+}
+
+const pending: BatchPolicy.Pending = {
+  rows: 2,
+  oldestWaitMs: 1,
+  earliestDeadlineInMs: 1000,
+  highestPriority: "Normal",
+  runsInFlight: 1,
+  expectedRunMs: 2
+}
+
+describe("BatchPolicy.decide", () => {
+  const table: ReadonlyArray<readonly [string, BatchPolicy.BatchingConfig, Partial<BatchPolicy.Pending>, BatchPolicy.Decision]> = [
+    ["waits out the rest of the delay while runs are in flight", config, {}, { _tag: "Wait", ms: 9 }],
+    ["sends a full batch", config, { rows: 8 }, { _tag: "Send", why: "full" }],
+    ["sends a batch above the bound", config, { rows: 9 }, { _tag: "Send", why: "full" }],
+    ["sends a preferred size at once", config, { rows: 4 }, { _tag: "Send", why: "preferred" }],
+    ["sends at once with no delay configured", { ...config, maxQueueDelay: Duration.zero }, {}, { _tag: "Send", why: "noDelay" }],
+    ["sends once the delay is spent", config, { oldestWaitMs: 10 }, { _tag: "Send", why: "delayElapsed" }],
+    ["never makes a Critical request wait", config, { highestPriority: "Critical" }, { _tag: "Send", why: "critical" }],
+    ["waits only as long as the earliest deadline allows for twice the run time", config, { earliestDeadlineInMs: 6 }, { _tag: "Wait", ms: 2 }],
+    ["sends when the deadline leaves no time to wait", config, { earliestDeadlineInMs: 4 }, { _tag: "Send", why: "deadline" }],
+    ["never waits when nothing else of the model is running", config, { runsInFlight: 0 }, { _tag: "Send", why: "idle" }]
+  ]
+  for (const [name, c, p, expected] of table) {
+    it(name, () => assert.deepStrictEqual(BatchPolicy.decide(c, { ...pending, ...p }), expected))
+  }
+})
+
+describe("BatchPolicy.resolve", () => {
+  const mlp = { inputs: [{ name: "input", dims: [-1, 784] }], outputs: [{ name: "logits", dims: [-1, 10] }] }
+  const silero = {
+    inputs: [{ name: "input", dims: [-1, -1] }, { name: "state", dims: [2, -1, 128] }, { name: "sr", dims: [] }],
+    outputs: [{ name: "output", dims: [-1, 1] }, { name: "stateN", dims: [2, -1, 128] }]
+  }
+  const fixed = { inputs: [{ name: "x", dims: [1, 3] }], outputs: [{ name: "y", dims: [1, 3] }] }
+
+  it.effect("is on by default for a model with a dynamic batch dim", () =>
+    Effect.gen(function*() {
+      const c = yield* BatchPolicy.resolve(undefined, mlp)
+      assert.isTrue(c.enabled)
+      assert.strictEqual(c.maxBatchSize, 64)
+      assert.strictEqual(Duration.toMillis(c.maxQueueDelay), 0)
+    }))
+
+  it.effect("is off by default for a model without one", () =>
+    Effect.gen(function*() {
+      assert.isFalse((yield* BatchPolicy.resolve(undefined, fixed)).enabled)
+      assert.isFalse((yield* BatchPolicy.resolve(undefined, silero)).enabled, "state batches on axis 1, sr is a scalar")
+    }))
+
+  it.effect("accepts per-tensor axes (Silero's state on axis 1, sr unbatched)", () =>
+    Effect.gen(function*() {
+      const c = yield* BatchPolicy.resolve({ enabled: true, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 }, maxQueueDelayMs: 2 }, silero)
+      assert.isTrue(c.enabled)
+      assert.strictEqual(Duration.toMillis(c.maxQueueDelay), 2)
+    }))
+
+  const errors: ReadonlyArray<readonly [string, BatchPolicy.ConfigJson, RegExp]> = [
+    ["enabling a model that cannot batch", { enabled: true }, /fixed dim 1 on batch axis 0/],
+    ["an axis for an unknown input", { inputAxes: { nope: 0 } }, /unknown input "nope"/],
+    ["a preferred size above the maximum", { maxBatchSize: 4, preferredBatchSizes: [8] }, /above maxBatchSize 4/]
+  ]
+  for (const [name, json, message] of errors) {
+    it.effect(`refuses ${name}, saying why`, () =>
+      Effect.gen(function*() {
+        const error = yield* Effect.flip(BatchPolicy.resolve(json, name.includes("cannot") ? fixed : mlp))
+        assert.match(error, message)
+      }))
+  }
+})

@@ -1,0 +1,228 @@
+/**
+ * Dynamic batching in the engine, under TestClock. A DispatchGate latch holds dispatch until
+ * the queue holds exactly the requests a test wants batched, so batch composition is exact.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Fiber, Latch } from "effect"
+import { TestClock } from "effect/testing"
+import * as BatchPolicy from "../src/BatchPolicy.ts"
+import { DispatchGate } from "../src/Engine.ts"
+import * as InferenceRequest from "../src/InferenceRequest.ts"
+import type * as InferenceResult from "../src/InferenceResult.ts"
+import type * as Priority from "../src/Priority.ts"
+import { makeHarness } from "./fixtures/EngineHarness.ts"
+import { echoInputs, type Script } from "./fixtures/FakeModelPool.ts"
+
+const batching = (overrides: Partial<BatchPolicy.BatchingConfig> = {}): BatchPolicy.BatchingConfig => ({
+  ...BatchPolicy.disabled,
+  enabled: true,
+  maxBatchSize: 8,
+  ...overrides
+})
+
+const fork = <A, E>(effect: Effect.Effect<A, E>) => Effect.forkChild(effect, { startImmediately: true })
+
+const request = (id: string, value: number, options: InferenceRequest.Options = {}) =>
+  InferenceRequest.make("echo", echoInputs(value), { requestId: id, ...options })
+
+const firstValue = (result: InferenceResult.Success) => (result.outputs["y"]!.data as Float32Array)[0]
+
+/** A harness whose dispatcher waits at a closed gate until the test opens it. */
+const gated = (options: { script?: (id: string) => Script; config?: NonNullable<Parameters<typeof makeHarness>[0]>["config"]; batching: BatchPolicy.BatchingConfig }) =>
+  Effect.gen(function*() {
+    const gate = yield* Latch.make(false)
+    const harness = yield* makeHarness(options).pipe(Effect.provideService(DispatchGate, gate.await))
+    return { ...harness, gate }
+  })
+
+describe("AsyncInferenceEngine dynamic batching", () => {
+  it.effect("runs queued requests of one model as one batch, and every caller gets exactly its own rows", () =>
+    Effect.gen(function*() {
+      const { engine, stats, gate, log } = yield* gated({ batching: batching(), config: { maxConcurrentRequests: 1 } })
+      const fibers = []
+      for (let i = 0; i < 5; i++) fibers.push(yield* fork(engine.infer(request(`r${i}`, i + 1, {}))))
+      assert.strictEqual((yield* engine.queueStats).total, 5)
+      yield* gate.open
+      yield* TestClock.adjust("10 millis")
+      for (let i = 0; i < 5; i++) {
+        const result = yield* Fiber.join(fibers[i]!)
+        assert.strictEqual(result.requestId, `r${i}`)
+        assert.strictEqual(firstValue(result), (i + 1) * 2)
+        assert.deepStrictEqual(result.outputs["y"]!.dims, [1, 4])
+      }
+      assert.deepStrictEqual(stats.batchSizes, [5])
+      assert.strictEqual(stats.started, 1, "one native run for the batch")
+      assert.deepStrictEqual(log.events.filter((e) => e._tag === "run").map((e) => e._tag === "run" ? e.batchSize : 0), [5])
+    }))
+
+  it.effect("splits what exceeds maxBatchSize into further runs, one permit each", () =>
+    Effect.gen(function*() {
+      const { engine, stats, gate } = yield* gated({ batching: batching({ maxBatchSize: 4 }), config: { maxConcurrentRequests: 1 } })
+      const fibers = []
+      for (let i = 0; i < 6; i++) fibers.push(yield* fork(engine.infer(request(`r${i}`, i))))
+      yield* gate.open
+      yield* TestClock.adjust("20 millis")
+      for (const f of fibers) yield* Fiber.join(f)
+      assert.deepStrictEqual(stats.batchSizes, [4, 2])
+      assert.strictEqual(stats.maxActive, 1)
+    }))
+
+  it.effect("counts rows, not requests, and a request larger than a batch runs alone", () =>
+    Effect.gen(function*() {
+      const { engine, stats, gate } = yield* gated({ batching: batching({ maxBatchSize: 4 }), config: { maxConcurrentRequests: 1 } })
+      const big = yield* fork(engine.infer(InferenceRequest.make("echo", echoInputs(1, 5), { requestId: "big" })))
+      const pair = yield* fork(engine.infer(InferenceRequest.make("echo", echoInputs(2, 3), { requestId: "three" })))
+      const one = yield* fork(engine.infer(request("one", 3)))
+      yield* gate.open
+      yield* TestClock.adjust("30 millis")
+      assert.deepStrictEqual((yield* Fiber.join(big)).outputs["y"]!.dims, [5, 4])
+      assert.deepStrictEqual((yield* Fiber.join(pair)).outputs["y"]!.dims, [3, 4])
+      assert.deepStrictEqual((yield* Fiber.join(one)).outputs["y"]!.dims, [1, 4])
+      assert.deepStrictEqual(stats.batchSizes, [5, 4])
+    }))
+
+  it.effect("fills a batch from the highest level first", () =>
+    Effect.gen(function*() {
+      const { engine, stats, gate } = yield* gated({ batching: batching({ maxBatchSize: 2 }), config: { maxConcurrentRequests: 1 } })
+      const levels: ReadonlyArray<readonly [string, Priority.Priority]> = [["low-a", "Low"], ["low-b", "Low"], ["normal", "Normal"], ["critical", "Critical"]]
+      const fibers = []
+      for (const [id, priority] of levels) fibers.push(yield* fork(engine.infer(request(id, 1, { priority }))))
+      yield* gate.open
+      yield* TestClock.adjust("30 millis")
+      for (const f of fibers) yield* Fiber.join(f)
+      assert.deepStrictEqual(stats.order, ["critical", "low-a"], "each run is named by its first member")
+      assert.deepStrictEqual(stats.batchSizes, [2, 2])
+    }))
+
+  it.effect("waits up to maxQueueDelay for more rows while the model is busy, then sends", () =>
+    Effect.gen(function*() {
+      const { engine, stats } = yield* makeHarness({
+        script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }),
+        batching: batching({ maxQueueDelay: Duration.millis(10) }),
+        config: { maxConcurrentRequests: 2 }
+      })
+      yield* fork(engine.infer(request("long", 0)))
+      yield* TestClock.adjust("1 millis")
+      const a = yield* fork(engine.infer(request("a", 1)))
+      yield* TestClock.adjust("4 millis")
+      const b = yield* fork(engine.infer(request("b", 2)))
+      yield* TestClock.adjust("5 millis")
+      assert.deepStrictEqual(stats.batchSizes, [1], "still forming at 10 ms")
+      yield* TestClock.adjust("1 millis")
+      assert.deepStrictEqual(stats.batchSizes, [1, 2], "sent at 11 ms: the delay counts from the oldest member")
+      assert.deepStrictEqual(stats.startTimesMs, [0, 11])
+      yield* TestClock.adjust("2 millis")
+      assert.strictEqual(firstValue(yield* Fiber.join(a)), 2)
+      assert.strictEqual(firstValue(yield* Fiber.join(b)), 4)
+    }))
+
+  it.effect("a lone request on an idle model does not wait for a batch", () =>
+    Effect.gen(function*() {
+      const { engine, stats } = yield* makeHarness({ batching: batching({ maxQueueDelay: Duration.millis(50) }) })
+      const fiber = yield* fork(engine.inferResult(request("lone", 1)))
+      yield* TestClock.adjust("10 millis")
+      const result = yield* Fiber.join(fiber)
+      assert.strictEqual(result._tag, "Success")
+      assert.deepStrictEqual(stats.startTimesMs, [0])
+    }))
+
+  it.effect("never holds a request for batching past its deadline: the batch goes early", () =>
+    Effect.gen(function*() {
+      const { engine, stats } = yield* makeHarness({
+        script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }),
+        batching: batching({ maxQueueDelay: Duration.millis(50) }),
+        config: { maxConcurrentRequests: 2 }
+      })
+      // Teach the engine this model's run time (2 ms).
+      const warm = yield* fork(engine.infer(request("warm", 0)))
+      yield* TestClock.adjust("2 millis")
+      yield* Fiber.join(warm)
+      yield* fork(engine.infer(request("long", 0)))
+      yield* Effect.yieldNow
+      const tight = yield* fork(Effect.exit(engine.infer(request("tight", 1, { timeout: "20 millis" }))))
+      yield* TestClock.adjust("30 millis")
+      const exit = yield* Fiber.join(tight)
+      assert.isTrue(Exit.isSuccess(exit), "answered before its deadline")
+      assert.deepStrictEqual(stats.startTimesMs, [0, 2, 18], "sent at 2 + 20 - 2 × 2 ms, not after the 50 ms delay")
+    }))
+
+  it.effect("a Critical request never waits behind a forming batch", () =>
+    Effect.gen(function*() {
+      const { engine, stats } = yield* makeHarness({
+        script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }),
+        batching: batching({ maxQueueDelay: Duration.millis(40) }),
+        config: { maxConcurrentRequests: 2 }
+      })
+      yield* fork(engine.infer(request("long", 0)))
+      yield* TestClock.adjust("1 millis")
+      const low = yield* fork(engine.infer(request("low", 1, { priority: "Low" })))
+      yield* TestClock.adjust("4 millis")
+      const critical = yield* fork(engine.infer(request("critical", 2, { priority: "Critical" })))
+      yield* TestClock.adjust("2 millis")
+      assert.deepStrictEqual(stats.startTimesMs, [0, 5], "sent the moment the Critical request joined")
+      assert.deepStrictEqual(stats.batchSizes, [1, 2])
+      assert.strictEqual(firstValue(yield* Fiber.join(critical)), 4)
+      assert.strictEqual(firstValue(yield* Fiber.join(low)), 2)
+    }))
+
+  it.effect("a request cancelled while its batch forms leaves the batch before dispatch", () =>
+    Effect.gen(function*() {
+      const { engine, stats, outcomes } = yield* makeHarness({
+        script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }),
+        batching: batching({ maxQueueDelay: Duration.millis(10) }),
+        config: { maxConcurrentRequests: 2 }
+      })
+      yield* fork(engine.infer(request("long", 0)))
+      yield* TestClock.adjust("1 millis")
+      const a = yield* fork(engine.infer(request("a", 1)))
+      const b = yield* fork(engine.infer(request("b", 2)))
+      const c = yield* fork(engine.infer(request("c", 3)))
+      yield* TestClock.adjust("1 millis")
+      yield* Fiber.interrupt(b)
+      yield* TestClock.adjust("12 millis")
+      assert.deepStrictEqual(stats.batchSizes, [1, 2], "b's row never ran")
+      assert.strictEqual(firstValue(yield* Fiber.join(a)), 2)
+      assert.strictEqual(firstValue(yield* Fiber.join(c)), 6)
+      assert.strictEqual(outcomes().cancelled, 1)
+    }))
+
+  it.effect("a request cancelled after dispatch has its rows dropped; the others get theirs", () =>
+    Effect.gen(function*() {
+      const { engine, stats, gate } = yield* gated({ script: () => ({ latency: "10 millis" }), batching: batching() })
+      const a = yield* fork(engine.infer(request("a", 1)))
+      const b = yield* fork(engine.infer(request("b", 2)))
+      const c = yield* fork(engine.infer(request("c", 3)))
+      yield* gate.open
+      yield* TestClock.adjust("5 millis")
+      assert.deepStrictEqual(stats.batchSizes, [3])
+      yield* Fiber.interrupt(b)
+      yield* TestClock.adjust("5 millis")
+      assert.strictEqual(firstValue(yield* Fiber.join(a)), 2)
+      assert.strictEqual(firstValue(yield* Fiber.join(c)), 6)
+      assert.strictEqual(yield* engine.pending, 0)
+    }))
+
+  it.effect("a batch whose run fails fails each of its members", () =>
+    Effect.gen(function*() {
+      const { engine, gate } = yield* gated({ script: () => ({ latency: "1 millis", failWith: "bad kernel" }), batching: batching() })
+      const fibers = [yield* fork(Effect.exit(engine.infer(request("a", 1)))), yield* fork(Effect.exit(engine.infer(request("b", 2))))]
+      yield* gate.open
+      yield* TestClock.adjust("1 millis")
+      for (const f of fibers) {
+        const exit = yield* Fiber.join(f)
+        assert.isTrue(Exit.isFailure(exit))
+      }
+    }))
+
+  it.effect("the concurrency bound counts native runs: a batch is one run", () =>
+    Effect.gen(function*() {
+      const { engine, stats, gate } = yield* gated({ script: () => ({ latency: "5 millis" }), batching: batching({ maxBatchSize: 3 }), config: { maxConcurrentRequests: 2 } })
+      const fibers = []
+      for (let i = 0; i < 12; i++) fibers.push(yield* fork(engine.infer(request(`r${i}`, i))))
+      yield* gate.open
+      yield* TestClock.adjust("20 millis")
+      for (const f of fibers) yield* Fiber.join(f)
+      assert.deepStrictEqual(stats.batchSizes, [3, 3, 3, 3])
+      assert.strictEqual(stats.maxActive, 2)
+    }))
+})
