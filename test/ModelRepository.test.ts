@@ -1,0 +1,204 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit } from "effect"
+import * as Path from "node:path"
+import * as ModelRepository from "../src/ModelRepository.ts"
+import { tempDirectory, tempRepository } from "./fixtures/ModelRepositoryFixture.ts"
+
+const onnx = "not checked by the scan, only by the runtime"
+
+const entry = (repository: ModelRepository.ModelRepository, name: string, version: string) => {
+  const found = repository.entries.find((e) => e.name === name && e.version === version)
+  assert.isDefined(found, `${name}@${version} is listed`)
+  return found!
+}
+
+const reasonOf = (e: ModelRepository.Entry): string => {
+  assert.strictEqual(e._tag, "Unavailable", `${e.name}@${e.version} is unavailable`)
+  return (e as ModelRepository.Unavailable).reason
+}
+
+const configError = (json: unknown) =>
+  Effect.gen(function*() {
+    const exit = yield* Effect.exit(ModelRepository.decodeConfig(json))
+    assert.isTrue(Exit.isFailure(exit), `${JSON.stringify(json)} is rejected`)
+    return Exit.isFailure(exit) ? String(exit.cause) : ""
+  })
+
+describe("ModelRepository", () => {
+  describe("config.json", () => {
+    it.effect("fills every default when the file is empty", () =>
+      Effect.gen(function*() {
+        const config = yield* ModelRepository.decodeConfig({})
+        assert.deepStrictEqual(config, {
+          instances: ModelRepository.defaultInstances(),
+          executionProviders: ["cpu"],
+          intraOpNumThreads: 1,
+          interOpNumThreads: 1,
+          raw: {}
+        })
+        assert.strictEqual(ModelRepository.defaultInstances(2), 1)
+        assert.strictEqual(ModelRepository.defaultInstances(8), 2)
+      }))
+
+    it.effect("decodes every field and keeps unknown keys (a batching section) in raw", () =>
+      Effect.gen(function*() {
+        const json = {
+          instances: 3,
+          executionProviders: ["CoreML", "cuda", "webgpu", "cpu"],
+          intraOpNumThreads: 2,
+          interOpNumThreads: 4,
+          batching: { maxBatchSize: 32, maxQueueDelayMs: 2 }
+        }
+        const config = yield* ModelRepository.decodeConfig(json)
+        assert.strictEqual(config.instances, 3)
+        assert.deepStrictEqual(config.executionProviders, ["coreml", "cuda", "webgpu", "cpu"])
+        assert.strictEqual(config.intraOpNumThreads, 2)
+        assert.strictEqual(config.interOpNumThreads, 4)
+        assert.deepStrictEqual(config.raw["batching"], { maxBatchSize: 32, maxQueueDelayMs: 2 })
+      }))
+
+    it.effect("uses the caller's defaults under the file's values", () =>
+      Effect.gen(function*() {
+        const config = yield* ModelRepository.decodeConfig({ intraOpNumThreads: 2 }, { instances: 4, intraOpNumThreads: 3 })
+        assert.strictEqual(config.instances, 4)
+        assert.strictEqual(config.intraOpNumThreads, 2)
+      }))
+
+    it.effect("names the offending field in its errors", () =>
+      Effect.gen(function*() {
+        assert.include(yield* configError({ instances: 0 }), `["instances"]`)
+        assert.include(yield* configError({ instances: "2" }), `["instances"]`)
+        assert.include(yield* configError({ intraOpNumThreads: 1.5 }), `["intraOpNumThreads"]`)
+        assert.include(yield* configError({ interOpNumThreads: -1 }), `["interOpNumThreads"]`)
+        assert.include(yield* configError({ executionProviders: ["cpu", 3] }), `["executionProviders"][1]`)
+        assert.include(yield* configError({ executionProviders: [] }), `["executionProviders"]`)
+        assert.include(yield* configError({ executionProviders: ["../cpu"] }), `["executionProviders"][0]`)
+        assert.include(yield* configError([1, 2]), "Expected object")
+      }))
+
+    it("exports its fields so that another schema can extend them", () => {
+      assert.containsAllKeys(ModelRepository.configFields, ["instances", "executionProviders", "intraOpNumThreads", "interOpNumThreads"])
+    })
+  })
+
+  describe("model names", () => {
+    it("accepts safe names and rejects anything that could leave the repository", () => {
+      for (const name of ["mlp", "silero_vad", "resnet-50.v2", "A1", "0"]) assert.isTrue(ModelRepository.isValidModelName(name), name)
+      for (const name of ["", ".", "..", "../mlp", "a/b", "a\\b", ".hidden", "-x", "_x", "a b", "a\0b", "x".repeat(129), "%2e%2e"]) {
+        assert.isFalse(ModelRepository.isValidModelName(name), JSON.stringify(name))
+      }
+    })
+
+    it.effect("modelDirectory resolves a safe name to a direct child of the root and refuses traversal", () =>
+      Effect.gen(function*() {
+        assert.strictEqual(yield* ModelRepository.modelDirectory("/srv/models", "mlp"), Path.resolve("/srv/models/mlp"))
+        for (const name of ["../etc", "..", "a/../../b", "/etc/passwd"]) {
+          const error = yield* Effect.flip(ModelRepository.modelDirectory("/srv/models", name))
+          assert.strictEqual(error._tag, "InvalidModelName")
+          assert.include(error.message, JSON.stringify(name))
+        }
+      }))
+  })
+
+  describe("scan", () => {
+    it.effect("reads flat and versioned layouts; the highest version is the default", () =>
+      Effect.gen(function*() {
+        const root = yield* tempRepository({
+          "flat/model.onnx": onnx,
+          "flat/config.json": JSON.stringify({ instances: 2 }),
+          "versioned/1/model.onnx": onnx,
+          "versioned/3/model.onnx": onnx,
+          "versioned/10/model.onnx": onnx,
+          "versioned/model.onnx": onnx, // ignored beside version directories
+          "versioned/notes/model.onnx": onnx, // not a version directory
+          "README.md": "plain files at the root are not models",
+          ".git/model.onnx": onnx
+        })
+        const repository = yield* ModelRepository.scan(root)
+        assert.deepStrictEqual(repository.entries.map((e) => `${e._tag} ${e.name}@${e.version}`), [
+          "Found flat@1",
+          "Found versioned@1",
+          "Found versioned@3",
+          "Found versioned@10"
+        ])
+        const flat = entry(repository, "flat", "1")
+        assert.strictEqual(flat._tag === "Found" && flat.config.instances, 2)
+        assert.strictEqual(flat._tag === "Found" && flat.path, Path.join(repository.root, "flat", "model.onnx"))
+        assert.strictEqual(ModelRepository.lookup(repository, "versioned")?.version, "10")
+        assert.strictEqual(ModelRepository.lookup(repository, "versioned", "3")?.version, "3")
+        assert.strictEqual(ModelRepository.lookup(repository, "versioned", "03")?.version, "3")
+        assert.isUndefined(ModelRepository.lookup(repository, "versioned", "2"))
+        assert.isUndefined(ModelRepository.lookup(repository, "versioned", "x"))
+        assert.isUndefined(ModelRepository.lookup(repository, "nope"))
+        assert.deepStrictEqual(repository.ignored, [])
+      }))
+
+    it.effect("reports a missing, empty or non-file model and an invalid config.json as Unavailable with a reason", () =>
+      Effect.gen(function*() {
+        const root = yield* tempRepository({
+          "good/model.onnx": onnx,
+          "missing/readme.txt": "no model here",
+          "empty/model.onnx": "",
+          "dirmodel/model.onnx/x": "a directory named model.onnx",
+          "badconfig/model.onnx": onnx,
+          "badconfig/config.json": JSON.stringify({ instances: 0 }),
+          "badjson/model.onnx": onnx,
+          "badjson/config.json": "{ instances: 2",
+          "versions/1/model.onnx": onnx,
+          "versions/2/other.onnx": onnx,
+          "badversions/1/model.onnx": onnx,
+          "badversions/2/model.onnx": onnx,
+          "badversions/config.json": JSON.stringify({ executionProviders: "cpu" })
+        })
+        const repository = yield* ModelRepository.scan(root)
+        assert.strictEqual(entry(repository, "good", "1")._tag, "Found")
+        assert.include(reasonOf(entry(repository, "missing", "1")), "model.onnx: does not exist")
+        assert.include(reasonOf(entry(repository, "empty", "1")), "model.onnx is empty")
+        assert.include(reasonOf(entry(repository, "dirmodel", "1")), "is not a regular file")
+        assert.include(reasonOf(entry(repository, "badconfig", "1")), `config.json: Expected a value between 1 and 64 at ["instances"]`)
+        assert.include(reasonOf(entry(repository, "badjson", "1")), "config.json: invalid JSON")
+        assert.strictEqual(entry(repository, "versions", "1")._tag, "Found")
+        assert.include(reasonOf(entry(repository, "versions", "2")), "versions/2/model.onnx: does not exist")
+        assert.include(reasonOf(entry(repository, "badversions", "1")), `["executionProviders"]`)
+        assert.include(reasonOf(entry(repository, "badversions", "2")), `["executionProviders"]`)
+      }))
+
+    it.effect("never resolves outside the root: unsafe names are ignored, escaping symlinks are unavailable", () =>
+      Effect.gen(function*() {
+        const outside = yield* tempDirectory({ "secret.onnx": onnx, "model/model.onnx": onnx })
+        const root = yield* tempRepository({
+          "bad name/model.onnx": onnx,
+          "-dash/model.onnx": onnx,
+          "linkfile/model.onnx": { symlink: Path.join(outside, "secret.onnx") },
+          "linkdir": { symlink: Path.join(outside, "model") },
+          "inside/model.onnx": onnx,
+          "alias/model.onnx": { symlink: "../inside/model.onnx" }
+        })
+        const repository = yield* ModelRepository.scan(root)
+        assert.deepStrictEqual(repository.ignored.map((i) => i.name), ["-dash", "bad name"])
+        assert.include(repository.ignored[0]!.reason, "invalid model name")
+        assert.include(reasonOf(entry(repository, "linkfile", "1")), "resolves outside the model repository")
+        assert.include(reasonOf(entry(repository, "linkdir", "1")), "resolves outside the model repository")
+        assert.strictEqual(entry(repository, "alias", "1")._tag, "Found", "a symlink that stays inside is fine")
+        for (const e of repository.entries) {
+          if (e._tag === "Found") assert.isTrue(e.path.startsWith(repository.root + Path.sep), e.path)
+        }
+      }))
+
+    it.effect("fails with RepositoryError only when the root cannot be read", () =>
+      Effect.gen(function*() {
+        const error = yield* Effect.flip(ModelRepository.scan("/nonexistent/effect-inference-models"))
+        assert.strictEqual(error._tag, "RepositoryError")
+        assert.include(error.message, "does not exist")
+        const root = yield* tempRepository({ "file.txt": "x" })
+        const notDir = yield* Effect.flip(ModelRepository.scan(Path.join(root, "file.txt")))
+        assert.strictEqual(notDir._tag, "RepositoryError")
+      }))
+
+    it.effect("scans the bundled repository: mlp and silero_vad", () =>
+      Effect.gen(function*() {
+        const repository = yield* ModelRepository.scan(new URL("../models", import.meta.url).pathname)
+        assert.deepStrictEqual(repository.entries.map((e) => `${e._tag} ${e.name}@${e.version}`), ["Found mlp@1", "Found silero_vad@1"])
+      }))
+  })
+})

@@ -1,0 +1,244 @@
+import { assert, describe, it, layer } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import * as InferenceError from "../../src/InferenceError.ts"
+import { ModelPool } from "../../src/ModelPool.ts"
+import * as Mlp from "../../src/onnx/Mlp.ts"
+import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import * as Tensor from "../../src/Tensor.ts"
+import { bundledRepository, maxAbsDiff, sampleInput } from "../fixtures/ModelRepositoryFixture.ts"
+
+const mlp = Mlp.weights()
+const mlpInputs = (batch: number, seed = 7) => ({ input: Tensor.float32(sampleInput(batch, seed), [batch, 784]) })
+
+const sileroInputs = (batch: number, samples = 512) => ({
+  input: Tensor.float32(Float32Array.from({ length: batch * samples }, (_, i) => 0.1 * Math.sin(i / 5)), [batch, samples]),
+  state: Tensor.float32(new Float32Array(2 * batch * 128), [2, batch, 128]),
+  sr: Tensor.int64([16000], [])
+})
+
+const now = () => performance.now()
+
+// One pool on the bundled repository for this file: one instance per model, test ops on.
+layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: { instances: 1 }, allowTestOps: true }), {
+  excludeTestServices: true
+})("OnnxModelPool on the bundled repository", (it) => {
+  it.effect("lists both bundled models as READY on cpu", () =>
+    Effect.gen(function*() {
+      const pool = yield* ModelPool
+      assert.deepStrictEqual(yield* pool.models, [
+        { name: "mlp", version: "1", state: "READY" },
+        { name: "silero_vad", version: "1", state: "READY" }
+      ])
+      const info = yield* (yield* OnnxModelPool.OnnxModelPool).info
+      assert.deepStrictEqual(info.map((m) => [m.name, m.deviceUsed, m.stats?.live]), [["mlp", "cpu", 1], ["silero_vad", "cpu", 1]])
+    }))
+
+  it.effect("reads the mlp's metadata from the session: dynamic batch as -1", () =>
+    Effect.gen(function*() {
+      const pool = yield* ModelPool
+      assert.deepStrictEqual(yield* pool.metadata("mlp"), {
+        name: "mlp",
+        version: "1",
+        inputs: [{ name: "input", dtype: "float32", dims: [-1, 784] }],
+        outputs: [{ name: "logits", dtype: "float32", dims: [-1, 10] }]
+      })
+      assert.strictEqual((yield* pool.metadata("mlp", "1")).version, "1")
+    }))
+
+  it.effect("reads silero_vad's metadata: unnamed dims as -1, int64 scalar sr", () =>
+    Effect.gen(function*() {
+      const pool = yield* ModelPool
+      assert.deepStrictEqual(yield* pool.metadata("silero_vad"), {
+        name: "silero_vad",
+        version: "1",
+        inputs: [
+          { name: "input", dtype: "float32", dims: [-1, -1] },
+          { name: "state", dtype: "float32", dims: [2, -1, 128] },
+          { name: "sr", dtype: "int64", dims: [] }
+        ],
+        outputs: [
+          { name: "output", dtype: "float32", dims: [-1, 1] },
+          { name: "stateN", dtype: "float32", dims: [-1, -1, -1] }
+        ]
+      })
+    }))
+
+  it.effect("runs the mlp in a worker and matches the plain-JS forward pass", () =>
+    Effect.gen(function*() {
+      const pool = yield* ModelPool
+      for (const batch of [1, 4]) {
+        const inputs = mlpInputs(batch, batch)
+        const before = Float32Array.from(inputs.input.data)
+        const out = yield* pool.run("mlp", inputs, { requestId: `mlp-${batch}` })
+        assert.strictEqual(out.deviceUsed, "cpu")
+        const logits = out.outputs["logits"]!
+        assert.strictEqual(logits.dtype, "float32")
+        assert.deepStrictEqual(logits.dims, [batch, 10])
+        assert.isBelow(maxAbsDiff(logits.data as Float32Array, Mlp.forward(mlp, inputs.input.data, batch)), 1e-5)
+        // the caller's input was copied, not transferred; the output owns an exact-size buffer
+        assert.strictEqual(inputs.input.data.byteLength, batch * 784 * 4)
+        assert.deepStrictEqual(inputs.input.data, before)
+        assert.strictEqual((logits.data as Float32Array).buffer.byteLength, batch * 10 * 4)
+      }
+    }))
+
+  it.effect("sends only the viewed part of a larger buffer", () =>
+    Effect.gen(function*() {
+      const pool = yield* ModelPool
+      const big = new Float32Array(784 * 50)
+      big.set(sampleInput(2, 99), 784 * 10)
+      const view = big.subarray(784 * 10, 784 * 12)
+      const out = yield* pool.run("mlp", { input: Tensor.float32(view, [2, 784]) }, { requestId: "view" })
+      assert.isBelow(maxAbsDiff(out.outputs["logits"]!.data as Float32Array, Mlp.forward(mlp, sampleInput(2, 99), 2)), 1e-5)
+      assert.strictEqual(big.byteLength, 784 * 50 * 4)
+    }))
+
+  it.effect("runs silero_vad: a speech probability and the next state", () =>
+    Effect.gen(function*() {
+      const pool = yield* ModelPool
+      for (const batch of [1, 2]) {
+        const out = yield* pool.run("silero_vad", sileroInputs(batch), { requestId: `vad-${batch}` })
+        const p = out.outputs["output"]!
+        assert.deepStrictEqual(p.dims, [batch, 1])
+        for (const v of p.data as Float32Array) assert.isTrue(v >= 0 && v <= 1, `probability ${v}`)
+        assert.deepStrictEqual(out.outputs["stateN"]!.dims, [2, batch, 128])
+      }
+    }))
+
+  it.effect("fails an unknown model, version or unsafe name with ModelNotFound", () =>
+    Effect.gen(function*() {
+      const pool = yield* ModelPool
+      const unknown = yield* Effect.flip(pool.metadata("resnet"))
+      assert.instanceOf(unknown, InferenceError.ModelNotFound)
+      assert.strictEqual(unknown.modelId, "resnet")
+      const version = yield* Effect.flip(pool.metadata("mlp", "2"))
+      assert.instanceOf(version, InferenceError.ModelNotFound)
+      assert.strictEqual((version as InferenceError.ModelNotFound).version, "2")
+      for (const name of ["../mlp", "mlp/../mlp", "..", "./mlp", "/etc/passwd", "models/mlp"]) {
+        assert.instanceOf(yield* Effect.flip(pool.metadata(name)), InferenceError.ModelNotFound, name)
+        assert.instanceOf(yield* Effect.flip(pool.run(name, mlpInputs(1), { requestId: "x" })), InferenceError.ModelNotFound, name)
+      }
+    }))
+
+  it.effect("fails a run that onnxruntime rejects with RunFailed and keeps the instance", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.OnnxModelPool
+      const crashes = pool.counters.crashes
+      const error = yield* Effect.flip(pool.run("mlp", { input: Tensor.float32(new Float32Array(10), [1, 10]) }, { requestId: "bad-dims" }))
+      assert.instanceOf(error, InferenceError.RunFailed)
+      assert.strictEqual((error as InferenceError.RunFailed).requestId, "bad-dims")
+      assert.match((error as InferenceError.RunFailed).detail, /dimension|Got: 10/i)
+      yield* pool.run("mlp", mlpInputs(1), { requestId: "after-bad" })
+      assert.strictEqual(pool.counters.crashes, crashes)
+    }))
+
+  it.effect("keeps timers on time while a worker blocks for 300 ms", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.OnnxModelPool
+      const gaps: Array<number> = []
+      let last = now()
+      const interval = setInterval(() => {
+        const t = now()
+        gaps.push(t - last)
+        last = t
+      }, 10)
+      let effectTicks = 0
+      const ticker = yield* Effect.forkChild(Effect.forever(Effect.andThen(Effect.sleep(10), Effect.sync(() => effectTicks++))), {
+        startImmediately: true
+      })
+      const t0 = now()
+      const out = yield* pool.test("mlp", { _tag: "spin", ms: 300 }, { requestId: "spin-300" })
+      const elapsed = now() - t0
+      clearInterval(interval)
+      yield* Fiber.interrupt(ticker)
+      assert.isAtLeast(elapsed, 300)
+      assert.strictEqual(out.deviceUsed, "cpu")
+      // A blocked main thread would show one gap of >= 300 ms and no ticks in between.
+      assert.isAtLeast(gaps.length, 15, `setInterval(10) fired ${gaps.length} times in ${elapsed.toFixed(0)} ms`)
+      assert.isBelow(Math.max(...gaps), 100, `longest gap ${Math.max(...gaps).toFixed(1)} ms`)
+      assert.isAtLeast(effectTicks, 10, `Effect.sleep(10) loop ticked ${effectTicks} times`)
+    }))
+
+  it.effect("returns at once when a running caller is interrupted, and reuses the instance only after the run ends", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.OnnxModelPool
+      const dropped = pool.counters.lateRepliesDropped
+      const running = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 300 }, { requestId: "long" }), { startImmediately: true })
+      yield* Effect.sleep(40)
+      assert.strictEqual(pool.stats("mlp")?.busy, 1)
+      const t0 = now()
+      yield* Fiber.interrupt(running)
+      const interruptMs = now() - t0
+      assert.isBelow(interruptMs, 30, `interrupt took ${interruptMs.toFixed(1)} ms`)
+      assert.strictEqual(pool.stats("mlp")?.busy, 1, "the instance stays busy until the worker replies")
+      const t1 = now()
+      yield* pool.run("mlp", mlpInputs(1), { requestId: "next" })
+      const waited = now() - t1
+      assert.isAtLeast(waited, 200, `the next run waited ${waited.toFixed(0)} ms for the spin to end`)
+      assert.strictEqual(pool.counters.lateRepliesDropped, dropped + 1)
+      assert.deepInclude(pool.stats("mlp"), { busy: 0, idle: 1, queued: 0 })
+    }))
+
+  it.effect("drops a queued job whose caller was interrupted without sending it", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.OnnxModelPool
+      const { interruptedQueued, replies } = pool.counters
+      const blocker = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 150 }, { requestId: "blocker" }), { startImmediately: true })
+      const queued = yield* Effect.forkChild(pool.run("mlp", mlpInputs(1), { requestId: "queued" }), { startImmediately: true })
+      yield* Effect.sleep(20)
+      assert.strictEqual(pool.stats("mlp")?.queued, 1)
+      yield* Fiber.interrupt(queued)
+      assert.strictEqual(pool.stats("mlp")?.queued, 0)
+      yield* Fiber.join(blocker)
+      yield* pool.run("mlp", mlpInputs(1), { requestId: "after" })
+      assert.strictEqual(pool.counters.interruptedQueued, interruptedQueued + 1)
+      assert.strictEqual(pool.counters.replies, replies + 2, "only the blocker and the last run reached the worker")
+    }))
+
+  it.effect("serves waiting callers in FIFO order", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.OnnxModelPool
+      const order: Array<string> = []
+      const blocker = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 60 }, { requestId: "blocker" }), { startImmediately: true })
+      const ids = ["a", "b", "c", "d", "e", "f"]
+      const fibers = []
+      for (const id of ids) {
+        fibers.push(yield* Effect.forkChild(pool.run("mlp", mlpInputs(1), { requestId: id }).pipe(Effect.tap(() => Effect.sync(() => order.push(id)))), {
+          startImmediately: true
+        }))
+      }
+      yield* Fiber.join(blocker)
+      yield* Fiber.joinAll(fibers)
+      assert.deepStrictEqual(order, ids)
+    }))
+
+  it.effect("refuses test operations on an unknown model", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.OnnxModelPool
+      assert.instanceOf(yield* Effect.flip(pool.test("nope", { _tag: "spin", ms: 1 }, { requestId: "t" })), InferenceError.ModelNotFound)
+      const failed = yield* Effect.flip(pool.test("mlp", { _tag: "fail", message: "scripted failure" }, { requestId: "t" }))
+      assert.instanceOf(failed, InferenceError.RunFailed)
+      assert.strictEqual((failed as InferenceError.RunFailed).detail, "scripted failure")
+    }))
+})
+
+describe("OnnxModelPool.layer", () => {
+  it.live("provides ModelPool alone and refuses test operations unless allowTestOps", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.make({ repository: bundledRepository, defaults: { instances: 1 } })
+      const refused = yield* Effect.flip(pool.test("mlp", { _tag: "exit", code: 1 }, { requestId: "t" }))
+      assert.instanceOf(refused, InferenceError.RunFailed)
+      assert.include((refused as InferenceError.RunFailed).detail, "allowTestOps")
+      assert.strictEqual(pool.counters.crashes, 0)
+      const out = yield* ModelPool.use((p) => p.run("mlp", mlpInputs(1), { requestId: "layer" })).pipe(
+        Effect.provide(OnnxModelPool.layer({ repository: bundledRepository, defaults: { instances: 1 } }))
+      )
+      assert.deepStrictEqual(out.outputs["logits"]!.dims, [1, 10])
+    }))
+
+  it.live("fails to build when the repository root does not exist", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(OnnxModelPool.make({ repository: "/nonexistent/models" }))
+      assert.strictEqual(error._tag, "RepositoryError")
+    }))
+})
