@@ -1,0 +1,48 @@
+import { assert, describe, it } from "@effect/vitest"
+import { ConfigProvider, Duration, Effect, Schema } from "effect"
+import * as AsyncConfig from "../src/AsyncConfig.ts"
+
+describe("AsyncConfig", () => {
+  it("has the spec's defaults", () => {
+    assert.strictEqual(AsyncConfig.defaults.maxConcurrentRequests, 4)
+    assert.strictEqual(AsyncConfig.defaults.maxQueuedRequests, 100)
+    assert.strictEqual(Duration.toMillis(AsyncConfig.defaults.queueTimeout), 5000)
+    assert.isTrue(AsyncConfig.defaults.enablePriorityQueue)
+  })
+
+  it.effect("decodes a partial JSON object over the defaults", () =>
+    Effect.gen(function*() {
+      const config = yield* AsyncConfig.decode({ maxConcurrentRequests: 2, queueTimeoutMs: 250 })
+      assert.strictEqual(config.maxConcurrentRequests, 2)
+      assert.strictEqual(config.maxQueuedRequests, 100)
+      assert.strictEqual(Duration.toMillis(config.queueTimeout), 250)
+    }))
+
+  it.effect("refuses bad values with a SchemaError naming the field", () =>
+    Effect.gen(function*() {
+      for (const [input, field] of [[{ maxConcurrentRequests: 0 }, "maxConcurrentRequests"], [{ maxQueuedRequests: 1.5 }, "maxQueuedRequests"], [{ queueTimeoutMs: -1 }, "queueTimeoutMs"], [{ enablePriorityQueue: "yes" }, "enablePriorityQueue"]] as const) {
+        const error = yield* Effect.flip(AsyncConfig.decode(input))
+        assert.isTrue(Schema.isSchemaError(error))
+        assert.include(error.message, field)
+      }
+    }))
+
+  it.effect("loads from the environment", () =>
+    Effect.gen(function*() {
+      const config = yield* AsyncConfig.config.pipe(
+        Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env: { MAX_CONCURRENT_REQUESTS: "8", ENABLE_PRIORITY_QUEUE: "false", QUEUE_TIMEOUT_MS: "100" } }))
+      )
+      assert.strictEqual(config.maxConcurrentRequests, 8)
+      assert.isFalse(config.enablePriorityQueue)
+      assert.strictEqual(Duration.toMillis(config.queueTimeout), 100)
+      assert.strictEqual(config.maxQueuedRequests, 100)
+    }))
+
+  it.effect("fails to load an invalid environment value", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(AsyncConfig.config.pipe(
+        Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env: { MAX_QUEUED_REQUESTS: "0" } }))
+      ))
+      assert.strictEqual(error._tag, "ConfigError")
+    }))
+})
