@@ -54,26 +54,36 @@ export const metrics = {
 export class TelemetryCollector extends Context.Service<TelemetryCollector, Service>()("effect-inference/TelemetryCollector") {
   /** Records Effect Metrics. */
   static readonly layer = Layer.sync(TelemetryCollector, () => {
-    const count = (outcome: Outcome, modelId: string) =>
-      Metric.update(Metric.withAttributes(metrics.requests, { model: modelId, outcome }), 1)
-    const fail = (modelId: string, reason: string) =>
-      Metric.update(Metric.withAttributes(metrics.failures, { model: modelId, reason }), 1)
+    // Labelled metrics are made once per label set, not once per request.
+    const cache = new Map<string, Metric.Metric<number, unknown>>()
+    const labelled = (metric: Metric.Metric<number, unknown>, attributes: Record<string, string>) => {
+      const key = `${metric.id}|${Object.values(attributes).join("|")}`
+      let found = cache.get(key)
+      if (found === undefined) {
+        found = Metric.withAttributes(metric, attributes)
+        cache.set(key, found)
+      }
+      return found
+    }
+    const update = (metric: Metric.Metric<number, unknown>, attributes: Record<string, string>, value: number) =>
+      Metric.update(labelled(metric, attributes), value)
     return TelemetryCollector.of({
-      recordStart: (info) => Metric.update(Metric.withAttributes(metrics.started, { model: info.modelId }), 1),
+      recordStart: (info) => update(metrics.started, { model: info.modelId }, 1),
       recordSuccess: (info, latencyMs) =>
-        Effect.andThen(count("success", info.modelId), Metric.update(Metric.withAttributes(metrics.latency, { model: info.modelId }), latencyMs)),
-      recordFailure: (info, error) => Effect.andThen(count("failure", info.modelId), fail(info.modelId, error._tag)),
-      recordCancelled: (info) => count("cancelled", info.modelId),
-      recordTimeout: (info) => count("timeout", info.modelId),
-      recordRejected: (info, error) => Effect.andThen(count("rejected", info.modelId), fail(info.modelId, error._tag)),
-      recordQueueWait: (modelId, priority, waitMs) =>
-        Metric.update(Metric.withAttributes(metrics.queueWait, { model: modelId, priority }), waitMs),
+        Effect.andThen(update(metrics.requests, { model: info.modelId, outcome: "success" }, 1), update(metrics.latency, { model: info.modelId }, latencyMs)),
+      recordFailure: (info, error) =>
+        Effect.andThen(update(metrics.requests, { model: info.modelId, outcome: "failure" }, 1), update(metrics.failures, { model: info.modelId, reason: error._tag }, 1)),
+      recordCancelled: (info) => update(metrics.requests, { model: info.modelId, outcome: "cancelled" }, 1),
+      recordTimeout: (info) => update(metrics.requests, { model: info.modelId, outcome: "timeout" }, 1),
+      recordRejected: (info, error) =>
+        Effect.andThen(update(metrics.requests, { model: info.modelId, outcome: "rejected" }, 1), update(metrics.failures, { model: info.modelId, reason: error._tag }, 1)),
+      recordQueueWait: (modelId, priority, waitMs) => update(metrics.queueWait, { model: modelId, priority }, waitMs),
       recordRun: (modelId, runMs, batchSize) =>
         Effect.all([
-          Metric.update(Metric.withAttributes(metrics.run, { model: modelId }), runMs),
-          Metric.update(Metric.withAttributes(metrics.batchSize, { model: modelId }), batchSize),
-          Metric.update(Metric.withAttributes(metrics.executions, { model: modelId }), 1),
-          Metric.update(Metric.withAttributes(metrics.inferences, { model: modelId }), batchSize)
+          update(metrics.run, { model: modelId }, runMs),
+          update(metrics.batchSize, { model: modelId }, batchSize),
+          update(metrics.executions, { model: modelId }, 1),
+          update(metrics.inferences, { model: modelId }, batchSize)
         ], { discard: true })
     })
   })
