@@ -1,0 +1,138 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Exit, Fiber, Layer, References, Scope } from "effect"
+import * as InferenceError from "../../src/InferenceError.ts"
+import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import * as Tensor from "../../src/Tensor.ts"
+import { mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+
+const mlpInputs = (batch: number) => ({ input: Tensor.float32(sampleInput(batch), [batch, 784]) })
+const now = () => performance.now()
+const quiet = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.provideService(self, References.MinimumLogLevel, "Error")
+
+/** Polls `check` every 10 ms until it holds, failing after `ms`. */
+const eventually = (what: string, check: () => boolean, ms = 5_000) =>
+  Effect.gen(function*() {
+    const deadline = now() + ms
+    while (!check()) {
+      if (now() > deadline) return yield* Effect.die(new Error(`timed out waiting for: ${what}`))
+      yield* Effect.sleep(10)
+    }
+  })
+
+/** A pool on a temp repository holding only the mlp, with `instances` instances. */
+const mlpPool = (instances: number, scope?: Scope.Scope) =>
+  Effect.gen(function*() {
+    const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances }) })
+    const make = quiet(OnnxModelPool.make({ repository, allowTestOps: true, respawnAttempts: 3 }))
+    return yield* (scope === undefined ? make : make.pipe(Scope.provide(scope)))
+  })
+
+describe("OnnxModelPool lifecycle", () => {
+  it.live("a crashed worker fails only its own request, is replaced, and the pool is back to full", () =>
+    Effect.gen(function*() {
+      const pool = yield* mlpPool(2)
+      const crashes: Array<[OnnxModelPool.TestOp, RegExp]> = [
+        [{ _tag: "throwUncaught" }, /died \(exit code 1; Error: test op: uncaught exception/],
+        [{ _tag: "exit", code: 3 }, /died \(exit code 3\)/]
+      ]
+      for (const [op, detail] of crashes) {
+        // a bystander occupies the other instance for the whole crash
+        const bystander = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 250 }, { requestId: "bystander" }), { startImmediately: true })
+        yield* Effect.sleep(20)
+        const error = yield* Effect.flip(pool.test("mlp", op, { requestId: `crash-${op._tag}` }))
+        assert.instanceOf(error, InferenceError.RunFailed)
+        assert.strictEqual((error as InferenceError.RunFailed).requestId, `crash-${op._tag}`)
+        assert.match((error as InferenceError.RunFailed).detail, detail)
+        // a request queued meanwhile is served by whichever instance frees first
+        const queued = yield* pool.run("mlp", mlpInputs(2), { requestId: "during" })
+        assert.deepStrictEqual(queued.outputs["logits"]!.dims, [2, 10])
+        const bystanderExit = yield* Fiber.await(bystander)
+        assert.isTrue(Exit.isSuccess(bystanderExit), "the bystander's run on the other worker succeeded")
+        yield* eventually("two live instances", () => pool.stats("mlp")?.live === 2)
+        assert.deepStrictEqual((yield* pool.models)[0], { name: "mlp", version: "1", state: "READY" })
+      }
+      assert.strictEqual(pool.counters.crashes, 2)
+      assert.strictEqual(pool.counters.respawns, 2)
+      assert.strictEqual(pool.counters.sessionsLost, 2)
+      // both instances serve again, concurrently
+      const t0 = now()
+      yield* Effect.all([
+        pool.test("mlp", { _tag: "spin", ms: 150 }, { requestId: "a" }),
+        pool.test("mlp", { _tag: "spin", ms: 150 }, { requestId: "b" })
+      ], { concurrency: "unbounded" })
+      assert.isBelow(now() - t0, 280, "two spins of 150 ms ran in parallel on two instances")
+    }))
+
+  it.live("closing the scope after many interrupted runs releases every session and thread", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const pool = yield* mlpPool(2, scope)
+      let seed = 12345
+      const random = (n: number) => {
+        seed = (seed * 1103515245 + 12345) >>> 0
+        return seed % n
+      }
+      const jobs = Array.from({ length: 60 }, (_, i) => {
+        const job = i % 3 === 0
+          ? pool.run("mlp", mlpInputs(1 + random(8)), { requestId: `run-${i}` })
+          : pool.test("mlp", { _tag: "spin", ms: 5 + random(25) }, { requestId: `spin-${i}` })
+        return Effect.timeoutOption(job, 1 + random(40))
+      })
+      const results = yield* Effect.all(jobs, { concurrency: 12 })
+      const completed = results.filter((r) => r._tag === "Some").length
+      const { interruptedQueued, interruptedRunning } = pool.counters
+      assert.isAbove(interruptedQueued + interruptedRunning, 10, `interrupted: ${interruptedQueued} queued, ${interruptedRunning} running`)
+      assert.isAbove(completed, 0)
+      // still serving on both instances afterwards
+      yield* pool.run("mlp", mlpInputs(1), { requestId: "after" })
+      yield* eventually("no busy instance", () => pool.stats("mlp")?.busy === 0)
+
+      // close while one run is in flight and one waits: the running one finishes, the waiting one fails
+      const inFlight = yield* Effect.forkDetach(pool.test("mlp", { _tag: "spin", ms: 200 }, { requestId: "in-flight" }), { startImmediately: true })
+      const second = yield* Effect.forkDetach(pool.test("mlp", { _tag: "spin", ms: 200 }, { requestId: "second" }), { startImmediately: true })
+      const waiting = yield* Effect.forkDetach(pool.run("mlp", mlpInputs(1), { requestId: "waiting" }), { startImmediately: true })
+      yield* Effect.sleep(20)
+      assert.strictEqual(pool.stats("mlp")?.queued, 1)
+      const t0 = now()
+      yield* Scope.close(scope, Exit.void)
+      const closeMs = now() - t0
+      assert.isAtLeast(closeMs, 120, `close waited ${closeMs.toFixed(0)} ms for the running spins`)
+      assert.isTrue(Exit.isSuccess(yield* Fiber.await(inFlight)))
+      assert.isTrue(Exit.isSuccess(yield* Fiber.await(second)))
+      const waitingExit = yield* Fiber.await(waiting)
+      assert.isTrue(Exit.isFailure(waitingExit))
+      assert.include(String(waitingExit), "closing")
+
+      const c = pool.counters
+      assert.strictEqual(c.workersSpawned, 2)
+      assert.strictEqual(c.workersExited, c.workersSpawned, "every thread exited")
+      assert.strictEqual(c.sessionsOpened, 2)
+      assert.strictEqual(c.sessionsClosed, c.sessionsOpened, "every session was released")
+      assert.strictEqual(c.sessionsLost, 0)
+      assert.strictEqual(c.forcedTerminations, 0, "no worker had to be terminated")
+      assert.strictEqual(c.lateRepliesDropped, c.interruptedRunning, "each interrupted run's reply arrived and was dropped")
+      const closed = yield* Effect.flip(pool.run("mlp", mlpInputs(1), { requestId: "late" }))
+      assert.instanceOf(closed, InferenceError.ModelUnavailable)
+    }))
+
+  it.live("a Layer's scope owns its workers: after the layer is released nothing is left", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 2 }) })
+      const counters = yield* Effect.scoped(
+        Effect.gen(function*() {
+          const context = yield* quiet(Layer.build(OnnxModelPool.layerWithControl({ repository, allowTestOps: true })))
+          const pool = Context.get(context, OnnxModelPool.OnnxModelPool)
+          const fibers = yield* Effect.forEach(
+            Array.from({ length: 6 }, (_, i) => i),
+            (i) => Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 40 }, { requestId: `s${i}` }), { startImmediately: true })
+          )
+          yield* Effect.sleep(10)
+          yield* Fiber.interruptAll(fibers)
+          return pool.counters
+        })
+      )
+      assert.strictEqual(counters.workersExited, counters.workersSpawned)
+      assert.strictEqual(counters.sessionsClosed, counters.sessionsOpened)
+      assert.strictEqual(counters.interruptedRunning + counters.interruptedQueued, 6)
+    }))
+})

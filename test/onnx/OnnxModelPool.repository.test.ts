@@ -1,0 +1,125 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, References } from "effect"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import * as InferenceError from "../../src/InferenceError.ts"
+import * as Mlp from "../../src/onnx/Mlp.ts"
+import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import * as Tensor from "../../src/Tensor.ts"
+import { maxAbsDiff, mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+
+const quiet = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.provideService(self, References.MinimumLogLevel, "Error")
+const mlpInputs = (batch: number) => ({ input: Tensor.float32(sampleInput(batch), [batch, 784]) })
+const logitsOf = (out: { readonly outputs: Tensor.TensorMap }) => out.outputs["logits"]!.data as Float32Array
+
+describe("OnnxModelPool on a repository with broken models", () => {
+  it.live("reports each broken model UNAVAILABLE with its reason while the others serve", () =>
+    Effect.gen(function*() {
+      const good = mlpBytes()
+      const seed3 = Mlp.build({ seed: 3 })
+      const repository = yield* tempRepository({
+        "good/model.onnx": good,
+        "corrupt/model.onnx": Uint8Array.from({ length: 4096 }, (_, i) => (i * 7919) % 251),
+        "truncated/model.onnx": good.subarray(0, good.length >> 1),
+        "missing/notes.txt": "no model.onnx here",
+        "badconfig/model.onnx": good,
+        "badconfig/config.json": JSON.stringify({ instances: "two" }),
+        "badjson/model.onnx": good,
+        "badjson/config.json": "{\"instances\": 1,",
+        "versioned/1/model.onnx": good,
+        "versioned/2/README": "version 2 was withdrawn",
+        "versioned/3/model.onnx": seed3.bytes
+      })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, defaults: { instances: 1 } }))
+      const states = Object.fromEntries((yield* pool.models).map((m) => [`${m.name}@${m.version}`, m]))
+      assert.deepStrictEqual(Object.keys(states), [
+        "badconfig@1",
+        "badjson@1",
+        "corrupt@1",
+        "good@1",
+        "missing@1",
+        "truncated@1",
+        "versioned@1",
+        "versioned@2",
+        "versioned@3"
+      ])
+      const reason = (key: string) => {
+        assert.strictEqual(states[key]!.state, "UNAVAILABLE", key)
+        return states[key]!.reason ?? ""
+      }
+      assert.match(reason("corrupt@1"), /protobuf parsing failed/i)
+      assert.match(reason("truncated@1"), /protobuf parsing failed|failed to load/i)
+      assert.include(reason("missing@1"), "model.onnx: does not exist")
+      assert.include(reason("badconfig@1"), `config.json: Expected number at ["instances"]`)
+      assert.include(reason("badjson@1"), "config.json: invalid JSON")
+      assert.include(reason("versioned@2"), "versioned/2/model.onnx: does not exist")
+      for (const key of ["good@1", "versioned@1", "versioned@3"]) assert.strictEqual(states[key]!.state, "READY", key)
+
+      // the broken ones fail fast with ModelUnavailable, naming the model and the reason
+      for (const name of ["corrupt", "truncated", "missing", "badconfig"]) {
+        const metadataError = yield* Effect.flip(pool.metadata(name))
+        assert.instanceOf(metadataError, InferenceError.ModelUnavailable, name)
+        assert.strictEqual((metadataError as InferenceError.ModelUnavailable).modelId, name)
+        assert.strictEqual((metadataError as InferenceError.ModelUnavailable).reason, states[`${name}@1`]!.reason)
+        assert.instanceOf(yield* Effect.flip(pool.run(name, mlpInputs(1), { requestId: name })), InferenceError.ModelUnavailable, name)
+      }
+
+      // the good one serves
+      const out = yield* pool.run("good", mlpInputs(2), { requestId: "good" })
+      assert.isBelow(maxAbsDiff(logitsOf(out), Mlp.forward(Mlp.weights(), sampleInput(2), 2)), 1e-5)
+
+      // versions: the highest is the default, others by name, a withdrawn one is unavailable
+      assert.strictEqual((yield* pool.metadata("versioned")).version, "3")
+      assert.strictEqual((yield* pool.metadata("versioned", "1")).version, "1")
+      const v3 = yield* pool.run("versioned", mlpInputs(1), { requestId: "v3" })
+      assert.isBelow(maxAbsDiff(logitsOf(v3), Mlp.forward(seed3.mlp, sampleInput(1), 1)), 1e-5)
+      const v1 = yield* pool.run("versioned", mlpInputs(1), { requestId: "v1", version: "1" })
+      assert.isBelow(maxAbsDiff(logitsOf(v1), Mlp.forward(Mlp.weights(), sampleInput(1), 1)), 1e-5)
+      assert.instanceOf(yield* Effect.flip(pool.metadata("versioned", "2")), InferenceError.ModelUnavailable)
+      const v9 = yield* Effect.flip(pool.run("versioned", mlpInputs(1), { requestId: "v9", version: "9" }))
+      assert.instanceOf(v9, InferenceError.ModelNotFound)
+      assert.strictEqual((v9 as InferenceError.ModelNotFound).version, "9")
+    }))
+
+  it.live("falls back to cpu when the requested execution providers cannot load, and says so", () =>
+    Effect.gen(function*() {
+      const good = mlpBytes()
+      const repository = yield* tempRepository({
+        "webgpu/model.onnx": good,
+        "webgpu/config.json": JSON.stringify({ executionProviders: ["webgpu", "cpu"] }),
+        "cuda/model.onnx": good,
+        "cuda/config.json": JSON.stringify({ executionProviders: ["cuda"] }),
+        "coreml/model.onnx": good,
+        "coreml/config.json": JSON.stringify({ executionProviders: ["coreml", "cpu"] })
+      })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, defaults: { instances: 1 } }))
+      const info = Object.fromEntries((yield* pool.info).map((m) => [m.name, m]))
+      for (const [name, provider] of [["webgpu", "webgpu"], ["cuda", "cuda"], ["coreml", "coreml"]] as const) {
+        assert.strictEqual(info[name]!.state, "READY", name)
+        assert.strictEqual(info[name]!.deviceUsed, "cpu", name)
+        assert.deepStrictEqual(info[name]!.fallbacks?.map((f) => f.provider), [provider], name)
+        assert.isAbove(info[name]!.fallbacks![0]!.error.length, 0)
+        const out = yield* pool.run(name, mlpInputs(1), { requestId: name })
+        assert.strictEqual(out.deviceUsed, "cpu", name)
+      }
+    }))
+
+  it.live("marks a model UNAVAILABLE when a crashed instance cannot be replaced", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1 }) })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, allowTestOps: true, respawnAttempts: 2 }))
+      yield* pool.run("mlp", mlpInputs(1), { requestId: "before" })
+      // the file goes bad on disk, then the only worker dies: replacements cannot load
+      Fs.writeFileSync(Path.join(repository, "mlp", "model.onnx"), "garbage")
+      const crashed = yield* Effect.flip(pool.test("mlp", { _tag: "exit", code: 9 }, { requestId: "crash" }))
+      assert.instanceOf(crashed, InferenceError.RunFailed)
+      // a request that waits for the replacement fails once the replacement is given up
+      const waiting = yield* Effect.flip(pool.run("mlp", mlpInputs(1), { requestId: "waiting" }))
+      assert.instanceOf(waiting, InferenceError.ModelUnavailable)
+      assert.match((waiting as InferenceError.ModelUnavailable).reason, /could not be replaced.*exit code 9.*protobuf parsing failed/is)
+      const [status] = yield* pool.models
+      assert.strictEqual(status!.state, "UNAVAILABLE")
+      assert.strictEqual(pool.counters.respawnFailures, 1)
+      assert.instanceOf(yield* Effect.flip(pool.metadata("mlp")), InferenceError.ModelUnavailable)
+    }))
+})
