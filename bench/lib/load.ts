@@ -1,0 +1,154 @@
+/**
+ * Load generators: sequential requests (concurrency 1) and closed loops (N outstanding: each of
+ * N clients sends its next request as soon as its previous one is answered), for plain
+ * promise-returning calls and for Effects (run as fibers in one runtime, as an Effect caller
+ * of the engine would). Latency is taken per request with `performance.now()`.
+ */
+import { Effect, Exit } from "effect"
+import { performance } from "node:perf_hooks"
+import { Samples, type Stats, stats } from "./common.ts"
+
+export interface LoadResult {
+  readonly completed: number
+  readonly failed: number
+  readonly seconds: number
+  readonly reqPerSec: number
+  /** Latency by class ("all" unless the request function names classes). */
+  readonly latency: Readonly<Record<string, Stats>>
+  /** Share of the wall time the main event loop was busy. */
+  readonly mainELU: number
+  /** Process CPU time (all threads) per completed request, µs. */
+  readonly cpuUsPerReq: number
+  /** First failure seen, if any. */
+  readonly firstError?: string
+}
+
+interface Recorder {
+  readonly record: (cls: string, ms: number) => void
+  readonly fail: (e: unknown) => void
+  readonly finish: (t0: number) => LoadResult
+}
+
+const recorder = (): Recorder => {
+  const byClass = new Map<string, Samples>()
+  let failed = 0
+  let firstError: string | undefined
+  let last = 0
+  const elu0 = performance.eventLoopUtilization()
+  const cpu0 = process.cpuUsage()
+  return {
+    record: (cls, ms) => {
+      let s = byClass.get(cls)
+      if (s === undefined) byClass.set(cls, s = new Samples(4096))
+      s.push(ms)
+      last = performance.now()
+    },
+    fail: (e) => {
+      failed++
+      last = performance.now()
+      firstError ??= e instanceof Error ? e.message : typeof e === "object" ? JSON.stringify(e) : String(e)
+    },
+    finish: (t0) => {
+      const elu = performance.eventLoopUtilization(elu0).utilization
+      const cpu = process.cpuUsage(cpu0)
+      let completed = 0
+      const latency: Record<string, Stats> = {}
+      const all = new Samples(4096)
+      for (const [cls, s] of byClass) {
+        completed += s.length
+        latency[cls] = stats(s.view())
+        for (const x of s.view()) all.push(x)
+      }
+      if (byClass.size > 1) latency["all"] = stats(all.view())
+      const seconds = (last - t0) / 1000
+      return {
+        completed,
+        failed,
+        seconds,
+        reqPerSec: completed / seconds,
+        latency,
+        mainELU: elu,
+        cpuUsPerReq: (cpu.user + cpu.system) / Math.max(1, completed),
+        ...(firstError === undefined ? {} : { firstError })
+      }
+    }
+  }
+}
+
+export interface Request<R> {
+  readonly run: R
+  readonly cls?: string | undefined
+}
+
+/** `outstanding` clients, each looping until `durationMs` has passed. */
+export const closedLoopAsync = async (
+  outstanding: number,
+  durationMs: number,
+  request: (seq: number) => Request<() => Promise<unknown>>
+): Promise<LoadResult> => {
+  const rec = recorder()
+  const t0 = performance.now()
+  const end = t0 + durationMs
+  let seq = 0
+  const client = async () => {
+    while (performance.now() < end) {
+      const { cls, run } = request(seq++)
+      const t = performance.now()
+      try {
+        await run()
+        rec.record(cls ?? "all", performance.now() - t)
+      } catch (e) {
+        rec.fail(e)
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: outstanding }, client))
+  return rec.finish(t0)
+}
+
+/** The same for Effects: one fiber per client. */
+export const closedLoopEffect = <E>(
+  outstanding: number,
+  durationMs: number,
+  request: (seq: number) => Request<Effect.Effect<unknown, E>>
+): Effect.Effect<LoadResult> =>
+  Effect.suspend(() => {
+    const rec = recorder()
+    const t0 = performance.now()
+    const end = t0 + durationMs
+    let seq = 0
+    const client = Effect.gen(function*() {
+      while (performance.now() < end) {
+        const { cls, run } = request(seq++)
+        const t = performance.now()
+        const exit = yield* Effect.exit(run)
+        if (Exit.isSuccess(exit)) rec.record(cls ?? "all", performance.now() - t)
+        else rec.fail(exit.cause)
+      }
+    })
+    return Effect.all(Array.from({ length: outstanding }, () => client), { concurrency: "unbounded", discard: true }).pipe(
+      Effect.map(() => rec.finish(t0))
+    )
+  })
+
+/** `n` requests one after another; latencies in ms. */
+export const sequentialAsync = async (n: number, run: () => Promise<unknown>): Promise<Float64Array> => {
+  const out = new Float64Array(n)
+  for (let i = 0; i < n; i++) {
+    const t = performance.now()
+    await run()
+    out[i] = performance.now() - t
+  }
+  return out
+}
+
+export const sequentialEffect = <E>(n: number, run: () => Effect.Effect<unknown, E>): Effect.Effect<Float64Array, E> =>
+  Effect.gen(function*() {
+    const out = new Float64Array(n)
+    for (let i = 0; i < n; i++) {
+      const t = performance.now()
+      yield* run()
+      out[i] = performance.now() - t
+    }
+    return out
+  })
