@@ -9,8 +9,9 @@
  *
  * When a model has version directories, a `model.onnx` beside them is ignored.
  *
- * `config.json` is decoded with Schema (`ConfigJson`); keys it does not know are kept in
- * `ModelConfig.raw` for other modules to decode (a `batching` section, say), never rejected.
+ * `config.json` is decoded with Schema (`ConfigJson`); its `batching` section with
+ * `BatchPolicy.ConfigJson` (resolved against the model's signature once it is loaded). Keys it
+ * does not know are kept in `ModelConfig.raw` for other modules to decode, never rejected.
  *
  * Model names must match `modelNamePattern`; directories that do not are listed in `ignored`.
  * Nothing is ever resolved outside the root: a model file whose real path (symlinks followed)
@@ -25,6 +26,7 @@ import { Data, Effect, Schema } from "effect"
 import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import * as BatchPolicy from "./BatchPolicy.ts"
 
 /** Safe model names: a letter or digit, then letters, digits, `_`, `.` or `-`. No separators, no leading dot. */
 export const modelNamePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
@@ -70,7 +72,9 @@ export const configFields = {
   /** onnxruntime intra-op threads per session. */
   intraOpNumThreads: Schema.optionalKey(Threads),
   /** onnxruntime inter-op threads per session. */
-  interOpNumThreads: Schema.optionalKey(Threads)
+  interOpNumThreads: Schema.optionalKey(Threads),
+  /** Dynamic batching (see `BatchPolicy.ConfigJson`); absent means off. */
+  batching: Schema.optionalKey(BatchPolicy.ConfigJson)
 }
 
 /** `config.json` as written. Unknown keys are ignored by this schema (and kept in `ModelConfig.raw`). */
@@ -84,11 +88,13 @@ export interface ModelConfig {
   readonly executionProviders: ReadonlyArray<string>
   readonly intraOpNumThreads: number
   readonly interOpNumThreads: number
+  /** config.json's `batching` section as written; undefined (batching off) without one. */
+  readonly batching: BatchPolicy.ConfigJson | undefined
   /** config.json as parsed (an empty object without one): the place for settings this module does not own. */
   readonly raw: Readonly<Record<string, unknown>>
 }
 
-export type Defaults = Omit<ModelConfig, "raw">
+export type Defaults = Omit<ModelConfig, "raw" | "batching">
 
 /** Instances per model by default: 1 on up to 3 cores, 2 from 4 cores (more than the cores only slows runs down). */
 export const defaultInstances = (cores: number = Os.availableParallelism()): number => (cores >= 4 ? 2 : 1)
@@ -113,6 +119,7 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
       executionProviders: (config.executionProviders ?? base.executionProviders).map((p) => p.toLowerCase()),
       intraOpNumThreads: config.intraOpNumThreads ?? base.intraOpNumThreads,
       interOpNumThreads: config.interOpNumThreads ?? base.interOpNumThreads,
+      batching: config.batching,
       raw: json as Readonly<Record<string, unknown>>
     }
   })

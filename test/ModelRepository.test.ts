@@ -34,27 +34,30 @@ describe("ModelRepository", () => {
           executionProviders: ["cpu"],
           intraOpNumThreads: 1,
           interOpNumThreads: 1,
+          batching: undefined,
           raw: {}
         })
         assert.strictEqual(ModelRepository.defaultInstances(2), 1)
         assert.strictEqual(ModelRepository.defaultInstances(8), 2)
       }))
 
-    it.effect("decodes every field and keeps unknown keys (a batching section) in raw", () =>
+    it.effect("decodes every field and keeps unknown keys in raw", () =>
       Effect.gen(function*() {
         const json = {
           instances: 3,
           executionProviders: ["CoreML", "cuda", "webgpu", "cpu"],
           intraOpNumThreads: 2,
           interOpNumThreads: 4,
-          batching: { maxBatchSize: 32, maxQueueDelayMs: 2 }
+          batching: { maxBatchSize: 32, maxQueueDelayMs: 2 },
+          future: { anything: true }
         }
         const config = yield* ModelRepository.decodeConfig(json)
         assert.strictEqual(config.instances, 3)
         assert.deepStrictEqual(config.executionProviders, ["coreml", "cuda", "webgpu", "cpu"])
         assert.strictEqual(config.intraOpNumThreads, 2)
         assert.strictEqual(config.interOpNumThreads, 4)
-        assert.deepStrictEqual(config.raw["batching"], { maxBatchSize: 32, maxQueueDelayMs: 2 })
+        assert.deepStrictEqual(config.batching, { maxBatchSize: 32, maxQueueDelayMs: 2 })
+        assert.deepStrictEqual(config.raw["future"], { anything: true })
       }))
 
     it.effect("uses the caller's defaults under the file's values", () =>
@@ -73,11 +76,13 @@ describe("ModelRepository", () => {
         assert.include(yield* configError({ executionProviders: ["cpu", 3] }), `["executionProviders"][1]`)
         assert.include(yield* configError({ executionProviders: [] }), `["executionProviders"]`)
         assert.include(yield* configError({ executionProviders: ["../cpu"] }), `["executionProviders"][0]`)
+        assert.include(yield* configError({ batching: { maxBatchSize: 0 } }), `["batching"]["maxBatchSize"]`)
+        assert.include(yield* configError({ batching: { inputAxes: { input: -1 } } }), `["batching"]["inputAxes"]["input"]`)
         assert.include(yield* configError([1, 2]), "Expected object")
       }))
 
     it("exports its fields so that another schema can extend them", () => {
-      assert.containsAllKeys(ModelRepository.configFields, ["instances", "executionProviders", "intraOpNumThreads", "interOpNumThreads"])
+      assert.containsAllKeys(ModelRepository.configFields, ["instances", "executionProviders", "intraOpNumThreads", "interOpNumThreads", "batching"])
     })
   })
 

@@ -13,14 +13,18 @@
  *   the instance stays busy until its native run ends, and the late reply is dropped.
  * - A crashed worker fails only its own request (RunFailed) and is replaced.
  * - Execution providers are tried in the configured order, then CPU; `RunOutput.deviceUsed`
- *   and `models` tell which one runs.
+ *   and `info` tell which one runs.
+ * - config.json's `batching` section is resolved (`BatchPolicy.resolve`) against the signature
+ *   the session reports and returned in `metadata`; without one, batching is off. An invalid
+ *   section makes the model UNAVAILABLE.
  *
  * @module OnnxModelPool
  */
 import { Context, Duration, Effect, Layer, type Scope } from "effect"
+import * as BatchPolicy from "../BatchPolicy.ts"
 import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
-import { ModelPool, type ModelStatus, type RunOutput, type Service as ModelPoolService } from "../ModelPool.ts"
+import { ModelPool, type ModelStatus, type Service as ModelPoolService } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import type * as Tensor from "../Tensor.ts"
 import type * as Protocol from "./Protocol.ts"
@@ -54,6 +58,12 @@ export interface ModelInfo extends ModelStatus {
 }
 
 export interface Service extends ModelPoolService {
+  /** `ModelPool.run`, whose output also carries `runMs`, the native run's own time in the worker. */
+  readonly run: (
+    modelId: string,
+    inputs: Tensor.TensorMap,
+    options: { readonly requestId: string; readonly version?: string | undefined }
+  ) => Effect.Effect<WorkerHost.RunResult, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
   /** The repository as scanned. */
   readonly repository: ModelRepository.ModelRepository
   /** `models`, with providers and instance stats. */
@@ -66,7 +76,7 @@ export interface Service extends ModelPoolService {
     modelId: string,
     op: TestOp,
     options: { readonly requestId: string; readonly version?: string | undefined }
-  ) => Effect.Effect<RunOutput, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
+  ) => Effect.Effect<WorkerHost.RunResult, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
   /** A model version's instance stats; undefined when it is not loaded. */
   readonly stats: (modelId: string, version?: string) => WorkerHost.Stats | undefined
   /** Lifetime counters of workers and sessions; still readable after the scope closed. */
@@ -77,11 +87,13 @@ export interface Service extends ModelPoolService {
 export class OnnxModelPool extends Context.Service<OnnxModelPool, Service>()("effect-inference/OnnxModelPool") {}
 
 type Loaded =
-  | { readonly _tag: "Ready"; readonly host: WorkerHost.WorkerHost }
+  | { readonly _tag: "Ready"; readonly host: WorkerHost.WorkerHost; readonly metadata: ModelMetadata.ModelMetadata }
   | { readonly _tag: "Unavailable"; readonly reason: string }
 
+type Ready = Extract<Loaded, { readonly _tag: "Ready" }>
+
 const isError = (
-  u: WorkerHost.WorkerHost | InferenceError.ModelNotFound | InferenceError.ModelUnavailable
+  u: Ready | InferenceError.ModelNotFound | InferenceError.ModelUnavailable
 ): u is InferenceError.ModelNotFound | InferenceError.ModelUnavailable =>
   u instanceof InferenceError.ModelNotFound || u instanceof InferenceError.ModelUnavailable
 
@@ -131,13 +143,23 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       }).pipe(
         Effect.tap((host) => Effect.sync(() => hosts.push(host))),
         Effect.uninterruptible,
+        Effect.mapError((e) => e.reason),
+        // config.json's batching section is checked against the signature the session reports
+        Effect.flatMap((host) =>
+          entry.config.batching === undefined
+            ? Effect.succeed({ host, metadata: host.metadata })
+            : BatchPolicy.resolve(entry.config.batching, host.metadata).pipe(
+              Effect.map((batching) => ({ host, metadata: { ...host.metadata, batching } })),
+              Effect.catch((reason) => Effect.andThen(host.close, Effect.fail(`config.json: ${reason}`)))
+            )
+        ),
         Effect.matchEffect({
-          onFailure: (e) =>
-            Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason: e.reason })).pipe(
-              Effect.andThen(Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${e.reason}`))
+          onFailure: (reason) =>
+            Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason })).pipe(
+              Effect.andThen(Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${reason}`))
             ),
-          onSuccess: (host) =>
-            Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Ready", host })).pipe(
+          onSuccess: ({ host, metadata }) =>
+            Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Ready", host, metadata })).pipe(
               Effect.andThen(
                 host.fallbacks.length === 0
                   ? Effect.logInfo(`model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s))`)
@@ -152,11 +174,11 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       )
     }, { concurrency: "unbounded", discard: true })
 
-    /** The host serving `modelId` at `version` (default: highest), or why not. */
+    /** The loaded model serving `modelId` at `version` (default: highest), or why not. */
     const resolve = (
       modelId: string,
       version: string | undefined
-    ): WorkerHost.WorkerHost | InferenceError.ModelNotFound | InferenceError.ModelUnavailable => {
+    ): Ready | InferenceError.ModelNotFound | InferenceError.ModelUnavailable => {
       const notFound = () => new InferenceError.ModelNotFound(version === undefined ? { modelId } : { modelId, version })
       if (!ModelRepository.isValidModelName(modelId)) return notFound()
       const entry = ModelRepository.lookup(repository, modelId, version)
@@ -165,17 +187,17 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       if (state === undefined) return new InferenceError.ModelUnavailable({ modelId, reason: "not loaded" })
       if (state._tag === "Unavailable") return new InferenceError.ModelUnavailable({ modelId, reason: state.reason })
       const reason = state.host.unavailableReason()
-      return reason === undefined ? state.host : new InferenceError.ModelUnavailable({ modelId, reason })
+      return reason === undefined ? state : new InferenceError.ModelUnavailable({ modelId, reason })
     }
 
     const withHost = <A, E>(
       modelId: string,
       version: string | undefined,
-      f: (host: WorkerHost.WorkerHost) => Effect.Effect<A, E>
+      f: (model: Ready) => Effect.Effect<A, E>
     ): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
       Effect.suspend((): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> => {
-        const host = resolve(modelId, version)
-        return isError(host) ? Effect.fail(host) : f(host)
+        const model = resolve(modelId, version)
+        return isError(model) ? Effect.fail(model) : f(model)
       })
 
     const info = Effect.sync((): ReadonlyArray<ModelInfo> =>
@@ -192,19 +214,19 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     )
 
     const service: Service = {
-      metadata: (modelId, version) => withHost(modelId, version, (host) => Effect.succeed<ModelMetadata.ModelMetadata>(host.metadata)),
+      metadata: (modelId, version) => withHost(modelId, version, (model) => Effect.succeed(model.metadata)),
       run: (modelId: string, inputs: Tensor.TensorMap, runOptions) =>
-        withHost(modelId, runOptions.version, (host) => host.run(inputs, runOptions.requestId)),
+        withHost(modelId, runOptions.version, (model) => model.host.run(inputs, runOptions.requestId)),
       models: Effect.map(info, (all) =>
         all.map((m): ModelStatus => (m.reason === undefined
           ? { name: m.name, version: m.version, state: m.state }
           : { name: m.name, version: m.version, state: m.state, reason: m.reason }))),
       repository,
       info,
-      test: (modelId, op, testOptions) => withHost(modelId, testOptions.version, (host) => host.test(op, testOptions.requestId)),
+      test: (modelId, op, testOptions) => withHost(modelId, testOptions.version, (model) => model.host.test(op, testOptions.requestId)),
       stats: (modelId, version) => {
-        const host = resolve(modelId, version)
-        return isError(host) ? undefined : host.stats()
+        const model = resolve(modelId, version)
+        return isError(model) ? undefined : model.host.stats()
       },
       counters
     }

@@ -98,6 +98,12 @@ export interface Options {
   readonly respawnDelay?: Duration.Duration | undefined
 }
 
+/** What a run returns: `RunOutput` plus the native run's own duration, measured in the worker. */
+export interface RunResult extends RunOutput {
+  /** Time inside `session.run` (or the test op), without the thread hop and the copies. */
+  readonly runMs: number
+}
+
 /** A snapshot of a host's instances. */
 export interface Stats {
   /** The configured instance count. */
@@ -121,9 +127,9 @@ export interface WorkerHost {
   /** Requested providers that could not load before `deviceUsed` did. */
   readonly fallbacks: ReadonlyArray<Protocol.Fallback>
   /** Runs `inputs` on a free instance (FIFO wait). See the module doc for interruption. */
-  readonly run: (inputs: Tensor.TensorMap, requestId: string) => Effect.Effect<RunOutput, InferenceError.RunFailed | InferenceError.ModelUnavailable>
+  readonly run: (inputs: Tensor.TensorMap, requestId: string) => Effect.Effect<RunResult, InferenceError.RunFailed | InferenceError.ModelUnavailable>
   /** Runs a test operation on a free instance, exactly as `run` would; fails unless `allowTestOps`. */
-  readonly test: (op: Protocol.TestOp, requestId: string) => Effect.Effect<RunOutput, InferenceError.RunFailed | InferenceError.ModelUnavailable>
+  readonly test: (op: Protocol.TestOp, requestId: string) => Effect.Effect<RunResult, InferenceError.RunFailed | InferenceError.ModelUnavailable>
   /** Undefined while the host can serve; why not otherwise (closing, every instance lost). */
   readonly unavailableReason: () => string | undefined
   readonly stats: () => Stats
@@ -138,7 +144,7 @@ export class LoadFailed extends Data.TaggedError("LoadFailed")<{ readonly modelI
   }
 }
 
-type Outcome = Exit.Exit<RunOutput, InferenceError.RunFailed | InferenceError.ModelUnavailable>
+type Outcome = Exit.Exit<RunResult, InferenceError.RunFailed | InferenceError.ModelUnavailable>
 
 interface Job {
   readonly requestId: string
@@ -317,7 +323,7 @@ const makeUnstarted = (options: Options) => {
       return
     }
     job.resume(message._tag === "done"
-      ? Exit.succeed({ outputs: message.outputs, deviceUsed: message.deviceUsed })
+      ? Exit.succeed({ outputs: message.outputs, deviceUsed: message.deviceUsed, runMs: message.runMs })
       : Exit.fail(new InferenceError.RunFailed({ modelId, requestId: job.requestId, detail: message.error })))
   }
 
@@ -467,7 +473,7 @@ const makeUnstarted = (options: Options) => {
   }
 
   const submit = (requestId: string, message: (id: number) => Protocol.ToWorker) =>
-    Effect.callback<RunOutput, InferenceError.RunFailed | InferenceError.ModelUnavailable>((resume) => {
+    Effect.callback<RunResult, InferenceError.RunFailed | InferenceError.ModelUnavailable>((resume) => {
       if (closing) return resume(Exit.fail(unavailable("the model pool is closing")))
       if (broken !== undefined) return resume(Exit.fail(unavailable(broken)))
       const job: Job = { requestId, message, resume, state: "new", cancelled: false }

@@ -26,6 +26,10 @@ describe("OnnxModelPool on a repository with broken models", () => {
         "badconfig/config.json": JSON.stringify({ instances: "two" }),
         "badjson/model.onnx": good,
         "badjson/config.json": "{\"instances\": 1,",
+        "batched/model.onnx": good,
+        "batched/config.json": JSON.stringify({ batching: { maxBatchSize: 16, maxQueueDelayMs: 2 } }),
+        "badbatching/model.onnx": good,
+        "badbatching/config.json": JSON.stringify({ batching: { inputAxes: { pixels: 0 } } }),
         "versioned/1/model.onnx": good,
         "versioned/2/README": "version 2 was withdrawn",
         "versioned/3/model.onnx": seed3.bytes
@@ -33,8 +37,10 @@ describe("OnnxModelPool on a repository with broken models", () => {
       const pool = yield* quiet(OnnxModelPool.make({ repository, defaults: { instances: 1 } }))
       const states = Object.fromEntries((yield* pool.models).map((m) => [`${m.name}@${m.version}`, m]))
       assert.deepStrictEqual(Object.keys(states), [
+        "badbatching@1",
         "badconfig@1",
         "badjson@1",
+        "batched@1",
         "corrupt@1",
         "good@1",
         "missing@1",
@@ -53,10 +59,16 @@ describe("OnnxModelPool on a repository with broken models", () => {
       assert.include(reason("badconfig@1"), `config.json: Expected number at ["instances"]`)
       assert.include(reason("badjson@1"), "config.json: invalid JSON")
       assert.include(reason("versioned@2"), "versioned/2/model.onnx: does not exist")
-      for (const key of ["good@1", "versioned@1", "versioned@3"]) assert.strictEqual(states[key]!.state, "READY", key)
+      assert.include(reason("badbatching@1"), `config.json: batching.inputAxes names unknown input "pixels"`)
+      for (const key of ["good@1", "batched@1", "versioned@1", "versioned@3"]) assert.strictEqual(states[key]!.state, "READY", key)
+
+      // batching: off without a section, resolved against the session's signature with one
+      assert.isUndefined((yield* pool.metadata("good")).batching)
+      const batching = (yield* pool.metadata("batched")).batching
+      assert.deepInclude(batching, { enabled: true, maxBatchSize: 16 })
 
       // the broken ones fail fast with ModelUnavailable, naming the model and the reason
-      for (const name of ["corrupt", "truncated", "missing", "badconfig"]) {
+      for (const name of ["corrupt", "truncated", "missing", "badconfig", "badbatching"]) {
         const metadataError = yield* Effect.flip(pool.metadata(name))
         assert.instanceOf(metadataError, InferenceError.ModelUnavailable, name)
         assert.strictEqual((metadataError as InferenceError.ModelUnavailable).modelId, name)

@@ -152,6 +152,8 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
       clearInterval(interval)
       yield* Fiber.interrupt(ticker)
       assert.isAtLeast(elapsed, 300)
+      assert.isAtLeast(out.runMs, 299, "the worker measured its own blocking time")
+      assert.isBelow(elapsed - out.runMs, 50, `the thread hop cost ${(elapsed - out.runMs).toFixed(1)} ms`)
       assert.strictEqual(out.deviceUsed, "cpu")
       // A blocked main thread would show one gap of >= 300 ms and no ticks in between.
       assert.isAtLeast(gaps.length, 15, `setInterval(10) fired ${gaps.length} times in ${elapsed.toFixed(0)} ms`)
