@@ -368,6 +368,12 @@ const makeUnstarted = (options: Options) => {
       worker.on("error", (e) => {
         slot.lastError = errorText(e)
       })
+      // A reply that cannot be deserialized never arrives: fail its job and free the instance.
+      worker.on("messageerror", (e) => {
+        const current = slot.current
+        if (current === undefined) return
+        onReply(slot, { _tag: "failed", id: current.id, error: `the worker's reply could not be deserialized: ${errorText(e)}` })
+      })
       worker.on("exit", (code) => {
         slot.exited = true
         counters.workersExited++
@@ -485,7 +491,13 @@ const makeUnstarted = (options: Options) => {
     const wire: Record<string, Tensor.Tensor> = {}
     for (const name in inputs) {
       const t = inputs[name]!
-      wire[name] = { dtype: t.dtype, dims: t.dims, data: Tensor.compact(t.data) }
+      const data = t.data
+      // copied by postMessage: exact-size first; a SharedArrayBuffer would be shared, not copied
+      wire[name] = {
+        dtype: t.dtype,
+        dims: t.dims,
+        data: ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer ? (data as unknown as { slice: () => Tensor.TensorData }).slice() : Tensor.compact(data)
+      }
     }
     return submit(requestId, (id) => ({ _tag: "run", id, inputs: wire }))
   }
