@@ -1,0 +1,493 @@
+/**
+ * The Open Inference Protocol v2 (REST) as data: request schemas, the datatype mapping, and the
+ * JSON tensor codec between OIP tensors and the engine's `Tensor`s.
+ *
+ * Datatypes: BOOL ↔ bool (Uint8Array of 0/1), UINT8/16/32/64 ↔ uint8…uint64, INT8/16/32/64 ↔
+ * int8…int64 (64-bit as BigInt64Array / BigUint64Array), FP16 ↔ float16 (raw half bits in a
+ * Uint16Array), FP32 ↔ float32, FP64 ↔ float64, BYTES ↔ string. A tensor is accepted only in the
+ * datatype the model declares for it.
+ *
+ * Decoding (`decodeTensor`) is cheap before it is costly: the shape is checked first (integer,
+ * non-negative dims whose product is within `ModelMetadata.maxElementsPerTensor`), then the
+ * number of JSON elements is compared with the product of the shape, and only then is the typed
+ * array allocated. `data` is row-major, either flat or nested exactly as the shape.
+ *
+ * Encoding (`encodeResponse`) writes the response JSON by hand: float32/float16 as their
+ * shortest round-tripping decimal, INT64/UINT64 as exact integers (beyond 2^53 many JSON parsers,
+ * JavaScript's included, round them; the wire text is exact), BOOL as true/false, and a
+ * non-finite float (NaN, ±Infinity, which JSON cannot carry) as null.
+ *
+ * Triton's request parameters: `priority` 1…4 maps to Critical…Low (0 or absent: the model's
+ * default, Normal today), `timeout` in microseconds becomes the request's deadline (0 or absent:
+ * the engine's default).
+ *
+ * @module Oip
+ */
+import { Duration, Schema } from "effect"
+import * as InferenceError from "../InferenceError.ts"
+import type * as ModelMetadata from "../ModelMetadata.ts"
+import { checkDims } from "../ModelMetadata.ts"
+import * as Priority from "../Priority.ts"
+import * as Tensor from "../Tensor.ts"
+
+// ---------------------------------------------------------------------------
+// Datatypes
+// ---------------------------------------------------------------------------
+
+/** The OIP datatype of each engine dtype. */
+export const datatypeOf: { readonly [K in Tensor.DataType]: string } = {
+  float32: "FP32",
+  float64: "FP64",
+  float16: "FP16",
+  int8: "INT8",
+  int16: "INT16",
+  int32: "INT32",
+  int64: "INT64",
+  uint8: "UINT8",
+  uint16: "UINT16",
+  uint32: "UINT32",
+  uint64: "UINT64",
+  bool: "BOOL",
+  string: "BYTES"
+}
+
+const dtypeByDatatype: ReadonlyMap<string, Tensor.DataType> = new Map(
+  Tensor.dataTypes.map((dtype) => [datatypeOf[dtype], dtype] as const)
+)
+
+/** Every datatype this server speaks. */
+export const datatypes: ReadonlyArray<string> = Tensor.dataTypes.map((dtype) => datatypeOf[dtype])
+
+/** The engine dtype of an OIP datatype, or undefined for one it does not support (BF16, say). */
+export const dtypeOf = (datatype: string): Tensor.DataType | undefined => dtypeByDatatype.get(datatype)
+
+// ---------------------------------------------------------------------------
+// Schemas
+// ---------------------------------------------------------------------------
+
+/** Free-form `parameters` object. */
+export const Parameters = Schema.Record(Schema.String, Schema.Unknown)
+
+/**
+ * One input tensor. `data` is walked by `decodeTensor`, which knows the shape and the model's
+ * datatype and so can refuse an oversized tensor before allocating it.
+ */
+export const RequestInput = Schema.Struct({
+  name: Schema.String,
+  shape: Schema.Array(Schema.Number),
+  datatype: Schema.String,
+  parameters: Schema.optionalKey(Parameters),
+  data: Schema.Unknown
+})
+
+export type RequestInput = typeof RequestInput.Type
+
+export const RequestOutput = Schema.Struct({
+  name: Schema.String,
+  parameters: Schema.optionalKey(Parameters)
+})
+
+/** Triton's request parameters; other keys are accepted and ignored. */
+export const InferParameters = Schema.Struct({
+  /** 1 = highest. 0 means the model's default. */
+  priority: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: Priority.levels.length }))),
+  /** Microseconds; 0 means the default deadline. */
+  timeout: Schema.optionalKey(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isFinite()))
+})
+
+/** The body of `POST /v2/models/{name}[/versions/{version}]/infer`. */
+export const InferRequest = Schema.Struct({
+  id: Schema.optionalKey(Schema.String),
+  parameters: Schema.optionalKey(InferParameters),
+  inputs: Schema.Array(RequestInput),
+  outputs: Schema.optionalKey(Schema.Array(RequestOutput))
+})
+
+export type InferRequest = typeof InferRequest.Type
+
+/** The body of `POST /v2/repository/index` (Triton's repository extension). */
+export const RepositoryIndexRequest = Schema.Struct({
+  ready: Schema.optionalKey(Schema.Boolean)
+})
+
+const decodeInferRequestResult = Schema.decodeUnknownResult(InferRequest)
+const decodeIndexRequestResult = Schema.decodeUnknownResult(RepositoryIndexRequest)
+
+const schemaMessage = (error: Schema.SchemaError): string => error.message.replace(/\n\s*/g, " ")
+
+/** Decodes a parsed JSON body; the error string names the offending path. */
+export const decodeInferRequest = (json: unknown): InferRequest | { readonly error: string } => {
+  const result = decodeInferRequestResult(json)
+  return result._tag === "Success" ? result.success : { error: `invalid inference request: ${schemaMessage(result.failure)}` }
+}
+
+export const decodeRepositoryIndexRequest = (json: unknown): typeof RepositoryIndexRequest.Type | { readonly error: string } => {
+  const result = decodeIndexRequestResult(json)
+  return result._tag === "Success" ? result.success : { error: `invalid repository index request: ${schemaMessage(result.failure)}` }
+}
+
+// ---------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------
+
+/** Triton priority (1 = highest) → engine priority; 0 or absent → undefined (the default). */
+export const priorityOf = (priority: number | undefined): Priority.Priority | undefined =>
+  priority === undefined || priority === 0 ? undefined : Priority.levels[priority - 1]
+
+/** Triton timeout (µs) → deadline; 0 or absent → undefined (the default). */
+export const timeoutOf = (timeoutMicros: number | undefined): Duration.Duration | undefined =>
+  timeoutMicros === undefined || timeoutMicros === 0 ? undefined : Duration.millis(timeoutMicros / 1000)
+
+// ---------------------------------------------------------------------------
+// Half precision
+// ---------------------------------------------------------------------------
+
+const roundHalfEven = (x: number): number => {
+  const f = Math.floor(x)
+  const d = x - f
+  return d > 0.5 ? f + 1 : d < 0.5 ? f : f % 2 === 0 ? f : f + 1
+}
+
+/** The IEEE 754 binary16 bits nearest to `value` (round half to even; overflow to ±Infinity). */
+export const toHalfBits = (value: number): number => {
+  if (Number.isNaN(value)) return 0x7e00
+  const sign = value < 0 || Object.is(value, -0) ? 0x8000 : 0
+  const a = Math.abs(value)
+  if (a === Infinity) return sign | 0x7c00
+  if (a < 2 ** -14) return sign | roundHalfEven(a * 2 ** 24) // subnormal (1024 rounds up into the first normal)
+  let e = Math.floor(Math.log2(a))
+  if (2 ** e > a) e--
+  else if (2 ** (e + 1) <= a) e++
+  let mantissa = roundHalfEven((a / 2 ** e - 1) * 1024)
+  if (mantissa === 1024) {
+    mantissa = 0
+    e++
+  }
+  if (e > 15) return sign | 0x7c00
+  return sign | ((e + 15) << 10) | mantissa
+}
+
+/** The number that binary16 `bits` hold. */
+export const fromHalfBits = (bits: number): number => {
+  const sign = bits & 0x8000 ? -1 : 1
+  const e = (bits >> 10) & 0x1f
+  const m = bits & 0x3ff
+  if (e === 0) return sign * m * 2 ** -24
+  if (e === 31) return m === 0 ? sign * Infinity : NaN
+  return sign * (1 + m / 1024) * 2 ** (e - 15)
+}
+
+// ---------------------------------------------------------------------------
+// Decoding tensors
+// ---------------------------------------------------------------------------
+
+const dimsText = (dims: ReadonlyArray<number>) => `[${dims.join(", ")}]`
+
+const describe = (value: unknown): string => {
+  if (typeof value === "string") return value.length > 20 ? `a string` : JSON.stringify(value)
+  if (Array.isArray(value)) return "an array"
+  if (value === null) return "null"
+  if (typeof value === "object") return "an object"
+  return String(value)
+}
+
+const integerRanges = {
+  int8: [-(2 ** 7), 2 ** 7 - 1],
+  int16: [-(2 ** 15), 2 ** 15 - 1],
+  int32: [-(2 ** 31), 2 ** 31 - 1],
+  uint8: [0, 2 ** 8 - 1],
+  uint16: [0, 2 ** 16 - 1],
+  uint32: [0, 2 ** 32 - 1]
+} as const
+
+const bigRanges = {
+  int64: [-(2n ** 63n), 2n ** 63n - 1n],
+  uint64: [0n, 2n ** 64n - 1n]
+} as const
+
+const integerText = /^-?[0-9]+$/
+
+/**
+ * Writes one JSON element into `out` at `index`; returns an error detail, or undefined.
+ * Accepted: numbers for FP*, integers in range for INT and UINT (INT64/UINT64 also as decimal
+ * strings, exact beyond 2^53), true/false or 0/1 for BOOL, strings for BYTES.
+ */
+type Writer = (value: unknown, index: number) => string | undefined
+
+const makeWriter = (dtype: Tensor.DataType, out: Tensor.TensorData): Writer => {
+  const datatype = datatypeOf[dtype]
+  const wrong = (value: unknown, index: number) => `element ${index} is ${describe(value)}, not ${datatype}`
+  switch (dtype) {
+    case "float32":
+    case "float64": {
+      const array = out as Float32Array | Float64Array
+      return (value, index) => {
+        if (typeof value !== "number") return wrong(value, index)
+        array[index] = value
+        return undefined
+      }
+    }
+    case "float16": {
+      const array = out as Uint16Array
+      return (value, index) => {
+        if (typeof value !== "number") return wrong(value, index)
+        array[index] = toHalfBits(value)
+        return undefined
+      }
+    }
+    case "int8":
+    case "int16":
+    case "int32":
+    case "uint8":
+    case "uint16":
+    case "uint32": {
+      const array = out as Int32Array
+      const [min, max] = integerRanges[dtype]
+      return (value, index) => {
+        if (typeof value !== "number" || !Number.isInteger(value)) return wrong(value, index)
+        if (value < min || value > max) return `element ${index} is ${value}, out of the ${datatype} range [${min}, ${max}]`
+        array[index] = value
+        return undefined
+      }
+    }
+    case "int64":
+    case "uint64": {
+      const array = out as BigInt64Array | BigUint64Array
+      const [min, max] = bigRanges[dtype]
+      return (value, index) => {
+        let big: bigint
+        if (typeof value === "number" && Number.isInteger(value)) big = BigInt(value)
+        else if (typeof value === "string" && integerText.test(value)) big = BigInt(value)
+        else return wrong(value, index)
+        if (big < min || big > max) return `element ${index} is ${big}, out of the ${datatype} range [${min}, ${max}]`
+        array[index] = big
+        return undefined
+      }
+    }
+    case "bool": {
+      const array = out as Uint8Array
+      return (value, index) => {
+        if (value === true || value === 1) array[index] = 1
+        else if (value === false || value === 0) array[index] = 0
+        else return wrong(value, index)
+        return undefined
+      }
+    }
+    case "string": {
+      const array = out as Array<string>
+      return (value, index) => {
+        if (typeof value !== "string") return wrong(value, index)
+        array[index] = value
+        return undefined
+      }
+    }
+  }
+}
+
+/** True when `data` is nested exactly as `dims` (every level an array of the dim's length). */
+const nestedMatches = (data: unknown, dims: ReadonlyArray<number>, axis: number): boolean => {
+  if (axis === dims.length) return !Array.isArray(data)
+  if (!Array.isArray(data) || data.length !== dims[axis]) return false
+  for (let i = 0; i < data.length; i++) if (!nestedMatches(data[i], dims, axis + 1)) return false
+  return true
+}
+
+/** Writes nested `data` (already checked by `nestedMatches`) in row-major order. */
+const writeNested = (data: ReadonlyArray<unknown>, depth: number, write: Writer, start: number): { next: number; error?: string } => {
+  let index = start
+  for (let i = 0; i < data.length; i++) {
+    const item = data[i]
+    if (depth > 1) {
+      const r = writeNested(item as ReadonlyArray<unknown>, depth - 1, write, index)
+      if (r.error !== undefined) return r
+      index = r.next
+    } else {
+      const error = write(item, index)
+      if (error !== undefined) return { next: index, error }
+      index++
+    }
+  }
+  return { next: index }
+}
+
+/**
+ * Decodes one OIP input into a tensor of the model's declared `spec`, or explains, naming the
+ * input, why it cannot. Never allocates more than the product of a shape already checked
+ * against the element limit and against the number of JSON elements actually sent.
+ */
+export const decodeTensor = (
+  modelId: string,
+  spec: ModelMetadata.TensorSpec,
+  input: RequestInput
+): Tensor.Tensor | InferenceError.InvalidInput => {
+  const invalid = (detail: string) => new InferenceError.InvalidInput({ modelId, input: input.name, detail })
+  const dtype = dtypeOf(input.datatype)
+  if (dtype === undefined) {
+    return invalid(`datatype ${JSON.stringify(input.datatype)} is not supported (supported: ${datatypes.join(", ")})`)
+  }
+  if (dtype !== spec.dtype) {
+    return invalid(`datatype ${input.datatype} given, the model takes ${datatypeOf[spec.dtype]}`)
+  }
+  const dims = input.shape
+  const badDims = checkDims(modelId, input.name, dims)
+  if (badDims !== undefined) return badDims
+  const count = Tensor.elementCount(dims)
+  const data = input.data
+  if (!Array.isArray(data)) return invalid(`data must be an array, got ${describe(data)}`)
+  const flat = data.length === count && (count === 0 || !Array.isArray(data[0]))
+  if (!flat && !(dims.length > 1 && nestedMatches(data, dims, 0))) {
+    return invalid(
+      dims.length > 1
+        ? `data does not match shape ${dimsText(dims)}: expected a flat array of ${count} elements, or arrays nested as the shape`
+        : `data has ${data.length} elements, shape ${dimsText(dims)} needs ${count}`
+    )
+  }
+  const out = Tensor.allocate(dtype, count)
+  const write = makeWriter(dtype, out)
+  if (flat) {
+    for (let i = 0; i < count; i++) {
+      const error = write(data[i], i)
+      if (error !== undefined) return invalid(error)
+    }
+  } else {
+    const r = writeNested(data, dims.length, write, 0)
+    if (r.error !== undefined) return invalid(r.error)
+  }
+  return Tensor.make(dtype, out, dims.slice())
+}
+
+/**
+ * Decodes every input of a request against the model's metadata: no unknown or repeated input,
+ * each tensor decoded by `decodeTensor`. Missing inputs and fixed dims are left to the engine's
+ * `validateInputs`, which names them.
+ */
+export const decodeInputs = (
+  metadata: ModelMetadata.ModelMetadata,
+  inputs: ReadonlyArray<RequestInput>
+): Tensor.TensorMap | InferenceError.InvalidInput => {
+  const out: Record<string, Tensor.Tensor> = {}
+  for (const input of inputs) {
+    const spec = metadata.inputs.find((s) => s.name === input.name)
+    if (spec === undefined) {
+      return new InferenceError.InvalidInput({
+        modelId: metadata.name,
+        input: input.name,
+        detail: `unknown input; the model takes ${metadata.inputs.map((s) => s.name).join(", ")}`
+      })
+    }
+    if (Object.hasOwn(out, input.name)) {
+      return new InferenceError.InvalidInput({ modelId: metadata.name, input: input.name, detail: "input given more than once" })
+    }
+    const tensor = decodeTensor(metadata.name, spec, input)
+    if (tensor instanceof InferenceError.InvalidInput) return tensor
+    out[input.name] = tensor
+  }
+  return out
+}
+
+/**
+ * The names of the outputs to return: the requested ones (each must exist), or all the model's
+ * outputs when `outputs` is absent.
+ */
+export const selectOutputs = (
+  metadata: ModelMetadata.ModelMetadata,
+  requested: ReadonlyArray<{ readonly name: string }> | undefined
+): ReadonlyArray<string> | InferenceError.InvalidInput => {
+  if (requested === undefined) return metadata.outputs.map((s) => s.name)
+  const names: Array<string> = []
+  for (const { name } of requested) {
+    if (!metadata.outputs.some((s) => s.name === name)) {
+      return new InferenceError.InvalidInput({
+        modelId: metadata.name,
+        detail: `unknown output ${JSON.stringify(name)}; the model returns ${metadata.outputs.map((s) => s.name).join(", ")}`
+      })
+    }
+    if (!names.includes(name)) names.push(name)
+  }
+  return names
+}
+
+// ---------------------------------------------------------------------------
+// Encoding
+// ---------------------------------------------------------------------------
+
+const float32Text = (v: number): string => {
+  if (!Number.isFinite(v)) return "null"
+  if (Number.isInteger(v) && Math.abs(v) < 1e15) return String(v)
+  for (let p = 6; p < 9; p++) {
+    const s = Number(v.toPrecision(p))
+    if (Math.fround(s) === v) return String(s)
+  }
+  return String(Number(v.toPrecision(9)))
+}
+
+const float64Text = (v: number): string => (Number.isFinite(v) ? String(v) : "null")
+
+const float16Text = (bits: number): string => {
+  const v = fromHalfBits(bits)
+  if (!Number.isFinite(v)) return "null"
+  if (Number.isInteger(v)) return String(v)
+  for (let p = 3; p < 5; p++) {
+    const s = Number(v.toPrecision(p))
+    if (toHalfBits(s) === bits) return String(s)
+  }
+  return String(Number(v.toPrecision(5)))
+}
+
+const joinMapped = <A>(data: ArrayLike<A>, f: (a: A) => string): string => {
+  let s = ""
+  for (let i = 0; i < data.length; i++) {
+    if (i > 0) s += ","
+    s += f(data[i]!)
+  }
+  return s
+}
+
+/** The JSON text of a tensor's `data` (a flat, row-major array). */
+export const encodeData = (tensor: Tensor.Tensor): string => {
+  const data = tensor.data
+  switch (tensor.dtype) {
+    case "float32":
+      return `[${joinMapped(data as Float32Array, float32Text)}]`
+    case "float64":
+      return `[${joinMapped(data as Float64Array, float64Text)}]`
+    case "float16":
+      return `[${joinMapped(data as Uint16Array, float16Text)}]`
+    case "bool":
+      return `[${joinMapped(data as Uint8Array, (b) => (b === 0 ? "false" : "true"))}]`
+    case "string":
+      return JSON.stringify(data)
+    default:
+      // Integers, 64-bit ones included, print exactly.
+      return `[${(data as Int32Array).join(",")}]`
+  }
+}
+
+/** The JSON text of one response output. */
+export const encodeOutput = (name: string, tensor: Tensor.Tensor): string =>
+  `{"name":${JSON.stringify(name)},"datatype":"${datatypeOf[tensor.dtype]}","shape":[${tensor.dims.join(",")}],"data":${encodeData(tensor)}}`
+
+/** The JSON text of an inference response. */
+export const encodeResponse = (response: {
+  readonly modelName: string
+  readonly modelVersion: string
+  readonly id: string | undefined
+  readonly outputs: ReadonlyArray<readonly [string, Tensor.Tensor]>
+}): string => {
+  let s = `{"model_name":${JSON.stringify(response.modelName)},"model_version":${JSON.stringify(response.modelVersion)}`
+  if (response.id !== undefined) s += `,"id":${JSON.stringify(response.id)}`
+  s += `,"outputs":[`
+  for (let i = 0; i < response.outputs.length; i++) {
+    const [name, tensor] = response.outputs[i]!
+    if (i > 0) s += ","
+    s += encodeOutput(name, tensor)
+  }
+  return s + "]}"
+}
+
+/** Metadata of one tensor in OIP form: -1 for a dynamic dim. */
+export const tensorMetadata = (spec: ModelMetadata.TensorSpec) => ({
+  name: spec.name,
+  datatype: datatypeOf[spec.dtype],
+  shape: spec.dims.map((d) => (d < 0 ? -1 : d))
+})

@@ -1,0 +1,311 @@
+/**
+ * The Open Inference Protocol v2 REST routes (plus Triton's repository index and a Prometheus
+ * page), as an `HttpRouter` layer over the engine and the model pool.
+ *
+ * | route | answer |
+ * |---|---|
+ * | `GET /v2` | server metadata `{name, version, extensions}` |
+ * | `GET /v2/health/live`, `GET /v2/health/ready` | 200, or 503 on ready once shutting down |
+ * | `GET /v2/models/{name}[/versions/{v}]` | model metadata; -1 for dynamic dims |
+ * | `GET /v2/models/{name}[/versions/{v}]/ready` | `{name, ready}`: 200, or 503 when not ready |
+ * | `POST /v2/models/{name}[/versions/{v}]/infer` | an inference |
+ * | `POST /v2/repository/index` | every model version with its state (and reason) |
+ * | `GET /metrics` | Prometheus text (see `Metrics`) |
+ *
+ * Every error is `{"error": "…"}` with the status of `InferenceError.httpStatus` for engine
+ * failures (400 invalid input, 404 unknown model or version, 429 queue full with Retry-After,
+ * 503 shutting down or model unavailable, 504 deadline exceeded), 413 for a body over the
+ * limit, 400 for malformed JSON or an invalid model name. Messages never carry a stack trace or
+ * an absolute file path (`redact`). A defect answers 500 "internal error" and is logged.
+ *
+ * An inference is refused as early as it can be: name check, model lookup, a queue-full check
+ * and the `Content-Length` limit all come before the body is read; the body is read under the
+ * limit, its envelope decoded with Schema, each tensor's shape checked before its array is
+ * allocated. Interrupting the request fiber (NodeHttpServer does so when the client disconnects)
+ * cancels the inference: it leaves the queue, or its result is dropped, and the engine counts it
+ * as cancelled.
+ *
+ * @module Routes
+ */
+import { Data, Effect, Layer } from "effect"
+import { HttpIncomingMessage, HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { AsyncInferenceEngine } from "../Engine.ts"
+import * as InferenceError from "../InferenceError.ts"
+import * as InferenceRequest from "../InferenceRequest.ts"
+import type * as ModelMetadata from "../ModelMetadata.ts"
+import { ModelPool } from "../ModelPool.ts"
+import * as ModelRepository from "../ModelRepository.ts"
+import * as Priority from "../Priority.ts"
+import { TelemetryCollector } from "../Telemetry.ts"
+import { Lifecycle } from "./Lifecycle.ts"
+import * as Metrics from "./Metrics.ts"
+import * as Oip from "./Oip.ts"
+
+export interface Options {
+  /** Largest request body accepted, in bytes (413 above). */
+  readonly bodyLimitBytes: number
+  /** Server metadata. */
+  readonly serverName: string
+  readonly serverVersion: string
+  /** Directories whose path never appears in an answer (the model repository). */
+  readonly redactPaths?: ReadonlyArray<string> | undefined
+  /** Seconds a client is told to wait after a 429. Default 1. */
+  readonly retryAfterSeconds?: number | undefined
+}
+
+/** Triton's platform name for ONNX models. */
+export const platform = "onnxruntime_onnx"
+
+/** The OIP extensions this server implements (the repository extension: index only). */
+export const extensions: ReadonlyArray<string> = ["model_repository"]
+
+/** An answer that is not a success: a status, a message, and headers such as Retry-After. */
+export class ApiError extends Data.TaggedError("ApiError")<{
+  readonly status: number
+  readonly message: string
+  readonly headers?: Readonly<Record<string, string>> | undefined
+}> {}
+
+// An absolute path: it starts the message or follows a space, quote or bracket (a relative path
+// inside the repository, `mlp/1/model.onnx`, is left alone).
+const absolutePath = /(?<![\w.>~-])(?:[A-Za-z]:)?(?:[\\/][^\s\\/:"'`()[\]]+){2,}/g
+
+/**
+ * A message fit for a client: its first line before any stack frame, with `roots` replaced by
+ * `<repository>` and any other absolute path by its last segment.
+ */
+export const redact = (message: string, roots: ReadonlyArray<string> = []): string => {
+  let text = message.split(/\n\s+at /)[0]!.replace(/\s*\n\s*/g, " ").trim()
+  for (const root of roots) if (root.length > 1) text = text.split(root).join("<repository>")
+  return text.replace(absolutePath, (path) => path.split(/[\\/]/).pop() ?? "")
+}
+
+const json = (status: number, body: unknown, headers?: Readonly<Record<string, string>>) =>
+  HttpServerResponse.text(JSON.stringify(body), { status, contentType: "application/json", ...(headers === undefined ? {} : { headers }) })
+
+const errorResponse = (e: ApiError) => json(e.status, { error: e.message }, e.headers)
+
+const fail = (status: number, message: string): Effect.Effect<never, ApiError> => Effect.fail(new ApiError({ status, message }))
+
+const infoOf = (request: InferenceRequest.InferenceRequest) => ({
+  modelId: request.modelId,
+  requestId: request.requestId,
+  priority: request.priority
+})
+
+/** The routes, as a layer that registers them on the `HttpRouter`. */
+export const layer = (
+  options: Options
+): Layer.Layer<never, never, HttpRouter.HttpRouter | AsyncInferenceEngine | ModelPool | TelemetryCollector | Lifecycle> =>
+  HttpRouter.use((router) =>
+    Effect.gen(function*() {
+      const engine = yield* AsyncInferenceEngine
+      const pool = yield* ModelPool
+      const telemetry = yield* TelemetryCollector
+      const lifecycle = yield* Lifecycle
+      const roots = options.redactPaths ?? []
+      const retryAfter = String(options.retryAfterSeconds ?? 1)
+      const bodyLimit = options.bodyLimitBytes
+
+      const fromReason = (reason: InferenceError.Reason): ApiError =>
+        new ApiError({
+          status: InferenceError.httpStatus(reason),
+          message: redact(reason.message, roots),
+          headers: reason._tag === "QueueFull" ? { "retry-after": retryAfter } : undefined
+        })
+
+      /** Every route goes through here: counted in flight, errors as JSON, Connection: close after the signal. */
+      const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>) =>
+        lifecycle.track(effect.pipe(
+          Effect.catchTag("ApiError", (e) => Effect.succeed(errorResponse(e))),
+          Effect.catchDefect((defect) =>
+            Effect.logError("unexpected failure while answering a request", defect).pipe(
+              Effect.as(json(500, { error: "internal error" }))
+            )
+          ),
+          Effect.map((response) => lifecycle.isShuttingDown() ? HttpServerResponse.setHeader(response, "connection", "close") : response)
+        ))
+
+      /** The `name` and optional `version` path parameters, checked before they go anywhere. */
+      const modelParams = Effect.flatMap(HttpRouter.params, (params) => {
+        const name = params["name"] ?? ""
+        const version = params["version"]
+        if (!ModelRepository.isValidModelName(name)) {
+          return fail(400, `invalid model name ${JSON.stringify(name.slice(0, 200))}: letters, digits, "_", "." and "-" only, starting with a letter or digit`)
+        }
+        if (version !== undefined && !ModelRepository.versionPattern.test(version)) {
+          return fail(400, `invalid model version ${JSON.stringify(version.slice(0, 200))}: decimal digits only`)
+        }
+        return Effect.succeed({ name, version })
+      })
+
+      const metadataOf = (name: string, version: string | undefined) =>
+        Effect.mapError(pool.metadata(name, version), fromReason)
+
+      /** The body as text, under the limit: 413 from Content-Length at once, or while reading. */
+      const readBody = Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const declared = request.headers["content-length"]
+        if (declared !== undefined && Number(declared) > bodyLimit) {
+          return yield* fail(413, `request body of ${declared} bytes exceeds the limit of ${bodyLimit} bytes`)
+        }
+        return yield* request.text.pipe(
+          Effect.provideService(HttpIncomingMessage.MaxBodySize, BigInt(bodyLimit) as never),
+          Effect.mapError((e) =>
+            e.reason._tag === "RequestParseError" && e.reason.reason === "BodyTooLarge"
+              ? new ApiError({ status: 413, message: `request body exceeds the limit of ${bodyLimit} bytes` })
+              : new ApiError({ status: 400, message: "could not read the request body" })
+          )
+        )
+      })
+
+      const parseJson = (text: string, what: string): Effect.Effect<unknown, ApiError> => {
+        try {
+          return Effect.succeed(JSON.parse(text))
+        } catch (e) {
+          return fail(400, `${what} is not valid JSON: ${e instanceof Error ? e.message : String(e)}`)
+        }
+      }
+
+      // -- server ----------------------------------------------------------------
+
+      const serverMetadata = handle(Effect.succeed(json(200, { name: options.serverName, version: options.serverVersion, extensions })))
+
+      const live = handle(Effect.succeed(json(200, { live: true })))
+
+      const ready = handle(Effect.sync(() =>
+        lifecycle.isShuttingDown() ? json(503, { ready: false, error: "the server is shutting down" }) : json(200, { ready: true })
+      ))
+
+      // -- models ----------------------------------------------------------------
+
+      const modelMetadata = handle(Effect.gen(function*() {
+        const { name, version } = yield* modelParams
+        const metadata = yield* metadataOf(name, version)
+        const models = yield* pool.models
+        const versions = models.filter((m) => m.name === name).map((m) => m.version)
+        return json(200, {
+          name,
+          versions: versions.length === 0 ? [metadata.version] : versions,
+          platform,
+          inputs: metadata.inputs.map(Oip.tensorMetadata),
+          outputs: metadata.outputs.map(Oip.tensorMetadata)
+        })
+      }))
+
+      const modelReady = handle(Effect.gen(function*() {
+        const { name, version } = yield* modelParams
+        if (lifecycle.isShuttingDown()) return json(503, { name, ready: false, error: "the server is shutting down" })
+        const result = yield* Effect.result(metadataOf(name, version))
+        if (result._tag === "Success") return json(200, { name, ready: true })
+        const error = result.failure
+        return error.status === 404 ? errorResponse(error) : json(503, { name, ready: false, error: error.message })
+      }))
+
+      /** Records a request refused before it reached the engine, so that /metrics counts it. */
+      const recordRefused = (name: string, reason: InferenceError.Reason) => {
+        const info = { modelId: name, requestId: InferenceRequest.nextRequestId(), priority: Priority.Normal }
+        return telemetry.recordStart(info).pipe(
+          Effect.andThen(reason._tag === "QueueFull" ? telemetry.recordRejected(info, reason) : telemetry.recordFailure(info, reason, 0))
+        )
+      }
+
+      const invalid = (name: string, reason: InferenceError.InvalidInput) =>
+        Effect.andThen(recordRefused(name, reason), Effect.fail(fromReason(reason)))
+
+      const infer = handle(Effect.gen(function*() {
+        if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
+        const { name, version } = yield* modelParams
+        const metadata: ModelMetadata.ModelMetadata = yield* metadataOf(name, version)
+        // Admission before the costly part: a full queue answers 429 without reading the body.
+        const queued = yield* engine.queueStats
+        if (queued.total >= engine.config.maxQueuedRequests) {
+          const full = new InferenceError.QueueFull({ modelId: name, requestId: "", capacity: engine.config.maxQueuedRequests })
+          yield* recordRefused(name, full)
+          return yield* Effect.fail(fromReason(full))
+        }
+        const text = yield* readBody
+        const body = Oip.decodeInferRequest(yield* parseJson(text, "the request body"))
+        if ("error" in body) return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
+        const inputs = Oip.decodeInputs(metadata, body.inputs)
+        if (inputs instanceof InferenceError.InvalidInput) return yield* invalid(name, inputs)
+        const outputs = Oip.selectOutputs(metadata, body.outputs)
+        if (outputs instanceof InferenceError.InvalidInput) return yield* invalid(name, outputs)
+        const priority = Oip.priorityOf(body.parameters?.priority)
+        const timeout = Oip.timeoutOf(body.parameters?.timeout)
+        const request = InferenceRequest.make(name, inputs, {
+          modelVersion: version,
+          priority,
+          timeout,
+          metadata: body.id === undefined ? undefined : { id: body.id }
+        })
+        const result = yield* engine.infer(request).pipe(Effect.mapError((e) => fromReason(e.reason)))
+        const tensors: Array<readonly [string, (typeof result.outputs)[string]]> = []
+        for (const output of outputs) {
+          const tensor = result.outputs[output]
+          if (tensor === undefined) {
+            return yield* Effect.die(new Error(`model ${name} returned no output ${output} (request ${infoOf(request).requestId})`))
+          }
+          tensors.push([output, tensor])
+        }
+        return HttpServerResponse.text(
+          Oip.encodeResponse({ modelName: name, modelVersion: metadata.version, id: body.id, outputs: tensors }),
+          { contentType: "application/json" }
+        )
+      }))
+
+      // -- repository --------------------------------------------------------------
+
+      const repositoryIndex = handle(Effect.gen(function*() {
+        const text = yield* readBody
+        const body = Oip.decodeRepositoryIndexRequest(text.trim() === "" ? {} : yield* parseJson(text, "the request body"))
+        if ("error" in body) return yield* fail(400, body.error)
+        const models = yield* pool.models
+        return json(
+          200,
+          models
+            .filter((m) => body.ready !== true || m.state === "READY")
+            .map((m) => ({
+              name: m.name,
+              version: m.version,
+              state: m.state,
+              ...(m.reason === undefined ? {} : { reason: redact(m.reason, roots) })
+            }))
+        )
+      }))
+
+      const modelControl = handle(Effect.gen(function*() {
+        yield* modelParams
+        return yield* fail(400, "explicit model control is not supported: the repository is loaded once, at startup")
+      }))
+
+      // -- metrics and the rest ---------------------------------------------------------
+
+      const prometheus = handle(Effect.map(Metrics.render(engine), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
+
+      const notFound = handle(Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+        const path = request.url.split("?")[0]!.slice(0, 200)
+        return fail(404, `no route for ${request.method} ${path}`)
+      }))
+
+      yield* router.addAll([
+        HttpRouter.route("GET", "/v2", serverMetadata),
+        HttpRouter.route("GET", "/v2/health/live", live),
+        HttpRouter.route("GET", "/v2/health/ready", ready),
+        HttpRouter.route("GET", "/v2/models/:name", modelMetadata),
+        HttpRouter.route("GET", "/v2/models/:name/versions/:version", modelMetadata),
+        HttpRouter.route("GET", "/v2/models/:name/ready", modelReady),
+        HttpRouter.route("GET", "/v2/models/:name/versions/:version/ready", modelReady),
+        HttpRouter.route("POST", "/v2/models/:name/infer", infer),
+        HttpRouter.route("POST", "/v2/models/:name/versions/:version/infer", infer),
+        HttpRouter.route("POST", "/v2/repository/index", repositoryIndex),
+        HttpRouter.route("POST", "/v2/repository/models/:name/load", modelControl),
+        HttpRouter.route("POST", "/v2/repository/models/:name/unload", modelControl),
+        HttpRouter.route("GET", "/metrics", prometheus),
+        HttpRouter.route("*", "*", notFound)
+      ])
+    })
+  )
+
+/** Router options for these routes: `/v2/` and `/v2` are the same; long names reach the name check (400). */
+export const routerConfig = { ignoreTrailingSlash: true, maxParamLength: 1024 } as const

@@ -1,0 +1,451 @@
+/**
+ * Every OIP route and every error answer, in memory: real routes, real engine, scripted pool,
+ * requests built with `HttpServerRequest.fromWeb` and run in the test's fiber (TestClock).
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import { TestClock } from "effect/testing"
+import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
+
+const echoRequest = (values: ReadonlyArray<number>, extra: Record<string, unknown> = {}) => ({
+  inputs: [{ name: "x", shape: [values.length / 4, 4], datatype: "FP32", data: values }],
+  ...extra
+})
+
+const noSecrets = (text: string) => {
+  assert.notInclude(text, secretPath)
+  assert.notInclude(text, "/srv/")
+  assert.notMatch(text, /\n\s+at /)
+}
+
+describe("server and health routes", () => {
+  it.effect("GET /v2 answers name, version and extensions", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const r = yield* send("GET", "/v2")
+      assert.strictEqual(r.status, 200)
+      assert.deepStrictEqual(r.json, { name: "effect-inference", version: "0.0.0-test", extensions: ["model_repository"] })
+      assert.strictEqual(r.headers.get("content-type"), "application/json")
+      assert.strictEqual((yield* send("GET", "/v2/")).status, 200)
+    }).pipe(withFreshMetrics))
+
+  it.effect("live is always 200; ready is 200 until shutdown begins, then 503 with Connection: close", () =>
+    Effect.gen(function*() {
+      const { send, lifecycle } = yield* makeApp()
+      assert.deepStrictEqual((yield* send("GET", "/v2/health/live")).json, { live: true })
+      const ready = yield* send("GET", "/v2/health/ready")
+      assert.strictEqual(ready.status, 200)
+      assert.deepStrictEqual(ready.json, { ready: true })
+      assert.isNull(ready.headers.get("connection"))
+      yield* lifecycle.beginShutdown
+      const notReady = yield* send("GET", "/v2/health/ready")
+      assert.strictEqual(notReady.status, 503)
+      assert.strictEqual(notReady.json.ready, false)
+      assert.strictEqual(notReady.headers.get("connection"), "close")
+      assert.strictEqual((yield* send("GET", "/v2/health/live")).status, 200)
+    }).pipe(withFreshMetrics))
+
+  it.effect("an unknown route is a JSON 404", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const r = yield* send("GET", "/v1/models")
+      assert.strictEqual(r.status, 404)
+      assert.deepStrictEqual(r.json, { error: "no route for GET /v1/models" })
+      assert.strictEqual((yield* send("DELETE", "/v2/models/echo")).status, 404)
+    }).pipe(withFreshMetrics))
+})
+
+describe("model metadata and readiness", () => {
+  it.effect("describes a model with -1 for dynamic dims, every version, the ONNX platform", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const r = yield* send("GET", "/v2/models/multi")
+      assert.strictEqual(r.status, 200)
+      assert.deepStrictEqual(r.json, {
+        name: "multi",
+        versions: ["1"],
+        platform: "onnxruntime_onnx",
+        inputs: [{ name: "a", datatype: "FP32", shape: [-1] }, { name: "b", datatype: "INT64", shape: [] }],
+        outputs: [
+          { name: "sum", datatype: "FP32", shape: [1] },
+          { name: "scaled", datatype: "FP32", shape: [-1] },
+          { name: "b_out", datatype: "INT64", shape: [] }
+        ]
+      })
+      const echo = yield* send("GET", "/v2/models/echo/versions/1")
+      assert.strictEqual(echo.status, 200)
+      assert.deepStrictEqual(echo.json.versions, ["1", "2"])
+    }).pipe(withFreshMetrics))
+
+  it.effect("404 for an unknown model or version", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const model = yield* send("GET", "/v2/models/nope")
+      assert.strictEqual(model.status, 404)
+      assert.deepStrictEqual(model.json, { error: "model \"nope\" not found" })
+      const version = yield* send("GET", "/v2/models/echo/versions/7")
+      assert.strictEqual(version.status, 404)
+      assert.deepStrictEqual(version.json, { error: "model \"echo\" version \"7\" not found" })
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/versions/7/infer", echoRequest([1, 2, 3, 4]))).status, 404)
+      assert.strictEqual((yield* send("GET", "/v2/models/nope/ready")).status, 404)
+    }).pipe(withFreshMetrics))
+
+  it.effect("a model name with a separator, dot-dot or junk is a 400 and never looked up", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      for (const name of ["..%2F..%2Fetc%2Fpasswd", "a%2Fb", ".hidden", "%00", "a%5Cb", "x".repeat(300)]) {
+        for (const path of [`/v2/models/${name}`, `/v2/models/${name}/ready`]) {
+          const r = yield* send("GET", path)
+          assert.strictEqual(r.status, 400, path)
+          assert.match(r.json.error, /^invalid model name/)
+        }
+        assert.strictEqual((yield* send("POST", `/v2/models/${name}/infer`, echoRequest([1, 2, 3, 4]))).status, 400)
+      }
+      const version = yield* send("GET", "/v2/models/echo/versions/..%2F1")
+      assert.strictEqual(version.status, 400)
+      assert.match(version.json.error, /^invalid model version/)
+    }).pipe(withFreshMetrics))
+
+  it.effect("model ready: 200 when it can serve, 503 with the reason (no path, no stack) when unavailable", () =>
+    Effect.gen(function*() {
+      const { send, lifecycle } = yield* makeApp()
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/ready")).json, { name: "echo", ready: true })
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/versions/1/ready")).json, { name: "echo", ready: true })
+      const broken = yield* send("GET", "/v2/models/broken/ready")
+      assert.strictEqual(broken.status, 503)
+      assert.strictEqual(broken.json.ready, false)
+      assert.include(broken.json.error, "Protobuf parsing failed")
+      noSecrets(broken.text)
+      const metadata = yield* send("GET", "/v2/models/broken")
+      assert.strictEqual(metadata.status, 503)
+      noSecrets(metadata.text)
+      yield* lifecycle.beginShutdown
+      assert.strictEqual((yield* send("GET", "/v2/models/echo/ready")).status, 503)
+    }).pipe(withFreshMetrics))
+})
+
+describe("repository index", () => {
+  it.effect("lists every model version with its state, and the reason of an unavailable one", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const r = yield* send("POST", "/v2/repository/index")
+      assert.strictEqual(r.status, 200)
+      const index = r.json as Array<{ name: string; version: string; state: string; reason?: string }>
+      assert.deepInclude(index, { name: "echo", version: "1", state: "READY" })
+      assert.deepInclude(index, { name: "echo", version: "2", state: "READY" })
+      const broken = index.find((m) => m.name === "broken")!
+      assert.strictEqual(broken.state, "UNAVAILABLE")
+      assert.strictEqual(broken.reason, "failed to load <repository>/broken/1/model.onnx: Protobuf parsing failed")
+      noSecrets(r.text)
+      const ready = yield* send("POST", "/v2/repository/index", { ready: true })
+      assert.isFalse((ready.json as Array<{ name: string }>).some((m) => m.name === "broken"))
+      assert.strictEqual((yield* send("POST", "/v2/repository/index", { ready: "yes" })).status, 400)
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/echo/load")).status, 400)
+    }).pipe(withFreshMetrics))
+})
+
+describe("inference", () => {
+  it.effect("runs the default (highest) version, echoes the id, names the version", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const r = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4.5], { id: "req-42" }))
+      assert.strictEqual(r.status, 200)
+      assert.deepStrictEqual(r.json, {
+        model_name: "echo",
+        model_version: "2",
+        id: "req-42",
+        outputs: [{ name: "y", datatype: "FP32", shape: [1, 4], data: [2, 4, 6, 9] }]
+      })
+      const v1 = yield* send("POST", "/v2/models/echo/versions/1/infer", echoRequest([1, 2, 3, 4]))
+      assert.strictEqual(v1.json.model_version, "1")
+      assert.deepStrictEqual(v1.json.outputs[0].data, [1, 2, 3, 4])
+      assert.notProperty(v1.json, "id")
+    }).pipe(withFreshMetrics))
+
+  it.effect("accepts data nested as the shape, in row-major order", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const r = yield* send("POST", "/v2/models/echo/versions/1/infer", {
+        inputs: [{ name: "x", shape: [2, 4], datatype: "FP32", data: [[1, 2, 3, 4], [5, 6, 7, 8]] }]
+      })
+      assert.strictEqual(r.status, 200)
+      assert.deepStrictEqual(r.json.outputs[0], { name: "y", datatype: "FP32", shape: [2, 4], data: [1, 2, 3, 4, 5, 6, 7, 8] })
+      const ragged = yield* send("POST", "/v2/models/echo/infer", {
+        inputs: [{ name: "x", shape: [2, 4], datatype: "FP32", data: [[1, 2, 3], [4, 5, 6, 7, 8]] }]
+      })
+      assert.strictEqual(ragged.status, 400)
+      assert.include(ragged.json.error, "does not match shape [2, 4]")
+    }).pipe(withFreshMetrics))
+
+  it.effect("round-trips every datatype the model takes, 64-bit integers exactly", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const cases: ReadonlyArray<readonly [string, string, ReadonlyArray<unknown>, string]> = [
+        ["float32", "FP32", [1.5, -0.1, 3.4e38, 0], "[1.5,-0.1,3.4e+38,0]"],
+        ["float64", "FP64", [0.1, -1e300, 5e-324, 2], "[0.1,-1e+300,5e-324,2]"],
+        ["float16", "FP16", [1.5, 65504, -0.0001, 100000], "[1.5,65504,-0.0001,null]"],
+        ["int8", "INT8", [-128, 127, 0, 1], "[-128,127,0,1]"],
+        ["int16", "INT16", [-32768, 32767, 0, 1], "[-32768,32767,0,1]"],
+        ["int32", "INT32", [-2147483648, 2147483647, 0, 1], "[-2147483648,2147483647,0,1]"],
+        ["int64", "INT64", ["-9223372036854775808", "9007199254740993", -5, 0], "[-9223372036854775808,9007199254740993,-5,0]"],
+        ["uint8", "UINT8", [0, 255, 1, 2], "[0,255,1,2]"],
+        ["uint16", "UINT16", [0, 65535, 1, 2], "[0,65535,1,2]"],
+        ["uint32", "UINT32", [0, 4294967295, 1, 2], "[0,4294967295,1,2]"],
+        ["uint64", "UINT64", ["18446744073709551615", 0, 1, 2], "[18446744073709551615,0,1,2]"],
+        ["bool", "BOOL", [true, false, 1, 0], "[true,false,true,false]"],
+        ["string", "BYTES", ["a", "é", "", "\"q\""], "[\"a\",\"é\",\"\",\"\\\"q\\\"\"]"]
+      ]
+      for (const [dtype, datatype, data, expected] of cases) {
+        const r = yield* send("POST", `/v2/models/identity_${dtype}/infer`, {
+          inputs: [{ name: "x", shape: [2, 2], datatype, data }]
+        })
+        assert.strictEqual(r.status, 200, `${datatype}: ${r.text}`)
+        assert.include(r.text, `"datatype":"${datatype}","shape":[2,2],"data":${expected}`, datatype)
+      }
+    }).pipe(withFreshMetrics))
+
+  it.effect("refuses a datatype the model does not take, or does not exist, naming the input", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const fp16 = yield* send("POST", "/v2/models/identity_float32/infer", { inputs: [{ name: "x", shape: [1, 1], datatype: "FP16", data: [1] }] })
+      assert.strictEqual(fp16.status, 400)
+      assert.strictEqual(fp16.json.error, "invalid input \"x\" for model \"identity_float32\": datatype FP16 given, the model takes FP32")
+      const bytes = yield* send("POST", "/v2/models/identity_float32/infer", { inputs: [{ name: "x", shape: [1, 1], datatype: "BYTES", data: ["a"] }] })
+      assert.strictEqual(bytes.status, 400)
+      assert.include(bytes.json.error, "datatype BYTES given, the model takes FP32")
+      const bf16 = yield* send("POST", "/v2/models/identity_float32/infer", { inputs: [{ name: "x", shape: [1, 1], datatype: "BF16", data: [1] }] })
+      assert.strictEqual(bf16.status, 400)
+      assert.include(bf16.json.error, "datatype \"BF16\" is not supported")
+    }).pipe(withFreshMetrics))
+
+  it.effect("refuses elements of the wrong kind or out of range, naming the input and the element", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const cases: ReadonlyArray<readonly [string, string, ReadonlyArray<unknown>, string]> = [
+        ["int8", "INT8", [200], "element 0 is 200, out of the INT8 range [-128, 127]"],
+        ["int32", "INT32", [1.5], "element 0 is 1.5, not INT32"],
+        ["uint64", "UINT64", [-1], "element 0 is -1, out of the UINT64 range"],
+        ["int64", "INT64", ["12a"], "element 0 is \"12a\", not INT64"],
+        ["float32", "FP32", ["1"], "element 0 is \"1\", not FP32"],
+        ["bool", "BOOL", [2], "element 0 is 2, not BOOL"],
+        ["string", "BYTES", [1], "element 0 is 1, not BYTES"]
+      ]
+      for (const [dtype, datatype, data, message] of cases) {
+        const r = yield* send("POST", `/v2/models/identity_${dtype}/infer`, { inputs: [{ name: "x", shape: [1, 1], datatype, data }] })
+        assert.strictEqual(r.status, 400, datatype)
+        assert.include(r.json.error, `invalid input "x" for model "identity_${dtype}": ${message}`)
+      }
+    }).pipe(withFreshMetrics))
+
+  it.effect("refuses a shape that does not fit: wrong count, negative dims, [1e9, 1e9] before any allocation", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const count = yield* send("POST", "/v2/models/echo/infer", { inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3] }] })
+      assert.strictEqual(count.status, 400)
+      assert.include(count.json.error, "invalid input \"x\" for model \"echo\"")
+      const negative = yield* send("POST", "/v2/models/echo/infer", { inputs: [{ name: "x", shape: [-1, 4], datatype: "FP32", data: [] }] })
+      assert.strictEqual(negative.status, 400)
+      assert.include(negative.json.error, "must be non-negative integers")
+      const huge = yield* send("POST", "/v2/models/echo/infer", { inputs: [{ name: "x", shape: [1e9, 1e9], datatype: "FP32", data: [] }] })
+      assert.strictEqual(huge.status, 400)
+      assert.include(huge.json.error, "exceed the limit of 268435456 elements")
+      const fixed = yield* send("POST", "/v2/models/echo/infer", { inputs: [{ name: "x", shape: [1, 3], datatype: "FP32", data: [1, 2, 3] }] })
+      assert.strictEqual(fixed.status, 400)
+      assert.include(fixed.json.error, "dim 1 is 3, the model takes 4")
+    }).pipe(withFreshMetrics))
+
+  it.effect("refuses malformed JSON and bodies that are not inference requests, saying where", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const malformed = yield* send("POST", "/v2/models/echo/infer", "{\"inputs\": [")
+      assert.strictEqual(malformed.status, 400)
+      assert.match(malformed.json.error, /^the request body is not valid JSON/)
+      const noInputs = yield* send("POST", "/v2/models/echo/infer", { id: "1" })
+      assert.strictEqual(noInputs.status, 400)
+      assert.include(noInputs.json.error, "Missing key at [\"inputs\"]")
+      const badShape = yield* send("POST", "/v2/models/echo/infer", { inputs: [{ name: "x", shape: "1,4", datatype: "FP32", data: [] }] })
+      assert.strictEqual(badShape.status, 400)
+      assert.include(badShape.json.error, "at [\"inputs\"][0][\"shape\"]")
+      const notArray = yield* send("POST", "/v2/models/echo/infer", { inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: 4 }] })
+      assert.strictEqual(notArray.status, 400)
+      assert.include(notArray.json.error, "data must be an array")
+    }).pipe(withFreshMetrics))
+
+  it.effect("refuses unknown, repeated and missing inputs and unknown outputs; returns only the outputs asked for", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const a = { name: "a", shape: [3], datatype: "FP32", data: [1, 2, 3] }
+      const b = { name: "b", shape: [], datatype: "INT64", data: [10] }
+      const unknown = yield* send("POST", "/v2/models/multi/infer", { inputs: [a, b, { ...b, name: "c" }] })
+      assert.strictEqual(unknown.status, 400)
+      assert.include(unknown.json.error, "invalid input \"c\" for model \"multi\": unknown input; the model takes a, b")
+      const twice = yield* send("POST", "/v2/models/multi/infer", { inputs: [a, a, b] })
+      assert.include(twice.json.error, "input given more than once")
+      const missing = yield* send("POST", "/v2/models/multi/infer", { inputs: [a] })
+      assert.strictEqual(missing.status, 400)
+      assert.include(missing.json.error, "invalid input \"b\" for model \"multi\": missing input")
+      const badOutput = yield* send("POST", "/v2/models/multi/infer", { inputs: [a, b], outputs: [{ name: "nope" }] })
+      assert.strictEqual(badOutput.status, 400)
+      assert.include(badOutput.json.error, "unknown output \"nope\"; the model returns sum, scaled, b_out")
+      const subset = yield* send("POST", "/v2/models/multi/infer", { inputs: [a, b], outputs: [{ name: "scaled" }, { name: "sum" }] })
+      assert.strictEqual(subset.status, 200)
+      assert.deepStrictEqual(subset.json.outputs, [
+        { name: "scaled", datatype: "FP32", shape: [3], data: [10, 20, 30] },
+        { name: "sum", datatype: "FP32", shape: [1], data: [6] }
+      ])
+      const all = yield* send("POST", "/v2/models/multi/infer", { inputs: [a, b] })
+      assert.deepStrictEqual(all.json.outputs.map((o: { name: string }) => o.name), ["sum", "scaled", "b_out"])
+      assert.deepStrictEqual(all.json.outputs[2], { name: "b_out", datatype: "INT64", shape: [], data: [10] })
+    }).pipe(withFreshMetrics))
+
+  it.effect("413 for a body over the limit, from Content-Length or while reading", () =>
+    Effect.gen(function*() {
+      const { send, stats } = yield* makeApp({ bodyLimitBytes: 1000 })
+      const big = JSON.stringify(echoRequest(Array.from({ length: 400 }, () => 0.125)))
+      const declared = yield* send("POST", "/v2/models/echo/infer", big, { "content-length": String(big.length) })
+      assert.strictEqual(declared.status, 413)
+      assert.include(declared.json.error, "exceeds the limit of 1000 bytes")
+      const streamed = yield* send("POST", "/v2/models/echo/infer", big)
+      assert.strictEqual(streamed.status, 413)
+      assert.strictEqual(stats.started, 0)
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+    }).pipe(withFreshMetrics))
+
+  it.effect("Triton's priority 1…4 maps to Critical…Low, 0 to the default; out of range is a 400", () =>
+    Effect.gen(function*() {
+      const { send, engine, gate, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1 } })
+      yield* gate.close
+      const running = yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => stats.started === 1)
+      const queued = []
+      for (const priority of [1, 2, 4, 0]) {
+        queued.push(yield* Effect.forkChild(
+          send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4], { parameters: { priority } })),
+          { startImmediately: true }
+        ))
+      }
+      yield* Effect.yieldNow
+      assert.deepStrictEqual(yield* engine.queueStats, { critical: 1, high: 1, normal: 1, low: 1, total: 4 })
+      const bad = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4], { parameters: { priority: 7 } }))
+      assert.strictEqual(bad.status, 400)
+      assert.include(bad.json.error, "[\"parameters\"][\"priority\"]")
+      yield* gate.open
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(running)).status, 200)
+      for (const f of queued) assert.strictEqual((yield* Fiber.join(f)).status, 200)
+    }).pipe(withFreshMetrics))
+
+  it.effect("parameters.timeout (µs) becomes the deadline: 504 when it passes", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const fiber = yield* Effect.forkChild(
+        send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4], { parameters: { timeout: 50_000 } })),
+        { startImmediately: true }
+      )
+      yield* TestClock.adjust("49 millis")
+      assert.isUndefined(fiber.pollUnsafe())
+      yield* TestClock.adjust("1 millis")
+      const r = yield* Fiber.join(fiber)
+      assert.strictEqual(r.status, 504)
+      assert.include(r.json.error, "exceeded its 50 ms deadline")
+    }).pipe(withFreshMetrics))
+
+  it.effect("429 with Retry-After when the queue is full; nothing is read or queued", () =>
+    Effect.gen(function*() {
+      const { send, gate, engine, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })
+      yield* gate.close
+      const a = yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => stats.started === 1)
+      const b = yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => Effect.runSync(engine.pending) === 2)
+      const c = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))
+      assert.strictEqual(c.status, 429)
+      assert.strictEqual(c.headers.get("retry-after"), "1")
+      assert.include(c.json.error, "queue full")
+      assert.strictEqual(yield* engine.pending, 2)
+      yield* gate.open
+      yield* TestClock.adjust("2 seconds")
+      assert.strictEqual((yield* Fiber.join(a)).status, 200)
+      assert.strictEqual((yield* Fiber.join(b)).status, 200)
+    }).pipe(withFreshMetrics))
+
+  it.effect("503 for an unavailable model, and for every inference once shutting down", () =>
+    Effect.gen(function*() {
+      const { send, lifecycle, stats } = yield* makeApp()
+      const broken = yield* send("POST", "/v2/models/broken/infer", echoRequest([1, 2, 3, 4]))
+      assert.strictEqual(broken.status, 503)
+      noSecrets(broken.text)
+      yield* lifecycle.beginShutdown
+      const r = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))
+      assert.strictEqual(r.status, 503)
+      assert.deepStrictEqual(r.json, { error: "the engine is shutting down and accepts no new requests" })
+      assert.strictEqual(r.headers.get("connection"), "close")
+      assert.strictEqual(stats.started, 0)
+    }).pipe(withFreshMetrics))
+
+  it.effect("interrupting the request fiber takes the request out of the queue and counts it cancelled", () =>
+    Effect.gen(function*() {
+      const { send, gate, engine, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1 } })
+      yield* gate.close
+      const running = yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => stats.started === 1)
+      const queued = yield* Effect.forkChild(send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      yield* Effect.yieldNow
+      assert.strictEqual(yield* engine.pending, 2)
+      yield* Fiber.interrupt(queued)
+      assert.strictEqual(yield* engine.pending, 1)
+      assert.strictEqual((yield* engine.queueStats).total, 0)
+      yield* Fiber.interrupt(running)
+      const metrics = yield* send("GET", "/metrics")
+      assert.include(metrics.text, "inference_request_failure_total{model=\"echo\",reason=\"cancelled\"} 1")
+      assert.include(metrics.text, "inference_request_failure_total{model=\"slow\",reason=\"cancelled\"} 1")
+    }).pipe(withFreshMetrics))
+})
+
+describe("GET /metrics", () => {
+  it.effect("renders Triton-like families: success, failure by reason, counts, pending by priority, durations by model", () =>
+    Effect.gen(function*() {
+      const { send, gate, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4, 5, 6, 7, 8]))).status, 200)
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3]))).status, 400)
+      yield* gate.close
+      const a = yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => stats.started === 3)
+      const b = yield* Effect.forkChild(
+        send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4], { parameters: { priority: 2, timeout: 100_000 } })),
+        { startImmediately: true }
+      )
+      yield* Effect.yieldNow
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 429)
+      const during = yield* send("GET", "/metrics")
+      assert.strictEqual(during.status, 200)
+      assert.strictEqual(during.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8")
+      assert.include(during.text, "inference_pending_requests{priority=\"High\"} 1")
+      assert.include(during.text, "inference_pending_requests{priority=\"Critical\"} 0")
+      assert.include(during.text, "inference_unsettled_requests 2")
+      yield* TestClock.adjust("100 millis")
+      assert.strictEqual((yield* Fiber.join(b)).status, 504)
+      yield* gate.open
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(a)).status, 200)
+      const text = (yield* send("GET", "/metrics")).text
+      for (
+        const line of [
+          "inference_request_success_total{model=\"echo\"} 2",
+          "inference_request_success_total{model=\"slow\"} 1",
+          "inference_request_failure_total{model=\"echo\",reason=\"invalid\"} 1",
+          "inference_request_failure_total{model=\"echo\",reason=\"rejected\"} 1",
+          "inference_request_failure_total{model=\"slow\",reason=\"timeout\"} 1",
+          "inference_request_failure_total{model=\"echo\",reason=\"backend\"} 0",
+          "inference_count_total{model=\"echo\"} 2",
+          "inference_exec_total{model=\"echo\"} 2",
+          "inference_pending_requests{priority=\"High\"} 0",
+          "# TYPE inference_queue_duration_ms histogram",
+          "# TYPE inference_compute_duration_ms histogram",
+          "# TYPE inference_request_duration_ms histogram",
+          "inference_request_duration_ms_count{model=\"slow\"} 1"
+        ]
+      ) assert.include(text, line)
+    }).pipe(withFreshMetrics))
+})

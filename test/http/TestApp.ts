@@ -1,0 +1,224 @@
+/**
+ * Fixtures for the HTTP tests: a scripted model pool with the models an OIP server needs to be
+ * exercised (every datatype, versions, several outputs, an unavailable model, a gated slow one),
+ * and an in-memory client that runs the real routes on `HttpServerRequest.fromWeb` requests in
+ * the test's own fiber (so TestClock drives deadlines).
+ */
+import { Context, Deferred, Duration, Effect, Exit, Latch, Layer, Metric, type Scope } from "effect"
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { type AsyncConfig, AsyncConfigService } from "../../src/AsyncConfig.ts"
+import { AsyncInferenceEngine } from "../../src/Engine.ts"
+import { Lifecycle } from "../../src/http/Lifecycle.ts"
+import * as Routes from "../../src/http/Routes.ts"
+import * as InferenceError from "../../src/InferenceError.ts"
+import type * as ModelMetadata from "../../src/ModelMetadata.ts"
+import { ModelPool, type ModelStatus, type RunOutput } from "../../src/ModelPool.ts"
+import { TelemetryCollector } from "../../src/Telemetry.ts"
+import * as Tensor from "../../src/Tensor.ts"
+
+export const secretPath = "/srv/secret/models"
+
+export interface TestPoolStats {
+  started: number
+  finished: number
+}
+
+export interface TestPoolOptions {
+  /** How long a run of `slow` takes (Clock time). Default 1 second. */
+  readonly slowLatency?: Duration.Input | undefined
+}
+
+const identityModels: ReadonlyArray<ModelMetadata.ModelMetadata> = Tensor.dataTypes.map((dtype) => ({
+  name: `identity_${dtype}`,
+  version: "1",
+  inputs: [{ name: "x", dtype, dims: [-1, -1] }],
+  outputs: [{ name: "y", dtype, dims: [-1, -1] }]
+}))
+
+const echo = (version: string): ModelMetadata.ModelMetadata => ({
+  name: "echo",
+  version,
+  inputs: [{ name: "x", dtype: "float32", dims: [-1, 4] }],
+  outputs: [{ name: "y", dtype: "float32", dims: [-1, 4] }]
+})
+
+const multi: ModelMetadata.ModelMetadata = {
+  name: "multi",
+  version: "1",
+  inputs: [{ name: "a", dtype: "float32", dims: [-1] }, { name: "b", dtype: "int64", dims: [] }],
+  outputs: [{ name: "sum", dtype: "float32", dims: [1] }, { name: "scaled", dtype: "float32", dims: [-1] }, { name: "b_out", dtype: "int64", dims: [] }]
+}
+
+const slow: ModelMetadata.ModelMetadata = { ...echo("1"), name: "slow" }
+
+/**
+ * The models: `echo` v1 (y = x) and v2 (y = 2x, the default), `identity_<dtype>` for every
+ * dtype (y = x, any [-1, -1] shape), `multi` (outputs sum(a), a * b and b), `slow` (echo that
+ * takes `slowLatency`, or until `gate` opens when it is closed), and `broken`, unavailable with a
+ * reason that names an absolute path.
+ */
+export const makeTestPool = (options: TestPoolOptions = {}) =>
+  Effect.gen(function*() {
+    const stats: TestPoolStats = { started: 0, finished: 0 }
+    const gate = yield* Latch.make(true)
+    const models: Record<string, Record<string, ModelMetadata.ModelMetadata>> = {
+      echo: { "1": echo("1"), "2": echo("2") },
+      multi: { "1": multi },
+      slow: { "1": slow }
+    }
+    for (const m of identityModels) models[m.name] = { "1": m }
+    const statuses: Array<ModelStatus> = []
+    for (const [name, versions] of Object.entries(models)) {
+      for (const version of Object.keys(versions)) statuses.push({ name, version, state: "READY" })
+    }
+    const brokenReason = `failed to load ${secretPath}/broken/1/model.onnx: Protobuf parsing failed\n    at Session.create (${secretPath}/x.js:1:1)`
+    statuses.push({ name: "broken", version: "1", state: "UNAVAILABLE", reason: brokenReason })
+
+    const lookup = (modelId: string, version: string | undefined) => {
+      if (modelId === "broken") return Effect.fail(new InferenceError.ModelUnavailable({ modelId, reason: brokenReason }))
+      const versions = models[modelId]
+      if (versions === undefined) return Effect.fail(new InferenceError.ModelNotFound({ modelId }))
+      const chosen = version ?? Object.keys(versions).sort().at(-1)!
+      const metadata = versions[chosen]
+      return metadata === undefined
+        ? Effect.fail(new InferenceError.ModelNotFound({ modelId, version: chosen }))
+        : Effect.succeed(metadata)
+    }
+
+    const compute = (metadata: ModelMetadata.ModelMetadata, inputs: Tensor.TensorMap): Tensor.TensorMap => {
+      if (metadata.name === "echo" || metadata.name === "slow") {
+        const x = inputs["x"] as Tensor.Tensor<"float32">
+        const k = metadata.version === "2" ? 2 : 1
+        return { y: Tensor.float32(x.data.map((v) => v * k), x.dims) }
+      }
+      if (metadata.name === "multi") {
+        const a = inputs["a"] as Tensor.Tensor<"float32">
+        const b = inputs["b"] as Tensor.Tensor<"int64">
+        const k = Number(b.data[0])
+        return {
+          sum: Tensor.float32([a.data.reduce((s, v) => s + v, 0)], [1]),
+          scaled: Tensor.float32(a.data.map((v) => v * k), a.dims),
+          b_out: b
+        }
+      }
+      return { y: inputs["x"]! }
+    }
+
+    const run = (modelId: string, inputs: Tensor.TensorMap, runOptions: { readonly requestId: string; readonly version?: string | undefined }) =>
+      Effect.gen(function*() {
+        const metadata = yield* lookup(modelId, runOptions.version)
+        stats.started++
+        const done = Deferred.makeUnsafe<RunOutput, InferenceError.RunFailed>()
+        // Like a native run, it cannot be stopped: interrupting `run` only stops the wait.
+        const native = (metadata.name === "slow"
+          ? Effect.andThen(gate.await, Effect.sleep(options.slowLatency ?? Duration.seconds(1)))
+          : Effect.void).pipe(
+            Effect.andThen(Effect.sync(() => {
+              stats.finished++
+              Deferred.doneUnsafe(done, Exit.succeed({ outputs: compute(metadata, inputs), deviceUsed: "cpu" }))
+            }))
+          )
+        yield* Effect.forkDetach(native, { startImmediately: true })
+        return yield* Deferred.await(done)
+      })
+
+    const pool = ModelPool.of({ metadata: lookup, run, models: Effect.succeed(statuses) })
+    return { pool, stats, gate, layer: Layer.succeed(ModelPool, pool) }
+  })
+
+export interface AppOptions extends TestPoolOptions {
+  readonly config?: Partial<AsyncConfig> | undefined
+  readonly bodyLimitBytes?: number | undefined
+}
+
+export const routeOptions = (bodyLimitBytes = 1024 * 1024): Routes.Options => ({
+  bodyLimitBytes,
+  serverName: "effect-inference",
+  serverVersion: "0.0.0-test",
+  redactPaths: [secretPath]
+})
+
+export interface TestResponse {
+  readonly status: number
+  readonly headers: Headers
+  readonly text: string
+  readonly json: any
+}
+
+/** Sends one request through the routes, in the current fiber. */
+export type Send = (
+  method: string,
+  path: string,
+  body?: unknown,
+  headers?: Record<string, string>
+) => Effect.Effect<TestResponse>
+
+/**
+ * The engine (real, over the test pool), the routes, and `send`, in the current scope. Metrics
+ * go to a fresh registry (provide `registry` with `Metric.MetricRegistry` around the test).
+ */
+export const makeApp = (options: AppOptions = {}): Effect.Effect<
+  {
+    readonly send: Send
+    readonly engine: AsyncInferenceEngine["Service"]
+    readonly lifecycle: Lifecycle["Service"]
+    readonly stats: TestPoolStats
+    readonly gate: Latch.Latch
+  },
+  never,
+  Scope.Scope
+> =>
+  Effect.gen(function*() {
+    const testPool = yield* makeTestPool(options)
+    const services = yield* Layer.build(
+      AsyncInferenceEngine.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(
+          testPool.layer,
+          TelemetryCollector.layer,
+          AsyncConfigService.layerWith(options.config ?? {}),
+          Lifecycle.layer
+        ))
+      )
+    )
+    const app = yield* HttpRouter.toHttpEffect(
+      Routes.layer(routeOptions(options.bodyLimitBytes)).pipe(Layer.provide(Layer.succeedContext(services)))
+    ).pipe(Effect.provideService(HttpRouter.RouterConfig, Routes.routerConfig))
+    const send: Send = (method, path, body, headers) =>
+      Effect.gen(function*() {
+        const init: RequestInit = { method, headers: { ...headers } }
+        if (body !== undefined) init.body = typeof body === "string" ? body : JSON.stringify(body)
+        const request = HttpServerRequest.fromWeb(new Request(`http://localhost${path}`, init))
+        const response = yield* app.pipe(
+          Effect.provideService(HttpServerRequest.HttpServerRequest, request),
+          Effect.scoped,
+          Effect.catchCause((cause) => Effect.die(cause))
+        )
+        const web = HttpServerResponse.toWeb(response)
+        const text = yield* Effect.promise(() => web.text())
+        let parsed: unknown = undefined
+        try {
+          parsed = JSON.parse(text)
+        } catch {
+          // not JSON (the metrics page)
+        }
+        return { status: web.status, headers: web.headers, text, json: parsed }
+      })
+    return {
+      send,
+      engine: Context.get(services, AsyncInferenceEngine),
+      lifecycle: Context.get(services, Lifecycle),
+      stats: testPool.stats,
+      gate: testPool.gate
+    }
+  })
+
+/** Yields until `condition` holds (at most `maxYields` times), for fibers to reach a state. */
+export const waitUntil = (condition: () => boolean, maxYields = 1000): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    for (let i = 0; i < maxYields && !condition(); i++) yield* Effect.yieldNow
+    if (!condition()) return yield* Effect.die(new Error("waitUntil: condition never held"))
+  })
+
+/** Runs `effect` with a metric registry of its own. */
+export const withFreshMetrics = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.provideService(effect, Metric.MetricRegistry, new Map())
