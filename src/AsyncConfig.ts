@@ -1,21 +1,21 @@
 /**
  * Engine configuration, with the spec's defaults. Decoded with Schema; loadable from the
  * environment (`MAX_CONCURRENT_REQUESTS`, `MAX_QUEUED_REQUESTS`, `QUEUE_TIMEOUT_MS`,
- * `ENABLE_PRIORITY_QUEUE`).
+ * `ENABLE_PRIORITY_QUEUE`, `AGING_MS` for one aging bound on every level below Critical).
  *
  * @module AsyncConfig
  */
-import { Config, Context, Duration, Effect, Layer, Schema } from "effect"
+import { Config, Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import type * as QueuePolicy from "./QueuePolicy.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
 const NonNegativeMillis = Schema.Number.check(Schema.isGreaterThanOrEqualTo(0))
 
-/** The encoded form: plain JSON, durations in milliseconds. */
-export const Encoded = Schema.Struct({
-  maxConcurrentRequests: PositiveInt,
-  maxQueuedRequests: PositiveInt,
-  queueTimeoutMs: NonNegativeMillis,
-  enablePriorityQueue: Schema.Boolean
+const PositiveMillis = Schema.Number.check(Schema.isGreaterThan(0))
+const AgingMs = Schema.Struct({
+  High: Schema.optional(PositiveMillis),
+  Normal: Schema.optional(PositiveMillis),
+  Low: Schema.optional(PositiveMillis)
 })
 
 export interface AsyncConfig {
@@ -27,6 +27,11 @@ export interface AsyncConfig {
   readonly queueTimeout: Duration.Duration
   /** When false, one FIFO for all priorities. */
   readonly enablePriorityQueue: boolean
+  /**
+   * Aging bounds per level (ms); absent means strict priority, which can starve Low. A request
+   * waiting past its level's bound is served as if one level higher, one more per further bound.
+   */
+  readonly aging?: QueuePolicy.Aging | undefined
 }
 
 export const defaults: AsyncConfig = {
@@ -42,12 +47,14 @@ export const decode = (input: unknown): Effect.Effect<AsyncConfig, Schema.Schema
     maxConcurrentRequests: Schema.optional(PositiveInt),
     maxQueuedRequests: Schema.optional(PositiveInt),
     queueTimeoutMs: Schema.optional(NonNegativeMillis),
-    enablePriorityQueue: Schema.optional(Schema.Boolean)
-  }))(input).pipe(Effect.map((c) => ({
+    enablePriorityQueue: Schema.optional(Schema.Boolean),
+    agingMs: Schema.optional(AgingMs)
+  }))(input).pipe(Effect.map((c): AsyncConfig => ({
     maxConcurrentRequests: c.maxConcurrentRequests ?? defaults.maxConcurrentRequests,
     maxQueuedRequests: c.maxQueuedRequests ?? defaults.maxQueuedRequests,
     queueTimeout: c.queueTimeoutMs === undefined ? defaults.queueTimeout : Duration.millis(c.queueTimeoutMs),
-    enablePriorityQueue: c.enablePriorityQueue ?? defaults.enablePriorityQueue
+    enablePriorityQueue: c.enablePriorityQueue ?? defaults.enablePriorityQueue,
+    ...(c.agingMs === undefined ? {} : { aging: c.agingMs })
   })))
 
 /** Reads the configuration from the ConfigProvider (the environment by default). */
@@ -55,8 +62,13 @@ export const config: Config.Config<AsyncConfig> = Config.all({
   maxConcurrentRequests: Config.Int("MAX_CONCURRENT_REQUESTS").pipe(Config.withDefault(defaults.maxConcurrentRequests)),
   maxQueuedRequests: Config.Int("MAX_QUEUED_REQUESTS").pipe(Config.withDefault(defaults.maxQueuedRequests)),
   queueTimeoutMs: Config.Number("QUEUE_TIMEOUT_MS").pipe(Config.withDefault(Duration.toMillis(defaults.queueTimeout))),
-  enablePriorityQueue: Config.Boolean("ENABLE_PRIORITY_QUEUE").pipe(Config.withDefault(defaults.enablePriorityQueue))
-}).pipe(Config.mapEffect((raw) => decode(raw).pipe(Effect.mapError((e) => new Config.ConfigError(e)))))
+  enablePriorityQueue: Config.Boolean("ENABLE_PRIORITY_QUEUE").pipe(Config.withDefault(defaults.enablePriorityQueue)),
+  agingMs: Config.Number("AGING_MS").pipe(Config.option)
+}).pipe(Config.mapEffect(({ agingMs, ...raw }) =>
+  decode({ ...raw, ...(Option.isSome(agingMs) ? { agingMs: { High: agingMs.value, Normal: agingMs.value, Low: agingMs.value } } : {}) }).pipe(
+    Effect.mapError((e) => new Config.ConfigError(e))
+  )
+))
 
 /** The engine's configuration as a service. */
 export class AsyncConfigService extends Context.Service<AsyncConfigService, AsyncConfig>()("effect-inference/AsyncConfig") {

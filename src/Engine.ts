@@ -116,7 +116,7 @@ export const make = Effect.gen(function*() {
   const gate = yield* DispatchGate
   const scope = yield* Effect.scope
 
-  const queue = PriorityQueue.make<Pending>(config.maxQueuedRequests, config.enablePriorityQueue)
+  const queue = PriorityQueue.make<Pending>(config.maxQueuedRequests, config.enablePriorityQueue, config.aging)
   const permits = yield* Semaphore.make(config.maxConcurrentRequests)
   const wake = yield* Latch.make(false)
   const settledLatch = yield* Latch.make(false)
@@ -239,10 +239,10 @@ export const make = Effect.gen(function*() {
     while (true) {
       yield* permits.take(1)
       yield* gate
-      let next = queue.poll()
+      let next = queue.poll(nowMs(clock))
       while (next === undefined) {
         wake.closeUnsafe()
-        next = queue.poll()
+        next = queue.poll(nowMs(clock))
         if (next === undefined) yield* wake.await
       }
       const pending = next
@@ -356,7 +356,7 @@ export const make = Effect.gen(function*() {
         entry: undefined,
         state: "queued"
       }
-      pending.entry = queue.offer(pending, request.priority)
+      pending.entry = queue.offer(pending, request.priority, admittedAtMs)
       if (pending.entry === undefined) {
         return yield* fail(new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: config.maxQueuedRequests }))
       }

@@ -6,10 +6,13 @@
  * - `poll` takes the oldest entry of the highest non-empty level.
  * - `remove` drops an entry in O(1) through the handle `offer` returned (a cancelled request).
  * - With `enablePriority` false every entry goes into one FIFO; stats still count by priority.
+ * - With `aging`, a level's head that has waited past its bound competes as a higher level
+ *   (see `QueuePolicy`); `offer` and `poll` then take the current time.
  *
  * @module PriorityQueue
  */
 import * as Priority from "./Priority.ts"
+import * as QueuePolicy from "./QueuePolicy.ts"
 
 /** Queued entries by level. */
 export interface QueueStats {
@@ -24,6 +27,7 @@ export interface QueueStats {
 export interface Entry<A> {
   readonly value: A
   readonly priority: Priority.Priority
+  readonly enqueuedAtMs: number
   /** False once polled or removed. */
   readonly queued: boolean
 }
@@ -35,10 +39,12 @@ class Node<A> implements Entry<A> {
   readonly value: A
   readonly priority: Priority.Priority
   readonly fifo: number
-  constructor(value: A, priority: Priority.Priority, fifo: number) {
+  readonly enqueuedAtMs: number
+  constructor(value: A, priority: Priority.Priority, fifo: number, enqueuedAtMs: number) {
     this.value = value
     this.priority = priority
     this.fifo = fifo
+    this.enqueuedAtMs = enqueuedAtMs
   }
 }
 
@@ -67,10 +73,12 @@ export class PriorityQueue<A> {
   #size = 0
   readonly capacity: number
   readonly enablePriority: boolean
+  readonly aging: QueuePolicy.Aging | undefined
 
-  constructor(capacity: number, enablePriority = true) {
+  constructor(capacity: number, enablePriority = true, aging?: QueuePolicy.Aging) {
     this.capacity = capacity
     this.enablePriority = enablePriority
+    this.aging = enablePriority ? aging : undefined
     this.#fifos = enablePriority ? [new Fifo(), new Fifo(), new Fifo(), new Fifo()] : [new Fifo()]
   }
 
@@ -79,31 +87,36 @@ export class PriorityQueue<A> {
   }
 
   /** Queues `value` at the back of its level; undefined (nothing queued) when full. */
-  offer(value: A, priority: Priority.Priority): Entry<A> | undefined {
+  offer(value: A, priority: Priority.Priority, nowMs = 0): Entry<A> | undefined {
     if (this.#size >= this.capacity) return undefined
-    const node = new Node(value, priority, this.enablePriority ? Priority.rank(priority) : 0)
+    const node = new Node(value, priority, this.enablePriority ? Priority.rank(priority) : 0, nowMs)
     this.#fifos[node.fifo]!.push(node)
     this.#counts[Priority.rank(priority)]!++
     this.#size++
     return node
   }
 
-  /** Takes the oldest entry of the highest level that has one. */
-  poll(): A | undefined {
-    for (const fifo of this.#fifos) {
-      const node = fifo.head
-      if (node !== undefined) {
-        this.#unlink(node)
-        return node.value
-      }
-    }
-    return undefined
+  /** Takes the oldest entry of the highest level that has one (levels aged as of `nowMs`). */
+  poll(nowMs = 0): A | undefined {
+    const node = this.#next(nowMs)
+    if (node === undefined) return undefined
+    this.#unlink(node)
+    return node.value
   }
 
   /** The entry `poll` would take next, left in place. */
-  peek(): Entry<A> | undefined {
-    for (const fifo of this.#fifos) if (fifo.head !== undefined) return fifo.head
-    return undefined
+  peek(nowMs = 0): Entry<A> | undefined {
+    return this.#next(nowMs)
+  }
+
+  #next(nowMs: number): Node<A> | undefined {
+    if (this.aging === undefined) {
+      for (const fifo of this.#fifos) if (fifo.head !== undefined) return fifo.head
+      return undefined
+    }
+    const heads: Array<Node<A>> = []
+    for (const fifo of this.#fifos) if (fifo.head !== undefined) heads.push(fifo.head)
+    return heads.length === 0 ? undefined : heads[QueuePolicy.choose(this.aging, heads, nowMs)]
   }
 
   /** Removes a queued entry; false when it was already polled or removed. O(1). */
@@ -155,4 +168,5 @@ export class PriorityQueue<A> {
   }
 }
 
-export const make = <A>(capacity: number, enablePriority = true): PriorityQueue<A> => new PriorityQueue<A>(capacity, enablePriority)
+export const make = <A>(capacity: number, enablePriority = true, aging?: QueuePolicy.Aging): PriorityQueue<A> =>
+  new PriorityQueue<A>(capacity, enablePriority, aging)

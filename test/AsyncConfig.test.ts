@@ -38,6 +38,16 @@ describe("AsyncConfig", () => {
       assert.strictEqual(config.maxQueuedRequests, 100)
     }))
 
+  it.effect("reads one aging bound for every level below Critical from AGING_MS", () =>
+    Effect.gen(function*() {
+      const config = yield* AsyncConfig.config.pipe(
+        Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env: { AGING_MS: "250" } }))
+      )
+      assert.deepStrictEqual(config.aging, { High: 250, Normal: 250, Low: 250 })
+      const strict = yield* AsyncConfig.config.pipe(Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env: {} })))
+      assert.isUndefined(strict.aging)
+    }))
+
   it.effect("fails to load an invalid environment value", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(AsyncConfig.config.pipe(

@@ -311,4 +311,35 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(reasonOf(yield* Fiber.join(queued)), "ShuttingDown")
       }))
   })
+
+  describe("starvation", () => {
+    const flood = (aging: boolean) =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({
+          script: () => ({ latency: "10 millis" }),
+          config: { maxConcurrentRequests: 1, maxQueuedRequests: 1000, ...(aging ? { aging: { Low: 30 } } : {}) }
+        })
+        yield* fork(Effect.exit(engine.infer(request("low", { priority: "Low" }))))
+        // Critical work arrives faster than it is served: strict priority never gets to Low.
+        for (let t = 0; t < 50; t++) {
+          yield* fork(Effect.exit(engine.infer(request(`c${t}a`, { priority: "Critical" }))))
+          yield* fork(Effect.exit(engine.infer(request(`c${t}b`, { priority: "Critical" }))))
+          yield* TestClock.adjust("10 millis")
+        }
+        return stats.order.indexOf("low")
+      })
+
+    it.effect("strict priority starves Low under a steady Critical load", () =>
+      Effect.gen(function*() {
+        assert.strictEqual(yield* flood(false), -1)
+      }))
+
+    it.effect("with aging, Low is served once it has waited its bounds up to Critical", () =>
+      Effect.gen(function*() {
+        const position = yield* flood(true)
+        // Low at rank 3 reaches rank 0 after 3 × 30 ms; it then is the oldest head: served by ~100 ms (10 runs).
+        assert.isAtLeast(position, 1)
+        assert.isAtMost(position, 11)
+      }))
+  })
 })

@@ -89,4 +89,21 @@ describe("PriorityQueue", () => {
     assert.strictEqual(queue.peek()?.value, "c")
     assert.strictEqual(queue.size, 2)
   })
+
+  it("with aging, a Low entry that waited past its bounds is served before newer High entries", () => {
+    const queue = PriorityQueue.make<string>(10, true, { Low: 100 })
+    queue.offer("low", Priority.Low, 0)
+    queue.offer("high-1", Priority.High, 120)
+    queue.offer("high-2", Priority.High, 130)
+    assert.strictEqual(queue.peek(150)?.value, "high-1", "at 150 ms Low is served as Normal: High goes first")
+    assert.strictEqual(queue.poll(250), "low", "at 250 ms Low competes as High and is the oldest")
+    assert.deepStrictEqual([queue.poll(250), queue.poll(250)], ["high-1", "high-2"])
+  })
+
+  it("ignores aging when priorities are disabled", () => {
+    const queue = PriorityQueue.make<string>(10, false, { Low: 1 })
+    queue.offer("a", Priority.Critical, 0)
+    queue.offer("b", Priority.Low, 0)
+    assert.strictEqual(queue.poll(1000), "a")
+  })
 })
