@@ -1,0 +1,64 @@
+/**
+ * A minimal `node:http` client for the real-socket tests: keep-alive agents under the test's
+ * control, requests that can be abandoned mid-flight, errors reported by code (ECONNREFUSED,
+ * ECONNRESET) rather than thrown.
+ */
+import * as Http from "node:http"
+
+export interface Reply {
+  readonly status: number
+  readonly headers: Http.IncomingHttpHeaders
+  readonly body: string
+}
+
+export type Outcome = Reply | { readonly error: string }
+
+export interface Pending {
+  readonly request: Http.ClientRequest
+  readonly done: Promise<Outcome>
+}
+
+/** Starts a request; `done` settles with the reply or the error code, never rejects. */
+export const start = (
+  port: number,
+  method: string,
+  path: string,
+  body?: unknown,
+  agent?: Http.Agent
+): Pending => {
+  const payload = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body)
+  let request!: Http.ClientRequest
+  const done = new Promise<Outcome>((resolve) => {
+    request = Http.request({
+      host: "127.0.0.1",
+      port,
+      method,
+      path,
+      agent: agent ?? false,
+      headers: payload === undefined ? {} : { "content-type": "application/json", "content-length": Buffer.byteLength(payload) }
+    }, (response) => {
+      const chunks: Array<Buffer> = []
+      response.on("data", (c: Buffer) => chunks.push(c))
+      response.on("end", () => resolve({ status: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks).toString("utf8") }))
+      response.on("error", (e: NodeJS.ErrnoException) => resolve({ error: e.code ?? e.message }))
+    })
+    request.on("error", (e: NodeJS.ErrnoException) => resolve({ error: e.code ?? e.message }))
+    if (payload !== undefined) request.write(payload)
+    request.end()
+  })
+  return { request, done }
+}
+
+export const send = (port: number, method: string, path: string, body?: unknown, agent?: Http.Agent): Promise<Outcome> =>
+  start(port, method, path, body, agent).done
+
+export const isReply = (o: Outcome): o is Reply => "status" in o
+
+/** Polls `condition` every few milliseconds until it holds or `timeoutMs` passes. */
+export const eventually = async (condition: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> => {
+  const until = Date.now() + timeoutMs
+  while (!(await condition())) {
+    if (Date.now() > until) throw new Error("condition not reached in time")
+    await new Promise((r) => setTimeout(r, 5))
+  }
+}

@@ -1,0 +1,153 @@
+/**
+ * The server over a real socket (in process, scripted pool, live clock): what a client that
+ * disconnects does to its request, and the graceful shutdown sequence.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, type Duration, Effect, Fiber, Layer } from "effect"
+import { HttpServer } from "effect/http"
+import * as Http from "node:http"
+import { type AsyncConfig, AsyncConfigService } from "../../src/AsyncConfig.ts"
+import { AsyncInferenceEngine } from "../../src/Engine.ts"
+import { Lifecycle } from "../../src/http/Lifecycle.ts"
+import * as Server from "../../src/http/Server.ts"
+import { TelemetryCollector } from "../../src/Telemetry.ts"
+import * as Client from "./HttpClient.ts"
+import { makeTestPool, routeOptions, withFreshMetrics } from "./TestApp.ts"
+
+const echoBody = { inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] }] }
+
+const makeServer = (config: Partial<AsyncConfig> = {}) =>
+  Effect.gen(function*() {
+    const pool = yield* makeTestPool({ slowLatency: "10 millis" })
+    const context = yield* Layer.build(
+      Server.layer({ ...routeOptions(), host: "127.0.0.1", port: 0, keepAliveTimeoutMs: 10_000 }).pipe(
+        Layer.provideMerge(AsyncInferenceEngine.layer),
+        Layer.provideMerge(Layer.mergeAll(pool.layer, TelemetryCollector.layer, AsyncConfigService.layerWith(config)))
+      )
+    )
+    const address = Context.get(context, HttpServer.HttpServer).address
+    if (address._tag === "UnixPathAddress") return yield* Effect.die("expected a TCP address")
+    const port = address.port
+    const engine = Context.get(context, AsyncInferenceEngine)
+    const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
+    const metrics = promise(() => Client.send(port, "GET", "/metrics")).pipe(
+      Effect.map((o) => (Client.isReply(o) ? o.body : ""))
+    )
+    return {
+      port,
+      engine,
+      lifecycle: Context.get(context, Lifecycle),
+      pool,
+      metrics,
+      promise,
+      pending: () => Effect.runSync(engine.pending),
+      shutdown: (grace: Duration.Input) => Effect.provideContext(Server.shutdown(grace), context)
+    }
+  })
+
+describe("a client that disconnects", () => {
+  it.live("while its request is queued: the request leaves the queue and is counted cancelled", () =>
+    Effect.gen(function*() {
+      const { port, pool, metrics, promise, pending, engine } = yield* makeServer({ maxConcurrentRequests: 1 })
+      yield* pool.gate.close
+      const running = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pool.stats.started === 1))
+      const queued = Client.start(port, "POST", "/v2/models/echo/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pending() === 2))
+      assert.strictEqual((yield* engine.queueStats).total, 1)
+      queued.request.destroy()
+      yield* promise(() => Client.eventually(() => pending() === 1))
+      assert.strictEqual((yield* engine.queueStats).total, 0)
+      assert.include(yield* metrics, "inference_request_failure_total{model=\"echo\",reason=\"cancelled\"} 1")
+      yield* pool.gate.open
+      const reply = yield* promise(() => running.done)
+      assert.isTrue(Client.isReply(reply) && reply.status === 200)
+      assert.strictEqual(pool.stats.started, 1, "the cancelled request never ran")
+    }).pipe(withFreshMetrics))
+
+  it.live("while its request runs: it is answered at once as cancelled, and the run's result is dropped", () =>
+    Effect.gen(function*() {
+      const { port, pool, metrics, promise, pending } = yield* makeServer()
+      yield* pool.gate.close
+      const running = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pool.stats.started === 1 && pending() === 1))
+      running.request.destroy()
+      yield* promise(() => Client.eventually(() => pending() === 0))
+      assert.include(yield* metrics, "inference_request_failure_total{model=\"slow\",reason=\"cancelled\"} 1")
+      yield* pool.gate.open
+      yield* promise(() => Client.eventually(() => pool.stats.finished === 1))
+      assert.include(yield* metrics, "inference_request_success_total{model=\"slow\"} 0")
+    }).pipe(withFreshMetrics))
+})
+
+describe("graceful shutdown", () => {
+  it.live("ready turns 503 at once, new inferences 503 with Connection: close, the listener stops, in-flight work finishes", () =>
+    Effect.gen(function*() {
+      const { port, pool, promise, shutdown } = yield* makeServer({ maxConcurrentRequests: 1 })
+      const agent = new Http.Agent({ keepAlive: true, maxSockets: 1 })
+      yield* Effect.addFinalizer(() => Effect.sync(() => agent.destroy()))
+      // A kept-alive connection opened before the signal.
+      const warm = yield* promise(() => Client.send(port, "GET", "/v2/health/ready", undefined, agent))
+      assert.isTrue(Client.isReply(warm) && warm.status === 200 && warm.headers.connection === "keep-alive")
+      yield* pool.gate.close
+      const inFlight = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      const queued = Client.start(port, "POST", "/v2/models/echo/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pool.stats.started === 1))
+
+      const stopping = yield* Effect.forkChild(shutdown("5 seconds"), { startImmediately: true })
+      const ready = yield* promise(() => Client.send(port, "GET", "/v2/health/ready", undefined, agent))
+      assert.isTrue(Client.isReply(ready))
+      if (!Client.isReply(ready)) return
+      assert.strictEqual(ready.status, 503)
+      assert.strictEqual(ready.headers.connection, "close")
+      const refused = yield* promise(() => Client.send(port, "POST", "/v2/models/echo/infer", echoBody))
+      assert.deepStrictEqual(refused, { error: "ECONNREFUSED" }, "the listener is closed")
+      assert.isUndefined(stopping.pollUnsafe(), "still draining")
+
+      yield* pool.gate.open
+      const [first, second] = yield* promise(() => Promise.all([inFlight.done, queued.done]))
+      for (const reply of [first, second]) {
+        assert.isTrue(Client.isReply(reply) && reply.status === 200, JSON.stringify(reply))
+        if (Client.isReply(reply)) assert.strictEqual(reply.headers.connection, "close")
+      }
+      const report = yield* Fiber.join(stopping)
+      assert.isTrue(report.drained)
+      assert.strictEqual(report.inFlight, 0)
+    }).pipe(withFreshMetrics))
+
+  it.live("a request arriving on a kept-alive connection after the signal gets 503 ShuttingDown", () =>
+    Effect.gen(function*() {
+      const { port, pool, promise, shutdown } = yield* makeServer({ maxConcurrentRequests: 1 })
+      const agent = new Http.Agent({ keepAlive: true, maxSockets: 1 })
+      yield* Effect.addFinalizer(() => Effect.sync(() => agent.destroy()))
+      assert.isTrue(Client.isReply(yield* promise(() => Client.send(port, "GET", "/v2", undefined, agent))))
+      yield* pool.gate.close
+      const other = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pool.stats.started === 1))
+      const stopping = yield* Effect.forkChild(shutdown("5 seconds"), { startImmediately: true })
+      const late = yield* promise(() => Client.send(port, "POST", "/v2/models/echo/infer", echoBody, agent))
+      assert.isTrue(Client.isReply(late))
+      if (Client.isReply(late)) {
+        assert.strictEqual(late.status, 503)
+        assert.deepStrictEqual(JSON.parse(late.body), { error: "the engine is shutting down and accepts no new requests" })
+      }
+      yield* pool.gate.open
+      assert.isTrue(Client.isReply(yield* promise(() => other.done)))
+      assert.isTrue((yield* Fiber.join(stopping)).drained)
+    }).pipe(withFreshMetrics))
+
+  it.live("the grace period bounds the wait: a request still running is reported, not waited for", () =>
+    Effect.gen(function*() {
+      const { port, pool, promise, shutdown } = yield* makeServer()
+      yield* pool.gate.close
+      const stuck = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pool.stats.started === 1))
+      const report = yield* shutdown("100 millis")
+      assert.isFalse(report.drained)
+      assert.isAtLeast(report.elapsedMs, 100)
+      assert.isBelow(report.elapsedMs, 2000)
+      const outcome = yield* promise(() => stuck.done)
+      assert.isFalse(Client.isReply(outcome), "its connection was closed")
+      yield* pool.gate.open
+    }).pipe(withFreshMetrics))
+})

@@ -1,0 +1,53 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Duration } from "effect"
+import * as Path from "node:path"
+import * as ServerConfig from "../../src/http/ServerConfig.ts"
+
+const parse = (argv: ReadonlyArray<string>, env: Record<string, string> = {}) => ServerConfig.parse(argv, env)
+
+describe("ServerConfig", () => {
+  it("defaults to 127.0.0.1:8000, the bundled repository, 16 MiB bodies and a 30 s grace period", () => {
+    const config = parse([])
+    assert.deepStrictEqual(config, ServerConfig.defaults)
+    if (!("host" in config)) return
+    assert.strictEqual(config.host, "127.0.0.1")
+    assert.strictEqual(config.port, 8000)
+    assert.strictEqual(Path.basename(config.models), "models")
+    assert.strictEqual(config.maxBodyBytes, 16 * 1024 * 1024)
+    assert.strictEqual(Duration.toSeconds(config.gracePeriod), 30)
+  })
+
+  it("reads the environment, and flags win over it", () => {
+    const env = { HOST: "0.0.0.0", PORT: "8080", MODEL_REPOSITORY: "/mnt/models", MAX_BODY_BYTES: "1024", GRACE_PERIOD_SECONDS: "2.5" }
+    const fromEnv = parse([], env)
+    assert.deepInclude(fromEnv, { host: "0.0.0.0", port: 8080, models: "/mnt/models", maxBodyBytes: 1024 })
+    if ("gracePeriod" in fromEnv) assert.strictEqual(Duration.toMillis(fromEnv.gracePeriod), 2500)
+    const fromFlags = parse(["--host", "::1", "--port=9000", "--models", "repo", "--max-body-bytes", "2048", "--grace-period-seconds", "0"], env)
+    assert.deepInclude(fromFlags, { host: "::1", port: 9000, models: Path.resolve("repo"), maxBodyBytes: 2048 })
+    if ("gracePeriod" in fromFlags) assert.strictEqual(Duration.toMillis(fromFlags.gracePeriod), 0)
+  })
+
+  it("names the flag or variable and what is wrong", () => {
+    const cases: ReadonlyArray<readonly [ReadonlyArray<string>, Record<string, string>, string]> = [
+      [["--port", "eighty"], {}, "invalid --port \"eighty\""],
+      [["--port", "70000"], {}, "invalid --port \"70000\""],
+      [[], { PORT: "-1" }, "invalid PORT \"-1\""],
+      [["--max-body-bytes", "1.5"], {}, "invalid --max-body-bytes \"1.5\""],
+      [[], { GRACE_PERIOD_SECONDS: "soon" }, "invalid GRACE_PERIOD_SECONDS \"soon\""],
+      [["--host", "a b"], {}, "invalid --host \"a b\""],
+      [["--models", ""], {}, "invalid --models \"\""],
+      [["--bogus"], {}, "Unknown option '--bogus'"],
+      [["extra"], {}, "Unexpected argument 'extra'"]
+    ]
+    for (const [argv, env, message] of cases) {
+      const result = parse(argv, env)
+      assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify(argv))
+      if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
+    }
+  })
+
+  it("--help asks for the usage", () => {
+    assert.instanceOf(parse(["--help"]), ServerConfig.HelpRequested)
+    assert.instanceOf(parse(["-h"]), ServerConfig.HelpRequested)
+  })
+})

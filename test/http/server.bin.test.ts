@@ -1,0 +1,183 @@
+/**
+ * The standalone server as a process, over a real socket, on real onnxruntime sessions: a
+ * repository with the bundled models, a versioned one and three broken files; an inference on
+ * each bundled model; then SIGTERM under load, which must drain and exit 0.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { type ChildProcess, spawn } from "node:child_process"
+import * as Fs from "node:fs"
+import * as Http from "node:http"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { fileURLToPath } from "node:url"
+import * as Mlp from "../../src/onnx/Mlp.ts"
+import * as Client from "./HttpClient.ts"
+
+const root = fileURLToPath(new URL("../..", import.meta.url))
+const bundled = Path.join(root, "models")
+const entry = Path.join(root, "src/bin/server.ts")
+
+interface Running {
+  readonly child: ChildProcess
+  readonly port: number
+  readonly output: () => string
+  readonly exit: Promise<number | null>
+}
+
+/** Starts `node src/bin/server.ts` with `args` and waits for its "listening on" line. */
+const startServer = (args: ReadonlyArray<string>, env: Record<string, string> = {}): Promise<Running> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [entry, ...args], {
+      cwd: root,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let output = ""
+    const exit = new Promise<number | null>((r) => child.on("exit", (code) => r(code)))
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString("utf8")
+      const match = /listening on http:\/\/[^:\s]+:(\d+)/.exec(output)
+      if (match !== null) resolve({ child, port: Number(match[1]), output: () => output, exit })
+    }
+    child.stdout!.on("data", onData)
+    child.stderr!.on("data", onData)
+    void exit.then((code) => reject(new Error(`server exited with ${code} before listening:\n${output}`)))
+    setTimeout(() => reject(new Error(`server did not listen in time:\n${output}`)), 20_000).unref()
+  })
+
+const json = async (outcome: Promise<Client.Outcome>): Promise<{ status: number; body: any; headers: Http.IncomingHttpHeaders }> => {
+  const o = await outcome
+  if (!Client.isReply(o)) throw new Error(`request failed: ${o.error}`)
+  return { status: o.status, body: JSON.parse(o.body), headers: o.headers }
+}
+
+describe("node src/bin/server.ts", () => {
+  let repository: string
+  let server: Running
+
+  beforeAll(async () => {
+    repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "oip-server-"))
+    const mlp = Fs.readFileSync(Path.join(bundled, "mlp/model.onnx"))
+    const put = (relative: string, bytes: Uint8Array | string) => {
+      Fs.mkdirSync(Path.dirname(Path.join(repository, relative)), { recursive: true })
+      Fs.writeFileSync(Path.join(repository, relative), bytes)
+    }
+    put("mlp/model.onnx", mlp)
+    put("silero_vad/model.onnx", Fs.readFileSync(Path.join(bundled, "silero_vad/model.onnx")))
+    put("versioned/1/model.onnx", mlp)
+    put("versioned/2/model.onnx", mlp)
+    put("corrupt/model.onnx", "this is not an ONNX model")
+    put("truncated/model.onnx", mlp.subarray(0, Math.floor(mlp.length / 2)))
+    put("empty/model.onnx", "")
+    server = await startServer(["--port", "0", "--models", repository, "--grace-period-seconds", "10"])
+  }, 30_000)
+
+  afterAll(async () => {
+    if (server !== undefined && server.child.exitCode === null) {
+      server.child.kill("SIGKILL")
+      await server.exit
+    }
+    if (repository !== undefined) Fs.rmSync(repository, { recursive: true, force: true })
+  })
+
+  it("reports each model READY or UNAVAILABLE with a reason; broken files do not stop the others", async () => {
+    const index = await json(Client.send(server.port, "POST", "/v2/repository/index"))
+    assert.strictEqual(index.status, 200)
+    const state = Object.fromEntries((index.body as Array<{ name: string; version: string; state: string; reason?: string }>)
+      .map((m) => [`${m.name}/${m.version}`, m]))
+    for (const ready of ["mlp/1", "silero_vad/1", "versioned/1", "versioned/2"]) assert.strictEqual(state[ready]?.state, "READY", ready)
+    for (const broken of ["corrupt/1", "truncated/1", "empty/1"]) {
+      assert.strictEqual(state[broken]?.state, "UNAVAILABLE", broken)
+      assert.isString(state[broken]?.reason)
+      assert.notInclude(state[broken]!.reason!, repository, "no absolute path")
+    }
+    const corrupt = await json(Client.send(server.port, "POST", "/v2/models/corrupt/infer", { inputs: [] }))
+    assert.strictEqual(corrupt.status, 503)
+    assert.notInclude(JSON.stringify(corrupt.body), repository)
+    const ready = await json(Client.send(server.port, "GET", "/v2/health/ready"))
+    assert.strictEqual(ready.status, 200)
+  })
+
+  it("runs the MLP and Silero VAD; the highest version is the default", async () => {
+    const mlp = Mlp.weights()
+    const x = Float32Array.from({ length: 2 * 784 }, (_, i) => ((i * 7919) % 1000) / 1000 - 0.5)
+    const expected = Mlp.forward(mlp, x, 2)
+    const r = await json(Client.send(server.port, "POST", "/v2/models/mlp/infer", {
+      id: "mlp-1",
+      inputs: [{ name: "input", shape: [2, 784], datatype: "FP32", data: Array.from(x) }]
+    }))
+    assert.strictEqual(r.status, 200)
+    assert.strictEqual(r.body.id, "mlp-1")
+    assert.deepStrictEqual(r.body.outputs[0].shape, [2, 10])
+    const logits = r.body.outputs[0].data as Array<number>
+    logits.forEach((v, i) => assert.closeTo(v, expected[i]!, 1e-4))
+
+    const vad = await json(Client.send(server.port, "POST", "/v2/models/silero_vad/infer", {
+      inputs: [
+        { name: "input", shape: [1, 512], datatype: "FP32", data: Array.from({ length: 512 }, (_, i) => Math.sin(i / 8) * 0.3) },
+        { name: "state", shape: [2, 1, 128], datatype: "FP32", data: new Array(256).fill(0) },
+        { name: "sr", shape: [], datatype: "INT64", data: [16000] }
+      ]
+    }))
+    assert.strictEqual(vad.status, 200, JSON.stringify(vad.body))
+    const [output, stateN] = vad.body.outputs
+    assert.deepStrictEqual([output.name, output.shape], ["output", [1, 1]])
+    assert.isAtLeast(output.data[0], 0)
+    assert.isAtMost(output.data[0], 1)
+    assert.deepStrictEqual([stateN.name, stateN.shape], ["stateN", [2, 1, 128]])
+
+    const metadata = await json(Client.send(server.port, "GET", "/v2/models/versioned"))
+    assert.deepStrictEqual(metadata.body.versions, ["1", "2"])
+    const v = await json(Client.send(server.port, "POST", "/v2/models/versioned/infer", {
+      inputs: [{ name: "input", shape: [1, 784], datatype: "FP32", data: new Array(784).fill(0) }]
+    }))
+    assert.strictEqual(v.body.model_version, "2")
+  })
+
+  it("on SIGTERM under load: answers what it admitted, refuses the rest with 503, drains and exits 0", async () => {
+    const body = { inputs: [{ name: "input", shape: [1, 784], datatype: "FP32", data: new Array(784).fill(0.25) }] }
+    const outcomes: Array<string> = []
+    let signalled = false
+    let okAfterSignal = 0
+    const loop = async () => {
+      const agent = new Http.Agent({ keepAlive: true, maxSockets: 1 })
+      try {
+        while (true) {
+          const o = await Client.send(server.port, "POST", "/v2/models/mlp/infer", body, agent)
+          const label = Client.isReply(o) ? String(o.status) : o.error
+          outcomes.push(label)
+          if (signalled && label === "200") okAfterSignal++
+          if (label !== "200") return
+        }
+      } finally {
+        agent.destroy()
+      }
+    }
+    const loops = Array.from({ length: 16 }, loop)
+    await new Promise((r) => setTimeout(r, 300))
+    const okBefore = outcomes.filter((o) => o === "200").length
+    signalled = true
+    server.child.kill("SIGTERM")
+    await Promise.all(loops)
+    const code = await server.exit
+    const counts: Record<string, number> = {}
+    for (const o of outcomes) counts[o] = (counts[o] ?? 0) + 1
+    assert.isAbove(okBefore, 16, `load ran before the signal: ${JSON.stringify(counts)}`)
+    for (const label of Object.keys(counts)) {
+      assert.include(["200", "503", "ECONNREFUSED"], label, `unexpected outcome ${label}: ${JSON.stringify(counts)}\n${server.output()}`)
+    }
+    assert.strictEqual(code, 0, server.output())
+    assert.include(server.output(), "drained in")
+    assert.isAtLeast(okAfterSignal, 1, "requests in flight at the signal were answered")
+  }, 30_000)
+
+  it("refuses an invalid flag with exit 2 and the usage", async () => {
+    const child = spawn(process.execPath, [entry, "--port", "eighty"], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+    let stderr = ""
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
+    const code = await new Promise<number | null>((r) => child.on("exit", r))
+    assert.strictEqual(code, 2)
+    assert.include(stderr, "invalid --port \"eighty\"")
+    assert.include(stderr, "Usage: node src/bin/server.ts")
+  }, 20_000)
+})
