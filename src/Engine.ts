@@ -63,6 +63,19 @@ export interface Service {
   readonly drain: (grace: Duration.Input) => Effect.Effect<{ readonly drained: boolean }>
   /** True once draining has begun. */
   readonly isDraining: Effect.Effect<boolean>
+  /** Where work is right now, for tests, soak runs and operators. */
+  readonly diagnostics: Effect.Effect<Diagnostics>
+}
+
+export interface Diagnostics {
+  /** Requests in the queue. */
+  readonly queued: number
+  /** Requests held in batches that are forming (each batch holds a permit). */
+  readonly forming: number
+  /** Native runs in progress, including runs whose callers have all left. Each holds a permit. */
+  readonly runs: number
+  /** Requests admitted and not yet answered. */
+  readonly unsettled: number
 }
 
 type State = "queued" | "forming" | "running" | "settled"
@@ -448,7 +461,14 @@ export const make = Effect.gen(function*() {
     pending: Effect.sync(() => unsettled),
     config,
     drain,
-    isDraining: Effect.sync(() => draining)
+    isDraining: Effect.sync(() => draining),
+    diagnostics: Effect.sync(() => {
+      let runs = 0
+      for (const n of runsInFlight.values()) runs += n
+      let formingMembers = 0
+      for (const batch of forming.values()) formingMembers += batch.members.length
+      return { queued: queue.size, forming: formingMembers, runs, unsettled }
+    })
   })
 })
 

@@ -1,0 +1,273 @@
+/**
+ * Engine invariants under random schedules (effect's own property testing, TestClock time).
+ *
+ * A schedule is a list of submissions with random priorities, deadlines, row counts, scripted
+ * run latencies and failures, and cancellations at random moments (queued, in a forming batch,
+ * running), over random engine settings (batching on or off, aging on or off, bounds).
+ * After every schedule the test checks that every request settled exactly once with the outcome
+ * its schedule implies, that the bounds held, that dispatch respected priority, that nothing
+ * is left holding a permit, and that the telemetry adds up.
+ *
+ * `PROPERTY_RUNS` sets the number of schedules (1,000 by default; `npm run soak:properties`
+ * runs 100,000). A failure prints vitest's replay token: pass it back through
+ * `PROPERTY_REPLAY` (the JSON `Replay: [...]` array) to rerun exactly that schedule.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, Clock, Duration, Effect, Exit, Fiber, Schema } from "effect"
+import { TestClock } from "effect/testing"
+import * as BatchPolicy from "../src/BatchPolicy.ts"
+import type * as InferenceError from "../src/InferenceError.ts"
+import * as InferenceRequest from "../src/InferenceRequest.ts"
+import * as Priority from "../src/Priority.ts"
+import { makeHarness } from "./fixtures/EngineHarness.ts"
+import { echoInputs } from "./fixtures/FakeModelPool.ts"
+
+const Int = (minimum: number, maximum: number) => Schema.Int.check(Schema.isBetween({ minimum, maximum }))
+
+const Submission = Schema.Struct({
+  submitAtMs: Int(0, 60),
+  priority: Schema.Literals(Priority.levels),
+  rows: Int(1, 3),
+  latencyMs: Int(1, 25),
+  timeoutMs: Int(1, 150),
+  fails: Schema.Boolean,
+  /** Cancel this long after submission; null: never. */
+  cancelAfterMs: Schema.NullOr(Int(0, 60))
+})
+
+const Schedule = Schema.Struct({
+  submissions: Schema.Array(Submission).check(Schema.isMaxLength(24)),
+  maxConcurrentRequests: Int(1, 4),
+  maxQueuedRequests: Int(1, 16),
+  queueTimeoutMs: Int(0, 120),
+  batching: Schema.Boolean,
+  maxBatchSize: Int(1, 8),
+  maxQueueDelayMs: Int(0, 10),
+  aging: Schema.Boolean
+})
+
+type Schedule = typeof Schedule.Type
+
+type Outcome = "Success" | "Interrupted" | InferenceError.ReasonTag
+
+const runs = Number(process.env.PROPERTY_RUNS ?? 1000)
+const replay = process.env.PROPERTY_REPLAY === undefined ? undefined : JSON.parse(process.env.PROPERTY_REPLAY)
+
+const runSchedule = (schedule: Schedule) =>
+  Effect.gen(function*() {
+    const latencyOf = new Map<string, { latencyMs: number; fails: boolean }>()
+    const batching: BatchPolicy.BatchingConfig | undefined = schedule.batching
+      ? { ...BatchPolicy.disabled, enabled: true, maxBatchSize: schedule.maxBatchSize, maxQueueDelay: Duration.millis(schedule.maxQueueDelayMs) }
+      : undefined
+    const { engine, stats, outcomes, log } = yield* makeHarness({
+      // A batch takes the latency scripted for its first member; failure likewise.
+      script: (id) => {
+        const s = latencyOf.get(id)!
+        return s.fails ? { latency: Duration.millis(s.latencyMs), failWith: "scripted failure" } : { latency: Duration.millis(s.latencyMs) }
+      },
+      batching,
+      config: {
+        maxConcurrentRequests: schedule.maxConcurrentRequests,
+        maxQueuedRequests: schedule.maxQueuedRequests,
+        queueTimeout: Duration.millis(schedule.queueTimeoutMs),
+        ...(schedule.aging ? { aging: { High: 20, Normal: 20, Low: 20 } } : {})
+      }
+    })
+    const t0 = yield* Clock.currentTimeMillis
+
+    interface Tracked {
+      readonly index: number
+      readonly id: string
+      readonly priority: Priority.Priority
+      readonly value: number
+      admittedAtMs: number
+      settledAtMs: number
+      outcome: Outcome | undefined
+      settledCount: number
+      cancelRequestedAtMs: number | undefined
+      fiber: Fiber.Fiber<void, unknown> | undefined
+    }
+    const tracked: Array<Tracked> = schedule.submissions.map((s, index) => ({
+      index,
+      id: `r${index}`,
+      priority: s.priority,
+      value: index + 1,
+      admittedAtMs: -1,
+      settledAtMs: -1,
+      outcome: undefined,
+      settledCount: 0,
+      cancelRequestedAtMs: undefined,
+      fiber: undefined
+    }))
+    schedule.submissions.forEach((s, i) => latencyOf.set(tracked[i]!.id, { latencyMs: s.latencyMs, fails: s.fails }))
+
+    // Events in time order: submissions and cancellations.
+    type Event = { readonly atMs: number; readonly order: number; readonly run: () => Effect.Effect<void> }
+    const events: Array<Event> = []
+    schedule.submissions.forEach((s, i) => {
+      const t = tracked[i]!
+      events.push({
+        atMs: s.submitAtMs,
+        order: i,
+        run: () =>
+          Effect.gen(function*() {
+            t.admittedAtMs = (yield* Clock.currentTimeMillis) - t0
+            const request = InferenceRequest.make("echo", echoInputs(t.value, s.rows), { requestId: t.id, priority: s.priority, timeout: Duration.millis(s.timeoutMs) })
+            t.fiber = yield* Effect.forkChild(
+              engine.infer(request).pipe(
+                Effect.exit,
+                Effect.flatMap((exit) =>
+                  Effect.gen(function*() {
+                    t.settledCount++
+                    t.settledAtMs = (yield* Clock.currentTimeMillis) - t0
+                    if (Exit.isSuccess(exit)) {
+                      t.outcome = "Success"
+                      const y = exit.value.outputs["y"]!
+                      assert.deepStrictEqual(y.dims, [s.rows, 4], `${t.id} got its own rows`)
+                      assert.isTrue(Array.from(y.data as Float32Array).every((v) => v === t.value * 2), `${t.id} got its own values`)
+                    } else {
+                      assert.isFalse(Cause.hasDies(exit.cause), `${t.id} died: ${Cause.pretty(exit.cause)}`)
+                      const fail = exit.cause.reasons.find((r) => r._tag === "Fail")
+                      t.outcome = fail === undefined ? "Interrupted" : fail.error.reason._tag
+                    }
+                  })
+                ),
+                // The recording of an interrupted request happens in its own finalizer.
+                Effect.onInterrupt(() =>
+                  Effect.gen(function*() {
+                    t.settledCount++
+                    t.settledAtMs = (yield* Clock.currentTimeMillis) - t0
+                    t.outcome = "Interrupted"
+                  })
+                )
+              ),
+              { startImmediately: true }
+            )
+            const queued = yield* engine.queueStats
+            assert.isAtMost(queued.total, schedule.maxQueuedRequests, "queue above its bound")
+          })
+      })
+      if (s.cancelAfterMs !== null) {
+        events.push({
+          atMs: s.submitAtMs + s.cancelAfterMs,
+          order: 1000 + i,
+          run: () =>
+            Effect.gen(function*() {
+              if (t.fiber === undefined || t.settledCount > 0) return
+              t.cancelRequestedAtMs = (yield* Clock.currentTimeMillis) - t0
+              yield* Fiber.interrupt(t.fiber)
+            })
+        })
+      }
+    })
+    events.sort((a, b) => a.atMs - b.atMs || a.order - b.order)
+    let nowMs = 0
+    for (const event of events) {
+      if (event.atMs > nowMs) {
+        yield* TestClock.adjust(Duration.millis(event.atMs - nowMs))
+        nowMs = event.atMs
+      }
+      yield* event.run()
+      assert.isAtMost(stats.maxActive, schedule.maxConcurrentRequests, "more native runs than the bound")
+    }
+    // Let everything finish: the longest possible tail is bounded by the deadlines and latencies.
+    yield* TestClock.adjust("2 seconds")
+
+    // --- every request settled exactly once, with an outcome its schedule allows
+    const runOf = new Map<number, { readonly startMs: number; readonly endMs: number; readonly fails: boolean }>()
+    stats.runs.forEach((run, i) => {
+      // A run takes the latency and failure scripted for its first member (named in stats.order).
+      const script = latencyOf.get(stats.order[i]!)!
+      for (const v of new Set(run.rowValues)) {
+        assert.isFalse(runOf.has(v), `request with value ${v} ran twice`)
+        runOf.set(v, { startMs: run.startMs - t0, endMs: run.startMs - t0 + script.latencyMs, fails: script.fails })
+      }
+    })
+    for (const t of tracked) {
+      const s = schedule.submissions[t.index]!
+      assert.strictEqual(t.settledCount, 1, `${t.id} settled ${t.settledCount} times`)
+      const ran = runOf.get(t.value)
+      const deadlineMs = t.admittedAtMs + s.timeoutMs
+      const cancelMs = t.cancelRequestedAtMs ?? Infinity
+      if (ran !== undefined && ran.endMs < deadlineMs && ran.endMs < cancelMs) {
+        assert.strictEqual(t.outcome, ran.fails ? "RunFailed" : "Success", `${t.id}'s run ended in time at ${ran.endMs} ms`)
+      }
+      if (ran !== undefined && ran.endMs > deadlineMs && deadlineMs < cancelMs) {
+        assert.strictEqual(t.outcome, "DeadlineExceeded", `${t.id}'s run ended after its deadline`)
+      }
+      if (ran === undefined && t.cancelRequestedAtMs === undefined) {
+        assert.include(["QueueFull", "QueueTimeout", "DeadlineExceeded"], t.outcome, `${t.id} never ran and was not cancelled`)
+      }
+      switch (t.outcome) {
+        case "Success":
+          assert.isDefined(ran, `${t.id} succeeded without running`)
+          assert.isAtMost(t.settledAtMs - t.admittedAtMs, s.timeoutMs, `${t.id} succeeded after its deadline`)
+          break
+        case "Interrupted":
+          assert.isDefined(t.cancelRequestedAtMs, `${t.id} was interrupted without being cancelled`)
+          if (ran !== undefined) assert.isAtMost(ran.startMs, t.cancelRequestedAtMs!, `${t.id} ran after it was cancelled`)
+          break
+        case "QueueFull":
+          assert.isUndefined(ran, `${t.id} was refused yet ran`)
+          assert.strictEqual(t.settledAtMs, t.admittedAtMs, "QueueFull is immediate")
+          break
+        case "QueueTimeout":
+          assert.isUndefined(ran, `${t.id} timed out in the queue yet ran`)
+          assert.strictEqual(t.settledAtMs - t.admittedAtMs, schedule.queueTimeoutMs, "QueueTimeout fires on time")
+          break
+        case "DeadlineExceeded":
+          assert.strictEqual(t.settledAtMs - t.admittedAtMs, s.timeoutMs, `${t.id}: the deadline fires on time`)
+          break
+        case "RunFailed":
+          assert.isDefined(ran, `${t.id} failed its run without running`)
+          break
+        default:
+          assert.fail(`${t.id} ended with ${t.outcome}`)
+      }
+    }
+
+    // --- dispatch order: among requests waiting when a run started, none outranked it (strict priority, no batching)
+    if (!schedule.batching && !schedule.aging) {
+      for (const a of tracked) {
+        const aRun = runOf.get(a.value)
+        if (aRun === undefined) continue
+        for (const b of tracked) {
+          if (b === a) continue
+          const bRun = runOf.get(b.value)
+          const bWaiting = b.admittedAtMs < aRun.startMs && b.settledAtMs > aRun.startMs && (bRun === undefined || bRun.startMs > aRun.startMs) &&
+            b.outcome !== "QueueFull"
+          if (!bWaiting) continue
+          const ra = Priority.rank(a.priority)
+          const rb = Priority.rank(b.priority)
+          assert.isAtMost(ra, rb, `${a.id} (${a.priority}) ran at ${aRun.startMs} ms while ${b.id} (${b.priority}) waited`)
+          if (ra === rb && a.admittedAtMs > b.admittedAtMs) {
+            // FIFO within a level; equal admission times are one tick and keep submission order.
+            assert.fail(`${a.id} ran before ${b.id}, admitted earlier at the same level`)
+          }
+        }
+      }
+    }
+
+    // --- quiescence: nothing queued, forming or running; every native run finished
+    const diagnostics = yield* engine.diagnostics
+    assert.deepStrictEqual(diagnostics, { queued: 0, forming: 0, runs: 0, unsettled: 0 })
+    assert.strictEqual(stats.active, 0)
+    assert.strictEqual(stats.started, stats.finished)
+
+    // --- telemetry adds up
+    const counts = outcomes()
+    assert.strictEqual(counts.start, tracked.length)
+    assert.strictEqual(counts.start, counts.success! + counts.failure! + counts.cancelled! + counts.timeout! + counts.rejected!)
+    assert.strictEqual(counts.success, tracked.filter((t) => t.outcome === "Success").length)
+    assert.strictEqual(counts.cancelled, tracked.filter((t) => t.outcome === "Interrupted").length)
+    assert.strictEqual(log.events.filter((e) => e._tag === "run").length, stats.runs.length)
+  }).pipe(Effect.scoped)
+
+describe("AsyncInferenceEngine properties", () => {
+  it.effect.prop(
+    "random schedules keep every invariant",
+    [Schedule],
+    ([schedule]) => runSchedule(schedule),
+    { timeout: 240_000, arbitrary: { runs, ...(replay === undefined ? {} : { replay }) } }
+  )
+})
