@@ -157,6 +157,50 @@ export const gc = (): void => {
   }
 }
 
+/** Jiffies the whole machine spent busy, from /proc/stat (undefined off Linux). */
+const machineBusyJiffies = (): number | undefined => {
+  try {
+    const line = Fs.readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!
+    const f = line.trim().split(/\s+/).slice(1).map(Number)
+    // user nice system idle iowait irq softirq steal ...
+    return f[0]! + f[1]! + f[2]! + f[5]! + f[6]! + f[7]!
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Measures how busy the machine was with OTHER processes during a block: (machine busy CPU −
+ * this process's CPU) / (wall time × cores), in [0, 1]. The machine is shared; a block with a
+ * high figure was measured while something else ran.
+ */
+export const foreignLoad = () => {
+  const j0 = machineBusyJiffies()
+  const c0 = process.cpuUsage()
+  const t0 = performance.now()
+  return (): number => {
+    const j1 = machineBusyJiffies()
+    if (j0 === undefined || j1 === undefined) return NaN
+    const wallS = (performance.now() - t0) / 1000
+    const ownS = (() => {
+      const c = process.cpuUsage(c0)
+      return (c.user + c.system) / 1e6
+    })()
+    const hz = 100
+    const machineS = (j1 - j0) / hz
+    return Math.max(0, Math.min(1, (machineS - ownS) / (wallS * Os.availableParallelism())))
+  }
+}
+
+/** Foreign load of every block `alternate` ran (written into every result file). */
+export const foreignLog: Array<{ readonly group: string; readonly round: number; readonly contender: string; readonly load: number }> = []
+
+/** Median and max foreign load over the blocks run so far. */
+export const foreignSummary = () => {
+  const xs = foreignLog.map((f) => f.load).filter((x) => !Number.isNaN(x))
+  return { blocks: xs.length, median: +median(xs).toFixed(3), max: xs.length === 0 ? NaN : +Math.max(...xs).toFixed(3) }
+}
+
 export interface Contender<T> {
   readonly name: string
   readonly run: (round: number) => Promise<T>
@@ -169,7 +213,8 @@ export interface Contender<T> {
 export const alternate = async <T>(
   rounds: number,
   contenders: ReadonlyArray<Contender<T>>,
-  onBlock?: (round: number, name: string, result: T) => void
+  onBlock?: (round: number, name: string, result: T) => void,
+  group = ""
 ): Promise<Record<string, Array<T>>> => {
   const out: Record<string, Array<T>> = {}
   for (const c of contenders) out[c.name] = []
@@ -177,7 +222,9 @@ export const alternate = async <T>(
     for (let k = 0; k < contenders.length; k++) {
       const c = contenders[(r + k) % contenders.length]!
       gc()
+      const stop = foreignLoad()
       const result = await c.run(r)
+      foreignLog.push({ group, round: r, contender: c.name, load: stop() })
       out[c.name]!.push(result)
       onBlock?.(r, c.name, result)
     }
@@ -252,7 +299,8 @@ export const log = (text: string): void => {
 export const writeResults = (name: string, data: Record<string, unknown>): string => {
   Fs.mkdirSync(resultsDir, { recursive: true })
   const file = Path.join(resultsDir, `${name}.json`)
-  Fs.writeFileSync(file, `${JSON.stringify({ benchmark: name, date: new Date().toISOString(), machine: machine(), ...data }, null, 2)}\n`)
+  const body = { benchmark: name, date: new Date().toISOString(), machine: machine(), foreignLoad: { summary: foreignSummary(), blocks: foreignLog }, ...data }
+  Fs.writeFileSync(file, `${JSON.stringify(body, null, 2)}\n`)
   return file
 }
 

@@ -21,6 +21,9 @@ export interface LoadResult {
   readonly cpuUsPerReq: number
   /** First failure seen, if any. */
   readonly firstError?: string
+  /** Engines only: mean rows per native run, and mean run time seen by the engine (ms). */
+  readonly meanBatch?: number
+  readonly meanRunMs?: number
 }
 
 interface Recorder {

@@ -170,11 +170,7 @@ export const workerPool = (
   Layer.effect(
     ModelPool,
     Effect.gen(function*() {
-      const repository = tempRepository(models.map((m) => ({
-        name: m.name,
-        config: { instances: m.instances, intraOpNumThreads: 1, interOpNumThreads: 1, batching: m.batching ?? { enabled: false } }
-      })))
-      const pool = yield* OnnxModelPool.make({ repository })
+      const pool = yield* OnnxModelPool.make({ repository: repositoryFor(models) })
       const overrides = new Map<string, ModelMetadata.ModelMetadata>()
       for (const m of models) {
         const md = yield* pool.metadata(m.name)
@@ -199,13 +195,20 @@ export const workerPool = (
     })
   )
 
-/** OnnxModelPool with its extras (`counters`, `stats`), for the memory benchmark. */
-export const workerPoolWithControl = (models: ReadonlyArray<WorkerModel>) => {
-  const repository = tempRepository(models.map((m) => ({
+const repositoryFor = (models: ReadonlyArray<WorkerModel>) =>
+  tempRepository(models.map((m) => ({
     name: m.name,
     config: { instances: m.instances, intraOpNumThreads: 1, interOpNumThreads: 1, batching: m.batching ?? { enabled: false } }
   })))
-  return OnnxModelPool.layerWithControl({ repository })
+
+/** OnnxModelPool with its extras (`counters`, `stats`, `runMs`), as both ModelPool and OnnxModelPool. */
+export const workerPoolWithControl = (models: ReadonlyArray<WorkerModel>) => OnnxModelPool.layerWithControl({ repository: repositoryFor(models) })
+
+/** An OnnxModelPool alone (its `run` reports the worker-measured `runMs`). */
+export const startOnnxPool = async (models: ReadonlyArray<WorkerModel>) => {
+  const runtime = ManagedRuntime.make(workerPoolWithControl(models))
+  const pool = await runtime.runPromise(OnnxModelPool.OnnxModelPool)
+  return { runtime, pool, dispose: () => runtime.dispose() }
 }
 
 // ---------------------------------------------------------------------------
@@ -214,31 +217,62 @@ export const workerPoolWithControl = (models: ReadonlyArray<WorkerModel>) => {
 
 export type TelemetryKind = "metrics" | "noop"
 
+/** Native runs the engine made (counted at its `recordRun` telemetry point). */
+export interface RunCounts {
+  runs: number
+  rows: number
+  runMs: number
+}
+
+/**
+ * The chosen telemetry layer, with `recordRun` also counted into `counts`, so that a benchmark
+ * can report the batch sizes an engine formed.
+ */
+const countingTelemetry = (kind: TelemetryKind | Layer.Layer<TelemetryCollector>, counts: RunCounts): Layer.Layer<TelemetryCollector> =>
+  Layer.effect(
+    TelemetryCollector,
+    Effect.map(TelemetryCollector, (real) =>
+      TelemetryCollector.of({
+        ...real,
+        recordRun: (modelId, runMs, batchSize) => {
+          counts.runs++
+          counts.rows += batchSize
+          counts.runMs += runMs
+          return real.recordRun(modelId, runMs, batchSize)
+        }
+      }))
+  ).pipe(Layer.provide(kind === "metrics" ? TelemetryCollector.layer : kind === "noop" ? TelemetryCollector.layerNoop : kind))
+
 export interface EngineHandle {
   readonly runtime: ManagedRuntime.ManagedRuntime<AsyncInferenceEngine | ModelPool, unknown>
   readonly engine: EngineService
   readonly pool: PoolService
+  readonly counts: RunCounts
   readonly dispose: () => Promise<void>
+}
+
+export interface EngineLayer {
+  readonly layer: Layer.Layer<AsyncInferenceEngine | ModelPool, unknown>
+  readonly counts: RunCounts
 }
 
 export const engineLayer = (
   pool: Layer.Layer<ModelPool, unknown>,
   config: Partial<AsyncConfig>,
-  telemetry: TelemetryKind = "metrics"
-): Layer.Layer<AsyncInferenceEngine | ModelPool, unknown> =>
-  AsyncInferenceEngine.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(
-      pool,
-      telemetry === "metrics" ? TelemetryCollector.layer : TelemetryCollector.layerNoop,
-      AsyncConfigService.layerWith(config)
-    ))
+  telemetry: TelemetryKind | Layer.Layer<TelemetryCollector> = "metrics"
+): EngineLayer => {
+  const counts: RunCounts = { runs: 0, rows: 0, runMs: 0 }
+  const layer = AsyncInferenceEngine.layer.pipe(
+    Layer.provideMerge(Layer.mergeAll(pool, countingTelemetry(telemetry, counts), AsyncConfigService.layerWith(config)))
   )
+  return { layer, counts }
+}
 
 /** Builds the engine in its own runtime; `dispose` closes it (and its pool). */
-export const startEngine = async (layer: Layer.Layer<AsyncInferenceEngine | ModelPool, unknown>): Promise<EngineHandle> => {
+export const startEngine = async ({ counts, layer }: EngineLayer): Promise<EngineHandle> => {
   const runtime = ManagedRuntime.make(layer)
   const { engine, pool } = await runtime.runPromise(Effect.all({ engine: AsyncInferenceEngine, pool: ModelPool }))
-  return { runtime, engine, pool, dispose: () => runtime.dispose() }
+  return { runtime, engine, pool, counts, dispose: () => runtime.dispose() }
 }
 
 /** A pool alone (no engine) in its own runtime. */

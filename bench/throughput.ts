@@ -1,0 +1,164 @@
+/**
+ * throughput: MLP batch-1 requests in a closed loop at 1, 16 and 64 outstanding.
+ *
+ *   (i)   per-request `session.run` calls in the main thread
+ *   (ii)  p-queue (concurrency = the engine's maxConcurrentRequests) + `session.run` in the main thread
+ *   (iii) engine, batching off (OnnxModelPool, worker threads, default configuration)
+ *   (iv)  engine, batching on  (the same, config.json batching { enabled, maxBatchSize 64, maxQueueDelayMs 0 })
+ *
+ * Then a sweep at 64 outstanding over the engine configurations that matter (instances 1 or 2,
+ * maxConcurrentRequests, a batching delay), with (i) and (ii) alternating in the same rounds,
+ * and two diagnostics: the engine over the bench-local in-thread pool (no worker hop).
+ *
+ * Usage: node --expose-gc bench/throughput.ts [--quick]
+ */
+import * as AsyncConfig from "../src/AsyncConfig.ts"
+import * as ModelRepository from "../src/ModelRepository.ts"
+import { alternate, fmt, goal, type Goal, goalsTable, log, median, parseArgs, ratio, type Row, section, table, writeResults } from "./lib/common.ts"
+import { pQueue, perRequest, viaEngine } from "./lib/contenders.ts"
+import type { LoadResult } from "./lib/load.ts"
+import { type BatchingSource, engineLayer, type EngineHandle, inThreadPool, openSession, startEngine, workerPool } from "./lib/pools.ts"
+
+const args = parseArgs()
+const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 2 : 4))
+const BLOCK_MS = Number(args.options["block-ms"] ?? (args.quick ? 500 : 1200))
+const SWEEP_ROUNDS = Number(args.options["sweep-rounds"] ?? (args.quick ? 1 : 3))
+const SWEEP_MS = Number(args.options["sweep-ms"] ?? (args.quick ? 400 : 900))
+const LEVELS = [1, 16, 64]
+const MAX_CONCURRENT = AsyncConfig.defaults.maxConcurrentRequests
+const DEFAULT_INSTANCES = ModelRepository.defaultInstances()
+
+const batchingOn = (maxQueueDelayMs = 0) => ({ enabled: true, maxBatchSize: 64, maxQueueDelayMs })
+
+type Load = (outstanding: number, durationMs: number) => Promise<LoadResult>
+
+interface Variant {
+  readonly name: string
+  readonly label: string
+  readonly instances: number
+  readonly maxConcurrentRequests: number
+  readonly batching: boolean
+  readonly delayMs?: number
+  readonly inThread?: boolean
+}
+
+const summarize = (rs: ReadonlyArray<LoadResult>, base?: ReadonlyArray<LoadResult>, base2?: ReadonlyArray<LoadResult>) => ({
+  "req/s": median(rs.map((r) => r.reqPerSec)),
+  "p50 ms": median(rs.map((r) => r.latency["all"]!.p50)),
+  "p99 ms": median(rs.map((r) => r.latency["all"]!.p99)),
+  "vs (i)": base === undefined ? "" : ratio(median(rs.map((r, k) => r.reqPerSec / base[k]!.reqPerSec))),
+  "vs (ii)": base2 === undefined ? "" : ratio(median(rs.map((r, k) => r.reqPerSec / base2[k]!.reqPerSec))),
+  "main ELU": median(rs.map((r) => r.mainELU)),
+  "rows/run": rs[0]!.meanBatch === undefined ? "" : fmt(median(rs.map((r) => r.meanBatch!)), 3),
+  "CPU µs/req": median(rs.map((r) => r.cpuUsPerReq)),
+  failed: rs.reduce((a, r) => a + r.failed, 0)
+})
+
+const main = async () => {
+  log(`throughput: levels ${LEVELS.join(", ")}, ${ROUNDS} rounds × ${BLOCK_MS} ms; sweep at 64: ${SWEEP_ROUNDS} rounds × ${SWEEP_MS} ms${args.quick ? " (quick)" : ""}`)
+  const sessionI = await openSession("mlp")
+  const sessionII = await openSession("mlp")
+  const sources: Record<string, Record<string, BatchingSource>> = {}
+  const engines: Array<EngineHandle> = []
+  const start = async (v: Variant): Promise<EngineHandle> => {
+    const src: Record<string, BatchingSource> = {}
+    sources[v.name] = src
+    const pool = v.inThread === true
+      ? inThreadPool([{ name: "mlp", batching: v.batching ? batchingOn(v.delayMs) : undefined }])
+      : workerPool([{ name: "mlp", instances: v.instances, batching: v.batching ? batchingOn(v.delayMs) : undefined }], src)
+    const h = await startEngine(engineLayer(pool, { maxConcurrentRequests: v.maxConcurrentRequests }))
+    engines.push(h)
+    return h
+  }
+
+  // ---- main table: (i)–(iv) at 1, 16, 64 -------------------------------------------------
+  const main4: Array<{ name: string; label: string; load: Load }> = [
+    { name: "i", label: "(i) per-request session.run (in-thread)", load: perRequest(sessionI) },
+    { name: "ii", label: `(ii) p-queue(${MAX_CONCURRENT}) + session.run (in-thread)`, load: pQueue(sessionII, MAX_CONCURRENT) },
+    {
+      name: "iii",
+      label: `(iii) engine, batching off (workers ×${DEFAULT_INSTANCES}, maxConcurrent ${MAX_CONCURRENT})`,
+      load: viaEngine(await start({ name: "iii", label: "", instances: DEFAULT_INSTANCES, maxConcurrentRequests: MAX_CONCURRENT, batching: false }))
+    },
+    {
+      name: "iv",
+      label: `(iv) engine, batching on (workers ×${DEFAULT_INSTANCES}, maxConcurrent ${MAX_CONCURRENT})`,
+      load: viaEngine(await start({ name: "iv", label: "", instances: DEFAULT_INSTANCES, maxConcurrentRequests: MAX_CONCURRENT, batching: true }))
+    }
+  ]
+  const mainResults: Record<number, Record<string, Array<LoadResult>>> = {}
+  const mainRows: Array<Row> = []
+  for (const level of LEVELS) {
+    for (const c of main4) await c.load(level, 300) // warm-up
+    mainResults[level] = await alternate(ROUNDS, main4.map((c) => ({ name: c.name, run: () => c.load(level, BLOCK_MS) })), (r, name, x) =>
+      log(`  ${level} outstanding, round ${r + 1} ${name.padEnd(4)} ${fmt(x.reqPerSec)} req/s p50 ${fmt(x.latency["all"]!.p50)} p99 ${fmt(x.latency["all"]!.p99)} ms${x.meanBatch === undefined ? "" : ` rows/run ${fmt(x.meanBatch)}`}`), `level ${level}`)
+    const res = mainResults[level]!
+    for (const c of main4) mainRows.push({ outstanding: level, contender: c.label, ...summarize(res[c.name]!, c.name === "i" ? undefined : res["i"], c.name === "ii" || c.name === "i" ? undefined : res["ii"]) })
+  }
+
+  // ---- sweep at 64 ------------------------------------------------------------------------
+  const variants: Array<Variant> = [
+    { name: "on-i1-c1", label: "batching on, instances 1, maxConcurrent 1", instances: 1, maxConcurrentRequests: 1, batching: true },
+    { name: "on-i1-c2", label: "batching on, instances 1, maxConcurrent 2", instances: 1, maxConcurrentRequests: 2, batching: true },
+    { name: "on-i1-c4", label: "batching on, instances 1, maxConcurrent 4", instances: 1, maxConcurrentRequests: 4, batching: true },
+    { name: "on-i1-c2-d1", label: "batching on, instances 1, maxConcurrent 2, delay 1 ms", instances: 1, maxConcurrentRequests: 2, batching: true, delayMs: 1 },
+    { name: "on-i2-c2", label: "batching on, instances 2, maxConcurrent 2", instances: 2, maxConcurrentRequests: 2, batching: true },
+    { name: "on-i2-c4", label: "batching on, instances 2, maxConcurrent 4", instances: 2, maxConcurrentRequests: 4, batching: true },
+    { name: "off-i1-c4", label: "batching off, instances 1, maxConcurrent 4", instances: 1, maxConcurrentRequests: 4, batching: false },
+    { name: "off-i2-c2", label: "batching off, instances 2, maxConcurrent 2", instances: 2, maxConcurrentRequests: 2, batching: false },
+    { name: "off-i2-c4", label: "batching off, instances 2, maxConcurrent 4", instances: 2, maxConcurrentRequests: 4, batching: false },
+    { name: "off-i2-c8", label: "batching off, instances 2, maxConcurrent 8", instances: 2, maxConcurrentRequests: 8, batching: false },
+    { name: "diag-on-inthread", label: "diag: batching on, in-thread pool, maxConcurrent 4", instances: 1, maxConcurrentRequests: 4, batching: true, inThread: true },
+    { name: "diag-off-inthread", label: "diag: batching off, in-thread pool, maxConcurrent 4", instances: 1, maxConcurrentRequests: 4, batching: false, inThread: true }
+  ]
+  const sweepLoads: Array<{ name: string; label: string; load: Load; variant?: Variant }> = [
+    { name: "i", label: main4[0]!.label, load: main4[0]!.load },
+    { name: "ii", label: main4[1]!.label, load: main4[1]!.load }
+  ]
+  for (const v of variants) sweepLoads.push({ name: v.name, label: v.label, load: viaEngine(await start(v)), variant: v })
+  for (const c of sweepLoads) await c.load(64, 200)
+  const sweep = await alternate(SWEEP_ROUNDS, sweepLoads.map((c) => ({ name: c.name, run: () => c.load(64, SWEEP_MS) })), (r, name, x) =>
+    log(`  sweep round ${r + 1} ${name.padEnd(18)} ${fmt(x.reqPerSec)} req/s p50 ${fmt(x.latency["all"]!.p50)} p99 ${fmt(x.latency["all"]!.p99)} ms${x.meanBatch === undefined ? "" : ` rows/run ${fmt(x.meanBatch)}`}`), "sweep")
+  const sweepRows = sweepLoads.map((c) => ({ contender: c.label, ...summarize(sweep[c.name]!, c.name === "i" ? undefined : sweep["i"], c.name === "i" || c.name === "ii" ? undefined : sweep["ii"]) }))
+
+  const best = (batching: boolean) => {
+    const vs = variants.filter((v) => v.batching === batching && v.inThread !== true)
+    return vs.reduce((a, b) => (median(sweep[b.name]!.map((r) => r.reqPerSec)) > median(sweep[a.name]!.map((r) => r.reqPerSec)) ? b : a))
+  }
+  const bestOn = best(true)
+  const bestOff = best(false)
+  const pairRatio = (xs: ReadonlyArray<LoadResult>, ys: ReadonlyArray<LoadResult>) => median(xs.map((x, k) => x.reqPerSec / ys[k]!.reqPerSec))
+
+  const at64 = mainResults[64]!
+  const onVsI = pairRatio(at64["iv"]!, at64["i"]!)
+  const offVsII = pairRatio(at64["iii"]!, at64["ii"]!)
+  const bestOnVsI = pairRatio(sweep[bestOn.name]!, sweep["i"]!)
+  const bestOffVsII = pairRatio(sweep[bestOff.name]!, sweep["ii"]!)
+  const goals: Array<Goal> = [
+    goal("64 outstanding: batching on vs per-request runs, (iv)/(i), default config", "≥ 5×", onVsI, onVsI >= 5, ratio(onVsI)),
+    goal("64 outstanding: batching off vs p-queue, (iii)/(ii), default config", "≥ 1.0×", offVsII, offVsII >= 1, ratio(offVsII)),
+    goal(`64 outstanding: batching on vs per-request, best config (${bestOn.label})`, "≥ 5×", bestOnVsI, bestOnVsI >= 5, ratio(bestOnVsI)),
+    goal(`64 outstanding: batching off vs p-queue, best config (${bestOff.label})`, "≥ 1.0×", bestOffVsII, bestOffVsII >= 1, ratio(bestOffVsII))
+  ]
+
+  section(`throughput: MLP batch-1 requests, closed loop (${ROUNDS} rounds × ${BLOCK_MS} ms per contender and level; medians over rounds; ratios = median of per-round ratios)`)
+  console.log(table(mainRows))
+  section(`throughput: engine configurations at 64 outstanding (${SWEEP_ROUNDS} rounds × ${SWEEP_MS} ms)`)
+  console.log(table(sweepRows))
+  console.log(`\nbest batching-on config: ${bestOn.label}; best batching-off config: ${bestOff.label}`)
+  console.log(`batching source: ${JSON.stringify(sources["iv"])} (\"bench override\" = config.json's batching is not read by the pool yet; the bench sets it on the pool's metadata)`)
+  section("throughput: goals")
+  console.log(goalsTable(goals))
+
+  const file = writeResults("throughput", {
+    args: { quick: args.quick, rounds: ROUNDS, blockMs: BLOCK_MS, sweepRounds: SWEEP_ROUNDS, sweepMs: SWEEP_MS, levels: LEVELS },
+    setup: { model: "mlp", batch: 1, defaultInstances: DEFAULT_INSTANCES, maxConcurrentRequests: MAX_CONCURRENT, batchingOn: batchingOn(), telemetry: "TelemetryCollector.layer", batchingSources: sources },
+    main: { table: mainRows, rounds: mainResults },
+    sweep: { variants, table: sweepRows, rounds: sweep, bestOn: bestOn.name, bestOff: bestOff.name },
+    goals
+  })
+  log(`wrote ${file}`)
+  await Promise.all([...engines.map((h) => h.dispose()), sessionI.release(), sessionII.release()])
+}
+
+await main()
