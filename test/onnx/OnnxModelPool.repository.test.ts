@@ -62,8 +62,8 @@ describe("OnnxModelPool on a repository with broken models", () => {
       assert.include(reason("badbatching@1"), `config.json: batching.inputAxes names unknown input "pixels"`)
       for (const key of ["good@1", "batched@1", "versioned@1", "versioned@3"]) assert.strictEqual(states[key]!.state, "READY", key)
 
-      // batching: off without a section, resolved against the session's signature with one
-      assert.isUndefined((yield* pool.metadata("good")).batching)
+      // batching: the default without a section (on: the mlp's dim 0 is dynamic), resolved against the session's signature with one
+      assert.deepInclude((yield* pool.metadata("good")).batching, { enabled: true, maxBatchSize: 64 })
       const batching = (yield* pool.metadata("batched")).batching
       assert.deepInclude(batching, { enabled: true, maxBatchSize: 16 })
 

@@ -36,7 +36,9 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads the mlp's metadata from the session: dynamic batch as -1", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      assert.deepStrictEqual(yield* pool.metadata("mlp"), {
+      const { batching, ...metadata } = yield* pool.metadata("mlp")
+      assert.deepInclude(batching, { enabled: true, maxBatchSize: 64 }, "on by default: every dim 0 is dynamic")
+      assert.deepStrictEqual(metadata, {
         name: "mlp",
         version: "1",
         inputs: [{ name: "input", dtype: "float32", dims: [-1, 784] }],
@@ -48,7 +50,9 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads silero_vad's metadata: unnamed dims as -1, int64 scalar sr", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      assert.deepStrictEqual(yield* pool.metadata("silero_vad"), {
+      const { batching, ...metadata } = yield* pool.metadata("silero_vad")
+      assert.deepInclude(batching, { enabled: true, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 } }, "from its config.json")
+      assert.deepStrictEqual(metadata, {
         name: "silero_vad",
         version: "1",
         inputs: [
