@@ -76,6 +76,8 @@ export interface Diagnostics {
   readonly runs: number
   /** Requests admitted and not yet answered. */
   readonly unsettled: number
+  /** Requests cancelled (or timed out) since the start, by the stage they were in. */
+  readonly abandoned: { readonly queued: number; readonly forming: number; readonly running: number }
 }
 
 type State = "queued" | "forming" | "running" | "settled"
@@ -138,6 +140,7 @@ export const make = Effect.gen(function*() {
   const expectedRunMs = new Map<string, number>()
   let unsettled = 0
   let draining = false
+  const abandoned = { queued: 0, forming: 0, running: 0 }
   const queueTimeoutMs = Duration.toMillis(config.queueTimeout)
 
   const noteIdle = () => {
@@ -148,6 +151,12 @@ export const make = Effect.gen(function*() {
   const settle = (pending: Pending, exit: Exit.Exit<RunOutput, InferenceError.Reason>): void => {
     if (pending.state === "settled") return
     if (pending.state === "queued") queue.remove(pending.entry!)
+    if (Exit.isFailure(exit)) {
+      const reason = exit.cause.reasons[0]
+      if (reason?._tag === "Interrupt" || (reason?._tag === "Fail" && (reason.error._tag === "QueueTimeout" || reason.error._tag === "DeadlineExceeded"))) {
+        abandoned[pending.state]++
+      }
+    }
     pending.state = "settled"
     unsettled--
     Deferred.doneUnsafe(pending.deferred, exit)
@@ -467,7 +476,7 @@ export const make = Effect.gen(function*() {
       for (const n of runsInFlight.values()) runs += n
       let formingMembers = 0
       for (const batch of forming.values()) formingMembers += batch.members.length
-      return { queued: queue.size, forming: formingMembers, runs, unsettled }
+      return { queued: queue.size, forming: formingMembers, runs, unsettled, abandoned: { ...abandoned } }
     })
   })
 })
