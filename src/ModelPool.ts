@@ -5,7 +5,7 @@
  *
  * @module ModelPool
  */
-import { Context, type Effect } from "effect"
+import { Context, type Duration, type Effect } from "effect"
 import type * as InferenceError from "./InferenceError.ts"
 import type * as ModelMetadata from "./ModelMetadata.ts"
 import type * as Tensor from "./Tensor.ts"
@@ -25,6 +25,20 @@ export interface ModelStatus {
   readonly reason?: string
 }
 
+/** The options of `Service.run`. */
+export interface RunOptions {
+  readonly requestId: string
+  /** A model version; undefined means the model's default (highest) version. */
+  readonly version?: string | undefined
+  /**
+   * How long the caller will still wait for this run, counted from the call to `run` (any wait
+   * for a free instance included): what is left of the request's deadline. A pool may stop a
+   * run that outlives it: a model with process isolation kills the run `killGraceMs` after it
+   * (RunFailed). Threads cannot be stopped mid-run and ignore it. Undefined: no deadline.
+   */
+  readonly timeout?: Duration.Duration | undefined
+}
+
 export interface Service {
   /**
    * The metadata of a model that can serve. `version` defaults to the highest one.
@@ -38,11 +52,12 @@ export interface Service {
    * Runs `inputs` (already validated) on a free instance of the model, waiting in FIFO order
    * when every instance is busy. Interrupting it returns at once; the instance goes back to
    * the pool only when its native run has ended, so no instance ever runs two requests.
+   * See `RunOptions.timeout` for deadlines.
    */
   readonly run: (
     modelId: string,
     inputs: Tensor.TensorMap,
-    options: { readonly requestId: string; readonly version?: string | undefined }
+    options: RunOptions
   ) => Effect.Effect<RunOutput, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
   /** Every model in the repository with its state. */
   readonly models: Effect.Effect<ReadonlyArray<ModelStatus>>

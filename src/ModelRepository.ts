@@ -61,6 +61,20 @@ const Threads = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 256 }))
 export const ExecutionProvider = Schema.String.check(Schema.isPattern(/^[A-Za-z][A-Za-z0-9_-]*$/))
 
 /**
+ * Where a model's sessions run. "thread": worker threads of the server process (cheapest; a
+ * native crash ends the server, a run cannot be stopped). "process": one child process per
+ * instance (a crash ends one child; a run past its deadline plus `killGraceMs` is killed).
+ */
+export const Isolation = Schema.Literals(["thread", "process"])
+
+export type Isolation = typeof Isolation.Type
+
+/** Longest accepted kill grace: 10 minutes. */
+export const maxKillGraceMs = 600_000
+
+const KillGraceMs = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: maxKillGraceMs }))
+
+/**
  * The fields of `config.json`, exported so that other modules can extend the schema
  * (`Schema.Struct({ ...ModelRepository.configFields, batching: ... })`).
  */
@@ -74,7 +88,11 @@ export const configFields = {
   /** onnxruntime inter-op threads per session. */
   interOpNumThreads: Schema.optionalKey(Threads),
   /** Dynamic batching (see `BatchPolicy.ConfigJson`); absent means off. */
-  batching: Schema.optionalKey(BatchPolicy.ConfigJson)
+  batching: Schema.optionalKey(BatchPolicy.ConfigJson),
+  /** Where sessions run: "thread" (worker threads, the default) or "process" (child processes, killable). */
+  isolation: Schema.optionalKey(Isolation),
+  /** Process isolation: how long a run may outlive its request's deadline before its process is killed. */
+  killGraceMs: Schema.optionalKey(KillGraceMs)
 }
 
 /** `config.json` as written. Unknown keys are ignored by this schema (and kept in `ModelConfig.raw`). */
@@ -88,6 +106,9 @@ export interface ModelConfig {
   readonly executionProviders: ReadonlyArray<string>
   readonly intraOpNumThreads: number
   readonly interOpNumThreads: number
+  readonly isolation: Isolation
+  /** Process isolation: ms a run may outlive its deadline before its process is killed. Ignored for threads. */
+  readonly killGraceMs: number
   /** config.json's `batching` section as written; undefined (batching off) without one. */
   readonly batching: BatchPolicy.ConfigJson | undefined
   /** config.json as parsed (an empty object without one): the place for settings this module does not own. */
@@ -104,7 +125,9 @@ export const defaults = (): Defaults => ({
   instances: defaultInstances(),
   executionProviders: ["cpu"],
   intraOpNumThreads: 1,
-  interOpNumThreads: 1
+  interOpNumThreads: 1,
+  isolation: "thread",
+  killGraceMs: 1_000
 })
 
 /**
@@ -119,6 +142,8 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
       executionProviders: (config.executionProviders ?? base.executionProviders).map((p) => p.toLowerCase()),
       intraOpNumThreads: config.intraOpNumThreads ?? base.intraOpNumThreads,
       interOpNumThreads: config.interOpNumThreads ?? base.interOpNumThreads,
+      isolation: config.isolation ?? base.isolation,
+      killGraceMs: config.killGraceMs ?? base.killGraceMs,
       batching: config.batching,
       raw: json as Readonly<Record<string, unknown>>
     }

@@ -34,6 +34,8 @@ describe("ModelRepository", () => {
           executionProviders: ["cpu"],
           intraOpNumThreads: 1,
           interOpNumThreads: 1,
+          isolation: "thread",
+          killGraceMs: 1000,
           batching: undefined,
           raw: {}
         })
