@@ -4,8 +4,9 @@
  * requests (MLP, one 784-float row a request, JSON both ways).
  *
  *   (a) baseline     node:http, one in-thread session, no queue (the floor to beat)
- *   (b) oip          `node src/bin/server.ts`, batching off (mlp without config.json)
- *   (c) oip+batching the same server, mlp with `config.json` {"batching": {maxBatchSize 64}}
+ *   (b) oip          `node src/bin/server.ts`, mlp with `config.json` {"batching": {"enabled": false}}
+ *   (c) oip+batching the same server, {"batching": {"enabled": true, "maxBatchSize": 64, "maxQueueDelayMs": 0}}
+ *                    and MAX_CONCURRENT_REQUESTS=2 (`--batching-max-concurrent`), so that batches form
  *
  * Each server is its own process, started once; the load generator (this process) keeps N
  * keep-alive connections busy and sends a pre-serialized body. Contenders alternate within every
@@ -14,7 +15,8 @@
  *
  * Goal at 64 outstanding: oip ≥ 0.8× baseline throughput; oip+batching above it.
  *
- * Usage: node --expose-gc bench/http.ts [--quick] [--rounds=N] [--seconds=S]
+ * Usage: npm run bench -- http [--quick], or node --expose-gc bench/http.ts [--quick] [--rounds=N]
+ *        [--seconds=S] [--levels=1,16,64] [--batching-max-concurrent=N]
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Fs from "node:fs"
@@ -44,6 +46,8 @@ const args = parseArgs()
 const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 2 : 5))
 const SECONDS = Number(args.options["seconds"] ?? (args.quick ? 1 : 2.5))
 const LEVELS = (args.options["levels"] ?? "1,16,64").split(",").map(Number)
+/** Runs at once for the batching server: few, so that requests queue and batches form (1 instance). */
+const BATCHING_MAX_CONCURRENT = Number(args.options["batching-max-concurrent"] ?? 2)
 
 interface Server {
   readonly name: string
@@ -127,7 +131,8 @@ const repository = (withBatching: boolean): string => {
   const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), `bench-http-${withBatching ? "on" : "off"}-`))
   Fs.mkdirSync(Path.join(dir, "mlp"))
   Fs.copyFileSync(Path.join(modelsDir, "mlp/model.onnx"), Path.join(dir, "mlp/model.onnx"))
-  if (withBatching) Fs.writeFileSync(Path.join(dir, "mlp/config.json"), JSON.stringify({ batching: { maxBatchSize: 64 } }))
+  const batching = withBatching ? { enabled: true, maxBatchSize: 64, maxQueueDelayMs: 0 } : { enabled: false }
+  Fs.writeFileSync(Path.join(dir, "mlp/config.json"), JSON.stringify({ batching }))
   return dir
 }
 
@@ -140,7 +145,10 @@ const main = async () => {
   const servers = await Promise.all([
     start("baseline", ["bench/http-baseline.ts", "--port=0"], infer),
     start("oip", ["src/bin/server.ts", "--port", "0", "--models", repos.off], infer, engineEnv),
-    start("oip+batching", ["src/bin/server.ts", "--port", "0", "--models", repos.on], infer, engineEnv)
+    start("oip+batching", ["src/bin/server.ts", "--port", "0", "--models", repos.on], infer, {
+      ...engineEnv,
+      MAX_CONCURRENT_REQUESTS: String(BATCHING_MAX_CONCURRENT)
+    })
   ])
   try {
     for (const s of servers) await load(s, 4, args.quick ? 0.5 : 1.5) // warm-up: JIT, sessions, connections
@@ -193,8 +201,8 @@ const main = async () => {
       setup: {
         model: "mlp (784-256-10), one row a request, JSON body of 784 floats",
         baseline: "bench/http-baseline.ts: node:http, one in-thread InferenceSession (intraOpNumThreads 1)",
-        oip: "node src/bin/server.ts: engine defaults (maxConcurrentRequests 4), MAX_QUEUED_REQUESTS=1024, OnnxModelPool (1 worker-thread session)",
-        batching: "config.json {batching: {maxBatchSize: 64}} (maxQueueDelayMs 0)"
+        oip: "node src/bin/server.ts: engine defaults (maxConcurrentRequests 4), MAX_QUEUED_REQUESTS=1024, OnnxModelPool (1 worker-thread session), config.json batching disabled",
+        batching: `config.json batching {enabled, maxBatchSize 64, maxQueueDelayMs 0}, MAX_CONCURRENT_REQUESTS=${BATCHING_MAX_CONCURRENT}`
       },
       results: summary,
       goals

@@ -9,7 +9,7 @@
  * @module server
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Cause, Duration, Effect, Exit, Layer, Runtime } from "effect"
+import { Cause, Duration, Effect, Exit, Layer, References, Runtime } from "effect"
 import { HttpServer } from "effect/http"
 import { readFileSync } from "node:fs"
 import { AsyncConfigService } from "../AsyncConfig.ts"
@@ -83,4 +83,10 @@ const teardown: Runtime.Teardown = (exit, onExit) => {
   return Runtime.defaultTeardown(exit, onExit)
 }
 
-NodeRuntime.runMain(main, { teardown, disableErrorReporting: true })
+/**
+ * Spans cost CPU on every request (effect 4.1 records a stack frame per span) and go nowhere
+ * without an exporter: tracing is on only when spans are exported (OTEL_EXPORTER_OTLP_ENDPOINT).
+ */
+const tracing = (process.env["OTEL_EXPORTER_OTLP_ENDPOINT"] ?? "") !== "" && process.env["OTEL_SDK_DISABLED"] !== "true"
+
+NodeRuntime.runMain(Effect.provideService(main, References.TracerEnabled, tracing), { teardown, disableErrorReporting: true })

@@ -1,7 +1,8 @@
 /**
  * The onnxruntime implementation of `ModelPool`: every model version of a repository
  * (`ModelRepository`) loaded as `instances` onnxruntime sessions, each in its own worker
- * thread (`WorkerHost`), so that no native run ever blocks the main event loop.
+ * thread (`WorkerHost`) or, with config.json's `isolation: "process"`, its own child process
+ * (`ProcessHost`), so that no native run ever blocks the main event loop.
  *
  * - `make` scans the repository and loads every model version at once; it returns when each
  *   is READY or UNAVAILABLE (missing, empty or corrupt file, invalid config.json, a session that
@@ -11,7 +12,9 @@
  *   every session and waits for every thread to exit. `counters` proves it afterwards.
  * - `run` waits in FIFO order for a free instance of the model. Interrupting it returns at once;
  *   the instance stays busy until its native run ends, and the late reply is dropped.
- * - A crashed worker fails only its own request (RunFailed) and is replaced.
+ * - A crashed worker fails only its own request (RunFailed) and is replaced. With process
+ *   isolation that includes native crashes, and a run still going `killGraceMs` after its
+ *   `timeout` (`ModelPool.RunOptions`) is killed with its process (RunFailed) and replaced.
  * - Execution providers are tried in the configured order, then CPU; `RunOutput.deviceUsed`
  *   and `info` tell which one runs.
  * - config.json's `batching` section is resolved (`BatchPolicy.resolve`) against the signature
@@ -24,10 +27,12 @@ import { Context, Duration, Effect, Layer, type Scope } from "effect"
 import * as BatchPolicy from "../BatchPolicy.ts"
 import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
-import { ModelPool, type ModelStatus, type Service as ModelPoolService } from "../ModelPool.ts"
+import { ModelPool, type ModelStatus, type RunOptions as ModelPoolRunOptions, type Service as ModelPoolService } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import type * as Tensor from "../Tensor.ts"
+import * as ProcessHost from "./ProcessHost.ts"
 import type * as Protocol from "./Protocol.ts"
+import * as SessionHost from "./SessionHost.ts"
 import * as WorkerHost from "./WorkerHost.ts"
 
 export type TestOp = Protocol.TestOp
@@ -42,7 +47,7 @@ export interface Options {
    * op kills a worker on purpose. Default false.
    */
   readonly allowTestOps?: boolean | undefined
-  /** How long closing waits for a worker to finish before `terminate()`. Default 60 seconds. */
+  /** How long closing waits for an instance to finish before `terminate()` (a thread) or SIGKILL (a process). Default 60 seconds. */
   readonly closeTimeout?: Duration.Input | undefined
   /** Replacement attempts for a crashed instance (default 5). */
   readonly respawnAttempts?: number | undefined
@@ -54,16 +59,23 @@ export interface ModelInfo extends ModelStatus {
   readonly deviceUsed?: string
   /** Providers that were requested but could not load. */
   readonly fallbacks?: ReadonlyArray<Protocol.Fallback>
-  readonly stats?: WorkerHost.Stats
+  /** Where its sessions run (READY only). */
+  readonly isolation?: SessionHost.Isolation
+  readonly stats?: SessionHost.Stats
+  /** The OS process ids of its instances (process isolation only). */
+  readonly pids?: ReadonlyArray<number>
 }
+
+/** `ModelPool.RunOptions`, for `run` and `test`. */
+export type RunOptions = ModelPoolRunOptions
 
 export interface Service extends ModelPoolService {
   /** `ModelPool.run`, whose output also carries `runMs`, the native run's own time in the worker. */
   readonly run: (
     modelId: string,
     inputs: Tensor.TensorMap,
-    options: { readonly requestId: string; readonly version?: string | undefined }
-  ) => Effect.Effect<WorkerHost.RunResult, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
+    options: RunOptions
+  ) => Effect.Effect<SessionHost.RunResult, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
   /** The repository as scanned. */
   readonly repository: ModelRepository.ModelRepository
   /** `models`, with providers and instance stats. */
@@ -75,19 +87,19 @@ export interface Service extends ModelPoolService {
   readonly test: (
     modelId: string,
     op: TestOp,
-    options: { readonly requestId: string; readonly version?: string | undefined }
-  ) => Effect.Effect<WorkerHost.RunResult, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
+    options: RunOptions
+  ) => Effect.Effect<SessionHost.RunResult, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
   /** A model version's instance stats; undefined when it is not loaded. */
-  readonly stats: (modelId: string, version?: string) => WorkerHost.Stats | undefined
-  /** Lifetime counters of workers and sessions; still readable after the scope closed. */
-  readonly counters: Readonly<WorkerHost.Counters>
+  readonly stats: (modelId: string, version?: string) => SessionHost.Stats | undefined
+  /** Lifetime counters of instances (threads and processes) and sessions; still readable after the scope closed. */
+  readonly counters: Readonly<SessionHost.Counters>
 }
 
 /** The pool with its extras (`test`, `stats`, `counters`), for tests and operators. */
 export class OnnxModelPool extends Context.Service<OnnxModelPool, Service>()("effect-inference/OnnxModelPool") {}
 
 type Loaded =
-  | { readonly _tag: "Ready"; readonly host: WorkerHost.WorkerHost; readonly metadata: ModelMetadata.ModelMetadata }
+  | { readonly _tag: "Ready"; readonly host: SessionHost.SessionHost; readonly metadata: ModelMetadata.ModelMetadata }
   | { readonly _tag: "Unavailable"; readonly reason: string }
 
 type Ready = Extract<Loaded, { readonly _tag: "Ready" }>
@@ -106,10 +118,10 @@ const key = (name: string, version: string) => `${name}\u0000${version}`
 export const make = (options: Options): Effect.Effect<Service, ModelRepository.RepositoryError, Scope.Scope> =>
   Effect.gen(function*() {
     const repository = yield* ModelRepository.scan(options.repository, { defaults: options.defaults })
-    const counters = WorkerHost.makeCounters()
+    const counters = SessionHost.makeCounters()
     const closeTimeout = Duration.fromInputUnsafe(options.closeTimeout ?? Duration.seconds(60))
     const loaded = new Map<string, Loaded>()
-    const hosts: Array<WorkerHost.WorkerHost> = []
+    const hosts: Array<SessionHost.SessionHost> = []
 
     // One finalizer closes every host at once (in-flight runs end in parallel, not one model after another).
     yield* Effect.addFinalizer(() =>
@@ -128,7 +140,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         return Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${entry.reason}`)
       }
       // start + register in one uninterruptible step: no host can escape the finalizer.
-      return WorkerHost.start({
+      return (entry.config.isolation === "process" ? ProcessHost : WorkerHost).start({
         modelId: entry.name,
         version: entry.version,
         path: entry.path,
@@ -139,7 +151,8 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         allowTestOps: options.allowTestOps ?? false,
         closeTimeout,
         counters,
-        respawnAttempts: options.respawnAttempts
+        respawnAttempts: options.respawnAttempts,
+        killGrace: Duration.millis(entry.config.killGraceMs)
       }).pipe(
         Effect.tap((host) => Effect.sync(() => hosts.push(host))),
         Effect.uninterruptible,
@@ -162,7 +175,9 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
             Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Ready", host, metadata })).pipe(
               Effect.andThen(
                 host.fallbacks.length === 0
-                  ? Effect.logInfo(`model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s))`)
+                  ? Effect.logInfo(
+                    `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation)`
+                  )
                   : Effect.logWarning(
                     `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} after falling back from ${
                       host.fallbacks.map((f) => `${f.provider} (${f.error.split("\n")[0]})`).join(", ")
@@ -208,7 +223,14 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
           return { ...base, state: "UNAVAILABLE", reason: state?.reason ?? (entry._tag === "Unavailable" ? entry.reason : "not loaded") }
         }
         const reason = state.host.unavailableReason()
-        const extra = { deviceUsed: state.host.deviceUsed, fallbacks: state.host.fallbacks, stats: state.host.stats() }
+        const { host } = state
+        const extra = {
+          deviceUsed: host.deviceUsed,
+          fallbacks: host.fallbacks,
+          isolation: host.isolation,
+          stats: host.stats(),
+          ...(host.isolation === "process" ? { pids: host.pids() } : {})
+        }
         return reason === undefined ? { ...base, state: "READY", ...extra } : { ...base, state: "UNAVAILABLE", reason, ...extra }
       })
     )
@@ -216,14 +238,14 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     const service: Service = {
       metadata: (modelId, version) => withHost(modelId, version, (model) => Effect.succeed(model.metadata)),
       run: (modelId: string, inputs: Tensor.TensorMap, runOptions) =>
-        withHost(modelId, runOptions.version, (model) => model.host.run(inputs, runOptions.requestId)),
+        withHost(modelId, runOptions.version, (model) => model.host.run(inputs, runOptions.requestId, runOptions)),
       models: Effect.map(info, (all) =>
         all.map((m): ModelStatus => (m.reason === undefined
           ? { name: m.name, version: m.version, state: m.state }
           : { name: m.name, version: m.version, state: m.state, reason: m.reason }))),
       repository,
       info,
-      test: (modelId, op, testOptions) => withHost(modelId, testOptions.version, (model) => model.host.test(op, testOptions.requestId)),
+      test: (modelId, op, testOptions) => withHost(modelId, testOptions.version, (model) => model.host.test(op, testOptions.requestId, testOptions)),
       stats: (modelId, version) => {
         const model = resolve(modelId, version)
         return isError(model) ? undefined : model.host.stats()
@@ -233,7 +255,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     return service
   }).pipe(Effect.withSpan("OnnxModelPool.make", { attributes: { repository: options.repository } }))
 
-/** `ModelPool` backed by onnxruntime sessions in worker threads; the Layer's scope owns them. */
+/** `ModelPool` backed by onnxruntime sessions in worker threads or child processes; the Layer's scope owns them. */
 export const layer = (options: Options): Layer.Layer<ModelPool, ModelRepository.RepositoryError> => Layer.effect(ModelPool, make(options))
 
 /** Both `ModelPool` and `OnnxModelPool` (the same instance), for tests and operators. */

@@ -1,6 +1,8 @@
 /**
- * The messages between a `WorkerHost` (main thread) and a `SessionWorker` (one worker thread,
- * one onnxruntime session). Types only, so that the worker loads nothing for it.
+ * The messages between a `SessionHost` (main thread) and one session instance: a
+ * `SessionWorker` (worker thread) or a `SessionProcess` (child process), each holding one
+ * onnxruntime session and serving it with `SessionEndpoint`. Types only, so that the instance
+ * loads nothing for it.
  *
  * Host → worker: `run` and `test` carry a request id that the reply repeats; `close` asks the
  * worker to release its session and exit once the job in hand (if any) has ended.
@@ -15,7 +17,10 @@
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import type * as Tensor from "../Tensor.ts"
 
-/** What a worker is started with (`workerData`). */
+/** Where sessions run: worker threads of this process, or child processes. */
+export type Isolation = "thread" | "process"
+
+/** What an instance is started with (`workerData` for a thread, the first argument for a process). */
 export interface WorkerConfig {
   readonly modelId: string
   readonly version: string
@@ -27,6 +32,8 @@ export interface WorkerConfig {
   readonly interOpNumThreads: number
   /** Whether `test` messages are honoured. */
   readonly allowTestOps: boolean
+  /** Where this instance runs; the ops that kill the whole process are refused in a thread. */
+  readonly isolation: Isolation
 }
 
 /** Operations for tests only (refused unless `allowTestOps`). */
@@ -39,6 +46,10 @@ export type TestOp =
   | { readonly _tag: "exit"; readonly code: number }
   /** Replies `failed` with `message`; the worker lives on. */
   | { readonly _tag: "fail"; readonly message: string }
+  /** Calls `process.abort()` (SIGABRT, as a native assertion does). Process isolation only. */
+  | { readonly _tag: "abort" }
+  /** Sends `signal` to its own process (SIGSEGV stands in for a native crash). Process isolation only. */
+  | { readonly _tag: "signal"; readonly signal: NodeJS.Signals }
 
 export type ToWorker =
   | { readonly _tag: "run"; readonly id: number; readonly inputs: Tensor.TensorMap }
@@ -67,3 +78,5 @@ export type FromWorker =
   | { readonly _tag: "done"; readonly id: number; readonly outputs: Tensor.TensorMap; readonly deviceUsed: string; readonly runMs: number }
   | { readonly _tag: "failed"; readonly id: number; readonly error: string }
   | { readonly _tag: "closed" }
+  /** A child process's uncaught exception, sent just before it exits (processes only). */
+  | { readonly _tag: "fatal"; readonly error: string }

@@ -1,173 +1,19 @@
 /**
- * Worker-thread entry: one onnxruntime `InferenceSession` for the life of the thread.
- * Started by `WorkerHost` with a `Protocol.WorkerConfig` as `workerData`; speaks `Protocol`.
- *
- * Runs directly under Node 22 (type stripping), so it imports only erasable-syntax `.ts`
- * modules without runtime dependencies (`Tensor.ts`), type-only modules, and onnxruntime-node.
- *
- * Session creation tries each requested execution provider on its own, in order, and then
- * "cpu": onnxruntime-node does not fall back by itself (`["cuda", "cpu"]` fails outright when
- * CUDA cannot load). `ready.deviceUsed` names the provider that loaded.
- *
- * Messages are handled one at a time, in arrival order: `close` releases the session only after
- * the run in hand has replied, and a run never overlaps another on the session.
+ * Worker-thread entry: one onnxruntime session for the life of the thread, served by
+ * `SessionEndpoint` over `parentPort`. Started by `WorkerHost` with a `Protocol.WorkerConfig`
+ * as `workerData`. Output buffers are transferred to the host, not copied.
  *
  * @module SessionWorker
  */
 import { parentPort, workerData } from "node:worker_threads"
-import * as ort from "onnxruntime-node"
-import type * as ModelMetadata from "../ModelMetadata.ts"
-import * as Tensor from "../Tensor.ts"
 import type * as Protocol from "./Protocol.ts"
+import * as SessionEndpoint from "./SessionEndpoint.ts"
 
 const port = parentPort
 if (port === null) throw new Error("SessionWorker.ts must run in a worker thread")
-const config = workerData as Protocol.WorkerConfig
 
-const post = (message: Protocol.FromWorker, transfer: ReadonlyArray<ArrayBuffer> = []) =>
-  port.postMessage(message, transfer as Array<ArrayBuffer>)
-
-const errorText = (e: unknown): string => (e instanceof Error ? e.message : String(e)).trim()
-
-const isDataType = (t: string): t is Tensor.DataType => (Tensor.dataTypes as ReadonlyArray<string>).includes(t)
-
-/** ORT metadata → TensorSpec: symbolic or unnamed dims ("batch", "") become -1. */
-const toSpec = (m: ort.InferenceSession.ValueMetadata, kind: string): ModelMetadata.TensorSpec => {
-  if (!m.isTensor) throw new Error(`${kind} ${JSON.stringify(m.name)} is not a tensor; only tensor inputs and outputs are supported`)
-  if (!isDataType(m.type)) throw new Error(`${kind} ${JSON.stringify(m.name)} has element type ${m.type}, which the engine does not support`)
-  return { name: m.name, dtype: m.type, dims: m.shape.map((d) => (typeof d === "number" && d >= 0 ? d : -1)) }
-}
-
-const createSession = async (): Promise<
-  { readonly session: ort.InferenceSession; readonly deviceUsed: string; readonly fallbacks: Array<Protocol.Fallback> }
-> => {
-  const requested = [...new Set(config.executionProviders.map((p) => p.toLowerCase()))]
-  const attempts = requested.includes("cpu") ? requested : [...requested, "cpu"]
-  const fallbacks: Array<Protocol.Fallback> = []
-  for (const provider of attempts) {
-    try {
-      const session = await ort.InferenceSession.create(config.modelPath, {
-        executionProviders: [provider],
-        intraOpNumThreads: config.intraOpNumThreads,
-        interOpNumThreads: config.interOpNumThreads,
-        graphOptimizationLevel: "all",
-        // 3 = errors; quieter (fatal only) while probing providers that may not load here.
-        logSeverityLevel: provider === "cpu" ? 3 : 4
-      })
-      return { session, deviceUsed: provider, fallbacks }
-    } catch (e) {
-      fallbacks.push({ provider, error: errorText(e) })
-    }
-  }
-  // The CPU attempt's error says what is wrong with the model itself (corrupt, truncated, unsupported op).
-  const last = fallbacks[fallbacks.length - 1]!
-  throw new Error(fallbacks.length === 1 ? last.error : `${last.error} (after ${fallbacks.slice(0, -1).map((f) => `${f.provider}: ${f.error}`).join("; ")})`)
-}
-
-const spin = (ms: number) => {
-  const end = performance.now() + ms
-  while (performance.now() < end) { /* blocks the thread, as a native run does */ }
-}
-
-const toFeeds = (inputs: Tensor.TensorMap): Record<string, ort.Tensor> => {
-  const feeds: Record<string, ort.Tensor> = {}
-  for (const [name, t] of Object.entries(inputs)) {
-    feeds[name] = new ort.Tensor(t.dtype as "float32", t.data as Float32Array, t.dims)
-  }
-  return feeds
-}
-
-/** Outputs as plain tensors, and the buffers to transfer (each once, each exactly its array's size). */
-const fromResults = (results: ort.InferenceSession.ReturnType): { outputs: Record<string, Tensor.Tensor>; transfer: Array<ArrayBuffer> } => {
-  const outputs: Record<string, Tensor.Tensor> = {}
-  const seen = new Set<ArrayBufferLike>()
-  const transfer: Array<ArrayBuffer> = []
-  for (const [name, value] of Object.entries(results)) {
-    const tensor = value as ort.Tensor
-    if (!isDataType(tensor.type)) throw new Error(`output ${JSON.stringify(name)} has element type ${tensor.type}, which the engine does not support`)
-    let data = tensor.data as Tensor.TensorData
-    if (ArrayBuffer.isView(data)) {
-      data = Tensor.compact(data)
-      if (seen.has(data.buffer) || !(data.buffer instanceof ArrayBuffer)) data = (data as unknown as { slice: () => Tensor.TensorData }).slice()
-      const buffer = (data as ArrayBufferView).buffer as ArrayBuffer
-      seen.add(buffer)
-      transfer.push(buffer)
-    }
-    outputs[name] = { dtype: tensor.type, dims: [...tensor.dims], data }
-  }
-  return { outputs, transfer }
-}
-
-/** Creates the session and reports `ready`; on failure reports `loadFailed` and lets the thread end. */
-const load = async (): Promise<Awaited<ReturnType<typeof createSession>> | undefined> => {
-  const started = performance.now()
-  let loaded: Awaited<ReturnType<typeof createSession>> | undefined
-  try {
-    loaded = await createSession()
-    const inputs = loaded.session.inputMetadata.map((m) => toSpec(m, "input"))
-    const outputs = loaded.session.outputMetadata.map((m) => toSpec(m, "output"))
-    post({ _tag: "ready", deviceUsed: loaded.deviceUsed, fallbacks: loaded.fallbacks, inputs, outputs, loadMs: performance.now() - started })
-    return loaded
-  } catch (e) {
-    await loaded?.session.release()
-    post({ _tag: "loadFailed", error: errorText(e) })
-    port.close() // the thread ends with code 0 once the message is out
-    return undefined
-  }
-}
-
-const handle = async (session: ort.InferenceSession, deviceUsed: string, message: Protocol.ToWorker): Promise<void> => {
-  switch (message._tag) {
-    case "run": {
-      const t0 = performance.now()
-      try {
-        const results = await session.run(toFeeds(message.inputs))
-        const { outputs, transfer } = fromResults(results)
-        post({ _tag: "done", id: message.id, outputs, deviceUsed, runMs: performance.now() - t0 }, transfer)
-      } catch (e) {
-        post({ _tag: "failed", id: message.id, error: errorText(e) })
-      }
-      return
-    }
-    case "test": {
-      if (!config.allowTestOps) {
-        post({ _tag: "failed", id: message.id, error: "test operations are disabled (allowTestOps is false)" })
-        return
-      }
-      const op = message.op
-      switch (op._tag) {
-        case "spin": {
-          const t0 = performance.now()
-          spin(op.ms)
-          post({ _tag: "done", id: message.id, outputs: {}, deviceUsed, runMs: performance.now() - t0 })
-          return
-        }
-        case "fail":
-          post({ _tag: "failed", id: message.id, error: op.message })
-          return
-        case "throwUncaught":
-          setTimeout(() => {
-            throw new Error("test op: uncaught exception in the session worker")
-          }, 0)
-          return
-        case "exit":
-          process.exit(op.code)
-      }
-      return
-    }
-    case "close":
-      await session.release()
-      post({ _tag: "closed" })
-      port.close() // nothing else keeps the thread alive: it exits with code 0
-      return
-  }
-}
-
-const loaded = await load()
-if (loaded !== undefined) {
-  const { session, deviceUsed } = loaded
-  let queue: Promise<void> = Promise.resolve()
-  port.on("message", (message: Protocol.ToWorker) => {
-    queue = queue.then(() => handle(session, deviceUsed, message))
-  })
-}
+await SessionEndpoint.serve(workerData as Protocol.WorkerConfig, {
+  post: (message, transfer = []) => port.postMessage(message, transfer as Array<ArrayBuffer>),
+  end: () => port.close(), // nothing else keeps the thread alive: it exits with code 0
+  listen: (f) => port.on("message", f)
+})

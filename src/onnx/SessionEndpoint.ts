@@ -1,0 +1,192 @@
+/**
+ * The instance side of `Protocol`, whatever carries it: loads one onnxruntime
+ * `InferenceSession` and serves `run`, `test` and `close` messages over a `Port`. The worker
+ * thread entry (`SessionWorker.ts`) and the child process entry (`SessionProcess.ts`) are thin
+ * adapters around `serve`.
+ *
+ * Runs directly under Node 22 (type stripping), so it imports only erasable-syntax `.ts`
+ * modules without runtime dependencies (`Tensor.ts`), type-only modules, and onnxruntime-node.
+ *
+ * Session creation tries each requested execution provider on its own, in order, and then
+ * "cpu": onnxruntime-node does not fall back by itself (`["cuda", "cpu"]` fails outright when
+ * CUDA cannot load). `ready.deviceUsed` names the provider that loaded.
+ *
+ * Messages are handled one at a time, in arrival order: `close` releases the session only after
+ * the run in hand has replied, and a run never overlaps another on the session.
+ *
+ * @module SessionEndpoint
+ */
+import * as ort from "onnxruntime-node"
+import type * as ModelMetadata from "../ModelMetadata.ts"
+import * as Tensor from "../Tensor.ts"
+import type * as Protocol from "./Protocol.ts"
+
+/** The channel to the host, as a thread's `parentPort` or a process's IPC channel offers it. */
+export interface Port {
+  /** Posts a message; `transfer` lists buffers a thread may move instead of copying (a process copies). */
+  readonly post: (message: Protocol.FromWorker, transfer?: ReadonlyArray<ArrayBuffer>) => void
+  /** Closes the channel once everything posted is out; nothing else keeps the instance alive, so it exits. */
+  readonly end: () => void
+  /** Calls `f` for every message from the host. */
+  readonly listen: (f: (message: Protocol.ToWorker) => void) => void
+}
+
+const errorText = (e: unknown): string => (e instanceof Error ? e.message : String(e)).trim()
+
+const isDataType = (t: string): t is Tensor.DataType => (Tensor.dataTypes as ReadonlyArray<string>).includes(t)
+
+/** ORT metadata → TensorSpec: symbolic or unnamed dims ("batch", "") become -1. */
+const toSpec = (m: ort.InferenceSession.ValueMetadata, kind: string): ModelMetadata.TensorSpec => {
+  if (!m.isTensor) throw new Error(`${kind} ${JSON.stringify(m.name)} is not a tensor; only tensor inputs and outputs are supported`)
+  if (!isDataType(m.type)) throw new Error(`${kind} ${JSON.stringify(m.name)} has element type ${m.type}, which the engine does not support`)
+  return { name: m.name, dtype: m.type, dims: m.shape.map((d) => (typeof d === "number" && d >= 0 ? d : -1)) }
+}
+
+interface Loaded {
+  readonly session: ort.InferenceSession
+  readonly deviceUsed: string
+  readonly fallbacks: Array<Protocol.Fallback>
+}
+
+const createSession = async (config: Protocol.WorkerConfig): Promise<Loaded> => {
+  const requested = [...new Set(config.executionProviders.map((p) => p.toLowerCase()))]
+  const attempts = requested.includes("cpu") ? requested : [...requested, "cpu"]
+  const fallbacks: Array<Protocol.Fallback> = []
+  for (const provider of attempts) {
+    try {
+      const session = await ort.InferenceSession.create(config.modelPath, {
+        executionProviders: [provider],
+        intraOpNumThreads: config.intraOpNumThreads,
+        interOpNumThreads: config.interOpNumThreads,
+        graphOptimizationLevel: "all",
+        // 3 = errors; quieter (fatal only) while probing providers that may not load here.
+        logSeverityLevel: provider === "cpu" ? 3 : 4
+      })
+      return { session, deviceUsed: provider, fallbacks }
+    } catch (e) {
+      fallbacks.push({ provider, error: errorText(e) })
+    }
+  }
+  // The CPU attempt's error says what is wrong with the model itself (corrupt, truncated, unsupported op).
+  const last = fallbacks[fallbacks.length - 1]!
+  throw new Error(fallbacks.length === 1 ? last.error : `${last.error} (after ${fallbacks.slice(0, -1).map((f) => `${f.provider}: ${f.error}`).join("; ")})`)
+}
+
+const spin = (ms: number) => {
+  const end = performance.now() + ms
+  while (performance.now() < end) { /* blocks the thread, as a native run does */ }
+}
+
+const toFeeds = (inputs: Tensor.TensorMap): Record<string, ort.Tensor> => {
+  const feeds: Record<string, ort.Tensor> = {}
+  for (const [name, t] of Object.entries(inputs)) {
+    feeds[name] = new ort.Tensor(t.dtype as "float32", t.data as Float32Array, t.dims)
+  }
+  return feeds
+}
+
+/** Outputs as plain tensors, and the buffers to transfer (each once, each exactly its array's size). */
+const fromResults = (results: ort.InferenceSession.ReturnType): { outputs: Record<string, Tensor.Tensor>; transfer: Array<ArrayBuffer> } => {
+  const outputs: Record<string, Tensor.Tensor> = {}
+  const seen = new Set<ArrayBufferLike>()
+  const transfer: Array<ArrayBuffer> = []
+  for (const [name, value] of Object.entries(results)) {
+    const tensor = value as ort.Tensor
+    if (!isDataType(tensor.type)) throw new Error(`output ${JSON.stringify(name)} has element type ${tensor.type}, which the engine does not support`)
+    let data = tensor.data as Tensor.TensorData
+    if (ArrayBuffer.isView(data)) {
+      data = Tensor.compact(data)
+      if (seen.has(data.buffer) || !(data.buffer instanceof ArrayBuffer)) data = (data as unknown as { slice: () => Tensor.TensorData }).slice()
+      const buffer = (data as ArrayBufferView).buffer as ArrayBuffer
+      seen.add(buffer)
+      transfer.push(buffer)
+    }
+    outputs[name] = { dtype: tensor.type, dims: [...tensor.dims], data }
+  }
+  return { outputs, transfer }
+}
+
+/** Creates the session and reports `ready`; on failure reports `loadFailed` and ends the port. */
+const load = async (config: Protocol.WorkerConfig, port: Port): Promise<Loaded | undefined> => {
+  const started = performance.now()
+  let loaded: Loaded | undefined
+  try {
+    loaded = await createSession(config)
+    const inputs = loaded.session.inputMetadata.map((m) => toSpec(m, "input"))
+    const outputs = loaded.session.outputMetadata.map((m) => toSpec(m, "output"))
+    port.post({ _tag: "ready", deviceUsed: loaded.deviceUsed, fallbacks: loaded.fallbacks, inputs, outputs, loadMs: performance.now() - started })
+    return loaded
+  } catch (e) {
+    await loaded?.session.release()
+    port.post({ _tag: "loadFailed", error: errorText(e) })
+    port.end() // the instance ends (code 0) once the message is out
+    return undefined
+  }
+}
+
+const test = (config: Protocol.WorkerConfig, port: Port, deviceUsed: string, id: number, op: Protocol.TestOp): void => {
+  if (!config.allowTestOps) {
+    port.post({ _tag: "failed", id, error: "test operations are disabled (allowTestOps is false)" })
+    return
+  }
+  switch (op._tag) {
+    case "spin": {
+      const t0 = performance.now()
+      spin(op.ms)
+      port.post({ _tag: "done", id, outputs: {}, deviceUsed, runMs: performance.now() - t0 })
+      return
+    }
+    case "fail":
+      port.post({ _tag: "failed", id, error: op.message })
+      return
+    case "throwUncaught":
+      setTimeout(() => {
+        throw new Error("test op: uncaught exception in the session worker")
+      }, 0)
+      return
+    case "exit":
+      return process.exit(op.code)
+    case "abort":
+    case "signal":
+      if (config.isolation !== "process") {
+        port.post({ _tag: "failed", id, error: `test op ${op._tag} needs isolation "process": in a thread it would end the whole process` })
+        return
+      }
+      if (op._tag === "abort") process.abort()
+      else process.kill(process.pid, op.signal)
+  }
+}
+
+const handle = async (config: Protocol.WorkerConfig, port: Port, session: ort.InferenceSession, deviceUsed: string, message: Protocol.ToWorker): Promise<void> => {
+  switch (message._tag) {
+    case "run": {
+      const t0 = performance.now()
+      try {
+        const results = await session.run(toFeeds(message.inputs))
+        const { outputs, transfer } = fromResults(results)
+        port.post({ _tag: "done", id: message.id, outputs, deviceUsed, runMs: performance.now() - t0 }, transfer)
+      } catch (e) {
+        port.post({ _tag: "failed", id: message.id, error: errorText(e) })
+      }
+      return
+    }
+    case "test":
+      return test(config, port, deviceUsed, message.id, message.op)
+    case "close":
+      await session.release()
+      port.post({ _tag: "closed" })
+      port.end()
+      return
+  }
+}
+
+/** Loads the session, then serves messages one at a time until `close` (or until loading fails). */
+export const serve = async (config: Protocol.WorkerConfig, port: Port): Promise<void> => {
+  const loaded = await load(config, port)
+  if (loaded === undefined) return
+  const { deviceUsed, session } = loaded
+  let queue: Promise<void> = Promise.resolve()
+  port.listen((message) => {
+    queue = queue.then(() => handle(config, port, session, deviceUsed, message))
+  })
+}
