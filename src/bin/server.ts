@@ -17,6 +17,7 @@ import { AsyncInferenceEngine } from "../Engine.ts"
 import * as Server from "../http/Server.ts"
 import * as ServerConfig from "../http/ServerConfig.ts"
 import * as OnnxModelPool from "../onnx/OnnxModelPool.ts"
+import * as Otel from "../Otel.ts"
 import { TelemetryCollector } from "../Telemetry.ts"
 
 const packageJson = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { name: string; version: string }
@@ -44,7 +45,9 @@ const App = Server.layer({
     OnnxModelPool.layer({ repository: config.models }),
     TelemetryCollector.layer,
     AsyncConfigService.layerConfig
-  ))
+  )),
+  // Traces and metrics over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (see Otel); else nothing.
+  Layer.provide(Otel.layerFromEnv({ serviceName: packageJson.name, serviceVersion: packageJson.version }))
 )
 
 const main = Effect.gen(function*() {

@@ -1,0 +1,136 @@
+/**
+ * OpenTelemetry export: the engine's spans (`Engine.infer`, `OnnxModelPool.make`, …), its Effect
+ * Metrics (`inference_*`, see `Telemetry`) and logs, sent to a collector over OTLP/HTTP by
+ * effect's own exporters (`effect/observability` `Otlp`). No OpenTelemetry SDK is needed.
+ *
+ * `layer` is optional and additive: provide it next to the engine's layers (or to a
+ * `ManagedRuntime`) and everything that runs there is traced and measured. Its scope owns the
+ * exporters: closing it flushes what is still buffered (bounded by `shutdownTimeout`); its
+ * `OtlpExporter.Flusher` flushes on demand.
+ *
+ * `layerFromEnv` reads the standard variables and is empty when `OTEL_EXPORTER_OTLP_ENDPOINT`
+ * is unset, so an entry point can always provide it:
+ *
+ * | variable | meaning |
+ * |---|---|
+ * | `OTEL_EXPORTER_OTLP_ENDPOINT` | base URL of the collector (`/v1/traces`, `/v1/metrics`, `/v1/logs` are appended) |
+ * | `OTEL_SERVICE_NAME` | `service.name` (default: the entry point's) |
+ * | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/json` (default here) or `http/protobuf` |
+ * | `OTEL_EXPORTER_OTLP_HEADERS` | `key=value,key2=value2` (values URL-encoded), e.g. an API key |
+ * | `OTEL_RESOURCE_ATTRIBUTES` | `key=value,…` resource attributes |
+ * | `OTEL_BSP_SCHEDULE_DELAY` | ms between span exports (default 5000) |
+ * | `OTEL_METRIC_EXPORT_INTERVAL` | ms between metric exports (default 60000) |
+ * | `OTEL_SDK_DISABLED` | `true` turns export off |
+ *
+ * @module Otel
+ */
+import { Config, Duration, Effect, Layer, Option } from "effect"
+import { FetchHttpClient } from "effect/http"
+import { Otlp, OtlpExporter } from "effect/observability"
+
+export interface Options {
+  /** Base URL of the collector's OTLP/HTTP receiver, e.g. `http://127.0.0.1:4318`. */
+  readonly endpoint: string
+  /** `service.name` of the resource. Default `effect-inference`. */
+  readonly serviceName?: string | undefined
+  readonly serviceVersion?: string | undefined
+  /** Extra resource attributes. */
+  readonly attributes?: Readonly<Record<string, string>> | undefined
+  /** Wire format. Default `json`. */
+  readonly protocol?: "json" | "protobuf" | undefined
+  /** Sent with every export (authentication, tenant). */
+  readonly headers?: Readonly<Record<string, string>> | undefined
+  /** Time between span exports. Default 5 seconds (as the OpenTelemetry SDKs). */
+  readonly tracesExportInterval?: Duration.Input | undefined
+  /** Time between metric exports. Default 60 seconds (as the OpenTelemetry SDKs). */
+  readonly metricsExportInterval?: Duration.Input | undefined
+  /** How long closing the layer waits for the final flush. Default 3 seconds. */
+  readonly shutdownTimeout?: Duration.Input | undefined
+}
+
+/** The default `service.name`. */
+export const defaultServiceName = "effect-inference"
+
+/**
+ * Exports traces, metrics and logs to `options.endpoint` while the layer is alive; the console
+ * logger stays in place. Uses `fetch` (`FetchHttpClient`); an unreachable collector loses data
+ * but never fails the program.
+ */
+export const layer = (options: Options): Layer.Layer<OtlpExporter.Flusher> => {
+  const otlp = options.protocol === "protobuf" ? Otlp.layerProtobuf : Otlp.layerJson
+  return otlp({
+    baseUrl: options.endpoint,
+    resource: {
+      serviceName: options.serviceName ?? defaultServiceName,
+      serviceVersion: options.serviceVersion,
+      attributes: { ...options.attributes }
+    },
+    headers: { ...options.headers },
+    tracerExportInterval: options.tracesExportInterval ?? Duration.seconds(5),
+    metricsExportInterval: options.metricsExportInterval ?? Duration.seconds(60),
+    shutdownTimeout: options.shutdownTimeout ?? Duration.seconds(3)
+  }).pipe(Layer.provide(FetchHttpClient.layer))
+}
+
+/** Parses the OpenTelemetry `key=value,key2=value2` list (values URL-encoded). */
+export const parseKeyValues = (text: string): Record<string, string> => {
+  const out: Record<string, string> = {}
+  for (const item of text.split(",")) {
+    const at = item.indexOf("=")
+    if (at <= 0) continue
+    const key = item.slice(0, at).trim()
+    const raw = item.slice(at + 1).trim()
+    let value: string
+    try {
+      value = decodeURIComponent(raw)
+    } catch {
+      value = raw
+    }
+    if (key !== "") out[key] = value
+  }
+  return out
+}
+
+const nonEmpty = (name: string) =>
+  Config.option(Config.String(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
+
+/**
+ * The options the standard variables describe (see the module doc), or none when
+ * `OTEL_EXPORTER_OTLP_ENDPOINT` is unset or `OTEL_SDK_DISABLED` is true.
+ */
+export const config = (defaults: { readonly serviceName?: string | undefined; readonly serviceVersion?: string | undefined } = {}): Config.Config<Option.Option<Options>> =>
+  Config.all({
+    disabled: Config.Boolean("OTEL_SDK_DISABLED").pipe(Config.withDefault(false)),
+    endpoint: nonEmpty("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    serviceName: nonEmpty("OTEL_SERVICE_NAME"),
+    protocol: Config.Literals(["http/json", "http/protobuf"], "OTEL_EXPORTER_OTLP_PROTOCOL").pipe(Config.withDefault("http/json" as const)),
+    headers: nonEmpty("OTEL_EXPORTER_OTLP_HEADERS"),
+    attributes: nonEmpty("OTEL_RESOURCE_ATTRIBUTES"),
+    tracesMs: Config.option(Config.Int("OTEL_BSP_SCHEDULE_DELAY")),
+    metricsMs: Config.option(Config.Int("OTEL_METRIC_EXPORT_INTERVAL"))
+  }).pipe(Config.map((c) => {
+    if (c.disabled || Option.isNone(c.endpoint)) return Option.none()
+    return Option.some<Options>({
+      endpoint: c.endpoint.value,
+      serviceName: Option.getOrElse(c.serviceName, () => defaults.serviceName ?? defaultServiceName),
+      serviceVersion: defaults.serviceVersion,
+      protocol: c.protocol === "http/protobuf" ? "protobuf" : "json",
+      headers: Option.match(c.headers, { onNone: () => ({}), onSome: parseKeyValues }),
+      attributes: Option.match(c.attributes, { onNone: () => ({}), onSome: parseKeyValues }),
+      tracesExportInterval: Option.match(c.tracesMs, { onNone: () => undefined, onSome: Duration.millis }),
+      metricsExportInterval: Option.match(c.metricsMs, { onNone: () => undefined, onSome: Duration.millis })
+    })
+  }))
+
+/**
+ * `layer` configured from the environment (the current `ConfigProvider`), or a layer that
+ * exports nothing when `OTEL_EXPORTER_OTLP_ENDPOINT` is unset. Fails with a ConfigError naming
+ * a variable whose value is invalid.
+ */
+export const layerFromEnv = (
+  defaults: { readonly serviceName?: string | undefined; readonly serviceVersion?: string | undefined } = {}
+): Layer.Layer<OtlpExporter.Flusher, Config.ConfigError> =>
+  Layer.unwrap(Effect.gen(function*() {
+    const options = yield* config(defaults)
+    return Option.isNone(options) ? OtlpExporter.layerFlusher : layer(options.value)
+  }))
