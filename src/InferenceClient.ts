@@ -1,0 +1,204 @@
+/**
+ * The engine for code that does not use Effect: Promises, AbortSignal and AsyncIterable over
+ * an `AsyncInferenceEngine` that runs in a `ManagedRuntime`. It has no behaviour of its own:
+ * every method is one engine call, and its contract is the engine's (see `Engine`).
+ *
+ * ```ts
+ * import { InferenceClient, InferenceRequest, Tensor } from "effect-inference"
+ *
+ * const client = await InferenceClient.make()                   // the bundled models
+ * const result = await client.infer(
+ *   InferenceRequest.make("mlp", { input: Tensor.float32(new Float32Array(784), [1, 784]) }),
+ *   { signal: AbortSignal.timeout(1000) }
+ * )
+ * await client.close()                                          // or `await using client = …`
+ * ```
+ *
+ * - `infer` resolves with the Success, or rejects with the engine's typed `InferenceError`
+ *   (match on `error.reason._tag`). Aborting its `signal` interrupts the call exactly as
+ *   interrupting an Effect caller does: a queued request leaves the queue and never runs; a
+ *   running one is answered at once and its result dropped. The promise then rejects with an
+ *   `InferenceError` whose reason is `Cancelled` (carrying the signal's reason).
+ * - `inferBatch` yields each result as it completes (an AsyncIterable of `InferenceResult`, which
+ *   never throws for a failed request). Aborting `signal` settles what is outstanding as
+ *   Cancelled; leaving the `for await` loop early cancels what is outstanding.
+ * - `close` stops the engine: after `grace` (default 0) the requests still queued or running are
+ *   answered with ShuttingDown, then every model session is released. Later calls reject with
+ *   ShuttingDown. `await using` calls it through `Symbol.asyncDispose`.
+ *
+ * @module InferenceClient
+ */
+import { Cause, Context, Duration, Effect, Exit, Layer, type LogLevel, ManagedRuntime, References, Stream } from "effect"
+import { fileURLToPath } from "node:url"
+import { type AsyncConfig, AsyncConfigService } from "./AsyncConfig.ts"
+import { AsyncInferenceEngine } from "./Engine.ts"
+import * as InferenceError from "./InferenceError.ts"
+import type { InferenceRequest } from "./InferenceRequest.ts"
+import * as InferenceResult from "./InferenceResult.ts"
+import type * as ModelMetadata from "./ModelMetadata.ts"
+import { ModelPool, type ModelStatus } from "./ModelPool.ts"
+import type * as ModelRepository from "./ModelRepository.ts"
+import * as OnnxModelPool from "./onnx/OnnxModelPool.ts"
+import * as Otel from "./Otel.ts"
+import type * as PriorityQueue from "./PriorityQueue.ts"
+import { TelemetryCollector } from "./Telemetry.ts"
+
+/** The model repository shipped with the package (`models/`: `mlp` and `silero_vad`). */
+export const bundledModels: string = fileURLToPath(new URL("../models", import.meta.url))
+
+export interface Options {
+  /** The model repository root (see `ModelRepository`). Default: `bundledModels`. */
+  readonly repository?: string | undefined
+  /** Engine settings over `AsyncConfig.defaults`. */
+  readonly config?: Partial<AsyncConfig> | undefined
+  /** Defaults for models without a config.json (instances, execution providers, threads). */
+  readonly modelDefaults?: Partial<ModelRepository.Defaults> | undefined
+  /** Where telemetry goes. Default `TelemetryCollector.layer` (Effect Metrics). */
+  readonly telemetry?: Layer.Layer<TelemetryCollector> | undefined
+  /** Export traces and metrics over OTLP (`Otel.layer`). Default: no export. */
+  readonly otel?: Otel.Options | undefined
+  /** The engine's log lines below this level are dropped. Default `Warn`. */
+  readonly logLevel?: LogLevel.LogLevel | undefined
+  /**
+   * The model pool, replacing the onnxruntime pool over `repository` (a fake in tests, say).
+   * `repository` and `modelDefaults` are then unused.
+   */
+  readonly modelPool?: Layer.Layer<ModelPool, unknown> | undefined
+}
+
+export interface InferOptions {
+  /** Aborting it cancels the request (see the module doc). */
+  readonly signal?: AbortSignal | undefined
+}
+
+export interface BatchOptions {
+  /** Aborting it settles every outstanding request as Cancelled. */
+  readonly signal?: AbortSignal | undefined
+  /** Requests submitted at once. Default: the engine's `maxConcurrentRequests`. */
+  readonly concurrency?: number | undefined
+}
+
+export interface Stats {
+  /** Requests waiting in the queue, by priority. */
+  readonly queue: PriorityQueue.QueueStats
+  /** Requests admitted and not yet answered (queued, forming a batch, or running). */
+  readonly pending: number
+  /** True once `close` has begun. */
+  readonly draining: boolean
+}
+
+export interface InferenceClient extends AsyncDisposable {
+  /** Runs one request: the Success, or a rejection with `InferenceError`. */
+  readonly infer: (request: InferenceRequest, options?: InferOptions) => Promise<InferenceResult.Success>
+  /** Runs one request; never rejects: Cancelled, TimedOut and Failed are results. */
+  readonly inferResult: (request: InferenceRequest, options?: InferOptions) => Promise<InferenceResult.InferenceResult>
+  /** Runs every request; yields each result as it completes (each carries its requestId). */
+  readonly inferBatch: (requests: Iterable<InferenceRequest>, options?: BatchOptions) => AsyncIterable<InferenceResult.InferenceResult>
+  /** A model's inputs and outputs; rejects with ModelNotFound or ModelUnavailable. */
+  readonly metadata: (modelId: string, version?: string) => Promise<ModelMetadata.ModelMetadata>
+  /** Every model in the repository with its state. */
+  readonly models: () => Promise<ReadonlyArray<ModelStatus>>
+  readonly stats: () => Promise<Stats>
+  /** The engine's configuration. */
+  readonly config: AsyncConfig
+  /** Stops the engine (see the module doc). Idempotent. */
+  readonly close: (options?: { readonly grace?: Duration.Input | undefined }) => Promise<void>
+}
+
+type Services = AsyncInferenceEngine | ModelPool | TelemetryCollector
+
+/**
+ * The layer a client runs: the engine over the onnxruntime pool (or `options.modelPool`), its
+ * telemetry and configuration, and optionally OTLP export. Effect programs can provide it too.
+ */
+export const layer = (options: Options = {}): Layer.Layer<Services, unknown> => {
+  const pool = options.modelPool ??
+    OnnxModelPool.layer({ repository: options.repository ?? bundledModels, defaults: options.modelDefaults })
+  const base = AsyncInferenceEngine.layer.pipe(
+    Layer.provideMerge(Layer.mergeAll(
+      pool,
+      options.telemetry ?? TelemetryCollector.layer,
+      AsyncConfigService.layerWith(options.config ?? {})
+    ))
+  )
+  // provideMerge: the log level, and the tracer the OTLP layer installs, must reach the
+  // runtime's own context, not only the layers' build.
+  const traced = options.otel === undefined ? base : base.pipe(Layer.provideMerge(Otel.layer(options.otel)))
+  return traced.pipe(Layer.provideMerge(Layer.succeed(References.MinimumLogLevel, options.logLevel ?? "Warn")))
+}
+
+/**
+ * Starts an engine; resolves once every model has loaded (or is reported unavailable). Rejects
+ * when the repository cannot be read.
+ */
+export const make = async (options: Options = {}): Promise<InferenceClient> => {
+  const runtime = ManagedRuntime.make(layer(options))
+  let context: Context.Context<Services>
+  try {
+    context = await runtime.context()
+  } catch (error) {
+    await runtime.dispose()
+    throw error
+  }
+  return fromRuntime(runtime, context)
+}
+
+const shuttingDown = () => InferenceError.make(new InferenceError.ShuttingDown({}))
+
+const abortReason = (signal: AbortSignal | undefined): string => {
+  const reason: unknown = signal?.reason
+  if (reason instanceof Error) return reason.message
+  return reason === undefined ? "aborted" : String(reason)
+}
+
+const fromRuntime = (
+  runtime: ManagedRuntime.ManagedRuntime<Services, unknown>,
+  context: Context.Context<Services>
+): InferenceClient => {
+  const engine = Context.get(context, AsyncInferenceEngine)
+  const pool = Context.get(context, ModelPool)
+  let closing: Promise<void> | undefined
+
+  /** Runs `effect`; an interruption becomes Cancelled (the signal's) or ShuttingDown (close). */
+  const run = <A>(effect: Effect.Effect<A, InferenceError.InferenceError>, requestId: string, signal?: AbortSignal): Promise<A> => {
+    if (closing !== undefined) return Promise.reject(shuttingDown())
+    return runtime.runPromiseExit(effect, signal === undefined ? undefined : { signal }).then((exit) => {
+      if (Exit.isSuccess(exit)) return exit.value
+      const error = Cause.findErrorOption(exit.cause)
+      if (error._tag === "Some") throw error.value
+      if (Cause.hasInterruptsOnly(exit.cause)) {
+        throw signal?.aborted === true
+          ? InferenceError.make(new InferenceError.Cancelled({ requestId, reason: abortReason(signal) }))
+          : shuttingDown()
+      }
+      throw Cause.squash(exit.cause)
+    })
+  }
+
+  const close = (options?: { readonly grace?: Duration.Input | undefined }): Promise<void> => {
+    closing ??= runtime.runPromise(engine.drain(options?.grace ?? Duration.zero)).then(
+      () => runtime.dispose(),
+      () => runtime.dispose()
+    )
+    return closing
+  }
+
+  return {
+    infer: (request, options) => run(engine.infer(request), request.requestId, options?.signal),
+    inferResult: (request, options) =>
+      closing !== undefined
+        ? Promise.resolve(InferenceResult.Failed({ requestId: request.requestId, error: shuttingDown(), elapsedMs: 0 }))
+        : runtime.runPromise(engine.inferResult(request, options?.signal)),
+    inferBatch: (requests, options) => {
+      const stream = engine.inferBatch(requests, { cancel: options?.signal, concurrency: options?.concurrency })
+      return Stream.toAsyncIterableWith(stream, context)
+    },
+    metadata: (modelId, version) => run(Effect.mapError(pool.metadata(modelId, version), InferenceError.make), modelId),
+    // Plain reads: they still answer after close.
+    models: () => Effect.runPromise(pool.models),
+    stats: () => Effect.runPromise(Effect.all({ queue: engine.queueStats, pending: engine.pending, draining: engine.isDraining })),
+    config: engine.config,
+    close,
+    [Symbol.asyncDispose]: () => close()
+  }
+}

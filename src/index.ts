@@ -1,0 +1,47 @@
+/**
+ * effect-inference: asynchronous ONNX model inference on Effect and onnxruntime-node.
+ *
+ * Each module is a namespace here and a deep import of its own (`effect-inference/Engine`).
+ * Effect users compose `Engine.AsyncInferenceEngine.layer` with `OnnxModelPool.layer`,
+ * `Telemetry.TelemetryCollector.layer` and `AsyncConfig.AsyncConfigService` (or take
+ * `InferenceClient.layer`, all of them at once); other code uses `InferenceClient.make`.
+ *
+ * @module index
+ */
+
+// The engine and its domain
+export * as AsyncConfig from "./AsyncConfig.ts"
+export * as CancelToken from "./CancelToken.ts"
+export * as Engine from "./Engine.ts"
+export * as InferenceError from "./InferenceError.ts"
+export * as InferenceRequest from "./InferenceRequest.ts"
+export * as InferenceResult from "./InferenceResult.ts"
+export * as Priority from "./Priority.ts"
+export * as Tensor from "./Tensor.ts"
+
+// Scheduling policy and mechanism
+export * as Batch from "./Batch.ts"
+export * as BatchPolicy from "./BatchPolicy.ts"
+export * as PriorityQueue from "./PriorityQueue.ts"
+export * as QueuePolicy from "./QueuePolicy.ts"
+
+// Models
+export * as ModelMetadata from "./ModelMetadata.ts"
+export * as ModelPool from "./ModelPool.ts"
+export * as ModelRepository from "./ModelRepository.ts"
+export * as OnnxModelPool from "./onnx/OnnxModelPool.ts"
+
+// Observability
+export * as Otel from "./Otel.ts"
+export * as Telemetry from "./Telemetry.ts"
+
+// Without Effect
+export * as InferenceClient from "./InferenceClient.ts"
+
+// The Open Inference Protocol server
+export * as Lifecycle from "./http/Lifecycle.ts"
+export * as Metrics from "./http/Metrics.ts"
+export * as Oip from "./http/Oip.ts"
+export * as Routes from "./http/Routes.ts"
+export * as Server from "./http/Server.ts"
+export * as ServerConfig from "./http/ServerConfig.ts"
