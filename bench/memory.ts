@@ -17,14 +17,14 @@ import * as v8 from "node:v8"
 import * as CancelToken from "../src/CancelToken.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import { TelemetryCollector } from "../src/Telemetry.ts"
-import { fmt, gc, goal, type Goal, goalsTable, log, parseArgs, rng, type Row, section, stats, table, writeResults } from "./lib/common.ts"
+import { fmt, foreignLoad, gc, goal, type Goal, goalsTable, log, parseArgs, rng, type Row, section, stats, table, writeResults } from "./lib/common.ts"
 import { mlpInputs } from "./lib/contenders.ts"
 import { closedLoopEffect } from "./lib/load.ts"
 import { engineLayer, startEngine, workerPool } from "./lib/pools.ts"
 
 const args = parseArgs()
 const REQUESTS = Number(args.options["requests"] ?? (args.quick ? 100_000 : 1_000_000))
-const WARMUP = args.quick ? 10_000 : 50_000
+const WARMUP = args.quick ? 20_000 : 100_000
 const OUTSTANDING = 64
 const CANCEL_EVERY = 10 // 10%: seq % 10 === 0 → queued-cancel on even tens, running-cancel on odd tens
 
@@ -84,12 +84,10 @@ const main = async () => {
   const h = await startEngine(built)
   const { engine } = h
 
-  // Warm-up (JIT, arenas, worker buffers), then the median latency that sets the cancel delay.
-  const warm = await h.runtime.runPromise(closedLoopEffect(OUTSTANDING, 3000, () => ({ run: engine.infer(InferenceRequest.make("mlp", mlpInputs)) })))
-  const p50 = warm.latency["all"]!.p50
-  log(`  warm-up: ${fmt(warm.reqPerSec)} req/s, p50 ${fmt(p50)} ms`)
-  await h.runtime.runPromise(closedLoopEffect(OUTSTANDING, 2000, () => ({ run: engine.infer(InferenceRequest.make("mlp", mlpInputs)) })))
-  for (const k of Object.keys(counts) as Array<keyof typeof counts>) counts[k] = 0
+  // The median latency under this load sets the delay of the token cancellations.
+  const probe = await h.runtime.runPromise(closedLoopEffect(OUTSTANDING, 3000, () => ({ run: engine.infer(InferenceRequest.make("mlp", mlpInputs)) })))
+  const p50 = probe.latency["all"]!.p50
+  log(`  probe: ${fmt(probe.reqPerSec)} req/s, p50 ${fmt(p50)} ms`)
 
   const random = rng(42)
   const results = { success: 0, cancelledQueued: 0, cancelledToken: 0, tokenAnsweredFirst: 0, other: 0 }
@@ -123,6 +121,31 @@ const main = async () => {
     })
   }
 
+  /** A count-bounded closed loop: OUTSTANDING clients take sequence numbers until `n` are done. */
+  const runBlock = (start: number, n: number, sample: Array<number>) =>
+    h.runtime.runPromise(Effect.gen(function*() {
+      let next = start
+      const end = start + n
+      const client = Effect.gen(function*() {
+        while (next < end) {
+          const seq = next++
+          const t = performance.now()
+          yield* one(seq)
+          if (seq % 97 === 1) sample.push(performance.now() - t)
+        }
+      })
+      yield* Effect.all(Array.from({ length: OUTSTANDING }, () => client), { concurrency: "unbounded", discard: true })
+    }))
+
+  // Warm-up with the very same workload (cancellations included), so that JIT, allocator arenas
+  // and the worker's buffers have settled before the first reading.
+  const tw = performance.now()
+  await runBlock(-WARMUP, WARMUP, [])
+  log(`  warm-up: ${WARMUP.toLocaleString("en-US")} requests in ${fmt((performance.now() - tw) / 1000)} s`)
+  for (const k of Object.keys(counts) as Array<keyof typeof counts>) counts[k] = 0
+  for (const k of Object.keys(results) as Array<keyof typeof results>) results[k] = 0
+
+  const stopForeign = foreignLoad()
   const t0 = performance.now()
   const readings: Array<Reading> = [read(0, t0)]
   const latencies: Array<number> = []
@@ -131,24 +154,7 @@ const main = async () => {
   let done = 0
   for (let c = 0; c < checkpoints; c++) {
     const n = Math.min(per, REQUESTS - done)
-    const start = done
-    // A count-bounded closed loop: OUTSTANDING clients take sequence numbers until n are done.
-    const block = await h.runtime.runPromise(Effect.gen(function*() {
-      let next = start
-      const end = start + n
-      const lat: Array<number> = []
-      const client = Effect.gen(function*() {
-        while (next < end) {
-          const seq = next++
-          const t = performance.now()
-          yield* one(seq)
-          if (seq % 97 === 1) lat.push(performance.now() - t)
-        }
-      })
-      yield* Effect.all(Array.from({ length: OUTSTANDING }, () => client), { concurrency: "unbounded", discard: true })
-      return lat
-    }))
-    latencies.push(...block)
+    await runBlock(done, n, latencies)
     done += n
     const r = read(done, t0)
     readings.push(r)
@@ -156,12 +162,27 @@ const main = async () => {
       Effect.runSync(engine.pending)
     }`)
   }
+  const foreign = stopForeign()
   const seconds = (performance.now() - t0) / 1000
   const pendingAfter = await h.runtime.runPromise(engine.pending)
   const queueAfter = await h.runtime.runPromise(engine.queueStats)
   const before = readings[0]!
   const after = readings[readings.length - 1]!
   const drift = (k: keyof Reading) => (after[k] - before[k]) / before[k]
+  /** Least-squares slope of `k` over the readings, in bytes per request (a leak shows as a steady slope). */
+  const slope = (k: keyof Reading) => {
+    const xs = readings.map((r) => r.requests)
+    const ys = readings.map((r) => r[k] * MiB)
+    const mx = xs.reduce((a, b) => a + b, 0) / xs.length
+    const my = ys.reduce((a, b) => a + b, 0) / ys.length
+    let num = 0
+    let den = 0
+    for (let i = 0; i < xs.length; i++) {
+      num += (xs[i]! - mx) * (ys[i]! - my)
+      den += (xs[i]! - mx) ** 2
+    }
+    return num / den
+  }
   const cancelledRunning = counts.dispatched - counts.success - counts.failure - counts.timeout
   const cancelledQueued = counts.cancelled - cancelledRunning
 
@@ -194,10 +215,11 @@ const main = async () => {
   ]
 
   section(`memory: ${done.toLocaleString("en-US")} requests (${fmt(done / seconds)} req/s over ${fmt(seconds)} s), 10% cancelled, engine over the MLP in a worker, batching on, ${OUTSTANDING} outstanding`)
-  console.log(`process before the engine started: rss ${fmt(baseline.rss / MiB)} MiB, heap ${fmt(baseline.heapUsed / MiB)} MiB; readings below are after warm-up, each after a forced full GC`)
+  console.log(`other processes used ${(100 * foreign).toFixed(0)}% of the machine's CPU during the run (foreign load)`)
+  console.log(`process before the engine started: rss ${fmt(baseline.rss / MiB)} MiB, heap ${fmt(baseline.heapUsed / MiB)} MiB; readings below start after a warm-up of ${WARMUP.toLocaleString("en-US")} requests of the same workload, each after a forced full GC`)
   console.log(`latency (every 97th request, cancelled ones included): p50 ${fmt(lat.p50)} ms, p99 ${fmt(lat.p99)} ms; mean rows/run ${fmt(runCounts.rows / runCounts.runs)}\n`)
   console.log(table(rows))
-  console.log("")
+  console.log(`\ntrend over the readings (least squares): heap used ${fmt(slope("heapUsedMiB"), 3)} bytes/request, RSS ${fmt(slope("rssMiB"), 3)} bytes/request\n`)
   console.log(table(outcome))
   section("memory: goals")
   console.log(goalsTable(goals))
@@ -208,6 +230,8 @@ const main = async () => {
     outcome,
     counts,
     results,
+    foreignLoadDuringRun: foreign,
+    slopeBytesPerRequest: { heapUsed: slope("heapUsedMiB"), rss: slope("rssMiB") },
     heapStatistics: v8.getHeapStatistics(),
     goals
   })

@@ -40,6 +40,8 @@ interface Variant {
   readonly batching: boolean
   readonly delayMs?: number
   readonly inThread?: boolean
+  /** Diagnostics: no-op telemetry and no spans. */
+  readonly lean?: boolean
 }
 
 const summarize = (rs: ReadonlyArray<LoadResult>, base?: ReadonlyArray<LoadResult>, base2?: ReadonlyArray<LoadResult>) => ({
@@ -66,7 +68,7 @@ const main = async () => {
     const pool = v.inThread === true
       ? inThreadPool([{ name: "mlp", batching: v.batching ? batchingOn(v.delayMs) : undefined }])
       : workerPool([{ name: "mlp", instances: v.instances, batching: v.batching ? batchingOn(v.delayMs) : undefined }], src)
-    const h = await startEngine(engineLayer(pool, { maxConcurrentRequests: v.maxConcurrentRequests }))
+    const h = await startEngine(engineLayer(pool, { maxConcurrentRequests: v.maxConcurrentRequests }, v.lean === true ? "noop" : "metrics", { tracing: v.lean !== true }))
     engines.push(h)
     return h
   }
@@ -109,7 +111,9 @@ const main = async () => {
     { name: "off-i2-c4", label: "batching off, instances 2, maxConcurrent 4", instances: 2, maxConcurrentRequests: 4, batching: false },
     { name: "off-i2-c8", label: "batching off, instances 2, maxConcurrent 8", instances: 2, maxConcurrentRequests: 8, batching: false },
     { name: "diag-on-inthread", label: "diag: batching on, in-thread pool, maxConcurrent 4", instances: 1, maxConcurrentRequests: 4, batching: true, inThread: true },
-    { name: "diag-off-inthread", label: "diag: batching off, in-thread pool, maxConcurrent 4", instances: 1, maxConcurrentRequests: 4, batching: false, inThread: true }
+    { name: "diag-off-inthread", label: "diag: batching off, in-thread pool, maxConcurrent 4", instances: 1, maxConcurrentRequests: 4, batching: false, inThread: true },
+    { name: "diag-on-i1-c2-lean", label: "diag: batching on, instances 1, maxConcurrent 2, no-op telemetry, tracing off", instances: 1, maxConcurrentRequests: 2, batching: true, lean: true },
+    { name: "diag-on-inthread-lean", label: "diag: batching on, in-thread pool, maxConcurrent 4, no-op telemetry, tracing off", instances: 1, maxConcurrentRequests: 4, batching: true, inThread: true, lean: true }
   ]
   const sweepLoads: Array<{ name: string; label: string; load: Load; variant?: Variant }> = [
     { name: "i", label: main4[0]!.label, load: main4[0]!.load },
@@ -122,7 +126,7 @@ const main = async () => {
   const sweepRows = sweepLoads.map((c) => ({ contender: c.label, ...summarize(sweep[c.name]!, c.name === "i" ? undefined : sweep["i"], c.name === "i" || c.name === "ii" ? undefined : sweep["ii"]) }))
 
   const best = (batching: boolean) => {
-    const vs = variants.filter((v) => v.batching === batching && v.inThread !== true)
+    const vs = variants.filter((v) => v.batching === batching && v.inThread !== true && v.lean !== true)
     return vs.reduce((a, b) => (median(sweep[b.name]!.map((r) => r.reqPerSec)) > median(sweep[a.name]!.map((r) => r.reqPerSec)) ? b : a))
   }
   const bestOn = best(true)

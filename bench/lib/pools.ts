@@ -4,7 +4,7 @@
  * and engines (AsyncInferenceEngine over either pool) as ManagedRuntimes usable from plain
  * async code.
  */
-import { Effect, Layer, ManagedRuntime } from "effect"
+import { Effect, Layer, ManagedRuntime, References } from "effect"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
@@ -256,14 +256,21 @@ export interface EngineLayer {
   readonly counts: RunCounts
 }
 
+/**
+ * The engine over `pool`. `tracing: false` puts `References.TracerEnabled = false` in the
+ * runtime, so that fibers run through it (callers included) create no spans: a diagnostic of
+ * what tracing costs.
+ */
 export const engineLayer = (
   pool: Layer.Layer<ModelPool, unknown>,
   config: Partial<AsyncConfig>,
-  telemetry: TelemetryKind | Layer.Layer<TelemetryCollector> = "metrics"
+  telemetry: TelemetryKind | Layer.Layer<TelemetryCollector> = "metrics",
+  options: { readonly tracing?: boolean } = {}
 ): EngineLayer => {
   const counts: RunCounts = { runs: 0, rows: 0, runMs: 0 }
+  const base = Layer.mergeAll(pool, countingTelemetry(telemetry, counts), AsyncConfigService.layerWith(config))
   const layer = AsyncInferenceEngine.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(pool, countingTelemetry(telemetry, counts), AsyncConfigService.layerWith(config)))
+    Layer.provideMerge(options.tracing === false ? Layer.merge(base, Layer.succeed(References.TracerEnabled, false)) : base)
   )
   return { layer, counts }
 }
