@@ -55,7 +55,7 @@ export interface Options {
   readonly modelDefaults?: Partial<ModelRepository.Defaults> | undefined
   /** Where telemetry goes. Default `TelemetryCollector.layer` (Effect Metrics). */
   readonly telemetry?: Layer.Layer<TelemetryCollector> | undefined
-  /** Export traces and metrics over OTLP (`Otel.layer`). Default: no export. */
+  /** Export traces and metrics over OTLP (`Otel.layer`). Default: no export, and no spans. */
   readonly otel?: Otel.Options | undefined
   /** The engine's log lines below this level are dropped. Default `Warn`. */
   readonly logLevel?: LogLevel.LogLevel | undefined
@@ -123,7 +123,10 @@ export const layer = (options: Options = {}): Layer.Layer<Services, unknown> => 
   )
   // provideMerge: the log level, and the tracer the OTLP layer installs, must reach the
   // runtime's own context, not only the layers' build.
-  const traced = options.otel === undefined ? base : base.pipe(Layer.provideMerge(Otel.layer(options.otel)))
+  // Spans cost CPU on every request and go nowhere without an exporter: traced only with one.
+  const traced = options.otel === undefined
+    ? base.pipe(Layer.provideMerge(Layer.succeed(References.TracerEnabled, false)))
+    : base.pipe(Layer.provideMerge(Otel.layer(options.otel)))
   return traced.pipe(Layer.provideMerge(Layer.succeed(References.MinimumLogLevel, options.logLevel ?? "Warn")))
 }
 

@@ -91,6 +91,13 @@ export const parseKeyValues = (text: string): Record<string, string> => {
   return out
 }
 
+/**
+ * True when `env` asks for export (`OTEL_EXPORTER_OTLP_ENDPOINT` set and `OTEL_SDK_DISABLED` not
+ * true): an entry point can leave tracing off (`References.TracerEnabled`) otherwise.
+ */
+export const isConfigured = (env: Readonly<Record<string, string | undefined>>): boolean =>
+  (env["OTEL_EXPORTER_OTLP_ENDPOINT"] ?? "").trim() !== "" && env["OTEL_SDK_DISABLED"]?.trim().toLowerCase() !== "true"
+
 const nonEmpty = (name: string) =>
   Config.option(Config.String(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
 

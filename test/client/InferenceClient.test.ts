@@ -1,0 +1,171 @@
+/**
+ * The Promise facade over the engine, on the scripted fake pool (`echo`, real clock): results
+ * and typed rejections, AbortSignal before, while queued and while running, batches as
+ * AsyncIterables, stats and close. One test on the bundled repository checks the default pool.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
+import * as InferenceClient from "../../src/InferenceClient.ts"
+import * as InferenceError from "../../src/InferenceError.ts"
+import * as InferenceRequest from "../../src/InferenceRequest.ts"
+import type * as InferenceResult from "../../src/InferenceResult.ts"
+import * as Tensor from "../../src/Tensor.ts"
+import { echoInputs, makeFake, type Script } from "../fixtures/FakeModelPool.ts"
+
+const echo = (id: string, value = 1) => InferenceRequest.make("echo", echoInputs(value), { requestId: id })
+
+/** A client on the fake pool; `script` gives each request's latency. */
+const fakeClient = async (script: (requestId: string) => Script, maxConcurrentRequests = 1) => {
+  const fake = Effect.runSync(makeFake(script))
+  const client = await InferenceClient.make({ modelPool: fake.layer, config: { maxConcurrentRequests } })
+  return { client, stats: fake.stats }
+}
+
+const rejection = async (promise: Promise<unknown>): Promise<unknown> => {
+  try {
+    await promise
+  } catch (e) {
+    return e
+  }
+  throw new Error("expected a rejection")
+}
+
+const reasonOf = (e: unknown): string => {
+  assert.isTrue(InferenceError.isInferenceError(e), `not an InferenceError: ${String(e)}`)
+  return (e as InferenceError.InferenceError).reason._tag
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describe("InferenceClient", () => {
+  it("resolves infer with the engine's Success", async () => {
+    const { client } = await fakeClient(() => ({ latency: "1 millis" }))
+    const result = await client.infer(echo("a", 3))
+    assert.strictEqual(result._tag, "Success")
+    assert.deepStrictEqual(Array.from(result.outputs["y"]!.data as Float32Array), [6, 6, 6, 6])
+    await client.close()
+  })
+
+  it("rejects with the typed InferenceError (unknown model, invalid input)", async () => {
+    const { client } = await fakeClient(() => ({ latency: "1 millis" }))
+    assert.strictEqual(reasonOf(await rejection(client.infer(InferenceRequest.make("nope", echoInputs(1))))), "ModelNotFound")
+    const wrong = InferenceRequest.make("echo", { x: Tensor.float32([1, 2, 3], [1, 3]) })
+    assert.strictEqual(reasonOf(await rejection(client.infer(wrong))), "InvalidInput")
+    assert.strictEqual(reasonOf(await rejection(client.metadata("nope"))), "ModelNotFound")
+    assert.strictEqual((await client.metadata("echo")).inputs[0]!.name, "x")
+    await client.close()
+  })
+
+  it("aborting a queued request takes it out of the queue: it never runs and rejects with Cancelled", async () => {
+    const { client, stats } = await fakeClient(() => ({ latency: "150 millis" }))
+    const first = client.infer(echo("first"))
+    const controller = new AbortController()
+    const queued = client.infer(echo("queued"), { signal: controller.signal })
+    await sleep(20)
+    assert.strictEqual((await client.stats()).queue.total, 1)
+    controller.abort(new Error("no longer needed"))
+    const error = await rejection(queued)
+    assert.strictEqual(reasonOf(error), "Cancelled")
+    assert.include((error as InferenceError.InferenceError).message, "no longer needed")
+    assert.strictEqual((await client.stats()).queue.total, 0)
+    assert.strictEqual((await first)._tag, "Success")
+    await sleep(20)
+    assert.deepStrictEqual(stats.order, ["first"])
+    await client.close()
+  })
+
+  it("aborting a running request answers at once; its run's result is dropped", async () => {
+    const { client, stats } = await fakeClient(() => ({ latency: "400 millis" }))
+    const controller = new AbortController()
+    const running = client.infer(echo("long"), { signal: controller.signal })
+    await sleep(50)
+    assert.strictEqual(stats.active, 1)
+    const abortedAt = Date.now()
+    controller.abort()
+    assert.strictEqual(reasonOf(await rejection(running)), "Cancelled")
+    assert.isBelow(Date.now() - abortedAt, 200)
+    assert.strictEqual((await client.stats()).pending, 0)
+    await client.close()
+  })
+
+  it("an already-aborted signal rejects with Cancelled and runs nothing", async () => {
+    const { client, stats } = await fakeClient(() => ({ latency: "1 millis" }))
+    assert.strictEqual(reasonOf(await rejection(client.infer(echo("x"), { signal: AbortSignal.abort() }))), "Cancelled")
+    const result = await client.inferResult(echo("y"), { signal: AbortSignal.abort("stop") })
+    assert.deepInclude(result, { _tag: "Cancelled", reason: "stop" })
+    await sleep(10)
+    assert.strictEqual(stats.started, 0)
+    await client.close()
+  })
+
+  it("inferBatch yields every result as an AsyncIterable", async () => {
+    const { client } = await fakeClient(() => ({ latency: "5 millis" }), 2)
+    const seen: Array<string> = []
+    for await (const result of client.inferBatch(Array.from({ length: 12 }, (_, i) => echo(`r${i}`)), { concurrency: 4 })) {
+      assert.strictEqual(result._tag, "Success")
+      seen.push(result.requestId)
+    }
+    assert.deepStrictEqual(seen.toSorted(), Array.from({ length: 12 }, (_, i) => `r${i}`).toSorted())
+    await client.close()
+  })
+
+  it("leaving a batch's for-await early cancels what is outstanding", async () => {
+    const { client, stats } = await fakeClient(() => ({ latency: "30 millis" }), 1)
+    let taken = 0
+    for await (const _ of client.inferBatch(Array.from({ length: 20 }, (_, i) => echo(`r${i}`)), { concurrency: 4 })) {
+      if (++taken === 2) break
+    }
+    assert.strictEqual((await client.stats()).pending, 0)
+    await sleep(100)
+    assert.isBelow(stats.started, 8)
+    await client.close()
+  })
+
+  it("aborting a batch's signal settles what is outstanding as Cancelled", async () => {
+    const { client } = await fakeClient(() => ({ latency: "40 millis" }), 1)
+    const controller = new AbortController()
+    const results: Array<InferenceResult.InferenceResult> = []
+    setTimeout(() => controller.abort(), 60)
+    for await (const result of client.inferBatch(Array.from({ length: 10 }, (_, i) => echo(`r${i}`)), { signal: controller.signal, concurrency: 10 })) {
+      results.push(result)
+    }
+    assert.strictEqual(results.length, 10)
+    const cancelled = results.filter((r) => r._tag === "Cancelled").length
+    assert.isAtLeast(cancelled, 7)
+    assert.strictEqual(results.filter((r) => r._tag === "Success").length + cancelled, 10)
+    await client.close()
+  })
+
+  it("close answers requests still queued or running with ShuttingDown, and refuses new ones", async () => {
+    const { client } = await fakeClient(() => ({ latency: "300 millis" }))
+    const running = client.infer(echo("running"))
+    const queued = client.infer(echo("queued"))
+    await sleep(30)
+    await client[Symbol.asyncDispose]()
+    assert.strictEqual(reasonOf(await rejection(running)), "ShuttingDown")
+    assert.strictEqual(reasonOf(await rejection(queued)), "ShuttingDown")
+    assert.strictEqual(reasonOf(await rejection(client.infer(echo("later")))), "ShuttingDown")
+    const late = await client.inferResult(echo("later"))
+    assert.strictEqual(late._tag === "Failed" ? late.error.reason._tag : late._tag, "ShuttingDown")
+    assert.isTrue((await client.stats()).draining)
+    await client.close() // idempotent
+  })
+
+  it("close with a grace period lets running requests finish", async () => {
+    const { client } = await fakeClient(() => ({ latency: "80 millis" }))
+    const running = client.infer(echo("running"))
+    await sleep(10)
+    await client.close({ grace: "2 seconds" })
+    assert.strictEqual((await running)._tag, "Success")
+  })
+
+  it("make rejects when the repository cannot be read, and starts on the bundled models by default", async () => {
+    await rejection(InferenceClient.make({ repository: "/nonexistent/repository" }))
+    const client = await InferenceClient.make()
+    const models = await client.models()
+    assert.deepStrictEqual(models.map((m) => `${m.name}:${m.state}`).toSorted(), ["mlp:READY", "silero_vad:READY"])
+    const result = await client.infer(InferenceRequest.make("mlp", { input: Tensor.float32(new Float32Array(784), [1, 784]) }))
+    assert.deepStrictEqual(result.outputs["logits"]!.dims, [1, 10])
+    await client.close()
+  }, 30_000)
+})

@@ -1,0 +1,101 @@
+/**
+ * OTLP export against a local collector stub: the layer on its own (engine on the fake pool,
+ * through the Promise facade), the configuration from the standard variables, and the
+ * standalone server, which exports when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+ */
+import { afterEach, assert, describe, it } from "@effect/vitest"
+import { ConfigProvider, Effect, Option } from "effect"
+import { spawn } from "node:child_process"
+import * as Path from "node:path"
+import { fileURLToPath } from "node:url"
+import * as InferenceClient from "../../src/InferenceClient.ts"
+import * as InferenceRequest from "../../src/InferenceRequest.ts"
+import * as Otel from "../../src/Otel.ts"
+import { echoInputs, makeFake } from "../fixtures/FakeModelPool.ts"
+import * as Collector from "./Collector.ts"
+
+const root = fileURLToPath(new URL("../..", import.meta.url))
+
+const fromEnv = (env: Record<string, string>) =>
+  Effect.runSync(Effect.provideService(Effect.gen(function*() {
+    return yield* Otel.config({ serviceName: "default-name" })
+  }), ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env })))
+
+let collector: Collector.Collector | undefined
+afterEach(async () => {
+  await collector?.close()
+  collector = undefined
+})
+
+describe("Otel", () => {
+  it("reads nothing without OTEL_EXPORTER_OTLP_ENDPOINT, or with OTEL_SDK_DISABLED=true", () => {
+    assert.isTrue(Option.isNone(fromEnv({})))
+    assert.isTrue(Option.isNone(fromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://x:4318", OTEL_SDK_DISABLED: "true" })))
+    assert.isFalse(Otel.isConfigured({}))
+    assert.isFalse(Otel.isConfigured({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://x:4318", OTEL_SDK_DISABLED: "true" }))
+    assert.isTrue(Otel.isConfigured({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://x:4318" }))
+  })
+
+  it("reads the standard variables", () => {
+    const options = fromEnv({
+      OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318",
+      OTEL_SERVICE_NAME: "svc",
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
+      OTEL_EXPORTER_OTLP_HEADERS: "api-key=a%20b,tenant=t1",
+      OTEL_RESOURCE_ATTRIBUTES: "deployment.environment=test",
+      OTEL_METRIC_EXPORT_INTERVAL: "1500"
+    })
+    assert.isTrue(Option.isSome(options))
+    const o = Option.getOrThrow(options)
+    assert.strictEqual(o.endpoint, "http://collector:4318")
+    assert.strictEqual(o.serviceName, "svc")
+    assert.strictEqual(o.protocol, "protobuf")
+    assert.deepStrictEqual(o.headers, { "api-key": "a b", tenant: "t1" })
+    assert.deepStrictEqual(o.attributes, { "deployment.environment": "test" })
+    assert.strictEqual(Option.getOrThrow(fromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c" })).serviceName, "default-name")
+  })
+
+  it("exports an Engine.infer span and the inference_ metrics to the collector; closing flushes them", async () => {
+    collector = await Collector.start()
+    const fake = Effect.runSync(makeFake(() => ({ latency: "2 millis" })))
+    const client = await InferenceClient.make({ modelPool: fake.layer, otel: { endpoint: collector.url, serviceName: "otel-test" } })
+    await client.infer(InferenceRequest.make("echo", echoInputs(1)))
+    await client.close()
+    const spans = Collector.spanNames(collector.bodies("/v1/traces"))
+    assert.include(spans, "Engine.infer")
+    const metrics = Collector.metricNames(collector.bodies("/v1/metrics"))
+    assert.include(metrics, "inference_requests_total")
+    assert.isTrue(metrics.some((m) => m.startsWith("inference_")))
+    assert.include(Collector.serviceNames(collector.bodies("/v1/traces")), "otel-test")
+  })
+
+  it("the server exports traces and metrics when OTEL_EXPORTER_OTLP_ENDPOINT is set", async () => {
+    collector = await Collector.start()
+    const child = spawn(process.execPath, [Path.join(root, "src/bin/server.ts"), "--port", "0", "--grace-period-seconds", "2"], {
+      cwd: root,
+      env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_SERVICE_NAME: "oip-server-test" },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let output = ""
+    const exited = new Promise<number | null>((resolve) => child.on("exit", resolve))
+    const port = await new Promise<number>((resolve, reject) => {
+      const onData = (chunk: Buffer) => {
+        output += chunk.toString("utf8")
+        const match = /listening on http:\/\/[^:\s]+:(\d+)/.exec(output)
+        if (match !== null) resolve(Number(match[1]))
+      }
+      child.stdout.on("data", onData)
+      child.stderr.on("data", onData)
+      void exited.then((code) => reject(new Error(`server exited with ${code}:\n${output}`)))
+      setTimeout(() => reject(new Error(`server did not listen in time:\n${output}`)), 40_000).unref()
+    })
+    const body = { inputs: [{ name: "input", datatype: "FP32", shape: [1, 784], data: new Array(784).fill(0) }] }
+    const response = await fetch(`http://127.0.0.1:${port}/v2/models/mlp/infer`, { method: "POST", body: JSON.stringify(body) })
+    assert.strictEqual(response.status, 200, await response.text())
+    child.kill("SIGTERM")
+    assert.strictEqual(await exited, 0, output)
+    assert.include(Collector.spanNames(collector.bodies("/v1/traces")), "Engine.infer")
+    assert.include(Collector.metricNames(collector.bodies("/v1/metrics")), "inference_requests_total")
+    assert.include(Collector.serviceNames(collector.bodies("/v1/traces")), "oip-server-test")
+  }, 60_000)
+})
