@@ -87,7 +87,7 @@ export const configFields = {
   intraOpNumThreads: Schema.optionalKey(Threads),
   /** onnxruntime inter-op threads per session. */
   interOpNumThreads: Schema.optionalKey(Threads),
-  /** Dynamic batching (see `BatchPolicy.ConfigJson`); absent means off. */
+  /** Dynamic batching (see `BatchPolicy.ConfigJson`); absent means BatchPolicy.resolve's default. */
   batching: Schema.optionalKey(BatchPolicy.ConfigJson),
   /** Where sessions run: "thread" (worker threads, the default) or "process" (child processes, killable). */
   isolation: Schema.optionalKey(Isolation),
@@ -109,7 +109,7 @@ export interface ModelConfig {
   readonly isolation: Isolation
   /** Process isolation: ms a run may outlive its deadline before its process is killed. Ignored for threads. */
   readonly killGraceMs: number
-  /** config.json's `batching` section as written; undefined (batching off) without one. */
+  /** config.json's `batching` section as written; undefined without one (see BatchPolicy.resolve). */
   readonly batching: BatchPolicy.ConfigJson | undefined
   /** config.json as parsed (an empty object without one): the place for settings this module does not own. */
   readonly raw: Readonly<Record<string, unknown>>

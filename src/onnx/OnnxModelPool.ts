@@ -18,8 +18,8 @@
  * - Execution providers are tried in the configured order, then CPU; `RunOutput.deviceUsed`
  *   and `info` tell which one runs.
  * - config.json's `batching` section is resolved (`BatchPolicy.resolve`) against the signature
- *   the session reports and returned in `metadata`; without one, batching is off. An invalid
- *   section makes the model UNAVAILABLE.
+ *   the session reports and returned in `metadata`; without one, batching is on exactly when
+ *   every input and output has a dynamic dim on axis 0. An invalid section makes the model UNAVAILABLE.
  *
  * @module OnnxModelPool
  */
@@ -157,14 +157,13 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         Effect.tap((host) => Effect.sync(() => hosts.push(host))),
         Effect.uninterruptible,
         Effect.mapError((e) => e.reason),
-        // config.json's batching section is checked against the signature the session reports
+        // config.json's batching section is checked against the signature the session reports;
+        // without a section, batching is on exactly when every input and output has a dynamic batch dim.
         Effect.flatMap((host) =>
-          entry.config.batching === undefined
-            ? Effect.succeed({ host, metadata: host.metadata })
-            : BatchPolicy.resolve(entry.config.batching, host.metadata).pipe(
-              Effect.map((batching) => ({ host, metadata: { ...host.metadata, batching } })),
-              Effect.catch((reason) => Effect.andThen(host.close, Effect.fail(`config.json: ${reason}`)))
-            )
+          BatchPolicy.resolve(entry.config.batching, host.metadata).pipe(
+            Effect.map((batching) => ({ host, metadata: { ...host.metadata, batching } })),
+            Effect.catch((reason) => Effect.andThen(host.close, Effect.fail(`config.json: ${reason}`)))
+          )
         ),
         Effect.matchEffect({
           onFailure: (reason) =>
