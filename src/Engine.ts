@@ -178,8 +178,13 @@ export const make = Effect.gen(function*() {
       for (const m of members) m.state = "running"
       runsInFlight.set(model, (runsInFlight.get(model) ?? 0) + 1)
       const inputs = Batch.concat(batching, members.map((m) => m.request.inputs))
+      // The run is wanted until the last member's deadline: a pool that can stop runs (process
+      // isolation) stops it only once every caller has given up.
+      let lastDeadlineMs = 0
+      for (const m of members) lastDeadlineMs = Math.max(lastDeadlineMs, m.deadlineAtMs)
+      const timeout = Duration.millis(Math.max(0, lastDeadlineMs - startedMs))
       return Effect.forEach(members, (m) => telemetry.recordQueueWait(request.modelId, m.request.priority, startedMs - m.admittedAtMs), { discard: true }).pipe(
-        Effect.andThen(Effect.exit(pool.run(request.modelId, inputs, { requestId: request.requestId, version: request.modelVersion }))),
+        Effect.andThen(Effect.exit(pool.run(request.modelId, inputs, { requestId: request.requestId, version: request.modelVersion, timeout }))),
         Effect.flatMap((exit) => {
           const runMs = nowMs(clock) - startedMs
           expectedRunMs.set(model, runMs)
