@@ -195,6 +195,16 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(outcomes().timeout, 1)
       }))
 
+    it.effect("gives the pool what is left of the deadline when the run starts", () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({ script: () => ({ latency: "30 millis" }), config: { maxConcurrentRequests: 1 } })
+        yield* fork(engine.infer(request("first", { timeout: "1 second" })))
+        yield* Effect.yieldNow
+        yield* fork(engine.infer(request("second", { timeout: "100 millis" })))
+        yield* TestClock.adjust("60 millis")
+        assert.deepStrictEqual(stats.runTimeoutsMs, [1000, 70], "the second waited 30 ms of its 100")
+      }))
+
     it.effect("the queue timeout does not cut a request that is already running", () =>
       Effect.gen(function*() {
         const { engine } = yield* makeHarness({ script: () => ({ latency: "200 millis" }), config: { queueTimeout: "50 millis" as never } })
