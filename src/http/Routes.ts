@@ -27,8 +27,8 @@
  *
  * @module Routes
  */
-import { Data, Effect, Layer } from "effect"
-import { HttpIncomingMessage, HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { Cause, Data, Effect, Layer } from "effect"
+import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
@@ -283,10 +283,22 @@ export const layer = (
 
       const prometheus = handle(Effect.map(Metrics.render(engine), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
 
-      const notFound = handle(Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
-        const path = request.url.split("?")[0]!.slice(0, 200)
-        return fail(404, `no route for ${request.method} ${path}`)
-      }))
+      // A path no route matches (or that does not even decode) is a JSON 404 too. HEAD falls
+      // back to GET inside the router, before this runs.
+      const jsonNotFound = <E>(
+        app: Effect.Effect<HttpServerResponse.HttpServerResponse, E>
+      ): Effect.Effect<HttpServerResponse.HttpServerResponse, E, HttpServerRequest.HttpServerRequest> =>
+        Effect.catchCause(app, (cause) => {
+          const error = Cause.findErrorOption(cause)
+          if (error._tag === "None" || !HttpServerError.isHttpServerError(error.value) || error.value.reason._tag !== "RouteNotFound") {
+            return Effect.failCause(cause)
+          }
+          return Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
+            const response = json(404, { error: `no route for ${request.method} ${request.url.split("?")[0]!.slice(0, 200)}` })
+            return lifecycle.isShuttingDown() ? HttpServerResponse.setHeader(response, "connection", "close") : response
+          })
+        })
+      yield* router.addGlobalMiddleware(jsonNotFound)
 
       yield* router.addAll([
         HttpRouter.route("GET", "/v2", serverMetadata),
@@ -301,8 +313,7 @@ export const layer = (
         HttpRouter.route("POST", "/v2/repository/index", repositoryIndex),
         HttpRouter.route("POST", "/v2/repository/models/:name/load", modelControl),
         HttpRouter.route("POST", "/v2/repository/models/:name/unload", modelControl),
-        HttpRouter.route("GET", "/metrics", prometheus),
-        HttpRouter.route("*", "*", notFound)
+        HttpRouter.route("GET", "/metrics", prometheus)
       ])
     })
   )

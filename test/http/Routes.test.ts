@@ -52,6 +52,16 @@ describe("server and health routes", () => {
       assert.strictEqual(r.status, 404)
       assert.deepStrictEqual(r.json, { error: "no route for GET /v1/models" })
       assert.strictEqual((yield* send("DELETE", "/v2/models/echo")).status, 404)
+      const undecodable = yield* send("GET", "/v2/models/%E0%A4%A")
+      assert.strictEqual(undecodable.status, 404)
+      assert.match(undecodable.json.error, /^no route for GET/)
+    }).pipe(withFreshMetrics))
+
+  it.effect("HEAD answers as GET does", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      assert.strictEqual((yield* send("HEAD", "/v2/health/ready")).status, 200)
+      assert.strictEqual((yield* send("HEAD", "/v2/models/echo")).status, 200)
     }).pipe(withFreshMetrics))
 })
 
