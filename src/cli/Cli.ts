@@ -1,0 +1,165 @@
+/**
+ * The command line (`effect-inference`, built with `effect/cli`):
+ *
+ * - `infer --model NAME --input FILE.ndjson --output FILE.ndjson [--concurrency N] [--priority P]`
+ *   runs every record of an NDJSON file through the engine (`Infer`, `Records`), with a progress
+ *   bar on a terminal and plain progress lines otherwise. Ctrl+C stops it cleanly: the records
+ *   that finished are written, in input order, and it exits 130.
+ * - `serve [--host H] [--port P] [--models DIR] …` runs the Open Inference Protocol server
+ *   (`src/bin/server.ts`, the same entry point as `npm start`).
+ *
+ * `--help` on the root or on a command documents it. Exit codes: 0 done, 1 failed (a fatal
+ * malformed line, an unknown model, an unreadable repository or file), 2 invalid command line,
+ * 130 interrupted.
+ *
+ * @module Cli
+ */
+import { Data, Duration, Effect, Option } from "effect"
+import { Command, Flag } from "effect/cli"
+import * as Priority from "../Priority.ts"
+import * as Progress from "./Progress.ts"
+
+/** Ends the process with `code`, after the message was printed. */
+export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
+
+/** The name the package installs the command under. */
+export const name = "effect-inference"
+
+const stderr: Progress.Output = {
+  write: (text) => void process.stderr.write(text),
+  get isTTY() {
+    return process.stderr.isTTY === true
+  },
+  get columns() {
+    return process.stderr.columns
+  }
+}
+
+const priorities = Priority.levels.map((level) => [level.toLowerCase(), level] as const)
+
+const fail = (message: string, code = 1) =>
+  Effect.andThen(Effect.sync(() => process.stderr.write(`${name}: ${message}\n`)), Effect.fail(new ExitCode({ code })))
+
+export const infer = Command.make("infer", {
+  model: Flag.String("model").pipe(Flag.withMetavar("NAME"), Flag.withDescription("model to run, by its name in the repository")),
+  modelVersion: Flag.String("model-version").pipe(
+    Flag.withMetavar("V"),
+    Flag.optional,
+    Flag.withDescription("model version (default: the highest)")
+  ),
+  input: Flag.Path("input", { pathType: "file", mustExist: true }).pipe(
+    Flag.withMetavar("FILE.ndjson"),
+    Flag.withDescription("records to run: one JSON object per line, a tensor map {\"input\": {\"datatype\": \"FP32\", \"shape\": [1, 784], \"data\": [...]}} or an OIP request body {\"id\", \"parameters\", \"inputs\": [...]}")
+  ),
+  output: Flag.Path("output", { pathType: "file" }).pipe(
+    Flag.withMetavar("FILE.ndjson"),
+    Flag.withDescription("results, one line per record in input order: {\"line\", \"id\"?, \"outputs\": {...}} or {\"line\", \"id\"?, \"error\": {\"reason\", \"message\"}} (created or truncated)")
+  ),
+  concurrency: Flag.Int("concurrency").pipe(
+    Flag.withMetavar("N"),
+    Flag.optional,
+    Flag.withDescription("records in the engine at once (default: twice MAX_CONCURRENT_REQUESTS, i.e. 8)")
+  ),
+  priority: Flag.ChoiceWithValue("priority", priorities).pipe(
+    Flag.withMetavar("P"),
+    Flag.withDefault(Priority.Normal),
+    Flag.withDescription("priority of records that do not set one: critical, high, normal, low (default normal)")
+  ),
+  timeoutMs: Flag.Int("timeout-ms").pipe(
+    Flag.withMetavar("MS"),
+    Flag.optional,
+    Flag.withDescription("deadline of each record that does not set one, queue wait plus run (default 30000)")
+  ),
+  onMalformed: Flag.Literals("on-malformed", ["skip", "fail"]).pipe(
+    Flag.withDefault("skip" as const),
+    Flag.withDescription("a line that is not a valid record is reported with its line number, then skipped or fatal (default skip)")
+  ),
+  models: Flag.Directory("models", { mustExist: true }).pipe(
+    Flag.withMetavar("DIR"),
+    Flag.optional,
+    Flag.withDescription("model repository (default: the bundled models/: mlp, silero_vad)")
+  ),
+  progress: Flag.Literals("progress", Progress.modes).pipe(
+    Flag.withDefault("auto" as const),
+    Flag.withDescription("progress on stderr: a bar on a terminal and plain lines every 2 s otherwise (auto), or bar, plain, none")
+  )
+}, (flags) => {
+  const concurrency = Option.getOrUndefined(flags.concurrency)
+  if (concurrency !== undefined && concurrency < 1) return fail("--concurrency must be at least 1", 2)
+  const timeoutMs = Option.getOrUndefined(flags.timeoutMs)
+  if (timeoutMs !== undefined && timeoutMs <= 0) return fail("--timeout-ms must be positive", 2)
+  // The engine and its pipeline load only when a batch runs: `--help` stays quick.
+  return Effect.promise(() => import("./Infer.ts")).pipe(
+    Effect.flatMap((Infer) =>
+      Infer.runWithEngine({
+        model: flags.model,
+        version: Option.getOrUndefined(flags.modelVersion),
+        input: flags.input,
+        output: flags.output,
+        concurrency,
+        priority: flags.priority,
+        timeout: timeoutMs === undefined ? undefined : Duration.millis(timeoutMs),
+        onMalformed: flags.onMalformed,
+        progress: { mode: flags.progress },
+        messages: stderr
+      }, { repository: Option.getOrUndefined(flags.models), serviceName: `${name}-cli` })
+    ),
+    Effect.asVoid,
+    Effect.catchTags({
+      MalformedLine: (e) => fail(e.message),
+      OutputError: (e) => fail(e.message),
+      InferenceError: (e) => fail(e.message),
+      RepositoryError: (e) => fail(e.message),
+      ConfigError: (e) => fail(`invalid configuration: ${e.message}`, 2),
+      PlatformError: (e) => fail(e.message)
+    })
+  )
+}).pipe(
+  Command.withDescription(
+    "Runs every record of an NDJSON file through the engine and writes the results in input order. " +
+      "Ctrl+C stops cleanly: the records that finished are written, and the exit code is 130. " +
+      "Engine settings come from MAX_CONCURRENT_REQUESTS, MAX_QUEUED_REQUESTS, QUEUE_TIMEOUT_MS, ENABLE_PRIORITY_QUEUE; " +
+      "OTEL_EXPORTER_OTLP_ENDPOINT exports traces and metrics."
+  ),
+  Command.withExamples([{
+    command: `${name} infer --model mlp --input in.ndjson --output out.ndjson --concurrency 8 --priority high`,
+    description: "run the bundled MLP over in.ndjson"
+  }])
+)
+
+const passThrough = (flag: string, metavar: string, description: string) =>
+  Flag.String(flag).pipe(Flag.withMetavar(metavar), Flag.optional, Flag.withDescription(description))
+
+export const serve = Command.make("serve", {
+  host: passThrough("host", "HOST", "address to bind [HOST] (default 127.0.0.1)"),
+  port: passThrough("port", "PORT", "port, 0 for any free one [PORT] (default 8000)"),
+  models: passThrough("models", "DIR", "model repository [MODEL_REPOSITORY] (default: the bundled models/)"),
+  maxBodyBytes: passThrough("max-body-bytes", "N", "largest request body [MAX_BODY_BYTES] (default 16 MiB)"),
+  gracePeriodSeconds: passThrough("grace-period-seconds", "S", "drain time on SIGTERM/SIGINT [GRACE_PERIOD_SECONDS] (default 30)")
+}, (flags) =>
+  Effect.promise(async () => {
+    const args: Array<string> = []
+    const pass = (flag: string, value: Option.Option<string>) => {
+      if (Option.isSome(value)) args.push(`--${flag}`, value.value)
+    }
+    pass("host", flags.host)
+    pass("port", flags.port)
+    pass("models", flags.models)
+    pass("max-body-bytes", flags.maxBodyBytes)
+    pass("grace-period-seconds", flags.gracePeriodSeconds)
+    // The server entry point reads its own argv and runs (and stops, on a signal) by itself:
+    // one implementation of the server's lifecycle, whether started as `serve` or `npm start`.
+    process.argv = [process.argv[0]!, process.argv[1]!, ...args]
+    await import("../bin/server.ts")
+  })).pipe(
+    Command.withDescription(
+      "Serves the Open Inference Protocol v2 over HTTP for every model of a repository, until SIGTERM or SIGINT (then drains). " +
+        "Each flag can also come from the variable in brackets; the engine reads MAX_CONCURRENT_REQUESTS, MAX_QUEUED_REQUESTS, " +
+        "QUEUE_TIMEOUT_MS, ENABLE_PRIORITY_QUEUE; OTEL_EXPORTER_OTLP_ENDPOINT exports traces and metrics over OTLP."
+    )
+  )
+
+export const command = Command.make(name).pipe(
+  Command.withDescription("Asynchronous ONNX inference on Effect and onnxruntime-node: batch inference over NDJSON files, and an Open Inference Protocol server."),
+  Command.withSubcommands([infer, serve])
+)

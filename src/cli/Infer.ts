@@ -1,0 +1,246 @@
+/**
+ * The batch CLI's `infer`: streams the records of an NDJSON file (`Records`) through the engine
+ * and writes one output line per record, in input order.
+ *
+ * - Lines are read as a stream; at most `concurrency` records are in the engine at once, so a
+ *   file of any size runs in bounded memory. Output order is input order: a result that
+ *   finishes early waits (at most `concurrency` of them) for the ones before it.
+ * - A malformed line is reported with its line number; with `onMalformed: "skip"` it is left out
+ *   of the output and the batch goes on, with `"fail"` the batch stops with MalformedLine.
+ * - A record the engine cannot answer (time-out, run failure, …) gets an error record.
+ * - Stopping early (interruption: Ctrl+C in the CLI, or a fatal malformed line) cancels the
+ *   records in the engine and writes every record that had finished, still in input order, so
+ *   the output holds exactly the records that finished.
+ *
+ * @module Infer
+ */
+import { Data, type Duration, Effect, Exit, FileSystem, Layer, References, Stream } from "effect"
+import * as Fs from "node:fs"
+import * as AsyncConfig from "../AsyncConfig.ts"
+import { AsyncInferenceEngine } from "../Engine.ts"
+import * as InferenceClient from "../InferenceClient.ts"
+import * as InferenceError from "../InferenceError.ts"
+import * as InferenceRequest from "../InferenceRequest.ts"
+import { ModelPool } from "../ModelPool.ts"
+import * as OnnxModelPool from "../onnx/OnnxModelPool.ts"
+import * as Otel from "../Otel.ts"
+import type * as Priority from "../Priority.ts"
+import { TelemetryCollector } from "../Telemetry.ts"
+import * as Progress from "./Progress.ts"
+import * as Records from "./Records.ts"
+
+export interface Options {
+  readonly model: string
+  /** Default: the model's highest version. */
+  readonly version?: string | undefined
+  /** The NDJSON input file. */
+  readonly input: string
+  /** The NDJSON output file, created or truncated. */
+  readonly output: string
+  /** Records in the engine at once. Default: twice the engine's `maxConcurrentRequests`. */
+  readonly concurrency?: number | undefined
+  /** Priority of records that do not set one. */
+  readonly priority: Priority.Priority
+  /** Deadline of records that do not set one. Default: the engine's (30 s). */
+  readonly timeout?: Duration.Duration | undefined
+  readonly onMalformed: "skip" | "fail"
+  readonly progress: Omit<Progress.Options, "output">
+  /** Where reports and progress go (stderr in the CLI). */
+  readonly messages: Progress.Output
+}
+
+/** A malformed line, with `onMalformed: "fail"`. */
+export class MalformedLine extends Data.TaggedError("MalformedLine")<{ readonly line: number; readonly reason: string }> {
+  override get message(): string {
+    return `line ${this.line}: malformed record: ${this.reason}`
+  }
+}
+
+/** The output file cannot be written. */
+export class OutputError extends Data.TaggedError("OutputError")<{ readonly path: string; readonly reason: string }> {
+  override get message(): string {
+    return `cannot write ${this.path}: ${this.reason}`
+  }
+}
+
+export interface Summary {
+  /** Records read (non-blank input lines). */
+  readonly total: number
+  /** Output lines written. */
+  readonly written: number
+  /** Of `written`, error records. */
+  readonly failed: number
+  /** Malformed lines left out. */
+  readonly skipped: number
+}
+
+/** The non-blank lines of `path`, numbered from 1. */
+const lines = (fs: FileSystem.FileSystem, path: string) =>
+  fs.stream(path).pipe(
+    Stream.decodeText,
+    Stream.splitLines,
+    Stream.map((text, i) => ({ line: i + 1, text })),
+    Stream.filter(({ text }) => !Records.isBlank(text))
+  )
+
+/**
+ * The number of lines of `path` (a final line without a newline counts), counted on raw bytes:
+ * the progress bar's total, known soon after the start on a large file.
+ */
+export const countLines = (path: string): Effect.Effect<number> =>
+  Effect.callback<number>((resume) => {
+    const stream = Fs.createReadStream(path, { highWaterMark: 1 << 20 })
+    let count = 0
+    let last = 10
+    stream.on("data", (chunk) => {
+      const buffer = chunk as Buffer
+      for (let at = buffer.indexOf(10); at !== -1; at = buffer.indexOf(10, at + 1)) count++
+      if (buffer.length > 0) last = buffer[buffer.length - 1]!
+    })
+    stream.on("end", () => resume(Effect.succeed(last === 10 ? count : count + 1)))
+    stream.on("error", () => resume(Effect.succeed(0)))
+    return Effect.sync(() => stream.destroy())
+  })
+
+/** An output file with backpressure; closing it waits for its data to reach the file. */
+const openOutput = (path: string) =>
+  Effect.acquireRelease(
+    Effect.try({
+      try: () => {
+        const stream = Fs.createWriteStream(path, { fd: Fs.openSync(path, "w") })
+        const state: { error: Error | undefined } = { error: undefined }
+        stream.on("error", (e) => {
+          state.error = e
+        })
+        return { stream, state }
+      },
+      catch: (e) => new OutputError({ path, reason: e instanceof Error ? e.message : String(e) })
+    }),
+    ({ stream }) =>
+      Effect.callback<void>((resume) => {
+        stream.end(() => resume(Effect.void))
+      })
+  ).pipe(Effect.map(({ state, stream }) => ({
+    write: (text: string): Effect.Effect<void, OutputError> =>
+      Effect.callback((resume) => {
+        if (state.error !== undefined) return resume(Effect.fail(new OutputError({ path, reason: state.error.message })))
+        if (stream.write(text)) return resume(Effect.void)
+        stream.once("drain", () => resume(Effect.void))
+      }),
+    /** Writes without waiting (for the final flush, which the close then waits for). */
+    writeNow: (text: string) => void stream.write(text)
+  })))
+
+/** Runs the batch (see the module doc). */
+export const run = (options: Options) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const engine = yield* AsyncInferenceEngine
+    const pool = yield* ModelPool
+    const metadata = yield* pool.metadata(options.model, options.version).pipe(Effect.mapError(InferenceError.make))
+    const output = yield* openOutput(options.output)
+    const concurrency = Math.max(1, options.concurrency ?? engine.config.maxConcurrentRequests * 2)
+
+    let read = 0
+    let done = 0
+    let failed = 0
+    let skipped = 0
+    let written = 0
+    /** Lines in the file (blank ones too: an estimate), once counted. */
+    let lineCount: number | undefined
+    // Until then, the total is estimated from the file's size and the length of the lines read.
+    const fileBytes = yield* fs.stat(options.input).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => 0))
+    let charsRead = 0
+    const total = () => lineCount ?? (read === 0 || fileBytes === 0 ? undefined : Math.max(read, Math.round(fileBytes / (charsRead / read))))
+    const startedMs = Date.now()
+    const snapshot = (): Progress.Snapshot => ({ done, total: total(), failed, skipped, elapsedMs: Date.now() - startedMs })
+    const progress = yield* Progress.start({ ...options.progress, output: options.messages }, snapshot)
+    yield* Effect.forkScoped(Effect.map(countLines(options.input), (n) => {
+      lineCount = n
+    }))
+
+    /** Finished results not yet written, by line: what an early stop still writes. */
+    const finished = new Map<number, string>()
+
+    const infer = (record: Records.Record) =>
+      engine.inferResult(InferenceRequest.make(options.model, record.inputs, {
+        modelVersion: options.version,
+        priority: record.priority ?? options.priority,
+        timeout: record.timeout ?? options.timeout,
+        metadata: { line: String(record.line) }
+      })).pipe(Effect.map((result) => {
+        done++
+        if (result._tag !== "Success") failed++
+        finished.set(record.line, `${Records.encode(record, result)}\n`)
+        return record.line
+      }))
+
+    const malformed = (m: Records.Malformed) =>
+      options.onMalformed === "fail"
+        ? Effect.fail(new MalformedLine({ line: m.line, reason: m.reason }))
+        : Effect.sync(() => {
+          skipped++
+          progress.log(`line ${m.line}: skipped malformed record: ${m.reason}`)
+        })
+
+    yield* lines(fs, options.input).pipe(
+      Stream.mapEffect(({ line, text }) => {
+        read++
+        charsRead += text.length + 1
+        const decoded = Records.decode(metadata, line, text)
+        return Records.isMalformed(decoded) ? Effect.as(malformed(decoded), undefined) : Effect.succeed(decoded)
+      }),
+      Stream.filter((record): record is Records.Record => record !== undefined),
+      Stream.mapEffect(infer, { concurrency }),
+      Stream.runForEach((line) => {
+        const text = finished.get(line)!
+        finished.delete(line)
+        written++
+        return output.write(text)
+      }),
+      Effect.onExit((exit) =>
+        Effect.suspend(() => {
+          // Stopped early: what finished after the last line written, still in input order.
+          for (const line of [...finished.keys()].sort((a, b) => a - b)) {
+            output.writeNow(finished.get(line)!)
+            written++
+          }
+          finished.clear()
+          if (Exit.isSuccess(exit)) lineCount = read
+          return progress.finish(Exit.isSuccess(exit) ? "done" : Exit.hasInterrupts(exit) ? "interrupted" : "stopped")
+        })
+      )
+    )
+    return { total: read, written, failed, skipped } satisfies Summary
+  }).pipe(Effect.scoped)
+
+/**
+ * The engine for one batch: the onnxruntime pool over `repository` (default: the bundled
+ * models), the environment's engine settings with a queue that holds `concurrency`, OTLP export
+ * when OTEL_EXPORTER_OTLP_ENDPOINT is set (and no spans otherwise, as in the server).
+ */
+export const engineLayer = (options: {
+  readonly repository?: string | undefined
+  readonly concurrency?: number | undefined
+  readonly serviceName: string
+}) =>
+  AsyncInferenceEngine.layer.pipe(
+    Layer.provideMerge(Layer.mergeAll(
+      OnnxModelPool.layer({ repository: options.repository ?? InferenceClient.bundledModels }),
+      TelemetryCollector.layer,
+      // The batch's own submissions never overflow the queue.
+      Layer.effect(
+        AsyncConfig.AsyncConfigService,
+        Effect.map(AsyncConfig.config, (c) => ({
+          ...c,
+          maxQueuedRequests: Math.max(c.maxQueuedRequests, options.concurrency ?? 2 * c.maxConcurrentRequests)
+        }))
+      )
+    )),
+    Layer.provideMerge(Otel.layerFromEnv({ serviceName: options.serviceName })),
+    Layer.provideMerge(Layer.succeed(References.TracerEnabled, Otel.isConfigured(process.env)))
+  )
+
+/** `run` on its own engine (`engineLayer`), closed when the batch ends. */
+export const runWithEngine = (options: Options, engine: Parameters<typeof engineLayer>[0]) =>
+  run(options).pipe(Effect.provide(engineLayer({ ...engine, concurrency: options.concurrency })))

@@ -1,0 +1,114 @@
+/**
+ * The CLI's NDJSON records: both input shapes, every kind of malformed line named with its
+ * line number and reason, and the output lines for each kind of result.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Duration } from "effect"
+import * as Records from "../../src/cli/Records.ts"
+import * as InferenceError from "../../src/InferenceError.ts"
+import * as InferenceResult from "../../src/InferenceResult.ts"
+import type * as ModelMetadata from "../../src/ModelMetadata.ts"
+import * as Tensor from "../../src/Tensor.ts"
+
+const metadata: ModelMetadata.ModelMetadata = {
+  name: "m",
+  version: "1",
+  inputs: [
+    { name: "x", dtype: "float32", dims: [-1, 2] },
+    { name: "n", dtype: "int64", dims: [] }
+  ],
+  outputs: [{ name: "y", dtype: "float32", dims: [-1, 2] }]
+}
+
+const x = { datatype: "FP32", shape: [1, 2], data: [0.5, -1] }
+const n = { datatype: "INT64", shape: [], data: ["9007199254740993"] }
+
+const decodeOk = (text: string, line = 1): Records.Record => {
+  const decoded = Records.decode(metadata, line, text)
+  if (Records.isMalformed(decoded)) throw new Error(decoded.reason)
+  return decoded
+}
+
+const malformedReason = (text: string): string => {
+  const decoded = Records.decode(metadata, 7, text)
+  assert.isTrue(Records.isMalformed(decoded), `decoded: ${text}`)
+  assert.strictEqual((decoded as Records.Malformed).line, 7)
+  return (decoded as Records.Malformed).reason
+}
+
+describe("Records", () => {
+  it("decodes a tensor map line", () => {
+    const record = decodeOk(JSON.stringify({ x, n }), 3)
+    assert.strictEqual(record.line, 3)
+    assert.isUndefined(record.id)
+    assert.deepStrictEqual(Array.from(record.inputs["x"]!.data as Float32Array), [0.5, -1])
+    assert.deepStrictEqual(record.inputs["x"]!.dims, [1, 2])
+    assert.strictEqual((record.inputs["n"]!.data as BigInt64Array)[0], 9007199254740993n)
+    assert.isUndefined(record.priority)
+  })
+
+  it("decodes an OIP request body with its id, priority and timeout", () => {
+    const record = decodeOk(JSON.stringify({
+      id: "r1",
+      parameters: { priority: 1, timeout: 250_000 },
+      inputs: [{ name: "x", ...x }, { name: "n", ...n }]
+    }))
+    assert.strictEqual(record.id, "r1")
+    assert.strictEqual(record.priority, "Critical")
+    assert.strictEqual(Duration.toMillis(record.timeout!), 250)
+  })
+
+  it("accepts data nested as the shape", () => {
+    const record = decodeOk(JSON.stringify({ x: { datatype: "FP32", shape: [2, 2], data: [[1, 2], [3, 4]] }, n }))
+    assert.deepStrictEqual(Array.from(record.inputs["x"]!.data as Float32Array), [1, 2, 3, 4])
+  })
+
+  it("names why a line is malformed", () => {
+    assert.include(malformedReason("{nope"), "not JSON")
+    assert.include(malformedReason("[1, 2]"), "expected a JSON object")
+    assert.include(malformedReason("{}"), "no input tensors")
+    assert.include(malformedReason(JSON.stringify({ x: 3, n })), "\"x\" is not a tensor")
+    assert.include(malformedReason(JSON.stringify({ x, n, z: x })), "unknown input")
+    assert.include(malformedReason(JSON.stringify({ x: { ...x, datatype: "FP64" }, n })), "the model takes FP32")
+    assert.include(malformedReason(JSON.stringify({ x: { ...x, data: [1] }, n })), "does not match shape [1, 2]")
+    assert.include(malformedReason(JSON.stringify({ x: { ...x, shape: [1, 3], data: [1, 2, 3] }, n })), "dim 1")
+    assert.include(malformedReason(JSON.stringify({ x })), "\"n\"")
+    assert.include(malformedReason(JSON.stringify({ inputs: [{ name: "x", ...x }], parameters: { priority: 9 } })), "priority")
+    assert.include(malformedReason(JSON.stringify({ x: { datatype: "FP32", data: [1, 2] }, n })), "invalid tensor map")
+  })
+
+  it("treats whitespace-only lines as blank", () => {
+    assert.isTrue(Records.isBlank(""))
+    assert.isTrue(Records.isBlank("  \r"))
+    assert.isFalse(Records.isBlank("{}"))
+  })
+
+  it("encodes each kind of result as one JSON line naming the input line", () => {
+    const success = InferenceResult.Success({
+      requestId: "q",
+      outputs: { y: Tensor.float32([0.1, 2], [1, 2]), k: Tensor.int64([9007199254740993n], [1]) },
+      latencyMs: 1,
+      deviceUsed: "cpu"
+    })
+    const text = Records.encode({ line: 4, id: "r" }, success)
+    assert.notInclude(text, "\n")
+    assert.strictEqual(text, "{\"line\":4,\"id\":\"r\",\"outputs\":{\"y\":{\"datatype\":\"FP32\",\"shape\":[1,2],\"data\":[0.1,2]},\"k\":{\"datatype\":\"INT64\",\"shape\":[1],\"data\":[9007199254740993]}}}")
+
+    const failed = InferenceResult.Failed({
+      requestId: "q",
+      error: InferenceError.make(new InferenceError.RunFailed({ modelId: "m", requestId: "q", detail: "boom" })),
+      elapsedMs: 1
+    })
+    assert.deepStrictEqual(JSON.parse(Records.encode({ line: 5 }, failed)), {
+      line: 5,
+      error: { reason: "RunFailed", message: "run of model \"m\" failed for request q: boom" }
+    })
+    assert.deepInclude(JSON.parse(Records.encode({ line: 6 }, InferenceResult.TimedOut({ requestId: "q", elapsedMs: 30.4 }))).error, {
+      reason: "DeadlineExceeded"
+    })
+    assert.deepStrictEqual(JSON.parse(Records.encode({ line: 7 }, InferenceResult.Cancelled({ requestId: "q", reason: "stop" }))).error, {
+      reason: "Cancelled",
+      message: "stop"
+    })
+  })
+})

@@ -1,0 +1,151 @@
+/**
+ * `node src/bin/cli.ts` as a process: help, a batch over the bundled MLP in input order with
+ * malformed lines skipped or fatal, Ctrl+C (SIGINT) in the middle of a batch, and `serve`.
+ * The repository holds only the MLP, so that each run starts quickly.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { type ChildProcess, spawn } from "node:child_process"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { fileURLToPath } from "node:url"
+
+const root = fileURLToPath(new URL("../..", import.meta.url))
+const entry = Path.join(root, "src/bin/cli.ts")
+
+interface Run {
+  readonly code: number | null
+  readonly stdout: string
+  readonly stderr: string
+}
+
+const start = (args: ReadonlyArray<string>): { child: ChildProcess; done: Promise<Run> } => {
+  const child = spawn(process.execPath, [entry, ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+  let stdout = ""
+  let stderr = ""
+  child.stdout!.on("data", (c: Buffer) => (stdout += c.toString("utf8")))
+  child.stderr!.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
+  const done = new Promise<Run>((resolve) => child.on("exit", (code) => resolve({ code, stdout, stderr })))
+  return { child, done }
+}
+
+const run = (args: ReadonlyArray<string>) => start(args).done
+
+const mlpRecord = (seed: number) =>
+  JSON.stringify({ input: { datatype: "FP32", shape: [1, 784], data: Array.from({ length: 784 }, (_, i) => ((i * seed) % 7) / 7) } })
+
+let dir: string
+let models: string
+
+beforeAll(() => {
+  dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "cli-test-"))
+  models = Path.join(dir, "models")
+  Fs.mkdirSync(Path.join(models, "mlp"), { recursive: true })
+  Fs.copyFileSync(Path.join(root, "models/mlp/model.onnx"), Path.join(models, "mlp/model.onnx"))
+})
+afterAll(() => Fs.rmSync(dir, { recursive: true, force: true }))
+
+const outputLines = (file: string) =>
+  Fs.readFileSync(file, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as { line: number; outputs?: any; error?: any })
+
+describe("effect-inference (src/bin/cli.ts)", () => {
+  it("documents both commands and the infer flags in --help", async () => {
+    const [top, infer] = await Promise.all([run(["--help"]), run(["infer", "--help"])])
+    assert.strictEqual(top.code, 0)
+    assert.match(top.stdout, /infer\s+Runs every record/)
+    assert.match(top.stdout, /serve\s+Serves the Open Inference Protocol/)
+    assert.strictEqual(infer.code, 0)
+    for (const flag of ["--model", "--input", "--output", "--concurrency", "--priority", "--on-malformed", "--progress", "--models", "--timeout-ms"]) {
+      assert.include(infer.stdout, flag)
+    }
+  }, 30_000)
+
+  it("refuses an invalid command line with exit code 2", async () => {
+    const missing = await run(["infer", "--model", "mlp"])
+    assert.strictEqual(missing.code, 2)
+    assert.include(missing.stdout + missing.stderr, "--input")
+  }, 30_000)
+
+  it("writes one result per record in input order, skipping malformed lines with their line numbers", async () => {
+    const input = Path.join(dir, "mixed.ndjson")
+    const lines = [
+      ...Array.from({ length: 30 }, (_, i) => mlpRecord(i + 1)),
+      "not json",
+      "",
+      JSON.stringify({ input: { datatype: "FP32", shape: [1, 3], data: [1, 2, 3] } }),
+      JSON.stringify({ id: "last", parameters: { priority: 1 }, inputs: [{ name: "input", datatype: "FP32", shape: [1, 784], data: new Array(784).fill(0) }] })
+    ]
+    Fs.writeFileSync(input, lines.join("\n") + "\n")
+    const output = Path.join(dir, "mixed.out.ndjson")
+    const result = await run(["infer", "--model", "mlp", "--input", input, "--output", output, "--models", models, "--concurrency", "6", "--priority", "low"])
+    assert.strictEqual(result.code, 0, result.stderr)
+    assert.include(result.stderr, "line 31: skipped malformed record: not JSON")
+    assert.include(result.stderr, "line 33: skipped malformed record: invalid input \"input\" for model \"mlp\"")
+    assert.match(result.stderr, /done: 31 records in .*, 2 skipped/)
+    const out = outputLines(output)
+    assert.deepStrictEqual(out.map((o) => o.line), [...Array.from({ length: 30 }, (_, i) => i + 1), 34])
+    for (const o of out) assert.deepStrictEqual(o.outputs.logits.shape, [1, 10])
+    assert.strictEqual((out.at(-1) as any).id, "last")
+    // Equal inputs give equal outputs, wherever they fall in the batch.
+    assert.deepStrictEqual(out[0]!.outputs.logits.data, out[7]!.outputs.logits.data) // seeds 1 and 8: the same (i * seed) % 7
+  }, 60_000)
+
+  it("stops at a malformed line with --on-malformed fail (exit 1), naming the line", async () => {
+    const input = Path.join(dir, "fatal.ndjson")
+    Fs.writeFileSync(input, [mlpRecord(1), mlpRecord(2), "{\"input\": 1}", mlpRecord(3)].join("\n"))
+    const output = Path.join(dir, "fatal.out.ndjson")
+    const result = await run(["infer", "--model", "mlp", "--input", input, "--output", output, "--models", models, "--on-malformed", "fail", "--concurrency", "1"])
+    assert.strictEqual(result.code, 1)
+    assert.include(result.stderr, "line 3: malformed record: \"input\" is not a tensor")
+    assert.deepStrictEqual(outputLines(output).map((o) => o.line), [1, 2])
+  }, 60_000)
+
+  it("fails with exit code 1 for a model the repository does not hold", async () => {
+    const input = Path.join(dir, "one.ndjson")
+    Fs.writeFileSync(input, mlpRecord(1))
+    const result = await run(["infer", "--model", "nope", "--input", input, "--output", Path.join(dir, "x.ndjson"), "--models", models])
+    assert.strictEqual(result.code, 1)
+    assert.include(result.stderr, "model \"nope\" not found")
+  }, 60_000)
+
+  it("on SIGINT stops cleanly: exit 130, the records that finished written in input order", async () => {
+    const input = Path.join(dir, "big.ndjson")
+    const record = mlpRecord(3)
+    Fs.writeFileSync(input, Array.from({ length: 20_000 }, () => record).join("\n") + "\n")
+    const output = Path.join(dir, "big.out.ndjson")
+    const { child, done } = start(["infer", "--model", "mlp", "--input", input, "--output", output, "--models", models, "--progress", "bar"])
+    // Interrupt once results are being written.
+    const deadline = Date.now() + 40_000
+    while (Date.now() < deadline && (!Fs.existsSync(output) || Fs.statSync(output).size < 20_000)) await new Promise((r) => setTimeout(r, 50))
+    child.kill("SIGINT")
+    const result = await done
+    assert.strictEqual(result.code, 130, result.stderr)
+    assert.match(result.stderr, /interrupted: \d+ records/)
+    assert.match(result.stderr, /\r\x1b\[2K\[[#-]+\] \d+\/20000 \d+% [\d.]+\/s ETA/)
+    const lines = outputLines(output).map((o) => o.line)
+    assert.isAbove(lines.length, 0)
+    assert.isBelow(lines.length, 20_000)
+    for (let i = 1; i < lines.length; i++) assert.isAbove(lines[i]!, lines[i - 1]!)
+    const written = Number(/interrupted: (\d+) records/.exec(result.stderr)![1])
+    assert.strictEqual(lines.length, written)
+  }, 60_000)
+
+  it("serve runs the OIP server until SIGTERM", async () => {
+    const { child, done } = start(["serve", "--port", "0", "--models", models, "--grace-period-seconds", "1"])
+    let output = ""
+    const port = await new Promise<number>((resolve, reject) => {
+      const onData = (c: Buffer) => {
+        output += c.toString("utf8")
+        const match = /listening on http:\/\/[^:\s]+:(\d+)/.exec(output)
+        if (match !== null) resolve(Number(match[1]))
+      }
+      child.stdout!.on("data", onData)
+      child.stderr!.on("data", onData)
+      void done.then((r) => reject(new Error(`exited with ${r.code}: ${output}`)))
+    })
+    const ready = await fetch(`http://127.0.0.1:${port}/v2/models/mlp/ready`)
+    assert.strictEqual(ready.status, 200)
+    child.kill("SIGTERM")
+    assert.strictEqual((await done).code, 0)
+  }, 60_000)
+})
