@@ -12,9 +12,9 @@
  *   kept. If replacements keep failing and no instance is left, the host becomes unavailable
  *   and its waiting jobs fail with ModelUnavailable.
  * - Deadlines (process isolation only): a job run with a `timeout` that is still running
- *   `killGrace` after it is killed with its process (SIGKILL); the job fails with RunFailed
- *   ("killed after exceeding its deadline by …") once the process is gone, and a replacement is
- *   started. A job whose deadline passed while it waited is failed without being sent. Threads
+ *   `killGrace` after it is killed with its process (SIGKILL); the job fails at once with
+ *   RunFailed ("killed after exceeding its deadline by …"), and a replacement is started once
+ *   the process is gone (the instance counts as busy until then). A job whose deadline passed while it waited is failed without being sent. Threads
  *   cannot be stopped mid-run (terminating one aborts the whole process), so a thread host
  *   ignores `timeout`. A hang without a timeout is never detected.
  * - `close` fails queued jobs with ModelUnavailable, lets running jobs finish and reply, then
@@ -335,10 +335,16 @@ const makeUnstarted = (options: Options, transport: Transport) => {
     slot.killTimer = undefined
     const current = slot.current
     if (current === undefined || current.id !== id || slot.exited) return
-    const overMs = performance.now() - current.job.deadlineAtMs!
+    const job = current.job
+    const overMs = performance.now() - job.deadlineAtMs!
     slot.killedFor = `killed after exceeding its deadline by ${ms(overMs)} (kill grace ${ms(killGraceMs)}); the ${noun} was replaced`
     counters.deadlineKills++
     slot.instance.kill()
+    // SIGKILL cannot be caught or delayed: the run is over now. The job is answered at once; the
+    // instance stays busy (and is replaced) once the process is gone, some milliseconds later.
+    job.state = "done"
+    if (job.cancelled) counters.lateRepliesDropped++
+    else job.resume(Exit.fail(runFailed(job, slot.killedFor)))
   }
 
   /** Sends `job` to `slot`; false (job failed, slot still free) when it cannot or should not be sent. */
@@ -504,7 +510,7 @@ const makeUnstarted = (options: Options, transport: Transport) => {
           const current = slot.current
           slot.current = undefined
           const detail = slot.killedFor ?? `the ${noun} running the model died (${how}${slot.lastError ? `; ${slot.lastError}` : ""})`
-          if (current !== undefined) {
+          if (current !== undefined && current.job.state !== "done") {
             current.job.state = "done"
             if (current.job.cancelled) counters.lateRepliesDropped++
             else current.job.resume(Exit.fail(runFailed(current.job, detail)))
@@ -512,7 +518,8 @@ const makeUnstarted = (options: Options, transport: Transport) => {
           if (closing || slot.closeRequested) return
           if (slot.killedFor === undefined) counters.crashes++
           pendingRespawns++
-          respawn(0, detail)
+          // deferred: starting a child process blocks this thread for a while (fork); the failed job is answered first
+          scheduleRespawn(0, detail, 0)
         }
       })
       counters.workersSpawned++
@@ -555,13 +562,17 @@ const makeUnstarted = (options: Options, transport: Transport) => {
           checkBroken(`${cause}; replacement failed: ${typeof reason === "string" ? reason : errorText(reason)}`)
           return
         }
-        const timer = setTimeout(() => {
-          respawnTimers.delete(timer)
-          respawn(attempt + 1, cause)
-        }, respawnDelayMs * 2 ** attempt)
-        respawnTimers.add(timer)
+        scheduleRespawn(attempt + 1, cause, respawnDelayMs * 2 ** attempt)
       }
     )
+  }
+
+  const scheduleRespawn = (attempt: number, cause: string, delayMs: number) => {
+    const timer = setTimeout(() => {
+      respawnTimers.delete(timer)
+      respawn(attempt, cause)
+    }, delayMs)
+    respawnTimers.add(timer)
   }
 
   const closeAll = (): Promise<void> => {
