@@ -66,7 +66,7 @@ const specs: Record<string, ModelSpec> = {
     batching: { enabled: true, maxBatchSize: 64, maxQueueDelayMs: 0 }
   },
   silero_vad: {
-    sizes: [1, 4, 16, 32, 64, 128],
+    sizes: [1, 8, 32, 64],
     inputs: sileroInputs,
     batching: { enabled: true, maxBatchSize: 64, maxQueueDelayMs: 0, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 } }
   }

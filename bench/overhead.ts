@@ -37,7 +37,7 @@ import { sequentialAsync, sequentialEffect } from "./lib/load.ts"
 import { type BatchingSource, engineLayer, inThreadPool, openSession, startEngine, workerPool } from "./lib/pools.ts"
 
 const args = parseArgs()
-const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 3 : 8))
+const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 3 : 6))
 const N = Number(args.options["n"] ?? (args.quick ? 600 : 2500))
 /** Warm-up per contender (ms): the engine's Effect code needs seconds of traffic before V8 has optimised it. */
 const WARMUP_MS = args.quick ? 600 : 2000

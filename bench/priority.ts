@@ -22,7 +22,7 @@ import { closedLoopAsync, type LoadResult } from "./lib/load.ts"
 import { engineLayer, type EngineHandle, inThreadPool, openSession, startEngine, workerPool } from "./lib/pools.ts"
 
 const args = parseArgs()
-const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 2 : 4))
+const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 2 : 3))
 const LOADED_MS = Number(args.options["loaded-ms"] ?? (args.quick ? 700 : 2000))
 const UNLOADED_MS = Number(args.options["unloaded-ms"] ?? (args.quick ? 300 : 600))
 const OUTSTANDING = 64

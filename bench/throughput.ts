@@ -21,7 +21,7 @@ import { type BatchingSource, engineLayer, type EngineHandle, inThreadPool, open
 
 const args = parseArgs()
 const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 2 : 4))
-const BLOCK_MS = Number(args.options["block-ms"] ?? (args.quick ? 500 : 1200))
+const BLOCK_MS = Number(args.options["block-ms"] ?? (args.quick ? 500 : 1000))
 const SWEEP_ROUNDS = Number(args.options["sweep-rounds"] ?? (args.quick ? 1 : 3))
 const SWEEP_MS = Number(args.options["sweep-ms"] ?? (args.quick ? 400 : 900))
 const LEVELS = [1, 16, 64]
