@@ -151,7 +151,8 @@ const main = async () => {
     })
   ])
   try {
-    for (const s of servers) await load(s, 4, args.quick ? 0.5 : 1.5) // warm-up: JIT, sessions, connections
+    // Warm-up: the JIT needs seconds of traffic before the Effect code paths are optimised.
+    for (const s of servers) await load(s, 16, args.quick ? 1 : 4)
 
     const results: Record<number, Record<string, Array<Block>>> = {}
     for (const level of LEVELS) {

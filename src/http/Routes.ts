@@ -19,15 +19,16 @@
  * an absolute file path (`redact`). A defect answers 500 "internal error" and is logged.
  *
  * An inference is refused as early as it can be: name check, model lookup, a queue-full check
- * and the `Content-Length` limit all come before the body is read; the body is read under the
- * limit, its envelope decoded with Schema, each tensor's shape checked before its array is
- * allocated. Interrupting the request fiber (NodeHttpServer does so when the client disconnects)
+ * and the `Content-Length` limit all come before the body is decoded (a refused body is still
+ * read, within the limit, so that the connection is not reset under the answer); the body is
+ * read under the limit, its envelope decoded with Schema, each tensor's shape checked before
+ * its array is allocated. Interrupting the request fiber (NodeHttpServer does so when the client disconnects)
  * cancels the inference: it leaves the queue, or its result is dropped, and the engine counts it
  * as cancelled.
  *
  * @module Routes
  */
-import { Cause, Data, Effect, Layer } from "effect"
+import { ByteSize, Cause, Data, Effect, Layer } from "effect"
 import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
@@ -106,6 +107,7 @@ export const layer = (
       const roots = options.redactPaths ?? []
       const retryAfter = String(options.retryAfterSeconds ?? 1)
       const bodyLimit = options.bodyLimitBytes
+      const maxBodySize = ByteSize.bytes(bodyLimit)
 
       const fromReason = (reason: InferenceError.Reason): ApiError =>
         new ApiError({
@@ -150,7 +152,7 @@ export const layer = (
           return yield* fail(413, `request body of ${declared} bytes exceeds the limit of ${bodyLimit} bytes`)
         }
         return yield* request.text.pipe(
-          Effect.provideService(HttpIncomingMessage.MaxBodySize, BigInt(bodyLimit) as never),
+          Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBodySize),
           Effect.mapError((e) =>
             e.reason._tag === "RequestParseError" && e.reason.reason === "BodyTooLarge"
               ? new ApiError({ status: 413, message: `request body exceeds the limit of ${bodyLimit} bytes` })
@@ -213,17 +215,28 @@ export const layer = (
       const invalid = (name: string, reason: InferenceError.InvalidInput) =>
         Effect.andThen(recordRefused(name, reason), Effect.fail(fromReason(reason)))
 
+      /**
+       * Refuses before decoding, but after reading the body (within the limit): a connection
+       * that is closed with unread request bytes is reset, and the client would see ECONNRESET
+       * instead of the answer.
+       */
+      const refuseEarly = <A, R>(checks: Effect.Effect<A, ApiError, R>) =>
+        Effect.catchTag(checks, "ApiError", (e) => Effect.andThen(Effect.ignore(readBody), Effect.fail(e)))
+
       const infer = handle(Effect.gen(function*() {
-        if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
-        const { name, version } = yield* modelParams
-        const metadata: ModelMetadata.ModelMetadata = yield* metadataOf(name, version)
-        // Admission before the costly part: a full queue answers 429 without reading the body.
-        const queued = yield* engine.queueStats
-        if (queued.total >= engine.config.maxQueuedRequests) {
-          const full = new InferenceError.QueueFull({ modelId: name, requestId: "", capacity: engine.config.maxQueuedRequests })
-          yield* recordRefused(name, full)
-          return yield* Effect.fail(fromReason(full))
-        }
+        const { name, version, metadata } = yield* refuseEarly(Effect.gen(function*() {
+          if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
+          const { name, version } = yield* modelParams
+          const metadata: ModelMetadata.ModelMetadata = yield* metadataOf(name, version)
+          // Admission before the costly part: a full queue answers 429 before decoding anything.
+          const queued = yield* engine.queueStats
+          if (queued.total >= engine.config.maxQueuedRequests) {
+            const full = new InferenceError.QueueFull({ modelId: name, requestId: "", capacity: engine.config.maxQueuedRequests })
+            yield* recordRefused(name, full)
+            return yield* Effect.fail(fromReason(full))
+          }
+          return { name, version, metadata }
+        }))
         const text = yield* readBody
         const body = Oip.decodeInferRequest(yield* parseJson(text, "the request body"))
         if ("error" in body) return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))

@@ -6,18 +6,27 @@
  * 1. `Lifecycle.beginShutdown`: at once, `/v2/health/ready` and model ready answer 503, new
  *    inferences 503 (ShuttingDown), and every response carries `Connection: close`, so that
  *    keep-alive connections close themselves after their next answer.
- * 2. The listener stops accepting connections. Idle keep-alive connections are not cut at this
- *    point: cutting one while its client sends resets that request (see `anchors.md` §6).
- * 3. `engine.drain(grace)`: queued and running requests finish, within the grace period.
- * 4. The HTTP requests still being answered finish (bounded by what is left of the grace).
- * 5. Idle connections are closed, then, after a short wait for the rest, every connection.
+ * 2. `engine.drain(grace)`: queued and running requests finish, within the grace period. The
+ *    listener stays open meanwhile: a request that still arrives (Kubernetes removes the pod
+ *    from its endpoints at the same time as it sends SIGTERM) gets a clean 503, where a closed
+ *    listener would refuse it, or reset it if it was already in the accept queue. Idle
+ *    keep-alive connections are not cut either: cutting one while its client sends resets that
+ *    request (see `anchors.md` §6).
+ * 3. The HTTP requests still being answered finish (bounded by what is left of the grace).
+ * 4. Once no connection or request has arrived for `quietMs` (a client answered with
+ *    `Connection: close` reconnects at once, and gets its 503 on the new connection), the
+ *    listener stops accepting connections.
+ * 5. Connections close: an active client's next request is answered with `Connection: close`;
+ *    a connection that has stayed idle for `lingerMs` (1 s) is ended by the server (a client
+ *    that has not sent for that long is not about to). What is still open when the grace
+ *    period ends is destroyed.
  * Closing the layers afterwards answers anything left in the queue with ShuttingDown and
  * releases every model session.
  *
  * @module Server
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Clock, Context, Deferred, Duration, Effect, Exit, Layer } from "effect"
+import { Clock, Context, Duration, Effect, Layer } from "effect"
 import { HttpRouter, type HttpServer } from "effect/http"
 import type { ServeError } from "effect/http/HttpServerError"
 import * as Http from "node:http"
@@ -39,8 +48,37 @@ export interface Options extends Routes.Options {
   readonly keepAliveTimeoutMs?: number | undefined
 }
 
-/** The Node server under the Effect one, for the shutdown sequence. */
-export class NodeServer extends Context.Service<NodeServer, Http.Server>()("effect-inference/http/NodeServer") {}
+/** The Node server under the Effect one, with its connections, for the shutdown sequence. */
+export interface NodeServerHandle {
+  readonly server: Http.Server
+  /** Every open connection, with the number of requests it is answering and since when it idles. */
+  readonly connections: ReadonlyMap<Net.Socket, { readonly active: number; readonly idleSinceMs: number }>
+  /** When the last connection or request arrived (`performance.now()`). */
+  readonly lastArrivalMs: () => number
+}
+
+export class NodeServer extends Context.Service<NodeServer, NodeServerHandle>()("effect-inference/http/NodeServer") {}
+
+const track = (server: Http.Server): NodeServerHandle => {
+  const connections = new Map<Net.Socket, { active: number; idleSinceMs: number }>()
+  let lastArrivalMs = 0
+  server.on("connection", (socket: Net.Socket) => {
+    lastArrivalMs = performance.now()
+    connections.set(socket, { active: 0, idleSinceMs: lastArrivalMs })
+    socket.once("close", () => connections.delete(socket))
+  })
+  server.on("request", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+    lastArrivalMs = performance.now()
+    const state = connections.get(request.socket)
+    if (state === undefined) return
+    state.active++
+    response.once("close", () => {
+      state.active--
+      state.idleSinceMs = performance.now()
+    })
+  })
+  return { server, connections, lastArrivalMs: () => lastArrivalMs }
+}
 
 /** Serves the routes on `options.host:options.port`; also provides the Lifecycle and the Node server. */
 export const layer = (
@@ -48,6 +86,7 @@ export const layer = (
 ): Layer.Layer<HttpServer.HttpServer | Lifecycle | NodeServer, ServeError, AsyncInferenceEngine | ModelPool | TelemetryCollector> =>
   Layer.unwrap(Effect.sync(() => {
     const server = Http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000 })
+    const handle = track(server)
     return HttpRouter.serve(Routes.layer(options), {
       disableLogger: true,
       disableListenLog: true,
@@ -55,7 +94,7 @@ export const layer = (
     }).pipe(
       Layer.provideMerge(NodeHttpServer.layer(() => server, { host: options.host, port: options.port, disablePreemptiveShutdown: true })),
       Layer.provideMerge(Lifecycle.layer),
-      Layer.provideMerge(Layer.succeed(NodeServer, server))
+      Layer.provideMerge(Layer.succeed(NodeServer, handle))
     )
   }))
 
@@ -64,39 +103,52 @@ export interface ShutdownReport {
   readonly drained: boolean
   /** HTTP requests still being answered when the grace period ended. */
   readonly inFlight: number
+  /** Connections still open when the grace period ended (then destroyed). */
+  readonly connectionsDestroyed: number
   readonly elapsedMs: number
 }
 
 /** Stops accepting connections without closing idle keep-alive ones (http.Server#close would). */
-const stopListening = (server: Http.Server): Deferred.Deferred<void> => {
-  const closed = Deferred.makeUnsafe<void>()
-  if (!server.listening) {
-    Deferred.doneUnsafe(closed, Exit.void)
-  } else {
-    Net.Server.prototype.close.call(server, () => Deferred.doneUnsafe(closed, Exit.void))
-  }
-  return closed
+const stopListening = (server: Http.Server): void => {
+  if (server.listening) Net.Server.prototype.close.call(server)
 }
+
+/** How long a connection must have been idle, after the drain, before the server ends it. */
+export const lingerMs = 1000
+
+/** How long nothing must have arrived, after the drain, before the listener closes. */
+export const quietMs = 200
 
 /** The graceful shutdown (see the module doc). Never fails; idempotent enough to run twice. */
 export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, never, Lifecycle | NodeServer | AsyncInferenceEngine> =>
   Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
-    const server = yield* NodeServer
+    const { connections, lastArrivalMs, server } = yield* NodeServer
     const engine = yield* AsyncInferenceEngine
     const startedMs = yield* Clock.currentTimeMillis
     const graceMs = Duration.toMillis(Duration.fromInputUnsafe(grace))
-    const remaining = Effect.map(Clock.currentTimeMillis, (now) => Duration.millis(Math.max(0, graceMs - (now - startedMs))))
+    const leftMs = Effect.map(Clock.currentTimeMillis, (now) => Math.max(0, graceMs - (now - startedMs)))
 
     yield* lifecycle.beginShutdown
-    const closed = stopListening(server)
     const { drained } = yield* engine.drain(grace)
-    yield* lifecycle.awaitIdle.pipe(Effect.timeoutOption(yield* remaining))
+    yield* lifecycle.awaitIdle.pipe(Effect.timeoutOption(Duration.millis(yield* leftMs)))
     const inFlight = lifecycle.inFlight()
-    server.closeIdleConnections()
-    const left = yield* remaining
-    yield* Deferred.await(closed).pipe(Effect.timeoutOption(Duration.max(Duration.min(left, Duration.seconds(1)), Duration.millis(100))))
+    // Closing the listener resets connections still in its accept queue: wait for a quiet moment.
+    while (performance.now() - lastArrivalMs() < quietMs && (yield* leftMs) > 0) {
+      yield* Effect.sleep(Duration.millis(Math.min(quietMs - (performance.now() - lastArrivalMs()) + 1, yield* leftMs)))
+    }
+    stopListening(server)
+    // Connections close themselves after a `Connection: close` answer; end those left idle.
+    while (connections.size > 0 && (yield* leftMs) > 0) {
+      const now = performance.now()
+      for (const [socket, state] of connections) {
+        if (state.active === 0 && now - state.idleSinceMs >= lingerMs) socket.end()
+      }
+      yield* Effect.sleep(Duration.millis(Math.min(50, yield* leftMs)))
+    }
+    const connectionsDestroyed = connections.size
     server.closeAllConnections()
+    for (const socket of connections.keys()) socket.destroy()
     const elapsedMs = (yield* Clock.currentTimeMillis) - startedMs
-    return { drained, inFlight, elapsedMs }
+    return { drained, inFlight, connectionsDestroyed, elapsedMs }
   }).pipe(Effect.withSpan("Server.shutdown"))

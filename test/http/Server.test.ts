@@ -81,9 +81,9 @@ describe("a client that disconnects", () => {
 })
 
 describe("graceful shutdown", () => {
-  it.live("ready turns 503 at once, new inferences 503 with Connection: close, the listener stops, in-flight work finishes", () =>
+  it.live("ready turns 503 at once, new inferences 503 with Connection: close, in-flight work finishes, then the listener stops", () =>
     Effect.gen(function*() {
-      const { port, pool, promise, shutdown } = yield* makeServer({ maxConcurrentRequests: 1 })
+      const { port, pool, promise, shutdown, pending } = yield* makeServer({ maxConcurrentRequests: 1 })
       const agent = new Http.Agent({ keepAlive: true, maxSockets: 1 })
       yield* Effect.addFinalizer(() => Effect.sync(() => agent.destroy()))
       // A kept-alive connection opened before the signal.
@@ -91,8 +91,9 @@ describe("graceful shutdown", () => {
       assert.isTrue(Client.isReply(warm) && warm.status === 200 && warm.headers.connection === "keep-alive")
       yield* pool.gate.close
       const inFlight = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
-      const queued = Client.start(port, "POST", "/v2/models/echo/infer", echoBody)
       yield* promise(() => Client.eventually(() => pool.stats.started === 1))
+      const queued = Client.start(port, "POST", "/v2/models/echo/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pending() === 2))
 
       const stopping = yield* Effect.forkChild(shutdown("5 seconds"), { startImmediately: true })
       const ready = yield* promise(() => Client.send(port, "GET", "/v2/health/ready", undefined, agent))
@@ -100,8 +101,8 @@ describe("graceful shutdown", () => {
       if (!Client.isReply(ready)) return
       assert.strictEqual(ready.status, 503)
       assert.strictEqual(ready.headers.connection, "close")
-      const refused = yield* promise(() => Client.send(port, "POST", "/v2/models/echo/infer", echoBody))
-      assert.deepStrictEqual(refused, { error: "ECONNREFUSED" }, "the listener is closed")
+      const fresh = yield* promise(() => Client.send(port, "POST", "/v2/models/echo/infer", echoBody))
+      assert.isTrue(Client.isReply(fresh) && fresh.status === 503 && fresh.headers.connection === "close", "a new connection gets a clean 503")
       assert.isUndefined(stopping.pollUnsafe(), "still draining")
 
       yield* pool.gate.open
@@ -113,6 +114,9 @@ describe("graceful shutdown", () => {
       const report = yield* Fiber.join(stopping)
       assert.isTrue(report.drained)
       assert.strictEqual(report.inFlight, 0)
+      assert.strictEqual(report.connectionsDestroyed, 0)
+      const after = yield* promise(() => Client.send(port, "GET", "/v2/health/live"))
+      assert.deepStrictEqual(after, { error: "ECONNREFUSED" }, "the listener is closed once drained")
     }).pipe(withFreshMetrics))
 
   it.live("a request arriving on a kept-alive connection after the signal gets 503 ShuttingDown", () =>
@@ -144,6 +148,7 @@ describe("graceful shutdown", () => {
       yield* promise(() => Client.eventually(() => pool.stats.started === 1))
       const report = yield* shutdown("100 millis")
       assert.isFalse(report.drained)
+      assert.strictEqual(report.connectionsDestroyed, 1)
       assert.isAtLeast(report.elapsedMs, 100)
       assert.isBelow(report.elapsedMs, 2000)
       const outcome = yield* promise(() => stuck.done)
