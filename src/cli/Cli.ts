@@ -16,6 +16,7 @@
  */
 import { Data, Duration, Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
+import * as NodePath from "node:path"
 import * as Priority from "../Priority.ts"
 import * as Progress from "./Progress.ts"
 
@@ -58,7 +59,7 @@ export const infer = Command.make("infer", {
   concurrency: Flag.Int("concurrency").pipe(
     Flag.withMetavar("N"),
     Flag.optional,
-    Flag.withDescription("records in the engine at once (default: twice MAX_CONCURRENT_REQUESTS, i.e. 8)")
+    Flag.withDescription("records in the engine at once (default: twice MAX_CONCURRENT_REQUESTS)")
   ),
   priority: Flag.ChoiceWithValue("priority", priorities).pipe(
     Flag.withMetavar("P"),
@@ -86,6 +87,7 @@ export const infer = Command.make("infer", {
 }, (flags) => {
   const concurrency = Option.getOrUndefined(flags.concurrency)
   if (concurrency !== undefined && concurrency < 1) return fail("--concurrency must be at least 1", 2)
+  if (NodePath.resolve(flags.input) === NodePath.resolve(flags.output)) return fail("--output must not be the --input file", 2)
   const timeoutMs = Option.getOrUndefined(flags.timeoutMs)
   if (timeoutMs !== undefined && timeoutMs <= 0) return fail("--timeout-ms must be positive", 2)
   // The engine and its pipeline load only when a batch runs: `--help` stays quick.

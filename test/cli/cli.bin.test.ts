@@ -61,9 +61,17 @@ describe("effect-inference (src/bin/cli.ts)", () => {
   }, 30_000)
 
   it("refuses an invalid command line with exit code 2", async () => {
-    const missing = await run(["infer", "--model", "mlp"])
+    const file = Path.join(dir, "same.ndjson")
+    Fs.writeFileSync(file, mlpRecord(1))
+    const [missing, same] = await Promise.all([
+      run(["infer", "--model", "mlp"]),
+      run(["infer", "--model", "mlp", "--input", file, "--output", file])
+    ])
     assert.strictEqual(missing.code, 2)
     assert.include(missing.stdout + missing.stderr, "--input")
+    assert.strictEqual(same.code, 2)
+    assert.include(same.stderr, "--output must not be the --input file")
+    assert.strictEqual(Fs.readFileSync(file, "utf8"), mlpRecord(1))
   }, 30_000)
 
   it("writes one result per record in input order, skipping malformed lines with their line numbers", async () => {
