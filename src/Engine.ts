@@ -258,9 +258,14 @@ export const make = Effect.gen(function*() {
       }
       if (forming.get(batch.key) === batch) forming.delete(batch.key)
       yield* runMembers(batch.members)
-    }).pipe(Effect.ensuring(Effect.sync(() => {
-      if (forming.get(batch.key) === batch) forming.delete(batch.key)
-    })))
+    }).pipe(
+      Effect.onInterrupt(() => Effect.sync(() => {
+        for (const m of batch.members) settle(m, shuttingDown)
+      })),
+      Effect.ensuring(Effect.sync(() => {
+        if (forming.get(batch.key) === batch) forming.delete(batch.key)
+      }))
+    )
 
   const dispatcher = Effect.gen(function*() {
     while (true) {

@@ -3,7 +3,7 @@
  * the queue holds exactly the requests a test wants batched, so batch composition is exact.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Latch } from "effect"
+import { Duration, Effect, Exit, Fiber, Latch, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
 import { DispatchGate } from "../src/Engine.ts"
@@ -224,5 +224,24 @@ describe("AsyncInferenceEngine dynamic batching", () => {
       for (const f of fibers) yield* Fiber.join(f)
       assert.deepStrictEqual(stats.batchSizes, [3, 3, 3, 3])
       assert.strictEqual(stats.maxActive, 2)
+    }))
+
+  it.effect("closing the engine answers requests in a forming batch with ShuttingDown", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const { engine, stats } = yield* makeHarness({
+        script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }),
+        batching: batching({ maxQueueDelay: Duration.millis(50) }),
+        config: { maxConcurrentRequests: 2 }
+      }).pipe(Scope.provide(scope))
+      yield* fork(Effect.exit(engine.infer(request("long", 0))))
+      yield* TestClock.adjust("1 millis")
+      const waiting = yield* fork(Effect.exit(engine.infer(request("waiting", 1))))
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual((yield* engine.diagnostics).forming, 1)
+      yield* Scope.close(scope, Exit.void)
+      const exit = yield* Fiber.join(waiting)
+      assert.isTrue(Exit.isFailure(exit) && exit.cause.reasons.some((r) => r._tag === "Fail" && r.error.reason._tag === "ShuttingDown"))
+      assert.deepStrictEqual(stats.batchSizes, [1], "the forming batch never ran")
     }))
 })
