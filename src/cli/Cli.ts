@@ -64,7 +64,7 @@ export const infer = Command.make("infer", {
   priority: Flag.ChoiceWithValue("priority", priorities).pipe(
     Flag.withMetavar("P"),
     Flag.withDefault(Priority.Normal),
-    Flag.withDescription("priority of records that do not set one: critical, high, normal, low (default normal)")
+    Flag.withDescription("priority of records that do not set one (default normal)")
   ),
   timeoutMs: Flag.Int("timeout-ms").pipe(
     Flag.withMetavar("MS"),
@@ -72,6 +72,7 @@ export const infer = Command.make("infer", {
     Flag.withDescription("deadline of each record that does not set one, queue wait plus run (default 30000)")
   ),
   onMalformed: Flag.Literals("on-malformed", ["skip", "fail"]).pipe(
+    Flag.withMetavar("ACTION"),
     Flag.withDefault("skip" as const),
     Flag.withDescription("a line that is not a valid record is reported with its line number, then skipped or fatal (default skip)")
   ),
@@ -81,8 +82,9 @@ export const infer = Command.make("infer", {
     Flag.withDescription("model repository (default: the bundled models/: mlp, silero_vad)")
   ),
   progress: Flag.Literals("progress", Progress.modes).pipe(
+    Flag.withMetavar("MODE"),
     Flag.withDefault("auto" as const),
-    Flag.withDescription("progress on stderr: a bar on a terminal and plain lines every 2 s otherwise (auto), or bar, plain, none")
+    Flag.withDescription("progress on stderr; auto: a bar on a terminal, plain lines every 2 s otherwise (default auto)")
   )
 }, (flags) => {
   const concurrency = Option.getOrUndefined(flags.concurrency)
