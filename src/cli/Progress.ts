@@ -127,7 +127,8 @@ export const start = (options: Options, snapshot: () => Snapshot): Effect.Effect
     const draw = Effect.sync(() => {
       if (finished) return
       if (mode === "bar") {
-        output.write(`\r\x1b[2K${bar(snapshot(), output.columns ?? 80)}`)
+        // A terminal whose size is unknown reports 0 columns.
+        output.write(`\r\x1b[2K${bar(snapshot(), output.columns !== undefined && output.columns > 0 ? output.columns : 80)}`)
         drawn = true
       } else if (mode === "plain") {
         output.write(`${line(snapshot())}\n`)

@@ -69,6 +69,14 @@ describe("Progress", () => {
       assert.strictEqual(writes.length, count)
     }))
 
+  it.effect("draws an 80-column bar on a terminal that reports no size", () =>
+    Effect.gen(function*() {
+      const writes: Array<string> = []
+      yield* Progress.start({ mode: "bar", output: { write: (t) => void writes.push(t), isTTY: true, columns: 0 } }, () => at(1, 2, 1000))
+      yield* TestClock.adjust("100 millis")
+      assert.match(writes[0]!, /^\r\x1b\[2K\[#{20}-{20}\] 1\/2 50% 1\.00\/s ETA 0:01$/)
+    }))
+
   it.effect("auto mode prints a plain line every 2 seconds when not on a terminal", () =>
     Effect.gen(function*() {
       const { output, writes } = capture(false)
