@@ -8,8 +8,8 @@
  * datatype the model declares for it.
  *
  * Decoding (`decodeTensor`) is cheap before it is costly: the shape is checked first (integer,
- * non-negative dims whose product is within `ModelMetadata.maxElementsPerTensor`), then the
- * number of JSON elements is compared with the product of the shape, and only then is the typed
+ * non-negative dims whose product is within `ModelMetadata.maxElementsPerTensor`, the model's
+ * rank, which also bounds how deep nested `data` is walked), then the number of JSON elements is compared with the product of the shape, and only then is the typed
  * array allocated. `data` is row-major, either flat or nested exactly as the shape.
  *
  * Encoding (`encodeResponse`) writes the response JSON by hand: float32/float16 as their
@@ -331,6 +331,11 @@ export const decodeTensor = (
   const dims = input.shape
   const badDims = checkDims(modelId, input.name, dims)
   if (badDims !== undefined) return badDims
+  // The model's rank bounds how deep `data` may nest: walking a deeper nesting would overflow the stack.
+  if (dims.length !== spec.dims.length) {
+    const given = dims.length > 16 ? `[${dims.slice(0, 16).join(", ")}, …]` : dimsText(dims)
+    return invalid(`rank ${dims.length} given (dims ${given}), the model takes rank ${spec.dims.length} ${dimsText(spec.dims)}`)
+  }
   const count = Tensor.elementCount(dims)
   const data = input.data
   if (!Array.isArray(data)) return invalid(`data must be an array, got ${describe(data)}`)

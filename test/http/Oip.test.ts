@@ -77,6 +77,17 @@ describe("Oip.decodeTensor", () => {
     const deep = Oip.decodeTensor("m", spec("float32"), input("FP32", [2, 2], [1, 2, 3, [4]]))
     assert.include((deep as InferenceError.InvalidInput).detail, "element 3 is an array, not FP32")
   })
+
+  it("refuses a rank the model does not take before walking the data, however deep it nests", () => {
+    const depth = 100_000
+    let data: unknown = 1
+    for (let i = 0; i < depth; i++) data = [data]
+    const r = Oip.decodeTensor("m", spec("float32"), input("FP32", new Array(depth).fill(1), data))
+    assert.instanceOf(r, InferenceError.InvalidInput)
+    assert.strictEqual((r as InferenceError.InvalidInput).detail, "rank 100000 given (dims [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, …]), the model takes rank 2 [-1, -1]")
+    const flat = Oip.decodeTensor("m", spec("float32"), input("FP32", [4], [1, 2, 3, 4]))
+    assert.strictEqual((flat as InferenceError.InvalidInput).detail, "rank 1 given (dims [4]), the model takes rank 2 [-1, -1]")
+  })
 })
 
 describe("Oip encoding", () => {
