@@ -16,7 +16,7 @@
  * failures (400 invalid input, 404 unknown model or version, 429 queue full with Retry-After,
  * 503 shutting down or model unavailable, 504 deadline exceeded), 413 for a body over the
  * limit, 400 for malformed JSON or an invalid model name. Messages never carry a stack trace or
- * an absolute file path (`redact`). A defect answers 500 "internal error" and is logged.
+ * an absolute file path, and are cut at `maxMessageLength` characters (`redact`). A defect answers 500 "internal error" and is logged.
  *
  * An inference is refused as early as it can be: name check, model lookup, a queue-full check
  * and the `Content-Length` limit all come before the body is decoded (a refused body is still
@@ -71,14 +71,19 @@ export class ApiError extends Data.TaggedError("ApiError")<{
 // inside the repository, `mlp/1/model.onnx`, is left alone).
 const absolutePath = /(?<![\w.>~-])(?:[A-Za-z]:)?(?:[\\/][^\s\\/:"'`()[\]]+){2,}/g
 
+/** Longest message an answer carries: one that quotes a huge field of the request is cut. */
+export const maxMessageLength = 1024
+
 /**
  * A message fit for a client: its first line before any stack frame, with `roots` replaced by
- * `<repository>` and any other absolute path by its last segment.
+ * `<repository>` and any other absolute path by its last segment, at most `maxMessageLength`
+ * characters.
  */
 export const redact = (message: string, roots: ReadonlyArray<string> = []): string => {
-  let text = message.split(/\n\s+at /)[0]!.replace(/\s*\n\s*/g, " ").trim()
+  let text = message.slice(0, 4 * maxMessageLength).split(/\n\s+at /)[0]!.replace(/\s*\n\s*/g, " ").trim()
   for (const root of roots) if (root.length > 1) text = text.split(root).join("<repository>")
-  return text.replace(absolutePath, (path) => path.split(/[\\/]/).pop() ?? "")
+  text = text.replace(absolutePath, (path) => path.split(/[\\/]/).pop() ?? "")
+  return text.length > maxMessageLength ? `${text.slice(0, maxMessageLength - 1)}…` : text
 }
 
 const json = (status: number, body: unknown, headers?: Readonly<Record<string, string>>) =>

@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration } from "effect"
 import * as Oip from "../../src/http/Oip.ts"
-import { redact } from "../../src/http/Routes.ts"
+import { maxMessageLength, redact } from "../../src/http/Routes.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as Tensor from "../../src/Tensor.ts"
 
@@ -69,6 +69,16 @@ describe("Oip.decodeTensor", () => {
     assert.include((fractional as InferenceError.InvalidInput).detail, "must be non-negative integers")
   })
 
+  it("refuses a rank other than the model's before walking the data, so a deep nesting cannot overflow the stack", () => {
+    const rank = 100_000
+    let data: unknown = [1]
+    for (let i = 0; i < rank; i++) data = [data]
+    const r = Oip.decodeTensor("m", spec("float32"), input("FP32", new Array(rank).fill(1), data))
+    assert.instanceOf(r, InferenceError.InvalidInput)
+    assert.include((r as InferenceError.InvalidInput).detail, `rank ${rank} given`)
+    assert.include((r as InferenceError.InvalidInput).detail, "the model takes rank 2 [-1, -1]")
+  })
+
   it("refuses data whose element count or nesting does not match the shape", () => {
     const short = Oip.decodeTensor("m", spec("float32", [-1]), input("FP32", [3], [1, 2]))
     assert.strictEqual((short as InferenceError.InvalidInput).detail, "data has 2 elements, shape [3] needs 3")
@@ -117,6 +127,14 @@ describe("Oip encoding", () => {
 })
 
 describe("redact", () => {
+  it("cuts a message that quotes a huge field to maxMessageLength characters", () => {
+    const long = `datatype ${JSON.stringify("A".repeat(1_000_000))} is not supported`
+    const text = redact(long)
+    assert.strictEqual(text.length, maxMessageLength)
+    assert.isTrue(text.startsWith("datatype \"AAAA") && text.endsWith("A…"))
+    assert.strictEqual(redact("short"), "short")
+  })
+
   it("drops stack frames and absolute paths, keeps paths relative to the repository", () => {
     assert.strictEqual(
       redact("Load model from /srv/models/a/1/model.onnx failed: bad\n    at Session.create (/app/node_modules/x.js:1:2)"),
