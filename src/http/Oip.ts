@@ -8,9 +8,10 @@
  * datatype the model declares for it.
  *
  * Decoding (`decodeTensor`) is cheap before it is costly: the shape is checked first (integer,
- * non-negative dims whose product is within `ModelMetadata.maxElementsPerTensor`, the model's
- * rank, which also bounds how deep nested `data` is walked), then the number of JSON elements is compared with the product of the shape, and only then is the typed
- * array allocated. `data` is row-major, either flat or nested exactly as the shape.
+ * non-negative dims whose product is within `ModelMetadata.maxElementsPerTensor`, and the
+ * model's rank, which also bounds how deep nested `data` is walked), then the number of JSON
+ * elements is compared with the product of the shape, and only then is the typed array
+ * allocated. `data` is row-major, either flat or nested exactly as the shape.
  *
  * Encoding (`encodeResponse`) writes the response JSON by hand: float32/float16 as their
  * shortest round-tripping decimal, INT64/UINT64 as exact integers (beyond 2^53 many JSON parsers,
