@@ -59,6 +59,31 @@ export interface NodeServerHandle {
 
 export class NodeServer extends Context.Service<NodeServer, NodeServerHandle>()("effect-inference/http/NodeServer") {}
 
+/**
+ * What Node's HTTP parser refuses (bytes that are not HTTP, a malformed header, headers over
+ * 16 KiB) never reaches the routes; Node would answer a bare 400 or 431. This answers the same
+ * status as JSON `{error}`, like every other error, and closes the connection.
+ */
+const answerClientErrors = (server: Http.Server): void => {
+  server.on("clientError", (error: NodeJS.ErrnoException, socket: Net.Socket) => {
+    // A response already under way on this connection cannot be followed by another one.
+    const started = (socket as Net.Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent === true
+    if (error.code === "ECONNRESET" || !socket.writable || started) {
+      socket.destroy()
+      return
+    }
+    const [status, reason, message] = error.code === "HPE_HEADER_OVERFLOW"
+      ? [431, "Request Header Fields Too Large", "request headers too large"]
+      : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
+      ? [408, "Request Timeout", "request not received in time"]
+      : [400, "Bad Request", "malformed HTTP request"]
+    const body = JSON.stringify({ error: message })
+    socket.end(
+      `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
+    )
+  })
+}
+
 const track = (server: Http.Server): NodeServerHandle => {
   const connections = new Map<Net.Socket, { active: number; idleSinceMs: number }>()
   let lastArrivalMs = 0
@@ -87,6 +112,7 @@ export const layer = (
   Layer.unwrap(Effect.sync(() => {
     const server = Http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000 })
     const handle = track(server)
+    answerClientErrors(server)
     return HttpRouter.serve(Routes.layer(options), {
       disableLogger: true,
       disableListenLog: true,

@@ -315,7 +315,7 @@ describe("malformed requests, over a real socket", () => {
         raw(port, [`POST ${echo} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs":`], 300)
       )
       assert.strictEqual(half.text, "", "nothing is answered to a body that never ends")
-      // What Node's parser refuses is answered by Node (bare 400 or 431), and the connection is closed.
+      // What Node's parser refuses is answered as JSON too, and the connection is closed.
       const parserCases: ReadonlyArray<readonly [string, string, number, RegExp]> = [
         ["a TLS hello", "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 not http\r\n\r\n", 400, /^malformed HTTP request/],
         ["a header line without a colon", "GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, /^malformed HTTP request/],
@@ -326,7 +326,9 @@ describe("malformed requests, over a real socket", () => {
         const reply = yield* Effect.promise(() => raw(port, [bytes]))
         const r = parseRaw(reply.text)
         assert.strictEqual(r.status, status, `${label}: ${reply.text.slice(0, 200)}`)
-        void error
+        assert.include(r.head, "content-type: application/json", label)
+        assert.include(r.head, "connection: close", label)
+        assertCleanError(label, r.status, r.body, error)
       }
       assert.strictEqual(stats.started, 0)
       const ok = yield* Effect.promise(() => Client.send(port, "POST", echo, valid))
