@@ -12,11 +12,11 @@ import { HttpServer } from "effect/http"
 import * as Net from "node:net"
 import { AsyncConfigService } from "../../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
-import { maxMessageLength } from "../../src/http/Routes.ts"
 import * as Server from "../../src/http/Server.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import * as Client from "../http/HttpClient.ts"
-import { makeApp, makeTestPool, routeOptions, secretPath, withFreshMetrics } from "../http/TestApp.ts"
+import { makeApp, makeTestPool, routeOptions, withFreshMetrics } from "../http/TestApp.ts"
+import { assertCleanError } from "./Errors.ts"
 
 /** Body limit of every server here: small, so that "oversized" is cheap to send. */
 const bodyLimitBytes = 64 * 1024
@@ -150,27 +150,6 @@ export const corpus: ReadonlyArray<Case> = [
   { name: "a million elements for a shape of four", body: "{\"inputs\":[{\"name\":\"x\",\"shape\":[1,4],\"datatype\":\"FP32\",\"data\":[" + "0,".repeat(30_000) + "0]}]}", status: 400, error: /data does not match shape \[1, 4\]/ },
   { name: "a 60 kB datatype", body: withInput({ datatype: "A".repeat(60_000) }), status: 400, error: /datatype "A+…$/ }
 ]
-
-/** The message is JSON `{error}`, meaningful, short, with no stack frame and no path. */
-export const assertCleanError = (label: string, status: number, text: string, error: RegExp | undefined): void => {
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch {
-    assert.fail(`${label}: the body is not JSON: ${text.slice(0, 200)}`)
-  }
-  assert.isObject(json, label)
-  const message = (json as { error?: unknown }).error
-  assert.isString(message, `${label}: no error message in ${text.slice(0, 200)}`)
-  const m = message as string
-  assert.isAtLeast(m.length, 10, `${label}: "${m}" is not a meaningful message`)
-  assert.isAtMost(m.length, maxMessageLength, `${label}: the message is cut`)
-  if (error !== undefined) assert.match(m, error, `${label} (status ${status})`)
-  assert.notMatch(m, /\bat (?:async )?[\w.<>$]+ \(|\n\s*at /, `${label}: stack frame in "${m.slice(0, 300)}"`)
-  assert.notInclude(m, "/work/", label)
-  assert.notInclude(m, secretPath, label)
-  assert.notMatch(m, /\.(?:ts|js|mjs|cjs):\d/, `${label}: source location in "${m.slice(0, 300)}"`)
-}
 
 describe("malformed requests, in memory", () => {
   it.effect("the corpus has at least 30 cases, each with a name of its own", () =>
