@@ -26,6 +26,7 @@ import * as InferenceError from "./InferenceError.ts"
 import type { InferenceRequest } from "./InferenceRequest.ts"
 import * as InferenceResult from "./InferenceResult.ts"
 import * as ModelMetadata from "./ModelMetadata.ts"
+import * as DeadlineHeap from "./internal/DeadlineHeap.ts"
 import { ModelPool, type RunOutput } from "./ModelPool.ts"
 import * as Priority from "./Priority.ts"
 import * as PriorityQueue from "./PriorityQueue.ts"
@@ -93,6 +94,15 @@ interface Pending {
   readonly batching: BatchPolicy.BatchingConfig
   entry: PriorityQueue.Entry<Pending> | undefined
   state: State
+  /** Its entries in the deadline heap, taken out when it settles. */
+  queueTimer: DeadlineHeap.Entry<Timer> | undefined
+  deadlineTimer: DeadlineHeap.Entry<Timer> | undefined
+}
+
+/** What fires at a deadline: the queue timeout (only while waiting) or the request's deadline. */
+interface Timer {
+  readonly pending: Pending
+  readonly kind: "queue" | "deadline"
 }
 
 /** A batch that holds a permit while it waits for more rows. */
@@ -142,6 +152,10 @@ export const make = Effect.gen(function*() {
   let draining = false
   const abandoned = { queued: 0, forming: 0, running: 0 }
   const queueTimeoutMs = Duration.toMillis(config.queueTimeout)
+  // Deadlines: one heap and one timer fiber for all requests, instead of a race per request.
+  const timers = new DeadlineHeap.DeadlineHeap<Timer>()
+  const timersChanged = Latch.makeUnsafe(false)
+  let timerWakesAtMs = Infinity
 
   const noteIdle = () => {
     if (unsettled === 0) settledLatch.openUnsafe()
@@ -158,6 +172,8 @@ export const make = Effect.gen(function*() {
       }
     }
     pending.state = "settled"
+    if (pending.queueTimer !== undefined) timers.remove(pending.queueTimer)
+    if (pending.deadlineTimer !== undefined) timers.remove(pending.deadlineTimer)
     unsettled--
     Deferred.doneUnsafe(pending.deferred, exit)
     noteIdle()
@@ -314,40 +330,46 @@ export const make = Effect.gen(function*() {
 
   const fail = (reason: InferenceError.Reason) => Effect.fail(InferenceError.make(reason))
 
-  /** After `limitMs`: a still-queued request expires; a running one waits out its deadline. */
-  const awaitWithDeadlines = (pending: Pending): Effect.Effect<RunOutput, InferenceError.Reason> => {
+  /** A queue timeout fails a request that is still waiting; a deadline fails it in any stage. */
+  const fire = ({ kind, pending }: Timer): void => {
     const { request } = pending
+    if (pending.state === "settled") return
+    const elapsedMs = nowMs(clock) - pending.admittedAtMs
+    if (kind === "queue") {
+      if (pending.state === "running") return
+      settle(pending, Exit.fail(new InferenceError.QueueTimeout({ modelId: request.modelId, requestId: request.requestId, queueTimeoutMs, waitedMs: elapsedMs })))
+      return
+    }
     const timeoutMs = Duration.toMillis(request.timeout)
-    const queueLimitMs = queueTimeoutMs > 0 ? Math.min(queueTimeoutMs, timeoutMs) : timeoutMs
-    const deadlineExceeded = () =>
-      new InferenceError.DeadlineExceeded({
-        modelId: request.modelId,
-        requestId: request.requestId,
-        timeoutMs,
-        elapsedMs: nowMs(clock) - pending.admittedAtMs
-      })
-    const afterQueueLimit = Effect.suspend((): Effect.Effect<RunOutput, InferenceError.Reason> => {
-      if (pending.state === "queued" || pending.state === "forming") {
-        const waitedMs = nowMs(clock) - pending.admittedAtMs
-        settle(pending, Exit.fail(
-          queueLimitMs < timeoutMs
-            ? new InferenceError.QueueTimeout({ modelId: request.modelId, requestId: request.requestId, queueTimeoutMs, waitedMs })
-            : deadlineExceeded()
-        ))
-        return Deferred.await(pending.deferred)
-      }
-      if (pending.state === "settled") return Deferred.await(pending.deferred)
-      const remainingMs = timeoutMs - (nowMs(clock) - pending.admittedAtMs)
-      return Deferred.await(pending.deferred).pipe(Effect.timeoutOrElse({
-        duration: Duration.millis(Math.max(0, remainingMs)),
-        orElse: () => Effect.fail(deadlineExceeded())
-      }))
-    })
-    return Deferred.await(pending.deferred).pipe(Effect.timeoutOrElse({
-      duration: Duration.millis(queueLimitMs),
-      orElse: () => afterQueueLimit
-    }))
+    settle(pending, Exit.fail(new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs, elapsedMs })))
   }
+
+  const addTimer = (atMs: number, timer: Timer): DeadlineHeap.Entry<Timer> => {
+    const entry = timers.push(atMs, timer)
+    if (atMs < timerWakesAtMs) timersChanged.openUnsafe()
+    return entry
+  }
+
+  /** Sleeps until the earliest deadline, fires what is due; woken early when an earlier one arrives. */
+  const timerLoop = Effect.gen(function*() {
+    while (true) {
+      const now = nowMs(clock)
+      for (let next = timers.peek(); next !== undefined && next.atMs <= now; next = timers.peek()) {
+        timers.pop()
+        fire(next.value)
+      }
+      timersChanged.closeUnsafe()
+      const next = timers.peek()
+      if (next === undefined) {
+        timerWakesAtMs = Infinity
+        yield* timersChanged.await
+      } else {
+        timerWakesAtMs = next.atMs
+        yield* Effect.raceFirst(Effect.sleep(Duration.millis(next.atMs - now)), timersChanged.await)
+      }
+    }
+  })
+  yield* Effect.forkIn(timerLoop, scope)
 
   const record = (request: InferenceRequest, exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>, elapsedMs: number) => {
     const info = infoOf(request)
@@ -386,7 +408,9 @@ export const make = Effect.gen(function*() {
         rows: joinable?.rows ?? 1,
         batching,
         entry: undefined,
-        state: "queued"
+        state: "queued",
+        queueTimer: undefined,
+        deadlineTimer: undefined
       }
       pending.entry = queue.offer(pending, request.priority, admittedAtMs)
       if (pending.entry === undefined) {
@@ -396,7 +420,11 @@ export const make = Effect.gen(function*() {
       settledLatch.closeUnsafe()
       wake.openUnsafe()
       if (pending.batchKey !== undefined) forming.get(pending.batchKey)?.arrival.openUnsafe()
-      return yield* awaitWithDeadlines(pending).pipe(
+      pending.deadlineTimer = addTimer(pending.deadlineAtMs, { pending, kind: "deadline" })
+      if (queueTimeoutMs > 0 && queueTimeoutMs < Duration.toMillis(request.timeout)) {
+        pending.queueTimer = addTimer(admittedAtMs + queueTimeoutMs, { pending, kind: "queue" })
+      }
+      return yield* Deferred.await(pending.deferred).pipe(
         Effect.mapError(InferenceError.make),
         Effect.map((output) =>
           InferenceResult.Success({
