@@ -6,6 +6,7 @@
  */
 import type * as BatchPolicy from "./BatchPolicy.ts"
 import * as InferenceError from "./InferenceError.ts"
+import type * as Priority from "./Priority.ts"
 import * as Tensor from "./Tensor.ts"
 
 /** One input or output. A dim of -1 is dynamic (any size). */
@@ -22,6 +23,8 @@ export interface ModelMetadata {
   readonly outputs: ReadonlyArray<TensorSpec>
   /** Dynamic batching for this model; absent means off. */
   readonly batching?: BatchPolicy.BatchingConfig | undefined
+  /** The priority a server gives a request that names none; absent means Normal. */
+  readonly defaultPriority?: Priority.Priority | undefined
 }
 
 /** Largest element count the engine accepts in one tensor (2^28 elements, 1 GiB of float32). */

@@ -27,6 +27,7 @@ import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as BatchPolicy from "./BatchPolicy.ts"
+import * as Priority from "./Priority.ts"
 
 /** Safe model names: a letter or digit, then letters, digits, `_`, `.` or `-`. No separators, no leading dot. */
 export const modelNamePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
@@ -92,7 +93,9 @@ export const configFields = {
   /** Where sessions run: "thread" (worker threads, the default) or "process" (child processes, killable). */
   isolation: Schema.optionalKey(Isolation),
   /** Process isolation: how long a run may outlive its request's deadline before its process is killed. */
-  killGraceMs: Schema.optionalKey(KillGraceMs)
+  killGraceMs: Schema.optionalKey(KillGraceMs),
+  /** The priority of a request that names none (Triton's priority 0 or absent). */
+  defaultPriority: Schema.optionalKey(Priority.schema)
 }
 
 /** `config.json` as written. Unknown keys are ignored by this schema (and kept in `ModelConfig.raw`). */
@@ -109,6 +112,8 @@ export interface ModelConfig {
   readonly isolation: Isolation
   /** Process isolation: ms a run may outlive its deadline before its process is killed. Ignored for threads. */
   readonly killGraceMs: number
+  /** The priority of a request that names none. */
+  readonly defaultPriority: Priority.Priority
   /** config.json's `batching` section as written; undefined without one (see BatchPolicy.resolve). */
   readonly batching: BatchPolicy.ConfigJson | undefined
   /** config.json as parsed (an empty object without one): the place for settings this module does not own. */
@@ -127,7 +132,8 @@ export const defaults = (): Defaults => ({
   intraOpNumThreads: 1,
   interOpNumThreads: 1,
   isolation: "thread",
-  killGraceMs: 1_000
+  killGraceMs: 1_000,
+  defaultPriority: Priority.Normal
 })
 
 /**
@@ -144,6 +150,7 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
       interOpNumThreads: config.interOpNumThreads ?? base.interOpNumThreads,
       isolation: config.isolation ?? base.isolation,
       killGraceMs: config.killGraceMs ?? base.killGraceMs,
+      defaultPriority: config.defaultPriority ?? base.defaultPriority,
       batching: config.batching,
       raw: json as Readonly<Record<string, unknown>>
     }

@@ -26,6 +26,13 @@ const configError = (json: unknown) =>
 
 describe("ModelRepository", () => {
   describe("config.json", () => {
+    it.effect("reads a model's default priority, and names the field when it is wrong", () =>
+      Effect.gen(function*() {
+        assert.strictEqual((yield* ModelRepository.decodeConfig({ defaultPriority: "High" })).defaultPriority, "High")
+        const error = yield* Effect.flip(ModelRepository.decodeConfig({ defaultPriority: "urgent" }))
+        assert.include(error.message, `["defaultPriority"]`)
+      }))
+
     it.effect("fills every default when the file is empty", () =>
       Effect.gen(function*() {
         const config = yield* ModelRepository.decodeConfig({})
@@ -36,6 +43,7 @@ describe("ModelRepository", () => {
           interOpNumThreads: 1,
           isolation: "thread",
           killGraceMs: 1000,
+          defaultPriority: "Normal",
           batching: undefined,
           raw: {}
         })

@@ -249,7 +249,7 @@ export const layer = (
         if (inputs instanceof InferenceError.InvalidInput) return yield* invalid(name, inputs)
         const outputs = Oip.selectOutputs(metadata, body.outputs)
         if (outputs instanceof InferenceError.InvalidInput) return yield* invalid(name, outputs)
-        const priority = Oip.priorityOf(body.parameters?.priority)
+        const priority = Oip.priorityOf(body.parameters?.priority) ?? metadata.defaultPriority
         const timeout = Oip.timeoutOf(body.parameters?.timeout)
         const request = InferenceRequest.make(name, inputs, {
           modelVersion: version,

@@ -345,6 +345,24 @@ describe("inference", () => {
       for (const f of queued) assert.strictEqual((yield* Fiber.join(f)).status, 200)
     }).pipe(withFreshMetrics))
 
+  it.effect("a request without a priority gets its model's default priority", () =>
+    Effect.gen(function*() {
+      const { send, engine, gate, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1 } })
+      yield* gate.close
+      const running = yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => stats.started === 1)
+      const queued = [
+        yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true }),
+        yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4], { parameters: { priority: 0 } })), { startImmediately: true }),
+        yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4], { parameters: { priority: 4 } })), { startImmediately: true })
+      ]
+      yield* Effect.yieldNow
+      assert.deepStrictEqual(yield* engine.queueStats, { critical: 0, high: 2, normal: 0, low: 1, total: 3 })
+      yield* gate.open
+      yield* TestClock.adjust("5 seconds")
+      for (const f of [running, ...queued]) assert.strictEqual((yield* Fiber.join(f)).status, 200)
+    }).pipe(withFreshMetrics))
+
   it.effect("parameters.timeout (µs) becomes the deadline: 504 when it passes", () =>
     Effect.gen(function*() {
       const { send } = yield* makeApp()

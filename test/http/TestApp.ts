@@ -49,12 +49,12 @@ const multi: ModelMetadata.ModelMetadata = {
   outputs: [{ name: "sum", dtype: "float32", dims: [1] }, { name: "scaled", dtype: "float32", dims: [-1] }, { name: "b_out", dtype: "int64", dims: [] }]
 }
 
-const slow: ModelMetadata.ModelMetadata = { ...echo("1"), name: "slow" }
+const slow: ModelMetadata.ModelMetadata = { ...echo("1"), name: "slow", defaultPriority: "High" }
 
 /**
  * The models: `echo` v1 (y = x) and v2 (y = 2x, the default), `identity_<dtype>` for every
  * dtype (y = x, any [-1, -1] shape), `multi` (outputs sum(a), a * b and b), `slow` (echo that
- * takes `slowLatency`, or until `gate` opens when it is closed), and `broken`, unavailable with a
+ * takes `slowLatency`, or until `gate` opens when it is closed; its default priority is High), and `broken`, unavailable with a
  * reason that names an absolute path.
  */
 export const makeTestPool = (options: TestPoolOptions = {}) =>
