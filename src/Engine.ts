@@ -54,6 +54,8 @@ export interface Service {
     options?: { readonly cancel?: CancelToken.Cancellation | undefined; readonly concurrency?: number | undefined }
   ) => Stream.Stream<InferenceResult.InferenceResult>
   readonly queueStats: Effect.Effect<PriorityQueue.QueueStats>
+  /** The same, for each model that has requests queued now (O(queued)). */
+  readonly queueStatsByModel: Effect.Effect<ReadonlyMap<string, PriorityQueue.QueueStats>>
   /** Requests admitted and not yet answered: queued, forming a batch, or running. */
   readonly pending: Effect.Effect<number>
   readonly config: AsyncConfig
@@ -508,6 +510,18 @@ export const make = Effect.gen(function*() {
     inferResult,
     inferBatch,
     queueStats: Effect.sync(() => queue.stats()),
+    queueStatsByModel: Effect.sync(() => {
+      const byModel = new Map<string, [number, number, number, number]>()
+      for (const pending of queue.values()) {
+        const model = pending.request.modelId
+        let counts = byModel.get(model)
+        if (counts === undefined) byModel.set(model, counts = [0, 0, 0, 0])
+        counts[Priority.rank(pending.request.priority)]++
+      }
+      return new Map([...byModel].map(([model, [critical, high, normal, low]]) =>
+        [model, { critical, high, normal, low, total: critical + high + normal + low }] as const
+      ))
+    }),
     pending: Effect.sync(() => unsettled),
     config,
     drain,

@@ -8,8 +8,8 @@
  *   (bad input) and `backend` (run failed, model unavailable). Both are derived from the
  *   engine's `inference_requests_total{outcome}` and `inference_request_failures_total{reason}`,
  *   so there is one source of truth.
- * - `inference_pending_requests{priority}`: requests queued now, by priority level (a gauge read
- *   from `queueStats`), and `inference_unsettled_requests`: admitted and not yet answered
+ * - `inference_pending_requests{model,priority}`: requests queued now, by model and priority
+ *   level (a gauge read from `queueStatsByModel`), and `inference_unsettled_requests`: admitted and not yet answered
  *   (queued, forming a batch or running).
  *
  * Inference count and execution count (`inference_count_total`, `inference_exec_total`) and the
@@ -31,7 +31,7 @@ export type FailureKind = "rejected" | "cancelled" | "timeout" | "invalid" | "ba
 
 export const failureKinds: ReadonlyArray<FailureKind> = ["rejected", "cancelled", "timeout", "invalid", "backend"]
 
-const pendingGauge = Metric.gauge("inference_pending_requests", { description: "Requests queued now, by priority" })
+const pendingGauge = Metric.gauge("inference_pending_requests", { description: "Requests queued now, by model and priority" })
 const unsettledGauge = Metric.gauge("inference_unsettled_requests", {
   description: "Requests admitted and not yet answered: queued, forming a batch or running"
 })
@@ -106,19 +106,26 @@ const renderOutcomes = (snapshot: ReadonlyArray<Metric.Metric.Snapshot>): string
   return lines.join("\n") + "\n"
 }
 
+/** Models that had requests queued at an earlier scrape: their gauges go back to 0 when they have none. */
+const modelsSeen = new Set<string>()
+
 /** Renders the whole page; needs the engine for the pending gauges. */
 export const render = (engine: AsyncInferenceEngine["Service"]): Effect.Effect<string> =>
   Effect.gen(function*() {
-    const stats = yield* engine.queueStats
+    const byModel = yield* engine.queueStatsByModel
     const unsettled = yield* engine.pending
-    const byLevel: Record<Priority.Priority, number> = {
-      Critical: stats.critical,
-      High: stats.high,
-      Normal: stats.normal,
-      Low: stats.low
-    }
-    for (const level of Priority.levels) {
-      yield* Metric.update(Metric.withAttributes(pendingGauge, { priority: level }), byLevel[level])
+    for (const model of byModel.keys()) modelsSeen.add(model)
+    for (const model of modelsSeen) {
+      const stats = byModel.get(model)
+      const byLevel: Record<Priority.Priority, number> = {
+        Critical: stats?.critical ?? 0,
+        High: stats?.high ?? 0,
+        Normal: stats?.normal ?? 0,
+        Low: stats?.low ?? 0
+      }
+      for (const level of Priority.levels) {
+        yield* Metric.update(Metric.withAttributes(pendingGauge, { model, priority: level }), byLevel[level])
+      }
     }
     yield* Metric.update(unsettledGauge, unsettled)
     const text = yield* PrometheusMetrics.format()

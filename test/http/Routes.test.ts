@@ -449,8 +449,8 @@ describe("GET /metrics", () => {
       const during = yield* send("GET", "/metrics")
       assert.strictEqual(during.status, 200)
       assert.strictEqual(during.headers.get("content-type"), "text/plain; version=0.0.4; charset=utf-8")
-      assert.include(during.text, "inference_pending_requests{priority=\"High\"} 1")
-      assert.include(during.text, "inference_pending_requests{priority=\"Critical\"} 0")
+      assert.include(during.text, "inference_pending_requests{model=\"slow\",priority=\"High\"} 1")
+      assert.include(during.text, "inference_pending_requests{model=\"slow\",priority=\"Critical\"} 0")
       assert.include(during.text, "inference_unsettled_requests 2")
       yield* TestClock.adjust("100 millis")
       assert.strictEqual((yield* Fiber.join(b)).status, 504)
@@ -468,7 +468,7 @@ describe("GET /metrics", () => {
           "inference_request_failure_total{model=\"echo\",reason=\"backend\"} 0",
           "inference_count_total{model=\"echo\"} 2",
           "inference_exec_total{model=\"echo\"} 2",
-          "inference_pending_requests{priority=\"High\"} 0",
+          "inference_pending_requests{model=\"slow\",priority=\"High\"} 0",
           "# TYPE inference_queue_duration_ms histogram",
           "# TYPE inference_compute_duration_ms histogram",
           "# TYPE inference_request_duration_ms histogram",
