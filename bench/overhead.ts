@@ -13,6 +13,7 @@
  * Usage: node --expose-gc bench/overhead.ts [--quick]
  */
 import { Effect, References } from "effect"
+import { PerformanceObserver } from "node:perf_hooks"
 import * as ort from "onnxruntime-node"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import * as Tensor from "../src/Tensor.ts"
@@ -46,6 +47,15 @@ const data = mlpData(1, 7)
 const inputs = { input: Tensor.float32(data, [1, 784]) }
 const request = () => InferenceRequest.make("mlp", inputs)
 
+type Block_ = Stats & {
+  readonly gcPer1k: number
+  readonly gcMeanMs: number
+  readonly slowPer1k: number
+  readonly slowInGcShare: number
+  readonly voluntaryCsPer1k: number
+  readonly involuntaryCsPer1k: number
+}
+
 const batchingOn = { enabled: true, maxBatchSize: 64, maxQueueDelayMs: 0 }
 
 const main = async () => {
@@ -59,39 +69,82 @@ const main = async () => {
   const engineNoop = await startEngine(engineLayer(inThreadPool([{ name: "mlp" }]), {}, "noop"))
   const engineBatching = await startEngine(engineLayer(inThreadPool([{ name: "mlp", batching: batchingOn }]), {}))
 
-  const viaEngine = (h: typeof engineInThread, n: number, tracing = true) =>
+  const viaEngine = (h: typeof engineInThread, n: number, tracing: boolean, starts?: Float64Array) =>
     h.runtime.runPromise(
-      sequentialEffect(n, () => h.engine.infer(request())).pipe(
+      sequentialEffect(n, () => h.engine.infer(request()), starts).pipe(
         tracing ? (e) => e : Effect.provideService(References.TracerEnabled, false)
       )
     )
-  const poolDirect = (n: number) =>
+  const poolDirect = (n: number, starts?: Float64Array) =>
     engineWorkers.runtime.runPromise(
-      sequentialEffect(n, () => engineWorkers.pool.run("mlp", inputs, { requestId: InferenceRequest.nextRequestId() }))
+      sequentialEffect(n, () => engineWorkers.pool.run("mlp", inputs, { requestId: InferenceRequest.nextRequestId() }), starts)
     )
 
-  type Block = (n: number) => Promise<Float64Array>
+  type Block = (n: number, starts?: Float64Array) => Promise<Float64Array>
   const blocks: Array<{ readonly name: string; readonly label: string; readonly block: Block }> = [
-    { name: "a", label: "(a) direct session.run, in-thread", block: (n) => sequentialAsync(n, direct) },
-    { name: "b", label: "(b) engine over OnnxModelPool (worker threads)", block: (n) => viaEngine(engineWorkers, n) },
-    { name: "c", label: "(c) engine over in-thread pool", block: (n) => viaEngine(engineInThread, n) },
+    { name: "a", label: "(a) direct session.run, in-thread", block: (n, s) => sequentialAsync(n, direct, s) },
+    { name: "b", label: "(b) engine over OnnxModelPool (worker threads)", block: (n, s) => viaEngine(engineWorkers, n, true, s) },
+    { name: "c", label: "(c) engine over in-thread pool", block: (n, s) => viaEngine(engineInThread, n, true, s) },
     { name: "d", label: "(d) OnnxModelPool.run direct, no engine", block: poolDirect },
     {
       name: "a2",
       label: "(a2) diag: session.run in Effect.promise",
-      block: (n) => Effect.runPromise(sequentialEffect(n, () => Effect.promise(direct)))
+      block: (n, s) => Effect.runPromise(sequentialEffect(n, () => Effect.promise(direct), s))
     },
-    { name: "c-noop", label: "(c) diag: no-op telemetry", block: (n) => viaEngine(engineNoop, n) },
-    { name: "c-notrace", label: "(c) diag: tracing off", block: (n) => viaEngine(engineInThread, n, false) },
-    { name: "c-batch", label: "(c) diag: batching on (idle)", block: (n) => viaEngine(engineBatching, n) }
+    { name: "c-noop", label: "(c) diag: no-op telemetry", block: (n, s) => viaEngine(engineNoop, n, true, s) },
+    { name: "c-notrace", label: "(c) diag: tracing off", block: (n, s) => viaEngine(engineInThread, n, false, s) },
+    { name: "c-batch", label: "(c) diag: batching on (idle)", block: (n, s) => viaEngine(engineBatching, n, true, s) }
   ]
 
   for (const b of blocks) {
     const until = performance.now() + WARMUP_MS
     while (performance.now() < until) await b.block(200)
   }
-  const contenders: Array<Contender<Stats>> = blocks.map((b) => ({ name: b.name, run: async () => stats(await b.block(N)) }))
-  const results = await alternate(ROUNDS, contenders, (r, name, s) => log(`  round ${r + 1} ${name.padEnd(9)} p50 ${fmt(s.p50, 4)} p99 ${fmt(s.p99, 4)} ms`))
+  // GC pauses (V8 'gc' performance entries), to tell which slow requests a collection explains.
+  const gcEntries: Array<{ start: number; end: number; minor: boolean }> = []
+  const observer = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gcEntries.push({ start: e.startTime, end: e.startTime + e.duration, minor: (e as unknown as { detail?: { kind?: number } }).detail?.kind === 1 })
+    }
+  })
+  observer.observe({ entryTypes: ["gc"] })
+  const contenders: Array<Contender<Block_>> = blocks.map((b) => ({
+    name: b.name,
+    run: async () => {
+      const starts = new Float64Array(N)
+      const r0 = process.resourceUsage()
+      const t0 = performance.now()
+      const lat = await b.block(N, starts)
+      const t1 = performance.now()
+      const r1 = process.resourceUsage()
+      for (const e of observer.takeRecords()) {
+        gcEntries.push({ start: e.startTime, end: e.startTime + e.duration, minor: (e as unknown as { detail?: { kind?: number } }).detail?.kind === 1 })
+      }
+      const gcs = gcEntries.filter((g) => g.end >= t0 && g.start <= t1)
+      let slow = 0
+      let slowInGc = 0
+      for (let i = 0; i < lat.length; i++) {
+        if (lat[i]! <= 1) continue
+        slow++
+        const s = starts[i]!
+        const e = s + lat[i]!
+        if (gcs.some((g) => g.end >= s && g.start <= e)) slowInGc++
+      }
+      gcEntries.length = 0
+      return {
+        ...stats(lat),
+        gcPer1k: (1000 * gcs.length) / N,
+        gcMeanMs: gcs.length === 0 ? 0 : gcs.reduce((a, g) => a + g.end - g.start, 0) / gcs.length,
+        slowPer1k: (1000 * slow) / N,
+        slowInGcShare: slow === 0 ? NaN : slowInGc / slow,
+        voluntaryCsPer1k: (1000 * (r1.voluntaryContextSwitches - r0.voluntaryContextSwitches)) / N,
+        involuntaryCsPer1k: (1000 * (r1.involuntaryContextSwitches - r0.involuntaryContextSwitches)) / N
+      }
+    }
+  }))
+  const results = await alternate(ROUNDS, contenders, (r, name, s) =>
+    log(`  round ${r + 1} ${name.padEnd(9)} p50 ${fmt(s.p50, 4)} p99 ${fmt(s.p99, 4)} ms; GCs/1k ${fmt(s.gcPer1k)}, >1 ms/1k ${fmt(s.slowPer1k)} (${fmt(100 * s.slowInGcShare, 2)}% during a GC)`), "overhead")
+  observer.disconnect()
 
   // Paired, per-round differences against (a).
   const added = (name: string, key: "p50" | "p99" | "mean") => median(results[name]!.map((s, r) => s[key] - results["a"]![r]![key]))
@@ -128,6 +181,19 @@ const main = async () => {
   console.log(`telemetry (c)−(c-noop): p50 ${fmt(median(results["c"]!.map((s, r) => s.p50 - results["c-noop"]![r]!.p50)), 4)} ms; tracing (c)−(c-notrace): p50 ${
     fmt(median(results["c"]!.map((s, r) => s.p50 - results["c-notrace"]![r]!.p50)), 4)
   } ms; Effect bridge (a2)−(a): p50 ${fmt(added("a2", "p50"), 4)} ms`)
+  section("overhead: where the tail comes from (GC pauses from a PerformanceObserver, context switches of the whole process from getrusage; medians over rounds)")
+  console.log(table(blocks.map((b) => {
+    const rs = results[b.name]!
+    return {
+      contender: b.label,
+      "GC pauses per 1k requests": median(rs.map((s) => s.gcPer1k)),
+      "mean pause ms": median(rs.map((s) => s.gcMeanMs)),
+      "requests > 1 ms per 1k": median(rs.map((s) => s.slowPer1k)),
+      "of those, overlapping a GC": `${fmt(100 * median(rs.map((s) => s.slowInGcShare)), 2)}%`,
+      "voluntary ctx switches per 1k": median(rs.map((s) => s.voluntaryCsPer1k)),
+      "involuntary per 1k": median(rs.map((s) => s.involuntaryCsPer1k))
+    }
+  })))
   section("overhead: goals")
   console.log(goalsTable(goals))
 

@@ -134,24 +134,26 @@ export const closedLoopEffect = <E>(
     )
   })
 
-/** `n` requests one after another; latencies in ms. */
-export const sequentialAsync = async (n: number, run: () => Promise<unknown>): Promise<Float64Array> => {
+/** `n` requests one after another; latencies in ms (and, into `starts` if given, each start time). */
+export const sequentialAsync = async (n: number, run: () => Promise<unknown>, starts?: Float64Array): Promise<Float64Array> => {
   const out = new Float64Array(n)
   for (let i = 0; i < n; i++) {
     const t = performance.now()
     await run()
     out[i] = performance.now() - t
+    if (starts !== undefined) starts[i] = t
   }
   return out
 }
 
-export const sequentialEffect = <E>(n: number, run: () => Effect.Effect<unknown, E>): Effect.Effect<Float64Array, E> =>
+export const sequentialEffect = <E>(n: number, run: () => Effect.Effect<unknown, E>, starts?: Float64Array): Effect.Effect<Float64Array, E> =>
   Effect.gen(function*() {
     const out = new Float64Array(n)
     for (let i = 0; i < n; i++) {
       const t = performance.now()
       yield* run()
       out[i] = performance.now() - t
+      if (starts !== undefined) starts[i] = t
     }
     return out
   })
