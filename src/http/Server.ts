@@ -13,9 +13,12 @@
  *    keep-alive connections are not cut either: cutting one while its client sends resets that
  *    request (see `anchors.md` §6).
  * 3. The HTTP requests still being answered finish (bounded by what is left of the grace).
- * 4. Once no connection or request has arrived for `quietMs` (a client answered with
- *    `Connection: close` reconnects at once, and gets its 503 on the new connection), the
- *    listener stops accepting connections.
+ * 4. Once no answer is being written and nothing has happened for `quietMs` (no connection,
+ *    no request, no answer finished: a client answered with `Connection: close` reconnects at
+ *    once, and gets its 503 on the new connection), and still after one more pass of the event
+ *    loop's poll phase (which accepts what the kernel queued while the process was not
+ *    scheduled), the listener stops accepting connections. Closing it any earlier resets the
+ *    connections in its accept queue.
  * 5. Connections close: an active client's next request is answered with `Connection: close`;
  *    a connection that has stayed idle for `lingerMs` (1 s) is ended by the server (a client
  *    that has not sent for that long is not about to). What is still open when the grace
@@ -53,8 +56,8 @@ export interface NodeServerHandle {
   readonly server: Http.Server
   /** Every open connection, with the number of requests it is answering and since when it idles. */
   readonly connections: ReadonlyMap<Net.Socket, { readonly active: number; readonly idleSinceMs: number }>
-  /** When the last connection or request arrived (`performance.now()`). */
-  readonly lastArrivalMs: () => number
+  /** When the last connection or request arrived, or the last answer finished (`performance.now()`). */
+  readonly lastActivityMs: () => number
 }
 
 export class NodeServer extends Context.Service<NodeServer, NodeServerHandle>()("effect-inference/http/NodeServer") {}
@@ -86,23 +89,23 @@ const answerClientErrors = (server: Http.Server): void => {
 
 const track = (server: Http.Server): NodeServerHandle => {
   const connections = new Map<Net.Socket, { active: number; idleSinceMs: number }>()
-  let lastArrivalMs = 0
+  let lastActivityMs = 0
   server.on("connection", (socket: Net.Socket) => {
-    lastArrivalMs = performance.now()
-    connections.set(socket, { active: 0, idleSinceMs: lastArrivalMs })
+    lastActivityMs = performance.now()
+    connections.set(socket, { active: 0, idleSinceMs: lastActivityMs })
     socket.once("close", () => connections.delete(socket))
   })
   server.on("request", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-    lastArrivalMs = performance.now()
+    lastActivityMs = performance.now()
     const state = connections.get(request.socket)
     if (state === undefined) return
     state.active++
     response.once("close", () => {
       state.active--
-      state.idleSinceMs = performance.now()
+      state.idleSinceMs = lastActivityMs = performance.now()
     })
   })
-  return { server, connections, lastArrivalMs: () => lastArrivalMs }
+  return { server, connections, lastActivityMs: () => lastActivityMs }
 }
 
 /** Serves the routes on `options.host:options.port`; also provides the Lifecycle and the Node server. */
@@ -142,14 +145,20 @@ const stopListening = (server: Http.Server): void => {
 /** How long a connection must have been idle, after the drain, before the server ends it. */
 export const lingerMs = 1000
 
-/** How long nothing must have arrived, after the drain, before the listener closes. */
+/** How long nothing must have happened (no arrival, no answer finished), after the drain, before the listener closes. */
 export const quietMs = 200
+
+/** Resumes after the event loop's next poll phase, where Node accepts the connections the kernel has queued. */
+const afterPollPhase: Effect.Effect<void> = Effect.callback<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
 
 /** The graceful shutdown (see the module doc). Never fails; idempotent enough to run twice. */
 export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, never, Lifecycle | NodeServer | AsyncInferenceEngine> =>
   Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
-    const { connections, lastArrivalMs, server } = yield* NodeServer
+    const { connections, lastActivityMs, server } = yield* NodeServer
     const engine = yield* AsyncInferenceEngine
     const startedMs = yield* Clock.currentTimeMillis
     const graceMs = Duration.toMillis(Duration.fromInputUnsafe(grace))
@@ -159,9 +168,21 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
     const { drained } = yield* engine.drain(grace)
     yield* lifecycle.awaitIdle.pipe(Effect.timeoutOption(Duration.millis(yield* leftMs)))
     const inFlight = lifecycle.inFlight()
-    // Closing the listener resets connections still in its accept queue: wait for a quiet moment.
-    while (performance.now() - lastArrivalMs() < quietMs && (yield* leftMs) > 0) {
-      yield* Effect.sleep(Duration.millis(Math.min(quietMs - (performance.now() - lastArrivalMs()) + 1, yield* leftMs)))
+    // Closing the listener resets connections still in its accept queue: wait for a quiet moment,
+    // counted from the last answer too (its client may reconnect at once), then let one poll
+    // phase accept what the kernel queued meanwhile, and check again.
+    const answering = () => {
+      for (const state of connections.values()) if (state.active > 0) return true
+      return false
+    }
+    const quietForMs = () => (answering() ? 0 : performance.now() - lastActivityMs())
+    while ((yield* leftMs) > 0) {
+      if (quietForMs() < quietMs) {
+        yield* Effect.sleep(Duration.millis(Math.min(Math.max(1, quietMs - quietForMs() + 1), yield* leftMs)))
+        continue
+      }
+      yield* afterPollPhase
+      if (quietForMs() >= quietMs) break
     }
     stopListening(server)
     // Connections close themselves after a `Connection: close` answer; end those left idle.

@@ -1,0 +1,110 @@
+/**
+ * SIGTERM at 64 outstanding requests, on the real server process and the bundled MLP: 64
+ * clients in a closed loop, each on its own kept-alive connection, and the signal mid-load.
+ * Every request the server accepted is answered: 200 when it was admitted before the signal,
+ * 503 when it arrived after; no connection is reset. Each client stops at its first refusal.
+ * The process exits 0 within the grace period.
+ *
+ * And in process, the case behind resets seen on a loaded machine: a drain that outlasts the
+ * quiet period, after which the clients answered `Connection: close` reconnect.
+ */
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Fiber, Layer } from "effect"
+import { HttpServer } from "effect/http"
+import * as Http from "node:http"
+import { AsyncConfigService } from "../../src/AsyncConfig.ts"
+import { AsyncInferenceEngine } from "../../src/Engine.ts"
+import * as Server from "../../src/http/Server.ts"
+import { TelemetryCollector } from "../../src/Telemetry.ts"
+import * as Client from "../http/HttpClient.ts"
+import { makeTestPool, routeOptions, withFreshMetrics } from "../http/TestApp.ts"
+import { closedLoop, mlpBody, type Running, startServer, stopServer } from "./ServerProcess.ts"
+
+const clients = 64
+const graceSeconds = 10
+
+describe("SIGTERM under load", () => {
+  let server: Running | undefined
+
+  afterAll(() => stopServer(server))
+
+  it(`${clients} outstanding: every accepted request is answered 200 or 503, none is reset, exit 0 within the grace period`, async () => {
+    const running = server = await startServer(["--grace-period-seconds", String(graceSeconds)])
+    const body = mlpBody()
+    let signalledAt: number | undefined
+    const events: Array<{ readonly client: number; readonly label: string; readonly atMs: number }> = []
+    let okBefore = 0
+    let okAfter = 0
+    const loop = closedLoop({
+      port: running.port,
+      clients,
+      path: "/v2/models/mlp/infer",
+      body: () => body,
+      record: (o, client) => {
+        if (signalledAt === undefined) {
+          if (o.status === 200) okBefore++
+          else events.push({ client, label: o.label, atMs: -1 })
+          return o.status === 200
+        }
+        events.push({ client, label: o.label, atMs: performance.now() - signalledAt })
+        if (o.status === 200) okAfter++
+        return o.status === 200
+      }
+    })
+    while (okBefore < 4 * clients && events.length === 0) await new Promise((r) => setTimeout(r, 5))
+    signalledAt = performance.now()
+    running.child.kill("SIGTERM")
+    await loop.done
+    const code = await running.exit
+    const exitMs = running.exitedAt()! - signalledAt
+
+    const counts: Record<string, number> = {}
+    for (const e of events) counts[e.label] = (counts[e.label] ?? 0) + 1
+    const timeline = events.filter((e) => e.label !== "200").map((e) => `${e.label}@${e.atMs.toFixed(0)}`).join(" ")
+    const report = `before the signal: ${okBefore} × 200; after: ${JSON.stringify(counts)}; refusals (ms after the signal): ${timeline}; exit ${code} after ${exitMs.toFixed(0)} ms\n${running.output()}`
+
+    console.log(`shutdown: ${report.split("\n")[0]}`)
+    assert.isAtLeast(okBefore, 4 * clients, report)
+    assert.isTrue(events.every((e) => e.atMs >= 0), `nothing but 200 before the signal: ${report}`)
+    for (const label of Object.keys(counts)) assert.include(["200", "503"], label, `unexpected outcome ${label}: ${report}`)
+    assert.isAtLeast(okAfter, 1, `requests in flight at the signal were answered: ${report}`)
+    assert.isAtLeast(counts["503"] ?? 0, 1, `requests arriving after the signal got 503: ${report}`)
+    assert.strictEqual(code, 0, report)
+    assert.isBelow(exitMs, graceSeconds * 1000, report)
+    assert.include(running.output(), "drained in", report)
+  }, 45_000)
+})
+
+describe("a drain longer than the quiet period", () => {
+  it.live("a client answered Connection: close at the end of the drain reconnects at once and gets 503, not a refused or reset connection", () =>
+    Effect.gen(function*() {
+      const pool = yield* makeTestPool({ slowLatency: `${Server.quietMs * 2} millis` })
+      const context = yield* Layer.build(
+        Server.layer({ ...routeOptions(), host: "127.0.0.1", port: 0, keepAliveTimeoutMs: 10_000 }).pipe(
+          Layer.provideMerge(AsyncInferenceEngine.layer),
+          Layer.provideMerge(Layer.mergeAll(pool.layer, TelemetryCollector.layer, AsyncConfigService.layerWith({})))
+        )
+      )
+      const address = Context.get(context, HttpServer.HttpServer).address
+      if (address._tag === "UnixPathAddress") return yield* Effect.die("expected a TCP address")
+      const port = address.port
+      const agent = new Http.Agent({ keepAlive: true, maxSockets: 1 })
+      yield* Effect.addFinalizer(() => Effect.sync(() => agent.destroy()))
+      const body = { inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] }] }
+      // The client sends its next request as soon as it has the answer to the slow one.
+      const slowThenNext = Effect.promise(async () => {
+        const first = await Client.send(port, "POST", "/v2/models/slow/infer", body, agent)
+        const next = await Client.send(port, "POST", "/v2/models/echo/infer", body, agent)
+        return [first, next] as const
+      })
+      const client = yield* Effect.forkChild(slowThenNext, { startImmediately: true })
+      yield* Effect.promise(() => Client.eventually(() => pool.stats.started === 1))
+      const report = yield* Server.shutdown("5 seconds").pipe(Effect.provideContext(context))
+      const [first, next] = yield* Fiber.join(client)
+      assert.isTrue(Client.isReply(first) && first.status === 200 && first.headers.connection === "close", JSON.stringify(first))
+      assert.isTrue(Client.isReply(next), `the reconnecting client was answered, not ${JSON.stringify(next)}`)
+      if (Client.isReply(next)) assert.strictEqual(next.status, 503)
+      assert.isTrue(report.drained)
+      assert.strictEqual(report.connectionsDestroyed, 0)
+    }).pipe(withFreshMetrics))
+})
