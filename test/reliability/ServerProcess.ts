@@ -88,13 +88,13 @@ export interface Outcome {
 }
 
 /**
- * Sends one request on `agent`; settles with the outcome, never rejects. `signal` aborts it
- * (the outcome is then labelled "aborted").
+ * Sends one request on `agent` (a POST of `body`, or a GET when `body` is undefined); settles
+ * with the outcome, never rejects. `signal` aborts it (the outcome is then labelled "aborted").
  */
 export const request = (
   port: number,
   path: string,
-  body: string,
+  body: string | undefined,
   agent: Http.Agent,
   signal?: AbortSignal
 ): Promise<Outcome> =>
@@ -105,10 +105,10 @@ export const request = (
     const req = Http.request({
       host: "127.0.0.1",
       port,
-      method: "POST",
+      method: body === undefined ? "GET" : "POST",
       path,
       agent,
-      headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+      headers: body === undefined ? {} : { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
       ...(signal === undefined ? {} : { signal })
     }, (response) => {
       const chunks: Array<Buffer> = []
@@ -139,7 +139,8 @@ export const closedLoop = (options: {
   readonly port: number
   readonly clients: number
   readonly path: string
-  readonly body: (client: number) => string
+  /** The body of each request (undefined: a GET). */
+  readonly body: (client: number) => string | undefined
   readonly record: (outcome: Outcome, client: number) => boolean | void
   readonly signal?: (client: number) => AbortSignal | undefined
 }): Loop => {
