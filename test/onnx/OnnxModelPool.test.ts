@@ -36,8 +36,9 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads the mlp's metadata from the session: dynamic batch as -1", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, ...metadata } = yield* pool.metadata("mlp")
+      const { batching, defaultPriority, ...metadata } = yield* pool.metadata("mlp")
       assert.deepInclude(batching, { enabled: true, maxBatchSize: 64 }, "on by default: every dim 0 is dynamic")
+      assert.strictEqual(defaultPriority, "Normal")
       assert.deepStrictEqual(metadata, {
         name: "mlp",
         version: "1",
@@ -50,7 +51,7 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads silero_vad's metadata: unnamed dims as -1, int64 scalar sr", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, ...metadata } = yield* pool.metadata("silero_vad")
+      const { batching, defaultPriority: _, ...metadata } = yield* pool.metadata("silero_vad")
       assert.deepInclude(batching, { enabled: true, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 } }, "from its config.json")
       assert.deepStrictEqual(metadata, {
         name: "silero_vad",
