@@ -241,6 +241,7 @@ export const fmt = (x: number, digits = 3): string => {
   if (!Number.isFinite(x)) return String(x)
   const a = Math.abs(x)
   if (a >= 1000) return Math.round(x).toLocaleString("en-US")
+  if (Number.isInteger(x)) return String(x)
   if (a >= 100) return x.toFixed(Math.max(0, digits - 3))
   if (a >= 10) return x.toFixed(Math.max(1, digits - 2))
   return x.toFixed(digits)
