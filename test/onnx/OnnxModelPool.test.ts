@@ -158,12 +158,13 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
       yield* Fiber.interrupt(ticker)
       assert.isAtLeast(elapsed, 300)
       assert.isAtLeast(out.runMs, 299, "the worker measured its own blocking time")
-      assert.isBelow(elapsed - out.runMs, 50, `the thread hop cost ${(elapsed - out.runMs).toFixed(1)} ms`)
+      assert.isBelow(elapsed - out.runMs, 100, `the thread hop cost ${(elapsed - out.runMs).toFixed(1)} ms`)
       assert.strictEqual(out.deviceUsed, "cpu")
-      // A blocked main thread would show one gap of >= 300 ms and no ticks in between.
-      assert.isAtLeast(gaps.length, 15, `setInterval(10) fired ${gaps.length} times in ${elapsed.toFixed(0)} ms`)
-      assert.isBelow(Math.max(...gaps), 100, `longest gap ${Math.max(...gaps).toFixed(1)} ms`)
-      assert.isAtLeast(effectTicks, 10, `Effect.sleep(10) loop ticked ${effectTicks} times`)
+      // A blocked main thread would show one gap of >= 300 ms and no ticks in between. The bounds
+      // leave room for a machine busy with other test files (2 cores): ticks get late, never absent.
+      assert.isAtLeast(gaps.length, 4, `setInterval(10) fired ${gaps.length} times in ${elapsed.toFixed(0)} ms`)
+      assert.isBelow(Math.max(...gaps), 150, `longest gap ${Math.max(...gaps).toFixed(1)} ms`)
+      assert.isAtLeast(effectTicks, 3, `Effect.sleep(10) loop ticked ${effectTicks} times`)
     }))
 
   it.effect("returns at once when a running caller is interrupted, and reuses the instance only after the run ends", () =>
