@@ -81,8 +81,11 @@ const answerClientErrors = (server: Http.Server): void => {
       ? [408, "Request Timeout", "request not received in time"]
       : [400, "Bad Request", "malformed HTTP request"]
     const body = JSON.stringify({ error: message })
+    // Destroyed once written, as Node does: ending only our side would leave the socket open for
+    // as long as a client that keeps its own side open wants (no parser watches it any more).
     socket.end(
-      `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
+      `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+      () => socket.destroy()
     )
   })
 }

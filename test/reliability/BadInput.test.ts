@@ -193,22 +193,34 @@ const makeSocketServer = Effect.gen(function*() {
   )
   const address = Context.get(context, HttpServer.HttpServer).address
   if (address._tag === "UnixPathAddress") return yield* Effect.die("expected a TCP address")
-  return { port: address.port, stats: pool.stats }
+  const { connections } = Context.get(context, Server.NodeServer)
+  return { port: address.port, stats: pool.stats, connections: () => connections.size }
 })
 
-/** Writes raw bytes on a fresh connection and returns what comes back before the server closes it (or `waitMs`). */
-const raw = (port: number, chunks: ReadonlyArray<string | Buffer>, waitMs = 2000): Promise<{ text: string; error?: string }> =>
+/**
+ * Writes raw bytes on a fresh connection and returns what comes back before the server ends its
+ * side, or `waitMs` passes. The client keeps its own side open (`allowHalfOpen`), as a hostile
+ * one would; it closes it on return unless `keepOpen`, then returns the socket to the caller.
+ */
+const raw = (
+  port: number,
+  chunks: ReadonlyArray<string | Buffer>,
+  options: { readonly waitMs?: number; readonly keepOpen?: boolean } = {}
+): Promise<{ text: string; error?: string; socket: Net.Socket }> =>
   new Promise((resolve) => {
-    const socket = Net.connect(port, "127.0.0.1")
+    const socket = Net.connect({ port, host: "127.0.0.1", allowHalfOpen: true })
     let text = ""
     let error: string | undefined
-    const timer = setTimeout(() => socket.destroy(), waitMs)
+    const done = () => {
+      clearTimeout(timer)
+      if (options.keepOpen !== true) socket.destroy()
+      resolve(error === undefined ? { text, socket } : { text, error, socket })
+    }
+    const timer = setTimeout(done, options.waitMs ?? 2000)
     socket.on("data", (c: Buffer) => (text += c.toString("utf8")))
     socket.on("error", (e: NodeJS.ErrnoException) => (error = e.code ?? e.message))
-    socket.on("close", () => {
-      clearTimeout(timer)
-      resolve(error === undefined ? { text } : { text, error })
-    })
+    socket.on("end", done)
+    socket.on("close", done)
     socket.on("connect", () => {
       for (const c of chunks) socket.write(c)
     })
@@ -288,10 +300,10 @@ describe("malformed requests, over a real socket", () => {
 
   it.live("a client that leaves mid-body, or sends bytes that are not HTTP, does not stop the server", () =>
     Effect.gen(function*() {
-      const { port, stats } = yield* makeSocketServer
+      const { port, stats, connections } = yield* makeSocketServer
       // Declares 1000 bytes, sends 10, and closes.
       const half = yield* Effect.promise(() =>
-        raw(port, [`POST ${echo} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs":`], 300)
+        raw(port, [`POST ${echo} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"inputs":`], { waitMs: 300 })
       )
       assert.strictEqual(half.text, "", "nothing is answered to a body that never ends")
       // What Node's parser refuses is answered as JSON too, and the connection is closed.
@@ -302,12 +314,16 @@ describe("malformed requests, over a real socket", () => {
         ["headers over 16 kB", `GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`, 431, /^request headers too large/]
       ]
       for (const [label, bytes, status, error] of parserCases) {
-        const reply = yield* Effect.promise(() => raw(port, [bytes]))
+        const reply = yield* Effect.promise(() => raw(port, [bytes], { keepOpen: true }))
         const r = parseRaw(reply.text)
         assert.strictEqual(r.status, status, `${label}: ${reply.text.slice(0, 200)}`)
         assert.include(r.head, "content-type: application/json", label)
         assert.include(r.head, "connection: close", label)
         assertCleanError(label, r.status, r.body, error)
+        // The client kept its side open: the server must still let go of the socket.
+        const released = yield* Effect.promise(() => Client.eventually(() => connections() === 0, 1000).then(() => true, () => false))
+        reply.socket.destroy()
+        assert.isTrue(released, `${label}: the server let go of the connection`)
       }
       assert.strictEqual(stats.started, 0)
       const ok = yield* Effect.promise(() => Client.send(port, "POST", echo, valid))
