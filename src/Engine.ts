@@ -94,6 +94,8 @@ interface Pending {
   readonly batchKey: string | undefined
   readonly rows: number
   readonly batching: BatchPolicy.BatchingConfig
+  /** Runs of its model that may go at once (the model's instances). */
+  readonly capacity: number
   entry: PriorityQueue.Entry<Pending> | undefined
   state: State
   /** Its entries in the deadline heap, taken out when it settles. */
@@ -149,6 +151,8 @@ export const make = Effect.gen(function*() {
   const settledLatch = yield* Latch.make(false)
   const forming = new Map<string, Forming>()
   const runsInFlight = new Map<string, number>()
+  /** Permits given to each model: its runs and its batches forming. Never above its capacity. */
+  const claimed = new Map<string, number>()
   const expectedRunMs = new Map<string, number>()
   let unsettled = 0
   let draining = false
@@ -285,38 +289,78 @@ export const make = Effect.gen(function*() {
       }))
     )
 
+  /** A batch of its kind that is forming and has room for it. */
+  const formingFor = (pending: Pending): Forming | undefined => {
+    if (pending.batchKey === undefined) return undefined
+    const open = forming.get(pending.batchKey)
+    return open !== undefined && open.rows + pending.rows <= pending.batching.maxBatchSize ? open : undefined
+  }
+
+  /** Joins a batch of its kind that is forming, if one has room. */
+  const joinForming = (pending: Pending): boolean => {
+    const open = formingFor(pending)
+    if (open === undefined) return false
+    pending.state = "forming"
+    open.members.push(pending)
+    open.rows += pending.rows
+    open.arrival.openUnsafe()
+    return true
+  }
+
+  /** It can go now: its model has a free instance, or it can join a forming batch. */
+  const canGo = (pending: Pending) =>
+    (claimed.get(modelKey(pending.request)) ?? 0) < pending.capacity || formingFor(pending) !== undefined
+
+  /**
+   * The next request to dispatch: the queue's head if its model has a free instance, else the
+   * first in priority order whose model has one (a model whose instances are all busy never
+   * holds up another model's requests, and never has runs waiting in the pool, where priority
+   * no longer applies).
+   */
+  const next = (): Pending | undefined => {
+    const now = nowMs(clock)
+    const head = queue.peek(now)
+    if (head === undefined) return undefined
+    if (canGo(head.value)) return queue.poll(now)
+    return queue.takeWhere(canGo, 1)[0]
+  }
+
   const dispatcher = Effect.gen(function*() {
     while (true) {
       yield* permits.take(1)
       yield* gate
-      let next = queue.poll(nowMs(clock))
-      while (next === undefined) {
+      let pending = next()
+      while (pending === undefined) {
         wake.closeUnsafe()
-        next = queue.poll(nowMs(clock))
-        if (next === undefined) yield* wake.await
+        pending = next()
+        if (pending === undefined) yield* wake.await
       }
-      const pending = next
+      // A batch of its kind is already forming: it joins it and the permit goes back.
+      if (joinForming(pending)) {
+        yield* permits.release(1)
+        continue
+      }
+      const model = modelKey(pending.request)
       let work: Effect.Effect<void>
       if (pending.batchKey === undefined) {
         pending.state = "running"
         work = runMembers([pending])
       } else {
-        const open = forming.get(pending.batchKey)
-        if (open !== undefined && open.rows + pending.rows <= pending.batching.maxBatchSize) {
-          // A batch of its kind is already forming: join it and give the permit back.
-          pending.state = "forming"
-          open.members.push(pending)
-          open.rows += pending.rows
-          open.arrival.openUnsafe()
-          yield* permits.release(1)
-          continue
-        }
         const batch: Forming = { key: pending.batchKey, members: [pending], rows: pending.rows, arrival: Latch.makeUnsafe(false) }
         pending.state = "forming"
         gather(batch, pending.batching.maxBatchSize)
-        work = formAndRun(batch, pending.batching, modelKey(pending.request))
+        work = formAndRun(batch, pending.batching, model)
       }
-      yield* Effect.forkIn(work.pipe(Effect.ensuring(permits.release(1))), scope, { startImmediately: true })
+      claimed.set(model, (claimed.get(model) ?? 0) + 1)
+      const release = Effect.andThen(
+        Effect.sync(() => {
+          claimed.set(model, claimed.get(model)! - 1)
+          // An instance of this model is free again: requests that waited for one may go.
+          if (queue.size > 0) wake.openUnsafe()
+        }),
+        permits.release(1)
+      )
+      yield* Effect.forkIn(work.pipe(Effect.ensuring(release)), scope, { startImmediately: true })
     }
   })
   yield* Effect.forkIn(dispatcher, scope)
@@ -409,6 +453,7 @@ export const make = Effect.gen(function*() {
         batchKey: joinable === undefined ? undefined : `${modelKey(request)}|${joinable.key}`,
         rows: joinable?.rows ?? 1,
         batching,
+        capacity: metadata.concurrency ?? Infinity,
         entry: undefined,
         state: "queued",
         queueTimer: undefined,

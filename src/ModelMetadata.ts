@@ -23,6 +23,11 @@ export interface ModelMetadata {
   readonly outputs: ReadonlyArray<TensorSpec>
   /** Dynamic batching for this model; absent means off. */
   readonly batching?: BatchPolicy.BatchingConfig | undefined
+  /**
+   * Runs of this model that can go at once (its instances); absent means no limit. The engine
+   * dispatches no more, so waiting requests wait in its priority queue, not in the pool's FIFO.
+   */
+  readonly concurrency?: number | undefined
   /** The priority a server gives a request that names none; absent means Normal. */
   readonly defaultPriority?: Priority.Priority | undefined
 }

@@ -43,7 +43,9 @@ const Schedule = Schema.Struct({
   batching: Schema.Boolean,
   maxBatchSize: Int(1, 8),
   maxQueueDelayMs: Int(0, 10),
-  aging: Schema.Boolean
+  aging: Schema.Boolean,
+  /** The model's instances; null: unlimited. */
+  instances: Schema.NullOr(Int(1, 3))
 })
 
 type Schedule = typeof Schedule.Type
@@ -66,6 +68,7 @@ const runSchedule = (schedule: Schedule) =>
         return s.fails ? { latency: Duration.millis(s.latencyMs), failWith: "scripted failure" } : { latency: Duration.millis(s.latencyMs) }
       },
       batching,
+      concurrency: schedule.instances ?? undefined,
       config: {
         maxConcurrentRequests: schedule.maxConcurrentRequests,
         maxQueuedRequests: schedule.maxQueuedRequests,
@@ -169,6 +172,7 @@ const runSchedule = (schedule: Schedule) =>
       }
       yield* event.run()
       assert.isAtMost(stats.maxActive, schedule.maxConcurrentRequests, "more native runs than the bound")
+      if (schedule.instances !== null) assert.isAtMost(stats.maxActive, schedule.instances, "more runs of the model than its instances")
     }
     // Let everything finish: the longest possible tail is bounded by the deadlines and latencies.
     yield* TestClock.adjust("2 seconds")

@@ -58,6 +58,21 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(stats.maxActive, 3)
       }))
 
+    it.effect("never runs more of a model at once than its instances, and picks by priority when one frees", () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({ script: () => ({ latency: "10 millis" }), concurrency: 1, config: { maxConcurrentRequests: 4 } })
+        const fibers = [yield* fork(engine.infer(request("low-1", { priority: "Low" })))]
+        yield* Effect.yieldNow
+        fibers.push(yield* fork(engine.infer(request("low-2", { priority: "Low" }))))
+        fibers.push(yield* fork(engine.infer(request("low-3", { priority: "Low" }))))
+        yield* TestClock.adjust("5 millis")
+        fibers.push(yield* fork(engine.infer(request("critical", { priority: "Critical" }))))
+        yield* TestClock.adjust("100 millis")
+        for (const f of fibers) yield* Fiber.join(f)
+        assert.strictEqual(stats.maxActive, 1)
+        assert.deepStrictEqual(stats.order, ["low-1", "critical", "low-2", "low-3"], "the waiting requests stayed in the priority queue")
+      }))
+
     it.effect("answers QueueFull at once when the queue is at its bound, queuing nothing", () =>
       Effect.gen(function*() {
         const { engine, outcomes } = yield* makeHarness({ script: () => ({ latency: "1 second" }), config: { maxConcurrentRequests: 1, maxQueuedRequests: 2 } })

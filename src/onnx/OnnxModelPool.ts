@@ -161,7 +161,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         // without a section, batching is on exactly when every input and output has a dynamic batch dim.
         Effect.flatMap((host) =>
           BatchPolicy.resolve(entry.config.batching, host.metadata).pipe(
-            Effect.map((batching) => ({ host, metadata: { ...host.metadata, batching, defaultPriority: entry.config.defaultPriority } })),
+            Effect.map((batching) => ({ host, metadata: { ...host.metadata, batching, defaultPriority: entry.config.defaultPriority, concurrency: entry.config.instances } })),
             Effect.catch((reason) => Effect.andThen(host.close, Effect.fail(`config.json: ${reason}`)))
           )
         ),

@@ -36,7 +36,8 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads the mlp's metadata from the session: dynamic batch as -1", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, defaultPriority, ...metadata } = yield* pool.metadata("mlp")
+      const { batching, concurrency, defaultPriority, ...metadata } = yield* pool.metadata("mlp")
+      assert.isAtLeast(concurrency!, 1, "its instances")
       assert.deepInclude(batching, { enabled: true, maxBatchSize: 64 }, "on by default: every dim 0 is dynamic")
       assert.strictEqual(defaultPriority, "Normal")
       assert.deepStrictEqual(metadata, {
@@ -51,7 +52,7 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads silero_vad's metadata: unnamed dims as -1, int64 scalar sr", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, defaultPriority: _, ...metadata } = yield* pool.metadata("silero_vad")
+      const { batching, concurrency: _c, defaultPriority: _p, ...metadata } = yield* pool.metadata("silero_vad")
       assert.deepInclude(batching, { enabled: true, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 } }, "from its config.json")
       assert.deepStrictEqual(metadata, {
         name: "silero_vad",
