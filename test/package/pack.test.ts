@@ -100,7 +100,7 @@ await client.close()
     assert.deepStrictEqual(out.map((o) => [o.line, o.outputs.logits.shape]), [[1, [1, 10]], [2, [1, 10]]])
 
     // The type declarations, under the strict compiler (node's types from this repository). The
-    // @ts-expect-error line fails the check if the declarations do not resolve (types turn `any`);
+    // expect-error directive below fails the check if the declarations do not resolve (types turn `any`);
     // skipLibCheck spares re-checking effect's own declarations.
     Fs.writeFileSync(Path.join(consumer, "check.ts"), `
 import { Engine, InferenceClient, InferenceError, InferenceRequest, Tensor } from "effect-inference"
