@@ -41,15 +41,16 @@ const invalid = (modelId: string, input: string | undefined, detail: string) =>
 const dimsText = (dims: ReadonlyArray<number>) => `[${dims.join(", ")}]`
 
 /**
- * Checks the shape of a tensor on its own: integer, non-negative dims whose product fits the
- * element limit. Cheap: it never looks at the data.
+ * Checks the shape of a tensor on its own: integer, non-negative dims, each of which and whose
+ * product fit the element limit. Cheap: it never looks at the data.
  */
 export const checkDims = (modelId: string, name: string, dims: ReadonlyArray<number>): InferenceError.InvalidInput | undefined => {
   let count = 1
   for (const d of dims) {
     if (!Number.isSafeInteger(d) || d < 0) return invalid(modelId, name, `dims ${dimsText(dims)} must be non-negative integers`)
+    // Each dim on its own too: a zero elsewhere makes the product small, not the tensor sane.
     count *= d
-    if (count > maxElementsPerTensor) {
+    if (d > maxElementsPerTensor || count > maxElementsPerTensor) {
       return invalid(modelId, name, `dims ${dimsText(dims)} exceed the limit of ${maxElementsPerTensor} elements`)
     }
   }
