@@ -35,6 +35,22 @@ const gated = (options: { script?: (id: string) => Script; config?: NonNullable<
     return { ...harness, gate }
   })
 
+/**
+ * A harness whose model is busy: a 100 ms run ("long") starts at 0 ms, every other run takes
+ * 2 ms, and the test resumes at 1 ms. With a run in flight, a forming batch may wait out its delay.
+ */
+const busyModel = (maxQueueDelayMs: number) =>
+  Effect.gen(function*() {
+    const harness = yield* makeHarness({
+      script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }),
+      batching: batching({ maxQueueDelay: Duration.millis(maxQueueDelayMs) }),
+      config: { maxConcurrentRequests: 2 }
+    })
+    yield* fork(Effect.exit(harness.engine.infer(request("long", 0))))
+    yield* TestClock.adjust("1 millis")
+    return harness
+  })
+
 describe("AsyncInferenceEngine dynamic batching", () => {
   it.effect("runs queued requests of one model as one batch, and every caller gets exactly its own rows", () =>
     Effect.gen(function*() {
@@ -96,13 +112,7 @@ describe("AsyncInferenceEngine dynamic batching", () => {
 
   it.effect("waits up to maxQueueDelay for more rows while the model is busy, then sends", () =>
     Effect.gen(function*() {
-      const { engine, stats } = yield* makeHarness({
-        script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }),
-        batching: batching({ maxQueueDelay: Duration.millis(10) }),
-        config: { maxConcurrentRequests: 2 }
-      })
-      yield* fork(engine.infer(request("long", 0)))
-      yield* TestClock.adjust("1 millis")
+      const { engine, stats } = yield* busyModel(10)
       const a = yield* fork(engine.infer(request("a", 1)))
       yield* TestClock.adjust("4 millis")
       const b = yield* fork(engine.infer(request("b", 2)))
@@ -148,13 +158,7 @@ describe("AsyncInferenceEngine dynamic batching", () => {
 
   it.effect("a Critical request never waits behind a forming batch", () =>
     Effect.gen(function*() {
-      const { engine, stats } = yield* makeHarness({
-        script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }),
-        batching: batching({ maxQueueDelay: Duration.millis(40) }),
-        config: { maxConcurrentRequests: 2 }
-      })
-      yield* fork(engine.infer(request("long", 0)))
-      yield* TestClock.adjust("1 millis")
+      const { engine, stats } = yield* busyModel(40)
       const low = yield* fork(engine.infer(request("low", 1, { priority: "Low" })))
       yield* TestClock.adjust("4 millis")
       const critical = yield* fork(engine.infer(request("critical", 2, { priority: "Critical" })))
@@ -167,13 +171,7 @@ describe("AsyncInferenceEngine dynamic batching", () => {
 
   it.effect("a request cancelled while its batch forms leaves the batch before dispatch", () =>
     Effect.gen(function*() {
-      const { engine, stats, outcomes } = yield* makeHarness({
-        script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }),
-        batching: batching({ maxQueueDelay: Duration.millis(10) }),
-        config: { maxConcurrentRequests: 2 }
-      })
-      yield* fork(engine.infer(request("long", 0)))
-      yield* TestClock.adjust("1 millis")
+      const { engine, stats, outcomes } = yield* busyModel(10)
       const a = yield* fork(engine.infer(request("a", 1)))
       const b = yield* fork(engine.infer(request("b", 2)))
       const c = yield* fork(engine.infer(request("c", 3)))
@@ -229,13 +227,7 @@ describe("AsyncInferenceEngine dynamic batching", () => {
   it.effect("closing the engine answers requests in a forming batch with ShuttingDown", () =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
-      const { engine, stats } = yield* makeHarness({
-        script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }),
-        batching: batching({ maxQueueDelay: Duration.millis(50) }),
-        config: { maxConcurrentRequests: 2 }
-      }).pipe(Scope.provide(scope))
-      yield* fork(Effect.exit(engine.infer(request("long", 0))))
-      yield* TestClock.adjust("1 millis")
+      const { engine, stats } = yield* busyModel(50).pipe(Scope.provide(scope))
       const waiting = yield* fork(Effect.exit(engine.infer(request("waiting", 1))))
       yield* TestClock.adjust("1 millis")
       assert.strictEqual((yield* engine.diagnostics).forming, 1)
