@@ -5,7 +5,7 @@
  * run latencies and failures, and cancellations at random moments (queued, in a forming batch,
  * running), over random engine settings (batching on or off, aging on or off, bounds).
  * After every schedule the test checks that every request settled exactly once with the outcome
- * its schedule implies, that the bounds held, that dispatch respected priority, that nothing
+ * its schedule implies, that the bounds held, that dispatch respected (effective, aged) priority, that nothing
  * is left holding a permit, and that the telemetry adds up.
  *
  * `PROPERTY_RUNS` sets the number of schedules (1,000 by default; `npm run soak:properties`
@@ -19,6 +19,7 @@ import * as BatchPolicy from "../src/BatchPolicy.ts"
 import type * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import * as Priority from "../src/Priority.ts"
+import * as QueuePolicy from "../src/QueuePolicy.ts"
 import { makeHarness } from "./fixtures/EngineHarness.ts"
 import { echoInputs } from "./fixtures/FakeModelPool.ts"
 
@@ -57,6 +58,7 @@ const replay = process.env.PROPERTY_REPLAY === undefined ? undefined : JSON.pars
 
 const runSchedule = (schedule: Schedule) =>
   Effect.gen(function*() {
+    const aging: QueuePolicy.Aging | undefined = schedule.aging ? { High: 20, Normal: 20, Low: 20 } : undefined
     const latencyOf = new Map<string, { latencyMs: number; fails: boolean }>()
     const batching: BatchPolicy.BatchingConfig | undefined = schedule.batching
       ? { ...BatchPolicy.disabled, enabled: true, maxBatchSize: schedule.maxBatchSize, maxQueueDelay: Duration.millis(schedule.maxQueueDelayMs) }
@@ -73,7 +75,7 @@ const runSchedule = (schedule: Schedule) =>
         maxConcurrentRequests: schedule.maxConcurrentRequests,
         maxQueuedRequests: schedule.maxQueuedRequests,
         queueTimeout: Duration.millis(schedule.queueTimeoutMs),
-        ...(schedule.aging ? { aging: { High: 20, Normal: 20, Low: 20 } } : {})
+        ...(aging === undefined ? {} : { aging })
       }
     })
     const t0 = yield* Clock.currentTimeMillis
@@ -230,8 +232,10 @@ const runSchedule = (schedule: Schedule) =>
       }
     }
 
-    // --- dispatch order: among requests waiting when a run started, none outranked it (strict priority, no batching)
-    if (!schedule.batching && !schedule.aging) {
+    // --- dispatch order: among requests waiting when a run started, none outranked it (no batching).
+    // Ranks are effective ranks: with aging, a request that waited past its bounds competes higher,
+    // so an aged request is never passed by a fresher one of the same or a lower effective rank.
+    if (!schedule.batching) {
       for (const a of tracked) {
         const aRun = runOf.get(a.value)
         if (aRun === undefined) continue
@@ -241,12 +245,12 @@ const runSchedule = (schedule: Schedule) =>
           const bWaiting = b.admittedAtMs < aRun.startMs && b.settledAtMs > aRun.startMs && (bRun === undefined || bRun.startMs > aRun.startMs) &&
             b.outcome !== "QueueFull"
           if (!bWaiting) continue
-          const ra = Priority.rank(a.priority)
-          const rb = Priority.rank(b.priority)
-          assert.isAtMost(ra, rb, `${a.id} (${a.priority}) ran at ${aRun.startMs} ms while ${b.id} (${b.priority}) waited`)
+          const ra = QueuePolicy.effectiveRank(aging, a.priority, aRun.startMs - a.admittedAtMs)
+          const rb = QueuePolicy.effectiveRank(aging, b.priority, aRun.startMs - b.admittedAtMs)
+          assert.isAtMost(ra, rb, `${a.id} (${a.priority}, rank ${ra}) ran at ${aRun.startMs} ms while ${b.id} (${b.priority}, rank ${rb}) waited`)
           if (ra === rb && a.admittedAtMs > b.admittedAtMs) {
-            // FIFO within a level; equal admission times are one tick and keep submission order.
-            assert.fail(`${a.id} ran before ${b.id}, admitted earlier at the same level`)
+            // FIFO within a (effective) level; equal admission times are one tick and keep submission order.
+            assert.fail(`${a.id} ran before ${b.id}, admitted earlier at the same effective level`)
           }
         }
       }
