@@ -37,6 +37,25 @@ export const keyOf = (config: BatchPolicy.BatchingConfig, inputs: Tensor.TensorM
   return { key: parts.join("|"), rows }
 }
 
+/**
+ * Where the model's batching config declares batch axes, every batched input must have the same
+ * size on its axis: the rows of one request. Returns what disagrees, or undefined.
+ */
+export const rowsDisagreement = (config: BatchPolicy.BatchingConfig, inputs: Tensor.TensorMap): string | undefined => {
+  let first: { readonly name: string; readonly axis: number; readonly rows: number } | undefined
+  for (const name of Object.keys(inputs)) {
+    const axis = axisOf(config.inputAxes, name)
+    if (axis === null) continue
+    const rows = inputs[name]!.dims[axis]
+    if (rows === undefined) continue
+    if (first === undefined) first = { name, axis, rows }
+    else if (rows !== first.rows) {
+      return `inputs disagree on the batch size: ${first.name} has ${first.rows} on axis ${first.axis}, ${name} has ${rows} on axis ${axis}`
+    }
+  }
+  return undefined
+}
+
 /** Elements before and after the batch axis: [outer, inner]. */
 const strides = (dims: ReadonlyArray<number>, axis: number): readonly [number, number] => [
   Tensor.elementCount(dims.slice(0, axis)),

@@ -444,6 +444,10 @@ export const make = Effect.gen(function*() {
       const invalid = ModelMetadata.validateInputs(metadata, request.inputs)
       if (invalid !== undefined) return yield* fail(invalid)
       const batching = metadata.batching ?? BatchPolicy.disabled
+      if (batching.enabled) {
+        const disagreement = Batch.rowsDisagreement(batching, request.inputs)
+        if (disagreement !== undefined) return yield* fail(new InferenceError.InvalidInput({ modelId: request.modelId, detail: disagreement }))
+      }
       const joinable = batching.enabled ? Batch.keyOf(batching, request.inputs) : undefined
       const pending: Pending = {
         request,

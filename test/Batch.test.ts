@@ -48,4 +48,13 @@ describe("Batch", () => {
   it("refuses to split outputs whose batch dim is not the total", () => {
     assert.isUndefined(Batch.split(on, { y: Tensor.float32([1, 2], [2, 1]) }, [1, 2]))
   })
+
+  it("finds batched inputs that disagree on the batch size, on their own axes", () => {
+    const input = Tensor.float32([0, 0], [1, 2])
+    assert.isUndefined(Batch.rowsDisagreement(silero, { input, state: Tensor.float32([0, 0], [2, 1, 1]), sr: Tensor.int64([16000], []) }))
+    assert.strictEqual(
+      Batch.rowsDisagreement(silero, { input, state: Tensor.float32([0, 0, 0, 0], [2, 2, 1]), sr: Tensor.int64([16000], []) }),
+      "inputs disagree on the batch size: input has 1 on axis 0, state has 2 on axis 1"
+    )
+  })
 })

@@ -118,4 +118,17 @@ layer(Live, { timeout: 60_000, excludeTestServices: true })("seed on the bundled
       assert.strictEqual(finished[0], Priority.Critical)
       assert.strictEqual(finished.indexOf("High") < finished.indexOf("Low"), true)
     }))
+
+  it.effect("refuses Silero inputs whose batch sizes disagree before running them (a 400, not a run failure)", () =>
+    Effect.gen(function*() {
+      const engine = yield* AsyncInferenceEngine
+      const request = InferenceRequest.make("silero_vad", {
+        input: Tensor.float32(new Float32Array(512), [1, 512]),
+        state: Tensor.float32(new Float32Array(2 * 2 * 128), [2, 2, 128]),
+        sr: Tensor.int64([16000], [])
+      })
+      const error = yield* Effect.flip(engine.infer(request))
+      assert.strictEqual(error.reason._tag, "InvalidInput")
+      assert.include(error.message, "input has 1 on axis 0, state has 2 on axis 1")
+    }))
 })
