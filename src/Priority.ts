@@ -21,6 +21,3 @@ export const schema = Schema.Literals(levels)
 
 /** 0 for Critical … 3 for Low: the index of the level's FIFO. */
 export const rank = (priority: Priority): 0 | 1 | 2 | 3 => levels.indexOf(priority) as 0 | 1 | 2 | 3
-
-/** The level one step higher (Critical stays Critical). */
-export const promote = (priority: Priority): Priority => levels[Math.max(0, rank(priority) - 1)]!

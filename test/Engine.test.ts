@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Scope, Stream } from "effect"
+import { Duration, Effect, Exit, Fiber, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import * as CancelToken from "../src/CancelToken.ts"
 import type * as InferenceError from "../src/InferenceError.ts"
@@ -197,7 +197,7 @@ describe("AsyncInferenceEngine", () => {
       Effect.gen(function*() {
         const { engine, stats, outcomes } = yield* makeHarness({
           script: () => ({ latency: "1 second" }),
-          config: { maxConcurrentRequests: 1, queueTimeout: "50 millis" as never }
+          config: { maxConcurrentRequests: 1, queueTimeout: Duration.millis(50) }
         })
         yield* fork(engine.infer(request("busy")))
         const waiting = yield* fork(Effect.exit(engine.infer(request("waiting"))))
@@ -222,7 +222,7 @@ describe("AsyncInferenceEngine", () => {
 
     it.effect("the queue timeout does not cut a request that is already running", () =>
       Effect.gen(function*() {
-        const { engine } = yield* makeHarness({ script: () => ({ latency: "200 millis" }), config: { queueTimeout: "50 millis" as never } })
+        const { engine } = yield* makeHarness({ script: () => ({ latency: "200 millis" }), config: { queueTimeout: Duration.millis(50) } })
         const fiber = yield* fork(Effect.exit(engine.infer(request("a"))))
         yield* TestClock.adjust("200 millis")
         assert.strictEqual(reasonOf(yield* Fiber.join(fiber)), "Success")
