@@ -6,6 +6,7 @@
  */
 import type * as BatchPolicy from "./BatchPolicy.ts"
 import * as InferenceError from "./InferenceError.ts"
+import * as InputSignature from "./InputSignature.ts"
 import type * as Priority from "./Priority.ts"
 import * as Tensor from "./Tensor.ts"
 
@@ -30,6 +31,8 @@ export interface ModelMetadata {
   readonly concurrency?: number | undefined
   /** The priority a server gives a request that names none; absent means Normal. */
   readonly defaultPriority?: Priority.Priority | undefined
+  /** Declared alternatives the inputs must fit (config.json `inputSignatures`); absent means the ONNX signature alone. */
+  readonly signatures?: ReadonlyArray<InputSignature.Signature> | undefined
 }
 
 /** Largest element count the engine accepts in one tensor (2^28 elements, 1 GiB of float32). */
@@ -59,7 +62,8 @@ export const checkDims = (modelId: string, name: string, dims: ReadonlyArray<num
 
 /**
  * Checks `inputs` against the model: every declared input present, no unknown input, dtype,
- * rank and fixed dims equal, data length equal to the element count.
+ * rank and fixed dims equal, data length equal to the element count; then the model's declared
+ * input signatures, if any (`InputSignature.check`).
  * Returns the first problem found, or undefined when the inputs fit.
  */
 export const validateInputs = (metadata: ModelMetadata, inputs: Tensor.TensorMap): InferenceError.InvalidInput | undefined => {
@@ -92,5 +96,6 @@ export const validateInputs = (metadata: ModelMetadata, inputs: Tensor.TensorMap
       return invalid(modelId, spec.name, `data has ${tensor.data.length} elements, dims ${dimsText(tensor.dims)} need ${count}`)
     }
   }
-  return undefined
+  const refused = InputSignature.check(metadata.signatures, inputs)
+  return refused === undefined ? undefined : invalid(modelId, undefined, refused)
 }

@@ -27,6 +27,7 @@ import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as BatchPolicy from "./BatchPolicy.ts"
+import * as InputSignature from "./InputSignature.ts"
 import * as Priority from "./Priority.ts"
 
 /** Safe model names: a letter or digit, then letters, digits, `_`, `.` or `-`. No separators, no leading dot. */
@@ -95,7 +96,9 @@ export const configFields = {
   /** Process isolation: how long a run may outlive its request's deadline before its process is killed. */
   killGraceMs: Schema.optionalKey(KillGraceMs),
   /** The priority of a request that names none (Triton's priority 0 or absent). */
-  defaultPriority: Schema.optionalKey(Priority.schema)
+  defaultPriority: Schema.optionalKey(Priority.schema),
+  /** Alternatives a request's inputs must fit, narrower than the ONNX signature (see `InputSignature`). */
+  inputSignatures: Schema.optionalKey(InputSignature.ConfigJson)
 }
 
 /** `config.json` as written. Unknown keys are ignored by this schema (and kept in `ModelConfig.raw`). */
@@ -116,11 +119,13 @@ export interface ModelConfig {
   readonly defaultPriority: Priority.Priority
   /** config.json's `batching` section as written; undefined without one (see BatchPolicy.resolve). */
   readonly batching: BatchPolicy.ConfigJson | undefined
+  /** config.json's `inputSignatures` as written (checked against the model by `InputSignature.resolve` once loaded). */
+  readonly inputSignatures: InputSignature.ConfigJson | undefined
   /** config.json as parsed (an empty object without one): the place for settings this module does not own. */
   readonly raw: Readonly<Record<string, unknown>>
 }
 
-export type Defaults = Omit<ModelConfig, "raw" | "batching">
+export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures">
 
 /** Instances per model by default: 1 on up to 3 cores, 2 from 4 cores (more than the cores only slows runs down). */
 export const defaultInstances = (cores: number = Os.availableParallelism()): number => (cores >= 4 ? 2 : 1)
@@ -152,6 +157,7 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
       killGraceMs: config.killGraceMs ?? base.killGraceMs,
       defaultPriority: config.defaultPriority ?? base.defaultPriority,
       batching: config.batching,
+      inputSignatures: config.inputSignatures,
       raw: json as Readonly<Record<string, unknown>>
     }
   })

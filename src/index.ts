@@ -26,6 +26,7 @@ export * as PriorityQueue from "./PriorityQueue.ts"
 export * as QueuePolicy from "./QueuePolicy.ts"
 
 // Models
+export * as InputSignature from "./InputSignature.ts"
 export * as ModelMetadata from "./ModelMetadata.ts"
 export * as ModelPool from "./ModelPool.ts"
 export * as ModelRepository from "./ModelRepository.ts"

@@ -45,6 +45,7 @@ describe("ModelRepository", () => {
           killGraceMs: 1000,
           defaultPriority: "Normal",
           batching: undefined,
+          inputSignatures: undefined,
           raw: {}
         })
         assert.strictEqual(ModelRepository.defaultInstances(2), 1)

@@ -19,13 +19,15 @@
  *   and `info` tell which one runs.
  * - config.json's `batching` section is resolved (`BatchPolicy.resolve`) against the signature
  *   the session reports and returned in `metadata`; without one, batching is on exactly when
- *   every input and output has a dynamic dim on axis 0. An invalid section makes the model UNAVAILABLE.
+ *   every input and output has a dynamic dim on axis 0. Its `inputSignatures` are checked the
+ *   same way (`InputSignature.resolve`). An invalid section makes the model UNAVAILABLE.
  *
  * @module OnnxModelPool
  */
 import { Context, Duration, Effect, Layer, type Scope } from "effect"
 import * as BatchPolicy from "../BatchPolicy.ts"
 import * as InferenceError from "../InferenceError.ts"
+import * as InputSignature from "../InputSignature.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool, type ModelStatus, type RunOptions as ModelPoolRunOptions, type Service as ModelPoolService } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
@@ -157,11 +159,21 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         Effect.tap((host) => Effect.sync(() => hosts.push(host))),
         Effect.uninterruptible,
         Effect.mapError((e) => e.reason),
-        // config.json's batching section is checked against the signature the session reports;
-        // without a section, batching is on exactly when every input and output has a dynamic batch dim.
+        // config.json's batching and inputSignatures sections are checked against the signature the
+        // session reports; without a batching section, batching is on exactly when every input and
+        // output has a dynamic batch dim.
         Effect.flatMap((host) =>
-          BatchPolicy.resolve(entry.config.batching, host.metadata).pipe(
-            Effect.map((batching) => ({ host, metadata: { ...host.metadata, batching, defaultPriority: entry.config.defaultPriority, concurrency: entry.config.instances } })),
+          Effect.all([BatchPolicy.resolve(entry.config.batching, host.metadata), InputSignature.resolve(entry.config.inputSignatures, host.metadata)]).pipe(
+            Effect.map(([batching, signatures]) => ({
+              host,
+              metadata: {
+                ...host.metadata,
+                batching,
+                defaultPriority: entry.config.defaultPriority,
+                concurrency: entry.config.instances,
+                ...(signatures === undefined ? {} : { signatures })
+              }
+            })),
             Effect.catch((reason) => Effect.andThen(host.close, Effect.fail(`config.json: ${reason}`)))
           )
         ),

@@ -51,11 +51,30 @@ const multi: ModelMetadata.ModelMetadata = {
 
 const slow: ModelMetadata.ModelMetadata = { ...echo("1"), name: "slow", defaultPriority: "High" }
 
+/** Like Silero VAD: 4 samples at 16 kHz or 2 at 8 kHz, as declared signatures (y = audio). */
+const vad: ModelMetadata.ModelMetadata = {
+  name: "vad",
+  version: "1",
+  inputs: [{ name: "audio", dtype: "float32", dims: [-1, -1] }, { name: "sr", dtype: "int64", dims: [] }],
+  outputs: [{ name: "y", dtype: "float32", dims: [-1, -1] }],
+  signatures: [{ audio: { dims: [-1, 4] }, sr: { values: [16000] } }, { audio: { dims: [-1, 2] }, sr: { values: [8000] } }]
+}
+
+/** Like a text model's embedding lookup: token ids within [0, 9] (y = ids). */
+const tokens: ModelMetadata.ModelMetadata = {
+  name: "tokens",
+  version: "1",
+  inputs: [{ name: "ids", dtype: "int64", dims: [-1, -1] }],
+  outputs: [{ name: "y", dtype: "int64", dims: [-1, -1] }],
+  signatures: [{ ids: { min: 0, max: 9 } }]
+}
+
 /**
  * The models: `echo` v1 (y = x) and v2 (y = 2x, the default), `identity_<dtype>` for every
  * dtype (y = x, any [-1, -1] shape), `multi` (outputs sum(a), a * b and b), `slow` (echo that
- * takes `slowLatency`, or until `gate` opens when it is closed; its default priority is High), and `broken`, unavailable with a
- * reason that names an absolute path.
+ * takes `slowLatency`, or until `gate` opens when it is closed; its default priority is High),
+ * `vad` and `tokens` (identities with declared input signatures), and `broken`, unavailable with
+ * a reason that names an absolute path.
  */
 export const makeTestPool = (options: TestPoolOptions = {}) =>
   Effect.gen(function*() {
@@ -64,7 +83,9 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
     const models: Record<string, Record<string, ModelMetadata.ModelMetadata>> = {
       echo: { "1": echo("1"), "2": echo("2") },
       multi: { "1": multi },
-      slow: { "1": slow }
+      slow: { "1": slow },
+      vad: { "1": vad },
+      tokens: { "1": tokens }
     }
     for (const m of identityModels) models[m.name] = { "1": m }
     const statuses: Array<ModelStatus> = []
@@ -101,6 +122,8 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
           b_out: b
         }
       }
+      if (metadata.name === "vad") return { y: inputs["audio"]! }
+      if (metadata.name === "tokens") return { y: inputs["ids"]! }
       return { y: inputs["x"]! }
     }
 

@@ -64,6 +64,7 @@ describe("node src/bin/server.ts", () => {
     }
     put("mlp/model.onnx", mlp)
     put("silero_vad/model.onnx", Fs.readFileSync(Path.join(bundled, "silero_vad/model.onnx")))
+    put("silero_vad/config.json", Fs.readFileSync(Path.join(bundled, "silero_vad/config.json")))
     put("versioned/1/model.onnx", mlp)
     put("versioned/2/model.onnx", mlp)
     put("corrupt/model.onnx", "this is not an ONNX model")
@@ -125,6 +126,23 @@ describe("node src/bin/server.ts", () => {
     assert.isAtLeast(output.data[0], 0)
     assert.isAtMost(output.data[0], 1)
     assert.deepStrictEqual([stateN.name, stateN.shape], ["stateN", [2, 1, 128]])
+
+    // Inputs onnxruntime would refuse only at run time (a 500) fit none of the signatures that
+    // Silero's config.json declares: 400 at admission. 256 samples at 8 kHz is the other one.
+    const silero = (samples: number, sr: number) =>
+      json(Client.send(server.port, "POST", "/v2/models/silero_vad/infer", {
+        inputs: [
+          { name: "input", shape: [1, samples], datatype: "FP32", data: new Array(samples).fill(0) },
+          { name: "state", shape: [2, 1, 128], datatype: "FP32", data: new Array(256).fill(0) },
+          { name: "sr", shape: [], datatype: "INT64", data: [sr] }
+        ]
+      }))
+    for (const [samples, sr] of [[3, 16000], [0, 16000], [512, 12345], [512, 8000]] as const) {
+      const refused = await silero(samples, sr)
+      assert.strictEqual(refused.status, 400, `${samples} samples at ${sr}: ${JSON.stringify(refused.body)}`)
+      assert.match(refused.body.error, /fit none of the model's 2 declared input signatures/)
+    }
+    assert.strictEqual((await silero(256, 8000)).status, 200)
 
     const metadata = await json(Client.send(server.port, "GET", "/v2/models/versioned"))
     assert.deepStrictEqual(metadata.body.versions, ["1", "2"])

@@ -30,6 +30,8 @@ describe("OnnxModelPool on a repository with broken models", () => {
         "batched/config.json": JSON.stringify({ batching: { maxBatchSize: 16, maxQueueDelayMs: 2 } }),
         "badbatching/model.onnx": good,
         "badbatching/config.json": JSON.stringify({ batching: { inputAxes: { pixels: 0 } } }),
+        "badsignature/model.onnx": good,
+        "badsignature/config.json": JSON.stringify({ inputSignatures: [{ input: { dims: [-1, 784] } }, { input: { dims: [-1, 512] } }] }),
         "versioned/1/model.onnx": good,
         "versioned/2/README": "version 2 was withdrawn",
         "versioned/3/model.onnx": seed3.bytes
@@ -40,6 +42,7 @@ describe("OnnxModelPool on a repository with broken models", () => {
         "badbatching@1",
         "badconfig@1",
         "badjson@1",
+        "badsignature@1",
         "batched@1",
         "corrupt@1",
         "good@1",
@@ -60,6 +63,7 @@ describe("OnnxModelPool on a repository with broken models", () => {
       assert.include(reason("badjson@1"), "config.json: invalid JSON")
       assert.include(reason("versioned@2"), "versioned/2/model.onnx: does not exist")
       assert.include(reason("badbatching@1"), `config.json: batching.inputAxes names unknown input "pixels"`)
+      assert.strictEqual(reason("badsignature@1"), "config.json: inputSignatures[1].input.dims: dim 1 is 512, the model fixes it at 784")
       for (const key of ["good@1", "batched@1", "versioned@1", "versioned@3"]) assert.strictEqual(states[key]!.state, "READY", key)
 
       // batching: the default without a section (on: the mlp's dim 0 is dynamic), resolved against the session's signature with one
@@ -68,7 +72,7 @@ describe("OnnxModelPool on a repository with broken models", () => {
       assert.deepInclude(batching, { enabled: true, maxBatchSize: 16 })
 
       // the broken ones fail fast with ModelUnavailable, naming the model and the reason
-      for (const name of ["corrupt", "truncated", "missing", "badconfig", "badbatching"]) {
+      for (const name of ["corrupt", "truncated", "missing", "badconfig", "badbatching", "badsignature"]) {
         const metadataError = yield* Effect.flip(pool.metadata(name))
         assert.instanceOf(metadataError, InferenceError.ModelUnavailable, name)
         assert.strictEqual((metadataError as InferenceError.ModelUnavailable).modelId, name)

@@ -52,8 +52,12 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads silero_vad's metadata: unnamed dims as -1, int64 scalar sr", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, concurrency: _c, defaultPriority: _p, ...metadata } = yield* pool.metadata("silero_vad")
+      const { batching, concurrency: _c, defaultPriority: _p, signatures, ...metadata } = yield* pool.metadata("silero_vad")
       assert.deepInclude(batching, { enabled: true, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 } }, "from its config.json")
+      assert.deepStrictEqual(signatures, [
+        { input: { dims: [-1, 512] }, sr: { values: [16000] } },
+        { input: { dims: [-1, 256] }, sr: { values: [8000] } }
+      ], "from its config.json")
       assert.deepStrictEqual(metadata, {
         name: "silero_vad",
         version: "1",

@@ -116,6 +116,12 @@ export const corpus: ReadonlyArray<Case> = [
   { name: "scalar shape for a matrix input", body: withInput({ shape: [], data: [1] }), status: 400, error: /rank 0 given/ },
   { name: "data nested 5000 levels deep", body: deep(5000), status: 400, error: /rank 5000 given/ },
   { name: "data nested 15000 levels deep (deeper than the stack)", body: deep(15_000), status: 400, error: /rank 15000 given/ },
+  // -- declared input signatures (config.json inputSignatures): refused before they run ---------
+  { name: "fits neither declared signature (8 kHz rate, 16 kHz chunk)", path: "/v2/models/vad/infer", body: { inputs: [{ name: "audio", shape: [1, 4], datatype: "FP32", data: [0, 0, 0, 0] }, { name: "sr", shape: [], datatype: "INT64", data: [8000] }] }, status: 400, error: /fit none of the model's 2 declared input signatures: \[0\] sr value 8000 \(element 0\) is not one of \[16000\]; \[1\] audio dims \[1, 4\], declared \[-1, 2\]/ },
+  { name: "too few samples for any declared signature", path: "/v2/models/vad/infer", body: { inputs: [{ name: "audio", shape: [1, 1], datatype: "FP32", data: [0] }, { name: "sr", shape: [], datatype: "INT64", data: [16000] }] }, status: 400, error: /audio dims \[1, 1\], declared \[-1, 4\]/ },
+  { name: "unsupported sample rate", path: "/v2/models/vad/infer", body: { inputs: [{ name: "audio", shape: [1, 4], datatype: "FP32", data: [0, 0, 0, 0] }, { name: "sr", shape: [], datatype: "INT64", data: [12345] }] }, status: 400, error: /sr value 12345 \(element 0\) is not one of \[16000\]/ },
+  { name: "token id past the declared range", path: "/v2/models/tokens/infer", body: { inputs: [{ name: "ids", shape: [1, 3], datatype: "INT64", data: [1, 2, 10] }] }, status: 400, error: /ids value 10 \(element 2\) is outside \[0, 9\] \(the model's declared input signature\)/ },
+  { name: "negative token id", path: "/v2/models/tokens/infer", body: { inputs: [{ name: "ids", shape: [1, 1], datatype: "INT64", data: [-1] }] }, status: 400, error: /ids value -1 \(element 0\) is outside \[0, 9\]/ },
   // -- Triton parameters --------------------------------------------------------------------------
   { name: "priority out of range", body: { ...valid, parameters: { priority: 9 } }, status: 400, error: /at \["parameters"\]\["priority"\]/ },
   { name: "priority as a string", body: { ...valid, parameters: { priority: "high" } }, status: 400, error: /at \["parameters"\]\["priority"\]/ },
