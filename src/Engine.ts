@@ -134,6 +134,12 @@ const infoOf = (request: InferenceRequest): RequestInfo => ({
   priority: request.priority
 })
 
+/** The run itself failed (not a missing or unavailable model): worth running a batch's members alone. */
+const isRunFailure = (exit: Exit.Exit<unknown, InferenceError.Reason>): boolean => {
+  const reason = exit._tag === "Failure" ? exit.cause.reasons[0] : undefined
+  return reason?._tag === "Fail" && reason.error._tag === "RunFailed"
+}
+
 const modelKey = (request: InferenceRequest) => request.modelVersion === undefined ? request.modelId : `${request.modelId}@${request.modelVersion}`
 
 /** Builds the engine in the current scope; closing the scope stops it (see `layer`). */
@@ -187,7 +193,11 @@ export const make = Effect.gen(function*() {
 
   const shuttingDown = Exit.fail(new InferenceError.ShuttingDown({}))
 
-  /** One native run of `members` (one request, or a batch); the caller holds a permit until it ends. */
+  /**
+   * One native run of `members` (one request, or a batch); the caller holds a permit until it
+   * ends. A batch whose run fails (RunFailed) is run again member by member, under the same
+   * permit, within each member's deadline.
+   */
   const runMembers = (candidates: ReadonlyArray<Pending>): Effect.Effect<void> =>
     Effect.suspend(() => {
       // A member whose caller left before this point never runs.
@@ -211,6 +221,14 @@ export const make = Effect.gen(function*() {
           const runMs = nowMs(clock) - startedMs
           expectedRunMs.set(model, runMs)
           if (Exit.isFailure(exit)) {
+            if (members.length > 1 && isRunFailure(exit)) {
+              // One member's input can fail a whole batch (a token id past the vocabulary, a
+              // crash): each member runs again alone, so only a member that fails alone fails.
+              return Effect.andThen(
+                telemetry.recordRun(request.modelId, runMs, members.length),
+                Effect.forEach(members, (m) => runMembers([m]), { discard: true })
+              )
+            }
             for (const m of members) settle(m, exit)
           } else {
             const parts = Batch.split(batching, exit.value.outputs, members.map((m) => m.rows))

@@ -28,7 +28,7 @@ const request = (id: string, value: number, options: InferenceRequest.Options = 
 const firstValue = (result: InferenceResult.Success) => (result.outputs["y"]!.data as Float32Array)[0]
 
 /** A harness whose dispatcher waits at a closed gate until the test opens it. */
-const gated = (options: { script?: (id: string) => Script; config?: NonNullable<Parameters<typeof makeHarness>[0]>["config"]; batching: BatchPolicy.BatchingConfig }) =>
+const gated = (options: { script?: (id: string, rowValues: ReadonlyArray<number>) => Script; config?: NonNullable<Parameters<typeof makeHarness>[0]>["config"]; batching: BatchPolicy.BatchingConfig }) =>
   Effect.gen(function*() {
     const gate = yield* Latch.make(false)
     const harness = yield* makeHarness(options).pipe(Effect.provideService(DispatchGate, gate.await))
@@ -200,16 +200,55 @@ describe("AsyncInferenceEngine dynamic batching", () => {
       assert.strictEqual(yield* engine.pending, 0)
     }))
 
-  it.effect("a batch whose run fails fails each of its members", () =>
+  it.effect("a batch whose run fails runs each member again alone: only a member that fails alone fails", () =>
     Effect.gen(function*() {
-      const { engine, gate } = yield* gated({ script: () => ({ latency: "1 millis", failWith: "bad kernel" }), batching: batching() })
+      // b's input poisons any run it is part of (like a token id past the vocabulary).
+      const { engine, gate, stats } = yield* gated({
+        script: (_id, rowValues) => rowValues.includes(2) ? { latency: "1 millis", failWith: "bad kernel" } : { latency: "1 millis" },
+        batching: batching()
+      })
+      const a = yield* fork(Effect.exit(engine.infer(request("a", 1))))
+      const b = yield* fork(Effect.exit(engine.infer(request("b", 2))))
+      const c = yield* fork(Effect.exit(engine.infer(request("c", 3))))
+      yield* gate.open
+      yield* TestClock.adjust("4 millis")
+      const [ea, eb, ec] = [yield* Fiber.join(a), yield* Fiber.join(b), yield* Fiber.join(c)]
+      assert.isTrue(Exit.isSuccess(ea) && firstValue(ea.value) === 2, "a got its result")
+      assert.isTrue(Exit.isSuccess(ec) && firstValue(ec.value) === 6, "c got its result")
+      assert.isTrue(Exit.isFailure(eb) && eb.cause.reasons.some((r) => r._tag === "Fail" && r.error.reason._tag === "RunFailed"), "b failed")
+      assert.deepStrictEqual(stats.batchSizes, [3, 1, 1, 1], "one batch, then each member alone, one after the other")
+      assert.strictEqual(stats.maxActive, 1, "the reruns hold the batch's permit")
+      assert.strictEqual(yield* engine.pending, 0)
+    }))
+
+  it.effect("a batch whose members each fail alone fails each of them with RunFailed", () =>
+    Effect.gen(function*() {
+      const { engine, gate, stats } = yield* gated({ script: () => ({ latency: "1 millis", failWith: "bad kernel" }), batching: batching() })
       const fibers = [yield* fork(Effect.exit(engine.infer(request("a", 1)))), yield* fork(Effect.exit(engine.infer(request("b", 2))))]
       yield* gate.open
-      yield* TestClock.adjust("1 millis")
+      yield* TestClock.adjust("3 millis")
       for (const f of fibers) {
         const exit = yield* Fiber.join(f)
-        assert.isTrue(Exit.isFailure(exit))
+        assert.isTrue(Exit.isFailure(exit) && exit.cause.reasons.some((r) => r._tag === "Fail" && r.error.reason._tag === "RunFailed"))
       }
+      assert.deepStrictEqual(stats.batchSizes, [2, 1, 1])
+    }))
+
+  it.effect("a member whose deadline passes while its batch's reruns go on is answered on time and never runs alone", () =>
+    Effect.gen(function*() {
+      const { engine, gate, stats } = yield* gated({
+        script: (_id, rowValues) => rowValues.length > 1 ? { latency: "1 millis", failWith: "bad kernel" } : { latency: "10 millis" },
+        batching: batching()
+      })
+      const a = yield* fork(Effect.exit(engine.infer(request("a", 1))))
+      const b = yield* fork(Effect.exit(engine.infer(InferenceRequest.withTimeout(request("b", 2), "5 millis"))))
+      yield* gate.open
+      yield* TestClock.adjust("5 millis")
+      const eb = yield* Fiber.join(b)
+      assert.isTrue(Exit.isFailure(eb) && eb.cause.reasons.some((r) => r._tag === "Fail" && r.error.reason._tag === "DeadlineExceeded"))
+      yield* TestClock.adjust("10 millis")
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(a)))
+      assert.deepStrictEqual(stats.batchSizes, [2, 1], "b's deadline passed while a ran alone: b never ran again")
     }))
 
   it.effect("the concurrency bound counts native runs: a batch is one run", () =>

@@ -54,7 +54,8 @@ type Schedule = typeof Schedule.Type
 type Outcome = "Success" | "Interrupted" | InferenceError.ReasonTag
 
 const runs = Number(process.env.PROPERTY_RUNS ?? 1000)
-const replay = process.env.PROPERTY_REPLAY === undefined ? undefined : JSON.parse(process.env.PROPERTY_REPLAY)
+/** The replay token as printed (a JSON text, passed on as is). */
+const replay = process.env.PROPERTY_REPLAY
 
 const runSchedule = (schedule: Schedule) =>
   Effect.gen(function*() {
@@ -64,10 +65,11 @@ const runSchedule = (schedule: Schedule) =>
       ? { ...BatchPolicy.disabled, enabled: true, maxBatchSize: schedule.maxBatchSize, maxQueueDelay: Duration.millis(schedule.maxQueueDelayMs) }
       : undefined
     const { engine, stats, outcomes, log } = yield* makeHarness({
-      // A batch takes the latency scripted for its first member; failure likewise.
-      script: (id) => {
-        const s = latencyOf.get(id)!
-        return s.fails ? { latency: Duration.millis(s.latencyMs), failWith: "scripted failure" } : { latency: Duration.millis(s.latencyMs) }
+      // A batch takes the latency scripted for its first member; it fails when any member's
+      // input is scripted to fail (a poisoned row fails the whole native run).
+      script: (id, rowValues) => {
+        const latency = Duration.millis(latencyOf.get(id)!.latencyMs)
+        return rowValues.some((v) => latencyOf.get(`r${v - 1}`)!.fails) ? { latency, failWith: "scripted failure" } : { latency }
       },
       batching,
       concurrency: schedule.instances ?? undefined,
@@ -180,13 +182,21 @@ const runSchedule = (schedule: Schedule) =>
     yield* TestClock.adjust("2 seconds")
 
     // --- every request settled exactly once, with an outcome its schedule allows
-    const runOf = new Map<number, { readonly startMs: number; readonly endMs: number; readonly fails: boolean }>()
+    // A request runs once; or, when its batch's run failed, once more alone (its last run decides).
+    const runOf = new Map<number, { readonly startMs: number; readonly endMs: number; readonly fails: boolean; readonly members: number }>()
     stats.runs.forEach((run, i) => {
-      // A run takes the latency and failure scripted for its first member (named in stats.order).
-      const script = latencyOf.get(stats.order[i]!)!
-      for (const v of new Set(run.rowValues)) {
-        assert.isFalse(runOf.has(v), `request with value ${v} ran twice`)
-        runOf.set(v, { startMs: run.startMs - t0, endMs: run.startMs - t0 + script.latencyMs, fails: script.fails })
+      // A run takes the latency scripted for its first member (named in stats.order); it fails
+      // when any member is scripted to fail.
+      const members = new Set(run.rowValues)
+      const latencyMs = latencyOf.get(stats.order[i]!)!.latencyMs
+      const fails = [...members].some((v) => latencyOf.get(`r${v - 1}`)!.fails)
+      for (const v of members) {
+        const earlier = runOf.get(v)
+        if (earlier !== undefined) {
+          assert.isTrue(earlier.fails && earlier.members > 1, `request with value ${v} ran again after a run that did not fail as a batch`)
+          assert.strictEqual(members.size, 1, `request with value ${v} ran again, but not alone`)
+        }
+        runOf.set(v, { startMs: run.startMs - t0, endMs: run.startMs - t0 + latencyMs, fails, members: members.size })
       }
     })
     for (const t of tracked) {
@@ -195,7 +205,11 @@ const runSchedule = (schedule: Schedule) =>
       const ran = runOf.get(t.value)
       const deadlineMs = t.admittedAtMs + s.timeoutMs
       const cancelMs = t.cancelRequestedAtMs ?? Infinity
-      if (ran !== undefined && ran.endMs < deadlineMs && ran.endMs < cancelMs) {
+      const awaitedRerun = ran !== undefined && ran.fails && ran.members > 1
+      if (awaitedRerun) {
+        // Its batch failed and it settled before it could run again alone.
+        assert.include(["DeadlineExceeded", "Interrupted"], t.outcome, `${t.id}'s batch failed at ${ran.endMs} ms and it never ran alone`)
+      } else if (ran !== undefined && ran.endMs < deadlineMs && ran.endMs < cancelMs) {
         assert.strictEqual(t.outcome, ran.fails ? "RunFailed" : "Success", `${t.id}'s run ended in time at ${ran.endMs} ms`)
       }
       if (ran !== undefined && ran.endMs > deadlineMs && deadlineMs < cancelMs) {
@@ -211,7 +225,7 @@ const runSchedule = (schedule: Schedule) =>
           break
         case "Interrupted":
           assert.isDefined(t.cancelRequestedAtMs, `${t.id} was interrupted without being cancelled`)
-          if (ran !== undefined) assert.isAtMost(ran.startMs, t.cancelRequestedAtMs!, `${t.id} ran after it was cancelled`)
+          if (ran !== undefined) assert.isAtMost(ran.startMs, t.cancelRequestedAtMs!, `${t.id} ran (or ran again) after it was cancelled`)
           break
         case "QueueFull":
           assert.isUndefined(ran, `${t.id} was refused yet ran`)
@@ -226,6 +240,7 @@ const runSchedule = (schedule: Schedule) =>
           break
         case "RunFailed":
           assert.isDefined(ran, `${t.id} failed its run without running`)
+          assert.isTrue(s.fails, `${t.id} failed with a batch although its own input runs`)
           break
         default:
           assert.fail(`${t.id} ended with ${t.outcome}`)
