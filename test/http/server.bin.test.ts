@@ -10,7 +10,7 @@ import * as Http from "node:http"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
-import * as Mlp from "../../src/onnx/Mlp.ts"
+import * as Mlp from "../../scripts/Mlp.ts"
 import * as Client from "./HttpClient.ts"
 
 const root = fileURLToPath(new URL("../..", import.meta.url))

@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as ort from "onnxruntime-node"
-import * as Mlp from "../../src/onnx/Mlp.ts"
+import * as Mlp from "../../scripts/Mlp.ts"
 import { maxAbsDiff, mlpBytes, sampleInput } from "../fixtures/ModelRepositoryFixture.ts"
 
 describe("Mlp", () => {
