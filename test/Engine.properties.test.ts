@@ -291,6 +291,6 @@ describe("AsyncInferenceEngine properties", () => {
     "random schedules keep every invariant",
     [Schedule],
     ([schedule]) => runSchedule(schedule),
-    { timeout: 240_000, arbitrary: { runs, ...(replay === undefined ? {} : { replay }) } }
+    { timeout: Math.max(240_000, runs * 10), arbitrary: { runs, ...(replay === undefined ? {} : { replay }) } }
   )
 })
