@@ -50,14 +50,15 @@ export type ConfigJson = typeof ConfigJson.Type
 
 /** The model's own inputs, as its ONNX metadata declares them (-1 = dynamic). */
 export interface ModelInputs {
-  readonly inputs: ReadonlyArray<{ readonly name: string; readonly dims: ReadonlyArray<number> }>
+  readonly inputs: ReadonlyArray<{ readonly name: string; readonly dtype?: Tensor.DataType; readonly dims: ReadonlyArray<number> }>
 }
 
 const dimsText = (dims: ReadonlyArray<number>) => `[${dims.join(", ")}]`
 
 /**
  * Checks declared signatures against the model's inputs once it is loaded: every named input
- * exists, declared dims have the model's rank and agree with its fixed dims, `min` ≤ `max`.
+ * exists, declared dims have the model's rank and agree with its fixed dims, `values`, `min`
+ * and `max` constrain a numeric input, `min` ≤ `max`.
  * Fails with a message naming the field (`inputSignatures[1].sr: unknown input`).
  */
 export const resolve = (config: ReadonlyArray<Signature> | undefined, model: ModelInputs): Effect.Effect<ReadonlyArray<Signature> | undefined, string> =>
@@ -77,6 +78,9 @@ export const resolve = (config: ReadonlyArray<Signature> | undefined, model: Mod
               return Effect.fail(`${at}.dims: dim ${axis} is ${dims[axis]}, the model fixes it at ${fixed}`)
             }
           }
+        }
+        if (spec.dtype === "string" && (constraint.values !== undefined || constraint.min !== undefined || constraint.max !== undefined)) {
+          return Effect.fail(`${at}: values, min and max apply to numbers; the input holds strings`)
         }
         if (constraint.min !== undefined && constraint.max !== undefined && constraint.min > constraint.max) {
           return Effect.fail(`${at}: min ${constraint.min} is above max ${constraint.max}`)

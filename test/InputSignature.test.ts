@@ -5,7 +5,7 @@ import * as ModelMetadata from "../src/ModelMetadata.ts"
 import * as Tensor from "../src/Tensor.ts"
 
 const vad: InputSignature.ModelInputs = {
-  inputs: [{ name: "input", dims: [-1, -1] }, { name: "state", dims: [2, -1, 128] }, { name: "sr", dims: [] }]
+  inputs: [{ name: "input", dims: [-1, -1] }, { name: "state", dims: [2, -1, 128] }, { name: "sr", dims: [] }, { name: "text", dtype: "string", dims: [-1] }]
 }
 
 const signatures: ReadonlyArray<InputSignature.Signature> = [
@@ -64,10 +64,11 @@ describe("InputSignature.resolve", () => {
     }))
 
   const refusals: ReadonlyArray<readonly [string, InputSignature.ConfigJson, string]> = [
-    ["an unknown input", [{ input: {} }, { audio: { dims: [-1] } }], "inputSignatures[1].audio: unknown input; the model takes input, state, sr"],
+    ["an unknown input", [{ input: {} }, { audio: { dims: [-1] } }], "inputSignatures[1].audio: unknown input; the model takes input, state, sr, text"],
     ["a different rank", [{ input: { dims: [512] } }], "inputSignatures[0].input.dims: rank 1, the model's input has rank 2 [-1, -1]"],
     ["a dim the model fixes otherwise", [{ state: { dims: [2, -1, 64] } }], "inputSignatures[0].state.dims: dim 2 is 64, the model fixes it at 128"],
-    ["min above max", [{ sr: { min: 16000, max: 8000 } }], "inputSignatures[0].sr: min 16000 is above max 8000"]
+    ["min above max", [{ sr: { min: 16000, max: 8000 } }], "inputSignatures[0].sr: min 16000 is above max 8000"],
+    ["values for a string input", [{ text: { values: [1] } }], "inputSignatures[0].text: values, min and max apply to numbers; the input holds strings"]
   ]
   for (const [name, config, expected] of refusals) {
     it.effect(`refuses ${name}`, () =>
