@@ -1,6 +1,7 @@
 /**
- * Dynamic batching policy: per-model configuration and the pure decision "send the forming
- * batch now, or wait at most d" (Triton's decision-function design). The mechanism that owns
+ * Dynamic batching policy: per-model configuration, the pure decision "send the forming batch
+ * now, or wait at most d" (Triton's decision-function design), and which priorities may share a
+ * batch (`mayJoin`). The mechanism that owns
  * fibers and the clock lives in the engine; this module never sleeps.
  *
  * @module BatchPolicy
@@ -142,3 +143,12 @@ export const decide = (config: BatchingConfig, pending: Pending): Decision => {
   if (pending.runsInFlight === 0) return { _tag: "Send", why: "idle" }
   return { _tag: "Wait", ms: Math.min(delayLeftMs, deadlineLeftMs) }
 }
+
+/**
+ * Whether a request of priority `candidate` may join a batch whose highest member has priority
+ * `batchHighest`. A batch that holds a Critical request takes only Critical requests, so a
+ * Critical request never waits for a run made longer by lower-priority rows; any other batch
+ * takes any priority (it fills from the highest level first).
+ */
+export const mayJoin = (batchHighest: Priority.Priority, candidate: Priority.Priority): boolean =>
+  batchHighest !== Priority.Critical || candidate === Priority.Critical

@@ -114,6 +114,8 @@ interface Forming {
   readonly key: string
   readonly members: Array<Pending>
   rows: number
+  /** The highest priority among the members (see `BatchPolicy.mayJoin`). */
+  highest: Priority.Priority
   readonly arrival: Latch.Latch
 }
 
@@ -247,11 +249,21 @@ export const make = Effect.gen(function*() {
       )
     })
 
+  /** Adds `pending` to `batch`'s count of rows and its highest priority. */
+  const addTo = (batch: Forming, pending: Pending) => {
+    batch.rows += pending.rows
+    if (Priority.rank(pending.request.priority) < Priority.rank(batch.highest)) batch.highest = pending.request.priority
+  }
+
+  /** Whether `pending` may join `batch`: same kind, rows fit, priorities allowed together. */
+  const fits = (batch: Forming, pending: Pending, maxRows: number) =>
+    pending.batchKey === batch.key && batch.rows + pending.rows <= maxRows && BatchPolicy.mayJoin(batch.highest, pending.request.priority)
+
   /** Takes queued requests that can join `batch`, highest priority first, while rows fit. */
   const gather = (batch: Forming, maxRows: number) => {
     const joined = queue.takeWhere((p) => {
-      if (p.batchKey !== batch.key || batch.rows + p.rows > maxRows) return false
-      batch.rows += p.rows
+      if (!fits(batch, p, maxRows)) return false
+      addTo(batch, p)
       return true
     }, Infinity)
     for (const p of joined) {
@@ -282,6 +294,8 @@ export const make = Effect.gen(function*() {
           earliestDeadline = Math.min(earliestDeadline, m.deadlineAtMs)
           highest = Math.min(highest, Priority.rank(m.request.priority))
         }
+        // Members that left may have been the highest.
+        batch.highest = Priority.levels[highest]!
         const decision = BatchPolicy.decide(batching, {
           rows: batch.rows,
           oldestWaitMs: now - oldest,
@@ -307,20 +321,20 @@ export const make = Effect.gen(function*() {
       }))
     )
 
-  /** A batch of its kind that is forming and has room for it. */
+  /** A batch of its kind that is forming and may take it. */
   const formingFor = (pending: Pending): Forming | undefined => {
     if (pending.batchKey === undefined) return undefined
     const open = forming.get(pending.batchKey)
-    return open !== undefined && open.rows + pending.rows <= pending.batching.maxBatchSize ? open : undefined
+    return open !== undefined && fits(open, pending, pending.batching.maxBatchSize) ? open : undefined
   }
 
-  /** Joins a batch of its kind that is forming, if one has room. */
+  /** Joins a batch of its kind that is forming, if one may take it. */
   const joinForming = (pending: Pending): boolean => {
     const open = formingFor(pending)
     if (open === undefined) return false
     pending.state = "forming"
     open.members.push(pending)
-    open.rows += pending.rows
+    addTo(open, pending)
     open.arrival.openUnsafe()
     return true
   }
@@ -364,7 +378,7 @@ export const make = Effect.gen(function*() {
         pending.state = "running"
         work = runMembers([pending])
       } else {
-        const batch: Forming = { key: pending.batchKey, members: [pending], rows: pending.rows, arrival: Latch.makeUnsafe(false) }
+        const batch: Forming = { key: pending.batchKey, members: [pending], rows: pending.rows, highest: pending.request.priority, arrival: Latch.makeUnsafe(false) }
         pending.state = "forming"
         gather(batch, pending.batching.maxBatchSize)
         work = formAndRun(batch, pending.batching, model)

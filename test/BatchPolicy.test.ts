@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
+import type * as Priority from "../src/Priority.ts"
 
 const config: BatchPolicy.BatchingConfig = {
   ...BatchPolicy.disabled,
@@ -77,5 +78,22 @@ describe("BatchPolicy.resolve", () => {
         const error = yield* Effect.flip(BatchPolicy.resolve(json, name.includes("cannot") ? fixed : mlp))
         assert.match(error, message)
       }))
+  }
+})
+
+describe("BatchPolicy.mayJoin", () => {
+  const table: ReadonlyArray<readonly [Priority.Priority, Priority.Priority, boolean]> = [
+    ["Critical", "Critical", true],
+    ["Critical", "High", false],
+    ["Critical", "Low", false],
+    ["High", "Critical", true],
+    ["High", "Low", true],
+    ["Normal", "Normal", true],
+    ["Low", "Critical", true],
+    ["Low", "High", true]
+  ]
+  for (const [batch, candidate, expected] of table) {
+    it(`a ${candidate} request ${expected ? "may" : "may not"} join a batch led by ${batch}`, () =>
+      assert.strictEqual(BatchPolicy.mayJoin(batch, candidate), expected))
   }
 })

@@ -100,14 +100,41 @@ describe("AsyncInferenceEngine dynamic batching", () => {
   it.effect("fills a batch from the highest level first", () =>
     Effect.gen(function*() {
       const { engine, stats, gate } = yield* gated({ batching: batching({ maxBatchSize: 2 }), config: { maxConcurrentRequests: 1 } })
-      const levels: ReadonlyArray<readonly [string, Priority.Priority]> = [["low-a", "Low"], ["low-b", "Low"], ["normal", "Normal"], ["critical", "Critical"]]
+      const levels: ReadonlyArray<readonly [string, Priority.Priority]> = [["low-a", "Low"], ["low-b", "Low"], ["normal", "Normal"], ["high", "High"]]
       const fibers = []
       for (const [id, priority] of levels) fibers.push(yield* fork(engine.infer(request(id, 1, { priority }))))
       yield* gate.open
       yield* TestClock.adjust("30 millis")
       for (const f of fibers) yield* Fiber.join(f)
-      assert.deepStrictEqual(stats.order, ["critical", "low-a"], "each run is named by its first member")
+      assert.deepStrictEqual(stats.order, ["high", "low-a"], "each run is named by its first member")
       assert.deepStrictEqual(stats.batchSizes, [2, 2])
+    }))
+
+  it.effect("a batch that holds a Critical request takes no lower-priority rows", () =>
+    Effect.gen(function*() {
+      const { engine, stats, gate } = yield* gated({ batching: batching({ maxBatchSize: 8 }), config: { maxConcurrentRequests: 1 } })
+      const levels: ReadonlyArray<readonly [string, Priority.Priority]> = [["low-a", "Low"], ["critical-a", "Critical"], ["normal", "Normal"], ["critical-b", "Critical"], ["low-b", "Low"]]
+      const fibers = []
+      for (const [id, priority] of levels) fibers.push(yield* fork(engine.infer(request(id, 1, { priority }))))
+      yield* gate.open
+      yield* TestClock.adjust("30 millis")
+      for (const f of fibers) yield* Fiber.join(f)
+      assert.deepStrictEqual(stats.order, ["critical-a", "normal"], "the Critical ones ran first, alone together")
+      assert.deepStrictEqual(stats.batchSizes, [2, 3])
+    }))
+
+  it.effect("a Critical request joins a forming batch of lower rows, which is then sent at once", () =>
+    Effect.gen(function*() {
+      const { engine, stats } = yield* busyModel(10)
+      const low = yield* fork(engine.infer(request("low", 1, { priority: "Low" })))
+      yield* TestClock.adjust("2 millis")
+      assert.deepStrictEqual(stats.batchSizes, [1], "the Low request is forming, waiting for rows")
+      const critical = yield* fork(engine.infer(request("critical", 2, { priority: "Critical" })))
+      yield* TestClock.adjust("0 millis")
+      assert.deepStrictEqual(stats.batchSizes, [1, 2], "sent as soon as the Critical request joined")
+      yield* TestClock.adjust("2 millis")
+      yield* Fiber.join(low)
+      yield* Fiber.join(critical)
     }))
 
   it.effect("waits up to maxQueueDelay for more rows while the model is busy, then sends", () =>
