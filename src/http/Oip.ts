@@ -497,3 +497,18 @@ export const tensorMetadata = (spec: ModelMetadata.TensorSpec) => ({
   datatype: datatypeOf[spec.dtype],
   shape: spec.dims.map((d) => (d < 0 ? -1 : d))
 })
+
+/**
+ * The model metadata response's `properties` (the OIP allows string values only): the priority
+ * a request without one gets, the most rows a batch may hold ("0": no batching, as Triton's
+ * max_batch_size), and, when `config.json` declares them, the input signatures a request must
+ * fit, as JSON text (`InputSignature`).
+ */
+export const modelProperties = (metadata: ModelMetadata.ModelMetadata): Record<string, string> => {
+  const properties: Record<string, string> = {
+    default_priority: metadata.defaultPriority ?? Priority.Normal,
+    max_batch_size: String(metadata.batching?.enabled === true ? metadata.batching.maxBatchSize : 0)
+  }
+  if (metadata.signatures !== undefined) properties["input_signatures"] = JSON.stringify(metadata.signatures)
+  return properties
+}

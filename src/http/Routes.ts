@@ -196,7 +196,8 @@ export const layer = (
           versions: versions.length === 0 ? [metadata.version] : versions,
           platform,
           inputs: metadata.inputs.map(Oip.tensorMetadata),
-          outputs: metadata.outputs.map(Oip.tensorMetadata)
+          outputs: metadata.outputs.map(Oip.tensorMetadata),
+          properties: Oip.modelProperties(metadata)
         })
       }))
 

@@ -80,11 +80,23 @@ describe("model metadata and readiness", () => {
           { name: "sum", datatype: "FP32", shape: [1] },
           { name: "scaled", datatype: "FP32", shape: [-1] },
           { name: "b_out", datatype: "INT64", shape: [] }
-        ]
+        ],
+        properties: { default_priority: "Normal", max_batch_size: "0" }
       })
       const echo = yield* send("GET", "/v2/models/echo/versions/1")
       assert.strictEqual(echo.status, 200)
       assert.deepStrictEqual(echo.json.versions, ["1", "2"])
+    }).pipe(withFreshMetrics))
+
+  it.effect("tells in properties (strings, as the OIP allows) the default priority, the batch limit and the declared input signatures", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/slow")).json.properties, { default_priority: "High", max_batch_size: "0" })
+      const vad = (yield* send("GET", "/v2/models/vad")).json.properties
+      assert.deepStrictEqual(JSON.parse(vad.input_signatures), [
+        { audio: { dims: [-1, 4] }, sr: { values: [16000] } },
+        { audio: { dims: [-1, 2] }, sr: { values: [8000] } }
+      ])
     }).pipe(withFreshMetrics))
 
   it.effect("404 for an unknown model or version", () =>

@@ -143,6 +143,9 @@ describe("node src/bin/server.ts", () => {
       assert.match(refused.body.error, /fit none of the model's 2 declared input signatures/)
     }
     assert.strictEqual((await silero(256, 8000)).status, 200)
+    const sileroMetadata = await json(Client.send(server.port, "GET", "/v2/models/silero_vad"))
+    assert.strictEqual(sileroMetadata.body.properties.max_batch_size, "64")
+    assert.deepStrictEqual(JSON.parse(sileroMetadata.body.properties.input_signatures)[1], { input: { dims: [-1, 256] }, sr: { values: [8000] } })
 
     const metadata = await json(Client.send(server.port, "GET", "/v2/models/versioned"))
     assert.deepStrictEqual(metadata.body.versions, ["1", "2"])
