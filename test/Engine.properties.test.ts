@@ -247,6 +247,15 @@ const runSchedule = (schedule: Schedule) =>
       }
     }
 
+    // --- a batch led by a Critical request takes only Critical requests (BatchPolicy.mayJoin; a
+    // Critical request may still join a forming batch led by a lower one, which then goes at once)
+    stats.runs.forEach((run, i) => {
+      const leader = tracked[Number(stats.order[i]!.slice(1))]!
+      if (leader.priority !== "Critical") return
+      const others = [...new Set(run.rowValues)].map((v) => tracked[v - 1]!).filter((t) => t.priority !== "Critical")
+      assert.deepStrictEqual(others.map((t) => t.id), [], `${leader.id} (Critical) led a batch with lower-priority requests`)
+    })
+
     // --- dispatch order: among requests waiting when a run started, none outranked it (no batching).
     // Ranks are effective ranks: with aging, a request that waited past its bounds competes higher,
     // so an aged request is never passed by a fresher one of the same or a lower effective rank.
