@@ -1,8 +1,8 @@
 /**
  * Dynamic batching policy: per-model configuration, the pure decision "send the forming batch
  * now, or wait at most d" (Triton's decision-function design), and which priorities may share a
- * batch (`mayJoin`). The mechanism that owns
- * fibers and the clock lives in the engine; this module never sleeps.
+ * batch (`mayJoin`). The mechanism that owns fibers and the clock lives in the engine; this
+ * module never sleeps.
  *
  * @module BatchPolicy
  */
