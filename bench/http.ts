@@ -7,6 +7,8 @@
  *   (b) oip          `node src/bin/server.ts`, mlp with `config.json` {"batching": {"enabled": false}}
  *   (c) oip+batching the same server, {"batching": {"enabled": true, "maxBatchSize": 64, "maxQueueDelayMs": 0}}
  *                    and MAX_CONCURRENT_REQUESTS=2 (`--batching-max-concurrent`), so that batches form
+ *   (d) oip binary   with `--binary`: server (b) fed the row as binary tensor data (Triton's extension),
+ *                    logits back as binary; no goal, it shows what JSON numbers cost
  *
  * Each server is its own process, started once; the load generator (this process) keeps N
  * keep-alive connections busy and sends a pre-serialized body. Contenders alternate within every
@@ -16,7 +18,7 @@
  * Goal at 64 outstanding: oip ≥ 0.8× baseline throughput; oip+batching above it.
  *
  * Usage: npm run bench -- http [--quick], or node --expose-gc bench/http.ts [--quick] [--rounds=N]
- *        [--seconds=S] [--levels=1,16,64] [--batching-max-concurrent=N]
+ *        [--seconds=S] [--levels=1,16,64] [--batching-max-concurrent=N] [--binary]
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Fs from "node:fs"
@@ -48,22 +50,26 @@ const SECONDS = Number(args.options["seconds"] ?? (args.quick ? 1 : 2.5))
 const LEVELS = (args.options["levels"] ?? "1,16,64").split(",").map(Number)
 /** Runs at once for the batching server: few, so that requests queue and batches form (1 instance). */
 const BATCHING_MAX_CONCURRENT = Number(args.options["batching-max-concurrent"] ?? 2)
+/** Also the server fed binary tensor data (`--binary`): the same row, without JSON numbers either way. */
+const WITH_BINARY = args.options["binary"] === "true"
 
 interface Server {
   readonly name: string
   readonly child: ChildProcess
   readonly port: number
   readonly path: string
+  /** Send the row as binary tensor data (Triton's extension) and ask for binary logits. */
+  readonly binary?: boolean
 }
 
-const start = (name: string, argv: ReadonlyArray<string>, path: string, env: Record<string, string> = {}): Promise<Server> =>
+const start = (name: string, argv: ReadonlyArray<string>, path: string, env: Record<string, string> = {}, binary = false): Promise<Server> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...argv], { cwd: repoRoot, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] })
     let output = ""
     const onData = (c: Buffer) => {
       output += c.toString("utf8")
       const m = /listening on http:\/\/[^:\s]+:(\d+)/.exec(output)
-      if (m !== null) resolve({ name, child, port: Number(m[1]), path })
+      if (m !== null) resolve({ name, child, port: Number(m[1]), path, binary })
     }
     child.stdout!.on("data", onData)
     child.stderr!.on("data", onData)
@@ -92,6 +98,13 @@ const body = Buffer.from(JSON.stringify({
   inputs: [{ name: "input", shape: [1, 784], datatype: "FP32", data: Array.from(mlpData(1, 7)) }]
 }))
 
+/** The same row as binary tensor data: the JSON header, then the 3,136 bytes of the row; binary logits back. */
+const binaryHeader = Buffer.from(JSON.stringify({
+  inputs: [{ name: "input", shape: [1, 784], datatype: "FP32", parameters: { binary_data_size: 784 * 4 } }],
+  outputs: [{ name: "logits", parameters: { binary_data: true } }]
+}))
+const binaryBody = Buffer.concat([binaryHeader, Buffer.from(mlpData(1, 7).buffer)])
+
 /** One POST; resolves with the status after the whole body was read, rejects on a network error or a non-200. */
 const post = (server: Server, agent: Http.Agent): Promise<void> =>
   new Promise((resolve, reject) => {
@@ -101,14 +114,16 @@ const post = (server: Server, agent: Http.Agent): Promise<void> =>
       method: "POST",
       path: server.path,
       agent,
-      headers: { "content-type": "application/json", "content-length": body.length }
+      headers: server.binary === true
+        ? { "content-type": "application/octet-stream", "content-length": binaryBody.length, "inference-header-content-length": binaryHeader.length }
+        : { "content-type": "application/json", "content-length": body.length }
     }, (res) => {
       res.on("data", () => {})
       res.on("end", () => (res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`))))
       res.on("error", reject)
     })
     req.on("error", reject)
-    req.end(body)
+    req.end(server.binary === true ? binaryBody : body)
   })
 
 interface Block extends LoadResult {
@@ -148,7 +163,8 @@ const main = async () => {
     start("oip+batching", ["src/bin/server.ts", "--port", "0", "--models", repos.on], infer, {
       ...engineEnv,
       MAX_CONCURRENT_REQUESTS: String(BATCHING_MAX_CONCURRENT)
-    })
+    }),
+    ...(WITH_BINARY ? [start("oip binary", ["src/bin/server.ts", "--port", "0", "--models", repos.off], infer, engineEnv, true)] : [])
   ])
   try {
     // Warm-up: the JIT needs seconds of traffic before the Effect code paths are optimised.

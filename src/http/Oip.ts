@@ -18,6 +18,11 @@
  * JavaScript's included, round them; the wire text is exact), BOOL as true/false, and a
  * non-finite float (NaN, ±Infinity, which JSON cannot carry) as null.
  *
+ * Triton's binary tensor data extension: an input with `parameters.binary_data_size` takes its
+ * bytes from the binary part of the body (after the JSON, whose length the
+ * Inference-Header-Content-Length header gives), little-endian and row-major, exactly as many
+ * as its shape needs; an output asked with `binary_data` is returned the same way.
+ *
  * Triton's request parameters: `priority` 1…4 maps to Critical…Low (0 or absent: the model's
  * default, Normal today), `timeout` in microseconds becomes the request's deadline (0 or absent:
  * the engine's default).
@@ -34,6 +39,9 @@ import * as Tensor from "../Tensor.ts"
 // ---------------------------------------------------------------------------
 // Datatypes
 // ---------------------------------------------------------------------------
+
+/** Triton's binary tensor data extension: the header that gives the length of the JSON part of a body, in bytes. */
+export const inferenceHeaderContentLength = "inference-header-content-length"
 
 /** The OIP datatype of each engine dtype. */
 export const datatypeOf: { readonly [K in Tensor.DataType]: string } = {
@@ -78,7 +86,8 @@ export const RequestInput = Schema.Struct({
   shape: Schema.Array(Schema.Number),
   datatype: Schema.String,
   parameters: Schema.optionalKey(Parameters),
-  data: Schema.Unknown
+  /** Absent when the input's bytes come in the binary part of the body (`parameters.binary_data_size`). */
+  data: Schema.optionalKey(Schema.Unknown)
 })
 
 export type RequestInput = typeof RequestInput.Type
@@ -93,7 +102,9 @@ export const InferParameters = Schema.Struct({
   /** 1 = highest. 0 means the model's default. */
   priority: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: Priority.levels.length }))),
   /** Microseconds; 0 means the default deadline. */
-  timeout: Schema.optionalKey(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isFinite()))
+  timeout: Schema.optionalKey(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isFinite())),
+  /** Binary tensor data extension: every output as binary unless its own `binary_data` says otherwise. */
+  binary_data_output: Schema.optionalKey(Schema.Boolean)
 })
 
 /** The body of `POST /v2/models/{name}[/versions/{version}]/infer`. */
@@ -312,14 +323,58 @@ const writeNested = (data: ReadonlyArray<unknown>, depth: number, write: Writer,
 }
 
 /**
+ * Binary tensor data (Triton's extension): little-endian, row-major, no padding; BOOL one byte
+ * of 0 or 1; BYTES each a 4-byte little-endian length and the UTF-8 bytes. The byte count must
+ * be exactly what the shape needs.
+ */
+const decodeBinaryData = (
+  dtype: Tensor.DataType,
+  dims: ReadonlyArray<number>,
+  count: number,
+  bytes: Uint8Array,
+  invalid: (detail: string) => InferenceError.InvalidInput
+): Tensor.Tensor | InferenceError.InvalidInput => {
+  const width = Tensor.bytesPerElement(dtype)
+  if (width === undefined) {
+    const strings = new Array<string>(count)
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    let offset = 0
+    for (let i = 0; i < count; i++) {
+      if (offset + 4 > bytes.length) return invalid(`binary data ends inside element ${i} of ${count}`)
+      const length = view.getUint32(offset, true)
+      offset += 4
+      if (offset + length > bytes.length) return invalid(`binary data ends inside element ${i} of ${count}`)
+      strings[i] = utf8.decode(bytes.subarray(offset, offset + length))
+      offset += length
+    }
+    if (offset !== bytes.length) return invalid(`binary data has ${bytes.length - offset} bytes after the ${count} elements of shape ${dimsText(dims)}`)
+    return Tensor.make(dtype, strings as Tensor.DataTypeToArray[typeof dtype], dims.slice())
+  }
+  if (bytes.length !== count * width) {
+    return invalid(`parameters.binary_data_size is ${bytes.length} bytes, shape ${dimsText(dims)} of ${datatypeOf[dtype]} needs ${count * width}`)
+  }
+  const out = Tensor.allocate(dtype, count) as Exclude<Tensor.TensorData, ReadonlyArray<string>>
+  new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(bytes)
+  if (dtype === "bool") {
+    const flags = out as Uint8Array
+    for (let i = 0; i < count; i++) if (flags[i]! > 1) return invalid(`BOOL element ${i} is the byte ${flags[i]}, not 0 or 1`)
+  }
+  return Tensor.make(dtype, out, dims.slice())
+}
+
+const utf8 = new TextDecoder()
+
+/**
  * Decodes one OIP input into a tensor of the model's declared `spec`, or explains, naming the
  * input, why it cannot. Never allocates more than the product of a shape already checked
- * against the element limit and against the number of JSON elements actually sent.
+ * against the element limit and against the number of JSON elements (or binary bytes) sent.
  */
 export const decodeTensor = (
   modelId: string,
   spec: ModelMetadata.TensorSpec,
-  input: RequestInput
+  input: RequestInput,
+  /** The input's bytes from the binary part of the body (binary tensor data extension). */
+  binary?: Uint8Array
 ): Tensor.Tensor | InferenceError.InvalidInput => {
   const invalid = (detail: string) => new InferenceError.InvalidInput({ modelId, input: input.name, detail })
   const dtype = dtypeOf(input.datatype)
@@ -338,6 +393,10 @@ export const decodeTensor = (
     return invalid(`rank ${dims.length} given (dims ${given}), the model takes rank ${spec.dims.length} ${dimsText(spec.dims)}`)
   }
   const count = Tensor.elementCount(dims)
+  if (binary !== undefined) {
+    if (input.data !== undefined) return invalid("has both data and parameters.binary_data_size")
+    return decodeBinaryData(dtype, dims, count, binary, invalid)
+  }
   const data = input.data
   if (!Array.isArray(data)) return invalid(`data must be an array, got ${describe(data)}`)
   const flat = data.length === count && (count === 0 || !Array.isArray(data[0]))
@@ -369,9 +428,14 @@ export const decodeTensor = (
  */
 export const decodeInputs = (
   metadata: ModelMetadata.ModelMetadata,
-  inputs: ReadonlyArray<RequestInput>
+  inputs: ReadonlyArray<RequestInput>,
+  /** The binary part of the body (binary tensor data extension), in the order of the inputs that declare a `binary_data_size`. */
+  binary?: Uint8Array
 ): Tensor.TensorMap | InferenceError.InvalidInput => {
   const out: Record<string, Tensor.Tensor> = {}
+  let offset = 0
+  const refuse = (detail: string, input?: string) =>
+    new InferenceError.InvalidInput(input === undefined ? { modelId: metadata.name, detail } : { modelId: metadata.name, input, detail })
   for (const input of inputs) {
     const spec = metadata.inputs.find((s) => s.name === input.name)
     if (spec === undefined) {
@@ -384,9 +448,30 @@ export const decodeInputs = (
     if (Object.hasOwn(out, input.name)) {
       return new InferenceError.InvalidInput({ modelId: metadata.name, input: input.name, detail: "input given more than once" })
     }
-    const tensor = decodeTensor(metadata.name, spec, input)
+    const size = input.parameters?.["binary_data_size"]
+    let bytes: Uint8Array | undefined
+    if (size !== undefined) {
+      if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0) {
+        return refuse(`parameters.binary_data_size must be a non-negative integer, got ${describe(size)}`, input.name)
+      }
+      const left = binary === undefined ? 0 : binary.length - offset
+      if (size > left) {
+        return refuse(
+          binary === undefined
+            ? "parameters.binary_data_size given, but the request has no binary part (send the Inference-Header-Content-Length header)"
+            : `parameters.binary_data_size is ${size} bytes, only ${left} are left in the binary part`,
+          input.name
+        )
+      }
+      bytes = binary!.subarray(offset, offset + size)
+      offset += size
+    }
+    const tensor = decodeTensor(metadata.name, spec, input, bytes)
     if (tensor instanceof InferenceError.InvalidInput) return tensor
     out[input.name] = tensor
+  }
+  if (binary !== undefined && offset !== binary.length) {
+    return refuse(`the binary part has ${binary.length} bytes, the inputs' binary_data_size add up to ${offset}`)
   }
   return out
 }
@@ -473,22 +558,83 @@ export const encodeData = (tensor: Tensor.Tensor): string => {
 export const encodeOutput = (name: string, tensor: Tensor.Tensor): string =>
   `{"name":${JSON.stringify(name)},"datatype":"${datatypeOf[tensor.dtype]}","shape":[${tensor.dims.join(",")}],"data":${encodeData(tensor)}}`
 
-/** The JSON text of an inference response. */
+const utf8Encoder = new TextEncoder()
+
+/** A tensor's data as binary tensor data (the layout `decodeBinaryData` reads). */
+export const encodeBinaryData = (tensor: Tensor.Tensor): Uint8Array => {
+  const data = tensor.data
+  if (!ArrayBuffer.isView(data)) {
+    const encoded = (data as ReadonlyArray<string>).map((text) => utf8Encoder.encode(text))
+    const out = new Uint8Array(encoded.reduce((n, e) => n + 4 + e.length, 0))
+    const view = new DataView(out.buffer)
+    let offset = 0
+    for (const e of encoded) {
+      view.setUint32(offset, e.length, true)
+      out.set(e, offset + 4)
+      offset += 4 + e.length
+    }
+    return out
+  }
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+}
+
+/** An inference response: the JSON text, and the binary part for the outputs asked as binary (empty otherwise). */
+export interface EncodedResponse {
+  readonly json: string
+  readonly binary: ReadonlyArray<Uint8Array>
+}
+
+/**
+ * Encodes an inference response. Outputs named in `binaryOutputs` carry
+ * `parameters.binary_data_size` instead of `data`, and their bytes follow the JSON in the
+ * order of the outputs (binary tensor data extension).
+ */
 export const encodeResponse = (response: {
   readonly modelName: string
   readonly modelVersion: string
   readonly id: string | undefined
   readonly outputs: ReadonlyArray<readonly [string, Tensor.Tensor]>
-}): string => {
+  readonly binaryOutputs?: ReadonlySet<string> | undefined
+}): EncodedResponse => {
+  const binary: Array<Uint8Array> = []
   let s = `{"model_name":${JSON.stringify(response.modelName)},"model_version":${JSON.stringify(response.modelVersion)}`
   if (response.id !== undefined) s += `,"id":${JSON.stringify(response.id)}`
   s += `,"outputs":[`
   for (let i = 0; i < response.outputs.length; i++) {
     const [name, tensor] = response.outputs[i]!
     if (i > 0) s += ","
-    s += encodeOutput(name, tensor)
+    if (response.binaryOutputs?.has(name) === true) {
+      const bytes = encodeBinaryData(tensor)
+      binary.push(bytes)
+      s += `{"name":${JSON.stringify(name)},"datatype":"${datatypeOf[tensor.dtype]}","shape":[${tensor.dims.join(",")}],"parameters":{"binary_data_size":${bytes.length}}}`
+    } else {
+      s += encodeOutput(name, tensor)
+    }
   }
-  return s + "]}"
+  return { json: s + "]}", binary }
+}
+
+/**
+ * The outputs to return as binary: those whose `parameters.binary_data` is true, and, when the
+ * request's `parameters.binary_data_output` is true, every selected output whose own
+ * `binary_data` is not false. A `binary_data` that is not a boolean is refused.
+ */
+export const binaryOutputsOf = (
+  metadata: ModelMetadata.ModelMetadata,
+  request: InferRequest,
+  selected: ReadonlyArray<string>
+): ReadonlySet<string> | InferenceError.InvalidInput => {
+  const own = new Map<string, boolean>()
+  for (const output of request.outputs ?? []) {
+    const flag = output.parameters?.["binary_data"]
+    if (flag === undefined) continue
+    if (typeof flag !== "boolean") {
+      return new InferenceError.InvalidInput({ modelId: metadata.name, detail: `output ${JSON.stringify(output.name)}: parameters.binary_data must be a boolean, got ${describe(flag)}` })
+    }
+    own.set(output.name, flag)
+  }
+  const all = request.parameters?.binary_data_output === true
+  return new Set(selected.filter((name) => own.get(name) ?? all))
 }
 
 /** Metadata of one tensor in OIP form: -1 for a dynamic dim. */

@@ -8,13 +8,13 @@
  * | `GET /v2/health/live`, `GET /v2/health/ready` | 200, or 503 on ready once shutting down |
  * | `GET /v2/models/{name}[/versions/{v}]` | model metadata; -1 for dynamic dims |
  * | `GET /v2/models/{name}[/versions/{v}]/ready` | `{name, ready}`: 200, or 503 when not ready |
- * | `POST /v2/models/{name}[/versions/{v}]/infer` | an inference |
+ * | `POST /v2/models/{name}[/versions/{v}]/infer` | an inference, in JSON or with Triton's binary tensor data (`Oip`) |
  * | `POST /v2/repository/index` | every model version with its state (and reason) |
  * | `GET /metrics` | Prometheus text (see `Metrics`) |
  *
  * Every error is `{"error": "…"}` with the status of `InferenceError.httpStatus` for engine
  * failures (400 invalid input, 404 unknown model or version, 429 queue full with Retry-After,
- * 503 shutting down or model unavailable, 504 deadline exceeded), 413 for a body over the
+ * 500 a failed run, 503 shutting down or model unavailable, 504 deadline exceeded), 413 for a body over the
  * limit, 400 for malformed JSON or an invalid model name. Messages never carry a stack trace or
  * an absolute file path, and are cut at `maxMessageLength` characters (`redact`). A defect answers 500 "internal error" and is logged.
  *
@@ -42,6 +42,9 @@ import { Lifecycle } from "./Lifecycle.ts"
 import * as Metrics from "./Metrics.ts"
 import * as Oip from "./Oip.ts"
 
+const utf8 = new TextDecoder()
+const utf8Encoder = new TextEncoder()
+
 export interface Options {
   /** Largest request body accepted, in bytes (413 above). */
   readonly bodyLimitBytes: number
@@ -57,8 +60,8 @@ export interface Options {
 /** Triton's platform name for ONNX models. */
 export const platform = "onnxruntime_onnx"
 
-/** The OIP extensions this server implements (the repository extension: index only). */
-export const extensions: ReadonlyArray<string> = ["model_repository"]
+/** The OIP extensions this server implements (the repository extension: index only; Triton's binary tensor data). */
+export const extensions: ReadonlyArray<string> = ["model_repository", "binary_tensor_data"]
 
 /** An answer that is not a success: a status, a message, and headers such as Retry-After. */
 export class ApiError extends Data.TaggedError("ApiError")<{
@@ -149,21 +152,41 @@ export const layer = (
       const metadataOf = (name: string, version: string | undefined) =>
         Effect.mapError(pool.metadata(name, version), fromReason)
 
-      /** The body as text, under the limit: 413 from Content-Length at once, or while reading. */
-      const readBody = Effect.gen(function*() {
-        const request = yield* HttpServerRequest.HttpServerRequest
-        const declared = request.headers["content-length"]
-        if (declared !== undefined && Number(declared) > bodyLimit) {
-          return yield* fail(413, `request body of ${declared} bytes exceeds the limit of ${bodyLimit} bytes`)
-        }
-        return yield* request.text.pipe(
-          Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBodySize),
-          Effect.mapError((e) =>
-            e.reason._tag === "RequestParseError" && e.reason.reason === "BodyTooLarge"
-              ? new ApiError({ status: 413, message: `request body exceeds the limit of ${bodyLimit} bytes` })
-              : new ApiError({ status: 400, message: "could not read the request body" })
+      /** Reads the body under the limit: 413 from Content-Length at once, or while reading. */
+      const readWithin = <A>(read: (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<A, HttpServerError.HttpServerError>) =>
+        Effect.gen(function*() {
+          const request = yield* HttpServerRequest.HttpServerRequest
+          const declared = request.headers["content-length"]
+          if (declared !== undefined && Number(declared) > bodyLimit) {
+            return yield* fail(413, `request body of ${declared} bytes exceeds the limit of ${bodyLimit} bytes`)
+          }
+          return yield* read(request).pipe(
+            Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBodySize),
+            Effect.mapError((e) =>
+              e.reason._tag === "RequestParseError" && e.reason.reason === "BodyTooLarge"
+                ? new ApiError({ status: 413, message: `request body exceeds the limit of ${bodyLimit} bytes` })
+                : new ApiError({ status: 400, message: "could not read the request body" })
+            )
           )
-        )
+        })
+
+      /** The body as text. */
+      const readBody = readWithin((request) => request.text)
+
+      /**
+       * An inference body: JSON text, and with Triton's binary tensor data extension (the
+       * Inference-Header-Content-Length header gives the JSON's length in bytes) the binary part after it.
+       */
+      const readInferBody = Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const header = request.headers[Oip.inferenceHeaderContentLength]
+        if (header === undefined) return { text: yield* readBody, binary: undefined }
+        const bytes = new Uint8Array(yield* readWithin((request) => request.arrayBuffer))
+        const jsonLength = /^[0-9]+$/.test(header) ? Number(header) : Number.NaN
+        if (!(jsonLength <= bytes.length)) {
+          return yield* fail(400, `${Oip.inferenceHeaderContentLength} ${JSON.stringify(header.slice(0, 40))} must be a byte count within the body's ${bytes.length} bytes`)
+        }
+        return { text: utf8.decode(bytes.subarray(0, jsonLength)), binary: bytes.subarray(jsonLength) }
       })
 
       const parseJson = (text: string, what: string): Effect.Effect<unknown, ApiError> => {
@@ -243,13 +266,15 @@ export const layer = (
           }
           return { name, version, metadata }
         }))
-        const text = yield* readBody
+        const { binary, text } = yield* readInferBody
         const body = Oip.decodeInferRequest(yield* parseJson(text, "the request body"))
         if ("error" in body) return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
-        const inputs = Oip.decodeInputs(metadata, body.inputs)
+        const inputs = Oip.decodeInputs(metadata, body.inputs, binary)
         if (inputs instanceof InferenceError.InvalidInput) return yield* invalid(name, inputs)
         const outputs = Oip.selectOutputs(metadata, body.outputs)
         if (outputs instanceof InferenceError.InvalidInput) return yield* invalid(name, outputs)
+        const binaryOutputs = Oip.binaryOutputsOf(metadata, body, outputs)
+        if (binaryOutputs instanceof InferenceError.InvalidInput) return yield* invalid(name, binaryOutputs)
         const priority = Oip.priorityOf(body.parameters?.priority) ?? metadata.defaultPriority
         const timeout = Oip.timeoutOf(body.parameters?.timeout)
         const request = InferenceRequest.make(name, inputs, {
@@ -267,10 +292,20 @@ export const layer = (
           }
           tensors.push([output, tensor])
         }
-        return HttpServerResponse.text(
-          Oip.encodeResponse({ modelName: name, modelVersion: metadata.version, id: body.id, outputs: tensors }),
-          { contentType: "application/json" }
-        )
+        const encoded = Oip.encodeResponse({ modelName: name, modelVersion: metadata.version, id: body.id, outputs: tensors, binaryOutputs })
+        if (encoded.binary.length === 0) return HttpServerResponse.text(encoded.json, { contentType: "application/json" })
+        const head = utf8Encoder.encode(encoded.json)
+        const whole = new Uint8Array(encoded.binary.reduce((n, b) => n + b.length, head.length))
+        whole.set(head)
+        let offset = head.length
+        for (const part of encoded.binary) {
+          whole.set(part, offset)
+          offset += part.length
+        }
+        return HttpServerResponse.uint8Array(whole, {
+          contentType: "application/octet-stream",
+          headers: { [Oip.inferenceHeaderContentLength]: String(head.length) }
+        })
       }))
 
       // -- repository --------------------------------------------------------------

@@ -62,3 +62,38 @@ export const eventually = async (condition: () => boolean | Promise<boolean>, ti
     await new Promise((r) => setTimeout(r, 5))
   }
 }
+
+export interface BinaryReply {
+  readonly status: number
+  readonly headers: Http.IncomingHttpHeaders
+  readonly body: Buffer
+}
+
+/**
+ * One POST with Triton's binary tensor data extension: the JSON `header`, then `binary`, with
+ * Inference-Header-Content-Length set to the JSON's length (or to `headerLength` when given).
+ */
+export const sendBinary = (port: number, path: string, header: unknown, binary: Uint8Array, headerLength?: string): Promise<BinaryReply> =>
+  new Promise((resolve, reject) => {
+    const json = Buffer.from(JSON.stringify(header))
+    const body = Buffer.concat([json, binary])
+    const request = Http.request({
+      host: "127.0.0.1",
+      port,
+      method: "POST",
+      path,
+      agent: false,
+      headers: {
+        "content-type": "application/octet-stream",
+        "content-length": body.length,
+        "inference-header-content-length": headerLength ?? String(json.length)
+      }
+    }, (response) => {
+      const chunks: Array<Buffer> = []
+      response.on("data", (c: Buffer) => chunks.push(c))
+      response.on("end", () => resolve({ status: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks) }))
+      response.on("error", reject)
+    })
+    request.on("error", reject)
+    request.end(body)
+  })

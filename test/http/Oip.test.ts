@@ -3,6 +3,7 @@ import { Duration } from "effect"
 import * as Oip from "../../src/http/Oip.ts"
 import { maxMessageLength, redact } from "../../src/http/Routes.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
+import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import * as Tensor from "../../src/Tensor.ts"
 
 const spec = (dtype: Tensor.DataType, dims: ReadonlyArray<number> = [-1, -1]) => ({ name: "x", dtype, dims })
@@ -107,12 +108,118 @@ describe("Oip encoding", () => {
 
   it("writes a response with the id only when given", () => {
     const outputs = [["y", Tensor.float32([1, 2], [1, 2])] as const]
-    assert.deepStrictEqual(JSON.parse(Oip.encodeResponse({ modelName: "m", modelVersion: "3", id: undefined, outputs })), {
+    const plain = Oip.encodeResponse({ modelName: "m", modelVersion: "3", id: undefined, outputs })
+    assert.deepStrictEqual(JSON.parse(plain.json), {
       model_name: "m",
       model_version: "3",
       outputs: [{ name: "y", datatype: "FP32", shape: [1, 2], data: [1, 2] }]
     })
-    assert.strictEqual(JSON.parse(Oip.encodeResponse({ modelName: "m", modelVersion: "3", id: "x", outputs })).id, "x")
+    assert.deepStrictEqual(plain.binary, [])
+    assert.strictEqual(JSON.parse(Oip.encodeResponse({ modelName: "m", modelVersion: "3", id: "x", outputs }).json).id, "x")
+  })
+})
+
+describe("binary tensor data (Triton's extension)", () => {
+  const spec = (dtype: Tensor.DataType, dims: ReadonlyArray<number> = [-1, -1]): ModelMetadata.ModelMetadata => ({
+    name: "m",
+    version: "1",
+    inputs: [{ name: "x", dtype, dims }],
+    outputs: [{ name: "y", dtype, dims }]
+  })
+  const input = (datatype: string, shape: ReadonlyArray<number>, size: unknown) => ({ name: "x", datatype, shape, parameters: { binary_data_size: size } })
+  const le = (array: ArrayBufferView) => new Uint8Array(array.buffer, array.byteOffset, array.byteLength)
+
+  it("decodes every fixed-size datatype from little-endian bytes, and encodes them back", () => {
+    const cases: ReadonlyArray<readonly [Tensor.DataType, string, ArrayBufferView & ArrayLike<unknown>]> = [
+      ["float32", "FP32", Float32Array.from([1.5, -2, Number.NaN, 3e38])],
+      ["float64", "FP64", Float64Array.from([1e-300, -0.1])],
+      ["float16", "FP16", Uint16Array.from([0x3c00, 0xc000])],
+      ["int8", "INT8", Int8Array.from([-128, 127])],
+      ["int64", "INT64", BigInt64Array.from([-(2n ** 63n), 2n ** 53n + 1n])],
+      ["uint64", "UINT64", BigUint64Array.from([2n ** 64n - 1n])],
+      ["uint16", "UINT16", Uint16Array.from([65535])],
+      ["int32", "INT32", Int32Array.from([-7, 8, 9])],
+      ["bool", "BOOL", Uint8Array.from([1, 0, 1])]
+    ]
+    for (const [dtype, datatype, array] of cases) {
+      const bytes = le(array)
+      const tensors = Oip.decodeInputs(spec(dtype), [input(datatype, [1, array.length], bytes.length)], bytes)
+      assert.notInstanceOf(tensors, InferenceError.InvalidInput, datatype)
+      const x = (tensors as Tensor.TensorMap)["x"]!
+      assert.deepStrictEqual(Array.from(x.data as ArrayLike<unknown>), Array.from(array), datatype)
+      assert.deepStrictEqual(Oip.encodeBinaryData(x), bytes, datatype)
+    }
+  })
+
+  it("decodes BYTES as length-prefixed UTF-8 strings, and encodes them back", () => {
+    const bytes = Uint8Array.from([2, 0, 0, 0, 0x68, 0x69, 2, 0, 0, 0, 0xc3, 0xa9, 0, 0, 0, 0])
+    const tensors = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [3], bytes.length)], bytes) as Tensor.TensorMap
+    assert.deepStrictEqual(tensors["x"]!.data, ["hi", "é", ""])
+    assert.deepStrictEqual(Oip.encodeBinaryData(tensors["x"]!), bytes)
+  })
+
+  it("takes each input's bytes in order, and copies them (the result does not alias the body)", () => {
+    const metadata: ModelMetadata.ModelMetadata = {
+      name: "m",
+      version: "1",
+      inputs: [{ name: "a", dtype: "int32", dims: [-1] }, { name: "b", dtype: "uint8", dims: [-1] }, { name: "c", dtype: "float32", dims: [-1] }],
+      outputs: []
+    }
+    const body = Uint8Array.from([1, 0, 0, 0, 2, 0, 0, 0, 9, 8, 7])
+    const tensors = Oip.decodeInputs(metadata, [
+      { name: "a", datatype: "INT32", shape: [2], parameters: { binary_data_size: 8 } },
+      { name: "c", datatype: "FP32", shape: [2], data: [0.5, 1] },
+      { name: "b", datatype: "UINT8", shape: [3], parameters: { binary_data_size: 3 } }
+    ], body) as Tensor.TensorMap
+    assert.deepStrictEqual(Array.from(tensors["a"]!.data as Int32Array), [1, 2])
+    assert.deepStrictEqual(Array.from(tensors["b"]!.data as Uint8Array), [9, 8, 7])
+    assert.deepStrictEqual(Array.from(tensors["c"]!.data as Float32Array), [0.5, 1])
+    body.fill(0)
+    assert.deepStrictEqual(Array.from(tensors["a"]!.data as Int32Array), [1, 2])
+  })
+
+  const refusals: ReadonlyArray<readonly [string, ReadonlyArray<Oip.RequestInput>, Uint8Array | undefined, RegExp]> = [
+    ["a size that does not fit the shape", [input("FP32", [1, 2], 4)], new Uint8Array(4), /binary_data_size is 4 bytes, shape \[1, 2\] of FP32 needs 8/],
+    ["a size past the binary part", [input("FP32", [1, 2], 8)], new Uint8Array(4), /binary_data_size is 8 bytes, only 4 are left in the binary part/],
+    ["a size without a binary part", [input("FP32", [1, 2], 8)], undefined, /no binary part \(send the Inference-Header-Content-Length header\)/],
+    ["bytes left over", [input("FP32", [1, 1], 4)], new Uint8Array(6), /the binary part has 6 bytes, the inputs' binary_data_size add up to 4/],
+    ["a negative size", [input("FP32", [1, 1], -4)], new Uint8Array(4), /binary_data_size must be a non-negative integer, got -4/],
+    ["a size as a string", [input("FP32", [1, 1], "4")], new Uint8Array(4), /binary_data_size must be a non-negative integer, got "4"/],
+    ["both data and a size", [{ ...input("FP32", [1, 1], 4), data: [1] }], new Uint8Array(4), /has both data and parameters.binary_data_size/],
+    ["a BOOL byte that is not 0 or 1", [input("BOOL", [1, 2], 2)], Uint8Array.from([1, 2]), /BOOL element 1 is the byte 2, not 0 or 1/],
+    ["huge dims, before any allocation", [input("FP32", [1e9, 1e9], 4)], new Uint8Array(4), /exceed the limit/]
+  ]
+  for (const [name, inputs, body, expected] of refusals) {
+    it(`refuses ${name}`, () => {
+      const dtype = inputs[0]!.datatype === "BOOL" ? "bool" : "float32"
+      const error = Oip.decodeInputs(spec(dtype), inputs, body)
+      assert.instanceOf(error, InferenceError.InvalidInput)
+      assert.match((error as InferenceError.InvalidInput).message, expected)
+    })
+  }
+
+  it("refuses BYTES that end inside an element or leave bytes after the last", () => {
+    const short = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [1], 5)], Uint8Array.from([9, 0, 0, 0, 65]))
+    assert.match((short as InferenceError.InvalidInput).message, /binary data ends inside element 0 of 1/)
+    const long = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [1], 6)], Uint8Array.from([1, 0, 0, 0, 65, 66]))
+    assert.match((long as InferenceError.InvalidInput).message, /binary data has 1 bytes after the 1 elements/)
+  })
+
+  it("returns as binary the outputs asked for: per output, or all by binary_data_output unless an output says false", () => {
+    const metadata: ModelMetadata.ModelMetadata = { name: "m", version: "1", inputs: [], outputs: [{ name: "a", dtype: "float32", dims: [1] }, { name: "b", dtype: "float32", dims: [1] }] }
+    const of = (request: Oip.InferRequest) => [...(Oip.binaryOutputsOf(metadata, request, ["a", "b"]) as ReadonlySet<string>)]
+    assert.deepStrictEqual(of({ inputs: [] }), [])
+    assert.deepStrictEqual(of({ inputs: [], outputs: [{ name: "b", parameters: { binary_data: true } }] }), ["b"])
+    assert.deepStrictEqual(of({ inputs: [], parameters: { binary_data_output: true } }), ["a", "b"])
+    assert.deepStrictEqual(of({ inputs: [], parameters: { binary_data_output: true }, outputs: [{ name: "a", parameters: { binary_data: false } }] }), ["b"])
+    const bad = Oip.binaryOutputsOf(metadata, { inputs: [], outputs: [{ name: "a", parameters: { binary_data: "yes" } }] }, ["a"])
+    assert.match((bad as InferenceError.InvalidInput).message, /parameters.binary_data must be a boolean, got "yes"/)
+    const encoded = Oip.encodeResponse({ modelName: "m", modelVersion: "1", id: undefined, outputs: [["a", Tensor.float32([1], [1])], ["b", Tensor.float32([2], [1])]], binaryOutputs: new Set(["b"]) })
+    assert.deepStrictEqual(JSON.parse(encoded.json).outputs, [
+      { name: "a", datatype: "FP32", shape: [1], data: [1] },
+      { name: "b", datatype: "FP32", shape: [1], parameters: { binary_data_size: 4 } }
+    ])
+    assert.deepStrictEqual(encoded.binary, [new Uint8Array(Float32Array.from([2]).buffer)])
   })
 })
 

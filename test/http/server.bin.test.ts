@@ -147,6 +147,23 @@ describe("node src/bin/server.ts", () => {
     assert.strictEqual(sileroMetadata.body.properties.max_batch_size, "64")
     assert.deepStrictEqual(JSON.parse(sileroMetadata.body.properties.input_signatures)[1], { input: { dims: [-1, 256] }, sr: { values: [8000] } })
 
+    // Triton's binary tensor data extension, both ways: the same logits as the JSON request.
+    const binaryReply = await Client.sendBinary(server.port, "/v2/models/mlp/infer", {
+      inputs: [{ name: "input", shape: [2, 784], datatype: "FP32", parameters: { binary_data_size: x.byteLength } }],
+      outputs: [{ name: "logits", parameters: { binary_data: true } }]
+    }, new Uint8Array(x.buffer))
+    assert.strictEqual(binaryReply.status, 200, binaryReply.body.toString("utf8").slice(0, 300))
+    assert.strictEqual(binaryReply.headers["content-type"], "application/octet-stream")
+    const jsonLength = Number(binaryReply.headers["inference-header-content-length"])
+    const head = JSON.parse(binaryReply.body.subarray(0, jsonLength).toString("utf8"))
+    assert.deepStrictEqual(head.outputs, [{ name: "logits", datatype: "FP32", shape: [2, 10], parameters: { binary_data_size: 80 } }])
+    const tail = binaryReply.body.subarray(jsonLength)
+    const binaryLogits = new Float32Array(tail.buffer.slice(tail.byteOffset, tail.byteOffset + tail.byteLength))
+    Array.from(binaryLogits).forEach((v, i) => assert.closeTo(v, expected[i]!, 1e-4))
+    const badHeader = await Client.sendBinary(server.port, "/v2/models/mlp/infer", { inputs: [] }, new Uint8Array(8), "999999")
+    assert.strictEqual(badHeader.status, 400)
+    assert.match(JSON.parse(badHeader.body.toString("utf8")).error, /inference-header-content-length "999999" must be a byte count within the body's/)
+
     const metadata = await json(Client.send(server.port, "GET", "/v2/models/versioned"))
     assert.deepStrictEqual(metadata.body.versions, ["1", "2"])
     const v = await json(Client.send(server.port, "POST", "/v2/models/versioned/infer", {
