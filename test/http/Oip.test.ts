@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration } from "effect"
+import { Duration, Schema } from "effect"
 import * as Oip from "../../src/http/Oip.ts"
 import { maxMessageLength, redact } from "../../src/http/Routes.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
@@ -241,4 +241,35 @@ describe("redact", () => {
     assert.strictEqual(redact("mlp/1/model.onnx is empty"), "mlp/1/model.onnx is empty")
     assert.strictEqual(redact("C:\\models\\a\\model.onnx: missing"), "model.onnx: missing")
   })
+})
+
+describe("binary tensor data, random", () => {
+  const datatypes = ["FP32", "FP16", "INT64", "UINT8", "BOOL", "BYTES", "FP64", "INT8"] as const
+  const dtypeOf = (datatype: string) => Oip.dtypeOf(datatype) ?? "float32"
+  const BinaryCase = Schema.Struct({
+    datatype: Schema.Literals(datatypes),
+    modelDatatype: Schema.Literals(datatypes),
+    shape: Schema.Array(Schema.Int.check(Schema.isBetween({ minimum: -2, maximum: 6 }))).check(Schema.isMaxLength(3)),
+    size: Schema.Int.check(Schema.isBetween({ minimum: -1, maximum: 80 })),
+    bytes: Schema.Array(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 255 }))).check(Schema.isMaxLength(80))
+  })
+  it.prop(
+    "any header and bytes: a tensor of exactly the shape, or an InvalidInput; never a throw",
+    [BinaryCase],
+    ([c]) => {
+      const metadata: ModelMetadata.ModelMetadata = {
+        name: "m",
+        version: "1",
+        inputs: [{ name: "x", dtype: dtypeOf(c.modelDatatype), dims: c.shape.map(() => -1) }],
+        outputs: []
+      }
+      const result = Oip.decodeInputs(metadata, [{ name: "x", datatype: c.datatype, shape: c.shape, parameters: { binary_data_size: c.size } }], Uint8Array.from(c.bytes))
+      if (result instanceof InferenceError.InvalidInput) return
+      const x = result["x"]!
+      assert.strictEqual(x.data.length, Tensor.elementCount(c.shape))
+      assert.strictEqual(c.size, c.bytes.length)
+      assert.strictEqual(c.datatype, c.modelDatatype)
+    },
+    { arbitrary: { runs: 2000 } }
+  )
 })
