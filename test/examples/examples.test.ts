@@ -51,6 +51,7 @@ const expected: Record<string, ReadonlyArray<RegExp>> = {
     /^listening on http:\/\/127\.0\.0\.1:<port>$/m,
     /^GET \/v2\/health\/ready -> 200$/m,
     /^POST \/v2\/models\/mlp\/infer -> 200: id example, logits \[1, 10\]$/m,
+    /^POST \/v2\/models\/mlp\/infer, binary tensors -> 200: 10 logits, the same as JSON: true$/m,
     /^POST \/v2\/models\/nope\/infer -> 404$/m,
     /^shutdown: drained true$/m
   ]
