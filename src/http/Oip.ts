@@ -336,6 +336,8 @@ const decodeBinaryData = (
 ): Tensor.Tensor | InferenceError.InvalidInput => {
   const width = Tensor.bytesPerElement(dtype)
   if (width === undefined) {
+    // Each element takes at least its 4-byte length: refuse before allocating `count` slots.
+    if (count * 4 > bytes.length) return invalid(`binary data of ${bytes.length} bytes cannot hold ${count} BYTES elements (4 bytes of length each at least)`)
     const strings = new Array<string>(count)
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
     let offset = 0

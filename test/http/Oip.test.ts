@@ -198,9 +198,11 @@ describe("binary tensor data (Triton's extension)", () => {
     })
   }
 
-  it("refuses BYTES that end inside an element or leave bytes after the last", () => {
+  it("refuses BYTES that end inside an element or leave bytes after the last, and a count the bytes cannot hold before allocating", () => {
     const short = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [1], 5)], Uint8Array.from([9, 0, 0, 0, 65]))
     assert.match((short as InferenceError.InvalidInput).message, /binary data ends inside element 0 of 1/)
+    const huge = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [2 ** 28], 4)], new Uint8Array(4))
+    assert.match((huge as InferenceError.InvalidInput).message, /binary data of 4 bytes cannot hold 268435456 BYTES elements/)
     const long = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [1], 6)], Uint8Array.from([1, 0, 0, 0, 65, 66]))
     assert.match((long as InferenceError.InvalidInput).message, /binary data has 1 bytes after the 1 elements/)
   })
