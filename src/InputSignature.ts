@@ -23,7 +23,7 @@
  * @module InputSignature
  */
 import { Effect, Schema } from "effect"
-import type * as Tensor from "./Tensor.ts"
+import * as Tensor from "./Tensor.ts"
 
 /** One input's constraints in a signature. */
 export interface Constraint {
@@ -53,7 +53,6 @@ export interface ModelInputs {
   readonly inputs: ReadonlyArray<{ readonly name: string; readonly dtype?: Tensor.DataType; readonly dims: ReadonlyArray<number> }>
 }
 
-const dimsText = (dims: ReadonlyArray<number>) => `[${dims.join(", ")}]`
 
 /**
  * Checks declared signatures against the model's inputs once it is loaded: every named input
@@ -71,7 +70,7 @@ export const resolve = (config: ReadonlyArray<Signature> | undefined, model: Mod
         if (spec === undefined) return Effect.fail(`${at}: unknown input; the model takes ${model.inputs.map((s) => s.name).join(", ")}`)
         const dims = constraint.dims
         if (dims !== undefined) {
-          if (dims.length !== spec.dims.length) return Effect.fail(`${at}.dims: rank ${dims.length}, the model's input has rank ${spec.dims.length} ${dimsText(spec.dims)}`)
+          if (dims.length !== spec.dims.length) return Effect.fail(`${at}.dims: rank ${dims.length}, the model's input has rank ${spec.dims.length} ${Tensor.dimsText(spec.dims)}`)
           for (let axis = 0; axis < dims.length; axis++) {
             const fixed = spec.dims[axis]!
             if (fixed >= 0 && dims[axis]! >= 0 && dims[axis] !== fixed) {
@@ -109,12 +108,12 @@ const breaks = (name: string, constraint: Constraint, tensor: Tensor.Tensor): st
   const { dims, max, min, values } = constraint
   if (dims !== undefined) {
     for (let axis = 0; axis < dims.length; axis++) {
-      if (dims[axis]! >= 0 && tensor.dims[axis] !== dims[axis]) return `${name} dims ${dimsText(tensor.dims)}, declared ${dimsText(dims)}`
+      if (dims[axis]! >= 0 && tensor.dims[axis] !== dims[axis]) return `${name} dims ${Tensor.dimsText(tensor.dims)}, declared ${Tensor.dimsText(dims)}`
     }
   }
   if (values !== undefined) {
     const refused = firstRefused(tensor.data, (x) => values.some((v) => sameValue(x, v)))
-    if (refused !== undefined) return `${name} value ${refused} is not one of ${dimsText(values)}`
+    if (refused !== undefined) return `${name} value ${refused} is not one of ${Tensor.dimsText(values)}`
   }
   if (min !== undefined || max !== undefined) {
     const refused = firstRefused(tensor.data, (x) => {

@@ -41,7 +41,6 @@ export const maxElementsPerTensor = 2 ** 28
 const invalid = (modelId: string, input: string | undefined, detail: string) =>
   new InferenceError.InvalidInput(input === undefined ? { modelId, detail } : { modelId, input, detail })
 
-const dimsText = (dims: ReadonlyArray<number>) => `[${dims.join(", ")}]`
 
 /**
  * Checks the shape of a tensor on its own: integer, non-negative dims, each of which and whose
@@ -50,11 +49,11 @@ const dimsText = (dims: ReadonlyArray<number>) => `[${dims.join(", ")}]`
 export const checkDims = (modelId: string, name: string, dims: ReadonlyArray<number>): InferenceError.InvalidInput | undefined => {
   let count = 1
   for (const d of dims) {
-    if (!Number.isSafeInteger(d) || d < 0) return invalid(modelId, name, `dims ${dimsText(dims)} must be non-negative integers`)
+    if (!Number.isSafeInteger(d) || d < 0) return invalid(modelId, name, `dims ${Tensor.dimsText(dims)} must be non-negative integers`)
     // Each dim on its own too: a zero elsewhere makes the product small, not the tensor sane.
     count *= d
     if (d > maxElementsPerTensor || count > maxElementsPerTensor) {
-      return invalid(modelId, name, `dims ${dimsText(dims)} exceed the limit of ${maxElementsPerTensor} elements`)
+      return invalid(modelId, name, `dims ${Tensor.dimsText(dims)} exceed the limit of ${maxElementsPerTensor} elements`)
     }
   }
   return undefined
@@ -80,12 +79,12 @@ export const validateInputs = (metadata: ModelMetadata, inputs: Tensor.TensorMap
     const bad = checkDims(modelId, spec.name, tensor.dims)
     if (bad !== undefined) return bad
     if (tensor.dims.length !== spec.dims.length) {
-      return invalid(modelId, spec.name, `rank ${tensor.dims.length} given (dims ${dimsText(tensor.dims)}), the model takes rank ${spec.dims.length} ${dimsText(spec.dims)}`)
+      return invalid(modelId, spec.name, `rank ${tensor.dims.length} given (dims ${Tensor.dimsText(tensor.dims)}), the model takes rank ${spec.dims.length} ${Tensor.dimsText(spec.dims)}`)
     }
     for (let axis = 0; axis < spec.dims.length; axis++) {
       const expected = spec.dims[axis]!
       if (expected >= 0 && tensor.dims[axis] !== expected) {
-        return invalid(modelId, spec.name, `dim ${axis} is ${tensor.dims[axis]}, the model takes ${expected} (dims ${dimsText(spec.dims)})`)
+        return invalid(modelId, spec.name, `dim ${axis} is ${tensor.dims[axis]}, the model takes ${expected} (dims ${Tensor.dimsText(spec.dims)})`)
       }
     }
     if (!Tensor.dataMatches(tensor.dtype, tensor.data)) {
@@ -93,7 +92,7 @@ export const validateInputs = (metadata: ModelMetadata, inputs: Tensor.TensorMap
     }
     const count = Tensor.elementCount(tensor.dims)
     if (tensor.data.length !== count) {
-      return invalid(modelId, spec.name, `data has ${tensor.data.length} elements, dims ${dimsText(tensor.dims)} need ${count}`)
+      return invalid(modelId, spec.name, `data has ${tensor.data.length} elements, dims ${Tensor.dimsText(tensor.dims)} need ${count}`)
     }
   }
   const refused = InputSignature.check(metadata.signatures, inputs)

@@ -58,6 +58,9 @@ export const float32 = (data: Float32Array | ReadonlyArray<number>, dims: Readon
 export const int64 = (data: BigInt64Array | ReadonlyArray<bigint | number>, dims: ReadonlyArray<number>): Tensor<"int64"> =>
   make("int64", data instanceof BigInt64Array ? data : BigInt64Array.from(data, (x) => BigInt(x)), dims)
 
+/** Dims as error messages print them: `[1, 784]`. */
+export const dimsText = (dims: ReadonlyArray<number>): string => `[${dims.join(", ")}]`
+
 /** Product of dims (1 for a scalar). */
 export const elementCount = (dims: ReadonlyArray<number>): number => {
   let n = 1

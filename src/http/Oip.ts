@@ -193,7 +193,6 @@ export const fromHalfBits = (bits: number): number => {
 // Decoding tensors
 // ---------------------------------------------------------------------------
 
-const dimsText = (dims: ReadonlyArray<number>) => `[${dims.join(", ")}]`
 
 const describe = (value: unknown): string => {
   if (typeof value === "string") return value.length > 20 ? `a string` : JSON.stringify(value)
@@ -349,11 +348,11 @@ const decodeBinaryData = (
       strings[i] = utf8.decode(bytes.subarray(offset, offset + length))
       offset += length
     }
-    if (offset !== bytes.length) return invalid(`binary data has ${bytes.length - offset} bytes after the ${count} elements of shape ${dimsText(dims)}`)
+    if (offset !== bytes.length) return invalid(`binary data has ${bytes.length - offset} bytes after the ${count} elements of shape ${Tensor.dimsText(dims)}`)
     return Tensor.make(dtype, strings as Tensor.DataTypeToArray[typeof dtype], dims.slice())
   }
   if (bytes.length !== count * width) {
-    return invalid(`parameters.binary_data_size is ${bytes.length} bytes, shape ${dimsText(dims)} of ${datatypeOf[dtype]} needs ${count * width}`)
+    return invalid(`parameters.binary_data_size is ${bytes.length} bytes, shape ${Tensor.dimsText(dims)} of ${datatypeOf[dtype]} needs ${count * width}`)
   }
   const out = Tensor.allocate(dtype, count) as Exclude<Tensor.TensorData, ReadonlyArray<string>>
   new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(bytes)
@@ -391,8 +390,8 @@ export const decodeTensor = (
   if (badDims !== undefined) return badDims
   // The model's rank bounds how deep `data` may nest: walking a deeper nesting would overflow the stack.
   if (dims.length !== spec.dims.length) {
-    const given = dims.length > 16 ? `[${dims.slice(0, 16).join(", ")}, …]` : dimsText(dims)
-    return invalid(`rank ${dims.length} given (dims ${given}), the model takes rank ${spec.dims.length} ${dimsText(spec.dims)}`)
+    const given = dims.length > 16 ? `[${dims.slice(0, 16).join(", ")}, …]` : Tensor.dimsText(dims)
+    return invalid(`rank ${dims.length} given (dims ${given}), the model takes rank ${spec.dims.length} ${Tensor.dimsText(spec.dims)}`)
   }
   const count = Tensor.elementCount(dims)
   if (binary !== undefined) {
@@ -405,8 +404,8 @@ export const decodeTensor = (
   if (!flat && !(dims.length > 1 && nestedMatches(data, dims, 0))) {
     return invalid(
       dims.length > 1
-        ? `data does not match shape ${dimsText(dims)}: expected a flat array of ${count} elements, or arrays nested as the shape`
-        : `data has ${data.length} elements, shape ${dimsText(dims)} needs ${count}`
+        ? `data does not match shape ${Tensor.dimsText(dims)}: expected a flat array of ${count} elements, or arrays nested as the shape`
+        : `data has ${data.length} elements, shape ${Tensor.dimsText(dims)} needs ${count}`
     )
   }
   const out = Tensor.allocate(dtype, count)
@@ -584,6 +583,32 @@ export const encodeBinaryData = (tensor: Tensor.Tensor): Uint8Array => {
 export interface EncodedResponse {
   readonly json: string
   readonly binary: ReadonlyArray<Uint8Array>
+}
+
+/** A response with a binary part as one body: the JSON's bytes, then each output's bytes; `jsonLength` goes in Inference-Header-Content-Length. */
+export const binaryBody = (encoded: EncodedResponse): { readonly body: Uint8Array; readonly jsonLength: number } => {
+  const head = utf8Encoder.encode(encoded.json)
+  const body = new Uint8Array(encoded.binary.reduce((n, b) => n + b.length, head.length))
+  body.set(head)
+  let offset = head.length
+  for (const part of encoded.binary) {
+    body.set(part, offset)
+    offset += part.length
+  }
+  return { body, jsonLength: head.length }
+}
+
+/**
+ * Splits a request body sent with binary tensor data at `header` (the Inference-Header-Content-Length
+ * value): the JSON text, and the binary part after it. An error string when the header is not a
+ * byte count within the body.
+ */
+export const splitBinaryBody = (bytes: Uint8Array, header: string): { readonly text: string; readonly binary: Uint8Array } | string => {
+  const jsonLength = /^[0-9]+$/.test(header) ? Number(header) : Number.NaN
+  if (!(jsonLength <= bytes.length)) {
+    return `${inferenceHeaderContentLength} ${JSON.stringify(header.slice(0, 40))} must be a byte count within the body's ${bytes.length} bytes`
+  }
+  return { text: utf8.decode(bytes.subarray(0, jsonLength)), binary: bytes.subarray(jsonLength) }
 }
 
 /**

@@ -42,9 +42,6 @@ import { Lifecycle } from "./Lifecycle.ts"
 import * as Metrics from "./Metrics.ts"
 import * as Oip from "./Oip.ts"
 
-const utf8 = new TextDecoder()
-const utf8Encoder = new TextEncoder()
-
 export interface Options {
   /** Largest request body accepted, in bytes (413 above). */
   readonly bodyLimitBytes: number
@@ -181,12 +178,8 @@ export const layer = (
         const request = yield* HttpServerRequest.HttpServerRequest
         const header = request.headers[Oip.inferenceHeaderContentLength]
         if (header === undefined) return { text: yield* readBody, binary: undefined }
-        const bytes = new Uint8Array(yield* readWithin((request) => request.arrayBuffer))
-        const jsonLength = /^[0-9]+$/.test(header) ? Number(header) : Number.NaN
-        if (!(jsonLength <= bytes.length)) {
-          return yield* fail(400, `${Oip.inferenceHeaderContentLength} ${JSON.stringify(header.slice(0, 40))} must be a byte count within the body's ${bytes.length} bytes`)
-        }
-        return { text: utf8.decode(bytes.subarray(0, jsonLength)), binary: bytes.subarray(jsonLength) }
+        const split = Oip.splitBinaryBody(new Uint8Array(yield* readWithin((request) => request.arrayBuffer)), header)
+        return typeof split === "string" ? yield* fail(400, split) : split
       })
 
       const parseJson = (text: string, what: string): Effect.Effect<unknown, ApiError> => {
@@ -294,17 +287,10 @@ export const layer = (
         }
         const encoded = Oip.encodeResponse({ modelName: name, modelVersion: metadata.version, id: body.id, outputs: tensors, binaryOutputs })
         if (encoded.binary.length === 0) return HttpServerResponse.text(encoded.json, { contentType: "application/json" })
-        const head = utf8Encoder.encode(encoded.json)
-        const whole = new Uint8Array(encoded.binary.reduce((n, b) => n + b.length, head.length))
-        whole.set(head)
-        let offset = head.length
-        for (const part of encoded.binary) {
-          whole.set(part, offset)
-          offset += part.length
-        }
-        return HttpServerResponse.uint8Array(whole, {
+        const { body: bytes, jsonLength } = Oip.binaryBody(encoded)
+        return HttpServerResponse.uint8Array(bytes, {
           contentType: "application/octet-stream",
-          headers: { [Oip.inferenceHeaderContentLength]: String(head.length) }
+          headers: { [Oip.inferenceHeaderContentLength]: String(jsonLength) }
         })
       }))
 

@@ -198,6 +198,15 @@ describe("binary tensor data (Triton's extension)", () => {
     })
   }
 
+  it("frames a body: the JSON's bytes then each binary part, split back at the header's length", () => {
+    const { body, jsonLength } = Oip.binaryBody({ json: "{\"é\":1}", binary: [Uint8Array.from([1, 2]), Uint8Array.from([3])] })
+    assert.strictEqual(jsonLength, 8, "bytes, not characters (é is two)")
+    assert.deepStrictEqual(Oip.splitBinaryBody(body, String(jsonLength)), { text: "{\"é\":1}", binary: Uint8Array.from([1, 2, 3]) })
+    for (const header of ["12", "-1", "8.0", " 8", "abc", ""]) {
+      assert.match(Oip.splitBinaryBody(body, header) as string, /must be a byte count within the body's 11 bytes/, header)
+    }
+  })
+
   it("refuses BYTES that end inside an element or leave bytes after the last, and a count the bytes cannot hold before allocating", () => {
     const short = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [1], 5)], Uint8Array.from([9, 0, 0, 0, 65]))
     assert.match((short as InferenceError.InvalidInput).message, /binary data ends inside element 0 of 1/)
