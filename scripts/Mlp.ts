@@ -122,7 +122,7 @@ export const toOnnx = (mlp: Mlp): Uint8Array => {
   })
   const model = onnx.ModelProto.create({
     irVersion: 8,
-    producerName: "effect-inference/Mlp",
+    producerName: "effect-onnx/Mlp",
     producerVersion: "1",
     docString: `MLP ${mlp.sizes.join("-")}, seed ${mlp.seed}`,
     opsetImport: [onnx.OperatorSetIdProto.create({ domain: "", version: 17 })],

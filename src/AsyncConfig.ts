@@ -71,7 +71,7 @@ export const config: Config.Config<AsyncConfig> = Config.all({
 ))
 
 /** The engine's configuration as a service. */
-export class AsyncConfigService extends Context.Service<AsyncConfigService, AsyncConfig>()("effect-inference/AsyncConfig") {
+export class AsyncConfigService extends Context.Service<AsyncConfigService, AsyncConfig>()("effect-onnx/AsyncConfig") {
   /** The spec's defaults. */
   static readonly layer = Layer.succeed(AsyncConfigService, defaults)
   /** From the environment (see the module doc), defaults for what is unset. */

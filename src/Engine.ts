@@ -124,7 +124,7 @@ interface Forming {
  * effect (after taking a permit, before taking requests from the queue), so a test can hold
  * dispatch until the queue holds exactly what it wants batched.
  */
-export const DispatchGate = Context.Reference<Effect.Effect<void>>("effect-inference/Engine/DispatchGate", {
+export const DispatchGate = Context.Reference<Effect.Effect<void>>("effect-onnx/Engine/DispatchGate", {
   defaultValue: () => Effect.void
 })
 
@@ -618,7 +618,7 @@ export const make = Effect.gen(function*() {
 })
 
 /** The engine as a service. Built by `layer` from ModelPool, TelemetryCollector and AsyncConfigService. */
-export class AsyncInferenceEngine extends Context.Service<AsyncInferenceEngine, Service>()("effect-inference/AsyncInferenceEngine") {
+export class AsyncInferenceEngine extends Context.Service<AsyncInferenceEngine, Service>()("effect-onnx/AsyncInferenceEngine") {
   /** Closing the layer's scope refuses new work, answers queued requests with ShuttingDown and interrupts running ones. */
   static readonly layer: Layer.Layer<AsyncInferenceEngine, never, ModelPool | TelemetryCollector | AsyncConfigService> = Layer.effect(
     AsyncInferenceEngine,

@@ -4,7 +4,7 @@
  * every method is one engine call, and its contract is the engine's (see `Engine`).
  *
  * ```ts
- * import { InferenceClient, InferenceRequest, Tensor } from "effect-inference"
+ * import { InferenceClient, InferenceRequest, Tensor } from "effect-onnx"
  *
  * const client = await InferenceClient.make()                   // the bundled models
  * const result = await client.infer(

@@ -8,7 +8,7 @@
 import { Schema } from "effect"
 
 /** The queue already holds `capacity` requests; nothing was queued. Retryable. */
-export class QueueFull extends Schema.Error<QueueFull>("effect-inference/InferenceError/QueueFull")({
+export class QueueFull extends Schema.Error<QueueFull>("effect-onnx/InferenceError/QueueFull")({
   _tag: Schema.tag("QueueFull"),
   modelId: Schema.String,
   requestId: Schema.String,
@@ -20,7 +20,7 @@ export class QueueFull extends Schema.Error<QueueFull>("effect-inference/Inferen
 }
 
 /** The request waited in the queue longer than `queueTimeoutMs` and never ran. Retryable. */
-export class QueueTimeout extends Schema.Error<QueueTimeout>("effect-inference/InferenceError/QueueTimeout")({
+export class QueueTimeout extends Schema.Error<QueueTimeout>("effect-onnx/InferenceError/QueueTimeout")({
   _tag: Schema.tag("QueueTimeout"),
   modelId: Schema.String,
   requestId: Schema.String,
@@ -33,7 +33,7 @@ export class QueueTimeout extends Schema.Error<QueueTimeout>("effect-inference/I
 }
 
 /** The request's deadline (queue wait plus run) passed before it finished. */
-export class DeadlineExceeded extends Schema.Error<DeadlineExceeded>("effect-inference/InferenceError/DeadlineExceeded")({
+export class DeadlineExceeded extends Schema.Error<DeadlineExceeded>("effect-onnx/InferenceError/DeadlineExceeded")({
   _tag: Schema.tag("DeadlineExceeded"),
   modelId: Schema.String,
   requestId: Schema.String,
@@ -46,7 +46,7 @@ export class DeadlineExceeded extends Schema.Error<DeadlineExceeded>("effect-inf
 }
 
 /** The caller cancelled the request. */
-export class Cancelled extends Schema.Error<Cancelled>("effect-inference/InferenceError/Cancelled")({
+export class Cancelled extends Schema.Error<Cancelled>("effect-onnx/InferenceError/Cancelled")({
   _tag: Schema.tag("Cancelled"),
   requestId: Schema.String,
   reason: Schema.String
@@ -57,7 +57,7 @@ export class Cancelled extends Schema.Error<Cancelled>("effect-inference/Inferen
 }
 
 /** No model of that name (or version) is in the repository. */
-export class ModelNotFound extends Schema.Error<ModelNotFound>("effect-inference/InferenceError/ModelNotFound")({
+export class ModelNotFound extends Schema.Error<ModelNotFound>("effect-onnx/InferenceError/ModelNotFound")({
   _tag: Schema.tag("ModelNotFound"),
   modelId: Schema.String,
   version: Schema.optional(Schema.String)
@@ -70,7 +70,7 @@ export class ModelNotFound extends Schema.Error<ModelNotFound>("effect-inference
 }
 
 /** The model exists but cannot serve (it failed to load, or is still loading). */
-export class ModelUnavailable extends Schema.Error<ModelUnavailable>("effect-inference/InferenceError/ModelUnavailable")({
+export class ModelUnavailable extends Schema.Error<ModelUnavailable>("effect-onnx/InferenceError/ModelUnavailable")({
   _tag: Schema.tag("ModelUnavailable"),
   modelId: Schema.String,
   reason: Schema.String
@@ -81,7 +81,7 @@ export class ModelUnavailable extends Schema.Error<ModelUnavailable>("effect-inf
 }
 
 /** The inputs do not fit the model: unknown or missing input, wrong dtype, rank or dims. Not retryable. */
-export class InvalidInput extends Schema.Error<InvalidInput>("effect-inference/InferenceError/InvalidInput")({
+export class InvalidInput extends Schema.Error<InvalidInput>("effect-onnx/InferenceError/InvalidInput")({
   _tag: Schema.tag("InvalidInput"),
   modelId: Schema.String,
   input: Schema.optional(Schema.String),
@@ -95,7 +95,7 @@ export class InvalidInput extends Schema.Error<InvalidInput>("effect-inference/I
 }
 
 /** The runtime failed while running the model (or its worker died). */
-export class RunFailed extends Schema.Error<RunFailed>("effect-inference/InferenceError/RunFailed")({
+export class RunFailed extends Schema.Error<RunFailed>("effect-onnx/InferenceError/RunFailed")({
   _tag: Schema.tag("RunFailed"),
   modelId: Schema.String,
   requestId: Schema.String,
@@ -107,7 +107,7 @@ export class RunFailed extends Schema.Error<RunFailed>("effect-inference/Inferen
 }
 
 /** The engine is draining: it accepts no new work. */
-export class ShuttingDown extends Schema.Error<ShuttingDown>("effect-inference/InferenceError/ShuttingDown")({
+export class ShuttingDown extends Schema.Error<ShuttingDown>("effect-onnx/InferenceError/ShuttingDown")({
   _tag: Schema.tag("ShuttingDown")
 }) {
   override get message(): string {
@@ -132,7 +132,7 @@ export type Reason = typeof Reason.Type
 export type ReasonTag = Reason["_tag"]
 
 /** Every failure of the engine. Match on `reason._tag`, or use `Effect.catchReason`. */
-export class InferenceError extends Schema.Error<InferenceError>("effect-inference/InferenceError")({
+export class InferenceError extends Schema.Error<InferenceError>("effect-onnx/InferenceError")({
   _tag: Schema.tag("InferenceError"),
   reason: Reason
 }) {

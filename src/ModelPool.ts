@@ -63,4 +63,4 @@ export interface Service {
   readonly models: Effect.Effect<ReadonlyArray<ModelStatus>>
 }
 
-export class ModelPool extends Context.Service<ModelPool, Service>()("effect-inference/ModelPool") {}
+export class ModelPool extends Context.Service<ModelPool, Service>()("effect-onnx/ModelPool") {}

@@ -31,7 +31,7 @@ import { Otlp, OtlpExporter } from "effect/observability"
 export interface Options {
   /** Base URL of the collector's OTLP/HTTP receiver, e.g. `http://127.0.0.1:4318`. */
   readonly endpoint: string
-  /** `service.name` of the resource. Default `effect-inference`. */
+  /** `service.name` of the resource. Default `effect-onnx`. */
   readonly serviceName?: string | undefined
   readonly serviceVersion?: string | undefined
   /** Extra resource attributes. */
@@ -49,7 +49,7 @@ export interface Options {
 }
 
 /** The default `service.name`. */
-export const defaultServiceName = "effect-inference"
+export const defaultServiceName = "effect-onnx"
 
 /**
  * Exports traces, metrics and logs to `options.endpoint` while the layer is alive; the console

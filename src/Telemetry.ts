@@ -51,7 +51,7 @@ export const metrics = {
   inferences: Metric.counter("inference_count_total", { description: "Requests run by model (a batch counts each)" })
 } as const
 
-export class TelemetryCollector extends Context.Service<TelemetryCollector, Service>()("effect-inference/TelemetryCollector") {
+export class TelemetryCollector extends Context.Service<TelemetryCollector, Service>()("effect-onnx/TelemetryCollector") {
   /** Records Effect Metrics. */
   static readonly layer = Layer.sync(TelemetryCollector, () => {
     // Labelled metrics are made once per label set, not once per request.
@@ -110,7 +110,7 @@ export type Event =
   | { readonly _tag: "run"; readonly modelId: string; readonly runMs: number; readonly batchSize: number }
 
 /** An in-memory log of every record call, for tests and examples. */
-export class TelemetryLog extends Context.Service<TelemetryLog, { readonly events: ReadonlyArray<Event> }>()("effect-inference/TelemetryLog") {}
+export class TelemetryLog extends Context.Service<TelemetryLog, { readonly events: ReadonlyArray<Event> }>()("effect-onnx/TelemetryLog") {}
 
 /** Provides both TelemetryCollector and the TelemetryLog it appends to. */
 export const layerRecording: Layer.Layer<TelemetryCollector | TelemetryLog> = Layer.effectContext(Effect.sync(() => {

@@ -1,7 +1,7 @@
 /**
- * effect-inference: asynchronous ONNX model inference on Effect and onnxruntime-node.
+ * effect-onnx: asynchronous ONNX model inference on Effect and onnxruntime-node.
  *
- * Each module is a namespace here and a deep import of its own (`effect-inference/Engine`).
+ * Each module is a namespace here and a deep import of its own (`effect-onnx/Engine`).
  * Effect users compose `Engine.AsyncInferenceEngine.layer` with `OnnxModelPool.layer`,
  * `Telemetry.TelemetryCollector.layer` and `AsyncConfig.AsyncConfigService` (or take
  * `InferenceClient.layer`, all of them at once); other code uses `InferenceClient.make`.

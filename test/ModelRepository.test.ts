@@ -203,7 +203,7 @@ describe("ModelRepository", () => {
 
     it.effect("fails with RepositoryError only when the root cannot be read", () =>
       Effect.gen(function*() {
-        const error = yield* Effect.flip(ModelRepository.scan("/nonexistent/effect-inference-models"))
+        const error = yield* Effect.flip(ModelRepository.scan("/nonexistent/effect-onnx-models"))
         assert.strictEqual(error._tag, "RepositoryError")
         assert.include(error.message, "does not exist")
         const root = yield* tempRepository({ "file.txt": "x" })

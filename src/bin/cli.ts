@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
- * The `effect-inference` command (`Cli`): `infer` over NDJSON files, and `serve`.
- * From a checkout: `node src/bin/cli.ts --help`; installed: `npx effect-inference --help`.
+ * The `effect-onnx` command (`Cli`): `infer` over NDJSON files, and `serve`.
+ * From a checkout: `node src/bin/cli.ts --help`; installed: `npx effect-onnx --help`.
  *
  * @module cli
  */

@@ -1,5 +1,5 @@
 /**
- * The command line (`effect-inference`, built with `effect/cli`):
+ * The command line (`effect-onnx`, built with `effect/cli`):
  *
  * - `infer --model NAME --input FILE.ndjson --output FILE.ndjson [--concurrency N] [--priority P]`
  *   runs every record of an NDJSON file through the engine (`Infer`, `Records`), with a progress
@@ -24,7 +24,7 @@ import * as Progress from "./Progress.ts"
 export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
 
 /** The name the package installs the command under. */
-export const name = "effect-inference"
+export const name = "effect-onnx"
 
 const stderr: Progress.Output = {
   write: (text) => void process.stderr.write(text),

@@ -45,6 +45,6 @@ export const make: Effect.Effect<Service> = Effect.sync(() => {
   }
 })
 
-export class Lifecycle extends Context.Service<Lifecycle, Service>()("effect-inference/http/Lifecycle") {
+export class Lifecycle extends Context.Service<Lifecycle, Service>()("effect-onnx/http/Lifecycle") {
   static readonly layer: Layer.Layer<Lifecycle> = Layer.effect(Lifecycle, make)
 }

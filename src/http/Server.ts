@@ -60,7 +60,7 @@ export interface NodeServerHandle {
   readonly lastActivityMs: () => number
 }
 
-export class NodeServer extends Context.Service<NodeServer, NodeServerHandle>()("effect-inference/http/NodeServer") {}
+export class NodeServer extends Context.Service<NodeServer, NodeServerHandle>()("effect-onnx/http/NodeServer") {}
 
 /**
  * What Node's HTTP parser refuses (bytes that are not HTTP, a malformed header, headers over

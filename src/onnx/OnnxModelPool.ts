@@ -98,7 +98,7 @@ export interface Service extends ModelPoolService {
 }
 
 /** The pool with its extras (`test`, `stats`, `counters`), for tests and operators. */
-export class OnnxModelPool extends Context.Service<OnnxModelPool, Service>()("effect-inference/OnnxModelPool") {}
+export class OnnxModelPool extends Context.Service<OnnxModelPool, Service>()("effect-onnx/OnnxModelPool") {}
 
 type Loaded =
   | { readonly _tag: "Ready"; readonly host: SessionHost.SessionHost; readonly metadata: ModelMetadata.ModelMetadata }

@@ -48,7 +48,7 @@ afterAll(() => Fs.rmSync(dir, { recursive: true, force: true }))
 const outputLines = (file: string) =>
   Fs.readFileSync(file, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as { line: number; outputs?: any; error?: any })
 
-describe("effect-inference (src/bin/cli.ts)", () => {
+describe("effect-onnx (src/bin/cli.ts)", () => {
   it("documents both commands and the infer flags in --help", async () => {
     const [top, infer] = await Promise.all([run(["--help"]), run(["infer", "--help"])])
     assert.strictEqual(top.code, 0)

@@ -24,7 +24,7 @@ describe("server and health routes", () => {
       const { send } = yield* makeApp()
       const r = yield* send("GET", "/v2")
       assert.strictEqual(r.status, 200)
-      assert.deepStrictEqual(r.json, { name: "effect-inference", version: "0.0.0-test", extensions: ["model_repository", "binary_tensor_data"] })
+      assert.deepStrictEqual(r.json, { name: "effect-onnx", version: "0.0.0-test", extensions: ["model_repository", "binary_tensor_data"] })
       assert.strictEqual(r.headers.get("content-type"), "application/json")
       assert.strictEqual((yield* send("GET", "/v2/")).status, 200)
     }).pipe(withFreshMetrics))

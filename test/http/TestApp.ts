@@ -156,7 +156,7 @@ export interface AppOptions extends TestPoolOptions {
 
 export const routeOptions = (bodyLimitBytes = 1024 * 1024): Routes.Options => ({
   bodyLimitBytes,
-  serverName: "effect-inference",
+  serverName: "effect-onnx",
   serverVersion: "0.0.0-test",
   redactPaths: [secretPath]
 })

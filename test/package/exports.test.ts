@@ -38,7 +38,7 @@ describe("package.json", () => {
   })
 
   it("installs the CLI, ships dist/ and the bundled models, and builds before packing", () => {
-    assert.deepStrictEqual(pkg.bin, { "effect-inference": "dist/bin/cli.js" })
+    assert.deepStrictEqual(pkg.bin, { "effect-onnx": "dist/bin/cli.js" })
     assert.include(pkg.files, "dist")
     assert.include(pkg.files, "models")
     assert.match(pkg.scripts["build"]!, /scripts\/build\.ts/)

@@ -75,8 +75,8 @@ describe("npm pack", () => {
 
     // The library: root and deep imports, one inference through the Promise facade.
     Fs.writeFileSync(Path.join(consumer, "main.mjs"), `
-import { InferenceClient, InferenceRequest, Tensor } from "effect-inference"
-import * as InferenceError from "effect-inference/InferenceError"
+import { InferenceClient, InferenceRequest, Tensor } from "effect-onnx"
+import * as InferenceError from "effect-onnx/InferenceError"
 const client = await InferenceClient.make()
 const result = await client.infer(InferenceRequest.make("mlp", { input: Tensor.float32(new Float32Array(784), [1, 784]) }))
 const missing = await client.infer(InferenceRequest.make("nope", {})).catch((e) => e)
@@ -85,17 +85,17 @@ await client.close()
 `)
     const main = await timed("library", () => ok("node main.mjs", sh(process.execPath, ["main.mjs"], consumer)))
     assert.deepStrictEqual(JSON.parse(main.stdout.trim().split("\n").at(-1)!), { tag: "Success", dims: [1, 10], missing: "ModelNotFound" })
-    const internal = await sh(process.execPath, ["--input-type=module", "-e", "await import('effect-inference/onnx/WorkerHost')"], consumer)
+    const internal = await sh(process.execPath, ["--input-type=module", "-e", "await import('effect-onnx/onnx/WorkerHost')"], consumer)
     assert.include(internal.stderr, "ERR_PACKAGE_PATH_NOT_EXPORTED")
 
     // The CLI, through the bin link npm made.
-    const bin = Path.join(consumer, "node_modules", ".bin", "effect-inference")
-    const help = await timed("cli --help", () => ok("effect-inference --help", sh(bin, ["--help"], consumer)))
+    const bin = Path.join(consumer, "node_modules", ".bin", "effect-onnx")
+    const help = await timed("cli --help", () => ok("effect-onnx --help", sh(bin, ["--help"], consumer)))
     assert.match(help.stdout, /infer\s+Runs every record/)
     const record = JSON.stringify({ input: { datatype: "FP32", shape: [1, 784], data: new Array(784).fill(0.5) } })
     Fs.writeFileSync(Path.join(consumer, "in.ndjson"), `${record}\n${record}\n`)
     await timed("cli infer", () =>
-      ok("effect-inference infer", sh(bin, ["infer", "--model", "mlp", "--input", "in.ndjson", "--output", "out.ndjson", "--progress", "none"], consumer)))
+      ok("effect-onnx infer", sh(bin, ["infer", "--model", "mlp", "--input", "in.ndjson", "--output", "out.ndjson", "--progress", "none"], consumer)))
     const out = Fs.readFileSync(Path.join(consumer, "out.ndjson"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { line: number; outputs: { logits: { shape: Array<number> } } })
     assert.deepStrictEqual(out.map((o) => [o.line, o.outputs.logits.shape]), [[1, [1, 10]], [2, [1, 10]]])
 
@@ -103,8 +103,8 @@ await client.close()
     // expect-error directive below fails the check if the declarations do not resolve (types turn `any`);
     // skipLibCheck spares re-checking effect's own declarations.
     Fs.writeFileSync(Path.join(consumer, "check.ts"), `
-import { Engine, InferenceClient, InferenceError, InferenceRequest, Tensor } from "effect-inference"
-import { AsyncInferenceEngine } from "effect-inference/Engine"
+import { Engine, InferenceClient, InferenceError, InferenceRequest, Tensor } from "effect-onnx"
+import { AsyncInferenceEngine } from "effect-onnx/Engine"
 const client: InferenceClient.InferenceClient = await InferenceClient.make({ config: { maxConcurrentRequests: 2 } })
 const result = await client.infer(InferenceRequest.make("mlp", { input: Tensor.float32(new Float32Array(784), [1, 784]) }), { signal: AbortSignal.timeout(1000) })
 const dims: ReadonlyArray<number> = result.outputs["logits"]!.dims
