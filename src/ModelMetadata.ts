@@ -29,6 +29,12 @@ export interface ModelMetadata {
    * dispatches no more, so waiting requests wait in its priority queue, not in the pool's FIFO.
    */
   readonly concurrency?: number | undefined
+  /**
+   * Jobs the pool accepts for one instance at once (absent: 1). With 2, the engine hands an
+   * instance its next batch while the current one runs, so the instance never idles while a job
+   * crosses the thread boundary; the instance still runs one at a time.
+   */
+  readonly pipelineDepth?: number | undefined
   /** The priority a server gives a request that names none; absent means Normal. */
   readonly defaultPriority?: Priority.Priority | undefined
   /** Declared alternatives the inputs must fit (config.json `inputSignatures`); absent means the ONNX signature alone. */

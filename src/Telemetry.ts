@@ -6,6 +6,11 @@
  * Every accepted or rejected request is recorded by `recordStart` and then exactly one of
  * success, failure, cancelled, timeout or rejected, so started = the sum of the five.
  *
+ * Record points are plain synchronous calls, made on the engine's hot path (a request costs a
+ * few microseconds in all): an implementation must return at once and never throw. One that
+ * needs Effects (an exporter, a queue) should buffer and work elsewhere. `recordRun` is called
+ * once per native run (a batch is one run).
+ *
  * @module Telemetry
  */
 import { Context, Effect, Layer, Metric } from "effect"
@@ -21,19 +26,19 @@ export interface RequestInfo {
 export type Outcome = "success" | "failure" | "cancelled" | "timeout" | "rejected"
 
 export interface Service {
-  readonly recordStart: (info: RequestInfo) => Effect.Effect<void>
-  readonly recordSuccess: (info: RequestInfo, latencyMs: number) => Effect.Effect<void>
+  readonly recordStart: (info: RequestInfo) => void
+  readonly recordSuccess: (info: RequestInfo, latencyMs: number) => void
   /** Failed after admission: invalid input, run failed, model unavailable. */
-  readonly recordFailure: (info: RequestInfo, error: InferenceError.Reason, elapsedMs: number) => Effect.Effect<void>
-  readonly recordCancelled: (info: RequestInfo, elapsedMs: number) => Effect.Effect<void>
+  readonly recordFailure: (info: RequestInfo, error: InferenceError.Reason, elapsedMs: number) => void
+  readonly recordCancelled: (info: RequestInfo, elapsedMs: number) => void
   /** Deadline exceeded or queue timeout. */
-  readonly recordTimeout: (info: RequestInfo, elapsedMs: number) => Effect.Effect<void>
+  readonly recordTimeout: (info: RequestInfo, elapsedMs: number) => void
   /** Refused at admission: queue full or shutting down. */
-  readonly recordRejected: (info: RequestInfo, error: InferenceError.Reason) => Effect.Effect<void>
+  readonly recordRejected: (info: RequestInfo, error: InferenceError.Reason) => void
   /** Time from admission to dispatch. */
-  readonly recordQueueWait: (modelId: string, priority: Priority.Priority, waitMs: number) => Effect.Effect<void>
+  readonly recordQueueWait: (modelId: string, priority: Priority.Priority, waitMs: number) => void
   /** One native run of `batchSize` requests. */
-  readonly recordRun: (modelId: string, runMs: number, batchSize: number) => Effect.Effect<void>
+  readonly recordRun: (modelId: string, runMs: number, batchSize: number) => void
 }
 
 const latencyBoundariesMs = Metric.exponentialBoundaries({ start: 0.05, factor: 2, count: 20 })
@@ -52,52 +57,62 @@ export const metrics = {
 } as const
 
 export class TelemetryCollector extends Context.Service<TelemetryCollector, Service>()("effect-onnx/TelemetryCollector") {
-  /** Records Effect Metrics. */
-  static readonly layer = Layer.sync(TelemetryCollector, () => {
-    // Labelled metrics are made once per label set, not once per request.
+  /**
+   * Records Effect Metrics, in the metric registry of the context the layer is built in.
+   * Labelled metrics are resolved once per label set, and each update is a synchronous
+   * `updateUnsafe`: no Effect runs per request.
+   */
+  static readonly layer = Layer.effect(TelemetryCollector, Effect.map(Effect.context<never>(), (context) => {
     const cache = new Map<string, Metric.Metric<number, unknown>>()
-    const labelled = (metric: Metric.Metric<number, unknown>, attributes: Record<string, string>) => {
-      const key = `${metric.id}|${Object.values(attributes).join("|")}`
+    const labelled = (metric: Metric.Metric<number, unknown>, a: string, b?: string, c?: string) => {
+      const key = `${metric.id}|${a}|${b ?? ""}|${c ?? ""}`
       let found = cache.get(key)
       if (found === undefined) {
+        const attributes: Record<string, string> = { model: a }
+        if (b !== undefined) attributes[c === undefined ? "outcome" : c] = b
         found = Metric.withAttributes(metric, attributes)
         cache.set(key, found)
       }
       return found
     }
-    const update = (metric: Metric.Metric<number, unknown>, attributes: Record<string, string>, value: number) =>
-      Metric.update(labelled(metric, attributes), value)
+    const add = (metric: Metric.Metric<number, unknown>, value: number, model: string, label?: string, labelName?: string) =>
+      labelled(metric, model, label, labelName).updateUnsafe(value, context)
     return TelemetryCollector.of({
-      recordStart: (info) => update(metrics.started, { model: info.modelId }, 1),
-      recordSuccess: (info, latencyMs) =>
-        Effect.andThen(update(metrics.requests, { model: info.modelId, outcome: "success" }, 1), update(metrics.latency, { model: info.modelId }, latencyMs)),
-      recordFailure: (info, error) =>
-        Effect.andThen(update(metrics.requests, { model: info.modelId, outcome: "failure" }, 1), update(metrics.failures, { model: info.modelId, reason: error._tag }, 1)),
-      recordCancelled: (info) => update(metrics.requests, { model: info.modelId, outcome: "cancelled" }, 1),
-      recordTimeout: (info) => update(metrics.requests, { model: info.modelId, outcome: "timeout" }, 1),
-      recordRejected: (info, error) =>
-        Effect.andThen(update(metrics.requests, { model: info.modelId, outcome: "rejected" }, 1), update(metrics.failures, { model: info.modelId, reason: error._tag }, 1)),
-      recordQueueWait: (modelId, priority, waitMs) => update(metrics.queueWait, { model: modelId, priority }, waitMs),
-      recordRun: (modelId, runMs, batchSize) =>
-        Effect.all([
-          update(metrics.run, { model: modelId }, runMs),
-          update(metrics.batchSize, { model: modelId }, batchSize),
-          update(metrics.executions, { model: modelId }, 1),
-          update(metrics.inferences, { model: modelId }, batchSize)
-        ], { discard: true })
+      recordStart: (info) => add(metrics.started, 1, info.modelId),
+      recordSuccess: (info, latencyMs) => {
+        add(metrics.requests, 1, info.modelId, "success")
+        add(metrics.latency, latencyMs, info.modelId)
+      },
+      recordFailure: (info, error) => {
+        add(metrics.requests, 1, info.modelId, "failure")
+        add(metrics.failures, 1, info.modelId, error._tag, "reason")
+      },
+      recordCancelled: (info) => add(metrics.requests, 1, info.modelId, "cancelled"),
+      recordTimeout: (info) => add(metrics.requests, 1, info.modelId, "timeout"),
+      recordRejected: (info, error) => {
+        add(metrics.requests, 1, info.modelId, "rejected")
+        add(metrics.failures, 1, info.modelId, error._tag, "reason")
+      },
+      recordQueueWait: (modelId, priority, waitMs) => add(metrics.queueWait, waitMs, modelId, priority, "priority"),
+      recordRun: (modelId, runMs, batchSize) => {
+        add(metrics.run, runMs, modelId)
+        add(metrics.batchSize, batchSize, modelId)
+        add(metrics.executions, 1, modelId)
+        add(metrics.inferences, batchSize, modelId)
+      }
     })
-  })
+  }))
 
   /** Records nothing. */
   static readonly layerNoop = Layer.succeed(TelemetryCollector, {
-    recordStart: () => Effect.void,
-    recordSuccess: () => Effect.void,
-    recordFailure: () => Effect.void,
-    recordCancelled: () => Effect.void,
-    recordTimeout: () => Effect.void,
-    recordRejected: () => Effect.void,
-    recordQueueWait: () => Effect.void,
-    recordRun: () => Effect.void
+    recordStart: () => {},
+    recordSuccess: () => {},
+    recordFailure: () => {},
+    recordCancelled: () => {},
+    recordTimeout: () => {},
+    recordRejected: () => {},
+    recordQueueWait: () => {},
+    recordRun: () => {}
   })
 }
 
@@ -115,7 +130,7 @@ export class TelemetryLog extends Context.Service<TelemetryLog, { readonly event
 /** Provides both TelemetryCollector and the TelemetryLog it appends to. */
 export const layerRecording: Layer.Layer<TelemetryCollector | TelemetryLog> = Layer.effectContext(Effect.sync(() => {
   const events: Array<Event> = []
-  const push = (event: Event) => Effect.sync(() => void events.push(event))
+  const push = (event: Event): void => void events.push(event)
   return Context.make(TelemetryLog, { events }).pipe(Context.add(TelemetryCollector, {
     recordStart: (i) => push({ _tag: "start", requestId: i.requestId, modelId: i.modelId }),
     recordSuccess: (i) => push({ _tag: "success", requestId: i.requestId, modelId: i.modelId }),

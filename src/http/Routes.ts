@@ -229,9 +229,11 @@ export const layer = (
       /** Records a request refused before it reached the engine, so that /metrics counts it. */
       const recordRefused = (name: string, reason: InferenceError.Reason) => {
         const info = { modelId: name, requestId: InferenceRequest.nextRequestId(), priority: Priority.Normal }
-        return telemetry.recordStart(info).pipe(
-          Effect.andThen(reason._tag === "QueueFull" ? telemetry.recordRejected(info, reason) : telemetry.recordFailure(info, reason, 0))
-        )
+        return Effect.sync(() => {
+          telemetry.recordStart(info)
+          if (reason._tag === "QueueFull") telemetry.recordRejected(info, reason)
+          else telemetry.recordFailure(info, reason, 0)
+        })
       }
 
       const invalid = (name: string, reason: InferenceError.InvalidInput) =>

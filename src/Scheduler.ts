@@ -1,0 +1,439 @@
+/**
+ * The engine's state, pure and synchronous: every admitted request, the batches forming and in
+ * flight, and each model's dispatch slots. No fibers, no Effects, no clock reads: the time is an
+ * argument of every transition, so tables and property tests drive it directly and the
+ * `Dispatcher` (the mechanism) only acts on what it answers.
+ *
+ * - `admit` queues a request, or refuses it (`QueueFull`) when `maxQueued` are waiting; a
+ *   request that fits a forming batch of its kind joins it instead of queuing.
+ * - `next(now)` says what to do: dispatch this batch, wait until a time, or nothing.
+ * - `expire(now)` takes out the requests whose queue timeout (while waiting) or deadline (in any
+ *   stage) has come; `cancel` takes one out at once. Either way a queued or forming request never
+ *   runs; a running one stays in its batch, and its rows are dropped when the batch completes.
+ * - `complete(batch)` frees the batch's slot once its run has ended.
+ *
+ * Slots and permits. A model has `instances × depth` dispatch slots: `depth` jobs may be handed
+ * to one instance at once (the pool pipelines them, so an instance never idles while the next
+ * job crosses the thread boundary), but an instance runs one at a time. A slot that makes an
+ * instance busy takes one of `maxConcurrent` permits; a pipelined one does not. So native runs,
+ * `Σ min(slots used, instances)`, never exceed `maxConcurrent`, and a forming batch (which holds
+ * a slot while it waits for rows) counts as a run.
+ *
+ * @module Scheduler
+ */
+import * as BatchPolicy from "./BatchPolicy.ts"
+import * as DeadlineHeap from "./internal/DeadlineHeap.ts"
+import * as Priority from "./Priority.ts"
+import * as PriorityQueue from "./PriorityQueue.ts"
+import type * as QueuePolicy from "./QueuePolicy.ts"
+
+export type Stage = "queued" | "forming" | "running" | "settled"
+
+/** What a model needs for scheduling; fixed for the model's key. */
+export interface ModelSpec {
+  /** The model and version, as one key. */
+  readonly key: string
+  /** Native runs of this model at once (its instances); Infinity for a pool without a bound. */
+  readonly instances: number
+  /** Jobs one instance may be handed at once (1: no pipelining). */
+  readonly depth: number
+  readonly batching: BatchPolicy.BatchingConfig
+}
+
+/** A model's scheduling state. */
+export interface Model {
+  spec: ModelSpec
+  /** Slots taken: batches forming or dispatched. */
+  slots: number
+  /** Batches dispatched and not completed. */
+  runs: number
+  /** The last run's duration. */
+  expectedRunMs: number
+  /** Rows of its requests waiting in the queue. */
+  queuedRows: number
+  /** Forming batches by batch key. */
+  readonly forming: Map<string, Batch<unknown>>
+}
+
+export interface Request<A> {
+  readonly value: A
+  readonly model: Model
+  readonly priority: Priority.Priority
+  /** Rows on the batch axis (1 when the model does not batch). */
+  readonly rows: number
+  /** Requests with the same key may share a run; undefined runs alone. */
+  readonly batchKey: string | undefined
+  readonly admittedAtMs: number
+  readonly deadlineAtMs: number
+  /** When it fails with QueueTimeout if still waiting; Infinity for none. */
+  readonly queueDeadlineAtMs: number
+  stage: Stage
+  /** Where it was when it settled. */
+  settledFrom: Exclude<Stage, "settled"> | undefined
+  entry: PriorityQueue.Entry<Request<A>> | undefined
+  timer: DeadlineHeap.Entry<Request<A>> | undefined
+  batch: Batch<A> | undefined
+}
+
+export interface Batch<A> {
+  readonly model: Model
+  readonly key: string | undefined
+  readonly members: Array<Request<A>>
+  rows: number
+  /** The highest priority among the members (see `BatchPolicy.mayJoin`). */
+  highest: Priority.Priority
+  stage: "forming" | "running"
+  /** When it was dispatched. */
+  startedAtMs: number
+}
+
+export type Step<A> =
+  | { readonly _tag: "Dispatch"; readonly batch: Batch<A> }
+  | { readonly _tag: "Wait"; readonly untilMs: number }
+  | { readonly _tag: "Idle" }
+
+/** Why a request left by `expire`. */
+export type Expiry = "queue" | "deadline"
+
+export interface Options {
+  readonly maxConcurrent: number
+  readonly maxQueued: number
+  readonly enablePriority: boolean
+  readonly aging?: QueuePolicy.Aging | undefined
+}
+
+export interface AdmitInput<A> {
+  readonly value: A
+  readonly model: ModelSpec
+  readonly priority: Priority.Priority
+  readonly rows: number
+  readonly batchKey: string | undefined
+  readonly deadlineAtMs: number
+  readonly queueDeadlineAtMs: number
+}
+
+const idle: Step<never> = { _tag: "Idle" }
+
+/** The rows a new batch may take: all it may (`maxBatchSize`), or an even share over the free slots. */
+export const batchCap = (maxBatchSize: number, queuedRows: number, freeSlots: number): number =>
+  freeSlots <= 1 || !Number.isFinite(freeSlots) ? maxBatchSize : Math.max(1, Math.min(maxBatchSize, Math.ceil(queuedRows / freeSlots)))
+
+export class Scheduler<A> {
+  readonly options: Options
+  readonly queue: PriorityQueue.PriorityQueue<Request<A>>
+  readonly #timers = new DeadlineHeap.DeadlineHeap<Request<A>>()
+  readonly #models = new Map<string, Model>()
+  #permits = 0
+  /** Requests admitted and not settled. */
+  unsettled = 0
+  /** Requests abandoned (cancelled or timed out) since the start, by the stage they were in. */
+  readonly abandoned = { queued: 0, forming: 0, running: 0 }
+
+  constructor(options: Options) {
+    this.options = options
+    this.queue = PriorityQueue.make(options.maxQueued, options.enablePriority, options.aging)
+  }
+
+  /** Native runs that may start now: permits not held by a busy instance. */
+  get freePermits(): number {
+    return this.options.maxConcurrent - this.#permits
+  }
+
+  model(spec: ModelSpec): Model {
+    let model = this.#models.get(spec.key)
+    if (model === undefined) {
+      model = { spec, slots: 0, runs: 0, expectedRunMs: 0, queuedRows: 0, forming: new Map() }
+      this.#models.set(spec.key, model)
+    } else if (model.spec !== spec) {
+      // A reloaded model: its new instances and batching apply from now on.
+      model.spec = spec
+    }
+    return model
+  }
+
+  models(): IterableIterator<Model> {
+    return this.#models.values()
+  }
+
+  /** Queues a request (or adds it to a forming batch of its kind); undefined when the queue is full. */
+  admit(input: AdmitInput<A>, nowMs: number): Request<A> | undefined {
+    const model = this.model(input.model)
+    const request: Request<A> = {
+      value: input.value,
+      model,
+      priority: input.priority,
+      rows: input.rows,
+      batchKey: input.batchKey,
+      admittedAtMs: nowMs,
+      deadlineAtMs: input.deadlineAtMs,
+      queueDeadlineAtMs: input.queueDeadlineAtMs,
+      stage: "queued",
+      settledFrom: undefined,
+      entry: undefined,
+      timer: undefined,
+      batch: undefined
+    }
+    const open = this.#formingFor(request)
+    if (open !== undefined) {
+      this.#join(open, request)
+    } else {
+      request.entry = this.queue.offer(request, input.priority, nowMs)
+      if (request.entry === undefined) return undefined
+      model.queuedRows += request.rows
+    }
+    this.unsettled++
+    const queueFirst = request.queueDeadlineAtMs < request.deadlineAtMs
+    request.timer = this.#timers.push(queueFirst ? request.queueDeadlineAtMs : request.deadlineAtMs, request)
+    return request
+  }
+
+  /** The earliest time `expire` has work. */
+  nextTimerMs(): number {
+    return this.#timers.peek()?.atMs ?? Infinity
+  }
+
+  /**
+   * Takes out every request whose time has come: a queue timeout ends a request still waiting
+   * (queued or forming), a deadline ends one in any stage. Returns them with the reason.
+   */
+  expire(nowMs: number): Array<{ readonly request: Request<A>; readonly why: Expiry }> {
+    const out: Array<{ readonly request: Request<A>; readonly why: Expiry }> = []
+    for (let top = this.#timers.peek(); top !== undefined && top.atMs <= nowMs; top = this.#timers.peek()) {
+      this.#timers.pop()
+      const request = top.value
+      request.timer = undefined
+      if (request.stage === "settled") continue
+      const isQueueTimeout = top.atMs === request.queueDeadlineAtMs && request.queueDeadlineAtMs < request.deadlineAtMs
+      if (isQueueTimeout && request.stage === "running") {
+        // Already running: the queue timeout no longer applies; the deadline still does.
+        request.timer = this.#timers.push(request.deadlineAtMs, request)
+        continue
+      }
+      this.settle(request, true)
+      out.push({ request, why: isQueueTimeout ? "queue" : "deadline" })
+    }
+    return out
+  }
+
+  /** Takes a request out (interruption, a cancel token): queued or forming, it never runs. False if already settled. */
+  cancel(request: Request<A>): boolean {
+    if (request.stage === "settled") return false
+    this.settle(request, true)
+    return true
+  }
+
+  /**
+   * Marks a request answered: out of the queue or its forming batch, its timer gone. A running
+   * request stays a member of its batch (its rows are dropped). `abandoned` counts it by stage.
+   */
+  settle(request: Request<A>, abandoned = false): void {
+    const stage = request.stage
+    if (stage === "settled") return
+    if (stage === "queued") {
+      this.queue.remove(request.entry!)
+      request.model.queuedRows -= request.rows
+    } else if (stage === "forming") {
+      const batch = request.batch!
+      const i = batch.members.indexOf(request)
+      if (i >= 0) batch.members.splice(i, 1)
+      batch.rows -= request.rows
+      this.#recomputeHighest(batch)
+    }
+    if (abandoned) this.abandoned[stage]++
+    request.stage = "settled"
+    request.settledFrom = stage
+    request.entry = undefined
+    if (request.timer !== undefined) {
+      this.#timers.remove(request.timer)
+      request.timer = undefined
+    }
+    this.unsettled--
+  }
+
+  /**
+   * What to do now. A forming batch that the policy sends goes first; then the first queued
+   * request (priority order) whose model has a free slot, with the rows of its kind that fit.
+   * A model whose slots are all taken never holds up another model's requests. A forming batch
+   * left empty (its members all left) gives its slot back.
+   */
+  next(nowMs: number): Step<A> {
+    let waitUntil = Infinity
+    for (const model of this.#models.values()) {
+      for (const batch of model.forming.values() as IterableIterator<Batch<A>>) {
+        if (batch.members.length === 0) {
+          this.#dropForming(batch)
+          continue
+        }
+        const decision = this.#decide(batch, nowMs)
+        if (decision._tag === "Send") return this.#launch(batch, nowMs)
+        waitUntil = Math.min(waitUntil, nowMs + decision.ms)
+      }
+    }
+    const head = this.queue.peek(nowMs)
+    if (head !== undefined) {
+      const canGo = (r: Request<A>) => this.#canOpen(r.model) || this.#formingFor(r) !== undefined
+      const first = canGo(head.value) ? head.value : this.queue.takeWhere(canGo, 1)[0]
+      if (first !== undefined) {
+        if (first === head.value) this.queue.poll(nowMs)
+        first.model.queuedRows -= first.rows
+        first.entry = undefined
+        // A batch of its kind is forming and may take it: it joins, and the policy is asked again.
+        const open = this.#formingFor(first)
+        if (open !== undefined) {
+          this.#join(open, first)
+          return this.next(nowMs)
+        }
+        const step = this.#open(first, nowMs)
+        if (step !== undefined) return step
+        return this.next(nowMs)
+      }
+    }
+    return waitUntil === Infinity ? idle : { _tag: "Wait", untilMs: waitUntil }
+  }
+
+  /** The batch's run (and any reruns of its members) ended: its slot is free. Its members were settled by then. */
+  complete(batch: Batch<A>): void {
+    batch.model.runs--
+    this.#freeSlot(batch.model)
+  }
+
+  /** Counts for diagnostics. */
+  counts(): { readonly queued: number; readonly forming: number; readonly runs: number } {
+    let forming = 0
+    let runs = 0
+    for (const model of this.#models.values()) {
+      runs += model.runs
+      for (const batch of model.forming.values()) forming += batch.members.length
+    }
+    return { queued: this.queue.size, forming, runs }
+  }
+
+  /** Every request still queued or forming (closing the engine answers them). */
+  waiting(): Array<Request<A>> {
+    const out = [...this.queue.values()]
+    for (const model of this.#models.values()) for (const batch of model.forming.values() as IterableIterator<Batch<A>>) out.push(...batch.members)
+    return out
+  }
+
+  #slotsOf(model: Model): number {
+    return model.spec.instances * model.spec.depth
+  }
+
+  /** A new slot is free for the model: under its slots, and a permit free if it would make an instance busy. */
+  #canOpen(model: Model): boolean {
+    if (model.slots >= this.#slotsOf(model)) return false
+    return model.slots >= model.spec.instances || this.#permits < this.options.maxConcurrent
+  }
+
+  #takeSlot(model: Model): void {
+    if (model.slots < model.spec.instances) this.#permits++
+    model.slots++
+  }
+
+  #freeSlot(model: Model): void {
+    model.slots--
+    if (model.slots < model.spec.instances) this.#permits--
+  }
+
+  /** Slots the model could still take now, permits considered. */
+  #freeSlots(model: Model): number {
+    const bySlots = this.#slotsOf(model) - model.slots
+    const idleInstances = Math.max(0, model.spec.instances - model.slots)
+    const pipelined = bySlots - idleInstances
+    return Math.min(idleInstances, this.freePermits) + pipelined
+  }
+
+  #formingFor(request: Request<A>): Batch<A> | undefined {
+    if (request.batchKey === undefined) return undefined
+    const open = request.model.forming.get(request.batchKey) as Batch<A> | undefined
+    return open !== undefined && this.#fits(open, request) ? open : undefined
+  }
+
+  #fits(batch: Batch<A>, request: Request<A>): boolean {
+    return request.batchKey === batch.key && batch.rows + request.rows <= batch.model.spec.batching.maxBatchSize &&
+      BatchPolicy.mayJoin(batch.highest, request.priority)
+  }
+
+  #join(batch: Batch<A>, request: Request<A>): void {
+    request.stage = batch.stage === "forming" ? "forming" : "running"
+    request.batch = batch
+    batch.members.push(request)
+    batch.rows += request.rows
+    if (Priority.rank(request.priority) < Priority.rank(batch.highest)) batch.highest = request.priority
+  }
+
+  #recomputeHighest(batch: Batch<A>): void {
+    let highest = 3
+    for (const m of batch.members) highest = Math.min(highest, Priority.rank(m.priority))
+    batch.highest = Priority.levels[highest]!
+  }
+
+  /** Opens a batch for `first` (already out of the queue) on a new slot, gathers rows, and sends it or lets it form. */
+  #open(first: Request<A>, nowMs: number): Step<A> | undefined {
+    const model = first.model
+    const freeSlots = this.#freeSlots(model)
+    this.#takeSlot(model)
+    const batch: Batch<A> = { model, key: first.batchKey, members: [], rows: 0, highest: first.priority, stage: "forming", startedAtMs: nowMs }
+    this.#join(batch, first)
+    if (first.batchKey === undefined) return this.#launch(batch, nowMs)
+    const cap = batchCap(model.spec.batching.maxBatchSize, model.queuedRows + first.rows, freeSlots)
+    this.#gather(batch, cap)
+    const decision = this.#decide(batch, nowMs)
+    if (decision._tag === "Send") return this.#launch(batch, nowMs)
+    model.forming.set(first.batchKey, batch as Batch<unknown>)
+    return undefined
+  }
+
+  /** Takes queued requests that can join `batch`, highest priority first, while rows fit under `cap`. */
+  #gather(batch: Batch<A>, cap: number): void {
+    if (batch.rows >= cap) return
+    const joined = this.queue.takeWhere((r) => {
+      if (batch.rows >= cap || !this.#fits(batch, r) || batch.rows + r.rows > cap) return false
+      batch.rows += r.rows
+      return true
+    }, Infinity)
+    batch.rows -= joined.reduce((n, r) => n + r.rows, 0)
+    for (const r of joined) {
+      r.entry = undefined
+      r.model.queuedRows -= r.rows
+      this.#join(batch, r)
+    }
+  }
+
+  #decide(batch: Batch<A>, nowMs: number): BatchPolicy.Decision {
+    let oldest = Infinity
+    let earliestDeadline = Infinity
+    for (const m of batch.members) {
+      if (m.admittedAtMs < oldest) oldest = m.admittedAtMs
+      if (m.deadlineAtMs < earliestDeadline) earliestDeadline = m.deadlineAtMs
+    }
+    return BatchPolicy.decide(batch.model.spec.batching, {
+      rows: batch.rows,
+      oldestWaitMs: nowMs - oldest,
+      earliestDeadlineInMs: earliestDeadline - nowMs,
+      highestPriority: batch.highest,
+      runsInFlight: batch.model.runs,
+      expectedRunMs: batch.model.expectedRunMs
+    })
+  }
+
+  #launch(batch: Batch<A>, nowMs: number): Step<A> {
+    if (batch.key !== undefined && batch.model.forming.get(batch.key) === batch) {
+      // Rows that arrived while it formed and still fit ride along.
+      batch.model.forming.delete(batch.key)
+      this.#gather(batch, batch.model.spec.batching.maxBatchSize)
+    }
+    batch.stage = "running"
+    batch.startedAtMs = nowMs
+    for (const m of batch.members) m.stage = "running"
+    batch.model.runs++
+    return { _tag: "Dispatch", batch }
+  }
+
+  #dropForming(batch: Batch<A>): void {
+    batch.model.forming.delete(batch.key!)
+    this.#freeSlot(batch.model)
+  }
+}
+
+export const make = <A>(options: Options): Scheduler<A> => new Scheduler<A>(options)
