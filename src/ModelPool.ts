@@ -37,6 +37,11 @@ export interface RunOptions {
    * (RunFailed). Threads cannot be stopped mid-run and ignore it. Undefined: no deadline.
    */
   readonly timeout?: Duration.Duration | undefined
+  /**
+   * The inputs' buffers are the pool's to keep (the engine joined them for this run and holds no
+   * other reference): a pool may move them to a worker instead of copying, detaching them.
+   */
+  readonly transfer?: boolean | undefined
 }
 
 export interface Service {

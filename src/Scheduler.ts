@@ -114,9 +114,20 @@ export interface AdmitInput<A> {
 
 const idle: Step<never> = { _tag: "Idle" }
 
-/** The rows a new batch may take: all it may (`maxBatchSize`), or an even share over the free slots. */
-export const batchCap = (maxBatchSize: number, queuedRows: number, freeSlots: number): number =>
-  freeSlots <= 1 || !Number.isFinite(freeSlots) ? maxBatchSize : Math.max(1, Math.min(maxBatchSize, Math.ceil(queuedRows / freeSlots)))
+/** Below this share of rows per free slot, splitting a burst over slots buys nothing: a run's fixed cost dominates. */
+export const minSplitRows = 8
+
+/**
+ * The rows a new batch may take: all it may (`maxBatchSize`), or, when several slots are free and
+ * the queue is deep, an even share of the queued rows over them. A closed loop of 64 callers on
+ * one instance with two slots then settles into two cohorts of 32 rows, one running while the
+ * other crosses to the worker, instead of lockstep 64-row runs with the instance idle between.
+ */
+export const batchCap = (maxBatchSize: number, queuedRows: number, freeSlots: number): number => {
+  if (freeSlots <= 1 || !Number.isFinite(freeSlots)) return maxBatchSize
+  const share = Math.ceil(queuedRows / freeSlots)
+  return share < minSplitRows ? maxBatchSize : Math.min(maxBatchSize, share)
+}
 
 export class Scheduler<A> {
   readonly options: Options

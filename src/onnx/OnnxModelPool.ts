@@ -171,6 +171,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
                 batching,
                 defaultPriority: entry.config.defaultPriority,
                 concurrency: entry.config.instances,
+                pipelineDepth: host.depth,
                 ...(signatures === undefined ? {} : { signatures })
               }
             })),

@@ -4,13 +4,16 @@
  * onnxruntime session and serving it with `SessionEndpoint`. Types only, so that the instance
  * loads nothing for it.
  *
- * Host → worker: `run` and `test` carry a request id that the reply repeats; `close` asks the
- * worker to release its session and exit once the job in hand (if any) has ended.
+ * Host → worker: `run` and `test` carry a request id that the reply repeats; a host may send
+ * the next job before the current one has replied (pipelining), and the worker runs them one at
+ * a time, in order. `cancel` drops a job that was sent but has not started. `close` asks the
+ * worker to release its session and exit once the jobs in hand have ended.
  * Worker → host: `ready` (or `loadFailed`, then the worker exits) once; then one `done` or
  * `failed` per request, in order; `closed` before a graceful exit.
  *
- * Input tensors are structured-cloned (copied) to the worker; output buffers are transferred
- * back (the worker's arrays are detached, the host's are exact-size and owned by the caller).
+ * Input tensors are structured-cloned (copied) to the worker, or transferred when the host owns
+ * them (a batch the engine joined); output buffers are transferred back (the worker's arrays are
+ * detached, the host's are exact-size and owned by the caller).
  *
  * @module Protocol
  */
@@ -54,6 +57,8 @@ export type TestOp =
 export type ToWorker =
   | { readonly _tag: "run"; readonly id: number; readonly inputs: Tensor.TensorMap }
   | { readonly _tag: "test"; readonly id: number; readonly op: TestOp }
+  /** The caller of job `id` left: if it has not started, it is answered `failed` without running. */
+  | { readonly _tag: "cancel"; readonly id: number }
   | { readonly _tag: "close" }
 
 /** A provider that was requested but could not create the session. */

@@ -12,7 +12,8 @@
  * CUDA cannot load). `ready.deviceUsed` names the provider that loaded.
  *
  * Messages are handled one at a time, in arrival order: `close` releases the session only after
- * the run in hand has replied, and a run never overlaps another on the session.
+ * the runs in hand have replied, and a run never overlaps another on the session. A `cancel`
+ * is handled on arrival: the job it names, if still waiting its turn, is answered without running.
  *
  * @module SessionEndpoint
  */
@@ -157,9 +158,22 @@ const test = (config: Protocol.WorkerConfig, port: Port, deviceUsed: string, id:
   }
 }
 
-const handle = async (config: Protocol.WorkerConfig, port: Port, session: ort.InferenceSession, deviceUsed: string, message: Protocol.ToWorker): Promise<void> => {
+const handle = async (
+  config: Protocol.WorkerConfig,
+  port: Port,
+  session: ort.InferenceSession,
+  deviceUsed: string,
+  cancelled: Set<number>,
+  message: Protocol.ToWorker
+): Promise<void> => {
   switch (message._tag) {
+    case "cancel":
+      return
     case "run": {
+      if (cancelled.delete(message.id)) {
+        port.post({ _tag: "failed", id: message.id, error: "cancelled before it ran" })
+        return
+      }
       const t0 = performance.now()
       try {
         const results = await session.run(toFeeds(message.inputs))
@@ -186,7 +200,13 @@ export const serve = async (config: Protocol.WorkerConfig, port: Port): Promise<
   if (loaded === undefined) return
   const { deviceUsed, session } = loaded
   let queue: Promise<void> = Promise.resolve()
+  // Jobs sent ahead (pipelined) whose callers left: skipped when their turn comes.
+  const cancelled = new Set<number>()
   port.listen((message) => {
-    queue = queue.then(() => handle(config, port, session, deviceUsed, message))
+    if (message._tag === "cancel") {
+      cancelled.add(message.id)
+      return
+    }
+    queue = queue.then(() => handle(config, port, session, deviceUsed, cancelled, message))
   })
 }

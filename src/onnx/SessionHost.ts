@@ -3,10 +3,13 @@
  * session (`SessionEndpoint`), behind one FIFO of waiting jobs. Where an instance runs is the
  * `Transport`'s business: a worker thread (`WorkerHost`) or a child process (`ProcessHost`).
  *
- * - An instance runs one job at a time and is free again only when it replies.
- * - `run` waits in FIFO order for a free instance. Interrupting it returns at once: a queued job
- *   is dropped unsent; a running job's instance stays busy until it replies, and that reply is
- *   discarded (counted in `lateRepliesDropped`). No instance ever runs two jobs.
+ * - An instance runs one job at a time. With `depth` 2 (threads) it is handed its next job while
+ *   the current one runs, so it never idles while a job crosses the thread boundary; a job goes
+ *   to an idle instance first, then to one with room.
+ * - `run` waits in FIFO order for an instance with room. Interrupting it returns at once: a
+ *   queued job is dropped unsent; a job sent ahead and not started is dropped in the instance
+ *   (`cancel`); a running job's instance stays busy until it replies, and that reply is
+ *   discarded (counted in `lateRepliesDropped`). No instance ever runs two jobs at once.
  * - An instance that dies (uncaught error, `process.exit`, and for a process a native crash or
  *   a signal) fails only its own job with RunFailed and is replaced, so the instance count is
  *   kept. If replacements keep failing and no instance is left, the host becomes unavailable
@@ -111,6 +114,8 @@ export interface Options {
   readonly respawnDelay?: Duration.Duration | undefined
   /** Process isolation: how long a run may outlive its `timeout` before its process is killed (default 1 second). */
   readonly killGrace?: Duration.Duration | undefined
+  /** Jobs handed to one instance at once (default: 2 for threads, 1 for processes, whose deadline kills end the job in hand). */
+  readonly depth?: number | undefined
 }
 
 /** Per-run options. */
@@ -120,6 +125,11 @@ export interface RunOptions {
    * included). Process isolation kills a run still going `killGrace` after it; threads ignore it.
    */
   readonly timeout?: Duration.Duration | undefined
+  /**
+   * The inputs' buffers are the host's to give away (a batch the engine joined): a thread
+   * receives them moved, not copied, and they are detached here. Default false: copied.
+   */
+  readonly transfer?: boolean | undefined
 }
 
 /** What a run returns: `RunOutput` plus the native run's own duration, measured in the instance. */
@@ -146,6 +156,8 @@ export interface SessionHost {
   readonly modelId: string
   readonly version: string
   readonly isolation: Isolation
+  /** Jobs handed to one instance at once. */
+  readonly depth: number
   readonly metadata: ModelMetadata.ModelMetadata
   /** The provider the first instance loaded on. */
   readonly deviceUsed: string
@@ -196,8 +208,8 @@ export interface InstanceEvents {
 
 /** One running instance as the host drives it. */
 export interface Instance {
-  /** Sends a message; throws when it cannot be sent. */
-  readonly send: (message: Protocol.ToWorker) => void
+  /** Sends a message, moving `transfer`'s buffers where the transport can; throws when it cannot be sent. */
+  readonly send: (message: Protocol.ToWorker, transfer?: ReadonlyArray<ArrayBuffer>) => void
   /** Stops it at once; `exit` follows. */
   readonly kill: () => void
   /** Its OS process id (processes only). */
@@ -223,12 +235,15 @@ type Outcome = Exit.Exit<RunResult, InferenceError.RunFailed | InferenceError.Mo
 interface Job {
   readonly requestId: string
   readonly message: (id: number) => Protocol.ToWorker
+  readonly transfer: ReadonlyArray<ArrayBuffer> | undefined
   readonly resume: (outcome: Outcome) => void
   /** `performance.now()` deadlines; undefined without a timeout or on threads. */
   readonly deadlineAtMs: number | undefined
   readonly killAtMs: number | undefined
   state: "new" | "queued" | "running" | "done"
   cancelled: boolean
+  /** Its id once sent, and the instance it was sent to. */
+  sent: { readonly id: number; readonly slot: Slot } | undefined
 }
 
 interface Slot {
@@ -237,7 +252,8 @@ interface Slot {
   exited: boolean
   closeRequested: boolean
   sessionReleased: boolean
-  current: { readonly id: number; readonly job: Job } | undefined
+  /** Jobs sent and not yet replied to, in order: the first is running, the others wait their turn in the instance. */
+  readonly jobs: Array<{ readonly id: number; readonly job: Job }>
   /** Armed while a job with a deadline runs (processes only). */
   killTimer: ReturnType<typeof setTimeout> | undefined
   /** Set when the host killed the instance for a deadline: the failure of the job it ran. */
@@ -278,6 +294,7 @@ const makeUnstarted = (options: Options, transport: Transport) => {
   const { counters, modelId } = options
   const { noun } = transport
   const killsRuns = transport.isolation === "process"
+  const depth = Math.max(1, options.depth ?? (killsRuns ? 1 : 2))
   const respawnAttempts = options.respawnAttempts ?? 5
   const respawnDelayMs = Duration.toMillis(options.respawnDelay ?? Duration.millis(100))
   const killGraceMs = Duration.toMillis(options.killGrace ?? Duration.seconds(1))
@@ -293,8 +310,7 @@ const makeUnstarted = (options: Options, transport: Transport) => {
   }
 
   const all = new Set<Slot>() // every instance not yet exited, ready or not
-  const live = new Set<Slot>() // ready and not exited
-  const idle: Array<Slot> = [] // live and free (LIFO: the warmest instance first)
+  const live = new Set<Slot>() // ready and not exited (and not asked to close)
   const waiting: Array<Job> = [] // FIFO; `head` avoids O(n) shifts, cancelled jobs are skipped
   let head = 0
   let queued = 0
@@ -330,10 +346,21 @@ const makeUnstarted = (options: Options, transport: Transport) => {
     return undefined
   }
 
+  /** The live instance with the fewest jobs, if it has room: an idle one first. */
+  const roomy = (): Slot | undefined => {
+    let best: Slot | undefined
+    for (const slot of live) {
+      if (slot.jobs.length >= depth || slot.closeRequested) continue
+      if (best === undefined || slot.jobs.length < best.jobs.length) best = slot
+      if (slot.jobs.length === 0) break
+    }
+    return best
+  }
+
   /** Kills `slot`'s process if it is still running job `id` (its deadline plus the grace has passed). */
   const killOverrun = (slot: Slot, id: number) => {
     slot.killTimer = undefined
-    const current = slot.current
+    const current = slot.jobs[0]
     if (current === undefined || current.id !== id || slot.exited) return
     const job = current.job
     const overMs = performance.now() - job.deadlineAtMs!
@@ -360,17 +387,25 @@ const makeUnstarted = (options: Options, transport: Transport) => {
     }
     const id = nextId++
     job.state = "running"
-    slot.current = { id, job }
+    job.sent = { id, slot }
+    slot.jobs.push({ id, job })
     try {
-      slot.instance.send(job.message(id))
+      slot.instance.send(job.message(id), job.transfer)
     } catch (e) {
-      slot.current = undefined
+      slot.jobs.pop()
       job.state = "done"
       job.resume(Exit.fail(runFailed(job, `the inputs could not be sent to the ${noun}: ${errorText(e)}`)))
       return false
     }
-    if (job.killAtMs !== undefined) slot.killTimer = setTimeout(killOverrun, job.killAtMs - performance.now(), slot, id)
+    if (slot.jobs.length === 1) arm(slot)
     return true
+  }
+
+  /** Arms the deadline kill of the job now running on `slot`, if it has one. */
+  const arm = (slot: Slot) => {
+    const head = slot.jobs[0]
+    if (head === undefined || head.job.killAtMs === undefined) return
+    slot.killTimer = setTimeout(killOverrun, Math.max(0, head.job.killAtMs - performance.now()), slot, head.id)
   }
 
   const disarm = (slot: Slot) => {
@@ -389,26 +424,39 @@ const makeUnstarted = (options: Options, transport: Transport) => {
     }
   }
 
-  /** `slot` has no job: give it the next waiting one, or park it. */
+  /** `slot` has room: give it waiting jobs while it has room. */
   const release = (slot: Slot) => {
-    slot.current = undefined
     if (slot.exited) return
-    if (closing) return requestClose(slot)
-    for (let job = nextJob(); job !== undefined; job = nextJob()) {
-      if (dispatch(slot, job)) return
+    if (closing) {
+      if (slot.jobs.length === 0) requestClose(slot)
+      return
     }
-    idle.push(slot)
+    while (slot.jobs.length < depth) {
+      const job = nextJob()
+      if (job === undefined) return
+      dispatch(slot, job)
+    }
   }
 
   const enqueue = (job: Job) => {
-    const slot = idle.pop()
-    if (slot !== undefined) {
-      if (!dispatch(slot, job)) idle.push(slot)
-      return
+    for (let slot = roomy(); slot !== undefined; slot = roomy()) {
+      if (dispatch(slot, job)) return
+      if (job.state === "done") return
     }
     job.state = "queued"
     queued++
     waiting.push(job)
+  }
+
+  /** A job sent ahead to an instance that died before running it: first in line again. */
+  const requeueFront = (job: Job) => {
+    const slot = roomy()
+    if (slot !== undefined && dispatch(slot, job)) return
+    if (job.state === "done") return
+    job.state = "queued"
+    queued++
+    if (head > 0) waiting[--head] = job
+    else waiting.unshift(job)
   }
 
   const cancel = (job: Job) => {
@@ -419,6 +467,15 @@ const makeUnstarted = (options: Options, transport: Transport) => {
       counters.interruptedQueued++
     } else if (job.state === "running") {
       counters.interruptedRunning++
+      // Sent ahead and not started: the instance skips it when its turn comes.
+      const sent = job.sent!
+      if (sent.slot.jobs[0]?.id !== sent.id) {
+        try {
+          sent.slot.instance.send({ _tag: "cancel", id: sent.id })
+        } catch {
+          // the instance is gone; its exit fails the job
+        }
+      }
     }
   }
 
@@ -436,9 +493,11 @@ const makeUnstarted = (options: Options, transport: Transport) => {
   }
 
   const onReply = (slot: Slot, message: Extract<Protocol.FromWorker, { readonly _tag: "done" | "failed" }>) => {
-    const current = slot.current
+    const current = slot.jobs[0]
     if (current === undefined || current.id !== message.id || slot.killedFor !== undefined) return
     disarm(slot)
+    slot.jobs.shift()
+    arm(slot)
     const job = current.job
     job.state = "done"
     counters.replies++
@@ -488,7 +547,7 @@ const makeUnstarted = (options: Options, transport: Transport) => {
         },
         // A reply that cannot be deserialized never arrives: fail its job and free the instance.
         messageError: (text) => {
-          const current = slot.current
+          const current = slot.jobs[0]
           if (current === undefined) return
           onReply(slot, { _tag: "failed", id: current.id, error: `the ${noun}'s reply could not be deserialized: ${text}` })
         },
@@ -499,21 +558,26 @@ const makeUnstarted = (options: Options, transport: Transport) => {
           counters.workersExited++
           all.delete(slot)
           live.delete(slot)
-          const i = idle.indexOf(slot)
-          if (i >= 0) idle.splice(i, 1)
           onExit()
           if (!slot.ready) {
             reject(slot.loadError ?? `the ${noun} ended (${how}) before its session loaded${slot.lastError ? ` (${slot.lastError})` : ""}`)
             return
           }
           if (!slot.sessionReleased) counters.sessionsLost++
-          const current = slot.current
-          slot.current = undefined
+          const lost = slot.jobs.splice(0)
           const detail = slot.killedFor ?? `the ${noun} running the model died (${how}${slot.lastError ? `; ${slot.lastError}` : ""})`
-          if (current !== undefined && current.job.state !== "done") {
-            current.job.state = "done"
-            if (current.job.cancelled) counters.lateRepliesDropped++
-            else current.job.resume(Exit.fail(runFailed(current.job, detail)))
+          for (const [i, { job }] of lost.entries()) {
+            if (job.state === "done") continue
+            if (i > 0 && !job.cancelled && !closing) {
+              // Sent ahead and never started: it goes back to the front of the line for another instance.
+              job.state = "new"
+              job.sent = undefined
+              requeueFront(job)
+              continue
+            }
+            job.state = "done"
+            if (job.cancelled) counters.lateRepliesDropped++
+            else job.resume(Exit.fail(runFailed(job, i === 0 ? detail : `the ${noun} ended before the job ran (${how})`)))
           }
           if (closing || slot.closeRequested) return
           if (slot.killedFor === undefined) counters.crashes++
@@ -529,7 +593,7 @@ const makeUnstarted = (options: Options, transport: Transport) => {
         exited: false,
         closeRequested: false,
         sessionReleased: false,
-        current: undefined,
+        jobs: [],
         killTimer: undefined,
         killedFor: undefined,
         lastError: "",
@@ -587,7 +651,7 @@ const makeUnstarted = (options: Options, transport: Transport) => {
     const timeoutMs = Duration.toMillis(options.closeTimeout)
     // `all` includes instances still loading; no new one starts once `closing` is set.
     closed = Promise.all([...all].map((slot) => {
-      if (slot.ready && slot.current === undefined) requestClose(slot)
+      if (slot.ready && slot.jobs.length === 0) requestClose(slot)
       // busy slots get their close request when they reply (release); starting ones when they load
       let timer: ReturnType<typeof setTimeout> | undefined
       const deadline = new Promise<void>((resolve) => {
@@ -621,7 +685,12 @@ const makeUnstarted = (options: Options, transport: Transport) => {
     }
   }
 
-  const submit = (requestId: string, message: (id: number) => Protocol.ToWorker, runOptions: RunOptions | undefined) =>
+  const submit = (
+    requestId: string,
+    message: (id: number) => Protocol.ToWorker,
+    runOptions: RunOptions | undefined,
+    transfer?: ReadonlyArray<ArrayBuffer>
+  ) =>
     Effect.callback<RunResult, InferenceError.RunFailed | InferenceError.ModelUnavailable>((resume) => {
       if (closing) return resume(Exit.fail(unavailable("the model pool is closing")))
       if (broken !== undefined) return resume(Exit.fail(unavailable(broken)))
@@ -631,11 +700,13 @@ const makeUnstarted = (options: Options, transport: Transport) => {
       const job: Job = {
         requestId,
         message,
+        transfer,
         resume,
         deadlineAtMs,
         killAtMs: deadlineAtMs === undefined ? undefined : deadlineAtMs + killGraceMs,
         state: "new",
-        cancelled: false
+        cancelled: false,
+        sent: undefined
       }
       enqueue(job)
       return Effect.sync(() => cancel(job))
@@ -643,9 +714,16 @@ const makeUnstarted = (options: Options, transport: Transport) => {
 
   const run = (inputs: Tensor.TensorMap, requestId: string, runOptions?: RunOptions) => {
     const wire: Record<string, Tensor.Tensor> = {}
+    const moving = runOptions?.transfer === true && !killsRuns ? new Set<ArrayBuffer>() : undefined
     for (const name in inputs) {
       const t = inputs[name]!
       const data = t.data
+      if (moving !== undefined && ArrayBuffer.isView(data) && data.buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === data.buffer.byteLength) {
+        // the host's own exact-size buffer: moved, not copied
+        moving.add(data.buffer)
+        wire[name] = t
+        continue
+      }
       // copied on the way: exact-size first; a SharedArrayBuffer would be shared (thread) or refused (process)
       wire[name] = {
         dtype: t.dtype,
@@ -653,13 +731,14 @@ const makeUnstarted = (options: Options, transport: Transport) => {
         data: ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer ? (data as unknown as { slice: () => Tensor.TensorData }).slice() : Tensor.compact(data)
       }
     }
-    return submit(requestId, (id) => ({ _tag: "run", id, inputs: wire }), runOptions)
+    return submit(requestId, (id) => ({ _tag: "run", id, inputs: wire }), runOptions, moving === undefined || moving.size === 0 ? undefined : [...moving])
   }
 
   const api: SessionHost = {
     modelId,
     version: options.version,
     isolation: transport.isolation,
+    depth,
     get metadata() {
       return metadata!
     },
@@ -674,8 +753,8 @@ const makeUnstarted = (options: Options, transport: Transport) => {
     unavailableReason: () => (closing ? "the model pool is closing" : broken),
     stats: () => {
       let busy = 0
-      for (const slot of live) if (slot.current !== undefined) busy++
-      return { instances: options.instances, live: live.size, idle: idle.length, busy, queued, starting: all.size - live.size }
+      for (const slot of live) if (slot.jobs.length > 0) busy++
+      return { instances: options.instances, live: live.size, idle: live.size - busy, busy, queued, starting: all.size - live.size }
     },
     pids: () => [...all].flatMap((slot) => (slot.instance.pid === undefined ? [] : [slot.instance.pid])),
     close: Effect.promise(closeAll).pipe(Effect.withSpan(`${transport.spanPrefix}.close`, { attributes: { model: modelId, version: options.version } }))

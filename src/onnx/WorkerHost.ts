@@ -27,7 +27,7 @@ export const transport: SessionHost.Transport = {
     worker.on("messageerror", (e) => events.messageError(SessionHost.errorText(e)))
     worker.on("exit", (code) => events.exit(`exit code ${code}`))
     return {
-      send: (message) => worker.postMessage(message),
+      send: (message, transfer) => worker.postMessage(message, transfer as Array<ArrayBuffer> | undefined),
       kill: () => {
         worker.terminate().catch(() => {})
       },

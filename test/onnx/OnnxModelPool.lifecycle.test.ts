@@ -87,9 +87,12 @@ describe("OnnxModelPool lifecycle", () => {
       yield* pool.run("mlp", mlpInputs(1), { requestId: "after" })
       yield* eventually("no busy instance", () => pool.stats("mlp")?.busy === 0)
 
-      // close while one run is in flight and one waits: the running one finishes, the waiting one fails
+      // close while runs are in flight (two per instance: one running, one sent ahead) and one waits:
+      // the jobs sent finish, the waiting one fails
       const inFlight = yield* Effect.forkDetach(pool.test("mlp", { _tag: "spin", ms: 200 }, { requestId: "in-flight" }), { startImmediately: true })
       const second = yield* Effect.forkDetach(pool.test("mlp", { _tag: "spin", ms: 200 }, { requestId: "second" }), { startImmediately: true })
+      const aheadA = yield* Effect.forkDetach(pool.test("mlp", { _tag: "spin", ms: 20 }, { requestId: "ahead-a" }), { startImmediately: true })
+      const aheadB = yield* Effect.forkDetach(pool.test("mlp", { _tag: "spin", ms: 20 }, { requestId: "ahead-b" }), { startImmediately: true })
       const waiting = yield* Effect.forkDetach(pool.run("mlp", mlpInputs(1), { requestId: "waiting" }), { startImmediately: true })
       yield* Effect.sleep(20)
       assert.strictEqual(pool.stats("mlp")?.queued, 1)
@@ -99,6 +102,8 @@ describe("OnnxModelPool lifecycle", () => {
       assert.isAtLeast(closeMs, 120, `close waited ${closeMs.toFixed(0)} ms for the running spins`)
       assert.isTrue(Exit.isSuccess(yield* Fiber.await(inFlight)))
       assert.isTrue(Exit.isSuccess(yield* Fiber.await(second)))
+      assert.isTrue(Exit.isSuccess(yield* Fiber.await(aheadA)), "a job sent ahead before the close runs")
+      assert.isTrue(Exit.isSuccess(yield* Fiber.await(aheadB)))
       const waitingExit = yield* Fiber.await(waiting)
       assert.isTrue(Exit.isFailure(waitingExit))
       assert.include(String(waitingExit), "closing")

@@ -36,8 +36,9 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads the mlp's metadata from the session: dynamic batch as -1", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, concurrency, defaultPriority, ...metadata } = yield* pool.metadata("mlp")
+      const { batching, concurrency, defaultPriority, pipelineDepth, ...metadata } = yield* pool.metadata("mlp")
       assert.isAtLeast(concurrency!, 1, "its instances")
+      assert.strictEqual(pipelineDepth, 2, "threads take a job ahead")
       assert.deepInclude(batching, { enabled: true, maxBatchSize: 64 }, "on by default: every dim 0 is dynamic")
       assert.strictEqual(defaultPriority, "Normal")
       assert.deepStrictEqual(metadata, {
@@ -52,7 +53,7 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads silero_vad's metadata: unnamed dims as -1, int64 scalar sr", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, concurrency: _c, defaultPriority: _p, signatures, ...metadata } = yield* pool.metadata("silero_vad")
+      const { batching, concurrency: _c, defaultPriority: _p, pipelineDepth: _d, signatures, ...metadata } = yield* pool.metadata("silero_vad")
       assert.deepInclude(batching, { enabled: true, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 } }, "from its config.json")
       assert.deepStrictEqual(signatures, [
         { input: { dims: [-1, 512] }, sr: { values: [16000] } },
@@ -197,15 +198,18 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
       const pool = yield* OnnxModelPool.OnnxModelPool
       const { interruptedQueued, replies } = pool.counters
       const blocker = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 150 }, { requestId: "blocker" }), { startImmediately: true })
+      // the instance takes one job ahead of the running one
+      const ahead = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 1 }, { requestId: "ahead" }), { startImmediately: true })
       const queued = yield* Effect.forkChild(pool.run("mlp", mlpInputs(1), { requestId: "queued" }), { startImmediately: true })
       yield* Effect.sleep(20)
       assert.strictEqual(pool.stats("mlp")?.queued, 1)
       yield* Fiber.interrupt(queued)
       assert.strictEqual(pool.stats("mlp")?.queued, 0)
       yield* Fiber.join(blocker)
+      yield* Fiber.join(ahead)
       yield* pool.run("mlp", mlpInputs(1), { requestId: "after" })
       assert.strictEqual(pool.counters.interruptedQueued, interruptedQueued + 1)
-      assert.strictEqual(pool.counters.replies, replies + 2, "only the blocker and the last run reached the worker")
+      assert.strictEqual(pool.counters.replies, replies + 3, "only the blocker, the job ahead and the last run reached the worker")
     }))
 
   it.effect("serves waiting callers in FIFO order", () =>
