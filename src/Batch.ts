@@ -19,22 +19,27 @@ const axisOf = (axes: Readonly<Record<string, BatchPolicy.Axis>>, name: string):
  */
 export const keyOf = (config: BatchPolicy.BatchingConfig, inputs: Tensor.TensorMap): { readonly key: string; readonly rows: number } | undefined => {
   let rows: number | undefined
-  const parts: Array<string> = []
-  for (const name of Object.keys(inputs).sort()) {
+  let key = ""
+  const names = Object.keys(inputs)
+  if (names.length > 1) names.sort()
+  for (const name of names) {
     const tensor = inputs[name]!
     const axis = axisOf(config.inputAxes, name)
+    if (key !== "") key += "|"
     if (axis === null) {
       if (tensor.data.length > 16) return undefined
-      parts.push(`${name}:${tensor.dtype}:${tensor.dims.join("x")}=${Array.from(tensor.data as ArrayLike<unknown>, String).join(",")}`)
+      key += `${name}:${tensor.dtype}:${tensor.dims.join("x")}=${Array.from(tensor.data as ArrayLike<unknown>, String).join(",")}`
       continue
     }
-    const r = tensor.dims[axis]
+    const dims = tensor.dims
+    const r = dims[axis]
     if (r === undefined || (rows !== undefined && r !== rows)) return undefined
     rows = r
-    parts.push(`${name}:${tensor.dtype}:${tensor.dims.map((d, i) => i === axis ? "*" : d).join("x")}`)
+    key += `${name}:${tensor.dtype}:`
+    for (let i = 0; i < dims.length; i++) key += (i === 0 ? "" : "x") + (i === axis ? "*" : dims[i])
   }
   if (rows === undefined || rows === 0 || rows > config.maxBatchSize) return undefined
-  return { key: parts.join("|"), rows }
+  return { key, rows }
 }
 
 /**

@@ -147,60 +147,95 @@ export const make = Effect.gen(function*() {
     return Effect.fail(InferenceError.make(reason))
   }
 
-  /** Queues the request and suspends until it settles; interruption is the cancellation path. */
-  const enqueue = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata, startedMs: number) =>
-    Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
-      const spec = specOf(request, metadata)
-      const batching = spec.batching
-      const joinable = batching.enabled ? Batch.keyOf(batching, request.inputs) : undefined
-      const timeoutMs = Duration.toMillis(request.timeout)
-      const caller: Dispatcher.Caller = {
-        request,
-        batching,
-        resume: (exit: Exit.Exit<RunOutput, InferenceError.Reason>) => {
-          const elapsedMs = nowMs() - startedMs
-          if (draining && scheduler.unsettled === 0) settledLatch.openUnsafe()
-          if (Exit.isSuccess(exit)) {
-            telemetry.recordSuccess(request, elapsedMs)
-            return resume(Exit.succeed(InferenceResult.Success({
-              requestId: request.requestId,
-              outputs: exit.value.outputs,
-              latencyMs: elapsedMs,
-              deviceUsed: exit.value.deviceUsed
-            }) as InferenceResult.Success))
-          }
-          const failure = exit.cause.reasons[0]
-          const reason = failure?._tag === "Fail" ? failure.error : new InferenceError.ShuttingDown({})
-          recordFailure(telemetry, request, reason, elapsedMs)
-          resume(Exit.fail(InferenceError.make(reason)))
+  /**
+   * Queues the request; `resume` answers it when it settles. Returns the cleanup that runs if the
+   * caller is interrupted first (the cancellation path), or nothing when it was answered at once.
+   */
+  const submit = (
+    request: InferenceRequest,
+    metadata: ModelMetadata.ModelMetadata,
+    startedMs: number,
+    resume: (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
+  ): Effect.Effect<void> | undefined => {
+    const spec = specOf(request, metadata)
+    const batching = spec.batching
+    const joinable = batching.enabled ? Batch.keyOf(batching, request.inputs) : undefined
+    const caller: Dispatcher.Caller = {
+      request,
+      batching,
+      resume: (exit: Exit.Exit<RunOutput, InferenceError.Reason>) => {
+        const elapsedMs = nowMs() - startedMs
+        if (draining && scheduler.unsettled === 0) settledLatch.openUnsafe()
+        if (Exit.isSuccess(exit)) {
+          telemetry.recordSuccess(request, elapsedMs)
+          return resume(Exit.succeed(InferenceResult.Success({
+            requestId: request.requestId,
+            outputs: exit.value.outputs,
+            latencyMs: elapsedMs,
+            deviceUsed: exit.value.deviceUsed
+          }) as InferenceResult.Success))
         }
+        const failure = exit.cause.reasons[0]
+        const reason = failure?._tag === "Fail" ? failure.error : new InferenceError.ShuttingDown({})
+        recordFailure(telemetry, request, reason, elapsedMs)
+        resume(Exit.fail(InferenceError.make(reason)))
       }
-      const admitted = dispatcher.submit({
-        value: caller,
-        model: spec,
-        priority: request.priority,
-        rows: joinable?.rows ?? 1,
-        batchKey: joinable === undefined ? undefined : joinable.key,
-        deadlineAtMs: startedMs + timeoutMs,
-        queueDeadlineAtMs: queueTimeoutMs > 0 ? startedMs + queueTimeoutMs : Infinity
-      })
-      if (admitted === undefined) {
-        const reason = new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: config.maxQueuedRequests })
-        telemetry.recordRejected(request, reason)
+    }
+    const admitted = dispatcher.submit({
+      value: caller,
+      model: spec,
+      priority: request.priority,
+      rows: joinable?.rows ?? 1,
+      batchKey: joinable === undefined ? undefined : joinable.key,
+      deadlineAtMs: startedMs + Duration.toMillis(request.timeout),
+      queueDeadlineAtMs: queueTimeoutMs > 0 ? startedMs + queueTimeoutMs : Infinity
+    })
+    if (admitted === undefined) {
+      const reason = new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: config.maxQueuedRequests })
+      telemetry.recordRejected(request, reason)
+      resume(Exit.fail(InferenceError.make(reason)))
+      return undefined
+    }
+    settledLatch.closeUnsafe()
+    // Interrupted: out of the queue or its forming batch at once; running, its result is dropped.
+    return Effect.sync(() => {
+      if (admitted.stage === "settled") return
+      dispatcher.cancel(admitted)
+      telemetry.recordCancelled(request, nowMs() - startedMs)
+      if (draining && scheduler.unsettled === 0) settledLatch.openUnsafe()
+    })
+  }
+
+  /** Why the request cannot be queued (invalid inputs for its model), or undefined. */
+  const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata): InferenceError.Reason | undefined => {
+    const invalid = ModelMetadata.validateInputs(metadata, request.inputs)
+    if (invalid !== undefined) return invalid
+    const batching = metadata.batching
+    if (batching?.enabled === true) {
+      const disagreement = Batch.rowsDisagreement(batching, request.inputs)
+      if (disagreement !== undefined) return new InferenceError.InvalidInput({ modelId: request.modelId, detail: disagreement })
+    }
+    return undefined
+  }
+
+  const metadataUnsafe = pool.metadataUnsafe
+
+  /** Admission and the wait in one `Effect.callback`, for a pool whose metadata needs no Effect. */
+  const admitUnsafe = (request: InferenceRequest, lookup: NonNullable<typeof metadataUnsafe>) =>
+    Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
+      const startedMs = nowMs()
+      telemetry.recordStart(request)
+      const metadata = draining ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
+      const reason = "_tag" in metadata ? metadata : refusal(request, metadata)
+      if (reason !== undefined) {
+        recordFailure(telemetry, request, reason, 0)
         return resume(Exit.fail(InferenceError.make(reason)))
       }
-      settledLatch.closeUnsafe()
-      // Interrupted: out of the queue or its forming batch at once; running, its result is dropped.
-      return Effect.sync(() => {
-        if (admitted.stage === "settled") return
-        dispatcher.cancel(admitted)
-        telemetry.recordCancelled(request, nowMs() - startedMs)
-        if (draining && scheduler.unsettled === 0) settledLatch.openUnsafe()
-      })
+      return submit(request, metadata as ModelMetadata.ModelMetadata, startedMs, resume)
     })
 
   const admit = (request: InferenceRequest): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
-    Effect.suspend(() => {
+    metadataUnsafe !== undefined ? admitUnsafe(request, metadataUnsafe) : Effect.suspend(() => {
       const startedMs = nowMs()
       telemetry.recordStart(request)
       if (draining) return fail(request, new InferenceError.ShuttingDown({}))
@@ -210,14 +245,9 @@ export const make = Effect.gen(function*() {
           return InferenceError.make(reason)
         }),
         (metadata) => {
-          const invalid = ModelMetadata.validateInputs(metadata, request.inputs)
-          if (invalid !== undefined) return fail(request, invalid)
-          const batching = metadata.batching
-          if (batching?.enabled === true) {
-            const disagreement = Batch.rowsDisagreement(batching, request.inputs)
-            if (disagreement !== undefined) return fail(request, new InferenceError.InvalidInput({ modelId: request.modelId, detail: disagreement }))
-          }
-          return enqueue(request, metadata, startedMs)
+          const reason = refusal(request, metadata)
+          if (reason !== undefined) return fail(request, reason)
+          return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => submit(request, metadata, startedMs, resume))
         }
       )
     })

@@ -54,6 +54,14 @@ export interface Service {
     version?: string
   ) => Effect.Effect<ModelMetadata.ModelMetadata, InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
   /**
+   * `metadata` without an Effect, for the engine's admission path: the metadata, or the
+   * error `metadata` would fail with. Optional: without it the engine runs `metadata`.
+   */
+  readonly metadataUnsafe?: (
+    modelId: string,
+    version?: string
+  ) => ModelMetadata.ModelMetadata | InferenceError.ModelNotFound | InferenceError.ModelUnavailable
+  /**
    * Runs `inputs` (already validated) on a free instance of the model, waiting in FIFO order
    * when every instance is busy. Interrupting it returns at once; the instance goes back to
    * the pool only when its native run has ended, so no instance ever runs two requests.

@@ -42,63 +42,119 @@ export interface Service {
 }
 
 const latencyBoundariesMs = Metric.exponentialBoundaries({ start: 0.05, factor: 2, count: 20 })
+const batchBoundaries = Metric.exponentialBoundaries({ start: 1, factor: 2, count: 9 })
+
+type Attributes = Readonly<Record<string, string>>
+
+const counter = (name: string, description: string) => (attributes?: Attributes) => Metric.counter(name, { description, attributes })
+const histogram = (name: string, description: string, boundaries: ReadonlyArray<number>) => (attributes?: Attributes) =>
+  Metric.histogram(name, { description, boundaries, attributes })
+
+/**
+ * Each family as a function of its labels. `family(labels)` is a metric bound to one series (the
+ * same series as `Metric.withAttributes(family(), labels)`), so an update is a map lookup instead
+ * of a context built per update.
+ */
+export const families = {
+  requests: counter("inference_requests_total", "Requests by model and outcome"),
+  started: counter("inference_requests_started_total", "Requests submitted, by model"),
+  failures: counter("inference_request_failures_total", "Failed requests by model and reason"),
+  latency: histogram("inference_request_duration_ms", "End-to-end latency of successful requests (ms)", latencyBoundariesMs),
+  queueWait: histogram("inference_queue_duration_ms", "Time from admission to dispatch (ms)", latencyBoundariesMs),
+  run: histogram("inference_compute_duration_ms", "Time of one native run (ms)", latencyBoundariesMs),
+  batchSize: histogram("inference_batch_size", "Requests per native run", batchBoundaries),
+  executions: counter("inference_exec_total", "Native runs by model"),
+  inferences: counter("inference_count_total", "Requests run by model (a batch counts each)")
+} as const
+
+type Family = keyof typeof families
 
 /** The metric families the default layer records (exported for the server's /metrics). */
 export const metrics = {
-  requests: Metric.counter("inference_requests_total", { description: "Requests by model and outcome" }),
-  started: Metric.counter("inference_requests_started_total", { description: "Requests submitted, by model" }),
-  failures: Metric.counter("inference_request_failures_total", { description: "Failed requests by model and reason" }),
-  latency: Metric.histogram("inference_request_duration_ms", { description: "End-to-end latency of successful requests (ms)", boundaries: latencyBoundariesMs }),
-  queueWait: Metric.histogram("inference_queue_duration_ms", { description: "Time from admission to dispatch (ms)", boundaries: latencyBoundariesMs }),
-  run: Metric.histogram("inference_compute_duration_ms", { description: "Time of one native run (ms)", boundaries: latencyBoundariesMs }),
-  batchSize: Metric.histogram("inference_batch_size", { description: "Requests per native run", boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 9 }) }),
-  executions: Metric.counter("inference_exec_total", { description: "Native runs by model" }),
-  inferences: Metric.counter("inference_count_total", { description: "Requests run by model (a batch counts each)" })
+  requests: families.requests(),
+  started: families.started(),
+  failures: families.failures(),
+  latency: families.latency(),
+  queueWait: families.queueWait(),
+  run: families.run(),
+  batchSize: families.batchSize(),
+  executions: families.executions(),
+  inferences: families.inferences()
 } as const
 
 export class TelemetryCollector extends Context.Service<TelemetryCollector, Service>()("effect-onnx/TelemetryCollector") {
   /**
-   * Records Effect Metrics, in the metric registry of the context the layer is built in.
-   * Labelled metrics are resolved once per label set, and each update is a synchronous
-   * `updateUnsafe`: no Effect runs per request.
+   * Records Effect Metrics, in the metric registry of the context the layer is built in. Each
+   * series is resolved once (per family and labels) and updated with a synchronous
+   * `updateUnsafe`: no Effect runs and no context is built per request.
    */
   static readonly layer = Layer.effect(TelemetryCollector, Effect.map(Effect.context<never>(), (context) => {
-    const cache = new Map<string, Metric.Metric<number, unknown>>()
-    const labelled = (metric: Metric.Metric<number, unknown>, a: string, b?: string, c?: string) => {
-      const key = `${metric.id}|${a}|${b ?? ""}|${c ?? ""}`
-      let found = cache.get(key)
+    type Series = Metric.Metric<number, unknown>
+    /** A model's series, made on first use; labelled ones (outcome, reason, priority) by label. */
+    interface ModelSeries {
+      readonly started: Series
+      readonly latency: Series
+      readonly run: Series
+      readonly batchSize: Series
+      readonly executions: Series
+      readonly inferences: Series
+      readonly outcomes: Map<string, Series>
+      readonly failures: Map<string, Series>
+      readonly queueWait: Map<string, Series>
+    }
+    const byModel = new Map<string, ModelSeries>()
+    const seriesOf = (model: string): ModelSeries => {
+      let found = byModel.get(model)
       if (found === undefined) {
-        const attributes: Record<string, string> = { model: a }
-        if (b !== undefined) attributes[c === undefined ? "outcome" : c] = b
-        found = Metric.withAttributes(metric, attributes)
-        cache.set(key, found)
+        const labels = { model }
+        found = {
+          started: families.started(labels),
+          latency: families.latency(labels),
+          run: families.run(labels),
+          batchSize: families.batchSize(labels),
+          executions: families.executions(labels),
+          inferences: families.inferences(labels),
+          outcomes: new Map(),
+          failures: new Map(),
+          queueWait: new Map()
+        }
+        byModel.set(model, found)
       }
       return found
     }
-    const add = (metric: Metric.Metric<number, unknown>, value: number, model: string, label?: string, labelName?: string) =>
-      labelled(metric, model, label, labelName).updateUnsafe(value, context)
+    const labelled = (map: Map<string, Series>, family: Family, model: string, name: string, value: string): Series => {
+      let found = map.get(value)
+      if (found === undefined) {
+        found = families[family]({ model, [name]: value }) as Series
+        map.set(value, found)
+      }
+      return found
+    }
+    const outcome = (model: string, value: Outcome) => labelled(seriesOf(model).outcomes, "requests", model, "outcome", value).updateUnsafe(1, context)
+    const failure = (model: string, reason: InferenceError.ReasonTag) => labelled(seriesOf(model).failures, "failures", model, "reason", reason).updateUnsafe(1, context)
     return TelemetryCollector.of({
-      recordStart: (info) => add(metrics.started, 1, info.modelId),
+      recordStart: (info) => seriesOf(info.modelId).started.updateUnsafe(1, context),
       recordSuccess: (info, latencyMs) => {
-        add(metrics.requests, 1, info.modelId, "success")
-        add(metrics.latency, latencyMs, info.modelId)
+        outcome(info.modelId, "success")
+        seriesOf(info.modelId).latency.updateUnsafe(latencyMs, context)
       },
       recordFailure: (info, error) => {
-        add(metrics.requests, 1, info.modelId, "failure")
-        add(metrics.failures, 1, info.modelId, error._tag, "reason")
+        outcome(info.modelId, "failure")
+        failure(info.modelId, error._tag)
       },
-      recordCancelled: (info) => add(metrics.requests, 1, info.modelId, "cancelled"),
-      recordTimeout: (info) => add(metrics.requests, 1, info.modelId, "timeout"),
+      recordCancelled: (info) => outcome(info.modelId, "cancelled"),
+      recordTimeout: (info) => outcome(info.modelId, "timeout"),
       recordRejected: (info, error) => {
-        add(metrics.requests, 1, info.modelId, "rejected")
-        add(metrics.failures, 1, info.modelId, error._tag, "reason")
+        outcome(info.modelId, "rejected")
+        failure(info.modelId, error._tag)
       },
-      recordQueueWait: (modelId, priority, waitMs) => add(metrics.queueWait, waitMs, modelId, priority, "priority"),
+      recordQueueWait: (modelId, priority, waitMs) => labelled(seriesOf(modelId).queueWait, "queueWait", modelId, "priority", priority).updateUnsafe(waitMs, context),
       recordRun: (modelId, runMs, batchSize) => {
-        add(metrics.run, runMs, modelId)
-        add(metrics.batchSize, batchSize, modelId)
-        add(metrics.executions, 1, modelId)
-        add(metrics.inferences, batchSize, modelId)
+        const series = seriesOf(modelId)
+        series.run.updateUnsafe(runMs, context)
+        series.batchSize.updateUnsafe(batchSize, context)
+        series.executions.updateUnsafe(1, context)
+        series.inferences.updateUnsafe(batchSize, context)
       }
     })
   }))

@@ -5,8 +5,45 @@
  * of the engine would). Latency is taken per request with `performance.now()`.
  */
 import { Effect, Exit } from "effect"
+import { readFileSync } from "node:fs"
 import { performance } from "node:perf_hooks"
+import * as v8 from "node:v8"
 import { Samples, type Stats, stats } from "./common.ts"
+
+/**
+ * The main thread's own CPU time in µs (its tid is the pid): on-CPU time from
+ * `/proc/self/task/<pid>/schedstat`, else utime+stime from `stat` (10 ms ticks). NaN off Linux.
+ * Worker threads are not counted: this is what the event loop spends.
+ */
+export const mainThreadCpuUs = (): number => {
+  try {
+    return Number(readFileSync(`/proc/self/task/${process.pid}/schedstat`, "utf8").split(" ")[0]) / 1000
+  } catch {
+    try {
+      const stat = readFileSync(`/proc/self/task/${process.pid}/stat`, "utf8")
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+      return (Number(f[11]) + Number(f[12])) * 1e4
+    } catch {
+      return NaN
+    }
+  }
+}
+
+/**
+ * Bytes allocated on this isolate's heap (the main thread's) from now until the returned
+ * function is called: what every GC in between freed plus the growth of the used heap.
+ */
+export const allocationMeter = (): (() => number) => {
+  const profiler = new v8.GCProfiler()
+  const used0 = v8.getHeapStatistics().used_heap_size
+  profiler.start()
+  return () => {
+    const report = profiler.stop()
+    let freed = 0
+    for (const s of report?.statistics ?? []) freed += s.beforeGC.heapStatistics.usedHeapSize - s.afterGC.heapStatistics.usedHeapSize
+    return v8.getHeapStatistics().used_heap_size - used0 + freed
+  }
+}
 
 export interface LoadResult {
   readonly completed: number
@@ -19,6 +56,10 @@ export interface LoadResult {
   readonly mainELU: number
   /** Process CPU time (all threads) per completed request, µs. */
   readonly cpuUsPerReq: number
+  /** Main-thread CPU time per completed request, µs (`mainThreadCpuUs`): the event loop's cost, the figure that bounds throughput. */
+  readonly mainCpuUsPerReq: number
+  /** Bytes allocated on the main thread's heap per completed request (`allocationMeter`). */
+  readonly heapBytesPerReq: number
   /** First failure seen, if any. */
   readonly firstError?: string
   /** Engines only: mean rows per native run, and mean run time seen by the engine (ms). */
@@ -39,6 +80,8 @@ const recorder = (): Recorder => {
   let last = 0
   const elu0 = performance.eventLoopUtilization()
   const cpu0 = process.cpuUsage()
+  const main0 = mainThreadCpuUs()
+  const allocated = allocationMeter()
   return {
     record: (cls, ms) => {
       let s = byClass.get(cls)
@@ -54,6 +97,8 @@ const recorder = (): Recorder => {
     finish: (t0) => {
       const elu = performance.eventLoopUtilization(elu0).utilization
       const cpu = process.cpuUsage(cpu0)
+      const mainUs = mainThreadCpuUs() - main0
+      const bytes = allocated()
       let completed = 0
       const latency: Record<string, Stats> = {}
       const all = new Samples(4096)
@@ -72,6 +117,8 @@ const recorder = (): Recorder => {
         latency,
         mainELU: elu,
         cpuUsPerReq: (cpu.user + cpu.system) / Math.max(1, completed),
+        mainCpuUsPerReq: mainUs / Math.max(1, completed),
+        heapBytesPerReq: bytes / Math.max(1, completed),
         ...(firstError === undefined ? {} : { firstError })
       }
     }

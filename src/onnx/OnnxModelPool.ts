@@ -249,6 +249,10 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
 
     const service: Service = {
       metadata: (modelId, version) => withHost(modelId, version, (model) => Effect.succeed(model.metadata)),
+      metadataUnsafe: (modelId, version) => {
+        const model = resolve(modelId, version)
+        return isError(model) ? model : model.metadata
+      },
       run: (modelId: string, inputs: Tensor.TensorMap, runOptions) =>
         withHost(modelId, runOptions.version, (model) => model.host.run(inputs, runOptions.requestId, runOptions)),
       models: Effect.map(info, (all) =>
