@@ -64,167 +64,198 @@ const isRunFailure = (exit: Exit.Exit<unknown, InferenceError.Reason>): boolean 
   return reason?._tag === "Fail" && reason.error._tag === "RunFailed"
 }
 
+/** The mechanism's state: what the operations below share. */
+interface State {
+  readonly scheduler: Scheduler.Scheduler<Caller>
+  readonly pool: ModelPool["Service"]
+  readonly telemetry: TelemetryCollector["Service"]
+  readonly nowMs: () => number
+  readonly runFork: (effect: Effect.Effect<void>) => Fiber.Fiber<void>
+  /** Runs in progress, interrupted on close. */
+  readonly runs: Set<Fiber.Fiber<void>>
+  readonly wakeChanged: Latch.Latch
+  gateOpen: boolean
+  closed: boolean
+  pumpScheduled: boolean
+  /** When the timer fiber pumps next. */
+  wakeAtMs: number
+}
+
+/** Answers a request once: out of the scheduler, then its caller resumed. */
+const answer = (state: State, request: Request, exit: Exit.Exit<RunOutput, InferenceError.Reason>, abandoned = false): void => {
+  if (request.stage === "settled") return
+  state.scheduler.settle(request, abandoned)
+  request.value.resume(exit)
+}
+
+const expiredExit = (request: Request, why: Scheduler.Expiry, now: number): Exit.Exit<never, InferenceError.Reason> => {
+  const { modelId, requestId } = request.value.request
+  const elapsedMs = now - request.admittedAtMs
+  return why === "queue"
+    ? Exit.fail(new InferenceError.QueueTimeout({ modelId, requestId, queueTimeoutMs: request.queueDeadlineAtMs - request.admittedAtMs, waitedMs: elapsedMs }))
+    : Exit.fail(new InferenceError.DeadlineExceeded({ modelId, requestId, timeoutMs: request.deadlineAtMs - request.admittedAtMs, elapsedMs }))
+}
+
+/** Settles what is due, dispatches what may go, and sets the timer for what comes next. */
+const pump = (state: State): void => {
+  state.pumpScheduled = false
+  if (state.closed || !state.gateOpen) return
+  const { scheduler } = state
+  const now = state.nowMs()
+  for (const { request, why } of scheduler.expire(now)) request.value.resume(expiredExit(request, why, now))
+  let waitUntil = Infinity
+  while (true) {
+    const step = scheduler.next(now)
+    if (step._tag === "Dispatch") {
+      dispatch(state, step.batch, now)
+      continue
+    }
+    if (step._tag === "Wait") waitUntil = step.untilMs
+    break
+  }
+  const next = Math.min(waitUntil, scheduler.nextTimerMs())
+  const sooner = next < state.wakeAtMs
+  // Set before waking the timer: opening the latch may resume it synchronously.
+  state.wakeAtMs = next
+  if (sooner) state.wakeChanged.openUnsafe()
+}
+
+/** Pumps once at the end of the current burst (a microtask), however many admissions it holds. */
+const schedule = (state: State): void => {
+  if (state.pumpScheduled || state.closed) return
+  state.pumpScheduled = true
+  queueMicrotask(() => pump(state))
+}
+
+/** The timer fiber: sleeps on the Clock until `wakeAtMs`, woken early when an earlier time is set; then pumps. */
+const timer = (state: State) =>
+  Effect.gen(function*() {
+    while (true) {
+      state.wakeChanged.closeUnsafe()
+      const now = state.nowMs()
+      if (state.wakeAtMs === Infinity) yield* state.wakeChanged.await
+      else if (state.wakeAtMs > now) yield* Effect.raceFirst(Effect.sleep(Duration.millis(state.wakeAtMs - now)), state.wakeChanged.await)
+      if (state.nowMs() >= state.wakeAtMs) pump(state)
+    }
+  })
+
+/** Runs a dispatched batch in its own fiber; when it ends, its slot is freed and the next pump follows. */
+const dispatch = (state: State, batch: Scheduler.Batch<Caller>, now: number): void => {
+  const modelId = batch.members[0]!.value.request.modelId
+  for (const m of batch.members) state.telemetry.recordQueueWait(modelId, m.priority, now - m.admittedAtMs)
+  const fiber = state.runFork(runMembers(state, batch, batch.members).pipe(
+    Effect.onInterrupt(() => Effect.sync(() => {
+      for (const m of batch.members) answer(state, m, shuttingDown)
+    }))
+  ))
+  state.runs.add(fiber)
+  fiber.addObserver(() => {
+    state.runs.delete(fiber)
+    state.scheduler.complete(batch)
+    schedule(state)
+  })
+}
+
+/** One native run of the members still waiting; a failed batch reruns them alone. */
+const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: ReadonlyArray<Request>): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const members = candidates.filter((m) => m.stage === "running")
+    if (members.length === 0) return Effect.void
+    const { request, batching } = members[0]!.value
+    const startedMs = state.nowMs()
+    let lastDeadlineMs = 0
+    for (const m of members) lastDeadlineMs = Math.max(lastDeadlineMs, m.deadlineAtMs)
+    const joined = members.length > 1
+    const inputs = joined ? Batch.concat(batching, members.map((m) => m.value.request.inputs)) : request.inputs
+    const runOptions = {
+      requestId: request.requestId,
+      version: request.modelVersion,
+      // The run is wanted until the last member's deadline: a pool that can stop runs stops it only once every caller has given up.
+      timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)),
+      transfer: joined
+    }
+    return Effect.flatMap(Effect.exit(state.pool.run(request.modelId, inputs, runOptions)), (exit) => {
+      const runMs = state.nowMs() - startedMs
+      batch.model.expectedRunMs = runMs
+      state.telemetry.recordRun(request.modelId, runMs, members.length)
+      if (Exit.isFailure(exit) && joined && isRunFailure(exit)) {
+        // One member's input can fail a whole batch: each member runs again alone.
+        return Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true })
+      }
+      deliver(state, members, batching, exit)
+      return Effect.void
+    })
+  })
+
+/** Routes a run's outcome to its members: each its own rows of the outputs, or the failure. */
+const deliver = (
+  state: State,
+  members: ReadonlyArray<Request>,
+  batching: BatchPolicy.BatchingConfig,
+  exit: Exit.Exit<RunOutput, InferenceError.Reason>
+): void => {
+  if (Exit.isFailure(exit)) {
+    for (const m of members) answer(state, m, exit)
+    return
+  }
+  const parts = members.length > 1 ? Batch.split(batching, exit.value.outputs, members.map((m) => m.rows)) : [exit.value.outputs]
+  for (let i = 0; i < members.length; i++) {
+    const m = members[i]!
+    const { modelId, requestId } = m.value.request
+    answer(state, m, parts === undefined
+      ? Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: "the model's outputs do not have the batch's rows on their batch axis" }))
+      : Exit.succeed({ outputs: parts[i]!, deviceUsed: exit.value.deviceUsed }))
+  }
+}
+
+/** On close: answers everything still queued or forming, and interrupts the runs (their callers get ShuttingDown). */
+const close = (state: State): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    state.closed = true
+    for (const request of state.scheduler.waiting()) answer(state, request, shuttingDown)
+    return Fiber.interruptAll([...state.runs])
+  })
+
 /** Builds the dispatcher in the current scope; closing the scope stops it (see the module doc). */
 export const make = (options: Scheduler.Options): Effect.Effect<Dispatcher, never, Scope.Scope | ModelPool | TelemetryCollector> =>
   Effect.gen(function*() {
-    const pool = yield* ModelPool
-    const telemetry = yield* TelemetryCollector
     const clock = yield* Clock.Clock
     const gate = yield* DispatchGate
     const scope = yield* Effect.scope
-    const context = yield* Effect.context<never>()
-    const runFork = Effect.runForkWith(context)
-    const scheduler = Scheduler.make<Caller>(options)
-    const nowMs = (): number => Number(clock.monotonicTimeNanosUnsafe()) / 1e6
-    const runs = new Set<Fiber.Fiber<void>>()
-    let gateOpen = false
-    let closed = false
-    let pumpScheduled = false
-    let wakeAtMs = Infinity
-    const wakeChanged = Latch.makeUnsafe(false)
-
-    const answer = (request: Request, exit: Exit.Exit<RunOutput, InferenceError.Reason>, abandoned = false): void => {
-      if (request.stage === "settled") return
-      scheduler.settle(request, abandoned)
-      request.value.resume(exit)
+    const state: State = {
+      scheduler: Scheduler.make<Caller>(options),
+      pool: yield* ModelPool,
+      telemetry: yield* TelemetryCollector,
+      nowMs: () => Number(clock.monotonicTimeNanosUnsafe()) / 1e6,
+      runFork: Effect.runForkWith(yield* Effect.context<never>()),
+      runs: new Set(),
+      wakeChanged: Latch.makeUnsafe(false),
+      gateOpen: false,
+      closed: false,
+      pumpScheduled: false,
+      wakeAtMs: Infinity
     }
-
-    const expired = (request: Request, why: Scheduler.Expiry, now: number): Exit.Exit<never, InferenceError.Reason> => {
-      const { request: r } = request.value
-      const elapsedMs = now - request.admittedAtMs
-      return why === "queue"
-        ? Exit.fail(new InferenceError.QueueTimeout({ modelId: r.modelId, requestId: r.requestId, queueTimeoutMs: request.queueDeadlineAtMs - request.admittedAtMs, waitedMs: elapsedMs }))
-        : Exit.fail(new InferenceError.DeadlineExceeded({ modelId: r.modelId, requestId: r.requestId, timeoutMs: request.deadlineAtMs - request.admittedAtMs, elapsedMs }))
-    }
-
-    /** Settles what is due, dispatches what may go, and sets the timer for what comes next. */
-    const pump = (): void => {
-      pumpScheduled = false
-      if (closed || !gateOpen) return
-      const now = nowMs()
-      for (const { request, why } of scheduler.expire(now)) request.value.resume(expired(request, why, now))
-      let waitUntil = Infinity
-      while (true) {
-        const step = scheduler.next(now)
-        if (step._tag === "Dispatch") {
-          dispatch(step.batch, now)
-          continue
-        }
-        if (step._tag === "Wait") waitUntil = step.untilMs
-        break
-      }
-      const next = Math.min(waitUntil, scheduler.nextTimerMs())
-      const sooner = next < wakeAtMs
-      // Set before waking the timer: opening the latch may resume it synchronously.
-      wakeAtMs = next
-      if (sooner) wakeChanged.openUnsafe()
-    }
-
-    const schedule = (): void => {
-      if (pumpScheduled || closed) return
-      pumpScheduled = true
-      queueMicrotask(pump)
-    }
-
-    /** Sleeps until `wakeAtMs`, woken early when an earlier time is set; then pumps. */
-    const timer = Effect.gen(function*() {
-      while (true) {
-        wakeChanged.closeUnsafe()
-        const now = nowMs()
-        if (wakeAtMs === Infinity) yield* wakeChanged.await
-        else if (wakeAtMs > now) yield* Effect.raceFirst(Effect.sleep(Duration.millis(wakeAtMs - now)), wakeChanged.await)
-        if (nowMs() >= wakeAtMs) pump()
-      }
+    yield* Effect.forkIn(timer(state), scope)
+    const openGate = Effect.sync(() => {
+      state.gateOpen = true
+      schedule(state)
     })
-
-    /** One native run of the members still waiting; a failed batch reruns them alone. */
-    const runMembers = (batch: Scheduler.Batch<Caller>, candidates: ReadonlyArray<Request>): Effect.Effect<void> =>
-      Effect.suspend(() => {
-        const members = candidates.filter((m) => m.stage === "running")
-        if (members.length === 0) return Effect.void
-        const { request, batching } = members[0]!.value
-        const startedMs = nowMs()
-        let lastDeadlineMs = 0
-        for (const m of members) lastDeadlineMs = Math.max(lastDeadlineMs, m.deadlineAtMs)
-        const joined = members.length > 1
-        const inputs = joined ? Batch.concat(batching, members.map((m) => m.value.request.inputs)) : request.inputs
-        const runOptions = {
-          requestId: request.requestId,
-          version: request.modelVersion,
-          // The run is wanted until the last member's deadline: a pool that can stop runs stops it only once every caller has given up.
-          timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)),
-          transfer: joined
-        }
-        return Effect.flatMap(Effect.exit(pool.run(request.modelId, inputs, runOptions)), (exit) => {
-          const runMs = nowMs() - startedMs
-          batch.model.expectedRunMs = runMs
-          telemetry.recordRun(request.modelId, runMs, members.length)
-          if (Exit.isFailure(exit)) {
-            // One member's input can fail a whole batch: each member runs again alone.
-            if (joined && isRunFailure(exit)) return Effect.forEach(members, (m) => runMembers(batch, [m]), { discard: true })
-            for (const m of members) answer(m, exit)
-            return Effect.void
-          }
-          const parts = joined ? Batch.split(batching, exit.value.outputs, members.map((m) => m.rows)) : [exit.value.outputs]
-          for (let i = 0; i < members.length; i++) {
-            const m = members[i]!
-            answer(m, parts === undefined
-              ? Exit.fail(new InferenceError.RunFailed({ modelId: request.modelId, requestId: m.value.request.requestId, detail: "the model's outputs do not have the batch's rows on their batch axis" }))
-              : Exit.succeed({ outputs: parts[i]!, deviceUsed: exit.value.deviceUsed }))
-          }
-          return Effect.void
-        })
-      })
-
-    const dispatch = (batch: Scheduler.Batch<Caller>, now: number): void => {
-      const modelId = batch.members[0]!.value.request.modelId
-      for (const m of batch.members) telemetry.recordQueueWait(modelId, m.priority, now - m.admittedAtMs)
-      const fiber = runFork(runMembers(batch, batch.members).pipe(
-        Effect.onInterrupt(() => Effect.sync(() => {
-          for (const m of batch.members) answer(m, shuttingDown)
-        }))
-      ))
-      runs.add(fiber)
-      fiber.addObserver(() => {
-        runs.delete(fiber)
-        scheduler.complete(batch)
-        schedule()
-      })
-    }
-
-    yield* Effect.forkIn(timer, scope)
-    yield* Effect.forkIn(
-      Effect.andThen(gate, Effect.sync(() => {
-        gateOpen = true
-        schedule()
-      })),
-      scope,
-      { startImmediately: true }
-    )
-
-    // On close: answer everything still queued or forming, and interrupt the runs.
-    yield* Effect.addFinalizer(() =>
-      Effect.suspend(() => {
-        closed = true
-        for (const request of scheduler.waiting()) answer(request, shuttingDown)
-        return Fiber.interruptAll([...runs])
-      })
-    )
-
+    yield* Effect.forkIn(Effect.andThen(gate, openGate), scope, { startImmediately: true })
+    yield* Effect.addFinalizer(() => close(state))
     return {
-      scheduler,
-      nowMs,
+      scheduler: state.scheduler,
+      nowMs: state.nowMs,
       submit: (input) => {
-        const request = scheduler.admit(input, nowMs())
-        if (request !== undefined) schedule()
+        const request = state.scheduler.admit(input, state.nowMs())
+        if (request !== undefined) schedule(state)
         return request
       },
       cancel: (request) => {
-        if (scheduler.cancel(request)) schedule()
+        if (state.scheduler.cancel(request)) schedule(state)
       },
       answer: (request, exit) => {
-        answer(request, exit, true)
-        schedule()
+        answer(state, request, exit, true)
+        schedule(state)
       }
     } satisfies Dispatcher
   })

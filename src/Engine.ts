@@ -89,8 +89,6 @@ export interface Diagnostics {
 /** See `Dispatcher.DispatchGate`. */
 export const DispatchGate = Dispatcher.DispatchGate
 
-const modelKey = (request: InferenceRequest) => request.modelVersion === undefined ? request.modelId : `${request.modelId}@${request.modelVersion}`
-
 /** The telemetry record of a settled request, by its failure reason. */
 const recordFailure = (telemetry: TelemetryCollector["Service"], request: InferenceRequest, reason: InferenceError.Reason, elapsedMs: number): void => {
   switch (reason._tag) {
@@ -107,231 +105,256 @@ const recordFailure = (telemetry: TelemetryCollector["Service"], request: Infere
   }
 }
 
+/** What the engine's operations share. */
+interface State {
+  readonly config: AsyncConfig
+  readonly pool: ModelPool["Service"]
+  readonly telemetry: TelemetryCollector["Service"]
+  readonly dispatcher: Dispatcher.Dispatcher
+  readonly scheduler: Scheduler.Scheduler<Dispatcher.Caller>
+  readonly nowMs: () => number
+  readonly queueTimeoutMs: number
+  /** Opened when draining and nothing is left unsettled. */
+  readonly settled: Latch.Latch
+  /** Scheduling facts per model version, derived once from the pool's metadata object. */
+  readonly specs: WeakMap<ModelMetadata.ModelMetadata, Scheduler.ModelSpec>
+  draining: boolean
+}
+
+const specOf = (state: State, metadata: ModelMetadata.ModelMetadata): Scheduler.ModelSpec => {
+  let spec = state.specs.get(metadata)
+  if (spec === undefined) {
+    spec = {
+      key: `${metadata.name}@${metadata.version}`,
+      instances: metadata.concurrency ?? Infinity,
+      depth: metadata.pipelineDepth ?? 1,
+      batching: metadata.batching ?? BatchPolicy.disabled
+    }
+    state.specs.set(metadata, spec)
+  }
+  return spec
+}
+
+const noteSettled = (state: State): void => {
+  if (state.draining && state.scheduler.unsettled === 0) state.settled.openUnsafe()
+}
+
+/** The caller's record: how the dispatcher answers it, with the telemetry of its outcome. */
+const callerOf = (
+  state: State,
+  request: InferenceRequest,
+  batching: BatchPolicy.BatchingConfig,
+  startedMs: number,
+  resume: (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
+): Dispatcher.Caller => ({
+  request,
+  batching,
+  resume: (exit) => {
+    const elapsedMs = state.nowMs() - startedMs
+    noteSettled(state)
+    if (Exit.isSuccess(exit)) {
+      state.telemetry.recordSuccess(request, elapsedMs)
+      const { deviceUsed, outputs } = exit.value
+      return resume(Exit.succeed(InferenceResult.Success({ requestId: request.requestId, outputs, latencyMs: elapsedMs, deviceUsed }) as InferenceResult.Success))
+    }
+    const failure = exit.cause.reasons[0]
+    const reason = failure?._tag === "Fail" ? failure.error : new InferenceError.ShuttingDown({})
+    recordFailure(state.telemetry, request, reason, elapsedMs)
+    resume(Exit.fail(InferenceError.make(reason)))
+  }
+})
+
+/**
+ * Queues the request; `resume` answers it when it settles. Returns the cleanup that runs if the
+ * caller is interrupted first (the cancellation path), or nothing when it was answered at once.
+ */
+const submit = (
+  state: State,
+  request: InferenceRequest,
+  metadata: ModelMetadata.ModelMetadata,
+  startedMs: number,
+  resume: (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
+): Effect.Effect<void> | undefined => {
+  const spec = specOf(state, metadata)
+  const joinable = spec.batching.enabled ? Batch.keyOf(spec.batching, request.inputs) : undefined
+  const admitted = state.dispatcher.submit({
+    value: callerOf(state, request, spec.batching, startedMs, resume),
+    model: spec,
+    priority: request.priority,
+    rows: joinable?.rows ?? 1,
+    batchKey: joinable === undefined ? undefined : joinable.key,
+    deadlineAtMs: startedMs + Duration.toMillis(request.timeout),
+    queueDeadlineAtMs: state.queueTimeoutMs > 0 ? startedMs + state.queueTimeoutMs : Infinity
+  })
+  if (admitted === undefined) {
+    const reason = new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: state.config.maxQueuedRequests })
+    state.telemetry.recordRejected(request, reason)
+    resume(Exit.fail(InferenceError.make(reason)))
+    return undefined
+  }
+  state.settled.closeUnsafe()
+  // Interrupted: out of the queue or its forming batch at once; running, its result is dropped.
+  return Effect.sync(() => {
+    if (admitted.stage === "settled") return
+    state.dispatcher.cancel(admitted)
+    state.telemetry.recordCancelled(request, state.nowMs() - startedMs)
+    noteSettled(state)
+  })
+}
+
+/** Why the request cannot be queued (invalid inputs for its model), or undefined. */
+const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata): InferenceError.Reason | undefined => {
+  const invalid = ModelMetadata.validateInputs(metadata, request.inputs)
+  if (invalid !== undefined) return invalid
+  const batching = metadata.batching
+  if (batching?.enabled === true) {
+    const disagreement = Batch.rowsDisagreement(batching, request.inputs)
+    if (disagreement !== undefined) return new InferenceError.InvalidInput({ modelId: request.modelId, detail: disagreement })
+  }
+  return undefined
+}
+
+type Lookup = NonNullable<ModelPool["Service"]["metadataUnsafe"]>
+
+/** Admission and the wait in one `Effect.callback`, for a pool whose metadata needs no Effect. */
+const admitUnsafe = (state: State, request: InferenceRequest, lookup: Lookup) =>
+  Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
+    const startedMs = state.nowMs()
+    state.telemetry.recordStart(request)
+    const metadata = state.draining ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
+    const reason = "_tag" in metadata ? metadata : refusal(request, metadata)
+    if (reason !== undefined) {
+      recordFailure(state.telemetry, request, reason, 0)
+      return resume(Exit.fail(InferenceError.make(reason)))
+    }
+    return submit(state, request, metadata as ModelMetadata.ModelMetadata, startedMs, resume)
+  })
+
+/** Admission through the pool's `metadata` Effect, then the wait. */
+const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
+  Effect.suspend(() => {
+    const startedMs = state.nowMs()
+    state.telemetry.recordStart(request)
+    const refuse = (reason: InferenceError.Reason) => {
+      recordFailure(state.telemetry, request, reason, 0)
+      return InferenceError.make(reason)
+    }
+    if (state.draining) return Effect.fail(refuse(new InferenceError.ShuttingDown({})))
+    return Effect.flatMap(Effect.mapError(state.pool.metadata(request.modelId, request.modelVersion), refuse), (metadata) => {
+      const reason = refusal(request, metadata)
+      if (reason !== undefined) return Effect.fail(refuse(reason))
+      return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => submit(state, request, metadata, startedMs, resume))
+    })
+  })
+
+const admit = (state: State, request: InferenceRequest) => {
+  const lookup = state.pool.metadataUnsafe
+  return lookup !== undefined ? admitUnsafe(state, request, lookup) : admitEffect(state, request)
+}
+
+/** `infer`: a span per request only when a tracer will export it (the native tracer keeps spans for nobody). */
+const infer = (state: State, request: InferenceRequest): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
+  Effect.withFiber((fiber) =>
+    fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer
+      ? admit(state, request)
+      : Effect.withSpan(admit(state, request), "Engine.infer", {
+        attributes: { "inference.model": request.modelId, "inference.request_id": request.requestId, "inference.priority": request.priority },
+        captureStackTrace: false
+      })
+  )
+
+const toResult = (request: InferenceRequest, error: InferenceError.InferenceError, elapsedMs: number): InferenceResult.InferenceResult => {
+  const reason = error.reason
+  switch (reason._tag) {
+    case "Cancelled":
+      return InferenceResult.Cancelled({ requestId: request.requestId, reason: reason.reason })
+    case "DeadlineExceeded":
+    case "QueueTimeout":
+      return InferenceResult.TimedOut({ requestId: request.requestId, elapsedMs })
+    default:
+      return InferenceResult.Failed({ requestId: request.requestId, error, elapsedMs })
+  }
+}
+
+const inferResult = (state: State, request: InferenceRequest, cancel?: CancelToken.Cancellation): Effect.Effect<InferenceResult.InferenceResult> =>
+  Effect.suspend(() => {
+    const startedMs = state.nowMs()
+    const settle = Effect.catch((e: InferenceError.InferenceError) => Effect.succeed(toResult(request, e, state.nowMs() - startedMs)))
+    if (cancel === undefined) return settle(infer(state, request))
+    const cancelled = CancelToken.await(cancel).pipe(Effect.flatMap((reason) =>
+      Effect.fail(InferenceError.make(new InferenceError.Cancelled({ requestId: request.requestId, reason })))
+    ))
+    if (!CancelToken.isCancelled(cancel)) return settle(Effect.raceFirst(infer(state, request), cancelled))
+    const { telemetry } = state
+    return settle(Effect.andThen(
+      Effect.sync(() => telemetry.recordStart(request)),
+      Effect.onExit(cancelled, () => Effect.sync(() => telemetry.recordCancelled(request, 0)))
+    ))
+  })
+
+const drain = (state: State, grace: Duration.Input) =>
+  Effect.suspend(() => {
+    state.draining = true
+    noteSettled(state)
+    return state.settled.await.pipe(
+      Effect.timeoutOption(grace),
+      Effect.map((o) => ({ drained: o._tag === "Some" }))
+    )
+  })
+
+const queueStatsByModel = (state: State): ReadonlyMap<string, PriorityQueue.QueueStats> => {
+  const byModel = new Map<string, [number, number, number, number]>()
+  for (const pending of state.scheduler.queue.values()) {
+    const model = pending.value.request.modelId
+    let counts = byModel.get(model)
+    if (counts === undefined) byModel.set(model, counts = [0, 0, 0, 0])
+    counts[Priority.rank(pending.priority)]++
+  }
+  return new Map([...byModel].map(([model, [critical, high, normal, low]]) =>
+    [model, { critical, high, normal, low, total: critical + high + normal + low }] as const
+  ))
+}
+
 /** Builds the engine in the current scope; closing the scope stops it (see `layer`). */
 export const make = Effect.gen(function*() {
   const config = yield* AsyncConfigService
-  const pool = yield* ModelPool
-  const telemetry = yield* TelemetryCollector
   const dispatcher = yield* Dispatcher.make({
     maxConcurrent: config.maxConcurrentRequests,
     maxQueued: config.maxQueuedRequests,
     enablePriority: config.enablePriorityQueue,
     aging: config.aging
   })
-  const { scheduler, nowMs } = dispatcher
-  const queueTimeoutMs = Duration.toMillis(config.queueTimeout)
-  const settledLatch = yield* Latch.make(false)
-  let draining = false
-  /** Scheduling facts per model, derived once from the pool's metadata object. */
-  const specs = new WeakMap<ModelMetadata.ModelMetadata, Scheduler.ModelSpec>()
-
-  const specOf = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata): Scheduler.ModelSpec => {
-    let spec = specs.get(metadata)
-    if (spec === undefined) {
-      spec = {
-        key: modelKey(request),
-        instances: metadata.concurrency ?? Infinity,
-        depth: metadata.pipelineDepth ?? 1,
-        batching: metadata.batching ?? BatchPolicy.disabled
-      }
-      specs.set(metadata, spec)
-    }
-    return spec
+  const state: State = {
+    config,
+    pool: yield* ModelPool,
+    telemetry: yield* TelemetryCollector,
+    dispatcher,
+    scheduler: dispatcher.scheduler,
+    nowMs: dispatcher.nowMs,
+    queueTimeoutMs: Duration.toMillis(config.queueTimeout),
+    settled: yield* Latch.make(false),
+    specs: new WeakMap(),
+    draining: false
   }
-
   // Closing the scope refuses new work first (the dispatcher's finalizer then answers what waits).
-  yield* Effect.addFinalizer(() => Effect.sync(() => void (draining = true)))
-
-  const fail = (request: InferenceRequest, reason: InferenceError.Reason, elapsedMs = 0) => {
-    recordFailure(telemetry, request, reason, elapsedMs)
-    return Effect.fail(InferenceError.make(reason))
-  }
-
-  /**
-   * Queues the request; `resume` answers it when it settles. Returns the cleanup that runs if the
-   * caller is interrupted first (the cancellation path), or nothing when it was answered at once.
-   */
-  const submit = (
-    request: InferenceRequest,
-    metadata: ModelMetadata.ModelMetadata,
-    startedMs: number,
-    resume: (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
-  ): Effect.Effect<void> | undefined => {
-    const spec = specOf(request, metadata)
-    const batching = spec.batching
-    const joinable = batching.enabled ? Batch.keyOf(batching, request.inputs) : undefined
-    const caller: Dispatcher.Caller = {
-      request,
-      batching,
-      resume: (exit: Exit.Exit<RunOutput, InferenceError.Reason>) => {
-        const elapsedMs = nowMs() - startedMs
-        if (draining && scheduler.unsettled === 0) settledLatch.openUnsafe()
-        if (Exit.isSuccess(exit)) {
-          telemetry.recordSuccess(request, elapsedMs)
-          return resume(Exit.succeed(InferenceResult.Success({
-            requestId: request.requestId,
-            outputs: exit.value.outputs,
-            latencyMs: elapsedMs,
-            deviceUsed: exit.value.deviceUsed
-          }) as InferenceResult.Success))
-        }
-        const failure = exit.cause.reasons[0]
-        const reason = failure?._tag === "Fail" ? failure.error : new InferenceError.ShuttingDown({})
-        recordFailure(telemetry, request, reason, elapsedMs)
-        resume(Exit.fail(InferenceError.make(reason)))
-      }
-    }
-    const admitted = dispatcher.submit({
-      value: caller,
-      model: spec,
-      priority: request.priority,
-      rows: joinable?.rows ?? 1,
-      batchKey: joinable === undefined ? undefined : joinable.key,
-      deadlineAtMs: startedMs + Duration.toMillis(request.timeout),
-      queueDeadlineAtMs: queueTimeoutMs > 0 ? startedMs + queueTimeoutMs : Infinity
-    })
-    if (admitted === undefined) {
-      const reason = new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: config.maxQueuedRequests })
-      telemetry.recordRejected(request, reason)
-      resume(Exit.fail(InferenceError.make(reason)))
-      return undefined
-    }
-    settledLatch.closeUnsafe()
-    // Interrupted: out of the queue or its forming batch at once; running, its result is dropped.
-    return Effect.sync(() => {
-      if (admitted.stage === "settled") return
-      dispatcher.cancel(admitted)
-      telemetry.recordCancelled(request, nowMs() - startedMs)
-      if (draining && scheduler.unsettled === 0) settledLatch.openUnsafe()
-    })
-  }
-
-  /** Why the request cannot be queued (invalid inputs for its model), or undefined. */
-  const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata): InferenceError.Reason | undefined => {
-    const invalid = ModelMetadata.validateInputs(metadata, request.inputs)
-    if (invalid !== undefined) return invalid
-    const batching = metadata.batching
-    if (batching?.enabled === true) {
-      const disagreement = Batch.rowsDisagreement(batching, request.inputs)
-      if (disagreement !== undefined) return new InferenceError.InvalidInput({ modelId: request.modelId, detail: disagreement })
-    }
-    return undefined
-  }
-
-  const metadataUnsafe = pool.metadataUnsafe
-
-  /** Admission and the wait in one `Effect.callback`, for a pool whose metadata needs no Effect. */
-  const admitUnsafe = (request: InferenceRequest, lookup: NonNullable<typeof metadataUnsafe>) =>
-    Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
-      const startedMs = nowMs()
-      telemetry.recordStart(request)
-      const metadata = draining ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
-      const reason = "_tag" in metadata ? metadata : refusal(request, metadata)
-      if (reason !== undefined) {
-        recordFailure(telemetry, request, reason, 0)
-        return resume(Exit.fail(InferenceError.make(reason)))
-      }
-      return submit(request, metadata as ModelMetadata.ModelMetadata, startedMs, resume)
-    })
-
-  const admit = (request: InferenceRequest): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
-    metadataUnsafe !== undefined ? admitUnsafe(request, metadataUnsafe) : Effect.suspend(() => {
-      const startedMs = nowMs()
-      telemetry.recordStart(request)
-      if (draining) return fail(request, new InferenceError.ShuttingDown({}))
-      return Effect.flatMap(
-        Effect.mapError(pool.metadata(request.modelId, request.modelVersion), (reason) => {
-          recordFailure(telemetry, request, reason, 0)
-          return InferenceError.make(reason)
-        }),
-        (metadata) => {
-          const reason = refusal(request, metadata)
-          if (reason !== undefined) return fail(request, reason)
-          return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => submit(request, metadata, startedMs, resume))
-        }
-      )
-    })
-
-  const infer = (request: InferenceRequest): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
-    Effect.withFiber((fiber) =>
-      // A span per request only when a tracer will export it: the native tracer keeps spans in memory for nobody.
-      fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer
-        ? admit(request)
-        : Effect.withSpan(admit(request), "Engine.infer", {
-          attributes: { "inference.model": request.modelId, "inference.request_id": request.requestId, "inference.priority": request.priority },
-          captureStackTrace: false
-        })
-    )
-
-  const toResult = (request: InferenceRequest, startedMs: number) =>
-  (error: InferenceError.InferenceError): InferenceResult.InferenceResult => {
-    const reason = error.reason
-    const elapsedMs = nowMs() - startedMs
-    switch (reason._tag) {
-      case "Cancelled":
-        return InferenceResult.Cancelled({ requestId: request.requestId, reason: reason.reason })
-      case "DeadlineExceeded":
-      case "QueueTimeout":
-        return InferenceResult.TimedOut({ requestId: request.requestId, elapsedMs })
-      default:
-        return InferenceResult.Failed({ requestId: request.requestId, error, elapsedMs })
-    }
-  }
-
-  const inferResult = (request: InferenceRequest, cancel?: CancelToken.Cancellation): Effect.Effect<InferenceResult.InferenceResult> =>
-    Effect.suspend(() => {
-      const startedMs = nowMs()
-      if (cancel === undefined) {
-        return infer(request).pipe(Effect.catch((e) => Effect.succeed(toResult(request, startedMs)(e))))
-      }
-      const cancelled = CancelToken.await(cancel).pipe(Effect.flatMap((reason) =>
-        Effect.fail(InferenceError.make(new InferenceError.Cancelled({ requestId: request.requestId, reason })))
-      ))
-      const run = CancelToken.isCancelled(cancel)
-        ? Effect.andThen(Effect.sync(() => telemetry.recordStart(request)), Effect.onExit(cancelled, () => Effect.sync(() => telemetry.recordCancelled(request, 0))))
-        : Effect.raceFirst(infer(request), cancelled)
-      return run.pipe(Effect.catch((e) => Effect.succeed(toResult(request, startedMs)(e))))
-    })
-
-  const inferBatch: Service["inferBatch"] = (requests, options) =>
-    Stream.fromIterable(requests).pipe(
-      Stream.mapEffect((request) => inferResult(request, options?.cancel), {
-        concurrency: options?.concurrency ?? config.maxConcurrentRequests,
-        unordered: true
-      })
-    )
-
-  const drain = (grace: Duration.Input) =>
-    Effect.suspend(() => {
-      draining = true
-      if (scheduler.unsettled === 0) settledLatch.openUnsafe()
-      return settledLatch.await.pipe(
-        Effect.timeoutOption(grace),
-        Effect.map((o) => ({ drained: o._tag === "Some" }))
-      )
-    })
-
+  yield* Effect.addFinalizer(() => Effect.sync(() => void (state.draining = true)))
+  const { scheduler } = state
   return AsyncInferenceEngine.of({
-    infer,
-    inferResult,
-    inferBatch,
+    infer: (request) => infer(state, request),
+    inferResult: (request, cancel) => inferResult(state, request, cancel),
+    inferBatch: (requests, options) =>
+      Stream.fromIterable(requests).pipe(
+        Stream.mapEffect((request) => inferResult(state, request, options?.cancel), {
+          concurrency: options?.concurrency ?? config.maxConcurrentRequests,
+          unordered: true
+        })
+      ),
     queueStats: Effect.sync(() => scheduler.queue.stats()),
-    queueStatsByModel: Effect.sync(() => {
-      const byModel = new Map<string, [number, number, number, number]>()
-      for (const pending of scheduler.queue.values()) {
-        const model = pending.value.request.modelId
-        let counts = byModel.get(model)
-        if (counts === undefined) byModel.set(model, counts = [0, 0, 0, 0])
-        counts[Priority.rank(pending.priority)]++
-      }
-      return new Map([...byModel].map(([model, [critical, high, normal, low]]) =>
-        [model, { critical, high, normal, low, total: critical + high + normal + low }] as const
-      ))
-    }),
+    queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),
     pending: Effect.sync(() => scheduler.unsettled),
     config,
-    drain,
-    isDraining: Effect.sync(() => draining),
+    drain: (grace) => drain(state, grace),
+    isDraining: Effect.sync(() => state.draining),
     diagnostics: Effect.sync(() => ({ ...scheduler.counts(), unsettled: scheduler.unsettled, abandoned: { ...scheduler.abandoned } }))
   })
 })

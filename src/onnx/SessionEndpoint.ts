@@ -86,6 +86,13 @@ const toFeeds = (inputs: Tensor.TensorMap): Record<string, ort.Tensor> => {
   return feeds
 }
 
+/**
+ * Below this size an output is copied with the message rather than transferred: moving a buffer
+ * that onnxruntime allocated costs more than copying a few kilobytes (a 40-byte output's
+ * transfer took longer than the run that made it).
+ */
+const transferMinBytes = 64 * 1024
+
 /** Outputs as plain tensors, and the buffers to transfer (each once, each exactly its array's size). */
 const fromResults = (results: ort.InferenceSession.ReturnType): { outputs: Record<string, Tensor.Tensor>; transfer: Array<ArrayBuffer> } => {
   const outputs: Record<string, Tensor.Tensor> = {}
@@ -95,8 +102,9 @@ const fromResults = (results: ort.InferenceSession.ReturnType): { outputs: Recor
     const tensor = value as ort.Tensor
     if (!isDataType(tensor.type)) throw new Error(`output ${JSON.stringify(name)} has element type ${tensor.type}, which the engine does not support`)
     let data = tensor.data as Tensor.TensorData
-    if (ArrayBuffer.isView(data)) {
-      data = Tensor.compact(data)
+    // exact-size first: a view would clone (or move) its whole backing buffer
+    if (ArrayBuffer.isView(data)) data = Tensor.compact(data)
+    if (ArrayBuffer.isView(data) && data.byteLength >= transferMinBytes) {
       if (seen.has(data.buffer) || !(data.buffer instanceof ArrayBuffer)) data = (data as unknown as { slice: () => Tensor.TensorData }).slice()
       const buffer = (data as ArrayBufferView).buffer as ArrayBuffer
       seen.add(buffer)
