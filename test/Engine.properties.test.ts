@@ -177,6 +177,13 @@ const runSchedule = (schedule: Schedule) =>
       yield* event.run()
       assert.isAtMost(stats.maxActive, schedule.maxConcurrentRequests, "more native runs than the bound")
       if (schedule.instances !== null) assert.isAtMost(stats.maxActive, schedule.instances, "more runs of the model than its instances")
+      // The Scheduler's own state agrees with what is observed and with its bounds.
+      const state = yield* engine.diagnostics
+      assert.isAtMost(state.runs, schedule.maxConcurrentRequests, "the scheduler counts more runs than its permits")
+      if (schedule.instances !== null) assert.isAtMost(state.runs, schedule.instances, "the scheduler counts more runs than the model's instances")
+      assert.strictEqual(state.queued, (yield* engine.queueStats).total, "the scheduler's queue and the queue stats disagree")
+      assert.isAtMost(state.queued + state.forming, state.unsettled, "queued or forming requests that are not unsettled")
+      assert.isAtMost(stats.active, state.runs, "a native run the scheduler does not count")
     }
     // Let everything finish: the longest possible tail is bounded by the deadlines and latencies.
     yield* TestClock.adjust("2 seconds")
@@ -283,6 +290,12 @@ const runSchedule = (schedule: Schedule) =>
     // --- quiescence: nothing queued, forming or running; every native run finished
     const diagnostics = yield* engine.diagnostics
     assert.deepInclude(diagnostics, { queued: 0, forming: 0, runs: 0, unsettled: 0 })
+    // Every timed-out request was abandoned in the scheduler; so was every cancelled one that had not been answered yet.
+    const abandoned = diagnostics.abandoned.queued + diagnostics.abandoned.forming + diagnostics.abandoned.running
+    const timedOut = tracked.filter((t) => t.outcome === "QueueTimeout" || t.outcome === "DeadlineExceeded").length
+    const interrupted = tracked.filter((t) => t.outcome === "Interrupted").length
+    assert.isAtLeast(abandoned, timedOut, "a timed-out request the scheduler did not count as abandoned")
+    assert.isAtMost(abandoned, timedOut + interrupted, "the scheduler abandoned a request that was answered")
     assert.strictEqual(stats.active, 0)
     assert.strictEqual(stats.started, stats.finished)
 

@@ -1,0 +1,222 @@
+/**
+ * The Scheduler alone: pure state, time as an argument, no fibers and no model. The engine's
+ * behaviour under real fibers is in Engine*.test.ts; these pin each transition down.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Duration } from "effect"
+import * as BatchPolicy from "../src/BatchPolicy.ts"
+import type * as Priority from "../src/Priority.ts"
+import * as Scheduler from "../src/Scheduler.ts"
+
+const spec = (key: string, overrides: Partial<Scheduler.ModelSpec> = {}): Scheduler.ModelSpec => ({
+  key,
+  instances: 1,
+  depth: 1,
+  batching: BatchPolicy.disabled,
+  ...overrides
+})
+
+const batching = (overrides: Partial<BatchPolicy.BatchingConfig> = {}): BatchPolicy.BatchingConfig => ({
+  ...BatchPolicy.disabled,
+  enabled: true,
+  maxBatchSize: 8,
+  ...overrides
+})
+
+const make = (options: Partial<Scheduler.Options> = {}) =>
+  Scheduler.make<string>({ maxConcurrent: 4, maxQueued: 100, enablePriority: true, ...options })
+
+const admit = (
+  s: Scheduler.Scheduler<string>,
+  value: string,
+  model: Scheduler.ModelSpec,
+  nowMs = 0,
+  options: { priority?: Priority.Priority; rows?: number; deadlineAtMs?: number; queueDeadlineAtMs?: number } = {}
+) =>
+  s.admit({
+    value,
+    model,
+    priority: options.priority ?? "Normal",
+    rows: options.rows ?? 1,
+    batchKey: model.batching.enabled ? "k" : undefined,
+    deadlineAtMs: options.deadlineAtMs ?? nowMs + 1000,
+    queueDeadlineAtMs: options.queueDeadlineAtMs ?? Infinity
+  }, nowMs)
+
+/** Every dispatch `next` gives now, as lists of member values. */
+const drainSteps = (s: Scheduler.Scheduler<string>, nowMs = 0) => {
+  const out: Array<Array<string>> = []
+  const batches: Array<Scheduler.Batch<string>> = []
+  for (let step = s.next(nowMs); step._tag === "Dispatch"; step = s.next(nowMs)) {
+    out.push(step.batch.members.map((m) => m.value))
+    batches.push(step.batch)
+  }
+  return { out, batches, last: s.next(nowMs) }
+}
+
+describe("Scheduler", () => {
+  it("refuses an admission past maxQueued and queues nothing", () => {
+    const s = make({ maxQueued: 2 })
+    const m = spec("m")
+    assert.isDefined(admit(s, "a", m))
+    assert.isDefined(admit(s, "b", m))
+    assert.isUndefined(admit(s, "c", m))
+    assert.strictEqual(s.queue.size, 2)
+    assert.strictEqual(s.unsettled, 2)
+  })
+
+  it("dispatches the highest priority first and FIFO within a level", () => {
+    const s = make()
+    const m = spec("m", { instances: 10 })
+    admit(s, "low", m, 0, { priority: "Low" })
+    admit(s, "n1", m, 0)
+    admit(s, "crit", m, 0, { priority: "Critical" })
+    admit(s, "n2", m, 0)
+    assert.deepStrictEqual(drainSteps(s).out, [["crit"], ["n1"], ["n2"], ["low"]])
+  })
+
+  it.each([
+    { name: "one instance, no pipelining", instances: 1, depth: 1, maxConcurrent: 4, dispatched: 1 },
+    { name: "one instance, depth 2: the second job is sent ahead without a permit", instances: 1, depth: 2, maxConcurrent: 1, dispatched: 2 },
+    { name: "three instances, two permits", instances: 3, depth: 1, maxConcurrent: 2, dispatched: 2 },
+    { name: "two instances, depth 2, one permit", instances: 2, depth: 2, maxConcurrent: 1, dispatched: 1 },
+    { name: "two instances, depth 2, two permits", instances: 2, depth: 2, maxConcurrent: 2, dispatched: 4 }
+  ])("slots and permits: $name", ({ depth, dispatched, instances, maxConcurrent }) => {
+    const s = make({ maxConcurrent })
+    const m = spec("m", { instances, depth })
+    for (let i = 0; i < 10; i++) admit(s, `r${i}`, m)
+    const { last, out } = drainSteps(s)
+    assert.strictEqual(out.length, dispatched)
+    assert.strictEqual(last._tag, "Idle")
+    // never more busy instances than permits
+    assert.isAtMost(Math.min(out.length, instances), maxConcurrent)
+  })
+
+  it("a model whose slots are full never holds up another model's requests", () => {
+    const s = make()
+    const busy = spec("busy")
+    const other = spec("other")
+    admit(s, "b1", busy, 0, { priority: "Critical" })
+    admit(s, "b2", busy, 0, { priority: "Critical" })
+    admit(s, "o1", other, 0, { priority: "Low" })
+    assert.deepStrictEqual(drainSteps(s).out, [["b1"], ["o1"]])
+    assert.strictEqual(s.queue.size, 1, "b2 waits for busy's instance")
+  })
+
+  it("complete frees the slot: the next request goes", () => {
+    const s = make()
+    const m = spec("m")
+    admit(s, "a", m)
+    admit(s, "b", m)
+    const { batches } = drainSteps(s)
+    assert.strictEqual(batches.length, 1)
+    for (const member of batches[0]!.members) s.settle(member)
+    s.complete(batches[0]!)
+    assert.deepStrictEqual(drainSteps(s).out, [["b"]])
+  })
+
+  it("gathers queued rows of one kind into a batch up to maxBatchSize, highest level first", () => {
+    const s = make()
+    const m = spec("m", { batching: batching({ maxBatchSize: 4 }) })
+    admit(s, "n", m, 0, { rows: 2 })
+    admit(s, "h", m, 0, { priority: "High", rows: 2 })
+    admit(s, "l", m, 0, { priority: "Low", rows: 1 })
+    const { out } = drainSteps(s)
+    assert.deepStrictEqual(out, [["h", "n"]])
+  })
+
+  it("a batch led by a Critical request takes only Critical requests", () => {
+    const s = make()
+    const m = spec("m", { instances: 2, batching: batching() })
+    admit(s, "c", m, 0, { priority: "Critical" })
+    admit(s, "n", m, 0)
+    assert.deepStrictEqual(drainSteps(s).out, [["c"], ["n"]])
+  })
+
+  it.each([
+    { maxBatchSize: 64, queuedRows: 64, freeSlots: 2, cap: 32 },
+    { maxBatchSize: 64, queuedRows: 64, freeSlots: 1, cap: 64 },
+    { maxBatchSize: 64, queuedRows: 3, freeSlots: 2, cap: 64 },
+    { maxBatchSize: 16, queuedRows: 64, freeSlots: 2, cap: 16 },
+    { maxBatchSize: 64, queuedRows: 20, freeSlots: 2, cap: 10 },
+    { maxBatchSize: 64, queuedRows: 100, freeSlots: Infinity, cap: 64 }
+  ])("batchCap($maxBatchSize, $queuedRows, $freeSlots) = $cap", ({ cap, freeSlots, maxBatchSize, queuedRows }) => {
+    assert.strictEqual(Scheduler.batchCap(maxBatchSize, queuedRows, freeSlots), cap)
+  })
+
+  it("a burst over two free slots splits into two even batches", () => {
+    const s = make()
+    const m = spec("m", { depth: 2, batching: batching({ maxBatchSize: 64 }) })
+    for (let i = 0; i < 64; i++) admit(s, `r${i}`, m)
+    assert.deepStrictEqual(drainSteps(s).out.map((b) => b.length), [32, 32])
+  })
+
+  it("a forming batch waits while the model is busy, takes later arrivals, and goes when its delay is spent", () => {
+    const s = make()
+    const m = spec("m", { depth: 2, batching: batching({ maxQueueDelay: Duration.millis(10) }) })
+    admit(s, "running", m, 0)
+    assert.deepStrictEqual(drainSteps(s).out, [["running"]])
+    admit(s, "a", m, 1)
+    const first = s.next(1)
+    assert.deepStrictEqual(first, { _tag: "Wait", untilMs: 11 }, "forming: the model has a run in flight")
+    admit(s, "b", m, 5)
+    assert.deepStrictEqual(s.next(5), { _tag: "Wait", untilMs: 11 })
+    assert.deepStrictEqual(drainSteps(s, 11).out, [["a", "b"]])
+  })
+
+  it("a Critical request that joins a forming batch sends it at once", () => {
+    const s = make()
+    const m = spec("m", { depth: 2, batching: batching({ maxQueueDelay: Duration.millis(10) }) })
+    admit(s, "running", m, 0)
+    drainSteps(s)
+    admit(s, "low", m, 1, { priority: "Low" })
+    assert.strictEqual(s.next(1)._tag, "Wait")
+    admit(s, "crit", m, 2, { priority: "Critical" })
+    assert.deepStrictEqual(drainSteps(s, 2).out, [["low", "crit"]])
+  })
+
+  it("expire: the queue timeout ends a waiting request, not a running one; the deadline ends any", () => {
+    const s = make({ maxConcurrent: 1 })
+    const m = spec("m")
+    const running = admit(s, "running", m, 0, { queueDeadlineAtMs: 5, deadlineAtMs: 50 })!
+    const waiting = admit(s, "waiting", m, 0, { queueDeadlineAtMs: 5, deadlineAtMs: 50 })!
+    drainSteps(s)
+    assert.strictEqual(running.stage, "running")
+    assert.strictEqual(s.nextTimerMs(), 5)
+    const expired = s.expire(5)
+    assert.deepStrictEqual(expired.map((e) => [e.request.value, e.why]), [["waiting", "queue"]])
+    assert.strictEqual(waiting.stage, "settled")
+    assert.strictEqual(running.stage, "running", "already running: the queue timeout no longer applies")
+    assert.strictEqual(s.nextTimerMs(), 50)
+    assert.deepStrictEqual(s.expire(50).map((e) => [e.request.value, e.why]), [["running", "deadline"]])
+    assert.deepStrictEqual(s.abandoned, { queued: 1, forming: 0, running: 1 })
+    assert.strictEqual(s.unsettled, 0)
+  })
+
+  it("cancel takes a queued request out at once; a second cancel is a no-op", () => {
+    const s = make({ maxConcurrent: 1 })
+    const m = spec("m")
+    admit(s, "running", m)
+    const queued = admit(s, "queued", m)!
+    drainSteps(s)
+    assert.isTrue(s.cancel(queued))
+    assert.isFalse(s.cancel(queued))
+    assert.strictEqual(s.queue.size, 0)
+    assert.deepStrictEqual(s.abandoned, { queued: 1, forming: 0, running: 0 })
+  })
+
+  it("a cancelled member leaves a forming batch; an emptied batch gives its slot back", () => {
+    const s = make({ maxConcurrent: 1 })
+    const m = spec("m", { depth: 2, batching: batching({ maxQueueDelay: Duration.millis(10) }) })
+    admit(s, "running", m, 0)
+    drainSteps(s)
+    const a = admit(s, "a", m, 1)!
+    assert.strictEqual(s.next(1)._tag, "Wait")
+    assert.strictEqual(a.stage, "forming")
+    assert.deepStrictEqual(s.counts(), { queued: 0, forming: 1, runs: 1 })
+    s.cancel(a)
+    assert.deepStrictEqual(s.next(2), { _tag: "Idle" })
+    assert.deepStrictEqual(s.counts(), { queued: 0, forming: 0, runs: 1 })
+    assert.deepStrictEqual(s.abandoned, { queued: 0, forming: 1, running: 0 })
+  })
+})
