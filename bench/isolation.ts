@@ -24,6 +24,7 @@ import * as Tensor from "../src/Tensor.ts"
 import { alternate, type Contender, fmt, goal, goalsTable, log, median, mlpData, parseArgs, ratio, section, sleep, stats, table, writeResults } from "./lib/common.ts"
 import { closedLoopEffect, type LoadResult, sequentialEffect } from "./lib/load.ts"
 import { tempRepository } from "./lib/pools.ts"
+import * as TestOps from "../test/fixtures/TestOps.ts"
 
 const args = parseArgs()
 const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 3 : 6))
@@ -54,7 +55,7 @@ const startPool = async (isolation: Isolation): Promise<Handle> => {
     config: { instances: INSTANCES, intraOpNumThreads: 1, interOpNumThreads: 1, batching: { enabled: false }, isolation, killGraceMs: KILL_GRACE_MS }
   }])
   const t0 = performance.now()
-  const runtime = ManagedRuntime.make(OnnxModelPool.layerWithControl({ repository, allowTestOps: true }))
+  const runtime = ManagedRuntime.make(OnnxModelPool.layerWithControl({ repository, transports: TestOps.transports }))
   const pool = await runtime.runPromise(OnnxModelPool.OnnxModelPool)
   return { isolation, runtime, pool, startMs: performance.now() - t0 }
 }
@@ -147,7 +148,7 @@ const kill = async (h: Handle) => {
   const timeoutMs = 50
   const before = await pidsOf(h)
   const t0 = performance.now()
-  const exit = await h.runtime.runPromise(Effect.exit(h.pool.test("mlp", { _tag: "spin", ms: 60_000 }, { requestId: "runaway", timeout: Duration.millis(timeoutMs) })))
+  const exit = await h.runtime.runPromise(Effect.exit(TestOps.run(h.pool, "mlp", { _tag: "spin", ms: 60_000 }, { requestId: "runaway", timeout: Duration.millis(timeoutMs) })))
   const failedAt = performance.now()
   if (Exit.isSuccess(exit)) throw new Error("the runaway was not killed")
   await until("the killed process to stop", () => before.some((pid) => !running(pid)))
@@ -163,7 +164,7 @@ const kill = async (h: Handle) => {
 /** An instance exits; the time until the pool has all its instances live again. */
 const crash = async (h: Handle) => {
   const t0 = performance.now()
-  await h.runtime.runPromise(Effect.exit(h.pool.test("mlp", { _tag: "exit", code: 3 }, { requestId: "crash" })))
+  await h.runtime.runPromise(Effect.exit(TestOps.run(h.pool, "mlp", { _tag: "exit", code: 3 }, { requestId: "crash" })))
   const failedAt = performance.now()
   await until("the replacement", () => h.pool.stats("mlp")?.live === INSTANCES)
   const replaceMs = performance.now() - failedAt

@@ -32,12 +32,10 @@ import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool, type ModelStatus, type RunOptions as ModelPoolRunOptions, type Service as ModelPoolService } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import type * as Tensor from "../Tensor.ts"
+import * as InstancePool from "./InstancePool.ts"
 import * as ProcessHost from "./ProcessHost.ts"
 import type * as Protocol from "./Protocol.ts"
-import * as SessionHost from "./SessionHost.ts"
 import * as WorkerHost from "./WorkerHost.ts"
-
-export type TestOp = Protocol.TestOp
 
 export interface Options {
   /** The repository root (see `ModelRepository`). */
@@ -45,10 +43,11 @@ export interface Options {
   /** Defaults for models without (or with a partial) config.json; otherwise `ModelRepository.defaults()`. */
   readonly defaults?: Partial<ModelRepository.Defaults> | undefined
   /**
-   * Enables `test` (spin, crash and fail operations inside a worker). For tests only: a crash
-   * op kills a worker on purpose. Default false.
+   * How instances are started, by isolation: default `WorkerHost.transport` and
+   * `ProcessHost.transport`. Tests substitute transports whose instances take failure-injecting
+   * operations through the ordinary run path (`test/fixtures/TestOps.ts`).
    */
-  readonly allowTestOps?: boolean | undefined
+  readonly transports?: Partial<Record<InstancePool.Isolation, InstancePool.Transport>> | undefined
   /** How long closing waits for an instance to finish before `terminate()` (a thread) or SIGKILL (a process). Default 60 seconds. */
   readonly closeTimeout?: Duration.Input | undefined
   /** Replacement attempts for a crashed instance (default 5). */
@@ -62,8 +61,8 @@ export interface ModelInfo extends ModelStatus {
   /** Providers that were requested but could not load. */
   readonly fallbacks?: ReadonlyArray<Protocol.Fallback>
   /** Where its sessions run (READY only). */
-  readonly isolation?: SessionHost.Isolation
-  readonly stats?: SessionHost.Stats
+  readonly isolation?: InstancePool.Isolation
+  readonly stats?: InstancePool.Stats
   /** The OS process ids of its instances (process isolation only). */
   readonly pids?: ReadonlyArray<number>
 }
@@ -77,31 +76,22 @@ export interface Service extends ModelPoolService {
     modelId: string,
     inputs: Tensor.TensorMap,
     options: RunOptions
-  ) => Effect.Effect<SessionHost.RunResult, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
+  ) => Effect.Effect<InstancePool.RunResult, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
   /** The repository as scanned. */
   readonly repository: ModelRepository.ModelRepository
   /** `models`, with providers and instance stats. */
   readonly info: Effect.Effect<ReadonlyArray<ModelInfo>>
-  /**
-   * Runs a test operation on a free instance, as `run` would run a request. Fails with RunFailed
-   * unless the pool was made with `allowTestOps`.
-   */
-  readonly test: (
-    modelId: string,
-    op: TestOp,
-    options: RunOptions
-  ) => Effect.Effect<SessionHost.RunResult, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
   /** A model version's instance stats; undefined when it is not loaded. */
-  readonly stats: (modelId: string, version?: string) => SessionHost.Stats | undefined
+  readonly stats: (modelId: string, version?: string) => InstancePool.Stats | undefined
   /** Lifetime counters of instances (threads and processes) and sessions; still readable after the scope closed. */
-  readonly counters: Readonly<SessionHost.Counters>
+  readonly counters: Readonly<InstancePool.Counters>
 }
 
-/** The pool with its extras (`test`, `stats`, `counters`), for tests and operators. */
+/** The pool with its extras (`info`, `stats`, `counters`), for tests and operators. */
 export class OnnxModelPool extends Context.Service<OnnxModelPool, Service>()("effect-onnx/OnnxModelPool") {}
 
 type Loaded =
-  | { readonly _tag: "Ready"; readonly host: SessionHost.SessionHost; readonly metadata: ModelMetadata.ModelMetadata }
+  | { readonly _tag: "Ready"; readonly host: InstancePool.InstancePool; readonly metadata: ModelMetadata.ModelMetadata }
   | { readonly _tag: "Unavailable"; readonly reason: string }
 
 type Ready = Extract<Loaded, { readonly _tag: "Ready" }>
@@ -120,10 +110,11 @@ const key = (name: string, version: string) => `${name}\u0000${version}`
 export const make = (options: Options): Effect.Effect<Service, ModelRepository.RepositoryError, Scope.Scope> =>
   Effect.gen(function*() {
     const repository = yield* ModelRepository.scan(options.repository, { defaults: options.defaults })
-    const counters = SessionHost.makeCounters()
+    const counters = InstancePool.makeCounters()
+    const transports = { thread: WorkerHost.transport, process: ProcessHost.transport, ...options.transports }
     const closeTimeout = Duration.fromInputUnsafe(options.closeTimeout ?? Duration.seconds(60))
     const loaded = new Map<string, Loaded>()
-    const hosts: Array<SessionHost.SessionHost> = []
+    const hosts: Array<InstancePool.InstancePool> = []
 
     // One finalizer closes every host at once (in-flight runs end in parallel, not one model after another).
     yield* Effect.addFinalizer(() =>
@@ -142,7 +133,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         return Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${entry.reason}`)
       }
       // start + register in one uninterruptible step: no host can escape the finalizer.
-      return (entry.config.isolation === "process" ? ProcessHost : WorkerHost).start({
+      return InstancePool.start({
         modelId: entry.name,
         version: entry.version,
         path: entry.path,
@@ -150,12 +141,11 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         executionProviders: entry.config.executionProviders,
         intraOpNumThreads: entry.config.intraOpNumThreads,
         interOpNumThreads: entry.config.interOpNumThreads,
-        allowTestOps: options.allowTestOps ?? false,
         closeTimeout,
         counters,
         respawnAttempts: options.respawnAttempts,
         killGrace: Duration.millis(entry.config.killGraceMs)
-      }).pipe(
+      }, transports[entry.config.isolation]).pipe(
         Effect.tap((host) => Effect.sync(() => hosts.push(host))),
         Effect.uninterruptible,
         Effect.mapError((e) => e.reason),
@@ -261,7 +251,6 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
           : { name: m.name, version: m.version, state: m.state, reason: m.reason }))),
       repository,
       info,
-      test: (modelId, op, testOptions) => withHost(modelId, testOptions.version, (model) => model.host.test(op, testOptions.requestId, testOptions)),
       stats: (modelId, version) => {
         const model = resolve(modelId, version)
         return isError(model) ? undefined : model.host.stats()

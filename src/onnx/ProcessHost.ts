@@ -1,5 +1,5 @@
 /**
- * `SessionHost` with process isolation: each instance is a child process
+ * The process `Transport` of `InstancePool`: each instance is a child process
  * (`child_process.fork` of `SessionProcess.ts`) speaking `Protocol` over its IPC channel with
  * `serialization: "advanced"` (V8 structured clone, so typed arrays cross as such).
  *
@@ -21,22 +21,21 @@
  *
  * @module ProcessHost
  */
-import type { Effect, Scope } from "effect"
 import { fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
+import * as InstancePool from "./InstancePool.ts"
 import type * as Protocol from "./Protocol.ts"
-import * as SessionHost from "./SessionHost.ts"
 
 /** The child process entry, run directly by Node 22 (type stripping). */
 export const processUrl: URL = new URL("./SessionProcess.ts", import.meta.url)
 
-/** Instances as child processes. */
-export const transport: SessionHost.Transport = {
+/** Instances as child processes running `entry` (a module that serves `SessionEndpoint` over IPC; default `SessionProcess.ts`). */
+export const transportFor = (entry: URL): InstancePool.Transport => ({
   isolation: "process",
   noun: "session process",
   spanPrefix: "ProcessHost",
   spawn: (config, events) => {
-    const child = fork(fileURLToPath(processUrl), [JSON.stringify(config)], {
+    const child = fork(fileURLToPath(entry), [JSON.stringify(config)], {
       execPath: process.execPath,
       execArgv: [],
       serialization: "advanced",
@@ -44,7 +43,7 @@ export const transport: SessionHost.Transport = {
     })
     child.on("message", (message: Protocol.FromWorker) => events.message(message))
     child.on("error", (e) => {
-      events.error(SessionHost.errorText(e))
+      events.error(InstancePool.errorText(e))
       if (child.pid === undefined) events.exit("could not start") // a failed spawn may not emit "exit"
     })
     // "close", not "exit": it follows the end of the IPC channel, so every message sent before the end has arrived
@@ -59,11 +58,7 @@ export const transport: SessionHost.Transport = {
       pid: child.pid
     }
   }
-}
+})
 
-/** Starts the processes and waits until every instance has loaded (see `SessionHost.start`). */
-export const start = (options: SessionHost.Options): Effect.Effect<SessionHost.SessionHost, SessionHost.LoadFailed> => SessionHost.start(options, transport)
-
-/** `start` with `close` as the finalizer of the current scope. */
-export const make = (options: SessionHost.Options): Effect.Effect<SessionHost.SessionHost, SessionHost.LoadFailed, Scope.Scope> =>
-  SessionHost.make(options, transport)
+/** Instances as child processes. */
+export const transport: InstancePool.Transport = transportFor(processUrl)

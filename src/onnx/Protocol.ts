@@ -1,15 +1,15 @@
 /**
- * The messages between a `SessionHost` (main thread) and one session instance: a
+ * The messages between a `InstancePool` (main thread) and one session instance: a
  * `SessionWorker` (worker thread) or a `SessionProcess` (child process), each holding one
  * onnxruntime session and serving it with `SessionEndpoint`. Types only, so that the instance
  * loads nothing for it.
  *
- * Host → worker: `run` and `test` carry a request id that the reply repeats; a host may send
+ * Host → worker: `run` carries a request id that the reply repeats; a host may send
  * the next job before the current one has replied (pipelining), and the worker runs them one at
  * a time, in order. `cancel` drops a job that was sent but has not started. `close` asks the
  * worker to release its session and exit once the jobs in hand have ended.
  * Worker → host: `ready` (or `loadFailed`, then the worker exits) once; then one `done` or
- * `failed` per request, in order; `closed` before a graceful exit.
+ * `failed` per run, in order; `closed` before a graceful exit.
  *
  * Input tensors are structured-cloned (copied) to the worker, or transferred when the host owns
  * them (a batch the engine joined); output buffers are transferred back (the worker's arrays are
@@ -33,30 +33,12 @@ export interface WorkerConfig {
   readonly executionProviders: ReadonlyArray<string>
   readonly intraOpNumThreads: number
   readonly interOpNumThreads: number
-  /** Whether `test` messages are honoured. */
-  readonly allowTestOps: boolean
-  /** Where this instance runs; the ops that kill the whole process are refused in a thread. */
+  /** Where this instance runs. */
   readonly isolation: Isolation
 }
 
-/** Operations for tests only (refused unless `allowTestOps`). */
-export type TestOp =
-  /** Blocks the worker thread for `ms`, as a long native run does; replies done. */
-  | { readonly _tag: "spin"; readonly ms: number }
-  /** Throws an uncaught exception: the worker dies with the job in flight. */
-  | { readonly _tag: "throwUncaught" }
-  /** Calls `process.exit(code)` inside the worker: the worker dies with the job in flight. */
-  | { readonly _tag: "exit"; readonly code: number }
-  /** Replies `failed` with `message`; the worker lives on. */
-  | { readonly _tag: "fail"; readonly message: string }
-  /** Calls `process.abort()` (SIGABRT, as a native assertion does). Process isolation only. */
-  | { readonly _tag: "abort" }
-  /** Sends `signal` to its own process (SIGSEGV stands in for a native crash). Process isolation only. */
-  | { readonly _tag: "signal"; readonly signal: NodeJS.Signals }
-
 export type ToWorker =
   | { readonly _tag: "run"; readonly id: number; readonly inputs: Tensor.TensorMap }
-  | { readonly _tag: "test"; readonly id: number; readonly op: TestOp }
   /** The caller of job `id` left: if it has not started, it is answered `failed` without running. */
   | { readonly _tag: "cancel"; readonly id: number }
   | { readonly _tag: "close" }

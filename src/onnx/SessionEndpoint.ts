@@ -1,6 +1,6 @@
 /**
  * The instance side of `Protocol`, whatever carries it: loads one onnxruntime
- * `InferenceSession` and serves `run`, `test` and `close` messages over a `Port`. The worker
+ * `InferenceSession` and serves `run`, `cancel` and `close` messages over a `Port`. The worker
  * thread entry (`SessionWorker.ts`) and the child process entry (`SessionProcess.ts`) are thin
  * adapters around `serve`.
  *
@@ -73,11 +73,6 @@ const createSession = async (config: Protocol.WorkerConfig): Promise<Loaded> => 
   throw new Error(fallbacks.length === 1 ? last.error : `${last.error} (after ${fallbacks.slice(0, -1).map((f) => `${f.provider}: ${f.error}`).join("; ")})`)
 }
 
-const spin = (ms: number) => {
-  const end = performance.now() + ms
-  while (performance.now() < end) { /* blocks the thread, as a native run does */ }
-}
-
 const toFeeds = (inputs: Tensor.TensorMap): Record<string, ort.Tensor> => {
   const feeds: Record<string, ort.Tensor> = {}
   for (const [name, t] of Object.entries(inputs)) {
@@ -133,47 +128,26 @@ const load = async (config: Protocol.WorkerConfig, port: Port): Promise<Loaded |
   }
 }
 
-const test = (config: Protocol.WorkerConfig, port: Port, deviceUsed: string, id: number, op: Protocol.TestOp): void => {
-  if (!config.allowTestOps) {
-    port.post({ _tag: "failed", id, error: "test operations are disabled (allowTestOps is false)" })
-    return
-  }
-  switch (op._tag) {
-    case "spin": {
-      const t0 = performance.now()
-      spin(op.ms)
-      port.post({ _tag: "done", id, outputs: {}, deviceUsed, runMs: performance.now() - t0 })
-      return
-    }
-    case "fail":
-      port.post({ _tag: "failed", id, error: op.message })
-      return
-    case "throwUncaught":
-      setTimeout(() => {
-        throw new Error("test op: uncaught exception in the session worker")
-      }, 0)
-      return
-    case "exit":
-      return process.exit(op.code)
-    case "abort":
-    case "signal":
-      if (config.isolation !== "process") {
-        port.post({ _tag: "failed", id, error: `test op ${op._tag} needs isolation "process": in a thread it would end the whole process` })
-        return
-      }
-      if (op._tag === "abort") process.abort()
-      else process.kill(process.pid, op.signal)
-  }
-}
+/**
+ * Runs before the session sees a `run` message, in the same order as runs (a job sent ahead waits
+ * its turn): it may answer the run itself (post `done` or `failed` for `message.id`) and return
+ * true, or return false to let the session run it. Production instances have none; tests use one
+ * to inject failures (spin, crash, exit) through the ordinary run path.
+ */
+export type Intercept = (
+  message: Extract<Protocol.ToWorker, { readonly _tag: "run" }>,
+  context: { readonly config: Protocol.WorkerConfig; readonly port: Port; readonly deviceUsed: string }
+) => boolean | Promise<boolean>
 
 const handle = async (
   config: Protocol.WorkerConfig,
   port: Port,
-  session: ort.InferenceSession,
-  deviceUsed: string,
+  loaded: Loaded,
   cancelled: Set<number>,
+  intercept: Intercept | undefined,
   message: Protocol.ToWorker
 ): Promise<void> => {
+  const { deviceUsed, session } = loaded
   switch (message._tag) {
     case "cancel":
       return
@@ -182,6 +156,7 @@ const handle = async (
         port.post({ _tag: "failed", id: message.id, error: "cancelled before it ran" })
         return
       }
+      if (intercept !== undefined && await intercept(message, { config, port, deviceUsed })) return
       const t0 = performance.now()
       try {
         const results = await session.run(toFeeds(message.inputs))
@@ -192,8 +167,6 @@ const handle = async (
       }
       return
     }
-    case "test":
-      return test(config, port, deviceUsed, message.id, message.op)
     case "close":
       await session.release()
       port.post({ _tag: "closed" })
@@ -203,10 +176,9 @@ const handle = async (
 }
 
 /** Loads the session, then serves messages one at a time until `close` (or until loading fails). */
-export const serve = async (config: Protocol.WorkerConfig, port: Port): Promise<void> => {
+export const serve = async (config: Protocol.WorkerConfig, port: Port, options: { readonly intercept?: Intercept | undefined } = {}): Promise<void> => {
   const loaded = await load(config, port)
   if (loaded === undefined) return
-  const { deviceUsed, session } = loaded
   let queue: Promise<void> = Promise.resolve()
   // Jobs sent ahead (pipelined) whose callers left: skipped when their turn comes.
   const cancelled = new Set<number>()
@@ -215,6 +187,6 @@ export const serve = async (config: Protocol.WorkerConfig, port: Port): Promise<
       cancelled.add(message.id)
       return
     }
-    queue = queue.then(() => handle(config, port, session, deviceUsed, cancelled, message))
+    queue = queue.then(() => handle(config, port, loaded, cancelled, options.intercept, message))
   })
 }

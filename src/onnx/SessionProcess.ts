@@ -11,41 +11,8 @@
  *
  * @module SessionProcess
  */
+import * as ProcessPort from "./ProcessPort.ts"
 import type * as Protocol from "./Protocol.ts"
 import * as SessionEndpoint from "./SessionEndpoint.ts"
 
-const send = process.send?.bind(process)
-if (send === undefined) throw new Error("SessionProcess.ts must run as a child process with an IPC channel")
-
-let pending = 0
-let ending = false
-
-const disconnect = () => {
-  if (process.connected) process.disconnect()
-}
-
-const post = (message: Protocol.FromWorker, after?: () => void) => {
-  pending++
-  send(message, undefined, {}, () => {
-    pending--
-    after?.()
-    if (ending && pending === 0) disconnect()
-  })
-}
-
-// The parent closed the channel (or died): nothing is left to serve.
-process.on("disconnect", () => process.exit(0))
-
-process.on("uncaughtException", (e) => {
-  post({ _tag: "fatal", error: e instanceof Error ? `${e.name}: ${e.message}` : String(e) }, () => process.exit(1))
-  setTimeout(() => process.exit(1), 1_000).unref() // the parent may not be reading
-})
-
-await SessionEndpoint.serve(JSON.parse(process.argv[2] ?? "null") as Protocol.WorkerConfig, {
-  post: (message) => post(message),
-  end: () => {
-    ending = true
-    if (pending === 0) disconnect()
-  },
-  listen: (f) => process.on("message", f as (message: unknown) => void)
-})
+await SessionEndpoint.serve(JSON.parse(process.argv[2] ?? "null") as Protocol.WorkerConfig, ProcessPort.make())

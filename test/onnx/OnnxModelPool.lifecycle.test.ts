@@ -4,6 +4,7 @@ import * as InferenceError from "../../src/InferenceError.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+import * as TestOps from "../fixtures/TestOps.ts"
 
 const mlpInputs = (batch: number) => ({ input: Tensor.float32(sampleInput(batch), [batch, 784]) })
 const now = () => performance.now()
@@ -23,7 +24,7 @@ const eventually = (what: string, check: () => boolean, ms = 5_000) =>
 const mlpPool = (instances: number, scope?: Scope.Scope) =>
   Effect.gen(function*() {
     const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances }) })
-    const make = quiet(OnnxModelPool.make({ repository, allowTestOps: true, respawnAttempts: 3 }))
+    const make = quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, respawnAttempts: 3 }))
     return yield* (scope === undefined ? make : make.pipe(Scope.provide(scope)))
   })
 
@@ -31,15 +32,15 @@ describe("OnnxModelPool lifecycle", () => {
   it.live("a crashed worker fails only its own request, is replaced, and the pool is back to full", () =>
     Effect.gen(function*() {
       const pool = yield* mlpPool(2)
-      const crashes: Array<[OnnxModelPool.TestOp, RegExp]> = [
+      const crashes: Array<[TestOps.TestOp, RegExp]> = [
         [{ _tag: "throwUncaught" }, /died \(exit code 1; Error: test op: uncaught exception/],
         [{ _tag: "exit", code: 3 }, /died \(exit code 3\)/]
       ]
       for (const [op, detail] of crashes) {
         // a bystander occupies the other instance for the whole crash
-        const bystander = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 250 }, { requestId: "bystander" }), { startImmediately: true })
+        const bystander = yield* Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms: 250 }, { requestId: "bystander" }), { startImmediately: true })
         yield* Effect.sleep(20)
-        const error = yield* Effect.flip(pool.test("mlp", op, { requestId: `crash-${op._tag}` }))
+        const error = yield* Effect.flip(TestOps.run(pool, "mlp", op, { requestId: `crash-${op._tag}` }))
         assert.instanceOf(error, InferenceError.RunFailed)
         assert.strictEqual((error as InferenceError.RunFailed).requestId, `crash-${op._tag}`)
         assert.match((error as InferenceError.RunFailed).detail, detail)
@@ -57,8 +58,8 @@ describe("OnnxModelPool lifecycle", () => {
       // both instances serve again, concurrently
       const t0 = now()
       yield* Effect.all([
-        pool.test("mlp", { _tag: "spin", ms: 150 }, { requestId: "a" }),
-        pool.test("mlp", { _tag: "spin", ms: 150 }, { requestId: "b" })
+        TestOps.run(pool, "mlp", { _tag: "spin", ms: 150 }, { requestId: "a" }),
+        TestOps.run(pool, "mlp", { _tag: "spin", ms: 150 }, { requestId: "b" })
       ], { concurrency: "unbounded" })
       assert.isBelow(now() - t0, 280, "two spins of 150 ms ran in parallel on two instances")
     }))
@@ -75,7 +76,7 @@ describe("OnnxModelPool lifecycle", () => {
       const jobs = Array.from({ length: 60 }, (_, i) => {
         const job = i % 3 === 0
           ? pool.run("mlp", mlpInputs(1 + random(8)), { requestId: `run-${i}` })
-          : pool.test("mlp", { _tag: "spin", ms: 5 + random(25) }, { requestId: `spin-${i}` })
+          : TestOps.run(pool, "mlp", { _tag: "spin", ms: 5 + random(25) }, { requestId: `spin-${i}` })
         return Effect.timeoutOption(job, 1 + random(40))
       })
       const results = yield* Effect.all(jobs, { concurrency: 12 })
@@ -89,10 +90,10 @@ describe("OnnxModelPool lifecycle", () => {
 
       // close while runs are in flight (two per instance: one running, one sent ahead) and one waits:
       // the jobs sent finish, the waiting one fails
-      const inFlight = yield* Effect.forkDetach(pool.test("mlp", { _tag: "spin", ms: 200 }, { requestId: "in-flight" }), { startImmediately: true })
-      const second = yield* Effect.forkDetach(pool.test("mlp", { _tag: "spin", ms: 200 }, { requestId: "second" }), { startImmediately: true })
-      const aheadA = yield* Effect.forkDetach(pool.test("mlp", { _tag: "spin", ms: 20 }, { requestId: "ahead-a" }), { startImmediately: true })
-      const aheadB = yield* Effect.forkDetach(pool.test("mlp", { _tag: "spin", ms: 20 }, { requestId: "ahead-b" }), { startImmediately: true })
+      const inFlight = yield* Effect.forkDetach(TestOps.run(pool, "mlp", { _tag: "spin", ms: 200 }, { requestId: "in-flight" }), { startImmediately: true })
+      const second = yield* Effect.forkDetach(TestOps.run(pool, "mlp", { _tag: "spin", ms: 200 }, { requestId: "second" }), { startImmediately: true })
+      const aheadA = yield* Effect.forkDetach(TestOps.run(pool, "mlp", { _tag: "spin", ms: 20 }, { requestId: "ahead-a" }), { startImmediately: true })
+      const aheadB = yield* Effect.forkDetach(TestOps.run(pool, "mlp", { _tag: "spin", ms: 20 }, { requestId: "ahead-b" }), { startImmediately: true })
       const waiting = yield* Effect.forkDetach(pool.run("mlp", mlpInputs(1), { requestId: "waiting" }), { startImmediately: true })
       yield* Effect.sleep(20)
       assert.strictEqual(pool.stats("mlp")?.queued, 1)
@@ -125,11 +126,11 @@ describe("OnnxModelPool lifecycle", () => {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 2 }) })
       const counters = yield* Effect.scoped(
         Effect.gen(function*() {
-          const context = yield* quiet(Layer.build(OnnxModelPool.layerWithControl({ repository, allowTestOps: true })))
+          const context = yield* quiet(Layer.build(OnnxModelPool.layerWithControl({ repository, transports: TestOps.transports })))
           const pool = Context.get(context, OnnxModelPool.OnnxModelPool)
           const fibers = yield* Effect.forEach(
             Array.from({ length: 6 }, (_, i) => i),
-            (i) => Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 40 }, { requestId: `s${i}` }), { startImmediately: true })
+            (i) => Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms: 40 }, { requestId: `s${i}` }), { startImmediately: true })
           )
           yield* Effect.sleep(10)
           yield* Fiber.interruptAll(fibers)

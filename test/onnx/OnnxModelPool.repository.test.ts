@@ -7,6 +7,7 @@ import * as Mlp from "../../scripts/Mlp.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { maxAbsDiff, mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+import * as TestOps from "../fixtures/TestOps.ts"
 
 const quiet = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.provideService(self, References.MinimumLogLevel, "Error")
 const mlpInputs = (batch: number) => ({ input: Tensor.float32(sampleInput(batch), [batch, 784]) })
@@ -123,11 +124,11 @@ describe("OnnxModelPool on a repository with broken models", () => {
   it.live("marks a model UNAVAILABLE when a crashed instance cannot be replaced", () =>
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1 }) })
-      const pool = yield* quiet(OnnxModelPool.make({ repository, allowTestOps: true, respawnAttempts: 2 }))
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, respawnAttempts: 2 }))
       yield* pool.run("mlp", mlpInputs(1), { requestId: "before" })
       // the file goes bad on disk, then the only worker dies: replacements cannot load
       Fs.writeFileSync(Path.join(repository, "mlp", "model.onnx"), "garbage")
-      const crashed = yield* Effect.flip(pool.test("mlp", { _tag: "exit", code: 9 }, { requestId: "crash" }))
+      const crashed = yield* Effect.flip(TestOps.run(pool, "mlp", { _tag: "exit", code: 9 }, { requestId: "crash" }))
       assert.instanceOf(crashed, InferenceError.RunFailed)
       // a request that waits for the replacement fails once the replacement is given up
       const waiting = yield* Effect.flip(pool.run("mlp", mlpInputs(1), { requestId: "waiting" }))

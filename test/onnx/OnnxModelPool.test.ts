@@ -6,6 +6,7 @@ import * as Mlp from "../../scripts/Mlp.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { bundledRepository, maxAbsDiff, sampleInput } from "../fixtures/ModelRepositoryFixture.ts"
+import * as TestOps from "../fixtures/TestOps.ts"
 
 const mlp = Mlp.weights()
 const mlpInputs = (batch: number, seed = 7) => ({ input: Tensor.float32(sampleInput(batch, seed), [batch, 784]) })
@@ -19,7 +20,7 @@ const sileroInputs = (batch: number, samples = 512) => ({
 const now = () => performance.now()
 
 // One pool on the bundled repository for this file: one instance per model, test ops on.
-layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: { instances: 1 }, allowTestOps: true }), {
+layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: { instances: 1 }, transports: TestOps.transports }), {
   excludeTestServices: true
 })("OnnxModelPool on the bundled repository", (it) => {
   it.effect("lists both bundled models as READY on cpu", () =>
@@ -158,7 +159,7 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
         startImmediately: true
       })
       const t0 = now()
-      const out = yield* pool.test("mlp", { _tag: "spin", ms: 300 }, { requestId: "spin-300" })
+      const out = yield* TestOps.run(pool, "mlp", { _tag: "spin", ms: 300 }, { requestId: "spin-300" })
       const elapsed = now() - t0
       clearInterval(interval)
       yield* Fiber.interrupt(ticker)
@@ -177,7 +178,7 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
     Effect.gen(function*() {
       const pool = yield* OnnxModelPool.OnnxModelPool
       const dropped = pool.counters.lateRepliesDropped
-      const running = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 300 }, { requestId: "long" }), { startImmediately: true })
+      const running = yield* Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms: 300 }, { requestId: "long" }), { startImmediately: true })
       yield* Effect.sleep(40)
       assert.strictEqual(pool.stats("mlp")?.busy, 1)
       const t0 = now()
@@ -197,9 +198,9 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
     Effect.gen(function*() {
       const pool = yield* OnnxModelPool.OnnxModelPool
       const { interruptedQueued, replies } = pool.counters
-      const blocker = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 150 }, { requestId: "blocker" }), { startImmediately: true })
+      const blocker = yield* Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms: 150 }, { requestId: "blocker" }), { startImmediately: true })
       // the instance takes one job ahead of the running one
-      const ahead = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 1 }, { requestId: "ahead" }), { startImmediately: true })
+      const ahead = yield* Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms: 1 }, { requestId: "ahead" }), { startImmediately: true })
       const queued = yield* Effect.forkChild(pool.run("mlp", mlpInputs(1), { requestId: "queued" }), { startImmediately: true })
       yield* Effect.sleep(20)
       assert.strictEqual(pool.stats("mlp")?.queued, 1)
@@ -216,7 +217,7 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
     Effect.gen(function*() {
       const pool = yield* OnnxModelPool.OnnxModelPool
       const order: Array<string> = []
-      const blocker = yield* Effect.forkChild(pool.test("mlp", { _tag: "spin", ms: 60 }, { requestId: "blocker" }), { startImmediately: true })
+      const blocker = yield* Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms: 60 }, { requestId: "blocker" }), { startImmediately: true })
       const ids = ["a", "b", "c", "d", "e", "f"]
       const fibers = []
       for (const id of ids) {
@@ -232,20 +233,21 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("refuses test operations on an unknown model", () =>
     Effect.gen(function*() {
       const pool = yield* OnnxModelPool.OnnxModelPool
-      assert.instanceOf(yield* Effect.flip(pool.test("nope", { _tag: "spin", ms: 1 }, { requestId: "t" })), InferenceError.ModelNotFound)
-      const failed = yield* Effect.flip(pool.test("mlp", { _tag: "fail", message: "scripted failure" }, { requestId: "t" }))
+      assert.instanceOf(yield* Effect.flip(TestOps.run(pool, "nope", { _tag: "spin", ms: 1 }, { requestId: "t" })), InferenceError.ModelNotFound)
+      const failed = yield* Effect.flip(TestOps.run(pool, "mlp", { _tag: "fail", message: "scripted failure" }, { requestId: "t" }))
       assert.instanceOf(failed, InferenceError.RunFailed)
       assert.strictEqual((failed as InferenceError.RunFailed).detail, "scripted failure")
     }))
 })
 
 describe("OnnxModelPool.layer", () => {
-  it.live("provides ModelPool alone and refuses test operations unless allowTestOps", () =>
+  it.live("provides ModelPool alone; its production instances run no test operation", () =>
     Effect.gen(function*() {
       const pool = yield* OnnxModelPool.make({ repository: bundledRepository, defaults: { instances: 1 } })
-      const refused = yield* Effect.flip(pool.test("mlp", { _tag: "exit", code: 1 }, { requestId: "t" }))
+      const refused = yield* Effect.flip(TestOps.run(pool, "mlp", { _tag: "exit", code: 1 }, { requestId: "t" }))
       assert.instanceOf(refused, InferenceError.RunFailed)
-      assert.include((refused as InferenceError.RunFailed).detail, "allowTestOps")
+      // onnxruntime runs it as any request: the model's own input is missing from it
+      assert.include((refused as InferenceError.RunFailed).detail, "input 'input' is missing")
       assert.strictEqual(pool.counters.crashes, 0)
       const out = yield* ModelPool.use((p) => p.run("mlp", mlpInputs(1), { requestId: "layer" })).pipe(
         Effect.provide(OnnxModelPool.layer({ repository: bundledRepository, defaults: { instances: 1 } }))

@@ -6,6 +6,7 @@ import * as Mlp from "../../scripts/Mlp.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { maxAbsDiff, mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+import * as TestOps from "../fixtures/TestOps.ts"
 
 const mlpInputs = (batch: number, seed = 7) => ({ input: Tensor.float32(sampleInput(batch, seed), [batch, 784]) })
 const now = () => performance.now()
@@ -49,7 +50,7 @@ const poolLayer = (options: { readonly closeTimeout?: Duration.Input } = {}) =>
         "thread/model.onnx": mlpBytes(),
         "thread/config.json": JSON.stringify({ instances: 1 })
       })
-      const pool = yield* quiet(OnnxModelPool.make({ repository, allowTestOps: true, respawnAttempts: 3, closeTimeout: options.closeTimeout }))
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, respawnAttempts: 3, closeTimeout: options.closeTimeout }))
       return Context.make(OnnxModelPool.OnnxModelPool, pool)
     })
   )
@@ -100,7 +101,7 @@ layer(poolLayer(), { excludeTestServices: true })("ProcessHost: sessions in chil
       const pool = yield* OnnxModelPool.OnnxModelPool
       yield* settled(pool)
       const kills = pool.counters.deadlineKills
-      const out = yield* pool.test("proc", { _tag: "spin", ms: 150 }, { requestId: "late-but-in-grace", timeout: Duration.millis(50) })
+      const out = yield* TestOps.run(pool, "proc", { _tag: "spin", ms: 150 }, { requestId: "late-but-in-grace", timeout: Duration.millis(50) })
       assert.isAtLeast(out.runMs, 150)
       assert.strictEqual(pool.counters.deadlineKills, kills)
     }))
@@ -112,11 +113,11 @@ layer(poolLayer(), { excludeTestServices: true })("ProcessHost: sessions in chil
       const { crashes, deadlineKills, respawns } = pool.counters
       const before = yield* pidsOf(pool)
       // a bystander without a deadline holds the other instance through the kill
-      const bystander = yield* Effect.forkChild(pool.test("proc", { _tag: "spin", ms: 700 }, { requestId: "bystander" }), { startImmediately: true })
+      const bystander = yield* Effect.forkChild(TestOps.run(pool, "proc", { _tag: "spin", ms: 700 }, { requestId: "bystander" }), { startImmediately: true })
       yield* Effect.sleep(30)
       const timeoutMs = 100
       const t0 = now()
-      const error = runFailed(yield* Effect.flip(pool.test("proc", { _tag: "spin", ms: 30_000 }, { requestId: "runaway", timeout: Duration.millis(timeoutMs) })))
+      const error = runFailed(yield* Effect.flip(TestOps.run(pool, "proc", { _tag: "spin", ms: 30_000 }, { requestId: "runaway", timeout: Duration.millis(timeoutMs) })))
       const elapsedMs = now() - t0
       const lateMs = elapsedMs - (timeoutMs + KILL_GRACE_MS)
       assert.strictEqual(error.requestId, "runaway")
@@ -139,7 +140,7 @@ layer(poolLayer(), { excludeTestServices: true })("ProcessHost: sessions in chil
       assert.notInclude(after, killed[0])
       // both instances serve again, the replacement included
       const outs = yield* Effect.all([
-        pool.test("proc", { _tag: "spin", ms: 100 }, { requestId: "a" }),
+        TestOps.run(pool, "proc", { _tag: "spin", ms: 100 }, { requestId: "a" }),
         pool.run("proc", mlpInputs(3), { requestId: "b", timeout: Duration.seconds(5) })
       ], { concurrency: "unbounded" })
       assert.deepStrictEqual(outs[1].outputs["logits"]!.dims, [3, 10])
@@ -153,7 +154,7 @@ layer(poolLayer(), { excludeTestServices: true })("ProcessHost: sessions in chil
       const { deadlineKills, expiredUnsent, replies } = pool.counters
       const blockers = yield* Effect.forEach(
         ["b1", "b2"],
-        (id) => Effect.forkChild(pool.test("proc", { _tag: "spin", ms: 300 }, { requestId: id }), { startImmediately: true })
+        (id) => Effect.forkChild(TestOps.run(pool, "proc", { _tag: "spin", ms: 300 }, { requestId: id }), { startImmediately: true })
       )
       yield* Effect.sleep(20)
       const error = runFailed(yield* Effect.flip(pool.run("proc", mlpInputs(1), { requestId: "expired", timeout: Duration.millis(50) })))
@@ -169,16 +170,16 @@ layer(poolLayer(), { excludeTestServices: true })("ProcessHost: sessions in chil
       const pool = yield* OnnxModelPool.OnnxModelPool
       yield* settled(pool)
       const crashes0 = pool.counters.crashes
-      const cases: Array<[OnnxModelPool.TestOp, RegExp]> = [
+      const cases: Array<[TestOps.TestOp, RegExp]> = [
         [{ _tag: "abort" }, /^the session process running the model died \(signal SIGABRT\)$/],
         [{ _tag: "signal", signal: "SIGSEGV" }, /^the session process running the model died \(signal SIGSEGV\)$/],
         [{ _tag: "throwUncaught" }, /died \(exit code 1; Error: test op: uncaught exception/]
       ]
       for (const [op, detail] of cases) {
         yield* eventually("two live instances", () => pool.stats("proc")?.live === 2)
-        const bystander = yield* Effect.forkChild(pool.test("proc", { _tag: "spin", ms: 300 }, { requestId: "bystander" }), { startImmediately: true })
+        const bystander = yield* Effect.forkChild(TestOps.run(pool, "proc", { _tag: "spin", ms: 300 }, { requestId: "bystander" }), { startImmediately: true })
         yield* Effect.sleep(20)
-        const error = runFailed(yield* Effect.flip(pool.test("proc", op, { requestId: `crash-${op._tag}` })))
+        const error = runFailed(yield* Effect.flip(TestOps.run(pool, "proc", op, { requestId: `crash-${op._tag}` })))
         assert.strictEqual(error.requestId, `crash-${op._tag}`)
         assert.match(error.detail, detail)
         // the parent keeps serving: a request queued meanwhile, and the thread model
@@ -196,7 +197,7 @@ layer(poolLayer(), { excludeTestServices: true })("ProcessHost: sessions in chil
     Effect.gen(function*() {
       const pool = yield* OnnxModelPool.OnnxModelPool
       for (const op of [{ _tag: "abort" }, { _tag: "signal", signal: "SIGSEGV" }] as const) {
-        const error = runFailed(yield* Effect.flip(pool.test("thread", op, { requestId: op._tag })))
+        const error = runFailed(yield* Effect.flip(TestOps.run(pool, "thread", op, { requestId: op._tag })))
         assert.match(error.detail, /needs isolation "process"/)
       }
       yield* pool.run("thread", mlpInputs(1), { requestId: "after" })
@@ -213,13 +214,13 @@ describe("ProcessHost lifecycle", () => {
       const note = Effect.map(pidsOf(pool), (pids) => pids.forEach((pid) => seen.add(pid)))
       yield* note
       // one crash and one deadline kill: two replacements
-      yield* Effect.flip(pool.test("proc", { _tag: "exit", code: 7 }, { requestId: "crash" }))
-      yield* Effect.flip(pool.test("proc", { _tag: "spin", ms: 30_000 }, { requestId: "runaway", timeout: Duration.millis(10) }))
+      yield* Effect.flip(TestOps.run(pool, "proc", { _tag: "exit", code: 7 }, { requestId: "crash" }))
+      yield* Effect.flip(TestOps.run(pool, "proc", { _tag: "spin", ms: 30_000 }, { requestId: "runaway", timeout: Duration.millis(10) }))
       yield* eventually("both replacements", () => pool.counters.respawns === 2 && pool.stats("proc")?.live === 2)
       yield* note
       assert.strictEqual(seen.size, 4)
       // close with one instance stuck (no deadline) and the others idle: the stuck one is SIGKILLed after closeTimeout
-      const stuck = yield* Effect.forkDetach(pool.test("proc", { _tag: "spin", ms: 30_000 }, { requestId: "stuck" }), { startImmediately: true })
+      const stuck = yield* Effect.forkDetach(TestOps.run(pool, "proc", { _tag: "spin", ms: 30_000 }, { requestId: "stuck" }), { startImmediately: true })
       yield* Effect.sleep(30)
       const t0 = now()
       yield* Scope.close(scope, Exit.void)

@@ -1,0 +1,773 @@
+/**
+ * The instances of one model version: N session instances, each holding one onnxruntime
+ * session (`SessionEndpoint`), behind one FIFO of waiting jobs. Where an instance runs is the
+ * `Transport`'s business: a worker thread (`WorkerHost`) or a child process (`ProcessHost`).
+ * Time comes from the Clock and respawn backoff from a `Schedule`, so a fake Transport under
+ * `TestClock` drives every path here without a model.
+ *
+ * - An instance runs one job at a time. With `depth` 2 (threads) it is handed its next job while
+ *   the current one runs, so it never idles while a job crosses the thread boundary. This is the
+ *   one place that picks the instance for a job: an idle one first, then one with room. (The
+ *   engine decides whether a job may go at all; it never sees instances.)
+ * - `run` waits in FIFO order for an instance with room. Interrupting it returns at once: a
+ *   queued job is dropped unsent; a job sent ahead and not started is dropped in the instance
+ *   (`cancel`); a running job's instance stays busy until it replies, and that reply is
+ *   discarded (counted in `lateRepliesDropped`). No instance ever runs two jobs at once.
+ * - An instance that dies (uncaught error, `process.exit`, and for a process a native crash or a
+ *   signal) fails only the job it was running with RunFailed; a job sent ahead to it goes back to
+ *   the front of the line. It is replaced (attempts with exponential backoff), so the instance
+ *   count is kept. If replacements keep failing and no instance is left, the pool becomes
+ *   unavailable and its waiting jobs fail with ModelUnavailable.
+ * - Deadlines (process isolation only): a job run with a `timeout` that is still running
+ *   `killGrace` after it is killed with its process (SIGKILL); the job fails at once with
+ *   RunFailed ("killed after exceeding its deadline by …"), and a replacement is started once the
+ *   process is gone. A job whose deadline passed while it waited is failed without being sent.
+ *   Threads cannot be stopped mid-run (terminating one aborts the whole process), so a thread
+ *   pool ignores `timeout`. A hang without a timeout is never detected.
+ * - `close` fails queued jobs with ModelUnavailable, lets the jobs already sent finish and reply,
+ *   then asks each instance to release its session and exit. The transport's `kill` (a thread's
+ *   `terminate()`, a process's SIGKILL) is a last resort after `closeTimeout`.
+ *
+ * Input tensors are copied to the instance (`Tensor.compact` first, so a view into a large
+ * buffer does not clone all of it), or moved when `RunOptions.transfer` says the pool may keep
+ * them; output arrays are owned by the caller.
+ *
+ * @module InstancePool
+ */
+import { Clock, Data, Deferred, Duration, Effect, Exit, Fiber, Schedule, type Scope } from "effect"
+import * as InferenceError from "../InferenceError.ts"
+import type * as ModelMetadata from "../ModelMetadata.ts"
+import type { RunOutput } from "../ModelPool.ts"
+import * as Tensor from "../Tensor.ts"
+import type * as Protocol from "./Protocol.ts"
+
+export type Isolation = Protocol.Isolation
+
+/**
+ * Lifetime counters, shared by the pools of one `OnnxModelPool`. After every pool has closed,
+ * `workersSpawned === workersExited` and `sessionsOpened === sessionsClosed + sessionsLost`.
+ * A "worker" is an instance of either kind, thread or process.
+ */
+export interface Counters {
+  /** Instances started (initial ones and replacements). */
+  workersSpawned: number
+  /** Instances that ended, for any reason. */
+  workersExited: number
+  /** Sessions that loaded (an instance reported ready). */
+  sessionsOpened: number
+  /** Sessions released by a graceful close. */
+  sessionsClosed: number
+  /** Sessions whose instance died without releasing them (the thread's or process's teardown frees them). */
+  sessionsLost: number
+  /** Unexpected instance exits (deadline kills are counted apart). */
+  crashes: number
+  /** Processes killed because their run outlived its deadline by the kill grace. */
+  deadlineKills: number
+  /** Jobs failed unsent because their deadline passed while they waited for an instance. */
+  expiredUnsent: number
+  /** Replacement instances that loaded. */
+  respawns: number
+  /** Instances given up after every replacement attempt failed. */
+  respawnFailures: number
+  /** Replies from instances that reached the pool. */
+  replies: number
+  /** Replies whose caller had been interrupted; dropped. */
+  lateRepliesDropped: number
+  /** Callers interrupted while their job ran (or was sent ahead). */
+  interruptedRunning: number
+  /** Callers interrupted while their job waited (it was never sent). */
+  interruptedQueued: number
+  /** Instances stopped with the transport's `kill` after the close timeout. */
+  forcedTerminations: number
+}
+
+export const makeCounters = (): Counters => ({
+  workersSpawned: 0,
+  workersExited: 0,
+  sessionsOpened: 0,
+  sessionsClosed: 0,
+  sessionsLost: 0,
+  crashes: 0,
+  deadlineKills: 0,
+  expiredUnsent: 0,
+  respawns: 0,
+  respawnFailures: 0,
+  replies: 0,
+  lateRepliesDropped: 0,
+  interruptedRunning: 0,
+  interruptedQueued: 0,
+  forcedTerminations: 0
+})
+
+export interface Options {
+  readonly modelId: string
+  readonly version: string
+  /** Absolute path of model.onnx. */
+  readonly path: string
+  readonly instances: number
+  readonly executionProviders: ReadonlyArray<string>
+  readonly intraOpNumThreads: number
+  readonly interOpNumThreads: number
+  /** How long `close` waits for an instance before the transport's `kill`. */
+  readonly closeTimeout: Duration.Duration
+  readonly counters: Counters
+  /** Replacement attempts per lost instance (default 5), with delays doubling from `respawnDelay` (default 100 ms). */
+  readonly respawnAttempts?: number | undefined
+  readonly respawnDelay?: Duration.Duration | undefined
+  /** Process isolation: how long a run may outlive its `timeout` before its process is killed (default 1 second). */
+  readonly killGrace?: Duration.Duration | undefined
+  /** Jobs handed to one instance at once (default: 2 for threads, 1 for processes, whose deadline kills end the job in hand). */
+  readonly depth?: number | undefined
+}
+
+/** Per-run options. */
+export interface RunOptions {
+  /**
+   * How long the caller waits for this run, from the call to `run` (a wait for an instance
+   * included). Process isolation kills a run still going `killGrace` after it; threads ignore it.
+   */
+  readonly timeout?: Duration.Duration | undefined
+  /**
+   * The inputs' buffers are the pool's to give away (a batch the engine joined): a thread
+   * receives them moved, not copied, and they are detached here. Default false: copied.
+   */
+  readonly transfer?: boolean | undefined
+}
+
+/** What a run returns: `RunOutput` plus the native run's own duration, measured in the instance. */
+export interface RunResult extends RunOutput {
+  /** Time inside `session.run`, without the hop and the copies. */
+  readonly runMs: number
+}
+
+/** A snapshot of a pool's instances. */
+export interface Stats {
+  /** The configured instance count. */
+  readonly instances: number
+  /** Instances whose session is loaded and that have not exited. */
+  readonly live: number
+  readonly idle: number
+  readonly busy: number
+  /** Jobs waiting for an instance. */
+  readonly queued: number
+  /** Instances started and not yet ready (replacements). */
+  readonly starting: number
+}
+
+export interface InstancePool {
+  readonly modelId: string
+  readonly version: string
+  readonly isolation: Isolation
+  /** Jobs handed to one instance at once. */
+  readonly depth: number
+  readonly metadata: ModelMetadata.ModelMetadata
+  /** The provider the first instance loaded on. */
+  readonly deviceUsed: string
+  /** Requested providers that could not load before `deviceUsed` did. */
+  readonly fallbacks: ReadonlyArray<Protocol.Fallback>
+  /** Runs `inputs` on an instance with room (FIFO wait). See the module doc for interruption and deadlines. */
+  readonly run: (
+    inputs: Tensor.TensorMap,
+    requestId: string,
+    options?: RunOptions
+  ) => Effect.Effect<RunResult, InferenceError.RunFailed | InferenceError.ModelUnavailable>
+  /** Undefined while the pool can serve; why not otherwise (closing, every instance lost). */
+  readonly unavailableReason: () => string | undefined
+  readonly stats: () => Stats
+  /** The OS process ids of the instances not yet exited (processes only; empty for threads). */
+  readonly pids: () => ReadonlyArray<number>
+  /** Stops every instance gracefully (see the module doc); idempotent. */
+  readonly close: Effect.Effect<void>
+}
+
+/** The model could not be loaded: no instance reported ready. */
+export class LoadFailed extends Data.TaggedError("LoadFailed")<{ readonly modelId: string; readonly version: string; readonly reason: string }> {
+  override get message(): string {
+    return `model ${JSON.stringify(this.modelId)} version ${this.version} failed to load: ${this.reason}`
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Transports
+// ---------------------------------------------------------------------------
+
+/** What a transport reports about one instance. Every callback may fire more than once; `exit` counts once. */
+export interface InstanceEvents {
+  readonly message: (message: Protocol.FromWorker) => void
+  /** An error the instance reported (uncaught exception, spawn or channel failure); kept for the exit's description. */
+  readonly error: (text: string) => void
+  /** A reply that could not be deserialized. */
+  readonly messageError: (text: string) => void
+  /** It has ended; `how` says how ("exit code 3", "signal SIGSEGV"). */
+  readonly exit: (how: string) => void
+}
+
+/** One running instance as the pool drives it. */
+export interface Instance {
+  /** Sends a message, moving `transfer`'s buffers where the transport can; throws when it cannot be sent. */
+  readonly send: (message: Protocol.ToWorker, transfer?: ReadonlyArray<ArrayBuffer>) => void
+  /** Stops it at once; `exit` follows. */
+  readonly kill: () => void
+  /** Its OS process id (processes only). */
+  readonly pid: number | undefined
+}
+
+/** How instances are started: threads, processes, or (in tests) a fake. */
+export interface Transport {
+  readonly isolation: Isolation
+  /** The instance in messages: "worker", "session process". */
+  readonly noun: string
+  /** The module named in spans ("WorkerHost", "ProcessHost"). */
+  readonly spanPrefix: string
+  readonly spawn: (config: Protocol.WorkerConfig, events: InstanceEvents) => Instance
+}
+
+export const errorText = (e: unknown): string => (e instanceof Error ? `${e.name}: ${e.message}` : String(e))
+
+// ---------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------
+
+type Outcome = Exit.Exit<RunResult, InferenceError.RunFailed | InferenceError.ModelUnavailable>
+type Ready = Extract<Protocol.FromWorker, { readonly _tag: "ready" }>
+
+interface Job {
+  readonly requestId: string
+  readonly message: (id: number) => Protocol.ToWorker
+  readonly transfer: ReadonlyArray<ArrayBuffer> | undefined
+  readonly resume: (outcome: Outcome) => void
+  /** Clock deadlines; undefined without a timeout or on threads. */
+  readonly deadlineAtMs: number | undefined
+  readonly killAtMs: number | undefined
+  state: "new" | "queued" | "running" | "done"
+  cancelled: boolean
+  /** Its id once sent, and the instance it was sent to. */
+  sent: { readonly id: number; readonly slot: Slot } | undefined
+}
+
+interface Slot {
+  readonly instance: Instance
+  ready: boolean
+  exited: boolean
+  closeRequested: boolean
+  sessionReleased: boolean
+  /** Jobs sent and not yet replied to, in order: the first is running, the others wait their turn in the instance. */
+  readonly jobs: Array<{ readonly id: number; readonly job: Job }>
+  /** Armed while a job with a deadline runs (processes only). */
+  killTimer: Fiber.Fiber<void> | undefined
+  /** Set when the pool killed the instance for a deadline: the failure of the job it ran. */
+  killedFor: string | undefined
+  lastError: string
+  loadError: string | undefined
+  readonly exit: Deferred.Deferred<void>
+}
+
+interface State {
+  readonly options: Options
+  readonly transport: Transport
+  readonly config: Protocol.WorkerConfig
+  readonly counters: Counters
+  readonly depth: number
+  readonly killGraceMs: number
+  readonly nowMs: () => number
+  readonly runFork: <A>(effect: Effect.Effect<A>) => Fiber.Fiber<A>
+  /** Every instance not yet exited, ready or not. */
+  readonly all: Set<Slot>
+  /** Ready, not exited, not asked to close. */
+  readonly live: Set<Slot>
+  /** FIFO of waiting jobs; `head` avoids O(n) shifts, cancelled jobs are skipped. */
+  readonly waiting: Array<Job>
+  head: number
+  queued: number
+  nextId: number
+  closing: boolean
+  closed: Deferred.Deferred<void> | undefined
+  broken: string | undefined
+  /** Replacements under way (counted from the loss until they load or are given up). */
+  readonly respawns: Set<Fiber.Fiber<void>>
+  pendingRespawns: number
+  first: Ready | undefined
+}
+
+const ms = (x: number) => `${Math.round(x)} ms`
+
+const unavailable = (state: State, reason: string) => new InferenceError.ModelUnavailable({ modelId: state.options.modelId, reason })
+const runFailed = (state: State, job: Job, detail: string) => new InferenceError.RunFailed({ modelId: state.options.modelId, requestId: job.requestId, detail })
+
+// ---------------------------------------------------------------------------
+// Jobs and instances
+// ---------------------------------------------------------------------------
+
+const nextJob = (state: State): Job | undefined => {
+  const { waiting } = state
+  while (state.head < waiting.length) {
+    const job = waiting[state.head]!
+    waiting[state.head++] = undefined as unknown as Job // let the job be collected
+    if (state.head > 1024 && state.head * 2 > waiting.length) {
+      waiting.splice(0, state.head)
+      state.head = 0
+    }
+    if (job.state === "queued") {
+      state.queued--
+      return job
+    }
+  }
+  if (state.head > 0) {
+    waiting.length = 0
+    state.head = 0
+  }
+  return undefined
+}
+
+/** The live instance with the fewest jobs, if it has room: an idle one first. The one place that picks an instance. */
+const roomy = (state: State): Slot | undefined => {
+  let best: Slot | undefined
+  for (const slot of state.live) {
+    if (slot.jobs.length >= state.depth || slot.closeRequested) continue
+    if (best === undefined || slot.jobs.length < best.jobs.length) best = slot
+    if (slot.jobs.length === 0) break
+  }
+  return best
+}
+
+/** Kills `slot`'s process if it is still running job `id` (its deadline plus the grace has passed). */
+const killOverrun = (state: State, slot: Slot, id: number): void => {
+  slot.killTimer = undefined
+  const current = slot.jobs[0]
+  if (current === undefined || current.id !== id || slot.exited) return
+  const job = current.job
+  const overMs = state.nowMs() - job.deadlineAtMs!
+  slot.killedFor = `killed after exceeding its deadline by ${ms(overMs)} (kill grace ${ms(state.killGraceMs)}); the ${state.transport.noun} was replaced`
+  state.counters.deadlineKills++
+  slot.instance.kill()
+  // SIGKILL cannot be caught or delayed: the run is over now. The job is answered at once; the
+  // instance stays busy (and is replaced) once the process is gone, some milliseconds later.
+  job.state = "done"
+  if (job.cancelled) state.counters.lateRepliesDropped++
+  else job.resume(Exit.fail(runFailed(state, job, slot.killedFor)))
+}
+
+/** Arms the deadline kill of the job now running on `slot`, if it has one. */
+const arm = (state: State, slot: Slot): void => {
+  const head = slot.jobs[0]
+  if (head === undefined || head.job.killAtMs === undefined) return
+  const delayMs = Math.max(0, head.job.killAtMs - state.nowMs())
+  slot.killTimer = state.runFork(Effect.andThen(Effect.sleep(Duration.millis(delayMs)), Effect.sync(() => killOverrun(state, slot, head.id))))
+}
+
+const disarm = (slot: Slot): void => {
+  if (slot.killTimer === undefined) return
+  slot.killTimer.interruptUnsafe()
+  slot.killTimer = undefined
+}
+
+/** Sends `job` to `slot`; false (job failed, or slot unusable) when it cannot or should not be sent. */
+const dispatch = (state: State, slot: Slot, job: Job): boolean => {
+  if (job.deadlineAtMs !== undefined) {
+    const lateMs = state.nowMs() - job.deadlineAtMs
+    if (lateMs >= 0) {
+      job.state = "done"
+      state.counters.expiredUnsent++
+      job.resume(Exit.fail(runFailed(state, job, `not run: its deadline passed ${ms(lateMs)} ago while it waited for an instance`)))
+      return false
+    }
+  }
+  const id = state.nextId++
+  job.state = "running"
+  job.sent = { id, slot }
+  slot.jobs.push({ id, job })
+  try {
+    slot.instance.send(job.message(id), job.transfer)
+  } catch (e) {
+    slot.jobs.pop()
+    job.state = "done"
+    job.resume(Exit.fail(runFailed(state, job, `the inputs could not be sent to the ${state.transport.noun}: ${errorText(e)}`)))
+    return false
+  }
+  if (slot.jobs.length === 1) arm(state, slot)
+  return true
+}
+
+const requestClose = (slot: Slot): void => {
+  if (slot.closeRequested || slot.exited) return
+  slot.closeRequested = true
+  try {
+    slot.instance.send({ _tag: "close" })
+  } catch {
+    // the instance is already gone; its exit event follows
+  }
+}
+
+/** `slot` has room: give it waiting jobs while it has room (or, closing, ask it to close once empty). */
+const release = (state: State, slot: Slot): void => {
+  if (slot.exited) return
+  if (state.closing) {
+    if (slot.jobs.length === 0) requestClose(slot)
+    return
+  }
+  while (slot.jobs.length < state.depth) {
+    const job = nextJob(state)
+    if (job === undefined) return
+    dispatch(state, slot, job)
+  }
+}
+
+const enqueue = (state: State, job: Job, front = false): void => {
+  for (let slot = roomy(state); slot !== undefined; slot = roomy(state)) {
+    if (dispatch(state, slot, job) || job.state === "done") return
+  }
+  job.state = "queued"
+  state.queued++
+  if (!front) state.waiting.push(job)
+  else if (state.head > 0) state.waiting[--state.head] = job
+  else state.waiting.unshift(job)
+}
+
+const cancel = (state: State, job: Job): void => {
+  job.cancelled = true
+  if (job.state === "queued") {
+    job.state = "done"
+    state.queued--
+    state.counters.interruptedQueued++
+  } else if (job.state === "running") {
+    state.counters.interruptedRunning++
+    // Sent ahead and not started: the instance skips it when its turn comes.
+    const sent = job.sent!
+    if (sent.slot.jobs[0]?.id !== sent.id) {
+      try {
+        sent.slot.instance.send({ _tag: "cancel", id: sent.id })
+      } catch {
+        // the instance is gone; its exit fails the job
+      }
+    }
+  }
+}
+
+const failWaiting = (state: State, reason: string): void => {
+  for (let job = nextJob(state); job !== undefined; job = nextJob(state)) {
+    job.state = "done"
+    job.resume(Exit.fail(unavailable(state, reason)))
+  }
+}
+
+const checkBroken = (state: State, reason: string): void => {
+  if (state.closing || state.live.size > 0 || state.pendingRespawns > 0) return
+  state.broken = `every instance was lost and could not be replaced: ${reason}`
+  failWaiting(state, state.broken)
+}
+
+const onReply = (state: State, slot: Slot, message: Extract<Protocol.FromWorker, { readonly _tag: "done" | "failed" }>): void => {
+  const current = slot.jobs[0]
+  if (current === undefined || current.id !== message.id || slot.killedFor !== undefined) return
+  disarm(slot)
+  slot.jobs.shift()
+  arm(state, slot)
+  const job = current.job
+  job.state = "done"
+  state.counters.replies++
+  release(state, slot)
+  if (job.cancelled) {
+    state.counters.lateRepliesDropped++
+    return
+  }
+  job.resume(message._tag === "done"
+    ? Exit.succeed({ outputs: message.outputs, deviceUsed: message.deviceUsed, runMs: message.runMs })
+    : Exit.fail(runFailed(state, job, message.error)))
+}
+
+/** The instance ended after it had loaded: its running job fails, jobs sent ahead go back to the line, and it is replaced. */
+const onLost = (state: State, slot: Slot, how: string): void => {
+  const { counters, transport } = state
+  if (!slot.sessionReleased) counters.sessionsLost++
+  const lost = slot.jobs.splice(0)
+  const detail = slot.killedFor ?? `the ${transport.noun} running the model died (${how}${slot.lastError ? `; ${slot.lastError}` : ""})`
+  for (const [i, { job }] of lost.entries()) {
+    if (job.state === "done") continue
+    if (i > 0 && !job.cancelled && !state.closing) {
+      job.state = "new"
+      job.sent = undefined
+      enqueue(state, job, true)
+      continue
+    }
+    job.state = "done"
+    if (job.cancelled) counters.lateRepliesDropped++
+    else job.resume(Exit.fail(runFailed(state, job, i === 0 ? detail : `the ${transport.noun} ended before the job ran (${how})`)))
+  }
+  if (state.closing || slot.closeRequested) return
+  if (slot.killedFor === undefined) counters.crashes++
+  respawn(state, detail)
+}
+
+/** Starts one instance; succeeds once its session is loaded, fails with the reason it did not. */
+const spawn = (state: State): Effect.Effect<{ readonly slot: Slot; readonly ready: Ready }, string> =>
+  Effect.callback((resume) => {
+    const { counters, transport } = state
+    // `slot` is assigned before any event can fire (events are asynchronous)
+    let slot: Slot = undefined as unknown as Slot
+    const instance = transport.spawn(state.config, {
+      message: (message) => {
+        switch (message._tag) {
+          case "ready":
+            slot.ready = true
+            counters.sessionsOpened++
+            // Loaded while the pool closes (a replacement): it is closed at once.
+            if (state.closing) requestClose(slot)
+            else state.live.add(slot)
+            return resume(Effect.succeed({ slot, ready: message }))
+          case "loadFailed":
+            slot.loadError = message.error
+            return
+          case "done":
+          case "failed":
+            return onReply(state, slot, message)
+          case "closed":
+            slot.sessionReleased = true
+            counters.sessionsClosed++
+            return
+          case "fatal":
+            slot.lastError = message.error
+            return
+        }
+      },
+      error: (text) => {
+        slot.lastError = text
+      },
+      // A reply that cannot be deserialized never arrives: fail its job and free the instance.
+      messageError: (text) => {
+        const current = slot.jobs[0]
+        if (current !== undefined) onReply(state, slot, { _tag: "failed", id: current.id, error: `the ${transport.noun}'s reply could not be deserialized: ${text}` })
+      },
+      exit: (how) => {
+        if (slot.exited) return
+        slot.exited = true
+        disarm(slot)
+        counters.workersExited++
+        state.all.delete(slot)
+        state.live.delete(slot)
+        Deferred.doneUnsafe(slot.exit, Exit.void)
+        if (slot.ready) return onLost(state, slot, how)
+        resume(Effect.fail(slot.loadError ?? `the ${transport.noun} ended (${how}) before its session loaded${slot.lastError ? ` (${slot.lastError})` : ""}`))
+      }
+    })
+    counters.workersSpawned++
+    slot = {
+      instance,
+      ready: false,
+      exited: false,
+      closeRequested: false,
+      sessionReleased: false,
+      jobs: [],
+      killTimer: undefined,
+      killedFor: undefined,
+      lastError: "",
+      loadError: undefined,
+      exit: Deferred.makeUnsafe()
+    }
+    state.all.add(slot)
+  })
+
+/**
+ * Replaces a lost instance in its own fiber: attempts with exponential backoff from
+ * `respawnDelay`; once they are spent, the instance is given up (and the pool is unavailable if
+ * none is left). Deferred a turn, so that the failed job is answered before a process forks.
+ */
+const respawn = (state: State, cause: string): void => {
+  const attempts = Math.max(1, state.options.respawnAttempts ?? 5)
+  state.pendingRespawns++
+  const replace = Effect.andThen(Effect.yieldNow, spawn(state)).pipe(
+    Effect.retry({ schedule: Schedule.exponential(state.options.respawnDelay ?? Duration.millis(100)), times: attempts - 1, while: () => !state.closing }),
+    Effect.matchEffect({
+      onSuccess: ({ slot }) =>
+        Effect.sync(() => {
+          state.counters.respawns++
+          release(state, slot)
+        }),
+      onFailure: (reason) =>
+        Effect.sync(() => {
+          if (state.closing) return
+          state.counters.respawnFailures++
+          state.pendingRespawns--
+          checkBroken(state, `${cause}; replacement failed: ${reason}`)
+          state.pendingRespawns++
+        })
+    }),
+    Effect.ensuring(Effect.sync(() => void state.pendingRespawns--))
+  )
+  const fiber = state.runFork(replace)
+  state.respawns.add(fiber)
+  fiber.addObserver(() => state.respawns.delete(fiber))
+}
+
+// ---------------------------------------------------------------------------
+// The pool
+// ---------------------------------------------------------------------------
+
+/** Waits for `slot` to exit, killing it after `closeTimeout`. */
+const awaitExit = (state: State, slot: Slot): Effect.Effect<void> =>
+  Deferred.await(slot.exit).pipe(
+    Effect.timeoutOption(state.options.closeTimeout),
+    Effect.flatMap((done) => {
+      if (done._tag === "Some" || slot.exited) return Effect.void
+      state.counters.forcedTerminations++
+      slot.instance.kill()
+      return Deferred.await(slot.exit)
+    })
+  )
+
+/** Fails what waits, lets what was sent finish, closes every instance (killing what outlives `closeTimeout`). Idempotent. */
+const close = (state: State): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (state.closed !== undefined) return Deferred.await(state.closed)
+    const closed = Deferred.makeUnsafe<void>()
+    state.closed = closed
+    state.closing = true
+    failWaiting(state, "the model pool is closing")
+    // `all` includes instances still loading; busy ones get their close request when their last job replies.
+    const slots = [...state.all]
+    for (const slot of slots) if (slot.ready && slot.jobs.length === 0) requestClose(slot)
+    return Fiber.interruptAll([...state.respawns]).pipe(
+      Effect.andThen(Effect.forEach([...state.all], (slot) => awaitExit(state, slot), { concurrency: "unbounded", discard: true })),
+      Effect.ensuring(Deferred.done(closed, Exit.void))
+    )
+  })
+
+/** Starts every instance; fails with the first reason one did not load (after closing the others). */
+const startAll = (state: State): Effect.Effect<void, string> =>
+  Effect.gen(function*() {
+    const results = yield* Effect.forEach(
+      Array.from({ length: state.options.instances }),
+      () => Effect.result(spawn(state)),
+      { concurrency: "unbounded" }
+    )
+    const failure = results.find((r) => r._tag === "Failure")
+    if (failure !== undefined) {
+      yield* close(state)
+      return yield* Effect.fail(failure.failure)
+    }
+    for (const r of results) {
+      if (r._tag !== "Success") continue
+      state.first ??= r.success.ready
+      release(state, r.success.slot)
+    }
+  })
+
+const submit = (state: State, requestId: string, message: (id: number) => Protocol.ToWorker, runOptions: RunOptions | undefined, transfer?: ReadonlyArray<ArrayBuffer>) =>
+  Effect.callback<RunResult, InferenceError.RunFailed | InferenceError.ModelUnavailable>((resume) => {
+    if (state.closing) return resume(Exit.fail(unavailable(state, "the model pool is closing")))
+    if (state.broken !== undefined) return resume(Exit.fail(unavailable(state, state.broken)))
+    const killsRuns = state.transport.isolation === "process"
+    const timeoutMs = killsRuns && runOptions?.timeout !== undefined ? Duration.toMillis(runOptions.timeout) : Infinity
+    const deadlineAtMs = Number.isFinite(timeoutMs) ? state.nowMs() + timeoutMs : undefined
+    const job: Job = {
+      requestId,
+      message,
+      transfer,
+      resume,
+      deadlineAtMs,
+      killAtMs: deadlineAtMs === undefined ? undefined : deadlineAtMs + state.killGraceMs,
+      state: "new",
+      cancelled: false,
+      sent: undefined
+    }
+    enqueue(state, job)
+    return Effect.sync(() => cancel(state, job))
+  })
+
+/** The wire form of `inputs`: copied, or the pool's own exact-size buffers moved (with `transfer`, threads only). */
+const wireInputs = (state: State, inputs: Tensor.TensorMap, transfer: boolean) => {
+  const wire: Record<string, Tensor.Tensor> = {}
+  const moving = transfer && state.transport.isolation === "thread" ? new Set<ArrayBuffer>() : undefined
+  for (const name in inputs) {
+    const t = inputs[name]!
+    const data = t.data
+    if (moving !== undefined && ArrayBuffer.isView(data) && data.buffer instanceof ArrayBuffer && data.byteOffset === 0 && data.byteLength === data.buffer.byteLength) {
+      moving.add(data.buffer)
+      wire[name] = t
+      continue
+    }
+    // copied on the way: exact-size first; a SharedArrayBuffer would be shared (thread) or refused (process)
+    wire[name] = {
+      dtype: t.dtype,
+      dims: t.dims,
+      data: ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer ? (data as unknown as { slice: () => Tensor.TensorData }).slice() : Tensor.compact(data)
+    }
+  }
+  return { wire, transfer: moving === undefined || moving.size === 0 ? undefined : [...moving] }
+}
+
+const api = (state: State): InstancePool => {
+  const { options, transport } = state
+  const first = state.first!
+  return {
+    modelId: options.modelId,
+    version: options.version,
+    isolation: transport.isolation,
+    depth: state.depth,
+    metadata: { name: options.modelId, version: options.version, inputs: first.inputs, outputs: first.outputs },
+    deviceUsed: first.deviceUsed,
+    fallbacks: first.fallbacks,
+    run: (inputs, requestId, runOptions) => {
+      const { transfer, wire } = wireInputs(state, inputs, runOptions?.transfer === true)
+      return submit(state, requestId, (id) => ({ _tag: "run", id, inputs: wire }), runOptions, transfer)
+    },
+    unavailableReason: () => (state.closing ? "the model pool is closing" : state.broken),
+    stats: () => {
+      let busy = 0
+      for (const slot of state.live) if (slot.jobs.length > 0) busy++
+      return { instances: options.instances, live: state.live.size, idle: state.live.size - busy, busy, queued: state.queued, starting: state.all.size - state.live.size }
+    },
+    pids: () => [...state.all].flatMap((slot) => (slot.instance.pid === undefined ? [] : [slot.instance.pid])),
+    close: close(state).pipe(Effect.withSpan(`${transport.spanPrefix}.close`, { attributes: { model: options.modelId, version: options.version } }))
+  }
+}
+
+/**
+ * Starts the instances and waits until every one has loaded. Uninterruptible: the returned
+ * pool owns threads or processes, so the caller must `close` it (or use `make`, which does).
+ * Fails with LoadFailed when an instance cannot load; the others are closed first.
+ */
+export const start = (options: Options, transport: Transport): Effect.Effect<InstancePool, LoadFailed> =>
+  Effect.gen(function*() {
+    const clock = yield* Clock.Clock
+    const context = yield* Effect.context<never>()
+    const isProcess = transport.isolation === "process"
+    const state: State = {
+      options,
+      transport,
+      config: {
+        modelId: options.modelId,
+        version: options.version,
+        modelPath: options.path,
+        executionProviders: options.executionProviders,
+        intraOpNumThreads: options.intraOpNumThreads,
+        interOpNumThreads: options.interOpNumThreads,
+        isolation: transport.isolation
+      },
+      counters: options.counters,
+      depth: Math.max(1, options.depth ?? (isProcess ? 1 : 2)),
+      killGraceMs: Duration.toMillis(options.killGrace ?? Duration.seconds(1)),
+      nowMs: () => Number(clock.monotonicTimeNanosUnsafe()) / 1e6,
+      runFork: Effect.runForkWith(context),
+      all: new Set(),
+      live: new Set(),
+      waiting: [],
+      head: 0,
+      queued: 0,
+      nextId: 0,
+      closing: false,
+      closed: undefined,
+      broken: undefined,
+      respawns: new Set(),
+      pendingRespawns: 0,
+      first: undefined
+    }
+    yield* Effect.mapError(startAll(state), (reason) => new LoadFailed({ modelId: options.modelId, version: options.version, reason }))
+    return api(state)
+  }).pipe(
+    Effect.uninterruptible,
+    Effect.withSpan(`${transport.spanPrefix}.start`, { attributes: { model: options.modelId, version: options.version, instances: options.instances } })
+  )
+
+/** `start` with `close` as the finalizer of the current scope. */
+export const make = (options: Options, transport: Transport): Effect.Effect<InstancePool, LoadFailed, Scope.Scope> =>
+  Effect.acquireRelease(start(options, transport), (pool) => pool.close)

@@ -1,0 +1,45 @@
+/**
+ * The `SessionEndpoint.Port` of a child process: its IPC channel (`serialization: "advanced"`).
+ *
+ * - The process exits when the channel closes: after `end` once every posted message is out,
+ *   or when the parent goes away (the channel's other end closes), so an instance never
+ *   outlives its host by more than the run in hand.
+ * - An uncaught exception is reported as `fatal` and the process exits with code 1.
+ *
+ * @module ProcessPort
+ */
+import type * as Protocol from "./Protocol.ts"
+import type * as SessionEndpoint from "./SessionEndpoint.ts"
+
+/** Sets up the process's exit handlers and returns its port. Call once, in a forked child. */
+export const make = (): SessionEndpoint.Port => {
+  const send = process.send?.bind(process)
+  if (send === undefined) throw new Error("a session process must run as a child process with an IPC channel")
+  let pending = 0
+  let ending = false
+  const disconnect = () => {
+    if (process.connected) process.disconnect()
+  }
+  const post = (message: Protocol.FromWorker, after?: () => void) => {
+    pending++
+    send(message, undefined, {}, () => {
+      pending--
+      after?.()
+      if (ending && pending === 0) disconnect()
+    })
+  }
+  // The parent closed the channel (or died): nothing is left to serve.
+  process.on("disconnect", () => process.exit(0))
+  process.on("uncaughtException", (e) => {
+    post({ _tag: "fatal", error: e instanceof Error ? `${e.name}: ${e.message}` : String(e) }, () => process.exit(1))
+    setTimeout(() => process.exit(1), 1_000).unref() // the parent may not be reading
+  })
+  return {
+    post: (message) => post(message),
+    end: () => {
+      ending = true
+      if (pending === 0) disconnect()
+    },
+    listen: (f) => process.on("message", f as (message: unknown) => void)
+  }
+}

@@ -1,0 +1,289 @@
+/**
+ * InstancePool over a fake Transport under TestClock: every path of the mechanism (spawn, pick,
+ * pipeline, cancel, crash and replace, backoff, deadline kill, close) without a model, a thread
+ * or a process. The real transports are exercised by OnnxModelPool*.test.ts and ProcessHost.test.ts.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Fiber } from "effect"
+import { TestClock } from "effect/testing"
+import type * as InferenceError from "../../src/InferenceError.ts"
+import * as InstancePool from "../../src/onnx/InstancePool.ts"
+import type * as Protocol from "../../src/onnx/Protocol.ts"
+import * as Tensor from "../../src/Tensor.ts"
+
+/** One fake instance: records what it was sent; the test says when it loads, replies, dies. */
+class FakeInstance {
+  readonly sent: Array<Protocol.ToWorker> = []
+  killed = false
+  exited = false
+  readonly events: InstancePool.InstanceEvents
+  constructor(events: InstanceEvents) {
+    this.events = events
+  }
+  ready(): void {
+    this.events.message({
+      _tag: "ready",
+      deviceUsed: "cpu",
+      fallbacks: [],
+      inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }],
+      outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }],
+      loadMs: 1
+    })
+  }
+  /** Ids of the runs sent to it, in order. */
+  runs(): Array<number> {
+    return this.sent.flatMap((m) => (m._tag === "run" ? [m.id] : []))
+  }
+  reply(id: number, value = 1): void {
+    this.events.message({ _tag: "done", id, outputs: { y: Tensor.float32(new Float32Array([value]), [1, 1]) }, deviceUsed: "cpu", runMs: 1 })
+  }
+  die(how = "exit code 3"): void {
+    if (this.exited) return
+    this.exited = true
+    this.events.exit(how)
+  }
+}
+
+type InstanceEvents = InstancePool.InstanceEvents
+
+const fakeTransport = (isolation: InstancePool.Isolation = "thread") => {
+  const instances: Array<FakeInstance> = []
+  /** What the next spawned instances do on their own (else the test drives them). */
+  const auto = { ready: false, failLoad: false }
+  const transport: InstancePool.Transport = {
+    isolation,
+    noun: "fake",
+    spanPrefix: "Fake",
+    spawn: (_config, events) => {
+      const instance = new FakeInstance(events)
+      instances.push(instance)
+      // events are asynchronous in real transports
+      if (auto.failLoad) queueMicrotask(() => instance.die("exit code 1"))
+      else if (auto.ready) queueMicrotask(() => instance.ready())
+      return {
+        send: (message) => {
+          if (instance.exited) throw new Error("channel closed")
+          instance.sent.push(message)
+          if (message._tag === "close") queueMicrotask(() => {
+            events.message({ _tag: "closed" })
+            instance.die("exit code 0")
+          })
+        },
+        kill: () => {
+          instance.killed = true
+          queueMicrotask(() => instance.die("signal SIGKILL"))
+        },
+        pid: isolation === "process" ? 1000 + instances.length : undefined
+      }
+    }
+  }
+  return { instances, transport, auto }
+}
+
+const options = (overrides: Partial<InstancePool.Options> = {}): InstancePool.Options => ({
+  modelId: "m",
+  version: "1",
+  path: "/nowhere/model.onnx",
+  instances: 2,
+  executionProviders: ["cpu"],
+  intraOpNumThreads: 1,
+  interOpNumThreads: 1,
+  closeTimeout: Duration.seconds(5),
+  counters: InstancePool.makeCounters(),
+  respawnAttempts: 3,
+  ...overrides
+})
+
+const x = { x: Tensor.float32(new Float32Array([1]), [1, 1]) }
+
+/** Lets forked fibers and microtasks run. */
+const settle = Effect.gen(function*() {
+  for (let i = 0; i < 5; i++) {
+    yield* Effect.promise(() => new Promise<void>((r) => setImmediate(r)))
+    yield* Effect.yieldNow
+  }
+})
+
+/** A started pool over a fake transport whose initial instances loaded. */
+const started = (overrides: Partial<InstancePool.Options> = {}, isolation: InstancePool.Isolation = "thread") =>
+  Effect.gen(function*() {
+    const fake = fakeTransport(isolation)
+    const fiber = yield* Effect.forkChild(InstancePool.start(options(overrides), fake.transport), { startImmediately: true })
+    yield* settle
+    for (const instance of fake.instances) instance.ready()
+    const pool = yield* Fiber.join(fiber)
+    return { pool, ...fake }
+  })
+
+const reasonOf = (exit: Exit.Exit<unknown, InferenceError.RunFailed | InferenceError.ModelUnavailable>) =>
+  Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail")?.error : undefined
+
+describe("InstancePool", () => {
+  it.effect("starts every instance and reads the metadata from the first that loaded", () =>
+    Effect.gen(function*() {
+      const { instances, pool } = yield* started()
+      assert.strictEqual(instances.length, 2)
+      assert.deepStrictEqual(pool.metadata.inputs, [{ name: "x", dtype: "float32", dims: [-1, 1] }])
+      assert.deepStrictEqual(pool.stats(), { instances: 2, live: 2, idle: 2, busy: 0, queued: 0, starting: 0 })
+      assert.strictEqual(pool.depth, 2, "threads take a job ahead by default")
+    }))
+
+  it.effect("fails with LoadFailed when an instance cannot load, and closes the others", () =>
+    Effect.gen(function*() {
+      const fake = fakeTransport()
+      const fiber = yield* Effect.forkChild(InstancePool.start(options(), fake.transport), { startImmediately: true })
+      yield* settle
+      fake.instances[0]!.ready()
+      fake.instances[1]!.events.message({ _tag: "loadFailed", error: "corrupt model" })
+      fake.instances[1]!.die("exit code 0")
+      yield* settle
+      const exit = yield* Fiber.await(fiber)
+      assert.isTrue(Exit.isFailure(exit))
+      assert.include(String(exit), "corrupt model")
+      assert.isTrue(fake.instances[0]!.sent.some((m) => m._tag === "close"), "the loaded one was asked to close")
+    }))
+
+  it.effect("gives a job to an idle instance first, then one ahead to each, then queues in FIFO order", () =>
+    Effect.gen(function*() {
+      const { instances: [a, b], pool } = yield* started()
+      const fibers = []
+      for (let i = 0; i < 5; i++) fibers.push(yield* Effect.forkChild(pool.run(x, `r${i}`), { startImmediately: true }))
+      assert.deepStrictEqual([a!.runs().length, b!.runs().length], [2, 2])
+      assert.deepStrictEqual(pool.stats(), { instances: 2, live: 2, idle: 0, busy: 2, queued: 1, starting: 0 })
+      // a's first reply frees room on a: the queued job goes there
+      a!.reply(a!.runs()[0]!, 7)
+      assert.strictEqual(a!.runs().length, 3)
+      const first = yield* Fiber.join(fibers[0]!)
+      assert.deepStrictEqual(Array.from(first.outputs["y"]!.data as Float32Array), [7])
+    }))
+
+  it.effect("an interrupted job: queued, it is never sent; sent ahead, the instance is told to skip it", () =>
+    Effect.gen(function*() {
+      const { instances: [a], pool } = yield* started({ instances: 1 })
+      const running = yield* Effect.forkChild(pool.run(x, "running"), { startImmediately: true })
+      const ahead = yield* Effect.forkChild(pool.run(x, "ahead"), { startImmediately: true })
+      const queued = yield* Effect.forkChild(pool.run(x, "queued"), { startImmediately: true })
+      assert.strictEqual(pool.stats().queued, 1)
+      yield* Fiber.interrupt(queued)
+      assert.strictEqual(pool.stats().queued, 0)
+      yield* Fiber.interrupt(ahead)
+      const [runId, aheadId] = a!.runs()
+      assert.deepStrictEqual(a!.sent.filter((m) => m._tag === "cancel"), [{ _tag: "cancel", id: aheadId! }])
+      a!.reply(runId!)
+      a!.events.message({ _tag: "failed", id: aheadId!, error: "cancelled before it ran" })
+      yield* Fiber.join(running)
+      assert.strictEqual(a!.runs().length, 2, "the queued job was never sent")
+      assert.strictEqual(pool.stats().busy, 0)
+    }))
+
+  it.effect("a crash fails only the running job; the job sent ahead runs elsewhere; the instance is replaced", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const { auto, instances, pool } = yield* started({ instances: 1, counters })
+      auto.ready = true
+      const running = yield* Effect.forkChild(Effect.exit(pool.run(x, "running")), { startImmediately: true })
+      const ahead = yield* Effect.forkChild(pool.run(x, "ahead"), { startImmediately: true })
+      instances[0]!.die("exit code 3")
+      const exit = yield* Fiber.join(running)
+      assert.include(reasonOf(exit)?.message ?? "", "died (exit code 3)")
+      yield* settle
+      assert.strictEqual(instances.length, 2, "a replacement was started")
+      assert.strictEqual(counters.crashes, 1)
+      assert.strictEqual(counters.respawns, 1)
+      const replacement = instances[1]!
+      assert.strictEqual(replacement.runs().length, 1, "the job sent ahead went to the replacement")
+      replacement.reply(replacement.runs()[0]!, 5)
+      assert.deepStrictEqual(Array.from((yield* Fiber.join(ahead)).outputs["y"]!.data as Float32Array), [5])
+    }))
+
+  it.effect("replacements back off exponentially; once they are spent the pool is unavailable and waiting jobs fail", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const { auto, instances, pool } = yield* started({ instances: 1, counters, respawnAttempts: 3, respawnDelay: Duration.millis(100) })
+      auto.failLoad = true
+      const running = yield* Effect.forkChild(Effect.exit(pool.run(x, "running")), { startImmediately: true })
+      const ahead = yield* Effect.forkChild(Effect.exit(pool.run(x, "ahead")), { startImmediately: true })
+      const waiting = yield* Effect.forkChild(Effect.exit(pool.run(x, "waiting")), { startImmediately: true })
+      instances[0]!.die()
+      yield* settle
+      assert.strictEqual(instances.length, 2, "the first attempt is immediate")
+      yield* TestClock.adjust("99 millis")
+      yield* settle
+      assert.strictEqual(instances.length, 2)
+      yield* TestClock.adjust("1 millis")
+      yield* settle
+      assert.strictEqual(instances.length, 3, "the second after 100 ms")
+      yield* TestClock.adjust("200 millis")
+      yield* settle
+      assert.strictEqual(instances.length, 4, "the third after 200 more")
+      assert.strictEqual(counters.respawnFailures, 1)
+      assert.include(pool.unavailableReason() ?? "", "every instance was lost")
+      assert.strictEqual(reasonOf(yield* Fiber.join(running))?._tag, "RunFailed")
+      assert.strictEqual(reasonOf(yield* Fiber.join(ahead))?._tag, "ModelUnavailable")
+      assert.strictEqual(reasonOf(yield* Fiber.join(waiting))?._tag, "ModelUnavailable")
+      assert.strictEqual(reasonOf(yield* Effect.exit(pool.run(x, "later")))?._tag, "ModelUnavailable")
+    }))
+
+  it.effect("process isolation: a run still going killGrace past its deadline is killed, failed and replaced", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const { auto, instances, pool } = yield* started({ instances: 1, counters, killGrace: Duration.millis(100) }, "process")
+      assert.strictEqual(pool.depth, 1, "a process takes no job ahead")
+      auto.ready = true
+      const runaway = yield* Effect.forkChild(Effect.exit(pool.run(x, "runaway", { timeout: Duration.millis(50) })), { startImmediately: true })
+      yield* TestClock.adjust("149 millis")
+      yield* settle
+      assert.isFalse(instances[0]!.killed)
+      yield* TestClock.adjust("1 millis")
+      yield* settle
+      assert.isTrue(instances[0]!.killed)
+      assert.include(reasonOf(yield* Fiber.join(runaway))?.message ?? "", "killed after exceeding its deadline by 100 ms")
+      assert.strictEqual(counters.deadlineKills, 1)
+      assert.strictEqual(counters.crashes, 0, "a deadline kill is not a crash")
+      assert.strictEqual(instances.length, 2, "replaced")
+    }))
+
+  it.effect("a job whose deadline passed while it waited is failed unsent", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const { instances: [a], pool } = yield* started({ instances: 1, counters }, "process")
+      const first = yield* Effect.forkChild(pool.run(x, "first"), { startImmediately: true })
+      const late = yield* Effect.forkChild(Effect.exit(pool.run(x, "late", { timeout: Duration.millis(10) })), { startImmediately: true })
+      yield* TestClock.adjust("20 millis")
+      a!.reply(a!.runs()[0]!)
+      yield* Fiber.join(first)
+      assert.include(reasonOf(yield* Fiber.join(late))?.message ?? "", "not run: its deadline passed")
+      assert.strictEqual(counters.expiredUnsent, 1)
+      assert.strictEqual(a!.runs().length, 1)
+    }))
+
+  it.effect("close fails what waits, lets what was sent finish, and kills an instance that outlives closeTimeout", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const { instances: [a, b], pool } = yield* started({ instances: 2, counters, closeTimeout: Duration.seconds(1) })
+      const onA = yield* Effect.forkChild(pool.run(x, "on-a"), { startImmediately: true })
+      const onB = yield* Effect.forkChild(Effect.exit(pool.run(x, "on-b")), { startImmediately: true })
+      const aheadA = yield* Effect.forkChild(pool.run(x, "ahead-a"), { startImmediately: true })
+      yield* Effect.forkChild(pool.run(x, "ahead-b"), { startImmediately: true })
+      const waiting = yield* Effect.forkChild(Effect.exit(pool.run(x, "waiting")), { startImmediately: true })
+      const closing = yield* Effect.forkChild(pool.close, { startImmediately: true })
+      assert.include(reasonOf(yield* Fiber.join(waiting))?.message ?? "", "closing")
+      // a finishes both of its jobs, then is asked to close and exits
+      a!.reply(a!.runs()[0]!)
+      a!.reply(a!.runs()[1]!)
+      yield* Fiber.join(onA)
+      yield* Fiber.join(aheadA)
+      yield* settle
+      assert.isTrue(a!.exited)
+      // b never answers: killed after the close timeout
+      assert.isFalse(b!.killed)
+      yield* TestClock.adjust("1 second")
+      yield* settle
+      assert.isTrue(b!.killed)
+      yield* Fiber.join(closing)
+      assert.strictEqual(counters.forcedTerminations, 1)
+      assert.strictEqual(counters.workersExited, counters.workersSpawned)
+      assert.strictEqual(reasonOf(yield* Fiber.join(onB))?._tag, "RunFailed", "b's job died with it")
+      assert.strictEqual(reasonOf(yield* Effect.exit(pool.run(x, "after")))?._tag, "ModelUnavailable")
+    }))
+})
