@@ -143,7 +143,8 @@ const timer = (state: State) =>
 const dispatch = (state: State, batch: Scheduler.Batch<Caller>, now: number): void => {
   const modelId = batch.members[0]!.value.request.modelId
   for (const m of batch.members) state.telemetry.recordQueueWait(modelId, m.priority, now - m.admittedAtMs)
-  const fiber = state.runFork(runMembers(state, batch, batch.members).pipe(
+  const work = batch.grouped && batch.members.length > 1 ? runGroup(state, batch) : runMembers(state, batch, batch.members)
+  const fiber = state.runFork(work.pipe(
     Effect.onInterrupt(() => Effect.sync(() => {
       for (const m of batch.members) answer(state, m, shuttingDown)
     }))
@@ -184,6 +185,34 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       }
       deliver(state, members, batching, exit)
       return Effect.void
+    })
+  })
+
+/** A group: each member its own native run, sent to the pool in one job; each answered with its own outcome. */
+const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const members = batch.members.filter((m) => m.stage === "running")
+    if (members.length === 0) return Effect.void
+    const { request } = members[0]!.value
+    const startedMs = state.nowMs()
+    let lastDeadlineMs = 0
+    for (const m of members) lastDeadlineMs = Math.max(lastDeadlineMs, m.deadlineAtMs)
+    const runOptions = { requestId: request.requestId, version: request.modelVersion, timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)) }
+    return Effect.map(Effect.exit(state.pool.runGroup!(request.modelId, members.map((m) => m.value.request.inputs), runOptions)), (exit) => {
+      if (Exit.isFailure(exit)) {
+        for (const m of members) answer(state, m, Exit.failCause(exit.cause))
+        return
+      }
+      const outcomes = exit.value
+      for (let i = 0; i < members.length; i++) {
+        const m = members[i]!
+        const outcome = outcomes[i]
+        const { modelId, requestId } = m.value.request
+        state.telemetry.recordRun(modelId, outcome !== undefined && Exit.isSuccess(outcome) ? (outcome.value as { runMs?: number }).runMs ?? 0 : 0, 1)
+        if (outcome === undefined) answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: "the pool answered fewer runs than it was sent" })))
+        else if (Exit.isSuccess(outcome)) answer(state, m, Exit.succeed({ outputs: outcome.value.outputs, deviceUsed: outcome.value.deviceUsed }))
+        else answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: outcome.cause.reasons[0]?._tag === "Fail" ? outcome.cause.reasons[0].error.detail : "run failed" })))
+      }
     })
   })
 

@@ -121,6 +121,9 @@ interface State {
   draining: boolean
 }
 
+/** The most requests of a model that does not batch sent to an instance in one job (each still its own run). */
+const maxGroup = 32
+
 const specOf = (state: State, metadata: ModelMetadata.ModelMetadata): Scheduler.ModelSpec => {
   let spec = state.specs.get(metadata)
   if (spec === undefined) {
@@ -128,7 +131,8 @@ const specOf = (state: State, metadata: ModelMetadata.ModelMetadata): Scheduler.
       key: `${metadata.name}@${metadata.version}`,
       instances: metadata.concurrency ?? Infinity,
       depth: metadata.pipelineDepth ?? 1,
-      batching: metadata.batching ?? BatchPolicy.disabled
+      batching: metadata.batching ?? BatchPolicy.disabled,
+      maxGroup: state.pool.runGroup === undefined || metadata.batching?.enabled === true ? 1 : maxGroup
     }
     state.specs.set(metadata, spec)
   }

@@ -5,7 +5,7 @@
  *
  * @module ModelPool
  */
-import { Context, type Duration, type Effect } from "effect"
+import { Context, type Duration, type Effect, type Exit } from "effect"
 import type * as InferenceError from "./InferenceError.ts"
 import type * as ModelMetadata from "./ModelMetadata.ts"
 import type * as Tensor from "./Tensor.ts"
@@ -72,6 +72,17 @@ export interface Service {
     inputs: Tensor.TensorMap,
     options: RunOptions
   ) => Effect.Effect<RunOutput, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
+  /**
+   * Optional: runs each of `inputs` as its own native run, one after another on one instance,
+   * and answers them together: the hop to the instance is paid once for the group. Each element
+   * of the result is that run's outcome; the Effect fails (RunFailed) only when the whole job
+   * does (the instance died). The engine uses it for models that do not batch.
+   */
+  readonly runGroup?: (
+    modelId: string,
+    inputs: ReadonlyArray<Tensor.TensorMap>,
+    options: RunOptions
+  ) => Effect.Effect<ReadonlyArray<Exit.Exit<RunOutput, InferenceError.RunFailed>>, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
   /** Every model in the repository with its state. */
   readonly models: Effect.Effect<ReadonlyArray<ModelStatus>>
 }

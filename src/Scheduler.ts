@@ -38,6 +38,12 @@ export interface ModelSpec {
   /** Jobs one instance may be handed at once (1: no pipelining). */
   readonly depth: number
   readonly batching: BatchPolicy.BatchingConfig
+  /**
+   * For a model that does not batch: the most requests one job may carry as separate runs
+   * (the pool runs them one after another and answers them together), so the hop to the
+   * instance is paid once per group, not per request. 1: every request is its own job.
+   */
+  readonly maxGroup: number
 }
 
 /** A model's scheduling state. */
@@ -75,9 +81,16 @@ export interface Request<A> {
   batch: Batch<A> | undefined
 }
 
+/**
+ * What one dispatch carries: a batch (members of one key, joined into one native run), a group
+ * (members of a model that does not batch, each its own native run, sent in one job), or one
+ * request alone.
+ */
 export interface Batch<A> {
   readonly model: Model
   readonly key: string | undefined
+  /** Members run separately (a group), not joined. */
+  readonly grouped: boolean
   readonly members: Array<Request<A>>
   rows: number
   /** The highest priority among the members (see `BatchPolicy.mayJoin`). */
@@ -384,8 +397,13 @@ export class Scheduler<A> {
     const model = first.model
     const freeSlots = this.#freeSlots(model)
     this.#takeSlot(model)
-    const batch: Batch<A> = { model, key: first.batchKey, members: [], rows: 0, highest: first.priority, stage: "forming", startedAtMs: nowMs }
+    const grouped = first.batchKey === undefined && model.spec.maxGroup > 1
+    const batch: Batch<A> = { model, key: first.batchKey, grouped, members: [], rows: 0, highest: first.priority, stage: "forming", startedAtMs: nowMs }
     this.#join(batch, first)
+    if (grouped) {
+      this.#gatherGroup(batch, batchCap(model.spec.maxGroup, model.queuedRows + first.rows, freeSlots))
+      return this.#launch(batch, nowMs)
+    }
     if (first.batchKey === undefined) return this.#launch(batch, nowMs)
     const cap = batchCap(model.spec.batching.maxBatchSize, model.queuedRows + first.rows, freeSlots)
     this.#gather(batch, cap)
@@ -404,6 +422,22 @@ export class Scheduler<A> {
       return true
     }, Infinity)
     batch.rows -= joined.reduce((n, r) => n + r.rows, 0)
+    for (const r of joined) {
+      r.entry = undefined
+      r.model.queuedRows -= r.rows
+      this.#join(batch, r)
+    }
+  }
+
+  /** Takes queued requests of the batch's model (that do not batch) into the group, highest priority first, up to `cap`. */
+  #gatherGroup(batch: Batch<A>, cap: number): void {
+    if (batch.members.length >= cap) return
+    let count = batch.members.length
+    const joined = this.queue.takeWhere((r) => {
+      if (count >= cap || r.model !== batch.model || r.batchKey !== undefined || !BatchPolicy.mayJoin(batch.highest, r.priority)) return false
+      count++
+      return true
+    }, Infinity)
     for (const r of joined) {
       r.entry = undefined
       r.model.queuedRows -= r.rows

@@ -13,6 +13,7 @@ const spec = (key: string, overrides: Partial<Scheduler.ModelSpec> = {}): Schedu
   instances: 1,
   depth: 1,
   batching: BatchPolicy.disabled,
+  maxGroup: 1,
   ...overrides
 })
 

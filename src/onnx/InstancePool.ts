@@ -165,6 +165,15 @@ export interface InstancePool {
   readonly deviceUsed: string
   /** Requested providers that could not load before `deviceUsed` did. */
   readonly fallbacks: ReadonlyArray<Protocol.Fallback>
+  /**
+   * Runs each of `inputs` as its own native run, one after another on one instance, in one job
+   * (see `ModelPool.runGroup`): each element of the result is that run's outcome.
+   */
+  readonly runGroup: (
+    inputs: ReadonlyArray<Tensor.TensorMap>,
+    requestId: string,
+    options?: RunOptions
+  ) => Effect.Effect<ReadonlyArray<Exit.Exit<RunResult, InferenceError.RunFailed>>, InferenceError.RunFailed | InferenceError.ModelUnavailable>
   /** Runs `inputs` on an instance with room (FIFO wait). See the module doc for interruption and deadlines. */
   readonly run: (
     inputs: Tensor.TensorMap,
@@ -228,14 +237,17 @@ export const errorText = (e: unknown): string => (e instanceof Error ? `${e.name
 // State
 // ---------------------------------------------------------------------------
 
-type Outcome = Exit.Exit<RunResult, InferenceError.RunFailed | InferenceError.ModelUnavailable>
+type Outcome = Exit.Exit<unknown, InferenceError.RunFailed | InferenceError.ModelUnavailable>
 type Ready = Extract<Protocol.FromWorker, { readonly _tag: "ready" }>
+type Reply = Extract<Protocol.FromWorker, { readonly _tag: "done" | "failed" | "doneGroup" }>
 
 interface Job {
   readonly requestId: string
   readonly message: (id: number) => Protocol.ToWorker
   readonly transfer: ReadonlyArray<ArrayBuffer> | undefined
   readonly resume: (outcome: Outcome) => void
+  /** Its outcome from the instance's reply. */
+  readonly decode: (reply: Reply) => Outcome
   /** Clock deadlines; undefined without a timeout or on threads. */
   readonly deadlineAtMs: number | undefined
   readonly killAtMs: number | undefined
@@ -456,7 +468,7 @@ const checkBroken = (state: State, reason: string): void => {
   failWaiting(state, state.broken)
 }
 
-const onReply = (state: State, slot: Slot, message: Extract<Protocol.FromWorker, { readonly _tag: "done" | "failed" }>): void => {
+const onReply = (state: State, slot: Slot, message: Reply): void => {
   const current = slot.jobs[0]
   if (current === undefined || current.id !== message.id || slot.killedFor !== undefined) return
   disarm(slot)
@@ -470,9 +482,7 @@ const onReply = (state: State, slot: Slot, message: Extract<Protocol.FromWorker,
     state.counters.lateRepliesDropped++
     return
   }
-  job.resume(message._tag === "done"
-    ? Exit.succeed({ outputs: message.outputs, deviceUsed: message.deviceUsed, runMs: message.runMs })
-    : Exit.fail(runFailed(state, job, message.error)))
+  job.resume(message._tag === "failed" ? Exit.fail(runFailed(state, job, message.error)) : job.decode(message))
 }
 
 /** The instance ended after it had loaded: its running job fails, jobs sent ahead go back to the line, and it is replaced. */
@@ -519,6 +529,7 @@ const spawn = (state: State): Effect.Effect<{ readonly slot: Slot; readonly read
             return
           case "done":
           case "failed":
+          case "doneGroup":
             return onReply(state, slot, message)
           case "closed":
             slot.sessionReleased = true
@@ -651,8 +662,15 @@ const startAll = (state: State): Effect.Effect<void, string> =>
     }
   })
 
-const submit = (state: State, requestId: string, message: (id: number) => Protocol.ToWorker, runOptions: RunOptions | undefined, transfer?: ReadonlyArray<ArrayBuffer>) =>
-  Effect.callback<RunResult, InferenceError.RunFailed | InferenceError.ModelUnavailable>((resume) => {
+const submit = <A>(
+  state: State,
+  requestId: string,
+  message: (id: number) => Protocol.ToWorker,
+  decode: (reply: Reply) => Exit.Exit<A, InferenceError.RunFailed>,
+  runOptions: RunOptions | undefined,
+  transfer?: ReadonlyArray<ArrayBuffer>
+) =>
+  Effect.callback<A, InferenceError.RunFailed | InferenceError.ModelUnavailable>((resume) => {
     if (state.closing) return resume(Exit.fail(unavailable(state, "the model pool is closing")))
     if (state.broken !== undefined) return resume(Exit.fail(unavailable(state, state.broken)))
     const killsRuns = state.transport.isolation === "process"
@@ -662,7 +680,8 @@ const submit = (state: State, requestId: string, message: (id: number) => Protoc
       requestId,
       message,
       transfer,
-      resume,
+      resume: resume as (outcome: Outcome) => void,
+      decode,
       deadlineAtMs,
       killAtMs: deadlineAtMs === undefined ? undefined : deadlineAtMs + state.killGraceMs,
       state: "new",
@@ -695,6 +714,20 @@ const wireInputs = (state: State, inputs: Tensor.TensorMap, transfer: boolean) =
   return { wire, transfer: moving === undefined || moving.size === 0 ? undefined : [...moving] }
 }
 
+const decodeRun = (reply: Reply): Exit.Exit<RunResult, never> => {
+  const done = reply as Extract<Reply, { readonly _tag: "done" }>
+  return Exit.succeed({ outputs: done.outputs, deviceUsed: done.deviceUsed, runMs: done.runMs })
+}
+
+const decodeGroup = (state: State, requestId: string, reply: Reply): Exit.Exit<ReadonlyArray<Exit.Exit<RunResult, InferenceError.RunFailed>>, never> => {
+  const group = reply as Extract<Reply, { readonly _tag: "doneGroup" }>
+  return Exit.succeed(group.results.map((r) =>
+    r._tag === "done"
+      ? Exit.succeed({ outputs: r.outputs, deviceUsed: group.deviceUsed, runMs: r.runMs })
+      : Exit.fail(new InferenceError.RunFailed({ modelId: state.options.modelId, requestId, detail: r.error }))
+  ))
+}
+
 const api = (state: State): InstancePool => {
   const { options, transport } = state
   const first = state.first!
@@ -708,7 +741,11 @@ const api = (state: State): InstancePool => {
     fallbacks: first.fallbacks,
     run: (inputs, requestId, runOptions) => {
       const { transfer, wire } = wireInputs(state, inputs, runOptions?.transfer === true)
-      return submit(state, requestId, (id) => ({ _tag: "run", id, inputs: wire }), runOptions, transfer)
+      return submit(state, requestId, (id) => ({ _tag: "run", id, inputs: wire }), decodeRun, runOptions, transfer)
+    },
+    runGroup: (inputs, requestId, runOptions) => {
+      const wires = inputs.map((i) => wireInputs(state, i, false).wire)
+      return submit(state, requestId, (id) => ({ _tag: "runGroup", id, inputs: wires }), (reply) => decodeGroup(state, requestId, reply), runOptions)
     },
     unavailableReason: () => (state.closing ? "the model pool is closing" : state.broken),
     stats: () => {

@@ -245,6 +245,8 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       },
       run: (modelId: string, inputs: Tensor.TensorMap, runOptions) =>
         withHost(modelId, runOptions.version, (model) => model.host.run(inputs, runOptions.requestId, runOptions)),
+      runGroup: (modelId, inputs, runOptions) =>
+        withHost(modelId, runOptions.version, (model) => model.host.runGroup(inputs, runOptions.requestId, runOptions)),
       models: Effect.map(info, (all) =>
         all.map((m): ModelStatus => (m.reason === undefined
           ? { name: m.name, version: m.version, state: m.state }

@@ -39,6 +39,8 @@ export interface WorkerConfig {
 
 export type ToWorker =
   | { readonly _tag: "run"; readonly id: number; readonly inputs: Tensor.TensorMap }
+  /** Several runs, each on its own, answered together by one `doneGroup`. */
+  | { readonly _tag: "runGroup"; readonly id: number; readonly inputs: ReadonlyArray<Tensor.TensorMap> }
   /** The caller of job `id` left: if it has not started, it is answered `failed` without running. */
   | { readonly _tag: "cancel"; readonly id: number }
   | { readonly _tag: "close" }
@@ -64,6 +66,16 @@ export type FromWorker =
   | { readonly _tag: "loadFailed"; readonly error: string }
   | { readonly _tag: "done"; readonly id: number; readonly outputs: Tensor.TensorMap; readonly deviceUsed: string; readonly runMs: number }
   | { readonly _tag: "failed"; readonly id: number; readonly error: string }
+  /** The outcome of each run of a `runGroup`, in order. */
+  | {
+    readonly _tag: "doneGroup"
+    readonly id: number
+    readonly deviceUsed: string
+    readonly results: ReadonlyArray<
+      | { readonly _tag: "done"; readonly outputs: Tensor.TensorMap; readonly runMs: number }
+      | { readonly _tag: "failed"; readonly error: string }
+    >
+  }
   | { readonly _tag: "closed" }
   /** A child process's uncaught exception, sent just before it exits (processes only). */
   | { readonly _tag: "fatal"; readonly error: string }

@@ -167,6 +167,26 @@ const handle = async (
       }
       return
     }
+    case "runGroup": {
+      if (cancelled.delete(message.id)) {
+        port.post({ _tag: "failed", id: message.id, error: "cancelled before it ran" })
+        return
+      }
+      const results: Array<Extract<Protocol.FromWorker, { readonly _tag: "doneGroup" }>["results"][number]> = []
+      const transfer: Array<ArrayBuffer> = []
+      for (const inputs of message.inputs) {
+        const t0 = performance.now()
+        try {
+          const out = fromResults(await session.run(toFeeds(inputs)))
+          transfer.push(...out.transfer)
+          results.push({ _tag: "done", outputs: out.outputs, runMs: performance.now() - t0 })
+        } catch (e) {
+          results.push({ _tag: "failed", error: errorText(e) })
+        }
+      }
+      port.post({ _tag: "doneGroup", id: message.id, deviceUsed, results }, transfer)
+      return
+    }
     case "close":
       await session.release()
       port.post({ _tag: "closed" })
