@@ -15,6 +15,7 @@ import * as Fs from "node:fs"
 import * as Http from "node:http"
 import * as Path from "node:path"
 import * as ort from "onnxruntime-node"
+import * as Yaml from "yaml"
 import { closedLoop, mlpBody, type Outcome, request, root } from "../reliability/ServerProcess.ts"
 import { Checks, freePort, getText, requireTools, run, runOk, sleep, tally, waitFor200 } from "./Tools.ts"
 
@@ -86,6 +87,28 @@ const main = async () => {
   await session.release()
   const maxError = logits === undefined ? Infinity : Math.max(...expected.map((v, i) => Math.abs(v - (logits[i] ?? NaN))))
   checks.check("an inference through the port equals onnxruntime's on the host", answer.status === 200 && logits?.length === 10 && maxError < 1e-5, { status: answer.status, maxError })
+
+  log("the Deployment's settings: its environment, models on a read-only volume, read-only root, no capabilities")
+  const deployment = Yaml.parse(Fs.readFileSync(Path.join(root, "deploy/k8s/deployment.yaml"), "utf8"))
+  const k8s = deployment.spec.template.spec.containers[0]
+  const k8sPort = await freePort()
+  const k8sName = `${name}-k8s`
+  try {
+    await podman([
+      "run", "-d", "--name", k8sName, "-p", `127.0.0.1:${k8sPort}:${k8s.ports[0].containerPort}`,
+      "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+      "--user", `${deployment.spec.template.spec.securityContext.runAsUser}:${deployment.spec.template.spec.securityContext.runAsGroup}`,
+      "-v", `${Path.join(root, "models")}:${k8s.volumeMounts[0].mountPath}:ro`,
+      ...k8s.env.flatMap((e: { name: string; value: string }) => ["-e", `${e.name}=${e.value}`]),
+      image
+    ])
+    await waitFor200(k8sPort, k8s.readinessProbe.httpGet.path, 60_000)
+    const k8sAnswer = await request(k8sPort, "/v2/models/mlp/infer", body, new Http.Agent())
+    const k8sLogs = await podman(["logs", k8sName])
+    checks.check("with the Deployment's settings it serves the mounted repository", k8sAnswer.status === 200 && k8sLogs.includes(`(models: ${k8s.volumeMounts[0].mountPath})`), { status: k8sAnswer.status })
+  } finally {
+    await run("podman", ["--runtime", "runc", "rm", "-f", k8sName], { env, timeoutMs: 60_000 })
+  }
 
   const health = await run("podman", ["--runtime", "runc", "healthcheck", "run", name], { env, timeoutMs: 30_000 })
   checks.check("podman healthcheck run: healthy", health.code === 0, (health.stdout + health.stderr).trim().split("\n").pop())
