@@ -27,11 +27,11 @@ export interface CommandResult {
 /** Runs a command to completion (killed after `timeoutMs`); never rejects. */
 export const run = (command: string, args: ReadonlyArray<string>, options: { timeoutMs?: number; env?: Record<string, string>; input?: string } = {}): Promise<CommandResult> =>
   new Promise((resolve) => {
-    const child = spawn(command, args, { env: { ...process.env, ...options.env }, stdio: ["pipe", "pipe", "pipe"] })
+    const child = spawn(command, args, { env: { ...process.env, ...options.env }, stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"] })
     let stdout = ""
     let stderr = ""
-    child.stdout.on("data", (c: Buffer) => (stdout += c.toString("utf8")))
-    child.stderr.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
+    child.stdout!.on("data", (c: Buffer) => (stdout += c.toString("utf8")))
+    child.stderr!.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
     const timer = setTimeout(() => child.kill("SIGKILL"), options.timeoutMs ?? 120_000)
     child.on("error", (e) => {
       clearTimeout(timer)
@@ -41,7 +41,11 @@ export const run = (command: string, args: ReadonlyArray<string>, options: { tim
       clearTimeout(timer)
       resolve({ code, stdout, stderr })
     })
-    child.stdin.end(options.input ?? "")
+    if (options.input !== undefined) {
+      // A command that exits without reading its input must not crash the script (EPIPE).
+      child.stdin!.on("error", () => {})
+      child.stdin!.end(options.input)
+    }
   })
 
 /** Like `run`, but throws with the command's output when it does not exit 0. */
