@@ -56,7 +56,7 @@ const main = async () => {
   summary["imageMB"] = Math.round(inspect.Size / 1e6)
   checks.check("the image runs as a non-root numeric user", /^[1-9]\d*(:\d+)?$/.test(config.User ?? ""), config.User)
   checks.check("the entry point is the server process itself, not npm", JSON.stringify(config.Entrypoint) === JSON.stringify(["node", "src/bin/server.ts"]), config.Entrypoint)
-  checks.check("ports 8000 and 8001 are exposed", "8000/tcp" in (config.ExposedPorts ?? {}) && "8001/tcp" in (config.ExposedPorts ?? {}), Object.keys(config.ExposedPorts ?? {}))
+  checks.check("port 8000 is exposed", "8000/tcp" in (config.ExposedPorts ?? {}), Object.keys(config.ExposedPorts ?? {}))
   const healthcheck = JSON.stringify(inspect.Healthcheck ?? config.Healthcheck ?? null)
   checks.check("the HEALTHCHECK probes /v2/health/ready", healthcheck.includes("/v2/health/ready"))
   checks.check("OCI labels are set", typeof config.Labels?.["org.opencontainers.image.version"] === "string" && config.Labels?.["org.opencontainers.image.revision"] === revision, config.Labels?.["org.opencontainers.image.version"])
