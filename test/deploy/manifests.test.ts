@@ -253,6 +253,8 @@ describe("Containerfile", () => {
     assert.match(runtimeStage.find((l) => l.startsWith("USER "))!, /^USER [1-9]\d*:[1-9]\d*$/)
     assert.match(runtimeStage.find((l) => l.startsWith("HEALTHCHECK "))!, /\/v2\/health\/ready/)
     assert.match(text, /LABEL org\.opencontainers\.image\.title=/)
+    // The version label defaults to the package's version.
+    assert.include(lines, `ARG VERSION=${JSON.parse(read("package.json")).version}`)
   })
 
   it("has one ignore file for podman and docker", () => {
