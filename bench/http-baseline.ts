@@ -1,16 +1,22 @@
 /**
- * The baseline of the HTTP benchmark: a minimal `node:http` + onnxruntime-node server that does
- * the same work per request as the OIP server (read the JSON body, check and copy the tensor,
- * run the session, answer OIP JSON), with nothing else: no queue, no priorities, no deadlines,
- * no cancellation, one session in the main thread (`run` blocks the event loop while it runs).
+ * The hand-written contenders of the HTTP benchmark: what a Node user writes instead of this
+ * project, doing the same work per request as the OIP server (read the JSON body, check and copy
+ * the tensor, run the session, answer OIP JSON), one session in the main thread (`run` blocks
+ * the event loop while it runs), no deadlines, no cancellation. `--mode`:
  *
- * Usage: node bench/http-baseline.ts --port=0 [--model=models/mlp/model.onnx]
+ *   plain       (default) `session.run` per request, no queue at all
+ *   pqueue      p-queue(4) in front of `session.run`, Triton's `parameters.priority` (1 = highest) as its priority
+ *   microbatch  a micro-batcher in fifty lines: rows wait until 64 are pending or 2 ms have passed,
+ *               then run as one batch and are split back (no priorities)
+ *
+ * Usage: node bench/http-baseline.ts --port=0 [--mode=plain|pqueue|microbatch] [--model=models/mlp/model.onnx]
  * Prints "listening on http://127.0.0.1:PORT"; exits on SIGTERM.
  */
 import * as Http from "node:http"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import * as ort from "onnxruntime-node"
+import PQueue from "p-queue"
 
 const args = Object.fromEntries(process.argv.slice(2).map((a) => {
   const [k, v] = a.replace(/^--/, "").split("=")
@@ -26,6 +32,49 @@ const session = await ort.InferenceSession.create(modelFile, {
 })
 const inputName = session.inputNames[0]!
 const outputName = session.outputNames[0]!
+const mode = args["mode"] ?? "plain"
+
+type Output = { readonly dims: ReadonlyArray<number>; readonly data: Float32Array }
+
+/** `session.run` per request. */
+const runOne = (row: Float32Array, shape: Array<number>): Promise<Output> =>
+  session.run({ [inputName]: new ort.Tensor("float32", row, shape) }).then((out) => out[outputName] as unknown as Output)
+
+const queue = new PQueue({ concurrency: 4 })
+const runQueued = (row: Float32Array, shape: Array<number>, priority: number): Promise<Output> =>
+  queue.add(() => runOne(row, shape), { priority }) as Promise<Output>
+
+// ---- the micro-batcher: 64 rows or 2 ms, whichever first --------------------------------
+const MAX_ROWS = 64
+const MAX_WAIT_MS = 2
+let pending: Array<{ row: Float32Array; resolve: (o: Output) => void; reject: (e: unknown) => void }> = []
+let timer: ReturnType<typeof setTimeout> | undefined
+let running = false
+const flush = () => {
+  if (timer !== undefined) clearTimeout(timer)
+  timer = undefined
+  if (running || pending.length === 0) return
+  const batch = pending.splice(0, MAX_ROWS)
+  const width = batch[0]!.row.length
+  const input = new Float32Array(batch.length * width)
+  batch.forEach((b, i) => input.set(b.row, i * width))
+  running = true
+  session.run({ [inputName]: new ort.Tensor("float32", input, [batch.length, width]) }).then((out) => {
+    const y = out[outputName]!
+    const cols = (y.data as Float32Array).length / batch.length
+    batch.forEach((b, i) => b.resolve({ dims: [1, cols], data: (y.data as Float32Array).slice(i * cols, (i + 1) * cols) }))
+  }, (e: unknown) => batch.forEach((b) => b.reject(e))).finally(() => {
+    running = false
+    if (pending.length >= MAX_ROWS) flush()
+    else if (pending.length > 0 && timer === undefined) timer = setTimeout(flush, MAX_WAIT_MS)
+  })
+}
+const runBatched = (row: Float32Array): Promise<Output> =>
+  new Promise((resolve, reject) => {
+    pending.push({ row, resolve, reject })
+    if (pending.length >= MAX_ROWS) flush()
+    else if (timer === undefined) timer = setTimeout(flush, MAX_WAIT_MS)
+  })
 
 const reply = (res: Http.ServerResponse, status: number, body: string) => {
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body) })
@@ -37,7 +86,7 @@ const server = Http.createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
   const chunks: Array<Buffer> = []
   req.on("data", (c: Buffer) => chunks.push(c))
   req.on("end", () => {
-    let body: { id?: string; inputs?: Array<{ name: string; shape: Array<number>; datatype: string; data: Array<number> }> }
+    let body: { id?: string; parameters?: { priority?: number }; inputs?: Array<{ name: string; shape: Array<number>; datatype: string; data: Array<number> }> }
     try {
       body = JSON.parse(Buffer.concat(chunks).toString("utf8"))
     } catch {
@@ -47,9 +96,13 @@ const server = Http.createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
     if (input === undefined || input.datatype !== "FP32" || !Array.isArray(input.data)) return reply(res, 400, "{\"error\":\"bad input\"}")
     const count = input.shape.reduce((a, b) => a * b, 1)
     if (input.data.length !== count) return reply(res, 400, "{\"error\":\"bad shape\"}")
-    const tensor = new ort.Tensor("float32", Float32Array.from(input.data), input.shape)
-    session.run({ [inputName]: tensor }).then((out) => {
-      const y = out[outputName]!
+    const row = Float32Array.from(input.data)
+    const run = mode === "microbatch" && input.shape[0] === 1
+      ? runBatched(row)
+      : mode === "pqueue"
+      ? runQueued(row, input.shape, 5 - (body.parameters?.priority ?? 3))
+      : runOne(row, input.shape)
+    run.then((y) => {
       reply(res, 200, JSON.stringify({
         model_name: "mlp",
         model_version: "1",

@@ -4,6 +4,8 @@
  * requests (MLP, one 784-float row a request, JSON both ways).
  *
  *   (a) baseline     node:http, one in-thread session, no queue (the floor to beat)
+ *   (a2) p-queue     the same with p-queue(4) in front of `session.run`
+ *   (a3) microbatch  the same with a hand-written micro-batcher (64 rows or 2 ms, whichever first)
  *   (b) oip          `node src/bin/server.ts`, mlp with `config.json` {"batching": {"enabled": false}}
  *   (c) oip+batching the same server, {"batching": {"enabled": true, "maxBatchSize": 64, "maxQueueDelayMs": 0}}
  *                    and MAX_CONCURRENT_REQUESTS=2 (`--batching-max-concurrent`), so that batches form
@@ -13,9 +15,12 @@
  * Each server is its own process, started once; the load generator (this process) keeps N
  * keep-alive connections busy and sends a pre-serialized body. Contenders alternate within every
  * round (the starting one rotating); figures are medians over rounds, ratios medians of per-round
- * ratios. Server CPU per request is read from /proc (all threads of the server process).
+ * ratios. Server CPU per request is read from /proc: all threads of the server process, and its
+ * main thread alone (the event loop: HTTP, decoding, scheduling).
  *
- * Goal at 64 outstanding: oip ≥ 0.8× baseline throughput; oip+batching above it.
+ * Goals (issue 11): at concurrency 1, oip ≥ 0.8× baseline and ≤ 250 µs of main-thread CPU per
+ * request; at 64 outstanding, oip+batching ≥ 1.4× baseline and ≥ 1.0× the micro-batcher, and
+ * binary ≥ 2× JSON.
  *
  * Usage: npm run bench -- http [--quick], or node --expose-gc bench/http.ts [--quick] [--rounds=N]
  *        [--seconds=S] [--levels=1,16,64] [--batching-max-concurrent=N] [--binary]
@@ -83,6 +88,15 @@ const stop = (server: Server): Promise<void> =>
     server.child.kill("SIGTERM")
   })
 
+/** On-CPU µs of the process's main thread (tid = pid), from /proc/<pid>/task/<pid>/schedstat. */
+const mainThreadUs = (pid: number): number => {
+  try {
+    return Number(Fs.readFileSync(`/proc/${pid}/task/${pid}/schedstat`, "utf8").split(" ")[0]) / 1000
+  } catch {
+    return NaN
+  }
+}
+
 /** CPU seconds (user + system, every thread) the process has used, from /proc. */
 const cpuSeconds = (pid: number): number => {
   try {
@@ -128,15 +142,19 @@ const post = (server: Server, agent: Http.Agent): Promise<void> =>
 
 interface Block extends LoadResult {
   readonly serverCpuUsPerReq: number
+  readonly serverMainCpuUsPerReq: number
 }
 
 const load = async (server: Server, outstanding: number, seconds: number): Promise<Block> => {
   const agent = new Http.Agent({ keepAlive: true, maxSockets: outstanding })
   try {
-    const cpu0 = cpuSeconds(server.child.pid!)
+    const pid = server.child.pid!
+    const cpu0 = cpuSeconds(pid)
+    const main0 = mainThreadUs(pid)
     const result = await closedLoopAsync(outstanding, seconds * 1000, () => ({ run: () => post(server, agent) }))
-    const cpu = cpuSeconds(server.child.pid!) - cpu0
-    return { ...result, serverCpuUsPerReq: (cpu * 1e6) / Math.max(1, result.completed) }
+    const cpu = cpuSeconds(pid) - cpu0
+    const mainUs = mainThreadUs(pid) - main0
+    return { ...result, serverCpuUsPerReq: (cpu * 1e6) / Math.max(1, result.completed), serverMainCpuUsPerReq: mainUs / Math.max(1, result.completed) }
   } finally {
     agent.destroy()
   }
@@ -159,6 +177,8 @@ const main = async () => {
   const infer = "/v2/models/mlp/infer"
   const servers = await Promise.all([
     start("baseline", ["bench/http-baseline.ts", "--port=0"], infer),
+    start("p-queue", ["bench/http-baseline.ts", "--port=0", "--mode=pqueue"], infer),
+    start("microbatch", ["bench/http-baseline.ts", "--port=0", "--mode=microbatch"], infer),
     start("oip", ["src/bin/server.ts", "--port", "0", "--models", repos.off], infer, engineEnv),
     start("oip+batching", ["src/bin/server.ts", "--port", "0", "--models", repos.on], infer, {
       ...engineEnv,
@@ -192,7 +212,8 @@ const main = async () => {
           "vs baseline": s.name === "baseline" ? "1.00×" : ratio(median(perRoundRatio)),
           "p50 ms": median(blocks.map((b) => b.latency["all"]!.p50)),
           "p99 ms": median(blocks.map((b) => b.latency["all"]!.p99)),
-          "server CPU µs/req": median(blocks.map((b) => b.serverCpuUsPerReq)),
+          "server main-thread CPU µs/req": median(blocks.map((b) => b.serverMainCpuUsPerReq)),
+          "server CPU µs/req (all threads)": median(blocks.map((b) => b.serverCpuUsPerReq)),
           failed: blocks.reduce((n, b) => n + b.failed, 0)
         }
         rows.push(row)
@@ -202,13 +223,29 @@ const main = async () => {
 
     section("HTTP throughput: OIP server vs minimal node:http + onnxruntime-node (MLP, closed loop)")
     console.log(table(rows))
-    const at = (name: string) => summary[`${name}@64`]?.["ratioVsBaseline"] as number | undefined
-    const goals = LEVELS.includes(64)
-      ? [
-        goal("oip at 64 outstanding, batching off", "≥ 0.80× baseline", at("oip") ?? NaN, (at("oip") ?? 0) >= 0.8, ratio(at("oip") ?? NaN)),
-        goal("oip at 64 outstanding, batching on", "> 1.00× baseline", at("oip+batching") ?? NaN, (at("oip+batching") ?? 0) > 1, ratio(at("oip+batching") ?? NaN))
-      ]
-      : []
+    const at = (name: string, level = 64) => summary[`${name}@${level}`]?.["ratioVsBaseline"] as number | undefined
+    /** Median of per-round ratios of two contenders at one level. */
+    const pair = (a: string, b: string, level: number) => {
+      const xs = results[level]?.[a]
+      const ys = results[level]?.[b]
+      return xs === undefined || ys === undefined ? NaN : median(xs.map((x, i) => x.reqPerSec / ys[i]!.reqPerSec))
+    }
+    const mainCpuAt1 = median((results[1]?.["oip"] ?? []).map((b) => b.serverMainCpuUsPerReq))
+    const goals = [
+      ...(LEVELS.includes(1)
+        ? [
+          goal("oip main-thread CPU per request at concurrency 1", "≤ 250 µs", mainCpuAt1, mainCpuAt1 <= 250, `${fmt(mainCpuAt1)} µs`),
+          goal("oip at concurrency 1", "≥ 0.8× baseline", at("oip", 1) ?? NaN, (at("oip", 1) ?? 0) >= 0.8, ratio(at("oip", 1) ?? NaN))
+        ]
+        : []),
+      ...(LEVELS.includes(64)
+        ? [
+          goal("oip+batching at 64 outstanding", "≥ 1.4× baseline", at("oip+batching") ?? NaN, (at("oip+batching") ?? 0) >= 1.4, ratio(at("oip+batching") ?? NaN)),
+          goal("oip+batching at 64 outstanding", "≥ 1.0× micro-batcher", pair("oip+batching", "microbatch", 64), pair("oip+batching", "microbatch", 64) >= 1, ratio(pair("oip+batching", "microbatch", 64))),
+          ...(WITH_BINARY ? [goal("binary tensor data vs JSON at 64 outstanding (oip)", "≥ 2×", pair("oip binary", "oip", 64), pair("oip binary", "oip", 64) >= 2, ratio(pair("oip binary", "oip", 64)))] : [])
+        ]
+        : [])
+    ]
     if (goals.length > 0) {
       section("Goals")
       console.log(goalsTable(goals))

@@ -191,8 +191,8 @@ const runModel = async (model: string) => {
   }))
   const bestEngine = engineConfigs.reduce((a, b) => (share(b.name) > share(a.name) ? b : a))
   const goals: Array<Goal> = [
-    goal(`${model}: engine share of the physical limit, default config`, "≥ 80%", share("engine-c4"), share("engine-c4") >= 0.8, `${(100 * share("engine-c4")).toFixed(1)}%`),
-    goal(`${model}: engine share of the physical limit, best config (${bestEngine.label})`, "≥ 80%", share(bestEngine.name), share(bestEngine.name) >= 0.8, `${(100 * share(bestEngine.name)).toFixed(1)}%`)
+    goal(`${model}: engine share of the physical limit, default config`, "≥ 60%", share("engine-c4"), share("engine-c4") >= 0.6, `${(100 * share("engine-c4")).toFixed(1)}%`),
+    goal(`${model}: engine share of the physical limit, best config (${bestEngine.label})`, "≥ 60%", share(bestEngine.name), share(bestEngine.name) >= 0.6, `${(100 * share(bestEngine.name)).toFixed(1)}%`)
   ]
   await Promise.all([...engines.map((h) => h.dispose()), onnx.dispose(), session.release()])
   return {

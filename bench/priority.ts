@@ -128,7 +128,7 @@ const main = async () => {
     }
   })
   const goals: Array<Goal> = rows.filter((_, i) => contenders[i]!.goal).map((r) =>
-    goal(`Critical p99 loaded/unloaded: ${r.contender}`, "≤ 2×", r._ratio as number, (r._ratio as number) <= 2, ratio(r._ratio as number))
+    goal(`Critical p99 loaded/unloaded: ${r.contender}`, "≤ 1.5×", r._ratio as number, (r._ratio as number) <= 1.5, ratio(r._ratio as number))
   )
   for (const r of rows) delete r._ratio
 
