@@ -3,7 +3,7 @@
  *
  * The engine reports through the `TelemetryCollector` service: one `recordStart` per request,
  * then exactly one of success, failure, cancelled, timeout or rejected, plus queue waits and
- * native runs. The default layer turns these into Effect Metrics (Prometheus on the server's
+ * native runs. Record points are plain synchronous calls on the engine's hot path: return at once. The default layer turns these into Effect Metrics (Prometheus on the server's
  * /metrics, OTLP with `Otel.layer`); provide your own layer to send them anywhere else. Spans
  * (`Engine.infer`) go to whatever `Tracer` is installed: here a tiny one that counts them.
  *
@@ -16,16 +16,19 @@ import { AsyncConfig, CancelToken, Engine, InferenceRequest, OnnxModelPool, Tele
 // Outcome counts and success latencies, in memory.
 const outcomes = new Map<string, number>()
 const latenciesMs: Array<number> = []
-const count = (outcome: string) => Effect.sync(() => void outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1))
+const count = (outcome: string): void => void outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1)
 
 const InMemoryTelemetry = Layer.succeed(Telemetry.TelemetryCollector, {
   recordStart: () => count("started"),
-  recordSuccess: (_info, latencyMs) => Effect.andThen(count("success"), Effect.sync(() => void latenciesMs.push(latencyMs))),
+  recordSuccess: (_info, latencyMs) => {
+    count("success")
+    latenciesMs.push(latencyMs)
+  },
   recordFailure: (_info, reason) => count(`failure:${reason._tag}`),
   recordCancelled: () => count("cancelled"),
   recordTimeout: () => count("timeout"),
   recordRejected: (_info, reason) => count(`rejected:${reason._tag}`),
-  recordQueueWait: () => Effect.void,
+  recordQueueWait: () => {},
   recordRun: () => count("runs")
 })
 

@@ -4,8 +4,9 @@
  * argument of every transition, so tables and property tests drive it directly and the
  * `Dispatcher` (the mechanism) only acts on what it answers.
  *
- * - `admit` queues a request, or refuses it (`QueueFull`) when `maxQueued` are waiting; a
- *   request that fits a forming batch of its kind joins it instead of queuing.
+ * - `admit` queues a request, or refuses it (`QueueFull`) when `maxQueued` are waiting: in the
+ *   queue, or in a job sent ahead to a busy instance (it waits there just the same); a request
+ *   that fits a forming batch of its kind joins it instead of queuing.
  * - `next(now)` says what to do: dispatch this batch, wait until a time, or nothing.
  * - `expire(now)` takes out the requests whose queue timeout (while waiting) or deadline (in any
  *   stage) has come; `cancel` takes one out at once. Either way a queued or forming request never
@@ -59,6 +60,8 @@ export interface Model {
   queuedRows: number
   /** Forming batches by batch key. */
   readonly forming: Map<string, Batch<unknown>>
+  /** Dispatched batches in dispatch order: the first `instances` run, the others wait in their instance (sent ahead). */
+  readonly inFlight: Array<Batch<unknown>>
 }
 
 export interface Request<A> {
@@ -98,6 +101,8 @@ export interface Batch<A> {
   stage: "forming" | "running"
   /** When it was dispatched. */
   startedAtMs: number
+  /** Requests it holds while it waits in a busy instance (sent ahead); 0 once it runs. */
+  waiting: number
 }
 
 export type Step<A> =
@@ -148,6 +153,8 @@ export class Scheduler<A> {
   readonly #timers = new DeadlineHeap.DeadlineHeap<Request<A>>()
   readonly #models = new Map<string, Model>()
   #permits = 0
+  /** Requests in batches sent ahead to busy instances: they wait, and count against `maxQueued`. */
+  #waitingAhead = 0
   /** Requests admitted and not settled. */
   unsettled = 0
   /** Requests abandoned (cancelled or timed out) since the start, by the stage they were in. */
@@ -166,7 +173,7 @@ export class Scheduler<A> {
   model(spec: ModelSpec): Model {
     let model = this.#models.get(spec.key)
     if (model === undefined) {
-      model = { spec, slots: 0, runs: 0, expectedRunMs: 0, queuedRows: 0, forming: new Map() }
+      model = { spec, slots: 0, runs: 0, expectedRunMs: 0, queuedRows: 0, forming: new Map(), inFlight: [] }
       this.#models.set(spec.key, model)
     } else if (model.spec !== spec) {
       // A reloaded model: its new instances and batching apply from now on.
@@ -201,6 +208,7 @@ export class Scheduler<A> {
     if (open !== undefined) {
       this.#join(open, request)
     } else {
+      if (this.queue.size + this.#waitingAhead >= this.options.maxQueued) return undefined
       request.entry = this.queue.offer(request, input.priority, nowMs)
       if (request.entry === undefined) return undefined
       model.queuedRows += request.rows
@@ -317,8 +325,25 @@ export class Scheduler<A> {
 
   /** The batch's run (and any reruns of its members) ended: its slot is free. Its members were settled by then. */
   complete(batch: Batch<A>): void {
-    batch.model.runs--
-    this.#freeSlot(batch.model)
+    const model = batch.model
+    model.runs--
+    this.#freeSlot(model)
+    const inFlight = model.inFlight as Array<Batch<A>>
+    const i = inFlight.indexOf(batch)
+    if (i >= 0) inFlight.splice(i, 1)
+    this.#waitingAhead -= batch.waiting
+    batch.waiting = 0
+    // The first `instances` in flight now run: what waited in them no longer does.
+    const running = Math.min(inFlight.length, model.spec.instances)
+    for (let j = 0; j < running; j++) {
+      this.#waitingAhead -= inFlight[j]!.waiting
+      inFlight[j]!.waiting = 0
+    }
+  }
+
+  /** Requests waiting in jobs sent ahead to busy instances. */
+  get waitingAhead(): number {
+    return this.#waitingAhead
   }
 
   /** Counts for diagnostics. */
@@ -398,7 +423,7 @@ export class Scheduler<A> {
     const freeSlots = this.#freeSlots(model)
     this.#takeSlot(model)
     const grouped = first.batchKey === undefined && model.spec.maxGroup > 1
-    const batch: Batch<A> = { model, key: first.batchKey, grouped, members: [], rows: 0, highest: first.priority, stage: "forming", startedAtMs: nowMs }
+    const batch: Batch<A> = { model, key: first.batchKey, grouped, members: [], rows: 0, highest: first.priority, stage: "forming", startedAtMs: nowMs, waiting: 0 }
     this.#join(batch, first)
     if (grouped) {
       this.#gatherGroup(batch, batchCap(model.spec.maxGroup, model.queuedRows + first.rows, freeSlots))
@@ -472,6 +497,12 @@ export class Scheduler<A> {
     batch.startedAtMs = nowMs
     for (const m of batch.members) m.stage = "running"
     batch.model.runs++
+    const inFlight = batch.model.inFlight as Array<Batch<A>>
+    if (inFlight.length >= batch.model.spec.instances) {
+      batch.waiting = batch.members.length
+      this.#waitingAhead += batch.waiting
+    }
+    inFlight.push(batch)
     return { _tag: "Dispatch", batch }
   }
 

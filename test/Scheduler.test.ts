@@ -66,6 +66,22 @@ describe("Scheduler", () => {
     assert.strictEqual(s.unsettled, 2)
   })
 
+  it("a job sent ahead to a busy instance still waits: its requests count against maxQueued until it runs", () => {
+    const s = make({ maxQueued: 2 })
+    const m = spec("m", { depth: 2 })
+    admit(s, "r0", m)
+    admit(s, "r1", m)
+    const { batches } = drainSteps(s)
+    assert.strictEqual(batches.length, 2, "one running, one sent ahead")
+    assert.strictEqual(s.waitingAhead, 1)
+    assert.isDefined(admit(s, "r2", m))
+    assert.isUndefined(admit(s, "r3", m), "one queued and one waiting ahead: the bound of 2 is reached")
+    for (const member of batches[0]!.members) s.settle(member)
+    s.complete(batches[0]!)
+    assert.strictEqual(s.waitingAhead, 0, "the job sent ahead runs now")
+    assert.isDefined(admit(s, "r3", m))
+  })
+
   it("dispatches the highest priority first and FIFO within a level", () => {
     const s = make()
     const m = spec("m", { instances: 10 })
