@@ -40,7 +40,10 @@ import * as Priority from "../Priority.ts"
 import { TelemetryCollector } from "../Telemetry.ts"
 import { Lifecycle } from "./Lifecycle.ts"
 import * as Metrics from "./Metrics.ts"
+import * as ContentEncoding from "./ContentEncoding.ts"
 import * as Oip from "./Oip.ts"
+
+const utf8 = new TextDecoder()
 
 export interface Options {
   /** Largest request body accepted, in bytes (413 above). */
@@ -167,8 +170,26 @@ export const layer = (
           )
         })
 
+      /**
+       * The body's bytes, decompressed as its Content-Encoding says (gzip, deflate; 415 for any
+       * other coding). The limit applies to the decompressed size too (413).
+       */
+      const readBytes = Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const codings = ContentEncoding.parse(request.headers["content-encoding"])
+        if (typeof codings === "string") {
+          return yield* Effect.andThen(Effect.ignore(readWithin((request) => request.arrayBuffer)), fail(415, codings))
+        }
+        const bytes = new Uint8Array(yield* readWithin((request) => request.arrayBuffer))
+        if (codings.length === 0) return bytes
+        const decoded = yield* ContentEncoding.decode(bytes, codings, bodyLimit)
+        if (decoded._tag === "TooLarge") return yield* fail(413, `decompressed request body exceeds the limit of ${bodyLimit} bytes`)
+        if (decoded._tag === "Corrupt") return yield* fail(400, `the request body is not valid ${decoded.coding}: ${decoded.detail}`)
+        return decoded.bytes
+      })
+
       /** The body as text. */
-      const readBody = readWithin((request) => request.text)
+      const readBody = Effect.map(readBytes, (bytes) => utf8.decode(bytes))
 
       /**
        * An inference body: JSON text, and with Triton's binary tensor data extension (the
@@ -178,7 +199,7 @@ export const layer = (
         const request = yield* HttpServerRequest.HttpServerRequest
         const header = request.headers[Oip.inferenceHeaderContentLength]
         if (header === undefined) return { text: yield* readBody, binary: undefined }
-        const split = Oip.splitBinaryBody(new Uint8Array(yield* readWithin((request) => request.arrayBuffer)), header)
+        const split = Oip.splitBinaryBody(yield* readBytes, header)
         return typeof split === "string" ? yield* fail(400, split) : split
       })
 
@@ -262,18 +283,13 @@ export const layer = (
         const { binary, text } = yield* readInferBody
         const body = Oip.decodeInferRequest(yield* parseJson(text, "the request body"))
         if ("error" in body) return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
-        const inputs = Oip.decodeInputs(metadata, body.inputs, binary)
-        if (inputs instanceof InferenceError.InvalidInput) return yield* invalid(name, inputs)
-        const outputs = Oip.selectOutputs(metadata, body.outputs)
-        if (outputs instanceof InferenceError.InvalidInput) return yield* invalid(name, outputs)
-        const binaryOutputs = Oip.binaryOutputsOf(metadata, body, outputs)
-        if (binaryOutputs instanceof InferenceError.InvalidInput) return yield* invalid(name, binaryOutputs)
-        const priority = Oip.priorityOf(body.parameters?.priority) ?? metadata.defaultPriority
-        const timeout = Oip.timeoutOf(body.parameters?.timeout)
+        const prepared = Oip.prepare(metadata, body, binary)
+        if (prepared instanceof InferenceError.InvalidInput) return yield* invalid(name, prepared)
+        const { binaryOutputs, inputs, outputs } = prepared
         const request = InferenceRequest.make(name, inputs, {
           modelVersion: version,
-          priority,
-          timeout,
+          priority: prepared.priority ?? metadata.defaultPriority,
+          timeout: prepared.timeout,
           metadata: body.id === undefined ? undefined : { id: body.id }
         })
         const result = yield* engine.infer(request).pipe(Effect.mapError((e) => fromReason(e.reason)))
