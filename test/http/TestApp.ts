@@ -220,7 +220,7 @@ export const makeApp = (options: AppOptions = {}): Effect.Effect<
     const send: Send = (method, path, body, headers) =>
       Effect.gen(function*() {
         const init: RequestInit = { method, headers: { ...headers } }
-        if (body !== undefined) init.body = typeof body === "string" || body instanceof Uint8Array ? body as BodyInit : JSON.stringify(body)
+        if (body !== undefined) init.body = typeof body === "string" || body instanceof Uint8Array ? body as NonNullable<RequestInit["body"]> : JSON.stringify(body)
         const request = HttpServerRequest.fromWeb(new Request(`http://localhost${path}`, init))
         const response = yield* app.pipe(
           Effect.provideService(HttpServerRequest.HttpServerRequest, request),
