@@ -16,6 +16,7 @@ import { AsyncConfigService } from "../AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as Server from "../http/Server.ts"
 import * as ServerConfig from "../http/ServerConfig.ts"
+import { Statistics } from "../http/Statistics.ts"
 import * as OnnxModelPool from "../onnx/OnnxModelPool.ts"
 import * as Otel from "../Otel.ts"
 import { TelemetryCollector } from "../Telemetry.ts"
@@ -41,6 +42,8 @@ const App = Server.layer({
   redactPaths: [config.models]
 }).pipe(
   Layer.provideMerge(AsyncInferenceEngine.layer),
+  // Triton's statistics, fed by the same telemetry as /metrics.
+  Layer.provideMerge(Statistics.layer),
   Layer.provide(Layer.mergeAll(
     OnnxModelPool.layer({ repository: config.models }),
     TelemetryCollector.layer,

@@ -147,6 +147,9 @@ export const decodeRepositoryIndexRequest = (json: unknown): typeof RepositoryIn
 // Parameters
 // ---------------------------------------------------------------------------
 
+/** Triton's platform name for ONNX models. */
+export const platformName = "onnxruntime_onnx"
+
 /** The number of priority levels a model has (Triton's `priority_levels`). */
 export const priorityLevels = Priority.levels.length
 

@@ -41,7 +41,10 @@ import { TelemetryCollector } from "../Telemetry.ts"
 import { Lifecycle } from "./Lifecycle.ts"
 import * as Metrics from "./Metrics.ts"
 import * as ContentEncoding from "./ContentEncoding.ts"
+import * as ModelConfiguration from "./ModelConfiguration.ts"
 import * as Oip from "./Oip.ts"
+import { Statistics } from "./Statistics.ts"
+import * as StatisticsModule from "./Statistics.ts"
 
 const utf8 = new TextDecoder()
 
@@ -58,10 +61,20 @@ export interface Options {
 }
 
 /** Triton's platform name for ONNX models. */
-export const platform = "onnxruntime_onnx"
+export const platform = Oip.platformName
 
-/** The OIP extensions this server implements (the repository extension: index only; Triton's binary tensor data). */
-export const extensions: ReadonlyArray<string> = ["model_repository", "binary_tensor_data"]
+/**
+ * The extensions this server implements: Triton's binary tensor data, model configuration,
+ * statistics, schedule policy (priority and timeout) and parameters; the model repository
+ * extension only under explicit model control, where load and unload work.
+ */
+export const extensionsFor = (modelControl: "none" | "explicit"): ReadonlyArray<string> =>
+  modelControl === "explicit"
+    ? ["model_repository", "binary_tensor_data", "model_configuration", "statistics", "schedule_policy", "parameters"]
+    : ["binary_tensor_data", "model_configuration", "statistics", "schedule_policy", "parameters"]
+
+/** The extensions of a server without model control. */
+export const extensions: ReadonlyArray<string> = extensionsFor("none")
 
 /** An answer that is not a success: a status, a message, and headers such as Retry-After. */
 export class ApiError extends Data.TaggedError("ApiError")<{
@@ -112,6 +125,8 @@ export const layer = (
       const pool = yield* ModelPool
       const telemetry = yield* TelemetryCollector
       const lifecycle = yield* Lifecycle
+      // Optional: without Statistics.layer (an embedding that did not wire it) the stats routes answer 501.
+      const statistics = yield* Effect.serviceOption(Statistics)
       const roots = options.redactPaths ?? []
       const retryAfter = String(options.retryAfterSeconds ?? 1)
       const bodyLimit = options.bodyLimitBytes
@@ -310,6 +325,43 @@ export const layer = (
         })
       }))
 
+      const modelConfig = handle(Effect.gen(function*() {
+        const { name, version } = yield* modelParams
+        const metadata = yield* metadataOf(name, version)
+        return json(200, ModelConfiguration.of(metadata, engine.config))
+      }))
+
+      /** Triton's statistics of every model (or one), from the same telemetry as /metrics. */
+      const statsOf = (name: string | undefined, version: string | undefined) =>
+        Effect.gen(function*() {
+          if (statistics._tag === "None") return yield* fail(501, "statistics are not collected by this server (Statistics.layer is not provided)")
+          const collected = statistics.value
+          const models = yield* pool.models
+          if (name === undefined) {
+            const defaults = new Map<string, string>()
+            for (const m of models) {
+              const seen = defaults.get(m.name)
+              if (seen === undefined || Number(m.version) > Number(seen)) defaults.set(m.name, m.version)
+            }
+            return [...defaults].map(([model, v]) => StatisticsModule.toTriton(model, v, collected.get(model)))
+          }
+          const versions = models.filter((m) => m.name === name)
+          const chosen = version === undefined
+            ? versions.map((m) => m.version).sort((a, b) => Number(b) - Number(a))[0]
+            : versions.find((m) => m.version === version)?.version
+          if (chosen === undefined) {
+            return yield* Effect.fail(fromReason(new InferenceError.ModelNotFound(version === undefined ? { modelId: name } : { modelId: name, version })))
+          }
+          return [StatisticsModule.toTriton(name, chosen, collected.get(name))]
+        })
+
+      const allStats = handle(Effect.map(statsOf(undefined, undefined), (model_stats) => json(200, { model_stats })))
+
+      const modelStats = handle(Effect.gen(function*() {
+        const { name, version } = yield* modelParams
+        return json(200, { model_stats: yield* statsOf(name, version) })
+      }))
+
       // -- repository --------------------------------------------------------------
 
       const repositoryIndex = handle(Effect.gen(function*() {
@@ -364,6 +416,11 @@ export const layer = (
         HttpRouter.route("GET", "/v2/models/:name/versions/:version", modelMetadata),
         HttpRouter.route("GET", "/v2/models/:name/ready", modelReady),
         HttpRouter.route("GET", "/v2/models/:name/versions/:version/ready", modelReady),
+        HttpRouter.route("GET", "/v2/models/:name/config", modelConfig),
+        HttpRouter.route("GET", "/v2/models/:name/versions/:version/config", modelConfig),
+        HttpRouter.route("GET", "/v2/models/stats", allStats),
+        HttpRouter.route("GET", "/v2/models/:name/stats", modelStats),
+        HttpRouter.route("GET", "/v2/models/:name/versions/:version/stats", modelStats),
         HttpRouter.route("POST", "/v2/models/:name/infer", infer),
         HttpRouter.route("POST", "/v2/models/:name/versions/:version/infer", infer),
         HttpRouter.route("POST", "/v2/repository/index", repositoryIndex),

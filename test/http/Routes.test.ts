@@ -25,7 +25,7 @@ describe("server and health routes", () => {
       const { send } = yield* makeApp()
       const r = yield* send("GET", "/v2")
       assert.strictEqual(r.status, 200)
-      assert.deepStrictEqual(r.json, { name: "effect-onnx", version: "0.0.0-test", extensions: ["model_repository", "binary_tensor_data"] })
+      assert.deepStrictEqual(r.json, { name: "effect-onnx", version: "0.0.0-test", extensions: ["binary_tensor_data", "model_configuration", "statistics", "schedule_policy", "parameters"] })
       assert.strictEqual(r.headers.get("content-type"), "application/json")
       assert.strictEqual((yield* send("GET", "/v2/")).status, 200)
     }).pipe(withFreshMetrics))
@@ -573,5 +573,88 @@ describe("Content-Encoding of request bodies", () => {
       assert.strictEqual(stats.started, 0)
       const r2 = yield* send("POST", "/v2/models/echo/infer", Zlib.deflateSync(Buffer.alloc(10_000_000, 0x20)), { "content-encoding": "deflate" })
       assert.strictEqual(r2.status, 413)
+    }).pipe(withFreshMetrics))
+})
+
+describe("Triton's model configuration extension", () => {
+  it.effect("answers the configuration in Triton's JSON form, dims without the batch dim when the model batches", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp({ config: { maxQueuedRequests: 77 } })
+      const batched = yield* send("GET", "/v2/models/batched/config")
+      assert.strictEqual(batched.status, 200)
+      assert.deepStrictEqual(batched.json, {
+        name: "batched",
+        platform: "onnxruntime_onnx",
+        backend: "onnxruntime",
+        version_policy: { latest: { num_versions: 1 } },
+        max_batch_size: 2,
+        input: [{ name: "x", data_type: "TYPE_FP32", dims: [4] }],
+        output: [{ name: "y", data_type: "TYPE_FP32", dims: [4] }],
+        instance_group: [{ name: "batched", kind: "KIND_CPU", count: 2 }],
+        dynamic_batching: {
+          preferred_batch_size: [2],
+          max_queue_delay_microseconds: 5000,
+          priority_levels: 4,
+          default_priority_level: 3,
+          default_queue_policy: { timeout_action: "REJECT", default_timeout_microseconds: batched.json.dynamic_batching.default_queue_policy.default_timeout_microseconds, allow_timeout_override: true, max_queue_size: 77 }
+        }
+      })
+      const slow = yield* send("GET", "/v2/models/slow/versions/1/config")
+      assert.strictEqual(slow.json.max_batch_size, 0)
+      assert.deepStrictEqual(slow.json.input, [{ name: "x", data_type: "TYPE_FP32", dims: [-1, 4] }])
+      assert.strictEqual(slow.json.dynamic_batching.default_priority_level, 2)
+      assert.strictEqual((yield* send("GET", "/v2/models/identity_string/config")).json.input[0].data_type, "TYPE_STRING")
+      assert.strictEqual((yield* send("GET", "/v2/models/nope/config")).status, 404)
+      assert.strictEqual((yield* send("GET", "/v2/models/echo/versions/9/config")).status, 404)
+      assert.strictEqual((yield* send("GET", "/v2/models/broken/config")).status, 503)
+    }).pipe(withFreshMetrics))
+})
+
+describe("Triton's statistics extension", () => {
+  it.effect("counts successes, failures, queue and compute per model, from the same telemetry as /metrics", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const before = yield* send("GET", "/v2/models/echo/stats")
+      assert.strictEqual(before.status, 200)
+      assert.strictEqual(before.json.model_stats[0].inference_count, 0)
+      assert.strictEqual(before.json.model_stats[0].last_inference, 0)
+      for (let i = 0; i < 2; i++) assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3]))).status, 400)
+      const r = yield* send("GET", "/v2/models/echo/stats")
+      const s = r.json.model_stats[0]
+      assert.strictEqual(s.name, "echo")
+      assert.strictEqual(s.version, "2")
+      assert.strictEqual(s.inference_count, 2)
+      assert.strictEqual(s.execution_count, 2)
+      assert.isAbove(s.last_inference, 0)
+      assert.strictEqual(s.inference_stats.success.count, 2)
+      assert.strictEqual(s.inference_stats.fail.count, 1)
+      assert.strictEqual(s.inference_stats.queue.count, 2)
+      assert.strictEqual(s.inference_stats.compute_infer.count, 2)
+      assert.deepStrictEqual(s.batch_stats.map((b: any) => [b.batch_size, b.compute_infer.count]), [[1, 2]])
+      const metrics = (yield* send("GET", "/metrics")).text
+      assert.match(metrics, /inference_count_total\{model="echo"\} 2\b/)
+      assert.match(metrics, /inference_exec_total\{model="echo"\} 2\b/)
+      const all = yield* send("GET", "/v2/models/stats")
+      assert.strictEqual(all.status, 200)
+      const names = (all.json.model_stats as Array<{ name: string; version: string }>).map((m) => `${m.name}/${m.version}`)
+      assert.include(names, "echo/2")
+      assert.notInclude(names, "echo/1")
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/versions/1/stats")).json.model_stats[0].version, "1")
+      assert.strictEqual((yield* send("GET", "/v2/models/nope/stats")).status, 404)
+    }).pipe(withFreshMetrics))
+
+  it.effect("batch_stats counts runs per batch size: two one-row requests batched into one run of 2", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const a = yield* Effect.forkChild(send("POST", "/v2/models/batched/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      const b = yield* Effect.forkChild(send("POST", "/v2/models/batched/infer", echoRequest([5, 6, 7, 8])), { startImmediately: true })
+      yield* TestClock.adjust("10 millis")
+      assert.strictEqual((yield* Fiber.join(a)).status, 200)
+      assert.strictEqual((yield* Fiber.join(b)).status, 200)
+      const s = (yield* send("GET", "/v2/models/batched/stats")).json.model_stats[0]
+      assert.strictEqual(s.inference_count, 2)
+      assert.strictEqual(s.execution_count, 1)
+      assert.deepStrictEqual(s.batch_stats.map((x: any) => [x.batch_size, x.compute_infer.count]), [[2, 1]])
     }).pipe(withFreshMetrics))
 })

@@ -11,6 +11,7 @@ import * as BatchPolicy from "../../src/BatchPolicy.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
 import * as Routes from "../../src/http/Routes.ts"
+import { Statistics } from "../../src/http/Statistics.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import { ModelPool, type ModelStatus, type RunOutput } from "../../src/ModelPool.ts"
@@ -206,6 +207,7 @@ export const makeApp = (options: AppOptions = {}): Effect.Effect<
     const testPool = yield* makeTestPool(options)
     const services = yield* Layer.build(
       AsyncInferenceEngine.layer.pipe(
+        Layer.provideMerge(Statistics.layer),
         Layer.provideMerge(Layer.mergeAll(
           testPool.layer,
           TelemetryCollector.layer,
