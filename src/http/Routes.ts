@@ -333,27 +333,9 @@ export const layer = (
 
       /** Triton's statistics of every model (or one), from the same telemetry as /metrics. */
       const statsOf = (name: string | undefined, version: string | undefined) =>
-        Effect.gen(function*() {
-          if (statistics._tag === "None") return yield* fail(501, "statistics are not collected by this server (Statistics.layer is not provided)")
-          const collected = statistics.value
-          const models = yield* pool.models
-          if (name === undefined) {
-            const defaults = new Map<string, string>()
-            for (const m of models) {
-              const seen = defaults.get(m.name)
-              if (seen === undefined || Number(m.version) > Number(seen)) defaults.set(m.name, m.version)
-            }
-            return [...defaults].map(([model, v]) => StatisticsModule.toTriton(model, v, collected.get(model)))
-          }
-          const versions = models.filter((m) => m.name === name)
-          const chosen = version === undefined
-            ? versions.map((m) => m.version).sort((a, b) => Number(b) - Number(a))[0]
-            : versions.find((m) => m.version === version)?.version
-          if (chosen === undefined) {
-            return yield* Effect.fail(fromReason(new InferenceError.ModelNotFound(version === undefined ? { modelId: name } : { modelId: name, version })))
-          }
-          return [StatisticsModule.toTriton(name, chosen, collected.get(name))]
-        })
+        statistics._tag === "None"
+          ? fail(501, "statistics are not collected by this server (Statistics.layer is not provided)")
+          : Effect.mapError(StatisticsModule.report(pool, statistics.value, name, version), fromReason)
 
       const allStats = handle(Effect.map(statsOf(undefined, undefined), (model_stats) => json(200, { model_stats })))
 

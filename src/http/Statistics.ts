@@ -22,6 +22,8 @@
  * @module Statistics
  */
 import { Context, Effect, Layer } from "effect"
+import * as InferenceError from "../InferenceError.ts"
+import type * as ModelPool from "../ModelPool.ts"
 import { TelemetryCollector } from "../Telemetry.ts"
 
 export interface Duration {
@@ -91,6 +93,34 @@ export const toTriton = (name: string, version: string, stats: ModelStatistics |
     }))
   }
 }
+
+/**
+ * The statistics of every model (`name` undefined: each model's default version, the highest),
+ * or of one model (its default version unless `version` is given). ModelNotFound for a model or
+ * version the pool does not have.
+ */
+export const report = (
+  pool: ModelPool.Service,
+  statistics: Service,
+  name: string | undefined,
+  version: string | undefined
+): Effect.Effect<Array<ReturnType<typeof toTriton>>, InferenceError.ModelNotFound> =>
+  Effect.flatMap(pool.models, (models) => {
+    if (name === undefined) {
+      const defaults = new Map<string, string>()
+      for (const m of models) {
+        const seen = defaults.get(m.name)
+        if (seen === undefined || Number(m.version) > Number(seen)) defaults.set(m.name, m.version)
+      }
+      return Effect.succeed([...defaults].map(([model, v]) => toTriton(model, v, statistics.get(model))))
+    }
+    const versions = models.filter((m) => m.name === name)
+    const chosen = version === undefined
+      ? versions.map((m) => m.version).sort((a, b) => Number(b) - Number(a))[0]
+      : versions.find((m) => m.version === version)?.version
+    if (chosen === undefined) return Effect.fail(new InferenceError.ModelNotFound(version === undefined ? { modelId: name } : { modelId: name, version }))
+    return Effect.succeed([toTriton(name, chosen, statistics.get(name))])
+  })
 
 export class Statistics extends Context.Service<Statistics, Service>()("effect-onnx/http/Statistics") {
   /**

@@ -1,0 +1,343 @@
+/**
+ * The Open Inference Protocol over gRPC: Triton's `inference.GRPCInferenceService` (so that
+ * `tritonclient.grpc` and KServe's gRPC client work unchanged) and the standard
+ * `grpc.health.v1.Health`, served by `@grpc/grpc-js` over the same engine, pool and lifecycle as
+ * the HTTP routes.
+ *
+ * | RPC | answer |
+ * |---|---|
+ * | ServerLive, ServerReady | live always; ready until shutdown begins |
+ * | ModelReady | ready, or false when unavailable; NOT_FOUND for an unknown model |
+ * | ServerMetadata, ModelMetadata | as `GET /v2`, `GET /v2/models/{m}` |
+ * | ModelInfer | one inference; tensors in `raw_input_contents` or typed `contents`, outputs in `raw_output_contents` |
+ * | ModelStreamInfer | a bidirectional stream of inferences, answered in completion order |
+ * | ModelConfig, ModelStatistics | Triton's configuration and statistics extensions (`ModelConfiguration`, `Statistics`) |
+ * | RepositoryIndex | every model version with its state and reason |
+ * | RepositoryModelLoad / Unload | INVALID_ARGUMENT, as HTTP's 400: no model control |
+ * | Health.Check | SERVING, NOT_SERVING once draining begins |
+ * | (the shared-memory, trace and log RPCs) | UNIMPLEMENTED |
+ *
+ * The rules are HTTP's: a request is refused as early as it can be (shutting down, model name,
+ * model lookup, a full queue before decoding), decoded by `Oip.prepare`, and run by
+ * `engine.infer`. `parameters.priority` and `parameters.timeout` (µs) as over HTTP; the call's
+ * gRPC deadline is the request's deadline when it is sooner. A client cancel (or a deadline that
+ * passes) interrupts the call's fiber, which cancels the inference wherever it is. Errors are
+ * `InferenceError.grpcCode` with HTTP's messages; a message over `maxMessageBytes` is refused
+ * with RESOURCE_EXHAUSTED from its length prefix, before it is buffered.
+ *
+ * ModelStreamInfer: every request of the stream goes into the engine as it arrives, at most
+ * `maxConcurrentRequests + maxQueuedRequests` outstanding (beyond that the stream is not read,
+ * and HTTP/2 flow control holds the client back). Each answer is written as it completes; a
+ * failed request answers `error_message` (and the stream goes on). When the client half-closes,
+ * the stream ends once every answer is written; when it cancels, what is outstanding is cancelled.
+ *
+ * The server is a scoped resource: closing the scope shuts it down (calls in flight get
+ * `shutdownTimeout` to finish, then are cut).
+ *
+ * @module GrpcServer
+ */
+import * as Grpc from "@grpc/grpc-js"
+import { Context, Data, Duration, Effect, Exit, Layer, type Scope, Stream } from "effect"
+import { AsyncInferenceEngine } from "../Engine.ts"
+import { Lifecycle } from "../http/Lifecycle.ts"
+import * as ModelConfiguration from "../http/ModelConfiguration.ts"
+import * as Oip from "../http/Oip.ts"
+import * as Routes from "../http/Routes.ts"
+import * as Statistics from "../http/Statistics.ts"
+import * as InferenceError from "../InferenceError.ts"
+import * as InferenceRequest from "../InferenceRequest.ts"
+import { ModelPool } from "../ModelPool.ts"
+import * as ModelRepository from "../ModelRepository.ts"
+import * as Priority from "../Priority.ts"
+import { TelemetryCollector } from "../Telemetry.ts"
+import * as GrpcCodec from "./GrpcCodec.ts"
+
+export interface Options {
+  readonly host: string
+  /** 0 binds any free port (read it from the service's `port`). */
+  readonly port: number
+  /** Largest message accepted, in bytes (RESOURCE_EXHAUSTED above). */
+  readonly maxMessageBytes: number
+  readonly serverName: string
+  readonly serverVersion: string
+  /** Directories whose path never appears in an answer. */
+  readonly redactPaths?: ReadonlyArray<string> | undefined
+  /** How long closing waits for calls in flight before cutting them. Default 5 seconds. */
+  readonly shutdownTimeout?: Duration.Input | undefined
+}
+
+/** A failure answered as a gRPC status. */
+export class GrpcFailure extends Data.TaggedError("GrpcFailure")<{ readonly code: Grpc.status; readonly details: string }> {}
+
+/** The server could not bind. */
+export class GrpcServeError extends Data.TaggedError("GrpcServeError")<{ readonly message: string }> {}
+
+export class GrpcServer extends Context.Service<GrpcServer, { readonly port: number; readonly server: Grpc.Server }>()("effect-onnx/grpc/GrpcServer") {}
+
+type Requirements = AsyncInferenceEngine | ModelPool | TelemetryCollector | Lifecycle
+
+/** The RPC handlers, as Effects over the services (the grpc-js wiring is `make`). */
+const makeHandlers = (options: Options) =>
+  Effect.gen(function*() {
+    const engine = yield* AsyncInferenceEngine
+    const pool = yield* ModelPool
+    const telemetry = yield* TelemetryCollector
+    const lifecycle = yield* Lifecycle
+    const statistics = yield* Effect.serviceOption(Statistics.Statistics)
+    const roots = options.redactPaths ?? []
+
+    const fromReason = (reason: InferenceError.Reason) =>
+      new GrpcFailure({ code: InferenceError.grpcCode(reason), details: Routes.redact(reason.message, roots) })
+    const invalidArgument = (details: string) => new GrpcFailure({ code: Grpc.status.INVALID_ARGUMENT, details })
+
+    /** The model name and version ("" is the default), checked as HTTP checks its path. */
+    const modelParams = (name: string, version: string) => {
+      if (!ModelRepository.isValidModelName(name)) {
+        return Effect.fail(invalidArgument(`invalid model name ${JSON.stringify(name.slice(0, 200))}: letters, digits, "_", "." and "-" only, starting with a letter or digit`))
+      }
+      if (version !== "" && !ModelRepository.versionPattern.test(version)) {
+        return Effect.fail(invalidArgument(`invalid model version ${JSON.stringify(version.slice(0, 200))}: decimal digits only`))
+      }
+      return Effect.succeed({ name, version: version === "" ? undefined : version })
+    }
+
+    const metadataOf = (name: string, version: string | undefined) => Effect.mapError(pool.metadata(name, version), fromReason)
+
+    const recordRefused = (name: string, reason: InferenceError.Reason) => {
+      const info = { modelId: name, requestId: InferenceRequest.nextRequestId(), priority: Priority.Normal }
+      return telemetry.recordStart(info).pipe(
+        Effect.andThen(reason._tag === "QueueFull" ? telemetry.recordRejected(info, reason) : telemetry.recordFailure(info, reason, 0))
+      )
+    }
+    const invalid = (name: string, reason: InferenceError.InvalidInput) => Effect.andThen(recordRefused(name, reason), Effect.fail(fromReason(reason)))
+
+    /** One inference; `deadlineMs` is the call's deadline (Date.now() scale), if any. */
+    const infer = (message: GrpcCodec.ModelInferRequest, deadlineMs: number | undefined) =>
+      Effect.gen(function*() {
+        if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
+        const { name, version } = yield* modelParams(message.model_name, message.model_version)
+        const metadata = yield* metadataOf(name, version)
+        const queued = yield* engine.queueStats
+        if (queued.total >= engine.config.maxQueuedRequests) {
+          const full = new InferenceError.QueueFull({ modelId: name, requestId: "", capacity: engine.config.maxQueuedRequests })
+          yield* recordRefused(name, full)
+          return yield* Effect.fail(fromReason(full))
+        }
+        const oip = GrpcCodec.toOip(message)
+        if (typeof oip === "string") return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: oip }))
+        const body = Oip.decodeInferRequest(oip.body)
+        if ("error" in body) return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
+        const prepared = Oip.prepare(metadata, body, oip.binary)
+        if (prepared instanceof InferenceError.InvalidInput) return yield* invalid(name, prepared)
+        let timeout = prepared.timeout
+        if (deadlineMs !== undefined) {
+          const left = Duration.millis(Math.max(1, deadlineMs - Date.now()))
+          timeout = timeout === undefined || Duration.isGreaterThan(timeout, left) ? left : timeout
+        }
+        const request = InferenceRequest.make(name, prepared.inputs, {
+          modelVersion: version,
+          priority: prepared.priority ?? metadata.defaultPriority,
+          timeout,
+          metadata: body.id === undefined ? undefined : { id: body.id }
+        })
+        const result = yield* engine.infer(request).pipe(Effect.mapError((e) => fromReason(e.reason)))
+        const outputs: Array<readonly [string, (typeof result.outputs)[string]]> = []
+        for (const output of prepared.outputs) {
+          const tensor = result.outputs[output]
+          if (tensor === undefined) return yield* Effect.die(new Error(`model ${name} returned no output ${output} (request ${request.requestId})`))
+          outputs.push([output, tensor])
+        }
+        return GrpcCodec.inferResponse({ modelName: name, modelVersion: metadata.version, id: message.id, outputs })
+      })
+
+    const modelMetadata = (message: { name: string; version: string }) =>
+      Effect.gen(function*() {
+        const { name, version } = yield* modelParams(message.name, message.version)
+        const metadata = yield* metadataOf(name, version)
+        const models = yield* pool.models
+        const versions = models.filter((m) => m.name === name).map((m) => m.version)
+        return {
+          name,
+          versions: versions.length === 0 ? [metadata.version] : versions,
+          platform: Oip.platformName,
+          inputs: metadata.inputs.map(Oip.tensorMetadata),
+          outputs: metadata.outputs.map(Oip.tensorMetadata)
+        }
+      })
+
+    const modelReady = (message: { name: string; version: string }) =>
+      Effect.gen(function*() {
+        const { name, version } = yield* modelParams(message.name, message.version)
+        if (lifecycle.isShuttingDown()) return { ready: false }
+        const result = yield* Effect.result(metadataOf(name, version))
+        if (result._tag === "Success") return { ready: true }
+        if (result.failure.code === Grpc.status.NOT_FOUND) return yield* Effect.fail(result.failure)
+        return { ready: false }
+      })
+
+    const modelConfig = (message: { name: string; version: string }) =>
+      Effect.gen(function*() {
+        const { name, version } = yield* modelParams(message.name, message.version)
+        const metadata = yield* metadataOf(name, version)
+        return { config: ModelConfiguration.of(metadata, engine.config) }
+      })
+
+    const modelStatistics = (message: { name: string; version: string }) =>
+      Effect.gen(function*() {
+        if (statistics._tag === "None") {
+          return yield* Effect.fail(new GrpcFailure({ code: Grpc.status.UNIMPLEMENTED, details: "statistics are not collected by this server (Statistics.layer is not provided)" }))
+        }
+        const name = message.name === "" ? undefined : (yield* modelParams(message.name, message.version)).name
+        const version = message.version === "" ? undefined : message.version
+        const model_stats = yield* Effect.mapError(Statistics.report(pool, statistics.value, name, version), fromReason)
+        return { model_stats }
+      })
+
+    const repositoryIndex = (message: { ready: boolean }) =>
+      Effect.map(pool.models, (models) => ({
+        models: models
+          .filter((m) => !message.ready || m.state === "READY")
+          .map((m) => ({ name: m.name, version: m.version, state: m.state, reason: m.reason === undefined ? "" : Routes.redact(m.reason, roots) }))
+      }))
+
+    const modelControl = (message: { model_name: string }) =>
+      Effect.andThen(
+        modelParams(message.model_name, ""),
+        Effect.fail(invalidArgument("explicit model control is not supported: the repository is loaded once, at startup"))
+      )
+
+    return { engine, lifecycle, infer, modelMetadata, modelReady, modelConfig, modelStatistics, repositoryIndex, modelControl }
+  })
+
+/** The call's deadline in ms since the epoch, or undefined for none. */
+const deadlineOf = (call: { getDeadline(): Grpc.Deadline }): number | undefined => {
+  const deadline = call.getDeadline()
+  const ms = deadline instanceof Date ? deadline.getTime() : deadline
+  return Number.isFinite(ms) ? ms : undefined
+}
+
+const toServiceError = (e: GrpcFailure): Partial<Grpc.StatusObject> => ({ code: e.code, details: e.details })
+
+/** Builds the server and binds it; the current scope owns it. */
+export const make = (options: Options): Effect.Effect<GrpcServer["Service"], GrpcServeError, Requirements | Scope.Scope> =>
+  Effect.gen(function*() {
+    const context = yield* Effect.context<Requirements>()
+    const handlers = yield* makeHandlers(options)
+    const { lifecycle } = handlers
+    const run = Effect.runCallbackWith(context)
+    const definitions = GrpcCodec.loadDefinitions()
+    const proto = Grpc.loadPackageDefinition(definitions) as unknown as {
+      inference: { GRPCInferenceService: { service: Grpc.ServiceDefinition } }
+      grpc: { health: { v1: { Health: { service: Grpc.ServiceDefinition } } } }
+    }
+
+    /** A unary RPC: the effect runs as one tracked call; a cancel interrupts it. */
+    const unary = <Req, Res>(f: (request: Req, deadlineMs: number | undefined) => Effect.Effect<Res, GrpcFailure, Requirements>) =>
+      (call: Grpc.ServerUnaryCall<Req, Res>, callback: Grpc.sendUnaryData<Res>) => {
+        const effect = lifecycle.track(f(call.request, deadlineOf(call))).pipe(
+          Effect.catchDefect((defect) =>
+            Effect.andThen(
+              Effect.logError("unexpected failure while answering a gRPC call", defect),
+              Effect.fail(new GrpcFailure({ code: Grpc.status.INTERNAL, details: "internal error" }))
+            )
+          )
+        )
+        const interrupt = run(effect, {
+          onExit: (exit) => {
+            if (Exit.isSuccess(exit)) return callback(null, exit.value)
+            const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
+            if (failure !== undefined) return callback(toServiceError(failure.error as GrpcFailure))
+            // Interrupted: the client is gone (cancel or deadline); grpc-js has already ended the call.
+            callback({ code: Grpc.status.CANCELLED, details: "cancelled" })
+          }
+        })
+        call.on("cancelled", () => interrupt())
+      }
+
+    const streamInfer = (call: Grpc.ServerDuplexStream<GrpcCodec.ModelInferRequest, unknown>) => {
+      const write = (message: unknown) =>
+        Effect.callback<void>((resume) => {
+          if (call.write(message)) resume(Effect.void)
+          else call.once("drain", () => resume(Effect.void))
+        })
+      const deadlineMs = deadlineOf(call)
+      const concurrency = handlers.engine.config.maxConcurrentRequests + handlers.engine.config.maxQueuedRequests
+      // Iterating a Node stream destroys it at the end by default: here that would cut the
+      // writing side at the half-close, before the answers still outstanding are sent.
+      const requests = (call as unknown as { iterator: (o: { destroyOnReturn: boolean }) => AsyncIterable<GrpcCodec.ModelInferRequest> })
+        .iterator({ destroyOnReturn: false })
+      const effect = Stream.fromAsyncIterable(requests, (e) => e).pipe(
+        Stream.mapEffect((message) =>
+          handlers.infer(message, deadlineMs).pipe(
+            Effect.match({
+              onFailure: (e) => ({
+                error_message: e.details,
+                infer_response: { model_name: message.model_name, model_version: message.model_version, id: message.id }
+              }),
+              onSuccess: (response) => ({ error_message: "", infer_response: response })
+            })
+          ), { concurrency, unordered: true }),
+        Stream.runForEach(write),
+        lifecycle.track
+      )
+      const interrupt = run(effect, {
+        onExit: (exit) => {
+          if (Exit.isSuccess(exit)) return call.end()
+          if (call.cancelled) return
+          const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
+          call.emit("error", { code: Grpc.status.INTERNAL, details: failure === undefined ? "internal error" : String((failure.error as Error)?.message ?? failure.error) })
+        }
+      })
+      call.on("cancelled", () => interrupt())
+    }
+
+    const inferenceService: Grpc.UntypedServiceImplementation = {
+      ServerLive: unary(() => Effect.succeed({ live: true })),
+      ServerReady: unary(() => Effect.sync(() => ({ ready: !lifecycle.isShuttingDown() }))),
+      ModelReady: unary(handlers.modelReady),
+      ServerMetadata: unary(() => Effect.succeed({ name: options.serverName, version: options.serverVersion, extensions: Routes.extensions.slice() })),
+      ModelMetadata: unary(handlers.modelMetadata),
+      ModelInfer: unary(handlers.infer),
+      ModelStreamInfer: streamInfer,
+      ModelConfig: unary(handlers.modelConfig),
+      ModelStatistics: unary(handlers.modelStatistics),
+      RepositoryIndex: unary(handlers.repositoryIndex),
+      RepositoryModelLoad: unary(handlers.modelControl),
+      RepositoryModelUnload: unary(handlers.modelControl)
+    }
+
+    const healthServices = new Set(["", "inference.GRPCInferenceService", "grpc.health.v1.Health"])
+    const healthService: Grpc.UntypedServiceImplementation = {
+      Check: unary((request: { service: string }) =>
+        healthServices.has(request.service)
+          ? Effect.sync(() => ({ status: lifecycle.isShuttingDown() ? "NOT_SERVING" : "SERVING" }))
+          : Effect.fail(new GrpcFailure({ code: Grpc.status.NOT_FOUND, details: `unknown service ${JSON.stringify(request.service.slice(0, 200))}` })))
+    }
+
+    const server = new Grpc.Server({
+      "grpc.max_receive_message_length": options.maxMessageBytes,
+      "grpc.max_send_message_length": -1
+    })
+    server.addService(proto.inference.GRPCInferenceService.service, inferenceService)
+    server.addService(proto.grpc.health.v1.Health.service, healthService)
+
+    const shutdownTimeout = Duration.fromInputUnsafe(options.shutdownTimeout ?? Duration.seconds(5))
+    const port = yield* Effect.acquireRelease(
+      Effect.callback<number, GrpcServeError>((resume) => {
+        server.bindAsync(`${options.host}:${options.port}`, Grpc.ServerCredentials.createInsecure(), (error, port) => {
+          resume(error === null ? Effect.succeed(port) : Effect.fail(new GrpcServeError({ message: error.message })))
+        })
+      }),
+      () =>
+        Effect.callback<void>((resume) => {
+          server.tryShutdown(() => resume(Effect.void))
+        }).pipe(
+          Effect.timeoutOption(shutdownTimeout),
+          Effect.andThen(Effect.sync(() => server.forceShutdown()))
+        )
+    )
+    return { port, server }
+  })
+
+/** The gRPC server as a layer; needs what the HTTP routes need (`Statistics` optional). */
+export const layer = (options: Options): Layer.Layer<GrpcServer, GrpcServeError, Requirements> => Layer.effect(GrpcServer, make(options))
