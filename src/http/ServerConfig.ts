@@ -10,6 +10,7 @@
  * | `--models DIR` | `MODEL_REPOSITORY` | the bundled `models/` |
  * | `--max-body-bytes` | `MAX_BODY_BYTES` | 16 MiB |
  * | `--grace-period-seconds` | `GRACE_PERIOD_SECONDS` | 30 |
+ * | `--grpc-port` | `GRPC_PORT` | `8001`, or 0 when `--port` is 0 (0: any free port; `off`: no gRPC server) |
  *
  * The engine's own settings come from its variables (`AsyncConfig`: `MAX_CONCURRENT_REQUESTS`,
  * `MAX_QUEUED_REQUESTS`, `QUEUE_TIMEOUT_MS`, `ENABLE_PRIORITY_QUEUE`).
@@ -28,6 +29,8 @@ export interface ServerConfig {
   readonly models: string
   readonly maxBodyBytes: number
   readonly gracePeriod: Duration.Duration
+  /** The gRPC port (0: any free one); undefined: no gRPC server. */
+  readonly grpcPort: number | undefined
 }
 
 /** The repository shipped with the package. */
@@ -38,7 +41,8 @@ export const defaults: ServerConfig = {
   port: 8000,
   models: bundledModels,
   maxBodyBytes: 16 * 1024 * 1024,
-  gracePeriod: Duration.seconds(30)
+  gracePeriod: Duration.seconds(30),
+  grpcPort: 8001
 }
 
 export const usage = `Usage: node src/bin/server.ts [options]
@@ -51,6 +55,8 @@ Options (each also read from the environment variable in brackets):
   --models DIR                   model repository [MODEL_REPOSITORY] (default: the bundled models/)
   --max-body-bytes N             largest request body [MAX_BODY_BYTES] (default ${defaults.maxBodyBytes})
   --grace-period-seconds S       drain time on SIGTERM/SIGINT [GRACE_PERIOD_SECONDS] (default 30)
+  --grpc-port PORT               gRPC port on the same host, 0 for any free one, off for none [GRPC_PORT]
+                                 (default ${defaults.grpcPort}; 0 when --port is 0)
   -h, --help                     this text
 
 Engine: MAX_CONCURRENT_REQUESTS, MAX_QUEUED_REQUESTS, QUEUE_TIMEOUT_MS, ENABLE_PRIORITY_QUEUE.`
@@ -95,6 +101,7 @@ export const parse = (
         models: { type: "string" },
         "max-body-bytes": { type: "string" },
         "grace-period-seconds": { type: "string" },
+        "grpc-port": { type: "string" },
         help: { type: "boolean", short: "h" }
       }
     }).values
@@ -111,12 +118,17 @@ export const parse = (
   const models = field(Dir, "models", "MODEL_REPOSITORY", { flag: get("models"), env: env["MODEL_REPOSITORY"] })
   const maxBody = field(Bytes, "max-body-bytes", "MAX_BODY_BYTES", { flag: get("max-body-bytes"), env: env["MAX_BODY_BYTES"] })
   const grace = field(Seconds, "grace-period-seconds", "GRACE_PERIOD_SECONDS", { flag: get("grace-period-seconds"), env: env["GRACE_PERIOD_SECONDS"] })
-  for (const v of [host, port, models, maxBody, grace]) if (v instanceof ConfigError) return v
+  const grpcRaw = get("grpc-port") ?? (env["GRPC_PORT"] === "" ? undefined : env["GRPC_PORT"])
+  const grpcOff = grpcRaw !== undefined && grpcRaw.toLowerCase() === "off"
+  const grpcPort = grpcOff ? undefined : field(Port, "grpc-port", "GRPC_PORT", { flag: get("grpc-port"), env: env["GRPC_PORT"] })
+  for (const v of [host, port, models, maxBody, grace, grpcPort]) if (v instanceof ConfigError) return v
   return {
     host: (host as string | undefined) ?? defaults.host,
     port: (port as number | undefined) ?? defaults.port,
     models: models === undefined ? defaults.models : Path.resolve(models as string),
     maxBodyBytes: (maxBody as number | undefined) ?? defaults.maxBodyBytes,
-    gracePeriod: grace === undefined ? defaults.gracePeriod : Duration.millis((grace as number) * 1000)
+    gracePeriod: grace === undefined ? defaults.gracePeriod : Duration.millis((grace as number) * 1000),
+    // A free HTTP port (tests, several servers on one host) implies a free gRPC port too.
+    grpcPort: grpcOff ? undefined : (grpcPort as number | undefined) ?? (port === 0 ? 0 : defaults.grpcPort)
   }
 }

@@ -46,6 +46,19 @@ describe("ServerConfig", () => {
     }
   })
 
+  it("serves gRPC on 8001 by default; --grpc-port or GRPC_PORT moves it, 0 picks a free port, off turns it off", () => {
+    assert.strictEqual((parse([]) as ServerConfig.ServerConfig).grpcPort, 8001)
+    assert.strictEqual((parse([], { GRPC_PORT: "9001" }) as ServerConfig.ServerConfig).grpcPort, 9001)
+    assert.strictEqual((parse(["--port", "0"]) as ServerConfig.ServerConfig).grpcPort, 0)
+    assert.strictEqual((parse(["--port", "0", "--grpc-port", "9002"]) as ServerConfig.ServerConfig).grpcPort, 9002)
+    assert.strictEqual((parse(["--grpc-port", "0"], { GRPC_PORT: "9001" }) as ServerConfig.ServerConfig).grpcPort, 0)
+    assert.isUndefined((parse(["--grpc-port", "off"]) as ServerConfig.ServerConfig).grpcPort)
+    assert.isUndefined((parse([], { GRPC_PORT: "OFF" }) as ServerConfig.ServerConfig).grpcPort)
+    const bad = parse(["--grpc-port", "grpc"])
+    assert.instanceOf(bad, ServerConfig.ConfigError)
+    if (bad instanceof ServerConfig.ConfigError) assert.include(bad.message, "invalid --grpc-port \"grpc\"")
+  })
+
   it("--help asks for the usage", () => {
     assert.instanceOf(parse(["--help"]), ServerConfig.HelpRequested)
     assert.instanceOf(parse(["-h"]), ServerConfig.HelpRequested)
