@@ -8,8 +8,8 @@
  *   (d) grpc stream   ModelStreamInfer: one bidirectional stream, answers matched by id
  *
  * Contenders alternate within every round (the starting one rotating); figures are medians over
- * rounds. Before the load, the message codec alone: encoding and decoding a ModelInferRequest
- * with the row in raw contents through proto-loader (protobufjs), µs per message.
+ * rounds. Before the load, the message codec alone, µs per message, for the two candidate
+ * libraries (`codec`).
  *
  * Every block is also printed as one JSON line (`{"bench":"grpc",…}`) for machines.
  *
@@ -143,28 +143,57 @@ const load = async (server: Server, path: Path4, outstanding: number, seconds: n
   }
 }
 
-/** The codec alone: proto-loader's serialize and deserialize of a ModelInferRequest with raw contents. */
-const codec = () => {
-  const method = proto.inference.GRPCInferenceService.service.ModelInfer
-  const message = grpcRequest("1")
+/** µs per call of `f`, after a warm-up. */
+const perCallUs = (n: number, f: () => unknown): number => {
+  for (let i = 0; i < 2000; i++) f()
+  const t = performance.now()
+  for (let i = 0; i < n; i++) f()
+  return ((performance.now() - t) * 1000) / n
+}
+
+const logits = new Float32Array(10).map((_, i) => i / 10)
+
+/**
+ * The codec alone, both candidates on the same messages: the server decodes a ModelInferRequest
+ * (the row in raw_input_contents) and encodes a ModelInferResponse (10 logits in
+ * raw_output_contents). proto-loader (protobufjs, what the server uses) against @bufbuild/protobuf
+ * driven by reflection over the same .proto (its descriptors built through protobufjs; generated
+ * code would be no faster at run time, bufbuild's codec is reflective either way).
+ */
+const codec = async () => {
   const n = args.quick ? 20_000 : 100_000
-  let bytes = method.requestSerialize(message) as Buffer
-  for (let i = 0; i < 2000; i++) method.requestDeserialize(method.requestSerialize(message))
-  let t = performance.now()
-  for (let i = 0; i < n; i++) bytes = method.requestSerialize(message)
-  const encodeUs = ((performance.now() - t) * 1000) / n
-  t = performance.now()
-  for (let i = 0; i < n; i++) method.requestDeserialize(bytes)
-  const decodeUs = ((performance.now() - t) * 1000) / n
-  return { library: "@grpc/proto-loader 0.8.1 (protobufjs)", messageBytes: bytes.length, encodeUs, decodeUs }
+  const method = proto.inference.GRPCInferenceService.service.ModelInfer
+  const request = grpcRequest("1")
+  const response = { model_name: "mlp", model_version: "1", id: "1", outputs: [{ name: "logits", datatype: "FP32", shape: [1, 10] }], raw_output_contents: [Buffer.from(logits.buffer)] }
+  const requestBytes = method.requestSerialize(request) as Buffer
+  const protoLoader = {
+    library: "@grpc/proto-loader 0.8.1 (protobufjs)",
+    requestBytes: requestBytes.length,
+    "request encode µs": perCallUs(n, () => method.requestSerialize(request)),
+    "request decode µs": perCallUs(n, () => method.requestDeserialize(requestBytes)),
+    "response encode µs": perCallUs(n, () => method.responseSerialize(response))
+  }
+  const { bufbuild } = await import("./lib/bufbuild.ts")
+  const b = bufbuild()
+  const bufRequest = b.create(b.request, { modelName: "mlp", id: "1", inputs: [{ name: "input", datatype: "FP32", shape: [1n, 784n] }], rawInputContents: [new Uint8Array(row.buffer)] })
+  const bufResponse = b.create(b.response, { modelName: "mlp", modelVersion: "1", id: "1", outputs: [{ name: "logits", datatype: "FP32", shape: [1n, 10n] }], rawOutputContents: [new Uint8Array(logits.buffer)] })
+  const bufBytes = b.toBinary(b.request, bufRequest)
+  const bufbuildRow = {
+    library: "@bufbuild/protobuf 2.17.0 (reflection)",
+    requestBytes: bufBytes.length,
+    "request encode µs": perCallUs(n, () => b.toBinary(b.request, bufRequest)),
+    "request decode µs": perCallUs(n, () => b.fromBinary(b.request, requestBytes)),
+    "response encode µs": perCallUs(n, () => b.toBinary(b.response, bufResponse))
+  }
+  return [protoLoader, bufbuildRow]
 }
 
 const main = async () => {
   log(`grpc: ${ROUNDS} rounds × ${SECONDS} s per contender and level ${LEVELS.join(", ")}${args.quick ? " (quick)" : ""}`)
-  const c = codec()
-  section("ModelInferRequest codec (one 784-float row in raw_input_contents)")
-  console.log(table([{ library: c.library, "bytes": c.messageBytes, "encode µs": c.encodeUs, "decode µs": c.decodeUs }]))
-  console.log(JSON.stringify({ bench: "grpc", kind: "codec", ...c }))
+  const c = await codec()
+  section("Message codec: ModelInferRequest (one 784-float row, raw contents) and ModelInferResponse (10 logits)")
+  console.log(table(c))
+  for (const row of c) console.log(JSON.stringify({ bench: "grpc", kind: "codec", ...row }))
 
   const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "bench-grpc-"))
   Fs.mkdirSync(Path.join(repository, "mlp"))
