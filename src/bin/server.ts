@@ -60,7 +60,7 @@ const App = Grpc.pipe(Layer.provideMerge(Http)).pipe(
   // Triton's statistics, fed by the same telemetry as /metrics.
   Layer.provideMerge(Statistics.layer),
   Layer.provide(Layer.mergeAll(
-    OnnxModelPool.layer({ repository: config.models }),
+    OnnxModelPool.layer({ repository: config.models, modelControl: config.modelControlMode, loadModels: config.loadModels }),
     TelemetryCollector.layer,
     AsyncConfigService.layerConfig
   )),

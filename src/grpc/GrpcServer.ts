@@ -13,7 +13,7 @@
  * | ModelStreamInfer | a bidirectional stream of inferences, answered in completion order |
  * | ModelConfig, ModelStatistics | Triton's configuration and statistics extensions (`ModelConfiguration`, `Statistics`) |
  * | RepositoryIndex | every model version with its state and reason |
- * | RepositoryModelLoad / Unload | INVALID_ARGUMENT, as HTTP's 400: no model control |
+ * | RepositoryModelLoad / Unload | as HTTP's load and unload (`ModelControl`); INVALID_ARGUMENT without explicit model control |
  * | Health.Check | SERVING, NOT_SERVING once draining begins |
  * | (the shared-memory, trace and log RPCs) | UNIMPLEMENTED |
  *
@@ -41,6 +41,7 @@ import { Context, Data, Duration, Effect, Exit, Layer, type Scope, Stream } from
 import { AsyncInferenceEngine } from "../Engine.ts"
 import { Lifecycle } from "../http/Lifecycle.ts"
 import * as ModelConfiguration from "../http/ModelConfiguration.ts"
+import * as ModelControl from "../http/ModelControl.ts"
 import * as Oip from "../http/Oip.ts"
 import * as Routes from "../http/Routes.ts"
 import * as Statistics from "../http/Statistics.ts"
@@ -200,13 +201,19 @@ const makeHandlers = (options: Options) =>
           .map((m) => ({ name: m.name, version: m.version, state: m.state, reason: m.reason === undefined ? "" : Routes.redact(m.reason, roots) }))
       }))
 
-    const modelControl = (message: { model_name: string }) =>
-      Effect.andThen(
-        modelParams(message.model_name, ""),
-        Effect.fail(invalidArgument("explicit model control is not supported: the repository is loaded once, at startup"))
-      )
+    const modelControl = (action: "load" | "unload") => (message: { model_name: string }) =>
+      Effect.gen(function*() {
+        const { name } = yield* modelParams(message.model_name, "")
+        yield* (action === "load" ? ModelControl.load(pool, name) : ModelControl.unload(pool, engine, name)).pipe(
+          Effect.catchTag("NotSupported", (e) => Effect.fail(invalidArgument(e.message))),
+          Effect.mapError((e) => (e instanceof GrpcFailure ? e : fromReason(e)))
+        )
+        return {}
+      })
 
-    return { engine, lifecycle, infer, modelMetadata, modelReady, modelConfig, modelStatistics, repositoryIndex, modelControl }
+    const extensions = Routes.extensionsFor(ModelControl.isEnabled(pool) ? "explicit" : "none").slice()
+
+    return { engine, lifecycle, infer, modelMetadata, modelReady, modelConfig, modelStatistics, repositoryIndex, modelControl, extensions }
   })
 
 /** The call's deadline in ms since the epoch, or undefined for none. */
@@ -295,15 +302,15 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
       ServerLive: unary(() => Effect.succeed({ live: true })),
       ServerReady: unary(() => Effect.sync(() => ({ ready: !lifecycle.isShuttingDown() }))),
       ModelReady: unary(handlers.modelReady),
-      ServerMetadata: unary(() => Effect.succeed({ name: options.serverName, version: options.serverVersion, extensions: Routes.extensions.slice() })),
+      ServerMetadata: unary(() => Effect.succeed({ name: options.serverName, version: options.serverVersion, extensions: handlers.extensions })),
       ModelMetadata: unary(handlers.modelMetadata),
       ModelInfer: unary(handlers.infer),
       ModelStreamInfer: streamInfer,
       ModelConfig: unary(handlers.modelConfig),
       ModelStatistics: unary(handlers.modelStatistics),
       RepositoryIndex: unary(handlers.repositoryIndex),
-      RepositoryModelLoad: unary(handlers.modelControl),
-      RepositoryModelUnload: unary(handlers.modelControl)
+      RepositoryModelLoad: unary(handlers.modelControl("load")),
+      RepositoryModelUnload: unary(handlers.modelControl("unload"))
     }
 
     const healthServices = new Set(["", "inference.GRPCInferenceService", "grpc.health.v1.Health"])

@@ -42,6 +42,7 @@ import { Lifecycle } from "./Lifecycle.ts"
 import * as Metrics from "./Metrics.ts"
 import * as ContentEncoding from "./ContentEncoding.ts"
 import * as ModelConfiguration from "./ModelConfiguration.ts"
+import * as ModelControl from "./ModelControl.ts"
 import * as Oip from "./Oip.ts"
 import { Statistics } from "./Statistics.ts"
 import * as StatisticsModule from "./Statistics.ts"
@@ -228,7 +229,11 @@ export const layer = (
 
       // -- server ----------------------------------------------------------------
 
-      const serverMetadata = handle(Effect.succeed(json(200, { name: options.serverName, version: options.serverVersion, extensions })))
+      const serverMetadata = handle(Effect.succeed(json(200, {
+        name: options.serverName,
+        version: options.serverVersion,
+        extensions: extensionsFor(ModelControl.isEnabled(pool) ? "explicit" : "none")
+      })))
 
       const live = handle(Effect.succeed(json(200, { live: true })))
 
@@ -364,10 +369,17 @@ export const layer = (
         )
       }))
 
-      const modelControl = handle(Effect.gen(function*() {
-        yield* modelParams
-        return yield* fail(400, "explicit model control is not supported: the repository is loaded once, at startup")
-      }))
+      /** Load or unload (Triton's model repository extension); 400 without explicit model control. */
+      const modelControl = (action: "load" | "unload") =>
+        handle(Effect.gen(function*() {
+          const { name } = yield* modelParams
+          yield* Effect.ignore(readBody)
+          yield* (action === "load" ? ModelControl.load(pool, name) : ModelControl.unload(pool, engine, name)).pipe(
+            Effect.catchTag("NotSupported", (e) => fail(400, e.message)),
+            Effect.mapError((e) => (e instanceof ApiError ? e : fromReason(e)))
+          )
+          return json(200, {})
+        }))
 
       // -- metrics and the rest ---------------------------------------------------------
 
@@ -406,8 +418,8 @@ export const layer = (
         HttpRouter.route("POST", "/v2/models/:name/infer", infer),
         HttpRouter.route("POST", "/v2/models/:name/versions/:version/infer", infer),
         HttpRouter.route("POST", "/v2/repository/index", repositoryIndex),
-        HttpRouter.route("POST", "/v2/repository/models/:name/load", modelControl),
-        HttpRouter.route("POST", "/v2/repository/models/:name/unload", modelControl),
+        HttpRouter.route("POST", "/v2/repository/models/:name/load", modelControl("load")),
+        HttpRouter.route("POST", "/v2/repository/models/:name/unload", modelControl("unload")),
         HttpRouter.route("GET", "/metrics", prometheus)
       ])
     })
