@@ -9,6 +9,7 @@ import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
 import * as GrpcServer from "../../src/grpc/GrpcServer.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
+import type { ModelPool } from "../../src/ModelPool.ts"
 import { Statistics } from "../../src/http/Statistics.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import { makeTestPool, secretPath } from "../http/TestApp.ts"
@@ -25,6 +26,8 @@ export interface HarnessOptions {
   readonly config?: Partial<AsyncConfig> | undefined
   readonly maxMessageBytes?: number | undefined
   readonly slowLatency?: import("effect").Duration.Input | undefined
+  /** Another pool than the scripted one (a real OnnxModelPool, say). */
+  readonly pool?: Layer.Layer<ModelPool, unknown> | undefined
 }
 
 export const makeHarness = (options: HarnessOptions = {}) =>
@@ -43,7 +46,7 @@ export const makeHarness = (options: HarnessOptions = {}) =>
         Layer.provideMerge(AsyncInferenceEngine.layer),
         Layer.provideMerge(Statistics.layer),
         Layer.provideMerge(Layer.mergeAll(
-          testPool.layer,
+          options.pool === undefined ? testPool.layer : Layer.orDie(options.pool),
           TelemetryCollector.layer,
           AsyncConfigService.layerWith(options.config ?? {}),
           Lifecycle.layer

@@ -6,6 +6,8 @@
 import * as Grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
+import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import { mlpBytes, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
 import { echoRaw, f32, fromF32, makeHarness } from "./GrpcHarness.ts"
 
 const waitFor = (condition: () => boolean | Promise<boolean>, ms = 2000) =>
@@ -388,3 +390,22 @@ describe("lifecycle", () => {
 })
 
 
+
+describe("model control over gRPC", () => {
+  it.live("under explicit model control RepositoryModelLoad and Unload work, and ServerMetadata advertises model_repository", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const { call } = yield* makeHarness({ pool: OnnxModelPool.layer({ repository, modelControl: "explicit", loadModels: [] }) })
+      const infer = { model_name: "mlp", inputs: [{ name: "input", datatype: "FP32", shape: [1, 784] }], raw_input_contents: [f32(new Array(784).fill(0.5))] }
+      assert.include((yield* call("ServerMetadata", {})).response.extensions, "model_repository")
+      assert.deepInclude((yield* call("RepositoryIndex", {})).response.models, { name: "mlp", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
+      assert.strictEqual((yield* call("ModelInfer", infer)).error?.code, Grpc.status.UNAVAILABLE)
+      assert.isUndefined((yield* call("RepositoryModelLoad", { model_name: "mlp" })).error)
+      const r = yield* call("ModelInfer", infer)
+      assert.isUndefined(r.error)
+      assert.deepStrictEqual(r.response.outputs[0].shape, ["1", "10"])
+      assert.isUndefined((yield* call("RepositoryModelUnload", { model_name: "mlp" })).error)
+      assert.strictEqual((yield* call("ModelInfer", infer)).error?.code, Grpc.status.UNAVAILABLE)
+      assert.strictEqual((yield* call("RepositoryModelLoad", { model_name: "nope" })).error?.code, Grpc.status.NOT_FOUND)
+    }), 60_000)
+})
