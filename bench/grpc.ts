@@ -7,6 +7,10 @@
  *   (c) grpc unary    ModelInfer with raw_input_contents / raw_output_contents (@grpc/grpc-js client, one channel)
  *   (d) grpc stream   ModelStreamInfer: one bidirectional stream, answers matched by id
  *
+ * The load generator runs on the same machine: its own cost (a grpc-js client costs more CPU
+ * than node:http) takes CPU from the server, so the server's CPU per request, read from /proc, is
+ * reported beside the throughput.
+ *
  * Contenders alternate within every round (the starting one rotating); figures are medians over
  * rounds. Before the load, the message codec alone, µs per message, for the two candidate
  * libraries (`codec`).
@@ -96,7 +100,30 @@ const post = (port: number, agent: Http.Agent, binary: boolean): Promise<void> =
 
 type Path4 = "http json" | "http binary" | "grpc unary" | "grpc stream"
 
-const load = async (server: Server, path: Path4, outstanding: number, seconds: number): Promise<LoadResult> => {
+/** CPU seconds (user + system, every thread) the process has used, from /proc. */
+const cpuSeconds = (pid: number): number => {
+  try {
+    const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return NaN
+  }
+}
+
+interface Block extends LoadResult {
+  /** The server process's CPU per request (the client's own cost, which differs by protocol, left out). */
+  readonly serverCpuUsPerReq: number
+}
+
+const load = async (server: Server, path: Path4, outstanding: number, seconds: number): Promise<Block> => {
+  const cpu0 = cpuSeconds(server.child.pid!)
+  const result = await drive(server, path, outstanding, seconds)
+  const cpu = cpuSeconds(server.child.pid!) - cpu0
+  return { ...result, serverCpuUsPerReq: (cpu * 1e6) / Math.max(1, result.completed) }
+}
+
+const drive = async (server: Server, path: Path4, outstanding: number, seconds: number): Promise<LoadResult> => {
   if (path === "http json" || path === "http binary") {
     const agent = new Http.Agent({ keepAlive: true, maxSockets: outstanding })
     try {
@@ -203,11 +230,11 @@ const main = async () => {
   const paths: ReadonlyArray<Path4> = ["http json", "http binary", "grpc unary", "grpc stream"]
   try {
     for (const p of paths) await load(server, p, 16, args.quick ? 0.5 : 2)
-    const results: Record<number, Record<string, Array<LoadResult>>> = {}
+    const results: Record<number, Record<string, Array<Block>>> = {}
     for (const level of LEVELS) {
-      const contenders: Array<Contender<LoadResult>> = paths.map((p) => ({ name: p, run: () => load(server, p, level, SECONDS) }))
+      const contenders: Array<Contender<Block>> = paths.map((p) => ({ name: p, run: () => load(server, p, level, SECONDS) }))
       results[level] = await alternate(ROUNDS, contenders, (round, name, r) => {
-        console.log(JSON.stringify({ bench: "grpc", kind: "block", outstanding: level, round, path: name, reqPerSec: r.reqPerSec, p50Ms: r.latency["all"]!.p50, p99Ms: r.latency["all"]!.p99, failed: r.failed }))
+        console.log(JSON.stringify({ bench: "grpc", kind: "block", outstanding: level, round, path: name, reqPerSec: r.reqPerSec, p50Ms: r.latency["all"]!.p50, p99Ms: r.latency["all"]!.p99, serverCpuUsPerReq: r.serverCpuUsPerReq, failed: r.failed }))
         log(`  c=${level} round ${round + 1} ${name}: ${fmt(r.reqPerSec)} req/s p50 ${fmt(r.latency["all"]!.p50)} ms p99 ${fmt(r.latency["all"]!.p99)} ms${r.failed > 0 ? ` FAILED ${r.failed} (${r.firstError})` : ""}`)
       }, `c=${level}`)
     }
@@ -223,6 +250,7 @@ const main = async () => {
           "vs http json": `${(median(blocks.map((b) => b.reqPerSec)) / json).toFixed(2)}×`,
           "p50 ms": median(blocks.map((b) => b.latency["all"]!.p50)),
           "p99 ms": median(blocks.map((b) => b.latency["all"]!.p99)),
+          "server CPU µs/req": median(blocks.map((b) => b.serverCpuUsPerReq)),
           failed: blocks.reduce((n, b) => n + b.failed, 0)
         })
       }
