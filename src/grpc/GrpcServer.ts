@@ -31,8 +31,11 @@
  * failed request answers `error_message` (and the stream goes on). When the client half-closes,
  * the stream ends once every answer is written; when it cancels, what is outstanding is cancelled.
  *
- * The server is a scoped resource: closing the scope shuts it down (calls in flight get
- * `shutdownTimeout` to finish, then are cut).
+ * The server is a scoped resource: closing the scope shuts it down: a stream that owes no
+ * answer ends at once with UNAVAILABLE ("the server is shutting down"), one that does once it has
+ * answered; calls in flight get `shutdownTimeout` to finish, then are cut. (The engine's drain,
+ * which runs first on SIGTERM, is what lets queued requests finish; an idle stream does not hold
+ * up the drain.)
  *
  * @module GrpcServer
  */
@@ -261,12 +264,21 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
         call.on("cancelled", () => interrupt())
       }
 
+    /** Open streams, with the requests each has received and not yet answered. */
+    const streams = new Map<Grpc.ServerDuplexStream<GrpcCodec.ModelInferRequest, unknown>, { outstanding: number; readonly stop: () => void }>()
+    let closing = false
+
     const streamInfer = (call: Grpc.ServerDuplexStream<GrpcCodec.ModelInferRequest, unknown>) => {
+      const state = { outstanding: 0, stop: () => {} }
       const write = (message: unknown) =>
         Effect.callback<void>((resume) => {
           if (call.write(message)) resume(Effect.void)
           else call.once("drain", () => resume(Effect.void))
-        })
+        }).pipe(Effect.andThen(Effect.sync(() => {
+          state.outstanding--
+          // Closing: a stream ends once it owes nothing.
+          if (closing && state.outstanding === 0) state.stop()
+        })))
       const deadlineMs = deadlineOf(call)
       const concurrency = handlers.engine.config.maxConcurrentRequests + handlers.engine.config.maxQueuedRequests
       // Iterating a Node stream destroys it at the end by default: here that would cut the
@@ -274,6 +286,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
       const requests = (call as unknown as { iterator: (o: { destroyOnReturn: boolean }) => AsyncIterable<GrpcCodec.ModelInferRequest> })
         .iterator({ destroyOnReturn: false })
       const effect = Stream.fromAsyncIterable(requests, (e) => e).pipe(
+        Stream.tap(() => Effect.sync(() => void state.outstanding++)),
         Stream.mapEffect((message) =>
           handlers.infer(message, deadlineMs).pipe(
             Effect.match({
@@ -284,17 +297,21 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
               onSuccess: (response) => ({ error_message: "", infer_response: response })
             })
           ), { concurrency, unordered: true }),
-        Stream.runForEach(write),
-        lifecycle.track
+        Stream.runForEach(write)
       )
       const interrupt = run(effect, {
         onExit: (exit) => {
+          streams.delete(call)
           if (Exit.isSuccess(exit)) return call.end()
           if (call.cancelled) return
           const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
-          call.emit("error", { code: Grpc.status.INTERNAL, details: failure === undefined ? "internal error" : String((failure.error as Error)?.message ?? failure.error) })
+          call.emit("error", failure === undefined && (closing || lifecycle.isShuttingDown())
+            ? { code: Grpc.status.UNAVAILABLE, details: "the server is shutting down" }
+            : { code: Grpc.status.INTERNAL, details: failure === undefined ? "internal error" : String((failure.error as Error)?.message ?? failure.error) })
         }
       })
+      state.stop = () => interrupt()
+      streams.set(call, state)
       call.on("cancelled", () => interrupt())
     }
 
@@ -337,6 +354,9 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
       }),
       () =>
         Effect.callback<void>((resume) => {
+          // Streams that owe no answer end now (UNAVAILABLE); the others once they have answered.
+          closing = true
+          for (const state of [...streams.values()]) if (state.outstanding === 0) state.stop()
           server.tryShutdown(() => resume(Effect.void))
         }).pipe(
           Effect.timeoutOption(shutdownTimeout),

@@ -5,7 +5,7 @@
  */
 import * as Grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Duration, Effect, Exit, Scope } from "effect"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import { mlpBytes, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
 import { echoRaw, f32, fromF32, makeHarness } from "./GrpcHarness.ts"
@@ -408,4 +408,27 @@ describe("model control over gRPC", () => {
       assert.strictEqual((yield* call("ModelInfer", infer)).error?.code, Grpc.status.UNAVAILABLE)
       assert.strictEqual((yield* call("RepositoryModelLoad", { model_name: "nope" })).error?.code, Grpc.status.NOT_FOUND)
     }), 60_000)
+})
+
+describe("shutdown with open streams", () => {
+  it.live("closing the server ends an idle stream at once with UNAVAILABLE, without waiting for the shutdown timeout", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const { client } = yield* makeHarness().pipe(Scope.provide(scope))
+      const stream = client.ModelStreamInfer()
+      const received: Array<any> = []
+      stream.on("data", (m: any) => received.push(m))
+      const ended = new Promise<{ code?: number; details?: string }>((resolve) => {
+        stream.on("error", (e: Grpc.ServiceError) => resolve({ code: e.code, details: e.details }))
+        stream.on("end", () => resolve({}))
+      })
+      stream.write(echoRaw([1, 2, 3, 4], { id: "one" }))
+      yield* waitFor(() => received.length === 1)
+      const [elapsed] = yield* Effect.timed(Scope.close(scope, Exit.void))
+      // The harness gives calls 1 s to finish: an idle stream must not use it.
+      assert.isBelow(Duration.toMillis(elapsed), 800)
+      const status = yield* Effect.promise(() => ended)
+      assert.strictEqual(status.code, Grpc.status.UNAVAILABLE)
+      assert.strictEqual(status.details, "the server is shutting down")
+    }))
 })
