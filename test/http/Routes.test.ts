@@ -532,6 +532,15 @@ describe("Content-Encoding of request bodies", () => {
       }
     }).pipe(withFreshMetrics))
 
+  it.effect("a client that accepts gzip answers (tritonclient's response_compression_algorithm) gets a plain, correct answer", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const r = yield* send("POST", "/v2/models/echo/infer", Zlib.gzipSync(body), { "content-encoding": "gzip", "accept-encoding": "gzip, deflate" })
+      assert.strictEqual(r.status, 200)
+      assert.isNull(r.headers.get("content-encoding"))
+      assert.deepStrictEqual(r.json.outputs[0].data, [2, 4, 6, 8])
+    }).pipe(withFreshMetrics))
+
   it.effect("a compressed binary-tensor body is decompressed before it is split", () =>
     Effect.gen(function*() {
       const { send } = yield* makeApp()
