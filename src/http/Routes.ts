@@ -9,13 +9,17 @@
  * | `GET /v2/models/{name}[/versions/{v}]` | model metadata; -1 for dynamic dims |
  * | `GET /v2/models/{name}[/versions/{v}]/ready` | `{name, ready}`: 200, or 503 when not ready |
  * | `POST /v2/models/{name}[/versions/{v}]/infer` | an inference, in JSON or with Triton's binary tensor data (`Oip`) |
+ * | `GET /v2/models/{name}[/versions/{v}]/config` | Triton's model configuration (`ModelConfiguration`) |
+ * | `GET /v2/models/stats`, `GET /v2/models/{name}[/versions/{v}]/stats` | Triton's statistics (`Statistics`; 501 without its layer) |
  * | `POST /v2/repository/index` | every model version with its state (and reason) |
+ * | `POST /v2/repository/models/{name}/load`, `…/unload` | Triton's model control (`ModelControl`); 400 without it |
  * | `GET /metrics` | Prometheus text (see `Metrics`) |
  *
  * Every error is `{"error": "…"}` with the status of `InferenceError.httpStatus` for engine
  * failures (400 invalid input, 404 unknown model or version, 429 queue full with Retry-After,
  * 500 a failed run, 503 shutting down or model unavailable, 504 deadline exceeded), 413 for a body over the
- * limit, 400 for malformed JSON or an invalid model name. Messages never carry a stack trace or
+ * limit (or, once decompressed, `ContentEncoding`), 415 for an unsupported Content-Encoding, 400
+ * for malformed JSON or an invalid model name. Messages never carry a stack trace or
  * an absolute file path, and are cut at `maxMessageLength` characters (`redact`). A defect answers 500 "internal error" and is logged.
  *
  * An inference is refused as early as it can be: name check, model lookup, a queue-full check
@@ -44,8 +48,7 @@ import * as ContentEncoding from "./ContentEncoding.ts"
 import * as ModelConfiguration from "./ModelConfiguration.ts"
 import * as ModelControl from "./ModelControl.ts"
 import * as Oip from "./Oip.ts"
-import { Statistics } from "./Statistics.ts"
-import * as StatisticsModule from "./Statistics.ts"
+import * as Statistics from "./Statistics.ts"
 
 const utf8 = new TextDecoder()
 
@@ -127,7 +130,7 @@ export const layer = (
       const telemetry = yield* TelemetryCollector
       const lifecycle = yield* Lifecycle
       // Optional: without Statistics.layer (an embedding that did not wire it) the stats routes answer 501.
-      const statistics = yield* Effect.serviceOption(Statistics)
+      const statistics = yield* Effect.serviceOption(Statistics.Statistics)
       const roots = options.redactPaths ?? []
       const retryAfter = String(options.retryAfterSeconds ?? 1)
       const bodyLimit = options.bodyLimitBytes
@@ -340,7 +343,7 @@ export const layer = (
       const statsOf = (name: string | undefined, version: string | undefined) =>
         statistics._tag === "None"
           ? fail(501, "statistics are not collected by this server (Statistics.layer is not provided)")
-          : Effect.mapError(StatisticsModule.report(pool, statistics.value, name, version), fromReason)
+          : Effect.mapError(Statistics.report(pool, statistics.value, name, version), fromReason)
 
       const allStats = handle(Effect.map(statsOf(undefined, undefined), (model_stats) => json(200, { model_stats })))
 
