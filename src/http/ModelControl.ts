@@ -17,7 +17,7 @@ import type * as ModelPool from "../ModelPool.ts"
 
 export class NotSupported extends Data.TaggedError("NotSupported")<{}> {
   override get message(): string {
-    return "explicit model control is not supported: the repository is loaded once, at startup (start with --model-control-mode explicit)"
+    return "explicit model control is not supported: the repository is loaded once, at startup; start the server with --model-control-mode explicit"
   }
 }
 
