@@ -212,8 +212,11 @@ describe("ModelInfer", () => {
     Effect.gen(function*() {
       const { call, engine, gate } = yield* makeHarness()
       yield* gate.close
-      const r = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), model_name: "slow" }, { deadline: Date.now() + 100 })
+      // parameters.timeout says 10 s, the call's deadline 100 ms: the sooner wins.
+      const started = Date.now()
+      const r = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), model_name: "slow", parameters: { timeout: { int64_param: "10000000" } } }, { deadline: Date.now() + 100 })
       assert.strictEqual(r.error?.code, Grpc.status.DEADLINE_EXCEEDED)
+      assert.isBelow(Date.now() - started, 2000)
       yield* waitFor(() => Effect.runSync(engine.pending) === 0)
       yield* gate.open
     }))
