@@ -56,7 +56,8 @@ export interface Options {
   /**
    * Triton's model control mode: "none" (default) loads every model at start and offers no
    * `load`/`unload`; "explicit" loads only `loadModels` at start (the others are UNAVAILABLE,
-   * "unloaded") and offers `load` and `unload`.
+   * "unloaded") and offers `load` and `unload`; `models` also lists, as UNAVAILABLE "unloaded",
+   * the model directories added to the repository since.
    */
   readonly modelControl?: "none" | "explicit" | undefined
   /** The models loaded at start under explicit model control. */
@@ -318,6 +319,21 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       })
     )
 
+    /**
+     * Explicit model control: the model versions on disk now that were never loaded (a directory
+     * added after start), as Triton's index lists them: UNAVAILABLE, "unloaded".
+     */
+    const unseen: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit
+      ? ModelRepository.scan(options.repository, { defaults: options.defaults }).pipe(
+        Effect.map((scanned) =>
+          scanned.entries
+            .filter((e) => ModelRepository.versionsOf(repository, e.name).length === 0)
+            .map((e): ModelStatus => ({ name: e.name, version: e.version, state: "UNAVAILABLE", reason: "unloaded" }))
+        ),
+        Effect.orElseSucceed(() => [])
+      )
+      : Effect.succeed([])
+
     const service: Service = {
       metadata: (modelId, version) =>
         unloading.has(modelId)
@@ -325,10 +341,10 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
           : withHost(modelId, version, (model) => Effect.succeed(model.metadata)),
       run: (modelId: string, inputs: Tensor.TensorMap, runOptions) =>
         withHost(modelId, runOptions.version, (model) => model.host.run(inputs, runOptions.requestId, runOptions)),
-      models: Effect.map(info, (all) =>
+      models: Effect.map(Effect.zip(info, unseen), ([all, extra]) =>
         all.map((m): ModelStatus => (m.reason === undefined
           ? { name: m.name, version: m.version, state: m.state }
-          : { name: m.name, version: m.version, state: m.state, reason: m.reason }))),
+          : { name: m.name, version: m.version, state: m.state, reason: m.reason })).concat(extra)),
       get repository() {
         return repository
       },

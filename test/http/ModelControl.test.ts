@@ -90,6 +90,8 @@ describe("explicit model control", () => {
         "mlp/config.json": JSON.stringify({ batching: { enabled: true, maxBatchSize: 8 } })
       })
       assert.strictEqual((yield* send("POST", "/v2/models/added/infer", mlpRequest())).status, 404)
+      // Listed as soon as it is on disk, unloaded until it is loaded.
+      assert.deepStrictEqual(stateOf((yield* send("POST", "/v2/repository/index")).json, "added"), { name: "added", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
       assert.strictEqual((yield* send("POST", "/v2/repository/models/added/load")).status, 200)
       assert.strictEqual((yield* send("POST", "/v2/models/added/infer", mlpRequest())).status, 200)
       assert.strictEqual(stateOf((yield* send("POST", "/v2/repository/index")).json, "added")?.state, "READY")
