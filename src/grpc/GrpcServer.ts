@@ -7,7 +7,7 @@
  * | RPC | answer |
  * |---|---|
  * | ServerLive, ServerReady | live always; ready until shutdown begins |
- * | ModelReady | ready, or false when unavailable; NOT_FOUND for an unknown model |
+ * | ModelReady | ready, or false when unavailable or unknown (as Triton) |
  * | ServerMetadata, ModelMetadata | as `GET /v2`, `GET /v2/models/{m}` |
  * | ModelInfer | one inference; tensors in `raw_input_contents` or typed `contents`, outputs in `raw_output_contents` |
  * | ModelStreamInfer | a bidirectional stream of inferences, answered in completion order |
@@ -173,10 +173,10 @@ const makeHandlers = (options: Options) =>
       Effect.gen(function*() {
         const { name, version } = yield* modelParams(message.name, message.version)
         if (lifecycle.isShuttingDown()) return { ready: false }
+        // As Triton's ModelReady: not ready, not an error, for a model it does not have (so that
+        // tritonclient's is_model_ready answers False instead of raising).
         const result = yield* Effect.result(metadataOf(name, version))
-        if (result._tag === "Success") return { ready: true }
-        if (result.failure.code === Grpc.status.NOT_FOUND) return yield* Effect.fail(result.failure)
-        return { ready: false }
+        return { ready: result._tag === "Success" }
       })
 
     const modelConfig = (message: { name: string; version: string }) =>

@@ -41,7 +41,7 @@ describe("health, server and model metadata", () => {
       assert.include(refused.error?.details, "shutting down")
     }))
 
-  it.live("model metadata, readiness, configuration; NOT_FOUND and INVALID_ARGUMENT as HTTP's 404 and 400", () =>
+  it.live("model metadata, readiness (false for an unknown model, as Triton), configuration; NOT_FOUND and INVALID_ARGUMENT as HTTP's 404 and 400", () =>
     Effect.gen(function*() {
       const { call } = yield* makeHarness()
       const meta = (yield* call("ModelMetadata", { name: "multi" })).response
@@ -55,7 +55,8 @@ describe("health, server and model metadata", () => {
       assert.strictEqual((yield* call("ModelMetadata", { name: "echo", version: "x" })).error?.code, Grpc.status.INVALID_ARGUMENT)
       assert.deepStrictEqual((yield* call("ModelReady", { name: "echo", version: "1" })).response, { ready: true })
       assert.deepStrictEqual((yield* call("ModelReady", { name: "broken" })).response, { ready: false })
-      assert.strictEqual((yield* call("ModelReady", { name: "nope" })).error?.code, Grpc.status.NOT_FOUND)
+      assert.deepStrictEqual((yield* call("ModelReady", { name: "nope" })).response, { ready: false })
+      assert.strictEqual((yield* call("ModelReady", { name: "../x" })).error?.code, Grpc.status.INVALID_ARGUMENT)
       const unavailable = yield* call("ModelMetadata", { name: "broken" })
       assert.strictEqual(unavailable.error?.code, Grpc.status.UNAVAILABLE)
       assert.notInclude(unavailable.error?.details, "/srv/")
