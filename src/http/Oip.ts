@@ -104,8 +104,14 @@ export const RequestOutput = Schema.Struct({
 
 /** Triton's request parameters; other keys are accepted and ignored. */
 export const InferParameters = Schema.Struct({
-  /** 1 = highest. 0, or a level beyond the model's `priority_levels`, means the model's default (as Triton). */
-  priority: Schema.optionalKey(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))),
+  /**
+   * 1 = highest. 0, or a level beyond the model's `priority_levels` (any uint64, as Triton's, even
+   * past 2^53), means the model's default (as Triton).
+   */
+  priority: Schema.optionalKey(Schema.Number.check(
+    Schema.makeFilter((n: number) => Number.isInteger(n), { expected: "a non-negative integer" }),
+    Schema.isGreaterThanOrEqualTo(0)
+  )),
   /** Microseconds; 0 means the default deadline. */
   timeout: Schema.optionalKey(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isFinite())),
   /** Binary tensor data extension: every output as binary unless its own `binary_data` says otherwise. */

@@ -197,7 +197,7 @@ describe("ModelInfer", () => {
   it.live("parameters: priority as int64 or uint64 (beyond the levels: the default), timeout; a negative priority is INVALID_ARGUMENT", () =>
     Effect.gen(function*() {
       const { call } = yield* makeHarness()
-      for (const priority of [{ uint64_param: "1" }, { int64_param: "0" }, { uint64_param: "10" }]) {
+      for (const priority of [{ uint64_param: "1" }, { int64_param: "0" }, { uint64_param: "10" }, { uint64_param: "18446744073709551615" }]) {
         const r = yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { parameters: { priority } }))
         assert.isUndefined(r.error, JSON.stringify(priority))
       }
