@@ -55,7 +55,7 @@ export const defaults: ServerConfig = {
 
 export const usage = `Usage: node src/bin/server.ts [options]
 
-Serves the Open Inference Protocol v2 over HTTP for every model in a repository.
+Serves the Open Inference Protocol v2 over HTTP and gRPC for every model in a repository.
 
 Options (each also read from the environment variable in brackets):
   --host HOST                    address to bind [HOST] (default ${defaults.host})

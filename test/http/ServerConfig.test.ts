@@ -59,6 +59,25 @@ describe("ServerConfig", () => {
     if (bad instanceof ServerConfig.ConfigError) assert.include(bad.message, "invalid --grpc-port \"grpc\"")
   })
 
+  it("explicit model control with --load-model (repeatable); --load-model alone, a bad mode or a bad name is refused", () => {
+    assert.deepInclude(parse([]) as ServerConfig.ServerConfig, { modelControlMode: "none", loadModels: [] })
+    assert.deepInclude(parse(["--model-control-mode", "explicit", "--load-model", "a", "--load-model", "b.2"]) as ServerConfig.ServerConfig, {
+      modelControlMode: "explicit",
+      loadModels: ["a", "b.2"]
+    })
+    assert.deepInclude(parse([], { MODEL_CONTROL_MODE: "explicit" }) as ServerConfig.ServerConfig, { modelControlMode: "explicit" })
+    const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
+      [["--load-model", "a"], "--load-model needs --model-control-mode explicit"],
+      [["--model-control-mode", "poll"], "invalid --model-control-mode \"poll\""],
+      [["--model-control-mode", "explicit", "--load-model", "../x"], "invalid --load-model \"../x\""]
+    ]
+    for (const [argv, message] of cases) {
+      const result = parse(argv)
+      assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify(argv))
+      if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
+    }
+  })
+
   it("--help asks for the usage", () => {
     assert.instanceOf(parse(["--help"]), ServerConfig.HelpRequested)
     assert.instanceOf(parse(["-h"]), ServerConfig.HelpRequested)
