@@ -40,5 +40,7 @@ if (missing.length > 0) {
   console.error(`build: entry points not emitted:\n  ${missing.join("\n  ")}`)
   process.exit(1)
 }
+// Non-TypeScript assets loaded at run time: the gRPC service definitions (and their licence).
+Fs.cpSync(Path.join(root, "src", "grpc", "proto"), Path.join(dist, "grpc", "proto"), { recursive: true })
 Fs.chmodSync(Path.join(dist, "bin", "cli.js"), 0o755)
 console.log(`build: dist/ written; ${rewritten} entry-point URL(s) rewritten to .js`)

@@ -88,12 +88,15 @@ const answer = (state: State, request: Request, exit: Exit.Exit<RunOutput, Infer
   request.value.resume(exit)
 }
 
+/** A span of the monotonic clock in ms, without the floating-point dust of a difference of two large times. */
+const spanMs = (from: number, to: number): number => Math.round((to - from) * 1e3) / 1e3
+
 const expiredExit = (request: Request, why: Scheduler.Expiry, now: number): Exit.Exit<never, InferenceError.Reason> => {
-  const { modelId, requestId } = request.value.request
+  const { modelId, requestId, timeout } = request.value.request
   const elapsedMs = now - request.admittedAtMs
   return why === "queue"
-    ? Exit.fail(new InferenceError.QueueTimeout({ modelId, requestId, queueTimeoutMs: request.queueDeadlineAtMs - request.admittedAtMs, waitedMs: elapsedMs }))
-    : Exit.fail(new InferenceError.DeadlineExceeded({ modelId, requestId, timeoutMs: request.deadlineAtMs - request.admittedAtMs, elapsedMs }))
+    ? Exit.fail(new InferenceError.QueueTimeout({ modelId, requestId, queueTimeoutMs: spanMs(request.admittedAtMs, request.queueDeadlineAtMs), waitedMs: elapsedMs }))
+    : Exit.fail(new InferenceError.DeadlineExceeded({ modelId, requestId, timeoutMs: Duration.toMillis(timeout), elapsedMs }))
 }
 
 /** Settles what is due, dispatches what may go, and sets the timer for what comes next. */

@@ -187,3 +187,29 @@ export const httpStatus = (reason: Reason): number => {
       return 504
   }
 }
+
+/**
+ * The one mapping from reason to gRPC status code (numbers as in `grpc-js`'s `status`), as Triton
+ * maps its errors: INVALID_ARGUMENT (3), NOT_FOUND (5), RESOURCE_EXHAUSTED (8) for a full queue,
+ * DEADLINE_EXCEEDED (4), CANCELLED (1), INTERNAL (13), UNAVAILABLE (14).
+ */
+export const grpcCode = (reason: Reason): number => {
+  switch (reason._tag) {
+    case "InvalidInput":
+      return 3
+    case "ModelNotFound":
+      return 5
+    case "QueueFull":
+      return 8
+    case "Cancelled":
+      return 1
+    case "RunFailed":
+      return 13
+    case "ModelUnavailable":
+    case "ShuttingDown":
+      return 14
+    case "QueueTimeout":
+    case "DeadlineExceeded":
+      return 4
+  }
+}

@@ -85,6 +85,20 @@ export interface Service {
   ) => Effect.Effect<ReadonlyArray<Exit.Exit<RunOutput, InferenceError.RunFailed>>, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
   /** Every model in the repository with its state. */
   readonly models: Effect.Effect<ReadonlyArray<ModelStatus>>
+  /**
+   * Explicit model control (optional: a pool without it cannot load or unload). Loads, or
+   * reloads, every version of `name` from the repository as it is on disk now; the versions that
+   * served before keep serving until the new ones are READY, then are released. Fails with
+   * ModelNotFound when the repository has no such model, ModelUnavailable when it cannot load.
+   */
+  readonly load?: ((name: string) => Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable>) | undefined
+  /**
+   * Explicit model control: stops admitting requests for `name` at once (`metadata` fails with
+   * ModelUnavailable "unloading"), waits for `drained` (the caller's queue emptying of the
+   * model), then releases its sessions (runs still going finish first). ModelNotFound when it is
+   * not in the repository.
+   */
+  readonly unload?: ((name: string, drained: Effect.Effect<void>) => Effect.Effect<void, InferenceError.ModelNotFound>) | undefined
 }
 
 export class ModelPool extends Context.Service<ModelPool, Service>()("effect-onnx/ModelPool") {}

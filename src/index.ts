@@ -42,7 +42,13 @@ export * as InferenceClient from "./InferenceClient.ts"
 // The Open Inference Protocol server
 export * as Lifecycle from "./http/Lifecycle.ts"
 export * as Metrics from "./http/Metrics.ts"
+export * as ModelConfiguration from "./http/ModelConfiguration.ts"
 export * as Oip from "./http/Oip.ts"
 export * as Routes from "./http/Routes.ts"
 export * as Server from "./http/Server.ts"
 export * as ServerConfig from "./http/ServerConfig.ts"
+export * as Statistics from "./http/Statistics.ts"
+
+// The same protocol over gRPC
+export * as GrpcCodec from "./grpc/GrpcCodec.ts"
+export * as GrpcServer from "./grpc/GrpcServer.ts"

@@ -14,8 +14,10 @@ import { HttpServer } from "effect/http"
 import { readFileSync } from "node:fs"
 import { AsyncConfigService } from "../AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../Engine.ts"
+import * as GrpcServer from "../grpc/GrpcServer.ts"
 import * as Server from "../http/Server.ts"
 import * as ServerConfig from "../http/ServerConfig.ts"
+import { Statistics } from "../http/Statistics.ts"
 import * as OnnxModelPool from "../onnx/OnnxModelPool.ts"
 import * as Otel from "../Otel.ts"
 import { TelemetryCollector } from "../Telemetry.ts"
@@ -32,17 +34,33 @@ if (config instanceof ServerConfig.ConfigError) {
   process.exit(2)
 }
 
-const App = Server.layer({
+const Http = Server.layer({
   host: config.host,
   port: config.port,
   bodyLimitBytes: config.maxBodyBytes,
   serverName: packageJson.name,
   serverVersion: packageJson.version,
   redactPaths: [config.models]
-}).pipe(
+})
+
+/** gRPC beside HTTP, on the same host, engine and lifecycle (so SIGTERM drains both); none with --grpc-port off. */
+const Grpc = config.grpcPort === undefined
+  ? Layer.empty
+  : GrpcServer.layer({
+    host: config.host,
+    port: config.grpcPort,
+    maxMessageBytes: config.maxBodyBytes,
+    serverName: packageJson.name,
+    serverVersion: packageJson.version,
+    redactPaths: [config.models]
+  })
+
+const App = Grpc.pipe(Layer.provideMerge(Http)).pipe(
   Layer.provideMerge(AsyncInferenceEngine.layer),
+  // Triton's statistics, fed by the same telemetry as /metrics.
+  Layer.provideMerge(Statistics.layer),
   Layer.provide(Layer.mergeAll(
-    OnnxModelPool.layer({ repository: config.models }),
+    OnnxModelPool.layer({ repository: config.models, modelControl: config.modelControlMode, loadModels: config.loadModels }),
     TelemetryCollector.layer,
     AsyncConfigService.layerConfig
   )),
@@ -65,13 +83,16 @@ const main = Effect.gen(function*() {
   )
   const server = yield* HttpServer.HttpServer
   yield* Effect.logInfo(`listening on ${HttpServer.formatAddress(server.address)} (models: ${config.models})`)
+  const grpc = yield* Effect.serviceOption(GrpcServer.GrpcServer)
+  if (grpc._tag === "Some") yield* Effect.logInfo(`gRPC listening on ${config.host}:${grpc.value.port}`)
   return yield* Effect.never
 }).pipe(
   Effect.scoped,
   Effect.provide(App),
   Effect.catchTags({
     ServeError: (e) => Effect.logError(`cannot listen on ${config.host}:${config.port}: ${String((e.cause as Error | undefined)?.message ?? e)}`).pipe(Effect.andThen(Effect.fail(1 as const))),
-    RepositoryError: (e) => Effect.logError(e.message).pipe(Effect.andThen(Effect.fail(1 as const)))
+    RepositoryError: (e) => Effect.logError(e.message).pipe(Effect.andThen(Effect.fail(1 as const))),
+    GrpcServeError: (e) => Effect.logError(`cannot listen for gRPC on ${config.host}:${config.grpcPort}: ${e.message}`).pipe(Effect.andThen(Effect.fail(1 as const)))
   }),
   Effect.catchTag("ConfigError", (e) => Effect.logError(`invalid engine configuration: ${e.message}`).pipe(Effect.andThen(Effect.fail(2 as const))))
 )

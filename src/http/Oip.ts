@@ -23,9 +23,14 @@
  * Inference-Header-Content-Length header gives), little-endian and row-major, exactly as many
  * as its shape needs; an output asked with `binary_data` is returned the same way.
  *
- * Triton's request parameters: `priority` 1…4 maps to Critical…Low (0 or absent: the model's
- * default, Normal today), `timeout` in microseconds becomes the request's deadline (0 or absent:
- * the engine's default).
+ * Triton's request parameters: `priority` 1…4 maps to Critical…Low (0, absent or above 4: the
+ * model's default, as Triton), `timeout` in microseconds becomes the request's deadline (0 or
+ * absent: the engine's default). A model that batches refuses more rows than its
+ * `max_batch_size` (`checkBatchSize`), as Triton.
+ *
+ * `prepare` is the one decoding of an inference request that both protocols share: the HTTP
+ * routes feed it the JSON body (and binary part), the gRPC service a `ModelInferRequest`
+ * rewritten into the same shape, so that both answer the same messages.
  *
  * @module Oip
  */
@@ -99,8 +104,14 @@ export const RequestOutput = Schema.Struct({
 
 /** Triton's request parameters; other keys are accepted and ignored. */
 export const InferParameters = Schema.Struct({
-  /** 1 = highest. 0 means the model's default. */
-  priority: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: Priority.levels.length }))),
+  /**
+   * 1 = highest. 0, or a level beyond the model's `priority_levels` (any uint64, as Triton's, even
+   * past 2^53), means the model's default (as Triton).
+   */
+  priority: Schema.optionalKey(Schema.Number.check(
+    Schema.makeFilter((n: number) => Number.isInteger(n), { expected: "a non-negative integer" }),
+    Schema.isGreaterThanOrEqualTo(0)
+  )),
   /** Microseconds; 0 means the default deadline. */
   timeout: Schema.optionalKey(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isFinite())),
   /** Binary tensor data extension: every output as binary unless its own `binary_data` says otherwise. */
@@ -142,9 +153,18 @@ export const decodeRepositoryIndexRequest = (json: unknown): typeof RepositoryIn
 // Parameters
 // ---------------------------------------------------------------------------
 
-/** Triton priority (1 = highest) → engine priority; 0 or absent → undefined (the default). */
+/** Triton's platform name for ONNX models. */
+export const platformName = "onnxruntime_onnx"
+
+/** The number of priority levels a model has (Triton's `priority_levels`). */
+export const priorityLevels = Priority.levels.length
+
+/**
+ * Triton priority (1 = highest) → engine priority; 0, absent, or beyond `priorityLevels` →
+ * undefined (the model's default), as Triton treats a priority its model does not have.
+ */
 export const priorityOf = (priority: number | undefined): Priority.Priority | undefined =>
-  priority === undefined || priority === 0 ? undefined : Priority.levels[priority - 1]
+  priority === undefined || priority === 0 || priority > priorityLevels ? undefined : Priority.levels[priority - 1]
 
 /** Triton timeout (µs) → deadline; 0 or absent → undefined (the default). */
 export const timeoutOf = (timeoutMicros: number | undefined): Duration.Duration | undefined =>
@@ -684,4 +704,70 @@ export const modelProperties = (metadata: ModelMetadata.ModelMetadata): Record<s
   }
   if (metadata.signatures !== undefined) properties["input_signatures"] = JSON.stringify(metadata.signatures)
   return properties
+}
+
+/** The batch axis of `input` when the model batches (config.json `inputAxes`, default 0), or null. */
+const batchAxisOf = (batching: NonNullable<ModelMetadata.ModelMetadata["batching"]>, input: string): number | null =>
+  Object.hasOwn(batching.inputAxes, input) ? batching.inputAxes[input]! : 0
+
+/**
+ * The most rows a request may carry: `max_batch_size` when the model batches (Triton refuses a
+ * request with more), else undefined (no limit).
+ */
+export const checkBatchSize = (metadata: ModelMetadata.ModelMetadata, inputs: Tensor.TensorMap): InferenceError.InvalidInput | undefined => {
+  const batching = metadata.batching
+  if (batching === undefined || !batching.enabled) return undefined
+  for (const [name, tensor] of Object.entries(inputs)) {
+    const axis = batchAxisOf(batching, name)
+    if (axis === null) continue
+    const rows = tensor.dims[axis]
+    if (rows !== undefined && rows > batching.maxBatchSize) {
+      return new InferenceError.InvalidInput({
+        modelId: metadata.name,
+        input: name,
+        detail: `inference request batch-size must be <= ${batching.maxBatchSize} for '${metadata.name}' (the model's max_batch_size), got ${rows}`
+      })
+    }
+  }
+  return undefined
+}
+
+/** A decoded inference request, ready for the engine. */
+export interface Prepared {
+  readonly inputs: Tensor.TensorMap
+  /** The outputs to return, in order. */
+  readonly outputs: ReadonlyArray<string>
+  /** The outputs to return as binary tensor data (HTTP only). */
+  readonly binaryOutputs: ReadonlySet<string>
+  /** Undefined: the model's default. */
+  readonly priority: Priority.Priority | undefined
+  /** Undefined: the engine's default deadline. */
+  readonly timeout: Duration.Duration | undefined
+}
+
+/**
+ * Decodes a request envelope (already schema-checked) against the model: inputs
+ * (`decodeInputs`), batch size (`checkBatchSize`), outputs (`selectOutputs`), binary outputs,
+ * priority and timeout. The first problem found is returned as InvalidInput.
+ */
+export const prepare = (
+  metadata: ModelMetadata.ModelMetadata,
+  body: InferRequest,
+  binary?: Uint8Array
+): Prepared | InferenceError.InvalidInput => {
+  const inputs = decodeInputs(metadata, body.inputs, binary)
+  if (inputs instanceof InferenceError.InvalidInput) return inputs
+  const tooMany = checkBatchSize(metadata, inputs)
+  if (tooMany !== undefined) return tooMany
+  const outputs = selectOutputs(metadata, body.outputs)
+  if (outputs instanceof InferenceError.InvalidInput) return outputs
+  const binaryOutputs = binaryOutputsOf(metadata, body, outputs)
+  if (binaryOutputs instanceof InferenceError.InvalidInput) return binaryOutputs
+  return {
+    inputs,
+    outputs,
+    binaryOutputs,
+    priority: priorityOf(body.parameters?.priority),
+    timeout: timeoutOf(body.parameters?.timeout)
+  }
 }

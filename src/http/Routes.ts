@@ -9,13 +9,17 @@
  * | `GET /v2/models/{name}[/versions/{v}]` | model metadata; -1 for dynamic dims |
  * | `GET /v2/models/{name}[/versions/{v}]/ready` | `{name, ready}`: 200, or 503 when not ready |
  * | `POST /v2/models/{name}[/versions/{v}]/infer` | an inference, in JSON or with Triton's binary tensor data (`Oip`) |
+ * | `GET /v2/models/{name}[/versions/{v}]/config` | Triton's model configuration (`ModelConfiguration`) |
+ * | `GET /v2/models/stats`, `GET /v2/models/{name}[/versions/{v}]/stats` | Triton's statistics (`Statistics`; 501 without its layer) |
  * | `POST /v2/repository/index` | every model version with its state (and reason) |
+ * | `POST /v2/repository/models/{name}/load`, `…/unload` | Triton's model control (`ModelControl`); 400 without it |
  * | `GET /metrics` | Prometheus text (see `Metrics`) |
  *
  * Every error is `{"error": "…"}` with the status of `InferenceError.httpStatus` for engine
  * failures (400 invalid input, 404 unknown model or version, 429 queue full with Retry-After,
  * 500 a failed run, 503 shutting down or model unavailable, 504 deadline exceeded), 413 for a body over the
- * limit, 400 for malformed JSON or an invalid model name. Messages never carry a stack trace or
+ * limit (or, once decompressed, `ContentEncoding`), 415 for an unsupported Content-Encoding, 400
+ * for malformed JSON or an invalid model name. Messages never carry a stack trace or
  * an absolute file path, and are cut at `maxMessageLength` characters (`redact`). A defect answers 500 "internal error" and is logged.
  *
  * An inference is refused as early as it can be: name check, model lookup, a queue-full check
@@ -40,7 +44,13 @@ import * as Priority from "../Priority.ts"
 import { TelemetryCollector } from "../Telemetry.ts"
 import { Lifecycle } from "./Lifecycle.ts"
 import * as Metrics from "./Metrics.ts"
+import * as ContentEncoding from "./ContentEncoding.ts"
+import * as ModelConfiguration from "./ModelConfiguration.ts"
+import * as ModelControl from "./ModelControl.ts"
 import * as Oip from "./Oip.ts"
+import * as Statistics from "./Statistics.ts"
+
+const utf8 = new TextDecoder()
 
 export interface Options {
   /** Largest request body accepted, in bytes (413 above). */
@@ -55,10 +65,20 @@ export interface Options {
 }
 
 /** Triton's platform name for ONNX models. */
-export const platform = "onnxruntime_onnx"
+export const platform = Oip.platformName
 
-/** The OIP extensions this server implements (the repository extension: index only; Triton's binary tensor data). */
-export const extensions: ReadonlyArray<string> = ["model_repository", "binary_tensor_data"]
+/**
+ * The extensions this server implements: Triton's binary tensor data, model configuration,
+ * statistics, schedule policy (priority and timeout) and parameters; the model repository
+ * extension only under explicit model control, where load and unload work.
+ */
+export const extensionsFor = (modelControl: "none" | "explicit"): ReadonlyArray<string> =>
+  modelControl === "explicit"
+    ? ["model_repository", "binary_tensor_data", "model_configuration", "statistics", "schedule_policy", "parameters"]
+    : ["binary_tensor_data", "model_configuration", "statistics", "schedule_policy", "parameters"]
+
+/** The extensions of a server without model control. */
+export const extensions: ReadonlyArray<string> = extensionsFor("none")
 
 /** An answer that is not a success: a status, a message, and headers such as Retry-After. */
 export class ApiError extends Data.TaggedError("ApiError")<{
@@ -109,6 +129,8 @@ export const layer = (
       const pool = yield* ModelPool
       const telemetry = yield* TelemetryCollector
       const lifecycle = yield* Lifecycle
+      // Optional: without Statistics.layer (an embedding that did not wire it) the stats routes answer 501.
+      const statistics = yield* Effect.serviceOption(Statistics.Statistics)
       const roots = options.redactPaths ?? []
       const retryAfter = String(options.retryAfterSeconds ?? 1)
       const bodyLimit = options.bodyLimitBytes
@@ -167,8 +189,26 @@ export const layer = (
           )
         })
 
+      /**
+       * The body's bytes, decompressed as its Content-Encoding says (gzip, deflate; 415 for any
+       * other coding). The limit applies to the decompressed size too (413).
+       */
+      const readBytes = Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const codings = ContentEncoding.parse(request.headers["content-encoding"])
+        if (typeof codings === "string") {
+          return yield* Effect.andThen(Effect.ignore(readWithin((request) => request.arrayBuffer)), fail(415, codings))
+        }
+        const bytes = new Uint8Array(yield* readWithin((request) => request.arrayBuffer))
+        if (codings.length === 0) return bytes
+        const decoded = yield* ContentEncoding.decode(bytes, codings, bodyLimit)
+        if (decoded._tag === "TooLarge") return yield* fail(413, `decompressed request body exceeds the limit of ${bodyLimit} bytes`)
+        if (decoded._tag === "Corrupt") return yield* fail(400, `the request body is not valid ${decoded.coding}: ${decoded.detail}`)
+        return decoded.bytes
+      })
+
       /** The body as text. */
-      const readBody = readWithin((request) => request.text)
+      const readBody = Effect.map(readBytes, (bytes) => utf8.decode(bytes))
 
       /**
        * An inference body: JSON text, and with Triton's binary tensor data extension (the
@@ -178,7 +218,7 @@ export const layer = (
         const request = yield* HttpServerRequest.HttpServerRequest
         const header = request.headers[Oip.inferenceHeaderContentLength]
         if (header === undefined) return { text: yield* readBody, binary: undefined }
-        const split = Oip.splitBinaryBody(new Uint8Array(yield* readWithin((request) => request.arrayBuffer)), header)
+        const split = Oip.splitBinaryBody(yield* readBytes, header)
         return typeof split === "string" ? yield* fail(400, split) : split
       })
 
@@ -192,7 +232,11 @@ export const layer = (
 
       // -- server ----------------------------------------------------------------
 
-      const serverMetadata = handle(Effect.succeed(json(200, { name: options.serverName, version: options.serverVersion, extensions })))
+      const serverMetadata = handle(Effect.succeed(json(200, {
+        name: options.serverName,
+        version: options.serverVersion,
+        extensions: extensionsFor(ModelControl.isEnabled(pool) ? "explicit" : "none")
+      })))
 
       const live = handle(Effect.succeed(json(200, { live: true })))
 
@@ -264,18 +308,13 @@ export const layer = (
         const { binary, text } = yield* readInferBody
         const body = Oip.decodeInferRequest(yield* parseJson(text, "the request body"))
         if ("error" in body) return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
-        const inputs = Oip.decodeInputs(metadata, body.inputs, binary)
-        if (inputs instanceof InferenceError.InvalidInput) return yield* invalid(name, inputs)
-        const outputs = Oip.selectOutputs(metadata, body.outputs)
-        if (outputs instanceof InferenceError.InvalidInput) return yield* invalid(name, outputs)
-        const binaryOutputs = Oip.binaryOutputsOf(metadata, body, outputs)
-        if (binaryOutputs instanceof InferenceError.InvalidInput) return yield* invalid(name, binaryOutputs)
-        const priority = Oip.priorityOf(body.parameters?.priority) ?? metadata.defaultPriority
-        const timeout = Oip.timeoutOf(body.parameters?.timeout)
+        const prepared = Oip.prepare(metadata, body, binary)
+        if (prepared instanceof InferenceError.InvalidInput) return yield* invalid(name, prepared)
+        const { binaryOutputs, inputs, outputs } = prepared
         const request = InferenceRequest.make(name, inputs, {
           modelVersion: version,
-          priority,
-          timeout,
+          priority: prepared.priority ?? metadata.defaultPriority,
+          timeout: prepared.timeout,
           metadata: body.id === undefined ? undefined : { id: body.id }
         })
         const result = yield* engine.infer(request).pipe(Effect.mapError((e) => fromReason(e.reason)))
@@ -294,6 +333,25 @@ export const layer = (
           contentType: "application/octet-stream",
           headers: { [Oip.inferenceHeaderContentLength]: String(jsonLength) }
         })
+      }))
+
+      const modelConfig = handle(Effect.gen(function*() {
+        const { name, version } = yield* modelParams
+        const metadata = yield* metadataOf(name, version)
+        return json(200, ModelConfiguration.of(metadata, engine.config))
+      }))
+
+      /** Triton's statistics of every model (or one), from the same telemetry as /metrics. */
+      const statsOf = (name: string | undefined, version: string | undefined) =>
+        statistics._tag === "None"
+          ? fail(501, "statistics are not collected by this server (Statistics.layer is not provided)")
+          : Effect.mapError(Statistics.report(pool, statistics.value, name, version), fromReason)
+
+      const allStats = handle(Effect.map(statsOf(undefined, undefined), (model_stats) => json(200, { model_stats })))
+
+      const modelStats = handle(Effect.gen(function*() {
+        const { name, version } = yield* modelParams
+        return json(200, { model_stats: yield* statsOf(name, version) })
       }))
 
       // -- repository --------------------------------------------------------------
@@ -316,10 +374,17 @@ export const layer = (
         )
       }))
 
-      const modelControl = handle(Effect.gen(function*() {
-        yield* modelParams
-        return yield* fail(400, "explicit model control is not supported: the repository is loaded once, at startup")
-      }))
+      /** Load or unload (Triton's model repository extension); 400 without explicit model control. */
+      const modelControl = (action: "load" | "unload") =>
+        handle(Effect.gen(function*() {
+          const { name } = yield* modelParams
+          yield* Effect.ignore(readBody)
+          yield* (action === "load" ? ModelControl.load(pool, name) : ModelControl.unload(pool, engine, name)).pipe(
+            Effect.catchTag("NotSupported", (e) => fail(400, e.message)),
+            Effect.mapError((e) => (e instanceof ApiError ? e : fromReason(e)))
+          )
+          return json(200, {})
+        }))
 
       // -- metrics and the rest ---------------------------------------------------------
 
@@ -350,11 +415,16 @@ export const layer = (
         HttpRouter.route("GET", "/v2/models/:name/versions/:version", modelMetadata),
         HttpRouter.route("GET", "/v2/models/:name/ready", modelReady),
         HttpRouter.route("GET", "/v2/models/:name/versions/:version/ready", modelReady),
+        HttpRouter.route("GET", "/v2/models/:name/config", modelConfig),
+        HttpRouter.route("GET", "/v2/models/:name/versions/:version/config", modelConfig),
+        HttpRouter.route("GET", "/v2/models/stats", allStats),
+        HttpRouter.route("GET", "/v2/models/:name/stats", modelStats),
+        HttpRouter.route("GET", "/v2/models/:name/versions/:version/stats", modelStats),
         HttpRouter.route("POST", "/v2/models/:name/infer", infer),
         HttpRouter.route("POST", "/v2/models/:name/versions/:version/infer", infer),
         HttpRouter.route("POST", "/v2/repository/index", repositoryIndex),
-        HttpRouter.route("POST", "/v2/repository/models/:name/load", modelControl),
-        HttpRouter.route("POST", "/v2/repository/models/:name/unload", modelControl),
+        HttpRouter.route("POST", "/v2/repository/models/:name/load", modelControl("load")),
+        HttpRouter.route("POST", "/v2/repository/models/:name/unload", modelControl("unload")),
         HttpRouter.route("GET", "/metrics", prometheus)
       ])
     })

@@ -52,6 +52,15 @@ export interface Options {
   readonly closeTimeout?: Duration.Input | undefined
   /** Replacement attempts for a crashed instance (default 5). */
   readonly respawnAttempts?: number | undefined
+  /**
+   * Triton's model control mode: "none" (default) loads every model at start and offers no
+   * `load`/`unload`; "explicit" loads only `loadModels` at start (the others are UNAVAILABLE,
+   * "unloaded") and offers `load` and `unload`; `models` also lists, as UNAVAILABLE "unloaded",
+   * the model directories added to the repository since.
+   */
+  readonly modelControl?: "none" | "explicit" | undefined
+  /** The models loaded at start under explicit model control. */
+  readonly loadModels?: ReadonlyArray<string> | undefined
 }
 
 /** A model version's state with what the runtime reports about it. */
@@ -103,13 +112,16 @@ const isError = (
 
 const key = (name: string, version: string) => `${name}\u0000${version}`
 
+const byNameThenVersion = (a: ModelRepository.Entry, b: ModelRepository.Entry) =>
+  a.name < b.name ? -1 : a.name > b.name ? 1 : Number(BigInt(a.version) - BigInt(b.version))
+
 /**
  * Scans the repository and loads every model version; the current scope owns every worker.
  * Fails only when the repository root cannot be read.
  */
 export const make = (options: Options): Effect.Effect<Service, ModelRepository.RepositoryError, Scope.Scope> =>
   Effect.gen(function*() {
-    const repository = yield* ModelRepository.scan(options.repository, { defaults: options.defaults })
+    const initialRepository = yield* ModelRepository.scan(options.repository, { defaults: options.defaults })
     const counters = InstancePool.makeCounters()
     const transports = { thread: WorkerHost.transport, process: ProcessHost.transport, ...options.transports }
     const closeTimeout = Duration.fromInputUnsafe(options.closeTimeout ?? Duration.seconds(60))
@@ -123,14 +135,17 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       )
     )
 
-    for (const name of repository.ignored) {
+    for (const name of initialRepository.ignored) {
       yield* Effect.logWarning(`model repository: ignoring ${JSON.stringify(name.name)}: ${name.reason}`)
     }
 
-    yield* Effect.forEach(repository.entries, (entry) => {
+    /** Loads one model version (never fails: a failure is an Unavailable state); the hosts it starts belong to `hosts`. */
+    const loadEntry = (entry: ModelRepository.Entry): Effect.Effect<Loaded> => {
       if (entry._tag === "Unavailable") {
-        loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason: entry.reason })
-        return Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${entry.reason}`)
+        return Effect.as(
+          Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${entry.reason}`),
+          { _tag: "Unavailable", reason: entry.reason } as const
+        )
       }
       // start + register in one uninterruptible step: no host can escape the finalizer.
       return InstancePool.start({
@@ -165,31 +180,89 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
                 ...(signatures === undefined ? {} : { signatures })
               }
             })),
-            Effect.catch((reason) => Effect.andThen(host.close, Effect.fail(`config.json: ${reason}`)))
+            Effect.catch((reason) => Effect.andThen(release(host), Effect.fail(`config.json: ${reason}`)))
           )
         ),
         Effect.matchEffect({
           onFailure: (reason) =>
-            Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason })).pipe(
-              Effect.andThen(Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${reason}`))
+            Effect.as(
+              Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${reason}`),
+              { _tag: "Unavailable", reason } as const
             ),
           onSuccess: ({ host, metadata }) =>
-            Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Ready", host, metadata })).pipe(
-              Effect.andThen(
-                host.fallbacks.length === 0
-                  ? Effect.logInfo(
-                    `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation)`
-                  )
-                  : Effect.logWarning(
-                    `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} after falling back from ${
-                      host.fallbacks.map((f) => `${f.provider} (${f.error.split("\n")[0]})`).join(", ")
-                    }`
-                  )
-              )
+            Effect.as(
+              host.fallbacks.length === 0
+                ? Effect.logInfo(
+                  `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation)`
+                )
+                : Effect.logWarning(
+                  `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} after falling back from ${
+                    host.fallbacks.map((f) => `${f.provider} (${f.error.split("\n")[0]})`).join(", ")
+                  }`
+                ),
+              { _tag: "Ready", host, metadata } as const
             )
         })
       )
-    }, { concurrency: "unbounded", discard: true })
+    }
+
+    /** Closes a host and forgets it (its runs still going finish first). */
+    const release = (host: InstancePool.InstancePool): Effect.Effect<void> =>
+      Effect.andThen(host.close, Effect.sync(() => {
+        const i = hosts.indexOf(host)
+        if (i >= 0) hosts.splice(i, 1)
+      }))
+
+    /** Explicit model control: only the models named are loaded at start; the others wait for `load`. */
+    const explicit = options.modelControl === "explicit"
+    const startup = explicit ? new Set(options.loadModels ?? []) : undefined
+    let repository = initialRepository
+    /** Models being unloaded: they admit nothing more. */
+    const unloading = new Set<string>()
+
+    yield* Effect.forEach(repository.entries, (entry) =>
+      startup !== undefined && !startup.has(entry.name)
+        ? Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason: "unloaded" }))
+        : Effect.flatMap(loadEntry(entry), (state) => Effect.sync(() => loaded.set(key(entry.name, entry.version), state))), { concurrency: "unbounded", discard: true })
+    for (const name of startup ?? []) {
+      if (ModelRepository.versionsOf(repository, name).length === 0) yield* Effect.logWarning(`--load-model ${name}: no such model in the repository`)
+    }
+
+    const load = (name: string): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
+      Effect.gen(function*() {
+        if (!ModelRepository.isValidModelName(name)) return yield* new InferenceError.ModelNotFound({ modelId: name })
+        const scanned = yield* ModelRepository.scan(options.repository, { defaults: options.defaults }).pipe(
+          Effect.mapError((e) => new InferenceError.ModelUnavailable({ modelId: name, reason: e.message }))
+        )
+        const fresh = ModelRepository.versionsOf(scanned, name)
+        if (fresh.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
+        const states = yield* Effect.forEach(fresh, loadEntry, { concurrency: "unbounded" })
+        const old = ModelRepository.versionsOf(repository, name).map((e) => loaded.get(key(e.name, e.version)))
+        // The swap: the new versions serve from here on; the old hosts finish what they run, then go.
+        for (const e of ModelRepository.versionsOf(repository, name)) loaded.delete(key(e.name, e.version))
+        fresh.forEach((e, i) => loaded.set(key(e.name, e.version), states[i]!))
+        repository = { ...repository, entries: [...repository.entries.filter((e) => e.name !== name), ...fresh].sort(byNameThenVersion) }
+        unloading.delete(name)
+        yield* Effect.forEach(old, (state) => (state?._tag === "Ready" ? release(state.host) : Effect.void), { concurrency: "unbounded", discard: true })
+        const failed = states.find((s) => s._tag === "Unavailable")
+        if (failed !== undefined && failed._tag === "Unavailable" && states.every((s) => s._tag === "Unavailable")) {
+          return yield* new InferenceError.ModelUnavailable({ modelId: name, reason: failed.reason })
+        }
+      }).pipe(Effect.withSpan("OnnxModelPool.load", { attributes: { model: name } }))
+
+    const unload = (name: string, drained: Effect.Effect<void>): Effect.Effect<void, InferenceError.ModelNotFound> =>
+      Effect.gen(function*() {
+        const versions = ModelRepository.versionsOf(repository, name)
+        if (versions.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
+        unloading.add(name)
+        yield* drained
+        if (!unloading.has(name)) return // loaded again meanwhile
+        const states = versions.map((e) => loaded.get(key(e.name, e.version)))
+        for (const e of versions) loaded.set(key(e.name, e.version), { _tag: "Unavailable", reason: "unloaded" })
+        unloading.delete(name)
+        yield* Effect.forEach(states, (state) => (state?._tag === "Ready" ? release(state.host) : Effect.void), { concurrency: "unbounded", discard: true })
+        yield* Effect.logInfo(`model ${name} unloaded`)
+      }).pipe(Effect.withSpan("OnnxModelPool.unload", { attributes: { model: name } }))
 
     /** The loaded model serving `modelId` at `version` (default: highest), or why not. */
     const resolve = (
@@ -237,9 +310,28 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       })
     )
 
+    /**
+     * Explicit model control: the model versions on disk now that were never loaded (a directory
+     * added after start), as Triton's index lists them: UNAVAILABLE, "unloaded".
+     */
+    const unseen: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit
+      ? ModelRepository.scan(options.repository, { defaults: options.defaults }).pipe(
+        Effect.map((scanned) =>
+          scanned.entries
+            .filter((e) => ModelRepository.versionsOf(repository, e.name).length === 0)
+            .map((e): ModelStatus => ({ name: e.name, version: e.version, state: "UNAVAILABLE", reason: "unloaded" }))
+        ),
+        Effect.orElseSucceed(() => [])
+      )
+      : Effect.succeed([])
+
     const service: Service = {
-      metadata: (modelId, version) => withHost(modelId, version, (model) => Effect.succeed(model.metadata)),
+      metadata: (modelId, version) =>
+        unloading.has(modelId)
+          ? Effect.fail(new InferenceError.ModelUnavailable({ modelId, reason: "unloading" }))
+          : withHost(modelId, version, (model) => Effect.succeed(model.metadata)),
       metadataUnsafe: (modelId, version) => {
+        if (unloading.has(modelId)) return new InferenceError.ModelUnavailable({ modelId, reason: "unloading" })
         const model = resolve(modelId, version)
         return isError(model) ? model : model.metadata
       },
@@ -247,12 +339,15 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         withHost(modelId, runOptions.version, (model) => model.host.run(inputs, runOptions.requestId, runOptions)),
       runGroup: (modelId, inputs, runOptions) =>
         withHost(modelId, runOptions.version, (model) => model.host.runGroup(inputs, runOptions.requestId, runOptions)),
-      models: Effect.map(info, (all) =>
+      models: Effect.map(Effect.zip(info, unseen), ([all, extra]) =>
         all.map((m): ModelStatus => (m.reason === undefined
           ? { name: m.name, version: m.version, state: m.state }
-          : { name: m.name, version: m.version, state: m.state, reason: m.reason }))),
-      repository,
+          : { name: m.name, version: m.version, state: m.state, reason: m.reason })).concat(extra)),
+      get repository() {
+        return repository
+      },
       info,
+      ...(explicit ? { load, unload } : {}),
       stats: (modelId, version) => {
         const model = resolve(modelId, version)
         return isError(model) ? undefined : model.host.stats()

@@ -73,7 +73,7 @@ describe("Records", () => {
     assert.include(malformedReason(JSON.stringify({ x: { ...x, data: [1] }, n })), "does not match shape [1, 2]")
     assert.include(malformedReason(JSON.stringify({ x: { ...x, shape: [1, 3], data: [1, 2, 3] }, n })), "dim 1")
     assert.include(malformedReason(JSON.stringify({ x })), "\"n\"")
-    assert.include(malformedReason(JSON.stringify({ inputs: [{ name: "x", ...x }], parameters: { priority: 9 } })), "priority")
+    assert.include(malformedReason(JSON.stringify({ inputs: [{ name: "x", ...x }], parameters: { priority: -1 } })), "priority")
     assert.include(malformedReason(JSON.stringify({ x: { datatype: "FP32", data: [1, 2] }, n })), "invalid tensor map")
   })
 

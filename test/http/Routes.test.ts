@@ -5,6 +5,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { TestClock } from "effect/testing"
+import * as Zlib from "node:zlib"
 import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
 
 const echoRequest = (values: ReadonlyArray<number>, extra: Record<string, unknown> = {}) => ({
@@ -24,7 +25,7 @@ describe("server and health routes", () => {
       const { send } = yield* makeApp()
       const r = yield* send("GET", "/v2")
       assert.strictEqual(r.status, 200)
-      assert.deepStrictEqual(r.json, { name: "effect-onnx", version: "0.0.0-test", extensions: ["model_repository", "binary_tensor_data"] })
+      assert.deepStrictEqual(r.json, { name: "effect-onnx", version: "0.0.0-test", extensions: ["binary_tensor_data", "model_configuration", "statistics", "schedule_policy", "parameters"] })
       assert.strictEqual(r.headers.get("content-type"), "application/json")
       assert.strictEqual((yield* send("GET", "/v2/")).status, 200)
     }).pipe(withFreshMetrics))
@@ -333,24 +334,26 @@ describe("inference", () => {
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
     }).pipe(withFreshMetrics))
 
-  it.effect("Triton's priority 1…4 maps to Critical…Low, 0 to the default; out of range is a 400", () =>
+  it.effect("Triton's priority 1…4 maps to Critical…Low, 0 and beyond the levels to the default; negative or fractional is a 400", () =>
     Effect.gen(function*() {
       const { send, engine, gate, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1 } })
       yield* gate.close
       const running = yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
       yield* waitUntil(() => stats.started === 1)
       const queued = []
-      for (const priority of [1, 2, 4, 0]) {
+      for (const priority of [1, 2, 4, 0, 10, 1e20]) {
         queued.push(yield* Effect.forkChild(
           send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4], { parameters: { priority } })),
           { startImmediately: true }
         ))
       }
       yield* Effect.yieldNow
-      assert.deepStrictEqual(yield* engine.queueStats, { critical: 1, high: 1, normal: 1, low: 1, total: 4 })
-      const bad = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4], { parameters: { priority: 7 } }))
-      assert.strictEqual(bad.status, 400)
-      assert.include(bad.json.error, "[\"parameters\"][\"priority\"]")
+      assert.deepStrictEqual(yield* engine.queueStats, { critical: 1, high: 1, normal: 3, low: 1, total: 6 })
+      for (const priority of [-1, 1.5, "1"]) {
+        const bad = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4], { parameters: { priority } }))
+        assert.strictEqual(bad.status, 400)
+        assert.include(bad.json.error, "[\"parameters\"][\"priority\"]")
+      }
       yield* gate.open
       yield* TestClock.adjust("1 second")
       assert.strictEqual((yield* Fiber.join(running)).status, 200)
@@ -487,5 +490,180 @@ describe("GET /metrics", () => {
           "inference_request_duration_ms_count{model=\"slow\"} 1"
         ]
       ) assert.include(text, line)
+    }).pipe(withFreshMetrics))
+})
+
+describe("Triton's limits and request codings", () => {
+  it.effect("a request with more rows than the model's max_batch_size is a 400 naming the limit; at the limit it runs", () =>
+    Effect.gen(function*() {
+      const { send, stats } = yield* makeApp()
+      const tooMany = yield* send("POST", "/v2/models/batched/infer", echoRequest(Array.from({ length: 12 }, (_, i) => i)))
+      assert.strictEqual(tooMany.status, 400)
+      assert.include(tooMany.json.error, "batch-size must be <= 2 for 'batched'")
+      assert.include(tooMany.json.error, "got 3")
+      assert.strictEqual(stats.started, 0)
+      const fits = yield* Effect.forkChild(send("POST", "/v2/models/batched/infer", echoRequest([1, 2, 3, 4, 5, 6, 7, 8])), { startImmediately: true })
+      yield* TestClock.adjust("10 millis")
+      const ok = yield* Fiber.join(fits)
+      assert.strictEqual(ok.status, 200)
+      assert.deepStrictEqual(ok.json.outputs[0].shape, [2, 4])
+      // A model that does not batch has no such limit.
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest(Array.from({ length: 12 }, (_, i) => i)))).status, 200)
+    }).pipe(withFreshMetrics))
+})
+
+describe("Content-Encoding of request bodies", () => {
+  const body = JSON.stringify(echoRequest([1, 2, 3, 4], { id: "z" }))
+
+  it.effect("gzip and deflate (zlib or raw) bodies are decompressed; identity is plain", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const cases: ReadonlyArray<readonly [string, Uint8Array]> = [
+        ["gzip", Zlib.gzipSync(body)],
+        ["x-gzip", Zlib.gzipSync(body)],
+        ["deflate", Zlib.deflateSync(body)],
+        ["deflate", Zlib.deflateRawSync(body)],
+        ["identity", new TextEncoder().encode(body)]
+      ]
+      for (const [coding, bytes] of cases) {
+        const r = yield* send("POST", "/v2/models/echo/infer", bytes, { "content-type": "application/json", "content-encoding": coding })
+        assert.strictEqual(r.status, 200, `${coding}: ${r.text}`)
+        assert.deepStrictEqual(r.json.outputs[0].data, [2, 4, 6, 8])
+      }
+    }).pipe(withFreshMetrics))
+
+  it.effect("a client that accepts gzip answers (tritonclient's response_compression_algorithm) gets a plain, correct answer", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const r = yield* send("POST", "/v2/models/echo/infer", Zlib.gzipSync(body), { "content-encoding": "gzip", "accept-encoding": "gzip, deflate" })
+      assert.strictEqual(r.status, 200)
+      assert.isNull(r.headers.get("content-encoding"))
+      assert.deepStrictEqual(r.json.outputs[0].data, [2, 4, 6, 8])
+    }).pipe(withFreshMetrics))
+
+  it.effect("a compressed binary-tensor body is decompressed before it is split", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const head = new TextEncoder().encode(JSON.stringify({
+        inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", parameters: { binary_data_size: 16 } }]
+      }))
+      const whole = new Uint8Array(head.length + 16)
+      whole.set(head)
+      whole.set(new Uint8Array(new Float32Array([1, 2, 3, 4]).buffer), head.length)
+      const r = yield* send("POST", "/v2/models/echo/infer", Zlib.gzipSync(whole), {
+        "content-encoding": "gzip",
+        "inference-header-content-length": String(head.length)
+      })
+      assert.strictEqual(r.status, 200, r.text)
+      assert.deepStrictEqual(r.json.outputs[0].data, [2, 4, 6, 8])
+    }).pipe(withFreshMetrics))
+
+  it.effect("another coding is a JSON 415; a corrupt one a 400", () =>
+    Effect.gen(function*() {
+      const { send, stats } = yield* makeApp()
+      const br = yield* send("POST", "/v2/models/echo/infer", Zlib.brotliCompressSync(body), { "content-encoding": "br" })
+      assert.strictEqual(br.status, 415)
+      assert.include(br.json.error, "unsupported Content-Encoding \"br\"")
+      const corrupt = yield* send("POST", "/v2/models/echo/infer", body, { "content-encoding": "gzip" })
+      assert.strictEqual(corrupt.status, 400)
+      assert.include(corrupt.json.error, "not valid gzip")
+      assert.strictEqual(stats.started, 0)
+    }).pipe(withFreshMetrics))
+
+  it.effect("the body limit applies to the decompressed size: a small bomb is a 413", () =>
+    Effect.gen(function*() {
+      const { send, stats } = yield* makeApp({ bodyLimitBytes: 64 * 1024 })
+      // 10 MB of spaces compress to about 10 KB: under the limit on the wire, far over it inflated.
+      const bomb = Zlib.gzipSync(Buffer.alloc(10_000_000, 0x20))
+      assert.isBelow(bomb.length, 64 * 1024)
+      const r = yield* send("POST", "/v2/models/echo/infer", bomb, { "content-encoding": "gzip" })
+      assert.strictEqual(r.status, 413)
+      assert.include(r.json.error, "decompressed request body exceeds the limit of 65536 bytes")
+      assert.strictEqual(stats.started, 0)
+      const r2 = yield* send("POST", "/v2/models/echo/infer", Zlib.deflateSync(Buffer.alloc(10_000_000, 0x20)), { "content-encoding": "deflate" })
+      assert.strictEqual(r2.status, 413)
+    }).pipe(withFreshMetrics))
+})
+
+describe("Triton's model configuration extension", () => {
+  it.effect("answers the configuration in Triton's JSON form, dims without the batch dim when the model batches", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp({ config: { maxQueuedRequests: 77 } })
+      const batched = yield* send("GET", "/v2/models/batched/config")
+      assert.strictEqual(batched.status, 200)
+      assert.deepStrictEqual(batched.json, {
+        name: "batched",
+        platform: "onnxruntime_onnx",
+        backend: "onnxruntime",
+        version_policy: { latest: { num_versions: 1 } },
+        max_batch_size: 2,
+        input: [{ name: "x", data_type: "TYPE_FP32", dims: [4] }],
+        output: [{ name: "y", data_type: "TYPE_FP32", dims: [4] }],
+        instance_group: [{ name: "batched", kind: "KIND_CPU", count: 2 }],
+        dynamic_batching: {
+          preferred_batch_size: [2],
+          max_queue_delay_microseconds: 5000,
+          priority_levels: 4,
+          default_priority_level: 3,
+          default_queue_policy: { timeout_action: "REJECT", default_timeout_microseconds: batched.json.dynamic_batching.default_queue_policy.default_timeout_microseconds, allow_timeout_override: true, max_queue_size: 77 }
+        }
+      })
+      const slow = yield* send("GET", "/v2/models/slow/versions/1/config")
+      assert.strictEqual(slow.json.max_batch_size, 0)
+      assert.deepStrictEqual(slow.json.input, [{ name: "x", data_type: "TYPE_FP32", dims: [-1, 4] }])
+      assert.strictEqual(slow.json.dynamic_batching.default_priority_level, 2)
+      assert.strictEqual((yield* send("GET", "/v2/models/identity_string/config")).json.input[0].data_type, "TYPE_STRING")
+      assert.strictEqual((yield* send("GET", "/v2/models/nope/config")).status, 404)
+      assert.strictEqual((yield* send("GET", "/v2/models/echo/versions/9/config")).status, 404)
+      assert.strictEqual((yield* send("GET", "/v2/models/broken/config")).status, 503)
+    }).pipe(withFreshMetrics))
+})
+
+describe("Triton's statistics extension", () => {
+  it.effect("counts successes, failures, queue and compute per model, from the same telemetry as /metrics", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const before = yield* send("GET", "/v2/models/echo/stats")
+      assert.strictEqual(before.status, 200)
+      assert.strictEqual(before.json.model_stats[0].inference_count, 0)
+      assert.strictEqual(before.json.model_stats[0].last_inference, 0)
+      for (let i = 0; i < 2; i++) assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3]))).status, 400)
+      const r = yield* send("GET", "/v2/models/echo/stats")
+      const s = r.json.model_stats[0]
+      assert.strictEqual(s.name, "echo")
+      assert.strictEqual(s.version, "2")
+      assert.strictEqual(s.inference_count, 2)
+      assert.strictEqual(s.execution_count, 2)
+      assert.isAbove(s.last_inference, 0)
+      assert.strictEqual(s.inference_stats.success.count, 2)
+      assert.strictEqual(s.inference_stats.fail.count, 1)
+      assert.strictEqual(s.inference_stats.queue.count, 2)
+      assert.strictEqual(s.inference_stats.compute_infer.count, 2)
+      assert.deepStrictEqual(s.batch_stats.map((b: any) => [b.batch_size, b.compute_infer.count]), [[1, 2]])
+      const metrics = (yield* send("GET", "/metrics")).text
+      assert.match(metrics, /inference_count_total\{model="echo"\} 2\b/)
+      assert.match(metrics, /inference_exec_total\{model="echo"\} 2\b/)
+      const all = yield* send("GET", "/v2/models/stats")
+      assert.strictEqual(all.status, 200)
+      const names = (all.json.model_stats as Array<{ name: string; version: string }>).map((m) => `${m.name}/${m.version}`)
+      assert.include(names, "echo/2")
+      assert.notInclude(names, "echo/1")
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/versions/1/stats")).json.model_stats[0].version, "1")
+      assert.strictEqual((yield* send("GET", "/v2/models/nope/stats")).status, 404)
+    }).pipe(withFreshMetrics))
+
+  it.effect("batch_stats counts runs per batch size: two one-row requests batched into one run of 2", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const a = yield* Effect.forkChild(send("POST", "/v2/models/batched/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      const b = yield* Effect.forkChild(send("POST", "/v2/models/batched/infer", echoRequest([5, 6, 7, 8])), { startImmediately: true })
+      yield* TestClock.adjust("10 millis")
+      assert.strictEqual((yield* Fiber.join(a)).status, 200)
+      assert.strictEqual((yield* Fiber.join(b)).status, 200)
+      const s = (yield* send("GET", "/v2/models/batched/stats")).json.model_stats[0]
+      assert.strictEqual(s.inference_count, 2)
+      assert.strictEqual(s.execution_count, 1)
+      assert.deepStrictEqual(s.batch_stats.map((x: any) => [x.batch_size, x.compute_infer.count]), [[2, 1]])
     }).pipe(withFreshMetrics))
 })

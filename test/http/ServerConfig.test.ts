@@ -46,6 +46,38 @@ describe("ServerConfig", () => {
     }
   })
 
+  it("serves gRPC on 8001 by default; --grpc-port or GRPC_PORT moves it, 0 picks a free port, off turns it off", () => {
+    assert.strictEqual((parse([]) as ServerConfig.ServerConfig).grpcPort, 8001)
+    assert.strictEqual((parse([], { GRPC_PORT: "9001" }) as ServerConfig.ServerConfig).grpcPort, 9001)
+    assert.strictEqual((parse(["--port", "0"]) as ServerConfig.ServerConfig).grpcPort, 0)
+    assert.strictEqual((parse(["--port", "0", "--grpc-port", "9002"]) as ServerConfig.ServerConfig).grpcPort, 9002)
+    assert.strictEqual((parse(["--grpc-port", "0"], { GRPC_PORT: "9001" }) as ServerConfig.ServerConfig).grpcPort, 0)
+    assert.isUndefined((parse(["--grpc-port", "off"]) as ServerConfig.ServerConfig).grpcPort)
+    assert.isUndefined((parse([], { GRPC_PORT: "OFF" }) as ServerConfig.ServerConfig).grpcPort)
+    const bad = parse(["--grpc-port", "grpc"])
+    assert.instanceOf(bad, ServerConfig.ConfigError)
+    if (bad instanceof ServerConfig.ConfigError) assert.include(bad.message, "invalid --grpc-port \"grpc\"")
+  })
+
+  it("explicit model control with --load-model (repeatable); --load-model alone, a bad mode or a bad name is refused", () => {
+    assert.deepInclude(parse([]) as ServerConfig.ServerConfig, { modelControlMode: "none", loadModels: [] })
+    assert.deepInclude(parse(["--model-control-mode", "explicit", "--load-model", "a", "--load-model", "b.2"]) as ServerConfig.ServerConfig, {
+      modelControlMode: "explicit",
+      loadModels: ["a", "b.2"]
+    })
+    assert.deepInclude(parse([], { MODEL_CONTROL_MODE: "explicit" }) as ServerConfig.ServerConfig, { modelControlMode: "explicit" })
+    const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
+      [["--load-model", "a"], "--load-model needs --model-control-mode explicit"],
+      [["--model-control-mode", "poll"], "invalid --model-control-mode \"poll\""],
+      [["--model-control-mode", "explicit", "--load-model", "../x"], "invalid --load-model \"../x\""]
+    ]
+    for (const [argv, message] of cases) {
+      const result = parse(argv)
+      assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify(argv))
+      if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
+    }
+  })
+
   it("--help asks for the usage", () => {
     assert.instanceOf(parse(["--help"]), ServerConfig.HelpRequested)
     assert.instanceOf(parse(["-h"]), ServerConfig.HelpRequested)

@@ -7,9 +7,11 @@
 import { Context, Deferred, Duration, Effect, Exit, Latch, Layer, Metric, type Scope } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { type AsyncConfig, AsyncConfigService } from "../../src/AsyncConfig.ts"
+import * as BatchPolicy from "../../src/BatchPolicy.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
 import * as Routes from "../../src/http/Routes.ts"
+import { Statistics } from "../../src/http/Statistics.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import { ModelPool, type ModelStatus, type RunOutput } from "../../src/ModelPool.ts"
@@ -51,6 +53,14 @@ const multi: ModelMetadata.ModelMetadata = {
 
 const slow: ModelMetadata.ModelMetadata = { ...echo("1"), name: "slow", defaultPriority: "High" }
 
+/** An identity that batches, at most 2 rows a run (y = x). */
+const batched: ModelMetadata.ModelMetadata = {
+  ...echo("1"),
+  name: "batched",
+  batching: { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 2, preferredBatchSizes: [2], maxQueueDelay: Duration.millis(5) },
+  concurrency: 2
+}
+
 /** Like Silero VAD: 4 samples at 16 kHz or 2 at 8 kHz, as declared signatures (y = audio). */
 const vad: ModelMetadata.ModelMetadata = {
   name: "vad",
@@ -73,7 +83,8 @@ const tokens: ModelMetadata.ModelMetadata = {
  * The models: `echo` v1 (y = x) and v2 (y = 2x, the default), `identity_<dtype>` for every
  * dtype (y = x, any [-1, -1] shape), `multi` (outputs sum(a), a * b and b), `slow` (echo that
  * takes `slowLatency`, or until `gate` opens when it is closed; its default priority is High),
- * `vad` and `tokens` (identities with declared input signatures), and `broken`, unavailable with
+ * `vad` and `tokens` (identities with declared input signatures), `batched` (an identity that
+ * batches up to 2 rows), and `broken`, unavailable with
  * a reason that names an absolute path.
  */
 export const makeTestPool = (options: TestPoolOptions = {}) =>
@@ -85,7 +96,8 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
       multi: { "1": multi },
       slow: { "1": slow },
       vad: { "1": vad },
-      tokens: { "1": tokens }
+      tokens: { "1": tokens },
+      batched: { "1": batched }
     }
     for (const m of identityModels) models[m.name] = { "1": m }
     const statuses: Array<ModelStatus> = []
@@ -195,6 +207,7 @@ export const makeApp = (options: AppOptions = {}): Effect.Effect<
     const testPool = yield* makeTestPool(options)
     const services = yield* Layer.build(
       AsyncInferenceEngine.layer.pipe(
+        Layer.provideMerge(Statistics.layer),
         Layer.provideMerge(Layer.mergeAll(
           testPool.layer,
           TelemetryCollector.layer,
@@ -209,7 +222,7 @@ export const makeApp = (options: AppOptions = {}): Effect.Effect<
     const send: Send = (method, path, body, headers) =>
       Effect.gen(function*() {
         const init: RequestInit = { method, headers: { ...headers } }
-        if (body !== undefined) init.body = typeof body === "string" ? body : JSON.stringify(body)
+        if (body !== undefined) init.body = typeof body === "string" || body instanceof Uint8Array ? body as NonNullable<RequestInit["body"]> : JSON.stringify(body)
         const request = HttpServerRequest.fromWeb(new Request(`http://localhost${path}`, init))
         const response = yield* app.pipe(
           Effect.provideService(HttpServerRequest.HttpServerRequest, request),

@@ -60,7 +60,7 @@ describe("npm pack", () => {
     const packed = await timed("pack", () => ok("npm pack", sh("npm", ["pack", "--json", "--pack-destination", work], root)))
     const [info] = JSON.parse(packed.stdout.slice(packed.stdout.indexOf("["))) as Array<{ filename: string; size: number; files: Array<{ path: string }> }>
     const paths = info!.files.map((f) => f.path)
-    for (const p of ["dist/index.js", "dist/index.d.ts", "dist/bin/cli.js", "dist/onnx/SessionWorker.js", "models/mlp/model.onnx", "package.json"]) {
+    for (const p of ["dist/index.js", "dist/index.d.ts", "dist/bin/cli.js", "dist/onnx/SessionWorker.js", "models/mlp/model.onnx", "package.json", "dist/grpc/proto/grpc_service.proto", "dist/grpc/proto/model_config.proto", "dist/grpc/proto/health.proto", "dist/grpc/proto/LICENSE"]) {
       assert.include(paths, p)
     }
     assert.isFalse(paths.some((p) => p.startsWith("src/") || p.startsWith("test/") || p.endsWith(".ts") && !p.endsWith(".d.ts")))
@@ -85,6 +85,9 @@ await client.close()
 `)
     const main = await timed("library", () => ok("node main.mjs", sh(process.execPath, ["main.mjs"], consumer)))
     assert.deepStrictEqual(JSON.parse(main.stdout.trim().split("\n").at(-1)!), { tag: "Success", dims: [1, 10], missing: "ModelNotFound" })
+    // The gRPC service definitions ship and load from the installed package.
+    const grpc = await sh(process.execPath, ["--input-type=module", "-e", "const c = await import('effect-onnx/GrpcCodec'); const d = c.loadDefinitions(); console.log(Object.keys(d).includes('inference.GRPCInferenceService'))"], consumer)
+    assert.strictEqual(grpc.stdout.trim(), "true", grpc.stderr)
     const internal = await sh(process.execPath, ["--input-type=module", "-e", "await import('effect-onnx/onnx/WorkerHost')"], consumer)
     assert.include(internal.stderr, "ERR_PACKAGE_PATH_NOT_EXPORTED")
 

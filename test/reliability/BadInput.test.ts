@@ -123,7 +123,8 @@ export const corpus: ReadonlyArray<Case> = [
   { name: "token id past the declared range", path: "/v2/models/tokens/infer", body: { inputs: [{ name: "ids", shape: [1, 3], datatype: "INT64", data: [1, 2, 10] }] }, status: 400, error: /ids value 10 \(element 2\) is outside \[0, 9\] \(the model's declared input signature\)/ },
   { name: "negative token id", path: "/v2/models/tokens/infer", body: { inputs: [{ name: "ids", shape: [1, 1], datatype: "INT64", data: [-1] }] }, status: 400, error: /ids value -1 \(element 0\) is outside \[0, 9\]/ },
   // -- Triton parameters --------------------------------------------------------------------------
-  { name: "priority out of range", body: { ...valid, parameters: { priority: 9 } }, status: 400, error: /at \["parameters"\]\["priority"\]/ },
+  // A priority beyond the levels is the model's default, as in Triton (issue 13); a negative one is still refused.
+  { name: "priority negative", body: { ...valid, parameters: { priority: -1 } }, status: 400, error: /at \["parameters"\]\["priority"\]/ },
   { name: "priority as a string", body: { ...valid, parameters: { priority: "high" } }, status: 400, error: /at \["parameters"\]\["priority"\]/ },
   { name: "negative timeout", body: { ...valid, parameters: { timeout: -1 } }, status: 400, error: /at \["parameters"\]\["timeout"\]/ },
   // -- model names and versions: nothing reaches outside the repository -------------------------

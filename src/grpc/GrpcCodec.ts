@@ -1,0 +1,186 @@
+/**
+ * The Open Inference Protocol's gRPC messages (Triton's `grpc_service.proto`, package
+ * `inference`) as the JavaScript objects `@grpc/proto-loader` gives and takes (`loadOptions`:
+ * field names as in the .proto, 64-bit integers as decimal strings, enums by name), and their
+ * translation to and from what the HTTP side speaks, so that both protocols share one decoding
+ * (`Oip.prepare`) and answer the same messages.
+ *
+ * A `ModelInferRequest` carries its tensors either in `raw_input_contents` (one entry per input,
+ * in order, little-endian bytes exactly as Triton's binary tensor data) or in each input's typed
+ * `contents` (`fp32_contents`, `int64_contents`, …). Raw contents become the binary part of an
+ * OIP request (`parameters.binary_data_size` per input), typed contents its `data`; from there the
+ * checks are those of HTTP. Outputs always go back in `raw_output_contents`, as Triton's server
+ * sends them.
+ *
+ * @module GrpcCodec
+ */
+import * as ProtoLoader from "@grpc/proto-loader"
+import { fileURLToPath } from "node:url"
+import * as Oip from "../http/Oip.ts"
+import type * as Tensor from "../Tensor.ts"
+
+/** Where the .proto files ship (copied beside the compiled module by the build). */
+export const protoDirectory: string = fileURLToPath(new URL("./proto/", import.meta.url))
+
+/** The options the messages are loaded with: the shapes below depend on them. */
+export const loadOptions: ProtoLoader.Options = {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [protoDirectory]
+}
+
+/** Loads `grpc_service.proto` and `health.proto` (synchronously: once, at start). */
+export const loadDefinitions = (): ProtoLoader.PackageDefinition =>
+  ProtoLoader.loadSync(["grpc_service.proto", "health.proto"], loadOptions)
+
+/** One `InferParameter` (a oneof), as proto-loader decodes it. */
+export interface InferParameter {
+  readonly parameter_choice?: string
+  readonly bool_param?: boolean
+  readonly int64_param?: string
+  readonly string_param?: string
+  readonly double_param?: number
+  readonly uint64_param?: string
+}
+
+export interface InferTensorContents {
+  readonly bool_contents?: ReadonlyArray<boolean>
+  readonly int_contents?: ReadonlyArray<number>
+  readonly int64_contents?: ReadonlyArray<string>
+  readonly uint_contents?: ReadonlyArray<number>
+  readonly uint64_contents?: ReadonlyArray<string>
+  readonly fp32_contents?: ReadonlyArray<number>
+  readonly fp64_contents?: ReadonlyArray<number>
+  readonly bytes_contents?: ReadonlyArray<Uint8Array>
+}
+
+export interface ModelInferRequest {
+  readonly model_name: string
+  readonly model_version: string
+  readonly id: string
+  readonly parameters?: Readonly<Record<string, InferParameter>>
+  readonly inputs: ReadonlyArray<{
+    readonly name: string
+    readonly datatype: string
+    readonly shape: ReadonlyArray<string | number>
+    readonly parameters?: Readonly<Record<string, InferParameter>>
+    readonly contents?: InferTensorContents | null
+  }>
+  readonly outputs: ReadonlyArray<{ readonly name: string; readonly parameters?: Readonly<Record<string, InferParameter>> }>
+  readonly raw_input_contents: ReadonlyArray<Uint8Array>
+}
+
+/** A parameter's value: numbers for the integer kinds (Triton sends priority and timeout as int64 or uint64). */
+export const parameterValue = (p: InferParameter): unknown => {
+  switch (p.parameter_choice) {
+    case "bool_param":
+      return p.bool_param
+    case "int64_param":
+      return Number(p.int64_param)
+    case "uint64_param":
+      return Number(p.uint64_param)
+    case "double_param":
+      return p.double_param
+    case "string_param":
+      return p.string_param
+    default:
+      return undefined
+  }
+}
+
+const parametersOf = (parameters: Readonly<Record<string, InferParameter>> | undefined): Record<string, unknown> | undefined => {
+  if (parameters === undefined) return undefined
+  const keys = Object.keys(parameters)
+  if (keys.length === 0) return undefined
+  const out: Record<string, unknown> = {}
+  for (const key of keys) out[key] = parameterValue(parameters[key]!)
+  return out
+}
+
+const utf8 = new TextDecoder()
+
+/** The typed contents that hold a datatype, as OIP `data`; an error for a datatype with none (FP16). */
+const dataOf = (datatype: string, contents: InferTensorContents | null | undefined): ReadonlyArray<unknown> | string => {
+  const c = contents ?? {}
+  switch (datatype) {
+    case "BOOL":
+      return c.bool_contents ?? []
+    case "INT8":
+    case "INT16":
+    case "INT32":
+      return c.int_contents ?? []
+    case "INT64":
+      return c.int64_contents ?? []
+    case "UINT8":
+    case "UINT16":
+    case "UINT32":
+      return c.uint_contents ?? []
+    case "UINT64":
+      return c.uint64_contents ?? []
+    case "FP32":
+      return c.fp32_contents ?? []
+    case "FP64":
+      return c.fp64_contents ?? []
+    case "BYTES":
+      return (c.bytes_contents ?? []).map((b) => utf8.decode(b))
+    default:
+      return `datatype ${datatype} has no typed contents: send it in raw_input_contents`
+  }
+}
+
+/** A request rewritten as an OIP request (not yet schema-checked) with its binary part, or why it cannot be. */
+export const toOip = (request: ModelInferRequest): { readonly body: unknown; readonly binary: Uint8Array | undefined } | string => {
+  const raw = request.raw_input_contents
+  if (raw.length > 0 && raw.length !== request.inputs.length) {
+    return `expected ${request.inputs.length} raw_input_contents, one per input, got ${raw.length}`
+  }
+  const inputs: Array<Record<string, unknown>> = []
+  for (let i = 0; i < request.inputs.length; i++) {
+    const input = request.inputs[i]!
+    const parameters = parametersOf(input.parameters) ?? {}
+    const entry: Record<string, unknown> = { name: input.name, datatype: input.datatype, shape: input.shape.map(Number) }
+    if (raw.length > 0) {
+      entry["parameters"] = { ...parameters, binary_data_size: raw[i]!.length }
+    } else {
+      const data = dataOf(input.datatype, input.contents)
+      if (typeof data === "string") return `input ${JSON.stringify(input.name)}: ${data}`
+      entry["data"] = data
+      if (Object.keys(parameters).length > 0) entry["parameters"] = parameters
+    }
+    inputs.push(entry)
+  }
+  const body: Record<string, unknown> = { inputs }
+  if (request.id !== "") body["id"] = request.id
+  const parameters = parametersOf(request.parameters)
+  if (parameters !== undefined) body["parameters"] = parameters
+  if (request.outputs.length > 0) body["outputs"] = request.outputs.map((o) => ({ name: o.name }))
+  const binary = raw.length === 0 ? undefined : raw.length === 1 ? raw[0]! : concat(raw)
+  return { body, binary }
+}
+
+const concat = (parts: ReadonlyArray<Uint8Array>): Uint8Array => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
+  let offset = 0
+  for (const p of parts) {
+    out.set(p, offset)
+    offset += p.length
+  }
+  return out
+}
+
+/** A `ModelInferResponse` with every output in `raw_output_contents`. */
+export const inferResponse = (response: {
+  readonly modelName: string
+  readonly modelVersion: string
+  readonly id: string
+  readonly outputs: ReadonlyArray<readonly [string, Tensor.Tensor]>
+}) => ({
+  model_name: response.modelName,
+  model_version: response.modelVersion,
+  id: response.id,
+  outputs: response.outputs.map(([name, tensor]) => ({ name, datatype: Oip.datatypeOf[tensor.dtype], shape: tensor.dims.slice() })),
+  raw_output_contents: response.outputs.map(([, tensor]) => Oip.encodeBinaryData(tensor))
+})

@@ -1,0 +1,217 @@
+/**
+ * The Open Inference Protocol over gRPC: Triton's `inference.GRPCInferenceService` (so that
+ * `tritonclient.grpc` and KServe's gRPC client work unchanged) and the standard
+ * `grpc.health.v1.Health`, served by `@grpc/grpc-js` over the same engine, pool and lifecycle as
+ * the HTTP routes.
+ *
+ * | RPC | answer |
+ * |---|---|
+ * | ServerLive, ServerReady | live always; ready until shutdown begins |
+ * | ModelReady | ready, or false when unavailable or unknown (as Triton) |
+ * | ServerMetadata, ModelMetadata | as `GET /v2`, `GET /v2/models/{m}` |
+ * | ModelInfer | one inference; tensors in `raw_input_contents` or typed `contents`, outputs in `raw_output_contents` |
+ * | ModelStreamInfer | a bidirectional stream of inferences, answered in completion order |
+ * | ModelConfig, ModelStatistics | Triton's configuration and statistics extensions (`ModelConfiguration`, `Statistics`) |
+ * | RepositoryIndex | every model version with its state and reason |
+ * | RepositoryModelLoad / Unload | as HTTP's load and unload (`ModelControl`); INVALID_ARGUMENT without explicit model control |
+ * | Health.Check | SERVING, NOT_SERVING once draining begins |
+ * | (the shared-memory, trace and log RPCs) | UNIMPLEMENTED |
+ *
+ * The rules are HTTP's: a request is refused as early as it can be (shutting down, model name,
+ * model lookup, a full queue before decoding), decoded by `Oip.prepare`, and run by
+ * `engine.infer`. `parameters.priority` and `parameters.timeout` (µs) as over HTTP; the call's
+ * gRPC deadline is the request's deadline when it is sooner. A client cancel (or a deadline that
+ * passes) interrupts the call's fiber, which cancels the inference wherever it is. Errors are
+ * `InferenceError.grpcCode` with HTTP's messages; a message over `maxMessageBytes` is refused
+ * with RESOURCE_EXHAUSTED from its length prefix, before it is buffered.
+ *
+ * ModelStreamInfer: every request of the stream goes into the engine as it arrives, at most
+ * `maxConcurrentRequests + maxQueuedRequests` outstanding (beyond that the stream is not read,
+ * and HTTP/2 flow control holds the client back). Each answer is written as it completes; a
+ * failed request answers `error_message` (and the stream goes on). When the client half-closes,
+ * the stream ends once every answer is written; when it cancels, what is outstanding is cancelled.
+ *
+ * The server is a scoped resource: closing the scope shuts it down: a stream that owes no
+ * answer ends at once with UNAVAILABLE ("the server is shutting down"), one that does once it has
+ * answered; calls in flight get `shutdownTimeout` to finish, then are cut. (The engine's drain,
+ * which runs first on SIGTERM, is what lets queued requests finish; an idle stream does not hold
+ * up the drain.)
+ *
+ * @module GrpcServer
+ */
+import * as Grpc from "@grpc/grpc-js"
+import { Context, Data, Duration, Effect, Exit, Layer, type Scope, Stream } from "effect"
+import * as GrpcCodec from "./GrpcCodec.ts"
+import * as GrpcService from "./GrpcService.ts"
+import { GrpcFailure, type Requirements } from "./GrpcService.ts"
+
+export { GrpcFailure }
+
+export interface Options {
+  readonly host: string
+  /** 0 binds any free port (read it from the service's `port`). */
+  readonly port: number
+  /** Largest message accepted, in bytes (RESOURCE_EXHAUSTED above). */
+  readonly maxMessageBytes: number
+  readonly serverName: string
+  readonly serverVersion: string
+  /** Directories whose path never appears in an answer. */
+  readonly redactPaths?: ReadonlyArray<string> | undefined
+  /** How long closing waits for calls in flight before cutting them. Default 5 seconds. */
+  readonly shutdownTimeout?: Duration.Input | undefined
+}
+
+/** The server could not bind. */
+export class GrpcServeError extends Data.TaggedError("GrpcServeError")<{ readonly message: string }> {}
+
+export class GrpcServer extends Context.Service<GrpcServer, { readonly port: number; readonly server: Grpc.Server }>()("effect-onnx/grpc/GrpcServer") {}
+
+/** The call's deadline in ms since the epoch, or undefined for none. */
+const deadlineOf = (call: { getDeadline(): Grpc.Deadline }): number | undefined => {
+  const deadline = call.getDeadline()
+  const ms = deadline instanceof Date ? deadline.getTime() : deadline
+  return Number.isFinite(ms) ? ms : undefined
+}
+
+const toServiceError = (e: GrpcFailure): Partial<Grpc.StatusObject> => ({ code: e.code, details: e.details })
+
+/** Builds the server and binds it; the current scope owns it. */
+export const make = (options: Options): Effect.Effect<GrpcServer["Service"], GrpcServeError, Requirements | Scope.Scope> =>
+  Effect.gen(function*() {
+    const context = yield* Effect.context<Requirements>()
+    const handlers = yield* GrpcService.make(options)
+    const { lifecycle } = handlers
+    const run = Effect.runCallbackWith(context)
+    const definitions = GrpcCodec.loadDefinitions()
+    const proto = Grpc.loadPackageDefinition(definitions) as unknown as {
+      inference: { GRPCInferenceService: { service: Grpc.ServiceDefinition } }
+      grpc: { health: { v1: { Health: { service: Grpc.ServiceDefinition } } } }
+    }
+
+    /** A unary RPC: the effect runs as one tracked call; a cancel interrupts it. */
+    const unary = <Req, Res>(f: (request: Req, deadlineMs: number | undefined) => Effect.Effect<Res, GrpcFailure, Requirements>) =>
+      (call: Grpc.ServerUnaryCall<Req, Res>, callback: Grpc.sendUnaryData<Res>) => {
+        const effect = lifecycle.track(f(call.request, deadlineOf(call))).pipe(
+          Effect.catchDefect((defect) =>
+            Effect.andThen(
+              Effect.logError("unexpected failure while answering a gRPC call", defect),
+              Effect.fail(new GrpcFailure({ code: Grpc.status.INTERNAL, details: "internal error" }))
+            )
+          )
+        )
+        const interrupt = run(effect, {
+          onExit: (exit) => {
+            if (Exit.isSuccess(exit)) return callback(null, exit.value)
+            const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
+            if (failure !== undefined) return callback(toServiceError(failure.error as GrpcFailure))
+            // Interrupted: the client is gone (cancel or deadline); grpc-js has already ended the call.
+            callback({ code: Grpc.status.CANCELLED, details: "cancelled" })
+          }
+        })
+        call.on("cancelled", () => interrupt())
+      }
+
+    /** Open streams, with the requests each has received and not yet answered. */
+    const streams = new Map<Grpc.ServerDuplexStream<GrpcCodec.ModelInferRequest, unknown>, { outstanding: number; readonly stop: () => void }>()
+    let closing = false
+
+    const streamInfer = (call: Grpc.ServerDuplexStream<GrpcCodec.ModelInferRequest, unknown>) => {
+      const state = { outstanding: 0, stop: () => {} }
+      const write = (message: unknown) =>
+        Effect.callback<void>((resume) => {
+          if (call.write(message)) resume(Effect.void)
+          else call.once("drain", () => resume(Effect.void))
+        }).pipe(Effect.andThen(Effect.sync(() => {
+          state.outstanding--
+          // Closing: a stream ends once it owes nothing.
+          if (closing && state.outstanding === 0) state.stop()
+        })))
+      const deadlineMs = deadlineOf(call)
+      const concurrency = handlers.engine.config.maxConcurrentRequests + handlers.engine.config.maxQueuedRequests
+      // Iterating a Node stream destroys it at the end by default: here that would cut the
+      // writing side at the half-close, before the answers still outstanding are sent.
+      const requests = (call as unknown as { iterator: (o: { destroyOnReturn: boolean }) => AsyncIterable<GrpcCodec.ModelInferRequest> })
+        .iterator({ destroyOnReturn: false })
+      const effect = Stream.fromAsyncIterable(requests, (e) => e).pipe(
+        Stream.tap(() => Effect.sync(() => void state.outstanding++)),
+        Stream.mapEffect((message) =>
+          handlers.infer(message, deadlineMs).pipe(
+            Effect.match({
+              onFailure: (e) => ({
+                error_message: e.details,
+                infer_response: { model_name: message.model_name, model_version: message.model_version, id: message.id }
+              }),
+              onSuccess: (response) => ({ error_message: "", infer_response: response })
+            })
+          ), { concurrency, unordered: true }),
+        Stream.runForEach(write)
+      )
+      const interrupt = run(effect, {
+        onExit: (exit) => {
+          streams.delete(call)
+          if (Exit.isSuccess(exit)) return call.end()
+          if (call.cancelled) return
+          const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
+          call.emit("error", failure === undefined && (closing || lifecycle.isShuttingDown())
+            ? { code: Grpc.status.UNAVAILABLE, details: "the server is shutting down" }
+            : { code: Grpc.status.INTERNAL, details: failure === undefined ? "internal error" : String((failure.error as Error)?.message ?? failure.error) })
+        }
+      })
+      state.stop = () => interrupt()
+      streams.set(call, state)
+      call.on("cancelled", () => interrupt())
+    }
+
+    const inferenceService: Grpc.UntypedServiceImplementation = {
+      ServerLive: unary(() => Effect.succeed({ live: true })),
+      ServerReady: unary(() => Effect.sync(() => ({ ready: !lifecycle.isShuttingDown() }))),
+      ModelReady: unary(handlers.modelReady),
+      ServerMetadata: unary(() => Effect.succeed({ name: options.serverName, version: options.serverVersion, extensions: handlers.extensions })),
+      ModelMetadata: unary(handlers.modelMetadata),
+      ModelInfer: unary(handlers.infer),
+      ModelStreamInfer: streamInfer,
+      ModelConfig: unary(handlers.modelConfig),
+      ModelStatistics: unary(handlers.modelStatistics),
+      RepositoryIndex: unary(handlers.repositoryIndex),
+      RepositoryModelLoad: unary(handlers.modelControl("load")),
+      RepositoryModelUnload: unary(handlers.modelControl("unload"))
+    }
+
+    const healthServices = new Set(["", "inference.GRPCInferenceService", "grpc.health.v1.Health"])
+    const healthService: Grpc.UntypedServiceImplementation = {
+      Check: unary((request: { service: string }) =>
+        healthServices.has(request.service)
+          ? Effect.sync(() => ({ status: lifecycle.isShuttingDown() ? "NOT_SERVING" : "SERVING" }))
+          : Effect.fail(new GrpcFailure({ code: Grpc.status.NOT_FOUND, details: `unknown service ${JSON.stringify(request.service.slice(0, 200))}` })))
+    }
+
+    const server = new Grpc.Server({
+      "grpc.max_receive_message_length": options.maxMessageBytes,
+      "grpc.max_send_message_length": -1
+    })
+    server.addService(proto.inference.GRPCInferenceService.service, inferenceService)
+    server.addService(proto.grpc.health.v1.Health.service, healthService)
+
+    const shutdownTimeout = Duration.fromInputUnsafe(options.shutdownTimeout ?? Duration.seconds(5))
+    const port = yield* Effect.acquireRelease(
+      Effect.callback<number, GrpcServeError>((resume) => {
+        server.bindAsync(`${options.host}:${options.port}`, Grpc.ServerCredentials.createInsecure(), (error, port) => {
+          resume(error === null ? Effect.succeed(port) : Effect.fail(new GrpcServeError({ message: error.message })))
+        })
+      }),
+      () =>
+        Effect.callback<void>((resume) => {
+          // Streams that owe no answer end now (UNAVAILABLE); the others once they have answered.
+          closing = true
+          for (const state of [...streams.values()]) if (state.outstanding === 0) state.stop()
+          server.tryShutdown(() => resume(Effect.void))
+        }).pipe(
+          Effect.timeoutOption(shutdownTimeout),
+          Effect.andThen(Effect.sync(() => server.forceShutdown()))
+        )
+    )
+    return { port, server }
+  })
+
+/** The gRPC server as a layer; needs what the HTTP routes need (`Statistics` optional). */
+export const layer = (options: Options): Layer.Layer<GrpcServer, GrpcServeError, Requirements> => Layer.effect(GrpcServer, make(options))

@@ -1,0 +1,176 @@
+/**
+ * The RPCs of `inference.GRPCInferenceService` as Effects over the engine, the pool and the
+ * lifecycle, with the HTTP routes' rules and messages (`Oip.prepare`, `InferenceError.grpcCode`);
+ * `GrpcServer` wires them to `@grpc/grpc-js`. Each takes the request message as proto-loader
+ * decodes it (`GrpcCodec`) and answers the response message, or fails with `GrpcFailure`.
+ *
+ * @module GrpcService
+ */
+import * as Grpc from "@grpc/grpc-js"
+import { Data, Duration, Effect } from "effect"
+import { AsyncInferenceEngine } from "../Engine.ts"
+import { Lifecycle } from "../http/Lifecycle.ts"
+import * as ModelConfiguration from "../http/ModelConfiguration.ts"
+import * as ModelControl from "../http/ModelControl.ts"
+import * as Oip from "../http/Oip.ts"
+import * as Routes from "../http/Routes.ts"
+import * as Statistics from "../http/Statistics.ts"
+import * as InferenceError from "../InferenceError.ts"
+import * as InferenceRequest from "../InferenceRequest.ts"
+import { ModelPool } from "../ModelPool.ts"
+import * as ModelRepository from "../ModelRepository.ts"
+import * as Priority from "../Priority.ts"
+import { TelemetryCollector } from "../Telemetry.ts"
+import * as GrpcCodec from "./GrpcCodec.ts"
+
+export interface Options {
+  /** Directories whose path never appears in an answer. */
+  readonly redactPaths?: ReadonlyArray<string> | undefined
+}
+
+/** A failure answered as a gRPC status. */
+export class GrpcFailure extends Data.TaggedError("GrpcFailure")<{ readonly code: Grpc.status; readonly details: string }> {}
+
+export type Requirements = AsyncInferenceEngine | ModelPool | TelemetryCollector | Lifecycle
+
+/** The RPC handlers, as Effects over the services (the grpc-js wiring is `make`). */
+export const make = (options: Options) =>
+  Effect.gen(function*() {
+    const engine = yield* AsyncInferenceEngine
+    const pool = yield* ModelPool
+    const telemetry = yield* TelemetryCollector
+    const lifecycle = yield* Lifecycle
+    const statistics = yield* Effect.serviceOption(Statistics.Statistics)
+    const roots = options.redactPaths ?? []
+
+    const fromReason = (reason: InferenceError.Reason) =>
+      new GrpcFailure({ code: InferenceError.grpcCode(reason), details: Routes.redact(reason.message, roots) })
+    const invalidArgument = (details: string) => new GrpcFailure({ code: Grpc.status.INVALID_ARGUMENT, details })
+
+    /** The model name and version ("" is the default), checked as HTTP checks its path. */
+    const modelParams = (name: string, version: string) => {
+      if (!ModelRepository.isValidModelName(name)) {
+        return Effect.fail(invalidArgument(`invalid model name ${JSON.stringify(name.slice(0, 200))}: letters, digits, "_", "." and "-" only, starting with a letter or digit`))
+      }
+      if (version !== "" && !ModelRepository.versionPattern.test(version)) {
+        return Effect.fail(invalidArgument(`invalid model version ${JSON.stringify(version.slice(0, 200))}: decimal digits only`))
+      }
+      return Effect.succeed({ name, version: version === "" ? undefined : version })
+    }
+
+    const metadataOf = (name: string, version: string | undefined) => Effect.mapError(pool.metadata(name, version), fromReason)
+
+    const recordRefused = (name: string, reason: InferenceError.Reason) => {
+      const info = { modelId: name, requestId: InferenceRequest.nextRequestId(), priority: Priority.Normal }
+      return Effect.sync(() => {
+        telemetry.recordStart(info)
+        if (reason._tag === "QueueFull") telemetry.recordRejected(info, reason)
+        else telemetry.recordFailure(info, reason, 0)
+      })
+    }
+    const invalid = (name: string, reason: InferenceError.InvalidInput) => Effect.andThen(recordRefused(name, reason), Effect.fail(fromReason(reason)))
+
+    /** One inference; `deadlineMs` is the call's deadline (Date.now() scale), if any. */
+    const infer = (message: GrpcCodec.ModelInferRequest, deadlineMs: number | undefined) =>
+      Effect.gen(function*() {
+        if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
+        const { name, version } = yield* modelParams(message.model_name, message.model_version)
+        const metadata = yield* metadataOf(name, version)
+        const queued = yield* engine.queueStats
+        if (queued.total >= engine.config.maxQueuedRequests) {
+          const full = new InferenceError.QueueFull({ modelId: name, requestId: "", capacity: engine.config.maxQueuedRequests })
+          yield* recordRefused(name, full)
+          return yield* Effect.fail(fromReason(full))
+        }
+        const oip = GrpcCodec.toOip(message)
+        if (typeof oip === "string") return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: oip }))
+        const body = Oip.decodeInferRequest(oip.body)
+        if ("error" in body) return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
+        const prepared = Oip.prepare(metadata, body, oip.binary)
+        if (prepared instanceof InferenceError.InvalidInput) return yield* invalid(name, prepared)
+        let timeout = prepared.timeout
+        if (deadlineMs !== undefined) {
+          const left = Duration.millis(Math.max(1, deadlineMs - Date.now()))
+          timeout = timeout === undefined || Duration.isGreaterThan(timeout, left) ? left : timeout
+        }
+        const request = InferenceRequest.make(name, prepared.inputs, {
+          modelVersion: version,
+          priority: prepared.priority ?? metadata.defaultPriority,
+          timeout,
+          metadata: body.id === undefined ? undefined : { id: body.id }
+        })
+        const result = yield* engine.infer(request).pipe(Effect.mapError((e) => fromReason(e.reason)))
+        const outputs: Array<readonly [string, (typeof result.outputs)[string]]> = []
+        for (const output of prepared.outputs) {
+          const tensor = result.outputs[output]
+          if (tensor === undefined) return yield* Effect.die(new Error(`model ${name} returned no output ${output} (request ${request.requestId})`))
+          outputs.push([output, tensor])
+        }
+        return GrpcCodec.inferResponse({ modelName: name, modelVersion: metadata.version, id: message.id, outputs })
+      })
+
+    const modelMetadata = (message: { name: string; version: string }) =>
+      Effect.gen(function*() {
+        const { name, version } = yield* modelParams(message.name, message.version)
+        const metadata = yield* metadataOf(name, version)
+        const models = yield* pool.models
+        const versions = models.filter((m) => m.name === name).map((m) => m.version)
+        return {
+          name,
+          versions: versions.length === 0 ? [metadata.version] : versions,
+          platform: Oip.platformName,
+          inputs: metadata.inputs.map(Oip.tensorMetadata),
+          outputs: metadata.outputs.map(Oip.tensorMetadata)
+        }
+      })
+
+    const modelReady = (message: { name: string; version: string }) =>
+      Effect.gen(function*() {
+        const { name, version } = yield* modelParams(message.name, message.version)
+        if (lifecycle.isShuttingDown()) return { ready: false }
+        // As Triton's ModelReady: not ready, not an error, for a model it does not have (so that
+        // tritonclient's is_model_ready answers False instead of raising).
+        const result = yield* Effect.result(metadataOf(name, version))
+        return { ready: result._tag === "Success" }
+      })
+
+    const modelConfig = (message: { name: string; version: string }) =>
+      Effect.gen(function*() {
+        const { name, version } = yield* modelParams(message.name, message.version)
+        const metadata = yield* metadataOf(name, version)
+        return { config: ModelConfiguration.of(metadata, engine.config) }
+      })
+
+    const modelStatistics = (message: { name: string; version: string }) =>
+      Effect.gen(function*() {
+        if (statistics._tag === "None") {
+          return yield* Effect.fail(new GrpcFailure({ code: Grpc.status.UNIMPLEMENTED, details: "statistics are not collected by this server (Statistics.layer is not provided)" }))
+        }
+        const name = message.name === "" ? undefined : (yield* modelParams(message.name, message.version)).name
+        const version = message.version === "" ? undefined : message.version
+        const model_stats = yield* Effect.mapError(Statistics.report(pool, statistics.value, name, version), fromReason)
+        return { model_stats }
+      })
+
+    const repositoryIndex = (message: { ready: boolean }) =>
+      Effect.map(pool.models, (models) => ({
+        models: models
+          .filter((m) => !message.ready || m.state === "READY")
+          .map((m) => ({ name: m.name, version: m.version, state: m.state, reason: m.reason === undefined ? "" : Routes.redact(m.reason, roots) }))
+      }))
+
+    const modelControl = (action: "load" | "unload") => (message: { model_name: string }) =>
+      Effect.gen(function*() {
+        const { name } = yield* modelParams(message.model_name, "")
+        yield* (action === "load" ? ModelControl.load(pool, name) : ModelControl.unload(pool, engine, name)).pipe(
+          Effect.catchTag("NotSupported", (e) => Effect.fail(invalidArgument(e.message))),
+          Effect.mapError((e) => (e instanceof GrpcFailure ? e : fromReason(e)))
+        )
+        return {}
+      })
+
+    const extensions = Routes.extensionsFor(ModelControl.isEnabled(pool) ? "explicit" : "none").slice()
+
+    return { engine, lifecycle, infer, modelMetadata, modelReady, modelConfig, modelStatistics, repositoryIndex, modelControl, extensions }
+  })
+

@@ -1,0 +1,73 @@
+/**
+ * Triton's model configuration extension: a model's configuration in Triton's form
+ * (`model_config.proto`), as `GET /v2/models/{name}[/versions/{v}]/config` and gRPC
+ * `ModelConfig` answer it. The same object serves both: JSON for HTTP, the `ModelConfig`
+ * message for gRPC (enums as their names).
+ *
+ * - `max_batch_size`: the model's batching limit, 0 when it does not batch; when it is above 0,
+ *   `dims` leave out the batch dimension, as Triton writes them.
+ * - `instance_group`: one CPU group of the model's instances.
+ * - `dynamic_batching`: always present, because the engine's priority levels and queue policy
+ *   live there in Triton's schema: `preferred_batch_size` and `max_queue_delay_microseconds` of
+ *   the model's batching (empty and 0 when it does not batch), `priority_levels` 4,
+ *   `default_priority_level` the model's default, `default_queue_policy` the engine's queue
+ *   bound and queue timeout.
+ *
+ * @module ModelConfiguration
+ */
+import { Duration } from "effect"
+import type { AsyncConfig } from "../AsyncConfig.ts"
+import type * as ModelMetadata from "../ModelMetadata.ts"
+import * as Priority from "../Priority.ts"
+import * as Oip from "./Oip.ts"
+
+/** Triton's `DataType` enum name of a tensor's dtype. */
+export const tritonDataType = (spec: ModelMetadata.TensorSpec): string => {
+  const datatype = Oip.datatypeOf[spec.dtype]
+  return datatype === "BYTES" ? "TYPE_STRING" : `TYPE_${datatype}`
+}
+
+/** Whole microseconds; 0 for none or an infinite duration. */
+const micros = (d: Duration.Duration) => {
+  const ms = Duration.toMillis(d)
+  return Number.isFinite(ms) ? Math.round(ms * 1000) : 0
+}
+
+/** The configuration of a model, in Triton's form. */
+export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) => {
+  const batching = metadata.batching?.enabled === true ? metadata.batching : undefined
+  const maxBatchSize = batching?.maxBatchSize ?? 0
+  const batchAxisOf = (name: string, inputs: boolean) => {
+    if (batching === undefined) return null
+    const axes = inputs ? batching.inputAxes : batching.outputAxes
+    return Object.hasOwn(axes, name) ? axes[name]! : 0
+  }
+  const tensor = (inputs: boolean) => (spec: ModelMetadata.TensorSpec) => {
+    const axis = batchAxisOf(spec.name, inputs)
+    const dims = axis === null ? spec.dims : spec.dims.filter((_, i) => i !== axis)
+    return { name: spec.name, data_type: tritonDataType(spec), dims: dims.map((d) => (d < 0 ? -1 : d)) }
+  }
+  const defaultPriority = metadata.defaultPriority ?? Priority.Normal
+  return {
+    name: metadata.name,
+    platform: Oip.platformName,
+    backend: "onnxruntime",
+    version_policy: { latest: { num_versions: 1 } },
+    max_batch_size: maxBatchSize,
+    input: metadata.inputs.map(tensor(true)),
+    output: metadata.outputs.map(tensor(false)),
+    instance_group: [{ name: metadata.name, kind: "KIND_CPU", count: metadata.concurrency ?? 1 }],
+    dynamic_batching: {
+      preferred_batch_size: batching?.preferredBatchSizes.slice() ?? [],
+      max_queue_delay_microseconds: batching === undefined ? 0 : micros(batching.maxQueueDelay),
+      priority_levels: Oip.priorityLevels,
+      default_priority_level: Priority.rank(defaultPriority) + 1,
+      default_queue_policy: {
+        timeout_action: "REJECT",
+        default_timeout_microseconds: micros(engine.queueTimeout),
+        allow_timeout_override: true,
+        max_queue_size: engine.maxQueuedRequests
+      }
+    }
+  }
+}

@@ -1,0 +1,438 @@
+/**
+ * The gRPC server driven by `@grpc/grpc-js` as a Triton or KServe client would: every RPC, raw
+ * and typed contents, streaming (completion order, half-close, cancel mid-stream), deadlines,
+ * every error code, bad messages. Real sockets on 127.0.0.1, real engine, scripted pool.
+ */
+import * as Grpc from "@grpc/grpc-js"
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Scope } from "effect"
+import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import { mlpBytes, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+import { echoRaw, f32, fromF32, makeHarness } from "./GrpcHarness.ts"
+
+const waitFor = (condition: () => boolean | Promise<boolean>, ms = 2000) =>
+  Effect.promise(async () => {
+    const until = Date.now() + ms
+    while (Date.now() < until) {
+      if (await condition()) return
+      await new Promise((r) => setTimeout(r, 5))
+    }
+    throw new Error("condition never held")
+  })
+
+describe("health, server and model metadata", () => {
+  it.live("live, ready, server metadata and grpc.health.v1 SERVING; after shutdown begins: not ready, NOT_SERVING, inference UNAVAILABLE", () =>
+    Effect.gen(function*() {
+      const { call, health, lifecycle } = yield* makeHarness()
+      assert.deepStrictEqual((yield* call("ServerLive", {})).response, { live: true })
+      assert.deepStrictEqual((yield* call("ServerReady", {})).response, { ready: true })
+      const meta = (yield* call("ServerMetadata", {})).response
+      assert.strictEqual(meta.name, "effect-onnx")
+      assert.strictEqual(meta.version, "0.0.0-test")
+      assert.include(meta.extensions, "model_configuration")
+      assert.deepStrictEqual((yield* call("Check", { service: "" }, {}, health)).response, { status: "SERVING" })
+      assert.strictEqual((yield* call("Check", { service: "nope" }, {}, health)).error?.code, Grpc.status.NOT_FOUND)
+      yield* lifecycle.beginShutdown
+      assert.deepStrictEqual((yield* call("Check", { service: "" }, {}, health)).response, { status: "NOT_SERVING" })
+      assert.deepStrictEqual((yield* call("ServerReady", {})).response, { ready: false })
+      assert.deepStrictEqual((yield* call("ServerLive", {})).response, { live: true })
+      const refused = yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))
+      assert.strictEqual(refused.error?.code, Grpc.status.UNAVAILABLE)
+      assert.include(refused.error?.details, "shutting down")
+    }))
+
+  it.live("model metadata, readiness (false for an unknown model, as Triton), configuration; NOT_FOUND and INVALID_ARGUMENT as HTTP's 404 and 400", () =>
+    Effect.gen(function*() {
+      const { call } = yield* makeHarness()
+      const meta = (yield* call("ModelMetadata", { name: "multi" })).response
+      assert.strictEqual(meta.platform, "onnxruntime_onnx")
+      assert.deepStrictEqual(meta.inputs, [{ name: "a", datatype: "FP32", shape: ["-1"] }, { name: "b", datatype: "INT64", shape: [] }])
+      assert.deepStrictEqual((yield* call("ModelMetadata", { name: "echo" })).response.versions, ["1", "2"])
+      const missing = yield* call("ModelMetadata", { name: "nope" })
+      assert.strictEqual(missing.error?.code, Grpc.status.NOT_FOUND)
+      assert.strictEqual(missing.error?.details, "model \"nope\" not found")
+      assert.strictEqual((yield* call("ModelMetadata", { name: "../etc" })).error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.strictEqual((yield* call("ModelMetadata", { name: "echo", version: "x" })).error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.deepStrictEqual((yield* call("ModelReady", { name: "echo", version: "1" })).response, { ready: true })
+      assert.deepStrictEqual((yield* call("ModelReady", { name: "broken" })).response, { ready: false })
+      assert.deepStrictEqual((yield* call("ModelReady", { name: "nope" })).response, { ready: false })
+      assert.strictEqual((yield* call("ModelReady", { name: "../x" })).error?.code, Grpc.status.INVALID_ARGUMENT)
+      const unavailable = yield* call("ModelMetadata", { name: "broken" })
+      assert.strictEqual(unavailable.error?.code, Grpc.status.UNAVAILABLE)
+      assert.notInclude(unavailable.error?.details, "/srv/")
+      const config = (yield* call("ModelConfig", { name: "batched" })).response.config
+      assert.strictEqual(config.name, "batched")
+      assert.strictEqual(config.platform, "onnxruntime_onnx")
+      assert.strictEqual(config.max_batch_size, 2)
+      assert.deepStrictEqual(config.input.map((t: any) => [t.name, t.data_type, t.dims]), [["x", "TYPE_FP32", ["4"]]])
+      assert.strictEqual(config.instance_group[0].kind, "KIND_CPU")
+      assert.strictEqual(config.dynamic_batching.priority_levels, "4")
+      assert.strictEqual(config.dynamic_batching.default_priority_level, "3")
+      assert.deepStrictEqual(config.dynamic_batching.preferred_batch_size, [2])
+      assert.strictEqual(config.dynamic_batching.max_queue_delay_microseconds, "5000")
+      assert.strictEqual(config.dynamic_batching.default_queue_policy.timeout_action, "REJECT")
+      assert.strictEqual((yield* call("ModelConfig", { name: "nope" })).error?.code, Grpc.status.NOT_FOUND)
+    }))
+
+  it.live("repository index with states and redacted reasons; load and unload are INVALID_ARGUMENT without model control", () =>
+    Effect.gen(function*() {
+      const { call } = yield* makeHarness()
+      const models = (yield* call("RepositoryIndex", {})).response.models as Array<any>
+      assert.deepInclude(models, { name: "echo", version: "2", state: "READY", reason: "" })
+      const broken = models.find((m) => m.name === "broken")
+      assert.strictEqual(broken.state, "UNAVAILABLE")
+      assert.strictEqual(broken.reason, "failed to load <repository>/broken/1/model.onnx: Protobuf parsing failed")
+      const ready = (yield* call("RepositoryIndex", { ready: true })).response.models as Array<any>
+      assert.isFalse(ready.some((m) => m.name === "broken"))
+      const load = yield* call("RepositoryModelLoad", { model_name: "echo" })
+      assert.strictEqual(load.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(load.error?.details, "explicit model control is not supported")
+      assert.strictEqual((yield* call("RepositoryModelUnload", { model_name: "echo" })).error?.code, Grpc.status.INVALID_ARGUMENT)
+    }))
+})
+
+describe("ModelInfer", () => {
+  it.live("raw contents in, raw contents out: the default version, a named version, the id echoed", () =>
+    Effect.gen(function*() {
+      const { call } = yield* makeHarness()
+      const r = (yield* call("ModelInfer", echoRaw([1, 2, 3, 4.5], { id: "req-1" }))).response
+      assert.strictEqual(r.model_name, "echo")
+      assert.strictEqual(r.model_version, "2")
+      assert.strictEqual(r.id, "req-1")
+      assert.deepStrictEqual(r.outputs.map((o: any) => [o.name, o.datatype, o.shape]), [["y", "FP32", ["1", "4"]]])
+      assert.deepStrictEqual(fromF32(r.raw_output_contents[0]), [2, 4, 6, 9])
+      const v1 = (yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { model_version: "1" }))).response
+      assert.strictEqual(v1.model_version, "1")
+      assert.deepStrictEqual(fromF32(v1.raw_output_contents[0]), [1, 2, 3, 4])
+    }))
+
+  it.live("typed contents for every kind: FP32, INT64 exact beyond 2^53, BYTES, BOOL, UINT8, FP64", () =>
+    Effect.gen(function*() {
+      const { call } = yield* makeHarness()
+      const fp32 = (yield* call("ModelInfer", {
+        model_name: "echo",
+        inputs: [{ name: "x", datatype: "FP32", shape: [1, 4], contents: { fp32_contents: [1, 2, 3, 4] } }]
+      })).response
+      assert.deepStrictEqual(fromF32(fp32.raw_output_contents[0]), [2, 4, 6, 8])
+      const big = "1152921504606846977" // 2^60 + 1
+      const int64 = (yield* call("ModelInfer", {
+        model_name: "identity_int64",
+        inputs: [{ name: "x", datatype: "INT64", shape: [1, 2], contents: { int64_contents: [big, "-5"] } }]
+      })).response
+      const out64 = new BigInt64Array(new Uint8Array(int64.raw_output_contents[0]).buffer)
+      assert.deepStrictEqual(Array.from(out64, String), [big, "-5"])
+      const bytes = (yield* call("ModelInfer", {
+        model_name: "identity_string",
+        inputs: [{ name: "x", datatype: "BYTES", shape: [1, 2], contents: { bytes_contents: [Buffer.from("héllo"), Buffer.from("")] } }]
+      })).response
+      const raw = Buffer.from(bytes.raw_output_contents[0])
+      // Triton's BYTES layout: a 4-byte little-endian length, then the bytes, per element.
+      assert.strictEqual(raw.readUInt32LE(0), Buffer.byteLength("héllo"))
+      assert.strictEqual(raw.subarray(4, 4 + raw.readUInt32LE(0)).toString(), "héllo")
+      assert.strictEqual(raw.length, 4 + Buffer.byteLength("héllo") + 4)
+      const bool = (yield* call("ModelInfer", {
+        model_name: "identity_bool",
+        inputs: [{ name: "x", datatype: "BOOL", shape: [1, 3], contents: { bool_contents: [true, false, true] } }]
+      })).response
+      assert.deepStrictEqual(Array.from(bool.raw_output_contents[0] as Uint8Array), [1, 0, 1])
+      const u8 = (yield* call("ModelInfer", {
+        model_name: "identity_uint8",
+        inputs: [{ name: "x", datatype: "UINT8", shape: [1, 2], contents: { uint_contents: [0, 255] } }]
+      })).response
+      assert.deepStrictEqual(Array.from(u8.raw_output_contents[0] as Uint8Array), [0, 255])
+      const badU8 = yield* call("ModelInfer", {
+        model_name: "identity_uint8",
+        inputs: [{ name: "x", datatype: "UINT8", shape: [1, 1], contents: { uint_contents: [256] } }]
+      })
+      assert.strictEqual(badU8.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(badU8.error?.details, "out of the UINT8 range")
+      const fp64 = (yield* call("ModelInfer", {
+        model_name: "identity_float64",
+        inputs: [{ name: "x", datatype: "FP64", shape: [1, 1], contents: { fp64_contents: [0.1] } }]
+      })).response
+      assert.deepStrictEqual(Array.from(new Float64Array(new Uint8Array(fp64.raw_output_contents[0]).buffer)), [0.1])
+    }))
+
+  it.live("an output subset returns only those outputs, in raw contents of their own", () =>
+    Effect.gen(function*() {
+      const { call } = yield* makeHarness()
+      const r = (yield* call("ModelInfer", {
+        model_name: "multi",
+        inputs: [
+          { name: "a", datatype: "FP32", shape: [3], contents: { fp32_contents: [1, 2, 3] } },
+          { name: "b", datatype: "INT64", shape: [], contents: { int64_contents: ["2"] } }
+        ],
+        outputs: [{ name: "scaled" }, { name: "sum" }]
+      })).response
+      assert.deepStrictEqual(r.outputs.map((o: any) => o.name), ["scaled", "sum"])
+      assert.deepStrictEqual(fromF32(r.raw_output_contents[0]), [2, 4, 6])
+      assert.deepStrictEqual(fromF32(r.raw_output_contents[1]), [6])
+      const unknown = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), outputs: [{ name: "z" }] })
+      assert.strictEqual(unknown.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(unknown.error?.details, "unknown output \"z\"")
+    }))
+
+  it.live("invalid inputs are INVALID_ARGUMENT with HTTP's messages, before anything runs", () =>
+    Effect.gen(function*() {
+      const { call, stats } = yield* makeHarness()
+      const wrongType = yield* call("ModelInfer", { model_name: "echo", inputs: [{ name: "x", datatype: "INT32", shape: [1, 4], contents: { int_contents: [1, 2, 3, 4] } }] })
+      assert.strictEqual(wrongType.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.strictEqual(wrongType.error?.details, "invalid input \"x\" for model \"echo\": datatype INT32 given, the model takes FP32")
+      const short = yield* call("ModelInfer", { model_name: "echo", inputs: [{ name: "x", datatype: "FP32", shape: [1, 4] }], raw_input_contents: [f32([1, 2, 3])] })
+      assert.strictEqual(short.error?.details, "invalid input \"x\" for model \"echo\": parameters.binary_data_size is 12 bytes, shape [1, 4] of FP32 needs 16")
+      const count = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), raw_input_contents: [f32([1, 2, 3, 4]), f32([1])] })
+      assert.include(count.error?.details, "expected 1 raw_input_contents, one per input, got 2")
+      const fp16 = yield* call("ModelInfer", { model_name: "identity_float16", inputs: [{ name: "x", datatype: "FP16", shape: [1, 1], contents: { fp32_contents: [1] } }] })
+      assert.include(fp16.error?.details, "send it in raw_input_contents")
+      const missing = yield* call("ModelInfer", { model_name: "echo", inputs: [] })
+      assert.strictEqual(missing.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(missing.error?.details, "missing input")
+      const hugeShape = yield* call("ModelInfer", { model_name: "echo", inputs: [{ name: "x", datatype: "FP32", shape: [1e12, 4] }], raw_input_contents: [f32([1])] })
+      assert.include(hugeShape.error?.details, "exceed the limit")
+      const tooMany = yield* call("ModelInfer", { model_name: "batched", inputs: [{ name: "x", datatype: "FP32", shape: [3, 4] }], raw_input_contents: [f32(new Array(12).fill(1))] })
+      assert.include(tooMany.error?.details, "batch-size must be <= 2 for 'batched'")
+      assert.strictEqual(stats.started, 0)
+    }))
+
+  it.live("parameters: priority as int64 or uint64 (beyond the levels: the default), timeout; a negative priority is INVALID_ARGUMENT", () =>
+    Effect.gen(function*() {
+      const { call } = yield* makeHarness()
+      for (const priority of [{ uint64_param: "1" }, { int64_param: "0" }, { uint64_param: "10" }, { uint64_param: "18446744073709551615" }]) {
+        const r = yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { parameters: { priority } }))
+        assert.isUndefined(r.error, JSON.stringify(priority))
+      }
+      const negative = yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { parameters: { priority: { int64_param: "-1" } } }))
+      assert.strictEqual(negative.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(negative.error?.details, "[\"parameters\"][\"priority\"]")
+      const timeout = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), model_name: "slow", parameters: { timeout: { int64_param: "10000" } } })
+      assert.strictEqual(timeout.error?.code, Grpc.status.DEADLINE_EXCEEDED)
+      assert.include(timeout.error?.details, "exceeded its 10 ms deadline")
+    }))
+
+  it.live("the gRPC deadline is the request's deadline: DEADLINE_EXCEEDED, and the engine lets the request go", () =>
+    Effect.gen(function*() {
+      const { call, engine, gate } = yield* makeHarness()
+      yield* gate.close
+      // parameters.timeout says 10 s, the call's deadline 100 ms: the sooner wins.
+      const started = Date.now()
+      const r = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), model_name: "slow", parameters: { timeout: { int64_param: "10000000" } } }, { deadline: Date.now() + 100 })
+      assert.strictEqual(r.error?.code, Grpc.status.DEADLINE_EXCEEDED)
+      assert.isBelow(Date.now() - started, 2000)
+      yield* waitFor(() => Effect.runSync(engine.pending) === 0)
+      yield* gate.open
+    }))
+
+  it.live("a client cancel cancels the request in the queue", () =>
+    Effect.gen(function*() {
+      const { client, engine, gate, stats } = yield* makeHarness({ config: { maxConcurrentRequests: 1 } })
+      yield* gate.close
+      const first = client.ModelInfer({ ...echoRaw([1, 2, 3, 4]), model_name: "slow" }, () => {})
+      yield* waitFor(() => stats.started === 1)
+      let code: number | undefined
+      const second = client.ModelInfer({ ...echoRaw([1, 2, 3, 4]), model_name: "slow" }, (e: Grpc.ServiceError | null) => {
+        code = e?.code
+      })
+      yield* waitFor(() => Effect.runSync(engine.queueStats).total === 1)
+      second.cancel()
+      yield* waitFor(() => code !== undefined && Effect.runSync(engine.queueStats).total === 0)
+      assert.strictEqual(code, Grpc.status.CANCELLED)
+      first.cancel()
+      yield* gate.open
+      yield* waitFor(() => Effect.runSync(engine.pending) === 0)
+      assert.strictEqual(stats.started, 1)
+    }))
+
+  it.live("a full queue is RESOURCE_EXHAUSTED; an unavailable model UNAVAILABLE; an unknown one NOT_FOUND", () =>
+    Effect.gen(function*() {
+      const { call, client, gate, stats, engine } = yield* makeHarness({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })
+      yield* gate.close
+      const calls = [
+        client.ModelInfer({ ...echoRaw([1, 2, 3, 4]), model_name: "slow" }, () => {}),
+        client.ModelInfer({ ...echoRaw([1, 2, 3, 4]), model_name: "slow" }, () => {})
+      ]
+      yield* waitFor(() => stats.started === 1 && Effect.runSync(engine.queueStats).total === 1)
+      const full = yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))
+      assert.strictEqual(full.error?.code, Grpc.status.RESOURCE_EXHAUSTED)
+      assert.include(full.error?.details, "queue full")
+      for (const c of calls) c.cancel()
+      yield* gate.open
+      assert.strictEqual((yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), model_name: "broken" })).error?.code, Grpc.status.UNAVAILABLE)
+      const unknown = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), model_name: "nope" })
+      assert.strictEqual(unknown.error?.code, Grpc.status.NOT_FOUND)
+      assert.strictEqual(unknown.error?.details, "model \"nope\" not found")
+    }))
+
+  it.live("a message over the limit is RESOURCE_EXHAUSTED; an undecodable one is refused; the server goes on", () =>
+    Effect.gen(function*() {
+      const { address, call } = yield* makeHarness({ maxMessageBytes: 4096 })
+      const big = yield* call("ModelInfer", { model_name: "echo", inputs: [{ name: "x", datatype: "FP32", shape: [256, 4] }], raw_input_contents: [f32(new Array(1024).fill(1))] })
+      assert.strictEqual(big.error?.code, Grpc.status.RESOURCE_EXHAUSTED)
+      // Bytes that are not a ModelInferRequest (a field 5 whose length runs past the end).
+      const raw = new Grpc.Client(address, Grpc.credentials.createInsecure())
+      const garbage = yield* Effect.callback<Grpc.ServiceError | null>((resume) => {
+        raw.makeUnaryRequest(
+          "/inference.GRPCInferenceService/ModelInfer",
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          Buffer.from([0x2a, 0xff, 0xff, 0x03, 0x01]),
+          (error) => resume(Effect.succeed(error))
+        )
+      })
+      raw.close()
+      assert.isNotNull(garbage)
+      assert.oneOf(garbage!.code, [Grpc.status.INTERNAL, Grpc.status.INVALID_ARGUMENT])
+      assert.isUndefined((yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))).error)
+    }))
+})
+
+describe("statistics", () => {
+  it.live("ModelStatistics counts what ran, as HTTP's /stats", () =>
+    Effect.gen(function*() {
+      const { call } = yield* makeHarness()
+      for (let i = 0; i < 3; i++) assert.isUndefined((yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))).error)
+      const s = (yield* call("ModelStatistics", { name: "echo" })).response.model_stats[0]
+      assert.strictEqual(s.name, "echo")
+      assert.strictEqual(s.version, "2")
+      assert.strictEqual(s.inference_count, "3")
+      assert.strictEqual(s.execution_count, "3")
+      assert.strictEqual(s.inference_stats.success.count, "3")
+      assert.notStrictEqual(s.last_inference, "0")
+      const all = (yield* call("ModelStatistics", {})).response.model_stats as Array<any>
+      assert.isTrue(all.some((m) => m.name === "echo"))
+      assert.strictEqual((yield* call("ModelStatistics", { name: "nope" })).error?.code, Grpc.status.NOT_FOUND)
+    }))
+})
+
+describe("ModelStreamInfer", () => {
+  it.live("answers in completion order, carries errors in error_message, and ends after the half-close once every answer is sent", () =>
+    Effect.gen(function*() {
+      const { client, gate } = yield* makeHarness()
+      yield* gate.close
+      const stream = client.ModelStreamInfer()
+      const received: Array<any> = []
+      const ended = new Promise<void>((resolve, reject) => {
+        stream.on("data", (m: any) => received.push(m))
+        stream.on("end", () => resolve())
+        stream.on("error", reject)
+      })
+      stream.write({ ...echoRaw([1, 2, 3, 4]), model_name: "slow", id: "slow" })
+      stream.write(echoRaw([1, 1, 1, 1], { id: "fast-1" }))
+      stream.write({ model_name: "nope", id: "bad", inputs: [] })
+      stream.write(echoRaw([2, 2, 2, 2], { id: "fast-2" }))
+      yield* waitFor(() => received.length === 3)
+      assert.sameMembers(received.map((m) => m.infer_response.id), ["fast-1", "bad", "fast-2"])
+      const bad = received.find((m) => m.infer_response.id === "bad")
+      assert.strictEqual(bad.error_message, "model \"nope\" not found")
+      const fast = received.find((m) => m.infer_response.id === "fast-2")
+      assert.strictEqual(fast.error_message, "")
+      assert.deepStrictEqual(fromF32(fast.infer_response.raw_output_contents[0]), [4, 4, 4, 4])
+      stream.end()
+      let done = false
+      void ended.then(() => {
+        done = true
+      })
+      yield* Effect.sleep("30 millis")
+      assert.isFalse(done, "the stream must stay open while an answer is outstanding")
+      yield* gate.open
+      yield* Effect.promise(() => ended)
+      assert.strictEqual(received.length, 4)
+      assert.strictEqual(received[3].infer_response.id, "slow")
+    }))
+
+  it.live("a cancel mid-stream cancels what is outstanding in the engine", () =>
+    Effect.gen(function*() {
+      const { client, engine, gate, stats } = yield* makeHarness({ config: { maxConcurrentRequests: 1 } })
+      yield* gate.close
+      const stream = client.ModelStreamInfer()
+      const received: Array<any> = []
+      stream.on("data", (m: any) => received.push(m))
+      stream.on("error", () => {})
+      stream.write(echoRaw([1, 1, 1, 1], { id: "fast" }))
+      yield* waitFor(() => received.length === 1)
+      for (let i = 0; i < 5; i++) stream.write({ ...echoRaw([1, 2, 3, 4]), model_name: "slow", id: `slow-${i}` })
+      yield* waitFor(() => stats.started === 2 && Effect.runSync(engine.queueStats).total === 4)
+      stream.cancel()
+      yield* waitFor(() => Effect.runSync(engine.queueStats).total === 0)
+      yield* gate.open
+      yield* waitFor(() => Effect.runSync(engine.pending) === 0)
+      // Only the fast one and the slow one already running ever ran.
+      assert.strictEqual(stats.started, 2)
+      assert.strictEqual(received.length, 1)
+    }))
+
+  it.live("many requests on one stream all come back, each once", () =>
+    Effect.gen(function*() {
+      const { client } = yield* makeHarness()
+      const stream = client.ModelStreamInfer()
+      const ids = new Set<string>()
+      const ended = new Promise<void>((resolve, reject) => {
+        stream.on("data", (m: any) => {
+          assert.strictEqual(m.error_message, "")
+          ids.add(m.infer_response.id)
+        })
+        stream.on("end", resolve)
+        stream.on("error", reject)
+      })
+      for (let i = 0; i < 200; i++) stream.write(echoRaw([i, i, i, i], { id: String(i) }))
+      stream.end()
+      yield* Effect.promise(() => ended)
+      assert.strictEqual(ids.size, 200)
+    }))
+})
+
+describe("lifecycle", () => {
+  it.live("closing the scope shuts the server down", () =>
+    Effect.gen(function*() {
+      const port = yield* Effect.scoped(Effect.map(makeHarness(), (h) => h.port))
+      const probe = new Grpc.Client(`127.0.0.1:${port}`, Grpc.credentials.createInsecure())
+      const error = yield* Effect.callback<Error | undefined>((resume) => {
+        probe.waitForReady(Date.now() + 300, (e) => resume(Effect.succeed(e)))
+      })
+      probe.close()
+      assert.isDefined(error)
+    }))
+})
+
+
+
+describe("model control over gRPC", () => {
+  it.live("under explicit model control RepositoryModelLoad and Unload work, and ServerMetadata advertises model_repository", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const { call } = yield* makeHarness({ pool: OnnxModelPool.layer({ repository, modelControl: "explicit", loadModels: [] }) })
+      const infer = { model_name: "mlp", inputs: [{ name: "input", datatype: "FP32", shape: [1, 784] }], raw_input_contents: [f32(new Array(784).fill(0.5))] }
+      assert.include((yield* call("ServerMetadata", {})).response.extensions, "model_repository")
+      assert.deepInclude((yield* call("RepositoryIndex", {})).response.models, { name: "mlp", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
+      assert.strictEqual((yield* call("ModelInfer", infer)).error?.code, Grpc.status.UNAVAILABLE)
+      assert.isUndefined((yield* call("RepositoryModelLoad", { model_name: "mlp" })).error)
+      const r = yield* call("ModelInfer", infer)
+      assert.isUndefined(r.error)
+      assert.deepStrictEqual(r.response.outputs[0].shape, ["1", "10"])
+      assert.isUndefined((yield* call("RepositoryModelUnload", { model_name: "mlp" })).error)
+      assert.strictEqual((yield* call("ModelInfer", infer)).error?.code, Grpc.status.UNAVAILABLE)
+      assert.strictEqual((yield* call("RepositoryModelLoad", { model_name: "nope" })).error?.code, Grpc.status.NOT_FOUND)
+    }), 60_000)
+})
+
+describe("shutdown with open streams", () => {
+  it.live("closing the server ends an idle stream at once with UNAVAILABLE, without waiting for the shutdown timeout", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const { client } = yield* makeHarness().pipe(Scope.provide(scope))
+      const stream = client.ModelStreamInfer()
+      const received: Array<any> = []
+      stream.on("data", (m: any) => received.push(m))
+      const ended = new Promise<{ code?: number; details?: string }>((resolve) => {
+        stream.on("error", (e: Grpc.ServiceError) => resolve({ code: e.code, details: e.details }))
+        stream.on("end", () => resolve({}))
+      })
+      stream.write(echoRaw([1, 2, 3, 4], { id: "one" }))
+      yield* waitFor(() => received.length === 1)
+      const [elapsed] = yield* Effect.timed(Scope.close(scope, Exit.void))
+      // The harness gives calls 1 s to finish: an idle stream must not use it.
+      assert.isBelow(Duration.toMillis(elapsed), 800)
+      const status = yield* Effect.promise(() => ended)
+      assert.strictEqual(status.code, Grpc.status.UNAVAILABLE)
+      assert.strictEqual(status.details, "the server is shutting down")
+    }))
+})

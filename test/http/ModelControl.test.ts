@@ -1,0 +1,141 @@
+/**
+ * Explicit model control (Triton's `--model-control-mode explicit`) over the real routes and a
+ * real OnnxModelPool on a temporary repository: nothing serves until loaded, load picks up a
+ * directory added after start and a changed config.json, unload lets admitted requests finish
+ * and then releases the sessions; the repository index shows state and reason throughout.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Fiber, Latch, Layer } from "effect"
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import * as Path from "node:path"
+import { AsyncConfigService } from "../../src/AsyncConfig.ts"
+import { AsyncInferenceEngine, DispatchGate } from "../../src/Engine.ts"
+import { Lifecycle } from "../../src/http/Lifecycle.ts"
+import * as Routes from "../../src/http/Routes.ts"
+import { Statistics } from "../../src/http/Statistics.ts"
+import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import { TelemetryCollector } from "../../src/Telemetry.ts"
+import { mlpBytes, tempRepository, writeTree } from "../fixtures/ModelRepositoryFixture.ts"
+import { routeOptions, withFreshMetrics } from "./TestApp.ts"
+
+const mlpRequest = (rows = 1) => ({ inputs: [{ name: "input", shape: [rows, 784], datatype: "FP32", data: new Array(rows * 784).fill(0.5) }] })
+
+const makeApp = (repository: string, loadModels: ReadonlyArray<string>, gate: Effect.Effect<void> = Effect.void) =>
+  Effect.gen(function*() {
+    const services = yield* Layer.build(
+      AsyncInferenceEngine.layer.pipe(
+        Layer.provideMerge(Statistics.layer),
+        Layer.provideMerge(Layer.mergeAll(
+          OnnxModelPool.layer({ repository, modelControl: "explicit", loadModels, closeTimeout: "5 seconds" }),
+          TelemetryCollector.layer,
+          AsyncConfigService.layerWith({ maxConcurrentRequests: 1 }),
+          Lifecycle.layer
+        ))
+      )
+    ).pipe(Effect.provideService(DispatchGate, gate))
+    const app = yield* HttpRouter.toHttpEffect(
+      Routes.layer(routeOptions(64 * 1024 * 1024)).pipe(Layer.provide(Layer.succeedContext(services)))
+    ).pipe(Effect.provideService(HttpRouter.RouterConfig, Routes.routerConfig))
+    const send = (method: string, path: string, body?: unknown) =>
+      Effect.gen(function*() {
+        const init: RequestInit = { method }
+        if (body !== undefined) init.body = JSON.stringify(body)
+        const response = yield* app.pipe(
+          Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request(`http://localhost${path}`, init))),
+          Effect.scoped,
+          Effect.catchCause((cause) => Effect.die(cause))
+        )
+        const web = HttpServerResponse.toWeb(response)
+        const text = yield* Effect.promise(() => web.text())
+        return { status: web.status, json: JSON.parse(text) as any }
+      })
+    return Object.assign(send, { engine: Context.get(services, AsyncInferenceEngine) })
+  })
+
+const stateOf = (index: ReadonlyArray<{ name: string; version: string; state: string; reason?: string }>, name: string) => index.find((m) => m.name === name)
+
+describe("explicit model control", () => {
+  it.live("serves nothing until loaded; load, infer, unload, and /v2 advertises model_repository", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const send = yield* makeApp(repository, [])
+      assert.include((yield* send("GET", "/v2")).json.extensions, "model_repository")
+      let index = (yield* send("POST", "/v2/repository/index")).json
+      assert.deepStrictEqual(stateOf(index, "mlp"), { name: "mlp", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
+      assert.strictEqual((yield* send("POST", "/v2/models/mlp/infer", mlpRequest())).status, 503)
+      const load = yield* send("POST", "/v2/repository/models/mlp/load")
+      assert.strictEqual(load.status, 200, JSON.stringify(load.json))
+      index = (yield* send("POST", "/v2/repository/index")).json
+      assert.strictEqual(stateOf(index, "mlp")?.state, "READY")
+      assert.strictEqual((yield* send("POST", "/v2/models/mlp/infer", mlpRequest())).status, 200)
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/unload")).status, 200)
+      index = (yield* send("POST", "/v2/repository/index")).json
+      assert.deepStrictEqual(stateOf(index, "mlp"), { name: "mlp", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
+      const after = yield* send("POST", "/v2/models/mlp/infer", mlpRequest())
+      assert.strictEqual(after.status, 503)
+      assert.include(after.json.error, "unloaded")
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/nope/load")).status, 404)
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/nope/unload")).status, 404)
+    }).pipe(withFreshMetrics), 60_000)
+
+  it.live("--load-model models serve from the start; load picks up a directory added after start and a changed config.json", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const send = yield* makeApp(repository, ["mlp"])
+      assert.strictEqual((yield* send("POST", "/v2/models/mlp/infer", mlpRequest())).status, 200)
+      assert.strictEqual((yield* send("GET", "/v2/models/mlp/config")).json.max_batch_size, 64)
+      // A new model directory, and a changed configuration of the served one.
+      writeTree(repository, {
+        "added/model.onnx": mlpBytes(),
+        "mlp/config.json": JSON.stringify({ batching: { enabled: true, maxBatchSize: 8 } })
+      })
+      assert.strictEqual((yield* send("POST", "/v2/models/added/infer", mlpRequest())).status, 404)
+      // Listed as soon as it is on disk, unloaded until it is loaded.
+      assert.deepStrictEqual(stateOf((yield* send("POST", "/v2/repository/index")).json, "added"), { name: "added", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/added/load")).status, 200)
+      assert.strictEqual((yield* send("POST", "/v2/models/added/infer", mlpRequest())).status, 200)
+      assert.strictEqual(stateOf((yield* send("POST", "/v2/repository/index")).json, "added")?.state, "READY")
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/load")).status, 200)
+      assert.strictEqual((yield* send("GET", "/v2/models/mlp/config")).json.max_batch_size, 8)
+      const tooMany = yield* send("POST", "/v2/models/mlp/infer", mlpRequest(9))
+      assert.strictEqual(tooMany.status, 400)
+      assert.include(tooMany.json.error, "batch-size must be <= 8")
+      // A directory that breaks on reload leaves the model UNAVAILABLE with the reason.
+      writeTree(repository, { "mlp/config.json": "{ not json" })
+      const broken = yield* send("POST", "/v2/repository/models/mlp/load")
+      assert.strictEqual(broken.status, 503)
+      const entry = stateOf((yield* send("POST", "/v2/repository/index")).json, "mlp")
+      assert.strictEqual(entry?.state, "UNAVAILABLE")
+      assert.include(entry?.reason, "config.json")
+      assert.notInclude(JSON.stringify(entry), repository)
+      void Path
+    }).pipe(withFreshMetrics), 60_000)
+
+  it.live("unload lets the requests already admitted finish, and refuses new ones at once", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      // Dispatch is held until every request is admitted, so that the queue is deep when the unload begins.
+      const gate = yield* Latch.make(false)
+      const send = yield* makeApp(repository, ["mlp"], gate.await)
+      const inflight = yield* Effect.forEach(
+        Array.from({ length: 40 }, () => send("POST", "/v2/models/mlp/infer", mlpRequest(16))),
+        (r) => Effect.forkChild(r, { startImmediately: true })
+      )
+      for (let i = 0; (yield* send.engine.queueStats).total < 40; i++) {
+        assert.isBelow(i, 10_000, "the 40 requests were admitted")
+        yield* Effect.sleep("1 millis")
+      }
+      const queuedAtUnload = (yield* send.engine.queueStats).total
+      yield* gate.open
+      const unload = yield* send("POST", "/v2/repository/models/mlp/unload")
+      assert.strictEqual(unload.status, 200)
+      const answers = yield* Effect.forEach(inflight, (f) => Effect.map(Fiber.await(f), (exit) => (exit._tag === "Success" ? exit.value : { status: -1, json: {} })))
+      const ok = answers.filter((a) => a.status === 200).length
+      assert.isAtLeast(ok, queuedAtUnload, "every request queued when the unload began finished")
+      for (const a of answers.filter((a) => a.status !== 200)) {
+        assert.strictEqual(a.status, 503)
+        assert.include(a.json.error, "unloading", "only requests that arrived after the unload began are refused")
+      }
+      assert.strictEqual((yield* send("POST", "/v2/models/mlp/infer", mlpRequest())).status, 503)
+    }).pipe(withFreshMetrics), 60_000)
+})

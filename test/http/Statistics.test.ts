@@ -1,0 +1,39 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import * as InferenceError from "../../src/InferenceError.ts"
+import * as Statistics from "../../src/http/Statistics.ts"
+import { layerRecording, TelemetryCollector, TelemetryLog } from "../../src/Telemetry.ts"
+
+const info = { modelId: "m", requestId: "r", priority: "Normal" } as const
+
+describe("Statistics", () => {
+  it.effect("forwards every record to the collector beneath and accumulates Triton's statistics from the same calls", () =>
+    Effect.gen(function*() {
+      const services = yield* Layer.build(Statistics.Statistics.layer.pipe(Layer.provideMerge(layerRecording)))
+      const collector = Context.get(services, TelemetryCollector)
+      const stats = Context.get(services, Statistics.Statistics)
+      collector.recordStart(info)
+      collector.recordQueueWait("m", "Normal", 2)
+      collector.recordRun("m", 3, 4)
+      collector.recordRun("m", 1, 1)
+      collector.recordSuccess(info, 5)
+      collector.recordFailure(info, new InferenceError.InvalidInput({ modelId: "m", detail: "d" }), 1)
+      collector.recordTimeout(info, 7)
+      collector.recordCancelled(info, 0.5)
+      collector.recordRejected(info, new InferenceError.ShuttingDown({}))
+      const log = Context.get(services, TelemetryLog).events.map((e) => e._tag)
+      assert.deepStrictEqual(log, ["start", "queueWait", "run", "run", "success", "failure", "timeout", "cancelled", "rejected"])
+      const t = Statistics.toTriton("m", "1", stats.get("m"))
+      assert.strictEqual(t.inference_count, 5)
+      assert.strictEqual(t.execution_count, 2)
+      assert.isAbove(t.last_inference, 0)
+      assert.deepStrictEqual(t.inference_stats.success, { count: 1, ns: 5_000_000 })
+      assert.deepStrictEqual(t.inference_stats.fail, { count: 4, ns: 8_500_000 })
+      assert.deepStrictEqual(t.inference_stats.queue, { count: 1, ns: 2_000_000 })
+      // Per request, the run it was part of: 4 × 3 ms + 1 × 1 ms.
+      assert.deepStrictEqual(t.inference_stats.compute_infer, { count: 5, ns: 13_000_000 })
+      assert.deepStrictEqual(t.batch_stats.map((b) => [b.batch_size, b.compute_infer.count, b.compute_infer.ns]), [[1, 1, 1_000_000], [4, 1, 3_000_000]])
+      assert.isUndefined(stats.get("other"))
+      assert.strictEqual(Statistics.toTriton("other", "1", undefined).inference_count, 0)
+    }))
+})
