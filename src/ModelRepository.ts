@@ -213,7 +213,7 @@ export const unknownKeys = (json: unknown): ReadonlyArray<UnknownConfigKey> => {
  * (`Expected an integer\n  at ["instances"]`).
  */
 export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): Effect.Effect<ModelConfig, Schema.SchemaError | UnknownConfigKey> =>
-  Effect.suspend(() => {
+  Effect.suspend((): Effect.Effect<ConfigJson, Schema.SchemaError | UnknownConfigKey> => {
     const unknown = unknownKeys(json)
     return unknown.length > 0 ? Effect.fail(unknown[0]!) : Schema.decodeUnknownEffect(ConfigJson)(json)
   }).pipe(Effect.map((config) => {
