@@ -14,17 +14,15 @@
  *
  * @module Cli
  */
-import { Data, Duration, Effect, Option } from "effect"
+import { Duration, Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as NodePath from "node:path"
 import * as Priority from "../Priority.ts"
+import { fail, name } from "./CliCommon.ts"
 import * as Progress from "./Progress.ts"
+import * as Serve from "./Serve.ts"
 
-/** Ends the process with `code`, after the message was printed. */
-export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
-
-/** The name the package installs the command under. */
-export const name = "effect-onnx"
+export { ExitCode, name, presenter, teardown } from "./CliCommon.ts"
 
 const stderr: Progress.Output = {
   write: (text) => void process.stderr.write(text),
@@ -37,9 +35,6 @@ const stderr: Progress.Output = {
 }
 
 const priorities = Priority.levels.map((level) => [level.toLowerCase(), level] as const)
-
-const fail = (message: string, code = 1) =>
-  Effect.andThen(Effect.sync(() => process.stderr.write(`${name}: ${message}\n`)), Effect.fail(new ExitCode({ code })))
 
 export const infer = Command.make("infer", {
   model: Flag.String("model").pipe(Flag.withMetavar("NAME"), Flag.withDescription("model to run, by its name in the repository")),
@@ -131,37 +126,7 @@ export const infer = Command.make("infer", {
   }])
 )
 
-const passThrough = (flag: string, metavar: string, description: string) =>
-  Flag.String(flag).pipe(Flag.withMetavar(metavar), Flag.optional, Flag.withDescription(description))
-
-export const serve = Command.make("serve", {
-  host: passThrough("host", "HOST", "address to bind [HOST] (default 127.0.0.1)"),
-  port: passThrough("port", "PORT", "port, 0 for any free one [PORT] (default 8000)"),
-  models: passThrough("models", "DIR", "model repository [MODEL_REPOSITORY] (default: the bundled models/)"),
-  maxBodyBytes: passThrough("max-body-bytes", "N", "largest request body [MAX_BODY_BYTES] (default 16 MiB)"),
-  gracePeriodSeconds: passThrough("grace-period-seconds", "S", "drain time on SIGTERM/SIGINT [GRACE_PERIOD_SECONDS] (default 30)")
-}, (flags) =>
-  Effect.promise(async () => {
-    const args: Array<string> = []
-    const pass = (flag: string, value: Option.Option<string>) => {
-      if (Option.isSome(value)) args.push(`--${flag}`, value.value)
-    }
-    pass("host", flags.host)
-    pass("port", flags.port)
-    pass("models", flags.models)
-    pass("max-body-bytes", flags.maxBodyBytes)
-    pass("grace-period-seconds", flags.gracePeriodSeconds)
-    // The server entry point reads its own argv and runs (and stops, on a signal) by itself:
-    // one implementation of the server's lifecycle, whether started as `serve` or `npm start`.
-    process.argv = [process.argv[0]!, process.argv[1]!, ...args]
-    await import("../bin/server.ts")
-  })).pipe(
-    Command.withDescription(
-      "Serves the Open Inference Protocol v2 over HTTP for every model of a repository, until SIGTERM or SIGINT (then drains). " +
-        "Each flag can also come from the variable in brackets; the engine reads MAX_CONCURRENT_REQUESTS, MAX_QUEUED_REQUESTS, " +
-        "QUEUE_TIMEOUT_MS, ENABLE_PRIORITY_QUEUE; OTEL_EXPORTER_OTLP_ENDPOINT exports traces and metrics over OTLP."
-    )
-  )
+export const serve = Serve.command
 
 export const command = Command.make(name).pipe(
   Command.withDescription("Asynchronous ONNX inference on Effect and onnxruntime-node: batch inference over NDJSON files, and an Open Inference Protocol server."),

@@ -5,7 +5,7 @@
  * | route | answer |
  * |---|---|
  * | `GET /v2` | server metadata `{name, version, extensions}` |
- * | `GET /v2/health/live`, `GET /v2/health/ready` | 200, or 503 on ready once shutting down |
+ * | `GET /v2/health/live`, `GET /v2/health/ready` | 200; ready is 503 once shutting down and, under strict readiness, while any model is unavailable (`Lifecycle.readiness`) |
  * | `GET /v2/models/{name}[/versions/{v}]` | model metadata; -1 for dynamic dims |
  * | `GET /v2/models/{name}[/versions/{v}]/ready` | `{name, ready}`: 200, or 503 when not ready |
  * | `POST /v2/models/{name}[/versions/{v}]/infer` | an inference, in JSON or with Triton's binary tensor data (`Oip`) |
@@ -38,7 +38,7 @@ import { ModelPool } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import * as Priority from "../Priority.ts"
 import { TelemetryCollector } from "../Telemetry.ts"
-import { Lifecycle } from "./Lifecycle.ts"
+import * as Lifecycle from "./Lifecycle.ts"
 import * as Metrics from "./Metrics.ts"
 import * as Oip from "./Oip.ts"
 
@@ -50,8 +50,12 @@ export interface Options {
   readonly serverVersion: string
   /** Directories whose path never appears in an answer (the model repository). */
   readonly redactPaths?: ReadonlyArray<string> | undefined
-  /** Seconds a client is told to wait after a 429. Default 1. */
-  readonly retryAfterSeconds?: number | undefined
+  /** Seconds a client is told to wait after a 429: a number, or computed at each refusal. Default 1. */
+  readonly retryAfterSeconds?: number | (() => number) | undefined
+  /** Triton's strict readiness: not ready while any model is unavailable or none is loaded. Default true. */
+  readonly strictReadiness?: boolean | undefined
+  /** `/metrics`: `triton` adds Triton's `nv_inference_*` families (see `Metrics`). Default `default`. */
+  readonly metricsFormat?: "default" | "triton" | undefined
 }
 
 /** Triton's platform name for ONNX models. */
@@ -102,15 +106,17 @@ const infoOf = (request: InferenceRequest.InferenceRequest) => ({
 /** The routes, as a layer that registers them on the `HttpRouter`. */
 export const layer = (
   options: Options
-): Layer.Layer<never, never, HttpRouter.HttpRouter | AsyncInferenceEngine | ModelPool | TelemetryCollector | Lifecycle> =>
+): Layer.Layer<never, never, HttpRouter.HttpRouter | AsyncInferenceEngine | ModelPool | TelemetryCollector | Lifecycle.Lifecycle> =>
   HttpRouter.use((router) =>
     Effect.gen(function*() {
       const engine = yield* AsyncInferenceEngine
       const pool = yield* ModelPool
       const telemetry = yield* TelemetryCollector
-      const lifecycle = yield* Lifecycle
+      const lifecycle = yield* Lifecycle.Lifecycle
       const roots = options.redactPaths ?? []
-      const retryAfter = String(options.retryAfterSeconds ?? 1)
+      const retryAfterOption = options.retryAfterSeconds ?? 1
+      const retryAfter = () => String(typeof retryAfterOption === "function" ? retryAfterOption() : retryAfterOption)
+      const strictReadiness = options.strictReadiness ?? true
       const bodyLimit = options.bodyLimitBytes
       const maxBodySize = ByteSize.bytes(bodyLimit)
 
@@ -118,7 +124,7 @@ export const layer = (
         new ApiError({
           status: InferenceError.httpStatus(reason),
           message: redact(reason.message, roots),
-          headers: reason._tag === "QueueFull" ? { "retry-after": retryAfter } : undefined
+          headers: reason._tag === "QueueFull" ? { "retry-after": retryAfter() } : undefined
         })
 
       /** Every route goes through here: counted in flight, errors as JSON, Connection: close after the signal. */
@@ -196,9 +202,10 @@ export const layer = (
 
       const live = handle(Effect.succeed(json(200, { live: true })))
 
-      const ready = handle(Effect.sync(() =>
-        lifecycle.isShuttingDown() ? json(503, { ready: false, error: "the server is shutting down" }) : json(200, { ready: true })
-      ))
+      const ready = handle(Effect.map(pool.models, (models) => {
+        const state = Lifecycle.readiness({ shuttingDown: lifecycle.isShuttingDown(), strict: strictReadiness, models })
+        return state.ready ? json(200, { ready: true }) : json(503, { ready: false, error: redact(state.reason, roots) })
+      }))
 
       // -- models ----------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
 import { TestClock } from "effect/testing"
 import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
+import * as Lifecycle from "../../src/http/Lifecycle.ts"
 
 const echoRequest = (values: ReadonlyArray<number>, extra: Record<string, unknown> = {}) => ({
   inputs: [{ name: "x", shape: [values.length / 4, 4], datatype: "FP32", data: values }],
@@ -44,6 +45,38 @@ describe("server and health routes", () => {
       assert.strictEqual(notReady.headers.get("connection"), "close")
       assert.strictEqual((yield* send("GET", "/v2/health/live")).status, 200)
     }).pipe(withFreshMetrics))
+
+  it.effect("strict readiness (the server's default): 503 while a model is unavailable, naming it; not strict: 200", () =>
+    Effect.gen(function*() {
+      const strict = yield* makeApp({ routes: { strictReadiness: true } })
+      const notReady = yield* strict.send("GET", "/v2/health/ready")
+      assert.strictEqual(notReady.status, 503)
+      assert.strictEqual(notReady.json.ready, false)
+      assert.match(notReady.json.error, /^1 of \d+ model versions unavailable: broken@1$/)
+      assert.notInclude(notReady.json.error, secretPath)
+      const lenient = yield* makeApp({ routes: { strictReadiness: false } })
+      assert.strictEqual((yield* lenient.send("GET", "/v2/health/ready")).status, 200)
+    }).pipe(withFreshMetrics))
+
+  it("readiness: shutting down, strict or not, an empty repository, unavailable models", () => {
+    const ready = { name: "a", version: "1", state: "READY" }
+    const down = { name: "b", version: "2", state: "UNAVAILABLE", reason: "x" }
+    const cases: ReadonlyArray<readonly [Lifecycle.ReadinessInput, boolean, string?]> = [
+      [{ shuttingDown: false, strict: true, models: [ready] }, true],
+      [{ shuttingDown: false, strict: true, models: [ready, down] }, false, "1 of 2 model versions unavailable: b@2"],
+      [{ shuttingDown: false, strict: false, models: [ready, down] }, true],
+      [{ shuttingDown: false, strict: true, models: [] }, false, "the model repository holds no model"],
+      [{ shuttingDown: false, strict: false, models: [] }, true],
+      [{ shuttingDown: true, strict: false, models: [ready] }, false, "the server is shutting down"],
+      [{ shuttingDown: true, strict: true, models: [down] }, false, "the server is shutting down"],
+      [{ shuttingDown: false, strict: true, models: Array.from({ length: 7 }, (_, i) => ({ ...down, name: `m${i}` })) }, false, "7 of 7 model versions unavailable: m0@2, m1@2, m2@2, m3@2, m4@2 and 2 more"]
+    ]
+    for (const [input, expected, reason] of cases) {
+      const result = Lifecycle.readiness(input)
+      assert.strictEqual(result.ready, expected, JSON.stringify(input))
+      if (!result.ready) assert.strictEqual(result.reason, reason)
+    }
+  })
 
   it.effect("an unknown route is a JSON 404", () =>
     Effect.gen(function*() {
