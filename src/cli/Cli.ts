@@ -1,10 +1,11 @@
 /**
  * The command line (`effect-onnx`, built with `effect/cli`):
  *
- * - `infer --model NAME --input FILE.ndjson --output FILE.ndjson [--concurrency N] [--priority P]`
+ * - `infer --model NAME --input FILE.ndjson --output FILE.ndjson [--concurrency N] [--priority P] [--resume]`
  *   runs every record of an NDJSON file through the engine (`Infer`, `Records`), with a progress
- *   bar on a terminal and plain progress lines otherwise. Ctrl+C stops it cleanly: the records
- *   that finished are written, in input order, and it exits 130.
+ *   bar on a terminal and plain progress lines otherwise. `-` is standard input or output.
+ *   Ctrl+C stops it cleanly: the records that finished are written, in input order, and it exits
+ *   130; `--resume` then runs only the records not in the output yet.
  * - `serve [--host H] [--port P] [--models DIR] …` runs the Open Inference Protocol server
  *   (`src/bin/server.ts`, the same entry point as `npm start`).
  *
@@ -16,7 +17,9 @@
  */
 import { Duration, Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
+import * as Fs from "node:fs"
 import * as NodePath from "node:path"
+import * as ServerConfig from "../http/ServerConfig.ts"
 import * as Priority from "../Priority.ts"
 import { fail, name } from "./CliCommon.ts"
 import * as Progress from "./Progress.ts"
@@ -43,13 +46,17 @@ export const infer = Command.make("infer", {
     Flag.optional,
     Flag.withDescription("model version (default: the highest)")
   ),
-  input: Flag.Path("input", { pathType: "file", mustExist: true }).pipe(
+  input: Flag.String("input").pipe(
     Flag.withMetavar("FILE.ndjson"),
-    Flag.withDescription("records to run: one JSON object per line, a tensor map {\"input\": {\"datatype\": \"FP32\", \"shape\": [1, 784], \"data\": [...]}} or an OIP request body {\"id\", \"parameters\", \"inputs\": [...]}")
+    Flag.withDescription("records to run, - for standard input: one JSON object per line, a tensor map {\"input\": {\"datatype\": \"FP32\", \"shape\": [1, 784], \"data\": [...]}} or an OIP request body {\"id\", \"parameters\", \"inputs\": [...]}")
   ),
-  output: Flag.Path("output", { pathType: "file" }).pipe(
+  output: Flag.String("output").pipe(
     Flag.withMetavar("FILE.ndjson"),
-    Flag.withDescription("results, one line per record in input order: {\"line\", \"id\"?, \"outputs\": {...}} or {\"line\", \"id\"?, \"error\": {\"reason\", \"message\"}} (created or truncated)")
+    Flag.withDescription("results, - for standard output, one line per record in input order: {\"line\", \"id\"?, \"outputs\": {...}} or {\"line\", \"id\"?, \"error\": {\"reason\", \"message\"}} (created or truncated)")
+  ),
+  resume: Flag.Boolean("resume").pipe(
+    Flag.withDefault(false),
+    Flag.withDescription("keep the records an interrupted run already wrote to --output (a file) and run only the others, appending")
   ),
   concurrency: Flag.Int("concurrency").pipe(
     Flag.withMetavar("N"),
@@ -81,10 +88,20 @@ export const infer = Command.make("infer", {
     Flag.withDefault("auto" as const),
     Flag.withDescription("progress on stderr; auto: a bar on a terminal, plain lines every 2 s otherwise (default auto)")
   )
-}, (flags) => {
+}, (given) => {
+  // The standard streams by their device names too: opening /dev/stdout fails (ENXIO) when it is a socket, as under a process manager.
+  const flags = {
+    ...given,
+    input: given.input === "/dev/stdin" || given.input === "/dev/fd/0" ? "-" : given.input,
+    output: given.output === "/dev/stdout" || given.output === "/dev/fd/1" ? "-" : given.output
+  }
   const concurrency = Option.getOrUndefined(flags.concurrency)
   if (concurrency !== undefined && concurrency < 1) return fail("--concurrency must be at least 1", 2)
-  if (NodePath.resolve(flags.input) === NodePath.resolve(flags.output)) return fail("--output must not be the --input file", 2)
+  if (flags.input !== "-" && !isReadable(flags.input)) return fail(`--input ${JSON.stringify(flags.input)}: no such file (- reads standard input)`, 2)
+  if (flags.input !== "-" && flags.output !== "-" && NodePath.resolve(flags.input) === NodePath.resolve(flags.output)) {
+    return fail("--output must not be the --input file", 2)
+  }
+  if (flags.resume && flags.output === "-") return fail("--resume needs an --output file to resume, not standard output", 2)
   const timeoutMs = Option.getOrUndefined(flags.timeoutMs)
   if (timeoutMs !== undefined && timeoutMs <= 0) return fail("--timeout-ms must be positive", 2)
   // The engine and its pipeline load only when a batch runs: `--help` stays quick.
@@ -95,6 +112,7 @@ export const infer = Command.make("infer", {
         version: Option.getOrUndefined(flags.modelVersion),
         input: flags.input,
         output: flags.output,
+        resume: flags.resume,
         concurrency,
         priority: flags.priority,
         timeout: timeoutMs === undefined ? undefined : Duration.millis(timeoutMs),
@@ -107,6 +125,7 @@ export const infer = Command.make("infer", {
     Effect.catchTags({
       MalformedLine: (e) => fail(e.message),
       OutputError: (e) => fail(e.message),
+      InputError: (e) => fail(e.message),
       InferenceError: (e) => fail(e.message),
       RepositoryError: (e) => fail(e.message),
       ConfigError: (e) => fail(`invalid configuration: ${e.message}`, 2),
@@ -117,14 +136,28 @@ export const infer = Command.make("infer", {
   Command.withDescription(
     "Runs every record of an NDJSON file through the engine and writes the results in input order. " +
       "Ctrl+C stops cleanly: the records that finished are written, and the exit code is 130. " +
-      "Engine settings come from MAX_CONCURRENT_REQUESTS, MAX_QUEUED_REQUESTS, QUEUE_TIMEOUT_MS, ENABLE_PRIORITY_QUEUE; " +
-      "OTEL_EXPORTER_OTLP_ENDPOINT exports traces and metrics."
+      "Environment: " + ServerConfig.environment.map(([variable, meaning]) => `${variable}: ${meaning}`).join("; ") + "."
   ),
   Command.withExamples([{
     command: `${name} infer --model mlp --input in.ndjson --output out.ndjson --concurrency 8 --priority high`,
     description: "run the bundled MLP over in.ndjson"
+  }, {
+    command: `cat in.ndjson | ${name} infer --model mlp --input - --output - | jq -c .outputs`,
+    description: "in a pipe"
+  }, {
+    command: `${name} infer --model mlp --input in.ndjson --output out.ndjson --resume`,
+    description: "after an interruption: run only the records not in out.ndjson yet"
   }])
 )
+
+/** True for something that can be read as the input: a file, a pipe, a device (`/dev/stdin`); not a directory. */
+const isReadable = (path: string): boolean => {
+  try {
+    return !Fs.statSync(path).isDirectory()
+  } catch {
+    return false
+  }
+}
 
 export const serve = Serve.command
 

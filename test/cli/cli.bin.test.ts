@@ -19,8 +19,9 @@ interface Run {
   readonly stderr: string
 }
 
-const start = (args: ReadonlyArray<string>): { child: ChildProcess; done: Promise<Run> } => {
-  const child = spawn(process.execPath, [entry, ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+const start = (args: ReadonlyArray<string>, stdin?: string): { child: ChildProcess; done: Promise<Run> } => {
+  const child = spawn(process.execPath, [entry, ...args], { cwd: root, stdio: [stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"] })
+  if (stdin !== undefined) child.stdin!.end(stdin)
   let stdout = ""
   let stderr = ""
   child.stdout!.on("data", (c: Buffer) => (stdout += c.toString("utf8")))
@@ -29,7 +30,7 @@ const start = (args: ReadonlyArray<string>): { child: ChildProcess; done: Promis
   return { child, done }
 }
 
-const run = (args: ReadonlyArray<string>) => start(args).done
+const run = (args: ReadonlyArray<string>, stdin?: string) => start(args, stdin).done
 
 const mlpRecord = (seed: number) =>
   JSON.stringify({ input: { datatype: "FP32", shape: [1, 784], data: Array.from({ length: 784 }, (_, i) => ((i * seed) % 7) / 7) } })
@@ -68,11 +69,40 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
       run(["infer", "--model", "mlp", "--input", file, "--output", file])
     ])
     assert.strictEqual(missing.code, 2)
-    assert.include(missing.stdout + missing.stderr, "--input")
+    // The error first, on one line, then where the usage is: not thirty lines of help.
+    assert.deepStrictEqual(missing.stderr.trim().split("\n"), [
+      "effect-onnx infer: Missing required flag: --input",
+      "Run 'effect-onnx infer --help' for usage."
+    ])
+    assert.strictEqual(missing.stdout, "")
     assert.strictEqual(same.code, 2)
     assert.include(same.stderr, "--output must not be the --input file")
     assert.strictEqual(Fs.readFileSync(file, "utf8"), mlpRecord(1))
   }, 30_000)
+
+  it("--help lists every environment variable; serve's flags are documented by the same help as infer's", async () => {
+    const [infer, serve] = await Promise.all([run(["infer", "--help"]), run(["serve", "--help"])])
+    for (const variable of ["MAX_CONCURRENT_REQUESTS", "MAX_QUEUED_REQUESTS", "QUEUE_TIMEOUT_MS", "ENABLE_PRIORITY_QUEUE", "AGING_MS", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_BSP_SCHEDULE_DELAY", "OTEL_METRIC_EXPORT_INTERVAL", "OTEL_SDK_DISABLED"]) {
+      assert.include(infer.stdout, variable)
+      assert.include(serve.stdout, variable)
+    }
+    for (const [flag, variable] of [["--host", "HOST"], ["--port", "PORT"], ["--models", "MODEL_REPOSITORY"], ["--max-body-bytes", "MAX_BODY_BYTES"], ["--grace-period-seconds", "GRACE_PERIOD_SECONDS"], ["--strict-readiness", "STRICT_READINESS"], ["--exit-on-error", "EXIT_ON_ERROR"], ["--metrics-format", "METRICS_FORMAT"]]) {
+      assert.match(serve.stdout, new RegExp(`${flag} .*\\[${variable}\\]`))
+    }
+    assert.match(serve.stdout, /USAGE\n\s+effect-onnx serve \[flags\]/)
+  }, 30_000)
+
+  it("reads standard input and writes standard output with -, and /dev/stdin, /dev/stdout too", async () => {
+    const records = [mlpRecord(1), mlpRecord(2), mlpRecord(3)].join("\n") + "\n"
+    const dash = await run(["infer", "--model", "mlp", "--input", "-", "--output", "-", "--models", models, "--progress", "none"], records)
+    assert.strictEqual(dash.code, 0, dash.stderr)
+    const lines = dash.stdout.trim().split("\n").map((l) => JSON.parse(l) as { line: number; outputs: any })
+    assert.deepStrictEqual(lines.map((l) => l.line), [1, 2, 3])
+    for (const l of lines) assert.deepStrictEqual(l.outputs.logits.shape, [1, 10])
+    const devices = await run(["infer", "--model", "mlp", "--input", "/dev/stdin", "--output", "/dev/stdout", "--models", models, "--progress", "none"], records)
+    assert.strictEqual(devices.code, 0, devices.stderr)
+    assert.strictEqual(devices.stdout, dash.stdout)
+  }, 60_000)
 
   it("writes one result per record in input order, skipping malformed lines with their line numbers", async () => {
     const input = Path.join(dir, "mixed.ndjson")
@@ -136,6 +166,34 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     for (let i = 1; i < lines.length; i++) assert.isAbove(lines[i]!, lines[i - 1]!)
     const written = Number(/interrupted: (\d+) records/.exec(result.stderr)![1])
     assert.strictEqual(lines.length, written)
+
+    // --resume: the records already written are kept and not run again; the others are appended.
+    // A last line cut mid-write (as a kill -9 would leave it) is dropped and its record runs again.
+    const cut = `{"line":${lines.at(-1)! + 1},"outputs":{"logits":{"datatype":"FP3`
+    Fs.appendFileSync(output, cut)
+    const resumed = await run(["infer", "--model", "mlp", "--input", input, "--output", output, "--models", models, "--resume", "--progress", "plain"])
+    assert.strictEqual(resumed.code, 0, resumed.stderr)
+    assert.include(resumed.stderr, `resuming: ${lines.length} records already in`)
+    const all = outputLines(output).map((o) => o.line)
+    assert.strictEqual(all.length, 20_000)
+    assert.deepStrictEqual(all.slice(0, lines.length), lines)
+    assert.strictEqual(new Set(all).size, 20_000)
+  }, 90_000)
+
+  it("--resume refuses an output that is not this command's, and standard output", async () => {
+    const input = Path.join(dir, "r.ndjson")
+    Fs.writeFileSync(input, mlpRecord(1))
+    const other = Path.join(dir, "other.txt")
+    Fs.writeFileSync(other, "precious notes\n")
+    const [notOurs, stdout] = await Promise.all([
+      run(["infer", "--model", "mlp", "--input", input, "--output", other, "--models", models, "--resume"]),
+      run(["infer", "--model", "mlp", "--input", input, "--output", "-", "--models", models, "--resume"])
+    ])
+    assert.strictEqual(notOurs.code, 1)
+    assert.include(notOurs.stderr, "cannot resume: line 1 of the output is not an output record of this command")
+    assert.strictEqual(Fs.readFileSync(other, "utf8"), "precious notes\n")
+    assert.strictEqual(stdout.code, 2)
+    assert.include(stdout.stderr, "--resume needs an --output file")
   }, 60_000)
 
   it("serve runs the OIP server until SIGTERM", async () => {
