@@ -1,10 +1,23 @@
 /**
  * Telemetry as a service. The engine calls these record points; the default layer turns them
- * into Effect Metrics (counters by model and outcome, histograms of queue wait, run time and
- * end-to-end latency). Tests provide `TelemetryCollector.layerRecording` and read its log.
+ * into Effect Metrics, one family per fact, in base units (seconds), each documented once in
+ * docs/server.md:
+ *
+ * | family | labels | what |
+ * |---|---|---|
+ * | `inference_requests_started_total` | model | requests submitted (admitted or refused) |
+ * | `inference_requests_total` | model, outcome | requests settled, by `outcome`: success, rejected, cancelled, timeout, invalid, backend (`outcomeOf`); every outcome has a row from the model's first request on |
+ * | `inference_request_duration_seconds` | model | end-to-end latency of successful requests |
+ * | `inference_queue_duration_seconds` | model, priority | time from admission to dispatch |
+ * | `inference_compute_duration_seconds` | model | time of one native run (a batch is one run) |
+ * | `inference_batch_size` | model | requests per native run |
+ * | `inference_executions_total` | model | native runs |
+ * | `inference_count_total` | model | requests run (a batch of n counts n) |
+ *
+ * Tests provide `TelemetryCollector.layerRecording` and read its log.
  *
  * Every accepted or rejected request is recorded by `recordStart` and then exactly one of
- * success, failure, cancelled, timeout or rejected, so started = the sum of the five.
+ * success, failure, cancelled, timeout or rejected, so started = the sum over outcomes.
  *
  * @module Telemetry
  */
@@ -36,19 +49,55 @@ export interface Service {
   readonly recordRun: (modelId: string, runMs: number, batchSize: number) => Effect.Effect<void>
 }
 
-const latencyBoundariesMs = Metric.exponentialBoundaries({ start: 0.05, factor: 2, count: 20 })
+/** 50 µs to about 26 s, doubling. */
+const latencyBoundariesSeconds = Metric.exponentialBoundaries({ start: 0.00005, factor: 2, count: 20 })
+
+/**
+ * How a settled request is counted in `inference_requests_total{outcome}`: `success`; `rejected`
+ * (refused at admission: queue full, shutting down); `cancelled` (the caller went away);
+ * `timeout` (deadline exceeded, queue timeout); `invalid` (the request's fault: bad input,
+ * unknown model or version); `backend` (the server's or model's fault: a failed run, an
+ * unavailable model).
+ */
+export type RequestOutcome = "success" | "rejected" | "cancelled" | "timeout" | "invalid" | "backend"
+
+export const requestOutcomes: ReadonlyArray<RequestOutcome> = ["success", "rejected", "cancelled", "timeout", "invalid", "backend"]
+
+/** The outcome of a request that failed with `reason`. */
+export const outcomeOf = (reason: InferenceError.ReasonTag): RequestOutcome => {
+  switch (reason) {
+    case "QueueFull":
+    case "ShuttingDown":
+      return "rejected"
+    case "Cancelled":
+      return "cancelled"
+    case "DeadlineExceeded":
+    case "QueueTimeout":
+      return "timeout"
+    case "InvalidInput":
+    case "ModelNotFound":
+      return "invalid"
+    case "RunFailed":
+    case "ModelUnavailable":
+      return "backend"
+  }
+}
 
 /** The metric families the default layer records (exported for the server's /metrics). */
 export const metrics = {
-  requests: Metric.counter("inference_requests_total", { description: "Requests by model and outcome" }),
-  started: Metric.counter("inference_requests_started_total", { description: "Requests submitted, by model" }),
-  failures: Metric.counter("inference_request_failures_total", { description: "Failed requests by model and reason" }),
-  latency: Metric.histogram("inference_request_duration_ms", { description: "End-to-end latency of successful requests (ms)", boundaries: latencyBoundariesMs }),
-  queueWait: Metric.histogram("inference_queue_duration_ms", { description: "Time from admission to dispatch (ms)", boundaries: latencyBoundariesMs }),
-  run: Metric.histogram("inference_compute_duration_ms", { description: "Time of one native run (ms)", boundaries: latencyBoundariesMs }),
+  started: Metric.counter("inference_requests_started_total", { description: "Requests submitted (admitted or refused), by model" }),
+  requests: Metric.counter("inference_requests_total", {
+    description: "Requests settled, by model and outcome: success, rejected, cancelled, timeout, invalid, backend"
+  }),
+  latency: Metric.histogram("inference_request_duration_seconds", {
+    description: "End-to-end latency of successful requests, admission to answer (seconds)",
+    boundaries: latencyBoundariesSeconds
+  }),
+  queueWait: Metric.histogram("inference_queue_duration_seconds", { description: "Time from admission to dispatch (seconds)", boundaries: latencyBoundariesSeconds }),
+  run: Metric.histogram("inference_compute_duration_seconds", { description: "Time of one native run, a batch being one run (seconds)", boundaries: latencyBoundariesSeconds }),
   batchSize: Metric.histogram("inference_batch_size", { description: "Requests per native run", boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 9 }) }),
-  executions: Metric.counter("inference_exec_total", { description: "Native runs by model" }),
-  inferences: Metric.counter("inference_count_total", { description: "Requests run by model (a batch counts each)" })
+  executions: Metric.counter("inference_executions_total", { description: "Native runs, by model" }),
+  inferences: Metric.counter("inference_count_total", { description: "Requests run, by model (a batch of n counts n)" })
 } as const
 
 export class TelemetryCollector extends Context.Service<TelemetryCollector, Service>()("effect-onnx/TelemetryCollector") {
@@ -67,20 +116,32 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
     }
     const update = (metric: Metric.Metric<number, unknown>, attributes: Record<string, string>, value: number) =>
       Metric.update(labelled(metric, attributes), value)
+    // Every outcome gets its row (at 0) with the model's first request: a dashboard's rate() of a
+    // failure that never happened is 0, not "no data".
+    const modelsSeen = new Set<string>()
+    const start = (model: string) =>
+      modelsSeen.has(model)
+        ? update(metrics.started, { model }, 1)
+        : Effect.suspend(() => {
+          modelsSeen.add(model)
+          return Effect.andThen(
+            Effect.forEach(requestOutcomes, (outcome) => update(metrics.requests, { model, outcome }, 0), { discard: true }),
+            update(metrics.started, { model }, 1)
+          )
+        })
+    const settle = (model: string, outcome: RequestOutcome) => update(metrics.requests, { model, outcome }, 1)
     return TelemetryCollector.of({
-      recordStart: (info) => update(metrics.started, { model: info.modelId }, 1),
+      recordStart: (info) => start(info.modelId),
       recordSuccess: (info, latencyMs) =>
-        Effect.andThen(update(metrics.requests, { model: info.modelId, outcome: "success" }, 1), update(metrics.latency, { model: info.modelId }, latencyMs)),
-      recordFailure: (info, error) =>
-        Effect.andThen(update(metrics.requests, { model: info.modelId, outcome: "failure" }, 1), update(metrics.failures, { model: info.modelId, reason: error._tag }, 1)),
-      recordCancelled: (info) => update(metrics.requests, { model: info.modelId, outcome: "cancelled" }, 1),
-      recordTimeout: (info) => update(metrics.requests, { model: info.modelId, outcome: "timeout" }, 1),
-      recordRejected: (info, error) =>
-        Effect.andThen(update(metrics.requests, { model: info.modelId, outcome: "rejected" }, 1), update(metrics.failures, { model: info.modelId, reason: error._tag }, 1)),
-      recordQueueWait: (modelId, priority, waitMs) => update(metrics.queueWait, { model: modelId, priority }, waitMs),
+        Effect.andThen(settle(info.modelId, "success"), update(metrics.latency, { model: info.modelId }, latencyMs / 1000)),
+      recordFailure: (info, error) => settle(info.modelId, outcomeOf(error._tag)),
+      recordCancelled: (info) => settle(info.modelId, "cancelled"),
+      recordTimeout: (info) => settle(info.modelId, "timeout"),
+      recordRejected: (info) => settle(info.modelId, "rejected"),
+      recordQueueWait: (modelId, priority, waitMs) => update(metrics.queueWait, { model: modelId, priority }, waitMs / 1000),
       recordRun: (modelId, runMs, batchSize) =>
         Effect.all([
-          update(metrics.run, { model: modelId }, runMs),
+          update(metrics.run, { model: modelId }, runMs / 1000),
           update(metrics.batchSize, { model: modelId }, batchSize),
           update(metrics.executions, { model: modelId }, 1),
           update(metrics.inferences, { model: modelId }, batchSize)

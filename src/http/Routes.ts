@@ -328,7 +328,7 @@ export const layer = (
 
       // -- metrics and the rest ---------------------------------------------------------
 
-      const prometheus = handle(Effect.map(Metrics.render(engine), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
+      const prometheus = handle(Effect.map(Metrics.render(engine, { format: options.metricsFormat }), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
 
       // A path no route matches (or that does not even decode) is a JSON 404 too. HEAD falls
       // back to GET inside the router, before this runs.

@@ -470,13 +470,37 @@ describe("inference", () => {
       assert.strictEqual((yield* engine.queueStats).total, 0)
       yield* Fiber.interrupt(running)
       const metrics = yield* send("GET", "/metrics")
-      assert.include(metrics.text, "inference_request_failure_total{model=\"echo\",reason=\"cancelled\"} 1")
-      assert.include(metrics.text, "inference_request_failure_total{model=\"slow\",reason=\"cancelled\"} 1")
+      assert.include(metrics.text, "inference_requests_total{model=\"echo\",outcome=\"cancelled\"} 1")
+      assert.include(metrics.text, "inference_requests_total{model=\"slow\",outcome=\"cancelled\"} 1")
     }).pipe(withFreshMetrics))
 })
 
 describe("GET /metrics", () => {
-  it.effect("renders Triton-like families: success, failure by reason, counts, pending by priority, durations by model", () =>
+  it.effect("--metrics-format triton adds Triton's nv_inference_* families from the same counters", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp({ routes: { metricsFormat: "triton" } })
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3]))).status, 400)
+      const text = (yield* send("GET", "/metrics")).text
+      for (
+        const line of [
+          "nv_inference_request_success{model=\"echo\",version=\"\"} 1",
+          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"OTHER\"} 1",
+          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"REJECTED\"} 0",
+          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"CANCELED\"} 0",
+          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"BACKEND\"} 0",
+          "nv_inference_count{model=\"echo\",version=\"\"} 1",
+          "nv_inference_exec_count{model=\"echo\",version=\"\"} 1",
+          "# TYPE nv_inference_request_duration_us counter",
+          "# TYPE nv_inference_queue_duration_us counter",
+          "# TYPE nv_inference_compute_infer_duration_us counter",
+          "# TYPE nv_inference_pending_request_count gauge",
+          "inference_requests_total{model=\"echo\",outcome=\"success\"} 1"
+        ]
+      ) assert.include(text, line)
+    }).pipe(withFreshMetrics))
+
+  it.effect("renders one family per fact: requests by outcome (every outcome has a row), counts, pending by priority, durations in seconds by model", () =>
     Effect.gen(function*() {
       const { send, gate, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
@@ -505,20 +529,37 @@ describe("GET /metrics", () => {
       const text = (yield* send("GET", "/metrics")).text
       for (
         const line of [
-          "inference_request_success_total{model=\"echo\"} 2",
-          "inference_request_success_total{model=\"slow\"} 1",
-          "inference_request_failure_total{model=\"echo\",reason=\"invalid\"} 1",
-          "inference_request_failure_total{model=\"echo\",reason=\"rejected\"} 1",
-          "inference_request_failure_total{model=\"slow\",reason=\"timeout\"} 1",
-          "inference_request_failure_total{model=\"echo\",reason=\"backend\"} 0",
+          "inference_requests_total{model=\"echo\",outcome=\"success\"} 2",
+          "inference_requests_total{model=\"slow\",outcome=\"success\"} 1",
+          "inference_requests_total{model=\"echo\",outcome=\"invalid\"} 1",
+          "inference_requests_total{model=\"echo\",outcome=\"rejected\"} 1",
+          "inference_requests_total{model=\"slow\",outcome=\"timeout\"} 1",
+          "inference_requests_total{model=\"echo\",outcome=\"backend\"} 0",
+          "inference_requests_total{model=\"echo\",outcome=\"cancelled\"} 0",
+          "inference_requests_total{model=\"echo\",outcome=\"timeout\"} 0",
+          "inference_requests_started_total{model=\"echo\"} 4",
           "inference_count_total{model=\"echo\"} 2",
-          "inference_exec_total{model=\"echo\"} 2",
+          "inference_executions_total{model=\"echo\"} 2",
           "inference_pending_requests{model=\"slow\",priority=\"High\"} 0",
-          "# TYPE inference_queue_duration_ms histogram",
-          "# TYPE inference_compute_duration_ms histogram",
-          "# TYPE inference_request_duration_ms histogram",
-          "inference_request_duration_ms_count{model=\"slow\"} 1"
+          "# TYPE inference_queue_duration_seconds histogram",
+          "# TYPE inference_compute_duration_seconds histogram",
+          "# TYPE inference_request_duration_seconds histogram",
+          "inference_request_duration_seconds_count{model=\"slow\"} 1",
+          "# TYPE process_cpu_seconds_total counter",
+          "# TYPE process_resident_memory_bytes gauge",
+          "# TYPE process_start_time_seconds gauge",
+          "# TYPE nodejs_eventloop_lag_seconds gauge",
+          "# TYPE nodejs_heap_size_used_bytes gauge",
+          "# TYPE nodejs_gc_duration_seconds histogram"
         ]
       ) assert.include(text, line)
+      // The old overlapping families are gone: one family per fact.
+      for (const gone of ["inference_request_success_total", "inference_request_failure_total", "inference_request_failures_total", "_duration_ms"]) {
+        assert.notInclude(text, gone)
+      }
+      // Every sample line belongs to a family declared once.
+      const types = text.split("\n").filter((l) => l.startsWith("# TYPE ")).map((l) => l.split(" ")[2])
+      assert.strictEqual(new Set(types).size, types.length, "no family declared twice")
+      assert.notInclude(text, "nv_inference_", "Triton's names only with --metrics-format triton")
     }).pipe(withFreshMetrics))
 })
