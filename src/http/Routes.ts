@@ -13,7 +13,8 @@
  * | `GET /metrics` | Prometheus text (see `Metrics`) |
  *
  * Every error is `{"error": "…"}` with the status of `InferenceError.httpStatus` for engine
- * failures (400 invalid input, 404 unknown model or version, 429 queue full with Retry-After,
+ * failures (400 invalid input, 404 unknown model or version, 429 queue full with a Retry-After
+ * computed from the queue's drain rate (`RetryAfter`),
  * 500 a failed run, 503 shutting down or model unavailable, 504 deadline exceeded), 413 for a body over the
  * limit, 400 for malformed JSON or an invalid model name. Messages never carry a stack trace or
  * an absolute file path, and are cut at `maxMessageLength` characters (`redact`). A defect answers 500 "internal error" and is logged.
@@ -41,6 +42,7 @@ import { TelemetryCollector } from "../Telemetry.ts"
 import * as Lifecycle from "./Lifecycle.ts"
 import * as Metrics from "./Metrics.ts"
 import * as Oip from "./Oip.ts"
+import * as RetryAfter from "./RetryAfter.ts"
 
 export interface Options {
   /** Largest request body accepted, in bytes (413 above). */
@@ -50,8 +52,11 @@ export interface Options {
   readonly serverVersion: string
   /** Directories whose path never appears in an answer (the model repository). */
   readonly redactPaths?: ReadonlyArray<string> | undefined
-  /** Seconds a client is told to wait after a 429: a number, or computed at each refusal. Default 1. */
-  readonly retryAfterSeconds?: number | (() => number) | undefined
+  /**
+   * Seconds a client is told to wait after a 429. Default: computed at each refusal from the
+   * queue's measured drain rate (`RetryAfter`); a number fixes it.
+   */
+  readonly retryAfterSeconds?: number | undefined
   /** Triton's strict readiness: not ready while any model is unavailable or none is loaded. Default true. */
   readonly strictReadiness?: boolean | undefined
   /** `/metrics`: `triton` adds Triton's `nv_inference_*` families (see `Metrics`). Default `default`. */
@@ -114,8 +119,13 @@ export const layer = (
       const telemetry = yield* TelemetryCollector
       const lifecycle = yield* Lifecycle.Lifecycle
       const roots = options.redactPaths ?? []
-      const retryAfterOption = options.retryAfterSeconds ?? 1
-      const retryAfter = () => String(typeof retryAfterOption === "function" ? retryAfterOption() : retryAfterOption)
+      const drainRate = options.retryAfterSeconds === undefined ? yield* RetryAfter.sampler : undefined
+      const retryAfter = () =>
+        String(
+          drainRate === undefined
+            ? options.retryAfterSeconds
+            : RetryAfter.seconds({ queued: engine.config.maxQueuedRequests, ratePerSecond: drainRate.ratePerSecond() })
+        )
       const strictReadiness = options.strictReadiness ?? true
       const bodyLimit = options.bodyLimitBytes
       const maxBodySize = ByteSize.bytes(bodyLimit)

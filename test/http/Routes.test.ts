@@ -7,6 +7,7 @@ import { Effect, Fiber } from "effect"
 import { TestClock } from "effect/testing"
 import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
 import * as Lifecycle from "../../src/http/Lifecycle.ts"
+import * as RetryAfter from "../../src/http/RetryAfter.ts"
 
 const echoRequest = (values: ReadonlyArray<number>, extra: Record<string, unknown> = {}) => ({
   inputs: [{ name: "x", shape: [values.length / 4, 4], datatype: "FP32", data: values }],
@@ -422,6 +423,44 @@ describe("inference", () => {
       assert.strictEqual(r.status, 504)
       assert.include(r.json.error, "exceeded its 50 ms deadline")
     }).pipe(withFreshMetrics))
+
+  it.effect("Retry-After comes from the queue's measured drain rate: the queue over the rate, 60 s when nothing drains", () =>
+    Effect.gen(function*() {
+      const { send, gate, engine, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 10 } })
+      // One request run in the first 500 ms sample: 2 requests a second.
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+      yield* TestClock.adjust("500 millis")
+      yield* gate.close
+      const fibers = [yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })]
+      yield* waitUntil(() => stats.started === 2)
+      for (let i = 0; i < 10; i++) fibers.push(yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true }))
+      yield* waitUntil(() => Effect.runSync(engine.pending) === 11)
+      const full = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))
+      assert.strictEqual(full.status, 429)
+      assert.strictEqual(full.headers.get("retry-after"), "5", "10 queued at 2 a second")
+      // Nothing runs for a while (the gate is closed; less than the 5 s queue timeout): the
+      // measured rate decays towards 0, the wait grows.
+      yield* TestClock.adjust("4 seconds")
+      const later = Number((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).headers.get("retry-after"))
+      assert.isAbove(later, 5)
+      for (const f of fibers) yield* Fiber.interrupt(f)
+    }).pipe(withFreshMetrics))
+
+  it("RetryAfter.seconds: the queue over the drain rate, rounded up, within bounds", () => {
+    const cases: ReadonlyArray<readonly [RetryAfter.Input, number]> = [
+      [{ queued: 100, ratePerSecond: undefined }, 1],
+      [{ queued: 100, ratePerSecond: undefined, fallback: 3 }, 3],
+      [{ queued: 100, ratePerSecond: 0 }, 60],
+      [{ queued: 100, ratePerSecond: 1000 }, 1],
+      [{ queued: 100, ratePerSecond: 40 }, 3],
+      [{ queued: 100, ratePerSecond: 50 }, 2],
+      [{ queued: 100, ratePerSecond: 0.5 }, 60],
+      [{ queued: 100, ratePerSecond: 0.5, max: 300 }, 200],
+      [{ queued: 0, ratePerSecond: 10 }, 1],
+      [{ queued: 100, ratePerSecond: Number.NaN }, 1]
+    ]
+    for (const [input, expected] of cases) assert.strictEqual(RetryAfter.seconds(input), expected, JSON.stringify(input))
+  })
 
   it.effect("429 with Retry-After when the queue is full; nothing is read or queued", () =>
     Effect.gen(function*() {
