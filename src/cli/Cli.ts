@@ -23,6 +23,7 @@ import * as ServerConfig from "../http/ServerConfig.ts"
 import * as Priority from "../Priority.ts"
 import { fail, name } from "./CliCommon.ts"
 import * as Progress from "./Progress.ts"
+import * as Perf from "./Perf.ts"
 import * as Serve from "./Serve.ts"
 
 export { ExitCode, name, presenter, teardown } from "./CliCommon.ts"
@@ -161,7 +162,79 @@ const isReadable = (path: string): boolean => {
 
 export const serve = Serve.command
 
+export const perf = Command.make("perf", {
+  model: Flag.String("model").pipe(Flag.withMetavar("NAME"), Flag.withDescription("model to load-test")),
+  modelVersion: Flag.String("model-version").pipe(Flag.withMetavar("V"), Flag.optional, Flag.withDescription("model version (default: the highest)")),
+  concurrency: Flag.String("concurrency").pipe(
+    Flag.withMetavar("N,N,…"),
+    Flag.withDefault("1,16,64"),
+    Flag.withDescription("concurrency levels: that many requests always outstanding, each level in turn (default 1,16,64)")
+  ),
+  url: Flag.String("url").pipe(
+    Flag.withMetavar("URL"),
+    Flag.optional,
+    Flag.withDescription("a running Open Inference Protocol server, e.g. http://127.0.0.1:8000 (default: the engine in this process)")
+  ),
+  duration: Flag.Finite("duration").pipe(Flag.withMetavar("S"), Flag.withDefault(5), Flag.withDescription("measured seconds per level (default 5)")),
+  warmup: Flag.Finite("warmup").pipe(Flag.withMetavar("S"), Flag.withDefault(1), Flag.withDescription("unmeasured seconds before each level (default 1)")),
+  binary: Flag.Boolean("binary").pipe(Flag.withDefault(false), Flag.withDescription("with --url: send tensors as Triton's binary tensor data")),
+  grpc: Flag.Boolean("grpc").pipe(Flag.withDefault(false), Flag.withDescription("send over gRPC (not available in this build)")),
+  input: Flag.String("input").pipe(
+    Flag.withMetavar("FILE.ndjson"),
+    Flag.optional,
+    Flag.withDescription("records to send in turn, in the format of infer (default: inputs made from the model's metadata and declared input signatures)")
+  ),
+  json: Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print the results as one JSON document on stdout instead of a table")),
+  models: Flag.Directory("models", { mustExist: true }).pipe(
+    Flag.withMetavar("DIR"),
+    Flag.optional,
+    Flag.withDescription("in process: the model repository (default: the bundled models/)")
+  )
+}, (flags) => {
+  const levels = Perf.parseLevels(flags.concurrency)
+  if (typeof levels === "string") return fail(`perf: --concurrency: ${levels}`, 2)
+  if (!(flags.duration > 0)) return fail("perf: --duration must be positive", 2)
+  if (!(flags.warmup >= 0)) return fail("perf: --warmup must not be negative", 2)
+  if (flags.grpc) return fail("perf: --grpc is not available in this build (no gRPC client); use the HTTP endpoint with --url", 2)
+  if (flags.binary && Option.isNone(flags.url)) return fail("perf: --binary needs --url (in process, tensors are not encoded)", 2)
+  const target = Option.getOrUndefined(flags.url)
+  return Perf.run({
+    model: flags.model,
+    version: Option.getOrUndefined(flags.modelVersion),
+    levels,
+    durationSeconds: flags.duration,
+    warmupSeconds: flags.warmup,
+    url: target,
+    binary: flags.binary,
+    input: Option.getOrUndefined(flags.input),
+    repository: Option.getOrUndefined(flags.models),
+    messages: (line) => void process.stderr.write(`${line}\n`)
+  }).pipe(
+    Effect.flatMap((results) =>
+      Effect.sync(() => {
+        if (flags.json) {
+          process.stdout.write(`${JSON.stringify({ model: flags.model, target: target ?? "in-process", durationSeconds: flags.duration, binary: flags.binary, levels: results })}\n`)
+        } else {
+          process.stdout.write(`model ${flags.model} on ${target ?? "the engine in this process"}, ${flags.duration} s per level\n${Perf.formatTable(results)}\n`)
+        }
+      })
+    ),
+    Effect.catchTags({
+      PerfError: (e) => fail(`perf: ${e.message}`),
+    })
+  )
+}).pipe(
+  Command.withDescription(
+    "Load-tests a model, like Triton's perf_analyzer: for each concurrency level, that many requests always outstanding for --duration seconds; " +
+      "prints the throughput and latency percentiles of each level (--json: machine-readable). In this process by default, or against a server with --url."
+  ),
+  Command.withExamples([
+    { command: `${name} perf --model mlp --concurrency 1,16,64`, description: "the bundled MLP, in process" },
+    { command: `${name} perf --model mlp --url http://127.0.0.1:8000 --binary --json`, description: "a running server, binary tensors, JSON out" }
+  ])
+)
+
 export const command = Command.make(name).pipe(
   Command.withDescription("Asynchronous ONNX inference on Effect and onnxruntime-node: batch inference over NDJSON files, and an Open Inference Protocol server."),
-  Command.withSubcommands([infer, serve])
+  Command.withSubcommands([infer, serve, perf])
 )

@@ -196,7 +196,22 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.include(stdout.stderr, "--resume needs an --output file")
   }, 60_000)
 
-  it("serve runs the OIP server until SIGTERM", async () => {
+  it("perf load-tests a model in process and prints a table per concurrency; --grpc is refused in this build", async () => {
+    const [table, grpc] = await Promise.all([
+      run(["perf", "--model", "mlp", "--models", models, "--concurrency", "1,2", "--duration", "0.5", "--warmup", "0"]),
+      run(["perf", "--model", "mlp", "--grpc"])
+    ])
+    assert.strictEqual(table.code, 0, table.stderr)
+    const lines = table.stdout.trim().split("\n")
+    assert.match(lines[0]!, /^model mlp on the engine in this process, 0\.5 s per level$/)
+    assert.match(lines[1]!, /^concurrency\s+requests\s+errors\s+infer\/s\s+avg ms\s+p50 ms\s+p90 ms\s+p95 ms\s+p99 ms\s+max ms$/)
+    assert.match(lines[2]!, /^\s+1\s+[1-9]\d*\s+0\s+/)
+    assert.match(lines[3]!, /^\s+2\s+[1-9]\d*\s+0\s+/)
+    assert.strictEqual(grpc.code, 2)
+    assert.include(grpc.stderr, "--grpc is not available in this build")
+  }, 60_000)
+
+  it("serve runs the OIP server until SIGTERM (and perf --url measures it)", async () => {
     const { child, done } = start(["serve", "--port", "0", "--models", models, "--grace-period-seconds", "1"])
     let output = ""
     const port = await new Promise<number>((resolve, reject) => {
@@ -211,6 +226,20 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     })
     const ready = await fetch(`http://127.0.0.1:${port}/v2/models/mlp/ready`)
     assert.strictEqual(ready.status, 200)
+
+    // perf against it: binary tensors, JSON out.
+    const perf = await run(["perf", "--model", "mlp", "--url", `http://127.0.0.1:${port}`, "--binary", "--concurrency", "1,4", "--duration", "0.5", "--warmup", "0.1", "--json"])
+    assert.strictEqual(perf.code, 0, perf.stderr)
+    const report = JSON.parse(perf.stdout) as { target: string; binary: boolean; levels: Array<{ concurrency: number; requests: number; errors: number; throughput: number; latencyMs: { p50: number; p99: number } }> }
+    assert.strictEqual(report.target, `http://127.0.0.1:${port}`)
+    assert.isTrue(report.binary)
+    assert.deepStrictEqual(report.levels.map((l) => l.concurrency), [1, 4])
+    for (const level of report.levels) {
+      assert.isAbove(level.requests, 0)
+      assert.strictEqual(level.errors, 0)
+      assert.isAbove(level.throughput, 0)
+      assert.isAtMost(level.latencyMs.p50, level.latencyMs.p99)
+    }
     child.kill("SIGTERM")
     assert.strictEqual((await done).code, 0)
   }, 60_000)
