@@ -48,10 +48,9 @@ const watchStops = (onForce: () => string) =>
         process.stderr.write(`${new Date().toISOString()} second ${signal}: exiting now without draining; ${onForce()}\n`)
         process.exit(1)
       }
-      const onSigint = () => onSignal("SIGINT")
-      const onSigterm = () => onSignal("SIGTERM")
-      process.on("SIGINT", onSigint)
-      process.on("SIGTERM", onSigterm)
+      // Never removed: a second signal must still force the exit while the layers close.
+      process.on("SIGINT", () => onSignal("SIGINT"))
+      process.on("SIGTERM", () => onSignal("SIGTERM"))
       const parent = process.ppid
       const timer = setInterval(() => {
         if (process.ppid === parent) return
@@ -60,15 +59,9 @@ const watchStops = (onForce: () => string) =>
         process.kill(process.pid, "SIGTERM")
       }, orphanPollMs)
       timer.unref()
-      return { onSigint, onSigterm, timer }
+      return timer
     }),
-    ({ onSigint, onSigterm, timer }) =>
-      Effect.sync(() => {
-        clearInterval(timer)
-        // Kept until the very end: a second signal during the drain must still force the exit.
-        void onSigint
-        void onSigterm
-      })
+    (timer) => Effect.sync(() => clearInterval(timer))
   )
 
 /** Runs the server until interrupted (a signal), then drains. Fails with an exit code once reported. */
