@@ -136,8 +136,8 @@ export const infer = Command.make("infer", {
 }).pipe(
   Command.withDescription(
     "Runs every record of an NDJSON file through the engine and writes the results in input order. " +
-      "Ctrl+C stops cleanly: the records that finished are written, and the exit code is 130. " +
-      "Environment: " + ServerConfig.environment.map(([variable, meaning]) => `${variable}: ${meaning}`).join("; ") + "."
+      "Ctrl+C stops cleanly: the records that finished are written, and the exit code is 130." +
+      "\n\nENVIRONMENT\n" + ServerConfig.environmentText()
   ),
   Command.withExamples([{
     command: `${name} infer --model mlp --input in.ndjson --output out.ndjson --concurrency 8 --priority high`,
@@ -226,7 +226,8 @@ export const perf = Command.make("perf", {
 }).pipe(
   Command.withDescription(
     "Load-tests a model, like Triton's perf_analyzer: for each concurrency level, that many requests always outstanding for --duration seconds; " +
-      "prints the throughput and latency percentiles of each level (--json: machine-readable). In this process by default, or against a server with --url."
+      "prints the throughput and latency percentiles of each level (--json: machine-readable). In this process by default, or against a server with --url." +
+      "\n\nENVIRONMENT (in process)\n" + ServerConfig.environmentText()
   ),
   Command.withExamples([
     { command: `${name} perf --model mlp --concurrency 1,16,64`, description: "the bundled MLP, in process" },
@@ -235,6 +236,6 @@ export const perf = Command.make("perf", {
 )
 
 export const command = Command.make(name).pipe(
-  Command.withDescription("Asynchronous ONNX inference on Effect and onnxruntime-node: batch inference over NDJSON files, and an Open Inference Protocol server."),
+  Command.withDescription("Asynchronous ONNX inference on Effect and onnxruntime-node: batch inference over NDJSON files, an Open Inference Protocol server, and a load generator."),
   Command.withSubcommands([infer, serve, perf])
 )

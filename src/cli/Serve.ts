@@ -20,7 +20,6 @@ const flags = Object.fromEntries(ServerConfig.options.map((option) =>
   ] as const
 )) as Record<keyof ServerConfig.ServerConfig, Flag.Flag<Option.Option<string>>>
 
-const environmentHelp = ServerConfig.environment.map(([name, meaning]) => `${name}: ${meaning}`).join("; ")
 
 export const command = Command.make("serve", flags, (values) => {
   const given: Partial<Record<keyof ServerConfig.ServerConfig, string>> = {}
@@ -33,7 +32,7 @@ export const command = Command.make("serve", flags, (values) => {
 }).pipe(
   Command.withDescription(
     "Serves the Open Inference Protocol v2 over HTTP for every model of a repository, until SIGTERM or SIGINT (then drains; a second signal exits at once). " +
-      "Each flag can also come from the variable in brackets. Other variables: " + environmentHelp + "."
+      "Each flag can also come from the variable in brackets.\n\nENVIRONMENT (besides the flags' own)\n" + ServerConfig.environmentText()
   ),
   Command.withExamples([
     { command: `${Cli.name} serve --port 8080 --models ./models`, description: "serve ./models on 127.0.0.1:8080" },

@@ -159,6 +159,12 @@ export const environment: ReadonlyArray<readonly [string, string]> = [
   ["OTEL_SDK_DISABLED", "true: no export"]
 ]
 
+/** `environment` as help text: one `NAME  meaning` line each, aligned. */
+export const environmentText = (): string => {
+  const width = Math.max(...environment.map(([name]) => name.length))
+  return environment.map(([name, meaning]) => `  ${name.padEnd(width)}  ${meaning}`).join("\n")
+}
+
 /**
  * Decodes the flags' values (by `Option.key`; undefined when not given) over `env` over the
  * defaults. Returns the configuration or a ConfigError naming the flag or variable.
