@@ -139,6 +139,7 @@ export const infer = Command.make("infer", {
       "Ctrl+C stops cleanly: the records that finished are written, and the exit code is 130." +
       "\n\nENVIRONMENT\n" + ServerConfig.environmentText()
   ),
+  Command.withShortDescription("Runs every record of an NDJSON file (or standard input) through the engine, results in input order"),
   Command.withExamples([{
     command: `${name} infer --model mlp --input in.ndjson --output out.ndjson --concurrency 8 --priority high`,
     description: "run the bundled MLP over in.ndjson"
@@ -229,6 +230,7 @@ export const perf = Command.make("perf", {
       "prints the throughput and latency percentiles of each level (--json: machine-readable). In this process by default, or against a server with --url." +
       "\n\nENVIRONMENT (in process)\n" + ServerConfig.environmentText()
   ),
+  Command.withShortDescription("Load-tests a model: throughput and latency percentiles per concurrency level, like perf_analyzer"),
   Command.withExamples([
     { command: `${name} perf --model mlp --concurrency 1,16,64`, description: "the bundled MLP, in process" },
     { command: `${name} perf --model mlp --url http://127.0.0.1:8000 --binary --json`, description: "a running server, binary tensors, JSON out" }

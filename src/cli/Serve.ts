@@ -34,6 +34,7 @@ export const command = Command.make("serve", flags, (values) => {
     "Serves the Open Inference Protocol v2 over HTTP for every model of a repository, until SIGTERM or SIGINT (then drains; a second signal exits at once). " +
       "Each flag can also come from the variable in brackets.\n\nENVIRONMENT (besides the flags' own)\n" + ServerConfig.environmentText()
   ),
+  Command.withShortDescription("Serves the Open Inference Protocol v2 over HTTP for every model of a repository"),
   Command.withExamples([
     { command: `${Cli.name} serve --port 8080 --models ./models`, description: "serve ./models on 127.0.0.1:8080" },
     { command: `${Cli.name} serve --strict-readiness false --metrics-format triton`, description: "ready even with a broken model; Triton metric names" }

@@ -55,6 +55,7 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.strictEqual(top.code, 0)
     assert.match(top.stdout, /infer\s+Runs every record/)
     assert.match(top.stdout, /serve\s+Serves the Open Inference Protocol/)
+    assert.match(top.stdout, /perf\s+Load-tests a model/)
     assert.strictEqual(infer.code, 0)
     for (const flag of ["--model", "--input", "--output", "--concurrency", "--priority", "--on-malformed", "--progress", "--models", "--timeout-ms"]) {
       assert.include(infer.stdout, flag)
