@@ -1,7 +1,7 @@
 /**
  * The server's lifecycle state: serving, then shutting down. Routes read it (readiness turns 503,
- * new inferences are refused with ShuttingDown, every response after the signal carries
- * `Connection: close`) and count themselves in and out, so that a graceful shutdown can wait for
+ * new inferences are refused with ShuttingDown, responses after the signal carry
+ * `Connection: close` but for a moment before the listener closes) and count themselves in and out, so that a graceful shutdown can wait for
  * the HTTP requests still being answered, not only for the engine's work.
  *
  * @module Lifecycle
@@ -38,6 +38,18 @@ export const readiness = (input: ReadinessInput): Readiness => {
 export interface Service {
   /** True once shutdown has begun. Never turns back. */
   readonly isShuttingDown: () => boolean
+  /**
+   * Whether answers carry `Connection: close`: from the start of the shutdown (so that clients
+   * and load balancers move to another server), except while the server holds connections
+   * open just before it closes its listener (`holdConnections`).
+   */
+  readonly closesConnections: () => boolean
+  /**
+   * While held, answers keep their connection (a client stays on it instead of reconnecting), so
+   * that no new connection is queued on the listener at the moment it closes. The shutdown holds
+   * for a moment before closing the listener and releases right after.
+   */
+  readonly holdConnections: (hold: boolean) => Effect.Effect<void>
   /** Starts the shutdown (idempotent). */
   readonly beginShutdown: Effect.Effect<void>
   /** Runs `effect` as one in-flight HTTP request. */
@@ -57,6 +69,7 @@ export interface Service {
 
 export const make: Effect.Effect<Service> = Effect.sync(() => {
   let shuttingDown = false
+  let holding = false
   let inFlight = 0
   let accepted = 0
   const idle = Latch.makeUnsafe(true)
@@ -71,6 +84,11 @@ export const make: Effect.Effect<Service> = Effect.sync(() => {
   })
   return {
     isShuttingDown: () => shuttingDown,
+    closesConnections: () => shuttingDown && !holding,
+    holdConnections: (hold) =>
+      Effect.sync(() => {
+        holding = hold
+      }),
     beginShutdown: Effect.sync(() => {
       shuttingDown = true
     }),

@@ -146,7 +146,7 @@ export const layer = (
               Effect.as(json(500, { error: "internal error" }))
             )
           ),
-          Effect.map((response) => lifecycle.isShuttingDown() ? HttpServerResponse.setHeader(response, "connection", "close") : response)
+          Effect.map((response) => lifecycle.closesConnections() ? HttpServerResponse.setHeader(response, "connection", "close") : response)
         ))
 
       /** The `name` and optional `version` path parameters, checked before they go anywhere. */
@@ -352,7 +352,7 @@ export const layer = (
           }
           return Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
             const response = json(404, { error: `no route for ${request.method} ${request.url.split("?")[0]!.slice(0, 200)}` })
-            return lifecycle.isShuttingDown() ? HttpServerResponse.setHeader(response, "connection", "close") : response
+            return lifecycle.closesConnections() ? HttpServerResponse.setHeader(response, "connection", "close") : response
           })
         })
       yield* router.addGlobalMiddleware(jsonNotFound)

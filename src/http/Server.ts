@@ -19,10 +19,12 @@
  *    reconnects at once, and gets its 503 on the new connection), and after one more pass of the
  *    event loop's poll phase (which accepts what the kernel queued while the process was not
  *    scheduled). Closing it any earlier resets the connections in its accept queue. Under clients
- *    that never stop knocking there is no quiet moment: the listener then closes `settleMs`
- *    after the accepted work was answered, right after a poll phase, and whoever knocks next is
- *    refused (ECONNREFUSED), which a retrying client handles like any unreachable server. Each
- *    of those knocks would only have been answered 503.
+ *    that never stop knocking there is no quiet moment within `settleMs`: the server then holds
+ *    connections (`Lifecycle.holdConnections`: answers stop carrying `Connection: close`, so the
+ *    clients stay on their connections instead of reconnecting), waits until no new connection
+ *    has arrived for `quietMs` (at most `settleMs` more), lets a poll phase accept what is queued,
+ *    closes the listener and stops holding. Whoever connects after that is refused
+ *    (ECONNREFUSED), which a retrying client handles like any unreachable server.
  * 5. Connections close: an active client's next request is answered with `Connection: close`;
  *    a connection that has stayed idle for `lingerMs` (1 s) is ended by the server (a client
  *    that has not sent for that long is not about to). The shutdown returns as soon as no
@@ -62,6 +64,8 @@ export interface NodeServerHandle {
   readonly connections: ReadonlyMap<Net.Socket, { readonly active: number; readonly idleSinceMs: number }>
   /** When the last connection or request arrived, or the last answer finished (`performance.now()`). */
   readonly lastActivityMs: () => number
+  /** When the last connection arrived (`performance.now()`). */
+  readonly lastConnectionMs: () => number
   /** Requests received since the server started. */
   readonly requests: () => number
   /** Requests received whose answer was cut (their connection closed before the answer was written). */
@@ -101,10 +105,11 @@ const answerClientErrors = (server: Http.Server): void => {
 const track = (server: Http.Server): NodeServerHandle => {
   const connections = new Map<Net.Socket, { active: number; idleSinceMs: number }>()
   let lastActivityMs = 0
+  let lastConnectionMs = 0
   let requests = 0
   let answersCut = 0
   server.on("connection", (socket: Net.Socket) => {
-    lastActivityMs = performance.now()
+    lastActivityMs = lastConnectionMs = performance.now()
     connections.set(socket, { active: 0, idleSinceMs: lastActivityMs })
     socket.once("close", () => connections.delete(socket))
   })
@@ -120,7 +125,7 @@ const track = (server: Http.Server): NodeServerHandle => {
       state.idleSinceMs = lastActivityMs = performance.now()
     })
   })
-  return { server, connections, lastActivityMs: () => lastActivityMs, requests: () => requests, answersCut: () => answersCut }
+  return { server, connections, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
 }
 
 /** Serves the routes on `options.host:options.port`; also provides the Lifecycle and the Node server. */
@@ -178,7 +183,7 @@ const afterPollPhase: Effect.Effect<void> = Effect.callback<void>((resume) => {
 export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, never, Lifecycle | NodeServer | AsyncInferenceEngine> =>
   Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
-    const { connections, lastActivityMs, requests, server } = yield* NodeServer
+    const { connections, lastActivityMs, lastConnectionMs, requests, server } = yield* NodeServer
     const engine = yield* AsyncInferenceEngine
     const startedMs = yield* Clock.currentTimeMillis
     const graceMs = Duration.toMillis(Duration.fromInputUnsafe(grace))
@@ -197,22 +202,40 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
       return false
     }
     const quietForMs = () => (answering() ? 0 : performance.now() - lastActivityMs())
-    const settledAt = performance.now()
-    while ((yield* leftMs) > 0) {
-      const settleLeftMs = settleMs - (performance.now() - settledAt)
-      if (settleLeftMs <= 0) {
-        // No quiet moment: clients keep knocking. Accept what the kernel queued, then close.
-        yield* afterPollPhase
-        break
-      }
+    const settledFrom = performance.now()
+    let quiet = false
+    while ((yield* leftMs) > 0 && performance.now() - settledFrom < settleMs) {
       if (quietForMs() < quietMs) {
-        yield* Effect.sleep(Duration.millis(Math.min(Math.max(1, quietMs - quietForMs() + 1), settleLeftMs, yield* leftMs)))
+        const settleLeftMs = settleMs - (performance.now() - settledFrom)
+        yield* Effect.sleep(Duration.millis(Math.max(1, Math.min(quietMs - quietForMs() + 1, settleLeftMs, yield* leftMs))))
         continue
       }
       yield* afterPollPhase
-      if (quietForMs() >= quietMs) break
+      if (quietForMs() >= quietMs) {
+        quiet = true
+        break
+      }
+    }
+    if (!quiet) {
+      // No quiet moment: clients keep knocking, each reconnecting after its `Connection: close`
+      // answer, so that the listener's accept queue is never empty. Hold their connections open
+      // (answers keep them alive, so nobody reconnects) until no new connection has come for
+      // `quietMs`, let a poll phase accept what is queued, then close.
+      yield* lifecycle.holdConnections(true)
+      const heldFrom = performance.now()
+      const noNewConnectionForMs = () => performance.now() - lastConnectionMs()
+      while ((yield* leftMs) > 0 && performance.now() - heldFrom < settleMs) {
+        if (noNewConnectionForMs() < quietMs) {
+          yield* Effect.sleep(Duration.millis(Math.max(1, Math.min(quietMs - noNewConnectionForMs() + 1, yield* leftMs))))
+          continue
+        }
+        yield* afterPollPhase
+        if (noNewConnectionForMs() >= quietMs) break
+      }
+      yield* afterPollPhase
     }
     stopListening(server)
+    yield* lifecycle.holdConnections(false)
     // Connections close themselves after a `Connection: close` answer; end those left idle.
     while (connections.size > 0 && (yield* leftMs) > 0) {
       const now = performance.now()

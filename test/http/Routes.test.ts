@@ -45,6 +45,13 @@ describe("server and health routes", () => {
       assert.strictEqual(notReady.json.ready, false)
       assert.strictEqual(notReady.headers.get("connection"), "close")
       assert.strictEqual((yield* send("GET", "/v2/health/live")).status, 200)
+      // Held just before the listener closes: answers keep their connection (still 503).
+      yield* lifecycle.holdConnections(true)
+      const held = yield* send("GET", "/v2/health/ready")
+      assert.strictEqual(held.status, 503)
+      assert.isNull(held.headers.get("connection"))
+      yield* lifecycle.holdConnections(false)
+      assert.strictEqual((yield* send("GET", "/v2/health/ready")).headers.get("connection"), "close")
     }).pipe(withFreshMetrics))
 
   it.effect("strict readiness (the server's default): 503 while a model is unavailable, naming it; not strict: 200", () =>

@@ -116,6 +116,40 @@ describe("stopping the server process", () => {
 
   afterAll(() => stopServer(server))
 
+  it("clients that never stop: the process drains and exits 0 in a few seconds, not after the 30 s grace period", async () => {
+    const running = server = await startServer(["--grace-period-seconds", "30"])
+    const body = mlpBody()
+    const counts: Record<string, number> = {}
+    let signalled = false
+    let okAfter = 0
+    // 16 clients that send again whatever they got: 200, 503, a refused or reset connection.
+    const loop = closedLoop({
+      port: running.port,
+      clients: 16,
+      path: "/v2/models/mlp/infer",
+      body: () => body,
+      record: (o) => {
+        counts[o.label] = (counts[o.label] ?? 0) + 1
+        if (signalled && o.status === 200) okAfter++
+      }
+    })
+    while ((counts["200"] ?? 0) < 200) await new Promise((r) => setTimeout(r, 5))
+    const signalledAt = performance.now()
+    signalled = true
+    running.child.kill("SIGTERM")
+    const code = await running.exit
+    const exitMs = running.exitedAt()! - signalledAt
+    loop.stop()
+    await loop.done
+    const report = `${JSON.stringify(counts)}; exit ${code} after ${exitMs.toFixed(0)} ms\n${running.output()}`
+    console.log(`never-stopping clients, real server: ${report.split("\n")[0]}`)
+    assert.strictEqual(code, 0, report)
+    assert.isBelow(exitMs, 5000, report)
+    assert.match(running.output(), /drained in \d+ ms \(\d+ requests refused meanwhile\)/, report)
+    assert.isAtLeast(counts["503"] ?? 0, 1, report)
+    for (const label of Object.keys(counts)) assert.include(["200", "503", "ECONNREFUSED"], label, `nothing reset: ${report}`)
+  }, 45_000)
+
   it("a second signal during the drain exits at once (1), saying what it abandoned", async () => {
     const running = server = await startServer(["--grace-period-seconds", "30"])
     // A request whose body never ends: it is being answered when the signal comes, and holds the drain.
