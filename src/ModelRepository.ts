@@ -10,8 +10,10 @@
  * When a model has version directories, a `model.onnx` beside them is ignored.
  *
  * `config.json` is decoded with Schema (`ConfigJson`); its `batching` section with
- * `BatchPolicy.ConfigJson` (resolved against the model's signature once it is loaded). Keys it
- * does not know are kept in `ModelConfig.raw` for other modules to decode, never rejected.
+ * `BatchPolicy.ConfigJson` (resolved against the model's signature once it is loaded). A key it
+ * does not know (at the top level or inside `batching`) is an error, not a silent default: the
+ * model is `Unavailable` with a reason that names the key and the closest known one
+ * (`unknown key "batchng" (did you mean "batching"?)`).
  *
  * Model names must match `modelNamePattern`; directories that do not are listed in `ignored`.
  * Nothing is ever resolved outside the root: a model file whose real path (symlinks followed)
@@ -101,7 +103,7 @@ export const configFields = {
   inputSignatures: Schema.optionalKey(InputSignature.ConfigJson)
 }
 
-/** `config.json` as written. Unknown keys are ignored by this schema (and kept in `ModelConfig.raw`). */
+/** `config.json` as written. The schema itself ignores unknown keys; `decodeConfig` refuses them first (`unknownKeys`). */
 export const ConfigJson = Schema.Struct(configFields)
 
 export type ConfigJson = typeof ConfigJson.Type
@@ -121,7 +123,7 @@ export interface ModelConfig {
   readonly batching: BatchPolicy.ConfigJson | undefined
   /** config.json's `inputSignatures` as written (checked against the model by `InputSignature.resolve` once loaded). */
   readonly inputSignatures: InputSignature.ConfigJson | undefined
-  /** config.json as parsed (an empty object without one): the place for settings this module does not own. */
+  /** config.json as parsed (an empty object without one). */
   readonly raw: Readonly<Record<string, unknown>>
 }
 
@@ -141,12 +143,80 @@ export const defaults = (): Defaults => ({
   defaultPriority: Priority.Normal
 })
 
+/** A config.json key this version does not know: a typo, or a setting from another version. */
+export class UnknownConfigKey extends Data.TaggedError("UnknownConfigKey")<{
+  /** Where the key is: `"batchng"`, or `"batching.maxBatchSise"`. */
+  readonly path: string
+  /** The closest known key, when one is close enough to be a likely typo. */
+  readonly suggestion: string | undefined
+}> {
+  override get message(): string {
+    return `unknown key ${JSON.stringify(this.path)}${this.suggestion === undefined ? "" : ` (did you mean ${JSON.stringify(this.suggestion)}?)`}`
+  }
+}
+
+/** Levenshtein distance, case-insensitive. */
+export const editDistance = (a: string, b: string): number => {
+  const x = a.toLowerCase()
+  const y = b.toLowerCase()
+  let previous = Array.from({ length: y.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= x.length; i++) {
+    const current = [i]
+    for (let j = 1; j <= y.length; j++) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (x[i - 1] === y[j - 1] ? 0 : 1))
+    }
+    previous = current
+  }
+  return previous[y.length]!
+}
+
+/** The known key closest to `key`, if within a third of its length (at least 2 edits), or a case/prefix variant. */
+export const closest = (key: string, known: ReadonlyArray<string>): string | undefined => {
+  let best: string | undefined
+  let bestDistance = Infinity
+  for (const candidate of known) {
+    const d = editDistance(key, candidate)
+    if (d < bestDistance) {
+      best = candidate
+      bestDistance = d
+    }
+  }
+  const limit = Math.max(2, Math.floor(key.length / 3))
+  return best !== undefined && bestDistance <= limit ? best : undefined
+}
+
+const batchingKeys: ReadonlyArray<string> = Object.keys(BatchPolicy.ConfigJson.fields)
+
+/** The keys of config.json (and of its `batching` object) that this version does not know, in order. */
+export const unknownKeys = (json: unknown): ReadonlyArray<UnknownConfigKey> => {
+  const out: Array<UnknownConfigKey> = []
+  if (typeof json !== "object" || json === null || Array.isArray(json)) return out
+  const known = Object.keys(configFields)
+  for (const key of Object.keys(json)) {
+    if (!known.includes(key)) out.push(new UnknownConfigKey({ path: key, suggestion: closest(key, known) }))
+  }
+  const batching = (json as Record<string, unknown>)["batching"]
+  if (typeof batching === "object" && batching !== null && !Array.isArray(batching)) {
+    for (const key of Object.keys(batching)) {
+      if (!batchingKeys.includes(key)) {
+        const suggestion = closest(key, batchingKeys)
+        out.push(new UnknownConfigKey({ path: `batching.${key}`, suggestion: suggestion === undefined ? undefined : `batching.${suggestion}` }))
+      }
+    }
+  }
+  return out
+}
+
 /**
- * Decodes a parsed config.json over `defaults`. Fails with a SchemaError whose message names
- * the offending field (`Expected an integer\n  at ["instances"]`).
+ * Decodes a parsed config.json over `defaults`. Fails with UnknownConfigKey for the first key
+ * it does not know, or a SchemaError whose message names the offending field
+ * (`Expected an integer\n  at ["instances"]`).
  */
-export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): Effect.Effect<ModelConfig, Schema.SchemaError> =>
-  Effect.map(Schema.decodeUnknownEffect(ConfigJson)(json), (config) => {
+export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): Effect.Effect<ModelConfig, Schema.SchemaError | UnknownConfigKey> =>
+  Effect.suspend((): Effect.Effect<ConfigJson, Schema.SchemaError | UnknownConfigKey> => {
+    const unknown = unknownKeys(json)
+    return unknown.length > 0 ? Effect.fail(unknown[0]!) : Schema.decodeUnknownEffect(ConfigJson)(json)
+  }).pipe(Effect.map((config) => {
     const base = { ...defaults(), ...overrides }
     return {
       instances: config.instances ?? base.instances,
@@ -160,7 +230,7 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
       inputSignatures: config.inputSignatures,
       raw: json as Readonly<Record<string, unknown>>
     }
-  })
+  }))
 
 // ---------------------------------------------------------------------------
 // Scanning

@@ -25,7 +25,7 @@
  * @module Otel
  */
 import { Config, Duration, Effect, Layer, Option } from "effect"
-import { FetchHttpClient } from "effect/http"
+import { FetchHttpClient, HttpClient, HttpClientError } from "effect/http"
 import { Otlp, OtlpExporter } from "effect/observability"
 
 export interface Options {
@@ -44,17 +44,54 @@ export interface Options {
   readonly tracesExportInterval?: Duration.Input | undefined
   /** Time between metric exports. Default 60 seconds (as the OpenTelemetry SDKs). */
   readonly metricsExportInterval?: Duration.Input | undefined
-  /** How long closing the layer waits for the final flush. Default 3 seconds. */
+  /** How long closing the layer waits for the final flush. Default 1 second: telemetry never holds up a shutdown for longer. */
   readonly shutdownTimeout?: Duration.Input | undefined
+  /** Longest wait for one export request (a collector that accepts and never answers). Default 10 seconds. */
+  readonly requestTimeout?: Duration.Input | undefined
 }
 
 /** The default `service.name`. */
 export const defaultServiceName = "effect-onnx"
 
+/** The default bound on the final flush when the layer closes. */
+export const defaultShutdownTimeout: Duration.Duration = Duration.seconds(1)
+
+/**
+ * The HTTP client the exporters use: `fetch`, each request bounded by `requestTimeout`, and the
+ * first failed export (refused, unreachable, timed out, or answered with an error status) logged
+ * once as a warning that names the endpoint: effect's exporters only log it at DEBUG and
+ * drop what they held, so a collector that nothing listens on would otherwise go unnoticed.
+ */
+export const warningClient = (endpoint: string, requestTimeout: Duration.Input = Duration.seconds(10)): Layer.Layer<HttpClient.HttpClient> =>
+  Layer.effect(
+    HttpClient.HttpClient,
+    Effect.gen(function*() {
+      const client = yield* HttpClient.HttpClient
+      let warned = false
+      const warnOnce = (reason: string) =>
+        Effect.suspend(() => {
+          if (warned) return Effect.void
+          warned = true
+          return Effect.logWarning(
+            `OpenTelemetry export to ${endpoint} failed (${reason}): traces, metrics and logs are being dropped. Check OTEL_EXPORTER_OTLP_ENDPOINT; further failures are not logged.`
+          )
+        })
+      return client.pipe(HttpClient.transform((response, request) =>
+        response.pipe(
+          Effect.timeout(requestTimeout),
+          Effect.tap((r) => (r.status >= 300 ? warnOnce(`${request.url} answered ${r.status}`) : Effect.void)),
+          Effect.tapError((e) => warnOnce(`${request.url}: ${e._tag === "TimeoutError" ? "no answer in time" : String((e as { cause?: { message?: unknown } }).cause?.message ?? e.message)}`)),
+          Effect.catchTag("TimeoutError", (e) => Effect.fail(new HttpClientError.HttpClientError({ reason: new HttpClientError.TransportError({ request, cause: e }) })))
+        )
+      ))
+    })
+  ).pipe(Layer.provide(FetchHttpClient.layer))
+
 /**
  * Exports traces, metrics and logs to `options.endpoint` while the layer is alive; the console
- * logger stays in place. Uses `fetch` (`FetchHttpClient`); an unreachable collector loses data
- * but never fails the program.
+ * logger stays in place. Uses `fetch` (`warningClient`); an unreachable collector loses data
+ * and is reported once as a warning, but never fails the program, and closing the layer waits
+ * at most `shutdownTimeout` (1 s) for the final flush.
  */
 export const layer = (options: Options): Layer.Layer<OtlpExporter.Flusher> => {
   const otlp = options.protocol === "protobuf" ? Otlp.layerProtobuf : Otlp.layerJson
@@ -68,8 +105,8 @@ export const layer = (options: Options): Layer.Layer<OtlpExporter.Flusher> => {
     headers: { ...options.headers },
     tracerExportInterval: options.tracesExportInterval ?? Duration.seconds(5),
     metricsExportInterval: options.metricsExportInterval ?? Duration.seconds(60),
-    shutdownTimeout: options.shutdownTimeout ?? Duration.seconds(3)
-  }).pipe(Layer.provide(FetchHttpClient.layer))
+    shutdownTimeout: options.shutdownTimeout ?? defaultShutdownTimeout
+  }).pipe(Layer.provide(warningClient(options.endpoint, options.requestTimeout)))
 }
 
 /** Parses the OpenTelemetry `key=value,key2=value2` list (values URL-encoded). */

@@ -1,10 +1,23 @@
 /**
  * Telemetry as a service. The engine calls these record points; the default layer turns them
- * into Effect Metrics (counters by model and outcome, histograms of queue wait, run time and
- * end-to-end latency). Tests provide `TelemetryCollector.layerRecording` and read its log.
+ * into Effect Metrics, one family per fact, in base units (seconds), each documented once in
+ * docs/server.md:
+ *
+ * | family | labels | what |
+ * |---|---|---|
+ * | `inference_requests_started_total` | model | requests submitted (admitted or refused) |
+ * | `inference_requests_total` | model, outcome | requests settled, by `outcome`: success, rejected, cancelled, timeout, invalid, backend (`outcomeOf`); every outcome has a row from the model's first request on |
+ * | `inference_request_duration_seconds` | model | end-to-end latency of successful requests |
+ * | `inference_queue_duration_seconds` | model, priority | time from admission to dispatch |
+ * | `inference_compute_duration_seconds` | model | time of one native run (a batch is one run) |
+ * | `inference_batch_size` | model | requests per native run |
+ * | `inference_executions_total` | model | native runs |
+ * | `inference_count_total` | model | requests run (a batch of n counts n) |
+ *
+ * Tests provide `TelemetryCollector.layerRecording` and read its log.
  *
  * Every accepted or rejected request is recorded by `recordStart` and then exactly one of
- * success, failure, cancelled, timeout or rejected, so started = the sum of the five.
+ * success, failure, cancelled, timeout or rejected, so started = the sum over outcomes.
  *
  * Record points are plain synchronous calls, made on the engine's hot path (a request costs a
  * few microseconds in all): an implementation must return at once and never throw. One that
@@ -41,8 +54,39 @@ export interface Service {
   readonly recordRun: (modelId: string, runMs: number, batchSize: number) => void
 }
 
-const latencyBoundariesMs = Metric.exponentialBoundaries({ start: 0.05, factor: 2, count: 20 })
-const batchBoundaries = Metric.exponentialBoundaries({ start: 1, factor: 2, count: 9 })
+/** 50 µs to about 26 s, doubling. */
+const latencyBoundariesSeconds = Metric.exponentialBoundaries({ start: 0.00005, factor: 2, count: 20 })
+
+/**
+ * How a settled request is counted in `inference_requests_total{outcome}`: `success`; `rejected`
+ * (refused at admission: queue full, shutting down); `cancelled` (the caller went away);
+ * `timeout` (deadline exceeded, queue timeout); `invalid` (the request's fault: bad input,
+ * unknown model or version); `backend` (the server's or model's fault: a failed run, an
+ * unavailable model).
+ */
+export type RequestOutcome = "success" | "rejected" | "cancelled" | "timeout" | "invalid" | "backend"
+
+export const requestOutcomes: ReadonlyArray<RequestOutcome> = ["success", "rejected", "cancelled", "timeout", "invalid", "backend"]
+
+/** The outcome of a request that failed with `reason`. */
+export const outcomeOf = (reason: InferenceError.ReasonTag): RequestOutcome => {
+  switch (reason) {
+    case "QueueFull":
+    case "ShuttingDown":
+      return "rejected"
+    case "Cancelled":
+      return "cancelled"
+    case "DeadlineExceeded":
+    case "QueueTimeout":
+      return "timeout"
+    case "InvalidInput":
+    case "ModelNotFound":
+      return "invalid"
+    case "RunFailed":
+    case "ModelUnavailable":
+      return "backend"
+  }
+}
 
 type Attributes = Readonly<Record<string, string>>
 
@@ -56,24 +100,22 @@ const histogram = (name: string, description: string, boundaries: ReadonlyArray<
  * of a context built per update.
  */
 export const families = {
-  requests: counter("inference_requests_total", "Requests by model and outcome"),
-  started: counter("inference_requests_started_total", "Requests submitted, by model"),
-  failures: counter("inference_request_failures_total", "Failed requests by model and reason"),
-  latency: histogram("inference_request_duration_ms", "End-to-end latency of successful requests (ms)", latencyBoundariesMs),
-  queueWait: histogram("inference_queue_duration_ms", "Time from admission to dispatch (ms)", latencyBoundariesMs),
-  run: histogram("inference_compute_duration_ms", "Time of one native run (ms)", latencyBoundariesMs),
-  batchSize: histogram("inference_batch_size", "Requests per native run", batchBoundaries),
-  executions: counter("inference_exec_total", "Native runs by model"),
-  inferences: counter("inference_count_total", "Requests run by model (a batch counts each)")
+  started: counter("inference_requests_started_total", "Requests submitted (admitted or refused), by model"),
+  requests: counter("inference_requests_total", "Requests settled, by model and outcome: success, rejected, cancelled, timeout, invalid, backend"),
+  latency: histogram("inference_request_duration_seconds", "End-to-end latency of successful requests, admission to answer (seconds)", latencyBoundariesSeconds),
+  queueWait: histogram("inference_queue_duration_seconds", "Time from admission to dispatch (seconds)", latencyBoundariesSeconds),
+  run: histogram("inference_compute_duration_seconds", "Time of one native run, a batch being one run (seconds)", latencyBoundariesSeconds),
+  batchSize: histogram("inference_batch_size", "Requests per native run", Metric.exponentialBoundaries({ start: 1, factor: 2, count: 9 })),
+  executions: counter("inference_executions_total", "Native runs, by model"),
+  inferences: counter("inference_count_total", "Requests run, by model (a batch of n counts n)")
 } as const
 
 type Family = keyof typeof families
 
 /** The metric families the default layer records (exported for the server's /metrics). */
 export const metrics = {
-  requests: families.requests(),
   started: families.started(),
-  failures: families.failures(),
+  requests: families.requests(),
   latency: families.latency(),
   queueWait: families.queueWait(),
   run: families.run(),
@@ -99,7 +141,6 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
       readonly executions: Series
       readonly inferences: Series
       readonly outcomes: Map<string, Series>
-      readonly failures: Map<string, Series>
       readonly queueWait: Map<string, Series>
     }
     const byModel = new Map<string, ModelSeries>()
@@ -115,7 +156,6 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
           executions: families.executions(labels),
           inferences: families.inferences(labels),
           outcomes: new Map(),
-          failures: new Map(),
           queueWait: new Map()
         }
         byModel.set(model, found)
@@ -130,28 +170,29 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
       }
       return found
     }
-    const outcome = (model: string, value: Outcome) => labelled(seriesOf(model).outcomes, "requests", model, "outcome", value).updateUnsafe(1, context)
-    const failure = (model: string, reason: InferenceError.ReasonTag) => labelled(seriesOf(model).failures, "failures", model, "reason", reason).updateUnsafe(1, context)
+    const settle = (model: string, outcome: RequestOutcome) => labelled(seriesOf(model).outcomes, "requests", model, "outcome", outcome).updateUnsafe(1, context)
+    const start = (model: string) => {
+      const fresh = !byModel.has(model)
+      const series = seriesOf(model)
+      // Every outcome gets its row (at 0) with the model's first request: a dashboard's rate() of a
+      // failure that never happened is 0, not "no data".
+      if (fresh) for (const outcome of requestOutcomes) labelled(series.outcomes, "requests", model, "outcome", outcome).updateUnsafe(0, context)
+      series.started.updateUnsafe(1, context)
+    }
     return TelemetryCollector.of({
-      recordStart: (info) => seriesOf(info.modelId).started.updateUnsafe(1, context),
+      recordStart: (info) => start(info.modelId),
       recordSuccess: (info, latencyMs) => {
-        outcome(info.modelId, "success")
-        seriesOf(info.modelId).latency.updateUnsafe(latencyMs, context)
+        settle(info.modelId, "success")
+        seriesOf(info.modelId).latency.updateUnsafe(latencyMs / 1000, context)
       },
-      recordFailure: (info, error) => {
-        outcome(info.modelId, "failure")
-        failure(info.modelId, error._tag)
-      },
-      recordCancelled: (info) => outcome(info.modelId, "cancelled"),
-      recordTimeout: (info) => outcome(info.modelId, "timeout"),
-      recordRejected: (info, error) => {
-        outcome(info.modelId, "rejected")
-        failure(info.modelId, error._tag)
-      },
-      recordQueueWait: (modelId, priority, waitMs) => labelled(seriesOf(modelId).queueWait, "queueWait", modelId, "priority", priority).updateUnsafe(waitMs, context),
+      recordFailure: (info, error) => settle(info.modelId, outcomeOf(error._tag)),
+      recordCancelled: (info) => settle(info.modelId, "cancelled"),
+      recordTimeout: (info) => settle(info.modelId, "timeout"),
+      recordRejected: (info) => settle(info.modelId, "rejected"),
+      recordQueueWait: (modelId, priority, waitMs) => labelled(seriesOf(modelId).queueWait, "queueWait", modelId, "priority", priority).updateUnsafe(waitMs / 1000, context),
       recordRun: (modelId, runMs, batchSize) => {
         const series = seriesOf(modelId)
-        series.run.updateUnsafe(runMs, context)
+        series.run.updateUnsafe(runMs / 1000, context)
         series.batchSize.updateUnsafe(batchSize, context)
         series.executions.updateUnsafe(1, context)
         series.inferences.updateUnsafe(batchSize, context)

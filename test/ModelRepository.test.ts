@@ -52,15 +52,14 @@ describe("ModelRepository", () => {
         assert.strictEqual(ModelRepository.defaultInstances(8), 2)
       }))
 
-    it.effect("decodes every field and keeps unknown keys in raw", () =>
+    it.effect("decodes every field and keeps the parsed object in raw", () =>
       Effect.gen(function*() {
         const json = {
           instances: 3,
           executionProviders: ["CoreML", "cuda", "webgpu", "cpu"],
           intraOpNumThreads: 2,
           interOpNumThreads: 4,
-          batching: { maxBatchSize: 32, maxQueueDelayMs: 2 },
-          future: { anything: true }
+          batching: { maxBatchSize: 32, maxQueueDelayMs: 2 }
         }
         const config = yield* ModelRepository.decodeConfig(json)
         assert.strictEqual(config.instances, 3)
@@ -68,8 +67,30 @@ describe("ModelRepository", () => {
         assert.strictEqual(config.intraOpNumThreads, 2)
         assert.strictEqual(config.interOpNumThreads, 4)
         assert.deepStrictEqual(config.batching, { maxBatchSize: 32, maxQueueDelayMs: 2 })
-        assert.deepStrictEqual(config.raw["future"], { anything: true })
+        assert.deepStrictEqual(config.raw["instances"], 3)
       }))
+
+    it.effect("refuses an unknown key, naming it and the closest known one", () =>
+      Effect.gen(function*() {
+        const cases: ReadonlyArray<readonly [unknown, string]> = [
+          [{ instance: 4 }, `unknown key "instance" (did you mean "instances"?)`],
+          [{ instances: 4, batchng: { enabled: true } }, `unknown key "batchng" (did you mean "batching"?)`],
+          [{ Isolation: "process" }, `unknown key "Isolation" (did you mean "isolation"?)`],
+          [{ batching: { maxBatchSise: 8 } }, `unknown key "batching.maxBatchSise" (did you mean "batching.maxBatchSize"?)`],
+          [{ future: { anything: true } }, `unknown key "future"`],
+          [{ zzzzzzzzzzzzzz: 1 }, `unknown key "zzzzzzzzzzzzzz"`]
+        ]
+        for (const [json, expected] of cases) {
+          const error = yield* Effect.flip(ModelRepository.decodeConfig(json))
+          assert.strictEqual(error.message, expected)
+        }
+      }))
+
+    it("suggests only close keys", () => {
+      assert.strictEqual(ModelRepository.closest("instnaces", ["instances", "isolation"]), "instances")
+      assert.strictEqual(ModelRepository.closest("foo", ["instances", "isolation"]), undefined)
+      assert.strictEqual(ModelRepository.editDistance("kitten", "sitting"), 3)
+    })
 
     it.effect("uses the caller's defaults under the file's values", () =>
       Effect.gen(function*() {
@@ -160,6 +181,8 @@ describe("ModelRepository", () => {
           "badconfig/config.json": JSON.stringify({ instances: 0 }),
           "badjson/model.onnx": onnx,
           "badjson/config.json": "{ instances: 2",
+          "typo/model.onnx": onnx,
+          "typo/config.json": JSON.stringify({ instance: 4, batchng: { enabled: true } }),
           "versions/1/model.onnx": onnx,
           "versions/2/other.onnx": onnx,
           "badversions/1/model.onnx": onnx,
@@ -173,6 +196,7 @@ describe("ModelRepository", () => {
         assert.include(reasonOf(entry(repository, "dirmodel", "1")), "is not a regular file")
         assert.include(reasonOf(entry(repository, "badconfig", "1")), `config.json: Expected a value between 1 and 64 at ["instances"]`)
         assert.include(reasonOf(entry(repository, "badjson", "1")), "config.json: invalid JSON")
+        assert.strictEqual(reasonOf(entry(repository, "typo", "1")), `config.json: unknown key "instance" (did you mean "instances"?)`)
         assert.strictEqual(entry(repository, "versions", "1")._tag, "Found")
         assert.include(reasonOf(entry(repository, "versions", "2")), "versions/2/model.onnx: does not exist")
         assert.include(reasonOf(entry(repository, "badversions", "1")), `["executionProviders"]`)

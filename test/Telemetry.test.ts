@@ -4,7 +4,7 @@ import { TestClock } from "effect/testing"
 import { AsyncConfigService } from "../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../src/Engine.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
-import { metrics, TelemetryCollector } from "../src/Telemetry.ts"
+import { metrics, outcomeOf, requestOutcomes, TelemetryCollector } from "../src/Telemetry.ts"
 import { echoInputs, makeFake } from "./fixtures/FakeModelPool.ts"
 
 const count = (metric: Metric.Metric<number, Metric.CounterState<number>>, attributes: Record<string, string>) =>
@@ -33,8 +33,7 @@ describe("TelemetryCollector.layer", () => {
       const model = { model: "echo" }
       const before = {
         success: yield* count(metrics.requests, { ...model, outcome: "success" }),
-        failure: yield* count(metrics.requests, { ...model, outcome: "failure" }),
-        runFailed: yield* count(metrics.failures, { ...model, reason: "RunFailed" }),
+        backend: yield* count(metrics.requests, { ...model, outcome: "backend" }),
         started: yield* count(metrics.started, model),
         exec: yield* count(metrics.executions, model)
       }
@@ -43,12 +42,15 @@ describe("TelemetryCollector.layer", () => {
       yield* TestClock.adjust("10 millis")
       for (const f of fibers) yield* Fiber.join(f)
       assert.strictEqual((yield* count(metrics.requests, { ...model, outcome: "success" })) - before.success, 1)
-      assert.strictEqual((yield* count(metrics.requests, { ...model, outcome: "failure" })) - before.failure, 1)
-      assert.strictEqual((yield* count(metrics.failures, { ...model, reason: "RunFailed" })) - before.runFailed, 1)
+      // RunFailed is the backend's fault.
+      assert.strictEqual((yield* count(metrics.requests, { ...model, outcome: "backend" })) - before.backend, 1)
       assert.strictEqual((yield* count(metrics.started, model)) - before.started, 2)
       assert.strictEqual((yield* count(metrics.executions, model)) - before.exec, 2)
       const latency = yield* Metric.value(Metric.withAttributes(metrics.latency, model))
       assert.isAtLeast(latency.count, 1)
+      // Base units: a 5 ms run is 0.005 s, not 5.
+      assert.isBelow(latency.max, 1)
+      assert.isAtLeast(latency.max, 0.004)
 
       const traced = yield* engine.infer(InferenceRequest.make("echo", echoInputs(1), { requestId: "traced" })).pipe(
         Effect.forkChild({ startImmediately: true }),
@@ -62,4 +64,22 @@ describe("TelemetryCollector.layer", () => {
       assert.deepInclude(span!.attributes, { "inference.model": "echo", "inference.request_id": "traced", "inference.priority": "Normal" })
       assert.strictEqual(span!.exit, "Success")
     }))
+})
+
+describe("Telemetry.outcomeOf", () => {
+  it("maps every failure reason to one outcome", () => {
+    const cases: ReadonlyArray<readonly [Parameters<typeof outcomeOf>[0], string]> = [
+      ["QueueFull", "rejected"],
+      ["ShuttingDown", "rejected"],
+      ["Cancelled", "cancelled"],
+      ["DeadlineExceeded", "timeout"],
+      ["QueueTimeout", "timeout"],
+      ["InvalidInput", "invalid"],
+      ["ModelNotFound", "invalid"],
+      ["RunFailed", "backend"],
+      ["ModelUnavailable", "backend"]
+    ]
+    for (const [reason, outcome] of cases) assert.strictEqual(outcomeOf(reason), outcome, reason)
+    assert.deepStrictEqual([...new Set(cases.map(([, o]) => o))].sort(), requestOutcomes.filter((o) => o !== "success").sort())
+  })
 })

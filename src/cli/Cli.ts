@@ -1,10 +1,11 @@
 /**
  * The command line (`effect-onnx`, built with `effect/cli`):
  *
- * - `infer --model NAME --input FILE.ndjson --output FILE.ndjson [--concurrency N] [--priority P]`
+ * - `infer --model NAME --input FILE.ndjson --output FILE.ndjson [--concurrency N] [--priority P] [--resume]`
  *   runs every record of an NDJSON file through the engine (`Infer`, `Records`), with a progress
- *   bar on a terminal and plain progress lines otherwise. Ctrl+C stops it cleanly: the records
- *   that finished are written, in input order, and it exits 130.
+ *   bar on a terminal and plain progress lines otherwise. `-` is standard input or output.
+ *   Ctrl+C stops it cleanly: the records that finished are written, in input order, and it exits
+ *   130; `--resume` then runs only the records not in the output yet.
  * - `serve [--host H] [--port P] [--models DIR] …` runs the Open Inference Protocol server
  *   (`src/bin/server.ts`, the same entry point as `npm start`).
  *
@@ -14,17 +15,18 @@
  *
  * @module Cli
  */
-import { Data, Duration, Effect, Option } from "effect"
+import { Duration, Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
+import * as Fs from "node:fs"
 import * as NodePath from "node:path"
+import * as ServerConfig from "../http/ServerConfig.ts"
 import * as Priority from "../Priority.ts"
+import { fail, name } from "./CliCommon.ts"
 import * as Progress from "./Progress.ts"
+import * as Perf from "./Perf.ts"
+import * as Serve from "./Serve.ts"
 
-/** Ends the process with `code`, after the message was printed. */
-export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
-
-/** The name the package installs the command under. */
-export const name = "effect-onnx"
+export { ExitCode, name, presenter, teardown } from "./CliCommon.ts"
 
 const stderr: Progress.Output = {
   write: (text) => void process.stderr.write(text),
@@ -38,9 +40,6 @@ const stderr: Progress.Output = {
 
 const priorities = Priority.levels.map((level) => [level.toLowerCase(), level] as const)
 
-const fail = (message: string, code = 1) =>
-  Effect.andThen(Effect.sync(() => process.stderr.write(`${name}: ${message}\n`)), Effect.fail(new ExitCode({ code })))
-
 export const infer = Command.make("infer", {
   model: Flag.String("model").pipe(Flag.withMetavar("NAME"), Flag.withDescription("model to run, by its name in the repository")),
   modelVersion: Flag.String("model-version").pipe(
@@ -48,13 +47,17 @@ export const infer = Command.make("infer", {
     Flag.optional,
     Flag.withDescription("model version (default: the highest)")
   ),
-  input: Flag.Path("input", { pathType: "file", mustExist: true }).pipe(
+  input: Flag.String("input").pipe(
     Flag.withMetavar("FILE.ndjson"),
-    Flag.withDescription("records to run: one JSON object per line, a tensor map {\"input\": {\"datatype\": \"FP32\", \"shape\": [1, 784], \"data\": [...]}} or an OIP request body {\"id\", \"parameters\", \"inputs\": [...]}")
+    Flag.withDescription("records to run, - for standard input: one JSON object per line, a tensor map {\"input\": {\"datatype\": \"FP32\", \"shape\": [1, 784], \"data\": [...]}} or an OIP request body {\"id\", \"parameters\", \"inputs\": [...]}")
   ),
-  output: Flag.Path("output", { pathType: "file" }).pipe(
+  output: Flag.String("output").pipe(
     Flag.withMetavar("FILE.ndjson"),
-    Flag.withDescription("results, one line per record in input order: {\"line\", \"id\"?, \"outputs\": {...}} or {\"line\", \"id\"?, \"error\": {\"reason\", \"message\"}} (created or truncated)")
+    Flag.withDescription("results, - for standard output, one line per record in input order: {\"line\", \"id\"?, \"outputs\": {...}} or {\"line\", \"id\"?, \"error\": {\"reason\", \"message\"}} (created or truncated)")
+  ),
+  resume: Flag.Boolean("resume").pipe(
+    Flag.withDefault(false),
+    Flag.withDescription("keep the records an interrupted run already wrote to --output (a file) and run only the others, appending")
   ),
   concurrency: Flag.Int("concurrency").pipe(
     Flag.withMetavar("N"),
@@ -86,10 +89,20 @@ export const infer = Command.make("infer", {
     Flag.withDefault("auto" as const),
     Flag.withDescription("progress on stderr; auto: a bar on a terminal, plain lines every 2 s otherwise (default auto)")
   )
-}, (flags) => {
+}, (given) => {
+  // The standard streams by their device names too: opening /dev/stdout fails (ENXIO) when it is a socket, as under a process manager.
+  const flags = {
+    ...given,
+    input: given.input === "/dev/stdin" || given.input === "/dev/fd/0" ? "-" : given.input,
+    output: given.output === "/dev/stdout" || given.output === "/dev/fd/1" ? "-" : given.output
+  }
   const concurrency = Option.getOrUndefined(flags.concurrency)
   if (concurrency !== undefined && concurrency < 1) return fail("--concurrency must be at least 1", 2)
-  if (NodePath.resolve(flags.input) === NodePath.resolve(flags.output)) return fail("--output must not be the --input file", 2)
+  if (flags.input !== "-" && !isReadable(flags.input)) return fail(`--input ${JSON.stringify(flags.input)}: no such file (- reads standard input)`, 2)
+  if (flags.input !== "-" && flags.output !== "-" && NodePath.resolve(flags.input) === NodePath.resolve(flags.output)) {
+    return fail("--output must not be the --input file", 2)
+  }
+  if (flags.resume && flags.output === "-") return fail("--resume needs an --output file to resume, not standard output", 2)
   const timeoutMs = Option.getOrUndefined(flags.timeoutMs)
   if (timeoutMs !== undefined && timeoutMs <= 0) return fail("--timeout-ms must be positive", 2)
   // The engine and its pipeline load only when a batch runs: `--help` stays quick.
@@ -100,6 +113,7 @@ export const infer = Command.make("infer", {
         version: Option.getOrUndefined(flags.modelVersion),
         input: flags.input,
         output: flags.output,
+        resume: flags.resume,
         concurrency,
         priority: flags.priority,
         timeout: timeoutMs === undefined ? undefined : Duration.millis(timeoutMs),
@@ -112,6 +126,7 @@ export const infer = Command.make("infer", {
     Effect.catchTags({
       MalformedLine: (e) => fail(e.message),
       OutputError: (e) => fail(e.message),
+      InputError: (e) => fail(e.message),
       InferenceError: (e) => fail(e.message),
       RepositoryError: (e) => fail(e.message),
       ConfigError: (e) => fail(`invalid configuration: ${e.message}`, 2),
@@ -121,49 +136,108 @@ export const infer = Command.make("infer", {
 }).pipe(
   Command.withDescription(
     "Runs every record of an NDJSON file through the engine and writes the results in input order. " +
-      "Ctrl+C stops cleanly: the records that finished are written, and the exit code is 130. " +
-      "Engine settings come from MAX_CONCURRENT_REQUESTS, MAX_QUEUED_REQUESTS, QUEUE_TIMEOUT_MS, ENABLE_PRIORITY_QUEUE; " +
-      "OTEL_EXPORTER_OTLP_ENDPOINT exports traces and metrics."
+      "Ctrl+C stops cleanly: the records that finished are written, and the exit code is 130." +
+      "\n\nENVIRONMENT\n" + ServerConfig.environmentText()
   ),
+  Command.withShortDescription("Runs every record of an NDJSON file (or standard input) through the engine, results in input order"),
   Command.withExamples([{
     command: `${name} infer --model mlp --input in.ndjson --output out.ndjson --concurrency 8 --priority high`,
     description: "run the bundled MLP over in.ndjson"
+  }, {
+    command: `cat in.ndjson | ${name} infer --model mlp --input - --output - | jq -c .outputs`,
+    description: "in a pipe"
+  }, {
+    command: `${name} infer --model mlp --input in.ndjson --output out.ndjson --resume`,
+    description: "after an interruption: run only the records not in out.ndjson yet"
   }])
 )
 
-const passThrough = (flag: string, metavar: string, description: string) =>
-  Flag.String(flag).pipe(Flag.withMetavar(metavar), Flag.optional, Flag.withDescription(description))
+/** True for something that can be read as the input: a file, a pipe, a device (`/dev/stdin`); not a directory. */
+const isReadable = (path: string): boolean => {
+  try {
+    return !Fs.statSync(path).isDirectory()
+  } catch {
+    return false
+  }
+}
 
-export const serve = Command.make("serve", {
-  host: passThrough("host", "HOST", "address to bind [HOST] (default 127.0.0.1)"),
-  port: passThrough("port", "PORT", "port, 0 for any free one [PORT] (default 8000)"),
-  models: passThrough("models", "DIR", "model repository [MODEL_REPOSITORY] (default: the bundled models/)"),
-  maxBodyBytes: passThrough("max-body-bytes", "N", "largest request body [MAX_BODY_BYTES] (default 16 MiB)"),
-  gracePeriodSeconds: passThrough("grace-period-seconds", "S", "drain time on SIGTERM/SIGINT [GRACE_PERIOD_SECONDS] (default 30)")
-}, (flags) =>
-  Effect.promise(async () => {
-    const args: Array<string> = []
-    const pass = (flag: string, value: Option.Option<string>) => {
-      if (Option.isSome(value)) args.push(`--${flag}`, value.value)
-    }
-    pass("host", flags.host)
-    pass("port", flags.port)
-    pass("models", flags.models)
-    pass("max-body-bytes", flags.maxBodyBytes)
-    pass("grace-period-seconds", flags.gracePeriodSeconds)
-    // The server entry point reads its own argv and runs (and stops, on a signal) by itself:
-    // one implementation of the server's lifecycle, whether started as `serve` or `npm start`.
-    process.argv = [process.argv[0]!, process.argv[1]!, ...args]
-    await import("../bin/server.ts")
-  })).pipe(
-    Command.withDescription(
-      "Serves the Open Inference Protocol v2 over HTTP for every model of a repository, until SIGTERM or SIGINT (then drains). " +
-        "Each flag can also come from the variable in brackets; the engine reads MAX_CONCURRENT_REQUESTS, MAX_QUEUED_REQUESTS, " +
-        "QUEUE_TIMEOUT_MS, ENABLE_PRIORITY_QUEUE; OTEL_EXPORTER_OTLP_ENDPOINT exports traces and metrics over OTLP."
-    )
+export const serve = Serve.command
+
+export const perf = Command.make("perf", {
+  model: Flag.String("model").pipe(Flag.withMetavar("NAME"), Flag.withDescription("model to load-test")),
+  modelVersion: Flag.String("model-version").pipe(Flag.withMetavar("V"), Flag.optional, Flag.withDescription("model version (default: the highest)")),
+  concurrency: Flag.String("concurrency").pipe(
+    Flag.withMetavar("N,N,…"),
+    Flag.withDefault("1,16,64"),
+    Flag.withDescription("concurrency levels: that many requests always outstanding, each level in turn (default 1,16,64)")
+  ),
+  url: Flag.String("url").pipe(
+    Flag.withMetavar("URL"),
+    Flag.optional,
+    Flag.withDescription("a running Open Inference Protocol server, e.g. http://127.0.0.1:8000 (default: the engine in this process)")
+  ),
+  duration: Flag.Finite("duration").pipe(Flag.withMetavar("S"), Flag.withDefault(5), Flag.withDescription("measured seconds per level (default 5)")),
+  warmup: Flag.Finite("warmup").pipe(Flag.withMetavar("S"), Flag.withDefault(1), Flag.withDescription("unmeasured seconds before each level (default 1)")),
+  binary: Flag.Boolean("binary").pipe(Flag.withDefault(false), Flag.withDescription("with --url: send tensors as Triton's binary tensor data")),
+  grpc: Flag.Boolean("grpc").pipe(Flag.withDefault(false), Flag.withDescription("send over gRPC (not available in this build)")),
+  input: Flag.String("input").pipe(
+    Flag.withMetavar("FILE.ndjson"),
+    Flag.optional,
+    Flag.withDescription("records to send in turn, in the format of infer (default: inputs made from the model's metadata and declared input signatures)")
+  ),
+  json: Flag.Boolean("json").pipe(Flag.withDefault(false), Flag.withDescription("print the results as one JSON document on stdout instead of a table")),
+  models: Flag.Directory("models", { mustExist: true }).pipe(
+    Flag.withMetavar("DIR"),
+    Flag.optional,
+    Flag.withDescription("in process: the model repository (default: the bundled models/)")
   )
+}, (flags) => {
+  const levels = Perf.parseLevels(flags.concurrency)
+  if (typeof levels === "string") return fail(`perf: --concurrency: ${levels}`, 2)
+  if (!(flags.duration > 0)) return fail("perf: --duration must be positive", 2)
+  if (!(flags.warmup >= 0)) return fail("perf: --warmup must not be negative", 2)
+  if (flags.grpc) return fail("perf: --grpc is not available in this build (no gRPC client); use the HTTP endpoint with --url", 2)
+  if (flags.binary && Option.isNone(flags.url)) return fail("perf: --binary needs --url (in process, tensors are not encoded)", 2)
+  const target = Option.getOrUndefined(flags.url)
+  return Perf.run({
+    model: flags.model,
+    version: Option.getOrUndefined(flags.modelVersion),
+    levels,
+    durationSeconds: flags.duration,
+    warmupSeconds: flags.warmup,
+    url: target,
+    binary: flags.binary,
+    input: Option.getOrUndefined(flags.input),
+    repository: Option.getOrUndefined(flags.models),
+    messages: (line) => void process.stderr.write(`${line}\n`)
+  }).pipe(
+    Effect.flatMap((results) =>
+      Effect.sync(() => {
+        if (flags.json) {
+          process.stdout.write(`${JSON.stringify({ model: flags.model, target: target ?? "in-process", durationSeconds: flags.duration, binary: flags.binary, levels: results })}\n`)
+        } else {
+          process.stdout.write(`model ${flags.model} on ${target ?? "the engine in this process"}, ${flags.duration} s per level\n${Perf.formatTable(results)}\n`)
+        }
+      })
+    ),
+    Effect.catchTags({
+      PerfError: (e) => fail(`perf: ${e.message}`),
+    })
+  )
+}).pipe(
+  Command.withDescription(
+    "Load-tests a model, like Triton's perf_analyzer: for each concurrency level, that many requests always outstanding for --duration seconds; " +
+      "prints the throughput and latency percentiles of each level (--json: machine-readable). In this process by default, or against a server with --url." +
+      "\n\nENVIRONMENT (in process)\n" + ServerConfig.environmentText()
+  ),
+  Command.withShortDescription("Load-tests a model: throughput and latency percentiles per concurrency level, like perf_analyzer"),
+  Command.withExamples([
+    { command: `${name} perf --model mlp --concurrency 1,16,64`, description: "the bundled MLP, in process" },
+    { command: `${name} perf --model mlp --url http://127.0.0.1:8000 --binary --json`, description: "a running server, binary tensors, JSON out" }
+  ])
+)
 
 export const command = Command.make(name).pipe(
-  Command.withDescription("Asynchronous ONNX inference on Effect and onnxruntime-node: batch inference over NDJSON files, and an Open Inference Protocol server."),
-  Command.withSubcommands([infer, serve])
+  Command.withDescription("Asynchronous ONNX inference on Effect and onnxruntime-node: batch inference over NDJSON files, an Open Inference Protocol server, and a load generator."),
+  Command.withSubcommands([infer, serve, perf])
 )

@@ -10,7 +10,9 @@
  * - A record the engine cannot answer (time-out, run failure, …) gets an error record.
  * - Stopping early (interruption: Ctrl+C in the CLI, or a fatal malformed line) cancels the
  *   records in the engine and writes every record that had finished, still in input order, so
- *   the output holds exactly the records that finished.
+ *   the output holds exactly the records that finished; `resume` then runs only the others.
+ * - `-` as input reads standard input, as output writes standard output (the progress and the
+ *   reports go to `messages`, stderr in the CLI), so that the command can sit in a pipe.
  *
  * @module Infer
  */
@@ -33,10 +35,15 @@ export interface Options {
   readonly model: string
   /** Default: the model's highest version. */
   readonly version?: string | undefined
-  /** The NDJSON input file. */
+  /** The NDJSON input file; `-` reads standard input. */
   readonly input: string
-  /** The NDJSON output file, created or truncated. */
+  /** The NDJSON output file, created or truncated (appended to with `resume`); `-` writes standard output. */
   readonly output: string
+  /**
+   * Keeps what an interrupted run wrote to `output` and runs only the records it does not answer
+   * yet (see `Records.readResume`). A missing output file starts from scratch.
+   */
+  readonly resume?: boolean | undefined
   /** Records in the engine at once. Default: twice the engine's `maxConcurrentRequests`. */
   readonly concurrency?: number | undefined
   /** Priority of records that do not set one. */
@@ -63,6 +70,13 @@ export class OutputError extends Data.TaggedError("OutputError")<{ readonly path
   }
 }
 
+/** The input cannot be read. */
+export class InputError extends Data.TaggedError("InputError")<{ readonly path: string; readonly reason: string }> {
+  override get message(): string {
+    return `cannot read ${this.path}: ${this.reason}`
+  }
+}
+
 export interface Summary {
   /** Records read (non-blank input lines). */
   readonly total: number
@@ -74,9 +88,14 @@ export interface Summary {
   readonly skipped: number
 }
 
-/** The non-blank lines of `path`, numbered from 1. */
+/** The path that means standard input (as `--input`) or standard output (as `--output`). */
+export const stdio = "-"
+
+/** The non-blank lines of `path` (standard input for `-`), numbered from 1. */
 const lines = (fs: FileSystem.FileSystem, path: string) =>
-  fs.stream(path).pipe(
+  (path === stdio
+    ? Stream.fromAsyncIterable(process.stdin as AsyncIterable<Uint8Array>, (e) => new InputError({ path: "standard input", reason: e instanceof Error ? e.message : String(e) }))
+    : fs.stream(path)).pipe(
     Stream.decodeText,
     Stream.splitLines,
     Stream.map((text, i) => ({ line: i + 1, text })),
@@ -102,12 +121,22 @@ export const countLines = (path: string): Effect.Effect<number> =>
     return Effect.sync(() => stream.destroy())
   })
 
-/** An output file with backpressure; closing it waits for its data to reach the file. */
-const openOutput = (path: string) =>
+/**
+ * An output file with backpressure; closing it waits for its data to reach the file. `-` is
+ * standard output (left open). `resume`: keeps the file's first `keepBytes` and appends.
+ */
+const openOutput = (path: string, resume?: { readonly keepBytes: number }) =>
   Effect.acquireRelease(
     Effect.try({
       try: () => {
-        const stream = Fs.createWriteStream(path, { fd: Fs.openSync(path, "w") })
+        const stream: import("node:stream").Writable = path === stdio
+          ? process.stdout
+          : resume === undefined
+          ? Fs.createWriteStream(path, { fd: Fs.openSync(path, "w") })
+          : (() => {
+            Fs.truncateSync(path, resume.keepBytes)
+            return Fs.createWriteStream(path, { fd: Fs.openSync(path, "a") })
+          })()
         const state: { error: Error | undefined } = { error: undefined }
         stream.on("error", (e) => {
           state.error = e
@@ -118,7 +147,8 @@ const openOutput = (path: string) =>
     }),
     ({ stream }) =>
       Effect.callback<void>((resume) => {
-        stream.end(() => resume(Effect.void))
+        if (path === stdio) stream.write("", () => resume(Effect.void))
+        else stream.end(() => resume(Effect.void))
       })
   ).pipe(Effect.map(({ state, stream }) => ({
     write: (text: string): Effect.Effect<void, OutputError> =>
@@ -131,6 +161,13 @@ const openOutput = (path: string) =>
     writeNow: (text: string) => void stream.write(text)
   })))
 
+/** What `output` already holds, for `resume`: nothing when it does not exist yet. */
+const readResume = (path: string) =>
+  Effect.try({
+    try: () => Fs.existsSync(path) ? Records.readResume(Fs.readFileSync(path)) : { done: new Set<number>(), keepBytes: 0 },
+    catch: (e) => new OutputError({ path, reason: e instanceof Error ? e.message : String(e) })
+  }).pipe(Effect.flatMap((r) => "error" in r ? Effect.fail(new OutputError({ path, reason: `cannot resume: ${r.error}` })) : Effect.succeed(r)))
+
 /** Runs the batch (see the module doc). */
 export const run = (options: Options) =>
   Effect.gen(function*() {
@@ -138,7 +175,9 @@ export const run = (options: Options) =>
     const engine = yield* AsyncInferenceEngine
     const pool = yield* ModelPool
     const metadata = yield* pool.metadata(options.model, options.version).pipe(Effect.mapError(InferenceError.make))
-    const output = yield* openOutput(options.output)
+    const resumed = options.resume === true ? yield* readResume(options.output) : undefined
+    const output = yield* openOutput(options.output, resumed)
+    const alreadyDone = resumed?.done ?? new Set<number>()
     const concurrency = Math.max(1, options.concurrency ?? engine.config.maxConcurrentRequests * 2)
 
     let read = 0
@@ -149,15 +188,19 @@ export const run = (options: Options) =>
     /** Lines in the file (blank ones too: an estimate), once counted. */
     let lineCount: number | undefined
     // Until then, the total is estimated from the file's size and the length of the lines read.
-    const fileBytes = yield* fs.stat(options.input).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => 0))
+    const fromStdin = options.input === stdio
+    const fileBytes = fromStdin ? 0 : yield* fs.stat(options.input).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => 0))
     let charsRead = 0
     const total = () => lineCount ?? (read === 0 || fileBytes === 0 ? undefined : Math.max(read, Math.round(fileBytes / (charsRead / read))))
     const startedMs = Date.now()
     const snapshot = (): Progress.Snapshot => ({ done, total: total(), failed, skipped, elapsedMs: Date.now() - startedMs })
     const progress = yield* Progress.start({ ...options.progress, output: options.messages }, snapshot)
-    yield* Effect.forkScoped(Effect.map(countLines(options.input), (n) => {
-      lineCount = n
-    }))
+    if (!fromStdin) {
+      yield* Effect.forkScoped(Effect.map(countLines(options.input), (n) => {
+        lineCount = n
+      }))
+    }
+    if (alreadyDone.size > 0) progress.log(`resuming: ${alreadyDone.size} records already in ${options.output} are not run again`)
 
     /** Finished results not yet written, by line: what an early stop still writes. */
     const finished = new Map<number, string>()
@@ -187,6 +230,10 @@ export const run = (options: Options) =>
       Stream.mapEffect(({ line, text }) => {
         read++
         charsRead += text.length + 1
+        if (alreadyDone.has(line)) {
+          done++
+          return Effect.succeed(undefined)
+        }
         const decoded = Records.decode(metadata, line, text)
         return Records.isMalformed(decoded) ? Effect.as(malformed(decoded), undefined) : Effect.succeed(decoded)
       }),

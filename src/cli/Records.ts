@@ -123,3 +123,43 @@ export const encode = (record: Pick<Record, "line" | "id">, result: InferenceRes
       return `${head},"error":${JSON.stringify({ reason: "Cancelled", message: result.reason })}}`
   }
 }
+
+/** What an earlier, interrupted run left in its output file (`--resume`). */
+export interface Resume {
+  /** The input lines already answered (error records included): they are not run again. */
+  readonly done: ReadonlySet<number>
+  /** Bytes of the file to keep: every complete output line. A last line cut mid-write is dropped. */
+  readonly keepBytes: number
+}
+
+/**
+ * Reads an earlier output (`--resume`): the `line` of each complete output line. A line that is
+ * not an output record (not JSON, or no positive integer `line`) is an error: the file is not
+ * this command's output, and appending to it would mix two formats. A last line without its
+ * newline was cut by the interruption: it is dropped, and its record runs again.
+ */
+export const readResume = (bytes: Uint8Array): Resume | { readonly error: string } => {
+  const done = new Set<number>()
+  let start = 0
+  let lineNumber = 0
+  while (start < bytes.length) {
+    const end = bytes.indexOf(10, start)
+    if (end === -1) break
+    lineNumber++
+    const text = new TextDecoder().decode(bytes.subarray(start, end))
+    if (!isBlank(text)) {
+      let line: unknown
+      try {
+        line = (JSON.parse(text) as { line?: unknown } | null)?.line
+      } catch {
+        line = undefined
+      }
+      if (typeof line !== "number" || !Number.isInteger(line) || line < 1) {
+        return { error: `line ${lineNumber} of the output is not an output record of this command` }
+      }
+      done.add(line)
+    }
+    start = end + 1
+  }
+  return { done, keepBytes: start }
+}

@@ -1,16 +1,55 @@
 /**
  * The server's lifecycle state: serving, then shutting down. Routes read it (readiness turns 503,
- * new inferences are refused with ShuttingDown, every response after the signal carries
- * `Connection: close`) and count themselves in and out, so that a graceful shutdown can wait for
+ * new inferences are refused with ShuttingDown, responses after the signal carry
+ * `Connection: close` but for a moment before the listener closes) and count themselves in and out, so that a graceful shutdown can wait for
  * the HTTP requests still being answered, not only for the engine's work.
  *
  * @module Lifecycle
  */
 import { Context, Effect, Latch, Layer } from "effect"
 
+/** What readiness is decided from: the lifecycle, the policy, and every model's state. */
+export interface ReadinessInput {
+  readonly shuttingDown: boolean
+  /** Triton's `--strict-readiness`: every model must be ready, and there must be one. */
+  readonly strict: boolean
+  readonly models: ReadonlyArray<{ readonly name: string; readonly version: string; readonly state: string; readonly reason?: string | undefined }>
+}
+
+export type Readiness = { readonly ready: true } | { readonly ready: false; readonly reason: string }
+
+/**
+ * Whether the server is ready (`/v2/health/ready`), and if not why. Shutting down is never
+ * ready. Strict (the default, as Triton's): not ready while any model version is unavailable
+ * (the reason names them) or while the repository holds no model. Not strict: ready once
+ * listening, whatever the models.
+ */
+export const readiness = (input: ReadinessInput): Readiness => {
+  if (input.shuttingDown) return { ready: false, reason: "the server is shutting down" }
+  if (!input.strict) return { ready: true }
+  if (input.models.length === 0) return { ready: false, reason: "the model repository holds no model" }
+  const unavailable = input.models.filter((m) => m.state !== "READY")
+  if (unavailable.length === 0) return { ready: true }
+  const names = unavailable.slice(0, 5).map((m) => `${m.name}@${m.version}`).join(", ")
+  const more = unavailable.length > 5 ? ` and ${unavailable.length - 5} more` : ""
+  return { ready: false, reason: `${unavailable.length} of ${input.models.length} model versions unavailable: ${names}${more}` }
+}
+
 export interface Service {
   /** True once shutdown has begun. Never turns back. */
   readonly isShuttingDown: () => boolean
+  /**
+   * Whether answers carry `Connection: close`: from the start of the shutdown (so that clients
+   * and load balancers move to another server), except while the server holds connections
+   * open just before it closes its listener (`holdConnections`).
+   */
+  readonly closesConnections: () => boolean
+  /**
+   * While held, answers keep their connection (a client stays on it instead of reconnecting), so
+   * that no new connection is queued on the listener at the moment it closes. The shutdown holds
+   * for a moment before closing the listener and releases right after.
+   */
+  readonly holdConnections: (hold: boolean) => Effect.Effect<void>
   /** Starts the shutdown (idempotent). */
   readonly beginShutdown: Effect.Effect<void>
   /** Runs `effect` as one in-flight HTTP request. */
@@ -19,18 +58,37 @@ export interface Service {
   readonly inFlight: () => number
   /** Waits until no HTTP request is being answered. */
   readonly awaitIdle: Effect.Effect<void>
+  /** HTTP requests being answered now that arrived before the shutdown began: the accepted work. */
+  readonly acceptedInFlight: () => number
+  /**
+   * Waits until every request that arrived before the shutdown began is answered. Unlike
+   * `awaitIdle`, it ends however many requests keep arriving (each answered 503 at once).
+   */
+  readonly awaitAcceptedIdle: Effect.Effect<void>
 }
 
 export const make: Effect.Effect<Service> = Effect.sync(() => {
   let shuttingDown = false
+  let holding = false
   let inFlight = 0
+  let accepted = 0
   const idle = Latch.makeUnsafe(true)
+  const acceptedIdle = Latch.makeUnsafe(true)
   const leave = Effect.sync(() => {
     inFlight--
     if (inFlight === 0) idle.openUnsafe()
   })
+  const leaveAccepted = Effect.sync(() => {
+    accepted--
+    if (accepted === 0) acceptedIdle.openUnsafe()
+  })
   return {
     isShuttingDown: () => shuttingDown,
+    closesConnections: () => shuttingDown && !holding,
+    holdConnections: (hold) =>
+      Effect.sync(() => {
+        holding = hold
+      }),
     beginShutdown: Effect.sync(() => {
       shuttingDown = true
     }),
@@ -38,10 +96,15 @@ export const make: Effect.Effect<Service> = Effect.sync(() => {
       Effect.suspend(() => {
         inFlight++
         idle.closeUnsafe()
-        return Effect.ensuring(effect, leave)
+        if (shuttingDown) return Effect.ensuring(effect, leave)
+        accepted++
+        acceptedIdle.closeUnsafe()
+        return Effect.ensuring(effect, Effect.andThen(leave, leaveAccepted))
       }),
     inFlight: () => inFlight,
-    awaitIdle: idle.await
+    awaitIdle: idle.await,
+    acceptedInFlight: () => accepted,
+    awaitAcceptedIdle: acceptedIdle.await
   }
 })
 

@@ -1,20 +1,20 @@
 /**
- * The `/metrics` page: Prometheus text exposition of the engine's Effect Metrics (rendered by
- * `PrometheusMetrics`), plus families in the spirit of Triton's that are computed at scrape time:
+ * The `/metrics` page, in Prometheus text format: the engine's Effect Metrics (the families of
+ * `Telemetry.metrics`, rendered by `PrometheusMetrics`), two gauges read from the engine at
+ * scrape time, and the standard process and Node.js families (`ProcessMetrics`). One family per
+ * fact, durations in seconds; each family is documented once, in docs/server.md.
  *
- * - `inference_request_success_total{model}` and
- *   `inference_request_failure_total{model,reason}` with reason one of `rejected` (queue full,
- *   shutting down), `cancelled` (client gone), `timeout` (deadline or queue timeout), `invalid`
- *   (bad input) and `backend` (run failed, model unavailable). Both are derived from the
- *   engine's `inference_requests_total{outcome}` and `inference_request_failures_total{reason}`,
- *   so there is one source of truth.
  * - `inference_pending_requests{model,priority}`: requests queued now, by model and priority
- *   level (a gauge read from `queueStatsByModel`), and `inference_unsettled_requests`: admitted and not yet answered
- *   (queued, forming a batch or running).
+ *   level (from `queueStatsByModel`); `inference_unsettled_requests`: admitted and not yet
+ *   answered (queued, forming a batch or running).
  *
- * Inference count and execution count (`inference_count_total`, `inference_exec_total`) and the
- * queue, compute and end-to-end durations (`inference_*_duration_ms` histograms) come from the
- * engine's own families, labelled by model.
+ * With `format: "triton"` the page also carries Triton's names, computed from the same counters
+ * (`tritonFamilies`), so that dashboards built for Triton work: `nv_inference_request_success`,
+ * `nv_inference_request_failure{reason=REJECTED|CANCELED|BACKEND|OTHER}`, `nv_inference_count`,
+ * `nv_inference_exec_count`, `nv_inference_request_duration_us`, `nv_inference_queue_duration_us`,
+ * `nv_inference_compute_infer_duration_us` (cumulative microseconds, counters as Triton's) and
+ * `nv_inference_pending_request_count`, each labelled `model` and `version` (`version` is empty:
+ * the engine counts by model).
  *
  * @module Metrics
  */
@@ -22,14 +22,11 @@ import { Effect, Metric } from "effect"
 import { PrometheusMetrics } from "effect/observability"
 import type { AsyncInferenceEngine } from "../Engine.ts"
 import * as Priority from "../Priority.ts"
-import { metrics } from "../Telemetry.ts"
+import { metrics, type RequestOutcome } from "../Telemetry.ts"
+import * as ProcessMetrics from "./ProcessMetrics.ts"
 
 /** The content type of the Prometheus text format. */
 export const contentType = "text/plain; version=0.0.4; charset=utf-8"
-
-export type FailureKind = "rejected" | "cancelled" | "timeout" | "invalid" | "backend"
-
-export const failureKinds: ReadonlyArray<FailureKind> = ["rejected", "cancelled", "timeout", "invalid", "backend"]
 
 const pendingGauge = Metric.gauge("inference_pending_requests", { description: "Requests queued now, by model and priority" })
 const unsettledGauge = Metric.gauge("inference_unsettled_requests", {
@@ -38,80 +35,91 @@ const unsettledGauge = Metric.gauge("inference_unsettled_requests", {
 
 const escapeLabel = (value: string) => value.replace(/\\/g, "\\\\").replace(/"/g, "\\\"").replace(/\n/g, "\\n")
 
-/** Success and failure-by-kind counts per model, from a metrics snapshot. */
-export const outcomeCounts = (snapshot: ReadonlyArray<Metric.Metric.Snapshot>) => {
-  const byModel = new Map<string, { success: number } & Record<FailureKind, number>>()
+/** Triton's failure reasons for each of this engine's failure outcomes. */
+export const tritonReason: Readonly<Record<Exclude<RequestOutcome, "success">, "REJECTED" | "CANCELED" | "BACKEND" | "OTHER">> = {
+  rejected: "REJECTED",
+  cancelled: "CANCELED",
+  backend: "BACKEND",
+  timeout: "OTHER",
+  invalid: "OTHER"
+}
+
+interface TritonCounts {
+  success: number
+  failure: Record<"REJECTED" | "CANCELED" | "BACKEND" | "OTHER", number>
+  count: number
+  execCount: number
+  requestUs: number
+  queueUs: number
+  computeUs: number
+  pending: number
+}
+
+/**
+ * Triton's `nv_inference_*` families, from a snapshot of the engine's metrics and the number of
+ * requests queued per model. Pure: the snapshot in, the text out.
+ */
+export const tritonFamilies = (snapshot: ReadonlyArray<Metric.Metric.Snapshot>, pendingByModel: ReadonlyMap<string, number>): string => {
+  const byModel = new Map<string, TritonCounts>()
   const entry = (model: string) => {
     let e = byModel.get(model)
     if (e === undefined) {
-      e = { success: 0, rejected: 0, cancelled: 0, timeout: 0, invalid: 0, backend: 0 }
+      e = { success: 0, failure: { REJECTED: 0, CANCELED: 0, BACKEND: 0, OTHER: 0 }, count: 0, execCount: 0, requestUs: 0, queueUs: 0, computeUs: 0, pending: 0 }
       byModel.set(model, e)
     }
     return e
   }
-  const invalid = new Map<string, number>()
-  const failed = new Map<string, number>()
   for (const s of snapshot) {
-    if (s.type !== "Counter") continue
     const model = s.attributes?.["model"]
     if (model === undefined) continue
-    const count = Number((s.state as Metric.CounterState<number>).count)
-    if (s.id === metrics.requests.id) {
-      const e = entry(model)
-      switch (s.attributes?.["outcome"]) {
-        case "success":
-          e.success += count
-          break
-        case "rejected":
-          e.rejected += count
-          break
-        case "cancelled":
-          e.cancelled += count
-          break
-        case "timeout":
-          e.timeout += count
-          break
-        case "failure":
-          failed.set(model, (failed.get(model) ?? 0) + count)
-          break
-      }
-    } else if (s.id === metrics.failures.id && s.attributes?.["reason"] === "InvalidInput") {
-      invalid.set(model, (invalid.get(model) ?? 0) + count)
+    if (s.type === "Counter") {
+      const n = Number((s.state as Metric.CounterState<number>).count)
+      if (s.id === metrics.requests.id) {
+        const outcome = s.attributes?.["outcome"] as RequestOutcome | undefined
+        if (outcome === "success") entry(model).success += n
+        else if (outcome !== undefined && outcome in tritonReason) entry(model).failure[tritonReason[outcome]] += n
+      } else if (s.id === metrics.inferences.id) entry(model).count += n
+      else if (s.id === metrics.executions.id) entry(model).execCount += n
+    } else if (s.type === "Histogram") {
+      const us = (s.state as Metric.HistogramState).sum * 1e6
+      if (s.id === metrics.latency.id) entry(model).requestUs += us
+      else if (s.id === metrics.queueWait.id) entry(model).queueUs += us
+      else if (s.id === metrics.run.id) entry(model).computeUs += us
     }
   }
-  for (const [model, n] of failed) {
-    const e = entry(model)
-    const bad = Math.min(n, invalid.get(model) ?? 0)
-    e.invalid += bad
-    e.backend += n - bad
+  for (const [model, pending] of pendingByModel) entry(model).pending = pending
+  if (byModel.size === 0) return ""
+  const models = [...byModel.keys()].sort()
+  const labels = (model: string) => `model="${escapeLabel(model)}",version=""`
+  const family = (name: string, type: string, help: string, value: (e: TritonCounts) => number) =>
+    `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${models.map((m) => `${name}{${labels(m)}} ${Math.round(value(byModel.get(m)!))}`).join("\n")}\n`
+  let text = family("nv_inference_request_success", "counter", "Number of successful inference requests, all batch sizes", (e) => e.success)
+  text += "# HELP nv_inference_request_failure Number of failed inference requests, all batch sizes\n# TYPE nv_inference_request_failure counter\n"
+  for (const m of models) {
+    for (const reason of ["REJECTED", "CANCELED", "BACKEND", "OTHER"] as const) {
+      text += `nv_inference_request_failure{${labels(m)},reason="${reason}"} ${byModel.get(m)!.failure[reason]}\n`
+    }
   }
-  return byModel
-}
-
-const renderOutcomes = (snapshot: ReadonlyArray<Metric.Metric.Snapshot>): string => {
-  const counts = outcomeCounts(snapshot)
-  if (counts.size === 0) return ""
-  const lines: Array<string> = [
-    "# HELP inference_request_success_total Successful requests by model",
-    "# TYPE inference_request_success_total counter"
-  ]
-  for (const [model, e] of counts) lines.push(`inference_request_success_total{model="${escapeLabel(model)}"} ${e.success}`)
-  lines.push(
-    "# HELP inference_request_failure_total Failed requests by model and reason (rejected, cancelled, timeout, invalid, backend)",
-    "# TYPE inference_request_failure_total counter"
-  )
-  for (const [model, e] of counts) {
-    for (const kind of failureKinds) lines.push(`inference_request_failure_total{model="${escapeLabel(model)}",reason="${kind}"} ${e[kind]}`)
-  }
-  return lines.join("\n") + "\n"
+  text += family("nv_inference_count", "counter", "Number of inferences performed (a batch of n counts n)", (e) => e.count)
+  text += family("nv_inference_exec_count", "counter", "Number of model executions performed (a batch counts 1)", (e) => e.execCount)
+  text += family("nv_inference_request_duration_us", "counter", "Cumulative end-to-end duration of successful inference requests, in microseconds", (e) => e.requestUs)
+  text += family("nv_inference_queue_duration_us", "counter", "Cumulative time requests spent waiting in the queue, in microseconds", (e) => e.queueUs)
+  text += family("nv_inference_compute_infer_duration_us", "counter", "Cumulative model execution time, per execution (a batch counts once), in microseconds", (e) => e.computeUs)
+  text += family("nv_inference_pending_request_count", "gauge", "Instantaneous number of pending requests awaiting execution", (e) => e.pending)
+  return text
 }
 
 /** Models that had requests queued at an earlier scrape: their gauges go back to 0 when they have none. */
 const modelsSeen = new Set<string>()
 
+export type Format = "default" | "triton"
+
+let processMetrics: ProcessMetrics.ProcessMetrics | undefined
+
 /** Renders the whole page; needs the engine for the pending gauges. */
-export const render = (engine: AsyncInferenceEngine["Service"]): Effect.Effect<string> =>
+export const render = (engine: AsyncInferenceEngine["Service"], options: { readonly format?: Format | undefined } = {}): Effect.Effect<string> =>
   Effect.gen(function*() {
+    processMetrics ??= ProcessMetrics.make()
     const byModel = yield* engine.queueStatsByModel
     const unsettled = yield* engine.pending
     for (const model of byModel.keys()) modelsSeen.add(model)
@@ -129,6 +137,8 @@ export const render = (engine: AsyncInferenceEngine["Service"]): Effect.Effect<s
     }
     yield* Metric.update(unsettledGauge, unsettled)
     const text = yield* PrometheusMetrics.format()
-    const snapshot = yield* Metric.snapshot
-    return text + renderOutcomes(snapshot)
+    const page = text + (text.endsWith("\n") || text === "" ? "" : "\n") + processMetrics.render()
+    if (options.format !== "triton") return page
+    const pending = new Map([...byModel].map(([model, stats]) => [model, stats.total] as const))
+    return page + tritonFamilies(yield* Metric.snapshot, pending)
   })

@@ -5,7 +5,7 @@
  * | route | answer |
  * |---|---|
  * | `GET /v2` | server metadata `{name, version, extensions}` |
- * | `GET /v2/health/live`, `GET /v2/health/ready` | 200, or 503 on ready once shutting down |
+ * | `GET /v2/health/live`, `GET /v2/health/ready` | 200; ready is 503 once shutting down and, under strict readiness, while any model is unavailable (`Lifecycle.readiness`) |
  * | `GET /v2/models/{name}[/versions/{v}]` | model metadata; -1 for dynamic dims |
  * | `GET /v2/models/{name}[/versions/{v}]/ready` | `{name, ready}`: 200, or 503 when not ready |
  * | `POST /v2/models/{name}[/versions/{v}]/infer` | an inference, in JSON or with Triton's binary tensor data (`Oip`) |
@@ -16,7 +16,8 @@
  * | `GET /metrics` | Prometheus text (see `Metrics`) |
  *
  * Every error is `{"error": "…"}` with the status of `InferenceError.httpStatus` for engine
- * failures (400 invalid input, 404 unknown model or version, 429 queue full with Retry-After,
+ * failures (400 invalid input, 404 unknown model or version, 429 queue full with a Retry-After
+ * computed from the queue's drain rate (`RetryAfter`),
  * 500 a failed run, 503 shutting down or model unavailable, 504 deadline exceeded), 413 for a body over the
  * limit (or, once decompressed, `ContentEncoding`), 415 for an unsupported Content-Encoding, 400
  * for malformed JSON or an invalid model name. Messages never carry a stack trace or
@@ -42,12 +43,13 @@ import { ModelPool } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import * as Priority from "../Priority.ts"
 import { TelemetryCollector } from "../Telemetry.ts"
-import { Lifecycle } from "./Lifecycle.ts"
+import * as Lifecycle from "./Lifecycle.ts"
 import * as Metrics from "./Metrics.ts"
 import * as ContentEncoding from "./ContentEncoding.ts"
 import * as ModelConfiguration from "./ModelConfiguration.ts"
 import * as ModelControl from "./ModelControl.ts"
 import * as Oip from "./Oip.ts"
+import * as RetryAfter from "./RetryAfter.ts"
 import * as Statistics from "./Statistics.ts"
 
 const utf8 = new TextDecoder()
@@ -60,8 +62,15 @@ export interface Options {
   readonly serverVersion: string
   /** Directories whose path never appears in an answer (the model repository). */
   readonly redactPaths?: ReadonlyArray<string> | undefined
-  /** Seconds a client is told to wait after a 429. Default 1. */
+  /**
+   * Seconds a client is told to wait after a 429. Default: computed at each refusal from the
+   * queue's measured drain rate (`RetryAfter`); a number fixes it.
+   */
   readonly retryAfterSeconds?: number | undefined
+  /** Triton's strict readiness: not ready while any model is unavailable or none is loaded. Default true. */
+  readonly strictReadiness?: boolean | undefined
+  /** `/metrics`: `triton` adds Triton's `nv_inference_*` families (see `Metrics`). Default `default`. */
+  readonly metricsFormat?: "default" | "triton" | undefined
 }
 
 /** Triton's platform name for ONNX models. */
@@ -122,17 +131,24 @@ const infoOf = (request: InferenceRequest.InferenceRequest) => ({
 /** The routes, as a layer that registers them on the `HttpRouter`. */
 export const layer = (
   options: Options
-): Layer.Layer<never, never, HttpRouter.HttpRouter | AsyncInferenceEngine | ModelPool | TelemetryCollector | Lifecycle> =>
+): Layer.Layer<never, never, HttpRouter.HttpRouter | AsyncInferenceEngine | ModelPool | TelemetryCollector | Lifecycle.Lifecycle> =>
   HttpRouter.use((router) =>
     Effect.gen(function*() {
       const engine = yield* AsyncInferenceEngine
       const pool = yield* ModelPool
       const telemetry = yield* TelemetryCollector
-      const lifecycle = yield* Lifecycle
+      const lifecycle = yield* Lifecycle.Lifecycle
       // Optional: without Statistics.layer (an embedding that did not wire it) the stats routes answer 501.
       const statistics = yield* Effect.serviceOption(Statistics.Statistics)
       const roots = options.redactPaths ?? []
-      const retryAfter = String(options.retryAfterSeconds ?? 1)
+      const drainRate = options.retryAfterSeconds === undefined ? yield* RetryAfter.sampler : undefined
+      const retryAfter = () =>
+        String(
+          drainRate === undefined
+            ? options.retryAfterSeconds
+            : RetryAfter.seconds({ queued: engine.config.maxQueuedRequests, ratePerSecond: drainRate.ratePerSecond() })
+        )
+      const strictReadiness = options.strictReadiness ?? true
       const bodyLimit = options.bodyLimitBytes
       const maxBodySize = ByteSize.bytes(bodyLimit)
 
@@ -140,7 +156,7 @@ export const layer = (
         new ApiError({
           status: InferenceError.httpStatus(reason),
           message: redact(reason.message, roots),
-          headers: reason._tag === "QueueFull" ? { "retry-after": retryAfter } : undefined
+          headers: reason._tag === "QueueFull" ? { "retry-after": retryAfter() } : undefined
         })
 
       /** Every route goes through here: counted in flight, errors as JSON, Connection: close after the signal. */
@@ -152,7 +168,7 @@ export const layer = (
               Effect.as(json(500, { error: "internal error" }))
             )
           ),
-          Effect.map((response) => lifecycle.isShuttingDown() ? HttpServerResponse.setHeader(response, "connection", "close") : response)
+          Effect.map((response) => lifecycle.closesConnections() ? HttpServerResponse.setHeader(response, "connection", "close") : response)
         ))
 
       /** The `name` and optional `version` path parameters, checked before they go anywhere. */
@@ -240,9 +256,10 @@ export const layer = (
 
       const live = handle(Effect.succeed(json(200, { live: true })))
 
-      const ready = handle(Effect.sync(() =>
-        lifecycle.isShuttingDown() ? json(503, { ready: false, error: "the server is shutting down" }) : json(200, { ready: true })
-      ))
+      const ready = handle(Effect.map(pool.models, (models) => {
+        const state = Lifecycle.readiness({ shuttingDown: lifecycle.isShuttingDown(), strict: strictReadiness, models })
+        return state.ready ? json(200, { ready: true }) : json(503, { ready: false, error: redact(state.reason, roots) })
+      }))
 
       // -- models ----------------------------------------------------------------
 
@@ -388,7 +405,7 @@ export const layer = (
 
       // -- metrics and the rest ---------------------------------------------------------
 
-      const prometheus = handle(Effect.map(Metrics.render(engine), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
+      const prometheus = handle(Effect.map(Metrics.render(engine, { format: options.metricsFormat }), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
 
       // A path no route matches (or that does not even decode) is a JSON 404 too. HEAD falls
       // back to GET inside the router, before this runs.
@@ -402,7 +419,7 @@ export const layer = (
           }
           return Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
             const response = json(404, { error: `no route for ${request.method} ${request.url.split("?")[0]!.slice(0, 200)}` })
-            return lifecycle.isShuttingDown() ? HttpServerResponse.setHeader(response, "connection", "close") : response
+            return lifecycle.closesConnections() ? HttpServerResponse.setHeader(response, "connection", "close") : response
           })
         })
       yield* router.addGlobalMiddleware(jsonNotFound)

@@ -12,17 +12,23 @@
  *    listener would refuse it, or reset it if it was already in the accept queue. Idle
  *    keep-alive connections are not cut either: cutting one while its client sends resets that
  *    request (see `anchors.md` §6).
- * 3. The HTTP requests still being answered finish (bounded by what is left of the grace).
- * 4. Once no answer is being written and nothing has happened for `quietMs` (no connection,
- *    no request, no answer finished: a client answered with `Connection: close` reconnects at
- *    once, and gets its 503 on the new connection), and still after one more pass of the event
- *    loop's poll phase (which accepts what the kernel queued while the process was not
- *    scheduled), the listener stops accepting connections. Closing it any earlier resets the
- *    connections in its accept queue.
+ * 3. The HTTP requests that arrived before the signal finish (bounded by what is left of the
+ *    grace); those that arrive after it are answered 503 at once and waited for no longer.
+ * 4. The listener stops accepting connections: at the first quiet moment (no connection, no
+ *    request, no answer finished for `quietMs`: a client answered with `Connection: close`
+ *    reconnects at once, and gets its 503 on the new connection), and after one more pass of the
+ *    event loop's poll phase (which accepts what the kernel queued while the process was not
+ *    scheduled). Closing it any earlier resets the connections in its accept queue. Under clients
+ *    that never stop knocking there is no quiet moment within `settleMs`: the server then holds
+ *    connections (`Lifecycle.holdConnections`: answers stop carrying `Connection: close`, so the
+ *    clients stay on their connections instead of reconnecting), waits until no new connection
+ *    has arrived for `quietMs` (at most `settleMs` more), lets a poll phase accept what is queued,
+ *    closes the listener and stops holding. Whoever connects after that is refused
+ *    (ECONNREFUSED), which a retrying client handles like any unreachable server.
  * 5. Connections close: an active client's next request is answered with `Connection: close`;
  *    a connection that has stayed idle for `lingerMs` (1 s) is ended by the server (a client
- *    that has not sent for that long is not about to). What is still open when the grace
- *    period ends is destroyed.
+ *    that has not sent for that long is not about to). The shutdown returns as soon as no
+ *    connection is left. What is still open when the grace period ends is destroyed.
  * Closing the layers afterwards answers anything left in the queue with ShuttingDown and
  * releases every model session.
  *
@@ -58,6 +64,12 @@ export interface NodeServerHandle {
   readonly connections: ReadonlyMap<Net.Socket, { readonly active: number; readonly idleSinceMs: number }>
   /** When the last connection or request arrived, or the last answer finished (`performance.now()`). */
   readonly lastActivityMs: () => number
+  /** When the last connection arrived (`performance.now()`). */
+  readonly lastConnectionMs: () => number
+  /** Requests received since the server started. */
+  readonly requests: () => number
+  /** Requests received whose answer was cut (their connection closed before the answer was written). */
+  readonly answersCut: () => number
 }
 
 export class NodeServer extends Context.Service<NodeServer, NodeServerHandle>()("effect-onnx/http/NodeServer") {}
@@ -93,22 +105,27 @@ const answerClientErrors = (server: Http.Server): void => {
 const track = (server: Http.Server): NodeServerHandle => {
   const connections = new Map<Net.Socket, { active: number; idleSinceMs: number }>()
   let lastActivityMs = 0
+  let lastConnectionMs = 0
+  let requests = 0
+  let answersCut = 0
   server.on("connection", (socket: Net.Socket) => {
-    lastActivityMs = performance.now()
+    lastActivityMs = lastConnectionMs = performance.now()
     connections.set(socket, { active: 0, idleSinceMs: lastActivityMs })
     socket.once("close", () => connections.delete(socket))
   })
   server.on("request", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
     lastActivityMs = performance.now()
+    requests++
     const state = connections.get(request.socket)
     if (state === undefined) return
     state.active++
     response.once("close", () => {
+      if (!response.writableFinished) answersCut++
       state.active--
       state.idleSinceMs = lastActivityMs = performance.now()
     })
   })
-  return { server, connections, lastActivityMs: () => lastActivityMs }
+  return { server, connections, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
 }
 
 /** Serves the routes on `options.host:options.port`; also provides the Lifecycle and the Node server. */
@@ -133,10 +150,12 @@ export const layer = (
 export interface ShutdownReport {
   /** Every queued and running request settled within the grace period. */
   readonly drained: boolean
-  /** HTTP requests still being answered when the grace period ended. */
+  /** HTTP requests accepted before the signal and still being answered when the grace period ended. */
   readonly inFlight: number
   /** Connections still open when the grace period ended (then destroyed). */
   readonly connectionsDestroyed: number
+  /** Requests that arrived after the shutdown began (each answered 503 ShuttingDown, or a health check). */
+  readonly refused: number
   readonly elapsedMs: number
 }
 
@@ -151,6 +170,9 @@ export const lingerMs = 1000
 /** How long nothing must have happened (no arrival, no answer finished), after the drain, before the listener closes. */
 export const quietMs = 200
 
+/** Longest wait for a quiet moment after the accepted work was answered: then the listener closes anyway. */
+export const settleMs = 500
+
 /** Resumes after the event loop's next poll phase, where Node accepts the connections the kernel has queued. */
 const afterPollPhase: Effect.Effect<void> = Effect.callback<void>((resume) => {
   const handle = setImmediate(() => resume(Effect.void))
@@ -161,16 +183,17 @@ const afterPollPhase: Effect.Effect<void> = Effect.callback<void>((resume) => {
 export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, never, Lifecycle | NodeServer | AsyncInferenceEngine> =>
   Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
-    const { connections, lastActivityMs, server } = yield* NodeServer
+    const { connections, lastActivityMs, lastConnectionMs, requests, server } = yield* NodeServer
     const engine = yield* AsyncInferenceEngine
     const startedMs = yield* Clock.currentTimeMillis
     const graceMs = Duration.toMillis(Duration.fromInputUnsafe(grace))
     const leftMs = Effect.map(Clock.currentTimeMillis, (now) => Math.max(0, graceMs - (now - startedMs)))
 
+    const requestsAtSignal = requests()
     yield* lifecycle.beginShutdown
     const { drained } = yield* engine.drain(grace)
-    yield* lifecycle.awaitIdle.pipe(Effect.timeoutOption(Duration.millis(yield* leftMs)))
-    const inFlight = lifecycle.inFlight()
+    yield* lifecycle.awaitAcceptedIdle.pipe(Effect.timeoutOption(Duration.millis(yield* leftMs)))
+    const inFlight = lifecycle.acceptedInFlight()
     // Closing the listener resets connections still in its accept queue: wait for a quiet moment,
     // counted from the last answer too (its client may reconnect at once), then let one poll
     // phase accept what the kernel queued meanwhile, and check again.
@@ -179,15 +202,40 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
       return false
     }
     const quietForMs = () => (answering() ? 0 : performance.now() - lastActivityMs())
-    while ((yield* leftMs) > 0) {
+    const settledFrom = performance.now()
+    let quiet = false
+    while ((yield* leftMs) > 0 && performance.now() - settledFrom < settleMs) {
       if (quietForMs() < quietMs) {
-        yield* Effect.sleep(Duration.millis(Math.min(Math.max(1, quietMs - quietForMs() + 1), yield* leftMs)))
+        const settleLeftMs = settleMs - (performance.now() - settledFrom)
+        yield* Effect.sleep(Duration.millis(Math.max(1, Math.min(quietMs - quietForMs() + 1, settleLeftMs, yield* leftMs))))
         continue
       }
       yield* afterPollPhase
-      if (quietForMs() >= quietMs) break
+      if (quietForMs() >= quietMs) {
+        quiet = true
+        break
+      }
+    }
+    if (!quiet) {
+      // No quiet moment: clients keep knocking, each reconnecting after its `Connection: close`
+      // answer, so that the listener's accept queue is never empty. Hold their connections open
+      // (answers keep them alive, so nobody reconnects) until no new connection has come for
+      // `quietMs`, let a poll phase accept what is queued, then close.
+      yield* lifecycle.holdConnections(true)
+      const heldFrom = performance.now()
+      const noNewConnectionForMs = () => performance.now() - lastConnectionMs()
+      while ((yield* leftMs) > 0 && performance.now() - heldFrom < settleMs) {
+        if (noNewConnectionForMs() < quietMs) {
+          yield* Effect.sleep(Duration.millis(Math.max(1, Math.min(quietMs - noNewConnectionForMs() + 1, yield* leftMs))))
+          continue
+        }
+        yield* afterPollPhase
+        if (noNewConnectionForMs() >= quietMs) break
+      }
+      yield* afterPollPhase
     }
     stopListening(server)
+    yield* lifecycle.holdConnections(false)
     // Connections close themselves after a `Connection: close` answer; end those left idle.
     while (connections.size > 0 && (yield* leftMs) > 0) {
       const now = performance.now()
@@ -200,5 +248,5 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
     server.closeAllConnections()
     for (const socket of connections.keys()) socket.destroy()
     const elapsedMs = (yield* Clock.currentTimeMillis) - startedMs
-    return { drained, inFlight, connectionsDestroyed, elapsedMs }
+    return { drained, inFlight, connectionsDestroyed, refused: requests() - requestsAtSignal, elapsedMs }
   }).pipe(Effect.withSpan("Server.shutdown"))

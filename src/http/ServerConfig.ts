@@ -1,7 +1,9 @@
 /**
- * The standalone server's options, from command-line flags over environment variables over
- * defaults, each decoded with Schema. An invalid value fails with a message that names the flag
- * or variable and what is wrong with it; unknown flags are refused.
+ * The standalone server's options: one table (`options`), from which the command line's flags
+ * (`effect-onnx serve`, `npm start`, both parsed by `effect/cli`, see `cli/Serve`), their help
+ * and their environment variables all come. A flag wins over its variable, which wins over the
+ * default; each value is decoded with Schema, and an invalid one fails with a message that names
+ * the flag or variable and what is wrong with it.
  *
  * | flag | variable | default |
  * |---|---|---|
@@ -10,19 +12,26 @@
  * | `--models DIR` | `MODEL_REPOSITORY` | the bundled `models/` |
  * | `--max-body-bytes` | `MAX_BODY_BYTES` | 16 MiB |
  * | `--grace-period-seconds` | `GRACE_PERIOD_SECONDS` | 30 |
- * | `--model-control-mode none\|explicit` | `MODEL_CONTROL_MODE` | `none` |
- * | `--load-model NAME` (repeatable) | | none (explicit mode: loaded at start) |
  * | `--grpc-port` | `GRPC_PORT` | `8001`, or 0 when `--port` is 0 (0: any free port; `off`: no gRPC server) |
+ * | `--model-control-mode none\|explicit` | `MODEL_CONTROL_MODE` | `none` |
+ * | `--load-model NAME` (repeatable) | `LOAD_MODELS` (comma-separated) | none (explicit mode: loaded at start) |
+ * | `--strict-readiness BOOL` | `STRICT_READINESS` | true: not ready while any model is unavailable (Triton's) |
+ * | `--exit-on-error BOOL` | `EXIT_ON_ERROR` | false: exit 1 at start when a model fails to load (Triton's flag; Triton defaults it to true) |
+ * | `--metrics-format F` | `METRICS_FORMAT` | `default`; `triton` also exposes Triton's `nv_inference_*` names |
+ *
+ * To add an option: one row in `options`, one field in `ServerConfig` and `defaults`.
  *
  * The engine's own settings come from its variables (`AsyncConfig`: `MAX_CONCURRENT_REQUESTS`,
- * `MAX_QUEUED_REQUESTS`, `QUEUE_TIMEOUT_MS`, `ENABLE_PRIORITY_QUEUE`).
+ * `MAX_QUEUED_REQUESTS`, `QUEUE_TIMEOUT_MS`, `ENABLE_PRIORITY_QUEUE`, `AGING_MS`), OTLP export
+ * from `OTEL_*` (`Otel`): `environment` lists them all for the help text.
  *
  * @module ServerConfig
  */
 import { Data, Duration, Schema } from "effect"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
-import { parseArgs } from "node:util"
+
+export type MetricsFormat = "default" | "triton"
 
 export interface ServerConfig {
   readonly host: string
@@ -37,6 +46,12 @@ export interface ServerConfig {
   readonly modelControlMode: "none" | "explicit"
   /** Under explicit model control, the models loaded at start. */
   readonly loadModels: ReadonlyArray<string>
+  /** Not ready while any model is unavailable, or while the repository is empty. */
+  readonly strictReadiness: boolean
+  /** Exit 1 at start when any model failed to load. */
+  readonly exitOnError: boolean
+  /** `triton`: /metrics also carries Triton's `nv_inference_*` families. */
+  readonly metricsFormat: MetricsFormat
 }
 
 /** The repository shipped with the package. */
@@ -50,109 +65,177 @@ export const defaults: ServerConfig = {
   gracePeriod: Duration.seconds(30),
   grpcPort: 8001,
   modelControlMode: "none",
-  loadModels: []
+  loadModels: [],
+  strictReadiness: true,
+  exitOnError: false,
+  metricsFormat: "default"
 }
-
-export const usage = `Usage: node src/bin/server.ts [options]
-
-Serves the Open Inference Protocol v2 over HTTP and gRPC for every model in a repository.
-
-Options (each also read from the environment variable in brackets):
-  --host HOST                    address to bind [HOST] (default ${defaults.host})
-  --port PORT                    port, 0 for any free one [PORT] (default ${defaults.port})
-  --models DIR                   model repository [MODEL_REPOSITORY] (default: the bundled models/)
-  --max-body-bytes N             largest request body [MAX_BODY_BYTES] (default ${defaults.maxBodyBytes})
-  --grace-period-seconds S       drain time on SIGTERM/SIGINT [GRACE_PERIOD_SECONDS] (default 30)
-  --grpc-port PORT               gRPC port on the same host, 0 for any free one, off for none [GRPC_PORT]
-                                 (default ${defaults.grpcPort}; 0 when --port is 0)
-  --model-control-mode MODE      none: every model loaded at start; explicit: only --load-model ones,
-                                 then POST /v2/repository/models/NAME/load|unload [MODEL_CONTROL_MODE] (default none)
-  --load-model NAME              under explicit model control, load NAME at start (repeatable)
-  -h, --help                     this text
-
-Engine: MAX_CONCURRENT_REQUESTS, MAX_QUEUED_REQUESTS, QUEUE_TIMEOUT_MS, ENABLE_PRIORITY_QUEUE.`
 
 /** A flag or variable that cannot be used; `message` says which and why. */
 export class ConfigError extends Data.TaggedError("ConfigError")<{ readonly message: string }> {}
 
-/** `--help` was given. */
-export class HelpRequested extends Data.TaggedError("HelpRequested")<{}> {}
-
 const Port = Schema.NumberFromString.check(Schema.isInt(), Schema.isBetween({ minimum: 0, maximum: 65535 }))
 const Host = Schema.String.check(Schema.isMinLength(1), Schema.isPattern(/^[A-Za-z0-9.:_-]+$/))
-const Dir = Schema.String.check(Schema.isMinLength(1))
 const Bytes = Schema.NumberFromString.check(Schema.isInt(), Schema.isBetween({ minimum: 1, maximum: 2 ** 31 - 1 }))
 const ModelControlMode = Schema.Literals(["none", "explicit"])
 const Seconds = Schema.NumberFromString.check(Schema.isFinite(), Schema.isBetween({ minimum: 0, maximum: 24 * 3600 }))
+const Bool = Schema.Literals(["true", "false", "1", "0", "yes", "no", "on", "off"])
+const Format = Schema.Literals(["default", "triton"])
 
-const field = <A>(schema: Schema.Codec<A, string>, flag: string, variable: string, raw: { flag?: string | undefined; env?: string | undefined }): A | ConfigError | undefined => {
-  const [source, value] = raw.flag !== undefined ? [`--${flag}`, raw.flag] : raw.env !== undefined && raw.env !== "" ? [variable, raw.env] : [undefined, undefined]
-  if (value === undefined) return undefined
-  const result = Schema.decodeUnknownResult(schema)(value)
-  if (result._tag === "Success") return result.success
-  return new ConfigError({ message: `invalid ${source} ${JSON.stringify(value)}: ${result.failure.message.replace(/\n\s*/g, " ")}` })
+/** One option: its flag, its variable, how it reads, and where it goes in `ServerConfig`. */
+export interface Option {
+  readonly key: keyof ServerConfig
+  /** The flag without its dashes. */
+  readonly flag: string
+  readonly variable: string
+  readonly metavar: string
+  readonly description: string
+  /** Decodes the text; fails with a message. */
+  readonly decode: (text: string) => { readonly value: unknown } | { readonly error: string }
+  /** The flag may be given several times; its values reach `decode` joined with commas (as its variable takes them). */
+  readonly repeatable?: boolean
+}
+
+const withSchema = <A>(schema: Schema.Codec<A, string>, map: (a: A) => unknown = (a) => a) => (text: string) => {
+  const result = Schema.decodeUnknownResult(schema)(text)
+  return result._tag === "Success" ? { value: map(result.success) } : { error: result.failure.message.replace(/\n\s*/g, " ") }
+}
+
+const truthy = (text: string) => text === "true" || text === "1" || text === "yes" || text === "on"
+
+/** Every option of the server, in help order. */
+export const options: ReadonlyArray<Option> = [
+  { key: "host", flag: "host", variable: "HOST", metavar: "HOST", description: `address to bind (default ${defaults.host})`, decode: withSchema(Host) },
+  { key: "port", flag: "port", variable: "PORT", metavar: "PORT", description: `port, 0 for any free one (default ${defaults.port})`, decode: withSchema(Port) },
+  {
+    key: "models",
+    flag: "models",
+    variable: "MODEL_REPOSITORY",
+    metavar: "DIR",
+    description: "model repository (default: the bundled models/)",
+    decode: withSchema(Schema.String.check(Schema.isMinLength(1)), (dir) => Path.resolve(dir))
+  },
+  {
+    key: "maxBodyBytes",
+    flag: "max-body-bytes",
+    variable: "MAX_BODY_BYTES",
+    metavar: "N",
+    description: `largest request body in bytes (default ${defaults.maxBodyBytes})`,
+    decode: withSchema(Bytes)
+  },
+  {
+    key: "gracePeriod",
+    flag: "grace-period-seconds",
+    variable: "GRACE_PERIOD_SECONDS",
+    metavar: "S",
+    description: "longest drain on SIGTERM/SIGINT; a second signal exits at once (default 30)",
+    decode: withSchema(Seconds, (s) => Duration.millis(s * 1000))
+  },
+  {
+    key: "grpcPort",
+    flag: "grpc-port",
+    variable: "GRPC_PORT",
+    metavar: "PORT",
+    description: `gRPC port on the same host, 0 for any free one, off for none (default ${defaults.grpcPort}; 0 when --port is 0)`,
+    decode: (text) => (text.toLowerCase() === "off" ? { value: undefined } : withSchema(Port)(text))
+  },
+  {
+    key: "modelControlMode",
+    flag: "model-control-mode",
+    variable: "MODEL_CONTROL_MODE",
+    metavar: "MODE",
+    description: "none: every model loaded at start; explicit: only the --load-model ones, then POST /v2/repository/models/NAME/load|unload (default none)",
+    decode: withSchema(ModelControlMode)
+  },
+  {
+    key: "loadModels",
+    flag: "load-model",
+    variable: "LOAD_MODELS",
+    metavar: "NAME",
+    description: "under explicit model control, a model loaded at start (repeatable)",
+    repeatable: true,
+    decode: (text) => {
+      const names = text.split(",").map((n) => n.trim()).filter((n) => n !== "")
+      const bad = names.find((name) => !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name))
+      return bad === undefined ? { value: names } : { error: `${JSON.stringify(bad)}: letters, digits, "_", "." and "-" only` }
+    }
+  },
+  {
+    key: "strictReadiness",
+    flag: "strict-readiness",
+    variable: "STRICT_READINESS",
+    metavar: "BOOL",
+    description: "true: /v2/health/ready is 503 while any model is unavailable or none is loaded; false: ready once listening (default true)",
+    decode: withSchema(Bool, truthy)
+  },
+  {
+    key: "exitOnError",
+    flag: "exit-on-error",
+    variable: "EXIT_ON_ERROR",
+    metavar: "BOOL",
+    description: "true: exit 1 at start when any model fails to load; false: serve the others (default false)",
+    decode: withSchema(Bool, truthy)
+  },
+  {
+    key: "metricsFormat",
+    flag: "metrics-format",
+    variable: "METRICS_FORMAT",
+    metavar: "FORMAT",
+    description: "default: inference_* families; triton: Triton's nv_inference_* names too, for existing dashboards (default default)",
+    decode: withSchema(Format)
+  }
+]
+
+/** The environment variables that the server reads besides its options', for the help text. */
+export const environment: ReadonlyArray<readonly [string, string]> = [
+  ["MAX_CONCURRENT_REQUESTS", "native runs (or batches) at once (default 4)"],
+  ["MAX_QUEUED_REQUESTS", "queued requests before 429 (default 100)"],
+  ["QUEUE_TIMEOUT_MS", "longest queue wait (default 5000)"],
+  ["ENABLE_PRIORITY_QUEUE", "false: one FIFO for every priority (default true)"],
+  ["AGING_MS", "aging bound of every level below critical, in ms (default: none, strict priority)"],
+  ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/HTTP collector: traces, metrics and logs are exported there (default: none)"],
+  ["OTEL_SERVICE_NAME", "service.name (default effect-onnx)"],
+  ["OTEL_EXPORTER_OTLP_PROTOCOL", "http/json (default) or http/protobuf"],
+  ["OTEL_EXPORTER_OTLP_HEADERS", "key=value,… sent with every export"],
+  ["OTEL_RESOURCE_ATTRIBUTES", "key=value,… resource attributes"],
+  ["OTEL_BSP_SCHEDULE_DELAY", "ms between span exports (default 5000)"],
+  ["OTEL_METRIC_EXPORT_INTERVAL", "ms between metric exports (default 60000)"],
+  ["OTEL_SDK_DISABLED", "true: no export"]
+]
+
+/** `environment` as help text: one `NAME  meaning` line each, aligned. */
+export const environmentText = (): string => {
+  const width = Math.max(...environment.map(([name]) => name.length))
+  return environment.map(([name, meaning]) => `  ${name.padEnd(width)}  ${meaning}`).join("\n")
 }
 
 /**
- * Decodes `argv` (without node and the script) and `env`. Returns the configuration, a
- * ConfigError, or HelpRequested.
+ * Decodes the flags' values (by `Option.key`; undefined when not given) over `env` over the
+ * defaults. Returns the configuration or a ConfigError naming the flag or variable.
  */
-export const parse = (
-  argv: ReadonlyArray<string>,
+export const decode = (
+  flags: Readonly<Partial<Record<keyof ServerConfig, string | undefined>>>,
   env: Readonly<Record<string, string | undefined>>
-): ServerConfig | ConfigError | HelpRequested => {
-  let flags: Record<string, string | boolean | Array<string> | undefined>
-  try {
-    flags = parseArgs({
-      args: [...argv],
-      strict: true,
-      allowPositionals: false,
-      options: {
-        host: { type: "string" },
-        port: { type: "string" },
-        models: { type: "string" },
-        "max-body-bytes": { type: "string" },
-        "grace-period-seconds": { type: "string" },
-        "grpc-port": { type: "string" },
-        "model-control-mode": { type: "string" },
-        "load-model": { type: "string", multiple: true },
-        help: { type: "boolean", short: "h" }
-      }
-    }).values
-  } catch (e) {
-    return new ConfigError({ message: e instanceof Error ? e.message : String(e) })
+): ServerConfig | ConfigError => {
+  const config: Record<string, unknown> = { ...defaults }
+  for (const option of options) {
+    const fromFlag = flags[option.key]
+    const fromEnv = env[option.variable]
+    const [source, text] = fromFlag !== undefined
+      ? [`--${option.flag}`, fromFlag]
+      : fromEnv !== undefined && fromEnv !== ""
+      ? [option.variable, fromEnv]
+      : [undefined, undefined]
+    if (text === undefined) continue
+    const decoded = option.decode(text)
+    if ("error" in decoded) return new ConfigError({ message: `invalid ${source} ${JSON.stringify(text)}: ${decoded.error}` })
+    config[option.key] = decoded.value
   }
-  if (flags["help"] === true) return new HelpRequested()
-  const get = (name: string) => {
-    const v = flags[name]
-    return typeof v === "string" ? v : undefined
-  }
-  const host = field(Host, "host", "HOST", { flag: get("host"), env: env["HOST"] })
-  const port = field(Port, "port", "PORT", { flag: get("port"), env: env["PORT"] })
-  const models = field(Dir, "models", "MODEL_REPOSITORY", { flag: get("models"), env: env["MODEL_REPOSITORY"] })
-  const maxBody = field(Bytes, "max-body-bytes", "MAX_BODY_BYTES", { flag: get("max-body-bytes"), env: env["MAX_BODY_BYTES"] })
-  const grace = field(Seconds, "grace-period-seconds", "GRACE_PERIOD_SECONDS", { flag: get("grace-period-seconds"), env: env["GRACE_PERIOD_SECONDS"] })
-  const grpcRaw = get("grpc-port") ?? (env["GRPC_PORT"] === "" ? undefined : env["GRPC_PORT"])
-  const grpcOff = grpcRaw !== undefined && grpcRaw.toLowerCase() === "off"
-  const grpcPort = grpcOff ? undefined : field(Port, "grpc-port", "GRPC_PORT", { flag: get("grpc-port"), env: env["GRPC_PORT"] })
-  const mode = field(ModelControlMode, "model-control-mode", "MODEL_CONTROL_MODE", { flag: get("model-control-mode"), env: env["MODEL_CONTROL_MODE"] })
-  const loadModels = flags["load-model"]
-  const loadList = Array.isArray(loadModels) ? loadModels : []
-  for (const v of [host, port, models, maxBody, grace, grpcPort, mode]) if (v instanceof ConfigError) return v
-  const badName = loadList.find((name) => !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name))
-  if (badName !== undefined) return new ConfigError({ message: `invalid --load-model ${JSON.stringify(badName)}: letters, digits, "_", "." and "-" only` })
-  if (loadList.length > 0 && (mode ?? defaults.modelControlMode) !== "explicit") {
+  // A free HTTP port (tests, several servers on one host) implies a free gRPC port too.
+  const grpcGiven = flags.grpcPort !== undefined || (env["GRPC_PORT"] ?? "") !== ""
+  if (!grpcGiven && config["port"] === 0) config["grpcPort"] = 0
+  if ((config["loadModels"] as ReadonlyArray<string>).length > 0 && config["modelControlMode"] !== "explicit") {
     return new ConfigError({ message: "--load-model needs --model-control-mode explicit (without it every model is loaded)" })
   }
-  return {
-    host: (host as string | undefined) ?? defaults.host,
-    port: (port as number | undefined) ?? defaults.port,
-    models: models === undefined ? defaults.models : Path.resolve(models as string),
-    maxBodyBytes: (maxBody as number | undefined) ?? defaults.maxBodyBytes,
-    gracePeriod: grace === undefined ? defaults.gracePeriod : Duration.millis((grace as number) * 1000),
-    // A free HTTP port (tests, several servers on one host) implies a free gRPC port too.
-    modelControlMode: (mode as "none" | "explicit" | undefined) ?? defaults.modelControlMode,
-    loadModels: loadList,
-    grpcPort: grpcOff ? undefined : (grpcPort as number | undefined) ?? (port === 0 ? 0 : defaults.grpcPort)
-  }
+  return config as unknown as ServerConfig
 }

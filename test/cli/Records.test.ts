@@ -112,3 +112,29 @@ describe("Records", () => {
     })
   })
 })
+
+describe("Records.readResume", () => {
+  const bytes = (text: string) => new TextEncoder().encode(text)
+  it("collects the answered lines, keeps complete lines only, and refuses a file that is not an output", () => {
+    const cases: ReadonlyArray<readonly [string, ReadonlyArray<number> | string, number?]> = [
+      ["", [], 0],
+      ['{"line":1,"outputs":{}}\n{"line":3,"error":{}}\n', [1, 3], 46],
+      ['{"line":1,"outputs":{}}\n{"line":2,"outp', [1], 24],
+      ['{"line":1,"outputs":{}}\n\n{"line":2,"outputs":{}}\n', [1, 2], 49],
+      ["hello\n", "line 1 of the output is not an output record of this command"],
+      ['{"line":1}\n{"line":0}\n', "line 2 of the output is not an output record of this command"],
+      ['{"line":1.5}\n', "line 1 of the output is not an output record of this command"]
+    ]
+    for (const [text, expected, keep] of cases) {
+      const result = Records.readResume(bytes(text))
+      if (typeof expected === "string") {
+        assert.deepStrictEqual(result, { error: expected }, text)
+        continue
+      }
+      assert.isFalse("error" in result, text)
+      if ("error" in result) continue
+      assert.deepStrictEqual([...result.done].sort((a, b) => a - b), expected, text)
+      assert.strictEqual(result.keepBytes, keep, text)
+    }
+  })
+})

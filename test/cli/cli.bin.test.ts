@@ -19,8 +19,9 @@ interface Run {
   readonly stderr: string
 }
 
-const start = (args: ReadonlyArray<string>): { child: ChildProcess; done: Promise<Run> } => {
-  const child = spawn(process.execPath, [entry, ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+const start = (args: ReadonlyArray<string>, stdin?: string): { child: ChildProcess; done: Promise<Run> } => {
+  const child = spawn(process.execPath, [entry, ...args], { cwd: root, stdio: [stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"] })
+  if (stdin !== undefined) child.stdin!.end(stdin)
   let stdout = ""
   let stderr = ""
   child.stdout!.on("data", (c: Buffer) => (stdout += c.toString("utf8")))
@@ -29,7 +30,7 @@ const start = (args: ReadonlyArray<string>): { child: ChildProcess; done: Promis
   return { child, done }
 }
 
-const run = (args: ReadonlyArray<string>) => start(args).done
+const run = (args: ReadonlyArray<string>, stdin?: string) => start(args, stdin).done
 
 const mlpRecord = (seed: number) =>
   JSON.stringify({ input: { datatype: "FP32", shape: [1, 784], data: Array.from({ length: 784 }, (_, i) => ((i * seed) % 7) / 7) } })
@@ -54,6 +55,7 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.strictEqual(top.code, 0)
     assert.match(top.stdout, /infer\s+Runs every record/)
     assert.match(top.stdout, /serve\s+Serves the Open Inference Protocol/)
+    assert.match(top.stdout, /perf\s+Load-tests a model/)
     assert.strictEqual(infer.code, 0)
     for (const flag of ["--model", "--input", "--output", "--concurrency", "--priority", "--on-malformed", "--progress", "--models", "--timeout-ms"]) {
       assert.include(infer.stdout, flag)
@@ -68,11 +70,40 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
       run(["infer", "--model", "mlp", "--input", file, "--output", file])
     ])
     assert.strictEqual(missing.code, 2)
-    assert.include(missing.stdout + missing.stderr, "--input")
+    // The error first, on one line, then where the usage is: not thirty lines of help.
+    assert.deepStrictEqual(missing.stderr.trim().split("\n"), [
+      "effect-onnx infer: Missing required flag: --input",
+      "Run 'effect-onnx infer --help' for usage."
+    ])
+    assert.strictEqual(missing.stdout, "")
     assert.strictEqual(same.code, 2)
     assert.include(same.stderr, "--output must not be the --input file")
     assert.strictEqual(Fs.readFileSync(file, "utf8"), mlpRecord(1))
   }, 30_000)
+
+  it("--help lists every environment variable; serve's flags are documented by the same help as infer's", async () => {
+    const [infer, serve] = await Promise.all([run(["infer", "--help"]), run(["serve", "--help"])])
+    for (const variable of ["MAX_CONCURRENT_REQUESTS", "MAX_QUEUED_REQUESTS", "QUEUE_TIMEOUT_MS", "ENABLE_PRIORITY_QUEUE", "AGING_MS", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_BSP_SCHEDULE_DELAY", "OTEL_METRIC_EXPORT_INTERVAL", "OTEL_SDK_DISABLED"]) {
+      assert.include(infer.stdout, variable)
+      assert.include(serve.stdout, variable)
+    }
+    for (const [flag, variable] of [["--host", "HOST"], ["--port", "PORT"], ["--models", "MODEL_REPOSITORY"], ["--max-body-bytes", "MAX_BODY_BYTES"], ["--grace-period-seconds", "GRACE_PERIOD_SECONDS"], ["--strict-readiness", "STRICT_READINESS"], ["--exit-on-error", "EXIT_ON_ERROR"], ["--metrics-format", "METRICS_FORMAT"]]) {
+      assert.match(serve.stdout, new RegExp(`${flag} .*\\[${variable}\\]`))
+    }
+    assert.match(serve.stdout, /USAGE\n\s+effect-onnx serve \[flags\]/)
+  }, 30_000)
+
+  it("reads standard input and writes standard output with -, and /dev/stdin, /dev/stdout too", async () => {
+    const records = [mlpRecord(1), mlpRecord(2), mlpRecord(3)].join("\n") + "\n"
+    const dash = await run(["infer", "--model", "mlp", "--input", "-", "--output", "-", "--models", models, "--progress", "none"], records)
+    assert.strictEqual(dash.code, 0, dash.stderr)
+    const lines = dash.stdout.trim().split("\n").map((l) => JSON.parse(l) as { line: number; outputs: any })
+    assert.deepStrictEqual(lines.map((l) => l.line), [1, 2, 3])
+    for (const l of lines) assert.deepStrictEqual(l.outputs.logits.shape, [1, 10])
+    const devices = await run(["infer", "--model", "mlp", "--input", "/dev/stdin", "--output", "/dev/stdout", "--models", models, "--progress", "none"], records)
+    assert.strictEqual(devices.code, 0, devices.stderr)
+    assert.strictEqual(devices.stdout, dash.stdout)
+  }, 60_000)
 
   it("writes one result per record in input order, skipping malformed lines with their line numbers", async () => {
     const input = Path.join(dir, "mixed.ndjson")
@@ -136,9 +167,52 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     for (let i = 1; i < lines.length; i++) assert.isAbove(lines[i]!, lines[i - 1]!)
     const written = Number(/interrupted: (\d+) records/.exec(result.stderr)![1])
     assert.strictEqual(lines.length, written)
+
+    // --resume: the records already written are kept and not run again; the others are appended.
+    // A last line cut mid-write (as a kill -9 would leave it) is dropped and its record runs again.
+    const cut = `{"line":${lines.at(-1)! + 1},"outputs":{"logits":{"datatype":"FP3`
+    Fs.appendFileSync(output, cut)
+    const resumed = await run(["infer", "--model", "mlp", "--input", input, "--output", output, "--models", models, "--resume", "--progress", "plain"])
+    assert.strictEqual(resumed.code, 0, resumed.stderr)
+    assert.include(resumed.stderr, `resuming: ${lines.length} records already in`)
+    const all = outputLines(output).map((o) => o.line)
+    assert.strictEqual(all.length, 20_000)
+    assert.deepStrictEqual(all.slice(0, lines.length), lines)
+    assert.strictEqual(new Set(all).size, 20_000)
+  }, 90_000)
+
+  it("--resume refuses an output that is not this command's, and standard output", async () => {
+    const input = Path.join(dir, "r.ndjson")
+    Fs.writeFileSync(input, mlpRecord(1))
+    const other = Path.join(dir, "other.txt")
+    Fs.writeFileSync(other, "precious notes\n")
+    const [notOurs, stdout] = await Promise.all([
+      run(["infer", "--model", "mlp", "--input", input, "--output", other, "--models", models, "--resume"]),
+      run(["infer", "--model", "mlp", "--input", input, "--output", "-", "--models", models, "--resume"])
+    ])
+    assert.strictEqual(notOurs.code, 1)
+    assert.include(notOurs.stderr, "cannot resume: line 1 of the output is not an output record of this command")
+    assert.strictEqual(Fs.readFileSync(other, "utf8"), "precious notes\n")
+    assert.strictEqual(stdout.code, 2)
+    assert.include(stdout.stderr, "--resume needs an --output file")
   }, 60_000)
 
-  it("serve runs the OIP server until SIGTERM", async () => {
+  it("perf load-tests a model in process and prints a table per concurrency; --grpc is refused in this build", async () => {
+    const [table, grpc] = await Promise.all([
+      run(["perf", "--model", "mlp", "--models", models, "--concurrency", "1,2", "--duration", "0.5", "--warmup", "0"]),
+      run(["perf", "--model", "mlp", "--grpc"])
+    ])
+    assert.strictEqual(table.code, 0, table.stderr)
+    const lines = table.stdout.trim().split("\n")
+    assert.match(lines[0]!, /^model mlp on the engine in this process, 0\.5 s per level$/)
+    assert.match(lines[1]!, /^concurrency\s+requests\s+errors\s+infer\/s\s+avg ms\s+p50 ms\s+p90 ms\s+p95 ms\s+p99 ms\s+max ms$/)
+    assert.match(lines[2]!, /^\s+1\s+[1-9]\d*\s+0\s+/)
+    assert.match(lines[3]!, /^\s+2\s+[1-9]\d*\s+0\s+/)
+    assert.strictEqual(grpc.code, 2)
+    assert.include(grpc.stderr, "--grpc is not available in this build")
+  }, 60_000)
+
+  it("serve runs the OIP server until SIGTERM (and perf --url measures it)", async () => {
     const { child, done } = start(["serve", "--port", "0", "--models", models, "--grace-period-seconds", "1"])
     let output = ""
     const port = await new Promise<number>((resolve, reject) => {
@@ -153,6 +227,20 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     })
     const ready = await fetch(`http://127.0.0.1:${port}/v2/models/mlp/ready`)
     assert.strictEqual(ready.status, 200)
+
+    // perf against it: binary tensors, JSON out.
+    const perf = await run(["perf", "--model", "mlp", "--url", `http://127.0.0.1:${port}`, "--binary", "--concurrency", "1,4", "--duration", "0.5", "--warmup", "0.1", "--json"])
+    assert.strictEqual(perf.code, 0, perf.stderr)
+    const report = JSON.parse(perf.stdout) as { target: string; binary: boolean; levels: Array<{ concurrency: number; requests: number; errors: number; throughput: number; latencyMs: { p50: number; p99: number } }> }
+    assert.strictEqual(report.target, `http://127.0.0.1:${port}`)
+    assert.isTrue(report.binary)
+    assert.deepStrictEqual(report.levels.map((l) => l.concurrency), [1, 4])
+    for (const level of report.levels) {
+      assert.isAbove(level.requests, 0)
+      assert.strictEqual(level.errors, 0)
+      assert.isAbove(level.throughput, 0)
+      assert.isAtMost(level.latencyMs.p50, level.latencyMs.p99)
+    }
     child.kill("SIGTERM")
     assert.strictEqual((await done).code, 0)
   }, 60_000)

@@ -46,7 +46,23 @@ const asyncConfig = (env: Record<string, string>) =>
     ConfigProvider.fromEnv({ env })
   )))
 
-const describeBoth = (env: Record<string, string>) => JSON.stringify([ServerConfig.parse([], env), asyncConfig(env)], (_, v) => (Duration.isDuration(v) ? Duration.toMillis(v) : v))
+/** Container args (`--flag value`, the form the manifests use) as `ServerConfig.decode`'s flags, through the one options table. */
+const flagsOf = (args: ReadonlyArray<string>): Partial<Record<keyof ServerConfig.ServerConfig, string>> | string => {
+  const flags: Partial<Record<keyof ServerConfig.ServerConfig, string>> = {}
+  for (let i = 0; i < args.length; i += 2) {
+    const option = ServerConfig.options.find((o) => `--${o.flag}` === args[i])
+    if (option === undefined || args[i + 1] === undefined) return `unknown flag or missing value: ${args[i]}`
+    flags[option.key] = option.repeatable === true && flags[option.key] !== undefined ? `${flags[option.key]},${args[i + 1]}` : args[i + 1]!
+  }
+  return flags
+}
+
+const parse = (args: ReadonlyArray<string>, env: Record<string, string>) => {
+  const flags = flagsOf(args)
+  return typeof flags === "string" ? new ServerConfig.ConfigError({ message: flags }) : ServerConfig.decode(flags, env)
+}
+
+const describeBoth = (env: Record<string, string>) => JSON.stringify([parse([], env), asyncConfig(env)], (_, v) => (Duration.isDuration(v) ? Duration.toMillis(v) : v))
 
 /**
  * Whether the server reads `name`: some value of it changes the server's or the engine's
@@ -59,7 +75,7 @@ const serverReads = (name: string, value: string): boolean => {
 
 /** The server's and the engine's configuration for a container's args and env, or the error. */
 const configOf = (args: ReadonlyArray<string>, env: Record<string, string>) => {
-  const server = ServerConfig.parse(args, env)
+  const server = parse(args, env)
   if (!("port" in server)) throw new Error(`the server refuses args ${JSON.stringify(args)} env ${JSON.stringify(env)}: ${"message" in server ? server.message : "--help"}`)
   const engine = asyncConfig(env)
   if (engine._tag !== "Success") throw new Error(`the engine refuses env ${JSON.stringify(env)}: ${String(engine.failure)}`)

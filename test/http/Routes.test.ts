@@ -7,6 +7,8 @@ import { Effect, Fiber } from "effect"
 import { TestClock } from "effect/testing"
 import * as Zlib from "node:zlib"
 import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
+import * as Lifecycle from "../../src/http/Lifecycle.ts"
+import * as RetryAfter from "../../src/http/RetryAfter.ts"
 
 const echoRequest = (values: ReadonlyArray<number>, extra: Record<string, unknown> = {}) => ({
   inputs: [{ name: "x", shape: [values.length / 4, 4], datatype: "FP32", data: values }],
@@ -44,7 +46,46 @@ describe("server and health routes", () => {
       assert.strictEqual(notReady.json.ready, false)
       assert.strictEqual(notReady.headers.get("connection"), "close")
       assert.strictEqual((yield* send("GET", "/v2/health/live")).status, 200)
+      // Held just before the listener closes: answers keep their connection (still 503).
+      yield* lifecycle.holdConnections(true)
+      const held = yield* send("GET", "/v2/health/ready")
+      assert.strictEqual(held.status, 503)
+      assert.isNull(held.headers.get("connection"))
+      yield* lifecycle.holdConnections(false)
+      assert.strictEqual((yield* send("GET", "/v2/health/ready")).headers.get("connection"), "close")
     }).pipe(withFreshMetrics))
+
+  it.effect("strict readiness (the server's default): 503 while a model is unavailable, naming it; not strict: 200", () =>
+    Effect.gen(function*() {
+      const strict = yield* makeApp({ routes: { strictReadiness: true } })
+      const notReady = yield* strict.send("GET", "/v2/health/ready")
+      assert.strictEqual(notReady.status, 503)
+      assert.strictEqual(notReady.json.ready, false)
+      assert.match(notReady.json.error, /^1 of \d+ model versions unavailable: broken@1$/)
+      assert.notInclude(notReady.json.error, secretPath)
+      const lenient = yield* makeApp({ routes: { strictReadiness: false } })
+      assert.strictEqual((yield* lenient.send("GET", "/v2/health/ready")).status, 200)
+    }).pipe(withFreshMetrics))
+
+  it("readiness: shutting down, strict or not, an empty repository, unavailable models", () => {
+    const ready = { name: "a", version: "1", state: "READY" }
+    const down = { name: "b", version: "2", state: "UNAVAILABLE", reason: "x" }
+    const cases: ReadonlyArray<readonly [Lifecycle.ReadinessInput, boolean, string?]> = [
+      [{ shuttingDown: false, strict: true, models: [ready] }, true],
+      [{ shuttingDown: false, strict: true, models: [ready, down] }, false, "1 of 2 model versions unavailable: b@2"],
+      [{ shuttingDown: false, strict: false, models: [ready, down] }, true],
+      [{ shuttingDown: false, strict: true, models: [] }, false, "the model repository holds no model"],
+      [{ shuttingDown: false, strict: false, models: [] }, true],
+      [{ shuttingDown: true, strict: false, models: [ready] }, false, "the server is shutting down"],
+      [{ shuttingDown: true, strict: true, models: [down] }, false, "the server is shutting down"],
+      [{ shuttingDown: false, strict: true, models: Array.from({ length: 7 }, (_, i) => ({ ...down, name: `m${i}` })) }, false, "7 of 7 model versions unavailable: m0@2, m1@2, m2@2, m3@2, m4@2 and 2 more"]
+    ]
+    for (const [input, expected, reason] of cases) {
+      const result = Lifecycle.readiness(input)
+      assert.strictEqual(result.ready, expected, JSON.stringify(input))
+      if (!result.ready) assert.strictEqual(result.reason, reason)
+    }
+  })
 
   it.effect("an unknown route is a JSON 404", () =>
     Effect.gen(function*() {
@@ -393,6 +434,44 @@ describe("inference", () => {
       assert.include(r.json.error, "exceeded its 50 ms deadline")
     }).pipe(withFreshMetrics))
 
+  it.effect("Retry-After comes from the queue's measured drain rate: the queue over the rate, 60 s when nothing drains", () =>
+    Effect.gen(function*() {
+      const { send, gate, engine, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 10 } })
+      // One request run in the first 500 ms sample: 2 requests a second.
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+      yield* TestClock.adjust("500 millis")
+      yield* gate.close
+      const fibers = [yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })]
+      yield* waitUntil(() => stats.started === 2)
+      for (let i = 0; i < 10; i++) fibers.push(yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true }))
+      yield* waitUntil(() => Effect.runSync(engine.pending) === 11)
+      const full = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))
+      assert.strictEqual(full.status, 429)
+      assert.strictEqual(full.headers.get("retry-after"), "5", "10 queued at 2 a second")
+      // Nothing runs for a while (the gate is closed; less than the 5 s queue timeout): the
+      // measured rate decays towards 0, the wait grows.
+      yield* TestClock.adjust("4 seconds")
+      const later = Number((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).headers.get("retry-after"))
+      assert.isAbove(later, 5)
+      for (const f of fibers) yield* Fiber.interrupt(f)
+    }).pipe(withFreshMetrics))
+
+  it("RetryAfter.seconds: the queue over the drain rate, rounded up, within bounds", () => {
+    const cases: ReadonlyArray<readonly [RetryAfter.Input, number]> = [
+      [{ queued: 100, ratePerSecond: undefined }, 1],
+      [{ queued: 100, ratePerSecond: undefined, fallback: 3 }, 3],
+      [{ queued: 100, ratePerSecond: 0 }, 60],
+      [{ queued: 100, ratePerSecond: 1000 }, 1],
+      [{ queued: 100, ratePerSecond: 40 }, 3],
+      [{ queued: 100, ratePerSecond: 50 }, 2],
+      [{ queued: 100, ratePerSecond: 0.5 }, 60],
+      [{ queued: 100, ratePerSecond: 0.5, max: 300 }, 200],
+      [{ queued: 0, ratePerSecond: 10 }, 1],
+      [{ queued: 100, ratePerSecond: Number.NaN }, 1]
+    ]
+    for (const [input, expected] of cases) assert.strictEqual(RetryAfter.seconds(input), expected, JSON.stringify(input))
+  })
+
   it.effect("429 with Retry-After when the queue is full; nothing is read or queued", () =>
     Effect.gen(function*() {
       const { send, gate, engine, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })
@@ -440,13 +519,37 @@ describe("inference", () => {
       assert.strictEqual((yield* engine.queueStats).total, 0)
       yield* Fiber.interrupt(running)
       const metrics = yield* send("GET", "/metrics")
-      assert.include(metrics.text, "inference_request_failure_total{model=\"echo\",reason=\"cancelled\"} 1")
-      assert.include(metrics.text, "inference_request_failure_total{model=\"slow\",reason=\"cancelled\"} 1")
+      assert.include(metrics.text, "inference_requests_total{model=\"echo\",outcome=\"cancelled\"} 1")
+      assert.include(metrics.text, "inference_requests_total{model=\"slow\",outcome=\"cancelled\"} 1")
     }).pipe(withFreshMetrics))
 })
 
 describe("GET /metrics", () => {
-  it.effect("renders Triton-like families: success, failure by reason, counts, pending by priority, durations by model", () =>
+  it.effect("--metrics-format triton adds Triton's nv_inference_* families from the same counters", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp({ routes: { metricsFormat: "triton" } })
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3]))).status, 400)
+      const text = (yield* send("GET", "/metrics")).text
+      for (
+        const line of [
+          "nv_inference_request_success{model=\"echo\",version=\"\"} 1",
+          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"OTHER\"} 1",
+          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"REJECTED\"} 0",
+          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"CANCELED\"} 0",
+          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"BACKEND\"} 0",
+          "nv_inference_count{model=\"echo\",version=\"\"} 1",
+          "nv_inference_exec_count{model=\"echo\",version=\"\"} 1",
+          "# TYPE nv_inference_request_duration_us counter",
+          "# TYPE nv_inference_queue_duration_us counter",
+          "# TYPE nv_inference_compute_infer_duration_us counter",
+          "# TYPE nv_inference_pending_request_count gauge",
+          "inference_requests_total{model=\"echo\",outcome=\"success\"} 1"
+        ]
+      ) assert.include(text, line)
+    }).pipe(withFreshMetrics))
+
+  it.effect("renders one family per fact: requests by outcome (every outcome has a row), counts, pending by priority, durations in seconds by model", () =>
     Effect.gen(function*() {
       const { send, gate, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
@@ -475,21 +578,38 @@ describe("GET /metrics", () => {
       const text = (yield* send("GET", "/metrics")).text
       for (
         const line of [
-          "inference_request_success_total{model=\"echo\"} 2",
-          "inference_request_success_total{model=\"slow\"} 1",
-          "inference_request_failure_total{model=\"echo\",reason=\"invalid\"} 1",
-          "inference_request_failure_total{model=\"echo\",reason=\"rejected\"} 1",
-          "inference_request_failure_total{model=\"slow\",reason=\"timeout\"} 1",
-          "inference_request_failure_total{model=\"echo\",reason=\"backend\"} 0",
+          "inference_requests_total{model=\"echo\",outcome=\"success\"} 2",
+          "inference_requests_total{model=\"slow\",outcome=\"success\"} 1",
+          "inference_requests_total{model=\"echo\",outcome=\"invalid\"} 1",
+          "inference_requests_total{model=\"echo\",outcome=\"rejected\"} 1",
+          "inference_requests_total{model=\"slow\",outcome=\"timeout\"} 1",
+          "inference_requests_total{model=\"echo\",outcome=\"backend\"} 0",
+          "inference_requests_total{model=\"echo\",outcome=\"cancelled\"} 0",
+          "inference_requests_total{model=\"echo\",outcome=\"timeout\"} 0",
+          "inference_requests_started_total{model=\"echo\"} 4",
           "inference_count_total{model=\"echo\"} 2",
-          "inference_exec_total{model=\"echo\"} 2",
+          "inference_executions_total{model=\"echo\"} 2",
           "inference_pending_requests{model=\"slow\",priority=\"High\"} 0",
-          "# TYPE inference_queue_duration_ms histogram",
-          "# TYPE inference_compute_duration_ms histogram",
-          "# TYPE inference_request_duration_ms histogram",
-          "inference_request_duration_ms_count{model=\"slow\"} 1"
+          "# TYPE inference_queue_duration_seconds histogram",
+          "# TYPE inference_compute_duration_seconds histogram",
+          "# TYPE inference_request_duration_seconds histogram",
+          "inference_request_duration_seconds_count{model=\"slow\"} 1",
+          "# TYPE process_cpu_seconds_total counter",
+          "# TYPE process_resident_memory_bytes gauge",
+          "# TYPE process_start_time_seconds gauge",
+          "# TYPE nodejs_eventloop_lag_seconds gauge",
+          "# TYPE nodejs_heap_size_used_bytes gauge",
+          "# TYPE nodejs_gc_duration_seconds histogram"
         ]
       ) assert.include(text, line)
+      // The old overlapping families are gone: one family per fact.
+      for (const gone of ["inference_request_success_total", "inference_request_failure_total", "inference_request_failures_total", "_duration_ms"]) {
+        assert.notInclude(text, gone)
+      }
+      // Every sample line belongs to a family declared once.
+      const types = text.split("\n").filter((l) => l.startsWith("# TYPE ")).map((l) => l.split(" ")[2])
+      assert.strictEqual(new Set(types).size, types.length, "no family declared twice")
+      assert.notInclude(text, "nv_inference_", "Triton's names only with --metrics-format triton")
     }).pipe(withFreshMetrics))
 })
 
@@ -643,7 +763,7 @@ describe("Triton's statistics extension", () => {
       assert.deepStrictEqual(s.batch_stats.map((b: any) => [b.batch_size, b.compute_infer.count]), [[1, 2]])
       const metrics = (yield* send("GET", "/metrics")).text
       assert.match(metrics, /inference_count_total\{model="echo"\} 2\b/)
-      assert.match(metrics, /inference_exec_total\{model="echo"\} 2\b/)
+      assert.match(metrics, /inference_executions_total\{model="echo"\} 2\b/)
       const all = yield* send("GET", "/v2/models/stats")
       assert.strictEqual(all.status, 200)
       const names = (all.json.model_stats as Array<{ name: string; version: string }>).map((m) => `${m.name}/${m.version}`)

@@ -3,11 +3,12 @@ import { Duration } from "effect"
 import * as Path from "node:path"
 import * as ServerConfig from "../../src/http/ServerConfig.ts"
 
-const parse = (argv: ReadonlyArray<string>, env: Record<string, string> = {}) => ServerConfig.parse(argv, env)
+type Flags = Partial<Record<keyof ServerConfig.ServerConfig, string>>
+const decode = (flags: Flags, env: Record<string, string> = {}) => ServerConfig.decode(flags, env)
 
 describe("ServerConfig", () => {
-  it("defaults to 127.0.0.1:8000, the bundled repository, 16 MiB bodies and a 30 s grace period", () => {
-    const config = parse([])
+  it("defaults to 127.0.0.1:8000, the bundled repository, 16 MiB bodies, a 30 s grace period, strict readiness", () => {
+    const config = decode({})
     assert.deepStrictEqual(config, ServerConfig.defaults)
     if (!("host" in config)) return
     assert.strictEqual(config.host, "127.0.0.1")
@@ -15,71 +16,95 @@ describe("ServerConfig", () => {
     assert.strictEqual(Path.basename(config.models), "models")
     assert.strictEqual(config.maxBodyBytes, 16 * 1024 * 1024)
     assert.strictEqual(Duration.toSeconds(config.gracePeriod), 30)
+    assert.strictEqual(config.strictReadiness, true)
+    assert.strictEqual(config.exitOnError, false)
+    assert.strictEqual(config.metricsFormat, "default")
   })
 
   it("reads the environment, and flags win over it", () => {
-    const env = { HOST: "0.0.0.0", PORT: "8080", MODEL_REPOSITORY: "/mnt/models", MAX_BODY_BYTES: "1024", GRACE_PERIOD_SECONDS: "2.5" }
-    const fromEnv = parse([], env)
-    assert.deepInclude(fromEnv, { host: "0.0.0.0", port: 8080, models: "/mnt/models", maxBodyBytes: 1024 })
+    const env = {
+      HOST: "0.0.0.0",
+      PORT: "8080",
+      MODEL_REPOSITORY: "/mnt/models",
+      MAX_BODY_BYTES: "1024",
+      GRACE_PERIOD_SECONDS: "2.5",
+      STRICT_READINESS: "false",
+      EXIT_ON_ERROR: "1",
+      METRICS_FORMAT: "triton"
+    }
+    const fromEnv = decode({}, env)
+    assert.deepInclude(fromEnv, { host: "0.0.0.0", port: 8080, models: "/mnt/models", maxBodyBytes: 1024, strictReadiness: false, exitOnError: true, metricsFormat: "triton" })
     if ("gracePeriod" in fromEnv) assert.strictEqual(Duration.toMillis(fromEnv.gracePeriod), 2500)
-    const fromFlags = parse(["--host", "::1", "--port=9000", "--models", "repo", "--max-body-bytes", "2048", "--grace-period-seconds", "0"], env)
-    assert.deepInclude(fromFlags, { host: "::1", port: 9000, models: Path.resolve("repo"), maxBodyBytes: 2048 })
+    const fromFlags = decode({
+      host: "::1",
+      port: "9000",
+      models: "repo",
+      maxBodyBytes: "2048",
+      gracePeriod: "0",
+      strictReadiness: "true",
+      exitOnError: "no",
+      metricsFormat: "default"
+    }, env)
+    assert.deepInclude(fromFlags, { host: "::1", port: 9000, models: Path.resolve("repo"), maxBodyBytes: 2048, strictReadiness: true, exitOnError: false, metricsFormat: "default" })
     if ("gracePeriod" in fromFlags) assert.strictEqual(Duration.toMillis(fromFlags.gracePeriod), 0)
   })
 
   it("names the flag or variable and what is wrong", () => {
-    const cases: ReadonlyArray<readonly [ReadonlyArray<string>, Record<string, string>, string]> = [
-      [["--port", "eighty"], {}, "invalid --port \"eighty\""],
-      [["--port", "70000"], {}, "invalid --port \"70000\""],
-      [[], { PORT: "-1" }, "invalid PORT \"-1\""],
-      [["--max-body-bytes", "1.5"], {}, "invalid --max-body-bytes \"1.5\""],
-      [[], { GRACE_PERIOD_SECONDS: "soon" }, "invalid GRACE_PERIOD_SECONDS \"soon\""],
-      [["--host", "a b"], {}, "invalid --host \"a b\""],
-      [["--models", ""], {}, "invalid --models \"\""],
-      [["--bogus"], {}, "Unknown option '--bogus'"],
-      [["extra"], {}, "Unexpected argument 'extra'"]
+    const cases: ReadonlyArray<readonly [Flags, Record<string, string>, string]> = [
+      [{ port: "eighty" }, {}, "invalid --port \"eighty\""],
+      [{ port: "70000" }, {}, "invalid --port \"70000\""],
+      [{}, { PORT: "-1" }, "invalid PORT \"-1\""],
+      [{ maxBodyBytes: "1.5" }, {}, "invalid --max-body-bytes \"1.5\""],
+      [{}, { GRACE_PERIOD_SECONDS: "soon" }, "invalid GRACE_PERIOD_SECONDS \"soon\""],
+      [{ host: "a b" }, {}, "invalid --host \"a b\""],
+      [{ models: "" }, {}, "invalid --models \"\""],
+      [{ strictReadiness: "maybe" }, {}, "invalid --strict-readiness \"maybe\""],
+      [{}, { METRICS_FORMAT: "prometheus" }, "invalid METRICS_FORMAT \"prometheus\""]
     ]
-    for (const [argv, env, message] of cases) {
-      const result = parse(argv, env)
-      assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify(argv))
+    for (const [flags, env, message] of cases) {
+      const result = decode(flags, env)
+      assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify(flags))
       if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
     }
   })
 
   it("serves gRPC on 8001 by default; --grpc-port or GRPC_PORT moves it, 0 picks a free port, off turns it off", () => {
-    assert.strictEqual((parse([]) as ServerConfig.ServerConfig).grpcPort, 8001)
-    assert.strictEqual((parse([], { GRPC_PORT: "9001" }) as ServerConfig.ServerConfig).grpcPort, 9001)
-    assert.strictEqual((parse(["--port", "0"]) as ServerConfig.ServerConfig).grpcPort, 0)
-    assert.strictEqual((parse(["--port", "0", "--grpc-port", "9002"]) as ServerConfig.ServerConfig).grpcPort, 9002)
-    assert.strictEqual((parse(["--grpc-port", "0"], { GRPC_PORT: "9001" }) as ServerConfig.ServerConfig).grpcPort, 0)
-    assert.isUndefined((parse(["--grpc-port", "off"]) as ServerConfig.ServerConfig).grpcPort)
-    assert.isUndefined((parse([], { GRPC_PORT: "OFF" }) as ServerConfig.ServerConfig).grpcPort)
-    const bad = parse(["--grpc-port", "grpc"])
+    const grpcPort = (flags: Record<string, string>, env: Record<string, string> = {}) => (decode(flags, env) as ServerConfig.ServerConfig).grpcPort
+    assert.strictEqual(grpcPort({}), 8001)
+    assert.strictEqual(grpcPort({}, { GRPC_PORT: "9001" }), 9001)
+    assert.strictEqual(grpcPort({ port: "0" }), 0, "a free HTTP port implies a free gRPC port")
+    assert.strictEqual(grpcPort({ port: "0", grpcPort: "9002" }), 9002)
+    assert.strictEqual(grpcPort({ grpcPort: "0" }, { GRPC_PORT: "9001" }), 0)
+    assert.isUndefined(grpcPort({ grpcPort: "off" }))
+    assert.isUndefined(grpcPort({}, { GRPC_PORT: "OFF" }))
+    const bad = decode({ grpcPort: "grpc" }, {})
     assert.instanceOf(bad, ServerConfig.ConfigError)
     if (bad instanceof ServerConfig.ConfigError) assert.include(bad.message, "invalid --grpc-port \"grpc\"")
   })
 
-  it("explicit model control with --load-model (repeatable); --load-model alone, a bad mode or a bad name is refused", () => {
-    assert.deepInclude(parse([]) as ServerConfig.ServerConfig, { modelControlMode: "none", loadModels: [] })
-    assert.deepInclude(parse(["--model-control-mode", "explicit", "--load-model", "a", "--load-model", "b.2"]) as ServerConfig.ServerConfig, {
+  it("explicit model control with --load-model (repeatable: its values arrive joined); --load-model alone, a bad mode or a bad name is refused", () => {
+    assert.deepInclude(decode({}, {}) as ServerConfig.ServerConfig, { modelControlMode: "none", loadModels: [] })
+    assert.deepInclude(decode({ modelControlMode: "explicit", loadModels: "a,b.2" }, {}) as ServerConfig.ServerConfig, {
       modelControlMode: "explicit",
       loadModels: ["a", "b.2"]
     })
-    assert.deepInclude(parse([], { MODEL_CONTROL_MODE: "explicit" }) as ServerConfig.ServerConfig, { modelControlMode: "explicit" })
-    const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
-      [["--load-model", "a"], "--load-model needs --model-control-mode explicit"],
-      [["--model-control-mode", "poll"], "invalid --model-control-mode \"poll\""],
-      [["--model-control-mode", "explicit", "--load-model", "../x"], "invalid --load-model \"../x\""]
+    assert.deepInclude(decode({}, { MODEL_CONTROL_MODE: "explicit" }) as ServerConfig.ServerConfig, { modelControlMode: "explicit" })
+    const cases: ReadonlyArray<readonly [Record<string, string>, string]> = [
+      [{ loadModels: "a" }, "--load-model needs --model-control-mode explicit"],
+      [{ modelControlMode: "poll" }, "invalid --model-control-mode \"poll\""],
+      [{ modelControlMode: "explicit", loadModels: "../x" }, "invalid --load-model \"../x\""]
     ]
-    for (const [argv, message] of cases) {
-      const result = parse(argv)
-      assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify(argv))
+    for (const [flags, message] of cases) {
+      const result = decode(flags, {})
+      assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify(flags))
       if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
     }
   })
 
-  it("--help asks for the usage", () => {
-    assert.instanceOf(parse(["--help"]), ServerConfig.HelpRequested)
-    assert.instanceOf(parse(["-h"]), ServerConfig.HelpRequested)
+  it("has one row per configuration field, each with a distinct flag and variable", () => {
+    const keys = ServerConfig.options.map((o) => o.key).sort()
+    assert.deepStrictEqual(keys, Object.keys(ServerConfig.defaults).sort())
+    assert.strictEqual(new Set(ServerConfig.options.map((o) => o.flag)).size, ServerConfig.options.length)
+    assert.strictEqual(new Set(ServerConfig.options.map((o) => o.variable)).size, ServerConfig.options.length)
   })
 })

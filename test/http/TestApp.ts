@@ -164,13 +164,21 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
 export interface AppOptions extends TestPoolOptions {
   readonly config?: Partial<AsyncConfig> | undefined
   readonly bodyLimitBytes?: number | undefined
+  /** Overrides of `routeOptions` (strict readiness, Retry-After, metrics format). */
+  readonly routes?: Partial<Routes.Options> | undefined
 }
 
-export const routeOptions = (bodyLimitBytes = 1024 * 1024): Routes.Options => ({
+/**
+ * The routes' options for the test pool. Readiness is not strict by default here: the pool holds
+ * `broken` on purpose, which strict readiness (the server's default) reports as not ready.
+ */
+export const routeOptions = (bodyLimitBytes = 1024 * 1024, overrides: Partial<Routes.Options> = {}): Routes.Options => ({
   bodyLimitBytes,
   serverName: "effect-onnx",
   serverVersion: "0.0.0-test",
-  redactPaths: [secretPath]
+  redactPaths: [secretPath],
+  strictReadiness: false,
+  ...overrides
 })
 
 export interface TestResponse {
@@ -217,7 +225,7 @@ export const makeApp = (options: AppOptions = {}): Effect.Effect<
       )
     )
     const app = yield* HttpRouter.toHttpEffect(
-      Routes.layer(routeOptions(options.bodyLimitBytes)).pipe(Layer.provide(Layer.succeedContext(services)))
+      Routes.layer(routeOptions(options.bodyLimitBytes, options.routes ?? {})).pipe(Layer.provide(Layer.succeedContext(services)))
     ).pipe(Effect.provideService(HttpRouter.RouterConfig, Routes.routerConfig))
     const send: Send = (method, path, body, headers) =>
       Effect.gen(function*() {

@@ -95,8 +95,11 @@ describe("node src/bin/server.ts", () => {
     const corrupt = await json(Client.send(server.port, "POST", "/v2/models/corrupt/infer", { inputs: [] }))
     assert.strictEqual(corrupt.status, 503)
     assert.notInclude(JSON.stringify(corrupt.body), repository)
+    // Strict readiness (the default, as Triton's): not ready while a model is unavailable.
     const ready = await json(Client.send(server.port, "GET", "/v2/health/ready"))
-    assert.strictEqual(ready.status, 200)
+    assert.strictEqual(ready.status, 503)
+    assert.match((ready.body as { error: string }).error, /^3 of 7 model versions unavailable: corrupt@1, empty@1, truncated@1$/)
+    assert.include(server.output(), "model corrupt@1 is UNAVAILABLE")
   })
 
   it("runs the MLP and Silero VAD; the highest version is the default", async () => {
@@ -209,13 +212,52 @@ describe("node src/bin/server.ts", () => {
     assert.isAtLeast(okAfterSignal, 1, "requests in flight at the signal were answered")
   }, 45_000)
 
-  it("refuses an invalid flag with exit 2 and the usage", async () => {
-    const child = spawn(process.execPath, [entry, "--port", "eighty"], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
-    let stderr = ""
-    child.stderr.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
-    const code = await new Promise<number | null>((r) => child.on("exit", r))
-    assert.strictEqual(code, 2)
-    assert.include(stderr, "invalid --port \"eighty\"")
-    assert.include(stderr, "Usage: node src/bin/server.ts")
+  it("refuses an invalid flag with exit 2 and a one-line error first, through the same parser as every command", async () => {
+    const run = async (args: ReadonlyArray<string>) => {
+      const child = spawn(process.execPath, [entry, ...args], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+      let stderr = ""
+      child.stderr.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
+      const code = await new Promise<number | null>((r) => child.on("exit", r))
+      return { code, lines: stderr.trim().split("\n") }
+    }
+    const eighty = await run(["--port", "eighty"])
+    assert.strictEqual(eighty.code, 2)
+    assert.deepStrictEqual(eighty.lines, ["effect-onnx: serve: invalid --port \"eighty\": Expected an integer"])
+    const bogus = await run(["--bogus"])
+    assert.strictEqual(bogus.code, 2)
+    assert.match(bogus.lines[0]!, /^effect-onnx serve: Unrecognized flag: --bogus/)
+    assert.deepStrictEqual(bogus.lines.slice(1), ["Run 'effect-onnx serve --help' for usage."])
   }, 20_000)
+
+  it("--exit-on-error true exits 1 at start, naming the model that failed to load (as Triton's)", async () => {
+    const child = spawn(process.execPath, [entry, "--port", "0", "--models", repository, "--exit-on-error", "true"], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+    let output = ""
+    child.stdout.on("data", (c: Buffer) => (output += c.toString("utf8")))
+    child.stderr.on("data", (c: Buffer) => (output += c.toString("utf8")))
+    const code = await new Promise<number | null>((r) => child.on("exit", r))
+    assert.strictEqual(code, 1, output)
+    assert.include(output, "3 of 7 model versions failed to load; exiting (--exit-on-error)")
+    assert.include(output, "model corrupt@1 is UNAVAILABLE")
+    assert.notInclude(output, "listening on")
+  }, 30_000)
+
+  it("an empty repository: a warning at start, and never ready under strict readiness (ready with --strict-readiness false)", async () => {
+    const empty = Fs.mkdtempSync(Path.join(Os.tmpdir(), "empty-repo-"))
+    const [strict, lenient] = await Promise.all([
+      startServer(["--port", "0", "--models", empty]),
+      startServer(["--port", "0", "--models", empty], { STRICT_READINESS: "false" })
+    ])
+    try {
+      assert.match(strict.output(), /WARN .*the model repository .* holds no model: the server will not turn ready \(--strict-readiness\)/)
+      const notReady = await json(Client.send(strict.port, "GET", "/v2/health/ready"))
+      assert.strictEqual(notReady.status, 503)
+      assert.strictEqual(notReady.body.error, "the model repository holds no model")
+      assert.match(lenient.output(), /WARN .*holds no model/)
+      assert.strictEqual((await json(Client.send(lenient.port, "GET", "/v2/health/ready"))).status, 200)
+    } finally {
+      for (const s of [strict, lenient]) s.child.kill("SIGKILL")
+      await Promise.all([strict.exit, lenient.exit])
+      Fs.rmSync(empty, { recursive: true, force: true })
+    }
+  }, 30_000)
 })

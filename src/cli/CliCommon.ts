@@ -1,0 +1,56 @@
+/**
+ * What every command of `effect-onnx` shares: its name, the exit-code error, the one-line
+ * failure, and how a command line that does not parse is reported (`presenter`): the error on
+ * one line first, then where to find the usage, not the whole help.
+ *
+ * @module CliCommon
+ */
+import { Cause, Data, Effect, Exit, type Runtime } from "effect"
+import { CliError, CliOutput } from "effect/cli"
+
+/** Ends the process with `code`, after the message was printed. */
+export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
+
+/** The name the package installs the command under. */
+export const name = "effect-onnx"
+
+/** Prints `effect-onnx: message` on stderr and ends with `code`. */
+export const fail = (message: string, code = 1): Effect.Effect<never, ExitCode> =>
+  Effect.andThen(Effect.sync(() => process.stderr.write(`${name}: ${message}\n`)), Effect.fail(new ExitCode({ code })))
+
+/**
+ * Help and version as effect/cli prints them; an invalid invocation as one line per error on
+ * stderr (`effect-onnx infer: Missing required flag: --model`), then a pointer to `--help`.
+ */
+export const presenter: CliOutput.Presenter = {
+  present: (event) => {
+    if (event._tag !== "InvalidInvocation") return CliOutput.defaultPresenter.present(event)
+    const path = event.commandPath.join(" ")
+    const lines = event.errors.map((e) => `${path}: ${String((e as { message?: unknown }).message ?? e)}`.replace(/\s*\n\s*/g, " "))
+    return Effect.sync(() => process.stderr.write(`${lines.join("\n")}\nRun '${path} --help' for usage.\n`))
+  }
+}
+
+let stoppedBySignal = false
+
+/** The server calls this when a signal (or its parent's exit) asks it to stop: the interruption that follows is its normal end. */
+export const markStoppedBySignal = (): void => {
+  stoppedBySignal = true
+}
+
+/**
+ * Exit codes: 0 done (and a server stopped by a signal, after its drain), 130 interrupted
+ * (Ctrl+C during a batch), 2 invalid command line, known failures their code (already
+ * reported), 1 anything else (printed).
+ */
+export const teardown: Runtime.Teardown = (exit, onExit) => {
+  if (Exit.isSuccess(exit)) return onExit(0)
+  if (Cause.hasInterruptsOnly(exit.cause)) return onExit(stoppedBySignal ? 0 : 130)
+  const error = Cause.findErrorOption(exit.cause)
+  if (error._tag === "Some") {
+    if (error.value instanceof ExitCode) return onExit(error.value.code)
+    if (CliError.isCliError(error.value)) return onExit(2)
+  }
+  process.stderr.write(`${Cause.pretty(exit.cause)}\n`)
+  return onExit(1)
+}

@@ -1,0 +1,339 @@
+/**
+ * `effect-onnx perf`: a load generator for your own model, in the spirit of Triton's
+ * `perf_analyzer`. For each concurrency level, that many clients each send their next request as
+ * soon as the previous one is answered (a closed loop), for `duration` seconds after a short
+ * warm-up; it prints the throughput and the latency percentiles of each level (`--json`: one
+ * machine-readable document on stdout).
+ *
+ * - Target: the engine in this process (default: the model repository `--models`, with the
+ *   engine's settings from the environment), or a running Open Inference Protocol server
+ *   (`--url http://host:port`), in JSON or, with `--binary`, Triton's binary tensor data.
+ *   `--grpc` is refused: this build has no gRPC client.
+ * - Inputs: the records of an NDJSON file (`--input`, the format of `infer`), sent in turn; or
+ *   made from the model's metadata (`makeInputs`): each dynamic dim 1, or the dims of the
+ *   model's first declared input signature, values within the signature's `values`/`min`/`max`,
+ *   else small random numbers.
+ * - Latency is measured at the client, from send to answer; a request that fails (an error
+ *   status, a refused connection, an engine error) counts as an error and not in the latencies.
+ *
+ * The policy parts are pure and tested on their own: `parseLevels`, `makeInputs`, `summarize`,
+ * `formatTable`.
+ *
+ * @module Perf
+ */
+import { Data, Effect, FileSystem } from "effect"
+import * as Http from "node:http"
+import { AsyncInferenceEngine } from "../Engine.ts"
+import * as Oip from "../http/Oip.ts"
+import * as InferenceError from "../InferenceError.ts"
+import * as InferenceRequest from "../InferenceRequest.ts"
+import type * as InputSignature from "../InputSignature.ts"
+import * as ModelMetadata from "../ModelMetadata.ts"
+import { ModelPool } from "../ModelPool.ts"
+import type * as Tensor from "../Tensor.ts"
+import * as Infer from "./Infer.ts"
+import * as Records from "./Records.ts"
+
+export interface Options {
+  readonly model: string
+  readonly version?: string | undefined
+  readonly levels: ReadonlyArray<number>
+  /** Measured seconds per level. */
+  readonly durationSeconds: number
+  /** Unmeasured seconds before each level. */
+  readonly warmupSeconds: number
+  /** A running server; undefined: the engine in this process. */
+  readonly url?: string | undefined
+  readonly binary: boolean
+  /** NDJSON records to send in turn; undefined: inputs made from the metadata. */
+  readonly input?: string | undefined
+  readonly repository?: string | undefined
+  /** Where the progress lines go (stderr in the CLI). */
+  readonly messages: (line: string) => void
+}
+
+/** A perf run that cannot go on: bad inputs, an unreachable server, an unknown model. */
+export class PerfError extends Data.TaggedError("PerfError")<{ readonly message: string }> {}
+
+/** `1,16,64` → [1, 16, 64]; a message for anything else. */
+export const parseLevels = (text: string): ReadonlyArray<number> | string => {
+  const parts = text.split(",").map((p) => p.trim()).filter((p) => p !== "")
+  if (parts.length === 0) return "expected a comma-separated list of positive integers, e.g. 1,16,64"
+  const levels: Array<number> = []
+  for (const part of parts) {
+    if (!/^\d+$/.test(part) || Number(part) < 1 || Number(part) > 4096) return `invalid concurrency ${JSON.stringify(part)}: an integer from 1 to 4096`
+    levels.push(Number(part))
+  }
+  return levels
+}
+
+/** A small deterministic generator (mulberry32), so that a run's inputs are repeatable. */
+const random = (seed: number) => () => {
+  seed = (seed + 0x6d2b79f5) | 0
+  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+}
+
+const isFloat = (dtype: Tensor.DataType) => dtype === "float16" || dtype === "float32" || dtype === "float64"
+
+/**
+ * `count` OIP request inputs for `metadata`: for each input, the dims of the model's first
+ * declared signature that names it, else its own dims, a dynamic dim (-1) becoming 1; values
+ * from the signature's `values` (in turn), else uniform within its `min`/`max`, else small
+ * random numbers (0…1 for floats, 0…9 for integers, true/false, "x" for strings). Pure.
+ */
+export const makeInputs = (metadata: ModelMetadata.ModelMetadata, count: number, seed = 1): ReadonlyArray<ReadonlyArray<Oip.RequestInput>> => {
+  const next = random(seed)
+  const signature: InputSignature.Signature = metadata.signatures?.[0] ?? {}
+  return Array.from({ length: count }, () =>
+    metadata.inputs.map((spec) => {
+      const constraint = signature[spec.name]
+      const shape = (constraint?.dims ?? spec.dims).map((d) => (d < 0 ? 1 : d))
+      const size = shape.reduce((a, b) => a * b, 1)
+      const value = (i: number): unknown => {
+        if (constraint?.values !== undefined) return constraint.values[i % constraint.values.length]!
+        if (spec.dtype === "bool") return next() < 0.5
+        if (spec.dtype === "string") return "x"
+        const lo = constraint?.min ?? 0
+        const hi = constraint?.max ?? (isFloat(spec.dtype) ? 1 : 9)
+        const v = lo + next() * (hi - lo)
+        return isFloat(spec.dtype) ? v : Math.round(v)
+      }
+      return { name: spec.name, datatype: Oip.datatypeOf[spec.dtype], shape, data: Array.from({ length: size }, (_, i) => value(i)) } as Oip.RequestInput
+    }))
+}
+
+export interface LevelResult {
+  readonly concurrency: number
+  readonly requests: number
+  readonly errors: number
+  /** Answered requests per second (errors excluded). */
+  readonly throughput: number
+  readonly latencyMs: { readonly avg: number; readonly p50: number; readonly p90: number; readonly p95: number; readonly p99: number; readonly max: number }
+  /** The first few distinct errors, for the report. */
+  readonly errorSamples: ReadonlyArray<string>
+}
+
+/** The result of one level from its latencies (ms, of answered requests), errors and measured seconds. Pure. */
+export const summarize = (concurrency: number, latenciesMs: ReadonlyArray<number>, errors: ReadonlyArray<string>, seconds: number): LevelResult => {
+  const sorted = [...latenciesMs].sort((a, b) => a - b)
+  const at = (q: number) => (sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!)
+  const round = (n: number) => Math.round(n * 1000) / 1000
+  return {
+    concurrency,
+    requests: sorted.length,
+    errors: errors.length,
+    throughput: seconds > 0 ? Math.round((sorted.length / seconds) * 10) / 10 : 0,
+    latencyMs: {
+      avg: round(sorted.length === 0 ? 0 : sorted.reduce((a, b) => a + b, 0) / sorted.length),
+      p50: round(at(0.5)),
+      p90: round(at(0.9)),
+      p95: round(at(0.95)),
+      p99: round(at(0.99)),
+      max: round(sorted.at(-1) ?? 0)
+    },
+    errorSamples: [...new Set(errors)].slice(0, 3)
+  }
+}
+
+/** The results as a fixed-width table, one row per level. Pure. */
+export const formatTable = (results: ReadonlyArray<LevelResult>): string => {
+  const header = ["concurrency", "requests", "errors", "infer/s", "avg ms", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms"]
+  const rows = results.map((r) => [
+    String(r.concurrency),
+    String(r.requests),
+    String(r.errors),
+    r.throughput.toFixed(1),
+    ...[r.latencyMs.avg, r.latencyMs.p50, r.latencyMs.p90, r.latencyMs.p95, r.latencyMs.p99, r.latencyMs.max].map((v) => v.toFixed(2))
+  ])
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)))
+  const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padStart(widths[i]!)).join("  ")
+  return [line(header), ...rows.map(line)].join("\n")
+}
+
+/** One request, answered (true) or failed (its error text). */
+type Send = (inputs: Tensor.TensorMap) => Effect.Effect<true | string>
+
+/** Runs each level in turn with `send`, cycling through `inputs`. */
+const runLevels = (options: Options, inputs: ReadonlyArray<Tensor.TensorMap>, send: Send) =>
+  Effect.gen(function*() {
+    const results: Array<LevelResult> = []
+    let next = 0
+    const pick = () => inputs[next++ % inputs.length]!
+    for (const concurrency of options.levels) {
+      const warmupEnd = performance.now() + options.warmupSeconds * 1000
+      const end = warmupEnd + options.durationSeconds * 1000
+      const latencies: Array<number> = []
+      const errors: Array<string> = []
+      const client = Effect.gen(function*() {
+        while (performance.now() < end) {
+          const started = performance.now()
+          const outcome = yield* send(pick())
+          const finished = performance.now()
+          if (started < warmupEnd || finished > end) continue
+          if (outcome === true) latencies.push(finished - started)
+          else errors.push(outcome)
+        }
+      })
+      options.messages(`concurrency ${concurrency}: ${options.warmupSeconds} s warm-up, ${options.durationSeconds} s measured…`)
+      yield* Effect.forEach(Array.from({ length: concurrency }), () => client, { concurrency: "unbounded", discard: true })
+      const result = summarize(concurrency, latencies, errors, options.durationSeconds)
+      options.messages(
+        `concurrency ${concurrency}: ${result.throughput} infer/s, p50 ${result.latencyMs.p50} ms, p99 ${result.latencyMs.p99} ms, ${result.errors} errors${
+          result.errorSamples.length > 0 ? ` (${result.errorSamples.join("; ")})` : ""
+        }`
+      )
+      results.push(result)
+    }
+    return results
+  })
+
+/** The inputs to send: the NDJSON file's records, or 16 made from the metadata. */
+const inputsFor = (metadata: ModelMetadata.ModelMetadata, file: string | undefined) =>
+  Effect.gen(function*() {
+    if (file === undefined) {
+      const made: Array<Tensor.TensorMap> = []
+      for (const inputs of makeInputs(metadata, 16)) {
+        const decoded = Oip.decodeInputs(metadata, inputs)
+        const invalid = decoded instanceof InferenceError.InvalidInput ? decoded : ModelMetadata.validateInputs(metadata, decoded)
+        if (invalid !== undefined) {
+          return yield* new PerfError({ message: `cannot make inputs for model ${metadata.name} from its metadata (${invalid.message}): give records with --input FILE.ndjson` })
+        }
+        made.push(decoded as Tensor.TensorMap)
+      }
+      return made
+    }
+    const fs = yield* FileSystem.FileSystem
+    const text = yield* fs.readFileString(file).pipe(Effect.mapError((e) => new PerfError({ message: `cannot read ${file}: ${e.message}` })))
+    const records: Array<Tensor.TensorMap> = []
+    const lines = text.split("\n")
+    for (let i = 0; i < lines.length; i++) {
+      if (Records.isBlank(lines[i]!)) continue
+      const decoded = Records.decode(metadata, i + 1, lines[i]!)
+      if (Records.isMalformed(decoded)) return yield* new PerfError({ message: `${file} line ${decoded.line}: ${decoded.reason}` })
+      records.push(decoded.inputs)
+    }
+    if (records.length === 0) return yield* new PerfError({ message: `${file} holds no record` })
+    return records
+  })
+
+// -- over HTTP ------------------------------------------------------------------
+
+interface HttpAnswer {
+  readonly status: number
+  readonly body: string
+}
+
+const httpRequest = (agent: Http.Agent, url: URL, method: string, path: string, body?: { readonly bytes: Uint8Array | string; readonly headers: Record<string, string> }) =>
+  Effect.callback<HttpAnswer, string>((resume) => {
+    const request = Http.request({
+      host: url.hostname,
+      port: url.port === "" ? 80 : Number(url.port),
+      method,
+      path,
+      agent,
+      headers: body === undefined ? {} : { ...body.headers, "content-length": String(Buffer.byteLength(body.bytes)) }
+    }, (response) => {
+      const chunks: Array<Buffer> = []
+      response.on("data", (c: Buffer) => chunks.push(c))
+      response.on("end", () => resume(Effect.succeed({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") })))
+      response.on("error", (e: NodeJS.ErrnoException) => resume(Effect.fail(e.code ?? e.message)))
+    })
+    request.on("error", (e: NodeJS.ErrnoException) => resume(Effect.fail(e.code ?? e.message)))
+    request.end(body?.bytes)
+    return Effect.sync(() => request.destroy())
+  })
+
+/** The model's metadata from a server's `GET /v2/models/{name}[/versions/{v}]`. */
+const remoteMetadata = (agent: Http.Agent, url: URL, model: string, version: string | undefined) =>
+  Effect.gen(function*() {
+    const path = `/v2/models/${encodeURIComponent(model)}${version === undefined ? "" : `/versions/${encodeURIComponent(version)}`}`
+    const answer = yield* httpRequest(agent, url, "GET", path).pipe(Effect.mapError((e) => new PerfError({ message: `cannot reach ${url.origin}: ${e}` })))
+    if (answer.status !== 200) return yield* new PerfError({ message: `${url.origin}${path} answered ${answer.status}: ${answer.body.slice(0, 300)}` })
+    const json = JSON.parse(answer.body) as {
+      name: string
+      versions?: Array<string>
+      inputs: Array<{ name: string; datatype: string; shape: Array<number> }>
+      outputs: Array<{ name: string; datatype: string; shape: Array<number> }>
+      properties?: Record<string, string>
+    }
+    const spec = (t: { name: string; datatype: string; shape: Array<number> }): ModelMetadata.TensorSpec | undefined => {
+      const dtype = Oip.dtypeOf(t.datatype)
+      return dtype === undefined ? undefined : { name: t.name, dtype, dims: t.shape }
+    }
+    const inputs = json.inputs.map(spec)
+    if (inputs.some((i) => i === undefined)) return yield* new PerfError({ message: `model ${model} has an input of a datatype this client does not know` })
+    const signatures = json.properties?.["input_signatures"]
+    return {
+      name: json.name,
+      version: version ?? json.versions?.at(-1) ?? "1",
+      inputs: inputs as Array<ModelMetadata.TensorSpec>,
+      outputs: json.outputs.map(spec).filter((o): o is ModelMetadata.TensorSpec => o !== undefined),
+      ...(signatures === undefined ? {} : { signatures: JSON.parse(signatures) as ReadonlyArray<InputSignature.Signature> })
+    } satisfies ModelMetadata.ModelMetadata
+  })
+
+/** One inference request body for `inputs`: JSON, or JSON and binary tensor data. */
+export const encodeRequest = (inputs: Tensor.TensorMap, binary: boolean): { readonly bytes: Uint8Array | string; readonly headers: Record<string, string> } => {
+  if (!binary) {
+    const parts = Object.entries(inputs).map(([name, tensor]) =>
+      `{"name":${JSON.stringify(name)},"datatype":"${Oip.datatypeOf[tensor.dtype]}","shape":[${tensor.dims.join(",")}],"data":${Oip.encodeData(tensor)}}`
+    )
+    return { bytes: `{"inputs":[${parts.join(",")}]}`, headers: { "content-type": "application/json" } }
+  }
+  const blobs = Object.values(inputs).map(Oip.encodeBinaryData)
+  const header = JSON.stringify({
+    inputs: Object.entries(inputs).map(([name, tensor], i) => ({
+      name,
+      datatype: Oip.datatypeOf[tensor.dtype],
+      shape: tensor.dims,
+      parameters: { binary_data_size: blobs[i]!.length }
+    }))
+  })
+  const json = new TextEncoder().encode(header)
+  const bytes = new Uint8Array(json.length + blobs.reduce((n, b) => n + b.length, 0))
+  bytes.set(json, 0)
+  let offset = json.length
+  for (const blob of blobs) {
+    bytes.set(blob, offset)
+    offset += blob.length
+  }
+  return { bytes, headers: { "content-type": "application/octet-stream", [Oip.inferenceHeaderContentLength]: String(json.length) } }
+}
+
+const overHttp = (options: Options & { readonly url: string }) =>
+  Effect.gen(function*() {
+    const url = yield* Effect.try({ try: () => new URL(options.url), catch: () => new PerfError({ message: `invalid --url ${JSON.stringify(options.url)}` }) })
+    const agent = new Http.Agent({ keepAlive: true, maxSockets: Math.max(...options.levels) })
+    yield* Effect.addFinalizer(() => Effect.sync(() => agent.destroy()))
+    const metadata = yield* remoteMetadata(agent, url, options.model, options.version)
+    const inputs = yield* inputsFor(metadata, options.input)
+    const encoded = new Map(inputs.map((i) => [i, encodeRequest(i, options.binary)] as const))
+    const path = `/v2/models/${encodeURIComponent(options.model)}${options.version === undefined ? "" : `/versions/${encodeURIComponent(options.version)}`}/infer`
+    const send: Send = (i) =>
+      httpRequest(agent, url, "POST", path, encoded.get(i)!).pipe(
+        Effect.map((answer): true | string => (answer.status === 200 ? true : `HTTP ${answer.status}: ${answer.body.slice(0, 120)}`)),
+        Effect.catch((e) => Effect.succeed(e))
+      )
+    return yield* runLevels(options, inputs, send)
+  }).pipe(Effect.scoped)
+
+// -- in process ---------------------------------------------------------------------
+
+const inProcess = (options: Options) =>
+  Effect.gen(function*() {
+    const pool = yield* ModelPool
+    const engine = yield* AsyncInferenceEngine
+    const metadata = yield* pool.metadata(options.model, options.version).pipe(Effect.mapError((reason) => new PerfError({ message: InferenceError.make(reason).message })))
+    const inputs = yield* inputsFor(metadata, options.input)
+    const send: Send = (i) =>
+      Effect.match(engine.infer(InferenceRequest.make(options.model, i, { modelVersion: options.version })), {
+        onSuccess: (): true | string => true,
+        onFailure: (e) => `${e.reason._tag}: ${e.message}`
+      })
+    return yield* runLevels(options, inputs, send)
+  }).pipe(Effect.provide(Infer.engineLayer({ repository: options.repository, concurrency: Math.max(...options.levels), serviceName: "effect-onnx-perf" })))
+
+/** Runs every level against the target and returns the results. */
+export const run = (options: Options) => (options.url === undefined ? inProcess(options) : overHttp({ ...options, url: options.url }))

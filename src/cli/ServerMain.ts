@@ -1,0 +1,165 @@
+/**
+ * The server process's lifecycle, what `effect-onnx serve` (`Serve`) runs once its flags are
+ * decoded:
+ * - loads every model of the repository. A model that fails to load is UNAVAILABLE and the others
+ *   serve, unless `--exit-on-error true` (then exit 1, naming the models). An empty repository is
+ *   a warning (and, under strict readiness, the server never turns ready).
+ * - the first SIGTERM or SIGINT drains gracefully (`Server.shutdown`), releases every session and
+ *   exits 0. A second signal exits at once (1), with a log line saying what was abandoned.
+ * - when its parent process goes away (`npm start` killed: npm does not pass SIGTERM on, and the
+ *   server would go on under init), the server notices within `orphanPollMs` and drains as on
+ *   SIGTERM.
+ *
+ * @module ServerMain
+ */
+import { Duration, Effect, Layer, References } from "effect"
+import { HttpServer } from "effect/http"
+import { readFileSync } from "node:fs"
+import { AsyncConfigService } from "../AsyncConfig.ts"
+import { AsyncInferenceEngine } from "../Engine.ts"
+import * as GrpcServer from "../grpc/GrpcServer.ts"
+import { Lifecycle } from "../http/Lifecycle.ts"
+import * as Server from "../http/Server.ts"
+import * as ServerConfig from "../http/ServerConfig.ts"
+import { Statistics } from "../http/Statistics.ts"
+import { ModelPool } from "../ModelPool.ts"
+import * as OnnxModelPool from "../onnx/OnnxModelPool.ts"
+import * as Otel from "../Otel.ts"
+import { TelemetryCollector } from "../Telemetry.ts"
+import * as Cli from "./CliCommon.ts"
+
+const packageJson = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { name: string; version: string }
+
+/** How often the server checks that its parent process is still there. */
+export const orphanPollMs = 500
+
+/**
+ * Watches for the first stop request (SIGINT, SIGTERM, the parent's exit) and for a second one.
+ * The first is left to the runtime (it interrupts the main fiber, whose finalizers drain); the
+ * parent's exit raises SIGTERM on this process so that it takes the same path. The second exits
+ * at once with `onForce`'s line.
+ */
+const watchStops = (onForce: () => string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      let stops = 0
+      const onSignal = (signal: string) => {
+        stops++
+        Cli.markStoppedBySignal()
+        if (stops < 2) return
+        process.stderr.write(`${new Date().toISOString()} second ${signal}: exiting now without draining; ${onForce()}\n`)
+        process.exit(1)
+      }
+      // Never removed: a second signal must still force the exit while the layers close.
+      process.on("SIGINT", () => onSignal("SIGINT"))
+      process.on("SIGTERM", () => onSignal("SIGTERM"))
+      const parent = process.ppid
+      const timer = setInterval(() => {
+        if (process.ppid === parent) return
+        clearInterval(timer)
+        process.stderr.write(`${new Date().toISOString()} parent process ${parent} is gone: draining as on SIGTERM\n`)
+        process.kill(process.pid, "SIGTERM")
+      }, orphanPollMs)
+      timer.unref()
+      return timer
+    }),
+    (timer) => Effect.sync(() => clearInterval(timer))
+  )
+
+/** Runs the server until interrupted (a signal), then drains. Fails with an exit code once reported. */
+export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.ExitCode> => {
+  const Http = Server.layer({
+    host: config.host,
+    port: config.port,
+    bodyLimitBytes: config.maxBodyBytes,
+    serverName: packageJson.name,
+    serverVersion: packageJson.version,
+    redactPaths: [config.models],
+    strictReadiness: config.strictReadiness,
+    metricsFormat: config.metricsFormat
+  })
+  /** gRPC beside HTTP, on the same host, engine and lifecycle (so a signal drains both); none with --grpc-port off. */
+  const Grpc = config.grpcPort === undefined
+    ? Layer.empty
+    : GrpcServer.layer({
+      host: config.host,
+      port: config.grpcPort,
+      maxMessageBytes: config.maxBodyBytes,
+      serverName: packageJson.name,
+      serverVersion: packageJson.version,
+      redactPaths: [config.models]
+    })
+  const App = Grpc.pipe(
+    Layer.provideMerge(Http),
+    Layer.provideMerge(AsyncInferenceEngine.layer),
+    // Triton's statistics, fed by the same telemetry as /metrics.
+    Layer.provideMerge(Statistics.layer),
+    Layer.provideMerge(Layer.mergeAll(
+      OnnxModelPool.layer({ repository: config.models, modelControl: config.modelControlMode, loadModels: config.loadModels }),
+      TelemetryCollector.layer,
+      AsyncConfigService.layerConfig
+    )),
+    // Traces and metrics over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (see Otel); else nothing.
+    Layer.provide(Otel.layerFromEnv({ serviceName: packageJson.name, serviceVersion: packageJson.version }))
+  )
+
+  const main = Effect.gen(function*() {
+    const pool = yield* ModelPool
+    const models = yield* pool.models
+    const unavailable = models.filter((m) => m.state !== "READY")
+    if (models.length === 0) {
+      yield* Effect.logWarning(
+        `the model repository ${config.models} holds no model${config.strictReadiness ? ": the server will not turn ready (--strict-readiness)" : ""}`
+      )
+    }
+    for (const m of unavailable) yield* Effect.logWarning(`model ${m.name}@${m.version} is UNAVAILABLE: ${m.reason ?? "unknown reason"}`)
+    if (config.exitOnError && unavailable.length > 0) {
+      yield* Effect.logError(`${unavailable.length} of ${models.length} model versions failed to load; exiting (--exit-on-error)`)
+      return yield* Effect.fail(new Cli.ExitCode({ code: 1 }))
+    }
+    const lifecycle = yield* Lifecycle
+    const engine = yield* AsyncInferenceEngine
+    yield* watchStops(() => {
+      const pending = Effect.runSync(Effect.orElseSucceed(engine.pending, () => NaN))
+      return `abandoning ${lifecycle.inFlight()} HTTP requests in flight and ${pending} requests queued or running in the engine`
+    })
+    // Registered after the layers were built, so it runs before they close.
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        yield* Effect.logInfo(`shutting down: draining for up to ${Duration.toSeconds(config.gracePeriod)} s (a second signal exits at once)`)
+        const report = yield* Server.shutdown(config.gracePeriod)
+        yield* Effect.logInfo(
+          report.drained && report.inFlight === 0
+            ? `drained in ${report.elapsedMs} ms (${report.refused} requests refused meanwhile); releasing sessions`
+            : `grace period over after ${report.elapsedMs} ms with work still pending (${report.inFlight} HTTP requests in flight, ${report.connectionsDestroyed} connections destroyed); releasing sessions`
+        )
+      })
+    )
+    const server = yield* HttpServer.HttpServer
+    yield* Effect.logInfo(`listening on ${HttpServer.formatAddress(server.address)} (models: ${config.models})`)
+    const grpc = yield* Effect.serviceOption(GrpcServer.GrpcServer)
+    if (grpc._tag === "Some") yield* Effect.logInfo(`gRPC listening on ${config.host}:${grpc.value.port}`)
+    return yield* Effect.never
+  }).pipe(
+    Effect.scoped,
+    Effect.provide(App),
+    Effect.catchTags({
+      ServeError: (e) =>
+        Effect.logError(`cannot listen on ${config.host}:${config.port}: ${String((e.cause as Error | undefined)?.message ?? e)}`).pipe(
+          Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 1 })))
+        ),
+      RepositoryError: (e) => Effect.logError(e.message).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 1 })))),
+      GrpcServeError: (e) =>
+        Effect.logError(`cannot listen for gRPC on ${config.host}:${config.grpcPort}: ${e.message}`).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 1 })))),
+      ConfigError: (e) => Effect.logError(`invalid engine configuration: ${e.message}`).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 2 }))))
+    })
+  )
+
+  /**
+   * Spans cost CPU on every request (effect 4.1 records a stack frame per span) and go nowhere
+   * without an exporter: tracing is on only when spans are exported (OTEL_EXPORTER_OTLP_ENDPOINT).
+   */
+  const tracing = (process.env["OTEL_EXPORTER_OTLP_ENDPOINT"] ?? "") !== "" && process.env["OTEL_SDK_DISABLED"] !== "true"
+  return Effect.provideService(main, References.TracerEnabled, tracing)
+}
+

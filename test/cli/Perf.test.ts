@@ -1,0 +1,81 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as Perf from "../../src/cli/Perf.ts"
+import * as Oip from "../../src/http/Oip.ts"
+import * as InferenceError from "../../src/InferenceError.ts"
+import * as ModelMetadata from "../../src/ModelMetadata.ts"
+import * as Tensor from "../../src/Tensor.ts"
+
+const vad: ModelMetadata.ModelMetadata = {
+  name: "vad",
+  version: "1",
+  inputs: [
+    { name: "input", dtype: "float32", dims: [-1, -1] },
+    { name: "state", dtype: "float32", dims: [2, -1, 128] },
+    { name: "sr", dtype: "int64", dims: [] }
+  ],
+  outputs: [{ name: "output", dtype: "float32", dims: [-1, 1] }],
+  signatures: [{ input: { dims: [-1, 512] }, sr: { values: [16000] } }, { input: { dims: [-1, 256] }, sr: { values: [8000] } }]
+}
+
+describe("Perf", () => {
+  it("parseLevels: a comma-separated list of positive integers", () => {
+    assert.deepStrictEqual(Perf.parseLevels("1,16,64"), [1, 16, 64])
+    assert.deepStrictEqual(Perf.parseLevels(" 4 "), [4])
+    for (const bad of ["", "0", "1,x", "-1", "1.5", "5000"]) assert.isString(Perf.parseLevels(bad), bad)
+  })
+
+  it("makeInputs: dynamic dims 1, the first declared signature's dims and values; the model accepts them", () => {
+    const made = Perf.makeInputs(vad, 3)
+    assert.strictEqual(made.length, 3)
+    for (const inputs of made) {
+      const byName = Object.fromEntries(inputs.map((i) => [i.name, i]))
+      assert.deepStrictEqual(byName["input"]!.shape, [1, 512])
+      assert.deepStrictEqual(byName["state"]!.shape, [2, 1, 128])
+      assert.deepStrictEqual(byName["sr"]!.shape, [])
+      assert.deepStrictEqual(byName["sr"]!.data, [16000])
+      assert.strictEqual(byName["sr"]!.datatype, "INT64")
+      const decoded = Oip.decodeInputs(vad, inputs)
+      assert.notInstanceOf(decoded, InferenceError.InvalidInput)
+      assert.isUndefined(ModelMetadata.validateInputs(vad, decoded as Tensor.TensorMap))
+    }
+    // Repeatable: the same seed makes the same inputs.
+    assert.deepStrictEqual(Perf.makeInputs(vad, 2, 7), Perf.makeInputs(vad, 2, 7))
+  })
+
+  it("summarize: throughput over the measured seconds, nearest-rank percentiles, errors apart", () => {
+    const latencies = Array.from({ length: 100 }, (_, i) => i + 1) // 1..100 ms
+    const r = Perf.summarize(16, latencies, ["HTTP 429: full", "HTTP 429: full", "ECONNRESET"], 2)
+    assert.strictEqual(r.requests, 100)
+    assert.strictEqual(r.errors, 3)
+    assert.strictEqual(r.throughput, 50)
+    assert.deepStrictEqual(r.latencyMs, { avg: 50.5, p50: 50, p90: 90, p95: 95, p99: 99, max: 100 })
+    assert.deepStrictEqual(r.errorSamples, ["HTTP 429: full", "ECONNRESET"])
+    const empty = Perf.summarize(1, [], [], 1)
+    assert.deepStrictEqual(empty.latencyMs, { avg: 0, p50: 0, p90: 0, p95: 0, p99: 0, max: 0 })
+  })
+
+  it("formatTable: a header and one aligned row per level", () => {
+    const table = Perf.formatTable([Perf.summarize(1, [1, 2, 3], [], 1), Perf.summarize(64, [10, 20], ["x"], 1)])
+    const lines = table.split("\n")
+    assert.strictEqual(lines.length, 3)
+    assert.match(lines[0]!, /^concurrency\s+requests\s+errors\s+infer\/s\s+avg ms\s+p50 ms\s+p90 ms\s+p95 ms\s+p99 ms\s+max ms$/)
+    assert.strictEqual(new Set(lines.map((l) => l.length)).size, 1, "aligned")
+    assert.match(lines[2]!, /^\s+64\s+2\s+1\s+2\.0\s+15\.00/)
+  })
+
+  it("encodeRequest: JSON, or binary tensor data that the server's codec decodes to the same tensors", () => {
+    const inputs = Oip.decodeInputs(vad, Perf.makeInputs(vad, 1)[0]!) as Tensor.TensorMap
+    const json = Perf.encodeRequest(inputs, false)
+    const body = Oip.decodeInferRequest(JSON.parse(json.bytes as string))
+    assert.isFalse("error" in body)
+    if ("error" in body) return
+    assert.deepStrictEqual(Oip.decodeInputs(vad, body.inputs), inputs)
+    const binary = Perf.encodeRequest(inputs, true)
+    const split = Oip.splitBinaryBody(binary.bytes as Uint8Array, binary.headers[Oip.inferenceHeaderContentLength]!)
+    assert.notTypeOf(split, "string")
+    if (typeof split === "string") return
+    const header = Oip.decodeInferRequest(JSON.parse(split.text))
+    if ("error" in header) return assert.fail(header.error)
+    assert.deepStrictEqual(Oip.decodeInputs(vad, header.inputs, split.binary), inputs)
+  })
+})

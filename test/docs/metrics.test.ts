@@ -1,0 +1,68 @@
+/**
+ * docs/server.md documents each /metrics family once, and documents them all; the Grafana
+ * dashboard (deploy/grafana/effect-onnx.json) queries only families the page has.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import { fileURLToPath } from "node:url"
+import { makeApp, waitUntil, withFreshMetrics } from "../http/TestApp.ts"
+
+const root = fileURLToPath(new URL("../..", import.meta.url))
+const serverDoc = Fs.readFileSync(Path.join(root, "docs/server.md"), "utf8")
+
+/** The family names in the first column of the tables of the Metrics section, each time they appear. */
+const documented = (): Array<string> => {
+  const section = serverDoc.slice(serverDoc.indexOf("## Metrics"), serverDoc.indexOf("\n## ", serverDoc.indexOf("## Metrics") + 5))
+  const names: Array<string> = []
+  for (const line of section.split("\n")) {
+    if (!line.startsWith("| `")) continue
+    const first = line.split("|")[1]!
+    for (const match of first.matchAll(/`([a-z0-9_]+)`/g)) names.push(match[1]!)
+  }
+  return names
+}
+
+const familiesOf = (text: string) =>
+  text.split("\n").filter((l) => l.startsWith("# TYPE ")).map((l) => l.split(" ")[2]!)
+
+describe("metrics documentation", () => {
+  it.effect("every family on /metrics (both formats) is documented in docs/server.md exactly once, and nothing else is", () =>
+    Effect.gen(function*() {
+      const app = yield* makeApp({ routes: { metricsFormat: "triton" }, config: { maxConcurrentRequests: 1 } })
+      const body = { inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] }] }
+      assert.strictEqual((yield* app.send("POST", "/v2/models/echo/infer", body)).status, 200)
+      // One request running and one queued, so that the queue gauges have a row.
+      yield* app.gate.close
+      const fibers = [
+        yield* Effect.forkChild(app.send("POST", "/v2/models/slow/infer", body), { startImmediately: true }),
+        yield* Effect.forkChild(app.send("POST", "/v2/models/slow/infer", body), { startImmediately: true })
+      ]
+      yield* waitUntil(() => Effect.runSync(app.engine.pending) === 2)
+      const exposed = familiesOf((yield* app.send("GET", "/metrics")).text)
+      for (const f of fibers) yield* Fiber.interrupt(f)
+      const docs = documented()
+      assert.deepStrictEqual(docs.filter((n, i) => docs.indexOf(n) !== i), [], "documented twice")
+      // GC pauses may not have happened yet in this process; the family is declared either way.
+      assert.deepStrictEqual([...new Set(exposed)].sort(), [...docs].sort())
+    }).pipe(withFreshMetrics))
+
+  it("the Grafana dashboard parses and queries only documented families", () => {
+    const dashboard = JSON.parse(Fs.readFileSync(Path.join(root, "deploy/grafana/effect-onnx.json"), "utf8")) as {
+      panels: Array<{ title: string; targets: Array<{ expr: string }> }>
+      templating: { list: Array<{ query?: string }> }
+    }
+    const docs = new Set(documented())
+    const expressions = [
+      ...dashboard.panels.flatMap((p) => p.targets.map((t) => t.expr)),
+      ...dashboard.templating.list.map((v) => v.query ?? "").filter((q) => q.startsWith("label_values"))
+    ]
+    assert.isAtLeast(dashboard.panels.length, 10)
+    for (const expr of expressions) {
+      const names = [...expr.matchAll(/\b((?:inference|process|nodejs|nv_inference)_[a-z0-9_]+)/g)].map((m) => m[1]!.replace(/_(bucket|sum|count)$/, ""))
+      assert.isAbove(names.length, 0, expr)
+      for (const name of names) assert.isTrue(docs.has(name), `${name} (in ${expr}) is not a documented family`)
+    }
+  })
+})
