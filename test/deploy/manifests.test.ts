@@ -130,7 +130,10 @@ describe("deploy manifests", () => {
     for (const { container, pod, where } of serverContainers()) {
       const { server } = configOf(container.args ?? [], envOf(container))
       assert.strictEqual(server.host, "0.0.0.0", where)
-      assert.deepStrictEqual(container.ports.map((p: any) => p.containerPort), [server.port], where)
+      // The HTTP port, and the gRPC one where the container declares it (KServe routes one port per runtime).
+      const ports = container.ports.map((p: any) => p.containerPort)
+      assert.strictEqual(ports[0], server.port, where)
+      assert.includeMembers([server.port, server.grpcPort], ports, where)
       if (pod === undefined) {
         // KServe's storage initializer puts storageUri at /mnt/models.
         assert.strictEqual(server.models, "/mnt/models", where)
@@ -201,7 +204,9 @@ describe("deploy manifests", () => {
     const { server } = configOf(container.args ?? [], envOf(container))
     assert.deepStrictEqual(service.spec.selector, deployment.spec.selector.matchLabels)
     assert.deepStrictEqual(deployment.spec.template.metadata.labels, deployment.spec.selector.matchLabels)
-    for (const p of service.spec.ports) assert.strictEqual(portNumber(container, p.targetPort), server.port)
+    for (const p of service.spec.ports) {
+      assert.strictEqual(portNumber(container, p.targetPort), p.name === "grpc" ? server.grpcPort : server.port, `Service port ${p.name}`)
+    }
     assert.strictEqual(deployment.spec.strategy.rollingUpdate.maxUnavailable, 0)
     assert.isDefined(container.resources.requests.cpu)
     assert.isDefined(container.resources.requests.memory)
@@ -262,6 +267,7 @@ describe("Containerfile", () => {
     assert.match(text, /^COPY models \/models$/m)
     const exposed = runtimeStage.find((l) => l.startsWith("EXPOSE "))!.split(/\s+/).slice(1).map(Number)
     assert.include(exposed, server.port)
+    assert.include(exposed, server.grpcPort, "the gRPC port is exposed")
   })
 
   it("runs the server itself as a numeric non-root user, with a HEALTHCHECK on readiness", () => {
