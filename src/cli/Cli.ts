@@ -179,7 +179,7 @@ export const perf = Command.make("perf", {
   duration: Flag.Finite("duration").pipe(Flag.withMetavar("S"), Flag.withDefault(5), Flag.withDescription("measured seconds per level (default 5)")),
   warmup: Flag.Finite("warmup").pipe(Flag.withMetavar("S"), Flag.withDefault(1), Flag.withDescription("unmeasured seconds before each level (default 1)")),
   binary: Flag.Boolean("binary").pipe(Flag.withDefault(false), Flag.withDescription("with --url: send tensors as Triton's binary tensor data")),
-  grpc: Flag.Boolean("grpc").pipe(Flag.withDefault(false), Flag.withDescription("send over gRPC (not available in this build)")),
+  grpc: Flag.Boolean("grpc").pipe(Flag.withDefault(false), Flag.withDescription("with --url HOST:PORT: send over gRPC (Triton's GRPCInferenceService, port 8001 by default) instead of HTTP")),
   input: Flag.String("input").pipe(
     Flag.withMetavar("FILE.ndjson"),
     Flag.optional,
@@ -196,7 +196,8 @@ export const perf = Command.make("perf", {
   if (typeof levels === "string") return fail(`perf: --concurrency: ${levels}`, 2)
   if (!(flags.duration > 0)) return fail("perf: --duration must be positive", 2)
   if (!(flags.warmup >= 0)) return fail("perf: --warmup must not be negative", 2)
-  if (flags.grpc) return fail("perf: --grpc is not available in this build (no gRPC client); use the HTTP endpoint with --url", 2)
+  if (flags.grpc && Option.isNone(flags.url)) return fail("perf: --grpc needs --url HOST:PORT (the server's gRPC address)", 2)
+  if (flags.grpc && flags.binary) return fail("perf: --grpc sends raw tensors already; --binary is for HTTP", 2)
   if (flags.binary && Option.isNone(flags.url)) return fail("perf: --binary needs --url (in process, tensors are not encoded)", 2)
   const target = Option.getOrUndefined(flags.url)
   return Perf.run({
@@ -207,6 +208,7 @@ export const perf = Command.make("perf", {
     warmupSeconds: flags.warmup,
     url: target,
     binary: flags.binary,
+    grpc: flags.grpc,
     input: Option.getOrUndefined(flags.input),
     repository: Option.getOrUndefined(flags.models),
     messages: (line) => void process.stderr.write(`${line}\n`)

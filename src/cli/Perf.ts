@@ -8,7 +8,8 @@
  * - Target: the engine in this process (default: the model repository `--models`, with the
  *   engine's settings from the environment), or a running Open Inference Protocol server
  *   (`--url http://host:port`), in JSON or, with `--binary`, Triton's binary tensor data.
- *   `--grpc` is refused: this build has no gRPC client.
+ *   With `--grpc`, `--url host:port` is a GRPCInferenceService (Triton's, this server's on 8001):
+ *   ModelMetadata, then ModelInfer with the tensors in `raw_input_contents`.
  * - Inputs: the records of an NDJSON file (`--input`, the format of `infer`), sent in turn; or
  *   made from the model's metadata (`makeInputs`): each dynamic dim 1, or the dims of the
  *   model's first declared input signature, values within the signature's `values`/`min`/`max`,
@@ -45,6 +46,8 @@ export interface Options {
   /** A running server; undefined: the engine in this process. */
   readonly url?: string | undefined
   readonly binary: boolean
+  /** With `url` (host:port, or grpc://host:port): Triton's GRPCInferenceService instead of HTTP. */
+  readonly grpc?: boolean | undefined
   /** NDJSON records to send in turn; undefined: inputs made from the metadata. */
   readonly input?: string | undefined
   readonly repository?: string | undefined
@@ -319,6 +322,60 @@ const overHttp = (options: Options & { readonly url: string }) =>
     return yield* runLevels(options, inputs, send)
   }).pipe(Effect.scoped)
 
+// -- over gRPC ------------------------------------------------------------------
+
+/** The client of Triton's GRPCInferenceService at `address` (host:port), closed with the scope. */
+const grpcClient = (address: string) =>
+  Effect.acquireRelease(
+    Effect.promise(async () => {
+      const Grpc = await import("@grpc/grpc-js")
+      const GrpcCodec = await import("../grpc/GrpcCodec.ts")
+      const proto = Grpc.loadPackageDefinition(GrpcCodec.loadDefinitions()) as unknown as {
+        inference: { GRPCInferenceService: new (address: string, credentials: unknown) => Record<string, Function> & { close: () => void } }
+      }
+      return new proto.inference.GRPCInferenceService(address, Grpc.credentials.createInsecure())
+    }),
+    (client) => Effect.sync(() => client.close())
+  )
+
+/** A unary call as an Effect: the answer, or the error's details. */
+const unary = (client: Record<string, Function>, method: string, request: unknown) =>
+  Effect.callback<any, string>((resume) => {
+    const call = client[method]!.call(client, request, (error: { details?: string; message: string } | null, response: unknown) =>
+      resume(error === null ? Effect.succeed(response) : Effect.fail(error.details ?? error.message)))
+    return Effect.sync(() => call.cancel())
+  })
+
+const overGrpc = (options: Options & { readonly url: string }) =>
+  Effect.gen(function*() {
+    const address = options.url.replace(/^grpc:\/\//, "")
+    const client = yield* grpcClient(address)
+    const answer = yield* unary(client, "ModelMetadata", { name: options.model, version: options.version ?? "" }).pipe(
+      Effect.mapError((e) => new PerfError({ message: `gRPC ${address} ModelMetadata: ${e}` }))
+    )
+    const spec = (t: { name: string; datatype: string; shape: Array<string | number> }): ModelMetadata.TensorSpec | undefined => {
+      const dtype = Oip.dtypeOf(t.datatype)
+      return dtype === undefined ? undefined : { name: t.name, dtype, dims: t.shape.map(Number) }
+    }
+    const inputs = (answer.inputs as Array<{ name: string; datatype: string; shape: Array<string> }>).map(spec)
+    if (inputs.some((i) => i === undefined)) return yield* new PerfError({ message: `model ${options.model} has an input of a datatype this client does not know` })
+    const metadata: ModelMetadata.ModelMetadata = {
+      name: answer.name,
+      version: options.version ?? (answer.versions as Array<string>).at(-1) ?? "1",
+      inputs: inputs as Array<ModelMetadata.TensorSpec>,
+      outputs: (answer.outputs as Array<{ name: string; datatype: string; shape: Array<string> }>).map(spec).filter((o): o is ModelMetadata.TensorSpec => o !== undefined)
+    }
+    const records = yield* inputsFor(metadata, options.input)
+    const requests = new Map(records.map((record) => [record, {
+      model_name: options.model,
+      model_version: options.version ?? "",
+      inputs: Object.entries(record).map(([name, tensor]) => ({ name, datatype: Oip.datatypeOf[tensor.dtype], shape: tensor.dims })),
+      raw_input_contents: Object.values(record).map((tensor) => Buffer.from(Oip.encodeBinaryData(tensor)))
+    }] as const))
+    const send: Send = (i) => unary(client, "ModelInfer", requests.get(i)!).pipe(Effect.as(true as const), Effect.catch((e) => Effect.succeed(`gRPC: ${e}`)))
+    return yield* runLevels(options, records, send)
+  }).pipe(Effect.scoped)
+
 // -- in process ---------------------------------------------------------------------
 
 const inProcess = (options: Options) =>
@@ -336,4 +393,5 @@ const inProcess = (options: Options) =>
   }).pipe(Effect.provide(Infer.engineLayer({ repository: options.repository, concurrency: Math.max(...options.levels), serviceName: "effect-onnx-perf" })))
 
 /** Runs every level against the target and returns the results. */
-export const run = (options: Options) => (options.url === undefined ? inProcess(options) : overHttp({ ...options, url: options.url }))
+export const run = (options: Options) =>
+  options.url === undefined ? inProcess(options) : options.grpc === true ? overGrpc({ ...options, url: options.url }) : overHttp({ ...options, url: options.url })

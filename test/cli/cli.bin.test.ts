@@ -197,7 +197,7 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.include(stdout.stderr, "--resume needs an --output file")
   }, 60_000)
 
-  it("perf load-tests a model in process and prints a table per concurrency; --grpc is refused in this build", async () => {
+  it("perf load-tests a model in process and prints a table per concurrency; --grpc without --url is a usage error", async () => {
     const [table, grpc] = await Promise.all([
       run(["perf", "--model", "mlp", "--models", models, "--concurrency", "1,2", "--duration", "0.5", "--warmup", "0"]),
       run(["perf", "--model", "mlp", "--grpc"])
@@ -209,17 +209,18 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.match(lines[2]!, /^\s+1\s+[1-9]\d*\s+0\s+/)
     assert.match(lines[3]!, /^\s+2\s+[1-9]\d*\s+0\s+/)
     assert.strictEqual(grpc.code, 2)
-    assert.include(grpc.stderr, "--grpc is not available in this build")
+    assert.include(grpc.stderr, "--grpc needs --url HOST:PORT")
   }, 60_000)
 
-  it("serve runs the OIP server until SIGTERM (and perf --url measures it)", async () => {
+  it("serve runs the OIP server until SIGTERM (and perf --url measures it, over HTTP and gRPC)", async () => {
     const { child, done } = start(["serve", "--port", "0", "--models", models, "--grace-period-seconds", "1"])
     let output = ""
-    const port = await new Promise<number>((resolve, reject) => {
+    const [port, grpcPort] = await new Promise<[number, number]>((resolve, reject) => {
       const onData = (c: Buffer) => {
         output += c.toString("utf8")
         const match = /listening on http:\/\/[^:\s]+:(\d+)/.exec(output)
-        if (match !== null) resolve(Number(match[1]))
+        const grpc = /gRPC listening on [^:\s]+:(\d+)/.exec(output)
+        if (match !== null && grpc !== null) resolve([Number(match[1]), Number(grpc[1])])
       }
       child.stdout!.on("data", onData)
       child.stderr!.on("data", onData)
@@ -241,6 +242,13 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
       assert.isAbove(level.throughput, 0)
       assert.isAtMost(level.latencyMs.p50, level.latencyMs.p99)
     }
+
+    // and over gRPC: ModelMetadata, then ModelInfer with raw contents
+    const overGrpc = await run(["perf", "--model", "mlp", "--url", `127.0.0.1:${grpcPort}`, "--grpc", "--concurrency", "2", "--duration", "0.5", "--warmup", "0.1", "--json"])
+    assert.strictEqual(overGrpc.code, 0, overGrpc.stderr)
+    const grpcReport = JSON.parse(overGrpc.stdout) as { levels: Array<{ requests: number; errors: number }> }
+    assert.isAbove(grpcReport.levels[0]!.requests, 0)
+    assert.strictEqual(grpcReport.levels[0]!.errors, 0)
     child.kill("SIGTERM")
     assert.strictEqual((await done).code, 0)
   }, 60_000)
