@@ -56,6 +56,18 @@ export interface Service {
     requests: Iterable<InferenceRequest>,
     options?: { readonly cancel?: CancelToken.Cancellation | undefined; readonly concurrency?: number | undefined }
   ) => Stream.Stream<InferenceResult.InferenceResult>
+  /**
+   * Whether a request for `modelId` would be admitted now, by the engine's own rule: fails with
+   * the ShuttingDown or QueueFull it would answer (and counts the refusal, as it would). For an
+   * edge that wants to refuse before the costly part (reading and decoding a body); admission
+   * itself still decides when the request comes.
+   */
+  readonly checkAdmission: (modelId: string) => Effect.Effect<void, InferenceError.InferenceError>
+  /**
+   * Counts a request that an edge refused before it reached the engine (a body that did not
+   * decode: InvalidInput), so that telemetry sees every request: started, then its outcome.
+   */
+  readonly recordRefused: (modelId: string, reason: InferenceError.Reason) => Effect.Effect<void>
   readonly queueStats: Effect.Effect<PriorityQueue.QueueStats>
   /** The same, for each model that has requests queued now (O(queued)). */
   readonly queueStatsByModel: Effect.Effect<ReadonlyMap<string, PriorityQueue.QueueStats>>
@@ -319,6 +331,13 @@ const queueStatsByModel = (state: State): ReadonlyMap<string, PriorityQueue.Queu
   ))
 }
 
+/** Telemetry of a request refused before admission: it never had a request id, and counts at the Normal level. */
+const refused = (state: State, modelId: string, reason: InferenceError.Reason): void => {
+  const info = { modelId, requestId: "", priority: Priority.Normal }
+  state.telemetry.recordStart(info)
+  recordFailure(state.telemetry, info as InferenceRequest, reason, 0)
+}
+
 /** Builds the engine in the current scope; closing the scope stops it (see `layer`). */
 export const make = Effect.gen(function*() {
   const config = yield* AsyncConfigService
@@ -353,6 +372,18 @@ export const make = Effect.gen(function*() {
           unordered: true
         })
       ),
+    checkAdmission: (modelId) =>
+      Effect.suspend(() => {
+        const reason = state.draining
+          ? new InferenceError.ShuttingDown({})
+          : scheduler.isFull()
+          ? new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
+          : undefined
+        if (reason === undefined) return Effect.void
+        refused(state, modelId, reason)
+        return Effect.fail(InferenceError.make(reason))
+      }),
+    recordRefused: (modelId, reason) => Effect.sync(() => refused(state, modelId, reason)),
     queueStats: Effect.sync(() => scheduler.queue.stats()),
     queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),
     pending: Effect.sync(() => scheduler.unsettled),

@@ -208,7 +208,7 @@ export class Scheduler<A> {
     if (open !== undefined) {
       this.#join(open, request)
     } else {
-      if (this.queue.size + this.#waitingAhead >= this.options.maxQueued) return undefined
+      if (this.isFull()) return undefined
       request.entry = this.queue.offer(request, input.priority, nowMs)
       if (request.entry === undefined) return undefined
       model.queuedRows += request.rows
@@ -339,6 +339,11 @@ export class Scheduler<A> {
       this.#waitingAhead -= inFlight[j]!.waiting
       inFlight[j]!.waiting = 0
     }
+  }
+
+  /** True when `admit` would refuse a request that joins no forming batch: `maxQueued` are waiting. */
+  isFull(): boolean {
+    return this.queue.size + this.#waitingAhead >= this.options.maxQueued
   }
 
   /** Requests waiting in jobs sent ahead to busy instances. */

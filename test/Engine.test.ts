@@ -2,7 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import * as CancelToken from "../src/CancelToken.ts"
-import type * as InferenceError from "../src/InferenceError.ts"
+import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import type * as Priority from "../src/Priority.ts"
 import * as Tensor from "../src/Tensor.ts"
@@ -88,6 +88,22 @@ describe("AsyncInferenceEngine", () => {
         }
         assert.strictEqual((yield* engine.queueStats).total, 2)
         assert.strictEqual(outcomes().rejected, 1)
+      }))
+
+    it.effect("checkAdmission answers by the engine's own rule (QueueFull, then ShuttingDown) and counts the refusal; recordRefused counts an edge's refusal", () =>
+      Effect.gen(function*() {
+        const { engine, outcomes } = yield* makeHarness({ script: () => ({ latency: "1 second" }), config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })
+        assert.isTrue(Exit.isSuccess(yield* Effect.exit(engine.checkAdmission("echo"))), "room in the queue")
+        yield* fork(engine.infer(request("running")))
+        yield* Effect.yieldNow
+        yield* fork(engine.infer(request("queued")))
+        assert.strictEqual(reasonOf(yield* Effect.exit(engine.checkAdmission("echo"))), "QueueFull")
+        assert.strictEqual(outcomes().rejected, 1)
+        yield* engine.recordRefused("echo", new InferenceError.InvalidInput({ modelId: "echo", detail: "not JSON" }))
+        assert.strictEqual(outcomes().failure, 1)
+        yield* Effect.forkChild(engine.drain("1 second"), { startImmediately: true })
+        assert.strictEqual(reasonOf(yield* Effect.exit(engine.checkAdmission("echo"))), "ShuttingDown")
+        assert.strictEqual(outcomes().start, 2 + 3, "two requests, three refusals: each counted as started")
       }))
 
     it.effect("refuses invalid input and unknown models before queuing", () =>

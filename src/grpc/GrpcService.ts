@@ -19,8 +19,6 @@ import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
 import { ModelPool } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
-import * as Priority from "../Priority.ts"
-import { TelemetryCollector } from "../Telemetry.ts"
 import * as GrpcCodec from "./GrpcCodec.ts"
 
 export interface Options {
@@ -31,14 +29,13 @@ export interface Options {
 /** A failure answered as a gRPC status. */
 export class GrpcFailure extends Data.TaggedError("GrpcFailure")<{ readonly code: Grpc.status; readonly details: string }> {}
 
-export type Requirements = AsyncInferenceEngine | ModelPool | TelemetryCollector | Lifecycle
+export type Requirements = AsyncInferenceEngine | ModelPool | Lifecycle
 
 /** The RPC handlers, as Effects over the services (the grpc-js wiring is `make`). */
 export const make = (options: Options) =>
   Effect.gen(function*() {
     const engine = yield* AsyncInferenceEngine
     const pool = yield* ModelPool
-    const telemetry = yield* TelemetryCollector
     const lifecycle = yield* Lifecycle
     const statistics = yield* Effect.serviceOption(Statistics.Statistics)
     const roots = options.redactPaths ?? []
@@ -60,15 +57,7 @@ export const make = (options: Options) =>
 
     const metadataOf = (name: string, version: string | undefined) => Effect.mapError(pool.metadata(name, version), fromReason)
 
-    const recordRefused = (name: string, reason: InferenceError.Reason) => {
-      const info = { modelId: name, requestId: InferenceRequest.nextRequestId(), priority: Priority.Normal }
-      return Effect.sync(() => {
-        telemetry.recordStart(info)
-        if (reason._tag === "QueueFull") telemetry.recordRejected(info, reason)
-        else telemetry.recordFailure(info, reason, 0)
-      })
-    }
-    const invalid = (name: string, reason: InferenceError.InvalidInput) => Effect.andThen(recordRefused(name, reason), Effect.fail(fromReason(reason)))
+    const invalid = (name: string, reason: InferenceError.InvalidInput) => Effect.andThen(engine.recordRefused(name, reason), Effect.fail(fromReason(reason)))
 
     /** One inference; `deadlineMs` is the call's deadline (Date.now() scale), if any. */
     const infer = (message: GrpcCodec.ModelInferRequest, deadlineMs: number | undefined) =>
@@ -76,12 +65,7 @@ export const make = (options: Options) =>
         if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
         const { name, version } = yield* modelParams(message.model_name, message.model_version)
         const metadata = yield* metadataOf(name, version)
-        const queued = yield* engine.queueStats
-        if (queued.total >= engine.config.maxQueuedRequests) {
-          const full = new InferenceError.QueueFull({ modelId: name, requestId: "", capacity: engine.config.maxQueuedRequests })
-          yield* recordRefused(name, full)
-          return yield* Effect.fail(fromReason(full))
-        }
+        yield* Effect.mapError(engine.checkAdmission(name), (e) => fromReason(e.reason))
         const oip = GrpcCodec.toOip(message)
         if (typeof oip === "string") return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: oip }))
         const body = Oip.decodeInferRequest(oip.body)

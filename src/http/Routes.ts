@@ -41,8 +41,6 @@ import * as InferenceRequest from "../InferenceRequest.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
-import * as Priority from "../Priority.ts"
-import { TelemetryCollector } from "../Telemetry.ts"
 import * as Lifecycle from "./Lifecycle.ts"
 import * as Metrics from "./Metrics.ts"
 import * as ContentEncoding from "./ContentEncoding.ts"
@@ -131,12 +129,11 @@ const infoOf = (request: InferenceRequest.InferenceRequest) => ({
 /** The routes, as a layer that registers them on the `HttpRouter`. */
 export const layer = (
   options: Options
-): Layer.Layer<never, never, HttpRouter.HttpRouter | AsyncInferenceEngine | ModelPool | TelemetryCollector | Lifecycle.Lifecycle> =>
+): Layer.Layer<never, never, HttpRouter.HttpRouter | AsyncInferenceEngine | ModelPool | Lifecycle.Lifecycle> =>
   HttpRouter.use((router) =>
     Effect.gen(function*() {
       const engine = yield* AsyncInferenceEngine
       const pool = yield* ModelPool
-      const telemetry = yield* TelemetryCollector
       const lifecycle = yield* Lifecycle.Lifecycle
       // Optional: without Statistics.layer (an embedding that did not wire it) the stats routes answer 501.
       const statistics = yield* Effect.serviceOption(Statistics.Statistics)
@@ -287,18 +284,9 @@ export const layer = (
         return error.status === 404 ? errorResponse(error) : json(503, { name, ready: false, error: error.message })
       }))
 
-      /** Records a request refused before it reached the engine, so that /metrics counts it. */
-      const recordRefused = (name: string, reason: InferenceError.Reason) => {
-        const info = { modelId: name, requestId: InferenceRequest.nextRequestId(), priority: Priority.Normal }
-        return Effect.sync(() => {
-          telemetry.recordStart(info)
-          if (reason._tag === "QueueFull") telemetry.recordRejected(info, reason)
-          else telemetry.recordFailure(info, reason, 0)
-        })
-      }
-
+      /** A body that did not decode: the engine counts the refusal, the client gets the reason. */
       const invalid = (name: string, reason: InferenceError.InvalidInput) =>
-        Effect.andThen(recordRefused(name, reason), Effect.fail(fromReason(reason)))
+        Effect.andThen(engine.recordRefused(name, reason), Effect.fail(fromReason(reason)))
 
       /**
        * Refuses before decoding, but after reading the body (within the limit): a connection
@@ -313,13 +301,8 @@ export const layer = (
           if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
           const { name, version } = yield* modelParams
           const metadata: ModelMetadata.ModelMetadata = yield* metadataOf(name, version)
-          // Admission before the costly part: a full queue answers 429 before decoding anything.
-          const queued = yield* engine.queueStats
-          if (queued.total >= engine.config.maxQueuedRequests) {
-            const full = new InferenceError.QueueFull({ modelId: name, requestId: "", capacity: engine.config.maxQueuedRequests })
-            yield* recordRefused(name, full)
-            return yield* Effect.fail(fromReason(full))
-          }
+          // The engine's own admission rule before the costly part: a full queue answers 429 before decoding anything.
+          yield* Effect.mapError(engine.checkAdmission(name), (e) => fromReason(e.reason))
           return { name, version, metadata }
         }))
         const { binary, text } = yield* readInferBody
