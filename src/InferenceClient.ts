@@ -29,22 +29,21 @@
  * @module InferenceClient
  */
 import { Cause, Context, Duration, Effect, Exit, Layer, type LogLevel, ManagedRuntime, References, Stream } from "effect"
-import { fileURLToPath } from "node:url"
-import { type AsyncConfig, AsyncConfigService } from "./AsyncConfig.ts"
+import type { AsyncConfig } from "./AsyncConfig.ts"
 import { AsyncInferenceEngine } from "./Engine.ts"
 import * as InferenceError from "./InferenceError.ts"
 import type { InferenceRequest } from "./InferenceRequest.ts"
 import * as InferenceResult from "./InferenceResult.ts"
 import type * as ModelMetadata from "./ModelMetadata.ts"
 import { ModelPool, type ModelStatus } from "./ModelPool.ts"
+import * as Live from "./Live.ts"
 import type * as ModelRepository from "./ModelRepository.ts"
-import * as OnnxModelPool from "./onnx/OnnxModelPool.ts"
-import * as Otel from "./Otel.ts"
+import type * as Otel from "./Otel.ts"
 import type * as PriorityQueue from "./PriorityQueue.ts"
 import { TelemetryCollector } from "./Telemetry.ts"
 
-/** The model repository shipped with the package (`models/`: `mlp` and `silero_vad`). */
-export const bundledModels: string = fileURLToPath(new URL("../models", import.meta.url))
+/** The model repository shipped with the package (`models/`: `mlp` and `silero_vad`); see `Live`. */
+export const bundledModels: string = Live.bundledModels
 
 export interface Options {
   /** The model repository root (see `ModelRepository`). Default: `bundledModels`. */
@@ -111,24 +110,18 @@ type Services = AsyncInferenceEngine | ModelPool | TelemetryCollector
  * The layer a client runs: the engine over the onnxruntime pool (or `options.modelPool`), its
  * telemetry and configuration, and optionally OTLP export. Effect programs can provide it too.
  */
-export const layer = (options: Options = {}): Layer.Layer<Services, unknown> => {
-  const pool = options.modelPool ??
-    OnnxModelPool.layer({ repository: options.repository ?? bundledModels, defaults: options.modelDefaults })
-  const base = AsyncInferenceEngine.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(
-      pool,
-      options.telemetry ?? TelemetryCollector.layer,
-      AsyncConfigService.layerWith(options.config ?? {})
-    ))
+export const layer = (options: Options = {}): Layer.Layer<Services, unknown> =>
+  Live.layer({
+    repository: options.repository,
+    modelDefaults: options.modelDefaults,
+    modelPool: options.modelPool,
+    config: options.config,
+    otel: options.otel,
+    collector: options.telemetry
+  }).pipe(
+    // provideMerge: the log level must reach the runtime's own context, not only the layers' build.
+    Layer.provideMerge(Layer.succeed(References.MinimumLogLevel, options.logLevel ?? "Warn"))
   )
-  // provideMerge: the log level, and the tracer the OTLP layer installs, must reach the
-  // runtime's own context, not only the layers' build.
-  // Spans cost CPU on every request and go nowhere without an exporter: traced only with one.
-  const traced = options.otel === undefined
-    ? base.pipe(Layer.provideMerge(Layer.succeed(References.TracerEnabled, false)))
-    : base.pipe(Layer.provideMerge(Otel.layer(options.otel)))
-  return traced.pipe(Layer.provideMerge(Layer.succeed(References.MinimumLogLevel, options.logLevel ?? "Warn")))
-}
 
 /**
  * Starts an engine; resolves once every model has loaded (or is reported unavailable). Rejects

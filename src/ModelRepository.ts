@@ -28,9 +28,13 @@ import { Data, Effect, Schema } from "effect"
 import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import { fileURLToPath } from "node:url"
 import * as BatchPolicy from "./BatchPolicy.ts"
 import * as InputSignature from "./InputSignature.ts"
 import * as Priority from "./Priority.ts"
+
+/** The model repository shipped with the package (`models/`: `mlp` and `silero_vad`). The one place its path is defined. */
+export const bundled: string = fileURLToPath(new URL("../models", import.meta.url))
 
 /** Safe model names: a letter or digit, then letters, digits, `_`, `.` or `-`. No separators, no leading dot. */
 export const modelNamePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/

@@ -36,6 +36,9 @@ export * as OnnxModelPool from "./onnx/OnnxModelPool.ts"
 export * as Otel from "./Otel.ts"
 export * as Telemetry from "./Telemetry.ts"
 
+// The one composed layer every entry point runs
+export * as Live from "./Live.ts"
+
 // Without Effect
 export * as InferenceClient from "./InferenceClient.ts"
 

@@ -2,19 +2,16 @@
  * `npm run demo`: loads the bundled models, runs a mixed-priority workload with a few
  * cancellations and time-outs through the engine, prints each result and a telemetry summary.
  */
-import { Effect, Layer, Metric } from "effect"
-import { fileURLToPath } from "node:url"
-import { AsyncConfigService } from "../AsyncConfig.ts"
+import { Effect, Metric } from "effect"
 import * as CancelToken from "../CancelToken.ts"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
 import type * as InferenceResult from "../InferenceResult.ts"
-import * as OnnxModelPool from "../onnx/OnnxModelPool.ts"
+import * as Live from "../Live.ts"
 import * as Priority from "../Priority.ts"
-import { TelemetryCollector } from "../Telemetry.ts"
 import * as Tensor from "../Tensor.ts"
 
-const repository = fileURLToPath(new URL("../../models", import.meta.url))
+const repository = Live.bundledModels
 
 const mlpInput = (rows: number, seed: number) => {
   const data = new Float32Array(rows * 784)
@@ -90,9 +87,7 @@ const program = Effect.gen(function*() {
   }
 })
 
-const EngineLive = AsyncInferenceEngine.layer.pipe(
-  Layer.provide(Layer.mergeAll(OnnxModelPool.layer({ repository }), TelemetryCollector.layer, AsyncConfigService.layerConfig))
-)
+const EngineLive = Live.layerConfig({ repository, serviceName: "effect-onnx-demo" })
 
 Effect.runPromise(program.pipe(Effect.provide(EngineLive))).catch((error: unknown) => {
   console.error(error instanceof Error ? error.message : error)

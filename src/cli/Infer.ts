@@ -16,18 +16,14 @@
  *
  * @module Infer
  */
-import { Data, type Duration, Effect, Exit, FileSystem, Layer, References, Stream } from "effect"
+import { Data, type Duration, Effect, Exit, FileSystem, Stream } from "effect"
 import * as Fs from "node:fs"
-import * as AsyncConfig from "../AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../Engine.ts"
-import * as InferenceClient from "../InferenceClient.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
+import * as Live from "../Live.ts"
 import { ModelPool } from "../ModelPool.ts"
-import * as OnnxModelPool from "../onnx/OnnxModelPool.ts"
-import * as Otel from "../Otel.ts"
 import type * as Priority from "../Priority.ts"
-import { TelemetryCollector } from "../Telemetry.ts"
 import * as Progress from "./Progress.ts"
 import * as Records from "./Records.ts"
 
@@ -271,22 +267,12 @@ export const engineLayer = (options: {
   readonly concurrency?: number | undefined
   readonly serviceName: string
 }) =>
-  AsyncInferenceEngine.layer.pipe(
-    Layer.provideMerge(Layer.mergeAll(
-      OnnxModelPool.layer({ repository: options.repository ?? InferenceClient.bundledModels }),
-      TelemetryCollector.layer,
-      // The batch's own submissions never overflow the queue.
-      Layer.effect(
-        AsyncConfig.AsyncConfigService,
-        Effect.map(AsyncConfig.config, (c) => ({
-          ...c,
-          maxQueuedRequests: Math.max(c.maxQueuedRequests, options.concurrency ?? 2 * c.maxConcurrentRequests)
-        }))
-      )
-    )),
-    Layer.provideMerge(Otel.layerFromEnv({ serviceName: options.serviceName })),
-    Layer.provideMerge(Layer.succeed(References.TracerEnabled, Otel.isConfigured(process.env)))
-  )
+  Live.layerConfig({
+    repository: options.repository,
+    serviceName: options.serviceName,
+    // The batch's own submissions never overflow the queue.
+    adjust: (c) => ({ ...c, maxQueuedRequests: Math.max(c.maxQueuedRequests, options.concurrency ?? 2 * c.maxConcurrentRequests) })
+  })
 
 /** `run` on its own engine (`engineLayer`), closed when the batch ends. */
 export const runWithEngine = (options: Options, engine: Parameters<typeof engineLayer>[0]) =>

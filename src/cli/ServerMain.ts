@@ -12,20 +12,17 @@
  *
  * @module ServerMain
  */
-import { Duration, Effect, Layer, References } from "effect"
+import { Duration, Effect, Layer } from "effect"
 import { HttpServer } from "effect/http"
 import { readFileSync } from "node:fs"
-import { AsyncConfigService } from "../AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as GrpcServer from "../grpc/GrpcServer.ts"
 import { Lifecycle } from "../http/Lifecycle.ts"
 import * as Server from "../http/Server.ts"
 import * as ServerConfig from "../http/ServerConfig.ts"
 import { Statistics } from "../http/Statistics.ts"
+import * as Live from "../Live.ts"
 import { ModelPool } from "../ModelPool.ts"
-import * as OnnxModelPool from "../onnx/OnnxModelPool.ts"
-import * as Otel from "../Otel.ts"
-import { TelemetryCollector } from "../Telemetry.ts"
 import * as Cli from "./CliCommon.ts"
 
 const packageJson = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { name: string; version: string }
@@ -91,16 +88,15 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
     })
   const App = Grpc.pipe(
     Layer.provideMerge(Http),
-    Layer.provideMerge(AsyncInferenceEngine.layer),
-    // Triton's statistics, fed by the same telemetry as /metrics.
-    Layer.provideMerge(Statistics.layer),
-    Layer.provideMerge(Layer.mergeAll(
-      OnnxModelPool.layer({ repository: config.models, modelControl: config.modelControlMode, loadModels: config.loadModels }),
-      TelemetryCollector.layer,
-      AsyncConfigService.layerConfig
-    )),
-    // Traces and metrics over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (see Otel); else nothing.
-    Layer.provide(Otel.layerFromEnv({ serviceName: packageJson.name, serviceVersion: packageJson.version }))
+    Layer.provideMerge(Live.layerConfig({
+      repository: config.models,
+      modelControl: config.modelControlMode,
+      loadModels: config.loadModels,
+      serviceName: packageJson.name,
+      serviceVersion: packageJson.version,
+      // Triton's statistics, fed by the same telemetry as /metrics.
+      telemetry: Statistics.layer
+    }))
   )
 
   const main = Effect.gen(function*() {
@@ -155,11 +151,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
     })
   )
 
-  /**
-   * Spans cost CPU on every request (effect 4.1 records a stack frame per span) and go nowhere
-   * without an exporter: tracing is on only when spans are exported (OTEL_EXPORTER_OTLP_ENDPOINT).
-   */
-  const tracing = (process.env["OTEL_EXPORTER_OTLP_ENDPOINT"] ?? "") !== "" && process.env["OTEL_SDK_DISABLED"] !== "true"
-  return Effect.provideService(main, References.TracerEnabled, tracing)
+  // Tracing and OTLP export are decided by Live.layerConfig (traced only when exporting).
+  return main
 }
 

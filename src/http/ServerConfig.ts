@@ -29,7 +29,7 @@
  */
 import { Data, Duration, Schema } from "effect"
 import * as Path from "node:path"
-import { fileURLToPath } from "node:url"
+import * as ModelRepository from "../ModelRepository.ts"
 
 export type MetricsFormat = "default" | "triton"
 
@@ -54,8 +54,8 @@ export interface ServerConfig {
   readonly metricsFormat: MetricsFormat
 }
 
-/** The repository shipped with the package. */
-export const bundledModels: string = fileURLToPath(new URL("../../models", import.meta.url))
+/** The repository shipped with the package (`ModelRepository.bundled`). */
+export const bundledModels: string = ModelRepository.bundled
 
 export const defaults: ServerConfig = {
   host: "127.0.0.1",

@@ -1,0 +1,120 @@
+/**
+ * The one composed layer that every entry point runs: the engine over the onnxruntime pool (or a
+ * pool you give), its telemetry and configuration, and the tracing decision with OTLP export,
+ * made here once. The Promise facade (`InferenceClient`), the batch CLI (`infer`, `perf`), the
+ * server (`effect-onnx serve`, `npm start`) and the demo all build on it.
+ *
+ * Tracing: spans cost CPU on every request and go nowhere without an exporter, so a layer is
+ * traced exactly when it exports (OTLP options given, or `OTEL_EXPORTER_OTLP_ENDPOINT` set for
+ * `layerConfig`); otherwise `References.TracerEnabled` is false and the engine makes no span.
+ *
+ * @module Live
+ */
+import { type Config, Effect, Layer, References } from "effect"
+import { type AsyncConfig, AsyncConfigService, config as asyncConfigFromEnv } from "./AsyncConfig.ts"
+import { AsyncInferenceEngine } from "./Engine.ts"
+import type { ModelPool } from "./ModelPool.ts"
+import * as ModelRepository from "./ModelRepository.ts"
+import * as OnnxModelPool from "./onnx/OnnxModelPool.ts"
+import type { OtlpExporter } from "effect/observability"
+import * as Otel from "./Otel.ts"
+import { TelemetryCollector } from "./Telemetry.ts"
+
+/** The model repository shipped with the package (`models/`: `mlp` and `silero_vad`): `ModelRepository.bundled`. */
+export const bundledModels: string = ModelRepository.bundled
+
+/** Where models come from. */
+export interface PoolOptions {
+  /** The repository root (see `ModelRepository`). Default: `bundledModels`. */
+  readonly repository?: string | undefined
+  /** Defaults for models without a config.json. */
+  readonly modelDefaults?: Partial<ModelRepository.Defaults> | undefined
+  /** Triton's model control mode (the server's `--model-control-mode`); default none. */
+  readonly modelControl?: "none" | "explicit" | undefined
+  /** Under explicit model control, the models loaded at start. */
+  readonly loadModels?: ReadonlyArray<string> | undefined
+  /** A pool to use instead of the onnxruntime one (a fake in tests); the options above are then unused. */
+  readonly modelPool?: Layer.Layer<ModelPool, unknown> | undefined
+}
+
+/** Where telemetry goes. */
+export interface TelemetryOptions<T extends TelemetryCollector = TelemetryCollector> {
+  /** The collector the engine reports to. Default `TelemetryCollector.layer` (Effect Metrics). */
+  readonly collector?: Layer.Layer<TelemetryCollector> | undefined
+  /** A layer over the collector (it may provide more, as the server's Statistics do). */
+  readonly telemetry?: Layer.Layer<T, never, TelemetryCollector> | undefined
+}
+
+export interface Options<T extends TelemetryCollector = TelemetryCollector> extends PoolOptions, TelemetryOptions<T> {
+  /** Engine settings over `AsyncConfig.defaults`. */
+  readonly config?: Partial<AsyncConfig> | undefined
+  /** Export traces and metrics over OTLP; traced only then. */
+  readonly otel?: Otel.Options | undefined
+}
+
+export type Services<T extends TelemetryCollector = TelemetryCollector> = AsyncInferenceEngine | ModelPool | T
+
+const onnxPool = (options: PoolOptions): Layer.Layer<ModelPool, ModelRepository.RepositoryError> =>
+  OnnxModelPool.layer({
+    repository: options.repository ?? bundledModels,
+    defaults: options.modelDefaults,
+    ...(options.modelControl === undefined ? {} : { modelControl: options.modelControl }),
+    ...(options.loadModels === undefined ? {} : { loadModels: options.loadModels })
+  })
+
+/** The telemetry chain: the collector, under whatever decorates it. */
+const telemetryLayer = <T extends TelemetryCollector>(options: TelemetryOptions<T>): Layer.Layer<T | TelemetryCollector> => {
+  const collector = options.collector ?? TelemetryCollector.layer
+  return options.telemetry === undefined ? collector : options.telemetry.pipe(Layer.provideMerge(collector))
+}
+
+const compose = <T extends TelemetryCollector, PE, E, R>(
+  pool: Layer.Layer<ModelPool, PE>,
+  telemetry: Layer.Layer<T | TelemetryCollector>,
+  config: Layer.Layer<AsyncConfigService, E, R>,
+  tracing: Layer.Layer<OtlpExporter.Flusher, Config.ConfigError> | undefined
+) => {
+  const base = AsyncInferenceEngine.layer.pipe(Layer.provideMerge(Layer.mergeAll(pool, telemetry, config)))
+  // provideMerge: the tracer the OTLP layer installs must reach the runtime's own context.
+  return tracing === undefined
+    ? base.pipe(Layer.provideMerge(Layer.succeed(References.TracerEnabled, false)))
+    : base.pipe(Layer.provideMerge(tracing))
+}
+
+/** The engine with everything it needs, configured from `options` alone (nothing read from the environment). */
+export const layer = <T extends TelemetryCollector = TelemetryCollector>(options: Options<T> = {}): Layer.Layer<Services<T>, unknown> =>
+  compose(
+    options.modelPool ?? onnxPool(options),
+    telemetryLayer(options),
+    AsyncConfigService.layerWith(options.config ?? {}),
+    options.otel === undefined ? undefined : Otel.layer(options.otel)
+  )
+
+export interface ConfigOptions<T extends TelemetryCollector = TelemetryCollector> extends Omit<PoolOptions, "modelPool">, TelemetryOptions<T> {
+  /** `service.name` (and version) of exported telemetry, unless `OTEL_SERVICE_NAME` says otherwise. */
+  readonly serviceName: string
+  readonly serviceVersion?: string | undefined
+  /** Adjusts the configuration read from the environment (the CLI raises the queue bound to its concurrency). */
+  readonly adjust?: ((config: AsyncConfig) => AsyncConfig) | undefined
+}
+
+/**
+ * The same, configured from the environment: the engine from `MAX_CONCURRENT_REQUESTS` and the
+ * other `AsyncConfig` variables, OTLP export (and so tracing) from `OTEL_*` (`Otel.layerFromEnv`).
+ * Fails with a ConfigError naming a bad variable.
+ */
+export const layerConfig = <T extends TelemetryCollector = TelemetryCollector>(
+  options: ConfigOptions<T>
+): Layer.Layer<Services<T>, ModelRepository.RepositoryError | Config.ConfigError> => {
+  const adjust = options.adjust
+  const config = adjust === undefined
+    ? AsyncConfigService.layerConfig
+    : Layer.effect(AsyncConfigService, Effect.map(asyncConfigFromEnv, adjust))
+  const exports = Otel.isConfigured(process.env)
+  return compose(
+    onnxPool(options),
+    telemetryLayer(options),
+    config,
+    exports ? Otel.layerFromEnv({ serviceName: options.serviceName, serviceVersion: options.serviceVersion }) : undefined
+  )
+}
