@@ -16,7 +16,9 @@
  *   isolation that includes native crashes, and a run still going `killGraceMs` after its
  *   `timeout` (`ModelPool.RunOptions`) is killed with its process (RunFailed) and replaced.
  * - Execution providers are tried in the configured order, then CPU; `RunOutput.deviceUsed`
- *   and `info` tell which one runs.
+ *   and `info` tell which one runs, `info`'s `fallbacks` why the ones before it did not (one line
+ *   each), and a warning is logged. GPU models run in child processes unless config.json says
+ *   otherwise (`ModelRepository.defaultIsolation`); several GPU models in threads get a warning.
  * - config.json's `batching` section is resolved (`BatchPolicy.resolve`) against the signature
  *   the session reports and returned in `metadata`; without one, batching is on exactly when
  *   every input and output has a dynamic dim on axis 0. Its `inputSignatures` are checked the
@@ -127,6 +129,16 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       yield* Effect.logWarning(`model repository: ignoring ${JSON.stringify(name.name)}: ${name.reason}`)
     }
 
+    const threadGpu = repository.entries.filter((e): e is ModelRepository.Found =>
+      e._tag === "Found" && e.config.isolation === "thread" && ModelRepository.requestsGpu(e.config.executionProviders)
+    )
+    if (threadGpu.length > 1) {
+      yield* Effect.logWarning(
+        `${threadGpu.map((e) => `${e.name} version ${e.version}`).join(", ")} request a GPU with isolation "thread": WebGPU sessions in several ` +
+          `worker threads of one process crashed it (SIGSEGV) on an NVIDIA host; use isolation "process" (the default for GPU models)`
+      )
+    }
+
     yield* Effect.forEach(repository.entries, (entry) => {
       if (entry._tag === "Unavailable") {
         loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason: entry.reason })
@@ -181,8 +193,8 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
                     `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation)`
                   )
                   : Effect.logWarning(
-                    `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} after falling back from ${
-                      host.fallbacks.map((f) => `${f.provider} (${f.error.split("\n")[0]})`).join(", ")
+                    `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation) after falling back: ${
+                      host.fallbacks.map((f) => f.error.split("\n")[0]).join("; ")
                     }`
                   )
               )
