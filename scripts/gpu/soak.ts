@@ -1,6 +1,6 @@
 /**
  * The GPU soak: the engine serving a WebGPU model with the defaults for a GPU model (config.json
- * names only the provider and batching) at `--outstanding` requests (default 256) for
+ * names only the provider) at `--outstanding` requests (default 256) for
  * `--seconds` (default 300), with mixed request sizes (1-32 rows), cancellations (5% aborted
  * 0-3 ms after submission) and tight deadlines (2% with a 2 ms timeout); every answer is checked
  * against the CPU's output for the same rows (computed once, in this thread, on a CPU session).
@@ -33,7 +33,8 @@ const sizes = parseSizes(option("sizes"), heavySizes)
 const tolerance = 1e-4
 const poolRows = 64
 
-const repo = writeRepository(sizes, { gpu: { executionProviders: ["webgpu"], batching: { enabled: true, maxBatchSize: 256 } } })
+// nothing but the provider: the engine's defaults for a GPU model (process isolation, `OnnxModelPool.gpuBatching`)
+const repo = writeRepository(sizes, { gpu: { executionProviders: ["webgpu"] } })
 const [width, classes] = [sizes[0]!, sizes[sizes.length - 1]!]
 
 // The reference: the CPU's outputs for a pool of rows; every request takes consecutive rows of it.

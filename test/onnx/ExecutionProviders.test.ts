@@ -101,6 +101,20 @@ describe("defaults for GPU models", () => {
   }
 })
 
+describe("batching defaults for a model that runs on a GPU", () => {
+  const table: ReadonlyArray<readonly [string, Parameters<typeof OnnxModelPool.gpuBatching>[0], Record<string, unknown>]> = [
+    ["no batching section", undefined, { maxBatchSize: 256, maxQueueDelayMs: 2 }],
+    ["a section that sets neither", { enabled: true }, { enabled: true, maxBatchSize: 256, maxQueueDelayMs: 2 }],
+    ["a section that sets both", { maxBatchSize: 32, maxQueueDelayMs: 0 }, { maxBatchSize: 32, maxQueueDelayMs: 0 }],
+    ["batching turned off", { enabled: false }, { enabled: false, maxBatchSize: 256, maxQueueDelayMs: 2 }]
+  ]
+  for (const [what, json, expected] of table) {
+    it(`fills what config.json leaves out: ${what}`, () => {
+      assert.deepStrictEqual(OnnxModelPool.gpuBatching(json), expected)
+    })
+  }
+})
+
 describe("intra-op threads from the host", () => {
   const table: ReadonlyArray<readonly [number, number, number]> = [
     // instances, cores, threads
@@ -221,6 +235,9 @@ describe("falling back on this host", () => {
       assert.strictEqual(gpu.state, "READY")
       assert.strictEqual(gpu.isolation, "process")
       const out = yield* pool.run("gpu", { input: Tensor.float32(sampleInput(2), [2, 784]) }, { requestId: "r" })
+      const batching = (yield* pool.metadata("gpu")).batching
+      // the GPU batching defaults apply where the model runs on the GPU, the CPU's where it fell back
+      assert.strictEqual(batching?.maxBatchSize, probe.available ? 256 : 64)
       if (probe.available) {
         // a GPU host: the same model loads on the GPU, with nothing to fall back from
         assert.strictEqual(gpu.deviceUsed, "webgpu")
