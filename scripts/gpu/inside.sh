@@ -39,7 +39,7 @@ soak=$(($(left) - 25))
 if [ "$soak" -ge 10 ]; then
   phase soak $((soak + 60)) node scripts/gpu/soak.ts --seconds="$soak" --sizes="$sizes" --out="$out/soak.json"
 else
-  echo "soak skipped: only $soak s left" | tee -a "$out/phases.txt"
+  echo "soak skipped: $soak s (under 10) left for it" | tee -a "$out/phases.txt"
 fi
 echo "== summary ($(($(date +%s) - t0)) s)"
 cat "$out/phases.txt"
