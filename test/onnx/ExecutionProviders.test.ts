@@ -1,5 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, References } from "effect"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
 import * as ModelRepository from "../../src/ModelRepository.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import * as ProviderDiagnosis from "../../src/onnx/ProviderDiagnosis.ts"
@@ -218,15 +220,19 @@ describe("ProviderDiagnosis", () => {
 })
 
 describe("falling back on this host", () => {
-  it.live("loads a webgpu model on the CPU where there is no adapter, in a process, saying why in one line", () =>
+  it.live("loads a webgpu model on the CPU where there is no adapter, in a process and in a thread, saying why in one line", () =>
     Effect.gen(function*() {
       const probe = yield* Effect.promise(() => probeWebGpu())
       const repository = yield* tempRepository({
         "gpu/model.onnx": mlpBytes(),
         "gpu/config.json": JSON.stringify({ instances: 1, executionProviders: [{ name: "webgpu", validationMode: "basic" }, "cpu"] }),
+        "gputhread/model.onnx": mlpBytes(),
+        "gputhread/config.json": JSON.stringify({ instances: 1, isolation: "thread", executionProviders: ["WebGPU", { name: "cpu", useArena: false }] }),
         "bogus/model.onnx": mlpBytes(),
         "bogus/config.json": JSON.stringify({ executionProviders: ["gpu"] })
       })
+      // On a GPU host the thread variant would put a WebGPU session in a worker of the test process: left to scripts/gpu/narrow.ts there.
+      if (probe.available) Fs.rmSync(Path.join(repository, "gputhread"), { recursive: true })
       const pool = yield* quiet(OnnxModelPool.make({ repository }))
       const info = Object.fromEntries((yield* pool.info).map((m) => [m.name, m]))
       assert.strictEqual(info["bogus"]!.state, "UNAVAILABLE")
@@ -252,6 +258,14 @@ describe("falling back on this host", () => {
         assert.match(fallback?.error ?? "", /^webgpu: no adapter found \(/)
         assert.notInclude(fallback?.error ?? "", "\n")
         assert.include(fallback?.detail ?? "", "Failed to get a WebGPU adapter")
+        // the same in a worker thread, with the providers given as a name and as an object
+        const thread = info["gputhread"]!
+        assert.strictEqual(thread.state, "READY")
+        assert.strictEqual(thread.isolation, "thread")
+        assert.strictEqual(thread.deviceUsed, "cpu")
+        assert.deepStrictEqual(thread.fallbacks?.map((f) => f.error), [probe.reason])
+        const threadOut = yield* pool.run("gputhread", { input: Tensor.float32(sampleInput(2), [2, 784]) }, { requestId: "t" })
+        assert.deepStrictEqual(threadOut.outputs["logits"]!.data, out.outputs["logits"]!.data)
       }
     }))
 })
