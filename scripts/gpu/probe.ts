@@ -3,7 +3,7 @@
  * on the bundled MLP (`models/mlp/model.onnx`) in a child process, so that neither a failure nor
  * a native crash of the GPU stack touches the caller, and so that the caller's own process holds
  * no WebGPU context afterwards (two threads of one process with WebGPU sessions crashed on an
- * NVIDIA host). Takes about 0.3 s without a GPU.
+ * NVIDIA host). Takes under a second without a GPU.
  *
  *   node scripts/gpu/probe.ts        prints `{"available":false,"reason":"webgpu: no adapter found (...)"}`
  *
@@ -33,7 +33,7 @@ try {
 }
 `
 
-/** Probes once per call (about 0.3 s without a GPU); `timeoutMs` (default 30 s) bounds a hung driver. */
+/** Probes once per call (under a second without a GPU); `timeoutMs` (default 30 s) bounds a hung driver. */
 export const probeWebGpu = (options: { readonly modelPath?: string; readonly timeoutMs?: number } = {}): Promise<Probe> =>
   new Promise((resolve) => {
     const modelPath = options.modelPath ?? Path.join(root, "models", "mlp", "model.onnx")
