@@ -221,6 +221,13 @@ export const cases: Readonly<Record<string, (modelPath: string, runs: number) =>
     await Promise.all([finished(inWorker(plan, "free")), finished(inWorker({ ...plan, provider: "cpu", rows: "fixed", runs: Math.ceil(runs / 10), seed: 2 }, "free"))])
     return { workers: "1 gpu + 1 cpu", overlap: true }
   },
+  "gpumain+cpuworker": async (modelPath, runs) => {
+    // bench/gpu.ts's layout: a GPU session in the main thread while a CPU session runs in a worker
+    const plan: Plan = { modelPath, runs, rows: "varying", seed: 1, provider }
+    const s = await open(plan)
+    await Promise.all([loop(plan, s), finished(inWorker({ ...plan, provider: "cpu", rows: "fixed", runs: Math.ceil(runs / 10), seed: 2 }, "free"))])
+    return { sessions: "gpu in the main thread + 1 cpu worker", overlap: true }
+  },
   "engine-thread-1x64": (modelPath) => engineCase(modelPath, { isolation: "thread", instances: 1 }, 64, engineSeconds),
   "engine-thread-2models": (modelPath) => engineCase(modelPath, { isolation: "thread", instances: 1 }, 64, engineSeconds, 2),
   "engine-process-256": (modelPath) => engineCase(modelPath, {}, 256, engineSeconds),

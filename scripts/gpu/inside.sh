@@ -4,7 +4,7 @@
 set -uo pipefail
 out=${1:?usage: inside.sh OUT_DIR}
 mkdir -p "$out"
-budget=${BUDGET_S:-540}
+budget=${BUDGET_S:-560}
 sizes=${SIZES:-1024,4096,4096,1000}
 phases=${PHASES:-probe checks narrow bench soak}
 t0=$(date +%s)
@@ -34,7 +34,7 @@ phase checks 90 node scripts/gpu/checks.ts
 phase narrow 120 env ENGINE_SECONDS=${ENGINE_SECONDS:-5} node scripts/gpu/narrow.ts --runs=300 --timeout=20 --sizes="$sizes" --out="$out/narrow.json" ${NARROW_ONLY:+--only=$NARROW_ONLY}
 phase bench 90 node --expose-gc bench/gpu.ts --seconds=2 --rounds=1 --sizes="$sizes"
 [ -f bench/results/gpu.json ] && cp bench/results/gpu.json "$out/gpu.json"
-soak=$(($(left) - 25))
+soak=$(($(left) - 20))
 [ "$soak" -gt "${SOAK_S:-300}" ] && soak=${SOAK_S:-300}
 if [ "$soak" -ge 10 ]; then
   phase soak $((soak + 60)) node scripts/gpu/soak.ts --seconds="$soak" --sizes="$sizes" --out="$out/soak.json"
