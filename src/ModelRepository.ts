@@ -9,11 +9,14 @@
  *
  * When a model has version directories, a `model.onnx` beside them is ignored.
  *
- * `config.json` is decoded with Schema (`ConfigJson`); its `batching` section with
- * `BatchPolicy.ConfigJson` (resolved against the model's signature once it is loaded). A key it
- * does not know (at the top level or inside `batching`) is an error, not a silent default: the
- * model is `Unavailable` with a reason that names the key and the closest known one
- * (`unknown key "batchng" (did you mean "batching"?)`).
+ * `config.json` is decoded with Schema (`ConfigJson`); an unknown execution provider name or
+ * provider option makes it invalid, and so does a GPU model in threads with several instances
+ * (`configConflict`). A GPU model runs in child processes unless it says otherwise
+ * (`defaultIsolation`); CPU models share the host's cores (`withHostThreadDefaults`). Its `batching`
+ * section is decoded with `BatchPolicy.ConfigJson` (resolved against the model's signature once it
+ * is loaded). A key it does not know (at the top level or inside `batching`) is an error, not a
+ * silent default: the model is `Unavailable` with a reason that names the key and the closest
+ * known one (`unknown key "batchng" (did you mean "batching"?)`).
  *
  * Model names must match `modelNamePattern`; directories that do not are listed in `ignored`.
  * Nothing is ever resolved outside the root: a model file whose real path (symlinks followed)
@@ -62,11 +65,95 @@ const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
 const Threads = Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 256 }))
 
 /**
- * An execution provider name as onnxruntime spells it: "cpu", "cuda", "tensorrt", "webgpu",
- * "coreml", "dml", "qnn", "xnnpack", ... Unknown names are accepted here; a provider that
- * cannot load falls back to CPU at session creation.
+ * The execution providers onnxruntime knows by name (its `ExecutionProviderOptionMap`). Which of
+ * them a given build can load is decided at session creation: onnxruntime-node 1.30 for Linux x64
+ * bundles "cpu" and "webgpu"; "cuda" and "tensorrt" need libraries its install script downloads.
  */
-export const ExecutionProvider = Schema.String.check(Schema.isPattern(/^[A-Za-z][A-Za-z0-9_-]*$/))
+export const knownExecutionProviders: ReadonlyArray<string> = [
+  "cpu", "webgpu", "cuda", "tensorrt", "coreml", "dml", "qnn", "xnnpack", "nnapi", "webnn", "wasm", "webgl"
+]
+
+/** The providers that run on a GPU through onnxruntime-node's bundled binaries (see `isGpuProvider`). */
+export const gpuExecutionProviders: ReadonlyArray<string> = ["webgpu"]
+
+const isKnownProvider = Schema.makeFilter<string>((name) =>
+  knownExecutionProviders.includes(name.toLowerCase()) ||
+  `unknown execution provider ${JSON.stringify(name)} (onnxruntime knows ${knownExecutionProviders.join(", ")})`
+)
+
+/**
+ * An execution provider name as onnxruntime spells it (case-insensitive): one of
+ * `knownExecutionProviders`. An unknown name makes config.json invalid (the model is
+ * UNAVAILABLE with the reason); a known provider that cannot load here falls back at session
+ * creation, with the reason in the model's `fallbacks`.
+ */
+export const ExecutionProviderName = Schema.String.check(Schema.isPattern(/^[A-Za-z][A-Za-z0-9_-]*$/), isKnownProvider)
+
+type OptionCheck = (value: unknown) => string | undefined
+const oneOf = (...values: ReadonlyArray<string>): OptionCheck => (v) =>
+  typeof v === "string" && values.includes(v) ? undefined : `one of ${values.map((x) => JSON.stringify(x)).join(", ")}`
+const isBoolean: OptionCheck = (v) => (typeof v === "boolean" ? undefined : "a boolean")
+const isDeviceId: OptionCheck = (v) => (Number.isInteger(v) && (v as number) >= 0 ? undefined : "an integer >= 0")
+const isNames: OptionCheck = (v) => (Array.isArray(v) && v.every((x) => typeof x === "string") ? undefined : "an array of node names")
+const cacheMode = oneOf("disabled", "lazyRelease", "simple", "bucket")
+
+/**
+ * The options onnxruntime-node 1.30 takes per provider (onnxruntime-common's
+ * `*ExecutionProviderOption` typings), except what JSON cannot carry (webgpu's `device`).
+ */
+export const providerOptions: Readonly<Record<string, Readonly<Record<string, OptionCheck>>>> = {
+  cpu: { useArena: isBoolean },
+  cuda: { deviceId: isDeviceId },
+  tensorrt: { deviceId: isDeviceId },
+  dml: { deviceId: isDeviceId },
+  webgpu: {
+    preferredLayout: oneOf("NCHW", "NHWC"),
+    forceCpuNodeNames: isNames,
+    validationMode: oneOf("disabled", "wgpuOnly", "basic", "full"),
+    enableRobustness: isBoolean,
+    storageBufferCacheMode: cacheMode,
+    uniformBufferCacheMode: cacheMode,
+    queryResolveBufferCacheMode: cacheMode,
+    defaultBufferCacheMode: cacheMode
+  }
+}
+
+const checkProviderObject = (o: { readonly [key: string]: unknown }): string | true => {
+  const name = o["name"]
+  if (typeof name !== "string") return `an execution provider object needs a "name" (one of ${knownExecutionProviders.join(", ")})`
+  const lower = name.toLowerCase()
+  if (!knownExecutionProviders.includes(lower)) return `unknown execution provider ${JSON.stringify(name)} (onnxruntime knows ${knownExecutionProviders.join(", ")})`
+  const allowed = providerOptions[lower] ?? {}
+  for (const [key, value] of Object.entries(o)) {
+    if (key === "name") continue
+    const check = allowed[key]
+    if (check === undefined) {
+      const known = Object.keys(allowed)
+      return `${lower}: unknown option ${JSON.stringify(key)} (${known.length === 0 ? "it takes none here" : `it takes ${known.join(", ")}`})`
+    }
+    const expected = check(value)
+    if (expected !== undefined) return `${lower}: option ${JSON.stringify(key)} must be ${expected}`
+  }
+  return true
+}
+
+/** A provider with options, as onnxruntime-node takes it: `{ "name": "webgpu", "validationMode": "basic" }`. */
+export const ExecutionProviderObject = Schema.Record(Schema.String, Schema.Unknown).check(Schema.makeFilter(checkProviderObject))
+
+/** One entry of `executionProviders`: a name, or an object with `name` and that provider's options. */
+export const ExecutionProvider = Schema.Union([ExecutionProviderName, ExecutionProviderObject])
+
+/** A provider as sessions are created with it: a lower-case name, or `{ name, ...options }` (name lower-cased). */
+export type ExecutionProvider = string | { readonly name: string; readonly [option: string]: unknown }
+
+/** The provider's name, lower-cased. */
+export const providerName = (p: ExecutionProvider): string => (typeof p === "string" ? p : p.name).toLowerCase()
+
+/** True for a provider that runs on a GPU from onnxruntime-node's npm binaries ("webgpu"). */
+export const isGpuProvider = (p: ExecutionProvider): boolean => gpuExecutionProviders.includes(providerName(p))
+
+const normalizeProvider = (p: string | { readonly [key: string]: unknown }): ExecutionProvider =>
+  typeof p === "string" ? p.toLowerCase() : { ...p, name: String(p["name"]).toLowerCase() }
 
 /**
  * Where a model's sessions run. "thread": worker threads of the server process (cheapest; a
@@ -89,7 +176,7 @@ const KillGraceMs = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: max
 export const configFields = {
   /** Sessions (worker threads) for the model. */
   instances: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 64 }))),
-  /** Providers to try in order; CPU is the fallback when none loads. */
+  /** Providers to try in order, as names or `{ name, ...options }`; CPU is the fallback when none loads. */
   executionProviders: Schema.optionalKey(Schema.Array(ExecutionProvider).check(Schema.isMinLength(1))),
   /** onnxruntime intra-op threads per session. */
   intraOpNumThreads: Schema.optionalKey(Threads),
@@ -115,7 +202,7 @@ export type ConfigJson = typeof ConfigJson.Type
 /** A model's configuration with every default filled in. */
 export interface ModelConfig {
   readonly instances: number
-  readonly executionProviders: ReadonlyArray<string>
+  readonly executionProviders: ReadonlyArray<ExecutionProvider>
   readonly intraOpNumThreads: number
   readonly interOpNumThreads: number
   readonly isolation: Isolation
@@ -136,7 +223,7 @@ export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures">
 /** Instances per model by default: 1 on up to 3 cores, 2 from 4 cores (more than the cores only slows runs down). */
 export const defaultInstances = (cores: number = Os.availableParallelism()): number => (cores >= 4 ? 2 : 1)
 
-/** The defaults for a model without config.json on this machine. */
+/** The defaults for a model without config.json on this machine (see `defaultIsolation` and `defaultIntraOpNumThreads`). */
 export const defaults = (): Defaults => ({
   instances: defaultInstances(),
   executionProviders: ["cpu"],
@@ -212,9 +299,56 @@ export const unknownKeys = (json: unknown): ReadonlyArray<UnknownConfigKey> => {
 }
 
 /**
+ * True when session creation may land on a GPU: a GPU provider (`isGpuProvider`) is listed
+ * before the first "cpu" (providers after "cpu" are never tried).
+ */
+export const requestsGpu = (providers: ReadonlyArray<ExecutionProvider>): boolean => {
+  for (const p of providers) {
+    if (providerName(p) === "cpu") return false
+    if (isGpuProvider(p)) return true
+  }
+  return false
+}
+
+/**
+ * Where a model's sessions run when neither config.json nor the operator's defaults say:
+ * "process" for a model that requests a GPU (`requestsGpu`), "thread" otherwise. Measured on an
+ * NVIDIA H200 host (onnxruntime-node 1.30, WebGPU over Vulkan): two worker threads of one process,
+ * each with a WebGPU session, died with SIGSEGV within a second, and the engine serving one GPU
+ * model in threads crashed the whole process; in child processes it did not. A process per
+ * instance also turns a native crash of the GPU stack into one failed request and a respawn.
+ */
+export const defaultIsolation = (providers: ReadonlyArray<ExecutionProvider>): Isolation => (requestsGpu(providers) ? "process" : "thread")
+
+/**
+ * Why a resolved configuration is refused, or undefined: a GPU model (`requestsGpu`) with
+ * `isolation: "thread"` and more than one instance would put two WebGPU sessions in two worker
+ * threads of the server process, which crashed it (see `defaultIsolation`). One instance in a
+ * thread is allowed (the server then shares the process with the GPU stack: the operator chose).
+ */
+export const configConflict = (config: Pick<ModelConfig, "executionProviders" | "isolation" | "instances">): string | undefined =>
+  requestsGpu(config.executionProviders) && config.isolation === "thread" && config.instances > 1
+    ? `${config.instances} instances of a GPU model (${config.executionProviders.map(providerName).join(", ")}) with isolation "thread" ` +
+      `would run several WebGPU sessions in worker threads of one process, which crashes it (SIGSEGV); ` +
+      `use isolation "process" (the default for GPU models) or instances 1`
+    : undefined
+
+/**
+ * The default `intraOpNumThreads` of a CPU model's sessions on a host with `cores` cores (default
+ * `os.availableParallelism()`), when `instances` CPU sessions (every instance of every CPU model
+ * version in the repository) share them: the cores less one for the main thread (admission,
+ * batching, HTTP), divided among the sessions, at least 1 and at most 256. 1 on a 2-core machine;
+ * 7 for 2 instances on 16 cores. GPU models keep 1 (their sessions hardly use the CPU).
+ */
+export const defaultIntraOpNumThreads = (instances: number, cores: number = Os.availableParallelism()): number =>
+  Math.max(1, Math.min(256, Math.floor((cores - 1) / Math.max(1, instances))))
+
+/**
  * Decodes a parsed config.json over `defaults`. Fails with UnknownConfigKey for the first key
  * it does not know, or a SchemaError whose message names the offending field
- * (`Expected an integer\n  at ["instances"]`).
+ * (`Expected an integer\n  at ["instances"]`). `isolation` defaults by
+ * `defaultIsolation` unless `overrides` names one. `intraOpNumThreads` is the override or 1 here;
+ * `scan` derives it from the host (`defaultIntraOpNumThreads`) when neither sets it.
  */
 export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): Effect.Effect<ModelConfig, Schema.SchemaError | UnknownConfigKey> =>
   Effect.suspend((): Effect.Effect<ConfigJson, Schema.SchemaError | UnknownConfigKey> => {
@@ -222,12 +356,13 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
     return unknown.length > 0 ? Effect.fail(unknown[0]!) : Schema.decodeUnknownEffect(ConfigJson)(json)
   }).pipe(Effect.map((config) => {
     const base = { ...defaults(), ...overrides }
+    const executionProviders = (config.executionProviders ?? base.executionProviders).map(normalizeProvider)
     return {
       instances: config.instances ?? base.instances,
-      executionProviders: (config.executionProviders ?? base.executionProviders).map((p) => p.toLowerCase()),
+      executionProviders,
       intraOpNumThreads: config.intraOpNumThreads ?? base.intraOpNumThreads,
       interOpNumThreads: config.interOpNumThreads ?? base.interOpNumThreads,
-      isolation: config.isolation ?? base.isolation,
+      isolation: config.isolation ?? overrides.isolation ?? defaultIsolation(executionProviders),
       killGraceMs: config.killGraceMs ?? base.killGraceMs,
       defaultPriority: config.defaultPriority ?? base.defaultPriority,
       batching: config.batching,
@@ -235,6 +370,22 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
       raw: json as Readonly<Record<string, unknown>>
     }
   }))
+
+/**
+ * Fills `intraOpNumThreads` of the CPU models whose config.json and `overrides` leave it unset
+ * with `defaultIntraOpNumThreads` of all the CPU instances in `entries` on `cores`.
+ */
+export const withHostThreadDefaults = (
+  entries: ReadonlyArray<Entry>,
+  overrides: Partial<Defaults>,
+  cores: number = Os.availableParallelism()
+): Array<Entry> => {
+  if (overrides.intraOpNumThreads !== undefined) return [...entries]
+  const isCpu = (e: Entry): e is Found => e._tag === "Found" && !requestsGpu(e.config.executionProviders)
+  const sessions = entries.filter(isCpu).reduce((n, e) => n + e.config.instances, 0)
+  const threads = defaultIntraOpNumThreads(sessions, cores)
+  return entries.map((e) => (isCpu(e) && e.config.raw["intraOpNumThreads"] === undefined ? { ...e, config: { ...e.config, intraOpNumThreads: threads } } : e))
+}
 
 // ---------------------------------------------------------------------------
 // Scanning
@@ -327,7 +478,11 @@ const readConfig = async (dir: string, overrides: Partial<Defaults>): Promise<Mo
   try {
     text = await Fs.readFile(Path.join(dir, configFileName), "utf8")
   } catch (e) {
-    if ((e as { code?: unknown }).code === "ENOENT") return Effect.runSync(decodeConfig({}, overrides))
+    if ((e as { code?: unknown }).code === "ENOENT") {
+      const config = Effect.runSync(decodeConfig({}, overrides))
+      const conflict = configConflict(config)
+      return conflict === undefined ? config : `defaults: ${conflict}`
+    }
     return `${configFileName}: cannot be read (${errorText(e)})`
   }
   let json: unknown
@@ -337,7 +492,9 @@ const readConfig = async (dir: string, overrides: Partial<Defaults>): Promise<Mo
     return `${configFileName}: invalid JSON (${e instanceof Error ? e.message : String(e)})`
   }
   const decoded = Effect.runSync(Effect.result(decodeConfig(json, overrides)))
-  return decoded._tag === "Success" ? decoded.success : `${configFileName}: ${decoded.failure.message.replace(/\n\s*/g, " ")}`
+  if (decoded._tag === "Failure") return `${configFileName}: ${decoded.failure.message.replace(/\n\s*/g, " ")}`
+  const conflict = configConflict(decoded.success)
+  return conflict === undefined ? decoded.success : `${configFileName}: ${conflict}`
 }
 
 /** Checks one model file: present, a non-empty regular file, really inside the root. */
@@ -392,7 +549,10 @@ const scanModel = async (root: string, name: string, overrides: Partial<Defaults
  * Scans `root`. Fails only when the root itself cannot be read; each model's own problems
  * become `Unavailable` entries. Hidden entries (leading dot) and plain files are skipped.
  */
-export const scan = (root: string, options: { readonly defaults?: Partial<Defaults> | undefined } = {}): Effect.Effect<ModelRepository, RepositoryError> =>
+export const scan = (
+  root: string,
+  options: { readonly defaults?: Partial<Defaults> | undefined; /** For tests: the host's cores (`withHostThreadDefaults`). */ readonly cores?: number | undefined } = {}
+): Effect.Effect<ModelRepository, RepositoryError> =>
   Effect.tryPromise({
     try: async () => {
       const realRoot = await Fs.realpath(root)
@@ -412,7 +572,7 @@ export const scan = (root: string, options: { readonly defaults?: Partial<Defaul
           entries.push({ _tag: "Unavailable", name, version: "1", reason: `${name}/: ${errorText(e)}` })
         }
       }
-      return { root: realRoot, entries, ignored } satisfies ModelRepository
+      return { root: realRoot, entries: withHostThreadDefaults(entries, options.defaults ?? {}, options.cores), ignored } satisfies ModelRepository
     },
     catch: (e) => new RepositoryError({ root, reason: errorText(e) })
   }).pipe(Effect.withSpan("ModelRepository.scan", { attributes: { root } }))

@@ -105,7 +105,7 @@ export interface Options {
   /** Absolute path of model.onnx. */
   readonly path: string
   readonly instances: number
-  readonly executionProviders: ReadonlyArray<string>
+  readonly executionProviders: ReadonlyArray<Protocol.ExecutionProvider>
   readonly intraOpNumThreads: number
   readonly interOpNumThreads: number
   /** How long `close` waits for an instance before the transport's `kill`. */

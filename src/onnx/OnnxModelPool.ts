@@ -16,7 +16,11 @@
  *   isolation that includes native crashes, and a run still going `killGraceMs` after its
  *   `timeout` (`ModelPool.RunOptions`) is killed with its process (RunFailed) and replaced.
  * - Execution providers are tried in the configured order, then CPU; `RunOutput.deviceUsed`
- *   and `info` tell which one runs.
+ *   and `info` tell which one runs, `info`'s `fallbacks` why the ones before it did not (one line
+ *   each), and a warning is logged. GPU models run in child processes unless config.json says
+ *   otherwise (`ModelRepository.defaultIsolation`); several GPU models in threads get a warning.
+ *   A model that runs on a GPU batches fuller by default (`gpuBatching`); how full a batching
+ *   model's runs are goes to the `inference_batch_fill_ratio` histogram (`batchFill`).
  * - config.json's `batching` section is resolved (`BatchPolicy.resolve`) against the signature
  *   the session reports and returned in `metadata`; without one, batching is on exactly when
  *   every input and output has a dynamic dim on axis 0. Its `inputSignatures` are checked the
@@ -24,7 +28,7 @@
  *
  * @module OnnxModelPool
  */
-import { Context, Duration, Effect, Layer, type Scope } from "effect"
+import { Context, Duration, Effect, Layer, Metric, type Scope } from "effect"
 import * as BatchPolicy from "../BatchPolicy.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InputSignature from "../InputSignature.ts"
@@ -116,6 +120,47 @@ const byNameThenVersion = (a: ModelRepository.Entry, b: ModelRepository.Entry) =
   a.name < b.name ? -1 : a.name > b.name ? 1 : Number(BigInt(a.version) - BigInt(b.version))
 
 /**
+ * How full a batching model's native runs are: rows in the run over its `maxBatchSize` (1 = a full
+ * batch), one observation per run, labelled `model`. On `/metrics` as `inference_batch_fill_ratio`.
+ * For a GPU model, whose run costs about 1 ms however small, runs well below 1 at high load mean the
+ * batch policy sends too early.
+ */
+export const batchFill = Metric.histogram("inference_batch_fill_ratio", {
+  description: "Rows per native run over the model's maxBatchSize (1 = full), batching models only",
+  boundaries: [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1]
+})
+
+/** Rows in a batching model's run: the dim on the batch axis of its first batched input (0 when none). */
+export const rowsOf = (inputs: Tensor.TensorMap, batching: BatchPolicy.BatchingConfig): number => {
+  for (const [name, tensor] of Object.entries(inputs)) {
+    const axis = batching.inputAxes[name] === undefined ? 0 : batching.inputAxes[name]
+    if (axis !== null && axis < tensor.dims.length) return tensor.dims[axis]!
+  }
+  return 0
+}
+
+/** `maxBatchSize` of a model that runs on a GPU when config.json's `batching` leaves it out (64 on the CPU). */
+export const gpuMaxBatchSize = 256
+
+/** `maxQueueDelayMs` of a model that runs on a GPU when config.json's `batching` leaves it out (0 on the CPU). */
+export const gpuMaxQueueDelayMs = 2
+
+/**
+ * config.json's `batching` for a model whose sessions run on a GPU: what it leaves out favours
+ * full batches, since a WebGPU run costs about 1 ms however few its rows (measured on an H200:
+ * 1.2 ms for 1 row, 2.4 ms for 256 of a 25M-parameter MLP). Up to `gpuMaxBatchSize` rows, and a
+ * forming batch may wait `gpuMaxQueueDelayMs` (about one such run) for more rows while another
+ * run of the model is in flight; `BatchPolicy.decide` still sends at once when the model is idle,
+ * for a Critical request, or when waiting would miss a member's deadline. Chosen from those raw
+ * figures, not yet measured through the engine on a GPU.
+ */
+export const gpuBatching = (json: BatchPolicy.ConfigJson | undefined): BatchPolicy.ConfigJson => ({
+  ...json,
+  maxBatchSize: json?.maxBatchSize ?? gpuMaxBatchSize,
+  maxQueueDelayMs: json?.maxQueueDelayMs ?? gpuMaxQueueDelayMs
+})
+
+/**
  * Scans the repository and loads every model version; the current scope owns every worker.
  * Fails only when the repository root cannot be read.
  */
@@ -137,6 +182,16 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
 
     for (const name of initialRepository.ignored) {
       yield* Effect.logWarning(`model repository: ignoring ${JSON.stringify(name.name)}: ${name.reason}`)
+    }
+
+    const threadGpu = initialRepository.entries.filter((e): e is ModelRepository.Found =>
+      e._tag === "Found" && e.config.isolation === "thread" && ModelRepository.requestsGpu(e.config.executionProviders)
+    )
+    if (threadGpu.length > 1) {
+      yield* Effect.logWarning(
+        `${threadGpu.map((e) => `${e.name} version ${e.version}`).join(", ")} request a GPU with isolation "thread": WebGPU sessions in several ` +
+          `worker threads of one process crashed it (SIGSEGV) on an NVIDIA host; use isolation "process" (the default for GPU models)`
+      )
     }
 
     /** Loads one model version (never fails: a failure is an Unavailable state); the hosts it starts belong to `hosts`. */
@@ -168,7 +223,10 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         // session reports; without a batching section, batching is on exactly when every input and
         // output has a dynamic batch dim.
         Effect.flatMap((host) =>
-          Effect.all([BatchPolicy.resolve(entry.config.batching, host.metadata), InputSignature.resolve(entry.config.inputSignatures, host.metadata)]).pipe(
+          Effect.all([
+            BatchPolicy.resolve(ModelRepository.isGpuProvider(host.deviceUsed) ? gpuBatching(entry.config.batching) : entry.config.batching, host.metadata),
+            InputSignature.resolve(entry.config.inputSignatures, host.metadata)
+          ]).pipe(
             Effect.map(([batching, signatures]) => ({
               host,
               metadata: {
@@ -193,11 +251,11 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
             Effect.as(
               host.fallbacks.length === 0
                 ? Effect.logInfo(
-                  `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation)`
+                  `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation, ${entry.config.intraOpNumThreads} intra-op thread(s))`
                 )
                 : Effect.logWarning(
-                  `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} after falling back from ${
-                    host.fallbacks.map((f) => `${f.provider} (${f.error.split("\n")[0]})`).join(", ")
+                  `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation, ${entry.config.intraOpNumThreads} intra-op thread(s)) after falling back: ${
+                    host.fallbacks.map((f) => f.error.split("\n")[0]).join("; ")
                   }`
                 ),
               { _tag: "Ready", host, metadata } as const
@@ -325,6 +383,9 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       )
       : Effect.succeed([])
 
+    // one series per model, bound once (an update is then a lookup, not a context built per run)
+    const fills = new Map<string, Metric.Histogram<number>>()
+
     const service: Service = {
       metadata: (modelId, version) =>
         unloading.has(modelId)
@@ -336,7 +397,14 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         return isError(model) ? model : model.metadata
       },
       run: (modelId: string, inputs: Tensor.TensorMap, runOptions) =>
-        withHost(modelId, runOptions.version, (model) => model.host.run(inputs, runOptions.requestId, runOptions)),
+        withHost(modelId, runOptions.version, (model) => {
+          const run = model.host.run(inputs, runOptions.requestId, runOptions)
+          const batching = model.metadata.batching
+          if (batching === undefined || !batching.enabled) return run
+          let fill = fills.get(modelId)
+          if (fill === undefined) fills.set(modelId, fill = Metric.withAttributes(batchFill, { model: modelId }))
+          return Effect.tap(run, () => Metric.update(fill, rowsOf(inputs, batching) / batching.maxBatchSize))
+        }),
       runGroup: (modelId, inputs, runOptions) =>
         withHost(modelId, runOptions.version, (model) => model.host.runGroup(inputs, runOptions.requestId, runOptions)),
       models: Effect.map(Effect.zip(info, unseen), ([all, extra]) =>

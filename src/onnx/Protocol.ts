@@ -23,6 +23,9 @@ import type * as Tensor from "../Tensor.ts"
 /** Where sessions run: worker threads of this process, or child processes. */
 export type Isolation = "thread" | "process"
 
+/** A provider to try: a name ("webgpu"), or an object with the name and the options onnxruntime-node takes for it. */
+export type ExecutionProvider = string | { readonly name: string; readonly [option: string]: unknown }
+
 /** What an instance is started with (`workerData` for a thread, the first argument for a process). */
 export interface WorkerConfig {
   readonly modelId: string
@@ -30,7 +33,7 @@ export interface WorkerConfig {
   /** Absolute path of model.onnx. */
   readonly modelPath: string
   /** Providers to try, in order; "cpu" is tried last when none of them loads. */
-  readonly executionProviders: ReadonlyArray<string>
+  readonly executionProviders: ReadonlyArray<ExecutionProvider>
   readonly intraOpNumThreads: number
   readonly interOpNumThreads: number
   /** Where this instance runs. */
@@ -48,7 +51,10 @@ export type ToWorker =
 /** A provider that was requested but could not create the session. */
 export interface Fallback {
   readonly provider: string
+  /** Why, in one line (`ProviderDiagnosis.explain`). */
   readonly error: string
+  /** onnxruntime's own error text. */
+  readonly detail?: string
 }
 
 export type FromWorker =

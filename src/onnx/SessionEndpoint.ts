@@ -9,7 +9,11 @@
  *
  * Session creation tries each requested execution provider on its own, in order, and then
  * "cpu": onnxruntime-node does not fall back by itself (`["cuda", "cpu"]` fails outright when
- * CUDA cannot load). `ready.deviceUsed` names the provider that loaded.
+ * CUDA cannot load). A provider is a name or `{ name, ...options }` (webgpu's `validationMode`,
+ * `storageBufferCacheMode`, ...), passed to onnxruntime as given. `ready.deviceUsed` names the
+ * provider that loaded; `ready.fallbacks` says, one line each, why the ones before it did not
+ * (`ProviderDiagnosis.explain`: "webgpu: no adapter found (No supported adapters); the Vulkan
+ * loader libvulkan.so.1 is not installed ..."), with onnxruntime's own text in `detail`.
  *
  * Messages are handled one at a time, in arrival order: `close` releases the session only after
  * the runs in hand have replied, and a run never overlaps another on the session. A `cancel`
@@ -20,6 +24,7 @@
 import * as ort from "onnxruntime-node"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import * as Tensor from "../Tensor.ts"
+import * as ProviderDiagnosis from "./ProviderDiagnosis.ts"
 import type * as Protocol from "./Protocol.ts"
 
 /** The channel to the host, as a thread's `parentPort` or a process's IPC channel offers it. */
@@ -49,28 +54,44 @@ interface Loaded {
   readonly fallbacks: Array<Protocol.Fallback>
 }
 
+const nameOf = (p: Protocol.ExecutionProvider): string => (typeof p === "string" ? p : p.name).toLowerCase()
+
+/** The providers to try, in order, each once (the first entry of a name wins), then "cpu" unless listed. */
+export const attempts = (providers: ReadonlyArray<Protocol.ExecutionProvider>): Array<Protocol.ExecutionProvider> => {
+  const seen = new Set<string>()
+  const list: Array<Protocol.ExecutionProvider> = []
+  for (const p of providers) {
+    const name = nameOf(p)
+    if (seen.has(name)) continue
+    seen.add(name)
+    list.push(typeof p === "string" ? name : { ...p, name })
+  }
+  return seen.has("cpu") ? list : [...list, "cpu"]
+}
+
 const createSession = async (config: Protocol.WorkerConfig): Promise<Loaded> => {
-  const requested = [...new Set(config.executionProviders.map((p) => p.toLowerCase()))]
-  const attempts = requested.includes("cpu") ? requested : [...requested, "cpu"]
   const fallbacks: Array<Protocol.Fallback> = []
-  for (const provider of attempts) {
+  let lastError = ""
+  for (const provider of attempts(config.executionProviders)) {
+    const name = nameOf(provider)
     try {
       const session = await ort.InferenceSession.create(config.modelPath, {
-        executionProviders: [provider],
+        executionProviders: [provider as ort.InferenceSession.ExecutionProviderConfig],
         intraOpNumThreads: config.intraOpNumThreads,
         interOpNumThreads: config.interOpNumThreads,
         graphOptimizationLevel: "all",
         // 3 = errors; quieter (fatal only) while probing providers that may not load here.
-        logSeverityLevel: provider === "cpu" ? 3 : 4
+        logSeverityLevel: name === "cpu" ? 3 : 4
       })
-      return { session, deviceUsed: provider, fallbacks }
+      return { session, deviceUsed: name, fallbacks }
     } catch (e) {
-      fallbacks.push({ provider, error: errorText(e) })
+      lastError = errorText(e)
+      // The CPU attempt's error says what is wrong with the model itself (corrupt, truncated, unsupported op): kept as is.
+      fallbacks.push({ provider: name, error: name === "cpu" ? lastError : ProviderDiagnosis.explain(name, lastError), detail: lastError })
     }
   }
-  // The CPU attempt's error says what is wrong with the model itself (corrupt, truncated, unsupported op).
-  const last = fallbacks[fallbacks.length - 1]!
-  throw new Error(fallbacks.length === 1 ? last.error : `${last.error} (after ${fallbacks.slice(0, -1).map((f) => `${f.provider}: ${f.error}`).join("; ")})`)
+  const before = fallbacks.slice(0, -1)
+  throw new Error(before.length === 0 ? lastError : `${lastError} (after ${before.map((f) => f.error).join("; ")})`)
 }
 
 const toFeeds = (inputs: Tensor.TensorMap): Record<string, ort.Tensor> => {

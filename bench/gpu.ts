@@ -1,0 +1,175 @@
+/**
+ * `npm run bench -- gpu [--quick] [--sizes=1024,4096,4096,1000] [--seconds=4] [--rounds=2]`: a
+ * compute-heavy generated MLP (`scripts/gpu/model.ts`) on each provider that loads here, cpu
+ * always and webgpu where an adapter is found (`scripts/gpu/probe.ts`; otherwise one line says
+ * why and the CPU is measured alone).
+ *
+ * Contenders, alternating, closed loop at 1, 64 and 256 outstanding requests of one row each:
+ * - `session.run` per request on one session in the main thread (cpu: intra-op threads = cores);
+ * - the engine with batching (maxBatchSize 256) over the model's config.json: cpu with
+ *   intraOpNumThreads = cores and 1 instance; webgpu with the engine's defaults for a GPU model
+ *   (process isolation, `ModelRepository.defaultIsolation`);
+ * - once per provider, the raw batched rate: 256-row `session.run` calls back to back.
+ * Prints req/s, p50/p99 latency, rows per native run, and the largest difference between the
+ * provider's outputs and the CPU session's on the same 8 rows. `--quick` uses a smaller MLP
+ * (1024-1024-1024-1000) and short blocks, for a machine without a GPU.
+ *
+ * Goals (GPU only): the engine on webgpu at 256 outstanding reaches 50% of the raw batched
+ * webgpu rate, 10× per-request webgpu `session.run` at 64, and 3× the engine on the CPU
+ * (intra-op = cores) at 256.
+ */
+import * as Os from "node:os"
+import * as Path from "node:path"
+import * as ort from "onnxruntime-node"
+import * as InferenceRequest from "../src/InferenceRequest.ts"
+import * as OnnxModelPool from "../src/onnx/OnnxModelPool.ts"
+import * as Tensor from "../src/Tensor.ts"
+import { probeWebGpu } from "../scripts/gpu/probe.ts"
+import { heavySizes, maxAbsDiff, parseSizes, writeRepository } from "../scripts/gpu/model.ts"
+import { alternate, type Contender, fmt, goal, type Goal, goalsTable, median, parseArgs, section, table, writeResults } from "./lib/common.ts"
+import { closedLoopAsync, closedLoopEffect, type LoadResult } from "./lib/load.ts"
+import { engineLayer, startEngine } from "./lib/pools.ts"
+import { withRunCounts } from "./lib/contenders.ts"
+
+const args = parseArgs()
+const sizes = parseSizes(args.options["sizes"], args.quick ? [1024, 1024, 1024, 1000] : heavySizes)
+const blockMs = Number(args.options["seconds"] ?? (args.quick ? 1.5 : 4)) * 1000
+const rounds = Number(args.options["rounds"] ?? (args.quick ? 1 : 2))
+const outstandings = [1, 64, 256]
+const cores = Os.availableParallelism()
+const maxBatchSize = 256
+
+const probe = await probeWebGpu()
+if (!probe.available) console.log(`no WebGPU adapter here: ${probe.reason}; measuring the CPU alone`)
+const providers = probe.available ? (["cpu", "webgpu"] as const) : (["cpu"] as const)
+type Provider = (typeof providers)[number]
+const modelOf = (p: Provider) => `mlp_${p}`
+
+const batching = { enabled: true, maxBatchSize }
+const repo = writeRepository(sizes, {
+  mlp_cpu: { executionProviders: ["cpu"], instances: 1, intraOpNumThreads: cores, batching },
+  ...(probe.available ? { mlp_webgpu: { executionProviders: ["webgpu"], batching } } : {})
+})
+const [inputs, outputs] = [sizes[0]!, sizes[sizes.length - 1]!]
+console.log(`model: MLP ${sizes.join("-")} (${(sizes.slice(1).reduce((n, s, i) => n + s * (sizes[i]! + 1), 0) / 1e6).toFixed(1)}M parameters), ${cores} cores, blocks of ${blockMs} ms, ${rounds} round(s)`)
+
+// Main-thread sessions: per-request and raw batched baselines, and the reference outputs.
+const sessions: Partial<Record<Provider, ort.InferenceSession>> = {}
+for (const p of providers) {
+  sessions[p] = await ort.InferenceSession.create(repo.modelPath, { executionProviders: [p], intraOpNumThreads: cores, graphOptimizationLevel: "all", logSeverityLevel: 3 })
+}
+const reference = repo.input(8, 99)
+const runRaw = async (p: Provider, data: Float32Array, rows: number): Promise<Float32Array> =>
+  (await sessions[p]!.run({ input: new ort.Tensor("float32", data, [rows, inputs]) }))["logits"]!.data as Float32Array
+const cpuReference = await runRaw("cpu", reference, 8)
+
+const engine = await startEngine(engineLayer(OnnxModelPool.layer({ repository: repo.root }), { maxConcurrentRequests: 4, maxQueuedRequests: 4096 }))
+const row = repo.input(1, 7)
+const deviceUsed: Record<string, string> = {}
+const diffs: Record<string, number> = {}
+for (const p of providers) {
+  diffs[`session.run ${p}`] = maxAbsDiff(await runRaw(p, reference, 8), cpuReference)
+  const out = await engine.runtime.runPromise(engine.engine.infer(InferenceRequest.make(modelOf(p), { input: Tensor.float32(reference, [8, inputs]) })))
+  deviceUsed[modelOf(p)] = out.deviceUsed
+  diffs[`engine ${p}`] = maxAbsDiff(out.outputs["logits"]!.data as Float32Array, cpuReference)
+}
+console.log(`engine models: ${Object.entries(deviceUsed).map(([m, d]) => `${m} on ${d}`).join(", ")}; outputs [8, ${outputs}]`)
+
+const perRequest = (p: Provider) => (k: number): Promise<LoadResult> =>
+  closedLoopAsync(k, blockMs, () => ({ run: () => sessions[p]!.run({ input: new ort.Tensor("float32", row, [1, inputs]) }) }))
+const viaEngine = (p: Provider) => async (k: number): Promise<LoadResult> => {
+  const before = { ...engine.counts }
+  const r = await engine.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
+    run: engine.engine.infer(InferenceRequest.make(modelOf(p), { input: Tensor.float32(row, [1, inputs]) }))
+  })))
+  return withRunCounts(r, before, engine.counts)
+}
+const batch = repo.input(maxBatchSize, 3)
+const rawBatched = (p: Provider) => async (): Promise<LoadResult> => {
+  const r = await closedLoopAsync(1, blockMs, () => ({ run: () => runRaw(p, batch, maxBatchSize) }))
+  return { ...r, reqPerSec: r.reqPerSec * maxBatchSize, meanBatch: maxBatchSize }
+}
+
+interface Block {
+  readonly provider: Provider
+  readonly contender: string
+  readonly outstanding: number
+  readonly result: LoadResult
+}
+const blocks: Array<Block> = []
+for (const k of outstandings) {
+  const contenders: Array<Contender<Block>> = []
+  for (const p of providers) {
+    contenders.push({ name: `${p} session.run per request`, run: async () => ({ provider: p, contender: "session.run per request", outstanding: k, result: await perRequest(p)(k) }) })
+    contenders.push({ name: `${p} engine`, run: async () => ({ provider: p, contender: "engine, batching", outstanding: k, result: await viaEngine(p)(k) }) })
+    if (k === maxBatchSize) {
+      contenders.push({ name: `${p} raw batched`, run: async () => ({ provider: p, contender: `session.run, ${maxBatchSize} rows a run (rows/s)`, outstanding: 1, result: await rawBatched(p)() }) })
+    }
+  }
+  const results = await alternate(rounds, contenders, (_r, name, b) => console.error(`  ${name} k=${k}: ${b.result.reqPerSec.toFixed(0)}/s`), `k=${k}`)
+  for (const list of Object.values(results)) blocks.push(...list)
+}
+
+const summary = new Map<string, { provider: Provider; contender: string; outstanding: number; reqPerSec: number; p50: number; p99: number; rowsPerRun: number; failed: number }>()
+for (const b of blocks) {
+  const key = `${b.provider}|${b.contender}|${b.outstanding}`
+  const same = blocks.filter((x) => `${x.provider}|${x.contender}|${x.outstanding}` === key)
+  const lat = (x: Block) => x.result.latency["all"]!
+  summary.set(key, {
+    provider: b.provider,
+    contender: b.contender,
+    outstanding: b.outstanding,
+    reqPerSec: median(same.map((x) => x.result.reqPerSec)),
+    p50: median(same.map((x) => lat(x).p50)),
+    p99: median(same.map((x) => lat(x).p99)),
+    rowsPerRun: median(same.map((x) => x.result.meanBatch ?? 1)),
+    failed: same.reduce((n, x) => n + x.result.failed, 0)
+  })
+}
+const rows = [...summary.values()]
+section(`gpu: MLP ${sizes.join("-")}, one row a request (medians of ${rounds} round(s) × ${blockMs} ms)`)
+console.log(table(rows.map((r) => ({
+  provider: r.provider,
+  contender: r.contender,
+  outstanding: r.outstanding,
+  "req/s": fmt(r.reqPerSec),
+  "p50 ms": fmt(r.p50),
+  "p99 ms": fmt(r.p99),
+  "rows/run": fmt(r.rowsPerRun),
+  failed: r.failed
+}))))
+console.log(`\nmax abs diff vs the CPU session on 8 rows: ${Object.entries(diffs).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(", ")}`)
+
+const rate = (p: Provider, contender: string, k: number) => summary.get(`${p}|${contender}|${k}`)?.reqPerSec ?? NaN
+const goals: Array<Goal> = []
+if (probe.available) {
+  const engine256 = rate("webgpu", "engine, batching", 256)
+  const a = engine256 / rate("webgpu", `session.run, ${maxBatchSize} rows a run (rows/s)`, 1)
+  const b = rate("webgpu", "engine, batching", 64) / rate("webgpu", "session.run per request", 64)
+  const c = engine256 / rate("cpu", "engine, batching", 256)
+  goals.push(goal("engine on webgpu at 256 outstanding vs raw 256-row webgpu runs", "≥ 0.5", a, a >= 0.5, `${(a * 100).toFixed(0)}%`))
+  goals.push(goal("engine on webgpu vs per-request webgpu session.run at 64", "≥ 10×", b, b >= 10, `${b.toFixed(1)}×`))
+  goals.push(goal(`engine on webgpu vs engine on cpu (intra-op ${cores}) at 256`, "≥ 3×", c, c >= 3, `${c.toFixed(1)}×`))
+  const diff = Math.max(diffs["engine webgpu"] ?? Infinity, diffs["session.run webgpu"] ?? Infinity)
+  goals.push(goal("webgpu outputs vs cpu outputs", "≤ 1e-4", diff, diff <= 1e-4, diff.toExponential(1)))
+  section("goals")
+  console.log(goalsTable(goals))
+} else {
+  console.log("\ngoals: none measured (they compare WebGPU with the CPU; no adapter here)")
+}
+
+const file = writeResults("gpu", {
+  sizes,
+  cores,
+  blockMs,
+  rounds,
+  webgpu: probe,
+  deviceUsed,
+  maxAbsDiff: diffs,
+  results: rows,
+  goals
+})
+console.log(`\nresults: ${Path.relative(process.cwd(), file)}`)
+await engine.dispose()
+for (const s of Object.values(sessions)) await s.release()
+repo.remove()

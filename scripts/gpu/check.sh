@@ -1,0 +1,16 @@
+#!/bin/bash
+# The one prepared GPU run. Two steps:
+#   1. here (a CPU machine, after npm ci, everything committed):   bash scripts/gpu/pack.sh      (~2 min; writes .gpu-pack/, git-ignored, < 64 MiB)
+#   2. on the GPU host, through the device tool, from the project root:
+#        run(command="bash scripts/gpu/check.sh", carry=[".gpu-pack"], timeout_s=600)
+#      It installs the Vulkan loader and glvnd libraries from .gpu-pack/debs, finds the NVIDIA ICD, unpacks the project with
+#      Node 22 and node_modules into /tmp/project, and runs scripts/gpu/inside.sh there: the probe, the GPU checks, the crash
+#      hunt, `bench gpu`, and the soak with the time left (300 s when the rest took under ~4 min). Everything lands in $OUT
+#      (logs, narrow.json, gpu.json, soak.json, phases.txt); the last lines printed are the summary.
+# BUDGET_S (default 560) bounds inside.sh; SOAK_S (default 300) caps the soak; PHASES (default "probe checks narrow bench soak").
+set -uo pipefail
+out=${OUT:-/tmp/gpu-out}
+mkdir -p "$out"
+[ -f .gpu-pack/pack.tar.xz ] && [ -f .gpu-pack/run.sh ] || { echo "no .gpu-pack/: run bash scripts/gpu/pack.sh on the CPU machine first, and carry .gpu-pack"; exit 2; }
+PROJECT_DIR=${PROJECT_DIR:-/tmp/project} bash .gpu-pack/run.sh bash scripts/gpu/inside.sh "$out" 2>&1 | tee "$out/check.log" | grep -v '^    at \|BackendVk' | tail -n 150
+exit "${PIPESTATUS[0]}"

@@ -1,0 +1,66 @@
+/**
+ * A compute-heavy model for GPU checks: an MLP generated with `scripts/Mlp.ts` (default
+ * 1024-4096-4096-1000, 25M parameters, about 100 MB), written once into a temporary model
+ * repository as several models (one `config.json` each) that share the same weights, so that a
+ * CPU model and a GPU model compute the same function.
+ *
+ * @module model
+ */
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import * as Mlp from "../Mlp.ts"
+
+/** The MLP of the GPU measurements in `/work/shared/gpu/README.md`. */
+export const heavySizes: ReadonlyArray<number> = [1024, 4096, 4096, 1000]
+
+export interface Repository {
+  readonly root: string
+  readonly sizes: ReadonlyArray<number>
+  /** The model file (the first model's). */
+  readonly modelPath: string
+  /** `rows` rows of input, deterministic per `seed`, values in [-0.5, 0.5). */
+  readonly input: (rows: number, seed?: number) => Float32Array<ArrayBuffer>
+  readonly remove: () => void
+}
+
+/** `sizes` "1024,4096,4096,1000" → [1024, 4096, 4096, 1000]; undefined → `fallback`. */
+export const parseSizes = (text: string | undefined, fallback: ReadonlyArray<number>): ReadonlyArray<number> => {
+  if (text === undefined || text === "") return fallback
+  const sizes = text.split(",").map((s) => Number(s.trim()))
+  if (sizes.length < 2 || sizes.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--sizes: expected at least two positive integers, got ${JSON.stringify(text)}`)
+  return sizes
+}
+
+/** Writes the MLP of `sizes` under a new temp root as each model of `models` (name → config.json). */
+export const writeRepository = (sizes: ReadonlyArray<number>, models: Readonly<Record<string, Record<string, unknown>>>): Repository => {
+  const root = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-onnx-gpu-"))
+  const { bytes } = Mlp.build({ sizes, seed: 5 })
+  let modelPath = ""
+  for (const [name, config] of Object.entries(models)) {
+    const dir = Path.join(root, name)
+    Fs.mkdirSync(dir)
+    const file = Path.join(dir, "model.onnx")
+    if (modelPath === "") Fs.writeFileSync(modelPath = file, bytes)
+    else Fs.copyFileSync(modelPath, file)
+    Fs.writeFileSync(Path.join(dir, "config.json"), JSON.stringify(config, null, 2))
+  }
+  const input = (rows: number, seed = 1): Float32Array<ArrayBuffer> => {
+    let a = seed >>> 0
+    const data = new Float32Array(rows * sizes[0]!)
+    for (let i = 0; i < data.length; i++) {
+      a = (Math.imul(a, 1664525) + 1013904223) >>> 0
+      data[i] = a / 4294967296 - 0.5
+    }
+    return data
+  }
+  return { root, sizes, modelPath, input, remove: () => Fs.rmSync(root, { recursive: true, force: true }) }
+}
+
+/** Largest absolute difference of two equally long arrays (Infinity when the lengths differ). */
+export const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>): number => {
+  if (a.length !== b.length) return Infinity
+  let m = 0
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!))
+  return m
+}
