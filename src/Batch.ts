@@ -94,15 +94,26 @@ const concatTensor = (tensors: ReadonlyArray<Tensor.Tensor>, axis: number): Tens
   return Tensor.make(first.dtype, data, dims)
 }
 
-/** Joins the members' inputs into one input map (members all share one `keyOf` key). */
+/**
+ * Joins the members' inputs into one input map (members all share one `keyOf` key). With two or
+ * more members every tensor of the result is a fresh buffer, an unbatched one (axis null) copied
+ * from the first member too: the caller may give the result away (transfer it to a worker)
+ * without detaching a buffer a member still owns.
+ */
 export const concat = (config: BatchPolicy.BatchingConfig, members: ReadonlyArray<Tensor.TensorMap>): Tensor.TensorMap => {
   if (members.length === 1) return members[0]!
   const out: Record<string, Tensor.Tensor> = {}
   for (const name of Object.keys(members[0]!)) {
     const axis = axisOf(config.inputAxes, name)
-    out[name] = axis === null ? members[0]![name]! : concatTensor(members.map((m) => m[name]!), axis)
+    out[name] = axis === null ? copyTensor(members[0]![name]!) : concatTensor(members.map((m) => m[name]!), axis)
   }
   return out
+}
+
+const copyTensor = (tensor: Tensor.Tensor): Tensor.Tensor => {
+  const data = Tensor.allocate(tensor.dtype, tensor.data.length)
+  copy(data, 0, tensor.data, 0, tensor.data.length)
+  return Tensor.make(tensor.dtype, data, tensor.dims)
 }
 
 const sliceTensor = (tensor: Tensor.Tensor, axis: number, from: number, rows: number): Tensor.Tensor => {

@@ -207,6 +207,11 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
         return
       }
       const outcomes = exit.value
+      // The model's native run time per request (as the pool measured it, else the group's wall
+      // time per member), for the size of its next groups (`Scheduler.groupCap`).
+      let nativeMs = 0
+      for (const o of outcomes) nativeMs += Exit.isSuccess(o) ? (o.value as { runMs?: number }).runMs ?? NaN : 0
+      batch.model.expectedRunMs = (Number.isFinite(nativeMs) ? nativeMs : state.nowMs() - startedMs) / members.length
       for (let i = 0; i < members.length; i++) {
         const m = members[i]!
         const outcome = outcomes[i]

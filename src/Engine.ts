@@ -133,8 +133,12 @@ interface State {
   draining: boolean
 }
 
-/** The most requests of a model that does not batch sent to an instance in one job (each still its own run). */
-const maxGroup = 32
+/**
+ * The most requests of a model that does not batch sent to an instance in one job (each still its own
+ * run). Measured at 64 outstanding MLP rows: groups of 8 reach 18k req/s against 21k for 16 or 32, and
+ * a Critical request waits behind at most two of them (the one running, the one sent ahead).
+ */
+const maxGroup = 8
 
 const specOf = (state: State, metadata: ModelMetadata.ModelMetadata): Scheduler.ModelSpec => {
   let spec = state.specs.get(metadata)

@@ -132,6 +132,16 @@ export interface AdmitInput<A> {
 
 const idle: Step<never> = { _tag: "Idle" }
 
+/**
+ * The run time one group may hold (ms): a request of higher priority that arrives waits for at most
+ * the group running and the one sent ahead, so groups are kept short: a 0.25 ms model gets groups of 4.
+ */
+export const groupBudgetMs = 1
+
+/** Requests a new group may take: `maxGroup`, and no more runs than fit `groupBudgetMs` at the model's last run time per request. */
+export const groupCap = (maxGroup: number, expectedRunMs: number): number =>
+  expectedRunMs <= 0 ? maxGroup : Math.max(1, Math.min(maxGroup, Math.floor(groupBudgetMs / expectedRunMs)))
+
 /** Below this share of rows per free slot, splitting a burst over slots buys nothing: a run's fixed cost dominates. */
 export const minSplitRows = 8
 
@@ -431,7 +441,7 @@ export class Scheduler<A> {
     const batch: Batch<A> = { model, key: first.batchKey, grouped, members: [], rows: 0, highest: first.priority, stage: "forming", startedAtMs: nowMs, waiting: 0 }
     this.#join(batch, first)
     if (grouped) {
-      this.#gatherGroup(batch, batchCap(model.spec.maxGroup, model.queuedRows + first.rows, freeSlots))
+      this.#gatherGroup(batch, batchCap(groupCap(model.spec.maxGroup, model.expectedRunMs), model.queuedRows + first.rows, freeSlots))
       return this.#launch(batch, nowMs)
     }
     if (first.batchKey === undefined) return this.#launch(batch, nowMs)

@@ -57,4 +57,18 @@ describe("Batch", () => {
       "inputs disagree on the batch size: input has 1 on axis 0, state has 2 on axis 1"
     )
   })
+
+  it("a joined batch owns every buffer it holds, an unbatched input's too, so that it can be transferred", () => {
+    const config = { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 8, inputAxes: { sr: null } }
+    const member = (v: number) => ({
+      input: Tensor.float32(new Float32Array([v, v]), [1, 2]),
+      sr: Tensor.int64(new BigInt64Array([16000n]), [])
+    })
+    const members = [member(1), member(2)]
+    const joined = Batch.concat(config, members)
+    const owned = new Set(members.flatMap((m) => Object.values(m).map((t) => (t.data as ArrayBufferView).buffer)))
+    for (const [name, tensor] of Object.entries(joined)) assert.isFalse(owned.has((tensor.data as ArrayBufferView).buffer), `${name} shares a member's buffer`)
+    assert.deepStrictEqual(Array.from(joined["sr"]!.data as BigInt64Array), [16000n])
+    assert.deepStrictEqual(Array.from(joined["input"]!.data as Float32Array), [1, 1, 2, 2])
+  })
 })

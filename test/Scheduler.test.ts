@@ -161,6 +161,29 @@ describe("Scheduler", () => {
     assert.strictEqual(Scheduler.batchCap(maxBatchSize, queuedRows, freeSlots), cap)
   })
 
+  it.each([
+    { maxGroup: 32, expectedRunMs: 0, cap: 32 },
+    { maxGroup: 32, expectedRunMs: 0.035, cap: 7 },
+    { maxGroup: 32, expectedRunMs: 1, cap: 1 },
+    { maxGroup: 4, expectedRunMs: 0.01, cap: 4 }
+  ])("groupCap($maxGroup, $expectedRunMs ms) = $cap: a group holds about groupBudgetMs of runs", ({ cap, expectedRunMs, maxGroup }) => {
+    assert.strictEqual(Scheduler.groupCap(maxGroup, expectedRunMs), cap)
+  })
+
+  it("a model that does not batch sends its queued requests in groups, each member still its own run", () => {
+    const s = make()
+    const m = spec("m", { depth: 2, maxGroup: 4 })
+    for (let i = 0; i < 10; i++) admit(s, `r${i}`, m)
+    const { batches } = drainSteps(s)
+    assert.deepStrictEqual(batches.map((b) => [b.grouped, b.members.length]), [[true, 4], [true, 4]])
+    const slow = make()
+    const n = spec("n", { depth: 2, maxGroup: 32 })
+    const model = slow.model(n)
+    model.expectedRunMs = 0.125
+    for (let i = 0; i < 10; i++) admit(slow, `r${i}`, n)
+    assert.deepStrictEqual(drainSteps(slow).batches.map((b) => b.members.length), [2, 2], "0.25 ms of 0.125 ms runs")
+  })
+
   it("a burst over two free slots splits into two even batches", () => {
     const s = make()
     const m = spec("m", { depth: 2, batching: batching({ maxBatchSize: 64 }) })
