@@ -163,8 +163,10 @@ describe("Scheduler", () => {
 
   it.each([
     { maxGroup: 32, expectedRunMs: 0, cap: 32 },
-    { maxGroup: 32, expectedRunMs: 0.035, cap: 7 },
-    { maxGroup: 32, expectedRunMs: 1, cap: 1 },
+    { maxGroup: 32, expectedRunMs: 0.035, cap: 28 },
+    { maxGroup: 8, expectedRunMs: 0.25, cap: 4 },
+    { maxGroup: 8, expectedRunMs: 1, cap: 1 },
+    { maxGroup: 8, expectedRunMs: 3, cap: 1 },
     { maxGroup: 4, expectedRunMs: 0.01, cap: 4 }
   ])("groupCap($maxGroup, $expectedRunMs ms) = $cap: a group holds about groupBudgetMs of runs", ({ cap, expectedRunMs, maxGroup }) => {
     assert.strictEqual(Scheduler.groupCap(maxGroup, expectedRunMs), cap)
@@ -179,9 +181,9 @@ describe("Scheduler", () => {
     const slow = make()
     const n = spec("n", { depth: 2, maxGroup: 32 })
     const model = slow.model(n)
-    model.expectedRunMs = 0.125
+    model.expectedRunMs = 0.5
     for (let i = 0; i < 10; i++) admit(slow, `r${i}`, n)
-    assert.deepStrictEqual(drainSteps(slow).batches.map((b) => b.members.length), [2, 2], "0.25 ms of 0.125 ms runs")
+    assert.deepStrictEqual(drainSteps(slow).batches.map((b) => b.members.length), [2, 2], "1 ms of 0.5 ms runs")
   })
 
   it("a burst over two free slots splits into two even batches", () => {
