@@ -18,6 +18,7 @@ export * as InferenceRequest from "./InferenceRequest.ts"
 export * as InferenceResult from "./InferenceResult.ts"
 export * as Priority from "./Priority.ts"
 export * as Tensor from "./Tensor.ts"
+export * as TensorCodec from "./TensorCodec.ts"
 
 // Scheduling policy and mechanism
 export * as Batch from "./Batch.ts"

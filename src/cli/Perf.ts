@@ -25,7 +25,7 @@
 import { Data, Effect, FileSystem } from "effect"
 import * as Http from "node:http"
 import { AsyncInferenceEngine } from "../Engine.ts"
-import * as Oip from "../http/Oip.ts"
+import * as TensorCodec from "../TensorCodec.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
 import type * as InputSignature from "../InputSignature.ts"
@@ -86,7 +86,7 @@ const isFloat = (dtype: Tensor.DataType) => dtype === "float16" || dtype === "fl
  * from the signature's `values` (in turn), else uniform within its `min`/`max`, else small
  * random numbers (0…1 for floats, 0…9 for integers, true/false, "x" for strings). Pure.
  */
-export const makeInputs = (metadata: ModelMetadata.ModelMetadata, count: number, seed = 1): ReadonlyArray<ReadonlyArray<Oip.RequestInput>> => {
+export const makeInputs = (metadata: ModelMetadata.ModelMetadata, count: number, seed = 1): ReadonlyArray<ReadonlyArray<TensorCodec.RequestInput>> => {
   const next = random(seed)
   const signature: InputSignature.Signature = metadata.signatures?.[0] ?? {}
   return Array.from({ length: count }, () =>
@@ -103,7 +103,7 @@ export const makeInputs = (metadata: ModelMetadata.ModelMetadata, count: number,
         const v = lo + next() * (hi - lo)
         return isFloat(spec.dtype) ? v : Math.round(v)
       }
-      return { name: spec.name, datatype: Oip.datatypeOf[spec.dtype], shape, data: Array.from({ length: size }, (_, i) => value(i)) } as Oip.RequestInput
+      return { name: spec.name, datatype: TensorCodec.datatypeOf[spec.dtype], shape, data: Array.from({ length: size }, (_, i) => value(i)) } as TensorCodec.RequestInput
     }))
 }
 
@@ -198,7 +198,7 @@ const inputsFor = (metadata: ModelMetadata.ModelMetadata, file: string | undefin
     if (file === undefined) {
       const made: Array<Tensor.TensorMap> = []
       for (const inputs of makeInputs(metadata, 16)) {
-        const decoded = Oip.decodeInputs(metadata, inputs)
+        const decoded = TensorCodec.decodeInputs(metadata, inputs)
         const invalid = decoded instanceof InferenceError.InvalidInput ? decoded : ModelMetadata.validateInputs(metadata, decoded)
         if (invalid !== undefined) {
           return yield* new PerfError({ message: `cannot make inputs for model ${metadata.name} from its metadata (${invalid.message}): give records with --input FILE.ndjson` })
@@ -262,7 +262,7 @@ const remoteMetadata = (agent: Http.Agent, url: URL, model: string, version: str
       properties?: Record<string, string>
     }
     const spec = (t: { name: string; datatype: string; shape: Array<number> }): ModelMetadata.TensorSpec | undefined => {
-      const dtype = Oip.dtypeOf(t.datatype)
+      const dtype = TensorCodec.dtypeOf(t.datatype)
       return dtype === undefined ? undefined : { name: t.name, dtype, dims: t.shape }
     }
     const inputs = json.inputs.map(spec)
@@ -281,15 +281,15 @@ const remoteMetadata = (agent: Http.Agent, url: URL, model: string, version: str
 export const encodeRequest = (inputs: Tensor.TensorMap, binary: boolean): { readonly bytes: Uint8Array | string; readonly headers: Record<string, string> } => {
   if (!binary) {
     const parts = Object.entries(inputs).map(([name, tensor]) =>
-      `{"name":${JSON.stringify(name)},"datatype":"${Oip.datatypeOf[tensor.dtype]}","shape":[${tensor.dims.join(",")}],"data":${Oip.encodeData(tensor)}}`
+      `{"name":${JSON.stringify(name)},"datatype":"${TensorCodec.datatypeOf[tensor.dtype]}","shape":[${tensor.dims.join(",")}],"data":${TensorCodec.encodeData(tensor)}}`
     )
     return { bytes: `{"inputs":[${parts.join(",")}]}`, headers: { "content-type": "application/json" } }
   }
-  const blobs = Object.values(inputs).map(Oip.encodeBinaryData)
+  const blobs = Object.values(inputs).map(TensorCodec.encodeBinaryData)
   const header = JSON.stringify({
     inputs: Object.entries(inputs).map(([name, tensor], i) => ({
       name,
-      datatype: Oip.datatypeOf[tensor.dtype],
+      datatype: TensorCodec.datatypeOf[tensor.dtype],
       shape: tensor.dims,
       parameters: { binary_data_size: blobs[i]!.length }
     }))
@@ -302,7 +302,7 @@ export const encodeRequest = (inputs: Tensor.TensorMap, binary: boolean): { read
     bytes.set(blob, offset)
     offset += blob.length
   }
-  return { bytes, headers: { "content-type": "application/octet-stream", [Oip.inferenceHeaderContentLength]: String(json.length) } }
+  return { bytes, headers: { "content-type": "application/octet-stream", [TensorCodec.inferenceHeaderContentLength]: String(json.length) } }
 }
 
 const overHttp = (options: Options & { readonly url: string }) =>
@@ -354,7 +354,7 @@ const overGrpc = (options: Options & { readonly url: string }) =>
       Effect.mapError((e) => new PerfError({ message: `gRPC ${address} ModelMetadata: ${e}` }))
     )
     const spec = (t: { name: string; datatype: string; shape: Array<string | number> }): ModelMetadata.TensorSpec | undefined => {
-      const dtype = Oip.dtypeOf(t.datatype)
+      const dtype = TensorCodec.dtypeOf(t.datatype)
       return dtype === undefined ? undefined : { name: t.name, dtype, dims: t.shape.map(Number) }
     }
     const inputs = (answer.inputs as Array<{ name: string; datatype: string; shape: Array<string> }>).map(spec)
@@ -369,8 +369,8 @@ const overGrpc = (options: Options & { readonly url: string }) =>
     const requests = new Map(records.map((record) => [record, {
       model_name: options.model,
       model_version: options.version ?? "",
-      inputs: Object.entries(record).map(([name, tensor]) => ({ name, datatype: Oip.datatypeOf[tensor.dtype], shape: tensor.dims })),
-      raw_input_contents: Object.values(record).map((tensor) => Buffer.from(Oip.encodeBinaryData(tensor)))
+      inputs: Object.entries(record).map(([name, tensor]) => ({ name, datatype: TensorCodec.datatypeOf[tensor.dtype], shape: tensor.dims })),
+      raw_input_contents: Object.values(record).map((tensor) => Buffer.from(TensorCodec.encodeBinaryData(tensor)))
     }] as const))
     const send: Send = (i) => unary(client, "ModelInfer", requests.get(i)!).pipe(Effect.as(true as const), Effect.catch((e) => Effect.succeed(`gRPC: ${e}`)))
     return yield* runLevels(options, records, send)

@@ -28,7 +28,7 @@ import * as InferenceError from "../InferenceError.ts"
 import type * as InferenceResult from "../InferenceResult.ts"
 import * as ModelMetadata from "../ModelMetadata.ts"
 import type * as Priority from "../Priority.ts"
-import * as Oip from "../http/Oip.ts"
+import * as TensorCodec from "../TensorCodec.ts"
 import type * as Tensor from "../Tensor.ts"
 
 /** A decoded input line. */
@@ -68,24 +68,24 @@ export const decode = (metadata: ModelMetadata.ModelMetadata, line: number, text
   }
   if (!isObject(json)) return malformed("expected a JSON object (a tensor map or an OIP request body)")
 
-  let body: Oip.InferRequest
+  let body: TensorCodec.InferRequest
   if (Array.isArray(json["inputs"])) {
-    const decoded = Oip.decodeInferRequest(json)
+    const decoded = TensorCodec.decodeInferRequest(json)
     if ("error" in decoded) return malformed(decoded.error)
     body = decoded
   } else {
-    const inputs: Array<Oip.RequestInput> = []
+    const inputs: Array<TensorCodec.RequestInput> = []
     for (const [name, tensor] of Object.entries(json)) {
       if (!isObject(tensor)) return malformed(`${JSON.stringify(name)} is not a tensor ({"datatype", "shape", "data"})`)
-      inputs.push({ name, shape: tensor["shape"], datatype: tensor["datatype"], data: tensor["data"] } as Oip.RequestInput)
+      inputs.push({ name, shape: tensor["shape"], datatype: tensor["datatype"], data: tensor["data"] } as TensorCodec.RequestInput)
     }
-    const decoded = Oip.decodeInferRequest({ inputs })
+    const decoded = TensorCodec.decodeInferRequest({ inputs })
     if ("error" in decoded) return malformed(decoded.error.replace("invalid inference request", "invalid tensor map"))
     body = decoded
   }
   if (body.inputs.length === 0) return malformed("no input tensors")
 
-  const inputs = Oip.decodeInputs(metadata, body.inputs)
+  const inputs = TensorCodec.decodeInputs(metadata, body.inputs)
   if (inputs instanceof InferenceError.InvalidInput) return malformed(inputs.message)
   const invalid = ModelMetadata.validateInputs(metadata, inputs)
   if (invalid !== undefined) return malformed(invalid.message)
@@ -93,8 +93,8 @@ export const decode = (metadata: ModelMetadata.ModelMetadata, line: number, text
     line,
     id: body.id,
     inputs,
-    priority: Oip.priorityOf(body.parameters?.priority),
-    timeout: Oip.timeoutOf(body.parameters?.timeout)
+    priority: TensorCodec.priorityOf(body.parameters?.priority),
+    timeout: TensorCodec.timeoutOf(body.parameters?.timeout)
   }
 }
 
@@ -104,7 +104,7 @@ const encodeOutputs = (outputs: Tensor.TensorMap): string => {
   for (const [name, tensor] of Object.entries(outputs)) {
     if (!first) s += ","
     first = false
-    s += `${JSON.stringify(name)}:{"datatype":"${Oip.datatypeOf[tensor.dtype]}","shape":[${tensor.dims.join(",")}],"data":${Oip.encodeData(tensor)}}`
+    s += `${JSON.stringify(name)}:{"datatype":"${TensorCodec.datatypeOf[tensor.dtype]}","shape":[${tensor.dims.join(",")}],"data":${TensorCodec.encodeData(tensor)}}`
   }
   return s + "}"
 }

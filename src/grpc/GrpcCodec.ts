@@ -16,7 +16,7 @@
  */
 import * as ProtoLoader from "@grpc/proto-loader"
 import { fileURLToPath } from "node:url"
-import * as Oip from "../http/Oip.ts"
+import * as TensorCodec from "../TensorCodec.ts"
 import type * as Tensor from "../Tensor.ts"
 
 /** Where the .proto files ship (copied beside the compiled module by the build). */
@@ -181,6 +181,6 @@ export const inferResponse = (response: {
   model_name: response.modelName,
   model_version: response.modelVersion,
   id: response.id,
-  outputs: response.outputs.map(([name, tensor]) => ({ name, datatype: Oip.datatypeOf[tensor.dtype], shape: tensor.dims.slice() })),
-  raw_output_contents: response.outputs.map(([, tensor]) => Oip.encodeBinaryData(tensor))
+  outputs: response.outputs.map(([name, tensor]) => ({ name, datatype: TensorCodec.datatypeOf[tensor.dtype], shape: tensor.dims.slice() })),
+  raw_output_contents: response.outputs.map(([, tensor]) => TensorCodec.encodeBinaryData(tensor))
 })
