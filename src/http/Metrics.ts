@@ -18,7 +18,7 @@
  *
  * @module Metrics
  */
-import { Effect, Metric } from "effect"
+import { Effect, Metric, type Scope } from "effect"
 import { PrometheusMetrics } from "effect/observability"
 import type { AsyncInferenceEngine } from "../Engine.ts"
 import * as Priority from "../Priority.ts"
@@ -109,36 +109,45 @@ export const tritonFamilies = (snapshot: ReadonlyArray<Metric.Metric.Snapshot>, 
   return text
 }
 
-/** Models that had requests queued at an earlier scrape: their gauges go back to 0 when they have none. */
-const modelsSeen = new Set<string>()
-
 export type Format = "default" | "triton"
 
-let processMetrics: ProcessMetrics.ProcessMetrics | undefined
+/** A server's `/metrics` page: its state (the models seen, the process observers) belongs to the scope that made it. */
+export interface Page {
+  /** Renders the whole page; needs the engine for the pending gauges. */
+  readonly render: (engine: AsyncInferenceEngine["Service"], options?: { readonly format?: Format | undefined }) => Effect.Effect<string>
+}
 
-/** Renders the whole page; needs the engine for the pending gauges. */
-export const render = (engine: AsyncInferenceEngine["Service"], options: { readonly format?: Format | undefined } = {}): Effect.Effect<string> =>
-  Effect.gen(function*() {
-    processMetrics ??= ProcessMetrics.make()
-    const byModel = yield* engine.queueStatsByModel
-    const unsettled = yield* engine.pending
-    for (const model of byModel.keys()) modelsSeen.add(model)
-    for (const model of modelsSeen) {
-      const stats = byModel.get(model)
-      const byLevel: Record<Priority.Priority, number> = {
-        Critical: stats?.critical ?? 0,
-        High: stats?.high ?? 0,
-        Normal: stats?.normal ?? 0,
-        Low: stats?.low ?? 0
-      }
-      for (const level of Priority.levels) {
-        yield* Metric.update(Metric.withAttributes(pendingGauge, { model, priority: level }), byLevel[level])
-      }
+/** Makes a page in the current scope: the process observers start now and stop when the scope closes. */
+export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
+  Effect.acquireRelease(Effect.sync(() => ProcessMetrics.make()), (process) => Effect.sync(() => process.stop())),
+  (processMetrics): Page => {
+    /** Models that had requests queued at an earlier scrape: their gauges go back to 0 when they have none. */
+    const modelsSeen = new Set<string>()
+    return {
+      render: (engine, options = {}) =>
+        Effect.gen(function*() {
+          const byModel = yield* engine.queueStatsByModel
+          const unsettled = yield* engine.pending
+          for (const model of byModel.keys()) modelsSeen.add(model)
+          for (const model of modelsSeen) {
+            const stats = byModel.get(model)
+            const byLevel: Record<Priority.Priority, number> = {
+              Critical: stats?.critical ?? 0,
+              High: stats?.high ?? 0,
+              Normal: stats?.normal ?? 0,
+              Low: stats?.low ?? 0
+            }
+            for (const level of Priority.levels) {
+              yield* Metric.update(Metric.withAttributes(pendingGauge, { model, priority: level }), byLevel[level])
+            }
+          }
+          yield* Metric.update(unsettledGauge, unsettled)
+          const text = yield* PrometheusMetrics.format()
+          const page = text + (text.endsWith("\n") || text === "" ? "" : "\n") + processMetrics.render()
+          if (options.format !== "triton") return page
+          const pending = new Map([...byModel].map(([model, stats]) => [model, stats.total] as const))
+          return page + tritonFamilies(yield* Metric.snapshot, pending)
+        })
     }
-    yield* Metric.update(unsettledGauge, unsettled)
-    const text = yield* PrometheusMetrics.format()
-    const page = text + (text.endsWith("\n") || text === "" ? "" : "\n") + processMetrics.render()
-    if (options.format !== "triton") return page
-    const pending = new Map([...byModel].map(([model, stats]) => [model, stats.total] as const))
-    return page + tritonFamilies(yield* Metric.snapshot, pending)
-  })
+  }
+)

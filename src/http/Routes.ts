@@ -135,6 +135,8 @@ export const layer = (
       const engine = yield* AsyncInferenceEngine
       const pool = yield* ModelPool
       const lifecycle = yield* Lifecycle.Lifecycle
+      // The /metrics page's state (models seen, process observers) lives as long as these routes.
+      const metricsPage = yield* Metrics.make
       // Optional: without Statistics.layer (an embedding that did not wire it) the stats routes answer 501.
       const statistics = yield* Effect.serviceOption(Statistics.Statistics)
       const roots = options.redactPaths ?? []
@@ -388,7 +390,7 @@ export const layer = (
 
       // -- metrics and the rest ---------------------------------------------------------
 
-      const prometheus = handle(Effect.map(Metrics.render(engine, { format: options.metricsFormat }), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
+      const prometheus = handle(Effect.map(metricsPage.render(engine, { format: options.metricsFormat }), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
 
       // A path no route matches (or that does not even decode) is a JSON 404 too. HEAD falls
       // back to GET inside the router, before this runs.

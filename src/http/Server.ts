@@ -35,7 +35,7 @@
  * @module Server
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Clock, Context, Duration, Effect, Layer } from "effect"
+import { Context, Duration, Effect, Layer } from "effect"
 import { HttpRouter, type HttpServer } from "effect/http"
 import type { ServeError } from "effect/http/HttpServerError"
 import * as Http from "node:http"
@@ -62,9 +62,11 @@ export interface NodeServerHandle {
   readonly server: Http.Server
   /** Every open connection, with the number of requests it is answering and since when it idles. */
   readonly connections: ReadonlyMap<Net.Socket, { readonly active: number; readonly idleSinceMs: number }>
-  /** When the last connection or request arrived, or the last answer finished (`performance.now()`). */
+  /** The clock every time here is read from: the Clock of the layer's context, in ms. */
+  readonly nowMs: () => number
+  /** When the last connection or request arrived, or the last answer finished (`nowMs`). */
   readonly lastActivityMs: () => number
-  /** When the last connection arrived (`performance.now()`). */
+  /** When the last connection arrived (`nowMs`). */
   readonly lastConnectionMs: () => number
   /** Requests received since the server started. */
   readonly requests: () => number
@@ -102,19 +104,19 @@ const answerClientErrors = (server: Http.Server): void => {
   })
 }
 
-const track = (server: Http.Server): NodeServerHandle => {
+const track = (server: Http.Server, nowMs: () => number): NodeServerHandle => {
   const connections = new Map<Net.Socket, { active: number; idleSinceMs: number }>()
   let lastActivityMs = 0
   let lastConnectionMs = 0
   let requests = 0
   let answersCut = 0
   server.on("connection", (socket: Net.Socket) => {
-    lastActivityMs = lastConnectionMs = performance.now()
+    lastActivityMs = lastConnectionMs = nowMs()
     connections.set(socket, { active: 0, idleSinceMs: lastActivityMs })
     socket.once("close", () => connections.delete(socket))
   })
   server.on("request", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-    lastActivityMs = performance.now()
+    lastActivityMs = nowMs()
     requests++
     const state = connections.get(request.socket)
     if (state === undefined) return
@@ -122,19 +124,19 @@ const track = (server: Http.Server): NodeServerHandle => {
     response.once("close", () => {
       if (!response.writableFinished) answersCut++
       state.active--
-      state.idleSinceMs = lastActivityMs = performance.now()
+      state.idleSinceMs = lastActivityMs = nowMs()
     })
   })
-  return { server, connections, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
+  return { server, connections, nowMs, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
 }
 
 /** Serves the routes on `options.host:options.port`; also provides the Lifecycle and the Node server. */
 export const layer = (
   options: Options
 ): Layer.Layer<HttpServer.HttpServer | Lifecycle | NodeServer, ServeError, AsyncInferenceEngine | ModelPool | TelemetryCollector> =>
-  Layer.unwrap(Effect.sync(() => {
+  Layer.unwrap(Effect.clockWith((clock) => Effect.sync(() => {
     const server = Http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000 })
-    const handle = track(server)
+    const handle = track(server, () => clock.currentTimeMillisUnsafe())
     answerClientErrors(server)
     return HttpRouter.serve(Routes.layer(options), {
       disableLogger: true,
@@ -145,7 +147,7 @@ export const layer = (
       Layer.provideMerge(Lifecycle.layer),
       Layer.provideMerge(Layer.succeed(NodeServer, handle))
     )
-  }))
+  })))
 
 export interface ShutdownReport {
   /** Every queued and running request settled within the grace period. */
@@ -183,11 +185,12 @@ const afterPollPhase: Effect.Effect<void> = Effect.callback<void>((resume) => {
 export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, never, Lifecycle | NodeServer | AsyncInferenceEngine> =>
   Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
-    const { connections, lastActivityMs, lastConnectionMs, requests, server } = yield* NodeServer
+    const { connections, lastActivityMs, lastConnectionMs, nowMs, requests, server } = yield* NodeServer
     const engine = yield* AsyncInferenceEngine
-    const startedMs = yield* Clock.currentTimeMillis
+    // One clock for everything here: the server's (`nowMs`), which also stamps its activity.
+    const startedMs = nowMs()
     const graceMs = Duration.toMillis(Duration.fromInputUnsafe(grace))
-    const leftMs = Effect.map(Clock.currentTimeMillis, (now) => Math.max(0, graceMs - (now - startedMs)))
+    const leftMs = Effect.sync(() => Math.max(0, graceMs - (nowMs() - startedMs)))
 
     const requestsAtSignal = requests()
     yield* lifecycle.beginShutdown
@@ -201,12 +204,12 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
       for (const state of connections.values()) if (state.active > 0) return true
       return false
     }
-    const quietForMs = () => (answering() ? 0 : performance.now() - lastActivityMs())
-    const settledFrom = performance.now()
+    const quietForMs = () => (answering() ? 0 : nowMs() - lastActivityMs())
+    const settledFrom = nowMs()
     let quiet = false
-    while ((yield* leftMs) > 0 && performance.now() - settledFrom < settleMs) {
+    while ((yield* leftMs) > 0 && nowMs() - settledFrom < settleMs) {
       if (quietForMs() < quietMs) {
-        const settleLeftMs = settleMs - (performance.now() - settledFrom)
+        const settleLeftMs = settleMs - (nowMs() - settledFrom)
         yield* Effect.sleep(Duration.millis(Math.max(1, Math.min(quietMs - quietForMs() + 1, settleLeftMs, yield* leftMs))))
         continue
       }
@@ -222,9 +225,9 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
       // (answers keep them alive, so nobody reconnects) until no new connection has come for
       // `quietMs`, let a poll phase accept what is queued, then close.
       yield* lifecycle.holdConnections(true)
-      const heldFrom = performance.now()
-      const noNewConnectionForMs = () => performance.now() - lastConnectionMs()
-      while ((yield* leftMs) > 0 && performance.now() - heldFrom < settleMs) {
+      const heldFrom = nowMs()
+      const noNewConnectionForMs = () => nowMs() - lastConnectionMs()
+      while ((yield* leftMs) > 0 && nowMs() - heldFrom < settleMs) {
         if (noNewConnectionForMs() < quietMs) {
           yield* Effect.sleep(Duration.millis(Math.max(1, Math.min(quietMs - noNewConnectionForMs() + 1, yield* leftMs))))
           continue
@@ -238,7 +241,7 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
     yield* lifecycle.holdConnections(false)
     // Connections close themselves after a `Connection: close` answer; end those left idle.
     while (connections.size > 0 && (yield* leftMs) > 0) {
-      const now = performance.now()
+      const now = nowMs()
       for (const [socket, state] of connections) {
         if (state.active === 0 && now - state.idleSinceMs >= lingerMs) socket.end()
       }
@@ -247,6 +250,6 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
     const connectionsDestroyed = connections.size
     server.closeAllConnections()
     for (const socket of connections.keys()) socket.destroy()
-    const elapsedMs = (yield* Clock.currentTimeMillis) - startedMs
+    const elapsedMs = nowMs() - startedMs
     return { drained, inFlight, connectionsDestroyed, refused: requests() - requestsAtSignal, elapsedMs }
   }).pipe(Effect.withSpan("Server.shutdown"))
