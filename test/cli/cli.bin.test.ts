@@ -153,9 +153,13 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     Fs.writeFileSync(input, Array.from({ length: 20_000 }, () => record).join("\n") + "\n")
     const output = Path.join(dir, "big.out.ndjson")
     const { child, done } = start(["infer", "--model", "mlp", "--input", input, "--output", output, "--models", models, "--progress", "bar"])
-    // Interrupt once results are being written.
+    let stderr = ""
+    child.stderr!.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
+    // Interrupt once results are being written and the bar has been drawn (the engine can write
+    // 20 kB of results before the bar's first tick).
+    const bar = /\r\x1b\[2K\[[#-]+\] \d+\/20000/
     const deadline = Date.now() + 40_000
-    while (Date.now() < deadline && (!Fs.existsSync(output) || Fs.statSync(output).size < 20_000)) await new Promise((r) => setTimeout(r, 50))
+    while (Date.now() < deadline && (!Fs.existsSync(output) || Fs.statSync(output).size < 20_000 || !bar.test(stderr))) await new Promise((r) => setTimeout(r, 50))
     child.kill("SIGINT")
     const result = await done
     assert.strictEqual(result.code, 130, result.stderr)
