@@ -52,6 +52,8 @@ export interface Model {
   spec: ModelSpec
   /** Slots taken: batches forming or dispatched. */
   slots: number
+  /** Permits its busy instances hold: `min(slots, instances)`, kept as a count so that a reload that changes `instances` cannot leak one. */
+  permitsHeld: number
   /** Batches dispatched and not completed. */
   runs: number
   /** The last run's duration. */
@@ -183,7 +185,7 @@ export class Scheduler<A> {
   model(spec: ModelSpec): Model {
     let model = this.#models.get(spec.key)
     if (model === undefined) {
-      model = { spec, slots: 0, runs: 0, expectedRunMs: 0, queuedRows: 0, forming: new Map(), inFlight: [] }
+      model = { spec, slots: 0, permitsHeld: 0, runs: 0, expectedRunMs: 0, queuedRows: 0, forming: new Map(), inFlight: [] }
       this.#models.set(spec.key, model)
     } else if (model.spec !== spec) {
       // A reloaded model: its new instances and batching apply from now on.
@@ -390,13 +392,21 @@ export class Scheduler<A> {
   }
 
   #takeSlot(model: Model): void {
-    if (model.slots < model.spec.instances) this.#permits++
+    if (model.slots < model.spec.instances) {
+      model.permitsHeld++
+      this.#permits++
+    }
     model.slots++
   }
 
   #freeSlot(model: Model): void {
     model.slots--
-    if (model.slots < model.spec.instances) this.#permits--
+    // Give back what the model holds beyond its busy instances (a reload may have changed `instances`).
+    const held = Math.min(model.slots, model.spec.instances)
+    if (model.permitsHeld > held) {
+      this.#permits -= model.permitsHeld - held
+      model.permitsHeld = held
+    }
   }
 
   /** Slots the model could still take now, permits considered. */

@@ -120,6 +120,21 @@ describe("Scheduler", () => {
     assert.strictEqual(s.queue.size, 1, "b2 waits for busy's instance")
   })
 
+  it("a reload that changes a model's instances while it runs leaks no permit", () => {
+    const s = make({ maxConcurrent: 2 })
+    const before = spec("m", { instances: 2 })
+    admit(s, "a", before)
+    admit(s, "b", before)
+    const { batches } = drainSteps(s)
+    assert.strictEqual(s.freePermits, 0)
+    s.model(spec("m", { instances: 1 })) // reloaded with one instance
+    for (const batch of batches) {
+      for (const member of batch.members) s.settle(member)
+      s.complete(batch)
+    }
+    assert.strictEqual(s.freePermits, 2, "every permit came back")
+  })
+
   it("complete frees the slot: the next request goes", () => {
     const s = make()
     const m = spec("m")
