@@ -2,7 +2,7 @@
  * The deployment files agree with the server (no cluster needed): every Kubernetes and KServe
  * manifest under deploy/, the Containerfile and the nginx configuration are parsed, and their
  * ports, paths, probes, grace periods and environment variables are checked against what the code
- * reads and serves: `ServerConfig.parse` and `AsyncConfig.config` decide which variables exist and
+ * reads and serves: `ServerConfig.decode` (flags through its options table) and `AsyncConfig.config` decide which variables exist and
  * what they mean, and the real routes (over a test pool) answer the probe and metrics paths.
  */
 import { assert, describe, it } from "@effect/vitest"
