@@ -301,38 +301,37 @@ export class Scheduler<A> {
    * left empty (its members all left) gives its slot back.
    */
   next(nowMs: number): Step<A> {
-    let waitUntil = Infinity
-    for (const model of this.#models.values()) {
-      for (const batch of model.forming.values() as IterableIterator<Batch<A>>) {
-        if (batch.members.length === 0) {
-          this.#dropForming(batch)
-          continue
+    // A loop, not recursion: each turn takes one request out of the queue, and a deep queue
+    // joining forming batches must not grow the stack.
+    while (true) {
+      let waitUntil = Infinity
+      for (const model of this.#models.values()) {
+        for (const batch of model.forming.values() as IterableIterator<Batch<A>>) {
+          if (batch.members.length === 0) {
+            this.#dropForming(batch)
+            continue
+          }
+          const decision = this.#decide(batch, nowMs)
+          if (decision._tag === "Send") return this.#launch(batch, nowMs)
+          waitUntil = Math.min(waitUntil, nowMs + decision.ms)
         }
-        const decision = this.#decide(batch, nowMs)
-        if (decision._tag === "Send") return this.#launch(batch, nowMs)
-        waitUntil = Math.min(waitUntil, nowMs + decision.ms)
       }
-    }
-    const head = this.queue.peek(nowMs)
-    if (head !== undefined) {
+      const head = this.queue.peek(nowMs)
       const canGo = (r: Request<A>) => this.#canOpen(r.model) || this.#formingFor(r) !== undefined
-      const first = canGo(head.value) ? head.value : this.queue.takeWhere(canGo, 1)[0]
-      if (first !== undefined) {
-        if (first === head.value) this.queue.poll(nowMs)
-        first.model.queuedRows -= first.rows
-        first.entry = undefined
-        // A batch of its kind is forming and may take it: it joins, and the policy is asked again.
-        const open = this.#formingFor(first)
-        if (open !== undefined) {
-          this.#join(open, first)
-          return this.next(nowMs)
-        }
-        const step = this.#open(first, nowMs)
-        if (step !== undefined) return step
-        return this.next(nowMs)
+      const first = head === undefined ? undefined : canGo(head.value) ? head.value : this.queue.takeWhere(canGo, 1)[0]
+      if (first === undefined) return waitUntil === Infinity ? idle : { _tag: "Wait", untilMs: waitUntil }
+      if (first === head!.value) this.queue.poll(nowMs)
+      first.model.queuedRows -= first.rows
+      first.entry = undefined
+      // A batch of its kind is forming and may take it: it joins, and the policy is asked again.
+      const open = this.#formingFor(first)
+      if (open !== undefined) {
+        this.#join(open, first)
+        continue
       }
+      const step = this.#open(first, nowMs)
+      if (step !== undefined) return step
     }
-    return waitUntil === Infinity ? idle : { _tag: "Wait", untilMs: waitUntil }
   }
 
   /** The batch's run (and any reruns of its members) ended: its slot is free. Its members were settled by then. */
