@@ -43,8 +43,6 @@ export interface Dispatcher {
   readonly submit: (input: Scheduler.AdmitInput<Caller>) => Request | undefined
   /** The caller left: the request leaves the queue or its batch, or its result will be dropped. It is not answered. */
   readonly cancel: (request: Request) => void
-  /** Answers a request now with `exit` (a cancel token), taking it out as `cancel` does. */
-  readonly answer: (request: Request, exit: Exit.Exit<RunOutput, InferenceError.Reason>) => void
 }
 
 /**
@@ -82,9 +80,9 @@ interface State {
 }
 
 /** Answers a request once: out of the scheduler, then its caller resumed. */
-const answer = (state: State, request: Request, exit: Exit.Exit<RunOutput, InferenceError.Reason>, abandoned = false): void => {
+const answer = (state: State, request: Request, exit: Exit.Exit<RunOutput, InferenceError.Reason>): void => {
   if (request.stage === "settled") return
-  state.scheduler.settle(request, abandoned)
+  state.scheduler.settle(request)
   request.value.resume(exit)
 }
 
@@ -289,10 +287,6 @@ export const make = (options: Scheduler.Options): Effect.Effect<Dispatcher, neve
       },
       cancel: (request) => {
         if (state.scheduler.cancel(request)) schedule(state)
-      },
-      answer: (request, exit) => {
-        answer(state, request, exit, true)
-        schedule(state)
       }
     } satisfies Dispatcher
   })

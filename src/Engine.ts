@@ -33,7 +33,7 @@ import { ModelPool, type RunOutput } from "./ModelPool.ts"
 import * as Priority from "./Priority.ts"
 import type * as PriorityQueue from "./PriorityQueue.ts"
 import type * as Scheduler from "./Scheduler.ts"
-import { TelemetryCollector } from "./Telemetry.ts"
+import { type RequestInfo, TelemetryCollector } from "./Telemetry.ts"
 
 export interface Service {
   /**
@@ -102,7 +102,7 @@ export interface Diagnostics {
 export const DispatchGate = Dispatcher.DispatchGate
 
 /** The telemetry record of a settled request, by its failure reason. */
-const recordFailure = (telemetry: TelemetryCollector["Service"], request: InferenceRequest, reason: InferenceError.Reason, elapsedMs: number): void => {
+const recordFailure = (telemetry: TelemetryCollector["Service"], request: RequestInfo, reason: InferenceError.Reason, elapsedMs: number): void => {
   switch (reason._tag) {
     case "QueueFull":
     case "ShuttingDown":
@@ -339,7 +339,7 @@ const queueStatsByModel = (state: State): ReadonlyMap<string, PriorityQueue.Queu
 const refused = (state: State, modelId: string, reason: InferenceError.Reason): void => {
   const info = { modelId, requestId: "", priority: Priority.Normal }
   state.telemetry.recordStart(info)
-  recordFailure(state.telemetry, info as InferenceRequest, reason, 0)
+  recordFailure(state.telemetry, info, reason, 0)
 }
 
 /** Builds the engine in the current scope; closing the scope stops it (see `layer`). */

@@ -79,8 +79,6 @@ export interface Request<A> {
   /** When it fails with QueueTimeout if still waiting; Infinity for none. */
   readonly queueDeadlineAtMs: number
   stage: Stage
-  /** Where it was when it settled. */
-  settledFrom: Exclude<Stage, "settled"> | undefined
   entry: PriorityQueue.Entry<Request<A>> | undefined
   timer: DeadlineHeap.Entry<Request<A>> | undefined
   batch: Batch<A> | undefined
@@ -101,8 +99,6 @@ export interface Batch<A> {
   /** The highest priority among the members (see `BatchPolicy.mayJoin`). */
   highest: Priority.Priority
   stage: "forming" | "running"
-  /** When it was dispatched. */
-  startedAtMs: number
   /** Requests it holds while it waits in a busy instance (sent ahead); 0 once it runs. */
   waiting: number
 }
@@ -211,7 +207,6 @@ export class Scheduler<A> {
       deadlineAtMs: input.deadlineAtMs,
       queueDeadlineAtMs: input.queueDeadlineAtMs,
       stage: "queued",
-      settledFrom: undefined,
       entry: undefined,
       timer: undefined,
       batch: undefined
@@ -285,7 +280,6 @@ export class Scheduler<A> {
     }
     if (abandoned) this.abandoned[stage]++
     request.stage = "settled"
-    request.settledFrom = stage
     request.entry = undefined
     if (request.timer !== undefined) {
       this.#timers.remove(request.timer)
@@ -312,7 +306,7 @@ export class Scheduler<A> {
             continue
           }
           const decision = this.#decide(batch, nowMs)
-          if (decision._tag === "Send") return this.#launch(batch, nowMs)
+          if (decision._tag === "Send") return this.#launch(batch)
           waitUntil = Math.min(waitUntil, nowMs + decision.ms)
         }
       }
@@ -447,17 +441,17 @@ export class Scheduler<A> {
     const freeSlots = this.#freeSlots(model)
     this.#takeSlot(model)
     const grouped = first.batchKey === undefined && model.spec.maxGroup > 1
-    const batch: Batch<A> = { model, key: first.batchKey, grouped, members: [], rows: 0, highest: first.priority, stage: "forming", startedAtMs: nowMs, waiting: 0 }
+    const batch: Batch<A> = { model, key: first.batchKey, grouped, members: [], rows: 0, highest: first.priority, stage: "forming", waiting: 0 }
     this.#join(batch, first)
     if (grouped) {
       this.#gatherGroup(batch, batchCap(groupCap(model.spec.maxGroup, model.expectedRunMs), model.queuedRows + first.rows, freeSlots))
-      return this.#launch(batch, nowMs)
+      return this.#launch(batch)
     }
-    if (first.batchKey === undefined) return this.#launch(batch, nowMs)
+    if (first.batchKey === undefined) return this.#launch(batch)
     const cap = batchCap(model.spec.batching.maxBatchSize, model.queuedRows + first.rows, freeSlots)
     this.#gather(batch, cap)
     const decision = this.#decide(batch, nowMs)
-    if (decision._tag === "Send") return this.#launch(batch, nowMs)
+    if (decision._tag === "Send") return this.#launch(batch)
     model.forming.set(first.batchKey, batch as Batch<unknown>)
     return undefined
   }
@@ -511,14 +505,13 @@ export class Scheduler<A> {
     })
   }
 
-  #launch(batch: Batch<A>, nowMs: number): Step<A> {
+  #launch(batch: Batch<A>): Step<A> {
     if (batch.key !== undefined && batch.model.forming.get(batch.key) === batch) {
       // Rows that arrived while it formed and still fit ride along.
       batch.model.forming.delete(batch.key)
       this.#gather(batch, batch.model.spec.batching.maxBatchSize)
     }
     batch.stage = "running"
-    batch.startedAtMs = nowMs
     for (const m of batch.members) m.stage = "running"
     batch.model.runs++
     const inFlight = batch.model.inFlight as Array<Batch<A>>
