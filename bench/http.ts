@@ -18,12 +18,28 @@
  * ratios. Server CPU per request is read from /proc: all threads of the server process, and its
  * main thread alone (the event loop: HTTP, decoding, scheduling).
  *
+ * Priority section (`--priority`, after the throughput levels): does Critical stay fast over HTTP
+ * under a flood of Low? For oip+batching (server (c); Triton's `parameters.priority` in the JSON
+ * body, 1 = Critical, 4 = Low), p-queue (a2; the same parameter, mapped to p-queue's priority so
+ * that 1 runs first), the micro-batcher (a3; ignores it) and baseline (a; ignores it), each
+ * contender's block in a round is
+ *   (1) unloaded: Critical alone, 1 outstanding, for `--seconds` → Critical p50 and p99;
+ *   (2) loaded: 64 outstanding, closed loop, every request Low with probability 0.95 and Critical
+ *       with 0.05 (a PRNG seeded by the round, so every contender gets the same sequence), for
+ *       `--seconds` → Critical p50 and p99 (recorded apart from Low) and total req/s.
+ * The mix is drawn per request rather than from 61 Low + 3 Critical connections: with dedicated
+ * connections the Critical share of the traffic grows with how fast a contender serves Critical,
+ * so each contender would face a different flood; per request, every contender gets 95% Low and
+ * the Critical sample is a steady 5% of what completes (its size is in the table). Ratio: loaded
+ * Critical p99 ÷ unloaded Critical p99, the median of per-round ratios (both halves of a round
+ * run back to back).
+ *
  * Goals (issue 11): at concurrency 1, oip ≥ 0.8× baseline and ≤ 250 µs of main-thread CPU per
  * request; at 64 outstanding, oip+batching ≥ 1.4× baseline and ≥ 1.0× the micro-batcher, and
- * binary ≥ 2× JSON.
+ * binary ≥ 2× JSON; with `--priority`, oip+batching Critical p99 loaded ÷ unloaded ≤ 1.5×.
  *
- * Usage: npm run bench -- http [--quick], or node --expose-gc bench/http.ts [--quick] [--rounds=N]
- *        [--seconds=S] [--levels=1,16,64] [--batching-max-concurrent=N] [--binary]
+ * Usage: npm run bench -- http [--quick] [--priority], or node --expose-gc bench/http.ts [--quick]
+ *        [--rounds=N] [--seconds=S] [--levels=1,16,64] [--batching-max-concurrent=N] [--binary] [--priority]
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Fs from "node:fs"
@@ -43,6 +59,8 @@ import {
   parseArgs,
   ratio,
   repoRoot,
+  rng,
+  type Row,
   section,
   table,
   writeResults
@@ -57,6 +75,17 @@ const LEVELS = (args.options["levels"] ?? "1,16,64").split(",").map(Number)
 const BATCHING_MAX_CONCURRENT = Number(args.options["batching-max-concurrent"] ?? 2)
 /** Also the server fed binary tensor data (`--binary`): the same row, without JSON numbers either way. */
 const WITH_BINARY = args.options["binary"] === "true"
+/** Also the priority section (`--priority`): Critical latency alone and under a 95% Low flood. */
+const WITH_PRIORITY = args.options["priority"] === "true"
+/** The priority section's contenders, in order, with what they do with `parameters.priority`. */
+const PRIORITY_CONTENDERS: ReadonlyArray<readonly [name: string, label: string]> = [
+  ["oip+batching", "oip+batching (priority levels)"],
+  ["p-queue", "p-queue (priorities)"],
+  ["microbatch", "microbatch (no priorities)"],
+  ["baseline", "baseline (plain, no queue)"]
+]
+const PRIORITY_OUTSTANDING = 64
+const CRITICAL_SHARE = 0.05
 
 interface Server {
   readonly name: string
@@ -108,9 +137,15 @@ const cpuSeconds = (pid: number): number => {
   }
 }
 
-const body = Buffer.from(JSON.stringify({
-  inputs: [{ name: "input", shape: [1, 784], datatype: "FP32", data: Array.from(mlpData(1, 7)) }]
-}))
+const inputs = [{ name: "input", shape: [1, 784], datatype: "FP32", data: Array.from(mlpData(1, 7)) }]
+const body = Buffer.from(JSON.stringify({ inputs }))
+
+type Class = "Critical" | "Low"
+/** The same row with Triton's `parameters.priority`: 1 is Critical (the highest of four levels), 4 is Low. */
+const priorityBodies: Record<Class, Buffer> = {
+  Critical: Buffer.from(JSON.stringify({ parameters: { priority: 1 }, inputs })),
+  Low: Buffer.from(JSON.stringify({ parameters: { priority: 4 }, inputs }))
+}
 
 /** The same row as binary tensor data: the JSON header, then the 3,136 bytes of the row; binary logits back. */
 const binaryHeader = Buffer.from(JSON.stringify({
@@ -119,8 +154,8 @@ const binaryHeader = Buffer.from(JSON.stringify({
 }))
 const binaryBody = Buffer.concat([binaryHeader, Buffer.from(mlpData(1, 7).buffer)])
 
-/** One POST; resolves with the status after the whole body was read, rejects on a network error or a non-200. */
-const post = (server: Server, agent: Http.Agent): Promise<void> =>
+/** One POST (of `json` when the server takes JSON); resolves after the whole body was read, rejects on a network error or a non-200. */
+const post = (server: Server, agent: Http.Agent, json: Buffer = body): Promise<void> =>
   new Promise((resolve, reject) => {
     const req = Http.request({
       host: "127.0.0.1",
@@ -130,14 +165,14 @@ const post = (server: Server, agent: Http.Agent): Promise<void> =>
       agent,
       headers: server.binary === true
         ? { "content-type": "application/octet-stream", "content-length": binaryBody.length, "inference-header-content-length": binaryHeader.length }
-        : { "content-type": "application/json", "content-length": body.length }
+        : { "content-type": "application/json", "content-length": json.length }
     }, (res) => {
       res.on("data", () => {})
       res.on("end", () => (res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`))))
       res.on("error", reject)
     })
     req.on("error", reject)
-    req.end(server.binary === true ? binaryBody : body)
+    req.end(server.binary === true ? binaryBody : json)
   })
 
 interface Block extends LoadResult {
@@ -158,6 +193,81 @@ const load = async (server: Server, outstanding: number, seconds: number): Promi
   } finally {
     agent.destroy()
   }
+}
+
+/** A closed loop whose requests carry the priority `pick` chooses; latency is recorded by class. */
+const classLoad = async (server: Server, outstanding: number, seconds: number, pick: () => Class): Promise<LoadResult> => {
+  const agent = new Http.Agent({ keepAlive: true, maxSockets: outstanding })
+  try {
+    return await closedLoopAsync(outstanding, seconds * 1000, () => {
+      const cls = pick()
+      return { cls, run: () => post(server, agent, priorityBodies[cls]) }
+    })
+  } finally {
+    agent.destroy()
+  }
+}
+
+/** 95% Low, 5% Critical, from a PRNG seeded per round (the same sequence for every contender). */
+const flood = (round: number): () => Class => {
+  const next = rng(1000 + round)
+  return () => (next() < CRITICAL_SHARE ? "Critical" : "Low")
+}
+
+interface PriorityBlock {
+  /** Critical alone, 1 outstanding. */
+  readonly unloaded: LoadResult
+  /** 64 outstanding, 95% Low. */
+  readonly loaded: LoadResult
+}
+
+const priorityBlock = async (server: Server, round: number, seconds: number): Promise<PriorityBlock> => ({
+  unloaded: await classLoad(server, 1, seconds, () => "Critical"),
+  loaded: await classLoad(server, PRIORITY_OUTSTANDING, seconds, flood(round))
+})
+
+const critical = (r: LoadResult, key: "n" | "p50" | "p99"): number => r.latency["Critical"]?.[key] ?? NaN
+
+/**
+ * The priority section: every contender's `priorityBlock`, alternating within rounds; one row a
+ * contender (medians over rounds) and its figures for the result file.
+ */
+const measurePriority = async (servers: ReadonlyArray<Server>) => {
+  const chosen = PRIORITY_CONTENDERS.map(([name, label]) => ({ server: servers.find((s) => s.name === name)!, label }))
+  log(`priority: ${ROUNDS} rounds × (${SECONDS} s Critical alone + ${SECONDS} s at ${PRIORITY_OUTSTANDING} outstanding, ${CRITICAL_SHARE * 100}% Critical) per contender`)
+  // Warm-up of the Low and Critical paths (the servers were warmed by the throughput levels).
+  for (const c of chosen) await classLoad(c.server, PRIORITY_OUTSTANDING, args.quick ? 0.5 : 1, flood(999))
+  const contenders: Array<Contender<PriorityBlock>> = chosen.map((c) => ({ name: c.server.name, run: (round) => priorityBlock(c.server, round, SECONDS) }))
+  const results = await alternate(ROUNDS, contenders, (round, name, b) => {
+    const failed = b.unloaded.failed + b.loaded.failed
+    log(`  priority round ${round + 1} ${name}: alone p50 ${fmt(critical(b.unloaded, "p50"))} p99 ${fmt(critical(b.unloaded, "p99"))} ms; flood ${fmt(b.loaded.reqPerSec)} req/s, Critical n ${fmt(critical(b.loaded, "n"))} p50 ${fmt(critical(b.loaded, "p50"))} p99 ${fmt(critical(b.loaded, "p99"))} ms${failed > 0 ? ` FAILED ${failed} (${b.unloaded.firstError ?? b.loaded.firstError})` : ""}`)
+  }, "priority")
+  const rows: Array<Row> = []
+  const summary: Record<string, Record<string, unknown>> = {}
+  for (const c of chosen) {
+    const blocks = results[c.server.name]!
+    const perRoundRatio = blocks.map((b) => critical(b.loaded, "p99") / critical(b.unloaded, "p99"))
+    const row = {
+      contender: c.label,
+      "unloaded Critical p50 ms": median(blocks.map((b) => critical(b.unloaded, "p50"))),
+      "unloaded Critical p99 ms": median(blocks.map((b) => critical(b.unloaded, "p99"))),
+      "loaded Critical p50 ms": median(blocks.map((b) => critical(b.loaded, "p50"))),
+      "loaded Critical p99 ms": median(blocks.map((b) => critical(b.loaded, "p99"))),
+      "Critical p99 loaded ÷ unloaded": ratio(median(perRoundRatio)),
+      "loaded req/s": median(blocks.map((b) => b.loaded.reqPerSec)),
+      "loaded Critical n": median(blocks.map((b) => critical(b.loaded, "n"))),
+      failed: blocks.reduce((n, b) => n + b.unloaded.failed + b.loaded.failed, 0)
+    }
+    rows.push(row)
+    summary[c.server.name] = {
+      ...row,
+      criticalP99Ratio: median(perRoundRatio),
+      perRoundRatio,
+      loadedLowP99Ms: median(blocks.map((b) => b.loaded.latency["Low"]?.p99 ?? NaN)),
+      blocks
+    }
+  }
+  return { rows, summary, ratioOf: (name: string): number => (summary[name]?.["criticalP99Ratio"] as number | undefined) ?? NaN }
 }
 
 const repository = (withBatching: boolean): string => {
@@ -196,6 +306,7 @@ const main = async () => {
       results[level] = await alternate(ROUNDS, contenders, (round, name, r) =>
         log(`  c=${level} round ${round + 1} ${name}: ${fmt(r.reqPerSec)} req/s p50 ${fmt(r.latency["all"]!.p50)} ms p99 ${fmt(r.latency["all"]!.p99)} ms${r.failed > 0 ? ` FAILED ${r.failed} (${r.firstError})` : ""}`), `c=${level}`)
     }
+    const priority = WITH_PRIORITY ? await measurePriority(servers) : undefined
 
     const rows = []
     const summary: Record<string, Record<string, unknown>> = {}
@@ -223,6 +334,10 @@ const main = async () => {
 
     section("HTTP throughput: OIP server vs minimal node:http + onnxruntime-node (MLP, closed loop)")
     console.log(table(rows))
+    if (priority !== undefined) {
+      section(`HTTP priority: Critical alone vs under a 95% Low flood (${PRIORITY_OUTSTANDING} outstanding, closed loop; ${ROUNDS} rounds; medians; ratio = median of per-round ratios)`)
+      console.log(table(priority.rows))
+    }
     const at = (name: string, level = 64) => summary[`${name}@${level}`]?.["ratioVsBaseline"] as number | undefined
     /** Median of per-round ratios of two contenders at one level. */
     const pair = (a: string, b: string, level: number) => {
@@ -244,6 +359,15 @@ const main = async () => {
           goal("oip+batching at 64 outstanding", "≥ 1.0× micro-batcher", pair("oip+batching", "microbatch", 64), pair("oip+batching", "microbatch", 64) >= 1, ratio(pair("oip+batching", "microbatch", 64))),
           ...(WITH_BINARY ? [goal("binary tensor data vs JSON at 64 outstanding (oip)", "≥ 2×", pair("oip binary", "oip", 64), pair("oip binary", "oip", 64) >= 2, ratio(pair("oip binary", "oip", 64)))] : [])
         ]
+        : []),
+      ...(priority !== undefined
+        ? [goal(
+          `oip+batching Critical p99 under a 95% Low flood (${PRIORITY_OUTSTANDING} outstanding) ÷ unloaded`,
+          "≤ 1.5×",
+          priority.ratioOf("oip+batching"),
+          priority.ratioOf("oip+batching") <= 1.5,
+          ratio(priority.ratioOf("oip+batching"))
+        )]
         : [])
     ]
     if (goals.length > 0) {
@@ -251,14 +375,20 @@ const main = async () => {
       console.log(goalsTable(goals))
     }
     const file = writeResults("http", {
-      args: { quick: args.quick, rounds: ROUNDS, seconds: SECONDS, levels: LEVELS },
+      args: { quick: args.quick, rounds: ROUNDS, seconds: SECONDS, levels: LEVELS, ...(WITH_PRIORITY ? { priority: true } : {}) },
       setup: {
         model: "mlp (784-256-10), one row a request, JSON body of 784 floats",
         baseline: "bench/http-baseline.ts: node:http, one in-thread InferenceSession (intraOpNumThreads 1)",
         oip: "node src/bin/server.ts: engine defaults (maxConcurrentRequests 4), MAX_QUEUED_REQUESTS=1024, OnnxModelPool (1 worker-thread session), config.json batching disabled",
-        batching: `config.json batching {enabled, maxBatchSize 64, maxQueueDelayMs 0}, MAX_CONCURRENT_REQUESTS=${BATCHING_MAX_CONCURRENT}`
+        batching: `config.json batching {enabled, maxBatchSize 64, maxQueueDelayMs 0}, MAX_CONCURRENT_REQUESTS=${BATCHING_MAX_CONCURRENT}`,
+        ...(WITH_PRIORITY
+          ? {
+            priority: `parameters.priority 1 (Critical) / 4 (Low) in the JSON body; per contender and round: Critical alone at 1 outstanding for ${SECONDS} s, then ${PRIORITY_OUTSTANDING} outstanding closed loop for ${SECONDS} s, each request Critical with probability ${CRITICAL_SHARE} (PRNG seeded by the round), else Low`
+          }
+          : {})
       },
       results: summary,
+      ...(priority !== undefined ? { priority: priority.summary } : {}),
       goals
     })
     log(`results: ${Path.relative(repoRoot, file)}`)
