@@ -63,6 +63,18 @@ export interface Service {
    * itself still decides when the request comes.
    */
   readonly checkAdmission: (modelId: string) => Effect.Effect<void, InferenceError.InferenceError>
+  /** `checkAdmission` as a plain answer, counting nothing: true when a request would be queued now. */
+  readonly admitsUnsafe: () => boolean
+  /**
+   * `infer` for a caller outside any fiber (the HTTP server's infer path): `onExit` is called
+   * once with the outcome, synchronously when the request is refused. The returned function
+   * cancels it as interrupting `infer` does (out of the queue, or its result dropped, counted as
+   * cancelled); `onExit` is then never called. Opens no span: use `infer` under a tracer.
+   */
+  readonly inferUnsafe: (
+    request: InferenceRequest,
+    onExit: (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
+  ) => () => void
   /**
    * Counts a request that an edge refused before it reached the engine (a body that did not
    * decode: InvalidInput), so that telemetry sees every request: started, then its outcome.
@@ -186,7 +198,8 @@ const callerOf = (
 
 /**
  * Queues the request; `resume` answers it when it settles. Returns the cleanup that runs if the
- * caller is interrupted first (the cancellation path), or nothing when it was answered at once.
+ * caller is interrupted first (the cancellation path; a no-op once settled), or nothing when it
+ * was answered at once.
  */
 const submit = (
   state: State,
@@ -194,7 +207,7 @@ const submit = (
   metadata: ModelMetadata.ModelMetadata,
   startedMs: number,
   resume: (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
-): Effect.Effect<void> | undefined => {
+): (() => void) | undefined => {
   const spec = specOf(state, metadata)
   const joinable = spec.batching.enabled ? Batch.keyOf(spec.batching, request.inputs) : undefined
   const admitted = state.dispatcher.submit({
@@ -214,12 +227,12 @@ const submit = (
   }
   state.settled.closeUnsafe()
   // Interrupted: out of the queue or its forming batch at once; running, its result is dropped.
-  return Effect.sync(() => {
+  return () => {
     if (admitted.stage === "settled") return
     state.dispatcher.cancel(admitted)
     state.telemetry.recordCancelled(request, state.nowMs() - startedMs)
     noteSettled(state)
-  })
+  }
 }
 
 /** Why the request cannot be queued (invalid inputs for its model), or undefined. */
@@ -236,19 +249,54 @@ const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadat
 
 type Lookup = NonNullable<ModelPool["Service"]["metadataUnsafe"]>
 
+type Resume = (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
+
+/** Admission without any Effect, for a pool whose metadata needs none: `submit`'s answer, or undefined once refused. */
+const admitNow = (state: State, request: InferenceRequest, lookup: Lookup, resume: Resume): (() => void) | undefined => {
+  const startedMs = state.nowMs()
+  state.telemetry.recordStart(request)
+  const metadata = state.draining ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
+  const reason = "_tag" in metadata ? metadata : refusal(request, metadata)
+  if (reason !== undefined) {
+    recordFailure(state.telemetry, request, reason, 0)
+    resume(Exit.fail(InferenceError.make(reason)))
+    return undefined
+  }
+  return submit(state, request, metadata as ModelMetadata.ModelMetadata, startedMs, resume)
+}
+
 /** Admission and the wait in one `Effect.callback`, for a pool whose metadata needs no Effect. */
 const admitUnsafe = (state: State, request: InferenceRequest, lookup: Lookup) =>
   Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
-    const startedMs = state.nowMs()
-    state.telemetry.recordStart(request)
-    const metadata = state.draining ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
-    const reason = "_tag" in metadata ? metadata : refusal(request, metadata)
-    if (reason !== undefined) {
-      recordFailure(state.telemetry, request, reason, 0)
-      return resume(Exit.fail(InferenceError.make(reason)))
-    }
-    return submit(state, request, metadata as ModelMetadata.ModelMetadata, startedMs, resume)
+    const cancel = admitNow(state, request, lookup, resume)
+    return cancel === undefined ? undefined : Effect.sync(cancel)
   })
+
+/** `Service.inferUnsafe`: `admitNow` where the pool allows it, else `infer` in a fiber of its own. */
+const inferUnsafe = (state: State, request: InferenceRequest, onExit: Resume): () => void => {
+  let open = true
+  const once: Resume = (exit) => {
+    if (!open) return
+    open = false
+    onExit(exit)
+  }
+  const lookup = state.pool.metadataUnsafe
+  if (lookup !== undefined) {
+    const cancel = admitNow(state, request, lookup, once)
+    return () => {
+      if (!open) return
+      open = false
+      cancel?.()
+    }
+  }
+  const fiber = Effect.runFork(admitEffect(state, request))
+  fiber.addObserver(once)
+  return () => {
+    if (!open) return
+    open = false
+    fiber.interruptUnsafe()
+  }
+}
 
 /** Admission through the pool's `metadata` Effect, then the wait. */
 const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
@@ -263,7 +311,10 @@ const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<Inf
     return Effect.flatMap(Effect.mapError(state.pool.metadata(request.modelId, request.modelVersion), refuse), (metadata) => {
       const reason = refusal(request, metadata)
       if (reason !== undefined) return Effect.fail(refuse(reason))
-      return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => submit(state, request, metadata, startedMs, resume))
+      return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
+        const cancel = submit(state, request, metadata, startedMs, resume)
+        return cancel === undefined ? undefined : Effect.sync(cancel)
+      })
     })
   })
 
@@ -387,6 +438,8 @@ export const make = Effect.gen(function*() {
         refused(state, modelId, reason)
         return Effect.fail(InferenceError.make(reason))
       }),
+    admitsUnsafe: () => !state.draining && !scheduler.isFull(),
+    inferUnsafe: (request, onExit) => inferUnsafe(state, request, onExit),
     recordRefused: (modelId, reason) => Effect.sync(() => refused(state, modelId, reason)),
     queueStats: Effect.sync(() => scheduler.queue.stats()),
     queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),

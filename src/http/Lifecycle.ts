@@ -54,6 +54,8 @@ export interface Service {
   readonly beginShutdown: Effect.Effect<void>
   /** Runs `effect` as one in-flight HTTP request. */
   readonly track: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /** `track` for a request answered outside any fiber: counts it now; the returned function (idempotent) when it is answered. */
+  readonly enterUnsafe: () => () => void
   /** HTTP requests being answered now. */
   readonly inFlight: () => number
   /** Waits until no HTTP request is being answered. */
@@ -74,14 +76,17 @@ export const make: Effect.Effect<Service> = Effect.sync(() => {
   let accepted = 0
   const idle = Latch.makeUnsafe(true)
   const acceptedIdle = Latch.makeUnsafe(true)
-  const leave = Effect.sync(() => {
+  const leaveUnsafe = () => {
     inFlight--
     if (inFlight === 0) idle.openUnsafe()
-  })
-  const leaveAccepted = Effect.sync(() => {
+  }
+  const leaveAcceptedUnsafe = () => {
+    leaveUnsafe()
     accepted--
     if (accepted === 0) acceptedIdle.openUnsafe()
-  })
+  }
+  const leave = Effect.sync(leaveUnsafe)
+  const leaveAccepted = Effect.sync(leaveAcceptedUnsafe)
   return {
     isShuttingDown: () => shuttingDown,
     closesConnections: () => shuttingDown && !holding,
@@ -99,8 +104,24 @@ export const make: Effect.Effect<Service> = Effect.sync(() => {
         if (shuttingDown) return Effect.ensuring(effect, leave)
         accepted++
         acceptedIdle.closeUnsafe()
-        return Effect.ensuring(effect, Effect.andThen(leave, leaveAccepted))
+        return Effect.ensuring(effect, leaveAccepted)
       }),
+    enterUnsafe: () => {
+      inFlight++
+      idle.closeUnsafe()
+      const wasAccepted = !shuttingDown
+      if (wasAccepted) {
+        accepted++
+        acceptedIdle.closeUnsafe()
+      }
+      let left = false
+      return () => {
+        if (left) return
+        left = true
+        if (wasAccepted) leaveAcceptedUnsafe()
+        else leaveUnsafe()
+      }
+    },
     inFlight: () => inFlight,
     awaitIdle: idle.await,
     acceptedInFlight: () => accepted,

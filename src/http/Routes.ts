@@ -33,19 +33,20 @@
  *
  * @module Routes
  */
-import { ByteSize, Cause, Data, Effect, Layer } from "effect"
+import { ByteSize, Cause, Data, Effect, Layer, Tracer } from "effect"
 import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
-import * as InferenceRequest from "../InferenceRequest.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import * as Lifecycle from "./Lifecycle.ts"
+import * as InferExchange from "./InferExchange.ts"
 import * as Metrics from "./Metrics.ts"
 import * as ContentEncoding from "./ContentEncoding.ts"
 import * as ModelConfiguration from "./ModelConfiguration.ts"
 import * as ModelControl from "./ModelControl.ts"
+import * as NodeInfer from "./NodeInfer.ts"
 import * as Oip from "./Oip.ts"
 import * as RetryAfter from "./RetryAfter.ts"
 import * as Statistics from "./Statistics.ts"
@@ -69,6 +70,12 @@ export interface Options {
   readonly strictReadiness?: boolean | undefined
   /** `/metrics`: `triton` adds Triton's `nv_inference_*` families (see `Metrics`). Default `default`. */
   readonly metricsFormat?: "default" | "triton" | undefined
+  /**
+   * Where the routes hand over the infer route as a Node `request` handler (`NodeInfer`), for a
+   * server that can call it before its router (`Server` does). Not called when the tracer exports
+   * spans or the pool has no synchronous metadata: the router then answers every request.
+   */
+  readonly serveInferFromNode?: ((handler: NodeInfer.Handler) => void) | undefined
 }
 
 /** Triton's platform name for ONNX models. */
@@ -119,12 +126,6 @@ const json = (status: number, body: unknown, headers?: Readonly<Record<string, s
 const errorResponse = (e: ApiError) => json(e.status, { error: e.message }, e.headers)
 
 const fail = (status: number, message: string): Effect.Effect<never, ApiError> => Effect.fail(new ApiError({ status, message }))
-
-const infoOf = (request: InferenceRequest.InferenceRequest) => ({
-  modelId: request.modelId,
-  requestId: request.requestId,
-  priority: request.priority
-})
 
 /** The routes, as a layer that registers them on the `HttpRouter`. */
 export const layer = (
@@ -245,6 +246,22 @@ export const layer = (
         }
       }
 
+      // The infer route, also as a Node request handler: the same answers without the router's cost per request.
+      const metadataUnsafe = pool.metadataUnsafe
+      const tracer = yield* Effect.withFiber((fiber) => Effect.succeed(fiber.getRef(Tracer.Tracer)))
+      if (options.serveInferFromNode !== undefined && metadataUnsafe !== undefined && tracer === Tracer.nativeTracer) {
+        const runFork = Effect.runForkWith(yield* Effect.context<never>())
+        options.serveInferFromNode(NodeInfer.make({
+          engine,
+          metadataUnsafe,
+          lifecycle,
+          bodyLimitBytes: bodyLimit,
+          errorOf: fromReason,
+          recordInvalid: (name, reason) => Effect.runSync(engine.recordRefused(name, reason)),
+          onDefect: (defect) => void runFork(Effect.logError("unexpected failure while answering a request", defect))
+        }))
+      }
+
       // -- server ----------------------------------------------------------------
 
       const serverMetadata = handle(Effect.succeed(json(200, {
@@ -308,32 +325,16 @@ export const layer = (
           return { name, version, metadata }
         }))
         const { binary, text } = yield* readInferBody
-        const body = Oip.decodeInferRequest(yield* parseJson(text, "the request body"))
-        if ("error" in body) return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
-        const prepared = Oip.prepare(metadata, body, binary)
-        if (prepared instanceof InferenceError.InvalidInput) return yield* invalid(name, prepared)
-        const { binaryOutputs, inputs, outputs } = prepared
-        const request = InferenceRequest.make(name, inputs, {
-          modelVersion: version,
-          priority: prepared.priority ?? metadata.defaultPriority,
-          timeout: prepared.timeout,
-          metadata: body.id === undefined ? undefined : { id: body.id }
-        })
-        const result = yield* engine.infer(request).pipe(Effect.mapError((e) => fromReason(e.reason)))
-        const tensors: Array<readonly [string, (typeof result.outputs)[string]]> = []
-        for (const output of outputs) {
-          const tensor = result.outputs[output]
-          if (tensor === undefined) {
-            return yield* Effect.die(new Error(`model ${name} returned no output ${output} (request ${infoOf(request).requestId})`))
-          }
-          tensors.push([output, tensor])
-        }
-        const encoded = Oip.encodeResponse({ modelName: name, modelVersion: metadata.version, id: body.id, outputs: tensors, binaryOutputs })
-        if (encoded.binary.length === 0) return HttpServerResponse.text(encoded.json, { contentType: "application/json" })
-        const { body: bytes, jsonLength } = Oip.binaryBody(encoded)
-        return HttpServerResponse.uint8Array(bytes, {
+        const decoded = InferExchange.decode(name, version, metadata, text, binary)
+        if (decoded._tag === "NotJson") return yield* fail(400, decoded.message)
+        if (decoded._tag === "InvalidInput") return yield* invalid(name, decoded)
+        const result = yield* engine.infer(decoded.request).pipe(Effect.mapError((e) => fromReason(e.reason)))
+        const answer = InferExchange.encode(metadata, decoded, result)
+        if (answer instanceof Error) return yield* Effect.die(answer)
+        if (answer._tag === "Json") return HttpServerResponse.text(answer.text, { contentType: "application/json" })
+        return HttpServerResponse.uint8Array(answer.bytes, {
           contentType: "application/octet-stream",
-          headers: { [Oip.inferenceHeaderContentLength]: String(jsonLength) }
+          headers: { [Oip.inferenceHeaderContentLength]: String(answer.jsonLength) }
         })
       }))
 

@@ -44,6 +44,7 @@ import { AsyncInferenceEngine } from "../Engine.ts"
 import type { ModelPool } from "../ModelPool.ts"
 import type { TelemetryCollector } from "../Telemetry.ts"
 import { Lifecycle } from "./Lifecycle.ts"
+import type * as NodeInfer from "./NodeInfer.ts"
 import * as Routes from "./Routes.ts"
 
 export interface Options extends Routes.Options {
@@ -104,7 +105,7 @@ const answerClientErrors = (server: Http.Server): void => {
   })
 }
 
-const track = (server: Http.Server, nowMs: () => number): NodeServerHandle => {
+const track = (server: Http.Server, nowMs: () => number): NodeServerHandle & { readonly onRequest: (...args: Array<any>) => void } => {
   const connections = new Map<Net.Socket, { active: number; idleSinceMs: number }>()
   let lastActivityMs = 0
   let lastConnectionMs = 0
@@ -115,7 +116,8 @@ const track = (server: Http.Server, nowMs: () => number): NodeServerHandle => {
     connections.set(socket, { active: 0, idleSinceMs: lastActivityMs })
     socket.once("close", () => connections.delete(socket))
   })
-  server.on("request", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+  server.on("request", onRequest)
+  function onRequest(request: Http.IncomingMessage, response: Http.ServerResponse) {
     lastActivityMs = nowMs()
     requests++
     const state = connections.get(request.socket)
@@ -126,8 +128,8 @@ const track = (server: Http.Server, nowMs: () => number): NodeServerHandle => {
       state.active--
       state.idleSinceMs = lastActivityMs = nowMs()
     })
-  })
-  return { server, connections, nowMs, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
+  }
+  return { onRequest, server, connections, nowMs, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
 }
 
 /** Serves the routes on `options.host:options.port`; also provides the Lifecycle and the Node server. */
@@ -138,7 +140,9 @@ export const layer = (
     const server = Http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000 })
     const handle = track(server, () => clock.currentTimeMillisUnsafe())
     answerClientErrors(server)
-    return HttpRouter.serve(Routes.layer(options), {
+    let nodeInfer: NodeInfer.Handler | undefined
+    const routes = Routes.layer({ ...options, serveInferFromNode: (handler) => void (nodeInfer = handler) })
+    const served = HttpRouter.serve(routes, {
       disableLogger: true,
       disableListenLog: true,
       routerConfig: Routes.routerConfig
@@ -147,7 +151,31 @@ export const layer = (
       Layer.provideMerge(Lifecycle.layer),
       Layer.provideMerge(Layer.succeed(NodeServer, handle))
     )
+    // Once the router listens: the infer route's Node handler goes first, the router answers what it declines.
+    const inferFirst = Layer.effectDiscard(Effect.acquireRelease(
+      Effect.sync(() => nodeInfer === undefined ? undefined : routeThrough(server, nodeInfer, handle.onRequest)),
+      (restore) => Effect.sync(() => restore?.())
+    ))
+    return inferFirst.pipe(Layer.provideMerge(served))
   })))
+
+/**
+ * Puts `first` in front of the server's request listeners (except `keep`, which observes every
+ * request): a request it declines goes to them. Returns what puts them back.
+ */
+const routeThrough = (server: Http.Server, first: NodeInfer.Handler, keep: (...args: Array<any>) => void): () => void => {
+  const others = server.listeners("request").filter((listener) => listener !== keep) as Array<(request: Http.IncomingMessage, response: Http.ServerResponse) => void>
+  for (const listener of others) server.off("request", listener)
+  const dispatch = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+    if (first(request, response)) return
+    for (const listener of others) listener.call(server, request, response)
+  }
+  server.on("request", dispatch)
+  return () => {
+    server.off("request", dispatch)
+    for (const listener of others) server.on("request", listener)
+  }
+}
 
 export interface ShutdownReport {
   /** Every queued and running request settled within the grace period. */

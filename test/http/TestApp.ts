@@ -23,11 +23,19 @@ export const secretPath = "/srv/secret/models"
 export interface TestPoolStats {
   started: number
   finished: number
+  /** Calls of `metadataUnsafe` (the engine's admission makes one; `NodeInfer` two more). */
+  lookupsUnsafe: number
 }
 
 export interface TestPoolOptions {
   /** How long a run of `slow` takes (Clock time). Default 1 second. */
   readonly slowLatency?: Duration.Input | undefined
+  /**
+   * Whether the pool answers metadata synchronously too (`ModelPool.metadataUnsafe`), as the
+   * ONNX pool does: the engine then admits in one step and `Server.layer` serves the infer route
+   * from Node's request event (`NodeInfer`). Default true; false keeps the Effect-only paths.
+   */
+  readonly metadataUnsafe?: boolean | undefined
 }
 
 const identityModels: ReadonlyArray<ModelMetadata.ModelMetadata> = Tensor.dataTypes.map((dtype) => ({
@@ -89,7 +97,7 @@ const tokens: ModelMetadata.ModelMetadata = {
  */
 export const makeTestPool = (options: TestPoolOptions = {}) =>
   Effect.gen(function*() {
-    const stats: TestPoolStats = { started: 0, finished: 0 }
+    const stats: TestPoolStats = { started: 0, finished: 0, lookupsUnsafe: 0 }
     const gate = yield* Latch.make(true)
     const models: Record<string, Record<string, ModelMetadata.ModelMetadata>> = {
       echo: { "1": echo("1"), "2": echo("2") },
@@ -107,7 +115,10 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
     const brokenReason = `failed to load ${secretPath}/broken/1/model.onnx: Protobuf parsing failed\n    at Session.create (${secretPath}/x.js:1:1)`
     statuses.push({ name: "broken", version: "1", state: "UNAVAILABLE", reason: brokenReason })
 
-    const lookup = (modelId: string, version: string | undefined) => {
+    const lookup = (
+      modelId: string,
+      version: string | undefined
+    ): Effect.Effect<ModelMetadata.ModelMetadata, InferenceError.ModelNotFound | InferenceError.ModelUnavailable> => {
       if (modelId === "broken") return Effect.fail(new InferenceError.ModelUnavailable({ modelId, reason: brokenReason }))
       const versions = models[modelId]
       if (versions === undefined) return Effect.fail(new InferenceError.ModelNotFound({ modelId }))
@@ -157,7 +168,17 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
         return yield* Deferred.await(done)
       })
 
-    const pool = ModelPool.of({ metadata: lookup, run, models: Effect.succeed(statuses) })
+    const metadataUnsafe = (modelId: string, version: string | undefined) => {
+      stats.lookupsUnsafe++
+      const result = Effect.runSync(Effect.result(lookup(modelId, version)))
+      return result._tag === "Success" ? result.success : result.failure
+    }
+    const pool = ModelPool.of({
+      metadata: lookup,
+      ...(options.metadataUnsafe === false ? {} : { metadataUnsafe }),
+      run,
+      models: Effect.succeed(statuses)
+    })
     return { pool, stats, gate, layer: Layer.succeed(ModelPool, pool) }
   })
 

@@ -1,0 +1,192 @@
+/**
+ * The infer route served straight from Node's `request` event, for the requests that make up a
+ * server's load: `POST /v2/models/{name}[/versions/{v}]/infer` with a `Content-Length` within
+ * the limit, no `Content-Encoding`, for a model that is ready, while the engine admits. Every
+ * other request, and every one of these that would be refused before its body is read (a bad
+ * name, an unknown model, a full queue, a shutdown, a body too large), is declined (`false`) and
+ * goes through the router (`Routes`), which answers it as it always has.
+ *
+ * Why: the router costs a fiber, an Effect request and response object and several layers of
+ * middleware per request, about half of the server's main-thread CPU for a small model
+ * (README "Benchmarks"). Here a request costs its body's bytes, one `JSON.parse`, the tensor
+ * decoding and the engine's own admission; the answers are the same bytes (`InferExchange`).
+ *
+ * Contracts, as the router's infer route:
+ * - the body is read within the limit, then decoded; a body that is not JSON answers 400, one
+ *   that does not fit the model 400 (counted by the engine as refused);
+ * - the request is counted in flight (`Lifecycle`) from its arrival until its answer is
+ *   written or its connection closes; answers carry `Connection: close` once the shutdown began;
+ * - a client that disconnects cancels the inference (out of the queue, or its result dropped);
+ * - an engine failure answers the router's status, message and headers (`errorOf`); a defect
+ *   answers 500 "internal error" and is reported (`onDefect`).
+ * It opens no span and writes no log line: a server whose tracer exports does not use it.
+ *
+ * @module NodeInfer
+ */
+import type * as Http from "node:http"
+import { Cause, Exit } from "effect"
+import type { Service as Engine } from "../Engine.ts"
+import type * as InferenceError from "../InferenceError.ts"
+import type { ModelPool } from "../ModelPool.ts"
+import * as ModelRepository from "../ModelRepository.ts"
+import * as InferExchange from "./InferExchange.ts"
+import type * as Lifecycle from "./Lifecycle.ts"
+import * as Oip from "./Oip.ts"
+
+/** Answers the request and returns true, or returns false (having touched nothing) to let the router answer it. */
+export type Handler = (request: Http.IncomingMessage, response: Http.ServerResponse) => boolean
+
+/** An error answer: the status, the message of its `{"error": …}` body, and headers such as Retry-After. */
+export interface ErrorAnswer {
+  readonly status: number
+  readonly message: string
+  readonly headers?: Readonly<Record<string, string>> | undefined
+}
+
+export interface Options {
+  readonly engine: Engine
+  readonly metadataUnsafe: NonNullable<ModelPool["Service"]["metadataUnsafe"]>
+  readonly lifecycle: Lifecycle.Service
+  readonly bodyLimitBytes: number
+  /** The router's answer for an engine failure. */
+  readonly errorOf: (reason: InferenceError.Reason) => ErrorAnswer
+  /** Counts a body that did not fit its model, as the engine counts refusals. */
+  readonly recordInvalid: (name: string, reason: InferenceError.InvalidInput) => void
+  /** Reports a defect (the answer is 500 "internal error"). */
+  readonly onDefect: (defect: unknown) => void
+}
+
+/**
+ * The model name and version of an infer path (a trailing slash and a query allowed, as the
+ * router allows them), or undefined for any other path or a name the router would refuse.
+ */
+export const matchInferPath = (url: string): { readonly name: string; readonly version: string | undefined } | undefined => {
+  const query = url.indexOf("?")
+  let path = query === -1 ? url : url.slice(0, query)
+  if (path.endsWith("/")) path = path.slice(0, -1)
+  if (!path.startsWith("/v2/models/") || !path.endsWith("/infer")) return undefined
+  const parts = path.slice(11, -6).split("/")
+  const name = parts[0]!
+  if (!ModelRepository.isValidModelName(name)) return undefined
+  if (parts.length === 1) return { name, version: undefined }
+  if (parts.length === 3 && parts[1] === "versions" && ModelRepository.versionPattern.test(parts[2]!)) return { name, version: parts[2] }
+  return undefined
+}
+
+const errorBody = (message: string) => JSON.stringify({ error: message })
+
+export const make = (options: Options): Handler => {
+  const { engine, lifecycle, metadataUnsafe } = options
+
+  const send = (
+    response: Http.ServerResponse,
+    status: number,
+    contentType: string,
+    body: string | Uint8Array,
+    extra?: Readonly<Record<string, string>>
+  ): void => {
+    if (response.headersSent || response.destroyed) return
+    const headers: Record<string, string | number> = {
+      "content-type": contentType,
+      "content-length": typeof body === "string" ? Buffer.byteLength(body) : body.byteLength
+    }
+    if (extra !== undefined) Object.assign(headers, extra)
+    if (lifecycle.closesConnections()) headers["connection"] = "close"
+    response.writeHead(status, headers)
+    response.end(body)
+  }
+
+  const sendError = (response: Http.ServerResponse, answer: ErrorAnswer): void =>
+    send(response, answer.status, "application/json", errorBody(answer.message), answer.headers)
+
+  const defect = (response: Http.ServerResponse, cause: unknown): void => {
+    options.onDefect(cause)
+    send(response, 500, "application/json", errorBody("internal error"))
+  }
+
+  /** The body is in: decode it, run it, answer. Returns the cancellation of the run, if one started. */
+  const answer = (
+    request: Http.IncomingMessage,
+    response: Http.ServerResponse,
+    name: string,
+    version: string | undefined,
+    bytes: Buffer
+  ): (() => void) | undefined => {
+    const metadata = metadataUnsafe(name, version)
+    if ("_tag" in metadata) {
+      // Unloaded while the body arrived.
+      sendError(response, options.errorOf(metadata))
+      return undefined
+    }
+    const header = request.headers[Oip.inferenceHeaderContentLength]
+    let text: string
+    let binary: Uint8Array | undefined
+    if (typeof header === "string") {
+      const split = Oip.splitBinaryBody(bytes, header)
+      if (typeof split === "string") {
+        sendError(response, { status: 400, message: split })
+        return undefined
+      }
+      text = split.text
+      binary = split.binary
+    } else {
+      text = bytes.toString("utf8")
+    }
+    const decoded = InferExchange.decode(name, version, metadata, text, binary)
+    if (decoded._tag === "NotJson") {
+      sendError(response, { status: 400, message: decoded.message })
+      return undefined
+    }
+    if (decoded._tag === "InvalidInput") {
+      options.recordInvalid(name, decoded)
+      sendError(response, options.errorOf(decoded))
+      return undefined
+    }
+    return engine.inferUnsafe(decoded.request, (exit) => {
+      if (Exit.isFailure(exit)) {
+        const failure = exit.cause.reasons.find(Cause.isFailReason)
+        return failure === undefined ? defect(response, Cause.squash(exit.cause)) : sendError(response, options.errorOf(failure.error.reason))
+      }
+      const encoded = InferExchange.encode(metadata, decoded, exit.value)
+      if (encoded instanceof Error) return defect(response, encoded)
+      if (encoded._tag === "Json") return send(response, 200, "application/json", encoded.text)
+      send(response, 200, "application/octet-stream", encoded.bytes, { [Oip.inferenceHeaderContentLength]: String(encoded.jsonLength) })
+    })
+  }
+
+  return (request, response) => {
+    if (request.method !== "POST") return false
+    const route = matchInferPath(request.url ?? "")
+    if (route === undefined) return false
+    const headers = request.headers
+    if (headers["content-encoding"] !== undefined || headers["content-length"] === undefined) return false
+    const length = Number(headers["content-length"])
+    if (!(length <= options.bodyLimitBytes)) return false
+    if (lifecycle.isShuttingDown() || !engine.admitsUnsafe()) return false
+    if ("_tag" in metadataUnsafe(route.name, route.version)) return false
+
+    const leave = lifecycle.enterUnsafe()
+    let cancel: (() => void) | undefined
+    response.once("close", () => {
+      leave()
+      // The connection closed before the answer was written: the client is gone.
+      if (!response.writableFinished) cancel?.()
+    })
+    // An aborted upload emits "error" on the request; the response's "close" handles it.
+    request.on("error", () => {})
+    const bytes = Buffer.allocUnsafeSlow(length)
+    let received = 0
+    request.on("data", (chunk: Buffer) => {
+      received += chunk.copy(bytes, received)
+    })
+    request.once("end", () => {
+      if (response.destroyed) return
+      try {
+        cancel = answer(request, response, route.name, route.version, received === length ? bytes : bytes.subarray(0, received))
+      } catch (e) {
+        defect(response, e)
+      }
+    })
+    return true
+  }
+}

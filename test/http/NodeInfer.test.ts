@@ -1,0 +1,254 @@
+/**
+ * The infer route on Node's request event (`NodeInfer`): which requests it takes and which it
+ * leaves to the router, that its answers are the router's byte for byte, and that it keeps the
+ * route's contracts (disconnect cancels, in-flight counting, Connection: close in a shutdown).
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Layer } from "effect"
+import { HttpServer } from "effect/http"
+import * as Http from "node:http"
+import { AsyncConfigService } from "../../src/AsyncConfig.ts"
+import { AsyncInferenceEngine } from "../../src/Engine.ts"
+import type * as InferenceError from "../../src/InferenceError.ts"
+import { Lifecycle } from "../../src/http/Lifecycle.ts"
+import * as NodeInfer from "../../src/http/NodeInfer.ts"
+import * as Server from "../../src/http/Server.ts"
+import { ModelPool } from "../../src/ModelPool.ts"
+import { TelemetryCollector } from "../../src/Telemetry.ts"
+import * as Client from "./HttpClient.ts"
+import { makeTestPool, routeOptions, withFreshMetrics } from "./TestApp.ts"
+
+const echoBody = { inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] }] }
+
+interface Sent {
+  readonly status: number
+  readonly headers: Http.IncomingHttpHeaders
+  readonly body: Buffer
+}
+
+/** One request with exactly these headers (Content-Length always set from the body). */
+const request = (port: number, method: string, path: string, body: string | Buffer, headers: Record<string, string> = {}): Promise<Sent> =>
+  new Promise((resolve, reject) => {
+    const bytes = typeof body === "string" ? Buffer.from(body) : body
+    const r = Http.request({ host: "127.0.0.1", port, method, path, agent: false, headers: { ...headers, "content-length": bytes.length } }, (response) => {
+      const chunks: Array<Buffer> = []
+      response.on("data", (c: Buffer) => chunks.push(c))
+      response.on("end", () => resolve({ status: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks) }))
+    })
+    r.on("error", reject)
+    r.end(bytes)
+  })
+
+describe("NodeInfer.matchInferPath", () => {
+  const table: ReadonlyArray<readonly [string, ReturnType<typeof NodeInfer.matchInferPath>]> = [
+    ["/v2/models/mlp/infer", { name: "mlp", version: undefined }],
+    ["/v2/models/mlp/infer/", { name: "mlp", version: undefined }],
+    ["/v2/models/mlp/infer?x=1", { name: "mlp", version: undefined }],
+    ["/v2/models/mlp/versions/12/infer", { name: "mlp", version: "12" }],
+    ["/v2/models/a.b-c_d/versions/1/infer", { name: "a.b-c_d", version: "1" }],
+    ["/v2/models/mlp/versions/x/infer", undefined],
+    ["/v2/models/mlp/versions/1/2/infer", undefined],
+    ["/v2/models/.hidden/infer", undefined],
+    ["/v2/models/ml%20p/infer", undefined],
+    ["/v2/models//infer", undefined],
+    ["/v2/models/mlp/ready", undefined],
+    ["/v2/models/mlp", undefined],
+    ["/v2/models/infer", undefined],
+    ["/v1/models/mlp/infer", undefined]
+  ]
+  for (const [url, expected] of table) {
+    it(`${url} → ${JSON.stringify(expected)}`, () => {
+      assert.deepStrictEqual(NodeInfer.matchInferPath(url), expected)
+    })
+  }
+})
+
+/** The handler alone on a Node server: what it declines answers 599, so a test sees who answered. */
+const makeHandlerServer = (options: { readonly bodyLimitBytes?: number; readonly maxQueuedRequests?: number } = {}) =>
+  Effect.gen(function*() {
+    const testPool = yield* makeTestPool({ slowLatency: "20 millis" })
+    const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+      Layer.provideMerge(Layer.mergeAll(
+        testPool.layer,
+        TelemetryCollector.layer,
+        AsyncConfigService.layerWith({ maxConcurrentRequests: 1, maxQueuedRequests: options.maxQueuedRequests ?? 16 }),
+        Lifecycle.layer
+      ))
+    ))
+    const engine = Context.get(context, AsyncInferenceEngine)
+    const lifecycle = Context.get(context, Lifecycle)
+    const pool = Context.get(context, ModelPool)
+    const invalid: Array<InferenceError.InvalidInput> = []
+    const defects: Array<unknown> = []
+    const handler = NodeInfer.make({
+      engine,
+      metadataUnsafe: pool.metadataUnsafe!,
+      lifecycle,
+      bodyLimitBytes: options.bodyLimitBytes ?? 1024,
+      errorOf: (reason) => ({ status: reason._tag === "QueueFull" ? 429 : reason._tag === "DeadlineExceeded" ? 504 : 400, message: reason.message }),
+      recordInvalid: (_, reason) => void invalid.push(reason),
+      onDefect: (defect) => void defects.push(defect)
+    })
+    const server = Http.createServer((req, res) => {
+      if (handler(req, res)) return
+      req.resume()
+      res.writeHead(599).end()
+    })
+    yield* Effect.acquireRelease(
+      Effect.callback<void>((resume) => void server.listen(0, "127.0.0.1", () => resume(Effect.void))),
+      () => Effect.sync(() => server.close())
+    )
+    const port = (server.address() as { port: number }).port
+    return { port, engine, lifecycle, gate: testPool.gate, stats: testPool.stats, invalid, defects }
+  })
+
+describe("NodeInfer.make", () => {
+  it.live("declines what the router must answer, and answers the rest", () =>
+    Effect.gen(function*() {
+      const { port, lifecycle, invalid, defects } = yield* makeHandlerServer()
+      const json = JSON.stringify(echoBody)
+      const post = (path: string, body = json, headers: Record<string, string> = {}) =>
+        Effect.promise(() => request(port, "POST", path, body, headers))
+
+      // Declined: the router answers these (its 4xx/5xx, or a route that is not infer).
+      for (const [path, headers, body] of [
+        ["/v2/models/echo/ready", {}, json],
+        ["/v2/models/nope/infer", {}, json],
+        ["/v2/models/broken/infer", {}, json],
+        ["/v2/models/echo/versions/9/infer", {}, json],
+        ["/v2/models/bad%name/infer", {}, json],
+        ["/v2/models/echo/infer", { "content-encoding": "identity" }, json],
+        ["/v2/models/echo/infer", {}, "x".repeat(1025)]
+      ] as const) {
+        assert.strictEqual((yield* post(path, body, headers)).status, 599, `${path} ${JSON.stringify(headers)} is the router's`)
+      }
+      assert.strictEqual((yield* Effect.promise(() => request(port, "GET", "/v2/models/echo/infer", ""))).status, 599)
+
+      // Answered here.
+      const ok = yield* post("/v2/models/echo/versions/1/infer", JSON.stringify({ id: "r1", ...echoBody }))
+      assert.strictEqual(ok.status, 200, ok.body.toString())
+      assert.strictEqual(ok.headers["content-type"], "application/json")
+      assert.deepStrictEqual(JSON.parse(ok.body.toString()), {
+        model_name: "echo",
+        model_version: "1",
+        id: "r1",
+        outputs: [{ name: "y", datatype: "FP32", shape: [1, 4], data: [1, 2, 3, 4] }]
+      })
+      const notJson = yield* post("/v2/models/echo/infer", "{")
+      assert.strictEqual(notJson.status, 400)
+      assert.match(JSON.parse(notJson.body.toString()).error, /^the request body is not valid JSON/)
+      const wrong = yield* post("/v2/models/echo/infer", JSON.stringify({ inputs: [{ name: "x", shape: [1, 4], datatype: "INT32", data: [1, 2, 3, 4] }] }))
+      assert.strictEqual(wrong.status, 400)
+      assert.strictEqual(invalid.length, 1, "a body that does not fit its model is counted as refused")
+      assert.include(JSON.parse(wrong.body.toString()).error, "the model takes FP32")
+      const late = yield* post("/v2/models/slow/infer", JSON.stringify({ parameters: { timeout: 5000 }, ...echoBody }))
+      assert.strictEqual(late.status, 504, "the engine's failure, as errorOf maps it")
+
+      // Binary tensor data both ways.
+      const head = Buffer.from(JSON.stringify({
+        inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", parameters: { binary_data_size: 16 } }],
+        parameters: { binary_data_output: true }
+      }))
+      const binary = yield* post(
+        "/v2/models/echo/versions/2/infer",
+        Buffer.concat([head, Buffer.from(new Float32Array([1.5, -2, 0, 4]).buffer)]) as unknown as string,
+        { "inference-header-content-length": String(head.length) }
+      )
+      assert.strictEqual(binary.status, 200, binary.body.toString())
+      assert.strictEqual(binary.headers["content-type"], "application/octet-stream")
+      const jsonLength = Number(binary.headers["inference-header-content-length"])
+      assert.deepStrictEqual(JSON.parse(binary.body.subarray(0, jsonLength).toString()).outputs[0].parameters, { binary_data_size: 16 })
+      const tail = binary.body.subarray(jsonLength)
+      assert.deepStrictEqual([...new Float32Array(tail.buffer.slice(tail.byteOffset, tail.byteOffset + tail.length))], [3, -4, 0, 8])
+      const badSplit = yield* post("/v2/models/echo/infer", json, { "inference-header-content-length": "99999" })
+      assert.strictEqual(badSplit.status, 400)
+
+      assert.strictEqual(lifecycle.inFlight(), 0, "every request left the in-flight count")
+      assert.deepStrictEqual(defects, [])
+    }).pipe(withFreshMetrics))
+
+  it.live("a full queue or a shutdown is declined before the body is read (the router answers 429 or 503)", () =>
+    Effect.gen(function*() {
+      const { port, gate, lifecycle } = yield* makeHandlerServer({ maxQueuedRequests: 1 })
+      yield* gate.close
+      const running = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      const queued = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 2))
+      yield* Effect.sleep(20)
+      assert.strictEqual((yield* Effect.promise(() => request(port, "POST", "/v2/models/echo/infer", JSON.stringify(echoBody)))).status, 599)
+      yield* gate.open
+      for (const pending of [running, queued]) {
+        const reply = yield* Effect.promise(() => pending.done)
+        assert.isTrue(Client.isReply(reply) && reply.status === 200)
+      }
+      yield* lifecycle.beginShutdown
+      assert.strictEqual((yield* Effect.promise(() => request(port, "POST", "/v2/models/echo/infer", JSON.stringify(echoBody)))).status, 599)
+    }).pipe(withFreshMetrics))
+
+  it.live("a request that arrived before the shutdown began is answered with Connection: close; a client that leaves cancels its request", () =>
+    Effect.gen(function*() {
+      const { port, gate, lifecycle, engine, stats } = yield* makeHandlerServer()
+      yield* gate.close
+      const running = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* Effect.promise(() => Client.eventually(() => stats.started === 1))
+      const queued = Client.start(port, "POST", "/v2/models/echo/infer", echoBody)
+      yield* Effect.promise(() => Client.eventually(async () => (await Effect.runPromise(engine.pending)) === 2))
+      queued.request.destroy()
+      yield* Effect.promise(() => Client.eventually(async () => (await Effect.runPromise(engine.pending)) === 1))
+      assert.strictEqual((yield* engine.queueStats).total, 0, "the abandoned request left the queue")
+      yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 1))
+      yield* lifecycle.beginShutdown
+      yield* gate.open
+      const reply = yield* Effect.promise(() => running.done)
+      assert.isTrue(Client.isReply(reply) && reply.status === 200 && reply.headers["connection"] === "close")
+      assert.strictEqual(stats.started, 1, "the cancelled request never ran")
+      yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 0))
+    }).pipe(withFreshMetrics))
+})
+
+describe("Server.layer: the infer route on Node's request event answers what the router answers", () => {
+  it.live("the same status, headers and bytes for every kind of body", () =>
+    Effect.gen(function*() {
+      const pool = yield* makeTestPool({ slowLatency: "20 millis" })
+      const context = yield* Layer.build(
+        Server.layer({ ...routeOptions(4096), host: "127.0.0.1", port: 0 }).pipe(
+          Layer.provideMerge(AsyncInferenceEngine.layer),
+          Layer.provideMerge(Layer.mergeAll(pool.layer, TelemetryCollector.layer, AsyncConfigService.layerWith({})))
+        )
+      )
+      const address = Context.get(context, HttpServer.HttpServer).address
+      if (address._tag === "UnixPathAddress") return yield* Effect.die("expected a TCP address")
+      const port = address.port
+      const head = JSON.stringify({ id: "b", inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", parameters: { binary_data_size: 16 } }], outputs: [{ name: "y", parameters: { binary_data: true } }] })
+      const binaryBody = Buffer.concat([Buffer.from(head), Buffer.from(new Float32Array([1, 2, 3, 4]).buffer)])
+      const cases: ReadonlyArray<readonly [string, string, Buffer | string, Record<string, string>]> = [
+        ["ok", "/v2/models/echo/infer", JSON.stringify({ id: "a", ...echoBody }), {}],
+        ["version", "/v2/models/echo/versions/1/infer", JSON.stringify(echoBody), {}],
+        ["not json", "/v2/models/echo/infer", "{\"inputs\":", {}],
+        ["envelope", "/v2/models/echo/infer", JSON.stringify({ inputs: "x" }), {}],
+        ["datatype", "/v2/models/echo/infer", JSON.stringify({ inputs: [{ name: "x", shape: [1, 1], datatype: "FP64", data: [1] }] }), {}],
+        ["shape", "/v2/models/echo/infer", JSON.stringify({ inputs: [{ name: "x", shape: [1, 3], datatype: "FP32", data: [1] }] }), {}],
+        ["unknown output", "/v2/models/echo/infer", JSON.stringify({ ...echoBody, outputs: [{ name: "z" }] }), {}],
+        ["deadline", "/v2/models/slow/infer", JSON.stringify({ parameters: { timeout: 1000 }, ...echoBody }), {}],
+        ["binary", "/v2/models/echo/infer", binaryBody, { "inference-header-content-length": String(head.length) }],
+        ["bad split", "/v2/models/echo/infer", binaryBody, { "inference-header-content-length": "x" }]
+      ]
+      for (const [label, path, body, headers] of cases) {
+        const lookups = pool.stats.lookupsUnsafe
+        const viaNode = yield* Effect.promise(() => request(port, "POST", path, body, headers))
+        assert.isAtLeast(pool.stats.lookupsUnsafe - lookups, 2, `${label}: served on Node's request event (it looks the model up before and after the body)`)
+        // Any Content-Encoding sends the request through the router; identity changes nothing else.
+        const routed = pool.stats.lookupsUnsafe
+        const viaRouter = yield* Effect.promise(() => request(port, "POST", path, body, { ...headers, "content-encoding": "identity" }))
+        assert.isAtMost(pool.stats.lookupsUnsafe - routed, 1, `${label}: served by the router (only the engine looks up)`)
+        // Request ids are made per request: the one thing that differs.
+        const text = (sent: Sent) => sent.body.toString("latin1").replace(/request [\w-]+ /g, "request <id> ")
+        assert.strictEqual(viaNode.status, viaRouter.status, label)
+        if (label === "ok" || label === "version" || label === "binary") assert.strictEqual(viaNode.status, 200, label)
+        assert.strictEqual(text(viaNode), text(viaRouter), label)
+        for (const header of ["content-type", "content-length", "inference-header-content-length", "connection"]) {
+          assert.strictEqual(viaNode.headers[header], viaRouter.headers[header], `${label}: ${header}`)
+        }
+      }
+    }).pipe(withFreshMetrics))
+})
