@@ -178,6 +178,8 @@ const post = (server: Server, agent: Http.Agent, json: Buffer = body): Promise<v
 interface Block extends LoadResult {
   readonly serverCpuUsPerReq: number
   readonly serverMainCpuUsPerReq: number
+  /** This process's CPU per request: the load generator, on the same cores as the server. */
+  readonly clientCpuUsPerReq: number
 }
 
 const load = async (server: Server, outstanding: number, seconds: number): Promise<Block> => {
@@ -186,10 +188,18 @@ const load = async (server: Server, outstanding: number, seconds: number): Promi
     const pid = server.child.pid!
     const cpu0 = cpuSeconds(pid)
     const main0 = mainThreadUs(pid)
+    const client0 = process.cpuUsage()
     const result = await closedLoopAsync(outstanding, seconds * 1000, () => ({ run: () => post(server, agent) }))
+    const client = process.cpuUsage(client0)
     const cpu = cpuSeconds(pid) - cpu0
     const mainUs = mainThreadUs(pid) - main0
-    return { ...result, serverCpuUsPerReq: (cpu * 1e6) / Math.max(1, result.completed), serverMainCpuUsPerReq: mainUs / Math.max(1, result.completed) }
+    const n = Math.max(1, result.completed)
+    return {
+      ...result,
+      serverCpuUsPerReq: (cpu * 1e6) / n,
+      serverMainCpuUsPerReq: mainUs / n,
+      clientCpuUsPerReq: (client.user + client.system) / n
+    }
   } finally {
     agent.destroy()
   }
@@ -325,6 +335,7 @@ const main = async () => {
           "p99 ms": median(blocks.map((b) => b.latency["all"]!.p99)),
           "server main-thread CPU µs/req": median(blocks.map((b) => b.serverMainCpuUsPerReq)),
           "server CPU µs/req (all threads)": median(blocks.map((b) => b.serverCpuUsPerReq)),
+          "load generator CPU µs/req": median(blocks.map((b) => b.clientCpuUsPerReq)),
           failed: blocks.reduce((n, b) => n + b.failed, 0)
         }
         rows.push(row)

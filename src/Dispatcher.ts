@@ -9,7 +9,8 @@
  *   fiber, Deferred, timer or Effect per request.
  * - A batch whose run fails (RunFailed) is run again member by member, under the same slot,
  *   within each member's deadline, so one poisoned input fails only its own request.
- * - A batch concatenated by the engine is handed to the pool as its own (`RunOptions.transfer`):
+ * - A batch concatenated by the engine, or a request run alone whose caller gave its inputs away
+ *   (`InferenceRequest.transferInputs`), is handed to the pool as its own (`RunOptions.transfer`):
  *   a worker pool moves its buffers instead of copying them.
  * - `close` (the engine's scope closing) answers every queued and forming request with
  *   ShuttingDown and interrupts the runs in progress, whose callers get ShuttingDown too.
@@ -174,7 +175,7 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       version: request.modelVersion,
       // The run is wanted until the last member's deadline: a pool that can stop runs stops it only once every caller has given up.
       timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)),
-      transfer: joined
+      transfer: joined || request.transferInputs === true
     }
     return Effect.flatMap(Effect.exit(state.pool.run(request.modelId, inputs, runOptions)), (exit) => {
       const runMs = state.nowMs() - startedMs

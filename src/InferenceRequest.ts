@@ -19,6 +19,12 @@ export interface InferenceRequest {
   readonly timeout: Duration.Duration
   readonly priority: Priority.Priority
   readonly metadata: Readonly<Record<string, string>>
+  /**
+   * The caller gives the inputs' buffers to the engine: a worker thread may receive them moved
+   * instead of copied, which leaves them detached (empty) here, so the caller must not read them
+   * after `infer`. Only a buffer that holds exactly its tensor moves. Default false: copied.
+   */
+  readonly transferInputs?: boolean | undefined
 }
 
 /** 30 seconds, as in the spec. */
@@ -30,6 +36,7 @@ export interface Options {
   readonly timeout?: Duration.Input | undefined
   readonly priority?: Priority.Priority | undefined
   readonly metadata?: Readonly<Record<string, string>> | undefined
+  readonly transferInputs?: boolean | undefined
 }
 
 let counter = 0
@@ -46,7 +53,8 @@ export const make = (modelId: string, inputs: Tensor.TensorMap, options: Options
   inputs,
   timeout: options.timeout === undefined ? defaultTimeout : Duration.fromInputUnsafe(options.timeout),
   priority: options.priority ?? Priority.Normal,
-  metadata: options.metadata ?? {}
+  metadata: options.metadata ?? {},
+  ...(options.transferInputs === true ? { transferInputs: true } : {})
 })
 
 export const withPriority: {

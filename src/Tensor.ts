@@ -91,6 +91,17 @@ export const bytesPerElement = (dtype: DataType): number | undefined =>
 export const allocate = <T extends DataType>(dtype: T, length: number): DataTypeToArray[T] =>
   (dtype === "string" ? new Array<string>(length).fill("") : new constructors[dtype as Exclude<DataType, "string">](length)) as DataTypeToArray[T]
 
+/**
+ * `length` elements of `dtype` read in place from `bytes` (no copy), or undefined when `bytes`
+ * does not start at a multiple of the element size (a typed array cannot view it) or `dtype` is
+ * string. The view shares `bytes`' memory: writing one writes the other.
+ */
+export const viewOf = <T extends Exclude<DataType, "string">>(dtype: T, bytes: Uint8Array, length: number): DataTypeToArray[T] | undefined => {
+  const ctor = constructors[dtype]
+  if (bytes.byteOffset % ctor.BYTES_PER_ELEMENT !== 0 || !(bytes.buffer instanceof ArrayBuffer)) return undefined
+  return new ctor(bytes.buffer, bytes.byteOffset, length) as DataTypeToArray[T]
+}
+
 /** True when `data` is the typed array (or string array) that holds `dtype`. */
 export const dataMatches = (dtype: DataType, data: unknown): boolean =>
   dtype === "string" ? Array.isArray(data) : data instanceof constructors[dtype]

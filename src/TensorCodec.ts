@@ -314,8 +314,12 @@ const decodeBinaryData = (
   if (bytes.length !== count * width) {
     return invalid(`parameters.binary_data_size is ${bytes.length} bytes, shape ${Tensor.dimsText(dims)} of ${datatypeOf[dtype]} needs ${count * width}`)
   }
-  const out = Tensor.allocate(dtype, count) as Exclude<Tensor.TensorData, ReadonlyArray<string>>
-  new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(bytes)
+  // In place where the bytes are aligned for the dtype (the body's memory becomes the tensor's), else copied.
+  let out = Tensor.viewOf(dtype as Exclude<Tensor.DataType, "string">, bytes, count) as Exclude<Tensor.TensorData, ReadonlyArray<string>> | undefined
+  if (out === undefined) {
+    out = Tensor.allocate(dtype, count) as Exclude<Tensor.TensorData, ReadonlyArray<string>>
+    new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(bytes)
+  }
   if (dtype === "bool") {
     const flags = out as Uint8Array
     for (let i = 0; i < count; i++) if (flags[i]! > 1) return invalid(`BOOL element ${i} is the byte ${flags[i]}, not 0 or 1`)

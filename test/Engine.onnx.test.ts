@@ -80,3 +80,29 @@ describe("AsyncInferenceEngine on onnxruntime", () => {
       assert.deepStrictEqual(log.events.filter((e) => e._tag === "run").length, 1, "only the good request ran")
     }))
 })
+
+describe("InferenceRequest.transferInputs on worker threads", () => {
+  it.live("moves an input that owns its buffer to the worker (detached here), copies it otherwise", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({
+        "embed/model.onnx": EmbeddingModel.bytes(),
+        "embed/config.json": JSON.stringify({ instances: 1, batching: { enabled: false } })
+      })
+      const context = yield* Layer.build(
+        AsyncInferenceEngine.layer.pipe(
+          Layer.provideMerge(Layer.mergeAll(OnnxModelPool.layer({ repository }), layerRecording, AsyncConfigService.layerWith({})))
+        )
+      )
+      const engine = Context.get(context, AsyncInferenceEngine)
+      const request = (transferInputs: boolean) =>
+        InferenceRequest.make("embed", { ids: Tensor.int64([1, 2], [1, 2]) }, { transferInputs })
+      const kept = request(false)
+      const keptResult = yield* engine.infer(kept)
+      assert.deepStrictEqual(Array.from(keptResult.outputs["vectors"]!.data as Float32Array), [1, -1, 2, -2])
+      assert.strictEqual((kept.inputs["ids"]!.data as BigInt64Array).length, 2, "copied: still readable")
+      const given = request(true)
+      const givenResult = yield* engine.infer(given)
+      assert.deepStrictEqual(Array.from(givenResult.outputs["vectors"]!.data as Float32Array), [1, -1, 2, -2])
+      assert.strictEqual((given.inputs["ids"]!.data as BigInt64Array).buffer.byteLength, 0, "moved: detached here")
+    }))
+})

@@ -41,7 +41,9 @@ export const decode = (
   version: string | undefined,
   metadata: ModelMetadata.ModelMetadata,
   text: string,
-  binary: Uint8Array | undefined
+  binary: Uint8Array | undefined,
+  /** The body's memory is the caller's to give away: the inputs may move to the worker (`InferenceRequest.transferInputs`). */
+  ownsBody = false
 ): Decoded | NotJson | InferenceError.InvalidInput => {
   let json: unknown
   try {
@@ -57,7 +59,8 @@ export const decode = (
     modelVersion: version,
     priority: prepared.priority ?? metadata.defaultPriority,
     timeout: prepared.timeout,
-    metadata: body.id === undefined ? undefined : { id: body.id }
+    metadata: body.id === undefined ? undefined : { id: body.id },
+    transferInputs: ownsBody
   })
   return { _tag: "Decoded", request, outputs: prepared.outputs, binaryOutputs: prepared.binaryOutputs, id: body.id }
 }

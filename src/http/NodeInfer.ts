@@ -104,13 +104,18 @@ export const make = (options: Options): Handler => {
     send(response, 500, "application/json", errorBody("internal error"))
   }
 
-  /** The body is in: decode it, run it, answer. Returns the cancellation of the run, if one started. */
+  /**
+   * The body is in: decode it, run it, answer. Returns the cancellation of the run, if one
+   * started. `binary` is the binary part, read into memory of its own when the header was a
+   * valid byte count (then `head` is the JSON alone).
+   */
   const answer = (
     request: Http.IncomingMessage,
     response: Http.ServerResponse,
     name: string,
     version: string | undefined,
-    bytes: Buffer
+    head: Buffer,
+    binary: Uint8Array | undefined
   ): (() => void) | undefined => {
     const metadata = metadataUnsafe(name, version)
     if ("_tag" in metadata) {
@@ -119,20 +124,15 @@ export const make = (options: Options): Handler => {
       return undefined
     }
     const header = request.headers[Oip.inferenceHeaderContentLength]
-    let text: string
-    let binary: Uint8Array | undefined
-    if (typeof header === "string") {
-      const split = Oip.splitBinaryBody(bytes, header)
-      if (typeof split === "string") {
-        sendError(response, { status: 400, message: split })
-        return undefined
-      }
-      text = split.text
-      binary = split.binary
-    } else {
-      text = bytes.toString("utf8")
+    if (binary === undefined && typeof header === "string") {
+      // A header that is not a byte count within the body: the router's answer.
+      const split = Oip.splitBinaryBody(head, header)
+      sendError(response, { status: 400, message: typeof split === "string" ? split : "invalid Inference-Header-Content-Length" })
+      return undefined
     }
-    const decoded = InferExchange.decode(name, version, metadata, text, binary)
+    const text = head.toString("utf8")
+    // The body's memory is this request's alone: its inputs (binary ones are views on it) may move to the worker.
+    const decoded = InferExchange.decode(name, version, metadata, text, binary, true)
     if (decoded._tag === "NotJson") {
       sendError(response, { status: 400, message: decoded.message })
       return undefined
@@ -174,15 +174,30 @@ export const make = (options: Options): Handler => {
     })
     // An aborted upload emits "error" on the request; the response's "close" handles it.
     request.on("error", () => {})
-    const bytes = Buffer.allocUnsafeSlow(length)
+    // With Triton's binary tensor data, the binary part goes to memory of its own from the first
+    // byte: its tensors are views on it, aligned, that can move to the worker without a copy.
+    const header = headers[Oip.inferenceHeaderContentLength]
+    const declared = typeof header === "string" && /^[0-9]+$/.test(header) ? Number(header) : undefined
+    const splitAt = declared !== undefined && declared <= length ? declared : undefined
+    const jsonLength = splitAt ?? length
+    const head = Buffer.allocUnsafeSlow(jsonLength)
+    const binary = splitAt === undefined ? undefined : new Uint8Array(length - splitAt)
     let received = 0
     request.on("data", (chunk: Buffer) => {
-      received += chunk.copy(bytes, received)
+      let offset = 0
+      if (received < jsonLength) offset = chunk.copy(head, received, 0, Math.min(chunk.length, jsonLength - received))
+      if (offset < chunk.length && binary !== undefined) {
+        const at = received + offset - jsonLength
+        binary.set(chunk.subarray(offset, offset + Math.min(chunk.length - offset, binary.length - at)), at)
+      }
+      received += chunk.length
     })
     request.once("end", () => {
       if (response.destroyed) return
       try {
-        cancel = answer(request, response, route.name, route.version, received === length ? bytes : bytes.subarray(0, received))
+        cancel = received === length
+          ? answer(request, response, route.name, route.version, head, binary)
+          : (sendError(response, { status: 400, message: "could not read the request body" }), undefined)
       } catch (e) {
         defect(response, e)
       }

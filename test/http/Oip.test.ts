@@ -158,24 +158,35 @@ describe("binary tensor data (Triton's extension)", () => {
     assert.deepStrictEqual(Oip.encodeBinaryData(tensors["x"]!), bytes)
   })
 
-  it("takes each input's bytes in order, and copies them (the result does not alias the body)", () => {
+  it("takes each input's bytes in order: in place where aligned for its dtype, copied where not", () => {
     const metadata: ModelMetadata.ModelMetadata = {
       name: "m",
       version: "1",
-      inputs: [{ name: "a", dtype: "int32", dims: [-1] }, { name: "b", dtype: "uint8", dims: [-1] }, { name: "c", dtype: "float32", dims: [-1] }],
+      inputs: [
+        { name: "a", dtype: "int32", dims: [-1] },
+        { name: "b", dtype: "uint8", dims: [-1] },
+        { name: "c", dtype: "float32", dims: [-1] },
+        { name: "d", dtype: "float32", dims: [-1] }
+      ],
       outputs: []
     }
-    const body = Uint8Array.from([1, 0, 0, 0, 2, 0, 0, 0, 9, 8, 7])
+    const f = new Uint8Array(new Float32Array([1.5]).buffer)
+    // a at 0 (aligned), b at 8 (bytes align anywhere), d at 11 (not a multiple of 4).
+    const body = Uint8Array.from([1, 0, 0, 0, 2, 0, 0, 0, 9, 8, 7, ...f])
     const tensors = Oip.decodeInputs(metadata, [
       { name: "a", datatype: "INT32", shape: [2], parameters: { binary_data_size: 8 } },
       { name: "c", datatype: "FP32", shape: [2], data: [0.5, 1] },
-      { name: "b", datatype: "UINT8", shape: [3], parameters: { binary_data_size: 3 } }
+      { name: "b", datatype: "UINT8", shape: [3], parameters: { binary_data_size: 3 } },
+      { name: "d", datatype: "FP32", shape: [1], parameters: { binary_data_size: 4 } }
     ], body) as Tensor.TensorMap
     assert.deepStrictEqual(Array.from(tensors["a"]!.data as Int32Array), [1, 2])
     assert.deepStrictEqual(Array.from(tensors["b"]!.data as Uint8Array), [9, 8, 7])
     assert.deepStrictEqual(Array.from(tensors["c"]!.data as Float32Array), [0.5, 1])
+    assert.deepStrictEqual(Array.from(tensors["d"]!.data as Float32Array), [1.5])
     body.fill(0)
-    assert.deepStrictEqual(Array.from(tensors["a"]!.data as Int32Array), [1, 2])
+    assert.deepStrictEqual(Array.from(tensors["a"]!.data as Int32Array), [0, 0], "a is a view on the body")
+    assert.deepStrictEqual(Array.from(tensors["b"]!.data as Uint8Array), [0, 0, 0], "b is a view on the body")
+    assert.deepStrictEqual(Array.from(tensors["d"]!.data as Float32Array), [1.5], "d was copied: a Float32Array cannot start at byte 11")
   })
 
   const refusals: ReadonlyArray<readonly [string, ReadonlyArray<Oip.RequestInput>, Uint8Array | undefined, RegExp]> = [
