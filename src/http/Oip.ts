@@ -139,9 +139,43 @@ export const splitBinaryBody = (bytes: Uint8Array, header: string): { readonly t
 }
 
 /**
- * Encodes an inference response. Outputs named in `binaryOutputs` carry
- * `parameters.binary_data_size` instead of `data`, and their bytes follow the JSON in the
- * order of the outputs (binary tensor data extension).
+ * The fixed parts of a model's responses, written once per model version: the head with its
+ * name and version, and each output's opening up to its shape.
+ */
+interface Template {
+  readonly head: string
+  readonly outputs: Map<string, string>
+}
+
+/** Templates by model name and version; a server holds few models, and the map is cleared past `maxTemplates`. */
+const templates = new Map<string, Template>()
+const maxTemplates = 1024
+
+const templateOf = (modelName: string, modelVersion: string): Template => {
+  const key = `${modelName}\u0000${modelVersion}`
+  let template = templates.get(key)
+  if (template === undefined) {
+    if (templates.size >= maxTemplates) templates.clear()
+    template = { head: `{"model_name":${JSON.stringify(modelName)},"model_version":${JSON.stringify(modelVersion)}`, outputs: new Map() }
+    templates.set(key, template)
+  }
+  return template
+}
+
+const outputOpening = (template: Template, name: string, tensor: Tensor.Tensor): string => {
+  const key = `${name}\u0000${tensor.dtype}`
+  let opening = template.outputs.get(key)
+  if (opening === undefined) {
+    opening = `{"name":${JSON.stringify(name)},"datatype":"${TensorCodec.datatypeOf[tensor.dtype]}","shape":[`
+    if (template.outputs.size < maxTemplates) template.outputs.set(key, opening)
+  }
+  return opening
+}
+
+/**
+ * Encodes an inference response from the model's template (`Template`). Outputs named in
+ * `binaryOutputs` carry `parameters.binary_data_size` instead of `data`, and their bytes follow
+ * the JSON in the order of the outputs (binary tensor data extension).
  */
 export const encodeResponse = (response: {
   readonly modelName: string
@@ -150,19 +184,22 @@ export const encodeResponse = (response: {
   readonly outputs: ReadonlyArray<readonly [string, Tensor.Tensor]>
   readonly binaryOutputs?: ReadonlySet<string> | undefined
 }): EncodedResponse => {
+  const template = templateOf(response.modelName, response.modelVersion)
   const binary: Array<Uint8Array> = []
-  let s = `{"model_name":${JSON.stringify(response.modelName)},"model_version":${JSON.stringify(response.modelVersion)}`
+  let s = template.head
   if (response.id !== undefined) s += `,"id":${JSON.stringify(response.id)}`
   s += `,"outputs":[`
   for (let i = 0; i < response.outputs.length; i++) {
     const [name, tensor] = response.outputs[i]!
     if (i > 0) s += ","
+    s += outputOpening(template, name, tensor)
+    s += tensor.dims.join(",")
     if (response.binaryOutputs?.has(name) === true) {
       const bytes = TensorCodec.encodeBinaryData(tensor)
       binary.push(bytes)
-      s += `{"name":${JSON.stringify(name)},"datatype":"${TensorCodec.datatypeOf[tensor.dtype]}","shape":[${tensor.dims.join(",")}],"parameters":{"binary_data_size":${bytes.length}}}`
+      s += `],"parameters":{"binary_data_size":${bytes.length}}}`
     } else {
-      s += TensorCodec.encodeOutput(name, tensor)
+      s += `],"data":${TensorCodec.encodeData(tensor)}}`
     }
   }
   return { json: s + "]}", binary }
