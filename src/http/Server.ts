@@ -117,6 +117,8 @@ const track = (server: Http.Server, nowMs: () => number): NodeServerHandle & { r
     socket.once("close", () => connections.delete(socket))
   })
   server.on("request", onRequest)
+  // A request with `Expect: 100-continue` comes as "checkContinue" instead of "request".
+  server.on("checkContinue", onRequest)
   function onRequest(request: Http.IncomingMessage, response: Http.ServerResponse) {
     lastActivityMs = nowMs()
     requests++
@@ -161,19 +163,31 @@ export const layer = (
 
 /**
  * Puts `first` in front of the server's request listeners (except `keep`, which observes every
- * request): a request it declines goes to them. Returns what puts them back.
+ * request), and of its `checkContinue` listeners (`keep` too) (a client that sent `Expect: 100-continue`, as
+ * curl does for bodies over 1 KiB, is told to continue before its body is read): a request it
+ * declines goes to them. Returns what puts them back.
  */
 const routeThrough = (server: Http.Server, first: NodeInfer.Handler, keep: (...args: Array<any>) => void): () => void => {
-  const others = server.listeners("request").filter((listener) => listener !== keep) as Array<(request: Http.IncomingMessage, response: Http.ServerResponse) => void>
-  for (const listener of others) server.off("request", listener)
-  const dispatch = (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+  type Listener = (request: Http.IncomingMessage, response: Http.ServerResponse) => void
+  const requestListeners = server.listeners("request").filter((listener) => listener !== keep) as Array<Listener>
+  const continueListeners = server.listeners("checkContinue").filter((listener) => listener !== keep) as Array<Listener>
+  for (const listener of requestListeners) server.off("request", listener)
+  for (const listener of continueListeners) server.off("checkContinue", listener)
+  const onRequest: Listener = (request, response) => {
     if (first(request, response)) return
-    for (const listener of others) listener.call(server, request, response)
+    for (const listener of requestListeners) listener.call(server, request, response)
   }
-  server.on("request", dispatch)
+  const onCheckContinue: Listener = (request, response) => {
+    if (first(request, response)) return response.writeContinue()
+    for (const listener of continueListeners) listener.call(server, request, response)
+  }
+  server.on("request", onRequest)
+  server.on("checkContinue", onCheckContinue)
   return () => {
-    server.off("request", dispatch)
-    for (const listener of others) server.on("request", listener)
+    server.off("request", onRequest)
+    server.off("checkContinue", onCheckContinue)
+    for (const listener of requestListeners) server.on("request", listener)
+    for (const listener of continueListeners) server.on("checkContinue", listener)
   }
 }
 

@@ -252,3 +252,52 @@ describe("Server.layer: the infer route on Node's request event answers what the
       }
     }).pipe(withFreshMetrics))
 })
+
+describe("Server.layer: a client that sends Expect: 100-continue", () => {
+  it.live("is told to continue and answered on Node's request event, or by the router when declined", () =>
+    Effect.gen(function*() {
+      const pool = yield* makeTestPool()
+      const context = yield* Layer.build(
+        Server.layer({ ...routeOptions(4096), host: "127.0.0.1", port: 0 }).pipe(
+          Layer.provideMerge(AsyncInferenceEngine.layer),
+          Layer.provideMerge(Layer.mergeAll(pool.layer, TelemetryCollector.layer, AsyncConfigService.layerWith({})))
+        )
+      )
+      const address = Context.get(context, HttpServer.HttpServer).address
+      if (address._tag === "UnixPathAddress") return yield* Effect.die("expected a TCP address")
+      const node = Context.get(context, Server.NodeServer)
+      const expectContinue = (path: string, extra: Record<string, string> = {}) =>
+        Effect.promise(() =>
+          new Promise<{ status: number; body: string; continued: boolean }>((resolve, reject) => {
+            const body = Buffer.from(JSON.stringify(echoBody))
+            let continued = false
+            const r = Http.request({
+              host: "127.0.0.1",
+              port: address.port,
+              method: "POST",
+              path,
+              agent: false,
+              headers: { ...extra, expect: "100-continue", "content-length": body.length }
+            }, (response) => {
+              const chunks: Array<Buffer> = []
+              response.on("data", (c: Buffer) => chunks.push(c))
+              response.on("end", () => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks).toString(), continued }))
+            })
+            r.on("continue", () => {
+              continued = true
+              r.end(body)
+            })
+            r.on("error", reject)
+          })
+        )
+      const requestsBefore = node.requests()
+      const lookups = pool.stats.lookupsUnsafe
+      const fast = yield* expectContinue("/v2/models/echo/infer")
+      assert.deepInclude(fast, { status: 200, continued: true })
+      assert.deepStrictEqual(JSON.parse(fast.body).outputs[0].data, [2, 4, 6, 8])
+      assert.isAtLeast(pool.stats.lookupsUnsafe - lookups, 2, "served on Node's request event")
+      const routed = yield* expectContinue("/v2/models/echo/infer", { "content-encoding": "identity" })
+      assert.deepInclude(routed, { status: 200, continued: true })
+      assert.strictEqual(node.requests() - requestsBefore, 2, "the server's own accounting counts both")
+    }).pipe(withFreshMetrics))
+})
