@@ -14,6 +14,9 @@
  * Contracts, as the router's infer route:
  * - the body is read within the limit, then decoded; a body that is not JSON answers 400, one
  *   that does not fit the model 400 (counted by the engine as refused);
+ * - bodies are decoded after the poll phase that read them, Critical first (`priorityHint`,
+ *   `makeDecodeQueue`): under load the main thread's queue of bodies is where a request waits
+ *   longest, and its priority is in its body;
  * - the request is counted in flight (`Lifecycle`) from its arrival until its answer is
  *   written or its connection closes; answers carry `Connection: close` once the shutdown began;
  * - a client that disconnects cancels the inference (out of the queue, or its result dropped);
@@ -29,6 +32,7 @@ import type { Service as Engine } from "../Engine.ts"
 import type * as InferenceError from "../InferenceError.ts"
 import type { ModelPool } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
+import * as Priority from "../Priority.ts"
 import * as InferExchange from "./InferExchange.ts"
 import type * as Lifecycle from "./Lifecycle.ts"
 import * as Oip from "./Oip.ts"
@@ -75,8 +79,65 @@ export const matchInferPath = (url: string): { readonly name: string; readonly v
 
 const errorBody = (message: string) => JSON.stringify({ error: message })
 
+const priorityKey = Buffer.from('"priority"')
+
+/**
+ * The priority a body asks for, read from its bytes without parsing them (Triton's
+ * `parameters.priority`: 1 = Critical … 4 = Low; the first `"priority": <digit>` in the JSON), as
+ * a rank 0 (Critical) … 3 (Low); `fallback` when there is none or it is not 1 to 4. Only a hint
+ * for the order of decoding: the request's priority is what the decoded body says.
+ */
+export const priorityHint = (json: Buffer, fallback: number): number => {
+  const at = json.indexOf(priorityKey)
+  if (at === -1) return fallback
+  let i = at + priorityKey.length
+  while (json[i] === 0x20 || json[i] === 0x0a || json[i] === 0x0d || json[i] === 0x09) i++
+  if (json[i++] !== 0x3a) return fallback
+  while (json[i] === 0x20 || json[i] === 0x0a || json[i] === 0x0d || json[i] === 0x09) i++
+  const digit = json[i]! - 0x30
+  const next = json[i + 1]
+  const single = next === undefined || next < 0x30 || next > 0x39
+  return single && digit >= 1 && digit <= 4 ? digit - 1 : fallback
+}
+
+/**
+ * Bodies read and waiting to be decoded, a FIFO per priority rank. Decoding (`JSON.parse` of the
+ * tensors) is the costly part of a request on the main thread: deferred out of the poll phase
+ * that read the body, and done Critical first, a Critical request skips the bodies of Low ones
+ * that arrived before it. Drained after each poll phase (`setImmediate`) for at most
+ * `drainBudgetMs`, so that the next poll phase reads what has arrived meanwhile.
+ */
+export const makeDecodeQueue = (drainBudgetMs: number): (rank: number, work: () => void) => void => {
+  const queues: ReadonlyArray<Array<() => void>> = [[], [], [], []]
+  let waiting = 0
+  let scheduled = false
+  const drain = () => {
+    const untilMs = performance.now() + drainBudgetMs
+    let rank = 0
+    while (waiting > 0) {
+      while (queues[rank]!.length === 0) rank++
+      const work = queues[rank]!.shift()!
+      waiting--
+      work()
+      if (performance.now() >= untilMs) break
+      rank = 0
+    }
+    scheduled = waiting > 0
+    if (scheduled) setImmediate(drain)
+  }
+  return (rank: number, work: () => void): void => {
+    queues[rank]!.push(work)
+    waiting++
+    if (!scheduled) {
+      scheduled = true
+      setImmediate(drain)
+    }
+  }
+}
+
 export const make = (options: Options): Handler => {
   const { engine, lifecycle, metadataUnsafe } = options
+  const decodeLater = makeDecodeQueue(1)
 
   const send = (
     response: Http.ServerResponse,
@@ -194,13 +255,17 @@ export const make = (options: Options): Handler => {
     })
     request.once("end", () => {
       if (response.destroyed) return
-      try {
-        cancel = received === length
-          ? answer(request, response, route.name, route.version, head, binary)
-          : (sendError(response, { status: 400, message: "could not read the request body" }), undefined)
-      } catch (e) {
-        defect(response, e)
-      }
+      if (received !== length) return sendError(response, { status: 400, message: "could not read the request body" })
+      const metadata = metadataUnsafe(route.name, route.version)
+      const fallback = "_tag" in metadata ? 0 : Priority.rank(metadata.defaultPriority ?? Priority.Normal)
+      decodeLater(priorityHint(head, fallback), () => {
+        if (response.destroyed) return
+        try {
+          cancel = answer(request, response, route.name, route.version, head, binary)
+        } catch (e) {
+          defect(response, e)
+        }
+      })
     })
     return true
   }

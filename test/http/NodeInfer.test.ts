@@ -301,3 +301,46 @@ describe("Server.layer: a client that sends Expect: 100-continue", () => {
       assert.strictEqual(node.requests() - requestsBefore, 2, "the server's own accounting counts both")
     }).pipe(withFreshMetrics))
 })
+
+describe("NodeInfer.priorityHint", () => {
+  const table: ReadonlyArray<readonly [string, number]> = [
+    ['{"parameters":{"priority":1},"inputs":[]}', 0],
+    ['{"inputs":[],"parameters":{"priority" : 4}}', 3],
+    ['{"parameters":{"priority":\n 2}}', 1],
+    ['{"parameters":{"priority":0}}', 2],
+    ['{"parameters":{"priority":10}}', 2],
+    ['{"parameters":{"priority":-1}}', 2],
+    ['{"parameters":{"priority":"1"}}', 2],
+    ['{"inputs":[]}', 2],
+    ['{"id":"priority"}', 2]
+  ]
+  for (const [json, rank] of table) {
+    it(`${json} → ${rank}`, () => {
+      assert.strictEqual(NodeInfer.priorityHint(Buffer.from(json), 2), rank)
+    })
+  }
+})
+
+describe("NodeInfer.makeDecodeQueue", () => {
+  it("runs after the current turn, Critical first and FIFO within a rank; past its budget it yields, and what came meanwhile is ordered with the rest", async () => {
+    const later = NodeInfer.makeDecodeQueue(5)
+    const order: Array<string> = []
+    const busy = (ms: number) => {
+      const until = performance.now() + ms
+      while (performance.now() < until) { /* a decode that takes `ms` */ }
+    }
+    later(3, () => order.push("low-1"))
+    later(3, () => {
+      order.push("low-2")
+      busy(10)
+    })
+    later(0, () => order.push("critical-1"))
+    later(3, () => order.push("low-3"))
+    later(1, () => order.push("high-1"))
+    assert.deepStrictEqual(order, [], "nothing runs in the turn that queued it")
+    // The first drain stops after low-2 (over budget); a Critical body read before the next drain goes first.
+    setImmediate(() => later(0, () => order.push("critical-2")))
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    assert.deepStrictEqual(order, ["critical-1", "high-1", "low-1", "low-2", "critical-2", "low-3"])
+  })
+})
