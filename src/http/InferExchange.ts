@@ -6,10 +6,12 @@
  *
  * @module InferExchange
  */
+import { Duration } from "effect"
 import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
 import type * as InferenceResult from "../InferenceResult.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
+import type * as Priority from "../Priority.ts"
 import type * as Tensor from "../Tensor.ts"
 import * as Oip from "./Oip.ts"
 
@@ -31,20 +33,34 @@ export interface NotJson {
 }
 
 /**
+ * A body decoded for its model, before it is a request: plain data that a decode thread can post
+ * back (`DecodePool`).
+ */
+export interface Body {
+  readonly _tag: "Body"
+  readonly inputs: Tensor.TensorMap
+  readonly outputs: ReadonlyArray<string>
+  readonly binaryOutputs: ReadonlyArray<string>
+  /** Undefined: the model's default. */
+  readonly priority: Priority.Priority | undefined
+  /** Undefined: the engine's default deadline. */
+  readonly timeoutMs: number | undefined
+  readonly id: string | undefined
+}
+
+/**
  * Decodes an inference body for `metadata`: the JSON `text` (the body, or its head when the
  * request carries Triton's binary tensor data), then the envelope (Schema), then each tensor
- * (`Oip.prepare`). A body that decodes as JSON but not as a request for this model is
- * InvalidInput, which the engine counts as a refused request.
+ * (`Oip.prepare`, which reads the model's name, inputs, outputs and batching). A body that
+ * decodes as JSON but not as a request for this model is InvalidInput, which the engine counts
+ * as a refused request.
  */
-export const decode = (
+export const decodeBody = (
   name: string,
-  version: string | undefined,
   metadata: ModelMetadata.ModelMetadata,
   text: string,
-  binary: Uint8Array | undefined,
-  /** The body's memory is the caller's to give away: the inputs may move to the worker (`InferenceRequest.transferInputs`). */
-  ownsBody = false
-): Decoded | NotJson | InferenceError.InvalidInput => {
+  binary: Uint8Array | undefined
+): Body | NotJson | InferenceError.InvalidInput => {
   let json: unknown
   try {
     json = JSON.parse(text)
@@ -55,14 +71,50 @@ export const decode = (
   if ("error" in body) return new InferenceError.InvalidInput({ modelId: name, detail: body.error })
   const prepared = Oip.prepare(metadata, body, binary)
   if (prepared instanceof InferenceError.InvalidInput) return prepared
-  const request = InferenceRequest.make(name, prepared.inputs, {
+  return {
+    _tag: "Body",
+    inputs: prepared.inputs,
+    outputs: prepared.outputs,
+    binaryOutputs: [...prepared.binaryOutputs],
+    priority: prepared.priority,
+    timeoutMs: prepared.timeout === undefined ? undefined : Duration.toMillis(prepared.timeout),
+    id: body.id
+  }
+}
+
+/** A decoded body as the engine's request (the model's default priority where it gave none). */
+export const toDecoded = (
+  name: string,
+  version: string | undefined,
+  metadata: ModelMetadata.ModelMetadata,
+  body: Body,
+  /** The body's memory is the caller's to give away: the inputs may move to the worker (`InferenceRequest.transferInputs`). */
+  ownsBody: boolean
+): Decoded => ({
+  _tag: "Decoded",
+  request: InferenceRequest.make(name, body.inputs, {
     modelVersion: version,
-    priority: prepared.priority ?? metadata.defaultPriority,
-    timeout: prepared.timeout,
+    priority: body.priority ?? metadata.defaultPriority,
+    timeout: body.timeoutMs === undefined ? undefined : Duration.millis(body.timeoutMs),
     metadata: body.id === undefined ? undefined : { id: body.id },
     transferInputs: ownsBody
-  })
-  return { _tag: "Decoded", request, outputs: prepared.outputs, binaryOutputs: prepared.binaryOutputs, id: body.id }
+  }),
+  outputs: body.outputs,
+  binaryOutputs: new Set(body.binaryOutputs),
+  id: body.id
+})
+
+/** `decodeBody`, then `toDecoded`. */
+export const decode = (
+  name: string,
+  version: string | undefined,
+  metadata: ModelMetadata.ModelMetadata,
+  text: string,
+  binary: Uint8Array | undefined,
+  ownsBody = false
+): Decoded | NotJson | InferenceError.InvalidInput => {
+  const body = decodeBody(name, metadata, text, binary)
+  return body._tag === "Body" ? toDecoded(name, version, metadata, body, ownsBody) : body
 }
 
 /** An answer's body: JSON text, or bytes (JSON head and binary part) with the head's length. */

@@ -34,6 +34,7 @@
  * @module Routes
  */
 import { ByteSize, Cause, Data, Effect, Layer, Tracer } from "effect"
+import * as Os from "node:os"
 import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
@@ -41,6 +42,7 @@ import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import * as Lifecycle from "./Lifecycle.ts"
+import * as DecodePool from "./DecodePool.ts"
 import * as InferExchange from "./InferExchange.ts"
 import * as Metrics from "./Metrics.ts"
 import * as ContentEncoding from "./ContentEncoding.ts"
@@ -76,7 +78,16 @@ export interface Options {
    * spans or the pool has no synchronous metadata: the router then answers every request.
    */
   readonly serveInferFromNode?: ((handler: NodeInfer.Handler) => void) | undefined
+  /**
+   * Threads that decode large JSON inference bodies while the main thread has a queue of them
+   * (`DecodePool`, with `serveInferFromNode` only). Default: one less than the cores available,
+   * between 1 and 4; 0 decodes every body on the main thread.
+   */
+  readonly decodeThreads?: number | undefined
 }
+
+/** `Options.decodeThreads` by default: one less than the cores available, between 1 and 4. */
+export const defaultDecodeThreads = (): number => Math.max(1, Math.min(4, Os.availableParallelism() - 1))
 
 /** Triton's platform name for ONNX models. */
 export const platform = Oip.platformName
@@ -251,7 +262,12 @@ export const layer = (
       const tracer = yield* Effect.withFiber((fiber) => Effect.succeed(fiber.getRef(Tracer.Tracer)))
       if (options.serveInferFromNode !== undefined && metadataUnsafe !== undefined && tracer === Tracer.nativeTracer) {
         const runFork = Effect.runForkWith(yield* Effect.context<never>())
+        const threads = options.decodeThreads ?? defaultDecodeThreads()
+        const decodePool = threads > 0
+          ? yield* Effect.acquireRelease(Effect.sync(() => DecodePool.make(threads)), (pool) => Effect.sync(pool.close))
+          : undefined
         options.serveInferFromNode(NodeInfer.make({
+          decodePool,
           engine,
           metadataUnsafe,
           lifecycle,

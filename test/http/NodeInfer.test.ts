@@ -11,6 +11,7 @@ import { AsyncConfigService } from "../../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import type * as InferenceError from "../../src/InferenceError.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
+import * as DecodePool from "../../src/http/DecodePool.ts"
 import * as NodeInfer from "../../src/http/NodeInfer.ts"
 import * as Server from "../../src/http/Server.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
@@ -64,7 +65,9 @@ describe("NodeInfer.matchInferPath", () => {
 })
 
 /** The handler alone on a Node server: what it declines answers 599, so a test sees who answered. */
-const makeHandlerServer = (options: { readonly bodyLimitBytes?: number; readonly maxQueuedRequests?: number } = {}) =>
+const makeHandlerServer = (
+  options: { readonly bodyLimitBytes?: number; readonly maxQueuedRequests?: number; readonly decodePool?: DecodePool.DecodePool } = {}
+) =>
   Effect.gen(function*() {
     const testPool = yield* makeTestPool({ slowLatency: "20 millis" })
     const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
@@ -87,7 +90,8 @@ const makeHandlerServer = (options: { readonly bodyLimitBytes?: number; readonly
       bodyLimitBytes: options.bodyLimitBytes ?? 1024,
       errorOf: (reason) => ({ status: reason._tag === "QueueFull" ? 429 : reason._tag === "DeadlineExceeded" ? 504 : 400, message: reason.message }),
       recordInvalid: (_, reason) => void invalid.push(reason),
-      onDefect: (defect) => void defects.push(defect)
+      onDefect: (defect) => void defects.push(defect),
+      decodePool: options.decodePool
     })
     const server = Http.createServer((req, res) => {
       if (handler(req, res)) return
@@ -203,6 +207,51 @@ describe("NodeInfer.make", () => {
       assert.isTrue(Client.isReply(reply) && reply.status === 200 && reply.headers["connection"] === "close")
       assert.strictEqual(stats.started, 1, "the cancelled request never ran")
       yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 0))
+    }).pipe(withFreshMetrics))
+})
+
+describe("NodeInfer with decode threads", () => {
+  it.live("large JSON bodies that queue up are decoded on a thread, Critical ones here, and every answer is right", () =>
+    Effect.gen(function*() {
+      const real = DecodePool.make(1)
+      yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      let offloaded = 0
+      const decodePool: DecodePool.DecodePool = {
+        ...real,
+        decode: (name, metadata, bytes, onDone) => {
+          offloaded++
+          real.decode(name, metadata, bytes, onDone)
+        }
+      }
+      const { port, defects } = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20, maxQueuedRequests: 512, decodePool })
+      const agent = new Http.Agent({ keepAlive: true, maxSockets: 32 })
+      yield* Effect.addFinalizer(() => Effect.sync(() => agent.destroy()))
+      const row = (i: number) => Array.from({ length: 600 }, (_, j) => Math.fround((i * 600 + j) / 7919))
+      const one = (i: number) =>
+        new Promise<{ i: number; status: number; body: any }>((resolve, reject) => {
+          const payload = Buffer.from(JSON.stringify({
+            id: String(i),
+            parameters: { priority: i % 10 === 0 ? 1 : 4 },
+            inputs: [{ name: "x", shape: [1, 600], datatype: "FP32", data: row(i) }]
+          }))
+          const r = Http.request({ host: "127.0.0.1", port, method: "POST", path: "/v2/models/identity_float32/infer", agent, headers: { "content-length": payload.length } }, (response) => {
+            const chunks: Array<Buffer> = []
+            response.on("data", (c: Buffer) => chunks.push(c))
+            response.on("end", () => resolve({ i, status: response.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) }))
+          })
+          r.on("error", reject)
+          r.end(payload)
+        })
+      const replies = yield* Effect.promise(() => Promise.all(Array.from({ length: 200 }, (_, i) => one(i))))
+      for (const reply of replies) {
+        assert.strictEqual(reply.status, 200, JSON.stringify(reply.body))
+        assert.strictEqual(reply.body.id, String(reply.i))
+        // Floats print as the shortest text that reads back to the same float32.
+        assert.deepStrictEqual((reply.body.outputs[0].data as Array<number>).map(Math.fround), row(reply.i))
+      }
+      assert.isAbove(offloaded, 0, "some bodies went to the decode thread")
+      assert.isBelow(offloaded, 200, "not all: the first (nothing queued yet) and the Critical ones are decoded here")
+      assert.deepStrictEqual(defects, [])
     }).pipe(withFreshMetrics))
 })
 
@@ -323,7 +372,8 @@ describe("NodeInfer.priorityHint", () => {
 
 describe("NodeInfer.makeDecodeQueue", () => {
   it("runs after the current turn, Critical first and FIFO within a rank; past its budget it yields, and what came meanwhile is ordered with the rest", async () => {
-    const later = NodeInfer.makeDecodeQueue(5)
+    const queue = NodeInfer.makeDecodeQueue(5)
+    const later = queue.push
     const order: Array<string> = []
     const busy = (ms: number) => {
       const until = performance.now() + ms
@@ -338,9 +388,11 @@ describe("NodeInfer.makeDecodeQueue", () => {
     later(3, () => order.push("low-3"))
     later(1, () => order.push("high-1"))
     assert.deepStrictEqual(order, [], "nothing runs in the turn that queued it")
+    assert.strictEqual(queue.waiting(), 5)
     // The first drain stops after low-2 (over budget); a Critical body read before the next drain goes first.
     setImmediate(() => later(0, () => order.push("critical-2")))
     await new Promise((resolve) => setTimeout(resolve, 50))
     assert.deepStrictEqual(order, ["critical-1", "high-1", "low-1", "low-2", "critical-2", "low-3"])
+    assert.strictEqual(queue.waiting(), 0)
   })
 })

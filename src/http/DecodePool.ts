@@ -1,0 +1,174 @@
+/**
+ * Worker threads that decode JSON inference bodies (`InferExchange.decodeBody`: `JSON.parse` of the
+ * tensors, the envelope, the typed arrays) off the main thread, for `NodeInfer` when the main thread
+ * has a queue of bodies. `JSON.parse` of a 784-float row is about 85 µs, the largest cost of a JSON
+ * request on the main thread (README "Benchmarks").
+ *
+ * Contracts:
+ * - `decode` calls back exactly once: with the decoded body (its tensors moved from the thread,
+ *   not copied), or with `undefined` when the thread could not answer (it crashed or is closing), in
+ *   which case the caller decodes on the main thread; the body's bytes are copied to the thread, so
+ *   they are still the caller's.
+ * - A model's decoding facts (`Spec`: name, inputs, outputs, batching) are sent to a thread once per
+ *   metadata object, before its first body.
+ * - A thread that exits is replaced at the next `decode`; `close` terminates them all.
+ *
+ * @module DecodePool
+ */
+import { Worker } from "node:worker_threads"
+import * as InferenceError from "../InferenceError.ts"
+import type * as ModelMetadata from "../ModelMetadata.ts"
+import type * as InferExchange from "./InferExchange.ts"
+
+/**
+ * What `Oip.prepare` reads of a model: its name, inputs and outputs, and of its batching whether
+ * it is on, the most rows and the batch axes. Plain data, for structured clone.
+ */
+export interface Spec {
+  readonly name: string
+  readonly version: string
+  readonly inputs: ModelMetadata.ModelMetadata["inputs"]
+  readonly outputs: ModelMetadata.ModelMetadata["outputs"]
+  readonly batching: { readonly enabled: boolean; readonly maxBatchSize: number; readonly inputAxes: Readonly<Record<string, number | null>> } | undefined
+}
+
+/** A `Spec` as the metadata `Oip.prepare` takes (it reads nothing else). */
+export const asMetadata = (spec: Spec): ModelMetadata.ModelMetadata => spec as unknown as ModelMetadata.ModelMetadata
+
+const specOf = (metadata: ModelMetadata.ModelMetadata): Spec => {
+  const b = metadata.batching
+  return {
+    name: metadata.name,
+    version: metadata.version,
+    inputs: metadata.inputs,
+    outputs: metadata.outputs,
+    batching: b === undefined ? undefined : { enabled: b.enabled, maxBatchSize: b.maxBatchSize, inputAxes: b.inputAxes }
+  }
+}
+
+export type ToDecoder =
+  | { readonly _tag: "spec"; readonly spec: number; readonly value: Spec }
+  | { readonly _tag: "decode"; readonly id: number; readonly spec: number; readonly name: string; readonly bytes: Uint8Array }
+
+export type FromDecoder =
+  | { readonly _tag: "body"; readonly id: number; readonly body: InferExchange.Body }
+  | { readonly _tag: "notJson"; readonly id: number; readonly message: string }
+  | { readonly _tag: "invalid"; readonly id: number; readonly modelId: string; readonly input: string | undefined; readonly detail: string }
+
+export type Outcome = InferExchange.Body | InferExchange.NotJson | InferenceError.InvalidInput
+
+export interface DecodePool {
+  readonly threads: number
+  /** Bodies sent to the threads and not yet answered. */
+  readonly inFlight: () => number
+  /** Decodes `bytes` (the JSON text of a body without a binary part) for `metadata`; see the module's contracts. */
+  readonly decode: (
+    name: string,
+    metadata: ModelMetadata.ModelMetadata,
+    bytes: Uint8Array,
+    onDone: (outcome: Outcome | undefined) => void
+  ) => void
+  readonly close: () => void
+}
+
+/** The decode thread's entry. */
+export const workerUrl: URL = new URL("./DecodeWorker.ts", import.meta.url)
+
+interface Thread {
+  readonly worker: Worker
+  /** Spec ids this thread has received. */
+  readonly specs: Set<number>
+  readonly jobs: Map<number, (outcome: Outcome | undefined) => void>
+  exited: boolean
+}
+
+/** `threads` decode threads, started on first use; each body goes to the one with the fewest in flight. */
+export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
+  const pool: Array<Thread | undefined> = Array.from({ length: threads }, () => undefined)
+  const specIds = new WeakMap<ModelMetadata.ModelMetadata, number>()
+  let nextSpec = 0
+  let nextJob = 0
+  let inFlight = 0
+  let closed = false
+
+  const settle = (thread: Thread, id: number, outcome: Outcome | undefined) => {
+    const done = thread.jobs.get(id)
+    if (done === undefined) return
+    thread.jobs.delete(id)
+    inFlight--
+    done(outcome)
+  }
+
+  const start = (slot: number): Thread => {
+    const worker = new Worker(entry, { name: "decode" })
+    worker.unref()
+    const thread: Thread = { worker, specs: new Set(), jobs: new Map(), exited: false }
+    worker.on("message", (message: FromDecoder) => {
+      switch (message._tag) {
+        case "body":
+          return settle(thread, message.id, message.body)
+        case "notJson":
+          return settle(thread, message.id, { _tag: "NotJson", message: message.message })
+        case "invalid":
+          return settle(
+            thread,
+            message.id,
+            new InferenceError.InvalidInput(message.input === undefined
+              ? { modelId: message.modelId, detail: message.detail }
+              : { modelId: message.modelId, input: message.input, detail: message.detail })
+          )
+      }
+    })
+    const lost = () => {
+      if (thread.exited) return
+      thread.exited = true
+      if (pool[slot] === thread) pool[slot] = undefined
+      for (const id of [...thread.jobs.keys()]) settle(thread, id, undefined)
+    }
+    worker.on("error", lost)
+    worker.on("exit", lost)
+    pool[slot] = thread
+    return thread
+  }
+
+  const pick = (): Thread => {
+    let best: Thread | undefined
+    for (let slot = 0; slot < pool.length; slot++) {
+      const thread = pool[slot] ?? start(slot)
+      if (best === undefined || thread.jobs.size < best.jobs.size) best = thread
+    }
+    return best!
+  }
+
+  return {
+    threads,
+    inFlight: () => inFlight,
+    decode: (name, metadata, bytes, onDone) => {
+      if (closed || pool.length === 0) return onDone(undefined)
+      const thread = pick()
+      let spec = specIds.get(metadata)
+      if (spec === undefined) specIds.set(metadata, spec = nextSpec++)
+      try {
+        if (!thread.specs.has(spec)) {
+          thread.worker.postMessage({ _tag: "spec", spec, value: specOf(metadata) } satisfies ToDecoder)
+          thread.specs.add(spec)
+        }
+        const id = nextJob++
+        thread.worker.postMessage({ _tag: "decode", id, spec, name, bytes } satisfies ToDecoder)
+        thread.jobs.set(id, onDone)
+        inFlight++
+      } catch {
+        onDone(undefined)
+      }
+    },
+    close: () => {
+      closed = true
+      for (const thread of pool) {
+        if (thread === undefined) continue
+        thread.exited = true
+        for (const id of [...thread.jobs.keys()]) settle(thread, id, undefined)
+        thread.worker.terminate().catch(() => {})
+      }
+    }
+  }
+}

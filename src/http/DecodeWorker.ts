@@ -1,0 +1,44 @@
+/**
+ * Decode-thread entry (`DecodePool`): decodes inference bodies for the models whose `Spec` it was
+ * sent, and posts each outcome back with the tensors' buffers moved, not copied.
+ *
+ * @module DecodeWorker
+ */
+import { parentPort } from "node:worker_threads"
+import * as InferenceError from "../InferenceError.ts"
+import type * as DecodePool from "./DecodePool.ts"
+import { asMetadata } from "./DecodePool.ts"
+import * as InferExchange from "./InferExchange.ts"
+
+const port = parentPort
+if (port === null) throw new Error("DecodeWorker.ts must run in a worker thread")
+
+const specs = new Map<number, DecodePool.Spec>()
+const utf8 = new TextDecoder()
+
+port.on("message", (message: DecodePool.ToDecoder) => {
+  if (message._tag === "spec") {
+    specs.set(message.spec, message.value)
+    return
+  }
+  const spec = specs.get(message.spec)!
+  const outcome = InferExchange.decodeBody(message.name, asMetadata(spec), utf8.decode(message.bytes), undefined)
+  let reply: DecodePool.FromDecoder
+  const transfer: Array<ArrayBuffer> = []
+  if (outcome._tag === "Body") {
+    for (const tensor of Object.values(outcome.inputs)) {
+      const data = tensor.data
+      // JSON-decoded tensors own exactly their buffer (`Tensor.allocate`): moved, not copied.
+      if (ArrayBuffer.isView(data) && data.buffer instanceof ArrayBuffer && data.byteLength === data.buffer.byteLength && !transfer.includes(data.buffer)) {
+        transfer.push(data.buffer)
+      }
+    }
+    reply = { _tag: "body", id: message.id, body: outcome }
+  } else if (outcome._tag === "NotJson") {
+    reply = { _tag: "notJson", id: message.id, message: outcome.message }
+  } else {
+    const invalid: InferenceError.InvalidInput = outcome
+    reply = { _tag: "invalid", id: message.id, modelId: invalid.modelId, input: invalid.input, detail: invalid.detail }
+  }
+  port.postMessage(reply, transfer)
+})

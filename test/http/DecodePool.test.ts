@@ -1,0 +1,105 @@
+/**
+ * Decode threads: the same outcome as decoding on the main thread, for every kind of body; a
+ * thread that dies hands its bodies back (undefined) and is replaced; `close` ends everything.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as InferenceError from "../../src/InferenceError.ts"
+import * as DecodePool from "../../src/http/DecodePool.ts"
+import * as InferExchange from "../../src/http/InferExchange.ts"
+import type * as ModelMetadata from "../../src/ModelMetadata.ts"
+import * as BatchPolicy from "../../src/BatchPolicy.ts"
+
+const metadata: ModelMetadata.ModelMetadata = {
+  name: "m",
+  version: "3",
+  inputs: [
+    { name: "x", dtype: "float32", dims: [-1, 4] },
+    { name: "ids", dtype: "int64", dims: [-1] },
+    { name: "flags", dtype: "bool", dims: [-1] },
+    { name: "words", dtype: "string", dims: [-1] }
+  ],
+  outputs: [{ name: "y", dtype: "float32", dims: [-1, 4] }, { name: "z", dtype: "float32", dims: [-1] }],
+  batching: { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 2 }
+}
+
+const bodies: ReadonlyArray<readonly [string, string]> = [
+  ["every dtype, nested and flat, with parameters", JSON.stringify({
+    id: "r",
+    parameters: { priority: 1, timeout: 2500, binary_data_output: true },
+    inputs: [
+      { name: "x", shape: [2, 4], datatype: "FP32", data: [[1, 2, 3, 4], [0.5, -1, 1e-3, 7]] },
+      { name: "ids", shape: [2], datatype: "INT64", data: ["9007199254740993", 4] },
+      { name: "flags", shape: [2], datatype: "BOOL", data: [true, 0] },
+      { name: "words", shape: [2], datatype: "BYTES", data: ["a", "é"] }
+    ],
+    outputs: [{ name: "z", parameters: { binary_data: false } }, { name: "y" }]
+  })],
+  ["not JSON", "{\"inputs\": ["],
+  ["a bad envelope", JSON.stringify({ inputs: 3 })],
+  ["a datatype the model does not take", JSON.stringify({ inputs: [{ name: "x", shape: [1, 4], datatype: "FP64", data: [1, 2, 3, 4] }] })],
+  ["too many rows", JSON.stringify({ inputs: [{ name: "x", shape: [3, 4], datatype: "FP32", data: new Array(12).fill(0) }] })],
+  ["an unknown output", JSON.stringify({ inputs: [], outputs: [{ name: "w" }] })]
+]
+
+const plain = (outcome: DecodePool.Outcome | undefined): unknown => {
+  if (outcome === undefined) return undefined
+  if (outcome instanceof InferenceError.InvalidInput) return { invalid: outcome.message }
+  if (outcome._tag === "NotJson") return outcome
+  return {
+    ...outcome,
+    inputs: Object.fromEntries(Object.entries(outcome.inputs).map(([name, t]) => [name, { dtype: t.dtype, dims: t.dims, data: Array.from(t.data as ArrayLike<unknown>) }]))
+  }
+}
+
+const decodeOn = (pool: DecodePool.DecodePool, body: string) =>
+  new Promise<DecodePool.Outcome | undefined>((resolve) => pool.decode("m", metadata, Buffer.from(body), resolve))
+
+describe("DecodePool", () => {
+  it("decodes every kind of body as the main thread does", async () => {
+    const pool = DecodePool.make(2)
+    try {
+      for (const [label, body] of bodies) {
+        const there = await decodeOn(pool, body)
+        const here = InferExchange.decodeBody("m", metadata, body, undefined)
+        if (label.startsWith("every dtype")) assert.strictEqual(here._tag, "Body", "the first body is a valid one")
+        assert.deepStrictEqual(plain(there), plain(here), label)
+      }
+      assert.strictEqual(pool.inFlight(), 0)
+      const decoded = await decodeOn(pool, bodies[0]![1])
+      assert.isTrue(decoded !== undefined && decoded._tag === "Body" && (decoded.inputs["x"]!.data as Float32Array).buffer.byteLength === 32, "the tensors came back whole")
+    } finally {
+      pool.close()
+    }
+  })
+
+  it("a thread that dies answers its bodies undefined (the caller decodes them) and is replaced", async () => {
+    const pool = DecodePool.make(1, new URL("../fixtures/ExitingDecodeWorker.ts", import.meta.url))
+    try {
+      const calls: Array<unknown> = []
+      const first = new Promise<void>((resolve) =>
+        pool.decode("m", metadata, Buffer.from(bodies[0]![1]), (o) => {
+          calls.push(o)
+          resolve()
+        })
+      )
+      await first
+      assert.deepStrictEqual(calls, [undefined])
+      assert.strictEqual(pool.inFlight(), 0)
+      // A new thread takes the next body (and dies too: answered undefined once more, never twice).
+      assert.isUndefined(await decodeOn(pool, bodies[0]![1]))
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      assert.deepStrictEqual(calls, [undefined])
+    } finally {
+      pool.close()
+    }
+  })
+
+  it("close answers what is in flight undefined, and every later body at once", async () => {
+    const pool = DecodePool.make(1)
+    const pending = decodeOn(pool, bodies[0]![1])
+    pool.close()
+    assert.isUndefined(await pending)
+    assert.isUndefined(await decodeOn(pool, bodies[0]![1]))
+    assert.strictEqual(pool.inFlight(), 0)
+  })
+})
