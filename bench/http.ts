@@ -40,6 +40,7 @@
  *
  * Usage: npm run bench -- http [--quick] [--priority], or node --expose-gc bench/http.ts [--quick]
  *        [--rounds=N] [--seconds=S] [--levels=1,16,64] [--batching-max-concurrent=N] [--binary] [--priority]
+ *        [--decode-threads=N]
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Fs from "node:fs"
@@ -75,6 +76,11 @@ const LEVELS = (args.options["levels"] ?? "1,16,64").split(",").map(Number)
 const BATCHING_MAX_CONCURRENT = Number(args.options["batching-max-concurrent"] ?? 2)
 /** Also the server fed binary tensor data (`--binary`): the same row, without JSON numbers either way. */
 const WITH_BINARY = args.options["binary"] === "true"
+/**
+ * Also the batching server with this many decode threads (`--decode-threads=N`, the server's
+ * `--decode-threads`), beside the one with the default: is a decode thread worth it on this host?
+ */
+const DECODE_THREADS = args.options["decode-threads"]
 /** Also the priority section (`--priority`): Critical latency alone and under a 95% Low flood. */
 const WITH_PRIORITY = args.options["priority"] === "true"
 /** The priority section's contenders, in order, with what they do with `parameters.priority`. */
@@ -304,7 +310,13 @@ const main = async () => {
       ...engineEnv,
       MAX_CONCURRENT_REQUESTS: String(BATCHING_MAX_CONCURRENT)
     }),
-    ...(WITH_BINARY ? [start("oip binary", ["src/bin/server.ts", "--port", "0", "--models", repos.off], infer, engineEnv, true)] : [])
+    ...(WITH_BINARY ? [start("oip binary", ["src/bin/server.ts", "--port", "0", "--models", repos.off], infer, engineEnv, true)] : []),
+    ...(DECODE_THREADS === undefined ? [] : [
+      start(`oip+batching, ${DECODE_THREADS} decode threads`, ["src/bin/server.ts", "--port", "0", "--models", repos.on, "--decode-threads", DECODE_THREADS], infer, {
+        ...engineEnv,
+        MAX_CONCURRENT_REQUESTS: String(BATCHING_MAX_CONCURRENT)
+      })
+    ])
   ])
   try {
     // Warm-up: the JIT needs seconds of traffic before the Effect code paths are optimised.

@@ -73,7 +73,8 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
     serverVersion: packageJson.version,
     redactPaths: [config.models],
     strictReadiness: config.strictReadiness,
-    metricsFormat: config.metricsFormat
+    metricsFormat: config.metricsFormat,
+    decodeThreads: config.decodeThreads
   })
   /** gRPC beside HTTP, on the same host, engine and lifecycle (so a signal drains both); none with --grpc-port off. */
   const Grpc = config.grpcPort === undefined

@@ -34,7 +34,6 @@
  * @module Routes
  */
 import { ByteSize, Cause, Data, Effect, Layer, Tracer } from "effect"
-import * as Os from "node:os"
 import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
@@ -80,14 +79,12 @@ export interface Options {
   readonly serveInferFromNode?: ((handler: NodeInfer.Handler) => void) | undefined
   /**
    * Threads that decode large JSON inference bodies while the main thread has a queue of them
-   * (`DecodePool`, with `serveInferFromNode` only). Default: one less than the cores available,
-   * between 1 and 4; 0 decodes every body on the main thread.
+   * (`DecodePool`, with `serveInferFromNode` only). Default 0: every body decoded on the main
+   * thread. On a 2-core host a decode thread cost more CPU than it saved (README "Benchmarks",
+   * measured side by side); on a host with cores to spare it frees the main thread of `JSON.parse`.
    */
   readonly decodeThreads?: number | undefined
 }
-
-/** `Options.decodeThreads` by default: one less than the cores available, between 1 and 4. */
-export const defaultDecodeThreads = (): number => Math.max(1, Math.min(4, Os.availableParallelism() - 1))
 
 /** Triton's platform name for ONNX models. */
 export const platform = Oip.platformName
@@ -262,7 +259,7 @@ export const layer = (
       const tracer = yield* Effect.withFiber((fiber) => Effect.succeed(fiber.getRef(Tracer.Tracer)))
       if (options.serveInferFromNode !== undefined && metadataUnsafe !== undefined && tracer === Tracer.nativeTracer) {
         const runFork = Effect.runForkWith(yield* Effect.context<never>())
-        const threads = options.decodeThreads ?? defaultDecodeThreads()
+        const threads = options.decodeThreads ?? 0
         const decodePool = threads > 0
           ? yield* Effect.acquireRelease(Effect.sync(() => DecodePool.make(threads)), (pool) => Effect.sync(pool.close))
           : undefined

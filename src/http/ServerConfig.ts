@@ -52,6 +52,8 @@ export interface ServerConfig {
   readonly exitOnError: boolean
   /** `triton`: /metrics also carries Triton's `nv_inference_*` families. */
   readonly metricsFormat: MetricsFormat
+  /** Threads that decode large JSON inference bodies while the main thread has a queue of them (`Routes.Options.decodeThreads`). */
+  readonly decodeThreads: number
 }
 
 /** The repository shipped with the package (`ModelRepository.bundled`). */
@@ -68,7 +70,8 @@ export const defaults: ServerConfig = {
   loadModels: [],
   strictReadiness: true,
   exitOnError: false,
-  metricsFormat: "default"
+  metricsFormat: "default",
+  decodeThreads: 0
 }
 
 /** A flag or variable that cannot be used; `message` says which and why. */
@@ -81,6 +84,7 @@ const ModelControlMode = Schema.Literals(["none", "explicit"])
 const Seconds = Schema.NumberFromString.check(Schema.isFinite(), Schema.isBetween({ minimum: 0, maximum: 24 * 3600 }))
 const Bool = Schema.Literals(["true", "false", "1", "0", "yes", "no", "on", "off"])
 const Format = Schema.Literals(["default", "triton"])
+const Threads = Schema.NumberFromString.check(Schema.isInt(), Schema.isBetween({ minimum: 0, maximum: 64 }))
 
 /** One option: its flag, its variable, how it reads, and where it goes in `ServerConfig`. */
 export interface Option {
@@ -183,6 +187,14 @@ export const options: ReadonlyArray<Option> = [
     metavar: "FORMAT",
     description: "default: inference_* families; triton: Triton's nv_inference_* names too, for existing dashboards (default default)",
     decode: withSchema(Format)
+  },
+  {
+    key: "decodeThreads",
+    flag: "decode-threads",
+    variable: "DECODE_THREADS",
+    metavar: "N",
+    description: "threads that decode large JSON inference bodies while the main thread has a queue of them; worth it only with cores to spare (default 0: none)",
+    decode: withSchema(Threads)
   }
 ]
 

@@ -19,6 +19,13 @@ describe("ServerConfig", () => {
     assert.strictEqual(config.strictReadiness, true)
     assert.strictEqual(config.exitOnError, false)
     assert.strictEqual(config.metricsFormat, "default")
+    assert.strictEqual(config.decodeThreads, 0)
+  })
+
+  it("--decode-threads or DECODE_THREADS: 0 to 64", () => {
+    assert.deepInclude(decode({}, { DECODE_THREADS: "2" }), { decodeThreads: 2 })
+    assert.deepInclude(decode({ decodeThreads: "0" }, { DECODE_THREADS: "2" }), { decodeThreads: 0 })
+    for (const text of ["-1", "65", "1.5", "auto"]) assert.instanceOf(decode({ decodeThreads: text }), ServerConfig.ConfigError, text)
   })
 
   it("reads the environment, and flags win over it", () => {
