@@ -255,19 +255,24 @@ describe("NodeInfer with decode threads", () => {
     }).pipe(withFreshMetrics))
 })
 
+/** The whole server (`Server.layer`) over the test pool, on a free port. */
+const makeServer = Effect.gen(function*() {
+  const pool = yield* makeTestPool({ slowLatency: "20 millis" })
+  const context = yield* Layer.build(
+    Server.layer({ ...routeOptions(4096), host: "127.0.0.1", port: 0 }).pipe(
+      Layer.provideMerge(AsyncInferenceEngine.layer),
+      Layer.provideMerge(Layer.mergeAll(pool.layer, TelemetryCollector.layer, AsyncConfigService.layerWith({})))
+    )
+  )
+  const address = Context.get(context, HttpServer.HttpServer).address
+  if (address._tag === "UnixPathAddress") return yield* Effect.die("expected a TCP address")
+  return { pool, port: address.port, node: Context.get(context, Server.NodeServer) }
+})
+
 describe("Server.layer: the infer route on Node's request event answers what the router answers", () => {
   it.live("the same status, headers and bytes for every kind of body", () =>
     Effect.gen(function*() {
-      const pool = yield* makeTestPool({ slowLatency: "20 millis" })
-      const context = yield* Layer.build(
-        Server.layer({ ...routeOptions(4096), host: "127.0.0.1", port: 0 }).pipe(
-          Layer.provideMerge(AsyncInferenceEngine.layer),
-          Layer.provideMerge(Layer.mergeAll(pool.layer, TelemetryCollector.layer, AsyncConfigService.layerWith({})))
-        )
-      )
-      const address = Context.get(context, HttpServer.HttpServer).address
-      if (address._tag === "UnixPathAddress") return yield* Effect.die("expected a TCP address")
-      const port = address.port
+      const { pool, port } = yield* makeServer
       const head = JSON.stringify({ id: "b", inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", parameters: { binary_data_size: 16 } }], outputs: [{ name: "y", parameters: { binary_data: true } }] })
       const binaryBody = Buffer.concat([Buffer.from(head), Buffer.from(new Float32Array([1, 2, 3, 4]).buffer)])
       const cases: ReadonlyArray<readonly [string, string, Buffer | string, Record<string, string>]> = [
@@ -305,16 +310,7 @@ describe("Server.layer: the infer route on Node's request event answers what the
 describe("Server.layer: a client that sends Expect: 100-continue", () => {
   it.live("is told to continue and answered on Node's request event, or by the router when declined", () =>
     Effect.gen(function*() {
-      const pool = yield* makeTestPool()
-      const context = yield* Layer.build(
-        Server.layer({ ...routeOptions(4096), host: "127.0.0.1", port: 0 }).pipe(
-          Layer.provideMerge(AsyncInferenceEngine.layer),
-          Layer.provideMerge(Layer.mergeAll(pool.layer, TelemetryCollector.layer, AsyncConfigService.layerWith({})))
-        )
-      )
-      const address = Context.get(context, HttpServer.HttpServer).address
-      if (address._tag === "UnixPathAddress") return yield* Effect.die("expected a TCP address")
-      const node = Context.get(context, Server.NodeServer)
+      const { pool, port, node } = yield* makeServer
       const expectContinue = (path: string, extra: Record<string, string> = {}) =>
         Effect.promise(() =>
           new Promise<{ status: number; body: string; continued: boolean }>((resolve, reject) => {
@@ -322,7 +318,7 @@ describe("Server.layer: a client that sends Expect: 100-continue", () => {
             let continued = false
             const r = Http.request({
               host: "127.0.0.1",
-              port: address.port,
+              port,
               method: "POST",
               path,
               agent: false,
