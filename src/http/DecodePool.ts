@@ -2,7 +2,8 @@
  * Worker threads that decode JSON inference bodies (`InferExchange.decodeBody`: `JSON.parse` of the
  * tensors, the envelope, the typed arrays) off the main thread, for `NodeInfer` when the main thread
  * has a queue of bodies. `JSON.parse` of a 784-float row is about 85 µs, the largest cost of a JSON
- * request on the main thread (README "Benchmarks").
+ * request on the main thread. Off by default (`--decode-threads`): on a 2-core host the threads
+ * cost more CPU than they save (README "Benchmarks").
  *
  * Contracts:
  * - `decode` calls back exactly once: with the decoded body (its tensors moved from the thread,

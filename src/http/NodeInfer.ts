@@ -17,9 +17,10 @@
  * - bodies are decoded after the poll phase that read them, Critical first (`priorityHint`,
  *   `makeDecodeQueue`): under load the main thread's queue of bodies is where a request waits
  *   longest, and its priority is in its body;
- * - while bodies queue up, large JSON ones (4 KiB and more) are decoded on decode threads
- *   (`DecodePool`), up to 16 a thread at once, the rest here; a Critical body, a binary one and
- *   any body when nothing else waits are always decoded here (a hop would only add latency);
+ * - with a `decodePool` (off by default: `--decode-threads`), while bodies queue up, large JSON
+ *   ones (4 KiB and more) are decoded on its threads, up to 16 a thread at once, the rest here; a
+ *   Critical body, a binary one and any body when nothing else waits are always decoded here (a
+ *   hop would only add latency);
  * - the request is counted in flight (`Lifecycle`) from its arrival until its answer is
  *   written or its connection closes; answers carry `Connection: close` once the shutdown began;
  * - a client that disconnects cancels the inference (out of the queue, or its result dropped);
@@ -69,8 +70,8 @@ export interface Options {
   readonly offloadMinBytes?: number | undefined
   /**
    * Most bodies with the decode threads at once; past it the main thread decodes too. Default 16
-   * a thread: fewer left the thread idle while its answers waited for the main thread's next poll
-   * (3.9k against 4.3k req/s at 64 outstanding, MLP rows, this 2-core machine).
+   * a thread: with 2, 85% of the bodies at 64 outstanding were decoded here anyway, the thread
+   * idle while its answers waited for the main thread's next poll.
    */
   readonly decodeInFlightLimit?: number | undefined
 }
