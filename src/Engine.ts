@@ -63,8 +63,12 @@ export interface Service {
    * itself still decides when the request comes.
    */
   readonly checkAdmission: (modelId: string) => Effect.Effect<void, InferenceError.InferenceError>
-  /** `checkAdmission` as a plain answer, counting nothing: true when a request would be queued now. */
-  readonly admitsUnsafe: () => boolean
+  /**
+   * `checkAdmission` as a plain answer, counting nothing: true when a request would be queued now,
+   * with `waitingAtEdge` more requests counted as queued (an edge's own backlog of accepted bodies
+   * not yet submitted, which the queue's bound covers too).
+   */
+  readonly admitsUnsafe: (waitingAtEdge?: number) => boolean
   /**
    * `infer` for a caller outside any fiber (the HTTP server's infer path): `onExit` is called
    * once with the outcome, synchronously when the request is refused. The returned function
@@ -438,7 +442,7 @@ export const make = Effect.gen(function*() {
         refused(state, modelId, reason)
         return Effect.fail(InferenceError.make(reason))
       }),
-    admitsUnsafe: () => !state.draining && !scheduler.isFull(),
+    admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
     inferUnsafe: (request, onExit) => inferUnsafe(state, request, onExit),
     recordRefused: (modelId, reason) => Effect.sync(() => refused(state, modelId, reason)),
     queueStats: Effect.sync(() => scheduler.queue.stats()),

@@ -346,9 +346,12 @@ export class Scheduler<A> {
     }
   }
 
-  /** True when `admit` would refuse a request that joins no forming batch: `maxQueued` are waiting. */
-  isFull(): boolean {
-    return this.queue.size + this.#waitingAhead >= this.options.maxQueued
+  /**
+   * True when `admit` would refuse a request that joins no forming batch: `maxQueued` are waiting,
+   * counting `waitingElsewhere` more (requests an edge has accepted and not yet submitted).
+   */
+  isFull(waitingElsewhere = 0): boolean {
+    return this.queue.size + this.#waitingAhead + waitingElsewhere >= this.options.maxQueued
   }
 
   /** Requests waiting in jobs sent ahead to busy instances. */

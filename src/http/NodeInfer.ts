@@ -33,7 +33,7 @@
 import type * as Http from "node:http"
 import { Cause, Exit } from "effect"
 import type { Service as Engine } from "../Engine.ts"
-import type * as InferenceError from "../InferenceError.ts"
+import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import type { ModelPool } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
@@ -60,8 +60,10 @@ export interface Options {
   readonly bodyLimitBytes: number
   /** The router's answer for an engine failure. */
   readonly errorOf: (reason: InferenceError.Reason) => ErrorAnswer
-  /** Counts a body that did not fit its model, as the engine counts refusals. */
-  readonly recordInvalid: (name: string, reason: InferenceError.InvalidInput) => void
+  /** Counts a request refused here (a body that did not fit its model, a full queue), as the engine counts refusals. */
+  readonly recordRefused: (name: string, reason: InferenceError.InvalidInput | InferenceError.QueueFull) => void
+  /** The engine's queue bound, for the QueueFull this answers when its own backlog fills the queue. */
+  readonly maxQueuedRequests: number
   /** Reports a defect (the answer is 500 "internal error"). */
   readonly onDefect: (defect: unknown) => void
   /** Threads that decode JSON bodies while the main thread has a queue of them; none: all decoded here. */
@@ -206,7 +208,7 @@ export const make = (options: Options): Handler => {
       return undefined
     }
     if (decoded._tag === "InvalidInput") {
-      options.recordInvalid(name, decoded)
+      options.recordRefused(name, decoded)
       sendError(response, options.errorOf(decoded))
       return undefined
     }
@@ -276,6 +278,9 @@ export const make = (options: Options): Handler => {
     if (!(length <= options.bodyLimitBytes)) return false
     if (lifecycle.isShuttingDown() || !engine.admitsUnsafe()) return false
     if ("_tag" in metadataUnsafe(route.name, route.version)) return false
+    // Bodies read and not yet submitted count against the queue's bound too: when they fill it,
+    // the answer is the engine's 429, after the body is read (as the router refuses early).
+    const full = !engine.admitsUnsafe(queue.waiting() + (pool?.inFlight() ?? 0))
 
     const leave = lifecycle.enterUnsafe()
     let cancel: (() => void) | undefined
@@ -307,6 +312,11 @@ export const make = (options: Options): Handler => {
     request.once("end", () => {
       if (response.destroyed) return
       if (received !== length) return sendError(response, { status: 400, message: "could not read the request body" })
+      if (full) {
+        const reason = new InferenceError.QueueFull({ modelId: route.name, requestId: "", capacity: options.maxQueuedRequests })
+        options.recordRefused(route.name, reason)
+        return sendError(response, options.errorOf(reason))
+      }
       const metadata = metadataUnsafe(route.name, route.version)
       const fallback = "_tag" in metadata ? 0 : Priority.rank(metadata.defaultPriority ?? Priority.Normal)
       const rank = priorityHint(head, fallback)

@@ -270,7 +270,8 @@ export const layer = (
           lifecycle,
           bodyLimitBytes: bodyLimit,
           errorOf: fromReason,
-          recordInvalid: (name, reason) => Effect.runSync(engine.recordRefused(name, reason)),
+          recordRefused: (name, reason) => Effect.runSync(engine.recordRefused(name, reason)),
+          maxQueuedRequests: engine.config.maxQueuedRequests,
           onDefect: (defect) => void runFork(Effect.logError("unexpected failure while answering a request", defect))
         }))
       }

@@ -81,7 +81,7 @@ const makeHandlerServer = (
     const engine = Context.get(context, AsyncInferenceEngine)
     const lifecycle = Context.get(context, Lifecycle)
     const pool = Context.get(context, ModelPool)
-    const invalid: Array<InferenceError.InvalidInput> = []
+    const invalid: Array<InferenceError.InvalidInput | InferenceError.QueueFull> = []
     const defects: Array<unknown> = []
     const handler = NodeInfer.make({
       engine,
@@ -89,7 +89,8 @@ const makeHandlerServer = (
       lifecycle,
       bodyLimitBytes: options.bodyLimitBytes ?? 1024,
       errorOf: (reason) => ({ status: reason._tag === "QueueFull" ? 429 : reason._tag === "DeadlineExceeded" ? 504 : 400, message: reason.message }),
-      recordInvalid: (_, reason) => void invalid.push(reason),
+      recordRefused: (_, reason) => void invalid.push(reason),
+      maxQueuedRequests: options.maxQueuedRequests ?? 16,
       onDefect: (defect) => void defects.push(defect),
       decodePool: options.decodePool
     })
