@@ -1,6 +1,8 @@
 /**
  * The standalone server as a layer: the OIP routes (`Routes`) served by `NodeHttpServer` on a
- * Node `http.Server` that this module keeps a handle on, plus the graceful `shutdown`.
+ * Node `http.Server` that this module keeps a handle on, plus the graceful `shutdown`. The infer
+ * route's common requests are answered before the router, on Node's request event (`NodeInfer`),
+ * unless the tracer exports spans.
  *
  * Shutdown (what the entry point runs on SIGTERM or SIGINT, before the layers close):
  * 1. `Lifecycle.beginShutdown`: at once, `/v2/health/ready` and model ready answer 503, new
@@ -162,10 +164,10 @@ export const layer = (
   })))
 
 /**
- * Puts `first` in front of the server's request listeners (except `keep`, which observes every
- * request), and of its `checkContinue` listeners (`keep` too) (a client that sent `Expect: 100-continue`, as
- * curl does for bodies over 1 KiB, is told to continue before its body is read): a request it
- * declines goes to them. Returns what puts them back.
+ * Puts `first` in front of the server's `request` and `checkContinue` listeners, except `keep`,
+ * which observes every request: a request it declines goes to them. A request that sent
+ * `Expect: 100-continue` (curl does for bodies over 1 KiB) and that `first` takes is told to
+ * continue before its body is read. Returns what puts the listeners back.
  */
 const routeThrough = (server: Http.Server, first: NodeInfer.Handler, keep: (...args: Array<any>) => void): () => void => {
   type Listener = (request: Http.IncomingMessage, response: Http.ServerResponse) => void
