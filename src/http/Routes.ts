@@ -31,6 +31,9 @@
  * cancels the inference: it leaves the queue, or its result is dropped, and the engine counts it
  * as cancelled.
  *
+ * Under `Server`, most inferences never reach this router: `NodeInfer` answers them on Node's
+ * request event (`serveInferFromNode`), decoding and encoding with the same `InferExchange`.
+ *
  * @module Routes
  */
 import { ByteSize, Cause, Data, Effect, Layer, Tracer } from "effect"
