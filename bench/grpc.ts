@@ -28,7 +28,9 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import * as GrpcCodec from "../src/grpc/GrpcCodec.ts"
 import { alternate, type Contender, fmt, log, median, mlpData, modelsDir, parseArgs, repoRoot, section, table, writeResults } from "./lib/common.ts"
-import { closedLoopAsync, type LoadResult } from "./lib/load.ts"
+import { closedLoopAsync, cpuSeconds, type LoadResult } from "./lib/load.ts"
+import * as OipHttp from "./lib/oipHttp.ts"
+import { binaryBody, jsonBody } from "./lib/oipHttp.ts"
 
 const args = parseArgs()
 const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 2 : 3))
@@ -39,12 +41,6 @@ const definitions = GrpcCodec.loadDefinitions()
 const proto = Grpc.loadPackageDefinition(definitions) as any
 
 const row = mlpData(1, 7)
-const jsonBody = Buffer.from(JSON.stringify({ inputs: [{ name: "input", shape: [1, 784], datatype: "FP32", data: Array.from(row) }] }))
-const binaryHeader = Buffer.from(JSON.stringify({
-  inputs: [{ name: "input", shape: [1, 784], datatype: "FP32", parameters: { binary_data_size: 784 * 4 } }],
-  outputs: [{ name: "logits", parameters: { binary_data: true } }]
-}))
-const binaryBody = Buffer.concat([binaryHeader, Buffer.from(row.buffer)])
 const grpcRequest = (id: string) => ({
   model_name: "mlp",
   id,
@@ -78,38 +74,10 @@ const start = (repository: string): Promise<Server> =>
   })
 
 const post = (port: number, agent: Http.Agent, binary: boolean): Promise<void> =>
-  new Promise((resolve, reject) => {
-    const body = binary ? binaryBody : jsonBody
-    const req = Http.request({
-      host: "127.0.0.1",
-      port,
-      method: "POST",
-      path: "/v2/models/mlp/infer",
-      agent,
-      headers: binary
-        ? { "content-type": "application/octet-stream", "content-length": body.length, "inference-header-content-length": binaryHeader.length }
-        : { "content-type": "application/json", "content-length": body.length }
-    }, (res) => {
-      res.on("data", () => {})
-      res.on("end", () => (res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`))))
-      res.on("error", reject)
-    })
-    req.on("error", reject)
-    req.end(body)
-  })
+  binary ? OipHttp.post(port, "/v2/models/mlp/infer", agent, binaryBody, true) : OipHttp.post(port, "/v2/models/mlp/infer", agent, jsonBody)
 
 type Path4 = "http json" | "http binary" | "grpc unary" | "grpc stream"
 
-/** CPU seconds (user + system, every thread) the process has used, from /proc. */
-const cpuSeconds = (pid: number): number => {
-  try {
-    const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return (Number(fields[11]) + Number(fields[12])) / 100
-  } catch {
-    return NaN
-  }
-}
 
 interface Block extends LoadResult {
   /** The server process's CPU per request (the client's own cost, which differs by protocol, left out). */

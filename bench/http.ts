@@ -66,7 +66,9 @@ import {
   table,
   writeResults
 } from "./lib/common.ts"
-import { closedLoopAsync, type LoadResult } from "./lib/load.ts"
+import { closedLoopAsync, cpuSeconds, type LoadResult } from "./lib/load.ts"
+import * as OipHttp from "./lib/oipHttp.ts"
+import { binaryBody, inputs, jsonBody } from "./lib/oipHttp.ts"
 
 const args = parseArgs()
 const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 2 : 5))
@@ -132,19 +134,6 @@ const mainThreadUs = (pid: number): number => {
   }
 }
 
-/** CPU seconds (user + system, every thread) the process has used, from /proc. */
-const cpuSeconds = (pid: number): number => {
-  try {
-    const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-    return (Number(fields[11]) + Number(fields[12])) / 100
-  } catch {
-    return NaN
-  }
-}
-
-const inputs = [{ name: "input", shape: [1, 784], datatype: "FP32", data: Array.from(mlpData(1, 7)) }]
-const body = Buffer.from(JSON.stringify({ inputs }))
 
 type Class = "Critical" | "Low"
 /** The same row with Triton's `parameters.priority`: 1 is Critical (the highest of four levels), 4 is Low. */
@@ -153,33 +142,9 @@ const priorityBodies: Record<Class, Buffer> = {
   Low: Buffer.from(JSON.stringify({ parameters: { priority: 4 }, inputs }))
 }
 
-/** The same row as binary tensor data: the JSON header, then the 3,136 bytes of the row; binary logits back. */
-const binaryHeader = Buffer.from(JSON.stringify({
-  inputs: [{ name: "input", shape: [1, 784], datatype: "FP32", parameters: { binary_data_size: 784 * 4 } }],
-  outputs: [{ name: "logits", parameters: { binary_data: true } }]
-}))
-const binaryBody = Buffer.concat([binaryHeader, Buffer.from(mlpData(1, 7).buffer)])
-
-/** One POST (of `json` when the server takes JSON); resolves after the whole body was read, rejects on a network error or a non-200. */
-const post = (server: Server, agent: Http.Agent, json: Buffer = body): Promise<void> =>
-  new Promise((resolve, reject) => {
-    const req = Http.request({
-      host: "127.0.0.1",
-      port: server.port,
-      method: "POST",
-      path: server.path,
-      agent,
-      headers: server.binary === true
-        ? { "content-type": "application/octet-stream", "content-length": binaryBody.length, "inference-header-content-length": binaryHeader.length }
-        : { "content-type": "application/json", "content-length": json.length }
-    }, (res) => {
-      res.on("data", () => {})
-      res.on("end", () => (res.statusCode === 200 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`))))
-      res.on("error", reject)
-    })
-    req.on("error", reject)
-    req.end(server.binary === true ? binaryBody : json)
-  })
+/** One POST of the row to `server` (as binary tensor data when it takes that), or of `json` to a JSON server. */
+const post = (server: Server, agent: Http.Agent, json: Buffer = jsonBody): Promise<void> =>
+  server.binary === true ? OipHttp.post(server.port, server.path, agent, binaryBody, true) : OipHttp.post(server.port, server.path, agent, json)
 
 interface Block extends LoadResult {
   readonly serverCpuUsPerReq: number

@@ -175,13 +175,16 @@ const noteSettled = (state: State): void => {
   if (state.draining && state.scheduler.unsettled === 0) state.settled.openUnsafe()
 }
 
+/** How a request's waiter is answered. */
+type Resume = (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
+
 /** The caller's record: how the dispatcher answers it, with the telemetry of its outcome. */
 const callerOf = (
   state: State,
   request: InferenceRequest,
   batching: BatchPolicy.BatchingConfig,
   startedMs: number,
-  resume: (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
+  resume: Resume
 ): Dispatcher.Caller => ({
   request,
   batching,
@@ -210,7 +213,7 @@ const submit = (
   request: InferenceRequest,
   metadata: ModelMetadata.ModelMetadata,
   startedMs: number,
-  resume: (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
+  resume: Resume
 ): (() => void) | undefined => {
   const spec = specOf(state, metadata)
   const joinable = spec.batching.enabled ? Batch.keyOf(spec.batching, request.inputs) : undefined
@@ -252,8 +255,6 @@ const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadat
 }
 
 type Lookup = NonNullable<ModelPool["Service"]["metadataUnsafe"]>
-
-type Resume = (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
 
 /** Admission without any Effect, for a pool whose metadata needs none: `submit`'s answer, or undefined once refused. */
 const admitNow = (state: State, request: InferenceRequest, lookup: Lookup, resume: Resume): (() => void) | undefined => {

@@ -10,6 +10,17 @@ import { performance } from "node:perf_hooks"
 import * as v8 from "node:v8"
 import { Samples, type Stats, stats } from "./common.ts"
 
+/** CPU seconds (user + system, every thread) process `pid` has used, from /proc; NaN off Linux. */
+export const cpuSeconds = (pid: number): number => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return NaN
+  }
+}
+
 /**
  * The main thread's own CPU time in µs (its tid is the pid): on-CPU time from
  * `/proc/self/task/<pid>/schedstat`, else utime+stime from `stat` (10 ms ticks). NaN off Linux.
