@@ -1,6 +1,6 @@
 /**
  * `npm run bench [-- names…] [-- --quick] [-- --cpu-prof]`: runs the benchmarks (all of them, or
- * those named: overhead, throughput, limit, priority, memory, http, isolation, grpc, gpu), each in its own Node process
+ * those named: overhead, throughput, limit, priority, memory, http, isolation, grpc, gpu, sizing), each in its own Node process
  * started with `--expose-gc` (so that every benchmark can force a full GC before a reading or
  * a block), one after another. Other `--options` are passed on to each benchmark.
  *
@@ -16,7 +16,7 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { benchDir, type Goal, goalsTable, machine, resultsDir, table } from "./lib/common.ts"
 
-const all = ["overhead", "throughput", "limit", "priority", "memory", "http", "isolation", "grpc", "gpu"] as const
+const all = ["overhead", "throughput", "limit", "priority", "memory", "http", "isolation", "grpc", "gpu", "sizing"] as const
 
 const argv = process.argv.slice(2)
 const names = argv.filter((a) => !a.startsWith("--"))

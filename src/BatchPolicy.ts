@@ -20,6 +20,13 @@ export interface BatchingConfig {
   readonly maxQueueDelay: Duration.Duration
   /** Sizes that are sent as soon as they are reached (ascending). */
   readonly preferredBatchSizes: ReadonlyArray<number>
+  /**
+   * How a forming batch knows it has waited enough while this model's instances are busy:
+   * `"fixed"`, at a preferred size or when `maxQueueDelay` is spent; `"learned"`, when an instance
+   * is about to free, predicted from the model's learned run cost (`RunCost`), so that the batch
+   * takes every row that arrives while it could not run anyway, and no more.
+   */
+  readonly sizing: Sizing
   /** Batch axis per input; inputs not listed batch on axis 0. */
   readonly inputAxes: Readonly<Record<string, Axis>>
   /** Batch axis per output; outputs not listed batch on axis 0. */
@@ -31,6 +38,7 @@ export const disabled: BatchingConfig = {
   maxBatchSize: 1,
   maxQueueDelay: Duration.zero,
   preferredBatchSizes: [],
+  sizing: "fixed",
   inputAxes: {},
   outputAxes: {}
 }
@@ -38,11 +46,15 @@ export const disabled: BatchingConfig = {
 const AxisSchema = Schema.NullOr(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)))
 
 /** The `batching` object of a model's config.json. Every field is optional. */
+/** See `BatchingConfig.sizing`. */
+export type Sizing = "fixed" | "learned"
+
 export const ConfigJson = Schema.Struct({
   enabled: Schema.optional(Schema.Boolean),
   maxBatchSize: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65536 }))),
   maxQueueDelayMs: Schema.optional(Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 60_000 }))),
   preferredBatchSizes: Schema.optional(Schema.Array(Schema.Int.check(Schema.isGreaterThanOrEqualTo(1)))),
+  sizing: Schema.optional(Schema.Literals(["fixed", "learned"])),
   inputAxes: Schema.optional(Schema.Record(Schema.String, AxisSchema)),
   outputAxes: Schema.optional(Schema.Record(Schema.String, AxisSchema))
 })
@@ -89,11 +101,16 @@ export const resolve = (json: ConfigJson | undefined, signature: Signature): Eff
     const preferred = [...(json?.preferredBatchSizes ?? [])].sort((a, b) => a - b)
     const tooBig = preferred.find((p) => p > maxBatchSize)
     if (tooBig !== undefined) return Effect.fail(`batching.preferredBatchSizes has ${tooBig}, above maxBatchSize ${maxBatchSize}`)
+    const sizing = json?.sizing ?? "fixed"
+    if (sizing === "learned" && preferred.length > 0) {
+      return Effect.fail(`batching.sizing "learned" chooses batch sizes itself: leave out batching.preferredBatchSizes (${preferred.join(", ")})`)
+    }
     return Effect.succeed({
       enabled: json?.enabled ?? batchable,
       maxBatchSize,
       maxQueueDelay: Duration.millis(json?.maxQueueDelayMs ?? 0),
       preferredBatchSizes: preferred,
+      sizing,
       inputAxes,
       outputAxes
     })
@@ -113,10 +130,22 @@ export interface Pending {
   readonly runsInFlight: number
   /** Recent run time of this model (0 when unknown). */
   readonly expectedRunMs: number
+  /** Learned sizing only: the batch's own run time as the model's learned cost predicts it (0 when unknown). */
+  readonly predictedRunMs?: number | undefined
+  /**
+   * Learned sizing only: how long until an instance can take this batch, less a lead for the
+   * prediction's error (`Scheduler.handOverInMs`); 0 when one is free now.
+   */
+  readonly handOverInMs?: number | undefined
+  /** Learned sizing only: the rows a run needs to keep up with the arrivals (`RunCost.targetRows`). */
+  readonly targetRows?: number | undefined
 }
 
 export type Decision =
-  | { readonly _tag: "Send"; readonly why: "full" | "preferred" | "noDelay" | "delayElapsed" | "deadline" | "critical" | "idle" }
+  | {
+    readonly _tag: "Send"
+    readonly why: "full" | "preferred" | "noDelay" | "delayElapsed" | "deadline" | "critical" | "idle" | "handOver"
+  }
   | { readonly _tag: "Wait"; readonly ms: number }
 
 /**
@@ -128,20 +157,29 @@ export type Decision =
  * - A free runner never waits when nothing else of this model is running: with no traffic in
  *   flight, no closed-loop caller is about to send another request, so waiting would only add
  *   latency (a lone request would always sit out the whole delay).
+ * - Learned sizing: the batch goes when an instance is (about to be) free to take it, and waits
+ *   for that within the delay otherwise; its deadline headroom is twice its own predicted run time.
  */
 export const decide = (config: BatchingConfig, pending: Pending): Decision => {
   if (pending.rows >= config.maxBatchSize) return { _tag: "Send", why: "full" }
-  if (config.preferredBatchSizes.includes(pending.rows)) return { _tag: "Send", why: "preferred" }
+  const learned = config.sizing === "learned"
+  if (!learned && config.preferredBatchSizes.includes(pending.rows)) return { _tag: "Send", why: "preferred" }
   const delayMs = Duration.toMillis(config.maxQueueDelay)
   if (delayMs <= 0) return { _tag: "Send", why: "noDelay" }
   if (pending.highestPriority === Priority.Critical) return { _tag: "Send", why: "critical" }
   const delayLeftMs = delayMs - pending.oldestWaitMs
   if (delayLeftMs <= 0) return { _tag: "Send", why: "delayElapsed" }
   // Twice the recent run time as headroom: run times vary by a third or more between runs.
-  const deadlineLeftMs = pending.earliestDeadlineInMs - 2 * pending.expectedRunMs
+  const runMs = learned ? pending.predictedRunMs ?? pending.expectedRunMs : pending.expectedRunMs
+  const deadlineLeftMs = pending.earliestDeadlineInMs - 2 * runMs
   if (deadlineLeftMs <= 0) return { _tag: "Send", why: "deadline" }
   if (pending.runsInFlight === 0) return { _tag: "Send", why: "idle" }
-  return { _tag: "Wait", ms: Math.min(delayLeftMs, deadlineLeftMs) }
+  if (!learned) return { _tag: "Wait", ms: Math.min(delayLeftMs, deadlineLeftMs) }
+  // Too few rows to keep up with the arrivals: wait for more, within the delay.
+  if (pending.rows < (pending.targetRows ?? 1)) return { _tag: "Wait", ms: Math.min(delayLeftMs, deadlineLeftMs) }
+  const handOverInMs = pending.handOverInMs ?? 0
+  if (handOverInMs <= 0) return { _tag: "Send", why: "handOver" }
+  return { _tag: "Wait", ms: Math.min(delayLeftMs, deadlineLeftMs, handOverInMs) }
 }
 
 /**

@@ -154,7 +154,7 @@ const dispatch = (state: State, batch: Scheduler.Batch<Caller>, now: number): vo
   state.runs.add(fiber)
   fiber.addObserver(() => {
     state.runs.delete(fiber)
-    state.scheduler.complete(batch)
+    state.scheduler.complete(batch, state.nowMs())
     schedule(state)
   })
 }
@@ -180,6 +180,11 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
     return Effect.flatMap(Effect.exit(state.pool.run(request.modelId, inputs, runOptions)), (exit) => {
       const runMs = state.nowMs() - startedMs
       batch.model.expectedRunMs = runMs
+      // The learned cost wants the native run alone; a pool that does not say gets the wall time.
+      let rows = 0
+      for (const m of members) rows += m.rows
+      const nativeMs = Exit.isSuccess(exit) ? exit.value.runMs : undefined
+      batch.model.cost.observe(rows, nativeMs ?? runMs)
       state.telemetry.recordRun(request.modelId, runMs, members.length)
       if (Exit.isFailure(exit) && joined && isRunFailure(exit)) {
         // One member's input can fail a whole batch: each member runs again alone.
@@ -209,13 +214,13 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
       // The model's native run time per request (as the pool measured it, else the group's wall
       // time per member), for the size of its next groups (`Scheduler.groupCap`).
       let nativeMs = 0
-      for (const o of outcomes) nativeMs += Exit.isSuccess(o) ? (o.value as { runMs?: number }).runMs ?? NaN : 0
+      for (const o of outcomes) nativeMs += Exit.isSuccess(o) ? o.value.runMs ?? NaN : 0
       batch.model.expectedRunMs = (Number.isFinite(nativeMs) ? nativeMs : state.nowMs() - startedMs) / members.length
       for (let i = 0; i < members.length; i++) {
         const m = members[i]!
         const outcome = outcomes[i]
         const { modelId, requestId } = m.value.request
-        state.telemetry.recordRun(modelId, outcome !== undefined && Exit.isSuccess(outcome) ? (outcome.value as { runMs?: number }).runMs ?? 0 : 0, 1)
+        state.telemetry.recordRun(modelId, outcome !== undefined && Exit.isSuccess(outcome) ? outcome.value.runMs ?? 0 : 0, 1)
         if (outcome === undefined) answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: "the pool answered fewer runs than it was sent" })))
         else if (Exit.isSuccess(outcome)) answer(state, m, Exit.succeed({ outputs: outcome.value.outputs, deviceUsed: outcome.value.deviceUsed }))
         else answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: outcome.cause.reasons[0]?._tag === "Fail" ? outcome.cause.reasons[0].error.detail : "run failed" })))

@@ -163,6 +163,7 @@ const specOf = (state: State, metadata: ModelMetadata.ModelMetadata): Scheduler.
       key: `${metadata.name}@${metadata.version}`,
       instances: metadata.concurrency ?? Infinity,
       depth: metadata.pipelineDepth ?? 1,
+      devices: metadata.devices,
       batching: metadata.batching ?? BatchPolicy.disabled,
       maxGroup: state.pool.runGroup === undefined || metadata.batching?.enabled === true ? 1 : maxGroup
     }

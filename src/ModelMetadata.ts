@@ -35,6 +35,12 @@ export interface ModelMetadata {
    * crosses the thread boundary; the instance still runs one at a time.
    */
   readonly pipelineDepth?: number | undefined
+  /**
+   * Runs of this model its hardware executes at once (absent: `concurrency`): 1 where its
+   * instances share one GPU, whose runs queue for it. Learned batch sizing predicts from it when
+   * a run can start.
+   */
+  readonly devices?: number | undefined
   /** The priority a server gives a request that names none; absent means Normal. */
   readonly defaultPriority?: Priority.Priority | undefined
   /** Declared alternatives the inputs must fit (config.json `inputSignatures`); absent means the ONNX signature alone. */

@@ -14,6 +14,11 @@ export interface RunOutput {
   readonly outputs: Tensor.TensorMap
   /** The execution provider that actually ran ("cpu" after a fallback). */
   readonly deviceUsed: string
+  /**
+   * The native run's own time (ms), where the pool measures it: without the hop to its instance or
+   * any wait there. The engine learns each model's run cost from it (else from the wall time).
+   */
+  readonly runMs?: number | undefined
 }
 
 /** A model's state in the repository, as the server's repository index reports it. */

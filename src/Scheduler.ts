@@ -27,6 +27,7 @@ import * as DeadlineHeap from "./internal/DeadlineHeap.ts"
 import * as Priority from "./Priority.ts"
 import * as PriorityQueue from "./PriorityQueue.ts"
 import type * as QueuePolicy from "./QueuePolicy.ts"
+import * as RunCost from "./RunCost.ts"
 
 export type Stage = "queued" | "forming" | "running" | "settled"
 
@@ -38,6 +39,12 @@ export interface ModelSpec {
   readonly instances: number
   /** Jobs one instance may be handed at once (1: no pipelining). */
   readonly depth: number
+  /**
+   * Runs its hardware executes at once, for learned sizing's prediction of when a run can start:
+   * its instances where each has its own cores (the default), 1 where they share one GPU (their
+   * runs queue for it).
+   */
+  readonly devices?: number | undefined
   readonly batching: BatchPolicy.BatchingConfig
   /**
    * For a model that does not batch: the most requests one job may carry as separate runs
@@ -58,6 +65,10 @@ export interface Model {
   runs: number
   /** The last run's duration. */
   expectedRunMs: number
+  /** Its runs' cost as a function of their rows, learned from every run (for learned sizing). */
+  readonly cost: RunCost.RunCost
+  /** Its rows arriving per ms (for learned sizing). */
+  readonly arrivals: RunCost.ArrivalRate
   /** Rows of its requests waiting in the queue. */
   queuedRows: number
   /** Forming batches by batch key. */
@@ -101,6 +112,8 @@ export interface Batch<A> {
   stage: "forming" | "running"
   /** Requests it holds while it waits in a busy instance (sent ahead); 0 once it runs. */
   waiting: number
+  /** When it was handed to a free instance, or its instance became free (`complete`); NaN while it waits there or forms. */
+  startedAtMs: number
 }
 
 export type Step<A> =
@@ -155,6 +168,13 @@ export const batchCap = (maxBatchSize: number, queuedRows: number, freeSlots: nu
   return share < minSplitRows ? maxBatchSize : Math.min(maxBatchSize, share)
 }
 
+/**
+ * Learned sizing hands a forming batch over this share of the predicted run time before an
+ * instance frees: a batch a little early waits in the instance (its rows were all it could take
+ * anyway), a batch late leaves the instance idle, so the prediction's error is taken early.
+ */
+export const handOverLead = 0.1
+
 export class Scheduler<A> {
   readonly options: Options
   readonly queue: PriorityQueue.PriorityQueue<Request<A>>
@@ -181,7 +201,7 @@ export class Scheduler<A> {
   model(spec: ModelSpec): Model {
     let model = this.#models.get(spec.key)
     if (model === undefined) {
-      model = { spec, slots: 0, permitsHeld: 0, runs: 0, expectedRunMs: 0, queuedRows: 0, forming: new Map(), inFlight: [] }
+      model = { spec, slots: 0, permitsHeld: 0, runs: 0, expectedRunMs: 0, cost: RunCost.make(), arrivals: new RunCost.ArrivalRate(), queuedRows: 0, forming: new Map(), inFlight: [] }
       this.#models.set(spec.key, model)
     } else if (model.spec !== spec) {
       // A reloaded model: its new instances and batching apply from now on.
@@ -197,6 +217,7 @@ export class Scheduler<A> {
   /** Queues a request (or adds it to a forming batch of its kind); undefined when the queue is full. */
   admit(input: AdmitInput<A>, nowMs: number): Request<A> | undefined {
     const model = this.model(input.model)
+    if (input.model.batching.sizing === "learned") model.arrivals.observe(input.rows, nowMs)
     const request: Request<A> = {
       value: input.value,
       model,
@@ -306,7 +327,7 @@ export class Scheduler<A> {
             continue
           }
           const decision = this.#decide(batch, nowMs)
-          if (decision._tag === "Send") return this.#launch(batch)
+          if (decision._tag === "Send") return this.#launch(batch, nowMs)
           waitUntil = Math.min(waitUntil, nowMs + decision.ms)
         }
       }
@@ -328,8 +349,11 @@ export class Scheduler<A> {
     }
   }
 
-  /** The batch's run (and any reruns of its members) ended: its slot is free. Its members were settled by then. */
-  complete(batch: Batch<A>): void {
+  /**
+   * The batch's run (and any reruns of its members) ended at `nowMs`: its slot is free. Its
+   * members were settled by then.
+   */
+  complete(batch: Batch<A>, nowMs: number): void {
     const model = batch.model
     model.runs--
     this.#freeSlot(model)
@@ -343,7 +367,36 @@ export class Scheduler<A> {
     for (let j = 0; j < running; j++) {
       this.#waitingAhead -= inFlight[j]!.waiting
       inFlight[j]!.waiting = 0
+      if (Number.isNaN(inFlight[j]!.startedAtMs)) inFlight[j]!.startedAtMs = nowMs
     }
+  }
+
+  /**
+   * How long until a batch of `model` handed over now would find an instance free, from its runs
+   * in flight and their predicted run times (`Model.cost`), less `handOverLead` of the run that
+   * frees it: 0 when an instance is free now, or when nothing is known of the runs yet.
+   */
+  handOverInMs(model: Model, nowMs: number): number {
+    const runners = runnersOf(model.spec)
+    const inFlight = model.inFlight
+    if (!(inFlight.length >= runners) || model.cost.runs === 0) return 0
+    // Each runner frees when its run ends; the batches sent ahead run one after another.
+    const ends: Array<number> = []
+    const lasts: Array<number> = []
+    for (let i = 0; i < runners; i++) {
+      const batch = inFlight[i]!
+      const runMs = model.cost.predict(batch.rows)
+      ends.push((Number.isNaN(batch.startedAtMs) ? nowMs : batch.startedAtMs) + runMs)
+      lasts.push(runMs)
+    }
+    for (let i = runners; i < inFlight.length; i++) {
+      const k = argMin(ends)
+      const runMs = model.cost.predict(inFlight[i]!.rows)
+      ends[k] = ends[k]! + runMs
+      lasts[k] = runMs
+    }
+    const k = argMin(ends)
+    return Math.max(0, ends[k]! - handOverLead * lasts[k]! - nowMs)
   }
 
   /**
@@ -444,17 +497,27 @@ export class Scheduler<A> {
     const freeSlots = this.#freeSlots(model)
     this.#takeSlot(model)
     const grouped = first.batchKey === undefined && model.spec.maxGroup > 1
-    const batch: Batch<A> = { model, key: first.batchKey, grouped, members: [], rows: 0, highest: first.priority, stage: "forming", waiting: 0 }
+    const batch: Batch<A> = {
+      model,
+      key: first.batchKey,
+      grouped,
+      members: [],
+      rows: 0,
+      highest: first.priority,
+      stage: "forming",
+      waiting: 0,
+      startedAtMs: NaN
+    }
     this.#join(batch, first)
     if (grouped) {
       this.#gatherGroup(batch, batchCap(groupCap(model.spec.maxGroup, model.expectedRunMs), model.queuedRows + first.rows, freeSlots))
-      return this.#launch(batch)
+      return this.#launch(batch, nowMs)
     }
-    if (first.batchKey === undefined) return this.#launch(batch)
+    if (first.batchKey === undefined) return this.#launch(batch, nowMs)
     const cap = batchCap(model.spec.batching.maxBatchSize, model.queuedRows + first.rows, freeSlots)
     this.#gather(batch, cap)
     const decision = this.#decide(batch, nowMs)
-    if (decision._tag === "Send") return this.#launch(batch)
+    if (decision._tag === "Send") return this.#launch(batch, nowMs)
     model.forming.set(first.batchKey, batch as Batch<unknown>)
     return undefined
   }
@@ -498,17 +561,23 @@ export class Scheduler<A> {
       if (m.admittedAtMs < oldest) oldest = m.admittedAtMs
       if (m.deadlineAtMs < earliestDeadline) earliestDeadline = m.deadlineAtMs
     }
-    return BatchPolicy.decide(batch.model.spec.batching, {
+    const model = batch.model
+    const batching = model.spec.batching
+    const learned = batching.sizing === "learned"
+    return BatchPolicy.decide(batching, {
       rows: batch.rows,
       oldestWaitMs: nowMs - oldest,
       earliestDeadlineInMs: earliestDeadline - nowMs,
       highestPriority: batch.highest,
-      runsInFlight: batch.model.runs,
-      expectedRunMs: batch.model.expectedRunMs
+      runsInFlight: model.runs,
+      expectedRunMs: model.expectedRunMs,
+      predictedRunMs: learned ? model.cost.predict(batch.rows) : undefined,
+      handOverInMs: learned ? this.handOverInMs(model, nowMs) : undefined,
+      targetRows: learned ? RunCost.targetRows(model.cost, model.arrivals.rowsPerMs(nowMs), runnersOf(model.spec), batching.maxBatchSize) : undefined
     })
   }
 
-  #launch(batch: Batch<A>): Step<A> {
+  #launch(batch: Batch<A>, nowMs: number): Step<A> {
     if (batch.key !== undefined && batch.model.forming.get(batch.key) === batch) {
       // Rows that arrived while it formed and still fit ride along.
       batch.model.forming.delete(batch.key)
@@ -521,6 +590,8 @@ export class Scheduler<A> {
     if (inFlight.length >= batch.model.spec.instances) {
       batch.waiting = batch.members.length
       this.#waitingAhead += batch.waiting
+    } else {
+      batch.startedAtMs = nowMs
     }
     inFlight.push(batch)
     return { _tag: "Dispatch", batch }
@@ -530,6 +601,15 @@ export class Scheduler<A> {
     batch.model.forming.delete(batch.key!)
     this.#freeSlot(batch.model)
   }
+}
+
+/** Runs of the model that execute at once: its instances, or fewer where they share devices. */
+const runnersOf = (spec: ModelSpec): number => Math.min(spec.instances, spec.devices ?? Infinity)
+
+const argMin = (xs: ReadonlyArray<number>): number => {
+  let k = 0
+  for (let i = 1; i < xs.length; i++) if (xs[i]! < xs[k]!) k = i
+  return k
 }
 
 export const make = <A>(options: Options): Scheduler<A> => new Scheduler<A>(options)

@@ -38,6 +38,27 @@ describe("BatchPolicy.decide", () => {
   }
 })
 
+describe("BatchPolicy.decide with learned sizing", () => {
+  const learned: BatchPolicy.BatchingConfig = { ...config, preferredBatchSizes: [], sizing: "learned" }
+  const known: Partial<BatchPolicy.Pending> = { predictedRunMs: 2, handOverInMs: 3, targetRows: 2 }
+  const table: ReadonlyArray<readonly [string, Partial<BatchPolicy.Pending>, BatchPolicy.Decision]> = [
+    ["with the rows to keep up, waits until an instance is about to free", known, { _tag: "Wait", ms: 3 }],
+    ["with the rows to keep up and an instance free, sends", { ...known, handOverInMs: 0 }, { _tag: "Send", why: "handOver" }],
+    ["short of the rows to keep up, waits out the delay even with an instance free", { ...known, targetRows: 5, handOverInMs: 0 }, { _tag: "Wait", ms: 9 }],
+    ["never waits past the delay for an instance", { ...known, handOverInMs: 30 }, { _tag: "Wait", ms: 9 }],
+    ["never waits past the deadline's headroom (twice its predicted run)", { ...known, handOverInMs: 30, earliestDeadlineInMs: 8 }, { _tag: "Wait", ms: 4 }],
+    ["takes its headroom from its own predicted run, not the last run", { ...known, predictedRunMs: 4, expectedRunMs: 1, earliestDeadlineInMs: 8 }, { _tag: "Send", why: "deadline" }],
+    ["still sends a full batch", { ...known, rows: 8 }, { _tag: "Send", why: "full" }],
+    ["ignores what would be a preferred size under fixed sizing", { ...known, rows: 4 }, { _tag: "Wait", ms: 3 }],
+    ["still never makes a Critical request wait", { ...known, highestPriority: "Critical" }, { _tag: "Send", why: "critical" }],
+    ["still never waits when nothing else of the model is running", { ...known, runsInFlight: 0, targetRows: 5 }, { _tag: "Send", why: "idle" }],
+    ["with nothing learned yet, sends as an instance frees", { handOverInMs: 0 }, { _tag: "Send", why: "handOver" }]
+  ]
+  for (const [name, p, expected] of table) {
+    it(name, () => assert.deepStrictEqual(BatchPolicy.decide(learned, { ...pending, ...p }), expected))
+  }
+})
+
 describe("BatchPolicy.resolve", () => {
   const mlp = { inputs: [{ name: "input", dims: [-1, 784] }], outputs: [{ name: "logits", dims: [-1, 10] }] }
   const silero = {
@@ -67,10 +88,18 @@ describe("BatchPolicy.resolve", () => {
       assert.strictEqual(Duration.toMillis(c.maxQueueDelay), 2)
     }))
 
+  it.effect("takes learned sizing, and sizes are fixed without it", () =>
+    Effect.gen(function*() {
+      assert.strictEqual((yield* BatchPolicy.resolve({ sizing: "learned", maxQueueDelayMs: 5 }, mlp)).sizing, "learned")
+      assert.strictEqual((yield* BatchPolicy.resolve({ preferredBatchSizes: [8] }, mlp)).sizing, "fixed")
+      assert.strictEqual((yield* BatchPolicy.resolve(undefined, mlp)).sizing, "fixed")
+    }))
+
   const errors: ReadonlyArray<readonly [string, BatchPolicy.ConfigJson, RegExp]> = [
     ["enabling a model that cannot batch", { enabled: true }, /fixed dim 1 on batch axis 0/],
     ["an axis for an unknown input", { inputAxes: { nope: 0 } }, /unknown input "nope"/],
-    ["a preferred size above the maximum", { maxBatchSize: 4, preferredBatchSizes: [8] }, /above maxBatchSize 4/]
+    ["a preferred size above the maximum", { maxBatchSize: 4, preferredBatchSizes: [8] }, /above maxBatchSize 4/],
+    ["preferred sizes with learned sizing", { sizing: "learned", preferredBatchSizes: [16, 8] }, /sizing "learned" chooses batch sizes itself: leave out batching.preferredBatchSizes \(8, 16\)/]
   ]
   for (const [name, json, message] of errors) {
     it.effect(`refuses ${name}, saying why`, () =>

@@ -302,4 +302,33 @@ describe("AsyncInferenceEngine dynamic batching", () => {
       assert.isTrue(Exit.isFailure(exit) && exit.cause.reasons.some((r) => r._tag === "Fail" && r.error.reason._tag === "ShuttingDown"))
       assert.deepStrictEqual(stats.batchSizes, [1], "the forming batch never ran")
     }))
+
+  for (const sizing of ["learned", "fixed"] as const) {
+    it.effect(`${sizing} sizing: a batch that forms behind a 10 ms run goes ${sizing === "learned" ? "a tenth of that run before it ends (the learned cost's prediction)" : "when that run ends (its model is idle)"}`, () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({
+          script: () => ({ latency: "10 millis" }),
+          batching: batching({ maxBatchSize: 64, maxQueueDelay: Duration.millis(50), sizing }),
+          concurrency: 1,
+          metadata: { pipelineDepth: 2 }
+        })
+        // One run teaches the engine the cost: 10 ms.
+        const warm = yield* fork(engine.infer(request("warm", 1)))
+        yield* TestClock.adjust("10 millis")
+        yield* Fiber.join(warm)
+        const fibers = [yield* fork(engine.infer(request("a", 2)))]
+        yield* TestClock.adjust("1 millis")
+        for (let i = 0; i < 20; i++) fibers.push(yield* fork(engine.infer(request(`b${i}`, 3))))
+        yield* TestClock.adjust("7 millis")
+        assert.strictEqual(stats.started, 2, "18 ms: the batch still forms")
+        yield* TestClock.adjust("1 millis")
+        assert.strictEqual(stats.started, sizing === "learned" ? 3 : 2)
+        yield* TestClock.adjust("1 millis")
+        assert.strictEqual(stats.started, 3)
+        assert.deepStrictEqual(stats.batchSizes, [1, 1, 20])
+        assert.deepStrictEqual(stats.startTimesMs, [0, 10, sizing === "learned" ? 19 : 20])
+        yield* TestClock.adjust("10 millis")
+        for (const f of fibers) yield* Fiber.join(f)
+      }))
+  }
 })

@@ -77,7 +77,7 @@ describe("Scheduler", () => {
     assert.isDefined(admit(s, "r2", m))
     assert.isUndefined(admit(s, "r3", m), "one queued and one waiting ahead: the bound of 2 is reached")
     for (const member of batches[0]!.members) s.settle(member)
-    s.complete(batches[0]!)
+    s.complete(batches[0]!, 0)
     assert.strictEqual(s.waitingAhead, 0, "the job sent ahead runs now")
     assert.isDefined(admit(s, "r3", m))
   })
@@ -130,7 +130,7 @@ describe("Scheduler", () => {
     s.model(spec("m", { instances: 1 })) // reloaded with one instance
     for (const batch of batches) {
       for (const member of batch.members) s.settle(member)
-      s.complete(batch)
+      s.complete(batch, 0)
     }
     assert.strictEqual(s.freePermits, 2, "every permit came back")
   })
@@ -143,7 +143,7 @@ describe("Scheduler", () => {
     const { batches } = drainSteps(s)
     assert.strictEqual(batches.length, 1)
     for (const member of batches[0]!.members) s.settle(member)
-    s.complete(batches[0]!)
+    s.complete(batches[0]!, 0)
     assert.deepStrictEqual(drainSteps(s).out, [["b"]])
   })
 
@@ -275,5 +275,60 @@ describe("Scheduler", () => {
     assert.deepStrictEqual(s.next(2), { _tag: "Idle" })
     assert.deepStrictEqual(s.counts(), { queued: 0, forming: 0, runs: 1 })
     assert.deepStrictEqual(s.abandoned, { queued: 0, forming: 1, running: 0 })
+  })
+})
+
+describe("Scheduler learned sizing", () => {
+  /** A model whose learned cost is 10 ms a run whatever its rows. */
+  const learnedModel = (s: Scheduler.Scheduler<string>, overrides: Partial<Scheduler.ModelSpec> = {}) => {
+    const m = spec("m", { depth: 2, batching: batching({ maxBatchSize: 64, maxQueueDelay: Duration.millis(50), sizing: "learned" }), ...overrides })
+    s.model(m).cost.observe(1, 10)
+    return m
+  }
+
+  it("predicts when a busy instance frees: its run's start plus its predicted time, less the lead", () => {
+    const s = make()
+    const m = learnedModel(s)
+    assert.strictEqual(s.handOverInMs(s.model(m), 0), 0, "nothing in flight: an instance is free")
+    admit(s, "running", m, 0)
+    drainSteps(s, 0)
+    assert.strictEqual(s.handOverInMs(s.model(m), 3), 10 - Scheduler.handOverLead * 10 - 3)
+    assert.strictEqual(s.handOverInMs(s.model(m), 12), 0, "past the prediction: now")
+  })
+
+  it("counts the batches sent ahead: they run one after another on the instance that frees first", () => {
+    const s = make()
+    const m = learnedModel(s, { instances: 2, depth: 2 })
+    for (const [i, at] of [[0, 0], [1, 4]] as const) {
+      admit(s, `running${i}`, m, at)
+      drainSteps(s, at)
+    }
+    assert.strictEqual(s.model(m).inFlight.length, 2)
+    assert.strictEqual(s.handOverInMs(s.model(m), 4), 10 - Scheduler.handOverLead * 10 - 4, "two instances busy: the one that started first frees first")
+    const shared = make()
+    const g = learnedModel(shared, { instances: 2, depth: 2, devices: 1 })
+    admit(shared, "running", g, 0)
+    drainSteps(shared, 0)
+    admit(shared, "ahead", g, 1, { priority: "Critical" })
+    drainSteps(shared, 1)
+    assert.strictEqual(shared.model(g).inFlight.length, 2)
+    assert.strictEqual(shared.handOverInMs(shared.model(g), 1), 20 - Scheduler.handOverLead * 10 - 1, "one GPU: the second run starts when the first ends")
+  })
+
+  it("a forming batch with the rows to keep up goes at hand-over; one without waits out its delay", () => {
+    const s = make()
+    const m = learnedModel(s)
+    admit(s, "running", m, 0)
+    const running = drainSteps(s, 0).batches[0]!
+    admit(s, "a", m, 1)
+    // One row a ms would need 10 × 1 / 0.8 rows a run: this one waits for more.
+    assert.deepStrictEqual(s.next(1), { _tag: "Wait", untilMs: 51 })
+    for (let i = 0; i < 20; i++) admit(s, `b${i}`, m, 2)
+    assert.deepStrictEqual(s.next(2), { _tag: "Wait", untilMs: 9 }, "enough rows: until the instance is about to free")
+    assert.deepStrictEqual(drainSteps(s, 9).out.map((b) => b.length), [21])
+    const t = s.model(m).inFlight[1]!
+    assert.isTrue(Number.isNaN(t.startedAtMs), "sent ahead: it has not started")
+    s.complete(running, 10)
+    assert.strictEqual(t.startedAtMs, 10, "it starts when the run before it completes")
   })
 })

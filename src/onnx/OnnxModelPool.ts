@@ -152,7 +152,8 @@ export const gpuMaxQueueDelayMs = 2
  * forming batch may wait `gpuMaxQueueDelayMs` (about one such run) for more rows while another
  * run of the model is in flight; `BatchPolicy.decide` still sends at once when the model is idle,
  * for a Critical request, or when waiting would miss a member's deadline. Chosen from those raw
- * figures, not yet measured through the engine on a GPU.
+ * figures, not yet measured through the engine on a GPU. `sizing: "learned"` stays opt-in: in the
+ * simulation of `bench/sizing.ts` it was not better in every case (README, "GPU on Linux").
  */
 export const gpuBatching = (json: BatchPolicy.ConfigJson | undefined): BatchPolicy.ConfigJson => ({
   ...json,
@@ -235,6 +236,8 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
                 defaultPriority: entry.config.defaultPriority,
                 concurrency: entry.config.instances,
                 pipelineDepth: host.depth,
+                // Every instance's WebGPU device is the same GPU: their runs queue for it.
+                ...(ModelRepository.isGpuProvider(host.deviceUsed) ? { devices: 1 } : {}),
                 ...(signatures === undefined ? {} : { signatures })
               }
             })),

@@ -32,7 +32,7 @@ describe("inference_batch_fill_ratio", () => {
     }))
 
   it("finds the rows on each model's batch axis", () => {
-    const batching = { enabled: true, maxBatchSize: 8, maxQueueDelay: 0 as never, preferredBatchSizes: [], inputAxes: {}, outputAxes: {} }
+    const batching = { enabled: true, maxBatchSize: 8, maxQueueDelay: 0 as never, preferredBatchSizes: [], sizing: "fixed" as const, inputAxes: {}, outputAxes: {} }
     assert.strictEqual(OnnxModelPool.rowsOf({ x: Tensor.float32(new Float32Array(6), [3, 2]) }, batching), 3)
     const silero = { ...batching, inputAxes: { sr: null, state: 1 } }
     assert.strictEqual(OnnxModelPool.rowsOf({ sr: Tensor.make("int64", BigInt64Array.from([16000n]), []), state: Tensor.float32(new Float32Array(2 * 5 * 4), [2, 5, 4]) }, silero), 5)

@@ -108,7 +108,8 @@ describe("batching defaults for a model that runs on a GPU", () => {
     ["no batching section", undefined, { maxBatchSize: 256, maxQueueDelayMs: 2 }],
     ["a section that sets neither", { enabled: true }, { enabled: true, maxBatchSize: 256, maxQueueDelayMs: 2 }],
     ["a section that sets both", { maxBatchSize: 32, maxQueueDelayMs: 0 }, { maxBatchSize: 32, maxQueueDelayMs: 0 }],
-    ["batching turned off", { enabled: false }, { enabled: false, maxBatchSize: 256, maxQueueDelayMs: 2 }]
+    ["batching turned off", { enabled: false }, { enabled: false, maxBatchSize: 256, maxQueueDelayMs: 2 }],
+    ["learned sizing, chosen", { sizing: "learned" }, { sizing: "learned", maxBatchSize: 256, maxQueueDelayMs: 2 }]
   ]
   for (const [what, json, expected] of table) {
     it(`fills what config.json leaves out: ${what}`, () => {
