@@ -168,18 +168,20 @@ export const decide = (config: BatchingConfig, pending: Pending): Decision => {
   if (delayMs <= 0) return { _tag: "Send", why: "noDelay" }
   if (pending.highestPriority === Priority.Critical) return { _tag: "Send", why: "critical" }
   const delayLeftMs = delayMs - pending.oldestWaitMs
-  if (delayLeftMs <= 0) return { _tag: "Send", why: "delayElapsed" }
+  if (!learned && delayLeftMs <= 0) return { _tag: "Send", why: "delayElapsed" }
   // Twice the recent run time as headroom: run times vary by a third or more between runs.
   const runMs = learned ? pending.predictedRunMs ?? pending.expectedRunMs : pending.expectedRunMs
   const deadlineLeftMs = pending.earliestDeadlineInMs - 2 * runMs
   if (deadlineLeftMs <= 0) return { _tag: "Send", why: "deadline" }
   if (pending.runsInFlight === 0) return { _tag: "Send", why: "idle" }
   if (!learned) return { _tag: "Wait", ms: Math.min(delayLeftMs, deadlineLeftMs) }
+  // No instance could take it sooner: rows keep joining, and its start is not delayed.
+  const handOverInMs = pending.handOverInMs ?? 0
+  if (handOverInMs > 0) return { _tag: "Wait", ms: Math.min(handOverInMs, deadlineLeftMs) }
+  if (delayLeftMs <= 0) return { _tag: "Send", why: "delayElapsed" }
   // Too few rows to keep up with the arrivals: wait for more, within the delay.
   if (pending.rows < (pending.targetRows ?? 1)) return { _tag: "Wait", ms: Math.min(delayLeftMs, deadlineLeftMs) }
-  const handOverInMs = pending.handOverInMs ?? 0
-  if (handOverInMs <= 0) return { _tag: "Send", why: "handOver" }
-  return { _tag: "Wait", ms: Math.min(delayLeftMs, deadlineLeftMs, handOverInMs) }
+  return { _tag: "Send", why: "handOver" }
 }
 
 /**
