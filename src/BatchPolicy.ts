@@ -16,15 +16,19 @@ export interface BatchingConfig {
   readonly enabled: boolean
   /** Most rows (sum of the requests' batch dims) in one run. */
   readonly maxBatchSize: number
-  /** Longest time a forming batch waits for more rows, counted from its oldest request's admission. */
+  /**
+   * Longest time a forming batch waits for more rows, counted from its oldest request's admission
+   * (learned sizing: beyond the time an instance could first take it).
+   */
   readonly maxQueueDelay: Duration.Duration
   /** Sizes that are sent as soon as they are reached (ascending). */
   readonly preferredBatchSizes: ReadonlyArray<number>
   /**
-   * How a forming batch knows it has waited enough while this model's instances are busy:
-   * `"fixed"`, at a preferred size or when `maxQueueDelay` is spent; `"learned"`, when an instance
-   * is about to free, predicted from the model's learned run cost (`RunCost`), so that the batch
-   * takes every row that arrives while it could not run anyway, and no more.
+   * How a forming batch knows it has waited enough while this model runs: `"fixed"`, at a preferred
+   * size or when `maxQueueDelay` is spent; `"learned"`, from the model's learned run cost and
+   * arrival rate (`RunCost`): it takes every row that arrives until an instance is about to free
+   * (it could not run sooner anyway), then goes once it holds the rows that keep up with the
+   * arrivals, or once the delay is spent.
    */
   readonly sizing: Sizing
   /** Batch axis per input; inputs not listed batch on axis 0. */
@@ -157,8 +161,10 @@ export type Decision =
  * - A free runner never waits when nothing else of this model is running: with no traffic in
  *   flight, no closed-loop caller is about to send another request, so waiting would only add
  *   latency (a lone request would always sit out the whole delay).
- * - Learned sizing: the batch goes when an instance is (about to be) free to take it, and waits
- *   for that within the delay otherwise; its deadline headroom is twice its own predicted run time.
+ * - Learned sizing: while no instance could take the batch (`handOverInMs`), it waits for one, past
+ *   the delay if need be: its start is not delayed, and rows keep joining. Then it goes once it
+ *   holds `targetRows`, or once the delay is spent. Its deadline headroom is twice its own
+ *   predicted run time.
  */
 export const decide = (config: BatchingConfig, pending: Pending): Decision => {
   if (pending.rows >= config.maxBatchSize) return { _tag: "Send", why: "full" }

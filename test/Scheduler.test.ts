@@ -315,17 +315,20 @@ describe("Scheduler learned sizing", () => {
     assert.strictEqual(shared.handOverInMs(shared.model(g), 1), 20 - Scheduler.handOverLead * 10 - 1, "one GPU: the second run starts when the first ends")
   })
 
-  it("a forming batch with the rows to keep up goes at hand-over; one without waits out its delay", () => {
+  it("a forming batch takes rows until an instance is about to free, then goes with the rows to keep up or waits out its delay for them", () => {
     const s = make()
     const m = learnedModel(s)
     admit(s, "running", m, 0)
     const running = drainSteps(s, 0).batches[0]!
+    // 20 rows arrived a moment ago: about 0.7 rows a ms at 9 ms, which 10 ms runs keep up with
+    // (80% busy) at 0.7 × 10 / 0.8 ≈ 9 rows a run.
+    s.model(m).arrivals.observe(20, 0)
     admit(s, "a", m, 1)
-    // One row a ms would need 10 × 1 / 0.8 rows a run: this one waits for more.
-    assert.deepStrictEqual(s.next(1), { _tag: "Wait", untilMs: 51 })
-    for (let i = 0; i < 20; i++) admit(s, `b${i}`, m, 2)
-    assert.deepStrictEqual(s.next(2), { _tag: "Wait", untilMs: 9 }, "enough rows: until the instance is about to free")
-    assert.deepStrictEqual(drainSteps(s, 9).out.map((b) => b.length), [21])
+    assert.deepStrictEqual(s.next(1), { _tag: "Wait", untilMs: 9 }, "the instance is busy until about 10 ms")
+    assert.deepStrictEqual(s.next(9), { _tag: "Wait", untilMs: 51 }, "at hand-over, one row is too few: it waits out its delay")
+    // 30 more: about 2.2 rows a ms, kept up with at about 28 rows a run.
+    for (let i = 0; i < 30; i++) admit(s, `b${i}`, m, 9)
+    assert.deepStrictEqual(drainSteps(s, 9).out.map((b) => b.length), [31], "enough rows at hand-over: it goes")
     const t = s.model(m).inFlight[1]!
     assert.isTrue(Number.isNaN(t.startedAtMs), "sent ahead: it has not started")
     s.complete(running, 10)
