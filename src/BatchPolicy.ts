@@ -49,10 +49,10 @@ export const disabled: BatchingConfig = {
 
 const AxisSchema = Schema.NullOr(Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)))
 
-/** The `batching` object of a model's config.json. Every field is optional. */
 /** See `BatchingConfig.sizing`. */
 export type Sizing = "fixed" | "learned"
 
+/** The `batching` object of a model's config.json. Every field is optional. */
 export const ConfigJson = Schema.Struct({
   enabled: Schema.optional(Schema.Boolean),
   maxBatchSize: Schema.optional(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 65536 }))),

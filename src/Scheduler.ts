@@ -112,7 +112,11 @@ export interface Batch<A> {
   stage: "forming" | "running"
   /** Requests it holds while it waits in a busy instance (sent ahead); 0 once it runs. */
   waiting: number
-  /** When it was handed to a free instance, or its instance became free (`complete`); NaN while it waits there or forms. */
+  /**
+   * When it was handed to a free instance, or its instance became free (`complete`); NaN while it
+   * waits there or forms. On instances that share one device it may still queue there for the
+   * device: predictions from it then run early, and the next batch is handed over early, not late.
+   */
   startedAtMs: number
 }
 
