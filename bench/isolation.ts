@@ -13,7 +13,10 @@
  *   - start-up: the time to load a pool (2 instances), and each child's RSS;
  *   - kills (process only): a spin past its deadline + killGraceMs; the delay from deadline +
  *     grace to the RunFailed, then until the killed pid is gone, then until the replacement serves;
- *   - crash replacement: an instance that exits, until the pool is back to 2 live instances.
+ *   - crash replacement: an instance that exits, until the pool is back to 2 live instances;
+ *   - large tensors: a wide, cheap MLP (1024-16-1000) fed 64- and 256-row runs (256 KiB and
+ *     1 MiB in, 250 KiB and 1000 KiB out), 2 outstanding on 2 instances, rows/s for threads,
+ *     processes with shared memory (`ShmChannel`, the default) and processes through the pipe.
  *
  * Usage: node --expose-gc bench/isolation.ts [--quick] [--rounds=N] [--n=N] [--block-ms=N]
  */
@@ -25,6 +28,8 @@ import { alternate, type Contender, fmt, goal, goalsTable, log, median, mlpData,
 import { closedLoopEffect, type LoadResult, sequentialEffect } from "./lib/load.ts"
 import { tempRepository } from "./lib/pools.ts"
 import * as TestOps from "../test/fixtures/TestOps.ts"
+import * as ProcessHost from "../src/onnx/ProcessHost.ts"
+import { writeRepository } from "../scripts/gpu/model.ts"
 
 const args = parseArgs()
 const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 3 : 6))
@@ -58,6 +63,46 @@ const startPool = async (isolation: Isolation): Promise<Handle> => {
   const runtime = ManagedRuntime.make(OnnxModelPool.layerWithControl({ repository, transports: TestOps.transports }))
   const pool = await runtime.runPromise(OnnxModelPool.OnnxModelPool)
   return { isolation, runtime, pool, startMs: performance.now() - t0 }
+}
+
+// ---- large tensors: the process hop for big batches, shared memory against the pipe ----------
+type Wide = "thread" | "process, shared memory" | "process, pipe"
+const wideKinds: ReadonlyArray<Wide> = ["thread", "process, shared memory", "process, pipe"]
+const WIDE_ROWS = [64, 256]
+
+const largeTensors = async () => {
+  const repo = writeRepository([1024, 16, 1000], {
+    thread: { instances: INSTANCES, intraOpNumThreads: 1, batching: { enabled: false }, isolation: "thread" },
+    process: { instances: INSTANCES, intraOpNumThreads: 1, batching: { enabled: false }, isolation: "process" }
+  })
+  const pools = {} as Record<Wide, { runtime: ManagedRuntime.ManagedRuntime<OnnxModelPool.OnnxModelPool, unknown>; pool: OnnxModelPool.Service; model: string }>
+  for (const k of wideKinds) {
+    const transports = k === "process, pipe" ? { process: ProcessHost.transportFor(ProcessHost.processUrl, { sharedMemory: false }) } : {}
+    const runtime = ManagedRuntime.make(OnnxModelPool.layerWithControl({ repository: repo.root, transports }))
+    pools[k] = { runtime, pool: await runtime.runPromise(OnnxModelPool.OnnxModelPool), model: k === "thread" ? "thread" : "process" }
+  }
+  const feeds = Object.fromEntries(WIDE_ROWS.map((rows) => [rows, { input: Tensor.float32(repo.input(rows, 3), [rows, 1024]) }]))
+  const block = (k: Wide, rows: number, ms: number) =>
+    pools[k].runtime.runPromise(closedLoopEffect(INSTANCES, ms, () => ({ run: pools[k].pool.run(pools[k].model, feeds[rows]!, { requestId: "wide" }) })))
+  for (const k of wideKinds) await block(k, 256, WARMUP_MS / 3)
+  const out: Record<number, Record<string, Array<LoadResult>>> = {}
+  for (const rows of WIDE_ROWS) {
+    out[rows] = await alternate(ROUNDS, wideKinds.map((k) => ({ name: k, run: () => block(k, rows, BLOCK_MS) })), (r, name, x) =>
+      log(`  round ${r} ${rows} rows ${name}: ${fmt(x.reqPerSec * rows)} rows/s`), `wide-${rows}`)
+  }
+  for (const k of wideKinds) await pools[k].runtime.dispose()
+  repo.remove()
+  return WIDE_ROWS.map((rows) => {
+    const r = out[rows]!
+    const perRound = (k: Wide) => r[k]!.map((x) => x.reqPerSec * rows)
+    return {
+      rows,
+      rowsPerSec: Object.fromEntries(wideKinds.map((k) => [k, median(perRound(k))])),
+      p50Ms: Object.fromEntries(wideKinds.map((k) => [k, median(r[k]!.map((x) => x.latency["all"]!.p50))])),
+      sharedOverPipe: median(perRound("process, shared memory").map((x, i) => x / perRound("process, pipe")[i]!)),
+      sharedOverThread: median(perRound("process, shared memory").map((x, i) => x / perRound("thread")[i]!))
+    }
+  })
 }
 
 /** Every child pid seen, checked to be gone at the end. */
@@ -213,6 +258,7 @@ const main = async () => {
   await thread.runtime.dispose()
   await proc.runtime.dispose()
   const leaked = [...seenPids].filter(alive).length
+  const wide = await largeTensors()
 
   // ---- report ----------------------------------------------------------------------------
   const summarize = (k: Isolation) => {
@@ -267,6 +313,15 @@ const main = async () => {
     } ms later (max ${fmt(killSummary.goneMsMax)}); replacement serving ${fmt(killSummary.replaceMsMedian)} ms later`
   )
 
+  section(`large tensors (MLP 1024-16-1000, ${INSTANCES} outstanding on ${INSTANCES} instances, pool.run)`)
+  console.log(table(wide.map((w) => ({
+    rows: w.rows,
+    ...Object.fromEntries(wideKinds.map((k) => [`${k} rows/s`, w.rowsPerSec[k]!])),
+    ...Object.fromEntries(wideKinds.map((k) => [`${k} p50 ms`, w.p50Ms[k]!])),
+    "shared / pipe": ratio(w.sharedOverPipe),
+    "shared / thread": ratio(w.sharedOverThread)
+  }))))
+
   const goals = [
     goal("process kill: RunFailed within grace + 100 ms", "< 100 ms late", killSummary.lateMsMax, killSummary.lateMsMax < 100, `${fmt(killSummary.lateMsMax)} ms (max)`),
     goal(
@@ -290,6 +345,7 @@ const main = async () => {
     killSummary,
     crashes,
     counters,
+    largeTensors: wide,
     rounds: results,
     goals
   })

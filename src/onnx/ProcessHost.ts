@@ -13,8 +13,9 @@
  *   `terminate()` inside a run aborts the whole process).
  *
  * What it costs: a larger hop (inputs and outputs are serialized through a pipe, not cloned
- * in memory), a Node process per instance (start-up and memory), and a replacement start after
- * each kill during which the model has one instance fewer. See docs/isolation.md for figures.
+ * in memory; tensors of 64 KiB and more cross through shared memory instead, `ShmChannel`), a
+ * Node process per instance (start-up and memory), and a replacement start after each kill
+ * during which the model has one instance fewer. See docs/isolation.md for figures.
  *
  * Children inherit stdout and stderr. They exit when the IPC channel closes, so they do not
  * outlive a parent that dies without closing them (beyond the run in hand).
@@ -25,31 +26,66 @@ import { fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import * as InstancePool from "./InstancePool.ts"
 import type * as Protocol from "./Protocol.ts"
+import * as ShmChannel from "./ShmChannel.ts"
 
 /** The child process entry, run directly by Node 22 (type stripping). */
 export const processUrl: URL = new URL("./SessionProcess.ts", import.meta.url)
 
-/** Instances as child processes running `entry` (a module that serves `SessionEndpoint` over IPC; default `SessionProcess.ts`). */
-export const transportFor = (entry: URL): InstancePool.Transport => ({
+/**
+ * Instances as child processes running `entry` (a module that serves `SessionEndpoint` over IPC;
+ * default `SessionProcess.ts`). `sharedMemory: false` sends every tensor through the pipe.
+ */
+export const transportFor = (entry: URL, options: { readonly sharedMemory?: boolean } = {}): InstancePool.Transport => ({
   isolation: "process",
   noun: "session process",
   spanPrefix: "ProcessHost",
   spawn: (config, events) => {
-    const child = fork(fileURLToPath(entry), [JSON.stringify(config)], {
+    // Without /dev/shm (another OS, a container without it) every message goes through the pipe.
+    const shm = options.sharedMemory === false ? undefined : ShmChannel.open()
+    const child = fork(fileURLToPath(entry), [JSON.stringify(config), ...(shm === undefined ? [] : ["shm"])], {
       execPath: process.execPath,
       execArgv: [],
       serialization: "advanced",
-      stdio: ["ignore", "inherit", "inherit", "ipc"]
+      stdio: ["ignore", "inherit", "inherit", "ipc", ...(shm === undefined ? [] : [shm.inputFd, shm.outputFd])]
     })
-    child.on("message", (message: Protocol.FromWorker) => events.message(message))
+    /** The job whose inputs are in shared memory: no other job's may be written there until it ends. */
+    let placedJob: number | undefined
+    child.on("message", (message: Protocol.FromWorker) => {
+      if (shm !== undefined && ShmChannel.endsJob(message) === placedJob) placedJob = undefined
+      let received = message
+      if (shm !== undefined) {
+        try {
+          received = ShmChannel.takeOutputs(shm.outputFd, message)
+        } catch (e) {
+          received = { _tag: "failed", id: ShmChannel.endsJob(message) ?? -1, error: InstancePool.errorText(e) }
+        }
+      }
+      events.message(received)
+    })
     child.on("error", (e) => {
       events.error(InstancePool.errorText(e))
       if (child.pid === undefined) events.exit("could not start") // a failed spawn may not emit "exit"
     })
     // "close", not "exit": it follows the end of the IPC channel, so every message sent before the end has arrived
-    child.on("close", (code, signal) => events.exit(signal === null ? `exit code ${code}` : `signal ${signal}`))
+    child.on("close", (code, signal) => {
+      shm?.close()
+      events.exit(signal === null ? `exit code ${code}` : `signal ${signal}`)
+    })
     return {
       send: (message) => {
+        if (shm !== undefined && placedJob === undefined) {
+          let placed: Protocol.ToWorker | undefined
+          try {
+            placed = ShmChannel.placeInputs(shm.inputFd, message)
+          } catch {
+            placed = undefined // shared memory full: the pipe still works
+          }
+          if (placed !== undefined) {
+            placedJob = (placed as { readonly id: number }).id
+            child.send(placed)
+            return
+          }
+        }
         child.send(message)
       },
       kill: () => {

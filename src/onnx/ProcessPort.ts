@@ -10,9 +10,14 @@
  */
 import type * as Protocol from "./Protocol.ts"
 import type * as SessionEndpoint from "./SessionEndpoint.ts"
+import * as ShmChannel from "./ShmChannel.ts"
 
-/** Sets up the process's exit handlers and returns its port. Call once, in a forked child. */
-export const make = (): SessionEndpoint.Port => {
+/**
+ * Sets up the process's exit handlers and returns its port. Call once, in a forked child. With
+ * `shm`, the host passed `ShmChannel`'s files as descriptors 4 and 5: placed inputs are read from
+ * one, and the reply to a job whose inputs came that way goes through the other when worth it.
+ */
+export const make = (options: { readonly shm?: boolean } = {}): SessionEndpoint.Port => {
   const send = process.send?.bind(process)
   if (send === undefined) throw new Error("a session process must run as a child process with an IPC channel")
   let pending = 0
@@ -34,12 +39,37 @@ export const make = (): SessionEndpoint.Port => {
     post({ _tag: "fatal", error: e instanceof Error ? `${e.name}: ${e.message}` : String(e) }, () => process.exit(1))
     setTimeout(() => process.exit(1), 1_000).unref() // the parent may not be reading
   })
+  /** Jobs whose inputs came through shared memory and have not been answered. */
+  const placedJobs = new Set<number>()
+  const reply = (message: Protocol.FromWorker) => {
+    const id = ShmChannel.endsJob(message)
+    if (options.shm !== true || id === undefined || !placedJobs.delete(id)) return post(message)
+    let placed: Protocol.FromWorker | undefined
+    try {
+      placed = ShmChannel.placeOutputs(ShmChannel.childOutputFd, message)
+    } catch {
+      placed = undefined // shared memory full: the pipe still works
+    }
+    post(placed ?? message)
+  }
   return {
-    post: (message) => post(message),
+    post: reply,
     end: () => {
       ending = true
       if (pending === 0) disconnect()
     },
-    listen: (f) => process.on("message", f as (message: unknown) => void)
+    listen: (f) =>
+      process.on("message", (message: Protocol.ToWorker) => {
+        if (message._tag !== "run" && message._tag !== "runGroup") return f(message)
+        if (message.placed === undefined) return f(message)
+        let received: Protocol.ToWorker
+        try {
+          received = ShmChannel.takeInputs(ShmChannel.childInputFd, message)
+        } catch (e) {
+          return post({ _tag: "failed", id: message.id, error: e instanceof Error ? e.message : String(e) })
+        }
+        placedJobs.add(message.id)
+        f(received)
+      })
   }
 }

@@ -19,6 +19,7 @@
  */
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import type * as Tensor from "../Tensor.ts"
+import type * as ShmChannel from "./ShmChannel.ts"
 
 /** Where sessions run: worker threads of this process, or child processes. */
 export type Isolation = "thread" | "process"
@@ -40,10 +41,20 @@ export interface WorkerConfig {
   readonly isolation: Isolation
 }
 
+/**
+ * `placed` fields exist on a process's pipe only (`ShmChannel`): the tensors they describe are in
+ * shared memory, and the message's own `inputs` or `outputs` are empty until the receiving end of
+ * the transport reads them back. Neither `InstancePool` nor `SessionEndpoint` ever sees one.
+ */
 export type ToWorker =
-  | { readonly _tag: "run"; readonly id: number; readonly inputs: Tensor.TensorMap }
+  | { readonly _tag: "run"; readonly id: number; readonly inputs: Tensor.TensorMap; readonly placed?: ShmChannel.PlacedMap | undefined }
   /** Several runs, each on its own, answered together by one `doneGroup`. */
-  | { readonly _tag: "runGroup"; readonly id: number; readonly inputs: ReadonlyArray<Tensor.TensorMap> }
+  | {
+    readonly _tag: "runGroup"
+    readonly id: number
+    readonly inputs: ReadonlyArray<Tensor.TensorMap>
+    readonly placed?: ReadonlyArray<ShmChannel.PlacedMap> | undefined
+  }
   /** The caller of job `id` left: if it has not started, it is answered `failed` without running. */
   | { readonly _tag: "cancel"; readonly id: number }
   | { readonly _tag: "close" }
@@ -70,7 +81,14 @@ export type FromWorker =
     readonly loadMs: number
   }
   | { readonly _tag: "loadFailed"; readonly error: string }
-  | { readonly _tag: "done"; readonly id: number; readonly outputs: Tensor.TensorMap; readonly deviceUsed: string; readonly runMs: number }
+  | {
+    readonly _tag: "done"
+    readonly id: number
+    readonly outputs: Tensor.TensorMap
+    readonly deviceUsed: string
+    readonly runMs: number
+    readonly placed?: ShmChannel.PlacedMap | undefined
+  }
   | { readonly _tag: "failed"; readonly id: number; readonly error: string }
   /** The outcome of each run of a `runGroup`, in order. */
   | {
@@ -78,7 +96,7 @@ export type FromWorker =
     readonly id: number
     readonly deviceUsed: string
     readonly results: ReadonlyArray<
-      | { readonly _tag: "done"; readonly outputs: Tensor.TensorMap; readonly runMs: number }
+      | { readonly _tag: "done"; readonly outputs: Tensor.TensorMap; readonly runMs: number; readonly placed?: ShmChannel.PlacedMap | undefined }
       | { readonly _tag: "failed"; readonly error: string }
     >
   }

@@ -15,4 +15,5 @@ import * as ProcessPort from "./ProcessPort.ts"
 import type * as Protocol from "./Protocol.ts"
 import * as SessionEndpoint from "./SessionEndpoint.ts"
 
-await SessionEndpoint.serve(JSON.parse(process.argv[2] ?? "null") as Protocol.WorkerConfig, ProcessPort.make())
+// A second argument "shm": the host passed ShmChannel's files as descriptors 4 and 5.
+await SessionEndpoint.serve(JSON.parse(process.argv[2] ?? "null") as Protocol.WorkerConfig, ProcessPort.make({ shm: process.argv[3] === "shm" }))

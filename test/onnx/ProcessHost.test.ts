@@ -1,4 +1,5 @@
 import { assert, describe, it, layer } from "@effect/vitest"
+import * as Fs from "node:fs"
 import { Context, Duration, Effect, Exit, Fiber, Layer, References, Scope } from "effect"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as ModelRepository from "../../src/ModelRepository.ts"
@@ -80,7 +81,8 @@ layer(poolLayer(), { excludeTestServices: true })("ProcessHost: sessions in chil
         assert.notStrictEqual(pid, process.pid)
         assert.isTrue(alive(pid))
       }
-      for (const batch of [1, 5]) {
+      // 100 rows (313 KB in) cross through shared memory one way, 2,048 rows (6.4 MB in, 82 KB out) both ways.
+      for (const batch of [1, 5, 100, 2048]) {
         const inputs = mlpInputs(batch, batch)
         const before = Float32Array.from(inputs.input.data)
         const proc = yield* pool.run("proc", inputs, { requestId: `proc-${batch}` })
@@ -93,6 +95,21 @@ layer(poolLayer(), { excludeTestServices: true })("ProcessHost: sessions in chil
         assert.deepStrictEqual(logits.data, thread.outputs["logits"]!.data, "bit for bit the thread's output")
         assert.isBelow(maxAbsDiff(logits.data as Float32Array, Mlp.forward(Mlp.weights(), inputs.input.data, batch)), 1e-5)
         assert.deepStrictEqual(inputs.input.data, before, "the caller's input is untouched")
+      }
+    }))
+
+  it.effect("hands each child its shared-memory files, unlinked, and answers concurrent large runs each with its own rows", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.OnnxModelPool
+      yield* settled(pool)
+      for (const pid of (yield* pidsOf(pool)) as ReadonlyArray<number>) {
+        for (const fd of [4, 5]) assert.match(Fs.readlinkSync(`/proc/${pid}/fd/${fd}`), /^\/dev\/shm\/effect-onnx-.* \(deleted\)$/)
+      }
+      const seeds = Array.from({ length: 16 }, (_, i) => i + 100)
+      const results = yield* Effect.forEach(seeds, (seed) => pool.run("proc", mlpInputs(100, seed), { requestId: `shm-${seed}` }), { concurrency: "unbounded" })
+      for (const [i, seed] of seeds.entries()) {
+        const expected = yield* pool.run("thread", mlpInputs(100, seed), { requestId: `shm-thread-${seed}` })
+        assert.deepStrictEqual(results[i]!.outputs["logits"]!.data, expected.outputs["logits"]!.data, `seed ${seed}`)
       }
     }))
 
