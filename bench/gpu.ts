@@ -9,10 +9,10 @@
  * - the engine with batching (maxBatchSize 256) over the model's config.json: cpu with
  *   intraOpNumThreads = cores and 1 instance; webgpu with the engine's defaults for a GPU model
  *   (process isolation, `ModelRepository.defaultIsolation`);
- * - the same engine with learned batch sizing (`batching.sizing: "learned"`), so that a GPU host
- *   measures what `bench/sizing.ts` only simulates: on webgpu within the GPU default's 2 ms delay,
- *   like the fixed contender; on cpu within a 2 ms delay too, where the fixed contender has the
- *   CPU default, none (learned sizing never waits without one);
+ * - the same engine with the other batch sizing than the default, so that a GPU host measures
+ *   what `bench/sizing.ts` simulates: on webgpu fixed sizing within the same 2 ms delay (the
+ *   default is learned sizing); on cpu learned sizing within a 2 ms delay (the default is fixed
+ *   sizing with no delay, and learned sizing never waits without one);
  * - once per provider, the raw batched rate: 256-row `session.run` calls back to back.
  * Prints req/s, p50/p99 latency, rows per native run, and the largest difference between the
  * provider's outputs and the CPU session's on the same 8 rows. `--quick` uses a smaller MLP
@@ -50,12 +50,13 @@ type Provider = (typeof providers)[number]
 const modelOf = (p: Provider) => `mlp_${p}`
 
 const batching = { enabled: true, maxBatchSize }
-const learned = { ...batching, sizing: "learned" }
+/** The other sizing than each provider's default, for the comparison: its model's suffix and contender name. */
+const other = { cpu: { suffix: "_learned", contender: "engine, learned sizing" }, webgpu: { suffix: "_fixed", contender: "engine, fixed sizing" } } as const
 const repo = writeRepository(sizes, {
   mlp_cpu: { executionProviders: ["cpu"], instances: 1, intraOpNumThreads: cores, batching },
-  mlp_cpu_learned: { executionProviders: ["cpu"], instances: 1, intraOpNumThreads: cores, batching: { ...learned, maxQueueDelayMs: 2 } },
+  mlp_cpu_learned: { executionProviders: ["cpu"], instances: 1, intraOpNumThreads: cores, batching: { ...batching, sizing: "learned", maxQueueDelayMs: 2 } },
   ...(probe.available
-    ? { mlp_webgpu: { executionProviders: ["webgpu"], batching }, mlp_webgpu_learned: { executionProviders: ["webgpu"], batching: learned } }
+    ? { mlp_webgpu: { executionProviders: ["webgpu"], batching }, mlp_webgpu_fixed: { executionProviders: ["webgpu"], batching: { ...batching, sizing: "fixed" } } }
     : {})
 })
 const [inputs, outputs] = [sizes[0]!, sizes[sizes.length - 1]!]
@@ -85,10 +86,10 @@ console.log(`engine models: ${Object.entries(deviceUsed).map(([m, d]) => `${m} o
 
 const perRequest = (p: Provider) => (k: number): Promise<LoadResult> =>
   closedLoopAsync(k, blockMs, () => ({ run: () => sessions[p]!.run({ input: new ort.Tensor("float32", row, [1, inputs]) }) }))
-const viaEngine = (p: Provider, sizing: "" | "_learned" = "") => async (k: number): Promise<LoadResult> => {
+const viaEngine = (p: Provider, suffix = "") => async (k: number): Promise<LoadResult> => {
   const before = { ...engine.counts }
   const r = await engine.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
-    run: engine.engine.infer(InferenceRequest.make(`${modelOf(p)}${sizing}`, { input: Tensor.float32(row, [1, inputs]) }))
+    run: engine.engine.infer(InferenceRequest.make(`${modelOf(p)}${suffix}`, { input: Tensor.float32(row, [1, inputs]) }))
   })))
   return withRunCounts(r, before, engine.counts)
 }
@@ -110,7 +111,7 @@ for (const k of outstandings) {
   for (const p of providers) {
     contenders.push({ name: `${p} session.run per request`, run: async () => ({ provider: p, contender: "session.run per request", outstanding: k, result: await perRequest(p)(k) }) })
     contenders.push({ name: `${p} engine`, run: async () => ({ provider: p, contender: "engine, batching", outstanding: k, result: await viaEngine(p)(k) }) })
-    contenders.push({ name: `${p} engine, learned sizing`, run: async () => ({ provider: p, contender: "engine, learned sizing", outstanding: k, result: await viaEngine(p, "_learned")(k) }) })
+    contenders.push({ name: `${p} ${other[p].contender}`, run: async () => ({ provider: p, contender: other[p].contender, outstanding: k, result: await viaEngine(p, other[p].suffix)(k) }) })
     if (k === maxBatchSize) {
       contenders.push({ name: `${p} raw batched`, run: async () => ({ provider: p, contender: `session.run, ${maxBatchSize} rows a run (rows/s)`, outstanding: 1, result: await rawBatched(p)() }) })
     }
@@ -152,12 +153,12 @@ console.log(`\nmax abs diff vs the CPU session on 8 rows: ${Object.entries(diffs
 const rate = (p: Provider, contender: string, k: number) => summary.get(`${p}|${contender}|${k}`)?.reqPerSec ?? NaN
 const learnedVsFixed = providers.flatMap((p) =>
   outstandings.map((k) => {
-    const learned = summary.get(`${p}|engine, learned sizing|${k}`)
-    const fixed = summary.get(`${p}|engine, batching|${k}`)
+    const [alt, byDefault] = [summary.get(`${p}|${other[p].contender}|${k}`), summary.get(`${p}|engine, batching|${k}`)]
+    const [learned, fixed] = p === "webgpu" ? [byDefault, alt] : [alt, byDefault]
     return { provider: p, outstanding: k, "req/s": (learned?.reqPerSec ?? NaN) / (fixed?.reqPerSec ?? NaN), "p50": (learned?.p50 ?? NaN) / (fixed?.p50 ?? NaN) }
   })
 )
-section("learned sizing against the default (fixed) sizing, same engine (cpu: learned within 2 ms, fixed with no delay)")
+section("learned against fixed sizing, same engine (webgpu: both within 2 ms, learned the default; cpu: learned within 2 ms, fixed with no delay, the default)")
 console.log(table(learnedVsFixed.map((r) => ({ provider: r.provider, outstanding: r.outstanding, "req/s ratio": `${r["req/s"].toFixed(2)}×`, "p50 ratio": `${r.p50.toFixed(2)}×` }))))
 const goals: Array<Goal> = []
 if (probe.available) {

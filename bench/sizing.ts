@@ -14,13 +14,24 @@
  * capacity) and closed (1, 64, 256 outstanding). Policies: greedy (no delay), a 2 ms delay, the
  * delay with preferred sizes max/4 and max/2, and learned sizing within a 2 ms and a 10 ms delay.
  *
- * Usage: node bench/sizing.ts [--quick] [--seed=N]
+ * Then the same question on this machine's engine, no simulation: a wide, cheap MLP
+ * (1024-16-1000) in two child processes (process isolation, as GPU models default to), batching
+ * within 2 ms, fixed sizing against learned, alternating, closed loop of one-row requests at 64 and
+ * 256 outstanding (`--no-engine` skips it).
+ *
+ * Usage: node bench/sizing.ts [--quick] [--seed=N] [--rounds=N] [--no-engine]
  */
 import { Duration } from "effect"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
-import { fmt, goal, type Goal, goalsTable, ratio, type Row, section, table, writeResults } from "./lib/common.ts"
+import * as InferenceRequest from "../src/InferenceRequest.ts"
+import * as OnnxModelPool from "../src/onnx/OnnxModelPool.ts"
+import * as Tensor from "../src/Tensor.ts"
+import { writeRepository } from "../scripts/gpu/model.ts"
+import { alternate, fmt, goal, type Goal, goalsTable, median, parseArgs, ratio, type Row, section, table, writeResults } from "./lib/common.ts"
+import { withRunCounts } from "./lib/contenders.ts"
+import { closedLoopEffect } from "./lib/load.ts"
+import { engineLayer, startEngine } from "./lib/pools.ts"
 import { type Device, type Load, type Result, simulate } from "./lib/sizingSim.ts"
-import { parseArgs } from "./lib/common.ts"
 
 const args = parseArgs()
 const SEED = Number(args.options["seed"] ?? 7)
@@ -119,7 +130,7 @@ const worst = (xs: ReadonlyArray<number>, f: (...v: Array<number>) => number) =>
 const goals: Array<Goal> = [
   goal("learned p50 vs the best fixed preferredBatchSizes, worst case", "≤ 1.05×", worst(summary.map((s) => s.preferredP50), Math.max), worst(summary.map((s) => s.preferredP50), Math.max) <= 1.05, ratio(worst(summary.map((s) => s.preferredP50), Math.max))),
   goal("learned req/s vs the best fixed preferredBatchSizes, worst case", "≥ 0.95×", worst(summary.map((s) => s.preferredThroughput), Math.min), worst(summary.map((s) => s.preferredThroughput), Math.min) >= 0.95, ratio(worst(summary.map((s) => s.preferredThroughput), Math.min))),
-  goal("learned p50 vs the 2 ms delay alone (the GPU default), worst case", "≤ 1.05×", worst(summary.map((s) => s.delayP50), Math.max), worst(summary.map((s) => s.delayP50), Math.max) <= 1.05, ratio(worst(summary.map((s) => s.delayP50), Math.max))),
+  goal("learned p50 vs the 2 ms delay alone (fixed sizing), worst case", "≤ 1.05×", worst(summary.map((s) => s.delayP50), Math.max), worst(summary.map((s) => s.delayP50), Math.max) <= 1.05, ratio(worst(summary.map((s) => s.delayP50), Math.max))),
   goal("learned req/s vs the 2 ms delay alone, worst case", "≥ 0.95×", worst(summary.map((s) => s.delayThroughput), Math.min), worst(summary.map((s) => s.delayThroughput), Math.min) >= 0.95, ratio(worst(summary.map((s) => s.delayThroughput), Math.min)))
 ]
 const tally = (xs: ReadonlyArray<number>, lowerIsBetter: boolean) => {
@@ -130,9 +141,58 @@ const tally = (xs: ReadonlyArray<number>, lowerIsBetter: boolean) => {
 section("tally over the cases (5% either way counts as the same)")
 console.log(table([
   { against: "best fixed preferredBatchSizes", p50: tally(summary.map((s) => s.preferredP50), true), "req/s": tally(summary.map((s) => s.preferredThroughput), false) },
-  { against: "2 ms delay alone (the GPU default)", p50: tally(summary.map((s) => s.delayP50), true), "req/s": tally(summary.map((s) => s.delayThroughput), false) }
+  { against: "2 ms delay alone (fixed sizing)", p50: tally(summary.map((s) => s.delayP50), true), "req/s": tally(summary.map((s) => s.delayThroughput), false) }
 ]))
+console.log(`\nseed ${SEED}, ${WARMUP} requests of warm-up and ${MEASURED} measured per cell; ${fmt(rows.length)} cells`)
+
+/** Fixed against learned sizing on this machine's engine: rows and ratios, or undefined when skipped. */
+const onThisMachine = async () => {
+  const rounds = Number(args.options["rounds"] ?? (args.quick ? 2 : 4))
+  const blockMs = args.quick ? 1000 : 2000
+  const base = { executionProviders: ["cpu"], instances: 2, intraOpNumThreads: 1, isolation: "process" }
+  const repo = writeRepository([1024, 16, 1000], {
+    fixed: { ...base, batching: { enabled: true, maxBatchSize: 256, maxQueueDelayMs: 2 } },
+    learned: { ...base, batching: { enabled: true, maxBatchSize: 256, maxQueueDelayMs: 2, sizing: "learned" } }
+  })
+  const engine = await startEngine(engineLayer(OnnxModelPool.layer({ repository: repo.root }), { maxConcurrentRequests: 4, maxQueuedRequests: 4096 }))
+  const row = Tensor.float32(repo.input(1, 7), [1, 1024])
+  const block = (model: string, k: number, ms: number) => async () => {
+    const before = { ...engine.counts }
+    const r = await engine.runtime.runPromise(closedLoopEffect(k, ms, () => ({ run: engine.engine.infer(InferenceRequest.make(model, { input: row })) })))
+    return withRunCounts(r, before, engine.counts)
+  }
+  for (const model of ["fixed", "learned"]) await block(model, 64, 500)()
+  const out = []
+  for (const k of [64, 256]) {
+    const r = await alternate(rounds, ["fixed", "learned"].map((name) => ({ name, run: block(name, k, blockMs) })), (round, name, x) =>
+      console.error(`  round ${round} ${name} k=${k}: ${fmt(x.reqPerSec)} req/s`), `engine-${k}`)
+    const paired = (f: (x: (typeof r)[string][number]) => number) => median(r["learned"]!.map((x, i) => f(x) / f(r["fixed"]![i]!)))
+    for (const name of ["fixed", "learned"]) {
+      const xs = r[name]!
+      out.push({
+        outstanding: k,
+        sizing: name,
+        "req/s": Math.round(median(xs.map((x) => x.reqPerSec))),
+        "p50 ms": +median(xs.map((x) => x.latency["all"]!.p50)).toFixed(2),
+        "p99 ms": +median(xs.map((x) => x.latency["all"]!.p99)).toFixed(2),
+        "rows/run": +median(xs.map((x) => x.meanBatch ?? 1)).toFixed(1),
+        "learned / fixed req/s": name === "learned" ? ratio(paired((x) => x.reqPerSec)) : "",
+        "learned / fixed p50": name === "learned" ? ratio(paired((x) => x.latency["all"]!.p50)) : "",
+        reqPerSecRatio: paired((x) => x.reqPerSec)
+      })
+    }
+  }
+  await engine.dispose()
+  repo.remove()
+  return { rounds, blockMs, rows: out }
+}
+
+const engineRows = args.options["no-engine"] === "true" ? undefined : await onThisMachine()
+if (engineRows !== undefined) {
+  section(`this machine's engine: MLP 1024-16-1000, 2 child processes, batching within 2 ms, one-row requests (medians of ${engineRows.rounds} rounds × ${engineRows.blockMs} ms; ratios paired per round)`)
+  console.log(table(engineRows.rows, ["outstanding", "sizing", "req/s", "p50 ms", "p99 ms", "rows/run", "learned / fixed req/s", "learned / fixed p50"]))
+}
+
 section("goals")
 console.log(goalsTable(goals))
-console.log(`\nseed ${SEED}, ${WARMUP} requests of warm-up and ${MEASURED} measured per cell; figures ${fmt(rows.length)} cells`)
-writeResults("sizing", { seed: SEED, measured: MEASURED, warmup: WARMUP, scenarios, rows, summary, goals })
+writeResults("sizing", { seed: SEED, measured: MEASURED, warmup: WARMUP, scenarios, rows, summary, engine: engineRows, goals })

@@ -148,17 +148,20 @@ export const gpuMaxQueueDelayMs = 2
 /**
  * config.json's `batching` for a model whose sessions run on a GPU: what it leaves out favours
  * full batches, since a WebGPU run costs about 1 ms however few its rows (measured on an H200:
- * 1.2 ms for 1 row, 2.4 ms for 256 of a 25M-parameter MLP). Up to `gpuMaxBatchSize` rows, and a
- * forming batch may wait `gpuMaxQueueDelayMs` (about one such run) for more rows while another
- * run of the model is in flight; `BatchPolicy.decide` still sends at once when the model is idle,
- * for a Critical request, or when waiting would miss a member's deadline. Chosen from those raw
- * figures, not yet measured through the engine on a GPU. `sizing: "learned"` stays opt-in: in the
- * simulation of `bench/sizing.ts` it was not better in every case (README, "GPU on Linux").
+ * 1.2 ms for 1 row, 2.4 ms for 256 of a 25M-parameter MLP). Up to `gpuMaxBatchSize` rows, within
+ * `gpuMaxQueueDelayMs` (about one such run), with learned sizing unless it lists
+ * `preferredBatchSizes` or sets `sizing`: a forming batch takes rows until the GPU is about to free,
+ * then goes once it has the rows to keep up (`BatchPolicy.decide`). It still goes at once when the
+ * model is idle, for a Critical request, or when waiting would miss a member's deadline. Learned
+ * sizing was never worse than the 2 ms delay alone in the simulation of `bench/sizing.ts`, and
+ * 1.26-1.50× its throughput on this project's 2-vCPU machine with a model in two child processes;
+ * not yet measured through the engine on a GPU (`bench gpu` compares both there).
  */
 export const gpuBatching = (json: BatchPolicy.ConfigJson | undefined): BatchPolicy.ConfigJson => ({
   ...json,
   maxBatchSize: json?.maxBatchSize ?? gpuMaxBatchSize,
-  maxQueueDelayMs: json?.maxQueueDelayMs ?? gpuMaxQueueDelayMs
+  maxQueueDelayMs: json?.maxQueueDelayMs ?? gpuMaxQueueDelayMs,
+  sizing: json?.sizing ?? ((json?.preferredBatchSizes?.length ?? 0) > 0 ? "fixed" : "learned")
 })
 
 /**

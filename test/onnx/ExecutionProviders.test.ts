@@ -105,11 +105,12 @@ describe("defaults for GPU models", () => {
 
 describe("batching defaults for a model that runs on a GPU", () => {
   const table: ReadonlyArray<readonly [string, Parameters<typeof OnnxModelPool.gpuBatching>[0], Record<string, unknown>]> = [
-    ["no batching section", undefined, { maxBatchSize: 256, maxQueueDelayMs: 2 }],
-    ["a section that sets neither", { enabled: true }, { enabled: true, maxBatchSize: 256, maxQueueDelayMs: 2 }],
-    ["a section that sets both", { maxBatchSize: 32, maxQueueDelayMs: 0 }, { maxBatchSize: 32, maxQueueDelayMs: 0 }],
-    ["batching turned off", { enabled: false }, { enabled: false, maxBatchSize: 256, maxQueueDelayMs: 2 }],
-    ["learned sizing, chosen", { sizing: "learned" }, { sizing: "learned", maxBatchSize: 256, maxQueueDelayMs: 2 }]
+    ["no batching section", undefined, { maxBatchSize: 256, maxQueueDelayMs: 2, sizing: "learned" }],
+    ["a section that sets neither", { enabled: true }, { enabled: true, maxBatchSize: 256, maxQueueDelayMs: 2, sizing: "learned" }],
+    ["a section that sets both", { maxBatchSize: 32, maxQueueDelayMs: 0 }, { maxBatchSize: 32, maxQueueDelayMs: 0, sizing: "learned" }],
+    ["batching turned off", { enabled: false }, { enabled: false, maxBatchSize: 256, maxQueueDelayMs: 2, sizing: "learned" }],
+    ["preferred sizes keep fixed sizing", { preferredBatchSizes: [64, 128] }, { preferredBatchSizes: [64, 128], maxBatchSize: 256, maxQueueDelayMs: 2, sizing: "fixed" }],
+    ["an explicit fixed sizing", { sizing: "fixed" }, { sizing: "fixed", maxBatchSize: 256, maxQueueDelayMs: 2 }]
   ]
   for (const [what, json, expected] of table) {
     it(`fills what config.json leaves out: ${what}`, () => {
