@@ -228,7 +228,7 @@ export interface RunCounts {
  * The chosen telemetry layer, with `recordRun` also counted into `counts`, so that a benchmark
  * can report the batch sizes an engine formed.
  */
-const countingTelemetry = (kind: TelemetryKind | Layer.Layer<TelemetryCollector>, counts: RunCounts): Layer.Layer<TelemetryCollector> =>
+export const countingTelemetry = (kind: TelemetryKind | Layer.Layer<TelemetryCollector>, counts: RunCounts): Layer.Layer<TelemetryCollector> =>
   Layer.effect(
     TelemetryCollector,
     Effect.map(TelemetryCollector, (real) =>

@@ -15,14 +15,13 @@
  *
  * @module soak
  */
-import { Effect, Layer } from "effect"
 import * as Fs from "node:fs"
 import * as ort from "onnxruntime-node"
 import * as InferenceClient from "../../src/InferenceClient.ts"
 import { InferenceError } from "../../src/InferenceError.ts"
 import * as InferenceRequest from "../../src/InferenceRequest.ts"
-import { TelemetryCollector } from "../../src/Telemetry.ts"
 import * as Tensor from "../../src/Tensor.ts"
+import { countingTelemetry } from "../../bench/lib/pools.ts"
 import { heavySizes, maxAbsDiff, parseSizes, writeRepository } from "./model.ts"
 
 const option = (name: string): string | undefined => process.argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3)
@@ -43,19 +42,9 @@ const cpu = await ort.InferenceSession.create(repo.modelPath, { executionProvide
 const reference = (await cpu.run({ input: new ort.Tensor("float32", rows, [poolRows, width]) }))["logits"]!.data as Float32Array
 await cpu.release()
 
-const counts = { runs: 0, requests: 0 }
-const telemetry = Layer.effect(
-  TelemetryCollector,
-  Effect.map(TelemetryCollector, (real) =>
-    TelemetryCollector.of({
-      ...real,
-      recordRun: (modelId, runMs, batchSize) => {
-        counts.runs++
-        counts.requests += batchSize
-        return real.recordRun(modelId, runMs, batchSize)
-      }
-    }))
-).pipe(Layer.provide(TelemetryCollector.layer))
+// recordRun's batch size counts requests a run answered (bench/lib/pools.ts calls them rows).
+const counts = { runs: 0, rows: 0, runMs: 0 }
+const telemetry = countingTelemetry("metrics", counts)
 
 const client = await InferenceClient.make({ repository: repo.root, telemetry, config: { maxQueuedRequests: 8192 }, logLevel: "Warn" })
 
@@ -119,14 +108,14 @@ const report = setInterval(() => {
   const w = {
     t: Math.round((now - t0) / 1000),
     reqPerSec: Math.round((tally.completed - last.completed) / ((now - last.t) / 1000)),
-    requestsPerRun: +((counts.requests - last.requests) / Math.max(1, counts.runs - last.runs)).toFixed(1),
+    requestsPerRun: +((counts.rows - last.requests) / Math.max(1, counts.runs - last.runs)).toFixed(1),
     unexpected: Object.values(tally.unexpectedFailures).reduce((a, b) => a + b, 0),
     mismatches: tally.mismatches,
     rssMiB: Math.round(process.memoryUsage().rss / 2 ** 20)
   }
   windows.push(w)
   console.log(JSON.stringify(w))
-  last = { t: now, completed: tally.completed, runs: counts.runs, requests: counts.requests }
+  last = { t: now, completed: tally.completed, runs: counts.runs, requests: counts.rows }
 }, Math.min(10_000, seconds * 250))
 await Promise.all(Array.from({ length: outstanding }, async () => {
   while (performance.now() < end) await one()
@@ -143,7 +132,7 @@ const summary = {
   outstanding,
   ...tally,
   reqPerSec: Math.round(tally.completed / elapsed),
-  requestsPerRun: +(counts.requests / Math.max(1, counts.runs)).toFixed(1),
+  requestsPerRun: +(counts.rows / Math.max(1, counts.runs)).toFixed(1),
   rowsPerRun: +(tally.rowsCompleted / Math.max(1, counts.runs)).toFixed(1),
   runs: counts.runs,
   windows,
