@@ -102,6 +102,7 @@ describe("ModelRepository", () => {
     it.effect("names the offending field in its errors", () =>
       Effect.gen(function*() {
         assert.include(yield* configError({ instances: 0 }), `["instances"]`)
+        assert.include(yield* configError({ batching: { sizing: "adaptive" } }), `["batching"]["sizing"]`)
         assert.include(yield* configError({ instances: "2" }), `["instances"]`)
         assert.include(yield* configError({ intraOpNumThreads: 1.5 }), `["intraOpNumThreads"]`)
         assert.include(yield* configError({ interOpNumThreads: -1 }), `["interOpNumThreads"]`)
