@@ -49,9 +49,6 @@ export const byteLengthOf = (tensors: Tensor.TensorMap): number | undefined => {
   return bytes
 }
 
-/** Whether `tensors` are worth placing: every one placeable, `minBytes` at least in all. */
-export const worthPlacing = (tensors: Tensor.TensorMap): boolean => (byteLengthOf(tensors) ?? 0) >= minBytes
-
 const align = (n: number): number => Math.ceil(n / 8) * 8
 
 /** Writes the tensors' data to `fd` from `start`, each at an 8-aligned offset; says where each went and where the next may go. */
