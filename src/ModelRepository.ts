@@ -323,14 +323,18 @@ export const defaultIsolation = (providers: ReadonlyArray<ExecutionProvider>): I
 /**
  * Why a resolved configuration is refused, or undefined: a GPU model (`requestsGpu`) with
  * `isolation: "thread"` and more than one instance would put two WebGPU sessions in two worker
- * threads of the server process, which crashed it (see `defaultIsolation`). One instance in a
- * thread is allowed (the server then shares the process with the GPU stack: the operator chose).
+ * threads of the server process, which crashed it when their runs overlapped (see
+ * `defaultIsolation`). Their runs would now take turns (`DeviceLock`), which upstream reports
+ * (microsoft/onnxruntime#32561) say is safe but no GPU host has confirmed here yet (the crash
+ * hunt's `workers2-locked` and `engine-thread-2models` cases); and they would gain nothing over
+ * one instance, the GPU running one at a time anyway. One instance in a thread is allowed (the
+ * server then shares the process with the GPU stack: the operator chose).
  */
 export const configConflict = (config: Pick<ModelConfig, "executionProviders" | "isolation" | "instances">): string | undefined =>
   requestsGpu(config.executionProviders) && config.isolation === "thread" && config.instances > 1
     ? `${config.instances} instances of a GPU model (${config.executionProviders.map(providerName).join(", ")}) with isolation "thread" ` +
-      `would run several WebGPU sessions in worker threads of one process, which crashes it (SIGSEGV); ` +
-      `use isolation "process" (the default for GPU models) or instances 1`
+      `would run several WebGPU sessions in worker threads of one process, which crashes it (SIGSEGV) when their runs overlap; ` +
+      `taking turns they would gain nothing over one instance: use isolation "process" (the default for GPU models) or instances 1`
     : undefined
 
 /**

@@ -15,8 +15,9 @@
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { pathToFileURL } from "node:url"
-import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads"
+import { isMainThread, parentPort, threadId, Worker, workerData } from "node:worker_threads"
 import * as ort from "onnxruntime-node"
+import * as DeviceLock from "../../src/onnx/DeviceLock.ts"
 
 const provider = process.env["PROVIDER"] ?? "webgpu"
 /** How long each engine case runs (ENGINE_SECONDS, default 10). */
@@ -41,14 +42,13 @@ const rowsAt = (plan: Plan, i: number): number => {
 const open = (plan: Plan) =>
   ort.InferenceSession.create(plan.modelPath, { executionProviders: [plan.provider], intraOpNumThreads: 1, logSeverityLevel: 3 })
 
-/** `runs` runs on `session`; `gate` (if any) is awaited before each run (to make two loops alternate). */
-const loop = async (plan: Plan, session: ort.InferenceSession, gate?: (i: number) => Promise<void>, done?: (i: number) => void) => {
+/** `runs` runs on `session`, each holding `lock` if given (the engine's `DeviceLock`, shared by the threads of a case). */
+const loop = async (plan: Plan, session: ort.InferenceSession, lock?: DeviceLock.DeviceLock) => {
   const width = session.inputMetadata[0]!.isTensor ? Number((session.inputMetadata[0] as { shape: ReadonlyArray<unknown> }).shape[1]) : 1024
   for (let i = 0; i < plan.runs; i++) {
-    await gate?.(i)
     const rows = rowsAt(plan, i)
-    await session.run({ input: new ort.Tensor("float32", new Float32Array(rows * width).fill(0.01 * (i % 7)), [rows, width]) })
-    done?.(i)
+    const run = () => session.run({ input: new ort.Tensor("float32", new Float32Array(rows * width).fill(0.01 * (i % 7)), [rows, width]) })
+    await (lock === undefined ? run() : DeviceLock.withLock(lock, threadId, run))
   }
 }
 
@@ -56,11 +56,11 @@ const loop = async (plan: Plan, session: ort.InferenceSession, gate?: (i: number
 // Worker side: open a session, then run on command ("go") or freely ("free").
 // ---------------------------------------------------------------------------
 if (!isMainThread) {
-  const { plan, mode } = workerData as { plan: Plan; mode: "free" | "stepped" | "openClose" }
-  const session = await open(plan)
+  const { plan, mode, lock } = workerData as { plan: Plan; mode: "free" | "stepped" | "openClose"; lock?: DeviceLock.DeviceLock }
+  const session = lock === undefined ? await open(plan) : await DeviceLock.withLock(lock, threadId, () => open(plan))
   if (mode === "free") {
-    await loop(plan, session)
-    await session.release()
+    await loop(plan, session, lock)
+    await (lock === undefined ? session.release() : DeviceLock.withLock(lock, threadId, () => session.release()))
     parentPort!.postMessage({ done: true })
   } else if (mode === "openClose") {
     await loop(plan, session)
@@ -83,7 +83,8 @@ if (!isMainThread) {
   }
 }
 
-const inWorker = (plan: Plan, mode: "free" | "stepped" | "openClose") => new Worker(new URL(import.meta.url), { workerData: { plan, mode } })
+const inWorker = (plan: Plan, mode: "free" | "stepped" | "openClose", lock?: DeviceLock.DeviceLock) =>
+  new Worker(new URL(import.meta.url), { workerData: { plan, mode, lock } })
 
 const finished = (w: Worker) =>
   new Promise<void>((resolve, reject) => {
@@ -132,12 +133,12 @@ const engineCase = async (modelPath: string, gpuConfig: Record<string, unknown>,
     Fs.writeFileSync(Path.join(root, name, "config.json"), JSON.stringify(config))
   }
   const client = await InferenceClient.make({ repository: root, config: { maxQueuedRequests: 4096 }, logLevel: "Warn" })
-  const width = 1024
+  const names = Object.keys(models).filter((n) => n !== "cpu")
+  const width = (await client.metadata(names[0]!)).inputs[0]!.dims[1]!
   const end = performance.now() + seconds * 1000
   let done = 0
   let failed = 0
   const devices = new Set<string>()
-  const names = Object.keys(models).filter((n) => n !== "cpu")
   const client1 = async (k: number) => {
     while (performance.now() < end) {
       const rows = 1 + ((k + done) % 4)
@@ -153,6 +154,7 @@ const engineCase = async (modelPath: string, gpuConfig: Record<string, unknown>,
   await Promise.all(Array.from({ length: outstanding }, (_, k) => client1(k)))
   await client.close()
   Fs.rmSync(root, { recursive: true, force: true })
+  if (done === 0) throw new Error(`no request succeeded (${failed} failed)`)
   return { requests: done, failed, reqPerSec: Math.round(done / seconds), devices: [...devices] }
 }
 
@@ -186,6 +188,13 @@ export const cases: Readonly<Record<string, (modelPath: string, runs: number) =>
     const plan: Plan = { modelPath, runs, rows: "varying", seed: 1, provider }
     await Promise.all([finished(inWorker(plan, "free")), finished(inWorker({ ...plan, seed: 2 }, "free"))])
     return { workers: 2, overlap: true }
+  },
+  "workers2-locked": async (modelPath, runs) => {
+    // the engine's fix for threads: two sessions in two threads, free-running, each create, run and release holding the process's DeviceLock
+    const plan: Plan = { modelPath, runs, rows: "varying", seed: 1, provider }
+    const lock = DeviceLock.make()
+    await Promise.all([finished(inWorker(plan, "free", lock)), finished(inWorker({ ...plan, seed: 2 }, "free", lock))])
+    return { workers: 2, overlap: "DeviceLock" }
   },
   "workers2-alternating": async (modelPath, runs) => {
     // two sessions in two threads, never running at the same time: is it overlap, or two contexts at all?

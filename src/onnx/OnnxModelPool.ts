@@ -18,7 +18,8 @@
  * - Execution providers are tried in the configured order, then CPU; `RunOutput.deviceUsed`
  *   and `info` tell which one runs, `info`'s `fallbacks` why the ones before it did not (one line
  *   each), and a warning is logged. GPU models run in child processes unless config.json says
- *   otherwise (`ModelRepository.defaultIsolation`); several GPU models in threads get a warning.
+ *   otherwise (`ModelRepository.defaultIsolation`); several GPU models in threads get a warning
+ *   (their runs take turns on the process's `DeviceLock`).
  *   A model that runs on a GPU batches fuller by default (`gpuBatching`); how full a batching
  *   model's runs are goes to the `inference_batch_fill_ratio` histogram (`batchFill`).
  * - config.json's `batching` section is resolved (`BatchPolicy.resolve`) against the signature
@@ -193,8 +194,9 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     )
     if (threadGpu.length > 1) {
       yield* Effect.logWarning(
-        `${threadGpu.map((e) => `${e.name} version ${e.version}`).join(", ")} request a GPU with isolation "thread": WebGPU sessions in several ` +
-          `worker threads of one process crashed it (SIGSEGV) on an NVIDIA host; use isolation "process" (the default for GPU models)`
+        `${threadGpu.map((e) => `${e.name} version ${e.version}`).join(", ")} request a GPU with isolation "thread": their WebGPU runs take turns ` +
+          `(DeviceLock: concurrent runs in worker threads of one process crashed it with SIGSEGV on an NVIDIA host), and a native crash ` +
+          `would end the server; use isolation "process" (the default for GPU models) to run them side by side and contain a crash`
       )
     }
 

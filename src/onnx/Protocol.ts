@@ -18,6 +18,7 @@
  * @module Protocol
  */
 import type * as ModelMetadata from "../ModelMetadata.ts"
+import type * as DeviceLock from "./DeviceLock.ts"
 import type * as Tensor from "../Tensor.ts"
 import type * as ShmChannel from "./ShmChannel.ts"
 
@@ -27,7 +28,7 @@ export type Isolation = "thread" | "process"
 /** A provider to try: a name ("webgpu"), or an object with the name and the options onnxruntime-node takes for it. */
 export type ExecutionProvider = string | { readonly name: string; readonly [option: string]: unknown }
 
-/** What an instance is started with (`workerData` for a thread, the first argument for a process). */
+/** What an instance is started with (in `ThreadStart` for a thread, the first argument for a process). */
 export interface WorkerConfig {
   readonly modelId: string
   readonly version: string
@@ -39,6 +40,14 @@ export interface WorkerConfig {
   readonly interOpNumThreads: number
   /** Where this instance runs. */
   readonly isolation: Isolation
+}
+
+/** What a thread instance gets as `workerData`: its config and the process's `DeviceLock` (see `SessionEndpoint.Exclusive`). */
+export interface ThreadStart {
+  readonly config: WorkerConfig
+  readonly deviceLock: DeviceLock.DeviceLock
+  /** The providers whose sessions hold the lock (`DeviceLock.exclusiveProviders` unless a test says). */
+  readonly exclusiveProviders: ReadonlyArray<string>
 }
 
 /**

@@ -15,6 +15,10 @@
  * (`ProviderDiagnosis.explain`: "webgpu: no adapter found (No supported adapters); the Vulkan
  * loader libvulkan.so.1 is not installed ..."), with onnxruntime's own text in `detail`.
  *
+ * In a worker thread, sessions on a device that must not run two sessions at once in one process
+ * (WebGPU: `DeviceLock`) take turns with every other thread's: creating, running and releasing
+ * such a session holds the process's `DeviceLock` (`Exclusive`).
+ *
  * Messages are handled one at a time, in arrival order: `close` releases the session only after
  * the runs in hand have replied, and a run never overlaps another on the session. A `cancel`
  * is handled on arrival: the job it names, if still waiting its turn, is answered without running.
@@ -24,6 +28,7 @@
 import * as ort from "onnxruntime-node"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import * as Tensor from "../Tensor.ts"
+import * as DeviceLock from "./DeviceLock.ts"
 import * as ProviderDiagnosis from "./ProviderDiagnosis.ts"
 import type * as Protocol from "./Protocol.ts"
 
@@ -48,6 +53,22 @@ const toSpec = (m: ort.InferenceSession.ValueMetadata, kind: string): ModelMetad
   return { name: m.name, dtype: m.type, dims: m.shape.map((d) => (typeof d === "number" && d >= 0 ? d : -1)) }
 }
 
+/**
+ * The process-wide turn-taking of sessions on some devices (`DeviceLock`): a thread's instances
+ * get one from their host; a child process, alone with its session, has none.
+ */
+export interface Exclusive {
+  readonly lock: DeviceLock.DeviceLock
+  /** This thread's `threadId`. */
+  readonly holder: number
+  /** The providers (lower case) whose sessions hold the lock: `DeviceLock.exclusiveProviders` unless a test says. */
+  readonly providers: ReadonlyArray<string>
+}
+
+/** `f`, holding the lock when `provider` is one of `exclusive`'s. */
+const exclusively = async <A>(exclusive: Exclusive | undefined, provider: string, f: () => A | Promise<A>): Promise<A> =>
+  exclusive !== undefined && exclusive.providers.includes(provider) ? DeviceLock.withLock(exclusive.lock, exclusive.holder, f) : f()
+
 interface Loaded {
   readonly session: ort.InferenceSession
   readonly deviceUsed: string
@@ -69,20 +90,21 @@ export const attempts = (providers: ReadonlyArray<Protocol.ExecutionProvider>): 
   return seen.has("cpu") ? list : [...list, "cpu"]
 }
 
-const createSession = async (config: Protocol.WorkerConfig): Promise<Loaded> => {
+const createSession = async (config: Protocol.WorkerConfig, exclusive: Exclusive | undefined): Promise<Loaded> => {
   const fallbacks: Array<Protocol.Fallback> = []
   let lastError = ""
   for (const provider of attempts(config.executionProviders)) {
     const name = nameOf(provider)
     try {
-      const session = await ort.InferenceSession.create(config.modelPath, {
-        executionProviders: [provider as ort.InferenceSession.ExecutionProviderConfig],
-        intraOpNumThreads: config.intraOpNumThreads,
-        interOpNumThreads: config.interOpNumThreads,
-        graphOptimizationLevel: "all",
-        // 3 = errors; quieter (fatal only) while probing providers that may not load here.
-        logSeverityLevel: name === "cpu" ? 3 : 4
-      })
+      const session = await exclusively(exclusive, name, () =>
+        ort.InferenceSession.create(config.modelPath, {
+          executionProviders: [provider as ort.InferenceSession.ExecutionProviderConfig],
+          intraOpNumThreads: config.intraOpNumThreads,
+          interOpNumThreads: config.interOpNumThreads,
+          graphOptimizationLevel: "all",
+          // 3 = errors; quieter (fatal only) while probing providers that may not load here.
+          logSeverityLevel: name === "cpu" ? 3 : 4
+        }))
       return { session, deviceUsed: name, fallbacks }
     } catch (e) {
       lastError = errorText(e)
@@ -132,17 +154,17 @@ const fromResults = (results: ort.InferenceSession.ReturnType): { outputs: Recor
 }
 
 /** Creates the session and reports `ready`; on failure reports `loadFailed` and ends the port. */
-const load = async (config: Protocol.WorkerConfig, port: Port): Promise<Loaded | undefined> => {
+const load = async (config: Protocol.WorkerConfig, port: Port, exclusive: Exclusive | undefined): Promise<Loaded | undefined> => {
   const started = performance.now()
   let loaded: Loaded | undefined
   try {
-    loaded = await createSession(config)
+    loaded = await createSession(config, exclusive)
     const inputs = loaded.session.inputMetadata.map((m) => toSpec(m, "input"))
     const outputs = loaded.session.outputMetadata.map((m) => toSpec(m, "output"))
     port.post({ _tag: "ready", deviceUsed: loaded.deviceUsed, fallbacks: loaded.fallbacks, inputs, outputs, loadMs: performance.now() - started })
     return loaded
   } catch (e) {
-    await loaded?.session.release()
+    if (loaded !== undefined) await exclusively(exclusive, loaded.deviceUsed, () => loaded!.session.release())
     port.post({ _tag: "loadFailed", error: errorText(e) })
     port.end() // the instance ends (code 0) once the message is out
     return undefined
@@ -160,23 +182,27 @@ export type Intercept = (
   context: { readonly config: Protocol.WorkerConfig; readonly port: Port; readonly deviceUsed: string }
 ) => boolean | Promise<boolean>
 
-const handle = async (
-  config: Protocol.WorkerConfig,
-  port: Port,
-  loaded: Loaded,
-  cancelled: Set<number>,
-  intercept: Intercept | undefined,
-  message: Protocol.ToWorker
-): Promise<void> => {
-  const { deviceUsed, session } = loaded
+interface Context {
+  readonly config: Protocol.WorkerConfig
+  readonly port: Port
+  readonly loaded: Loaded
+  /** Jobs sent ahead (pipelined) whose callers left: skipped when their turn comes. */
+  readonly cancelled: Set<number>
+  readonly intercept: Intercept | undefined
+  readonly exclusive: Exclusive | undefined
+}
+
+/** Answers a job whose caller left before it ran; true when it did. */
+const skipCancelled = ({ cancelled, port }: Context, message: Exclude<Protocol.ToWorker, { readonly _tag: "cancel" }>): boolean => {
+  if (message._tag === "close" || !cancelled.delete(message.id)) return false
+  port.post({ _tag: "failed", id: message.id, error: "cancelled before it ran" })
+  return true
+}
+
+const handle = async (context: Context, message: Exclude<Protocol.ToWorker, { readonly _tag: "cancel" }>): Promise<void> => {
+  const { config, port, loaded: { deviceUsed, session }, intercept } = context
   switch (message._tag) {
-    case "cancel":
-      return
     case "run": {
-      if (cancelled.delete(message.id)) {
-        port.post({ _tag: "failed", id: message.id, error: "cancelled before it ran" })
-        return
-      }
       if (intercept !== undefined && await intercept(message, { config, port, deviceUsed })) return
       const t0 = performance.now()
       try {
@@ -189,10 +215,6 @@ const handle = async (
       return
     }
     case "runGroup": {
-      if (cancelled.delete(message.id)) {
-        port.post({ _tag: "failed", id: message.id, error: "cancelled before it ran" })
-        return
-      }
       const results: Array<Extract<Protocol.FromWorker, { readonly _tag: "doneGroup" }>["results"][number]> = []
       const transfer: Array<ArrayBuffer> = []
       for (const inputs of message.inputs) {
@@ -217,17 +239,21 @@ const handle = async (
 }
 
 /** Loads the session, then serves messages one at a time until `close` (or until loading fails). */
-export const serve = async (config: Protocol.WorkerConfig, port: Port, options: { readonly intercept?: Intercept | undefined } = {}): Promise<void> => {
-  const loaded = await load(config, port)
+export const serve = async (
+  config: Protocol.WorkerConfig,
+  port: Port,
+  options: { readonly intercept?: Intercept | undefined; readonly exclusive?: Exclusive | undefined } = {}
+): Promise<void> => {
+  const loaded = await load(config, port, options.exclusive)
   if (loaded === undefined) return
+  const context: Context = { config, port, loaded, cancelled: new Set(), intercept: options.intercept, exclusive: options.exclusive }
   let queue: Promise<void> = Promise.resolve()
-  // Jobs sent ahead (pipelined) whose callers left: skipped when their turn comes.
-  const cancelled = new Set<number>()
   port.listen((message) => {
     if (message._tag === "cancel") {
-      cancelled.add(message.id)
+      context.cancelled.add(message.id)
       return
     }
-    queue = queue.then(() => handle(config, port, loaded, cancelled, options.intercept, message))
+    // A job's whole turn (a test intercept included) holds the device lock where one applies.
+    queue = queue.then(() => skipCancelled(context, message) ? undefined : exclusively(context.exclusive, loaded.deviceUsed, () => handle(context, message)))
   })
 }

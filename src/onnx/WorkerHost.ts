@@ -4,27 +4,44 @@
  * takes the whole process down, and a run cannot be stopped once started: `worker.terminate()`
  * while a thread is inside `session.run` aborts the process. So deadlines are never enforced
  * here (`RunOptions.timeout` is ignored), and `terminate()` is used only after `closeTimeout`.
- * Output arrays are transferred from the worker, not copied.
+ * Output arrays are transferred from the worker, not copied. Sessions on a device that must not
+ * run two sessions at once in a process (WebGPU) take turns through this process's `DeviceLock`,
+ * which the host frees when a worker exits holding it.
  *
  * @module WorkerHost
  */
 import { Worker } from "node:worker_threads"
+import * as DeviceLock from "./DeviceLock.ts"
 import * as InstancePool from "./InstancePool.ts"
+import type * as Protocol from "./Protocol.ts"
 
 /** The worker entry, run directly by Node 22 (type stripping). */
 export const workerUrl: URL = new URL("./SessionWorker.ts", import.meta.url)
 
-/** Instances as worker threads running `entry` (a module that serves `SessionEndpoint`; default `SessionWorker.ts`). */
-export const transportFor = (entry: URL): InstancePool.Transport => ({
+/** The lock every thread instance of this process shares (one WebGPU context per process). */
+export const deviceLock: DeviceLock.DeviceLock = DeviceLock.make()
+
+/**
+ * Instances as worker threads running `entry` (a module that serves `SessionEndpoint`; default
+ * `SessionWorker.ts`). `exclusiveProviders`: whose sessions take turns (default
+ * `DeviceLock.exclusiveProviders`; tests name "cpu" to watch the turns without a GPU).
+ */
+export const transportFor = (entry: URL, options: { readonly exclusiveProviders?: ReadonlyArray<string> } = {}): InstancePool.Transport => ({
   isolation: "thread",
   noun: "worker",
   spanPrefix: "WorkerHost",
   spawn: (config, events) => {
-    const worker = new Worker(entry, { workerData: config, name: `session ${config.modelId}@${config.version}` })
+    const workerData: Protocol.ThreadStart = { config, deviceLock, exclusiveProviders: options.exclusiveProviders ?? DeviceLock.exclusiveProviders }
+    const worker = new Worker(entry, { workerData, name: `session ${config.modelId}@${config.version}` })
+    const threadId = worker.threadId
     worker.on("message", events.message)
     worker.on("error", (e) => events.error(InstancePool.errorText(e)))
     worker.on("messageerror", (e) => events.messageError(InstancePool.errorText(e)))
-    worker.on("exit", (code) => events.exit(`exit code ${code}`))
+    worker.on("exit", (code) => {
+      // A worker that died mid-run (or was terminated while it held the lock) cannot free it: the other threads would wait forever.
+      DeviceLock.releaseHeldBy(deviceLock, threadId)
+      events.exit(`exit code ${code}`)
+    })
     return {
       send: (message, transfer) => worker.postMessage(message, transfer as Array<ArrayBuffer> | undefined),
       kill: () => {

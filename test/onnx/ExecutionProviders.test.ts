@@ -97,7 +97,7 @@ describe("defaults for GPU models", () => {
   for (const [config, refused] of conflicts) {
     it(`${refused ? "refuses" : "allows"} ${JSON.stringify(config)}`, () => {
       const reason = ModelRepository.configConflict(config)
-      if (refused) assert.match(reason ?? "", /isolation "thread" would run several WebGPU sessions in worker threads of one process, which crashes it \(SIGSEGV\)/)
+      if (refused) assert.match(reason ?? "", /isolation "thread" would run several WebGPU sessions in worker threads of one process, which crashes it \(SIGSEGV\) when their runs overlap/)
       else assert.isUndefined(reason)
     })
   }

@@ -1,0 +1,54 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, References } from "effect"
+import * as InferenceError from "../../src/InferenceError.ts"
+import * as DeviceLock from "../../src/onnx/DeviceLock.ts"
+import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import * as WorkerHost from "../../src/onnx/WorkerHost.ts"
+import * as Tensor from "../../src/Tensor.ts"
+import { mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+import * as TestOps from "../fixtures/TestOps.ts"
+
+const quiet = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.provideService(self, References.MinimumLogLevel, "Error")
+
+/** A pool of the mlp in `instances` threads whose sessions take turns on the process's DeviceLock (as WebGPU sessions do), or not. */
+const pool = (instances: number, exclusive: boolean) =>
+  Effect.gen(function*() {
+    const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances, isolation: "thread" }) })
+    return yield* quiet(OnnxModelPool.make({ repository, transports: exclusive ? TestOps.exclusiveCpuTransports : TestOps.transports, respawnAttempts: 3 }))
+  })
+
+/** The [start, end] (ms since the epoch) of a spin op's turn on its instance. */
+const spinInterval = (p: OnnxModelPool.Service, ms: number, requestId: string) =>
+  Effect.map(TestOps.run(p, "mlp", { _tag: "spin", ms }, { requestId }), (r) => Array.from(r.outputs["interval"]!.data as Float64Array))
+
+const overlap = ([a, b]: ReadonlyArray<ReadonlyArray<number>>): boolean => a![0]! < b![1]! && b![0]! < a![1]!
+
+describe("WorkerHost and the DeviceLock", () => {
+  it.live("sessions on an exclusive device take turns across threads; others run at once (the control)", () =>
+    Effect.gen(function*() {
+      const spins = (p: OnnxModelPool.Service) =>
+        Effect.all([spinInterval(p, 150, "a"), spinInterval(p, 150, "b")], { concurrency: "unbounded" })
+      const exclusive = yield* pool(2, true)
+      const turns = yield* spins(exclusive)
+      assert.isFalse(overlap(turns), `two instances' runs overlapped on the exclusive device: ${JSON.stringify(turns)}`)
+      // real runs hold it too, and leave it free
+      const out = yield* exclusive.run("mlp", { input: Tensor.float32(sampleInput(3), [3, 784]) }, { requestId: "real" })
+      assert.deepStrictEqual(out.outputs["logits"]!.dims, [3, 10])
+      assert.isUndefined(DeviceLock.holder(WorkerHost.deviceLock))
+
+      const free = yield* pool(2, false)
+      assert.isTrue(overlap(yield* spins(free)), "without the lock the two instances' runs overlap")
+    }))
+
+  it.live("an instance that dies holding the lock does not stop the others: the host frees it", () =>
+    Effect.gen(function*() {
+      const p = yield* pool(2, true)
+      const error = yield* Effect.flip(TestOps.run(p, "mlp", { _tag: "exit", code: 3 }, { requestId: "dies" }))
+      assert.instanceOf(error, InferenceError.RunFailed)
+      // were the lock still held by the dead thread, these would wait for it forever (the test's timeout)
+      const after = yield* Effect.all([spinInterval(p, 20, "after-1"), spinInterval(p, 20, "after-2")], { concurrency: "unbounded" })
+      assert.strictEqual(after.length, 2)
+      assert.isUndefined(DeviceLock.holder(WorkerHost.deviceLock))
+      assert.strictEqual(p.counters.crashes, 1)
+    }))
+})
