@@ -13,7 +13,11 @@
  *   what `bench/sizing.ts` simulates: on webgpu fixed sizing within the same 2 ms delay (the
  *   default is learned sizing); on cpu learned sizing within a 2 ms delay (the default is fixed
  *   sizing with no delay, and learned sizing never waits without one);
- * - once per provider, the raw batched rate: 256-row `session.run` calls back to back.
+ * - once per provider, the raw batched rate: 256-row `session.run` calls back to back;
+ * - at 64 and 256, the request path's ceiling: the same engine, a GPU model's defaults (process
+ *   isolation, `ModelRepository.defaultInstances()` instances, `OnnxModelPool.gpuBatching`), on a
+ *   model with the MLP's signature whose run is one Slice (`sliceOnnx`), on the CPU. Whatever the
+ *   GPU does, the engine cannot serve this model's requests faster than that here.
  * Prints req/s, p50/p99 latency, rows per native run, and the largest difference between the
  * provider's outputs and the CPU session's on the same 8 rows. `--quick` uses a smaller MLP
  * (1024-1024-1024-1000) and short blocks, for a machine without a GPU.
@@ -29,7 +33,8 @@ import * as InferenceRequest from "../src/InferenceRequest.ts"
 import * as OnnxModelPool from "../src/onnx/OnnxModelPool.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { probeWebGpu } from "../scripts/gpu/probe.ts"
-import { heavySizes, maxAbsDiff, parseSizes, writeRepository } from "../scripts/gpu/model.ts"
+import * as ModelRepository from "../src/ModelRepository.ts"
+import { addModel, heavySizes, maxAbsDiff, parseSizes, sliceOnnx, writeRepository } from "../scripts/gpu/model.ts"
 import { alternate, type Contender, fmt, goal, type Goal, goalsTable, median, parseArgs, section, table, writeResults } from "./lib/common.ts"
 import { closedLoopAsync, closedLoopEffect, type LoadResult } from "./lib/load.ts"
 import { engineLayer, startEngine } from "./lib/pools.ts"
@@ -60,6 +65,15 @@ const repo = writeRepository(sizes, {
     : {})
 })
 const [inputs, outputs] = [sizes[0]!, sizes[sizes.length - 1]!]
+const ceilingModel = "slice_ceiling"
+const ceilingConfig = {
+  executionProviders: ["cpu"],
+  isolation: "process",
+  instances: ModelRepository.defaultInstances(),
+  intraOpNumThreads: 1,
+  batching: OnnxModelPool.gpuBatching(batching)
+}
+addModel(repo, ceilingModel, sliceOnnx(inputs, Math.min(inputs, outputs)), ceilingConfig)
 console.log(`model: MLP ${sizes.join("-")} (${(sizes.slice(1).reduce((n, s, i) => n + s * (sizes[i]! + 1), 0) / 1e6).toFixed(1)}M parameters), ${cores} cores, blocks of ${blockMs} ms, ${rounds} round(s)`)
 
 // Main-thread sessions: per-request and raw batched baselines, and the reference outputs.
@@ -84,6 +98,13 @@ for (const p of providers) {
 }
 console.log(`engine models: ${Object.entries(deviceUsed).map(([m, d]) => `${m} on ${d}`).join(", ")}; outputs [8, ${outputs}]`)
 
+const ceiling = async (k: number): Promise<LoadResult> => {
+  const before = { ...engine.counts }
+  const r = await engine.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
+    run: engine.engine.infer(InferenceRequest.make(ceilingModel, { input: Tensor.float32(row, [1, inputs]) }))
+  })))
+  return withRunCounts(r, before, engine.counts)
+}
 const perRequest = (p: Provider) => (k: number): Promise<LoadResult> =>
   closedLoopAsync(k, blockMs, () => ({ run: () => sessions[p]!.run({ input: new ort.Tensor("float32", row, [1, inputs]) }) }))
 const viaEngine = (p: Provider, suffix = "") => async (k: number): Promise<LoadResult> => {
@@ -99,6 +120,7 @@ const rawBatched = (p: Provider) => async (): Promise<LoadResult> => {
   return { ...r, reqPerSec: r.reqPerSec * maxBatchSize, meanBatch: maxBatchSize }
 }
 
+const ceilingContender = `engine ceiling: Slice model, GPU defaults (${ceilingConfig.instances} process${ceilingConfig.instances === 1 ? "" : "es"})`
 interface Block {
   readonly provider: Provider
   readonly contender: string
@@ -115,6 +137,9 @@ for (const k of outstandings) {
     if (k === maxBatchSize) {
       contenders.push({ name: `${p} raw batched`, run: async () => ({ provider: p, contender: `session.run, ${maxBatchSize} rows a run (rows/s)`, outstanding: 1, result: await rawBatched(p)() }) })
     }
+  }
+  if (k > 1) {
+    contenders.push({ name: "request-path ceiling", run: async () => ({ provider: "cpu", contender: ceilingContender, outstanding: k, result: await ceiling(k) }) })
   }
   const results = await alternate(rounds, contenders, (_r, name, b) => console.error(`  ${name} k=${k}: ${b.result.reqPerSec.toFixed(0)}/s`), `k=${k}`)
   for (const list of Object.values(results)) blocks.push(...list)
@@ -160,6 +185,16 @@ const learnedVsFixed = providers.flatMap((p) =>
 )
 section("learned against fixed sizing, same engine (webgpu: both within 2 ms, learned the default; cpu: learned within 2 ms, fixed with no delay, the default)")
 console.log(table(learnedVsFixed.map((r) => ({ provider: r.provider, outstanding: r.outstanding, "req/s ratio": `${r["req/s"].toFixed(2)}×`, "p50 ratio": `${r.p50.toFixed(2)}×` }))))
+/** The raw 256-row WebGPU rate on the H200 host of `/work/shared/gpu/README.md` (256 rows in 2.448 ms), for a machine without a GPU. */
+const h200RawRowsPerSec = 256 / 2.448e-3
+const rawWebGpu = probe.available ? rate("webgpu", `session.run, ${maxBatchSize} rows a run (rows/s)`, 1) : h200RawRowsPerSec
+const ceiling256 = rate("cpu", ceilingContender, 256)
+const ceilingShare = ceiling256 / (0.5 * rawWebGpu)
+section("the request path's ceiling (the engine with the device taken out)")
+console.log(
+  `${fmt(ceiling256)} req/s at 256 outstanding, ${fmt(rate("cpu", ceilingContender, 64))} at 64: ${ceilingShare.toFixed(2)}× the ${fmt(0.5 * rawWebGpu)} req/s that ` +
+    `50% of the raw 256-row WebGPU rate asks for (${probe.available ? "measured here" : "the H200's 256 rows in 2.448 ms; no GPU here"})`
+)
 const goals: Array<Goal> = []
 if (probe.available) {
   const engine256 = rate("webgpu", "engine, batching", 256)
@@ -187,6 +222,7 @@ const file = writeResults("gpu", {
   maxAbsDiff: diffs,
   results: rows,
   learnedVsFixed,
+  ceiling: { model: ceilingModel, config: ceilingConfig, reqPerSecAt256: ceiling256, rawWebGpuRowsPerSec: rawWebGpu, rawMeasuredHere: probe.available, shareOfHalfRaw: ceilingShare },
   goals
 })
 console.log(`\nresults: ${Path.relative(process.cwd(), file)}`)

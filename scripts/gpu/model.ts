@@ -9,7 +9,10 @@
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import onnxProto from "onnx-proto"
 import * as Mlp from "../Mlp.ts"
+
+const { onnx } = onnxProto
 
 /** The MLP of the GPU measurements in `/work/shared/gpu/README.md`. */
 export const heavySizes: ReadonlyArray<number> = [1024, 4096, 4096, 1000]
@@ -55,6 +58,46 @@ export const writeRepository = (sizes: ReadonlyArray<number>, models: Readonly<R
     return data
   }
   return { root, sizes, modelPath, input, remove: () => Fs.rmSync(root, { recursive: true, force: true }) }
+}
+
+/**
+ * A model with the MLP's signature whose run costs about a copy: `input` float32 [batch, inputs] →
+ * `logits` [batch, outputs], the first `outputs` columns (one Slice; `outputs` ≤ `inputs`). Served
+ * like the MLP, it measures what the request path costs with the device taken out.
+ */
+export const sliceOnnx = (inputs: number, outputs: number): Uint8Array => {
+  if (outputs > inputs) throw new RangeError(`sliceOnnx: outputs (${outputs}) must not exceed inputs (${inputs})`)
+  const ints = (name: string, value: number) => onnx.TensorProto.create({ name, dims: [1], dataType: onnx.TensorProto.DataType.INT64, int64Data: [value] })
+  const floats = (name: string, width: number) =>
+    onnx.ValueInfoProto.create({
+      name,
+      type: onnx.TypeProto.create({
+        tensorType: onnx.TypeProto.Tensor.create({
+          elemType: onnx.TensorProto.DataType.FLOAT,
+          shape: onnx.TensorShapeProto.create({ dim: [onnx.TensorShapeProto.Dimension.create({ dimParam: "batch" }), onnx.TensorShapeProto.Dimension.create({ dimValue: width })] })
+        })
+      })
+    })
+  return onnx.ModelProto.encode(onnx.ModelProto.create({
+    irVersion: 8,
+    producerName: "effect-onnx/scripts/gpu/model",
+    opsetImport: [onnx.OperatorSetIdProto.create({ domain: "", version: 17 })],
+    graph: onnx.GraphProto.create({
+      name: "slice",
+      node: [onnx.NodeProto.create({ name: "slice", opType: "Slice", input: ["input", "starts", "ends", "axes"], output: ["logits"] })],
+      initializer: [ints("starts", 0), ints("ends", outputs), ints("axes", 1)],
+      input: [floats("input", inputs)],
+      output: [floats("logits", outputs)]
+    })
+  })).finish()
+}
+
+/** Writes `bytes` as model `name` of `repo` with `config` as its config.json. */
+export const addModel = (repo: Repository, name: string, bytes: Uint8Array, config: Record<string, unknown>): void => {
+  const dir = Path.join(repo.root, name)
+  Fs.mkdirSync(dir)
+  Fs.writeFileSync(Path.join(dir, "model.onnx"), bytes)
+  Fs.writeFileSync(Path.join(dir, "config.json"), JSON.stringify(config, null, 2))
 }
 
 /** Largest absolute difference of two equally long arrays (Infinity when the lengths differ). */
