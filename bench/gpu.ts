@@ -22,10 +22,17 @@
  * provider's outputs and the CPU session's on the same 8 rows. `--quick` uses a smaller MLP
  * (1024-1024-1024-1000) and short blocks, for a machine without a GPU.
  *
+ * Where no adapter is found (or with `--emulate`), the engine also serves an emulated H200
+ * (`bench/lib/emulatedGpu.ts`: a WebGPU run's measured cost, one device shared by the instances'
+ * processes, outputs from a one-Slice model) with a GPU model's defaults and 2 instances (the
+ * 16-core host's default), learned sizing against fixed: what the goals below would read if the
+ * GPU cost what it did there, on this machine's CPU.
+ *
  * Goals (GPU only): the engine on webgpu at 256 outstanding reaches 50% of the raw batched
  * webgpu rate, 10× per-request webgpu `session.run` at 64, and 3× the engine on the CPU
  * (intra-op = cores) at 256.
  */
+import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as ort from "onnxruntime-node"
@@ -34,6 +41,7 @@ import * as OnnxModelPool from "../src/onnx/OnnxModelPool.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { probeWebGpu } from "../scripts/gpu/probe.ts"
 import * as ModelRepository from "../src/ModelRepository.ts"
+import * as EmulatedGpu from "./lib/emulatedGpu.ts"
 import { addModel, heavySizes, maxAbsDiff, parseSizes, sliceOnnx, writeRepository } from "../scripts/gpu/model.ts"
 import { alternate, type Contender, fmt, goal, type Goal, goalsTable, median, parseArgs, section, table, writeResults } from "./lib/common.ts"
 import { closedLoopAsync, closedLoopEffect, type LoadResult } from "./lib/load.ts"
@@ -73,7 +81,7 @@ const ceilingConfig = {
   intraOpNumThreads: 1,
   batching: OnnxModelPool.gpuBatching(batching)
 }
-addModel(repo, ceilingModel, sliceOnnx(inputs, Math.min(inputs, outputs)), ceilingConfig)
+addModel(repo.root, ceilingModel, sliceOnnx(inputs, Math.min(inputs, outputs)), ceilingConfig)
 console.log(`model: MLP ${sizes.join("-")} (${(sizes.slice(1).reduce((n, s, i) => n + s * (sizes[i]! + 1), 0) / 1e6).toFixed(1)}M parameters), ${cores} cores, blocks of ${blockMs} ms, ${rounds} round(s)`)
 
 // Main-thread sessions: per-request and raw batched baselines, and the reference outputs.
@@ -212,6 +220,72 @@ if (probe.available) {
   console.log("\ngoals: none measured (they compare WebGPU with the CPU; no adapter here)")
 }
 
+/**
+ * The engine in front of the emulated H200: the Slice model as a GPU model (it reports "webgpu", so
+ * the pool applies `gpuBatching`) in 2 processes sharing one emulated device, learned sizing (the
+ * default) against fixed, alternating.
+ */
+const emulate = async () => {
+  const device = EmulatedGpu.open()
+  const root = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-onnx-emulated-gpu-"))
+  const base = { executionProviders: ["cpu"], isolation: "process", instances: 2 }
+  addModel(root, "emulated", sliceOnnx(inputs, Math.min(inputs, outputs)), base)
+  addModel(root, "emulated_fixed", sliceOnnx(inputs, Math.min(inputs, outputs)), { ...base, batching: { sizing: "fixed" } })
+  const emulated = await startEngine(engineLayer(
+    OnnxModelPool.layer({ repository: root, transports: { process: device.transport } }),
+    { maxConcurrentRequests: 4, maxQueuedRequests: 4096 }
+  ))
+  const load = (model: string) => async (k: number): Promise<LoadResult> => {
+    const before = { ...emulated.counts }
+    const r = await emulated.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
+      run: emulated.engine.infer(InferenceRequest.make(model, { input: Tensor.float32(row, [1, inputs]) }))
+    })))
+    return withRunCounts(r, before, emulated.counts)
+  }
+  const out: Array<{ sizing: string; outstanding: number; reqPerSec: number; p50: number; p99: number; rowsPerRun: number; failed: number }> = []
+  for (const k of outstandings) {
+    const results = await alternate(rounds, [
+      { name: "learned (default)", run: () => load("emulated")(k) },
+      { name: "fixed", run: () => load("emulated_fixed")(k) }
+    ], (_r, name, b) => console.error(`  emulated ${name} k=${k}: ${b.reqPerSec.toFixed(0)}/s`), `emulated k=${k}`)
+    for (const [sizing, list] of Object.entries(results)) {
+      out.push({
+        sizing,
+        outstanding: k,
+        reqPerSec: median(list.map((x) => x.reqPerSec)),
+        p50: median(list.map((x) => x.latency["all"]!.p50)),
+        p99: median(list.map((x) => x.latency["all"]!.p99)),
+        rowsPerRun: median(list.map((x) => x.meanBatch ?? 1)),
+        failed: list.reduce((n, x) => n + x.failed, 0)
+      })
+    }
+  }
+  await emulated.dispose()
+  device.remove()
+  Fs.rmSync(root, { recursive: true, force: true })
+  return out
+}
+const emulated = probe.available && args.options["emulate"] === undefined ? undefined : await emulate()
+if (emulated !== undefined) {
+  const rawRows = EmulatedGpu.rowsPerSec(maxBatchSize)
+  const perRequest = 1000 / EmulatedGpu.costMs(1)
+  const at = (k: number) => emulated.find((e) => e.sizing === "learned (default)" && e.outstanding === k)?.reqPerSec ?? NaN
+  section(`emulated H200 (a run costs ${EmulatedGpu.fixedMs} ms + ${EmulatedGpu.perRowMs} ms a row on one device shared by 2 processes; raw 256-row runs ${fmt(rawRows)} rows/s, one row a run ${fmt(perRequest)} req/s)`)
+  console.log(table(emulated.map((e) => ({
+    sizing: e.sizing,
+    outstanding: e.outstanding,
+    "req/s": fmt(e.reqPerSec),
+    "p50 ms": fmt(e.p50),
+    "p99 ms": fmt(e.p99),
+    "rows/run": fmt(e.rowsPerRun),
+    failed: e.failed
+  }))))
+  console.log(
+    `as the goals would read on such a GPU (emulated, not measured on one): engine at 256 / raw 256-row runs ${(at(256) / rawRows * 100).toFixed(0)}% (goal ≥ 50%), ` +
+      `engine at 64 / one row a run ${(at(64) / perRequest).toFixed(1)}× (goal ≥ 10×)`
+  )
+}
+
 const file = writeResults("gpu", {
   sizes,
   cores,
@@ -222,6 +296,7 @@ const file = writeResults("gpu", {
   maxAbsDiff: diffs,
   results: rows,
   learnedVsFixed,
+  emulated: emulated === undefined ? undefined : { fixedMs: EmulatedGpu.fixedMs, perRowMs: EmulatedGpu.perRowMs, instances: 2, results: emulated },
   ceiling: { model: ceilingModel, config: ceilingConfig, reqPerSecAt256: ceiling256, rawWebGpuRowsPerSec: rawWebGpu, rawMeasuredHere: probe.available, shareOfHalfRaw: ceilingShare },
   goals
 })

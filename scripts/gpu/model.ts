@@ -92,9 +92,9 @@ export const sliceOnnx = (inputs: number, outputs: number): Uint8Array => {
   })).finish()
 }
 
-/** Writes `bytes` as model `name` of `repo` with `config` as its config.json. */
-export const addModel = (repo: Repository, name: string, bytes: Uint8Array, config: Record<string, unknown>): void => {
-  const dir = Path.join(repo.root, name)
+/** Writes `bytes` as model `name` of the repository at `root` with `config` as its config.json. */
+export const addModel = (root: string, name: string, bytes: Uint8Array, config: Record<string, unknown>): void => {
+  const dir = Path.join(root, name)
   Fs.mkdirSync(dir)
   Fs.writeFileSync(Path.join(dir, "model.onnx"), bytes)
   Fs.writeFileSync(Path.join(dir, "config.json"), JSON.stringify(config, null, 2))
