@@ -11,55 +11,92 @@
  * crash. So `SessionEndpoint` holds this lock around every create, run and release of a session on
  * an `exclusiveProviders` device when it runs in a thread (a child process has its own context).
  *
- * Mechanism: an `Int32Array` over a `SharedArrayBuffer` (shared with each worker through
- * `workerData`); its word is 0 when free, else the holder's `threadId` + 1. A waiter blocks its
- * thread in `Atomics.wait`, as the run it waits for would (`worker.terminate()` still ends it). Not
- * fair: a thread that releases and asks again may win again; each instance holds at most the two
- * jobs the pool hands it, so no instance waits for more than two of another's runs in a row.
- * A holder that dies holding it (a worker that exits or is terminated mid-run) cannot release it:
- * the host does, on the worker's exit (`releaseHeldBy`).
+ * Mechanism: an `Int32Array` over a `SharedArrayBuffer`, shared with each worker through
+ * `workerData`. Word 0 is 0 when free, else the holder's `threadId` + 1; word 1 is the last holder;
+ * then one word per waiting slot (`slots`), 1 while that slot's thread waits. A waiter blocks its
+ * thread in `Atomics.wait`, as the run it waits for would (`worker.terminate()` still ends it).
+ * Turns alternate: a thread that held the lock last and asks again while another thread waits
+ * lets that one go first (waiting at most `yieldMs` for it to take the lock), so one busy model's
+ * thread cannot keep another model's thread waiting.
+ * A thread that dies holding the lock or marked waiting cannot undo it: the host does, on the
+ * worker's exit (`releaseHeldBy`, `clearSlot`).
  *
  * @module DeviceLock
  */
 
-/** The lock's shared word. */
+/** The lock's shared words. */
 export type DeviceLock = Int32Array<SharedArrayBuffer>
 
 /** The providers whose sessions take turns within one process: WebGPU (see the module doc). */
 export const exclusiveProviders: ReadonlyArray<string> = ["webgpu"]
 
+/** Threads that can mark themselves waiting (and so be let first); a thread without a slot still takes turns, unannounced. */
+export const slots = 256
+
+/** Longest a thread that held the lock last waits for a waiting thread to take it first (ms). */
+export const yieldMs = 5
+
+const holderWord = 0
+const lastWord = 1
+const firstSlotWord = 2
+
 /** A free lock, to share with worker threads through `workerData`. */
-export const make = (): DeviceLock => new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT))
+export const make = (): DeviceLock => new Int32Array(new SharedArrayBuffer((firstSlotWord + slots) * Int32Array.BYTES_PER_ELEMENT))
 
 const tagOf = (holder: number): number => holder + 1
 
-/** Blocks this thread until the lock is free, then takes it for `holder` (the caller's `threadId`). */
-export const acquire = (lock: DeviceLock, holder: number): void => {
-  const tag = tagOf(holder)
-  while (true) {
-    const seen = Atomics.compareExchange(lock, 0, 0, tag)
-    if (seen === 0) return
-    if (seen === tag) throw new Error(`DeviceLock: thread ${holder} already holds it`)
-    Atomics.wait(lock, 0, seen)
+const othersWaiting = (lock: DeviceLock, slot: number | undefined): boolean => {
+  for (let s = 0; s < slots; s++) {
+    if (s !== slot && Atomics.load(lock, firstSlotWord + s) === 1) return true
   }
+  return false
+}
+
+/**
+ * Blocks this thread until the lock is free, then takes it for `holder` (the caller's
+ * `threadId`). `slot` (0 to `slots` - 1, one per live thread; the host assigns them) lets the
+ * thread be seen waiting, so that the last holder lets it go first (waiting at most
+ * `yieldWithinMs` for it).
+ */
+export const acquire = (lock: DeviceLock, holder: number, slot?: number, yieldWithinMs: number = yieldMs): void => {
+  const tag = tagOf(holder)
+  const announced = slot !== undefined && slot >= 0 && slot < slots
+  if (announced) Atomics.store(lock, firstSlotWord + slot, 1)
+  try {
+    if (Atomics.load(lock, lastWord) === tag && othersWaiting(lock, slot)) Atomics.wait(lock, lastWord, tag, yieldWithinMs)
+    while (true) {
+      const seen = Atomics.compareExchange(lock, holderWord, 0, tag)
+      if (seen === 0) break
+      if (seen === tag) throw new Error(`DeviceLock: thread ${holder} already holds it`)
+      Atomics.wait(lock, holderWord, seen)
+    }
+  } finally {
+    if (announced) Atomics.store(lock, firstSlotWord + slot, 0)
+  }
+  if (Atomics.exchange(lock, lastWord, tag) !== tag) Atomics.notify(lock, lastWord)
 }
 
 /** Frees the lock if `holder` holds it, waking one waiter; true when it did. */
 export const releaseHeldBy = (lock: DeviceLock, holder: number): boolean => {
-  if (Atomics.compareExchange(lock, 0, tagOf(holder), 0) !== tagOf(holder)) return false
-  Atomics.notify(lock, 0, 1)
+  if (Atomics.compareExchange(lock, holderWord, tagOf(holder), 0) !== tagOf(holder)) return false
+  Atomics.notify(lock, holderWord, 1)
   return true
+}
+
+/** Unmarks `slot` as waiting (its thread ended while it waited), so that no holder yields to it. */
+export const clearSlot = (lock: DeviceLock, slot: number): void => {
+  if (slot >= 0 && slot < slots) Atomics.store(lock, firstSlotWord + slot, 0)
 }
 
 /** The thread holding the lock, or undefined when it is free. */
 export const holder = (lock: DeviceLock): number | undefined => {
-  const tag = Atomics.load(lock, 0)
+  const tag = Atomics.load(lock, holderWord)
   return tag === 0 ? undefined : tag - 1
 }
 
-/** Runs `f` holding the lock as `holder`, releasing it when `f` settles (fulfilled or rejected). */
-export const withLock = async <A>(lock: DeviceLock, holder: number, f: () => A | Promise<A>): Promise<A> => {
-  acquire(lock, holder)
+/** Runs `f` holding the lock as `holder` (waiting as `slot`, see `acquire`), releasing it when `f` settles (fulfilled or rejected). */
+export const withLock = async <A>(lock: DeviceLock, holder: number, f: () => A | Promise<A>, slot?: number, yieldWithinMs?: number): Promise<A> => {
+  acquire(lock, holder, slot, yieldWithinMs)
   try {
     return await f()
   } finally {

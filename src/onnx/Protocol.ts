@@ -46,6 +46,8 @@ export interface WorkerConfig {
 export interface ThreadStart {
   readonly config: WorkerConfig
   readonly deviceLock: DeviceLock.DeviceLock
+  /** Its waiting slot in the lock, -1 when all are taken. */
+  readonly deviceSlot: number
   /** The providers whose sessions hold the lock (`DeviceLock.exclusiveProviders` unless a test says). */
   readonly exclusiveProviders: ReadonlyArray<string>
 }

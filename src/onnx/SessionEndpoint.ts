@@ -61,13 +61,15 @@ export interface Exclusive {
   readonly lock: DeviceLock.DeviceLock
   /** This thread's `threadId`. */
   readonly holder: number
+  /** This thread's waiting slot in the lock (`DeviceLock.acquire`), -1 when it has none. */
+  readonly slot: number
   /** The providers (lower case) whose sessions hold the lock: `DeviceLock.exclusiveProviders` unless a test says. */
   readonly providers: ReadonlyArray<string>
 }
 
 /** `f`, holding the lock when `provider` is one of `exclusive`'s. */
 const exclusively = async <A>(exclusive: Exclusive | undefined, provider: string, f: () => A | Promise<A>): Promise<A> =>
-  exclusive !== undefined && exclusive.providers.includes(provider) ? DeviceLock.withLock(exclusive.lock, exclusive.holder, f) : f()
+  exclusive !== undefined && exclusive.providers.includes(provider) ? DeviceLock.withLock(exclusive.lock, exclusive.holder, f, exclusive.slot) : f()
 
 interface Loaded {
   readonly session: ort.InferenceSession

@@ -18,4 +18,4 @@ await SessionEndpoint.serve(start.config, {
   post: (message, transfer = []) => port.postMessage(message, transfer as Array<ArrayBuffer>),
   end: () => port.close(), // nothing else keeps the thread alive: it exits with code 0
   listen: (f) => port.on("message", f)
-}, { exclusive: { lock: start.deviceLock, holder: threadId, providers: start.exclusiveProviders } })
+}, { exclusive: { lock: start.deviceLock, holder: threadId, slot: start.deviceSlot, providers: start.exclusiveProviders } })

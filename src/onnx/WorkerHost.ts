@@ -21,6 +21,19 @@ export const workerUrl: URL = new URL("./SessionWorker.ts", import.meta.url)
 /** The lock every thread instance of this process shares (one WebGPU context per process). */
 export const deviceLock: DeviceLock.DeviceLock = DeviceLock.make()
 
+/** The lock's waiting slots held by live workers. */
+const slotsInUse = new Set<number>()
+
+const takeSlot = (): number => {
+  for (let s = 0; s < DeviceLock.slots; s++) {
+    if (!slotsInUse.has(s)) {
+      slotsInUse.add(s)
+      return s
+    }
+  }
+  return -1
+}
+
 /**
  * Instances as worker threads running `entry` (a module that serves `SessionEndpoint`; default
  * `SessionWorker.ts`). `exclusiveProviders`: whose sessions take turns (default
@@ -31,7 +44,8 @@ export const transportFor = (entry: URL, options: { readonly exclusiveProviders?
   noun: "worker",
   spanPrefix: "WorkerHost",
   spawn: (config, events) => {
-    const workerData: Protocol.ThreadStart = { config, deviceLock, exclusiveProviders: options.exclusiveProviders ?? DeviceLock.exclusiveProviders }
+    const deviceSlot = takeSlot()
+    const workerData: Protocol.ThreadStart = { config, deviceLock, deviceSlot, exclusiveProviders: options.exclusiveProviders ?? DeviceLock.exclusiveProviders }
     const worker = new Worker(entry, { workerData, name: `session ${config.modelId}@${config.version}` })
     const threadId = worker.threadId
     worker.on("message", events.message)
@@ -40,6 +54,10 @@ export const transportFor = (entry: URL, options: { readonly exclusiveProviders?
     worker.on("exit", (code) => {
       // A worker that died mid-run (or was terminated while it held the lock) cannot free it: the other threads would wait forever.
       DeviceLock.releaseHeldBy(deviceLock, threadId)
+      if (deviceSlot >= 0) {
+        DeviceLock.clearSlot(deviceLock, deviceSlot)
+        slotsInUse.delete(deviceSlot)
+      }
       events.exit(`exit code ${code}`)
     })
     return {
