@@ -1,12 +1,13 @@
 /**
  * A session process (as `SessionProcess.ts`) whose runs cost what a WebGPU run cost on the H200
- * host, on a device that every such process shares: each run first takes the device token from the
- * FIFO named by `EMULATED_GPU_FIFO` (one byte: one run on the device at a time, across processes),
- * waits `EmulatedGpu.costMs(rows)` without using the CPU (as a thread blocked in a GPU read-back
- * does), gives the token back, then runs its session (a cheap model with the real one's signature)
- * for the outputs. It reports `deviceUsed` "webgpu" (so the pool applies a GPU model's defaults)
- * and a run time that includes the emulated device time, but not the wait for the token.
- * A process killed while it holds the token loses it: the benchmark gives deadlines no kill can meet.
+ * host, on a device that every such process shares: each run takes the device token from the FIFO
+ * named by `EMULATED_GPU_FIFO` (one byte: one run on the device at a time, across processes), runs
+ * its session (a cheap model with the real one's signature) for the outputs, waits out the rest of
+ * `EmulatedGpu.costMs(rows)` without using the CPU (as a thread blocked in a GPU read-back does),
+ * and gives the token back as it replies. It reports `deviceUsed` "webgpu" (so the pool applies a
+ * GPU model's defaults) and a run time from the token taken to the reply (the wait for the token
+ * not included). A process killed while it holds the token loses it: the benchmark gives
+ * deadlines no kill can meet.
  */
 import * as Fs from "node:fs"
 import * as ProcessPort from "../../src/onnx/ProcessPort.ts"
@@ -19,8 +20,19 @@ if (fifoPath === undefined) throw new Error("EmulatedGpuProcess.ts needs EMULATE
 const fifo = Fs.openSync(fifoPath, "r+")
 const token = Buffer.alloc(1)
 const sleeper = new Int32Array(new SharedArrayBuffer(4))
-/** Emulated device ms of each job in hand, added to its reply's `runMs`. */
-const deviceMs = new Map<number, number>()
+/** The job on the device: its id, when it took the token, and what it costs. */
+let onDevice: { readonly id: number; readonly startMs: number; readonly costMs: number } | undefined
+
+/** Waits out the job's emulated cost, gives the token back, and says how long the device was held. */
+const leaveDevice = (id: number): number | undefined => {
+  if (onDevice?.id !== id) return undefined
+  const left = onDevice.startMs + onDevice.costMs - performance.now()
+  if (left > 0) Atomics.wait(sleeper, 0, 0, left)
+  const heldMs = performance.now() - onDevice.startMs
+  onDevice = undefined
+  Fs.writeSync(fifo, token)
+  return heldMs
+}
 
 const port = ProcessPort.make({ shm: process.argv[3] === "shm" })
 const emulated: SessionEndpoint.Port = {
@@ -28,10 +40,8 @@ const emulated: SessionEndpoint.Port = {
   post: (message, transfer) => {
     let out: Protocol.FromWorker = message
     if (message._tag === "ready") out = { ...message, deviceUsed: "webgpu", fallbacks: [] }
-    else if (message._tag === "done") {
-      out = { ...message, deviceUsed: "webgpu", runMs: message.runMs + (deviceMs.get(message.id) ?? 0) }
-      deviceMs.delete(message.id)
-    } else if (message._tag === "failed") deviceMs.delete(message.id)
+    else if (message._tag === "done") out = { ...message, deviceUsed: "webgpu", runMs: leaveDevice(message.id) ?? message.runMs }
+    else if (message._tag === "failed") leaveDevice(message.id)
     port.post(out, transfer)
   }
 }
@@ -39,11 +49,8 @@ const emulated: SessionEndpoint.Port = {
 const intercept: SessionEndpoint.Intercept = (message) => {
   const rows = Object.values(message.inputs)[0]?.dims[0] ?? 1
   Fs.readSync(fifo, token, 0, 1, null) // blocks until the device is free
-  const t0 = performance.now()
-  Atomics.wait(sleeper, 0, 0, costMs(rows))
-  deviceMs.set(message.id, performance.now() - t0)
-  Fs.writeSync(fifo, token)
-  return false // the session computes the outputs
+  onDevice = { id: message.id, startMs: performance.now(), costMs: costMs(rows) }
+  return false // the session computes the outputs, on the device's time
 }
 
 await SessionEndpoint.serve(JSON.parse(process.argv[2] ?? "null") as Protocol.WorkerConfig, emulated, { intercept })
