@@ -191,7 +191,6 @@ interface Context {
   /** Jobs sent ahead (pipelined) whose callers left: skipped when their turn comes. */
   readonly cancelled: Set<number>
   readonly intercept: Intercept | undefined
-  readonly exclusive: Exclusive | undefined
 }
 
 /** Answers a job whose caller left before it ran; true when it did. */
@@ -248,7 +247,7 @@ export const serve = async (
 ): Promise<void> => {
   const loaded = await load(config, port, options.exclusive)
   if (loaded === undefined) return
-  const context: Context = { config, port, loaded, cancelled: new Set(), intercept: options.intercept, exclusive: options.exclusive }
+  const context: Context = { config, port, loaded, cancelled: new Set(), intercept: options.intercept }
   let queue: Promise<void> = Promise.resolve()
   port.listen((message) => {
     if (message._tag === "cancel") {
@@ -256,6 +255,6 @@ export const serve = async (
       return
     }
     // A job's whole turn (a test intercept included) holds the device lock where one applies.
-    queue = queue.then(() => skipCancelled(context, message) ? undefined : exclusively(context.exclusive, loaded.deviceUsed, () => handle(context, message)))
+    queue = queue.then(() => skipCancelled(context, message) ? undefined : exclusively(options.exclusive, loaded.deviceUsed, () => handle(context, message)))
   })
 }
