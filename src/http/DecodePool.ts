@@ -83,6 +83,46 @@ interface Thread {
   exited: boolean
 }
 
+/** The answer a decode thread's message carries. */
+const outcomeOf = (message: FromDecoder): Outcome => {
+  switch (message._tag) {
+    case "body":
+      return message.body
+    case "notJson":
+      return { _tag: "NotJson", message: message.message }
+    case "invalid":
+      return new InferenceError.InvalidInput(message.input === undefined
+        ? { modelId: message.modelId, detail: message.detail }
+        : { modelId: message.modelId, input: message.input, detail: message.detail })
+  }
+}
+
+/**
+ * Starts a decode thread in `pool[slot]`. Its answers go to `settle`; when it errs or exits, every
+ * job it holds is settled with undefined (the caller decodes those itself) and the slot is freed.
+ */
+const startThread = (
+  entry: URL,
+  slot: number,
+  pool: Array<Thread | undefined>,
+  settle: (thread: Thread, id: number, outcome: Outcome | undefined) => void
+): Thread => {
+  const worker = new Worker(entry, { name: "decode" })
+  worker.unref()
+  const thread: Thread = { worker, specs: new Set(), jobs: new Map(), exited: false }
+  worker.on("message", (message: FromDecoder) => settle(thread, message.id, outcomeOf(message)))
+  const lost = () => {
+    if (thread.exited) return
+    thread.exited = true
+    if (pool[slot] === thread) pool[slot] = undefined
+    for (const id of [...thread.jobs.keys()]) settle(thread, id, undefined)
+  }
+  worker.on("error", lost)
+  worker.on("exit", lost)
+  pool[slot] = thread
+  return thread
+}
+
 /** `threads` decode threads, started on first use; each body goes to the one with the fewest in flight. */
 export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
   const pool: Array<Thread | undefined> = Array.from({ length: threads }, () => undefined)
@@ -100,42 +140,10 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
     done(outcome)
   }
 
-  const start = (slot: number): Thread => {
-    const worker = new Worker(entry, { name: "decode" })
-    worker.unref()
-    const thread: Thread = { worker, specs: new Set(), jobs: new Map(), exited: false }
-    worker.on("message", (message: FromDecoder) => {
-      switch (message._tag) {
-        case "body":
-          return settle(thread, message.id, message.body)
-        case "notJson":
-          return settle(thread, message.id, { _tag: "NotJson", message: message.message })
-        case "invalid":
-          return settle(
-            thread,
-            message.id,
-            new InferenceError.InvalidInput(message.input === undefined
-              ? { modelId: message.modelId, detail: message.detail }
-              : { modelId: message.modelId, input: message.input, detail: message.detail })
-          )
-      }
-    })
-    const lost = () => {
-      if (thread.exited) return
-      thread.exited = true
-      if (pool[slot] === thread) pool[slot] = undefined
-      for (const id of [...thread.jobs.keys()]) settle(thread, id, undefined)
-    }
-    worker.on("error", lost)
-    worker.on("exit", lost)
-    pool[slot] = thread
-    return thread
-  }
-
   const pick = (): Thread => {
     let best: Thread | undefined
     for (let slot = 0; slot < pool.length; slot++) {
-      const thread = pool[slot] ?? start(slot)
+      const thread = pool[slot] ?? startThread(entry, slot, pool, settle)
       if (best === undefined || thread.jobs.size < best.jobs.size) best = thread
     }
     return best!

@@ -166,111 +166,198 @@ export const makeDecodeQueue = (drainBudgetMs: number): DecodeQueue => {
   }
 }
 
-export const make = (options: Options): Handler => {
-  const { engine, lifecycle, metadataUnsafe } = options
-  const queue = makeDecodeQueue(1)
-  const pool = options.decodePool
-  const offloadMinBytes = options.offloadMinBytes ?? 4096
-  const offloadLimit = options.decodeInFlightLimit ?? 16 * (pool?.threads ?? 0)
+/** What the handler's steps share: the options and the decoding machinery, resolved once. */
+interface Context {
+  readonly options: Options
+  readonly queue: DecodeQueue
+  readonly pool: DecodePool.DecodePool | undefined
+  readonly offloadMinBytes: number
+  readonly offloadLimit: number
+}
 
-  const send = (
-    response: Http.ServerResponse,
-    status: number,
-    contentType: string,
-    body: string | Uint8Array,
-    extra?: Readonly<Record<string, string>>
-  ): void => {
-    if (response.headersSent || response.destroyed) return
-    const headers: Record<string, string | number> = {
-      "content-type": contentType,
-      "content-length": typeof body === "string" ? Buffer.byteLength(body) : body.byteLength
-    }
-    if (extra !== undefined) Object.assign(headers, extra)
-    if (lifecycle.closesConnections()) headers["connection"] = "close"
-    response.writeHead(status, headers)
-    response.end(body)
+const send = (
+  { options }: Context,
+  response: Http.ServerResponse,
+  status: number,
+  contentType: string,
+  body: string | Uint8Array,
+  extra?: Readonly<Record<string, string>>
+): void => {
+  if (response.headersSent || response.destroyed) return
+  const headers: Record<string, string | number> = {
+    "content-type": contentType,
+    "content-length": typeof body === "string" ? Buffer.byteLength(body) : body.byteLength
   }
+  if (extra !== undefined) Object.assign(headers, extra)
+  if (options.lifecycle.closesConnections()) headers["connection"] = "close"
+  response.writeHead(status, headers)
+  response.end(body)
+}
 
-  const sendError = (response: Http.ServerResponse, answer: ErrorAnswer): void =>
-    send(response, answer.status, "application/json", errorBody(answer.message), answer.headers)
+const sendError = (context: Context, response: Http.ServerResponse, answer: ErrorAnswer): void =>
+  send(context, response, answer.status, "application/json", errorBody(answer.message), answer.headers)
 
-  const defect = (response: Http.ServerResponse, cause: unknown): void => {
-    options.onDefect(cause)
-    send(response, 500, "application/json", errorBody("internal error"))
+const defect = (context: Context, response: Http.ServerResponse, cause: unknown): void => {
+  context.options.onDefect(cause)
+  send(context, response, 500, "application/json", errorBody("internal error"))
+}
+
+/** Runs a decoded body and answers it; returns the cancellation of the run, if one started. */
+const run = (
+  context: Context,
+  response: Http.ServerResponse,
+  name: string,
+  metadata: ModelMetadata.ModelMetadata,
+  decoded: InferExchange.Decoded | InferExchange.NotJson | InferenceError.InvalidInput
+): (() => void) | undefined => {
+  const { options } = context
+  if (decoded._tag === "NotJson") {
+    sendError(context, response, { status: 400, message: decoded.message })
+    return undefined
   }
-
-  /** Runs a decoded body and answers it; returns the cancellation of the run, if one started. */
-  const run = (
-    response: Http.ServerResponse,
-    name: string,
-    metadata: ModelMetadata.ModelMetadata,
-    decoded: InferExchange.Decoded | InferExchange.NotJson | InferenceError.InvalidInput
-  ): (() => void) | undefined => {
-    if (decoded._tag === "NotJson") {
-      sendError(response, { status: 400, message: decoded.message })
-      return undefined
-    }
-    if (decoded._tag === "InvalidInput") {
-      options.recordRefused(name, decoded)
-      sendError(response, options.errorOf(decoded))
-      return undefined
-    }
-    return engine.inferUnsafe(decoded.request, (exit) => {
-      if (Exit.isFailure(exit)) {
-        const failure = exit.cause.reasons.find(Cause.isFailReason)
-        return failure === undefined ? defect(response, Cause.squash(exit.cause)) : sendError(response, options.errorOf(failure.error.reason))
-      }
-      const encoded = InferExchange.encode(metadata, decoded, exit.value)
-      if (encoded instanceof Error) return defect(response, encoded)
-      if (encoded._tag === "Json") return send(response, 200, "application/json", encoded.text)
-      send(response, 200, "application/octet-stream", encoded.bytes, { [Oip.inferenceHeaderContentLength]: String(encoded.jsonLength) })
-    })
+  if (decoded._tag === "InvalidInput") {
+    options.recordRefused(name, decoded)
+    sendError(context, response, options.errorOf(decoded))
+    return undefined
   }
+  return options.engine.inferUnsafe(decoded.request, (exit) => {
+    if (Exit.isFailure(exit)) {
+      const failure = exit.cause.reasons.find(Cause.isFailReason)
+      return failure === undefined ? defect(context, response, Cause.squash(exit.cause)) : sendError(context, response, options.errorOf(failure.error.reason))
+    }
+    const encoded = InferExchange.encode(metadata, decoded, exit.value)
+    if (encoded instanceof Error) return defect(context, response, encoded)
+    if (encoded._tag === "Json") return send(context, response, 200, "application/json", encoded.text)
+    send(context, response, 200, "application/octet-stream", encoded.bytes, { [Oip.inferenceHeaderContentLength]: String(encoded.jsonLength) })
+  })
+}
 
-  /**
-   * The body is in and its turn has come: decode it (on a decode thread when the main thread has
-   * a queue of bodies and the body is large, else here), run it, answer. `binary` is the binary
-   * part, read into memory of its own when the header was a valid byte count (then `head` is the
-   * JSON alone). `started` receives the cancellation of the run once it starts.
-   */
-  const answer = (
-    request: Http.IncomingMessage,
-    response: Http.ServerResponse,
-    name: string,
-    version: string | undefined,
-    head: Buffer,
-    binary: Uint8Array | undefined,
-    rank: number,
-    started: (cancel: (() => void) | undefined) => void
-  ): void => {
-    const metadata = metadataUnsafe(name, version)
-    if ("_tag" in metadata) {
-      // Unloaded while the body arrived.
-      return sendError(response, options.errorOf(metadata))
+/** Where an infer request's body goes: `head` (its JSON) and, with a valid binary header, `binary`. */
+interface Body {
+  readonly route: { readonly name: string; readonly version: string | undefined }
+  readonly head: Buffer
+  readonly binary: Uint8Array | undefined
+}
+
+/**
+ * The body is in and its turn has come: decode it (on a decode thread when the main thread has
+ * a queue of bodies and the body is large, else here), run it, answer. `binary` is the binary
+ * part, read into memory of its own when the header was a valid byte count (then `head` is the
+ * JSON alone). `started` receives the cancellation of the run once it starts.
+ */
+const answer = (
+  context: Context,
+  request: Http.IncomingMessage,
+  response: Http.ServerResponse,
+  { route: { name, version }, head, binary }: Body,
+  rank: number,
+  started: (cancel: (() => void) | undefined) => void
+): void => {
+  const { options, pool, queue } = context
+  const metadata = options.metadataUnsafe(name, version)
+  if ("_tag" in metadata) {
+    // Unloaded while the body arrived.
+    return sendError(context, response, options.errorOf(metadata))
+  }
+  const header = request.headers[Oip.inferenceHeaderContentLength]
+  if (binary === undefined && typeof header === "string") {
+    // A header that is not a byte count within the body: the router's answer.
+    const split = Oip.splitBinaryBody(head, header)
+    return sendError(context, response, { status: 400, message: typeof split === "string" ? split : "invalid Inference-Header-Content-Length" })
+  }
+  // The body's memory is this request's alone: its inputs (binary ones are views on it) may move to the worker.
+  const here = () => started(run(context, response, name, metadata, InferExchange.decode(name, version, metadata, utf8.decode(head), binary, true)))
+  // Here when idle (a hop costs more than it saves), for a small or binary body, for a Critical
+  // one (never behind the thread's queue), and when the threads have enough.
+  const busy = queue.waiting() > 0 || (pool !== undefined && pool.inFlight() > 0)
+  if (pool === undefined || binary !== undefined || head.length < context.offloadMinBytes || !busy || rank === 0 || pool.inFlight() >= context.offloadLimit) {
+    return here()
+  }
+  pool.decode(name, metadata, head, (outcome) => {
+    if (response.destroyed) return
+    try {
+      if (outcome === undefined) return here()
+      started(run(context, response, name, metadata, outcome._tag === "Body" ? InferExchange.toDecoded(name, version, metadata, outcome, true) : outcome))
+    } catch (e) {
+      defect(context, response, e)
     }
-    const header = request.headers[Oip.inferenceHeaderContentLength]
-    if (binary === undefined && typeof header === "string") {
-      // A header that is not a byte count within the body: the router's answer.
-      const split = Oip.splitBinaryBody(head, header)
-      return sendError(response, { status: 400, message: typeof split === "string" ? split : "invalid Inference-Header-Content-Length" })
+  })
+}
+
+/**
+ * Takes a request the handler accepted: counts it in flight, reads its body (the binary part, with
+ * Triton's binary tensor data, into memory of its own from the first byte: its tensors are views
+ * on it, aligned, that can move to the worker without a copy), then queues its decoding by the
+ * priority its body asks for. `full`: the engine's queue is full counting the bodies waiting here.
+ */
+const accept = (
+  context: Context,
+  request: Http.IncomingMessage,
+  response: Http.ServerResponse,
+  route: Body["route"],
+  length: number,
+  full: boolean
+): void => {
+  const { options, queue } = context
+  const leave = options.lifecycle.enterUnsafe()
+  let cancel: (() => void) | undefined
+  response.once("close", () => {
+    leave()
+    // The connection closed before the answer was written: the client is gone.
+    if (!response.writableFinished) cancel?.()
+  })
+  // An aborted upload emits "error" on the request; the response's "close" handles it.
+  request.on("error", () => {})
+  const header = request.headers[Oip.inferenceHeaderContentLength]
+  const declared = typeof header === "string" && /^[0-9]+$/.test(header) ? Number(header) : undefined
+  const splitAt = declared !== undefined && declared <= length ? declared : undefined
+  const jsonLength = splitAt ?? length
+  const body: Body = { route, head: Buffer.allocUnsafeSlow(jsonLength), binary: splitAt === undefined ? undefined : new Uint8Array(length - splitAt) }
+  const { head, binary } = body
+  let received = 0
+  request.on("data", (chunk: Buffer) => {
+    let offset = 0
+    if (received < jsonLength) offset = chunk.copy(head, received, 0, Math.min(chunk.length, jsonLength - received))
+    if (offset < chunk.length && binary !== undefined) {
+      const at = received + offset - jsonLength
+      binary.set(chunk.subarray(offset, offset + Math.min(chunk.length - offset, binary.length - at)), at)
     }
-    // The body's memory is this request's alone: its inputs (binary ones are views on it) may move to the worker.
-    const here = () => started(run(response, name, metadata, InferExchange.decode(name, version, metadata, utf8.decode(head), binary, true)))
-    // Here when idle (a hop costs more than it saves), for a small or binary body, for a Critical
-    // one (never behind the thread's queue), and when the threads have enough.
-    const busy = queue.waiting() > 0 || (pool !== undefined && pool.inFlight() > 0)
-    if (pool === undefined || binary !== undefined || head.length < offloadMinBytes || !busy || rank === 0 || pool.inFlight() >= offloadLimit) return here()
-    pool.decode(name, metadata, head, (outcome) => {
+    received += chunk.length
+  })
+  request.once("end", () => {
+    if (response.destroyed) return
+    if (received !== length) return sendError(context, response, { status: 400, message: "could not read the request body" })
+    if (full) {
+      const reason = new InferenceError.QueueFull({ modelId: route.name, requestId: "", capacity: options.maxQueuedRequests })
+      options.recordRefused(route.name, reason)
+      return sendError(context, response, options.errorOf(reason))
+    }
+    const metadata = options.metadataUnsafe(route.name, route.version)
+    const fallback = "_tag" in metadata ? 0 : Priority.rank(metadata.defaultPriority ?? Priority.Normal)
+    const rank = priorityHint(head, fallback)
+    queue.push(rank, () => {
       if (response.destroyed) return
       try {
-        if (outcome === undefined) return here()
-        started(run(response, name, metadata, outcome._tag === "Body" ? InferExchange.toDecoded(name, version, metadata, outcome, true) : outcome))
+        answer(context, request, response, body, rank, (started) => {
+          cancel = started
+        })
       } catch (e) {
-        defect(response, e)
+        defect(context, response, e)
       }
     })
-  }
+  })
+}
 
+export const make = (options: Options): Handler => {
+  const { engine, lifecycle, metadataUnsafe } = options
+  const pool = options.decodePool
+  const context: Context = {
+    options,
+    queue: makeDecodeQueue(1),
+    pool,
+    offloadMinBytes: options.offloadMinBytes ?? 4096,
+    offloadLimit: options.decodeInFlightLimit ?? 16 * (pool?.threads ?? 0)
+  }
   return (request, response) => {
     if (request.method !== "POST") return false
     const route = matchInferPath(request.url ?? "")
@@ -283,57 +370,8 @@ export const make = (options: Options): Handler => {
     if ("_tag" in metadataUnsafe(route.name, route.version)) return false
     // Bodies read and not yet submitted count against the queue's bound too: when they fill it,
     // the answer is the engine's 429, after the body is read (as the router refuses early).
-    const full = !engine.admitsUnsafe(queue.waiting() + (pool?.inFlight() ?? 0))
-
-    const leave = lifecycle.enterUnsafe()
-    let cancel: (() => void) | undefined
-    response.once("close", () => {
-      leave()
-      // The connection closed before the answer was written: the client is gone.
-      if (!response.writableFinished) cancel?.()
-    })
-    // An aborted upload emits "error" on the request; the response's "close" handles it.
-    request.on("error", () => {})
-    // With Triton's binary tensor data, the binary part goes to memory of its own from the first
-    // byte: its tensors are views on it, aligned, that can move to the worker without a copy.
-    const header = headers[Oip.inferenceHeaderContentLength]
-    const declared = typeof header === "string" && /^[0-9]+$/.test(header) ? Number(header) : undefined
-    const splitAt = declared !== undefined && declared <= length ? declared : undefined
-    const jsonLength = splitAt ?? length
-    const head = Buffer.allocUnsafeSlow(jsonLength)
-    const binary = splitAt === undefined ? undefined : new Uint8Array(length - splitAt)
-    let received = 0
-    request.on("data", (chunk: Buffer) => {
-      let offset = 0
-      if (received < jsonLength) offset = chunk.copy(head, received, 0, Math.min(chunk.length, jsonLength - received))
-      if (offset < chunk.length && binary !== undefined) {
-        const at = received + offset - jsonLength
-        binary.set(chunk.subarray(offset, offset + Math.min(chunk.length - offset, binary.length - at)), at)
-      }
-      received += chunk.length
-    })
-    request.once("end", () => {
-      if (response.destroyed) return
-      if (received !== length) return sendError(response, { status: 400, message: "could not read the request body" })
-      if (full) {
-        const reason = new InferenceError.QueueFull({ modelId: route.name, requestId: "", capacity: options.maxQueuedRequests })
-        options.recordRefused(route.name, reason)
-        return sendError(response, options.errorOf(reason))
-      }
-      const metadata = metadataUnsafe(route.name, route.version)
-      const fallback = "_tag" in metadata ? 0 : Priority.rank(metadata.defaultPriority ?? Priority.Normal)
-      const rank = priorityHint(head, fallback)
-      queue.push(rank, () => {
-        if (response.destroyed) return
-        try {
-          answer(request, response, route.name, route.version, head, binary, rank, (started) => {
-            cancel = started
-          })
-        } catch (e) {
-          defect(response, e)
-        }
-      })
-    })
+    const full = !engine.admitsUnsafe(context.queue.waiting() + (pool?.inFlight() ?? 0))
+    accept(context, request, response, route, length, full)
     return true
   }
 }
