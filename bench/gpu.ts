@@ -45,7 +45,7 @@ import * as EmulatedGpu from "./lib/emulatedGpu.ts"
 import { addModel, heavySizes, maxAbsDiff, parseSizes, sliceOnnx, writeRepository } from "../scripts/gpu/model.ts"
 import { alternate, type Contender, fmt, goal, type Goal, goalsTable, median, parseArgs, section, table, writeResults } from "./lib/common.ts"
 import { closedLoopAsync, closedLoopEffect, type LoadResult } from "./lib/load.ts"
-import { engineLayer, startEngine } from "./lib/pools.ts"
+import { type EngineHandle, engineLayer, startEngine } from "./lib/pools.ts"
 import { withRunCounts } from "./lib/contenders.ts"
 
 const args = parseArgs()
@@ -106,22 +106,18 @@ for (const p of providers) {
 }
 console.log(`engine models: ${Object.entries(deviceUsed).map(([m, d]) => `${m} on ${d}`).join(", ")}; outputs [8, ${outputs}]`)
 
-const ceiling = async (k: number): Promise<LoadResult> => {
-  const before = { ...engine.counts }
-  const r = await engine.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
-    run: engine.engine.infer(InferenceRequest.make(ceilingModel, { input: Tensor.float32(row, [1, inputs]) }))
+/** `k` callers in a closed loop of one-row requests to `model` on `handle`, with the native runs they caused. */
+const oneRowLoad = (handle: EngineHandle, model: string) => async (k: number): Promise<LoadResult> => {
+  const before = { ...handle.counts }
+  const r = await handle.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
+    run: handle.engine.infer(InferenceRequest.make(model, { input: Tensor.float32(row, [1, inputs]) }))
   })))
-  return withRunCounts(r, before, engine.counts)
+  return withRunCounts(r, before, handle.counts)
 }
+const ceiling = oneRowLoad(engine, ceilingModel)
 const perRequest = (p: Provider) => (k: number): Promise<LoadResult> =>
   closedLoopAsync(k, blockMs, () => ({ run: () => sessions[p]!.run({ input: new ort.Tensor("float32", row, [1, inputs]) }) }))
-const viaEngine = (p: Provider, suffix = "") => async (k: number): Promise<LoadResult> => {
-  const before = { ...engine.counts }
-  const r = await engine.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
-    run: engine.engine.infer(InferenceRequest.make(`${modelOf(p)}${suffix}`, { input: Tensor.float32(row, [1, inputs]) }))
-  })))
-  return withRunCounts(r, before, engine.counts)
-}
+const viaEngine = (p: Provider, suffix = "") => oneRowLoad(engine, `${modelOf(p)}${suffix}`)
 const batch = repo.input(maxBatchSize, 3)
 const rawBatched = (p: Provider) => async (): Promise<LoadResult> => {
   const r = await closedLoopAsync(1, blockMs, () => ({ run: () => runRaw(p, batch, maxBatchSize) }))
@@ -235,18 +231,11 @@ const emulate = async () => {
     OnnxModelPool.layer({ repository: root, transports: { process: device.transport } }),
     { maxConcurrentRequests: 4, maxQueuedRequests: 4096 }
   ))
-  const load = (model: string) => async (k: number): Promise<LoadResult> => {
-    const before = { ...emulated.counts }
-    const r = await emulated.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
-      run: emulated.engine.infer(InferenceRequest.make(model, { input: Tensor.float32(row, [1, inputs]) }))
-    })))
-    return withRunCounts(r, before, emulated.counts)
-  }
   const out: Array<{ sizing: string; outstanding: number; reqPerSec: number; p50: number; p99: number; rowsPerRun: number; failed: number }> = []
   for (const k of outstandings) {
     const results = await alternate(rounds, [
-      { name: "learned (default)", run: () => load("emulated")(k) },
-      { name: "fixed", run: () => load("emulated_fixed")(k) }
+      { name: "learned (default)", run: () => oneRowLoad(emulated, "emulated")(k) },
+      { name: "fixed", run: () => oneRowLoad(emulated, "emulated_fixed")(k) }
     ], (_r, name, b) => console.error(`  emulated ${name} k=${k}: ${b.reqPerSec.toFixed(0)}/s`), `emulated k=${k}`)
     for (const [sizing, list] of Object.entries(results)) {
       out.push({
