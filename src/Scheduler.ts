@@ -179,6 +179,18 @@ export const batchCap = (maxBatchSize: number, queuedRows: number, freeSlots: nu
  */
 export const handOverLead = 0.1
 
+/**
+ * The least lead (ms): Node's timers fire on whole milliseconds, a wait of 0.4 ms sleeps 1 ms and
+ * one of 1.5 ms can wake after 1.1 ms and sleep 1 more, so a handover timed closer than this
+ * reaches the instance after it frees. On the emulated H200 (`bench/gpu.ts`), with a run of 128
+ * rows taking 1.9 ms, the second half of 256 outstanding requests then often missed its turn and
+ * merged with the first into one run on one process, the device idle meanwhile.
+ */
+export const minHandOverLeadMs = 1
+
+/** How long before its instance is predicted to free a batch is handed over, for a run predicted to take `runMs`. */
+export const handOverLeadMs = (runMs: number): number => Math.max(handOverLead * runMs, minHandOverLeadMs)
+
 export class Scheduler<A> {
   readonly options: Options
   readonly queue: PriorityQueue.PriorityQueue<Request<A>>
@@ -377,8 +389,8 @@ export class Scheduler<A> {
 
   /**
    * How long until a batch of `model` handed over now would find an instance free, from its runs
-   * in flight and their predicted run times (`Model.cost`), less `handOverLead` of the run that
-   * frees it: 0 when an instance is free now, or when nothing is known of the runs yet.
+   * in flight and their predicted run times (`Model.cost`), less the lead (`handOverLeadMs`) of
+   * the run that frees it: 0 when an instance is free now, or when nothing is known of the runs yet.
    */
   handOverInMs(model: Model, nowMs: number): number {
     const runners = runnersOf(model.spec)
@@ -400,7 +412,7 @@ export class Scheduler<A> {
       lasts[k] = runMs
     }
     const k = argMin(ends)
-    return Math.max(0, ends[k]! - handOverLead * lasts[k]! - nowMs)
+    return Math.max(0, ends[k]! - handOverLeadMs(lasts[k]!) - nowMs)
   }
 
   /**

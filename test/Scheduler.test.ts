@@ -292,8 +292,20 @@ describe("Scheduler learned sizing", () => {
     assert.strictEqual(s.handOverInMs(s.model(m), 0), 0, "nothing in flight: an instance is free")
     admit(s, "running", m, 0)
     drainSteps(s, 0)
-    assert.strictEqual(s.handOverInMs(s.model(m), 3), 10 - Scheduler.handOverLead * 10 - 3)
+    assert.strictEqual(s.handOverInMs(s.model(m), 3), 10 - Scheduler.handOverLeadMs(10) - 3)
     assert.strictEqual(s.handOverInMs(s.model(m), 12), 0, "past the prediction: now")
+  })
+
+  it("leads a short run by at least the timers' resolution: a shorter wait could not be timed", () => {
+    assert.strictEqual(Scheduler.handOverLeadMs(20), 2, "a long run: a share of it")
+    assert.strictEqual(Scheduler.handOverLeadMs(2), Scheduler.minHandOverLeadMs)
+    const s = make()
+    const m = spec("m", { depth: 2, batching: batching({ maxBatchSize: 64, maxQueueDelay: Duration.millis(50), sizing: "learned" }) })
+    s.model(m).cost.observe(1, 2)
+    admit(s, "running", m, 0)
+    drainSteps(s, 0)
+    assert.strictEqual(s.handOverInMs(s.model(m), 0.5), 2 - 1 - 0.5)
+    assert.strictEqual(s.handOverInMs(s.model(m), 1), 0, "within the lead of its end: now")
   })
 
   it("counts the batches sent ahead: they run one after another on the instance that frees first", () => {
@@ -304,7 +316,7 @@ describe("Scheduler learned sizing", () => {
       drainSteps(s, at)
     }
     assert.strictEqual(s.model(m).inFlight.length, 2)
-    assert.strictEqual(s.handOverInMs(s.model(m), 4), 10 - Scheduler.handOverLead * 10 - 4, "two instances busy: the one that started first frees first")
+    assert.strictEqual(s.handOverInMs(s.model(m), 4), 10 - Scheduler.handOverLeadMs(10) - 4, "two instances busy: the one that started first frees first")
     const shared = make()
     const g = learnedModel(shared, { instances: 2, depth: 2, devices: 1 })
     admit(shared, "running", g, 0)
@@ -312,7 +324,7 @@ describe("Scheduler learned sizing", () => {
     admit(shared, "ahead", g, 1, { priority: "Critical" })
     drainSteps(shared, 1)
     assert.strictEqual(shared.model(g).inFlight.length, 2)
-    assert.strictEqual(shared.handOverInMs(shared.model(g), 1), 20 - Scheduler.handOverLead * 10 - 1, "one GPU: the second run starts when the first ends")
+    assert.strictEqual(shared.handOverInMs(shared.model(g), 1), 20 - Scheduler.handOverLeadMs(10) - 1, "one GPU: the second run starts when the first ends")
   })
 
   it("a forming batch takes rows until an instance is about to free, then goes with the rows to keep up or waits out its delay for them", () => {
