@@ -165,185 +165,243 @@ export const gpuBatching = (json: BatchPolicy.ConfigJson | undefined): BatchPoli
   sizing: json?.sizing ?? ((json?.preferredBatchSizes?.length ?? 0) > 0 ? "fixed" : "learned")
 })
 
+/** What loading a model version needs, and the hosts it started (the pool's finalizer closes them). */
+interface Loader {
+  readonly options: Options
+  readonly counters: InstancePool.Counters
+  readonly transports: Record<InstancePool.Isolation, InstancePool.Transport>
+  readonly closeTimeout: Duration.Duration
+  readonly hosts: Array<InstancePool.InstancePool>
+}
+
+/** The pool's mutable state: the repository as last scanned, each version's state, the models being unloaded. */
+interface State {
+  repository: ModelRepository.ModelRepository
+  readonly loaded: Map<string, Loaded>
+  /** Models being unloaded: they admit nothing more. */
+  readonly unloading: Set<string>
+}
+
+/** Several GPU models in worker threads take turns on the device, and a native crash would end the server: say so. */
+const warnGpuThreads = (repository: ModelRepository.ModelRepository): Effect.Effect<void> => {
+  const threadGpu = repository.entries.filter((e): e is ModelRepository.Found =>
+    e._tag === "Found" && e.config.isolation === "thread" && ModelRepository.requestsGpu(e.config.executionProviders)
+  )
+  if (threadGpu.length <= 1) return Effect.void
+  return Effect.logWarning(
+    `${threadGpu.map((e) => `${e.name} version ${e.version}`).join(", ")} request a GPU with isolation "thread": their WebGPU runs take turns ` +
+      `(DeviceLock: concurrent runs in worker threads of one process crashed it with SIGSEGV on an NVIDIA host), and a native crash ` +
+      `would end the server; use isolation "process" (the default for GPU models) to run them side by side and contain a crash`
+  )
+}
+
+/** Closes a host and forgets it (its runs still going finish first). */
+const release = (loader: Loader, host: InstancePool.InstancePool): Effect.Effect<void> =>
+  Effect.andThen(host.close, Effect.sync(() => {
+    const i = loader.hosts.indexOf(host)
+    if (i >= 0) loader.hosts.splice(i, 1)
+  }))
+
+/**
+ * The metadata a started host serves under: config.json's batching and inputSignatures sections
+ * checked against the signature the session reports (without a batching section, batching is on
+ * exactly when every input and output has a dynamic batch dim). On a bad section the host is
+ * closed and the reason returned.
+ */
+const configure = (loader: Loader, entry: ModelRepository.Found, host: InstancePool.InstancePool): Effect.Effect<Ready, string> => {
+  const gpu = ModelRepository.isGpuProvider(host.deviceUsed)
+  return Effect.all([
+    BatchPolicy.resolve(gpu ? gpuBatching(entry.config.batching) : entry.config.batching, host.metadata),
+    InputSignature.resolve(entry.config.inputSignatures, host.metadata)
+  ]).pipe(
+    Effect.map(([batching, signatures]): Ready => ({
+      _tag: "Ready",
+      host,
+      metadata: {
+        ...host.metadata,
+        batching,
+        defaultPriority: entry.config.defaultPriority,
+        concurrency: entry.config.instances,
+        pipelineDepth: host.depth,
+        // Every instance's WebGPU device is the same GPU: their runs queue for it.
+        ...(gpu ? { devices: 1 } : {}),
+        ...(signatures === undefined ? {} : { signatures })
+      }
+    })),
+    Effect.catch((reason) => Effect.andThen(release(loader, host), Effect.fail(`config.json: ${reason}`)))
+  )
+}
+
+/** Logs a version READY, as a warning when a requested provider fell back. */
+const announceReady = (entry: ModelRepository.Found, host: InstancePool.InstancePool): Effect.Effect<void> => {
+  const line = `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation, ${entry.config.intraOpNumThreads} intra-op thread(s))`
+  return host.fallbacks.length === 0
+    ? Effect.logInfo(line)
+    : Effect.logWarning(`${line} after falling back: ${host.fallbacks.map((f) => f.error.split("\n")[0]).join("; ")}`)
+}
+
+/** Loads one model version (never fails: a failure is an Unavailable state); the hosts it starts belong to `loader.hosts`. */
+const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<Loaded> => {
+  const unavailable = (reason: string) =>
+    Effect.as(
+      Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${reason}`),
+      { _tag: "Unavailable", reason } as const
+    )
+  if (entry._tag === "Unavailable") return unavailable(entry.reason)
+  // start + register in one uninterruptible step: no host can escape the finalizer.
+  return InstancePool.start({
+    modelId: entry.name,
+    version: entry.version,
+    path: entry.path,
+    instances: entry.config.instances,
+    executionProviders: entry.config.executionProviders,
+    intraOpNumThreads: entry.config.intraOpNumThreads,
+    interOpNumThreads: entry.config.interOpNumThreads,
+    closeTimeout: loader.closeTimeout,
+    counters: loader.counters,
+    respawnAttempts: loader.options.respawnAttempts,
+    killGrace: Duration.millis(entry.config.killGraceMs)
+  }, loader.transports[entry.config.isolation]).pipe(
+    Effect.tap((host) => Effect.sync(() => loader.hosts.push(host))),
+    Effect.uninterruptible,
+    Effect.mapError((e) => e.reason),
+    Effect.flatMap((host) => configure(loader, entry, host)),
+    Effect.matchEffect({
+      onFailure: unavailable,
+      onSuccess: (ready) => Effect.as(announceReady(entry, ready.host), ready)
+    })
+  )
+}
+
+/**
+ * Scans the repository again and loads `name`'s versions as found; once they are loaded they
+ * serve, and the old versions' hosts finish what they run, then close. Fails when the model is
+ * not on disk, or when every version failed to load.
+ */
+const load = (loader: Loader, state: State, name: string): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
+  Effect.gen(function*() {
+    if (!ModelRepository.isValidModelName(name)) return yield* new InferenceError.ModelNotFound({ modelId: name })
+    const scanned = yield* ModelRepository.scan(loader.options.repository, { defaults: loader.options.defaults }).pipe(
+      Effect.mapError((e) => new InferenceError.ModelUnavailable({ modelId: name, reason: e.message }))
+    )
+    const fresh = ModelRepository.versionsOf(scanned, name)
+    if (fresh.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
+    const states = yield* Effect.forEach(fresh, (entry) => loadEntry(loader, entry), { concurrency: "unbounded" })
+    const old = ModelRepository.versionsOf(state.repository, name).map((e) => state.loaded.get(key(e.name, e.version)))
+    // The swap: the new versions serve from here on; the old hosts finish what they run, then go.
+    for (const e of ModelRepository.versionsOf(state.repository, name)) state.loaded.delete(key(e.name, e.version))
+    fresh.forEach((e, i) => state.loaded.set(key(e.name, e.version), states[i]!))
+    state.repository = { ...state.repository, entries: [...state.repository.entries.filter((e) => e.name !== name), ...fresh].sort(byNameThenVersion) }
+    state.unloading.delete(name)
+    yield* Effect.forEach(old, (s) => (s?._tag === "Ready" ? release(loader, s.host) : Effect.void), { concurrency: "unbounded", discard: true })
+    const failed = states.find((s) => s._tag === "Unavailable")
+    if (failed !== undefined && failed._tag === "Unavailable" && states.every((s) => s._tag === "Unavailable")) {
+      return yield* new InferenceError.ModelUnavailable({ modelId: name, reason: failed.reason })
+    }
+  }).pipe(Effect.withSpan("OnnxModelPool.load", { attributes: { model: name } }))
+
+/** Stops `name` admitting, waits for `drained`, then closes its hosts (unless it was loaded again meanwhile). */
+const unload = (loader: Loader, state: State, name: string, drained: Effect.Effect<void>): Effect.Effect<void, InferenceError.ModelNotFound> =>
+  Effect.gen(function*() {
+    const versions = ModelRepository.versionsOf(state.repository, name)
+    if (versions.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
+    state.unloading.add(name)
+    yield* drained
+    if (!state.unloading.has(name)) return // loaded again meanwhile
+    const states = versions.map((e) => state.loaded.get(key(e.name, e.version)))
+    for (const e of versions) state.loaded.set(key(e.name, e.version), { _tag: "Unavailable", reason: "unloaded" })
+    state.unloading.delete(name)
+    yield* Effect.forEach(states, (s) => (s?._tag === "Ready" ? release(loader, s.host) : Effect.void), { concurrency: "unbounded", discard: true })
+    yield* Effect.logInfo(`model ${name} unloaded`)
+  }).pipe(Effect.withSpan("OnnxModelPool.unload", { attributes: { model: name } }))
+
+/** The loaded model serving `modelId` at `version` (default: highest), or why not. */
+const resolveModel = (
+  state: State,
+  modelId: string,
+  version: string | undefined
+): Ready | InferenceError.ModelNotFound | InferenceError.ModelUnavailable => {
+  const notFound = () => new InferenceError.ModelNotFound(version === undefined ? { modelId } : { modelId, version })
+  if (!ModelRepository.isValidModelName(modelId)) return notFound()
+  const entry = ModelRepository.lookup(state.repository, modelId, version)
+  if (entry === undefined) return notFound()
+  const loaded = state.loaded.get(key(entry.name, entry.version))
+  if (loaded === undefined) return new InferenceError.ModelUnavailable({ modelId, reason: "not loaded" })
+  if (loaded._tag === "Unavailable") return new InferenceError.ModelUnavailable({ modelId, reason: loaded.reason })
+  const reason = loaded.host.unavailableReason()
+  return reason === undefined ? loaded : new InferenceError.ModelUnavailable({ modelId, reason })
+}
+
+/** Every version in the repository with its state, provider, isolation and instance stats. */
+const infoOf = (state: State): ReadonlyArray<ModelInfo> =>
+  state.repository.entries.map((entry) => {
+    const loaded = state.loaded.get(key(entry.name, entry.version))
+    const base = { name: entry.name, version: entry.version }
+    if (loaded === undefined || loaded._tag === "Unavailable") {
+      return { ...base, state: "UNAVAILABLE", reason: loaded?.reason ?? (entry._tag === "Unavailable" ? entry.reason : "not loaded") }
+    }
+    const reason = loaded.host.unavailableReason()
+    const { host } = loaded
+    const extra = {
+      deviceUsed: host.deviceUsed,
+      fallbacks: host.fallbacks,
+      isolation: host.isolation,
+      stats: host.stats(),
+      ...(host.isolation === "process" ? { pids: host.pids() } : {})
+    }
+    return reason === undefined ? { ...base, state: "READY", ...extra } : { ...base, state: "UNAVAILABLE", reason, ...extra }
+  })
+
+/**
+ * Explicit model control: the model versions on disk now that were never loaded (a directory
+ * added after start), as Triton's index lists them: UNAVAILABLE, "unloaded".
+ */
+const unseen = (loader: Loader, state: State): Effect.Effect<ReadonlyArray<ModelStatus>> =>
+  ModelRepository.scan(loader.options.repository, { defaults: loader.options.defaults }).pipe(
+    Effect.map((scanned) =>
+      scanned.entries
+        .filter((e) => ModelRepository.versionsOf(state.repository, e.name).length === 0)
+        .map((e): ModelStatus => ({ name: e.name, version: e.version, state: "UNAVAILABLE", reason: "unloaded" }))
+    ),
+    Effect.orElseSucceed(() => [])
+  )
+
 /**
  * Scans the repository and loads every model version; the current scope owns every worker.
  * Fails only when the repository root cannot be read.
  */
 export const make = (options: Options): Effect.Effect<Service, ModelRepository.RepositoryError, Scope.Scope> =>
   Effect.gen(function*() {
-    const initialRepository = yield* ModelRepository.scan(options.repository, { defaults: options.defaults })
-    const counters = InstancePool.makeCounters()
-    const transports = { thread: WorkerHost.transport, process: ProcessHost.transport, ...options.transports }
-    const closeTimeout = Duration.fromInputUnsafe(options.closeTimeout ?? Duration.seconds(60))
-    const loaded = new Map<string, Loaded>()
-    const hosts: Array<InstancePool.InstancePool> = []
+    const repository = yield* ModelRepository.scan(options.repository, { defaults: options.defaults })
+    const loader: Loader = {
+      options,
+      counters: InstancePool.makeCounters(),
+      transports: { thread: WorkerHost.transport, process: ProcessHost.transport, ...options.transports },
+      closeTimeout: Duration.fromInputUnsafe(options.closeTimeout ?? Duration.seconds(60)),
+      hosts: []
+    }
+    const state: State = { repository, loaded: new Map(), unloading: new Set() }
 
     // One finalizer closes every host at once (in-flight runs end in parallel, not one model after another).
     yield* Effect.addFinalizer(() =>
-      Effect.forEach(hosts, (host) => host.close, { concurrency: "unbounded", discard: true }).pipe(
+      Effect.forEach(loader.hosts, (host) => host.close, { concurrency: "unbounded", discard: true }).pipe(
         Effect.withSpan("OnnxModelPool.close")
       )
     )
-
-    for (const name of initialRepository.ignored) {
+    for (const name of repository.ignored) {
       yield* Effect.logWarning(`model repository: ignoring ${JSON.stringify(name.name)}: ${name.reason}`)
     }
-
-    const threadGpu = initialRepository.entries.filter((e): e is ModelRepository.Found =>
-      e._tag === "Found" && e.config.isolation === "thread" && ModelRepository.requestsGpu(e.config.executionProviders)
-    )
-    if (threadGpu.length > 1) {
-      yield* Effect.logWarning(
-        `${threadGpu.map((e) => `${e.name} version ${e.version}`).join(", ")} request a GPU with isolation "thread": their WebGPU runs take turns ` +
-          `(DeviceLock: concurrent runs in worker threads of one process crashed it with SIGSEGV on an NVIDIA host), and a native crash ` +
-          `would end the server; use isolation "process" (the default for GPU models) to run them side by side and contain a crash`
-      )
-    }
-
-    /** Loads one model version (never fails: a failure is an Unavailable state); the hosts it starts belong to `hosts`. */
-    const loadEntry = (entry: ModelRepository.Entry): Effect.Effect<Loaded> => {
-      if (entry._tag === "Unavailable") {
-        return Effect.as(
-          Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${entry.reason}`),
-          { _tag: "Unavailable", reason: entry.reason } as const
-        )
-      }
-      // start + register in one uninterruptible step: no host can escape the finalizer.
-      return InstancePool.start({
-        modelId: entry.name,
-        version: entry.version,
-        path: entry.path,
-        instances: entry.config.instances,
-        executionProviders: entry.config.executionProviders,
-        intraOpNumThreads: entry.config.intraOpNumThreads,
-        interOpNumThreads: entry.config.interOpNumThreads,
-        closeTimeout,
-        counters,
-        respawnAttempts: options.respawnAttempts,
-        killGrace: Duration.millis(entry.config.killGraceMs)
-      }, transports[entry.config.isolation]).pipe(
-        Effect.tap((host) => Effect.sync(() => hosts.push(host))),
-        Effect.uninterruptible,
-        Effect.mapError((e) => e.reason),
-        // config.json's batching and inputSignatures sections are checked against the signature the
-        // session reports; without a batching section, batching is on exactly when every input and
-        // output has a dynamic batch dim.
-        Effect.flatMap((host) =>
-          Effect.all([
-            BatchPolicy.resolve(ModelRepository.isGpuProvider(host.deviceUsed) ? gpuBatching(entry.config.batching) : entry.config.batching, host.metadata),
-            InputSignature.resolve(entry.config.inputSignatures, host.metadata)
-          ]).pipe(
-            Effect.map(([batching, signatures]) => ({
-              host,
-              metadata: {
-                ...host.metadata,
-                batching,
-                defaultPriority: entry.config.defaultPriority,
-                concurrency: entry.config.instances,
-                pipelineDepth: host.depth,
-                // Every instance's WebGPU device is the same GPU: their runs queue for it.
-                ...(ModelRepository.isGpuProvider(host.deviceUsed) ? { devices: 1 } : {}),
-                ...(signatures === undefined ? {} : { signatures })
-              }
-            })),
-            Effect.catch((reason) => Effect.andThen(release(host), Effect.fail(`config.json: ${reason}`)))
-          )
-        ),
-        Effect.matchEffect({
-          onFailure: (reason) =>
-            Effect.as(
-              Effect.logWarning(`model ${entry.name} version ${entry.version} is UNAVAILABLE: ${reason}`),
-              { _tag: "Unavailable", reason } as const
-            ),
-          onSuccess: ({ host, metadata }) =>
-            Effect.as(
-              host.fallbacks.length === 0
-                ? Effect.logInfo(
-                  `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation, ${entry.config.intraOpNumThreads} intra-op thread(s))`
-                )
-                : Effect.logWarning(
-                  `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation, ${entry.config.intraOpNumThreads} intra-op thread(s)) after falling back: ${
-                    host.fallbacks.map((f) => f.error.split("\n")[0]).join("; ")
-                  }`
-                ),
-              { _tag: "Ready", host, metadata } as const
-            )
-        })
-      )
-    }
-
-    /** Closes a host and forgets it (its runs still going finish first). */
-    const release = (host: InstancePool.InstancePool): Effect.Effect<void> =>
-      Effect.andThen(host.close, Effect.sync(() => {
-        const i = hosts.indexOf(host)
-        if (i >= 0) hosts.splice(i, 1)
-      }))
+    yield* warnGpuThreads(repository)
 
     /** Explicit model control: only the models named are loaded at start; the others wait for `load`. */
     const explicit = options.modelControl === "explicit"
     const startup = explicit ? new Set(options.loadModels ?? []) : undefined
-    let repository = initialRepository
-    /** Models being unloaded: they admit nothing more. */
-    const unloading = new Set<string>()
-
     yield* Effect.forEach(repository.entries, (entry) =>
       startup !== undefined && !startup.has(entry.name)
-        ? Effect.sync(() => loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason: "unloaded" }))
-        : Effect.flatMap(loadEntry(entry), (state) => Effect.sync(() => loaded.set(key(entry.name, entry.version), state))), { concurrency: "unbounded", discard: true })
+        ? Effect.sync(() => state.loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason: "unloaded" }))
+        : Effect.flatMap(loadEntry(loader, entry), (loaded) => Effect.sync(() => state.loaded.set(key(entry.name, entry.version), loaded))), { concurrency: "unbounded", discard: true })
     for (const name of startup ?? []) {
       if (ModelRepository.versionsOf(repository, name).length === 0) yield* Effect.logWarning(`--load-model ${name}: no such model in the repository`)
-    }
-
-    const load = (name: string): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
-      Effect.gen(function*() {
-        if (!ModelRepository.isValidModelName(name)) return yield* new InferenceError.ModelNotFound({ modelId: name })
-        const scanned = yield* ModelRepository.scan(options.repository, { defaults: options.defaults }).pipe(
-          Effect.mapError((e) => new InferenceError.ModelUnavailable({ modelId: name, reason: e.message }))
-        )
-        const fresh = ModelRepository.versionsOf(scanned, name)
-        if (fresh.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
-        const states = yield* Effect.forEach(fresh, loadEntry, { concurrency: "unbounded" })
-        const old = ModelRepository.versionsOf(repository, name).map((e) => loaded.get(key(e.name, e.version)))
-        // The swap: the new versions serve from here on; the old hosts finish what they run, then go.
-        for (const e of ModelRepository.versionsOf(repository, name)) loaded.delete(key(e.name, e.version))
-        fresh.forEach((e, i) => loaded.set(key(e.name, e.version), states[i]!))
-        repository = { ...repository, entries: [...repository.entries.filter((e) => e.name !== name), ...fresh].sort(byNameThenVersion) }
-        unloading.delete(name)
-        yield* Effect.forEach(old, (state) => (state?._tag === "Ready" ? release(state.host) : Effect.void), { concurrency: "unbounded", discard: true })
-        const failed = states.find((s) => s._tag === "Unavailable")
-        if (failed !== undefined && failed._tag === "Unavailable" && states.every((s) => s._tag === "Unavailable")) {
-          return yield* new InferenceError.ModelUnavailable({ modelId: name, reason: failed.reason })
-        }
-      }).pipe(Effect.withSpan("OnnxModelPool.load", { attributes: { model: name } }))
-
-    const unload = (name: string, drained: Effect.Effect<void>): Effect.Effect<void, InferenceError.ModelNotFound> =>
-      Effect.gen(function*() {
-        const versions = ModelRepository.versionsOf(repository, name)
-        if (versions.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
-        unloading.add(name)
-        yield* drained
-        if (!unloading.has(name)) return // loaded again meanwhile
-        const states = versions.map((e) => loaded.get(key(e.name, e.version)))
-        for (const e of versions) loaded.set(key(e.name, e.version), { _tag: "Unavailable", reason: "unloaded" })
-        unloading.delete(name)
-        yield* Effect.forEach(states, (state) => (state?._tag === "Ready" ? release(state.host) : Effect.void), { concurrency: "unbounded", discard: true })
-        yield* Effect.logInfo(`model ${name} unloaded`)
-      }).pipe(Effect.withSpan("OnnxModelPool.unload", { attributes: { model: name } }))
-
-    /** The loaded model serving `modelId` at `version` (default: highest), or why not. */
-    const resolve = (
-      modelId: string,
-      version: string | undefined
-    ): Ready | InferenceError.ModelNotFound | InferenceError.ModelUnavailable => {
-      const notFound = () => new InferenceError.ModelNotFound(version === undefined ? { modelId } : { modelId, version })
-      if (!ModelRepository.isValidModelName(modelId)) return notFound()
-      const entry = ModelRepository.lookup(repository, modelId, version)
-      if (entry === undefined) return notFound()
-      const state = loaded.get(key(entry.name, entry.version))
-      if (state === undefined) return new InferenceError.ModelUnavailable({ modelId, reason: "not loaded" })
-      if (state._tag === "Unavailable") return new InferenceError.ModelUnavailable({ modelId, reason: state.reason })
-      const reason = state.host.unavailableReason()
-      return reason === undefined ? state : new InferenceError.ModelUnavailable({ modelId, reason })
     }
 
     const withHost = <A, E>(
@@ -352,56 +410,23 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       f: (model: Ready) => Effect.Effect<A, E>
     ): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
       Effect.suspend((): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> => {
-        const model = resolve(modelId, version)
+        const model = resolveModel(state, modelId, version)
         return isError(model) ? Effect.fail(model) : f(model)
       })
-
-    const info = Effect.sync((): ReadonlyArray<ModelInfo> =>
-      repository.entries.map((entry) => {
-        const state = loaded.get(key(entry.name, entry.version))
-        const base = { name: entry.name, version: entry.version }
-        if (state === undefined || state._tag === "Unavailable") {
-          return { ...base, state: "UNAVAILABLE", reason: state?.reason ?? (entry._tag === "Unavailable" ? entry.reason : "not loaded") }
-        }
-        const reason = state.host.unavailableReason()
-        const { host } = state
-        const extra = {
-          deviceUsed: host.deviceUsed,
-          fallbacks: host.fallbacks,
-          isolation: host.isolation,
-          stats: host.stats(),
-          ...(host.isolation === "process" ? { pids: host.pids() } : {})
-        }
-        return reason === undefined ? { ...base, state: "READY", ...extra } : { ...base, state: "UNAVAILABLE", reason, ...extra }
-      })
-    )
-
-    /**
-     * Explicit model control: the model versions on disk now that were never loaded (a directory
-     * added after start), as Triton's index lists them: UNAVAILABLE, "unloaded".
-     */
-    const unseen: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit
-      ? ModelRepository.scan(options.repository, { defaults: options.defaults }).pipe(
-        Effect.map((scanned) =>
-          scanned.entries
-            .filter((e) => ModelRepository.versionsOf(repository, e.name).length === 0)
-            .map((e): ModelStatus => ({ name: e.name, version: e.version, state: "UNAVAILABLE", reason: "unloaded" }))
-        ),
-        Effect.orElseSucceed(() => [])
-      )
-      : Effect.succeed([])
+    const info = Effect.sync(() => infoOf(state))
+    const extra: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit ? Effect.suspend(() => unseen(loader, state)) : Effect.succeed([])
 
     // one series per model, bound once (an update is then a lookup, not a context built per run)
     const fills = new Map<string, Metric.Histogram<number>>()
 
     const service: Service = {
       metadata: (modelId, version) =>
-        unloading.has(modelId)
+        state.unloading.has(modelId)
           ? Effect.fail(new InferenceError.ModelUnavailable({ modelId, reason: "unloading" }))
           : withHost(modelId, version, (model) => Effect.succeed(model.metadata)),
       metadataUnsafe: (modelId, version) => {
-        if (unloading.has(modelId)) return new InferenceError.ModelUnavailable({ modelId, reason: "unloading" })
-        const model = resolve(modelId, version)
+        if (state.unloading.has(modelId)) return new InferenceError.ModelUnavailable({ modelId, reason: "unloading" })
+        const model = resolveModel(state, modelId, version)
         return isError(model) ? model : model.metadata
       },
       run: (modelId: string, inputs: Tensor.TensorMap, runOptions) =>
@@ -415,20 +440,20 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         }),
       runGroup: (modelId, inputs, runOptions) =>
         withHost(modelId, runOptions.version, (model) => model.host.runGroup(inputs, runOptions.requestId, runOptions)),
-      models: Effect.map(Effect.zip(info, unseen), ([all, extra]) =>
+      models: Effect.map(Effect.zip(info, extra), ([all, unloaded]) =>
         all.map((m): ModelStatus => (m.reason === undefined
           ? { name: m.name, version: m.version, state: m.state }
-          : { name: m.name, version: m.version, state: m.state, reason: m.reason })).concat(extra)),
+          : { name: m.name, version: m.version, state: m.state, reason: m.reason })).concat(unloaded)),
       get repository() {
-        return repository
+        return state.repository
       },
       info,
-      ...(explicit ? { load, unload } : {}),
+      ...(explicit ? { load: (name) => load(loader, state, name), unload: (name, drained) => unload(loader, state, name, drained) } : {}),
       stats: (modelId, version) => {
-        const model = resolve(modelId, version)
+        const model = resolveModel(state, modelId, version)
         return isError(model) ? undefined : model.host.stats()
       },
-      counters
+      counters: loader.counters
     }
     return service
   }).pipe(Effect.withSpan("OnnxModelPool.make", { attributes: { repository: options.repository } }))
