@@ -154,8 +154,9 @@ export const gpuMaxQueueDelayMs = 2
  * `preferredBatchSizes` or sets `sizing`: a forming batch takes rows until the GPU is about to free,
  * then goes once it has the rows to keep up (`BatchPolicy.decide`). It still goes at once when the
  * model is idle, for a Critical request, or when waiting would miss a member's deadline. Learned
- * sizing was never worse than the 2 ms delay alone in the simulation of `bench/sizing.ts`, and
- * 1.22-1.50× its throughput on this project's 2-vCPU machine with a model in two child processes;
+ * sizing's throughput was never more than 5% below the 2 ms delay alone's in the simulation of
+ * `bench/sizing.ts` (its median latency at most 1.11× there), and 1.2-1.5× it on this project's
+ * 2-vCPU machine with a model in two child processes;
  * not yet measured through the engine on a GPU (`bench gpu` compares both there).
  */
 export const gpuBatching = (json: BatchPolicy.ConfigJson | undefined): BatchPolicy.ConfigJson => ({
