@@ -36,12 +36,12 @@
  *
  * @module Routes
  */
-import { ByteSize, Cause, Data, Effect, Layer, Tracer } from "effect"
+import { ByteSize, Cause, Data, Effect, Layer, type Option, Tracer } from "effect"
 import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
-import { AsyncInferenceEngine } from "../Engine.ts"
+import { AsyncInferenceEngine, type Service as EngineService } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
-import { ModelPool } from "../ModelPool.ts"
+import { ModelPool, type Service as ModelPoolService } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import * as Lifecycle from "./Lifecycle.ts"
 import * as DecodePool from "./DecodePool.ts"
@@ -138,6 +138,261 @@ const errorResponse = (e: ApiError) => json(e.status, { error: e.message }, e.he
 
 const fail = (status: number, message: string): Effect.Effect<never, ApiError> => Effect.fail(new ApiError({ status, message }))
 
+/** The `name` and optional `version` path parameters, checked before they go anywhere. */
+const modelParams = Effect.flatMap(HttpRouter.params, (params) => {
+  const name = params["name"] ?? ""
+  const version = params["version"]
+  if (!ModelRepository.isValidModelName(name)) {
+    return fail(400, `invalid model name ${JSON.stringify(name.slice(0, 200))}: letters, digits, "_", "." and "-" only, starting with a letter or digit`)
+  }
+  if (version !== undefined && !ModelRepository.versionPattern.test(version)) {
+    return fail(400, `invalid model version ${JSON.stringify(version.slice(0, 200))}: decimal digits only`)
+  }
+  return Effect.succeed({ name, version })
+})
+
+/** `text` parsed as JSON, or a 400 that names `what` did not parse. */
+const parseJson = (text: string, what: string): Effect.Effect<unknown, ApiError> => {
+  try {
+    return Effect.succeed(JSON.parse(text))
+  } catch (e) {
+    return fail(400, `${what} is not valid JSON: ${e instanceof Error ? e.message : String(e)}`)
+  }
+}
+
+/**
+ * The request body's readers, under a limit of `bodyLimit` bytes (413 above it, from
+ * Content-Length at once or while reading).
+ */
+const bodyReaders = (bodyLimit: number) => {
+  const maxBodySize = ByteSize.bytes(bodyLimit)
+  const readWithin = <A>(read: (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<A, HttpServerError.HttpServerError>) =>
+    Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const declared = request.headers["content-length"]
+      if (declared !== undefined && Number(declared) > bodyLimit) {
+        return yield* fail(413, `request body of ${declared} bytes exceeds the limit of ${bodyLimit} bytes`)
+      }
+      return yield* read(request).pipe(
+        Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBodySize),
+        Effect.mapError((e) =>
+          e.reason._tag === "RequestParseError" && e.reason.reason === "BodyTooLarge"
+            ? new ApiError({ status: 413, message: `request body exceeds the limit of ${bodyLimit} bytes` })
+            : new ApiError({ status: 400, message: "could not read the request body" })
+        )
+      )
+    })
+
+  /**
+   * The body's bytes, decompressed as its Content-Encoding says (gzip, deflate; 415 for any
+   * other coding). The limit applies to the decompressed size too (413).
+   */
+  const readBytes = Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const codings = ContentEncoding.parse(request.headers["content-encoding"])
+    if (typeof codings === "string") {
+      return yield* Effect.andThen(Effect.ignore(readWithin((request) => request.arrayBuffer)), fail(415, codings))
+    }
+    const bytes = new Uint8Array(yield* readWithin((request) => request.arrayBuffer))
+    if (codings.length === 0) return bytes
+    const decoded = yield* ContentEncoding.decode(bytes, codings, bodyLimit)
+    if (decoded._tag === "TooLarge") return yield* fail(413, `decompressed request body exceeds the limit of ${bodyLimit} bytes`)
+    if (decoded._tag === "Corrupt") return yield* fail(400, `the request body is not valid ${decoded.coding}: ${decoded.detail}`)
+    return decoded.bytes
+  })
+
+  /** The body as text. */
+  const readBody = Effect.map(readBytes, (bytes) => utf8.decode(bytes))
+
+  /**
+   * An inference body: JSON text, and with Triton's binary tensor data extension (the
+   * Inference-Header-Content-Length header gives the JSON's length in bytes) the binary part after it.
+   */
+  const readInferBody = Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const header = request.headers[Oip.inferenceHeaderContentLength]
+    if (header === undefined) return { text: yield* readBody, binary: undefined }
+    const split = Oip.splitBinaryBody(yield* readBytes, header)
+    return typeof split === "string" ? yield* fail(400, split) : split
+  })
+  return { readBody, readInferBody }
+}
+
+/**
+ * A path no route matches (or that does not even decode) is a JSON 404 too, with Connection:
+ * close once the server is closing connections. HEAD falls back to GET inside the router, before this runs.
+ */
+const jsonNotFound = (lifecycle: Lifecycle.Service) => <E>(
+  app: Effect.Effect<HttpServerResponse.HttpServerResponse, E>
+): Effect.Effect<HttpServerResponse.HttpServerResponse, E, HttpServerRequest.HttpServerRequest> =>
+  Effect.catchCause(app, (cause) => {
+    const error = Cause.findErrorOption(cause)
+    if (error._tag === "None" || !HttpServerError.isHttpServerError(error.value) || error.value.reason._tag !== "RouteNotFound") {
+      return Effect.failCause(cause)
+    }
+    return Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
+      const response = json(404, { error: `no route for ${request.method} ${request.url.split("?")[0]!.slice(0, 200)}` })
+      return lifecycle.closesConnections() ? HttpServerResponse.setHeader(response, "connection", "close") : response
+    })
+  })
+
+/** What the route handlers share: the services, the error mapping, the wrapper every route goes through, the body readers. */
+interface Ctx {
+  readonly options: Options
+  readonly engine: EngineService
+  readonly pool: ModelPoolService
+  readonly lifecycle: Lifecycle.Service
+  readonly statistics: Option.Option<Statistics.Statistics["Service"]>
+  readonly metricsPage: Effect.Success<typeof Metrics.make>
+  /** Directories whose path never appears in an answer. */
+  readonly roots: ReadonlyArray<string>
+  readonly strictReadiness: boolean
+  readonly fromReason: (reason: InferenceError.Reason) => ApiError
+  /** Every route goes through here: counted in flight, errors as JSON, Connection: close after the signal. */
+  readonly handle: <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>) => Effect.Effect<HttpServerResponse.HttpServerResponse, never, R>
+  readonly metadataOf: (name: string, version: string | undefined) => Effect.Effect<ModelMetadata.ModelMetadata, ApiError>
+  readonly readBody: Effect.Effect<string, ApiError, HttpServerRequest.HttpServerRequest>
+  readonly readInferBody: ReturnType<typeof bodyReaders>["readInferBody"]
+}
+
+/** `GET /v2`, the health routes and `/metrics`. */
+const serverRoutes = (ctx: Ctx) => {
+  const { handle, options, pool, lifecycle, roots, strictReadiness, engine, metricsPage } = ctx
+  const serverMetadata = handle(Effect.succeed(json(200, {
+    name: options.serverName,
+    version: options.serverVersion,
+    extensions: extensionsFor(ModelControl.isEnabled(pool) ? "explicit" : "none")
+  })))
+
+  const live = handle(Effect.succeed(json(200, { live: true })))
+
+  const ready = handle(Effect.map(pool.models, (models) => {
+    const state = Lifecycle.readiness({ shuttingDown: lifecycle.isShuttingDown(), strict: strictReadiness, models })
+    return state.ready ? json(200, { ready: true }) : json(503, { ready: false, error: redact(state.reason, roots) })
+  }))
+
+  const prometheus = handle(Effect.map(metricsPage.render(engine, { format: options.metricsFormat }), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
+  return { serverMetadata, live, ready, prometheus }
+}
+
+/** A model's metadata, readiness, configuration and statistics, and its inferences. */
+const modelRoutes = (ctx: Ctx) => {
+  const { handle, pool, engine, lifecycle, fromReason, metadataOf, readBody, readInferBody, statistics } = ctx
+  const modelMetadata = handle(Effect.gen(function*() {
+    const { name, version } = yield* modelParams
+    const metadata = yield* metadataOf(name, version)
+    const models = yield* pool.models
+    const versions = models.filter((m) => m.name === name).map((m) => m.version)
+    return json(200, {
+      name,
+      versions: versions.length === 0 ? [metadata.version] : versions,
+      platform,
+      inputs: metadata.inputs.map(Oip.tensorMetadata),
+      outputs: metadata.outputs.map(Oip.tensorMetadata),
+      properties: Oip.modelProperties(metadata)
+    })
+  }))
+
+  const modelReady = handle(Effect.gen(function*() {
+    const { name, version } = yield* modelParams
+    if (lifecycle.isShuttingDown()) return json(503, { name, ready: false, error: "the server is shutting down" })
+    const result = yield* Effect.result(metadataOf(name, version))
+    if (result._tag === "Success") return json(200, { name, ready: true })
+    const error = result.failure
+    return error.status === 404 ? errorResponse(error) : json(503, { name, ready: false, error: error.message })
+  }))
+
+  /** A body that did not decode: the engine counts the refusal, the client gets the reason. */
+  const invalid = (name: string, reason: InferenceError.InvalidInput) =>
+    Effect.andThen(engine.recordRefused(name, reason), Effect.fail(fromReason(reason)))
+
+  /**
+   * Refuses before decoding, but after reading the body (within the limit): a connection
+   * that is closed with unread request bytes is reset, and the client would see ECONNRESET
+   * instead of the answer.
+   */
+  const refuseEarly = <A, R>(checks: Effect.Effect<A, ApiError, R>) =>
+    Effect.catchTag(checks, "ApiError", (e) => Effect.andThen(Effect.ignore(readBody), Effect.fail(e)))
+
+  const infer = handle(Effect.gen(function*() {
+    const { name, version, metadata } = yield* refuseEarly(Effect.gen(function*() {
+      if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
+      const { name, version } = yield* modelParams
+      const metadata: ModelMetadata.ModelMetadata = yield* metadataOf(name, version)
+      // The engine's own admission rule before the costly part: a full queue answers 429 before decoding anything.
+      yield* Effect.mapError(engine.checkAdmission(name), (e) => fromReason(e.reason))
+      return { name, version, metadata }
+    }))
+    const { binary, text } = yield* readInferBody
+    const decoded = InferExchange.decode(name, version, metadata, text, binary)
+    if (decoded._tag === "NotJson") return yield* fail(400, decoded.message)
+    if (decoded._tag === "InvalidInput") return yield* invalid(name, decoded)
+    const result = yield* engine.infer(decoded.request).pipe(Effect.mapError((e) => fromReason(e.reason)))
+    const answer = InferExchange.encode(metadata, decoded, result)
+    if (answer instanceof Error) return yield* Effect.die(answer)
+    if (answer._tag === "Json") return HttpServerResponse.text(answer.text, { contentType: "application/json" })
+    return HttpServerResponse.uint8Array(answer.bytes, {
+      contentType: "application/octet-stream",
+      headers: { [Oip.inferenceHeaderContentLength]: String(answer.jsonLength) }
+    })
+  }))
+
+  const modelConfig = handle(Effect.gen(function*() {
+    const { name, version } = yield* modelParams
+    const metadata = yield* metadataOf(name, version)
+    return json(200, ModelConfiguration.of(metadata, engine.config))
+  }))
+
+  /** Triton's statistics of every model (or one), from the same telemetry as /metrics. */
+  const statsOf = (name: string | undefined, version: string | undefined) =>
+    statistics._tag === "None"
+      ? fail(501, "statistics are not collected by this server (Statistics.layer is not provided)")
+      : Effect.mapError(Statistics.report(pool, statistics.value, name, version), fromReason)
+
+  const allStats = handle(Effect.map(statsOf(undefined, undefined), (model_stats) => json(200, { model_stats })))
+
+  const modelStats = handle(Effect.gen(function*() {
+    const { name, version } = yield* modelParams
+    return json(200, { model_stats: yield* statsOf(name, version) })
+  }))
+  return { modelMetadata, modelReady, infer, modelConfig, allStats, modelStats }
+}
+
+/** Triton's repository index and model control. */
+const repositoryRoutes = (ctx: Ctx) => {
+  const { handle, pool, engine, fromReason, readBody, roots } = ctx
+  const repositoryIndex = handle(Effect.gen(function*() {
+    const text = yield* readBody
+    const body = Oip.decodeRepositoryIndexRequest(text.trim() === "" ? {} : yield* parseJson(text, "the request body"))
+    if ("error" in body) return yield* fail(400, body.error)
+    const models = yield* pool.models
+    return json(
+      200,
+      models
+        .filter((m) => body.ready !== true || m.state === "READY")
+        .map((m) => ({
+          name: m.name,
+          version: m.version,
+          state: m.state,
+          ...(m.reason === undefined ? {} : { reason: redact(m.reason, roots) })
+        }))
+    )
+  }))
+
+  /** Load or unload (Triton's model repository extension); 400 without explicit model control. */
+  const modelControl = (action: "load" | "unload") =>
+    handle(Effect.gen(function*() {
+      const { name } = yield* modelParams
+      yield* Effect.ignore(readBody)
+      yield* (action === "load" ? ModelControl.load(pool, name) : ModelControl.unload(pool, engine, name)).pipe(
+        Effect.catchTag("NotSupported", (e) => fail(400, e.message)),
+        Effect.mapError((e) => (e instanceof ApiError ? e : fromReason(e)))
+      )
+      return json(200, {})
+    }))
+  return { repositoryIndex, modelControl }
+}
+
 /** The routes, as a layer that registers them on the `HttpRouter`. */
 export const layer = (
   options: Options
@@ -161,7 +416,7 @@ export const layer = (
         )
       const strictReadiness = options.strictReadiness ?? true
       const bodyLimit = options.bodyLimitBytes
-      const maxBodySize = ByteSize.bytes(bodyLimit)
+      const { readBody, readInferBody } = bodyReaders(bodyLimit)
 
       const fromReason = (reason: InferenceError.Reason): ApiError =>
         new ApiError({
@@ -182,80 +437,8 @@ export const layer = (
           Effect.map((response) => lifecycle.closesConnections() ? HttpServerResponse.setHeader(response, "connection", "close") : response)
         ))
 
-      /** The `name` and optional `version` path parameters, checked before they go anywhere. */
-      const modelParams = Effect.flatMap(HttpRouter.params, (params) => {
-        const name = params["name"] ?? ""
-        const version = params["version"]
-        if (!ModelRepository.isValidModelName(name)) {
-          return fail(400, `invalid model name ${JSON.stringify(name.slice(0, 200))}: letters, digits, "_", "." and "-" only, starting with a letter or digit`)
-        }
-        if (version !== undefined && !ModelRepository.versionPattern.test(version)) {
-          return fail(400, `invalid model version ${JSON.stringify(version.slice(0, 200))}: decimal digits only`)
-        }
-        return Effect.succeed({ name, version })
-      })
-
       const metadataOf = (name: string, version: string | undefined) =>
         Effect.mapError(pool.metadata(name, version), fromReason)
-
-      /** Reads the body under the limit: 413 from Content-Length at once, or while reading. */
-      const readWithin = <A>(read: (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<A, HttpServerError.HttpServerError>) =>
-        Effect.gen(function*() {
-          const request = yield* HttpServerRequest.HttpServerRequest
-          const declared = request.headers["content-length"]
-          if (declared !== undefined && Number(declared) > bodyLimit) {
-            return yield* fail(413, `request body of ${declared} bytes exceeds the limit of ${bodyLimit} bytes`)
-          }
-          return yield* read(request).pipe(
-            Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBodySize),
-            Effect.mapError((e) =>
-              e.reason._tag === "RequestParseError" && e.reason.reason === "BodyTooLarge"
-                ? new ApiError({ status: 413, message: `request body exceeds the limit of ${bodyLimit} bytes` })
-                : new ApiError({ status: 400, message: "could not read the request body" })
-            )
-          )
-        })
-
-      /**
-       * The body's bytes, decompressed as its Content-Encoding says (gzip, deflate; 415 for any
-       * other coding). The limit applies to the decompressed size too (413).
-       */
-      const readBytes = Effect.gen(function*() {
-        const request = yield* HttpServerRequest.HttpServerRequest
-        const codings = ContentEncoding.parse(request.headers["content-encoding"])
-        if (typeof codings === "string") {
-          return yield* Effect.andThen(Effect.ignore(readWithin((request) => request.arrayBuffer)), fail(415, codings))
-        }
-        const bytes = new Uint8Array(yield* readWithin((request) => request.arrayBuffer))
-        if (codings.length === 0) return bytes
-        const decoded = yield* ContentEncoding.decode(bytes, codings, bodyLimit)
-        if (decoded._tag === "TooLarge") return yield* fail(413, `decompressed request body exceeds the limit of ${bodyLimit} bytes`)
-        if (decoded._tag === "Corrupt") return yield* fail(400, `the request body is not valid ${decoded.coding}: ${decoded.detail}`)
-        return decoded.bytes
-      })
-
-      /** The body as text. */
-      const readBody = Effect.map(readBytes, (bytes) => utf8.decode(bytes))
-
-      /**
-       * An inference body: JSON text, and with Triton's binary tensor data extension (the
-       * Inference-Header-Content-Length header gives the JSON's length in bytes) the binary part after it.
-       */
-      const readInferBody = Effect.gen(function*() {
-        const request = yield* HttpServerRequest.HttpServerRequest
-        const header = request.headers[Oip.inferenceHeaderContentLength]
-        if (header === undefined) return { text: yield* readBody, binary: undefined }
-        const split = Oip.splitBinaryBody(yield* readBytes, header)
-        return typeof split === "string" ? yield* fail(400, split) : split
-      })
-
-      const parseJson = (text: string, what: string): Effect.Effect<unknown, ApiError> => {
-        try {
-          return Effect.succeed(JSON.parse(text))
-        } catch (e) {
-          return fail(400, `${what} is not valid JSON: ${e instanceof Error ? e.message : String(e)}`)
-        }
-      }
 
       // The infer route, also as a Node request handler: the same answers without the router's cost per request.
       const metadataUnsafe = pool.metadataUnsafe
@@ -279,153 +462,12 @@ export const layer = (
         }))
       }
 
-      // -- server ----------------------------------------------------------------
+      const ctx: Ctx = { options, engine, pool, lifecycle, statistics, metricsPage, roots, strictReadiness, fromReason, handle, metadataOf, readBody, readInferBody }
+      const { serverMetadata, live, ready, prometheus } = serverRoutes(ctx)
+      const { modelMetadata, modelReady, infer, modelConfig, allStats, modelStats } = modelRoutes(ctx)
+      const { repositoryIndex, modelControl } = repositoryRoutes(ctx)
 
-      const serverMetadata = handle(Effect.succeed(json(200, {
-        name: options.serverName,
-        version: options.serverVersion,
-        extensions: extensionsFor(ModelControl.isEnabled(pool) ? "explicit" : "none")
-      })))
-
-      const live = handle(Effect.succeed(json(200, { live: true })))
-
-      const ready = handle(Effect.map(pool.models, (models) => {
-        const state = Lifecycle.readiness({ shuttingDown: lifecycle.isShuttingDown(), strict: strictReadiness, models })
-        return state.ready ? json(200, { ready: true }) : json(503, { ready: false, error: redact(state.reason, roots) })
-      }))
-
-      // -- models ----------------------------------------------------------------
-
-      const modelMetadata = handle(Effect.gen(function*() {
-        const { name, version } = yield* modelParams
-        const metadata = yield* metadataOf(name, version)
-        const models = yield* pool.models
-        const versions = models.filter((m) => m.name === name).map((m) => m.version)
-        return json(200, {
-          name,
-          versions: versions.length === 0 ? [metadata.version] : versions,
-          platform,
-          inputs: metadata.inputs.map(Oip.tensorMetadata),
-          outputs: metadata.outputs.map(Oip.tensorMetadata),
-          properties: Oip.modelProperties(metadata)
-        })
-      }))
-
-      const modelReady = handle(Effect.gen(function*() {
-        const { name, version } = yield* modelParams
-        if (lifecycle.isShuttingDown()) return json(503, { name, ready: false, error: "the server is shutting down" })
-        const result = yield* Effect.result(metadataOf(name, version))
-        if (result._tag === "Success") return json(200, { name, ready: true })
-        const error = result.failure
-        return error.status === 404 ? errorResponse(error) : json(503, { name, ready: false, error: error.message })
-      }))
-
-      /** A body that did not decode: the engine counts the refusal, the client gets the reason. */
-      const invalid = (name: string, reason: InferenceError.InvalidInput) =>
-        Effect.andThen(engine.recordRefused(name, reason), Effect.fail(fromReason(reason)))
-
-      /**
-       * Refuses before decoding, but after reading the body (within the limit): a connection
-       * that is closed with unread request bytes is reset, and the client would see ECONNRESET
-       * instead of the answer.
-       */
-      const refuseEarly = <A, R>(checks: Effect.Effect<A, ApiError, R>) =>
-        Effect.catchTag(checks, "ApiError", (e) => Effect.andThen(Effect.ignore(readBody), Effect.fail(e)))
-
-      const infer = handle(Effect.gen(function*() {
-        const { name, version, metadata } = yield* refuseEarly(Effect.gen(function*() {
-          if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
-          const { name, version } = yield* modelParams
-          const metadata: ModelMetadata.ModelMetadata = yield* metadataOf(name, version)
-          // The engine's own admission rule before the costly part: a full queue answers 429 before decoding anything.
-          yield* Effect.mapError(engine.checkAdmission(name), (e) => fromReason(e.reason))
-          return { name, version, metadata }
-        }))
-        const { binary, text } = yield* readInferBody
-        const decoded = InferExchange.decode(name, version, metadata, text, binary)
-        if (decoded._tag === "NotJson") return yield* fail(400, decoded.message)
-        if (decoded._tag === "InvalidInput") return yield* invalid(name, decoded)
-        const result = yield* engine.infer(decoded.request).pipe(Effect.mapError((e) => fromReason(e.reason)))
-        const answer = InferExchange.encode(metadata, decoded, result)
-        if (answer instanceof Error) return yield* Effect.die(answer)
-        if (answer._tag === "Json") return HttpServerResponse.text(answer.text, { contentType: "application/json" })
-        return HttpServerResponse.uint8Array(answer.bytes, {
-          contentType: "application/octet-stream",
-          headers: { [Oip.inferenceHeaderContentLength]: String(answer.jsonLength) }
-        })
-      }))
-
-      const modelConfig = handle(Effect.gen(function*() {
-        const { name, version } = yield* modelParams
-        const metadata = yield* metadataOf(name, version)
-        return json(200, ModelConfiguration.of(metadata, engine.config))
-      }))
-
-      /** Triton's statistics of every model (or one), from the same telemetry as /metrics. */
-      const statsOf = (name: string | undefined, version: string | undefined) =>
-        statistics._tag === "None"
-          ? fail(501, "statistics are not collected by this server (Statistics.layer is not provided)")
-          : Effect.mapError(Statistics.report(pool, statistics.value, name, version), fromReason)
-
-      const allStats = handle(Effect.map(statsOf(undefined, undefined), (model_stats) => json(200, { model_stats })))
-
-      const modelStats = handle(Effect.gen(function*() {
-        const { name, version } = yield* modelParams
-        return json(200, { model_stats: yield* statsOf(name, version) })
-      }))
-
-      // -- repository --------------------------------------------------------------
-
-      const repositoryIndex = handle(Effect.gen(function*() {
-        const text = yield* readBody
-        const body = Oip.decodeRepositoryIndexRequest(text.trim() === "" ? {} : yield* parseJson(text, "the request body"))
-        if ("error" in body) return yield* fail(400, body.error)
-        const models = yield* pool.models
-        return json(
-          200,
-          models
-            .filter((m) => body.ready !== true || m.state === "READY")
-            .map((m) => ({
-              name: m.name,
-              version: m.version,
-              state: m.state,
-              ...(m.reason === undefined ? {} : { reason: redact(m.reason, roots) })
-            }))
-        )
-      }))
-
-      /** Load or unload (Triton's model repository extension); 400 without explicit model control. */
-      const modelControl = (action: "load" | "unload") =>
-        handle(Effect.gen(function*() {
-          const { name } = yield* modelParams
-          yield* Effect.ignore(readBody)
-          yield* (action === "load" ? ModelControl.load(pool, name) : ModelControl.unload(pool, engine, name)).pipe(
-            Effect.catchTag("NotSupported", (e) => fail(400, e.message)),
-            Effect.mapError((e) => (e instanceof ApiError ? e : fromReason(e)))
-          )
-          return json(200, {})
-        }))
-
-      // -- metrics and the rest ---------------------------------------------------------
-
-      const prometheus = handle(Effect.map(metricsPage.render(engine, { format: options.metricsFormat }), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
-
-      // A path no route matches (or that does not even decode) is a JSON 404 too. HEAD falls
-      // back to GET inside the router, before this runs.
-      const jsonNotFound = <E>(
-        app: Effect.Effect<HttpServerResponse.HttpServerResponse, E>
-      ): Effect.Effect<HttpServerResponse.HttpServerResponse, E, HttpServerRequest.HttpServerRequest> =>
-        Effect.catchCause(app, (cause) => {
-          const error = Cause.findErrorOption(cause)
-          if (error._tag === "None" || !HttpServerError.isHttpServerError(error.value) || error.value.reason._tag !== "RouteNotFound") {
-            return Effect.failCause(cause)
-          }
-          return Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
-            const response = json(404, { error: `no route for ${request.method} ${request.url.split("?")[0]!.slice(0, 200)}` })
-            return lifecycle.closesConnections() ? HttpServerResponse.setHeader(response, "connection", "close") : response
-          })
-        })
-      yield* router.addGlobalMiddleware(jsonNotFound)
+      yield* router.addGlobalMiddleware(jsonNotFound(lifecycle))
 
       yield* router.addAll([
         HttpRouter.route("GET", "/v2", serverMetadata),
