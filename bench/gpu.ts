@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- gpu [--quick] [--sizes=1024,4096,4096,1000] [--seconds=4] [--rounds=2]`: a
+ * `npm run bench -- gpu [--quick] [--sizes=1024,4096,4096,1000] [--seconds=4] [--rounds=2] [--emulate] [--emulated-only]`: a
  * compute-heavy generated MLP (`scripts/gpu/model.ts`) on each provider that loads here, cpu
  * always and webgpu where an adapter is found (`scripts/gpu/probe.ts`; otherwise one line says
  * why and the CPU is measured alone).
@@ -26,7 +26,9 @@
  * (`bench/lib/emulatedGpu.ts`: a WebGPU run's measured cost, one device shared by the instances'
  * processes, outputs from a one-Slice model) with a GPU model's defaults and 2 instances (the
  * 16-core host's default), learned sizing against fixed: what the goals below would read if the
- * GPU cost what it did there, on this machine's CPU.
+ * GPU cost what it did there, on this machine's CPU. It runs after the engines above are closed;
+ * `--emulated-only` runs it alone (no MLP, no ceiling), for comparing the request path of two
+ * commits side by side.
  *
  * Goals (GPU only): the engine on webgpu at 256 outstanding reaches 50% of the raw batched
  * webgpu rate, 10× per-request webgpu `session.run` at 64, and 3× the engine on the CPU
@@ -84,6 +86,89 @@ const ceilingConfig = {
 addModel(repo.root, ceilingModel, sliceOnnx(inputs, Math.min(inputs, outputs)), ceilingConfig)
 console.log(`model: MLP ${sizes.join("-")} (${(sizes.slice(1).reduce((n, s, i) => n + s * (sizes[i]! + 1), 0) / 1e6).toFixed(1)}M parameters), ${cores} cores, blocks of ${blockMs} ms, ${rounds} round(s)`)
 
+const row = repo.input(1, 7)
+
+/** `k` callers in a closed loop of one-row requests to `model` on `handle`, with the native runs they caused. */
+const oneRowLoad = (handle: EngineHandle, model: string) => async (k: number): Promise<LoadResult> => {
+  const before = { ...handle.counts }
+  const r = await handle.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
+    run: handle.engine.infer(InferenceRequest.make(model, { input: Tensor.float32(row, [1, inputs]) }))
+  })))
+  return withRunCounts(r, before, handle.counts)
+}
+
+type Emulated = ReadonlyArray<{ sizing: string; outstanding: number; reqPerSec: number; p50: number; p99: number; rowsPerRun: number; failed: number }>
+
+/**
+ * The engine in front of the emulated H200: the Slice model as a GPU model (it reports "webgpu", so
+ * the pool applies `gpuBatching`) in 2 processes sharing one emulated device, learned sizing (the
+ * default) against fixed, alternating.
+ */
+const emulate = async (): Promise<Emulated> => {
+  const device = EmulatedGpu.open()
+  const root = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-onnx-emulated-gpu-"))
+  const base = { executionProviders: ["cpu"], isolation: "process", instances: 2 }
+  addModel(root, "emulated", sliceOnnx(inputs, Math.min(inputs, outputs)), base)
+  addModel(root, "emulated_fixed", sliceOnnx(inputs, Math.min(inputs, outputs)), { ...base, batching: { sizing: "fixed" } })
+  const emulated = await startEngine(engineLayer(
+    OnnxModelPool.layer({ repository: root, transports: { process: device.transport } }),
+    { maxConcurrentRequests: 4, maxQueuedRequests: 4096 }
+  ))
+  const out: Array<Emulated[number]> = []
+  for (const k of outstandings) {
+    const results = await alternate(rounds, [
+      { name: "learned (default)", run: () => oneRowLoad(emulated, "emulated")(k) },
+      { name: "fixed", run: () => oneRowLoad(emulated, "emulated_fixed")(k) }
+    ], (_r, name, b) => console.error(`  emulated ${name} k=${k}: ${b.reqPerSec.toFixed(0)}/s`), `emulated k=${k}`)
+    for (const [sizing, list] of Object.entries(results)) {
+      out.push({
+        sizing,
+        outstanding: k,
+        reqPerSec: median(list.map((x) => x.reqPerSec)),
+        p50: median(list.map((x) => x.latency["all"]!.p50)),
+        p99: median(list.map((x) => x.latency["all"]!.p99)),
+        rowsPerRun: median(list.map((x) => x.meanBatch ?? 1)),
+        failed: list.reduce((n, x) => n + x.failed, 0)
+      })
+    }
+  }
+  await emulated.dispose()
+  device.remove()
+  Fs.rmSync(root, { recursive: true, force: true })
+  return out
+}
+
+/** Prints the emulated H200's table and what the goals would read there. */
+const reportEmulated = (emulated: Emulated) => {
+  const rawRows = EmulatedGpu.rowsPerSec(maxBatchSize)
+  const perRequest = 1000 / EmulatedGpu.costMs(1)
+  const at = (k: number) => emulated.find((e) => e.sizing === "learned (default)" && e.outstanding === k)?.reqPerSec ?? NaN
+  section(`emulated H200 (a run costs ${EmulatedGpu.fixedMs} ms + ${EmulatedGpu.perRowMs} ms a row on one device shared by 2 processes; raw 256-row runs ${fmt(rawRows)} rows/s, one row a run ${fmt(perRequest)} req/s)`)
+  console.log(table(emulated.map((e) => ({
+    sizing: e.sizing,
+    outstanding: e.outstanding,
+    "req/s": fmt(e.reqPerSec),
+    "p50 ms": fmt(e.p50),
+    "p99 ms": fmt(e.p99),
+    "rows/run": fmt(e.rowsPerRun),
+    failed: e.failed
+  }))))
+  console.log(
+    `as the goals would read on such a GPU (emulated, not measured on one): engine at 256 / raw 256-row runs ${(at(256) / rawRows * 100).toFixed(0)}% (goal ≥ 50%), ` +
+      `engine at 64 / one row a run ${(at(64) / perRequest).toFixed(1)}× (goal ≥ 10×)`
+  )
+}
+
+// `--emulated-only`: the emulated H200 alone (no MLP, no ceiling), for comparing the request path across commits.
+if (args.options["emulated-only"] !== undefined) {
+  const emulated = await emulate()
+  reportEmulated(emulated)
+  const file = writeResults("gpu", { emulated: { fixedMs: EmulatedGpu.fixedMs, perRowMs: EmulatedGpu.perRowMs, instances: 2, results: emulated } })
+  console.log(`\nresults: ${Path.relative(process.cwd(), file)}`)
+  repo.remove()
+  process.exit(0)
+}
+
 // Main-thread sessions: per-request and raw batched baselines, and the reference outputs.
 const sessions: Partial<Record<Provider, ort.InferenceSession>> = {}
 for (const p of providers) {
@@ -95,7 +180,6 @@ const runRaw = async (p: Provider, data: Float32Array, rows: number): Promise<Fl
 const cpuReference = await runRaw("cpu", reference, 8)
 
 const engine = await startEngine(engineLayer(OnnxModelPool.layer({ repository: repo.root }), { maxConcurrentRequests: 4, maxQueuedRequests: 4096 }))
-const row = repo.input(1, 7)
 const deviceUsed: Record<string, string> = {}
 const diffs: Record<string, number> = {}
 for (const p of providers) {
@@ -106,14 +190,6 @@ for (const p of providers) {
 }
 console.log(`engine models: ${Object.entries(deviceUsed).map(([m, d]) => `${m} on ${d}`).join(", ")}; outputs [8, ${outputs}]`)
 
-/** `k` callers in a closed loop of one-row requests to `model` on `handle`, with the native runs they caused. */
-const oneRowLoad = (handle: EngineHandle, model: string) => async (k: number): Promise<LoadResult> => {
-  const before = { ...handle.counts }
-  const r = await handle.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
-    run: handle.engine.infer(InferenceRequest.make(model, { input: Tensor.float32(row, [1, inputs]) }))
-  })))
-  return withRunCounts(r, before, handle.counts)
-}
 const ceiling = oneRowLoad(engine, ceilingModel)
 const perRequest = (p: Provider) => (k: number): Promise<LoadResult> =>
   closedLoopAsync(k, blockMs, () => ({ run: () => sessions[p]!.run({ input: new ort.Tensor("float32", row, [1, inputs]) }) }))
@@ -216,64 +292,11 @@ if (probe.available) {
   console.log("\ngoals: none measured (they compare WebGPU with the CPU; no adapter here)")
 }
 
-/**
- * The engine in front of the emulated H200: the Slice model as a GPU model (it reports "webgpu", so
- * the pool applies `gpuBatching`) in 2 processes sharing one emulated device, learned sizing (the
- * default) against fixed, alternating.
- */
-const emulate = async () => {
-  const device = EmulatedGpu.open()
-  const root = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-onnx-emulated-gpu-"))
-  const base = { executionProviders: ["cpu"], isolation: "process", instances: 2 }
-  addModel(root, "emulated", sliceOnnx(inputs, Math.min(inputs, outputs)), base)
-  addModel(root, "emulated_fixed", sliceOnnx(inputs, Math.min(inputs, outputs)), { ...base, batching: { sizing: "fixed" } })
-  const emulated = await startEngine(engineLayer(
-    OnnxModelPool.layer({ repository: root, transports: { process: device.transport } }),
-    { maxConcurrentRequests: 4, maxQueuedRequests: 4096 }
-  ))
-  const out: Array<{ sizing: string; outstanding: number; reqPerSec: number; p50: number; p99: number; rowsPerRun: number; failed: number }> = []
-  for (const k of outstandings) {
-    const results = await alternate(rounds, [
-      { name: "learned (default)", run: () => oneRowLoad(emulated, "emulated")(k) },
-      { name: "fixed", run: () => oneRowLoad(emulated, "emulated_fixed")(k) }
-    ], (_r, name, b) => console.error(`  emulated ${name} k=${k}: ${b.reqPerSec.toFixed(0)}/s`), `emulated k=${k}`)
-    for (const [sizing, list] of Object.entries(results)) {
-      out.push({
-        sizing,
-        outstanding: k,
-        reqPerSec: median(list.map((x) => x.reqPerSec)),
-        p50: median(list.map((x) => x.latency["all"]!.p50)),
-        p99: median(list.map((x) => x.latency["all"]!.p99)),
-        rowsPerRun: median(list.map((x) => x.meanBatch ?? 1)),
-        failed: list.reduce((n, x) => n + x.failed, 0)
-      })
-    }
-  }
-  await emulated.dispose()
-  device.remove()
-  Fs.rmSync(root, { recursive: true, force: true })
-  return out
-}
+// The emulated device runs on a quiet machine: the engines and sessions above are closed first.
+await engine.dispose()
+for (const s of Object.values(sessions)) await s.release()
 const emulated = probe.available && args.options["emulate"] === undefined ? undefined : await emulate()
-if (emulated !== undefined) {
-  const rawRows = EmulatedGpu.rowsPerSec(maxBatchSize)
-  const perRequest = 1000 / EmulatedGpu.costMs(1)
-  const at = (k: number) => emulated.find((e) => e.sizing === "learned (default)" && e.outstanding === k)?.reqPerSec ?? NaN
-  section(`emulated H200 (a run costs ${EmulatedGpu.fixedMs} ms + ${EmulatedGpu.perRowMs} ms a row on one device shared by 2 processes; raw 256-row runs ${fmt(rawRows)} rows/s, one row a run ${fmt(perRequest)} req/s)`)
-  console.log(table(emulated.map((e) => ({
-    sizing: e.sizing,
-    outstanding: e.outstanding,
-    "req/s": fmt(e.reqPerSec),
-    "p50 ms": fmt(e.p50),
-    "p99 ms": fmt(e.p99),
-    "rows/run": fmt(e.rowsPerRun),
-    failed: e.failed
-  }))))
-  console.log(
-    `as the goals would read on such a GPU (emulated, not measured on one): engine at 256 / raw 256-row runs ${(at(256) / rawRows * 100).toFixed(0)}% (goal ≥ 50%), ` +
-      `engine at 64 / one row a run ${(at(64) / perRequest).toFixed(1)}× (goal ≥ 10×)`
-  )
-}
+if (emulated !== undefined) reportEmulated(emulated)
 
 const file = writeResults("gpu", {
   sizes,
@@ -290,6 +313,4 @@ const file = writeResults("gpu", {
   goals
 })
 console.log(`\nresults: ${Path.relative(process.cwd(), file)}`)
-await engine.dispose()
-for (const s of Object.values(sessions)) await s.release()
 repo.remove()
