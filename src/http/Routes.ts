@@ -161,8 +161,9 @@ const parseJson = (text: string, what: string): Effect.Effect<unknown, ApiError>
 }
 
 /**
- * The request body's readers, under a limit of `bodyLimit` bytes (413 above it, from
- * Content-Length at once or while reading).
+ * The request body's readers, under a limit of `bodyLimit` bytes on the body as sent and once
+ * decompressed (413 above it, from Content-Length at once or while reading; 415 for an
+ * unsupported Content-Encoding).
  */
 const bodyReaders = (bodyLimit: number) => {
   const maxBodySize = ByteSize.bytes(bodyLimit)
@@ -425,7 +426,6 @@ export const layer = (
           headers: reason._tag === "QueueFull" ? { "retry-after": retryAfter() } : undefined
         })
 
-      /** Every route goes through here: counted in flight, errors as JSON, Connection: close after the signal. */
       const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>) =>
         lifecycle.track(effect.pipe(
           Effect.catchTag("ApiError", (e) => Effect.succeed(errorResponse(e))),

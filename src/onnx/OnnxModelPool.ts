@@ -175,7 +175,7 @@ interface Loader {
   readonly hosts: Array<InstancePool.InstancePool>
 }
 
-/** The pool's mutable state: the repository as last scanned, each version's state, the models being unloaded. */
+/** The pool's mutable state: the repository (the startup scan, with each `load`ed model's versions swapped in), each version's state, the models being unloaded. */
 interface State {
   repository: ModelRepository.ModelRepository
   readonly loaded: Map<string, Loaded>
@@ -207,7 +207,7 @@ const release = (loader: Loader, host: InstancePool.InstancePool): Effect.Effect
  * The metadata a started host serves under: config.json's batching and inputSignatures sections
  * checked against the signature the session reports (without a batching section, batching is on
  * exactly when every input and output has a dynamic batch dim). On a bad section the host is
- * closed and the reason returned.
+ * released (closed and dropped from `loader.hosts`) and it fails with `config.json: <reason>`.
  */
 const configure = (loader: Loader, entry: ModelRepository.Found, host: InstancePool.InstancePool): Effect.Effect<Ready, string> => {
   const gpu = ModelRepository.isGpuProvider(host.deviceUsed)
@@ -277,7 +277,8 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
 /**
  * Scans the repository again and loads `name`'s versions as found; once they are loaded they
  * serve, and the old versions' hosts finish what they run, then close. Fails when the model is
- * not on disk, or when every version failed to load.
+ * not on disk, or when every version failed to load: the swap happens even then (the old hosts
+ * close, the model is UNAVAILABLE with the reason).
  */
 const load = (loader: Loader, state: State, name: string): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
   Effect.gen(function*() {
