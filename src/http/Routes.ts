@@ -36,7 +36,7 @@
  *
  * @module Routes
  */
-import { ByteSize, Cause, Data, Effect, Layer, type Option, Tracer } from "effect"
+import { ByteSize, Cause, Data, Effect, Layer, type Option, type Scope, Tracer } from "effect"
 import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { AsyncInferenceEngine, type Service as EngineService } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
@@ -394,6 +394,41 @@ const repositoryRoutes = (ctx: Ctx) => {
   return { repositoryIndex, modelControl }
 }
 
+/**
+ * Hands the infer route to `options.serveInferFromNode` as a Node request handler (`NodeInfer`):
+ * the same answers without the router's cost per request. Not when the tracer exports spans or
+ * the pool has no synchronous metadata: the router then answers every request. Decode threads,
+ * if any, live as long as the routes' scope.
+ */
+const serveInferFromNode = (
+  options: Options,
+  engine: EngineService,
+  pool: ModelPoolService,
+  lifecycle: Lifecycle.Service,
+  fromReason: (reason: InferenceError.Reason) => ApiError
+): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const metadataUnsafe = pool.metadataUnsafe
+    const tracer = yield* Effect.withFiber((fiber) => Effect.succeed(fiber.getRef(Tracer.Tracer)))
+    if (options.serveInferFromNode === undefined || metadataUnsafe === undefined || tracer !== Tracer.nativeTracer) return
+    const runFork = Effect.runForkWith(yield* Effect.context<never>())
+    const threads = options.decodeThreads ?? 0
+    const decodePool = threads > 0
+      ? yield* Effect.acquireRelease(Effect.sync(() => DecodePool.make(threads)), (pool) => Effect.sync(pool.close))
+      : undefined
+    options.serveInferFromNode(NodeInfer.make({
+      decodePool,
+      engine,
+      metadataUnsafe,
+      lifecycle,
+      bodyLimitBytes: options.bodyLimitBytes,
+      errorOf: fromReason,
+      recordRefused: (name, reason) => Effect.runSync(engine.recordRefused(name, reason)),
+      maxQueuedRequests: engine.config.maxQueuedRequests,
+      onDefect: (defect) => void runFork(Effect.logError("unexpected failure while answering a request", defect))
+    }))
+  })
+
 /** The routes, as a layer that registers them on the `HttpRouter`. */
 export const layer = (
   options: Options
@@ -440,27 +475,7 @@ export const layer = (
       const metadataOf = (name: string, version: string | undefined) =>
         Effect.mapError(pool.metadata(name, version), fromReason)
 
-      // The infer route, also as a Node request handler: the same answers without the router's cost per request.
-      const metadataUnsafe = pool.metadataUnsafe
-      const tracer = yield* Effect.withFiber((fiber) => Effect.succeed(fiber.getRef(Tracer.Tracer)))
-      if (options.serveInferFromNode !== undefined && metadataUnsafe !== undefined && tracer === Tracer.nativeTracer) {
-        const runFork = Effect.runForkWith(yield* Effect.context<never>())
-        const threads = options.decodeThreads ?? 0
-        const decodePool = threads > 0
-          ? yield* Effect.acquireRelease(Effect.sync(() => DecodePool.make(threads)), (pool) => Effect.sync(pool.close))
-          : undefined
-        options.serveInferFromNode(NodeInfer.make({
-          decodePool,
-          engine,
-          metadataUnsafe,
-          lifecycle,
-          bodyLimitBytes: bodyLimit,
-          errorOf: fromReason,
-          recordRefused: (name, reason) => Effect.runSync(engine.recordRefused(name, reason)),
-          maxQueuedRequests: engine.config.maxQueuedRequests,
-          onDefect: (defect) => void runFork(Effect.logError("unexpected failure while answering a request", defect))
-        }))
-      }
+      yield* serveInferFromNode(options, engine, pool, lifecycle, fromReason)
 
       const ctx: Ctx = { options, engine, pool, lifecycle, statistics, metricsPage, roots, strictReadiness, fromReason, handle, metadataOf, readBody, readInferBody }
       const { serverMetadata, live, ready, prometheus } = serverRoutes(ctx)
