@@ -1,5 +1,6 @@
 /**
- * `npm run bench -- gpu [--quick] [--sizes=1024,4096,4096,1000] [--seconds=4] [--rounds=2] [--emulate] [--emulated-only]`: a
+ * `npm run bench -- gpu [--quick] [--sizes=1024,4096,4096,1000] [--seconds=4] [--rounds=2] [--emulate] [--emulated-only]
+ * [--instances=1,2,3]`: a
  * compute-heavy generated MLP (`scripts/gpu/model.ts`) on each provider that loads here, cpu
  * always and webgpu where an adapter is found (`scripts/gpu/probe.ts`; otherwise one line says
  * why and the CPU is measured alone).
@@ -30,6 +31,10 @@
  * `--emulated-only` runs it alone (no MLP, no ceiling), for comparing the request path of two
  * commits side by side.
  *
+ * `--instances=1,2,3` adds, last, the GPU model (where no adapter is found, the emulated one) with
+ * each of these instance counts, at 256 outstanding, alternating: whether processes that share one
+ * GPU gain from more of them (the default is `ModelRepository.defaultInstances()`).
+ *
  * Goals (GPU only): the engine on webgpu at 256 outstanding reaches 50% of the raw batched
  * webgpu rate, 10× per-request webgpu `session.run` at 64, and 3× the engine on the CPU
  * (intra-op = cores) at 256.
@@ -57,6 +62,15 @@ const rounds = Number(args.options["rounds"] ?? (args.quick ? 1 : 2))
 const outstandings = [1, 64, 256]
 const cores = Os.availableParallelism()
 const maxBatchSize = 256
+/** `--instances=1,2,3` → [1, 2, 3]; absent → [] (no sweep). */
+const parseInstances = (text: string | undefined): ReadonlyArray<number> => {
+  if (text === undefined || text === "") return []
+  const counts = text.split(",").map((s) => Number(s.trim()))
+  if (counts.some((n) => !Number.isInteger(n) || n < 1 || n > 16)) throw new Error(`--instances: expected integers from 1 to 16, got ${JSON.stringify(text)}`)
+  return counts
+}
+
+const sweep = parseInstances(args.options["instances"])
 
 const probe = await probeWebGpu()
 if (!probe.available) console.log(`no WebGPU adapter here: ${probe.reason}; measuring the CPU alone`)
@@ -95,6 +109,65 @@ const oneRowLoad = (handle: EngineHandle, model: string) => async (k: number): P
     run: handle.engine.infer(InferenceRequest.make(model, { input: Tensor.float32(row, [1, inputs]) }))
   })))
   return withRunCounts(r, before, handle.counts)
+}
+
+type Sweep = ReadonlyArray<{ instances: number; reqPerSec: number; p50: number; p99: number; rowsPerRun: number; failed: number }>
+
+/**
+ * `--instances`: the GPU model (webgpu here, else the emulated H200) with each instance count, in
+ * one engine, at 256 outstanding, alternating. A failure to load or serve is reported, not thrown:
+ * the sweep runs after every other measurement has been taken.
+ */
+const instancesSweep = async (onGpu: boolean): Promise<Sweep | { readonly error: string }> => {
+  const device = onGpu ? undefined : EmulatedGpu.open()
+  const name = (n: number) => `${onGpu ? "mlp_webgpu" : "emulated"}_x${n}`
+  let root: string
+  let remove: () => void
+  if (onGpu) {
+    const r = writeRepository(sizes, Object.fromEntries(sweep.map((n) => [name(n), { executionProviders: ["webgpu"], instances: n, batching }])))
+    root = r.root
+    remove = r.remove
+  } else {
+    root = Fs.mkdtempSync(Path.join(Os.tmpdir(), "effect-onnx-emulated-sweep-"))
+    for (const n of sweep) addModel(root, name(n), sliceOnnx(inputs, Math.min(inputs, outputs)), { executionProviders: ["cpu"], isolation: "process", instances: n })
+    remove = () => Fs.rmSync(root, { recursive: true, force: true })
+  }
+  const k = maxBatchSize
+  try {
+    const handle = await startEngine(engineLayer(
+      OnnxModelPool.layer({ repository: root, ...(device === undefined ? {} : { transports: { process: device.transport } }) }),
+      { maxConcurrentRequests: Math.max(4, ...sweep), maxQueuedRequests: 4096 }
+    ))
+    try {
+      const results = await alternate(rounds, sweep.map((n) => ({ name: String(n), run: () => oneRowLoad(handle, name(n))(k) })), (_r, n, b) =>
+        console.error(`  ${onGpu ? "webgpu" : "emulated"} ${n} instance(s) k=${k}: ${b.reqPerSec.toFixed(0)}/s`), "instances")
+      return sweep.map((n) => {
+        const list = results[String(n)]!
+        return {
+          instances: n,
+          reqPerSec: median(list.map((x) => x.reqPerSec)),
+          p50: median(list.map((x) => x.latency["all"]!.p50)),
+          p99: median(list.map((x) => x.latency["all"]!.p99)),
+          rowsPerRun: median(list.map((x) => x.meanBatch ?? 1)),
+          failed: list.reduce((f, x) => f + x.failed, 0)
+        }
+      })
+    } finally {
+      await handle.dispose()
+    }
+  } catch (e) {
+    return { error: e instanceof Error ? e.message : String(e) }
+  } finally {
+    device?.remove()
+    remove()
+  }
+}
+
+/** Prints the sweep's table. */
+const reportSweep = (result: Sweep | { readonly error: string }, onGpu: boolean) => {
+  section(`instances of the ${onGpu ? "webgpu model sharing this GPU" : "emulated GPU model sharing one emulated device"}, one process each, ${maxBatchSize} outstanding (default here: ${ModelRepository.defaultInstances()})`)
+  if ("error" in result) return console.log(`the sweep failed: ${result.error}`)
+  console.log(table(result.map((r) => ({ instances: r.instances, "req/s": fmt(r.reqPerSec), "p50 ms": fmt(r.p50), "p99 ms": fmt(r.p99), "rows/run": fmt(r.rowsPerRun), failed: r.failed }))))
 }
 
 type Emulated = ReadonlyArray<{ sizing: string; outstanding: number; reqPerSec: number; p50: number; p99: number; rowsPerRun: number; failed: number }>
@@ -163,7 +236,9 @@ const reportEmulated = (emulated: Emulated) => {
 if (args.options["emulated-only"] !== undefined) {
   const emulated = await emulate()
   reportEmulated(emulated)
-  const file = writeResults("gpu", { emulated: { fixedMs: EmulatedGpu.fixedMs, perRowMs: EmulatedGpu.perRowMs, instances: 2, results: emulated } })
+  const instances = sweep.length === 0 ? undefined : await instancesSweep(false)
+  if (instances !== undefined) reportSweep(instances, false)
+  const file = writeResults("gpu", { emulated: { fixedMs: EmulatedGpu.fixedMs, perRowMs: EmulatedGpu.perRowMs, instances: 2, results: emulated }, instancesSweep: instances === undefined ? undefined : { onGpu: false, outstanding: maxBatchSize, defaultInstances: ModelRepository.defaultInstances(), results: instances } })
   console.log(`\nresults: ${Path.relative(process.cwd(), file)}`)
   repo.remove()
   process.exit(0)
@@ -297,6 +372,8 @@ await engine.dispose()
 for (const s of Object.values(sessions)) await s.release()
 const emulated = probe.available && args.options["emulate"] === undefined ? undefined : await emulate()
 if (emulated !== undefined) reportEmulated(emulated)
+const instances = sweep.length === 0 ? undefined : await instancesSweep(probe.available)
+if (instances !== undefined) reportSweep(instances, probe.available)
 
 const file = writeResults("gpu", {
   sizes,
@@ -309,6 +386,7 @@ const file = writeResults("gpu", {
   results: rows,
   learnedVsFixed,
   emulated: emulated === undefined ? undefined : { fixedMs: EmulatedGpu.fixedMs, perRowMs: EmulatedGpu.perRowMs, instances: 2, results: emulated },
+  instancesSweep: instances === undefined ? undefined : { onGpu: probe.available, outstanding: maxBatchSize, defaultInstances: ModelRepository.defaultInstances(), results: instances },
   ceiling: { model: ceilingModel, config: ceilingConfig, reqPerSecAt256: ceiling256, rawWebGpuRowsPerSec: rawWebGpu, rawMeasuredHere: probe.available, shareOfHalfRaw: ceilingShare },
   goals
 })

@@ -32,7 +32,7 @@ cat "$out/host.txt"
 phase probe 30 node scripts/gpu/probe.ts
 phase checks 90 node scripts/gpu/checks.ts
 phase narrow 120 env ENGINE_SECONDS=${ENGINE_SECONDS:-5} node scripts/gpu/narrow.ts --runs=300 --timeout=20 --sizes="$sizes" --out="$out/narrow.json" ${NARROW_ONLY:+--only=$NARROW_ONLY}
-phase bench 120 node --expose-gc bench/gpu.ts --seconds=2 --rounds=1 --sizes="$sizes"
+phase bench 150 node --expose-gc bench/gpu.ts --seconds=2 --rounds=1 --sizes="$sizes" --instances=1,2,3
 [ -f bench/results/gpu.json ] && cp bench/results/gpu.json "$out/gpu.json"
 soak=$(($(left) - 20))
 [ "$soak" -gt "${SOAK_S:-300}" ] && soak=${SOAK_S:-300}
