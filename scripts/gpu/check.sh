@@ -6,7 +6,8 @@
 #      It installs the Vulkan loader and glvnd libraries from .gpu-pack/debs, finds the NVIDIA ICD, unpacks the project with
 #      Node 22 and node_modules into /tmp/project, and runs scripts/gpu/inside.sh there: the probe, the GPU checks, the crash
 #      hunt, `bench gpu`, and the soak with the time left (300 s when the rest took under ~4 min). Everything lands in $OUT
-#      (logs, narrow.json, gpu.json, soak.json, phases.txt); the last lines printed are the summary.
+#      as 7 files (the device tool brings back 8 at most): summary.txt, logs.tar.gz, soak.log, narrow.json, gpu.json,
+#      soak.json, check.log; the last lines printed are the summary.
 # BUDGET_S (default 560) bounds inside.sh; SOAK_S (default 300) caps the soak; PHASES (default "probe checks narrow bench soak").
 set -uo pipefail
 out=${OUT:-/tmp/gpu-out}

@@ -1,5 +1,8 @@
 #!/bin/bash
 # Runs in the unpacked project on the GPU host (started by check.sh through run.sh); $1: the output folder.
+# The device tool brings back at most 8 files from it, so it holds 7 whatever the moment the run is stopped at:
+# summary.txt (host, commit, each phase's exit and seconds), logs.tar.gz (every phase's whole log, refreshed after
+# each phase), soak.log (written as the soak runs), narrow.json, gpu.json, soak.json, and check.log (check.sh's).
 # Dry run on a CPU machine:  BUDGET_S=120 SOAK_S=10 SIZES=1024,1024,1024,1000 NARROW_ONLY=main-fixed,workers2-fixed bash scripts/gpu/inside.sh /tmp/out
 set -uo pipefail
 out=${1:?usage: inside.sh OUT_DIR}
@@ -9,29 +12,35 @@ sizes=${SIZES:-1024,4096,4096,1000}
 phases=${PHASES:-probe checks narrow bench soak}
 t0=$(date +%s)
 left() { echo $((budget - ($(date +%s) - t0))); }
-: >"$out/phases.txt"
+logs=$(mktemp -d)
+summary="$out/summary.txt"
 phase() { # name limit command...
   local name=$1 limit=$2 s rc
   shift 2
   case " $phases " in *" $name "*) ;; *) return 0 ;; esac
   echo "== $name: limit ${limit} s, $(left) s of the budget left"
   s=$(date +%s)
-  timeout -k 5 "$limit" "$@" >"$out/$name.log" 2>&1
+  # the soak's log goes straight to $out, so that a run stopped during it still brings its progress back
+  local log="$logs/$name.log"
+  [ "$name" = soak ] && log="$out/soak.log"
+  timeout -k 5 "$limit" "$@" >"$log" 2>&1
   rc=$?
-  echo "$name exit=$rc seconds=$(($(date +%s) - s))" | tee -a "$out/phases.txt"
-  grep -v '^    at \|BackendVk\|^$' "$out/$name.log" | tail -n 40
+  echo "$name exit=$rc seconds=$(($(date +%s) - s))" | tee -a "$summary"
+  tar -czf "$out/logs.tar.gz" -C "$logs" .
+  grep -v '^    at \|BackendVk\|^$' "$log" | tail -n 40
 }
 {
   date -u
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   echo "node $(node --version), $(nproc) cores, VK_DRIVER_FILES=${VK_DRIVER_FILES:-}"
-  git log --oneline -1 2>/dev/null || true
-} >"$out/host.txt" 2>&1
-cat "$out/host.txt"
+  echo "packed from: ${PACKED_FROM:-unknown}"
+} >"$summary" 2>&1
+cat "$summary"
 
 phase probe 30 node scripts/gpu/probe.ts
 phase checks 90 node scripts/gpu/checks.ts
 phase narrow 120 env ENGINE_SECONDS=${ENGINE_SECONDS:-5} node scripts/gpu/narrow.ts --runs=300 --timeout=20 --sizes="$sizes" --out="$out/narrow.json" ${NARROW_ONLY:+--only=$NARROW_ONLY}
+rm -f bench/results/gpu.json # a stale one must not pass for this run
 phase bench 150 node --expose-gc bench/gpu.ts --seconds=2 --rounds=1 --sizes="$sizes" --instances=1,2,3
 [ -f bench/results/gpu.json ] && cp bench/results/gpu.json "$out/gpu.json"
 soak=$(($(left) - 20))
@@ -39,7 +48,7 @@ soak=$(($(left) - 20))
 if [ "$soak" -ge 10 ]; then
   phase soak $((soak + 60)) node scripts/gpu/soak.ts --seconds="$soak" --sizes="$sizes" --out="$out/soak.json"
 else
-  echo "soak skipped: $soak s (under 10) left for it" | tee -a "$out/phases.txt"
+  echo "soak skipped: $soak s (under 10) left for it" | tee -a "$summary"
 fi
 echo "== summary ($(($(date +%s) - t0)) s)"
-cat "$out/phases.txt"
+cat "$summary"

@@ -44,5 +44,7 @@ tar -cf - \
   rm -rf "$lists"
 )
 cp "$here/run.sh" "$out/run.sh"
+# what the figures of a run will have been measured on: the commit, and whether the tree had uncommitted changes
+echo "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' with uncommitted changes')" >"$out/commit.txt"
 ls -la "$out" "$out/debs" | sed 's/^/  /'
 du -sh "$out"
