@@ -56,8 +56,16 @@ const runCase = (name: string): Promise<Outcome> =>
     })
   })
 
+/**
+ * The cases that check the engine's fixes run first (two GPU sessions in threads taking turns, two GPU
+ * models in threads, the process default at 256 outstanding), then the ones that narrowed the crash
+ * down: a run stopped at the phase's time limit then loses the least.
+ */
+const first = ["workers2-locked", "engine-thread-2models", "engine-process-256", "engine-process-2models-256", "engine-thread-1x64"]
+const order = [...first.filter((n) => n in cases), ...Object.keys(cases).filter((n) => !first.includes(n))]
+
 const outcomes: Array<Outcome> = []
-for (const name of Object.keys(cases).filter((n) => only === undefined || only.includes(n))) {
+for (const name of order.filter((n) => only === undefined || only.includes(n))) {
   const o = await runCase(name)
   outcomes.push(o)
   console.log(`${o.ended.padEnd(16)} ${o.case.padEnd(28)} ${String(o.seconds).padStart(5)} s  ${o.result === undefined ? o.stderrTail : JSON.stringify(o.result)}`)
