@@ -41,6 +41,11 @@ export interface ModelMetadata {
    * a run can start.
    */
   readonly devices?: number | undefined
+  /**
+   * The execution provider its sessions run on, as onnxruntime names it ("cpu", "webgpu"), after
+   * any fall back at load; absent where the pool does not say.
+   */
+  readonly deviceUsed?: string | undefined
   /** The priority a server gives a request that names none; absent means Normal. */
   readonly defaultPriority?: Priority.Priority | undefined
   /** Declared alternatives the inputs must fit (config.json `inputSignatures`); absent means the ONNX signature alone. */

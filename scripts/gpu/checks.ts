@@ -50,7 +50,8 @@ const logits = (outputs: Tensor.TensorMap): Float32Array => outputs["logits"]!.d
 
 /**
  * Through `OnnxModelPool`: batches of 1, 3, 64 and 256 rows on the WebGPU model and on the CPU
- * model agree within `tolerance`; the WebGPU model reports its device and runs in processes.
+ * model agree within `tolerance`; the WebGPU model reports its device (in its info, its metadata
+ * and each run) and runs in processes.
  */
 export const poolMatchesCpu = (options: Options): Promise<string> => {
   const repo = repositoryFor(options)
@@ -61,6 +62,8 @@ export const poolMatchesCpu = (options: Options): Promise<string> => {
     check(gpu.state === "READY", `gpu model: ${gpu.state} ${gpu.reason ?? ""}`)
     check(gpu.deviceUsed === (options.expectGpu ? "webgpu" : "cpu"), `gpu model runs on ${gpu.deviceUsed} (fallbacks: ${JSON.stringify(gpu.fallbacks)})`)
     check(gpu.isolation === "process", `gpu model isolation ${gpu.isolation}, expected the default "process"`)
+    const metadata = yield* pool.metadata("gpu")
+    check(metadata.deviceUsed === gpu.deviceUsed, `its metadata says ${metadata.deviceUsed}, its info ${gpu.deviceUsed}`)
     let worst = 0
     for (const rows of [1, 3, 64, 256]) {
       const input = { input: Tensor.float32(repo.input(rows, rows), [rows, repo.sizes[0]!]) }

@@ -6,7 +6,9 @@
  *
  * - `max_batch_size`: the model's batching limit, 0 when it does not batch; when it is above 0,
  *   `dims` leave out the batch dimension, as Triton writes them.
- * - `instance_group`: one CPU group of the model's instances.
+ * - `instance_group`: one group of the model's instances: `KIND_GPU` on GPU 0 where its sessions
+ *   run on a GPU provider (`ModelMetadata.deviceUsed`; after a fall back to the CPU, `KIND_CPU`),
+ *   else `KIND_CPU`.
  * - `dynamic_batching`: always present, because the engine's priority levels and queue policy
  *   live there in Triton's schema: `preferred_batch_size` and `max_queue_delay_microseconds` of
  *   the model's batching (empty and 0 when it does not batch), `priority_levels` 4,
@@ -18,6 +20,7 @@
 import { Duration } from "effect"
 import type { AsyncConfig } from "../AsyncConfig.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
+import * as ModelRepository from "../ModelRepository.ts"
 import * as Priority from "../Priority.ts"
 import * as Oip from "./Oip.ts"
 
@@ -31,6 +34,14 @@ export const tritonDataType = (spec: ModelMetadata.TensorSpec): string => {
 const micros = (d: Duration.Duration) => {
   const ms = Duration.toMillis(d)
   return Number.isFinite(ms) ? Math.round(ms * 1000) : 0
+}
+
+/** The model's instances as Triton's one instance group: on GPU 0 when its sessions run on the GPU. */
+const instanceGroup = (metadata: ModelMetadata.ModelMetadata) => {
+  const count = metadata.concurrency ?? 1
+  return metadata.deviceUsed !== undefined && ModelRepository.isGpuProvider(metadata.deviceUsed)
+    ? { name: metadata.name, kind: "KIND_GPU", count, gpus: [0] }
+    : { name: metadata.name, kind: "KIND_CPU", count }
 }
 
 /** The configuration of a model, in Triton's form. */
@@ -56,7 +67,7 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
     max_batch_size: maxBatchSize,
     input: metadata.inputs.map(tensor(true)),
     output: metadata.outputs.map(tensor(false)),
-    instance_group: [{ name: metadata.name, kind: "KIND_CPU", count: metadata.concurrency ?? 1 }],
+    instance_group: [instanceGroup(metadata)],
     dynamic_batching: {
       preferred_batch_size: batching?.preferredBatchSizes.slice() ?? [],
       max_queue_delay_microseconds: batching === undefined ? 0 : micros(batching.maxQueueDelay),

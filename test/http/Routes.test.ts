@@ -719,7 +719,7 @@ describe("Triton's model configuration extension", () => {
         max_batch_size: 2,
         input: [{ name: "x", data_type: "TYPE_FP32", dims: [4] }],
         output: [{ name: "y", data_type: "TYPE_FP32", dims: [4] }],
-        instance_group: [{ name: "batched", kind: "KIND_CPU", count: 2 }],
+        instance_group: [{ name: "batched", kind: "KIND_GPU", count: 2, gpus: [0] }],
         dynamic_batching: {
           preferred_batch_size: [2],
           max_queue_delay_microseconds: 5000,
@@ -730,6 +730,7 @@ describe("Triton's model configuration extension", () => {
       })
       const slow = yield* send("GET", "/v2/models/slow/versions/1/config")
       assert.strictEqual(slow.json.max_batch_size, 0)
+      assert.deepStrictEqual(slow.json.instance_group, [{ name: "slow", kind: "KIND_CPU", count: 1 }], "a pool that does not say where it runs: the CPU")
       assert.deepStrictEqual(slow.json.input, [{ name: "x", data_type: "TYPE_FP32", dims: [-1, 4] }])
       assert.strictEqual(slow.json.dynamic_batching.default_priority_level, 2)
       assert.strictEqual((yield* send("GET", "/v2/models/identity_string/config")).json.input[0].data_type, "TYPE_STRING")

@@ -61,12 +61,13 @@ const multi: ModelMetadata.ModelMetadata = {
 
 const slow: ModelMetadata.ModelMetadata = { ...echo("1"), name: "slow", defaultPriority: "High" }
 
-/** An identity that batches, at most 2 rows a run (y = x). */
+/** An identity that batches, at most 2 rows a run (y = x), on the GPU as its pool says. */
 const batched: ModelMetadata.ModelMetadata = {
   ...echo("1"),
   name: "batched",
   batching: { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 2, preferredBatchSizes: [2], maxQueueDelay: Duration.millis(5) },
-  concurrency: 2
+  concurrency: 2,
+  deviceUsed: "webgpu"
 }
 
 /** Like Silero VAD: 4 samples at 16 kHz or 2 at 8 kHz, as declared signatures (y = audio). */
@@ -92,7 +93,7 @@ const tokens: ModelMetadata.ModelMetadata = {
  * dtype (y = x, any [-1, -1] shape), `multi` (outputs sum(a), a * b and b), `slow` (echo that
  * takes `slowLatency`, or until `gate` opens when it is closed; its default priority is High),
  * `vad` and `tokens` (identities with declared input signatures), `batched` (an identity that
- * batches up to 2 rows), and `broken`, unavailable with
+ * batches up to 2 rows, on "webgpu"), and `broken`, unavailable with
  * a reason that names an absolute path.
  */
 export const makeTestPool = (options: TestPoolOptions = {}) =>

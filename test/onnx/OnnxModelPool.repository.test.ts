@@ -114,6 +114,7 @@ describe("OnnxModelPool on a repository with broken models", () => {
       for (const [name, provider] of [["webgpu", "webgpu"], ["cuda", "cuda"], ["coreml", "coreml"]] as const) {
         assert.strictEqual(info[name]!.state, "READY", name)
         assert.strictEqual(info[name]!.deviceUsed, "cpu", name)
+        assert.strictEqual((yield* pool.metadata(name)).deviceUsed, "cpu", `${name}: what runs, after the fall back`)
         assert.deepStrictEqual(info[name]!.fallbacks?.map((f) => f.provider), [provider], name)
         assert.isAbove(info[name]!.fallbacks![0]!.error.length, 0)
         const out = yield* pool.run(name, mlpInputs(1), { requestId: name })

@@ -37,8 +37,9 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads the mlp's metadata from the session: dynamic batch as -1", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, concurrency, defaultPriority, pipelineDepth, ...metadata } = yield* pool.metadata("mlp")
+      const { batching, concurrency, defaultPriority, deviceUsed, pipelineDepth, ...metadata } = yield* pool.metadata("mlp")
       assert.isAtLeast(concurrency!, 1, "its instances")
+      assert.strictEqual(deviceUsed, "cpu")
       assert.strictEqual(pipelineDepth, 2, "threads take a job ahead")
       assert.deepInclude(batching, { enabled: true, maxBatchSize: 64 }, "on by default: every dim 0 is dynamic")
       assert.strictEqual(defaultPriority, "Normal")
@@ -54,7 +55,7 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads silero_vad's metadata: unnamed dims as -1, int64 scalar sr", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, concurrency: _c, defaultPriority: _p, pipelineDepth: _d, signatures, ...metadata } = yield* pool.metadata("silero_vad")
+      const { batching, concurrency: _c, defaultPriority: _p, deviceUsed: _u, pipelineDepth: _d, signatures, ...metadata } = yield* pool.metadata("silero_vad")
       assert.deepInclude(batching, { enabled: true, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 } }, "from its config.json")
       assert.deepStrictEqual(signatures, [
         { input: { dims: [-1, 512] }, sr: { values: [16000] } },
