@@ -8,10 +8,11 @@
 #      hunt, `bench gpu`, and the soak with the time left (300 s when the rest took under ~4 min). Everything lands in $OUT
 #      as 7 files (the device tool brings back 8 at most): summary.txt, logs.tar.gz, soak.log, narrow.json, gpu.json,
 #      soak.json, check.log; the last lines printed are the summary.
-# BUDGET_S (default 560) bounds inside.sh; SOAK_S (default 300) caps the soak; PHASES (default "probe checks narrow bench soak").
+# BUDGET_S (default 575, counted from check.sh's start) bounds the run; SOAK_S (default 300) caps the soak; PHASES (default "probe checks narrow bench soak").
 set -uo pipefail
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 [ -f .gpu-pack/pack.tar.xz ] && [ -f .gpu-pack/run.sh ] || { echo "no .gpu-pack/: run bash scripts/gpu/pack.sh on the CPU machine first, and carry .gpu-pack"; exit 2; }
+export CHECK_STARTED_S=$(date +%s)
 PROJECT_DIR=${PROJECT_DIR:-/tmp/project} bash .gpu-pack/run.sh bash scripts/gpu/inside.sh "$out" 2>&1 | tee "$out/check.log" | grep -v '^    at \|BackendVk' | tail -n 150
 exit "${PIPESTATUS[0]}"
