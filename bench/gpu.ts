@@ -163,6 +163,10 @@ const instancesSweep = async (onGpu: boolean): Promise<Sweep | { readonly error:
   }
 }
 
+/** The sweep as `gpu.json` records it. */
+const sweepRecord = (results: Sweep | { readonly error: string }, onGpu: boolean) =>
+  ({ onGpu, outstanding: maxBatchSize, defaultInstances: ModelRepository.defaultInstances(), results })
+
 /** Prints the sweep's table. */
 const reportSweep = (result: Sweep | { readonly error: string }, onGpu: boolean) => {
   section(`instances of the ${onGpu ? "webgpu model sharing this GPU" : "emulated GPU model sharing one emulated device"}, one process each, ${maxBatchSize} outstanding (default here: ${ModelRepository.defaultInstances()})`)
@@ -238,7 +242,7 @@ if (args.options["emulated-only"] !== undefined) {
   reportEmulated(emulated)
   const instances = sweep.length === 0 ? undefined : await instancesSweep(false)
   if (instances !== undefined) reportSweep(instances, false)
-  const file = writeResults("gpu", { emulated: { fixedMs: EmulatedGpu.fixedMs, perRowMs: EmulatedGpu.perRowMs, instances: 2, results: emulated }, instancesSweep: instances === undefined ? undefined : { onGpu: false, outstanding: maxBatchSize, defaultInstances: ModelRepository.defaultInstances(), results: instances } })
+  const file = writeResults("gpu", { emulated: { fixedMs: EmulatedGpu.fixedMs, perRowMs: EmulatedGpu.perRowMs, instances: 2, results: emulated }, instancesSweep: instances === undefined ? undefined : sweepRecord(instances, false) })
   console.log(`\nresults: ${Path.relative(process.cwd(), file)}`)
   repo.remove()
   process.exit(0)
@@ -386,7 +390,7 @@ const file = writeResults("gpu", {
   results: rows,
   learnedVsFixed,
   emulated: emulated === undefined ? undefined : { fixedMs: EmulatedGpu.fixedMs, perRowMs: EmulatedGpu.perRowMs, instances: 2, results: emulated },
-  instancesSweep: instances === undefined ? undefined : { onGpu: probe.available, outstanding: maxBatchSize, defaultInstances: ModelRepository.defaultInstances(), results: instances },
+  instancesSweep: instances === undefined ? undefined : sweepRecord(instances, probe.available),
   ceiling: { model: ceilingModel, config: ceilingConfig, reqPerSecAt256: ceiling256, rawWebGpuRowsPerSec: rawWebGpu, rawMeasuredHere: probe.available, shareOfHalfRaw: ceilingShare },
   goals
 })

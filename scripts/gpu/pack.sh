@@ -48,3 +48,8 @@ cp "$here/run.sh" "$out/run.sh"
 echo "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' with uncommitted changes')" >"$out/commit.txt"
 ls -la "$out" "$out/debs" | sed 's/^/  /'
 du -sh "$out"
+# The device tool carries the working tree (tracked and untracked, not ignored) and the pack together: 64 MiB at most.
+tree=$(git ls-files -co --exclude-standard -z | grep -zv "^${out%/}/" | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+pack=$(du -cb "$out" | tail -1 | cut -f1)
+echo "the device call carries $(( (tree + pack) / 1048576 )) MiB: the tree $(( tree / 1048576 )) MiB and the pack $(( pack / 1048576 )) MiB (limit 64 MiB)"
+[ $((tree + pack)) -lt $((64 * 1048576)) ] || { echo "over the device tool's 64 MiB: the call would be refused" >&2; exit 1; }
