@@ -111,6 +111,15 @@ const oneRowLoad = (handle: EngineHandle, model: string) => async (k: number): P
   return withRunCounts(r, before, handle.counts)
 }
 
+/** Blocks of one contender: the medians of their rate, latency and rows per run, and their failures summed. */
+const summarize = (list: ReadonlyArray<LoadResult>) => ({
+  reqPerSec: median(list.map((x) => x.reqPerSec)),
+  p50: median(list.map((x) => x.latency["all"]!.p50)),
+  p99: median(list.map((x) => x.latency["all"]!.p99)),
+  rowsPerRun: median(list.map((x) => x.meanBatch ?? 1)),
+  failed: list.reduce((n, x) => n + x.failed, 0)
+})
+
 type Sweep = ReadonlyArray<{ instances: number; reqPerSec: number; p50: number; p99: number; rowsPerRun: number; failed: number }>
 
 /**
@@ -141,17 +150,7 @@ const instancesSweep = async (onGpu: boolean): Promise<Sweep | { readonly error:
     try {
       const results = await alternate(rounds, sweep.map((n) => ({ name: String(n), run: () => oneRowLoad(handle, name(n))(k) })), (_r, n, b) =>
         console.error(`  ${onGpu ? "webgpu" : "emulated"} ${n} instance(s) k=${k}: ${b.reqPerSec.toFixed(0)}/s`), "instances")
-      return sweep.map((n) => {
-        const list = results[String(n)]!
-        return {
-          instances: n,
-          reqPerSec: median(list.map((x) => x.reqPerSec)),
-          p50: median(list.map((x) => x.latency["all"]!.p50)),
-          p99: median(list.map((x) => x.latency["all"]!.p99)),
-          rowsPerRun: median(list.map((x) => x.meanBatch ?? 1)),
-          failed: list.reduce((f, x) => f + x.failed, 0)
-        }
-      })
+      return sweep.map((n) => ({ instances: n, ...summarize(results[String(n)]!) }))
     } finally {
       await handle.dispose()
     }
@@ -197,17 +196,7 @@ const emulate = async (): Promise<Emulated> => {
       { name: "learned (default)", run: () => oneRowLoad(emulated, "emulated")(k) },
       { name: "fixed", run: () => oneRowLoad(emulated, "emulated_fixed")(k) }
     ], (_r, name, b) => console.error(`  emulated ${name} k=${k}: ${b.reqPerSec.toFixed(0)}/s`), `emulated k=${k}`)
-    for (const [sizing, list] of Object.entries(results)) {
-      out.push({
-        sizing,
-        outstanding: k,
-        reqPerSec: median(list.map((x) => x.reqPerSec)),
-        p50: median(list.map((x) => x.latency["all"]!.p50)),
-        p99: median(list.map((x) => x.latency["all"]!.p99)),
-        rowsPerRun: median(list.map((x) => x.meanBatch ?? 1)),
-        failed: list.reduce((n, x) => n + x.failed, 0)
-      })
-    }
+    for (const [sizing, list] of Object.entries(results)) out.push({ sizing, outstanding: k, ...summarize(list) })
   }
   await emulated.dispose()
   device.remove()
