@@ -52,10 +52,14 @@ phase bench 150 node --expose-gc bench/gpu.ts --seconds=2 --rounds=1 --sizes="$s
 # 40 s for the soak to load its models and the CPU reference before, and to write its summary after
 soak=$(($(left) - 40))
 [ "$soak" -gt "${SOAK_S:-300}" ] && soak=${SOAK_S:-300}
-if [ "$soak" -ge 10 ]; then
+if [[ " $phases " != *" soak "* ]]; then
+  : # not asked for
+elif [ "$soak" -ge 10 ]; then
   phase soak $((soak + 60)) node scripts/gpu/soak.ts --seconds="$soak" --sizes="$sizes" --out="$out/soak.json"
 else
   echo "soak skipped: $soak s (under 10) left for it" | tee -a "$summary"
 fi
+echo "== report (scripts/gpu/report.ts: the tables for the README)"
+timeout 20 node scripts/gpu/report.ts "$out" || echo "report failed: rerun node scripts/gpu/report.ts on the files brought back"
 echo "== summary ($(($(date +%s) - t0)) s)"
 cat "$summary"
