@@ -276,6 +276,19 @@ interface Block {
   readonly result: LoadResult
 }
 const blocks: Array<Block> = []
+
+/** Each contender's blocks at each level, as one row keyed `provider|contender|outstanding`. */
+const summarizeBlocks = (all: ReadonlyArray<Block>) => {
+  const byKey = new Map<string, Array<Block>>()
+  for (const b of all) {
+    const key = `${b.provider}|${b.contender}|${b.outstanding}`
+    byKey.set(key, [...(byKey.get(key) ?? []), b])
+  }
+  return new Map([...byKey].map(([key, same]) => {
+    const [{ provider, contender, outstanding }] = same as [Block]
+    return [key, { provider, contender, outstanding, ...summarize(same.map((x) => x.result)) }] as const
+  }))
+}
 for (const k of outstandings) {
   const contenders: Array<Contender<Block>> = []
   for (const p of providers) {
@@ -291,24 +304,11 @@ for (const k of outstandings) {
   }
   const results = await alternate(rounds, contenders, (_r, name, b) => console.error(`  ${name} k=${k}: ${b.result.reqPerSec.toFixed(0)}/s`), `k=${k}`)
   for (const list of Object.values(results)) blocks.push(...list)
+  // What is measured so far, in case a native crash ends this process before the end (the final write replaces it).
+  writeResults("gpu", { partial: true, sizes, cores, blockMs, rounds, webgpu: probe, deviceUsed, maxAbsDiff: diffs, results: [...summarizeBlocks(blocks).values()] })
 }
 
-const summary = new Map<string, { provider: Provider; contender: string; outstanding: number; reqPerSec: number; p50: number; p99: number; rowsPerRun: number; failed: number }>()
-for (const b of blocks) {
-  const key = `${b.provider}|${b.contender}|${b.outstanding}`
-  const same = blocks.filter((x) => `${x.provider}|${x.contender}|${x.outstanding}` === key)
-  const lat = (x: Block) => x.result.latency["all"]!
-  summary.set(key, {
-    provider: b.provider,
-    contender: b.contender,
-    outstanding: b.outstanding,
-    reqPerSec: median(same.map((x) => x.result.reqPerSec)),
-    p50: median(same.map((x) => lat(x).p50)),
-    p99: median(same.map((x) => lat(x).p99)),
-    rowsPerRun: median(same.map((x) => x.result.meanBatch ?? 1)),
-    failed: same.reduce((n, x) => n + x.result.failed, 0)
-  })
-}
+const summary = summarizeBlocks(blocks)
 const rows = [...summary.values()]
 section(`gpu: MLP ${sizes.join("-")}, one row a request (medians of ${rounds} round(s) × ${blockMs} ms)`)
 console.log(table(rows.map((r) => ({

@@ -26,6 +26,8 @@ interface BenchRow {
 
 /** What `bench/gpu.ts` writes (the parts reported here). */
 export interface GpuJson {
+  /** Written after each level: the bench stopped before its end (a crash, the time limit). */
+  readonly partial?: boolean
   readonly sizes?: ReadonlyArray<number>
   readonly cores?: number
   readonly blockMs?: number
@@ -53,6 +55,7 @@ const missing = (file: string) => `(${file} was not brought back: see summary.tx
 
 const benchSection = (gpu: GpuJson): Array<string> => {
   const out: Array<string> = []
+  if (gpu.partial === true) out.push("**Partial**: the bench stopped before its end; these are the levels it finished.", "")
   out.push(`MLP ${gpu.sizes?.join("-") ?? "?"}, ${gpu.cores ?? "?"} cores, ${gpu.rounds ?? "?"} round(s) of ${gpu.blockMs ?? "?"} ms a contender; WebGPU ${gpu.webgpu?.available === true ? "found" : `not found (${gpu.webgpu?.reason ?? "no reason given"})`}.`, "")
   out.push(table((gpu.results ?? []).map((r) => ({
     provider: r.provider,

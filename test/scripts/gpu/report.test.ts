@@ -49,6 +49,11 @@ describe("scripts/gpu/report", () => {
     assert.match(text, /\| workers2-locked +\| ok +\|/)
   })
 
+  it("says when the bench stopped before its end", () => {
+    assert.include(report({ gpu: { ...gpu, partial: true } }), "**Partial**: the bench stopped before its end")
+    assert.notInclude(report({ gpu }), "Partial")
+  })
+
   it("reads what is in the folder, and leaves out what is not", () => {
     const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "gpu-report-"))
     try {
