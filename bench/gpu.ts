@@ -47,6 +47,7 @@ import * as InferenceRequest from "../src/InferenceRequest.ts"
 import * as OnnxModelPool from "../src/onnx/OnnxModelPool.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { probeWebGpu } from "../scripts/gpu/probe.ts"
+import { benchTable } from "../scripts/gpu/report.ts"
 import * as ModelRepository from "../src/ModelRepository.ts"
 import * as EmulatedGpu from "./lib/emulatedGpu.ts"
 import { addModel, heavySizes, maxAbsDiff, parseSizes, sliceOnnx, writeRepository } from "../scripts/gpu/model.ts"
@@ -311,16 +312,7 @@ for (const k of outstandings) {
 const summary = summarizeBlocks(blocks)
 const rows = [...summary.values()]
 section(`gpu: MLP ${sizes.join("-")}, one row a request (medians of ${rounds} round(s) × ${blockMs} ms)`)
-console.log(table(rows.map((r) => ({
-  provider: r.provider,
-  contender: r.contender,
-  outstanding: r.outstanding,
-  "req/s": fmt(r.reqPerSec),
-  "p50 ms": fmt(r.p50),
-  "p99 ms": fmt(r.p99),
-  "rows/run": fmt(r.rowsPerRun),
-  failed: r.failed
-}))))
+console.log(benchTable(rows))
 console.log(`\nmax abs diff vs the CPU session on 8 rows: ${Object.entries(diffs).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(", ")}`)
 
 const rate = (p: Provider, contender: string, k: number) => summary.get(`${p}|${contender}|${k}`)?.reqPerSec ?? NaN

@@ -13,7 +13,7 @@ import * as Path from "node:path"
 import { pathToFileURL } from "node:url"
 import { fmt, table } from "../../bench/lib/common.ts"
 
-interface BenchRow {
+export interface BenchRow {
   readonly provider: string
   readonly contender: string
   readonly outstanding: number
@@ -53,11 +53,9 @@ export interface RunFiles {
 
 const missing = (file: string) => `(${file} was not brought back: see summary.txt and logs.tar.gz)`
 
-const benchSection = (gpu: GpuJson): Array<string> => {
-  const out: Array<string> = []
-  if (gpu.partial === true) out.push("**Partial**: the bench stopped before its end; these are the levels it finished.", "")
-  out.push(`MLP ${gpu.sizes?.join("-") ?? "?"}, ${gpu.cores ?? "?"} cores, ${gpu.rounds ?? "?"} round(s) of ${gpu.blockMs ?? "?"} ms a contender; WebGPU ${gpu.webgpu?.available === true ? "found" : `not found (${gpu.webgpu?.reason ?? "no reason given"})`}.`, "")
-  out.push(table((gpu.results ?? []).map((r) => ({
+/** `bench gpu`'s table: a row per provider, contender and outstanding level. */
+export const benchTable = (rows: ReadonlyArray<BenchRow>): string =>
+  table(rows.map((r) => ({
     provider: r.provider,
     contender: r.contender,
     outstanding: r.outstanding,
@@ -66,7 +64,13 @@ const benchSection = (gpu: GpuJson): Array<string> => {
     "p99 ms": fmt(r.p99),
     "rows/run": fmt(r.rowsPerRun),
     failed: r.failed
-  }))))
+  })))
+
+const benchSection = (gpu: GpuJson): Array<string> => {
+  const out: Array<string> = []
+  if (gpu.partial === true) out.push("**Partial**: the bench stopped before its end; these are the levels it finished.", "")
+  out.push(`MLP ${gpu.sizes?.join("-") ?? "?"}, ${gpu.cores ?? "?"} cores, ${gpu.rounds ?? "?"} round(s) of ${gpu.blockMs ?? "?"} ms a contender; WebGPU ${gpu.webgpu?.available === true ? "found" : `not found (${gpu.webgpu?.reason ?? "no reason given"})`}.`, "")
+  out.push(benchTable(gpu.results ?? []))
   const diffs = Object.entries(gpu.maxAbsDiff ?? {})
   if (diffs.length > 0) out.push("", `Max abs diff against the CPU session on 8 rows: ${diffs.map(([k, v]) => `${k} ${v.toExponential(1)}`).join(", ")}.`)
   if ((gpu.goals ?? []).length > 0) {
