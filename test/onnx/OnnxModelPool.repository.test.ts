@@ -1,10 +1,13 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, References } from "effect"
+import { Duration, Effect, References } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
+import * as AsyncConfig from "../../src/AsyncConfig.ts"
+import * as ModelConfiguration from "../../src/http/ModelConfiguration.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as Mlp from "../../scripts/Mlp.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import * as ProcessHost from "../../src/onnx/ProcessHost.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { maxAbsDiff, mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
 import * as TestOps from "../fixtures/TestOps.ts"
@@ -139,5 +142,33 @@ describe("OnnxModelPool on a repository with broken models", () => {
       assert.strictEqual(status!.state, "UNAVAILABLE")
       assert.strictEqual(pool.counters.respawnFailures, 1)
       assert.instanceOf(yield* Effect.flip(pool.metadata("mlp")), InferenceError.ModelUnavailable)
+    }))
+})
+
+describe("OnnxModelPool with a model whose processes run it on the GPU (a fake: they say webgpu, and run on the CPU)", () => {
+  it.live("serves a model whose instances run on the GPU with a GPU model's defaults, and says where it runs", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({
+        "gpu/model.onnx": mlpBytes(),
+        "gpu/config.json": JSON.stringify({ executionProviders: ["webgpu"], instances: 2 }),
+        "tuned/model.onnx": mlpBytes(),
+        "tuned/config.json": JSON.stringify({ executionProviders: ["webgpu"], instances: 1, batching: { maxBatchSize: 32, preferredBatchSizes: [16] } })
+      })
+      const onGpu = ProcessHost.transportFor(new URL("../fixtures/FakeGpuSessionProcess.ts", import.meta.url))
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: { process: onGpu } }))
+      const info = Object.fromEntries((yield* pool.info).map((m) => [m.name, m]))
+      assert.deepInclude(info["gpu"], { state: "READY", deviceUsed: "webgpu", isolation: "process" })
+      const gpu = yield* pool.metadata("gpu")
+      assert.strictEqual(gpu.deviceUsed, "webgpu")
+      assert.strictEqual(gpu.devices, 1, "its instances share one GPU: learned sizing predicts their runs one after another")
+      assert.strictEqual(gpu.concurrency, 2)
+      assert.deepInclude(gpu.batching, { enabled: true, maxBatchSize: 256, sizing: "learned" }, "a GPU model's batching defaults")
+      assert.strictEqual(Duration.toMillis(gpu.batching!.maxQueueDelay), 2)
+      const tuned = yield* pool.metadata("tuned")
+      assert.deepInclude(tuned.batching, { maxBatchSize: 32, preferredBatchSizes: [16], sizing: "fixed" }, "what config.json says is kept")
+      assert.deepStrictEqual(ModelConfiguration.of(gpu, AsyncConfig.defaults).instance_group, [{ name: "gpu", kind: "KIND_GPU", count: 2, gpus: [0] }])
+      const out = yield* pool.run("gpu", mlpInputs(3), { requestId: "gpu" })
+      assert.strictEqual(out.deviceUsed, "webgpu")
+      assert.deepStrictEqual(out.outputs["logits"]!.dims, [3, 10])
     }))
 })
