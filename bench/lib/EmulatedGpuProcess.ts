@@ -14,6 +14,7 @@ import * as ProcessPort from "../../src/onnx/ProcessPort.ts"
 import type * as Protocol from "../../src/onnx/Protocol.ts"
 import * as SessionEndpoint from "../../src/onnx/SessionEndpoint.ts"
 import { costMs } from "./emulatedGpu.ts"
+import { reportingWebGpu } from "../../test/fixtures/WebGpuPort.ts"
 
 const fifoPath = process.env["EMULATED_GPU_FIFO"]
 if (fifoPath === undefined) throw new Error("EmulatedGpuProcess.ts needs EMULATED_GPU_FIFO")
@@ -34,17 +35,7 @@ const leaveDevice = (id: number): number | undefined => {
   return heldMs
 }
 
-const port = ProcessPort.make({ shm: process.argv[3] === "shm" })
-const emulated: SessionEndpoint.Port = {
-  ...port,
-  post: (message, transfer) => {
-    let out: Protocol.FromWorker = message
-    if (message._tag === "ready") out = { ...message, deviceUsed: "webgpu", fallbacks: [] }
-    else if (message._tag === "done") out = { ...message, deviceUsed: "webgpu", runMs: leaveDevice(message.id) ?? message.runMs }
-    else if (message._tag === "failed") leaveDevice(message.id)
-    port.post(out, transfer)
-  }
-}
+const emulated = reportingWebGpu(ProcessPort.make({ shm: process.argv[3] === "shm" }), leaveDevice)
 
 const intercept: SessionEndpoint.Intercept = (message) => {
   const rows = Object.values(message.inputs)[0]?.dims[0] ?? 1
