@@ -61,7 +61,9 @@ const invalid = (modelId: string, input: string | undefined, detail: string) =>
 
 /**
  * Checks the shape of a tensor on its own: integer, non-negative dims, each of which and whose
- * product fit the element limit. Cheap: it never looks at the data.
+ * product fit the element limit, and at least one element. A tensor with a zero-size dim is
+ * refused: onnxruntime can abort the whole process on one (silero_vad does), so empty tensors
+ * are never run. Cheap: it never looks at the data.
  */
 export const checkDims = (modelId: string, name: string, dims: ReadonlyArray<number>): InferenceError.InvalidInput | undefined => {
   let count = 1
@@ -72,6 +74,9 @@ export const checkDims = (modelId: string, name: string, dims: ReadonlyArray<num
     if (d > maxElementsPerTensor || count > maxElementsPerTensor) {
       return invalid(modelId, name, `dims ${Tensor.dimsText(dims)} exceed the limit of ${maxElementsPerTensor} elements`)
     }
+  }
+  if (count === 0) {
+    return invalid(modelId, name, `dims ${Tensor.dimsText(dims)} hold no elements: empty tensors are not run, because onnxruntime can abort the process on them`)
   }
   return undefined
 }

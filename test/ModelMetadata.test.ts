@@ -29,6 +29,7 @@ describe("ModelMetadata.validateInputs", () => {
     ["a negative dim", { ...valid, x: Tensor.float32([], [-1, 3]) }, "x", /non-negative integers/],
     ["a fractional dim", { ...valid, x: Tensor.float32([], [1.5, 3]) }, "x", /non-negative integers/],
     ["a huge shape", { ...valid, x: Tensor.float32([], [1e9, 1e9]) }, "x", /exceed the limit/],
+    ["a zero-size dim (an empty tensor)", { ...valid, x: Tensor.float32([], [0, 3]) }, "x", /hold no elements: empty tensors are not run/],
     ["a huge dim beside a zero", { ...valid, x: Tensor.float32([], [0, 4503599627370496]) }, "x", /exceed the limit/],
     ["data of the wrong array type", { ...valid, x: { dtype: "float32", dims: [1, 3], data: new Float64Array(3) } as unknown as Tensor.Tensor }, "x", /array type/]
   ]
