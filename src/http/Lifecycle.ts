@@ -18,21 +18,26 @@ export interface ReadinessInput {
 
 export type Readiness = { readonly ready: true } | { readonly ready: false; readonly reason: string }
 
+/** The reason a pool gives a model version that is down because nobody asked for it: never loaded under explicit model control, or unloaded. */
+export const unloadedReason = "unloaded"
+
 /**
  * Whether the server is ready (`/v2/health/ready`), and if not why. Shutting down is never
- * ready. Strict (the default, as Triton's): not ready while any model version is unavailable
- * (the reason names them) or while the repository holds no model. Not strict: ready once
- * listening, whatever the models.
+ * ready. Strict (the default, as Triton's): not ready while a model version that should be up is
+ * unavailable (the reason names them; one UNAVAILABLE with reason "unloaded", never loaded under
+ * explicit model control or unloaded since, does not count, as in Triton's `IsReady`) or while
+ * the repository holds no model. Not strict: ready once listening, whatever the models.
  */
 export const readiness = (input: ReadinessInput): Readiness => {
   if (input.shuttingDown) return { ready: false, reason: "the server is shutting down" }
   if (!input.strict) return { ready: true }
   if (input.models.length === 0) return { ready: false, reason: "the model repository holds no model" }
-  const unavailable = input.models.filter((m) => m.state !== "READY")
+  const counted = input.models.filter((m) => m.state === "READY" || m.reason !== unloadedReason)
+  const unavailable = counted.filter((m) => m.state !== "READY")
   if (unavailable.length === 0) return { ready: true }
   const names = unavailable.slice(0, 5).map((m) => `${m.name}@${m.version}`).join(", ")
   const more = unavailable.length > 5 ? ` and ${unavailable.length - 5} more` : ""
-  return { ready: false, reason: `${unavailable.length} of ${input.models.length} model versions unavailable: ${names}${more}` }
+  return { ready: false, reason: `${unavailable.length} of ${counted.length} model versions unavailable: ${names}${more}` }
 }
 
 export interface Service {

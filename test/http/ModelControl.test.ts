@@ -20,7 +20,7 @@ import { routeOptions, withFreshMetrics } from "./TestApp.ts"
 
 const mlpRequest = (rows = 1) => ({ inputs: [{ name: "input", shape: [rows, 784], datatype: "FP32", data: new Array(rows * 784).fill(0.5) }] })
 
-const makeApp = (repository: string, loadModels: ReadonlyArray<string>, gate: Effect.Effect<void> = Effect.void) =>
+const makeApp = (repository: string, loadModels: ReadonlyArray<string>, gate: Effect.Effect<void> = Effect.void, strictReadiness = false) =>
   Effect.gen(function*() {
     const services = yield* Layer.build(
       AsyncInferenceEngine.layer.pipe(
@@ -34,7 +34,7 @@ const makeApp = (repository: string, loadModels: ReadonlyArray<string>, gate: Ef
       )
     ).pipe(Effect.provideService(DispatchGate, gate))
     const app = yield* HttpRouter.toHttpEffect(
-      Routes.layer(routeOptions(64 * 1024 * 1024)).pipe(Layer.provide(Layer.succeedContext(services)))
+      Routes.layer(routeOptions(64 * 1024 * 1024, { strictReadiness })).pipe(Layer.provide(Layer.succeedContext(services)))
     ).pipe(Effect.provideService(HttpRouter.RouterConfig, Routes.routerConfig))
     const send = (method: string, path: string, body?: unknown) =>
       Effect.gen(function*() {
@@ -109,6 +109,22 @@ describe("explicit model control", () => {
       assert.include(entry?.reason, "config.json")
       assert.notInclude(JSON.stringify(entry), repository)
       void Path
+    }).pipe(withFreshMetrics), 60_000)
+
+  it.live("strict readiness counts only the models that should be up: never loaded or unloaded ones do not hold it back", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "other/model.onnx": mlpBytes() })
+      const send = yield* makeApp(repository, ["mlp"], Effect.void, true)
+      const ready = () => Effect.map(send("GET", "/v2/health/ready"), (r) => `${r.status} ${JSON.stringify(r.json)}`)
+      assert.strictEqual(yield* ready(), `200 {"ready":true}`, "other was never loaded")
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/other/load")).status, 200)
+      assert.strictEqual(yield* ready(), `200 {"ready":true}`)
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/other/unload")).status, 200)
+      assert.strictEqual(yield* ready(), `200 {"ready":true}`, "other was unloaded")
+      // A model that fails to load is one that should be up.
+      writeTree(repository, { "other/config.json": "{ not json" })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/other/load")).status, 503)
+      assert.strictEqual(yield* ready(), `503 {"ready":false,"error":"1 of 2 model versions unavailable: other@1"}`)
     }).pipe(withFreshMetrics), 60_000)
 
   it.live("unload lets the requests already admitted finish, and refuses new ones at once", () =>

@@ -67,12 +67,16 @@ describe("server and health routes", () => {
       assert.strictEqual((yield* lenient.send("GET", "/v2/health/ready")).status, 200)
     }).pipe(withFreshMetrics))
 
-  it("readiness: shutting down, strict or not, an empty repository, unavailable models", () => {
+  it("readiness: shutting down, strict or not, an empty repository, unavailable models; unloaded ones do not count", () => {
     const ready = { name: "a", version: "1", state: "READY" }
     const down = { name: "b", version: "2", state: "UNAVAILABLE", reason: "x" }
+    const unloaded = { name: "u", version: "1", state: "UNAVAILABLE", reason: "unloaded" }
     const cases: ReadonlyArray<readonly [Lifecycle.ReadinessInput, boolean, string?]> = [
       [{ shuttingDown: false, strict: true, models: [ready] }, true],
       [{ shuttingDown: false, strict: true, models: [ready, down] }, false, "1 of 2 model versions unavailable: b@2"],
+      [{ shuttingDown: false, strict: true, models: [ready, unloaded] }, true],
+      [{ shuttingDown: false, strict: true, models: [unloaded] }, true],
+      [{ shuttingDown: false, strict: true, models: [ready, unloaded, down] }, false, "1 of 2 model versions unavailable: b@2"],
       [{ shuttingDown: false, strict: false, models: [ready, down] }, true],
       [{ shuttingDown: false, strict: true, models: [] }, false, "the model repository holds no model"],
       [{ shuttingDown: false, strict: false, models: [] }, true],
