@@ -148,6 +148,14 @@ export class PriorityQueue<A> {
     return taken
   }
 
+  /** The first entry in dispatch order whose value satisfies `predicate`, left in place. O(queued). */
+  firstWhere(predicate: (value: A) => boolean): Entry<A> | undefined {
+    for (const fifo of this.#fifos) {
+      for (let node = fifo.head; node !== undefined; node = node.next) if (predicate(node.value)) return node
+    }
+    return undefined
+  }
+
   /** Every queued value in dispatch order. */
   *values(): IterableIterator<A> {
     for (const fifo of this.#fifos) {

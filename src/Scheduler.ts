@@ -328,6 +328,7 @@ export class Scheduler<A> {
   /**
    * What to do now. A forming batch that the policy sends goes first; then the first queued
    * request (priority order) whose model has a free slot, with the rows of its kind that fit.
+   * A request that the forming batch of its kind cannot take sends that batch at once.
    * A model whose slots are all taken never holds up another model's requests. A forming batch
    * left empty (its members all left) gives its slot back.
    */
@@ -348,16 +349,20 @@ export class Scheduler<A> {
         }
       }
       const head = this.queue.peek(nowMs)
-      const canGo = (r: Request<A>) => this.#canOpen(r.model) || this.#formingFor(r) !== undefined
-      const first = head === undefined ? undefined : canGo(head.value) ? head.value : this.queue.takeWhere(canGo, 1)[0]
-      if (first === undefined) return waitUntil === Infinity ? idle : { _tag: "Wait", untilMs: waitUntil }
-      if (first === head!.value) this.queue.poll(nowMs)
+      const entry = head === undefined || this.#canGo(head.value) ? head : this.queue.firstWhere(this.#canGo)
+      if (entry === undefined) return waitUntil === Infinity ? idle : { _tag: "Wait", untilMs: waitUntil }
+      const first = entry.value
+      const forming = first.batchKey === undefined ? undefined : first.model.forming.get(first.batchKey) as Batch<A> | undefined
+      // The batch of its kind cannot take it (too many rows): that batch goes now, as Triton's
+      // dynamic batcher sends a pending batch the next request does not fit, and `first` opens
+      // the next one. One forming batch per key, always.
+      if (forming !== undefined && !this.#fits(forming, first)) return this.#launch(forming, nowMs)
+      this.queue.remove(entry)
       first.model.queuedRows -= first.rows
       first.entry = undefined
-      // A batch of its kind is forming and may take it: it joins, and the policy is asked again.
-      const open = this.#formingFor(first)
-      if (open !== undefined) {
-        this.#join(open, first)
+      // A batch of its kind is forming and takes it: it joins, and the policy is asked again.
+      if (forming !== undefined) {
+        this.#join(forming, first)
         continue
       }
       const step = this.#open(first, nowMs)
@@ -481,6 +486,10 @@ export class Scheduler<A> {
     const pipelined = bySlots - idleInstances
     return Math.min(idleInstances, this.freePermits) + pipelined
   }
+
+  /** `next` may take it now: its model has a slot free, or a batch of its kind is forming (it joins, or sends that batch). */
+  readonly #canGo = (request: Request<A>): boolean =>
+    this.#canOpen(request.model) || (request.batchKey !== undefined && request.model.forming.has(request.batchKey))
 
   #formingFor(request: Request<A>): Batch<A> | undefined {
     if (request.batchKey === undefined) return undefined

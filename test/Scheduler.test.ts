@@ -221,6 +221,32 @@ describe("Scheduler", () => {
     assert.deepStrictEqual(drainSteps(s, 11).out, [["a", "b"]])
   })
 
+  it("a request too large for the forming batch of its kind sends that batch and opens the next: no batch is orphaned", () => {
+    const s = make({ maxConcurrent: 3 })
+    const m = spec("m", { instances: 3, batching: batching({ maxBatchSize: 6, maxQueueDelay: Duration.millis(50) }) })
+    admit(s, "a", m, 0)
+    const running = drainSteps(s).batches[0]!
+    admit(s, "b", m, 1, { rows: 5 })
+    assert.strictEqual(s.next(1)._tag, "Wait", "b forms: a run is in flight")
+    admit(s, "c", m, 2, { rows: 2 })
+    const step = s.next(2)
+    assert.strictEqual(step._tag, "Dispatch", "b's batch cannot take c: it goes now")
+    assert.deepStrictEqual(step._tag === "Dispatch" && step.batch.members.map((r) => r.value), ["b"])
+    assert.strictEqual(s.next(2)._tag, "Wait", "c opens the next batch, which forms")
+    assert.deepStrictEqual(s.counts(), { queued: 0, forming: 1, runs: 2 })
+    for (const r of running.members) s.settle(r)
+    s.complete(running, 3)
+    const sent = step._tag === "Dispatch" ? step.batch : running
+    for (const r of sent.members) s.settle(r)
+    s.complete(sent, 3)
+    const last = drainSteps(s, 52)
+    assert.deepStrictEqual(last.out, [["c"]])
+    for (const r of last.batches[0]!.members) s.settle(r)
+    s.complete(last.batches[0]!, 53)
+    assert.strictEqual(s.freePermits, 3, "every slot and permit came back")
+    assert.strictEqual(s.model(m).slots, 0)
+  })
+
   it("a Critical request that joins a forming batch sends it at once", () => {
     const s = make()
     const m = spec("m", { depth: 2, batching: batching({ maxQueueDelay: Duration.millis(10) }) })
