@@ -110,7 +110,7 @@ export interface Batch<A> {
   /** The highest priority among the members (see `BatchPolicy.mayJoin`). */
   highest: Priority.Priority
   stage: "forming" | "running"
-  /** Requests it holds while it waits in a busy instance (sent ahead); 0 once it runs. */
+  /** Unsettled requests it holds while it waits in a busy instance (sent ahead); 0 once it runs. */
   waiting: number
   /**
    * When it was handed to a free instance, or its instance became free (`complete`); NaN while it
@@ -300,7 +300,8 @@ export class Scheduler<A> {
 
   /**
    * Marks a request answered: out of the queue or its forming batch, its timer gone. A running
-   * request stays a member of its batch (its rows are dropped). `abandoned` counts it by stage.
+   * request stays a member of its batch (its rows are dropped); in a job sent ahead it stops
+   * counting as waiting. `abandoned` counts it by stage.
    */
   settle(request: Request<A>, abandoned = false): void {
     const stage = request.stage
@@ -314,6 +315,10 @@ export class Scheduler<A> {
       if (i >= 0) batch.members.splice(i, 1)
       batch.rows -= request.rows
       this.#recomputeHighest(batch)
+    } else if (request.batch!.waiting > 0) {
+      // In a job sent ahead: it no longer waits there, nor counts against `maxQueued`.
+      request.batch!.waiting--
+      this.#waitingAhead--
     }
     if (abandoned) this.abandoned[stage]++
     request.stage = "settled"

@@ -82,6 +82,21 @@ describe("Scheduler", () => {
     assert.isDefined(admit(s, "r3", m))
   })
 
+  it("a request that leaves a job sent ahead no longer counts against maxQueued", () => {
+    const s = make({ maxQueued: 2 })
+    const m = spec("m", { depth: 2 })
+    admit(s, "running", m)
+    const ahead = admit(s, "ahead", m)!
+    drainSteps(s)
+    assert.strictEqual(s.waitingAhead, 1)
+    admit(s, "queued", m)
+    assert.isTrue(s.isFull())
+    assert.isTrue(s.cancel(ahead))
+    assert.strictEqual(s.waitingAhead, 0, "it waits for nothing now")
+    assert.isFalse(s.isFull())
+    assert.isDefined(admit(s, "next", m))
+  })
+
   it("dispatches the highest priority first and FIFO within a level", () => {
     const s = make()
     const m = spec("m", { instances: 10 })
