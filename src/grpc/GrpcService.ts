@@ -143,9 +143,12 @@ export const make = (options: Options) =>
           .map((m) => ({ name: m.name, version: m.version, state: m.state, reason: m.reason === undefined ? "" : Routes.redact(m.reason, roots) }))
       }))
 
-    const modelControl = (action: "load" | "unload") => (message: { model_name: string }) =>
+    const modelControl = (action: "load" | "unload") => (message: { model_name: string; parameters?: Record<string, unknown> | null }) =>
       Effect.gen(function*() {
         const { name } = yield* modelParams(message.model_name, "")
+        // Overrides the server cannot apply (config, file:) are refused, as over HTTP.
+        const refused = ModelControl.checkParameters(action, Object.keys(message.parameters ?? {}))
+        if (refused !== undefined) return yield* Effect.fail(invalidArgument(refused))
         yield* (action === "load" ? ModelControl.load(pool, name) : ModelControl.unload(pool, engine, name)).pipe(
           Effect.catchTag("NotSupported", (e) => Effect.fail(invalidArgument(e.message))),
           Effect.mapError((e) => (e instanceof GrpcFailure ? e : fromReason(e)))

@@ -21,6 +21,26 @@ export class NotSupported extends Data.TaggedError("NotSupported")<{}> {
   }
 }
 
+/**
+ * Whether the server can apply the request parameters of a load or unload (Triton's
+ * repository extension), as a refusal (HTTP 400, gRPC INVALID_ARGUMENT) or undefined. A load
+ * takes none: `config` and `file:<version>/<name>` overrides are refused, since a model loads
+ * only as its repository directory holds it, and so is any other name, rather than ignored. An
+ * unload takes `unload_dependents` (no model here has dependents, so either value is the same).
+ */
+export const checkParameters = (action: "load" | "unload", names: ReadonlyArray<string>): string | undefined => {
+  for (const name of names) {
+    if (action === "unload" && name === "unload_dependents") continue
+    const why = name === "config" || name.startsWith("file:")
+      ? "overrides are not supported: a model loads only as its repository directory holds it (model.onnx, config.json); change the files there and load again"
+      : action === "load"
+      ? "is not a load parameter this server knows (Triton's are config and file:<version>/<name>, neither supported here)"
+      : "is not an unload parameter this server knows (unload_dependents is)"
+    return `${action} parameter ${JSON.stringify(name)} ${why}`
+  }
+  return undefined
+}
+
 /** True when the pool can load and unload. */
 export const isEnabled = (pool: ModelPool.Service): boolean => pool.load !== undefined && pool.unload !== undefined
 

@@ -77,6 +77,22 @@ export const decodeRepositoryIndexRequest = (json: unknown): typeof RepositoryIn
   return result._tag === "Success" ? result.success : { error: `invalid repository index request: ${schemaMessage(result.failure)}` }
 }
 
+/**
+ * The body of `POST /v2/repository/models/{m}/load|unload` (Triton's repository extension): at
+ * most `parameters`, an object. Any other key is refused, so that a misspelt `parameters` is not
+ * silently dropped. Which parameters the server can apply is `ModelControl.checkParameters`.
+ */
+export const RepositoryControlRequest = Schema.Struct({
+  parameters: Schema.optionalKey(TensorCodec.Parameters)
+})
+
+const decodeControlRequestResult = Schema.decodeUnknownResult(RepositoryControlRequest, { onExcessProperty: "error" })
+
+export const decodeRepositoryControlRequest = (json: unknown): typeof RepositoryControlRequest.Type | { readonly error: string } => {
+  const result = decodeControlRequestResult(json)
+  return result._tag === "Success" ? result.success : { error: `invalid repository load or unload request: ${schemaMessage(result.failure)}` }
+}
+
 // ---------------------------------------------------------------------------
 // Parameters
 // ---------------------------------------------------------------------------

@@ -380,11 +380,19 @@ const repositoryRoutes = (ctx: Ctx) => {
     )
   }))
 
-  /** Load or unload (Triton's model repository extension); 400 without explicit model control. */
+  /**
+   * Load or unload (Triton's model repository extension); 400 without explicit model control, for
+   * a body that is not empty nor `{"parameters": {...}}`, and for parameters the server cannot
+   * apply (`ModelControl.checkParameters`: `config` and `file:` overrides).
+   */
   const modelControl = (action: "load" | "unload") =>
     handle(Effect.gen(function*() {
       const { name } = yield* modelParams
-      yield* Effect.ignore(readBody)
+      const text = yield* readBody
+      const body = Oip.decodeRepositoryControlRequest(text.trim() === "" ? {} : yield* parseJson(text, "the request body"))
+      if ("error" in body) return yield* fail(400, body.error)
+      const refused = ModelControl.checkParameters(action, Object.keys(body.parameters ?? {}))
+      if (refused !== undefined) return yield* fail(400, refused)
       yield* (action === "load" ? ModelControl.load(pool, name) : ModelControl.unload(pool, engine, name)).pipe(
         Effect.catchTag("NotSupported", (e) => fail(400, e.message)),
         Effect.mapError((e) => (e instanceof ApiError ? e : fromReason(e)))

@@ -413,6 +413,12 @@ describe("model control over gRPC", () => {
       assert.isUndefined((yield* call("RepositoryModelUnload", { model_name: "mlp" })).error)
       assert.strictEqual((yield* call("ModelInfer", infer)).error?.code, Grpc.status.UNAVAILABLE)
       assert.strictEqual((yield* call("RepositoryModelLoad", { model_name: "nope" })).error?.code, Grpc.status.NOT_FOUND)
+      // Overrides the server cannot apply are refused, not ignored.
+      const config = yield* call("RepositoryModelLoad", { model_name: "mlp", parameters: { config: { string_param: "{}" } } })
+      assert.strictEqual(config.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(config.error?.details, `load parameter "config" overrides are not supported`)
+      const file = yield* call("RepositoryModelLoad", { model_name: "mlp", parameters: { "file:1/model.onnx": { bytes_param: Buffer.from([1]) } } })
+      assert.strictEqual(file.error?.code, Grpc.status.INVALID_ARGUMENT)
     }), 60_000)
 })
 

@@ -36,10 +36,11 @@ const makeApp = (repository: string, loadModels: ReadonlyArray<string>, gate: Ef
     const app = yield* HttpRouter.toHttpEffect(
       Routes.layer(routeOptions(64 * 1024 * 1024, { strictReadiness })).pipe(Layer.provide(Layer.succeedContext(services)))
     ).pipe(Effect.provideService(HttpRouter.RouterConfig, Routes.routerConfig))
-    const send = (method: string, path: string, body?: unknown) =>
+    const send = (method: string, path: string, body?: unknown, rawBody?: string) =>
       Effect.gen(function*() {
         const init: RequestInit = { method }
         if (body !== undefined) init.body = JSON.stringify(body)
+        if (rawBody !== undefined) init.body = rawBody
         const response = yield* app.pipe(
           Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request(`http://localhost${path}`, init))),
           Effect.scoped,
@@ -109,6 +110,33 @@ describe("explicit model control", () => {
       assert.include(entry?.reason, "config.json")
       assert.notInclude(JSON.stringify(entry), repository)
       void Path
+    }).pipe(withFreshMetrics), 60_000)
+
+  it.live("a load body: empty or {parameters} only; config and file: overrides and malformed bodies are refused with 400, not ignored", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const send = yield* makeApp(repository, [])
+      const raw = (action: string, text: string) => send("POST", `/v2/repository/models/mlp/${action}`, undefined, text)
+      const cases: ReadonlyArray<readonly [string, string, RegExp]> = [
+        ["load", JSON.stringify({ parameters: { config: JSON.stringify({ name: "mlp", backend: "onnxruntime" }) } }), /^load parameter "config" overrides are not supported: a model loads only as its repository directory holds it/],
+        ["load", JSON.stringify({ parameters: { config: "{}", "file:1/model.onnx": "AAAA" } }), /^load parameter "config" overrides are not supported/],
+        ["load", JSON.stringify({ parameters: { "file:1/model.onnx": "AAAA" } }), /^load parameter "file:1\/model.onnx" overrides are not supported/],
+        ["load", JSON.stringify({ parameters: { color: "blue" } }), /^load parameter "color" is not a load parameter this server knows/],
+        ["unload", JSON.stringify({ parameters: { force: true } }), /^unload parameter "force" is not an unload parameter/],
+        ["load", "{{{", /^the request body is not valid JSON/],
+        ["load", "[]", /^invalid repository load or unload request/],
+        ["load", JSON.stringify({ parameters: "config" }), /^invalid repository load or unload request/],
+        ["load", JSON.stringify({ paramters: { config: "{}" } }), /^invalid repository load or unload request/]
+      ]
+      for (const [action, text, error] of cases) {
+        const r = yield* raw(action, text)
+        assert.strictEqual(r.status, 400, text)
+        assert.match(r.json.error, error, text)
+      }
+      assert.strictEqual(stateOf((yield* send("POST", "/v2/repository/index")).json, "mlp")?.state, "UNAVAILABLE", "nothing was loaded")
+      assert.strictEqual((yield* raw("load", "")).status, 200)
+      assert.strictEqual((yield* raw("load", JSON.stringify({ parameters: {} }))).status, 200)
+      assert.strictEqual((yield* raw("unload", JSON.stringify({ parameters: { unload_dependents: true } }))).status, 200)
     }).pipe(withFreshMetrics), 60_000)
 
   it.live("strict readiness counts only the models that should be up: never loaded or unloaded ones do not hold it back", () =>
