@@ -12,6 +12,10 @@
  * - A batch concatenated by the engine, or a request run alone whose caller gave its inputs away
  *   (`InferenceRequest.transferInputs`), is handed to the pool as its own (`RunOptions.transfer`):
  *   a worker pool moves its buffers instead of copying them.
+ * - A job sent ahead to a busy instance whose callers have all left (cancelled, or past their
+ *   deadlines) is withdrawn: its run is interrupted, so the pool drops it unsent or the worker
+ *   skips it, and its slot is free. (A cancel that reaches the worker just as it starts the job
+ *   is too late: that run goes on unseen by the engine, its result dropped.)
  * - `close` (the engine's scope closing) answers every queued and forming request with
  *   ShuttingDown and interrupts the runs in progress, whose callers get ShuttingDown too.
  *
@@ -42,7 +46,10 @@ export interface Dispatcher {
   readonly nowMs: () => number
   /** Admits a request; the next pump dispatches it. Undefined (nothing queued) when the queue is full. */
   readonly submit: (input: Scheduler.AdmitInput<Caller>) => Request | undefined
-  /** The caller left: the request leaves the queue or its batch, or its result will be dropped. It is not answered. */
+  /**
+   * The caller left: the request leaves the queue or its batch, or its result will be dropped (a
+   * job sent ahead that nobody waits for now is withdrawn). It is not answered.
+   */
   readonly cancel: (request: Request) => void
 }
 
@@ -70,8 +77,8 @@ interface State {
   readonly telemetry: TelemetryCollector["Service"]
   readonly nowMs: () => number
   readonly runFork: (effect: Effect.Effect<void>) => Fiber.Fiber<void>
-  /** Runs in progress, interrupted on close. */
-  readonly runs: Set<Fiber.Fiber<void>>
+  /** Runs in progress by batch, interrupted on close (or when a job sent ahead is abandoned). */
+  readonly runs: Map<Scheduler.Batch<Caller>, Fiber.Fiber<void>>
   readonly wakeChanged: Latch.Latch
   gateOpen: boolean
   closed: boolean
@@ -85,6 +92,12 @@ const answer = (state: State, request: Request, exit: Exit.Exit<RunOutput, Infer
   if (request.stage === "settled") return
   state.scheduler.settle(request)
   request.value.resume(exit)
+}
+
+/** After `request` left: if its job waits in a busy instance for nobody now, it is withdrawn (its run interrupted). */
+const withdrawIfAbandoned = (state: State, request: Request): void => {
+  const batch = request.batch
+  if (batch !== undefined && state.scheduler.isAbandonedAhead(batch)) state.runs.get(batch)?.interruptUnsafe()
 }
 
 /** A span of the monotonic clock in ms, without the floating-point dust of a difference of two large times. */
@@ -104,7 +117,10 @@ const pump = (state: State): void => {
   if (state.closed || !state.gateOpen) return
   const { scheduler } = state
   const now = state.nowMs()
-  for (const { request, why } of scheduler.expire(now)) request.value.resume(expiredExit(request, why, now))
+  for (const { request, why } of scheduler.expire(now)) {
+    request.value.resume(expiredExit(request, why, now))
+    withdrawIfAbandoned(state, request)
+  }
   let waitUntil = Infinity
   while (true) {
     const step = scheduler.next(now)
@@ -151,9 +167,9 @@ const dispatch = (state: State, batch: Scheduler.Batch<Caller>, now: number): vo
       for (const m of batch.members) answer(state, m, shuttingDown)
     }))
   ))
-  state.runs.add(fiber)
+  state.runs.set(batch, fiber)
   fiber.addObserver(() => {
-    state.runs.delete(fiber)
+    state.runs.delete(batch)
     state.scheduler.complete(batch, state.nowMs())
     schedule(state)
   })
@@ -254,7 +270,7 @@ const close = (state: State): Effect.Effect<void> =>
   Effect.suspend(() => {
     state.closed = true
     for (const request of state.scheduler.waiting()) answer(state, request, shuttingDown)
-    return Fiber.interruptAll([...state.runs])
+    return Fiber.interruptAll([...state.runs.values()])
   })
 
 /** Builds the dispatcher in the current scope; closing the scope stops it (see the module doc). */
@@ -269,7 +285,7 @@ export const make = (options: Scheduler.Options): Effect.Effect<Dispatcher, neve
       telemetry: yield* TelemetryCollector,
       nowMs: () => Number(clock.monotonicTimeNanosUnsafe()) / 1e6,
       runFork: Effect.runForkWith(yield* Effect.context<never>()),
-      runs: new Set(),
+      runs: new Map(),
       wakeChanged: Latch.makeUnsafe(false),
       gateOpen: false,
       closed: false,
@@ -292,7 +308,9 @@ export const make = (options: Scheduler.Options): Effect.Effect<Dispatcher, neve
         return request
       },
       cancel: (request) => {
-        if (state.scheduler.cancel(request)) schedule(state)
+        if (!state.scheduler.cancel(request)) return
+        withdrawIfAbandoned(state, request)
+        schedule(state)
       }
     } satisfies Dispatcher
   })

@@ -433,6 +433,14 @@ export class Scheduler<A> {
     return this.queue.size + this.#waitingAhead + waitingElsewhere >= this.options.maxQueued
   }
 
+  /**
+   * True when `batch` was sent ahead to a busy instance, has not started, and none of its members
+   * waits for it any more (each cancelled or past its deadline): its run is wanted by nobody.
+   */
+  isAbandonedAhead(batch: Batch<A>): boolean {
+    return batch.stage === "running" && batch.waiting === 0 && Number.isNaN(batch.startedAtMs)
+  }
+
   /** Requests waiting in jobs sent ahead to busy instances. */
   get waitingAhead(): number {
     return this.#waitingAhead

@@ -163,6 +163,31 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(stats.maxActive, 1)
       }))
 
+    it.effect("a job sent ahead to a busy instance is withdrawn once its callers have all left (interrupted or past their deadline): it never runs", () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({
+          script: () => ({ latency: "100 millis" }),
+          concurrency: 1,
+          metadata: { pipelineDepth: 3 },
+          instanceQueue: true
+        })
+        const running = yield* fork(engine.infer(request("running")))
+        yield* TestClock.adjust("1 millis")
+        const interrupted = yield* fork(engine.infer(request("interrupted")))
+        yield* TestClock.adjust("1 millis")
+        const late = yield* fork(engine.infer(request("late", { timeout: Duration.millis(20) })))
+        yield* TestClock.adjust("1 millis")
+        assert.strictEqual((yield* engine.diagnostics).runs, 3, "two jobs sent ahead")
+        yield* Fiber.interrupt(interrupted)
+        yield* TestClock.adjust("30 millis")
+        assert.strictEqual(reasonOf(yield* Fiber.await(late)), "DeadlineExceeded")
+        assert.strictEqual((yield* engine.diagnostics).runs, 1, "both withdrawn: their slots are free")
+        assert.strictEqual(stats.skipped, 2, "the instance skipped both")
+        yield* TestClock.adjust("200 millis")
+        assert.strictEqual((yield* Fiber.join(running)).requestId, "running")
+        assert.deepStrictEqual(stats.order, ["running"])
+      }))
+
     it.effect("an AbortSignal cancels like interruption", () =>
       Effect.gen(function*() {
         const { engine } = yield* makeHarness({ script: () => ({ latency: "1 second" }) })
