@@ -12,7 +12,7 @@
  * | `inference_compute_duration_seconds` | model | time of one native run (a batch is one run) |
  * | `inference_batch_size` | model | requests per native run |
  * | `inference_executions_total` | model | native runs |
- * | `inference_count_total` | model | requests run (a batch of n counts n) |
+ * | `inference_count_total` | model | inferences run: rows (a request of 64 rows to a model that batches counts 64; one to a model that does not, 1) |
  *
  * Tests provide `TelemetryCollector.layerRecording` and read its log.
  *
@@ -22,7 +22,7 @@
  * Record points are plain synchronous calls, made on the engine's hot path (a request costs a
  * few microseconds in all): an implementation must return at once and never throw. One that
  * needs Effects (an exporter, a queue) should buffer and work elsewhere. `recordRun` is called
- * once per native run (a batch is one run).
+ * once per native run (a batch is one run), with the requests and the rows it held.
  *
  * @module Telemetry
  */
@@ -50,8 +50,12 @@ export interface Service {
   readonly recordRejected: (info: RequestInfo, error: InferenceError.Reason) => void
   /** Time from admission to dispatch. */
   readonly recordQueueWait: (modelId: string, priority: Priority.Priority, waitMs: number) => void
-  /** One native run of `batchSize` requests. */
-  readonly recordRun: (modelId: string, runMs: number, batchSize: number) => void
+  /**
+   * One native run of `batchSize` requests holding `rows` inferences (Triton's batch size: the
+   * rows of the batch dim of a model that batches, 1 a request for one that does not). A caller
+   * that does not say (`rows` undefined) counts each request as one.
+   */
+  readonly recordRun: (modelId: string, runMs: number, batchSize: number, rows?: number) => void
 }
 
 /** 50 µs to about 26 s, doubling. */
@@ -107,7 +111,7 @@ export const families = {
   run: histogram("inference_compute_duration_seconds", "Time of one native run, a batch being one run (seconds)", latencyBoundariesSeconds),
   batchSize: histogram("inference_batch_size", "Requests per native run", Metric.exponentialBoundaries({ start: 1, factor: 2, count: 9 })),
   executions: counter("inference_executions_total", "Native runs, by model"),
-  inferences: counter("inference_count_total", "Requests run, by model (a batch of n counts n)")
+  inferences: counter("inference_count_total", "Inferences run, by model: rows of the batch dim (a request of 64 rows counts 64), 1 a request for a model that does not batch")
 } as const
 
 type Family = keyof typeof families
@@ -190,12 +194,12 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
       recordTimeout: (info) => settle(info.modelId, "timeout"),
       recordRejected: (info) => settle(info.modelId, "rejected"),
       recordQueueWait: (modelId, priority, waitMs) => labelled(seriesOf(modelId).queueWait, "queueWait", modelId, "priority", priority).updateUnsafe(waitMs / 1000, context),
-      recordRun: (modelId, runMs, batchSize) => {
+      recordRun: (modelId, runMs, batchSize, rows) => {
         const series = seriesOf(modelId)
         series.run.updateUnsafe(runMs / 1000, context)
         series.batchSize.updateUnsafe(batchSize, context)
         series.executions.updateUnsafe(1, context)
-        series.inferences.updateUnsafe(batchSize, context)
+        series.inferences.updateUnsafe(rows ?? batchSize, context)
       }
     })
   }))
@@ -219,7 +223,7 @@ export type Event =
   | { readonly _tag: Exclude<Outcome, "failure" | "rejected">; readonly requestId: string; readonly modelId: string }
   | { readonly _tag: "failure" | "rejected"; readonly requestId: string; readonly modelId: string; readonly reason: InferenceError.ReasonTag }
   | { readonly _tag: "queueWait"; readonly modelId: string; readonly priority: Priority.Priority; readonly waitMs: number }
-  | { readonly _tag: "run"; readonly modelId: string; readonly runMs: number; readonly batchSize: number }
+  | { readonly _tag: "run"; readonly modelId: string; readonly runMs: number; readonly batchSize: number; readonly rows?: number | undefined }
 
 /** An in-memory log of every record call, for tests and examples. */
 export class TelemetryLog extends Context.Service<TelemetryLog, { readonly events: ReadonlyArray<Event> }>()("effect-onnx/TelemetryLog") {}
@@ -236,6 +240,6 @@ export const layerRecording: Layer.Layer<TelemetryCollector | TelemetryLog> = La
     recordTimeout: (i) => push({ _tag: "timeout", requestId: i.requestId, modelId: i.modelId }),
     recordRejected: (i, e) => push({ _tag: "rejected", requestId: i.requestId, modelId: i.modelId, reason: e._tag }),
     recordQueueWait: (modelId, priority, waitMs) => push({ _tag: "queueWait", modelId, priority, waitMs }),
-    recordRun: (modelId, runMs, batchSize) => push({ _tag: "run", modelId, runMs, batchSize })
+    recordRun: (modelId, runMs, batchSize, rows) => push(rows === undefined ? { _tag: "run", modelId, runMs, batchSize } : { _tag: "run", modelId, runMs, batchSize, rows })
   }))
 }))

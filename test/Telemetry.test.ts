@@ -66,6 +66,20 @@ describe("TelemetryCollector.layer", () => {
     }))
 })
 
+describe("TelemetryCollector.layer recordRun", () => {
+  it.effect("counts inference_count_total in rows (Triton's inferences) and inference_executions_total in runs", () =>
+    Effect.gen(function*() {
+      const collector = Context.get(yield* Layer.build(TelemetryCollector.layer), TelemetryCollector)
+      const model = { model: "rows-model" }
+      const before = { inferences: yield* count(metrics.inferences, model), exec: yield* count(metrics.executions, model) }
+      collector.recordRun("rows-model", 1, 1, 64)
+      collector.recordRun("rows-model", 1, 1, 64)
+      collector.recordRun("rows-model", 1, 2)
+      assert.strictEqual((yield* count(metrics.inferences, model)) - before.inferences, 130, "64 + 64 rows, then 2 requests that did not say")
+      assert.strictEqual((yield* count(metrics.executions, model)) - before.exec, 3)
+    }))
+})
+
 describe("Telemetry.outcomeOf", () => {
   it("maps every failure reason to one outcome", () => {
     const cases: ReadonlyArray<readonly [Parameters<typeof outcomeOf>[0], string]> = [

@@ -13,9 +13,10 @@
  * - `compute_infer`: per request, the time of the native run it was part of; `compute_input`
  *   and `compute_output` count the same requests with 0 ns, since the copies in and out of the
  *   session are inside that run's time here.
- * - `inference_count`: requests run (a batch counts each), `execution_count`: native runs,
- *   `last_inference`: when the last request was answered (ms since the epoch).
- * - `batch_stats`: per batch size, the runs of that size and their time.
+ * - `inference_count`: inferences run, in rows as Triton counts them (a request of 64 rows to a
+ *   model that batches counts 64; one to a model that does not, 1), `execution_count`: native
+ *   runs, `last_inference`: when the last request was answered (ms since the epoch).
+ * - `batch_stats`: per batch size (the rows of the run), the runs of that size and their time.
  * Statistics are per model name (the engine's telemetry carries no version), reported for the
  * model's default version.
  *
@@ -40,7 +41,7 @@ export interface ModelStatistics {
   readonly fail: Duration
   readonly queue: Duration
   readonly computeInfer: Duration
-  /** Batch size → runs of that size. */
+  /** Batch size (rows of the run) → runs of that size. */
   readonly batches: Map<number, Duration>
 }
 
@@ -173,18 +174,19 @@ export class Statistics extends Context.Service<Statistics, Service>()("effect-o
           add(of(modelId).queue, 1, waitMs)
           inner.recordQueueWait(modelId, priority, waitMs)
         },
-        recordRun: (modelId, runMs, batchSize) => {
+        recordRun: (modelId, runMs, batchSize, rows) => {
           const s = of(modelId)
+          const size = rows ?? batchSize
           s.executionCount += 1
-          s.inferenceCount += batchSize
+          s.inferenceCount += size
           add(s.computeInfer, batchSize, runMs)
-          let batch = s.batches.get(batchSize)
+          let batch = s.batches.get(size)
           if (batch === undefined) {
             batch = { count: 0, ns: 0 }
-            s.batches.set(batchSize, batch)
+            s.batches.set(size, batch)
           }
           add(batch, 1, runMs)
-          inner.recordRun(modelId, runMs, batchSize)
+          inner.recordRun(modelId, runMs, batchSize, rows)
         }
       })
       return Context.make(Statistics, { get: (model) => byModel.get(model) }).pipe(Context.add(TelemetryCollector, collector))

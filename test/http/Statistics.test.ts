@@ -36,4 +36,22 @@ describe("Statistics", () => {
       assert.isUndefined(stats.get("other"))
       assert.strictEqual(Statistics.toTriton("other", "1", undefined).inference_count, 0)
     }))
+
+  it.effect("counts inferences and batch sizes in rows, as Triton: one run of a 64-row request is 64 inferences of batch size 64", () =>
+    Effect.gen(function*() {
+      const services = yield* Layer.build(Statistics.Statistics.layer.pipe(Layer.provideMerge(layerRecording)))
+      const collector = Context.get(services, TelemetryCollector)
+      const stats = Context.get(services, Statistics.Statistics)
+      collector.recordRun("m", 2, 1, 64)
+      collector.recordRun("m", 2, 1, 64)
+      collector.recordRun("m", 3, 3, 96)
+      const t = Statistics.toTriton("m", "1", stats.get("m"))
+      assert.strictEqual(t.inference_count, 224)
+      assert.strictEqual(t.execution_count, 3)
+      // compute_infer stays per request: 1 × 2 ms twice, 3 × 3 ms.
+      assert.deepStrictEqual(t.inference_stats.compute_infer, { count: 5, ns: 13_000_000 })
+      assert.deepStrictEqual(t.batch_stats.map((b) => [b.batch_size, b.compute_infer.count]), [[64, 2], [96, 1]])
+      const runs = Context.get(services, TelemetryLog).events.filter((e) => e._tag === "run")
+      assert.deepStrictEqual(runs.map((e) => e._tag === "run" ? e.rows : undefined), [64, 64, 96], "forwarded with the rows")
+    }))
 })
