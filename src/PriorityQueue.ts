@@ -148,12 +148,26 @@ export class PriorityQueue<A> {
     return taken
   }
 
-  /** The first entry in dispatch order whose value satisfies `predicate`, left in place. O(queued). */
-  firstWhere(predicate: (value: A) => boolean): Entry<A> | undefined {
+  /**
+   * The entry `poll` would take first among those whose value satisfies `predicate` (levels aged
+   * as of `nowMs`), left in place. O(queued).
+   */
+  firstWhere(predicate: (value: A) => boolean, nowMs = 0): Entry<A> | undefined {
+    let best: Node<A> | undefined
+    let bestRank = Infinity
     for (const fifo of this.#fifos) {
-      for (let node = fifo.head; node !== undefined; node = node.next) if (predicate(node.value)) return node
+      // Within a level the first match is its best: older entries have aged at least as far.
+      let node = fifo.head
+      while (node !== undefined && !predicate(node.value)) node = node.next
+      if (node === undefined) continue
+      if (this.aging === undefined) return node
+      const rank = QueuePolicy.effectiveRank(this.aging, node.priority, nowMs - node.enqueuedAtMs)
+      if (rank < bestRank || (rank === bestRank && node.enqueuedAtMs < best!.enqueuedAtMs)) {
+        best = node
+        bestRank = rank
+      }
     }
-    return undefined
+    return best
   }
 
   /** Every queued value in dispatch order. */

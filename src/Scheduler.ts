@@ -354,7 +354,7 @@ export class Scheduler<A> {
         }
       }
       const head = this.queue.peek(nowMs)
-      const entry = head === undefined || this.#canGo(head.value) ? head : this.queue.firstWhere(this.#canGo)
+      const entry = head === undefined || this.#canGo(head.value) ? head : this.queue.firstWhere(this.#canGo, nowMs)
       if (entry === undefined) return waitUntil === Infinity ? idle : { _tag: "Wait", untilMs: waitUntil }
       const first = entry.value
       const forming = first.batchKey === undefined ? undefined : first.model.forming.get(first.batchKey) as Batch<A> | undefined

@@ -100,6 +100,18 @@ describe("PriorityQueue", () => {
     assert.deepStrictEqual([queue.poll(250), queue.poll(250)], ["high-1", "high-2"])
   })
 
+  it("firstWhere finds the entry poll would take among the matching ones, aged, and leaves it in place", () => {
+    const queue = PriorityQueue.make<string>(10, true, { Normal: 10, Low: 10 })
+    queue.offer("x-critical", Priority.Critical, 0)
+    queue.offer("a-low", Priority.Low, 1)
+    queue.offer("a-normal", Priority.Normal, 40)
+    const match = (s: string) => s.startsWith("a")
+    assert.strictEqual(queue.firstWhere(match, 5)?.value, "a-normal", "not aged yet: strict levels")
+    assert.strictEqual(queue.firstWhere(match, 50)?.value, "a-low", "Low has aged to Critical, Normal to High")
+    assert.strictEqual(queue.size, 3)
+    assert.isUndefined(queue.firstWhere((s) => s.startsWith("z"), 50))
+  })
+
   it("ignores aging when priorities are disabled", () => {
     const queue = PriorityQueue.make<string>(10, false, { Low: 1 })
     queue.offer("a", Priority.Critical, 0)

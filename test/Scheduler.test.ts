@@ -135,6 +135,24 @@ describe("Scheduler", () => {
     assert.strictEqual(s.queue.size, 1, "b2 waits for busy's instance")
   })
 
+  it("with aging, when the oldest request's model is busy, the next free permit goes to the request that ranks next by aged level", () => {
+    const s = make({ maxConcurrent: 2, aging: { High: 10, Normal: 10, Low: 10 } })
+    const a = spec("a")
+    const b = spec("b")
+    const c = spec("c")
+    admit(s, "a-run", a, 0, { priority: "Critical" })
+    admit(s, "c-run", c, 0)
+    const { batches } = drainSteps(s, 0)
+    admit(s, "a-wait", a, 1, { priority: "Critical" })
+    admit(s, "low", b, 2, { priority: "Low" })
+    admit(s, "c-next", c, 50)
+    const cRun = batches[1]!
+    for (const m of cRun.members) s.settle(m)
+    s.complete(cRun, 50)
+    // a-wait (Critical) is oldest but its model is busy; low has aged to Critical too, c-next is fresh Normal.
+    assert.deepStrictEqual(drainSteps(s, 50).out, [["low"]])
+  })
+
   it("a reload that changes a model's instances while it runs leaks no permit", () => {
     const s = make({ maxConcurrent: 2 })
     const before = spec("m", { instances: 2 })
