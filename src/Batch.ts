@@ -13,9 +13,26 @@ const axisOf = (axes: Readonly<Record<string, BatchPolicy.Axis>>, name: string):
 }
 
 /**
+ * An unbatched input's values as text, one-to-one: a string is quoted (JSON), so a separator
+ * inside it cannot make two lists read alike, and -0 is kept apart from 0 (a model may tell them
+ * apart, as in 1/x).
+ */
+const valuesKey = (data: Tensor.TensorData): string => {
+  let out = ""
+  for (let i = 0; i < data.length; i++) {
+    const v: unknown = data[i]
+    if (i > 0) out += ","
+    out += typeof v === "string" ? JSON.stringify(v) : Object.is(v, -0) ? "-0" : String(v)
+  }
+  return out
+}
+
+/**
  * The key that requests must share to join one batch: every input's dtype and its dims off the
- * batch axis, and the values of unbatched inputs. Undefined when the request cannot batch
- * (its batched inputs disagree on the row count, or it is too large).
+ * batch axis, and the values of unbatched inputs. Requests of one model share a key only when
+ * all of these are equal, so a batch may pass its first member's unbatched inputs for all.
+ * Undefined when the request cannot batch (its batched inputs disagree on the row count, or it
+ * is too large).
  */
 export const keyOf = (config: BatchPolicy.BatchingConfig, inputs: Tensor.TensorMap): { readonly key: string; readonly rows: number } | undefined => {
   let rows: number | undefined
@@ -28,7 +45,7 @@ export const keyOf = (config: BatchPolicy.BatchingConfig, inputs: Tensor.TensorM
     if (key !== "") key += "|"
     if (axis === null) {
       if (tensor.data.length > 16) return undefined
-      key += `${name}:${tensor.dtype}:${tensor.dims.join("x")}=${Array.from(tensor.data as ArrayLike<unknown>, String).join(",")}`
+      key += `${name}:${tensor.dtype}:${tensor.dims.join("x")}=${valuesKey(tensor.data)}`
       continue
     }
     const dims = tensor.dims

@@ -45,6 +45,16 @@ describe("Batch", () => {
     assert.isUndefined(Batch.keyOf({ ...on, maxBatchSize: 2 }, { x: Tensor.float32(new Float32Array(9), [3, 3]) }), "more rows than a batch holds")
   })
 
+  it("keys differ whenever unbatched values differ: strings that contain the separator, and -0 against 0", () => {
+    const config = { ...on, inputAxes: { mode: null, bias: null } }
+    const k = (mode: ReadonlyArray<string>, bias: number) =>
+      Batch.keyOf(config, { x: Tensor.float32([0], [1, 1]), mode: Tensor.make("string", [...mode], [2]), bias: Tensor.float32([bias], []) })?.key
+    assert.notStrictEqual(k(["a,b", "c"], 0), k(["a", "b,c"], 0))
+    assert.notStrictEqual(k(["a|bias:float32:=0", "c"], 0), k(["a", "c"], 0))
+    assert.notStrictEqual(k(["a", "c"], -0), k(["a", "c"], 0))
+    assert.strictEqual(k(["a,b", "c"], 1.5), k(["a,b", "c"], 1.5), "equal values, one key")
+  })
+
   it("refuses to split outputs whose batch dim is not the total", () => {
     assert.isUndefined(Batch.split(on, { y: Tensor.float32([1, 2], [2, 1]) }, [1, 2]))
   })
