@@ -451,7 +451,7 @@ export const layer = (
       // Optional: without Statistics.layer (an embedding that did not wire it) the stats routes answer 501.
       const statistics = yield* Effect.serviceOption(Statistics.Statistics)
       const roots = options.redactPaths ?? []
-      const drainRate = options.retryAfterSeconds === undefined ? yield* RetryAfter.sampler : undefined
+      const drainRate = options.retryAfterSeconds === undefined ? yield* RetryAfter.sampler(engine.pending) : undefined
       const retryAfter = () =>
         String(
           drainRate === undefined

@@ -460,6 +460,37 @@ describe("inference", () => {
       for (const f of fibers) yield* Fiber.interrupt(f)
     }).pipe(withFreshMetrics))
 
+  /** Closes the gate, fills the queue with 11 slow requests (one dispatched, 10 queued), and answers the Retry-After of the 429 that follows. */
+  const retryAfterWhenFull = (app: Effect.Success<ReturnType<typeof makeApp>>) =>
+    Effect.gen(function*() {
+      const { send, gate, engine, stats } = app
+      const startedBefore = stats.started
+      yield* gate.close
+      yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => stats.started === startedBefore + 1)
+      for (let i = 0; i < 10; i++) yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => Effect.runSync(engine.pending) === 11)
+      const full = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))
+      assert.strictEqual(full.status, 429)
+      return full.headers.get("retry-after")
+    })
+
+  it.effect("Retry-After on a fresh server after idle time is the 1 s fallback, not the 60 s of a stuck model", () =>
+    Effect.gen(function*() {
+      const app = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 10 } })
+      yield* TestClock.adjust("30 seconds")
+      assert.strictEqual(yield* retryAfterWhenFull(app), "1")
+    }).pipe(withFreshMetrics))
+
+  it.effect("Retry-After after idle time keeps the drain rate measured before it", () =>
+    Effect.gen(function*() {
+      const app = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 10 } })
+      // One request run in the first 500 ms interval: 2 a second.
+      assert.strictEqual((yield* app.send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+      yield* TestClock.adjust("30 seconds")
+      assert.strictEqual(yield* retryAfterWhenFull(app), "5", "10 queued at 2 a second")
+    }).pipe(withFreshMetrics))
+
   it("RetryAfter.seconds: the queue over the drain rate, rounded up, within bounds", () => {
     const cases: ReadonlyArray<readonly [RetryAfter.Input, number]> = [
       [{ queued: 100, ratePerSecond: undefined }, 1],
