@@ -7,8 +7,9 @@
  *
  * - Nothing here is per request but a scheduler record and one queue-wait histogram update: no
  *   fiber, Deferred, timer or Effect per request.
- * - A batch whose run fails (RunFailed) is run again member by member, under the same slot,
- *   within each member's deadline, so one poisoned input fails only its own request.
+ * - A batch whose run fails (RunFailed, or a defect from the pool, which is taken as RunFailed)
+ *   is run again member by member, under the same slot, within each member's deadline, so one
+ *   poisoned input fails only its own request.
  * - A batch concatenated by the engine, or a request run alone whose caller gave its inputs away
  *   (`InferenceRequest.transferInputs`), is handed to the pool as its own (`RunOptions.transfer`):
  *   a worker pool moves its buffers instead of copying them.
@@ -21,7 +22,7 @@
  *
  * @module Dispatcher
  */
-import { Clock, Context, Duration, Effect, Exit, Fiber, Latch, type Scope } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, Fiber, Latch, type Scope } from "effect"
 import * as Batch from "./Batch.ts"
 import type * as BatchPolicy from "./BatchPolicy.ts"
 import * as InferenceError from "./InferenceError.ts"
@@ -68,6 +69,29 @@ const shuttingDown = Exit.fail(new InferenceError.ShuttingDown({}))
 const isRunFailure = (exit: Exit.Exit<unknown, InferenceError.Reason>): boolean => {
   const reason = exit._tag === "Failure" ? exit.cause.reasons[0] : undefined
   return reason?._tag === "Fail" && reason.error._tag === "RunFailed"
+}
+
+/** What a defect says, for a RunFailed's detail. */
+const defectDetail = (cause: Cause.Cause<unknown>): string => {
+  const defect = Cause.squash(cause)
+  return `the run ended with a defect: ${defect instanceof Error ? defect.message : String(defect)}`
+}
+
+/**
+ * A run's exit as its callers get it: a defect from the pool (a bug, a lost worker) is the run
+ * failing (RunFailed, the backend's fault), not the engine closing. Only interruption, which
+ * the engine's own close causes, stays as it is (its callers get ShuttingDown).
+ */
+const asRunExit = <A>(exit: Exit.Exit<A, InferenceError.Reason>, modelId: string, requestId: string): Exit.Exit<A, InferenceError.Reason> =>
+  Exit.isSuccess(exit) || Cause.hasFails(exit.cause) || Cause.hasInterruptsOnly(exit.cause)
+    ? exit
+    : Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: defectDetail(exit.cause) }))
+
+/** The answer to a member whose run's fiber ended without answering it: interrupted (close) or a defect. */
+const abortedExit = (request: Request, cause: Cause.Cause<unknown>): Exit.Exit<never, InferenceError.Reason> => {
+  if (Cause.hasInterruptsOnly(cause)) return shuttingDown
+  const { modelId, requestId } = request.value.request
+  return Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: defectDetail(cause) }))
 }
 
 /** The mechanism's state: what the operations below share. */
@@ -163,9 +187,11 @@ const dispatch = (state: State, batch: Scheduler.Batch<Caller>, now: number): vo
   for (const m of batch.members) state.telemetry.recordQueueWait(modelId, m.priority, now - m.admittedAtMs)
   const work = batch.grouped && batch.members.length > 1 ? runGroup(state, batch) : runMembers(state, batch, batch.members)
   const fiber = state.runFork(work.pipe(
-    Effect.onInterrupt(() => Effect.sync(() => {
-      for (const m of batch.members) answer(state, m, shuttingDown)
-    }))
+    Effect.onExit((exit) =>
+      Exit.isSuccess(exit) ? Effect.void : Effect.sync(() => {
+        for (const m of batch.members) answer(state, m, abortedExit(m, exit.cause))
+      })
+    )
   ))
   state.runs.set(batch, fiber)
   fiber.addObserver(() => {
@@ -193,7 +219,8 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)),
       transfer: joined || request.transferInputs === true
     }
-    return Effect.flatMap(Effect.exit(state.pool.run(request.modelId, inputs, runOptions)), (exit) => {
+    return Effect.flatMap(Effect.exit(state.pool.run(request.modelId, inputs, runOptions)), (ran) => {
+      const exit = asRunExit(ran, request.modelId, request.requestId)
       const runMs = state.nowMs() - startedMs
       batch.model.expectedRunMs = runMs
       // The learned cost wants the native run alone; a pool that does not say gets the wall time.
@@ -221,7 +248,8 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
     let lastDeadlineMs = 0
     for (const m of members) lastDeadlineMs = Math.max(lastDeadlineMs, m.deadlineAtMs)
     const runOptions = { requestId: request.requestId, version: request.modelVersion, timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)) }
-    return Effect.map(Effect.exit(state.pool.runGroup!(request.modelId, members.map((m) => m.value.request.inputs), runOptions)), (exit) => {
+    return Effect.map(Effect.exit(state.pool.runGroup!(request.modelId, members.map((m) => m.value.request.inputs), runOptions)), (ran) => {
+      const exit = asRunExit(ran, request.modelId, request.requestId)
       if (Exit.isFailure(exit)) {
         for (const m of members) answer(state, m, Exit.failCause(exit.cause))
         return

@@ -19,7 +19,7 @@
  *
  * @module Engine
  */
-import { Context, Duration, Effect, Exit, Latch, Layer, Stream, Tracer } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Latch, Layer, Stream, Tracer } from "effect"
 import { AsyncConfigService, type AsyncConfig } from "./AsyncConfig.ts"
 import * as Batch from "./Batch.ts"
 import * as BatchPolicy from "./BatchPolicy.ts"
@@ -197,8 +197,13 @@ const callerOf = (
       const { deviceUsed, outputs } = exit.value
       return resume(Exit.succeed(InferenceResult.Success({ requestId: request.requestId, outputs, latencyMs: elapsedMs, deviceUsed }) as InferenceResult.Success))
     }
-    const failure = exit.cause.reasons[0]
-    const reason = failure?._tag === "Fail" ? failure.error : new InferenceError.ShuttingDown({})
+    // Interruption (the engine closing) is ShuttingDown; any other cause without a typed error is a defect: the run failed.
+    const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
+    const reason = failure !== undefined
+      ? failure.error
+      : Cause.hasInterruptsOnly(exit.cause)
+      ? new InferenceError.ShuttingDown({})
+      : new InferenceError.RunFailed({ modelId: request.modelId, requestId: request.requestId, detail: `a defect: ${String(Cause.squash(exit.cause))}` })
     recordFailure(state.telemetry, request, reason, elapsedMs)
     resume(Exit.fail(InferenceError.make(reason)))
   }

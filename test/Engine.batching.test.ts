@@ -248,6 +248,19 @@ describe("AsyncInferenceEngine dynamic batching", () => {
       assert.strictEqual(yield* engine.pending, 0)
     }))
 
+  it.effect("a batch whose run ends with a defect runs each member again alone, like a failed run", () =>
+    Effect.gen(function*() {
+      const { engine, gate, stats } = yield* gated({
+        script: (_id, rowValues) => rowValues.length > 1 ? { latency: "1 millis", dieWith: "worker crashed" } : { latency: "1 millis" },
+        batching: batching()
+      })
+      const fibers = [yield* fork(Effect.exit(engine.infer(request("a", 1)))), yield* fork(Effect.exit(engine.infer(request("b", 2))))]
+      yield* gate.open
+      yield* TestClock.adjust("3 millis")
+      for (const f of fibers) assert.isTrue(Exit.isSuccess(yield* Fiber.join(f)))
+      assert.deepStrictEqual(stats.batchSizes, [2, 1, 1])
+    }))
+
   it.effect("a batch whose members each fail alone fails each of them with RunFailed", () =>
     Effect.gen(function*() {
       const { engine, gate, stats } = yield* gated({ script: () => ({ latency: "1 millis", failWith: "bad kernel" }), batching: batching() })

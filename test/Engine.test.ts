@@ -128,6 +128,16 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(reasonOf(yield* Fiber.join(bad)), "RunFailed")
         assert.strictEqual(reasonOf(yield* Fiber.join(good)), "Success")
       }))
+    it.effect("a run that ends with a defect fails its request with RunFailed (a backend failure), not ShuttingDown", () =>
+      Effect.gen(function*() {
+        const { engine, outcomes } = yield* makeHarness({ script: () => ({ latency: "5 millis", dieWith: "worker crashed" }) })
+        const exit = yield* fork(Effect.exit(engine.infer(request("a"))))
+        yield* TestClock.adjust("10 millis")
+        const result = yield* Fiber.join(exit)
+        assert.strictEqual(reasonOf(result), "RunFailed")
+        assert.isTrue(Exit.isFailure(result) && String(result.cause.reasons.find((r) => r._tag === "Fail")?.error.message).includes("worker crashed"))
+        assert.deepStrictEqual([outcomes().failure, outcomes().rejected], [1, 0])
+      }))
   })
 
   describe("cancellation", () => {
