@@ -135,7 +135,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
     const server = yield* HttpServer.HttpServer
     yield* Effect.logInfo(`listening on ${HttpServer.formatAddress(server.address)} (models: ${config.models})`)
     const grpc = yield* Effect.serviceOption(GrpcServer.GrpcServer)
-    if (grpc._tag === "Some") yield* Effect.logInfo(`gRPC listening on ${config.host}:${grpc.value.port}`)
+    if (grpc._tag === "Some") yield* Effect.logInfo(`gRPC listening on ${grpc.value.address}`)
     return yield* Effect.never
   }).pipe(
     Effect.scoped,
@@ -147,7 +147,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
         ),
       RepositoryError: (e) => Effect.logError(e.message).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 1 })))),
       GrpcServeError: (e) =>
-        Effect.logError(`cannot listen for gRPC on ${config.host}:${config.grpcPort}: ${e.message}`).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 1 })))),
+        Effect.logError(`cannot listen for gRPC on ${GrpcServer.hostPort(config.host, config.grpcPort ?? 0)}: ${e.message}`).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 1 })))),
       ConfigError: (e) => Effect.logError(`invalid engine configuration: ${e.message}`).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 2 }))))
     })
   )

@@ -48,6 +48,7 @@ import { GrpcFailure, type Requirements } from "./GrpcService.ts"
 export { GrpcFailure }
 
 export interface Options {
+  /** An IPv4 or IPv6 address (bare, as HTTP's `--host`: `::1`, `::`) or a host name. */
   readonly host: string
   /** 0 binds any free port (read it from the service's `port`). */
   readonly port: number
@@ -64,7 +65,19 @@ export interface Options {
 /** The server could not bind. */
 export class GrpcServeError extends Data.TaggedError("GrpcServeError")<{ readonly message: string }> {}
 
-export class GrpcServer extends Context.Service<GrpcServer, { readonly port: number; readonly server: Grpc.Server }>()("effect-onnx/grpc/GrpcServer") {}
+export class GrpcServer extends Context.Service<GrpcServer, {
+  readonly port: number
+  /** Where it listens, as a client dials it: `host:port`, an IPv6 host in brackets (`[::1]:8001`). */
+  readonly address: string
+  readonly server: Grpc.Server
+}>()("effect-onnx/grpc/GrpcServer") {}
+
+/**
+ * `host:port` as gRPC targets spell it: an IPv6 literal goes in brackets (`[::]:8001`), as
+ * without them its colons read as the port's; a host already in brackets is kept.
+ */
+export const hostPort = (host: string, port: number): string =>
+  host.includes(":") && !host.startsWith("[") ? `[${host}]:${port}` : `${host}:${port}`
 
 /** The call's deadline in ms since the epoch, or undefined for none. */
 const deadlineOf = (call: { getDeadline(): Grpc.Deadline }): number | undefined => {
@@ -195,7 +208,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
     const shutdownTimeout = Duration.fromInputUnsafe(options.shutdownTimeout ?? Duration.seconds(5))
     const port = yield* Effect.acquireRelease(
       Effect.callback<number, GrpcServeError>((resume) => {
-        server.bindAsync(`${options.host}:${options.port}`, Grpc.ServerCredentials.createInsecure(), (error, port) => {
+        server.bindAsync(hostPort(options.host, options.port), Grpc.ServerCredentials.createInsecure(), (error, port) => {
           resume(error === null ? Effect.succeed(port) : Effect.fail(new GrpcServeError({ message: error.message })))
         })
       }),
@@ -210,7 +223,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
           Effect.andThen(Effect.sync(() => server.forceShutdown()))
         )
     )
-    return { port, server }
+    return { port, address: hostPort(options.host, port), server }
   })
 
 /** The gRPC server as a layer; needs what the HTTP routes need (`Statistics` optional). */

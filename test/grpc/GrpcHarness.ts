@@ -24,6 +24,8 @@ export interface Reply<A = any> {
 
 export interface HarnessOptions {
   readonly config?: Partial<AsyncConfig> | undefined
+  /** Where to bind. Default 127.0.0.1. */
+  readonly host?: string | undefined
   readonly maxMessageBytes?: number | undefined
   readonly slowLatency?: import("effect").Duration.Input | undefined
   /** Another pool than the scripted one (a real OnnxModelPool, say). */
@@ -35,7 +37,7 @@ export const makeHarness = (options: HarnessOptions = {}) =>
     const testPool = yield* makeTestPool({ slowLatency: options.slowLatency ?? "50 millis" })
     const services = yield* Layer.build(
       GrpcServer.layer({
-        host: "127.0.0.1",
+        host: options.host ?? "127.0.0.1",
         port: 0,
         maxMessageBytes: options.maxMessageBytes ?? 1024 * 1024,
         serverName: "effect-onnx",
@@ -53,8 +55,7 @@ export const makeHarness = (options: HarnessOptions = {}) =>
         ))
       )
     )
-    const { port, server } = Context.get(services, GrpcServer.GrpcServer)
-    const address = `127.0.0.1:${port}`
+    const { port, server, address } = Context.get(services, GrpcServer.GrpcServer)
     const client = new proto.inference.GRPCInferenceService(address, Grpc.credentials.createInsecure())
     const health = new proto.grpc.health.v1.Health(address, Grpc.credentials.createInsecure())
     yield* Effect.addFinalizer(() => Effect.sync(() => {

@@ -6,6 +6,7 @@
 import * as Grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Scope } from "effect"
+import { hostPort } from "../../src/grpc/GrpcServer.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import { mlpBytes, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
 import { echoRaw, f32, fromF32, makeHarness } from "./GrpcHarness.ts"
@@ -379,6 +380,41 @@ describe("ModelStreamInfer", () => {
       stream.end()
       yield* Effect.promise(() => ended)
       assert.strictEqual(ids.size, 200)
+    }))
+})
+
+describe("binding", () => {
+  it("hostPort brackets an IPv6 host, as gRPC targets need, and leaves the others", () => {
+    const table: ReadonlyArray<readonly [string, number, string]> = [
+      ["127.0.0.1", 8001, "127.0.0.1:8001"],
+      ["0.0.0.0", 0, "0.0.0.0:0"],
+      ["localhost", 8001, "localhost:8001"],
+      ["::", 8001, "[::]:8001"],
+      ["::1", 8001, "[::1]:8001"],
+      ["fe80::1%eth0", 8001, "[fe80::1%eth0]:8001"],
+      ["[::1]", 8001, "[::1]:8001"]
+    ]
+    for (const [host, port, expected] of table) assert.strictEqual(hostPort(host, port), expected, host)
+  })
+
+  it.live("binds an IPv6 host (::1) and answers there, with an address a client can dial", () =>
+    Effect.gen(function*() {
+      const { address, call, port } = yield* makeHarness({ host: "::1" })
+      assert.strictEqual(address, `[::1]:${port}`)
+      assert.deepStrictEqual((yield* call("ServerLive", {})).response, { live: true })
+      assert.deepStrictEqual(fromF32((yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))).response.raw_output_contents[0]), [2, 4, 6, 8])
+    }))
+
+  it.live("binds every IPv6 (and, dual-stack, IPv4) address with ::", () =>
+    Effect.gen(function*() {
+      const { address, port } = yield* makeHarness({ host: "::" })
+      assert.strictEqual(address, `[::]:${port}`)
+      const probe = new Grpc.Client(`[::1]:${port}`, Grpc.credentials.createInsecure())
+      const error = yield* Effect.callback<Error | undefined>((resume) => {
+        probe.waitForReady(Date.now() + 2000, (e) => resume(Effect.succeed(e)))
+      })
+      probe.close()
+      assert.isUndefined(error)
     }))
 })
 

@@ -76,4 +76,33 @@ describe("node src/bin/server.ts with gRPC", () => {
       if (child.exitCode === null) child.kill("SIGKILL")
     }
   }, 40_000)
+
+  it("binds gRPC on an IPv6 --host as HTTP does, and logs an address a client can dial ([::1]:port)", async () => {
+    const child = spawn(process.execPath, [entry, "--host", "::1", "--port", "0", "--grpc-port", "0", "--grace-period-seconds", "1"], {
+      cwd: root,
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let output = ""
+    const exit = new Promise<number | null>((r) => child.on("exit", (code) => r(code)))
+    const address = await new Promise<string>((resolve, reject) => {
+      const onData = (chunk: Buffer) => {
+        output += chunk.toString("utf8")
+        const grpc = /gRPC listening on (\[::1\]:\d+)/.exec(output)
+        if (grpc !== null) resolve(grpc[1]!)
+      }
+      child.stdout!.on("data", onData)
+      child.stderr!.on("data", onData)
+      void exit.then((code) => reject(new Error(`server exited with ${code}:\n${output}`)))
+      setTimeout(() => reject(new Error(`server did not listen in time:\n${output}`)), 20_000).unref()
+    })
+    const client = new proto.inference.GRPCInferenceService(address, Grpc.credentials.createInsecure())
+    try {
+      assert.deepStrictEqual((await unary(client, "ServerLive", {})).response, { live: true })
+      child.kill("SIGTERM")
+      assert.strictEqual(await exit, 0, output)
+    } finally {
+      client.close()
+      if (child.exitCode === null) child.kill("SIGKILL")
+    }
+  }, 40_000)
 })
