@@ -85,7 +85,8 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
       maxMessageBytes: config.maxBodyBytes,
       serverName: packageJson.name,
       serverVersion: packageJson.version,
-      redactPaths: [config.models]
+      redactPaths: [config.models],
+      strictReadiness: config.strictReadiness
     })
   const App = Grpc.pipe(
     Layer.provideMerge(Http),

@@ -6,7 +6,7 @@
  *
  * | RPC | answer |
  * |---|---|
- * | ServerLive, ServerReady | live always; ready until shutdown begins |
+ * | ServerLive, ServerReady | live always; ready as HTTP's `/v2/health/ready` (`Lifecycle.readiness`: strict readiness, shutdown) |
  * | ModelReady | ready, or false when unavailable or unknown (as Triton) |
  * | ServerMetadata, ModelMetadata | as `GET /v2`, `GET /v2/models/{m}` |
  * | ModelInfer | one inference; tensors in `raw_input_contents` or typed `contents`, outputs in `raw_output_contents` |
@@ -14,7 +14,7 @@
  * | ModelConfig, ModelStatistics | Triton's configuration and statistics extensions (`ModelConfiguration`, `Statistics`) |
  * | RepositoryIndex | every model version with its state and reason |
  * | RepositoryModelLoad / Unload | as HTTP's load and unload (`ModelControl`); INVALID_ARGUMENT without explicit model control |
- * | Health.Check | SERVING, NOT_SERVING once draining begins |
+ * | Health.Check | SERVING while ready (as ServerReady), NOT_SERVING otherwise |
  * | (the shared-memory, trace and log RPCs) | UNIMPLEMENTED |
  *
  * The rules are HTTP's: a request is refused as early as it can be (shutting down, model name,
@@ -58,6 +58,8 @@ export interface Options {
   readonly serverVersion: string
   /** Directories whose path never appears in an answer. */
   readonly redactPaths?: ReadonlyArray<string> | undefined
+  /** Triton's `--strict-readiness` for ServerReady and Health.Check, as HTTP's. Default true. */
+  readonly strictReadiness?: boolean | undefined
   /** How long closing waits for calls in flight before cutting them. Default 5 seconds. */
   readonly shutdownTimeout?: Duration.Input | undefined
 }
@@ -177,7 +179,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
 
     const inferenceService: Grpc.UntypedServiceImplementation = {
       ServerLive: unary(() => Effect.succeed({ live: true })),
-      ServerReady: unary(() => Effect.sync(() => ({ ready: !lifecycle.isShuttingDown() }))),
+      ServerReady: unary(() => Effect.map(handlers.serverReadiness, (r) => ({ ready: r.ready }))),
       ModelReady: unary(handlers.modelReady),
       ServerMetadata: unary(() => Effect.succeed({ name: options.serverName, version: options.serverVersion, extensions: handlers.extensions })),
       ModelMetadata: unary(handlers.modelMetadata),
@@ -194,7 +196,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
     const healthService: Grpc.UntypedServiceImplementation = {
       Check: unary((request: { service: string }) =>
         healthServices.has(request.service)
-          ? Effect.sync(() => ({ status: lifecycle.isShuttingDown() ? "NOT_SERVING" : "SERVING" }))
+          ? Effect.map(handlers.serverReadiness, (r) => ({ status: r.ready ? "SERVING" : "NOT_SERVING" }))
           : Effect.fail(new GrpcFailure({ code: Grpc.status.NOT_FOUND, details: `unknown service ${JSON.stringify(request.service.slice(0, 200))}` })))
     }
 

@@ -9,7 +9,7 @@
 import * as Grpc from "@grpc/grpc-js"
 import { Data, Duration, Effect } from "effect"
 import { AsyncInferenceEngine } from "../Engine.ts"
-import { Lifecycle } from "../http/Lifecycle.ts"
+import { Lifecycle, type Readiness, readiness } from "../http/Lifecycle.ts"
 import * as ModelConfiguration from "../http/ModelConfiguration.ts"
 import * as ModelControl from "../http/ModelControl.ts"
 import * as Oip from "../http/Oip.ts"
@@ -24,6 +24,8 @@ import * as GrpcCodec from "./GrpcCodec.ts"
 export interface Options {
   /** Directories whose path never appears in an answer. */
   readonly redactPaths?: ReadonlyArray<string> | undefined
+  /** Triton's `--strict-readiness`, as HTTP's `/v2/health/ready` (`Lifecycle.readiness`). Default true. */
+  readonly strictReadiness?: boolean | undefined
 }
 
 /** A failure answered as a gRPC status. */
@@ -39,6 +41,7 @@ export const make = (options: Options) =>
     const lifecycle = yield* Lifecycle
     const statistics = yield* Effect.serviceOption(Statistics.Statistics)
     const roots = options.redactPaths ?? []
+    const strict = options.strictReadiness ?? true
 
     const fromReason = (reason: InferenceError.Reason) =>
       new GrpcFailure({ code: InferenceError.grpcCode(reason), details: Routes.redact(reason.message, roots) })
@@ -54,6 +57,10 @@ export const make = (options: Options) =>
       }
       return Effect.succeed({ name, version: version === "" ? undefined : version })
     }
+
+    /** The server's readiness, from the one check HTTP's `/v2/health/ready` answers from. */
+    const serverReadiness: Effect.Effect<Readiness> = Effect.map(pool.models, (models) =>
+      readiness({ shuttingDown: lifecycle.isShuttingDown(), strict, models }))
 
     const metadataOf = (name: string, version: string | undefined) => Effect.mapError(pool.metadata(name, version), fromReason)
 
@@ -158,6 +165,6 @@ export const make = (options: Options) =>
 
     const extensions = Routes.extensionsFor(ModelControl.isEnabled(pool) ? "explicit" : "none").slice()
 
-    return { engine, lifecycle, infer, modelMetadata, modelReady, modelConfig, modelStatistics, repositoryIndex, modelControl, extensions }
+    return { engine, lifecycle, serverReadiness, infer, modelMetadata, modelReady, modelConfig, modelStatistics, repositoryIndex, modelControl, extensions }
   })
 

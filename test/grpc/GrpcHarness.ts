@@ -24,6 +24,8 @@ export interface Reply<A = any> {
 
 export interface HarnessOptions {
   readonly config?: Partial<AsyncConfig> | undefined
+  /** Triton's strict readiness. Default false, as HTTP's TestApp (the scripted pool has a broken model). */
+  readonly strictReadiness?: boolean | undefined
   /** Where to bind. Default 127.0.0.1. */
   readonly host?: string | undefined
   readonly maxMessageBytes?: number | undefined
@@ -43,6 +45,7 @@ export const makeHarness = (options: HarnessOptions = {}) =>
         serverName: "effect-onnx",
         serverVersion: "0.0.0-test",
         redactPaths: [secretPath],
+        strictReadiness: options.strictReadiness ?? false,
         shutdownTimeout: "1 second"
       }).pipe(
         Layer.provideMerge(AsyncInferenceEngine.layer),

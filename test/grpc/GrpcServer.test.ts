@@ -42,6 +42,19 @@ describe("health, server and model metadata", () => {
       assert.include(refused.error?.details, "shutting down")
     }))
 
+  it.live("strict readiness: ServerReady and Health.Check answer from HTTP's check, so a broken model makes both not ready; lenient, ready", () =>
+    Effect.gen(function*() {
+      const strict = yield* makeHarness({ strictReadiness: true })
+      assert.deepStrictEqual((yield* strict.call("ServerReady", {})).response, { ready: false })
+      for (const service of ["", "inference.GRPCInferenceService"]) {
+        assert.deepStrictEqual((yield* strict.call("Check", { service }, {}, strict.health)).response, { status: "NOT_SERVING" }, service)
+      }
+      assert.deepStrictEqual((yield* strict.call("ServerLive", {})).response, { live: true })
+      const lenient = yield* makeHarness({ strictReadiness: false })
+      assert.deepStrictEqual((yield* lenient.call("ServerReady", {})).response, { ready: true })
+      assert.deepStrictEqual((yield* lenient.call("Check", { service: "" }, {}, lenient.health)).response, { status: "SERVING" })
+    }))
+
   it.live("model metadata, readiness (false for an unknown model, as Triton), configuration; NOT_FOUND and INVALID_ARGUMENT as HTTP's 404 and 400", () =>
     Effect.gen(function*() {
       const { call } = yield* makeHarness()
@@ -437,7 +450,10 @@ describe("model control over gRPC", () => {
   it.live("under explicit model control RepositoryModelLoad and Unload work, and ServerMetadata advertises model_repository", () =>
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
-      const { call } = yield* makeHarness({ pool: OnnxModelPool.layer({ repository, modelControl: "explicit", loadModels: [] }) })
+      const { call, health } = yield* makeHarness({ strictReadiness: true, pool: OnnxModelPool.layer({ repository, modelControl: "explicit", loadModels: [] }) })
+      // Strict readiness does not count a model nobody asked to load, as HTTP's and Triton's.
+      assert.deepStrictEqual((yield* call("ServerReady", {})).response, { ready: true })
+      assert.deepStrictEqual((yield* call("Check", { service: "" }, {}, health)).response, { status: "SERVING" })
       const infer = { model_name: "mlp", inputs: [{ name: "input", datatype: "FP32", shape: [1, 784] }], raw_input_contents: [f32(new Array(784).fill(0.5))] }
       assert.include((yield* call("ServerMetadata", {})).response.extensions, "model_repository")
       assert.deepInclude((yield* call("RepositoryIndex", {})).response.models, { name: "mlp", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
