@@ -79,12 +79,51 @@ export interface NodeServerHandle {
 
 export class NodeServer extends Context.Service<NodeServer, NodeServerHandle>()("effect-onnx/http/NodeServer") {}
 
+/** A JSON `{error}` answer written on the raw socket, then the connection closed (as Node does for what it refuses). */
+const rawJsonAnswer = (socket: Net.Socket, status: number, reason: string, message: string, extra = ""): void => {
+  const body = JSON.stringify({ error: message })
+  // Destroyed once written, as Node does: ending only our side would leave the socket open for
+  // as long as a client that keeps its own side open wants (no parser watches it any more).
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extra}connection: close\r\n\r\n${body}`,
+    () => socket.destroy()
+  )
+}
+
+/** A JSON `{error}` answer on a response Node handed over, closing the connection after it. */
+const jsonAnswer = (response: Http.ServerResponse, status: number, message: string): void => {
+  const body = JSON.stringify({ error: message })
+  response.shouldKeepAlive = false
+  response.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body), connection: "close" })
+  response.end(body)
+}
+
+/**
+ * An HTTP/1.1 request without a Host header (RFC 9112 §3.2: a server must answer 400). Node's own
+ * check (`requireHostHeader`) answers an empty 400, so the server turns it off and checks here.
+ * Cheap: every route reads the headers anyway.
+ */
+const missingHost = (request: Http.IncomingMessage): boolean =>
+  request.httpVersionMinor === 1 && request.httpVersionMajor === 1 && request.headers.host === undefined
+
+const refuseMissingHost = (response: Http.ServerResponse): void =>
+  jsonAnswer(response, 400, "missing Host header: an HTTP/1.1 request must carry one")
+
 /**
  * What Node's HTTP parser refuses (bytes that are not HTTP, a malformed header, headers over
  * 16 KiB) never reaches the routes; Node would answer a bare 400 or 431. This answers the same
- * status as JSON `{error}`, like every other error, and closes the connection.
+ * status as JSON `{error}`, like every other error, and closes the connection. So do the other
+ * answers Node would write itself: 417 for an `Expect` other than `100-continue` (Node's is
+ * empty) and 405 for `CONNECT` (Node would close the connection without a word).
  */
 const answerClientErrors = (server: Http.Server): void => {
+  server.on("checkExpectation", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
+    const expect = String(request.headers.expect).slice(0, 100)
+    jsonAnswer(response, 417, `unsupported Expect header ${JSON.stringify(expect)}: only 100-continue is`)
+  })
+  server.on("connect", (_request: Http.IncomingMessage, socket: Net.Socket) => {
+    rawJsonAnswer(socket, 405, "Method Not Allowed", "CONNECT is not supported: this is not a proxy", "allow: GET, HEAD, POST\r\n")
+  })
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Net.Socket) => {
     // A response already under way on this connection cannot be followed by another one.
     const started = (socket as Net.Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent === true
@@ -97,13 +136,7 @@ const answerClientErrors = (server: Http.Server): void => {
       : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
       ? [408, "Request Timeout", "request not received in time"]
       : [400, "Bad Request", "malformed HTTP request"]
-    const body = JSON.stringify({ error: message })
-    // Destroyed once written, as Node does: ending only our side would leave the socket open for
-    // as long as a client that keeps its own side open wants (no parser watches it any more).
-    socket.end(
-      `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-      () => socket.destroy()
-    )
+    rawJsonAnswer(socket, status, reason, message)
   })
 }
 
@@ -141,7 +174,8 @@ export const layer = (
   options: Options
 ): Layer.Layer<HttpServer.HttpServer | Lifecycle | NodeServer, ServeError, AsyncInferenceEngine | ModelPool | TelemetryCollector> =>
   Layer.unwrap(Effect.clockWith((clock) => Effect.sync(() => {
-    const server = Http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000 })
+    // The Host check is ours (`missingHost`): Node's answers an empty body.
+    const server = Http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000, requireHostHeader: false })
     const handle = track(server, () => clock.currentTimeMillisUnsafe())
     answerClientErrors(server)
     let nodeInfer: NodeInfer.Handler | undefined
@@ -155,32 +189,35 @@ export const layer = (
       Layer.provideMerge(Lifecycle.layer),
       Layer.provideMerge(Layer.succeed(NodeServer, handle))
     )
-    // Once the router listens: the infer route's Node handler goes first, the router answers what it declines.
+    // Once the router listens: the Host check, then the infer route's Node handler, go first; the router answers what they decline.
     const inferFirst = Layer.effectDiscard(Effect.acquireRelease(
-      Effect.sync(() => nodeInfer === undefined ? undefined : routeThrough(server, nodeInfer, handle.onRequest)),
-      (restore) => Effect.sync(() => restore?.())
+      Effect.sync(() => routeThrough(server, nodeInfer, handle.onRequest)),
+      (restore) => Effect.sync(() => restore())
     ))
     return inferFirst.pipe(Layer.provideMerge(served))
   })))
 
 /**
- * Puts `first` in front of the server's `request` and `checkContinue` listeners, except `keep`,
- * which observes every request: a request it declines goes to them. A request that sent
- * `Expect: 100-continue` (curl does for bodies over 1 KiB) and that `first` takes is told to
- * continue before its body is read. Returns what puts the listeners back.
+ * Puts the Host check (`missingHost`: 400) and `first` in front of the server's `request` and
+ * `checkContinue` listeners, except `keep`, which observes every request: a request they decline
+ * goes to them. A request that sent `Expect: 100-continue` (curl does for bodies over 1 KiB) and
+ * that `first` takes is told to continue before its body is read. Returns what puts the
+ * listeners back.
  */
-const routeThrough = (server: Http.Server, first: NodeInfer.Handler, keep: (...args: Array<any>) => void): () => void => {
+const routeThrough = (server: Http.Server, first: NodeInfer.Handler | undefined, keep: (...args: Array<any>) => void): () => void => {
   type Listener = (request: Http.IncomingMessage, response: Http.ServerResponse) => void
   const requestListeners = server.listeners("request").filter((listener) => listener !== keep) as Array<Listener>
   const continueListeners = server.listeners("checkContinue").filter((listener) => listener !== keep) as Array<Listener>
   for (const listener of requestListeners) server.off("request", listener)
   for (const listener of continueListeners) server.off("checkContinue", listener)
   const onRequest: Listener = (request, response) => {
-    if (first(request, response)) return
+    if (missingHost(request)) return refuseMissingHost(response)
+    if (first !== undefined && first(request, response)) return
     for (const listener of requestListeners) listener.call(server, request, response)
   }
   const onCheckContinue: Listener = (request, response) => {
-    if (first(request, response)) return response.writeContinue()
+    if (missingHost(request)) return refuseMissingHost(response)
+    if (first !== undefined && first(request, response)) return response.writeContinue()
     for (const listener of continueListeners) listener.call(server, request, response)
   }
   server.on("request", onRequest)

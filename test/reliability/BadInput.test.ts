@@ -318,7 +318,13 @@ describe("malformed requests, over a real socket", () => {
         ["a TLS hello", "\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 not http\r\n\r\n", 400, /^malformed HTTP request/],
         ["a header line without a colon", "GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, /^malformed HTTP request/],
         ["both Content-Length and chunked", `POST ${echo} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n`, 400, /^malformed HTTP request/],
-        ["headers over 16 kB", `GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`, 431, /^request headers too large/]
+        ["headers over 16 kB", `GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20_000)}\r\n\r\n`, 431, /^request headers too large/],
+        // Answers Node would write itself, without a body (or none at all for CONNECT).
+        ["no Host header", "GET /v2/health/live HTTP/1.1\r\n\r\n", 400, /^missing Host header: an HTTP\/1.1 request must carry one$/],
+        ["no Host header on an infer request", `POST ${echo} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`, 400, /^missing Host header/],
+        ["no Host header with Expect: 100-continue", `POST ${echo} HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n`, 400, /^missing Host header/],
+        ["an Expect other than 100-continue", "GET /v2 HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n\r\n", 417, /^unsupported Expect header "foo": only 100-continue is$/],
+        ["CONNECT", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405, /^CONNECT is not supported/]
       ]
       for (const [label, bytes, status, error] of parserCases) {
         const reply = yield* Effect.promise(() => raw(port, [bytes], { keepOpen: true }))
