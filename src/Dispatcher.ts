@@ -45,7 +45,7 @@ export interface Dispatcher {
   readonly scheduler: Scheduler.Scheduler<Caller>
   /** The Clock's monotonic time in milliseconds. */
   readonly nowMs: () => number
-  /** Admits a request; the next pump dispatches it. Undefined (nothing queued) when the queue is full. */
+  /** Admits a request; the next pump dispatches it. Undefined (nothing queued) when the queue is full or the dispatcher closed. */
   readonly submit: (input: Scheduler.AdmitInput<Caller>) => Request | undefined
   /**
    * The caller left: the request leaves the queue or its batch, or its result will be dropped (a
@@ -331,6 +331,7 @@ export const make = (options: Scheduler.Options): Effect.Effect<Dispatcher, neve
       scheduler: state.scheduler,
       nowMs: state.nowMs,
       submit: (input) => {
+        if (state.closed) return undefined
         const request = state.scheduler.admit(input, state.nowMs())
         if (request !== undefined) schedule(state)
         return request

@@ -209,6 +209,13 @@ const callerOf = (
   }
 })
 
+/** Answers a request refused at admission (after its start was recorded) and records why. */
+const refuseNow = (state: State, request: InferenceRequest, reason: InferenceError.Reason, resume: Resume): undefined => {
+  recordFailure(state.telemetry, request, reason, 0)
+  resume(Exit.fail(InferenceError.make(reason)))
+  return undefined
+}
+
 /**
  * Queues the request; `resume` answers it when it settles. Returns the cleanup that runs if the
  * caller is interrupted first (the cancellation path; a no-op once settled), or nothing when it
@@ -221,6 +228,8 @@ const submit = (
   startedMs: number,
   resume: Resume
 ): (() => void) | undefined => {
+  // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
+  if (state.draining) return refuseNow(state, request, new InferenceError.ShuttingDown({}), resume)
   const spec = specOf(state, metadata)
   const joinable = spec.batching.enabled ? Batch.keyOf(spec.batching, request.inputs) : undefined
   const admitted = state.dispatcher.submit({
@@ -233,10 +242,7 @@ const submit = (
     queueDeadlineAtMs: state.queueTimeoutMs > 0 ? startedMs + state.queueTimeoutMs : Infinity
   })
   if (admitted === undefined) {
-    const reason = new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: state.config.maxQueuedRequests })
-    state.telemetry.recordRejected(request, reason)
-    resume(Exit.fail(InferenceError.make(reason)))
-    return undefined
+    return refuseNow(state, request, new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: state.config.maxQueuedRequests }), resume)
   }
   state.settled.closeUnsafe()
   // Interrupted: out of the queue or its forming batch at once; running, its result is dropped.
@@ -319,7 +325,12 @@ const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<Inf
       return InferenceError.make(reason)
     }
     if (state.draining) return Effect.fail(refuse(new InferenceError.ShuttingDown({})))
-    return Effect.flatMap(Effect.mapError(state.pool.metadata(request.modelId, request.modelVersion), refuse), (metadata) => {
+    // Interrupted before it is queued: counted as cancelled here (once queued, `submit`'s cleanup counts it).
+    const lookup = Effect.onInterrupt(
+      Effect.mapError(state.pool.metadata(request.modelId, request.modelVersion), refuse),
+      () => Effect.sync(() => state.telemetry.recordCancelled(request, state.nowMs() - startedMs))
+    )
+    return Effect.flatMap(lookup, (metadata) => {
       const reason = refusal(request, metadata)
       if (reason !== undefined) return Effect.fail(refuse(reason))
       return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {

@@ -388,6 +388,32 @@ describe("AsyncInferenceEngine", () => {
       }))
   })
 
+  describe("admission through the pool's metadata Effect", () => {
+    it.effect("a request interrupted while its model's metadata is looked up counts as cancelled", () =>
+      Effect.gen(function*() {
+        const { engine, outcomes } = yield* makeHarness({ metadataDelay: "10 millis" })
+        const fiber = yield* fork(engine.infer(request("a")))
+        yield* TestClock.adjust("5 millis")
+        yield* Fiber.interrupt(fiber)
+        assert.deepStrictEqual([outcomes().start, outcomes().cancelled], [1, 1])
+        assert.strictEqual(yield* engine.pending, 0)
+      }))
+
+    it.effect("a request whose metadata comes after the engine began to close is answered ShuttingDown and never queued", () =>
+      Effect.gen(function*() {
+        const scope = yield* Scope.make()
+        const { engine, outcomes, stats } = yield* makeHarness({ metadataDelay: "10 millis" }).pipe(Scope.provide(scope))
+        const fiber = yield* fork(Effect.exit(engine.infer(request("a", { timeout: Duration.millis(200) }))))
+        yield* TestClock.adjust("5 millis")
+        yield* Scope.close(scope, Exit.void)
+        yield* TestClock.adjust("10 millis")
+        assert.strictEqual(reasonOf(yield* Fiber.join(fiber)), "ShuttingDown")
+        assert.strictEqual(yield* engine.pending, 0)
+        assert.deepStrictEqual([outcomes().start, outcomes().rejected], [1, 1])
+        assert.strictEqual(stats.started, 0)
+      }))
+  })
+
   describe("starvation", () => {
     const flood = (aging: boolean) =>
       Effect.gen(function*() {
