@@ -157,7 +157,7 @@ export type Decision =
  * - A full batch, a preferred size, no delay configured, or a delay already spent: send.
  * - A Critical member never waits for a batch to fill.
  * - Never past a member's deadline: the wait ends early enough for the run to finish in time
- *   (with twice the recent run time as headroom).
+ *   (with twice the recent run time as headroom; before any run time is known, `maxQueueDelay`).
  * - A free runner never waits when nothing else of this model is running: with no traffic in
  *   flight, no closed-loop caller is about to send another request, so waiting would only add
  *   latency (a lone request would always sit out the whole delay).
@@ -175,9 +175,11 @@ export const decide = (config: BatchingConfig, pending: Pending): Decision => {
   if (pending.highestPriority === Priority.Critical) return { _tag: "Send", why: "critical" }
   const delayLeftMs = delayMs - pending.oldestWaitMs
   if (!learned && delayLeftMs <= 0) return { _tag: "Send", why: "delayElapsed" }
-  // Twice the recent run time as headroom: run times vary by a third or more between runs.
+  // Twice the recent run time as headroom: run times vary by a third or more between runs. With
+  // no run time known yet, the delay itself: a batching wait never eats into the time a member
+  // needs more than it could have gained.
   const runMs = learned ? pending.predictedRunMs ?? pending.expectedRunMs : pending.expectedRunMs
-  const deadlineLeftMs = pending.earliestDeadlineInMs - 2 * runMs
+  const deadlineLeftMs = pending.earliestDeadlineInMs - (runMs > 0 ? 2 * runMs : delayMs)
   if (deadlineLeftMs <= 0) return { _tag: "Send", why: "deadline" }
   if (pending.runsInFlight === 0) return { _tag: "Send", why: "idle" }
   if (!learned) return { _tag: "Wait", ms: Math.min(delayLeftMs, deadlineLeftMs) }

@@ -31,6 +31,8 @@ describe("BatchPolicy.decide", () => {
     ["never makes a Critical request wait", config, { highestPriority: "Critical" }, { _tag: "Send", why: "critical" }],
     ["waits only as long as the earliest deadline allows for twice the run time", config, { earliestDeadlineInMs: 6 }, { _tag: "Wait", ms: 2 }],
     ["sends when the deadline leaves no time to wait", config, { earliestDeadlineInMs: 4 }, { _tag: "Send", why: "deadline" }],
+    ["with no run time known yet, keeps the delay itself as the deadline's headroom", config, { expectedRunMs: 0, earliestDeadlineInMs: 15 }, { _tag: "Wait", ms: 5 }],
+    ["with no run time known yet, sends a member whose deadline is nearer than the delay", config, { expectedRunMs: 0, earliestDeadlineInMs: 8 }, { _tag: "Send", why: "deadline" }],
     ["never waits when nothing else of the model is running", config, { runsInFlight: 0 }, { _tag: "Send", why: "idle" }]
   ]
   for (const [name, c, p, expected] of table) {
