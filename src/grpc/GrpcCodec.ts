@@ -131,7 +131,10 @@ const dataOf = (datatype: string, contents: InferTensorContents | null | undefin
   }
 }
 
-/** A request rewritten as an OIP request (not yet schema-checked) with its binary part, or why it cannot be. */
+/**
+ * A request rewritten as an OIP request (not yet schema-checked) with its binary part, or why it
+ * cannot be: raw contents not one per input, or an input with typed `contents` beside them.
+ */
 export const toOip = (request: ModelInferRequest): { readonly body: unknown; readonly binary: Uint8Array | undefined } | string => {
   const raw = request.raw_input_contents
   if (raw.length > 0 && raw.length !== request.inputs.length) {
@@ -143,6 +146,8 @@ export const toOip = (request: ModelInferRequest): { readonly body: unknown; rea
     const parameters = parametersOf(input.parameters) ?? {}
     const entry: Record<string, unknown> = { name: input.name, datatype: input.datatype, shape: input.shape.map(Number) }
     if (raw.length > 0) {
+      // As Triton: one way or the other for the whole request, never both (the proto's rule).
+      if (input.contents != null) return `input ${JSON.stringify(input.name)}: contents must not be given when raw_input_contents is used`
       entry["parameters"] = { ...parameters, binary_data_size: raw[i]!.length }
     } else {
       const data = dataOf(input.datatype, input.contents)

@@ -198,6 +198,10 @@ describe("ModelInfer", () => {
       assert.strictEqual(short.error?.details, "invalid input \"x\" for model \"echo\": parameters.binary_data_size is 12 bytes, shape [1, 4] of FP32 needs 16")
       const count = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), raw_input_contents: [f32([1, 2, 3, 4]), f32([1])] })
       assert.include(count.error?.details, "expected 1 raw_input_contents, one per input, got 2")
+      // Both ways at once: refused, not the typed values silently dropped (Triton's rule).
+      const both = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), inputs: [{ name: "x", datatype: "FP32", shape: [1, 4], contents: { fp32_contents: [9, 9, 9, 9] } }] })
+      assert.strictEqual(both.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.strictEqual(both.error?.details, "invalid input for model \"echo\": input \"x\": contents must not be given when raw_input_contents is used")
       const fp16 = yield* call("ModelInfer", { model_name: "identity_float16", inputs: [{ name: "x", datatype: "FP16", shape: [1, 1], contents: { fp32_contents: [1] } }] })
       assert.include(fp16.error?.details, "send it in raw_input_contents")
       const missing = yield* call("ModelInfer", { model_name: "echo", inputs: [] })
