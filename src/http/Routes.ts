@@ -219,11 +219,33 @@ const bodyReaders = (bodyLimit: number) => {
   return { readBody, readInferBody }
 }
 
+/** A route's method and path pattern (`:param` is one non-empty path segment), as the router is given them. */
+export type RoutePattern = readonly [method: string, path: string]
+
 /**
- * A path no route matches (or that does not even decode) is a JSON 404 too, with Connection:
- * close once the server is closing connections. HEAD falls back to GET inside the router, before this runs.
+ * The methods the routes take at `path` (a trailing slash ignored, as the router ignores it),
+ * HEAD beside GET (the router answers HEAD as GET); empty when no route has this path.
  */
-const jsonNotFound = (lifecycle: Lifecycle.Service) => <E>(
+export const allowedMethods = (routes: ReadonlyArray<RoutePattern>, path: string): ReadonlyArray<string> => {
+  const segments = (path.length > 1 && path.endsWith("/") ? path.slice(0, -1) : path).split("/")
+  const allowed = new Set<string>()
+  for (const [method, pattern] of routes) {
+    const parts = pattern.split("/")
+    if (parts.length !== segments.length) continue
+    if (parts.every((part, i) => part.startsWith(":") ? segments[i] !== "" : part === segments[i])) {
+      allowed.add(method)
+      if (method === "GET") allowed.add("HEAD")
+    }
+  }
+  return [...allowed].sort()
+}
+
+/**
+ * A request no route takes is a JSON answer too, with Connection: close once the server is
+ * closing connections: 405 with `Allow` when routes have its path under other methods, else 404
+ * (also for a path that does not even decode). HEAD falls back to GET inside the router, before this runs.
+ */
+const jsonNotFound = (lifecycle: Lifecycle.Service, routes: ReadonlyArray<RoutePattern>) => <E>(
   app: Effect.Effect<HttpServerResponse.HttpServerResponse, E>
 ): Effect.Effect<HttpServerResponse.HttpServerResponse, E, HttpServerRequest.HttpServerRequest> =>
   Effect.catchCause(app, (cause) => {
@@ -232,7 +254,15 @@ const jsonNotFound = (lifecycle: Lifecycle.Service) => <E>(
       return Effect.failCause(cause)
     }
     return Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
-      const response = json(404, { error: `no route for ${request.method} ${request.url.split("?")[0]!.slice(0, 200)}` })
+      const path = request.url.split("?")[0]!
+      const allowed = allowedMethods(routes, path)
+      const response = allowed.length > 0 && !allowed.includes(request.method)
+        ? HttpServerResponse.setHeader(
+          json(405, { error: `method ${request.method.slice(0, 20)} not allowed for ${path.slice(0, 200)}; allowed: ${allowed.join(", ")}` }),
+          "allow",
+          allowed.join(", ")
+        )
+        : json(404, { error: `no route for ${request.method} ${path.slice(0, 200)}` })
       return lifecycle.closesConnections() ? HttpServerResponse.setHeader(response, "connection", "close") : response
     })
   })
@@ -490,9 +520,7 @@ export const layer = (
       const { modelMetadata, modelReady, infer, modelConfig, allStats, modelStats } = modelRoutes(ctx)
       const { repositoryIndex, modelControl } = repositoryRoutes(ctx)
 
-      yield* router.addGlobalMiddleware(jsonNotFound(lifecycle))
-
-      yield* router.addAll([
+      const routes = [
         HttpRouter.route("GET", "/v2", serverMetadata),
         HttpRouter.route("GET", "/v2/health/live", live),
         HttpRouter.route("GET", "/v2/health/ready", ready),
@@ -511,7 +539,11 @@ export const layer = (
         HttpRouter.route("POST", "/v2/repository/models/:name/load", modelControl("load")),
         HttpRouter.route("POST", "/v2/repository/models/:name/unload", modelControl("unload")),
         HttpRouter.route("GET", "/metrics", prometheus)
-      ])
+      ]
+
+      yield* router.addGlobalMiddleware(jsonNotFound(lifecycle, routes.map((r): RoutePattern => [r.method, r.path])))
+
+      yield* router.addAll(routes)
     })
   )
 

@@ -9,6 +9,7 @@ import * as Zlib from "node:zlib"
 import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
 import * as Lifecycle from "../../src/http/Lifecycle.ts"
 import * as RetryAfter from "../../src/http/RetryAfter.ts"
+import * as Routes from "../../src/http/Routes.ts"
 
 const echoRequest = (values: ReadonlyArray<number>, extra: Record<string, unknown> = {}) => ({
   inputs: [{ name: "x", shape: [values.length / 4, 4], datatype: "FP32", data: values }],
@@ -97,11 +98,47 @@ describe("server and health routes", () => {
       const r = yield* send("GET", "/v1/models")
       assert.strictEqual(r.status, 404)
       assert.deepStrictEqual(r.json, { error: "no route for GET /v1/models" })
-      assert.strictEqual((yield* send("DELETE", "/v2/models/echo")).status, 404)
+      assert.strictEqual((yield* send("DELETE", "/v2/nothing/here")).status, 404)
       const undecodable = yield* send("GET", "/v2/models/%E0%A4%A")
       assert.strictEqual(undecodable.status, 404)
       assert.match(undecodable.json.error, /^no route for GET/)
     }).pipe(withFreshMetrics))
+
+  it.effect("a wrong method on an existing route is a JSON 405 with Allow", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const cases: ReadonlyArray<readonly [string, string, string]> = [
+        ["PUT", "/v2/models/echo/infer", "POST"],
+        ["GET", "/v2/models/echo/infer", "POST"],
+        ["GET", "/v2/models/echo/versions/1/infer/", "POST"],
+        ["DELETE", "/v2/models/echo", "GET, HEAD"],
+        ["POST", "/v2/health/ready", "GET, HEAD"],
+        ["GET", "/v2/repository/index", "POST"],
+        ["PATCH", "/v2/models/stats", "GET, HEAD"]
+      ]
+      for (const [method, path, allow] of cases) {
+        const r = yield* send(method, path)
+        assert.strictEqual(r.status, 405, `${method} ${path}`)
+        assert.strictEqual(r.headers.get("allow"), allow, `${method} ${path}`)
+        assert.strictEqual(r.json.error, `method ${method} not allowed for ${path}; allowed: ${allow}`)
+      }
+    }).pipe(withFreshMetrics))
+
+  it("allowedMethods: the methods the routes take at a path, HEAD beside GET, a trailing slash ignored", () => {
+    const routes: ReadonlyArray<Routes.RoutePattern> = [["GET", "/v2"], ["GET", "/v2/models/:name"], ["POST", "/v2/models/:name/infer"], ["GET", "/v2/models/stats"], ["POST", "/v2/models/:name"]]
+    const cases: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
+      ["/v2", ["GET", "HEAD"]],
+      ["/v2/", ["GET", "HEAD"]],
+      ["/v2/models/m", ["GET", "HEAD", "POST"]],
+      ["/v2/models/m/infer", ["POST"]],
+      ["/v2/models/stats", ["GET", "HEAD", "POST"]],
+      ["/v2/models//infer", []],
+      ["/v2/models", []],
+      ["/", []],
+      ["/v2/models/m/infer/extra", []]
+    ]
+    for (const [path, expected] of cases) assert.deepStrictEqual(Routes.allowedMethods(routes, path), expected, path)
+  })
 
   it.effect("HEAD answers as GET does", () =>
     Effect.gen(function*() {
