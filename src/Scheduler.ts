@@ -563,9 +563,12 @@ export class Scheduler<A> {
   /** Takes queued requests that can join `batch`, highest priority first, while rows fit under `cap`. */
   #gather(batch: Batch<A>, cap: number): void {
     if (batch.rows >= cap) return
+    // Rows and the highest priority are kept up to date during the scan: a Critical request taken
+    // early closes the batch to the lower ones after it (`mayJoin`).
     const joined = this.queue.takeWhere((r) => {
       if (batch.rows >= cap || !this.#fits(batch, r) || batch.rows + r.rows > cap) return false
       batch.rows += r.rows
+      if (Priority.rank(r.priority) < Priority.rank(batch.highest)) batch.highest = r.priority
       return true
     }, Infinity)
     batch.rows -= joined.reduce((n, r) => n + r.rows, 0)
@@ -583,6 +586,7 @@ export class Scheduler<A> {
     const joined = this.queue.takeWhere((r) => {
       if (count >= cap || r.model !== batch.model || r.batchKey !== undefined || !BatchPolicy.mayJoin(batch.highest, r.priority)) return false
       count++
+      if (Priority.rank(r.priority) < Priority.rank(batch.highest)) batch.highest = r.priority
       return true
     }, Infinity)
     for (const r of joined) {

@@ -198,6 +198,31 @@ describe("Scheduler", () => {
     assert.deepStrictEqual(drainSteps(s).out, [["c"], ["n"]])
   })
 
+  it("a batch that a Critical request joins while it gathers takes no lower-priority rows after it", () => {
+    const s = make({ aging: { High: 10, Normal: 10, Low: 10 } })
+    const m = spec("m", { batching: batching() })
+    admit(s, "busy", m, 0, { priority: "Critical" })
+    const busy = drainSteps(s, 0).batches[0]!
+    admit(s, "aged-low", m, 5, { priority: "Low" })
+    admit(s, "crit", m, 60, { priority: "Critical" })
+    admit(s, "normal", m, 60)
+    admit(s, "low", m, 60, { priority: "Low" })
+    for (const r of busy.members) s.settle(r)
+    s.complete(busy, 100)
+    assert.deepStrictEqual(drainSteps(s, 100).out, [["aged-low", "crit"]], "the aged Low request opens it, the Critical one joins, the others wait")
+    assert.strictEqual(s.queue.size, 2)
+    const g = make({ aging: { High: 10, Normal: 10, Low: 10 } })
+    const n = spec("n", { maxGroup: 4 })
+    admit(g, "busy", n, 0, { priority: "Critical" })
+    const running = drainSteps(g, 0).batches[0]!
+    admit(g, "aged-low", n, 5, { priority: "Low" })
+    admit(g, "crit", n, 60, { priority: "Critical" })
+    admit(g, "normal", n, 60)
+    for (const r of running.members) g.settle(r)
+    g.complete(running, 100)
+    assert.deepStrictEqual(drainSteps(g, 100).out, [["aged-low", "crit"]], "a group too")
+  })
+
   it.each([
     { maxBatchSize: 64, queuedRows: 64, freeSlots: 2, cap: 32 },
     { maxBatchSize: 64, queuedRows: 64, freeSlots: 1, cap: 64 },
