@@ -102,38 +102,91 @@ const parametersOf = (parameters: Readonly<Record<string, InferParameter>> | und
 
 const utf8 = new TextDecoder()
 
-/** The typed contents that hold a datatype, as OIP `data`; an error for a datatype with none (FP16). */
-const dataOf = (datatype: string, contents: InferTensorContents | null | undefined): ReadonlyArray<unknown> | string => {
-  const c = contents ?? {}
+/** The fields of `InferTensorContents`, in the proto's order. */
+const contentsFields = [
+  "bool_contents",
+  "int_contents",
+  "int64_contents",
+  "uint_contents",
+  "uint64_contents",
+  "fp32_contents",
+  "fp64_contents",
+  "bytes_contents"
+] as const
+
+/** The `InferTensorContents` field that holds a datatype's values, as Triton reads them; undefined for one with none (FP16, BF16) or unknown. */
+export const contentsFieldOf = (datatype: string): (typeof contentsFields)[number] | undefined => {
   switch (datatype) {
     case "BOOL":
-      return c.bool_contents ?? []
+      return "bool_contents"
     case "INT8":
     case "INT16":
     case "INT32":
-      return c.int_contents ?? []
+      return "int_contents"
     case "INT64":
-      return c.int64_contents ?? []
+      return "int64_contents"
     case "UINT8":
     case "UINT16":
     case "UINT32":
-      return c.uint_contents ?? []
+      return "uint_contents"
     case "UINT64":
-      return c.uint64_contents ?? []
+      return "uint64_contents"
     case "FP32":
-      return c.fp32_contents ?? []
+      return "fp32_contents"
     case "FP64":
-      return c.fp64_contents ?? []
+      return "fp64_contents"
     case "BYTES":
-      return (c.bytes_contents ?? []).map((b) => utf8.decode(b))
+      return "bytes_contents"
     default:
-      return `datatype ${datatype} has no typed contents: send it in raw_input_contents`
+      return undefined
   }
+}
+
+/** The elements a shape holds, or undefined when it is no valid shape (the OIP checks then say why). */
+const elementsOf = (shape: ReadonlyArray<string | number>): number | undefined => {
+  let count = 1
+  for (const d of shape) {
+    const n = Number(d)
+    if (!Number.isSafeInteger(n) || n < 0) return undefined
+    count *= n
+  }
+  return Number.isSafeInteger(count) ? count : undefined
+}
+
+/**
+ * An input's typed contents as OIP `data`, or why they cannot be: a datatype without typed
+ * contents (FP16), values in another field than the datatype's (`int_contents` for FP32), or
+ * not as many values as the shape holds. An unknown datatype gives no data, for the OIP checks
+ * to refuse.
+ */
+const dataOf = (input: ModelInferRequest["inputs"][number]): ReadonlyArray<unknown> | string => {
+  const field = contentsFieldOf(input.datatype)
+  if (field === undefined) {
+    return TensorCodec.dtypeOf(input.datatype) === undefined ? [] : `datatype ${input.datatype} has no typed contents: send it in raw_input_contents`
+  }
+  const c = input.contents
+  let wrong = ""
+  if (c != null) {
+    for (const other of contentsFields) {
+      if (other !== field && (c[other]?.length ?? 0) > 0) wrong += wrong === "" ? other : `, ${other}`
+    }
+  }
+  if (wrong !== "") return `datatype ${input.datatype} takes its values in contents.${field}, got ${wrong}`
+  const values = c?.[field] ?? []
+  const count = elementsOf(input.shape)
+  if (count !== undefined && values.length !== count) {
+    const shape = `shape [${input.shape.join(", ")}]`
+    return values.length === 0
+      ? `no values: ${shape} of ${input.datatype} needs ${count} in contents.${field} (or its bytes in raw_input_contents)`
+      : `contents.${field} holds ${values.length} values, ${shape} needs ${count}`
+  }
+  return field === "bytes_contents" ? (values as ReadonlyArray<Uint8Array>).map((b) => utf8.decode(b)) : values
 }
 
 /**
  * A request rewritten as an OIP request (not yet schema-checked) with its binary part, or why it
- * cannot be: raw contents not one per input, or an input with typed `contents` beside them.
+ * cannot be: raw contents not one per input, an input with typed `contents` beside them, or
+ * typed contents that do not fit the input (`dataOf`).
  */
 export const toOip = (request: ModelInferRequest): { readonly body: unknown; readonly binary: Uint8Array | undefined } | string => {
   const raw = request.raw_input_contents
@@ -150,7 +203,7 @@ export const toOip = (request: ModelInferRequest): { readonly body: unknown; rea
       if (input.contents != null) return `input ${JSON.stringify(input.name)}: contents must not be given when raw_input_contents is used`
       entry["parameters"] = { ...parameters, binary_data_size: raw[i]!.length }
     } else {
-      const data = dataOf(input.datatype, input.contents)
+      const data = dataOf(input)
       if (typeof data === "string") return `input ${JSON.stringify(input.name)}: ${data}`
       entry["data"] = data
       if (Object.keys(parameters).length > 0) entry["parameters"] = parameters

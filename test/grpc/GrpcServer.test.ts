@@ -202,6 +202,12 @@ describe("ModelInfer", () => {
       const both = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), inputs: [{ name: "x", datatype: "FP32", shape: [1, 4], contents: { fp32_contents: [9, 9, 9, 9] } }] })
       assert.strictEqual(both.error?.code, Grpc.status.INVALID_ARGUMENT)
       assert.strictEqual(both.error?.details, "invalid input for model \"echo\": input \"x\": contents must not be given when raw_input_contents is used")
+      // The wrong contents field, or none: the message says which field the datatype needs.
+      const wrongField = yield* call("ModelInfer", { model_name: "echo", inputs: [{ name: "x", datatype: "FP32", shape: [1, 4], contents: { int_contents: [1, 2, 3, 4] } }] })
+      assert.strictEqual(wrongField.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.strictEqual(wrongField.error?.details, "invalid input for model \"echo\": input \"x\": datatype FP32 takes its values in contents.fp32_contents, got int_contents")
+      const none = yield* call("ModelInfer", { model_name: "echo", inputs: [{ name: "x", datatype: "FP32", shape: [1, 4] }] })
+      assert.include(none.error?.details, "no values: shape [1, 4] of FP32 needs 4 in contents.fp32_contents")
       const fp16 = yield* call("ModelInfer", { model_name: "identity_float16", inputs: [{ name: "x", datatype: "FP16", shape: [1, 1], contents: { fp32_contents: [1] } }] })
       assert.include(fp16.error?.details, "send it in raw_input_contents")
       const missing = yield* call("ModelInfer", { model_name: "echo", inputs: [] })
