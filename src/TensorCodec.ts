@@ -15,7 +15,9 @@
  * elements is compared with the product of the shape, and only then is the typed array
  * allocated. `data` is row-major, either flat or nested exactly as the shape. An input with
  * `parameters.binary_data_size` (Triton's binary tensor data) takes its bytes, little-endian and
- * row-major, exactly as many as its shape needs, from the binary part of the body.
+ * row-major, exactly as many as its shape needs, from the binary part of the body. An INT64 or
+ * UINT64 element given as a JSON number beyond ±(2^53 - 1) is refused (JSON.parse has rounded
+ * it); such values go as decimal strings.
  *
  * Encoding (`encodeData`, `encodeBinaryData`) writes float32/float16 as their shortest
  * round-tripping decimal, INT64/UINT64 as exact integers (beyond 2^53 many JSON parsers,
@@ -180,8 +182,10 @@ const integerText = /^-?[0-9]+$/
 
 /**
  * Writes one JSON element into `out` at `index`; returns an error detail, or undefined.
- * Accepted: numbers for FP*, integers in range for INT and UINT (INT64/UINT64 also as decimal
- * strings, exact beyond 2^53), true/false or 0/1 for BOOL, strings for BYTES.
+ * Accepted: numbers for FP*, integers in range for INT and UINT (INT64/UINT64 as numbers only
+ * within ±(2^53 - 1), which JSON.parse reads exactly, and as decimal strings, exact over their
+ * whole range: a larger number is refused, never rounded), true/false or 0/1 for BOOL, strings
+ * for BYTES.
  */
 type Writer = (value: unknown, index: number) => string | undefined
 
@@ -227,8 +231,11 @@ const makeWriter = (dtype: Tensor.DataType, out: Tensor.TensorData): Writer => {
       const [min, max] = bigRanges[dtype]
       return (value, index) => {
         let big: bigint
-        if (typeof value === "number" && Number.isInteger(value)) big = BigInt(value)
-        else if (typeof value === "string" && integerText.test(value)) big = BigInt(value)
+        if (typeof value === "number" && Number.isSafeInteger(value)) big = BigInt(value)
+        else if (typeof value === "number" && Number.isInteger(value)) {
+          // JSON.parse has already rounded it: taking it would silently change the data.
+          return `element ${index} is a JSON number beyond ±(2^53 - 1) (read as ${value}), which a number cannot hold exactly: send ${datatype} values of that size as decimal strings ("9007199254740993")`
+        } else if (typeof value === "string" && integerText.test(value)) big = BigInt(value)
         else return wrong(value, index)
         if (big < min || big > max) return `element ${index} is ${big}, out of the ${datatype} range [${min}, ${max}]`
         array[index] = big

@@ -63,6 +63,29 @@ describe("Oip.decodeTensor", () => {
     assert.deepStrictEqual(Array.from((t as Tensor.Tensor<"uint64">).data), [18446744073709551615n, 7n])
   })
 
+  it("refuses a 64-bit integer given as a JSON number beyond 2^53 - 1 (already rounded), pointing to decimal strings", () => {
+    const body = JSON.parse('{"data":[9007199254740993]}') as { data: Array<unknown> }
+    const cases: ReadonlyArray<readonly [Tensor.DataType, string, Array<unknown>, string | undefined]> = [
+      ["int64", "INT64", body.data, "element 0 is a JSON number beyond ±(2^53 - 1) (read as 9007199254740992)"],
+      ["int64", "INT64", [-(2 ** 53)], "element 0 is a JSON number beyond"],
+      ["int64", "INT64", [9223372036854775807], "send INT64 values of that size as decimal strings"],
+      ["uint64", "UINT64", [2 ** 64], "send UINT64 values of that size as decimal strings"],
+      ["int64", "INT64", [Number.MAX_SAFE_INTEGER], undefined],
+      ["int64", "INT64", [-Number.MAX_SAFE_INTEGER], undefined],
+      ["int64", "INT64", ["9007199254740993"], undefined]
+    ]
+    for (const [dtype, datatype, data, refused] of cases) {
+      const t = Oip.decodeTensor("m", spec(dtype, [-1]), input(datatype, [1], data))
+      if (refused === undefined) {
+        assert.notInstanceOf(t, InferenceError.InvalidInput, String(data[0]))
+        assert.strictEqual(String((t as Tensor.Tensor<"int64">).data[0]), String(data[0]))
+      } else {
+        assert.instanceOf(t, InferenceError.InvalidInput, String(data[0]))
+        assert.include((t as InferenceError.InvalidInput).detail, refused)
+      }
+    }
+  })
+
   it("refuses shapes beyond the element limit before looking at the data", () => {
     let touched = false
     const data = new Proxy([], { get: (target, key) => (touched = true, Reflect.get(target, key)) })
