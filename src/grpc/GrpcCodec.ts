@@ -185,8 +185,8 @@ const dataOf = (input: ModelInferRequest["inputs"][number]): ReadonlyArray<unkno
 
 /**
  * A request rewritten as an OIP request (not yet schema-checked) with its binary part, or why it
- * cannot be: raw contents not one per input, an input with typed `contents` beside them, or
- * typed contents that do not fit the input (`dataOf`).
+ * cannot be: raw contents not one per input, an input with typed `contents` beside them or
+ * HTTP's `binary_data_size`, or typed contents that do not fit the input (`dataOf`).
  */
 export const toOip = (request: ModelInferRequest): { readonly body: unknown; readonly binary: Uint8Array | undefined } | string => {
   const raw = request.raw_input_contents
@@ -196,6 +196,10 @@ export const toOip = (request: ModelInferRequest): { readonly body: unknown; rea
   const inputs: Array<Record<string, unknown>> = []
   for (let i = 0; i < request.inputs.length; i++) {
     const input = request.inputs[i]!
+    // HTTP's binary tensor data: its bytes would come after a JSON header gRPC does not have.
+    if (input.parameters?.["binary_data_size"] !== undefined) {
+      return `input ${JSON.stringify(input.name)}: parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents`
+    }
     const parameters = parametersOf(input.parameters) ?? {}
     const entry: Record<string, unknown> = { name: input.name, datatype: input.datatype, shape: input.shape.map(Number) }
     if (raw.length > 0) {

@@ -75,6 +75,16 @@ describe("GrpcCodec.toOip", () => {
       "input \"x\": datatype FP16 has no typed contents: send it in raw_input_contents"
     ],
     [
+      "HTTP's binary_data_size with typed contents",
+      request({ inputs: [input({ parameters: { binary_data_size: { parameter_choice: "int64_param", int64_param: "16" } }, contents: contents({ fp32_contents: [1, 2, 3, 4] }) })] }),
+      "input \"x\": parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents"
+    ],
+    [
+      "HTTP's binary_data_size with raw contents (it was overwritten silently)",
+      request({ inputs: [input({ parameters: { binary_data_size: { parameter_choice: "int64_param", int64_param: "5" } } })], raw_input_contents: [f32([1, 2, 3, 4])] }),
+      "input \"x\": parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents"
+    ],
+    [
       "raw contents not one per input",
       request({ raw_input_contents: [f32([1, 2, 3, 4]), f32([1])] }),
       "expected 1 raw_input_contents, one per input, got 2"

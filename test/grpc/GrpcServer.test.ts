@@ -208,6 +208,11 @@ describe("ModelInfer", () => {
       assert.strictEqual(wrongField.error?.details, "invalid input for model \"echo\": input \"x\": datatype FP32 takes its values in contents.fp32_contents, got int_contents")
       const none = yield* call("ModelInfer", { model_name: "echo", inputs: [{ name: "x", datatype: "FP32", shape: [1, 4] }] })
       assert.include(none.error?.details, "no values: shape [1, 4] of FP32 needs 4 in contents.fp32_contents")
+      // HTTP's binary_data_size has no place in a gRPC message: refused without talk of HTTP headers.
+      const binarySize = yield* call("ModelInfer", { model_name: "echo", inputs: [{ name: "x", datatype: "FP32", shape: [1, 4], parameters: { binary_data_size: { int64_param: 16 } }, contents: { fp32_contents: [1, 2, 3, 4] } }] })
+      assert.strictEqual(binarySize.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(binarySize.error?.details, "over gRPC send the bytes in raw_input_contents")
+      assert.notInclude(binarySize.error?.details, "Header")
       const fp16 = yield* call("ModelInfer", { model_name: "identity_float16", inputs: [{ name: "x", datatype: "FP16", shape: [1, 1], contents: { fp32_contents: [1] } }] })
       assert.include(fp16.error?.details, "send it in raw_input_contents")
       const missing = yield* call("ModelInfer", { model_name: "echo", inputs: [] })
