@@ -7,7 +7,11 @@
  */
 import { Schema } from "effect"
 
-/** The queue already holds `capacity` requests; nothing was queued. Retryable. */
+/**
+ * The queue already holds `capacity` requests; nothing was queued. Retryable. `requestId` is ""
+ * when the refusal came before the request had one (an edge's early check, before its body was
+ * read); the message then names none.
+ */
 export class QueueFull extends Schema.Error<QueueFull>("effect-onnx/InferenceError/QueueFull")({
   _tag: Schema.tag("QueueFull"),
   modelId: Schema.String,
@@ -15,7 +19,8 @@ export class QueueFull extends Schema.Error<QueueFull>("effect-onnx/InferenceErr
   capacity: Schema.Number
 }) {
   override get message(): string {
-    return `queue full: ${this.capacity} requests already queued (model ${this.modelId}, request ${this.requestId})`
+    const request = this.requestId === "" ? "" : `, request ${this.requestId}`
+    return `queue full: ${this.capacity} requests already queued (model ${this.modelId}${request})`
   }
 }
 

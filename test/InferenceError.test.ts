@@ -36,6 +36,11 @@ describe("InferenceError", () => {
       }
     }))
 
+  it("a QueueFull names its request, or none when it had no id yet (refused before its body was read)", () => {
+    assert.strictEqual(new InferenceError.QueueFull({ modelId: "mlp", requestId: "r-1", capacity: 3 }).message, "queue full: 3 requests already queued (model mlp, request r-1)")
+    assert.strictEqual(new InferenceError.QueueFull({ modelId: "mlp", requestId: "", capacity: 3 }).message, "queue full: 3 requests already queued (model mlp)")
+  })
+
   it("messages name the model and the input", () => {
     const error = new InferenceError.InvalidInput({ modelId: "mlp", input: "input", detail: "dim 1 is 5, the model takes 784" })
     assert.strictEqual(error.message, `invalid input "input" for model "mlp": dim 1 is 5, the model takes 784`)

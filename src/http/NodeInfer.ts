@@ -328,6 +328,7 @@ const accept = (
     if (response.destroyed) return
     if (received !== length) return sendError(context, response, { status: 400, message: "could not read the request body" })
     if (full) {
+      // Refused before decoding: no request id yet ("", which the message leaves out).
       const reason = new InferenceError.QueueFull({ modelId: route.name, requestId: "", capacity: options.maxQueuedRequests })
       options.recordRefused(route.name, reason)
       return sendError(context, response, options.errorOf(reason))

@@ -555,7 +555,8 @@ describe("inference", () => {
       const c = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))
       assert.strictEqual(c.status, 429)
       assert.strictEqual(c.headers.get("retry-after"), "1")
-      assert.include(c.json.error, "queue full")
+      // Refused before the body was read: the request has no id yet, and the message names none.
+      assert.strictEqual(c.json.error, "queue full: 1 requests already queued (model echo)")
       assert.strictEqual(yield* engine.pending, 2)
       yield* gate.open
       yield* TestClock.adjust("2 seconds")
