@@ -64,6 +64,10 @@ export const make = (options: Options) =>
 
     const metadataOf = (name: string, version: string | undefined) => Effect.mapError(pool.metadata(name, version), fromReason)
 
+    /** A refusal as the client can match it: a QueueFull names the request's own id, when it has one (the engine knows another, or none yet). */
+    const refusedAs = (reason: InferenceError.Reason, id: string) =>
+      fromReason(reason._tag === "QueueFull" && id !== "" ? new InferenceError.QueueFull({ modelId: reason.modelId, requestId: id, capacity: reason.capacity }) : reason)
+
     const invalid = (name: string, reason: InferenceError.InvalidInput) => Effect.andThen(engine.recordRefused(name, reason), Effect.fail(fromReason(reason)))
 
     /** One inference; `deadlineMs` is the call's deadline (Date.now() scale), if any. */
@@ -72,7 +76,7 @@ export const make = (options: Options) =>
         if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
         const { name, version } = yield* modelParams(message.model_name, message.model_version)
         const metadata = yield* metadataOf(name, version)
-        yield* Effect.mapError(engine.checkAdmission(name), (e) => fromReason(e.reason))
+        yield* Effect.mapError(engine.checkAdmission(name), (e) => refusedAs(e.reason, message.id))
         const oip = GrpcCodec.toOip(message)
         if (typeof oip === "string") return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: oip }))
         const body = Oip.decodeInferRequest(oip.body)
@@ -90,7 +94,7 @@ export const make = (options: Options) =>
           timeout,
           metadata: body.id === undefined ? undefined : { id: body.id }
         })
-        const result = yield* engine.infer(request).pipe(Effect.mapError((e) => fromReason(e.reason)))
+        const result = yield* engine.infer(request).pipe(Effect.mapError((e) => refusedAs(e.reason, message.id)))
         const outputs: Array<readonly [string, (typeof result.outputs)[string]]> = []
         for (const output of prepared.outputs) {
           const tensor = result.outputs[output]
