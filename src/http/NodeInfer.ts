@@ -284,11 +284,30 @@ const answer = (
   })
 }
 
+/** Copies `chunk`, which starts at byte `at` of a body whose JSON is its first `jsonLength` bytes, into `head` and `binary`. */
+const place = (head: Buffer, binary: Uint8Array | undefined, jsonLength: number, chunk: Buffer, at: number): void => {
+  let offset = 0
+  if (at < jsonLength) offset = chunk.copy(head, at, 0, Math.min(chunk.length, jsonLength - at))
+  if (offset < chunk.length && binary !== undefined) {
+    const from = at + offset - jsonLength
+    binary.set(chunk.subarray(offset, offset + Math.min(chunk.length - offset, binary.length - from)), from)
+  }
+}
+
+/**
+ * Bodies up to this size (64 KiB) get their memory when accepted. A larger one keeps the chunks
+ * as they arrive and gets its memory once half of it is in (then the chunks so far are copied
+ * once): a client that declares a large Content-Length and sends little makes the server reserve
+ * at most twice what it sent, not what it declared.
+ */
+export const upfrontBodyBytes = 64 * 1024
+
 /**
  * Takes a request the handler accepted: counts it in flight, reads its body (the binary part, with
- * Triton's binary tensor data, into memory of its own from the first byte: its tensors are views
- * on it, aligned, that can move to the worker without a copy), then queues its decoding by the
- * priority its body asks for. `full`: the engine's queue is full counting the bodies waiting here.
+ * Triton's binary tensor data, into memory of its own: its tensors are views on it, aligned, that
+ * can move to the worker without a copy; memory taken as `upfrontBodyBytes` says), then queues its
+ * decoding by the priority its body asks for. `full`: the engine's queue is full counting the
+ * bodies waiting here.
  */
 const accept = (
   context: Context,
@@ -312,21 +331,36 @@ const accept = (
   const declared = typeof header === "string" && /^[0-9]+$/.test(header) ? Number(header) : undefined
   const splitAt = declared !== undefined && declared <= length ? declared : undefined
   const jsonLength = splitAt ?? length
-  const body: Body = { route, head: Buffer.allocUnsafeSlow(jsonLength), binary: splitAt === undefined ? undefined : new Uint8Array(length - splitAt) }
-  const { head, binary } = body
+  const binaryLength = splitAt === undefined ? -1 : length - splitAt
+  // A large body's chunks wait in `early` until half of it has come (`upfrontBodyBytes`).
+  let early: Array<Buffer> | undefined
+  let head: Buffer | undefined
+  let binary: Uint8Array | undefined
+  if (length <= upfrontBodyBytes) {
+    head = Buffer.allocUnsafeSlow(jsonLength)
+    if (binaryLength >= 0) binary = new Uint8Array(binaryLength)
+  } else early = []
   let received = 0
   request.on("data", (chunk: Buffer) => {
-    let offset = 0
-    if (received < jsonLength) offset = chunk.copy(head, received, 0, Math.min(chunk.length, jsonLength - received))
-    if (offset < chunk.length && binary !== undefined) {
-      const at = received + offset - jsonLength
-      binary.set(chunk.subarray(offset, offset + Math.min(chunk.length - offset, binary.length - at)), at)
+    if (early === undefined) place(head!, binary, jsonLength, chunk, received)
+    else if ((received + chunk.length) * 2 < length) early.push(chunk)
+    else {
+      head = Buffer.allocUnsafeSlow(jsonLength)
+      if (binaryLength >= 0) binary = new Uint8Array(binaryLength)
+      let at = 0
+      for (const c of early) {
+        place(head, binary, jsonLength, c, at)
+        at += c.length
+      }
+      place(head, binary, jsonLength, chunk, at)
+      early = undefined
     }
     received += chunk.length
   })
   request.once("end", () => {
     if (response.destroyed) return
-    if (received !== length) return sendError(context, response, { status: 400, message: "could not read the request body" })
+    if (received !== length || head === undefined) return sendError(context, response, { status: 400, message: "could not read the request body" })
+    const body: Body = { route, head, binary }
     if (full) {
       // Refused before decoding: no request id yet ("", which the message leaves out).
       const reason = new InferenceError.QueueFull({ modelId: route.name, requestId: "", capacity: options.maxQueuedRequests })

@@ -7,6 +7,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import { HttpServer } from "effect/http"
 import * as Http from "node:http"
+import * as Net from "node:net"
 import { AsyncConfigService } from "../../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import type * as InferenceError from "../../src/InferenceError.ts"
@@ -170,6 +171,46 @@ describe("NodeInfer.make", () => {
 
       assert.strictEqual(lifecycle.inFlight(), 0, "every request left the in-flight count")
       assert.deepStrictEqual(defects, [])
+    }).pipe(withFreshMetrics))
+
+  it.live("a body larger than upfrontBodyBytes gets its memory as it arrives, not from Content-Length; it is still read whole, JSON and binary", () =>
+    Effect.gen(function*() {
+      const { port, lifecycle } = yield* makeHandlerServer({ bodyLimitBytes: 16_000_000 })
+      // Read whole: bodies of several chunks, past the threshold, answered exactly.
+      const n = 60_000
+      const values = Array.from({ length: n }, (_, i) => (i % 1000) / 8)
+      const big = JSON.stringify({ inputs: [{ name: "x", shape: [1, n], datatype: "FP32", data: values }] })
+      assert.isAbove(big.length, 256 * 1024, "several times upfrontBodyBytes")
+      const json = yield* Effect.promise(() => request(port, "POST", "/v2/models/identity_float32/infer", big))
+      assert.strictEqual(json.status, 200, json.body.toString().slice(0, 200))
+      assert.deepStrictEqual(JSON.parse(json.body.toString()).outputs[0].data, values)
+      const head = Buffer.from(JSON.stringify({
+        inputs: [{ name: "x", shape: [1, n], datatype: "FP32", parameters: { binary_data_size: n * 4 } }],
+        parameters: { binary_data_output: true }
+      }))
+      const bytes = Buffer.from(new Float32Array(values).buffer)
+      const binary = yield* Effect.promise(() =>
+        request(port, "POST", "/v2/models/identity_float32/infer", Buffer.concat([head, bytes]), { "inference-header-content-length": String(head.length) })
+      )
+      assert.strictEqual(binary.status, 200, binary.body.toString().slice(0, 200))
+      const jsonLength = Number(binary.headers["inference-header-content-length"])
+      assert.isTrue(binary.body.subarray(jsonLength).equals(bytes), "the binary part came back byte for byte")
+
+      // 20 clients each declare 16 MB (half of them with a binary part) and send one byte.
+      const before = process.memoryUsage().arrayBuffers
+      const sockets = Array.from({ length: 20 }, (_, i) => {
+        const socket = Net.connect({ port, host: "127.0.0.1" })
+        const split = i % 2 === 0 ? "" : "Inference-Header-Content-Length: 100\r\n"
+        socket.on("error", () => {})
+        socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 16000000\r\n${split}\r\n{`)
+        return socket
+      })
+      yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 20))
+      yield* Effect.sleep(50)
+      const grownMb = (process.memoryUsage().arrayBuffers - before) / 1e6
+      for (const socket of sockets) socket.destroy()
+      assert.isBelow(grownMb, 20, `20 bodies of one byte reserved ${grownMb.toFixed(0)} MB`)
+      yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 0))
     }).pipe(withFreshMetrics))
 
   it.live("a full queue or a shutdown is declined before the body is read (the router answers 429 or 503)", () =>
