@@ -62,6 +62,20 @@ export const make = (options: Options) =>
     const serverReadiness: Effect.Effect<Readiness> = Effect.map(pool.models, (models) =>
       readiness({ shuttingDown: lifecycle.isShuttingDown(), strict, models }))
 
+    /**
+     * A checked version as the pool spells it: versions compare as numbers, as the other RPCs
+     * find them ("01" is "1"; `ModelRepository.lookup`), whatever state the model is in.
+     */
+    const versionIn = (name: string, version: string | undefined) =>
+      version === undefined
+        ? Effect.succeed(undefined)
+        : Effect.map(pool.models, (models) => {
+          const wanted = BigInt(version)
+          return models.find((m) => m.name === name && m.version === version)?.version ??
+            models.find((m) => m.name === name && ModelRepository.versionPattern.test(m.version) && BigInt(m.version) === wanted)?.version ??
+            version
+        })
+
     const metadataOf = (name: string, version: string | undefined) => Effect.mapError(pool.metadata(name, version), fromReason)
 
     /** A refusal as the client can match it: a QueueFull names the request's own id, when it has one (the engine knows another, or none yet). */
@@ -141,9 +155,13 @@ export const make = (options: Options) =>
         if (statistics._tag === "None") {
           return yield* Effect.fail(new GrpcFailure({ code: Grpc.status.UNIMPLEMENTED, details: "statistics are not collected by this server (Statistics.layer is not provided)" }))
         }
-        const name = message.name === "" ? undefined : (yield* modelParams(message.name, message.version)).name
-        const version = message.version === "" ? undefined : message.version
-        const model_stats = yield* Effect.mapError(Statistics.report(pool, statistics.value, name, version), fromReason)
+        if (message.name === "") {
+          // Every model's statistics; a version alone names nothing (HTTP has no such route either).
+          if (message.version !== "") return yield* Effect.fail(invalidArgument(`model version ${JSON.stringify(message.version.slice(0, 200))} given without a model name`))
+          return { model_stats: yield* Effect.mapError(Statistics.report(pool, statistics.value, undefined, undefined), fromReason) }
+        }
+        const { name, version } = yield* modelParams(message.name, message.version)
+        const model_stats = yield* Effect.mapError(Statistics.report(pool, statistics.value, name, yield* versionIn(name, version)), fromReason)
         return { model_stats }
       })
 

@@ -335,6 +335,24 @@ describe("statistics", () => {
       assert.isTrue(all.some((m) => m.name === "echo"))
       assert.strictEqual((yield* call("ModelStatistics", { name: "nope" })).error?.code, Grpc.status.NOT_FOUND)
     }))
+
+  it.live("ModelStatistics reads versions as the other RPCs do: \"01\" is version 1, a bad or nameless version is INVALID_ARGUMENT", () =>
+    Effect.gen(function*() {
+      const { call } = yield* makeHarness()
+      // As OnnxModelPool finds versions for ModelReady, ModelMetadata, ModelInfer (ModelRepository.lookup).
+      const padded = yield* call("ModelStatistics", { name: "echo", version: "01" })
+      assert.isUndefined(padded.error, padded.error?.details)
+      assert.deepStrictEqual(padded.response.model_stats.map((m: any) => [m.name, m.version]), [["echo", "1"]])
+      // An unavailable model's statistics too, whatever its state.
+      assert.deepStrictEqual((yield* call("ModelStatistics", { name: "broken", version: "001" })).response?.model_stats.map((m: any) => m.version), ["1"])
+      assert.strictEqual((yield* call("ModelStatistics", { name: "echo", version: "7" })).error?.code, Grpc.status.NOT_FOUND)
+      assert.strictEqual((yield* call("ModelStatistics", { name: "echo", version: "abc" })).error?.code, Grpc.status.INVALID_ARGUMENT)
+      for (const version of ["abc", "7"]) {
+        const nameless = yield* call("ModelStatistics", { name: "", version })
+        assert.strictEqual(nameless.error?.code, Grpc.status.INVALID_ARGUMENT, version)
+        assert.strictEqual(nameless.error?.details, `model version "${version}" given without a model name`)
+      }
+    }))
 })
 
 describe("ModelStreamInfer", () => {
