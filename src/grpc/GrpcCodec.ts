@@ -184,9 +184,40 @@ const dataOf = (input: ModelInferRequest["inputs"][number]): ReadonlyArray<unkno
 }
 
 /**
+ * Why a tensor's parameter asks for what this server does not do over gRPC, or undefined (the
+ * others go on to the OIP checks, or are ignored as Triton ignores them).
+ */
+const refusedParameter = (kind: "input" | "output", key: string): string | undefined => {
+  switch (key) {
+    case "binary_data_size":
+      // HTTP's binary tensor data: its bytes would come after a JSON header gRPC does not have.
+      return kind === "input" ? "parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents" : undefined
+    case "classification":
+      return kind === "output" ? "parameters.classification asks for the classification extension, which this server does not support" : undefined
+    case "shared_memory_region":
+    case "shared_memory_byte_size":
+    case "shared_memory_offset":
+      return `parameters.${key} asks for the shared-memory extension, which this server does not support`
+    default:
+      return undefined
+  }
+}
+
+/** The first refused parameter of a tensor, as the request's answer; undefined when none is (no allocation when it has none). */
+const refusedParameters = (kind: "input" | "output", name: string, parameters: Readonly<Record<string, InferParameter>> | undefined): string | undefined => {
+  if (parameters === undefined) return undefined
+  for (const key in parameters) {
+    const why = refusedParameter(kind, key)
+    if (why !== undefined) return `${kind} ${JSON.stringify(name)}: ${why}`
+  }
+  return undefined
+}
+
+/**
  * A request rewritten as an OIP request (not yet schema-checked) with its binary part, or why it
  * cannot be: raw contents not one per input, an input with typed `contents` beside them or
- * HTTP's `binary_data_size`, or typed contents that do not fit the input (`dataOf`).
+ * HTTP's `binary_data_size`, typed contents that do not fit the input (`dataOf`), or a tensor
+ * parameter for an extension this server lacks (an output's `classification`, `shared_memory_*`).
  */
 export const toOip = (request: ModelInferRequest): { readonly body: unknown; readonly binary: Uint8Array | undefined } | string => {
   const raw = request.raw_input_contents
@@ -196,10 +227,8 @@ export const toOip = (request: ModelInferRequest): { readonly body: unknown; rea
   const inputs: Array<Record<string, unknown>> = []
   for (let i = 0; i < request.inputs.length; i++) {
     const input = request.inputs[i]!
-    // HTTP's binary tensor data: its bytes would come after a JSON header gRPC does not have.
-    if (input.parameters?.["binary_data_size"] !== undefined) {
-      return `input ${JSON.stringify(input.name)}: parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents`
-    }
+    const refused = refusedParameters("input", input.name, input.parameters)
+    if (refused !== undefined) return refused
     const parameters = parametersOf(input.parameters) ?? {}
     const entry: Record<string, unknown> = { name: input.name, datatype: input.datatype, shape: input.shape.map(Number) }
     if (raw.length > 0) {
@@ -218,7 +247,13 @@ export const toOip = (request: ModelInferRequest): { readonly body: unknown; rea
   if (request.id !== "") body["id"] = request.id
   const parameters = parametersOf(request.parameters)
   if (parameters !== undefined) body["parameters"] = parameters
-  if (request.outputs.length > 0) body["outputs"] = request.outputs.map((o) => ({ name: o.name }))
+  if (request.outputs.length > 0) {
+    for (const output of request.outputs) {
+      const refused = refusedParameters("output", output.name, output.parameters)
+      if (refused !== undefined) return refused
+    }
+    body["outputs"] = request.outputs.map((o) => ({ name: o.name }))
+  }
   const binary = raw.length === 0 ? undefined : raw.length === 1 ? raw[0]! : concat(raw)
   return { body, binary }
 }

@@ -85,6 +85,21 @@ describe("GrpcCodec.toOip", () => {
       "input \"x\": parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents"
     ],
     [
+      "an output's classification (Triton's classification extension)",
+      request({ raw_input_contents: [f32([1, 2, 3, 4])], outputs: [{ name: "y", parameters: { classification: { parameter_choice: "int64_param", int64_param: "3" } } }] }),
+      "output \"y\": parameters.classification asks for the classification extension, which this server does not support"
+    ],
+    [
+      "an output in a shared-memory region",
+      request({ raw_input_contents: [f32([1, 2, 3, 4])], outputs: [{ name: "y", parameters: { shared_memory_region: { parameter_choice: "string_param", string_param: "out" } } }] }),
+      "output \"y\": parameters.shared_memory_region asks for the shared-memory extension, which this server does not support"
+    ],
+    [
+      "an input in a shared-memory region",
+      request({ inputs: [input({ parameters: { shared_memory_region: { parameter_choice: "string_param", string_param: "in" }, shared_memory_byte_size: { parameter_choice: "int64_param", int64_param: "16" } } })] }),
+      "input \"x\": parameters.shared_memory_region asks for the shared-memory extension, which this server does not support"
+    ],
+    [
       "raw contents not one per input",
       request({ raw_input_contents: [f32([1, 2, 3, 4]), f32([1])] }),
       "expected 1 raw_input_contents, one per input, got 2"
@@ -101,6 +116,9 @@ describe("GrpcCodec.toOip", () => {
     const typed = GrpcCodec.toOip(request({ inputs: [input({ contents: contents({ fp32_contents: [1, 2, 3, 4] }) })] }))
     assert.deepStrictEqual((typed as any).body.inputs[0].data, [1, 2, 3, 4])
     assert.isUndefined((typed as any).binary)
+    // Other output parameters (binary_data, HTTP's) are not refused: outputs are raw over gRPC anyway.
+    const binaryData = GrpcCodec.toOip(request({ raw_input_contents: [f32([1, 2, 3, 4])], outputs: [{ name: "y", parameters: { binary_data: { parameter_choice: "bool_param", bool_param: true } } }] }))
+    assert.deepStrictEqual((binaryData as any).body.outputs, [{ name: "y" }])
     // What the OIP checks judge better is left to them: an invalid shape, an unknown datatype.
     const negative = GrpcCodec.toOip(request({ inputs: [input({ shape: ["-1", "4"], contents: contents({ fp32_contents: [1] }) })] }))
     assert.deepStrictEqual((negative as any).body.inputs[0].data, [1])

@@ -183,6 +183,13 @@ describe("ModelInfer", () => {
       assert.deepStrictEqual(r.outputs.map((o: any) => o.name), ["scaled", "sum"])
       assert.deepStrictEqual(fromF32(r.raw_output_contents[0]), [2, 4, 6])
       assert.deepStrictEqual(fromF32(r.raw_output_contents[1]), [6])
+      // tritonclient's InferRequestedOutput(class_count=3): refused, not answered with the raw logits.
+      const classification = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), outputs: [{ name: "y", parameters: { classification: { int64_param: 3 } } }] })
+      assert.strictEqual(classification.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(classification.error?.details, "the classification extension, which this server does not support")
+      const shm = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), outputs: [{ name: "y", parameters: { shared_memory_region: { string_param: "r" } } }] })
+      assert.strictEqual(shm.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(shm.error?.details, "the shared-memory extension")
       const unknown = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), outputs: [{ name: "z" }] })
       assert.strictEqual(unknown.error?.code, Grpc.status.INVALID_ARGUMENT)
       assert.include(unknown.error?.details, "unknown output \"z\"")
