@@ -394,8 +394,27 @@ export const decodeTensor = (
 }
 
 /**
+ * Why the `parameters` of an input or output ask for a Triton extension this server does not
+ * implement, or undefined: shared memory (`shared_memory_region`, `_byte_size`, `_offset`) on
+ * either, classification (`classification`) on an output. Refused rather than ignored, since
+ * ignoring them answers something other than what was asked.
+ */
+export const unsupportedParameter = (parameters: Readonly<Record<string, unknown>> | undefined, output: boolean): string | undefined => {
+  if (parameters === undefined) return undefined
+  for (const key of ["shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"]) {
+    if (parameters[key] !== undefined) {
+      return `parameters.${key}: the shared memory extension is not supported; send the data in the request${output ? " (the output comes back in the response)" : " (data, or binary_data_size)"}`
+    }
+  }
+  if (output && parameters["classification"] !== undefined) {
+    return "parameters.classification: the classification extension is not supported; the output comes back as the model returns it"
+  }
+  return undefined
+}
+
+/**
  * Decodes every input of a request against the model's metadata: no unknown or repeated input,
- * each tensor decoded by `decodeTensor`. Missing inputs and fixed dims are left to the engine's
+ * no parameter of an unsupported extension (`unsupportedParameter`), each tensor decoded by `decodeTensor`. Missing inputs and fixed dims are left to the engine's
  * `validateInputs`, which names them.
  */
 export const decodeInputs = (
@@ -420,6 +439,8 @@ export const decodeInputs = (
     if (Object.hasOwn(out, input.name)) {
       return new InferenceError.InvalidInput({ modelId: metadata.name, input: input.name, detail: "input given more than once" })
     }
+    const unsupported = unsupportedParameter(input.parameters, false)
+    if (unsupported !== undefined) return refuse(unsupported, input.name)
     const size = input.parameters?.["binary_data_size"]
     let bytes: Uint8Array | undefined
     if (size !== undefined) {

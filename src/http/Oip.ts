@@ -224,7 +224,8 @@ export const encodeResponse = (response: {
 /**
  * The outputs to return as binary: those whose `parameters.binary_data` is true, and, when the
  * request's `parameters.binary_data_output` is true, every selected output whose own
- * `binary_data` is not false. A `binary_data` that is not a boolean is refused.
+ * `binary_data` is not false. A `binary_data` that is not a boolean is refused, and so is a
+ * parameter of an extension this server does not implement (`TensorCodec.unsupportedParameter`).
  */
 export const binaryOutputsOf = (
   metadata: ModelMetadata.ModelMetadata,
@@ -233,6 +234,8 @@ export const binaryOutputsOf = (
 ): ReadonlySet<string> | InferenceError.InvalidInput => {
   const own = new Map<string, boolean>()
   for (const output of request.outputs ?? []) {
+    const unsupported = TensorCodec.unsupportedParameter(output.parameters, true)
+    if (unsupported !== undefined) return new InferenceError.InvalidInput({ modelId: metadata.name, detail: `output ${JSON.stringify(output.name)}: ${unsupported}` })
     const flag = output.parameters?.["binary_data"]
     if (flag === undefined) continue
     if (typeof flag !== "boolean") {

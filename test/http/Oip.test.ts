@@ -5,6 +5,7 @@ import { maxMessageLength, redact } from "../../src/http/Routes.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import * as Tensor from "../../src/Tensor.ts"
+import * as TensorCodec from "../../src/TensorCodec.ts"
 
 const spec = (dtype: Tensor.DataType, dims: ReadonlyArray<number> = [-1, -1]) => ({ name: "x", dtype, dims })
 const input = (datatype: string, shape: ReadonlyArray<number>, data: unknown) => ({ name: "x", shape, datatype, data })
@@ -252,6 +253,25 @@ describe("binary tensor data (Triton's extension)", () => {
     assert.match((huge as InferenceError.InvalidInput).message, /binary data of 4 bytes cannot hold 268435456 BYTES elements/)
     const long = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [1], 6)], Uint8Array.from([1, 0, 0, 0, 65, 66]))
     assert.match((long as InferenceError.InvalidInput).message, /binary data has 1 bytes after the 1 elements/)
+  })
+
+  it("TensorCodec.unsupportedParameter: shared memory on inputs and outputs, classification on outputs; other parameters pass", () => {
+    const cases: ReadonlyArray<readonly [Record<string, unknown> | undefined, boolean, RegExp | undefined]> = [
+      [undefined, false, undefined],
+      [{ binary_data_size: 4 }, false, undefined],
+      [{ binary_data: true }, true, undefined],
+      [{ shared_memory_region: "r" }, false, /^parameters.shared_memory_region: the shared memory extension is not supported; send the data in the request \(data, or binary_data_size\)$/],
+      [{ shared_memory_byte_size: 4 }, false, /^parameters.shared_memory_byte_size: the shared memory extension/],
+      [{ shared_memory_offset: 0 }, true, /^parameters.shared_memory_offset: the shared memory extension is not supported; send the data in the request \(the output comes back in the response\)$/],
+      [{ shared_memory_region: "r" }, true, /shared memory extension is not supported/],
+      [{ classification: 3 }, true, /^parameters.classification: the classification extension is not supported/],
+      [{ classification: 3 }, false, undefined]
+    ]
+    for (const [parameters, output, expected] of cases) {
+      const r = TensorCodec.unsupportedParameter(parameters, output)
+      if (expected === undefined) assert.isUndefined(r, JSON.stringify(parameters))
+      else assert.match(r ?? "", expected, JSON.stringify(parameters))
+    }
   })
 
   it("returns as binary the outputs asked for: per output, or all by binary_data_output unless an output says false", () => {

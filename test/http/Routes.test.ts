@@ -544,6 +544,22 @@ describe("inference", () => {
     for (const [input, expected] of cases) assert.strictEqual(RetryAfter.seconds(input), expected, JSON.stringify(input))
   })
 
+  it.effect("parameters of unsupported extensions (classification, shared memory) are a 400 naming the extension, not ignored", () =>
+    Effect.gen(function*() {
+      const { send, stats } = yield* makeApp()
+      const cases: ReadonlyArray<readonly [unknown, RegExp]> = [
+        [echoRequest([1, 2, 3, 4], { outputs: [{ name: "y", parameters: { classification: 3 } }] }), /^invalid input for model "echo": output "y": parameters.classification: the classification extension is not supported/],
+        [echoRequest([1, 2, 3, 4], { outputs: [{ name: "y", parameters: { shared_memory_region: "out", shared_memory_byte_size: 16 } }] }), /output "y": parameters.shared_memory_region: the shared memory extension is not supported/],
+        [{ inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", parameters: { shared_memory_region: "in", shared_memory_byte_size: 16 } }] }, /^invalid input "x" for model "echo": parameters.shared_memory_region: the shared memory extension is not supported/]
+      ]
+      for (const [body, error] of cases) {
+        const r = yield* send("POST", "/v2/models/echo/infer", body)
+        assert.strictEqual(r.status, 400, JSON.stringify(body))
+        assert.match(r.json.error, error)
+      }
+      assert.strictEqual(stats.started, 0, "nothing ran")
+    }).pipe(withFreshMetrics))
+
   it.effect("429 with Retry-After when the queue is full; nothing is read or queued", () =>
     Effect.gen(function*() {
       const { send, gate, engine, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })
