@@ -20,8 +20,9 @@
  * The rules are HTTP's: a request is refused as early as it can be (shutting down, model name,
  * model lookup, a full queue before decoding), decoded by `Oip.prepare`, and run by
  * `engine.infer`. `parameters.priority` and `parameters.timeout` (µs) as over HTTP; the call's
- * gRPC deadline is the request's deadline when it is sooner. A client cancel (or a deadline that
- * passes) interrupts the call's fiber, which cancels the inference wherever it is. Errors are
+ * gRPC deadline is the request's deadline when it is sooner, so when it passes the engine times
+ * the request out (counted as a timeout) wherever it is. A client cancel interrupts the call's
+ * fiber, which cancels the inference wherever it is (counted as cancelled). Errors are
  * `InferenceError.grpcCode` with HTTP's messages; a message over `maxMessageBytes` is refused
  * with RESOURCE_EXHAUSTED from its length prefix, before it is buffered.
  *
@@ -88,6 +89,28 @@ const deadlineOf = (call: { getDeadline(): Grpc.Deadline }): number | undefined 
   return Number.isFinite(ms) ? ms : undefined
 }
 
+/**
+ * How long after its deadline a call's work may go on before it is interrupted. The engine holds
+ * the call's deadline as the request's own, and settles it as timed out on time; interrupting
+ * first would count it as cancelled. Only work that outlasts its deadline (none that the engine
+ * runs) waits this long.
+ */
+const deadlineGraceMs = 1000
+
+/**
+ * What grpc-js's cancel of a call means: a client's cancel interrupts at once; a deadline that
+ * has passed (grpc-js ends such a call with DEADLINE_EXCEEDED itself) leaves the engine to time
+ * the request out, and interrupts only after `deadlineGraceMs`.
+ */
+const onCancelled = (call: { getDeadline(): Grpc.Deadline; on(event: "cancelled", listener: () => void): unknown }, interrupt: () => void) => {
+  const deadlineMs = deadlineOf(call)
+  call.on("cancelled", () => {
+    // A timer may fire a millisecond early: a cancel that close to the deadline is the deadline.
+    if (deadlineMs !== undefined && Date.now() >= deadlineMs - 2) setTimeout(interrupt, deadlineGraceMs).unref()
+    else interrupt()
+  })
+}
+
 const toServiceError = (e: GrpcFailure): Partial<Grpc.StatusObject> => ({ code: e.code, details: e.details })
 
 /** Builds the server and binds it; the current scope owns it. */
@@ -123,7 +146,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
             callback({ code: Grpc.status.CANCELLED, details: "cancelled" })
           }
         })
-        call.on("cancelled", () => interrupt())
+        onCancelled(call, interrupt)
       }
 
     /** Open streams, with the requests each has received and not yet answered. */
@@ -174,7 +197,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
       })
       state.stop = () => interrupt()
       streams.set(call, state)
-      call.on("cancelled", () => interrupt())
+      onCancelled(call, interrupt)
     }
 
     const inferenceService: Grpc.UntypedServiceImplementation = {

@@ -11,7 +11,7 @@ import * as GrpcServer from "../../src/grpc/GrpcServer.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
 import type { ModelPool } from "../../src/ModelPool.ts"
 import { Statistics } from "../../src/http/Statistics.ts"
-import { TelemetryCollector } from "../../src/Telemetry.ts"
+import { type Event, layerRecording, TelemetryCollector, TelemetryLog } from "../../src/Telemetry.ts"
 import { makeTestPool, secretPath } from "../http/TestApp.ts"
 
 const definitions = GrpcCodec.loadDefinitions()
@@ -26,6 +26,8 @@ export interface HarnessOptions {
   readonly config?: Partial<AsyncConfig> | undefined
   /** Triton's strict readiness. Default false, as HTTP's TestApp (the scripted pool has a broken model). */
   readonly strictReadiness?: boolean | undefined
+  /** Record every telemetry call (the harness's `telemetry`) instead of the metrics collector. */
+  readonly recordTelemetry?: boolean | undefined
   /** Where to bind. Default 127.0.0.1. */
   readonly host?: string | undefined
   readonly maxMessageBytes?: number | undefined
@@ -37,6 +39,7 @@ export interface HarnessOptions {
 export const makeHarness = (options: HarnessOptions = {}) =>
   Effect.gen(function*() {
     const testPool = yield* makeTestPool({ slowLatency: options.slowLatency ?? "50 millis" })
+    const recorded = options.recordTelemetry === true ? yield* Layer.build(layerRecording) : undefined
     const services = yield* Layer.build(
       GrpcServer.layer({
         host: options.host ?? "127.0.0.1",
@@ -52,7 +55,7 @@ export const makeHarness = (options: HarnessOptions = {}) =>
         Layer.provideMerge(Statistics.layer),
         Layer.provideMerge(Layer.mergeAll(
           options.pool === undefined ? testPool.layer : Layer.orDie(options.pool),
-          TelemetryCollector.layer,
+          recorded === undefined ? TelemetryCollector.layer : Layer.succeedContext(recorded),
           AsyncConfigService.layerWith(options.config ?? {}),
           Lifecycle.layer
         ))
@@ -81,6 +84,8 @@ export const makeHarness = (options: HarnessOptions = {}) =>
       health,
       call,
       engine: Context.get(services, AsyncInferenceEngine),
+      /** Every telemetry record call (none unless `recordTelemetry`). */
+      telemetry: recorded === undefined ? [] as ReadonlyArray<Event> : Context.get(recorded, TelemetryLog).events,
       lifecycle: Context.get(services, Lifecycle)
     }
   })

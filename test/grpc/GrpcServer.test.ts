@@ -260,6 +260,26 @@ describe("ModelInfer", () => {
       yield* gate.open
     }))
 
+  it.live("a request whose gRPC deadline passes while queued counts as timed out, not cancelled: the deadline is the engine's", () =>
+    Effect.gen(function*() {
+      const { call, client, engine, gate, stats, telemetry } = yield* makeHarness({ config: { maxConcurrentRequests: 1 }, recordTelemetry: true })
+      yield* gate.close
+      const first = client.ModelInfer({ ...echoRaw([1, 2, 3, 4]), model_name: "slow" }, () => {})
+      yield* waitFor(() => stats.started === 1)
+      const r = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), model_name: "slow" }, { deadline: Date.now() + 100 })
+      assert.strictEqual(r.error?.code, Grpc.status.DEADLINE_EXCEEDED)
+      const settled = () => telemetry.filter((e) => e._tag === "timeout" || e._tag === "cancelled").map((e) => e._tag)
+      yield* waitFor(() => settled().length > 0)
+      assert.strictEqual(Effect.runSync(engine.queueStats).total, 0)
+      assert.deepStrictEqual(settled(), ["timeout"])
+      // A client's cancel is still a cancel.
+      first.cancel()
+      yield* waitFor(() => settled().length === 2)
+      assert.deepStrictEqual(settled(), ["timeout", "cancelled"])
+      yield* gate.open
+      yield* waitFor(() => Effect.runSync(engine.pending) === 0)
+    }))
+
   it.live("a client cancel cancels the request in the queue", () =>
     Effect.gen(function*() {
       const { client, engine, gate, stats } = yield* makeHarness({ config: { maxConcurrentRequests: 1 } })
@@ -396,6 +416,29 @@ describe("ModelStreamInfer", () => {
       yield* Effect.promise(() => ended)
       assert.strictEqual(received.length, 4)
       assert.strictEqual(received[3].infer_response.id, "slow")
+    }))
+
+  it.live("a stream's deadline that passes times out what it has queued (counted as timeouts); the stream and the engine let go", () =>
+    Effect.gen(function*() {
+      const { client, engine, gate, stats, telemetry } = yield* makeHarness({ config: { maxConcurrentRequests: 1 }, recordTelemetry: true })
+      yield* gate.close
+      const first = client.ModelInfer({ ...echoRaw([1, 2, 3, 4]), model_name: "slow" }, () => {})
+      yield* waitFor(() => stats.started === 1)
+      const stream = client.ModelStreamInfer({ deadline: Date.now() + 150 })
+      const status = new Promise<number>((resolve) => {
+        stream.on("error", (e: Grpc.ServiceError) => resolve(e.code))
+        stream.on("end", () => resolve(Grpc.status.OK))
+      })
+      for (let i = 0; i < 3; i++) stream.write({ ...echoRaw([1, 2, 3, 4]), model_name: "slow", id: `s${i}` })
+      assert.strictEqual(yield* Effect.promise(() => status), Grpc.status.DEADLINE_EXCEEDED)
+      const settled = () => telemetry.filter((e) => e._tag === "timeout" || e._tag === "cancelled").map((e) => e._tag)
+      yield* waitFor(() => settled().length === 3)
+      assert.deepStrictEqual(settled(), ["timeout", "timeout", "timeout"])
+      assert.strictEqual(Effect.runSync(engine.queueStats).total, 0)
+      first.cancel()
+      yield* gate.open
+      yield* waitFor(() => Effect.runSync(engine.pending) === 0)
+      assert.strictEqual(stats.started, 1)
     }))
 
   it.live("a cancel mid-stream cancels what is outstanding in the engine", () =>
