@@ -228,7 +228,7 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       for (const m of members) rows += m.rows
       const nativeMs = Exit.isSuccess(exit) ? exit.value.runMs : undefined
       batch.model.cost.observe(rows, nativeMs ?? runMs)
-      state.telemetry.recordRun(request.modelId, runMs, members.length)
+      state.telemetry.recordRun(request.modelId, runMs, members.length, rows)
       if (Exit.isFailure(exit) && joined && isRunFailure(exit)) {
         // One member's input can fail a whole batch: each member runs again alone.
         return Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true })
@@ -264,7 +264,7 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
         const m = members[i]!
         const outcome = outcomes[i]
         const { modelId, requestId } = m.value.request
-        state.telemetry.recordRun(modelId, outcome !== undefined && Exit.isSuccess(outcome) ? outcome.value.runMs ?? 0 : 0, 1)
+        state.telemetry.recordRun(modelId, outcome !== undefined && Exit.isSuccess(outcome) ? outcome.value.runMs ?? 0 : 0, 1, m.rows)
         if (outcome === undefined) answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: "the pool answered fewer runs than it was sent" })))
         else if (Exit.isSuccess(outcome)) answer(state, m, Exit.succeed({ outputs: outcome.value.outputs, deviceUsed: outcome.value.deviceUsed }))
         else answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: outcome.cause.reasons[0]?._tag === "Fail" ? outcome.cause.reasons[0].error.detail : "run failed" })))

@@ -876,4 +876,15 @@ describe("Triton's statistics extension", () => {
       assert.strictEqual(s.execution_count, 1)
       assert.deepStrictEqual(s.batch_stats.map((x: any) => [x.batch_size, x.compute_infer.count]), [[2, 1]])
     }).pipe(withFreshMetrics))
+
+  it.effect("counts inferences in rows, as Triton: one request of 2 rows is 2 inferences and a run of batch size 2", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      assert.strictEqual((yield* send("POST", "/v2/models/batched/infer", echoRequest([1, 2, 3, 4, 5, 6, 7, 8]))).status, 200)
+      const s = (yield* send("GET", "/v2/models/batched/stats")).json.model_stats[0]
+      assert.strictEqual(s.inference_count, 2)
+      assert.strictEqual(s.execution_count, 1)
+      assert.deepStrictEqual(s.batch_stats.map((x: any) => [x.batch_size, x.compute_infer.count]), [[2, 1]])
+      assert.match((yield* send("GET", "/metrics")).text, /inference_count_total\{model="batched"\} 2\b/)
+    }).pipe(withFreshMetrics))
 })
