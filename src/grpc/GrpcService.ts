@@ -62,20 +62,6 @@ export const make = (options: Options) =>
     const serverReadiness: Effect.Effect<Readiness> = Effect.map(pool.models, (models) =>
       readiness({ shuttingDown: lifecycle.isShuttingDown(), strict, models }))
 
-    /**
-     * A checked version as the pool spells it: versions compare as numbers, as the other RPCs
-     * find them ("01" is "1"; `ModelRepository.lookup`), whatever state the model is in.
-     */
-    const versionIn = (name: string, version: string | undefined) =>
-      version === undefined
-        ? Effect.succeed(undefined)
-        : Effect.map(pool.models, (models) => {
-          const wanted = BigInt(version)
-          return models.find((m) => m.name === name && m.version === version)?.version ??
-            models.find((m) => m.name === name && ModelRepository.versionPattern.test(m.version) && BigInt(m.version) === wanted)?.version ??
-            version
-        })
-
     const metadataOf = (name: string, version: string | undefined) => Effect.mapError(pool.metadata(name, version), fromReason)
 
     /** A refusal as the client can match it: a QueueFull names the request's own id, when it has one (the engine knows another, or none yet). */
@@ -161,7 +147,7 @@ export const make = (options: Options) =>
           return { model_stats: yield* Effect.mapError(Statistics.report(pool, statistics.value, undefined, undefined), fromReason) }
         }
         const { name, version } = yield* modelParams(message.name, message.version)
-        const model_stats = yield* Effect.mapError(Statistics.report(pool, statistics.value, name, yield* versionIn(name, version)), fromReason)
+        const model_stats = yield* Effect.mapError(Statistics.report(pool, statistics.value, name, version), fromReason)
         return { model_stats }
       })
 

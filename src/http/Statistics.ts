@@ -25,6 +25,7 @@
 import { Context, Effect, Layer } from "effect"
 import * as InferenceError from "../InferenceError.ts"
 import type * as ModelPool from "../ModelPool.ts"
+import * as ModelRepository from "../ModelRepository.ts"
 import { TelemetryCollector } from "../Telemetry.ts"
 
 export interface Duration {
@@ -97,8 +98,9 @@ export const toTriton = (name: string, version: string, stats: ModelStatistics |
 
 /**
  * The statistics of every model (`name` undefined: each model's default version, the highest),
- * or of one model (its default version unless `version` is given). ModelNotFound for a model or
- * version the pool does not have.
+ * or of one model (its default version unless `version` is given; versions compare as numbers,
+ * "01" is "1", as `ModelRepository.lookup` finds them). ModelNotFound for a model or version the
+ * pool does not have.
  */
 export const report = (
   pool: ModelPool.Service,
@@ -118,7 +120,9 @@ export const report = (
     const versions = models.filter((m) => m.name === name)
     const chosen = version === undefined
       ? versions.map((m) => m.version).sort((a, b) => Number(b) - Number(a))[0]
-      : versions.find((m) => m.version === version)?.version
+      : (versions.find((m) => m.version === version) ?? (ModelRepository.versionPattern.test(version)
+        ? versions.find((m) => ModelRepository.versionPattern.test(m.version) && BigInt(m.version) === BigInt(version))
+        : undefined))?.version
     if (chosen === undefined) return Effect.fail(new InferenceError.ModelNotFound(version === undefined ? { modelId: name } : { modelId: name, version }))
     return Effect.succeed([toTriton(name, chosen, statistics.get(name))])
   })

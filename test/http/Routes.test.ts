@@ -860,6 +860,8 @@ describe("Triton's statistics extension", () => {
       assert.include(names, "echo/2")
       assert.notInclude(names, "echo/1")
       assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/versions/1/stats")).json.model_stats[0].version, "1")
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/versions/01/stats")).json.model_stats[0].version, "1", "versions compare as numbers, as every other route finds them")
+      assert.strictEqual((yield* send("GET", "/v2/models/echo/versions/3/stats")).status, 404)
       assert.strictEqual((yield* send("GET", "/v2/models/nope/stats")).status, 404)
     }).pipe(withFreshMetrics))
 
