@@ -164,7 +164,7 @@ export const make = (options: Options) =>
         // Overrides the server cannot apply (config, file:) are refused, as over HTTP.
         const refused = ModelControl.checkParameters(action, Object.keys(message.parameters ?? {}))
         if (refused !== undefined) return yield* Effect.fail(invalidArgument(refused))
-        yield* (action === "load" ? ModelControl.load(pool, name) : ModelControl.unload(pool, engine, name)).pipe(
+        yield* (action === "load" ? ModelControl.load(pool, name, lifecycle) : ModelControl.unload(pool, engine, name)).pipe(
           Effect.catchTag("NotSupported", (e) => Effect.fail(invalidArgument(e.message))),
           Effect.mapError((e) => (e instanceof GrpcFailure ? e : fromReason(e)))
         )

@@ -7,13 +7,15 @@
  *
  * Unload stops admitting at once, then waits until the engine holds no queued request of the
  * model and no batch is forming, then releases the sessions (a run still going finishes first).
+ * Load is refused with ShuttingDown once the server is shutting down, as inferences are.
  *
  * @module ModelControl
  */
 import { Data, Effect } from "effect"
 import type { AsyncInferenceEngine } from "../Engine.ts"
-import type * as InferenceError from "../InferenceError.ts"
+import * as InferenceError from "../InferenceError.ts"
 import type * as ModelPool from "../ModelPool.ts"
+import type * as Lifecycle from "./Lifecycle.ts"
 
 export class NotSupported extends Data.TaggedError("NotSupported")<{}> {
   override get message(): string {
@@ -44,8 +46,20 @@ export const checkParameters = (action: "load" | "unload", names: ReadonlyArray<
 /** True when the pool can load and unload. */
 export const isEnabled = (pool: ModelPool.Service): boolean => pool.load !== undefined && pool.unload !== undefined
 
-export const load = (pool: ModelPool.Service, name: string): Effect.Effect<void, NotSupported | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
-  pool.load === undefined ? Effect.fail(new NotSupported()) : pool.load(name)
+/**
+ * Loads (or reloads) `name`. Refused with ShuttingDown (HTTP 503, gRPC UNAVAILABLE) once the
+ * server's shutdown has begun: sessions started then would outlive the drain.
+ */
+export const load = (
+  pool: ModelPool.Service,
+  name: string,
+  lifecycle: Pick<Lifecycle.Service, "isShuttingDown">
+): Effect.Effect<void, NotSupported | InferenceError.ModelNotFound | InferenceError.ModelUnavailable | InferenceError.ShuttingDown> =>
+  pool.load === undefined
+    ? Effect.fail(new NotSupported())
+    : Effect.suspend((): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable | InferenceError.ShuttingDown> =>
+      lifecycle.isShuttingDown() ? Effect.fail(new InferenceError.ShuttingDown({})) : pool.load!(name)
+    )
 
 /** Waits until the engine has nothing queued for `name` and no batch forming. */
 export const drained = (engine: AsyncInferenceEngine["Service"], name: string): Effect.Effect<void> =>

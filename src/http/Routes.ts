@@ -391,7 +391,7 @@ const modelRoutes = (ctx: Ctx) => {
 
 /** Triton's repository index and model control. */
 const repositoryRoutes = (ctx: Ctx) => {
-  const { handle, pool, engine, fromReason, readBody, roots } = ctx
+  const { handle, pool, engine, lifecycle, fromReason, readBody, roots } = ctx
   const repositoryIndex = handle(Effect.gen(function*() {
     const text = yield* readBody
     const body = Oip.decodeRepositoryIndexRequest(text.trim() === "" ? {} : yield* parseJson(text, "the request body"))
@@ -423,7 +423,7 @@ const repositoryRoutes = (ctx: Ctx) => {
       if ("error" in body) return yield* fail(400, body.error)
       const refused = ModelControl.checkParameters(action, Object.keys(body.parameters ?? {}))
       if (refused !== undefined) return yield* fail(400, refused)
-      yield* (action === "load" ? ModelControl.load(pool, name) : ModelControl.unload(pool, engine, name)).pipe(
+      yield* (action === "load" ? ModelControl.load(pool, name, lifecycle) : ModelControl.unload(pool, engine, name)).pipe(
         Effect.catchTag("NotSupported", (e) => fail(400, e.message)),
         Effect.mapError((e) => (e instanceof ApiError ? e : fromReason(e)))
       )

@@ -9,7 +9,9 @@
  *   cannot be created). Only a repository root that cannot be read fails it.
  * - Every worker and session belongs to the scope of `make` (the Layer's scope for `layer`):
  *   closing it fails queued runs with ModelUnavailable, lets running ones finish, then releases
- *   every session and waits for every thread to exit. `counters` proves it afterwards.
+ *   every session and waits for every thread to exit. `counters` proves it afterwards. From the
+ *   moment it starts closing, `load` fails with ModelUnavailable ("the model pool is closing"),
+ *   and a load under way has its hosts waited for and closed with the others.
  * - `run` waits in FIFO order for a free instance of the model. Interrupting it returns at once;
  *   the instance stays busy until its native run ends, and the late reply is dropped.
  * - A crashed worker fails only its own request (RunFailed) and is replaced. With process
@@ -29,7 +31,7 @@
  *
  * @module OnnxModelPool
  */
-import { Context, Duration, Effect, Layer, Metric, type Scope } from "effect"
+import { Context, Duration, Effect, Latch, Layer, Metric, type Scope } from "effect"
 import * as BatchPolicy from "../BatchPolicy.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InputSignature from "../InputSignature.ts"
@@ -173,7 +175,14 @@ interface Loader {
   readonly transports: Record<InstancePool.Isolation, InstancePool.Transport>
   readonly closeTimeout: Duration.Duration
   readonly hosts: Array<InstancePool.InstancePool>
+  /** Set when the pool's finalizer starts: no host starts after it. */
+  closing: boolean
+  /** Hosts being started; the finalizer waits for them (`started` is open when there are none). */
+  starting: number
+  readonly started: Latch.Latch
 }
+
+const closingReason = "the model pool is closing"
 
 /** The pool's mutable state: the repository (the startup scan, with each `load`ed model's versions swapped in), each version's state, the models being unloaded. */
 interface State {
@@ -250,8 +259,7 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
       { _tag: "Unavailable", reason } as const
     )
   if (entry._tag === "Unavailable") return unavailable(entry.reason)
-  // start + register in one uninterruptible step: no host can escape the finalizer.
-  return InstancePool.start({
+  const options: InstancePool.Options = {
     modelId: entry.name,
     version: entry.version,
     path: entry.path,
@@ -263,10 +271,26 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
     counters: loader.counters,
     respawnAttempts: loader.options.respawnAttempts,
     killGrace: Duration.millis(entry.config.killGraceMs)
-  }, loader.transports[entry.config.isolation]).pipe(
-    Effect.tap((host) => Effect.sync(() => loader.hosts.push(host))),
+  }
+  // Refused once the pool closes; otherwise counted before the start and registered when it
+  // ends, in one uninterruptible step: the finalizer waits for every start counted, then closes
+  // every host registered, so none escapes it.
+  const start = Effect.suspend(() => {
+    if (loader.closing) return Effect.fail(closingReason)
+    loader.starting++
+    loader.started.closeUnsafe()
+    return InstancePool.start(options, loader.transports[entry.config.isolation]).pipe(
+      Effect.tap((host) => Effect.sync(() => loader.hosts.push(host))),
+      Effect.mapError((e) => e.reason),
+      Effect.ensuring(Effect.sync(() => {
+        if (--loader.starting === 0) loader.started.openUnsafe()
+      }))
+    )
+  })
+  return start.pipe(
     Effect.uninterruptible,
-    Effect.mapError((e) => e.reason),
+    // started while the pool began closing: the finalizer closes it
+    Effect.filterOrFail(() => !loader.closing, () => closingReason),
     Effect.flatMap((host) => configure(loader, entry, host)),
     Effect.matchEffect({
       onFailure: unavailable,
@@ -284,12 +308,19 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
 const load = (loader: Loader, state: State, name: string): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
   Effect.gen(function*() {
     if (!ModelRepository.isValidModelName(name)) return yield* new InferenceError.ModelNotFound({ modelId: name })
+    const refuseClosing = Effect.suspend(() =>
+      loader.closing ? Effect.fail(new InferenceError.ModelUnavailable({ modelId: name, reason: closingReason })) : Effect.void
+    )
+    yield* refuseClosing
     const scanned = yield* ModelRepository.scan(loader.options.repository, { defaults: loader.options.defaults }).pipe(
       Effect.mapError((e) => new InferenceError.ModelUnavailable({ modelId: name, reason: e.message }))
     )
     const fresh = ModelRepository.versionsOf(scanned, name)
     if (fresh.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
+    yield* refuseClosing
     const states = yield* Effect.forEach(fresh, (entry) => loadEntry(loader, entry), { concurrency: "unbounded" })
+    // The pool began closing while they loaded: the finalizer closes their hosts, and nothing is swapped.
+    yield* refuseClosing
     const old = ModelRepository.versionsOf(state.repository, name).map((e) => state.loaded.get(key(e.name, e.version)))
     // The swap: the new versions serve from here on; the old hosts finish what they run, then go.
     for (const e of ModelRepository.versionsOf(state.repository, name)) state.loaded.delete(key(e.name, e.version))
@@ -381,13 +412,19 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       counters: InstancePool.makeCounters(),
       transports: { thread: WorkerHost.transport, process: ProcessHost.transport, ...options.transports },
       closeTimeout: Duration.fromInputUnsafe(options.closeTimeout ?? Duration.seconds(60)),
-      hosts: []
+      hosts: [],
+      closing: false,
+      starting: 0,
+      started: Latch.makeUnsafe(true)
     }
     const state: State = { repository, loaded: new Map(), unloading: new Set() }
 
     // One finalizer closes every host at once (in-flight runs end in parallel, not one model after another).
+    // From its start no host starts; the hosts a `load` is still starting are waited for and closed with the others.
     yield* Effect.addFinalizer(() =>
-      Effect.forEach(loader.hosts, (host) => host.close, { concurrency: "unbounded", discard: true }).pipe(
+      Effect.sync(() => void (loader.closing = true)).pipe(
+        Effect.andThen(loader.started.await),
+        Effect.andThen(Effect.suspend(() => Effect.forEach([...loader.hosts], (host) => host.close, { concurrency: "unbounded", discard: true }))),
         Effect.withSpan("OnnxModelPool.close")
       )
     )

@@ -50,7 +50,7 @@ const makeApp = (repository: string, loadModels: ReadonlyArray<string>, gate: Ef
         const text = yield* Effect.promise(() => web.text())
         return { status: web.status, json: JSON.parse(text) as any }
       })
-    return Object.assign(send, { engine: Context.get(services, AsyncInferenceEngine) })
+    return Object.assign(send, { engine: Context.get(services, AsyncInferenceEngine), lifecycle: Context.get(services, Lifecycle) })
   })
 
 const stateOf = (index: ReadonlyArray<{ name: string; version: string; state: string; reason?: string }>, name: string) => index.find((m) => m.name === name)
@@ -110,6 +110,18 @@ describe("explicit model control", () => {
       assert.include(entry?.reason, "config.json")
       assert.notInclude(JSON.stringify(entry), repository)
       void Path
+    }).pipe(withFreshMetrics), 60_000)
+
+  it.live("a load once the server is shutting down is refused with 503 and loads nothing", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const send = yield* makeApp(repository, [])
+      yield* send.lifecycle.beginShutdown
+      const load = yield* send("POST", "/v2/repository/models/mlp/load")
+      assert.strictEqual(load.status, 503, JSON.stringify(load.json))
+      assert.include(load.json.error, "shutting down")
+      const index = (yield* send("POST", "/v2/repository/index")).json
+      assert.deepStrictEqual(stateOf(index, "mlp"), { name: "mlp", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
     }).pipe(withFreshMetrics), 60_000)
 
   it.live("a load body: empty or {parameters} only; config and file: overrides and malformed bodies are refused with 400, not ignored", () =>

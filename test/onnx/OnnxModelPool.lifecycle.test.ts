@@ -121,6 +121,39 @@ describe("OnnxModelPool lifecycle", () => {
       assert.instanceOf(closed, InferenceError.ModelUnavailable)
     }))
 
+  it.live("a load after the pool's scope closed is refused and starts nothing", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 2 }) })
+      const scope = yield* Scope.make()
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, modelControl: "explicit", loadModels: ["mlp"] })).pipe(Scope.provide(scope))
+      yield* Scope.close(scope, Exit.void)
+      const error = yield* Effect.flip(quiet(pool.load!("mlp")))
+      assert.instanceOf(error, InferenceError.ModelUnavailable)
+      assert.include(error.message, "closing")
+      assert.strictEqual((yield* pool.models)[0]?.state, "UNAVAILABLE")
+      assert.strictEqual(pool.counters.workersSpawned, 2, "no instance started after the close")
+      assert.strictEqual(pool.counters.workersExited, 2)
+    }))
+
+  it.live("a load racing the close is closed by it: nothing outlives the scope", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 2 }) })
+      const scope = yield* Scope.make()
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, modelControl: "explicit", loadModels: [] })).pipe(Scope.provide(scope))
+      const load = yield* Effect.forkDetach(quiet(pool.load!("mlp")), { startImmediately: true })
+      // the load's instances are starting (spawned, not yet ready) when the close begins
+      yield* eventually("the load spawning its instances", () => pool.counters.workersSpawned === 2)
+      assert.strictEqual(pool.counters.sessionsOpened, 0)
+      yield* Scope.close(scope, Exit.void)
+      const c = pool.counters
+      assert.strictEqual(c.workersExited, c.workersSpawned, "the close waited for the starting instances and closed them")
+      assert.strictEqual(c.sessionsClosed, c.sessionsOpened)
+      const loaded = yield* Fiber.await(load)
+      assert.isTrue(Exit.isFailure(loaded))
+      assert.include(String(loaded), "closing")
+      assert.strictEqual((yield* pool.models)[0]?.state, "UNAVAILABLE")
+    }))
+
   it.live("a Layer's scope owns its workers: after the layer is released nothing is left", () =>
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 2 }) })
