@@ -28,6 +28,7 @@
  * @module ModelRepository
  */
 import { Data, Effect, Schema } from "effect"
+import * as FsSync from "node:fs"
 import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
 import * as Path from "node:path"
@@ -499,6 +500,20 @@ const readConfig = async (dir: string, overrides: Partial<Defaults>): Promise<Mo
   if (decoded._tag === "Failure") return `${configFileName}: ${decoded.failure.message.replace(/\n\s*/g, " ")}`
   const conflict = configConflict(decoded.success)
   return conflict === undefined ? decoded.success : `${configFileName}: ${conflict}`
+}
+
+/**
+ * The identity of the file at `path` now: its device, inode, size and modification time (ns),
+ * or why it cannot be read. A file replaced (renamed over, or rewritten) has another identity;
+ * one `touch`ed too, though its content is the same.
+ */
+export const fileIdentity = (path: string): string => {
+  try {
+    const stat = FsSync.statSync(path, { bigint: true })
+    return `dev ${stat.dev} inode ${stat.ino} size ${stat.size} mtime ${stat.mtimeNs}`
+  } catch (e) {
+    return `unreadable (${errorText(e)})`
+  }
 }
 
 /** Checks one model file: present, a non-empty regular file, really inside the root. */

@@ -18,6 +18,11 @@
  *   the front of the line. It is replaced (attempts with exponential backoff), so the instance
  *   count is kept. If replacements keep failing and no instance is left, the pool becomes
  *   unavailable and its waiting jobs fail with ModelUnavailable.
+ * - A replacement runs the model its siblings run: none is started once model.onnx's identity
+ *   (`Options.identify`) differs from the one read at start, and one whose session reports
+ *   another signature or provider than the first instance is closed before it takes a job. Such
+ *   a refusal is not retried: the instance is lost (`respawnFailures`, a logged warning) and the
+ *   pool serves on the others, or is unavailable with the reason when none is left.
  * - Deadlines (process isolation only): a job run with a `timeout` that is still running
  *   `killGrace` after it is killed with its process (SIGKILL); the job fails at once with
  *   RunFailed ("killed after exceeding its deadline by …"), and a replacement is started once the
@@ -118,6 +123,12 @@ export interface Options {
   readonly killGrace?: Duration.Duration | undefined
   /** Jobs handed to one instance at once (default: 2 for threads, 1 for processes, whose deadline kills end the job in hand). */
   readonly depth?: number | undefined
+  /**
+   * The model file's identity now (`ModelRepository.fileIdentity`: device, inode, size, mtime).
+   * Read when the pool starts; a replacement instance is started only while it is unchanged
+   * (see the module doc). Without it, only a replacement's signature and provider are compared.
+   */
+  readonly identify?: (() => string) | undefined
 }
 
 /** Per-run options. */
@@ -299,6 +310,39 @@ interface State {
   readonly respawns: Set<Fiber.Fiber<void>>
   pendingRespawns: number
   first: Ready | undefined
+  /** `options.identify()` when the pool started. */
+  identity: string | undefined
+}
+
+/** A replacement that must not serve beside the instances that loaded first (`mismatch`): not retried. */
+class Refused {
+  readonly reason: string
+  constructor(reason: string) {
+    this.reason = reason
+  }
+}
+
+const sameSpecs = (a: ReadonlyArray<ModelMetadata.TensorSpec>, b: ReadonlyArray<ModelMetadata.TensorSpec>): boolean =>
+  JSON.stringify(a) === JSON.stringify(b)
+
+/**
+ * Why a replacement instance must not serve beside the ones that loaded first, or undefined:
+ * model.onnx changed on disk since the pool started, or (once it is `ready`) its session reports
+ * another signature or another provider than the first instance's.
+ */
+const mismatch = (state: State, ready: Ready | undefined): string | undefined => {
+  const { identify } = state.options
+  if (identify !== undefined && identify() !== state.identity) {
+    return `model.onnx changed on disk since this version loaded: a replacement would run another model than the instances serving, ` +
+      `so none is started; load the model again (or restart) to serve the new file`
+  }
+  const first = state.first
+  if (ready === undefined || first === undefined) return undefined
+  if (ready.deviceUsed !== first.deviceUsed) return `the replacement's session runs on ${ready.deviceUsed}, the other instances' on ${first.deviceUsed}`
+  if (!sameSpecs(ready.inputs, first.inputs) || !sameSpecs(ready.outputs, first.outputs)) {
+    return `the replacement's session has another signature than the other instances' (model.onnx changed on disk?); load the model again to serve the new file`
+  }
+  return undefined
 }
 
 const ms = (x: number) => `${Math.round(x)} ms`
@@ -508,8 +552,15 @@ const onLost = (state: State, slot: Slot, how: string): void => {
   respawn(state, detail)
 }
 
-/** Starts one instance; succeeds once its session is loaded, fails with the reason it did not. */
-const spawn = (state: State): Effect.Effect<{ readonly slot: Slot; readonly ready: Ready }, string> =>
+/**
+ * Starts one instance; succeeds once its session is loaded, fails with the reason it did not.
+ * With `check` (a replacement), a loaded instance it refuses is closed at once, before any job
+ * can reach it, and the start fails with `Refused`.
+ */
+const spawn = (
+  state: State,
+  check?: (ready: Ready) => string | undefined
+): Effect.Effect<{ readonly slot: Slot; readonly ready: Ready }, string | Refused> =>
   Effect.callback((resume) => {
     const { counters, transport } = state
     // `slot` is assigned before any event can fire (events are asynchronous)
@@ -517,13 +568,15 @@ const spawn = (state: State): Effect.Effect<{ readonly slot: Slot; readonly read
     const instance = transport.spawn(state.config, {
       message: (message) => {
         switch (message._tag) {
-          case "ready":
+          case "ready": {
             slot.ready = true
             counters.sessionsOpened++
-            // Loaded while the pool closes (a replacement): it is closed at once.
-            if (state.closing) requestClose(slot)
+            const refused = check?.(message)
+            // Loaded while the pool closes (a replacement), or refused: it is closed at once.
+            if (state.closing || refused !== undefined) requestClose(slot)
             else state.live.add(slot)
-            return resume(Effect.succeed({ slot, ready: message }))
+            return resume(refused === undefined ? Effect.succeed({ slot, ready: message }) : Effect.fail(new Refused(refused)))
+          }
           case "loadFailed":
             slot.loadError = message.error
             return
@@ -583,23 +636,38 @@ const spawn = (state: State): Effect.Effect<{ readonly slot: Slot; readonly read
  * none is left). Deferred a turn, so that the failed job is answered before a process forks.
  */
 const respawn = (state: State, cause: string): void => {
-  const attempts = Math.max(1, state.options.respawnAttempts ?? 5)
+  const { options } = state
+  const attempts = Math.max(1, options.respawnAttempts ?? 5)
   state.pendingRespawns++
-  const replace = Effect.andThen(Effect.yieldNow, spawn(state)).pipe(
-    Effect.retry({ schedule: Schedule.exponential(state.options.respawnDelay ?? Duration.millis(100)), times: attempts - 1, while: () => !state.closing }),
+  // Only the model its siblings run: refused (not retried) once model.onnx changed, or when the session differs.
+  const attempt = Effect.suspend(() => {
+    const changed = mismatch(state, undefined)
+    return changed === undefined ? spawn(state, (ready) => mismatch(state, ready)) : Effect.fail(new Refused(changed))
+  })
+  const replace = Effect.andThen(Effect.yieldNow, attempt).pipe(
+    Effect.retry({
+      schedule: Schedule.exponential(options.respawnDelay ?? Duration.millis(100)),
+      times: attempts - 1,
+      while: (e) => !state.closing && !(e instanceof Refused)
+    }),
     Effect.matchEffect({
       onSuccess: ({ slot }) =>
         Effect.sync(() => {
           state.counters.respawns++
           release(state, slot)
         }),
-      onFailure: (reason) =>
-        Effect.sync(() => {
-          if (state.closing) return
+      onFailure: (failure) =>
+        Effect.suspend(() => {
+          if (state.closing) return Effect.void
           state.counters.respawnFailures++
+          const why = failure instanceof Refused ? `replacement refused: ${failure.reason}` : `replacement failed: ${failure}`
           state.pendingRespawns--
-          checkBroken(state, `${cause}; replacement failed: ${reason}`)
+          checkBroken(state, `${cause}; ${why}`)
           state.pendingRespawns++
+          return Effect.logWarning(
+            `model ${options.modelId} version ${options.version}: a lost ${state.transport.noun} was not replaced (${why}); ` +
+              `${state.live.size} of ${options.instances} instance(s) serve`
+          )
         })
     }),
     Effect.ensuring(Effect.sync(() => void state.pendingRespawns--))
@@ -645,6 +713,7 @@ const close = (state: State): Effect.Effect<void> =>
 /** Starts every instance; fails with the first reason one did not load (after closing the others). */
 const startAll = (state: State): Effect.Effect<void, string> =>
   Effect.gen(function*() {
+    state.identity = state.options.identify?.()
     const results = yield* Effect.forEach(
       Array.from({ length: state.options.instances }),
       () => Effect.result(spawn(state)),
@@ -653,7 +722,11 @@ const startAll = (state: State): Effect.Effect<void, string> =>
     const failure = results.find((r) => r._tag === "Failure")
     if (failure !== undefined) {
       yield* close(state)
-      return yield* Effect.fail(failure.failure)
+      return yield* Effect.fail(String(failure.failure))
+    }
+    if (state.options.identify !== undefined && state.options.identify() !== state.identity) {
+      yield* close(state)
+      return yield* Effect.fail("model.onnx changed on disk while its instances loaded (they may run different models): load it again")
     }
     for (const r of results) {
       if (r._tag !== "Success") continue
@@ -796,7 +869,8 @@ export const start = (options: Options, transport: Transport): Effect.Effect<Ins
       broken: undefined,
       respawns: new Set(),
       pendingRespawns: 0,
-      first: undefined
+      first: undefined,
+      identity: undefined
     }
     yield* Effect.mapError(startAll(state), (reason) => new LoadFailed({ modelId: options.modelId, version: options.version, reason }))
     return api(state)

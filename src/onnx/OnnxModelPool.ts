@@ -270,7 +270,8 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
     closeTimeout: loader.closeTimeout,
     counters: loader.counters,
     respawnAttempts: loader.options.respawnAttempts,
-    killGrace: Duration.millis(entry.config.killGraceMs)
+    killGrace: Duration.millis(entry.config.killGraceMs),
+    identify: () => ModelRepository.fileIdentity(entry.path)
   }
   // Refused once the pool closes; otherwise counted before the start and registered when it
   // ends, in one uninterruptible step: the finalizer waits for every start counted, then closes

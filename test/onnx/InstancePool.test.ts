@@ -196,6 +196,56 @@ describe("InstancePool", () => {
       assert.deepStrictEqual(Array.from((yield* Fiber.join(ahead)).outputs["y"]!.data as Float32Array), [5])
     }))
 
+  it.effect("no replacement once model.onnx changed on disk: the pool serves on its other instances, then is unavailable saying why", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      let identity = "inode 1"
+      const { auto, instances, pool } = yield* started({ instances: 2, counters, identify: () => identity })
+      auto.ready = true
+      identity = "inode 2" // renamed over by a new export
+      instances[0]!.die("signal SIGKILL")
+      yield* settle
+      assert.strictEqual(instances.length, 2, "no replacement was started")
+      assert.strictEqual(counters.respawnFailures, 1)
+      assert.isUndefined(pool.unavailableReason(), "the other instance still serves the version loaded")
+      const served = yield* Effect.forkChild(pool.run(x, "on-b"), { startImmediately: true })
+      instances[1]!.reply(instances[1]!.runs()[0]!, 4)
+      assert.deepStrictEqual(Array.from((yield* Fiber.join(served)).outputs["y"]!.data as Float32Array), [4])
+      instances[1]!.die("signal SIGKILL")
+      yield* settle
+      assert.strictEqual(instances.length, 2)
+      assert.include(pool.unavailableReason() ?? "", "model.onnx changed on disk")
+      assert.strictEqual(reasonOf(yield* Effect.exit(pool.run(x, "later")))?._tag, "ModelUnavailable")
+    }))
+
+  it.effect("a replacement whose session reports another signature is closed before it takes a job", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const { instances, pool } = yield* started({ instances: 1, counters, respawnAttempts: 3 })
+      const waiting = yield* Effect.forkChild(Effect.exit(pool.run(x, "running")), { startImmediately: true })
+      const queued = yield* Effect.forkChild(Effect.exit(pool.run(x, "queued")), { startImmediately: true })
+      const third = yield* Effect.forkChild(Effect.exit(pool.run(x, "third")), { startImmediately: true })
+      instances[0]!.die("exit code 3")
+      yield* settle
+      const replacement = instances[1]!
+      replacement.events.message({
+        _tag: "ready",
+        deviceUsed: "cpu",
+        fallbacks: [],
+        inputs: [{ name: "x", dtype: "float32", dims: [-1, 1024] }],
+        outputs: [{ name: "y", dtype: "float32", dims: [-1, 10] }],
+        loadMs: 1
+      })
+      yield* settle
+      assert.deepStrictEqual(replacement.runs(), [], "it was given no job")
+      assert.isTrue(replacement.sent.some((m) => m._tag === "close"), "it was closed")
+      assert.strictEqual(instances.length, 2, "not retried: another attempt would load the same file")
+      assert.include(pool.unavailableReason() ?? "", "another signature")
+      assert.strictEqual(reasonOf(yield* Fiber.join(waiting))?._tag, "RunFailed")
+      assert.include(reasonOf(yield* Fiber.join(queued))?.message ?? "", "another signature")
+      assert.strictEqual(reasonOf(yield* Fiber.join(third))?._tag, "ModelUnavailable")
+    }))
+
   it.effect("replacements back off exponentially; once they are spent the pool is unavailable and waiting jobs fail", () =>
     Effect.gen(function*() {
       const counters = InstancePool.makeCounters()

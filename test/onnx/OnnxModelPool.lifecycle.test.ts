@@ -3,6 +3,9 @@ import { Context, Effect, Exit, Fiber, Layer, References, Scope } from "effect"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import * as Tensor from "../../src/Tensor.ts"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import * as Mlp from "../../scripts/Mlp.ts"
 import { mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
 import * as TestOps from "../fixtures/TestOps.ts"
 
@@ -119,6 +122,25 @@ describe("OnnxModelPool lifecycle", () => {
       assert.strictEqual(c.lateRepliesDropped, c.interruptedRunning, "each interrupted run's reply arrived and was dropped")
       const closed = yield* Effect.flip(pool.run("mlp", mlpInputs(1), { requestId: "late" }))
       assert.instanceOf(closed, InferenceError.ModelUnavailable)
+    }))
+
+  it.live("a crashed instance is not replaced from a model.onnx changed on disk: one model keeps serving, on the other instance", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 2 }) })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, respawnAttempts: 3 }))
+      const answer = Effect.map(pool.run("mlp", mlpInputs(1), { requestId: "r" }), (r) => Array.from(r.outputs["logits"]!.data as Float32Array).join(","))
+      const before = yield* answer
+      // a new export renamed over the file, without a reload
+      const file = Path.join(repository, "mlp", "model.onnx")
+      Fs.writeFileSync(`${file}.tmp`, Mlp.build({ seed: 2 }).bytes)
+      Fs.renameSync(`${file}.tmp`, file)
+      yield* Effect.flip(TestOps.run(pool, "mlp", { _tag: "exit", code: 7 }, { requestId: "crash" }))
+      yield* eventually("the replacement given up", () => pool.counters.respawnFailures === 1)
+      assert.strictEqual(pool.counters.respawns, 0)
+      assert.strictEqual(pool.stats("mlp")?.live, 1)
+      const answers = yield* Effect.all(Array.from({ length: 6 }, () => answer), { concurrency: 2 })
+      assert.deepStrictEqual(new Set(answers), new Set([before]), "every answer comes from the model loaded")
+      assert.strictEqual((yield* pool.models)[0]?.state, "READY")
     }))
 
   it.live("a load after the pool's scope closed is refused and starts nothing", () =>
