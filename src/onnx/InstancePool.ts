@@ -15,8 +15,10 @@
  *   discarded (counted in `lateRepliesDropped`). No instance ever runs two jobs at once.
  * - An instance that dies (uncaught error, `process.exit`, and for a process a native crash or a
  *   signal) fails only the job it was running with RunFailed; a job sent ahead to it goes back to
- *   the front of the line. It is replaced (attempts with exponential backoff), so the instance
- *   count is kept. If replacements keep failing and no instance is left, the pool becomes
+ *   the front of the line, unless its inputs were moved to it (`RunOptions.transfer`): they died
+ *   with it, so that job fails too, with a RunFailed saying its inputs were lost with the
+ *   instance (the engine runs a joined batch's members again alone, from their own inputs).
+ *   It is replaced (attempts with exponential backoff), so the instance count is kept. If replacements keep failing and no instance is left, the pool becomes
  *   unavailable and its waiting jobs fail with ModelUnavailable.
  * - A replacement runs the model its siblings run: none is started once model.onnx's identity
  *   (`Options.identify`) differs from the one read at start, and one whose session reports
@@ -140,7 +142,8 @@ export interface RunOptions {
   readonly timeout?: Duration.Duration | undefined
   /**
    * The inputs' buffers are the pool's to give away (a batch the engine joined): a thread
-   * receives them moved, not copied, and they are detached here. Default false: copied.
+   * receives them moved, not copied, and they are detached here. Default false: copied. Such a
+   * job sent ahead to an instance that then dies cannot be sent again: it fails (see the module doc).
    */
   readonly transfer?: boolean | undefined
 }
@@ -529,7 +532,17 @@ const onReply = (state: State, slot: Slot, message: Reply): void => {
   job.resume(message._tag === "failed" ? Exit.fail(runFailed(state, job, message.error)) : job.decode(message))
 }
 
-/** The instance ended after it had loaded: its running job fails, jobs sent ahead go back to the line, and it is replaced. */
+/** True when `job`'s inputs were moved to the instance (`RunOptions.transfer`): they cannot be sent again. */
+const inputsMoved = (job: Job): boolean => {
+  if (job.transfer === undefined) return false
+  for (const buffer of job.transfer) if ((buffer as { readonly detached?: boolean }).detached === true) return true
+  return false
+}
+
+/**
+ * The instance ended after it had loaded: its running job fails, jobs sent ahead go back to the
+ * line (or fail, when their inputs were moved to it and went with it), and it is replaced.
+ */
 const onLost = (state: State, slot: Slot, how: string): void => {
   const { counters, transport } = state
   if (!slot.sessionReleased) counters.sessionsLost++
@@ -537,7 +550,7 @@ const onLost = (state: State, slot: Slot, how: string): void => {
   const detail = slot.killedFor ?? `the ${transport.noun} running the model died (${how}${slot.lastError ? `; ${slot.lastError}` : ""})`
   for (const [i, { job }] of lost.entries()) {
     if (job.state === "done") continue
-    if (i > 0 && !job.cancelled && !state.closing) {
+    if (i > 0 && !job.cancelled && !state.closing && !inputsMoved(job)) {
       job.state = "new"
       job.sent = undefined
       enqueue(state, job, true)
@@ -545,7 +558,17 @@ const onLost = (state: State, slot: Slot, how: string): void => {
     }
     job.state = "done"
     if (job.cancelled) counters.lateRepliesDropped++
-    else job.resume(Exit.fail(runFailed(state, job, i === 0 ? detail : `the ${transport.noun} ended before the job ran (${how})`)))
+    else {
+      job.resume(Exit.fail(runFailed(
+        state,
+        job,
+        i === 0
+          ? detail
+          : inputsMoved(job)
+          ? `not run: its inputs were moved (transferred) to the ${transport.noun} ahead of their turn and were lost when it died (${how}) running an earlier job`
+          : `the ${transport.noun} ended before the job ran (${how})`
+      )))
+    }
   }
   if (state.closing || slot.closeRequested) return
   if (slot.killedFor === undefined) counters.crashes++

@@ -61,9 +61,11 @@ const fakeTransport = (isolation: InstancePool.Isolation = "thread") => {
       if (auto.failLoad) queueMicrotask(() => instance.die("exit code 1"))
       else if (auto.ready) queueMicrotask(() => instance.ready())
       return {
-        send: (message) => {
+        send: (message, transfer) => {
           if (instance.exited) throw new Error("channel closed")
           instance.sent.push(message)
+          // moved, as a thread's postMessage moves them: detached here
+          for (const buffer of transfer ?? []) structuredClone(buffer, { transfer: [buffer] })
           if (message._tag === "close") queueMicrotask(() => {
             events.message({ _tag: "closed" })
             instance.die("exit code 0")
@@ -244,6 +246,33 @@ describe("InstancePool", () => {
       assert.strictEqual(reasonOf(yield* Fiber.join(waiting))?._tag, "RunFailed")
       assert.include(reasonOf(yield* Fiber.join(queued))?.message ?? "", "another signature")
       assert.strictEqual(reasonOf(yield* Fiber.join(third))?._tag, "ModelUnavailable")
+    }))
+
+  it.effect("a job sent ahead with its inputs moved fails when the instance dies, saying they were lost; a copied one runs on the replacement", () =>
+    Effect.gen(function*() {
+      const { auto, instances, pool } = yield* started({ instances: 1 })
+      auto.ready = true
+      for (const transfer of [true, false]) {
+        const instance = instances[instances.length - 1]!
+        const running = yield* Effect.forkChild(Effect.exit(pool.run(x, "running")), { startImmediately: true })
+        const data = new Float32Array([2])
+        const ahead = yield* Effect.forkChild(Effect.exit(pool.run({ x: Tensor.float32(data, [1, 1]) }, "ahead", { transfer })), { startImmediately: true })
+        assert.strictEqual(data.byteLength, transfer ? 0 : 4, transfer ? "moved" : "copied")
+        instance.die("exit code 7")
+        assert.strictEqual(reasonOf(yield* Fiber.join(running))?._tag, "RunFailed")
+        yield* settle
+        const replacement = instances[instances.length - 1]!
+        if (transfer) {
+          const error = reasonOf(yield* Fiber.join(ahead))
+          assert.strictEqual(error?._tag, "RunFailed")
+          assert.include(error?.message ?? "", "inputs were moved (transferred) to the fake ahead of their turn and were lost when it died (exit code 7)")
+          assert.deepStrictEqual(replacement.runs(), [], "nothing was sent again")
+        } else {
+          assert.strictEqual(replacement.runs().length, 1, "the copied job went to the replacement")
+          replacement.reply(replacement.runs()[0]!, 3)
+          assert.isTrue(Exit.isSuccess(yield* Fiber.join(ahead)))
+        }
+      }
     }))
 
   it.effect("replacements back off exponentially; once they are spent the pool is unavailable and waiting jobs fail", () =>
