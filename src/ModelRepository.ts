@@ -19,8 +19,8 @@
  * known one (`unknown key "batchng" (did you mean "batching"?)`).
  *
  * Model names must match `modelNamePattern`; directories that do not are listed in `ignored`.
- * Nothing is ever resolved outside the root: a model file whose real path (symlinks followed)
- * leaves the root is unavailable. A missing or empty model file, or an invalid config.json,
+ * Nothing is ever resolved outside the root: a model file or config.json whose real path
+ * (symlinks followed) leaves the root makes the model unavailable, and nothing of it is read. A missing or empty model file, or an invalid config.json,
  * makes that model (every version of it, for the config) `Unavailable` with a reason; the other
  * models are unaffected. Whether the file is a loadable ONNX model is decided later, by the
  * runtime that loads it.
@@ -477,11 +477,30 @@ const isDirectory = async (path: string): Promise<boolean> => {
   }
 }
 
-/** Reads and decodes config.json; undefined config means "absent", a string is the reason it is invalid. */
-const readConfig = async (dir: string, overrides: Partial<Defaults>): Promise<ModelConfig | string> => {
+/**
+ * Why `text` is not JSON, naming where (line and column) but quoting none of it: the parser's
+ * own message quotes the text around the error.
+ */
+export const jsonSyntaxError = (text: string, error: unknown): string => {
+  const message = error instanceof Error ? error.message : ""
+  if (/Unexpected end of JSON input/.test(message)) return "invalid JSON: it ends too early"
+  const position = /at position (\d+)/.exec(message)
+  if (position === null) return "invalid JSON"
+  const before = text.slice(0, Number(position[1]))
+  const line = before.split("\n").length
+  return `invalid JSON at line ${line} column ${before.length - before.lastIndexOf("\n")}`
+}
+
+/**
+ * Reads and decodes config.json (the defaults when there is none); a string is the reason it is
+ * invalid. Like model.onnx, it is read only where its real path (symlinks followed) lies inside `root`.
+ */
+const readConfig = async (root: string, dir: string, overrides: Partial<Defaults>): Promise<ModelConfig | string> => {
   let text: string
   try {
-    text = await Fs.readFile(Path.join(dir, configFileName), "utf8")
+    const real = await Fs.realpath(Path.join(dir, configFileName))
+    if (!inside(root, real)) return `${configFileName} resolves outside the model repository`
+    text = await Fs.readFile(real, "utf8")
   } catch (e) {
     if ((e as { code?: unknown }).code === "ENOENT") {
       const config = Effect.runSync(decodeConfig({}, overrides))
@@ -494,7 +513,7 @@ const readConfig = async (dir: string, overrides: Partial<Defaults>): Promise<Mo
   try {
     json = JSON.parse(text)
   } catch (e) {
-    return `${configFileName}: invalid JSON (${e instanceof Error ? e.message : String(e)})`
+    return `${configFileName}: ${jsonSyntaxError(text, e)}`
   }
   const decoded = Effect.runSync(Effect.result(decodeConfig(json, overrides)))
   if (decoded._tag === "Failure") return `${configFileName}: ${decoded.failure.message.replace(/\n\s*/g, " ")}`
@@ -549,7 +568,7 @@ const scanModel = async (root: string, name: string, overrides: Partial<Defaults
   const files = versions.length === 0
     ? [{ version: "1", file: Path.join(realDir, modelFileName) }]
     : versions.map((version) => ({ version, file: Path.join(realDir, version, modelFileName) }))
-  const config = await readConfig(realDir, overrides)
+  const config = await readConfig(root, realDir, overrides)
   const entries: Array<Entry> = []
   for (const { file, version } of files) {
     if (typeof config === "string") {

@@ -119,6 +119,26 @@ describe("ModelRepository", () => {
     })
   })
 
+  describe("jsonSyntaxError", () => {
+    const cases: ReadonlyArray<readonly [string, string]> = [
+      ["{ instances: 2", "invalid JSON at line 1 column 3"],
+      ["{\n  \"instances\": 2,\n}", "invalid JSON at line 3 column 1"],
+      ["root:x:0:0:root:/root:/bin/bash", "invalid JSON"],
+      ["{\"instances\": 2", "invalid JSON at line 1 column 16"],
+      ["", "invalid JSON: it ends too early"],
+      ["{} secret", "invalid JSON at line 1 column 4"]
+    ]
+    it.each(cases)("%j: %s", (text, expected) => {
+      let error: unknown
+      try {
+        JSON.parse(text)
+      } catch (e) {
+        error = e
+      }
+      assert.strictEqual(ModelRepository.jsonSyntaxError(text, error), expected)
+    })
+  })
+
   describe("model names", () => {
     it("accepts safe names and rejects anything that could leave the repository", () => {
       for (const name of ["mlp", "silero_vad", "resnet-50.v2", "A1", "0"]) assert.isTrue(ModelRepository.isValidModelName(name), name)
@@ -224,6 +244,27 @@ describe("ModelRepository", () => {
         for (const e of repository.entries) {
           if (e._tag === "Found") assert.isTrue(e.path.startsWith(repository.root + Path.sep), e.path)
         }
+      }))
+
+    it.effect("reads no config.json whose real path leaves the root, and quotes none of it in the reason", () =>
+      Effect.gen(function*() {
+        const outside = yield* tempDirectory({ "config.json": JSON.stringify({ instances: 3 }), "passwd": "root:x:0:0:root:/root:/bin/bash\n" })
+        const root = yield* tempRepository({
+          "cfgout/model.onnx": onnx,
+          "cfgout/config.json": { symlink: Path.join(outside, "config.json") },
+          "cfgsecret/model.onnx": onnx,
+          "cfgsecret/config.json": { symlink: Path.join(outside, "passwd") },
+          "cfgin/model.onnx": onnx,
+          "cfgin/config.json": { symlink: "../shared.json" },
+          "shared.json/x": "a directory, so not a model's config",
+          "cfgnotjson/model.onnx": onnx,
+          "cfgnotjson/config.json": "root:x:0:0:root:/root:/bin/bash\n"
+        })
+        const repository = yield* ModelRepository.scan(root)
+        assert.strictEqual(reasonOf(entry(repository, "cfgout", "1")), "config.json resolves outside the model repository")
+        assert.strictEqual(reasonOf(entry(repository, "cfgsecret", "1")), "config.json resolves outside the model repository")
+        assert.include(reasonOf(entry(repository, "cfgin", "1")), "config.json: cannot be read", "a link inside the root is followed")
+        assert.strictEqual(reasonOf(entry(repository, "cfgnotjson", "1")), "config.json: invalid JSON")
       }))
 
     it.effect("fails with RepositoryError only when the root cannot be read", () =>
