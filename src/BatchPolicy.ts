@@ -31,9 +31,9 @@ export interface BatchingConfig {
    * arrivals, or once the delay is spent.
    */
   readonly sizing: Sizing
-  /** Batch axis per input; inputs not listed batch on axis 0. */
+  /** Batch axis per input; inputs not listed batch on axis 0. From `resolve`, an object without a prototype. */
   readonly inputAxes: Readonly<Record<string, Axis>>
-  /** Batch axis per output; outputs not listed batch on axis 0. */
+  /** Batch axis per output; outputs not listed batch on axis 0. From `resolve`, an object without a prototype. */
   readonly outputAxes: Readonly<Record<string, Axis>>
 }
 
@@ -65,6 +65,9 @@ export const ConfigJson = Schema.Struct({
 
 export type ConfigJson = typeof ConfigJson.Type
 
+const ownAxes = (axes: Readonly<Record<string, Axis>> | undefined): Readonly<Record<string, Axis>> =>
+  Object.assign(Object.create(null) as Record<string, Axis>, axes)
+
 /** What a model declares: each input's and output's dims (-1 = dynamic). */
 export interface Signature {
   readonly inputs: ReadonlyArray<{ readonly name: string; readonly dims: ReadonlyArray<number> }>
@@ -78,8 +81,9 @@ export interface Signature {
  */
 export const resolve = (json: ConfigJson | undefined, signature: Signature): Effect.Effect<BatchingConfig, string> =>
   Effect.suspend(() => {
-    const inputAxes = json?.inputAxes ?? {}
-    const outputAxes = json?.outputAxes ?? {}
+    // Without a prototype: a lookup by a tensor's name ("constructor", "toString") finds only what config.json set.
+    const inputAxes = ownAxes(json?.inputAxes)
+    const outputAxes = ownAxes(json?.outputAxes)
     for (const name of Object.keys(inputAxes)) {
       if (!signature.inputs.some((i) => i.name === name)) return Effect.fail(`batching.inputAxes names unknown input ${JSON.stringify(name)}`)
     }

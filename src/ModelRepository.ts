@@ -124,10 +124,11 @@ const checkProviderObject = (o: { readonly [key: string]: unknown }): string | t
   if (typeof name !== "string") return `an execution provider object needs a "name" (one of ${knownExecutionProviders.join(", ")})`
   const lower = name.toLowerCase()
   if (!knownExecutionProviders.includes(lower)) return `unknown execution provider ${JSON.stringify(name)} (onnxruntime knows ${knownExecutionProviders.join(", ")})`
-  const allowed = providerOptions[lower] ?? {}
+  // own keys only: an option named like an Object.prototype member ("valueOf") is unknown, not a function
+  const allowed = Object.hasOwn(providerOptions, lower) ? providerOptions[lower]! : {}
   for (const [key, value] of Object.entries(o)) {
     if (key === "name") continue
-    const check = allowed[key]
+    const check = Object.hasOwn(allowed, key) ? allowed[key] : undefined
     if (check === undefined) {
       const known = Object.keys(allowed)
       return `${lower}: unknown option ${JSON.stringify(key)} (${known.length === 0 ? "it takes none here" : `it takes ${known.join(", ")}`})`

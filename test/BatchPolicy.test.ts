@@ -92,6 +92,18 @@ describe("BatchPolicy.resolve", () => {
       assert.strictEqual(Duration.toMillis(c.maxQueueDelay), 2)
     }))
 
+  it.effect("a tensor named like an Object.prototype member batches on axis 0 unless config.json says otherwise", () =>
+    Effect.gen(function*() {
+      const odd = { inputs: [{ name: "constructor", dims: [-1, 3] }, { name: "valueOf", dims: [-1] }], outputs: [{ name: "toString", dims: [-1, 3] }] }
+      const c = yield* BatchPolicy.resolve(undefined, odd)
+      assert.isTrue(c.enabled)
+      assert.isUndefined(c.inputAxes["constructor"])
+      assert.isUndefined(c.outputAxes["toString"])
+      const set = yield* BatchPolicy.resolve({ inputAxes: { valueOf: null } }, odd)
+      assert.isNull(set.inputAxes["valueOf"])
+      assert.isUndefined(set.inputAxes["constructor"])
+    }))
+
   it.effect("takes learned sizing, and sizes are fixed without it", () =>
     Effect.gen(function*() {
       assert.strictEqual((yield* BatchPolicy.resolve({ sizing: "learned", maxQueueDelayMs: 5 }, mlp)).sizing, "learned")

@@ -92,6 +92,24 @@ describe("ModelRepository", () => {
       assert.strictEqual(ModelRepository.editDistance("kitten", "sitting"), 3)
     })
 
+    it.effect("refuses provider options named like Object.prototype members as unknown options", () =>
+      Effect.gen(function*() {
+        for (const key of ["valueOf", "hasOwnProperty", "toString", "constructor", "__proto__"]) {
+          const provider = JSON.parse(`{"name": "cpu", ${JSON.stringify(key)}: true}`) as unknown
+          const error = yield* Effect.flip(ModelRepository.decodeConfig({ executionProviders: [provider] }))
+          assert.strictEqual(error._tag, "SchemaError", key)
+          assert.include(error.message, `cpu: unknown option ${JSON.stringify(key)} (it takes useArena)`)
+        }
+        const root = yield* tempRepository({
+          "m/2/model.onnx": onnx,
+          "m/3/model.onnx": onnx,
+          "m/config.json": JSON.stringify({ executionProviders: [{ name: "cpu", valueOf: true }] })
+        })
+        const repository = yield* ModelRepository.scan(root)
+        assert.deepStrictEqual(repository.entries.map((e) => e.version), ["2", "3"], "each version listed, with the reason")
+        assert.include(reasonOf(entry(repository, "m", "3")), `config.json: cpu: unknown option "valueOf"`)
+      }))
+
     it.effect("uses the caller's defaults under the file's values", () =>
       Effect.gen(function*() {
         const config = yield* ModelRepository.decodeConfig({ intraOpNumThreads: 2 }, { instances: 4, intraOpNumThreads: 3 })
