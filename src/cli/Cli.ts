@@ -18,7 +18,6 @@
 import { Duration, Effect, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Fs from "node:fs"
-import * as NodePath from "node:path"
 import * as ServerConfig from "../http/ServerConfig.ts"
 import * as Priority from "../Priority.ts"
 import { fail, name } from "./CliCommon.ts"
@@ -99,7 +98,7 @@ export const infer = Command.make("infer", {
   const concurrency = Option.getOrUndefined(flags.concurrency)
   if (concurrency !== undefined && concurrency < 1) return fail("--concurrency must be at least 1", 2)
   if (flags.input !== "-" && !isReadable(flags.input)) return fail(`--input ${JSON.stringify(flags.input)}: no such file (- reads standard input)`, 2)
-  if (flags.input !== "-" && flags.output !== "-" && NodePath.resolve(flags.input) === NodePath.resolve(flags.output)) {
+  if (flags.input !== "-" && flags.output !== "-" && isSameFile(flags.input, flags.output)) {
     return fail("--output must not be the --input file", 2)
   }
   if (flags.resume && flags.output === "-") return fail("--resume needs an --output file to resume, not standard output", 2)
@@ -156,6 +155,20 @@ export const infer = Command.make("infer", {
 const isReadable = (path: string): boolean => {
   try {
     return !Fs.statSync(path).isDirectory()
+  } catch {
+    return false
+  }
+}
+
+/**
+ * True when `output` names the regular file `input` names, by any name: the same path, a
+ * symbolic link or a hard link (same device and inode). An output that does not exist yet is not.
+ */
+export const isSameFile = (input: string, output: string): boolean => {
+  try {
+    const a = Fs.statSync(input)
+    const b = Fs.statSync(output)
+    return a.isFile() && a.dev === b.dev && a.ino === b.ino
   } catch {
     return false
   }

@@ -81,6 +81,26 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.strictEqual(Fs.readFileSync(file, "utf8"), mlpRecord(1))
   }, 30_000)
 
+  it("refuses an --output that is the --input file by another name (a symbolic or a hard link), leaving the input whole", async () => {
+    const input = Path.join(dir, "linked.ndjson")
+    Fs.writeFileSync(input, mlpRecord(1))
+    const symbolic = Path.join(dir, "linked.symlink.ndjson")
+    const hard = Path.join(dir, "linked.hardlink.ndjson")
+    Fs.rmSync(symbolic, { force: true })
+    Fs.rmSync(hard, { force: true })
+    Fs.symlinkSync(input, symbolic)
+    Fs.linkSync(input, hard)
+    const [viaSymlink, viaHardLink] = await Promise.all([
+      run(["infer", "--model", "mlp", "--input", input, "--output", symbolic, "--models", models]),
+      run(["infer", "--model", "mlp", "--input", input, "--output", hard, "--models", models, "--resume"])
+    ])
+    for (const result of [viaSymlink, viaHardLink]) {
+      assert.strictEqual(result.code, 2, result.stderr)
+      assert.include(result.stderr, "--output must not be the --input file")
+    }
+    assert.strictEqual(Fs.readFileSync(input, "utf8"), mlpRecord(1))
+  }, 30_000)
+
   it("--help lists every environment variable; serve's flags are documented by the same help as infer's", async () => {
     const [infer, serve] = await Promise.all([run(["infer", "--help"]), run(["serve", "--help"])])
     for (const variable of ["MAX_CONCURRENT_REQUESTS", "MAX_QUEUED_REQUESTS", "QUEUE_TIMEOUT_MS", "ENABLE_PRIORITY_QUEUE", "AGING_MS", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_BSP_SCHEDULE_DELAY", "OTEL_METRIC_EXPORT_INTERVAL", "OTEL_SDK_DISABLED"]) {
