@@ -31,7 +31,8 @@
  *   process is gone. A job whose deadline passed while it waited is failed without being sent.
  *   Threads cannot be stopped mid-run (terminating one aborts the whole process), so a thread
  *   pool ignores `timeout`. A hang without a timeout is never detected.
- * - `close` fails queued jobs with ModelUnavailable, lets the jobs already sent finish and reply,
+ * - `close` fails queued jobs with ModelUnavailable (`closeInto`, for a reload, moves them to the
+ *   new pool instead), lets the jobs already sent finish and reply,
  *   then asks each instance to release its session and exit. The transport's `kill` (a thread's
  *   `terminate()`, a process's SIGKILL) is a last resort after `closeTimeout`.
  *
@@ -201,6 +202,13 @@ export interface InstancePool {
   readonly pids: () => ReadonlyArray<number>
   /** Stops every instance gracefully (see the module doc); idempotent. */
   readonly close: Effect.Effect<void>
+  /**
+   * `close`, for a pool that `next` replaces (a reload): its waiting jobs, never sent, move to
+   * `next`, ahead of what waits there, when `next` takes the same inputs in the same isolation;
+   * otherwise, or without `next`, they fail with ModelUnavailable `reason` (retryable). Jobs
+   * already sent finish here. Idempotent with `close`: the first call decides.
+   */
+  readonly closeInto: (next: InstancePool | undefined, reason: string) => Effect.Effect<void>
 }
 
 /** The model could not be loaded: no instance reported ready. */
@@ -269,6 +277,8 @@ interface Job {
   cancelled: boolean
   /** Its id once sent, and the instance it was sent to. */
   sent: { readonly id: number; readonly slot: Slot } | undefined
+  /** The pool that holds it: the one it was submitted to, or the successor it moved to (`closeInto`). */
+  owner: State
 }
 
 interface Slot {
@@ -716,14 +726,47 @@ const awaitExit = (state: State, slot: Slot): Effect.Effect<void> =>
     })
   )
 
-/** Fails what waits, lets what was sent finish, closes every instance (killing what outlives `closeTimeout`). Idempotent. */
-const close = (state: State): Effect.Effect<void> =>
+/** The state behind each pool `api` made, for `closeInto`. */
+const states = new WeakMap<InstancePool, State>()
+
+/**
+ * Moves the jobs waiting in `state` (never sent) to `next`, ahead of what waits there, when `next`
+ * serves the same inputs in the same isolation; otherwise fails them with ModelUnavailable `reason`.
+ */
+const moveWaiting = (state: State, next: InstancePool | undefined, reason: string): void => {
+  const target = next === undefined ? undefined : states.get(next)
+  if (target === undefined || target.closing || target.broken !== undefined) return failWaiting(state, reason)
+  if (target.transport.isolation !== state.transport.isolation || !sameSpecs(target.first!.inputs, state.first!.inputs)) {
+    return failWaiting(state, `${reason}, with other inputs or isolation: send it again`)
+  }
+  const jobs: Array<Job> = []
+  for (let job = nextJob(state); job !== undefined; job = nextJob(state)) jobs.push(job)
+  if (jobs.length === 0) return
+  for (const job of jobs) {
+    job.owner = target
+    job.state = "queued"
+  }
+  target.waiting.splice(target.head, 0, ...jobs)
+  target.queued += jobs.length
+  for (let slot = roomy(target); slot !== undefined; slot = roomy(target)) {
+    const job = nextJob(target)
+    if (job === undefined) return
+    dispatch(target, slot, job)
+  }
+}
+
+/**
+ * Fails what waits (or, with `handOver`, moves it: `moveWaiting`), lets what was sent finish,
+ * closes every instance (killing what outlives `closeTimeout`). Idempotent.
+ */
+const close = (state: State, handOver?: { readonly next: InstancePool | undefined; readonly reason: string }): Effect.Effect<void> =>
   Effect.suspend(() => {
     if (state.closed !== undefined) return Deferred.await(state.closed)
     const closed = Deferred.makeUnsafe<void>()
     state.closed = closed
     state.closing = true
-    failWaiting(state, "the model pool is closing")
+    if (handOver === undefined) failWaiting(state, "the model pool is closing")
+    else moveWaiting(state, handOver.next, handOver.reason)
     // `all` includes instances still loading; busy ones get their close request when their last job replies.
     const slots = [...state.all]
     for (const slot of slots) if (slot.ready && slot.jobs.length === 0) requestClose(slot)
@@ -782,10 +825,11 @@ const submit = <A>(
       killAtMs: deadlineAtMs === undefined ? undefined : deadlineAtMs + state.killGraceMs,
       state: "new",
       cancelled: false,
-      sent: undefined
+      sent: undefined,
+      owner: state
     }
     enqueue(state, job)
-    return Effect.sync(() => cancel(state, job))
+    return Effect.sync(() => cancel(job.owner, job))
   })
 
 /** The wire form of `inputs`: copied, or the pool's own exact-size buffers moved (with `transfer`, threads only). */
@@ -827,7 +871,8 @@ const decodeGroup = (state: State, requestId: string, reply: Reply): Exit.Exit<R
 const api = (state: State): InstancePool => {
   const { options, transport } = state
   const first = state.first!
-  return {
+  const span = { attributes: { model: options.modelId, version: options.version } }
+  const pool: InstancePool = {
     modelId: options.modelId,
     version: options.version,
     isolation: transport.isolation,
@@ -850,8 +895,11 @@ const api = (state: State): InstancePool => {
       return { instances: options.instances, live: state.live.size, idle: state.live.size - busy, busy, queued: state.queued, starting: state.all.size - state.live.size }
     },
     pids: () => [...state.all].flatMap((slot) => (slot.instance.pid === undefined ? [] : [slot.instance.pid])),
-    close: close(state).pipe(Effect.withSpan(`${transport.spanPrefix}.close`, { attributes: { model: options.modelId, version: options.version } }))
+    close: close(state).pipe(Effect.withSpan(`${transport.spanPrefix}.close`, span)),
+    closeInto: (next, reason) => close(state, { next, reason }).pipe(Effect.withSpan(`${transport.spanPrefix}.close`, span))
   }
+  states.set(pool, state)
+  return pool
 }
 
 /**

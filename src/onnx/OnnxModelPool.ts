@@ -206,8 +206,13 @@ const warnGpuThreads = (repository: ModelRepository.ModelRepository): Effect.Eff
 }
 
 /** Closes a host and forgets it (its runs still going finish first). */
-const release = (loader: Loader, host: InstancePool.InstancePool): Effect.Effect<void> =>
-  Effect.andThen(host.close, Effect.sync(() => {
+const release = (
+  loader: Loader,
+  host: InstancePool.InstancePool,
+  /** A reload: its waiting runs move to `next` (`InstancePool.closeInto`), or fail with `reason`. */
+  handOver?: { readonly next: InstancePool.InstancePool | undefined; readonly reason: string }
+): Effect.Effect<void> =>
+  Effect.andThen(handOver === undefined ? host.close : host.closeInto(handOver.next, handOver.reason), Effect.sync(() => {
     const i = loader.hosts.indexOf(host)
     if (i >= 0) loader.hosts.splice(i, 1)
   }))
@@ -302,7 +307,10 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
 
 /**
  * Scans the repository again and loads `name`'s versions as found; once they are loaded they
- * serve, and the old versions' hosts finish what they run, then close. Fails when the model is
+ * serve, and the old versions' hosts finish what they run, then close. Runs waiting in an old
+ * host (never sent to an instance) move to the same version's new host when it takes the same
+ * inputs in the same isolation; otherwise they fail with ModelUnavailable saying the model was
+ * reloaded (retryable). Fails when the model is
  * not on disk, or when every version failed to load: the swap happens even then (the old hosts
  * close, the model is UNAVAILABLE with the reason).
  */
@@ -322,13 +330,24 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
     const states = yield* Effect.forEach(fresh, (entry) => loadEntry(loader, entry), { concurrency: "unbounded" })
     // The pool began closing while they loaded: the finalizer closes their hosts, and nothing is swapped.
     yield* refuseClosing
-    const old = ModelRepository.versionsOf(state.repository, name).map((e) => state.loaded.get(key(e.name, e.version)))
+    const old = ModelRepository.versionsOf(state.repository, name).map((e) => ({ version: e.version, loaded: state.loaded.get(key(e.name, e.version)) }))
     // The swap: the new versions serve from here on; the old hosts finish what they run, then go.
     for (const e of ModelRepository.versionsOf(state.repository, name)) state.loaded.delete(key(e.name, e.version))
     fresh.forEach((e, i) => state.loaded.set(key(e.name, e.version), states[i]!))
     state.repository = { ...state.repository, entries: [...state.repository.entries.filter((e) => e.name !== name), ...fresh].sort(byNameThenVersion) }
     state.unloading.delete(name)
-    yield* Effect.forEach(old, (s) => (s?._tag === "Ready" ? release(loader, s.host) : Effect.void), { concurrency: "unbounded", discard: true })
+    // A run still waiting in an old host (never sent) moves to the same version's new host, or fails saying why it cannot.
+    yield* Effect.forEach(old, ({ loaded, version }) => {
+      if (loaded?._tag !== "Ready") return Effect.void
+      const next = ModelRepository.lookup(state.repository, name, version)
+      const now = next === undefined ? undefined : state.loaded.get(key(next.name, next.version))
+      const reason = now === undefined
+        ? `the model was reloaded without version ${version}`
+        : now._tag === "Unavailable"
+        ? `the model was reloaded and version ${version} is UNAVAILABLE: ${now.reason}`
+        : "the model was reloaded while this run waited"
+      return release(loader, loaded.host, { next: now?._tag === "Ready" ? now.host : undefined, reason })
+    }, { concurrency: "unbounded", discard: true })
     const failed = states.find((s) => s._tag === "Unavailable")
     if (failed !== undefined && failed._tag === "Unavailable" && states.every((s) => s._tag === "Unavailable")) {
       return yield* new InferenceError.ModelUnavailable({ modelId: name, reason: failed.reason })

@@ -336,6 +336,59 @@ describe("InstancePool", () => {
       assert.strictEqual(a!.runs().length, 1)
     }))
 
+  it.effect("closeInto a successor moves the jobs never sent to it, in order; jobs sent finish where they are", () =>
+    Effect.gen(function*() {
+      const old = yield* started({ instances: 1 })
+      const [a] = old.instances
+      const fibers = []
+      for (let i = 0; i < 5; i++) fibers.push(yield* Effect.forkChild(Effect.exit(old.pool.run(x, `r${i}`)), { startImmediately: true }))
+      assert.strictEqual(old.pool.stats().queued, 3)
+      const next = yield* started({ instances: 1 })
+      const [b] = next.instances
+      const closing = yield* Effect.forkChild(old.pool.closeInto(next.pool, "reloaded"), { startImmediately: true })
+      assert.strictEqual(old.pool.stats().queued, 0)
+      assert.strictEqual(b!.runs().length, 2, "the first two moved jobs went to the new instance at once")
+      assert.strictEqual(next.pool.stats().queued, 1)
+      // the one still waiting in the successor is withdrawn there when its caller leaves
+      yield* Fiber.interrupt(fibers[4]!)
+      assert.strictEqual(next.pool.stats().queued, 0)
+      for (const id of b!.runs()) b!.reply(id, 20 + id)
+      for (const id of a!.runs()) a!.reply(id, 10 + id)
+      yield* Fiber.join(closing)
+      const values = []
+      for (const f of fibers.slice(0, 4)) {
+        const exit = yield* Fiber.join(f)
+        assert.isTrue(Exit.isSuccess(exit), String(exit))
+        if (Exit.isSuccess(exit)) values.push((exit.value.outputs["y"]!.data as Float32Array)[0])
+      }
+      assert.deepStrictEqual(values, [10, 11, 20, 21], "r0 and r1 ran on the old instance, r2 and r3 on the new one, in order")
+      assert.isTrue(a!.exited)
+    }))
+
+  it.effect("closeInto a successor with other inputs fails the waiting jobs with the reason", () =>
+    Effect.gen(function*() {
+      const old = yield* started({ instances: 1 })
+      const fibers = []
+      for (let i = 0; i < 3; i++) fibers.push(yield* Effect.forkChild(Effect.exit(old.pool.run(x, `r${i}`)), { startImmediately: true }))
+      const fake = fakeTransport()
+      const starting = yield* Effect.forkChild(InstancePool.start(options({ instances: 1 }), fake.transport), { startImmediately: true })
+      yield* settle
+      fake.instances[0]!.events.message({
+        _tag: "ready",
+        deviceUsed: "cpu",
+        fallbacks: [],
+        inputs: [{ name: "x", dtype: "float32", dims: [-1, 2] }],
+        outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }],
+        loadMs: 1
+      })
+      const next = yield* Fiber.join(starting)
+      yield* Effect.forkChild(old.pool.closeInto(next, "the model was reloaded while this run waited"), { startImmediately: true })
+      const waiting = reasonOf(yield* Fiber.join(fibers[2]!))
+      assert.strictEqual(waiting?._tag, "ModelUnavailable")
+      assert.include(waiting?.message ?? "", "the model was reloaded while this run waited, with other inputs or isolation: send it again")
+      assert.deepStrictEqual(fake.instances[0]!.runs(), [])
+    }))
+
   it.effect("close fails what waits, lets what was sent finish, and kills an instance that outlives closeTimeout", () =>
     Effect.gen(function*() {
       const counters = InstancePool.makeCounters()

@@ -143,6 +143,31 @@ describe("OnnxModelPool lifecycle", () => {
       assert.strictEqual((yield* pool.models)[0]?.state, "READY")
     }))
 
+  it.live("a reload moves the runs waiting in the old host to the new one: none fails", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1 }) })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, modelControl: "explicit", loadModels: ["mlp"] }))
+      // busy for longer than the reload takes: the swap happens while the runs wait in the old host
+      const busy = yield* Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms: 2_500 }, { requestId: "busy" }), { startImmediately: true })
+      const ahead = yield* Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms: 10 }, { requestId: "ahead" }), { startImmediately: true })
+      const waiting = yield* Effect.forEach([1, 2, 3], (i) => Effect.forkChild(Effect.exit(pool.run("mlp", mlpInputs(i), { requestId: `waiting-${i}` })), { startImmediately: true }))
+      yield* Effect.sleep(20)
+      assert.strictEqual(pool.stats("mlp")?.queued, 3)
+      const load = yield* Effect.forkChild(quiet(pool.load!("mlp")), { startImmediately: true })
+      yield* eventually("the new instance loaded", () => pool.counters.sessionsOpened === 2)
+      assert.isUndefined(busy.pollUnsafe(), "the old instance is still busy at the swap")
+      yield* Fiber.join(load)
+      for (const [i, fiber] of waiting.entries()) {
+        const exit = yield* Fiber.join(fiber)
+        assert.isTrue(Exit.isSuccess(exit), String(exit))
+        if (Exit.isSuccess(exit)) assert.deepStrictEqual(exit.value.outputs["logits"]!.dims, [i + 1, 10])
+      }
+      yield* Fiber.join(busy)
+      yield* Fiber.join(ahead)
+      assert.strictEqual(pool.counters.workersSpawned, 2)
+      yield* eventually("the old instance exited", () => pool.counters.workersExited === 1)
+    }))
+
   it.live("a load after the pool's scope closed is refused and starts nothing", () =>
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 2 }) })
