@@ -77,7 +77,9 @@ export interface Signature {
 /**
  * Resolves a model's batching from its config.json `batching` object and its signature.
  * Without an explicit `enabled`, batching is on exactly when every batched input and output
- * has a dynamic dim on its batch axis. Fails with a message naming the bad field.
+ * has a dynamic dim on its batch axis. Fails with a message naming the bad field: an axis
+ * `inputAxes`/`outputAxes` names that the tensor does not have, or where its dim is fixed, is
+ * invalid unless `enabled` is false (only axis 0 by default quietly means "cannot batch").
  */
 export const resolve = (json: ConfigJson | undefined, signature: Signature): Effect.Effect<BatchingConfig, string> =>
   Effect.suspend(() => {
@@ -90,17 +92,29 @@ export const resolve = (json: ConfigJson | undefined, signature: Signature): Eff
     for (const name of Object.keys(outputAxes)) {
       if (!signature.outputs.some((o) => o.name === name)) return Effect.fail(`batching.outputAxes names unknown output ${JSON.stringify(name)}`)
     }
+    // Why a tensor cannot batch on its axis: on the default axis 0, the model just does not batch;
+    // on an axis config.json names, the value is wrong.
     const problems: Array<string> = []
+    const invalid: Array<string> = []
     const check = (kind: string, specs: Signature["inputs"], axes: Readonly<Record<string, Axis>>) => {
       for (const spec of specs) {
-        const axis = axes[spec.name] === undefined ? 0 : axes[spec.name]!
+        const listed = axes[spec.name] !== undefined
+        const axis = listed ? axes[spec.name]! : 0
         if (axis === null) continue
-        if (axis >= spec.dims.length) problems.push(`${kind} ${spec.name} has rank ${spec.dims.length}, no axis ${axis}`)
-        else if (spec.dims[axis] !== -1) problems.push(`${kind} ${spec.name} has a fixed dim ${spec.dims[axis]} on batch axis ${axis}`)
+        const noAxis = axis >= spec.dims.length
+        if (!noAxis && spec.dims[axis] === -1) continue
+        problems.push(noAxis
+          ? `${kind} ${spec.name} has rank ${spec.dims.length}, no axis ${axis}`
+          : `${kind} ${spec.name} has a fixed dim ${spec.dims[axis]} on batch axis ${axis}`)
+        if (listed) {
+          invalid.push(`batching.${kind}Axes.${spec.name} is ${axis}, but the ${kind} ` +
+            (noAxis ? `has rank ${spec.dims.length}` : `fixes that dim at ${spec.dims[axis]}`))
+        }
       }
     }
     check("input", signature.inputs, inputAxes)
     check("output", signature.outputs, outputAxes)
+    if (invalid.length > 0 && json?.enabled !== false) return Effect.fail(invalid.join("; "))
     const batchable = problems.length === 0 && signature.inputs.some((i) => inputAxes[i.name] !== null)
     if (json?.enabled === true && !batchable) {
       return Effect.fail(`batching is enabled but the model cannot batch: ${problems.join("; ") || "no input has a batch axis"}`)

@@ -7,7 +7,9 @@
  * <root>/<model>/config.json             optional, applies to every version of the model
  * ```
  *
- * When a model has version directories, a `model.onnx` beside them is ignored.
+ * When a model has version directories, a `model.onnx` beside them is ignored. Two version
+ * directories of one number ("01" and "1") are both unavailable, saying so (`versionConflicts`);
+ * a directory that starts with a digit but is not all digits ("1a") is listed in `ignored`.
  *
  * `config.json` is decoded with Schema (`ConfigJson`); an unknown execution provider name or
  * provider option makes it invalid, and so does a GPU model in threads with several instances
@@ -422,7 +424,10 @@ export interface ModelRepository {
   readonly root: string
   /** Every model version, by name, then by version number. */
   readonly entries: ReadonlyArray<Entry>
-  /** Directories that are not models (unsafe names), with the reason. */
+  /**
+   * Directories that are not models (unsafe names), and directories of a model that look like
+   * versions but are not (`m/1a`), with the reason.
+   */
   readonly ignored: ReadonlyArray<{ readonly name: string; readonly reason: string }>
 }
 
@@ -556,24 +561,52 @@ const checkFile = async (root: string, file: string): Promise<{ readonly path: s
   return { path: real }
 }
 
-const scanModel = async (root: string, name: string, overrides: Partial<Defaults>): Promise<Array<Entry>> => {
+type Ignored = { readonly name: string; readonly reason: string }
+
+/**
+ * Why each version directory that names the same number as another ("01" and "1") is refused,
+ * by directory: lookups find versions by number, so one would shadow the other.
+ */
+export const versionConflicts = (versions: ReadonlyArray<string>): ReadonlyMap<string, string> => {
+  const byNumber = new Map<bigint, Array<string>>()
+  for (const v of versions) {
+    const n = BigInt(v)
+    const same = byNumber.get(n)
+    if (same === undefined) byNumber.set(n, [v])
+    else same.push(v)
+  }
+  const conflicts = new Map<string, string>()
+  for (const [n, same] of byNumber) {
+    if (same.length < 2) continue
+    const reason = `version directories ${same.join(" and ")} are ${same.length === 2 ? "both" : "all"} version ${n}: keep one`
+    for (const v of same) conflicts.set(v, reason)
+  }
+  return conflicts
+}
+
+const scanModel = async (root: string, name: string, overrides: Partial<Defaults>): Promise<{ entries: Array<Entry>; ignored: Array<Ignored> }> => {
   const dir = Path.join(root, name)
   const realDir = await Fs.realpath(dir)
-  if (!inside(root, realDir)) return [{ _tag: "Unavailable", name, version: "1", reason: `${name}/ resolves outside the model repository` }]
+  if (!inside(root, realDir)) return { entries: [{ _tag: "Unavailable", name, version: "1", reason: `${name}/ resolves outside the model repository` }], ignored: [] }
   const children = await Fs.readdir(realDir)
   const versions: Array<string> = []
+  const ignored: Array<Ignored> = []
   for (const child of children) {
-    if (versionPattern.test(child) && (await isDirectory(Path.join(realDir, child)))) versions.push(child)
+    if (!/^[0-9]/.test(child) || !(await isDirectory(Path.join(realDir, child)))) continue
+    if (versionPattern.test(child)) versions.push(child)
+    else ignored.push({ name: `${name}/${child}`, reason: "not a version directory (a version is decimal digits only)" })
   }
   versions.sort(compareVersions)
+  const conflicts = versionConflicts(versions)
   const files = versions.length === 0
     ? [{ version: "1", file: Path.join(realDir, modelFileName) }]
     : versions.map((version) => ({ version, file: Path.join(realDir, version, modelFileName) }))
   const config = await readConfig(root, realDir, overrides)
   const entries: Array<Entry> = []
   for (const { file, version } of files) {
-    if (typeof config === "string") {
-      entries.push({ _tag: "Unavailable", name, version, reason: config })
+    const conflict = conflicts.get(version)
+    if (typeof config === "string" || conflict !== undefined) {
+      entries.push({ _tag: "Unavailable", name, version, reason: conflict ?? (config as string) })
       continue
     }
     const checked = await checkFile(root, file)
@@ -581,7 +614,7 @@ const scanModel = async (root: string, name: string, overrides: Partial<Defaults
       ? { _tag: "Found", name, version, path: checked.path, config }
       : { _tag: "Unavailable", name, version, reason: checked.reason.replaceAll(Path.sep, "/") })
   }
-  return entries
+  return { entries, ignored }
 }
 
 /**
@@ -606,7 +639,9 @@ export const scan = (
           continue
         }
         try {
-          entries.push(...(await scanModel(realRoot, name, options.defaults ?? {})))
+          const model = await scanModel(realRoot, name, options.defaults ?? {})
+          entries.push(...model.entries)
+          ignored.push(...model.ignored)
         } catch (e) {
           entries.push({ _tag: "Unavailable", name, version: "1", reason: `${name}/: ${errorText(e)}` })
         }

@@ -104,6 +104,11 @@ describe("BatchPolicy.resolve", () => {
       assert.isUndefined(set.inputAxes["constructor"])
     }))
 
+  it.effect("leaves an invalid axis alone when batching is disabled", () =>
+    Effect.gen(function*() {
+      assert.isFalse((yield* BatchPolicy.resolve({ enabled: false, inputAxes: { input: 5 } }, mlp)).enabled)
+    }))
+
   it.effect("takes learned sizing, and sizes are fixed without it", () =>
     Effect.gen(function*() {
       assert.strictEqual((yield* BatchPolicy.resolve({ sizing: "learned", maxQueueDelayMs: 5 }, mlp)).sizing, "learned")
@@ -114,6 +119,8 @@ describe("BatchPolicy.resolve", () => {
   const errors: ReadonlyArray<readonly [string, BatchPolicy.ConfigJson, RegExp]> = [
     ["enabling a model that cannot batch", { enabled: true }, /fixed dim 1 on batch axis 0/],
     ["an axis for an unknown input", { inputAxes: { nope: 0 } }, /unknown input "nope"/],
+    ["an input axis beyond the input's rank", { inputAxes: { input: 5 } }, /^batching\.inputAxes\.input is 5, but the input has rank 2$/],
+    ["an output axis on a fixed dim", { outputAxes: { logits: 1 } }, /^batching\.outputAxes\.logits is 1, but the output fixes that dim at 10$/],
     ["a preferred size above the maximum", { maxBatchSize: 4, preferredBatchSizes: [8] }, /above maxBatchSize 4/],
     ["preferred sizes with learned sizing", { sizing: "learned", preferredBatchSizes: [16, 8] }, /sizing "learned" chooses batch sizes itself: leave out batching.preferredBatchSizes \(8, 16\)/]
   ]

@@ -209,6 +209,33 @@ describe("ModelRepository", () => {
         assert.deepStrictEqual(repository.ignored, [])
       }))
 
+    it.effect("refuses two version directories of one number, and lists a directory that only looks like a version", () =>
+      Effect.gen(function*() {
+        const root = yield* tempRepository({
+          "m/01/model.onnx": onnx,
+          "m/1/model.onnx": onnx,
+          "m/2/model.onnx": onnx,
+          "m/1a/model.onnx": onnx,
+          "m/assets/vocab.txt": "not a version, not listed",
+          "lone/02/model.onnx": onnx
+        })
+        const repository = yield* ModelRepository.scan(root)
+        assert.deepStrictEqual(repository.entries.filter((e) => e.name === "m").map((e) => [e.version, e._tag]), [
+          ["01", "Unavailable"],
+          ["1", "Unavailable"],
+          ["2", "Found"]
+        ])
+        assert.strictEqual(reasonOf(entry(repository, "m", "1")), "version directories 01 and 1 are both version 1: keep one")
+        assert.strictEqual(entry(repository, "lone", "02")._tag, "Found", "a lone 02 is version 2")
+        assert.deepStrictEqual(repository.ignored, [{ name: "m/1a", reason: "not a version directory (a version is decimal digits only)" }])
+      }))
+
+    it("versionConflicts names every directory of a number that several share", () => {
+      assert.deepStrictEqual([...ModelRepository.versionConflicts(["1", "2", "3"])], [])
+      assert.deepStrictEqual([...ModelRepository.versionConflicts(["0", "00", "000", "5"]).keys()], ["0", "00", "000"])
+      assert.strictEqual(ModelRepository.versionConflicts(["0", "00", "000"]).get("00"), "version directories 0 and 00 and 000 are all version 0: keep one")
+    })
+
     it.effect("reports a missing, empty or non-file model and an invalid config.json as Unavailable with a reason", () =>
       Effect.gen(function*() {
         const root = yield* tempRepository({
