@@ -11,7 +11,9 @@
  * One region per direction, and it is used by one job at a time: the host places a job's inputs
  * there only while no other placed job awaits its reply, and the child places a reply there only
  * for a job whose inputs came that way (the host reads it on arrival, before it can send the next).
- * Everything else, string tensors included, goes through the pipe as before.
+ * Everything else, string tensors included, goes through the pipe as before. A placement whose
+ * byte length is not its dims' element count times its dtype's size is refused when read (the
+ * host fails that run with RunFailed), so a wrong reply never comes back as a tensor.
  *
  * Runs in the child directly under Node (type stripping): node builtins and `Tensor.ts` only.
  *
@@ -67,11 +69,33 @@ export const write = (fd: number, tensors: Tensor.TensorMap, start = 0): { reado
   return { placed, end: offset }
 }
 
-/** Reads tensors placed by `write`, each into exact-size memory of its own. Throws if the file is short. */
+/**
+ * Why `p` cannot describe a tensor, or undefined: its dims must be non-negative integers whose
+ * element count times the dtype's size is exactly its byte length, at a non-negative offset.
+ */
+export const placementError = (p: Placed): string | undefined => {
+  const size = Tensor.bytesPerElement(p.dtype)
+  if (size === undefined || !Number.isSafeInteger(p.offset) || p.offset < 0) return `has an invalid placement (dtype ${p.dtype}, offset ${p.offset})`
+  let elements = 1
+  for (const d of p.dims) {
+    if (!Number.isSafeInteger(d) || d < 0) return `has invalid dims [${p.dims.join(", ")}]`
+    elements *= d
+  }
+  return elements * size === p.byteLength
+    ? undefined
+    : `is ${p.byteLength} bytes, but ${p.dtype} dims [${p.dims.join(", ")}] need ${elements * size}`
+}
+
+/**
+ * Reads tensors placed by `write`, each into exact-size memory of its own. Throws if a placement
+ * does not add up (`placementError`) or the file is short.
+ */
 export const read = (fd: number, placed: PlacedMap): Tensor.TensorMap => {
   const out: Record<string, Tensor.Tensor> = {}
   for (const name in placed) {
     const p = placed[name]!
+    const invalid = placementError(p)
+    if (invalid !== undefined) throw new Error(`shared memory: ${name} ${invalid}`)
     // Uninitialised, exact-size memory of its own: every byte is read into it (or it throws).
     const bytes = Buffer.allocUnsafeSlow(p.byteLength)
     let done = 0

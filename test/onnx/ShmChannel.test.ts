@@ -102,6 +102,23 @@ describe("ShmChannel", () => {
       assert.isUndefined(ShmChannel.endsJob({ _tag: "closed" }))
     }))
 
+  it("refuses a placement whose byte length does not match its dims and dtype, before reading anything", () =>
+    withChannel((channel) => {
+      const { placed } = ShmChannel.write(channel.outputFd, { y: big(80, 0) })
+      const y = placed["y"]!
+      const cases: ReadonlyArray<readonly [string, ShmChannel.Placed, string]> = [
+        ["2 bytes short", { ...y, byteLength: y.byteLength - 2 }, "y is 318 bytes, but float32 dims [20, 4] need 320"],
+        ["other dims", { ...y, dims: [1, 3] }, "y is 320 bytes, but float32 dims [1, 3] need 12"],
+        ["a negative dim", { ...y, dims: [-20, -4] }, "y has invalid dims [-20, -4]"],
+        ["a fractional dim", { ...y, dims: [40, 2.5] }, "y has invalid dims [40, 2.5]"],
+        ["a negative offset", { ...y, offset: -8 }, "y has an invalid placement (dtype float32, offset -8)"]
+      ]
+      for (const [what, p, message] of cases) {
+        assert.throws(() => ShmChannel.read(channel.outputFd, { y: p }), `shared memory: ${message}`, what)
+      }
+      assert.deepStrictEqual(ShmChannel.read(channel.outputFd, placed)["y"], big(80, 0), "the placement as written reads back")
+    }))
+
   it("leaves a small reply to the pipe", () =>
     withChannel((channel) => {
       const done: Protocol.FromWorker = { _tag: "done", id: 1, outputs: { y: big(16, 0) }, deviceUsed: "cpu", runMs: 1 }
