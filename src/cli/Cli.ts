@@ -10,8 +10,9 @@
  *   (`src/bin/server.ts`, the same entry point as `npm start`).
  *
  * `--help` on the root or on a command documents it. Exit codes: 0 done, 1 failed (a fatal
- * malformed line, an unknown model, an unreadable repository or file), 2 invalid command line,
- * 130 interrupted.
+ * malformed line, an unknown model, an unreadable repository or file, an output that cannot be
+ * written, standard output's reader gone included: EPIPE is one line, as in GNU `cat`), 2 invalid
+ * command line, 130 interrupted.
  *
  * @module Cli
  */

@@ -117,9 +117,27 @@ export const countLines = (path: string): Effect.Effect<number> =>
     return Effect.sync(() => stream.destroy())
   })
 
+/** How an output is named in messages: its path, or "standard output" for `-`. */
+const outputName = (path: string): string => (path === stdio ? "standard output" : path)
+
+/** The OutputError of a failed stream; EPIPE says that the reader went away (`effect-onnx infer … | head`). */
+const outputError = (path: string, error: Error | undefined): OutputError =>
+  new OutputError({
+    path: outputName(path),
+    reason: error === undefined
+      ? "the output closed"
+      : (error as NodeJS.ErrnoException).code === "EPIPE"
+      ? "the reader closed the pipe (EPIPE)"
+      : error.message
+  })
+
 /**
- * An output file with backpressure; closing it waits for its data to reach the file. `-` is
- * standard output (left open). `resume`: keeps the file's first `keepBytes` and appends.
+ * An output file with backpressure. A write fails with OutputError once the stream has failed
+ * (a full disk, EIO, EPIPE: a reader that closed its end of the pipe), including a write that
+ * waits for the stream to drain. `close` ends the file and waits for its data to reach it (for
+ * `-`, standard output, left open: for what was written to be handed over), failing with the
+ * stream's error if it had one; the scope's release does the same without failing, and neither
+ * waits on a stream that has failed. `resume`: keeps the file's first `keepBytes` and appends.
  */
 const openOutput = (path: string, resume?: { readonly keepBytes: number }) =>
   Effect.acquireRelease(
@@ -135,27 +153,70 @@ const openOutput = (path: string, resume?: { readonly keepBytes: number }) =>
           })()
         const state: { error: Error | undefined } = { error: undefined }
         stream.on("error", (e) => {
-          state.error = e
+          state.error ??= e
         })
         return { stream, state }
       },
-      catch: (e) => new OutputError({ path, reason: e instanceof Error ? e.message : String(e) })
+      catch: (e) => new OutputError({ path: outputName(path), reason: e instanceof Error ? e.message : String(e) })
     }),
-    ({ stream }) =>
-      Effect.callback<void>((resume) => {
-        if (path === stdio) stream.write("", () => resume(Effect.void))
-        else stream.end(() => resume(Effect.void))
-      })
-  ).pipe(Effect.map(({ state, stream }) => ({
-    write: (text: string): Effect.Effect<void, OutputError> =>
-      Effect.callback((resume) => {
-        if (state.error !== undefined) return resume(Effect.fail(new OutputError({ path, reason: state.error.message })))
-        if (stream.write(text)) return resume(Effect.void)
-        stream.once("drain", () => resume(Effect.void))
-      }),
-    /** Writes without waiting (for the final flush, which the close then waits for). */
-    writeNow: (text: string) => void stream.write(text)
-  })))
+    ({ state, stream }) => Effect.ignore(closeOutput(path, stream, state))
+  ).pipe(Effect.map(({ state, stream }) => {
+    // `errored` is set as the stream fails; its "error" event (and so `state.error`) comes a tick later.
+    const failure = () => outputError(path, state.error ?? stream.errored ?? undefined)
+    return {
+      write: (text: string): Effect.Effect<void, OutputError> =>
+        Effect.callback((resume) => {
+          if (state.error !== undefined || stream.destroyed) return resume(Effect.fail(failure()))
+          if (stream.write(text)) return resume(Effect.void)
+          // Waits for the drain, or for the error (or close) after which no drain comes.
+          const settle = () => {
+            unlisten()
+            resume(state.error === undefined && !stream.destroyed ? Effect.void : Effect.fail(failure()))
+          }
+          const unlisten = () => {
+            stream.off("drain", settle)
+            stream.off("error", settle)
+            stream.off("close", settle)
+          }
+          stream.on("drain", settle)
+          stream.on("error", settle)
+          stream.on("close", settle)
+          return Effect.sync(unlisten)
+        }),
+      /** Writes without waiting (for the final flush, which the close then waits for); false once the output has failed. */
+      writeNow: (text: string): boolean => {
+        if (state.error !== undefined || stream.destroyed) return false
+        stream.write(text)
+        return true
+      },
+      /** Ends the output and waits for its data to be written; fails with the stream's error. */
+      close: closeOutput(path, stream, state)
+    }
+  }))
+
+/** Ends `stream` (flushes standard output) and waits until that is done or the stream has failed. */
+const closeOutput = (
+  path: string,
+  stream: import("node:stream").Writable,
+  state: { error: Error | undefined }
+): Effect.Effect<void, OutputError> =>
+  Effect.callback<void, OutputError>((resume) => {
+    let open = true
+    // The callback of `end` / `write` gets the error before the stream emits it.
+    const settle = (error?: Error | null) => {
+      if (!open) return
+      open = false
+      state.error ??= error ?? stream.errored ?? undefined
+      stream.off("error", settle)
+      stream.off("close", settle)
+      resume(state.error === undefined ? Effect.void : Effect.fail(outputError(path, state.error)))
+    }
+    if (state.error !== undefined || stream.destroyed) return settle()
+    stream.on("error", settle)
+    stream.on("close", settle)
+    if (path === stdio) stream.write("", settle)
+    else stream.end(settle)
+  })
 
 /** What `output` already holds, for `resume`: nothing when it does not exist yet. */
 const readResume = (path: string) =>
@@ -241,12 +302,13 @@ export const run = (options: Options) =>
         written++
         return output.write(text)
       }),
+      // Every line was handed to the stream: fails here if one of them could not be written.
+      Effect.andThen(output.close),
       Effect.onExit((exit) =>
         Effect.suspend(() => {
           // Stopped early: what finished after the last line written, still in input order.
           for (const line of [...finished.keys()].sort((a, b) => a - b)) {
-            output.writeNow(finished.get(line)!)
-            written++
+            if (output.writeNow(finished.get(line)!)) written++
           }
           finished.clear()
           if (Exit.isSuccess(exit)) lineCount = read

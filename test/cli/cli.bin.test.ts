@@ -167,6 +167,25 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.include(result.stderr, "model \"nope\" not found")
   }, 60_000)
 
+  it("ends with one line and exit 1 when the output cannot be written: a full device, a reader that closed the pipe", async () => {
+    const input = Path.join(dir, "unwritable.ndjson")
+    Fs.writeFileSync(input, Array.from({ length: 2000 }, (_, i) => mlpRecord(i % 7 + 1)).join("\n") + "\n")
+    /** Waits for the exit; a process still running after 20 s is killed and reported as hung. */
+    const settled = (child: ChildProcess, done: Promise<Run>) => {
+      const timer = setTimeout(() => child.kill("SIGKILL"), 20_000)
+      return done.finally(() => clearTimeout(timer))
+    }
+    const full = start(["infer", "--model", "mlp", "--input", input, "--output", "/dev/full", "--models", models, "--progress", "none"])
+    // `| head -1`: the reader takes the first chunk and goes away.
+    const piped = start(["infer", "--model", "mlp", "--input", input, "--output", "-", "--models", models, "--progress", "none"])
+    piped.child.stdout!.once("data", () => piped.child.stdout!.destroy())
+    const [toFull, toPipe] = await Promise.all([settled(full.child, full.done), settled(piped.child, piped.done)])
+    assert.strictEqual(toFull.code, 1, toFull.stderr)
+    assert.deepStrictEqual(toFull.stderr.trim().split("\n"), ["effect-onnx: cannot write /dev/full: ENOSPC: no space left on device, write"])
+    assert.strictEqual(toPipe.code, 1, toPipe.stderr)
+    assert.deepStrictEqual(toPipe.stderr.trim().split("\n"), ["effect-onnx: cannot write standard output: the reader closed the pipe (EPIPE)"])
+  }, 60_000)
+
   it("on SIGINT stops cleanly: exit 130, the records that finished written in input order", async () => {
     const input = Path.join(dir, "big.ndjson")
     const record = mlpRecord(3)
