@@ -181,10 +181,18 @@ const fromRuntime = (
 
   return {
     infer: (request, options) => run(engine.infer(request), request.requestId, options?.signal),
-    inferResult: (request, options) =>
-      closing !== undefined
-        ? Promise.resolve(InferenceResult.Failed({ requestId: request.requestId, error: shuttingDown(), elapsedMs: 0 }))
-        : runtime.runPromise(engine.inferResult(request, options?.signal)),
+    inferResult: (request, options) => {
+      if (closing !== undefined) return Promise.resolve(InferenceResult.Failed({ requestId: request.requestId, error: shuttingDown(), elapsedMs: 0 }))
+      const startedMs = performance.now()
+      // The engine answers every outcome as a result; only close (the runtime's disposal) interrupts it: ShuttingDown.
+      return runtime.runPromiseExit(engine.inferResult(request, options?.signal)).then((exit) => {
+        if (Exit.isSuccess(exit)) return exit.value
+        if (Cause.hasInterruptsOnly(exit.cause)) {
+          return InferenceResult.Failed({ requestId: request.requestId, error: shuttingDown(), elapsedMs: performance.now() - startedMs })
+        }
+        throw Cause.squash(exit.cause)
+      })
+    },
     inferBatch: (requests, options) => {
       const stream = engine.inferBatch(requests, { cancel: options?.signal, concurrency: options?.concurrency })
       return Stream.toAsyncIterableWith(stream, context)

@@ -151,6 +151,18 @@ describe("InferenceClient", () => {
     await client.close() // idempotent
   })
 
+  it("close answers every inferResult still queued or running with a ShuttingDown result: none rejects", async () => {
+    const { client } = await fakeClient(() => ({ latency: "300 millis" }))
+    const pending = Array.from({ length: 20 }, (_, i) =>
+      client.inferResult(echo(`r${i}`)).then(
+        (result) => (result._tag === "Failed" ? result.error.reason._tag : result._tag),
+        (error: unknown) => `rejected: ${String(error)}`
+      ))
+    await sleep(30)
+    await client.close()
+    assert.deepStrictEqual(await Promise.all(pending), Array.from({ length: 20 }, () => "ShuttingDown"))
+  })
+
   it("close with a grace period lets running requests finish", async () => {
     const { client } = await fakeClient(() => ({ latency: "80 millis" }))
     const running = client.infer(echo("running"))
