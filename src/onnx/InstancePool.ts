@@ -34,7 +34,8 @@
  * - `close` fails queued jobs with ModelUnavailable (`closeInto`, for a reload, moves them to the
  *   new pool instead), lets the jobs already sent finish and reply,
  *   then asks each instance to release its session and exit. The transport's `kill` (a thread's
- *   `terminate()`, a process's SIGKILL) is a last resort after `closeTimeout`.
+ *   `terminate()`, a process's SIGKILL) is a last resort after `closeTimeout`; a thread still
+ *   inside a native run when terminated aborts the whole process (exit 134).
  *
  * Input tensors are copied to the instance (`Tensor.compact` first, so a view into a large
  * buffer does not clone all of it), or moved when `RunOptions.transfer` says the pool may keep

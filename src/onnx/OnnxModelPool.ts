@@ -55,7 +55,11 @@ export interface Options {
    * operations through the ordinary run path (`test/fixtures/TestOps.ts`).
    */
   readonly transports?: Partial<Record<InstancePool.Isolation, InstancePool.Transport>> | undefined
-  /** How long closing waits for an instance to finish before `terminate()` (a thread) or SIGKILL (a process). Default 60 seconds. */
+  /**
+   * How long closing waits for an instance to finish before `terminate()` (a thread) or SIGKILL (a
+   * process). Default 60 seconds. A thread terminated inside a native run aborts the whole process
+   * (exit 134): with threads, keep it above the longest run.
+   */
   readonly closeTimeout?: Duration.Input | undefined
   /** Replacement attempts for a crashed instance (default 5). */
   readonly respawnAttempts?: number | undefined

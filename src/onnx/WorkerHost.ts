@@ -3,7 +3,9 @@
  * `SessionWorker.ts`, inside this process. The cheapest hop, but a native crash in onnxruntime
  * takes the whole process down, and a run cannot be stopped once started: `worker.terminate()`
  * while a thread is inside `session.run` aborts the process. So deadlines are never enforced
- * here (`RunOptions.timeout` is ignored), and `terminate()` is used only after `closeTimeout`.
+ * here (`RunOptions.timeout` is ignored), and `terminate()` is used only after `closeTimeout`:
+ * a worker still inside a native run then aborts the whole process (exit 134), and so would the
+ * process's exit with the run still going, so no safer stop exists for a thread.
  * Output arrays are transferred from the worker, not copied. Sessions on a device that must not
  * run two sessions at once in a process (WebGPU) take turns through this process's `DeviceLock`,
  * which the host frees when a worker exits holding it.
