@@ -130,14 +130,14 @@ describe("OnnxModelPool on a repository with broken models", () => {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1 }) })
       const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, respawnAttempts: 2 }))
       yield* pool.run("mlp", mlpInputs(1), { requestId: "before" })
-      // the file goes bad on disk, then the only worker dies: replacements cannot load
+      // the file goes bad on disk, then the only worker dies: no replacement runs another file than the one loaded
       Fs.writeFileSync(Path.join(repository, "mlp", "model.onnx"), "garbage")
       const crashed = yield* Effect.flip(TestOps.run(pool, "mlp", { _tag: "exit", code: 9 }, { requestId: "crash" }))
       assert.instanceOf(crashed, InferenceError.RunFailed)
       // a request that waits for the replacement fails once the replacement is given up
       const waiting = yield* Effect.flip(pool.run("mlp", mlpInputs(1), { requestId: "waiting" }))
       assert.instanceOf(waiting, InferenceError.ModelUnavailable)
-      assert.match((waiting as InferenceError.ModelUnavailable).reason, /could not be replaced.*exit code 9.*protobuf parsing failed/is)
+      assert.match((waiting as InferenceError.ModelUnavailable).reason, /could not be replaced.*exit code 9.*model\.onnx changed on disk since this version loaded/is)
       const [status] = yield* pool.models
       assert.strictEqual(status!.state, "UNAVAILABLE")
       assert.strictEqual(pool.counters.respawnFailures, 1)
