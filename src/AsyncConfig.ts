@@ -5,7 +5,7 @@
  *
  * @module AsyncConfig
  */
-import { Config, Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import { Config, Context, Duration, Effect, Layer, Option, Result, Schema, SchemaIssue } from "effect"
 import type * as QueuePolicy from "./QueuePolicy.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
@@ -57,6 +57,50 @@ export const decode = (input: unknown): Effect.Effect<AsyncConfig, Schema.Schema
     ...(c.agingMs === undefined ? {} : { aging: c.agingMs })
   })))
 
+const NonNegativeDuration = Schema.Duration.check(
+  Schema.makeFilter((d: Duration.Duration) => !Duration.isNegative(d), { expected: "a duration that is not negative" })
+)
+
+/** An `AsyncConfig` as code gives it (durations as `Duration`s). */
+const Settings = Schema.Struct({
+  maxConcurrentRequests: PositiveInt,
+  maxQueuedRequests: PositiveInt,
+  queueTimeout: NonNegativeDuration,
+  enablePriorityQueue: Schema.Boolean,
+  aging: Schema.optional(AgingMs)
+})
+
+/**
+ * Checks settings given in code: `overrides` over the defaults (a key set to undefined keeps its
+ * default). Fails with a SchemaError naming the field (`maxQueuedRequests`, `aging.High`);
+ * `describeError` puts it on one line.
+ */
+export const validate = (overrides: Partial<AsyncConfig> = {}): Result.Result<AsyncConfig, Schema.SchemaError> => {
+  const merged: Record<string, unknown> = { ...defaults }
+  for (const [key, value] of Object.entries(overrides)) if (value !== undefined) merged[key] = value
+  return Result.map(Schema.decodeUnknownResult(Settings)(merged, { errors: "all", reportInput: true }), () => merged as unknown as AsyncConfig)
+}
+
+/**
+ * A configuration error on one line: each bad setting by its path (the variable for the
+ * environment, `aging.High` for code) with what is wrong, `; `-separated.
+ */
+export const describeError = (error: Config.ConfigError | Schema.SchemaError): string => {
+  const cause = error instanceof Config.ConfigError ? error.cause : error
+  if (!Schema.isSchemaError(cause)) return cause.message.replace(/\s*\n\s*/g, " ")
+  const seen = new Set<string>()
+  const parts: Array<string> = []
+  for (const issue of SchemaIssue.makeFormatterStandardSchemaV1()(cause.issue).issues) {
+    const path = (issue.path ?? []).map(String).join(".")
+    // One message per setting: a union's alternatives would each add theirs.
+    if (seen.has(path)) continue
+    seen.add(path)
+    const message = issue.message.replace(/\s*\n\s*/g, " ")
+    parts.push(path === "" ? message : `${path}: ${message}`)
+  }
+  return parts.join("; ")
+}
+
 /** Reads the configuration from the ConfigProvider (the environment by default). */
 export const config: Config.Config<AsyncConfig> = Config.all({
   maxConcurrentRequests: Config.Int("MAX_CONCURRENT_REQUESTS").pipe(Config.withDefault(defaults.maxConcurrentRequests)),
@@ -76,5 +120,10 @@ export class AsyncConfigService extends Context.Service<AsyncConfigService, Asyn
   static readonly layer = Layer.succeed(AsyncConfigService, defaults)
   /** From the environment (see the module doc), defaults for what is unset. */
   static readonly layerConfig = Layer.effect(AsyncConfigService, config)
-  static readonly layerWith = (overrides: Partial<AsyncConfig>) => Layer.succeed(AsyncConfigService, { ...defaults, ...overrides })
+  /** `overrides` over the defaults; fails with a ConfigError naming an invalid setting (see `validate`). */
+  static readonly layerWith = (overrides: Partial<AsyncConfig>): Layer.Layer<AsyncConfigService, Config.ConfigError> =>
+    Layer.effect(
+      AsyncConfigService,
+      Effect.mapError(Effect.fromResult(validate(overrides)), (e) => new Config.ConfigError(e))
+    )
 }

@@ -28,8 +28,8 @@
  *
  * @module InferenceClient
  */
-import { Cause, Context, Duration, Effect, Exit, Layer, type LogLevel, ManagedRuntime, References, Stream } from "effect"
-import type { AsyncConfig } from "./AsyncConfig.ts"
+import { Cause, Context, Duration, Effect, Exit, Layer, type LogLevel, ManagedRuntime, Option, References, Result, Stream } from "effect"
+import * as AsyncConfig from "./AsyncConfig.ts"
 import { AsyncInferenceEngine } from "./Engine.ts"
 import * as InferenceError from "./InferenceError.ts"
 import type { InferenceRequest } from "./InferenceRequest.ts"
@@ -49,7 +49,7 @@ export interface Options {
   /** The model repository root (see `ModelRepository`). Default: `bundledModels`. */
   readonly repository?: string | undefined
   /** Engine settings over `AsyncConfig.defaults`. */
-  readonly config?: Partial<AsyncConfig> | undefined
+  readonly config?: Partial<AsyncConfig.AsyncConfig> | undefined
   /** Defaults for models without a config.json (instances, execution providers, threads). */
   readonly modelDefaults?: Partial<ModelRepository.Defaults> | undefined
   /** Where telemetry goes. Default `TelemetryCollector.layer` (Effect Metrics). */
@@ -99,8 +99,11 @@ export interface InferenceClient extends AsyncDisposable {
   readonly models: () => Promise<ReadonlyArray<ModelStatus>>
   readonly stats: () => Promise<Stats>
   /** The engine's configuration. */
-  readonly config: AsyncConfig
-  /** Stops the engine (see the module doc). Idempotent. */
+  readonly config: AsyncConfig.AsyncConfig
+  /**
+   * Stops the engine (see the module doc). Idempotent. Rejects with a TypeError, closing
+   * nothing, when `grace` is not a duration that is not negative.
+   */
   readonly close: (options?: { readonly grace?: Duration.Input | undefined }) => Promise<void>
 }
 
@@ -125,9 +128,13 @@ export const layer = (options: Options = {}): Layer.Layer<Services, unknown> =>
 
 /**
  * Starts an engine; resolves once every model has loaded (or is reported unavailable). Rejects
- * when the repository cannot be read.
+ * when the repository cannot be read, and with a TypeError naming the setting when `config`
+ * holds an invalid one (`AsyncConfig.validate`: a count that is not a positive integer, a
+ * negative duration …), before anything starts.
  */
 export const make = async (options: Options = {}): Promise<InferenceClient> => {
+  const settings = AsyncConfig.validate(options.config)
+  if (Result.isFailure(settings)) throw new TypeError(`InferenceClient.make: invalid config: ${AsyncConfig.describeError(settings.failure)}`)
   const runtime = ManagedRuntime.make(layer(options))
   let context: Context.Context<Services>
   try {
@@ -137,6 +144,14 @@ export const make = async (options: Options = {}): Promise<InferenceClient> => {
     throw error
   }
   return fromRuntime(runtime, context)
+}
+
+/** `close`'s grace as a Duration: undefined for what is not a duration, NaN, or a negative one. */
+const graceOf = (input: Duration.Input | undefined): Duration.Duration | undefined => {
+  if (input === undefined) return Duration.zero
+  if (typeof input === "number" && Number.isNaN(input)) return undefined
+  const grace = Duration.fromInput(input)
+  return Option.isSome(grace) && !Duration.isNegative(grace.value) ? grace.value : undefined
 }
 
 const shuttingDown = () => InferenceError.make(new InferenceError.ShuttingDown({}))
@@ -172,7 +187,12 @@ const fromRuntime = (
   }
 
   const close = (options?: { readonly grace?: Duration.Input | undefined }): Promise<void> => {
-    closing ??= runtime.runPromise(engine.drain(options?.grace ?? Duration.zero)).then(
+    const grace = graceOf(options?.grace)
+    if (grace === undefined) {
+      const given = typeof options?.grace === "string" ? JSON.stringify(options.grace) : String(options?.grace)
+      return Promise.reject(new TypeError(`InferenceClient.close: invalid grace ${given}: expected a duration that is not negative, such as "5 seconds" or 5000 (ms)`))
+    }
+    closing ??= runtime.runPromise(engine.drain(grace)).then(
       () => runtime.dispose(),
       () => runtime.dispose()
     )

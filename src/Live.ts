@@ -81,7 +81,10 @@ const compose = <T extends TelemetryCollector, PE, E, R>(
     : base.pipe(Layer.provideMerge(tracing))
 }
 
-/** The engine with everything it needs, configured from `options` alone (nothing read from the environment). */
+/**
+ * The engine with everything it needs, configured from `options` alone (nothing read from the
+ * environment). Fails with a ConfigError naming an invalid engine setting (`AsyncConfig.validate`).
+ */
 export const layer = <T extends TelemetryCollector = TelemetryCollector>(options: Options<T> = {}): Layer.Layer<Services<T>, unknown> =>
   compose(
     options.modelPool ?? onnxPool(options),

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Schema } from "effect"
+import { ConfigProvider, Duration, Effect, Layer, Result, Schema } from "effect"
 import * as AsyncConfig from "../src/AsyncConfig.ts"
 
 describe("AsyncConfig", () => {
@@ -54,5 +54,38 @@ describe("AsyncConfig", () => {
         Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env: { MAX_QUEUED_REQUESTS: "0" } }))
       ))
       assert.strictEqual(error._tag, "ConfigError")
+    }))
+
+  it("validate refuses settings given in code that would stop the engine, naming the setting on one line", () => {
+    const cases: ReadonlyArray<readonly [Partial<Record<keyof AsyncConfig.AsyncConfig, unknown>>, string]> = [
+      [{ maxConcurrentRequests: 0 }, "maxConcurrentRequests: Expected a value greater than or equal to 1, got 0"],
+      [{ maxConcurrentRequests: -1 }, "maxConcurrentRequests: Expected a value greater than or equal to 1, got -1"],
+      [{ maxConcurrentRequests: Number.NaN }, "maxConcurrentRequests: Expected an integer, got NaN"],
+      [{ maxConcurrentRequests: 2.5 }, "maxConcurrentRequests: Expected an integer, got 2.5"],
+      [{ maxQueuedRequests: 0 }, "maxQueuedRequests: Expected a value greater than or equal to 1, got 0"],
+      [{ maxQueuedRequests: Number.NaN }, "maxQueuedRequests: Expected an integer, got NaN"],
+      [{ queueTimeout: Duration.seconds(-1) }, "queueTimeout: Expected a duration that is not negative"],
+      [{ queueTimeout: 100 }, "queueTimeout: Expected Duration, got 100"],
+      [{ enablePriorityQueue: "yes" }, "enablePriorityQueue: Expected boolean, got \"yes\""],
+      [{ aging: { High: -5 } }, "aging.High: Expected a value greater than 0, got -5"]
+    ]
+    for (const [overrides, message] of cases) {
+      const result = AsyncConfig.validate(overrides as Partial<AsyncConfig.AsyncConfig>)
+      assert.isTrue(Result.isFailure(result), JSON.stringify(overrides))
+      const described = AsyncConfig.describeError((result as Result.Failure<unknown, Schema.SchemaError>).failure)
+      assert.include(described, message)
+      assert.notInclude(described, "\n")
+    }
+    const valid = AsyncConfig.validate({ maxConcurrentRequests: 2, maxQueuedRequests: undefined, aging: { Low: 100 } })
+    assert.deepStrictEqual(Result.getOrThrow(valid), { ...AsyncConfig.defaults, maxConcurrentRequests: 2, aging: { Low: 100 } })
+  })
+
+  it.effect("layerWith fails with a ConfigError naming an invalid setting, and builds the valid ones", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Layer.build(AsyncConfig.AsyncConfigService.layerWith({ maxQueuedRequests: 0 })))
+      assert.strictEqual(error._tag, "ConfigError")
+      assert.strictEqual(AsyncConfig.describeError(error), "maxQueuedRequests: Expected a value greater than or equal to 1, got 0")
+      const config = yield* AsyncConfig.AsyncConfigService.pipe(Effect.provide(AsyncConfig.AsyncConfigService.layerWith({ maxQueuedRequests: 3 })))
+      assert.strictEqual(config.maxQueuedRequests, 3)
     }))
 })

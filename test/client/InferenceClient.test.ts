@@ -4,7 +4,7 @@
  * AsyncIterables, stats and close. One test on the bundled repository checks the default pool.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Duration, Effect } from "effect"
 import * as InferenceClient from "../../src/InferenceClient.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as InferenceRequest from "../../src/InferenceRequest.ts"
@@ -169,6 +169,34 @@ describe("InferenceClient", () => {
     await sleep(10)
     await client.close({ grace: "2 seconds" })
     assert.strictEqual((await running)._tag, "Success")
+  })
+
+  it("make rejects invalid engine settings with a TypeError naming the setting", async () => {
+    const fake = Effect.runSync(makeFake(() => ({ latency: "1 millis" })))
+    for (const [config, message] of [
+      [{ maxConcurrentRequests: 0 }, "maxConcurrentRequests: Expected a value greater than or equal to 1, got 0"],
+      [{ maxConcurrentRequests: Number.NaN }, "maxConcurrentRequests: Expected an integer, got NaN"],
+      [{ maxQueuedRequests: 0 }, "maxQueuedRequests: Expected a value greater than or equal to 1, got 0"],
+      [{ queueTimeout: Duration.seconds(-1) }, "queueTimeout: Expected a duration that is not negative"],
+      [{ aging: { High: -5 } }, "aging.High: Expected a value greater than 0, got -5"]
+    ] as const) {
+      const error = await rejection(InferenceClient.make({ modelPool: fake.layer, config }))
+      assert.instanceOf(error, TypeError)
+      assert.include((error as TypeError).message, `InferenceClient.make: invalid config: ${message}`)
+    }
+  })
+
+  it("close rejects a grace that is not a duration, or is negative or NaN, with a TypeError and closes nothing", async () => {
+    const { client } = await fakeClient(() => ({ latency: "1 millis" }))
+    for (const grace of ["abc", Number.NaN, -1000, "-1 seconds"] as const) {
+      const error = await rejection(client.close({ grace }))
+      assert.instanceOf(error, TypeError)
+      assert.include((error as TypeError).message, "InferenceClient.close: invalid grace")
+    }
+    assert.isFalse((await client.stats()).draining)
+    assert.strictEqual((await client.infer(echo("still open")))._tag, "Success")
+    await client.close({ grace: "1 second" })
+    assert.isTrue((await client.stats()).draining)
   })
 
   it("make rejects when the repository cannot be read, and starts on the bundled models by default", async () => {

@@ -241,7 +241,8 @@ export const makeApp = (options: AppOptions = {}): Effect.Effect<
         Layer.provideMerge(Layer.mergeAll(
           testPool.layer,
           TelemetryCollector.layer,
-          AsyncConfigService.layerWith(options.config ?? {}),
+          // A test's own settings: an invalid one is the test's bug.
+          AsyncConfigService.layerWith(options.config ?? {}).pipe(Layer.orDie),
           Lifecycle.layer
         ))
       )
