@@ -254,8 +254,19 @@ const submit = (
   }
 }
 
-/** Why the request cannot be queued (invalid inputs for its model), or undefined. */
+/** One of the four levels: four comparisons of interned strings, no allocation (it runs on every request). */
+const isPriority = (priority: unknown): priority is Priority.Priority =>
+  priority === "Critical" || priority === "High" || priority === "Normal" || priority === "Low"
+
+/** Why the request cannot be queued (an unknown priority, invalid inputs for its model), or undefined. */
 const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata): InferenceError.Reason | undefined => {
+  if (!isPriority(request.priority)) {
+    const given: unknown = request.priority
+    return new InferenceError.InvalidInput({
+      modelId: request.modelId,
+      detail: `unknown priority ${typeof given === "string" ? JSON.stringify(given) : String(given)}: one of ${Priority.levels.join(", ")}`
+    })
+  }
   const invalid = ModelMetadata.validateInputs(metadata, request.inputs)
   if (invalid !== undefined) return invalid
   const batching = metadata.batching

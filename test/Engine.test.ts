@@ -119,6 +119,30 @@ describe("AsyncInferenceEngine", () => {
         assert.deepInclude(outcomes(), { start: 3, failure: 3 })
       }))
 
+    it.effect("refuses a priority that is not one of the four levels with InvalidInput (inferResult: a Failed result), queuing nothing", () =>
+      Effect.gen(function*() {
+        const { engine, stats, outcomes } = yield* makeHarness()
+        for (const priority of ["high", "Urgent", 3]) {
+          const bad = request(`bad-${priority}`, { priority: priority as Priority.Priority })
+          const exit = yield* Effect.exit(engine.infer(bad))
+          assert.strictEqual(reasonOf(exit), "InvalidInput")
+          assert.isTrue(Exit.isFailure(exit) && String(exit.cause.reasons.find((r) => r._tag === "Fail")?.error.message).includes("unknown priority"))
+          const result = yield* engine.inferResult(bad)
+          assert.strictEqual(result._tag === "Failed" ? result.error.reason._tag : result._tag, "InvalidInput")
+        }
+        assert.strictEqual(stats.started, 0)
+        assert.strictEqual(yield* engine.pending, 0)
+        assert.deepInclude(outcomes(), { start: 6, failure: 6 })
+        const good = yield* fork(engine.infer(request("good", { priority: "High" })))
+        yield* TestClock.adjust("10 millis")
+        assert.strictEqual((yield* Fiber.join(good))._tag, "Success")
+        // Admission through the pool's metadata Effect refuses it the same way.
+        const slow = yield* makeHarness({ metadataDelay: "1 millis" })
+        const viaEffect = yield* fork(Effect.exit(slow.engine.infer(request("bad", { priority: "Urgent" as Priority.Priority }))))
+        yield* TestClock.adjust("1 millis")
+        assert.strictEqual(reasonOf(yield* Fiber.join(viaEffect)), "InvalidInput")
+      }))
+
     it.effect("a failed run fails only its own request", () =>
       Effect.gen(function*() {
         const { engine } = yield* makeHarness({ script: (id) => id === "bad" ? { latency: "5 millis", failWith: "kernel error" } : { latency: "5 millis" } })
