@@ -76,7 +76,7 @@ describe("AsyncConfig", () => {
       assert.include(described, message)
       assert.notInclude(described, "\n")
     }
-    const valid = AsyncConfig.validate({ maxConcurrentRequests: 2, maxQueuedRequests: undefined, aging: { Low: 100 } })
+    const valid = AsyncConfig.validate({ maxConcurrentRequests: 2, maxQueuedRequests: undefined, aging: { Low: 100 } } as unknown as Partial<AsyncConfig.AsyncConfig>)
     assert.deepStrictEqual(Result.getOrThrow(valid), { ...AsyncConfig.defaults, maxConcurrentRequests: 2, aging: { Low: 100 } })
   })
 

@@ -189,7 +189,7 @@ describe("InferenceClient", () => {
   it("close rejects a grace that is not a duration, or is negative or NaN, with a TypeError and closes nothing", async () => {
     const { client } = await fakeClient(() => ({ latency: "1 millis" }))
     for (const grace of ["abc", Number.NaN, -1000, "-1 seconds"] as const) {
-      const error = await rejection(client.close({ grace }))
+      const error = await rejection(client.close({ grace: grace as Duration.Input }))
       assert.instanceOf(error, TypeError)
       assert.include((error as TypeError).message, "InferenceClient.close: invalid grace")
     }
