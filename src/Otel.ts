@@ -18,13 +18,13 @@
  * | `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/json` (default here) or `http/protobuf` |
  * | `OTEL_EXPORTER_OTLP_HEADERS` | `key=value,key2=value2` (values URL-encoded), e.g. an API key |
  * | `OTEL_RESOURCE_ATTRIBUTES` | `key=value,…` resource attributes |
- * | `OTEL_BSP_SCHEDULE_DELAY` | ms between span exports (default 5000) |
- * | `OTEL_METRIC_EXPORT_INTERVAL` | ms between metric exports (default 60000) |
+ * | `OTEL_BSP_SCHEDULE_DELAY` | ms between span exports, a positive integer (default 5000) |
+ * | `OTEL_METRIC_EXPORT_INTERVAL` | ms between metric exports, a positive integer (default 60000) |
  * | `OTEL_SDK_DISABLED` | `true` turns export off |
  *
  * @module Otel
  */
-import { Config, Duration, Effect, Layer, Option } from "effect"
+import { Config, Duration, Effect, Layer, Option, Result, Schema } from "effect"
 import { FetchHttpClient, HttpClient, HttpClientError } from "effect/http"
 import { Otlp, OtlpExporter } from "effect/observability"
 
@@ -109,13 +109,18 @@ export const layer = (options: Options): Layer.Layer<OtlpExporter.Flusher> => {
   }).pipe(Layer.provide(warningClient(options.endpoint, options.requestTimeout)))
 }
 
-/** Parses the OpenTelemetry `key=value,key2=value2` list (values URL-encoded). */
-export const parseKeyValues = (text: string): Record<string, string> => {
+/**
+ * Parses the OpenTelemetry `key=value,key2=value2` list (values URL-encoded; a value that does
+ * not decode is taken as written). Empty entries are skipped; an entry that is not `key=value`
+ * with a key fails, naming it.
+ */
+export const parseKeyValues = (text: string): Result.Result<Record<string, string>, string> => {
   const out: Record<string, string> = {}
   for (const item of text.split(",")) {
+    if (item.trim() === "") continue
     const at = item.indexOf("=")
-    if (at <= 0) continue
-    const key = item.slice(0, at).trim()
+    const key = at < 0 ? "" : item.slice(0, at).trim()
+    if (key === "") return Result.fail(`${JSON.stringify(item.trim())} is not key=value`)
     const raw = item.slice(at + 1).trim()
     let value: string
     try {
@@ -123,9 +128,9 @@ export const parseKeyValues = (text: string): Record<string, string> => {
     } catch {
       value = raw
     }
-    if (key !== "") out[key] = value
+    out[key] = value
   }
-  return out
+  return Result.succeed(out)
 }
 
 /**
@@ -135,8 +140,31 @@ export const parseKeyValues = (text: string): Record<string, string> => {
 export const isConfigured = (env: Readonly<Record<string, string | undefined>>): boolean =>
   (env["OTEL_EXPORTER_OTLP_ENDPOINT"] ?? "").trim() !== "" && env["OTEL_SDK_DISABLED"]?.trim().toLowerCase() !== "true"
 
-const nonEmpty = (name: string) =>
-  Config.option(Config.String(name)).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
+/** A variable's text, checked by `check` (an error message, or undefined) unless it is blank; none when unset or blank. */
+const nonEmpty = (name: string, check: (text: string) => string | undefined = () => undefined) =>
+  Config.option(Config.schema(
+    Schema.String.check(Schema.makeFilter((text: string) => (text.trim() === "" ? undefined : check(text.trim())))),
+    name
+  )).pipe(Config.map(Option.filter((s) => s.trim() !== "")))
+
+/** An http(s) URL, else why not. */
+const checkUrl = (text: string): string | undefined => {
+  const url = URL.parse(text)
+  return url !== null && (url.protocol === "http:" || url.protocol === "https:") && url.host !== ""
+    ? undefined
+    : `expected an http:// or https:// URL, such as http://127.0.0.1:4318, got ${JSON.stringify(text)}`
+}
+
+const checkKeyValues = (text: string): string | undefined => {
+  const parsed = parseKeyValues(text)
+  return Result.isSuccess(parsed) ? undefined : `expected key=value,key2=value2: ${parsed.failure}`
+}
+
+const keyValues = (text: Option.Option<string>): Record<string, string> =>
+  Option.match(text, { onNone: () => ({}), onSome: (t) => Result.getOrElse(parseKeyValues(t), () => ({})) })
+
+/** Milliseconds between exports: a positive integer (0 would export without pause). */
+const intervalMs = (name: string) => Config.option(Config.schema(Schema.Int.check(Schema.isGreaterThan(0)), name))
 
 /**
  * The options the standard variables describe (see the module doc), or none when
@@ -145,13 +173,13 @@ const nonEmpty = (name: string) =>
 export const config = (defaults: { readonly serviceName?: string | undefined; readonly serviceVersion?: string | undefined } = {}): Config.Config<Option.Option<Options>> =>
   Config.all({
     disabled: Config.Boolean("OTEL_SDK_DISABLED").pipe(Config.withDefault(false)),
-    endpoint: nonEmpty("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    endpoint: nonEmpty("OTEL_EXPORTER_OTLP_ENDPOINT", checkUrl),
     serviceName: nonEmpty("OTEL_SERVICE_NAME"),
     protocol: Config.Literals(["http/json", "http/protobuf"], "OTEL_EXPORTER_OTLP_PROTOCOL").pipe(Config.withDefault("http/json" as const)),
-    headers: nonEmpty("OTEL_EXPORTER_OTLP_HEADERS"),
-    attributes: nonEmpty("OTEL_RESOURCE_ATTRIBUTES"),
-    tracesMs: Config.option(Config.Int("OTEL_BSP_SCHEDULE_DELAY")),
-    metricsMs: Config.option(Config.Int("OTEL_METRIC_EXPORT_INTERVAL"))
+    headers: nonEmpty("OTEL_EXPORTER_OTLP_HEADERS", checkKeyValues),
+    attributes: nonEmpty("OTEL_RESOURCE_ATTRIBUTES", checkKeyValues),
+    tracesMs: intervalMs("OTEL_BSP_SCHEDULE_DELAY"),
+    metricsMs: intervalMs("OTEL_METRIC_EXPORT_INTERVAL")
   }).pipe(Config.map((c) => {
     if (c.disabled || Option.isNone(c.endpoint)) return Option.none()
     return Option.some<Options>({
@@ -159,8 +187,8 @@ export const config = (defaults: { readonly serviceName?: string | undefined; re
       serviceName: Option.getOrElse(c.serviceName, () => defaults.serviceName ?? defaultServiceName),
       serviceVersion: defaults.serviceVersion,
       protocol: c.protocol === "http/protobuf" ? "protobuf" : "json",
-      headers: Option.match(c.headers, { onNone: () => ({}), onSome: parseKeyValues }),
-      attributes: Option.match(c.attributes, { onNone: () => ({}), onSome: parseKeyValues }),
+      headers: keyValues(c.headers),
+      attributes: keyValues(c.attributes),
       tracesExportInterval: Option.match(c.tracesMs, { onNone: () => undefined, onSome: Duration.millis }),
       metricsExportInterval: Option.match(c.metricsMs, { onNone: () => undefined, onSome: Duration.millis })
     })
@@ -168,8 +196,10 @@ export const config = (defaults: { readonly serviceName?: string | undefined; re
 
 /**
  * `layer` configured from the environment (the current `ConfigProvider`), or a layer that
- * exports nothing when `OTEL_EXPORTER_OTLP_ENDPOINT` is unset. Fails with a ConfigError naming
- * a variable whose value is invalid.
+ * exports nothing when `OTEL_EXPORTER_OTLP_ENDPOINT` is unset. Fails at startup with a
+ * ConfigError naming a variable whose value is invalid: an endpoint that is not an http(s) URL,
+ * headers or attributes that are not `key=value` lists, an export interval that is not a
+ * positive integer (0 would export without pause).
  */
 export const layerFromEnv = (
   defaults: { readonly serviceName?: string | undefined; readonly serviceVersion?: string | undefined } = {}

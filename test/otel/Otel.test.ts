@@ -56,6 +56,30 @@ describe("Otel", () => {
     assert.strictEqual(Option.getOrThrow(fromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c" })).serviceName, "default-name")
   })
 
+  it("refuses at startup, naming the variable: an export interval that is not a positive integer, headers or attributes that are not key=value, an endpoint that is not an http(s) URL", () => {
+    const failure = (env: Record<string, string>) =>
+      Effect.runSync(Effect.flip(Effect.provideService(Otel.config(), ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env }))))
+    const endpoint = { OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318" }
+    for (const [env, variable, text] of [
+      [{ ...endpoint, OTEL_METRIC_EXPORT_INTERVAL: "0" }, "OTEL_METRIC_EXPORT_INTERVAL", "greater than 0"],
+      [{ ...endpoint, OTEL_METRIC_EXPORT_INTERVAL: "-5" }, "OTEL_METRIC_EXPORT_INTERVAL", "greater than 0"],
+      [{ ...endpoint, OTEL_BSP_SCHEDULE_DELAY: "0" }, "OTEL_BSP_SCHEDULE_DELAY", "greater than 0"],
+      [{ ...endpoint, OTEL_EXPORTER_OTLP_HEADERS: "garbage" }, "OTEL_EXPORTER_OTLP_HEADERS", "\"garbage\" is not key=value"],
+      [{ ...endpoint, OTEL_EXPORTER_OTLP_HEADERS: "api-key=1,=x" }, "OTEL_EXPORTER_OTLP_HEADERS", "\"=x\" is not key=value"],
+      [{ ...endpoint, OTEL_RESOURCE_ATTRIBUTES: "env" }, "OTEL_RESOURCE_ATTRIBUTES", "is not key=value"],
+      [{ OTEL_EXPORTER_OTLP_ENDPOINT: "notaurl" }, "OTEL_EXPORTER_OTLP_ENDPOINT", "expected an http:// or https:// URL"],
+      [{ OTEL_EXPORTER_OTLP_ENDPOINT: "ftp://collector:4318" }, "OTEL_EXPORTER_OTLP_ENDPOINT", "expected an http:// or https:// URL"]
+    ] as const) {
+      const error = failure(env)
+      assert.strictEqual(error._tag, "ConfigError", JSON.stringify(env))
+      assert.include(error.message, variable)
+      assert.include(error.message, text)
+    }
+    // Empty entries (a trailing comma) are fine; a blank variable is unset.
+    const o = Option.getOrThrow(fromEnv({ ...endpoint, OTEL_EXPORTER_OTLP_HEADERS: "a=1,", OTEL_RESOURCE_ATTRIBUTES: " " }))
+    assert.deepStrictEqual([o.headers, o.attributes], [{ a: "1" }, {}])
+  })
+
   it("exports an Engine.infer span and the inference_ metrics to the collector; closing flushes them", async () => {
     collector = await Collector.start()
     const fake = Effect.runSync(makeFake(() => ({ latency: "2 millis" })))
