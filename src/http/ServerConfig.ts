@@ -3,7 +3,8 @@
  * (`effect-onnx serve`, `npm start`, both parsed by `effect/cli`, see `cli/Serve`), their help
  * and their environment variables all come. A flag wins over its variable, which wins over the
  * default; each value is decoded with Schema, and an invalid one fails with a message that names
- * the flag or variable and what is wrong with it.
+ * the flag or variable and what is wrong with it. Numbers are decimal (`0x1F90`, `1e3` are
+ * refused); an empty variable counts as unset, an empty flag (`--port=`) is refused.
  *
  * | flag | variable | default |
  * |---|---|---|
@@ -27,7 +28,7 @@
  *
  * @module ServerConfig
  */
-import { Data, Duration, Schema } from "effect"
+import { Data, Duration, Schema, SchemaTransformation } from "effect"
 import * as Path from "node:path"
 import * as ModelRepository from "../ModelRepository.ts"
 
@@ -77,14 +78,25 @@ export const defaults: ServerConfig = {
 /** A flag or variable that cannot be used; `message` says which and why. */
 export class ConfigError extends Data.TaggedError("ConfigError")<{ readonly message: string }> {}
 
-const Port = Schema.NumberFromString.check(Schema.isInt(), Schema.isBetween({ minimum: 0, maximum: 65535 }))
+/**
+ * A number in decimal digits (with a fraction when `fraction`): not "", "0x1F90", "1e3" nor
+ * " 80", which `Number` (and so `Schema.NumberFromString`) would take as 0, 8080, 1000 and 80.
+ */
+const decimal = (fraction: boolean) =>
+  Schema.String.check(
+    fraction
+      ? Schema.isPattern(/^[0-9]+(\.[0-9]+)?$/, { expected: "a decimal number, such as 2.5" })
+      : Schema.isPattern(/^[0-9]+$/, { expected: "a decimal integer" })
+  ).pipe(Schema.decodeTo(Schema.Number, SchemaTransformation.numberFromString))
+
+const Port = decimal(false).check(Schema.isInt(), Schema.isBetween({ minimum: 0, maximum: 65535 }))
 const Host = Schema.String.check(Schema.isMinLength(1), Schema.isPattern(/^[A-Za-z0-9.:_-]+$/))
-const Bytes = Schema.NumberFromString.check(Schema.isInt(), Schema.isBetween({ minimum: 1, maximum: 2 ** 31 - 1 }))
+const Bytes = decimal(false).check(Schema.isInt(), Schema.isBetween({ minimum: 1, maximum: 2 ** 31 - 1 }))
 const ModelControlMode = Schema.Literals(["none", "explicit"])
-const Seconds = Schema.NumberFromString.check(Schema.isFinite(), Schema.isBetween({ minimum: 0, maximum: 24 * 3600 }))
+const Seconds = decimal(true).check(Schema.isFinite(), Schema.isBetween({ minimum: 0, maximum: 24 * 3600 }))
 const Bool = Schema.Literals(["true", "false", "1", "0", "yes", "no", "on", "off"])
 const Format = Schema.Literals(["default", "triton"])
-const Threads = Schema.NumberFromString.check(Schema.isInt(), Schema.isBetween({ minimum: 0, maximum: 64 }))
+const Threads = decimal(false).check(Schema.isInt(), Schema.isBetween({ minimum: 0, maximum: 64 }))
 
 /** One option: its flag, its variable, how it reads, and where it goes in `ServerConfig`. */
 export interface Option {
@@ -239,6 +251,8 @@ export const decode = (
       ? [option.variable, fromEnv]
       : [undefined, undefined]
     if (text === undefined) continue
+    // An empty variable is unset; an empty flag (`--port=`) is a mistake, not the default nor 0.
+    if (fromFlag !== undefined && text.trim() === "") return new ConfigError({ message: `invalid ${source} ${JSON.stringify(text)}: a value is required (leave the flag out for the default)` })
     const decoded = option.decode(text)
     if ("error" in decoded) return new ConfigError({ message: `invalid ${source} ${JSON.stringify(text)}: ${decoded.error}` })
     config[option.key] = decoded.value

@@ -75,6 +75,31 @@ describe("ServerConfig", () => {
     }
   })
 
+  it("refuses an empty flag and numbers that are not decimal (they became 0, 8080, 1000); an empty variable is unset", () => {
+    const cases: ReadonlyArray<readonly [Flags, Record<string, string>, string]> = [
+      [{ port: "" }, {}, "invalid --port \"\""],
+      [{ gracePeriod: "" }, {}, "invalid --grace-period-seconds \"\""],
+      [{ decodeThreads: "" }, {}, "invalid --decode-threads \"\""],
+      [{ maxBodyBytes: " " }, {}, "invalid --max-body-bytes \" \""],
+      [{ loadModels: "" }, {}, "invalid --load-model \"\""],
+      [{}, { PORT: "0x1F90" }, "invalid PORT \"0x1F90\": Expected a decimal integer"],
+      [{ port: "1e3" }, {}, "invalid --port \"1e3\": Expected a decimal integer"],
+      [{ port: " 80" }, {}, "invalid --port \" 80\""],
+      [{ gracePeriod: "1e1" }, {}, "invalid --grace-period-seconds \"1e1\": Expected a decimal number"],
+      [{ gracePeriod: "Infinity" }, {}, "invalid --grace-period-seconds \"Infinity\""],
+      [{}, { MAX_BODY_BYTES: "0b11" }, "invalid MAX_BODY_BYTES \"0b11\""]
+    ]
+    for (const [flags, env, message] of cases) {
+      const result = decode(flags, env)
+      assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify([flags, env]))
+      if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
+    }
+    assert.deepInclude(decode({}, { PORT: "", GRACE_PERIOD_SECONDS: "" }), { port: 8000 })
+    assert.deepInclude(decode({ port: "08080", maxBodyBytes: "1024" }), { port: 8080, maxBodyBytes: 1024 })
+    const grace = decode({ gracePeriod: "2.5" })
+    assert.strictEqual("gracePeriod" in grace ? Duration.toMillis(grace.gracePeriod) : undefined, 2500)
+  })
+
   it("serves gRPC on 8001 by default; --grpc-port or GRPC_PORT moves it, 0 picks a free port, off turns it off", () => {
     const grpcPort = (flags: Record<string, string>, env: Record<string, string> = {}) => (decode(flags, env) as ServerConfig.ServerConfig).grpcPort
     assert.strictEqual(grpcPort({}), 8001)
