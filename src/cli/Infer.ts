@@ -148,8 +148,10 @@ const openOutput = (path: string, resume?: { readonly keepBytes: number }) =>
           : resume === undefined
           ? Fs.createWriteStream(path, { fd: Fs.openSync(path, "w") })
           : (() => {
-            Fs.truncateSync(path, resume.keepBytes)
-            return Fs.createWriteStream(path, { fd: Fs.openSync(path, "a") })
+            // "a" creates a missing output (resume then starts from scratch); appends go after keepBytes.
+            const fd = Fs.openSync(path, "a")
+            Fs.ftruncateSync(fd, resume.keepBytes)
+            return Fs.createWriteStream(path, { fd })
           })()
         const state: { error: Error | undefined } = { error: undefined }
         stream.on("error", (e) => {

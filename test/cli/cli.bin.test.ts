@@ -224,6 +224,16 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.strictEqual(new Set(all).size, 20_000)
   }, 90_000)
 
+  it("--resume with an output that does not exist yet starts from scratch", async () => {
+    const input = Path.join(dir, "fresh.ndjson")
+    Fs.writeFileSync(input, [mlpRecord(1), mlpRecord(2)].join("\n") + "\n")
+    const output = Path.join(dir, "fresh.out.ndjson")
+    Fs.rmSync(output, { force: true })
+    const result = await run(["infer", "--model", "mlp", "--input", input, "--output", output, "--models", models, "--resume", "--progress", "none"])
+    assert.strictEqual(result.code, 0, result.stderr)
+    assert.deepStrictEqual(outputLines(output).map((o) => o.line), [1, 2])
+  }, 30_000)
+
   it("--resume refuses an output that is not this command's, and standard output", async () => {
     const input = Path.join(dir, "r.ndjson")
     Fs.writeFileSync(input, mlpRecord(1))
