@@ -49,7 +49,8 @@ export interface Service {
   /**
    * Runs every request and emits each result as it completes (each carries its requestId).
    * At most `concurrency` requests (default `maxConcurrentRequests`) are submitted at once, so a
-   * large batch never floods the queue. Cancelling `cancel` settles what is outstanding as
+   * large batch never floods the queue; a concurrency that is not a positive integer is a defect
+   * (a TypeError) before anything is submitted. Cancelling `cancel` settles what is outstanding as
    * Cancelled; the consumer stopping early interrupts (and so cancels) what is outstanding.
    */
   readonly inferBatch: (
@@ -419,6 +420,13 @@ const queueStatsByModel = (state: State): ReadonlyMap<string, PriorityQueue.Queu
   ))
 }
 
+/** A batch's concurrency: a positive integer. */
+export const isConcurrency = (concurrency: number): boolean => Number.isInteger(concurrency) && concurrency >= 1
+
+/** The error of a batch concurrency that `isConcurrency` refuses. */
+export const invalidConcurrency = (concurrency: unknown): TypeError =>
+  new TypeError(`inferBatch: concurrency must be a positive integer, got ${String(concurrency)}`)
+
 /** Telemetry of a request refused before admission: it never had a request id, and counts at the Normal level. */
 const refused = (state: State, modelId: string, reason: InferenceError.Reason): void => {
   const info = { modelId, requestId: "", priority: Priority.Normal }
@@ -453,13 +461,14 @@ export const make = Effect.gen(function*() {
   return AsyncInferenceEngine.of({
     infer: (request) => infer(state, request),
     inferResult: (request, cancel) => inferResult(state, request, cancel),
-    inferBatch: (requests, options) =>
-      Stream.fromIterable(requests).pipe(
-        Stream.mapEffect((request) => inferResult(state, request, options?.cancel), {
-          concurrency: options?.concurrency ?? config.maxConcurrentRequests,
-          unordered: true
-        })
-      ),
+    inferBatch: (requests, options) => {
+      const concurrency = options?.concurrency ?? config.maxConcurrentRequests
+      // NaN would submit nothing and never end; 0 and negatives were taken as some other bound.
+      if (!isConcurrency(concurrency)) return Stream.die(invalidConcurrency(concurrency))
+      return Stream.fromIterable(requests).pipe(
+        Stream.mapEffect((request) => inferResult(state, request, options?.cancel), { concurrency, unordered: true })
+      )
+    },
     checkAdmission: (modelId) =>
       Effect.suspend(() => {
         const reason = state.draining

@@ -30,7 +30,7 @@
  */
 import { Cause, Context, Duration, Effect, Exit, Layer, type LogLevel, ManagedRuntime, Option, References, Result, Stream } from "effect"
 import * as AsyncConfig from "./AsyncConfig.ts"
-import { AsyncInferenceEngine } from "./Engine.ts"
+import { AsyncInferenceEngine, invalidConcurrency, isConcurrency } from "./Engine.ts"
 import * as InferenceError from "./InferenceError.ts"
 import type { InferenceRequest } from "./InferenceRequest.ts"
 import * as InferenceResult from "./InferenceResult.ts"
@@ -73,7 +73,7 @@ export interface InferOptions {
 export interface BatchOptions {
   /** Aborting it settles every outstanding request as Cancelled. */
   readonly signal?: AbortSignal | undefined
-  /** Requests submitted at once. Default: the engine's `maxConcurrentRequests`. */
+  /** Requests submitted at once, a positive integer (else `inferBatch` throws a TypeError). Default: the engine's `maxConcurrentRequests`. */
   readonly concurrency?: number | undefined
 }
 
@@ -214,6 +214,7 @@ const fromRuntime = (
       })
     },
     inferBatch: (requests, options) => {
+      if (options?.concurrency !== undefined && !isConcurrency(options.concurrency)) throw invalidConcurrency(options.concurrency)
       const stream = engine.inferBatch(requests, { cancel: options?.signal, concurrency: options?.concurrency })
       return Stream.toAsyncIterableWith(stream, context)
     },

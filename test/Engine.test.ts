@@ -332,6 +332,20 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(yield* engine.pending, 0)
       }))
 
+    it.effect("a concurrency that is not a positive integer is a TypeError, and nothing is submitted", () =>
+      Effect.gen(function*() {
+        const { engine, outcomes } = yield* makeHarness({ script: () => ({ latency: "10 millis" }) })
+        for (const concurrency of [0, -1, Number.NaN, 1.5]) {
+          const fiber = yield* fork(Stream.runCollect(engine.inferBatch(["a", "b"].map((id) => request(id)), { concurrency })))
+          yield* TestClock.adjust("20 millis")
+          const exit = yield* Fiber.await(fiber)
+          const defect = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Die")?.defect : undefined
+          assert.instanceOf(defect, TypeError, String(concurrency))
+          assert.include(String(defect), `concurrency must be a positive integer, got ${concurrency}`)
+        }
+        assert.strictEqual(outcomes().start, 0)
+      }))
+
     it.effect("cancelling the token settles what is outstanding as Cancelled", () =>
       Effect.gen(function*() {
         const { engine } = yield* makeHarness({ script: () => ({ latency: "10 millis" }), config: { maxConcurrentRequests: 1 } })

@@ -109,6 +109,14 @@ describe("InferenceClient", () => {
     await client.close()
   })
 
+  it("inferBatch throws a TypeError for a concurrency that is not a positive integer (NaN hung, 0 and -1 passed)", async () => {
+    const { client } = await fakeClient(() => ({ latency: "1 millis" }))
+    for (const concurrency of [0, -1, Number.NaN, 1.5]) {
+      assert.throws(() => client.inferBatch([echo("a")], { concurrency }), TypeError, "concurrency must be a positive integer")
+    }
+    await client.close()
+  })
+
   it("leaving a batch's for-await early cancels what is outstanding", async () => {
     const { client, stats } = await fakeClient(() => ({ latency: "30 millis" }), 1)
     let taken = 0
