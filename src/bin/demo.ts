@@ -2,7 +2,7 @@
  * `npm run demo`: loads the bundled models, runs a mixed-priority workload with a few
  * cancellations and time-outs through the engine, prints each result and a telemetry summary.
  */
-import { Effect, Metric } from "effect"
+import { Config, Effect, Metric } from "effect"
 import * as CancelToken from "../CancelToken.ts"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
@@ -89,7 +89,10 @@ const program = Effect.gen(function*() {
 
 const EngineLive = Live.layerConfig({ repository, serviceName: "effect-onnx-demo" })
 
+// One line on stderr, as the CLI does: exit code 2 for an invalid environment variable, 1 for anything else.
 Effect.runPromise(program.pipe(Effect.provide(EngineLive))).catch((error: unknown) => {
-  console.error(error instanceof Error ? error.message : error)
-  process.exitCode = 1
+  const configError = error instanceof Config.ConfigError
+  const message = configError ? `invalid configuration: ${error.message}` : error instanceof Error ? error.message : String(error)
+  process.stderr.write(`demo: ${message}\n`)
+  process.exitCode = configError ? 2 : 1
 })

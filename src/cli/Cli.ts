@@ -238,6 +238,8 @@ export const perf = Command.make("perf", {
     ),
     Effect.catchTags({
       PerfError: (e) => fail(`perf: ${e.message}`),
+      RepositoryError: (e) => fail(`perf: ${e.message}`),
+      ConfigError: (e) => fail(`invalid configuration: ${e.message}`, 2)
     })
   )
 }).pipe(

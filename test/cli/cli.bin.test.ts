@@ -19,8 +19,12 @@ interface Run {
   readonly stderr: string
 }
 
-const start = (args: ReadonlyArray<string>, stdin?: string): { child: ChildProcess; done: Promise<Run> } => {
-  const child = spawn(process.execPath, [entry, ...args], { cwd: root, stdio: [stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"] })
+const start = (args: ReadonlyArray<string>, stdin?: string, env?: Record<string, string>): { child: ChildProcess; done: Promise<Run> } => {
+  const child = spawn(process.execPath, [entry, ...args], {
+    cwd: root,
+    stdio: [stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+    ...(env === undefined ? {} : { env: { ...process.env, ...env } })
+  })
   if (stdin !== undefined) child.stdin!.end(stdin)
   let stdout = ""
   let stderr = ""
@@ -30,7 +34,7 @@ const start = (args: ReadonlyArray<string>, stdin?: string): { child: ChildProce
   return { child, done }
 }
 
-const run = (args: ReadonlyArray<string>, stdin?: string) => start(args, stdin).done
+const run = (args: ReadonlyArray<string>, stdin?: string, env?: Record<string, string>) => start(args, stdin, env).done
 
 const mlpRecord = (seed: number) =>
   JSON.stringify({ input: { datatype: "FP32", shape: [1, 784], data: Array.from({ length: 784 }, (_, i) => ((i * seed) % 7) / 7) } })
@@ -264,6 +268,22 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.strictEqual(grpc.code, 2)
     assert.include(grpc.stderr, "--grpc needs --url HOST:PORT")
   }, 60_000)
+
+  it("perf, as infer, answers an invalid environment variable with a message and exit code 2, not an object dump", async () => {
+    const input = Path.join(dir, "env.ndjson")
+    Fs.writeFileSync(input, mlpRecord(1))
+    const env = { MAX_QUEUED_REQUESTS: "abc" }
+    const [perf, infer] = await Promise.all([
+      run(["perf", "--model", "mlp", "--models", models, "--duration", "0.2", "--warmup", "0", "--concurrency", "1"], undefined, env),
+      run(["infer", "--model", "mlp", "--input", input, "--output", Path.join(dir, "env.out.ndjson"), "--models", models], undefined, env)
+    ])
+    for (const result of [perf, infer]) {
+      assert.strictEqual(result.code, 2, result.stderr)
+      assert.match(result.stderr, /^effect-onnx: invalid configuration: [\s\S]*MAX_QUEUED_REQUESTS/)
+      assert.notInclude(result.stderr, "[cause]")
+      assert.strictEqual(result.stdout, "")
+    }
+  }, 30_000)
 
   it("serve runs the OIP server until SIGTERM (and perf --url measures it, over HTTP and gRPC)", async () => {
     const { child, done } = start(["serve", "--port", "0", "--models", models, "--grace-period-seconds", "1"])

@@ -1,0 +1,29 @@
+/**
+ * `node src/bin/demo.ts` as a process: an invalid environment variable is a message on stderr
+ * and exit code 2 (the demo itself is run by hand: it loads every bundled model).
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { spawn } from "node:child_process"
+import * as Path from "node:path"
+import { fileURLToPath } from "node:url"
+
+const root = fileURLToPath(new URL("../..", import.meta.url))
+
+const run = (env: Record<string, string>) =>
+  new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [Path.join(root, "src/bin/demo.ts")], { cwd: root, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", (c: Buffer) => (stdout += c.toString("utf8")))
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
+    child.on("exit", (code) => resolve({ code, stdout, stderr }))
+  })
+
+describe("demo (src/bin/demo.ts)", () => {
+  it("answers an invalid environment variable with a message naming it and exit code 2, not an object dump", async () => {
+    const result = await run({ MAX_QUEUED_REQUESTS: "abc" })
+    assert.strictEqual(result.code, 2, result.stderr)
+    assert.match(result.stderr, /^demo: invalid configuration: [\s\S]*MAX_QUEUED_REQUESTS/)
+    assert.notInclude(result.stderr, "[cause]")
+  }, 30_000)
+})
