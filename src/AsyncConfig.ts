@@ -101,18 +101,22 @@ export const describeError = (error: Config.ConfigError | Schema.SchemaError): s
   return parts.join("; ")
 }
 
-/** Reads the configuration from the ConfigProvider (the environment by default). */
+/**
+ * Reads the configuration from the ConfigProvider (the environment by default). Each variable is
+ * checked on its own, so a ConfigError names the variable (`MAX_QUEUED_REQUESTS`, `AGING_MS`);
+ * `describeError` puts it on one line.
+ */
 export const config: Config.Config<AsyncConfig> = Config.all({
-  maxConcurrentRequests: Config.Int("MAX_CONCURRENT_REQUESTS").pipe(Config.withDefault(defaults.maxConcurrentRequests)),
-  maxQueuedRequests: Config.Int("MAX_QUEUED_REQUESTS").pipe(Config.withDefault(defaults.maxQueuedRequests)),
-  queueTimeoutMs: Config.Number("QUEUE_TIMEOUT_MS").pipe(Config.withDefault(Duration.toMillis(defaults.queueTimeout))),
+  maxConcurrentRequests: Config.schema(PositiveInt, "MAX_CONCURRENT_REQUESTS").pipe(Config.withDefault(defaults.maxConcurrentRequests)),
+  maxQueuedRequests: Config.schema(PositiveInt, "MAX_QUEUED_REQUESTS").pipe(Config.withDefault(defaults.maxQueuedRequests)),
+  queueTimeoutMs: Config.schema(NonNegativeMillis, "QUEUE_TIMEOUT_MS").pipe(Config.withDefault(Duration.toMillis(defaults.queueTimeout))),
   enablePriorityQueue: Config.Boolean("ENABLE_PRIORITY_QUEUE").pipe(Config.withDefault(defaults.enablePriorityQueue)),
-  agingMs: Config.Number("AGING_MS").pipe(Config.option)
-}).pipe(Config.mapEffect(({ agingMs, ...raw }) =>
-  decode({ ...raw, ...(Option.isSome(agingMs) ? { agingMs: { High: agingMs.value, Normal: agingMs.value, Low: agingMs.value } } : {}) }).pipe(
-    Effect.mapError((e) => new Config.ConfigError(e))
-  )
-))
+  agingMs: Config.schema(PositiveMillis, "AGING_MS").pipe(Config.option)
+}).pipe(Config.map(({ agingMs, queueTimeoutMs, ...rest }): AsyncConfig => ({
+  ...rest,
+  queueTimeout: Duration.millis(queueTimeoutMs),
+  ...(Option.isSome(agingMs) ? { aging: { High: agingMs.value, Normal: agingMs.value, Low: agingMs.value } } : {})
+})))
 
 /** The engine's configuration as a service. */
 export class AsyncConfigService extends Context.Service<AsyncConfigService, AsyncConfig>()("effect-onnx/AsyncConfig") {

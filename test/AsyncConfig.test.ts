@@ -56,6 +56,25 @@ describe("AsyncConfig", () => {
       assert.strictEqual(error._tag, "ConfigError")
     }))
 
+  it.effect("an invalid environment value is one line that names the variable, not the field it feeds", () =>
+    Effect.gen(function*() {
+      const cases: ReadonlyArray<readonly [Record<string, string>, string]> = [
+        [{ MAX_QUEUED_REQUESTS: "-1" }, "MAX_QUEUED_REQUESTS: Expected a value greater than or equal to 1"],
+        [{ MAX_QUEUED_REQUESTS: "abc" }, "MAX_QUEUED_REQUESTS: Expected a string representing a finite number"],
+        [{ MAX_CONCURRENT_REQUESTS: "0" }, "MAX_CONCURRENT_REQUESTS: Expected a value greater than or equal to 1"],
+        [{ MAX_CONCURRENT_REQUESTS: "1.5" }, "MAX_CONCURRENT_REQUESTS: Expected an integer"],
+        [{ QUEUE_TIMEOUT_MS: "x" }, "QUEUE_TIMEOUT_MS: Expected a string representing a finite number"],
+        [{ QUEUE_TIMEOUT_MS: "-1" }, "QUEUE_TIMEOUT_MS: Expected a value greater than or equal to 0"],
+        [{ AGING_MS: "0" }, "AGING_MS: Expected a value greater than 0"]
+      ]
+      for (const [env, message] of cases) {
+        const error = yield* Effect.flip(AsyncConfig.config.pipe(
+          Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env }))
+        ))
+        assert.strictEqual(AsyncConfig.describeError(error), message, JSON.stringify(env))
+      }
+    }))
+
   it("validate refuses settings given in code that would stop the engine, naming the setting on one line", () => {
     const cases: ReadonlyArray<readonly [Partial<Record<keyof AsyncConfig.AsyncConfig, unknown>>, string]> = [
       [{ maxConcurrentRequests: 0 }, "maxConcurrentRequests: Expected a value greater than or equal to 1, got 0"],

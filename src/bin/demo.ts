@@ -3,6 +3,7 @@
  * cancellations and time-outs through the engine, prints each result and a telemetry summary.
  */
 import { Config, Effect, Metric } from "effect"
+import * as AsyncConfig from "../AsyncConfig.ts"
 import * as CancelToken from "../CancelToken.ts"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
@@ -92,7 +93,7 @@ const EngineLive = Live.layerConfig({ repository, serviceName: "effect-onnx-demo
 // One line on stderr, as the CLI does: exit code 2 for an invalid environment variable, 1 for anything else.
 Effect.runPromise(program.pipe(Effect.provide(EngineLive))).catch((error: unknown) => {
   const configError = error instanceof Config.ConfigError
-  const message = configError ? `invalid configuration: ${error.message}` : error instanceof Error ? error.message : String(error)
+  const message = configError ? `invalid configuration: ${AsyncConfig.describeError(error)}` : error instanceof Error ? error.message : String(error)
   process.stderr.write(`demo: ${message}\n`)
   process.exitCode = configError ? 2 : 1
 })

@@ -21,7 +21,7 @@ import { Command, Flag } from "effect/cli"
 import * as Fs from "node:fs"
 import * as ServerConfig from "../http/ServerConfig.ts"
 import * as Priority from "../Priority.ts"
-import { fail, name } from "./CliCommon.ts"
+import { fail, failConfig, name } from "./CliCommon.ts"
 import * as Progress from "./Progress.ts"
 import * as Perf from "./Perf.ts"
 import * as Serve from "./Serve.ts"
@@ -129,7 +129,7 @@ export const infer = Command.make("infer", {
       InputError: (e) => fail(e.message),
       InferenceError: (e) => fail(e.message),
       RepositoryError: (e) => fail(e.message),
-      ConfigError: (e) => fail(`invalid configuration: ${e.message}`, 2),
+      ConfigError: failConfig,
       PlatformError: (e) => fail(e.message)
     })
   )
@@ -239,7 +239,7 @@ export const perf = Command.make("perf", {
     Effect.catchTags({
       PerfError: (e) => fail(`perf: ${e.message}`),
       RepositoryError: (e) => fail(`perf: ${e.message}`),
-      ConfigError: (e) => fail(`invalid configuration: ${e.message}`, 2)
+      ConfigError: failConfig
     })
   )
 }).pipe(

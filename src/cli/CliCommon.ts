@@ -5,8 +5,9 @@
  *
  * @module CliCommon
  */
-import { Cause, Data, Effect, Exit, type Runtime } from "effect"
+import { Cause, type Config, Data, Effect, Exit, type Runtime } from "effect"
 import { CliError, CliOutput } from "effect/cli"
+import * as AsyncConfig from "../AsyncConfig.ts"
 
 /** Ends the process with `code`, after the message was printed. */
 export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
@@ -17,6 +18,10 @@ export const name = "effect-onnx"
 /** Prints `effect-onnx: message` on stderr and ends with `code`. */
 export const fail = (message: string, code = 1): Effect.Effect<never, ExitCode> =>
   Effect.andThen(Effect.sync(() => process.stderr.write(`${name}: ${message}\n`)), Effect.fail(new ExitCode({ code })))
+
+/** An invalid environment variable: `effect-onnx: invalid configuration: MAX_QUEUED_REQUESTS: …` on one line, exit code 2. */
+export const failConfig = (error: Config.ConfigError): Effect.Effect<never, ExitCode> =>
+  fail(`invalid configuration: ${AsyncConfig.describeError(error)}`, 2)
 
 /**
  * Help and version as effect/cli prints them; an invalid invocation as one line per error on

@@ -15,6 +15,7 @@
 import { Duration, Effect, Layer } from "effect"
 import { HttpServer } from "effect/http"
 import { readFileSync } from "node:fs"
+import * as AsyncConfig from "../AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as GrpcServer from "../grpc/GrpcServer.ts"
 import { Lifecycle } from "../http/Lifecycle.ts"
@@ -149,7 +150,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
       RepositoryError: (e) => Effect.logError(e.message).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 1 })))),
       GrpcServeError: (e) =>
         Effect.logError(`cannot listen for gRPC on ${GrpcServer.hostPort(config.host, config.grpcPort ?? 0)}: ${e.message}`).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 1 })))),
-      ConfigError: (e) => Effect.logError(`invalid engine configuration: ${e.message}`).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 2 }))))
+      ConfigError: (e) => Effect.logError(`invalid configuration: ${AsyncConfig.describeError(e)}`).pipe(Effect.andThen(Effect.fail(new Cli.ExitCode({ code: 2 }))))
     })
   )
 

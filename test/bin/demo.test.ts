@@ -1,5 +1,5 @@
 /**
- * `node src/bin/demo.ts` as a process: an invalid environment variable is a message on stderr
+ * `node src/bin/demo.ts` as a process: an invalid environment variable is one line on stderr
  * and exit code 2 (the demo itself is run by hand: it loads every bundled model).
  */
 import { assert, describe, it } from "@effect/vitest"
@@ -20,10 +20,9 @@ const run = (env: Record<string, string>) =>
   })
 
 describe("demo (src/bin/demo.ts)", () => {
-  it("answers an invalid environment variable with a message naming it and exit code 2, not an object dump", async () => {
+  it("answers an invalid environment variable with one line naming it and exit code 2", async () => {
     const result = await run({ MAX_QUEUED_REQUESTS: "abc" })
     assert.strictEqual(result.code, 2, result.stderr)
-    assert.match(result.stderr, /^demo: invalid configuration: [\s\S]*MAX_QUEUED_REQUESTS/)
-    assert.notInclude(result.stderr, "[cause]")
+    assert.deepStrictEqual(result.stderr.trim().split("\n"), ["demo: invalid configuration: MAX_QUEUED_REQUESTS: Expected a string representing a finite number"])
   }, 30_000)
 })
