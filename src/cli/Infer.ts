@@ -16,7 +16,7 @@
  *
  * @module Infer
  */
-import { Data, type Duration, Effect, Exit, FileSystem, Stream } from "effect"
+import { Data, type Duration, Effect, Exit, FileSystem, type PlatformError, Stream } from "effect"
 import * as Fs from "node:fs"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
@@ -47,6 +47,11 @@ export interface Options {
   /** Deadline of records that do not set one. Default: the engine's (30 s). */
   readonly timeout?: Duration.Duration | undefined
   readonly onMalformed: "skip" | "fail"
+  /**
+   * The longest line read, in bytes; a longer one is a malformed record (skipped or fatal as
+   * `onMalformed` says), its bytes never held. Default `defaultMaxLineBytes` (64 MiB).
+   */
+  readonly maxLineBytes?: number | undefined
   readonly progress: Omit<Progress.Options, "output">
   /** Where reports and progress go (stderr in the CLI). */
   readonly messages: Progress.Output
@@ -87,16 +92,87 @@ export interface Summary {
 /** The path that means standard input (as `--input`) or standard output (as `--output`). */
 export const stdio = "-"
 
+/**
+ * The longest input line read, in bytes (64 MiB): a longer one is reported as malformed without
+ * being held in memory, well below V8's longest string (~512 MiB), past which it could not be read at all.
+ */
+export const defaultMaxLineBytes = 64 * 1024 * 1024
+
+/** An input line, numbered from 1: its text, or, when it is longer than the bound, only its length in bytes. */
+export type Line =
+  | { readonly line: number; readonly text: string; readonly tooLongBytes?: undefined }
+  | { readonly line: number; readonly text?: undefined; readonly tooLongBytes: number }
+
+/** Cuts bytes into lines at "\n" (a "\r" before it is dropped); skips, without keeping, the bytes of a line over `maxLineBytes`. */
+class LineSplitter {
+  private parts: Array<Uint8Array> = []
+  private bytes = 0
+  /** The length of the line being skipped, or -1. */
+  private skipped = -1
+  private line = 0
+  private readonly decoder = new TextDecoder()
+  private readonly maxLineBytes: number
+  constructor(maxLineBytes: number) {
+    this.maxLineBytes = maxLineBytes
+  }
+
+  push(chunk: Uint8Array): ReadonlyArray<Line> {
+    const out: Array<Line> = []
+    for (let from = 0; from <= chunk.length;) {
+      const newline = chunk.indexOf(10, from)
+      const end = newline === -1 ? chunk.length : newline
+      if (this.skipped >= 0) this.skipped += end - from
+      else if (this.bytes + end - from > this.maxLineBytes) {
+        this.skipped = this.bytes + end - from
+        this.parts = []
+        this.bytes = 0
+      } else if (end > from) {
+        this.parts.push(chunk.subarray(from, end))
+        this.bytes += end - from
+      }
+      if (newline === -1) break
+      out.push(this.take())
+      from = newline + 1
+    }
+    return out
+  }
+
+  /** The last line, when the input does not end with a newline. */
+  end(): ReadonlyArray<Line> {
+    return this.bytes > 0 || this.skipped >= 0 ? [this.take()] : []
+  }
+
+  private take(): Line {
+    const line = ++this.line
+    if (this.skipped >= 0) {
+      const tooLongBytes = this.skipped
+      this.skipped = -1
+      return { line, tooLongBytes }
+    }
+    const bytes = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.bytes)
+    this.parts = []
+    this.bytes = 0
+    const text = this.decoder.decode(bytes)
+    return { line, text: text.endsWith("\r") ? text.slice(0, -1) : text }
+  }
+}
+
+/** Splits a byte stream into numbered lines (see `Line`); a line over `maxLineBytes` is never held in memory. */
+export const splitLines = (maxLineBytes: number) => <E, R>(bytes: Stream.Stream<Uint8Array, E, R>): Stream.Stream<Line, E, R> =>
+  Stream.mapAccum(bytes, () => new LineSplitter(maxLineBytes), (splitter, chunk) => [splitter, splitter.push(chunk)] as const, {
+    onHalt: (splitter) => splitter.end()
+  })
+
 /** The non-blank lines of `path` (standard input for `-`), numbered from 1. */
-const lines = (fs: FileSystem.FileSystem, path: string) =>
-  (path === stdio
+const lines = (fs: FileSystem.FileSystem, path: string, maxLineBytes: number) => {
+  const bytes: Stream.Stream<Uint8Array, InputError | PlatformError.PlatformError> = path === stdio
     ? Stream.fromAsyncIterable(process.stdin as AsyncIterable<Uint8Array>, (e) => new InputError({ path: "standard input", reason: e instanceof Error ? e.message : String(e) }))
-    : fs.stream(path)).pipe(
-    Stream.decodeText,
-    Stream.splitLines,
-    Stream.map((text, i) => ({ line: i + 1, text })),
-    Stream.filter(({ text }) => !Records.isBlank(text))
+    : fs.stream(path)
+  return bytes.pipe(
+    splitLines(maxLineBytes),
+    Stream.filter((l) => l.text === undefined || !Records.isBlank(l.text))
   )
+}
 
 /**
  * The number of lines of `path` (a final line without a newline counts), counted on raw bytes:
@@ -285,15 +361,18 @@ export const run = (options: Options) =>
           progress.log(`line ${m.line}: skipped malformed record: ${m.reason}`)
         })
 
-    yield* lines(fs, options.input).pipe(
-      Stream.mapEffect(({ line, text }) => {
+    const maxLineBytes = options.maxLineBytes ?? defaultMaxLineBytes
+    yield* lines(fs, options.input, maxLineBytes).pipe(
+      Stream.mapEffect(({ line, text, tooLongBytes }) => {
         read++
-        charsRead += text.length + 1
+        charsRead += (text?.length ?? tooLongBytes ?? 0) + 1
         if (alreadyDone.has(line)) {
           done++
           return Effect.succeed(undefined)
         }
-        const decoded = Records.decode(metadata, line, text)
+        const decoded = text === undefined
+          ? { _tag: "Malformed" as const, line, reason: `line of ${tooLongBytes} bytes, longer than the ${maxLineBytes} bytes read (not read)` }
+          : Records.decode(metadata, line, text)
         return Records.isMalformed(decoded) ? Effect.as(malformed(decoded), undefined) : Effect.succeed(decoded)
       }),
       Stream.filter((record): record is Records.Record => record !== undefined),

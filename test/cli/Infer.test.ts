@@ -1,0 +1,93 @@
+/**
+ * The batch's input side without a model process: `splitLines` (numbered lines from bytes, a
+ * line over the bound skipped without being held), and `run` over the fake pool's `echo` model
+ * with a small `maxLineBytes`.
+ */
+import * as NodeServices from "@effect/platform-node/NodeServices"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit, Layer, Stream } from "effect"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { AsyncConfigService } from "../../src/AsyncConfig.ts"
+import * as Infer from "../../src/cli/Infer.ts"
+import { AsyncInferenceEngine } from "../../src/Engine.ts"
+import { TelemetryCollector } from "../../src/Telemetry.ts"
+import { makeFake } from "../fixtures/FakeModelPool.ts"
+
+const bytes = (text: string) => new TextEncoder().encode(text)
+
+const split = (chunks: ReadonlyArray<Uint8Array>, maxLineBytes: number) =>
+  Effect.runSync(Stream.runCollect(Infer.splitLines(maxLineBytes)(Stream.fromIterable(chunks))))
+
+const show = (lines: ReadonlyArray<Infer.Line>) => lines.map((l) => (l.text === undefined ? `${l.line}: ${l.tooLongBytes} bytes` : `${l.line}: ${l.text}`))
+
+describe("Infer", () => {
+  describe("splitLines", () => {
+    const e = bytes("é") // two bytes, cut between chunks below
+    const cases: ReadonlyArray<readonly [string, ReadonlyArray<Uint8Array>, ReadonlyArray<string>]> = [
+      ["lines ended by newlines", [bytes("a\nbb\n")], ["1: a", "2: bb"]],
+      ["a last line without a newline", [bytes("a\nb")], ["1: a", "2: b"]],
+      ["blank lines keep their numbers", [bytes("a\n\nb\n")], ["1: a", "2: ", "3: b"]],
+      ["a line across chunks", [bytes("ab"), bytes("c\nd"), bytes("e\n")], ["1: abc", "2: de"]],
+      ["CRLF", [bytes("a\r\nb\r\n")], ["1: a", "2: b"]],
+      ["a character cut between chunks", [e.subarray(0, 1), e.subarray(1), bytes("\n")], ["1: é"]],
+      ["a line of exactly the bound", [bytes("12345678\nok\n")], ["1: 12345678", "2: ok"]],
+      ["a line over the bound: only its length", [bytes("123456789\nok\n")], ["1: 9 bytes", "2: ok"]],
+      ["a line over the bound across chunks", [bytes("12345"), bytes("67890"), bytes("12\nok")], ["1: 12 bytes", "2: ok"]],
+      ["a last line over the bound", [bytes("ok\n1234567890")], ["1: ok", "2: 10 bytes"]],
+      ["nothing", [], []]
+    ]
+    for (const [name, chunks, expected] of cases) {
+      it(name, () => assert.deepStrictEqual(show(split(chunks, 8)), expected))
+    }
+  })
+
+  describe("run", () => {
+    const record = (value: number) => JSON.stringify({ x: { datatype: "FP32", shape: [1, 4], data: [value, value, value, value] } })
+
+    const runBatch = (input: string, onMalformed: "skip" | "fail") =>
+      Effect.gen(function*() {
+        const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "infer-test-"))
+        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
+        const inputPath = Path.join(dir, "in.ndjson")
+        const outputPath = Path.join(dir, "out.ndjson")
+        Fs.writeFileSync(inputPath, input)
+        const messages: Array<string> = []
+        const fake = yield* makeFake(() => ({ latency: "1 millis" }))
+        const exit = yield* Effect.exit(Infer.run({
+          model: "echo",
+          input: inputPath,
+          output: outputPath,
+          priority: "Normal",
+          onMalformed,
+          maxLineBytes: 200,
+          progress: { mode: "none" },
+          messages: { write: (text) => void messages.push(text) }
+        }).pipe(Effect.provide(AsyncInferenceEngine.layer.pipe(
+          Layer.provideMerge(Layer.mergeAll(fake.layer, TelemetryCollector.layer, AsyncConfigService.layer, NodeServices.layer))
+        ))))
+        const output = Fs.readFileSync(outputPath, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as { line: number })
+        return { exit, messages: messages.join(""), lines: output.map((o) => o.line) }
+      })
+
+    it.live("reports a line longer than maxLineBytes as malformed and goes on with the next record", () =>
+      Effect.gen(function*() {
+        const { exit, lines, messages } = yield* runBatch([record(1), "x".repeat(1000), record(2)].join("\n") + "\n", "skip")
+        assert.isTrue(Exit.isSuccess(exit))
+        assert.include(messages, "line 2: skipped malformed record: line of 1000 bytes, longer than the 200 bytes read (not read)")
+        assert.deepStrictEqual(lines, [1, 3])
+        assert.deepInclude(Exit.isSuccess(exit) ? exit.value : {}, { total: 3, written: 2, skipped: 1 })
+      }))
+
+    it.live("with onMalformed fail, a line longer than maxLineBytes stops the batch with MalformedLine", () =>
+      Effect.gen(function*() {
+        const { exit, lines } = yield* runBatch([record(1), "x".repeat(1000), record(2)].join("\n") + "\n", "fail")
+        assert.isTrue(Exit.isFailure(exit))
+        const error = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail")?.error : undefined
+        assert.instanceOf(error, Infer.MalformedLine)
+        assert.strictEqual((error as Infer.MalformedLine).line, 2)
+        assert.deepStrictEqual(lines, [1])
+      }))
+  })
+})
