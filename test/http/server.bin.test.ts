@@ -243,7 +243,7 @@ describe("node src/bin/server.ts", () => {
     }
     const eighty = await run(["--port", "eighty"])
     assert.strictEqual(eighty.code, 2)
-    assert.deepStrictEqual(eighty.lines, ["effect-onnx: serve: invalid --port \"eighty\": Expected an integer"])
+    assert.deepStrictEqual(eighty.lines, ["effect-onnx: serve: invalid --port \"eighty\": Expected a decimal integer"])
     const bogus = await run(["--bogus"])
     assert.strictEqual(bogus.code, 2)
     assert.match(bogus.lines[0]!, /^effect-onnx serve: Unrecognized flag: --bogus/)
