@@ -95,7 +95,8 @@ export const validateInputs = (metadata: ModelMetadata, inputs: Tensor.TensorMap
     }
   }
   for (const spec of metadata.inputs) {
-    const tensor = inputs[spec.name]
+    // Own properties only: an input named like an Object.prototype member ("constructor") is missing, not a function.
+    const tensor = Object.hasOwn(inputs, spec.name) ? inputs[spec.name] : undefined
     if (tensor === undefined) return invalid(modelId, spec.name, "missing input")
     if (tensor.dtype !== spec.dtype) return invalid(modelId, spec.name, `dtype ${tensor.dtype} given, the model takes ${spec.dtype}`)
     const bad = checkDims(modelId, spec.name, tensor.dims)

@@ -33,6 +33,13 @@ describe("ModelMetadata.validateInputs", () => {
     ["a huge dim beside a zero", { ...valid, x: Tensor.float32([], [0, 4503599627370496]) }, "x", /exceed the limit/],
     ["data of the wrong array type", { ...valid, x: { dtype: "float32", dims: [1, 3], data: new Float64Array(3) } as unknown as Tensor.Tensor }, "x", /array type/]
   ]
+  it("refuses a missing input named like an Object.prototype member as missing, not as a wrong dtype", () => {
+    const odd: ModelMetadata.ModelMetadata = { ...metadata, inputs: [...metadata.inputs, { name: "constructor", dtype: "float32", dims: [1] }] }
+    const error = ModelMetadata.validateInputs(odd, valid)
+    assert.strictEqual(error?.input, "constructor")
+    assert.match(error!.detail, /missing input/)
+  })
+
   for (const [name, inputs, input, detail] of cases) {
     it(`refuses ${name}, naming the input`, () => {
       const error = ModelMetadata.validateInputs(metadata, inputs)
