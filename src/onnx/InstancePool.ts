@@ -266,7 +266,8 @@ type Reply = Extract<Protocol.FromWorker, { readonly _tag: "done" | "failed" | "
 
 interface Job {
   readonly requestId: string
-  readonly message: (id: number) => Protocol.ToWorker
+  /** The message that carries it as job `id`; `ahead` when it goes to an instance with a job in hand. */
+  readonly message: (id: number, ahead: boolean) => Protocol.ToWorker
   readonly transfer: ReadonlyArray<ArrayBuffer> | undefined
   readonly resume: (outcome: Outcome) => void
   /** Its outcome from the instance's reply. */
@@ -445,9 +446,10 @@ const dispatch = (state: State, slot: Slot, job: Job): boolean => {
   const id = state.nextId++
   job.state = "running"
   job.sent = { id, slot }
+  const ahead = slot.jobs.length > 0
   slot.jobs.push({ id, job })
   try {
-    slot.instance.send(job.message(id), job.transfer)
+    slot.instance.send(job.message(id, ahead), job.transfer)
   } catch (e) {
     slot.jobs.pop()
     job.state = "done"
@@ -805,7 +807,7 @@ const startAll = (state: State): Effect.Effect<void, string> =>
 const submit = <A>(
   state: State,
   requestId: string,
-  message: (id: number) => Protocol.ToWorker,
+  message: (id: number, ahead: boolean) => Protocol.ToWorker,
   decode: (reply: Reply) => Exit.Exit<A, InferenceError.RunFailed>,
   runOptions: RunOptions | undefined,
   transfer?: ReadonlyArray<ArrayBuffer>
@@ -883,11 +885,11 @@ const api = (state: State): InstancePool => {
     fallbacks: first.fallbacks,
     run: (inputs, requestId, runOptions) => {
       const { transfer, wire } = wireInputs(state, inputs, runOptions?.transfer === true)
-      return submit(state, requestId, (id) => ({ _tag: "run", id, inputs: wire }), decodeRun, runOptions, transfer)
+      return submit(state, requestId, (id, ahead) => ahead ? { _tag: "run", id, inputs: wire, ahead } : { _tag: "run", id, inputs: wire }, decodeRun, runOptions, transfer)
     },
     runGroup: (inputs, requestId, runOptions) => {
       const wires = inputs.map((i) => wireInputs(state, i, false).wire)
-      return submit(state, requestId, (id) => ({ _tag: "runGroup", id, inputs: wires }), (reply) => decodeGroup(state, requestId, reply), runOptions)
+      return submit(state, requestId, (id, ahead) => ahead ? { _tag: "runGroup", id, inputs: wires, ahead } : { _tag: "runGroup", id, inputs: wires }, (reply) => decodeGroup(state, requestId, reply), runOptions)
     },
     unavailableReason: () => (state.closing ? "the model pool is closing" : state.broken),
     stats: () => {

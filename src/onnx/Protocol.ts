@@ -58,13 +58,21 @@ export interface ThreadStart {
  * the transport reads them back. Neither `InstancePool` nor `SessionEndpoint` ever sees one.
  */
 export type ToWorker =
-  | { readonly _tag: "run"; readonly id: number; readonly inputs: Tensor.TensorMap; readonly placed?: ShmChannel.PlacedMap | undefined }
+  | {
+    readonly _tag: "run"
+    readonly id: number
+    readonly inputs: Tensor.TensorMap
+    readonly placed?: ShmChannel.PlacedMap | undefined
+    /** Sent ahead, to an instance with a job in hand: its caller may cancel it before its turn (see `SessionEndpoint`). */
+    readonly ahead?: boolean | undefined
+  }
   /** Several runs, each on its own, answered together by one `doneGroup`. */
   | {
     readonly _tag: "runGroup"
     readonly id: number
     readonly inputs: ReadonlyArray<Tensor.TensorMap>
     readonly placed?: ReadonlyArray<ShmChannel.PlacedMap> | undefined
+    readonly ahead?: boolean | undefined
   }
   /** The caller of job `id` left: if it has not started, it is answered `failed` without running. */
   | { readonly _tag: "cancel"; readonly id: number }

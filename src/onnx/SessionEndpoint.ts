@@ -239,6 +239,15 @@ const handle = async (context: Context, message: Exclude<Protocol.ToWorker, { re
   }
 }
 
+/**
+ * Resolves once the messages that have already arrived are read. A native run blocks the thread,
+ * so a job sent ahead (`ahead`) and the cancel its caller sent while the run went on both wait in
+ * the port; each message is handled (microtasks included) before the next is read, so a job
+ * chained at once would start before its cancel is seen. A macrotask turn first lets the cancel
+ * in. A job sent to an idle instance starts at once: no turn is added to the unpipelined path.
+ */
+const afterWaitingMessages = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+
 /** Loads the session, then serves messages one at a time until `close` (or until loading fails). */
 export const serve = async (
   config: Protocol.WorkerConfig,
@@ -254,7 +263,9 @@ export const serve = async (
       context.cancelled.add(message.id)
       return
     }
-    // A job's whole turn (a test intercept included) holds the device lock where one applies.
-    queue = queue.then(() => skipCancelled(context, message) ? undefined : exclusively(options.exclusive, loaded.deviceUsed, () => handle(context, message)))
+    // A job's whole turn (a test intercept included) holds the device lock where one applies. A
+    // job sent ahead starts only after the messages already waiting are read (`afterWaitingMessages`).
+    const turn = () => skipCancelled(context, message) ? undefined : exclusively(options.exclusive, loaded.deviceUsed, () => handle(context, message))
+    queue = (message._tag !== "close" && message.ahead === true ? queue.then(afterWaitingMessages) : queue).then(turn)
   })
 }

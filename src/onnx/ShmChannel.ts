@@ -129,24 +129,28 @@ const writeAll = (fd: number, maps: ReadonlyArray<Tensor.TensorMap>): Array<Plac
   return out
 }
 
+/** `to`, marked sent ahead when `from` was (`Protocol.ToWorker`'s `ahead`); as it is otherwise. */
+const keepAhead = <M extends Protocol.ToWorker>(from: Protocol.ToWorker, to: M): M =>
+  from._tag !== "close" && from._tag !== "cancel" && from.ahead === true ? { ...to, ahead: true } : to
+
 /** Host side: `message` with its inputs written to `fd` (they are then empty in it), or undefined when it goes through the pipe as it is. */
 export const placeInputs = (fd: number, message: Protocol.ToWorker): Protocol.ToWorker | undefined => {
   if (message._tag === "run") {
     const placed = writeAll(fd, [message.inputs])
-    return placed === undefined ? undefined : { _tag: "run", id: message.id, inputs: {}, placed: placed[0]! }
+    return placed === undefined ? undefined : keepAhead(message, { _tag: "run", id: message.id, inputs: {}, placed: placed[0]! })
   }
   if (message._tag === "runGroup") {
     const placed = writeAll(fd, message.inputs)
-    return placed === undefined ? undefined : { _tag: "runGroup", id: message.id, inputs: message.inputs.map(() => ({})), placed }
+    return placed === undefined ? undefined : keepAhead(message, { _tag: "runGroup", id: message.id, inputs: message.inputs.map(() => ({})), placed })
   }
   return undefined
 }
 
 /** Child side: `message` with any placed inputs read back from `fd`. */
 export const takeInputs = (fd: number, message: Protocol.ToWorker): Protocol.ToWorker => {
-  if (message._tag === "run" && message.placed !== undefined) return { _tag: "run", id: message.id, inputs: read(fd, message.placed) }
+  if (message._tag === "run" && message.placed !== undefined) return keepAhead(message, { _tag: "run", id: message.id, inputs: read(fd, message.placed) })
   if (message._tag === "runGroup" && message.placed !== undefined) {
-    return { _tag: "runGroup", id: message.id, inputs: message.placed.map((p) => read(fd, p)) }
+    return keepAhead(message, { _tag: "runGroup", id: message.id, inputs: message.placed.map((p) => read(fd, p)) })
   }
   return message
 }

@@ -214,6 +214,21 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
       assert.strictEqual(pool.counters.replies, replies + 3, "only the blocker, the job ahead and the last run reached the worker")
     }))
 
+  it.effect("a worker skips a job sent ahead whose caller left while the worker was blocked in another run", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.OnnxModelPool
+      const blocker = yield* Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms: 200 }, { requestId: "blocker" }), { startImmediately: true })
+      // the instance takes it ahead of the running spin; its cancel reaches the worker during the spin
+      const ahead = yield* Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms: 400 }, { requestId: "ahead" }), { startImmediately: true })
+      yield* Effect.sleep(40)
+      yield* Fiber.interrupt(ahead)
+      yield* Fiber.join(blocker)
+      const t0 = now()
+      yield* pool.run("mlp", mlpInputs(1), { requestId: "after" })
+      const waited = now() - t0
+      assert.isBelow(waited, 300, `the next run waited ${waited.toFixed(0)} ms: the job ahead ran its 400 ms instead of being skipped`)
+    }))
+
   it.effect("serves waiting callers in FIFO order", () =>
     Effect.gen(function*() {
       const pool = yield* OnnxModelPool.OnnxModelPool

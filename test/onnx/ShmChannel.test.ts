@@ -83,6 +83,14 @@ describe("ShmChannel", () => {
       assert.deepStrictEqual(ShmChannel.takeInputs(channel.inputFd, placed), large)
     }))
 
+  it("keeps a job's sent-ahead mark through shared memory, for a run and a group", () =>
+    withChannel((channel) => {
+      const run: Protocol.ToWorker = { _tag: "run", id: 6, inputs: { x: big(ShmChannel.minBytes / 4, 1) }, ahead: true }
+      assert.deepStrictEqual(ShmChannel.takeInputs(channel.inputFd, ShmChannel.placeInputs(channel.inputFd, run)!), run)
+      const group: Protocol.ToWorker = { _tag: "runGroup", id: 7, inputs: [{ x: big(8192, 1) }, { x: big(8192, 2) }], ahead: true }
+      assert.deepStrictEqual(ShmChannel.takeInputs(channel.inputFd, ShmChannel.placeInputs(channel.inputFd, group)!), group)
+    }))
+
   it("places a group's inputs one after another, and its replies' outputs around the failed runs", () =>
     withChannel((channel) => {
       const inputs = [{ x: big(8192, 1) }, { x: big(8192, 2) }, { x: big(8192, 3) }]
