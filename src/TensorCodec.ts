@@ -319,7 +319,8 @@ const decodeBinaryData = (
     return Tensor.make(dtype, strings as Tensor.DataTypeToArray[typeof dtype], dims.slice())
   }
   if (bytes.length !== count * width) {
-    return invalid(`parameters.binary_data_size is ${bytes.length} bytes, shape ${Tensor.dimsText(dims)} of ${datatypeOf[dtype]} needs ${count * width}`)
+    // Worded for both front ends: HTTP's binary_data_size and gRPC's raw_input_contents both land here.
+    return invalid(`the binary data is ${bytes.length} bytes, shape ${Tensor.dimsText(dims)} of ${datatypeOf[dtype]} needs ${count * width}`)
   }
   // In place where the bytes are aligned for the dtype (the body's memory becomes the tensor's), else copied.
   let out = Tensor.viewOf(dtype as Exclude<Tensor.DataType, "string">, bytes, count) as Exclude<Tensor.TensorData, ReadonlyArray<string>> | undefined

@@ -202,7 +202,7 @@ describe("ModelInfer", () => {
       assert.strictEqual(wrongType.error?.code, Grpc.status.INVALID_ARGUMENT)
       assert.strictEqual(wrongType.error?.details, "invalid input \"x\" for model \"echo\": datatype INT32 given, the model takes FP32")
       const short = yield* call("ModelInfer", { model_name: "echo", inputs: [{ name: "x", datatype: "FP32", shape: [1, 4] }], raw_input_contents: [f32([1, 2, 3])] })
-      assert.strictEqual(short.error?.details, "invalid input \"x\" for model \"echo\": parameters.binary_data_size is 12 bytes, shape [1, 4] of FP32 needs 16")
+      assert.strictEqual(short.error?.details, "invalid input \"x\" for model \"echo\": the binary data is 12 bytes, shape [1, 4] of FP32 needs 16")
       const count = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), raw_input_contents: [f32([1, 2, 3, 4]), f32([1])] })
       assert.include(count.error?.details, "expected 1 raw_input_contents, one per input, got 2")
       // Both ways at once: refused, not the typed values silently dropped (Triton's rule).

@@ -218,7 +218,7 @@ describe("binary tensor data (Triton's extension)", () => {
   })
 
   const refusals: ReadonlyArray<readonly [string, ReadonlyArray<Oip.RequestInput>, Uint8Array | undefined, RegExp]> = [
-    ["a size that does not fit the shape", [input("FP32", [1, 2], 4)], new Uint8Array(4), /binary_data_size is 4 bytes, shape \[1, 2\] of FP32 needs 8/],
+    ["a size that does not fit the shape", [input("FP32", [1, 2], 4)], new Uint8Array(4), /the binary data is 4 bytes, shape \[1, 2\] of FP32 needs 8/],
     ["a size past the binary part", [input("FP32", [1, 2], 8)], new Uint8Array(4), /binary_data_size is 8 bytes, only 4 are left in the binary part/],
     ["a size without a binary part", [input("FP32", [1, 2], 8)], undefined, /no binary part \(send the Inference-Header-Content-Length header\)/],
     ["bytes left over", [input("FP32", [1, 1], 4)], new Uint8Array(6), /the binary part has 6 bytes, the inputs' binary_data_size add up to 4/],
