@@ -255,13 +255,9 @@ const submit = (
   }
 }
 
-/** One of the four levels: four comparisons of interned strings, no allocation (it runs on every request). */
-const isPriority = (priority: unknown): priority is Priority.Priority =>
-  priority === "Critical" || priority === "High" || priority === "Normal" || priority === "Low"
-
 /** Why the request cannot be queued (an unknown priority, invalid inputs for its model), or undefined. */
 const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata): InferenceError.Reason | undefined => {
-  if (!isPriority(request.priority)) {
+  if (!Priority.is(request.priority)) {
     const given: unknown = request.priority
     return new InferenceError.InvalidInput({
       modelId: request.modelId,

@@ -662,6 +662,9 @@ export const versionsOf = (repository: ModelRepository, name: string): ReadonlyA
 export const lookup = (repository: ModelRepository, name: string, version?: string): Entry | undefined => {
   const versions = versionsOf(repository, name)
   if (version === undefined) return versions[versions.length - 1]
-  return versions.find((e) => e.version === version) ??
-    (versionPattern.test(version) ? versions.find((e) => BigInt(e.version) === BigInt(version)) : undefined)
+  return versions.find((e) => sameVersion(e.version, version))
 }
+
+/** Whether two version names name one version: equal, or decimal digits of one number ("01" and "1"). */
+export const sameVersion = (a: string, b: string): boolean =>
+  a === b || (versionPattern.test(a) && versionPattern.test(b) && BigInt(a) === BigInt(b))

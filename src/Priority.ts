@@ -16,6 +16,9 @@ export const High: Priority = "High"
 export const Normal: Priority = "Normal"
 export const Low: Priority = "Low"
 
+/** Whether `value` is one of the four levels: four comparisons, no allocation (admission runs it on every request). */
+export const is = (value: unknown): value is Priority => value === "Critical" || value === "High" || value === "Normal" || value === "Low"
+
 /** Schema of a priority name. */
 export const schema = Schema.Literals(levels)
 

@@ -120,9 +120,7 @@ export const report = (
     const versions = models.filter((m) => m.name === name)
     const chosen = version === undefined
       ? versions.map((m) => m.version).sort((a, b) => Number(b) - Number(a))[0]
-      : (versions.find((m) => m.version === version) ?? (ModelRepository.versionPattern.test(version)
-        ? versions.find((m) => ModelRepository.versionPattern.test(m.version) && BigInt(m.version) === BigInt(version))
-        : undefined))?.version
+      : versions.find((m) => ModelRepository.sameVersion(m.version, version))?.version
     if (chosen === undefined) return Effect.fail(new InferenceError.ModelNotFound(version === undefined ? { modelId: name } : { modelId: name, version }))
     return Effect.succeed([toTriton(name, chosen, statistics.get(name))])
   })
