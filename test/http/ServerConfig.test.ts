@@ -6,6 +6,15 @@ import * as ServerConfig from "../../src/http/ServerConfig.ts"
 type Flags = Partial<Record<keyof ServerConfig.ServerConfig, string>>
 const decode = (flags: Flags, env: Record<string, string> = {}) => ServerConfig.decode(flags, env)
 
+/** Each case's flags and variables are refused with a ConfigError whose message includes its text. */
+const assertRefused = (cases: ReadonlyArray<readonly [Flags, Record<string, string>, string]>) => {
+  for (const [flags, env, message] of cases) {
+    const result = decode(flags, env)
+    assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify([flags, env]))
+    if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
+  }
+}
+
 describe("ServerConfig", () => {
   it("defaults to 127.0.0.1:8000, the bundled repository, 16 MiB bodies, a 30 s grace period, strict readiness", () => {
     const config = decode({})
@@ -68,11 +77,7 @@ describe("ServerConfig", () => {
       [{ strictReadiness: "maybe" }, {}, "invalid --strict-readiness \"maybe\""],
       [{}, { METRICS_FORMAT: "prometheus" }, "invalid METRICS_FORMAT \"prometheus\""]
     ]
-    for (const [flags, env, message] of cases) {
-      const result = decode(flags, env)
-      assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify(flags))
-      if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
-    }
+    assertRefused(cases)
   })
 
   it("refuses an empty flag and numbers that are not decimal (they became 0, 8080, 1000); an empty variable is unset", () => {
@@ -89,11 +94,7 @@ describe("ServerConfig", () => {
       [{ gracePeriod: "Infinity" }, {}, "invalid --grace-period-seconds \"Infinity\""],
       [{}, { MAX_BODY_BYTES: "0b11" }, "invalid MAX_BODY_BYTES \"0b11\""]
     ]
-    for (const [flags, env, message] of cases) {
-      const result = decode(flags, env)
-      assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify([flags, env]))
-      if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
-    }
+    assertRefused(cases)
     assert.deepInclude(decode({}, { PORT: "", GRACE_PERIOD_SECONDS: "" }), { port: 8000 })
     assert.deepInclude(decode({ port: "08080", maxBodyBytes: "1024" }), { port: 8080, maxBodyBytes: 1024 })
     const grace = decode({ gracePeriod: "2.5" })

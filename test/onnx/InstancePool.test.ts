@@ -20,15 +20,12 @@ class FakeInstance {
   constructor(events: InstanceEvents) {
     this.events = events
   }
-  ready(): void {
-    this.events.message({
-      _tag: "ready",
-      deviceUsed: "cpu",
-      fallbacks: [],
-      inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }],
-      outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }],
-      loadMs: 1
-    })
+  /** Says its session loaded, with the signature given (by default x [-1, 1] → y [-1, 1]). */
+  ready(signature: Pick<Extract<Protocol.FromWorker, { readonly _tag: "ready" }>, "inputs" | "outputs"> = {
+    inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }],
+    outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }]
+  }): void {
+    this.events.message({ _tag: "ready", deviceUsed: "cpu", fallbacks: [], ...signature, loadMs: 1 })
   }
   /** Ids of the runs sent to it, in order. */
   runs(): Array<number> {
@@ -230,14 +227,7 @@ describe("InstancePool", () => {
       instances[0]!.die("exit code 3")
       yield* settle
       const replacement = instances[1]!
-      replacement.events.message({
-        _tag: "ready",
-        deviceUsed: "cpu",
-        fallbacks: [],
-        inputs: [{ name: "x", dtype: "float32", dims: [-1, 1024] }],
-        outputs: [{ name: "y", dtype: "float32", dims: [-1, 10] }],
-        loadMs: 1
-      })
+      replacement.ready({ inputs: [{ name: "x", dtype: "float32", dims: [-1, 1024] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 10] }] })
       yield* settle
       assert.deepStrictEqual(replacement.runs(), [], "it was given no job")
       assert.isTrue(replacement.sent.some((m) => m._tag === "close"), "it was closed")
@@ -373,14 +363,7 @@ describe("InstancePool", () => {
       const fake = fakeTransport()
       const starting = yield* Effect.forkChild(InstancePool.start(options({ instances: 1 }), fake.transport), { startImmediately: true })
       yield* settle
-      fake.instances[0]!.events.message({
-        _tag: "ready",
-        deviceUsed: "cpu",
-        fallbacks: [],
-        inputs: [{ name: "x", dtype: "float32", dims: [-1, 2] }],
-        outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }],
-        loadMs: 1
-      })
+      fake.instances[0]!.ready({ inputs: [{ name: "x", dtype: "float32", dims: [-1, 2] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }] })
       const next = yield* Fiber.join(starting)
       yield* Effect.forkChild(old.pool.closeInto(next, "the model was reloaded while this run waited"), { startImmediately: true })
       const waiting = reasonOf(yield* Fiber.join(fibers[2]!))
