@@ -228,7 +228,8 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       for (const m of members) rows += m.rows
       const nativeMs = Exit.isSuccess(exit) ? exit.value.runMs : undefined
       batch.model.cost.observe(rows, nativeMs ?? runMs)
-      state.telemetry.recordRun(request.modelId, runMs, members.length, rows)
+      // The compute time is the native run's too: a job sent ahead to a busy instance waited there first.
+      state.telemetry.recordRun(request.modelId, nativeMs ?? runMs, members.length, rows)
       if (Exit.isFailure(exit) && joined && isRunFailure(exit)) {
         // One member's input can fail a whole batch: each member runs again alone.
         return Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true })

@@ -1,11 +1,12 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Layer, Metric, Tracer } from "effect"
+import { Clock, Context, Effect, Fiber, Layer, Metric, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import { AsyncConfigService } from "../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../src/Engine.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
-import { metrics, outcomeOf, requestOutcomes, TelemetryCollector } from "../src/Telemetry.ts"
-import { echoInputs, makeFake } from "./fixtures/FakeModelPool.ts"
+import { ModelPool } from "../src/ModelPool.ts"
+import { layerRecording, metrics, outcomeOf, requestOutcomes, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
+import { echoInputs, echoMetadata, makeFake } from "./fixtures/FakeModelPool.ts"
 
 const count = (metric: Metric.Metric<number, Metric.CounterState<number>>, attributes: Record<string, string>) =>
   Effect.map(Metric.value(Metric.withAttributes(metric, attributes)), (s) => s.count)
@@ -77,6 +78,35 @@ describe("TelemetryCollector.layer recordRun", () => {
       collector.recordRun("rows-model", 1, 2)
       assert.strictEqual((yield* count(metrics.inferences, model)) - before.inferences, 130, "64 + 64 rows, then 2 requests that did not say")
       assert.strictEqual((yield* count(metrics.executions, model)) - before.exec, 3)
+    }))
+})
+
+describe("Engine's recordRun", () => {
+  it.effect("records a run's native time (RunOutput.runMs), not its wait in the instance it was sent ahead to", () =>
+    Effect.gen(function*() {
+      // One instance that pipelines two jobs: the second waits there for the first's 10 ms run.
+      let busyUntilMs = 0
+      const pool = ModelPool.of({
+        metadata: () => Effect.succeed({ ...echoMetadata, concurrency: 1, pipelineDepth: 2 }),
+        run: (_modelId, inputs) =>
+          Effect.gen(function*() {
+            const now = yield* Clock.currentTimeMillis
+            busyUntilMs = Math.max(now, busyUntilMs) + 10
+            yield* Effect.sleep(busyUntilMs - now)
+            return { outputs: { y: inputs["x"]! }, deviceUsed: "cpu", runMs: 10 }
+          }),
+        models: Effect.succeed([])
+      })
+      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(Layer.succeed(ModelPool, pool), layerRecording, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
+      ))
+      const engine = Context.get(context, AsyncInferenceEngine)
+      const run = (value: number) => Effect.forkChild(engine.infer(InferenceRequest.make("echo", echoInputs(value))), { startImmediately: true })
+      const fibers = [yield* run(1), yield* run(2)]
+      yield* TestClock.adjust("50 millis")
+      for (const f of fibers) yield* Fiber.join(f)
+      const runs = Context.get(context, TelemetryLog).events.flatMap((e) => (e._tag === "run" ? [e.runMs] : []))
+      assert.deepStrictEqual(runs, [10, 10], "the job sent ahead waited 10 ms for the instance, then ran 10 ms")
     }))
 })
 
