@@ -102,13 +102,14 @@ export const platformName = "onnxruntime_onnx"
 
 /**
  * The names of the outputs to return: the requested ones (each must exist), or all the model's
- * outputs when `outputs` is absent.
+ * outputs when `outputs` is absent or empty (as Triton reads it, and as gRPC, whose repeated
+ * field cannot tell the two apart).
  */
 export const selectOutputs = (
   metadata: ModelMetadata.ModelMetadata,
   requested: ReadonlyArray<{ readonly name: string }> | undefined
 ): ReadonlyArray<string> | InferenceError.InvalidInput => {
-  if (requested === undefined) return metadata.outputs.map((s) => s.name)
+  if (requested === undefined || requested.length === 0) return metadata.outputs.map((s) => s.name)
   const names: Array<string> = []
   for (const { name } of requested) {
     if (!metadata.outputs.some((s) => s.name === name)) {

@@ -403,6 +403,19 @@ describe("inference", () => {
       assert.deepStrictEqual(all.json.outputs[2], { name: "b_out", datatype: "INT64", shape: [], data: [10] })
     }).pipe(withFreshMetrics))
 
+  it.effect("an empty outputs array asks for every output, as Triton and the gRPC front end read it", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const inputs = [{ name: "a", shape: [3], datatype: "FP32", data: [1, 2, 3] }, { name: "b", shape: [], datatype: "INT64", data: [10] }]
+      const empty = yield* send("POST", "/v2/models/multi/infer", { inputs, outputs: [] })
+      assert.strictEqual(empty.status, 200)
+      assert.deepStrictEqual(empty.json.outputs.map((o: { name: string }) => o.name), ["sum", "scaled", "b_out"])
+      const binary = yield* send("POST", "/v2/models/multi/infer", { inputs, outputs: [], parameters: { binary_data_output: true } })
+      assert.strictEqual(binary.headers.get("content-type"), "application/octet-stream")
+      const head = JSON.parse(binary.text.slice(0, Number(binary.headers.get("inference-header-content-length"))))
+      assert.deepStrictEqual(head.outputs.map((o: { parameters: unknown }) => o.parameters), [{ binary_data_size: 4 }, { binary_data_size: 12 }, { binary_data_size: 8 }])
+    }).pipe(withFreshMetrics))
+
   it.effect("413 for a body over the limit, from Content-Length or while reading", () =>
     Effect.gen(function*() {
       const { send, stats } = yield* makeApp({ bodyLimitBytes: 1000 })
