@@ -260,12 +260,14 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
       // time per member), for the size of its next groups (`Scheduler.groupCap`).
       let nativeMs = 0
       for (const o of outcomes) nativeMs += Exit.isSuccess(o) ? o.value.runMs ?? NaN : 0
-      batch.model.expectedRunMs = (Number.isFinite(nativeMs) ? nativeMs : state.nowMs() - startedMs) / members.length
+      const wallMs = (state.nowMs() - startedMs) / members.length
+      batch.model.expectedRunMs = Number.isFinite(nativeMs) ? nativeMs / members.length : wallMs
       for (let i = 0; i < members.length; i++) {
         const m = members[i]!
         const outcome = outcomes[i]
         const { modelId, requestId } = m.value.request
-        state.telemetry.recordRun(modelId, outcome !== undefined && Exit.isSuccess(outcome) ? outcome.value.runMs ?? 0 : 0, 1, m.rows)
+        // A run the pool did not time counts the group's wall time per member, as a batch's run does, not 0.
+        state.telemetry.recordRun(modelId, outcome === undefined ? 0 : Exit.isSuccess(outcome) ? outcome.value.runMs ?? wallMs : wallMs, 1, m.rows)
         if (outcome === undefined) answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: "the pool answered fewer runs than it was sent" })))
         else if (Exit.isSuccess(outcome)) answer(state, m, Exit.succeed({ outputs: outcome.value.outputs, deviceUsed: outcome.value.deviceUsed }))
         else answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: outcome.cause.reasons[0]?._tag === "Fail" ? outcome.cause.reasons[0].error.detail : "run failed" })))

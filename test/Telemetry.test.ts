@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Context, Effect, Fiber, Layer, Metric, Tracer } from "effect"
+import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Tracer } from "effect"
 import { TestClock } from "effect/testing"
 import { AsyncConfigService } from "../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../src/Engine.ts"
@@ -107,6 +107,28 @@ describe("Engine's recordRun", () => {
       for (const f of fibers) yield* Fiber.join(f)
       const runs = Context.get(context, TelemetryLog).events.flatMap((e) => (e._tag === "run" ? [e.runMs] : []))
       assert.deepStrictEqual(runs, [10, 10], "the job sent ahead waited 10 ms for the instance, then ran 10 ms")
+    }))
+
+  it.effect("records a group's runs at the group's wall time per member when the pool does not time them, not at 0", () =>
+    Effect.gen(function*() {
+      const pool = ModelPool.of({
+        metadata: () => Effect.succeed({ ...echoMetadata, concurrency: 1 }),
+        run: (_modelId, inputs) => Effect.succeed({ outputs: { y: inputs["x"]! }, deviceUsed: "cpu" }),
+        // Each run of a group takes 10 ms; the pool reports no runMs.
+        runGroup: (_modelId, inputs) =>
+          Effect.as(Effect.sleep(Duration.millis(10 * inputs.length)), inputs.map((x) => Exit.succeed({ outputs: { y: x["x"]! }, deviceUsed: "cpu" }))),
+        models: Effect.succeed([])
+      })
+      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(Layer.succeed(ModelPool, pool), layerRecording, AsyncConfigService.layerWith({})))
+      ))
+      const engine = Context.get(context, AsyncInferenceEngine)
+      const fibers = []
+      for (let i = 0; i < 4; i++) fibers.push(yield* Effect.forkChild(engine.infer(InferenceRequest.make("echo", echoInputs(i))), { startImmediately: true }))
+      yield* TestClock.adjust("100 millis")
+      for (const f of fibers) yield* Fiber.join(f)
+      const runs = Context.get(context, TelemetryLog).events.flatMap((e) => (e._tag === "run" ? [e.runMs] : []))
+      assert.deepStrictEqual(runs, [10, 10, 10, 10], "one group of 4 runs took 40 ms")
     }))
 })
 
