@@ -187,11 +187,12 @@ const dataOf = (input: ModelInferRequest["inputs"][number]): ReadonlyArray<unkno
  * Why a tensor's parameter asks for what this server does not do over gRPC, or undefined (the
  * others go on to the OIP checks, or are ignored as Triton ignores them).
  */
-const refusedParameter = (kind: "input" | "output", key: string): string | undefined => {
+const refusedParameter = (kind: "input" | "output", key: string, raw: boolean): string | undefined => {
   switch (key) {
     case "binary_data_size":
       // HTTP's binary tensor data: its bytes would come after a JSON header gRPC does not have.
-      return kind === "input" ? "parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents" : undefined
+      // Beside raw contents it may describe them (KServe's client sends it so): `toOip` checks it.
+      return kind === "input" && !raw ? "parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents" : undefined
     case "classification":
       return kind === "output" ? "parameters.classification asks for the classification extension, which this server does not support" : undefined
     case "shared_memory_region":
@@ -204,10 +205,15 @@ const refusedParameter = (kind: "input" | "output", key: string): string | undef
 }
 
 /** The first refused parameter of a tensor, as the request's answer; undefined when none is (no allocation when it has none). */
-const refusedParameters = (kind: "input" | "output", name: string, parameters: Readonly<Record<string, InferParameter>> | undefined): string | undefined => {
+const refusedParameters = (
+  kind: "input" | "output",
+  name: string,
+  parameters: Readonly<Record<string, InferParameter>> | undefined,
+  raw = false
+): string | undefined => {
   if (parameters === undefined) return undefined
   for (const key in parameters) {
-    const why = refusedParameter(kind, key)
+    const why = refusedParameter(kind, key, raw)
     if (why !== undefined) return `${kind} ${JSON.stringify(name)}: ${why}`
   }
   return undefined
@@ -215,8 +221,9 @@ const refusedParameters = (kind: "input" | "output", name: string, parameters: R
 
 /**
  * A request rewritten as an OIP request (not yet schema-checked) with its binary part, or why it
- * cannot be: raw contents not one per input, an input with typed `contents` beside them or
- * HTTP's `binary_data_size`, typed contents that do not fit the input (`dataOf`), or a tensor
+ * cannot be: raw contents not one per input, an input with typed `contents` beside them, HTTP's
+ * `binary_data_size` with typed contents (beside raw contents it must be the entry's length, as
+ * KServe's client sends it), typed contents that do not fit the input (`dataOf`), or a tensor
  * parameter for an extension this server lacks (an output's `classification`, `shared_memory_*`).
  */
 export const toOip = (request: ModelInferRequest): { readonly body: unknown; readonly binary: Uint8Array | undefined } | string => {
@@ -227,14 +234,19 @@ export const toOip = (request: ModelInferRequest): { readonly body: unknown; rea
   const inputs: Array<Record<string, unknown>> = []
   for (let i = 0; i < request.inputs.length; i++) {
     const input = request.inputs[i]!
-    const refused = refusedParameters("input", input.name, input.parameters)
+    const refused = refusedParameters("input", input.name, input.parameters, raw.length > 0)
     if (refused !== undefined) return refused
     const parameters = parametersOf(input.parameters) ?? {}
     const entry: Record<string, unknown> = { name: input.name, datatype: input.datatype, shape: input.shape.map(Number) }
     if (raw.length > 0) {
       // As Triton: one way or the other for the whole request, never both (the proto's rule).
       if (input.contents != null) return `input ${JSON.stringify(input.name)}: contents must not be given when raw_input_contents is used`
-      entry["parameters"] = { ...parameters, binary_data_size: raw[i]!.length }
+      const bytes = raw[i]!.length
+      const size = parameters["binary_data_size"]
+      if (size !== undefined && size !== bytes) {
+        return `input ${JSON.stringify(input.name)}: parameters.binary_data_size is ${TensorCodec.describe(size)}, but its raw_input_contents entry holds ${bytes} bytes`
+      }
+      entry["parameters"] = { ...parameters, binary_data_size: bytes }
     } else {
       const data = dataOf(input)
       if (typeof data === "string") return `input ${JSON.stringify(input.name)}: ${data}`

@@ -80,9 +80,9 @@ describe("GrpcCodec.toOip", () => {
       "input \"x\": parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents"
     ],
     [
-      "HTTP's binary_data_size with raw contents (it was overwritten silently)",
+      "a binary_data_size with raw contents that is not their length (it was overwritten silently)",
       request({ inputs: [input({ parameters: { binary_data_size: { parameter_choice: "int64_param", int64_param: "5" } } })], raw_input_contents: [f32([1, 2, 3, 4])] }),
-      "input \"x\": parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents"
+      "input \"x\": parameters.binary_data_size is 5, but its raw_input_contents entry holds 16 bytes"
     ],
     [
       "an output's classification (Triton's classification extension)",
@@ -113,6 +113,11 @@ describe("GrpcCodec.toOip", () => {
     const raw = GrpcCodec.toOip(request({ raw_input_contents: [f32([1, 2, 3, 4])] }))
     assert.notStrictEqual(typeof raw, "string")
     assert.deepStrictEqual((raw as any).body.inputs[0].parameters, { binary_data_size: 16 })
+    // KServe's InferInput.set_data_from_numpy sets binary_data_size to the raw entry's length, and its
+    // to_grpc sends it: it describes those bytes, so it is taken (Triton ignores it).
+    const kserve = GrpcCodec.toOip(request({ inputs: [input({ parameters: { binary_data_size: { parameter_choice: "int64_param", int64_param: "16" } } })], raw_input_contents: [f32([1, 2, 3, 4])] }))
+    assert.notStrictEqual(typeof kserve, "string", String(kserve))
+    assert.deepStrictEqual((kserve as any).body.inputs[0].parameters, { binary_data_size: 16 })
     const typed = GrpcCodec.toOip(request({ inputs: [input({ contents: contents({ fp32_contents: [1, 2, 3, 4] }) })] }))
     assert.deepStrictEqual((typed as any).body.inputs[0].data, [1, 2, 3, 4])
     assert.isUndefined((typed as any).binary)

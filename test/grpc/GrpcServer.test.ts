@@ -122,6 +122,29 @@ describe("ModelInfer", () => {
       assert.deepStrictEqual(fromF32(v1.raw_output_contents[0]), [1, 2, 3, 4])
     }))
 
+  it.live("KServe's client: raw contents with each input's binary_data_size set to their length are answered", () =>
+    Effect.gen(function*() {
+      const { call } = yield* makeHarness()
+      // kserve.InferRequest.to_grpc() with numpy data: InferInput.set_data_from_numpy puts
+      // binary_data_size (int64) in the input's parameters beside its raw_input_contents entry.
+      const r = yield* call("ModelInfer", {
+        model_name: "multi",
+        id: "kserve-1",
+        inputs: [
+          { name: "a", datatype: "FP32", shape: [2], parameters: { binary_data_size: { int64_param: "8" } } },
+          { name: "b", datatype: "INT64", shape: [], parameters: { binary_data_size: { int64_param: "8" } } }
+        ],
+        raw_input_contents: [f32([1, 2]), Buffer.from(new BigInt64Array([3n]).buffer)]
+      })
+      assert.isUndefined(r.error, r.error?.details)
+      assert.strictEqual(r.response.id, "kserve-1")
+      assert.deepStrictEqual(fromF32(r.response.raw_output_contents[1]), [3, 6])
+      // One that disagrees with the bytes is refused, not overwritten.
+      const wrong = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), inputs: [{ name: "x", datatype: "FP32", shape: [1, 4], parameters: { binary_data_size: { int64_param: "12" } } }] })
+      assert.strictEqual(wrong.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.strictEqual(wrong.error?.details, "invalid input for model \"echo\": input \"x\": parameters.binary_data_size is 12, but its raw_input_contents entry holds 16 bytes")
+    }))
+
   it.live("typed contents for every kind: FP32, INT64 exact beyond 2^53, BYTES, BOOL, UINT8, FP64", () =>
     Effect.gen(function*() {
       const { call } = yield* makeHarness()
