@@ -1,8 +1,9 @@
 /**
  * The server process's lifecycle, what `effect-onnx serve` (`Serve`) runs once its flags are
  * decoded:
- * - loads every model of the repository. A model that fails to load is UNAVAILABLE and the others
- *   serve, unless `--exit-on-error true` (then exit 1, naming the models). An empty repository is
+ * - loads every model of the repository (under explicit model control, those `--load-model` names).
+ *   A model that fails to load is UNAVAILABLE and the others serve, unless `--exit-on-error true`
+ *   (then exit 1, naming the models); one left unloaded by explicit model control is no failure. An empty repository is
  *   a warning (and, under strict readiness, the server never turns ready).
  * - the first SIGTERM or SIGINT drains gracefully (`Server.shutdown`), releases every session and
  *   exits 0. A second signal exits at once (1), with a log line saying what was abandoned.
@@ -18,7 +19,7 @@ import { readFileSync } from "node:fs"
 import * as AsyncConfig from "../AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as GrpcServer from "../grpc/GrpcServer.ts"
-import { Lifecycle } from "../http/Lifecycle.ts"
+import { Lifecycle, unloadedReason } from "../http/Lifecycle.ts"
 import * as Server from "../http/Server.ts"
 import * as ServerConfig from "../http/ServerConfig.ts"
 import { Statistics } from "../http/Statistics.ts"
@@ -105,7 +106,9 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
   const main = Effect.gen(function*() {
     const pool = yield* ModelPool
     const models = yield* pool.models
-    const unavailable = models.filter((m) => m.state !== "READY")
+    // Not failures: the versions that explicit model control left unloaded because nobody asked for them.
+    const loaded = models.filter((m) => m.state === "READY" || m.reason !== unloadedReason)
+    const unavailable = loaded.filter((m) => m.state !== "READY")
     if (models.length === 0) {
       yield* Effect.logWarning(
         `the model repository ${config.models} holds no model${config.strictReadiness ? ": the server will not turn ready (--strict-readiness)" : ""}`
@@ -113,7 +116,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
     }
     for (const m of unavailable) yield* Effect.logWarning(`model ${m.name}@${m.version} is UNAVAILABLE: ${m.reason ?? "unknown reason"}`)
     if (config.exitOnError && unavailable.length > 0) {
-      yield* Effect.logError(`${unavailable.length} of ${models.length} model versions failed to load; exiting (--exit-on-error)`)
+      yield* Effect.logError(`${unavailable.length} of ${loaded.length} model versions failed to load; exiting (--exit-on-error)`)
       return yield* Effect.fail(new Cli.ExitCode({ code: 1 }))
     }
     const lifecycle = yield* Lifecycle

@@ -292,6 +292,35 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     }
   }, 30_000)
 
+  it("serve --exit-on-error under explicit model control exits 1 for a model that failed to load, not for one nobody asked to load", async () => {
+    const repository = Path.join(dir, "explicit")
+    for (const name of ["mlp", "spare", "broken"]) Fs.mkdirSync(Path.join(repository, name), { recursive: true })
+    Fs.copyFileSync(Path.join(root, "models/mlp/model.onnx"), Path.join(repository, "mlp/model.onnx"))
+    Fs.copyFileSync(Path.join(root, "models/mlp/model.onnx"), Path.join(repository, "spare/model.onnx"))
+    Fs.writeFileSync(Path.join(repository, "broken/model.onnx"), "not an onnx model")
+    const args = ["serve", "--port", "0", "--grpc-port", "off", "--models", repository, "--model-control-mode", "explicit", "--exit-on-error", "true"]
+
+    const { child, done } = start([...args, "--load-model", "mlp"])
+    let output = ""
+    await new Promise<void>((resolve, reject) => {
+      const onData = (c: Buffer) => {
+        output += c.toString("utf8")
+        if (/listening on/.test(output)) resolve()
+      }
+      child.stdout!.on("data", onData)
+      child.stderr!.on("data", onData)
+      void done.then((r) => reject(new Error(`exited with ${r.code}: ${output}`)))
+    })
+    child.kill("SIGTERM")
+    assert.strictEqual((await done).code, 0, output)
+    assert.notMatch(output, /UNAVAILABLE|failed to load/, output)
+
+    const failing = await run([...args, "--load-model", "mlp", "--load-model", "broken"])
+    assert.strictEqual(failing.code, 1, failing.stderr)
+    assert.match(failing.stdout + failing.stderr, /model broken@1 is UNAVAILABLE/)
+    assert.match(failing.stdout + failing.stderr, /1 of 2 model versions failed to load; exiting \(--exit-on-error\)/)
+  }, 60_000)
+
   it("serve runs the OIP server until SIGTERM (and perf --url measures it, over HTTP and gRPC)", async () => {
     const { child, done } = start(["serve", "--port", "0", "--models", models, "--grace-period-seconds", "1"])
     let output = ""
