@@ -328,14 +328,24 @@ const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<Inf
   Effect.suspend(() => {
     const startedMs = state.nowMs()
     state.telemetry.recordStart(request)
-    const refuse = (reason: InferenceError.Reason) => {
-      recordFailure(state.telemetry, request, reason, 0)
+    const refuse = (reason: InferenceError.Reason, elapsedMs = 0) => {
+      recordFailure(state.telemetry, request, reason, elapsedMs)
       return InferenceError.make(reason)
     }
     if (state.draining) return Effect.fail(refuse(new InferenceError.ShuttingDown({})))
+    // The deadline covers the lookup too: a pool slow to answer fails the request at its deadline, not after.
+    const timeoutMs = Duration.toMillis(request.timeout)
+    const pastDeadline = Effect.suspend(() => {
+      const elapsedMs = state.nowMs() - startedMs
+      const reason = new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs, elapsedMs })
+      return Effect.fail(refuse(reason, elapsedMs))
+    })
     // Interrupted before it is queued: counted as cancelled here (once queued, `submit`'s cleanup counts it).
     const lookup = Effect.onInterrupt(
-      Effect.mapError(state.pool.metadata(request.modelId, request.modelVersion), refuse),
+      Effect.timeoutOrElse(Effect.mapError(state.pool.metadata(request.modelId, request.modelVersion), (reason) => refuse(reason)), {
+        duration: request.timeout,
+        orElse: () => pastDeadline
+      }),
       () => Effect.sync(() => state.telemetry.recordCancelled(request, state.nowMs() - startedMs))
     )
     return Effect.flatMap(lookup, (metadata) => {

@@ -437,6 +437,20 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(yield* engine.pending, 0)
       }))
 
+    it.effect("the deadline fires on time while the metadata is looked up: DeadlineExceeded at the timeout, counted once as a timeout", () =>
+      Effect.gen(function*() {
+        const { engine, outcomes, stats } = yield* makeHarness({ metadataDelay: "1 second" })
+        const fiber = yield* fork(engine.infer(request("a", { timeout: Duration.millis(100) })))
+        yield* TestClock.adjust("100 millis")
+        const exit = fiber.pollUnsafe()
+        assert.isDefined(exit, "answered at its deadline, not when the lookup ends")
+        assert.strictEqual(reasonOf(exit!), "DeadlineExceeded")
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual([outcomes().start, outcomes().timeout, outcomes().cancelled], [1, 1, 0])
+        assert.strictEqual(stats.started, 0)
+        assert.strictEqual(yield* engine.pending, 0)
+      }))
+
     it.effect("a request whose metadata comes after the engine began to close is answered ShuttingDown and never queued", () =>
       Effect.gen(function*() {
         const scope = yield* Scope.make()
