@@ -6,7 +6,8 @@
  *   (then exit 1, naming the models); one left unloaded by explicit model control is no failure. An empty repository is
  *   a warning (and, under strict readiness, the server never turns ready).
  * - the first SIGTERM or SIGINT drains gracefully (`Server.shutdown`), releases every session and
- *   exits 0. A second signal exits at once (1), with a log line saying what was abandoned.
+ *   exits 0. A second signal ends the process at once by that signal (a log line says what was
+ *   abandoned), even while a worker thread is inside a native run.
  * - when its parent process goes away (`npm start` killed: npm does not pass SIGTERM on, and the
  *   server would go on under init), the server notices within `orphanPollMs` and drains as on
  *   SIGTERM.
@@ -42,11 +43,15 @@ const watchStops = (onForce: () => string) =>
   Effect.acquireRelease(
     Effect.sync(() => {
       let stops = 0
-      const onSignal = (signal: string) => {
+      const onSignal = (signal: NodeJS.Signals) => {
         stops++
         Cli.markStoppedBySignal()
         if (stops < 2) return
         process.stderr.write(`${new Date().toISOString()} second ${signal}: exiting now without draining; ${onForce()}\n`)
+        // Ends by the signal's default action (status 128 + its number): process.exit would first
+        // wait for a worker thread's native run to return, then abort (134).
+        process.removeAllListeners(signal)
+        process.kill(process.pid, signal)
         process.exit(1)
       }
       // Never removed: a second signal must still force the exit while the layers close.

@@ -1,0 +1,58 @@
+/**
+ * A real model whose run takes as long as its input is tall, built at test time: `x` float32
+ * [batch, 512] through `layers` MatMuls by one 512×512 identity → `y` [batch, 512] (= x). A run
+ * of a few thousand rows keeps a session inside onnxruntime's native code for seconds, as a big
+ * model does, which no test op in a worker can stand in for.
+ */
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import onnxProto from "onnx-proto"
+
+const { onnx } = onnxProto
+
+const width = 512
+
+const valueInfo = (name: string) =>
+  onnx.ValueInfoProto.create({
+    name,
+    type: onnx.TypeProto.create({
+      tensorType: onnx.TypeProto.Tensor.create({
+        elemType: onnx.TensorProto.DataType.FLOAT,
+        shape: onnx.TensorShapeProto.create({
+          dim: [onnx.TensorShapeProto.Dimension.create({ dimParam: "batch" }), onnx.TensorShapeProto.Dimension.create({ dimValue: width })]
+        })
+      })
+    })
+  })
+
+/** The model's bytes. */
+export const bytes = (layers = 400): Uint8Array => {
+  const identity = new Float32Array(width * width)
+  for (let i = 0; i < width; i++) identity[i * width + i] = 1
+  const node = Array.from({ length: layers }, (_, i) =>
+    onnx.NodeProto.create({ name: `m${i}`, opType: "MatMul", input: [i === 0 ? "x" : `h${i - 1}`, "w"], output: [i === layers - 1 ? "y" : `h${i}`] }))
+  const model = onnx.ModelProto.create({
+    irVersion: 8,
+    producerName: "effect-onnx/test",
+    opsetImport: [onnx.OperatorSetIdProto.create({ domain: "", version: 17 })],
+    graph: onnx.GraphProto.create({
+      name: "slow",
+      node,
+      initializer: [onnx.TensorProto.create({ name: "w", dims: [width, width], dataType: onnx.TensorProto.DataType.FLOAT, rawData: new Uint8Array(identity.buffer) })],
+      input: [valueInfo("x")],
+      output: [valueInfo("y")]
+    })
+  })
+  return onnx.ModelProto.encode(model).finish()
+}
+
+/** Writes the model as `<repository>/<name>/model.onnx`, batching off (one request, one run). */
+export const write = (repository: string, name = "slow"): void => {
+  Fs.mkdirSync(Path.join(repository, name), { recursive: true })
+  Fs.writeFileSync(Path.join(repository, name, "model.onnx"), bytes())
+  Fs.writeFileSync(Path.join(repository, name, "config.json"), JSON.stringify({ batching: { enabled: false } }))
+}
+
+/** An OIP request body of `rows` rows of zeros. */
+export const body = (rows: number): string =>
+  JSON.stringify({ inputs: [{ name: "x", shape: [rows, width], datatype: "FP32", data: new Array(rows * width).fill(0) }] })
