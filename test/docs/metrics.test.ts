@@ -1,6 +1,7 @@
 /**
  * docs/server.md documents each /metrics family once, and documents them all; the Grafana
- * dashboard (deploy/grafana/effect-onnx.json) queries only families the page has.
+ * dashboard (deploy/grafana/effect-onnx.json), docs/deploy.md and the manifests name only
+ * families the page has.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber } from "effect"
@@ -47,6 +48,16 @@ describe("metrics documentation", () => {
       // GC pauses may not have happened yet in this process; the family is declared either way.
       assert.deepStrictEqual([...new Set(exposed)].sort(), [...docs].sort())
     }).pipe(withFreshMetrics))
+
+  it("docs/deploy.md and the Kubernetes manifests name only documented families", () => {
+    const docs = new Set(documented())
+    for (const file of ["docs/deploy.md", "deploy/k8s/hpa.yaml", "deploy/k8s/deployment.yaml", "deploy/kserve/servingruntime.yaml"]) {
+      const text = Fs.readFileSync(Path.join(root, file), "utf8")
+      for (const match of text.matchAll(/\b((?:inference|nv_inference)_[a-z0-9_]+)/g)) {
+        assert.isTrue(docs.has(match[1]!.replace(/_(bucket|sum|count)$/, "")), `${file}: ${match[1]} is not a family on /metrics`)
+      }
+    }
+  })
 
   it("the Grafana dashboard parses and queries only documented families", () => {
     const dashboard = JSON.parse(Fs.readFileSync(Path.join(root, "deploy/grafana/effect-onnx.json"), "utf8")) as {
