@@ -50,8 +50,9 @@ export interface Body {
 
 /**
  * Decodes an inference body for `metadata`: the JSON `text` (the body, or its head when the
- * request carries Triton's binary tensor data), then the envelope (Schema), then each tensor
- * (`Oip.prepare`, which reads the model's name, inputs, outputs and batching). A body that
+ * request carries Triton's binary tensor data; none, with a binary part, for a raw binary request,
+ * `Oip.rawBinaryRequest`), then the envelope (Schema), then each tensor (`Oip.prepare`, which
+ * reads the model's name, inputs, outputs and batching). A body that
  * decodes as JSON but not as a request for this model is InvalidInput, which the engine counts
  * as a refused request.
  */
@@ -61,14 +62,23 @@ export const decodeBody = (
   text: string,
   binary: Uint8Array | undefined
 ): Body | NotJson | InferenceError.InvalidInput => {
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch (e) {
-    return { _tag: "NotJson", message: `the request body is not valid JSON: ${e instanceof Error ? e.message : String(e)}` }
+  let body: ReturnType<typeof Oip.decodeInferRequest>
+  if (text.length === 0 && binary !== undefined) {
+    // Inference-Header-Content-Length 0: Triton's raw binary request, the body the one input's bytes.
+    const raw = Oip.rawBinaryRequest(metadata, binary)
+    if (raw instanceof InferenceError.InvalidInput) return raw
+    body = raw.body
+    binary = raw.binary
+  } else {
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch (e) {
+      return { _tag: "NotJson", message: `the request body is not valid JSON: ${e instanceof Error ? e.message : String(e)}` }
+    }
+    body = Oip.decodeInferRequest(json)
+    if ("error" in body) return new InferenceError.InvalidInput({ modelId: name, detail: body.error })
   }
-  const body = Oip.decodeInferRequest(json)
-  if ("error" in body) return new InferenceError.InvalidInput({ modelId: name, detail: body.error })
   const prepared = Oip.prepare(metadata, body, binary)
   if (prepared instanceof InferenceError.InvalidInput) return prepared
   return {

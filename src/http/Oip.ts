@@ -296,6 +296,52 @@ export const checkBatchSize = (metadata: ModelMetadata.ModelMetadata, inputs: Te
   return undefined
 }
 
+/**
+ * Triton's raw binary request (binary tensor data extension): with Inference-Header-Content-Length
+ * 0 the whole body is the bytes of the model's one input, and every output comes back as binary.
+ * The input's shape is deduced as Triton deduces it: 1 on the batch axis of a model that batches
+ * (a batch of one), the one variable-size dim of the others from the byte count; a BYTES input must
+ * hold exactly one element, the whole body. The request this stands for (the body's bytes then go
+ * through `prepare` as any binary input's), or why the model cannot take one.
+ */
+export const rawBinaryRequest = (
+  metadata: ModelMetadata.ModelMetadata,
+  bytes: Uint8Array
+): { readonly body: TensorCodec.InferRequest; readonly binary: Uint8Array } | InferenceError.InvalidInput => {
+  const refuse = (detail: string) =>
+    new InferenceError.InvalidInput({ modelId: metadata.name, detail: `a raw binary request (Inference-Header-Content-Length 0) ${detail}` })
+  if (metadata.inputs.length !== 1) {
+    return refuse(`needs a model of one input; ${metadata.name} takes ${metadata.inputs.length} (${metadata.inputs.map((s) => s.name).join(", ")})`)
+  }
+  const spec = metadata.inputs[0]!
+  const batching = metadata.batching?.enabled === true ? metadata.batching : undefined
+  const batchAxis = batching === undefined ? null : batchAxisOf(batching, spec.name)
+  const shape = spec.dims.slice()
+  let variable = -1
+  let fixed = 1
+  for (let i = 0; i < shape.length; i++) {
+    if (i === batchAxis) shape[i] = 1
+    else if (shape[i]! >= 0) fixed *= shape[i]!
+    else if (variable === -1) variable = i
+    else return refuse(`cannot deduce the shape of input ${JSON.stringify(spec.name)} ${Tensor.dimsText(spec.dims)}: more than one variable-size dim`)
+  }
+  let binary = bytes
+  const width = Tensor.bytesPerElement(spec.dtype)
+  if (width === undefined) {
+    if (variable !== -1 || fixed !== 1) {
+      return refuse(`of BYTES needs an input of one element; ${JSON.stringify(spec.name)} is ${Tensor.dimsText(spec.dims)}`)
+    }
+    // The body is the one element: its 4-byte length goes before it, as binary BYTES are laid out.
+    binary = new Uint8Array(4 + bytes.length)
+    new DataView(binary.buffer).setUint32(0, bytes.length, true)
+    binary.set(bytes, 4)
+  } else if (variable !== -1) {
+    shape[variable] = fixed === 0 ? 0 : Math.floor(bytes.length / (fixed * width))
+  }
+  const input = { name: spec.name, shape, datatype: TensorCodec.datatypeOf[spec.dtype], parameters: { binary_data_size: binary.length } }
+  return { body: { inputs: [input], parameters: { binary_data_output: true } }, binary }
+}
+
 /** A decoded inference request, ready for the engine. */
 export interface Prepared {
   readonly inputs: Tensor.TensorMap

@@ -328,7 +328,9 @@ describe("Server.layer: the infer route on Node's request event answers what the
         ["unknown output", "/v2/models/echo/infer", JSON.stringify({ ...echoBody, outputs: [{ name: "z" }] }), {}],
         ["deadline", "/v2/models/slow/infer", JSON.stringify({ parameters: { timeout: 1000 }, ...echoBody }), {}],
         ["binary", "/v2/models/echo/infer", binaryBody, { "inference-header-content-length": String(head.length) }],
-        ["bad split", "/v2/models/echo/infer", binaryBody, { "inference-header-content-length": "x" }]
+        ["bad split", "/v2/models/echo/infer", binaryBody, { "inference-header-content-length": "x" }],
+        ["raw binary", "/v2/models/echo/infer", Buffer.from(new Float32Array([1, 2, 3, 4, 5, 6, 7, 8]).buffer), { "inference-header-content-length": "0" }],
+        ["raw binary refused", "/v2/models/multi/infer", Buffer.from(new Float32Array([1]).buffer), { "inference-header-content-length": "0" }]
       ]
       for (const [label, path, body, headers] of cases) {
         const lookups = pool.stats.lookupsUnsafe
@@ -341,7 +343,14 @@ describe("Server.layer: the infer route on Node's request event answers what the
         // Request ids are made per request: the one thing that differs.
         const text = (sent: Sent) => sent.body.toString("latin1").replace(/request [\w-]+ /g, "request <id> ")
         assert.strictEqual(viaNode.status, viaRouter.status, label)
-        if (label === "ok" || label === "version" || label === "binary" || label === "a byte-order mark") assert.strictEqual(viaNode.status, 200, label)
+        if (label === "ok" || label === "version" || label === "binary" || label === "a byte-order mark" || label === "raw binary") assert.strictEqual(viaNode.status, 200, label)
+        if (label === "raw binary") {
+          // The default version, echo 2 (y = 2x), on the deduced shape [2, 4], as binary.
+          const jsonLength = Number(viaNode.headers["inference-header-content-length"])
+          assert.deepStrictEqual(JSON.parse(viaNode.body.subarray(0, jsonLength).toString()).outputs[0].shape, [2, 4])
+          const y = viaNode.body.subarray(jsonLength)
+          assert.deepStrictEqual(Array.from(new Float32Array(y.buffer.slice(y.byteOffset, y.byteOffset + y.length))), [2, 4, 6, 8, 10, 12, 14, 16])
+        }
         assert.strictEqual(text(viaNode), text(viaRouter), label)
         for (const header of ["content-type", "content-length", "inference-header-content-length", "connection"]) {
           assert.strictEqual(viaNode.headers[header], viaRouter.headers[header], `${label}: ${header}`)

@@ -292,6 +292,32 @@ describe("binary tensor data (Triton's extension)", () => {
   })
 })
 
+describe("Oip.rawBinaryRequest", () => {
+  const model = (dtype: Tensor.DataType, dims: ReadonlyArray<number>): ModelMetadata.ModelMetadata => ({
+    name: "m", version: "1", inputs: [spec(dtype, dims)], outputs: [{ name: "y", dtype, dims }]
+  })
+
+  it("a BYTES input of one element takes the whole body as that element, its length before it", () => {
+    const raw = Oip.rawBinaryRequest(model("string", [1]), new Uint8Array([104, 105]))
+    if (raw instanceof InferenceError.InvalidInput) return assert.fail(raw.message)
+    assert.deepStrictEqual(raw.body, { inputs: [{ name: "x", shape: [1], datatype: "BYTES", parameters: { binary_data_size: 6 } }], parameters: { binary_data_output: true } })
+    assert.deepStrictEqual(Array.from(raw.binary), [2, 0, 0, 0, 104, 105])
+    const prepared = Oip.prepare(model("string", [1]), raw.body, raw.binary)
+    if (prepared instanceof InferenceError.InvalidInput) return assert.fail(prepared.message)
+    assert.deepStrictEqual(prepared.inputs["x"]!.data, ["hi"])
+    const many = Oip.rawBinaryRequest(model("string", [-1]), new Uint8Array([104, 105]))
+    assert.match((many as InferenceError.InvalidInput).message, /of BYTES needs an input of one element; "x" is \[-1\]/)
+  })
+
+  it("deduces the one variable-size dim from the byte count, rounding down as Triton, so that a ragged body is refused by its length", () => {
+    const raw = Oip.rawBinaryRequest(model("int16", [3, -1]), new Uint8Array(14))
+    if (raw instanceof InferenceError.InvalidInput) return assert.fail(raw.message)
+    assert.deepStrictEqual(raw.body.inputs[0]!.shape, [3, 2])
+    const prepared = Oip.prepare(model("int16", [3, -1]), raw.body, raw.binary)
+    assert.match((prepared as InferenceError.InvalidInput).message, /the binary data is 14 bytes, shape \[3, 2\] of INT16 needs 12/)
+  })
+})
+
 describe("redact", () => {
   it("cuts a message that quotes a huge field to maxMessageLength characters", () => {
     const long = `datatype ${JSON.stringify("A".repeat(1_000_000))} is not supported`

@@ -416,6 +416,39 @@ describe("inference", () => {
       assert.deepStrictEqual(head.outputs.map((o: { parameters: unknown }) => o.parameters), [{ binary_data_size: 4 }, { binary_data_size: 12 }, { binary_data_size: 8 }])
     }).pipe(withFreshMetrics))
 
+  it.effect("a raw binary request (Inference-Header-Content-Length: 0) is the bytes of the model's one input, its shape deduced, every output binary", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      const raw = (model: string, bytes: Uint8Array) =>
+        send("POST", `/v2/models/${model}/infer`, bytes, { "inference-header-content-length": "0", "content-type": "application/octet-stream" })
+      const floats = (values: ReadonlyArray<number>) => new Uint8Array(new Float32Array(values).buffer)
+      const head = (r: { readonly text: string; readonly headers: Headers }) =>
+        JSON.parse(r.text.slice(0, Number(r.headers.get("inference-header-content-length"))))
+      // echo ([-1, 4], no batching): the variable dim from the byte count, as Triton deduces it.
+      const echo = yield* raw("echo", floats([1, 2, 3, 4, 5, 6, 7, 8]))
+      assert.strictEqual(echo.status, 200, echo.text)
+      assert.strictEqual(echo.headers.get("content-type"), "application/octet-stream")
+      assert.deepStrictEqual(head(echo), {
+        model_name: "echo",
+        model_version: "2",
+        outputs: [{ name: "y", datatype: "FP32", shape: [2, 4], parameters: { binary_data_size: 32 } }]
+      })
+      // batched ([-1, 4], batches): batch size 1, and the bytes must fill [1, 4] exactly.
+      const one = yield* raw("batched", floats([1, 2, 3, 4]))
+      assert.strictEqual(one.status, 200, one.text)
+      assert.deepStrictEqual(head(one).outputs[0].shape, [1, 4])
+      const short = yield* raw("batched", floats([1, 2, 3]))
+      assert.strictEqual(short.status, 400)
+      assert.include(short.json.error, "the binary data is 12 bytes, shape [1, 4] of FP32 needs 16")
+      // What Triton refuses too: several inputs, more than one variable-size dim.
+      const several = yield* raw("multi", floats([1]))
+      assert.strictEqual(several.status, 400)
+      assert.include(several.json.error, "raw binary request (Inference-Header-Content-Length 0) needs a model of one input; multi takes 2 (a, b)")
+      const twoDynamic = yield* raw("identity_uint8", new Uint8Array([1, 2]))
+      assert.strictEqual(twoDynamic.status, 400)
+      assert.include(twoDynamic.json.error, "more than one variable-size dim")
+    }).pipe(withFreshMetrics))
+
   it.effect("413 for a body over the limit, from Content-Length or while reading", () =>
     Effect.gen(function*() {
       const { send, stats } = yield* makeApp({ bodyLimitBytes: 1000 })
