@@ -28,7 +28,8 @@
  *
  * ModelStreamInfer: every request of the stream goes into the engine as it arrives, at most
  * `maxConcurrentRequests + maxQueuedRequests` outstanding (beyond that the stream is not read,
- * and HTTP/2 flow control holds the client back). Each answer is written as it completes; a
+ * and HTTP/2 flow control holds the client back). Each answer is written as it completes, with
+ * `parameters.triton_final_response` true (one answer a request, as Triton marks them); a
  * failed request answers `error_message` (and the stream goes on). When the client half-closes,
  * the stream ends once every answer is written; when it cancels, what is outstanding is cancelled.
  *
@@ -113,6 +114,12 @@ const onCancelled = (call: { getDeadline(): Grpc.Deadline; on(event: "cancelled"
 
 const toServiceError = (e: GrpcFailure): Partial<Grpc.StatusObject> => ({ code: e.code, details: e.details })
 
+/**
+ * What every stream answer carries, as Triton's stream answers do: each request gets exactly one
+ * answer, its last (clients that asked for `triton_enable_empty_final_response` wait for it).
+ */
+const finalResponse = { triton_final_response: { bool_param: true } }
+
 /** Builds the server and binds it; the current scope owns it. */
 export const make = (options: Options): Effect.Effect<GrpcServer["Service"], GrpcServeError, Requirements | Scope.Scope> =>
   Effect.gen(function*() {
@@ -177,9 +184,9 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
             Effect.match({
               onFailure: (e) => ({
                 error_message: e.details,
-                infer_response: { model_name: message.model_name, model_version: message.model_version, id: message.id }
+                infer_response: { model_name: message.model_name, model_version: message.model_version, id: message.id, parameters: finalResponse }
               }),
-              onSuccess: (response) => ({ error_message: "", infer_response: response })
+              onSuccess: (response) => ({ error_message: "", infer_response: { ...response, parameters: finalResponse } })
             })
           ), { concurrency, unordered: true }),
         Stream.runForEach(write)

@@ -441,6 +441,33 @@ describe("ModelStreamInfer", () => {
       assert.strictEqual(received[3].infer_response.id, "slow")
     }))
 
+  it.live("every answer, a failed one too, says it is its request's last (parameters.triton_final_response true), as Triton's stream does", () =>
+    Effect.gen(function*() {
+      const { client } = yield* makeHarness()
+      const stream = client.ModelStreamInfer()
+      const received: Array<any> = []
+      const ended = new Promise<void>((resolve, reject) => {
+        stream.on("data", (m: any) => received.push(m))
+        stream.on("end", () => resolve())
+        stream.on("error", reject)
+      })
+      // tritonclient's async_stream_infer(enable_empty_final_response=True) sends this, then waits
+      // for an answer whose triton_final_response is true before it takes the request as done.
+      const final = { triton_enable_empty_final_response: { bool_param: true } }
+      stream.write(echoRaw([1, 2, 3, 4], { id: "ok", parameters: final }))
+      stream.write({ model_name: "nope", id: "bad", inputs: [], parameters: final })
+      stream.write(echoRaw([1, 2, 3, 4], { id: "plain" }))
+      stream.end()
+      yield* Effect.promise(() => ended)
+      assert.sameMembers(received.map((m) => m.infer_response.id), ["ok", "bad", "plain"])
+      for (const m of received) {
+        assert.strictEqual(m.infer_response.parameters.triton_final_response?.bool_param, true, m.infer_response.id)
+      }
+      // A unary answer has no stream to end: no such parameter, as in Triton.
+      const unary = yield* Effect.promise(() => new Promise<any>((resolve) => client.ModelInfer(echoRaw([1, 2, 3, 4]), (_: unknown, r: any) => resolve(r))))
+      assert.deepStrictEqual(unary.parameters, {})
+    }))
+
   it.live("a stream's deadline that passes times out what it has queued (counted as timeouts); the stream and the engine let go", () =>
     Effect.gen(function*() {
       const { client, engine, gate, stats, telemetry } = yield* makeHarness({ config: { maxConcurrentRequests: 1 }, recordTelemetry: true })
