@@ -100,7 +100,8 @@ const parametersOf = (parameters: Readonly<Record<string, InferParameter>> | und
   return out
 }
 
-const utf8 = new TextDecoder()
+/** Keeps a leading byte-order mark: it is one of the element's bytes, not an encoding hint. */
+const utf8 = new TextDecoder("utf-8", { ignoreBOM: true })
 
 /** The fields of `InferTensorContents`, in the proto's order. */
 const contentsFields = [

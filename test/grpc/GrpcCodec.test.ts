@@ -131,6 +131,12 @@ describe("GrpcCodec.toOip", () => {
     assert.deepStrictEqual((unknown as any).body.inputs[0].data, [])
   })
 
+  it("takes typed BYTES contents as they are, a leading byte-order mark too (a BOM-stripping decoder dropped it)", () => {
+    const bom = Buffer.from([0xef, 0xbb, 0xbf, 0x61, 0x62, 0x63])
+    const typed = GrpcCodec.toOip(request({ inputs: [input({ datatype: "BYTES", shape: ["1", "2"], contents: contents({ bytes_contents: [bom, Buffer.from("héllo")] }) })] }))
+    assert.deepStrictEqual((typed as any).body.inputs[0].data, ["\uFEFFabc", "héllo"])
+  })
+
   it("names the contents field of every datatype, as Triton reads them", () => {
     const table: ReadonlyArray<readonly [string, string | undefined]> = [
       ["BOOL", "bool_contents"],
