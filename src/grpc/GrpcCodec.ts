@@ -230,6 +230,11 @@ const refusedParameters = (
 export const toOip = (request: ModelInferRequest): { readonly body: unknown; readonly binary: Uint8Array | undefined } | string => {
   const raw = request.raw_input_contents
   if (raw.length > 0 && raw.length !== request.inputs.length) {
+    // An input in a shared-memory region has no raw entry (tritonclient sends none): say so first.
+    for (const input of request.inputs) {
+      const refused = refusedParameters("input", input.name, input.parameters, true)
+      if (refused !== undefined) return refused
+    }
     return `expected ${request.inputs.length} raw_input_contents, one per input, got ${raw.length}`
   }
   const inputs: Array<Record<string, unknown>> = []

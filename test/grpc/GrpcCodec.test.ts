@@ -100,6 +100,17 @@ describe("GrpcCodec.toOip", () => {
       "input \"x\": parameters.shared_memory_region asks for the shared-memory extension, which this server does not support"
     ],
     [
+      "an input in a shared-memory region beside a raw one (tritonclient sends no raw entry for it)",
+      request({
+        inputs: [
+          input({ parameters: { shared_memory_region: { parameter_choice: "string_param", string_param: "in" } } }),
+          input({ name: "z" })
+        ],
+        raw_input_contents: [f32([1, 2, 3, 4])]
+      }),
+      "input \"x\": parameters.shared_memory_region asks for the shared-memory extension, which this server does not support"
+    ],
+    [
       "raw contents not one per input",
       request({ raw_input_contents: [f32([1, 2, 3, 4]), f32([1])] }),
       "expected 1 raw_input_contents, one per input, got 2"
