@@ -36,6 +36,12 @@ export const presenter: CliOutput.Presenter = {
   }
 }
 
+/**
+ * This process's parent as this module loaded, before any model: a server whose parent dies
+ * while it starts must still see that it changed (it would read init's pid later).
+ */
+export const parentAtStart = process.ppid
+
 let stoppedBySignal = false
 
 /** The server calls this when a signal (or its parent's exit) asks it to stop: the interruption that follows is its normal end. */

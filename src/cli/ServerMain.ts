@@ -10,7 +10,7 @@
  *   abandoned), even while a worker thread is inside a native run.
  * - when its parent process goes away (`npm start` killed: npm does not pass SIGTERM on, and the
  *   server would go on under init), the server notices within `orphanPollMs` and drains as on
- *   SIGTERM.
+ *   SIGTERM. Both are watched from before the models load: a signal then stops the start (exit 0).
  *
  * @module ServerMain
  */
@@ -57,7 +57,7 @@ const watchStops = (onForce: () => string) =>
       // Never removed: a second signal must still force the exit while the layers close.
       process.on("SIGINT", () => onSignal("SIGINT"))
       process.on("SIGTERM", () => onSignal("SIGTERM"))
-      const parent = process.ppid
+      const parent = Cli.parentAtStart
       const timer = setInterval(() => {
         if (process.ppid === parent) return
         clearInterval(timer)
@@ -108,6 +108,8 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
     }))
   )
 
+  /** What a second signal abandons: the models being loaded, until the server listens. */
+  let abandoned = () => "abandoning the models being loaded"
   const main = Effect.gen(function*() {
     const pool = yield* ModelPool
     const models = yield* pool.models
@@ -126,10 +128,10 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
     }
     const lifecycle = yield* Lifecycle
     const engine = yield* AsyncInferenceEngine
-    yield* watchStops(() => {
+    abandoned = () => {
       const pending = Effect.runSync(Effect.orElseSucceed(engine.pending, () => NaN))
       return `abandoning ${lifecycle.inFlight()} HTTP requests in flight and ${pending} requests queued or running in the engine`
-    })
+    }
     // Registered after the layers were built, so it runs before they close.
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
@@ -163,6 +165,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
   )
 
   // Tracing and OTLP export are decided by Live.layerConfig (traced only when exporting).
-  return main
+  // The stops are watched from before the models load: a signal or the parent's exit then stops the start.
+  return Effect.scoped(Effect.andThen(watchStops(() => abandoned()), main))
 }
 

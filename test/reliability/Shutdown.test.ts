@@ -247,6 +247,41 @@ describe("stopping the server process", () => {
       if (serverPid !== undefined && alive(serverPid)) process.kill(serverPid, "SIGKILL")
     }
   }, 45_000)
+  it("when its parent process dies while the models load, the server notices too and exits", async () => {
+    // The parent dies 1.5 s after starting the server, while a model that takes seconds to load loads.
+    const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "shutdown-loading-"))
+    SlowModel.write(repository, "big", 5000)
+    const parentScript = `
+      const { spawn } = require("node:child_process")
+      const child = spawn(process.execPath, [${JSON.stringify(entry)}, "--port", "0", "--grpc-port", "off", "--models", ${JSON.stringify(repository)}], { stdio: ["ignore", "inherit", "inherit"] })
+      console.log("server pid " + child.pid)
+      setTimeout(() => process.exit(0), 1500)
+    `
+    const parent = spawn(process.execPath, ["-e", parentScript], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+    let output = ""
+    parent.stdout.on("data", (c: Buffer) => (output += c.toString("utf8")))
+    parent.stderr.on("data", (c: Buffer) => (output += c.toString("utf8")))
+    let serverPid: number | undefined
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0)
+        return true
+      } catch {
+        return false
+      }
+    }
+    try {
+      await waitFor(() => /server pid (\d+)/.test(output), 10_000)
+      serverPid = Number(/server pid (\d+)/.exec(output)![1])
+      await new Promise<void>((resolve) => parent.on("exit", () => resolve()))
+      await waitFor(() => !alive(serverPid!), 20_000).catch(() => {})
+      assert.isFalse(alive(serverPid), `the orphaned server still runs:\n${output}`)
+      assert.match(output, /parent process \d+ is gone: draining as on SIGTERM/)
+    } finally {
+      if (serverPid !== undefined && alive(serverPid)) process.kill(serverPid, "SIGKILL")
+      Fs.rmSync(repository, { recursive: true, force: true })
+    }
+  }, 45_000)
 })
 
 /** Resolves once `condition` holds (checked every 20 ms); rejects after `timeoutMs`. */

@@ -2,7 +2,8 @@
  * A real model whose run takes as long as its input is tall, built at test time: `x` float32
  * [batch, 512] through `layers` MatMuls by one 512×512 identity → `y` [batch, 512] (= x). A run
  * of a few thousand rows keeps a session inside onnxruntime's native code for seconds, as a big
- * model does, which no test op in a worker can stand in for.
+ * model does, which no test op in a worker can stand in for; with thousands of layers, loading it
+ * takes seconds too.
  */
 import * as Fs from "node:fs"
 import * as Path from "node:path"
@@ -46,10 +47,13 @@ export const bytes = (layers = 400): Uint8Array => {
   return onnx.ModelProto.encode(model).finish()
 }
 
-/** Writes the model as `<repository>/<name>/model.onnx`, batching off (one request, one run). */
-export const write = (repository: string, name = "slow"): void => {
+/**
+ * Writes the model as `<repository>/<name>/model.onnx`, batching off (one request, one run).
+ * Its session takes longer to create the more `layers` it has (5 000: seconds).
+ */
+export const write = (repository: string, name = "slow", layers = 400): void => {
   Fs.mkdirSync(Path.join(repository, name), { recursive: true })
-  Fs.writeFileSync(Path.join(repository, name, "model.onnx"), bytes())
+  Fs.writeFileSync(Path.join(repository, name, "model.onnx"), bytes(layers))
   Fs.writeFileSync(Path.join(repository, name, "config.json"), JSON.stringify({ batching: { enabled: false } }))
 }
 
