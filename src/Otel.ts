@@ -20,7 +20,7 @@
  * | `OTEL_RESOURCE_ATTRIBUTES` | `key=value,…` resource attributes |
  * | `OTEL_BSP_SCHEDULE_DELAY` | ms between span exports, a positive integer (default 5000) |
  * | `OTEL_METRIC_EXPORT_INTERVAL` | ms between metric exports, a positive integer (default 60000) |
- * | `OTEL_SDK_DISABLED` | `true` turns export off |
+ * | `OTEL_SDK_DISABLED` | `true` (any case) turns export off; any other value leaves it on |
  *
  * @module Otel
  */
@@ -138,7 +138,14 @@ export const parseKeyValues = (text: string): Result.Result<Record<string, strin
  * true): an entry point can leave tracing off (`References.TracerEnabled`) otherwise.
  */
 export const isConfigured = (env: Readonly<Record<string, string | undefined>>): boolean =>
-  (env["OTEL_EXPORTER_OTLP_ENDPOINT"] ?? "").trim() !== "" && env["OTEL_SDK_DISABLED"]?.trim().toLowerCase() !== "true"
+  (env["OTEL_EXPORTER_OTLP_ENDPOINT"] ?? "").trim() !== "" && !isDisabled(env["OTEL_SDK_DISABLED"])
+
+/**
+ * `OTEL_SDK_DISABLED` as the OpenTelemetry spec reads a boolean: `true` in any case disables, any
+ * other value (or none) does not. `isConfigured` and `config` both read it so, so that the
+ * tracing decision and the exporters agree.
+ */
+const isDisabled = (text: string | undefined): boolean => text?.trim().toLowerCase() === "true"
 
 /** A variable's text, checked by `check` (an error message, or undefined) unless it is blank; none when unset or blank. */
 const nonEmpty = (name: string, check: (text: string) => string | undefined = () => undefined) =>
@@ -172,7 +179,7 @@ const intervalMs = (name: string) => Config.option(Config.schema(Schema.Int.chec
  */
 export const config = (defaults: { readonly serviceName?: string | undefined; readonly serviceVersion?: string | undefined } = {}): Config.Config<Option.Option<Options>> =>
   Config.all({
-    disabled: Config.Boolean("OTEL_SDK_DISABLED").pipe(Config.withDefault(false)),
+    disabled: Config.option(Config.String("OTEL_SDK_DISABLED")).pipe(Config.map((text) => isDisabled(Option.getOrUndefined(text)))),
     endpoint: nonEmpty("OTEL_EXPORTER_OTLP_ENDPOINT", checkUrl),
     serviceName: nonEmpty("OTEL_SERVICE_NAME"),
     protocol: Config.Literals(["http/json", "http/protobuf"], "OTEL_EXPORTER_OTLP_PROTOCOL").pipe(Config.withDefault("http/json" as const)),

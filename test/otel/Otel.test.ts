@@ -37,6 +37,15 @@ describe("Otel", () => {
     assert.isTrue(Otel.isConfigured({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://x:4318" }))
   })
 
+  it("reads OTEL_SDK_DISABLED as the OpenTelemetry spec does, the same way in isConfigured and config: true in any case disables, any other value leaves export on", () => {
+    const endpoint = "http://x:4318"
+    for (const [value, disabled] of [["true", true], ["TRUE", true], [" True ", true], ["false", false], ["1", false], ["yes", false], ["", false]] as const) {
+      const env = { OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_SDK_DISABLED: value }
+      assert.strictEqual(Otel.isConfigured(env), !disabled, `isConfigured with ${JSON.stringify(value)}`)
+      assert.strictEqual(Option.isSome(fromEnv(env)), !disabled, `config with ${JSON.stringify(value)}`)
+    }
+  })
+
   it("reads the standard variables", () => {
     const options = fromEnv({
       OTEL_EXPORTER_OTLP_ENDPOINT: "http://collector:4318",
