@@ -87,12 +87,16 @@ export const toTriton = (name: string, version: string, stats: ModelStatistics |
       cache_hit: zero,
       cache_miss: zero
     },
+    // Per-response statistics (Triton's, for models that answer a request more than once) and the
+    // memory a load took are not tracked: present, as the extension lists them, and empty.
+    response_stats: {},
     batch_stats: [...s.batches.entries()].sort(([a], [b]) => a - b).map(([size, d]) => ({
       batch_size: size,
       compute_input: { count: d.count, ns: 0 },
       compute_infer: dur(d),
       compute_output: { count: d.count, ns: 0 }
-    }))
+    })),
+    memory_usage: []
   }
 }
 

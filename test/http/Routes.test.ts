@@ -887,6 +887,11 @@ describe("Triton's statistics extension", () => {
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3]))).status, 400)
       const r = yield* send("GET", "/v2/models/echo/stats")
       const s = r.json.model_stats[0]
+      // Every field of the extension's $model_stat: response statistics and memory usage are not tracked (none).
+      assert.deepStrictEqual(Object.keys(s).sort(), [
+        "batch_stats", "execution_count", "inference_count", "inference_stats", "last_inference", "memory_usage", "name", "response_stats", "version"
+      ])
+      assert.deepStrictEqual([s.response_stats, s.memory_usage], [{}, []])
       assert.strictEqual(s.name, "echo")
       assert.strictEqual(s.version, "2")
       assert.strictEqual(s.inference_count, 2)
