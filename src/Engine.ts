@@ -220,14 +220,16 @@ const refuseNow = (state: State, request: InferenceRequest, reason: InferenceErr
 /**
  * Queues the request; `resume` answers it when it settles. Returns the cleanup that runs if the
  * caller is interrupted first (the cancellation path; a no-op once settled), or nothing when it
- * was answered at once.
+ * was answered at once. The deadline counts from `startedMs`; the queue timeout from `queuedMs`,
+ * when it is queued (after a metadata lookup, if any).
  */
 const submit = (
   state: State,
   request: InferenceRequest,
   metadata: ModelMetadata.ModelMetadata,
   startedMs: number,
-  resume: Resume
+  resume: Resume,
+  queuedMs = startedMs
 ): (() => void) | undefined => {
   // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
   if (state.draining) return refuseNow(state, request, new InferenceError.ShuttingDown({}), resume)
@@ -240,7 +242,7 @@ const submit = (
     rows: joinable?.rows ?? 1,
     batchKey: joinable === undefined ? undefined : joinable.key,
     deadlineAtMs: startedMs + Duration.toMillis(request.timeout),
-    queueDeadlineAtMs: state.queueTimeoutMs > 0 ? startedMs + state.queueTimeoutMs : Infinity
+    queueDeadlineAtMs: state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
   })
   if (admitted === undefined) {
     return refuseNow(state, request, new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: state.config.maxQueuedRequests }), resume)
@@ -352,7 +354,7 @@ const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<Inf
       const reason = refusal(request, metadata)
       if (reason !== undefined) return Effect.fail(refuse(reason))
       return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
-        const cancel = submit(state, request, metadata, startedMs, resume)
+        const cancel = submit(state, request, metadata, startedMs, resume, state.nowMs())
         return cancel === undefined ? undefined : Effect.sync(cancel)
       })
     })

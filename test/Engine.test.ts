@@ -451,6 +451,19 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(yield* engine.pending, 0)
       }))
 
+    it.effect("the queue timeout counts from admission, not from before the lookup: a lookup longer than queueTimeout does not fail an idle engine's request", () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({
+          metadataDelay: "80 millis",
+          script: () => ({ latency: "10 millis" }),
+          config: { queueTimeout: Duration.millis(50) }
+        })
+        const fiber = yield* fork(engine.infer(request("a", { timeout: Duration.seconds(1) })))
+        yield* TestClock.adjust("100 millis")
+        assert.strictEqual(reasonOf(yield* Fiber.await(fiber)), "Success")
+        assert.strictEqual(stats.started, 1)
+      }))
+
     it.effect("a request whose metadata comes after the engine began to close is answered ShuttingDown and never queued", () =>
       Effect.gen(function*() {
         const scope = yield* Scope.make()
