@@ -585,7 +585,7 @@ const onLost = (state: State, slot: Slot, how: string): void => {
   }
   if (state.closing || slot.closeRequested) return
   if (slot.killedFor === undefined) counters.crashes++
-  respawn(state, detail)
+  respawn(state, detail, slot.killedFor === undefined)
 }
 
 /**
@@ -670,8 +670,9 @@ const spawn = (
  * Replaces a lost instance in its own fiber: attempts with exponential backoff from
  * `respawnDelay`; once they are spent, the instance is given up (and the pool is unavailable if
  * none is left). Deferred a turn, so that the failed job is answered before a process forks.
+ * A crash (not a deadline kill, which the request's answer reports) is logged as a warning.
  */
-const respawn = (state: State, cause: string): void => {
+const respawn = (state: State, cause: string, crashed: boolean): void => {
   const { options } = state
   const attempts = Math.max(1, options.respawnAttempts ?? 5)
   state.pendingRespawns++
@@ -680,7 +681,8 @@ const respawn = (state: State, cause: string): void => {
     const changed = mismatch(state, undefined)
     return changed === undefined ? spawn(state, (ready) => mismatch(state, ready)) : Effect.fail(new Refused(changed))
   })
-  const replace = Effect.andThen(Effect.yieldNow, attempt).pipe(
+  const announce = crashed ? Effect.logWarning(`model ${options.modelId} version ${options.version}: ${cause}; replacing it`) : Effect.void
+  const replace = Effect.andThen(Effect.andThen(announce, Effect.yieldNow), attempt).pipe(
     Effect.retry({
       schedule: Schedule.exponential(options.respawnDelay ?? Duration.millis(100)),
       times: attempts - 1,

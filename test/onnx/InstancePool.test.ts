@@ -4,7 +4,7 @@
  * or a process. The real transports are exercised by OnnxModelPool*.test.ts and ProcessHost.test.ts.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber } from "effect"
+import { Duration, Effect, Exit, Fiber, Logger } from "effect"
 import { TestClock } from "effect/testing"
 import type * as InferenceError from "../../src/InferenceError.ts"
 import * as InstancePool from "../../src/onnx/InstancePool.ts"
@@ -194,6 +194,24 @@ describe("InstancePool", () => {
       replacement.reply(replacement.runs()[0]!, 5)
       assert.deepStrictEqual(Array.from((yield* Fiber.join(ahead)).outputs["y"]!.data as Float32Array), [5])
     }))
+
+  it.effect("a crash is logged as a warning naming the model, how the instance died and that it is being replaced", () => {
+    const warnings: Array<string> = []
+    const capture = Logger.make((options) => {
+      if (options.logLevel === "Warn") warnings.push(String(Array.isArray(options.message) ? options.message.join(" ") : options.message))
+    })
+    return Effect.gen(function*() {
+      const { auto, instances, pool } = yield* started({ instances: 1 })
+      auto.ready = true
+      const running = yield* Effect.forkChild(Effect.exit(pool.run(x, "running")), { startImmediately: true })
+      instances[0]!.die("signal SIGKILL")
+      yield* Fiber.join(running)
+      yield* settle
+      assert.strictEqual(instances.length, 2, "a replacement was started")
+      assert.strictEqual(warnings.length, 1, JSON.stringify(warnings))
+      assert.match(warnings[0]!, /^model m version 1: the \w+ running the model died \(signal SIGKILL.*\); replacing it$/)
+    }).pipe(Effect.provide(Logger.layer([capture], { mergeWithExisting: false })))
+  })
 
   it.effect("no replacement once model.onnx changed on disk: the pool serves on its other instances, then is unavailable saying why", () =>
     Effect.gen(function*() {
