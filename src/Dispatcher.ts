@@ -129,10 +129,12 @@ const spanMs = (from: number, to: number): number => Math.round((to - from) * 1e
 
 const expiredExit = (request: Request, why: Scheduler.Expiry, now: number): Exit.Exit<never, InferenceError.Reason> => {
   const { modelId, requestId, timeout } = request.value.request
-  const elapsedMs = now - request.admittedAtMs
-  return why === "queue"
-    ? Exit.fail(new InferenceError.QueueTimeout({ modelId, requestId, queueTimeoutMs: spanMs(request.admittedAtMs, request.queueDeadlineAtMs), waitedMs: elapsedMs }))
-    : Exit.fail(new InferenceError.DeadlineExceeded({ modelId, requestId, timeoutMs: Duration.toMillis(timeout), elapsedMs }))
+  if (why === "queue") {
+    return Exit.fail(new InferenceError.QueueTimeout({ modelId, requestId, queueTimeoutMs: spanMs(request.admittedAtMs, request.queueDeadlineAtMs), waitedMs: now - request.admittedAtMs }))
+  }
+  // From submission, as the deadline counts: admission may have come after a metadata lookup.
+  const timeoutMs = Duration.toMillis(timeout)
+  return Exit.fail(new InferenceError.DeadlineExceeded({ modelId, requestId, timeoutMs, elapsedMs: timeoutMs + spanMs(request.deadlineAtMs, now) }))
 }
 
 /** Settles what is due, dispatches what may go, and sets the timer for what comes next. */

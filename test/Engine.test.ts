@@ -451,6 +451,16 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(yield* engine.pending, 0)
       }))
 
+    it.effect("DeadlineExceeded's elapsedMs counts from submission, the lookup included, as its deadline does", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness({ metadataDelay: "30 millis", script: () => ({ latency: "1 second" }) })
+        const fiber = yield* fork(engine.infer(request("a", { timeout: Duration.millis(100) })))
+        yield* TestClock.adjust("100 millis")
+        const exit = yield* Fiber.await(fiber)
+        const reason = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail")?.error.reason : undefined
+        assert.deepInclude(reason, { _tag: "DeadlineExceeded", timeoutMs: 100, elapsedMs: 100 })
+      }))
+
     it.effect("the queue timeout counts from admission, not from before the lookup: a lookup longer than queueTimeout does not fail an idle engine's request", () =>
       Effect.gen(function*() {
         const { engine, stats } = yield* makeHarness({
