@@ -20,8 +20,9 @@
  * The rules are HTTP's: a request is refused as early as it can be (shutting down, model name,
  * model lookup, a full queue before decoding), decoded by `Oip.prepare`, and run by
  * `engine.infer`. `parameters.priority` and `parameters.timeout` (µs) as over HTTP; the call's
- * gRPC deadline is the request's deadline when it is sooner, so when it passes the engine times
- * the request out (counted as a timeout) wherever it is. A client cancel interrupts the call's
+ * gRPC deadline is the request's deadline when it is sooner than the request's timeout (30 s when
+ * it names none, as over HTTP), so when it passes the engine times the request out (counted as a
+ * timeout) wherever it is. A client cancel interrupts the call's
  * fiber, which cancels the inference wherever it is (counted as cancelled). Errors are
  * `InferenceError.grpcCode` with HTTP's messages; a message over `maxMessageBytes` is refused
  * with RESOURCE_EXHAUSTED from its length prefix, before it is buffered.

@@ -83,10 +83,11 @@ export const make = (options: Options) =>
         if ("error" in body) return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
         const prepared = Oip.prepare(metadata, body, oip.binary)
         if (prepared instanceof InferenceError.InvalidInput) return yield* invalid(name, prepared)
+        // The call's deadline when it is sooner than the request's timeout (the default when it names none).
         let timeout = prepared.timeout
         if (deadlineMs !== undefined) {
           const left = Duration.millis(Math.max(1, deadlineMs - Date.now()))
-          timeout = timeout === undefined || Duration.isGreaterThan(timeout, left) ? left : timeout
+          if (Duration.isGreaterThan(timeout ?? InferenceRequest.defaultTimeout, left)) timeout = left
         }
         const request = InferenceRequest.make(name, prepared.inputs, {
           modelVersion: version,

@@ -270,6 +270,30 @@ describe("ModelInfer", () => {
       assert.include(timeout.error?.details, "exceeded its 10 ms deadline")
     }))
 
+  it.live("the gRPC deadline is the request's deadline only when it is sooner than the request's timeout, the 30 s default included", () =>
+    Effect.gen(function*() {
+      const { call, engine } = yield* makeHarness()
+      // What the engine is given: the request's timeout.
+      const timeouts: Array<number> = []
+      const infer = engine.infer
+      ;(engine as { infer: typeof infer }).infer = (request) => {
+        timeouts.push(Duration.toMillis(request.timeout))
+        return infer(request)
+      }
+      const ok = (reply: { error?: Grpc.ServiceError | undefined }) => assert.isUndefined(reply.error, reply.error?.details)
+      ok(yield* call("ModelInfer", echoRaw([1, 2, 3, 4])))
+      // KServe's client puts a 60 s deadline on every call: the server's 30 s default still holds.
+      ok(yield* call("ModelInfer", echoRaw([1, 2, 3, 4]), { deadline: Date.now() + 60_000 }))
+      ok(yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { parameters: { timeout: { int64_param: "10000000" } } }), { deadline: Date.now() + 3_600_000 }))
+      ok(yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { parameters: { timeout: { int64_param: "100000000" } } }), { deadline: Date.now() + 20_000 }))
+      ok(yield* call("ModelInfer", echoRaw([1, 2, 3, 4]), { deadline: Date.now() + 5_000 }))
+      assert.strictEqual(timeouts.length, 5)
+      assert.deepStrictEqual(timeouts.slice(0, 3), [30_000, 30_000, 10_000])
+      // A sooner deadline is the request's (less what has passed since the call began).
+      assert.isTrue(timeouts[3]! <= 20_000 && timeouts[3]! > 19_000, String(timeouts[3]))
+      assert.isTrue(timeouts[4]! <= 5_000 && timeouts[4]! > 4_000, String(timeouts[4]))
+    }))
+
   it.live("the gRPC deadline is the request's deadline: DEADLINE_EXCEEDED, and the engine lets the request go", () =>
     Effect.gen(function*() {
       const { call, engine, gate } = yield* makeHarness()
