@@ -146,8 +146,9 @@ const sliceTensor = (tensor: Tensor.Tensor, axis: number, from: number, rows: nu
 
 /**
  * Splits a batch's outputs back into one output map per member, `rows[i]` rows each, in member
- * order. An unbatched output (axis null) is given whole to every member. Fails (undefined) when
- * an output's batch dim does not equal the total rows.
+ * order. An unbatched output (axis null) is given whole to every member, each its own copy (the
+ * first the run's own): a caller owns its outputs. Fails (undefined) when an output's batch dim
+ * does not equal the total rows.
  */
 export const split = (
   config: BatchPolicy.BatchingConfig,
@@ -160,7 +161,9 @@ export const split = (
   for (const [name, tensor] of Object.entries(outputs)) {
     const axis = axisOf(config.outputAxes, name)
     if (axis === null) {
-      for (const r of result) r[name] = tensor
+      result.forEach((r, i) => {
+        r[name] = i === 0 ? tensor : copyTensor(tensor)
+      })
       continue
     }
     if (tensor.dims[axis] !== total) return undefined

@@ -55,6 +55,16 @@ describe("Batch", () => {
     assert.strictEqual(k(["a,b", "c"], 1.5), k(["a,b", "c"], 1.5), "equal values, one key")
   })
 
+  it("gives each member an unbatched output (axis null) of its own: the caller owns its outputs, and one member writing its copy changes no other's", () => {
+    const config = { ...on, outputAxes: { table: null } }
+    const parts = Batch.split(config, { y: Tensor.float32([1, 2, 3], [3, 1]), table: Tensor.float32([7, 8], [2]) }, [1, 2])!
+    const [a, b] = [parts[0]!["table"]!, parts[1]!["table"]!]
+    assert.deepStrictEqual([Array.from(a.data as Float32Array), a.dims], [[7, 8], [2]])
+    assert.deepStrictEqual([Array.from(b.data as Float32Array), b.dims], [[7, 8], [2]])
+    ;(a.data as Float32Array)[0] = 0
+    assert.deepStrictEqual(Array.from(b.data as Float32Array), [7, 8])
+  })
+
   it("refuses to split outputs whose batch dim is not the total", () => {
     assert.isUndefined(Batch.split(on, { y: Tensor.float32([1, 2], [2, 1]) }, [1, 2]))
   })
