@@ -181,7 +181,7 @@ export const options: ReadonlyArray<Option> = [
     flag: "strict-readiness",
     variable: "STRICT_READINESS",
     metavar: "BOOL",
-    description: "true: /v2/health/ready is 503 while any model is unavailable or none is loaded; false: ready once listening (default true)",
+    description: "true: /v2/health/ready is 503 while any model that should be up is unavailable (never loaded or unloaded ones do not count) or the repository holds none; false: ready once listening (default true)",
     decode: withSchema(Bool, truthy)
   },
   {

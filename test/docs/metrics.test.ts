@@ -4,11 +4,12 @@
  * families the page has.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Effect, Fiber, Metric } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { makeApp, waitUntil, withFreshMetrics } from "../http/TestApp.ts"
+import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 
 const root = fileURLToPath(new URL("../..", import.meta.url))
 const serverDoc = Fs.readFileSync(Path.join(root, "docs/server.md"), "utf8")
@@ -34,6 +35,8 @@ describe("metrics documentation", () => {
       const app = yield* makeApp({ routes: { metricsFormat: "triton" }, config: { maxConcurrentRequests: 1 } })
       const body = { inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] }] }
       assert.strictEqual((yield* app.send("POST", "/v2/models/echo/infer", body)).status, 200)
+      // The fake pool does not batch; a batching model's run in the ONNX pool records its fill here.
+      yield* Metric.update(Metric.withAttributes(OnnxModelPool.batchFill, { model: "echo" }), 0.5)
       // One request running and one queued, so that the queue gauges have a row.
       yield* app.gate.close
       const fibers = [
