@@ -100,15 +100,23 @@ const deadlineOf = (call: { getDeadline(): Grpc.Deadline }): number | undefined 
 const deadlineGraceMs = 1000
 
 /**
+ * How close to its deadline a cancel is taken for the deadline. The server's deadline runs from
+ * when it read the call's header, the client's from when it wrote it: a client cancels at its own
+ * deadline (grpc-js and C-core send RST_STREAM then), which arrives before the server's by as
+ * long as the header waited (network, a busy event loop).
+ */
+const deadlineToleranceMs = 50
+
+/**
  * What grpc-js's cancel of a call means: a client's cancel interrupts at once; a deadline that
- * has passed (grpc-js ends such a call with DEADLINE_EXCEEDED itself) leaves the engine to time
- * the request out, and interrupts only after `deadlineGraceMs`.
+ * has passed (grpc-js ends such a call with DEADLINE_EXCEEDED itself), or a cancel less than
+ * `deadlineToleranceMs` before it, leaves the engine to time the request out, and interrupts
+ * only after `deadlineGraceMs`.
  */
 const onCancelled = (call: { getDeadline(): Grpc.Deadline; on(event: "cancelled", listener: () => void): unknown }, interrupt: () => void) => {
   const deadlineMs = deadlineOf(call)
   call.on("cancelled", () => {
-    // A timer may fire a millisecond early: a cancel that close to the deadline is the deadline.
-    if (deadlineMs !== undefined && Date.now() >= deadlineMs - 2) setTimeout(interrupt, deadlineGraceMs).unref()
+    if (deadlineMs !== undefined && Date.now() >= deadlineMs - deadlineToleranceMs) setTimeout(interrupt, deadlineGraceMs).unref()
     else interrupt()
   })
 }

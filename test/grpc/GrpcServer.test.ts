@@ -4,12 +4,16 @@
  * every error code, bad messages. Real sockets on 127.0.0.1, real engine, scripted pool.
  */
 import * as Grpc from "@grpc/grpc-js"
+import * as Http2 from "node:http2"
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Scope } from "effect"
+import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
 import { hostPort } from "../../src/grpc/GrpcServer.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import { mlpBytes, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
 import { echoRaw, f32, fromF32, makeHarness } from "./GrpcHarness.ts"
+
+const definitions = GrpcCodec.loadDefinitions()
 
 const waitFor = (condition: () => boolean | Promise<boolean>, ms = 2000) =>
   Effect.promise(async () => {
@@ -323,6 +327,38 @@ describe("ModelInfer", () => {
       first.cancel()
       yield* waitFor(() => settled().length === 2)
       assert.deepStrictEqual(settled(), ["timeout", "cancelled"])
+      yield* gate.open
+      yield* waitFor(() => Effect.runSync(engine.pending) === 0)
+    }))
+
+  it.live("a deadline is still a timeout when the client's cancel at its own deadline comes before the server's (the server read the header late)", () =>
+    Effect.gen(function*() {
+      const { address, engine, gate, stats, telemetry, client } = yield* makeHarness({ config: { maxConcurrentRequests: 1 }, recordTelemetry: true })
+      yield* gate.close
+      const first = client.ModelInfer({ ...echoRaw([1, 2, 3, 4]), model_name: "slow" }, () => {})
+      yield* waitFor(() => stats.started === 1)
+      // A client with a 200 ms deadline whose header reached a busy server 30 ms late: the server's
+      // deadline is 200 ms after it read the header, the client's RST_STREAM comes at 170 ms.
+      const message = (definitions["inference.GRPCInferenceService"] as any).ModelInfer.requestSerialize({ ...echoRaw([1, 2, 3, 4]), model_name: "slow" }) as Buffer
+      const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, 0]), message])
+      frame.writeUInt32BE(message.length, 1)
+      const session = Http2.connect(`http://${address}`)
+      yield* Effect.addFinalizer(() => Effect.sync(() => session.close()))
+      const stream = session.request({
+        ":method": "POST",
+        ":path": "/inference.GRPCInferenceService/ModelInfer",
+        "content-type": "application/grpc",
+        te: "trailers",
+        "grpc-timeout": "200m"
+      })
+      stream.on("error", () => {})
+      stream.end(frame)
+      yield* Effect.sleep("170 millis")
+      stream.close(Http2.constants.NGHTTP2_CANCEL)
+      const settled = () => telemetry.filter((e) => e._tag === "timeout" || e._tag === "cancelled").map((e) => e._tag)
+      yield* waitFor(() => settled().length > 0)
+      assert.deepStrictEqual(settled(), ["timeout"])
+      first.cancel()
       yield* gate.open
       yield* waitFor(() => Effect.runSync(engine.pending) === 0)
     }))
