@@ -123,6 +123,14 @@ const onCancelled = (call: { getDeadline(): Grpc.Deadline; on(event: "cancelled"
 
 const toServiceError = (e: GrpcFailure): Partial<Grpc.StatusObject> => ({ code: e.code, details: e.details })
 
+/** An unexpected failure (a defect) as INTERNAL "internal error", logged: it answers its own call or stream request only. */
+const internalOnDefect = <A, R>(effect: Effect.Effect<A, GrpcFailure, R>): Effect.Effect<A, GrpcFailure, R> =>
+  Effect.catchDefect(effect, (defect) =>
+    Effect.andThen(
+      Effect.logError("unexpected failure while answering a gRPC call", defect),
+      Effect.fail(new GrpcFailure({ code: Grpc.status.INTERNAL, details: "internal error" }))
+    ))
+
 /**
  * What every stream answer carries, as Triton's stream answers do: each request gets exactly one
  * answer, its last (clients that asked for `triton_enable_empty_final_response` wait for it).
@@ -145,14 +153,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
     /** A unary RPC: the effect runs as one tracked call; a cancel interrupts it. */
     const unary = <Req, Res>(f: (request: Req, deadlineMs: number | undefined) => Effect.Effect<Res, GrpcFailure, Requirements>) =>
       (call: Grpc.ServerUnaryCall<Req, Res>, callback: Grpc.sendUnaryData<Res>) => {
-        const effect = lifecycle.track(f(call.request, deadlineOf(call))).pipe(
-          Effect.catchDefect((defect) =>
-            Effect.andThen(
-              Effect.logError("unexpected failure while answering a gRPC call", defect),
-              Effect.fail(new GrpcFailure({ code: Grpc.status.INTERNAL, details: "internal error" }))
-            )
-          )
-        )
+        const effect = internalOnDefect(lifecycle.track(f(call.request, deadlineOf(call))))
         const interrupt = run(effect, {
           onExit: (exit) => {
             if (Exit.isSuccess(exit)) return callback(null, exit.value)
@@ -189,7 +190,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
       const effect = Stream.fromAsyncIterable(requests, (e) => e).pipe(
         Stream.tap(() => Effect.sync(() => void state.outstanding++)),
         Stream.mapEffect((message) =>
-          handlers.infer(message, deadlineMs).pipe(
+          internalOnDefect(handlers.infer(message, deadlineMs)).pipe(
             Effect.match({
               onFailure: (e) => ({
                 error_message: e.details,

@@ -6,11 +6,13 @@
 import * as Grpc from "@grpc/grpc-js"
 import * as Http2 from "node:http2"
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Scope } from "effect"
+import { Duration, Effect, Exit, Layer, Scope } from "effect"
 import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
 import { hostPort } from "../../src/grpc/GrpcServer.ts"
+import { ModelPool } from "../../src/ModelPool.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import { mlpBytes, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+import { makeTestPool } from "../http/TestApp.ts"
 import { echoRaw, f32, fromF32, makeHarness } from "./GrpcHarness.ts"
 
 const definitions = GrpcCodec.loadDefinitions()
@@ -570,6 +572,40 @@ describe("ModelStreamInfer", () => {
       // Only the fast one and the slow one already running ever ran.
       assert.strictEqual(stats.started, 2)
       assert.strictEqual(received.length, 1)
+    }))
+
+  it.live("a request that fails unexpectedly answers error_message \"internal error\"; the stream and its other requests go on", () =>
+    Effect.gen(function*() {
+      // A pool that returns fewer outputs than `multi` declares: answering it dies.
+      const inner = yield* makeTestPool({ slowLatency: "100 millis" })
+      const pool = ModelPool.of({
+        ...inner.pool,
+        run: (modelId, inputs, options) =>
+          Effect.map(inner.pool.run(modelId, inputs, options), (out) => (modelId === "multi" ? { ...out, outputs: { sum: out.outputs["sum"]! } } : out))
+      })
+      const { call, client } = yield* makeHarness({ pool: Layer.succeed(ModelPool, pool) })
+      const multi = {
+        model_name: "multi",
+        id: "broken",
+        inputs: [
+          { name: "a", datatype: "FP32", shape: [1], contents: { fp32_contents: [1] } },
+          { name: "b", datatype: "INT64", shape: [], contents: { int64_contents: ["1"] } }
+        ]
+      }
+      const unary = yield* call("ModelInfer", multi)
+      assert.strictEqual(unary.error?.code, Grpc.status.INTERNAL)
+      const stream = client.ModelStreamInfer()
+      const received: Array<any> = []
+      const status = new Promise<number>((resolve) => {
+        stream.on("data", (m: any) => received.push(m))
+        stream.on("error", (e: Grpc.ServiceError) => resolve(e.code))
+        stream.on("end", () => resolve(Grpc.status.OK))
+      })
+      stream.write({ ...echoRaw([1, 2, 3, 4]), model_name: "slow", id: "slow" })
+      stream.write(multi)
+      stream.end()
+      assert.strictEqual(yield* Effect.promise(() => status), Grpc.status.OK)
+      assert.deepStrictEqual(received.map((m) => [m.infer_response.id, m.error_message]), [["broken", "internal error"], ["slow", ""]])
     }))
 
   it.live("many requests on one stream all come back, each once", () =>
