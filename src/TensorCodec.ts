@@ -312,7 +312,9 @@ const decodeBinaryData = (
       const length = view.getUint32(offset, true)
       offset += 4
       if (offset + length > bytes.length) return invalid(`binary data ends inside element ${i} of ${count}`)
-      strings[i] = utf8.decode(bytes.subarray(offset, offset + length))
+      const text = utf8Element(bytes.subarray(offset, offset + length))
+      if (text === undefined) return invalid(`BYTES element ${i} is not valid UTF-8 (a model's string tensor holds text; send binary payloads as UINT8)`)
+      strings[i] = text
       offset += length
     }
     if (offset !== bytes.length) return invalid(`binary data has ${bytes.length - offset} bytes after the ${count} elements of shape ${Tensor.dimsText(dims)}`)
@@ -335,7 +337,20 @@ const decodeBinaryData = (
   return Tensor.make(dtype, out, dims.slice())
 }
 
-const utf8 = new TextDecoder()
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })
+
+/**
+ * One BYTES element as the string an ONNX string tensor holds, or undefined where it is not UTF-8:
+ * replacing such bytes with U+FFFD would hand the model (and an identity model's answer) other
+ * bytes than were sent. A leading byte-order mark is the element's own character, kept.
+ */
+export const utf8Element = (bytes: Uint8Array): string | undefined => {
+  try {
+    return utf8.decode(bytes)
+  } catch {
+    return undefined
+  }
+}
 
 /**
  * Decodes one OIP input into a tensor of the model's declared `spec`, or explains, naming the

@@ -100,9 +100,6 @@ const parametersOf = (parameters: Readonly<Record<string, InferParameter>> | und
   return out
 }
 
-/** Keeps a leading byte-order mark: it is one of the element's bytes, not an encoding hint. */
-const utf8 = new TextDecoder("utf-8", { ignoreBOM: true })
-
 /** The fields of `InferTensorContents`, in the proto's order. */
 const contentsFields = [
   "bool_contents",
@@ -181,7 +178,14 @@ const dataOf = (input: ModelInferRequest["inputs"][number]): ReadonlyArray<unkno
       ? `no values: ${shape} of ${input.datatype} needs ${count} in contents.${field} (or its bytes in raw_input_contents)`
       : `contents.${field} holds ${values.length} values, ${shape} needs ${count}`
   }
-  return field === "bytes_contents" ? (values as ReadonlyArray<Uint8Array>).map((b) => utf8.decode(b)) : values
+  if (field !== "bytes_contents") return values
+  const strings = new Array<string>(values.length)
+  for (let i = 0; i < values.length; i++) {
+    const text = TensorCodec.utf8Element(values[i] as Uint8Array)
+    if (text === undefined) return `contents.bytes_contents element ${i} is not valid UTF-8 (a model's string tensor holds text; send binary payloads as UINT8)`
+    strings[i] = text
+  }
+  return strings
 }
 
 /**

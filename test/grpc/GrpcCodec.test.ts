@@ -146,6 +146,9 @@ describe("GrpcCodec.toOip", () => {
     const bom = Buffer.from([0xef, 0xbb, 0xbf, 0x61, 0x62, 0x63])
     const typed = GrpcCodec.toOip(request({ inputs: [input({ datatype: "BYTES", shape: ["1", "2"], contents: contents({ bytes_contents: [bom, Buffer.from("héllo")] }) })] }))
     assert.deepStrictEqual((typed as any).body.inputs[0].data, ["\uFEFFabc", "héllo"])
+    // Bytes that are not UTF-8 are refused, as in raw contents, not handed on as U+FFFD.
+    const jpeg = GrpcCodec.toOip(request({ inputs: [input({ datatype: "BYTES", shape: ["1", "2"], contents: contents({ bytes_contents: [Buffer.from("ok"), Buffer.from([0xff, 0xd8, 0xff])] }) })] }))
+    assert.match(String(jpeg), /^input "x": contents.bytes_contents element 1 is not valid UTF-8/)
   })
 
   it("names the contents field of every datatype, as Triton reads them", () => {

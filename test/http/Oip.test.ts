@@ -255,6 +255,13 @@ describe("binary tensor data (Triton's extension)", () => {
     assert.match((long as InferenceError.InvalidInput).message, /binary data has 1 bytes after the 1 elements/)
   })
 
+  it("BYTES binary elements: a leading byte-order mark is kept, bytes that are not UTF-8 are refused naming the element (never replaced by U+FFFD)", () => {
+    const bom = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [1], 7)], Uint8Array.from([3, 0, 0, 0, 0xef, 0xbb, 0xbf]))
+    assert.deepStrictEqual((bom as Record<string, Tensor.Tensor>).x!.data, ["\uFEFF"])
+    const jpeg = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [2], 13)], Uint8Array.from([2, 0, 0, 0, 65, 66, 3, 0, 0, 0, 0xff, 0xd8, 0xff]))
+    assert.match((jpeg as InferenceError.InvalidInput).message, /BYTES element 1 is not valid UTF-8/)
+  })
+
   it("TensorCodec.unsupportedParameter: shared memory on inputs and outputs, classification on outputs; other parameters pass", () => {
     const cases: ReadonlyArray<readonly [Record<string, unknown> | undefined, boolean, RegExp | undefined]> = [
       [undefined, false, undefined],
