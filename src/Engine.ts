@@ -85,8 +85,12 @@ export interface Service {
    * decode: InvalidInput), so that telemetry sees every request: started, then its outcome.
    */
   readonly recordRefused: (modelId: string, reason: InferenceError.Reason) => Effect.Effect<void>
+  /**
+   * Requests waiting to run, by priority: in the queue, or in a job sent ahead to a busy instance
+   * (not started yet). What `maxQueuedRequests` bounds, so a QueueFull comes when `total` is at it.
+   */
   readonly queueStats: Effect.Effect<PriorityQueue.QueueStats>
-  /** The same, for each model that has requests queued now (O(queued)). */
+  /** The same, for each model that has requests waiting now (O(waiting)). */
   readonly queueStatsByModel: Effect.Effect<ReadonlyMap<string, PriorityQueue.QueueStats>>
   /** Requests admitted and not yet answered: queued, forming a batch, or running. */
   readonly pending: Effect.Effect<number>
@@ -105,6 +109,8 @@ export interface Service {
 export interface Diagnostics {
   /** Requests in the queue. */
   readonly queued: number
+  /** Requests in jobs sent ahead to busy instances, not started yet (with `queued`, what `maxQueuedRequests` bounds). */
+  readonly ahead: number
   /** Requests held in batches that are forming (each batch holds a permit). */
   readonly forming: number
   /** Native runs in progress, including runs whose callers have all left. Each holds a permit. */
@@ -415,14 +421,25 @@ const drain = (state: State, grace: Duration.Input) =>
     )
   })
 
+const queueStats = (state: State): PriorityQueue.QueueStats => {
+  const inQueue = state.scheduler.queue.stats()
+  if (state.scheduler.waitingAhead === 0) return inQueue
+  const counts = [inQueue.critical, inQueue.high, inQueue.normal, inQueue.low]
+  state.scheduler.forEachWaitingAhead((request) => counts[Priority.rank(request.priority)]!++)
+  const [critical, high, normal, low] = counts as [number, number, number, number]
+  return { critical, high, normal, low, total: critical + high + normal + low }
+}
+
 const queueStatsByModel = (state: State): ReadonlyMap<string, PriorityQueue.QueueStats> => {
   const byModel = new Map<string, [number, number, number, number]>()
-  for (const pending of state.scheduler.queue.values()) {
-    const model = pending.value.request.modelId
+  const count = (request: Scheduler.Request<Dispatcher.Caller>) => {
+    const model = request.value.request.modelId
     let counts = byModel.get(model)
     if (counts === undefined) byModel.set(model, counts = [0, 0, 0, 0])
-    counts[Priority.rank(pending.priority)]++
+    counts[Priority.rank(request.priority)]++
   }
+  for (const pending of state.scheduler.queue.values()) count(pending)
+  state.scheduler.forEachWaitingAhead(count)
   return new Map([...byModel].map(([model, [critical, high, normal, low]]) =>
     [model, { critical, high, normal, low, total: critical + high + normal + low }] as const
   ))
@@ -491,13 +508,13 @@ export const make = Effect.gen(function*() {
     admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
     inferUnsafe: (request, onExit) => inferUnsafe(state, request, onExit),
     recordRefused: (modelId, reason) => Effect.sync(() => refused(state, modelId, reason)),
-    queueStats: Effect.sync(() => scheduler.queue.stats()),
+    queueStats: Effect.sync(() => queueStats(state)),
     queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),
     pending: Effect.sync(() => scheduler.unsettled),
     config,
     drain: (grace) => drain(state, grace),
     isDraining: Effect.sync(() => state.draining),
-    diagnostics: Effect.sync(() => ({ ...scheduler.counts(), unsettled: scheduler.unsettled, abandoned: { ...scheduler.abandoned } }))
+    diagnostics: Effect.sync(() => ({ ...scheduler.counts(), ahead: scheduler.waitingAhead, unsettled: scheduler.unsettled, abandoned: { ...scheduler.abandoned } }))
   })
 })
 

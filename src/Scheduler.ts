@@ -446,6 +446,17 @@ export class Scheduler<A> {
     return this.#waitingAhead
   }
 
+  /** Each request `waitingAhead` counts (O(jobs in flight)). */
+  forEachWaitingAhead(f: (request: Request<A>) => void): void {
+    if (this.#waitingAhead === 0) return
+    for (const model of this.#models.values()) {
+      for (const batch of model.inFlight as Array<Batch<A>>) {
+        if (batch.waiting === 0) continue
+        for (const member of batch.members) if (member.stage === "running") f(member)
+      }
+    }
+  }
+
   /** Counts for diagnostics. */
   counts(): { readonly queued: number; readonly forming: number; readonly runs: number } {
     let forming = 0

@@ -181,7 +181,7 @@ const runSchedule = (schedule: Schedule) =>
       const state = yield* engine.diagnostics
       assert.isAtMost(state.runs, schedule.maxConcurrentRequests, "the scheduler counts more runs than its permits")
       if (schedule.instances !== null) assert.isAtMost(state.runs, schedule.instances, "the scheduler counts more runs than the model's instances")
-      assert.strictEqual(state.queued, (yield* engine.queueStats).total, "the scheduler's queue and the queue stats disagree")
+      assert.strictEqual(state.queued + state.ahead, (yield* engine.queueStats).total, "the scheduler's queue and the queue stats disagree")
       assert.isAtMost(state.queued + state.forming, state.unsettled, "queued or forming requests that are not unsettled")
       assert.isAtMost(stats.active, state.runs, "a native run the scheduler does not count")
     }

@@ -222,6 +222,39 @@ describe("AsyncInferenceEngine", () => {
         assert.deepStrictEqual(stats.order, ["running"])
       }))
 
+    it.effect("requests in a job sent ahead to a busy instance count as queued in the queue stats, as QueueFull counts them, and stop counting when cancelled or started", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness({
+          script: () => ({ latency: "100 millis" }),
+          concurrency: 1,
+          metadata: { pipelineDepth: 2 },
+          instanceQueue: true,
+          config: { maxQueuedRequests: 3 }
+        })
+        const running = yield* fork(engine.infer(request("running")))
+        yield* TestClock.adjust("1 millis")
+        const ahead = yield* fork(engine.infer(request("ahead", { priority: "High" })))
+        yield* TestClock.adjust("1 millis")
+        const queued = [yield* fork(engine.infer(request("q1"))), yield* fork(engine.infer(request("q2", { priority: "Low" })))]
+        yield* TestClock.adjust("1 millis")
+        const diagnostics = yield* engine.diagnostics
+        assert.deepStrictEqual([diagnostics.queued, diagnostics.ahead, diagnostics.runs], [2, 1, 2])
+        assert.deepStrictEqual(yield* engine.queueStats, { critical: 0, high: 1, normal: 1, low: 1, total: 3 })
+        assert.deepStrictEqual((yield* engine.queueStatsByModel).get("echo"), { critical: 0, high: 1, normal: 1, low: 1, total: 3 })
+        // The bound the stats show is the one admission applies.
+        assert.strictEqual(reasonOf(yield* Effect.exit(engine.infer(request("refused")))), "QueueFull")
+        yield* Fiber.interrupt(ahead)
+        assert.deepStrictEqual(yield* engine.queueStats, { critical: 0, high: 0, normal: 1, low: 1, total: 2 })
+        yield* TestClock.adjust("100 millis")
+        assert.strictEqual((yield* Fiber.join(running)).requestId, "running")
+        // q1 runs now and q2 was sent ahead behind it: still waiting, still counted.
+        assert.deepStrictEqual((yield* engine.queueStats).total, 1)
+        yield* TestClock.adjust("300 millis")
+        for (const f of queued) yield* Fiber.join(f)
+        assert.deepStrictEqual(yield* engine.queueStats, { critical: 0, high: 0, normal: 0, low: 0, total: 0 })
+        assert.strictEqual((yield* engine.queueStatsByModel).size, 0)
+      }))
+
     it.effect("an AbortSignal cancels like interruption", () =>
       Effect.gen(function*() {
         const { engine } = yield* makeHarness({ script: () => ({ latency: "1 second" }) })

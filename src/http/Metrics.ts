@@ -4,7 +4,8 @@
  * scrape time, and the standard process and Node.js families (`ProcessMetrics`). One family per
  * fact, durations in seconds; each family is documented once, in docs/server.md.
  *
- * - `inference_pending_requests{model,priority}`: requests queued now, by model and priority
+ * - `inference_pending_requests{model,priority}`: requests waiting to run now (queued, or sent ahead
+ *   to a busy instance: what `maxQueuedRequests` bounds), by model and priority
  *   level (from `queueStatsByModel`); `inference_unsettled_requests`: admitted and not yet
  *   answered (queued, forming a batch or running).
  *
@@ -28,7 +29,7 @@ import * as ProcessMetrics from "./ProcessMetrics.ts"
 /** The content type of the Prometheus text format. */
 export const contentType = "text/plain; version=0.0.4; charset=utf-8"
 
-const pendingGauge = Metric.gauge("inference_pending_requests", { description: "Requests queued now, by model and priority" })
+const pendingGauge = Metric.gauge("inference_pending_requests", { description: "Requests waiting to run now (queued or sent ahead to a busy instance), by model and priority" })
 const unsettledGauge = Metric.gauge("inference_unsettled_requests", {
   description: "Requests admitted and not yet answered: queued, forming a batch or running"
 })
