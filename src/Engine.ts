@@ -33,7 +33,7 @@ import { ModelPool, type RunOutput } from "./ModelPool.ts"
 import * as Priority from "./Priority.ts"
 import type * as PriorityQueue from "./PriorityQueue.ts"
 import type * as Scheduler from "./Scheduler.ts"
-import { type RequestInfo, TelemetryCollector } from "./Telemetry.ts"
+import { type RequestInfo, TelemetryCollector, unknownModel } from "./Telemetry.ts"
 
 export interface Service {
   /**
@@ -284,17 +284,28 @@ const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadat
 
 type Lookup = NonNullable<ModelPool["Service"]["metadataUnsafe"]>
 
+/** The request as telemetry records a refusal of it: under `unknownModel` when its model is not found. */
+const recordedAs = (request: InferenceRequest, reason: InferenceError.Reason): RequestInfo =>
+  reason._tag === "ModelNotFound" ? { modelId: unknownModel, requestId: request.requestId, priority: request.priority } : request
+
+/** Records the start and refusal of a request that was never queued. */
+const recordRefusal = (state: State, request: InferenceRequest, reason: InferenceError.Reason, elapsedMs: number): void => {
+  const info = recordedAs(request, reason)
+  state.telemetry.recordStart(info)
+  recordFailure(state.telemetry, info, reason, elapsedMs)
+}
+
 /** Admission without any Effect, for a pool whose metadata needs none: `submit`'s answer, or undefined once refused. */
 const admitNow = (state: State, request: InferenceRequest, lookup: Lookup, resume: Resume): (() => void) | undefined => {
   const startedMs = state.nowMs()
-  state.telemetry.recordStart(request)
   const metadata = state.draining ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
   const reason = "_tag" in metadata ? metadata : refusal(request, metadata)
   if (reason !== undefined) {
-    recordFailure(state.telemetry, request, reason, 0)
+    recordRefusal(state, request, reason, 0)
     resume(Exit.fail(InferenceError.make(reason)))
     return undefined
   }
+  state.telemetry.recordStart(request)
   return submit(state, request, metadata as ModelMetadata.ModelMetadata, startedMs, resume)
 }
 
@@ -335,9 +346,9 @@ const inferUnsafe = (state: State, request: InferenceRequest, onExit: Resume): (
 const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
   Effect.suspend(() => {
     const startedMs = state.nowMs()
-    state.telemetry.recordStart(request)
+    // The start is recorded once the lookup has ended (see `recordedAs`), with its outcome if it is one.
     const refuse = (reason: InferenceError.Reason, elapsedMs = 0) => {
-      recordFailure(state.telemetry, request, reason, elapsedMs)
+      recordRefusal(state, request, reason, elapsedMs)
       return InferenceError.make(reason)
     }
     if (state.draining) return Effect.fail(refuse(new InferenceError.ShuttingDown({})))
@@ -354,11 +365,16 @@ const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<Inf
         duration: request.timeout,
         orElse: () => pastDeadline
       }),
-      () => Effect.sync(() => state.telemetry.recordCancelled(request, state.nowMs() - startedMs))
+      () =>
+        Effect.sync(() => {
+          state.telemetry.recordStart(request)
+          state.telemetry.recordCancelled(request, state.nowMs() - startedMs)
+        })
     )
     return Effect.flatMap(lookup, (metadata) => {
       const reason = refusal(request, metadata)
       if (reason !== undefined) return Effect.fail(refuse(reason))
+      state.telemetry.recordStart(request)
       return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
         const cancel = submit(state, request, metadata, startedMs, resume, state.nowMs())
         return cancel === undefined ? undefined : Effect.sync(cancel)

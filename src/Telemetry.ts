@@ -30,6 +30,13 @@ import { Context, Effect, Layer, Metric } from "effect"
 import type * as InferenceError from "./InferenceError.ts"
 import type * as Priority from "./Priority.ts"
 
+/**
+ * The model label of a request for a model (or version) the pool does not have: one series for
+ * them all, so that made-up names sent by a library caller cannot add series without bound. No
+ * repository name can be it (names start with a letter or digit).
+ */
+export const unknownModel = "_unknown"
+
 export interface RequestInfo {
   readonly modelId: string
   readonly requestId: string

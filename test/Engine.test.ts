@@ -5,6 +5,7 @@ import * as CancelToken from "../src/CancelToken.ts"
 import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import type * as Priority from "../src/Priority.ts"
+import * as Telemetry from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { makeHarness } from "./fixtures/EngineHarness.ts"
 import { echoInputs } from "./fixtures/FakeModelPool.ts"
@@ -421,6 +422,29 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(runs.length, 3)
         assert.isTrue(runs.every((e) => e._tag === "run" && e.runMs === 5 && e.batchSize === 1))
       }))
+
+    for (const [path, metadataDelay] of [["synchronous", undefined], ["the pool's metadata Effect", "1 millis"]] as const) {
+      it.effect(`records a request for a model the pool does not have under one label, Telemetry.unknownModel, so made-up names add no series (${path})`, () =>
+        Effect.gen(function*() {
+          const { engine, log, outcomes } = yield* makeHarness({ metadataDelay })
+          const fibers = [
+            yield* fork(Effect.exit(engine.infer(InferenceRequest.make("made-up-1", echoInputs(1))))),
+            yield* fork(Effect.exit(engine.infer(InferenceRequest.make("made-up-2", echoInputs(1))))),
+            yield* fork(Effect.exit(engine.infer(request("ok"))))
+          ]
+          yield* TestClock.adjust("10 millis") // the lookups end
+          yield* TestClock.adjust("100 millis") // the run started after them ends
+          const exits = []
+          for (const f of fibers) exits.push(yield* Fiber.join(f))
+          assert.deepStrictEqual(exits.map(reasonOf), ["ModelNotFound", "ModelNotFound", "Success"])
+          // The caller's error still names the model it asked for.
+          assert.match(String(exits[0]), /made-up-1/)
+          const byModel = log.events.filter((e) => e._tag === "start" || e._tag === "failure" || e._tag === "success").map((e) => `${e._tag}:${"modelId" in e ? e.modelId : ""}`).sort()
+          assert.deepStrictEqual(byModel, ["failure:_unknown", "failure:_unknown", "start:_unknown", "start:_unknown", "start:echo", "success:echo"])
+          assert.deepStrictEqual(outcomes(), { start: 3, success: 1, failure: 2, cancelled: 0, timeout: 0, rejected: 0 })
+          assert.strictEqual(Telemetry.unknownModel, "_unknown")
+        }))
+    }
   })
 
   describe("lifecycle", () => {
