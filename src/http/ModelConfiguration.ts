@@ -5,7 +5,10 @@
  * message for gRPC (enums as their names).
  *
  * - `max_batch_size`: the model's batching limit, 0 when it does not batch; when it is above 0,
- *   `dims` leave out the batch dimension, as Triton writes them.
+ *   `dims` leave out the batch dimension, as Triton writes them. Triton's form cannot say that a
+ *   tensor is batched on another axis than its first, or not at all (Silero VAD's `state` and
+ *   `sr`): for such a model `max_batch_size` is 0 and every tensor lists all its dims, which is
+ *   what a Triton client must send (the engine still batches it).
  * - `instance_group`: one group of the model's instances: `KIND_GPU` on GPU 0 where its sessions
  *   run on a GPU provider (`ModelMetadata.deviceUsed`; after a fall back to the CPU, `KIND_CPU`),
  *   else `KIND_CPU`.
@@ -47,15 +50,11 @@ const instanceGroup = (metadata: ModelMetadata.ModelMetadata) => {
 /** The configuration of a model, in Triton's form. */
 export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) => {
   const batching = metadata.batching?.enabled === true ? metadata.batching : undefined
-  const maxBatchSize = batching?.maxBatchSize ?? 0
-  const batchAxisOf = (name: string, inputs: boolean) => {
-    if (batching === undefined) return null
-    const axes = inputs ? batching.inputAxes : batching.outputAxes
-    return Object.hasOwn(axes, name) ? axes[name]! : 0
-  }
-  const tensor = (inputs: boolean) => (spec: ModelMetadata.TensorSpec) => {
-    const axis = batchAxisOf(spec.name, inputs)
-    const dims = axis === null ? spec.dims : spec.dims.filter((_, i) => i !== axis)
+  const onFirstAxis = (axes: Readonly<Record<string, number | null>>) => Object.values(axes).every((axis) => axis === 0)
+  // Triton's implicit batch dim is every tensor's first: a model batched otherwise is described unbatched.
+  const leadingBatch = batching !== undefined && onFirstAxis(batching.inputAxes) && onFirstAxis(batching.outputAxes)
+  const tensor = (spec: ModelMetadata.TensorSpec) => {
+    const dims = leadingBatch ? spec.dims.slice(1) : spec.dims
     return { name: spec.name, data_type: tritonDataType(spec), dims: dims.map((d) => (d < 0 ? -1 : d)) }
   }
   const defaultPriority = metadata.defaultPriority ?? Priority.Normal
@@ -64,9 +63,9 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
     platform: Oip.platformName,
     backend: "onnxruntime",
     version_policy: { latest: { num_versions: 1 } },
-    max_batch_size: maxBatchSize,
-    input: metadata.inputs.map(tensor(true)),
-    output: metadata.outputs.map(tensor(false)),
+    max_batch_size: leadingBatch ? batching.maxBatchSize : 0,
+    input: metadata.inputs.map(tensor),
+    output: metadata.outputs.map(tensor),
     instance_group: [instanceGroup(metadata)],
     dynamic_batching: {
       preferred_batch_size: batching?.preferredBatchSizes.slice() ?? [],

@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration } from "effect"
 import type { AsyncConfig } from "../../src/AsyncConfig.ts"
+import * as BatchPolicy from "../../src/BatchPolicy.ts"
 import * as ModelConfiguration from "../../src/http/ModelConfiguration.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 
@@ -25,6 +26,35 @@ describe("ModelConfiguration", () => {
     ]
     for (const [extra, group] of table) {
       assert.deepStrictEqual(ModelConfiguration.of(model(extra), engine).instance_group, [group], JSON.stringify(extra))
+    }
+  })
+
+  it("max_batch_size and dims: the batch axis left out only where every tensor is batched on its first; otherwise max_batch_size 0 and every dim in place, as a Triton client must send them", () => {
+    const batching = (inputAxes: Record<string, number | null>, outputAxes: Record<string, number | null> = {}) =>
+      ({ ...BatchPolicy.disabled, enabled: true, maxBatchSize: 64, inputAxes, outputAxes })
+    const silero = {
+      inputs: [
+        { name: "input", dtype: "float32", dims: [-1, -1] },
+        { name: "state", dtype: "float32", dims: [2, -1, 128] },
+        { name: "sr", dtype: "int64", dims: [] }
+      ],
+      outputs: [{ name: "output", dtype: "float32", dims: [-1, 1] }, { name: "stateN", dtype: "float32", dims: [2, -1, 128] }]
+    } as const
+    type Row = readonly [string, Partial<ModelMetadata.ModelMetadata>, number, ReadonlyArray<ReadonlyArray<number>>, ReadonlyArray<ReadonlyArray<number>>]
+    const table: ReadonlyArray<Row> = [
+      ["no batching", {}, 0, [[-1, 4]], [[-1, 4]]],
+      ["batching disabled", { batching: BatchPolicy.disabled }, 0, [[-1, 4]], [[-1, 4]]],
+      ["every tensor on its first axis", { batching: batching({}) }, 64, [[4]], [[4]]],
+      ["axes named 0 explicitly", { batching: batching({ x: 0 }, { y: 0 }) }, 64, [[4]], [[4]]],
+      ["an output not split by row", { batching: batching({}, { y: null }) }, 0, [[-1, 4]], [[-1, 4]]],
+      ["Silero VAD: state on axis 1, sr a scalar", { ...silero, batching: batching({ state: 1, sr: null }, { stateN: 1 }) }, 0,
+        [[-1, -1], [2, -1, 128], []], [[-1, 1], [2, -1, 128]]]
+    ]
+    for (const [why, extra, maxBatchSize, inputs, outputs] of table) {
+      const config = ModelConfiguration.of(model(extra), engine)
+      assert.strictEqual(config.max_batch_size, maxBatchSize, why)
+      assert.deepStrictEqual(config.input.map((t) => t.dims), inputs, why)
+      assert.deepStrictEqual(config.output.map((t) => t.dims), outputs, why)
     }
   })
 })
