@@ -28,7 +28,7 @@
  *
  * @module InferenceClient
  */
-import { Cause, Context, Duration, Effect, Exit, Layer, type LogLevel, ManagedRuntime, Option, References, Result, Stream } from "effect"
+import { Cause, type Config, Context, Duration, Effect, Exit, Layer, type LogLevel, ManagedRuntime, Option, References, Result, Stream } from "effect"
 import * as AsyncConfig from "./AsyncConfig.ts"
 import { AsyncInferenceEngine, invalidConcurrency, isConcurrency } from "./Engine.ts"
 import * as InferenceError from "./InferenceError.ts"
@@ -45,7 +45,8 @@ import { TelemetryCollector } from "./Telemetry.ts"
 /** The model repository shipped with the package (`models/`: `mlp` and `silero_vad`); see `Live`. */
 export const bundledModels: string = Live.bundledModels
 
-export interface Options {
+/** `PE`: how a pool given in `modelPool` fails to build. */
+export interface Options<PE = unknown> {
   /** The model repository root (see `ModelRepository`). Default: `bundledModels`. */
   readonly repository?: string | undefined
   /** Engine settings over `AsyncConfig.defaults`. */
@@ -62,7 +63,7 @@ export interface Options {
    * The model pool, replacing the onnxruntime pool over `repository` (a fake in tests, say).
    * `repository` and `modelDefaults` are then unused.
    */
-  readonly modelPool?: Layer.Layer<ModelPool, unknown> | undefined
+  readonly modelPool?: Layer.Layer<ModelPool, PE> | undefined
 }
 
 export interface InferOptions {
@@ -112,8 +113,11 @@ type Services = AsyncInferenceEngine | ModelPool | TelemetryCollector
 /**
  * The layer a client runs: the engine over the onnxruntime pool (or `options.modelPool`), its
  * telemetry and configuration, and optionally OTLP export. Effect programs can provide it too.
+ * Fails as `Live.layer` does: ConfigError, RepositoryError, or the given pool's error.
  */
-export const layer = (options: Options = {}): Layer.Layer<Services, unknown> =>
+export const layer = <PE = never>(
+  options: Options<PE> = {}
+): Layer.Layer<Services, PE | ModelRepository.RepositoryError | Config.ConfigError> =>
   Live.layer({
     repository: options.repository,
     modelDefaults: options.modelDefaults,

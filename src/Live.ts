@@ -23,8 +23,8 @@ import { TelemetryCollector } from "./Telemetry.ts"
 /** The model repository shipped with the package (`models/`: `mlp` and `silero_vad`): `ModelRepository.bundled`. */
 export const bundledModels: string = ModelRepository.bundled
 
-/** Where models come from. */
-export interface PoolOptions {
+/** Where models come from; `PE` is how a pool given in `modelPool` fails to build. */
+export interface PoolOptions<PE = unknown> {
   /** The repository root (see `ModelRepository`). Default: `bundledModels`. */
   readonly repository?: string | undefined
   /** Defaults for models without a config.json. */
@@ -34,7 +34,7 @@ export interface PoolOptions {
   /** Under explicit model control, the models loaded at start. */
   readonly loadModels?: ReadonlyArray<string> | undefined
   /** A pool to use instead of the onnxruntime one (a fake in tests); the options above are then unused. */
-  readonly modelPool?: Layer.Layer<ModelPool, unknown> | undefined
+  readonly modelPool?: Layer.Layer<ModelPool, PE> | undefined
 }
 
 /** Where telemetry goes. */
@@ -45,7 +45,7 @@ export interface TelemetryOptions<T extends TelemetryCollector = TelemetryCollec
   readonly telemetry?: Layer.Layer<T, never, TelemetryCollector> | undefined
 }
 
-export interface Options<T extends TelemetryCollector = TelemetryCollector> extends PoolOptions, TelemetryOptions<T> {
+export interface Options<T extends TelemetryCollector = TelemetryCollector, PE = unknown> extends PoolOptions<PE>, TelemetryOptions<T> {
   /** Engine settings over `AsyncConfig.defaults`. */
   readonly config?: Partial<AsyncConfig> | undefined
   /** Export traces and metrics over OTLP; traced only then. */
@@ -83,10 +83,13 @@ const compose = <T extends TelemetryCollector, PE, E, R>(
 
 /**
  * The engine with everything it needs, configured from `options` alone (nothing read from the
- * environment). Fails with a ConfigError naming an invalid engine setting (`AsyncConfig.validate`).
+ * environment). Fails with a ConfigError naming an invalid engine setting (`AsyncConfig.validate`),
+ * a RepositoryError when the repository root cannot be read, or as `options.modelPool` fails.
  */
-export const layer = <T extends TelemetryCollector = TelemetryCollector>(options: Options<T> = {}): Layer.Layer<Services<T>, unknown> =>
-  compose(
+export const layer = <T extends TelemetryCollector = TelemetryCollector, PE = never>(
+  options: Options<T, PE> = {}
+): Layer.Layer<Services<T>, PE | ModelRepository.RepositoryError | Config.ConfigError> =>
+  compose<T, PE | ModelRepository.RepositoryError, Config.ConfigError, never>(
     options.modelPool ?? onnxPool(options),
     telemetryLayer(options),
     AsyncConfigService.layerWith(options.config ?? {}),

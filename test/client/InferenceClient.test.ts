@@ -4,10 +4,12 @@
  * AsyncIterables, stats and close. One test on the bundled repository checks the default pool.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect } from "effect"
+import { Duration, Effect, Layer } from "effect"
+import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import * as InferenceClient from "../../src/InferenceClient.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as InferenceRequest from "../../src/InferenceRequest.ts"
+import { ModelPool } from "../../src/ModelPool.ts"
 import type * as InferenceResult from "../../src/InferenceResult.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { echoInputs, makeFake, type Script } from "../fixtures/FakeModelPool.ts"
@@ -205,6 +207,30 @@ describe("InferenceClient", () => {
     assert.strictEqual((await client.infer(echo("still open")))._tag, "Success")
     await client.close({ grace: "1 second" })
     assert.isTrue((await client.stats()).draining)
+  })
+
+  // Checked by the compiler too (`tsc -p .`): the layer's error channel was `unknown`, so no catchTag compiled.
+  it("layer's failures are typed for Effect programs: a bad setting, an unreadable repository and the engine's errors are each caught by tag", async () => {
+    const fake = Effect.runSync(makeFake(() => ({ latency: "1 millis" })))
+    const program = Effect.gen(function*() {
+      const engine = yield* AsyncInferenceEngine
+      return yield* engine.infer(InferenceRequest.make("nope", echoInputs(1)))
+    })
+    const outcome = (options: InferenceClient.Options<"no pool">): Effect.Effect<string> =>
+      program.pipe(
+        Effect.provide(InferenceClient.layer(options)),
+        Effect.as("Success"),
+        Effect.catchTag("ConfigError", () => Effect.succeed("ConfigError")),
+        Effect.catchTag("RepositoryError", () => Effect.succeed("RepositoryError")),
+        Effect.catchTag("InferenceError", (e) => Effect.succeed(e.reason._tag)),
+        // a pool's own failure stays in the channel, typed as that pool says
+        Effect.catch((e) => Effect.succeed(`pool: ${String(e)}`))
+      )
+    assert.strictEqual(await Effect.runPromise(outcome({ modelPool: fake.layer, config: { maxQueuedRequests: 0 } })), "ConfigError")
+    assert.strictEqual(await Effect.runPromise(outcome({ repository: "/nonexistent/repository" })), "RepositoryError")
+    assert.strictEqual(await Effect.runPromise(outcome({ modelPool: fake.layer })), "ModelNotFound")
+    const broken: Layer.Layer<ModelPool, "no pool"> = Layer.effect(ModelPool, Effect.fail("no pool" as const))
+    assert.strictEqual(await Effect.runPromise(outcome({ modelPool: broken })), "pool: no pool")
   })
 
   it("make rejects when the repository cannot be read, and starts on the bundled models by default", async () => {
