@@ -5,8 +5,11 @@
  * server (`effect-onnx serve`, `npm start`) and the demo all build on it.
  *
  * Tracing: spans cost CPU on every request and go nowhere without an exporter, so a layer is
- * traced exactly when it exports (OTLP options given, or `OTEL_EXPORTER_OTLP_ENDPOINT` set for
- * `layerConfig`); otherwise `References.TracerEnabled` is false and the engine makes no span.
+ * traced when it exports (OTLP options given, or `OTEL_EXPORTER_OTLP_ENDPOINT` set for
+ * `layerConfig`). Otherwise `layerConfig` sets `References.TracerEnabled` false for the program
+ * it runs (an entry point's own), while `layer`, which an application composes, turns off only
+ * its build's spans and leaves the application's tracing alone (the engine makes no span under
+ * Effect's native tracer either way).
  *
  * @module Live
  */
@@ -72,18 +75,22 @@ const compose = <T extends TelemetryCollector, PE, E, R>(
   pool: Layer.Layer<ModelPool, PE>,
   telemetry: Layer.Layer<T | TelemetryCollector>,
   config: Layer.Layer<AsyncConfigService, E, R>,
-  tracing: Layer.Layer<OtlpExporter.Flusher, Config.ConfigError> | undefined
+  tracing: Layer.Layer<OtlpExporter.Flusher, Config.ConfigError> | undefined,
+  /** Without export, turn tracing off for the program the layer is provided to too, not only for its build. */
+  untracedProgram: boolean
 ) => {
   const base = AsyncInferenceEngine.layer.pipe(Layer.provideMerge(Layer.mergeAll(pool, telemetry, config)))
   // provideMerge: the tracer the OTLP layer installs must reach the runtime's own context.
-  return tracing === undefined
-    ? base.pipe(Layer.provideMerge(Layer.succeed(References.TracerEnabled, false)))
-    : base.pipe(Layer.provideMerge(tracing))
+  if (tracing !== undefined) return base.pipe(Layer.provideMerge(tracing))
+  const off = Layer.succeed(References.TracerEnabled, false)
+  return untracedProgram ? base.pipe(Layer.provideMerge(off)) : base.pipe(Layer.provide(off))
 }
 
 /**
  * The engine with everything it needs, configured from `options` alone (nothing read from the
- * environment). Fails with a ConfigError naming an invalid engine setting (`AsyncConfig.validate`),
+ * environment). Without `otel` its build makes no span, and the program it is provided to keeps its
+ * own tracing: under a Tracer of yours, your spans and each request's `Engine.infer` go to it
+ * (under Effect's native tracer the engine makes none). Fails with a ConfigError naming an invalid engine setting (`AsyncConfig.validate`),
  * a RepositoryError when the repository root cannot be read, or as `options.modelPool` fails.
  */
 export const layer = <T extends TelemetryCollector = TelemetryCollector, PE = never>(
@@ -93,7 +100,8 @@ export const layer = <T extends TelemetryCollector = TelemetryCollector, PE = ne
     options.modelPool ?? onnxPool(options),
     telemetryLayer(options),
     AsyncConfigService.layerWith(options.config ?? {}),
-    options.otel === undefined ? undefined : Otel.layer(options.otel)
+    options.otel === undefined ? undefined : Otel.layer(options.otel),
+    false
   )
 
 export interface ConfigOptions<T extends TelemetryCollector = TelemetryCollector> extends Omit<PoolOptions, "modelPool">, TelemetryOptions<T> {
@@ -107,7 +115,8 @@ export interface ConfigOptions<T extends TelemetryCollector = TelemetryCollector
 /**
  * The same, configured from the environment: the engine from `MAX_CONCURRENT_REQUESTS` and the
  * other `AsyncConfig` variables, OTLP export (and so tracing) from `OTEL_*` (`Otel.layerFromEnv`).
- * Fails with a ConfigError naming a bad variable.
+ * Fails with a ConfigError naming a bad variable. For entry points (the CLI, the server): without
+ * export, tracing is off in the whole program it is provided to (`References.TracerEnabled`).
  */
 export const layerConfig = <T extends TelemetryCollector = TelemetryCollector>(
   options: ConfigOptions<T>
@@ -121,6 +130,7 @@ export const layerConfig = <T extends TelemetryCollector = TelemetryCollector>(
     onnxPool(options),
     telemetryLayer(options),
     config,
-    exports ? Otel.layerFromEnv({ serviceName: options.serviceName, serviceVersion: options.serviceVersion }) : undefined
+    exports ? Otel.layerFromEnv({ serviceName: options.serviceName, serviceVersion: options.serviceVersion }) : undefined,
+    true
   )
 }

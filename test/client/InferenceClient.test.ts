@@ -4,7 +4,7 @@
  * AsyncIterables, stats and close. One test on the bundled repository checks the default pool.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Layer } from "effect"
+import { Duration, Effect, Layer, Tracer } from "effect"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import * as InferenceClient from "../../src/InferenceClient.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
@@ -231,6 +231,29 @@ describe("InferenceClient", () => {
     assert.strictEqual(await Effect.runPromise(outcome({ modelPool: fake.layer })), "ModelNotFound")
     const broken: Layer.Layer<ModelPool, "no pool"> = Layer.effect(ModelPool, Effect.fail("no pool" as const))
     assert.strictEqual(await Effect.runPromise(outcome({ modelPool: broken })), "pool: no pool")
+  })
+
+  it("layer leaves the tracing of the program it is provided to alone: its Tracer receives the program's spans and Engine.infer", async () => {
+    const fake = Effect.runSync(makeFake(() => ({ latency: "1 millis" })))
+    const ended: Array<string> = []
+    const recording = Tracer.make({
+      span: (options) => {
+        const span = new Tracer.NativeSpan(options)
+        const end = span.end.bind(span)
+        span.end = (time, exit) => {
+          ended.push(options.name)
+          end(time, exit)
+        }
+        return span
+      }
+    })
+    const program = Effect.gen(function*() {
+      const engine = yield* AsyncInferenceEngine
+      yield* engine.infer(echo("traced"))
+      yield* Effect.void.pipe(Effect.withSpan("App.step"))
+    }).pipe(Effect.withSpan("App.handler"))
+    await Effect.runPromise(program.pipe(Effect.provide(InferenceClient.layer({ modelPool: fake.layer })), Effect.provideService(Tracer.Tracer, recording)))
+    assert.deepStrictEqual(ended.toSorted(), ["App.handler", "App.step", "Engine.infer"])
   })
 
   it("make rejects when the repository cannot be read, and starts on the bundled models by default", async () => {
