@@ -57,7 +57,7 @@ export interface Options<PE = unknown> {
   readonly telemetry?: Layer.Layer<TelemetryCollector> | undefined
   /** Export traces and metrics over OTLP (`Otel.layer`). Default: no export, and no spans. */
   readonly otel?: Otel.Options | undefined
-  /** The engine's log lines below this level are dropped. Default `Warn`. */
+  /** The engine's log lines below this level are dropped (not those of a program `layer` is provided to). Default `Warn`. */
   readonly logLevel?: LogLevel.LogLevel | undefined
   /**
    * The model pool, replacing the onnxruntime pool over `repository` (a fake in tests, say).
@@ -126,8 +126,9 @@ export const layer = <PE = never>(
     otel: options.otel,
     collector: options.telemetry
   }).pipe(
-    // provideMerge: the log level must reach the runtime's own context, not only the layers' build.
-    Layer.provideMerge(Layer.succeed(References.MinimumLogLevel, options.logLevel ?? "Warn"))
+    // The build's context, which the pool's fibers (loads, replacements) log from; a program the
+    // layer is provided to keeps its own level.
+    Layer.provide(Layer.succeed(References.MinimumLogLevel, options.logLevel ?? "Warn"))
   )
 
 /**

@@ -4,7 +4,7 @@
  * AsyncIterables, stats and close. One test on the bundled repository checks the default pool.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Layer, Tracer } from "effect"
+import { Duration, Effect, Layer, Logger, Tracer } from "effect"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import * as InferenceClient from "../../src/InferenceClient.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
@@ -254,6 +254,18 @@ describe("InferenceClient", () => {
     }).pipe(Effect.withSpan("App.handler"))
     await Effect.runPromise(program.pipe(Effect.provide(InferenceClient.layer({ modelPool: fake.layer })), Effect.provideService(Tracer.Tracer, recording)))
     assert.deepStrictEqual(ended.toSorted(), ["App.handler", "App.step", "Engine.infer"])
+  })
+
+  it("layer's logLevel filters the engine's lines, not those of the program it is provided to", async () => {
+    const fake = Effect.runSync(makeFake(() => ({ latency: "1 millis" })))
+    const lines: Array<string> = []
+    const capture = Logger.make<unknown, void>(({ logLevel, message }) => void lines.push(`${logLevel}: ${[message].flat().join(" ")}`))
+    const program = Effect.gen(function*() {
+      yield* AsyncInferenceEngine
+      yield* Effect.logInfo("the application's own line")
+    })
+    await Effect.runPromise(program.pipe(Effect.provide(InferenceClient.layer({ modelPool: fake.layer })), Effect.provide(Logger.layer([capture]))))
+    assert.deepStrictEqual(lines, ["Info: the application's own line"])
   })
 
   it("make rejects when the repository cannot be read, and starts on the bundled models by default", async () => {
