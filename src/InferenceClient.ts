@@ -23,8 +23,10 @@
  *   never throws for a failed request). Aborting `signal` settles what is outstanding as
  *   Cancelled; leaving the `for await` loop early cancels what is outstanding.
  * - `close` stops the engine: after `grace` (default 0) the requests still queued or running are
- *   answered with ShuttingDown, then every model session is released. Later calls reject with
- *   ShuttingDown. `await using` calls it through `Symbol.asyncDispose`.
+ *   answered with ShuttingDown, then every model session is released. Later `infer` and
+ *   `metadata` calls reject with ShuttingDown, `inferResult` and `inferBatch` answer it as Failed
+ *   results, and `models`, `stats` and `config` still answer. `await using` calls it through
+ *   `Symbol.asyncDispose`.
  *
  * @module InferenceClient
  */
