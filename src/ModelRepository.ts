@@ -498,15 +498,32 @@ export const jsonSyntaxError = (text: string, error: unknown): string => {
 }
 
 /**
+ * Largest config.json read (1 MiB; a configuration is a few hundred bytes): every load rescans the
+ * whole repository, each concurrent one holding every config.json it reads.
+ */
+export const maxConfigBytes = 1024 * 1024
+
+/**
  * Reads and decodes config.json (the defaults when there is none); a string is the reason it is
- * invalid. Like model.onnx, it is read only where its real path (symlinks followed) lies inside `root`.
+ * invalid. Like model.onnx, it is read only where its real path (symlinks followed) lies inside
+ * `root`, and only when it is a regular file of at most `maxConfigBytes`: it is opened without
+ * blocking, since opening a FIFO for reading waits for a writer, and that wait would hold one of
+ * libuv's four threads (every file read, decompression and scan of the process) for good.
  */
 const readConfig = async (root: string, dir: string, overrides: Partial<Defaults>): Promise<ModelConfig | string> => {
   let text: string
   try {
     const real = await Fs.realpath(Path.join(dir, configFileName))
     if (!inside(root, real)) return `${configFileName} resolves outside the model repository`
-    text = await Fs.readFile(real, "utf8")
+    const file = await Fs.open(real, FsSync.constants.O_RDONLY | (FsSync.constants.O_NONBLOCK ?? 0))
+    try {
+      const stat = await file.stat()
+      if (!stat.isFile()) return `${configFileName} is not a regular file`
+      if (stat.size > maxConfigBytes) return `${configFileName} is ${stat.size} bytes, more than the ${maxConfigBytes} a configuration may have`
+      text = await file.readFile("utf8")
+    } finally {
+      await file.close()
+    }
   } catch (e) {
     if ((e as { code?: unknown }).code === "ENOENT") {
       const config = Effect.runSync(decodeConfig({}, overrides))
@@ -667,4 +684,11 @@ export const lookup = (repository: ModelRepository, name: string, version?: stri
 
 /** Whether two version names name one version: equal, or decimal digits of one number ("01" and "1"). */
 export const sameVersion = (a: string, b: string): boolean =>
-  a === b || (versionPattern.test(a) && versionPattern.test(b) && BigInt(a) === BigInt(b))
+  a === b || (versionPattern.test(a) && versionPattern.test(b) && withoutLeadingZeros(a) === withoutLeadingZeros(b))
+
+/**
+ * Decimal digits without their leading zeros ("0" stays): linear, where BigInt's parse of a
+ * version of millions of digits (a gRPC model_version is bounded only by the message size) blocked
+ * the event loop for seconds.
+ */
+const withoutLeadingZeros = (digits: string): string => digits.replace(/^0+(?=[0-9])/, "")

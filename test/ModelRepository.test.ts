@@ -1,5 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit } from "effect"
+import { execFileSync } from "node:child_process"
+import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as ModelRepository from "../src/ModelRepository.ts"
 import { tempDirectory, tempRepository } from "./fixtures/ModelRepositoryFixture.ts"
@@ -209,6 +211,20 @@ describe("ModelRepository", () => {
         assert.deepStrictEqual(repository.ignored, [])
       }))
 
+    it("sameVersion takes time linear in the names: a gRPC model_version of millions of digits made BigInt block the event loop for seconds", () => {
+      const huge = "1".repeat(10_000_000)
+      const start = performance.now()
+      assert.isFalse(ModelRepository.sameVersion("1", huge))
+      assert.isTrue(ModelRepository.sameVersion(huge, `000${huge}`))
+      assert.isTrue(ModelRepository.sameVersion(`${"0".repeat(5_000_000)}7`, "7"))
+      assert.isBelow(performance.now() - start, 500)
+      assert.isTrue(ModelRepository.sameVersion("0", "000"))
+      assert.isTrue(ModelRepository.sameVersion("010", "10"))
+      assert.isFalse(ModelRepository.sameVersion("10", "1"))
+      assert.isFalse(ModelRepository.sameVersion("1", "x"))
+      assert.isFalse(ModelRepository.sameVersion("01", "1x"))
+    })
+
     it.effect("refuses two version directories of one number, and lists a directory that only looks like a version", () =>
       Effect.gen(function*() {
         const root = yield* tempRepository({
@@ -308,8 +324,37 @@ describe("ModelRepository", () => {
         const repository = yield* ModelRepository.scan(root)
         assert.strictEqual(reasonOf(entry(repository, "cfgout", "1")), "config.json resolves outside the model repository")
         assert.strictEqual(reasonOf(entry(repository, "cfgsecret", "1")), "config.json resolves outside the model repository")
-        assert.include(reasonOf(entry(repository, "cfgin", "1")), "config.json: cannot be read", "a link inside the root is followed")
+        assert.strictEqual(reasonOf(entry(repository, "cfgin", "1")), "config.json is not a regular file", "a link inside the root is followed (to a directory)")
         assert.strictEqual(reasonOf(entry(repository, "cfgnotjson", "1")), "config.json: invalid JSON")
+      }))
+
+    it.effect.skipIf(process.platform === "win32")("reads no config.json that is not a regular file: a FIFO would hold one of libuv's threads until a writer came", () =>
+      Effect.gen(function*() {
+        const root = yield* tempRepository({ "fifo/model.onnx": onnx, "ok/model.onnx": onnx })
+        const fifo = Path.join(root, "fifo", "config.json")
+        execFileSync("mkfifo", [fifo])
+        // Should the scan open it anyway, a writer lets that open (and the test) end.
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            try {
+              Fs.closeSync(Fs.openSync(fifo, Fs.constants.O_WRONLY | Fs.constants.O_NONBLOCK))
+            } catch {}
+          })
+        )
+        const repository = yield* ModelRepository.scan(root).pipe(Effect.timeout("5 seconds"))
+        assert.strictEqual(reasonOf(entry(repository, "fifo", "1")), "config.json is not a regular file")
+        assert.strictEqual(entry(repository, "ok", "1")._tag, "Found")
+      }), 10_000)
+
+    it.effect("reads no config.json larger than maxConfigBytes: every load rescans the repository and would hold the whole file", () =>
+      Effect.gen(function*() {
+        const root = yield* tempRepository({ "big/model.onnx": onnx, "big/config.json": "" })
+        Fs.truncateSync(Path.join(root, "big", "config.json"), ModelRepository.maxConfigBytes + 1)
+        const repository = yield* ModelRepository.scan(root)
+        assert.strictEqual(
+          reasonOf(entry(repository, "big", "1")),
+          `config.json is ${ModelRepository.maxConfigBytes + 1} bytes, more than the ${ModelRepository.maxConfigBytes} a configuration may have`
+        )
       }))
 
     it.effect("fails with RepositoryError only when the root cannot be read", () =>
