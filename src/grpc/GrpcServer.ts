@@ -65,7 +65,19 @@ export interface Options {
   readonly strictReadiness?: boolean | undefined
   /** How long closing waits for calls in flight before cutting them. Default 5 seconds. */
   readonly shutdownTimeout?: Duration.Input | undefined
+  /** Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Default `maxConcurrentStreams`. */
+  readonly maxConcurrentStreams?: number | undefined
 }
+
+/**
+ * Calls (HTTP/2 streams) one connection may have open at once by default: 1 000. Without a
+ * bound (grpc-js and Node leave it at 2^32 - 1) one connection's idle streams, a HEADERS frame of
+ * some 30 bytes each, cost the server about 17 KB each for as long as the client keeps them: 80 000
+ * took 1.35 GB. A client past the bound waits for one of its calls to end (grpc-js queues them)
+ * rather than failing; the engine's own bound (`maxConcurrentRequests + maxQueuedRequests`)
+ * decides what is refused.
+ */
+export const maxConcurrentStreams = 1000
 
 /** The server could not bind. */
 export class GrpcServeError extends Data.TaggedError("GrpcServeError")<{ readonly message: string }> {}
@@ -242,7 +254,8 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
 
     const server = new Grpc.Server({
       "grpc.max_receive_message_length": options.maxMessageBytes,
-      "grpc.max_send_message_length": -1
+      "grpc.max_send_message_length": -1,
+      "grpc.max_concurrent_streams": options.maxConcurrentStreams ?? maxConcurrentStreams
     })
     server.addService(proto.inference.GRPCInferenceService.service, inferenceService)
     server.addService(proto.grpc.health.v1.Health.service, healthService)

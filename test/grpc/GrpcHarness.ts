@@ -34,6 +34,7 @@ export interface HarnessOptions {
   readonly slowLatency?: import("effect").Duration.Input | undefined
   /** Another pool than the scripted one (a real OnnxModelPool, say). */
   readonly pool?: Layer.Layer<ModelPool, unknown> | undefined
+  readonly maxConcurrentStreams?: number | undefined
 }
 
 export const makeHarness = (options: HarnessOptions = {}) =>
@@ -49,7 +50,8 @@ export const makeHarness = (options: HarnessOptions = {}) =>
         serverVersion: "0.0.0-test",
         redactPaths: [secretPath],
         strictReadiness: options.strictReadiness ?? false,
-        shutdownTimeout: "1 second"
+        shutdownTimeout: "1 second",
+        maxConcurrentStreams: options.maxConcurrentStreams
       }).pipe(
         Layer.provideMerge(AsyncInferenceEngine.layer),
         Layer.provideMerge(Statistics.layer),
