@@ -33,6 +33,7 @@ import { ModelPool, type RunOutput } from "./ModelPool.ts"
 import * as Priority from "./Priority.ts"
 import type * as PriorityQueue from "./PriorityQueue.ts"
 import type * as Scheduler from "./Scheduler.ts"
+import * as Telemetry from "./Telemetry.ts"
 import { type RequestInfo, TelemetryCollector, unknownModel } from "./Telemetry.ts"
 
 export interface Service {
@@ -475,19 +476,30 @@ const refused = (state: State, modelId: string, reason: InferenceError.Reason): 
   recordFailure(state.telemetry, info, reason, 0)
 }
 
+/** The collector, guarded (`Telemetry.guard`): a record point that throws is logged once, as a warning, and the engine goes on. */
+const guardTelemetry = (collector: TelemetryCollector["Service"], runFork: (effect: Effect.Effect<void>) => unknown) => {
+  const warned = new Set<string>()
+  return Telemetry.guard(collector, (recordPoint, error) => {
+    if (warned.has(recordPoint)) return
+    warned.add(recordPoint)
+    runFork(Effect.logWarning(`telemetry: ${recordPoint} threw; the fact is lost and the engine goes on (later throws of it are not logged)`, error))
+  })
+}
+
 /** Builds the engine in the current scope; closing the scope stops it (see `layer`). */
 export const make = Effect.gen(function*() {
   const config = yield* AsyncConfigService
+  const telemetry = guardTelemetry(yield* TelemetryCollector, Effect.runForkWith(yield* Effect.context<never>()))
   const dispatcher = yield* Dispatcher.make({
     maxConcurrent: config.maxConcurrentRequests,
     maxQueued: config.maxQueuedRequests,
     enablePriority: config.enablePriorityQueue,
     aging: config.aging
-  })
+  }).pipe(Effect.provideService(TelemetryCollector, telemetry))
   const state: State = {
     config,
     pool: yield* ModelPool,
-    telemetry: yield* TelemetryCollector,
+    telemetry,
     dispatcher,
     scheduler: dispatcher.scheduler,
     nowMs: dispatcher.nowMs,

@@ -20,7 +20,8 @@
  * success, failure, cancelled, timeout or rejected, so started = the sum over outcomes.
  *
  * Record points are plain synchronous calls, made on the engine's hot path (a request costs a
- * few microseconds in all): an implementation must return at once and never throw. One that
+ * few microseconds in all): an implementation must return at once and should never throw (the
+ * engine `guard`s it: a throw loses that fact and logs one warning per record point). One that
  * needs Effects (an exporter, a queue) should buffer and work elsewhere. `recordRun` is called
  * once per native run (a batch is one run), with the requests and the rows it held.
  *
@@ -223,6 +224,70 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
     recordRun: () => {}
   })
 }
+
+/**
+ * The same record points, each made safe: one that throws loses its fact, and `onThrow` is told,
+ * instead of the exception reaching the engine, where it left a request unanswered or ended the
+ * process. The engine guards the collector it is given, whoever wrote it.
+ */
+export const guard = (service: Service, onThrow: (recordPoint: keyof Service, error: unknown) => void): Service => ({
+  recordStart: (info) => {
+    try {
+      service.recordStart(info)
+    } catch (e) {
+      onThrow("recordStart", e)
+    }
+  },
+  recordSuccess: (info, latencyMs) => {
+    try {
+      service.recordSuccess(info, latencyMs)
+    } catch (e) {
+      onThrow("recordSuccess", e)
+    }
+  },
+  recordFailure: (info, error, elapsedMs) => {
+    try {
+      service.recordFailure(info, error, elapsedMs)
+    } catch (e) {
+      onThrow("recordFailure", e)
+    }
+  },
+  recordCancelled: (info, elapsedMs) => {
+    try {
+      service.recordCancelled(info, elapsedMs)
+    } catch (e) {
+      onThrow("recordCancelled", e)
+    }
+  },
+  recordTimeout: (info, elapsedMs) => {
+    try {
+      service.recordTimeout(info, elapsedMs)
+    } catch (e) {
+      onThrow("recordTimeout", e)
+    }
+  },
+  recordRejected: (info, error) => {
+    try {
+      service.recordRejected(info, error)
+    } catch (e) {
+      onThrow("recordRejected", e)
+    }
+  },
+  recordQueueWait: (modelId, priority, waitMs) => {
+    try {
+      service.recordQueueWait(modelId, priority, waitMs)
+    } catch (e) {
+      onThrow("recordQueueWait", e)
+    }
+  },
+  recordRun: (modelId, runMs, batchSize, rows) => {
+    try {
+      service.recordRun(modelId, runMs, batchSize, rows)
+    } catch (e) {
+      onThrow("recordRun", e)
+    }
+  }
+})
 
 /** One recorded event, as the recording layer keeps it. */
 export type Event =

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Scope, Stream } from "effect"
+import { Duration, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import * as CancelToken from "../src/CancelToken.ts"
 import * as InferenceError from "../src/InferenceError.ts"
@@ -445,6 +445,50 @@ describe("AsyncInferenceEngine", () => {
           assert.strictEqual(Telemetry.unknownModel, "_unknown")
         }))
     }
+
+    it.effect("a telemetry record point that throws breaks neither a request nor the engine: every request is answered as it would be", () =>
+      Effect.gen(function*() {
+        const throwing = (point: string) => () => {
+          throw new Error(`${point} broke`)
+        }
+        const broken = Telemetry.TelemetryCollector.of({
+          recordStart: throwing("recordStart"),
+          recordSuccess: throwing("recordSuccess"),
+          recordFailure: throwing("recordFailure"),
+          recordCancelled: throwing("recordCancelled"),
+          recordTimeout: throwing("recordTimeout"),
+          recordRejected: throwing("recordRejected"),
+          recordQueueWait: throwing("recordQueueWait"),
+          recordRun: throwing("recordRun")
+        })
+        const { engine } = yield* makeHarness({
+          script: (id) => id === "fail" ? { latency: "5 millis", failWith: "x" } : { latency: "5 millis" },
+          config: { maxConcurrentRequests: 1, maxQueuedRequests: 3 },
+          telemetry: Layer.succeed(Telemetry.TelemetryCollector, broken)
+        })
+        const ok = yield* fork(Effect.exit(engine.infer(request("ok"))))
+        yield* Effect.yieldNow // dispatched: the queue is empty again
+        const fibers = [
+          ok,
+          yield* fork(Effect.exit(engine.infer(request("fail")))),
+          yield* fork(Effect.exit(engine.infer(request("late", { timeout: "7 millis" })))),
+          yield* fork(Effect.exit(engine.infer(request("cancel")))),
+          yield* fork(Effect.exit(engine.infer(request("full")))),
+          yield* fork(Effect.exit(engine.infer(InferenceRequest.make("made-up", echoInputs(1)))))
+        ]
+        yield* Fiber.interrupt(fibers[3]!)
+        yield* TestClock.adjust("100 millis")
+        const reasons = []
+        for (const f of fibers) {
+          const exit = yield* Fiber.await(f)
+          reasons.push(Exit.isSuccess(exit) ? reasonOf(exit.value) : "Interrupted")
+        }
+        assert.deepStrictEqual(reasons, ["Success", "RunFailed", "DeadlineExceeded", "Interrupted", "QueueFull", "ModelNotFound"])
+        assert.strictEqual(yield* engine.pending, 0)
+        const after = yield* fork(Effect.exit(engine.infer(request("after"))))
+        yield* TestClock.adjust("10 millis")
+        assert.strictEqual(reasonOf(yield* Fiber.join(after)), "Success")
+      }))
   })
 
   describe("lifecycle", () => {

@@ -3,9 +3,10 @@ import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Metric, Tracer } 
 import { TestClock } from "effect/testing"
 import { AsyncConfigService } from "../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../src/Engine.ts"
+import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import { ModelPool } from "../src/ModelPool.ts"
-import { layerRecording, metrics, outcomeOf, requestOutcomes, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
+import { guard, layerRecording, metrics, outcomeOf, requestOutcomes, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
 import { echoInputs, echoMetadata, makeFake } from "./fixtures/FakeModelPool.ts"
 
 const count = (metric: Metric.Metric<number, Metric.CounterState<number>>, attributes: Record<string, string>) =>
@@ -147,5 +148,36 @@ describe("Telemetry.outcomeOf", () => {
     ]
     for (const [reason, outcome] of cases) assert.strictEqual(outcomeOf(reason), outcome, reason)
     assert.deepStrictEqual([...new Set(cases.map(([, o]) => o))].sort(), requestOutcomes.filter((o) => o !== "success").sort())
+  })
+})
+
+describe("Telemetry.guard", () => {
+  it("passes every record point through, and turns a throw into onThrow naming the point", () => {
+    const calls: Array<string> = []
+    const thrown: Array<string> = []
+    const service = {
+      recordStart: () => void calls.push("recordStart"),
+      recordSuccess: () => void calls.push("recordSuccess"),
+      recordFailure: () => void calls.push("recordFailure"),
+      recordCancelled: () => void calls.push("recordCancelled"),
+      recordTimeout: () => void calls.push("recordTimeout"),
+      recordRejected: () => void calls.push("recordRejected"),
+      recordQueueWait: () => {
+        throw new Error("queue wait broke")
+      },
+      recordRun: (_m: string, runMs: number) => void calls.push(`recordRun ${runMs}`)
+    }
+    const guarded = guard(service, (point, error) => void thrown.push(`${point}: ${(error as Error).message}`))
+    const info = { modelId: "m", requestId: "r", priority: "Normal" } as const
+    guarded.recordStart(info)
+    guarded.recordSuccess(info, 1)
+    guarded.recordFailure(info, new InferenceError.InvalidInput({ modelId: "m", detail: "x" }), 1)
+    guarded.recordCancelled(info, 1)
+    guarded.recordTimeout(info, 1)
+    guarded.recordRejected(info, new InferenceError.ShuttingDown({}))
+    guarded.recordQueueWait("m", "Normal", 1)
+    guarded.recordRun("m", 7, 1)
+    assert.deepStrictEqual(calls, ["recordStart", "recordSuccess", "recordFailure", "recordCancelled", "recordTimeout", "recordRejected", "recordRun 7"])
+    assert.deepStrictEqual(thrown, ["recordQueueWait: queue wait broke"])
   })
 })
