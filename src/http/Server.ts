@@ -140,6 +140,18 @@ const answerClientErrors = (server: Http.Server): void => {
   })
 }
 
+/**
+ * Requests one connection may have read and not yet answered (HTTP/1.1 pipelining) before the
+ * server stops reading it; it reads on once fewer are. Node stops reading a connection only when
+ * its answers back up, which they do not while the requests are slower to answer than to parse:
+ * a client that pipelined 200 000 `GET /v2/models/mlp` (8 MB) without reading had every one read,
+ * the server grew to 4 GB and answered others after 10 s.
+ */
+export const maxPipelinedRequests = 32
+
+/** The members of Node's HTTP server connection that pause and resume its reading (`_http_server.js`). */
+type PausableSocket = Net.Socket & { _paused?: boolean; parser?: { resume(): void } | null }
+
 const track = (server: Http.Server, nowMs: () => number): NodeServerHandle & { readonly onRequest: (...args: Array<any>) => void } => {
   const connections = new Map<Net.Socket, { active: number; idleSinceMs: number }>()
   let lastActivityMs = 0
@@ -157,12 +169,24 @@ const track = (server: Http.Server, nowMs: () => number): NodeServerHandle & { r
   function onRequest(request: Http.IncomingMessage, response: Http.ServerResponse) {
     lastActivityMs = nowMs()
     requests++
-    const state = connections.get(request.socket)
+    const socket = request.socket as PausableSocket
+    const state = connections.get(socket)
     if (state === undefined) return
-    state.active++
+    // Checked at every request: Node's own resume (once its answers drain) may have undone a pause.
+    if (++state.active >= maxPipelinedRequests && !socket._paused) {
+      // As Node pauses a connection whose answers back up: `_paused` keeps a request's body read
+      // (`IncomingMessage#_read`) from resuming it, and has the parser paused after this chunk.
+      socket._paused = true
+      socket.pause()
+    }
     response.once("close", () => {
       if (!response.writableFinished) answersCut++
-      state.active--
+      if (state.active-- === maxPipelinedRequests && socket._paused === true) {
+        // As Node's `socketOnDrain` resumes it; Node pauses it again at the next request if its answers still back up.
+        socket._paused = false
+        socket.parser?.resume()
+        socket.resume()
+      }
       state.idleSinceMs = lastActivityMs = nowMs()
     })
   }

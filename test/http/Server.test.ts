@@ -6,6 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, type Duration, Effect, Fiber, Layer } from "effect"
 import { HttpServer } from "effect/http"
 import * as Http from "node:http"
+import * as Net from "node:net"
 import { type AsyncConfig, AsyncConfigService } from "../../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
@@ -80,6 +81,36 @@ describe("a client that disconnects", () => {
       yield* promise(() => Client.eventually(() => pool.stats.finished === 1))
       assert.include(yield* metrics, "inference_requests_total{model=\"slow\",outcome=\"success\"} 0")
     }).pipe(withFreshMetrics))
+})
+
+describe("a client that pipelines", () => {
+  it.live("the server stops reading a connection with maxPipelinedRequests unanswered, and reads on as they are answered", () =>
+    Effect.gen(function*() {
+      const { node, pool, port, promise } = yield* makeServer()
+      yield* pool.gate.close
+      // 300 requests of 8 KB each, sent at once: while the model is gated, none is answered.
+      const body = JSON.stringify(echoBody) + " ".repeat(8000)
+      const request = `POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`
+      const socket = Net.connect(port, "127.0.0.1")
+      yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
+      let received = ""
+      socket.on("data", (chunk) => (received += chunk.toString("latin1")))
+      socket.on("error", () => {})
+      socket.write(request.repeat(300))
+      // Let the server read all it will.
+      let read = -1
+      while (read !== node.requests()) {
+        read = node.requests()
+        yield* Effect.sleep("200 millis")
+      }
+      // The bound, plus the requests of the chunk being parsed when it was reached (8 of 8 KB in 64 KB).
+      assert.isAtMost(node.requests(), Server.maxPipelinedRequests + 16, `${node.requests()} of 300 pipelined requests read`)
+      yield* pool.gate.open
+      yield* promise(() => Client.eventually(() => (received.match(/HTTP\/1\.1 /g) ?? []).length === 300, 10_000))
+      assert.strictEqual(node.requests(), 300)
+      const statuses = new Set((received.match(/HTTP\/1\.1 \d+/g) ?? []).map((line) => line.slice(9)))
+      assert.isTrue([...statuses].every((status) => status === "200" || status === "429"), [...statuses].join(", "))
+    }))
 })
 
 describe("graceful shutdown", () => {
