@@ -180,6 +180,9 @@ const bigRanges = {
 
 const integerText = /^-?[0-9]+$/
 
+/** The characters of the longest 64-bit integer in decimal ("-9223372036854775808"; UINT64's max has 20). */
+const maxInt64Text = 20
+
 /**
  * Writes one JSON element into `out` at `index`; returns an error detail, or undefined.
  * Accepted: numbers for FP*, integers in range for INT and UINT (INT64/UINT64 as numbers only
@@ -235,8 +238,11 @@ const makeWriter = (dtype: Tensor.DataType, out: Tensor.TensorData): Writer => {
         else if (typeof value === "number" && Number.isInteger(value)) {
           // JSON.parse has already rounded it: taking it would silently change the data.
           return `element ${index} is a JSON number beyond ±(2^53 - 1) (read as ${value}), which a number cannot hold exactly: send ${datatype} values of that size as decimal strings ("9007199254740993")`
-        } else if (typeof value === "string" && integerText.test(value)) big = BigInt(value)
-        else return wrong(value, index)
+        } else if (typeof value === "string" && integerText.test(value)) {
+          // BigInt reads a long string in quadratic time: a 15 MB one held the process 15 s.
+          if (value.length > maxInt64Text) return `element ${index} is a decimal string of ${value.length} characters, longer than any ${datatype} value (${maxInt64Text} at most)`
+          big = BigInt(value)
+        } else return wrong(value, index)
         if (big < min || big > max) return `element ${index} is ${big}, out of the ${datatype} range [${min}, ${max}]`
         array[index] = big
         return undefined

@@ -64,6 +64,17 @@ describe("Oip.decodeTensor", () => {
     assert.deepStrictEqual(Array.from((t as Tensor.Tensor<"uint64">).data), [18446744073709551615n, 7n])
   })
 
+  it("refuses a 64-bit decimal string longer than any 64-bit value before converting it (a 15 MB string took BigInt 15 s), in a short message", () => {
+    const long = "9".repeat(1_000_000)
+    const t = Oip.decodeTensor("m", spec("int64", [-1]), input("INT64", [1], [long]))
+    assert.instanceOf(t, InferenceError.InvalidInput)
+    assert.include((t as InferenceError.InvalidInput).detail, "element 0 is a decimal string of 1000000 characters, longer than any INT64 value")
+    assert.isBelow((t as InferenceError.InvalidInput).detail.length, 200)
+    // The longest values still pass.
+    const edges = Oip.decodeTensor("m", spec("int64", [-1]), input("INT64", [1], ["-9223372036854775808"]))
+    assert.strictEqual((edges as Tensor.Tensor<"int64">).data[0], -(2n ** 63n))
+  })
+
   it("refuses a 64-bit integer given as a JSON number beyond 2^53 - 1 (already rounded), pointing to decimal strings", () => {
     const body = JSON.parse('{"data":[9007199254740993]}') as { data: Array<unknown> }
     const cases: ReadonlyArray<readonly [Tensor.DataType, string, Array<unknown>, string | undefined]> = [
