@@ -67,7 +67,7 @@ export interface Options {
    * Triton's model control mode: "none" (default) loads every model at start and offers no
    * `load`/`unload`; "explicit" loads only `loadModels` at start (the others are UNAVAILABLE,
    * "unloaded") and offers `load` and `unload`; `models` also lists, as UNAVAILABLE "unloaded",
-   * the model directories added to the repository since.
+   * the model directories added to the repository since (from a scan at most a second old).
    */
   readonly modelControl?: "none" | "explicit" | undefined
   /** The models loaded at start under explicit model control. */
@@ -410,6 +410,9 @@ const infoOf = (state: State): ReadonlyArray<ModelInfo> =>
     return reason === undefined ? { ...base, state: "READY", ...extra } : { ...base, state: "UNAVAILABLE", reason, ...extra }
   })
 
+/** How long one scan for `unseen` answers `models` (a load or an unload rescans at once). */
+const unseenTtl = Duration.seconds(1)
+
 /**
  * Explicit model control: the model versions on disk now that were never loaded (a directory
  * added after start), as Triton's index lists them: UNAVAILABLE, "unloaded".
@@ -478,7 +481,10 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         return isError(model) ? Effect.fail(model) : f(model)
       })
     const info = Effect.sync(() => infoOf(state))
-    const extra: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit ? Effect.suspend(() => unseen(loader, state)) : Effect.succeed([])
+    // A scan reads every model's config.json (112 ms of CPU for 300 models), and readiness, metadata and
+    // the index ask per request: one scan serves a second, or until a load or unload changes what is loaded.
+    const [unseenNow, rescan] = yield* Effect.cachedInvalidateWithTTL(Effect.suspend(() => unseen(loader, state)), unseenTtl)
+    const extra: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit ? unseenNow : Effect.succeed([])
 
     // one series per model, bound once (an update is then a lookup, not a context built per run)
     const fills = new Map<string, Metric.Histogram<number>>()
@@ -512,7 +518,12 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         return state.repository
       },
       info,
-      ...(explicit ? { load: (name) => load(loader, state, name), unload: (name, drained) => unload(loader, state, name, drained) } : {}),
+      ...(explicit
+        ? {
+          load: (name) => Effect.ensuring(load(loader, state, name), rescan),
+          unload: (name, drained) => Effect.ensuring(unload(loader, state, name, drained), rescan)
+        }
+        : {}),
       stats: (modelId, version) => {
         const model = resolveModel(state, modelId, version)
         return isError(model) ? undefined : model.host.stats()

@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Fiber, Layer, References, Scope } from "effect"
+import { TestClock } from "effect/testing"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import * as Tensor from "../../src/Tensor.ts"
@@ -166,6 +167,31 @@ describe("OnnxModelPool lifecycle", () => {
       yield* Fiber.join(ahead)
       assert.strictEqual(pool.counters.workersSpawned, 2)
       yield* eventually("the old instance exited", () => pool.counters.workersExited === 1)
+    }))
+
+  it.effect("explicit control: the directories never loaded are rescanned at most once a second, not on every models call (readiness and metadata call it per request)", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "a/model.onnx": mlpBytes() })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, modelControl: "explicit", loadModels: [] }))
+      const names = Effect.map(pool.models, (models) => models.map((m) => `${m.name} ${m.state}`).sort())
+      assert.deepStrictEqual(yield* names, ["a UNAVAILABLE"])
+      Fs.mkdirSync(Path.join(repository, "b"))
+      Fs.writeFileSync(Path.join(repository, "b/model.onnx"), mlpBytes())
+      assert.deepStrictEqual(yield* names, ["a UNAVAILABLE"], "within the second: the last scan's answer")
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(yield* names, ["a UNAVAILABLE", "b UNAVAILABLE"])
+    }))
+
+  it.live("explicit control: models answers from a fresh scan after a load or an unload (a loaded model is listed once)", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1 }), "other/model.onnx": mlpBytes() })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, modelControl: "explicit", loadModels: [] }))
+      const names = Effect.map(pool.models, (models) => models.map((m) => `${m.name} ${m.state}`).sort())
+      assert.deepStrictEqual(yield* names, ["mlp UNAVAILABLE", "other UNAVAILABLE"])
+      yield* quiet(pool.load!("mlp"))
+      assert.deepStrictEqual(yield* names, ["mlp READY", "other UNAVAILABLE"])
+      yield* quiet(pool.unload!("mlp", Effect.void))
+      assert.deepStrictEqual(yield* names, ["mlp UNAVAILABLE", "other UNAVAILABLE"])
     }))
 
   it.live("a load after the pool's scope closed is refused and starts nothing", () =>
