@@ -19,6 +19,18 @@ import { benchDir, type Goal, goalsTable, machine, resultsDir, table } from "./l
 const all = ["overhead", "throughput", "limit", "priority", "memory", "http", "isolation", "grpc", "gpu", "sizing"] as const
 
 const argv = process.argv.slice(2)
+if (argv.includes("--help") || argv.includes("-h")) {
+  // Not passed on: every benchmark would take it for an option and run in full.
+  console.log(`npm run bench [-- names…] [-- --quick] [-- --cpu-prof]
+
+Runs the benchmarks (all of them, or those named), each in its own Node process, one after
+another; prints tables and goals, writes bench/results/<name>.json and bench/results/run.log.
+  names        ${all.join(", ")}
+  --quick      shorter runs (fewer rounds), for a first look
+  --cpu-prof   V8 CPU profiles under bench/results/prof/
+  BENCH_NODE_FLAGS="…"  other Node flags`)
+  process.exit(0)
+}
 const names = argv.filter((a) => !a.startsWith("--"))
 const passOn = argv.filter((a) => a.startsWith("--") && a !== "--cpu-prof")
 const unknown = names.filter((n) => !(all as ReadonlyArray<string>).includes(n))
