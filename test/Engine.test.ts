@@ -2,6 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, Layer, Scope, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import * as CancelToken from "../src/CancelToken.ts"
+import type { AsyncInferenceEngine } from "../src/Engine.ts"
 import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import type * as Priority from "../src/Priority.ts"
@@ -20,6 +21,25 @@ const reasonOf = <A>(exit: Exit.Exit<A, InferenceError.InferenceError>) => {
   const fail = exit.cause.reasons.find((r) => r._tag === "Fail")
   return fail === undefined ? "Interrupted" : fail.error.reason._tag
 }
+
+/**
+ * On an engine of one run at a time and a queue of 3, whose "fail" request fails its run: "ok"
+ * runs, "fail" fails, "late" passes its deadline, "cancel" is interrupted, "full" finds the queue full.
+ */
+const everyOutcome = (engine: AsyncInferenceEngine["Service"]) =>
+  Effect.gen(function*() {
+    const ok = yield* fork(Effect.exit(engine.infer(request("ok"))))
+    yield* Effect.yieldNow // dispatched: the queue is empty again
+    const fibers = [
+      ok,
+      yield* fork(Effect.exit(engine.infer(request("fail")))),
+      yield* fork(Effect.exit(engine.infer(request("late", { timeout: "7 millis" })))),
+      yield* fork(Effect.exit(engine.infer(request("cancel")))),
+      yield* fork(Effect.exit(engine.infer(request("full"))))
+    ]
+    yield* Fiber.interrupt(fibers[3]!)
+    return fibers
+  })
 
 describe("AsyncInferenceEngine", () => {
   describe("dispatch", () => {
@@ -400,16 +420,7 @@ describe("AsyncInferenceEngine", () => {
           script: (id) => id === "fail" ? { latency: "5 millis", failWith: "x" } : { latency: "5 millis" },
           config: { maxConcurrentRequests: 1, maxQueuedRequests: 3 }
         })
-        const ok = yield* fork(Effect.exit(engine.infer(request("ok"))))
-        yield* Effect.yieldNow // dispatched: the queue is empty again
-        const fibers = [
-          ok,
-          yield* fork(Effect.exit(engine.infer(request("fail")))),
-          yield* fork(Effect.exit(engine.infer(request("late", { timeout: "7 millis" })))),
-          yield* fork(Effect.exit(engine.infer(request("cancel")))),
-          yield* fork(Effect.exit(engine.infer(request("full"))))
-        ]
-        yield* Fiber.interrupt(fibers[3]!)
+        const fibers = yield* everyOutcome(engine)
         fibers.push(yield* fork(Effect.exit(engine.infer(request("room-again")))))
         yield* TestClock.adjust("100 millis")
         for (const f of fibers) yield* Fiber.await(f)
@@ -466,17 +477,8 @@ describe("AsyncInferenceEngine", () => {
           config: { maxConcurrentRequests: 1, maxQueuedRequests: 3 },
           telemetry: Layer.succeed(Telemetry.TelemetryCollector, broken)
         })
-        const ok = yield* fork(Effect.exit(engine.infer(request("ok"))))
-        yield* Effect.yieldNow // dispatched: the queue is empty again
-        const fibers = [
-          ok,
-          yield* fork(Effect.exit(engine.infer(request("fail")))),
-          yield* fork(Effect.exit(engine.infer(request("late", { timeout: "7 millis" })))),
-          yield* fork(Effect.exit(engine.infer(request("cancel")))),
-          yield* fork(Effect.exit(engine.infer(request("full")))),
-          yield* fork(Effect.exit(engine.infer(InferenceRequest.make("made-up", echoInputs(1)))))
-        ]
-        yield* Fiber.interrupt(fibers[3]!)
+        const fibers = yield* everyOutcome(engine)
+        fibers.push(yield* fork(Effect.exit(engine.infer(InferenceRequest.make("made-up", echoInputs(1))))))
         yield* TestClock.adjust("100 millis")
         const reasons = []
         for (const f of fibers) {

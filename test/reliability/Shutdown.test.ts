@@ -223,14 +223,6 @@ describe("stopping the server process", () => {
     parent.stdout.on("data", (c: Buffer) => (output += c.toString("utf8")))
     parent.stderr.on("data", (c: Buffer) => (output += c.toString("utf8")))
     let serverPid: number | undefined
-    const alive = (pid: number) => {
-      try {
-        process.kill(pid, 0)
-        return true
-      } catch {
-        return false
-      }
-    }
     try {
       await waitFor(() => /listening on/.test(output), 30_000)
       serverPid = Number(/server pid (\d+)/.exec(output)![1])
@@ -262,14 +254,6 @@ describe("stopping the server process", () => {
     parent.stdout.on("data", (c: Buffer) => (output += c.toString("utf8")))
     parent.stderr.on("data", (c: Buffer) => (output += c.toString("utf8")))
     let serverPid: number | undefined
-    const alive = (pid: number) => {
-      try {
-        process.kill(pid, 0)
-        return true
-      } catch {
-        return false
-      }
-    }
     try {
       await waitFor(() => /server pid (\d+)/.test(output), 10_000)
       serverPid = Number(/server pid (\d+)/.exec(output)![1])
@@ -283,6 +267,16 @@ describe("stopping the server process", () => {
     }
   }, 45_000)
 })
+
+/** Whether a process of that pid is alive. */
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
 
 /** Resolves once `condition` holds (checked every 20 ms); rejects after `timeoutMs`. */
 const waitFor = async (condition: () => boolean, timeoutMs: number): Promise<void> => {
