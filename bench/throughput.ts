@@ -5,6 +5,9 @@
  *   (ii)  p-queue (concurrency = the engine's maxConcurrentRequests) + `session.run` in the main thread
  *   (iii) engine, batching off (OnnxModelPool, worker threads, default configuration)
  *   (iv)  engine, batching on  (the same, config.json batching { enabled, maxBatchSize 64, maxQueueDelayMs 0 })
+ *   (v)   a hand-written micro-batcher (64 rows or 2 ms) + `session.run` in the main thread: the
+ *         baseline that batches too, so that (iv)/(i) is not read as the engine against what a
+ *         Node user who wants batching would write
  *
  * Then a sweep at 64 outstanding over the engine configurations that matter (instances 1 or 2,
  * maxConcurrentRequests, a batching delay), with (i) and (ii) alternating in the same rounds,
@@ -15,7 +18,7 @@
 import * as AsyncConfig from "../src/AsyncConfig.ts"
 import * as ModelRepository from "../src/ModelRepository.ts"
 import { alternate, fmt, goal, type Goal, goalsTable, log, median, parseArgs, ratio, type Row, section, table, writeResults } from "./lib/common.ts"
-import { pQueue, perRequest, viaEngine } from "./lib/contenders.ts"
+import { microBatcher, pQueue, perRequest, viaEngine } from "./lib/contenders.ts"
 import type { LoadResult } from "./lib/load.ts"
 import { type BatchingSource, engineLayer, type EngineHandle, inThreadPool, openSession, startEngine, workerPool } from "./lib/pools.ts"
 
@@ -44,12 +47,13 @@ interface Variant {
   readonly lean?: boolean
 }
 
-const summarize = (rs: ReadonlyArray<LoadResult>, base?: ReadonlyArray<LoadResult>, base2?: ReadonlyArray<LoadResult>) => ({
+const summarize = (rs: ReadonlyArray<LoadResult>, base?: ReadonlyArray<LoadResult>, base2?: ReadonlyArray<LoadResult>, base3?: ReadonlyArray<LoadResult>) => ({
   "req/s": median(rs.map((r) => r.reqPerSec)),
   "p50 ms": median(rs.map((r) => r.latency["all"]!.p50)),
   "p99 ms": median(rs.map((r) => r.latency["all"]!.p99)),
   "vs (i)": base === undefined ? "" : ratio(median(rs.map((r, k) => r.reqPerSec / base[k]!.reqPerSec))),
   "vs (ii)": base2 === undefined ? "" : ratio(median(rs.map((r, k) => r.reqPerSec / base2[k]!.reqPerSec))),
+  "vs (v)": base3 === undefined ? "" : ratio(median(rs.map((r, k) => r.reqPerSec / base3[k]!.reqPerSec))),
   "main ELU": median(rs.map((r) => r.mainELU)),
   "rows/run": rs[0]!.meanBatch === undefined ? "" : fmt(median(rs.map((r) => r.meanBatch!)), 3),
   "main CPU µs/req": median(rs.map((r) => r.mainCpuUsPerReq)),
@@ -62,6 +66,7 @@ const main = async () => {
   log(`throughput: levels ${LEVELS.join(", ")}, ${ROUNDS} rounds × ${BLOCK_MS} ms; sweep at 64: ${SWEEP_ROUNDS} rounds × ${SWEEP_MS} ms${args.quick ? " (quick)" : ""}`)
   const sessionI = await openSession("mlp")
   const sessionII = await openSession("mlp")
+  const sessionV = await openSession("mlp")
   const sources: Record<string, Record<string, BatchingSource>> = {}
   const engines: Array<EngineHandle> = []
   const start = async (v: Variant): Promise<EngineHandle> => {
@@ -88,7 +93,8 @@ const main = async () => {
       name: "iv",
       label: `(iv) engine, batching on (workers ×${DEFAULT_INSTANCES}, maxConcurrent ${MAX_CONCURRENT})`,
       load: viaEngine(await start({ name: "iv", label: "", instances: DEFAULT_INSTANCES, maxConcurrentRequests: MAX_CONCURRENT, batching: true }))
-    }
+    },
+    { name: "v", label: "(v) micro-batcher (64 rows or 2 ms) + session.run (in-thread)", load: microBatcher(sessionV) }
   ]
   const mainResults: Record<number, Record<string, Array<LoadResult>>> = {}
   const mainRows: Array<Row> = []
@@ -97,7 +103,10 @@ const main = async () => {
     mainResults[level] = await alternate(ROUNDS, main4.map((c) => ({ name: c.name, run: () => c.load(level, BLOCK_MS) })), (r, name, x) =>
       log(`  ${level} outstanding, round ${r + 1} ${name.padEnd(4)} ${fmt(x.reqPerSec)} req/s p50 ${fmt(x.latency["all"]!.p50)} p99 ${fmt(x.latency["all"]!.p99)} ms${x.meanBatch === undefined ? "" : ` rows/run ${fmt(x.meanBatch)}`}`), `level ${level}`)
     const res = mainResults[level]!
-    for (const c of main4) mainRows.push({ outstanding: level, contender: c.label, ...summarize(res[c.name]!, c.name === "i" ? undefined : res["i"], c.name === "ii" || c.name === "i" ? undefined : res["ii"]) })
+    for (const c of main4) {
+      const engine = c.name === "iii" || c.name === "iv"
+      mainRows.push({ outstanding: level, contender: c.label, ...summarize(res[c.name]!, c.name === "i" ? undefined : res["i"], engine ? res["ii"] : undefined, engine ? res["v"] : undefined) })
+    }
   }
 
   // ---- sweep at 64 ------------------------------------------------------------------------
@@ -138,6 +147,7 @@ const main = async () => {
   const at64 = mainResults[64]!
   const onVsI = pairRatio(at64["iv"]!, at64["i"]!)
   const offVsII = pairRatio(at64["iii"]!, at64["ii"]!)
+  const onVsV = pairRatio(at64["iv"]!, at64["v"]!)
   const bestOnVsI = pairRatio(sweep[bestOn.name]!, sweep["i"]!)
   const bestOffVsII = pairRatio(sweep[bestOff.name]!, sweep["ii"]!)
   const mainCpuOn = median(at64["iv"]!.map((r) => r.mainCpuUsPerReq))
@@ -147,6 +157,7 @@ const main = async () => {
     goal("64 outstanding, batching on: heap bytes allocated per request, (iv), default config", "≤ 4 KB", bytesOn, bytesOn <= 4096, `${Math.round(bytesOn)} B`),
     goal("64 outstanding: batching on vs per-request runs, (iv)/(i), default config", "≥ 3× (stretch 5×)", onVsI, onVsI >= 3, ratio(onVsI)),
     goal("64 outstanding: batching off vs p-queue, (iii)/(ii), default config", "≥ 1.0×", offVsII, offVsII >= 1, ratio(offVsII)),
+    goal("64 outstanding: batching on vs a hand-written micro-batcher, (iv)/(v), default config", "≥ 1.0×", onVsV, onVsV >= 1, ratio(onVsV)),
     goal(`64 outstanding: batching on vs per-request, best config (${bestOn.label})`, "≥ 3×", bestOnVsI, bestOnVsI >= 3, ratio(bestOnVsI)),
     goal(`64 outstanding: batching off vs p-queue, best config (${bestOff.label})`, "≥ 1.0×", bestOffVsII, bestOffVsII >= 1, ratio(bestOffVsII))
   ]
@@ -162,13 +173,13 @@ const main = async () => {
 
   const file = writeResults("throughput", {
     args: { quick: args.quick, rounds: ROUNDS, blockMs: BLOCK_MS, sweepRounds: SWEEP_ROUNDS, sweepMs: SWEEP_MS, levels: LEVELS },
-    setup: { model: "mlp", batch: 1, defaultInstances: DEFAULT_INSTANCES, maxConcurrentRequests: MAX_CONCURRENT, batchingOn: batchingOn(), telemetry: "TelemetryCollector.layer", batchingSources: sources },
+    setup: { model: "mlp", batch: 1, defaultInstances: DEFAULT_INSTANCES, maxConcurrentRequests: MAX_CONCURRENT, batchingOn: batchingOn(), microBatcher: "(v): 64 rows or 2 ms, one batch at a time, in-thread session", telemetry: "TelemetryCollector.layer", batchingSources: sources },
     main: { table: mainRows, rounds: mainResults },
     sweep: { variants, table: sweepRows, rounds: sweep, bestOn: bestOn.name, bestOff: bestOff.name },
     goals
   })
   log(`wrote ${file}`)
-  await Promise.all([...engines.map((h) => h.dispose()), sessionI.release(), sessionII.release()])
+  await Promise.all([...engines.map((h) => h.dispose()), sessionI.release(), sessionII.release(), sessionV.release()])
 }
 
 await main()
