@@ -9,6 +9,10 @@
  *   microbatch  a micro-batcher in fifty lines: rows wait until 64 are pending or 2 ms have passed,
  *               then run as one batch and are split back (no priorities)
  *
+ * Every mode also takes Triton's binary tensor data (a request with `Inference-Header-Content-Length`:
+ * the JSON header, then the row's bytes) and then answers the logits as binary data the same way,
+ * as the OIP server does: the baseline for the server fed binary data, same payload both sides.
+ *
  * Usage: node bench/http-baseline.ts --port=0 [--mode=plain|pqueue|microbatch] [--model=models/mlp/model.onnx]
  * Prints "listening on http://127.0.0.1:PORT"; exits on SIGTERM.
  */
@@ -86,23 +90,43 @@ const server = Http.createServer({ keepAliveTimeout: 65_000 }, (req, res) => {
   const chunks: Array<Buffer> = []
   req.on("data", (c: Buffer) => chunks.push(c))
   req.on("end", () => {
-    let body: { id?: string; parameters?: { priority?: number }; inputs?: Array<{ name: string; shape: Array<number>; datatype: string; data: Array<number> }> }
+    let body: {
+      id?: string
+      parameters?: { priority?: number }
+      inputs?: Array<{ name: string; shape: Array<number>; datatype: string; data?: Array<number>; parameters?: { binary_data_size?: number } }>
+    }
+    const raw = Buffer.concat(chunks)
+    const headerLength = req.headers["inference-header-content-length"]
+    const binary = headerLength !== undefined
+    const jsonEnd = binary ? Number(headerLength) : raw.length
     try {
-      body = JSON.parse(Buffer.concat(chunks).toString("utf8"))
+      body = JSON.parse(raw.subarray(0, jsonEnd).toString("utf8"))
     } catch {
       return reply(res, 400, "{\"error\":\"invalid JSON\"}")
     }
     const input = body.inputs?.[0]
-    if (input === undefined || input.datatype !== "FP32" || !Array.isArray(input.data)) return reply(res, 400, "{\"error\":\"bad input\"}")
+    if (input === undefined || input.datatype !== "FP32" || (!binary && !Array.isArray(input.data))) return reply(res, 400, "{\"error\":\"bad input\"}")
     const count = input.shape.reduce((a, b) => a * b, 1)
-    if (input.data.length !== count) return reply(res, 400, "{\"error\":\"bad shape\"}")
-    const row = Float32Array.from(input.data)
+    if ((binary ? (raw.length - jsonEnd) / 4 : input.data!.length) !== count) return reply(res, 400, "{\"error\":\"bad shape\"}")
+    // Binary: the row's bytes copied into a Float32Array of its own (the body's offset need not be aligned).
+    const row = binary ? new Float32Array(Uint8Array.from(raw.subarray(jsonEnd)).buffer) : Float32Array.from(input.data!)
     const run = mode === "microbatch" && input.shape[0] === 1
       ? runBatched(row)
       : mode === "pqueue"
       ? runQueued(row, input.shape, 5 - (body.parameters?.priority ?? 3))
       : runOne(row, input.shape)
     run.then((y) => {
+      if (binary) {
+        const bytes = Buffer.from(y.data.buffer, y.data.byteOffset, y.data.byteLength)
+        const header = Buffer.from(JSON.stringify({
+          model_name: "mlp",
+          model_version: "1",
+          ...(body.id === undefined ? {} : { id: body.id }),
+          outputs: [{ name: outputName, datatype: "FP32", shape: y.dims, parameters: { binary_data_size: bytes.length } }]
+        }))
+        res.writeHead(200, { "content-type": "application/octet-stream", "inference-header-content-length": header.length, "content-length": header.length + bytes.length })
+        return res.end(Buffer.concat([header, bytes]))
+      }
       reply(res, 200, JSON.stringify({
         model_name: "mlp",
         model_version: "1",

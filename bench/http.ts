@@ -11,6 +11,8 @@
  *                    and MAX_CONCURRENT_REQUESTS=2 (`--batching-max-concurrent`), so that batches form
  *   (d) oip binary   with `--binary`: server (b) fed the row as binary tensor data (Triton's extension),
  *                    logits back as binary; no goal, it shows what JSON numbers cost
+ *   (a-bin) baseline binary  with `--binary`: server (a) fed the same binary body, logits back as
+ *                    binary: (d)'s "vs baseline" is against it (same payload both sides), not (a)
  *
  * Each server is its own process, started once; the load generator (this process) keeps N
  * keep-alive connections busy and sends a pre-serialized body. Contenders alternate within every
@@ -275,7 +277,12 @@ const main = async () => {
       ...engineEnv,
       MAX_CONCURRENT_REQUESTS: String(BATCHING_MAX_CONCURRENT)
     }),
-    ...(WITH_BINARY ? [start("oip binary", ["src/bin/server.ts", "--port", "0", "--models", repos.off], infer, engineEnv, true)] : []),
+    ...(WITH_BINARY
+      ? [
+        start("oip binary", ["src/bin/server.ts", "--port", "0", "--models", repos.off], infer, engineEnv, true),
+        start("baseline binary", ["bench/http-baseline.ts", "--port=0"], infer, {}, true)
+      ]
+      : []),
     ...(DECODE_THREADS === undefined ? [] : [
       start(`oip+batching, ${DECODE_THREADS} decode threads`, ["src/bin/server.ts", "--port", "0", "--models", repos.on, "--decode-threads", DECODE_THREADS], infer, {
         ...engineEnv,
@@ -299,15 +306,16 @@ const main = async () => {
     const summary: Record<string, Record<string, unknown>> = {}
     for (const level of LEVELS) {
       const byName = results[level]!
-      const base = byName["baseline"]!
       for (const s of servers) {
         const blocks = byName[s.name]!
+        // The same payload on both sides: a server fed binary data against the baseline fed it too.
+        const base = byName[s.binary === true ? "baseline binary" : "baseline"]!
         const perRoundRatio = blocks.map((b, i) => b.reqPerSec / base[i]!.reqPerSec)
         const row = {
           outstanding: level,
           server: s.name,
           "req/s": median(blocks.map((b) => b.reqPerSec)),
-          "vs baseline": s.name === "baseline" ? "1.00×" : ratio(median(perRoundRatio)),
+          "vs baseline": s.name === "baseline" || s.name === "baseline binary" ? "1.00×" : ratio(median(perRoundRatio)),
           "p50 ms": median(blocks.map((b) => b.latency["all"]!.p50)),
           "p99 ms": median(blocks.map((b) => b.latency["all"]!.p99)),
           "server main-thread CPU µs/req": median(blocks.map((b) => b.serverMainCpuUsPerReq)),
@@ -320,7 +328,7 @@ const main = async () => {
       }
     }
 
-    section("HTTP throughput: OIP server vs minimal node:http + onnxruntime-node (MLP, closed loop)")
+    section(`HTTP throughput: OIP server vs minimal node:http + onnxruntime-node (MLP, closed loop)${WITH_BINARY ? "; \"vs baseline\" of oip binary is against baseline binary (same payload)" : ""}`)
     console.log(table(rows))
     if (priority !== undefined) {
       section(`HTTP priority: Critical alone vs under a 95% Low flood (${PRIORITY_OUTSTANDING} outstanding, closed loop; ${ROUNDS} rounds; medians; ratio = median of per-round ratios)`)
