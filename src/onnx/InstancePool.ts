@@ -682,12 +682,14 @@ const respawn = (state: State, cause: string, crashed: boolean): void => {
     return changed === undefined ? spawn(state, (ready) => mismatch(state, ready)) : Effect.fail(new Refused(changed))
   })
   const announce = crashed ? Effect.logWarning(`model ${options.modelId} version ${options.version}: ${cause}; replacing it`) : Effect.void
-  const replace = Effect.andThen(Effect.andThen(announce, Effect.yieldNow), attempt).pipe(
+  const replace = Effect.andThen(Effect.yieldNow, attempt).pipe(
     Effect.retry({
       schedule: Schedule.exponential(options.respawnDelay ?? Duration.millis(100)),
       times: attempts - 1,
       while: (e) => !state.closing && !(e instanceof Refused)
     }),
+    // Once a crash, not once an attempt.
+    (retried) => Effect.andThen(announce, retried),
     Effect.matchEffect({
       onSuccess: ({ slot }) =>
         Effect.sync(() => {

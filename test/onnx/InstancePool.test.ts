@@ -213,6 +213,27 @@ describe("InstancePool", () => {
     }).pipe(Effect.provide(Logger.layer([capture], { mergeWithExisting: false })))
   })
 
+  it.effect("a crash is logged once, however many attempts its replacement takes", () => {
+    const warnings: Array<string> = []
+    const capture = Logger.make((options) => {
+      if (options.logLevel === "Warn") warnings.push(String(Array.isArray(options.message) ? options.message.join(" ") : options.message))
+    })
+    return Effect.gen(function*() {
+      const { auto, instances, pool } = yield* started({ instances: 1, respawnAttempts: 3, respawnDelay: Duration.millis(100) })
+      auto.failLoad = true
+      const running = yield* Effect.forkChild(Effect.exit(pool.run(x, "running")), { startImmediately: true })
+      instances[0]!.die("signal SIGKILL")
+      yield* settle
+      yield* TestClock.adjust("100 millis")
+      yield* settle
+      yield* TestClock.adjust("200 millis")
+      yield* settle
+      yield* Fiber.join(running)
+      assert.strictEqual(instances.length, 4, "the original and three replacement attempts")
+      assert.strictEqual(warnings.filter((w) => w.endsWith("replacing it")).length, 1, JSON.stringify(warnings))
+    }).pipe(Effect.provide(Logger.layer([capture], { mergeWithExisting: false })))
+  })
+
   it.effect("no replacement once model.onnx changed on disk: the pool serves on its other instances, then is unavailable saying why", () =>
     Effect.gen(function*() {
       const counters = InstancePool.makeCounters()
