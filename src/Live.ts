@@ -93,16 +93,20 @@ const compose = <T extends TelemetryCollector, PE, E, R>(
  * (under Effect's native tracer the engine makes none). Fails with a ConfigError naming an invalid engine setting (`AsyncConfig.validate`),
  * a RepositoryError when the repository root cannot be read, or as `options.modelPool` fails.
  */
-export const layer = <T extends TelemetryCollector = TelemetryCollector, PE = never>(
-  options: Options<T, PE> = {}
-): Layer.Layer<Services<T>, PE | ModelRepository.RepositoryError | Config.ConfigError> =>
-  compose<T, PE | ModelRepository.RepositoryError, Config.ConfigError, never>(
+export function layer<T extends TelemetryCollector = TelemetryCollector, PE = never>(
+  options?: Options<T, PE>
+): Layer.Layer<Services<T>, PE | ModelRepository.RepositoryError | Config.ConfigError>
+/** With the collector's type named (`layer<MyCollector>({ modelPool })`) a pool's error is not inferred: `unknown`. */
+export function layer<T extends TelemetryCollector>(options?: Options<T, unknown>): Layer.Layer<Services<T>, unknown>
+export function layer<T extends TelemetryCollector, PE>(options: Options<T, PE> = {}): Layer.Layer<Services<T>, unknown> {
+  return compose<T, PE | ModelRepository.RepositoryError, Config.ConfigError, never>(
     options.modelPool ?? onnxPool(options),
     telemetryLayer(options),
     AsyncConfigService.layerWith(options.config ?? {}),
     options.otel === undefined ? undefined : Otel.layer(options.otel),
     false
   )
+}
 
 export interface ConfigOptions<T extends TelemetryCollector = TelemetryCollector> extends Omit<PoolOptions, "modelPool">, TelemetryOptions<T> {
   /** `service.name` (and version) of exported telemetry, unless `OTEL_SERVICE_NAME` says otherwise. */
