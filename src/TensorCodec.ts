@@ -240,7 +240,7 @@ const makeWriter = (dtype: Tensor.DataType, out: Tensor.TensorData): Writer => {
           return `element ${index} is a JSON number beyond ±(2^53 - 1) (read as ${value}), which a number cannot hold exactly: send ${datatype} values of that size as decimal strings ("9007199254740993")`
         } else if (typeof value === "string" && integerText.test(value)) {
           // BigInt reads a long string in quadratic time: a 15 MB one held the process 15 s.
-          if (value.length > maxInt64Text) return `element ${index} is a decimal string of ${value.length} characters, longer than any ${datatype} value (${maxInt64Text} at most)`
+          if (value.length > maxInt64Text) return `element ${index} is a decimal string of ${value.length} characters, more than any ${datatype} value needs (${maxInt64Text} at most, without leading zeros)`
           big = BigInt(value)
         } else return wrong(value, index)
         if (big < min || big > max) return `element ${index} is ${big}, out of the ${datatype} range [${min}, ${max}]`
