@@ -36,8 +36,8 @@ export const orphanPollMs = 500
 /**
  * Watches for the first stop request (SIGINT, SIGTERM, the parent's exit) and for a second one.
  * The first is left to the runtime (it interrupts the main fiber, whose finalizers drain); the
- * parent's exit raises SIGTERM on this process so that it takes the same path. The second exits
- * at once with `onForce`'s line.
+ * parent's exit raises SIGTERM on this process so that it takes the same path, unless a stop has
+ * begun (then it is no second signal). The second exits at once with `onForce`'s line.
  */
 const watchStops = (onForce: () => string) =>
   Effect.acquireRelease(
@@ -61,6 +61,9 @@ const watchStops = (onForce: () => string) =>
       const timer = setInterval(() => {
         if (process.ppid === parent) return
         clearInterval(timer)
+        // Already stopping (Ctrl-C on `npm start` signals npm and the server both): the drain goes
+        // on; raising SIGTERM would count as a second signal and cut it short.
+        if (stops > 0) return void process.stderr.write(`${new Date().toISOString()} parent process ${parent} is gone; the drain goes on\n`)
         process.stderr.write(`${new Date().toISOString()} parent process ${parent} is gone: draining as on SIGTERM\n`)
         process.kill(process.pid, "SIGTERM")
       }, orphanPollMs)

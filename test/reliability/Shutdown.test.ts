@@ -239,6 +239,46 @@ describe("stopping the server process", () => {
       if (serverPid !== undefined && alive(serverPid)) process.kill(serverPid, "SIGKILL")
     }
   }, 45_000)
+  it("a drain begun by a signal is not cut short when the parent exits too (Ctrl-C on npm start reaches both)", async () => {
+    const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "shutdown-ctrl-c-"))
+    SlowModel.write(repository)
+    const parentScript = `
+      const { spawn } = require("node:child_process")
+      const child = spawn(process.execPath, [${JSON.stringify(entry)}, "--port", "0", "--grpc-port", "off", "--models", ${JSON.stringify(repository)}], { stdio: ["ignore", "inherit", "inherit"] })
+      console.log("server pid " + child.pid)
+      setInterval(() => {}, 1000)
+    `
+    const parent = spawn(process.execPath, ["-e", parentScript], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+    let output = ""
+    parent.stdout.on("data", (c: Buffer) => (output += c.toString("utf8")))
+    parent.stderr.on("data", (c: Buffer) => (output += c.toString("utf8")))
+    let serverPid: number | undefined
+    const agent = new Http.Agent()
+    try {
+      await waitFor(() => /listening on http:\/\/[^:]+:\d+/.test(output), 30_000)
+      serverPid = Number(/server pid (\d+)/.exec(output)![1])
+      const port = Number(/listening on http:\/\/[^:]+:(\d+)/.exec(output)![1])
+      const timed = performance.now()
+      assert.strictEqual((await request(port, "/v2/models/slow/infer", SlowModel.body(100), agent)).status, 200)
+      // Rows for a run of about 3 s: longer than the parent watch's poll.
+      const rows = Math.min(8000, Math.ceil(100 * 3000 / (performance.now() - timed)))
+      const long = request(port, "/v2/models/slow/infer", SlowModel.body(rows), agent)
+      await new Promise((r) => setTimeout(r, 500))
+      process.kill(serverPid, "SIGINT")
+      parent.kill("SIGKILL")
+      const answer = await long
+      await waitFor(() => !alive(serverPid!), 30_000)
+      assert.strictEqual(answer.status, 200, output)
+      assert.notInclude(output, "exiting now without draining", output)
+      assert.include(output, "drained in", output)
+    } finally {
+      agent.destroy()
+      parent.kill("SIGKILL")
+      if (serverPid !== undefined && alive(serverPid)) process.kill(serverPid, "SIGKILL")
+      Fs.rmSync(repository, { recursive: true, force: true })
+    }
+  }, 60_000)
+
   it("when its parent process dies while the models load, the server notices too and exits", async () => {
     // The parent dies 1.5 s after starting the server, while a model that takes seconds to load loads.
     const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "shutdown-loading-"))
