@@ -75,7 +75,7 @@ const startNginx = async (dir: string, ports: { a: number; b: number | undefined
   return child
 }
 
-const successes = async (port: number): Promise<number> => metricValue(await getText(port, "/metrics"), "inference_request_success_total", "model=\"mlp\"")
+const successes = async (port: number): Promise<number> => metricValue(await getText(port, "/metrics"), "inference_requests_total", "model=\"mlp\"", "outcome=\"success\"")
 
 interface Run {
   readonly outcomes: Array<Outcome & { readonly endedAt: number }>
@@ -125,7 +125,7 @@ const restart = async (i: 0 | 1, port: number, other: number) => {
   const code = await replica.exit
   const drainedMs = performance.now() - signalledAt
   checks.check(`replica ${i === 0 ? "A" : "B"} drained and exited 0 on SIGTERM`, code === 0, { code, drainedMs: Math.round(drainedMs) })
-  replicas[i] = await startServer(["--port", String(port)], serverEnv)
+  replicas[i] = await startServer(["--port", String(port), "--grpc-port", "off"], serverEnv)
   await waitFor200(port, "/v2/health/ready", 30_000)
   // Back in rotation once nginx sends it requests again (after fail_timeout).
   const served = await successes(port)
@@ -139,8 +139,8 @@ const restart = async (i: 0 | 1, port: number, other: number) => {
 const main = async () => {
   const ports = { a: await freePort(), b: await freePort(), lb: await freePort(), lbOne: await freePort() }
   log(`replicas on ${ports.a} and ${ports.b}, nginx on ${ports.lb}, nginx of replica A alone on ${ports.lbOne} (${prefix})`)
-  replicas[0] = await startServer(["--port", String(ports.a)], serverEnv)
-  replicas[1] = await startServer(["--port", String(ports.b)], serverEnv)
+  replicas[0] = await startServer(["--port", String(ports.a), "--grpc-port", "off"], serverEnv)
+  replicas[1] = await startServer(["--port", String(ports.b), "--grpc-port", "off"], serverEnv)
   await startNginx(prefix, { a: ports.a, b: ports.b, lb: ports.lb })
   await startNginx(Path.join(prefix, "one"), { a: ports.a, b: undefined, lb: ports.lbOne })
   summary["nginx"] = spawnSync("nginx", ["-v"]).stderr.toString().trim()

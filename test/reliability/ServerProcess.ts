@@ -31,7 +31,9 @@ export const startServer = (
   nodeArgs: ReadonlyArray<string> = []
 ): Promise<Running> =>
   new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...nodeArgs, entry, "--port", "0", ...args], {
+    // An ephemeral port unless the caller names one (the CLI takes a flag once).
+    const port = args.includes("--port") ? [] : ["--port", "0"]
+    const child = spawn(process.execPath, [...nodeArgs, entry, ...port, ...args], {
       cwd: root,
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "pipe"]
