@@ -162,14 +162,7 @@ describe("stopping the server process", () => {
     socket.on("error", () => {})
     socket.write("POST /v2/models/mlp/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"inputs\":")
     await new Promise((r) => setTimeout(r, 300))
-    running.child.kill("SIGTERM")
-    await waitFor(() => running.output().includes("shutting down"), 5000)
-    await new Promise((r) => setTimeout(r, 300))
-    assert.isNull(running.child.exitCode, `still draining: ${running.output()}`)
-    const secondAt = performance.now()
-    running.child.kill("SIGINT")
-    const code = await running.exit
-    const exitMs = running.exitedAt()! - secondAt
+    const { code, exitMs } = await signalTwice(running)
     socket.destroy()
     assert.isNull(code, running.output())
     assert.strictEqual(running.child.signalCode, "SIGINT", running.output())
@@ -184,20 +177,10 @@ describe("stopping the server process", () => {
       SlowModel.write(repository)
       const running = server = await startServer(["--models", repository, "--grpc-port", "off", "--grace-period-seconds", "30"])
       const agent = new Http.Agent()
-      const timed = performance.now()
-      assert.strictEqual((await request(running.port, "/v2/models/slow/infer", SlowModel.body(100), agent)).status, 200)
-      // Rows for a run of about 20 s on this machine (runs take time in proportion to rows), within the 16 MiB body limit.
-      const rows = Math.min(8000, Math.ceil(100 * 20_000 / (performance.now() - timed)))
+      const rows = await rowsForRun(running.port, agent, 20_000)
       const long = request(running.port, "/v2/models/slow/infer", SlowModel.body(rows), agent)
       await new Promise((r) => setTimeout(r, 1500))
-      running.child.kill("SIGTERM")
-      await waitFor(() => running.output().includes("shutting down"), 5000)
-      await new Promise((r) => setTimeout(r, 300))
-      assert.isNull(running.child.exitCode, `still draining: ${running.output()}`)
-      const secondAt = performance.now()
-      running.child.kill("SIGINT")
-      const code = await running.exit
-      const exitMs = running.exitedAt()! - secondAt
+      const { code, exitMs } = await signalTwice(running)
       const report = `a run of ${rows} rows; exit ${code} (${running.child.signalCode}) after ${exitMs.toFixed(0)} ms\n${running.output()}`
       assert.isBelow(exitMs, 2000, report)
       assert.strictEqual(running.child.signalCode, "SIGINT", report)
@@ -211,70 +194,45 @@ describe("stopping the server process", () => {
   }, 60_000)
 
   it("when its parent process dies (npm start killed), the server notices, drains and exits", async () => {
-    // parent: spawns the server with its own stdout and stderr, prints the server's pid, then idles.
-    const parentScript = `
-      const { spawn } = require("node:child_process")
-      const child = spawn(process.execPath, [${JSON.stringify(entry)}, "--port", "0"], { stdio: ["ignore", "inherit", "inherit"] })
-      console.log("server pid " + child.pid)
-      setInterval(() => {}, 1000)
-    `
-    const parent = spawn(process.execPath, ["-e", parentScript], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
-    let output = ""
-    parent.stdout.on("data", (c: Buffer) => (output += c.toString("utf8")))
-    parent.stderr.on("data", (c: Buffer) => (output += c.toString("utf8")))
-    let serverPid: number | undefined
+    const server = underParent([])
     try {
-      await waitFor(() => /listening on/.test(output), 30_000)
-      serverPid = Number(/server pid (\d+)/.exec(output)![1])
+      const serverPid = await server.serverPid()
+      await waitFor(() => /listening on/.test(server.output()), 30_000)
       assert.isTrue(alive(serverPid))
-      parent.kill("SIGKILL")
+      server.parent.kill("SIGKILL")
       const killedAt = performance.now()
-      await waitFor(() => !alive(serverPid!), 10_000)
+      await waitFor(() => !alive(serverPid), 10_000)
       const goneMs = performance.now() - killedAt
-      assert.isBelow(goneMs, 5000, output)
-      assert.match(output, /parent process \d+ is gone: draining as on SIGTERM/)
-      assert.include(output, "drained in")
+      assert.isBelow(goneMs, 5000, server.output())
+      assert.match(server.output(), /parent process \d+ is gone: draining as on SIGTERM/)
+      assert.include(server.output(), "drained in")
     } finally {
-      parent.kill("SIGKILL")
-      if (serverPid !== undefined && alive(serverPid)) process.kill(serverPid, "SIGKILL")
+      server.stop()
     }
   }, 45_000)
+
   it("a drain begun by a signal is not cut short when the parent exits too (Ctrl-C on npm start reaches both)", async () => {
     const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "shutdown-ctrl-c-"))
     SlowModel.write(repository)
-    const parentScript = `
-      const { spawn } = require("node:child_process")
-      const child = spawn(process.execPath, [${JSON.stringify(entry)}, "--port", "0", "--grpc-port", "off", "--models", ${JSON.stringify(repository)}], { stdio: ["ignore", "inherit", "inherit"] })
-      console.log("server pid " + child.pid)
-      setInterval(() => {}, 1000)
-    `
-    const parent = spawn(process.execPath, ["-e", parentScript], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
-    let output = ""
-    parent.stdout.on("data", (c: Buffer) => (output += c.toString("utf8")))
-    parent.stderr.on("data", (c: Buffer) => (output += c.toString("utf8")))
-    let serverPid: number | undefined
+    const server = underParent(["--grpc-port", "off", "--models", repository])
     const agent = new Http.Agent()
     try {
-      await waitFor(() => /listening on http:\/\/[^:]+:\d+/.test(output), 30_000)
-      serverPid = Number(/server pid (\d+)/.exec(output)![1])
-      const port = Number(/listening on http:\/\/[^:]+:(\d+)/.exec(output)![1])
-      const timed = performance.now()
-      assert.strictEqual((await request(port, "/v2/models/slow/infer", SlowModel.body(100), agent)).status, 200)
-      // Rows for a run of about 3 s: longer than the parent watch's poll.
-      const rows = Math.min(8000, Math.ceil(100 * 3000 / (performance.now() - timed)))
-      const long = request(port, "/v2/models/slow/infer", SlowModel.body(rows), agent)
+      const serverPid = await server.serverPid()
+      await waitFor(() => /listening on http:\/\/[^:]+:\d+/.test(server.output()), 30_000)
+      const port = Number(/listening on http:\/\/[^:]+:(\d+)/.exec(server.output())![1])
+      // A run of about 3 s: longer than the parent watch's poll.
+      const long = request(port, "/v2/models/slow/infer", SlowModel.body(await rowsForRun(port, agent, 3000)), agent)
       await new Promise((r) => setTimeout(r, 500))
       process.kill(serverPid, "SIGINT")
-      parent.kill("SIGKILL")
+      server.parent.kill("SIGKILL")
       const answer = await long
-      await waitFor(() => !alive(serverPid!), 30_000)
-      assert.strictEqual(answer.status, 200, output)
-      assert.notInclude(output, "exiting now without draining", output)
-      assert.include(output, "drained in", output)
+      await waitFor(() => !alive(serverPid), 30_000)
+      assert.strictEqual(answer.status, 200, server.output())
+      assert.notInclude(server.output(), "exiting now without draining", server.output())
+      assert.include(server.output(), "drained in", server.output())
     } finally {
       agent.destroy()
-      parent.kill("SIGKILL")
-      if (serverPid !== undefined && alive(serverPid)) process.kill(serverPid, "SIGKILL")
+      server.stop()
       Fs.rmSync(repository, { recursive: true, force: true })
     }
   }, 60_000)
@@ -283,26 +241,15 @@ describe("stopping the server process", () => {
     // The parent dies 1.5 s after starting the server, while a model that takes seconds to load loads.
     const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "shutdown-loading-"))
     SlowModel.write(repository, "big", 5000)
-    const parentScript = `
-      const { spawn } = require("node:child_process")
-      const child = spawn(process.execPath, [${JSON.stringify(entry)}, "--port", "0", "--grpc-port", "off", "--models", ${JSON.stringify(repository)}], { stdio: ["ignore", "inherit", "inherit"] })
-      console.log("server pid " + child.pid)
-      setTimeout(() => process.exit(0), 1500)
-    `
-    const parent = spawn(process.execPath, ["-e", parentScript], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
-    let output = ""
-    parent.stdout.on("data", (c: Buffer) => (output += c.toString("utf8")))
-    parent.stderr.on("data", (c: Buffer) => (output += c.toString("utf8")))
-    let serverPid: number | undefined
+    const server = underParent(["--grpc-port", "off", "--models", repository], "setTimeout(() => process.exit(0), 1500)")
     try {
-      await waitFor(() => /server pid (\d+)/.test(output), 10_000)
-      serverPid = Number(/server pid (\d+)/.exec(output)![1])
-      await new Promise<void>((resolve) => parent.on("exit", () => resolve()))
-      await waitFor(() => !alive(serverPid!), 20_000).catch(() => {})
-      assert.isFalse(alive(serverPid), `the orphaned server still runs:\n${output}`)
-      assert.match(output, /parent process \d+ is gone: draining as on SIGTERM/)
+      const serverPid = await server.serverPid()
+      if (server.parent.exitCode === null) await new Promise<void>((resolve) => server.parent.on("exit", () => resolve()))
+      await waitFor(() => !alive(serverPid), 20_000).catch(() => {})
+      assert.isFalse(alive(serverPid), `the orphaned server still runs:\n${server.output()}`)
+      assert.match(server.output(), /parent process \d+ is gone: draining as on SIGTERM/)
     } finally {
-      if (serverPid !== undefined && alive(serverPid)) process.kill(serverPid, "SIGKILL")
+      server.stop()
       Fs.rmSync(repository, { recursive: true, force: true })
     }
   }, 45_000)
@@ -316,6 +263,57 @@ const alive = (pid: number): boolean => {
   } catch {
     return false
   }
+}
+
+/**
+ * The server started by a parent process, as `npm start` starts it: the server writes to the
+ * parent's stdout and stderr (read here as `output`), and the parent prints the server's pid, then
+ * runs `then` (by default it idles). `stop` kills what is left of both.
+ */
+const underParent = (serverArgs: ReadonlyArray<string>, then = "setInterval(() => {}, 1000)") => {
+  const parentScript = `
+    const { spawn } = require("node:child_process")
+    const child = spawn(process.execPath, ${JSON.stringify([entry, "--port", "0", ...serverArgs])}, { stdio: ["ignore", "inherit", "inherit"] })
+    console.log("server pid " + child.pid)
+    ${then}
+  `
+  const parent = spawn(process.execPath, ["-e", parentScript], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+  let output = ""
+  parent.stdout.on("data", (c: Buffer) => (output += c.toString("utf8")))
+  parent.stderr.on("data", (c: Buffer) => (output += c.toString("utf8")))
+  let pid: number | undefined
+  return {
+    parent,
+    output: () => output,
+    /** The server's pid, once the parent printed it. */
+    serverPid: async (): Promise<number> => {
+      await waitFor(() => /server pid (\d+)/.test(output), 10_000)
+      return pid = Number(/server pid (\d+)/.exec(output)![1])
+    },
+    stop: () => {
+      parent.kill("SIGKILL")
+      if (pid !== undefined && alive(pid)) process.kill(pid, "SIGKILL")
+    }
+  }
+}
+
+/** Rows of `SlowModel` for a run of about `ms` on this machine (runs take time in proportion to rows), within the 16 MiB body limit. */
+const rowsForRun = async (port: number, agent: Http.Agent, ms: number): Promise<number> => {
+  const timed = performance.now()
+  assert.strictEqual((await request(port, "/v2/models/slow/infer", SlowModel.body(100), agent)).status, 200)
+  return Math.min(8000, Math.ceil(100 * ms / (performance.now() - timed)))
+}
+
+/** SIGTERM, then (while it drains) SIGINT: the process's exit code and how long after the second signal it exited. */
+const signalTwice = async (running: Running): Promise<{ readonly code: number | null; readonly exitMs: number }> => {
+  running.child.kill("SIGTERM")
+  await waitFor(() => running.output().includes("shutting down"), 5000)
+  await new Promise((r) => setTimeout(r, 300))
+  assert.isNull(running.child.exitCode, `still draining: ${running.output()}`)
+  const secondAt = performance.now()
+  running.child.kill("SIGINT")
+  const code = await running.exit
+  return { code, exitMs: running.exitedAt()! - secondAt }
 }
 
 /** Resolves once `condition` holds (checked every 20 ms); rejects after `timeoutMs`. */
