@@ -654,14 +654,19 @@ describe("binding", () => {
     Effect.gen(function*() {
       const { address, port } = yield* makeHarness({ host: "::" })
       assert.strictEqual(address, `[::]:${port}`)
-      const probe = new Grpc.Client(`[::1]:${port}`, Grpc.credentials.createInsecure())
-      const error = yield* Effect.callback<Error | undefined>((resume) => {
-        probe.waitForReady(Date.now() + 2000, (e) => resume(Effect.succeed(e)))
-      })
-      probe.close()
-      assert.isUndefined(error)
+      assert.isUndefined(yield* connectError(`[::1]:${port}`, 2000))
     }))
 })
+
+/** Why a client could not connect to `target` within `ms`, or undefined once it did. */
+const connectError = (target: string, ms: number) =>
+  Effect.callback<Error | undefined>((resume) => {
+    const probe = new Grpc.Client(target, Grpc.credentials.createInsecure())
+    probe.waitForReady(Date.now() + ms, (e) => {
+      probe.close()
+      resume(Effect.succeed(e))
+    })
+  })
 
 describe("connections", () => {
   it.live("a connection may have at most maxConcurrentStreams calls open: unbounded, one client's idle streams took 1.35 GB (80 000 of them)", () =>
@@ -687,12 +692,7 @@ describe("lifecycle", () => {
   it.live("closing the scope shuts the server down", () =>
     Effect.gen(function*() {
       const port = yield* Effect.scoped(Effect.map(makeHarness(), (h) => h.port))
-      const probe = new Grpc.Client(`127.0.0.1:${port}`, Grpc.credentials.createInsecure())
-      const error = yield* Effect.callback<Error | undefined>((resume) => {
-        probe.waitForReady(Date.now() + 300, (e) => resume(Effect.succeed(e)))
-      })
-      probe.close()
-      assert.isDefined(error)
+      assert.isDefined(yield* connectError(`127.0.0.1:${port}`, 300))
     }))
 })
 
