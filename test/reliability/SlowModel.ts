@@ -8,23 +8,11 @@
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import onnxProto from "onnx-proto"
+import { valueInfo } from "../fixtures/OnnxGraph.ts"
 
 const { onnx } = onnxProto
 
 const width = 512
-
-const valueInfo = (name: string) =>
-  onnx.ValueInfoProto.create({
-    name,
-    type: onnx.TypeProto.create({
-      tensorType: onnx.TypeProto.Tensor.create({
-        elemType: onnx.TensorProto.DataType.FLOAT,
-        shape: onnx.TensorShapeProto.create({
-          dim: [onnx.TensorShapeProto.Dimension.create({ dimParam: "batch" }), onnx.TensorShapeProto.Dimension.create({ dimValue: width })]
-        })
-      })
-    })
-  })
 
 /** The model's bytes. */
 export const bytes = (layers = 400): Uint8Array => {
@@ -40,8 +28,8 @@ export const bytes = (layers = 400): Uint8Array => {
       name: "slow",
       node,
       initializer: [onnx.TensorProto.create({ name: "w", dims: [width, width], dataType: onnx.TensorProto.DataType.FLOAT, rawData: new Uint8Array(identity.buffer) })],
-      input: [valueInfo("x")],
-      output: [valueInfo("y")]
+      input: [valueInfo("x", onnx.TensorProto.DataType.FLOAT, ["batch", width])],
+      output: [valueInfo("y", onnx.TensorProto.DataType.FLOAT, ["batch", width])]
     })
   })
   return onnx.ModelProto.encode(model).finish()
