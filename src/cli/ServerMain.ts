@@ -74,7 +74,8 @@ const watchStops = (onForce: () => string) =>
   )
 
 /** Runs the server until interrupted (a signal), then drains. Fails with an exit code once reported. */
-export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.ExitCode> => {
+/** The HTTP server, gRPC beside it (unless --grpc-port off), and the engine over the repository, as configured. */
+const appLayer = (config: ServerConfig.ServerConfig) => {
   const Http = Server.layer({
     host: config.host,
     port: config.port,
@@ -98,7 +99,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
       redactPaths: [config.models],
       strictReadiness: config.strictReadiness
     })
-  const App = Grpc.pipe(
+  return Grpc.pipe(
     Layer.provideMerge(Http),
     Layer.provideMerge(Live.layerConfig({
       repository: config.models,
@@ -110,13 +111,16 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
       telemetry: Statistics.layer
     }))
   )
+}
 
-  /** What a second signal abandons: the models being loaded, until the server listens. */
-  let abandoned = () => "abandoning the models being loaded"
-  const main = Effect.gen(function*() {
-    const pool = yield* ModelPool
-    const models = yield* pool.models
-    // Not failures: the versions that explicit model control left unloaded because nobody asked for them.
+/**
+ * Logs what loaded: a warning for an empty repository and for each model version that failed to
+ * load; with --exit-on-error, fails (exit 1) when any did. A version explicit model control left
+ * unloaded because nobody asked for it is no failure.
+ */
+const reportModels = (config: ServerConfig.ServerConfig) =>
+  Effect.gen(function*() {
+    const models = yield* (yield* ModelPool).models
     const loaded = models.filter((m) => m.state === "READY" || m.reason !== unloadedReason)
     const unavailable = loaded.filter((m) => m.state !== "READY")
     if (models.length === 0) {
@@ -129,6 +133,13 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
       yield* Effect.logError(`${unavailable.length} of ${loaded.length} model versions failed to load; exiting (--exit-on-error)`)
       return yield* Effect.fail(new Cli.ExitCode({ code: 1 }))
     }
+  })
+
+export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.ExitCode> => {
+  /** What a second signal abandons: the models being loaded, until the server listens. */
+  let abandoned = () => "abandoning the models being loaded"
+  const main = Effect.gen(function*() {
+    yield* reportModels(config)
     const lifecycle = yield* Lifecycle
     const engine = yield* AsyncInferenceEngine
     abandoned = () => {
@@ -154,7 +165,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
     return yield* Effect.never
   }).pipe(
     Effect.scoped,
-    Effect.provide(App),
+    Effect.provide(appLayer(config)),
     Effect.catchTags({
       ServeError: (e) =>
         Effect.logError(`cannot listen on ${config.host}:${config.port}: ${String((e.cause as Error | undefined)?.message ?? e)}`).pipe(
