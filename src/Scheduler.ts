@@ -118,6 +118,8 @@ export interface Batch<A> {
    * device: predictions from it then run early, and the next batch is handed over early, not late.
    */
   startedAtMs: number
+  /** The mechanism's handle on its run once dispatched (opaque here: the Dispatcher's fiber); undefined before and after. */
+  run: unknown
 }
 
 export type Step<A> =
@@ -555,7 +557,8 @@ export class Scheduler<A> {
       highest: first.priority,
       stage: "forming",
       waiting: 0,
-      startedAtMs: NaN
+      startedAtMs: NaN,
+      run: undefined
     }
     this.#join(batch, first)
     if (grouped) {
