@@ -68,6 +68,57 @@ describe("TelemetryCollector.layer", () => {
     }))
 })
 
+describe("TelemetryCollector.layer series", () => {
+  /** A collector built on `registry`, with the snapshot of that registry. */
+  const collectorOn = (registry: Metric.MetricRegistry) =>
+    Effect.map(
+      Layer.build(TelemetryCollector.layer).pipe(Effect.provideService(Metric.MetricRegistry, registry)),
+      (context) => Context.get(context, TelemetryCollector)
+    )
+  const snapshotOf = (registry: Metric.MetricRegistry) => Metric.snapshotUnsafe(Context.make(Metric.MetricRegistry, registry))
+
+  it.effect("reads as Effect's own histogram and counter fed the same values: buckets, count, sum, min, max", () =>
+    Effect.gen(function*() {
+      const registry: Metric.MetricRegistry = new Map()
+      const collector = yield* collectorOn(registry)
+      // below the first bound, on bounds, between them, past the last (the overflow bucket)
+      const waitsMs = [0.01, 0.05, 0.1, 0.11, 3, 250, 26_214.4, 1e9, 0]
+      for (const ms of waitsMs) collector.recordQueueWait("m", "High", ms)
+      for (let i = 0; i < 3; i++) collector.recordStart({ modelId: "m", requestId: `r${i}`, priority: "High" })
+
+      const reference: Metric.MetricRegistry = new Map()
+      const referenceContext = Context.make(Metric.MetricRegistry, reference)
+      const histogram = Metric.withAttributes(metrics.queueWait, { model: "m", priority: "High" })
+      for (const ms of waitsMs) yield* Metric.update(histogram, ms / 1000).pipe(Effect.provideService(Metric.MetricRegistry, reference))
+      yield* Metric.update(Metric.withAttributes(metrics.started, { model: "m" }), 3).pipe(Effect.provideService(Metric.MetricRegistry, reference))
+
+      const ours = snapshotOf(registry)
+      for (const expected of Metric.snapshotUnsafe(referenceContext)) {
+        const found = ours.find((s) => s.id === expected.id && JSON.stringify(s.attributes) === JSON.stringify(expected.attributes))
+        assert.isDefined(found, `${expected.id} ${JSON.stringify(expected.attributes)}`)
+        assert.strictEqual(found!.type, expected.type)
+        assert.deepStrictEqual(found!.state, expected.state)
+      }
+    }))
+
+  it.effect("appears once updated, and two collectors on one registry count into the same series", () =>
+    Effect.gen(function*() {
+      const registry: Metric.MetricRegistry = new Map()
+      const first = yield* collectorOn(registry)
+      const second = yield* collectorOn(registry)
+      assert.deepStrictEqual(snapshotOf(registry), [])
+      const info = { modelId: "m", requestId: "r", priority: "Normal" } as const
+      first.recordStart(info)
+      second.recordStart(info)
+      first.recordSuccess(info, 2)
+      const started = snapshotOf(registry).filter((s) => s.id === metrics.started.id)
+      assert.deepStrictEqual(started.map((s) => s.state), [{ count: 2, incremental: false }])
+      const outcomes = snapshotOf(registry).filter((s) => s.id === metrics.requests.id).map((s) => [s.attributes?.["outcome"], (s.state as Metric.CounterState<number>).count])
+      assert.deepStrictEqual(Object.fromEntries(outcomes), { success: 1, rejected: 0, cancelled: 0, timeout: 0, invalid: 0, backend: 0 })
+      assert.isFalse(snapshotOf(registry).some((s) => s.id === metrics.run.id), "no run yet: no compute series")
+    }))
+})
+
 describe("TelemetryCollector.layer recordRun", () => {
   it.effect("counts inference_count_total in rows (Triton's inferences) and inference_executions_total in runs", () =>
     Effect.gen(function*() {
