@@ -668,9 +668,29 @@ export const scan = (
     catch: (e) => new RepositoryError({ root, reason: errorText(e) })
   }).pipe(Effect.withSpan("ModelRepository.scan", { attributes: { root } }))
 
-/** The versions of `name` in `repository`, lowest first. */
-export const versionsOf = (repository: ModelRepository, name: string): ReadonlyArray<Entry> =>
-  repository.entries.filter((e) => e.name === name)
+/** Each repository's versions by name, built on first use: a repository is never changed, only replaced. */
+const byName = new WeakMap<ModelRepository, ReadonlyMap<string, ReadonlyArray<Entry>>>()
+
+const noVersions: ReadonlyArray<Entry> = []
+
+/**
+ * The versions of `name` in `repository`, lowest first (shared: never to be changed). A map
+ * lookup: the request path asks for every request, and filtering the entries cost 1.7 µs a
+ * request with 300 models.
+ */
+export const versionsOf = (repository: ModelRepository, name: string): ReadonlyArray<Entry> => {
+  let index = byName.get(repository)
+  if (index === undefined) {
+    const built = new Map<string, Array<Entry>>()
+    for (const e of repository.entries) {
+      const versions = built.get(e.name)
+      if (versions === undefined) built.set(e.name, [e])
+      else versions.push(e)
+    }
+    byName.set(repository, index = built)
+  }
+  return index.get(name) ?? noVersions
+}
 
 /**
  * The entry for `name` at `version`, or at its highest version when `version` is undefined.

@@ -211,6 +211,18 @@ describe("ModelRepository", () => {
         assert.deepStrictEqual(repository.ignored, [])
       }))
 
+    it("versionsOf reads each repository object's own entries, lowest version first: a replaced repository is not served from the old one's index", () => {
+      const found = (name: string, version: string) => ({ _tag: "Unavailable", name, version, reason: "test" }) as ModelRepository.Entry
+      const before: ModelRepository.ModelRepository = { root: "/r", entries: [found("a", "1"), found("b", "1"), found("b", "2"), found("c", "7")], ignored: [] }
+      assert.deepStrictEqual(ModelRepository.versionsOf(before, "b").map((e) => e.version), ["1", "2"])
+      assert.deepStrictEqual(ModelRepository.versionsOf(before, "nope"), [])
+      // what a load does: a new object, the model's versions replaced
+      const after: ModelRepository.ModelRepository = { ...before, entries: [found("a", "1"), found("b", "3"), found("c", "7")] }
+      assert.deepStrictEqual(ModelRepository.versionsOf(after, "b").map((e) => e.version), ["3"])
+      assert.strictEqual(ModelRepository.lookup(after, "b")?.version, "3")
+      assert.strictEqual(ModelRepository.lookup(before, "b")?.version, "2")
+    })
+
     it("sameVersion takes time linear in the names: a gRPC model_version of millions of digits made BigInt block the event loop for seconds", () => {
       const huge = "1".repeat(10_000_000)
       const start = performance.now()
