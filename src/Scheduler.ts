@@ -523,8 +523,13 @@ export class Scheduler<A> {
     return open !== undefined && this.#fits(open, request) ? open : undefined
   }
 
+  /**
+   * `request` may join `batch`: the same model (and version: a batch key says only what the inputs
+   * look like, and two models may take alike inputs), the same key, rows to spare, and a priority
+   * the batch takes.
+   */
   #fits(batch: Batch<A>, request: Request<A>): boolean {
-    return request.batchKey === batch.key && batch.rows + request.rows <= batch.model.spec.batching.maxBatchSize &&
+    return request.model === batch.model && request.batchKey === batch.key && batch.rows + request.rows <= batch.model.spec.batching.maxBatchSize &&
       BatchPolicy.mayJoin(batch.highest, request.priority)
   }
 

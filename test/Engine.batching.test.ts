@@ -3,15 +3,21 @@
  * the queue holds exactly the requests a test wants batched, so batch composition is exact.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Latch, Scope } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Latch, Layer, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
-import { DispatchGate } from "../src/Engine.ts"
+import { AsyncConfigService } from "../src/AsyncConfig.ts"
+import { AsyncInferenceEngine, DispatchGate } from "../src/Engine.ts"
+import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import type * as InferenceResult from "../src/InferenceResult.ts"
+import type * as ModelMetadata from "../src/ModelMetadata.ts"
+import { ModelPool } from "../src/ModelPool.ts"
 import type * as Priority from "../src/Priority.ts"
+import { TelemetryCollector } from "../src/Telemetry.ts"
+import * as Tensor from "../src/Tensor.ts"
 import { makeHarness } from "./fixtures/EngineHarness.ts"
-import { echoInputs, type Script } from "./fixtures/FakeModelPool.ts"
+import { echoInputs, echoMetadata, type Script } from "./fixtures/FakeModelPool.ts"
 
 const batching = (overrides: Partial<BatchPolicy.BatchingConfig> = {}): BatchPolicy.BatchingConfig => ({
   ...BatchPolicy.disabled,
@@ -344,4 +350,37 @@ describe("AsyncInferenceEngine dynamic batching", () => {
         for (const f of fibers) yield* Fiber.join(f)
       }))
   }
+})
+
+describe("AsyncInferenceEngine dynamic batching across models", () => {
+  it.effect("never joins requests of two models (or two versions of one) into one run, even when their inputs look alike", () =>
+    Effect.gen(function*() {
+      // Two models with one signature, each multiplying by its own factor; both batch.
+      const factors: Record<string, number> = { double: 2, triple: 3 }
+      const runs: Array<{ readonly model: string; readonly rows: number }> = []
+      const metadataOf = (name: string): ModelMetadata.ModelMetadata => ({ ...echoMetadata, name, batching: batching(), concurrency: 1 })
+      const pool = Layer.succeed(ModelPool, {
+        metadata: (modelId) => modelId in factors ? Effect.succeed(metadataOf(modelId)) : Effect.fail(new InferenceError.ModelNotFound({ modelId })),
+        run: (modelId, inputs) =>
+          Effect.sync(() => {
+            const x = inputs["x"]!
+            runs.push({ model: modelId, rows: x.dims[0]! })
+            const y = Float32Array.from(x.data as Float32Array, (v) => v * factors[modelId]!)
+            return { outputs: { y: Tensor.float32(y, x.dims) }, deviceUsed: "cpu" }
+          }),
+        models: Effect.succeed([])
+      })
+      const gate = yield* Latch.make(false)
+      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
+      )).pipe(Effect.provideService(DispatchGate, gate.await))
+      const engine = Context.get(context, AsyncInferenceEngine)
+      // queued while dispatch is held: interleaved, so a batch that gathers by input kind alone would take both models' requests
+      const calls = ["double", "triple", "double", "triple"].map((model, i) => ({ model, value: i + 1 }))
+      const fibers = yield* Effect.forEach(calls, ({ model, value }) => fork(engine.infer(InferenceRequest.make(model, echoInputs(value), { requestId: `${model}-${value}` }))))
+      yield* gate.open
+      const results = yield* Effect.forEach(fibers, Fiber.join)
+      assert.deepStrictEqual(results.map(firstValue), calls.map(({ model, value }) => value * factors[model]!))
+      assert.deepStrictEqual(runs, [{ model: "double", rows: 2 }, { model: "triple", rows: 2 }])
+    }))
 })

@@ -279,6 +279,35 @@ describe("Scheduler", () => {
     assert.deepStrictEqual(drainSteps(s, 11).out, [["a", "b"]])
   })
 
+  it("the forming batches of several models are each waited for and sent, however they begin and end", () => {
+    const s = make()
+    const delayed = batching({ maxQueueDelay: Duration.millis(10) })
+    const [a, b, c] = ["a", "b", "c"].map((key) => spec(key, { depth: 2, batching: delayed }))
+    for (const m of [a!, b!, c!]) admit(s, `${m.key} running`, m, 0)
+    const running = drainSteps(s)
+    assert.deepStrictEqual(running.out, [["a running"], ["b running"], ["c running"]], "one batch per model, though their keys are alike")
+    admit(s, "a1", a!, 1)
+    admit(s, "b1", b!, 2)
+    assert.deepStrictEqual(s.next(2), { _tag: "Wait", untilMs: 11 }, "a's batch is due first")
+    // c's first batch is emptied (dropped, its slot back) and a second begins: a, b and c are all still waited for
+    const leaving = admit(s, "c0", c!, 3)!
+    assert.strictEqual(s.next(3)._tag, "Wait")
+    assert.strictEqual(leaving.stage, "forming")
+    s.cancel(leaving)
+    assert.deepStrictEqual(s.next(3), { _tag: "Wait", untilMs: 11 })
+    admit(s, "a2", a!, 3)
+    admit(s, "c1", c!, 4)
+    assert.deepStrictEqual(drainSteps(s, 11).out, [["a1", "a2"]])
+    assert.deepStrictEqual(s.next(11), { _tag: "Wait", untilMs: 12 })
+    assert.deepStrictEqual(drainSteps(s, 12).out, [["b1"]])
+    assert.deepStrictEqual(drainSteps(s, 14).out, [["c1"]])
+    // a forms again after its batch went: it is waited for again
+    s.complete(running.batches[0]!, 15)
+    admit(s, "a3", a!, 15)
+    assert.deepStrictEqual(s.next(15), { _tag: "Wait", untilMs: 25 })
+    assert.deepStrictEqual(drainSteps(s, 25).out, [["a3"]])
+  })
+
   it("a request too large for the forming batch of its kind sends that batch and opens the next: no batch is orphaned", () => {
     const s = make({ maxConcurrent: 3 })
     const m = spec("m", { instances: 3, batching: batching({ maxBatchSize: 6, maxQueueDelay: Duration.millis(50) }) })
