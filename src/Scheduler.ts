@@ -198,6 +198,8 @@ export class Scheduler<A> {
   readonly queue: PriorityQueue.PriorityQueue<Request<A>>
   readonly #timers = new DeadlineHeap.DeadlineHeap<Request<A>>()
   readonly #models = new Map<string, Model>()
+  /** The models with a batch forming, in the order their batches began to form: `next` looks at these only, not at every model it has seen. */
+  readonly #formingModels = new Set<Model>()
   #permits = 0
   /** Requests in batches sent ahead to busy instances: they wait, and count against `maxQueued`. */
   #waitingAhead = 0
@@ -344,7 +346,7 @@ export class Scheduler<A> {
     // joining forming batches must not grow the stack.
     while (true) {
       let waitUntil = Infinity
-      for (const model of this.#models.values()) {
+      for (const model of this.#formingModels) {
         for (const batch of model.forming.values() as IterableIterator<Batch<A>>) {
           if (batch.members.length === 0) {
             this.#dropForming(batch)
@@ -576,6 +578,7 @@ export class Scheduler<A> {
     const decision = this.#decide(batch, nowMs)
     if (decision._tag === "Send") return this.#launch(batch, nowMs)
     model.forming.set(first.batchKey, batch as Batch<unknown>)
+    this.#formingModels.add(model)
     return undefined
   }
 
@@ -642,6 +645,7 @@ export class Scheduler<A> {
     if (batch.key !== undefined && batch.model.forming.get(batch.key) === batch) {
       // Rows that arrived while it formed and still fit ride along.
       batch.model.forming.delete(batch.key)
+      if (batch.model.forming.size === 0) this.#formingModels.delete(batch.model)
       this.#gather(batch, batch.model.spec.batching.maxBatchSize)
     }
     batch.stage = "running"
@@ -660,6 +664,7 @@ export class Scheduler<A> {
 
   #dropForming(batch: Batch<A>): void {
     batch.model.forming.delete(batch.key!)
+    if (batch.model.forming.size === 0) this.#formingModels.delete(batch.model)
     this.#freeSlot(batch.model)
   }
 }
