@@ -248,6 +248,8 @@ const submit = (
     priority: request.priority,
     rows: joinable?.rows ?? 1,
     batchKey: joinable === undefined ? undefined : joinable.key,
+    // A job runs under its first member's version (named, or the latest): it takes only requests that named the same.
+    variant: request.modelVersion,
     deadlineAtMs: startedMs + Duration.toMillis(request.timeout),
     queueDeadlineAtMs: state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
   })

@@ -383,4 +383,39 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
       assert.deepStrictEqual(results.map(firstValue), calls.map(({ model, value }) => value * factors[model]!))
       assert.deepStrictEqual(runs, [{ model: "double", rows: 2 }, { model: "triple", rows: 2 }])
     }))
+
+  it.effect("runs a request that names a version only with requests that name the same, batched or grouped: never under another's \"latest\"", () =>
+    Effect.gen(function*() {
+      for (const batches of [true, false]) {
+        const runs: Array<{ readonly version: string | undefined; readonly requests: number }> = []
+        const metadata: ModelMetadata.ModelMetadata = { ...echoMetadata, concurrency: 1, ...(batches ? { batching: batching() } : {}) }
+        const answer = (x: Tensor.Tensor) => ({ outputs: { y: x }, deviceUsed: "cpu" })
+        const pool = Layer.succeed(ModelPool, {
+          metadata: () => Effect.succeed(metadata),
+          run: (_modelId, inputs, options) =>
+            Effect.sync(() => {
+              runs.push({ version: options.version, requests: inputs["x"]!.dims[0]! })
+              return answer(inputs["x"]!)
+            }),
+          runGroup: (_modelId, inputs, options) =>
+            Effect.sync(() => {
+              runs.push({ version: options.version, requests: inputs.length })
+              return inputs.map((i) => Exit.succeed(answer(i["x"]!)))
+            }),
+          models: Effect.succeed([])
+        })
+        const gate = yield* Latch.make(false)
+        const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+          Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
+        )).pipe(Effect.provideService(DispatchGate, gate.await))
+        const engine = Context.get(context, AsyncInferenceEngine)
+        // "1" is the latest version now; a load could make "latest" another before these run
+        const versions = [undefined, "1", undefined, "1"]
+        const fibers = yield* Effect.forEach(versions, (modelVersion, i) =>
+          fork(engine.infer(InferenceRequest.make("echo", echoInputs(i + 1), { requestId: `r${i}`, modelVersion }))))
+        yield* gate.open
+        yield* Effect.forEach(fibers, Fiber.join)
+        assert.deepStrictEqual(runs, [{ version: undefined, requests: 2 }, { version: "1", requests: 2 }], batches ? "batched" : "grouped")
+      }
+    }))
 })
