@@ -99,7 +99,7 @@ const concatTensor = (tensors: ReadonlyArray<Tensor.Tensor>, axis: number): Tens
   for (const t of tensors) rows += t.dims[axis]!
   const dims = first.dims.map((d, i) => i === axis ? rows : d)
   const [outer, inner] = strides(first.dims, axis)
-  const data = Tensor.allocate(first.dtype, outer * rows * inner)
+  const data = Tensor.allocateForOverwrite(first.dtype, outer * rows * inner)
   let offset = 0
   for (let o = 0; o < outer; o++) {
     for (const t of tensors) {
@@ -128,7 +128,7 @@ export const concat = (config: BatchPolicy.BatchingConfig, members: ReadonlyArra
 }
 
 const copyTensor = (tensor: Tensor.Tensor): Tensor.Tensor => {
-  const data = Tensor.allocate(tensor.dtype, tensor.data.length)
+  const data = Tensor.allocateForOverwrite(tensor.dtype, tensor.data.length)
   copy(data, 0, tensor.data, 0, tensor.data.length)
   return Tensor.make(tensor.dtype, data, tensor.dims)
 }
@@ -136,7 +136,7 @@ const copyTensor = (tensor: Tensor.Tensor): Tensor.Tensor => {
 const sliceTensor = (tensor: Tensor.Tensor, axis: number, from: number, rows: number): Tensor.Tensor => {
   const [outer, inner] = strides(tensor.dims, axis)
   const total = tensor.dims[axis]!
-  const data = Tensor.allocate(tensor.dtype, outer * rows * inner)
+  const data = Tensor.allocateForOverwrite(tensor.dtype, outer * rows * inner)
   for (let o = 0; o < outer; o++) {
     const start = (o * total + from) * inner
     copy(data, o * rows * inner, tensor.data, start, start + rows * inner)

@@ -91,4 +91,22 @@ describe("Batch", () => {
     assert.deepStrictEqual(Array.from(joined["sr"]!.data as BigInt64Array), [16000n])
     assert.deepStrictEqual(Array.from(joined["input"]!.data as Float32Array), [1, 1, 2, 2])
   })
+
+  it("joins and splits large tensors (memory not zeroed first) into exact-size buffers of their own, every element written", () => {
+    // 600 float32 a row: 2.4 KB, so a member is below and the batch above the size from which memory is not zeroed
+    const row = (r: number) => Float32Array.from({ length: 600 }, (_, i) => r * 1000 + i + 1)
+    const members = [0, 1, 2, 3].map((r) => ({ x: Tensor.float32(row(r), [1, 600]), y: Tensor.int64(BigInt64Array.from(row(r), BigInt), [1, 600]) }))
+    const joined = Batch.concat(on, members)
+    for (const tensor of Object.values(joined)) {
+      const data = tensor.data as Float32Array | BigInt64Array
+      assert.strictEqual(data.byteOffset, 0)
+      assert.strictEqual(data.buffer.byteLength, data.byteLength)
+    }
+    assert.deepStrictEqual(Array.from(joined["x"]!.data as Float32Array), [0, 1, 2, 3].flatMap((r) => Array.from(row(r))))
+    assert.deepStrictEqual(Array.from(joined["y"]!.data as BigInt64Array), [0, 1, 2, 3].flatMap((r) => Array.from(row(r), BigInt)))
+    const parts = Batch.split(on, { out: joined["x"]! }, [3, 1])!
+    assert.deepStrictEqual(Array.from(parts[0]!["out"]!.data as Float32Array), [0, 1, 2].flatMap((r) => Array.from(row(r))))
+    assert.deepStrictEqual(Array.from(parts[1]!["out"]!.data as Float32Array), Array.from(row(3)))
+    assert.notStrictEqual((parts[0]!["out"]!.data as Float32Array).buffer, (joined["x"]!.data as Float32Array).buffer)
+  })
 })
