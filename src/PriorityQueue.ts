@@ -129,13 +129,15 @@ export class PriorityQueue<A> {
 
   /**
    * Takes up to `max` entries that satisfy `predicate`, in dispatch order (highest level first,
-   * FIFO within a level), leaving the others in place. O(queued).
+   * FIFO within a level), leaving the others in place; it stops early once `full()` says nothing
+   * more can be taken. O(queued) at most.
    */
-  takeWhere(predicate: (value: A) => boolean, max: number): Array<A> {
+  takeWhere(predicate: (value: A) => boolean, max: number, full?: () => boolean): Array<A> {
     const taken: Array<A> = []
     for (const fifo of this.#fifos) {
       let node = fifo.head
       while (node !== undefined && taken.length < max) {
+        if (full?.() === true) return taken
         const next = node.next
         if (predicate(node.value)) {
           this.#unlink(node)

@@ -208,6 +208,8 @@ export class Scheduler<A> {
   readonly #models = new Map<string, Model>()
   /** The models with a batch forming, in the order their batches began to form: `next` looks at these only, not at every model it has seen. */
   readonly #formingModels = new Set<Model>()
+  /** The models with requests in the queue: when none of them can go, `next` need not look through the queue. */
+  readonly #queuedModels = new Set<Model>()
   #permits = 0
   /** Requests in batches sent ahead to busy instances: they wait, and count against `maxQueued`. */
   #waitingAhead = 0
@@ -269,7 +271,7 @@ export class Scheduler<A> {
       if (this.isFull()) return undefined
       request.entry = this.queue.offer(request, input.priority, nowMs)
       if (request.entry === undefined) return undefined
-      model.queuedRows += request.rows
+      this.#queuedMore(model, request.rows)
     }
     this.unsettled++
     const queueFirst = request.queueDeadlineAtMs < request.deadlineAtMs
@@ -322,7 +324,7 @@ export class Scheduler<A> {
     if (stage === "settled") return
     if (stage === "queued") {
       this.queue.remove(request.entry!)
-      request.model.queuedRows -= request.rows
+      this.#queuedLess(request.model, request.rows)
     } else if (stage === "forming") {
       const batch = request.batch!
       const i = batch.members.indexOf(request)
@@ -368,7 +370,7 @@ export class Scheduler<A> {
         }
       }
       const head = this.queue.peek(nowMs)
-      const entry = head === undefined || this.#canGo(head.value) ? head : this.queue.firstWhere(this.#canGo, nowMs)
+      const entry = head === undefined || this.#canGo(head.value) ? head : this.#anyMayGo() ? this.queue.firstWhere(this.#canGo, nowMs) : undefined
       if (entry === undefined) return waitUntil === Infinity ? idle : { _tag: "Wait", untilMs: waitUntil }
       const first = entry.value
       const forming = first.batchKey === undefined ? undefined : first.model.forming.get(first.batchKey) as Batch<A> | undefined
@@ -377,7 +379,7 @@ export class Scheduler<A> {
       // the next one. One forming batch per key, always.
       if (forming !== undefined && !this.#fits(forming, first)) return this.#launch(forming, nowMs)
       this.queue.remove(entry)
-      first.model.queuedRows -= first.rows
+      this.#queuedLess(first.model, first.rows)
       first.entry = undefined
       // A batch of its kind is forming and takes it: it joins, and the policy is asked again.
       if (forming !== undefined) {
@@ -529,6 +531,26 @@ export class Scheduler<A> {
   readonly #canGo = (request: Request<A>): boolean =>
     this.#canOpen(request.model) || (request.batchKey !== undefined && request.model.forming.has(request.batchKey))
 
+  /**
+   * Whether any queued request might go (`#canGo`): one of the queued models has a slot free or a
+   * batch forming. When none has, looking through the queue (O(queued), on every pump while the
+   * engine is overloaded) finds nothing.
+   */
+  #anyMayGo(): boolean {
+    for (const model of this.#queuedModels) if (model.forming.size > 0 || this.#canOpen(model)) return true
+    return false
+  }
+
+  #queuedMore(model: Model, rows: number): void {
+    if (model.queuedRows === 0) this.#queuedModels.add(model)
+    model.queuedRows += rows
+  }
+
+  #queuedLess(model: Model, rows: number): void {
+    model.queuedRows -= rows
+    if (model.queuedRows === 0) this.#queuedModels.delete(model)
+  }
+
   #formingFor(request: Request<A>): Batch<A> | undefined {
     if (request.batchKey === undefined) return undefined
     const open = request.model.forming.get(request.batchKey) as Batch<A> | undefined
@@ -602,11 +624,11 @@ export class Scheduler<A> {
       batch.rows += r.rows
       if (Priority.rank(r.priority) < Priority.rank(batch.highest)) batch.highest = r.priority
       return true
-    }, Infinity)
+    }, Infinity, () => batch.rows >= cap)
     batch.rows -= joined.reduce((n, r) => n + r.rows, 0)
     for (const r of joined) {
       r.entry = undefined
-      r.model.queuedRows -= r.rows
+      this.#queuedLess(r.model, r.rows)
       this.#join(batch, r)
     }
   }
@@ -621,10 +643,10 @@ export class Scheduler<A> {
       count++
       if (Priority.rank(r.priority) < Priority.rank(batch.highest)) batch.highest = r.priority
       return true
-    }, Infinity)
+    }, Infinity, () => count >= cap)
     for (const r of joined) {
       r.entry = undefined
-      r.model.queuedRows -= r.rows
+      this.#queuedLess(r.model, r.rows)
       this.#join(batch, r)
     }
   }

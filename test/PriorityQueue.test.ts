@@ -81,6 +81,22 @@ describe("PriorityQueue", () => {
     assert.strictEqual(queue.stats().total, 2)
   })
 
+  it("takeWhere stops looking once full() says nothing more fits: a deep queue is not read to its end for every batch", () => {
+    const queue = PriorityQueue.make<number>(2000)
+    for (let i = 0; i < 1000; i++) queue.offer(i, Priority.Normal)
+    let looked = 0
+    let rows = 0
+    const taken = queue.takeWhere((i) => {
+      looked++
+      if (i % 2 === 1) return false
+      rows++
+      return true
+    }, Infinity, () => rows >= 4)
+    assert.deepStrictEqual(taken, [0, 2, 4, 6])
+    assert.strictEqual(looked, 7, "the entries up to the fourth taken, none after")
+    assert.strictEqual(queue.size, 996)
+  })
+
   it("peek shows the next entry without taking it", () => {
     const queue = PriorityQueue.make<string>(10)
     assert.isUndefined(queue.peek())

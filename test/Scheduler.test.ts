@@ -135,6 +135,25 @@ describe("Scheduler", () => {
     assert.strictEqual(s.queue.size, 1, "b2 waits for busy's instance")
   })
 
+  it("while every queued request's model is busy, next() does not look through the queue; once one can go, it finds it", () => {
+    const s = make()
+    const busy = spec("busy")
+    const other = spec("other")
+    for (let i = 0; i < 100; i++) admit(s, `b${i}`, busy, 0)
+    assert.deepStrictEqual(drainSteps(s).out, [["b0"]])
+    let scans = 0
+    const firstWhere = s.queue.firstWhere.bind(s.queue)
+    s.queue.firstWhere = (predicate, nowMs) => {
+      scans++
+      return firstWhere(predicate, nowMs)
+    }
+    assert.deepStrictEqual(s.next(1), { _tag: "Idle" })
+    assert.strictEqual(scans, 0, "99 queued for a busy model: nothing to look for")
+    admit(s, "o1", other, 1)
+    assert.deepStrictEqual(drainSteps(s, 1).out, [["o1"]], "behind 99 of the busy model")
+    assert.isAbove(scans, 0)
+  })
+
   it("with aging, when the oldest request's model is busy, the next free permit goes to the request that ranks next by aged level", () => {
     const s = make({ maxConcurrent: 2, aging: { High: 10, Normal: 10, Low: 10 } })
     const a = spec("a")
