@@ -27,6 +27,7 @@ import * as Batch from "./Batch.ts"
 import type * as BatchPolicy from "./BatchPolicy.ts"
 import * as InferenceError from "./InferenceError.ts"
 import type { InferenceRequest } from "./InferenceRequest.ts"
+import type * as ModelMetadata from "./ModelMetadata.ts"
 import { ModelPool, type RunOutput } from "./ModelPool.ts"
 import * as Scheduler from "./Scheduler.ts"
 import { TelemetryCollector } from "./Telemetry.ts"
@@ -34,6 +35,12 @@ import { TelemetryCollector } from "./Telemetry.ts"
 /** What the dispatcher keeps of a caller: its request and how to answer it. */
 export interface Caller {
   readonly request: InferenceRequest
+  /**
+   * The model's metadata as admission found it, its inputs validated against it: the job runs
+   * under its version (`RunOptions.version`), whatever version is the highest by then, and the
+   * pool refuses it if a reload has changed that version's inputs or outputs (`RunOptions.admittedAs`).
+   */
+  readonly metadata: ModelMetadata.ModelMetadata
   readonly batching: BatchPolicy.BatchingConfig
   /** Answers the caller. Called at most once, synchronously, when its request settles. */
   readonly resume: (exit: Exit.Exit<RunOutput, InferenceError.Reason>) => void
@@ -214,7 +221,7 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
   Effect.suspend(() => {
     const members = candidates.filter((m) => m.stage === "running")
     if (members.length === 0) return Effect.void
-    const { request, batching } = members[0]!.value
+    const { request, metadata, batching } = members[0]!.value
     const startedMs = state.nowMs()
     let lastDeadlineMs = 0
     for (const m of members) lastDeadlineMs = Math.max(lastDeadlineMs, m.deadlineAtMs)
@@ -222,7 +229,9 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
     const inputs = joined ? Batch.concat(batching, members.map((m) => m.value.request.inputs)) : request.inputs
     const runOptions = {
       requestId: request.requestId,
-      version: request.modelVersion,
+      // Every member was admitted under this metadata (one spec a job): its version, not the request's "latest".
+      version: metadata.version,
+      admittedAs: metadata,
       // The run is wanted until the last member's deadline: a pool that can stop runs stops it only once every caller has given up.
       timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)),
       transfer: joined || request.transferInputs === true
@@ -252,11 +261,11 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
   Effect.suspend(() => {
     const members = batch.members.filter((m) => m.stage === "running")
     if (members.length === 0) return Effect.void
-    const { request } = members[0]!.value
+    const { request, metadata } = members[0]!.value
     const startedMs = state.nowMs()
     let lastDeadlineMs = 0
     for (const m of members) lastDeadlineMs = Math.max(lastDeadlineMs, m.deadlineAtMs)
-    const runOptions = { requestId: request.requestId, version: request.modelVersion, timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)) }
+    const runOptions = { requestId: request.requestId, version: metadata.version, admittedAs: metadata, timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)) }
     return Effect.map(Effect.exit(state.pool.runGroup!(request.modelId, members.map((m) => m.value.request.inputs), runOptions)), (ran) => {
       const exit = asRunExit(ran, request.modelId, request.requestId)
       if (Exit.isFailure(exit)) {

@@ -153,7 +153,7 @@ interface State {
   /** Opened when draining and nothing is left unsettled. */
   readonly settled: Latch.Latch
   /** Scheduling facts per model version, derived once from the pool's metadata object. */
-  readonly specs: WeakMap<ModelMetadata.ModelMetadata, Scheduler.ModelSpec>
+  readonly specs: WeakMap<ModelMetadata.ModelMetadata, Map<string, Scheduler.ModelSpec>>
   draining: boolean
 }
 
@@ -164,18 +164,25 @@ interface State {
  */
 const maxGroup = 8
 
-const specOf = (state: State, metadata: ModelMetadata.ModelMetadata): Scheduler.ModelSpec => {
-  let spec = state.specs.get(metadata)
+/**
+ * The scheduling facts of `modelId` as `metadata` describes it, made once per pair: keyed by the
+ * model id the request named, not by `metadata.name`, which a pool may share between models (one
+ * metadata object for several ids, say), whose requests must never share a run.
+ */
+const specOf = (state: State, modelId: string, metadata: ModelMetadata.ModelMetadata): Scheduler.ModelSpec => {
+  let byId = state.specs.get(metadata)
+  if (byId === undefined) state.specs.set(metadata, byId = new Map())
+  let spec = byId.get(modelId)
   if (spec === undefined) {
     spec = {
-      key: `${metadata.name}@${metadata.version}`,
+      key: `${modelId}@${metadata.version}`,
       instances: metadata.concurrency ?? Infinity,
       depth: metadata.pipelineDepth ?? 1,
       devices: metadata.devices,
       batching: metadata.batching ?? BatchPolicy.disabled,
       maxGroup: state.pool.runGroup === undefined || metadata.batching?.enabled === true ? 1 : maxGroup
     }
-    state.specs.set(metadata, spec)
+    byId.set(modelId, spec)
   }
   return spec
 }
@@ -191,11 +198,13 @@ type Resume = (exit: Exit.Exit<InferenceResult.Success, InferenceError.Inference
 const callerOf = (
   state: State,
   request: InferenceRequest,
+  metadata: ModelMetadata.ModelMetadata,
   batching: BatchPolicy.BatchingConfig,
   startedMs: number,
   resume: Resume
 ): Dispatcher.Caller => ({
   request,
+  metadata,
   batching,
   resume: (exit) => {
     const elapsedMs = state.nowMs() - startedMs
@@ -240,16 +249,14 @@ const submit = (
 ): (() => void) | undefined => {
   // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
   if (state.draining) return refuseNow(state, request, new InferenceError.ShuttingDown({}), resume)
-  const spec = specOf(state, metadata)
+  const spec = specOf(state, request.modelId, metadata)
   const joinable = spec.batching.enabled ? Batch.keyOf(spec.batching, request.inputs) : undefined
   const admitted = state.dispatcher.submit({
-    value: callerOf(state, request, spec.batching, startedMs, resume),
+    value: callerOf(state, request, metadata, spec.batching, startedMs, resume),
     model: spec,
     priority: request.priority,
     rows: joinable?.rows ?? 1,
     batchKey: joinable === undefined ? undefined : joinable.key,
-    // A job runs under its first member's version (named, or the latest): it takes only requests that named the same.
-    variant: request.modelVersion,
     deadlineAtMs: startedMs + Duration.toMillis(request.timeout),
     queueDeadlineAtMs: state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
   })

@@ -81,6 +81,21 @@ export const checkDims = (modelId: string, name: string, dims: ReadonlyArray<num
   return undefined
 }
 
+const sameSpecs = (a: ReadonlyArray<TensorSpec>, b: ReadonlyArray<TensorSpec>): boolean =>
+  a.length === b.length && a.every((spec, i) => {
+    const other = b[i]!
+    return spec.name === other.name && spec.dtype === other.dtype && spec.dims.length === other.dims.length &&
+      spec.dims.every((d, axis) => d === other.dims[axis])
+  })
+
+/**
+ * Whether two metadata describe models that take the same inputs and give the same outputs
+ * (names, dtypes and dims, in order): inputs validated against one may run on the other, and its
+ * outputs answer them as the first promised.
+ */
+export const sameSignature = (a: ModelMetadata, b: ModelMetadata): boolean =>
+  a === b || (sameSpecs(a.inputs, b.inputs) && sameSpecs(a.outputs, b.outputs))
+
 /**
  * Checks `inputs` against the model: every declared input present, no unknown input, dtype,
  * rank and fixed dims equal, data length equal to the element count; then the model's declared

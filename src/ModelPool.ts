@@ -47,6 +47,13 @@ export interface RunOptions {
    * other reference): a pool may move them to a worker instead of copying, detaching them.
    */
   readonly transfer?: boolean | undefined
+  /**
+   * The metadata the inputs were validated against (the engine passes what its admission found).
+   * A pool whose model has changed since then (reloaded with other inputs or outputs, or the
+   * version gone) refuses the run with ModelUnavailable, which the caller may retry, rather than
+   * run inputs the model no longer takes. Undefined: no check.
+   */
+  readonly admittedAs?: ModelMetadata.ModelMetadata | undefined
 }
 
 export interface Service {

@@ -83,10 +83,8 @@ export interface Request<A> {
   readonly priority: Priority.Priority
   /** Rows on the batch axis (1 when the model does not batch). */
   readonly rows: number
-  /** Requests with the same key (and variant) may share a run; undefined runs alone, or in a group. */
+  /** Requests with the same key may share a run; undefined runs alone, or in a group. */
   readonly batchKey: string | undefined
-  /** Requests share a job (a batch or a group) only with requests of the same variant. */
-  readonly variant: string | undefined
   readonly admittedAtMs: number
   readonly deadlineAtMs: number
   /** When it fails with QueueTimeout if still waiting; Infinity for none. */
@@ -145,12 +143,6 @@ export interface AdmitInput<A> {
   readonly priority: Priority.Priority
   readonly rows: number
   readonly batchKey: string | undefined
-  /**
-   * What else requests must share to share a job, beyond the model and the batch key; undefined
-   * is a variant too. The engine's: the version the caller named, if any, which the job runs
-   * under, so that a request naming a version never runs under another's "latest", or the reverse.
-   */
-  readonly variant?: string | undefined
   readonly deadlineAtMs: number
   readonly queueDeadlineAtMs: number
 }
@@ -253,9 +245,7 @@ export class Scheduler<A> {
       model,
       priority: input.priority,
       rows: input.rows,
-      // One forming batch per key: the variant is part of it.
-      batchKey: input.batchKey === undefined || input.variant === undefined ? input.batchKey : `${input.batchKey}\u0000${input.variant}`,
-      variant: input.variant,
+      batchKey: input.batchKey,
       admittedAtMs: nowMs,
       deadlineAtMs: input.deadlineAtMs,
       queueDeadlineAtMs: input.queueDeadlineAtMs,
@@ -558,9 +548,9 @@ export class Scheduler<A> {
   }
 
   /**
-   * `request` may join `batch`: the same model (and version: a batch key says only what the inputs
-   * look like, and two models may take alike inputs), the same key, rows to spare, and a priority
-   * the batch takes.
+   * `request` may join `batch`: the same model (`ModelSpec.key`: a batch key says only what the
+   * inputs look like, and two models may take alike inputs), the same key, rows to spare, and a
+   * priority the batch takes.
    */
   #fits(batch: Batch<A>, request: Request<A>): boolean {
     return request.model === batch.model && request.batchKey === batch.key && batch.rows + request.rows <= batch.model.spec.batching.maxBatchSize &&
@@ -633,13 +623,12 @@ export class Scheduler<A> {
     }
   }
 
-  /** Takes queued requests of the batch's model and variant (that do not batch) into the group, highest priority first, up to `cap`. */
+  /** Takes queued requests of the group's model (that do not batch) into it, highest priority first, up to `cap`. */
   #gatherGroup(batch: Batch<A>, cap: number): void {
     if (batch.members.length >= cap) return
-    const first = batch.members[0]!
     let count = batch.members.length
     const joined = this.queue.takeWhere((r) => {
-      if (count >= cap || r.model !== batch.model || r.batchKey !== undefined || r.variant !== first.variant || !BatchPolicy.mayJoin(batch.highest, r.priority)) return false
+      if (count >= cap || r.model !== batch.model || r.batchKey !== undefined || !BatchPolicy.mayJoin(batch.highest, r.priority)) return false
       count++
       if (Priority.rank(r.priority) < Priority.rank(batch.highest)) batch.highest = r.priority
       return true

@@ -384,7 +384,39 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
       assert.deepStrictEqual(runs, [{ model: "double", rows: 2 }, { model: "triple", rows: 2 }])
     }))
 
-  it.effect("runs a request that names a version only with requests that name the same, batched or grouped: never under another's \"latest\"", () =>
+  it.effect("keeps the models of a pool apart when they share one metadata object, or one metadata name", () =>
+    Effect.gen(function*() {
+      for (const shared of [true, false]) {
+        const factors: Record<string, number> = { double: 2, triple: 3 }
+        const common: ModelMetadata.ModelMetadata = { ...echoMetadata, name: "scale", batching: batching(), concurrency: 1 }
+        const metadataOf: Record<string, ModelMetadata.ModelMetadata> = shared ? { double: common, triple: common } : { double: { ...common }, triple: { ...common } }
+        const runs: Array<string> = []
+        const pool = Layer.succeed(ModelPool, {
+          metadata: (modelId) => modelId in metadataOf ? Effect.succeed(metadataOf[modelId]!) : Effect.fail(new InferenceError.ModelNotFound({ modelId })),
+          run: (modelId, inputs) =>
+            Effect.sync(() => {
+              const x = inputs["x"]!
+              runs.push(`${modelId} x${x.dims[0]}`)
+              return { outputs: { y: Tensor.float32(Float32Array.from(x.data as Float32Array, (v) => v * factors[modelId]!), x.dims) }, deviceUsed: "cpu" }
+            }),
+          models: Effect.succeed([])
+        })
+        const gate = yield* Latch.make(false)
+        const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+          Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
+        )).pipe(Effect.provideService(DispatchGate, gate.await))
+        const engine = Context.get(context, AsyncInferenceEngine)
+        const calls = ["double", "triple", "double", "triple"].map((model, i) => ({ model, value: i + 1 }))
+        const fibers = yield* Effect.forEach(calls, ({ model, value }) => fork(engine.infer(InferenceRequest.make(model, echoInputs(value)))))
+        yield* gate.open
+        const results = yield* Effect.forEach(fibers, Fiber.join)
+        const what = shared ? "one metadata object" : "one metadata name"
+        assert.deepStrictEqual(results.map(firstValue), calls.map(({ model, value }) => value * factors[model]!), what)
+        assert.deepStrictEqual(runs, ["double x2", "triple x2"], what)
+      }
+    }))
+
+  it.effect("runs every job under the version its requests were admitted to, named or not (so they share it), batched or grouped", () =>
     Effect.gen(function*() {
       for (const batches of [true, false]) {
         const runs: Array<{ readonly version: string | undefined; readonly requests: number }> = []
@@ -409,13 +441,13 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
           Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
         )).pipe(Effect.provideService(DispatchGate, gate.await))
         const engine = Context.get(context, AsyncInferenceEngine)
-        // "1" is the latest version now; a load could make "latest" another before these run
-        const versions = [undefined, "1", undefined, "1"]
+        // "1" is the highest version now: all four are admitted to it, and run under it even if a load makes another the highest first
+        const versions = [undefined, "1", undefined, "01"]
         const fibers = yield* Effect.forEach(versions, (modelVersion, i) =>
           fork(engine.infer(InferenceRequest.make("echo", echoInputs(i + 1), { requestId: `r${i}`, modelVersion }))))
         yield* gate.open
         yield* Effect.forEach(fibers, Fiber.join)
-        assert.deepStrictEqual(runs, [{ version: undefined, requests: 2 }, { version: "1", requests: 2 }], batches ? "batched" : "grouped")
+        assert.deepStrictEqual(runs, [{ version: "1", requests: 4 }], batches ? "batched" : "grouped")
       }
     }))
 })

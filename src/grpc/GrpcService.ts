@@ -90,7 +90,8 @@ export const make = (options: Options) =>
           if (Duration.isGreaterThan(timeout ?? InferenceRequest.defaultTimeout, left)) timeout = left
         }
         const request = InferenceRequest.make(name, prepared.inputs, {
-          modelVersion: version,
+          // The version decoded against and named in the answer: a load that makes another the highest meanwhile does not move it.
+          modelVersion: metadata.version,
           priority: prepared.priority ?? metadata.defaultPriority,
           timeout,
           metadata: body.id === undefined ? undefined : { id: body.id }

@@ -95,7 +95,6 @@ export const decodeBody = (
 /** A decoded body as the engine's request (the model's default priority where it gave none). */
 export const toDecoded = (
   name: string,
-  version: string | undefined,
   metadata: ModelMetadata.ModelMetadata,
   body: Body,
   /** The body's memory is the caller's to give away: the inputs may move to the worker (`InferenceRequest.transferInputs`). */
@@ -103,7 +102,8 @@ export const toDecoded = (
 ): Decoded => ({
   _tag: "Decoded",
   request: InferenceRequest.make(name, body.inputs, {
-    modelVersion: version,
+    // The version decoded against and named in the answer: a load that makes another the highest meanwhile does not move it.
+    modelVersion: metadata.version,
     priority: body.priority ?? metadata.defaultPriority,
     timeout: body.timeoutMs === undefined ? undefined : Duration.millis(body.timeoutMs),
     metadata: body.id === undefined ? undefined : { id: body.id },
@@ -117,14 +117,13 @@ export const toDecoded = (
 /** `decodeBody`, then `toDecoded`. */
 export const decode = (
   name: string,
-  version: string | undefined,
   metadata: ModelMetadata.ModelMetadata,
   text: string,
   binary: Uint8Array | undefined,
   ownsBody = false
 ): Decoded | NotJson | InferenceError.InvalidInput => {
   const body = decodeBody(name, metadata, text, binary)
-  return body._tag === "Body" ? toDecoded(name, version, metadata, body, ownsBody) : body
+  return body._tag === "Body" ? toDecoded(name, metadata, body, ownsBody) : body
 }
 
 /** An answer's body: JSON text, or bytes (JSON head and binary part) with the head's length. */

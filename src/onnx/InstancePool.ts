@@ -205,7 +205,7 @@ export interface InstancePool {
   readonly close: Effect.Effect<void>
   /**
    * `close`, for a pool that `next` replaces (a reload): its waiting jobs, never sent, move to
-   * `next`, ahead of what waits there, when `next` takes the same inputs in the same isolation;
+   * `next`, ahead of what waits there, when `next` takes the same inputs and gives the same outputs in the same isolation;
    * otherwise, or without `next`, they fail with ModelUnavailable `reason` (retryable). Jobs
    * already sent finish here. Idempotent with `close`: the first call decides.
    */
@@ -738,13 +738,17 @@ const states = new WeakMap<InstancePool, State>()
 
 /**
  * Moves the jobs waiting in `state` (never sent) to `next`, ahead of what waits there, when `next`
- * serves the same inputs in the same isolation; otherwise fails them with ModelUnavailable `reason`.
+ * takes the same inputs and gives the same outputs in the same isolation; otherwise fails them
+ * with ModelUnavailable `reason`.
  */
 const moveWaiting = (state: State, next: InstancePool | undefined, reason: string): void => {
   const target = next === undefined ? undefined : states.get(next)
   if (target === undefined || target.closing || target.broken !== undefined) return failWaiting(state, reason)
-  if (target.transport.isolation !== state.transport.isolation || !sameSpecs(target.first!.inputs, state.first!.inputs)) {
-    return failWaiting(state, `${reason}, with other inputs or isolation: send it again`)
+  if (
+    target.transport.isolation !== state.transport.isolation || !sameSpecs(target.first!.inputs, state.first!.inputs) ||
+    !sameSpecs(target.first!.outputs, state.first!.outputs)
+  ) {
+    return failWaiting(state, `${reason}, with other inputs, outputs or isolation: send it again`)
   }
   const jobs: Array<Job> = []
   for (let job = nextJob(state); job !== undefined; job = nextJob(state)) jobs.push(job)

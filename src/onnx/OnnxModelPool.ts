@@ -35,7 +35,7 @@ import { Context, Duration, Effect, Latch, Layer, Metric, type Scope } from "eff
 import * as BatchPolicy from "../BatchPolicy.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InputSignature from "../InputSignature.ts"
-import type * as ModelMetadata from "../ModelMetadata.ts"
+import * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool, type ModelStatus, type RunOptions as ModelPoolRunOptions, type Service as ModelPoolService } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import type * as Tensor from "../Tensor.ts"
@@ -480,6 +480,30 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         const model = resolveModel(state, modelId, version)
         return isError(model) ? Effect.fail(model) : f(model)
       })
+    /**
+     * `withHost` for a run the engine admitted against `runOptions.admittedAs`: refused with
+     * ModelUnavailable (retryable) when a load has since removed that version, or reloaded it with
+     * other inputs or outputs, rather than run inputs the model no longer takes (Triton lets such
+     * requests finish on the old model; here its hosts are gone, so the caller is told to send again).
+     */
+    const withAdmittedHost = <A, E>(
+      modelId: string,
+      runOptions: ModelPoolRunOptions,
+      f: (model: Ready) => Effect.Effect<A, E>
+    ): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
+      Effect.suspend((): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> => {
+        const model = resolveModel(state, modelId, runOptions.version)
+        const admitted = runOptions.admittedAs
+        if (admitted !== undefined) {
+          const changed = isError(model)
+            ? model instanceof InferenceError.ModelNotFound ? `it was reloaded without version ${admitted.version} while this request waited` : undefined
+            : ModelMetadata.sameSignature(model.metadata, admitted)
+            ? undefined
+            : `version ${admitted.version} was reloaded with other inputs or outputs while this request waited`
+          if (changed !== undefined) return Effect.fail(new InferenceError.ModelUnavailable({ modelId, reason: `${changed}; send it again` }))
+        }
+        return isError(model) ? Effect.fail(model) : f(model)
+      })
     const info = Effect.sync(() => infoOf(state))
     // A scan reads every model's config.json (112 ms of CPU for 300 models), and readiness, metadata and
     // the index ask per request: one scan serves a second, or until a load or unload changes what is loaded.
@@ -500,7 +524,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         return isError(model) ? model : model.metadata
       },
       run: (modelId: string, inputs: Tensor.TensorMap, runOptions) =>
-        withHost(modelId, runOptions.version, (model) => {
+        withAdmittedHost(modelId, runOptions, (model) => {
           const run = model.host.run(inputs, runOptions.requestId, runOptions)
           const batching = model.metadata.batching
           if (batching === undefined || !batching.enabled) return run
@@ -509,7 +533,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
           return Effect.tap(run, () => Metric.update(fill, rowsOf(inputs, batching) / batching.maxBatchSize))
         }),
       runGroup: (modelId, inputs, runOptions) =>
-        withHost(modelId, runOptions.version, (model) => model.host.runGroup(inputs, runOptions.requestId, runOptions)),
+        withAdmittedHost(modelId, runOptions, (model) => model.host.runGroup(inputs, runOptions.requestId, runOptions)),
       models: Effect.map(Effect.zip(info, extra), ([all, unloaded]) =>
         all.map((m): ModelStatus => (m.reason === undefined
           ? { name: m.name, version: m.version, state: m.state }

@@ -7,6 +7,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Fiber, Latch, Layer } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { AsyncConfigService } from "../../src/AsyncConfig.ts"
 import { AsyncInferenceEngine, DispatchGate } from "../../src/Engine.ts"
@@ -16,6 +17,7 @@ import { Statistics } from "../../src/http/Statistics.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import { mlpBytes, tempRepository, writeTree } from "../fixtures/ModelRepositoryFixture.ts"
+import { scaleBytes } from "../fixtures/OnnxGraph.ts"
 import { routeOptions, withFreshMetrics } from "./TestApp.ts"
 
 const mlpRequest = (rows = 1) => ({ inputs: [{ name: "input", shape: [rows, 784], datatype: "FP32", data: new Array(rows * 784).fill(0.5) }] })
@@ -193,5 +195,64 @@ describe("explicit model control", () => {
         assert.include(a.json.error, "unloading", "only requests that arrived after the unload began are refused")
       }
       assert.strictEqual((yield* send("POST", "/v2/models/mlp/infer", mlpRequest())).status, 503)
+    }).pipe(withFreshMetrics), 60_000)
+})
+
+describe("a load while requests wait in the queue", () => {
+  const scaleRequest = (width = 4) => ({ inputs: [{ name: "x", shape: [1, width], datatype: "FP32", data: Array.from({ length: width }, (_, i) => i + 1) }] })
+
+  /**
+   * `m` version 1 (y = 2x) loaded, one request queued (dispatch held) at `path`, then `change`
+   * applied to the repository and `m` loaded again before dispatch: the queued request's answer.
+   */
+  const queuedThroughLoad = (path: string, change: (repository: string) => void) =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "m/1/model.onnx": scaleBytes(2) })
+      const gate = yield* Latch.make(false)
+      const send = yield* makeApp(repository, ["m"], gate.await)
+      const queued = yield* Effect.forkChild(send("POST", path, scaleRequest()), { startImmediately: true })
+      for (let i = 0; (yield* send.engine.queueStats).total < 1; i++) {
+        assert.isBelow(i, 10_000, "the request was admitted")
+        yield* Effect.sleep("1 millis")
+      }
+      change(repository)
+      const load = yield* send("POST", "/v2/repository/models/m/load")
+      assert.strictEqual(load.status, 200, JSON.stringify(load.json))
+      yield* gate.open
+      return { answer: yield* Fiber.join(queued), send }
+    })
+
+  it.live("a request that named no version runs on the version it was admitted to and says so, though a new highest version came meanwhile", () =>
+    Effect.gen(function*() {
+      const changes: ReadonlyArray<readonly [string, Uint8Array]> = [
+        ["the same signature", scaleBytes(3)],
+        ["another output name", scaleBytes(3, { output: "z" })],
+        ["wider inputs", scaleBytes(3, { width: 8 })]
+      ]
+      for (const [what, bytes] of changes) {
+        const { answer, send } = yield* queuedThroughLoad("/v2/models/m/infer", (repository) => writeTree(repository, { "m/2/model.onnx": bytes }))
+        assert.strictEqual(answer.status, 200, `${what}: ${JSON.stringify(answer.json)}`)
+        assert.strictEqual(answer.json.model_version, "1", what)
+        assert.deepStrictEqual(answer.json.outputs[0].data, [2, 4, 6, 8], `${what}: version 1's output (2x), not version 2's`)
+        // and a request that arrives now goes to the new highest version
+        if (what === "the same signature") assert.deepStrictEqual((yield* send("POST", "/v2/models/m/infer", scaleRequest())).json.outputs[0].data, [3, 6, 9, 12])
+      }
+    }).pipe(withFreshMetrics), 60_000)
+
+  it.live("a version reloaded with other outputs, or gone, answers its queued requests 503 (send again), not a 500 or a 404", () =>
+    Effect.gen(function*() {
+      const reloaded = yield* queuedThroughLoad("/v2/models/m/versions/1/infer", (repository) => writeTree(repository, { "m/1/model.onnx": scaleBytes(2, { output: "z" }) }))
+      assert.strictEqual(reloaded.answer.status, 503, JSON.stringify(reloaded.answer.json))
+      assert.include(reloaded.answer.json.error, "reloaded with other inputs or outputs while this request waited; send it again")
+      const gone = yield* queuedThroughLoad("/v2/models/m/versions/1/infer", (repository) => {
+        writeTree(repository, { "m/2/model.onnx": scaleBytes(3) })
+        Fs.rmSync(Path.join(repository, "m", "1"), { recursive: true })
+      })
+      assert.strictEqual(gone.answer.status, 503, JSON.stringify(gone.answer.json))
+      assert.include(gone.answer.json.error, "reloaded without version 1 while this request waited; send it again")
+      // the same version reloaded with the same signature still serves its queued request
+      const same = yield* queuedThroughLoad("/v2/models/m/versions/1/infer", (repository) => writeTree(repository, { "m/1/model.onnx": scaleBytes(5) }))
+      assert.strictEqual(same.answer.status, 200, JSON.stringify(same.answer.json))
+      assert.deepStrictEqual(same.answer.json.outputs[0].data, [5, 10, 15, 20], "run by the reloaded version 1")
     }).pipe(withFreshMetrics), 60_000)
 })

@@ -394,21 +394,27 @@ describe("InstancePool", () => {
       assert.isTrue(a!.exited)
     }))
 
-  it.effect("closeInto a successor with other inputs fails the waiting jobs with the reason", () =>
+  it.effect("closeInto a successor with other inputs, or other outputs, fails the waiting jobs with the reason", () =>
     Effect.gen(function*() {
-      const old = yield* started({ instances: 1 })
-      const fibers = []
-      for (let i = 0; i < 3; i++) fibers.push(yield* Effect.forkChild(Effect.exit(old.pool.run(x, `r${i}`)), { startImmediately: true }))
-      const fake = fakeTransport()
-      const starting = yield* Effect.forkChild(InstancePool.start(options({ instances: 1 }), fake.transport), { startImmediately: true })
-      yield* settle
-      fake.instances[0]!.ready({ inputs: [{ name: "x", dtype: "float32", dims: [-1, 2] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }] })
-      const next = yield* Fiber.join(starting)
-      yield* Effect.forkChild(old.pool.closeInto(next, "the model was reloaded while this run waited"), { startImmediately: true })
-      const waiting = reasonOf(yield* Fiber.join(fibers[2]!))
-      assert.strictEqual(waiting?._tag, "ModelUnavailable")
-      assert.include(waiting?.message ?? "", "the model was reloaded while this run waited, with other inputs or isolation: send it again")
-      assert.deepStrictEqual(fake.instances[0]!.runs(), [])
+      const successors: ReadonlyArray<Parameters<FakeInstance["ready"]>[0]> = [
+        { inputs: [{ name: "x", dtype: "float32", dims: [-1, 2] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }] },
+        { inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }], outputs: [{ name: "z", dtype: "float32", dims: [-1, 1] }] }
+      ]
+      for (const signature of successors) {
+        const old = yield* started({ instances: 1 })
+        const fibers = []
+        for (let i = 0; i < 3; i++) fibers.push(yield* Effect.forkChild(Effect.exit(old.pool.run(x, `r${i}`)), { startImmediately: true }))
+        const fake = fakeTransport()
+        const starting = yield* Effect.forkChild(InstancePool.start(options({ instances: 1 }), fake.transport), { startImmediately: true })
+        yield* settle
+        fake.instances[0]!.ready(signature)
+        const next = yield* Fiber.join(starting)
+        yield* Effect.forkChild(old.pool.closeInto(next, "the model was reloaded while this run waited"), { startImmediately: true })
+        const waiting = reasonOf(yield* Fiber.join(fibers[2]!))
+        assert.strictEqual(waiting?._tag, "ModelUnavailable")
+        assert.include(waiting?.message ?? "", "the model was reloaded while this run waited, with other inputs, outputs or isolation: send it again")
+        assert.deepStrictEqual(fake.instances[0]!.runs(), [])
+      }
     }))
 
   it.effect("close fails what waits, lets what was sent finish, and kills an instance that outlives closeTimeout", () =>
