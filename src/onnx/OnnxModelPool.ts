@@ -373,21 +373,39 @@ const unload = (loader: Loader, state: State, name: string, drained: Effect.Effe
     yield* Effect.logInfo(`model ${name} unloaded`)
   }).pipe(Effect.withSpan("OnnxModelPool.unload", { attributes: { model: name } }))
 
-/** The loaded model serving `modelId` at `version` (default: highest), or why not. */
-const resolveModel = (
-  state: State,
-  modelId: string,
-  version: string | undefined
-): Ready | InferenceError.ModelNotFound | InferenceError.ModelUnavailable => {
-  const notFound = () => new InferenceError.ModelNotFound(version === undefined ? { modelId } : { modelId, version })
-  if (!ModelRepository.isValidModelName(modelId)) return notFound()
-  const entry = ModelRepository.lookup(state.repository, modelId, version)
-  if (entry === undefined) return notFound()
+/** The loaded model serving `entry`, or why it cannot serve. */
+const resolveEntry = (state: State, modelId: string, entry: ModelRepository.Entry): Ready | InferenceError.ModelUnavailable => {
   const loaded = state.loaded.get(key(entry.name, entry.version))
   if (loaded === undefined) return new InferenceError.ModelUnavailable({ modelId, reason: "not loaded" })
   if (loaded._tag === "Unavailable") return new InferenceError.ModelUnavailable({ modelId, reason: loaded.reason })
   const reason = loaded.host.unavailableReason()
   return reason === undefined ? loaded : new InferenceError.ModelUnavailable({ modelId, reason })
+}
+
+/**
+ * The loaded model serving `modelId` at `version`, or why not. Without a version, the highest
+ * version that can serve, as Triton picks it: a higher one that failed to load does not take the
+ * model down while a lower one is ready; when none is, the highest one's reason.
+ */
+const resolveModel = (
+  state: State,
+  modelId: string,
+  version: string | undefined
+): Ready | InferenceError.ModelNotFound | InferenceError.ModelUnavailable => {
+  if (!ModelRepository.isValidModelName(modelId)) return new InferenceError.ModelNotFound(version === undefined ? { modelId } : { modelId, version })
+  if (version !== undefined) {
+    const entry = ModelRepository.lookup(state.repository, modelId, version)
+    return entry === undefined ? new InferenceError.ModelNotFound({ modelId, version }) : resolveEntry(state, modelId, entry)
+  }
+  const versions = ModelRepository.versionsOf(state.repository, modelId)
+  if (versions.length === 0) return new InferenceError.ModelNotFound({ modelId })
+  const highest = resolveEntry(state, modelId, versions[versions.length - 1]!)
+  if (!isError(highest)) return highest
+  for (let i = versions.length - 2; i >= 0; i--) {
+    const lower = resolveEntry(state, modelId, versions[i]!)
+    if (!isError(lower)) return lower
+  }
+  return highest
 }
 
 /** Every version in the repository with its state, provider, isolation and instance stats. */

@@ -38,11 +38,17 @@ describe("OnnxModelPool on a repository with broken models", () => {
         "badsignature/config.json": JSON.stringify({ inputSignatures: [{ input: { dims: [-1, 784] } }, { input: { dims: [-1, 512] } }] }),
         "versioned/1/model.onnx": good,
         "versioned/2/README": "version 2 was withdrawn",
-        "versioned/3/model.onnx": seed3.bytes
+        "versioned/3/model.onnx": seed3.bytes,
+        "newbroken/1/model.onnx": good,
+        "newbroken/2/model.onnx": good.subarray(0, 100),
+        "allbroken/1/model.onnx": good.subarray(0, 100),
+        "allbroken/2/README": "no model.onnx"
       })
       const pool = yield* quiet(OnnxModelPool.make({ repository, defaults: { instances: 1 } }))
       const states = Object.fromEntries((yield* pool.models).map((m) => [`${m.name}@${m.version}`, m]))
       assert.deepStrictEqual(Object.keys(states), [
+        "allbroken@1",
+        "allbroken@2",
         "badbatching@1",
         "badconfig@1",
         "badjson@1",
@@ -51,6 +57,8 @@ describe("OnnxModelPool on a repository with broken models", () => {
         "corrupt@1",
         "good@1",
         "missing@1",
+        "newbroken@1",
+        "newbroken@2",
         "truncated@1",
         "versioned@1",
         "versioned@2",
@@ -99,6 +107,18 @@ describe("OnnxModelPool on a repository with broken models", () => {
       const v9 = yield* Effect.flip(pool.run("versioned", mlpInputs(1), { requestId: "v9", version: "9" }))
       assert.instanceOf(v9, InferenceError.ModelNotFound)
       assert.strictEqual((v9 as InferenceError.ModelNotFound).version, "9")
+
+      // without a version, the highest that can serve (as Triton): a broken version 2 does not take the model down
+      assert.strictEqual(states["newbroken@2"]!.state, "UNAVAILABLE")
+      assert.strictEqual((yield* pool.metadata("newbroken")).version, "1")
+      assert.strictEqual(pool.metadataUnsafe!("newbroken") instanceof Error, false)
+      const fallback = yield* pool.run("newbroken", mlpInputs(1), { requestId: "nb" })
+      assert.isBelow(maxAbsDiff(logitsOf(fallback), Mlp.forward(Mlp.weights(), sampleInput(1), 1)), 1e-5)
+      assert.instanceOf(yield* Effect.flip(pool.metadata("newbroken", "2")), InferenceError.ModelUnavailable)
+      // none can: the highest one's reason
+      const none = yield* Effect.flip(pool.metadata("allbroken"))
+      assert.instanceOf(none, InferenceError.ModelUnavailable)
+      assert.include((none as InferenceError.ModelUnavailable).reason, "allbroken/2/model.onnx: does not exist")
     }))
 
   it.live("falls back to cpu when the requested execution providers cannot load, and says so", () =>
