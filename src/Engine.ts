@@ -93,6 +93,11 @@ export interface Service {
   readonly queueStats: Effect.Effect<PriorityQueue.QueueStats>
   /** The same, for each model that has requests waiting now (O(waiting)). */
   readonly queueStatsByModel: Effect.Effect<ReadonlyMap<string, PriorityQueue.QueueStats>>
+  /**
+   * Requests of `modelId` admitted and not started: queued, in a batch forming, or in a job sent
+   * ahead to a busy instance (what an unload of the model waits for; other models' do not count).
+   */
+  readonly notStarted: (modelId: string) => Effect.Effect<number>
   /** Requests admitted and not yet answered: queued, forming a batch, or running. */
   readonly pending: Effect.Effect<number>
   readonly config: AsyncConfig
@@ -471,6 +476,16 @@ const queueStatsByModel = (state: State): ReadonlyMap<string, PriorityQueue.Queu
   ))
 }
 
+const notStarted = (state: State, modelId: string): number => {
+  let n = queueStatsByModel(state).get(modelId)?.total ?? 0
+  for (const model of state.scheduler.models()) {
+    for (const batch of model.forming.values() as IterableIterator<Scheduler.Batch<Dispatcher.Caller>>) {
+      for (const member of batch.members) if (member.value.request.modelId === modelId) n++
+    }
+  }
+  return n
+}
+
 /** A batch's concurrency: a positive integer. */
 export const isConcurrency = (concurrency: number): boolean => Number.isInteger(concurrency) && concurrency >= 1
 
@@ -547,6 +562,7 @@ export const make = Effect.gen(function*() {
     recordRefused: (modelId, reason) => Effect.sync(() => refused(state, modelId, reason)),
     queueStats: Effect.sync(() => queueStats(state)),
     queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),
+    notStarted: (modelId) => Effect.sync(() => notStarted(state, modelId)),
     pending: Effect.sync(() => scheduler.unsettled),
     config,
     drain: (grace) => drain(state, grace),

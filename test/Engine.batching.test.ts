@@ -8,6 +8,7 @@ import { TestClock } from "effect/testing"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
 import { AsyncConfigService } from "../src/AsyncConfig.ts"
 import { AsyncInferenceEngine, DispatchGate } from "../src/Engine.ts"
+import * as ModelControl from "../src/http/ModelControl.ts"
 import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import type * as InferenceResult from "../src/InferenceResult.ts"
@@ -382,6 +383,43 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
       const results = yield* Effect.forEach(fibers, Fiber.join)
       assert.deepStrictEqual(results.map(firstValue), calls.map(({ model, value }) => value * factors[model]!))
       assert.deepStrictEqual(runs, [{ model: "double", rows: 2 }, { model: "triple", rows: 2 }])
+    }))
+
+  it.effect("notStarted counts one model's queued and forming requests, not another's: an unload of one does not wait for the other's batch", () =>
+    Effect.gen(function*() {
+      const release = yield* Latch.make(false)
+      const metadataOf: Record<string, ModelMetadata.ModelMetadata> = {
+        a: { ...echoMetadata, name: "a" },
+        b: { ...echoMetadata, name: "b", batching: batching({ maxQueueDelay: Duration.seconds(3) }), concurrency: 2 }
+      }
+      let bRuns = 0
+      const pool = Layer.succeed(ModelPool, {
+        metadata: (modelId) => modelId in metadataOf ? Effect.succeed(metadataOf[modelId]!) : Effect.fail(new InferenceError.ModelNotFound({ modelId })),
+        run: (modelId, inputs) =>
+          Effect.gen(function*() {
+            if (modelId === "b" && bRuns++ === 0) yield* release.await
+            return { outputs: { y: inputs["x"]! }, deviceUsed: "cpu" }
+          }),
+        models: Effect.succeed([])
+      })
+      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 4 })))
+      ))
+      const engine = Context.get(context, AsyncInferenceEngine)
+      const running = yield* fork(engine.infer(InferenceRequest.make("b", echoInputs(1))))
+      yield* TestClock.adjust("1 millis")
+      const forming = yield* fork(engine.infer(InferenceRequest.make("b", echoInputs(2))))
+      yield* TestClock.adjust("1 millis")
+      assert.strictEqual((yield* engine.diagnostics).forming, 1, "b's second request forms a batch while its first runs")
+      assert.strictEqual(yield* engine.notStarted("b"), 1)
+      assert.strictEqual(yield* engine.notStarted("a"), 0)
+      // returns at once (under TestClock a wait would never end)
+      yield* ModelControl.drained(engine, "a")
+      yield* release.open
+      yield* TestClock.adjust("3 seconds")
+      yield* Fiber.join(running)
+      yield* Fiber.join(forming)
+      assert.strictEqual(yield* engine.notStarted("b"), 0)
     }))
 
   it.effect("keeps the models of a pool apart when they share one metadata object, or one metadata name", () =>

@@ -61,15 +61,10 @@ export const load = (
       lifecycle.isShuttingDown() ? Effect.fail(new InferenceError.ShuttingDown({})) : pool.load!(name)
     )
 
-/** Waits until the engine has nothing queued for `name` and no batch forming. */
+/** Waits until the engine has nothing of `name` that has not started: queued, forming or sent ahead (other models' work does not hold it). */
 export const drained = (engine: AsyncInferenceEngine["Service"], name: string): Effect.Effect<void> =>
   Effect.gen(function*() {
-    while (true) {
-      const queued = (yield* engine.queueStatsByModel).get(name)?.total ?? 0
-      const { forming } = yield* engine.diagnostics
-      if (queued === 0 && forming === 0) return
-      yield* Effect.sleep("5 millis")
-    }
+    while ((yield* engine.notStarted(name)) > 0) yield* Effect.sleep("5 millis")
   })
 
 export const unload = (
