@@ -229,7 +229,7 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
     const inputs = joined ? Batch.concat(batching, members.map((m) => m.value.request.inputs)) : request.inputs
     const runOptions = {
       requestId: request.requestId,
-      // Every member was admitted under this metadata (one spec a job): its version, not the request's "latest".
+      // Every member was admitted to this version (one model key a job), whatever version is the highest now.
       version: metadata.version,
       admittedAs: metadata,
       // The run is wanted until the last member's deadline: a pool that can stop runs stops it only once every caller has given up.

@@ -6,12 +6,14 @@
 import * as Grpc from "@grpc/grpc-js"
 import * as Http2 from "node:http2"
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Layer, Scope } from "effect"
+import { Duration, Effect, Exit, Fiber, Latch, Layer, Scope } from "effect"
+import { DispatchGate } from "../../src/Engine.ts"
 import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
 import { hostPort, maxConcurrentStreams } from "../../src/grpc/GrpcServer.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
-import { mlpBytes, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+import { mlpBytes, tempRepository, writeTree } from "../fixtures/ModelRepositoryFixture.ts"
+import { scaleBytes } from "../fixtures/OnnxGraph.ts"
 import { makeTestPool } from "../http/TestApp.ts"
 import { echoRaw, f32, fromF32, makeHarness } from "./GrpcHarness.ts"
 
@@ -748,3 +750,29 @@ describe("shutdown with open streams", () => {
       assert.strictEqual(status.details, "the server is shutting down")
     }))
 })
+
+describe("a load while a gRPC request waits in the queue", () => {
+  it.live("a request that named no version runs on the version it was admitted to and names it, though a load added a higher one", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "m/1/model.onnx": scaleBytes(2) })
+      const gate = yield* Latch.make(false)
+      const { call, engine } = yield* makeHarness({ pool: OnnxModelPool.layer({ repository, modelControl: "explicit", loadModels: ["m"] }) }).pipe(
+        Effect.provideService(DispatchGate, gate.await)
+      )
+      const queued = yield* Effect.forkChild(call("ModelInfer", { model_name: "m", inputs: [{ name: "x", datatype: "FP32", shape: [1, 4] }], raw_input_contents: [f32([1, 2, 3, 4])] }), {
+        startImmediately: true
+      })
+      for (let i = 0; (yield* engine.queueStats).total < 1; i++) {
+        assert.isBelow(i, 10_000, "the request was admitted")
+        yield* Effect.sleep("1 millis")
+      }
+      writeTree(repository, { "m/2/model.onnx": scaleBytes(3) })
+      assert.isUndefined((yield* call("RepositoryModelLoad", { model_name: "m" })).error)
+      yield* gate.open
+      const r = yield* Fiber.join(queued)
+      assert.isUndefined(r.error, String(r.error?.details))
+      assert.strictEqual(r.response.model_version, "1")
+      assert.deepStrictEqual(fromF32(r.response.raw_output_contents[0]), [2, 4, 6, 8])
+    }), 60_000)
+})
+
