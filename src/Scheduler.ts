@@ -355,7 +355,8 @@ export class Scheduler<A> {
             continue
           }
           const decision = this.#decide(batch, nowMs)
-          if (decision._tag === "Send") return this.#launch(batch, nowMs)
+          // A wait too short to move the clock (a float remainder: now + ms === now) would be asked again at once, forever.
+          if (decision._tag === "Send" || !(nowMs + decision.ms > nowMs)) return this.#launch(batch, nowMs)
           waitUntil = Math.min(waitUntil, nowMs + decision.ms)
         }
       }

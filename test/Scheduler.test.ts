@@ -327,6 +327,18 @@ describe("Scheduler", () => {
     assert.deepStrictEqual(drainSteps(s, 25).out, [["a3"]])
   })
 
+  it("never answers a wait until now: a wait too short to move the clock (a float remainder) sends the batch", () => {
+    const s = make()
+    const m = spec("m", { depth: 2, batching: batching({ maxQueueDelay: Duration.millis(100) }) })
+    s.model(m).expectedRunMs = 3.9999999999999996 // the last run's time, a difference of two clock readings
+    admit(s, "running", m, 0, { deadlineAtMs: 1000 })
+    assert.strictEqual(s.next(0)._tag, "Dispatch")
+    admit(s, "a", m, 0, { deadlineAtMs: 70 }) // forms behind "running" until its deadline less twice the run time
+    assert.deepStrictEqual(s.next(0), { _tag: "Wait", untilMs: 62 })
+    const step = s.next(62)
+    assert.strictEqual(step._tag, "Dispatch", JSON.stringify(step._tag === "Wait" ? step : step._tag))
+  })
+
   it("a request too large for the forming batch of its kind sends that batch and opens the next: no batch is orphaned", () => {
     const s = make({ maxConcurrent: 3 })
     const m = spec("m", { instances: 3, batching: batching({ maxBatchSize: 6, maxQueueDelay: Duration.millis(50) }) })
