@@ -159,6 +159,8 @@ interface State {
   readonly settled: Latch.Latch
   /** Scheduling facts per model version, derived once from the pool's metadata object. */
   readonly specs: WeakMap<ModelMetadata.ModelMetadata, Map<string, Scheduler.ModelSpec>>
+  /** Per model key, the last metadata seen and its generation (`Scheduler.ModelSpec.generation`). */
+  readonly signatures: Map<string, { readonly metadata: ModelMetadata.ModelMetadata; readonly generation: number }>
   draining: boolean
 }
 
@@ -172,15 +174,22 @@ const maxGroup = 8
 /**
  * The scheduling facts of `modelId` as `metadata` describes it, made once per pair: keyed by the
  * model id the request named, not by `metadata.name`, which a pool may share between models (one
- * metadata object for several ids, say), whose requests must never share a run.
+ * metadata object for several ids, say), whose requests must never share a run. Its generation
+ * moves on when the version's inputs or outputs differ from the last metadata seen (a reload), so
+ * that requests admitted before and after never share a run.
  */
 const specOf = (state: State, modelId: string, metadata: ModelMetadata.ModelMetadata): Scheduler.ModelSpec => {
   let byId = state.specs.get(metadata)
   if (byId === undefined) state.specs.set(metadata, byId = new Map())
   let spec = byId.get(modelId)
   if (spec === undefined) {
+    const key = `${modelId}@${metadata.version}`
+    const last = state.signatures.get(key)
+    const generation = last === undefined ? 0 : ModelMetadata.sameSignature(last.metadata, metadata) ? last.generation : last.generation + 1
+    state.signatures.set(key, { metadata, generation })
     spec = {
-      key: `${modelId}@${metadata.version}`,
+      key,
+      generation,
       instances: metadata.concurrency ?? Infinity,
       depth: metadata.pipelineDepth ?? 1,
       devices: metadata.devices,
@@ -530,6 +539,7 @@ export const make = Effect.gen(function*() {
     queueTimeoutMs: Duration.toMillis(config.queueTimeout),
     settled: yield* Latch.make(false),
     specs: new WeakMap(),
+    signatures: new Map(),
     draining: false
   }
   // Closing the scope refuses new work first (the dispatcher's finalizer then answers what waits).

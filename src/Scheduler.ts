@@ -47,6 +47,12 @@ export interface ModelSpec {
   readonly devices?: number | undefined
   readonly batching: BatchPolicy.BatchingConfig
   /**
+   * Requests of one model share a job only if admitted under one generation (absent: 0). The
+   * engine's counts the changes of the model version's inputs or outputs (a reload), so that
+   * requests validated against different signatures never share a run.
+   */
+  readonly generation?: number | undefined
+  /**
    * For a model that does not batch: the most requests one job may carry as separate runs
    * (the pool runs them one after another and answers them together), so the hop to the
    * instance is paid once per group, not per request. 1: every request is its own job.
@@ -85,6 +91,8 @@ export interface Request<A> {
   readonly rows: number
   /** Requests with the same key may share a run; undefined runs alone, or in a group. */
   readonly batchKey: string | undefined
+  /** Its spec's `generation` when admitted. */
+  readonly generation: number
   readonly admittedAtMs: number
   readonly deadlineAtMs: number
   /** When it fails with QueueTimeout if still waiting; Infinity for none. */
@@ -102,6 +110,8 @@ export interface Request<A> {
  */
 export interface Batch<A> {
   readonly model: Model
+  /** Its members' `generation`. */
+  readonly generation: number
   readonly key: string | undefined
   /** Members run separately (a group), not joined. */
   readonly grouped: boolean
@@ -246,6 +256,7 @@ export class Scheduler<A> {
       priority: input.priority,
       rows: input.rows,
       batchKey: input.batchKey,
+      generation: input.model.generation ?? 0,
       admittedAtMs: nowMs,
       deadlineAtMs: input.deadlineAtMs,
       queueDeadlineAtMs: input.queueDeadlineAtMs,
@@ -550,11 +561,11 @@ export class Scheduler<A> {
 
   /**
    * `request` may join `batch`: the same model (`ModelSpec.key`: a batch key says only what the
-   * inputs look like, and two models may take alike inputs), the same key, rows to spare, and a
-   * priority the batch takes.
+   * inputs look like, and two models may take alike inputs) and generation, the same key, rows to
+   * spare, and a priority the batch takes.
    */
   #fits(batch: Batch<A>, request: Request<A>): boolean {
-    return request.model === batch.model && request.batchKey === batch.key && batch.rows + request.rows <= batch.model.spec.batching.maxBatchSize &&
+    return request.model === batch.model && request.generation === batch.generation && request.batchKey === batch.key && batch.rows + request.rows <= batch.model.spec.batching.maxBatchSize &&
       BatchPolicy.mayJoin(batch.highest, request.priority)
   }
 
@@ -580,6 +591,7 @@ export class Scheduler<A> {
     const grouped = first.batchKey === undefined && model.spec.maxGroup > 1
     const batch: Batch<A> = {
       model,
+      generation: first.generation,
       key: first.batchKey,
       grouped,
       members: [],
@@ -624,12 +636,12 @@ export class Scheduler<A> {
     }
   }
 
-  /** Takes queued requests of the group's model (that do not batch) into it, highest priority first, up to `cap`. */
+  /** Takes queued requests of the group's model and generation (that do not batch) into it, highest priority first, up to `cap`. */
   #gatherGroup(batch: Batch<A>, cap: number): void {
     if (batch.members.length >= cap) return
     let count = batch.members.length
     const joined = this.queue.takeWhere((r) => {
-      if (count >= cap || r.model !== batch.model || r.batchKey !== undefined || !BatchPolicy.mayJoin(batch.highest, r.priority)) return false
+      if (count >= cap || r.model !== batch.model || r.generation !== batch.generation || r.batchKey !== undefined || !BatchPolicy.mayJoin(batch.highest, r.priority)) return false
       count++
       if (Priority.rank(r.priority) < Priority.rank(batch.highest)) batch.highest = r.priority
       return true

@@ -12,7 +12,7 @@ import * as ModelControl from "../src/http/ModelControl.ts"
 import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import type * as InferenceResult from "../src/InferenceResult.ts"
-import type * as ModelMetadata from "../src/ModelMetadata.ts"
+import * as ModelMetadata from "../src/ModelMetadata.ts"
 import { ModelPool } from "../src/ModelPool.ts"
 import type * as Priority from "../src/Priority.ts"
 import { TelemetryCollector } from "../src/Telemetry.ts"
@@ -420,6 +420,39 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
       yield* Fiber.join(running)
       yield* Fiber.join(forming)
       assert.strictEqual(yield* engine.notStarted("b"), 0)
+    }))
+
+  it.effect("never joins requests admitted before and after a reload that changed the version's outputs: each is answered under its own", () =>
+    Effect.gen(function*() {
+      for (const [oldPriority, newPriority] of [["Normal", "Normal"], ["Normal", "High"]] as const) {
+        const before: ModelMetadata.ModelMetadata = { ...echoMetadata, name: "m", batching: batching() }
+        const after: ModelMetadata.ModelMetadata = { ...before, outputs: [{ ...echoMetadata.outputs[0]!, name: "z" }] }
+        let current = before
+        const pool = Layer.succeed(ModelPool, {
+          metadata: () => Effect.succeed(current),
+          // as OnnxModelPool: a run admitted against a signature the version no longer has is refused
+          run: (modelId, inputs, options) =>
+            options.admittedAs !== undefined && !ModelMetadata.sameSignature(current, options.admittedAs)
+              ? Effect.fail(new InferenceError.ModelUnavailable({ modelId, reason: "reloaded while this request waited; send it again" }))
+              : Effect.succeed({ outputs: { [current.outputs[0]!.name]: inputs["x"]! }, deviceUsed: "cpu" }),
+          models: Effect.succeed([])
+        })
+        const gate = yield* Latch.make(false)
+        const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+          Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({})))
+        )).pipe(Effect.provideService(DispatchGate, gate.await))
+        const engine = Context.get(context, AsyncInferenceEngine)
+        const infer = (id: string, priority: Priority.Priority) => fork(Effect.exit(engine.infer(InferenceRequest.make("m", echoInputs(1), { requestId: id, priority }))))
+        const old = yield* infer("old", oldPriority) // admitted against output y
+        current = after
+        const fresh = yield* infer("new", newPriority) // admitted against output z
+        yield* gate.open
+        const oldExit = yield* Fiber.join(old)
+        const newExit = yield* Fiber.join(fresh)
+        const what = `old ${oldPriority}, new ${newPriority}`
+        assert.isTrue(Exit.isSuccess(newExit) && "z" in newExit.value.outputs, `${what}: the new one runs: ${String(newExit)}`)
+        assert.isTrue(Exit.isFailure(oldExit), `${what}: the old one, admitted against outputs the version no longer has, is refused`)
+      }
     }))
 
   it.effect("keeps the models of a pool apart when they share one metadata object, or one metadata name", () =>

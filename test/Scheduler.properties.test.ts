@@ -1057,14 +1057,15 @@ describe("AsyncInferenceEngine properties: several models and versions with alik
     { timeout: 120_000, arbitrary: arbitrary(60, 24) }
   )
 
-  // FINDING (fails at a42801e): the Scheduler keeps models apart by ModelSpec.key (model@version)
-  // only, and a reload of a version makes a new spec (new metadata) under the same key; so requests
-  // admitted before and after a reload that changed the version's outputs share one job, which runs
-  // under its first member's metadata (RunOptions.admittedAs). Led by an old one, the pool refuses
-  // the whole job: requests admitted against the current version get ModelUnavailable ("send it
-  // again"). Led by a new one (say, of higher priority), the job runs: requests admitted against the
-  // old outputs are answered with the new ones, which a71f87c meant to refuse.
-  it.effect.skip("a request is answered under the signature it was admitted against, though its version is reloaded while it waits", () =>
+  // A regression property (the bug fixed with it): the Scheduler kept models apart by ModelSpec.key
+  // (model@version) only, and a reload of a version makes a new spec (new metadata) under the same
+  // key; so requests admitted before and after a reload that changed the version's outputs shared
+  // one job, which runs under its first member's metadata (RunOptions.admittedAs). Led by an old
+  // one, the pool refused the whole job: requests admitted against the current version got
+  // ModelUnavailable ("send it again"). Led by a new one (say, of higher priority), the job ran:
+  // requests admitted against the old outputs were answered with the new ones. Specs now carry a
+  // generation that moves on with each change of signature, and only one generation shares a job.
+  it.effect("a request is answered under the signature it was admitted against, though its version is reloaded while it waits", () =>
     checkProperty(
       EngineScheduleWithReloads,
       ({ reloadsAtMs, schedule }) => runEngineSchedule(schedule, { reloadsAtMs }),
