@@ -89,6 +89,8 @@ export interface Service {
   /**
    * Requests waiting to run, by priority: in the queue, or in a job sent ahead to a busy instance
    * (not started yet). What `maxQueuedRequests` bounds, so a QueueFull comes when `total` is at it.
+   * A request that joins a batch forming is not queued and is admitted even then, so `total` can
+   * pass the bound by the rows of such a batch once it is sent ahead (at most `maxBatchSize` each).
    */
   readonly queueStats: Effect.Effect<PriorityQueue.QueueStats>
   /** The same, for each model that has requests waiting now (O(waiting)). */
