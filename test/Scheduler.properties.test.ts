@@ -20,7 +20,8 @@
  *   each job the pool runs records the requests it carried and the version it ran; native runs at
  *   once stay within `maxConcurrentRequests`, and the jobs of one model version within its
  *   instances × pipeline depth. Variants: loads that make another version the latest, metadata
- *   that names several models alike, and (a finding, skipped) reloads that change a version's outputs.
+ *   that names several models alike, and reloads that change a version's outputs (requests admitted
+ *   before and after must not share a run).
  *
  * `PROPERTY_RUNS` scales every property (1000: the defaults, a few seconds for the file);
  * `PROPERTY_REPLAY` takes the replay token a failure prints (run that one test with `-t`).
@@ -185,8 +186,8 @@ type Coverage = ReturnType<typeof newCoverage>
  * Plays a scenario on a Scheduler the way the Dispatcher drives it (a pump: `expire`, then `next`
  * until it says to wait; a job withdrawn when nobody waits for it ahead of a busy instance), with
  * the invariants checked after every step. Throws on the first violation. A `Wait` from `next(now)`
- * must name a time no earlier than now; one that names now itself (see the FINDING below) is let
- * pass here, and the harness's clock then moves on by 1 µs, as a real one would.
+ * must name a time later than now (one that named now itself was asked again forever while the
+ * clock stood still: the regression property below).
  */
 const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()): Coverage => {
   const specs = sc.models.map(specOf)
@@ -493,8 +494,8 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
     if (recs.every((r) => r.outcome !== undefined)) break
     const wake = Math.min(lastStep._tag === "Wait" ? lastStep.untilMs : Infinity, s.nextTimerMs())
     check(Number.isFinite(wake), `requests wait with nothing running and nothing to wake for (next: ${lastStep._tag})`)
-    // A wait until now (see FINDING below) ends when the clock moves, as a real one does: 1 µs later.
-    now = wake > now ? wake : now + 0.001
+    check(wake > now, `next(${now}) or a timer names no later time: ${wake}`)
+    now = wake
   }
   where = "end"
   check(s.unsettled === 0 && s.queue.size === 0 && s.waitingAhead === 0, "requests left after the drain")
