@@ -31,7 +31,7 @@
  *
  * @module OnnxModelPool
  */
-import { Context, Duration, Effect, Latch, Layer, Metric, type Scope } from "effect"
+import { Context, Duration, Effect, Latch, Layer, Metric, type Scope, Semaphore } from "effect"
 import * as BatchPolicy from "../BatchPolicy.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InputSignature from "../InputSignature.ts"
@@ -358,14 +358,14 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
     }
   }).pipe(Effect.withSpan("OnnxModelPool.load", { attributes: { model: name } }))
 
-/** Stops `name` admitting, waits for `drained`, then closes its hosts (unless it was loaded again meanwhile). */
+/** Stops `name` admitting, waits for `drained`, then closes its hosts. Runs in the model's turn (`inTurn`): no load of it runs meanwhile. */
 const unload = (loader: Loader, state: State, name: string, drained: Effect.Effect<void>): Effect.Effect<void, InferenceError.ModelNotFound> =>
   Effect.gen(function*() {
     const versions = ModelRepository.versionsOf(state.repository, name)
     if (versions.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
     state.unloading.add(name)
     yield* drained
-    if (!state.unloading.has(name)) return // loaded again meanwhile
+    if (!state.unloading.has(name)) return // loaded meanwhile (a load and an unload of one model take turns: kept as a guard)
     const states = versions.map((e) => state.loaded.get(key(e.name, e.version)))
     for (const e of versions) state.loaded.set(key(e.name, e.version), { _tag: "Unavailable", reason: "unloaded" })
     state.unloading.delete(name)
@@ -522,6 +522,25 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         }
         return isError(model) ? Effect.fail(model) : f(model)
       })
+    /**
+     * One model's loads and unloads take turns, in the order asked (as Triton's): an unload asked
+     * while a load of the model runs waits for it, so the model ends as the last one asked says,
+     * not as the slower one finished. A model's turn is dropped once nobody holds or waits for it.
+     */
+    const turns = new Map<string, { readonly semaphore: Semaphore.Semaphore; users: number }>()
+    const inTurn = <A, E>(name: string, effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+      Effect.suspend(() => {
+        let turn = turns.get(name)
+        if (turn === undefined) turns.set(name, turn = { semaphore: Semaphore.makeUnsafe(1), users: 0 })
+        const held = turn
+        held.users++
+        return Effect.ensuring(
+          held.semaphore.withPermits(1)(effect),
+          Effect.sync(() => {
+            if (--held.users === 0) turns.delete(name)
+          })
+        )
+      })
     const info = Effect.sync(() => infoOf(state))
     // A scan reads every model's config.json (112 ms of CPU for 300 models), and readiness, metadata and
     // the index ask per request: one scan serves a second, or until a load or unload changes what is loaded.
@@ -562,8 +581,8 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       info,
       ...(explicit
         ? {
-          load: (name) => Effect.ensuring(load(loader, state, name), rescan),
-          unload: (name, drained) => Effect.ensuring(unload(loader, state, name, drained), rescan)
+          load: (name) => inTurn(name, Effect.ensuring(load(loader, state, name), rescan)),
+          unload: (name, drained) => inTurn(name, Effect.ensuring(unload(loader, state, name, drained), rescan))
         }
         : {}),
       stats: (modelId, version) => {

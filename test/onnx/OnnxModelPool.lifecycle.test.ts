@@ -194,6 +194,21 @@ describe("OnnxModelPool lifecycle", () => {
       assert.deepStrictEqual(yield* names, ["mlp UNAVAILABLE", "other UNAVAILABLE"])
     }))
 
+  it.live("a load and an unload of one model take turns: an unload asked while a load runs ends the model unloaded", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1 }) })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, modelControl: "explicit", loadModels: ["mlp"] }))
+      const spawned = pool.counters.workersSpawned
+      const load = yield* Effect.forkChild(quiet(pool.load!("mlp")), { startImmediately: true })
+      // the load is starting its new instance (spawned, not yet ready) when the unload is asked
+      yield* eventually("the load spawning its instance", () => pool.counters.workersSpawned === spawned + 1)
+      const unload = yield* Effect.forkChild(quiet(pool.unload!("mlp", Effect.void)), { startImmediately: true })
+      assert.isTrue(Exit.isSuccess(yield* Fiber.await(load)))
+      assert.isTrue(Exit.isSuccess(yield* Fiber.await(unload)))
+      // asked last, the unload decides: the model is not served
+      assert.deepStrictEqual((yield* pool.models).map((m) => [m.name, m.state, m.reason]), [["mlp", "UNAVAILABLE", "unloaded"]])
+    }))
+
   it.live("a load after the pool's scope closed is refused and starts nothing", () =>
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 2 }) })
