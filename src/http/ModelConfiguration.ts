@@ -62,7 +62,8 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
     name: metadata.name,
     platform: Oip.platformName,
     backend: "onnxruntime",
-    version_policy: { latest: { num_versions: 1 } },
+    // every version in the repository is loaded and served (by name; the highest ready one by default)
+    version_policy: { all: {} },
     max_batch_size: leadingBatch ? batching.maxBatchSize : 0,
     input: metadata.inputs.map(tensor),
     output: metadata.outputs.map(tensor),

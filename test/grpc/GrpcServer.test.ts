@@ -86,6 +86,7 @@ describe("health, server and model metadata", () => {
       assert.strictEqual(config.name, "batched")
       assert.strictEqual(config.platform, "onnxruntime_onnx")
       assert.strictEqual(config.max_batch_size, 2)
+      assert.deepStrictEqual(config.version_policy?.all, {}, "every version is served, as Triton's `all` policy")
       assert.deepStrictEqual(config.input.map((t: any) => [t.name, t.data_type, t.dims]), [["x", "TYPE_FP32", ["4"]]])
       assert.strictEqual(config.instance_group[0].kind, "KIND_GPU")
       assert.deepStrictEqual(config.instance_group[0].gpus, [0])

@@ -850,7 +850,7 @@ describe("Triton's model configuration extension", () => {
         name: "batched",
         platform: "onnxruntime_onnx",
         backend: "onnxruntime",
-        version_policy: { latest: { num_versions: 1 } },
+        version_policy: { all: {} },
         max_batch_size: 2,
         input: [{ name: "x", data_type: "TYPE_FP32", dims: [4] }],
         output: [{ name: "y", data_type: "TYPE_FP32", dims: [4] }],
