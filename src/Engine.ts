@@ -228,7 +228,7 @@ const callerOf = (
     if (Exit.isSuccess(exit)) {
       state.telemetry.recordSuccess(request, elapsedMs)
       const { deviceUsed, outputs } = exit.value
-      return resume(Exit.succeed(InferenceResult.Success({ requestId: request.requestId, outputs, latencyMs: elapsedMs, deviceUsed }) as InferenceResult.Success))
+      return resume(Exit.succeed(InferenceResult.Success({ requestId: request.requestId, outputs, latencyMs: elapsedMs, deviceUsed, modelVersion: metadata.version }) as InferenceResult.Success))
     }
     // Interruption (the engine closing) is ShuttingDown; any other cause without a typed error is a defect: the run failed.
     const failure = exit.cause.reasons.find((r) => r._tag === "Fail")

@@ -8,8 +8,11 @@ import type * as InferenceError from "./InferenceError.ts"
 import type * as Tensor from "./Tensor.ts"
 
 export type InferenceResult = Data.TaggedEnum<{
-  /** The model ran; `latencyMs` is end to end (queue wait plus run). */
-  Success: { readonly requestId: string; readonly outputs: Tensor.TensorMap; readonly latencyMs: number; readonly deviceUsed: string }
+  /**
+   * The model ran; `latencyMs` is end to end (queue wait plus run); `modelVersion` is the version
+   * that ran it: the one the request named, or the highest ready one when it was admitted.
+   */
+  Success: { readonly requestId: string; readonly outputs: Tensor.TensorMap; readonly latencyMs: number; readonly deviceUsed: string; readonly modelVersion: string }
   /** The caller cancelled it; it has no latency. */
   Cancelled: { readonly requestId: string; readonly reason: string }
   /** Its deadline passed; `elapsedMs` is from submission to the deadline firing. */

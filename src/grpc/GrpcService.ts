@@ -90,8 +90,8 @@ export const make = (options: Options) =>
           if (Duration.isGreaterThan(timeout ?? InferenceRequest.defaultTimeout, left)) timeout = left
         }
         const request = InferenceRequest.make(name, prepared.inputs, {
-          // The version decoded against and named in the answer: a load that makes another the highest meanwhile does not move it.
-          modelVersion: metadata.version,
+          // As the client named it (or not): the engine admits it to a version, which the answer names.
+          modelVersion: version,
           priority: prepared.priority ?? metadata.defaultPriority,
           timeout,
           metadata: body.id === undefined ? undefined : { id: body.id }
@@ -103,7 +103,7 @@ export const make = (options: Options) =>
           if (tensor === undefined) return yield* Effect.die(new Error(`model ${name} returned no output ${output} (request ${request.requestId})`))
           outputs.push([output, tensor])
         }
-        return GrpcCodec.inferResponse({ modelName: name, modelVersion: metadata.version, id: message.id, outputs })
+        return GrpcCodec.inferResponse({ modelName: name, modelVersion: result.modelVersion, id: message.id, outputs })
       })
 
     const modelMetadata = (message: { name: string; version: string }) =>

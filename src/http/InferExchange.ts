@@ -95,6 +95,7 @@ export const decodeBody = (
 /** A decoded body as the engine's request (the model's default priority where it gave none). */
 export const toDecoded = (
   name: string,
+  version: string | undefined,
   metadata: ModelMetadata.ModelMetadata,
   body: Body,
   /** The body's memory is the caller's to give away: the inputs may move to the worker (`InferenceRequest.transferInputs`). */
@@ -102,8 +103,8 @@ export const toDecoded = (
 ): Decoded => ({
   _tag: "Decoded",
   request: InferenceRequest.make(name, body.inputs, {
-    // The version decoded against and named in the answer: a load that makes another the highest meanwhile does not move it.
-    modelVersion: metadata.version,
+    // As the client named it (or not): the engine admits it to a version, which the answer names (`encode`).
+    modelVersion: version,
     priority: body.priority ?? metadata.defaultPriority,
     timeout: body.timeoutMs === undefined ? undefined : Duration.millis(body.timeoutMs),
     metadata: body.id === undefined ? undefined : { id: body.id },
@@ -117,13 +118,14 @@ export const toDecoded = (
 /** `decodeBody`, then `toDecoded`. */
 export const decode = (
   name: string,
+  version: string | undefined,
   metadata: ModelMetadata.ModelMetadata,
   text: string,
   binary: Uint8Array | undefined,
   ownsBody = false
 ): Decoded | NotJson | InferenceError.InvalidInput => {
   const body = decodeBody(name, metadata, text, binary)
-  return body._tag === "Body" ? toDecoded(name, metadata, body, ownsBody) : body
+  return body._tag === "Body" ? toDecoded(name, version, metadata, body, ownsBody) : body
 }
 
 /** An answer's body: JSON text, or bytes (JSON head and binary part) with the head's length. */
@@ -150,7 +152,8 @@ export const encode = (
   }
   const encoded = Oip.encodeResponse({
     modelName: metadata.name,
-    modelVersion: metadata.version,
+    // the version that ran it, which a load between this edge's lookup and the engine's may have made another
+    modelVersion: result.modelVersion,
     id: decoded.id,
     outputs: tensors,
     binaryOutputs: decoded.binaryOutputs

@@ -266,7 +266,7 @@ const answer = (
     return sendError(context, response, { status: 400, message: typeof split === "string" ? split : "invalid Inference-Header-Content-Length" })
   }
   // The body's memory is this request's alone: its inputs (binary ones are views on it) may move to the worker.
-  const here = () => started(run(context, response, name, metadata, InferExchange.decode(name, metadata, utf8.decode(head), binary, true)))
+  const here = () => started(run(context, response, name, metadata, InferExchange.decode(name, version, metadata, utf8.decode(head), binary, true)))
   // Here when idle (a hop costs more than it saves), for a small or binary body, for a Critical
   // one (never behind the thread's queue), and when the threads have enough.
   const busy = queue.waiting() > 0 || (pool !== undefined && pool.inFlight() > 0)
@@ -277,7 +277,7 @@ const answer = (
     if (response.destroyed) return
     try {
       if (outcome === undefined) return here()
-      started(run(context, response, name, metadata, outcome._tag === "Body" ? InferExchange.toDecoded(name, metadata, outcome, true) : outcome))
+      started(run(context, response, name, metadata, outcome._tag === "Body" ? InferExchange.toDecoded(name, version, metadata, outcome, true) : outcome))
     } catch (e) {
       defect(context, response, e)
     }

@@ -355,7 +355,7 @@ const modelRoutes = (ctx: Ctx) => {
       return { name, version, metadata }
     }))
     const { binary, text } = yield* readInferBody
-    const decoded = InferExchange.decode(name, metadata, text, binary)
+    const decoded = InferExchange.decode(name, version, metadata, text, binary)
     if (decoded._tag === "NotJson") return yield* fail(400, decoded.message)
     if (decoded._tag === "InvalidInput") return yield* invalid(name, decoded)
     const result = yield* engine.infer(decoded.request).pipe(Effect.mapError((e) => fromReason(e.reason)))

@@ -88,6 +88,7 @@ describe("Records", () => {
       requestId: "q",
       outputs: { y: Tensor.float32([0.1, 2], [1, 2]), k: Tensor.int64([9007199254740993n], [1]) },
       latencyMs: 1,
+      modelVersion: "1",
       deviceUsed: "cpu"
     })
     const text = Records.encode({ line: 4, id: "r" }, success)

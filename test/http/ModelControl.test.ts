@@ -38,13 +38,10 @@ const makeApp = (repository: string, loadModels: ReadonlyArray<string>, gate: Ef
     const app = yield* HttpRouter.toHttpEffect(
       Routes.layer(routeOptions(64 * 1024 * 1024, { strictReadiness })).pipe(Layer.provide(Layer.succeedContext(services)))
     ).pipe(Effect.provideService(HttpRouter.RouterConfig, Routes.routerConfig))
-    const send = (method: string, path: string, body?: unknown, rawBody?: string) =>
+    const raw = (request: Request) =>
       Effect.gen(function*() {
-        const init: RequestInit = { method }
-        if (body !== undefined) init.body = JSON.stringify(body)
-        if (rawBody !== undefined) init.body = rawBody
         const response = yield* app.pipe(
-          Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request(`http://localhost${path}`, init))),
+          Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(request)),
           Effect.scoped,
           Effect.catchCause((cause) => Effect.die(cause))
         )
@@ -52,7 +49,13 @@ const makeApp = (repository: string, loadModels: ReadonlyArray<string>, gate: Ef
         const text = yield* Effect.promise(() => web.text())
         return { status: web.status, json: JSON.parse(text) as any }
       })
-    return Object.assign(send, { engine: Context.get(services, AsyncInferenceEngine), lifecycle: Context.get(services, Lifecycle) })
+    const send = (method: string, path: string, body?: unknown, rawBody?: string) => {
+      const init: RequestInit = { method }
+      if (body !== undefined) init.body = JSON.stringify(body)
+      if (rawBody !== undefined) init.body = rawBody
+      return raw(new Request(`http://localhost${path}`, init))
+    }
+    return Object.assign(send, { raw, engine: Context.get(services, AsyncInferenceEngine), lifecycle: Context.get(services, Lifecycle) })
   })
 
 const stateOf = (index: ReadonlyArray<{ name: string; version: string; state: string; reason?: string }>, name: string) => index.find((m) => m.name === name)
@@ -237,6 +240,34 @@ describe("a load while requests wait in the queue", () => {
         // and a request that arrives now goes to the new highest version
         if (what === "the same signature") assert.deepStrictEqual((yield* send("POST", "/v2/models/m/infer", scaleRequest())).json.outputs[0].data, [3, 6, 9, 12])
       }
+    }).pipe(withFreshMetrics), 60_000)
+
+  it.live("a request that named no version, whose body still arrives when a load removes the highest version, runs on the one left and names it", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "m/1/model.onnx": scaleBytes(2), "m/2/model.onnx": scaleBytes(3) })
+      const send = yield* makeApp(repository, ["m"])
+      // a chunked body (no content-length), sent in two parts: the route looks the model up (version 2), then reads the body
+      let finish!: () => void
+      const body = JSON.stringify(scaleRequest())
+      const stream = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode(body.slice(0, 10)))
+          finish = () => {
+            controller.enqueue(new TextEncoder().encode(body.slice(10)))
+            controller.close()
+          }
+        }
+      })
+      const request = new Request("http://localhost/v2/models/m/infer", { method: "POST", body: stream, duplex: "half" } as RequestInit)
+      const infer = yield* Effect.forkChild(send.raw(request), { startImmediately: true })
+      yield* Effect.sleep("200 millis")
+      Fs.rmSync(Path.join(repository, "m", "2"), { recursive: true })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/m/load")).status, 200)
+      finish()
+      const answer = yield* Fiber.join(infer)
+      assert.strictEqual(answer.status, 200, JSON.stringify(answer.json))
+      assert.strictEqual(answer.json.model_version, "1", "the version that ran it")
+      assert.deepStrictEqual(answer.json.outputs[0].data, [2, 4, 6, 8])
     }).pipe(withFreshMetrics), 60_000)
 
   it.live("a version reloaded with other outputs, or gone, answers its queued requests 503 (send again), not a 500 or a 404", () =>
