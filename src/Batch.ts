@@ -148,7 +148,8 @@ const sliceTensor = (tensor: Tensor.Tensor, axis: number, from: number, rows: nu
  * Splits a batch's outputs back into one output map per member, `rows[i]` rows each, in member
  * order. An unbatched output (axis null) is given whole to every member, each its own copy (the
  * first the run's own): a caller owns its outputs. Fails (undefined) when an output's batch dim
- * does not equal the total rows.
+ * does not equal the total rows, or its data does not hold exactly its dims' elements (a pool's
+ * bug: the slices are written from it, into memory that is not zeroed first).
  */
 export const split = (
   config: BatchPolicy.BatchingConfig,
@@ -166,7 +167,7 @@ export const split = (
       })
       continue
     }
-    if (tensor.dims[axis] !== total) return undefined
+    if (tensor.dims[axis] !== total || tensor.data.length !== Tensor.elementCount(tensor.dims)) return undefined
     let from = 0
     rows.forEach((n, i) => {
       result[i]![name] = sliceTensor(tensor, axis, from, n)

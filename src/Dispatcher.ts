@@ -308,7 +308,7 @@ const deliver = (
     const m = members[i]!
     const { modelId, requestId } = m.value.request
     answer(state, m, parts === undefined
-      ? Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: "the model's outputs do not have the batch's rows on their batch axis" }))
+      ? Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: "the model's outputs do not split into the batch's rows: an output's batch dim is not the rows, or its data does not fill its dims" }))
       : Exit.succeed({ outputs: parts[i]!, deviceUsed: exit.value.deviceUsed }))
   }
 }

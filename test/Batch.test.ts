@@ -65,6 +65,13 @@ describe("Batch", () => {
     assert.deepStrictEqual(Array.from(b.data as Float32Array), [7, 8])
   })
 
+  it("refuses to split an output whose data does not fill its dims: a slice would be read past it into memory not zeroed", () => {
+    const short = Tensor.make("float32", new Float32Array(2048).fill(7), [2, 2048])
+    assert.isUndefined(Batch.split(on, { y: short }, [1, 1]))
+    const long = Tensor.make("float32", new Float32Array(3 * 2048), [2, 2048])
+    assert.isUndefined(Batch.split(on, { y: long }, [1, 1]))
+  })
+
   it("refuses to split outputs whose batch dim is not the total", () => {
     assert.isUndefined(Batch.split(on, { y: Tensor.float32([1, 2], [2, 1]) }, [1, 2]))
   })

@@ -455,6 +455,35 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
       }
     }))
 
+  it.effect("a pool's batched output whose data does not fill its dims fails the batch's requests, not hands one memory nobody wrote", () =>
+    Effect.gen(function*() {
+      const width = 2048 // a member's slice is 8 KB: memory that is not zeroed before the slice is written
+      const metadata: ModelMetadata.ModelMetadata = {
+        ...echoMetadata,
+        inputs: [{ name: "x", dtype: "float32", dims: [-1, width] }],
+        outputs: [{ name: "y", dtype: "float32", dims: [-1, width] }],
+        batching: batching()
+      }
+      const pool = Layer.succeed(ModelPool, {
+        metadata: () => Effect.succeed(metadata),
+        // a buggy pool: says [rows, width] but holds one row's data
+        run: (_modelId, inputs) => Effect.succeed({ outputs: { y: Tensor.make("float32", new Float32Array(width).fill(7), [inputs["x"]!.dims[0]!, width]) }, deviceUsed: "cpu" }),
+        models: Effect.succeed([])
+      })
+      const gate = yield* Latch.make(false)
+      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
+      )).pipe(Effect.provideService(DispatchGate, gate.await))
+      const engine = Context.get(context, AsyncInferenceEngine)
+      const fibers = yield* Effect.forEach(["a", "b"], (id) =>
+        fork(Effect.exit(engine.infer(InferenceRequest.make("echo", { x: Tensor.float32(new Float32Array(width).fill(1), [1, width]) }, { requestId: id })))))
+      yield* gate.open
+      for (const exit of yield* Effect.forEach(fibers, Fiber.join)) {
+        assert.isTrue(Exit.isFailure(exit), String(exit))
+        assert.include(String(exit), "its data does not fill its dims")
+      }
+    }))
+
   it.effect("keeps the models of a pool apart when they share one metadata object, or one metadata name", () =>
     Effect.gen(function*() {
       for (const shared of [true, false]) {
