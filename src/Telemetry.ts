@@ -201,8 +201,9 @@ const histogramState = (boundaries: ReadonlyArray<number>): SeriesState => {
 const noop = () => {}
 
 /**
- * The default layer's series by registry, then by family and labels: every layer built on one
- * registry records into the same series, as Effect's own `update` would.
+ * The default layer's series by registry, then by family, labels and the context's metric
+ * attributes (`Metric.CurrentMetricAttributes`, part of a series' identity): layers built on one
+ * registry with the same attributes record into the same series, as Effect's own `update` would.
  */
 const seriesByRegistry = new WeakMap<Metric.MetricRegistry, Map<string, Series>>()
 
@@ -211,14 +212,16 @@ const seriesByRegistry = new WeakMap<Metric.MetricRegistry, Map<string, Series>>
  * there (`Metric.registerUnsafe`: the registry reads its state when metrics are snapshotted), so a
  * series appears once it has been updated, as with Effect's own `update`. An update is then a plain
  * call: Effect's `updateUnsafe` looks the series up in the context and the registry every time,
- * which cost about 0.4 µs a request on the engine's hot path. Updates made to these series through
- * `Metric.update` are ignored: the default layer is their only writer.
+ * which cost about 0.4 µs a request on the engine's hot path. The default layer is these series'
+ * only writer: updates made through `Metric.update` are ignored, a count someone made into the
+ * same series before its registration is replaced, and a series taken out of the registry
+ * (`Metric.remove`) is not registered again.
  */
 const seriesIn = (context: Context.Context<never>, family: Family, labels: Attributes): Series => {
   const registry = Context.get(context, Metric.MetricRegistry)
   let byKey = seriesByRegistry.get(registry)
   if (byKey === undefined) seriesByRegistry.set(registry, byKey = new Map())
-  const key = `${family}${JSON.stringify(labels)}`
+  const key = `${family}${JSON.stringify(labels)}${JSON.stringify(Context.get(context, Metric.CurrentMetricAttributes))}`
   let found = byKey.get(key)
   if (found === undefined) {
     const spec: FamilySpec = specs[family]

@@ -101,6 +101,22 @@ describe("TelemetryCollector.layer series", () => {
       }
     }))
 
+  it.effect("collectors built with other metric attributes on one registry count into series of their own", () =>
+    Effect.gen(function*() {
+      const registry: Metric.MetricRegistry = new Map()
+      const labelled = (engine: string) => collectorOn(registry).pipe(Effect.provideService(Metric.CurrentMetricAttributes, { engine }))
+      const a = yield* labelled("a")
+      const b = yield* labelled("b")
+      a.recordStart({ modelId: "m", requestId: "1", priority: "Normal" })
+      b.recordStart({ modelId: "m", requestId: "2", priority: "Normal" })
+      b.recordStart({ modelId: "m", requestId: "3", priority: "Normal" })
+      const started = snapshotOf(registry).filter((s) => s.id === metrics.started.id)
+      assert.deepStrictEqual(
+        started.map((s) => [s.attributes?.["engine"], (s.state as Metric.CounterState<number>).count]).sort(),
+        [["a", 1], ["b", 2]]
+      )
+    }))
+
   it.effect("appears once updated, and two collectors on one registry count into the same series", () =>
     Effect.gen(function*() {
       const registry: Metric.MetricRegistry = new Map()
