@@ -6,7 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Exit, Fiber, Latch, Layer, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
-import { AsyncConfigService } from "../src/AsyncConfig.ts"
+import { type AsyncConfig, AsyncConfigService } from "../src/AsyncConfig.ts"
 import { AsyncInferenceEngine, DispatchGate } from "../src/Engine.ts"
 import * as ModelControl from "../src/http/ModelControl.ts"
 import * as InferenceError from "../src/InferenceError.ts"
@@ -354,6 +354,15 @@ describe("AsyncInferenceEngine dynamic batching", () => {
 })
 
 describe("AsyncInferenceEngine dynamic batching across models", () => {
+  /** The engine over `pool` with no telemetry; with `gate`, nothing is dispatched until it opens. */
+  const engineOver = (pool: Layer.Layer<ModelPool>, config: Partial<AsyncConfig> = {}, gate?: Latch.Latch) =>
+    Effect.map(
+      Layer.build(AsyncInferenceEngine.layer.pipe(
+        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith(config)))
+      )).pipe(Effect.provideService(DispatchGate, gate === undefined ? Effect.void : gate.await)),
+      (context) => Context.get(context, AsyncInferenceEngine)
+    )
+
   it.effect("never joins requests of two models (or two versions of one) into one run, even when their inputs look alike", () =>
     Effect.gen(function*() {
       // Two models with one signature, each multiplying by its own factor; both batch.
@@ -372,10 +381,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
         models: Effect.succeed([])
       })
       const gate = yield* Latch.make(false)
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
-      )).pipe(Effect.provideService(DispatchGate, gate.await))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
       // queued while dispatch is held: interleaved, so a batch that gathers by input kind alone would take both models' requests
       const calls = ["double", "triple", "double", "triple"].map((model, i) => ({ model, value: i + 1 }))
       const fibers = yield* Effect.forEach(calls, ({ model, value }) => fork(engine.infer(InferenceRequest.make(model, echoInputs(value), { requestId: `${model}-${value}` }))))
@@ -402,10 +408,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
           }),
         models: Effect.succeed([])
       })
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 4 })))
-      ))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 4 })
       const running = yield* fork(engine.infer(InferenceRequest.make("b", echoInputs(1))))
       yield* TestClock.adjust("1 millis")
       const forming = yield* fork(engine.infer(InferenceRequest.make("b", echoInputs(2))))
@@ -438,10 +441,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
           models: Effect.succeed([])
         })
         const gate = yield* Latch.make(false)
-        const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-          Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({})))
-        )).pipe(Effect.provideService(DispatchGate, gate.await))
-        const engine = Context.get(context, AsyncInferenceEngine)
+        const engine = yield* engineOver(pool, {}, gate)
         const infer = (id: string, priority: Priority.Priority) => fork(Effect.exit(engine.infer(InferenceRequest.make("m", echoInputs(1), { requestId: id, priority }))))
         const old = yield* infer("old", oldPriority) // admitted against output y
         current = after
@@ -471,10 +471,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
         models: Effect.succeed([])
       })
       const gate = yield* Latch.make(false)
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
-      )).pipe(Effect.provideService(DispatchGate, gate.await))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
       const fibers = yield* Effect.forEach(["a", "b"], (id) =>
         fork(Effect.exit(engine.infer(InferenceRequest.make("echo", { x: Tensor.float32(new Float32Array(width).fill(1), [1, width]) }, { requestId: id })))))
       yield* gate.open
@@ -502,10 +499,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
           models: Effect.succeed([])
         })
         const gate = yield* Latch.make(false)
-        const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-          Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
-        )).pipe(Effect.provideService(DispatchGate, gate.await))
-        const engine = Context.get(context, AsyncInferenceEngine)
+        const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
         const calls = ["double", "triple", "double", "triple"].map((model, i) => ({ model, value: i + 1 }))
         const fibers = yield* Effect.forEach(calls, ({ model, value }) => fork(engine.infer(InferenceRequest.make(model, echoInputs(value)))))
         yield* gate.open
@@ -537,10 +531,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
           models: Effect.succeed([])
         })
         const gate = yield* Latch.make(false)
-        const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-          Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
-        )).pipe(Effect.provideService(DispatchGate, gate.await))
-        const engine = Context.get(context, AsyncInferenceEngine)
+        const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
         // "1" is the highest version now: all four are admitted to it, and run under it even if a load makes another the highest first
         const versions = [undefined, "1", undefined, "01"]
         const fibers = yield* Effect.forEach(versions, (modelVersion, i) =>
