@@ -52,8 +52,8 @@ export interface Dispatcher {
   readonly scheduler: Scheduler.Scheduler<Caller>
   /** The Clock's monotonic time in milliseconds. */
   readonly nowMs: () => number
-  /** Admits a request; the next pump dispatches it. Undefined (nothing queued) when the queue is full or the dispatcher closed. */
-  readonly submit: (input: Scheduler.AdmitInput<Caller>) => Request | undefined
+  /** Admits a request at `nowMs` (default: the Clock now); the next pump dispatches it. Undefined (nothing queued) when the queue is full or the dispatcher closed. */
+  readonly submit: (input: Scheduler.AdmitInput<Caller>, nowMs?: number) => Request | undefined
   /**
    * The caller left: the request leaves the queue or its batch, or its result will be dropped (a
    * job sent ahead that nobody waits for now is withdrawn). It is not answered.
@@ -350,9 +350,9 @@ export const make = (options: Scheduler.Options): Effect.Effect<Dispatcher, neve
     return {
       scheduler: state.scheduler,
       nowMs: state.nowMs,
-      submit: (input) => {
+      submit: (input, nowMs = state.nowMs()) => {
         if (state.closed) return undefined
-        const request = state.scheduler.admit(input, state.nowMs())
+        const request = state.scheduler.admit(input, nowMs)
         if (request !== undefined) schedule(state)
         return request
       },

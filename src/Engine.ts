@@ -275,7 +275,7 @@ const submit = (
     batchKey: joinable === undefined ? undefined : joinable.key,
     deadlineAtMs: startedMs + Duration.toMillis(request.timeout),
     queueDeadlineAtMs: state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
-  })
+  }, queuedMs)
   if (admitted === undefined) {
     return refuseNow(state, request, new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: state.config.maxQueuedRequests }), resume)
   }
