@@ -209,6 +209,29 @@ describe("OnnxModelPool lifecycle", () => {
       assert.deepStrictEqual((yield* pool.models).map((m) => [m.name, m.state, m.reason]), [["mlp", "UNAVAILABLE", "unloaded"]])
     }))
 
+  it.live("a load or an unload whose caller leaves runs to its end: no model left refusing as 'unloading', no instance left serving nothing", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1 }) })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, modelControl: "explicit", loadModels: ["mlp"] }))
+      // an unload whose caller leaves while the engine drains the model
+      const unload = yield* Effect.forkChild(quiet(pool.unload!("mlp", Effect.sleep("300 millis"))), { startImmediately: true })
+      yield* Effect.sleep("20 millis")
+      yield* Fiber.interrupt(unload)
+      assert.deepStrictEqual((yield* pool.models).map((m) => [m.state, m.reason]), [["UNAVAILABLE", "unloaded"]])
+      const refused = yield* Effect.flip(pool.metadata("mlp"))
+      assert.include(refused.message, "unloaded", "not 'unloading' for ever")
+      assert.strictEqual(pool.counters.workersExited, pool.counters.workersSpawned, "the unload released the instance")
+      // loads whose callers leave while their instances start
+      for (let i = 0; i < 3; i++) {
+        const spawned = pool.counters.workersSpawned
+        const load = yield* Effect.forkChild(quiet(pool.load!("mlp")), { startImmediately: true })
+        yield* eventually("the load spawning its instance", () => pool.counters.workersSpawned === spawned + 1)
+        yield* Fiber.interrupt(load)
+      }
+      assert.deepStrictEqual((yield* pool.models).map((m) => m.state), ["READY"])
+      assert.strictEqual(pool.counters.workersSpawned - pool.counters.workersExited, 1, "one instance serves; the loads it replaced released theirs")
+    }))
+
   it.live("a load after the pool's scope closed is refused and starts nothing", () =>
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 2 }) })
