@@ -601,54 +601,61 @@ const spawn = (
     const { counters, transport } = state
     // `slot` is assigned before any event can fire (events are asynchronous)
     let slot: Slot = undefined as unknown as Slot
-    const instance = transport.spawn(state.config, {
-      message: (message) => {
-        switch (message._tag) {
-          case "ready": {
-            slot.ready = true
-            counters.sessionsOpened++
-            const refused = check?.(message)
-            // Loaded while the pool closes (a replacement), or refused: it is closed at once.
-            if (state.closing || refused !== undefined) requestClose(slot)
-            else state.live.add(slot)
-            return resume(refused === undefined ? Effect.succeed({ slot, ready: message }) : Effect.fail(new Refused(refused)))
+    let instance: Instance
+    try {
+      instance = transport.spawn(state.config, {
+        message: (message) => {
+          switch (message._tag) {
+            case "ready": {
+              slot.ready = true
+              counters.sessionsOpened++
+              const refused = check?.(message)
+              // Loaded while the pool closes (a replacement), or refused: it is closed at once.
+              if (state.closing || refused !== undefined) requestClose(slot)
+              else state.live.add(slot)
+              return resume(refused === undefined ? Effect.succeed({ slot, ready: message }) : Effect.fail(new Refused(refused)))
+            }
+            case "loadFailed":
+              slot.loadError = message.error
+              return
+            case "done":
+            case "failed":
+            case "doneGroup":
+              return onReply(state, slot, message)
+            case "closed":
+              slot.sessionReleased = true
+              counters.sessionsClosed++
+              return
+            case "fatal":
+              slot.lastError = message.error
+              return
           }
-          case "loadFailed":
-            slot.loadError = message.error
-            return
-          case "done":
-          case "failed":
-          case "doneGroup":
-            return onReply(state, slot, message)
-          case "closed":
-            slot.sessionReleased = true
-            counters.sessionsClosed++
-            return
-          case "fatal":
-            slot.lastError = message.error
-            return
+        },
+        error: (text) => {
+          slot.lastError = text
+        },
+        // A reply that cannot be deserialized never arrives: fail its job and free the instance.
+        messageError: (text) => {
+          const current = slot.jobs[0]
+          if (current !== undefined) onReply(state, slot, { _tag: "failed", id: current.id, error: `the ${transport.noun}'s reply could not be deserialized: ${text}` })
+        },
+        exit: (how) => {
+          if (slot.exited) return
+          slot.exited = true
+          disarm(slot)
+          counters.workersExited++
+          state.all.delete(slot)
+          state.live.delete(slot)
+          Deferred.doneUnsafe(slot.exit, Exit.void)
+          if (slot.ready) return onLost(state, slot, how)
+          resume(Effect.fail(slot.loadError ?? `the ${transport.noun} ended (${how}) before its session loaded${slot.lastError ? ` (${slot.lastError})` : ""}`))
         }
-      },
-      error: (text) => {
-        slot.lastError = text
-      },
-      // A reply that cannot be deserialized never arrives: fail its job and free the instance.
-      messageError: (text) => {
-        const current = slot.jobs[0]
-        if (current !== undefined) onReply(state, slot, { _tag: "failed", id: current.id, error: `the ${transport.noun}'s reply could not be deserialized: ${text}` })
-      },
-      exit: (how) => {
-        if (slot.exited) return
-        slot.exited = true
-        disarm(slot)
-        counters.workersExited++
-        state.all.delete(slot)
-        state.live.delete(slot)
-        Deferred.doneUnsafe(slot.exit, Exit.void)
-        if (slot.ready) return onLost(state, slot, how)
-        resume(Effect.fail(slot.loadError ?? `the ${transport.noun} ended (${how}) before its session loaded${slot.lastError ? ` (${slot.lastError})` : ""}`))
-      }
-    })
+      })
+    } catch (e) {
+      // `new Worker` and `fork` can throw at once (a thread or process limit: ERR_WORKER_INIT_FAILED
+      // EAGAIN): a start that failed, as one whose instance ended before it loaded.
+      return resume(Effect.fail(`the ${transport.noun} could not be started: ${errorText(e)}`))
+    }
     counters.workersSpawned++
     slot = {
       instance,

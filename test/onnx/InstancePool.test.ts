@@ -4,7 +4,7 @@
  * or a process. The real transports are exercised by OnnxModelPool*.test.ts and ProcessHost.test.ts.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Logger } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, Logger } from "effect"
 import { TestClock } from "effect/testing"
 import type * as InferenceError from "../../src/InferenceError.ts"
 import * as InstancePool from "../../src/onnx/InstancePool.ts"
@@ -233,6 +233,48 @@ describe("InstancePool", () => {
       assert.strictEqual(warnings.filter((w) => w.endsWith("replacing it")).length, 1, JSON.stringify(warnings))
     }).pipe(Effect.provide(Logger.layer([capture], { mergeWithExisting: false })))
   })
+
+  it.effect("a transport that cannot start an instance at all (spawn throws: a thread or process limit) is a failed start, not a defect", () =>
+    Effect.gen(function*() {
+      // a replacement that cannot be started: the waiting jobs are answered and the pool says why
+      const counters = InstancePool.makeCounters()
+      const { instances, pool, transport } = yield* started({ instances: 1, counters, respawnAttempts: 2, respawnDelay: Duration.millis(100) })
+      ;(transport as { spawn: InstancePool.Transport["spawn"] }).spawn = () => {
+        throw new Error("ERR_WORKER_INIT_FAILED EAGAIN")
+      }
+      const running = yield* Effect.forkChild(Effect.exit(pool.run(x, "running")), { startImmediately: true })
+      const waiting = yield* Effect.forkChild(Effect.exit(pool.run(x, "waiting")), { startImmediately: true })
+      instances[0]!.die("exit code 3")
+      yield* settle
+      yield* TestClock.adjust("1 second")
+      yield* settle
+      assert.isTrue(Exit.isFailure(yield* Fiber.join(running)))
+      const reason = reasonOf(yield* Fiber.join(waiting))
+      assert.strictEqual(reason?._tag, "ModelUnavailable", String(reason))
+      assert.include(pool.unavailableReason() ?? "", "could not be started: Error: ERR_WORKER_INIT_FAILED EAGAIN")
+      assert.strictEqual(counters.respawnFailures, 1)
+
+      // at start: the second of two instances cannot be started; the first is closed, nothing left running
+      const fake = fakeTransport()
+      const spawnFirst = fake.transport.spawn
+      let spawned = 0
+      const failing: InstancePool.Transport = {
+        ...fake.transport,
+        spawn: (config, events) => {
+          if (spawned++ === 1) throw new Error("ERR_WORKER_INIT_FAILED EAGAIN")
+          return spawnFirst(config, events)
+        }
+      }
+      const start = yield* Effect.forkChild(Effect.exit(InstancePool.start(options({ instances: 2 }), failing)), { startImmediately: true })
+      yield* settle
+      for (const instance of fake.instances) if (!instance.exited) instance.ready()
+      yield* settle
+      const exit = yield* Fiber.join(start)
+      assert.isTrue(Exit.isFailure(exit), String(exit))
+      assert.include(String(exit), "could not be started")
+      assert.isFalse(Cause.hasDies(exit._tag === "Failure" ? exit.cause : Cause.empty), "a failure, not a defect")
+      assert.deepStrictEqual(fake.instances.map((i) => i.exited), [true], "the one started was closed")
+    }))
 
   it.effect("no replacement once model.onnx changed on disk: the pool serves on its other instances, then is unavailable saying why", () =>
     Effect.gen(function*() {
