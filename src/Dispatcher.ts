@@ -7,9 +7,9 @@
  *
  * - Nothing here is per request but a scheduler record and one queue-wait histogram update: no
  *   fiber, Deferred, timer or Effect per request.
- * - A batch whose run fails (RunFailed, or a defect from the pool, which is taken as RunFailed)
- *   is run again member by member, under the same slot, within each member's deadline, so one
- *   poisoned input fails only its own request.
+ * - A batch (or a group) whose run fails as a whole (RunFailed, or a defect from the pool, which
+ *   is taken as RunFailed) is run again member by member, under the same slot, within each
+ *   member's deadline, so one poisoned input fails only its own request.
  * - A batch concatenated by the engine, or a request run alone whose caller gave its inputs away
  *   (`InferenceRequest.transferInputs`), is handed to the pool as its own (`RunOptions.transfer`):
  *   a worker pool moves its buffers instead of copying them.
@@ -266,11 +266,14 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
     let lastDeadlineMs = 0
     for (const m of members) lastDeadlineMs = Math.max(lastDeadlineMs, m.deadlineAtMs)
     const runOptions = { requestId: request.requestId, version: metadata.version, admittedAs: metadata, timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)) }
-    return Effect.map(Effect.exit(state.pool.runGroup!(request.modelId, members.map((m) => m.value.request.inputs), runOptions)), (ran) => {
+    return Effect.flatMap(Effect.exit(state.pool.runGroup!(request.modelId, members.map((m) => m.value.request.inputs), runOptions)), (ran) => {
       const exit = asRunExit(ran, request.modelId, request.requestId)
       if (Exit.isFailure(exit)) {
+        // The whole job failed (its instance died, or was killed at the group's deadline): as a
+        // batch's members, each still waiting runs again alone, so one crashing input fails only itself.
+        if (members.length > 1 && isRunFailure(exit)) return Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true })
         for (const m of members) answer(state, m, Exit.failCause(exit.cause))
-        return
+        return Effect.void
       }
       const outcomes = exit.value
       // The model's native run time per request (as the pool measured it, else the group's wall
@@ -289,6 +292,7 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
         else if (Exit.isSuccess(outcome)) answer(state, m, Exit.succeed({ outputs: outcome.value.outputs, deviceUsed: outcome.value.deviceUsed }))
         else answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: outcome.cause.reasons[0]?._tag === "Fail" ? outcome.cause.reasons[0].error.detail : "run failed" })))
       }
+      return Effect.void
     })
   })
 

@@ -481,6 +481,36 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
       }
     }))
 
+  it.effect("a group whose job fails as a whole (its instance died) runs its members again alone: one crashing input fails only itself", () =>
+    Effect.gen(function*() {
+      const poison = 13
+      const jobs: Array<string> = []
+      const valueOf = (inputs: Tensor.TensorMap) => (inputs["x"]!.data as Float32Array)[0]!
+      const crash = (modelId: string) => new InferenceError.RunFailed({ modelId, requestId: "r", detail: "the session process ended (signal SIGSEGV)" })
+      const pool = Layer.succeed(ModelPool, {
+        metadata: () => Effect.succeed({ ...echoMetadata, concurrency: 1 }),
+        run: (modelId, inputs) => {
+          jobs.push(`run ${valueOf(inputs)}`)
+          return valueOf(inputs) === poison ? Effect.fail(crash(modelId)) : Effect.succeed({ outputs: { y: inputs["x"]! }, deviceUsed: "cpu" })
+        },
+        runGroup: (modelId, inputs) => {
+          jobs.push(`group ${inputs.map(valueOf).join(",")}`)
+          return inputs.some((i) => valueOf(i) === poison)
+            ? Effect.fail(crash(modelId))
+            : Effect.succeed(inputs.map((i) => Exit.succeed({ outputs: { y: i["x"]! }, deviceUsed: "cpu" })))
+        },
+        models: Effect.succeed([])
+      })
+      const gate = yield* Latch.make(false)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
+      const values = [1, poison, 3]
+      const fibers = yield* Effect.forEach(values, (v) => fork(Effect.exit(engine.infer(InferenceRequest.make("echo", echoInputs(v))))))
+      yield* gate.open
+      const exits = yield* Effect.forEach(fibers, Fiber.join)
+      assert.deepStrictEqual(exits.map((e) => Exit.isSuccess(e) ? firstValue(e.value) : "failed"), [1, "failed", 3])
+      assert.deepStrictEqual(jobs, ["group 1,13,3", "run 1", "run 13", "run 3"])
+    }))
+
   it.effect("keeps the models of a pool apart when they share one metadata object, or one metadata name", () =>
     Effect.gen(function*() {
       for (const shared of [true, false]) {
