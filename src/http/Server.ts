@@ -8,14 +8,16 @@
  * 1. `Lifecycle.beginShutdown`: at once, `/v2/health/ready` and model ready answer 503, new
  *    inferences 503 (ShuttingDown), and every response carries `Connection: close`, so that
  *    keep-alive connections close themselves after their next answer.
- * 2. `engine.drain(grace)`: queued and running requests finish, within the grace period. The
- *    listener stays open meanwhile: a request that still arrives (Kubernetes removes the pod
+ * 2. The HTTP requests that arrived before the signal finish, within the grace period: queued and
+ *    running ones, and also those whose body is still arriving or being decoded, which the engine
+ *    still admits; those that arrive after it are answered 503 at once and waited for no longer.
+ *    The listener stays open meanwhile: a request that still arrives (Kubernetes removes the pod
  *    from its endpoints at the same time as it sends SIGTERM) gets a clean 503, where a closed
  *    listener would refuse it, or reset it if it was already in the accept queue. Idle
  *    keep-alive connections are not cut either: cutting one while its client sends resets that
  *    request (see `anchors.md` §6).
- * 3. The HTTP requests that arrived before the signal finish (bounded by what is left of the
- *    grace); those that arrive after it are answered 503 at once and waited for no longer.
+ * 3. `engine.drain` with what is left of the grace: it refuses new work and waits for what other
+ *    callers (a library caller in the same process) still have queued or running.
  * 4. The listener stops accepting connections: at the first quiet moment (no connection, no
  *    request, no answer finished for `quietMs`: a client answered with `Connection: close`
  *    reconnects at once, and gets its 503 on the new connection), and after one more pass of the
@@ -299,8 +301,11 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
 
     const requestsAtSignal = requests()
     yield* lifecycle.beginShutdown
-    const { drained } = yield* engine.drain(grace)
+    // The edges refuse what arrives from now on. What they accepted before runs to its answer, also
+    // a request whose body is still arriving or being decoded: the engine keeps admitting until
+    // that is answered (or the grace is spent), and only then drains what is left (library callers).
     yield* lifecycle.awaitAcceptedIdle.pipe(Effect.timeoutOption(Duration.millis(yield* leftMs)))
+    const { drained } = yield* engine.drain(Duration.millis(yield* leftMs))
     const inFlight = lifecycle.acceptedInFlight()
     // Closing the listener resets connections still in its accept queue: wait for a quiet moment,
     // counted from the last answer too (its client may reconnect at once), then let one poll

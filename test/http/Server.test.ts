@@ -7,6 +7,7 @@ import { Context, type Duration, Effect, Fiber, Layer } from "effect"
 import { HttpServer } from "effect/http"
 import * as Http from "node:http"
 import * as Net from "node:net"
+import * as Zlib from "node:zlib"
 import { type AsyncConfig, AsyncConfigService } from "../../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
@@ -187,6 +188,34 @@ describe("graceful shutdown", () => {
       const outcome = yield* promise(() => stuck.done)
       assert.isFalse(Client.isReply(outcome), "its connection was closed")
       yield* pool.gate.open
+    }).pipe(withFreshMetrics))
+
+  it.live("a request accepted before the signal whose body is still arriving finishes: not refused as the engine drains (plain and gzip bodies)", () =>
+    Effect.gen(function*() {
+      for (const gzip of [false, true]) {
+        const { port, shutdown } = yield* makeServer()
+        const body = JSON.stringify(echoBody)
+        const payload = gzip ? Zlib.gzipSync(body) : Buffer.from(body)
+        // headers and half the body before the signal, the rest after it
+        const socket = Net.connect(port, "127.0.0.1")
+        let received = ""
+        socket.on("data", (c) => (received += c.toString("latin1")))
+        socket.on("error", () => {})
+        const closed = new Promise<void>((resolve) => socket.on("close", () => resolve()))
+        const half = Math.floor(payload.length / 2)
+        socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${gzip ? "Content-Encoding: gzip\r\n" : ""}Content-Length: ${payload.length}\r\nConnection: close\r\n\r\n`)
+        socket.write(payload.subarray(0, half))
+        yield* Effect.sleep("100 millis")
+        const stopping = yield* Effect.forkChild(shutdown("5 seconds"), { startImmediately: true })
+        yield* Effect.sleep("100 millis")
+        socket.write(payload.subarray(half))
+        yield* Effect.promise(() => closed)
+        const report = yield* Fiber.join(stopping)
+        assert.match(received, /^HTTP\/1\.1 200/, `${gzip ? "gzip" : "plain"}: ${received}`)
+        assert.include(received, `"data":[2,4,6,8]`)
+        assert.isTrue(report.drained)
+        assert.strictEqual(report.refused, 0)
+      }
     }).pipe(withFreshMetrics))
 
   it.live("clients that never stop knocking: the drain ends once the accepted work is answered, and no accepted request is reset", () =>
