@@ -76,10 +76,14 @@ export interface Service {
    * once with the outcome, synchronously when the request is refused. The returned function
    * cancels it as interrupting `infer` does (out of the queue, or its result dropped, counted as
    * cancelled); `onExit` is then never called. Opens no span: use `infer` under a tracer.
+   * `spentMs`: what the request already spent before this call (an edge's wait to decode its body,
+   * and the decoding), which its deadline covers as well: a request whose timeout is spent by then
+   * fails with DeadlineExceeded without running. The queue timeout counts from admission.
    */
   readonly inferUnsafe: (
     request: InferenceRequest,
-    onExit: (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
+    onExit: (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void,
+    options?: { readonly spentMs?: number | undefined }
   ) => () => void
   /**
    * Counts a request that an edge refused before it reached the engine (a body that did not
@@ -252,8 +256,9 @@ const refuseNow = (state: State, request: InferenceRequest, reason: InferenceErr
 /**
  * Queues the request; `resume` answers it when it settles. Returns the cleanup that runs if the
  * caller is interrupted first (the cancellation path; a no-op once settled), or nothing when it
- * was answered at once. The deadline counts from `startedMs`; the queue timeout from `queuedMs`,
- * when it is queued (after a metadata lookup, if any).
+ * was answered at once. The deadline counts from `startedMs` less `spentMs` (time the request
+ * spent before the engine); the queue timeout from `queuedMs`, when it is queued (after a
+ * metadata lookup, if any).
  */
 const submit = (
   state: State,
@@ -261,7 +266,8 @@ const submit = (
   metadata: ModelMetadata.ModelMetadata,
   startedMs: number,
   resume: Resume,
-  queuedMs = startedMs
+  queuedMs = startedMs,
+  spentMs = 0
 ): (() => void) | undefined => {
   // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
   if (state.draining) return refuseNow(state, request, new InferenceError.ShuttingDown({}), resume)
@@ -273,7 +279,7 @@ const submit = (
     priority: request.priority,
     rows: joinable?.rows ?? 1,
     batchKey: joinable === undefined ? undefined : joinable.key,
-    deadlineAtMs: startedMs + Duration.toMillis(request.timeout),
+    deadlineAtMs: startedMs - spentMs + Duration.toMillis(request.timeout),
     queueDeadlineAtMs: state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
   }, queuedMs)
   if (admitted === undefined) {
@@ -322,7 +328,7 @@ const recordRefusal = (state: State, request: InferenceRequest, reason: Inferenc
 }
 
 /** Admission without any Effect, for a pool whose metadata needs none: `submit`'s answer, or undefined once refused. */
-const admitNow = (state: State, request: InferenceRequest, lookup: Lookup, resume: Resume): (() => void) | undefined => {
+const admitNow = (state: State, request: InferenceRequest, lookup: Lookup, resume: Resume, spentMs = 0): (() => void) | undefined => {
   const startedMs = state.nowMs()
   const metadata = state.draining ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
   const reason = "_tag" in metadata ? metadata : refusal(request, metadata)
@@ -332,7 +338,7 @@ const admitNow = (state: State, request: InferenceRequest, lookup: Lookup, resum
     return undefined
   }
   state.telemetry.recordStart(request)
-  return submit(state, request, metadata as ModelMetadata.ModelMetadata, startedMs, resume)
+  return submit(state, request, metadata as ModelMetadata.ModelMetadata, startedMs, resume, startedMs, spentMs)
 }
 
 /** Admission and the wait in one `Effect.callback`, for a pool whose metadata needs no Effect. */
@@ -343,7 +349,7 @@ const admitUnsafe = (state: State, request: InferenceRequest, lookup: Lookup) =>
   })
 
 /** `Service.inferUnsafe`: `admitNow` where the pool allows it, else `infer` in a fiber of its own. */
-const inferUnsafe = (state: State, request: InferenceRequest, onExit: Resume): () => void => {
+const inferUnsafe = (state: State, request: InferenceRequest, onExit: Resume, spentMs = 0): () => void => {
   let open = true
   const once: Resume = (exit) => {
     if (!open) return
@@ -352,14 +358,14 @@ const inferUnsafe = (state: State, request: InferenceRequest, onExit: Resume): (
   }
   const lookup = state.pool.metadataUnsafe
   if (lookup !== undefined) {
-    const cancel = admitNow(state, request, lookup, once)
+    const cancel = admitNow(state, request, lookup, once, spentMs)
     return () => {
       if (!open) return
       open = false
       cancel?.()
     }
   }
-  const fiber = Effect.runFork(admitEffect(state, request))
+  const fiber = Effect.runFork(admitEffect(state, request, spentMs))
   fiber.addObserver(once)
   return () => {
     if (!open) return
@@ -369,7 +375,7 @@ const inferUnsafe = (state: State, request: InferenceRequest, onExit: Resume): (
 }
 
 /** Admission through the pool's `metadata` Effect, then the wait. */
-const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
+const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
   Effect.suspend(() => {
     const startedMs = state.nowMs()
     // The start is recorded once the lookup has ended (see `recordedAs`), with its outcome if it is one.
@@ -381,14 +387,14 @@ const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<Inf
     // The deadline covers the lookup too: a pool slow to answer fails the request at its deadline, not after.
     const timeoutMs = Duration.toMillis(request.timeout)
     const pastDeadline = Effect.suspend(() => {
-      const elapsedMs = state.nowMs() - startedMs
+      const elapsedMs = state.nowMs() - startedMs + spentMs
       const reason = new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs, elapsedMs })
       return Effect.fail(refuse(reason, elapsedMs))
     })
     // Interrupted before it is queued: counted as cancelled here (once queued, `submit`'s cleanup counts it).
     const lookup = Effect.onInterrupt(
       Effect.timeoutOrElse(Effect.mapError(state.pool.metadata(request.modelId, request.modelVersion), (reason) => refuse(reason)), {
-        duration: request.timeout,
+        duration: Duration.millis(Math.max(0, timeoutMs - spentMs)),
         orElse: () => pastDeadline
       }),
       () =>
@@ -402,7 +408,7 @@ const admitEffect = (state: State, request: InferenceRequest): Effect.Effect<Inf
       if (reason !== undefined) return Effect.fail(refuse(reason))
       state.telemetry.recordStart(request)
       return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
-        const cancel = submit(state, request, metadata, startedMs, resume, state.nowMs())
+        const cancel = submit(state, request, metadata, startedMs, resume, state.nowMs(), spentMs)
         return cancel === undefined ? undefined : Effect.sync(cancel)
       })
     })
@@ -570,7 +576,7 @@ export const make = Effect.gen(function*() {
         return Effect.fail(InferenceError.make(reason))
       }),
     admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
-    inferUnsafe: (request, onExit) => inferUnsafe(state, request, onExit),
+    inferUnsafe: (request, onExit, options) => inferUnsafe(state, request, onExit, Math.max(0, options?.spentMs ?? 0)),
     recordRefused: (modelId, reason) => Effect.sync(() => refused(state, modelId, reason)),
     queueStats: Effect.sync(() => queueStats(state)),
     queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),

@@ -65,6 +65,24 @@ describe("AsyncInferenceEngine", () => {
         assert.deepStrictEqual(stats.order, ["busy", "critical-1", "high-1", "high-2", "normal-1", "low-1", "low-2"])
       }))
 
+    it.effect("inferUnsafe's spentMs counts against the deadline: spent, the request fails without running; else its deadline comes that much sooner", () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({ script: () => ({ latency: "50 millis" }), config: { maxConcurrentRequests: 1 } })
+        const answers = new Map<string, string>()
+        const onExitOf = (id: string) => (exit: Exit.Exit<unknown, InferenceError.InferenceError>) =>
+          answers.set(id, Exit.isSuccess(exit) ? "ok" : exit.cause.reasons.find((r) => r._tag === "Fail")?.error.reason._tag ?? "?")
+        // spent its whole 100 ms before the engine (its body waited to be decoded): never runs
+        engine.inferUnsafe(request("spent", { timeout: "100 millis" }), onExitOf("spent"), { spentMs: 100 })
+        // 110 of 150 ms spent: queued behind a 50 ms run, it would start at 50 ms, past the 40 ms it has left
+        engine.inferUnsafe(request("busy"), onExitOf("busy"))
+        engine.inferUnsafe(request("late", { timeout: "150 millis" }), onExitOf("late"), { spentMs: 110 })
+        // nothing spent: the same wait and run (done at 100 ms) fit its deadline
+        engine.inferUnsafe(request("fresh", { timeout: "150 millis" }), onExitOf("fresh"))
+        yield* TestClock.adjust("200 millis")
+        assert.deepStrictEqual(Object.fromEntries(answers), { spent: "DeadlineExceeded", busy: "ok", late: "DeadlineExceeded", fresh: "ok" })
+        assert.deepStrictEqual(stats.order, ["busy", "fresh"])
+      }))
+
     it.effect("never runs more than maxConcurrentRequests at once", () =>
       Effect.gen(function*() {
         const { engine, stats } = yield* makeHarness({

@@ -38,6 +38,7 @@ import type * as ModelMetadata from "../ModelMetadata.ts"
 import type { ModelPool } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import * as Priority from "../Priority.ts"
+import * as QueuePolicy from "../QueuePolicy.ts"
 import type * as DecodePool from "./DecodePool.ts"
 import * as InferExchange from "./InferExchange.ts"
 import type * as Lifecycle from "./Lifecycle.ts"
@@ -125,8 +126,11 @@ export const priorityHint = (json: Buffer, fallback: number): number => {
  * Bodies read and waiting to be decoded, a FIFO per priority rank. Decoding (`JSON.parse` of the
  * tensors) is the costly part of a request on the main thread: deferred out of the poll phase
  * that read the body, and done Critical first, a Critical request skips the bodies of Low ones
- * that arrived before it. Drained after each poll phase (`setImmediate`) for at most
- * `drainBudgetMs`, so that the next poll phase reads what has arrived meanwhile.
+ * that arrived before it. With `aging` (the engine's, `AsyncConfig.aging`), a body that has waited
+ * is served as the engine's queue serves a request that has (`QueuePolicy.effectiveRank`), so that
+ * a flood of higher ranks cannot hold a lower one here for ever. Drained after each poll phase
+ * (`setImmediate`) for at most `drainBudgetMs`, so that the next poll phase reads what has arrived
+ * meanwhile.
  */
 export interface DecodeQueue {
   /** Queues `work` at `rank` (0 = Critical); it runs after the current turn of the event loop. */
@@ -135,27 +139,40 @@ export interface DecodeQueue {
   readonly waiting: () => number
 }
 
-export const makeDecodeQueue = (drainBudgetMs: number): DecodeQueue => {
-  const queues: ReadonlyArray<Array<() => void>> = [[], [], [], []]
+export const makeDecodeQueue = (drainBudgetMs: number, aging?: QueuePolicy.Aging): DecodeQueue => {
+  const queues: ReadonlyArray<Array<{ readonly work: () => void; readonly atMs: number }>> = [[], [], [], []]
   let waiting = 0
   let scheduled = false
+  /** The rank whose first body goes next: the lowest rank, or with aging the lowest aged one (the oldest on a tie). */
+  const next = (nowMs: number): number => {
+    let best = -1
+    let bestRank = Infinity
+    for (let rank = 0; rank < queues.length; rank++) {
+      const head = queues[rank]![0]
+      if (head === undefined) continue
+      if (aging === undefined) return rank
+      const aged = QueuePolicy.effectiveRank(aging, Priority.levels[rank]!, nowMs - head.atMs)
+      if (aged < bestRank || (aged === bestRank && head.atMs < queues[best]![0]!.atMs)) {
+        best = rank
+        bestRank = aged
+      }
+    }
+    return best
+  }
   const drain = () => {
     const untilMs = performance.now() + drainBudgetMs
-    let rank = 0
     while (waiting > 0) {
-      while (queues[rank]!.length === 0) rank++
-      const work = queues[rank]!.shift()!
+      const { work } = queues[next(performance.now())]!.shift()!
       waiting--
       work()
       if (performance.now() >= untilMs) break
-      rank = 0
     }
     scheduled = waiting > 0
     if (scheduled) setImmediate(drain)
   }
   return {
     push: (rank, work) => {
-      queues[rank]!.push(work)
+      queues[rank]!.push({ work, atMs: performance.now() })
       waiting++
       if (!scheduled) {
         scheduled = true
@@ -202,13 +219,18 @@ const defect = (context: Context, response: Http.ServerResponse, cause: unknown)
   send(context, response, 500, "application/json", errorBody("internal error"))
 }
 
-/** Runs a decoded body and answers it; returns the cancellation of the run, if one started. */
+/**
+ * Runs a decoded body and answers it; returns the cancellation of the run, if one started. The
+ * request's deadline counts from `inAtMs` (`performance.now()` when its body was in): its wait to
+ * be decoded and its decoding are inside it, not before it.
+ */
 const run = (
   context: Context,
   response: Http.ServerResponse,
   name: string,
   metadata: ModelMetadata.ModelMetadata,
-  decoded: InferExchange.Decoded | InferExchange.NotJson | InferenceError.InvalidInput
+  decoded: InferExchange.Decoded | InferExchange.NotJson | InferenceError.InvalidInput,
+  inAtMs: number
 ): (() => void) | undefined => {
   const { options } = context
   if (decoded._tag === "NotJson") {
@@ -229,7 +251,7 @@ const run = (
     if (encoded instanceof Error) return defect(context, response, encoded)
     if (encoded._tag === "Json") return send(context, response, 200, "application/json", encoded.text)
     send(context, response, 200, "application/octet-stream", encoded.bytes, { [Oip.inferenceHeaderContentLength]: String(encoded.jsonLength) })
-  })
+  }, { spentMs: performance.now() - inAtMs })
 }
 
 /** Where an infer request's body goes: `head` (its JSON) and, with a valid binary header, `binary`. */
@@ -237,6 +259,8 @@ interface Body {
   readonly route: { readonly name: string; readonly version: string | undefined }
   readonly head: Buffer
   readonly binary: Uint8Array | undefined
+  /** `performance.now()` when the whole body was in. */
+  readonly inAtMs: number
 }
 
 /**
@@ -249,7 +273,7 @@ const answer = (
   context: Context,
   request: Http.IncomingMessage,
   response: Http.ServerResponse,
-  { route: { name, version }, head, binary }: Body,
+  { route: { name, version }, head, binary, inAtMs }: Body,
   rank: number,
   started: (cancel: (() => void) | undefined) => void
 ): void => {
@@ -266,7 +290,7 @@ const answer = (
     return sendError(context, response, { status: 400, message: typeof split === "string" ? split : "invalid Inference-Header-Content-Length" })
   }
   // The body's memory is this request's alone: its inputs (binary ones are views on it) may move to the worker.
-  const here = () => started(run(context, response, name, metadata, InferExchange.decode(name, version, metadata, utf8.decode(head), binary, true)))
+  const here = () => started(run(context, response, name, metadata, InferExchange.decode(name, version, metadata, utf8.decode(head), binary, true), inAtMs))
   // Here when idle (a hop costs more than it saves), for a small or binary body, for a Critical
   // one (never behind the thread's queue), and when the threads have enough.
   const busy = queue.waiting() > 0 || (pool !== undefined && pool.inFlight() > 0)
@@ -277,7 +301,7 @@ const answer = (
     if (response.destroyed) return
     try {
       if (outcome === undefined) return here()
-      started(run(context, response, name, metadata, outcome._tag === "Body" ? InferExchange.toDecoded(name, version, metadata, outcome, true) : outcome))
+      started(run(context, response, name, metadata, outcome._tag === "Body" ? InferExchange.toDecoded(name, version, metadata, outcome, true) : outcome, inAtMs))
     } catch (e) {
       defect(context, response, e)
     }
@@ -360,7 +384,7 @@ const accept = (
   request.once("end", () => {
     if (response.destroyed) return
     if (received !== length || head === undefined) return sendError(context, response, { status: 400, message: "could not read the request body" })
-    const body: Body = { route, head, binary }
+    const body: Body = { route, head, binary, inAtMs: performance.now() }
     if (full) {
       // Refused before decoding: no request id yet ("", which the message leaves out).
       const reason = new InferenceError.QueueFull({ modelId: route.name, requestId: "", capacity: options.maxQueuedRequests })
@@ -388,7 +412,7 @@ export const make = (options: Options): Handler => {
   const pool = options.decodePool
   const context: Context = {
     options,
-    queue: makeDecodeQueue(1),
+    queue: makeDecodeQueue(1, engine.config.aging),
     pool,
     offloadMinBytes: options.offloadMinBytes ?? 4096,
     offloadLimit: options.decodeInFlightLimit ?? 16 * (pool?.threads ?? 0)

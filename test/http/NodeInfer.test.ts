@@ -13,6 +13,7 @@ import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import type * as InferenceError from "../../src/InferenceError.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
 import * as DecodePool from "../../src/http/DecodePool.ts"
+import type * as QueuePolicy from "../../src/QueuePolicy.ts"
 import * as NodeInfer from "../../src/http/NodeInfer.ts"
 import * as Server from "../../src/http/Server.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
@@ -442,5 +443,34 @@ describe("NodeInfer.makeDecodeQueue", () => {
     await new Promise((resolve) => setTimeout(resolve, 50))
     assert.deepStrictEqual(order, ["critical-1", "high-1", "low-1", "low-2", "critical-2", "low-3"])
     assert.strictEqual(queue.waiting(), 0)
+  })
+
+  it("with the engine's aging, a Low body that has waited goes before a flood of High ones that keeps coming", async () => {
+    const order: Array<string> = []
+    const busy = (ms: number) => {
+      const until = performance.now() + ms
+      while (performance.now() < until) { /* a decode that takes `ms` */ }
+    }
+    const run = async (aging: QueuePolicy.Aging | undefined) => {
+      order.length = 0
+      const queue = NodeInfer.makeDecodeQueue(1, aging)
+      // each High decode takes 5 ms and brings the next High body: the High rank is never empty
+      let highs = 0
+      const high = () => {
+        order.push(`high-${++highs}`)
+        busy(5)
+        if (highs < 30) queue.push(1, high)
+      }
+      queue.push(1, high)
+      queue.push(1, high)
+      queue.push(3, () => order.push("low"))
+      await new Promise((resolve) => setTimeout(resolve, 400))
+      return order.indexOf("low")
+    }
+    const strict = await run(undefined)
+    assert.strictEqual(strict, order.length - 1, "without aging the Low body waits for the whole flood")
+    const aged = await run({ High: 10, Normal: 10, Low: 10 })
+    assert.isAbove(aged, 0)
+    assert.isBelow(aged, 15, `with aging (10 ms a level) it goes within about 20 ms of High decodes: at ${aged} of ${order.length}`)
   })
 })
