@@ -350,7 +350,8 @@ export class Scheduler<A> {
   /**
    * What to do now. A forming batch that the policy sends goes first; then the first queued
    * request (priority order) whose model has a free slot, with the rows of its kind that fit.
-   * A request that the forming batch of its kind cannot take sends that batch at once.
+   * A request that the forming batch of its kind cannot take sends that batch at once, and so does
+   * a request of higher priority that waits for the slot or permit a forming batch holds.
    * A model whose slots are all taken never holds up another model's requests. A forming batch
    * left empty (its members all left) gives its slot back.
    */
@@ -373,7 +374,14 @@ export class Scheduler<A> {
       }
       const head = this.queue.peek(nowMs)
       const entry = head === undefined || this.#canGo(head.value) ? head : this.#anyMayGo() ? this.queue.firstWhere(this.#canGo, nowMs) : undefined
-      if (entry === undefined) return waitUntil === Infinity ? idle : { _tag: "Wait", untilMs: waitUntil }
+      if (entry === undefined) {
+        // A higher-priority request waits for a slot or a permit that a forming batch of lower
+        // priority holds while it waits for rows: that batch goes now, so the request waits for its
+        // run at most, not for its batching delay too.
+        const holder = head === undefined ? undefined : this.#lowerFormingHolding(head.value)
+        if (holder !== undefined) return this.#launch(holder, nowMs)
+        return waitUntil === Infinity ? idle : { _tag: "Wait", untilMs: waitUntil }
+      }
       const first = entry.value
       const forming = first.batchKey === undefined ? undefined : first.model.forming.get(first.batchKey) as Batch<A> | undefined
       // The batch of its kind cannot take it (too many rows): that batch goes now, as Triton's
@@ -541,6 +549,22 @@ export class Scheduler<A> {
   #anyMayGo(): boolean {
     for (const model of this.#queuedModels) if (model.forming.size > 0 || this.#canOpen(model)) return true
     return false
+  }
+
+  /**
+   * A forming batch of lower priority than `request` that holds what it lacks: a slot of its
+   * model, or a permit when none is free. Undefined when there is none.
+   */
+  #lowerFormingHolding(request: Request<A>): Batch<A> | undefined {
+    const rank = Priority.rank(request.priority)
+    const noPermit = this.freePermits <= 0
+    for (const model of this.#formingModels) {
+      if (model !== request.model && !noPermit) continue
+      for (const batch of model.forming.values() as IterableIterator<Batch<A>>) {
+        if (batch.members.length > 0 && Priority.rank(batch.highest) > rank) return batch
+      }
+    }
+    return undefined
   }
 
   #queuedMore(model: Model, rows: number): void {

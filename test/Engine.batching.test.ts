@@ -3,7 +3,7 @@
  * the queue holds exactly the requests a test wants batched, so batch composition is exact.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Latch, Layer, Scope } from "effect"
+import { Clock, Context, Duration, Effect, Exit, Fiber, Latch, Layer, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
 import { type AsyncConfig, AsyncConfigService } from "../src/AsyncConfig.ts"
@@ -509,6 +509,48 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
       const exits = yield* Effect.forEach(fibers, Fiber.join)
       assert.deepStrictEqual(exits.map((e) => Exit.isSuccess(e) ? firstValue(e.value) : "failed"), [1, "failed", 3])
       assert.deepStrictEqual(jobs, ["group 1,13,3", "run 1", "run 13", "run 3"])
+    }))
+
+  it.effect("a higher-priority request that a forming batch of lower priority holds a slot or a permit from sends that batch now: it waits for its run, not its batching delay", () =>
+    Effect.gen(function*() {
+      const row = (width: number) => ({ x: Tensor.float32(new Float32Array(width).fill(1), [1, width]) })
+      const delayed = batching({ maxQueueDelay: Duration.millis(40) })
+      const metadata = (name: string, withBatching: boolean): ModelMetadata.ModelMetadata => ({
+        ...echoMetadata,
+        name,
+        concurrency: 2,
+        inputs: [{ name: "x", dtype: "float32", dims: [-1, -1] }],
+        outputs: [{ name: "y", dtype: "float32", dims: [-1, -1] }],
+        ...(withBatching ? { batching: delayed } : {})
+      })
+      // (1) a slot: model x's second slot is held by a forming Low batch that the Critical request (another width) cannot join
+      // (2) a permit: the Critical request is for model y, idle, and both permits are x's
+      for (const [what, criticalModel] of [["a slot of its model", "x"], ["the last permit", "y"]] as const) {
+        const models: Record<string, ModelMetadata.ModelMetadata> = { x: metadata("x", true), y: metadata("y", false) }
+        const started: Array<[string, number]> = []
+        const pool = Layer.succeed(ModelPool, {
+          metadata: (modelId) => Effect.succeed(models[modelId]!),
+          run: (_modelId, inputs, options) =>
+            Effect.gen(function*() {
+              started.push([options.requestId, yield* Clock.currentTimeMillis])
+              yield* Effect.sleep(options.requestId === "long" ? "100 millis" : "2 millis")
+              return { outputs: { y: inputs["x"]! }, deviceUsed: "cpu" }
+            }),
+          models: Effect.succeed([])
+        })
+        const engine = yield* engineOver(pool, { maxConcurrentRequests: 2 })
+        yield* fork(engine.infer(InferenceRequest.make("x", row(4), { requestId: "long" })))
+        yield* TestClock.adjust("1 millis")
+        const low = yield* fork(engine.infer(InferenceRequest.make("x", row(4), { requestId: "low", priority: "Low" })))
+        yield* TestClock.adjust("1 millis")
+        const critical = yield* fork(engine.infer(InferenceRequest.make(criticalModel, row(8), { requestId: "critical", priority: "Critical" })))
+        yield* TestClock.adjust("100 millis")
+        yield* Fiber.join(critical)
+        yield* Fiber.join(low)
+        const at = Object.fromEntries(started.map(([id, ms]) => [id, ms - started[0]![1]]))
+        assert.strictEqual(at["low"], 2, `${what}: the Low batch went when the Critical request came, not after its 40 ms`)
+        assert.strictEqual(at["critical"], 4, `${what}: the Critical request ran once the Low run (2 ms) was done`)
+      }
     }))
 
   it.effect("keeps the models of a pool apart when they share one metadata object, or one metadata name", () =>
