@@ -408,6 +408,56 @@ const resolveModel = (
   return highest
 }
 
+/** `f` of the model, or the reason there is none. */
+const withModel = <A, E>(
+  model: Ready | InferenceError.ModelNotFound | InferenceError.ModelUnavailable,
+  f: (model: Ready) => Effect.Effect<A, E>
+): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> => (isError(model) ? Effect.fail(model) : f(model))
+
+/**
+ * `resolveModel` for a run the engine admitted against `runOptions.admittedAs`: ModelUnavailable
+ * (retryable) when a load has since removed that version, or reloaded it with other inputs or
+ * outputs, rather than run inputs the model no longer takes (Triton lets such requests finish on
+ * the old model; here its hosts are gone, so the caller is told to send again).
+ */
+const resolveAdmitted = (
+  state: State,
+  modelId: string,
+  runOptions: ModelPoolRunOptions
+): Ready | InferenceError.ModelNotFound | InferenceError.ModelUnavailable => {
+  const model = resolveModel(state, modelId, runOptions.version)
+  const admitted = runOptions.admittedAs
+  if (admitted === undefined) return model
+  const changed = isError(model)
+    ? model instanceof InferenceError.ModelNotFound ? `it was reloaded without version ${admitted.version} while this request waited` : undefined
+    : ModelMetadata.sameSignature(model.metadata, admitted)
+    ? undefined
+    : `version ${admitted.version} was reloaded with other inputs or outputs while this request waited`
+  return changed === undefined ? model : new InferenceError.ModelUnavailable({ modelId, reason: `${changed}; send it again` })
+}
+
+/**
+ * One model's loads and unloads take turns, in the order asked (as Triton's): an unload asked
+ * while a load of the model runs waits for it, so the model ends as the last one asked says, not
+ * as the slower one finished. A model's turn is dropped once nobody holds or waits for it.
+ */
+const makeTurns = () => {
+  const turns = new Map<string, { readonly semaphore: Semaphore.Semaphore; users: number }>()
+  return <A, E>(name: string, effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+    Effect.suspend(() => {
+      let turn = turns.get(name)
+      if (turn === undefined) turns.set(name, turn = { semaphore: Semaphore.makeUnsafe(1), users: 0 })
+      const held = turn
+      held.users++
+      return Effect.ensuring(
+        held.semaphore.withPermits(1)(effect),
+        Effect.sync(() => {
+          if (--held.users === 0) turns.delete(name)
+        })
+      )
+    })
+}
+
 /** Every version in the repository with its state, provider, isolation and instance stats. */
 const infoOf = (state: State): ReadonlyArray<ModelInfo> =>
   state.repository.entries.map((entry) => {
@@ -489,58 +539,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       if (ModelRepository.versionsOf(repository, name).length === 0) yield* Effect.logWarning(`--load-model ${name}: no such model in the repository`)
     }
 
-    const withHost = <A, E>(
-      modelId: string,
-      version: string | undefined,
-      f: (model: Ready) => Effect.Effect<A, E>
-    ): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
-      Effect.suspend((): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> => {
-        const model = resolveModel(state, modelId, version)
-        return isError(model) ? Effect.fail(model) : f(model)
-      })
-    /**
-     * `withHost` for a run the engine admitted against `runOptions.admittedAs`: refused with
-     * ModelUnavailable (retryable) when a load has since removed that version, or reloaded it with
-     * other inputs or outputs, rather than run inputs the model no longer takes (Triton lets such
-     * requests finish on the old model; here its hosts are gone, so the caller is told to send again).
-     */
-    const withAdmittedHost = <A, E>(
-      modelId: string,
-      runOptions: ModelPoolRunOptions,
-      f: (model: Ready) => Effect.Effect<A, E>
-    ): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
-      Effect.suspend((): Effect.Effect<A, E | InferenceError.ModelNotFound | InferenceError.ModelUnavailable> => {
-        const model = resolveModel(state, modelId, runOptions.version)
-        const admitted = runOptions.admittedAs
-        if (admitted !== undefined) {
-          const changed = isError(model)
-            ? model instanceof InferenceError.ModelNotFound ? `it was reloaded without version ${admitted.version} while this request waited` : undefined
-            : ModelMetadata.sameSignature(model.metadata, admitted)
-            ? undefined
-            : `version ${admitted.version} was reloaded with other inputs or outputs while this request waited`
-          if (changed !== undefined) return Effect.fail(new InferenceError.ModelUnavailable({ modelId, reason: `${changed}; send it again` }))
-        }
-        return isError(model) ? Effect.fail(model) : f(model)
-      })
-    /**
-     * One model's loads and unloads take turns, in the order asked (as Triton's): an unload asked
-     * while a load of the model runs waits for it, so the model ends as the last one asked says,
-     * not as the slower one finished. A model's turn is dropped once nobody holds or waits for it.
-     */
-    const turns = new Map<string, { readonly semaphore: Semaphore.Semaphore; users: number }>()
-    const inTurn = <A, E>(name: string, effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
-      Effect.suspend(() => {
-        let turn = turns.get(name)
-        if (turn === undefined) turns.set(name, turn = { semaphore: Semaphore.makeUnsafe(1), users: 0 })
-        const held = turn
-        held.users++
-        return Effect.ensuring(
-          held.semaphore.withPermits(1)(effect),
-          Effect.sync(() => {
-            if (--held.users === 0) turns.delete(name)
-          })
-        )
-      })
+    const inTurn = makeTurns()
     const info = Effect.sync(() => infoOf(state))
     // A scan reads every model's config.json (112 ms of CPU for 300 models), and readiness, metadata and
     // the index ask per request: one scan serves a second, or until a load or unload changes what is loaded.
@@ -554,23 +553,23 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       metadata: (modelId, version) =>
         state.unloading.has(modelId)
           ? Effect.fail(new InferenceError.ModelUnavailable({ modelId, reason: "unloading" }))
-          : withHost(modelId, version, (model) => Effect.succeed(model.metadata)),
+          : Effect.suspend(() => withModel(resolveModel(state, modelId, version), (model) => Effect.succeed(model.metadata))),
       metadataUnsafe: (modelId, version) => {
         if (state.unloading.has(modelId)) return new InferenceError.ModelUnavailable({ modelId, reason: "unloading" })
         const model = resolveModel(state, modelId, version)
         return isError(model) ? model : model.metadata
       },
       run: (modelId: string, inputs: Tensor.TensorMap, runOptions) =>
-        withAdmittedHost(modelId, runOptions, (model) => {
+        Effect.suspend(() => withModel(resolveAdmitted(state, modelId, runOptions), (model) => {
           const run = model.host.run(inputs, runOptions.requestId, runOptions)
           const batching = model.metadata.batching
           if (batching === undefined || !batching.enabled) return run
           let fill = fills.get(modelId)
           if (fill === undefined) fills.set(modelId, fill = Metric.withAttributes(batchFill, { model: modelId }))
           return Effect.tap(run, () => Metric.update(fill, rowsOf(inputs, batching) / batching.maxBatchSize))
-        }),
+        })),
       runGroup: (modelId, inputs, runOptions) =>
-        withAdmittedHost(modelId, runOptions, (model) => model.host.runGroup(inputs, runOptions.requestId, runOptions)),
+        Effect.suspend(() => withModel(resolveAdmitted(state, modelId, runOptions), (model) => model.host.runGroup(inputs, runOptions.requestId, runOptions))),
       models: Effect.map(Effect.zip(info, extra), ([all, unloaded]) =>
         all.map((m): ModelStatus => (m.reason === undefined
           ? { name: m.name, version: m.version, state: m.state }
