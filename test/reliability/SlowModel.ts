@@ -8,7 +8,7 @@
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import onnxProto from "onnx-proto"
-import { valueInfo } from "../fixtures/OnnxGraph.ts"
+import { encodeModel, valueInfo } from "../fixtures/OnnxGraph.ts"
 
 const { onnx } = onnxProto
 
@@ -20,19 +20,13 @@ export const bytes = (layers = 400): Uint8Array => {
   for (let i = 0; i < width; i++) identity[i * width + i] = 1
   const node = Array.from({ length: layers }, (_, i) =>
     onnx.NodeProto.create({ name: `m${i}`, opType: "MatMul", input: [i === 0 ? "x" : `h${i - 1}`, "w"], output: [i === layers - 1 ? "y" : `h${i}`] }))
-  const model = onnx.ModelProto.create({
-    irVersion: 8,
-    producerName: "effect-onnx/test",
-    opsetImport: [onnx.OperatorSetIdProto.create({ domain: "", version: 17 })],
-    graph: onnx.GraphProto.create({
-      name: "slow",
-      node,
-      initializer: [onnx.TensorProto.create({ name: "w", dims: [width, width], dataType: onnx.TensorProto.DataType.FLOAT, rawData: new Uint8Array(identity.buffer) })],
-      input: [valueInfo("x", onnx.TensorProto.DataType.FLOAT, ["batch", width])],
-      output: [valueInfo("y", onnx.TensorProto.DataType.FLOAT, ["batch", width])]
-    })
-  })
-  return onnx.ModelProto.encode(model).finish()
+  return encodeModel(onnx.GraphProto.create({
+    name: "slow",
+    node,
+    initializer: [onnx.TensorProto.create({ name: "w", dims: [width, width], dataType: onnx.TensorProto.DataType.FLOAT, rawData: new Uint8Array(identity.buffer) })],
+    input: [valueInfo("x", onnx.TensorProto.DataType.FLOAT, ["batch", width])],
+    output: [valueInfo("y", onnx.TensorProto.DataType.FLOAT, ["batch", width])]
+  }))
 }
 
 /**
