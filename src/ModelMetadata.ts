@@ -88,12 +88,15 @@ const sameSpecs = (a: ReadonlyArray<TensorSpec>, b: ReadonlyArray<TensorSpec>): 
       spec.dims.every((d, axis) => d === other.dims[axis])
   })
 
+/** What `sameSignature` compares. */
+export type Signature = Pick<ModelMetadata, "inputs" | "outputs">
+
 /**
  * Whether two metadata describe models that take the same inputs and give the same outputs
  * (names, dtypes and dims, in order): inputs validated against one may run on the other, and its
  * outputs answer them as the first promised.
  */
-export const sameSignature = (a: ModelMetadata, b: ModelMetadata): boolean =>
+export const sameSignature = (a: Signature, b: Signature): boolean =>
   a === b || (sameSpecs(a.inputs, b.inputs) && sameSpecs(a.outputs, b.outputs))
 
 /**

@@ -45,7 +45,7 @@
  */
 import { Clock, Data, Deferred, Duration, Effect, Exit, Fiber, Schedule, type Scope } from "effect"
 import * as InferenceError from "../InferenceError.ts"
-import type * as ModelMetadata from "../ModelMetadata.ts"
+import * as ModelMetadata from "../ModelMetadata.ts"
 import type { RunOutput } from "../ModelPool.ts"
 import * as Tensor from "../Tensor.ts"
 import type * as Protocol from "./Protocol.ts"
@@ -337,9 +337,6 @@ class Refused {
   }
 }
 
-const sameSpecs = (a: ReadonlyArray<ModelMetadata.TensorSpec>, b: ReadonlyArray<ModelMetadata.TensorSpec>): boolean =>
-  JSON.stringify(a) === JSON.stringify(b)
-
 /**
  * Why a replacement instance must not serve beside the ones that loaded first, or undefined:
  * model.onnx changed on disk since the pool started, or (once it is `ready`) its session reports
@@ -354,7 +351,7 @@ const mismatch = (state: State, ready: Ready | undefined): string | undefined =>
   const first = state.first
   if (ready === undefined || first === undefined) return undefined
   if (ready.deviceUsed !== first.deviceUsed) return `the replacement's session runs on ${ready.deviceUsed}, the other instances' on ${first.deviceUsed}`
-  if (!sameSpecs(ready.inputs, first.inputs) || !sameSpecs(ready.outputs, first.outputs)) {
+  if (!ModelMetadata.sameSignature(ready, first)) {
     return `the replacement's session has another signature than the other instances' (model.onnx changed on disk?); load the model again to serve the new file`
   }
   return undefined
@@ -751,10 +748,7 @@ const states = new WeakMap<InstancePool, State>()
 const moveWaiting = (state: State, next: InstancePool | undefined, reason: string): void => {
   const target = next === undefined ? undefined : states.get(next)
   if (target === undefined || target.closing || target.broken !== undefined) return failWaiting(state, reason)
-  if (
-    target.transport.isolation !== state.transport.isolation || !sameSpecs(target.first!.inputs, state.first!.inputs) ||
-    !sameSpecs(target.first!.outputs, state.first!.outputs)
-  ) {
+  if (target.transport.isolation !== state.transport.isolation || !ModelMetadata.sameSignature(target.first!, state.first!)) {
     return failWaiting(state, `${reason}, with other inputs, outputs or isolation: send it again`)
   }
   const jobs: Array<Job> = []
