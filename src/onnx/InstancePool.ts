@@ -148,6 +148,12 @@ export interface RunOptions {
    * job sent ahead to an instance that then dies cannot be sent again: it fails (see the module doc).
    */
   readonly transfer?: boolean | undefined
+  /**
+   * Called once, synchronously, when the job reaches the head of an instance (nothing runs before
+   * it there): at once when an idle instance takes it, or when the job ahead of it replies. Not
+   * called for a job cancelled before then, or answered unsent.
+   */
+  readonly onStart?: (() => void) | undefined
 }
 
 /** What a run returns: `RunOutput` plus the native run's own duration, measured in the instance. */
@@ -275,6 +281,7 @@ interface Job {
   /** Clock deadlines; undefined without a timeout or on threads. */
   readonly deadlineAtMs: number | undefined
   readonly killAtMs: number | undefined
+  readonly onStart: (() => void) | undefined
   state: "new" | "queued" | "running" | "done"
   cancelled: boolean
   /** Its id once sent, and the instance it was sent to. */
@@ -291,6 +298,8 @@ interface Slot {
   sessionReleased: boolean
   /** Jobs sent and not yet replied to, in order: the first is running, the others wait their turn in the instance. */
   readonly jobs: Array<{ readonly id: number; readonly job: Job }>
+  /** When its running job reached the head, as a count of such moments in the pool: the lowest began first. */
+  headSeq: number
   /** Armed while a job with a deadline runs (processes only). */
   killTimer: Fiber.Fiber<void> | undefined
   /** Set when the pool killed the instance for a deadline: the failure of the job it ran. */
@@ -318,6 +327,8 @@ interface State {
   head: number
   queued: number
   nextId: number
+  /** Counts jobs reaching the head of an instance (`Slot.headSeq`). */
+  heads: number
   closing: boolean
   closed: Deferred.Deferred<void> | undefined
   broken: string | undefined
@@ -387,16 +398,21 @@ const nextJob = (state: State): Job | undefined => {
   return undefined
 }
 
-/** The live instance with the fewest jobs, if it has room: an idle one first. The one place that picks an instance. */
+/**
+ * The live instance with the fewest jobs, if it has room: an idle one first; among busy ones, the
+ * one whose run began first (likely the first to end: a job sent ahead waits for it). The one
+ * place that picks an instance.
+ */
 const roomy = (state: State): Slot | undefined => {
   let best: Slot | undefined
   for (const slot of state.live) {
     if (slot.jobs.length >= state.depth || slot.closeRequested) continue
-    if (best === undefined || slot.jobs.length < best.jobs.length) best = slot
-    if (slot.jobs.length === 0) break
+    if (slot.jobs.length === 0) return slot
+    if (best === undefined || slot.jobs.length < best.jobs.length || (slot.jobs.length === best.jobs.length && slot.headSeq < best.headSeq)) best = slot
   }
   return best
 }
+
 
 /** Kills `slot`'s process if it is still running job `id` (its deadline plus the grace has passed). */
 const killOverrun = (state: State, slot: Slot, id: number): void => {
@@ -429,6 +445,15 @@ const disarm = (slot: Slot): void => {
   slot.killTimer = undefined
 }
 
+/** `slot`'s first job is now the one it runs: it starts its deadline kill, and its caller hears of the start. */
+const headStarted = (state: State, slot: Slot): void => {
+  const head = slot.jobs[0]
+  if (head === undefined) return
+  slot.headSeq = state.heads++
+  arm(state, slot)
+  if (!head.job.cancelled) head.job.onStart?.()
+}
+
 /** Sends `job` to `slot`; false (job failed, or slot unusable) when it cannot or should not be sent. */
 const dispatch = (state: State, slot: Slot, job: Job): boolean => {
   if (job.deadlineAtMs !== undefined) {
@@ -453,7 +478,7 @@ const dispatch = (state: State, slot: Slot, job: Job): boolean => {
     job.resume(Exit.fail(runFailed(state, job, `the inputs could not be sent to the ${state.transport.noun}: ${errorText(e)}`)))
     return false
   }
-  if (slot.jobs.length === 1) arm(state, slot)
+  if (slot.jobs.length === 1) headStarted(state, slot)
   return true
 }
 
@@ -530,7 +555,7 @@ const onReply = (state: State, slot: Slot, message: Reply): void => {
   if (current === undefined || current.id !== message.id || slot.killedFor !== undefined) return
   disarm(slot)
   slot.jobs.shift()
-  arm(state, slot)
+  headStarted(state, slot)
   const job = current.job
   job.state = "done"
   state.counters.replies++
@@ -661,6 +686,7 @@ const spawn = (
       closeRequested: false,
       sessionReleased: false,
       jobs: [],
+      headSeq: 0,
       killTimer: undefined,
       killedFor: undefined,
       lastError: "",
@@ -835,6 +861,7 @@ const submit = <A>(
       decode,
       deadlineAtMs,
       killAtMs: deadlineAtMs === undefined ? undefined : deadlineAtMs + state.killGraceMs,
+      onStart: runOptions?.onStart,
       state: "new",
       cancelled: false,
       sent: undefined,
@@ -947,6 +974,7 @@ export const start = (options: Options, transport: Transport): Effect.Effect<Ins
       head: 0,
       queued: 0,
       nextId: 0,
+      heads: 0,
       closing: false,
       closed: undefined,
       broken: undefined,

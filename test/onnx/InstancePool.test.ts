@@ -8,76 +8,8 @@ import { Cause, Duration, Effect, Exit, Fiber, Logger } from "effect"
 import { TestClock } from "effect/testing"
 import type * as InferenceError from "../../src/InferenceError.ts"
 import * as InstancePool from "../../src/onnx/InstancePool.ts"
-import type * as Protocol from "../../src/onnx/Protocol.ts"
 import * as Tensor from "../../src/Tensor.ts"
-
-/** One fake instance: records what it was sent; the test says when it loads, replies, dies. */
-class FakeInstance {
-  readonly sent: Array<Protocol.ToWorker> = []
-  killed = false
-  exited = false
-  readonly events: InstancePool.InstanceEvents
-  constructor(events: InstanceEvents) {
-    this.events = events
-  }
-  /** Says its session loaded, with the signature given (by default x [-1, 1] → y [-1, 1]). */
-  ready(signature: Pick<Extract<Protocol.FromWorker, { readonly _tag: "ready" }>, "inputs" | "outputs"> = {
-    inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }],
-    outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }]
-  }): void {
-    this.events.message({ _tag: "ready", deviceUsed: "cpu", fallbacks: [], ...signature, loadMs: 1 })
-  }
-  /** Ids of the runs sent to it, in order. */
-  runs(): Array<number> {
-    return this.sent.flatMap((m) => (m._tag === "run" ? [m.id] : []))
-  }
-  reply(id: number, value = 1): void {
-    this.events.message({ _tag: "done", id, outputs: { y: Tensor.float32(new Float32Array([value]), [1, 1]) }, deviceUsed: "cpu", runMs: 1 })
-  }
-  die(how = "exit code 3"): void {
-    if (this.exited) return
-    this.exited = true
-    this.events.exit(how)
-  }
-}
-
-type InstanceEvents = InstancePool.InstanceEvents
-
-const fakeTransport = (isolation: InstancePool.Isolation = "thread") => {
-  const instances: Array<FakeInstance> = []
-  /** What the next spawned instances do on their own (else the test drives them). */
-  const auto = { ready: false, failLoad: false }
-  const transport: InstancePool.Transport = {
-    isolation,
-    noun: "fake",
-    spanPrefix: "Fake",
-    spawn: (_config, events) => {
-      const instance = new FakeInstance(events)
-      instances.push(instance)
-      // events are asynchronous in real transports
-      if (auto.failLoad) queueMicrotask(() => instance.die("exit code 1"))
-      else if (auto.ready) queueMicrotask(() => instance.ready())
-      return {
-        send: (message, transfer) => {
-          if (instance.exited) throw new Error("channel closed")
-          instance.sent.push(message)
-          // moved, as a thread's postMessage moves them: detached here
-          for (const buffer of transfer ?? []) structuredClone(buffer, { transfer: [buffer] })
-          if (message._tag === "close") queueMicrotask(() => {
-            events.message({ _tag: "closed" })
-            instance.die("exit code 0")
-          })
-        },
-        kill: () => {
-          instance.killed = true
-          queueMicrotask(() => instance.die("signal SIGKILL"))
-        },
-        pid: isolation === "process" ? 1000 + instances.length : undefined
-      }
-    }
-  }
-  return { instances, transport, auto }
-}
+import { type FakeInstance, fakeTransport } from "../fixtures/FakeTransport.ts"
 
 const options = (overrides: Partial<InstancePool.Options> = {}): InstancePool.Options => ({
   modelId: "m",
@@ -154,6 +86,43 @@ describe("InstancePool", () => {
       assert.strictEqual(a!.runs().length, 3)
       const first = yield* Fiber.join(fibers[0]!)
       assert.deepStrictEqual(Array.from(first.outputs["y"]!.data as Float32Array), [7])
+    }))
+
+  it.effect("says when each job begins (onStart): at once on an idle instance, when the job ahead of it replies; never for one cancelled first", () =>
+    Effect.gen(function*() {
+      const { instances: [a], pool } = yield* started({ instances: 1 })
+      const begun: Array<string> = []
+      const run = (id: string) => Effect.forkChild(pool.run(x, id, { onStart: () => begun.push(id) }), { startImmediately: true })
+      const first = yield* run("first")
+      assert.deepStrictEqual(begun, ["first"], "an idle instance runs it at once")
+      const ahead = yield* run("ahead")
+      const cancelled = yield* run("cancelled")
+      const queued = yield* run("queued")
+      assert.deepStrictEqual(begun, ["first"], "sent ahead or queued: not begun")
+      a!.finishRunning()
+      yield* Fiber.join(first)
+      assert.deepStrictEqual(begun, ["first", "ahead"], "the job ahead begins as the one before it replies")
+      // "cancelled", sent ahead as "first" replied, is interrupted before its turn
+      yield* Fiber.interrupt(cancelled)
+      a!.finishRunning()
+      yield* Fiber.join(ahead)
+      assert.deepStrictEqual(begun, ["first", "ahead"], "a job cancelled before its turn never begins")
+      a!.fail(a!.inHand[0]!, "cancelled before it ran")
+      assert.deepStrictEqual(begun, ["first", "ahead", "queued"])
+      a!.finishRunning()
+      yield* Fiber.join(queued)
+    }))
+
+  it.effect("sends a job ahead to the busy instance whose run began first, the likelier to end first", () =>
+    Effect.gen(function*() {
+      const { instances: [a, b], pool } = yield* started()
+      const run = (id: string) => Effect.forkChild(pool.run(x, id), { startImmediately: true })
+      yield* run("r0") // a
+      yield* run("r1") // b
+      a!.finishRunning()
+      yield* run("r2") // a, idle again: its run began after b's
+      yield* run("r3")
+      assert.deepStrictEqual([a!.runs().length, b!.runs().length], [2, 2], "r3 went ahead on b, whose run began first")
     }))
 
   it.effect("an interrupted job: queued, it is never sent; sent ahead, the instance is told to skip it", () =>
