@@ -15,8 +15,9 @@
  *   a worker pool moves its buffers instead of copying them.
  * - A job sent ahead to a busy instance whose callers have all left (cancelled, or past their
  *   deadlines) is withdrawn: its run is interrupted, so the pool drops it unsent or the worker
- *   skips it, and its slot is free. (A cancel that reaches the worker just as it starts the job
- *   is too late: that run goes on unseen by the engine, its result dropped.)
+ *   skips it, and its slot is free. A job that has begun is never withdrawn: which have is the
+ *   pool's word where it reports starts (`RunOptions.onStart`). (A cancel that reaches the worker
+ *   just as it starts the job is too late: that run goes on unseen by the engine, its result dropped.)
  * - `close` (the engine's scope closing) answers every queued and forming request with
  *   ShuttingDown and interrupts the runs in progress, whose callers get ShuttingDown too.
  *
@@ -216,6 +217,9 @@ const dispatch = (state: State, batch: Scheduler.Batch<Caller>, now: number): vo
   })
 }
 
+/** What the pool calls when the batch's job begins on an instance (`RunOptions.onStart`). */
+const startedFor = (state: State, batch: Scheduler.Batch<Caller>) => () => state.scheduler.started(batch, state.nowMs())
+
 /** One native run of the members still waiting; a failed batch reruns them alone. */
 const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: ReadonlyArray<Request>): Effect.Effect<void> =>
   Effect.suspend(() => {
@@ -234,7 +238,8 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       admittedAs: metadata,
       // The run is wanted until the last member's deadline: a pool that can stop runs stops it only once every caller has given up.
       timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)),
-      transfer: joined || request.transferInputs === true
+      transfer: joined || request.transferInputs === true,
+      onStart: startedFor(state, batch)
     }
     return Effect.flatMap(Effect.exit(state.pool.run(request.modelId, inputs, runOptions)), (ran) => {
       const exit = asRunExit(ran, request.modelId, request.requestId)
@@ -265,7 +270,13 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
     const startedMs = state.nowMs()
     let lastDeadlineMs = 0
     for (const m of members) lastDeadlineMs = Math.max(lastDeadlineMs, m.deadlineAtMs)
-    const runOptions = { requestId: request.requestId, version: metadata.version, admittedAs: metadata, timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)) }
+    const runOptions = {
+      requestId: request.requestId,
+      version: metadata.version,
+      admittedAs: metadata,
+      timeout: Duration.millis(Math.max(0, lastDeadlineMs - startedMs)),
+      onStart: startedFor(state, batch)
+    }
     return Effect.flatMap(Effect.exit(state.pool.runGroup!(request.modelId, members.map((m) => m.value.request.inputs), runOptions)), (ran) => {
       const exit = asRunExit(ran, request.modelId, request.requestId)
       if (Exit.isFailure(exit)) {

@@ -198,6 +198,7 @@ const specOf = (state: State, modelId: string, metadata: ModelMetadata.ModelMeta
       generation,
       instances: metadata.concurrency ?? Infinity,
       depth: metadata.pipelineDepth ?? 1,
+      reportsStarts: metadata.reportsStarts === true,
       devices: metadata.devices,
       batching: metadata.batching ?? BatchPolicy.disabled,
       maxGroup: state.pool.runGroup === undefined || metadata.batching?.enabled === true ? 1 : maxGroup

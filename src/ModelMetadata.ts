@@ -36,6 +36,13 @@ export interface ModelMetadata {
    */
   readonly pipelineDepth?: number | undefined
   /**
+   * The pool calls `RunOptions.onStart` when each run begins. One that pins a job to a busy
+   * instance (pipelining) must: its jobs do not start in the order they were handed over, and the
+   * engine would otherwise take the oldest ones for the running ones, withdraw a job that runs,
+   * and let another model's run start beside it. Absent: the pool starts its jobs in that order.
+   */
+  readonly reportsStarts?: boolean | undefined
+  /**
    * Runs of this model its hardware executes at once (absent: `concurrency`): 1 where its
    * instances share one GPU, whose runs queue for it. Learned batch sizing predicts from it when
    * a run can start.

@@ -54,6 +54,12 @@ export interface RunOptions {
    * run inputs the model no longer takes. Undefined: no check.
    */
   readonly admittedAs?: ModelMetadata.ModelMetadata | undefined
+  /**
+   * Called once, synchronously, when the run begins on an instance: nothing runs before it there.
+   * A pool whose metadata says `reportsStarts` must call it for every run that begins; others may
+   * ignore it. Not called for a run that never begins (refused, withdrawn, past its deadline).
+   */
+  readonly onStart?: (() => void) | undefined
 }
 
 export interface Service {

@@ -20,6 +20,12 @@
  * `Σ min(slots used, instances)`, never exceed `maxConcurrent`, and a forming batch (which holds
  * a slot while it waits for rows) counts as a run.
  *
+ * Which jobs in flight run. A pool that starts its jobs in the order they were dispatched (one
+ * FIFO for its instances) runs the oldest `instances` of them: `complete` infers the starts from
+ * that. A pool that pins a job to one busy instance (`ModelSpec.reportsStarts`) may start a later
+ * job first, on an instance that freed sooner; it says when each starts (`started`). Either way a
+ * job is withdrawn (`isAbandonedAhead`) only while it waits, never once it runs.
+ *
  * @module Scheduler
  */
 import * as BatchPolicy from "./BatchPolicy.ts"
@@ -39,6 +45,12 @@ export interface ModelSpec {
   readonly instances: number
   /** Jobs one instance may be handed at once (1: no pipelining). */
   readonly depth: number
+  /**
+   * Its pool says when each job starts (`started`), instead of the engine taking the oldest
+   * `instances` jobs in flight as the running ones: a pool that pins jobs to instances starts
+   * them out of dispatch order.
+   */
+  readonly reportsStarts?: boolean | undefined
   /**
    * Runs its hardware executes at once, for learned sizing's prediction of when a run can start:
    * its instances where each has its own cores (the default), 1 where they share one GPU (their
@@ -79,7 +91,10 @@ export interface Model {
   queuedRows: number
   /** Forming batches by batch key. */
   readonly forming: Map<string, Batch<unknown>>
-  /** Dispatched batches in dispatch order: the first `instances` run, the others wait in their instance (sent ahead). */
+  /**
+   * Dispatched batches in dispatch order. Those running have a `startedAtMs`; the others wait in
+   * a busy instance (sent ahead). Without `ModelSpec.reportsStarts`, the first `instances` run.
+   */
   readonly inFlight: Array<Batch<unknown>>
 }
 
@@ -123,8 +138,8 @@ export interface Batch<A> {
   /** Unsettled requests it holds while it waits in a busy instance (sent ahead); 0 once it runs. */
   waiting: number
   /**
-   * When it was handed to a free instance, or its instance became free (`complete`); NaN while it
-   * waits there or forms. On instances that share one device it may still queue there for the
+   * When it started: handed to a free instance, its instance became free (`complete`), or its pool
+   * said so (`started`); NaN while it waits there or forms. On instances that share one device it may still queue there for the
    * device: predictions from it then run early, and the next batch is handed over early, not late.
    */
   startedAtMs: number
@@ -414,6 +429,7 @@ export class Scheduler<A> {
     if (i >= 0) inFlight.splice(i, 1)
     this.#waitingAhead -= batch.waiting
     batch.waiting = 0
+    if (model.spec.reportsStarts === true) return
     // The first `instances` in flight now run: what waited in them no longer does.
     const running = Math.min(inFlight.length, model.spec.instances)
     for (let j = 0; j < running; j++) {
@@ -424,14 +440,29 @@ export class Scheduler<A> {
   }
 
   /**
+   * The pool says `batch`'s job has begun on an instance (a model that `reportsStarts`): its
+   * members no longer wait, and it is no longer withdrawn when they leave. Once is enough: later
+   * calls (its members run again alone after a failed run) and calls after `complete` change nothing.
+   */
+  started(batch: Batch<A>, nowMs: number): void {
+    if (!Number.isNaN(batch.startedAtMs) || !batch.model.inFlight.includes(batch as Batch<unknown>)) return
+    batch.startedAtMs = nowMs
+    this.#waitingAhead -= batch.waiting
+    batch.waiting = 0
+  }
+
+  /**
    * How long until a batch of `model` handed over now would find an instance free, from its runs
    * in flight and their predicted run times (`Model.cost`), less the lead (`handOverLeadMs`) of
    * the run that frees it: 0 when an instance is free now, or when nothing is known of the runs yet.
    */
   handOverInMs(model: Model, nowMs: number): number {
     const runners = runnersOf(model.spec)
-    const inFlight = model.inFlight
-    if (!(inFlight.length >= runners) || model.cost.runs === 0) return 0
+    if (!(model.inFlight.length >= runners) || model.cost.runs === 0) return 0
+    // Those running first: where the pool reports starts, they need not be the oldest.
+    const inFlight = model.spec.reportsStarts === true
+      ? [...model.inFlight.filter((b) => !Number.isNaN(b.startedAtMs)), ...model.inFlight.filter((b) => Number.isNaN(b.startedAtMs))]
+      : model.inFlight
     // Each runner frees when its run ends; the batches sent ahead run one after another.
     const ends: Array<number> = []
     const lasts: Array<number> = []
@@ -711,7 +742,9 @@ export class Scheduler<A> {
     for (const m of batch.members) m.stage = "running"
     batch.model.runs++
     const inFlight = batch.model.inFlight as Array<Batch<A>>
-    if (inFlight.length >= batch.model.spec.instances) {
+    // A pool that reports starts says so at once when an instance is free (`started`, called as
+    // the batch's run is handed over); until then the batch waits.
+    if (batch.model.spec.reportsStarts === true || inFlight.length >= batch.model.spec.instances) {
       batch.waiting = batch.members.length
       this.#waitingAhead += batch.waiting
     } else {

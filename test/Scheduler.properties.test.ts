@@ -71,7 +71,13 @@ const ModelGen = Schema.Struct({
   /** For a model that does not batch (a pool with runGroup); a batching model gets 1, as the engine gives it. */
   maxGroup: Int(1, 5),
   /** The native run time the pool reports for a run (ms), whenever the run ends. */
-  runMs: Int(1, 6)
+  runMs: Int(1, 6),
+  /**
+   * Its pool pins each job to an instance (an idle one, else the busy one whose run began first)
+   * and says when each starts (`reportsStarts`), as `InstancePool` does; else it starts its jobs in
+   * the order they came (one FIFO).
+   */
+  pins: Schema.Boolean
 })
 
 /** Whether the Dispatcher pumps after the step (0: not yet, as within one burst of admissions). */
@@ -96,7 +102,7 @@ const Admit = Schema.TaggedStruct("Admit", {
 const Advance = Schema.TaggedStruct("Advance", { ms: Int(0, 15), toWake: Schema.Boolean, pump: Pump })
 /** Cancels one unsettled request, or with `any` one of all admitted (a settled one too: cancel must then say false). */
 const Cancel = Schema.TaggedStruct("Cancel", { pick: Int(0, 999), any: Schema.Boolean, pump: Pump })
-/** Ends the run of one job in flight, in any order (a job sent ahead too: withdrawn or run elsewhere). */
+/** Ends the run of one job in flight, in any order (a job sent ahead too: withdrawn or run elsewhere; a pinning pool's, mostly one that runs). */
 const Complete = Schema.TaggedStruct("Complete", { pick: Int(0, 999), pump: Pump })
 const Op = Schema.Union([Admit, Advance, Cancel, Complete])
 
@@ -131,7 +137,8 @@ const specOf = (gen: SchedulerScenario["models"][number], i: number): Scheduler.
       sizing: gen.learned ? "learned" : "fixed"
     }
     : BatchPolicy.disabled,
-  maxGroup: gen.batching > 0 ? 1 : gen.maxGroup
+  maxGroup: gen.batching > 0 ? 1 : gen.maxGroup,
+  reportsStarts: gen.pins
 })
 
 type Outcome = "answered" | "cancelled" | Scheduler.Expiry
@@ -154,6 +161,22 @@ interface Rec {
 interface Flight {
   readonly batch: Scheduler.Batch<number>
   readonly dispatchedAtMs: number
+  /** A pinning pool's: the instance it was handed to (undefined while in the pool's FIFO), whether it has begun, whether it was withdrawn. */
+  instance: PinnedInstance | undefined
+  began: boolean
+  withdrawn: boolean
+}
+
+/** One instance of a pinning pool: its jobs in order (the first runs), and when that one began (a count). */
+interface PinnedInstance {
+  readonly jobs: Array<Flight>
+  headSeq: number
+}
+
+/** A pinning pool (`ModelGen.pins`): its instances (one a job where the model has no bound) and its FIFO of jobs no instance had room for. */
+interface PinningPool {
+  readonly instances: Array<PinnedInstance>
+  readonly fifo: Array<Flight>
 }
 
 /** Where the monotonic clock of the pools that time the runs stands at the scenario's 0 (ms): about a day after boot. */
@@ -168,6 +191,10 @@ const newCoverage = () => ({
   grouped: 0,
   /** Jobs handed to a busy instance (pipelining). */
   sentAhead: 0,
+  /** Jobs a pinning pool started out of the order they were dispatched in (an instance freed before the one they waited on). */
+  startedOutOfOrder: 0,
+  /** Jobs a pinning pool had sent ahead that were withdrawn. */
+  withdrawnPinned: 0,
   /** Jobs dispatched while the queue held alike requests (same batch key, or none for groups) of another model. */
   alikeOtherModelQueued: 0,
   /** ... of another version of the same model. */
@@ -209,6 +236,80 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
     if (!ok) throw new Error(`${message} [${where}, at ${now} ms]`)
   }
 
+  /** The pinning pools (`ModelGen.pins`), by model: which of their jobs run is theirs to say. */
+  const pools = new Map<Scheduler.Model, PinningPool>()
+  let heads = 0
+  const poolOf = (model: Scheduler.Model): PinningPool => {
+    let pool = pools.get(model)
+    if (pool === undefined) pools.set(model, pool = { instances: [], fifo: [] })
+    return pool
+  }
+
+  /**
+   * `instance` moves on, as `InstancePool` does when a reply comes: its FIFO fills its room, and a
+   * job that reaches the head begins (the pool says so). A withdrawn job at the head holds the
+   * instance until its skip comes (`skipped`: the instance's "cancelled before it ran" reply).
+   */
+  const advance = (pool: PinningPool, instance: PinnedInstance, depth: number, skipped = false): void => {
+    if (skipped) while (instance.jobs[0]?.withdrawn === true) instance.jobs.shift()
+    while (instance.jobs.length < depth && pool.fifo.length > 0) {
+      const next = pool.fifo.shift()!
+      next.instance = instance
+      instance.jobs.push(next)
+    }
+    const head = instance.jobs[0]
+    if (head === undefined || head.began || head.withdrawn) return
+    instance.headSeq = heads++
+    head.began = true
+    const model = head.batch.model
+    if (model.inFlight.some((b, i) => i < model.inFlight.indexOf(head.batch) && !inFlight.find((f) => f.batch === b)!.began)) coverage.startedOutOfOrder++
+    s.started(head.batch, now)
+  }
+
+  /** A pinning pool takes a job: an idle instance, a new one while under the count, the busy one with room whose run began first, or its FIFO. */
+  const handOver = (flight: Flight): void => {
+    const { model } = flight.batch
+    const pool = poolOf(model)
+    const { depth, instances } = model.spec
+    let pick = pool.instances.find((i) => i.jobs.length === 0)
+    if (pick === undefined && pool.instances.length < instances) pool.instances.push(pick = { jobs: [], headSeq: 0 })
+    if (pick === undefined) {
+      for (const i of pool.instances) {
+        if (i.jobs.length < depth && (pick === undefined || i.jobs.length < pick.jobs.length || (i.jobs.length === pick.jobs.length && i.headSeq < pick.headSeq))) pick = i
+      }
+    }
+    if (pick === undefined) {
+      pool.fifo.push(flight)
+      return
+    }
+    flight.instance = pick
+    pick.jobs.push(flight)
+    advance(pool, pick, depth)
+  }
+
+  /** A pinning pool lets go of a job: answered (its run ended, or unsent), or withdrawn (an instance that holds it skips it at its turn). */
+  const letGo = (flight: Flight, withdrawn: boolean): void => {
+    const pool = poolOf(flight.batch.model)
+    const instance = flight.instance
+    if (instance === undefined) {
+      pool.fifo.splice(pool.fifo.indexOf(flight), 1)
+      return
+    }
+    if (withdrawn) {
+      flight.withdrawn = true
+      return
+    }
+    instance.jobs.splice(instance.jobs.indexOf(flight), 1)
+    advance(pool, instance, flight.batch.model.spec.depth)
+  }
+
+  /** The skips of withdrawn jobs at the head of an instance come in (some time after their turn came). */
+  const skipsArrive = (): void => {
+    for (const [model, pool] of pools) {
+      for (const instance of pool.instances) if (instance.jobs[0]?.withdrawn === true) advance(pool, instance, model.spec.depth, true)
+    }
+  }
+
   /** The members of one job (or forming batch), in order, agree on what may share a job. */
   const checkMembers = (batch: Scheduler.Batch<number>, what: string): void => {
     const first = batch.members[0] === undefined ? undefined : recs[batch.members[0].value]!
@@ -244,8 +345,9 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
     rec.settledCount++
   }
 
-  const completeFlight = (flight: Flight): void => {
+  const completeFlight = (flight: Flight, withdrawn = false): void => {
     const { batch } = flight
+    if (batch.model.spec.reportsStarts === true) letGo(flight, withdrawn)
     // The Dispatcher answers every member still waiting for this run, then frees the slot.
     for (const m of batch.members) {
       const rec = recs[m.value]!
@@ -272,7 +374,12 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
     if (batch === undefined || !s.isAbandonedAhead(batch)) return
     // Already withdrawn (two of its members left at once): its run has ended.
     const flight = inFlight.find((f) => f.batch === batch)
-    if (flight !== undefined) completeFlight(flight)
+    if (flight === undefined) return
+    if (batch.model.spec.reportsStarts === true) {
+      check(!flight.began, `job [${batch.members.map((m) => m.value).join(",")}] of ${batch.model.spec.key} withdrawn while it runs`)
+      coverage.withdrawnPinned++
+    }
+    completeFlight(flight, true)
   }
 
   const onDispatch = (batch: Scheduler.Batch<number>): void => {
@@ -299,7 +406,9 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
         else if (rec.spec !== first.spec) coverage.alikeOtherVersionQueued++
       }
     }
-    inFlight.push({ batch, dispatchedAtMs: now })
+    const flight: Flight = { batch, dispatchedAtMs: now, instance: undefined, began: false, withdrawn: false }
+    inFlight.push(flight)
+    if (batch.model.spec.reportsStarts === true) handOver(flight)
   }
 
   const pump = (): void => {
@@ -386,6 +495,7 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
     for (const r of s.queue.values()) check(r.stage === "queued" && recs[r.value]!.outcome === undefined, `request ${r.value} in the queue but ${r.stage}`)
 
     let permits = 0
+    let native = 0
     let waitingAhead = 0
     let formingMembers = 0
     const seen = new Set<Scheduler.Model>()
@@ -410,7 +520,15 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
       }
       model.inFlight.forEach((batch, i) => {
         const started = !Number.isNaN(batch.startedAtMs)
-        check(started === i < spec.instances, `${spec.key}: job ${i} in flight ${started ? "started" : "not started"} with ${spec.instances} instances`)
+        if (spec.reportsStarts === true) {
+          const began = inFlight.find((f) => f.batch === batch)!.began
+          check(started === began, `${spec.key}: job ${i} in flight ${started ? "started" : "not started"} but its pool ${began ? "began" : "has not begun"} it`)
+          // Native runs: the instances running a job (a withdrawn one at the head is skipped, not run).
+          native += poolOf(model).instances.filter((inst) => inst.jobs[0] === inFlight.find((f) => f.batch === batch)).length
+        } else {
+          check(started === i < spec.instances, `${spec.key}: job ${i} in flight ${started ? "started" : "not started"} with ${spec.instances} instances`)
+          if (started) native++
+        }
         const waiting = started ? 0 : batch.members.filter((m) => m.stage !== "settled").length
         check(batch.waiting === waiting, `${spec.key}: job ${i} counts ${batch.waiting} waiting, ${waiting} do`)
         check(s.isAbandonedAhead(batch as Scheduler.Batch<number>) === (!started && waiting === 0), `${spec.key}: isAbandonedAhead wrong`)
@@ -419,7 +537,8 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
     }
     for (const f of inFlight) check(seen.has(f.batch.model), "a job in flight for a model the scheduler does not know")
     check(formingMembers === formingRecs, `${formingMembers} requests in forming batches, the harness has ${formingRecs}`)
-    check(permits <= sc.maxConcurrent, `${permits} native runs at once over maxConcurrent ${sc.maxConcurrent}`)
+    check(permits <= sc.maxConcurrent, `${permits} permits held over maxConcurrent ${sc.maxConcurrent}`)
+    check(native <= sc.maxConcurrent, `${native} native runs at once over maxConcurrent ${sc.maxConcurrent}`)
     check(s.freePermits === sc.maxConcurrent - permits, `freePermits ${s.freePermits} with ${permits} held`)
     check(s.waitingAhead === waitingAhead, `waitingAhead ${s.waitingAhead}, jobs hold ${waitingAhead}`)
   }
@@ -453,6 +572,7 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
         break
       }
       case "Advance": {
+        skipsArrive()
         const wake = Math.min(lastStep._tag === "Wait" ? lastStep.untilMs : Infinity, s.nextTimerMs())
         now = op.toWake ? Math.max(now, Number.isFinite(wake) ? wake : now + op.ms) : now + op.ms
         break
@@ -472,8 +592,10 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
         break
       }
       case "Complete": {
-        if (inFlight.length === 0) break
-        completeFlight(inFlight[op.pick % inFlight.length]!)
+        // A pinning pool's jobs end by running (one that has not begun ends only unsent, which is rare: once in eight here).
+        const ending = op.pick % 8 === 0 ? inFlight : inFlight.filter((f) => f.began || f.batch.model.spec.reportsStarts !== true)
+        if (ending.length === 0) break
+        completeFlight(ending[op.pick % ending.length]!)
         break
       }
     }
@@ -485,9 +607,11 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
   for (let i = 0; ; i++) {
     where = `drain ${i}`
     check(i < 20_000, "the drain does not end")
+    skipsArrive()
     pump()
     if (inFlight.length > 0) {
-      completeFlight(inFlight[0]!)
+      // The pool ends a job that runs (a pinning pool's others wait their turn).
+      completeFlight(inFlight.find((f) => f.began || f.batch.model.spec.reportsStarts !== true) ?? inFlight[0]!)
       checkSettled()
       continue
     }
@@ -502,6 +626,9 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
   check(s.freePermits === sc.maxConcurrent, `${sc.maxConcurrent - s.freePermits} permits leaked`)
   for (const model of s.models()) {
     check(model.slots === 0 && model.permitsHeld === 0 && model.runs === 0 && model.forming.size === 0 && model.inFlight.length === 0, `${model.spec.key} holds slots after the drain`)
+  }
+  for (const [model, pool] of pools) {
+    check(pool.fifo.length === 0 && pool.instances.every((i) => i.jobs.length === 0), `${model.spec.key}'s pool holds jobs after the drain`)
   }
   for (const rec of recs) {
     check(rec.settledCount === 1, `request ${rec.id} settled ${rec.settledCount} times`)

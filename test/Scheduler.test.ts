@@ -82,6 +82,31 @@ describe("Scheduler", () => {
     assert.isDefined(admit(s, "r3", m))
   })
 
+  it("a model whose pool reports starts: a job waits until its pool says it began, whatever its place in dispatch order", () => {
+    const s = make()
+    const m = spec("m", { instances: 2, depth: 2, reportsStarts: true })
+    for (const value of ["r0", "r1", "r2"]) admit(s, value, m)
+    const { batches: [r0, r1, r2] } = drainSteps(s)
+    assert.strictEqual(s.waitingAhead, 3, "none has begun yet")
+    s.started(r0!, 1)
+    s.started(r1!, 2)
+    assert.strictEqual(s.waitingAhead, 1)
+    assert.deepStrictEqual([r0!.startedAtMs, r1!.startedAtMs], [1, 2])
+    // r2 was pinned behind r0; r1's instance frees first: r2 still waits
+    for (const member of r1!.members) s.settle(member)
+    s.complete(r1!, 5)
+    assert.strictEqual(s.waitingAhead, 1, "not taken for started by its place")
+    assert.isNaN(r2!.startedAtMs)
+    for (const member of r0!.members) s.settle(member, true)
+    assert.isFalse(s.isAbandonedAhead(r0!), "r0 began: its caller left, but it is not withdrawn")
+    for (const member of r2!.members) s.settle(member, true)
+    assert.isTrue(s.isAbandonedAhead(r2!), "its caller left while it waited: it may be withdrawn")
+    s.complete(r2!, 6)
+    s.started(r2!, 7)
+    assert.isNaN(r2!.startedAtMs, "a start reported after it was withdrawn changes nothing")
+    assert.strictEqual(s.waitingAhead, 0)
+  })
+
   it("a request that leaves a job sent ahead no longer counts against maxQueued", () => {
     const s = make({ maxQueued: 2 })
     const m = spec("m", { depth: 2 })

@@ -242,6 +242,7 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
         defaultPriority: entry.config.defaultPriority,
         concurrency: entry.config.instances,
         pipelineDepth: host.depth,
+        reportsStarts: true,
         deviceUsed: host.deviceUsed,
         // Every instance's WebGPU device is the same GPU: their runs queue for it.
         ...(gpu ? { devices: 1 } : {}),

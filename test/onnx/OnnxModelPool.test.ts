@@ -37,10 +37,11 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads the mlp's metadata from the session: dynamic batch as -1", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, concurrency, defaultPriority, deviceUsed, pipelineDepth, ...metadata } = yield* pool.metadata("mlp")
+      const { batching, concurrency, defaultPriority, deviceUsed, pipelineDepth, reportsStarts, ...metadata } = yield* pool.metadata("mlp")
       assert.isAtLeast(concurrency!, 1, "its instances")
       assert.strictEqual(deviceUsed, "cpu")
       assert.strictEqual(pipelineDepth, 2, "threads take a job ahead")
+      assert.isTrue(reportsStarts, "it pins jobs to workers, so it says when each begins")
       assert.deepInclude(batching, { enabled: true, maxBatchSize: 64 }, "on by default: every dim 0 is dynamic")
       assert.strictEqual(defaultPriority, "Normal")
       assert.deepStrictEqual(metadata, {
@@ -55,7 +56,7 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
   it.effect("reads silero_vad's metadata: unnamed dims as -1, int64 scalar sr", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
-      const { batching, concurrency: _c, defaultPriority: _p, deviceUsed: _u, pipelineDepth: _d, signatures, ...metadata } = yield* pool.metadata("silero_vad")
+      const { batching, concurrency: _c, defaultPriority: _p, deviceUsed: _u, pipelineDepth: _d, reportsStarts: _r, signatures, ...metadata } = yield* pool.metadata("silero_vad")
       assert.deepInclude(batching, { enabled: true, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 } }, "from its config.json")
       assert.deepStrictEqual(signatures, [
         { input: { dims: [-1, 512] }, sr: { values: [16000] } },
@@ -193,6 +194,23 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
       assert.isAtLeast(waited, 200, `the next run waited ${waited.toFixed(0)} ms for the spin to end`)
       assert.strictEqual(pool.counters.lateRepliesDropped, dropped + 1)
       assert.deepInclude(pool.stats("mlp"), { busy: 0, idle: 1, queued: 0 })
+    }))
+
+  it.effect("says when each run begins on its worker: at once when idle, as the run ahead of it ends when sent ahead", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.OnnxModelPool
+      const begun: Record<string, number> = {}
+      const spin = (requestId: string, ms: number) =>
+        Effect.forkChild(TestOps.run(pool, "mlp", { _tag: "spin", ms }, { requestId, onStart: () => (begun[requestId] = now()) }), { startImmediately: true })
+      const t0 = now()
+      const first = yield* spin("first", 150)
+      const ahead = yield* spin("ahead", 100)
+      assert.deepStrictEqual(Object.keys(begun), ["first"], "the idle worker began the first at once; the second waits in it")
+      const [firstOut, aheadOut] = yield* Effect.all([Fiber.join(first), Fiber.join(ahead)])
+      const endOfFirst = (firstOut.outputs["interval"]!.data as Float64Array)[1]! - performance.timeOrigin
+      assert.isAtLeast(begun["ahead"]! - t0, 100, "the second began only once the first ended")
+      assert.isAtLeast(begun["ahead"]!, endOfFirst - 1, "not before the first's run ended in the worker")
+      assert.isBelow(begun["ahead"]!, (aheadOut.outputs["interval"]!.data as Float64Array)[1]! - performance.timeOrigin, "while it ran, not when it replied")
     }))
 
   it.effect("drops a queued job whose caller was interrupted without sending it", () =>

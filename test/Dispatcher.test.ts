@@ -1,0 +1,144 @@
+/**
+ * The Dispatcher over a pool that pins each job to one instance (`InstancePool` over a fake
+ * transport, pipelining two jobs an instance, as threads do): such a pool starts its jobs out of
+ * the order they were dispatched in, when a later one finds an instance that freed sooner. The
+ * engine must learn from the pool which jobs run (`reportsStarts`): it withdraws only a job that
+ * waits, and never lets more native runs go at once than `maxConcurrentRequests`.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Duration, Effect, Exit, Fiber, Layer } from "effect"
+import { AsyncConfigService, type AsyncConfig } from "../src/AsyncConfig.ts"
+import { AsyncInferenceEngine } from "../src/Engine.ts"
+import * as InferenceError from "../src/InferenceError.ts"
+import * as InferenceRequest from "../src/InferenceRequest.ts"
+import { ModelPool } from "../src/ModelPool.ts"
+import * as InstancePool from "../src/onnx/InstancePool.ts"
+import { layerRecording } from "../src/Telemetry.ts"
+import * as Tensor from "../src/Tensor.ts"
+import { type FakeInstance, fakeTransport } from "./fixtures/FakeTransport.ts"
+
+/** Lets forked fibers, microtasks and the dispatcher's pumps run. */
+const settle = Effect.gen(function*() {
+  for (let i = 0; i < 5; i++) {
+    yield* Effect.promise(() => new Promise<void>((r) => setImmediate(r)))
+    yield* Effect.yieldNow
+  }
+})
+
+/** A started pool of `modelId` over fake instances that load at once and skip the jobs they are told to cancel. */
+const startPool = (modelId: string, instances: number) =>
+  Effect.gen(function*() {
+    const fake = fakeTransport()
+    fake.auto.ready = true
+    fake.auto.skipCancelled = true
+    const options: InstancePool.Options = {
+      modelId,
+      version: "1",
+      path: "/nowhere/model.onnx",
+      instances,
+      executionProviders: ["cpu"],
+      intraOpNumThreads: 1,
+      interOpNumThreads: 1,
+      closeTimeout: Duration.seconds(5),
+      counters: InstancePool.makeCounters()
+    }
+    const fiber = yield* Effect.forkChild(InstancePool.start(options, fake.transport), { startImmediately: true })
+    yield* settle
+    const pool = yield* Fiber.join(fiber)
+    yield* Effect.addFinalizer(() => pool.close)
+    return { pool, instances: fake.instances }
+  })
+
+/** The engine over pools by model id, as `OnnxModelPool` serves them (one request a job: no groups). */
+const engineOver = (pools: Record<string, InstancePool.InstancePool>, config: Partial<AsyncConfig>) =>
+  Effect.gen(function*() {
+    const modelPool = ModelPool.of({
+      metadata: (modelId) => {
+        const pool = pools[modelId]
+        return pool === undefined
+          ? Effect.fail(new InferenceError.ModelNotFound({ modelId }))
+          : Effect.succeed({ ...pool.metadata, concurrency: pool.stats().instances, pipelineDepth: pool.depth, reportsStarts: true })
+      },
+      run: (modelId, inputs, options) => pools[modelId]!.run(inputs, options.requestId, options),
+      models: Effect.succeed([])
+    })
+    const context = yield* Layer.build(
+      AsyncInferenceEngine.layer.pipe(Layer.provideMerge(Layer.mergeAll(Layer.succeed(ModelPool, modelPool), layerRecording, AsyncConfigService.layerWith(config))))
+    )
+    return Context.get(context, AsyncInferenceEngine)
+  })
+
+const request = (modelId: string, requestId: string) => InferenceRequest.make(modelId, { x: Tensor.float32(new Float32Array([1]), [1, 1]) }, { requestId })
+const fork = <A, E>(effect: Effect.Effect<A, E>) => Effect.forkChild(Effect.exit(effect), { startImmediately: true })
+
+/** Instances running a job now: those with a job in hand. */
+const running = (instances: ReadonlyArray<FakeInstance>) => instances.filter((i) => i.inHand.length > 0).length
+
+describe("Dispatcher over a pool that pins jobs to instances", () => {
+  it.live("a job that a freed instance started before an older one is not withdrawn when its caller leaves: native runs stay within maxConcurrentRequests", () =>
+    Effect.gen(function*() {
+      const m = yield* startPool("m", 2)
+      const n = yield* startPool("n", 1)
+      const engine = yield* engineOver({ m: m.pool, n: n.pool }, { maxConcurrentRequests: 2 })
+      const [a1, a2] = m.instances
+      const all = [...m.instances, ...n.instances]
+      let most = 0
+      const observe = () => (most = Math.max(most, running(all)))
+      const r1 = yield* fork(engine.infer(request("m", "r1")))
+      const r2 = yield* fork(engine.infer(request("m", "r2")))
+      const r3 = yield* fork(engine.infer(request("m", "r3")))
+      yield* settle
+      observe()
+      assert.deepStrictEqual([a1!.inHand.length, a2!.inHand.length], [2, 1], "r3 waits on a1 behind r1")
+      a2!.finishRunning()
+      yield* Fiber.join(r2)
+      // a2 is idle: r4 runs there at once, while r3 still waits on a1
+      const r4 = yield* fork(engine.infer(request("m", "r4")))
+      yield* settle
+      observe()
+      assert.strictEqual(a2!.inHand.length, 1, "r4 runs on a2")
+      yield* Fiber.interrupt(r4)
+      yield* settle
+      assert.isFalse(a2!.sent.some((message) => message._tag === "cancel"), "r4 runs: it is not withdrawn")
+      a1!.finishRunning()
+      yield* Fiber.join(r1)
+      yield* settle
+      // m runs r3 (a1) and r4 (a2, for nobody): n's request must wait for a permit
+      const s1 = yield* fork(engine.infer(request("n", "s1")))
+      yield* settle
+      observe()
+      assert.strictEqual(most, 2, "never more native runs than maxConcurrentRequests")
+      assert.strictEqual(n.instances[0]!.inHand.length, 0, "n waits while m's two runs go on")
+      a2!.finishRunning()
+      yield* settle
+      assert.strictEqual(n.instances[0]!.inHand.length, 1, "n runs once r4's run ended")
+      n.instances[0]!.finishRunning()
+      a1!.finishRunning()
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(s1)))
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(r3)))
+    }))
+
+  it.live("a job waiting on a busy instance is withdrawn when its caller leaves, though a later job found an idle instance first", () =>
+    Effect.gen(function*() {
+      const m = yield* startPool("m", 2)
+      const engine = yield* engineOver({ m: m.pool }, { maxConcurrentRequests: 4 })
+      const [a1, a2] = m.instances
+      const r1 = yield* fork(engine.infer(request("m", "r1")))
+      const r2 = yield* fork(engine.infer(request("m", "r2")))
+      const r3 = yield* fork(engine.infer(request("m", "r3")))
+      yield* settle
+      a2!.finishRunning()
+      yield* Fiber.join(r2)
+      yield* settle
+      assert.strictEqual((yield* engine.diagnostics).ahead, 1, "r3 waits on a1 (it counts against maxQueued)")
+      yield* Fiber.interrupt(r3)
+      yield* settle
+      const [, r3Id] = a1!.runs()
+      assert.deepStrictEqual(a1!.sent.filter((message) => message._tag === "cancel"), [{ _tag: "cancel", id: r3Id! }], "r3 was withdrawn")
+      a1!.finishRunning()
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(r1)))
+      yield* settle
+      assert.deepStrictEqual([a1!.inHand, a2!.inHand], [[], []], "r3 never ran")
+      assert.strictEqual((yield* engine.diagnostics).ahead, 0)
+    }))
+})
