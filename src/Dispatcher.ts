@@ -15,11 +15,12 @@
  *   a worker pool moves its buffers instead of copying them.
  * - A job sent ahead to a busy instance whose callers have all left (cancelled, or past their
  *   deadlines) is withdrawn: its run is interrupted, so the pool drops it unsent or the worker
- *   skips it, and its slot is free. A job that has begun is never withdrawn: which have is the
- *   pool's word where it reports starts (`RunOptions.onStart`). (A cancel that reaches the worker
- *   just as it starts the job is too late: that run goes on unseen by the engine, its result dropped.)
- * - `close` (the engine's scope closing) answers every queued and forming request with
- *   ShuttingDown and interrupts the runs in progress, whose callers get ShuttingDown too.
+ *   skips it, and its slot is free once the pool has let go of it (a pool that reports starts
+ *   holds the interruption until then: a cancel that reaches the worker just as it starts the job
+ *   is too late, and that run holds its slot and permit to its end). A job that has begun is never
+ *   withdrawn: which have is the pool's word where it reports starts (`RunOptions.onStart`).
+ * - `close` (the engine's scope closing) answers every request with ShuttingDown, queued,
+ *   forming or running, and interrupts the runs in progress without waiting for their end.
  *
  * @module Dispatcher
  */
@@ -328,12 +329,18 @@ const deliver = (
   }
 }
 
-/** On close: answers everything still queued or forming, and interrupts the runs (their callers get ShuttingDown). */
+/**
+ * On close: answers every request not yet answered with ShuttingDown (queued, forming, or in a run),
+ * and interrupts the runs without waiting for them to end: a job sent ahead to a busy instance
+ * ends only when that instance lets go of it, after the run before it, which the pool's own
+ * close (and its close timeout) sees to.
+ */
 const close = (state: State): Effect.Effect<void> =>
-  Effect.suspend(() => {
+  Effect.sync(() => {
     state.closed = true
     for (const request of state.scheduler.waiting()) answer(state, request, shuttingDown)
-    return Fiber.interruptAll([...state.runs])
+    for (const request of state.scheduler.running()) answer(state, request, shuttingDown)
+    for (const fiber of state.runs) fiber.interruptUnsafe()
   })
 
 /** Builds the dispatcher in the current scope; closing the scope stops it (see the module doc). */

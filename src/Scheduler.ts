@@ -525,6 +525,15 @@ export class Scheduler<A> {
     return { queued: this.queue.size, forming, runs }
   }
 
+  /** Every request in a job dispatched and not settled (closing the engine answers them). */
+  running(): Array<Request<A>> {
+    const out: Array<Request<A>> = []
+    for (const model of this.#models.values()) {
+      for (const batch of model.inFlight as Array<Batch<A>>) for (const m of batch.members) if (m.stage === "running") out.push(m)
+    }
+    return out
+  }
+
   /** Every request still queued or forming (closing the engine answers them). */
   waiting(): Array<Request<A>> {
     const out = [...this.queue.values()]

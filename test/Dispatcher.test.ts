@@ -6,7 +6,7 @@
  * waits, and never lets more native runs go at once than `maxConcurrentRequests`.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Scope } from "effect"
 import { AsyncConfigService, type AsyncConfig } from "../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../src/Engine.ts"
 import * as InferenceError from "../src/InferenceError.ts"
@@ -25,12 +25,15 @@ const settle = Effect.gen(function*() {
   }
 })
 
-/** A started pool of `modelId` over fake instances that load at once and skip the jobs they are told to cancel. */
-const startPool = (modelId: string, instances: number) =>
+/**
+ * A started pool of `modelId` over fake instances that load at once and skip the jobs they are
+ * told to cancel (unless `lateCancels`: each cancel comes too late, and the job runs).
+ */
+const startPool = (modelId: string, instances: number, lateCancels = false) =>
   Effect.gen(function*() {
     const fake = fakeTransport()
     fake.auto.ready = true
-    fake.auto.skipCancelled = true
+    fake.auto.skipCancelled = !lateCancels
     const options: InstancePool.Options = {
       modelId,
       version: "1",
@@ -116,6 +119,64 @@ describe("Dispatcher over a pool that pins jobs to instances", () => {
       a1!.finishRunning()
       assert.isTrue(Exit.isSuccess(yield* Fiber.join(s1)))
       assert.isTrue(Exit.isSuccess(yield* Fiber.join(r3)))
+    }))
+
+  it.live("a withdrawn job that its instance began before the cancel reached it holds its permit until its run ends", () =>
+    Effect.gen(function*() {
+      const m = yield* startPool("m", 1, true)
+      const n = yield* startPool("n", 2)
+      const engine = yield* engineOver({ m: m.pool, n: n.pool }, { maxConcurrentRequests: 2 })
+      const [a] = m.instances
+      const all = [...m.instances, ...n.instances]
+      let most = 0
+      const observe = () => (most = Math.max(most, running(all)))
+      const r1 = yield* fork(engine.infer(request("m", "r1")))
+      const r2 = yield* fork(engine.infer(request("m", "r2")))
+      yield* settle
+      assert.deepStrictEqual(a!.inHand.length, 2, "r2 waits on a behind r1")
+      yield* Fiber.interrupt(r2)
+      yield* settle
+      assert.isTrue(a!.sent.some((message) => message._tag === "cancel"), "r2 was withdrawn")
+      // the instance had already begun r2 when the cancel came
+      a!.finishRunning()
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(r1)))
+      yield* settle
+      assert.strictEqual(a!.inHand.length, 1, "r2 runs, for nobody")
+      const s1 = yield* fork(engine.infer(request("n", "s1")))
+      const s2 = yield* fork(engine.infer(request("n", "s2")))
+      yield* settle
+      observe()
+      assert.strictEqual(most, 2, "r2's run holds its permit: n runs one request, not two")
+      a!.finishRunning()
+      yield* settle
+      observe()
+      assert.strictEqual(running(n.instances), 2, "n runs both once r2's run ended")
+      for (const instance of n.instances) instance.finishRunning()
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(s1)))
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(s2)))
+      assert.strictEqual(most, 2)
+    }))
+
+  it.live("closing the engine answers every caller at once, a job sent ahead behind a run that goes on too", () =>
+    Effect.gen(function*() {
+      const m = yield* startPool("m", 1)
+      const scope = yield* Scope.make()
+      const engine = yield* engineOver({ m: m.pool }, {}).pipe(Scope.provide(scope))
+      const [a] = m.instances
+      const r1 = yield* fork(engine.infer(request("m", "r1")))
+      const r2 = yield* fork(engine.infer(request("m", "r2")))
+      yield* settle
+      assert.strictEqual(a!.inHand.length, 2, "r1 runs, r2 waits behind it")
+      yield* Scope.close(scope, Exit.void)
+      for (const caller of [r1, r2]) {
+        const exit = yield* Fiber.join(caller)
+        assert.isTrue(Exit.isFailure(exit) && Cause.squash(exit.cause) instanceof InferenceError.InferenceError, String(exit))
+        if (Exit.isFailure(exit)) assert.strictEqual((Cause.squash(exit.cause) as InferenceError.InferenceError).reason._tag, "ShuttingDown")
+      }
+      assert.strictEqual(a!.inHand.length, 2, "while r1's run still goes on")
+      a!.finishRunning()
+      yield* settle
+      assert.deepStrictEqual(a!.inHand, [], "then r2 is skipped")
     }))
 
   it.live("a job waiting on a busy instance is withdrawn when its caller leaves, though a later job found an idle instance first", () =>

@@ -251,7 +251,8 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
    * instance until its skip comes (`skipped`: the instance's "cancelled before it ran" reply).
    */
   const advance = (pool: PinningPool, instance: PinnedInstance, depth: number, skipped = false): void => {
-    if (skipped) while (instance.jobs[0]?.withdrawn === true) instance.jobs.shift()
+    // Skipped: the pool lets go of it, and the Dispatcher's interrupted run ends only now.
+    if (skipped) while (instance.jobs[0]?.withdrawn === true) retire(instance.jobs.shift()!)
     while (instance.jobs.length < depth && pool.fifo.length > 0) {
       const next = pool.fifo.shift()!
       next.instance = instance
@@ -287,16 +288,12 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
     advance(pool, pick, depth)
   }
 
-  /** A pinning pool lets go of a job: answered (its run ended, or unsent), or withdrawn (an instance that holds it skips it at its turn). */
-  const letGo = (flight: Flight, withdrawn: boolean): void => {
+  /** A pinning pool lets go of a job that ended (it ran, or was answered unsent). */
+  const letGo = (flight: Flight): void => {
     const pool = poolOf(flight.batch.model)
     const instance = flight.instance
     if (instance === undefined) {
       pool.fifo.splice(pool.fifo.indexOf(flight), 1)
-      return
-    }
-    if (withdrawn) {
-      flight.withdrawn = true
       return
     }
     instance.jobs.splice(instance.jobs.indexOf(flight), 1)
@@ -345,9 +342,9 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
     rec.settledCount++
   }
 
-  const completeFlight = (flight: Flight, withdrawn = false): void => {
+  const completeFlight = (flight: Flight): void => {
     const { batch } = flight
-    if (batch.model.spec.reportsStarts === true) letGo(flight, withdrawn)
+    if (batch.model.spec.reportsStarts === true) letGo(flight)
     // The Dispatcher answers every member still waiting for this run, then frees the slot.
     for (const m of batch.members) {
       const rec = recs[m.value]!
@@ -364,7 +361,12 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
     const runMs = (startedMs + (batch.grouped ? perRunMs : perRunMs * (1 + batch.rows / 7))) - startedMs
     batch.model.expectedRunMs = runMs
     batch.model.cost.observe(batch.rows, runMs)
-    s.complete(batch, now)
+    retire(flight)
+  }
+
+  /** The job's run has ended in the Dispatcher (it ran, or it was withdrawn and its pool let go of it): its slot is free. */
+  const retire = (flight: Flight): void => {
+    s.complete(flight.batch, now)
     inFlight.splice(inFlight.indexOf(flight), 1)
   }
 
@@ -372,14 +374,19 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
   const withdrawIfAbandoned = (request: Scheduler.Request<number>): void => {
     const batch = request.batch
     if (batch === undefined || !s.isAbandonedAhead(batch)) return
-    // Already withdrawn (two of its members left at once): its run has ended.
+    // Already withdrawn (two of its members left at once): its run has ended, or waits for its pool to let go.
     const flight = inFlight.find((f) => f.batch === batch)
-    if (flight === undefined) return
-    if (batch.model.spec.reportsStarts === true) {
-      check(!flight.began, `job [${batch.members.map((m) => m.value).join(",")}] of ${batch.model.spec.key} withdrawn while it runs`)
-      coverage.withdrawnPinned++
+    if (flight === undefined || flight.withdrawn) return
+    if (batch.model.spec.reportsStarts !== true) return completeFlight(flight)
+    check(!flight.began, `job [${batch.members.map((m) => m.value).join(",")}] of ${batch.model.spec.key} withdrawn while it runs`)
+    coverage.withdrawnPinned++
+    flight.withdrawn = true
+    // The pool lets go of a job in its FIFO at once; an instance that holds it, when it skips it
+    // at its turn (`skipsArrive`): the interrupted run, and its slot, end only then.
+    if (flight.instance === undefined) {
+      letGo(flight)
+      retire(flight)
     }
-    completeFlight(flight, true)
   }
 
   const onDispatch = (batch: Scheduler.Batch<number>): void => {
@@ -593,7 +600,7 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
       }
       case "Complete": {
         // A pinning pool's jobs end by running (one that has not begun ends only unsent, which is rare: once in eight here).
-        const ending = op.pick % 8 === 0 ? inFlight : inFlight.filter((f) => f.began || f.batch.model.spec.reportsStarts !== true)
+        const ending = (op.pick % 8 === 0 ? inFlight : inFlight.filter((f) => f.began || f.batch.model.spec.reportsStarts !== true)).filter((f) => !f.withdrawn)
         if (ending.length === 0) break
         completeFlight(ending[op.pick % ending.length]!)
         break
@@ -611,7 +618,7 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
     pump()
     if (inFlight.length > 0) {
       // The pool ends a job that runs (a pinning pool's others wait their turn).
-      completeFlight(inFlight.find((f) => f.began || f.batch.model.spec.reportsStarts !== true) ?? inFlight[0]!)
+      completeFlight(inFlight.find((f) => f.began || f.batch.model.spec.reportsStarts !== true) ?? inFlight.find((f) => !f.withdrawn)!)
       checkSettled()
       continue
     }

@@ -9,10 +9,12 @@
  *   the current one runs, so it never idles while a job crosses the thread boundary. This is the
  *   one place that picks the instance for a job: an idle one first, then one with room. (The
  *   engine decides whether a job may go at all; it never sees instances.)
- * - `run` waits in FIFO order for an instance with room. Interrupting it returns at once: a
- *   queued job is dropped unsent; a job sent ahead and not started is dropped in the instance
- *   (`cancel`); a running job's instance stays busy until it replies, and that reply is
- *   discarded (counted in `lateRepliesDropped`). No instance ever runs two jobs at once.
+ * - `run` waits in FIFO order for an instance with room. Interrupting it: a queued job is
+ *   dropped unsent, at once; a running job's interruption returns at once, its instance stays
+ *   busy until it replies, and that reply is discarded (counted in `lateRepliesDropped`); a job
+ *   sent ahead and not begun is skipped by the instance at its turn (`cancel`), and its
+ *   interruption returns only then (or once it has run, when the cancel came too late): until
+ *   the instance lets go of it, it holds that instance's room. No instance ever runs two jobs at once.
  * - An instance that dies (uncaught error, `process.exit`, and for a process a native crash or a
  *   signal) fails only the job it was running with RunFailed; a job sent ahead to it goes back to
  *   the front of the line, unless its inputs were moved to it (`RunOptions.transfer`): they died
@@ -283,6 +285,8 @@ interface Job {
   readonly killAtMs: number | undefined
   readonly onStart: (() => void) | undefined
   state: "new" | "queued" | "running" | "done"
+  /** Completed when it is done, for an interruption that waits for that (`cancel` of a job sent ahead). */
+  letGo: Deferred.Deferred<void> | undefined
   cancelled: boolean
   /** Its id once sent, and the instance it was sent to. */
   sent: { readonly id: number; readonly slot: Slot } | undefined
@@ -377,6 +381,12 @@ const runFailed = (state: State, job: Job, detail: string) => new InferenceError
 // Jobs and instances
 // ---------------------------------------------------------------------------
 
+/** `job`, sent, is answered or dropped: nothing of it is left in an instance. */
+const finish = (job: Job): void => {
+  job.state = "done"
+  if (job.letGo !== undefined) Deferred.doneUnsafe(job.letGo, Exit.void)
+}
+
 const nextJob = (state: State): Job | undefined => {
   const { waiting } = state
   while (state.head < waiting.length) {
@@ -426,7 +436,7 @@ const killOverrun = (state: State, slot: Slot, id: number): void => {
   slot.instance.kill()
   // SIGKILL cannot be caught or delayed: the run is over now. The job is answered at once; the
   // instance stays busy (and is replaced) once the process is gone, some milliseconds later.
-  job.state = "done"
+  finish(job)
   if (job.cancelled) state.counters.lateRepliesDropped++
   else job.resume(Exit.fail(runFailed(state, job, slot.killedFor)))
 }
@@ -517,7 +527,13 @@ const enqueue = (state: State, job: Job, front = false): void => {
   else state.waiting.unshift(job)
 }
 
-const cancel = (state: State, job: Job): void => {
+/**
+ * The caller of `job` was interrupted. Queued, it is dropped. Sent ahead and not begun, the
+ * instance is told to skip it, and the interruption waits until the instance has let go of it
+ * (skipped at its turn, or run when the cancel came too late), so that a caller counting the
+ * instance's jobs never counts it gone while it can still run. Running, it returns at once.
+ */
+const cancel = (state: State, job: Job): Effect.Effect<void> => {
   job.cancelled = true
   if (job.state === "queued") {
     job.state = "done"
@@ -525,7 +541,6 @@ const cancel = (state: State, job: Job): void => {
     state.counters.interruptedQueued++
   } else if (job.state === "running") {
     state.counters.interruptedRunning++
-    // Sent ahead and not started: the instance skips it when its turn comes.
     const sent = job.sent!
     if (sent.slot.jobs[0]?.id !== sent.id) {
       try {
@@ -533,9 +548,13 @@ const cancel = (state: State, job: Job): void => {
       } catch {
         // the instance is gone; its exit fails the job
       }
+      job.letGo = Deferred.makeUnsafe<void>()
+      return Deferred.await(job.letGo)
     }
   }
+  return Effect.void
 }
+
 
 const failWaiting = (state: State, reason: string): void => {
   for (let job = nextJob(state); job !== undefined; job = nextJob(state)) {
@@ -557,7 +576,7 @@ const onReply = (state: State, slot: Slot, message: Reply): void => {
   slot.jobs.shift()
   headStarted(state, slot)
   const job = current.job
-  job.state = "done"
+  finish(job)
   state.counters.replies++
   release(state, slot)
   if (job.cancelled) {
@@ -591,7 +610,7 @@ const onLost = (state: State, slot: Slot, how: string): void => {
       enqueue(state, job, true)
       continue
     }
-    job.state = "done"
+    finish(job)
     if (job.cancelled) counters.lateRepliesDropped++
     else {
       job.resume(Exit.fail(runFailed(
@@ -862,13 +881,14 @@ const submit = <A>(
       deadlineAtMs,
       killAtMs: deadlineAtMs === undefined ? undefined : deadlineAtMs + state.killGraceMs,
       onStart: runOptions?.onStart,
+      letGo: undefined,
       state: "new",
       cancelled: false,
       sent: undefined,
       owner: state
     }
     enqueue(state, job)
-    return Effect.sync(() => cancel(job.owner, job))
+    return Effect.suspend(() => cancel(job.owner, job))
   })
 
 /** The wire form of `inputs`: copied, or the pool's own exact-size buffers moved (with `transfer`, threads only). */

@@ -12,8 +12,9 @@
  *   every session and waits for every thread to exit. `counters` proves it afterwards. From the
  *   moment it starts closing, `load` fails with ModelUnavailable ("the model pool is closing"),
  *   and a load under way has its hosts waited for and closed with the others.
- * - `run` waits in FIFO order for a free instance of the model. Interrupting it returns at once;
- *   the instance stays busy until its native run ends, and the late reply is dropped.
+ * - `run` waits in FIFO order for a free instance of the model. Interrupting it returns at once
+ *   (the instance stays busy until its native run ends, and the late reply is dropped), but for a
+ *   job sent ahead to a busy worker: it returns once the worker has skipped it (`InstancePool`).
  * - A crashed worker fails only its own request (RunFailed) and is replaced. With process
  *   isolation that includes native crashes, and a run still going `killGraceMs` after its
  *   `timeout` (`ModelPool.RunOptions`) is killed with its process (RunFailed) and replaced.

@@ -46,6 +46,16 @@ const started = (overrides: Partial<InstancePool.Options> = {}, isolation: Insta
     return { pool, ...fake }
   })
 
+/**
+ * Ends every job the instances hold, in order, as their runs would: a test that leaves jobs sent
+ * ahead calls it last, since interrupting such a job (the test's scope closing) waits for its instance.
+ */
+const finishAll = (instances: ReadonlyArray<FakeInstance>) =>
+  Effect.gen(function*() {
+    for (const instance of instances) while (instance.inHand.length > 0) instance.finishRunning()
+    yield* settle
+  })
+
 const reasonOf = (exit: Exit.Exit<unknown, InferenceError.RunFailed | InferenceError.ModelUnavailable>) =>
   Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail")?.error : undefined
 
@@ -86,6 +96,7 @@ describe("InstancePool", () => {
       assert.strictEqual(a!.runs().length, 3)
       const first = yield* Fiber.join(fibers[0]!)
       assert.deepStrictEqual(Array.from(first.outputs["y"]!.data as Float32Array), [7])
+      yield* finishAll([a!, b!])
     }))
 
   it.effect("says when each job begins (onStart): at once on an idle instance, when the job ahead of it replies; never for one cancelled first", () =>
@@ -103,14 +114,39 @@ describe("InstancePool", () => {
       yield* Fiber.join(first)
       assert.deepStrictEqual(begun, ["first", "ahead"], "the job ahead begins as the one before it replies")
       // "cancelled", sent ahead as "first" replied, is interrupted before its turn
-      yield* Fiber.interrupt(cancelled)
+      const interrupting = yield* Effect.forkChild(Fiber.interrupt(cancelled), { startImmediately: true })
       a!.finishRunning()
       yield* Fiber.join(ahead)
       assert.deepStrictEqual(begun, ["first", "ahead"], "a job cancelled before its turn never begins")
       a!.fail(a!.inHand[0]!, "cancelled before it ran")
+      yield* Fiber.join(interrupting)
       assert.deepStrictEqual(begun, ["first", "ahead", "queued"])
       a!.finishRunning()
       yield* Fiber.join(queued)
+    }))
+
+  it.effect("interrupting a job sent ahead returns once the instance has let go of it: skipped at its turn, or run when the cancel came too late", () =>
+    Effect.gen(function*() {
+      const { instances: [a], pool } = yield* started({ instances: 1 })
+      const run = (id: string) => Effect.forkChild(pool.run(x, id), { startImmediately: true })
+      yield* run("r0")
+      const skipped = yield* run("skipped")
+      const interrupting = yield* Effect.forkChild(Fiber.interrupt(skipped), { startImmediately: true })
+      yield* settle
+      assert.isUndefined(interrupting.pollUnsafe(), "it still holds its place in the instance")
+      a!.finishRunning()
+      a!.fail(a!.inHand[0]!, "cancelled before it ran")
+      yield* Fiber.join(interrupting)
+      // The instance began the next one before the cancel reached it: the interruption waits for its end.
+      yield* run("r1")
+      const raced = yield* run("raced")
+      const interruptingRaced = yield* Effect.forkChild(Fiber.interrupt(raced), { startImmediately: true })
+      a!.finishRunning()
+      yield* settle
+      assert.isUndefined(interruptingRaced.pollUnsafe(), "the instance runs it")
+      a!.finishRunning()
+      yield* Fiber.join(interruptingRaced)
+      assert.deepStrictEqual(pool.stats(), { instances: 1, live: 1, idle: 1, busy: 0, queued: 0, starting: 0 })
     }))
 
   it.effect("sends a job ahead to the busy instance whose run began first, the likelier to end first", () =>
@@ -123,6 +159,7 @@ describe("InstancePool", () => {
       yield* run("r2") // a, idle again: its run began after b's
       yield* run("r3")
       assert.deepStrictEqual([a!.runs().length, b!.runs().length], [2, 2], "r3 went ahead on b, whose run began first")
+      yield* finishAll([a!, b!])
     }))
 
   it.effect("an interrupted job: queued, it is never sent; sent ahead, the instance is told to skip it", () =>
@@ -134,11 +171,13 @@ describe("InstancePool", () => {
       assert.strictEqual(pool.stats().queued, 1)
       yield* Fiber.interrupt(queued)
       assert.strictEqual(pool.stats().queued, 0)
-      yield* Fiber.interrupt(ahead)
+      // its interruption returns once the instance has skipped it
+      const interrupting = yield* Effect.forkChild(Fiber.interrupt(ahead), { startImmediately: true })
       const [runId, aheadId] = a!.runs()
       assert.deepStrictEqual(a!.sent.filter((m) => m._tag === "cancel"), [{ _tag: "cancel", id: aheadId! }])
       a!.reply(runId!)
-      a!.events.message({ _tag: "failed", id: aheadId!, error: "cancelled before it ran" })
+      a!.fail(aheadId!, "cancelled before it ran")
+      yield* Fiber.join(interrupting)
       yield* Fiber.join(running)
       assert.strictEqual(a!.runs().length, 2, "the queued job was never sent")
       assert.strictEqual(pool.stats().busy, 0)
@@ -425,6 +464,7 @@ describe("InstancePool", () => {
         assert.strictEqual(waiting?._tag, "ModelUnavailable")
         assert.include(waiting?.message ?? "", "the model was reloaded while this run waited, with other inputs, outputs or isolation: send it again")
         assert.deepStrictEqual(fake.instances[0]!.runs(), [])
+        yield* finishAll(old.instances)
       }
     }))
 
