@@ -138,9 +138,10 @@ export interface Batch<A> {
   /** Unsettled requests it holds while it waits in a busy instance (sent ahead); 0 once it runs. */
   waiting: number
   /**
-   * When it started: handed to a free instance, its instance became free (`complete`), or its pool
-   * said so (`started`); NaN while it waits there or forms. On instances that share one device it may still queue there for the
-   * device: predictions from it then run early, and the next batch is handed over early, not late.
+   * When it started: handed to a free instance, its instance became free (`complete`), or its
+   * pool said so (`started`); NaN while it waits there or forms. On instances that share one
+   * device it may still queue there for the device: predictions from it then run early, and the
+   * next batch is handed over early, not late.
    */
   startedAtMs: number
   /** The mechanism's handle on its run once dispatched (opaque here: the Dispatcher's fiber); undefined before and after. */

@@ -423,7 +423,6 @@ const roomy = (state: State): Slot | undefined => {
   return best
 }
 
-
 /** Kills `slot`'s process if it is still running job `id` (its deadline plus the grace has passed). */
 const killOverrun = (state: State, slot: Slot, id: number): void => {
   slot.killTimer = undefined
