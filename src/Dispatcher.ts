@@ -231,6 +231,8 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
     let lastDeadlineMs = 0
     for (const m of members) lastDeadlineMs = Math.max(lastDeadlineMs, m.deadlineAtMs)
     const joined = members.length > 1
+    // A rerun (a member alone after its batch's job failed) is a new job: it may wait in a busy instance again.
+    state.scheduler.resubmitted(batch)
     const inputs = joined ? Batch.concat(batching, members.map((m) => m.value.request.inputs)) : request.inputs
     const runOptions = {
       requestId: request.requestId,

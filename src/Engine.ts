@@ -121,7 +121,11 @@ export interface Service {
 export interface Diagnostics {
   /** Requests in the queue. */
   readonly queued: number
-  /** Requests in jobs sent ahead to busy instances, not started yet (with `queued`, what `maxQueuedRequests` bounds). */
+  /**
+   * Requests in jobs sent ahead to busy instances, not started yet (with `queued`, what
+   * `maxQueuedRequests` bounds); while a member of a failed batch waits there to run again alone,
+   * the batch's other members waiting for their turn count too.
+   */
   readonly ahead: number
   /** Requests held in batches that are forming (each batch holds a permit). */
   readonly forming: number

@@ -442,14 +442,29 @@ export class Scheduler<A> {
 
   /**
    * The pool says `batch`'s job has begun on an instance (a model that `reportsStarts`): its
-   * members no longer wait, and it is no longer withdrawn when they leave. Once is enough: later
-   * calls (its members run again alone after a failed run) and calls after `complete` change nothing.
+   * members no longer wait, and it is no longer withdrawn when they leave. A call for a batch
+   * already started, or after `complete`, changes nothing (see `resubmitted` for its reruns).
    */
   started(batch: Batch<A>, nowMs: number): void {
     if (!Number.isNaN(batch.startedAtMs) || !batch.model.inFlight.includes(batch as Batch<unknown>)) return
     batch.startedAtMs = nowMs
     this.#waitingAhead -= batch.waiting
     batch.waiting = 0
+  }
+
+  /**
+   * Another job of `batch` is about to be handed to its pool: its members run again alone, one
+   * job each, after its job failed as a whole. Where the pool reports starts, that job may wait in
+   * a busy instance like any other: the batch's members still running wait again (they count
+   * against `maxQueued`, and the job is withdrawn if they all leave) until `started` says it began.
+   */
+  resubmitted(batch: Batch<A>): void {
+    if (batch.model.spec.reportsStarts !== true || Number.isNaN(batch.startedAtMs) || !batch.model.inFlight.includes(batch as Batch<unknown>)) return
+    let waiting = 0
+    for (const m of batch.members) if (m.stage === "running") waiting++
+    batch.startedAtMs = NaN
+    batch.waiting = waiting
+    this.#waitingAhead += waiting
   }
 
   /**

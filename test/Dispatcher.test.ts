@@ -8,6 +8,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Scope } from "effect"
 import { AsyncConfigService, type AsyncConfig } from "../src/AsyncConfig.ts"
+import * as BatchPolicy from "../src/BatchPolicy.ts"
 import { AsyncInferenceEngine } from "../src/Engine.ts"
 import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
@@ -29,7 +30,7 @@ const settle = Effect.gen(function*() {
  * A started pool of `modelId` over fake instances that load at once and skip the jobs they are
  * told to cancel (unless `lateCancels`: each cancel comes too late, and the job runs).
  */
-const startPool = (modelId: string, instances: number, lateCancels = false) =>
+const startPool = (modelId: string, instances: number, lateCancels = false, overrides: Partial<InstancePool.Options> = {}) =>
   Effect.gen(function*() {
     const fake = fakeTransport()
     fake.auto.ready = true
@@ -43,7 +44,8 @@ const startPool = (modelId: string, instances: number, lateCancels = false) =>
       intraOpNumThreads: 1,
       interOpNumThreads: 1,
       closeTimeout: Duration.seconds(5),
-      counters: InstancePool.makeCounters()
+      counters: InstancePool.makeCounters(),
+      ...overrides
     }
     const fiber = yield* Effect.forkChild(InstancePool.start(options, fake.transport), { startImmediately: true })
     yield* settle
@@ -52,15 +54,15 @@ const startPool = (modelId: string, instances: number, lateCancels = false) =>
     return { pool, instances: fake.instances }
   })
 
-/** The engine over pools by model id, as `OnnxModelPool` serves them (one request a job: no groups). */
-const engineOver = (pools: Record<string, InstancePool.InstancePool>, config: Partial<AsyncConfig>) =>
+/** The engine over pools by model id, as `OnnxModelPool` serves them (one request a job: no groups), batching as `batching` says. */
+const engineOver = (pools: Record<string, InstancePool.InstancePool>, config: Partial<AsyncConfig>, batching: BatchPolicy.BatchingConfig = BatchPolicy.disabled) =>
   Effect.gen(function*() {
     const modelPool = ModelPool.of({
       metadata: (modelId) => {
         const pool = pools[modelId]
         return pool === undefined
           ? Effect.fail(new InferenceError.ModelNotFound({ modelId }))
-          : Effect.succeed({ ...pool.metadata, concurrency: pool.stats().instances, pipelineDepth: pool.depth, reportsStarts: true })
+          : Effect.succeed({ ...pool.metadata, batching, concurrency: pool.stats().instances, pipelineDepth: pool.depth, reportsStarts: true })
       },
       run: (modelId, inputs, options) => pools[modelId]!.run(inputs, options.requestId, options),
       models: Effect.succeed([])
@@ -155,6 +157,36 @@ describe("Dispatcher over a pool that pins jobs to instances", () => {
       assert.isTrue(Exit.isSuccess(yield* Fiber.join(s1)))
       assert.isTrue(Exit.isSuccess(yield* Fiber.join(s2)))
       assert.strictEqual(most, 2)
+    }))
+
+  it.live("a batch's member run again alone after its job failed waits like any job: counted as waiting, withdrawn when its callers leave", () =>
+    Effect.gen(function*() {
+      // a lost instance is not replaced during the test: the rerun has only the busy one
+      const m = yield* startPool("m", 2, false, { respawnAttempts: 1, respawnDelay: Duration.seconds(30) })
+      const batching: BatchPolicy.BatchingConfig = { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 2 }
+      const engine = yield* engineOver({ m: m.pool }, {}, batching)
+      const [a1, a2] = m.instances
+      const r1 = yield* fork(engine.infer(request("m", "r1")))
+      const r2 = yield* fork(engine.infer(request("m", "r2")))
+      yield* settle
+      const r3 = yield* fork(engine.infer(request("m", "r3")))
+      yield* settle
+      assert.deepStrictEqual([a1!.inHand.length, a2!.inHand.length], [1, 1], "r1 and r2 run as one batch on a1, r3 on a2")
+      // a1 dies running the batch: its members run again alone, r1 first, sent ahead on a2 behind r3
+      a1!.die()
+      yield* settle
+      assert.strictEqual(a2!.inHand.length, 2)
+      assert.strictEqual((yield* engine.diagnostics).ahead, 2, "r1's job waits on a2, and r2 waits for its own turn")
+      yield* Fiber.interrupt(r1)
+      yield* Fiber.interrupt(r2)
+      yield* settle
+      const [, rerunId] = a2!.runs()
+      assert.deepStrictEqual(a2!.sent.filter((message) => message._tag === "cancel"), [{ _tag: "cancel", id: rerunId! }], "nobody waits for it: withdrawn")
+      a2!.finishRunning()
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(r3)))
+      yield* settle
+      assert.deepStrictEqual(a2!.inHand, [], "skipped, not run for nobody")
+      assert.deepInclude(yield* engine.diagnostics, { queued: 0, runs: 0, ahead: 0, unsettled: 0 })
     }))
 
   it.live("closing the engine answers every caller at once, a job sent ahead behind a run that goes on too", () =>

@@ -107,6 +107,29 @@ describe("Scheduler", () => {
     assert.strictEqual(s.waitingAhead, 0)
   })
 
+  it("a model whose pool reports starts: a batch whose job failed waits again while a rerun of a member waits in its pool", () => {
+    const s = make()
+    const m = spec("m", { instances: 1, depth: 2, reportsStarts: true, batching: batching({ maxBatchSize: 2 }) })
+    const [r1, r2] = [admit(s, "r1", m, 0)!, admit(s, "r2", m, 0)!]
+    const { batches: [batch] } = drainSteps(s)
+    s.started(batch!, 1)
+    assert.strictEqual(s.waitingAhead, 0)
+    // its job failed; r1 runs again alone, handed to the pool
+    s.resubmitted(batch!)
+    assert.strictEqual(s.waitingAhead, 2, "r1's job waits, and r2 for its own turn")
+    assert.isNaN(batch!.startedAtMs)
+    s.settle(r1, true)
+    assert.isFalse(s.isAbandonedAhead(batch!), "r2 still waits: the job stays")
+    s.settle(r2, true)
+    assert.isTrue(s.isAbandonedAhead(batch!), "nobody waits: it may be withdrawn")
+    assert.strictEqual(s.waitingAhead, 0)
+    s.resubmitted(batch!)
+    assert.strictEqual(s.waitingAhead, 0, "a batch not started is not counted twice")
+    s.complete(batch!, 2)
+    s.resubmitted(batch!)
+    assert.strictEqual(s.waitingAhead, 0, "nor after it completed")
+  })
+
   it("a request that leaves a job sent ahead no longer counts against maxQueued", () => {
     const s = make({ maxQueued: 2 })
     const m = spec("m", { depth: 2 })
