@@ -199,7 +199,7 @@ const timer = (state: State) =>
 /** Runs a dispatched batch in its own fiber; when it ends, its slot is freed and the next pump follows. */
 const dispatch = (state: State, batch: Scheduler.Batch<Caller>, now: number): void => {
   const modelId = batch.members[0]!.value.request.modelId
-  for (const m of batch.members) state.telemetry.recordQueueWait(modelId, m.priority, now - m.admittedAtMs)
+  for (const m of batch.members) state.telemetry.recordQueueWait(modelId, m.priority, now - m.admittedAtMs, m.value.metadata.version)
   const work = batch.grouped && batch.members.length > 1 ? runGroup(state, batch) : runMembers(state, batch, batch.members)
   const fiber = state.runFork(work.pipe(
     Effect.onExit((exit) =>
@@ -254,7 +254,7 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       const nativeMs = Exit.isSuccess(exit) ? exit.value.runMs : undefined
       batch.model.cost.observe(rows, nativeMs ?? runMs)
       // The compute time is the native run's too: a job sent ahead to a busy instance waited there first.
-      state.telemetry.recordRun(request.modelId, nativeMs ?? runMs, members.length, rows)
+      state.telemetry.recordRun(request.modelId, nativeMs ?? runMs, members.length, rows, metadata.version)
       if (Exit.isFailure(exit) && joined && isRunFailure(exit)) {
         // One member's input can fail a whole batch: each member runs again alone.
         return Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true })
@@ -301,7 +301,7 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
         const outcome = outcomes[i]
         const { modelId, requestId } = m.value.request
         // A run the pool did not time counts the group's wall time per member, as a batch's run does, not 0.
-        state.telemetry.recordRun(modelId, outcome === undefined ? 0 : Exit.isSuccess(outcome) ? outcome.value.runMs ?? wallMs : wallMs, 1, m.rows)
+        state.telemetry.recordRun(modelId, outcome === undefined ? 0 : Exit.isSuccess(outcome) ? outcome.value.runMs ?? wallMs : wallMs, 1, m.rows, metadata.version)
         if (outcome === undefined) answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: "the pool answered fewer runs than it was sent" })))
         else if (Exit.isSuccess(outcome)) answer(state, m, Exit.succeed({ outputs: outcome.value.outputs, deviceUsed: outcome.value.deviceUsed }))
         else answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: outcome.cause.reasons[0]?._tag === "Fail" ? outcome.cause.reasons[0].error.detail : "run failed" })))

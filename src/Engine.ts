@@ -219,7 +219,11 @@ const noteSettled = (state: State): void => {
 /** How a request's waiter is answered. */
 type Resume = (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
 
-/** The caller's record: how the dispatcher answers it, with the telemetry of its outcome. */
+/**
+ * The caller's record: how the dispatcher answers it, with the telemetry of its outcome. It is
+ * also the request as telemetry records it from admission on, under the version it was admitted
+ * to (one object a request, not two).
+ */
 const callerOf = (
   state: State,
   request: InferenceRequest,
@@ -227,32 +231,49 @@ const callerOf = (
   batching: BatchPolicy.BatchingConfig,
   startedMs: number,
   resume: Resume
-): Dispatcher.Caller => ({
-  request,
-  metadata,
-  batching,
-  resume: (exit) => {
-    const elapsedMs = state.nowMs() - startedMs
-    noteSettled(state)
-    if (Exit.isSuccess(exit)) {
-      state.telemetry.recordSuccess(request, elapsedMs)
-      const { deviceUsed, outputs } = exit.value
-      return resume(Exit.succeed(InferenceResult.Success({ requestId: request.requestId, outputs, latencyMs: elapsedMs, deviceUsed, modelVersion: metadata.version }) as InferenceResult.Success))
-    }
-    // Interruption (the engine closing) is ShuttingDown; any other cause without a typed error is a defect: the run failed.
-    const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
-    const reason = failure !== undefined
-      ? failure.error
-      : Cause.hasInterruptsOnly(exit.cause)
-      ? new InferenceError.ShuttingDown({})
-      : new InferenceError.RunFailed({ modelId: request.modelId, requestId: request.requestId, detail: `a defect: ${String(Cause.squash(exit.cause))}` })
-    recordFailure(state.telemetry, request, reason, elapsedMs)
-    resume(Exit.fail(InferenceError.make(reason)))
+): Dispatcher.Caller & RequestInfo => {
+  const caller: Dispatcher.Caller & RequestInfo = {
+    request,
+    metadata,
+    batching,
+    modelId: request.modelId,
+    requestId: request.requestId,
+    priority: request.priority,
+    version: metadata.version,
+    resume: (exit) => settleCaller(state, caller, startedMs, resume, exit)
   }
-})
+  return caller
+}
+
+/** Records a settled caller's outcome (under the version it was admitted to) and answers it. */
+const settleCaller = (
+  state: State,
+  caller: Dispatcher.Caller & RequestInfo,
+  startedMs: number,
+  resume: Resume,
+  exit: Exit.Exit<RunOutput, InferenceError.Reason>
+): void => {
+  const { request, metadata } = caller
+  const elapsedMs = state.nowMs() - startedMs
+  noteSettled(state)
+  if (Exit.isSuccess(exit)) {
+    state.telemetry.recordSuccess(caller, elapsedMs)
+    const { deviceUsed, outputs } = exit.value
+    return resume(Exit.succeed(InferenceResult.Success({ requestId: request.requestId, outputs, latencyMs: elapsedMs, deviceUsed, modelVersion: metadata.version }) as InferenceResult.Success))
+  }
+  // Interruption (the engine closing) is ShuttingDown; any other cause without a typed error is a defect: the run failed.
+  const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
+  const reason = failure !== undefined
+    ? failure.error
+    : Cause.hasInterruptsOnly(exit.cause)
+    ? new InferenceError.ShuttingDown({})
+    : new InferenceError.RunFailed({ modelId: request.modelId, requestId: request.requestId, detail: `a defect: ${String(Cause.squash(exit.cause))}` })
+  recordFailure(state.telemetry, caller, reason, elapsedMs)
+  resume(Exit.fail(InferenceError.make(reason)))
+}
 
 /** Answers a request refused at admission (after its start was recorded) and records why. */
-const refuseNow = (state: State, request: InferenceRequest, reason: InferenceError.Reason, resume: Resume): undefined => {
+const refuseNow = (state: State, request: RequestInfo, reason: InferenceError.Reason, resume: Resume): undefined => {
   recordFailure(state.telemetry, request, reason, 0)
   resume(Exit.fail(InferenceError.make(reason)))
   return undefined
@@ -274,12 +295,14 @@ const submit = (
   queuedMs = startedMs,
   spentMs = 0
 ): (() => void) | undefined => {
-  // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
-  if (state.draining) return refuseNow(state, request, new InferenceError.ShuttingDown({}), resume)
   const spec = specOf(state, request.modelId, metadata)
+  // Its outcome is recorded under the version it is admitted to (`info`).
+  const info = callerOf(state, request, metadata, spec.batching, startedMs, resume)
+  // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
+  if (state.draining) return refuseNow(state, info, new InferenceError.ShuttingDown({}), resume)
   const joinable = spec.batching.enabled ? Batch.keyOf(spec.batching, request.inputs) : undefined
   const admitted = state.dispatcher.submit({
-    value: callerOf(state, request, metadata, spec.batching, startedMs, resume),
+    value: info,
     model: spec,
     priority: request.priority,
     rows: joinable?.rows ?? 1,
@@ -288,14 +311,14 @@ const submit = (
     queueDeadlineAtMs: state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
   }, queuedMs)
   if (admitted === undefined) {
-    return refuseNow(state, request, new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: state.config.maxQueuedRequests }), resume)
+    return refuseNow(state, info, new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: state.config.maxQueuedRequests }), resume)
   }
   state.settled.closeUnsafe()
   // Interrupted: out of the queue or its forming batch at once; running, its result is dropped.
   return () => {
     if (admitted.stage === "settled") return
     state.dispatcher.cancel(admitted)
-    state.telemetry.recordCancelled(request, state.nowMs() - startedMs)
+    state.telemetry.recordCancelled(info, state.nowMs() - startedMs)
     noteSettled(state)
   }
 }

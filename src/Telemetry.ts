@@ -14,6 +14,10 @@
  * | `inference_executions_total` | model | native runs |
  * | `inference_count_total` | model | inferences run: rows (a request of 64 rows to a model that batches counts 64; one to a model that does not, 1) |
  *
+ * The record points carry the model version where one was chosen (`RequestInfo.version`, the last
+ * argument of `recordQueueWait` and `recordRun`): these series are per model, Triton's statistics
+ * (`http/Statistics`) per version.
+ *
  * Tests provide `TelemetryCollector.layerRecording` and read its log.
  *
  * Every accepted or rejected request is recorded by `recordStart` and then exactly one of
@@ -22,7 +26,9 @@
  * Record points are plain synchronous calls, made on the engine's hot path (a request costs a
  * few microseconds in all): an implementation must return at once and should never throw (the
  * engine `guard`s it: a throw loses that fact and logs one warning per record point). One that
- * needs Effects (an exporter, a queue) should buffer and work elsewhere. `recordRun` is called
+ * needs Effects (an exporter, a queue) should buffer and work elsewhere, copying what it needs: a
+ * `RequestInfo` may be the engine's own record of the request (its inputs too), not to be kept
+ * past the call. `recordRun` is called
  * once per native run (a batch is one run), with the requests and the rows it held.
  *
  * @module Telemetry
@@ -42,6 +48,8 @@ export interface RequestInfo {
   readonly modelId: string
   readonly requestId: string
   readonly priority: Priority.Priority
+  /** The model version it was admitted to; absent before one was chosen (its start, a refusal before its model was found). */
+  readonly version?: string | undefined
 }
 
 export type Outcome = "success" | "failure" | "cancelled" | "timeout" | "rejected"
@@ -56,14 +64,14 @@ export interface Service {
   readonly recordTimeout: (info: RequestInfo, elapsedMs: number) => void
   /** Refused at admission: queue full or shutting down. */
   readonly recordRejected: (info: RequestInfo, error: InferenceError.Reason) => void
-  /** Time from admission to dispatch. */
-  readonly recordQueueWait: (modelId: string, priority: Priority.Priority, waitMs: number) => void
+  /** Time from admission to dispatch, of a request admitted to `version` of the model. */
+  readonly recordQueueWait: (modelId: string, priority: Priority.Priority, waitMs: number, version?: string) => void
   /**
    * One native run of `batchSize` requests holding `rows` inferences (Triton's batch size: the
    * rows of the batch dim of a model that batches, 1 a request for one that does not). A caller
-   * that does not say (`rows` undefined) counts each request as one.
+   * that does not say (`rows` undefined) counts each request as one. `version`: the model version that ran.
    */
-  readonly recordRun: (modelId: string, runMs: number, batchSize: number, rows?: number) => void
+  readonly recordRun: (modelId: string, runMs: number, batchSize: number, rows?: number, version?: string) => void
 }
 
 /** 50 µs to about 26 s, doubling. */
@@ -389,16 +397,16 @@ export const guard = (service: Service, onThrow: (recordPoint: keyof Service, er
       onThrow("recordRejected", e)
     }
   },
-  recordQueueWait: (modelId, priority, waitMs) => {
+  recordQueueWait: (modelId, priority, waitMs, version) => {
     try {
-      service.recordQueueWait(modelId, priority, waitMs)
+      service.recordQueueWait(modelId, priority, waitMs, version)
     } catch (e) {
       onThrow("recordQueueWait", e)
     }
   },
-  recordRun: (modelId, runMs, batchSize, rows) => {
+  recordRun: (modelId, runMs, batchSize, rows, version) => {
     try {
-      service.recordRun(modelId, runMs, batchSize, rows)
+      service.recordRun(modelId, runMs, batchSize, rows, version)
     } catch (e) {
       onThrow("recordRun", e)
     }

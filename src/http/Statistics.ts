@@ -17,8 +17,9 @@
  *   model that batches counts 64; one to a model that does not, 1), `execution_count`: native
  *   runs, `last_inference`: when the last request was answered (ms since the epoch).
  * - `batch_stats`: per batch size (the rows of the run), the runs of that size and their time.
- * Statistics are per model name (the engine's telemetry carries no version), reported for the
- * model's default version.
+ * Statistics are per model version, the one a request was admitted to (`RequestInfo.version`)
+ * and the one that ran. A request refused before a version was chosen (its model's queue full at
+ * the edge, the server shutting down) counts under the model's default version, the highest.
  *
  * @module Statistics
  */
@@ -26,7 +27,7 @@ import { Context, Effect, Layer } from "effect"
 import * as InferenceError from "../InferenceError.ts"
 import type * as ModelPool from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
-import { TelemetryCollector } from "../Telemetry.ts"
+import { type RequestInfo, TelemetryCollector } from "../Telemetry.ts"
 
 export interface Duration {
   count: number
@@ -47,8 +48,11 @@ export interface ModelStatistics {
 }
 
 export interface Service {
-  /** The statistics of `model`, or undefined before its first request. */
-  readonly get: (model: string) => ModelStatistics | undefined
+  /**
+   * The statistics of `version` of `model`, or undefined before its first request; `version`
+   * undefined: of the requests refused before a version was chosen.
+   */
+  readonly get: (model: string, version?: string) => ModelStatistics | undefined
 }
 
 const nsOf = (ms: number) => Math.max(0, Math.round(ms * 1e6))
@@ -65,6 +69,24 @@ const empty = (): ModelStatistics => ({
 })
 
 const zero = { count: 0, ns: 0 } as const
+
+/** `a` and `b` added up (either may be undefined). */
+const merged = (a: ModelStatistics | undefined, b: ModelStatistics | undefined): ModelStatistics | undefined => {
+  if (a === undefined || b === undefined) return a ?? b
+  const sum = (x: Duration, y: Duration) => ({ count: x.count + y.count, ns: x.ns + y.ns })
+  const batches = new Map(a.batches)
+  for (const [size, d] of b.batches) batches.set(size, sum(batches.get(size) ?? zero, d))
+  return {
+    inferenceCount: a.inferenceCount + b.inferenceCount,
+    executionCount: a.executionCount + b.executionCount,
+    lastInferenceMs: Math.max(a.lastInferenceMs, b.lastInferenceMs),
+    success: sum(a.success, b.success),
+    fail: sum(a.fail, b.fail),
+    queue: sum(a.queue, b.queue),
+    computeInfer: sum(a.computeInfer, b.computeInfer),
+    batches
+  }
+}
 
 /** A model's statistics in Triton's form (JSON for HTTP, the same object for the gRPC message). */
 export const toTriton = (name: string, version: string, stats: ModelStatistics | undefined) => {
@@ -101,10 +123,11 @@ export const toTriton = (name: string, version: string, stats: ModelStatistics |
 }
 
 /**
- * The statistics of every model (`name` undefined: each model's default version, the highest),
- * or of one model (its default version unless `version` is given; versions compare as numbers,
- * "01" is "1", as `ModelRepository.lookup` finds them). ModelNotFound for a model or version the
- * pool does not have.
+ * The statistics of every model version the pool lists (`name` undefined), or of one model's
+ * version (its default version, the highest, unless `version` is given; versions compare as
+ * numbers, "01" is "1", as `ModelRepository.lookup` finds them). ModelNotFound for a model or
+ * version the pool does not have. The requests refused before a version was chosen count under
+ * the default version.
  */
 export const report = (
   pool: ModelPool.Service,
@@ -113,20 +136,19 @@ export const report = (
   version: string | undefined
 ): Effect.Effect<Array<ReturnType<typeof toTriton>>, InferenceError.ModelNotFound> =>
   Effect.flatMap(pool.models, (models) => {
-    if (name === undefined) {
-      const defaults = new Map<string, string>()
-      for (const m of models) {
-        const seen = defaults.get(m.name)
-        if (seen === undefined || Number(m.version) > Number(seen)) defaults.set(m.name, m.version)
-      }
-      return Effect.succeed([...defaults].map(([model, v]) => toTriton(model, v, statistics.get(model))))
+    const defaults = new Map<string, string>()
+    for (const m of models) {
+      const seen = defaults.get(m.name)
+      if (seen === undefined || Number(m.version) > Number(seen)) defaults.set(m.name, m.version)
     }
-    const versions = models.filter((m) => m.name === name)
+    const of = (model: string, v: string) =>
+      toTriton(model, v, defaults.get(model) === v ? merged(statistics.get(model, v), statistics.get(model)) : statistics.get(model, v))
+    if (name === undefined) return Effect.succeed(models.map((m) => of(m.name, m.version)))
     const chosen = version === undefined
-      ? versions.map((m) => m.version).sort((a, b) => Number(b) - Number(a))[0]
-      : versions.find((m) => ModelRepository.sameVersion(m.version, version))?.version
+      ? defaults.get(name)
+      : models.find((m) => m.name === name && ModelRepository.sameVersion(m.version, version))?.version
     if (chosen === undefined) return Effect.fail(new InferenceError.ModelNotFound(version === undefined ? { modelId: name } : { modelId: name, version }))
-    return Effect.succeed([toTriton(name, chosen, statistics.get(name))])
+    return Effect.succeed([of(name, chosen)])
   })
 
 export class Statistics extends Context.Service<Statistics, Service>()("effect-onnx/http/Statistics") {
@@ -137,51 +159,51 @@ export class Statistics extends Context.Service<Statistics, Service>()("effect-o
   static readonly layer: Layer.Layer<Statistics | TelemetryCollector, never, TelemetryCollector> = Layer.effectContext(
     Effect.gen(function*() {
       const inner = yield* TelemetryCollector
-      const byModel = new Map<string, ModelStatistics>()
-      const of = (model: string) => {
-        let s = byModel.get(model)
-        if (s === undefined) {
-          s = empty()
-          byModel.set(model, s)
-        }
+      // By model, then version ("" for the requests refused before a version was chosen).
+      const byModel = new Map<string, Map<string, ModelStatistics>>()
+      const of = (model: string, version: string | undefined) => {
+        let versions = byModel.get(model)
+        if (versions === undefined) byModel.set(model, versions = new Map())
+        let s = versions.get(version ?? "")
+        if (s === undefined) versions.set(version ?? "", s = empty())
         return s
       }
       const add = (d: Duration, count: number, ms: number) => {
         d.count += count
         d.ns += nsOf(ms) * count
       }
-      const failed = (model: string, ms: number): void => add(of(model).fail, 1, ms)
+      const failed = (info: RequestInfo, ms: number): void => add(of(info.modelId, info.version).fail, 1, ms)
       // Record points are synchronous (the engine's hot path): each updates the statistics, then the inner collector.
       const collector = TelemetryCollector.of({
         recordStart: inner.recordStart,
         recordSuccess: (info, latencyMs) => {
-          const s = of(info.modelId)
+          const s = of(info.modelId, info.version)
           add(s.success, 1, latencyMs)
           s.lastInferenceMs = Date.now()
           inner.recordSuccess(info, latencyMs)
         },
         recordFailure: (info, error, elapsedMs) => {
-          failed(info.modelId, elapsedMs)
+          failed(info, elapsedMs)
           inner.recordFailure(info, error, elapsedMs)
         },
         recordCancelled: (info, elapsedMs) => {
-          failed(info.modelId, elapsedMs)
+          failed(info, elapsedMs)
           inner.recordCancelled(info, elapsedMs)
         },
         recordTimeout: (info, elapsedMs) => {
-          failed(info.modelId, elapsedMs)
+          failed(info, elapsedMs)
           inner.recordTimeout(info, elapsedMs)
         },
         recordRejected: (info, error) => {
-          failed(info.modelId, 0)
+          failed(info, 0)
           inner.recordRejected(info, error)
         },
-        recordQueueWait: (modelId, priority, waitMs) => {
-          add(of(modelId).queue, 1, waitMs)
-          inner.recordQueueWait(modelId, priority, waitMs)
+        recordQueueWait: (modelId, priority, waitMs, version) => {
+          add(of(modelId, version).queue, 1, waitMs)
+          inner.recordQueueWait(modelId, priority, waitMs, version)
         },
-        recordRun: (modelId, runMs, batchSize, rows) => {
-          const s = of(modelId)
+        recordRun: (modelId, runMs, batchSize, rows, version) => {
+          const s = of(modelId, version)
           const size = rows ?? batchSize
           s.executionCount += 1
           s.inferenceCount += size
@@ -192,10 +214,10 @@ export class Statistics extends Context.Service<Statistics, Service>()("effect-o
             s.batches.set(size, batch)
           }
           add(batch, 1, runMs)
-          inner.recordRun(modelId, runMs, batchSize, rows)
+          inner.recordRun(modelId, runMs, batchSize, rows, version)
         }
       })
-      return Context.make(Statistics, { get: (model) => byModel.get(model) }).pipe(Context.add(TelemetryCollector, collector))
+      return Context.make(Statistics, { get: (model, version) => byModel.get(model)?.get(version ?? "") }).pipe(Context.add(TelemetryCollector, collector))
     })
   )
 }

@@ -876,7 +876,7 @@ describe("Triton's model configuration extension", () => {
 })
 
 describe("Triton's statistics extension", () => {
-  it.effect("counts successes, failures, queue and compute per model, from the same telemetry as /metrics", () =>
+  it.effect("counts successes, failures, queue and compute per model version, from the same telemetry as /metrics", () =>
     Effect.gen(function*() {
       const { send } = yield* makeApp()
       const before = yield* send("GET", "/v2/models/echo/stats")
@@ -909,8 +909,17 @@ describe("Triton's statistics extension", () => {
       assert.strictEqual(all.status, 200)
       const names = (all.json.model_stats as Array<{ name: string; version: string }>).map((m) => `${m.name}/${m.version}`)
       assert.include(names, "echo/2")
-      assert.notInclude(names, "echo/1")
-      assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/versions/1/stats")).json.model_stats[0].version, "1")
+      assert.include(names, "echo/1", "every version the server has")
+      // per version: what ran on version 2 is not version 1's
+      const v1 = (yield* send("GET", "/v2/models/echo/versions/1/stats")).json.model_stats[0]
+      assert.deepStrictEqual([v1.version, v1.inference_count, v1.inference_stats.success.count, v1.inference_stats.fail.count], ["1", 0, 0, 0])
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/versions/1/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+      const [one, two] = [
+        (yield* send("GET", "/v2/models/echo/versions/1/stats")).json.model_stats[0],
+        (yield* send("GET", "/v2/models/echo/versions/2/stats")).json.model_stats[0]
+      ]
+      assert.deepStrictEqual([one.inference_count, one.inference_stats.success.count, one.inference_stats.queue.count], [1, 1, 1])
+      assert.deepStrictEqual([two.inference_count, two.inference_stats.success.count, two.inference_stats.fail.count], [2, 2, 1], "the body refused before a version was chosen counts under the default")
       assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/versions/01/stats")).json.model_stats[0].version, "1", "versions compare as numbers, as every other route finds them")
       assert.strictEqual((yield* send("GET", "/v2/models/echo/versions/3/stats")).status, 404)
       assert.strictEqual((yield* send("GET", "/v2/models/nope/stats")).status, 404)

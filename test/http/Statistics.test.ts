@@ -2,6 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Layer } from "effect"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as Statistics from "../../src/http/Statistics.ts"
+import type * as ModelPool from "../../src/ModelPool.ts"
 import { layerRecording, TelemetryCollector, TelemetryLog } from "../../src/Telemetry.ts"
 
 const info = { modelId: "m", requestId: "r", priority: "Normal" } as const
@@ -35,6 +36,27 @@ describe("Statistics", () => {
       assert.deepStrictEqual(t.batch_stats.map((b) => [b.batch_size, b.compute_infer.count, b.compute_infer.ns]), [[1, 1, 1_000_000], [4, 1, 3_000_000]])
       assert.isUndefined(stats.get("other"))
       assert.strictEqual(Statistics.toTriton("other", "1", undefined).inference_count, 0)
+    }))
+
+  it.effect("keeps each model version apart; what was refused before a version was chosen counts under the default version", () =>
+    Effect.gen(function*() {
+      const services = yield* Layer.build(Statistics.Statistics.layer.pipe(Layer.provideMerge(layerRecording)))
+      const collector = Context.get(services, TelemetryCollector)
+      const stats = Context.get(services, Statistics.Statistics)
+      collector.recordQueueWait("m", "Normal", 1, "1")
+      collector.recordRun("m", 2, 1, 1, "1")
+      collector.recordSuccess({ ...info, version: "1" }, 3)
+      collector.recordQueueWait("m", "Normal", 1, "2")
+      collector.recordRun("m", 2, 2, 2, "2")
+      collector.recordSuccess({ ...info, version: "2" }, 3)
+      collector.recordSuccess({ ...info, version: "2" }, 3)
+      collector.recordRejected(info, new InferenceError.QueueFull({ modelId: "m", requestId: "r", capacity: 1 }))
+      assert.deepStrictEqual([stats.get("m", "1")?.success.count, stats.get("m", "2")?.success.count, stats.get("m")?.fail.count], [1, 2, 1])
+      const pool = { models: Effect.succeed([{ name: "m", version: "1", state: "READY" }, { name: "m", version: "2", state: "READY" }]) } as unknown as ModelPool.Service
+      const all = yield* Statistics.report(pool, stats, undefined, undefined)
+      assert.deepStrictEqual(all.map((t) => [t.version, t.inference_count, t.inference_stats.success.count, t.inference_stats.fail.count]), [["1", 1, 1, 0], ["2", 2, 2, 1]])
+      const [one] = yield* Statistics.report(pool, stats, "m", "01")
+      assert.deepStrictEqual([one!.version, one!.execution_count, one!.inference_stats.queue.count], ["1", 1, 1])
     }))
 
   it.effect("counts inferences and batch sizes in rows, as Triton: one run of a 64-row request is 64 inferences of batch size 64", () =>
