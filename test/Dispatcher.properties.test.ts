@@ -25,6 +25,7 @@ import * as InstancePool from "../src/onnx/InstancePool.ts"
 import type * as Protocol from "../src/onnx/Protocol.ts"
 import { layerRecording } from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
+import { poolOptions } from "./fixtures/FakeTransport.ts"
 
 const seeds = Math.max(1, Math.round(40 * Number(process.env.PROPERTY_RUNS ?? 1000) / 1000))
 const maxConcurrentRequests = 2
@@ -118,19 +119,7 @@ const settle = Effect.gen(function*() {
 
 const startPool = (world: World, modelId: string, instances: number) =>
   Effect.gen(function*() {
-    const options: InstancePool.Options = {
-      modelId,
-      version: "1",
-      path: "/nowhere/model.onnx",
-      instances,
-      executionProviders: ["cpu"],
-      intraOpNumThreads: 1,
-      interOpNumThreads: 1,
-      closeTimeout: Duration.seconds(5),
-      counters: InstancePool.makeCounters(),
-      respawnAttempts: 3,
-      respawnDelay: Duration.millis(1)
-    }
+    const options = poolOptions({ modelId, instances, respawnDelay: Duration.millis(1) })
     const fiber = yield* Effect.forkChild(InstancePool.start(options, world.transport), { startImmediately: true })
     yield* settle
     return yield* Fiber.join(fiber)

@@ -16,7 +16,7 @@ import { ModelPool } from "../src/ModelPool.ts"
 import * as InstancePool from "../src/onnx/InstancePool.ts"
 import { layerRecording } from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
-import { type FakeInstance, fakeTransport } from "./fixtures/FakeTransport.ts"
+import { type FakeInstance, fakeTransport, poolOptions } from "./fixtures/FakeTransport.ts"
 
 /** Lets forked fibers, microtasks and the dispatcher's pumps run. */
 const settle = Effect.gen(function*() {
@@ -35,19 +35,7 @@ const startPool = (modelId: string, instances: number, lateCancels = false, over
     const fake = fakeTransport()
     fake.auto.ready = true
     fake.auto.skipCancelled = !lateCancels
-    const options: InstancePool.Options = {
-      modelId,
-      version: "1",
-      path: "/nowhere/model.onnx",
-      instances,
-      executionProviders: ["cpu"],
-      intraOpNumThreads: 1,
-      interOpNumThreads: 1,
-      closeTimeout: Duration.seconds(5),
-      counters: InstancePool.makeCounters(),
-      ...overrides
-    }
-    const fiber = yield* Effect.forkChild(InstancePool.start(options, fake.transport), { startImmediately: true })
+    const fiber = yield* Effect.forkChild(InstancePool.start(poolOptions({ modelId, instances, ...overrides }), fake.transport), { startImmediately: true })
     yield* settle
     const pool = yield* Fiber.join(fiber)
     yield* Effect.addFinalizer(() => pool.close)

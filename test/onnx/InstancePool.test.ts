@@ -9,21 +9,9 @@ import { TestClock } from "effect/testing"
 import type * as InferenceError from "../../src/InferenceError.ts"
 import * as InstancePool from "../../src/onnx/InstancePool.ts"
 import * as Tensor from "../../src/Tensor.ts"
-import { type FakeInstance, fakeTransport } from "../fixtures/FakeTransport.ts"
+import { type FakeInstance, fakeTransport, poolOptions } from "../fixtures/FakeTransport.ts"
 
-const options = (overrides: Partial<InstancePool.Options> = {}): InstancePool.Options => ({
-  modelId: "m",
-  version: "1",
-  path: "/nowhere/model.onnx",
-  instances: 2,
-  executionProviders: ["cpu"],
-  intraOpNumThreads: 1,
-  interOpNumThreads: 1,
-  closeTimeout: Duration.seconds(5),
-  counters: InstancePool.makeCounters(),
-  respawnAttempts: 3,
-  ...overrides
-})
+const options = poolOptions
 
 const x = { x: Tensor.float32(new Float32Array([1]), [1, 1]) }
 
