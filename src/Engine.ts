@@ -62,9 +62,10 @@ export interface Service {
    * Whether a request for `modelId` would be admitted now, by the engine's own rule: fails with
    * the ShuttingDown or QueueFull it would answer (and counts the refusal, as it would). For an
    * edge that wants to refuse before the costly part (reading and decoding a body); admission
-   * itself still decides when the request comes.
+   * itself still decides when the request comes. `version`: the model version the request goes to
+   * (its metadata's), under which the refusal is counted (absent: the default version).
    */
-  readonly checkAdmission: (modelId: string) => Effect.Effect<void, InferenceError.InferenceError>
+  readonly checkAdmission: (modelId: string, version?: string) => Effect.Effect<void, InferenceError.InferenceError>
   /**
    * `checkAdmission` as a plain answer, counting nothing: true when a request would be queued now,
    * with `waitingAtEdge` more requests counted as queued (an edge's own backlog of accepted bodies
@@ -88,8 +89,9 @@ export interface Service {
   /**
    * Counts a request that an edge refused before it reached the engine (a body that did not
    * decode: InvalidInput), so that telemetry sees every request: started, then its outcome.
+   * `version`: the model version its body was checked against (absent: the default version).
    */
-  readonly recordRefused: (modelId: string, reason: InferenceError.Reason) => Effect.Effect<void>
+  readonly recordRefused: (modelId: string, reason: InferenceError.Reason, version?: string) => Effect.Effect<void>
   /**
    * Requests waiting to run, by priority: in the queue, or in a job sent ahead to a busy instance
    * (not started yet). What `maxQueuedRequests` bounds, so a QueueFull comes when `total` is at it.
@@ -219,58 +221,38 @@ const noteSettled = (state: State): void => {
 /** How a request's waiter is answered. */
 type Resume = (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
 
-/**
- * The caller's record: how the dispatcher answers it, with the telemetry of its outcome. It is
- * also the request as telemetry records it from admission on, under the version it was admitted
- * to (one object a request, not two).
- */
+/** The caller's record: how the dispatcher answers it, with the telemetry of its outcome (`info`: the request as admitted to its version). */
 const callerOf = (
   state: State,
   request: InferenceRequest,
+  info: RequestInfo,
   metadata: ModelMetadata.ModelMetadata,
   batching: BatchPolicy.BatchingConfig,
   startedMs: number,
   resume: Resume
-): Dispatcher.Caller & RequestInfo => {
-  const caller: Dispatcher.Caller & RequestInfo = {
-    request,
-    metadata,
-    batching,
-    modelId: request.modelId,
-    requestId: request.requestId,
-    priority: request.priority,
-    version: metadata.version,
-    resume: (exit) => settleCaller(state, caller, startedMs, resume, exit)
+): Dispatcher.Caller => ({
+  request,
+  metadata,
+  batching,
+  resume: (exit) => {
+    const elapsedMs = state.nowMs() - startedMs
+    noteSettled(state)
+    if (Exit.isSuccess(exit)) {
+      state.telemetry.recordSuccess(info, elapsedMs)
+      const { deviceUsed, outputs } = exit.value
+      return resume(Exit.succeed(InferenceResult.Success({ requestId: request.requestId, outputs, latencyMs: elapsedMs, deviceUsed, modelVersion: metadata.version }) as InferenceResult.Success))
+    }
+    // Interruption (the engine closing) is ShuttingDown; any other cause without a typed error is a defect: the run failed.
+    const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
+    const reason = failure !== undefined
+      ? failure.error
+      : Cause.hasInterruptsOnly(exit.cause)
+      ? new InferenceError.ShuttingDown({})
+      : new InferenceError.RunFailed({ modelId: request.modelId, requestId: request.requestId, detail: `a defect: ${String(Cause.squash(exit.cause))}` })
+    recordFailure(state.telemetry, info, reason, elapsedMs)
+    resume(Exit.fail(InferenceError.make(reason)))
   }
-  return caller
-}
-
-/** Records a settled caller's outcome (under the version it was admitted to) and answers it. */
-const settleCaller = (
-  state: State,
-  caller: Dispatcher.Caller & RequestInfo,
-  startedMs: number,
-  resume: Resume,
-  exit: Exit.Exit<RunOutput, InferenceError.Reason>
-): void => {
-  const { request, metadata } = caller
-  const elapsedMs = state.nowMs() - startedMs
-  noteSettled(state)
-  if (Exit.isSuccess(exit)) {
-    state.telemetry.recordSuccess(caller, elapsedMs)
-    const { deviceUsed, outputs } = exit.value
-    return resume(Exit.succeed(InferenceResult.Success({ requestId: request.requestId, outputs, latencyMs: elapsedMs, deviceUsed, modelVersion: metadata.version }) as InferenceResult.Success))
-  }
-  // Interruption (the engine closing) is ShuttingDown; any other cause without a typed error is a defect: the run failed.
-  const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
-  const reason = failure !== undefined
-    ? failure.error
-    : Cause.hasInterruptsOnly(exit.cause)
-    ? new InferenceError.ShuttingDown({})
-    : new InferenceError.RunFailed({ modelId: request.modelId, requestId: request.requestId, detail: `a defect: ${String(Cause.squash(exit.cause))}` })
-  recordFailure(state.telemetry, caller, reason, elapsedMs)
-  resume(Exit.fail(InferenceError.make(reason)))
-}
+})
 
 /** Answers a request refused at admission (after its start was recorded) and records why. */
 const refuseNow = (state: State, request: RequestInfo, reason: InferenceError.Reason, resume: Resume): undefined => {
@@ -289,20 +271,19 @@ const refuseNow = (state: State, request: RequestInfo, reason: InferenceError.Re
 const submit = (
   state: State,
   request: InferenceRequest,
+  info: RequestInfo,
   metadata: ModelMetadata.ModelMetadata,
   startedMs: number,
   resume: Resume,
   queuedMs = startedMs,
   spentMs = 0
 ): (() => void) | undefined => {
-  const spec = specOf(state, request.modelId, metadata)
-  // Its outcome is recorded under the version it is admitted to (`info`).
-  const info = callerOf(state, request, metadata, spec.batching, startedMs, resume)
   // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
   if (state.draining) return refuseNow(state, info, new InferenceError.ShuttingDown({}), resume)
+  const spec = specOf(state, request.modelId, metadata)
   const joinable = spec.batching.enabled ? Batch.keyOf(spec.batching, request.inputs) : undefined
   const admitted = state.dispatcher.submit({
-    value: info,
+    value: callerOf(state, request, info, metadata, spec.batching, startedMs, resume),
     model: spec,
     priority: request.priority,
     rows: joinable?.rows ?? 1,
@@ -344,13 +325,38 @@ const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadat
 
 type Lookup = NonNullable<ModelPool["Service"]["metadataUnsafe"]>
 
-/** The request as telemetry records a refusal of it: under `unknownModel` when its model is not found. */
-const recordedAs = (request: InferenceRequest, reason: InferenceError.Reason): RequestInfo =>
-  reason._tag === "ModelNotFound" ? { modelId: unknownModel, requestId: request.requestId, priority: request.priority } : request
+/**
+ * The request as telemetry records it, under `version` of its model: one object for its start and
+ * its outcome. Not the request itself, which holds its inputs: a collector may keep what it is given.
+ */
+const infoOf = (request: InferenceRequest, version: string | undefined): RequestInfo => ({
+  modelId: request.modelId,
+  requestId: request.requestId,
+  priority: request.priority,
+  version
+})
 
-/** Records the start and refusal of a request that was never queued. */
-const recordRefusal = (state: State, request: InferenceRequest, reason: InferenceError.Reason, elapsedMs: number): void => {
-  const info = recordedAs(request, reason)
+/**
+ * The version a request for `modelId` (at `version`, or the default) would go to now, for telemetry
+ * of a request refused before admission chose one; undefined where the pool cannot say at once.
+ */
+const versionNow = (state: State, modelId: string, version: string | undefined): string | undefined => {
+  const metadata = state.pool.metadataUnsafe?.(modelId, version)
+  return metadata === undefined || "_tag" in metadata ? undefined : metadata.version
+}
+
+/**
+ * The request as telemetry records a refusal of it: under `unknownModel` when its model is not
+ * found, else under the version it was (or would have been) admitted to.
+ */
+const recordedAs = (state: State, request: InferenceRequest, reason: InferenceError.Reason, version: string | undefined): RequestInfo =>
+  reason._tag === "ModelNotFound"
+    ? { modelId: unknownModel, requestId: request.requestId, priority: request.priority }
+    : infoOf(request, version ?? versionNow(state, request.modelId, request.modelVersion))
+
+/** Records the start and refusal of a request that was never queued (`version`: its metadata's, when it was found). */
+const recordRefusal = (state: State, request: InferenceRequest, reason: InferenceError.Reason, elapsedMs: number, version?: string): void => {
+  const info = recordedAs(state, request, reason, version)
   state.telemetry.recordStart(info)
   recordFailure(state.telemetry, info, reason, elapsedMs)
 }
@@ -359,14 +365,20 @@ const recordRefusal = (state: State, request: InferenceRequest, reason: Inferenc
 const admitNow = (state: State, request: InferenceRequest, lookup: Lookup, resume: Resume, spentMs = 0): (() => void) | undefined => {
   const startedMs = state.nowMs()
   const metadata = state.draining ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
-  const reason = "_tag" in metadata ? metadata : refusal(request, metadata)
+  if ("_tag" in metadata) {
+    recordRefusal(state, request, metadata, 0)
+    resume(Exit.fail(InferenceError.make(metadata)))
+    return undefined
+  }
+  const reason = refusal(request, metadata)
   if (reason !== undefined) {
-    recordRefusal(state, request, reason, 0)
+    recordRefusal(state, request, reason, 0, metadata.version)
     resume(Exit.fail(InferenceError.make(reason)))
     return undefined
   }
-  state.telemetry.recordStart(request)
-  return submit(state, request, metadata as ModelMetadata.ModelMetadata, startedMs, resume, startedMs, spentMs)
+  const info = infoOf(request, metadata.version)
+  state.telemetry.recordStart(info)
+  return submit(state, request, info, metadata, startedMs, resume, startedMs, spentMs)
 }
 
 /** Admission and the wait in one `Effect.callback`, for a pool whose metadata needs no Effect. */
@@ -407,8 +419,8 @@ const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effe
   Effect.suspend(() => {
     const startedMs = state.nowMs()
     // The start is recorded once the lookup has ended (see `recordedAs`), with its outcome if it is one.
-    const refuse = (reason: InferenceError.Reason, elapsedMs = 0) => {
-      recordRefusal(state, request, reason, elapsedMs)
+    const refuse = (reason: InferenceError.Reason, elapsedMs = 0, version?: string) => {
+      recordRefusal(state, request, reason, elapsedMs, version)
       return InferenceError.make(reason)
     }
     if (state.draining) return Effect.fail(refuse(new InferenceError.ShuttingDown({})))
@@ -427,16 +439,18 @@ const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effe
       }),
       () =>
         Effect.sync(() => {
-          state.telemetry.recordStart(request)
-          state.telemetry.recordCancelled(request, state.nowMs() - startedMs)
+          const info = infoOf(request, versionNow(state, request.modelId, request.modelVersion))
+          state.telemetry.recordStart(info)
+          state.telemetry.recordCancelled(info, state.nowMs() - startedMs)
         })
     )
     return Effect.flatMap(lookup, (metadata) => {
       const reason = refusal(request, metadata)
-      if (reason !== undefined) return Effect.fail(refuse(reason))
-      state.telemetry.recordStart(request)
+      if (reason !== undefined) return Effect.fail(refuse(reason, 0, metadata.version))
+      const info = infoOf(request, metadata.version)
+      state.telemetry.recordStart(info)
       return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
-        const cancel = submit(state, request, metadata, startedMs, resume, state.nowMs(), spentMs)
+        const cancel = submit(state, request, info, metadata, startedMs, resume, state.nowMs(), spentMs)
         return cancel === undefined ? undefined : Effect.sync(cancel)
       })
     })
@@ -481,9 +495,10 @@ const inferResult = (state: State, request: InferenceRequest, cancel?: CancelTok
     ))
     if (!CancelToken.isCancelled(cancel)) return settle(Effect.raceFirst(infer(state, request), cancelled))
     const { telemetry } = state
+    const info = infoOf(request, versionNow(state, request.modelId, request.modelVersion))
     return settle(Effect.andThen(
-      Effect.sync(() => telemetry.recordStart(request)),
-      Effect.onExit(cancelled, () => Effect.sync(() => telemetry.recordCancelled(request, 0)))
+      Effect.sync(() => telemetry.recordStart(info)),
+      Effect.onExit(cancelled, () => Effect.sync(() => telemetry.recordCancelled(info, 0)))
     ))
   })
 
@@ -538,9 +553,12 @@ export const isConcurrency = (concurrency: number): boolean => Number.isInteger(
 export const invalidConcurrency = (concurrency: unknown): TypeError =>
   new TypeError(`inferBatch: concurrency must be a positive integer, got ${String(concurrency)}`)
 
-/** Telemetry of a request refused before admission: it never had a request id, and counts at the Normal level. */
-const refused = (state: State, modelId: string, reason: InferenceError.Reason): void => {
-  const info = { modelId, requestId: "", priority: Priority.Normal }
+/**
+ * Telemetry of a request an edge refused before admission: it never had a request id, and counts at
+ * the Normal level, under `version` (the metadata's its body was checked against), else the default one.
+ */
+const refused = (state: State, modelId: string, reason: InferenceError.Reason, version: string | undefined): void => {
+  const info = { modelId, requestId: "", priority: Priority.Normal, version: version ?? versionNow(state, modelId, undefined) }
   state.telemetry.recordStart(info)
   recordFailure(state.telemetry, info, reason, 0)
 }
@@ -592,7 +610,7 @@ export const make = Effect.gen(function*() {
         Stream.mapEffect((request) => inferResult(state, request, options?.cancel), { concurrency, unordered: true })
       )
     },
-    checkAdmission: (modelId) =>
+    checkAdmission: (modelId, version) =>
       Effect.suspend(() => {
         const reason = state.draining
           ? new InferenceError.ShuttingDown({})
@@ -600,12 +618,12 @@ export const make = Effect.gen(function*() {
           ? new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
           : undefined
         if (reason === undefined) return Effect.void
-        refused(state, modelId, reason)
+        refused(state, modelId, reason, version)
         return Effect.fail(InferenceError.make(reason))
       }),
     admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
     inferUnsafe: (request, onExit, options) => inferUnsafe(state, request, onExit, Math.max(0, options?.spentMs ?? 0)),
-    recordRefused: (modelId, reason) => Effect.sync(() => refused(state, modelId, reason)),
+    recordRefused: (modelId, reason, version) => Effect.sync(() => refused(state, modelId, reason, version)),
     queueStats: Effect.sync(() => queueStats(state)),
     queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),
     notStarted: (modelId) => Effect.sync(() => notStarted(state, modelId)),

@@ -6,7 +6,8 @@ import { AsyncInferenceEngine } from "../src/Engine.ts"
 import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import { ModelPool } from "../src/ModelPool.ts"
-import { guard, layerRecording, metrics, outcomeOf, requestOutcomes, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
+import { guard, layerRecording, metrics, outcomeOf, type RequestInfo, requestOutcomes, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
+import * as Tensor from "../src/Tensor.ts"
 import { echoInputs, echoMetadata, makeFake } from "./fixtures/FakeModelPool.ts"
 
 const count = (metric: Metric.Metric<number, Metric.CounterState<number>>, attributes: Record<string, string>) =>
@@ -201,6 +202,54 @@ describe("Engine's recordRun", () => {
 })
 
 describe("Telemetry.outcomeOf", () => {
+  it.effect("the engine records a request's start and outcome with one object that names the version it was admitted to, not its inputs", () =>
+    Effect.gen(function*() {
+      const starts: Array<RequestInfo> = []
+      const outcomes: Array<RequestInfo> = []
+      const collector = TelemetryCollector.of({
+        recordStart: (info) => void starts.push(info),
+        recordSuccess: (info) => void outcomes.push(info),
+        recordFailure: (info) => void outcomes.push(info),
+        recordCancelled: (info) => void outcomes.push(info),
+        recordTimeout: (info) => void outcomes.push(info),
+        recordRejected: (info) => void outcomes.push(info),
+        recordQueueWait: () => {},
+        recordRun: () => {}
+      })
+      // versions 1 and 2 of "echo"; the default is the highest
+      const versionOf = (version: string | undefined) => (version === undefined || version === "2" ? "2" : version === "1" || version === "01" ? "1" : undefined)
+      const metadataUnsafe = (modelId: string, version?: string) => {
+        const v = modelId === "echo" ? versionOf(version) : undefined
+        return v === undefined ? new InferenceError.ModelNotFound({ modelId }) : { ...echoMetadata, version: v }
+      }
+      const pool = ModelPool.of({
+        metadata: (modelId, version) => {
+          const m = metadataUnsafe(modelId, version)
+          return "_tag" in m ? Effect.fail(m) : Effect.succeed(m)
+        },
+        metadataUnsafe,
+        run: (_modelId, inputs) => Effect.succeed({ outputs: { y: inputs["x"]! }, deviceUsed: "cpu" }),
+        models: Effect.succeed([])
+      })
+      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+        Layer.provide(Layer.mergeAll(Layer.succeed(ModelPool, pool), Layer.succeed(TelemetryCollector, collector), AsyncConfigService.layer))
+      ))
+      const engine = Context.get(context, AsyncInferenceEngine)
+      const infer = (id: string, options: { readonly modelVersion?: string; readonly inputs?: ReturnType<typeof echoInputs> } = {}) =>
+        Effect.exit(engine.infer(InferenceRequest.make("echo", options.inputs ?? echoInputs(1), { requestId: id, modelVersion: options.modelVersion })))
+      yield* infer("one", { modelVersion: "01" })
+      yield* infer("default")
+      yield* infer("bad-one", { modelVersion: "1", inputs: { x: Tensor.float32(new Float32Array(3), [1, 3]) } })
+      yield* engine.drain(0)
+      yield* infer("late")
+      assert.deepStrictEqual(outcomes.map((i) => [i.requestId, i.version]), [["one", "1"], ["default", "2"], ["bad-one", "1"], ["late", "2"]])
+      assert.deepStrictEqual(starts.map((i) => i.requestId), ["one", "default", "bad-one", "late"])
+      for (let i = 0; i < outcomes.length; i++) {
+        assert.strictEqual(outcomes[i], starts[i], `${outcomes[i]!.requestId}: one object for its start and its outcome`)
+        assert.deepStrictEqual(Object.keys(outcomes[i]!).sort(), ["modelId", "priority", "requestId", "version"], "nothing of the request's inputs")
+      }
+    }))
+
   it("maps every failure reason to one outcome", () => {
     const cases: ReadonlyArray<readonly [Parameters<typeof outcomeOf>[0], string]> = [
       ["QueueFull", "rejected"],

@@ -68,7 +68,8 @@ export const make = (options: Options) =>
     const refusedAs = (reason: InferenceError.Reason, id: string) =>
       fromReason(reason._tag === "QueueFull" && id !== "" ? new InferenceError.QueueFull({ modelId: reason.modelId, requestId: id, capacity: reason.capacity }) : reason)
 
-    const invalid = (name: string, reason: InferenceError.InvalidInput) => Effect.andThen(engine.recordRefused(name, reason), Effect.fail(fromReason(reason)))
+    const invalid = (name: string, version: string, reason: InferenceError.InvalidInput) =>
+      Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
 
     /** One inference; `deadlineMs` is the call's deadline (Date.now() scale), if any. */
     const infer = (message: GrpcCodec.ModelInferRequest, deadlineMs: number | undefined) =>
@@ -76,13 +77,13 @@ export const make = (options: Options) =>
         if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
         const { name, version } = yield* modelParams(message.model_name, message.model_version)
         const metadata = yield* metadataOf(name, version)
-        yield* Effect.mapError(engine.checkAdmission(name), (e) => refusedAs(e.reason, message.id))
+        yield* Effect.mapError(engine.checkAdmission(name, metadata.version), (e) => refusedAs(e.reason, message.id))
         const oip = GrpcCodec.toOip(message)
-        if (typeof oip === "string") return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: oip }))
+        if (typeof oip === "string") return yield* invalid(name, metadata.version, new InferenceError.InvalidInput({ modelId: name, detail: oip }))
         const body = Oip.decodeInferRequest(oip.body)
-        if ("error" in body) return yield* invalid(name, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
+        if ("error" in body) return yield* invalid(name, metadata.version, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
         const prepared = Oip.prepare(metadata, body, oip.binary)
-        if (prepared instanceof InferenceError.InvalidInput) return yield* invalid(name, prepared)
+        if (prepared instanceof InferenceError.InvalidInput) return yield* invalid(name, metadata.version, prepared)
         // The call's deadline when it is sooner than the request's timeout (the default when it names none).
         let timeout = prepared.timeout
         if (deadlineMs !== undefined) {

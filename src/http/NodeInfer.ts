@@ -61,8 +61,11 @@ export interface Options {
   readonly bodyLimitBytes: number
   /** The router's answer for an engine failure. */
   readonly errorOf: (reason: InferenceError.Reason) => ErrorAnswer
-  /** Counts a request refused here (a body that did not fit its model, a full queue), as the engine counts refusals. */
-  readonly recordRefused: (name: string, reason: InferenceError.InvalidInput | InferenceError.QueueFull) => void
+  /**
+   * Counts a request refused here (a body that did not fit its model, a full queue), as the engine
+   * counts refusals; `version`: the model version it was checked against, where it was.
+   */
+  readonly recordRefused: (name: string, reason: InferenceError.InvalidInput | InferenceError.QueueFull, version?: string) => void
   /** The engine's queue bound, for the QueueFull this answers when its own backlog fills the queue. */
   readonly maxQueuedRequests: number
   /** Reports a defect (the answer is 500 "internal error"). */
@@ -238,7 +241,7 @@ const run = (
     return undefined
   }
   if (decoded._tag === "InvalidInput") {
-    options.recordRefused(name, decoded)
+    options.recordRefused(name, decoded, metadata.version)
     sendError(context, response, options.errorOf(decoded))
     return undefined
   }
@@ -385,13 +388,13 @@ const accept = (
     if (response.destroyed) return
     if (received !== length || head === undefined) return sendError(context, response, { status: 400, message: "could not read the request body" })
     const body: Body = { route, head, binary, inAtMs: performance.now() }
+    const metadata = options.metadataUnsafe(route.name, route.version)
     if (full) {
       // Refused before decoding: no request id yet ("", which the message leaves out).
       const reason = new InferenceError.QueueFull({ modelId: route.name, requestId: "", capacity: options.maxQueuedRequests })
-      options.recordRefused(route.name, reason)
+      options.recordRefused(route.name, reason, "_tag" in metadata ? undefined : metadata.version)
       return sendError(context, response, options.errorOf(reason))
     }
-    const metadata = options.metadataUnsafe(route.name, route.version)
     const fallback = "_tag" in metadata ? 0 : Priority.rank(metadata.defaultPriority ?? Priority.Normal)
     const rank = priorityHint(head, fallback)
     queue.push(rank, () => {

@@ -333,9 +333,9 @@ const modelRoutes = (ctx: Ctx) => {
     return error.status === 404 ? errorResponse(error) : json(503, { name, ready: false, error: error.message })
   }))
 
-  /** A body that did not decode: the engine counts the refusal, the client gets the reason. */
-  const invalid = (name: string, reason: InferenceError.InvalidInput) =>
-    Effect.andThen(engine.recordRefused(name, reason), Effect.fail(fromReason(reason)))
+  /** A body that did not decode for `version` of the model: the engine counts the refusal, the client gets the reason. */
+  const invalid = (name: string, version: string, reason: InferenceError.InvalidInput) =>
+    Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
 
   /**
    * Refuses before decoding, but after reading the body (within the limit): a connection
@@ -351,13 +351,13 @@ const modelRoutes = (ctx: Ctx) => {
       const { name, version } = yield* modelParams
       const metadata: ModelMetadata.ModelMetadata = yield* metadataOf(name, version)
       // The engine's own admission rule before the costly part: a full queue answers 429 before decoding anything.
-      yield* Effect.mapError(engine.checkAdmission(name), (e) => fromReason(e.reason))
+      yield* Effect.mapError(engine.checkAdmission(name, metadata.version), (e) => fromReason(e.reason))
       return { name, version, metadata }
     }))
     const { binary, text } = yield* readInferBody
     const decoded = InferExchange.decode(name, version, metadata, text, binary)
     if (decoded._tag === "NotJson") return yield* fail(400, decoded.message)
-    if (decoded._tag === "InvalidInput") return yield* invalid(name, decoded)
+    if (decoded._tag === "InvalidInput") return yield* invalid(name, metadata.version, decoded)
     const result = yield* engine.infer(decoded.request).pipe(Effect.mapError((e) => fromReason(e.reason)))
     const answer = InferExchange.encode(metadata, decoded, result)
     if (answer instanceof Error) return yield* Effect.die(answer)
@@ -461,7 +461,7 @@ const serveInferFromNode = (
       lifecycle,
       bodyLimitBytes: options.bodyLimitBytes,
       errorOf: fromReason,
-      recordRefused: (name, reason) => Effect.runSync(engine.recordRefused(name, reason)),
+      recordRefused: (name, reason, version) => Effect.runSync(engine.recordRefused(name, reason, version)),
       maxQueuedRequests: engine.config.maxQueuedRequests,
       onDefect: (defect) => void runFork(Effect.logError("unexpected failure while answering a request", defect))
     }))

@@ -18,8 +18,8 @@
  *   runs, `last_inference`: when the last request was answered (ms since the epoch).
  * - `batch_stats`: per batch size (the rows of the run), the runs of that size and their time.
  * Statistics are per model version, the one a request was admitted to (`RequestInfo.version`)
- * and the one that ran. A request refused before a version was chosen (its model's queue full at
- * the edge, the server shutting down) counts under the model's default version, the highest.
+ * and the one that ran; a request refused before admission counts under the version it named, or
+ * the one it would have gone to (the engine looks it up at the refusal, so counts never move).
  *
  * @module Statistics
  */
@@ -123,11 +123,11 @@ export const toTriton = (name: string, version: string, stats: ModelStatistics |
 }
 
 /**
- * The statistics of every model version the pool lists (`name` undefined), or of one model's
- * version (its default version, the highest, unless `version` is given; versions compare as
- * numbers, "01" is "1", as `ModelRepository.lookup` finds them). ModelNotFound for a model or
- * version the pool does not have. The requests refused before a version was chosen count under
- * the default version.
+ * The statistics of every model version the pool lists (`name` undefined), of every version of one
+ * model (`version` undefined, as Triton answers), or of one version (versions compare as numbers,
+ * "01" is "1", as `ModelRepository.lookup` finds them). ModelNotFound for a model or version the
+ * pool does not have. What was recorded without a version (a pool that could not say which one a
+ * refused request would have gone to) shows under the model's highest READY version.
  */
 export const report = (
   pool: ModelPool.Service,
@@ -136,19 +136,19 @@ export const report = (
   version: string | undefined
 ): Effect.Effect<Array<ReturnType<typeof toTriton>>, InferenceError.ModelNotFound> =>
   Effect.flatMap(pool.models, (models) => {
-    const defaults = new Map<string, string>()
+    const unversionedOn = new Map<string, { readonly version: string; readonly ready: boolean }>()
     for (const m of models) {
-      const seen = defaults.get(m.name)
-      if (seen === undefined || Number(m.version) > Number(seen)) defaults.set(m.name, m.version)
+      const seen = unversionedOn.get(m.name)
+      const ready = m.state === "READY"
+      if (seen === undefined || (ready && !seen.ready) || (ready === seen.ready && Number(m.version) > Number(seen.version))) unversionedOn.set(m.name, { version: m.version, ready })
     }
     const of = (model: string, v: string) =>
-      toTriton(model, v, defaults.get(model) === v ? merged(statistics.get(model, v), statistics.get(model)) : statistics.get(model, v))
-    if (name === undefined) return Effect.succeed(models.map((m) => of(m.name, m.version)))
-    const chosen = version === undefined
-      ? defaults.get(name)
-      : models.find((m) => m.name === name && ModelRepository.sameVersion(m.version, version))?.version
-    if (chosen === undefined) return Effect.fail(new InferenceError.ModelNotFound(version === undefined ? { modelId: name } : { modelId: name, version }))
-    return Effect.succeed([of(name, chosen)])
+      toTriton(model, v, unversionedOn.get(model)?.version === v ? merged(statistics.get(model, v), statistics.get(model)) : statistics.get(model, v))
+    const chosen = models.filter((m) => (name === undefined || m.name === name) && (version === undefined || ModelRepository.sameVersion(m.version, version)))
+    if (name !== undefined && chosen.length === 0) {
+      return Effect.fail(new InferenceError.ModelNotFound(version === undefined ? { modelId: name } : { modelId: name, version }))
+    }
+    return Effect.succeed(chosen.map((m) => of(m.name, m.version)))
   })
 
 export class Statistics extends Context.Service<Statistics, Service>()("effect-onnx/http/Statistics") {

@@ -881,11 +881,10 @@ describe("Triton's statistics extension", () => {
       const { send } = yield* makeApp()
       const before = yield* send("GET", "/v2/models/echo/stats")
       assert.strictEqual(before.status, 200)
-      assert.strictEqual(before.json.model_stats[0].inference_count, 0)
-      assert.strictEqual(before.json.model_stats[0].last_inference, 0)
+      assert.deepStrictEqual(before.json.model_stats.map((m: any) => [m.version, m.inference_count, m.last_inference]).sort(), [["1", 0, 0], ["2", 0, 0]], "every version of the model, as Triton answers")
       for (let i = 0; i < 2; i++) assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3]))).status, 400)
-      const r = yield* send("GET", "/v2/models/echo/stats")
+      const r = yield* send("GET", "/v2/models/echo/versions/2/stats")
       const s = r.json.model_stats[0]
       // Every field of the extension's $model_stat: response statistics and memory usage are not tracked (none).
       assert.deepStrictEqual(Object.keys(s).sort(), [
@@ -919,7 +918,12 @@ describe("Triton's statistics extension", () => {
         (yield* send("GET", "/v2/models/echo/versions/2/stats")).json.model_stats[0]
       ]
       assert.deepStrictEqual([one.inference_count, one.inference_stats.success.count, one.inference_stats.queue.count], [1, 1, 1])
-      assert.deepStrictEqual([two.inference_count, two.inference_stats.success.count, two.inference_stats.fail.count], [2, 2, 1], "the body refused before a version was chosen counts under the default")
+      assert.deepStrictEqual([two.inference_count, two.inference_stats.success.count, two.inference_stats.fail.count], [2, 2, 1], "the body that did not fit version 2 counts under it")
+      // a body that does not fit version 1 counts under version 1, not the default
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/versions/1/infer", echoRequest([1, 2, 3]))).status, 400)
+      const oneAfter = (yield* send("GET", "/v2/models/echo/versions/1/stats")).json.model_stats[0]
+      const twoAfter = (yield* send("GET", "/v2/models/echo/versions/2/stats")).json.model_stats[0]
+      assert.deepStrictEqual([oneAfter.inference_stats.fail.count, twoAfter.inference_stats.fail.count], [1, 1])
       assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/versions/01/stats")).json.model_stats[0].version, "1", "versions compare as numbers, as every other route finds them")
       assert.strictEqual((yield* send("GET", "/v2/models/echo/versions/3/stats")).status, 404)
       assert.strictEqual((yield* send("GET", "/v2/models/nope/stats")).status, 404)

@@ -38,7 +38,7 @@ describe("Statistics", () => {
       assert.strictEqual(Statistics.toTriton("other", "1", undefined).inference_count, 0)
     }))
 
-  it.effect("keeps each model version apart; what was refused before a version was chosen counts under the default version", () =>
+  it.effect("keeps each model version apart; what was recorded without a version shows under the highest READY one", () =>
     Effect.gen(function*() {
       const services = yield* Layer.build(Statistics.Statistics.layer.pipe(Layer.provideMerge(layerRecording)))
       const collector = Context.get(services, TelemetryCollector)
@@ -57,6 +57,9 @@ describe("Statistics", () => {
       assert.deepStrictEqual(all.map((t) => [t.version, t.inference_count, t.inference_stats.success.count, t.inference_stats.fail.count]), [["1", 1, 1, 0], ["2", 2, 2, 1]])
       const [one] = yield* Statistics.report(pool, stats, "m", "01")
       assert.deepStrictEqual([one!.version, one!.execution_count, one!.inference_stats.queue.count], ["1", 1, 1])
+      assert.deepStrictEqual((yield* Statistics.report(pool, stats, "m", undefined)).map((t) => t.version), ["1", "2"], "a model's every version, as Triton answers")
+      const twoDown = { models: Effect.succeed([{ name: "m", version: "1", state: "READY" }, { name: "m", version: "2", state: "UNAVAILABLE" }]) } as unknown as ModelPool.Service
+      assert.deepStrictEqual((yield* Statistics.report(twoDown, stats, "m", undefined)).map((t) => [t.version, t.inference_stats.fail.count]), [["1", 1], ["2", 0]])
     }))
 
   it.effect("counts inferences and batch sizes in rows, as Triton: one run of a 64-row request is 64 inferences of batch size 64", () =>
