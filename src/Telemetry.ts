@@ -26,9 +26,9 @@
  * Record points are plain synchronous calls, made on the engine's hot path (a request costs a
  * few microseconds in all): an implementation must return at once and should never throw (the
  * engine `guard`s it: a throw loses that fact and logs one warning per record point). One that
- * needs Effects (an exporter, a queue) should buffer and work elsewhere, copying what it needs: a
- * `RequestInfo` may be the engine's own record of the request (its inputs too), not to be kept
- * past the call. `recordRun` is called
+ * needs Effects (an exporter, a queue) should buffer and work elsewhere. The engine passes one
+ * `RequestInfo` object for a request's start and its outcome (the same object, holding nothing of
+ * its inputs), so a collector may pair them by identity. `recordRun` is called
  * once per native run (a batch is one run), with the requests and the rows it held.
  *
  * @module Telemetry
