@@ -39,9 +39,13 @@ import { type RequestInfo, TelemetryCollector, unknownModel } from "./Telemetry.
 export interface Service {
   /**
    * Runs one request. Fails with a typed InferenceError; cancel it by interrupting the fiber.
-   * The deadline (`request.timeout`) covers queue wait plus run.
+   * The deadline (`request.timeout`) covers queue wait plus run, and `spentMs` (as `inferUnsafe`'s:
+   * what an edge spent on the request before this call, its decoding) when one is given.
    */
-  readonly infer: (request: InferenceRequest) => Effect.Effect<InferenceResult.Success, InferenceError.InferenceError>
+  readonly infer: (
+    request: InferenceRequest,
+    options?: { readonly spentMs?: number | undefined }
+  ) => Effect.Effect<InferenceResult.Success, InferenceError.InferenceError>
   /**
    * The spec's shape: never fails. Cancellation through `cancel`, time-out and failure come
    * back as Cancelled, TimedOut and Failed results.
@@ -382,9 +386,9 @@ const admitNow = (state: State, request: InferenceRequest, lookup: Lookup, resum
 }
 
 /** Admission and the wait in one `Effect.callback`, for a pool whose metadata needs no Effect. */
-const admitUnsafe = (state: State, request: InferenceRequest, lookup: Lookup) =>
+const admitUnsafe = (state: State, request: InferenceRequest, lookup: Lookup, spentMs: number) =>
   Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
-    const cancel = admitNow(state, request, lookup, resume)
+    const cancel = admitNow(state, request, lookup, resume, spentMs)
     return cancel === undefined ? undefined : Effect.sync(cancel)
   })
 
@@ -456,17 +460,17 @@ const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effe
     })
   })
 
-const admit = (state: State, request: InferenceRequest) => {
+const admit = (state: State, request: InferenceRequest, spentMs: number) => {
   const lookup = state.pool.metadataUnsafe
-  return lookup !== undefined ? admitUnsafe(state, request, lookup) : admitEffect(state, request)
+  return lookup !== undefined ? admitUnsafe(state, request, lookup, spentMs) : admitEffect(state, request, spentMs)
 }
 
 /** `infer`: a span per request only when a tracer will export it (the native tracer keeps spans for nobody). */
-const infer = (state: State, request: InferenceRequest): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
+const infer = (state: State, request: InferenceRequest, spentMs = 0): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
   Effect.withFiber((fiber) =>
     fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer
-      ? admit(state, request)
-      : Effect.withSpan(admit(state, request), "Engine.infer", {
+      ? admit(state, request, spentMs)
+      : Effect.withSpan(admit(state, request, spentMs), "Engine.infer", {
         attributes: { "inference.model": request.modelId, "inference.request_id": request.requestId, "inference.priority": request.priority },
         captureStackTrace: false
       })
@@ -600,7 +604,7 @@ export const make = Effect.gen(function*() {
   yield* Effect.addFinalizer(() => Effect.sync(() => void (state.draining = true)))
   const { scheduler } = state
   return AsyncInferenceEngine.of({
-    infer: (request) => infer(state, request),
+    infer: (request, options) => infer(state, request, Math.max(0, options?.spentMs ?? 0)),
     inferResult: (request, cancel) => inferResult(state, request, cancel),
     inferBatch: (requests, options) => {
       const concurrency = options?.concurrency ?? config.maxConcurrentRequests

@@ -19,7 +19,8 @@
  *
  * The rules are HTTP's: a request is refused as early as it can be (shutting down, model name,
  * model lookup, a full queue before decoding), decoded by `Oip.prepare`, and run by
- * `engine.infer`. `parameters.priority` and `parameters.timeout` (µs) as over HTTP; the call's
+ * `engine.infer`. `parameters.priority` and `parameters.timeout` (µs) as over HTTP, counted from
+ * the handler's start (the message's decoding is inside it); the call's
  * gRPC deadline is the request's deadline when it is sooner than the request's timeout (30 s when
  * it names none, as over HTTP), so when it passes the engine times the request out (counted as a
  * timeout) wherever it is. A client cancel interrupts the call's

@@ -74,6 +74,9 @@ export const make = (options: Options) =>
     /** One inference; `deadlineMs` is the call's deadline (Date.now() scale), if any. */
     const infer = (message: GrpcCodec.ModelInferRequest, deadlineMs: number | undefined) =>
       Effect.gen(function*() {
+        // The deadline counts from here: the message's decoding is inside it (as over HTTP).
+        const inAtMs = Date.now()
+        const inAtPreciseMs = performance.now()
         if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
         const { name, version } = yield* modelParams(message.model_name, message.model_version)
         const metadata = yield* metadataOf(name, version)
@@ -87,7 +90,7 @@ export const make = (options: Options) =>
         // The call's deadline when it is sooner than the request's timeout (the default when it names none).
         let timeout = prepared.timeout
         if (deadlineMs !== undefined) {
-          const left = Duration.millis(Math.max(1, deadlineMs - Date.now()))
+          const left = Duration.millis(Math.max(1, deadlineMs - inAtMs))
           if (Duration.isGreaterThan(timeout ?? InferenceRequest.defaultTimeout, left)) timeout = left
         }
         const request = InferenceRequest.make(name, prepared.inputs, {
@@ -97,7 +100,7 @@ export const make = (options: Options) =>
           timeout,
           metadata: body.id === undefined ? undefined : { id: body.id }
         })
-        const result = yield* engine.infer(request).pipe(Effect.mapError((e) => refusedAs(e.reason, message.id)))
+        const result = yield* engine.infer(request, { spentMs: performance.now() - inAtPreciseMs }).pipe(Effect.mapError((e) => refusedAs(e.reason, message.id)))
         const outputs: Array<readonly [string, (typeof result.outputs)[string]]> = []
         for (const output of prepared.outputs) {
           const tensor = result.outputs[output]

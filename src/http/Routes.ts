@@ -355,10 +355,12 @@ const modelRoutes = (ctx: Ctx) => {
       return { name, version, metadata }
     }))
     const { binary, text } = yield* readInferBody
+    // As on the fast path (`NodeInfer`), the deadline counts from when the body was in: its decoding is inside it.
+    const inAtMs = performance.now()
     const decoded = InferExchange.decode(name, version, metadata, text, binary)
     if (decoded._tag === "NotJson") return yield* fail(400, decoded.message)
     if (decoded._tag === "InvalidInput") return yield* invalid(name, metadata.version, decoded)
-    const result = yield* engine.infer(decoded.request).pipe(Effect.mapError((e) => fromReason(e.reason)))
+    const result = yield* engine.infer(decoded.request, { spentMs: performance.now() - inAtMs }).pipe(Effect.mapError((e) => fromReason(e.reason)))
     const answer = InferExchange.encode(metadata, decoded, result)
     if (answer instanceof Error) return yield* Effect.die(answer)
     if (answer._tag === "Json") return HttpServerResponse.text(answer.text, { contentType: "application/json" })

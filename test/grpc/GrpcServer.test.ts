@@ -285,9 +285,9 @@ describe("ModelInfer", () => {
       // What the engine is given: the request's timeout.
       const timeouts: Array<number> = []
       const infer = engine.infer
-      ;(engine as { infer: typeof infer }).infer = (request) => {
+      ;(engine as { infer: typeof infer }).infer = (request, options) => {
         timeouts.push(Duration.toMillis(request.timeout))
-        return infer(request)
+        return infer(request, options)
       }
       const ok = (reply: { error?: Grpc.ServiceError | undefined }) => assert.isUndefined(reply.error, reply.error?.details)
       ok(yield* call("ModelInfer", echoRaw([1, 2, 3, 4])))
@@ -301,6 +301,24 @@ describe("ModelInfer", () => {
       // A sooner deadline is the request's (less what has passed since the call began).
       assert.isTrue(timeouts[3]! <= 20_000 && timeouts[3]! > 19_000, String(timeouts[3]))
       assert.isTrue(timeouts[4]! <= 5_000 && timeouts[4]! > 4_000, String(timeouts[4]))
+    }))
+
+  it.live("the deadline covers the message's decoding: the engine is told what it took, and a timeout it spends fails without running", () =>
+    Effect.gen(function*() {
+      const { call, engine, stats } = yield* makeHarness()
+      const spent: Array<number | undefined> = []
+      const infer = engine.infer
+      ;(engine as { infer: typeof infer }).infer = (request, options) => {
+        spent.push(options?.spentMs)
+        return infer(request, options)
+      }
+      const values = Array.from({ length: 40_000 }, (_, i) => i % 100)
+      const r = yield* call("ModelInfer", echoRaw(values, { parameters: { timeout: { int64_param: "1" } } }))
+      assert.strictEqual(r.error?.code, Grpc.status.DEADLINE_EXCEEDED)
+      assert.strictEqual(stats.started, 0)
+      // Its decoding took microseconds at least (performance.now's scale), and it is passed on.
+      assert.strictEqual(spent.length, 1)
+      assert.isTrue(spent[0]! > 0.001 && spent[0]! < 10_000, String(spent[0]))
     }))
 
   it.live("the gRPC deadline is the request's deadline: DEADLINE_EXCEEDED, and the engine lets the request go", () =>

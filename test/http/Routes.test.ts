@@ -838,6 +838,23 @@ describe("Content-Encoding of request bodies", () => {
       const r2 = yield* send("POST", "/v2/models/echo/infer", Zlib.deflateSync(Buffer.alloc(10_000_000, 0x20)), { "content-encoding": "deflate" })
       assert.strictEqual(r2.status, 413)
     }).pipe(withFreshMetrics))
+
+  it.effect("the deadline covers a compressed body's decoding: a request whose timeout it spends fails with 504 without running", () =>
+    Effect.gen(function*() {
+      const { send, stats } = yield* makeApp()
+      // 20,000 numbers take far more than the 1 µs timeout to parse; the engine's clock
+      // (TestClock) does not move, so only the decoding can spend it.
+      const values = Array.from({ length: 20_000 }, (_, i) => (i % 1000) / 7)
+      const slowToDecode = (timeoutUs: number) => Zlib.gzipSync(JSON.stringify(echoRequest(values, { parameters: { timeout: timeoutUs } })))
+      const spent = yield* send("POST", "/v2/models/echo/infer", slowToDecode(1), { "content-encoding": "gzip" })
+      assert.strictEqual(spent.status, 504)
+      assert.include(spent.json.error, "deadline")
+      assert.strictEqual(stats.started, 0)
+      // The same body with time to spare runs.
+      const fits = yield* send("POST", "/v2/models/echo/infer", slowToDecode(60_000_000), { "content-encoding": "gzip" })
+      assert.strictEqual(fits.status, 200)
+      assert.strictEqual(stats.started, 1)
+    }).pipe(withFreshMetrics))
 })
 
 describe("Triton's model configuration extension", () => {
