@@ -36,8 +36,10 @@
  * - `close` fails queued jobs with ModelUnavailable (`closeInto`, for a reload, moves them to the
  *   new pool instead), lets the jobs already sent finish and reply,
  *   then asks each instance to release its session and exit. The transport's `kill` (a thread's
- *   `terminate()`, a process's SIGKILL) is a last resort after `closeTimeout`; a thread still
- *   inside a native run when terminated aborts the whole process (exit 134).
+ *   `terminate()`, a process's SIGKILL) is a last resort after `closeTimeout`, except for an
+ *   instance still running a job whose kill would abort the whole process (a thread inside a
+ *   native run: `Transport.killMidRunAbortsProcess`): that one is left to finish its run, then
+ *   to release its session and exit, and `close` returns without it (`workersLeftRunning`).
  *
  * Input tensors are copied to the instance (`Tensor.compact` first, so a view into a large
  * buffer does not clone all of it), or moved when `RunOptions.transfer` says the pool may keep
@@ -55,7 +57,8 @@ import type * as Protocol from "./Protocol.ts"
 export type Isolation = Protocol.Isolation
 
 /**
- * Lifetime counters, shared by the pools of one `OnnxModelPool`. After every pool has closed,
+ * Lifetime counters, shared by the pools of one `OnnxModelPool`. After every pool has closed
+ * (and every instance left running at a close has ended its run),
  * `workersSpawned === workersExited` and `sessionsOpened === sessionsClosed + sessionsLost`.
  * A "worker" is an instance of either kind, thread or process.
  */
@@ -90,6 +93,12 @@ export interface Counters {
   interruptedQueued: number
   /** Instances stopped with the transport's `kill` after the close timeout. */
   forcedTerminations: number
+  /**
+   * Instances still inside a run at the close timeout that the pool did not kill, because the kill
+   * would have aborted the whole process (`Transport.killMidRunAbortsProcess`): each finishes its
+   * run, then releases its session and exits, after its pool's `close` has returned.
+   */
+  workersLeftRunning: number
 }
 
 export const makeCounters = (): Counters => ({
@@ -107,7 +116,8 @@ export const makeCounters = (): Counters => ({
   lateRepliesDropped: 0,
   interruptedRunning: 0,
   interruptedQueued: 0,
-  forcedTerminations: 0
+  forcedTerminations: 0,
+  workersLeftRunning: 0
 })
 
 export interface Options {
@@ -260,6 +270,12 @@ export interface Transport {
   /** The module named in spans ("WorkerHost", "ProcessHost"). */
   readonly spanPrefix: string
   readonly spawn: (config: Protocol.WorkerConfig, events: InstanceEvents) => Instance
+  /**
+   * True when `kill` of an instance inside a native run would abort this whole process (a worker
+   * thread's `terminate()`): at the close timeout such an instance is left to finish its run
+   * instead. Default false (a process's SIGKILL ends that process alone).
+   */
+  readonly killMidRunAbortsProcess?: boolean | undefined
 }
 
 export const errorText = (e: unknown): string => (e instanceof Error ? `${e.name}: ${e.message}` : String(e))
@@ -769,17 +785,49 @@ const respawn = (state: State, cause: string, crashed: boolean): void => {
 // The pool
 // ---------------------------------------------------------------------------
 
-/** Waits for `slot` to exit, killing it after `closeTimeout`. */
+/**
+ * Waits for `slot` to exit, killing it after `closeTimeout`; or, when the kill of an instance
+ * inside a run would abort the process, leaving it to finish that run (`leaveRunning`).
+ */
 const awaitExit = (state: State, slot: Slot): Effect.Effect<void> =>
   Deferred.await(slot.exit).pipe(
     Effect.timeoutOption(state.options.closeTimeout),
     Effect.flatMap((done) => {
       if (done._tag === "Some" || slot.exited) return Effect.void
+      if (state.transport.killMidRunAbortsProcess === true && slot.jobs.length > 0) return leaveRunning(state, slot)
       state.counters.forcedTerminations++
       slot.instance.kill()
       return Deferred.await(slot.exit)
     })
   )
+
+/**
+ * `slot` is still inside a run at the close timeout and cannot be killed without aborting the
+ * process: it is left to finish that run. Its job in hand keeps its caller (answered when the run
+ * replies; then the instance is asked to close, and exits); the jobs sent ahead of their turn are
+ * cancelled in the instance and fail now, unrun.
+ */
+const leaveRunning = (state: State, slot: Slot): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const { counters, options, transport } = state
+    counters.workersLeftRunning++
+    for (const { id, job } of slot.jobs.splice(1)) {
+      try {
+        slot.instance.send({ _tag: "cancel", id })
+      } catch {
+        // the instance is gone; its exit event follows
+      }
+      if (job.state === "done") continue
+      finish(job)
+      if (!job.cancelled) {
+        job.resume(Exit.fail(runFailed(state, job, `not run: the model pool closed while the ${transport.noun} was still inside an earlier run`)))
+      }
+    }
+    return Effect.logWarning(
+      `model ${options.modelId} version ${options.version}: a ${transport.noun} was still inside a run ${Duration.format(options.closeTimeout)} ` +
+        `after its pool began closing; it is left to finish that run and then exit (stopping it mid-run would abort the whole process)`
+    )
+  })
 
 /** The state behind each pool `api` made, for `closeInto`. */
 const states = new WeakMap<InstancePool, State>()

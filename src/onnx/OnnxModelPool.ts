@@ -57,9 +57,11 @@ export interface Options {
    */
   readonly transports?: Partial<Record<InstancePool.Isolation, InstancePool.Transport>> | undefined
   /**
-   * How long closing waits for an instance to finish before `terminate()` (a thread) or SIGKILL (a
-   * process). Default 60 seconds. A thread terminated inside a native run aborts the whole process
-   * (exit 134): with threads, keep it above the longest run.
+   * How long closing (an unload, a reload, the end of the scope) waits for an instance to finish
+   * before `terminate()` (a thread) or SIGKILL (a process). Default 60 seconds. A thread still
+   * running a job then is not terminated (that would abort the whole process, exit 134): it is
+   * left to finish its run and exit after the close has returned (`counters.workersLeftRunning`);
+   * a process exit while it runs still aborts, so keep it above the longest run at shutdown.
    */
   readonly closeTimeout?: Duration.Input | undefined
   /** Replacement attempts for a crashed instance (default 5). */

@@ -2,10 +2,11 @@
  * The thread `Transport` of `InstancePool`: each instance is a `node:worker_threads` worker running
  * `SessionWorker.ts`, inside this process. The cheapest hop, but a native crash in onnxruntime
  * takes the whole process down, and a run cannot be stopped once started: `worker.terminate()`
- * while a thread is inside `session.run` aborts the process. So deadlines are never enforced
- * here (`RunOptions.timeout` is ignored), and `terminate()` is used only after `closeTimeout`:
- * a worker still inside a native run then aborts the whole process (exit 134), and so would the
- * process's exit with the run still going, so no safer stop exists for a thread.
+ * while a thread is inside `session.run` aborts the process (exit 134), and so does the
+ * process's exit with the run still going, so no safer stop exists for a thread. So deadlines
+ * are never enforced here (`RunOptions.timeout` is ignored), and `terminate()` is used only
+ * after `closeTimeout`, on a worker that holds no job: one still running a job is left to finish
+ * it (`killMidRunAbortsProcess`, `InstancePool`'s `workersLeftRunning`).
  * Output arrays are transferred from the worker, not copied. Sessions on a device that must not
  * run two sessions at once in a process (WebGPU) take turns through this process's `DeviceLock`,
  * which the host frees when a worker exits holding it.
@@ -45,6 +46,7 @@ export const transportFor = (entry: URL, options: { readonly exclusiveProviders?
   isolation: "thread",
   noun: "worker",
   spanPrefix: "WorkerHost",
+  killMidRunAbortsProcess: true,
   spawn: (config, events) => {
     const deviceSlot = takeSlot()
     const workerData: Protocol.ThreadStart = { config, deviceLock, deviceSlot, exclusiveProviders: options.exclusiveProviders ?? DeviceLock.exclusiveProviders }

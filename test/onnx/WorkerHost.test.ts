@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, References } from "effect"
+import { Effect, Exit, Fiber, References, Scope } from "effect"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as DeviceLock from "../../src/onnx/DeviceLock.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
@@ -57,5 +57,33 @@ describe("WorkerHost and the DeviceLock", () => {
       assert.strictEqual(after.length, 2)
       yield* lockFreed
       assert.strictEqual(p.counters.crashes, 1)
+    }))
+})
+
+describe("WorkerHost at close", () => {
+  it.live("a worker still inside a run at closeTimeout is left to finish it (terminating it would abort the process): close returns, the caller gets its outputs, then the worker exits", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const p = yield* Scope.provide(scope)(Effect.gen(function*() {
+        const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1, isolation: "thread" }) })
+        return yield* quiet(OnnxModelPool.make({ repository, transports: TestOps.transports, closeTimeout: "400 millis" }))
+      }))
+      const spinning = yield* Effect.forkDetach(spinInterval(p, 1_500, "long"), { startImmediately: true })
+      yield* Effect.sleep(100)
+      const t0 = performance.now()
+      yield* quiet(Scope.close(scope, Exit.void))
+      const closeMs = performance.now() - t0
+      assert.isAtLeast(closeMs, 350, `close waited ${closeMs.toFixed(0)} ms`)
+      assert.isBelow(closeMs, 1_200, `close returned after ${closeMs.toFixed(0)} ms, not at the end of the run`)
+      assert.strictEqual(p.counters.forcedTerminations, 0)
+      assert.strictEqual(p.counters.workersLeftRunning, 1)
+      // the run went on to its end, and its caller got its outputs
+      const [start, end] = yield* Fiber.join(spinning)
+      assert.isAtLeast(end! - start!, 1_450)
+      // then the worker released its session and exited
+      const deadline = performance.now() + 5_000
+      while (p.counters.workersExited < p.counters.workersSpawned && performance.now() < deadline) yield* Effect.sleep(10)
+      assert.strictEqual(p.counters.workersExited, p.counters.workersSpawned)
+      assert.strictEqual(p.counters.sessionsClosed, p.counters.sessionsOpened)
     }))
 })
