@@ -794,7 +794,8 @@ const awaitExit = (state: State, slot: Slot): Effect.Effect<void> =>
     Effect.timeoutOption(state.options.closeTimeout),
     Effect.flatMap((done) => {
       if (done._tag === "Some" || slot.exited) return Effect.void
-      if (state.transport.killMidRunAbortsProcess === true && slot.jobs.length > 0) return leaveRunning(state, slot)
+      // A thread that still loads its session is inside native code too (onnxruntime-node loads synchronously).
+      if (state.transport.killMidRunAbortsProcess === true && (slot.jobs.length > 0 || !slot.ready)) return leaveRunning(state, slot)
       state.counters.forcedTerminations++
       slot.instance.kill()
       return Deferred.await(slot.exit)
@@ -802,10 +803,11 @@ const awaitExit = (state: State, slot: Slot): Effect.Effect<void> =>
   )
 
 /**
- * `slot` is still inside a run at the close timeout and cannot be killed without aborting the
- * process: it is left to finish that run. Its job in hand keeps its caller (answered when the run
- * replies; then the instance is asked to close, and exits); the jobs sent ahead of their turn are
- * cancelled in the instance and fail now, unrun.
+ * `slot` is still inside a run (or still loading its session) at the close timeout and cannot be
+ * killed without aborting the process: it is left to finish. Its job in hand keeps its caller
+ * (answered when the run replies; then the instance is asked to close, and exits; a session that
+ * loads is asked to close once loaded); the jobs sent ahead of their turn are cancelled in the
+ * instance and fail now, unrun.
  */
 const leaveRunning = (state: State, slot: Slot): Effect.Effect<void> =>
   Effect.suspend(() => {
@@ -824,8 +826,8 @@ const leaveRunning = (state: State, slot: Slot): Effect.Effect<void> =>
       }
     }
     return Effect.logWarning(
-      `model ${options.modelId} version ${options.version}: a ${transport.noun} was still inside a run ${Duration.format(options.closeTimeout)} ` +
-        `after its pool began closing; it is left to finish that run and then exit (stopping it mid-run would abort the whole process)`
+      `model ${options.modelId} version ${options.version}: a ${transport.noun} was still ${slot.ready ? "inside a run" : "loading its session"} ` +
+        `${Duration.format(options.closeTimeout)} after its pool began closing; it is left to finish and then exit (stopping it in native code would abort the whole process)`
     )
   })
 

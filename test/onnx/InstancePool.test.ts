@@ -24,14 +24,15 @@ const settle = Effect.gen(function*() {
 })
 
 /** A started pool over a fake transport whose initial instances loaded. */
-const started = (overrides: Partial<InstancePool.Options> = {}, isolation: InstancePool.Isolation = "thread") =>
+const started = (overrides: Partial<InstancePool.Options> = {}, isolation: InstancePool.Isolation = "thread", killMidRunAbortsProcess = false) =>
   Effect.gen(function*() {
     const fake = fakeTransport(isolation)
-    const fiber = yield* Effect.forkChild(InstancePool.start(options(overrides), fake.transport), { startImmediately: true })
+    const transport: InstancePool.Transport = { ...fake.transport, killMidRunAbortsProcess }
+    const fiber = yield* Effect.forkChild(InstancePool.start(options(overrides), transport), { startImmediately: true })
     yield* settle
     for (const instance of fake.instances) instance.ready()
     const pool = yield* Fiber.join(fiber)
-    return { pool, ...fake }
+    return { pool, ...fake, transport }
   })
 
 /**
@@ -489,38 +490,53 @@ describe("InstancePool", () => {
   it.effect("at closeTimeout, an instance inside a run whose kill would abort the process (a thread) is left to finish it: its caller is answered, what was sent ahead fails unrun, then it exits", () =>
     Effect.gen(function*() {
       const counters = InstancePool.makeCounters()
-      const fake = fakeTransport()
-      fake.auto.skipCancelled = true
-      const transport: InstancePool.Transport = { ...fake.transport, killMidRunAbortsProcess: true }
-      const starting = yield* Effect.forkChild(InstancePool.start(options({ instances: 1, counters, closeTimeout: Duration.seconds(1) }), transport), { startImmediately: true })
-      yield* settle
-      fake.instances[0]!.ready()
-      const pool = yield* Fiber.join(starting)
-      const a = fake.instances[0]!
+      const { auto, instances: [a], pool } = yield* started({ instances: 1, counters, closeTimeout: Duration.seconds(1) }, "thread", true)
+      auto.skipCancelled = true
       const running = yield* Effect.forkChild(Effect.exit(pool.run(x, "running")), { startImmediately: true })
       const ahead = yield* Effect.forkChild(Effect.exit(pool.run(x, "ahead")), { startImmediately: true })
       yield* settle
-      const [, aheadId] = a.runs()
+      const [, aheadId] = a!.runs()
       const closing = yield* Effect.forkChild(pool.close, { startImmediately: true })
       yield* TestClock.adjust("1 second")
       yield* settle
       // close returns without killing it
       yield* Fiber.join(closing)
-      assert.isFalse(a.killed)
-      assert.isFalse(a.exited)
+      assert.isFalse(a!.killed)
+      assert.isFalse(a!.exited)
       assert.strictEqual(counters.forcedTerminations, 0)
       assert.strictEqual(counters.workersLeftRunning, 1)
       // the job sent ahead fails unrun, and the instance is told to skip it
       assert.include(reasonOf(yield* Fiber.join(ahead))?.message ?? "", "not run: the model pool closed while the fake was still inside an earlier run")
-      assert.isTrue(a.sent.some((m) => m._tag === "cancel" && m.id === aheadId))
+      assert.isTrue(a!.sent.some((m) => m._tag === "cancel" && m.id === aheadId))
       // the run ends: its caller gets its outputs, then the instance is asked to close, and exits
-      a.finishRunning(7)
+      a!.finishRunning(7)
       yield* settle
       const result = yield* Fiber.join(running)
       assert.isTrue(Exit.isSuccess(result))
-      assert.isTrue(a.sent.some((m) => m._tag === "close"))
-      assert.isTrue(a.exited)
+      assert.isTrue(a!.sent.some((m) => m._tag === "close"))
+      assert.isTrue(a!.exited)
       assert.strictEqual(counters.workersExited, counters.workersSpawned)
       assert.strictEqual(counters.sessionsOpened, counters.sessionsClosed + counters.sessionsLost)
+    }))
+
+  it.effect("at closeTimeout, a replacement still loading in a thread is left to load, then closed: its kill would abort the process too", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const { instances, pool } = yield* started({ instances: 1, counters, closeTimeout: Duration.seconds(1) }, "thread", true)
+      instances[0]!.die("exit code 3")
+      yield* settle
+      assert.strictEqual(instances.length, 2, "a replacement is loading")
+      const closing = yield* Effect.forkChild(pool.close, { startImmediately: true })
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(closing)
+      const replacement = instances[1]!
+      assert.isFalse(replacement.killed)
+      assert.strictEqual(counters.workersLeftRunning, 1)
+      // once loaded, it is asked to close, and exits
+      replacement.ready()
+      yield* settle
+      assert.isTrue(replacement.sent.some((m) => m._tag === "close"))
+      assert.isTrue(replacement.exited)
+      assert.strictEqual(counters.workersExited, counters.workersSpawned)
     }))
 })
