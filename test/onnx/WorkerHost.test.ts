@@ -7,6 +7,7 @@ import * as WorkerHost from "../../src/onnx/WorkerHost.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
 import * as TestOps from "../fixtures/TestOps.ts"
+import * as HeavyModel from "../../scripts/gpu/model.ts"
 
 const quiet = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.provideService(self, References.MinimumLogLevel, "Error")
 
@@ -86,4 +87,27 @@ describe("WorkerHost at close", () => {
       assert.strictEqual(p.counters.workersExited, p.counters.workersSpawned)
       assert.strictEqual(p.counters.sessionsClosed, p.counters.sessionsOpened)
     }))
+
+  it.live("the same with a real native run: an unload during it no longer aborts the process (terminate() inside session.run did: exit 134)", () =>
+    Effect.gen(function*() {
+      const repo = yield* Effect.acquireRelease(
+        Effect.sync(() => HeavyModel.writeRepository(HeavyModel.heavySizes, { heavy: { instances: 1, isolation: "thread" } })),
+        (r) => Effect.sync(r.remove)
+      )
+      const scope = yield* Scope.make()
+      const p = yield* Scope.provide(scope)(quiet(OnnxModelPool.make({ repository: repo.root, closeTimeout: "300 millis" })))
+      // 2,048 rows of a 25M-parameter MLP on one thread: about a second here, well past the close timeout
+      const rows = 2_048
+      const t0 = performance.now()
+      const running = yield* Effect.forkDetach(p.run("heavy", { input: Tensor.float32(repo.input(rows), [rows, 1024]) }, { requestId: "long" }), { startImmediately: true })
+      yield* Effect.sleep(100)
+      yield* quiet(Scope.close(scope, Exit.void))
+      assert.strictEqual(p.counters.workersLeftRunning, 1, `the run was still going at the close timeout (${(performance.now() - t0).toFixed(0)} ms)`)
+      assert.strictEqual(p.counters.forcedTerminations, 0)
+      const result = yield* Fiber.join(running)
+      assert.deepStrictEqual(result.outputs["logits"]!.dims, [rows, 1000])
+      const deadline = performance.now() + 5_000
+      while (p.counters.workersExited < p.counters.workersSpawned && performance.now() < deadline) yield* Effect.sleep(10)
+      assert.strictEqual(p.counters.workersExited, p.counters.workersSpawned)
+    }), { timeout: 30_000 })
 })
