@@ -306,33 +306,9 @@ const serverRoutes = (ctx: Ctx) => {
   return { serverMetadata, live, ready, prometheus }
 }
 
-/** A model's metadata, readiness, configuration and statistics, and its inferences. */
-const modelRoutes = (ctx: Ctx) => {
-  const { handle, pool, engine, lifecycle, fromReason, metadataOf, readBody, readInferBody, statistics } = ctx
-  const modelMetadata = handle(Effect.gen(function*() {
-    const { name, version } = yield* modelParams
-    const metadata = yield* metadataOf(name, version)
-    const models = yield* pool.models
-    const versions = models.filter((m) => m.name === name).map((m) => m.version)
-    return json(200, {
-      name,
-      versions: versions.length === 0 ? [metadata.version] : versions,
-      platform,
-      inputs: metadata.inputs.map(Oip.tensorMetadata),
-      outputs: metadata.outputs.map(Oip.tensorMetadata),
-      properties: Oip.modelProperties(metadata)
-    })
-  }))
-
-  const modelReady = handle(Effect.gen(function*() {
-    const { name, version } = yield* modelParams
-    if (lifecycle.isShuttingDown()) return json(503, { name, ready: false, error: "the server is shutting down" })
-    const result = yield* Effect.result(metadataOf(name, version))
-    if (result._tag === "Success") return json(200, { name, ready: true })
-    const error = result.failure
-    return error.status === 404 ? errorResponse(error) : json(503, { name, ready: false, error: error.message })
-  }))
-
+/** `POST /v2/models/{name}[/versions/{v}]/infer` on the router (the fast path is `NodeInfer`'s). */
+const inferRoute = (ctx: Ctx) => {
+  const { handle, engine, lifecycle, fromReason, metadataOf, readBody, readInferBody } = ctx
   /** A body that did not decode for `version` of the model: the engine counts the refusal, the client gets the reason. */
   const invalid = (name: string, version: string, reason: InferenceError.InvalidInput) =>
     Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
@@ -369,6 +345,35 @@ const modelRoutes = (ctx: Ctx) => {
       headers: { [Oip.inferenceHeaderContentLength]: String(answer.jsonLength) }
     })
   }))
+  return infer
+}
+
+/** A model's metadata, readiness, configuration and statistics, and its inferences. */
+const modelRoutes = (ctx: Ctx) => {
+  const { handle, pool, engine, lifecycle, fromReason, metadataOf, statistics } = ctx
+  const modelMetadata = handle(Effect.gen(function*() {
+    const { name, version } = yield* modelParams
+    const metadata = yield* metadataOf(name, version)
+    const models = yield* pool.models
+    const versions = models.filter((m) => m.name === name).map((m) => m.version)
+    return json(200, {
+      name,
+      versions: versions.length === 0 ? [metadata.version] : versions,
+      platform,
+      inputs: metadata.inputs.map(Oip.tensorMetadata),
+      outputs: metadata.outputs.map(Oip.tensorMetadata),
+      properties: Oip.modelProperties(metadata)
+    })
+  }))
+
+  const modelReady = handle(Effect.gen(function*() {
+    const { name, version } = yield* modelParams
+    if (lifecycle.isShuttingDown()) return json(503, { name, ready: false, error: "the server is shutting down" })
+    const result = yield* Effect.result(metadataOf(name, version))
+    if (result._tag === "Success") return json(200, { name, ready: true })
+    const error = result.failure
+    return error.status === 404 ? errorResponse(error) : json(503, { name, ready: false, error: error.message })
+  }))
 
   const modelConfig = handle(Effect.gen(function*() {
     const { name, version } = yield* modelParams
@@ -388,7 +393,7 @@ const modelRoutes = (ctx: Ctx) => {
     const { name, version } = yield* modelParams
     return json(200, { model_stats: yield* statsOf(name, version) })
   }))
-  return { modelMetadata, modelReady, infer, modelConfig, allStats, modelStats }
+  return { modelMetadata, modelReady, infer: inferRoute(ctx), modelConfig, allStats, modelStats }
 }
 
 /** Triton's repository index and model control. */
