@@ -351,6 +351,8 @@ interface State {
   heads: number
   closing: boolean
   closed: Deferred.Deferred<void> | undefined
+  /** Where `closeInto` sends the jobs that have not run (undefined: a plain close fails them). */
+  handOver: HandOver | undefined
   broken: string | undefined
   /** Replacements under way (counted from the loss until they load or are given up). */
   readonly respawns: Set<Fiber.Fiber<void>>
@@ -702,9 +704,10 @@ const spawn = (
           counters.workersExited++
           state.all.delete(slot)
           state.live.delete(slot)
+          // Its jobs are answered and its session counted before a close waiting for its exit resumes.
+          if (slot.ready) onLost(state, slot, how)
+          else resume(Effect.fail(slot.loadError ?? `the ${transport.noun} ended (${how}) before its session loaded${slot.lastError ? ` (${slot.lastError})` : ""}`))
           Deferred.doneUnsafe(slot.exit, Exit.void)
-          if (slot.ready) return onLost(state, slot, how)
-          resume(Effect.fail(slot.loadError ?? `the ${transport.noun} ended (${how}) before its session loaded${slot.lastError ? ` (${slot.lastError})` : ""}`))
         }
       })
     } catch (e) {
@@ -806,13 +809,16 @@ const awaitExit = (state: State, slot: Slot): Effect.Effect<void> =>
  * `slot` is still inside a run (or still loading its session) at the close timeout and cannot be
  * killed without aborting the process: it is left to finish. Its job in hand keeps its caller
  * (answered when the run replies; then the instance is asked to close, and exits; a session that
- * loads is asked to close once loaded); the jobs sent ahead of their turn are cancelled in the
- * instance and fail now, unrun.
+ * loads is asked to close once loaded). The jobs sent ahead of their turn are cancelled in the
+ * instance and taken back: they go where the pool's waiting jobs went (the reloaded version, or
+ * ModelUnavailable), except one whose inputs were moved to the instance (RunFailed). (One the
+ * instance began just before, its reply still on the way, then runs twice; its first answer is dropped.)
  */
 const leaveRunning = (state: State, slot: Slot): Effect.Effect<void> =>
   Effect.suspend(() => {
     const { counters, options, transport } = state
     counters.workersLeftRunning++
+    const takenBack: Array<Job> = []
     for (const { id, job } of slot.jobs.splice(1)) {
       try {
         slot.instance.send({ _tag: "cancel", id })
@@ -820,9 +826,19 @@ const leaveRunning = (state: State, slot: Slot): Effect.Effect<void> =>
         // the instance is gone; its exit event follows
       }
       if (job.state === "done") continue
-      finish(job)
-      if (!job.cancelled) {
-        job.resume(Exit.fail(runFailed(state, job, `not run: the model pool closed while the ${transport.noun} was still inside an earlier run`)))
+      if (job.cancelled) finish(job)
+      else if (!inputsMoved(job)) takenBack.push(job)
+      else {
+        finish(job)
+        job.resume(Exit.fail(runFailed(state, job, `not run: its inputs were moved (transferred) to the ${transport.noun}, which was still inside an earlier run when the model pool closed`)))
+      }
+    }
+    const target = state.handOver === undefined ? "the model pool is closing" : successor(state, state.handOver)
+    if (typeof target !== "string") moveTo(target, takenBack)
+    else {
+      for (const job of takenBack) {
+        finish(job)
+        job.resume(Exit.fail(unavailable(state, target)))
       }
     }
     return Effect.logWarning(
@@ -834,23 +850,41 @@ const leaveRunning = (state: State, slot: Slot): Effect.Effect<void> =>
 /** The state behind each pool `api` made, for `closeInto`. */
 const states = new WeakMap<InstancePool, State>()
 
+interface HandOver {
+  readonly next: InstancePool | undefined
+  readonly reason: string
+}
+
 /**
- * Moves the jobs waiting in `state` (never sent) to `next`, ahead of what waits there, when `next`
- * takes the same inputs and gives the same outputs in the same isolation; otherwise fails them
- * with ModelUnavailable `reason`.
+ * Where a closing pool's jobs that have not run go: the state of `handOver.next` when it takes the
+ * same inputs and gives the same outputs in the same isolation; otherwise the ModelUnavailable
+ * reason to fail them with.
  */
-const moveWaiting = (state: State, next: InstancePool | undefined, reason: string): void => {
-  const target = next === undefined ? undefined : states.get(next)
-  if (target === undefined || target.closing || target.broken !== undefined) return failWaiting(state, reason)
+const successor = (state: State, handOver: HandOver): State | string => {
+  const target = handOver.next === undefined ? undefined : states.get(handOver.next)
+  if (target === undefined || target.closing || target.broken !== undefined) return handOver.reason
   if (target.transport.isolation !== state.transport.isolation || !ModelMetadata.sameSignature(target.first!, state.first!)) {
-    return failWaiting(state, `${reason}, with other inputs, outputs or isolation: send it again`)
+    return `${handOver.reason}, with other inputs, outputs or isolation: send it again`
   }
+  return target
+}
+
+/** Moves the jobs waiting in `state` (never sent) to its successor (`successor`), ahead of what waits there; or fails them. */
+const moveWaiting = (state: State, handOver: HandOver): void => {
+  const target = successor(state, handOver)
+  if (typeof target === "string") return failWaiting(state, target)
   const jobs: Array<Job> = []
   for (let job = nextJob(state); job !== undefined; job = nextJob(state)) jobs.push(job)
+  moveTo(target, jobs)
+}
+
+/** Puts `jobs` (none of them run) at the front of `target`'s line, in order, and dispatches what the instances have room for. */
+const moveTo = (target: State, jobs: ReadonlyArray<Job>): void => {
   if (jobs.length === 0) return
   for (const job of jobs) {
     job.owner = target
     job.state = "queued"
+    job.sent = undefined
   }
   target.waiting.splice(target.head, 0, ...jobs)
   target.queued += jobs.length
@@ -865,14 +899,15 @@ const moveWaiting = (state: State, next: InstancePool | undefined, reason: strin
  * Fails what waits (or, with `handOver`, moves it: `moveWaiting`), lets what was sent finish,
  * closes every instance (killing what outlives `closeTimeout`). Idempotent.
  */
-const close = (state: State, handOver?: { readonly next: InstancePool | undefined; readonly reason: string }): Effect.Effect<void> =>
+const close = (state: State, handOver?: HandOver): Effect.Effect<void> =>
   Effect.suspend(() => {
     if (state.closed !== undefined) return Deferred.await(state.closed)
     const closed = Deferred.makeUnsafe<void>()
     state.closed = closed
     state.closing = true
+    state.handOver = handOver
     if (handOver === undefined) failWaiting(state, "the model pool is closing")
-    else moveWaiting(state, handOver.next, handOver.reason)
+    else moveWaiting(state, handOver)
     // `all` includes instances still loading; busy ones get their close request when their last job replies.
     const slots = [...state.all]
     for (const slot of slots) if (slot.ready && slot.jobs.length === 0) requestClose(slot)
@@ -1046,6 +1081,7 @@ export const start = (options: Options, transport: Transport): Effect.Effect<Ins
       heads: 0,
       closing: false,
       closed: undefined,
+      handOver: undefined,
       broken: undefined,
       respawns: new Set(),
       pendingRespawns: 0,

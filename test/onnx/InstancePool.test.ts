@@ -466,7 +466,8 @@ describe("InstancePool", () => {
       const aheadA = yield* Effect.forkChild(pool.run(x, "ahead-a"), { startImmediately: true })
       yield* Effect.forkChild(pool.run(x, "ahead-b"), { startImmediately: true })
       const waiting = yield* Effect.forkChild(Effect.exit(pool.run(x, "waiting")), { startImmediately: true })
-      const closing = yield* Effect.forkChild(pool.close, { startImmediately: true })
+      // what the counters say when close returns
+      const closing = yield* Effect.forkChild(Effect.map(pool.close, () => ({ ...counters })), { startImmediately: true })
       assert.include(reasonOf(yield* Fiber.join(waiting))?.message ?? "", "closing")
       // a finishes both of its jobs, then is asked to close and exits
       a!.reply(a!.runs()[0]!)
@@ -480,14 +481,15 @@ describe("InstancePool", () => {
       yield* TestClock.adjust("1 second")
       yield* settle
       assert.isTrue(b!.killed)
-      yield* Fiber.join(closing)
-      assert.strictEqual(counters.forcedTerminations, 1)
-      assert.strictEqual(counters.workersExited, counters.workersSpawned)
+      const atClose = yield* Fiber.join(closing)
+      assert.strictEqual(atClose.forcedTerminations, 1)
+      assert.strictEqual(atClose.workersExited, atClose.workersSpawned)
+      assert.strictEqual(atClose.sessionsOpened, atClose.sessionsClosed + atClose.sessionsLost, "the killed instance's session is counted before close returns")
       assert.strictEqual(reasonOf(yield* Fiber.join(onB))?._tag, "RunFailed", "b's job died with it")
       assert.strictEqual(reasonOf(yield* Effect.exit(pool.run(x, "after")))?._tag, "ModelUnavailable")
     }))
 
-  it.effect("at closeTimeout, an instance inside a run whose kill would abort the process (a thread) is left to finish it: its caller is answered, what was sent ahead fails unrun, then it exits", () =>
+  it.effect("at closeTimeout, an instance inside a run whose kill would abort the process (a thread) is left to finish it: its caller is answered, what was sent ahead is taken back unrun, then it exits", () =>
     Effect.gen(function*() {
       const counters = InstancePool.makeCounters()
       const { auto, instances: [a], pool } = yield* started({ instances: 1, counters, closeTimeout: Duration.seconds(1) }, "thread", true)
@@ -505,8 +507,10 @@ describe("InstancePool", () => {
       assert.isFalse(a!.exited)
       assert.strictEqual(counters.forcedTerminations, 0)
       assert.strictEqual(counters.workersLeftRunning, 1)
-      // the job sent ahead fails unrun, and the instance is told to skip it
-      assert.include(reasonOf(yield* Fiber.join(ahead))?.message ?? "", "not run: the model pool closed while the fake was still inside an earlier run")
+      // the job sent ahead is taken back (a plain close fails it, as what waited), and the instance is told to skip it
+      const aheadReason = reasonOf(yield* Fiber.join(ahead))
+      assert.strictEqual(aheadReason?._tag, "ModelUnavailable")
+      assert.include(aheadReason?.message ?? "", "the model pool is closing")
       assert.isTrue(a!.sent.some((m) => m._tag === "cancel" && m.id === aheadId))
       // the run ends: its caller gets its outputs, then the instance is asked to close, and exits
       a!.finishRunning(7)
@@ -517,6 +521,34 @@ describe("InstancePool", () => {
       assert.isTrue(a!.exited)
       assert.strictEqual(counters.workersExited, counters.workersSpawned)
       assert.strictEqual(counters.sessionsOpened, counters.sessionsClosed + counters.sessionsLost)
+    }))
+
+  it.effect("at closeTimeout on a reload (closeInto), the jobs sent ahead to an instance left running go to the successor and run there", () =>
+    Effect.gen(function*() {
+      const old = yield* started({ instances: 1, closeTimeout: Duration.seconds(1) }, "thread", true)
+      old.auto.skipCancelled = true
+      const [a] = old.instances
+      const running = yield* Effect.forkChild(Effect.exit(old.pool.run(x, "running")), { startImmediately: true })
+      const ahead = yield* Effect.forkChild(Effect.exit(old.pool.run(x, "ahead")), { startImmediately: true })
+      yield* settle
+      assert.strictEqual(a!.runs().length, 2)
+      const next = yield* started({ instances: 1 })
+      const [b] = next.instances
+      const closing = yield* Effect.forkChild(old.pool.closeInto(next.pool, "reloaded"), { startImmediately: true })
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(closing)
+      // taken back from a, sent to b
+      assert.strictEqual(b!.runs().length, 1)
+      b!.finishRunning(42)
+      yield* settle
+      const moved = yield* Fiber.join(ahead)
+      assert.isTrue(Exit.isSuccess(moved), String(moved))
+      if (Exit.isSuccess(moved)) assert.deepStrictEqual(Array.from(moved.value.outputs["y"]!.data as Float32Array), [42])
+      // a's run ends: its own caller is answered, then a exits
+      a!.finishRunning(7)
+      yield* settle
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(running)))
+      assert.isTrue(a!.exited)
     }))
 
   it.effect("at closeTimeout, a replacement still loading in a thread is left to load, then closed: its kill would abort the process too", () =>
