@@ -58,6 +58,8 @@ export interface Options {
   readonly engine: Engine
   readonly metadataUnsafe: NonNullable<ModelPool["Service"]["metadataUnsafe"]>
   readonly lifecycle: Lifecycle.Service
+  /** As `Routes.Options.pipelinedBehind`: given the request, whether more requests wait on its connection. */
+  readonly pipelinedBehind?: ((source: object) => boolean) | undefined
   readonly bodyLimitBytes: number
   /** The router's answer for an engine failure. */
   readonly errorOf: (reason: InferenceError.Reason) => ErrorAnswer
@@ -209,7 +211,7 @@ const send = (
     "content-length": typeof body === "string" ? Buffer.byteLength(body) : body.byteLength
   }
   if (extra !== undefined) Object.assign(headers, extra)
-  if (options.lifecycle.closesConnections()) headers["connection"] = "close"
+  if (options.lifecycle.closesConnections() && options.pipelinedBehind?.(response.req) !== true) headers["connection"] = "close"
   response.writeHead(status, headers)
   response.end(body)
 }

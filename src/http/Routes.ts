@@ -87,7 +87,22 @@ export interface Options {
    * measured side by side); on a host with cores to spare it frees the main thread of `JSON.parse`.
    */
   readonly decodeThreads?: number | undefined
+  /**
+   * Whether the connection of a request (its platform request: `HttpServerRequest.source`, for
+   * Node an `IncomingMessage`) holds more requests to answer after it (HTTP/1.1 pipelining). Its
+   * answer then does not carry the shutdown's `Connection: close`, on which the client gives up
+   * (and Node drops) the requests behind it; the last answer on the connection does. Default: none do.
+   */
+  readonly pipelinedBehind?: ((source: object) => boolean) | undefined
 }
+
+/**
+ * Whether an answer to the request whose platform request is `source` carries `Connection: close`:
+ * while the server closes connections (`Lifecycle.closesConnections`), unless requests pipelined
+ * behind it wait on its connection.
+ */
+const closesConnection = (lifecycle: Lifecycle.Service, options: Pick<Options, "pipelinedBehind">, source: object): boolean =>
+  lifecycle.closesConnections() && options.pipelinedBehind?.(source) !== true
 
 /** Triton's platform name for ONNX models. */
 export const platform = Oip.platformName
@@ -245,7 +260,7 @@ export const allowedMethods = (routes: ReadonlyArray<RoutePattern>, path: string
  * closing connections: 405 with `Allow` when routes have its path under other methods, else 404
  * (also for a path that does not even decode). HEAD falls back to GET inside the router, before this runs.
  */
-const jsonNotFound = (lifecycle: Lifecycle.Service, routes: ReadonlyArray<RoutePattern>) => <E>(
+const jsonNotFound = (lifecycle: Lifecycle.Service, options: Pick<Options, "pipelinedBehind">, routes: ReadonlyArray<RoutePattern>) => <E>(
   app: Effect.Effect<HttpServerResponse.HttpServerResponse, E>
 ): Effect.Effect<HttpServerResponse.HttpServerResponse, E, HttpServerRequest.HttpServerRequest> =>
   Effect.catchCause(app, (cause) => {
@@ -263,7 +278,7 @@ const jsonNotFound = (lifecycle: Lifecycle.Service, routes: ReadonlyArray<RouteP
           allowed.join(", ")
         )
         : json(404, { error: `no route for ${request.method} ${path.slice(0, 200)}` })
-      return lifecycle.closesConnections() ? HttpServerResponse.setHeader(response, "connection", "close") : response
+      return closesConnection(lifecycle, options, request.source) ? HttpServerResponse.setHeader(response, "connection", "close") : response
     })
   })
 
@@ -280,7 +295,9 @@ interface Ctx {
   readonly strictReadiness: boolean
   readonly fromReason: (reason: InferenceError.Reason) => ApiError
   /** Every route goes through here: counted in flight, errors as JSON, Connection: close after the signal. */
-  readonly handle: <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>) => Effect.Effect<HttpServerResponse.HttpServerResponse, never, R>
+  readonly handle: <R>(
+    effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>
+  ) => Effect.Effect<HttpServerResponse.HttpServerResponse, never, R | HttpServerRequest.HttpServerRequest>
   readonly metadataOf: (name: string, version: string | undefined) => Effect.Effect<ModelMetadata.ModelMetadata, ApiError>
   readonly readBody: Effect.Effect<string, ApiError, HttpServerRequest.HttpServerRequest>
   readonly readInferBody: ReturnType<typeof bodyReaders>["readInferBody"]
@@ -466,6 +483,7 @@ const serveInferFromNode = (
       engine,
       metadataUnsafe,
       lifecycle,
+      pipelinedBehind: options.pipelinedBehind,
       bodyLimitBytes: options.bodyLimitBytes,
       errorOf: fromReason,
       recordRefused: (name, reason, version) => Effect.runSync(engine.recordRefused(name, reason, version)),
@@ -514,7 +532,12 @@ export const layer = (
               Effect.as(json(500, { error: "internal error" }))
             )
           ),
-          Effect.map((response) => lifecycle.closesConnections() ? HttpServerResponse.setHeader(response, "connection", "close") : response)
+          Effect.flatMap((response) =>
+            lifecycle.closesConnections()
+              ? Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
+                closesConnection(lifecycle, options, request.source) ? HttpServerResponse.setHeader(response, "connection", "close") : response)
+              : Effect.succeed(response)
+          )
         ))
 
       const metadataOf = (name: string, version: string | undefined) =>
@@ -548,7 +571,7 @@ export const layer = (
         HttpRouter.route("GET", "/metrics", prometheus)
       ]
 
-      yield* router.addGlobalMiddleware(jsonNotFound(lifecycle, routes.map((r): RoutePattern => [r.method, r.path])))
+      yield* router.addGlobalMiddleware(jsonNotFound(lifecycle, options, routes.map((r): RoutePattern => [r.method, r.path])))
 
       yield* router.addAll(routes)
     })

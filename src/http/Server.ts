@@ -7,7 +7,8 @@
  * Shutdown (what the entry point runs on SIGTERM or SIGINT, before the layers close):
  * 1. `Lifecycle.beginShutdown`: at once, `/v2/health/ready` and model ready answer 503, new
  *    inferences 503 (ShuttingDown), and every response carries `Connection: close`, so that
- *    keep-alive connections close themselves after their next answer.
+ *    keep-alive connections close themselves after their next answer (but for one with requests
+ *    pipelined behind it on its connection: the last answer there closes it).
  * 2. The HTTP requests that arrived before the signal finish, within the grace period: queued and
  *    running ones, and also those whose body is still arriving or being decoded, which the engine
  *    still admits; those that arrive after it are answered 503 at once and waited for no longer.
@@ -154,16 +155,34 @@ export const maxPipelinedRequests = 32
 /** The members of Node's HTTP server connection that pause and resume its reading (`_http_server.js`). */
 type PausableSocket = Net.Socket & { _paused?: boolean; parser?: { resume(): void } | null }
 
+/** A connection's state; `queued`: answers pipelined behind the one that has the connection (they have none yet). */
+interface Connection {
+  active: number
+  idleSinceMs: number
+  readonly queued: Set<Http.ServerResponse>
+}
+
 const track = (server: Http.Server, nowMs: () => number): NodeServerHandle & { readonly onRequest: (...args: Array<any>) => void } => {
-  const connections = new Map<Net.Socket, { active: number; idleSinceMs: number }>()
+  const connections = new Map<Net.Socket, Connection>()
   let lastActivityMs = 0
   let lastConnectionMs = 0
   let requests = 0
   let answersCut = 0
   server.on("connection", (socket: Net.Socket) => {
     lastActivityMs = lastConnectionMs = nowMs()
-    connections.set(socket, { active: 0, idleSinceMs: lastActivityMs })
-    socket.once("close", () => connections.delete(socket))
+    const state: Connection = { active: 0, idleSinceMs: lastActivityMs, queued: new Set() }
+    connections.set(socket, state)
+    socket.once("close", () => {
+      connections.delete(socket)
+      // Answers queued behind the one that had the connection will never get it, and Node never
+      // closes them: closing them here releases their requests, as a disconnect's are (their
+      // handlers see "close" before "finish": cancelled).
+      for (const response of state.queued) {
+        if (response.socket !== null || response.destroyed) continue
+        response.destroy()
+        response.emit("close")
+      }
+    })
   })
   server.on("request", onRequest)
   // A request with `Expect: 100-continue` comes as "checkContinue" instead of "request".
@@ -181,7 +200,11 @@ const track = (server: Http.Server, nowMs: () => number): NodeServerHandle & { r
       socket._paused = true
       socket.pause()
     }
+    // Node gives a response the connection at once unless answers are ahead of it (pipelining).
+    const queued = response.socket === null
+    if (queued) state.queued.add(response)
     response.once("close", () => {
+      if (queued) state.queued.delete(response)
       if (!response.writableFinished) answersCut++
       if (state.active-- === maxPipelinedRequests && socket._paused === true) {
         // As Node's `socketOnDrain` resumes it; Node pauses it again at the next request if its answers still back up.
@@ -205,7 +228,11 @@ export const layer = (
     const handle = track(server, () => clock.currentTimeMillisUnsafe())
     answerClientErrors(server)
     let nodeInfer: NodeInfer.Handler | undefined
-    const routes = Routes.layer({ ...options, serveInferFromNode: (handler) => void (nodeInfer = handler) })
+    const routes = Routes.layer({
+      ...options,
+      serveInferFromNode: (handler) => void (nodeInfer = handler),
+      pipelinedBehind: (source) => (handle.connections.get((source as Http.IncomingMessage).socket)?.active ?? 0) > 1
+    })
     const served = HttpRouter.serve(routes, {
       disableLogger: true,
       disableListenLog: true,

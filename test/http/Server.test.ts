@@ -49,6 +49,22 @@ const makeServer = (config: Partial<AsyncConfig> = {}) =>
     }
   })
 
+/** `count` inferences of `model` in one write on one connection (HTTP/1.1 pipelining); `router` sends them through the router (Content-Encoding: identity). */
+const pipelined = (port: number, model: string, count: number, router: boolean) => {
+  const body = JSON.stringify(echoBody)
+  const encoding = router ? "Content-Encoding: identity\r\n" : ""
+  const one = `POST /v2/models/${model}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${encoding}Content-Length: ${body.length}\r\n\r\n${body}`
+  const socket = Net.connect(port, "127.0.0.1")
+  let received = ""
+  socket.on("data", (chunk) => (received += chunk.toString("latin1")))
+  socket.on("error", () => {})
+  socket.write(one.repeat(count))
+  const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()))
+  /** Each answer's status line and whether it said Connection: close. */
+  const answers = () => received.split(/(?=HTTP\/1\.1 \d{3} )/).filter((a) => a.length > 0).map((a) => ({ status: a.slice(9, 12), closes: /\r\nconnection: close\r\n/i.test(a) }))
+  return { socket, answers, closed }
+}
+
 describe("a client that disconnects", () => {
   it.live("while its request is queued: the request leaves the queue and is counted cancelled", () =>
     Effect.gen(function*() {
@@ -112,9 +128,40 @@ describe("a client that pipelines", () => {
       const statuses = new Set((received.match(/HTTP\/1\.1 \d+/g) ?? []).map((line) => line.slice(9)))
       assert.isTrue([...statuses].every((status) => status === "200" || status === "429"), [...statuses].join(", "))
     }))
+  it.live("requests pipelined behind an unanswered one are released and cancelled when their connection closes (fast path and router)", () =>
+    Effect.gen(function*() {
+      for (const router of [false, true]) {
+        const { port, pool, promise, pending, lifecycle } = yield* makeServer()
+        yield* pool.gate.close
+        const client = pipelined(port, "slow", 4, router)
+        yield* promise(() => Client.eventually(() => pending() === 4))
+        client.socket.destroy()
+        // Before: only the first (the one with the connection) was released; the others held the drain for ever.
+        yield* promise(() => Client.eventually(() => pending() === 0 && lifecycle.inFlight() === 0))
+        yield* pool.gate.open
+      }
+    }))
 })
 
 describe("graceful shutdown", () => {
+  it.live("requests pipelined before the signal are all answered: only the last answer on the connection closes it (fast path and router)", () =>
+    Effect.gen(function*() {
+      for (const router of [false, true]) {
+        const { port, pool, promise, pending, shutdown } = yield* makeServer()
+        yield* pool.gate.close
+        const client = pipelined(port, "slow", 3, router)
+        yield* promise(() => Client.eventually(() => pending() === 3))
+        const stopping = yield* Effect.forkChild(shutdown("5 seconds"), { startImmediately: true })
+        yield* pool.gate.open
+        yield* promise(() => client.closed)
+        // Before: the first answer said Connection: close, and the client lost the two behind it.
+        assert.deepStrictEqual(client.answers(), [{ status: "200", closes: false }, { status: "200", closes: false }, { status: "200", closes: true }], router ? "router" : "fast path")
+        const report = yield* Fiber.join(stopping)
+        assert.isTrue(report.drained)
+        assert.strictEqual(report.inFlight, 0)
+      }
+    }).pipe(withFreshMetrics))
+
   it.live("ready turns 503 at once, new inferences 503 with Connection: close, in-flight work finishes, then the listener stops", () =>
     Effect.gen(function*() {
       const { port, pool, promise, shutdown, pending } = yield* makeServer({ maxConcurrentRequests: 1 })
