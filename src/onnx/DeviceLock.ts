@@ -76,10 +76,14 @@ export const acquire = (lock: DeviceLock, holder: number, slot?: number, yieldWi
   if (Atomics.exchange(lock, lastWord, tag) !== tag) Atomics.notify(lock, lastWord)
 }
 
-/** Frees the lock if `holder` holds it, waking one waiter; true when it did. */
+/**
+ * Frees the lock if `holder` holds it, waking every waiter (one takes it, the others wait again);
+ * true when it did. Waking one alone could lose the wake-up: a waiter terminated between its wake
+ * and its take (a worker stopped at the close timeout) would leave the others asleep on a free lock.
+ */
 export const releaseHeldBy = (lock: DeviceLock, holder: number): boolean => {
   if (Atomics.compareExchange(lock, holderWord, tagOf(holder), 0) !== tagOf(holder)) return false
-  Atomics.notify(lock, holderWord, 1)
+  Atomics.notify(lock, holderWord)
   return true
 }
 

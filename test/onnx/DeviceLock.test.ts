@@ -42,6 +42,20 @@ describe("DeviceLock", () => {
     assert.isFalse(DeviceLock.releaseHeldBy(lock, 0), "freeing a free lock does nothing")
   })
 
+  it("a release wakes every waiter, so a waiter stopped between its wake and its take cannot leave the others asleep", async () => {
+    const lock = DeviceLock.make()
+    DeviceLock.acquire(lock, 1)
+    // Two waiters on the holder word (word 0 holds the holder's tag, its thread id + 1), as blocked threads wait.
+    // (`Atomics.waitAsync` is in Node 22, not in the project's TypeScript lib.)
+    const { waitAsync } = Atomics as unknown as {
+      readonly waitAsync: (array: Int32Array, index: number, value: number, timeoutMs: number) => { readonly async: boolean; readonly value: Promise<string> | string }
+    }
+    const waits = [waitAsync(lock, 0, 2, 1_000), waitAsync(lock, 0, 2, 1_000)]
+    assert.isTrue(waits.every((w) => w.async), "both wait")
+    assert.isTrue(DeviceLock.releaseHeldBy(lock, 1))
+    assert.deepStrictEqual(await Promise.all(waits.map((w) => w.value)), ["ok", "ok"])
+  })
+
   it("withLock frees the lock when its function throws or rejects", async () => {
     const lock = DeviceLock.make()
     try {
