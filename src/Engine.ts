@@ -105,6 +105,8 @@ export interface Service {
   readonly queueStats: Effect.Effect<PriorityQueue.QueueStats>
   /** The same, for each model that has requests waiting now (O(waiting)). */
   readonly queueStatsByModel: Effect.Effect<ReadonlyMap<string, PriorityQueue.QueueStats>>
+  /** The same requests counted by model, then by the model version each was admitted to (O(waiting)). */
+  readonly waitingByVersion: Effect.Effect<ReadonlyMap<string, ReadonlyMap<string, number>>>
   /**
    * Requests of `modelId` admitted and not started: queued, in a batch forming, or in a job sent
    * ahead to a busy instance (what an unload of the model waits for; other models' do not count).
@@ -550,6 +552,19 @@ const notStarted = (state: State, modelId: string): number => {
   return n
 }
 
+const waitingByVersion = (state: State): ReadonlyMap<string, ReadonlyMap<string, number>> => {
+  const byModel = new Map<string, Map<string, number>>()
+  const count = (request: Scheduler.Request<Dispatcher.Caller>) => {
+    const { request: { modelId }, metadata: { version } } = request.value
+    let versions = byModel.get(modelId)
+    if (versions === undefined) byModel.set(modelId, versions = new Map())
+    versions.set(version, (versions.get(version) ?? 0) + 1)
+  }
+  for (const pending of state.scheduler.queue.values()) count(pending)
+  state.scheduler.forEachWaitingAhead(count)
+  return byModel
+}
+
 /** A batch's concurrency: a positive integer. */
 export const isConcurrency = (concurrency: number): boolean => Number.isInteger(concurrency) && concurrency >= 1
 
@@ -630,6 +645,7 @@ export const make = Effect.gen(function*() {
     recordRefused: (modelId, reason, version) => Effect.sync(() => refused(state, modelId, reason, version)),
     queueStats: Effect.sync(() => queueStats(state)),
     queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),
+    waitingByVersion: Effect.sync(() => waitingByVersion(state)),
     notStarted: (modelId) => Effect.sync(() => notStarted(state, modelId)),
     pending: Effect.sync(() => scheduler.unsettled),
     config,

@@ -5,18 +5,18 @@
  *
  * | family | labels | what |
  * |---|---|---|
- * | `inference_requests_started_total` | model | requests submitted (admitted or refused) |
- * | `inference_requests_total` | model, outcome | requests settled, by `outcome`: success, rejected, cancelled, timeout, invalid, backend (`outcomeOf`); every outcome has a row from the model's first request on |
- * | `inference_request_duration_seconds` | model | end-to-end latency of successful requests |
- * | `inference_queue_duration_seconds` | model, priority | time from admission to dispatch |
- * | `inference_compute_duration_seconds` | model | time of one native run (a batch is one run) |
- * | `inference_batch_size` | model | requests per native run |
- * | `inference_executions_total` | model | native runs |
- * | `inference_count_total` | model | inferences run: rows (a request of 64 rows to a model that batches counts 64; one to a model that does not, 1) |
+ * | `inference_requests_started_total` | model, version | requests submitted (admitted or refused) |
+ * | `inference_requests_total` | model, version, outcome | requests settled, by `outcome`: success, rejected, cancelled, timeout, invalid, backend (`outcomeOf`); every outcome has a row from the first request to the model version on |
+ * | `inference_request_duration_seconds` | model, version | end-to-end latency of successful requests |
+ * | `inference_queue_duration_seconds` | model, version, priority | time from admission to dispatch |
+ * | `inference_compute_duration_seconds` | model, version | time of one native run (a batch is one run) |
+ * | `inference_batch_size` | model, version | requests per native run |
+ * | `inference_executions_total` | model, version | native runs |
+ * | `inference_count_total` | model, version | inferences run: rows (a request of 64 rows to a model that batches counts 64; one to a model that does not, 1) |
  *
- * The record points carry the model version where one was chosen (`RequestInfo.version`, the last
- * argument of `recordQueueWait` and `recordRun`): these series are per model, Triton's statistics
- * (`http/Statistics`) per version.
+ * `version` is the model version a request was admitted to, or ran under, as Triton labels its
+ * `nv_inference_*` families (`RequestInfo.version`, the last argument of `recordQueueWait` and
+ * `recordRun`); empty where none was chosen (a refusal of a model or version the pool does not have).
  *
  * Tests provide `TelemetryCollector.layerRecording` and read its log.
  *
@@ -115,14 +115,14 @@ type FamilySpec =
   | { readonly type: "Histogram"; readonly name: string; readonly description: string; readonly boundaries: ReadonlyArray<number> }
 
 const specs = {
-  started: { type: "Counter", name: "inference_requests_started_total", description: "Requests submitted (admitted or refused), by model" },
-  requests: { type: "Counter", name: "inference_requests_total", description: "Requests settled, by model and outcome: success, rejected, cancelled, timeout, invalid, backend" },
+  started: { type: "Counter", name: "inference_requests_started_total", description: "Requests submitted (admitted or refused), by model version" },
+  requests: { type: "Counter", name: "inference_requests_total", description: "Requests settled, by model version and outcome: success, rejected, cancelled, timeout, invalid, backend" },
   latency: { type: "Histogram", name: "inference_request_duration_seconds", description: "End-to-end latency of successful requests, admission to answer (seconds)", boundaries: latencyBoundariesSeconds },
   queueWait: { type: "Histogram", name: "inference_queue_duration_seconds", description: "Time from admission to dispatch (seconds)", boundaries: latencyBoundariesSeconds },
   run: { type: "Histogram", name: "inference_compute_duration_seconds", description: "Time of one native run, a batch being one run (seconds)", boundaries: latencyBoundariesSeconds },
   batchSize: { type: "Histogram", name: "inference_batch_size", description: "Requests per native run", boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 9 }) },
-  executions: { type: "Counter", name: "inference_executions_total", description: "Native runs, by model" },
-  inferences: { type: "Counter", name: "inference_count_total", description: "Inferences run, by model: rows of the batch dim (a request of 64 rows counts 64), 1 a request for a model that does not batch" }
+  executions: { type: "Counter", name: "inference_executions_total", description: "Native runs, by model version" },
+  inferences: { type: "Counter", name: "inference_count_total", description: "Inferences run, by model version: rows of the batch dim (a request of 64 rows counts 64), 1 a request for a model that does not batch" }
 } as const satisfies Record<string, FamilySpec>
 
 type Family = keyof typeof specs
@@ -268,7 +268,7 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
    * (`seriesIn`): no Effect runs and no context or registry is looked up per request.
    */
   static readonly layer = Layer.effect(TelemetryCollector, Effect.map(Effect.context<never>(), (context) => {
-    /** A model's series, made on first use; labelled ones (outcome, priority) by label. */
+    /** A model version's series, made on first use; labelled ones (outcome, priority) by label. */
     interface ModelSeries {
       readonly started: Series
       readonly latency: Series
@@ -279,11 +279,13 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
       readonly outcomes: Map<string, Series>
       readonly queueWait: Map<string, Series>
     }
-    const byModel = new Map<string, ModelSeries>()
-    const seriesOf = (model: string): ModelSeries => {
-      let found = byModel.get(model)
+    const byModel = new Map<string, Map<string, ModelSeries>>()
+    const seriesOf = (model: string, version = ""): ModelSeries => {
+      let versions = byModel.get(model)
+      if (versions === undefined) byModel.set(model, versions = new Map())
+      let found = versions.get(version)
       if (found === undefined) {
-        const labels = { model }
+        const labels = { model, version }
         found = {
           started: seriesIn(context, "started", labels),
           latency: seriesIn(context, "latency", labels),
@@ -294,40 +296,43 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
           outcomes: new Map(),
           queueWait: new Map()
         }
-        byModel.set(model, found)
+        versions.set(version, found)
       }
       return found
     }
-    const labelled = (map: Map<string, Series>, family: Family, model: string, name: string, value: string): Series => {
+    const labelled = (map: Map<string, Series>, family: Family, model: string, version: string, name: string, value: string): Series => {
       let found = map.get(value)
       if (found === undefined) {
-        found = seriesIn(context, family, { model, [name]: value })
+        found = seriesIn(context, family, { model, version, [name]: value })
         map.set(value, found)
       }
       return found
     }
-    const settle = (model: string, outcome: RequestOutcome) => labelled(seriesOf(model).outcomes, "requests", model, "outcome", outcome).update(1)
-    const start = (model: string) => {
-      const fresh = !byModel.has(model)
-      const series = seriesOf(model)
-      // Every outcome gets its row (at 0) with the model's first request: a dashboard's rate() of a
-      // failure that never happened is 0, not "no data".
-      if (fresh) for (const outcome of requestOutcomes) labelled(series.outcomes, "requests", model, "outcome", outcome).update(0)
+    const settle = (info: RequestInfo, outcome: RequestOutcome) =>
+      labelled(seriesOf(info.modelId, info.version).outcomes, "requests", info.modelId, info.version ?? "", "outcome", outcome).update(1)
+    const start = (info: RequestInfo) => {
+      const version = info.version ?? ""
+      const fresh = byModel.get(info.modelId)?.has(version) !== true
+      const series = seriesOf(info.modelId, version)
+      // Every outcome gets its row (at 0) with the model version's first request: a dashboard's
+      // rate() of a failure that never happened is 0, not "no data".
+      if (fresh) for (const outcome of requestOutcomes) labelled(series.outcomes, "requests", info.modelId, version, "outcome", outcome).update(0)
       series.started.update(1)
     }
     return TelemetryCollector.of({
-      recordStart: (info) => start(info.modelId),
+      recordStart: start,
       recordSuccess: (info, latencyMs) => {
-        settle(info.modelId, "success")
-        seriesOf(info.modelId).latency.update(latencyMs / 1000)
+        settle(info, "success")
+        seriesOf(info.modelId, info.version).latency.update(latencyMs / 1000)
       },
-      recordFailure: (info, error) => settle(info.modelId, outcomeOf(error._tag)),
-      recordCancelled: (info) => settle(info.modelId, "cancelled"),
-      recordTimeout: (info) => settle(info.modelId, "timeout"),
-      recordRejected: (info) => settle(info.modelId, "rejected"),
-      recordQueueWait: (modelId, priority, waitMs) => labelled(seriesOf(modelId).queueWait, "queueWait", modelId, "priority", priority).update(waitMs / 1000),
-      recordRun: (modelId, runMs, batchSize, rows) => {
-        const series = seriesOf(modelId)
+      recordFailure: (info, error) => settle(info, outcomeOf(error._tag)),
+      recordCancelled: (info) => settle(info, "cancelled"),
+      recordTimeout: (info) => settle(info, "timeout"),
+      recordRejected: (info) => settle(info, "rejected"),
+      recordQueueWait: (modelId, priority, waitMs, version = "") =>
+        labelled(seriesOf(modelId, version).queueWait, "queueWait", modelId, version, "priority", priority).update(waitMs / 1000),
+      recordRun: (modelId, runMs, batchSize, rows, version) => {
+        const series = seriesOf(modelId, version)
         series.run.update(runMs / 1000)
         series.batchSize.update(batchSize)
         series.executions.update(1)

@@ -280,6 +280,8 @@ describe("AsyncInferenceEngine", () => {
         assert.deepStrictEqual([diagnostics.queued, diagnostics.ahead, diagnostics.runs], [2, 1, 2])
         assert.deepStrictEqual(yield* engine.queueStats, { critical: 0, high: 1, normal: 1, low: 1, total: 3 })
         assert.deepStrictEqual((yield* engine.queueStatsByModel).get("echo"), { critical: 0, high: 1, normal: 1, low: 1, total: 3 })
+        // The same requests by the version each was admitted to (Triton's pending count per version).
+        assert.deepStrictEqual(yield* engine.waitingByVersion, new Map([["echo", new Map([["1", 3]])]]))
         // The bound the stats show is the one admission applies.
         assert.strictEqual(reasonOf(yield* Effect.exit(engine.infer(request("refused")))), "QueueFull")
         yield* Fiber.interrupt(ahead)
@@ -292,6 +294,7 @@ describe("AsyncInferenceEngine", () => {
         for (const f of queued) yield* Fiber.join(f)
         assert.deepStrictEqual(yield* engine.queueStats, { critical: 0, high: 0, normal: 0, low: 0, total: 0 })
         assert.strictEqual((yield* engine.queueStatsByModel).size, 0)
+        assert.strictEqual((yield* engine.waitingByVersion).size, 0)
       }))
 
     it.effect("an AbortSignal cancels like interruption", () =>

@@ -33,7 +33,7 @@ describe("TelemetryCollector.layer", () => {
         Layer.provide(Layer.mergeAll(fake.layer, TelemetryCollector.layer, AsyncConfigService.layer))
       ))
       const engine = Context.get(context, AsyncInferenceEngine)
-      const model = { model: "echo" }
+      const model = { model: "echo", version: echoMetadata.version }
       const before = {
         success: yield* count(metrics.requests, { ...model, outcome: "success" }),
         backend: yield* count(metrics.requests, { ...model, outcome: "backend" }),
@@ -89,9 +89,9 @@ describe("TelemetryCollector.layer series", () => {
 
       const reference: Metric.MetricRegistry = new Map()
       const referenceContext = Context.make(Metric.MetricRegistry, reference)
-      const histogram = Metric.withAttributes(metrics.queueWait, { model: "m", priority: "High" })
+      const histogram = Metric.withAttributes(metrics.queueWait, { model: "m", version: "", priority: "High" })
       for (const ms of waitsMs) yield* Metric.update(histogram, ms / 1000).pipe(Effect.provideService(Metric.MetricRegistry, reference))
-      yield* Metric.update(Metric.withAttributes(metrics.started, { model: "m" }), 3).pipe(Effect.provideService(Metric.MetricRegistry, reference))
+      yield* Metric.update(Metric.withAttributes(metrics.started, { model: "m", version: "" }), 3).pipe(Effect.provideService(Metric.MetricRegistry, reference))
 
       const ours = snapshotOf(registry)
       for (const expected of Metric.snapshotUnsafe(referenceContext)) {
@@ -140,13 +140,43 @@ describe("TelemetryCollector.layer recordRun", () => {
   it.effect("counts inference_count_total in rows (Triton's inferences) and inference_executions_total in runs", () =>
     Effect.gen(function*() {
       const collector = Context.get(yield* Layer.build(TelemetryCollector.layer), TelemetryCollector)
-      const model = { model: "rows-model" }
+      const model = { model: "rows-model", version: "" }
       const before = { inferences: yield* count(metrics.inferences, model), exec: yield* count(metrics.executions, model) }
       collector.recordRun("rows-model", 1, 1, 64)
       collector.recordRun("rows-model", 1, 1, 64)
       collector.recordRun("rows-model", 1, 2)
       assert.strictEqual((yield* count(metrics.inferences, model)) - before.inferences, 130, "64 + 64 rows, then 2 requests that did not say")
       assert.strictEqual((yield* count(metrics.executions, model)) - before.exec, 3)
+    }))
+})
+
+describe("TelemetryCollector.layer versions", () => {
+  it.effect("counts each model version apart, as Triton labels its families: the version a request was admitted to or ran under; none chosen, empty", () =>
+    Effect.gen(function*() {
+      const registry: Metric.MetricRegistry = new Map()
+      const collector = Context.get(yield* Layer.build(TelemetryCollector.layer).pipe(Effect.provideService(Metric.MetricRegistry, registry)), TelemetryCollector)
+      const v1 = { modelId: "m", requestId: "a", priority: "Normal", version: "1" } as const
+      const v2 = { modelId: "m", requestId: "b", priority: "Normal", version: "2" } as const
+      const unknown = { modelId: "m", requestId: "c", priority: "Normal" } as const
+      for (const info of [v1, v2, unknown]) collector.recordStart(info)
+      collector.recordSuccess(v1, 3)
+      collector.recordFailure(v2, new InferenceError.RunFailed({ modelId: "m", requestId: "b", detail: "x" }), 1)
+      collector.recordRejected(unknown, new InferenceError.ModelNotFound({ modelId: "m" }))
+      collector.recordQueueWait("m", "Normal", 1, "2")
+      collector.recordRun("m", 2, 1, 4, "1")
+      const snapshot = Metric.snapshotUnsafe(Context.make(Metric.MetricRegistry, registry))
+      const counts = (id: string) =>
+        snapshot.filter((s) => s.id === id && (s.state as Metric.CounterState<number>).count > 0)
+          .map((s) => JSON.stringify(s.attributes) + " " + (s.state as Metric.CounterState<number>).count).sort()
+      assert.deepStrictEqual(counts(metrics.started.id), ['{"model":"m","version":""} 1', '{"model":"m","version":"1"} 1', '{"model":"m","version":"2"} 1'])
+      assert.deepStrictEqual(counts(metrics.requests.id), [
+        '{"model":"m","version":"","outcome":"rejected"} 1',
+        '{"model":"m","version":"1","outcome":"success"} 1',
+        '{"model":"m","version":"2","outcome":"backend"} 1'
+      ])
+      assert.deepStrictEqual(counts(metrics.inferences.id), ['{"model":"m","version":"1"} 4'])
+      const waits = snapshot.filter((s) => s.id === metrics.queueWait.id).map((s) => JSON.stringify(s.attributes))
+      assert.deepStrictEqual(waits, ['{"model":"m","version":"2","priority":"Normal"}'])
     }))
 })
 

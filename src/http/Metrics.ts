@@ -14,8 +14,8 @@
  * `nv_inference_request_failure{reason=REJECTED|CANCELED|BACKEND|OTHER}`, `nv_inference_count`,
  * `nv_inference_exec_count`, `nv_inference_request_duration_us`, `nv_inference_queue_duration_us`,
  * `nv_inference_compute_infer_duration_us` (cumulative microseconds, counters as Triton's) and
- * `nv_inference_pending_request_count`, each labelled `model` and `version` (`version` is empty:
- * the engine counts by model).
+ * `nv_inference_pending_request_count`, each labelled `model` and `version` (the version a request
+ * was admitted to; empty for the refusals of a version the server does not have).
  *
  * @module Metrics
  */
@@ -33,6 +33,13 @@ const pendingGauge = Metric.gauge("inference_pending_requests", { description: "
 const unsettledGauge = Metric.gauge("inference_unsettled_requests", {
   description: "Requests admitted and not yet answered: queued, forming a batch or running"
 })
+
+/** Versions as numbers where both are ("2" before "10"), else as text. */
+const byVersion = (a: string, b: string): number => {
+  const x = Number(a)
+  const y = Number(b)
+  return a !== "" && b !== "" && Number.isFinite(x) && Number.isFinite(y) ? x - y : a < b ? -1 : a > b ? 1 : 0
+}
 
 const escapeLabel = (value: string) => value.replace(/\\/g, "\\\\").replace(/"/g, "\\\"").replace(/\n/g, "\\n")
 
@@ -58,47 +65,57 @@ interface TritonCounts {
 
 /**
  * Triton's `nv_inference_*` families, from a snapshot of the engine's metrics and the number of
- * requests queued per model. Pure: the snapshot in, the text out.
+ * requests waiting per model and version (`Engine.waitingByVersion`). Pure: the snapshot in, the text out.
  */
-export const tritonFamilies = (snapshot: ReadonlyArray<Metric.Metric.Snapshot>, pendingByModel: ReadonlyMap<string, number>): string => {
-  const byModel = new Map<string, TritonCounts>()
-  const entry = (model: string) => {
-    let e = byModel.get(model)
+export const tritonFamilies = (
+  snapshot: ReadonlyArray<Metric.Metric.Snapshot>,
+  pendingByVersion: ReadonlyMap<string, ReadonlyMap<string, number>>
+): string => {
+  // By model, then version: a model's rows together, its versions in order.
+  const byModel = new Map<string, Map<string, TritonCounts>>()
+  const entry = (model: string, version: string) => {
+    let versions = byModel.get(model)
+    if (versions === undefined) byModel.set(model, versions = new Map())
+    let e = versions.get(version)
     if (e === undefined) {
       e = { success: 0, failure: { REJECTED: 0, CANCELED: 0, BACKEND: 0, OTHER: 0 }, count: 0, execCount: 0, requestUs: 0, queueUs: 0, computeUs: 0, pending: 0 }
-      byModel.set(model, e)
+      versions.set(version, e)
     }
     return e
   }
   for (const s of snapshot) {
     const model = s.attributes?.["model"]
     if (model === undefined) continue
+    const version = s.attributes?.["version"] ?? ""
     if (s.type === "Counter") {
       const n = Number((s.state as Metric.CounterState<number>).count)
       if (s.id === metrics.requests.id) {
         const outcome = s.attributes?.["outcome"] as RequestOutcome | undefined
-        if (outcome === "success") entry(model).success += n
-        else if (outcome !== undefined && outcome in tritonReason) entry(model).failure[tritonReason[outcome]] += n
-      } else if (s.id === metrics.inferences.id) entry(model).count += n
-      else if (s.id === metrics.executions.id) entry(model).execCount += n
+        if (outcome === "success") entry(model, version).success += n
+        else if (outcome !== undefined && outcome in tritonReason) entry(model, version).failure[tritonReason[outcome]] += n
+      } else if (s.id === metrics.inferences.id) entry(model, version).count += n
+      else if (s.id === metrics.executions.id) entry(model, version).execCount += n
     } else if (s.type === "Histogram") {
       const us = (s.state as Metric.HistogramState).sum * 1e6
-      if (s.id === metrics.latency.id) entry(model).requestUs += us
-      else if (s.id === metrics.queueWait.id) entry(model).queueUs += us
-      else if (s.id === metrics.run.id) entry(model).computeUs += us
+      if (s.id === metrics.latency.id) entry(model, version).requestUs += us
+      else if (s.id === metrics.queueWait.id) entry(model, version).queueUs += us
+      else if (s.id === metrics.run.id) entry(model, version).computeUs += us
     }
   }
-  for (const [model, pending] of pendingByModel) entry(model).pending = pending
+  for (const [model, versions] of pendingByVersion) for (const [version, pending] of versions) entry(model, version).pending = pending
   if (byModel.size === 0) return ""
-  const models = [...byModel.keys()].sort()
-  const labels = (model: string) => `model="${escapeLabel(model)}",version=""`
+  const rows: Array<readonly [labels: string, counts: TritonCounts]> = []
+  for (const model of [...byModel.keys()].sort()) {
+    const versions = byModel.get(model)!
+    for (const version of [...versions.keys()].sort(byVersion)) rows.push([`model="${escapeLabel(model)}",version="${escapeLabel(version)}"`, versions.get(version)!])
+  }
   const family = (name: string, type: string, help: string, value: (e: TritonCounts) => number) =>
-    `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${models.map((m) => `${name}{${labels(m)}} ${Math.round(value(byModel.get(m)!))}`).join("\n")}\n`
+    `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${rows.map(([labels, e]) => `${name}{${labels}} ${Math.round(value(e))}`).join("\n")}\n`
   let text = family("nv_inference_request_success", "counter", "Number of successful inference requests, all batch sizes", (e) => e.success)
   text += "# HELP nv_inference_request_failure Number of failed inference requests, all batch sizes\n# TYPE nv_inference_request_failure counter\n"
-  for (const m of models) {
+  for (const [labels, e] of rows) {
     for (const reason of ["REJECTED", "CANCELED", "BACKEND", "OTHER"] as const) {
-      text += `nv_inference_request_failure{${labels(m)},reason="${reason}"} ${byModel.get(m)!.failure[reason]}\n`
+      text += `nv_inference_request_failure{${labels},reason="${reason}"} ${e.failure[reason]}\n`
     }
   }
   text += family("nv_inference_count", "counter", "Number of inferences performed (a batch of n counts n)", (e) => e.count)
@@ -146,8 +163,7 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
           const text = yield* PrometheusMetrics.format()
           const page = text + (text.endsWith("\n") || text === "" ? "" : "\n") + processMetrics.render()
           if (options.format !== "triton") return page
-          const pending = new Map([...byModel].map(([model, stats]) => [model, stats.total] as const))
-          return page + tritonFamilies(yield* Metric.snapshot, pending)
+          return page + tritonFamilies(yield* Metric.snapshot, yield* engine.waitingByVersion)
         })
     }
   }

@@ -654,8 +654,8 @@ describe("inference", () => {
       assert.strictEqual((yield* engine.queueStats).total, 0)
       yield* Fiber.interrupt(running)
       const metrics = yield* send("GET", "/metrics")
-      assert.include(metrics.text, "inference_requests_total{model=\"echo\",outcome=\"cancelled\"} 1")
-      assert.include(metrics.text, "inference_requests_total{model=\"slow\",outcome=\"cancelled\"} 1")
+      assert.include(metrics.text, "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"cancelled\"} 1")
+      assert.include(metrics.text, "inference_requests_total{model=\"slow\",version=\"1\",outcome=\"cancelled\"} 1")
     }).pipe(withFreshMetrics))
 })
 
@@ -665,21 +665,27 @@ describe("GET /metrics", () => {
       const { send } = yield* makeApp({ routes: { metricsFormat: "triton" } })
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3]))).status, 400)
+      // Each version has rows of its own, labelled as Triton labels them.
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/versions/1/infer", echoRequest([1, 2, 3, 4, 5, 6, 7, 8]))).status, 200)
       const text = (yield* send("GET", "/metrics")).text
       for (
         const line of [
-          "nv_inference_request_success{model=\"echo\",version=\"\"} 1",
-          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"OTHER\"} 1",
-          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"REJECTED\"} 0",
-          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"CANCELED\"} 0",
-          "nv_inference_request_failure{model=\"echo\",version=\"\",reason=\"BACKEND\"} 0",
-          "nv_inference_count{model=\"echo\",version=\"\"} 1",
-          "nv_inference_exec_count{model=\"echo\",version=\"\"} 1",
+          "nv_inference_request_success{model=\"echo\",version=\"1\"} 1",
+          "nv_inference_request_failure{model=\"echo\",version=\"1\",reason=\"OTHER\"} 0",
+          "nv_inference_count{model=\"echo\",version=\"1\"} 1",
+          "nv_inference_pending_request_count{model=\"echo\",version=\"1\"} 0",
+          "nv_inference_request_success{model=\"echo\",version=\"2\"} 1",
+          "nv_inference_request_failure{model=\"echo\",version=\"2\",reason=\"OTHER\"} 1",
+          "nv_inference_request_failure{model=\"echo\",version=\"2\",reason=\"REJECTED\"} 0",
+          "nv_inference_request_failure{model=\"echo\",version=\"2\",reason=\"CANCELED\"} 0",
+          "nv_inference_request_failure{model=\"echo\",version=\"2\",reason=\"BACKEND\"} 0",
+          "nv_inference_count{model=\"echo\",version=\"2\"} 1",
+          "nv_inference_exec_count{model=\"echo\",version=\"2\"} 1",
           "# TYPE nv_inference_request_duration_us counter",
           "# TYPE nv_inference_queue_duration_us counter",
           "# TYPE nv_inference_compute_infer_duration_us counter",
           "# TYPE nv_inference_pending_request_count gauge",
-          "inference_requests_total{model=\"echo\",outcome=\"success\"} 1"
+          "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"success\"} 1"
         ]
       ) assert.include(text, line)
     }).pipe(withFreshMetrics))
@@ -713,22 +719,22 @@ describe("GET /metrics", () => {
       const text = (yield* send("GET", "/metrics")).text
       for (
         const line of [
-          "inference_requests_total{model=\"echo\",outcome=\"success\"} 2",
-          "inference_requests_total{model=\"slow\",outcome=\"success\"} 1",
-          "inference_requests_total{model=\"echo\",outcome=\"invalid\"} 1",
-          "inference_requests_total{model=\"echo\",outcome=\"rejected\"} 1",
-          "inference_requests_total{model=\"slow\",outcome=\"timeout\"} 1",
-          "inference_requests_total{model=\"echo\",outcome=\"backend\"} 0",
-          "inference_requests_total{model=\"echo\",outcome=\"cancelled\"} 0",
-          "inference_requests_total{model=\"echo\",outcome=\"timeout\"} 0",
-          "inference_requests_started_total{model=\"echo\"} 4",
-          "inference_count_total{model=\"echo\"} 2",
-          "inference_executions_total{model=\"echo\"} 2",
+          "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"success\"} 2",
+          "inference_requests_total{model=\"slow\",version=\"1\",outcome=\"success\"} 1",
+          "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"invalid\"} 1",
+          "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"rejected\"} 1",
+          "inference_requests_total{model=\"slow\",version=\"1\",outcome=\"timeout\"} 1",
+          "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"backend\"} 0",
+          "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"cancelled\"} 0",
+          "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"timeout\"} 0",
+          "inference_requests_started_total{model=\"echo\",version=\"2\"} 4",
+          "inference_count_total{model=\"echo\",version=\"2\"} 2",
+          "inference_executions_total{model=\"echo\",version=\"2\"} 2",
           "inference_pending_requests{model=\"slow\",priority=\"High\"} 0",
           "# TYPE inference_queue_duration_seconds histogram",
           "# TYPE inference_compute_duration_seconds histogram",
           "# TYPE inference_request_duration_seconds histogram",
-          "inference_request_duration_seconds_count{model=\"slow\"} 1",
+          "inference_request_duration_seconds_count{model=\"slow\",version=\"1\"} 1",
           "# TYPE process_cpu_seconds_total counter",
           "# TYPE process_resident_memory_bytes gauge",
           "# TYPE process_start_time_seconds gauge",
@@ -919,8 +925,8 @@ describe("Triton's statistics extension", () => {
       assert.strictEqual(s.inference_stats.compute_infer.count, 2)
       assert.deepStrictEqual(s.batch_stats.map((b: any) => [b.batch_size, b.compute_infer.count]), [[1, 2]])
       const metrics = (yield* send("GET", "/metrics")).text
-      assert.match(metrics, /inference_count_total\{model="echo"\} 2\b/)
-      assert.match(metrics, /inference_executions_total\{model="echo"\} 2\b/)
+      assert.match(metrics, /inference_count_total\{model="echo",version="2"\} 2\b/)
+      assert.match(metrics, /inference_executions_total\{model="echo",version="2"\} 2\b/)
       const all = yield* send("GET", "/v2/models/stats")
       assert.strictEqual(all.status, 200)
       const names = (all.json.model_stats as Array<{ name: string; version: string }>).map((m) => `${m.name}/${m.version}`)
@@ -968,6 +974,6 @@ describe("Triton's statistics extension", () => {
       assert.strictEqual(s.inference_count, 2)
       assert.strictEqual(s.execution_count, 1)
       assert.deepStrictEqual(s.batch_stats.map((x: any) => [x.batch_size, x.compute_infer.count]), [[2, 1]])
-      assert.match((yield* send("GET", "/metrics")).text, /inference_count_total\{model="batched"\} 2\b/)
+      assert.match((yield* send("GET", "/metrics")).text, /inference_count_total\{model="batched",version="1"\} 2\b/)
     }).pipe(withFreshMetrics))
 })

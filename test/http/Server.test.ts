@@ -78,7 +78,7 @@ describe("a client that disconnects", () => {
       queued.request.destroy()
       yield* promise(() => Client.eventually(() => pending() === 1))
       assert.strictEqual((yield* engine.queueStats).total, 0)
-      assert.include(yield* metrics, "inference_requests_total{model=\"echo\",outcome=\"cancelled\"} 1")
+      assert.include(yield* metrics, "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"cancelled\"} 1")
       yield* pool.gate.open
       const reply = yield* promise(() => running.done)
       assert.isTrue(Client.isReply(reply) && reply.status === 200)
@@ -93,10 +93,10 @@ describe("a client that disconnects", () => {
       yield* promise(() => Client.eventually(() => pool.stats.started === 1 && pending() === 1))
       running.request.destroy()
       yield* promise(() => Client.eventually(() => pending() === 0))
-      assert.include(yield* metrics, "inference_requests_total{model=\"slow\",outcome=\"cancelled\"} 1")
+      assert.include(yield* metrics, "inference_requests_total{model=\"slow\",version=\"1\",outcome=\"cancelled\"} 1")
       yield* pool.gate.open
       yield* promise(() => Client.eventually(() => pool.stats.finished === 1))
-      assert.include(yield* metrics, "inference_requests_total{model=\"slow\",outcome=\"success\"} 0")
+      assert.include(yield* metrics, "inference_requests_total{model=\"slow\",version=\"1\",outcome=\"success\"} 0")
     }).pipe(withFreshMetrics))
 })
 
