@@ -131,7 +131,7 @@ const byNameThenVersion = (a: ModelRepository.Entry, b: ModelRepository.Entry) =
 
 /**
  * How full a batching model's native runs are: rows in the run over its `maxBatchSize` (1 = a full
- * batch), one observation per run, labelled `model`. On `/metrics` as `inference_batch_fill_ratio`.
+ * batch), one observation per run, labelled `model` and `version`. On `/metrics` as `inference_batch_fill_ratio`.
  * For a GPU model, whose run costs about 1 ms however small, runs well below 1 at high load mean the
  * batch policy sends too early.
  */
@@ -568,8 +568,9 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
           const run = model.host.run(inputs, runOptions.requestId, runOptions)
           const batching = model.metadata.batching
           if (batching === undefined || !batching.enabled) return run
-          let fill = fills.get(modelId)
-          if (fill === undefined) fills.set(modelId, fill = Metric.withAttributes(batchFill, { model: modelId }))
+          const key = `${modelId}@${model.metadata.version}`
+          let fill = fills.get(key)
+          if (fill === undefined) fills.set(key, fill = Metric.withAttributes(batchFill, { model: modelId, version: model.metadata.version }))
           return Effect.tap(run, () => Metric.update(fill, rowsOf(inputs, batching) / batching.maxBatchSize))
         })),
       runGroup: (modelId, inputs, runOptions) =>

@@ -21,14 +21,14 @@ describe("inference_batch_fill_ratio", () => {
       yield* pool.run("fill14a", rows(4), { requestId: "a" })
       yield* pool.run("fill14a", rows(16), { requestId: "b" })
       yield* pool.run("fill14b", rows(4), { requestId: "c" })
-      const a = yield* Metric.value(Metric.withAttributes(OnnxModelPool.batchFill, { model: "fill14a" }))
+      const a = yield* Metric.value(Metric.withAttributes(OnnxModelPool.batchFill, { model: "fill14a", version: "1" }))
       assert.strictEqual(a.count, 2)
       assert.strictEqual(a.sum, 4 / 16 + 1)
       assert.strictEqual(a.max, 1)
-      const b = yield* Metric.value(Metric.withAttributes(OnnxModelPool.batchFill, { model: "fill14b" }))
+      const b = yield* Metric.value(Metric.withAttributes(OnnxModelPool.batchFill, { model: "fill14b", version: "1" }))
       assert.strictEqual(b.count, 0)
       const text = yield* PrometheusMetrics.format()
-      assert.match(text, /inference_batch_fill_ratio_count\{model="fill14a"\} 2/)
+      assert.match(text, /inference_batch_fill_ratio_count\{model="fill14a",version="1"\} 2/)
     }))
 
   it("finds the rows on each model's batch axis", () => {
