@@ -119,7 +119,7 @@ const refuseMissingHost = (response: Http.ServerResponse): void =>
  * answers Node would write itself: 417 for an `Expect` other than `100-continue` (Node's is
  * empty) and 405 for `CONNECT` (Node would close the connection without a word).
  */
-const answerClientErrors = (server: Http.Server): void => {
+const answerClientErrors = (server: Http.Server, afterAnswers: Tracked["afterAnswers"]): void => {
   server.on("checkExpectation", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
     const expect = String(request.headers.expect).slice(0, 100)
     jsonAnswer(response, 417, `unsupported Expect header ${JSON.stringify(expect)}: only 100-continue is`)
@@ -128,18 +128,23 @@ const answerClientErrors = (server: Http.Server): void => {
     rawJsonAnswer(socket, 405, "Method Not Allowed", "CONNECT is not supported: this is not a proxy", "allow: GET, HEAD, POST\r\n")
   })
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Net.Socket) => {
-    // A response already under way on this connection cannot be followed by another one.
-    const started = (socket as Net.Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent === true
-    if (error.code === "ECONNRESET" || !socket.writable || started) {
+    if (error.code === "ECONNRESET" || !socket.writable) {
       socket.destroy()
       return
     }
-    const [status, reason, message] = error.code === "HPE_HEADER_OVERFLOW"
-      ? [431, "Request Header Fields Too Large", "request headers too large"]
-      : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
-      ? [408, "Request Timeout", "request not received in time"]
-      : [400, "Bad Request", "malformed HTTP request"]
-    rawJsonAnswer(socket, status, reason, message)
+    const answer = () => {
+      // A response under way on this connection cannot be followed by another one.
+      const started = (socket as Net.Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent === true
+      if (!socket.writable || started) return void socket.destroy()
+      const [status, reason, message] = error.code === "HPE_HEADER_OVERFLOW"
+        ? [431, "Request Header Fields Too Large", "request headers too large"]
+        : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
+        ? [408, "Request Timeout", "request not received in time"]
+        : [400, "Bad Request", "malformed HTTP request"]
+      rawJsonAnswer(socket, status, reason, message)
+    }
+    // The requests read before what Node refused are answered first (it reads no more of the connection).
+    if (!afterAnswers(socket, answer)) answer()
   })
 }
 
@@ -155,14 +160,29 @@ export const maxPipelinedRequests = 32
 /** The members of Node's HTTP server connection that pause and resume its reading (`_http_server.js`). */
 type PausableSocket = Net.Socket & { _paused?: boolean; parser?: { resume(): void } | null }
 
-/** A connection's state; `queued`: answers pipelined behind the one that has the connection (they have none yet). */
+/**
+ * A connection's state; `queued`: answers pipelined behind the one that has the connection (they
+ * have none yet); `last`: the last request read on it, while unanswered; `whenAnswered`: what runs
+ * once no request read on it is left to answer.
+ */
 interface Connection {
   active: number
   idleSinceMs: number
   readonly queued: Set<Http.ServerResponse>
+  last: Http.IncomingMessage | undefined
+  whenAnswered: (() => void) | undefined
 }
 
-const track = (server: Http.Server, nowMs: () => number): NodeServerHandle & { readonly onRequest: (...args: Array<any>) => void } => {
+interface Tracked extends NodeServerHandle {
+  readonly onRequest: (...args: Array<any>) => void
+  /**
+   * Runs `f` once every request read on `socket` is answered (or cut); false, running nothing, when
+   * none is pending, the client has ended its side, or the last request's body is incomplete.
+   */
+  readonly afterAnswers: (socket: Net.Socket, f: () => void) => boolean
+}
+
+const track = (server: Http.Server, nowMs: () => number): Tracked => {
   const connections = new Map<Net.Socket, Connection>()
   let lastActivityMs = 0
   let lastConnectionMs = 0
@@ -170,7 +190,7 @@ const track = (server: Http.Server, nowMs: () => number): NodeServerHandle & { r
   let answersCut = 0
   server.on("connection", (socket: Net.Socket) => {
     lastActivityMs = lastConnectionMs = nowMs()
-    const state: Connection = { active: 0, idleSinceMs: lastActivityMs, queued: new Set() }
+    const state: Connection = { active: 0, idleSinceMs: lastActivityMs, queued: new Set(), last: undefined, whenAnswered: undefined }
     connections.set(socket, state)
     socket.once("close", () => {
       connections.delete(socket)
@@ -203,8 +223,10 @@ const track = (server: Http.Server, nowMs: () => number): NodeServerHandle & { r
     // Node gives a response the connection at once unless answers are ahead of it (pipelining).
     const queued = response.socket === null
     if (queued) state.queued.add(response)
+    state.last = request
     response.once("close", () => {
       if (queued) state.queued.delete(response)
+      if (state.last === request) state.last = undefined
       if (!response.writableFinished) answersCut++
       if (state.active-- === maxPipelinedRequests && socket._paused === true) {
         // As Node's `socketOnDrain` resumes it; Node pauses it again at the next request if its answers still back up.
@@ -213,9 +235,22 @@ const track = (server: Http.Server, nowMs: () => number): NodeServerHandle & { r
         socket.resume()
       }
       state.idleSinceMs = lastActivityMs = nowMs()
+      if (state.active === 0 && state.whenAnswered !== undefined) {
+        const f = state.whenAnswered
+        state.whenAnswered = undefined
+        f()
+      }
     })
   }
-  return { onRequest, server, connections, nowMs, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
+  const afterAnswers = (socket: Net.Socket, f: () => void): boolean => {
+    const state = connections.get(socket)
+    // Nothing to wait for; or a client gone (it ended its side), or a request whose body will not
+    // come now, which would never be answered.
+    if (state === undefined || state.active === 0 || socket.readableEnded || state.last?.complete === false) return false
+    state.whenAnswered = f
+    return true
+  }
+  return { onRequest, afterAnswers, server, connections, nowMs, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
 }
 
 /** Serves the routes on `options.host:options.port`; also provides the Lifecycle and the Node server. */
@@ -226,7 +261,7 @@ export const layer = (
     // The Host check is ours (`missingHost`): Node's answers an empty body.
     const server = Http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000, requireHostHeader: false })
     const handle = track(server, () => clock.currentTimeMillisUnsafe())
-    answerClientErrors(server)
+    answerClientErrors(server, handle.afterAnswers)
     let nodeInfer: NodeInfer.Handler | undefined
     const routes = Routes.layer({
       ...options,

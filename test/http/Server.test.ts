@@ -141,6 +141,20 @@ describe("a client that pipelines", () => {
         yield* pool.gate.open
       }
     }))
+  it.live("a request followed in the same write by bytes that are not HTTP gets its own answer first, then the 400, then the connection closes (fast path and router)", () =>
+    Effect.gen(function*() {
+      for (const router of [false, true]) {
+        const { port, pool, promise } = yield* makeServer()
+        yield* pool.gate.close
+        const client = pipelined(port, "slow", 1, router)
+        client.socket.write("garbage\r\n\r\n")
+        yield* Effect.sleep("100 millis")
+        yield* pool.gate.open
+        yield* promise(() => client.closed)
+        // Before: the 400 was written at once and the connection destroyed, the accepted request's answer lost.
+        assert.deepStrictEqual(client.answers(), [{ status: "200", closes: false }, { status: "400", closes: true }], router ? "router" : "fast path")
+      }
+    }))
 })
 
 describe("graceful shutdown", () => {
