@@ -565,6 +565,16 @@ const waitingByVersion = (state: State): ReadonlyMap<string, ReadonlyMap<string,
   return byModel
 }
 
+/**
+ * An edge's `spentMs` as the deadline takes it: what is not a positive number (negative, NaN,
+ * absent) is 0, so that no deadline is ever NaN (a NaN wake-up time kept the timer fiber from
+ * ever sleeping or pumping: the process spun).
+ */
+const spentOf = (options: { readonly spentMs?: number | undefined } | undefined): number => {
+  const ms = options?.spentMs
+  return ms !== undefined && ms > 0 ? ms : 0
+}
+
 /** A batch's concurrency: a positive integer. */
 export const isConcurrency = (concurrency: number): boolean => Number.isInteger(concurrency) && concurrency >= 1
 
@@ -619,7 +629,7 @@ export const make = Effect.gen(function*() {
   yield* Effect.addFinalizer(() => Effect.sync(() => void (state.draining = true)))
   const { scheduler } = state
   return AsyncInferenceEngine.of({
-    infer: (request, options) => infer(state, request, Math.max(0, options?.spentMs ?? 0)),
+    infer: (request, options) => infer(state, request, spentOf(options)),
     inferResult: (request, cancel) => inferResult(state, request, cancel),
     inferBatch: (requests, options) => {
       const concurrency = options?.concurrency ?? config.maxConcurrentRequests
@@ -641,7 +651,7 @@ export const make = Effect.gen(function*() {
         return Effect.fail(InferenceError.make(reason))
       }),
     admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
-    inferUnsafe: (request, onExit, options) => inferUnsafe(state, request, onExit, Math.max(0, options?.spentMs ?? 0)),
+    inferUnsafe: (request, onExit, options) => inferUnsafe(state, request, onExit, spentOf(options)),
     recordRefused: (modelId, reason, version) => Effect.sync(() => refused(state, modelId, reason, version)),
     queueStats: Effect.sync(() => queueStats(state)),
     queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),

@@ -83,6 +83,29 @@ describe("AsyncInferenceEngine", () => {
         assert.deepStrictEqual(stats.order, ["busy", "fresh"])
       }))
 
+    it.effect("a spentMs that is not a positive number counts as none; one past the timeout fails at once (a NaN once made the timer spin for ever)", () =>
+      Effect.gen(function*() {
+        const { engine, stats } = yield* makeHarness({ script: () => ({ latency: "10 millis" }) })
+        const answers = new Map<string, string>()
+        const onExitOf = (id: string) => (exit: Exit.Exit<unknown, InferenceError.InferenceError>) =>
+          answers.set(id, Exit.isSuccess(exit) ? "ok" : exit.cause.reasons.find((r) => r._tag === "Fail")?.error.reason._tag ?? "?")
+        for (const [id, spentMs] of [["nan", NaN], ["negative", -5], ["infinite", Infinity]] as const) {
+          engine.inferUnsafe(request(`unsafe-${id}`, { timeout: "100 millis" }), onExitOf(`unsafe-${id}`), { spentMs })
+          const fiber = yield* fork(Effect.exit(engine.infer(request(`effect-${id}`, { timeout: "100 millis" }), { spentMs })))
+          yield* Effect.sync(() => fiber.addObserver((exit) => Exit.isSuccess(exit) && onExitOf(`effect-${id}`)(exit.value)))
+        }
+        yield* TestClock.adjust("50 millis")
+        assert.deepStrictEqual(Object.fromEntries([...answers].sort()), {
+          "effect-infinite": "DeadlineExceeded",
+          "effect-nan": "ok",
+          "effect-negative": "ok",
+          "unsafe-infinite": "DeadlineExceeded",
+          "unsafe-nan": "ok",
+          "unsafe-negative": "ok"
+        })
+        assert.strictEqual(stats.finished, 4)
+      }))
+
     it.effect("never runs more than maxConcurrentRequests at once", () =>
       Effect.gen(function*() {
         const { engine, stats } = yield* makeHarness({
