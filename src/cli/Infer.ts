@@ -163,11 +163,27 @@ export const splitLines = (maxLineBytes: number) => <E, R>(bytes: Stream.Stream<
     onHalt: (splitter) => splitter.end()
   })
 
+/** True for a regular file; false for a pipe (`<(…)`, `mkfifo`), a device or a socket, which read once, in order, and have no size. */
+export const isRegularFile = (path: string): boolean => {
+  try {
+    return Fs.statSync(path).isFile()
+  } catch {
+    return false
+  }
+}
+
+/** A Node readable's bytes, as read in order (a pipe or standard input: no positional reads). */
+const sequentialBytes = (open: () => AsyncIterable<Uint8Array>, name: string): Stream.Stream<Uint8Array, InputError> =>
+  Stream.suspend(() => Stream.fromAsyncIterable(open(), (e) => new InputError({ path: name, reason: e instanceof Error ? e.message : String(e) })))
+
 /** The non-blank lines of `path` (standard input for `-`), numbered from 1. */
 const lines = (fs: FileSystem.FileSystem, path: string, maxLineBytes: number) => {
   const bytes: Stream.Stream<Uint8Array, InputError | PlatformError.PlatformError> = path === stdio
-    ? Stream.fromAsyncIterable(process.stdin as AsyncIterable<Uint8Array>, (e) => new InputError({ path: "standard input", reason: e instanceof Error ? e.message : String(e) }))
-    : fs.stream(path)
+    ? sequentialBytes(() => process.stdin as AsyncIterable<Uint8Array>, "standard input")
+    : isRegularFile(path)
+    ? fs.stream(path)
+    // A pipe refuses the positional reads of `fs.stream` (ESPIPE).
+    : sequentialBytes(() => Fs.createReadStream(path) as AsyncIterable<Uint8Array>, path)
   return bytes.pipe(
     splitLines(maxLineBytes),
     Stream.filter((l) => l.text === undefined || !Records.isBlank(l.text))
@@ -330,7 +346,8 @@ export const run = (options: Options) =>
     const startedMs = Date.now()
     const snapshot = (): Progress.Snapshot => ({ done, total: total(), failed, skipped, elapsedMs: Date.now() - startedMs })
     const progress = yield* Progress.start({ ...options.progress, output: options.messages }, snapshot)
-    if (!fromStdin) {
+    // Not on a pipe: a second reader would take lines from the first.
+    if (!fromStdin && isRegularFile(options.input)) {
       yield* Effect.forkScoped(Effect.map(countLines(options.input), (n) => {
         lineCount = n
       }))

@@ -6,6 +6,7 @@
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Stream } from "effect"
+import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
@@ -70,6 +71,36 @@ describe("Infer", () => {
         const output = Fs.readFileSync(outputPath, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as { line: number })
         return { exit, messages: messages.join(""), lines: output.map((o) => o.line) }
       })
+
+    it.live("reads a named pipe (mkfifo, or a shell's <(…)): in order, once, without positional reads", () =>
+      Effect.gen(function*() {
+        const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "infer-fifo-"))
+        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
+        const fifo = Path.join(dir, "in.fifo")
+        ChildProcess.execFileSync("mkfifo", [fifo])
+        assert.isFalse(Infer.isRegularFile(fifo))
+        const outputPath = Path.join(dir, "out.ndjson")
+        // The writer blocks until the reader opens the pipe.
+        const writing = Fs.promises.writeFile(fifo, [record(1), record(2), record(3)].join("\n") + "\n")
+        const fake = yield* makeFake(() => ({ latency: "1 millis" }))
+        const exit = yield* Effect.exit(Infer.run({
+          model: "echo",
+          input: fifo,
+          output: outputPath,
+          priority: "Normal",
+          onMalformed: "fail",
+          maxLineBytes: 200,
+          progress: { mode: "none" },
+          messages: { write: () => {} }
+        }).pipe(Effect.provide(AsyncInferenceEngine.layer.pipe(
+          Layer.provideMerge(Layer.mergeAll(fake.layer, TelemetryCollector.layer, AsyncConfigService.layer, NodeServices.layer))
+        ))))
+        yield* Effect.promise(() => writing)
+        // Before: "FileSystem.readAlloc" failed (ESPIPE) and nothing was written.
+        assert.isTrue(Exit.isSuccess(exit), String(exit))
+        const lines = Fs.readFileSync(outputPath, "utf8").split("\n").filter((l) => l !== "").map((l) => (JSON.parse(l) as { line: number }).line)
+        assert.deepStrictEqual(lines, [1, 2, 3])
+      }))
 
     it.live("reports a line longer than maxLineBytes as malformed and goes on with the next record", () =>
       Effect.gen(function*() {
