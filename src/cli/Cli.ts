@@ -214,6 +214,8 @@ export const perf = Command.make("perf", {
   if (flags.grpc && flags.binary) return fail("perf: --grpc sends raw tensors already; --binary is for HTTP", 2)
   if (flags.binary && Option.isNone(flags.url)) return fail("perf: --binary needs --url (in process, tensors are not encoded)", 2)
   const target = Option.getOrUndefined(flags.url)
+  const badUrl = target === undefined || flags.grpc ? undefined : Perf.checkHttpUrl(target)
+  if (badUrl !== undefined) return fail(`perf: --url ${badUrl}`, 2)
   return Perf.run({
     model: flags.model,
     version: Option.getOrUndefined(flags.modelVersion),

@@ -70,6 +70,23 @@ export const parseLevels = (text: string): ReadonlyArray<number> | string => {
   return levels
 }
 
+/**
+ * `--url` for HTTP: `http://HOST[:PORT]` (a path after it is ignored); a message for anything else,
+ * such as `localhost:8000`, which the URL parser reads as the scheme `localhost:`.
+ */
+export const checkHttpUrl = (text: string): string | undefined => {
+  let url: URL
+  try {
+    url = new URL(text)
+  } catch {
+    return `invalid URL ${JSON.stringify(text)}: expected http://HOST:PORT, e.g. http://127.0.0.1:8000`
+  }
+  if (url.protocol !== "http:" || url.hostname === "") {
+    return `${JSON.stringify(text)} is not an http:// URL: expected http://HOST:PORT, e.g. http://127.0.0.1:8000 (with --grpc: HOST:PORT)`
+  }
+  return undefined
+}
+
 /** A small deterministic generator (mulberry32), so that a run's inputs are repeatable. */
 const random = (seed: number) => () => {
   seed = (seed + 0x6d2b79f5) | 0

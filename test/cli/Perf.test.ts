@@ -24,6 +24,11 @@ describe("Perf", () => {
     for (const bad of ["", "0", "1,x", "-1", "1.5", "5000"]) assert.isString(Perf.parseLevels(bad), bad)
   })
 
+  it("checkHttpUrl: http://HOST[:PORT]; a URL without its scheme, or another scheme, is refused with the form expected", () => {
+    for (const good of ["http://127.0.0.1:8000", "http://localhost:8000/", "http://[::1]:8000", "http://example.com"]) assert.isUndefined(Perf.checkHttpUrl(good), good)
+    for (const bad of ["localhost:18700", "127.0.0.1:8000", "ftp://x", "https://x", "http://", ""]) assert.include(Perf.checkHttpUrl(bad) ?? "", "expected http://HOST:PORT", bad)
+  })
+
   it("makeInputs: dynamic dims 1, the first declared signature's dims and values; the model accepts them", () => {
     const made = Perf.makeInputs(vad, 3)
     assert.strictEqual(made.length, 3)
