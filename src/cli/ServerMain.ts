@@ -115,14 +115,20 @@ const appLayer = (config: ServerConfig.ServerConfig) => {
 
 /**
  * Logs what loaded: a warning for an empty repository and for each model version that failed to
- * load; with --exit-on-error, fails (exit 1) when any did. A version explicit model control left
- * unloaded because nobody asked for it is no failure.
+ * load; with --exit-on-error, fails (exit 1) when any did, or when a `--load-model` names no model
+ * of the repository (the pool warned of it). A version explicit model control left unloaded
+ * because nobody asked for it is no failure.
  */
 const reportModels = (config: ServerConfig.ServerConfig) =>
   Effect.gen(function*() {
     const models = yield* (yield* ModelPool).models
     const loaded = models.filter((m) => m.state === "READY" || m.reason !== unloadedReason)
     const unavailable = loaded.filter((m) => m.state !== "READY")
+    const missing = config.modelControlMode === "explicit" ? config.loadModels.filter((name) => !models.some((m) => m.name === name)) : []
+    if (config.exitOnError && missing.length > 0) {
+      yield* Effect.logError(`--load-model ${missing.join(", ")}: not in the model repository ${config.models}; exiting (--exit-on-error)`)
+      return yield* Effect.fail(new Cli.ExitCode({ code: 1 }))
+    }
     if (models.length === 0) {
       yield* Effect.logWarning(
         `the model repository ${config.models} holds no model${config.strictReadiness ? ": the server will not turn ready (--strict-readiness)" : ""}`

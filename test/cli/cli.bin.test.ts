@@ -319,6 +319,11 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.strictEqual(failing.code, 1, failing.stderr)
     assert.match(failing.stdout + failing.stderr, /model broken@1 is UNAVAILABLE/)
     assert.match(failing.stdout + failing.stderr, /1 of 2 model versions failed to load; exiting \(--exit-on-error\)/)
+
+    // A name the repository does not have is no model loaded either (before: a warning, and it served).
+    const misspelt = await run([...args, "--load-model", "mlp", "--load-model", "nosuch"])
+    assert.strictEqual(misspelt.code, 1, misspelt.stdout + misspelt.stderr)
+    assert.match(misspelt.stdout + misspelt.stderr, /--load-model nosuch: not in the model repository .*; exiting \(--exit-on-error\)/)
   }, 60_000)
 
   it("serve runs the OIP server until SIGTERM (and perf --url measures it, over HTTP and gRPC)", async () => {
