@@ -114,6 +114,8 @@ export const sameSignature = (a: Signature, b: Signature): boolean =>
  */
 export const validateInputs = (metadata: ModelMetadata, inputs: Tensor.TensorMap): InferenceError.InvalidInput | undefined => {
   const modelId = metadata.name
+  // The types rule these out; a caller in plain JavaScript, or with decoded JSON, may not.
+  if (typeof inputs !== "object" || inputs === null) return invalid(modelId, undefined, `inputs must be an object of named tensors, not ${inputs === null ? "null" : typeof inputs}`)
   for (const name of Object.keys(inputs)) {
     if (!metadata.inputs.some((spec) => spec.name === name)) {
       return invalid(modelId, name, `unknown input; the model takes ${metadata.inputs.map((s) => s.name).join(", ")}`)
@@ -123,6 +125,9 @@ export const validateInputs = (metadata: ModelMetadata, inputs: Tensor.TensorMap
     // Own properties only: an input named like an Object.prototype member ("constructor") is missing, not a function.
     const tensor = Object.hasOwn(inputs, spec.name) ? inputs[spec.name] : undefined
     if (tensor === undefined) return invalid(modelId, spec.name, "missing input")
+    if (typeof tensor !== "object" || tensor === null || !Array.isArray(tensor.dims)) {
+      return invalid(modelId, spec.name, "not a tensor: expected an object with dtype, dims (an array) and data (Tensor.make)")
+    }
     if (tensor.dtype !== spec.dtype) return invalid(modelId, spec.name, `dtype ${tensor.dtype} given, the model takes ${spec.dtype}`)
     const bad = checkDims(modelId, spec.name, tensor.dims)
     if (bad !== undefined) return bad

@@ -83,6 +83,21 @@ describe("AsyncInferenceEngine", () => {
         assert.deepStrictEqual(stats.order, ["busy", "fresh"])
       }))
 
+    it.effect("inputs that are not tensors (plain JavaScript, decoded JSON) are a typed InvalidInput, not a defect, on both admission paths", () =>
+      Effect.gen(function*() {
+        for (const metadataDelay of [undefined, "1 millis"] as const) {
+          const { engine, stats } = yield* makeHarness({ metadataDelay })
+          for (const inputs of [null, undefined, { x: null }, { x: { dtype: "float32", data: new Float32Array(4) } }]) {
+            const bad = InferenceRequest.make("echo", inputs as unknown as Tensor.TensorMap)
+            const fiber = yield* fork(Effect.exit(engine.infer(bad)))
+            yield* TestClock.adjust("1 millis")
+            const exit = yield* Fiber.join(fiber)
+            assert.strictEqual(reasonOf(exit), "InvalidInput", `${JSON.stringify(inputs)} (${metadataDelay ?? "sync"} lookup)`)
+          }
+          assert.strictEqual(stats.started, 0)
+        }
+      }))
+
     it.effect("a spentMs that is not a positive number counts as none; one past the timeout fails at once (a NaN once made the timer spin for ever)", () =>
       Effect.gen(function*() {
         const { engine, stats } = yield* makeHarness({ script: () => ({ latency: "10 millis" }) })

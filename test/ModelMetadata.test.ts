@@ -31,7 +31,15 @@ describe("ModelMetadata.validateInputs", () => {
     ["a huge shape", { ...valid, x: Tensor.float32([], [1e9, 1e9]) }, "x", /exceed the limit/],
     ["a zero-size dim (an empty tensor)", { ...valid, x: Tensor.float32([], [0, 3]) }, "x", /hold no elements: empty tensors are not run/],
     ["a huge dim beside a zero", { ...valid, x: Tensor.float32([], [0, 4503599627370496]) }, "x", /exceed the limit/],
-    ["data of the wrong array type", { ...valid, x: { dtype: "float32", dims: [1, 3], data: new Float64Array(3) } as unknown as Tensor.Tensor }, "x", /array type/]
+    ["data of the wrong array type", { ...valid, x: { dtype: "float32", dims: [1, 3], data: new Float64Array(3) } as unknown as Tensor.Tensor }, "x", /array type/],
+    // What the types rule out, and a caller in plain JavaScript (or with decoded JSON) may still send:
+    // a typed refusal, not a TypeError out of the engine.
+    ["inputs that are null", null as unknown as Tensor.TensorMap, undefined, /inputs must be an object of named tensors, not null/],
+    ["inputs that are undefined", undefined as unknown as Tensor.TensorMap, undefined, /inputs must be an object of named tensors, not undefined/],
+    ["a tensor that is null", { ...valid, x: null as unknown as Tensor.Tensor }, "x", /not a tensor/],
+    ["a tensor that is a number", { ...valid, x: 3 as unknown as Tensor.Tensor }, "x", /not a tensor/],
+    ["a tensor without dims", { ...valid, x: { dtype: "float32", data: new Float32Array(3) } as unknown as Tensor.Tensor }, "x", /not a tensor/],
+    ["a tensor without data", { ...valid, x: { dtype: "float32", dims: [1, 3] } as unknown as Tensor.Tensor }, "x", /array type/]
   ]
   it("refuses a missing input named like an Object.prototype member as missing, not as a wrong dtype", () => {
     const odd: ModelMetadata.ModelMetadata = { ...metadata, inputs: [...metadata.inputs, { name: "constructor", dtype: "float32", dims: [1] }] }
