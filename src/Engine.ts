@@ -311,6 +311,12 @@ const submit = (
 }
 
 /** Why the request cannot be queued (an unknown priority, invalid inputs for its model), or undefined. */
+/** A negative timeout is a caller's mistake, not a deadline that passed (which looks retryable). */
+const negativeTimeout = (request: InferenceRequest): InferenceError.InvalidInput | undefined =>
+  Duration.toMillis(request.timeout) >= 0
+    ? undefined
+    : new InferenceError.InvalidInput({ modelId: request.modelId, detail: `timeout ${Duration.format(request.timeout)}: it must not be negative` })
+
 const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata): InferenceError.Reason | undefined => {
   if (!Priority.is(request.priority)) {
     const given: unknown = request.priority
@@ -319,6 +325,8 @@ const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadat
       detail: `unknown priority ${typeof given === "string" ? JSON.stringify(given) : String(given)}: one of ${Priority.levels.join(", ")}`
     })
   }
+  const timeout = negativeTimeout(request)
+  if (timeout !== undefined) return timeout
   const invalid = ModelMetadata.validateInputs(metadata, request.inputs)
   if (invalid !== undefined) return invalid
   const batching = metadata.batching
@@ -430,6 +438,8 @@ const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effe
       return InferenceError.make(reason)
     }
     if (state.draining) return Effect.fail(refuse(new InferenceError.ShuttingDown({})))
+    const timeout = negativeTimeout(request)
+    if (timeout !== undefined) return Effect.fail(refuse(timeout, 0, versionNow(state, request.modelId, request.modelVersion)))
     // The deadline covers the lookup too: a pool slow to answer fails the request at its deadline, not after.
     const timeoutMs = Duration.toMillis(request.timeout)
     const pastDeadline = Effect.suspend(() => {

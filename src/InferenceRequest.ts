@@ -33,6 +33,7 @@ export const defaultTimeout: Duration.Duration = Duration.seconds(30)
 export interface Options {
   readonly requestId?: string | undefined
   readonly modelVersion?: string | undefined
+  /** The deadline, over queue wait and run (default 30 s); a negative one is refused with InvalidInput. */
   readonly timeout?: Duration.Input | undefined
   readonly priority?: Priority.Priority | undefined
   readonly metadata?: Readonly<Record<string, string>> | undefined

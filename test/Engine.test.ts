@@ -94,6 +94,9 @@ describe("AsyncInferenceEngine", () => {
             const exit = yield* Fiber.join(fiber)
             assert.strictEqual(reasonOf(exit), "InvalidInput", `${JSON.stringify(inputs)} (${metadataDelay ?? "sync"} lookup)`)
           }
+          // A negative timeout is the caller's mistake too, not a deadline that passed.
+          const negative = yield* Effect.exit(engine.infer(request("negative", { timeout: -5 })))
+          assert.strictEqual(reasonOf(negative), "InvalidInput")
           assert.strictEqual(stats.started, 0)
         }
       }))
