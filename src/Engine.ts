@@ -311,9 +311,9 @@ const submit = (
 }
 
 /** Why the request cannot be queued (an unknown priority, invalid inputs for its model), or undefined. */
-/** A negative timeout is a caller's mistake, not a deadline that passed (which looks retryable). */
+/** A negative timeout is a caller's mistake, not a deadline that passed (which looks retryable). `isNegative` allocates nothing. */
 const negativeTimeout = (request: InferenceRequest): InferenceError.InvalidInput | undefined =>
-  Duration.toMillis(request.timeout) >= 0
+  !Duration.isNegative(request.timeout)
     ? undefined
     : new InferenceError.InvalidInput({ modelId: request.modelId, detail: `timeout ${Duration.format(request.timeout)}: it must not be negative` })
 
