@@ -8,6 +8,7 @@
  */
 import { Duration, Effect, Schema } from "effect"
 import * as Priority from "./Priority.ts"
+import { millisOf } from "./internal/Millis.ts"
 
 /** A batch axis, or null for an input that is not batched (it must be equal across the batch and is passed once). */
 export type Axis = number | null
@@ -188,7 +189,7 @@ export const decide = (config: BatchingConfig, pending: Pending): Decision => {
   if (pending.rows >= config.maxBatchSize) return { _tag: "Send", why: "full" }
   const learned = config.sizing === "learned"
   if (!learned && config.preferredBatchSizes.includes(pending.rows)) return { _tag: "Send", why: "preferred" }
-  const delayMs = Duration.toMillis(config.maxQueueDelay)
+  const delayMs = millisOf(config.maxQueueDelay)
   if (delayMs <= 0) return { _tag: "Send", why: "noDelay" }
   if (pending.highestPriority === Priority.Critical) return { _tag: "Send", why: "critical" }
   const delayLeftMs = delayMs - pending.oldestWaitMs

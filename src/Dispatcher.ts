@@ -33,6 +33,7 @@ import type * as ModelMetadata from "./ModelMetadata.ts"
 import { ModelPool, type RunOutput } from "./ModelPool.ts"
 import * as Scheduler from "./Scheduler.ts"
 import { TelemetryCollector } from "./Telemetry.ts"
+import { millisOf } from "./internal/Millis.ts"
 
 /** What the dispatcher keeps of a caller: its request and how to answer it. */
 export interface Caller {
@@ -146,7 +147,7 @@ const expiredExit = (request: Request, why: Scheduler.Expiry, now: number): Exit
     return Exit.fail(new InferenceError.QueueTimeout({ modelId, requestId, queueTimeoutMs: spanMs(request.admittedAtMs, request.queueDeadlineAtMs), waitedMs: now - request.admittedAtMs }))
   }
   // From submission, as the deadline counts: admission may have come after a metadata lookup.
-  const timeoutMs = Duration.toMillis(timeout)
+  const timeoutMs = millisOf(timeout)
   return Exit.fail(new InferenceError.DeadlineExceeded({ modelId, requestId, timeoutMs, elapsedMs: timeoutMs + spanMs(request.deadlineAtMs, now) }))
 }
 

@@ -35,6 +35,7 @@ import type * as PriorityQueue from "./PriorityQueue.ts"
 import type * as Scheduler from "./Scheduler.ts"
 import * as Telemetry from "./Telemetry.ts"
 import { type RequestInfo, TelemetryCollector, unknownModel } from "./Telemetry.ts"
+import { millisOf } from "./internal/Millis.ts"
 
 export interface Service {
   /**
@@ -294,7 +295,7 @@ const submit = (
     priority: request.priority,
     rows: joinable?.rows ?? 1,
     batchKey: joinable === undefined ? undefined : joinable.key,
-    deadlineAtMs: startedMs - spentMs + Duration.toMillis(request.timeout),
+    deadlineAtMs: startedMs - spentMs + millisOf(request.timeout),
     queueDeadlineAtMs: state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
   }, queuedMs)
   if (admitted === undefined) {
@@ -441,7 +442,7 @@ const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effe
     const timeout = negativeTimeout(request)
     if (timeout !== undefined) return Effect.fail(refuse(timeout, 0, versionNow(state, request.modelId, request.modelVersion)))
     // The deadline covers the lookup too: a pool slow to answer fails the request at its deadline, not after.
-    const timeoutMs = Duration.toMillis(request.timeout)
+    const timeoutMs = millisOf(request.timeout)
     const pastDeadline = Effect.suspend(() => {
       const elapsedMs = state.nowMs() - startedMs + spentMs
       const reason = new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs, elapsedMs })

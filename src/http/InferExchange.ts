@@ -14,6 +14,7 @@ import type * as ModelMetadata from "../ModelMetadata.ts"
 import type * as Priority from "../Priority.ts"
 import type * as Tensor from "../Tensor.ts"
 import * as Oip from "./Oip.ts"
+import { millisOf } from "../internal/Millis.ts"
 
 /** A body ready for the engine, with what its answer needs. */
 export interface Decoded {
@@ -87,7 +88,7 @@ export const decodeBody = (
     outputs: prepared.outputs,
     binaryOutputs: [...prepared.binaryOutputs],
     priority: prepared.priority,
-    timeoutMs: prepared.timeout === undefined ? undefined : Duration.toMillis(prepared.timeout),
+    timeoutMs: prepared.timeout === undefined ? undefined : millisOf(prepared.timeout),
     id: body.id
   }
 }
