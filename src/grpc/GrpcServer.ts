@@ -150,6 +150,66 @@ const internalOnDefect = <A, R>(effect: Effect.Effect<A, GrpcFailure, R>): Effec
  */
 const finalResponse = { triton_final_response: { bool_param: true } }
 
+/**
+ * A call's requests, read one at a time as the consumer pulls (backpressure: what is not pulled
+ * is not read). Returning stops reading and leaves the call alone. Node's own iterator does not:
+ * once the call has seen an "error" event (the status a stopped stream ends with), its return
+ * destroys the call, and answers still being written, and that status, were lost (the client got
+ * CANCELLED at the shutdown timeout).
+ */
+export const requestsOf = <A>(call: NodeJS.EventEmitter & { read(): unknown }): AsyncIterable<A> => ({
+  [Symbol.asyncIterator]: () => {
+    let ended = false
+    let failure: { readonly error: unknown } | undefined
+    let wake: (() => void) | undefined
+    const onReadable = () => wake?.()
+    const onEnd = () => {
+      ended = true
+      wake?.()
+    }
+    const onError = (error: unknown) => {
+      failure = { error }
+      wake?.()
+    }
+    call.on("readable", onReadable)
+    call.on("end", onEnd)
+    call.on("error", onError)
+    const cleanup = () => {
+      wake = undefined
+      call.off("readable", onReadable)
+      call.off("end", onEnd)
+      call.off("error", onError)
+    }
+    const next = (): Promise<IteratorResult<A>> =>
+      new Promise((resolve, reject) => {
+        const attempt = () => {
+          const request = call.read()
+          if (request !== null) return resolve({ value: request as A, done: false })
+          if (failure !== undefined) {
+            cleanup()
+            return reject(failure.error)
+          }
+          if (ended) {
+            cleanup()
+            return resolve({ value: undefined, done: true })
+          }
+          wake = () => {
+            wake = undefined
+            attempt()
+          }
+        }
+        attempt()
+      })
+    return {
+      next,
+      return: () => {
+        cleanup()
+        return Promise.resolve({ value: undefined, done: true })
+      }
+    }
+  }
+})
+
 /** Builds the server and binds it; the current scope owns it. */
 export const make = (options: Options): Effect.Effect<GrpcServer["Service"], GrpcServeError, Requirements | Scope.Scope> =>
   Effect.gen(function*() {
@@ -196,11 +256,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
         })))
       const deadlineMs = deadlineOf(call)
       const concurrency = handlers.engine.config.maxConcurrentRequests + handlers.engine.config.maxQueuedRequests
-      // Iterating a Node stream destroys it at the end by default: here that would cut the
-      // writing side at the half-close, before the answers still outstanding are sent.
-      const requests = (call as unknown as { iterator: (o: { destroyOnReturn: boolean }) => AsyncIterable<GrpcCodec.ModelInferRequest> })
-        .iterator({ destroyOnReturn: false })
-      const effect = Stream.fromAsyncIterable(requests, (e) => e).pipe(
+      const effect = Stream.fromAsyncIterable(requestsOf<GrpcCodec.ModelInferRequest>(call), (e) => e).pipe(
         Stream.tap(() => Effect.sync(() => void state.outstanding++)),
         Stream.mapEffect((message) =>
           internalOnDefect(handlers.infer(message, deadlineMs)).pipe(

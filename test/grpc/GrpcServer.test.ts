@@ -5,10 +5,12 @@
  */
 import * as Grpc from "@grpc/grpc-js"
 import * as Http2 from "node:http2"
+import * as Stream from "node:stream"
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, Latch, Layer, Scope } from "effect"
 import { DispatchGate } from "../../src/Engine.ts"
 import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
+import * as GrpcServer from "../../src/grpc/GrpcServer.ts"
 import { hostPort, maxConcurrentStreams } from "../../src/grpc/GrpcServer.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
@@ -769,6 +771,86 @@ describe("shutdown with open streams", () => {
       assert.strictEqual(status.code, Grpc.status.UNAVAILABLE)
       assert.strictEqual(status.details, "the server is shutting down")
     }))
+
+  it.live("a stream still receiving requests when the server closes ends with UNAVAILABLE too, at once, not cut at the shutdown timeout", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const { client, lifecycle } = yield* makeHarness().pipe(Scope.provide(scope))
+      const stream = client.ModelStreamInfer()
+      let received = 0
+      stream.on("data", () => received++)
+      const ended = new Promise<{ code?: number; details?: string }>((resolve) => {
+        stream.on("error", (e: Grpc.ServiceError) => resolve({ code: e.code, details: e.details }))
+        stream.on("end", () => resolve({}))
+      })
+      // Far more than the server reads at once, and the stream is never half-closed.
+      for (let i = 0; i < 3000; i++) stream.write(echoRaw([1, 2, 3, 4], { id: `r${i}` }))
+      yield* waitFor(() => received >= 50)
+      yield* lifecycle.beginShutdown
+      const [elapsed] = yield* Effect.timed(Scope.close(scope, Exit.void))
+      const status = yield* Effect.promise(() => ended)
+      assert.strictEqual(status.code, Grpc.status.UNAVAILABLE, status.details)
+      assert.strictEqual(status.details, "the server is shutting down")
+      assert.isBelow(Duration.toMillis(elapsed), 800)
+    }))
+})
+
+describe("requestsOf", () => {
+  /**
+   * A call as grpc-js makes it: an object-mode Duplex whose writes complete 50 ms later, as a
+   * socket's do, and whose status goes out in `final`, once every write is done.
+   */
+  const slowCall = () => {
+    const sent = { status: false }
+    const call = new Stream.Duplex({
+      objectMode: true,
+      read() {},
+      write(_chunk, _encoding, callback) {
+        setTimeout(callback, 50)
+      },
+      final(callback) {
+        sent.status = true
+        callback()
+      }
+    })
+    // As grpc-js: an error event is the status to send; it ends the writing side.
+    call.on("error", () => call.end())
+    return { call, sent }
+  }
+
+  it("returning stops reading and leaves the call alone, though it saw an error event with an answer still being written (Node's iterator destroys it)", async () => {
+    const stop = async (iterable: AsyncIterable<unknown>, { call, sent }: ReturnType<typeof slowCall>) => {
+      const iterator = iterable[Symbol.asyncIterator]()
+      const pending = iterator.next().catch(() => "rejected")
+      call.write({ answer: 1 })
+      // What a stopped stream ends with: its status, as an error event.
+      call.emit("error", { code: 14, details: "the server is shutting down" })
+      await iterator.return?.()
+      await Promise.race([pending, new Promise((resolve) => setTimeout(resolve, 20))])
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      return { destroyed: call.destroyed, statusSent: sent.status }
+    }
+    const node = slowCall()
+    const nodeIterator = (node.call as unknown as { iterator: (o: { destroyOnReturn: boolean }) => AsyncIterable<unknown> }).iterator({ destroyOnReturn: false })
+    assert.deepStrictEqual(await stop(nodeIterator, node), { destroyed: true, statusSent: false }, "Node's iterator, the reason for requestsOf")
+    const ours = slowCall()
+    assert.deepStrictEqual(await stop(GrpcServer.requestsOf(ours.call), ours), { destroyed: false, statusSent: true })
+  })
+
+  it("yields what the call reads, in order, ends at its end, and fails with its error", async () => {
+    const { call } = slowCall()
+    call.push({ id: 1 })
+    call.push({ id: 2 })
+    setTimeout(() => call.push(null), 10)
+    const got: Array<unknown> = []
+    for await (const request of GrpcServer.requestsOf(call)) got.push(request)
+    assert.deepStrictEqual(got, [{ id: 1 }, { id: 2 }])
+    const { call: failing } = slowCall()
+    setTimeout(() => failing.emit("error", new Error("cancelled by the client")), 10)
+    const iterator = GrpcServer.requestsOf(failing)[Symbol.asyncIterator]()
+    const outcome = await iterator.next().then(() => "resolved", (e: Error) => e.message)
+    assert.strictEqual(outcome, "cancelled by the client")
+  })
 })
 
 describe("a load while a gRPC request waits in the queue", () => {
