@@ -47,13 +47,24 @@ describe("Infer", () => {
   describe("run", () => {
     const record = (value: number) => JSON.stringify({ x: { datatype: "FP32", shape: [1, 4], data: [value, value, value, value] } })
 
-    const runBatch = (input: string, onMalformed: "skip" | "fail") =>
+    /**
+     * Runs `infer` over the fake echo model; `input` writes the input (a file, by default) under
+     * the run's temporary directory and returns its path.
+     */
+    const runBatch = (
+      input: string,
+      onMalformed: "skip" | "fail",
+      writeInput = (dir: string, text: string): string => {
+        const path = Path.join(dir, "in.ndjson")
+        Fs.writeFileSync(path, text)
+        return path
+      }
+    ) =>
       Effect.gen(function*() {
         const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "infer-test-"))
         yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
-        const inputPath = Path.join(dir, "in.ndjson")
+        const inputPath = writeInput(dir, input)
         const outputPath = Path.join(dir, "out.ndjson")
-        Fs.writeFileSync(inputPath, input)
         const messages: Array<string> = []
         const fake = yield* makeFake(() => ({ latency: "1 millis" }))
         const exit = yield* Effect.exit(Infer.run({
@@ -74,31 +85,18 @@ describe("Infer", () => {
 
     it.live("reads a named pipe (mkfifo, or a shell's <(…)): in order, once, without positional reads", () =>
       Effect.gen(function*() {
-        const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "infer-fifo-"))
-        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
-        const fifo = Path.join(dir, "in.fifo")
-        ChildProcess.execFileSync("mkfifo", [fifo])
-        assert.isFalse(Infer.isRegularFile(fifo))
-        const outputPath = Path.join(dir, "out.ndjson")
-        // The writer blocks until the reader opens the pipe.
-        const writing = Fs.promises.writeFile(fifo, [record(1), record(2), record(3)].join("\n") + "\n")
-        const fake = yield* makeFake(() => ({ latency: "1 millis" }))
-        const exit = yield* Effect.exit(Infer.run({
-          model: "echo",
-          input: fifo,
-          output: outputPath,
-          priority: "Normal",
-          onMalformed: "fail",
-          maxLineBytes: 200,
-          progress: { mode: "none" },
-          messages: { write: () => {} }
-        }).pipe(Effect.provide(AsyncInferenceEngine.layer.pipe(
-          Layer.provideMerge(Layer.mergeAll(fake.layer, TelemetryCollector.layer, AsyncConfigService.layer, NodeServices.layer))
-        ))))
+        let writing: Promise<void> = Promise.resolve()
+        const { exit, lines } = yield* runBatch([record(1), record(2), record(3)].join("\n") + "\n", "fail", (dir, text) => {
+          const fifo = Path.join(dir, "in.fifo")
+          ChildProcess.execFileSync("mkfifo", [fifo])
+          assert.isFalse(Infer.isRegularFile(fifo))
+          // The writer blocks until the reader opens the pipe.
+          writing = Fs.promises.writeFile(fifo, text)
+          return fifo
+        })
         yield* Effect.promise(() => writing)
         // Before: "FileSystem.readAlloc" failed (ESPIPE) and nothing was written.
         assert.isTrue(Exit.isSuccess(exit), String(exit))
-        const lines = Fs.readFileSync(outputPath, "utf8").split("\n").filter((l) => l !== "").map((l) => (JSON.parse(l) as { line: number }).line)
         assert.deepStrictEqual(lines, [1, 2, 3])
       }))
 
