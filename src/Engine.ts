@@ -311,13 +311,13 @@ const submit = (
   }
 }
 
-/** Why the request cannot be queued (an unknown priority, invalid inputs for its model), or undefined. */
 /** A negative timeout is a caller's mistake, not a deadline that passed (which looks retryable). `isNegative` allocates nothing. */
 const negativeTimeout = (request: InferenceRequest): InferenceError.InvalidInput | undefined =>
   !Duration.isNegative(request.timeout)
     ? undefined
     : new InferenceError.InvalidInput({ modelId: request.modelId, detail: `timeout ${Duration.format(request.timeout)}: it must not be negative` })
 
+/** Why the request cannot be queued (an unknown priority, a negative timeout, invalid inputs for its model), or undefined. */
 const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata): InferenceError.Reason | undefined => {
   if (!Priority.is(request.priority)) {
     const given: unknown = request.priority
