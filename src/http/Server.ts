@@ -180,6 +180,11 @@ interface Tracked extends NodeServerHandle {
    * none is pending, the client has ended its side, or the last request's body is incomplete.
    */
   readonly afterAnswers: (socket: Net.Socket, f: () => void) => boolean
+  /**
+   * Whether a request was read after `request` on its connection and is not answered yet: its
+   * answer comes after this one (HTTP/1.1 answers in order), so this one must keep the connection.
+   */
+  readonly pipelinedBehind: (request: Http.IncomingMessage) => boolean
 }
 
 const track = (server: Http.Server, nowMs: () => number): Tracked => {
@@ -250,7 +255,11 @@ const track = (server: Http.Server, nowMs: () => number): Tracked => {
     state.whenAnswered = f
     return true
   }
-  return { onRequest, afterAnswers, server, connections, nowMs, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
+  const pipelinedBehind = (request: Http.IncomingMessage): boolean => {
+    const last = connections.get(request.socket)?.last
+    return last !== undefined && last !== request
+  }
+  return { onRequest, afterAnswers, pipelinedBehind, server, connections, nowMs, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
 }
 
 /** Serves the routes on `options.host:options.port`; also provides the Lifecycle and the Node server. */
@@ -266,7 +275,7 @@ export const layer = (
     const routes = Routes.layer({
       ...options,
       serveInferFromNode: (handler) => void (nodeInfer = handler),
-      pipelinedBehind: (source) => (handle.connections.get((source as Http.IncomingMessage).socket)?.active ?? 0) > 1
+      pipelinedBehind: (source) => handle.pipelinedBehind(source as Http.IncomingMessage)
     })
     const served = HttpRouter.serve(routes, {
       disableLogger: true,
