@@ -5,8 +5,9 @@
  * while a thread is inside `session.run` aborts the process (exit 134), and so does the
  * process's exit with the run still going, so no safer stop exists for a thread. So deadlines
  * are never enforced here (`RunOptions.timeout` is ignored), and `terminate()` is used only
- * after `closeTimeout`, on a worker that holds no job: one still running a job is left to finish
- * it (`killMidRunAbortsProcess`, `InstancePool`'s `workersLeftRunning`).
+ * after `closeTimeout`, on a loaded worker that holds no job: one still running a job, or still
+ * loading its session, is left to finish (`killMidRunAbortsProcess`, `InstancePool`'s
+ * `workersLeftRunning`).
  * Output arrays are transferred from the worker, not copied. Sessions on a device that must not
  * run two sessions at once in a process (WebGPU) take turns through this process's `DeviceLock`,
  * which the host frees when a worker exits holding it.

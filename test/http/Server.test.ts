@@ -176,6 +176,25 @@ describe("graceful shutdown", () => {
       }
     }).pipe(withFreshMetrics))
 
+  it.live("a request pipelined after the signal behind one still running: its answer, ready first, waits its turn, and only the last answer closes the connection", () =>
+    Effect.gen(function*() {
+      const { port, pool, promise, pending, shutdown } = yield* makeServer()
+      yield* pool.gate.close
+      const client = pipelined(port, "slow", 1, false)
+      yield* promise(() => Client.eventually(() => pending() === 1))
+      const stopping = yield* Effect.forkChild(shutdown("5 seconds"), { startImmediately: true })
+      // Answered at once (a health check), but written after the slow answer, in HTTP/1.1's order.
+      client.socket.write("GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+      yield* Effect.sleep("100 millis")
+      yield* pool.gate.open
+      const closedInTime = yield* promise(() => Promise.race([client.closed.then(() => true), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 2000))]))
+      // Before: the later answer, written first while the slow one was open, kept the connection,
+      // and so did the slow one (two unanswered): neither closed it.
+      assert.deepStrictEqual(client.answers(), [{ status: "200", closes: false }, { status: "200", closes: true }])
+      assert.isTrue(closedInTime, "the last answer closed the connection")
+      assert.isTrue((yield* Fiber.join(stopping)).drained)
+    }).pipe(withFreshMetrics))
+
   it.live("ready turns 503 at once, new inferences 503 with Connection: close, in-flight work finishes, then the listener stops", () =>
     Effect.gen(function*() {
       const { port, pool, promise, shutdown, pending } = yield* makeServer({ maxConcurrentRequests: 1 })
