@@ -253,6 +253,9 @@ export const toOip = (request: ModelInferRequest): { readonly body: unknown; rea
       if (input.contents != null) return `input ${JSON.stringify(input.name)}: contents must not be given when raw_input_contents is used`
       const bytes = raw[i]!.length
       const size = parameters["binary_data_size"]
+      if (size !== undefined && typeof size !== "number") {
+        return `input ${JSON.stringify(input.name)}: parameters.binary_data_size must be an integer (int64_param), not ${typeof size === "string" ? "the string " : ""}${TensorCodec.describe(size)}`
+      }
       if (size !== undefined && size !== bytes) {
         return `input ${JSON.stringify(input.name)}: parameters.binary_data_size is ${TensorCodec.describe(size)}, but its raw_input_contents entry holds ${bytes} bytes`
       }

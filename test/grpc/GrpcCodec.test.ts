@@ -85,6 +85,11 @@ describe("GrpcCodec.toOip", () => {
       "input \"x\": parameters.binary_data_size is 5, but its raw_input_contents entry holds 16 bytes"
     ],
     [
+      "a binary_data_size of the raw contents' length sent as a string (it read: is \"16\", but … holds 16 bytes)",
+      request({ inputs: [input({ parameters: { binary_data_size: { parameter_choice: "string_param", string_param: "16" } } })], raw_input_contents: [f32([1, 2, 3, 4])] }),
+      "input \"x\": parameters.binary_data_size must be an integer (int64_param), not the string \"16\""
+    ],
+    [
       "an output's classification (Triton's classification extension)",
       request({ raw_input_contents: [f32([1, 2, 3, 4])], outputs: [{ name: "y", parameters: { classification: { parameter_choice: "int64_param", int64_param: "3" } } }] }),
       "output \"y\": parameters.classification asks for the classification extension, which this server does not support"
