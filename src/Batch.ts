@@ -7,10 +7,9 @@
 import type * as BatchPolicy from "./BatchPolicy.ts"
 import * as Tensor from "./Tensor.ts"
 
-const axisOf = (axes: Readonly<Record<string, BatchPolicy.Axis>>, name: string): BatchPolicy.Axis => {
-  const axis = axes[name]
-  return axis === undefined ? 0 : axis
-}
+/** The batch axis of input `name` (config.json `inputAxes`, default 0), or null; own keys only (an input may be named "constructor"). */
+export const axisOf = (axes: Readonly<Record<string, BatchPolicy.Axis>>, name: string): BatchPolicy.Axis =>
+  Object.hasOwn(axes, name) ? axes[name]! : 0
 
 /**
  * An unbatched input's values as text, one-to-one: a string is quoted (JSON), so a separator

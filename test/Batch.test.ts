@@ -76,6 +76,16 @@ describe("Batch", () => {
     assert.isUndefined(Batch.split(on, { y: Tensor.float32([1, 2], [2, 1]) }, [1, 2]))
   })
 
+  it("an input named like a member of Object.prototype batches on axis 0 like any other", () => {
+    for (const name of ["constructor", "toString", "__proto__"]) {
+      const inputs = Object.defineProperty({}, name, { value: Tensor.float32([0, 0, 0, 0], [2, 2]), enumerable: true })
+      assert.strictEqual(Batch.keyOf(on, inputs)?.rows, 2, name)
+      const disagreeing = { ...inputs, other: Tensor.float32([0, 0], [1, 2]) }
+      Object.defineProperty(disagreeing, name, { value: Tensor.float32([0, 0, 0, 0], [2, 2]), enumerable: true })
+      assert.include(Batch.rowsDisagreement(on, disagreeing), `${name} has 2 on axis 0`, name)
+    }
+  })
+
   it("finds batched inputs that disagree on the batch size, on their own axes", () => {
     const input = Tensor.float32([0, 0], [1, 2])
     assert.isUndefined(Batch.rowsDisagreement(silero, { input, state: Tensor.float32([0, 0], [2, 1, 1]), sr: Tensor.int64([16000], []) }))

@@ -19,6 +19,7 @@
  * @module Oip
  */
 import { Duration, Schema } from "effect"
+import * as Batch from "../Batch.ts"
 import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import * as Priority from "../Priority.ts"
@@ -270,10 +271,6 @@ export const modelProperties = (metadata: ModelMetadata.ModelMetadata): Record<s
   return properties
 }
 
-/** The batch axis of `input` when the model batches (config.json `inputAxes`, default 0), or null. */
-const batchAxisOf = (batching: NonNullable<ModelMetadata.ModelMetadata["batching"]>, input: string): number | null =>
-  Object.hasOwn(batching.inputAxes, input) ? batching.inputAxes[input]! : 0
-
 /**
  * The most rows a request may carry: `max_batch_size` when the model batches (Triton refuses a
  * request with more), else undefined (no limit).
@@ -282,7 +279,7 @@ export const checkBatchSize = (metadata: ModelMetadata.ModelMetadata, inputs: Te
   const batching = metadata.batching
   if (batching === undefined || !batching.enabled) return undefined
   for (const [name, tensor] of Object.entries(inputs)) {
-    const axis = batchAxisOf(batching, name)
+    const axis = Batch.axisOf(batching.inputAxes, name)
     if (axis === null) continue
     const rows = tensor.dims[axis]
     if (rows !== undefined && rows > batching.maxBatchSize) {
@@ -315,7 +312,7 @@ export const rawBinaryRequest = (
   }
   const spec = metadata.inputs[0]!
   const batching = metadata.batching?.enabled === true ? metadata.batching : undefined
-  const batchAxis = batching === undefined ? null : batchAxisOf(batching, spec.name)
+  const batchAxis = batching === undefined ? null : Batch.axisOf(batching.inputAxes, spec.name)
   const shape = spec.dims.slice()
   let variable = -1
   let fixed = 1

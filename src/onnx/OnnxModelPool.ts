@@ -33,6 +33,7 @@
  * @module OnnxModelPool
  */
 import { Context, Duration, Effect, Latch, Layer, Metric, type Scope, Semaphore } from "effect"
+import * as Batch from "../Batch.ts"
 import * as BatchPolicy from "../BatchPolicy.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InputSignature from "../InputSignature.ts"
@@ -143,7 +144,7 @@ export const batchFill = Metric.histogram("inference_batch_fill_ratio", {
 /** Rows in a batching model's run: the dim on the batch axis of its first batched input (0 when none). */
 export const rowsOf = (inputs: Tensor.TensorMap, batching: BatchPolicy.BatchingConfig): number => {
   for (const [name, tensor] of Object.entries(inputs)) {
-    const axis = batching.inputAxes[name] === undefined ? 0 : batching.inputAxes[name]
+    const axis = Batch.axisOf(batching.inputAxes, name)
     if (axis !== null && axis < tensor.dims.length) return tensor.dims[axis]!
   }
   return 0
