@@ -22,6 +22,7 @@ import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
 import * as Live from "../Live.ts"
+import * as OnnxModelPool from "../onnx/OnnxModelPool.ts"
 import { ModelPool } from "../ModelPool.ts"
 import type * as Priority from "../Priority.ts"
 import * as Progress from "./Progress.ts"
@@ -434,6 +435,9 @@ export const engineLayer = (options: {
     adjust: (c) => ({ ...c, maxQueuedRequests: Math.max(c.maxQueuedRequests, options.concurrency ?? 2 * c.maxConcurrentRequests) })
   })
 
-/** `run` on its own engine (`engineLayer`), closed when the batch ends. */
+/**
+ * `run` on its own engine (`engineLayer`), closed when the batch ends; then waits for any worker
+ * thread the close left inside a native run (exiting while it runs would abort the process).
+ */
 export const runWithEngine = (options: Options, engine: Parameters<typeof engineLayer>[0]) =>
-  run(options).pipe(Effect.provide(engineLayer({ ...engine, concurrency: options.concurrency })))
+  run(options).pipe(Effect.provide(engineLayer({ ...engine, concurrency: options.concurrency })), Effect.ensuring(OnnxModelPool.awaitLeftRunning))

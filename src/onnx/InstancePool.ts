@@ -707,6 +707,7 @@ const spawn = (
           // Its jobs are answered and its session counted before a close waiting for its exit resumes.
           if (slot.ready) onLost(state, slot, how)
           else resume(Effect.fail(slot.loadError ?? `the ${transport.noun} ended (${how}) before its session loaded${slot.lastError ? ` (${slot.lastError})` : ""}`))
+          leftRunning.delete(slot.exit)
           Deferred.doneUnsafe(slot.exit, Exit.void)
         }
       })
@@ -818,6 +819,7 @@ const leaveRunning = (state: State, slot: Slot): Effect.Effect<void> =>
   Effect.suspend(() => {
     const { counters, options, transport } = state
     counters.workersLeftRunning++
+    leftRunning.add(slot.exit)
     const takenBack: Array<Job> = []
     for (const { id, job } of slot.jobs.splice(1)) {
       try {
@@ -846,6 +848,24 @@ const leaveRunning = (state: State, slot: Slot): Effect.Effect<void> =>
         `${Duration.format(options.closeTimeout)} after its pool began closing; it is left to finish and then exit (stopping it in native code would abort the whole process)`
     )
   })
+
+/**
+ * The instances left running (`leaveRunning`) by every pool of this process, until each exits.
+ * The process must not exit while one is inside its native run: the exit waits for that run to
+ * return, then aborts (134). A program's last step waits on `awaitLeftRunning`.
+ */
+const leftRunning = new Set<Deferred.Deferred<void>>()
+
+/** How many instances left running at a close, in this process, have not exited yet. */
+export const leftRunningCount = (): number => leftRunning.size
+
+/**
+ * Waits until every instance left running at a close, in this process, has ended its run and
+ * exited (at once when none is). Not bounded: a run cannot be stopped; bound it from outside.
+ */
+export const awaitLeftRunning: Effect.Effect<void> = Effect.suspend(() =>
+  Effect.forEach(Array.from(leftRunning), Deferred.await, { discard: true })
+)
 
 /** The state behind each pool `api` made, for `closeInto`. */
 const states = new WeakMap<InstancePool, State>()

@@ -62,7 +62,8 @@ export interface Options {
    * before `terminate()` (a thread) or SIGKILL (a process). Default 60 seconds. A thread still
    * running a job then is not terminated (that would abort the whole process, exit 134): it is
    * left to finish its run and exit after the close has returned (`counters.workersLeftRunning`);
-   * a process exit while it runs still aborts, so keep it above the longest run at shutdown.
+   * `process.exit` while it runs still aborts, so a program that ends with it (`NodeRuntime.runMain`
+   * after a signal does) waits on `awaitLeftRunning` first, as the server and CLI do.
    */
   readonly closeTimeout?: Duration.Input | undefined
   /** Replacement attempts for a crashed instance (default 5). */
@@ -149,6 +150,14 @@ export const rowsOf = (inputs: Tensor.TensorMap, batching: BatchPolicy.BatchingC
   }
   return 0
 }
+
+/**
+ * Waits until every worker thread that a close left inside its native run (in any pool of this
+ * process) has finished and exited; at once when none is. Unbounded: a native run cannot be
+ * stopped. Run it after the pool's layer has closed and before `process.exit`, which would abort
+ * the process (134) while such a thread runs.
+ */
+export const awaitLeftRunning: Effect.Effect<void> = InstancePool.awaitLeftRunning
 
 /** `maxBatchSize` of a model that runs on a GPU when config.json's `batching` leaves it out (64 on the CPU). */
 export const gpuMaxBatchSize = 256

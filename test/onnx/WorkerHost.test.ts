@@ -1,4 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
+import { spawnSync } from "node:child_process"
 import { Effect, Exit, Fiber, References, Scope } from "effect"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as DeviceLock from "../../src/onnx/DeviceLock.ts"
@@ -110,4 +111,23 @@ describe("WorkerHost at close", () => {
       while (p.counters.workersExited < p.counters.workersSpawned && performance.now() < deadline) yield* Effect.sleep(10)
       assert.strictEqual(p.counters.workersExited, p.counters.workersSpawned)
     }), { timeout: 30_000 })
+})
+
+describe("a process that exits after its pool closed", () => {
+  it("waits with awaitLeftRunning for a worker left inside its native run, then exits 0; process.exit without it aborts (134)", () => {
+    const repo = HeavyModel.writeRepository(HeavyModel.heavySizes, { heavy: { instances: 1, isolation: "thread" } })
+    try {
+      const program = new URL("../fixtures/LeftRunningExit.ts", import.meta.url).pathname
+      const run = (...args: Array<string>) => spawnSync(process.execPath, [program, repo.root, ...args], { encoding: "utf8", timeout: 30_000 })
+      const waited = run("--wait")
+      assert.strictEqual(waited.status, 0, waited.stderr)
+      assert.deepStrictEqual(waited.stdout.trim().split("\n"), ["left running 1", "run ended"], "the pool closed with the run still going, then the run ended")
+      // The hazard it guards against, on the same program without the wait.
+      const exited = run()
+      assert.strictEqual(exited.signal, "SIGABRT", `status ${exited.status}: ${exited.stderr}`)
+      assert.include(exited.stderr, "Napi::Error")
+    } finally {
+      repo.remove()
+    }
+  }, 60_000)
 })
