@@ -158,9 +158,12 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
       Effect.gen(function*() {
         yield* Effect.logInfo(`shutting down: draining for up to ${Duration.toSeconds(config.gracePeriod)} s (a second signal exits at once)`)
         const report = yield* Server.shutdown(config.gracePeriod)
+        const refused = config.grpcPort === undefined
+          ? `${report.refused} requests refused meanwhile`
+          : `${report.refused} HTTP requests and ${lifecycle.grpcRefused()} gRPC inferences refused meanwhile`
         yield* Effect.logInfo(
           report.drained && report.inFlight === 0
-            ? `drained in ${report.elapsedMs} ms (${report.refused} requests refused meanwhile); releasing sessions`
+            ? `drained in ${report.elapsedMs} ms (${refused}); releasing sessions`
             : `grace period over after ${report.elapsedMs} ms with work still pending (${report.inFlight} HTTP requests in flight, ${report.connectionsDestroyed} connections destroyed); releasing sessions`
         )
       })

@@ -77,7 +77,10 @@ export const make = (options: Options) =>
         // The deadline counts from here: the message's decoding is inside it (as over HTTP).
         const inAtMs = Date.now()
         const inAtPreciseMs = performance.now()
-        if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
+        if (lifecycle.isShuttingDown()) {
+          lifecycle.noteGrpcRefusalUnsafe()
+          return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
+        }
         const { name, version } = yield* modelParams(message.model_name, message.model_version)
         const metadata = yield* metadataOf(name, version)
         yield* Effect.mapError(engine.checkAdmission(name, metadata.version), (e) => refusedAs(e.reason, message.id))

@@ -72,6 +72,10 @@ export interface Service {
    * `awaitIdle`, it ends however many requests keep arriving (each answered 503 at once).
    */
   readonly awaitAcceptedIdle: Effect.Effect<void>
+  /** Counts a gRPC inference refused because the shutdown had begun (HTTP counts its own requests). */
+  readonly noteGrpcRefusalUnsafe: () => void
+  /** gRPC inferences refused because the shutdown had begun, unary or on a stream. */
+  readonly grpcRefused: () => number
 }
 
 export const make: Effect.Effect<Service> = Effect.sync(() => {
@@ -79,6 +83,7 @@ export const make: Effect.Effect<Service> = Effect.sync(() => {
   let holding = false
   let inFlight = 0
   let accepted = 0
+  let grpcRefused = 0
   const idle = Latch.makeUnsafe(true)
   const acceptedIdle = Latch.makeUnsafe(true)
   const leaveUnsafe = () => {
@@ -130,7 +135,11 @@ export const make: Effect.Effect<Service> = Effect.sync(() => {
     inFlight: () => inFlight,
     awaitIdle: idle.await,
     acceptedInFlight: () => accepted,
-    awaitAcceptedIdle: acceptedIdle.await
+    awaitAcceptedIdle: acceptedIdle.await,
+    noteGrpcRefusalUnsafe: () => {
+      grpcRefused++
+    },
+    grpcRefused: () => grpcRefused
   }
 })
 
