@@ -16,7 +16,7 @@
  *
  * @module Cli
  */
-import { Duration, Effect, Option } from "effect"
+import { Duration, Effect, Exit, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Fs from "node:fs"
 import * as ServerConfig from "../http/ServerConfig.ts"
@@ -216,6 +216,20 @@ export const perf = Command.make("perf", {
   const target = Option.getOrUndefined(flags.url)
   const badUrl = target === undefined || flags.grpc ? undefined : Perf.checkHttpUrl(target)
   if (badUrl !== undefined) return fail(`perf: --url ${badUrl}`, 2)
+  const finished: Array<Perf.LevelResult> = []
+  /** The levels finished, when there are any: all of them, or those before a stop (Ctrl-C, a failure). */
+  const report = (complete: boolean) =>
+    Effect.sync(() => {
+      if (finished.length === 0) return
+      const stopped = complete ? "" : `, stopped after ${finished.length} of ${levels.length} levels`
+      if (flags.json) {
+        process.stdout.write(
+          `${JSON.stringify({ model: flags.model, target: target ?? "in-process", durationSeconds: flags.duration, binary: flags.binary, complete, levels: finished })}\n`
+        )
+      } else {
+        process.stdout.write(`model ${flags.model} on ${target ?? "the engine in this process"}, ${flags.duration} s per level${stopped}\n${Perf.formatTable(finished)}\n`)
+      }
+    })
   return Perf.run({
     model: flags.model,
     version: Option.getOrUndefined(flags.modelVersion),
@@ -227,17 +241,10 @@ export const perf = Command.make("perf", {
     grpc: flags.grpc,
     input: Option.getOrUndefined(flags.input),
     repository: Option.getOrUndefined(flags.models),
-    messages: (line) => void process.stderr.write(`${line}\n`)
+    messages: (line) => void process.stderr.write(`${line}\n`),
+    onLevel: (result) => void finished.push(result)
   }).pipe(
-    Effect.flatMap((results) =>
-      Effect.sync(() => {
-        if (flags.json) {
-          process.stdout.write(`${JSON.stringify({ model: flags.model, target: target ?? "in-process", durationSeconds: flags.duration, binary: flags.binary, levels: results })}\n`)
-        } else {
-          process.stdout.write(`model ${flags.model} on ${target ?? "the engine in this process"}, ${flags.duration} s per level\n${Perf.formatTable(results)}\n`)
-        }
-      })
-    ),
+    Effect.onExit((exit) => report(Exit.isSuccess(exit))),
     Effect.catchTags({
       PerfError: (e) => fail(`perf: ${e.message}`),
       RepositoryError: (e) => fail(`perf: ${e.message}`),

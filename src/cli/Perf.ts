@@ -53,6 +53,8 @@ export interface Options {
   readonly repository?: string | undefined
   /** Where the progress lines go (stderr in the CLI). */
   readonly messages: (line: string) => void
+  /** Called with each level's result as it finishes, so that a run stopped part-way still has them. */
+  readonly onLevel?: ((result: LevelResult) => void) | undefined
 }
 
 /** A perf run that cannot go on: bad inputs, an unreachable server, an unknown model. */
@@ -205,6 +207,7 @@ const runLevels = (options: Options, inputs: ReadonlyArray<Tensor.TensorMap>, se
         }`
       )
       results.push(result)
+      options.onLevel?.(result)
     }
     return results
   })

@@ -269,6 +269,21 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.include(grpc.stderr, "--grpc needs --url HOST:PORT")
   }, 60_000)
 
+  it("perf stopped by Ctrl-C (SIGINT) prints the levels it finished, saying it stopped, and exits 130", async () => {
+    const { child, done } = start(["perf", "--model", "mlp", "--models", models, "--concurrency", "1,2,4", "--duration", "1", "--warmup", "0", "--json"])
+    let stderr = ""
+    child.stderr!.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
+    const deadline = Date.now() + 40_000
+    while (Date.now() < deadline && !stderr.includes("concurrency 2: 0 s warm-up")) await new Promise((r) => setTimeout(r, 20))
+    child.kill("SIGINT")
+    const result = await done
+    assert.strictEqual(result.code, 130, result.stderr)
+    const report = JSON.parse(result.stdout) as { complete: boolean; levels: ReadonlyArray<{ concurrency: number; requests: number }> }
+    assert.isFalse(report.complete)
+    assert.deepStrictEqual(report.levels.map((l) => l.concurrency), [1], "the level that finished, not the one cut short")
+    assert.isAbove(report.levels[0]!.requests, 0)
+  }, 60_000)
+
   it("perf, as infer, answers an invalid environment variable with one line naming the variable and exit code 2", async () => {
     const input = Path.join(dir, "env.ndjson")
     Fs.writeFileSync(input, mlpRecord(1))
