@@ -320,6 +320,34 @@ const readResume = (path: string) =>
     catch: (e) => new OutputError({ path, reason: e instanceof Error ? e.message : String(e) })
   }).pipe(Effect.flatMap((r) => "error" in r ? Effect.fail(new OutputError({ path, reason: `cannot resume: ${r.error}` })) : Effect.succeed(r)))
 
+/**
+ * A batch's counts as it goes, and its total for the progress: the file's lines once counted
+ * (blank ones too: an estimate), until then estimated from its size and the lines read so far.
+ */
+class Tally {
+  read = 0
+  done = 0
+  failed = 0
+  skipped = 0
+  written = 0
+  /** Characters of the lines read (with their newlines), for the estimate. */
+  charsRead = 0
+  lineCount: number | undefined
+  readonly startedMs = Date.now()
+  readonly fileBytes: number
+  constructor(fileBytes: number) {
+    this.fileBytes = fileBytes
+  }
+  total(): number | undefined {
+    if (this.lineCount !== undefined) return this.lineCount
+    if (this.read === 0 || this.fileBytes === 0) return undefined
+    return Math.max(this.read, Math.round(this.fileBytes / (this.charsRead / this.read)))
+  }
+  snapshot(): Progress.Snapshot {
+    return { done: this.done, total: this.total(), failed: this.failed, skipped: this.skipped, elapsedMs: Date.now() - this.startedMs }
+  }
+}
+
 /** Runs the batch (see the module doc). */
 export const run = (options: Options) =>
   Effect.gen(function*() {
@@ -332,25 +360,14 @@ export const run = (options: Options) =>
     const alreadyDone = resumed?.done ?? new Set<number>()
     const concurrency = Math.max(1, options.concurrency ?? engine.config.maxConcurrentRequests * 2)
 
-    let read = 0
-    let done = 0
-    let failed = 0
-    let skipped = 0
-    let written = 0
-    /** Lines in the file (blank ones too: an estimate), once counted. */
-    let lineCount: number | undefined
-    // Until then, the total is estimated from the file's size and the length of the lines read.
     const fromStdin = options.input === stdio
     const fileBytes = fromStdin ? 0 : yield* fs.stat(options.input).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => 0))
-    let charsRead = 0
-    const total = () => lineCount ?? (read === 0 || fileBytes === 0 ? undefined : Math.max(read, Math.round(fileBytes / (charsRead / read))))
-    const startedMs = Date.now()
-    const snapshot = (): Progress.Snapshot => ({ done, total: total(), failed, skipped, elapsedMs: Date.now() - startedMs })
-    const progress = yield* Progress.start({ ...options.progress, output: options.messages }, snapshot)
+    const tally = new Tally(fileBytes)
+    const progress = yield* Progress.start({ ...options.progress, output: options.messages }, () => tally.snapshot())
     // Not on a pipe: a second reader would take lines from the first.
     if (!fromStdin && isRegularFile(options.input)) {
       yield* Effect.forkScoped(Effect.map(countLines(options.input), (n) => {
-        lineCount = n
+        tally.lineCount = n
       }))
     }
     if (alreadyDone.size > 0) progress.log(`resuming: ${alreadyDone.size} records already in ${options.output} are not run again`)
@@ -365,8 +382,8 @@ export const run = (options: Options) =>
         timeout: record.timeout ?? options.timeout,
         metadata: { line: String(record.line) }
       })).pipe(Effect.map((result) => {
-        done++
-        if (result._tag !== "Success") failed++
+        tally.done++
+        if (result._tag !== "Success") tally.failed++
         finished.set(record.line, `${Records.encode(record, result)}\n`)
         return record.line
       }))
@@ -375,17 +392,17 @@ export const run = (options: Options) =>
       options.onMalformed === "fail"
         ? Effect.fail(new MalformedLine({ line: m.line, reason: m.reason }))
         : Effect.sync(() => {
-          skipped++
+          tally.skipped++
           progress.log(`line ${m.line}: skipped malformed record: ${m.reason}`)
         })
 
     const maxLineBytes = options.maxLineBytes ?? defaultMaxLineBytes
     yield* lines(fs, options.input, maxLineBytes).pipe(
       Stream.mapEffect(({ line, text, tooLongBytes }) => {
-        read++
-        charsRead += (text?.length ?? tooLongBytes ?? 0) + 1
+        tally.read++
+        tally.charsRead += (text?.length ?? tooLongBytes ?? 0) + 1
         if (alreadyDone.has(line)) {
-          done++
+          tally.done++
           return Effect.succeed(undefined)
         }
         const decoded = text === undefined
@@ -398,7 +415,7 @@ export const run = (options: Options) =>
       Stream.runForEach((line) => {
         const text = finished.get(line)!
         finished.delete(line)
-        written++
+        tally.written++
         return output.write(text)
       }),
       // Every line was handed to the stream: fails here if one of them could not be written.
@@ -407,15 +424,15 @@ export const run = (options: Options) =>
         Effect.suspend(() => {
           // Stopped early: what finished after the last line written, still in input order.
           for (const line of [...finished.keys()].sort((a, b) => a - b)) {
-            if (output.writeNow(finished.get(line)!)) written++
+            if (output.writeNow(finished.get(line)!)) tally.written++
           }
           finished.clear()
-          if (Exit.isSuccess(exit)) lineCount = read
+          if (Exit.isSuccess(exit)) tally.lineCount = tally.read
           return progress.finish(Exit.isSuccess(exit) ? "done" : Exit.hasInterrupts(exit) ? "interrupted" : "stopped")
         })
       )
     )
-    return { total: read, written, failed, skipped } satisfies Summary
+    return { total: tally.read, written: tally.written, failed: tally.failed, skipped: tally.skipped } satisfies Summary
   }).pipe(Effect.scoped)
 
 /**
