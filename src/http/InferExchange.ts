@@ -15,6 +15,7 @@ import type * as Priority from "../Priority.ts"
 import type * as Tensor from "../Tensor.ts"
 import * as Oip from "./Oip.ts"
 import { millisOf } from "../internal/Millis.ts"
+import * as JsonDepth from "../internal/JsonDepth.ts"
 
 /** A body ready for the engine, with what its answer needs. */
 export interface Decoded {
@@ -71,6 +72,7 @@ export const decodeBody = (
     body = raw.body
     binary = raw.binary
   } else {
+    if (JsonDepth.nestsDeeperThan(text)) return { _tag: "NotJson", message: JsonDepth.tooDeepMessage("the request body") }
     let json: unknown
     try {
       json = JSON.parse(text)

@@ -54,6 +54,7 @@ import * as NodeInfer from "./NodeInfer.ts"
 import * as Oip from "./Oip.ts"
 import * as RetryAfter from "./RetryAfter.ts"
 import * as Statistics from "./Statistics.ts"
+import * as JsonDepth from "../internal/JsonDepth.ts"
 
 const utf8 = new TextDecoder()
 
@@ -168,6 +169,7 @@ const modelParams = Effect.flatMap(HttpRouter.params, (params) => {
 
 /** `text` parsed as JSON, or a 400 that names `what` did not parse. */
 const parseJson = (text: string, what: string): Effect.Effect<unknown, ApiError> => {
+  if (JsonDepth.nestsDeeperThan(text)) return fail(400, JsonDepth.tooDeepMessage(what))
   try {
     return Effect.succeed(JSON.parse(text))
   } catch (e) {

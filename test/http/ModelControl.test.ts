@@ -141,6 +141,7 @@ describe("explicit model control", () => {
         ["load", JSON.stringify({ parameters: { color: "blue" } }), /^load parameter "color" is not a load parameter this server knows/],
         ["unload", JSON.stringify({ parameters: { force: true } }), /^unload parameter "force" is not an unload parameter/],
         ["load", "{{{", /^the request body is not valid JSON/],
+        ["load", "[".repeat(20_000) + "]".repeat(20_000), /^the request body nests arrays or objects more than 64 levels deep/],
         ["load", "[]", /^invalid repository load or unload request/],
         ["load", JSON.stringify({ parameters: "config" }), /^invalid repository load or unload request/],
         ["load", JSON.stringify({ paramters: { config: "{}" } }), /^invalid repository load or unload request/]

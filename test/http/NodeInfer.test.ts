@@ -110,6 +110,17 @@ const makeHandlerServer = (
   })
 
 describe("NodeInfer.make", () => {
+  it.live("refuses a body nested deeper than 64 levels before JSON.parse (which takes about half a microsecond and an array per level)", () =>
+    Effect.gen(function*() {
+      const { port, invalid } = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20 })
+      const deep = yield* Effect.promise(() =>
+        request(port, "POST", "/v2/models/echo/infer", `{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ${"[".repeat(20_000)}0${"]".repeat(20_000)}}]}`)
+      )
+      assert.strictEqual(deep.status, 400)
+      assert.match(JSON.parse(deep.body.toString()).error, /^the request body nests arrays or objects more than 64 levels deep/)
+      assert.strictEqual(invalid.length, 0, "not JSON the server reads: refused as a malformed body is, not counted against the model")
+    }))
+
   it.live("declines what the router must answer, and answers the rest", () =>
     Effect.gen(function*() {
       const { port, lifecycle, invalid, defects } = yield* makeHandlerServer()

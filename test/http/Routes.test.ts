@@ -365,6 +365,10 @@ describe("inference", () => {
       const malformed = yield* send("POST", "/v2/models/echo/infer", "{\"inputs\": [")
       assert.strictEqual(malformed.status, 400)
       assert.match(malformed.json.error, /^the request body is not valid JSON/)
+      // Refused before JSON.parse, which takes about half a microsecond and an array per level (seconds and gigabytes for a 16 MB body).
+      const deep = yield* send("POST", "/v2/models/echo/infer", `{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ${"[".repeat(20_000)}0${"]".repeat(20_000)}}]}`)
+      assert.strictEqual(deep.status, 400)
+      assert.match(deep.json.error, /^the request body nests arrays or objects more than 64 levels deep/)
       const noInputs = yield* send("POST", "/v2/models/echo/infer", { id: "1" })
       assert.strictEqual(noInputs.status, 400)
       assert.include(noInputs.json.error, "Missing key at [\"inputs\"]")

@@ -1,0 +1,32 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as JsonDepth from "../../src/internal/JsonDepth.ts"
+
+const nested = (levels: number, open = "[", close = "]") => open.repeat(levels) + "0" + close.repeat(levels)
+/** `[0,[0,[0,…]]]`: one opener per level among values, so that no run of openers gives it away. */
+const interleaved = (levels: number) => "[0,".repeat(levels) + "0" + "]".repeat(levels)
+/** Many openers, shallow: `[[0],[0],…]`, as nested tensor data with many rows. */
+const manyRows = (rows: number) => `[${Array.from({ length: rows }, () => "[0]").join(",")}]`
+
+describe("JsonDepth.nestsDeeperThan", () => {
+  it("refuses deep nesting only, whatever its form, and never a string's brackets", () => {
+    const cases: ReadonlyArray<readonly [string, string, boolean]> = [
+      ["a flat body", JSON.stringify({ inputs: [{ data: [1, 2, 3] }] }), false],
+      ["64 levels (the limit), with many openers", `${manyRows(20_000).slice(0, -1)},${nested(63)}]`, false],
+      ["65 levels, with many openers", `${manyRows(20_000).slice(0, -1)},${nested(64)}]`, true],
+      ["a million levels of arrays", nested(1_000_000), true],
+      ["a million levels of objects", "{\"a\":".repeat(1_000_000) + "0" + "}".repeat(1_000_000), true],
+      ["a million levels among values", interleaved(1_000_000), true],
+      ["20,000 shallow rows", manyRows(20_000), false],
+      ["brackets inside strings", JSON.stringify({ s: Array.from({ length: 20_000 }, () => "[[[[").join(""), t: "\\\"[[" }), false],
+      ["an escaped quote does not end a string", `["\\"${"[".repeat(20_000)}"]`, false],
+      // Few openers: not scanned, its parse is cheap however deep (the schema refuses it after).
+      ["5,000 levels, few openers", nested(5_000), false]
+    ]
+    for (const [what, text, deeper] of cases) assert.strictEqual(JsonDepth.nestsDeeperThan(text), deeper, what)
+  })
+
+  it("everything it lets through parses in a bounded time: no more than 10,000 levels unscanned", () => {
+    assert.isFalse(JsonDepth.nestsDeeperThan(nested(10_000)))
+    assert.isTrue(JsonDepth.nestsDeeperThan(nested(10_001)))
+  })
+})
