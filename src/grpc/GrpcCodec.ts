@@ -36,6 +36,39 @@ export const loadOptions: ProtoLoader.Options = {
 export const loadDefinitions = (): ProtoLoader.PackageDefinition =>
   ProtoLoader.loadSync(["grpc_service.proto", "health.proto"], loadOptions)
 
+/**
+ * A request message whose bytes did not decode (not protobuf of its type). The server's
+ * deserializers return it rather than throw: grpc-js ends a call whose message fails to decode
+ * (INTERNAL), which on a stream loses the answers to every request accepted before it.
+ */
+export class Undecodable {
+  readonly details: string
+  constructor(details: string) {
+    this.details = details
+  }
+}
+
+/**
+ * `definition` (a service's methods) with request deserializers that return `Undecodable`
+ * instead of throwing, so that a handler answers a bad message as bad input and a stream goes on.
+ */
+export const tolerantRequests = <D extends Record<string, { readonly requestDeserialize: (bytes: Buffer) => unknown }>>(definition: D): D => {
+  const methods: Record<string, unknown> = {}
+  for (const [name, method] of Object.entries(definition)) {
+    methods[name] = {
+      ...method,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return method.requestDeserialize(bytes)
+        } catch (e) {
+          return new Undecodable(`the request message could not be decoded as ${name}'s request: ${e instanceof Error ? e.message : String(e)}`)
+        }
+      }
+    }
+  }
+  return methods as D
+}
+
 /** One `InferParameter` (a oneof), as proto-loader decodes it. */
 export interface InferParameter {
   readonly parameter_choice?: string

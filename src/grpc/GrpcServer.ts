@@ -32,7 +32,8 @@
  * `maxConcurrentRequests + maxQueuedRequests` outstanding (beyond that the stream is not read,
  * and HTTP/2 flow control holds the client back). Each answer is written as it completes, with
  * `parameters.triton_final_response` true (one answer a request, as Triton marks them); a
- * failed request answers `error_message` (and the stream goes on). When the client half-closes,
+ * failed request answers `error_message` (and the stream goes on), also a message that does not
+ * decode as protobuf (unary: INVALID_ARGUMENT; grpc-js would end the call). When the client half-closes,
  * the stream ends once every answer is written; when it cancels, what is outstanding is cancelled.
  *
  * The server is a scoped resource: closing the scope shuts it down: a stream that owes no
@@ -226,6 +227,8 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
     /** A unary RPC: the effect runs as one tracked call; a cancel interrupts it. */
     const unary = <Req, Res>(f: (request: Req, deadlineMs: number | undefined) => Effect.Effect<Res, GrpcFailure, Requirements>) =>
       (call: Grpc.ServerUnaryCall<Req, Res>, callback: Grpc.sendUnaryData<Res>) => {
+        const request: unknown = call.request
+        if (request instanceof GrpcCodec.Undecodable) return callback({ code: Grpc.status.INVALID_ARGUMENT, details: request.details })
         const effect = internalOnDefect(lifecycle.track(f(call.request, deadlineOf(call))))
         const interrupt = run(effect, {
           onExit: (exit) => {
@@ -256,10 +259,11 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
         })))
       const deadlineMs = deadlineOf(call)
       const concurrency = handlers.engine.config.maxConcurrentRequests + handlers.engine.config.maxQueuedRequests
-      const effect = Stream.fromAsyncIterable(requestsOf<GrpcCodec.ModelInferRequest>(call), (e) => e).pipe(
-        Stream.tap(() => Effect.sync(() => void state.outstanding++)),
-        Stream.mapEffect((message) =>
-          internalOnDefect(handlers.infer(message, deadlineMs)).pipe(
+      /** A stream answer: the inference's response, or its error_message (also for a message that did not decode). */
+      const answer = (message: GrpcCodec.ModelInferRequest | GrpcCodec.Undecodable) =>
+        message instanceof GrpcCodec.Undecodable
+          ? Effect.succeed({ error_message: message.details, infer_response: { model_name: "", model_version: "", id: "", parameters: finalResponse } })
+          : internalOnDefect(handlers.infer(message, deadlineMs)).pipe(
             Effect.match({
               onFailure: (e) => ({
                 error_message: e.details,
@@ -267,7 +271,10 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
               }),
               onSuccess: (response) => ({ error_message: "", infer_response: { ...response, parameters: finalResponse } })
             })
-          ), { concurrency, unordered: true }),
+          )
+      const effect = Stream.fromAsyncIterable(requestsOf<GrpcCodec.ModelInferRequest | GrpcCodec.Undecodable>(call), (e) => e).pipe(
+        Stream.tap(() => Effect.sync(() => void state.outstanding++)),
+        Stream.mapEffect(answer, { concurrency, unordered: true }),
         Stream.runForEach(write)
       )
       const interrupt = run(effect, {
@@ -314,8 +321,10 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
       "grpc.max_send_message_length": -1,
       "grpc.max_concurrent_streams": options.maxConcurrentStreams ?? maxConcurrentStreams
     })
-    server.addService(proto.inference.GRPCInferenceService.service, inferenceService)
-    server.addService(proto.grpc.health.v1.Health.service, healthService)
+    // A message that does not decode is answered as bad input (INVALID_ARGUMENT; on a stream, its
+    // error_message), not by grpc-js ending the call with INTERNAL.
+    server.addService(GrpcCodec.tolerantRequests(proto.inference.GRPCInferenceService.service), inferenceService)
+    server.addService(GrpcCodec.tolerantRequests(proto.grpc.health.v1.Health.service), healthService)
 
     const shutdownTimeout = Duration.fromInputUnsafe(options.shutdownTimeout ?? Duration.seconds(5))
     const port = yield* Effect.acquireRelease(

@@ -451,8 +451,35 @@ describe("ModelInfer", () => {
       })
       raw.close()
       assert.isNotNull(garbage)
-      assert.oneOf(garbage!.code, [Grpc.status.INTERNAL, Grpc.status.INVALID_ARGUMENT])
+      assert.strictEqual(garbage!.code, Grpc.status.INVALID_ARGUMENT, "bad input, not grpc-js's INTERNAL")
+      assert.match(garbage!.details, /^the request message could not be decoded as ModelInfer's request: /)
       assert.isUndefined((yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))).error)
+    }))
+
+  it.live("an undecodable message on a stream answers its error_message; the requests before and after it are answered and the stream ends OK", () =>
+    Effect.gen(function*() {
+      const { address } = yield* makeHarness()
+      const method = (definitions["inference.GRPCInferenceService"] as any).ModelStreamInfer
+      const raw = new Grpc.Client(address, Grpc.credentials.createInsecure())
+      yield* Effect.addFinalizer(() => Effect.sync(() => raw.close()))
+      const stream = raw.makeBidiStreamRequest("/inference.GRPCInferenceService/ModelStreamInfer", (b: Buffer) => b, (b: Buffer) => method.responseDeserialize(b))
+      const received: Array<any> = []
+      const status = new Promise<number>((resolve) => {
+        stream.on("data", (m: any) => received.push(m))
+        stream.on("error", (e: Grpc.ServiceError) => resolve(e.code))
+        stream.on("end", () => resolve(Grpc.status.OK))
+      })
+      const request = (id: string) => method.requestSerialize({ ...echoRaw([1, 2, 3, 4]), id }) as Buffer
+      for (let i = 0; i < 10; i++) stream.write(request(`before${i}`))
+      stream.write(Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]))
+      stream.write(request("after"))
+      stream.end()
+      assert.strictEqual(yield* Effect.promise(() => status), Grpc.status.OK)
+      const failed = received.filter((m) => m.error_message !== "")
+      assert.strictEqual(failed.length, 1)
+      assert.match(failed[0].error_message, /^the request message could not be decoded as ModelStreamInfer's request: /)
+      const answered = received.filter((m) => m.error_message === "").map((m) => m.infer_response.id).sort()
+      assert.deepStrictEqual(answered, ["after", ...Array.from({ length: 10 }, (_, i) => `before${i}`)].sort())
     }))
 })
 
