@@ -44,7 +44,7 @@ export const make = (options: Options) =>
     const strict = options.strictReadiness ?? true
 
     const fromReason = (reason: InferenceError.Reason) =>
-      new GrpcFailure({ code: InferenceError.grpcCode(reason), details: Routes.redact(reason.message, roots) })
+      new GrpcFailure({ code: InferenceError.grpcCode(reason), details: Routes.clientMessage(reason, roots) })
     const invalidArgument = (details: string) => new GrpcFailure({ code: Grpc.status.INVALID_ARGUMENT, details })
 
     /** The model name and version ("" is the default), checked as HTTP checks its path. */

@@ -143,9 +143,18 @@ export const maxMessageLength = 1024
 export const redact = (message: string, roots: ReadonlyArray<string> = []): string => {
   let text = message.slice(0, 4 * maxMessageLength).split(/\n\s+at /)[0]!.replace(/\s*\n\s*/g, " ").trim()
   for (const root of roots) if (root.length > 1) text = text.split(root).join("<repository>")
-  text = text.replace(absolutePath, (path) => path.split(/[\\/]/).pop() ?? "")
-  return text.length > maxMessageLength ? `${text.slice(0, maxMessageLength - 1)}…` : text
+  return cut(text.replace(absolutePath, (path) => path.split(/[\\/]/).pop() ?? ""))
 }
+
+/**
+ * A failure's message for its client. An invalid input's message is the validator's, quoting
+ * what the client sent (a tensor named "/data/x" stays so), so only cut to length; any other
+ * (a run that failed, a model that did not load) may quote the server's files: `redact`.
+ */
+export const clientMessage = (reason: InferenceError.Reason, roots: ReadonlyArray<string>): string =>
+  reason._tag === "InvalidInput" ? cut(reason.message) : redact(reason.message, roots)
+
+const cut = (text: string): string => text.length > maxMessageLength ? `${text.slice(0, maxMessageLength - 1)}…` : text
 
 const json = (status: number, body: unknown, headers?: Readonly<Record<string, string>>) =>
   HttpServerResponse.text(JSON.stringify(body), { status, contentType: "application/json", ...(headers === undefined ? {} : { headers }) })
@@ -522,7 +531,7 @@ export const layer = (
       const fromReason = (reason: InferenceError.Reason): ApiError =>
         new ApiError({
           status: InferenceError.httpStatus(reason),
-          message: redact(reason.message, roots),
+          message: clientMessage(reason, roots),
           headers: reason._tag === "QueueFull" ? { "retry-after": retryAfter() } : undefined
         })
 

@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Schema } from "effect"
 import * as Oip from "../../src/http/Oip.ts"
-import { maxMessageLength, redact } from "../../src/http/Routes.ts"
+import { clientMessage, maxMessageLength, redact } from "../../src/http/Routes.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import * as Tensor from "../../src/Tensor.ts"
@@ -353,6 +353,15 @@ describe("redact", () => {
     assert.strictEqual(redact("failed to load /srv/models/a/model.onnx", ["/srv/models"]), "failed to load <repository>/a/model.onnx")
     assert.strictEqual(redact("mlp/1/model.onnx is empty"), "mlp/1/model.onnx is empty")
     assert.strictEqual(redact("C:\\models\\a\\model.onnx: missing"), "model.onnx: missing")
+  })
+
+  it("clientMessage quotes an invalid input as the client sent it (a name like a path too), and redacts any other failure", () => {
+    const invalid = new InferenceError.InvalidInput({ modelId: "mlp", input: "/home/user/input", detail: "unknown input; the model takes input" })
+    assert.include(clientMessage(invalid, ["/home"]), "\"/home/user/input\"")
+    const failed = new InferenceError.RunFailed({ modelId: "mlp", requestId: "r1", detail: "Load model from /srv/models/mlp/1/model.onnx failed" })
+    assert.include(clientMessage(failed, ["/srv/models"]), "Load model from <repository>/mlp/1/model.onnx failed")
+    const huge = new InferenceError.InvalidInput({ modelId: "mlp", detail: "x".repeat(10_000) })
+    assert.strictEqual(clientMessage(huge, []).length, maxMessageLength)
   })
 })
 
