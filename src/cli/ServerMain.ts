@@ -160,7 +160,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
         const report = yield* Server.shutdown(config.gracePeriod)
         const refused = config.grpcPort === undefined
           ? `${report.refused} requests refused meanwhile`
-          : `${report.refused} HTTP requests and ${lifecycle.grpcRefused()} gRPC inferences refused meanwhile`
+          : `${report.refused} HTTP requests and ${lifecycle.refused().grpc} gRPC requests refused meanwhile`
         yield* Effect.logInfo(
           report.drained && report.inFlight === 0
             ? `drained in ${report.elapsedMs} ms (${refused}); releasing sessions`

@@ -43,8 +43,10 @@ export const make = (options: Options) =>
     const roots = options.redactPaths ?? []
     const strict = options.strictReadiness ?? true
 
-    const fromReason = (reason: InferenceError.Reason) =>
-      new GrpcFailure({ code: InferenceError.grpcCode(reason), details: Routes.clientMessage(reason, roots) })
+    const fromReason = (reason: InferenceError.Reason) => {
+      if (reason._tag === "ShuttingDown") lifecycle.noteRefusalUnsafe("grpc")
+      return new GrpcFailure({ code: InferenceError.grpcCode(reason), details: Routes.clientMessage(reason, roots) })
+    }
     const invalidArgument = (details: string) => new GrpcFailure({ code: Grpc.status.INVALID_ARGUMENT, details })
 
     /** The model name and version ("" is the default), checked as HTTP checks its path. */
@@ -77,10 +79,7 @@ export const make = (options: Options) =>
         // The deadline counts from here: the message's decoding is inside it (as over HTTP).
         const inAtMs = Date.now()
         const inAtPreciseMs = performance.now()
-        if (lifecycle.isShuttingDown()) {
-          lifecycle.noteGrpcRefusalUnsafe()
-          return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
-        }
+        if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
         const { name, version } = yield* modelParams(message.model_name, message.model_version)
         const metadata = yield* metadataOf(name, version)
         yield* Effect.mapError(engine.checkAdmission(name, metadata.version), (e) => refusedAs(e.reason, message.id))

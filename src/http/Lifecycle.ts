@@ -72,10 +72,10 @@ export interface Service {
    * `awaitIdle`, it ends however many requests keep arriving (each answered 503 at once).
    */
   readonly awaitAcceptedIdle: Effect.Effect<void>
-  /** Counts a gRPC inference refused because the shutdown had begun (HTTP counts its own requests). */
-  readonly noteGrpcRefusalUnsafe: () => void
-  /** gRPC inferences refused because the shutdown had begun, unary or on a stream. */
-  readonly grpcRefused: () => number
+  /** Counts a request answered ShuttingDown (503, UNAVAILABLE): an inference or model control refused by the shutdown. */
+  readonly noteRefusalUnsafe: (protocol: "http" | "grpc") => void
+  /** Requests answered ShuttingDown so far, by protocol (a health check that says "not ready" is none). */
+  readonly refused: () => { readonly http: number; readonly grpc: number }
 }
 
 export const make: Effect.Effect<Service> = Effect.sync(() => {
@@ -83,7 +83,7 @@ export const make: Effect.Effect<Service> = Effect.sync(() => {
   let holding = false
   let inFlight = 0
   let accepted = 0
-  let grpcRefused = 0
+  const refused = { http: 0, grpc: 0 }
   const idle = Latch.makeUnsafe(true)
   const acceptedIdle = Latch.makeUnsafe(true)
   const leaveUnsafe = () => {
@@ -136,10 +136,10 @@ export const make: Effect.Effect<Service> = Effect.sync(() => {
     awaitIdle: idle.await,
     acceptedInFlight: () => accepted,
     awaitAcceptedIdle: acceptedIdle.await,
-    noteGrpcRefusalUnsafe: () => {
-      grpcRefused++
+    noteRefusalUnsafe: (protocol) => {
+      refused[protocol]++
     },
-    grpcRefused: () => grpcRefused
+    refused: () => ({ ...refused })
   }
 })
 

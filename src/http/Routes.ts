@@ -528,12 +528,14 @@ export const layer = (
       const bodyLimit = options.bodyLimitBytes
       const { readBody, readInferBody } = bodyReaders(bodyLimit)
 
-      const fromReason = (reason: InferenceError.Reason): ApiError =>
-        new ApiError({
+      const fromReason = (reason: InferenceError.Reason): ApiError => {
+        if (reason._tag === "ShuttingDown") lifecycle.noteRefusalUnsafe("http")
+        return new ApiError({
           status: InferenceError.httpStatus(reason),
           message: clientMessage(reason, roots),
           headers: reason._tag === "QueueFull" ? { "retry-after": retryAfter() } : undefined
         })
+      }
 
       const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>) =>
         lifecycle.track(effect.pipe(

@@ -334,7 +334,7 @@ export interface ShutdownReport {
   readonly inFlight: number
   /** Connections still open when the grace period ended (then destroyed). */
   readonly connectionsDestroyed: number
-  /** Requests that arrived after the shutdown began (each answered 503 ShuttingDown, or a health check). */
+  /** HTTP requests refused by the shutdown (answered 503 ShuttingDown: inferences, model control). */
   readonly refused: number
   readonly elapsedMs: number
 }
@@ -363,14 +363,14 @@ const afterPollPhase: Effect.Effect<void> = Effect.callback<void>((resume) => {
 export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, never, Lifecycle | NodeServer | AsyncInferenceEngine> =>
   Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
-    const { connections, lastActivityMs, lastConnectionMs, nowMs, requests, server } = yield* NodeServer
+    const { connections, lastActivityMs, lastConnectionMs, nowMs, server } = yield* NodeServer
     const engine = yield* AsyncInferenceEngine
     // One clock for everything here: the server's (`nowMs`), which also stamps its activity.
     const startedMs = nowMs()
     const graceMs = Duration.toMillis(Duration.fromInputUnsafe(grace))
     const leftMs = Effect.sync(() => Math.max(0, graceMs - (nowMs() - startedMs)))
 
-    const requestsAtSignal = requests()
+    const refusedAtSignal = lifecycle.refused().http
     yield* lifecycle.beginShutdown
     // The edges refuse what arrives from now on. What they accepted before runs to its answer, also
     // a request whose body is still arriving or being decoded: the engine keeps admitting until
@@ -432,5 +432,5 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
     server.closeAllConnections()
     for (const socket of connections.keys()) socket.destroy()
     const elapsedMs = nowMs() - startedMs
-    return { drained, inFlight, connectionsDestroyed, refused: requests() - requestsAtSignal, elapsedMs }
+    return { drained, inFlight, connectionsDestroyed, refused: lifecycle.refused().http - refusedAtSignal, elapsedMs }
   }).pipe(Effect.withSpan("Server.shutdown"))

@@ -47,11 +47,11 @@ describe("health, server and model metadata", () => {
       assert.deepStrictEqual((yield* call("Check", { service: "" }, {}, health)).response, { status: "NOT_SERVING" })
       assert.deepStrictEqual((yield* call("ServerReady", {})).response, { ready: false })
       assert.deepStrictEqual((yield* call("ServerLive", {})).response, { live: true })
-      assert.strictEqual(lifecycle.grpcRefused(), 0)
+      assert.strictEqual(lifecycle.refused().grpc, 0)
       const refused = yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))
       assert.strictEqual(refused.error?.code, Grpc.status.UNAVAILABLE)
       assert.include(refused.error?.details, "shutting down")
-      assert.strictEqual(lifecycle.grpcRefused(), 1, "counted for the drain's log line")
+      assert.strictEqual(lifecycle.refused().grpc, 1, "counted for the drain's log line")
     }))
 
   it.live("strict readiness: ServerReady and Health.Check answer from HTTP's check, so a broken model makes both not ready; lenient, ready", () =>

@@ -298,6 +298,25 @@ describe("graceful shutdown", () => {
       }
     }).pipe(withFreshMetrics))
 
+  it.live("the drain's report counts as refused the requests answered ShuttingDown, not the health checks and metadata answered meanwhile", () =>
+    Effect.gen(function*() {
+      const { port, pool, promise, shutdown } = yield* makeServer()
+      yield* pool.gate.close
+      const accepted = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pool.stats.started === 1))
+      const stopping = yield* Effect.forkChild(shutdown("5 seconds"), { startImmediately: true })
+      const statuses = []
+      for (const [method, path] of [["GET", "/v2/health/live"], ["GET", "/v2/models/echo"], ["GET", "/v2/health/ready"], ["POST", "/v2/models/echo/infer"]] as const) {
+        const reply = yield* promise(() => Client.send(port, method, path, method === "POST" ? echoBody : undefined))
+        statuses.push(Client.isReply(reply) ? reply.status : reply)
+      }
+      assert.deepStrictEqual(statuses, [200, 200, 503, 503])
+      yield* pool.gate.open
+      const report = yield* Fiber.join(stopping)
+      assert.isTrue(Client.isReply(yield* promise(() => accepted.done)))
+      assert.strictEqual(report.refused, 1, "the inference only: the readiness check's 503 is an answer, not a refusal")
+    }).pipe(withFreshMetrics))
+
   it.live("clients that never stop knocking: the drain ends once the accepted work is answered, and no accepted request is reset", () =>
     Effect.gen(function*() {
       const { node, port, pool, promise, shutdown } = yield* makeServer({ maxConcurrentRequests: 2 })

@@ -149,7 +149,7 @@ describe("stopping the server process", () => {
     console.log(`never-stopping clients, real server: ${report.split("\n")[0]}`)
     assert.strictEqual(code, 0, report)
     assert.isBelow(exitMs, 5000, report)
-    assert.match(running.output(), /drained in \d+ ms \(\d+ HTTP requests and \d+ gRPC inferences refused meanwhile\)/, report)
+    assert.match(running.output(), /drained in \d+ ms \(\d+ HTTP requests and \d+ gRPC requests refused meanwhile\)/, report)
     assert.isAtLeast(counts["503"] ?? 0, 1, report)
     for (const label of Object.keys(counts)) assert.include(["200", "503", "ECONNREFUSED"], label, `nothing reset: ${report}`)
   }, 45_000)
