@@ -65,11 +65,14 @@ interface TritonCounts {
 
 /**
  * Triton's `nv_inference_*` families, from a snapshot of the engine's metrics and the number of
- * requests waiting per model and version (`Engine.waitingByVersion`). Pure: the snapshot in, the text out.
+ * requests waiting per model and version (`Engine.waitingByVersion`); every version in `served`
+ * has its rows, at 0 before its first request (as Triton's, from the model's load). Pure: the
+ * snapshot in, the text out.
  */
 export const tritonFamilies = (
   snapshot: ReadonlyArray<Metric.Metric.Snapshot>,
-  pendingByVersion: ReadonlyMap<string, ReadonlyMap<string, number>>
+  pendingByVersion: ReadonlyMap<string, ReadonlyMap<string, number>>,
+  served: ReadonlyArray<{ readonly name: string; readonly version: string }> = []
 ): string => {
   // By model, then version: a model's rows together, its versions in order.
   const byModel = new Map<string, Map<string, TritonCounts>>()
@@ -83,6 +86,7 @@ export const tritonFamilies = (
     }
     return e
   }
+  for (const { name, version } of served) entry(name, version)
   for (const s of snapshot) {
     const model = s.attributes?.["model"]
     if (model === undefined) continue
@@ -131,21 +135,29 @@ export type Format = "default" | "triton"
 
 /** A server's `/metrics` page: its state (the models seen, the process observers) belongs to the scope that made it. */
 export interface Page {
-  /** Renders the whole page; needs the engine for the pending gauges. */
-  readonly render: (engine: AsyncInferenceEngine["Service"], options?: { readonly format?: Format | undefined }) => Effect.Effect<string>
+  /**
+   * Renders the whole page; needs the engine for the pending gauges, which cover `served` (the
+   * model versions the server serves: 0 before any request) and every model that had requests
+   * queued before.
+   */
+  readonly render: (
+    engine: AsyncInferenceEngine["Service"],
+    options?: { readonly format?: Format | undefined; readonly served?: ReadonlyArray<{ readonly name: string; readonly version: string }> | undefined }
+  ) => Effect.Effect<string>
 }
 
 /** Makes a page in the current scope: the process observers start now and stop when the scope closes. */
 export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
   Effect.acquireRelease(Effect.sync(() => ProcessMetrics.make()), (process) => Effect.sync(() => process.stop())),
   (processMetrics): Page => {
-    /** Models that had requests queued at an earlier scrape: their gauges go back to 0 when they have none. */
+    /** Models served or with requests queued at an earlier scrape: their gauges stay, at 0 when they have none. */
     const modelsSeen = new Set<string>()
     return {
       render: (engine, options = {}) =>
         Effect.gen(function*() {
           const byModel = yield* engine.queueStatsByModel
           const unsettled = yield* engine.pending
+          for (const { name } of options.served ?? []) modelsSeen.add(name)
           for (const model of byModel.keys()) modelsSeen.add(model)
           for (const model of modelsSeen) {
             const stats = byModel.get(model)
@@ -163,7 +175,7 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
           const text = yield* PrometheusMetrics.format()
           const page = text + (text.endsWith("\n") || text === "" ? "" : "\n") + processMetrics.render()
           if (options.format !== "triton") return page
-          return page + tritonFamilies(yield* Metric.snapshot, yield* engine.waitingByVersion)
+          return page + tritonFamilies(yield* Metric.snapshot, yield* engine.waitingByVersion, options.served)
         })
     }
   }

@@ -330,7 +330,12 @@ const serverRoutes = (ctx: Ctx) => {
     return state.ready ? json(200, { ready: true }) : json(503, { ready: false, error: redact(state.reason, roots) })
   }))
 
-  const prometheus = handle(Effect.map(metricsPage.render(engine, { format: options.metricsFormat }), (text) => HttpServerResponse.text(text, { contentType: Metrics.contentType })))
+  const prometheus = handle(
+    pool.models.pipe(
+      Effect.flatMap((models) => metricsPage.render(engine, { format: options.metricsFormat, served: models.filter((m) => m.state === "READY") })),
+      Effect.map((text) => HttpServerResponse.text(text, { contentType: Metrics.contentType }))
+    )
+  )
   return { serverMetadata, live, ready, prometheus }
 }
 

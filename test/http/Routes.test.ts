@@ -667,6 +667,12 @@ describe("GET /metrics", () => {
   it.effect("--metrics-format triton adds Triton's nv_inference_* families from the same counters", () =>
     Effect.gen(function*() {
       const { send } = yield* makeApp({ routes: { metricsFormat: "triton" } })
+      // Before any request, every version served has its rows at 0, as Triton's from the model's load.
+      const fresh = (yield* send("GET", "/metrics")).text
+      for (const line of ["nv_inference_request_success{model=\"echo\",version=\"2\"} 0", "nv_inference_count{model=\"slow\",version=\"1\"} 0", "nv_inference_pending_request_count{model=\"echo\",version=\"1\"} 0"]) {
+        assert.include(fresh, line)
+      }
+      assert.notInclude(fresh, "model=\"broken\"")
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3]))).status, 400)
       // Each version has rows of its own, labelled as Triton labels them.
@@ -697,6 +703,13 @@ describe("GET /metrics", () => {
   it.effect("renders one family per fact: requests by outcome (every outcome has a row), counts, pending by priority, durations in seconds by model", () =>
     Effect.gen(function*() {
       const { send, gate, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })
+      // Before any request: every model served has its pending rows, at 0 (a dashboard finds the series at once).
+      const fresh = (yield* send("GET", "/metrics")).text
+      for (const level of ["Critical", "High", "Normal", "Low"]) {
+        assert.include(fresh, `inference_pending_requests{model="echo",priority="${level}"} 0`)
+        assert.include(fresh, `inference_pending_requests{model="slow",priority="${level}"} 0`)
+      }
+      assert.notInclude(fresh, `inference_pending_requests{model="broken"`, "a model that did not load serves nothing")
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))).status, 200)
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4, 5, 6, 7, 8]))).status, 200)
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3]))).status, 400)
