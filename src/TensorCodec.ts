@@ -398,6 +398,8 @@ export const decodeTensor = (
     return invalid(
       dims.length > 1
         ? `data does not match shape ${Tensor.dimsText(dims)}: expected a flat array of ${count} elements, or arrays nested as the shape`
+        : data.length === count
+        ? `data nests arrays deeper than shape ${Tensor.dimsText(dims)}: expected ${count === 1 ? "1 element" : `${count} elements`} in a flat array`
         : `data has ${data.length} elements, shape ${Tensor.dimsText(dims)} needs ${count}`
     )
   }
