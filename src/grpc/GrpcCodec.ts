@@ -124,6 +124,10 @@ export const parameterValue = (p: InferParameter): unknown => {
   }
 }
 
+/** Parameters as plain values (`parameterValue`), {} when none. */
+export const parameterValues = (parameters: Readonly<Record<string, unknown>> | null | undefined): Record<string, unknown> =>
+  parametersOf((parameters ?? undefined) as Readonly<Record<string, InferParameter>> | undefined) ?? {}
+
 const parametersOf = (parameters: Readonly<Record<string, InferParameter>> | undefined): Record<string, unknown> | undefined => {
   if (parameters === undefined) return undefined
   const keys = Object.keys(parameters)

@@ -52,7 +52,7 @@ export const make = (options: Options) =>
     /** The model name and version ("" is the default), checked as HTTP checks its path. */
     const modelParams = (name: string, version: string) => {
       if (!ModelRepository.isValidModelName(name)) {
-        return Effect.fail(invalidArgument(`invalid model name ${JSON.stringify(name.slice(0, 200))}: letters, digits, "_", "." and "-" only, starting with a letter or digit`))
+        return Effect.fail(invalidArgument(`invalid model name ${JSON.stringify(name.slice(0, 200))}: ${ModelRepository.modelNameRule}`))
       }
       if (version !== "" && !ModelRepository.versionPattern.test(version)) {
         return Effect.fail(invalidArgument(`invalid model version ${JSON.stringify(version.slice(0, 200))}: decimal digits only`))
@@ -170,7 +170,7 @@ export const make = (options: Options) =>
       Effect.gen(function*() {
         const { name } = yield* modelParams(message.model_name, "")
         // Overrides the server cannot apply (config, file:) are refused, as over HTTP.
-        const refused = ModelControl.checkParameters(action, Object.keys(message.parameters ?? {}))
+        const refused = ModelControl.checkParameters(action, GrpcCodec.parameterValues(message.parameters))
         if (refused !== undefined) return yield* Effect.fail(invalidArgument(refused))
         yield* (action === "load" ? ModelControl.load(pool, name, lifecycle) : ModelControl.unload(pool, engine, name)).pipe(
           Effect.catchTag("NotSupported", (e) => Effect.fail(invalidArgument(e.message))),

@@ -28,11 +28,14 @@ export class NotSupported extends Data.TaggedError("NotSupported")<{}> {
  * repository extension), as a refusal (HTTP 400, gRPC INVALID_ARGUMENT) or undefined. A load
  * takes none: `config` and `file:<version>/<name>` overrides are refused, since a model loads
  * only as its repository directory holds it, and so is any other name, rather than ignored. An
- * unload takes `unload_dependents` (no model here has dependents, so either value is the same).
+ * unload takes `unload_dependents`, a boolean (no model here has dependents, so either value is the same).
  */
-export const checkParameters = (action: "load" | "unload", names: ReadonlyArray<string>): string | undefined => {
-  for (const name of names) {
-    if (action === "unload" && name === "unload_dependents") continue
+export const checkParameters = (action: "load" | "unload", parameters: Readonly<Record<string, unknown>>): string | undefined => {
+  for (const [name, value] of Object.entries(parameters)) {
+    if (action === "unload" && name === "unload_dependents") {
+      if (typeof value === "boolean") continue
+      return `unload parameter "unload_dependents" must be a boolean, got ${typeof value === "string" ? JSON.stringify(value.slice(0, 100)) : String(value)}`
+    }
     const why = name === "config" || name.startsWith("file:")
       ? "overrides are not supported: a model loads only as its repository directory holds it (model.onnx, config.json); change the files there and load again"
       : action === "load"

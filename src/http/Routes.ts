@@ -168,7 +168,7 @@ const modelParams = Effect.flatMap(HttpRouter.params, (params) => {
   const name = params["name"] ?? ""
   const version = params["version"]
   if (!ModelRepository.isValidModelName(name)) {
-    return fail(400, `invalid model name ${JSON.stringify(name.slice(0, 200))}: letters, digits, "_", "." and "-" only, starting with a letter or digit`)
+    return fail(400, `invalid model name ${JSON.stringify(name.slice(0, 200))}: ${ModelRepository.modelNameRule}`)
   }
   if (version !== undefined && !ModelRepository.versionPattern.test(version)) {
     return fail(400, `invalid model version ${JSON.stringify(version.slice(0, 200))}: decimal digits only`)
@@ -461,7 +461,7 @@ const repositoryRoutes = (ctx: Ctx) => {
       const text = yield* readBody
       const body = Oip.decodeRepositoryControlRequest(text.trim() === "" ? {} : yield* parseJson(text, "the request body"))
       if ("error" in body) return yield* fail(400, body.error)
-      const refused = ModelControl.checkParameters(action, Object.keys(body.parameters ?? {}))
+      const refused = ModelControl.checkParameters(action, body.parameters ?? {})
       if (refused !== undefined) return yield* fail(400, refused)
       yield* (action === "load" ? ModelControl.load(pool, name, lifecycle) : ModelControl.unload(pool, engine, name)).pipe(
         Effect.catchTag("NotSupported", (e) => fail(400, e.message)),

@@ -173,7 +173,7 @@ export const options: ReadonlyArray<Option> = [
     decode: (text) => {
       const names = text.split(",").map((n) => n.trim()).filter((n) => n !== "")
       const bad = names.find((name) => !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name))
-      return bad === undefined ? { value: names } : { error: `${JSON.stringify(bad)}: letters, digits, "_", "." and "-" only` }
+      return bad === undefined ? { value: names } : { error: `${JSON.stringify(bad)}: ${ModelRepository.modelNameRule}` }
     }
   },
   {

@@ -776,6 +776,11 @@ describe("model control over gRPC", () => {
       assert.include(config.error?.details, `load parameter "config" overrides are not supported`)
       const file = yield* call("RepositoryModelLoad", { model_name: "mlp", parameters: { "file:1/model.onnx": { bytes_param: Buffer.from([1]) } } })
       assert.strictEqual(file.error?.code, Grpc.status.INVALID_ARGUMENT)
+      // unload_dependents is a bool_param; a string is refused, as HTTP refuses one.
+      const loose = yield* call("RepositoryModelUnload", { model_name: "mlp", parameters: { unload_dependents: { string_param: "yes" } } })
+      assert.strictEqual(loose.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(loose.error?.details, `unload parameter "unload_dependents" must be a boolean, got "yes"`)
+      assert.isUndefined((yield* call("RepositoryModelUnload", { model_name: "mlp", parameters: { unload_dependents: { bool_param: true } } })).error)
     }), 60_000)
 })
 

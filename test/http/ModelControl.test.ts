@@ -140,6 +140,7 @@ describe("explicit model control", () => {
         ["load", JSON.stringify({ parameters: { "file:1/model.onnx": "AAAA" } }), /^load parameter "file:1\/model.onnx" overrides are not supported/],
         ["load", JSON.stringify({ parameters: { color: "blue" } }), /^load parameter "color" is not a load parameter this server knows/],
         ["unload", JSON.stringify({ parameters: { force: true } }), /^unload parameter "force" is not an unload parameter/],
+        ["unload", JSON.stringify({ parameters: { unload_dependents: "yes" } }), /^unload parameter "unload_dependents" must be a boolean, got "yes"/],
         ["load", "{{{", /^the request body is not valid JSON/],
         ["load", "[".repeat(20_000) + "]".repeat(20_000), /^the request body nests arrays or objects more than 64 levels deep/],
         ["load", "[]", /^invalid repository load or unload request/],

@@ -132,6 +132,7 @@ export const corpus: ReadonlyArray<Case> = [
   { name: "model name ../../etc/passwd (encoded)", path: "/v2/models/..%2F..%2Fetc%2Fpasswd/infer", body: valid, status: 400, error: /^invalid model name/ },
   { name: "model name with a backslash", path: "/v2/models/a%5Cb/infer", body: valid, status: 400, error: /^invalid model name/ },
   { name: "model name starting with a dot", path: "/v2/models/.hidden/infer", body: valid, status: 400, error: /^invalid model name/ },
+  { name: "model name of 129 characters", path: `/v2/models/${"m".repeat(129)}/infer`, body: valid, status: 400, error: /^invalid model name "m+": letters, digits, .* at most 128 characters$/ },
   { name: "model name with a NUL byte", path: "/v2/models/echo%00/infer", body: valid, status: 400, error: /^invalid model name/ },
   { name: "model name with markup", path: "/v2/models/%3Cscript%3E/infer", body: valid, status: 400, error: /^invalid model name/ },
   { name: "model name of 300 characters", path: `/v2/models/${"m".repeat(300)}/infer`, body: valid, status: 400, error: /^invalid model name/ },
