@@ -206,7 +206,11 @@ const dataOf = (input: ModelInferRequest["inputs"][number]): ReadonlyArray<unkno
       if (other !== field && (c[other]?.length ?? 0) > 0) wrong += wrong === "" ? other : `, ${other}`
     }
   }
-  if (wrong !== "") return `datatype ${input.datatype} takes its values in contents.${field}, got ${wrong}`
+  if (wrong !== "") {
+    return (c?.[field]?.length ?? 0) > 0
+      ? `datatype ${input.datatype} takes its values in contents.${field} only, also got ${wrong}`
+      : `datatype ${input.datatype} takes its values in contents.${field}, got ${wrong}`
+  }
   const values = c?.[field] ?? []
   const count = elementsOf(input.shape)
   if (count !== undefined && values.length !== count) {

@@ -52,7 +52,7 @@ describe("GrpcCodec.toOip", () => {
     [
       "values in the datatype's field and others",
       request({ inputs: [input({ datatype: "INT64", contents: contents({ int64_contents: ["1", "2", "3", "4"], int_contents: [1], fp64_contents: [1] }) })] }),
-      "input \"x\": datatype INT64 takes its values in contents.int64_contents, got int_contents, fp64_contents"
+      "input \"x\": datatype INT64 takes its values in contents.int64_contents only, also got int_contents, fp64_contents"
     ],
     [
       "no contents at all",
