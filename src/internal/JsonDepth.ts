@@ -23,27 +23,41 @@ const countUpTo = (text: string, char: string, limit: number): number => {
   return n
 }
 
+/** The characters that open or close a level or a string; the scan jumps from one to the next. */
+const structural = /[[\]{}"]/g
+
 /**
  * Whether `text` (meant for `JSON.parse`) nests arrays and objects deeper than `depth` levels,
  * outside strings. A text with few openers is not scanned (false): its parse is cheap whatever
- * its depth. Otherwise one pass over it, stopping at the first level too deep.
+ * its depth. Otherwise one pass from one structural character to the next (a regex, about a
+ * fifth of the parse of a body of nested rows), stopping at the first level too deep.
  */
 export const nestsDeeperThan = (text: string, depth: number = maxDepth): boolean => {
   const openers = countUpTo(text, "[", openersUnscanned)
   if (openers + countUpTo(text, "{", openersUnscanned - openers) <= openersUnscanned) return false
   let level = 0
-  let inString = false
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i)
-    if (inString) {
-      if (c === 0x5c) i++ // a backslash escapes the next character
-      else if (c === 0x22) inString = false
-    } else if (c === 0x22) inString = true
-    else if (c === 0x5b || c === 0x7b) {
+  structural.lastIndex = 0
+  for (let match = structural.exec(text); match !== null; match = structural.exec(text)) {
+    const c = text.charCodeAt(match.index)
+    if (c === 0x22) {
+      const end = stringEnd(text, match.index)
+      if (end === -1) return false // unterminated: JSON.parse refuses it
+      structural.lastIndex = end + 1
+    } else if (c === 0x5b || c === 0x7b) {
       if (++level > depth) return true
-    } else if (c === 0x5d || c === 0x7d) level--
+    } else level--
   }
   return false
+}
+
+/** The index of the quote that closes the string opened at `start`: one after an even run of backslashes; -1 if none. */
+const stringEnd = (text: string, start: number): number => {
+  for (let end = text.indexOf("\"", start + 1); end !== -1; end = text.indexOf("\"", end + 1)) {
+    let k = end - 1
+    while (text.charCodeAt(k) === 0x5c) k--
+    if ((end - 1 - k) % 2 === 0) return end
+  }
+  return -1
 }
 
 /** The 400 message for a text that `nestsDeeperThan` refused. */

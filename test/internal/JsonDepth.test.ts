@@ -19,10 +19,15 @@ describe("JsonDepth.nestsDeeperThan", () => {
       ["20,000 shallow rows", manyRows(20_000), false],
       ["brackets inside strings", JSON.stringify({ s: Array.from({ length: 20_000 }, () => "[[[[").join(""), t: "\\\"[[" }), false],
       ["an escaped quote does not end a string", `["\\"${"[".repeat(20_000)}"]`, false],
+      ["an escaped backslash before a quote does end it", `[${JSON.stringify("a\\")}, ${nested(20_000)}]`, true],
+      ["deep nesting after many strings with escapes", `[${Array.from({ length: 5_000 }, () => JSON.stringify("\\\"x\\")).join(",")},${nested(20_000)}]`, true],
       // Few openers: not scanned, its parse is cheap however deep (the schema refuses it after).
       ["5,000 levels, few openers", nested(5_000), false]
     ]
-    for (const [what, text, deeper] of cases) assert.strictEqual(JsonDepth.nestsDeeperThan(text), deeper, what)
+    for (const [what, text, deeper] of cases) {
+      if (text.length < 100_000) assert.doesNotThrow(() => JSON.parse(text), undefined, undefined, `${what} is JSON`)
+      assert.strictEqual(JsonDepth.nestsDeeperThan(text), deeper, what)
+    }
   })
 
   it("everything it lets through parses in a bounded time: no more than 10,000 levels unscanned", () => {
