@@ -8,6 +8,7 @@
 import { Cause, type Config, Data, Effect, Exit, type Runtime } from "effect"
 import { CliError, CliOutput } from "effect/cli"
 import * as AsyncConfig from "../AsyncConfig.ts"
+import * as InstancePool from "../onnx/InstancePool.ts"
 
 /** Ends the process with `code`, after the message was printed. */
 export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
@@ -65,3 +66,36 @@ export const teardown: Runtime.Teardown = (exit, onExit) => {
   process.stderr.write(`${Cause.pretty(exit.cause)}\n`)
   return onExit(1)
 }
+
+/**
+ * After the model pools have closed: waits for the worker threads a close left inside a native
+ * run (past `closeTimeout`), since exiting while one runs aborts the process (134). Says so; a
+ * signal meanwhile exits at once, by that signal (`onWait` runs first, when there is a wait).
+ */
+export const awaitLeftRunning = (onWait: () => void = () => {}): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const count = InstancePool.leftRunningCount()
+    if (count === 0) return Effect.void
+    onWait()
+    const exitBy = (signal: NodeJS.Signals) => () => {
+      process.removeAllListeners(signal)
+      process.kill(process.pid, signal)
+    }
+    const onInt = exitBy("SIGINT")
+    const onTerm = exitBy("SIGTERM")
+    return Effect.logWarning(
+      `waiting for ${count} worker thread${count === 1 ? "" : "s"} still inside a native run to end before exiting ` +
+        `(stopping one would abort the process; a signal exits at once)`
+    ).pipe(
+      Effect.andThen(Effect.sync(() => {
+        process.on("SIGINT", onInt)
+        process.on("SIGTERM", onTerm)
+      })),
+      Effect.andThen(InstancePool.awaitLeftRunning),
+      Effect.andThen(Effect.logInfo("the worker threads left running have ended")),
+      Effect.ensuring(Effect.sync(() => {
+        process.off("SIGINT", onInt)
+        process.off("SIGTERM", onTerm)
+      }))
+    )
+  })

@@ -22,9 +22,9 @@ import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
 import * as Live from "../Live.ts"
-import * as OnnxModelPool from "../onnx/OnnxModelPool.ts"
 import { ModelPool } from "../ModelPool.ts"
 import type * as Priority from "../Priority.ts"
+import * as Cli from "./CliCommon.ts"
 import * as Progress from "./Progress.ts"
 import * as Records from "./Records.ts"
 
@@ -457,4 +457,4 @@ export const engineLayer = (options: {
  * thread the close left inside a native run (exiting while it runs would abort the process).
  */
 export const runWithEngine = (options: Options, engine: Parameters<typeof engineLayer>[0]) =>
-  run(options).pipe(Effect.provide(engineLayer({ ...engine, concurrency: options.concurrency })), Effect.ensuring(OnnxModelPool.awaitLeftRunning))
+  run(options).pipe(Effect.provide(engineLayer({ ...engine, concurrency: options.concurrency })), Effect.ensuring(Cli.awaitLeftRunning()))

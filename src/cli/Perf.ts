@@ -32,6 +32,7 @@ import type * as InputSignature from "../InputSignature.ts"
 import * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool } from "../ModelPool.ts"
 import type * as Tensor from "../Tensor.ts"
+import * as Cli from "./CliCommon.ts"
 import * as Infer from "./Infer.ts"
 import * as Records from "./Records.ts"
 
@@ -410,7 +411,11 @@ const inProcess = (options: Options) =>
         onFailure: (e) => `${e.reason._tag}: ${e.message}`
       })
     return yield* runLevels(options, inputs, send)
-  }).pipe(Effect.provide(Infer.engineLayer({ repository: options.repository, concurrency: Math.max(...options.levels), serviceName: "effect-onnx-perf" })))
+  }).pipe(
+    Effect.provide(Infer.engineLayer({ repository: options.repository, concurrency: Math.max(...options.levels), serviceName: "effect-onnx-perf" })),
+    // A worker thread the engine's close left inside a native run: exiting now would abort the process.
+    Effect.ensuring(Cli.awaitLeftRunning())
+  )
 
 /** Runs every level against the target and returns the results. */
 export const run = (options: Options) =>

@@ -142,6 +142,11 @@ const reportModels = (config: ServerConfig.ServerConfig) =>
     }
   })
 
+const leftRunningText = () => {
+  const count = InstancePool.leftRunningCount()
+  return `abandoning ${count} worker thread${count === 1 ? "" : "s"} still inside a native run`
+}
+
 export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.ExitCode> => {
   /** What a second signal abandons: the models being loaded, until the server listens. */
   let abandoned = () => "abandoning the models being loaded"
@@ -190,27 +195,5 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
 
   // Tracing and OTLP export are decided by Live.layerConfig (traced only when exporting).
   // The stops are watched from before the models load: a signal or the parent's exit then stops the start.
-  return Effect.scoped(Effect.andThen(watchStops(() => abandoned()), Effect.ensuring(main, awaitLeftRunning(() => abandoned = leftRunningText))))
+  return Effect.scoped(Effect.andThen(watchStops(() => abandoned()), Effect.ensuring(main, Cli.awaitLeftRunning(() => abandoned = leftRunningText))))
 }
-
-const leftRunningText = () => `abandoning ${InstancePool.leftRunningCount()} worker threads still inside a native run `
-
-/**
- * After the pools have closed: waits for the worker threads a close left inside a native run
- * (`closeTimeout` passed), since exiting while one runs aborts the process. A second signal
- * exits at once (`onWait` sets what it abandons).
- */
-export const awaitLeftRunning = (onWait: () => void): Effect.Effect<void> =>
-  Effect.suspend(() => {
-    const count = InstancePool.leftRunningCount()
-    if (count === 0) return Effect.void
-    onWait()
-    return Effect.logWarning(
-      `waiting for ${count} worker thread${count === 1 ? "" : "s"} still inside a native run to end before exiting ` +
-        `(stopping one would abort the process; a second signal exits at once)`
-    ).pipe(
-      Effect.andThen(InstancePool.awaitLeftRunning),
-      Effect.andThen(Effect.logInfo("the worker threads left running have ended"))
-    )
-  })
-
