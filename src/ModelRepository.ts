@@ -48,10 +48,10 @@ export const modelNamePattern = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
 /** Longest accepted model name. */
 export const maxModelNameLength = 128
 
-/** True for a name that can be a model directory in the repository (and nothing else). */
 /** What a valid model name is, in words, for the messages that refuse one. */
 export const modelNameRule = `letters, digits, "_", "." and "-" only, starting with a letter or digit, at most ${maxModelNameLength} characters`
 
+/** True for a name that can be a model directory in the repository (and nothing else). */
 export const isValidModelName = (name: string): boolean => name.length <= maxModelNameLength && modelNamePattern.test(name)
 
 /** Version directories: decimal digits only. */

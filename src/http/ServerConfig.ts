@@ -172,7 +172,7 @@ export const options: ReadonlyArray<Option> = [
     repeatable: true,
     decode: (text) => {
       const names = text.split(",").map((n) => n.trim()).filter((n) => n !== "")
-      const bad = names.find((name) => !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name))
+      const bad = names.find((name) => !ModelRepository.isValidModelName(name))
       return bad === undefined ? { value: names } : { error: `${JSON.stringify(bad)}: ${ModelRepository.modelNameRule}` }
     }
   },

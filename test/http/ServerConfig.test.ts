@@ -125,7 +125,8 @@ describe("ServerConfig", () => {
     const cases: ReadonlyArray<readonly [Record<string, string>, string]> = [
       [{ loadModels: "a" }, "--load-model needs --model-control-mode explicit"],
       [{ modelControlMode: "poll" }, "invalid --model-control-mode \"poll\""],
-      [{ modelControlMode: "explicit", loadModels: "../x" }, "invalid --load-model \"../x\""]
+      [{ modelControlMode: "explicit", loadModels: "../x" }, "invalid --load-model \"../x\""],
+      [{ modelControlMode: "explicit", loadModels: "m".repeat(129) }, "at most 128 characters"]
     ]
     for (const [flags, message] of cases) {
       const result = decode(flags, {})
