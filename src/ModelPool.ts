@@ -106,6 +106,11 @@ export interface Service {
   /** Every model in the repository with its state. */
   readonly models: Effect.Effect<ReadonlyArray<ModelStatus>>
   /**
+   * Optional: the versions loaded (READY) or that failed to load, without looking at the
+   * repository again (`models` may rescan it for models added since). What `/metrics` reads.
+   */
+  readonly loadedModels?: Effect.Effect<ReadonlyArray<ModelStatus>> | undefined
+  /**
    * Explicit model control (optional: a pool without it cannot load or unload). Loads, or
    * reloads, every version of `name` from the repository as it is on disk now; the versions that
    * served before keep serving until the new ones are READY, then are released. Fails with

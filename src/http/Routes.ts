@@ -331,7 +331,8 @@ const serverRoutes = (ctx: Ctx) => {
   }))
 
   const prometheus = handle(
-    pool.models.pipe(
+    // The versions served now; `models` may rescan the repository (explicit model control), each scrape.
+    (pool.loadedModels ?? pool.models).pipe(
       Effect.flatMap((models) => metricsPage.render(engine, { format: options.metricsFormat, served: models.filter((m) => m.state === "READY") })),
       Effect.map((text) => HttpServerResponse.text(text, { contentType: Metrics.contentType }))
     )

@@ -555,6 +555,10 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
 
     const inTurn = makeTurns()
     const info = Effect.sync(() => infoOf(state))
+    const loadedModels: Effect.Effect<ReadonlyArray<ModelStatus>> = Effect.map(info, (all) =>
+      all.map((m): ModelStatus => (m.reason === undefined
+        ? { name: m.name, version: m.version, state: m.state }
+        : { name: m.name, version: m.version, state: m.state, reason: m.reason })))
     // A scan reads every model's config.json (112 ms of CPU for 300 models), and readiness, metadata and
     // the index ask per request: one scan serves a second, or until a load or unload changes what is loaded.
     const [unseenNow, rescan] = yield* Effect.cachedInvalidateWithTTL(Effect.suspend(() => unseen(loader, state)), unseenTtl)
@@ -585,10 +589,8 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         })),
       runGroup: (modelId, inputs, runOptions) =>
         Effect.suspend(() => withModel(resolveAdmitted(state, modelId, runOptions), (model) => model.host.runGroup(inputs, runOptions.requestId, runOptions))),
-      models: Effect.map(Effect.zip(info, extra), ([all, unloaded]) =>
-        all.map((m): ModelStatus => (m.reason === undefined
-          ? { name: m.name, version: m.version, state: m.state }
-          : { name: m.name, version: m.version, state: m.state, reason: m.reason })).concat(unloaded)),
+      models: Effect.map(Effect.zip(loadedModels, extra), ([loaded, unloaded]) => loaded.concat(unloaded)),
+      loadedModels,
       get repository() {
         return state.repository
       },

@@ -180,6 +180,8 @@ describe("OnnxModelPool lifecycle", () => {
       assert.deepStrictEqual(yield* names, ["a UNAVAILABLE"], "within the second: the last scan's answer")
       yield* TestClock.adjust("1 second")
       assert.deepStrictEqual(yield* names, ["a UNAVAILABLE", "b UNAVAILABLE"])
+      // loadedModels (what /metrics reads on every scrape) never rescans: what was loaded, or tried, only.
+      assert.deepStrictEqual((yield* pool.loadedModels!).map((m) => `${m.name} ${m.state}`), ["a UNAVAILABLE"])
     }))
 
   it.live("explicit control: models answers from a fresh scan after a load or an unload (a loaded model is listed once)", () =>
