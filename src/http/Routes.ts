@@ -596,5 +596,8 @@ export const layer = (
     })
   )
 
-/** Router options for these routes: `/v2/` and `/v2` are the same; long names reach the name check (400). */
-export const routerConfig = { ignoreTrailingSlash: true, maxParamLength: 1024 } as const
+/**
+ * Router options for these routes: `/v2/` and `/v2` are the same; long names reach the name check
+ * (400); paths are case-sensitive, as Triton's and the fast path's (`/V2/MODELS/…` is a 404).
+ */
+export const routerConfig = { ignoreTrailingSlash: true, maxParamLength: 1024, caseSensitive: true } as const

@@ -102,6 +102,10 @@ describe("server and health routes", () => {
       const undecodable = yield* send("GET", "/v2/models/%E0%A4%A")
       assert.strictEqual(undecodable.status, 404)
       assert.match(undecodable.json.error, /^no route for GET/)
+      // Paths are case-sensitive, as Triton's (and the fast path's): the router matched these before.
+      assert.strictEqual((yield* send("GET", "/V2/HEALTH/LIVE")).status, 404)
+      assert.strictEqual((yield* send("POST", "/V2/MODELS/echo/INFER", echoRequest([1, 2, 3, 4]))).status, 404)
+      assert.strictEqual((yield* send("GET", "/v2/health/live")).status, 200)
     }).pipe(withFreshMetrics))
 
   it.effect("a wrong method on an existing route is a JSON 405 with Allow", () =>
