@@ -110,8 +110,11 @@ export const InferParameters = Schema.Struct({
     Schema.makeFilter((n: number) => Number.isInteger(n), { expected: "a non-negative integer" }),
     Schema.isGreaterThanOrEqualTo(0)
   )),
-  /** Microseconds; 0 means the default deadline. */
-  timeout: Schema.optionalKey(Schema.Number.check(Schema.isGreaterThanOrEqualTo(0), Schema.isFinite())),
+  /** Microseconds, an integer as Triton's uint64; 0 means the default deadline. */
+  timeout: Schema.optionalKey(Schema.Number.check(
+    Schema.makeFilter((n: number) => Number.isInteger(n), { expected: "a non-negative integer (microseconds)" }),
+    Schema.isGreaterThanOrEqualTo(0)
+  )),
   /** Binary tensor data extension: every output as binary unless its own `binary_data` says otherwise. */
   binary_data_output: Schema.optionalKey(Schema.Boolean)
 })

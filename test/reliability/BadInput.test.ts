@@ -128,6 +128,7 @@ export const corpus: ReadonlyArray<Case> = [
   { name: "priority negative", body: { ...valid, parameters: { priority: -1 } }, status: 400, error: /at \["parameters"\]\["priority"\]/ },
   { name: "priority as a string", body: { ...valid, parameters: { priority: "high" } }, status: 400, error: /at \["parameters"\]\["priority"\]/ },
   { name: "negative timeout", body: { ...valid, parameters: { timeout: -1 } }, status: 400, error: /at \["parameters"\]\["timeout"\]/ },
+  { name: "fractional timeout (microseconds are an integer, as priority is)", body: { ...valid, parameters: { timeout: 1.5 } }, status: 400, error: /Expected a non-negative integer \(microseconds\) at \["parameters"\]\["timeout"\]/ },
   // -- model names and versions: nothing reaches outside the repository -------------------------
   { name: "model name ../../etc/passwd (encoded)", path: "/v2/models/..%2F..%2Fetc%2Fpasswd/infer", body: valid, status: 400, error: /^invalid model name/ },
   { name: "model name with a backslash", path: "/v2/models/a%5Cb/infer", body: valid, status: 400, error: /^invalid model name/ },
