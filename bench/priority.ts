@@ -2,7 +2,7 @@
  * priority: does Critical stay fast under load? 64 outstanding MLP batch-1 requests, 95% Low and
  * 5% Critical (chosen per request from a seeded PRNG), against Critical requests sent alone
  * (1 outstanding, nothing else running). Critical p99 loaded / Critical p99 unloaded, paired
- * per round; goal ≤ 2×.
+ * per round; goal ≤ 1.5×.
  *
  * Engines (OnnxModelPool, worker threads, default instances): batching on and off at the
  * default maxConcurrentRequests (4), and at maxConcurrentRequests 1 (nothing queues at the pool,
