@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { spawnSync } from "node:child_process"
+import { spawn } from "node:child_process"
 import { Effect, Exit, Fiber, References, Scope } from "effect"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as DeviceLock from "../../src/onnx/DeviceLock.ts"
@@ -114,16 +114,27 @@ describe("WorkerHost at close", () => {
 })
 
 describe("a process that exits after its pool closed", () => {
-  it("waits with awaitLeftRunning for a worker left inside its native run, then exits 0; process.exit without it aborts (134)", () => {
+  it("waits with awaitLeftRunning for a worker left inside its native run, then exits 0; process.exit without it aborts (134)", async () => {
     const repo = HeavyModel.writeRepository(HeavyModel.heavySizes, { heavy: { instances: 1, isolation: "thread" } })
     try {
       const program = new URL("../fixtures/LeftRunningExit.ts", import.meta.url).pathname
-      const run = (...args: Array<string>) => spawnSync(process.execPath, [program, repo.root, ...args], { encoding: "utf8", timeout: 30_000 })
-      const waited = run("--wait")
+      const run = (...args: Array<string>) =>
+        new Promise<{ status: number | null; signal: string | null; stdout: string; stderr: string }>((resolve) => {
+          const child = spawn(process.execPath, [program, repo.root, ...args], { stdio: ["ignore", "pipe", "pipe"] })
+          let stdout = ""
+          let stderr = ""
+          child.stdout.on("data", (c: Buffer) => (stdout += c.toString("utf8")))
+          child.stderr.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
+          const timer = setTimeout(() => child.kill("SIGKILL"), 30_000)
+          child.on("exit", (status, signal) => {
+            clearTimeout(timer)
+            resolve({ status, signal, stdout, stderr })
+          })
+        })
+      // Both at once (each loads the model and runs about a second): the wait, and the hazard it guards against.
+      const [waited, exited] = await Promise.all([run("--wait"), run()])
       assert.strictEqual(waited.status, 0, waited.stderr)
       assert.deepStrictEqual(waited.stdout.trim().split("\n"), ["left running 1", "run ended"], "the pool closed with the run still going, then the run ended")
-      // The hazard it guards against, on the same program without the wait.
-      const exited = run()
       assert.strictEqual(exited.signal, "SIGABRT", `status ${exited.status}: ${exited.stderr}`)
       assert.include(exited.stderr, "Napi::Error")
     } finally {
