@@ -13,7 +13,14 @@
  * maxConcurrentRequests, a batching delay), with (i) and (ii) alternating in the same rounds,
  * and two diagnostics: the engine over the bench-local in-thread pool (no worker hop).
  *
- * Usage: node --expose-gc bench/throughput.ts [--quick]
+ * Every contender first runs `--warmup-ms` at 64 outstanding (default 4000, quick 1500; the
+ * sweep's engines `--sweep-warmup-ms`, default 1500, quick 500), then 300 ms before each level:
+ * V8 keeps optimising the engine's few hundred hot functions for 3-4 s of load on these 2 cores
+ * (`--trace-opt`: 364, 94, 114, 52 optimisations in seconds 0-3, then 4 a second), and throughput
+ * doubles meanwhile; the hand-written baselines are a few functions and warm at once. Without it
+ * the medians measured the engine's warm-up, not the engine.
+ *
+ * Usage: node --expose-gc bench/throughput.ts [--quick] [--warmup-ms=N]
  */
 import * as AsyncConfig from "../src/AsyncConfig.ts"
 import * as ModelRepository from "../src/ModelRepository.ts"
@@ -27,6 +34,8 @@ const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 2 : 4))
 const BLOCK_MS = Number(args.options["block-ms"] ?? (args.quick ? 500 : 1000))
 const SWEEP_ROUNDS = Number(args.options["sweep-rounds"] ?? (args.quick ? 1 : 3))
 const SWEEP_MS = Number(args.options["sweep-ms"] ?? (args.quick ? 400 : 900))
+const WARMUP_MS = Number(args.options["warmup-ms"] ?? (args.quick ? 1500 : 4000))
+const SWEEP_WARMUP_MS = Number(args.options["sweep-warmup-ms"] ?? (args.quick ? 500 : 1500))
 const LEVELS = [1, 16, 64]
 const MAX_CONCURRENT = AsyncConfig.defaults.maxConcurrentRequests
 const DEFAULT_INSTANCES = ModelRepository.defaultInstances()
@@ -63,7 +72,7 @@ const summarize = (rs: ReadonlyArray<LoadResult>, base?: ReadonlyArray<LoadResul
 })
 
 const main = async () => {
-  log(`throughput: levels ${LEVELS.join(", ")}, ${ROUNDS} rounds × ${BLOCK_MS} ms; sweep at 64: ${SWEEP_ROUNDS} rounds × ${SWEEP_MS} ms${args.quick ? " (quick)" : ""}`)
+  log(`throughput: levels ${LEVELS.join(", ")}, ${ROUNDS} rounds × ${BLOCK_MS} ms after ${WARMUP_MS} ms of warm-up each; sweep at 64: ${SWEEP_ROUNDS} rounds × ${SWEEP_MS} ms after ${SWEEP_WARMUP_MS} ms each${args.quick ? " (quick)" : ""}`)
   const sessionI = await openSession("mlp")
   const sessionII = await openSession("mlp")
   const sessionV = await openSession("mlp")
@@ -96,6 +105,7 @@ const main = async () => {
     },
     { name: "v", label: "(v) micro-batcher (64 rows or 2 ms) + session.run (in-thread)", load: microBatcher(sessionV) }
   ]
+  for (const c of main4) await c.load(64, WARMUP_MS)
   const mainResults: Record<number, Record<string, Array<LoadResult>>> = {}
   const mainRows: Array<Row> = []
   for (const level of LEVELS) {
@@ -131,7 +141,7 @@ const main = async () => {
     { name: "ii", label: main4[1]!.label, load: main4[1]!.load }
   ]
   for (const v of variants) sweepLoads.push({ name: v.name, label: v.label, load: viaEngine(await start(v)), variant: v })
-  for (const c of sweepLoads) await c.load(64, 200)
+  for (const c of sweepLoads) await c.load(64, SWEEP_WARMUP_MS)
   const sweep = await alternate(SWEEP_ROUNDS, sweepLoads.map((c) => ({ name: c.name, run: () => c.load(64, SWEEP_MS) })), (r, name, x) =>
     log(`  sweep round ${r + 1} ${name.padEnd(18)} ${fmt(x.reqPerSec)} req/s p50 ${fmt(x.latency["all"]!.p50)} p99 ${fmt(x.latency["all"]!.p99)} ms${x.meanBatch === undefined ? "" : ` rows/run ${fmt(x.meanBatch)}`}`), "sweep")
   const sweepRows = sweepLoads.map((c) => ({ contender: c.label, ...summarize(sweep[c.name]!, c.name === "i" ? undefined : sweep["i"], c.name === "i" || c.name === "ii" ? undefined : sweep["ii"]) }))
@@ -172,7 +182,7 @@ const main = async () => {
   console.log(goalsTable(goals))
 
   const file = writeResults("throughput", {
-    args: { quick: args.quick, rounds: ROUNDS, blockMs: BLOCK_MS, sweepRounds: SWEEP_ROUNDS, sweepMs: SWEEP_MS, levels: LEVELS },
+    args: { quick: args.quick, rounds: ROUNDS, blockMs: BLOCK_MS, sweepRounds: SWEEP_ROUNDS, sweepMs: SWEEP_MS, levels: LEVELS, warmupMs: WARMUP_MS, sweepWarmupMs: SWEEP_WARMUP_MS },
     setup: { model: "mlp", batch: 1, defaultInstances: DEFAULT_INSTANCES, maxConcurrentRequests: MAX_CONCURRENT, batchingOn: batchingOn(), microBatcher: "(v): 64 rows or 2 ms, one batch at a time, in-thread session", telemetry: "TelemetryCollector.layer", batchingSources: sources },
     main: { table: mainRows, rounds: mainResults },
     sweep: { variants, table: sweepRows, rounds: sweep, bestOn: bestOn.name, bestOff: bestOff.name },
