@@ -1,6 +1,7 @@
 /**
  * probe: one engine configuration at one level for a few seconds, for profiling the hot path
- * (`node --cpu-prof bench/probe.ts [--outstanding=64] [--ms=3000] [--batching=off] [--telemetry=noop]`).
+ * (`node --cpu-prof bench/probe.ts [--outstanding=64] [--ms=3000] [--warmup-ms=4000] [--batching=off] [--telemetry=noop]`):
+ * the warm-up lets V8 optimise the engine first (3-4 s of load on these 2 cores).
  * Prints one JSON line: req/s, p50/p99, main-thread CPU µs and heap bytes per request, rows/run.
  */
 import { parseArgs } from "./lib/common.ts"
@@ -17,7 +18,7 @@ const h = await startEngine(engineLayer(
   args.options["telemetry"] === "noop" ? "noop" : "metrics"
 ))
 const load = viaEngine(h)
-await load(outstanding, 500)
+await load(outstanding, Number(args.options["warmup-ms"] ?? 4000))
 const r = await load(outstanding, ms)
 console.log(JSON.stringify({ outstanding, batching, failed: r.failed, firstError: r.firstError, reqPerSec: Math.round(r.reqPerSec), p50: r.latency["all"]?.p50, p99: r.latency["all"]?.p99, mainCpuUsPerReq: +r.mainCpuUsPerReq.toFixed(2), heapBytesPerReq: Math.round(r.heapBytesPerReq), rowsPerRun: r.meanBatch }))
 await h.dispose()
