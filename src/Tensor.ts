@@ -98,15 +98,50 @@ const uninitializedMinBytes = 4096
 /**
  * Like `allocate`, for a caller that writes every element before anyone reads one: from 4 KiB the
  * memory is not zeroed first (a 766 KB batch cost 110 µs allocated and filled, 70 µs without the
- * zeroing). Always an exact-size buffer of its own, so it can be transferred.
+ * zeroing), and a buffer given back by `recycle` of exactly the size is reused first. Always an
+ * exact-size buffer of its own, so it can be transferred.
  */
 export const allocateForOverwrite = <T extends DataType>(dtype: T, length: number): DataTypeToArray[T] => {
   if (dtype === "string") return allocate(dtype, length)
   const ctor = constructors[dtype as Exclude<DataType, "string">]
   const bytes = length * ctor.BYTES_PER_ELEMENT
   if (bytes < uninitializedMinBytes) return allocate(dtype, length)
+  const reused = recycled.get(bytes)?.pop()
+  if (reused !== undefined) {
+    recycledBytes -= bytes
+    return new ctor(reused, 0, length) as DataTypeToArray[T]
+  }
   return new ctor(Buffer.allocUnsafeSlow(bytes).buffer, 0, length) as DataTypeToArray[T]
 }
+
+/**
+ * Buffers given back for reuse, by byte length (this thread's own). Fresh memory costs its page
+ * faults when it is first written: joining 32 MLP rows into a new 100 KB buffer took 0.5-1.5 µs a
+ * row, against 0.07 into one written before.
+ */
+const recycled = new Map<number, Array<ArrayBuffer>>()
+let recycledBytes = 0
+/** At most this many bytes are kept, and this many buffers of one size. */
+const recycledMaxBytes = 16 * 1024 * 1024
+const recycledMaxPerSize = 4
+
+/**
+ * Gives `buffer` to `allocateForOverwrite` to reuse: the caller promises that nothing reads or
+ * writes it any more (the usual case: a batch's input buffer that a worker thread transferred back
+ * after its run). Kept only from 4 KiB, within the bounds above; otherwise left to the GC.
+ */
+export const recycle = (buffer: ArrayBuffer): void => {
+  const bytes = buffer.byteLength
+  if (bytes < uninitializedMinBytes || recycledBytes + bytes > recycledMaxBytes || (buffer as { readonly resizable?: boolean }).resizable === true) return
+  let list = recycled.get(bytes)
+  if (list === undefined) recycled.set(bytes, list = [])
+  if (list.length >= recycledMaxPerSize) return
+  list.push(buffer)
+  recycledBytes += bytes
+}
+
+/** Bytes held for reuse now (`recycle`); for tests and telemetry. */
+export const recycledBytesHeld = (): number => recycledBytes
 
 /**
  * `length` elements of `dtype` read in place from `bytes` (no copy), or undefined when `bytes`

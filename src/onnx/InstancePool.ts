@@ -677,6 +677,8 @@ const spawn = (
               slot.loadError = message.error
               return
             case "done":
+              if (message.returned !== undefined) for (const buffer of message.returned) Tensor.recycle(buffer)
+              return onReply(state, slot, message)
             case "failed":
             case "doneGroup":
               return onReply(state, slot, message)
@@ -1045,7 +1047,12 @@ const api = (state: State): InstancePool => {
     fallbacks: first.fallbacks,
     run: (inputs, requestId, runOptions) => {
       const { transfer, wire } = wireInputs(state, inputs, runOptions?.transfer === true)
-      return submit(state, requestId, (id, ahead) => ahead ? { _tag: "run", id, inputs: wire, ahead } : { _tag: "run", id, inputs: wire }, decodeRun, runOptions, transfer)
+      // Inputs moved to a thread come back after the run (`recycle`), for the next batch's buffers.
+      const recycle = transfer !== undefined
+      return submit(state, requestId, (id, ahead) =>
+        recycle
+          ? ahead ? { _tag: "run", id, inputs: wire, ahead, recycle } : { _tag: "run", id, inputs: wire, recycle }
+          : ahead ? { _tag: "run", id, inputs: wire, ahead } : { _tag: "run", id, inputs: wire }, decodeRun, runOptions, transfer)
     },
     runGroup: (inputs, requestId, runOptions) => {
       const wires = inputs.map((i) => wireInputs(state, i, false).wire)

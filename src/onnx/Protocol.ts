@@ -12,8 +12,9 @@
  * `failed` per run, in order; `closed` before a graceful exit.
  *
  * Input tensors are structured-cloned (copied) to the worker, or transferred when the host owns
- * them (a batch the engine joined); output buffers are transferred back (the worker's arrays are
- * detached, the host's are exact-size and owned by the caller).
+ * them (a batch the engine joined), and then given back after the run for the host to reuse
+ * (`recycle`); output buffers are transferred back (the worker's arrays are detached, the host's
+ * are exact-size and owned by the caller).
  *
  * @module Protocol
  */
@@ -65,6 +66,8 @@ export type ToWorker =
     readonly placed?: ShmChannel.PlacedMap | undefined
     /** Sent ahead, to an instance with a job in hand: its caller may cancel it before its turn (see `SessionEndpoint`). */
     readonly ahead?: boolean | undefined
+    /** The inputs' buffers were transferred (the host's own): `done` gives them back in `returned`, for the host to reuse. */
+    readonly recycle?: boolean | undefined
   }
   /** Several runs, each on its own, answered together by one `doneGroup`. */
   | {
@@ -107,6 +110,8 @@ export type FromWorker =
     readonly deviceUsed: string
     readonly runMs: number
     readonly placed?: ShmChannel.PlacedMap | undefined
+    /** For a `recycle` run: its input buffers, transferred back once the run no longer reads them (none that an output shares). */
+    readonly returned?: ReadonlyArray<ArrayBuffer> | undefined
   }
   | { readonly _tag: "failed"; readonly id: number; readonly error: string }
   /** The outcome of each run of a `runGroup`, in order. */

@@ -155,6 +155,30 @@ const fromResults = (results: ort.InferenceSession.ReturnType): { outputs: Recor
   return { outputs, transfer }
 }
 
+/**
+ * The input buffers a `recycle` run gives back: each exact-size one once, none that an output's
+ * data lives in (an output the host keeps must not become memory the host reuses); undefined if none.
+ */
+export const givenBack = (inputs: Tensor.TensorMap, outputs: Tensor.TensorMap): Array<ArrayBuffer> | undefined => {
+  let back: Array<ArrayBuffer> | undefined
+  for (const name in inputs) {
+    const data = inputs[name]!.data
+    if (!ArrayBuffer.isView(data) || !(data.buffer instanceof ArrayBuffer) || data.byteOffset !== 0 || data.byteLength !== data.buffer.byteLength) continue
+    const buffer = data.buffer
+    if (back?.includes(buffer) === true || sharedWithOutput(buffer, outputs)) continue
+    ;(back ??= []).push(buffer)
+  }
+  return back
+}
+
+const sharedWithOutput = (buffer: ArrayBuffer, outputs: Tensor.TensorMap): boolean => {
+  for (const name in outputs) {
+    const data = outputs[name]!.data
+    if (ArrayBuffer.isView(data) && data.buffer === buffer) return true
+  }
+  return false
+}
+
 /** Creates the session and reports `ready`; on failure reports `loadFailed` and ends the port. */
 const load = async (config: Protocol.WorkerConfig, port: Port, exclusive: Exclusive | undefined): Promise<Loaded | undefined> => {
   const started = performance.now()
@@ -209,7 +233,10 @@ const handle = async (context: Context, message: Exclude<Protocol.ToWorker, { re
       try {
         const results = await session.run(toFeeds(message.inputs))
         const { outputs, transfer } = fromResults(results)
-        port.post({ _tag: "done", id: message.id, outputs, deviceUsed, runMs: performance.now() - t0 }, transfer)
+        const runMs = performance.now() - t0
+        const returned = message.recycle === true ? givenBack(message.inputs, outputs) : undefined
+        if (returned === undefined) port.post({ _tag: "done", id: message.id, outputs, deviceUsed, runMs }, transfer)
+        else port.post({ _tag: "done", id: message.id, outputs, deviceUsed, runMs, returned }, [...transfer, ...returned])
       } catch (e) {
         port.post({ _tag: "failed", id: message.id, error: errorText(e) })
       }

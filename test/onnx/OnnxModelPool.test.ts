@@ -96,6 +96,37 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
       }
     }))
 
+  it.effect("a run whose inputs were moved to the worker gives their buffer back, and the next batch's buffer is it", () =>
+    Effect.gen(function*() {
+      const pool = yield* ModelPool
+      const rows = 13
+      const bytes = rows * 784 * 4
+      // the pool is the process's: take out what earlier tests' batches of this size left in it
+      for (let h = -1; h !== Tensor.recycledBytesHeld();) {
+        h = Tensor.recycledBytesHeld()
+        Tensor.allocateForOverwrite("float32", rows * 784)
+      }
+      const held = Tensor.recycledBytesHeld()
+      const first = Tensor.allocateForOverwrite("float32", rows * 784)
+      first.set(sampleInput(rows, 3))
+      const out = yield* pool.run("mlp", { input: Tensor.float32(first, [rows, 784]) }, { requestId: "moved", transfer: true })
+      assert.strictEqual(first.byteLength, 0, "moved to the worker")
+      assert.isBelow(maxAbsDiff(out.outputs["logits"]!.data as Float32Array, Mlp.forward(mlp, sampleInput(rows, 3), rows)), 1e-5)
+      assert.strictEqual(Tensor.recycledBytesHeld(), held + bytes, "given back")
+      // the next buffer of that size is the one given back (its old rows are overwritten)
+      const second = Tensor.allocateForOverwrite("float32", rows * 784)
+      assert.strictEqual(Tensor.recycledBytesHeld(), held)
+      second.set(sampleInput(rows, 4))
+      const again = yield* pool.run("mlp", { input: Tensor.float32(second, [rows, 784]) }, { requestId: "reused", transfer: true })
+      assert.isBelow(maxAbsDiff(again.outputs["logits"]!.data as Float32Array, Mlp.forward(mlp, sampleInput(rows, 4), rows)), 1e-5)
+      // a copied input is the caller's: nothing comes back
+      const copied = Tensor.float32(sampleInput(rows, 5), [rows, 784])
+      const held2 = Tensor.recycledBytesHeld()
+      yield* pool.run("mlp", { input: copied }, { requestId: "copied" })
+      assert.strictEqual(Tensor.recycledBytesHeld(), held2)
+      assert.strictEqual(copied.data.byteLength, bytes)
+    }))
+
   it.effect("sends only the viewed part of a larger buffer", () =>
     Effect.gen(function*() {
       const pool = yield* ModelPool
