@@ -139,6 +139,27 @@ describe("Oip encoding", () => {
     back.slice(0, 4).forEach((v, i) => assert.strictEqual(Math.fround(v!), (t.data as Float32Array)[i]))
   })
 
+  it("prints each float32 as Number(v.toPrecision(p)) for the least p from 6 that reads back: random bit patterns and edges", () => {
+    // The definition, one toPrecision per p (what the encoder computes faster).
+    const reference = (v: number): string => {
+      if (!Number.isFinite(v)) return "null"
+      if (Number.isInteger(v) && Math.abs(v) < 1e15) return String(v)
+      for (let p = 6; p < 9; p++) {
+        const s = Number(v.toPrecision(p))
+        if (Math.fround(s) === v) return String(s)
+      }
+      return String(Number(v.toPrecision(9)))
+    }
+    let seed = 12345
+    const bits = new Uint32Array(40_000).map(() => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0))
+    const edges = [0.1, 0.3, 9.999999, 99999.995, 0.0999999, 1e-10, 2.5e-7, 123456.7, 8.5e37, 3.4028234663852886e38, 1.1754943508222875e-38, 1e-45, 16777217, 1e20]
+    const powers = Array.from({ length: 277 }, (_, i) => [2 ** (i - 149), 10 ** ((i - 149) / 4)]).flat()
+    const values = Float32Array.from([...new Float32Array(bits.buffer), ...edges, ...edges.map((x) => -x), ...powers])
+    const printed = Oip.encodeData(Tensor.float32(values, [values.length])).slice(1, -1).split(",")
+    const wrong = printed.flatMap((text, i) => text === reference(values[i]!) ? [] : [`${values[i]}: ${text}, not ${reference(values[i]!)}`])
+    assert.deepStrictEqual(wrong.slice(0, 5), [])
+  })
+
   it("prints 64-bit integers exactly, booleans as true/false, strings as JSON strings", () => {
     assert.strictEqual(Oip.encodeData(Tensor.int64([-(2n ** 63n), 2n ** 53n + 1n], [2])), "[-9223372036854775808,9007199254740993]")
     assert.strictEqual(Oip.encodeData(Tensor.make("bool", Uint8Array.from([1, 0]), [2])), "[true,false]")
