@@ -36,9 +36,17 @@ const valuesKey = (data: Tensor.TensorData): string => {
 export const keyOf = (config: BatchPolicy.BatchingConfig, inputs: Tensor.TensorMap): { readonly key: string; readonly rows: number } | undefined => {
   let rows: number | undefined
   let key = ""
-  const names = Object.keys(inputs)
-  if (names.length > 1) names.sort()
-  for (const name of names) {
+  // One input (the common case) needs no array of names to sort.
+  let only: string | undefined
+  let count = 0
+  for (const name in inputs) {
+    if (!Object.hasOwn(inputs, name)) continue
+    only = name
+    count++
+  }
+  const names = count > 1 ? Object.keys(inputs).sort() : undefined
+  for (let i = 0; i < count; i++) {
+    const name = names === undefined ? only! : names[i]!
     const tensor = inputs[name]!
     const axis = axisOf(config.inputAxes, name)
     if (key !== "") key += "|"
@@ -64,7 +72,8 @@ export const keyOf = (config: BatchPolicy.BatchingConfig, inputs: Tensor.TensorM
  */
 export const rowsDisagreement = (config: BatchPolicy.BatchingConfig, inputs: Tensor.TensorMap): string | undefined => {
   let first: { readonly name: string; readonly axis: number; readonly rows: number } | undefined
-  for (const name of Object.keys(inputs)) {
+  for (const name in inputs) {
+    if (!Object.hasOwn(inputs, name)) continue
     const axis = axisOf(config.inputAxes, name)
     if (axis === null) continue
     const rows = inputs[name]!.dims[axis]
@@ -78,15 +87,21 @@ export const rowsDisagreement = (config: BatchPolicy.BatchingConfig, inputs: Ten
 }
 
 /** Elements before and after the batch axis: [outer, inner]. */
-const strides = (dims: ReadonlyArray<number>, axis: number): readonly [number, number] => [
-  Tensor.elementCount(dims.slice(0, axis)),
-  Tensor.elementCount(dims.slice(axis + 1))
-]
+const strides = (dims: ReadonlyArray<number>, axis: number): readonly [number, number] => {
+  let outer = 1
+  let inner = 1
+  for (let i = 0; i < axis; i++) outer *= dims[i]!
+  for (let i = axis + 1; i < dims.length; i++) inner *= dims[i]!
+  return [outer, inner]
+}
 
 const copy = (target: Tensor.TensorData, offset: number, source: Tensor.TensorData, start: number, end: number): void => {
   if (Array.isArray(target)) {
     const t = target as Array<string>
     for (let i = start; i < end; i++) t[offset + i - start] = (source as ReadonlyArray<string>)[i]!
+  } else if (start === 0 && end === source.length) {
+    // a whole request's rows (the common case): no view to allocate
+    ;(target as Uint8Array).set(source as Uint8Array, offset)
   } else {
     ;(target as Uint8Array).set((source as Uint8Array).subarray(start, end), offset)
   }

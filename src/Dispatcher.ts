@@ -346,6 +346,17 @@ const close = (state: State): Effect.Effect<void> =>
     for (const fiber of state.runs) fiber.interruptUnsafe()
   })
 
+/**
+ * The Clock's monotonic time in ms. Effect's own clock reads `process.hrtime.bigint()`, a BigInt
+ * a call (about 60 bytes, two or three reads a request): where the Clock is that one, the same
+ * monotonic time comes from `performance.now()` (its origin differs, and the dispatcher only
+ * compares its own readings). Any other Clock (a TestClock) is read as it is.
+ */
+const monotonicMs = (clock: Clock.Clock): (() => number) =>
+  Object.getPrototypeOf(clock) === Object.getPrototypeOf(Clock.Clock.defaultValue())
+    ? () => performance.now()
+    : () => Number(clock.monotonicTimeNanosUnsafe()) / 1e6
+
 /** Builds the dispatcher in the current scope; closing the scope stops it (see the module doc). */
 export const make = (options: Scheduler.Options): Effect.Effect<Dispatcher, never, Scope.Scope | ModelPool | TelemetryCollector> =>
   Effect.gen(function*() {
@@ -356,7 +367,7 @@ export const make = (options: Scheduler.Options): Effect.Effect<Dispatcher, neve
       scheduler: Scheduler.make<Caller>(options),
       pool: yield* ModelPool,
       telemetry: yield* TelemetryCollector,
-      nowMs: () => Number(clock.monotonicTimeNanosUnsafe()) / 1e6,
+      nowMs: monotonicMs(clock),
       runFork: Effect.runForkWith(yield* Effect.context<never>()),
       runs: new Set(),
       wakeChanged: Latch.makeUnsafe(false),

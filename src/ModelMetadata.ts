@@ -116,7 +116,8 @@ export const validateInputs = (metadata: ModelMetadata, inputs: Tensor.TensorMap
   const modelId = metadata.name
   // The types rule these out; a caller in plain JavaScript, or with decoded JSON, may not.
   if (typeof inputs !== "object" || inputs === null) return invalid(modelId, undefined, `inputs must be an object of named tensors, not ${inputs === null ? "null" : typeof inputs}`)
-  for (const name of Object.keys(inputs)) {
+  for (const name in inputs) {
+    if (!Object.hasOwn(inputs, name)) continue
     if (!metadata.inputs.some((spec) => spec.name === name)) {
       return invalid(modelId, name, `unknown input; the model takes ${metadata.inputs.map((s) => s.name).join(", ")}`)
     }
