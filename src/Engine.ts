@@ -19,7 +19,7 @@
  *
  * @module Engine
  */
-import { Cause, Context, Duration, Effect, Exit, Latch, Layer, Stream, Tracer } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Latch, Layer, Stream, Tracer } from "effect"
 import { AsyncConfigService, type AsyncConfig } from "./AsyncConfig.ts"
 import * as Batch from "./Batch.ts"
 import * as BatchPolicy from "./BatchPolicy.ts"
@@ -473,21 +473,34 @@ const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effe
     })
   })
 
-const admit = (state: State, request: InferenceRequest, spentMs: number) => {
-  const lookup = state.pool.metadataUnsafe
-  return lookup !== undefined ? admitUnsafe(state, request, lookup, spentMs) : admitEffect(state, request, spentMs)
-}
+const spanned = <A, E>(request: InferenceRequest, effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+  Effect.withSpan(effect, "Engine.infer", {
+    attributes: { "inference.model": request.modelId, "inference.request_id": request.requestId, "inference.priority": request.priority },
+    captureStackTrace: false
+  })
 
-/** `infer`: a span per request only when a tracer will export it (the native tracer keeps spans for nobody). */
-const infer = (state: State, request: InferenceRequest, spentMs = 0): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
-  Effect.withFiber((fiber) =>
-    fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer
-      ? admit(state, request, spentMs)
-      : Effect.withSpan(admit(state, request, spentMs), "Engine.infer", {
-        attributes: { "inference.model": request.modelId, "inference.request_id": request.requestId, "inference.priority": request.priority },
-        captureStackTrace: false
-      })
-  )
+/**
+ * `infer`: a span per request only when a tracer will export it (the native tracer keeps spans
+ * for nobody). Where the pool's metadata needs no Effect, the tracer is read inside the one
+ * `Effect.callback` of the request (its register runs in the caller's fiber), not by a
+ * `withFiber` before it: one suspension a request.
+ */
+const infer = (state: State, request: InferenceRequest, spentMs = 0): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> => {
+  const lookup = state.pool.metadataUnsafe
+  if (lookup === undefined) {
+    return Effect.withFiber((fiber) =>
+      fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer ? admitEffect(state, request, spentMs) : spanned(request, admitEffect(state, request, spentMs))
+    )
+  }
+  return Effect.callback<InferenceResult.Success, InferenceError.InferenceError>((resume) => {
+    if (Fiber.getCurrent()?.getRef(Tracer.Tracer) !== Tracer.nativeTracer) {
+      resume(spanned(request, admitUnsafe(state, request, lookup, spentMs)))
+      return
+    }
+    const cancel = admitNow(state, request, lookup, resume, spentMs)
+    return cancel === undefined ? undefined : Effect.sync(cancel)
+  })
+}
 
 const toResult = (request: InferenceRequest, error: InferenceError.InferenceError, elapsedMs: number): InferenceResult.InferenceResult => {
   const reason = error.reason
