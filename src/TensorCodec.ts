@@ -520,7 +520,8 @@ const roundedTo = (v: number, a: number, p: number, exp: number): number => {
  * The shortest decimal (from 6 significant digits) that reads back as the float32 `v`: the text
  * of `Number(v.toPrecision(p))` for the least p in 6..9 that round-trips. The digits are found with
  * exact arithmetic on doubles where the powers of ten are exact (toPrecision took 1 µs a value,
- * this 0.16; checked equal on 3 million random float32 bit patterns).
+ * this 0.16; checked equal on 42.5 million float32 bit patterns across the range, and 3 million
+ * random ones).
  */
 const float32Text = (v: number): string => {
   if (!Number.isFinite(v)) return "null"
