@@ -13,8 +13,8 @@
  * maxConcurrentRequests, a batching delay), with (i) and (ii) alternating in the same rounds,
  * and two diagnostics: the engine over the bench-local in-thread pool (no worker hop).
  *
- * Every contender first runs `--warmup-ms` at 64 outstanding (default 4000, quick 1500; the
- * sweep's engines `--sweep-warmup-ms`, default 1500, quick 500), then 300 ms before each level:
+ * Every contender first runs `--warmup-ms` at 64 outstanding (default 4000, quick 3000; the
+ * sweep's engines `--sweep-warmup-ms`, default 1500, quick 1000), then 300 ms before each level:
  * V8 keeps optimising the engine's few hundred hot functions for 3-4 s of load on these 2 cores
  * (`--trace-opt`: 364, 94, 114, 52 optimisations in seconds 0-3, then 4 a second), and throughput
  * doubles meanwhile; the hand-written baselines are a few functions and warm at once. Without it
@@ -34,8 +34,8 @@ const ROUNDS = Number(args.options["rounds"] ?? (args.quick ? 2 : 4))
 const BLOCK_MS = Number(args.options["block-ms"] ?? (args.quick ? 500 : 1000))
 const SWEEP_ROUNDS = Number(args.options["sweep-rounds"] ?? (args.quick ? 1 : 3))
 const SWEEP_MS = Number(args.options["sweep-ms"] ?? (args.quick ? 400 : 900))
-const WARMUP_MS = Number(args.options["warmup-ms"] ?? (args.quick ? 1500 : 4000))
-const SWEEP_WARMUP_MS = Number(args.options["sweep-warmup-ms"] ?? (args.quick ? 500 : 1500))
+const WARMUP_MS = Number(args.options["warmup-ms"] ?? (args.quick ? 3000 : 4000))
+const SWEEP_WARMUP_MS = Number(args.options["sweep-warmup-ms"] ?? (args.quick ? 1000 : 1500))
 const LEVELS = [1, 16, 64]
 const MAX_CONCURRENT = AsyncConfig.defaults.maxConcurrentRequests
 const DEFAULT_INSTANCES = ModelRepository.defaultInstances()
