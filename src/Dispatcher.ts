@@ -17,8 +17,11 @@
  *   deadlines) is withdrawn: its run is interrupted, so the pool drops it unsent or the worker
  *   skips it, and its slot is free once the pool has let go of it (a pool that reports starts
  *   holds the interruption until then: a cancel that reaches the worker just as it starts the job
- *   is too late, and that run holds its slot and permit to its end). A job that has begun is never
- *   withdrawn: which have is the pool's word where it reports starts (`RunOptions.onStart`).
+ *   is too late, and that run holds its slot and permit to its end). A job that has begun is
+ *   interrupted only on a pool that stops such runs (`ModelMetadata.stopsAbandonedRuns`: process
+ *   isolation kills the process after its grace), once every caller of it has left; its slot
+ *   and permit are free once the run is over. Which jobs have begun is the pool's word where it
+ *   reports starts (`RunOptions.onStart`).
  * - `close` (the engine's scope closing) answers every request with ShuttingDown, queued,
  *   forming or running, and interrupts the runs in progress without waiting for their end.
  *
@@ -132,10 +135,13 @@ const answer = (state: State, request: Request, exit: Exit.Exit<RunOutput, Infer
   request.value.resume(exit)
 }
 
-/** After `request` left: if its job waits in a busy instance for nobody now, it is withdrawn (its run interrupted). */
+/**
+ * After `request` left: if its job now runs or waits for nobody (`Scheduler.isAbandoned`), its run
+ * is interrupted: withdrawn from a busy instance, or stopped by a pool that can stop runs.
+ */
 const withdrawIfAbandoned = (state: State, request: Request): void => {
   const batch = request.batch
-  if (batch !== undefined && state.scheduler.isAbandonedAhead(batch)) (batch.run as Fiber.Fiber<void> | undefined)?.interruptUnsafe()
+  if (batch !== undefined && state.scheduler.isAbandoned(batch)) (batch.run as Fiber.Fiber<void> | undefined)?.interruptUnsafe()
 }
 
 /** A span of the monotonic clock in ms, without the floating-point dust of a difference of two large times. */

@@ -212,6 +212,7 @@ const specOf = (state: State, modelId: string, metadata: ModelMetadata.ModelMeta
       instances: metadata.concurrency ?? Infinity,
       depth: metadata.pipelineDepth ?? 1,
       reportsStarts: metadata.reportsStarts === true,
+      stopsAbandonedRuns: metadata.stopsAbandonedRuns === true,
       devices: metadata.devices,
       batching: metadata.batching ?? BatchPolicy.disabled,
       maxGroup: state.pool.runGroup === undefined || metadata.batching?.enabled === true ? 1 : maxGroup

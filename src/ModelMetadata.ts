@@ -43,6 +43,14 @@ export interface ModelMetadata {
    */
   readonly reportsStarts?: boolean | undefined
   /**
+   * The pool stops a run that has begun when its caller is interrupted (process isolation: its
+   * process is killed, after a grace), and the interruption returns once the run is over. The
+   * engine then interrupts a run once every caller of it has left (cancelled, or past their
+   * deadlines), so that no native run goes on for nobody. Absent: a begun run cannot be stopped,
+   * and the engine lets it end (its result dropped).
+   */
+  readonly stopsAbandonedRuns?: boolean | undefined
+  /**
    * Runs of this model its hardware executes at once (absent: `concurrency`): 1 where its
    * instances share one GPU, whose runs queue for it. Learned batch sizing predicts from it when
    * a run can start.

@@ -24,7 +24,8 @@
  * FIFO for its instances) runs the oldest `instances` of them: `complete` infers the starts from
  * that. A pool that pins a job to one busy instance (`ModelSpec.reportsStarts`) may start a later
  * job first, on an instance that freed sooner; it says when each starts (`started`). Either way a
- * job is withdrawn (`isAbandonedAhead`) only while it waits, never once it runs.
+ * job is withdrawn (`isAbandonedAhead`) only while it waits; once it runs, it is stopped
+ * (`isAbandoned`) only on a pool that can stop runs (`ModelSpec.stopsAbandonedRuns`).
  *
  * @module Scheduler
  */
@@ -51,6 +52,12 @@ export interface ModelSpec {
    * them out of dispatch order.
    */
   readonly reportsStarts?: boolean | undefined
+  /**
+   * Its pool can stop a run that has begun (`ModelMetadata.stopsAbandonedRuns`): a running job
+   * none of whose members waits for it any more is abandoned too (`isAbandoned`), not only one
+   * that waits in a busy instance.
+   */
+  readonly stopsAbandonedRuns?: boolean | undefined
   /**
    * Runs its hardware executes at once, for learned sizing's prediction of when a run can start:
    * its instances where each has its own cores (the default), 1 where they share one GPU (their
@@ -512,6 +519,20 @@ export class Scheduler<A> {
    */
   isAbandonedAhead(batch: Batch<A>): boolean {
     return batch.stage === "running" && batch.waiting === 0 && Number.isNaN(batch.startedAtMs)
+  }
+
+  /**
+   * True when nobody waits for `batch`'s run any more (each member cancelled or past its
+   * deadline) and the run may be interrupted: it waits in a busy instance (`isAbandonedAhead`), or
+   * it has begun on a pool that stops such runs (`ModelSpec.stopsAbandonedRuns`). False once it
+   * completed. O(members + runs in flight): for a request that leaves, not for the hot path.
+   */
+  isAbandoned(batch: Batch<A>): boolean {
+    if (batch.stage !== "running" || !batch.model.inFlight.includes(batch as Batch<unknown>)) return false
+    if (Number.isNaN(batch.startedAtMs)) return batch.waiting === 0
+    if (batch.model.spec.stopsAbandonedRuns !== true) return false
+    for (const member of batch.members) if (member.stage !== "settled") return false
+    return true
   }
 
   /** Requests waiting in jobs sent ahead to busy instances. */

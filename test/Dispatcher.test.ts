@@ -30,9 +30,15 @@ const settle = Effect.gen(function*() {
  * A started pool of `modelId` over fake instances that load at once and skip the jobs they are
  * told to cancel (unless `lateCancels`: each cancel comes too late, and the job runs).
  */
-const startPool = (modelId: string, instances: number, lateCancels = false, overrides: Partial<InstancePool.Options> = {}) =>
+const startPool = (
+  modelId: string,
+  instances: number,
+  lateCancels = false,
+  overrides: Partial<InstancePool.Options> = {},
+  isolation: InstancePool.Isolation = "thread"
+) =>
   Effect.gen(function*() {
-    const fake = fakeTransport()
+    const fake = fakeTransport(isolation)
     fake.auto.ready = true
     fake.auto.skipCancelled = !lateCancels
     const fiber = yield* Effect.forkChild(InstancePool.start(poolOptions({ modelId, instances, ...overrides }), fake.transport), { startImmediately: true })
@@ -42,7 +48,10 @@ const startPool = (modelId: string, instances: number, lateCancels = false, over
     return { pool, instances: fake.instances }
   })
 
-/** The engine over pools by model id, as `OnnxModelPool` serves them (one request a job: no groups), batching as `batching` says. */
+/**
+ * The engine over pools by model id, as `OnnxModelPool` serves them (one request a job: no
+ * groups; a process pool stops abandoned runs), batching as `batching` says.
+ */
 const engineOver = (pools: Record<string, InstancePool.InstancePool>, config: Partial<AsyncConfig>, batching: BatchPolicy.BatchingConfig = BatchPolicy.disabled) =>
   Effect.gen(function*() {
     const modelPool = ModelPool.of({
@@ -50,7 +59,7 @@ const engineOver = (pools: Record<string, InstancePool.InstancePool>, config: Pa
         const pool = pools[modelId]
         return pool === undefined
           ? Effect.fail(new InferenceError.ModelNotFound({ modelId }))
-          : Effect.succeed({ ...pool.metadata, batching, concurrency: pool.stats().instances, pipelineDepth: pool.depth, reportsStarts: true })
+          : Effect.succeed({ ...pool.metadata, batching, concurrency: pool.stats().instances, pipelineDepth: pool.depth, reportsStarts: true, stopsAbandonedRuns: pool.isolation === "process" })
       },
       run: (modelId, inputs, options) => pools[modelId]!.run(inputs, options.requestId, options),
       models: Effect.succeed([])
@@ -221,5 +230,63 @@ describe("Dispatcher over a pool that pins jobs to instances", () => {
       yield* settle
       assert.deepStrictEqual([a1!.inHand, a2!.inHand], [[], []], "r3 never ran")
       assert.strictEqual((yield* engine.diagnostics).ahead, 0)
+    }))
+
+  it.live("over processes, a begun run whose every caller left is killed after the grace; its permit is held until then", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const m = yield* startPool("m", 1, false, { counters, killGrace: Duration.millis(60) }, "process")
+      const n = yield* startPool("n", 1)
+      const engine = yield* engineOver({ m: m.pool, n: n.pool }, { maxConcurrentRequests: 1 })
+      const [a] = m.instances
+      const [b] = n.instances
+      const r1 = yield* fork(engine.infer(request("m", "r1")))
+      yield* settle
+      const r2 = yield* fork(engine.infer(request("n", "r2")))
+      yield* settle
+      assert.strictEqual(a!.inHand.length, 1, "r1 runs")
+      assert.strictEqual(b!.inHand.length, 0, "r2 waits for the one permit")
+      // The caller leaves at once; its run goes on for nobody until the grace is spent.
+      yield* Fiber.interrupt(r1)
+      yield* settle
+      assert.isFalse(a!.killed)
+      assert.strictEqual(b!.inHand.length, 0, "the permit is held while the run goes on")
+      yield* Effect.sleep(Duration.millis(120))
+      yield* settle
+      assert.isTrue(a!.killed, "killed after the grace")
+      assert.strictEqual(counters.abandonKills, 1)
+      assert.strictEqual(b!.inHand.length, 1, "then r2 runs")
+      b!.finishRunning()
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(r2)))
+      const stats = (yield* engine.diagnostics)
+      assert.strictEqual(stats.ahead, 0)
+    }))
+
+  it.live("over processes, a batch's run is stopped only once its last caller has left", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const m = yield* startPool("m", 1, false, { counters, killGrace: Duration.millis(30) }, "process")
+      const batching = { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 4, maxQueueDelayMs: 20 }
+      const engine = yield* engineOver({ m: m.pool }, { maxConcurrentRequests: 1 }, batching)
+      const [a] = m.instances
+      // r0 takes the instance; r1 and r2 form a batch behind it.
+      const r0 = yield* fork(engine.infer(request("m", "r0")))
+      yield* settle
+      const r1 = yield* fork(engine.infer(request("m", "r1")))
+      const r2 = yield* fork(engine.infer(request("m", "r2")))
+      yield* settle
+      a!.finishRunning()
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(r0)))
+      yield* settle
+      assert.strictEqual(a!.runs().length, 2, "r1 and r2 run as one batch")
+      yield* Fiber.interrupt(r1)
+      yield* Effect.sleep(Duration.millis(80))
+      yield* settle
+      assert.isFalse(a!.killed, "r2 still waits for the run")
+      yield* Fiber.interrupt(r2)
+      yield* Effect.sleep(Duration.millis(80))
+      yield* settle
+      assert.isTrue(a!.killed, "nobody waits: killed after the grace")
+      assert.strictEqual(counters.abandonKills, 1)
     }))
 })

@@ -107,6 +107,31 @@ describe("Scheduler", () => {
     assert.strictEqual(s.waitingAhead, 0)
   })
 
+  it("isAbandoned: a begun batch that nobody waits for is abandoned only on a pool that stops runs", () => {
+    for (const stops of [false, true]) {
+      const s = make()
+      const m = spec("m", { instances: 1, depth: 2, reportsStarts: true, stopsAbandonedRuns: stops, batching: batching({ maxBatchSize: 2 }) })
+      const [r1, r2] = [admit(s, "r1", m, 0)!, admit(s, "r2", m, 0)!]
+      const { batches: [batch] } = drainSteps(s)
+      assert.isFalse(s.isAbandoned(batch!), `stops ${stops}: both wait for it`)
+      s.started(batch!, 1)
+      s.settle(r1, true)
+      assert.isFalse(s.isAbandoned(batch!), `stops ${stops}: r2 still waits for the run`)
+      s.settle(r2, true)
+      assert.strictEqual(s.isAbandoned(batch!), stops, `stops ${stops}: nobody waits for the run`)
+      assert.isFalse(s.isAbandonedAhead(batch!), "it began: not withdrawn as a job ahead")
+      s.complete(batch!, 2)
+      assert.isFalse(s.isAbandoned(batch!), "a completed batch is not interrupted")
+    }
+    // Not begun, the same as isAbandonedAhead whatever the pool.
+    const s = make()
+    const m = spec("m", { instances: 1, depth: 2, reportsStarts: true })
+    const r = admit(s, "r", m, 0)!
+    const { batches: [batch] } = drainSteps(s)
+    s.settle(r, true)
+    assert.isTrue(s.isAbandoned(batch!))
+  })
+
   it("a model whose pool reports starts: a batch whose job failed waits again while a rerun of a member waits in its pool", () => {
     const s = make()
     const m = spec("m", { instances: 1, depth: 2, reportsStarts: true, batching: batching({ maxBatchSize: 2 }) })

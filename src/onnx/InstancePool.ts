@@ -11,7 +11,9 @@
  *   engine decides whether a job may go at all; it never sees instances.)
  * - `run` waits in FIFO order for an instance with room. Interrupting it: a queued job is
  *   dropped unsent, at once; a running job's interruption returns at once, its instance stays
- *   busy until it replies, and that reply is discarded (counted in `lateRepliesDropped`); a job
+ *   busy until it replies, and that reply is discarded (counted in `lateRepliesDropped`), except
+ *   with process isolation, where the run is stopped (below) and the interruption returns once it
+ *   is over; a job
  *   sent ahead and not begun is skipped by the instance at its turn (`cancel`), and its
  *   interruption returns only then (or once it has run, when the cancel came too late): until
  *   the instance lets go of it, it holds that instance's room. No instance ever runs two jobs at once.
@@ -31,6 +33,10 @@
  *   `killGrace` after it is killed with its process (SIGKILL); the job fails at once with
  *   RunFailed ("killed after exceeding its deadline by …"), and a replacement is started once the
  *   process is gone. A job whose deadline passed while it waited is failed without being sent.
+ *   Likewise a run whose caller was interrupted (every caller of a batch has left: the engine
+ *   interrupts it only then) is killed `killGrace` after the interruption unless it ends first
+ *   (`abandonKills`); the interruption returns when the run has ended or its process was killed,
+ *   so a caller holding a permit for the run holds it until then.
  *   Threads cannot be stopped mid-run (terminating one aborts the whole process), so a thread
  *   pool ignores `timeout`. A hang without a timeout is never detected.
  * - `close` fails queued jobs with ModelUnavailable (`closeInto`, for a reload, moves them to the
@@ -77,6 +83,8 @@ export interface Counters {
   crashes: number
   /** Processes killed because their run outlived its deadline by the kill grace. */
   deadlineKills: number
+  /** Processes killed because their run outlived its interrupted caller by the kill grace. */
+  abandonKills: number
   /** Jobs failed unsent because their deadline passed while they waited for an instance. */
   expiredUnsent: number
   /** Replacement instances that loaded. */
@@ -109,6 +117,7 @@ export const makeCounters = (): Counters => ({
   sessionsLost: 0,
   crashes: 0,
   deadlineKills: 0,
+  abandonKills: 0,
   expiredUnsent: 0,
   respawns: 0,
   respawnFailures: 0,
@@ -135,7 +144,7 @@ export interface Options {
   /** Replacement attempts per lost instance (default 5), with delays doubling from `respawnDelay` (default 100 ms). */
   readonly respawnAttempts?: number | undefined
   readonly respawnDelay?: Duration.Duration | undefined
-  /** Process isolation: how long a run may outlive its `timeout` before its process is killed (default 1 second). */
+  /** Process isolation: how long a run may outlive its `timeout`, or its interrupted caller, before its process is killed (default 1 second). */
   readonly killGrace?: Duration.Duration | undefined
   /** Jobs handed to one instance at once (default: 2 for threads, 1 for processes, whose deadline kills end the job in hand). */
   readonly depth?: number | undefined
@@ -299,6 +308,8 @@ interface Job {
   /** Clock deadlines; undefined without a timeout or on threads. */
   readonly deadlineAtMs: number | undefined
   readonly killAtMs: number | undefined
+  /** When its caller was interrupted while it ran (processes only): it is killed `killGrace` after. */
+  abandonedAtMs: number | undefined
   readonly onStart: (() => void) | undefined
   state: "new" | "queued" | "running" | "done"
   /** Completed when it is done, for an interruption that waits for that (`cancel` of a job sent ahead). */
@@ -441,15 +452,25 @@ const roomy = (state: State): Slot | undefined => {
   return best
 }
 
-/** Kills `slot`'s process if it is still running job `id` (its deadline plus the grace has passed). */
+/** When `job`, running, is to be killed: its deadline or its caller's interruption, plus the grace; whichever comes first. */
+const killAtMsOf = (state: State, job: Job): number =>
+  Math.min(job.killAtMs ?? Infinity, job.abandonedAtMs === undefined ? Infinity : job.abandonedAtMs + state.killGraceMs)
+
+/** Kills `slot`'s process if it is still running job `id` (its deadline or its caller's interruption, plus the grace, has passed). */
 const killOverrun = (state: State, slot: Slot, id: number): void => {
   slot.killTimer = undefined
   const current = slot.jobs[0]
   if (current === undefined || current.id !== id || slot.exited) return
   const job = current.job
-  const overMs = state.nowMs() - job.deadlineAtMs!
-  slot.killedFor = `killed after exceeding its deadline by ${ms(overMs)} (kill grace ${ms(state.killGraceMs)}); the ${state.transport.noun} was replaced`
-  state.counters.deadlineKills++
+  const now = state.nowMs()
+  const grace = `kill grace ${ms(state.killGraceMs)}`
+  if (job.deadlineAtMs !== undefined && now >= job.killAtMs!) {
+    slot.killedFor = `killed after exceeding its deadline by ${ms(now - job.deadlineAtMs)} (${grace}); the ${state.transport.noun} was replaced`
+    state.counters.deadlineKills++
+  } else {
+    slot.killedFor = `killed ${ms(now - job.abandonedAtMs!)} after its caller left (${grace}); the ${state.transport.noun} was replaced`
+    state.counters.abandonKills++
+  }
   slot.instance.kill()
   // SIGKILL cannot be caught or delayed: the run is over now. The job is answered at once; the
   // instance stays busy (and is replaced) once the process is gone, some milliseconds later.
@@ -458,11 +479,13 @@ const killOverrun = (state: State, slot: Slot, id: number): void => {
   else job.resume(Exit.fail(runFailed(state, job, slot.killedFor)))
 }
 
-/** Arms the deadline kill of the job now running on `slot`, if it has one. */
+/** Arms the kill of the job now running on `slot`, if it has a deadline or an interrupted caller (processes only). */
 const arm = (state: State, slot: Slot): void => {
   const head = slot.jobs[0]
-  if (head === undefined || head.job.killAtMs === undefined) return
-  const delayMs = Math.max(0, head.job.killAtMs - state.nowMs())
+  if (head === undefined) return
+  const killAtMs = killAtMsOf(state, head.job)
+  if (killAtMs === Infinity) return
+  const delayMs = Math.max(0, killAtMs - state.nowMs())
   slot.killTimer = state.runFork(Effect.andThen(Effect.sleep(Duration.millis(delayMs)), Effect.sync(() => killOverrun(state, slot, head.id))))
 }
 
@@ -472,11 +495,13 @@ const disarm = (slot: Slot): void => {
   slot.killTimer = undefined
 }
 
-/** `slot`'s first job is now the one it runs: it starts its deadline kill, and its caller hears of the start. */
+/** `slot`'s first job is now the one it runs: it starts its kill timer, and its caller hears of the start. */
 const headStarted = (state: State, slot: Slot): void => {
   const head = slot.jobs[0]
   if (head === undefined) return
   slot.headSeq = state.heads++
+  // A job whose cancel reached the instance too late runs for nobody: a process stops it as an interrupted run.
+  if (head.job.cancelled && state.transport.isolation === "process") head.job.abandonedAtMs ??= state.nowMs()
   arm(state, slot)
   if (!head.job.cancelled) head.job.onStart?.()
 }
@@ -548,7 +573,9 @@ const enqueue = (state: State, job: Job, front = false): void => {
  * The caller of `job` was interrupted. Queued, it is dropped. Sent ahead and not begun, the
  * instance is told to skip it, and the interruption waits until the instance has let go of it
  * (skipped at its turn, or run when the cancel came too late), so that a caller counting the
- * instance's jobs never counts it gone while it can still run. Running, it returns at once.
+ * instance's jobs never counts it gone while it can still run. Running on a thread, it returns
+ * at once; running in a process, the process is killed `killGrace` from now unless the run ends
+ * first, and the interruption returns once the run is over either way.
  */
 const cancel = (state: State, job: Job): Effect.Effect<void> => {
   job.cancelled = true
@@ -565,6 +592,13 @@ const cancel = (state: State, job: Job): Effect.Effect<void> => {
       } catch {
         // the instance is gone; its exit fails the job
       }
+      job.letGo = Deferred.makeUnsafe<void>()
+      return Deferred.await(job.letGo)
+    }
+    if (state.transport.isolation === "process" && !sent.slot.exited) {
+      job.abandonedAtMs = state.nowMs()
+      disarm(sent.slot)
+      arm(state, sent.slot)
       job.letGo = Deferred.makeUnsafe<void>()
       return Deferred.await(job.letGo)
     }
@@ -986,6 +1020,7 @@ const submit = <A>(
       decode,
       deadlineAtMs,
       killAtMs: deadlineAtMs === undefined ? undefined : deadlineAtMs + state.killGraceMs,
+      abandonedAtMs: undefined,
       onStart: runOptions?.onStart,
       letGo: undefined,
       state: "new",

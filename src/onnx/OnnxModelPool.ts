@@ -256,6 +256,8 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
         concurrency: entry.config.instances,
         pipelineDepth: host.depth,
         reportsStarts: true,
+        // A process can be killed mid-run (after `killGraceMs`); a thread cannot.
+        ...(host.isolation === "process" ? { stopsAbandonedRuns: true } : {}),
         deviceUsed: host.deviceUsed,
         // Every instance's WebGPU device is the same GPU: their runs queue for it.
         ...(gpu ? { devices: 1 } : {}),

@@ -390,6 +390,65 @@ describe("InstancePool", () => {
       assert.strictEqual(instances.length, 2, "replaced")
     }))
 
+  it.effect("process isolation: a run whose caller is interrupted is killed killGrace later, and the interruption returns then", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const { auto, instances, pool } = yield* started({ instances: 1, counters, killGrace: Duration.millis(100) }, "process")
+      auto.ready = true
+      // A deadline far off: the kill comes from the interruption, not from it.
+      const abandoned = yield* Effect.forkChild(pool.run(x, "abandoned", { timeout: Duration.seconds(60) }), { startImmediately: true })
+      yield* TestClock.adjust("10 millis")
+      const interrupting = yield* Effect.forkChild(Fiber.interrupt(abandoned), { startImmediately: true })
+      yield* settle
+      assert.isUndefined(interrupting.pollUnsafe(), "the run goes on: the interruption waits for it")
+      yield* TestClock.adjust("99 millis")
+      yield* settle
+      assert.isFalse(instances[0]!.killed)
+      assert.isUndefined(interrupting.pollUnsafe())
+      yield* TestClock.adjust("1 millis")
+      yield* settle
+      assert.isTrue(instances[0]!.killed, "killed 100 ms after the interruption")
+      yield* Fiber.join(interrupting)
+      assert.strictEqual(counters.abandonKills, 1)
+      assert.strictEqual(counters.deadlineKills, 0)
+      assert.strictEqual(counters.crashes, 0, "a kill is not a crash")
+      assert.strictEqual(counters.lateRepliesDropped, 1, "its outcome went to nobody")
+      assert.strictEqual(instances.length, 2, "replaced")
+      // The replacement serves.
+      const next = yield* Effect.forkChild(pool.run(x, "next"), { startImmediately: true })
+      yield* settle
+      instances[1]!.finishRunning(5)
+      assert.isTrue(Exit.isSuccess(yield* Fiber.await(next)))
+    }))
+
+  it.effect("process isolation: an interrupted run that ends within killGrace is not killed; threads never wait", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const proc = yield* started({ instances: 1, counters, killGrace: Duration.millis(100) }, "process")
+      const abandoned = yield* Effect.forkChild(proc.pool.run(x, "abandoned"), { startImmediately: true })
+      yield* settle
+      const interrupting = yield* Effect.forkChild(Fiber.interrupt(abandoned), { startImmediately: true })
+      yield* TestClock.adjust("60 millis")
+      yield* settle
+      assert.isUndefined(interrupting.pollUnsafe())
+      proc.instances[0]!.finishRunning()
+      yield* Fiber.join(interrupting)
+      yield* TestClock.adjust("100 millis")
+      yield* settle
+      assert.isFalse(proc.instances[0]!.killed, "the kill was disarmed when the run ended")
+      assert.strictEqual(counters.abandonKills, 0)
+
+      const threads = yield* started({ instances: 1, killGrace: Duration.millis(100) })
+      const running = yield* Effect.forkChild(threads.pool.run(x, "running"), { startImmediately: true })
+      yield* settle
+      // A thread cannot be stopped mid-run: its interruption returns at once, and the run goes on.
+      yield* Fiber.interrupt(running)
+      yield* TestClock.adjust("1 second")
+      yield* settle
+      assert.isFalse(threads.instances[0]!.killed)
+      yield* finishAll(threads.instances)
+    }))
+
   it.effect("a job whose deadline passed while it waited is failed unsent", () =>
     Effect.gen(function*() {
       const counters = InstancePool.makeCounters()

@@ -164,6 +164,33 @@ layer(poolLayer(), { excludeTestServices: true })("ProcessHost: sessions in chil
       assert.strictEqual(pool.counters.deadlineKills, deadlineKills + 1)
     }))
 
+  it.effect("stops a run whose caller was interrupted: its process is killed after the kill grace, and the interruption returns then", () =>
+    Effect.gen(function*() {
+      const pool = yield* OnnxModelPool.OnnxModelPool
+      yield* settled(pool)
+      const proc = yield* pool.metadata("proc")
+      const thread = yield* pool.metadata("thread")
+      assert.isTrue(proc.stopsAbandonedRuns, "the engine may interrupt a begun run of a process")
+      assert.isUndefined(thread.stopsAbandonedRuns, "a thread's run cannot be stopped")
+      const { abandonKills, crashes, deadlineKills, respawns } = pool.counters
+      const before = yield* pidsOf(pool)
+      const runaway = yield* Effect.forkChild(TestOps.run(pool, "proc", { _tag: "spin", ms: 30_000 }, { requestId: "abandoned" }), { startImmediately: true })
+      yield* eventually("the run began", () => pool.stats("proc")?.busy === 1)
+      const t0 = now()
+      yield* Fiber.interrupt(runaway)
+      const waitedMs = now() - t0
+      assert.isAtLeast(waitedMs, KILL_GRACE_MS - 5, "the interruption waits for the kill")
+      assert.isBelow(waitedMs, KILL_GRACE_MS + 1_000, "and no longer than the grace, give or take a loaded machine")
+      assert.strictEqual(pool.counters.abandonKills, abandonKills + 1)
+      assert.strictEqual(pool.counters.deadlineKills, deadlineKills)
+      yield* eventually("its process is gone", () => before.some((pid) => !alive(pid)), 2_000)
+      assert.strictEqual(before.filter((pid) => !alive(pid)).length, 1, "exactly one process was killed")
+      assert.strictEqual(pool.counters.crashes, crashes, "a kill is not a crash")
+      yield* eventually("the replacement", () => pool.counters.respawns === respawns + 1 && pool.stats("proc")?.live === 2)
+      const out = yield* pool.run("proc", mlpInputs(2), { requestId: "after" })
+      assert.deepStrictEqual(out.outputs["logits"]!.dims, [2, 10])
+    }))
+
   it.effect("fails a job whose deadline passed while it waited, without sending it", () =>
     Effect.gen(function*() {
       const pool = yield* OnnxModelPool.OnnxModelPool
