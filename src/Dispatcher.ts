@@ -126,6 +126,13 @@ interface State {
   pumpScheduled: boolean
   /** When the timer fiber pumps next. */
   wakeAtMs: number
+  /**
+   * When the timer fiber's sleep ends: Infinity while it waits for `wakeChanged` alone, -Infinity
+   * while it is awake (it reads `wakeAtMs` before it sleeps again). It is woken only for a time
+   * sooner than this: a later `wakeAtMs` costs no wake-up (the sleep ends early, and the fiber
+   * sleeps again), where waking it forked a new sleep and race for every request at low load.
+   */
+  sleepsUntilMs: number
 }
 
 /** Answers a request once: out of the scheduler, then its caller resumed. */
@@ -178,10 +185,9 @@ const pump = (state: State): void => {
     break
   }
   const next = Math.min(waitUntil, scheduler.nextTimerMs())
-  const sooner = next < state.wakeAtMs
   // Set before waking the timer: opening the latch may resume it synchronously.
   state.wakeAtMs = next
-  if (sooner) state.wakeChanged.openUnsafe()
+  if (next < state.sleepsUntilMs) state.wakeChanged.openUnsafe()
 }
 
 /** Pumps once at the end of the current burst (a microtask), however many admissions it holds. */
@@ -191,14 +197,23 @@ const schedule = (state: State): void => {
   queueMicrotask(() => pump(state))
 }
 
-/** The timer fiber: sleeps on the Clock until `wakeAtMs`, woken early when an earlier time is set; then pumps. */
+/**
+ * The timer fiber: sleeps on the Clock until `wakeAtMs`, woken early when a time sooner than its
+ * sleep's end is set (`sleepsUntilMs`); pumps once `wakeAtMs` has come.
+ */
 const timer = (state: State) =>
   Effect.gen(function*() {
     while (true) {
       state.wakeChanged.closeUnsafe()
       const now = state.nowMs()
-      if (state.wakeAtMs === Infinity) yield* state.wakeChanged.await
-      else if (state.wakeAtMs > now) yield* Effect.raceFirst(Effect.sleep(Duration.millis(state.wakeAtMs - now)), state.wakeChanged.await)
+      if (state.wakeAtMs === Infinity) {
+        state.sleepsUntilMs = Infinity
+        yield* state.wakeChanged.await
+      } else if (state.wakeAtMs > now) {
+        state.sleepsUntilMs = state.wakeAtMs
+        yield* Effect.raceFirst(Effect.sleep(Duration.millis(state.wakeAtMs - now)), state.wakeChanged.await)
+      }
+      state.sleepsUntilMs = -Infinity
       if (state.nowMs() >= state.wakeAtMs) pump(state)
     }
   })
@@ -380,7 +395,8 @@ export const make = (options: Scheduler.Options): Effect.Effect<Dispatcher, neve
       gateOpen: false,
       closed: false,
       pumpScheduled: false,
-      wakeAtMs: Infinity
+      wakeAtMs: Infinity,
+      sleepsUntilMs: -Infinity
     }
     yield* Effect.forkIn(timer(state), scope)
     const openGate = Effect.sync(() => {
