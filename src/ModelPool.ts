@@ -125,6 +125,25 @@ export interface Service {
    * not in the repository.
    */
   readonly unload?: ((name: string, drained: Effect.Effect<void>) => Effect.Effect<void, InferenceError.ModelNotFound>) | undefined
+  /**
+   * Optional: lifetime counts of what happened to the pool's instances (threads or processes),
+   * over every model, read live; what `/metrics` reports as `inference_instance_events_total`.
+   */
+  readonly counters?: Readonly<InstanceEvents> | undefined
+}
+
+/** What happened to a pool's instances since it started (each a count, only ever growing). */
+export interface InstanceEvents {
+  /** Instances that ended unexpectedly (a crash, `process.exit`, a signal); kills below excluded. */
+  readonly crashes: number
+  /** Processes killed because their run outlived its deadline by the kill grace. */
+  readonly deadlineKills: number
+  /** Processes killed because their run outlived every caller by the kill grace. */
+  readonly abandonKills: number
+  /** Replacement instances that loaded. */
+  readonly respawns: number
+  /** Instances given up after every replacement attempt failed. */
+  readonly respawnFailures: number
 }
 
 export class ModelPool extends Context.Service<ModelPool, Service>()("effect-onnx/ModelPool") {}

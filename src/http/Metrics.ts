@@ -8,6 +8,8 @@
  *   to a busy instance: what `maxQueuedRequests` bounds), by model and priority
  *   level (from `queueStatsByModel`); `inference_unsettled_requests`: admitted and not yet
  *   answered (queued, forming a batch or running).
+ * - `inference_instance_events_total{event}`: what happened to the pool's instances (crashes,
+ *   kills, replacements), from the pool's `counters` where it has them; every event has its row.
  *
  * With `format: "triton"` the page also carries Triton's names, computed from the same counters
  * (`tritonFamilies`), so that dashboards built for Triton work: `nv_inference_request_success`,
@@ -22,6 +24,7 @@
 import { Effect, Metric, type Scope } from "effect"
 import { PrometheusMetrics } from "effect/observability"
 import type { AsyncInferenceEngine } from "../Engine.ts"
+import type { InstanceEvents } from "../ModelPool.ts"
 import * as Priority from "../Priority.ts"
 import { metrics, type RequestOutcome } from "../Telemetry.ts"
 import * as ProcessMetrics from "./ProcessMetrics.ts"
@@ -33,6 +36,18 @@ const pendingGauge = Metric.gauge("inference_pending_requests", { description: "
 const unsettledGauge = Metric.gauge("inference_unsettled_requests", {
   description: "Requests admitted and not yet answered: queued, forming a batch or running"
 })
+const instanceEventsCounter = Metric.counter("inference_instance_events_total", {
+  description: "What happened to the model instances (threads or processes), over every model: crash, deadline_kill, abandon_kill, respawn, respawn_failure"
+})
+
+/** Each `event` label of `inference_instance_events_total`, and the count it reports. */
+export const instanceEventLabels: ReadonlyArray<readonly [label: string, key: keyof InstanceEvents]> = [
+  ["crash", "crashes"],
+  ["deadline_kill", "deadlineKills"],
+  ["abandon_kill", "abandonKills"],
+  ["respawn", "respawns"],
+  ["respawn_failure", "respawnFailures"]
+]
 
 /** Versions as numbers where both are ("2" before "10"), else as text. */
 const byVersion = (a: string, b: string): number => {
@@ -142,7 +157,12 @@ export interface Page {
    */
   readonly render: (
     engine: AsyncInferenceEngine["Service"],
-    options?: { readonly format?: Format | undefined; readonly served?: ReadonlyArray<{ readonly name: string; readonly version: string }> | undefined }
+    options?: {
+      readonly format?: Format | undefined
+      readonly served?: ReadonlyArray<{ readonly name: string; readonly version: string }> | undefined
+      /** The pool's instance counts (`ModelPool.counters`); absent: no `inference_instance_events_total`. */
+      readonly instanceEvents?: Readonly<InstanceEvents> | undefined
+    }
   ) => Effect.Effect<string>
 }
 
@@ -152,6 +172,8 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
   (processMetrics): Page => {
     /** Models served or with requests queued at an earlier scrape: their gauges stay, at 0 when they have none. */
     const modelsSeen = new Set<string>()
+    /** The instance counts the counter holds: each scrape adds what grew since. */
+    const eventsCounted = new Map<string, number>()
     return {
       render: (engine, options = {}) =>
         Effect.gen(function*() {
@@ -172,6 +194,18 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
             }
           }
           yield* Metric.update(unsettledGauge, unsettled)
+          const events = options.instanceEvents
+          if (events !== undefined) {
+            for (const [label, key] of instanceEventLabels) {
+              const counted = eventsCounted.get(label)
+              const now = events[key]
+              // The first scrape adds the row even at 0, so that a dashboard finds every series at once.
+              if (counted === undefined || now > counted) {
+                yield* Metric.update(Metric.withAttributes(instanceEventsCounter, { event: label }), now - (counted ?? 0))
+                eventsCounted.set(label, now)
+              }
+            }
+          }
           const text = yield* PrometheusMetrics.format()
           const page = text + (text.endsWith("\n") || text === "" ? "" : "\n") + processMetrics.render()
           if (options.format !== "triton") return page

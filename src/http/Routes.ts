@@ -333,7 +333,9 @@ const serverRoutes = (ctx: Ctx) => {
   const prometheus = handle(
     // The versions served now; `models` may rescan the repository (explicit model control), each scrape.
     (pool.loadedModels ?? pool.models).pipe(
-      Effect.flatMap((models) => metricsPage.render(engine, { format: options.metricsFormat, served: models.filter((m) => m.state === "READY") })),
+      Effect.flatMap((models) =>
+        metricsPage.render(engine, { format: options.metricsFormat, served: models.filter((m) => m.state === "READY"), instanceEvents: pool.counters })
+      ),
       Effect.map((text) => HttpServerResponse.text(text, { contentType: Metrics.contentType }))
     )
   )

@@ -704,6 +704,35 @@ describe("GET /metrics", () => {
       ) assert.include(text, line)
     }).pipe(withFreshMetrics))
 
+  it.effect("reports the pool's instance events, every event with its row from the first scrape, counting on as they grow", () =>
+    Effect.gen(function*() {
+      const counters = { crashes: 0, deadlineKills: 0, abandonKills: 0, respawns: 0, respawnFailures: 0 }
+      const { send } = yield* makeApp({ counters })
+      const first = (yield* send("GET", "/metrics")).text
+      assert.include(first, "# TYPE inference_instance_events_total counter")
+      for (const event of ["crash", "deadline_kill", "abandon_kill", "respawn", "respawn_failure"]) {
+        assert.include(first, `inference_instance_events_total{event="${event}"} 0`)
+      }
+      counters.crashes = 2
+      counters.abandonKills = 1
+      counters.respawns = 3
+      const second = (yield* send("GET", "/metrics")).text
+      assert.include(second, `inference_instance_events_total{event="crash"} 2`)
+      assert.include(second, `inference_instance_events_total{event="abandon_kill"} 1`)
+      assert.include(second, `inference_instance_events_total{event="respawn"} 3`)
+      assert.include(second, `inference_instance_events_total{event="deadline_kill"} 0`)
+      counters.crashes = 5
+      const third = (yield* send("GET", "/metrics")).text
+      assert.include(third, `inference_instance_events_total{event="crash"} 5`, "a counter, not a sum of scrapes")
+      assert.include(third, `inference_instance_events_total{event="respawn"} 3`)
+    }).pipe(withFreshMetrics))
+
+  it.effect("a pool without instance counts has no instance events family", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      assert.notInclude((yield* send("GET", "/metrics")).text, "inference_instance_events_total")
+    }).pipe(withFreshMetrics))
+
   it.effect("renders one family per fact: requests by outcome (every outcome has a row), counts, pending by priority, durations in seconds by model", () =>
     Effect.gen(function*() {
       const { send, gate, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })

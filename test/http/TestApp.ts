@@ -14,7 +14,7 @@ import * as Routes from "../../src/http/Routes.ts"
 import { Statistics } from "../../src/http/Statistics.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
-import { ModelPool, type ModelStatus, type RunOutput } from "../../src/ModelPool.ts"
+import { type InstanceEvents, ModelPool, type ModelStatus, type RunOutput } from "../../src/ModelPool.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import * as Tensor from "../../src/Tensor.ts"
 
@@ -36,6 +36,8 @@ export interface TestPoolOptions {
    * from Node's request event (`NodeInfer`). Default true; false keeps the Effect-only paths.
    */
   readonly metadataUnsafe?: boolean | undefined
+  /** The pool's instance counts (`ModelPool.counters`), read live; absent: the pool has none. */
+  readonly counters?: InstanceEvents | undefined
 }
 
 const identityModels: ReadonlyArray<ModelMetadata.ModelMetadata> = Tensor.dataTypes.map((dtype) => ({
@@ -177,6 +179,7 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
     const pool = ModelPool.of({
       metadata: lookup,
       ...(options.metadataUnsafe === false ? {} : { metadataUnsafe }),
+      ...(options.counters === undefined ? {} : { counters: options.counters }),
       run,
       models: Effect.succeed(statuses)
     })

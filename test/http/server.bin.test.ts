@@ -194,6 +194,11 @@ describe("node src/bin/server.ts", () => {
     const after = await vad(1)
     assert.strictEqual(after.status, 200, JSON.stringify(after.body))
     assert.isNull(server.child.exitCode, server.output())
+    // The ONNX pool's instance counts reach /metrics: nothing crashed or was killed.
+    const metrics = await Client.send(server.port, "GET", "/metrics")
+    assert.isTrue(Client.isReply(metrics))
+    const page = Client.isReply(metrics) ? metrics.body : ""
+    for (const event of ["crash", "deadline_kill", "abandon_kill", "respawn_failure"]) assert.include(page, `inference_instance_events_total{event="${event}"} 0`)
   })
 
   it("on SIGTERM under load: answers what it admitted, refuses the rest with 503, drains and exits 0", async () => {
