@@ -617,6 +617,20 @@ const refused = (state: State, modelId: string, reason: InferenceError.Reason, v
   recordFailure(state.telemetry, info, reason, 0)
 }
 
+/**
+ * `refused` as an Effect: where the pool has no `metadataUnsafe` and the edge named no version,
+ * the default version comes from the pool's `metadata` (a model it cannot find stays without one),
+ * so that the refusal is counted under the version it would have been admitted to, as with the ONNX pool.
+ */
+const refusedEffect = (state: State, modelId: string, reason: InferenceError.Reason, version: string | undefined): Effect.Effect<void> =>
+  version !== undefined || state.pool.metadataUnsafe !== undefined
+    ? Effect.sync(() => refused(state, modelId, reason, version))
+    : state.pool.metadata(modelId).pipe(
+      Effect.map((metadata) => metadata.version),
+      Effect.orElseSucceed(() => undefined),
+      Effect.flatMap((found) => Effect.sync(() => refused(state, modelId, reason, found)))
+    )
+
 /** The collector, guarded (`Telemetry.guard`): a record point that throws is logged once, as a warning, and the engine goes on. */
 const guardTelemetry = (collector: TelemetryCollector["Service"], runFork: (effect: Effect.Effect<void>) => unknown) => {
   const warned = new Set<string>()
@@ -672,12 +686,11 @@ export const make = Effect.gen(function*() {
           ? new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
           : undefined
         if (reason === undefined) return Effect.void
-        refused(state, modelId, reason, version)
-        return Effect.fail(InferenceError.make(reason))
+        return Effect.andThen(refusedEffect(state, modelId, reason, version), Effect.fail(InferenceError.make(reason)))
       }),
     admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
     inferUnsafe: (request, onExit, options) => inferUnsafe(state, request, onExit, spentOf(options)),
-    recordRefused: (modelId, reason, version) => Effect.sync(() => refused(state, modelId, reason, version)),
+    recordRefused: (modelId, reason, version) => refusedEffect(state, modelId, reason, version),
     queueStats: Effect.sync(() => queueStats(state)),
     queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),
     waitingByVersion: Effect.sync(() => waitingByVersion(state)),

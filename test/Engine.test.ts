@@ -186,6 +186,31 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(outcomes().start, 2 + 3, "two requests, three refusals: each counted as started")
       }))
 
+    it.effect("an edge's refusal is counted under the version the pool would admit to, from its metadata Effect when it has no metadataUnsafe", () =>
+      Effect.gen(function*() {
+        const versions: Array<string | undefined> = []
+        const noop = () => {}
+        const capture = Layer.succeed(Telemetry.TelemetryCollector, {
+          recordStart: noop,
+          recordSuccess: noop,
+          recordFailure: (info) => void versions.push(info.version),
+          recordCancelled: noop,
+          recordTimeout: noop,
+          recordRejected: (info) => void versions.push(info.version),
+          recordQueueWait: noop,
+          recordRun: noop
+        })
+        const { engine } = yield* makeHarness({ script: () => ({ latency: "1 second" }), config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 }, telemetry: capture })
+        yield* fork(engine.infer(request("running")))
+        yield* Effect.yieldNow
+        yield* fork(engine.infer(request("queued")))
+        assert.strictEqual(reasonOf(yield* Effect.exit(engine.checkAdmission("echo"))), "QueueFull")
+        yield* engine.recordRefused("echo", new InferenceError.InvalidInput({ modelId: "echo", detail: "not JSON" }))
+        yield* engine.recordRefused("echo", new InferenceError.InvalidInput({ modelId: "echo", detail: "not JSON" }), "7")
+        yield* engine.recordRefused("nope", new InferenceError.InvalidInput({ modelId: "nope", detail: "not JSON" }))
+        assert.deepStrictEqual(versions, ["1", "1", "7", undefined], "the default version, one the edge named, none for a model the pool does not have")
+      }))
+
     it.effect("refuses invalid input and unknown models before queuing", () =>
       Effect.gen(function*() {
         const { engine, stats, outcomes } = yield* makeHarness()
