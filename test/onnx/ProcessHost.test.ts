@@ -1,10 +1,14 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import * as Fs from "node:fs"
 import { Context, Duration, Effect, Exit, Fiber, Layer, References, Scope } from "effect"
+import { AsyncConfigService } from "../../src/AsyncConfig.ts"
+import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
+import * as InferenceRequest from "../../src/InferenceRequest.ts"
 import * as ModelRepository from "../../src/ModelRepository.ts"
 import * as Mlp from "../../scripts/Mlp.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import { layerRecording } from "../../src/Telemetry.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { maxAbsDiff, mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
 import * as TestOps from "../fixtures/TestOps.ts"
@@ -318,4 +322,48 @@ describe("config.json isolation and killGraceMs", () => {
       ])
       assert.strictEqual(pool.counters.workersSpawned, 0)
     }))
+})
+
+describe("the engine over process isolation", () => {
+  it.live("a request cancelled mid-run: its process is killed after the kill grace, the permit comes back, the replacement serves", () =>
+    Effect.gen(function*() {
+      // A heavier MLP, so that a 1,024-row run lasts long enough to be cancelled in the middle.
+      const repository = yield* tempRepository({
+        "heavy/model.onnx": Mlp.build({ sizes: [784, 2048, 2048, 10] }).bytes,
+        "heavy/config.json": JSON.stringify({ instances: 1, isolation: "process", killGraceMs: 0, batching: { enabled: false } })
+      })
+      const context = yield* quiet(Layer.build(
+        AsyncInferenceEngine.layer.pipe(
+          Layer.provideMerge(Layer.mergeAll(
+            OnnxModelPool.layerWithControl({ repository, transports: TestOps.transports }),
+            layerRecording,
+            AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })
+          ))
+        )
+      ))
+      const engine = Context.get(context, AsyncInferenceEngine)
+      const pool = Context.get(context, OnnxModelPool.OnnxModelPool)
+      const rows = (id: string) => InferenceRequest.make("heavy", mlpInputs(1024), { requestId: id })
+      // How long such a run takes here, uncancelled.
+      const t0 = now()
+      yield* engine.infer(rows("whole"))
+      const runMs = now() - t0
+      const { abandonKills, respawns } = pool.counters
+      const [pid] = yield* pidsOf(pool, "heavy")
+      const cancelled = yield* Effect.forkChild(engine.infer(rows("cancelled")), { startImmediately: true })
+      yield* eventually("the run began", () => pool.stats("heavy")?.busy === 1)
+      yield* Effect.sleep(Math.min(20, runMs / 4))
+      const t1 = now()
+      yield* Fiber.interrupt(cancelled)
+      yield* eventually("the process was killed", () => pool.counters.abandonKills === abandonKills + 1, 5_000)
+      const killedAfterMs = now() - t1
+      // A grace of 0: killed at once, not when the run would have ended (a loaded machine's timers allowed for).
+      assert.isBelow(killedAfterMs, 1_000, `killed ${killedAfterMs.toFixed(0)} ms after the cancel (a ${runMs.toFixed(0)} ms run)`)
+      yield* eventually("its process is gone", () => !alive(pid!), 2_000)
+      // The permit came back once the run was over: the next request runs on the replacement.
+      const after = yield* engine.infer(InferenceRequest.make("heavy", mlpInputs(2), { requestId: "after" }))
+      assert.deepStrictEqual(after.outputs["logits"]!.dims, [2, 10])
+      assert.strictEqual(pool.counters.respawns, respawns + 1)
+      assert.strictEqual((yield* engine.diagnostics).unsettled, 0)
+    }).pipe(Effect.scoped), 60_000)
 })
