@@ -422,9 +422,9 @@ export const decodeTensor = (
 
 /**
  * Why the `parameters` of an input or output ask for a Triton extension this server does not
- * implement, or undefined: shared memory (`shared_memory_region`, `_byte_size`, `_offset`) on
- * either, classification (`classification`) on an output. Refused rather than ignored, since
- * ignoring them answers something other than what was asked.
+ * implement, or undefined: shared memory (`shared_memory_region`, `_byte_size`, `_offset`).
+ * Refused rather than ignored, since ignoring them answers something other than what was asked.
+ * (An output's `classification` is served: `Oip.classificationsOf`.)
  */
 export const unsupportedParameter = (parameters: Readonly<Record<string, unknown>> | undefined, output: boolean): string | undefined => {
   if (parameters === undefined) return undefined
@@ -432,9 +432,6 @@ export const unsupportedParameter = (parameters: Readonly<Record<string, unknown
     if (parameters[key] !== undefined) {
       return `parameters.${key}: the shared memory extension is not supported; send the data in the request${output ? " (the output comes back in the response)" : " (data, or binary_data_size)"}`
     }
-  }
-  if (output && parameters["classification"] !== undefined) {
-    return "parameters.classification: the classification extension is not supported; the output comes back as the model returns it"
   }
   return undefined
 }

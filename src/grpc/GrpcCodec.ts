@@ -239,8 +239,6 @@ const refusedParameter = (kind: "input" | "output", key: string, raw: boolean): 
       // HTTP's binary tensor data: its bytes would come after a JSON header gRPC does not have.
       // Beside raw contents it may describe them (KServe's client sends it so): `toOip` checks it.
       return kind === "input" && !raw ? "parameters.binary_data_size belongs to HTTP's binary tensor data; over gRPC send the bytes in raw_input_contents" : undefined
-    case "classification":
-      return kind === "output" ? "parameters.classification asks for the classification extension, which this server does not support" : undefined
     case "shared_memory_region":
     case "shared_memory_byte_size":
     case "shared_memory_offset":
@@ -270,7 +268,8 @@ const refusedParameters = (
  * cannot be: raw contents not one per input, an input with typed `contents` beside them, HTTP's
  * `binary_data_size` with typed contents (beside raw contents it must be the entry's length, as
  * KServe's client sends it), typed contents that do not fit the input (`dataOf`), or a tensor
- * parameter for an extension this server lacks (an output's `classification`, `shared_memory_*`).
+ * parameter for an extension this server lacks (`shared_memory_*`). An output's `classification`
+ * goes on to `Oip.prepare` (Triton's classification extension).
  */
 export const toOip = (request: ModelInferRequest): { readonly body: unknown; readonly binary: Uint8Array | undefined } | string => {
   const raw = request.raw_input_contents
@@ -318,7 +317,11 @@ export const toOip = (request: ModelInferRequest): { readonly body: unknown; rea
       const refused = refusedParameters("output", output.name, output.parameters)
       if (refused !== undefined) return refused
     }
-    body["outputs"] = request.outputs.map((o) => ({ name: o.name }))
+    // Of an output's parameters, only `classification` means something here (Triton's classification extension).
+    body["outputs"] = request.outputs.map((o) => {
+      const classification = o.parameters?.["classification"]
+      return classification === undefined ? { name: o.name } : { name: o.name, parameters: { classification: parameterValue(classification) } }
+    })
   }
   const binary = raw.length === 0 ? undefined : raw.length === 1 ? raw[0]! : concat(raw)
   return { body, binary }

@@ -107,7 +107,7 @@ export const make = (options: Options) =>
         for (const output of prepared.outputs) {
           const tensor = result.outputs[output]
           if (tensor === undefined) return yield* Effect.die(new Error(`model ${name} returned no output ${output} (request ${request.requestId})`))
-          outputs.push([output, tensor])
+          outputs.push([output, Oip.answerTensor(metadata, output, tensor, prepared.classifications)])
         }
         return GrpcCodec.inferResponse({ modelName: name, modelVersion: result.modelVersion, id: message.id, outputs })
       })

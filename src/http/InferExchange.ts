@@ -24,6 +24,8 @@ export interface Decoded {
   /** The outputs to return, in order. */
   readonly outputs: ReadonlyArray<string>
   readonly binaryOutputs: ReadonlySet<string>
+  /** The outputs asked as classifications, with their counts (`Oip.classificationsOf`). */
+  readonly classifications: ReadonlyMap<string, number>
   /** The request's `id`, echoed in the answer. */
   readonly id: string | undefined
 }
@@ -43,6 +45,8 @@ export interface Body {
   readonly inputs: Tensor.TensorMap
   readonly outputs: ReadonlyArray<string>
   readonly binaryOutputs: ReadonlyArray<string>
+  /** The outputs asked as classifications and their counts (pairs: plain data a decode thread can post). */
+  readonly classifications: ReadonlyArray<readonly [string, number]>
   /** Undefined: the model's default. */
   readonly priority: Priority.Priority | undefined
   /** Undefined: the engine's default deadline. */
@@ -89,6 +93,7 @@ export const decodeBody = (
     inputs: prepared.inputs,
     outputs: prepared.outputs,
     binaryOutputs: [...prepared.binaryOutputs],
+    classifications: [...prepared.classifications],
     priority: prepared.priority,
     timeoutMs: prepared.timeout === undefined ? undefined : millisOf(prepared.timeout),
     id: body.id
@@ -115,8 +120,11 @@ export const toDecoded = (
   }),
   outputs: body.outputs,
   binaryOutputs: new Set(body.binaryOutputs),
+  classifications: body.classifications.length === 0 ? noClassifications : new Map(body.classifications),
   id: body.id
 })
+
+const noClassifications: ReadonlyMap<string, number> = new Map()
 
 /** `decodeBody`, then `toDecoded`. */
 export const decode = (
@@ -137,7 +145,8 @@ export type Answer =
   | { readonly _tag: "Binary"; readonly bytes: Uint8Array; readonly jsonLength: number }
 
 /**
- * Encodes a success: the selected outputs in order, those asked as binary in the binary part.
+ * Encodes a success: the selected outputs in order (as classifications where asked), those asked
+ * as binary in the binary part.
  * An output the model did not return is a defect (the metadata promised it): an Error.
  */
 export const encode = (
@@ -151,7 +160,7 @@ export const encode = (
     if (tensor === undefined) {
       return new Error(`model ${metadata.name} returned no output ${output} (request ${decoded.request.requestId})`)
     }
-    tensors.push([output, tensor])
+    tensors.push([output, Oip.answerTensor(metadata, output, tensor, decoded.classifications)])
   }
   const encoded = Oip.encodeResponse({
     modelName: metadata.name,

@@ -20,6 +20,7 @@
  */
 import { Duration, Schema } from "effect"
 import * as Batch from "../Batch.ts"
+import * as Classification from "../Classification.ts"
 import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import * as Priority from "../Priority.ts"
@@ -249,6 +250,50 @@ export const binaryOutputsOf = (
   return new Set(selected.filter((name) => own.get(name) ?? all))
 }
 
+/**
+ * The outputs asked as classifications (Triton's classification extension: an output's
+ * `parameters.classification`, the number of classes), by name; refused when the count is not a
+ * positive integer or the output is not numeric (`Classification`).
+ */
+export const classificationsOf = (
+  metadata: ModelMetadata.ModelMetadata,
+  request: TensorCodec.InferRequest
+): ReadonlyMap<string, number> | InferenceError.InvalidInput => {
+  let out: Map<string, number> | undefined
+  for (const output of request.outputs ?? []) {
+    const asked = output.parameters?.["classification"]
+    if (asked === undefined) continue
+    const refuse = (detail: string) => new InferenceError.InvalidInput({ modelId: metadata.name, detail: `output ${JSON.stringify(output.name)}: ${detail}` })
+    const count = Classification.countOf(asked)
+    if (typeof count === "string") return refuse(count)
+    const spec = metadata.outputs.find((s) => s.name === output.name)
+    if (spec !== undefined && !Classification.supports(spec.dtype)) {
+      return refuse(`parameters.classification needs a numeric output; this one is ${TensorCodec.datatypeOf[spec.dtype]}`)
+    }
+    ;(out ??= new Map()).set(output.name, count)
+  }
+  return out ?? noClassifications
+}
+
+const noClassifications: ReadonlyMap<string, number> = new Map()
+
+/**
+ * `tensor`, the model's output `name`, as the request asked for it: its classification when it
+ * asked for one (`classificationsOf`), else itself. A model that batches classifies each row
+ * along the output's batch axis.
+ */
+export const answerTensor = (
+  metadata: ModelMetadata.ModelMetadata,
+  name: string,
+  tensor: Tensor.Tensor,
+  classifications: ReadonlyMap<string, number>
+): Tensor.Tensor => {
+  const count = classifications.get(name)
+  if (count === undefined) return tensor
+  const batching = metadata.batching
+  return Classification.classify(tensor, count, batching?.enabled === true ? Batch.axisOf(batching.outputAxes, name) : null)
+}
+
 /** Metadata of one tensor in OIP form: -1 for a dynamic dim. */
 export const tensorMetadata = (spec: ModelMetadata.TensorSpec) => ({
   name: spec.name,
@@ -346,6 +391,8 @@ export interface Prepared {
   readonly outputs: ReadonlyArray<string>
   /** The outputs to return as binary tensor data (HTTP only). */
   readonly binaryOutputs: ReadonlySet<string>
+  /** The outputs to return as classifications, with their counts (`classificationsOf`). */
+  readonly classifications: ReadonlyMap<string, number>
   /** Undefined: the model's default. */
   readonly priority: Priority.Priority | undefined
   /** Undefined: the engine's default deadline. */
@@ -355,7 +402,7 @@ export interface Prepared {
 /**
  * Decodes a request envelope (already schema-checked) against the model: inputs
  * (`decodeInputs`), batch size (`checkBatchSize`), outputs (`selectOutputs`), binary outputs,
- * priority and timeout. The first problem found is returned as InvalidInput.
+ * classifications, priority and timeout. The first problem found is returned as InvalidInput.
  */
 export const prepare = (
   metadata: ModelMetadata.ModelMetadata,
@@ -370,10 +417,13 @@ export const prepare = (
   if (outputs instanceof InferenceError.InvalidInput) return outputs
   const binaryOutputs = binaryOutputsOf(metadata, body, outputs)
   if (binaryOutputs instanceof InferenceError.InvalidInput) return binaryOutputs
+  const classifications = classificationsOf(metadata, body)
+  if (classifications instanceof InferenceError.InvalidInput) return classifications
   return {
     inputs,
     outputs,
     binaryOutputs,
+    classifications,
     priority: TensorCodec.priorityOf(body.parameters?.priority),
     timeout: TensorCodec.timeoutOf(body.parameters?.timeout)
   }

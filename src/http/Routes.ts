@@ -115,8 +115,8 @@ export const platform = Oip.platformName
  */
 export const extensionsFor = (modelControl: "none" | "explicit"): ReadonlyArray<string> =>
   modelControl === "explicit"
-    ? ["model_repository", "binary_tensor_data", "model_configuration", "statistics", "schedule_policy", "parameters"]
-    : ["binary_tensor_data", "model_configuration", "statistics", "schedule_policy", "parameters"]
+    ? ["model_repository", "binary_tensor_data", "classification", "model_configuration", "statistics", "schedule_policy", "parameters"]
+    : ["binary_tensor_data", "classification", "model_configuration", "statistics", "schedule_policy", "parameters"]
 
 /** The extensions of a server without model control. */
 export const extensions: ReadonlyArray<string> = extensionsFor("none")

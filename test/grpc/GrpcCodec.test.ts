@@ -90,11 +90,6 @@ describe("GrpcCodec.toOip", () => {
       "input \"x\": parameters.binary_data_size must be an integer (int64_param), not the string \"16\""
     ],
     [
-      "an output's classification (Triton's classification extension)",
-      request({ raw_input_contents: [f32([1, 2, 3, 4])], outputs: [{ name: "y", parameters: { classification: { parameter_choice: "int64_param", int64_param: "3" } } }] }),
-      "output \"y\": parameters.classification asks for the classification extension, which this server does not support"
-    ],
-    [
       "an output in a shared-memory region",
       request({ raw_input_contents: [f32([1, 2, 3, 4])], outputs: [{ name: "y", parameters: { shared_memory_region: { parameter_choice: "string_param", string_param: "out" } } }] }),
       "output \"y\": parameters.shared_memory_region asks for the shared-memory extension, which this server does not support"
@@ -123,6 +118,15 @@ describe("GrpcCodec.toOip", () => {
   ]
   it("refuses, in gRPC's terms, what a ModelInferRequest must not say", () => {
     for (const [why, message, expected] of refused) assert.strictEqual(GrpcCodec.toOip(message), expected, why)
+  })
+
+  it("passes an output's classification on to the OIP request (Triton's classification extension), and no other output parameter", () => {
+    const oip = GrpcCodec.toOip(request({
+      raw_input_contents: [f32([1, 2, 3, 4])],
+      outputs: [{ name: "y", parameters: { classification: { parameter_choice: "int64_param", int64_param: "3" }, other: { parameter_choice: "bool_param", bool_param: true } } }]
+    }))
+    assert.notStrictEqual(typeof oip, "string")
+    if (typeof oip !== "string") assert.deepStrictEqual((oip.body as { outputs: unknown }).outputs, [{ name: "y", parameters: { classification: 3 } }])
   })
 
   it("takes raw contents as the binary part and typed contents as data", () => {

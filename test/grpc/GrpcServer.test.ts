@@ -219,10 +219,16 @@ describe("ModelInfer", () => {
       assert.deepStrictEqual(r.outputs.map((o: any) => o.name), ["scaled", "sum"])
       assert.deepStrictEqual(fromF32(r.raw_output_contents[0]), [2, 4, 6])
       assert.deepStrictEqual(fromF32(r.raw_output_contents[1]), [6])
-      // tritonclient's InferRequestedOutput(class_count=3): refused, not answered with the raw logits.
-      const classification = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), outputs: [{ name: "y", parameters: { classification: { int64_param: 3 } } }] })
-      assert.strictEqual(classification.error?.code, Grpc.status.INVALID_ARGUMENT)
-      assert.include(classification.error?.details, "the classification extension, which this server does not support")
+      // tritonclient's InferRequestedOutput(class_count=3): the top 3 classes as BYTES, each with its 4-byte length.
+      const classification = (yield* call("ModelInfer", { ...echoRaw([1, 4, 3, 2]), outputs: [{ name: "y", parameters: { classification: { int64_param: 3 } } }] })).response
+      assert.deepStrictEqual(classification.outputs.map((o: any) => [o.name, o.datatype, o.shape.map(Number)]), [["y", "BYTES", [3]]])
+      const raw = Buffer.from(classification.raw_output_contents[0])
+      const strings: Array<string> = []
+      for (let at = 0; at < raw.length; at += 4 + raw.readUInt32LE(at)) strings.push(raw.subarray(at + 4, at + 4 + raw.readUInt32LE(at)).toString("utf8"))
+      assert.deepStrictEqual(strings, ["8.000000:1", "6.000000:2", "4.000000:3"], "its echo answers 2x")
+      const zero = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), outputs: [{ name: "y", parameters: { classification: { int64_param: 0 } } }] })
+      assert.strictEqual(zero.error?.code, Grpc.status.INVALID_ARGUMENT)
+      assert.include(zero.error?.details, "parameters.classification must be a positive integer")
       const shm = yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), outputs: [{ name: "y", parameters: { shared_memory_region: { string_param: "r" } } }] })
       assert.strictEqual(shm.error?.code, Grpc.status.INVALID_ARGUMENT)
       assert.include(shm.error?.details, "the shared-memory extension")

@@ -161,6 +161,10 @@ describe("NodeInfer.make", () => {
       assert.include(JSON.parse(wrong.body.toString()).error, "the model takes FP32")
       const late = yield* post("/v2/models/slow/infer", JSON.stringify({ parameters: { timeout: 5000 }, ...echoBody }))
       assert.strictEqual(late.status, 504, "the engine's failure, as errorOf maps it")
+      // Classification (Triton's extension) here too: the same module encodes it.
+      const classes = yield* post("/v2/models/echo/versions/1/infer", JSON.stringify({ ...echoBody, outputs: [{ name: "y", parameters: { classification: 2 } }] }))
+      assert.strictEqual(classes.status, 200, classes.body.toString())
+      assert.deepStrictEqual(JSON.parse(classes.body.toString()).outputs, [{ name: "y", datatype: "BYTES", shape: [2], data: ["4.000000:3", "3.000000:2"] }])
 
       // Binary tensor data both ways.
       const head = Buffer.from(JSON.stringify({

@@ -28,7 +28,7 @@ describe("server and health routes", () => {
       const { send } = yield* makeApp()
       const r = yield* send("GET", "/v2")
       assert.strictEqual(r.status, 200)
-      assert.deepStrictEqual(r.json, { name: "effect-onnx", version: "0.0.0-test", extensions: ["binary_tensor_data", "model_configuration", "statistics", "schedule_policy", "parameters"] })
+      assert.deepStrictEqual(r.json, { name: "effect-onnx", version: "0.0.0-test", extensions: ["binary_tensor_data", "classification", "model_configuration", "statistics", "schedule_policy", "parameters"] })
       assert.strictEqual(r.headers.get("content-type"), "application/json")
       assert.strictEqual((yield* send("GET", "/v2/")).status, 200)
     }).pipe(withFreshMetrics))
@@ -598,11 +598,61 @@ describe("inference", () => {
     for (const [input, expected] of cases) assert.strictEqual(RetryAfter.seconds(input), expected, JSON.stringify(input))
   })
 
-  it.effect("parameters of unsupported extensions (classification, shared memory) are a 400 naming the extension, not ignored", () =>
+  it.effect("classification (Triton's extension): an output asked with parameters.classification comes back as its top classes, BYTES \"value:index\"", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp()
+      // A model that does not batch (echo answers 2x): the whole output is one row, the answer
+      // [count]; equal values in index order.
+      const one = yield* send("POST", "/v2/models/echo/infer", echoRequest([0.5, 2, -1, 2], { outputs: [{ name: "y", parameters: { classification: 3 } }] }))
+      assert.strictEqual(one.status, 200, one.text)
+      assert.deepStrictEqual(one.json.outputs, [{ name: "y", datatype: "BYTES", shape: [3], data: ["4.000000:1", "4.000000:3", "1.000000:0"] }])
+      // A model that batches: each row apart, the answer [rows, count]; a count past the row's elements gives them all.
+      const rows = yield* send("POST", "/v2/models/batched/infer", {
+        inputs: [{ name: "x", shape: [2, 4], datatype: "FP32", data: [1, 2, 3, 4, 8, 7, 6, 5] }],
+        outputs: [{ name: "y", parameters: { classification: 9 } }]
+      })
+      assert.strictEqual(rows.status, 200, rows.text)
+      assert.deepStrictEqual(rows.json.outputs[0].shape, [2, 4])
+      assert.deepStrictEqual(rows.json.outputs[0].data, [
+        "4.000000:3", "3.000000:2", "2.000000:1", "1.000000:0",
+        "8.000000:0", "7.000000:1", "6.000000:2", "5.000000:3"
+      ])
+      // With binary tensor data, as BYTES are laid out: a 4-byte length before each string.
+      const binary = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4], { outputs: [{ name: "y", parameters: { classification: 1, binary_data: true } }] }))
+      assert.strictEqual(binary.status, 200)
+      const jsonLength = Number(binary.headers.get("inference-header-content-length"))
+      const bytes = Buffer.from(binary.text, "latin1")
+      const head = JSON.parse(bytes.subarray(0, jsonLength).toString("utf8"))
+      assert.deepStrictEqual(head.outputs, [{ name: "y", datatype: "BYTES", shape: [1], parameters: { binary_data_size: 4 + 10 } }])
+      assert.strictEqual(bytes.readUInt32LE(jsonLength), 10)
+      assert.strictEqual(bytes.subarray(jsonLength + 4).toString("utf8"), "8.000000:3")
+      // Integers as integers.
+      const ints = yield* send("POST", "/v2/models/identity_int64/infer", { inputs: [{ name: "x", shape: [1, 3], datatype: "INT64", data: [7, 9, 8] }], outputs: [{ name: "y", parameters: { classification: 2 } }] })
+      assert.deepStrictEqual(ints.json.outputs[0].data, ["9:1", "8:2"])
+    }).pipe(withFreshMetrics))
+
+  it.effect("classification: a count that is not a positive integer, or an output that is not numeric, is a 400; nothing runs", () =>
+    Effect.gen(function*() {
+      const { send, stats } = yield* makeApp()
+      const cases: ReadonlyArray<readonly [string, unknown, RegExp]> = [
+        ["echo", echoRequest([1, 2, 3, 4], { outputs: [{ name: "y", parameters: { classification: 0 } }] }), /output "y": parameters.classification must be a positive integer \(the number of classes to return\), got 0/],
+        ["echo", echoRequest([1, 2, 3, 4], { outputs: [{ name: "y", parameters: { classification: 2.5 } }] }), /must be a positive integer .*got 2.5/],
+        ["echo", echoRequest([1, 2, 3, 4], { outputs: [{ name: "y", parameters: { classification: "3" } }] }), /must be a positive integer .*got "3"/],
+        ["identity_bool", { inputs: [{ name: "x", shape: [1, 2], datatype: "BOOL", data: [true, false] }], outputs: [{ name: "y", parameters: { classification: 1 } }] }, /parameters.classification needs a numeric output; this one is BOOL/],
+        ["identity_string", { inputs: [{ name: "x", shape: [1, 1], datatype: "BYTES", data: ["a"] }], outputs: [{ name: "y", parameters: { classification: 1 } }] }, /needs a numeric output; this one is BYTES/]
+      ]
+      for (const [model, body, error] of cases) {
+        const r = yield* send("POST", `/v2/models/${model}/infer`, body)
+        assert.strictEqual(r.status, 400, JSON.stringify(body))
+        assert.match(r.json.error, error)
+      }
+      assert.strictEqual(stats.started, 0, "nothing ran")
+    }).pipe(withFreshMetrics))
+
+  it.effect("parameters of unsupported extensions (shared memory) are a 400 naming the extension, not ignored", () =>
     Effect.gen(function*() {
       const { send, stats } = yield* makeApp()
       const cases: ReadonlyArray<readonly [unknown, RegExp]> = [
-        [echoRequest([1, 2, 3, 4], { outputs: [{ name: "y", parameters: { classification: 3 } }] }), /^invalid input for model "echo": output "y": parameters.classification: the classification extension is not supported/],
         [echoRequest([1, 2, 3, 4], { outputs: [{ name: "y", parameters: { shared_memory_region: "out", shared_memory_byte_size: 16 } }] }), /output "y": parameters.shared_memory_region: the shared memory extension is not supported/],
         [{ inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", parameters: { shared_memory_region: "in", shared_memory_byte_size: 16 } }] }, /^invalid input "x" for model "echo": parameters.shared_memory_region: the shared memory extension is not supported/]
       ]

@@ -115,6 +115,16 @@ describe("node src/bin/server.ts", () => {
     assert.deepStrictEqual(r.body.outputs[0].shape, [2, 10])
     const logits = r.body.outputs[0].data as Array<number>
     logits.forEach((v, i) => assert.closeTo(v, expected[i]!, 1e-4))
+    // Triton's classification extension on the real logits: the top 3 of each row, by index.
+    const classes = await json(Client.send(server.port, "POST", "/v2/models/mlp/infer", {
+      inputs: [{ name: "input", shape: [2, 784], datatype: "FP32", data: Array.from(x) }],
+      outputs: [{ name: "logits", parameters: { classification: 3 } }]
+    }))
+    assert.strictEqual(classes.status, 200, JSON.stringify(classes.body))
+    assert.deepStrictEqual(classes.body.outputs[0].shape, [2, 3])
+    const top = (row: number) => Array.from({ length: 10 }, (_, i) => i).sort((a, b) => logits[row * 10 + b]! - logits[row * 10 + a]!).slice(0, 3)
+    const indices = (classes.body.outputs[0].data as Array<string>).map((s) => Number(s.split(":")[1]))
+    assert.deepStrictEqual(indices, [...top(0), ...top(1)])
 
     const vad = await json(Client.send(server.port, "POST", "/v2/models/silero_vad/infer", {
       inputs: [
