@@ -84,9 +84,9 @@ export interface Service {
    * when every instance is busy. Interrupting a run that has begun returns at once; the
    * instance goes back to the pool only when its native run has ended, so no instance ever runs
    * two requests. A pool whose metadata says `stopsAbandonedRuns` stops such a run instead, and
-   * its interruption returns once the run is over. A pool may make the interruption of a run handed to a busy instance wait until
-   * that instance has dropped it (a pool that `reportsStarts` does: until then it may still
-   * begin). See `RunOptions.timeout` for deadlines.
+   * its interruption returns once the run is over. A pool may make the interruption of a run
+   * handed to a busy instance wait until that instance has dropped it (a pool that
+   * `reportsStarts` does: until then it may still begin). See `RunOptions.timeout` for deadlines.
    */
   readonly run: (
     modelId: string,
