@@ -42,15 +42,15 @@ const floatText = (v: number): string =>
 
 const isFloat = (dtype: Tensor.DataType): boolean => dtype === "float32" || dtype === "float64" || dtype === "float16"
 
-/** The element at `i` as a number (int64 and uint64 too, for ordering), and its text. */
-const reader = (tensor: Tensor.Tensor): { readonly value: (i: number) => number; readonly text: (i: number) => string } => {
+/** The element at `i` for ordering (int64 and uint64 as BigInt, exactly), and its text. */
+const reader = (tensor: Tensor.Tensor): { readonly value: (i: number) => number | bigint; readonly text: (i: number) => string } => {
   const data = tensor.data as ArrayLike<number | bigint>
   if (tensor.dtype === "float16") {
     const bits = tensor.data as Uint16Array
     return { value: (i) => fromHalfBits(bits[i]!), text: (i) => floatText(fromHalfBits(bits[i]!)) }
   }
   if (isFloat(tensor.dtype)) return { value: (i) => data[i] as number, text: (i) => floatText(data[i] as number) }
-  return { value: (i) => Number(data[i]), text: (i) => String(data[i]) }
+  return { value: (i) => data[i]!, text: (i) => String(data[i]) }
 }
 
 /**
@@ -76,7 +76,9 @@ export const classify = (tensor: Tensor.Tensor, count: number, batchAxis: number
     const ranked = order.slice().sort((a, b) => {
       const x = values[a]!
       const y = values[b]!
-      if (Number.isNaN(x) || Number.isNaN(y)) return Number.isNaN(x) === Number.isNaN(y) ? a - b : Number.isNaN(x) ? 1 : -1
+      const xNaN = x !== x
+      const yNaN = y !== y
+      if (xNaN || yNaN) return xNaN === yNaN ? a - b : xNaN ? 1 : -1
       return x === y ? a - b : y > x ? 1 : -1
     })
     for (let j = 0; j < n; j++) out.push(`${text(at(ranked[j]!))}:${ranked[j]}`)
