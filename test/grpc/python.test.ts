@@ -1,7 +1,7 @@
 /**
  * Another language's gRPC stack against the server: Python's grpcio with stubs generated from the
  * .proto files the package ships (what tritonclient.grpc is built on), over every unary RPC kind,
- * raw and typed contents, an error, statistics, a stream and the health service. Runs where
+ * raw and typed contents, a classification (Triton's extension), an error, statistics, a stream and the health service. Runs where
  * `python3` has grpcio and grpcio-tools (Debian: python3-grpcio python3-grpc-tools); skipped
  * elsewhere.
  */
@@ -37,7 +37,7 @@ describe("a Python grpcio client", () => {
       })
       const run = spawnSync(python!, ["check.py", String(port)], { cwd: work, encoding: "utf8", timeout: 60_000 })
       assert.strictEqual(run.status, 0, `${run.stdout}\n${run.stderr}`)
-      assert.deepStrictEqual(run.stdout.trim().split("\n"), ["live", "metadata", "ready", "model metadata", "config", "infer", "typed contents", "error", "stats", "stream", "health"])
+      assert.deepStrictEqual(run.stdout.trim().split("\n"), ["live", "metadata", "ready", "model metadata", "config", "infer", "typed contents", "classification", "error", "stats", "stream", "health"])
     } finally {
       child.kill("SIGTERM")
       Fs.rmSync(work, { recursive: true, force: true })

@@ -41,6 +41,19 @@ t = req2.inputs.add(); t.name = "input"; t.datatype = "FP32"; t.shape.extend([1,
 r2 = stub.ModelInfer(req2)
 assert r2.raw_output_contents[0] == r.raw_output_contents[0]
 print("typed contents")
+# tritonclient's InferRequestedOutput("logits", class_count=3): the top 3 as BYTES, 4-byte lengths.
+req3 = pb.ModelInferRequest(model_name="mlp")
+t = req3.inputs.add(); t.name = "input"; t.datatype = "FP32"; t.shape.extend([1, 784])
+req3.raw_input_contents.append(row)
+o = req3.outputs.add(); o.name = "logits"; o.parameters["classification"].int64_param = 3
+r3 = stub.ModelInfer(req3)
+assert [(x.name, x.datatype, list(x.shape)) for x in r3.outputs] == [("logits", "BYTES", [1, 3])], r3.outputs
+raw, classes = r3.raw_output_contents[0], []
+while raw:
+    (n,) = struct.unpack("<I", raw[:4]); classes.append(raw[4:4 + n].decode()); raw = raw[4 + n:]
+top = sorted(range(10), key=lambda i: -logits[i])[:3]
+assert [int(c.split(":")[1]) for c in classes] == top, (classes, top)
+print("classification")
 try:
     bad = pb.ModelInferRequest(model_name="mlp"); t = bad.inputs.add(); t.name = "input"; t.datatype = "FP32"; t.shape.extend([1, 3]); bad.raw_input_contents.append(struct.pack("<3f", 1, 2, 3))
     stub.ModelInfer(bad)
@@ -50,7 +63,7 @@ except grpc.RpcError as e:
     print("error")
 stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="mlp"))
 s = stats.model_stats[0]
-assert s.inference_count == 2 and s.execution_count == 2 and s.inference_stats.success.count == 2, s
+assert s.inference_count == 3 and s.execution_count == 3 and s.inference_stats.success.count == 3, s  # infer, typed contents, classification
 print("stats")
 def gen():
     for i in range(5):
