@@ -11,8 +11,8 @@
  * - `<value>` is written as C++'s `std::to_string` writes it, since that is what Triton answers:
  *   integers in decimal, floating-point values with six decimals ("0.437489", "nan", "-inf").
  * - Numeric outputs only: BOOL and BYTES outputs are refused at decoding (`supports`).
- *
- * Labels (Triton's `label_filename`) are not read: a string never has the third `:<label>` part.
+ * - With labels (config.json's `labels`: line i labels class i), a class whose label is not empty
+ *   is "<value>:<index>:<label>", as Triton's `label_filename` makes it.
  *
  * @module Classification
  */
@@ -55,9 +55,15 @@ const reader = (tensor: Tensor.Tensor): { readonly value: (i: number) => number 
 
 /**
  * The top `count` classes of each row of `tensor` (see the module doc), as a string tensor.
- * `batchAxis`: the output's batch axis when the model batches, else null (one row).
+ * `batchAxis`: the output's batch axis when the model batches, else null (one row); `labels`:
+ * the output's class labels, if it has any.
  */
-export const classify = (tensor: Tensor.Tensor, count: number, batchAxis: number | null): Tensor.Tensor<"string"> => {
+export const classify = (
+  tensor: Tensor.Tensor,
+  count: number,
+  batchAxis: number | null,
+  labels?: ReadonlyArray<string>
+): Tensor.Tensor<"string"> => {
   // Triton takes the first dim as the batch; an output batched on another axis is classified the same way, row by row along it.
   const axis = batchAxis !== null && batchAxis < tensor.dims.length ? batchAxis : null
   const rows = axis === null ? 1 : tensor.dims[axis]!
@@ -81,7 +87,11 @@ export const classify = (tensor: Tensor.Tensor, count: number, batchAxis: number
       if (xNaN || yNaN) return xNaN === yNaN ? a - b : xNaN ? 1 : -1
       return x === y ? a - b : y > x ? 1 : -1
     })
-    for (let j = 0; j < n; j++) out.push(`${text(at(ranked[j]!))}:${ranked[j]}`)
+    for (let j = 0; j < n; j++) {
+      const k = ranked[j]!
+      const label = labels?.[k]
+      out.push(label === undefined || label === "" ? `${text(at(k))}:${k}` : `${text(at(k))}:${k}:${label}`)
+    }
   }
   return Tensor.make("string", out, axis === null ? [n] : [rows, n])
 }

@@ -63,6 +63,8 @@ export interface ModelMetadata {
   readonly deviceUsed?: string | undefined
   /** The priority a server gives a request that names none; absent means Normal. */
   readonly defaultPriority?: Priority.Priority | undefined
+  /** Class labels by output, line i labelling class i (config.json `labels`), for Triton's classification extension. */
+  readonly labels?: Readonly<Record<string, ReadonlyArray<string>>> | undefined
   /** Declared alternatives the inputs must fit (config.json `inputSignatures`); absent means the ONNX signature alone. */
   readonly signatures?: ReadonlyArray<InputSignature.Signature> | undefined
 }

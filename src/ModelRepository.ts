@@ -176,6 +176,14 @@ export const maxKillGraceMs = 600_000
 
 const KillGraceMs = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: maxKillGraceMs }))
 
+/** A label file's name: one file in the model's directory, beside config.json (no directory part). */
+const LabelFileName = Schema.String.check(
+  Schema.makeFilter((name: string) =>
+    name.length > 0 && name !== "." && name !== ".." && !name.includes("/") && !name.includes("\\") && !name.includes("\u0000")
+      ? undefined
+      : `a label file is a file name in the model's directory (no "/", "\\" or ".."), got ${JSON.stringify(name)}`)
+)
+
 /**
  * The fields of `config.json`, exported so that other modules can extend the schema
  * (`Schema.Struct({ ...ModelRepository.configFields, batching: ... })`).
@@ -198,7 +206,9 @@ export const configFields = {
   /** The priority of a request that names none (Triton's priority 0 or absent). */
   defaultPriority: Schema.optionalKey(Priority.schema),
   /** Alternatives a request's inputs must fit, narrower than the ONNX signature (see `InputSignature`). */
-  inputSignatures: Schema.optionalKey(InputSignature.ConfigJson)
+  inputSignatures: Schema.optionalKey(InputSignature.ConfigJson),
+  /** Class labels of outputs, for Triton's classification extension: output name → a file of one label a line, in the model's directory. */
+  labels: Schema.optionalKey(Schema.Record(Schema.String, LabelFileName))
 }
 
 /** `config.json` as written. The schema itself ignores unknown keys; `decodeConfig` refuses them first (`unknownKeys`). */
@@ -221,11 +231,16 @@ export interface ModelConfig {
   readonly batching: BatchPolicy.ConfigJson | undefined
   /** config.json's `inputSignatures` as written (checked against the model by `InputSignature.resolve` once loaded). */
   readonly inputSignatures: InputSignature.ConfigJson | undefined
+  /**
+   * Class labels by output (config.json's `labels`, each file read at the scan: line i labels
+   * class i); undefined without any. Checked against the model's outputs once it loaded.
+   */
+  readonly labels: Readonly<Record<string, ReadonlyArray<string>>> | undefined
   /** config.json as parsed (an empty object without one). */
   readonly raw: Readonly<Record<string, unknown>>
 }
 
-export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures">
+export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels">
 
 /** Instances per model by default: 1 on up to 3 cores, 2 from 4 cores (more than the cores only slows runs down). */
 export const defaultInstances = (cores: number = Os.availableParallelism()): number => (cores >= 4 ? 2 : 1)
@@ -378,6 +393,8 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
       defaultPriority: config.defaultPriority ?? base.defaultPriority,
       batching: config.batching,
       inputSignatures: config.inputSignatures,
+      // Read from the files config.json names by the scan (`readLabels`), which has the model's directory.
+      labels: undefined,
       raw: json as Readonly<Record<string, unknown>>
     }
   }))
@@ -544,7 +561,56 @@ const readConfig = async (root: string, dir: string, overrides: Partial<Defaults
   const decoded = Effect.runSync(Effect.result(decodeConfig(json, overrides)))
   if (decoded._tag === "Failure") return `${configFileName}: ${decoded.failure.message.replace(/\n\s*/g, " ")}`
   const conflict = configConflict(decoded.success)
-  return conflict === undefined ? decoded.success : `${configFileName}: ${conflict}`
+  if (conflict !== undefined) return `${configFileName}: ${conflict}`
+  const files = (json as { readonly labels?: Readonly<Record<string, string>> }).labels
+  if (files === undefined) return decoded.success
+  const labels = await readLabels(root, dir, files)
+  return typeof labels === "string" ? `${configFileName}: ${labels}` : { ...decoded.success, labels }
+}
+
+/** Largest label file read (16 MiB: a label a line, and a few hundred thousand classes at most). */
+export const maxLabelBytes = 16 * 1024 * 1024
+
+/**
+ * Reads each label file of config.json's `labels` (output → file name in `dir`), as config.json
+ * is read: inside `root` (symlinks followed), a regular file of at most `maxLabelBytes`, UTF-8.
+ * Line i (without its line ending) labels class i. A string is why one cannot be used.
+ */
+const readLabels = async (
+  root: string,
+  dir: string,
+  files: Readonly<Record<string, string>>
+): Promise<Readonly<Record<string, ReadonlyArray<string>>> | string> => {
+  const out: Record<string, ReadonlyArray<string>> = {}
+  for (const [output, name] of Object.entries(files)) {
+    const why = (reason: string) => `labels of output ${JSON.stringify(output)}: ${name} ${reason}`
+    try {
+      const real = await Fs.realpath(Path.join(dir, name))
+      if (!inside(root, real)) return why("resolves outside the model repository")
+      const file = await Fs.open(real, FsSync.constants.O_RDONLY | (FsSync.constants.O_NONBLOCK ?? 0))
+      let bytes: Buffer
+      try {
+        const stat = await file.stat()
+        if (!stat.isFile()) return why("is not a regular file")
+        if (stat.size > maxLabelBytes) return why(`is ${stat.size} bytes, more than the ${maxLabelBytes} a label file may have`)
+        bytes = await file.readFile()
+      } finally {
+        await file.close()
+      }
+      let text: string
+      try {
+        text = new TextDecoder("utf-8", { fatal: true }).decode(bytes)
+      } catch {
+        return why("is not UTF-8 text")
+      }
+      const lines = text.split("\n").map((line) => (line.endsWith("\r") ? line.slice(0, -1) : line))
+      if (lines.at(-1) === "") lines.pop()
+      out[output] = lines
+    } catch (e) {
+      return why(`cannot be read (${(e as { code?: unknown }).code === "ENOENT" ? "no such file in the model's directory" : errorText(e)})`)
+    }
+  }
+  return out
 }
 
 /**

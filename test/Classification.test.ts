@@ -44,6 +44,11 @@ describe("Classification", () => {
     assert.deepStrictEqual(strings(Classification.classify(Tensor.float32([], [0, 3]), 2, 0)), { dims: [0, 2], data: [] })
   })
 
+  it("labels: a class with a label is value:index:label; an empty or missing label adds nothing", () => {
+    const t = Tensor.float32([0.1, 0.9, 0.5, 0.7], [1, 4])
+    assert.deepStrictEqual(Array.from(Classification.classify(t, 4, 0, ["cat", "dog", ""]).data), ["0.900000:1:dog", "0.700000:3", "0.500000:2", "0.100000:0:cat"])
+  })
+
   it("countOf: a positive integer, else why not", () => {
     assert.strictEqual(Classification.countOf(3), 3)
     for (const bad of [0, -1, 2.5, "3", true, null, Number.NaN, 2 ** 32]) {

@@ -48,6 +48,7 @@ describe("ModelRepository", () => {
           defaultPriority: "Normal",
           batching: undefined,
           inputSignatures: undefined,
+          labels: undefined,
           raw: {}
         })
         assert.strictEqual(ModelRepository.defaultInstances(2), 1)

@@ -291,7 +291,7 @@ export const answerTensor = (
   const count = classifications.get(name)
   if (count === undefined) return tensor
   const batching = metadata.batching
-  return Classification.classify(tensor, count, batching?.enabled === true ? Batch.axisOf(batching.outputAxes, name) : null)
+  return Classification.classify(tensor, count, batching?.enabled === true ? Batch.axisOf(batching.outputAxes, name) : null, metadata.labels?.[name])
 }
 
 /** Metadata of one tensor in OIP form: -1 for a dynamic dim. */

@@ -35,6 +35,7 @@
 import { Context, Duration, Effect, Latch, Layer, Metric, type Scope, Semaphore } from "effect"
 import * as Batch from "../Batch.ts"
 import * as BatchPolicy from "../BatchPolicy.ts"
+import * as Classification from "../Classification.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InputSignature from "../InputSignature.ts"
 import * as ModelMetadata from "../ModelMetadata.ts"
@@ -234,17 +235,29 @@ const release = (
     if (i >= 0) loader.hosts.splice(i, 1)
   }))
 
+/** Why config.json's labels do not fit the model: a label file for an output it does not have, or for one that is not numeric. */
+const labelsConflict = (labels: ModelRepository.ModelConfig["labels"], metadata: ModelMetadata.ModelMetadata): Effect.Effect<void, string> => {
+  for (const output of Object.keys(labels ?? {})) {
+    const spec = metadata.outputs.find((s) => s.name === output)
+    if (spec === undefined) return Effect.fail(`labels: the model has no output ${JSON.stringify(output)} (its outputs: ${metadata.outputs.map((s) => s.name).join(", ")})`)
+    if (!Classification.supports(spec.dtype)) return Effect.fail(`labels: output ${JSON.stringify(output)} is not numeric (${spec.dtype}): it cannot be classified`)
+  }
+  return Effect.void
+}
+
 /**
- * The metadata a started host serves under: config.json's batching and inputSignatures sections
- * checked against the signature the session reports (without a batching section, batching is on
- * exactly when every input and output has a dynamic batch dim). On a bad section the host is
- * released (closed and dropped from `loader.hosts`) and it fails with `config.json: <reason>`.
+ * The metadata a started host serves under: config.json's batching, inputSignatures and labels
+ * sections checked against the signature the session reports (without a batching section,
+ * batching is on exactly when every input and output has a dynamic batch dim). On a bad section
+ * the host is released (closed and dropped from `loader.hosts`) and it fails with
+ * `config.json: <reason>`.
  */
 const configure = (loader: Loader, entry: ModelRepository.Found, host: InstancePool.InstancePool): Effect.Effect<Ready, string> => {
   const gpu = ModelRepository.isGpuProvider(host.deviceUsed)
   return Effect.all([
     BatchPolicy.resolve(gpu ? gpuBatching(entry.config.batching) : entry.config.batching, host.metadata),
-    InputSignature.resolve(entry.config.inputSignatures, host.metadata)
+    InputSignature.resolve(entry.config.inputSignatures, host.metadata),
+    labelsConflict(entry.config.labels, host.metadata)
   ]).pipe(
     Effect.map(([batching, signatures]): Ready => ({
       _tag: "Ready",
@@ -261,7 +274,8 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
         deviceUsed: host.deviceUsed,
         // Every instance's WebGPU device is the same GPU: their runs queue for it.
         ...(gpu ? { devices: 1 } : {}),
-        ...(signatures === undefined ? {} : { signatures })
+        ...(signatures === undefined ? {} : { signatures }),
+        ...(entry.config.labels === undefined ? {} : { labels: entry.config.labels })
       }
     })),
     Effect.catch((reason) => Effect.andThen(release(loader, host), Effect.fail(`config.json: ${reason}`)))

@@ -4,6 +4,7 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as AsyncConfig from "../../src/AsyncConfig.ts"
 import * as ModelConfiguration from "../../src/http/ModelConfiguration.ts"
+import * as Oip from "../../src/http/Oip.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as Mlp from "../../scripts/Mlp.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
@@ -119,6 +120,50 @@ describe("OnnxModelPool on a repository with broken models", () => {
       const none = yield* Effect.flip(pool.metadata("allbroken"))
       assert.instanceOf(none, InferenceError.ModelUnavailable)
       assert.include((none as InferenceError.ModelUnavailable).reason, "allbroken/2/model.onnx: does not exist")
+    }))
+
+  it.live("labels (Triton's label_filename): read from the model's directory, checked against its outputs, used by classification", () =>
+    Effect.gen(function*() {
+      const good = mlpBytes()
+      const classes = Array.from({ length: 10 }, (_, i) => (i === 3 ? "" : `class ${i}`))
+      const repository = yield* tempRepository({
+        "labelled/model.onnx": good,
+        "labelled/config.json": JSON.stringify({ labels: { logits: "classes.txt" } }),
+        // CRLF endings and a final newline, as an editor may leave them; line 3 empty: no label.
+        "labelled/classes.txt": classes.map((c) => `${c}\r\n`).join(""),
+        "unknownoutput/model.onnx": good,
+        "unknownoutput/config.json": JSON.stringify({ labels: { scores: "classes.txt" } }),
+        "unknownoutput/classes.txt": "a\n",
+        "nofile/model.onnx": good,
+        "nofile/config.json": JSON.stringify({ labels: { logits: "missing.txt" } }),
+        "outside/model.onnx": good,
+        "outside/config.json": JSON.stringify({ labels: { logits: "../labelled/classes.txt" } }),
+        "notutf8/model.onnx": good,
+        "notutf8/config.json": JSON.stringify({ labels: { logits: "classes.txt" } }),
+        "notutf8/classes.txt": Uint8Array.of(0x61, 0xff, 0x0a)
+      })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, defaults: { instances: 1 } }))
+      const states = Object.fromEntries((yield* pool.models).map((m) => [m.name, m]))
+      const reason = (name: string) => {
+        assert.strictEqual(states[name]!.state, "UNAVAILABLE", name)
+        return states[name]!.reason ?? ""
+      }
+      assert.strictEqual(reason("unknownoutput"), `config.json: labels: the model has no output "scores" (its outputs: logits)`)
+      assert.strictEqual(reason("nofile"), `config.json: labels of output "logits": missing.txt cannot be read (no such file in the model's directory)`)
+      assert.include(reason("outside"), `a label file is a file name in the model's directory (no "/", "\\" or ".."), got "../labelled/classes.txt"`)
+      assert.strictEqual(reason("notutf8"), `config.json: labels of output "logits": classes.txt is not UTF-8 text`)
+      const metadata = yield* pool.metadata("labelled")
+      assert.deepStrictEqual(metadata.labels, { logits: classes })
+      // The real logits, classified with their labels: class 3's is empty, so its string has none.
+      const out = yield* pool.run("labelled", mlpInputs(1), { requestId: "labelled" })
+      const all = Oip.answerTensor(metadata, "logits", out.outputs["logits"]!, new Map([["logits", 10]]))
+      const strings = Array.from(all.data as ReadonlyArray<string>)
+      const logits = logitsOf(out)
+      for (const s of strings) {
+        const [value, index, label] = s.split(":")
+        assert.strictEqual(value, logits[Number(index)]!.toFixed(6))
+        assert.strictEqual(label, Number(index) === 3 ? undefined : `class ${index}`, s)
+      }
     }))
 
   it.live("falls back to cpu when the requested execution providers cannot load, and says so", () =>
