@@ -266,7 +266,7 @@ describe("Dispatcher over a pool that pins jobs to instances", () => {
     Effect.gen(function*() {
       const counters = InstancePool.makeCounters()
       const m = yield* startPool("m", 1, false, { counters, killGrace: Duration.millis(30) }, "process")
-      const batching = { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 4, maxQueueDelayMs: 20 }
+      const batching = { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 4 }
       const engine = yield* engineOver({ m: m.pool }, { maxConcurrentRequests: 1 }, batching)
       const [a] = m.instances
       // r0 takes the instance; r1 and r2 form a batch behind it.
@@ -278,7 +278,9 @@ describe("Dispatcher over a pool that pins jobs to instances", () => {
       a!.finishRunning()
       assert.isTrue(Exit.isSuccess(yield* Fiber.join(r0)))
       yield* settle
-      assert.strictEqual(a!.runs().length, 2, "r1 and r2 run as one batch")
+      const runs = a!.sent.filter((message) => message._tag === "run")
+      assert.strictEqual(runs.length, 2)
+      assert.deepStrictEqual(runs[1]!._tag === "run" ? runs[1]!.inputs["x"]!.dims : [], [2, 1], "r1 and r2 run as one batch")
       yield* Fiber.interrupt(r1)
       yield* Effect.sleep(Duration.millis(80))
       yield* settle
