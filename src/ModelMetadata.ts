@@ -65,6 +65,8 @@ export interface ModelMetadata {
   readonly defaultPriority?: Priority.Priority | undefined
   /** Class labels by output, line i labelling class i (config.json `labels`), for Triton's classification extension. */
   readonly labels?: Readonly<Record<string, ReadonlyArray<string>>> | undefined
+  /** The file each output's labels came from (config.json `labels` as written), as Triton's `label_filename` reports it. */
+  readonly labelFiles?: Readonly<Record<string, string>> | undefined
   /** Declared alternatives the inputs must fit (config.json `inputSignatures`); absent means the ONNX signature alone. */
   readonly signatures?: ReadonlyArray<InputSignature.Signature> | undefined
 }

@@ -66,7 +66,11 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
     version_policy: { all: {} },
     max_batch_size: leadingBatch ? batching.maxBatchSize : 0,
     input: metadata.inputs.map(tensor),
-    output: metadata.outputs.map(tensor),
+    // Triton's label_filename, where config.json names one (classification answers carry the labels).
+    output: metadata.outputs.map((spec) => {
+      const labelFile = metadata.labelFiles?.[spec.name]
+      return labelFile === undefined ? tensor(spec) : { ...tensor(spec), label_filename: labelFile }
+    }),
     instance_group: [instanceGroup(metadata)],
     dynamic_batching: {
       preferred_batch_size: batching?.preferredBatchSizes.slice() ?? [],

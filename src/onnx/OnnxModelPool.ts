@@ -275,7 +275,9 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
         // Every instance's WebGPU device is the same GPU: their runs queue for it.
         ...(gpu ? { devices: 1 } : {}),
         ...(signatures === undefined ? {} : { signatures }),
-        ...(entry.config.labels === undefined ? {} : { labels: entry.config.labels })
+        ...(entry.config.labels === undefined
+          ? {}
+          : { labels: entry.config.labels, labelFiles: entry.config.raw["labels"] as Readonly<Record<string, string>> })
       }
     })),
     Effect.catch((reason) => Effect.andThen(release(loader, host), Effect.fail(`config.json: ${reason}`)))

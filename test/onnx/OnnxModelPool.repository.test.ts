@@ -154,6 +154,9 @@ describe("OnnxModelPool on a repository with broken models", () => {
       assert.strictEqual(reason("notutf8"), `config.json: labels of output "logits": classes.txt is not UTF-8 text`)
       const metadata = yield* pool.metadata("labelled")
       assert.deepStrictEqual(metadata.labels, { logits: classes })
+      // The model configuration (Triton's extension) names the file, as Triton's label_filename.
+      const config = ModelConfiguration.of(metadata, AsyncConfig.defaults)
+      assert.deepStrictEqual(config.output.map((o) => ["label_filename" in o ? o.label_filename : undefined, o.name]), [["classes.txt", "logits"]])
       // The real logits, classified with their labels: class 3's is empty, so its string has none.
       const out = yield* pool.run("labelled", mlpInputs(1), { requestId: "labelled" })
       const all = Oip.answerTensor(metadata, "logits", out.outputs["logits"]!, new Map([["logits", 10]]))
