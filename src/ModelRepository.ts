@@ -530,28 +530,40 @@ export const maxConfigBytes = 1024 * 1024
  * blocking, since opening a FIFO for reading waits for a writer, and that wait would hold one of
  * libuv's four threads (every file read, decompression and scan of the process) for good.
  */
-const readConfig = async (root: string, dir: string, overrides: Partial<Defaults>): Promise<ModelConfig | string> => {
-  let text: string
+/**
+ * The bytes of the file at `path`, read as the repository reads its own files: only where its real
+ * path (symlinks followed) lies inside `root`, only a regular file of at most `maxBytes`, opened
+ * without blocking (see `readConfig`). Otherwise "missing" when there is no such file, or why it
+ * cannot be read, as words that follow its name ("is not a regular file"); `what` names the kind
+ * of file in the size refusal ("a configuration").
+ */
+const readRepositoryFile = async (root: string, path: string, maxBytes: number, what: string): Promise<Buffer | "missing" | { readonly why: string }> => {
   try {
-    const real = await Fs.realpath(Path.join(dir, configFileName))
-    if (!inside(root, real)) return `${configFileName} resolves outside the model repository`
+    const real = await Fs.realpath(path)
+    if (!inside(root, real)) return { why: "resolves outside the model repository" }
     const file = await Fs.open(real, FsSync.constants.O_RDONLY | (FsSync.constants.O_NONBLOCK ?? 0))
     try {
       const stat = await file.stat()
-      if (!stat.isFile()) return `${configFileName} is not a regular file`
-      if (stat.size > maxConfigBytes) return `${configFileName} is ${stat.size} bytes, more than the ${maxConfigBytes} a configuration may have`
-      text = await file.readFile("utf8")
+      if (!stat.isFile()) return { why: "is not a regular file" }
+      if (stat.size > maxBytes) return { why: `is ${stat.size} bytes, more than the ${maxBytes} ${what} may have` }
+      return await file.readFile()
     } finally {
       await file.close()
     }
   } catch (e) {
-    if ((e as { code?: unknown }).code === "ENOENT") {
-      const config = Effect.runSync(decodeConfig({}, overrides))
-      const conflict = configConflict(config)
-      return conflict === undefined ? config : `defaults: ${conflict}`
-    }
-    return `${configFileName}: cannot be read (${errorText(e)})`
+    return (e as { code?: unknown }).code === "ENOENT" ? "missing" : { why: `cannot be read (${errorText(e)})` }
   }
+}
+
+const readConfig = async (root: string, dir: string, overrides: Partial<Defaults>): Promise<ModelConfig | string> => {
+  const read = await readRepositoryFile(root, Path.join(dir, configFileName), maxConfigBytes, "a configuration")
+  if (read === "missing") {
+    const config = Effect.runSync(decodeConfig({}, overrides))
+    const conflict = configConflict(config)
+    return conflict === undefined ? config : `defaults: ${conflict}`
+  }
+  if ("why" in read) return `${configFileName} ${read.why}`
+  const text = read.toString("utf8")
   let json: unknown
   try {
     json = JSON.parse(text)
@@ -584,31 +596,18 @@ const readLabels = async (
   const out: Record<string, ReadonlyArray<string>> = {}
   for (const [output, name] of Object.entries(files)) {
     const why = (reason: string) => `labels of output ${JSON.stringify(output)}: ${name} ${reason}`
+    const read = await readRepositoryFile(root, Path.join(dir, name), maxLabelBytes, "a label file")
+    if (read === "missing") return why("cannot be read (no such file in the model's directory)")
+    if ("why" in read) return why(read.why)
+    let text: string
     try {
-      const real = await Fs.realpath(Path.join(dir, name))
-      if (!inside(root, real)) return why("resolves outside the model repository")
-      const file = await Fs.open(real, FsSync.constants.O_RDONLY | (FsSync.constants.O_NONBLOCK ?? 0))
-      let bytes: Buffer
-      try {
-        const stat = await file.stat()
-        if (!stat.isFile()) return why("is not a regular file")
-        if (stat.size > maxLabelBytes) return why(`is ${stat.size} bytes, more than the ${maxLabelBytes} a label file may have`)
-        bytes = await file.readFile()
-      } finally {
-        await file.close()
-      }
-      let text: string
-      try {
-        text = new TextDecoder("utf-8", { fatal: true }).decode(bytes)
-      } catch {
-        return why("is not UTF-8 text")
-      }
-      const lines = text.split("\n").map((line) => (line.endsWith("\r") ? line.slice(0, -1) : line))
-      if (lines.at(-1) === "") lines.pop()
-      out[output] = lines
-    } catch (e) {
-      return why(`cannot be read (${(e as { code?: unknown }).code === "ENOENT" ? "no such file in the model's directory" : errorText(e)})`)
+      text = new TextDecoder("utf-8", { fatal: true }).decode(read)
+    } catch {
+      return why("is not UTF-8 text")
     }
+    const lines = text.split("\n").map((line) => (line.endsWith("\r") ? line.slice(0, -1) : line))
+    if (lines.at(-1) === "") lines.pop()
+    out[output] = lines
   }
   return out
 }

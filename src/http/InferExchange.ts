@@ -54,6 +54,9 @@ export interface Body {
   readonly id: string | undefined
 }
 
+/** A body that asks for no classification (most): one shared empty list. */
+const noPairs: ReadonlyArray<readonly [string, number]> = []
+
 /**
  * Decodes an inference body for `metadata`: the JSON `text` (the body, or its head when the
  * request carries Triton's binary tensor data; none, with a binary part, for a raw binary request,
@@ -93,7 +96,7 @@ export const decodeBody = (
     inputs: prepared.inputs,
     outputs: prepared.outputs,
     binaryOutputs: [...prepared.binaryOutputs],
-    classifications: [...prepared.classifications],
+    classifications: prepared.classifications.size === 0 ? noPairs : [...prepared.classifications],
     priority: prepared.priority,
     timeoutMs: prepared.timeout === undefined ? undefined : millisOf(prepared.timeout),
     id: body.id
@@ -120,11 +123,9 @@ export const toDecoded = (
   }),
   outputs: body.outputs,
   binaryOutputs: new Set(body.binaryOutputs),
-  classifications: body.classifications.length === 0 ? noClassifications : new Map(body.classifications),
+  classifications: body.classifications.length === 0 ? Oip.noClassifications : new Map(body.classifications),
   id: body.id
 })
-
-const noClassifications: ReadonlyMap<string, number> = new Map()
 
 /** `decodeBody`, then `toDecoded`. */
 export const decode = (

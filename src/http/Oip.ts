@@ -275,7 +275,8 @@ export const classificationsOf = (
   return out ?? noClassifications
 }
 
-const noClassifications: ReadonlyMap<string, number> = new Map()
+/** A request that asks for no classification (most): one shared empty map. */
+export const noClassifications: ReadonlyMap<string, number> = new Map()
 
 /**
  * `tensor`, the model's output `name`, as the request asked for it: its classification when it
