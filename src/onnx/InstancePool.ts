@@ -464,8 +464,11 @@ const killOverrun = (state: State, slot: Slot, id: number): void => {
   const job = current.job
   const now = state.nowMs()
   const grace = `kill grace ${ms(state.killGraceMs)}`
-  if (job.deadlineAtMs !== undefined && now >= job.killAtMs!) {
-    slot.killedFor = `killed after exceeding its deadline by ${ms(now - job.deadlineAtMs)} (${grace}); the ${state.transport.noun} was replaced`
+  // The cause whose kill time came first (as `arm` chose it), not one read from the clock now: a
+  // timer may fire a fraction of a millisecond before the time it was set for.
+  const abandonKillAtMs = job.abandonedAtMs === undefined ? Infinity : job.abandonedAtMs + state.killGraceMs
+  if (job.killAtMs !== undefined && job.killAtMs <= abandonKillAtMs) {
+    slot.killedFor = `killed after exceeding its deadline by ${ms(now - job.deadlineAtMs!)} (${grace}); the ${state.transport.noun} was replaced`
     state.counters.deadlineKills++
   } else {
     slot.killedFor = `killed ${ms(now - job.abandonedAtMs!)} after its caller left (${grace}); the ${state.transport.noun} was replaced`
