@@ -22,6 +22,7 @@ import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
 import * as Live from "../Live.ts"
+import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool } from "../ModelPool.ts"
 import type * as Priority from "../Priority.ts"
 import * as Cli from "./CliCommon.ts"
@@ -348,6 +349,52 @@ class Tally {
   }
 }
 
+/**
+ * The input's records in order: lines already answered (`resume`) and malformed ones (reported,
+ * or fatal with `onMalformed: "fail"`) are counted and left out.
+ */
+const recordsOf = (
+  fs: FileSystem.FileSystem,
+  options: Options,
+  metadata: ModelMetadata.ModelMetadata,
+  alreadyDone: ReadonlySet<number>,
+  tally: Tally,
+  progress: Progress.Handle
+) => {
+  const malformed = (m: Records.Malformed) =>
+    options.onMalformed === "fail"
+      ? Effect.fail(new MalformedLine({ line: m.line, reason: m.reason }))
+      : Effect.sync(() => {
+        tally.skipped++
+        progress.log(`line ${m.line}: skipped malformed record: ${m.reason}`)
+      })
+  const maxLineBytes = options.maxLineBytes ?? defaultMaxLineBytes
+  return lines(fs, options.input, maxLineBytes).pipe(
+    Stream.mapEffect(({ line, text, tooLongBytes }) => {
+      tally.read++
+      tally.charsRead += (text?.length ?? tooLongBytes ?? 0) + 1
+      if (alreadyDone.has(line)) {
+        tally.done++
+        return Effect.succeed(undefined)
+      }
+      const decoded = text === undefined
+        ? { _tag: "Malformed" as const, line, reason: `line of ${tooLongBytes} bytes, longer than the ${maxLineBytes} bytes read (not read)` }
+        : Records.decode(metadata, line, text)
+      return Records.isMalformed(decoded) ? Effect.as(malformed(decoded), undefined) : Effect.succeed(decoded)
+    }),
+    Stream.filter((record): record is Records.Record => record !== undefined)
+  )
+}
+
+/** Starts counting the input's lines for the progress's total, where a second reader is harmless. */
+const countLinesInBackground = (options: Options, tally: Tally) =>
+  // Not on a pipe: a second reader would take lines from the first.
+  options.input !== stdio && isRegularFile(options.input)
+    ? Effect.asVoid(Effect.forkScoped(Effect.map(countLines(options.input), (n) => {
+      tally.lineCount = n
+    })))
+    : Effect.void
+
 /** Runs the batch (see the module doc). */
 export const run = (options: Options) =>
   Effect.gen(function*() {
@@ -360,16 +407,10 @@ export const run = (options: Options) =>
     const alreadyDone = resumed?.done ?? new Set<number>()
     const concurrency = Math.max(1, options.concurrency ?? engine.config.maxConcurrentRequests * 2)
 
-    const fromStdin = options.input === stdio
-    const fileBytes = fromStdin ? 0 : yield* fs.stat(options.input).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => 0))
+    const fileBytes = options.input === stdio ? 0 : yield* fs.stat(options.input).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => 0))
     const tally = new Tally(fileBytes)
     const progress = yield* Progress.start({ ...options.progress, output: options.messages }, () => tally.snapshot())
-    // Not on a pipe: a second reader would take lines from the first.
-    if (!fromStdin && isRegularFile(options.input)) {
-      yield* Effect.forkScoped(Effect.map(countLines(options.input), (n) => {
-        tally.lineCount = n
-      }))
-    }
+    yield* countLinesInBackground(options, tally)
     if (alreadyDone.size > 0) progress.log(`resuming: ${alreadyDone.size} records already in ${options.output} are not run again`)
 
     /** Finished results not yet written, by line: what an early stop still writes. */
@@ -388,29 +429,15 @@ export const run = (options: Options) =>
         return record.line
       }))
 
-    const malformed = (m: Records.Malformed) =>
-      options.onMalformed === "fail"
-        ? Effect.fail(new MalformedLine({ line: m.line, reason: m.reason }))
-        : Effect.sync(() => {
-          tally.skipped++
-          progress.log(`line ${m.line}: skipped malformed record: ${m.reason}`)
-        })
+    /** Stopped early: writes what finished after the last line written, still in input order. */
+    const writeFinished = () => {
+      for (const line of [...finished.keys()].sort((a, b) => a - b)) {
+        if (output.writeNow(finished.get(line)!)) tally.written++
+      }
+      finished.clear()
+    }
 
-    const maxLineBytes = options.maxLineBytes ?? defaultMaxLineBytes
-    yield* lines(fs, options.input, maxLineBytes).pipe(
-      Stream.mapEffect(({ line, text, tooLongBytes }) => {
-        tally.read++
-        tally.charsRead += (text?.length ?? tooLongBytes ?? 0) + 1
-        if (alreadyDone.has(line)) {
-          tally.done++
-          return Effect.succeed(undefined)
-        }
-        const decoded = text === undefined
-          ? { _tag: "Malformed" as const, line, reason: `line of ${tooLongBytes} bytes, longer than the ${maxLineBytes} bytes read (not read)` }
-          : Records.decode(metadata, line, text)
-        return Records.isMalformed(decoded) ? Effect.as(malformed(decoded), undefined) : Effect.succeed(decoded)
-      }),
-      Stream.filter((record): record is Records.Record => record !== undefined),
+    yield* recordsOf(fs, options, metadata, alreadyDone, tally, progress).pipe(
       Stream.mapEffect(infer, { concurrency }),
       Stream.runForEach((line) => {
         const text = finished.get(line)!
@@ -422,11 +449,7 @@ export const run = (options: Options) =>
       Effect.andThen(output.close),
       Effect.onExit((exit) =>
         Effect.suspend(() => {
-          // Stopped early: what finished after the last line written, still in input order.
-          for (const line of [...finished.keys()].sort((a, b) => a - b)) {
-            if (output.writeNow(finished.get(line)!)) tally.written++
-          }
-          finished.clear()
+          writeFinished()
           if (Exit.isSuccess(exit)) tally.lineCount = tally.read
           return progress.finish(Exit.isSuccess(exit) ? "done" : Exit.hasInterrupts(exit) ? "interrupted" : "stopped")
         })
