@@ -194,9 +194,11 @@ export const httpStatus = (reason: Reason): number => {
 }
 
 /**
- * The one mapping from reason to gRPC status code (numbers as in `grpc-js`'s `status`), as Triton
- * maps its errors: INVALID_ARGUMENT (3), NOT_FOUND (5), RESOURCE_EXHAUSTED (8) for a full queue,
- * DEADLINE_EXCEEDED (4), CANCELLED (1), INTERNAL (13), UNAVAILABLE (14).
+ * The one mapping from reason to gRPC status code (numbers as in `grpc-js`'s `status`):
+ * INVALID_ARGUMENT (3), NOT_FOUND (5), RESOURCE_EXHAUSTED (8) for a full queue, DEADLINE_EXCEEDED
+ * (4), CANCELLED (1), INTERNAL (13), UNAVAILABLE (14). As Triton's except a full queue and an
+ * expired timeout, which Triton answers UNAVAILABLE (a code clients retry as transient): here
+ * overload and a deadline say what they are, as HTTP's 429 and 504 do.
  */
 export const grpcCode = (reason: Reason): number => {
   switch (reason._tag) {

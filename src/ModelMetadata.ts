@@ -87,7 +87,7 @@ const invalid = (modelId: string, input: string | undefined, detail: string) =>
 export const checkDims = (modelId: string, name: string, dims: ReadonlyArray<number>): InferenceError.InvalidInput | undefined => {
   let count = 1
   for (const d of dims) {
-    if (!Number.isSafeInteger(d) || d < 0) return invalid(modelId, name, `dims ${Tensor.dimsText(dims)} must be non-negative integers`)
+    if (!Number.isInteger(d) || d < 0) return invalid(modelId, name, `dims ${Tensor.dimsText(dims)} must be non-negative integers`)
     // Each dim on its own too: a zero elsewhere makes the product small, not the tensor sane.
     count *= d
     if (d > maxElementsPerTensor || count > maxElementsPerTensor) {

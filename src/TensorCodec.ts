@@ -264,6 +264,8 @@ const makeWriter = (dtype: Tensor.DataType, out: Tensor.TensorData): Writer => {
       const array = out as Array<string>
       return (value, index) => {
         if (typeof value !== "string") return wrong(value, index)
+        const problem = stringElementProblem(value)
+        if (problem !== undefined) return `element ${index} ${problem}`
         array[index] = value
         return undefined
       }
@@ -323,6 +325,8 @@ const decodeBinaryData = (
       if (offset + length > bytes.length) return invalid(`binary data ends inside element ${i} of ${count}`)
       const text = utf8Element(bytes.subarray(offset, offset + length))
       if (text === undefined) return invalid(`BYTES element ${i} is not valid UTF-8 (a model's string tensor holds text; send binary payloads as UINT8)`)
+      const problem = stringElementProblem(text)
+      if (problem !== undefined) return invalid(`BYTES element ${i} ${problem}`)
       strings[i] = text
       offset += length
     }
@@ -347,6 +351,21 @@ const decodeBinaryData = (
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })
+
+const loneSurrogate = /\p{Cs}/u
+
+/**
+ * Why `text` cannot be an element of an ONNX string tensor, or undefined. onnxruntime-node hands
+ * each element to the runtime as a C string, so a NUL (U+0000) would end it there; a lone
+ * surrogate has no UTF-8 form and would become U+FFFD. Either way the model would see other text
+ * than was sent, so such an element is refused, as bytes that are not UTF-8 are (`utf8Element`).
+ */
+export const stringElementProblem = (text: string): string | undefined =>
+  text.includes("\0")
+    ? "holds a NUL character (U+0000), where onnxruntime would cut the string (send binary payloads as UINT8)"
+    : loneSurrogate.test(text)
+    ? "is not well-formed Unicode (a lone surrogate, which UTF-8 cannot encode)"
+    : undefined
 
 /**
  * One BYTES element as the string an ONNX string tensor holds, or undefined where it is not UTF-8:

@@ -31,6 +31,9 @@ describe("ModelMetadata.validateInputs", () => {
     ["a huge shape", { ...valid, x: Tensor.float32([], [1e9, 1e9]) }, "x", /exceed the limit/],
     ["a zero-size dim (an empty tensor)", { ...valid, x: Tensor.float32([], [0, 3]) }, "x", /hold no elements: empty tensors are not run/],
     ["a huge dim beside a zero", { ...valid, x: Tensor.float32([], [0, 4503599627370496]) }, "x", /exceed the limit/],
+    // An integer beyond 2^53 (gRPC's int64 dims) is too large, not "not an integer".
+    ["a dim beyond 2^53", { ...valid, x: Tensor.float32([], [2 ** 62, 3]) }, "x", /exceed the limit/],
+    ["an infinite dim", { ...valid, x: Tensor.float32([], [Infinity, 3]) }, "x", /non-negative integers/],
     ["data of the wrong array type", { ...valid, x: { dtype: "float32", dims: [1, 3], data: new Float64Array(3) } as unknown as Tensor.Tensor }, "x", /array type/],
     // What the types rule out, and a caller in plain JavaScript (or with decoded JSON) may still send:
     // a typed refusal, not a TypeError out of the engine.

@@ -100,10 +100,14 @@ export const stdio = "-"
  */
 export const defaultMaxLineBytes = 64 * 1024 * 1024
 
-/** An input line, numbered from 1: its text, or, when it is longer than the bound, only its length in bytes. */
+/**
+ * An input line, numbered from 1: its text; or, when it is longer than the bound, only its length
+ * in bytes; or, when its bytes are not UTF-8 (JSON text must be), its length and why it has no text.
+ */
 export type Line =
-  | { readonly line: number; readonly text: string; readonly tooLongBytes?: undefined }
-  | { readonly line: number; readonly text?: undefined; readonly tooLongBytes: number }
+  | { readonly line: number; readonly text: string; readonly tooLongBytes?: undefined; readonly notUtf8Bytes?: undefined }
+  | { readonly line: number; readonly text?: undefined; readonly tooLongBytes: number; readonly notUtf8Bytes?: undefined }
+  | { readonly line: number; readonly text?: undefined; readonly tooLongBytes?: undefined; readonly notUtf8Bytes: number }
 
 /** Cuts bytes into lines at "\n" (a "\r" before it is dropped); skips, without keeping, the bytes of a line over `maxLineBytes`. */
 class LineSplitter {
@@ -112,7 +116,7 @@ class LineSplitter {
   /** The length of the line being skipped, or -1. */
   private skipped = -1
   private line = 0
-  private readonly decoder = new TextDecoder()
+  private readonly decoder = new TextDecoder("utf-8", { fatal: true })
   private readonly maxLineBytes: number
   constructor(maxLineBytes: number) {
     this.maxLineBytes = maxLineBytes
@@ -154,7 +158,12 @@ class LineSplitter {
     const bytes = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.bytes)
     this.parts = []
     this.bytes = 0
-    const text = this.decoder.decode(bytes)
+    let text: string
+    try {
+      text = this.decoder.decode(bytes)
+    } catch {
+      return { line, notUtf8Bytes: bytes.length }
+    }
     return { line, text: text.endsWith("\r") ? text.slice(0, -1) : text }
   }
 }
@@ -370,16 +379,16 @@ const recordsOf = (
       })
   const maxLineBytes = options.maxLineBytes ?? defaultMaxLineBytes
   return lines(fs, options.input, maxLineBytes).pipe(
-    Stream.mapEffect(({ line, text, tooLongBytes }) => {
+    Stream.mapEffect(({ line, text, tooLongBytes, notUtf8Bytes }) => {
       tally.read++
-      tally.charsRead += (text?.length ?? tooLongBytes ?? 0) + 1
+      tally.charsRead += (text?.length ?? tooLongBytes ?? notUtf8Bytes ?? 0) + 1
       if (alreadyDone.has(line)) {
         tally.done++
         return Effect.succeed(undefined)
       }
-      const decoded = text === undefined
-        ? { _tag: "Malformed" as const, line, reason: `line of ${tooLongBytes} bytes, longer than the ${maxLineBytes} bytes read (not read)` }
-        : Records.decode(metadata, line, text)
+      const decoded = text !== undefined
+        ? Records.decode(metadata, line, text)
+        : { _tag: "Malformed" as const, line, reason: notUtf8Bytes !== undefined ? "not valid UTF-8, as JSON text must be" : `line of ${tooLongBytes} bytes, longer than the ${maxLineBytes} bytes read (not read)` }
       return Records.isMalformed(decoded) ? Effect.as(malformed(decoded), undefined) : Effect.succeed(decoded)
     }),
     Stream.filter((record): record is Records.Record => record !== undefined)

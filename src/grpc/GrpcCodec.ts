@@ -224,6 +224,8 @@ const dataOf = (input: ModelInferRequest["inputs"][number]): ReadonlyArray<unkno
   for (let i = 0; i < values.length; i++) {
     const text = TensorCodec.utf8Element(values[i] as Uint8Array)
     if (text === undefined) return `contents.bytes_contents element ${i} is not valid UTF-8 (a model's string tensor holds text; send binary payloads as UINT8)`
+    const problem = TensorCodec.stringElementProblem(text)
+    if (problem !== undefined) return `contents.bytes_contents element ${i} ${problem}`
     strings[i] = text
   }
   return strings

@@ -49,16 +49,17 @@ export const make = (options: Options) =>
     }
     const invalidArgument = (details: string) => new GrpcFailure({ code: Grpc.status.INVALID_ARGUMENT, details })
 
+    /** A model version ("" is the default, undefined), checked as HTTP checks its path. */
+    const versionParam = (version: string) =>
+      version !== "" && !ModelRepository.versionPattern.test(version)
+        ? Effect.fail(invalidArgument(`invalid model version ${JSON.stringify(version.slice(0, 200))}: decimal digits only`))
+        : Effect.succeed(version === "" ? undefined : version)
+
     /** The model name and version ("" is the default), checked as HTTP checks its path. */
-    const modelParams = (name: string, version: string) => {
-      if (!ModelRepository.isValidModelName(name)) {
-        return Effect.fail(invalidArgument(`invalid model name ${JSON.stringify(name.slice(0, 200))}: ${ModelRepository.modelNameRule}`))
-      }
-      if (version !== "" && !ModelRepository.versionPattern.test(version)) {
-        return Effect.fail(invalidArgument(`invalid model version ${JSON.stringify(version.slice(0, 200))}: decimal digits only`))
-      }
-      return Effect.succeed({ name, version: version === "" ? undefined : version })
-    }
+    const modelParams = (name: string, version: string) =>
+      ModelRepository.isValidModelName(name)
+        ? Effect.map(versionParam(version), (v) => ({ name, version: v }))
+        : Effect.fail(invalidArgument(`invalid model name ${JSON.stringify(name.slice(0, 200))}: ${ModelRepository.modelNameRule}`))
 
     /** The server's readiness, from the one check HTTP's `/v2/health/ready` answers from. */
     const serverReadiness: Effect.Effect<Readiness> = Effect.map(pool.models, (models) =>
@@ -116,11 +117,9 @@ export const make = (options: Options) =>
       Effect.gen(function*() {
         const { name, version } = yield* modelParams(message.name, message.version)
         const metadata = yield* metadataOf(name, version)
-        const models = yield* pool.models
-        const versions = models.filter((m) => m.name === name).map((m) => m.version)
         return {
           name,
-          versions: versions.length === 0 ? [metadata.version] : versions,
+          versions: Oip.metadataVersions(yield* pool.models, metadata, version),
           platform: Oip.platformName,
           inputs: metadata.inputs.map(Oip.tensorMetadata),
           outputs: metadata.outputs.map(Oip.tensorMetadata)
@@ -129,11 +128,12 @@ export const make = (options: Options) =>
 
     const modelReady = (message: { name: string; version: string }) =>
       Effect.gen(function*() {
-        const { name, version } = yield* modelParams(message.name, message.version)
-        if (lifecycle.isShuttingDown()) return { ready: false }
         // As Triton's ModelReady: not ready, not an error, for a model it does not have (so that
-        // tritonclient's is_model_ready answers False instead of raising).
-        const result = yield* Effect.result(metadataOf(name, version))
+        // tritonclient's is_model_ready answers False instead of raising), a name no model can
+        // have included; a version that is not a number is an error, as Triton's.
+        const version = yield* versionParam(message.version)
+        if (!ModelRepository.isValidModelName(message.name) || lifecycle.isShuttingDown()) return { ready: false }
+        const result = yield* Effect.result(metadataOf(message.name, version))
         return { ready: result._tag === "Success" }
       })
 

@@ -9,12 +9,12 @@ import * as InferenceError from "../InferenceError.ts"
 import type * as DecodePool from "./DecodePool.ts"
 import { asMetadata } from "./DecodePool.ts"
 import * as InferExchange from "./InferExchange.ts"
+import * as Oip from "./Oip.ts"
 
 const port = parentPort
 if (port === null) throw new Error("DecodeWorker.ts must run in a worker thread")
 
 const specs = new Map<number, DecodePool.Spec>()
-const utf8 = new TextDecoder()
 
 port.on("message", (message: DecodePool.ToDecoder) => {
   if (message._tag === "spec") {
@@ -22,7 +22,8 @@ port.on("message", (message: DecodePool.ToDecoder) => {
     return
   }
   const spec = specs.get(message.spec)!
-  const outcome = InferExchange.decodeBody(message.name, asMetadata(spec), utf8.decode(message.bytes), undefined)
+  const text = Oip.jsonText(message.bytes)
+  const outcome = text === undefined ? InferExchange.notUtf8 : InferExchange.decodeBody(message.name, asMetadata(spec), text, undefined)
   let reply: DecodePool.FromDecoder
   const transfer: Array<ArrayBuffer> = []
   if (outcome._tag === "Body") {

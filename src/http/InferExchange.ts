@@ -140,6 +140,22 @@ export const decode = (
   return body._tag === "Body" ? toDecoded(name, version, metadata, body, ownsBody) : body
 }
 
+/** A body whose bytes are not UTF-8 (`Oip.jsonText`). */
+export const notUtf8: NotJson = { _tag: "NotJson", message: Oip.notUtf8Message }
+
+/** `decode` of a body's JSON bytes (the router's and Node's edge read bytes): not UTF-8 is `notUtf8`. */
+export const decodeBytes = (
+  name: string,
+  version: string | undefined,
+  metadata: ModelMetadata.ModelMetadata,
+  json: Uint8Array,
+  binary: Uint8Array | undefined,
+  ownsBody = false
+): Decoded | NotJson | InferenceError.InvalidInput => {
+  const text = Oip.jsonText(json)
+  return text === undefined ? notUtf8 : decode(name, version, metadata, text, binary, ownsBody)
+}
+
 /** An answer's body: JSON text, or bytes (JSON head and binary part) with the head's length. */
 export type Answer =
   | { readonly _tag: "Json"; readonly text: string }

@@ -23,6 +23,7 @@ import * as Batch from "../Batch.ts"
 import * as Classification from "../Classification.ts"
 import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
+import type * as ModelPool from "../ModelPool.ts"
 import * as Priority from "../Priority.ts"
 import * as Tensor from "../Tensor.ts"
 import * as TensorCodec from "../TensorCodec.ts"
@@ -52,7 +53,23 @@ export {
 } from "../TensorCodec.ts"
 export type { InferRequest as InferRequestType, RequestInput as RequestInputType } from "../TensorCodec.ts"
 
-const utf8 = new TextDecoder()
+/** Fatal: JSON text must be UTF-8 (RFC 8259 §8.1); a leading byte-order mark is dropped. */
+const utf8 = new TextDecoder("utf-8", { fatal: true })
+
+/** The refusal of a body whose bytes are not UTF-8: 400. */
+export const notUtf8Message = "the request body is not valid UTF-8, as JSON text must be (RFC 8259 §8.1)"
+
+/**
+ * A body's bytes as JSON text, or undefined when they are not UTF-8: such bytes are refused,
+ * never read with U+FFFD in their place, which would change the strings and ids that were sent.
+ */
+export const jsonText = (bytes: Uint8Array): string | undefined => {
+  try {
+    return utf8.decode(bytes)
+  } catch {
+    return undefined
+  }
+}
 const utf8Encoder = new TextEncoder()
 
 // ---------------------------------------------------------------------------
@@ -154,7 +171,8 @@ export const splitBinaryBody = (bytes: Uint8Array, header: string): { readonly t
   if (!(jsonLength <= bytes.length)) {
     return `${TensorCodec.inferenceHeaderContentLength} ${JSON.stringify(header.slice(0, 40))} must be a byte count within the body's ${bytes.length} bytes`
   }
-  return { text: utf8.decode(bytes.subarray(0, jsonLength)), binary: bytes.subarray(jsonLength) }
+  const text = jsonText(bytes.subarray(0, jsonLength))
+  return text === undefined ? notUtf8Message : { text, binary: bytes.subarray(jsonLength) }
 }
 
 /**
@@ -301,6 +319,22 @@ export const tensorMetadata = (spec: ModelMetadata.TensorSpec) => ({
   datatype: TensorCodec.datatypeOf[spec.dtype],
   shape: spec.dims.map((d) => (d < 0 ? -1 : d))
 })
+
+/**
+ * The `versions` of a model's metadata answer, as Triton gives them (the versions "that may be
+ * explicitly requested"): with a version in the path, that version alone; without one, the
+ * model's versions that can serve now (READY), not those that failed to load or were unloaded;
+ * the version that answered where the pool lists none.
+ */
+export const metadataVersions = (
+  models: ReadonlyArray<ModelPool.ModelStatus>,
+  metadata: ModelMetadata.ModelMetadata,
+  askedVersion: string | undefined
+): ReadonlyArray<string> => {
+  if (askedVersion !== undefined) return [metadata.version]
+  const ready = models.filter((m) => m.name === metadata.name && m.state === "READY").map((m) => m.version)
+  return ready.length === 0 ? [metadata.version] : ready
+}
 
 /**
  * The model metadata response's `properties` (the OIP allows string values only): the priority

@@ -56,8 +56,6 @@ import * as RetryAfter from "./RetryAfter.ts"
 import * as Statistics from "./Statistics.ts"
 import * as JsonDepth from "../internal/JsonDepth.ts"
 
-const utf8 = new TextDecoder()
-
 export interface Options {
   /** Largest request body accepted, in bytes (413 above). */
   readonly bodyLimitBytes: number
@@ -229,7 +227,10 @@ const bodyReaders = (bodyLimit: number) => {
   })
 
   /** The body as text. */
-  const readBody = Effect.map(readBytes, (bytes) => utf8.decode(bytes))
+  const readBody = Effect.flatMap(readBytes, (bytes) => {
+    const text = Oip.jsonText(bytes)
+    return text === undefined ? fail(400, Oip.notUtf8Message) : Effect.succeed(text)
+  })
 
   /**
    * An inference body: JSON text, and with Triton's binary tensor data extension (the
@@ -390,11 +391,9 @@ const modelRoutes = (ctx: Ctx) => {
   const modelMetadata = handle(Effect.gen(function*() {
     const { name, version } = yield* modelParams
     const metadata = yield* metadataOf(name, version)
-    const models = yield* pool.models
-    const versions = models.filter((m) => m.name === name).map((m) => m.version)
     return json(200, {
       name,
-      versions: versions.length === 0 ? [metadata.version] : versions,
+      versions: Oip.metadataVersions(yield* pool.models, metadata, version),
       platform,
       inputs: metadata.inputs.map(Oip.tensorMetadata),
       outputs: metadata.outputs.map(Oip.tensorMetadata),

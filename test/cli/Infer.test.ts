@@ -21,7 +21,8 @@ const bytes = (text: string) => new TextEncoder().encode(text)
 const split = (chunks: ReadonlyArray<Uint8Array>, maxLineBytes: number) =>
   Effect.runSync(Stream.runCollect(Infer.splitLines(maxLineBytes)(Stream.fromIterable(chunks))))
 
-const show = (lines: ReadonlyArray<Infer.Line>) => lines.map((l) => (l.text === undefined ? `${l.line}: ${l.tooLongBytes} bytes` : `${l.line}: ${l.text}`))
+const show = (lines: ReadonlyArray<Infer.Line>) =>
+  lines.map((l) => (l.text !== undefined ? `${l.line}: ${l.text}` : l.tooLongBytes !== undefined ? `${l.line}: ${l.tooLongBytes} bytes` : `${l.line}: not UTF-8 (${l.notUtf8Bytes} bytes)`))
 
 describe("Infer", () => {
   describe("splitLines", () => {
@@ -37,6 +38,7 @@ describe("Infer", () => {
       ["a line over the bound: only its length", [bytes("123456789\nok\n")], ["1: 9 bytes", "2: ok"]],
       ["a line over the bound across chunks", [bytes("12345"), bytes("67890"), bytes("12\nok")], ["1: 12 bytes", "2: ok"]],
       ["a last line over the bound", [bytes("ok\n1234567890")], ["1: ok", "2: 10 bytes"]],
+      ["a line whose bytes are not UTF-8: no text", [Uint8Array.of(0x61, 0xff, 0x62, 0x0a), bytes("ok\n")], ["1: not UTF-8 (3 bytes)", "2: ok"]],
       ["nothing", [], []]
     ]
     for (const [name, chunks, expected] of cases) {
@@ -107,6 +109,20 @@ describe("Infer", () => {
         assert.include(messages, "line 2: skipped malformed record: line of 1000 bytes, longer than the 200 bytes read (not read)")
         assert.deepStrictEqual(lines, [1, 3])
         assert.deepInclude(Exit.isSuccess(exit) ? exit.value : {}, { total: 3, written: 2, skipped: 1 })
+      }))
+
+    it.live("reports a line whose bytes are not UTF-8 as malformed: its strings are not read with U+FFFD in their place", () =>
+      Effect.gen(function*() {
+        // An OIP body whose id holds the byte 0xff: valid JSON once replaced, so only the check refuses it.
+        const bad = Buffer.concat([Buffer.from('{"id": "a'), Buffer.of(0xff), Buffer.from('", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]}]}')])
+        const { exit, lines, messages } = yield* runBatch("", "skip", (dir) => {
+          const path = Path.join(dir, "in.ndjson")
+          Fs.writeFileSync(path, Buffer.concat([Buffer.from(record(1) + "\n"), bad, Buffer.from("\n" + record(2) + "\n")]))
+          return path
+        })
+        assert.isTrue(Exit.isSuccess(exit))
+        assert.include(messages, "line 2: skipped malformed record: not valid UTF-8, as JSON text must be")
+        assert.deepStrictEqual(lines, [1, 3])
       }))
 
     it.live("with onMalformed fail, a line longer than maxLineBytes stops the batch with MalformedLine", () =>

@@ -158,6 +158,8 @@ describe("GrpcCodec.toOip", () => {
     // Bytes that are not UTF-8 are refused, as in raw contents, not handed on as U+FFFD.
     const jpeg = GrpcCodec.toOip(request({ inputs: [input({ datatype: "BYTES", shape: ["1", "2"], contents: contents({ bytes_contents: [Buffer.from("ok"), Buffer.from([0xff, 0xd8, 0xff])] }) })] }))
     assert.match(String(jpeg), /^input "x": contents.bytes_contents element 1 is not valid UTF-8/)
+    const nul = GrpcCodec.toOip(request({ inputs: [input({ datatype: "BYTES", shape: ["1", "2"], contents: contents({ bytes_contents: [Buffer.from("ok"), Buffer.from([0x61, 0x00, 0x62])] }) })] }))
+    assert.match(String(nul), /^input "x": contents.bytes_contents element 1 holds a NUL character/)
   })
 
   it("names the contents field of every datatype, as Triton reads them", () => {

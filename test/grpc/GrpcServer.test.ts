@@ -74,6 +74,7 @@ describe("health, server and model metadata", () => {
       assert.strictEqual(meta.platform, "onnxruntime_onnx")
       assert.deepStrictEqual(meta.inputs, [{ name: "a", datatype: "FP32", shape: ["-1"] }, { name: "b", datatype: "INT64", shape: [] }])
       assert.deepStrictEqual((yield* call("ModelMetadata", { name: "echo" })).response.versions, ["1", "2"])
+      assert.deepStrictEqual((yield* call("ModelMetadata", { name: "echo", version: "2" })).response.versions, ["2"])
       const missing = yield* call("ModelMetadata", { name: "nope" })
       assert.strictEqual(missing.error?.code, Grpc.status.NOT_FOUND)
       assert.strictEqual(missing.error?.details, "model \"nope\" not found")
@@ -82,7 +83,11 @@ describe("health, server and model metadata", () => {
       assert.deepStrictEqual((yield* call("ModelReady", { name: "echo", version: "1" })).response, { ready: true })
       assert.deepStrictEqual((yield* call("ModelReady", { name: "broken" })).response, { ready: false })
       assert.deepStrictEqual((yield* call("ModelReady", { name: "nope" })).response, { ready: false })
-      assert.strictEqual((yield* call("ModelReady", { name: "../x" })).error?.code, Grpc.status.INVALID_ARGUMENT)
+      // A name no model can have is a model it does not have (tritonclient's is_model_ready: False,
+      // not an exception); a version that is not a number is still an error, as Triton's.
+      assert.deepStrictEqual((yield* call("ModelReady", { name: "../x" })).response, { ready: false })
+      assert.deepStrictEqual((yield* call("ModelReady", { name: "" })).response, { ready: false })
+      assert.strictEqual((yield* call("ModelReady", { name: "echo", version: "x" })).error?.code, Grpc.status.INVALID_ARGUMENT)
       const unavailable = yield* call("ModelMetadata", { name: "broken" })
       assert.strictEqual(unavailable.error?.code, Grpc.status.UNAVAILABLE)
       assert.notInclude(unavailable.error?.details, "/srv/")

@@ -26,7 +26,7 @@ export const start = (
   body?: unknown,
   agent?: Http.Agent
 ): Pending => {
-  const payload = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body)
+  const payload = body === undefined ? undefined : typeof body === "string" || body instanceof Uint8Array ? body : JSON.stringify(body)
   let request!: Http.ClientRequest
   const done = new Promise<Outcome>((resolve) => {
     request = Http.request({

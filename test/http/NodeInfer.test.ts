@@ -125,7 +125,7 @@ describe("NodeInfer.make", () => {
     Effect.gen(function*() {
       const { port, lifecycle, invalid, defects } = yield* makeHandlerServer()
       const json = JSON.stringify(echoBody)
-      const post = (path: string, body = json, headers: Record<string, string> = {}) =>
+      const post = (path: string, body: string | Buffer = json, headers: Record<string, string> = {}) =>
         Effect.promise(() => request(port, "POST", path, body, headers))
 
       // Declined: the router answers these (its 4xx/5xx, or a route that is not infer).
@@ -155,6 +155,10 @@ describe("NodeInfer.make", () => {
       const notJson = yield* post("/v2/models/echo/infer", "{")
       assert.strictEqual(notJson.status, 400)
       assert.match(JSON.parse(notJson.body.toString()).error, /^the request body is not valid JSON/)
+      // Not UTF-8 (0xff in the id): refused, not answered with U+FFFD in the echoed id.
+      const notUtf8 = yield* post("/v2/models/echo/infer", Buffer.concat([Buffer.from('{"id": "'), Buffer.of(0xff), Buffer.from(`", ${json.slice(1)}`)]))
+      assert.strictEqual(notUtf8.status, 400, notUtf8.body.toString())
+      assert.strictEqual(JSON.parse(notUtf8.body.toString()).error, "the request body is not valid UTF-8, as JSON text must be (RFC 8259 §8.1)")
       const wrong = yield* post("/v2/models/echo/infer", JSON.stringify({ inputs: [{ name: "x", shape: [1, 4], datatype: "INT32", data: [1, 2, 3, 4] }] }))
       assert.strictEqual(wrong.status, 400)
       assert.strictEqual(invalid.length, 1, "a body that does not fit its model is counted as refused")

@@ -292,6 +292,9 @@ describe("binary tensor data (Triton's extension)", () => {
     assert.deepStrictEqual((bom as Record<string, Tensor.Tensor>).x!.data, ["\uFEFF"])
     const jpeg = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [2], 13)], Uint8Array.from([2, 0, 0, 0, 65, 66, 3, 0, 0, 0, 0xff, 0xd8, 0xff]))
     assert.match((jpeg as InferenceError.InvalidInput).message, /BYTES element 1 is not valid UTF-8/)
+    // Valid UTF-8 with a NUL: onnxruntime-node would cut the string there ("a"), so refused.
+    const nul = Oip.decodeInputs(spec("string", [-1]), [input("BYTES", [2], 13)], Uint8Array.from([2, 0, 0, 0, 65, 66, 3, 0, 0, 0, 0x61, 0x00, 0x62]))
+    assert.match((nul as InferenceError.InvalidInput).message, /BYTES element 1 holds a NUL character \(U\+0000\), where onnxruntime would cut the string/)
   })
 
   it("TensorCodec.unsupportedParameter: shared memory on inputs and outputs; other parameters (classification included) pass", () => {
@@ -415,4 +418,18 @@ describe("binary tensor data, random", () => {
     },
     { arbitrary: { runs: 2000 } }
   )
+})
+
+describe("Oip.metadataVersions", () => {
+  const status = (name: string, version: string, state: "READY" | "UNAVAILABLE") => ({ name, version, state })
+  const metadata = (version: string) => ({ name: "m", version }) as unknown as ModelMetadata.ModelMetadata
+  const models = [status("m", "1", "READY"), status("m", "2", "UNAVAILABLE"), status("m", "3", "READY"), status("other", "4", "READY")]
+  const cases: ReadonlyArray<readonly [string, ReadonlyArray<ReturnType<typeof status>>, string, string | undefined, ReadonlyArray<string>]> = [
+    ["no version asked: the model's ready versions, not the unavailable one nor another model's", models, "3", undefined, ["1", "3"]],
+    ["a version asked: that version alone", models, "1", "1", ["1"]],
+    ["a pool that lists nothing: the version that answered", [], "7", undefined, ["7"]]
+  ]
+  for (const [name, listed, answered, asked, expected] of cases) {
+    it(name, () => assert.deepStrictEqual(Oip.metadataVersions(listed, metadata(answered), asked), expected))
+  }
 })

@@ -170,9 +170,11 @@ describe("model metadata and readiness", () => {
         ],
         properties: { default_priority: "Normal", max_batch_size: "0" }
       })
+      // As Triton: without a version, the versions that can serve; with one, that version alone.
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/echo")).json.versions, ["1", "2"])
       const echo = yield* send("GET", "/v2/models/echo/versions/1")
       assert.strictEqual(echo.status, 200)
-      assert.deepStrictEqual(echo.json.versions, ["1", "2"])
+      assert.deepStrictEqual(echo.json.versions, ["1"])
     }).pipe(withFreshMetrics))
 
   it.effect("tells in properties (strings, as the OIP allows) the default priority, the batch limit and the declared input signatures", () =>
@@ -337,11 +339,15 @@ describe("inference", () => {
         ["int64", "INT64", ["12a"], "element 0 is \"12a\", not INT64"],
         ["float32", "FP32", ["1"], "element 0 is \"1\", not FP32"],
         ["bool", "BOOL", [2], "element 0 is 2, not BOOL"],
-        ["string", "BYTES", [1], "element 0 is 1, not BYTES"]
+        ["string", "BYTES", [1], "element 0 is 1, not BYTES"],
+        // Never a silent change of the data: onnxruntime-node would end a string at a NUL, and a
+        // lone surrogate has no UTF-8 form.
+        ["string", "BYTES", ["a\u0000b"], "element 0 holds a NUL character (U+0000), where onnxruntime would cut the string"],
+        ["string", "BYTES", ["\ud800z"], "element 0 is not well-formed Unicode (a lone surrogate, which UTF-8 cannot encode)"]
       ]
       for (const [dtype, datatype, data, message] of cases) {
         const r = yield* send("POST", `/v2/models/identity_${dtype}/infer`, { inputs: [{ name: "x", shape: [1, 1], datatype, data }] })
-        assert.strictEqual(r.status, 400, datatype)
+        assert.strictEqual(r.status, 400, `${datatype} ${r.text}`)
         assert.include(r.json.error, `invalid input "x" for model "identity_${dtype}": ${message}`)
       }
     }).pipe(withFreshMetrics))
@@ -369,6 +375,21 @@ describe("inference", () => {
       const malformed = yield* send("POST", "/v2/models/echo/infer", "{\"inputs\": [")
       assert.strictEqual(malformed.status, 400)
       assert.match(malformed.json.error, /^the request body is not valid JSON/)
+      // Bytes that are not UTF-8 (here in the id) are refused, not read as U+FFFD: valid JSON once replaced.
+      const body = (id: Uint8Array) =>
+        Buffer.concat([Buffer.from('{"id": "'), id, Buffer.from('", "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}')])
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", body(Buffer.from("é")))).status, 200)
+      for (const [name, bytes, headers] of [
+        ["JSON body", body(Buffer.of(0xc3, 0x28)), {}],
+        ["JSON head of a binary body", Buffer.concat([body(Buffer.of(0xff)), Buffer.of(1, 2)]), { "inference-header-content-length": String(body(Buffer.of(0xff)).length) }]
+      ] as const) {
+        const notUtf8 = yield* send("POST", "/v2/models/echo/infer", new Uint8Array(bytes), headers)
+        assert.strictEqual(notUtf8.status, 400, name)
+        assert.strictEqual(notUtf8.json.error, "the request body is not valid UTF-8, as JSON text must be (RFC 8259 §8.1)", name)
+      }
+      const load = yield* send("POST", "/v2/repository/index", new Uint8Array(Buffer.of(0x7b, 0xff, 0x7d)))
+      assert.strictEqual(load.status, 400)
+      assert.match(load.json.error, /not valid UTF-8/)
       // Refused before JSON.parse, which takes about half a microsecond and an array per level (seconds and gigabytes for a 16 MB body).
       const deep = yield* send("POST", "/v2/models/echo/infer", `{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ${"[".repeat(20_000)}0${"]".repeat(20_000)}}]}`)
       assert.strictEqual(deep.status, 400)
