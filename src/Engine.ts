@@ -82,6 +82,8 @@ export interface Service {
    * once with the outcome, synchronously when the request is refused. The returned function
    * cancels it as interrupting `infer` does (out of the queue, or its result dropped, counted as
    * cancelled); `onExit` is then never called. Opens no span: use `infer` under a tracer.
+   * An `onExit` that throws is the caller's bug: the throw is caught and logged (once), and
+   * touches nothing else (other requests of its batch, the engine's timer).
    * `spentMs`: what the request already spent before this call (an edge's wait to decode its body,
    * and the decoding), which its deadline covers as well: a request whose timeout is spent by then
    * fails with DeadlineExceeded without running. The queue timeout counts from admission.
@@ -181,6 +183,8 @@ interface State {
   /** Per model key, the last metadata seen and its generation (`Scheduler.ModelSpec.generation`). */
   readonly signatures: Map<string, { readonly metadata: ModelMetadata.ModelMetadata; readonly generation: number }>
   draining: boolean
+  /** Reports an `inferUnsafe` callback that threw (logged once; the engine goes on). */
+  readonly callbackThrew: (error: unknown) => void
 }
 
 /**
@@ -410,7 +414,13 @@ const inferUnsafe = (state: State, request: InferenceRequest, onExit: Resume, sp
   const once: Resume = (exit) => {
     if (!open) return
     open = false
-    onExit(exit)
+    // Called from inside the dispatcher (its timer, a run's delivery to every member of a batch):
+    // a throw there would reach other callers, so it stops here.
+    try {
+      onExit(exit)
+    } catch (error) {
+      state.callbackThrew(error)
+    }
   }
   const lookup = state.pool.metadataUnsafe
   if (lookup !== undefined) {
@@ -644,7 +654,9 @@ const guardTelemetry = (collector: TelemetryCollector["Service"], runFork: (effe
 /** Builds the engine in the current scope; closing the scope stops it (see `layer`). */
 export const make = Effect.gen(function*() {
   const config = yield* AsyncConfigService
-  const telemetry = guardTelemetry(yield* TelemetryCollector, Effect.runForkWith(yield* Effect.context<never>()))
+  const runFork = Effect.runForkWith(yield* Effect.context<never>())
+  const telemetry = guardTelemetry(yield* TelemetryCollector, runFork)
+  let callbackWarned = false
   const dispatcher = yield* Dispatcher.make({
     maxConcurrent: config.maxConcurrentRequests,
     maxQueued: config.maxQueuedRequests,
@@ -662,7 +674,12 @@ export const make = Effect.gen(function*() {
     settled: yield* Latch.make(false),
     specs: new WeakMap(),
     signatures: new Map(),
-    draining: false
+    draining: false,
+    callbackThrew: (error) => {
+      if (callbackWarned) return
+      callbackWarned = true
+      runFork(Effect.logError("inferUnsafe: an onExit callback threw; the engine goes on (later throws are not logged)", error))
+    }
   }
   // Closing the scope refuses new work first (the dispatcher's finalizer then answers what waits).
   yield* Effect.addFinalizer(() => Effect.sync(() => void (state.draining = true)))

@@ -59,6 +59,36 @@ const busyModel = (maxQueueDelayMs: number) =>
   })
 
 describe("AsyncInferenceEngine dynamic batching", () => {
+  it.effect("an inferUnsafe onExit that throws touches nothing else: its batch's other members get their rows, and deadlines still fire on time", () =>
+    Effect.gen(function*() {
+      const { engine, stats, gate } = yield* gated({ batching: batching(), config: { maxConcurrentRequests: 1 } })
+      const throwing = () => {
+        throw new Error("a caller's bug")
+      }
+      engine.inferUnsafe(request("throws", 1), throwing)
+      const others = []
+      for (let i = 2; i <= 4; i++) others.push(yield* fork(Effect.exit(engine.infer(request(`m${i}`, i)))))
+      yield* gate.open
+      yield* TestClock.adjust("10 millis")
+      assert.deepStrictEqual(stats.batchSizes, [4])
+      for (let i = 0; i < 3; i++) {
+        const exit = yield* Fiber.join(others[i]!)
+        assert.isTrue(Exit.isSuccess(exit), `m${i + 2}: ${String(exit)}`)
+        if (Exit.isSuccess(exit)) assert.strictEqual(firstValue(exit.value), (i + 2) * 2)
+      }
+      // The timer answers a request past its deadline by calling its onExit: after a throw there, it still runs.
+      const { engine: busyEngine } = yield* makeHarness({ script: (id) => ({ latency: id === "long" ? "100 millis" : "2 millis" }), config: { maxConcurrentRequests: 1 } })
+      yield* fork(Effect.exit(busyEngine.infer(request("long", 0))))
+      busyEngine.inferUnsafe(request("throws-late", 1, { timeout: "20 millis" }), throwing)
+      const victim = yield* fork(Effect.exit(busyEngine.infer(request("victim", 1, { timeout: "60 millis" }))))
+      yield* TestClock.adjust("59 millis")
+      assert.isUndefined(victim.pollUnsafe())
+      yield* TestClock.adjust("1 millis")
+      const exit = yield* Fiber.join(victim)
+      const failure = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail") : undefined
+      assert.strictEqual(failure?._tag === "Fail" ? (failure.error as InferenceError.InferenceError).reason._tag : undefined, "DeadlineExceeded", String(exit))
+    }))
+
   it.effect("runs queued requests of one model as one batch, and every caller gets exactly its own rows", () =>
     Effect.gen(function*() {
       const { engine, stats, gate, log } = yield* gated({ batching: batching(), config: { maxConcurrentRequests: 1 } })
