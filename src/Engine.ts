@@ -183,6 +183,11 @@ interface State {
   /** Per model key, the last metadata seen and its generation (`Scheduler.ModelSpec.generation`). */
   readonly signatures: Map<string, { readonly metadata: ModelMetadata.ModelMetadata; readonly generation: number }>
   draining: boolean
+  /**
+   * Models this engine's lookups found (loaded or not), for `modelLabel` where the pool has no
+   * `metadataUnsafe`: bounded by the models there are, since a made-up name is never found.
+   */
+  readonly knownModels: Set<string>
   /** Reports an `inferUnsafe` callback that threw (logged once; the engine goes on). */
   readonly callbackThrew: (error: unknown) => void
 }
@@ -366,11 +371,29 @@ const versionNow = (state: State, modelId: string, version: string | undefined):
 }
 
 /**
- * The request as telemetry records a refusal of it: under `unknownModel` when its model is not
- * found, else under the version it was (or would have been) admitted to.
+ * The model a request that never ran is counted under: its id when the engine knows the model
+ * (the pool's `metadataUnsafe` finds it, available or not; without one, a lookup of this engine
+ * found it before), else `unknownModel`. Refusals that come before any lookup (a full queue at an
+ * edge, draining, a cancel before the start) would otherwise add a series, and statistics, for
+ * every made-up name a client sends.
  */
-const recordedAs = (state: State, request: InferenceRequest, reason: InferenceError.Reason, version: string | undefined): RequestInfo =>
-  reason._tag === "ModelNotFound"
+const known = (state: State, modelId: string): void => {
+  if (state.pool.metadataUnsafe === undefined) state.knownModels.add(modelId)
+}
+
+const modelLabel = (state: State, modelId: string): string => {
+  const lookup = state.pool.metadataUnsafe
+  if (lookup === undefined) return state.knownModels.has(modelId) ? modelId : unknownModel
+  const found = lookup(modelId)
+  return "_tag" in found && found._tag === "ModelNotFound" ? unknownModel : modelId
+}
+
+/**
+ * The request as telemetry records it when it never ran: under `unknownModel` when its model is
+ * not found or not known (`modelLabel`), else under the version it was (or would have been) admitted to.
+ */
+const recordedAs = (state: State, request: InferenceRequest, reason: InferenceError.Reason | undefined, version: string | undefined): RequestInfo =>
+  reason?._tag === "ModelNotFound" || modelLabel(state, request.modelId) === unknownModel
     ? { modelId: unknownModel, requestId: request.requestId, priority: request.priority }
     : infoOf(request, version ?? versionNow(state, request.modelId, request.modelVersion))
 
@@ -461,13 +484,16 @@ const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effe
     })
     // Interrupted before it is queued: counted as cancelled here (once queued, `submit`'s cleanup counts it).
     const lookup = Effect.onInterrupt(
-      Effect.timeoutOrElse(Effect.mapError(state.pool.metadata(request.modelId, request.modelVersion), (reason) => refuse(reason)), {
+      Effect.timeoutOrElse(Effect.mapError(Effect.tap(state.pool.metadata(request.modelId, request.modelVersion), () => Effect.sync(() => known(state, request.modelId))), (reason) => {
+        if (reason._tag === "ModelUnavailable") known(state, request.modelId)
+        return refuse(reason)
+      }), {
         duration: Duration.millis(Math.max(0, timeoutMs - spentMs)),
         orElse: () => pastDeadline
       }),
       () =>
         Effect.sync(() => {
-          const info = infoOf(request, versionNow(state, request.modelId, request.modelVersion))
+          const info = recordedAs(state, request, undefined, undefined)
           state.telemetry.recordStart(info)
           state.telemetry.recordCancelled(info, state.nowMs() - startedMs)
         })
@@ -536,7 +562,7 @@ const inferResult = (state: State, request: InferenceRequest, cancel?: CancelTok
     ))
     if (!CancelToken.isCancelled(cancel)) return settle(Effect.raceFirst(infer(state, request), cancelled))
     const { telemetry } = state
-    const info = infoOf(request, versionNow(state, request.modelId, request.modelVersion))
+    const info = recordedAs(state, request, undefined, undefined)
     return settle(Effect.andThen(
       Effect.sync(() => telemetry.recordStart(info)),
       Effect.onExit(cancelled, () => Effect.sync(() => telemetry.recordCancelled(info, 0)))
@@ -622,22 +648,32 @@ export const invalidConcurrency = (concurrency: unknown): TypeError =>
  * the Normal level, under `version` (the metadata's its body was checked against), else the default one.
  */
 const refused = (state: State, modelId: string, reason: InferenceError.Reason, version: string | undefined): void => {
-  const info = { modelId, requestId: "", priority: Priority.Normal, version: version ?? versionNow(state, modelId, undefined) }
+  const label = modelLabel(state, modelId)
+  const info = label === unknownModel
+    ? { modelId: label, requestId: "", priority: Priority.Normal }
+    : { modelId, requestId: "", priority: Priority.Normal, version: version ?? versionNow(state, modelId, undefined) }
   state.telemetry.recordStart(info)
   recordFailure(state.telemetry, info, reason, 0)
 }
 
 /**
- * `refused` as an Effect: where the pool has no `metadataUnsafe` and the edge named no version,
- * the default version comes from the pool's `metadata` (a model it cannot find stays without one),
- * so that the refusal is counted under the version it would have been admitted to, as with the ONNX pool.
+ * `refused` as an Effect: where the pool has no `metadataUnsafe`, a model this engine has not found
+ * yet, or the default version, comes from the pool's `metadata` (a model it cannot find is counted
+ * under `unknownModel`), so that the refusal is counted under the version it would have been
+ * admitted to, as with the ONNX pool.
  */
 const refusedEffect = (state: State, modelId: string, reason: InferenceError.Reason, version: string | undefined): Effect.Effect<void> =>
-  version !== undefined || state.pool.metadataUnsafe !== undefined
+  state.pool.metadataUnsafe !== undefined || (version !== undefined && state.knownModels.has(modelId))
     ? Effect.sync(() => refused(state, modelId, reason, version))
-    : state.pool.metadata(modelId).pipe(
-      Effect.map((metadata) => metadata.version),
-      Effect.orElseSucceed(() => undefined),
+    : state.pool.metadata(modelId, version).pipe(
+      Effect.map((metadata): string | undefined => {
+        known(state, modelId)
+        return metadata.version
+      }),
+      Effect.catch((error) => {
+        if (error._tag === "ModelUnavailable") known(state, modelId)
+        return Effect.succeed(version)
+      }),
       Effect.flatMap((found) => Effect.sync(() => refused(state, modelId, reason, found)))
     )
 
@@ -675,6 +711,7 @@ export const make = Effect.gen(function*() {
     specs: new WeakMap(),
     signatures: new Map(),
     draining: false,
+    knownModels: new Set(),
     callbackThrew: (error) => {
       if (callbackWarned) return
       callbackWarned = true

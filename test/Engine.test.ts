@@ -544,6 +544,48 @@ describe("AsyncInferenceEngine", () => {
         }))
     }
 
+    for (const [path, metadataDelay] of [["synchronous", undefined], ["the pool's metadata Effect", "1 millis"]] as const) {
+      it.effect(`refusals decided before any lookup count a made-up name under Telemetry.unknownModel, a real model under its own (${path})`, () =>
+        Effect.gen(function*() {
+          const { engine, log } = yield* makeHarness({ metadataDelay, script: () => ({ latency: "50 millis" }), config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })
+          // The engine has found "echo" once (the pool without metadataUnsafe has to tell it so).
+          const admitted = []
+          for (const id of ["running", "queued"]) {
+            admitted.push(yield* fork(Effect.exit(engine.infer(request(id)))))
+            yield* TestClock.adjust("1 millis")
+          }
+          assert.isFalse(engine.admitsUnsafe(), `the queue is full: ${JSON.stringify(yield* engine.queueStats)}`)
+          const names = ["echo", "made-up"]
+          // Through the pool's metadata Effect a refusal may wait for a lookup (1 ms here).
+          const settle = <A, E>(effect: Effect.Effect<A, E>) =>
+            Effect.gen(function*() {
+              const fiber = yield* fork(Effect.exit(effect))
+              yield* TestClock.adjust("1 millis")
+              return yield* Fiber.join(fiber)
+            })
+          for (const name of names) {
+            // An edge's refusal before its lookup (a full queue), and what it reports itself.
+            assert.strictEqual(reasonOf(yield* settle(engine.checkAdmission(name))), "QueueFull")
+            yield* settle(engine.recordRefused(name, new InferenceError.QueueFull({ modelId: name, requestId: "", capacity: 1 })))
+            // Cancelled before it started, and a negative timeout (refused before the lookup on the Effect path).
+            const token = CancelToken.makeUnsafe()
+            token.cancelUnsafe("before")
+            const cancelled = yield* settle(engine.inferResult(InferenceRequest.make(name, echoInputs(1)), token))
+            assert.isTrue(Exit.isSuccess(cancelled) && cancelled.value._tag === "Cancelled")
+            assert.isTrue(Exit.isFailure(yield* settle(engine.infer(InferenceRequest.make(name, echoInputs(1), { timeout: Duration.millis(-1) })))))
+          }
+          yield* TestClock.adjust("200 millis")
+          for (const f of admitted) assert.strictEqual(reasonOf(yield* Fiber.join(f)), "Success")
+          const drain = yield* fork(engine.drain("1 second"))
+          for (const name of names) assert.strictEqual(reasonOf(yield* settle(engine.infer(InferenceRequest.make(name, echoInputs(1))))), "ShuttingDown")
+          yield* Fiber.join(drain)
+          const started = log.events.filter((e) => e._tag === "start").map((e) => "modelId" in e ? e.modelId : "")
+          assert.deepStrictEqual(started.filter((m) => m === "echo").length, 2 + 5, "the two admitted, then five refusals")
+          assert.deepStrictEqual(started.filter((m) => m === Telemetry.unknownModel).length, 5)
+          assert.notInclude(started, "made-up")
+        }))
+    }
+
     it.effect("a telemetry record point that throws breaks neither a request nor the engine: every request is answered as it would be", () =>
       Effect.gen(function*() {
         const throwing = (point: string) => () => {
