@@ -322,10 +322,19 @@ const submit = (
 }
 
 /** A negative timeout is a caller's mistake, not a deadline that passed (which looks retryable). `isNegative` allocates nothing. */
-const negativeTimeout = (request: InferenceRequest): InferenceError.InvalidInput | undefined =>
-  !Duration.isNegative(request.timeout)
+const negativeTimeout = (request: InferenceRequest): InferenceError.InvalidInput | undefined => {
+  const timeout: unknown = request.timeout
+  // A request built by hand in plain JavaScript (`{ ...request, timeout: 1000 }`): a typed refusal, not a TypeError.
+  if (!Duration.isDuration(timeout)) {
+    return new InferenceError.InvalidInput({
+      modelId: request.modelId,
+      detail: `timeout ${typeof timeout === "string" ? JSON.stringify(timeout.slice(0, 40)) : String(timeout)}: it must be a Duration (InferenceRequest.make takes "5 seconds", a number of milliseconds or a Duration)`
+    })
+  }
+  return !Duration.isNegative(timeout)
     ? undefined
-    : new InferenceError.InvalidInput({ modelId: request.modelId, detail: `timeout ${Duration.format(request.timeout)}: it must not be negative` })
+    : new InferenceError.InvalidInput({ modelId: request.modelId, detail: `timeout ${Duration.format(timeout)}: it must not be negative` })
+}
 
 /** Why the request cannot be queued (an unknown priority, a negative timeout, invalid inputs for its model), or undefined. */
 const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata): InferenceError.Reason | undefined => {

@@ -97,6 +97,15 @@ describe("AsyncInferenceEngine", () => {
           // A negative timeout is the caller's mistake too, not a deadline that passed.
           const negative = yield* Effect.exit(engine.infer(request("negative", { timeout: -5 })))
           assert.strictEqual(reasonOf(negative), "InvalidInput")
+          // So is a request built by hand with a timeout that is not a Duration (a TypeError before).
+          for (const timeout of [1000, "2 seconds", undefined]) {
+            const handBuilt = { ...request("hand-built"), timeout } as unknown as InferenceRequest.InferenceRequest
+            const fiber = yield* fork(Effect.exit(engine.infer(handBuilt)))
+            yield* TestClock.adjust("1 millis")
+            const exit = yield* Fiber.join(fiber)
+            assert.strictEqual(reasonOf(exit), "InvalidInput", `timeout ${String(timeout)} (${metadataDelay ?? "sync"} lookup)`)
+            assert.match(String(exit), /it must be a Duration/)
+          }
           assert.strictEqual(stats.started, 0)
         }
       }))
