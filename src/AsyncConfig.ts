@@ -41,7 +41,10 @@ export const defaults: AsyncConfig = {
   enablePriorityQueue: true
 }
 
-/** Decodes a (partial) JSON object over the defaults; fails with a SchemaError naming the field. */
+/**
+ * Decodes a (partial) JSON object over the defaults; fails with a SchemaError naming the field,
+ * an unknown one too (a misspelled key is an error, not a setting left at its default).
+ */
 export const decode = (input: unknown): Effect.Effect<AsyncConfig, Schema.SchemaError> =>
   Schema.decodeUnknownEffect(Schema.Struct({
     maxConcurrentRequests: Schema.optional(PositiveInt),
@@ -49,7 +52,7 @@ export const decode = (input: unknown): Effect.Effect<AsyncConfig, Schema.Schema
     queueTimeoutMs: Schema.optional(NonNegativeMillis),
     enablePriorityQueue: Schema.optional(Schema.Boolean),
     agingMs: Schema.optional(AgingMs)
-  }))(input).pipe(Effect.map((c): AsyncConfig => ({
+  }))(input, { onExcessProperty: "error" }).pipe(Effect.map((c): AsyncConfig => ({
     maxConcurrentRequests: c.maxConcurrentRequests ?? defaults.maxConcurrentRequests,
     maxQueuedRequests: c.maxQueuedRequests ?? defaults.maxQueuedRequests,
     queueTimeout: c.queueTimeoutMs === undefined ? defaults.queueTimeout : Duration.millis(c.queueTimeoutMs),
@@ -72,13 +75,14 @@ const Settings = Schema.Struct({
 
 /**
  * Checks settings given in code: `overrides` over the defaults (a key set to undefined keeps its
- * default). Fails with a SchemaError naming the field (`maxQueuedRequests`, `aging.High`);
- * `describeError` puts it on one line.
+ * default). Fails with a SchemaError naming the field (`maxQueuedRequests`, `aging.High`), an
+ * unknown one too (`aging.Lwo`: plain JavaScript would otherwise run on the defaults, without
+ * aging); `describeError` puts it on one line.
  */
 export const validate = (overrides: Partial<AsyncConfig> = {}): Result.Result<AsyncConfig, Schema.SchemaError> => {
   const merged: Record<string, unknown> = { ...defaults }
   for (const [key, value] of Object.entries(overrides)) if (value !== undefined) merged[key] = value
-  return Result.map(Schema.decodeUnknownResult(Settings)(merged, { errors: "all", reportInput: true }), () => merged as unknown as AsyncConfig)
+  return Result.map(Schema.decodeUnknownResult(Settings)(merged, { errors: "all", reportInput: true, onExcessProperty: "error" }), () => merged as unknown as AsyncConfig)
 }
 
 /**

@@ -20,7 +20,7 @@ describe("AsyncConfig", () => {
 
   it.effect("refuses bad values with a SchemaError naming the field", () =>
     Effect.gen(function*() {
-      for (const [input, field] of [[{ maxConcurrentRequests: 0 }, "maxConcurrentRequests"], [{ maxQueuedRequests: 1.5 }, "maxQueuedRequests"], [{ queueTimeoutMs: -1 }, "queueTimeoutMs"], [{ enablePriorityQueue: "yes" }, "enablePriorityQueue"]] as const) {
+      for (const [input, field] of [[{ maxConcurrentRequests: 0 }, "maxConcurrentRequests"], [{ maxQueuedRequests: 1.5 }, "maxQueuedRequests"], [{ queueTimeoutMs: -1 }, "queueTimeoutMs"], [{ enablePriorityQueue: "yes" }, "enablePriorityQueue"], [{ queueTimeout: 5 }, "queueTimeout"], [{ agingMs: { Hgh: 1 } }, "Hgh"]] as const) {
         const error = yield* Effect.flip(AsyncConfig.decode(input))
         assert.isTrue(Schema.isSchemaError(error))
         assert.include(error.message, field)
@@ -86,7 +86,10 @@ describe("AsyncConfig", () => {
       [{ queueTimeout: Duration.seconds(-1) }, "queueTimeout: Expected a duration that is not negative"],
       [{ queueTimeout: 100 }, "queueTimeout: Expected Duration, got 100"],
       [{ enablePriorityQueue: "yes" }, "enablePriorityQueue: Expected boolean, got \"yes\""],
-      [{ aging: { High: -5 } }, "aging.High: Expected a value greater than 0, got -5"]
+      [{ aging: { High: -5 } }, "aging.High: Expected a value greater than 0, got -5"],
+      // A misspelled key is an error: it ran on the defaults (here: without aging, so Low could starve).
+      [{ aging: { Lwo: 10 } }, "aging.Lwo: Unexpected key with value 10"],
+      [{ maxQueuedRequest: 10 } as Record<string, unknown>, "maxQueuedRequest: Unexpected key with value 10"]
     ]
     for (const [overrides, message] of cases) {
       const result = AsyncConfig.validate(overrides as Partial<AsyncConfig.AsyncConfig>)
