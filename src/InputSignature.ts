@@ -36,7 +36,8 @@ export interface Constraint {
 /** One accepted alternative: constraints by input name. */
 export type Signature = Readonly<Record<string, Constraint>>
 
-const ConstraintJson = Schema.Struct({
+/** One input's constraints as config.json writes them (its keys are checked by `ModelRepository.unknownKeys`). */
+export const ConstraintJson = Schema.Struct({
   dims: Schema.optionalKey(Schema.Array(Schema.Int.check(Schema.isGreaterThanOrEqualTo(-1)))),
   values: Schema.optionalKey(Schema.Array(Schema.Finite).check(Schema.isMinLength(1))),
   min: Schema.optionalKey(Schema.Finite),

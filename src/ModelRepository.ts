@@ -300,7 +300,13 @@ export const closest = (key: string, known: ReadonlyArray<string>): string | und
 
 const batchingKeys: ReadonlyArray<string> = Object.keys(BatchPolicy.ConfigJson.fields)
 
-/** The keys of config.json (and of its `batching` object) that this version does not know, in order. */
+const constraintKeys: ReadonlyArray<string> = Object.keys(InputSignature.ConstraintJson.fields)
+
+/**
+ * The keys of config.json (and of its `batching` object, and of each input's constraints in
+ * `inputSignatures`) that this version does not know, in order: a misspelled constraint
+ * (`"maximum"`) would otherwise turn the check it meant off.
+ */
 export const unknownKeys = (json: unknown): ReadonlyArray<UnknownConfigKey> => {
   const out: Array<UnknownConfigKey> = []
   if (typeof json !== "object" || json === null || Array.isArray(json)) return out
@@ -316,6 +322,21 @@ export const unknownKeys = (json: unknown): ReadonlyArray<UnknownConfigKey> => {
         out.push(new UnknownConfigKey({ path: `batching.${key}`, suggestion: suggestion === undefined ? undefined : `batching.${suggestion}` }))
       }
     }
+  }
+  const signatures = (json as Record<string, unknown>)["inputSignatures"]
+  if (Array.isArray(signatures)) {
+    signatures.forEach((signature: unknown, i) => {
+      if (typeof signature !== "object" || signature === null || Array.isArray(signature)) return
+      for (const [input, constraint] of Object.entries(signature)) {
+        if (typeof constraint !== "object" || constraint === null || Array.isArray(constraint)) continue
+        const at = `inputSignatures[${i}].${input}`
+        for (const key of Object.keys(constraint)) {
+          if (constraintKeys.includes(key)) continue
+          const suggestion = closest(key, constraintKeys)
+          out.push(new UnknownConfigKey({ path: `${at}.${key}`, suggestion: suggestion === undefined ? undefined : `${at}.${suggestion}` }))
+        }
+      }
+    })
   }
   return out
 }

@@ -80,6 +80,9 @@ describe("ModelRepository", () => {
           [{ instances: 4, batchng: { enabled: true } }, `unknown key "batchng" (did you mean "batching"?)`],
           [{ Isolation: "process" }, `unknown key "Isolation" (did you mean "isolation"?)`],
           [{ batching: { maxBatchSise: 8 } }, `unknown key "batching.maxBatchSise" (did you mean "batching.maxBatchSize"?)`],
+          // In a signature's constraints too: a misspelled one turned its check off.
+          [{ inputSignatures: [{ input: { dims: [-1, 784], maximum: 0 } }] }, `unknown key "inputSignatures[0].input.maximum"`],
+          [{ inputSignatures: [{ a: { min: 0 } }, { sr: { Max: 1 } }] }, `unknown key "inputSignatures[1].sr.Max" (did you mean "inputSignatures[1].sr.max"?)`],
           [{ future: { anything: true } }, `unknown key "future"`],
           [{ zzzzzzzzzzzzzz: 1 }, `unknown key "zzzzzzzzzzzzzz"`]
         ]
