@@ -584,7 +584,13 @@ const readConfig = async (root: string, dir: string, overrides: Partial<Defaults
     return conflict === undefined ? config : `defaults: ${conflict}`
   }
   if ("why" in read) return `${configFileName} ${read.why}`
-  const text = read.toString("utf8")
+  // As label files are read: UTF-8, a leading byte-order mark (which some editors write) dropped.
+  let text: string
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(read)
+  } catch {
+    return `${configFileName} is not UTF-8 text`
+  }
   let json: unknown
   try {
     json = JSON.parse(text)

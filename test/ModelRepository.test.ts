@@ -279,6 +279,11 @@ describe("ModelRepository", () => {
           "badconfig/config.json": JSON.stringify({ instances: 0 }),
           "badjson/model.onnx": onnx,
           "badjson/config.json": "{ instances: 2",
+          // A byte-order mark (some editors write one) is dropped; bytes that are not UTF-8 are refused.
+          "bom/model.onnx": onnx,
+          "bom/config.json": Buffer.concat([Buffer.of(0xef, 0xbb, 0xbf), Buffer.from(JSON.stringify({ instances: 2 }))]),
+          "latin1/model.onnx": onnx,
+          "latin1/config.json": Buffer.concat([Buffer.from('{"defaultPriority": "'), Buffer.of(0xe9), Buffer.from('"}')]),
           "typo/model.onnx": onnx,
           "typo/config.json": JSON.stringify({ instance: 4, batchng: { enabled: true } }),
           "versions/1/model.onnx": onnx,
@@ -294,6 +299,9 @@ describe("ModelRepository", () => {
         assert.include(reasonOf(entry(repository, "dirmodel", "1")), "is not a regular file")
         assert.include(reasonOf(entry(repository, "badconfig", "1")), `config.json: Expected a value between 1 and 64 at ["instances"]`)
         assert.include(reasonOf(entry(repository, "badjson", "1")), "config.json: invalid JSON")
+        const bom = entry(repository, "bom", "1")
+        assert.strictEqual(bom._tag === "Found" ? bom.config.instances : reasonOf(bom), 2)
+        assert.strictEqual(reasonOf(entry(repository, "latin1", "1")), "config.json is not UTF-8 text")
         assert.strictEqual(reasonOf(entry(repository, "typo", "1")), `config.json: unknown key "instance" (did you mean "instances"?)`)
         assert.strictEqual(entry(repository, "versions", "1")._tag, "Found")
         assert.include(reasonOf(entry(repository, "versions", "2")), "versions/2/model.onnx: does not exist")
