@@ -21,6 +21,7 @@ import * as AsyncConfig from "../AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as GrpcServer from "../grpc/GrpcServer.ts"
 import { Lifecycle, unloadedReason } from "../http/Lifecycle.ts"
+import * as Routes from "../http/Routes.ts"
 import * as Server from "../http/Server.ts"
 import * as ServerConfig from "../http/ServerConfig.ts"
 import { Statistics } from "../http/Statistics.ts"
@@ -83,7 +84,7 @@ const appLayer = (config: ServerConfig.ServerConfig) => {
     bodyLimitBytes: config.maxBodyBytes,
     serverName: packageJson.name,
     serverVersion: packageJson.version,
-    redactPaths: [config.models],
+    redactPaths: Routes.repositoryRoots(config.models),
     strictReadiness: config.strictReadiness,
     metricsFormat: config.metricsFormat,
     decodeThreads: config.decodeThreads
@@ -97,7 +98,7 @@ const appLayer = (config: ServerConfig.ServerConfig) => {
       maxMessageBytes: config.maxBodyBytes,
       serverName: packageJson.name,
       serverVersion: packageJson.version,
-      redactPaths: [config.models],
+      redactPaths: Routes.repositoryRoots(config.models),
       strictReadiness: config.strictReadiness
     })
   return Grpc.pipe(

@@ -37,6 +37,8 @@
  * @module Routes
  */
 import { ByteSize, Cause, Data, Effect, Layer, type Option, type Scope, Tracer } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
 import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { AsyncInferenceEngine, type Service as EngineService } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
@@ -130,6 +132,21 @@ export class ApiError extends Data.TaggedError("ApiError")<{
 // inside the repository, `mlp/1/model.onnx`, is left alone).
 const absolutePath = /(?<![\w.>~-])(?:[A-Za-z]:)?(?:[\\/][^\s\\/:"'`()[\]]+){2,}/g
 
+/**
+ * The spellings of a repository path that messages may quote: as given, absolute, and its real
+ * path (symlinks followed: the scan and onnxruntime name files by it, and a Kubernetes volume
+ * mount is often a symlink), for `redact`. A root that does not exist keeps the first two.
+ */
+export const repositoryRoots = (path: string): ReadonlyArray<string> => {
+  const roots = new Set([path, NodePath.resolve(path)])
+  try {
+    roots.add(NodeFs.realpathSync(path))
+  } catch {
+    // not there (yet): nothing more to name
+  }
+  return [...roots]
+}
+
 /** Longest message an answer carries: one that quotes a huge field of the request is cut. */
 export const maxMessageLength = 1024
 
@@ -140,7 +157,8 @@ export const maxMessageLength = 1024
  */
 export const redact = (message: string, roots: ReadonlyArray<string> = []): string => {
   let text = message.slice(0, 4 * maxMessageLength).split(/\n\s+at /)[0]!.replace(/\s*\n\s*/g, " ").trim()
-  for (const root of roots) if (root.length > 1) text = text.split(root).join("<repository>")
+  // Longest first: a root inside another ("/srv/models" and "/srv/models-real") is not cut in two.
+  for (const root of [...roots].sort((a, b) => b.length - a.length)) if (root.length > 1) text = text.split(root).join("<repository>")
   return cut(text.replace(absolutePath, (path) => path.split(/[\\/]/).pop() ?? ""))
 }
 

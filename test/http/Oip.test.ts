@@ -1,7 +1,10 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Schema } from "effect"
 import * as Oip from "../../src/http/Oip.ts"
-import { clientMessage, maxMessageLength, redact } from "../../src/http/Routes.ts"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { clientMessage, maxMessageLength, redact, repositoryRoots } from "../../src/http/Routes.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import * as Tensor from "../../src/Tensor.ts"
@@ -377,6 +380,23 @@ describe("redact", () => {
     assert.strictEqual(redact("failed to load /srv/models/a/model.onnx", ["/srv/models"]), "failed to load <repository>/a/model.onnx")
     assert.strictEqual(redact("mlp/1/model.onnx is empty"), "mlp/1/model.onnx is empty")
     assert.strictEqual(redact("C:\\models\\a\\model.onnx: missing"), "model.onnx: missing")
+  })
+
+  it("repositoryRoots names a symlinked repository by its real path too, so messages that quote it (with a space in it) are redacted", () => {
+    const base = Fs.mkdtempSync(Path.join(Os.tmpdir(), "roots-"))
+    try {
+      const real = Path.join(base, "real dir")
+      Fs.mkdirSync(real)
+      Fs.symlinkSync(real, Path.join(base, "link"))
+      const roots = repositoryRoots(Path.join(base, "link"))
+      assert.include(roots, real)
+      assert.strictEqual(redact(`Load model from ${real}/garbage/model.onnx failed`, roots), "Load model from <repository>/garbage/model.onnx failed")
+      // The longer root first: one that is a prefix of another does not cut it in two.
+      assert.strictEqual(redact("/srv/models-real/a/model.onnx is empty", ["/srv/models", "/srv/models-real"]), "<repository>/a/model.onnx is empty")
+      assert.deepStrictEqual(repositoryRoots("/no/such/repository"), ["/no/such/repository"])
+    } finally {
+      Fs.rmSync(base, { recursive: true, force: true })
+    }
   })
 
   it("clientMessage quotes an invalid input as the client sent it (a name like a path too), and redacts any other failure", () => {
