@@ -242,6 +242,8 @@ export const decode = (
   env: Readonly<Record<string, string | undefined>>
 ): ServerConfig | ConfigError => {
   const config: Record<string, unknown> = { ...defaults }
+  /** Where each setting came from (`--port` or `PORT`), for messages about it. */
+  const sources: Record<string, string> = {}
   for (const option of options) {
     const fromFlag = flags[option.key]
     const fromEnv = env[option.variable]
@@ -256,12 +258,13 @@ export const decode = (
     const decoded = option.decode(text)
     if ("error" in decoded) return new ConfigError({ message: `invalid ${source} ${JSON.stringify(text)}: ${decoded.error}` })
     config[option.key] = decoded.value
+    sources[option.key] = source
   }
   // A free HTTP port (tests, several servers on one host) implies a free gRPC port too.
   const grpcGiven = flags.grpcPort !== undefined || (env["GRPC_PORT"] ?? "") !== ""
   if (!grpcGiven && config["port"] === 0) config["grpcPort"] = 0
   if ((config["loadModels"] as ReadonlyArray<string>).length > 0 && config["modelControlMode"] !== "explicit") {
-    return new ConfigError({ message: "--load-model needs --model-control-mode explicit (without it every model is loaded)" })
+    return new ConfigError({ message: `${sources["loadModels"]} needs --model-control-mode explicit or MODEL_CONTROL_MODE=explicit (without it every model is loaded)` })
   }
   return config as unknown as ServerConfig
 }

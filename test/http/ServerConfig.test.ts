@@ -133,6 +133,10 @@ describe("ServerConfig", () => {
       assert.instanceOf(result, ServerConfig.ConfigError, JSON.stringify(flags))
       if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
     }
+    // The message names where the setting came from: the variable, when it was one.
+    const fromEnv = decode({}, { LOAD_MODELS: "a" })
+    assert.instanceOf(fromEnv, ServerConfig.ConfigError)
+    if (fromEnv instanceof ServerConfig.ConfigError) assert.match(fromEnv.message, /^LOAD_MODELS needs --model-control-mode explicit or MODEL_CONTROL_MODE=explicit/)
   })
 
   it("has one row per configuration field, each with a distinct flag and variable", () => {
