@@ -15,7 +15,9 @@
  *   model's first declared input signature, values within the signature's `values`/`min`/`max`,
  *   else small random numbers.
  * - Latency is measured at the client, from send to answer; a request that fails (an error
- *   status, a refused connection, an engine error) counts as an error and not in the latencies.
+ *   status, an engine error) counts as an error and not in the latencies. A server that is gone
+ *   (its connection refused: nothing listens at the address) stops the run with PerfError: the
+ *   levels already finished are kept (`onLevel`), the one under way is dropped.
  *
  * The policy parts are pure and tested on their own: `parseLevels`, `makeInputs`, `summarize`,
  * `formatTable`.
@@ -175,8 +177,14 @@ export const formatTable = (results: ReadonlyArray<LevelResult>): string => {
   return [line(header), ...rows.map(line)].join("\n")
 }
 
-/** One request, answered (true) or failed (its error text). */
-type Send = (inputs: Tensor.TensorMap) => Effect.Effect<true | string>
+/** One request, answered (true) or failed (its error text); fails with PerfError when the server is gone. */
+type Send = (inputs: Tensor.TensorMap) => Effect.Effect<true | string, PerfError>
+
+/** Connection errors that mean no server listens at the address any more (not one busy or slow). */
+const goneCodes: ReadonlySet<string> = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND"])
+
+/** The stop of a run whose server is gone (`goneCodes`). */
+const serverGone = (where: string, why: string) => new PerfError({ message: `${where} stopped answering (${why}): the server is gone` })
 
 /** Runs each level in turn with `send`, cycling through `inputs`. */
 const runLevels = (options: Options, inputs: ReadonlyArray<Tensor.TensorMap>, send: Send) =>
@@ -338,7 +346,7 @@ const overHttp = (options: Options & { readonly url: string }) =>
     const send: Send = (i) =>
       httpRequest(agent, url, "POST", path, encoded.get(i)!).pipe(
         Effect.map((answer): true | string => (answer.status === 200 ? true : `HTTP ${answer.status}: ${answer.body.slice(0, 120)}`)),
-        Effect.catch((e) => Effect.succeed(e))
+        Effect.catch((e) => goneCodes.has(e) ? Effect.fail(serverGone(url.origin, e)) : Effect.succeed(e))
       )
     return yield* runLevels(options, inputs, send)
   }).pipe(Effect.scoped)
@@ -359,20 +367,24 @@ const grpcClient = (address: string) =>
     (client) => Effect.sync(() => client.close())
   )
 
-/** A unary call as an Effect: the answer, or the error's details. */
+/** A unary call as an Effect: the answer, or the error's details (its gRPC status code in `code`). */
 const unary = (client: Record<string, Function>, method: string, request: unknown) =>
-  Effect.callback<any, string>((resume) => {
-    const call = client[method]!.call(client, request, (error: { details?: string; message: string } | null, response: unknown) =>
-      resume(error === null ? Effect.succeed(response) : Effect.fail(error.details ?? error.message)))
+  Effect.callback<any, { readonly code: number | undefined; readonly details: string }>((resume) => {
+    const call = client[method]!.call(client, request, (error: { code?: number; details?: string; message: string } | null, response: unknown) =>
+      resume(error === null ? Effect.succeed(response) : Effect.fail({ code: error.code, details: error.details ?? error.message })))
     return Effect.sync(() => call.cancel())
   })
+
+/** grpc-js's UNAVAILABLE (14) when it cannot connect at all, not a server's own UNAVAILABLE answer (shutting down). */
+const grpcGone = (error: { readonly code: number | undefined; readonly details: string }): boolean =>
+  error.code === 14 && /ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|No connection established/.test(error.details)
 
 const overGrpc = (options: Options & { readonly url: string }) =>
   Effect.gen(function*() {
     const address = options.url.replace(/^grpc:\/\//, "")
     const client = yield* grpcClient(address)
     const answer = yield* unary(client, "ModelMetadata", { name: options.model, version: options.version ?? "" }).pipe(
-      Effect.mapError((e) => new PerfError({ message: `gRPC ${address} ModelMetadata: ${e}` }))
+      Effect.mapError((e) => new PerfError({ message: `gRPC ${address} ModelMetadata: ${e.details}` }))
     )
     const spec = (t: { name: string; datatype: string; shape: Array<string | number> }): ModelMetadata.TensorSpec | undefined => {
       const dtype = TensorCodec.dtypeOf(t.datatype)
@@ -393,7 +405,11 @@ const overGrpc = (options: Options & { readonly url: string }) =>
       inputs: Object.entries(record).map(([name, tensor]) => ({ name, datatype: TensorCodec.datatypeOf[tensor.dtype], shape: tensor.dims })),
       raw_input_contents: Object.values(record).map((tensor) => Buffer.from(TensorCodec.encodeBinaryData(tensor)))
     }] as const))
-    const send: Send = (i) => unary(client, "ModelInfer", requests.get(i)!).pipe(Effect.as(true as const), Effect.catch((e) => Effect.succeed(`gRPC: ${e}`)))
+    const send: Send = (i) =>
+      unary(client, "ModelInfer", requests.get(i)!).pipe(
+        Effect.as(true as const),
+        Effect.catch((e) => grpcGone(e) ? Effect.fail(serverGone(`gRPC ${address}`, e.details)) : Effect.succeed(`gRPC: ${e.details}`))
+      )
     return yield* runLevels(options, records, send)
   }).pipe(Effect.scoped)
 

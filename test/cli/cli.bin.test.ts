@@ -6,6 +6,8 @@
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Fs from "node:fs"
+import * as Http from "node:http"
+import type { AddressInfo } from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -282,6 +284,41 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.isFalse(report.complete)
     assert.deepStrictEqual(report.levels.map((l) => l.concurrency), [1], "the level that finished, not the one cut short")
     assert.isAbove(report.levels[0]!.requests, 0)
+  }, 60_000)
+
+  it("perf against a server that goes away stops: the levels it finished, complete false, exit 1, the reason on stderr", async () => {
+    // A stand-in OIP server: the MLP's metadata, and 200 to every inference, until it closes 1.5 s after the first one.
+    let firstInferMs: number | undefined
+    const server = Http.createServer((request, response) => {
+      request.resume()
+      request.on("end", () => {
+        if (request.method === "GET") {
+          response.end(JSON.stringify({ name: "mlp", versions: ["1"], inputs: [{ name: "input", datatype: "FP32", shape: [-1, 784] }], outputs: [{ name: "logits", datatype: "FP32", shape: [-1, 10] }] }))
+          return
+        }
+        firstInferMs ??= Date.now()
+        response.end(JSON.stringify({ model_name: "mlp", outputs: [] }))
+      })
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    const port = (server.address() as AddressInfo).port
+    const closer = setInterval(() => {
+      if (firstInferMs === undefined || Date.now() - firstInferMs < 1500) return
+      clearInterval(closer)
+      server.close()
+      server.closeAllConnections()
+    }, 20)
+    try {
+      const result = await run(["perf", "--model", "mlp", "--url", `http://127.0.0.1:${port}`, "--concurrency", "1,2,4", "--duration", "1", "--warmup", "0", "--json"])
+      assert.strictEqual(result.code, 1, result.stderr)
+      assert.match(result.stderr, /perf: http:\/\/127\.0\.0\.1:\d+ stopped answering \(ECONNREFUSED\): the server is gone/)
+      const report = JSON.parse(result.stdout) as { complete: boolean; levels: ReadonlyArray<{ concurrency: number; requests: number }> }
+      assert.isFalse(report.complete)
+      assert.deepStrictEqual(report.levels.map((l) => l.concurrency), [1], "the level that finished, not the one the server left")
+    } finally {
+      clearInterval(closer)
+      server.close()
+    }
   }, 60_000)
 
   it("perf, as infer, answers an invalid environment variable with one line naming the variable and exit code 2", async () => {
