@@ -15,6 +15,11 @@ import { readFileSync } from "node:fs"
 import * as Cli from "../cli/Cli.ts"
 
 
+// From here on a signal interrupts the command; while it starts (parsing its flags, loading the
+// server), that stops the start as a signal during the models' load does: exit 0, not 130.
+process.once("SIGINT", Cli.markStoppedBySignal)
+process.once("SIGTERM", Cli.markStoppedBySignal)
+
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }
 
 Command.runWith(Cli.command, { version })(["serve", ...process.argv.slice(2)]).pipe(

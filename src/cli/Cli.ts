@@ -26,7 +26,7 @@ import * as Progress from "./Progress.ts"
 import * as Perf from "./Perf.ts"
 import * as Serve from "./Serve.ts"
 
-export { ExitCode, name, presenter, teardown } from "./CliCommon.ts"
+export { ExitCode, markStoppedBySignal, name, presenter, teardown } from "./CliCommon.ts"
 
 const stderr: Progress.Output = {
   write: (text) => void process.stderr.write(text),
