@@ -106,14 +106,23 @@ describe("explicit model control", () => {
       const tooMany = yield* send("POST", "/v2/models/mlp/infer", mlpRequest(9))
       assert.strictEqual(tooMany.status, 400)
       assert.include(tooMany.json.error, "batch-size must be <= 8")
-      // A directory that breaks on reload leaves the model UNAVAILABLE with the reason.
-      writeTree(repository, { "mlp/config.json": "{ not json" })
-      const broken = yield* send("POST", "/v2/repository/models/mlp/load")
-      assert.strictEqual(broken.status, 503)
-      const entry = stateOf((yield* send("POST", "/v2/repository/index")).json, "mlp")
-      assert.strictEqual(entry?.state, "UNAVAILABLE")
-      assert.include(entry?.reason, "config.json")
-      assert.notInclude(JSON.stringify(entry), repository)
+      // As Triton's reload: one that fails (a broken config.json, then a broken model.onnx) answers
+      // 503 with the reason, and the model keeps serving as it was loaded.
+      for (const files of [{ "mlp/config.json": "{ not json" }, { "mlp/config.json": "{}", "mlp/model.onnx": "not a model" }]) {
+        writeTree(repository, files)
+        const broken = yield* send("POST", "/v2/repository/models/mlp/load")
+        assert.strictEqual(broken.status, 503)
+        assert.match(broken.json.error, /the reload failed \(version 1: .+\); the version loaded before keeps serving/)
+        assert.notInclude(broken.json.error, repository)
+        assert.strictEqual(stateOf((yield* send("POST", "/v2/repository/index")).json, "mlp")?.state, "READY")
+        assert.strictEqual((yield* send("GET", "/v2/models/mlp/config")).json.max_batch_size, 8, "the configuration loaded before")
+        assert.strictEqual((yield* send("POST", "/v2/models/mlp/infer", mlpRequest(8))).status, 200)
+        assert.strictEqual((yield* send("GET", "/v2/health/ready")).status, 200)
+      }
+      // Fixed, the next load takes.
+      writeTree(repository, { "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ batching: { enabled: true, maxBatchSize: 4 } }) })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/load")).status, 200)
+      assert.strictEqual((yield* send("GET", "/v2/models/mlp/config")).json.max_batch_size, 4)
       void Path
     }).pipe(withFreshMetrics), 60_000)
 
