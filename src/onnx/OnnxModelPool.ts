@@ -361,6 +361,10 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
     const scanned = yield* ModelRepository.scan(loader.options.repository, { defaults: loader.options.defaults }).pipe(
       Effect.mapError((e) => new InferenceError.ModelUnavailable({ modelId: name, reason: e.message }))
     )
+    // As at start: a directory of this model that is not a version is named in a warning.
+    for (const ignored of scanned.ignored) {
+      if (ignored.name.startsWith(`${name}/`)) yield* Effect.logWarning(`model repository: ignoring ${JSON.stringify(ignored.name)}: ${ignored.reason}`)
+    }
     const fresh = ModelRepository.versionsOf(scanned, name)
     if (fresh.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
     yield* refuseClosing
@@ -530,17 +534,20 @@ const infoOf = (state: State): ReadonlyArray<ModelInfo> =>
 const unseenTtl = Duration.seconds(1)
 
 /**
- * Explicit model control: the model versions on disk now that were never loaded (a directory
- * added after start), as Triton's index lists them: UNAVAILABLE, "unloaded".
+ * Explicit model control, from a scan of the repository now: the model versions on disk that were
+ * never loaded (a directory added after start), as Triton's index lists them (UNAVAILABLE,
+ * "unloaded"), and the names of the models on disk (undefined when the scan failed), so that
+ * one not loaded whose directory has gone is no longer listed.
  */
-const unseen = (loader: Loader, state: State): Effect.Effect<ReadonlyArray<ModelStatus>> =>
+const unseen = (loader: Loader, state: State): Effect.Effect<{ readonly unseen: ReadonlyArray<ModelStatus>; readonly onDisk: ReadonlySet<string> | undefined }> =>
   ModelRepository.scan(loader.options.repository, { defaults: loader.options.defaults }).pipe(
-    Effect.map((scanned) =>
-      scanned.entries
+    Effect.map((scanned) => ({
+      unseen: scanned.entries
         .filter((e) => ModelRepository.versionsOf(state.repository, e.name).length === 0)
-        .map((e): ModelStatus => ({ name: e.name, version: e.version, state: "UNAVAILABLE", reason: "unloaded" }))
-    ),
-    Effect.orElseSucceed(() => [])
+        .map((e): ModelStatus => ({ name: e.name, version: e.version, state: "UNAVAILABLE", reason: "unloaded" })),
+      onDisk: new Set(scanned.entries.map((e) => e.name))
+    })),
+    Effect.orElseSucceed(() => ({ unseen: [], onDisk: undefined }))
   )
 
 /**
@@ -596,7 +603,11 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     // A scan reads every model's config.json (112 ms of CPU for 300 models), and readiness, metadata and
     // the index ask per request: one scan serves a second, or until a load or unload changes what is loaded.
     const [unseenNow, rescan] = yield* Effect.cachedInvalidateWithTTL(Effect.suspend(() => unseen(loader, state)), unseenTtl)
-    const extra: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit ? unseenNow : Effect.succeed([])
+    /** The index: what is loaded (less, under explicit control, a model not loaded whose directory has gone), then what was never seen. */
+    const listed: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit
+      ? Effect.map(Effect.zip(loadedModels, unseenNow), ([loaded, now]) =>
+        (now.onDisk === undefined ? loaded : loaded.filter((m) => m.reason !== "unloaded" || now.onDisk!.has(m.name))).concat(now.unseen))
+      : loadedModels
 
     // one series per model, bound once (an update is then a lookup, not a context built per run)
     const fills = new Map<string, Metric.Histogram<number>>()
@@ -623,7 +634,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         })),
       runGroup: (modelId, inputs, runOptions) =>
         Effect.suspend(() => withModel(resolveAdmitted(state, modelId, runOptions), (model) => model.host.runGroup(inputs, runOptions.requestId, runOptions))),
-      models: Effect.map(Effect.zip(loadedModels, extra), ([loaded, unloaded]) => loaded.concat(unloaded)),
+      models: listed,
       loadedModels,
       get repository() {
         return state.repository

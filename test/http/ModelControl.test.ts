@@ -5,7 +5,7 @@
  * and then releases the sessions; the repository index shows state and reason throughout.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Fiber, Latch, Layer } from "effect"
+import { Context, Effect, Fiber, Latch, Layer, Logger } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
@@ -125,6 +125,27 @@ describe("explicit model control", () => {
       assert.strictEqual((yield* send("GET", "/v2/models/mlp/config")).json.max_batch_size, 4)
       void Path
     }).pipe(withFreshMetrics), 60_000)
+
+  it.live("the index drops a model never loaded whose directory has gone (its load is a 404); a load names its ignored directories in a warning, as the start does", () => {
+    const warnings: Array<string> = []
+    const capture = Logger.make((options) => {
+      if (options.logLevel === "Warn") warnings.push(String(Array.isArray(options.message) ? options.message.join(" ") : options.message))
+    })
+    return Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "gone/model.onnx": mlpBytes(), "thr/1/model.onnx": mlpBytes() })
+      const send = yield* makeApp(repository, ["mlp"])
+      const index = () => Effect.map(send("POST", "/v2/repository/index"), (r) => (r.json as ReadonlyArray<{ name: string }>).map((m) => m.name))
+      assert.deepStrictEqual(yield* index(), ["gone", "mlp", "thr"])
+      Fs.rmSync(Path.join(repository, "gone"), { recursive: true })
+      // A directory that is not a version (digits only), added beside a version: ignored, and said so at the load.
+      writeTree(repository, { "thr/2a/model.onnx": mlpBytes() })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/thr/load")).status, 200)
+      assert.isTrue(warnings.some((w) => w.includes(`ignoring "thr/2a": not a version directory`)), JSON.stringify(warnings))
+      // The load rescanned: "gone" is no longer listed, and cannot be loaded.
+      assert.deepStrictEqual(yield* index(), ["mlp", "thr"])
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/gone/load")).status, 404)
+    }).pipe(Effect.provide(Logger.layer([capture], { mergeWithExisting: true })), withFreshMetrics)
+  }, 60_000)
 
   it.live("a load once the server is shutting down is refused with 503 and loads nothing", () =>
     Effect.gen(function*() {
