@@ -23,7 +23,10 @@ export interface AsyncConfig {
   readonly maxConcurrentRequests: number
   /** Requests waiting in the queue, all levels together; one more is refused with QueueFull. */
   readonly maxQueuedRequests: number
-  /** Longest wait in the queue before a request fails with QueueTimeout (it never runs). */
+  /**
+   * Longest wait in the queue before a request fails with QueueTimeout (it never runs). 0 means
+   * none, as Triton's `default_timeout_microseconds` 0 does: only the request's own deadline applies.
+   */
   readonly queueTimeout: Duration.Duration
   /** When false, one FIFO for all priorities. */
   readonly enablePriorityQueue: boolean
