@@ -379,6 +379,11 @@ const versionNow = (state: State, modelId: string, version: string | undefined):
   return metadata === undefined || "_tag" in metadata ? undefined : metadata.version
 }
 
+/** Notes a model the pool's `metadata` found (loaded or not), for `modelLabel` where the pool has no `metadataUnsafe`. */
+const known = (state: State, modelId: string): void => {
+  if (state.pool.metadataUnsafe === undefined) state.knownModels.add(modelId)
+}
+
 /**
  * The model a request that never ran is counted under: its id when the engine knows the model
  * (the pool's `metadataUnsafe` finds it, available or not; without one, a lookup of this engine
@@ -386,10 +391,6 @@ const versionNow = (state: State, modelId: string, version: string | undefined):
  * edge, draining, a cancel before the start) would otherwise add a series, and statistics, for
  * every made-up name a client sends.
  */
-const known = (state: State, modelId: string): void => {
-  if (state.pool.metadataUnsafe === undefined) state.knownModels.add(modelId)
-}
-
 const modelLabel = (state: State, modelId: string): string => {
   const lookup = state.pool.metadataUnsafe
   if (lookup === undefined) return state.knownModels.has(modelId) ? modelId : unknownModel
@@ -492,8 +493,9 @@ const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effe
       return Effect.fail(refuse(reason, elapsedMs))
     })
     // Interrupted before it is queued: counted as cancelled here (once queued, `submit`'s cleanup counts it).
+    const found = Effect.tap(state.pool.metadata(request.modelId, request.modelVersion), () => Effect.sync(() => known(state, request.modelId)))
     const lookup = Effect.onInterrupt(
-      Effect.timeoutOrElse(Effect.mapError(Effect.tap(state.pool.metadata(request.modelId, request.modelVersion), () => Effect.sync(() => known(state, request.modelId))), (reason) => {
+      Effect.timeoutOrElse(Effect.mapError(found, (reason) => {
         if (reason._tag === "ModelUnavailable") known(state, request.modelId)
         return refuse(reason)
       }), {
