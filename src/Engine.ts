@@ -400,11 +400,14 @@ const modelLabel = (state: State, modelId: string): string => {
 
 /**
  * The request as telemetry records it when it never ran: under `unknownModel` when its model is
- * not found or not known (`modelLabel`), else under the version it was (or would have been) admitted to.
+ * not found or not known (`modelLabel`); under its model without a version when the model lacks
+ * the version it named; else under the version it was (or would have been) admitted to.
  */
 const recordedAs = (state: State, request: InferenceRequest, reason: InferenceError.Reason | undefined, version: string | undefined): RequestInfo =>
-  reason?._tag === "ModelNotFound" || modelLabel(state, request.modelId) === unknownModel
+  modelLabel(state, request.modelId) === unknownModel
     ? { modelId: unknownModel, requestId: request.requestId, priority: request.priority }
+    : reason?._tag === "ModelNotFound"
+    ? infoOf(request, undefined)
     : infoOf(request, version ?? versionNow(state, request.modelId, request.modelVersion))
 
 /** Records the start and refusal of a request that was never queued (`version`: its metadata's, when it was found). */
@@ -655,26 +658,40 @@ export const invalidConcurrency = (concurrency: unknown): TypeError =>
   new TypeError(`inferBatch: concurrency must be a positive integer, got ${String(concurrency)}`)
 
 /**
- * Telemetry of a request an edge refused before admission: it never had a request id, and counts at
- * the Normal level, under `version` (the metadata's its body was checked against), else the default one.
+ * Who a request an edge refused before admission is counted as: it never had a request id, and
+ * counts at the Normal level. Under `unknownModel` when the model is not known (`modelLabel`);
+ * under its model without a version when the model lacks the version named (a version a client
+ * named and the model lacks would add a series per number sent); else under that version, or the
+ * default one. One lookup in the common case (an edge's refusal of a body checked against
+ * `version`'s metadata).
  */
+const refusedInfo = (state: State, modelId: string, reason: InferenceError.Reason, version: string | undefined): RequestInfo => {
+  const base = { modelId, requestId: "", priority: Priority.Normal }
+  const unknown = { ...base, modelId: unknownModel }
+  const lookup = state.pool.metadataUnsafe
+  // Without `metadataUnsafe`, `refusedEffect` has asked the pool's `metadata`: `version` is what it found.
+  if (lookup === undefined) return !state.knownModels.has(modelId) ? unknown : reason._tag === "ModelNotFound" ? base : { ...base, version }
+  const found = lookup(modelId, version)
+  if (!("_tag" in found)) return reason._tag === "ModelNotFound" ? base : { ...base, version: found.version }
+  if (found._tag === "ModelUnavailable") return reason._tag === "ModelNotFound" ? base : { ...base, version }
+  // Not found: the model, or only the version named (then no version label, whatever the refusal)?
+  return version === undefined || modelLabel(state, modelId) === unknownModel ? unknown : base
+}
+
+/** Telemetry of a request an edge refused before admission (see `refusedInfo`). */
 const refused = (state: State, modelId: string, reason: InferenceError.Reason, version: string | undefined): void => {
-  const label = modelLabel(state, modelId)
-  const info = label === unknownModel
-    ? { modelId: label, requestId: "", priority: Priority.Normal }
-    : { modelId, requestId: "", priority: Priority.Normal, version: version ?? versionNow(state, modelId, undefined) }
+  const info = refusedInfo(state, modelId, reason, version)
   state.telemetry.recordStart(info)
   recordFailure(state.telemetry, info, reason, 0)
 }
 
 /**
- * `refused` as an Effect: where the pool has no `metadataUnsafe`, a model this engine has not found
- * yet, or the default version, comes from the pool's `metadata` (a model it cannot find is counted
- * under `unknownModel`), so that the refusal is counted under the version it would have been
- * admitted to, as with the ONNX pool.
+ * `refused` as an Effect: where the pool has no `metadataUnsafe`, whether the model exists, and
+ * which version, come from the pool's `metadata` (a model it cannot find is counted under
+ * `unknownModel`), so that the refusal is counted as with the ONNX pool.
  */
 const refusedEffect = (state: State, modelId: string, reason: InferenceError.Reason, version: string | undefined): Effect.Effect<void> =>
-  state.pool.metadataUnsafe !== undefined || (version !== undefined && state.knownModels.has(modelId))
+  state.pool.metadataUnsafe !== undefined
     ? Effect.sync(() => refused(state, modelId, reason, version))
     : state.pool.metadata(modelId, version).pipe(
       Effect.map((metadata): string | undefined => {
@@ -682,8 +699,9 @@ const refusedEffect = (state: State, modelId: string, reason: InferenceError.Rea
         return metadata.version
       }),
       Effect.catch((error) => {
+        // Unavailable: the model (and a version named) exist. Not found: no version label it could add.
         if (error._tag === "ModelUnavailable") known(state, modelId)
-        return Effect.succeed(version)
+        return Effect.succeed(error._tag === "ModelUnavailable" ? version : undefined)
       }),
       Effect.flatMap((found) => Effect.sync(() => refused(state, modelId, reason, found)))
     )

@@ -215,9 +215,10 @@ describe("AsyncInferenceEngine", () => {
         yield* fork(engine.infer(request("queued")))
         assert.strictEqual(reasonOf(yield* Effect.exit(engine.checkAdmission("echo"))), "QueueFull")
         yield* engine.recordRefused("echo", new InferenceError.InvalidInput({ modelId: "echo", detail: "not JSON" }))
+        // The version is the one the pool's metadata answers for the one named (this fake pool has one version, 1, whatever is asked).
         yield* engine.recordRefused("echo", new InferenceError.InvalidInput({ modelId: "echo", detail: "not JSON" }), "7")
         yield* engine.recordRefused("nope", new InferenceError.InvalidInput({ modelId: "nope", detail: "not JSON" }))
-        assert.deepStrictEqual(versions, ["1", "1", "7", undefined], "the default version, one the edge named, none for a model the pool does not have")
+        assert.deepStrictEqual(versions, ["1", "1", "1", undefined], "the default version, the pool's answer for the one named, none for a model the pool does not have")
       }))
 
     it.effect("refuses invalid input and unknown models before queuing", () =>

@@ -80,9 +80,11 @@ export const make = (options: Options) =>
         // The deadline counts from here: the message's decoding is inside it (as over HTTP).
         const inAtMs = Date.now()
         const inAtPreciseMs = performance.now()
-        if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
         const { name, version } = yield* modelParams(message.model_name, message.model_version)
-        const metadata = yield* metadataOf(name, version)
+        // Counted as over HTTP (draining: rejected; an unavailable model: backend; a version it lacks: invalid).
+        const refuse = (reason: InferenceError.Reason) => Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
+        if (lifecycle.isShuttingDown()) return yield* refuse(new InferenceError.ShuttingDown({}))
+        const metadata = yield* Effect.catch(pool.metadata(name, version), refuse)
         yield* Effect.mapError(engine.checkAdmission(name, metadata.version), (e) => refusedAs(e.reason, message.id))
         const oip = GrpcCodec.toOip(message)
         if (typeof oip === "string") return yield* invalid(name, metadata.version, new InferenceError.InvalidInput({ modelId: name, detail: oip }))

@@ -363,7 +363,7 @@ const serverRoutes = (ctx: Ctx) => {
 
 /** `POST /v2/models/{name}[/versions/{v}]/infer` on the router (the fast path is `NodeInfer`'s). */
 const inferRoute = (ctx: Ctx) => {
-  const { handle, engine, lifecycle, fromReason, metadataOf, readBody, readInferBody } = ctx
+  const { handle, engine, pool, lifecycle, fromReason, readBody, readInferBody } = ctx
   /** A body that did not decode for `version` of the model: the engine counts the refusal, the client gets the reason. */
   const invalid = (name: string, version: string, reason: InferenceError.InvalidInput) =>
     Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
@@ -378,9 +378,12 @@ const inferRoute = (ctx: Ctx) => {
 
   const infer = handle(Effect.gen(function*() {
     const { name, version, metadata } = yield* refuseEarly(Effect.gen(function*() {
-      if (lifecycle.isShuttingDown()) return yield* Effect.fail(fromReason(new InferenceError.ShuttingDown({})))
       const { name, version } = yield* modelParams
-      const metadata: ModelMetadata.ModelMetadata = yield* metadataOf(name, version)
+      // Counted as the engine counts its refusals (draining: rejected; an unavailable model:
+      // backend; a version it lacks: invalid, without a version label), then answered.
+      const refuse = (reason: InferenceError.Reason) => Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
+      if (lifecycle.isShuttingDown()) return yield* refuse(new InferenceError.ShuttingDown({}))
+      const metadata: ModelMetadata.ModelMetadata = yield* Effect.catch(pool.metadata(name, version), refuse)
       // The engine's own admission rule before the costly part: a full queue answers 429 before decoding anything.
       yield* Effect.mapError(engine.checkAdmission(name, metadata.version), (e) => fromReason(e.reason))
       return { name, version, metadata }

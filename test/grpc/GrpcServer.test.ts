@@ -54,6 +54,19 @@ describe("health, server and model metadata", () => {
       assert.strictEqual(lifecycle.refused().grpc, 1, "counted for the drain's log line")
     }))
 
+  it.live("ModelInfer refusals before admission are counted as over HTTP: an unavailable model, a version it lacks, a made-up model, draining", () =>
+    Effect.gen(function*() {
+      const { call, lifecycle, telemetry } = yield* makeHarness({ recordTelemetry: true })
+      assert.strictEqual((yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { model_name: "broken" }))).error?.code, Grpc.status.UNAVAILABLE)
+      assert.strictEqual((yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { model_version: "9" }))).error?.code, Grpc.status.NOT_FOUND)
+      assert.strictEqual((yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { model_name: "made-up" }))).error?.code, Grpc.status.NOT_FOUND)
+      yield* lifecycle.beginShutdown
+      assert.strictEqual((yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))).error?.code, Grpc.status.UNAVAILABLE)
+      // (The version labels are checked over HTTP, where /metrics shows them: the same engine call.)
+      const outcomes = telemetry.flatMap((e) => e._tag === "failure" || e._tag === "rejected" ? [`${e._tag}:${e.modelId}:${e.reason}`] : [])
+      assert.deepStrictEqual(outcomes, ["failure:broken:ModelUnavailable", "failure:echo:ModelNotFound", "failure:_unknown:ModelNotFound", "rejected:echo:ShuttingDown"])
+    }))
+
   it.live("strict readiness: ServerReady and Health.Check answer from HTTP's check, so a broken model makes both not ready; lenient, ready", () =>
     Effect.gen(function*() {
       const strict = yield* makeHarness({ strictReadiness: true })

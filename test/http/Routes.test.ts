@@ -775,6 +775,26 @@ describe("GET /metrics", () => {
       ) assert.include(text, line)
     }).pipe(withFreshMetrics))
 
+  it.effect("counts what the edge refuses before admission: an unavailable model (backend), a version the model lacks (invalid, no version label), a made-up model (one label), draining (rejected)", () =>
+    Effect.gen(function*() {
+      const { send, lifecycle } = yield* makeApp()
+      const body = { inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] }] }
+      assert.strictEqual((yield* send("POST", "/v2/models/broken/infer", body)).status, 503)
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/versions/9/infer", body)).status, 404)
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/versions/10/infer", body)).status, 404)
+      assert.strictEqual((yield* send("POST", "/v2/models/made-up/infer", body)).status, 404)
+      yield* lifecycle.beginShutdown
+      assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", body)).status, 503)
+      const text = (yield* send("GET", "/metrics")).text
+      const requests = text.split("\n").filter((l) => l.startsWith("inference_requests_total{") && !l.endsWith(" 0"))
+      assert.deepStrictEqual(requests.sort(), [
+        "inference_requests_total{model=\"_unknown\",version=\"\",outcome=\"invalid\"} 1",
+        "inference_requests_total{model=\"broken\",version=\"\",outcome=\"backend\"} 1",
+        "inference_requests_total{model=\"echo\",version=\"\",outcome=\"invalid\"} 2",
+        "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"rejected\"} 1"
+      ])
+    }).pipe(withFreshMetrics))
+
   it.effect("reports the pool's instance events, every event with its row from the first scrape, counting on as they grow", () =>
     Effect.gen(function*() {
       const counters = { crashes: 0, deadlineKills: 0, abandonKills: 0, respawns: 0, respawnFailures: 0 }
