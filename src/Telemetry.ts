@@ -13,6 +13,7 @@
  * | `inference_batch_size` | model, version | requests per native run |
  * | `inference_executions_total` | model, version | native runs |
  * | `inference_count_total` | model, version | inferences run: rows (a request of 64 rows to a model that batches counts 64; one to a model that does not, 1) |
+ * | `inference_request_compute_seconds_total` | model, version | native run time counted once per request in the run (Triton's `compute_infer`: a run of n requests adds n times its time) |
  *
  * `version` is the model version a request was admitted to, or ran under, as Triton labels its
  * `nv_inference_*` families (`RequestInfo.version`, the last argument of `recordQueueWait` and
@@ -122,7 +123,8 @@ const specs = {
   run: { type: "Histogram", name: "inference_compute_duration_seconds", description: "Time of one native run, a batch being one run (seconds)", boundaries: latencyBoundariesSeconds },
   batchSize: { type: "Histogram", name: "inference_batch_size", description: "Requests per native run", boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 9 }) },
   executions: { type: "Counter", name: "inference_executions_total", description: "Native runs, by model version" },
-  inferences: { type: "Counter", name: "inference_count_total", description: "Inferences run, by model version: rows of the batch dim (a request of 64 rows counts 64), 1 a request for a model that does not batch" }
+  inferences: { type: "Counter", name: "inference_count_total", description: "Inferences run, by model version: rows of the batch dim (a request of 64 rows counts 64), 1 a request for a model that does not batch" },
+  requestCompute: { type: "Counter", name: "inference_request_compute_seconds_total", description: "Native run time counted once per request in the run, as Triton's compute_infer (a run of n requests adds n times its time; seconds)" }
 } as const satisfies Record<string, FamilySpec>
 
 type Family = keyof typeof specs
@@ -146,7 +148,8 @@ export const families = {
   run: familyOf("run"),
   batchSize: familyOf("batchSize"),
   executions: familyOf("executions"),
-  inferences: familyOf("inferences")
+  inferences: familyOf("inferences"),
+  requestCompute: familyOf("requestCompute")
 } as const
 
 /** One series the default layer records into: a plain update, no context or registry lookup. */
@@ -258,7 +261,8 @@ export const metrics = {
   run: families.run(),
   batchSize: families.batchSize(),
   executions: families.executions(),
-  inferences: families.inferences()
+  inferences: families.inferences(),
+  requestCompute: families.requestCompute()
 } as const
 
 export class TelemetryCollector extends Context.Service<TelemetryCollector, Service>()("effect-onnx/TelemetryCollector") {
@@ -276,6 +280,7 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
       readonly batchSize: Series
       readonly executions: Series
       readonly inferences: Series
+      readonly requestCompute: Series
       readonly outcomes: Map<string, Series>
       readonly queueWait: Map<string, Series>
     }
@@ -293,6 +298,7 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
           batchSize: seriesIn(context, "batchSize", labels),
           executions: seriesIn(context, "executions", labels),
           inferences: seriesIn(context, "inferences", labels),
+          requestCompute: seriesIn(context, "requestCompute", labels),
           outcomes: new Map(),
           queueWait: new Map()
         }
@@ -337,6 +343,7 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
         series.batchSize.update(batchSize)
         series.executions.update(1)
         series.inferences.update(rows ?? batchSize)
+        series.requestCompute.update((runMs / 1000) * batchSize)
       }
     })
   }))

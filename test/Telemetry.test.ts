@@ -5,6 +5,7 @@ import { AsyncConfigService } from "../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../src/Engine.ts"
 import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
+import * as Metrics from "../src/http/Metrics.ts"
 import { ModelPool } from "../src/ModelPool.ts"
 import { guard, layerRecording, metrics, outcomeOf, type RequestInfo, requestOutcomes, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
@@ -147,6 +148,20 @@ describe("TelemetryCollector.layer recordRun", () => {
       collector.recordRun("rows-model", 1, 2)
       assert.strictEqual((yield* count(metrics.inferences, model)) - before.inferences, 130, "64 + 64 rows, then 2 requests that did not say")
       assert.strictEqual((yield* count(metrics.executions, model)) - before.exec, 3)
+    }))
+
+  it.effect("counts a run's time once per request in it (Triton's compute_infer), and Triton's page reads it so, with compute_input and compute_output at 0", () =>
+    Effect.gen(function*() {
+      const collector = Context.get(yield* Layer.build(TelemetryCollector.layer), TelemetryCollector)
+      const model = { model: "compute-model", version: "3" }
+      const before = yield* count(metrics.requestCompute, model)
+      collector.recordRun("compute-model", 10, 4, 4, "3") // a batch of 4 requests, 10 ms: 40 ms of request compute
+      collector.recordRun("compute-model", 5, 1, 1, "3")
+      assert.closeTo((yield* count(metrics.requestCompute, model)) - before, 0.045, 1e-9)
+      const page = Metrics.tritonFamilies(yield* Metric.snapshot, new Map())
+      assert.include(page, `nv_inference_compute_infer_duration_us{model="compute-model",version="3"} ${Math.round((before + 0.045) * 1e6)}`)
+      assert.include(page, `nv_inference_compute_input_duration_us{model="compute-model",version="3"} 0`)
+      assert.include(page, `nv_inference_compute_output_duration_us{model="compute-model",version="3"} 0`)
     }))
 })
 

@@ -114,11 +114,11 @@ export const tritonFamilies = (
         else if (outcome !== undefined && outcome in tritonReason) entry(model, version).failure[tritonReason[outcome]] += n
       } else if (s.id === metrics.inferences.id) entry(model, version).count += n
       else if (s.id === metrics.executions.id) entry(model, version).execCount += n
+      else if (s.id === metrics.requestCompute.id) entry(model, version).computeUs += n * 1e6
     } else if (s.type === "Histogram") {
       const us = (s.state as Metric.HistogramState).sum * 1e6
       if (s.id === metrics.latency.id) entry(model, version).requestUs += us
       else if (s.id === metrics.queueWait.id) entry(model, version).queueUs += us
-      else if (s.id === metrics.run.id) entry(model, version).computeUs += us
     }
   }
   for (const [model, versions] of pendingByVersion) for (const [version, pending] of versions) entry(model, version).pending = pending
@@ -141,7 +141,10 @@ export const tritonFamilies = (
   text += family("nv_inference_exec_count", "counter", "Number of model executions performed (a batch counts 1)", (e) => e.execCount)
   text += family("nv_inference_request_duration_us", "counter", "Cumulative end-to-end duration of successful inference requests, in microseconds", (e) => e.requestUs)
   text += family("nv_inference_queue_duration_us", "counter", "Cumulative time requests spent waiting in the queue, in microseconds", (e) => e.queueUs)
-  text += family("nv_inference_compute_infer_duration_us", "counter", "Cumulative model execution time, per execution (a batch counts once), in microseconds", (e) => e.computeUs)
+  // As Triton: a batch's time counted for each request in it. Input and output copies are inside the run here (0, as /stats says).
+  text += family("nv_inference_compute_input_duration_us", "counter", "Cumulative compute input duration in microseconds (inside the run here: 0)", () => 0)
+  text += family("nv_inference_compute_infer_duration_us", "counter", "Cumulative compute inference duration in microseconds, a batch's time counted for each request in it", (e) => e.computeUs)
+  text += family("nv_inference_compute_output_duration_us", "counter", "Cumulative compute output duration in microseconds (inside the run here: 0)", () => 0)
   text += family("nv_inference_pending_request_count", "gauge", "Instantaneous number of pending requests awaiting execution", (e) => e.pending)
   return text
 }
