@@ -79,6 +79,12 @@ describe("metrics documentation", () => {
       const names = [...expr.matchAll(/\b((?:inference|process|nodejs|nv_inference)_[a-z0-9_]+)/g)].map((m) => m[1]!.replace(/_(bucket|sum|count)$/, ""))
       assert.isAbove(names.length, 0, expr)
       for (const name of names) assert.isTrue(docs.has(name), `${name} (in ${expr}) is not a documented family`)
+      // The dashboard's $instance picks a replica: every selector but the one that lists them must honour it.
+      if (expr !== "label_values(process_start_time_seconds, instance)") {
+        for (const selector of expr.matchAll(/\b(?:inference|process|nodejs)_[a-z0-9_]+(\{[^}]*\})?/g)) {
+          assert.include(selector[1] ?? "", `instance=~"$instance"`, `${selector[0]} (in ${expr}) ignores $instance`)
+        }
+      }
     }
   })
 })
