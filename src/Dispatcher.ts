@@ -164,6 +164,18 @@ const expiredExit = (request: Request, why: Scheduler.Expiry, now: number): Exit
   return Exit.fail(new InferenceError.DeadlineExceeded({ modelId, requestId, timeoutMs, elapsedMs: timeoutMs + spanMs(request.deadlineAtMs, now) }))
 }
 
+/**
+ * A run's failure as `request`'s answer: once its deadline has passed, the deadline is why
+ * (DeadlineExceeded, a 504 counted as a timeout), whatever the pool said of it: a pool that stops
+ * runs refuses a job whose deadline passed while it waited for an instance, and kills a run at its
+ * deadline (plus its grace), each a RunFailed a moment before the engine's own timer answers it.
+ */
+const failedFor = (state: State, request: Request, cause: Cause.Cause<InferenceError.Reason>): Exit.Exit<never, InferenceError.Reason> => {
+  const exit = Exit.failCause(cause)
+  const now = state.nowMs()
+  return isRunFailure(exit) && now >= request.deadlineAtMs ? expiredExit(request, "deadline", now) : exit
+}
+
 /** Settles what is due, dispatches what may go, and sets the timer for what comes next. */
 const pump = (state: State): void => {
   state.pumpScheduled = false
@@ -278,7 +290,9 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       // The compute time is the native run's too: a job sent ahead to a busy instance waited there first.
       state.telemetry.recordRun(request.modelId, nativeMs ?? runMs, members.length, rows, metadata.version)
       if (Exit.isFailure(exit) && joined && isRunFailure(exit)) {
-        // One member's input can fail a whole batch: each member runs again alone.
+        // One member's input can fail a whole batch: each member runs again alone, but one past
+        // its deadline (the pool refused or killed the job for it) is answered so, not run again.
+        for (const m of members) if (state.nowMs() >= m.deadlineAtMs) answer(state, m, failedFor(state, m, exit.cause))
         return Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true })
       }
       deliver(state, members, batching, exit)
@@ -306,9 +320,11 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
       const exit = asRunExit(ran, request.modelId, request.requestId)
       if (Exit.isFailure(exit)) {
         // The whole job failed (its instance died, or was killed at the group's deadline): as a
-        // batch's members, each still waiting runs again alone, so one crashing input fails only itself.
+        // batch's members, each still waiting runs again alone, so one crashing input fails only
+        // itself; one past its deadline is answered so (`failedFor`), not run again.
+        for (const m of members) if (state.nowMs() >= m.deadlineAtMs) answer(state, m, failedFor(state, m, exit.cause))
         if (members.length > 1 && isRunFailure(exit)) return Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true })
-        for (const m of members) answer(state, m, Exit.failCause(exit.cause))
+        for (const m of members) answer(state, m, failedFor(state, m, exit.cause))
         return Effect.void
       }
       const outcomes = exit.value
@@ -340,7 +356,7 @@ const deliver = (
   exit: Exit.Exit<RunOutput, InferenceError.Reason>
 ): void => {
   if (Exit.isFailure(exit)) {
-    for (const m of members) answer(state, m, exit)
+    for (const m of members) answer(state, m, failedFor(state, m, exit.cause))
     return
   }
   const parts = members.length > 1 ? Batch.split(batching, exit.value.outputs, members.map((m) => m.rows)) : [exit.value.outputs]

@@ -6,7 +6,7 @@
  * waits, and never lets more native runs go at once than `maxConcurrentRequests`.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Scope } from "effect"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Scope } from "effect"
 import { AsyncConfigService, type AsyncConfig } from "../src/AsyncConfig.ts"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
 import { AsyncInferenceEngine } from "../src/Engine.ts"
@@ -14,7 +14,7 @@ import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import { ModelPool } from "../src/ModelPool.ts"
 import * as InstancePool from "../src/onnx/InstancePool.ts"
-import { layerRecording } from "../src/Telemetry.ts"
+import { layerRecording, TelemetryLog } from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { type FakeInstance, fakeTransport, poolOptions } from "./fixtures/FakeTransport.ts"
 
@@ -290,5 +290,70 @@ describe("Dispatcher over a pool that pins jobs to instances", () => {
       yield* settle
       assert.isTrue(a!.killed, "nobody waits: killed after the grace")
       assert.strictEqual(counters.abandonKills, 1)
+    }))
+})
+
+describe("Dispatcher: a run's failure past its caller's deadline", () => {
+  /**
+   * A clock the test moves, whose sleeps never end: the dispatcher's own timer never answers a
+   * deadline, so only the pool's failure does, as when a process pool refuses a job whose deadline
+   * passed while it waited, or kills a run at its deadline, a moment before that timer fires.
+   */
+  const stoppedClock = () => {
+    let nowMs = 1_000
+    const nanos = () => BigInt(Math.round(nowMs * 1e6))
+    const clock: Clock.Clock = {
+      currentTimeMillisUnsafe: () => nowMs,
+      currentTimeMillis: Effect.sync(() => nowMs),
+      currentTimeNanosUnsafe: nanos,
+      currentTimeNanos: Effect.sync(nanos),
+      monotonicTimeNanosUnsafe: nanos,
+      monotonicTimeNanos: Effect.sync(nanos),
+      sleep: () => Effect.never
+    }
+    return { clock, advance: (ms: number) => void (nowMs += ms) }
+  }
+
+  /** The engine over a pool whose runs wait for the test to fail them (one instance, batching as given). */
+  const engineFailingOnCue = (clock: Clock.Clock, batching: BatchPolicy.BatchingConfig) =>
+    Effect.gen(function*() {
+      const runs: Array<Deferred.Deferred<never, InferenceError.RunFailed>> = []
+      const metadata = { name: "m", version: "1", inputs: [{ name: "x", dtype: "float32" as const, dims: [-1, 1] }], outputs: [{ name: "y", dtype: "float32" as const, dims: [-1, 1] }], batching, concurrency: 1 }
+      const modelPool = ModelPool.of({
+        metadata: () => Effect.succeed(metadata),
+        metadataUnsafe: () => metadata,
+        run: () => Effect.flatMap(Deferred.make<never, InferenceError.RunFailed>(), (d) => Effect.andThen(Effect.sync(() => runs.push(d)), Deferred.await(d))),
+        models: Effect.succeed([])
+      })
+      const context = yield* Layer.build(
+        AsyncInferenceEngine.layer.pipe(Layer.provideMerge(Layer.mergeAll(Layer.succeed(ModelPool, modelPool), layerRecording, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 }))))
+      ).pipe(Effect.provideService(Clock.Clock, clock))
+      return { engine: Context.get(context, AsyncInferenceEngine), runs, log: Context.get(context, TelemetryLog) }
+    })
+
+  const reasonOf = (exit: Exit.Exit<unknown, InferenceError.InferenceError>) =>
+    Exit.isSuccess(exit) ? "Success" : (exit.cause.reasons.find((r) => r._tag === "Fail")?.error as InferenceError.InferenceError | undefined)?.reason._tag
+
+  it.live("is DeadlineExceeded (504, a timeout), not the pool's RunFailed (500, a backend failure); a batch's members are not run again", () =>
+    Effect.gen(function*() {
+      const { clock, advance } = stoppedClock()
+      const { engine, runs, log } = yield* engineFailingOnCue(clock, { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 4 })
+      const a = yield* fork(engine.infer(InferenceRequest.make("m", { x: Tensor.float32(new Float32Array([1]), [1, 1]) }, { requestId: "a", timeout: "10 millis" })))
+      const b = yield* fork(engine.infer(InferenceRequest.make("m", { x: Tensor.float32(new Float32Array([2]), [1, 1]) }, { requestId: "b", timeout: "10 millis" })))
+      yield* settle
+      assert.strictEqual(runs.length, 1, "one batched run")
+      // The pool gives up on the run at the deadline (a job refused late, a run killed at it).
+      advance(10)
+      yield* Deferred.fail(runs[0]!, new InferenceError.RunFailed({ modelId: "m", requestId: "a", detail: "not run: its deadline passed 0 ms ago while it waited for an instance" }))
+      yield* settle
+      assert.deepStrictEqual([reasonOf(yield* Fiber.join(a)), reasonOf(yield* Fiber.join(b))], ["DeadlineExceeded", "DeadlineExceeded"])
+      assert.strictEqual(runs.length, 1, "not run again member by member")
+      assert.deepStrictEqual(log.events.filter((e) => e._tag === "timeout").length, 2, "counted as timeouts")
+      // Before its deadline, a failed run is the run's failure: alone, it is not run again.
+      const c = yield* fork(engine.infer(InferenceRequest.make("m", { x: Tensor.float32(new Float32Array([3]), [1, 1]) }, { requestId: "c", timeout: "10 millis" })))
+      yield* settle
+      yield* Deferred.fail(runs[1]!, new InferenceError.RunFailed({ modelId: "m", requestId: "c", detail: "crashed" }))
+      yield* settle
+      assert.strictEqual(reasonOf(yield* Fiber.join(c)), "RunFailed")
     }))
 })

@@ -468,10 +468,11 @@ const killOverrun = (state: State, slot: Slot, id: number): void => {
   // timer may fire a fraction of a millisecond before the time it was set for.
   const abandonKillAtMs = job.abandonedAtMs === undefined ? Infinity : job.abandonedAtMs + state.killGraceMs
   if (job.killAtMs !== undefined && job.killAtMs <= abandonKillAtMs) {
-    slot.killedFor = `killed after exceeding its deadline by ${ms(now - job.deadlineAtMs!)} (${grace}); the ${state.transport.noun} was replaced`
+    // At least 0: the timer may fire a fraction early ("by -1 ms" read as nonsense).
+    slot.killedFor = `killed after exceeding its deadline by ${ms(Math.max(0, now - job.deadlineAtMs!))} (${grace}); the ${state.transport.noun} was replaced`
     state.counters.deadlineKills++
   } else {
-    slot.killedFor = `killed ${ms(now - job.abandonedAtMs!)} after its caller left (${grace}); the ${state.transport.noun} was replaced`
+    slot.killedFor = `killed ${ms(Math.max(0, now - job.abandonedAtMs!))} after its caller left (${grace}); the ${state.transport.noun} was replaced`
     state.counters.abandonKills++
   }
   slot.instance.kill()
