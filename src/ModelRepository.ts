@@ -176,6 +176,11 @@ export const maxKillGraceMs = 600_000
 
 const KillGraceMs = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: maxKillGraceMs }))
 
+/** Longest `loadTimeoutMs`: a day. */
+export const maxLoadTimeoutMs = 86_400_000
+
+const LoadTimeoutMs = Schema.Int.check(Schema.isBetween({ minimum: 1_000, maximum: maxLoadTimeoutMs }))
+
 /** A label file's name: one file in the model's directory, beside config.json (no directory part). */
 const LabelFileName = Schema.String.check(
   Schema.makeFilter((name: string) =>
@@ -203,6 +208,8 @@ export const configFields = {
   isolation: Schema.optionalKey(Isolation),
   /** Process isolation: how long a run may outlive its request's deadline before its process is killed. */
   killGraceMs: Schema.optionalKey(KillGraceMs),
+  /** How long an instance may take to load its session before it is killed and counts as a failed start. */
+  loadTimeoutMs: Schema.optionalKey(LoadTimeoutMs),
   /** The priority of a request that names none (Triton's priority 0 or absent). */
   defaultPriority: Schema.optionalKey(Priority.schema),
   /** Alternatives a request's inputs must fit, narrower than the ONNX signature (see `InputSignature`). */
@@ -225,6 +232,8 @@ export interface ModelConfig {
   readonly isolation: Isolation
   /** Process isolation: ms a run may outlive its deadline before its process is killed. Ignored for threads. */
   readonly killGraceMs: number
+  /** Ms an instance may take to load its session before it is killed and counts as a failed start (threads and processes). */
+  readonly loadTimeoutMs: number
   /** The priority of a request that names none. */
   readonly defaultPriority: Priority.Priority
   /** config.json's `batching` section as written; undefined without one (see BatchPolicy.resolve). */
@@ -253,6 +262,7 @@ export const defaults = (): Defaults => ({
   interOpNumThreads: 1,
   isolation: "thread",
   killGraceMs: 1_000,
+  loadTimeoutMs: 600_000,
   defaultPriority: Priority.Normal
 })
 
@@ -411,6 +421,7 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
       interOpNumThreads: config.interOpNumThreads ?? base.interOpNumThreads,
       isolation: config.isolation ?? overrides.isolation ?? defaultIsolation(executionProviders),
       killGraceMs: config.killGraceMs ?? base.killGraceMs,
+      loadTimeoutMs: config.loadTimeoutMs ?? base.loadTimeoutMs,
       defaultPriority: config.defaultPriority ?? base.defaultPriority,
       batching: config.batching,
       inputSignatures: config.inputSignatures,

@@ -45,6 +45,7 @@ describe("ModelRepository", () => {
           interOpNumThreads: 1,
           isolation: "thread",
           killGraceMs: 1000,
+          loadTimeoutMs: 600_000,
           defaultPriority: "Normal",
           batching: undefined,
           inputSignatures: undefined,

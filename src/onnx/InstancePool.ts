@@ -146,6 +146,14 @@ export interface Options {
   readonly respawnDelay?: Duration.Duration | undefined
   /** Process isolation: how long a run may outlive its `timeout`, or its interrupted caller, before its process is killed (default 1 second). */
   readonly killGrace?: Duration.Duration | undefined
+  /**
+   * How long an instance may take to load its session (default 10 minutes): one still loading
+   * then counts as a start that failed (the pool's start fails; a replacement's attempt is
+   * retried), and is killed, a process at once; a thread, which cannot be stopped in native code,
+   * is closed once it loads. A session whose load hangs (a GPU driver that never answers) would
+   * otherwise hold the start, or leave a lost instance unreplaced, for ever.
+   */
+  readonly loadTimeout?: Duration.Duration | undefined
   /** Jobs handed to one instance at once (default: 2 for threads, 1 for processes, whose deadline kills end the job in hand). */
   readonly depth?: number | undefined
   /**
@@ -325,6 +333,8 @@ interface Slot {
   readonly instance: Instance
   ready: boolean
   exited: boolean
+  /** Its start was given up before its session loaded (the load timeout, or the start interrupted): closed if it ever loads. */
+  abandoned: boolean
   closeRequested: boolean
   sessionReleased: boolean
   /** Jobs sent and not yet replied to, in order: the first is running, the others wait their turn in the instance. */
@@ -692,6 +702,22 @@ const onLost = (state: State, slot: Slot, how: string): void => {
 const spawn = (
   state: State,
   check?: (ready: Ready) => string | undefined
+): Effect.Effect<{ readonly slot: Slot; readonly ready: Ready }, string | Refused> => {
+  const loadTimeout = Duration.fromInputUnsafe(state.options.loadTimeout ?? defaultLoadTimeout)
+  return Effect.timeoutOrElse(loading(state, check), {
+    duration: loadTimeout,
+    // `loading`'s interruption has killed the instance.
+    orElse: () => Effect.fail(`the ${state.transport.noun} did not load its session within ${Duration.format(loadTimeout)}: killed`)
+  })
+}
+
+/** The default `loadTimeout`: 10 minutes, far above a slow load (a large model compiled for a GPU), far below for ever. */
+export const defaultLoadTimeout = Duration.minutes(10)
+
+/** `spawn` without its timeout: interrupted before its session loaded (the timeout), the instance is killed. */
+const loading = (
+  state: State,
+  check?: (ready: Ready) => string | undefined
 ): Effect.Effect<{ readonly slot: Slot; readonly ready: Ready }, string | Refused> =>
   Effect.callback((resume) => {
     const { counters, transport } = state
@@ -706,8 +732,8 @@ const spawn = (
               slot.ready = true
               counters.sessionsOpened++
               const refused = check?.(message)
-              // Loaded while the pool closes (a replacement), or refused: it is closed at once.
-              if (state.closing || refused !== undefined) requestClose(slot)
+              // Loaded while the pool closes (a replacement), refused, or after its start was given up: it is closed at once.
+              if (state.closing || refused !== undefined || slot.abandoned) requestClose(slot)
               else state.live.add(slot)
               return resume(refused === undefined ? Effect.succeed({ slot, ready: message }) : Effect.fail(new Refused(refused)))
             }
@@ -761,6 +787,7 @@ const spawn = (
       instance,
       ready: false,
       exited: false,
+      abandoned: false,
       closeRequested: false,
       sessionReleased: false,
       jobs: [],
@@ -772,6 +799,14 @@ const spawn = (
       exit: Deferred.makeUnsafe()
     }
     state.all.add(slot)
+    // Given up before its session loaded (the load timeout, an interrupted start): a process is
+    // killed, and its exit forgets it; a thread in native code cannot be (its kill would abort
+    // the whole process), so it is closed once it has loaded, if it ever does.
+    return Effect.sync(() => {
+      if (slot.ready || slot.exited) return
+      slot.abandoned = true
+      if (state.transport.killMidRunAbortsProcess !== true) slot.instance.kill()
+    })
   })
 
 /**

@@ -312,6 +312,7 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
     counters: loader.counters,
     respawnAttempts: loader.options.respawnAttempts,
     killGrace: Duration.millis(entry.config.killGraceMs),
+    loadTimeout: Duration.millis(entry.config.loadTimeoutMs),
     identify: () => ModelRepository.fileIdentity(entry.path)
   }
   // Refused once the pool closes; otherwise counted before the start and registered when it

@@ -192,6 +192,62 @@ describe("InstancePool", () => {
       assert.deepStrictEqual(Array.from((yield* Fiber.join(ahead)).outputs["y"]!.data as Float32Array), [5])
     }))
 
+  it.effect("an instance whose session does not load within loadTimeout is killed: the start fails saying so, and a replacement that hangs is retried", () =>
+    Effect.gen(function*() {
+      // At start: one of two instances never loads (a hung GPU driver, a stopped process).
+      const fake = fakeTransport("process")
+      const starting = yield* Effect.forkChild(Effect.exit(InstancePool.start(options({ instances: 2, loadTimeout: Duration.seconds(30) }), fake.transport)), { startImmediately: true })
+      yield* settle
+      fake.instances[0]!.ready()
+      yield* TestClock.adjust("29 seconds")
+      yield* settle
+      assert.isUndefined(starting.pollUnsafe(), "still loading before the timeout")
+      yield* TestClock.adjust("1 second")
+      yield* settle
+      const exit = yield* Fiber.join(starting)
+      assert.isTrue(Exit.isFailure(exit))
+      const failure = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail") : undefined
+      assert.include(failure?._tag === "Fail" ? (failure.error as { reason: string }).reason : "", "did not load its session within 30s: killed")
+      assert.isTrue(fake.instances[1]!.killed, "the hung instance was killed")
+
+      // A replacement that hangs: killed at the timeout, and the next attempt loads.
+      const counters = InstancePool.makeCounters()
+      const { instances, pool } = yield* started({ instances: 1, counters, respawnAttempts: 3, respawnDelay: Duration.millis(100), loadTimeout: Duration.seconds(30) })
+      instances[0]!.die("signal SIGKILL")
+      yield* settle
+      yield* TestClock.adjust("1 second")
+      yield* settle
+      assert.strictEqual(instances.length, 2, "a replacement is loading")
+      yield* TestClock.adjust("30 seconds")
+      yield* settle
+      assert.isTrue(instances[1]!.killed, "the hung replacement was killed")
+      yield* TestClock.adjust("1 second")
+      yield* settle
+      assert.strictEqual(instances.length, 3, "another attempt")
+      instances[2]!.ready()
+      yield* settle
+      assert.strictEqual(pool.stats().instances, 1)
+      assert.isUndefined(pool.unavailableReason())
+      assert.strictEqual(counters.respawns, 1)
+
+      // A thread cannot be killed while it loads (that would abort the process): the attempt is
+      // given up all the same, and the thread, should it load after all, is closed.
+      const threads = yield* started({ instances: 1, respawnAttempts: 3, respawnDelay: Duration.millis(100), loadTimeout: Duration.seconds(30) }, "thread", true)
+      threads.instances[0]!.die("exit code 1")
+      yield* settle
+      yield* TestClock.adjust("1 second")
+      yield* settle
+      yield* TestClock.adjust("31 seconds")
+      yield* settle
+      assert.isFalse(threads.instances[1]!.killed, "not killed")
+      assert.strictEqual(threads.instances.length, 3, "another attempt")
+      threads.instances[1]!.ready()
+      threads.instances[2]!.ready()
+      yield* settle
+      assert.isTrue(threads.instances[1]!.exited, "the late one was closed once it loaded")
+      assert.strictEqual(threads.pool.stats().instances, 1, "the pool keeps one instance, not two")
+    }))
+
   it.effect("a crash is logged as a warning naming the model, how the instance died and that it is being replaced", () => {
     const warnings: Array<string> = []
     const capture = Logger.make((options) => {
