@@ -1,9 +1,10 @@
 /**
  * Request bodies with a `Content-Encoding` (what `tritonclient`'s `request_compression_algorithm`
  * sends): `gzip` (also `x-gzip`) and `deflate` (zlib, or raw deflate as some clients send it)
- * are decompressed, `identity` is nothing; any other coding is refused (415). Decompression
- * stops at `limit` bytes of output, so that a small body that inflates to gigabytes (a
- * "bomb") costs no more than the limit (413).
+ * are decompressed, `identity` is nothing; any other coding is refused (415), and so are more
+ * than `maxCodings` of them (each layer costs up to the limit's work: 300 layers of stored gzip
+ * kept the main thread busy for 20 s). Decompression stops at `limit` bytes of output, so that a
+ * small body that inflates to gigabytes (a "bomb") costs no more than the limit (413).
  *
  * @module ContentEncoding
  */
@@ -12,9 +13,12 @@ import * as Zlib from "node:zlib"
 
 export type Coding = "gzip" | "deflate"
 
+/** The most codings one body may carry (no client compresses twice; each layer is work up to the body limit). */
+export const maxCodings = 2
+
 /**
  * The codings of a Content-Encoding header, in the order they were applied; an error message
- * when one of them is not supported.
+ * when one of them is not supported, or there are more than `maxCodings`.
  */
 export const parse = (header: string | undefined): ReadonlyArray<Coding> | string => {
   if (header === undefined) return []
@@ -25,6 +29,7 @@ export const parse = (header: string | undefined): ReadonlyArray<Coding> | strin
     if (coding === "gzip" || coding === "x-gzip") codings.push("gzip")
     else if (coding === "deflate") codings.push("deflate")
     else return `unsupported Content-Encoding ${JSON.stringify(raw.trim().slice(0, 40))}: gzip, deflate or identity`
+    if (codings.length > maxCodings) return `a Content-Encoding of more than ${maxCodings} codings is not supported`
   }
   return codings
 }

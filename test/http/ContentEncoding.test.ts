@@ -14,6 +14,9 @@ describe("ContentEncoding", () => {
     assert.deepStrictEqual(ContentEncoding.parse("deflate, gzip"), ["deflate", "gzip"])
     assert.include(ContentEncoding.parse("br") as string, "unsupported Content-Encoding \"br\"")
     assert.include(ContentEncoding.parse("gzip, zstd") as string, "\"zstd\"")
+    // Each layer is work up to the body limit: more than two are refused before any is undone.
+    assert.deepStrictEqual(ContentEncoding.parse("gzip, identity, deflate"), ["gzip", "deflate"])
+    assert.strictEqual(ContentEncoding.parse(Array(300).fill("gzip").join(",")), "a Content-Encoding of more than 2 codings is not supported")
   })
 
   it.effect("undoes several codings, last applied first", () =>
