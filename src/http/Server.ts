@@ -102,15 +102,25 @@ const jsonAnswer = (response: Http.ServerResponse, status: number, message: stri
 }
 
 /**
- * An HTTP/1.1 request without a Host header (RFC 9112 §3.2: a server must answer 400). Node's own
- * check (`requireHostHeader`) answers an empty 400, so the server turns it off and checks here.
- * Cheap: every route reads the headers anyway.
+ * Why an HTTP/1.1 request's Host header is refused, or undefined (RFC 9112 §3.2: a server must
+ * answer 400 to a request without one, with more than one, or with an invalid value; Node keeps the
+ * first of several). Node's own check (`requireHostHeader`) answers an empty 400, so the server
+ * turns it off and checks here. Cheap: a request has a few header lines.
  */
-const missingHost = (request: Http.IncomingMessage): boolean =>
-  request.httpVersionMinor === 1 && request.httpVersionMajor === 1 && request.headers.host === undefined
+const badHost = (request: Http.IncomingMessage): string | undefined => {
+  if (request.httpVersionMinor !== 1 || request.httpVersionMajor !== 1) return undefined
+  const host = request.headers.host
+  if (host === undefined) return "missing Host header: an HTTP/1.1 request must carry one"
+  let lines = 0
+  const raw = request.rawHeaders
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === "host") lines++
+  if (lines > 1) return "more than one Host header: an HTTP/1.1 request carries exactly one"
+  // A host, an IPv6 literal and a port have no whitespace (an empty value is allowed).
+  if (/\s/.test(host)) return "invalid Host header: it holds whitespace"
+  return undefined
+}
 
-const refuseMissingHost = (response: Http.ServerResponse): void =>
-  jsonAnswer(response, 400, "missing Host header: an HTTP/1.1 request must carry one")
+const refuseBadHost = (response: Http.ServerResponse, why: string): void => jsonAnswer(response, 400, why)
 
 /**
  * What Node's HTTP parser refuses (bytes that are not HTTP, a malformed header, headers over
@@ -267,8 +277,15 @@ export const layer = (
   options: Options
 ): Layer.Layer<HttpServer.HttpServer | Lifecycle | NodeServer, ServeError, AsyncInferenceEngine | ModelPool | TelemetryCollector> =>
   Layer.unwrap(Effect.clockWith((clock) => Effect.sync(() => {
-    // The Host check is ours (`missingHost`): Node's answers an empty body.
-    const server = Http.createServer({ keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000, requireHostHeader: false })
+    // The Host check is ours (`badHost`): Node's answers an empty body.
+    // No route upgrades a connection: a request with `Upgrade:` is an ordinary request (on Node
+    // 22.21 and later; before, the option is ignored). Handed to the upgrade path, it escaped the
+    // request timeout, the Host check and the pipelining bound, and held its connection for ever.
+    const server = Http.createServer({
+      keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000,
+      requireHostHeader: false,
+      shouldUpgradeCallback: () => false
+    } as Http.ServerOptions)
     const handle = track(server, () => clock.currentTimeMillisUnsafe())
     answerClientErrors(server, handle.afterAnswers)
     let nodeInfer: NodeInfer.Handler | undefined
@@ -295,7 +312,7 @@ export const layer = (
   })))
 
 /**
- * Puts the Host check (`missingHost`: 400) and `first` in front of the server's `request` and
+ * Puts the Host check (`badHost`: 400) and `first` in front of the server's `request` and
  * `checkContinue` listeners, except `keep`, which observes every request: a request they decline
  * goes to them. A request that sent `Expect: 100-continue` (curl does for bodies over 1 KiB) and
  * that `first` takes is told to continue before its body is read. Returns what puts the
@@ -308,12 +325,14 @@ const routeThrough = (server: Http.Server, first: NodeInfer.Handler | undefined,
   for (const listener of requestListeners) server.off("request", listener)
   for (const listener of continueListeners) server.off("checkContinue", listener)
   const onRequest: Listener = (request, response) => {
-    if (missingHost(request)) return refuseMissingHost(response)
+    const host = badHost(request)
+    if (host !== undefined) return refuseBadHost(response, host)
     if (first !== undefined && first(request, response)) return
     for (const listener of requestListeners) listener.call(server, request, response)
   }
   const onCheckContinue: Listener = (request, response) => {
-    if (missingHost(request)) return refuseMissingHost(response)
+    const host = badHost(request)
+    if (host !== undefined) return refuseBadHost(response, host)
     if (first !== undefined && first(request, response)) return response.writeContinue()
     for (const listener of continueListeners) listener.call(server, request, response)
   }

@@ -329,6 +329,10 @@ describe("malformed requests, over a real socket", () => {
         ["no Host header", "GET /v2/health/live HTTP/1.1\r\n\r\n", 400, /^missing Host header: an HTTP\/1.1 request must carry one$/],
         ["no Host header on an infer request", `POST ${echo} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}`, 400, /^missing Host header/],
         ["no Host header with Expect: 100-continue", `POST ${echo} HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n`, 400, /^missing Host header/],
+        ["two Host headers", "GET /v2 HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400, /^more than one Host header/],
+        ["a Host with whitespace", "GET /v2 HTTP/1.1\r\nHost: a b\r\n\r\n", 400, /^invalid Host header: it holds whitespace$/],
+        // No route upgrades: an Upgrade request is an ordinary one, Host check and timeouts included.
+        ["no Host header with Upgrade", "GET /v2/health/live HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n", 400, /^missing Host header/],
         ["an Expect other than 100-continue", "GET /v2 HTTP/1.1\r\nHost: x\r\nExpect: foo\r\n\r\n", 417, /^unsupported Expect header "foo": only 100-continue is$/],
         ["CONNECT", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405, /^CONNECT is not supported/]
       ]
