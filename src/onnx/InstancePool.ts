@@ -865,12 +865,24 @@ const respawn = (state: State, cause: string, crashed: boolean): void => {
 // ---------------------------------------------------------------------------
 
 /**
- * Waits for `slot` to exit, killing it after `closeTimeout`; or, when the kill of an instance
- * inside a run would abort the process, leaving it to finish that run (`leaveRunning`).
+ * How long a process that runs nothing may take to close (release its session and exit) before
+ * it is killed: closing takes milliseconds, and killing a process is safe, so a stopped or hung
+ * one must not hold a shutdown for the whole `closeTimeout` (which waits for runs to end).
+ */
+export const idleProcessCloseTimeout = Duration.seconds(5)
+
+/**
+ * Waits for `slot` to exit, killing it after `closeTimeout` (a process with no job in hand after
+ * `idleProcessCloseTimeout`); or, when the kill of an instance inside a run would abort the
+ * process, leaving it to finish that run (`leaveRunning`).
  */
 const awaitExit = (state: State, slot: Slot): Effect.Effect<void> =>
   Deferred.await(slot.exit).pipe(
-    Effect.timeoutOption(state.options.closeTimeout),
+    Effect.timeoutOption(
+      state.transport.killMidRunAbortsProcess !== true && slot.jobs.length === 0
+        ? Duration.min(state.options.closeTimeout, idleProcessCloseTimeout)
+        : state.options.closeTimeout
+    ),
     Effect.flatMap((done) => {
       if (done._tag === "Some" || slot.exited) return Effect.void
       // A thread that still loads its session is inside native code too (onnxruntime-node loads synchronously).

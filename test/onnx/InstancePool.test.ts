@@ -572,6 +572,23 @@ describe("InstancePool", () => {
       }
     }))
 
+  it.effect("close kills a process that runs nothing and does not answer close after idleProcessCloseTimeout, not the whole closeTimeout", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const { auto, instances, pool } = yield* started({ instances: 2, counters, closeTimeout: Duration.seconds(60) }, "process")
+      auto.ignoreClose = true // a stopped process: it never answers
+      const closing = yield* Effect.forkChild(pool.close, { startImmediately: true })
+      yield* settle
+      yield* TestClock.adjust(Duration.subtract(InstancePool.idleProcessCloseTimeout, Duration.millis(1)))
+      yield* settle
+      assert.isFalse(instances.some((i) => i.killed), "given its time to close")
+      yield* TestClock.adjust("1 millis")
+      yield* settle
+      assert.isTrue(instances.every((i) => i.killed), "killed, 55 s before the close timeout")
+      yield* Fiber.join(closing)
+      assert.strictEqual(counters.forcedTerminations, 2)
+    }))
+
   it.effect("close fails what waits, lets what was sent finish, and kills an instance that outlives closeTimeout", () =>
     Effect.gen(function*() {
       const counters = InstancePool.makeCounters()
