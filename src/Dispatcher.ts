@@ -136,9 +136,9 @@ interface State {
 }
 
 /** Answers a request once: out of the scheduler, then its caller resumed. */
-const answer = (state: State, request: Request, exit: Exit.Exit<RunOutput, InferenceError.Reason>): void => {
+const answer = (state: State, request: Request, exit: Exit.Exit<RunOutput, InferenceError.Reason>, expired = false): void => {
   if (request.stage === "settled") return
-  state.scheduler.settle(request)
+  state.scheduler.settle(request, expired)
   request.value.resume(exit)
 }
 
@@ -165,15 +165,17 @@ const expiredExit = (request: Request, why: Scheduler.Expiry, now: number): Exit
 }
 
 /**
- * A run's failure as `request`'s answer: once its deadline has passed, the deadline is why
- * (DeadlineExceeded, a 504 counted as a timeout), whatever the pool said of it: a pool that stops
- * runs refuses a job whose deadline passed while it waited for an instance, and kills a run at its
- * deadline (plus its grace), each a RunFailed a moment before the engine's own timer answers it.
+ * Answers `request` with its run's failure; once its deadline has passed, the deadline is why
+ * (DeadlineExceeded, a 504 counted as a timeout, and expired in the scheduler as its timer would
+ * have), whatever the pool said of it: a pool that stops runs refuses a job whose deadline passed
+ * while it waited for an instance, and kills a run at its deadline (plus its grace), each a
+ * RunFailed a moment before the engine's own timer answers it.
  */
-const failedFor = (state: State, request: Request, cause: Cause.Cause<InferenceError.Reason>): Exit.Exit<never, InferenceError.Reason> => {
+const answerFailed = (state: State, request: Request, cause: Cause.Cause<InferenceError.Reason>): void => {
   const exit = Exit.failCause(cause)
   const now = state.nowMs()
-  return isRunFailure(exit) && now >= request.deadlineAtMs ? expiredExit(request, "deadline", now) : exit
+  if (isRunFailure(exit) && now >= request.deadlineAtMs) answer(state, request, expiredExit(request, "deadline", now), true)
+  else answer(state, request, exit)
 }
 
 /** Settles what is due, dispatches what may go, and sets the timer for what comes next. */
@@ -292,7 +294,7 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       if (Exit.isFailure(exit) && joined && isRunFailure(exit)) {
         // One member's input can fail a whole batch: each member runs again alone, but one past
         // its deadline (the pool refused or killed the job for it) is answered so, not run again.
-        for (const m of members) if (state.nowMs() >= m.deadlineAtMs) answer(state, m, failedFor(state, m, exit.cause))
+        for (const m of members) if (state.nowMs() >= m.deadlineAtMs) answerFailed(state, m, exit.cause)
         return Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true })
       }
       deliver(state, members, batching, exit)
@@ -321,10 +323,10 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
       if (Exit.isFailure(exit)) {
         // The whole job failed (its instance died, or was killed at the group's deadline): as a
         // batch's members, each still waiting runs again alone, so one crashing input fails only
-        // itself; one past its deadline is answered so (`failedFor`), not run again.
-        for (const m of members) if (state.nowMs() >= m.deadlineAtMs) answer(state, m, failedFor(state, m, exit.cause))
+        // itself; one past its deadline is answered so (`answerFailed`), not run again.
+        for (const m of members) if (state.nowMs() >= m.deadlineAtMs) answerFailed(state, m, exit.cause)
         if (members.length > 1 && isRunFailure(exit)) return Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true })
-        for (const m of members) answer(state, m, failedFor(state, m, exit.cause))
+        for (const m of members) answerFailed(state, m, exit.cause)
         return Effect.void
       }
       const outcomes = exit.value
@@ -356,7 +358,7 @@ const deliver = (
   exit: Exit.Exit<RunOutput, InferenceError.Reason>
 ): void => {
   if (Exit.isFailure(exit)) {
-    for (const m of members) answer(state, m, failedFor(state, m, exit.cause))
+    for (const m of members) answerFailed(state, m, exit.cause)
     return
   }
   const parts = members.length > 1 ? Batch.split(batching, exit.value.outputs, members.map((m) => m.rows)) : [exit.value.outputs]
