@@ -127,33 +127,25 @@ export const toDecoded = (
   id: body.id
 })
 
-/** `decodeBody`, then `toDecoded`. */
+/** A body whose bytes are not UTF-8 (`Oip.jsonText`). */
+export const notUtf8: NotJson = { _tag: "NotJson", message: Oip.notUtf8Message }
+
+/**
+ * `decodeBody`, then `toDecoded`. `json` is the JSON text, or its bytes as an edge read them
+ * (then bytes that are not UTF-8 are `notUtf8`).
+ */
 export const decode = (
   name: string,
   version: string | undefined,
   metadata: ModelMetadata.ModelMetadata,
-  text: string,
+  json: string | Uint8Array,
   binary: Uint8Array | undefined,
   ownsBody = false
 ): Decoded | NotJson | InferenceError.InvalidInput => {
+  const text = typeof json === "string" ? json : Oip.jsonText(json)
+  if (text === undefined) return notUtf8
   const body = decodeBody(name, metadata, text, binary)
   return body._tag === "Body" ? toDecoded(name, version, metadata, body, ownsBody) : body
-}
-
-/** A body whose bytes are not UTF-8 (`Oip.jsonText`). */
-export const notUtf8: NotJson = { _tag: "NotJson", message: Oip.notUtf8Message }
-
-/** `decode` of a body's JSON bytes (the router's and Node's edge read bytes): not UTF-8 is `notUtf8`. */
-export const decodeBytes = (
-  name: string,
-  version: string | undefined,
-  metadata: ModelMetadata.ModelMetadata,
-  json: Uint8Array,
-  binary: Uint8Array | undefined,
-  ownsBody = false
-): Decoded | NotJson | InferenceError.InvalidInput => {
-  const text = Oip.jsonText(json)
-  return text === undefined ? notUtf8 : decode(name, version, metadata, text, binary, ownsBody)
 }
 
 /** An answer's body: JSON text, or bytes (JSON head and binary part) with the head's length. */

@@ -292,7 +292,7 @@ const answer = (
     return sendError(context, response, { status: 400, message: typeof split === "string" ? split : "invalid Inference-Header-Content-Length" })
   }
   // The body's memory is this request's alone: its inputs (binary ones are views on it) may move to the worker.
-  const here = () => started(run(context, response, name, metadata, InferExchange.decodeBytes(name, version, metadata, head, binary, true), inAtMs))
+  const here = () => started(run(context, response, name, metadata, InferExchange.decode(name, version, metadata, head, binary, true), inAtMs))
   // Here when idle (a hop costs more than it saves), for a small or binary body, for a Critical
   // one (never behind the thread's queue), and when the threads have enough.
   const busy = queue.waiting() > 0 || (pool !== undefined && pool.inFlight() > 0)

@@ -64,10 +64,10 @@ describe("DecodePool", () => {
         if (label.startsWith("every dtype")) assert.strictEqual(here._tag, "Body", "the first body is a valid one")
         assert.deepStrictEqual(plain(there), plain(here), label)
       }
-      // Bytes that are not UTF-8: refused as on the main thread (`InferExchange.decodeBytes`), not read as U+FFFD.
+      // Bytes that are not UTF-8: refused as on the main thread (`InferExchange.decode` of bytes), not read as U+FFFD.
       const notUtf8 = Buffer.concat([Buffer.from('{"id": "'), Buffer.of(0xff), Buffer.from('", "inputs": []}')])
       assert.deepStrictEqual(await decodeOn(pool, notUtf8), InferExchange.notUtf8)
-      assert.deepStrictEqual(InferExchange.decodeBytes("m", undefined, metadata, notUtf8, undefined), InferExchange.notUtf8)
+      assert.deepStrictEqual(InferExchange.decode("m", undefined, metadata, notUtf8, undefined), InferExchange.notUtf8)
       assert.strictEqual(pool.inFlight(), 0)
       const decoded = await decodeOn(pool, bodies[0]![1])
       assert.isTrue(decoded !== undefined && decoded._tag === "Body" && (decoded.inputs["x"]!.data as Float32Array).buffer.byteLength === 32, "the tensors came back whole")
