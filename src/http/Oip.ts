@@ -70,6 +70,7 @@ export const jsonText = (bytes: Uint8Array): string | undefined => {
     return undefined
   }
 }
+
 const utf8Encoder = new TextEncoder()
 
 // ---------------------------------------------------------------------------

@@ -278,9 +278,10 @@ export const layer = (
 ): Layer.Layer<HttpServer.HttpServer | Lifecycle | NodeServer, ServeError, AsyncInferenceEngine | ModelPool | TelemetryCollector> =>
   Layer.unwrap(Effect.clockWith((clock) => Effect.sync(() => {
     // The Host check is ours (`badHost`): Node's answers an empty body.
-    // No route upgrades a connection: a request with `Upgrade:` is an ordinary request (on Node
-    // 22.21 and later; before, the option is ignored). Handed to the upgrade path, it escaped the
-    // request timeout, the Host check and the pipelining bound, and held its connection for ever.
+    // No route upgrades a connection: a request with `Upgrade:` is an ordinary request (the pinned
+    // Node 22.23 honours the option, tested; a Node without it ignores it). Handed to the upgrade
+    // path, it escaped the request timeout, the Host check and the pipelining bound, and held its
+    // connection for ever.
     const server = Http.createServer({
       keepAliveTimeout: options.keepAliveTimeoutMs ?? 65_000,
       requireHostHeader: false,

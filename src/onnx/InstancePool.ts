@@ -704,7 +704,8 @@ const spawn = (
   check?: (ready: Ready) => string | undefined
 ): Effect.Effect<{ readonly slot: Slot; readonly ready: Ready }, string | Refused> => {
   const loadTimeout = Duration.fromInputUnsafe(state.options.loadTimeout ?? defaultLoadTimeout)
-  return Effect.timeoutOrElse(loading(state, check), {
+  // Interruptible though `start` is not: the timeout must be able to give the load up.
+  return Effect.timeoutOrElse(Effect.interruptible(loading(state, check)), {
     duration: loadTimeout,
     // `loading`'s interruption has killed the instance.
     orElse: () => Effect.fail(`the ${state.transport.noun} did not load its session within ${Duration.format(loadTimeout)}: killed`)
