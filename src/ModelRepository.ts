@@ -587,6 +587,17 @@ const readRepositoryFile = async (root: string, path: string, maxBytes: number, 
   }
 }
 
+const utf8 = new TextDecoder("utf-8", { fatal: true })
+
+/** A repository file's bytes as text (config.json, label files): UTF-8, a leading byte-order mark (which some editors write) dropped; undefined when they are not UTF-8. */
+const utf8Text = (bytes: Uint8Array): string | undefined => {
+  try {
+    return utf8.decode(bytes)
+  } catch {
+    return undefined
+  }
+}
+
 const readConfig = async (root: string, dir: string, overrides: Partial<Defaults>): Promise<ModelConfig | string> => {
   const read = await readRepositoryFile(root, Path.join(dir, configFileName), maxConfigBytes, "a configuration")
   if (read === "missing") {
@@ -595,13 +606,8 @@ const readConfig = async (root: string, dir: string, overrides: Partial<Defaults
     return conflict === undefined ? config : `defaults: ${conflict}`
   }
   if ("why" in read) return `${configFileName} ${read.why}`
-  // As label files are read: UTF-8, a leading byte-order mark (which some editors write) dropped.
-  let text: string
-  try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(read)
-  } catch {
-    return `${configFileName} is not UTF-8 text`
-  }
+  const text = utf8Text(read)
+  if (text === undefined) return `${configFileName} is not UTF-8 text`
   let json: unknown
   try {
     json = JSON.parse(text)
@@ -637,12 +643,8 @@ const readLabels = async (
     const read = await readRepositoryFile(root, Path.join(dir, name), maxLabelBytes, "a label file")
     if (read === "missing") return why("cannot be read (no such file in the model's directory)")
     if ("why" in read) return why(read.why)
-    let text: string
-    try {
-      text = new TextDecoder("utf-8", { fatal: true }).decode(read)
-    } catch {
-      return why("is not UTF-8 text")
-    }
+    const text = utf8Text(read)
+    if (text === undefined) return why("is not UTF-8 text")
     const lines = text.split("\n").map((line) => (line.endsWith("\r") ? line.slice(0, -1) : line))
     if (lines.at(-1) === "") lines.pop()
     out[output] = lines
