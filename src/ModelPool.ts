@@ -142,7 +142,7 @@ export interface InstanceEvents {
   readonly abandonKills: number
   /** Replacement instances that loaded. */
   readonly respawns: number
-  /** Instances given up after every replacement attempt failed. */
+  /** Lost instances whose quick replacement attempts all failed (tried again every 30 s after, unless refused: another model on disk). */
   readonly respawnFailures: number
 }
 

@@ -23,7 +23,8 @@
  *   with it, so that job fails too, with a RunFailed saying its inputs were lost with the
  *   instance (the engine runs a joined batch's members again alone, from their own inputs).
  *   It is replaced (attempts with exponential backoff), so the instance count is kept. If replacements keep failing and no instance is left, the pool becomes
- *   unavailable and its waiting jobs fail with ModelUnavailable.
+ *   unavailable and its waiting jobs fail with ModelUnavailable; the lost instance is then tried
+ *   again every `respawnRetryInterval` (30 s), and the pool serves again once one loads.
  * - A replacement runs the model its siblings run: none is started once model.onnx's identity
  *   (`Options.identify`) differs from the one read at start, and one whose session reports
  *   another signature or provider than the first instance is closed before it takes a job. Such
@@ -89,7 +90,7 @@ export interface Counters {
   expiredUnsent: number
   /** Replacement instances that loaded. */
   respawns: number
-  /** Instances given up after every replacement attempt failed. */
+  /** Lost instances whose quick replacement attempts all failed (tried again every 30 s after, unless refused: another model on disk). */
   respawnFailures: number
   /** Replies from instances that reached the pool. */
   replies: number
@@ -144,6 +145,8 @@ export interface Options {
   /** Replacement attempts per lost instance (default 5), with delays doubling from `respawnDelay` (default 100 ms). */
   readonly respawnAttempts?: number | undefined
   readonly respawnDelay?: Duration.Duration | undefined
+  /** Once a lost instance's attempts are spent: how often it is tried again, while the pool is open (default 30 seconds). */
+  readonly respawnRetryInterval?: Duration.Duration | undefined
   /** Process isolation: how long a run may outlive its `timeout`, or its interrupted caller, before its process is killed (default 1 second). */
   readonly killGrace?: Duration.Duration | undefined
   /**
@@ -375,7 +378,7 @@ interface State {
   /** Where `closeInto` sends the jobs that have not run (undefined: a plain close fails them). */
   handOver: HandOver | undefined
   broken: string | undefined
-  /** Replacements under way (counted from the loss until they load or are given up). */
+  /** Replacements under way (counted from the loss until they load or their quick attempts are spent). */
   readonly respawns: Set<Fiber.Fiber<void>>
   pendingRespawns: number
   first: Ready | undefined
@@ -812,49 +815,86 @@ const loading = (
 
 /**
  * Replaces a lost instance in its own fiber: attempts with exponential backoff from
- * `respawnDelay`; once they are spent, the instance is given up (and the pool is unavailable if
- * none is left). Deferred a turn, so that the failed job is answered before a process forks.
- * A crash (not a deadline kill, which the request's answer reports) is logged as a warning.
+ * `respawnDelay`; once they are spent, the pool is unavailable if no instance is left, and the
+ * instance is tried again every `respawnRetryInterval` (a transient cause, such as memory or a
+ * process limit, passes; the pool serves again once one loads). A refused replacement (another
+ * model on disk) is not retried. Deferred a turn, so that the failed job is answered before a
+ * process forks. A crash (not a deadline kill, which the request's answer reports) is logged as a warning.
  */
 const respawn = (state: State, cause: string, crashed: boolean): void => {
   const { options } = state
   const attempts = Math.max(1, options.respawnAttempts ?? 5)
+  const retryInterval = options.respawnRetryInterval ?? Duration.seconds(30)
+  const noun = state.transport.noun
+  const about = `model ${options.modelId} version ${options.version}`
+  let pending = true
+  const settled = () => {
+    if (pending) state.pendingRespawns--
+    pending = false
+  }
   state.pendingRespawns++
   // Only the model its siblings run: refused (not retried) once model.onnx changed, or when the session differs.
   const attempt = Effect.suspend(() => {
     const changed = mismatch(state, undefined)
     return changed === undefined ? spawn(state, (ready) => mismatch(state, ready)) : Effect.fail(new Refused(changed))
   })
-  const announce = crashed ? Effect.logWarning(`model ${options.modelId} version ${options.version}: ${cause}; replacing it`) : Effect.void
+  const retryable = (e: unknown) => !state.closing && !(e instanceof Refused)
+  const announce = crashed ? Effect.logWarning(`${about}: ${cause}; replacing it`) : Effect.void
+  const serve = (slot: Slot, later: boolean) =>
+    Effect.suspend(() => {
+      settled()
+      state.counters.respawns++
+      if (!later) {
+        release(state, slot)
+        return Effect.void
+      }
+      state.broken = undefined
+      release(state, slot)
+      return Effect.logWarning(`${about}: a lost ${noun} was replaced on a later try; ${state.live.size} of ${options.instances} instance(s) serve`)
+    })
+  const why = (failure: unknown) => failure instanceof Refused ? `replacement refused: ${failure.reason}` : `replacement failed: ${failure}`
+  // After the quick attempts: one every `retryInterval`, for as long as the pool is open.
+  const retried = attempt.pipe(
+    Effect.tapError((failure) => retryable(failure) ? Effect.logDebug(`${about}: a lost ${noun} is still not replaced (${why(failure)})`) : Effect.void),
+    Effect.retry({ schedule: Schedule.spaced(retryInterval), while: retryable })
+  )
+  const later = Effect.andThen(Effect.sleep(retryInterval), retried).pipe(
+    Effect.matchEffect({
+      onSuccess: ({ slot }) => serve(slot, true),
+      onFailure: (failure) =>
+        Effect.suspend(() => {
+          if (state.closing) return Effect.void
+          if (state.broken !== undefined) state.broken = `every instance was lost and could not be replaced: ${cause}; ${why(failure)}`
+          return Effect.logWarning(`${about}: a lost ${noun} is no longer retried (${why(failure)})`)
+        })
+    })
+  )
   const replace = Effect.andThen(Effect.yieldNow, attempt).pipe(
     Effect.retry({
       schedule: Schedule.exponential(options.respawnDelay ?? Duration.millis(100)),
       times: attempts - 1,
-      while: (e) => !state.closing && !(e instanceof Refused)
+      while: retryable
     }),
     // Once a crash, not once an attempt.
     (retried) => Effect.andThen(announce, retried),
     Effect.matchEffect({
-      onSuccess: ({ slot }) =>
-        Effect.sync(() => {
-          state.counters.respawns++
-          release(state, slot)
-        }),
+      onSuccess: ({ slot }) => serve(slot, false),
       onFailure: (failure) =>
         Effect.suspend(() => {
           if (state.closing) return Effect.void
           state.counters.respawnFailures++
-          const why = failure instanceof Refused ? `replacement refused: ${failure.reason}` : `replacement failed: ${failure}`
-          state.pendingRespawns--
-          checkBroken(state, `${cause}; ${why}`)
-          state.pendingRespawns++
-          return Effect.logWarning(
-            `model ${options.modelId} version ${options.version}: a lost ${state.transport.noun} was not replaced (${why}); ` +
-              `${state.live.size} of ${options.instances} instance(s) serve`
+          settled()
+          const again = retryable(failure)
+          checkBroken(state, `${cause}; ${why(failure)}${again ? `; retried every ${Duration.format(retryInterval)}` : ""}`)
+          const warned = Effect.logWarning(
+            `${about}: a lost ${noun} was not replaced (${why(failure)}); ` +
+              `${state.live.size} of ${options.instances} instance(s) serve` +
+              (again ? `; it is tried again every ${Duration.format(retryInterval)}` : "")
           )
+          return again ? Effect.andThen(warned, later) : warned
         })
     }),
-    Effect.ensuring(Effect.sync(() => void state.pendingRespawns--))
+    Effect.ensuring(Effect.sync(settled))
   )
   const fiber = state.runFork(replace)
   state.respawns.add(fiber)

@@ -427,6 +427,79 @@ describe("InstancePool", () => {
       assert.strictEqual(reasonOf(yield* Effect.exit(pool.run(x, "later")))?._tag, "ModelUnavailable")
     }))
 
+  it.effect("once its quick attempts are spent, a lost instance is tried again every respawnRetryInterval, and the pool serves again when one loads", () =>
+    Effect.gen(function*() {
+      const counters = InstancePool.makeCounters()
+      const { auto, instances, pool } = yield* started({
+        instances: 1,
+        counters,
+        respawnAttempts: 2,
+        respawnDelay: Duration.millis(100),
+        respawnRetryInterval: Duration.seconds(30)
+      })
+      auto.failLoad = true
+      instances[0]!.die("signal SIGKILL") // the OOM killer, say
+      yield* settle
+      yield* TestClock.adjust("100 millis")
+      yield* settle
+      assert.strictEqual(instances.length, 3, "the original and two quick attempts")
+      assert.strictEqual(counters.respawnFailures, 1)
+      assert.include(pool.unavailableReason() ?? "", "retried every 30s")
+      assert.strictEqual(reasonOf(yield* Effect.exit(pool.run(x, "while down")))?._tag, "ModelUnavailable")
+
+      yield* TestClock.adjust("29999 millis")
+      yield* settle
+      assert.strictEqual(instances.length, 3, "nothing before the interval")
+      yield* TestClock.adjust("1 millis")
+      yield* settle
+      assert.strictEqual(instances.length, 4, "a try after 30 s: it fails too")
+      assert.isDefined(pool.unavailableReason())
+
+      auto.failLoad = false
+      auto.ready = true // the cause passed
+      yield* TestClock.adjust("30 seconds")
+      yield* settle
+      assert.strictEqual(instances.length, 5)
+      assert.isUndefined(pool.unavailableReason(), "serving again")
+      assert.strictEqual(counters.respawns, 1)
+      const served = yield* Effect.forkChild(pool.run(x, "after"), { startImmediately: true })
+      yield* settle
+      instances[4]!.reply(instances[4]!.runs()[0]!, 5)
+      assert.deepStrictEqual(Array.from((yield* Fiber.join(served)).outputs["y"]!.data as Float32Array), [5])
+      yield* TestClock.adjust("5 minutes")
+      yield* settle
+      assert.strictEqual(instances.length, 5, "no more tries once it is replaced")
+    }))
+
+  it.effect("the later tries stop when the pool closes, and when model.onnx changed on disk", () =>
+    Effect.gen(function*() {
+      for (const stop of ["close", "changed"] as const) {
+        let identity = "inode 1"
+        const { auto, instances, pool } = yield* started({
+          instances: 1,
+          respawnAttempts: 1,
+          respawnRetryInterval: Duration.seconds(30),
+          identify: () => identity
+        })
+        auto.failLoad = true
+        instances[0]!.die("signal SIGKILL")
+        yield* settle
+        assert.strictEqual(instances.length, 2)
+        if (stop === "close") yield* pool.close
+        else identity = "inode 2"
+        yield* TestClock.adjust("30 seconds")
+        yield* settle
+        assert.strictEqual(instances.length, 2, `no try after the ${stop}`)
+        if (stop === "changed") {
+          assert.include(pool.unavailableReason() ?? "", "model.onnx changed on disk")
+          assert.notInclude(pool.unavailableReason() ?? "", "retried every")
+          yield* TestClock.adjust("5 minutes")
+          yield* settle
+          assert.strictEqual(instances.length, 2)
+        }
+      }
+    }))
+
   it.effect("process isolation: a run still going killGrace past its deadline is killed, failed and replaced", () =>
     Effect.gen(function*() {
       const counters = InstancePool.makeCounters()
