@@ -64,10 +64,11 @@ export interface Options {
   /** The router's answer for an engine failure. */
   readonly errorOf: (reason: InferenceError.Reason) => ErrorAnswer
   /**
-   * Counts a request refused here (a body that did not fit its model, a full queue), as the engine
+   * Counts a request refused here (a body that did not fit its model, a full queue) or cancelled
+   * before it reached the engine (its client left), as the engine
    * counts refusals; `version`: the model version it was checked against, where it was.
    */
-  readonly recordRefused: (name: string, reason: InferenceError.InvalidInput | InferenceError.QueueFull, version?: string) => void
+  readonly recordRefused: (name: string, reason: InferenceError.InvalidInput | InferenceError.QueueFull | InferenceError.Cancelled, version?: string) => void
   /** The engine's queue bound, for the QueueFull this answers when its own backlog fills the queue. */
   readonly maxQueuedRequests: number
   /** Reports a defect (the answer is 500 "internal error"). */
@@ -102,6 +103,12 @@ export const matchInferPath = (url: string): { readonly name: string; readonly v
 }
 
 const errorBody = (message: string) => JSON.stringify({ error: message })
+
+/** The version a refusal is counted under: the one found, if any. */
+const versionOf = (metadata: ReturnType<Options["metadataUnsafe"]>): string | undefined => "_tag" in metadata ? undefined : metadata.version
+
+/** What a client that left before its request reached the engine is counted as (no request id yet). */
+const notReached = new InferenceError.Cancelled({ requestId: "", reason: "the client disconnected before its request reached the engine" })
 
 const priorityKey = Buffer.from('"priority"')
 
@@ -332,16 +339,16 @@ export const upfrontBodyBytes = 64 * 1024
  * Takes a request the handler accepted: counts it in flight, reads its body (the binary part, with
  * Triton's binary tensor data, into memory of its own: its tensors are views on it, aligned, that
  * can move to the worker without a copy; memory taken as `upfrontBodyBytes` says), then queues its
- * decoding by the priority its body asks for. `full`: the engine's queue is full counting the
- * bodies waiting here.
+ * decoding by the priority its body asks for, unless the engine's queue, counting the bodies
+ * waiting here, is full once the body is in (then 429). A client that leaves before its request
+ * reached the engine (while its body was read, or waited to be decoded) is counted as cancelled.
  */
 const accept = (
   context: Context,
   request: Http.IncomingMessage,
   response: Http.ServerResponse,
   route: Body["route"],
-  length: number,
-  full: boolean
+  length: number
 ): void => {
   const { options, queue } = context
   const leave = options.lifecycle.enterUnsafe()
@@ -349,7 +356,10 @@ const accept = (
   response.once("close", () => {
     leave()
     // The connection closed before the answer was written: the client is gone.
-    if (!response.writableFinished) cancel?.()
+    if (response.writableFinished) return
+    if (cancel !== undefined) return cancel()
+    // Not yet in the engine (which counts its own cancellations), and not answered here.
+    if (!response.headersSent) options.recordRefused(route.name, notReached, versionOf(options.metadataUnsafe(route.name, route.version)))
   })
   // An aborted upload emits "error" on the request; the response's "close" handles it.
   request.on("error", () => {})
@@ -388,10 +398,11 @@ const accept = (
     if (received !== length || head === undefined) return sendError(context, response, { status: 400, message: "could not read the request body" })
     const body: Body = { route, head, binary, inAtMs: performance.now() }
     const metadata = options.metadataUnsafe(route.name, route.version)
-    if (full) {
+    const engine = options.engine
+    if (engine.admitsUnsafe() && !engine.admitsUnsafe(queue.waiting() + (context.pool?.inFlight() ?? 0))) {
       // Refused before decoding: no request id yet ("", which the message leaves out).
       const reason = new InferenceError.QueueFull({ modelId: route.name, requestId: "", capacity: options.maxQueuedRequests })
-      options.recordRefused(route.name, reason, "_tag" in metadata ? undefined : metadata.version)
+      options.recordRefused(route.name, reason, versionOf(metadata))
       return sendError(context, response, options.errorOf(reason))
     }
     const fallback = "_tag" in metadata ? 0 : Priority.rank(metadata.defaultPriority ?? Priority.Normal)
@@ -429,10 +440,8 @@ export const make = (options: Options): Handler => {
     if (!(length <= options.bodyLimitBytes)) return false
     if (lifecycle.isShuttingDown() || !engine.admitsUnsafe()) return false
     if ("_tag" in metadataUnsafe(route.name, route.version)) return false
-    // Bodies read and not yet submitted count against the queue's bound too: when they fill it,
-    // the answer is the engine's 429, after the body is read (as the router refuses early).
-    const full = !engine.admitsUnsafe(context.queue.waiting() + (pool?.inFlight() ?? 0))
-    accept(context, request, response, route, length, full)
+    // Bodies read and not yet submitted count against the queue's bound too (`accept`).
+    accept(context, request, response, route, length)
     return true
   }
 }

@@ -24,12 +24,12 @@
  * an absolute file path, and are cut at `maxMessageLength` characters (`redact`). A defect answers 500 "internal error" and is logged.
  *
  * An inference is refused as early as it can be: name check, model lookup, a queue-full check
- * and the `Content-Length` limit all come before the body is decoded (a refused body is still
+ * (made once the body is in, so that it is not stale) and the `Content-Length` limit all come before the body is decoded (a refused body is still
  * read, within the limit, so that the connection is not reset under the answer); the body is
  * read under the limit, its envelope decoded with Schema, each tensor's shape checked before
  * its array is allocated. Interrupting the request fiber (NodeHttpServer does so when the client disconnects)
  * cancels the inference: it leaves the queue, or its result is dropped, and the engine counts it
- * as cancelled.
+ * as cancelled (also when it left while its body was read, before it reached the engine).
  *
  * Under `Server`, most inferences never reach this router: `NodeInfer` answers them on Node's
  * request event (`serveInferFromNode`), decoding and encoding with the same `InferExchange`.
@@ -361,6 +361,9 @@ const serverRoutes = (ctx: Ctx) => {
   return { serverMetadata, live, ready, prometheus }
 }
 
+/** What a client that left before its request reached the engine is counted as (no request id yet). */
+const notReached = new InferenceError.Cancelled({ requestId: "", reason: "the client disconnected before its request reached the engine" })
+
 /** `POST /v2/models/{name}[/versions/{v}]/infer` on the router (the fast path is `NodeInfer`'s). */
 const inferRoute = (ctx: Ctx) => {
   const { handle, engine, pool, lifecycle, fromReason, readBody, readInferBody } = ctx
@@ -384,11 +387,13 @@ const inferRoute = (ctx: Ctx) => {
       const refuse = (reason: InferenceError.Reason) => Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
       if (lifecycle.isShuttingDown()) return yield* refuse(new InferenceError.ShuttingDown({}))
       const metadata: ModelMetadata.ModelMetadata = yield* Effect.catch(pool.metadata(name, version), refuse)
-      // The engine's own admission rule before the costly part: a full queue answers 429 before decoding anything.
-      yield* Effect.mapError(engine.checkAdmission(name, metadata.version), (e) => fromReason(e.reason))
       return { name, version, metadata }
     }))
-    const { binary, text } = yield* readInferBody
+    // A client that leaves while its body is read (or inflated) never reaches the engine, which counts its own cancellations.
+    const { binary, text } = yield* Effect.onInterrupt(readInferBody, () => engine.recordRefused(name, notReached, metadata.version))
+    // The engine's own admission rule before the costly part: a full queue answers 429 before
+    // decoding anything, as the queue is once the body is in (not when its headers came).
+    yield* Effect.mapError(engine.checkAdmission(name, metadata.version), (e) => fromReason(e.reason))
     // As on the fast path (`NodeInfer`), the deadline counts from when the body was in: its decoding is inside it.
     const inAtMs = performance.now()
     const decoded = InferExchange.decode(name, version, metadata, text, binary)

@@ -83,7 +83,7 @@ const makeHandlerServer = (
     const engine = Context.get(context, AsyncInferenceEngine)
     const lifecycle = Context.get(context, Lifecycle)
     const pool = Context.get(context, ModelPool)
-    const invalid: Array<InferenceError.InvalidInput | InferenceError.QueueFull> = []
+    const invalid: Array<InferenceError.InvalidInput | InferenceError.QueueFull | InferenceError.Cancelled> = []
     const defects: Array<unknown> = []
     const handler = NodeInfer.make({
       engine,

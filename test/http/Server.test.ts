@@ -100,6 +100,56 @@ describe("a client that disconnects", () => {
     }).pipe(withFreshMetrics))
 })
 
+describe("a client that disconnects before its request reaches the engine", () => {
+  it.live("while its body is read, on Node's request event and on the router: it is counted cancelled, and nothing runs", () =>
+    Effect.gen(function*() {
+      const { port, pool, metrics, promise } = yield* makeServer()
+      const body = JSON.stringify(echoBody)
+      for (const [i, router] of [false, true].entries()) {
+        const encoding = router ? "Content-Encoding: identity\r\n" : ""
+        const socket = Net.connect(port, "127.0.0.1")
+        socket.on("error", () => {})
+        socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n${encoding}Content-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`)
+        yield* Effect.sleep("100 millis")
+        socket.destroy()
+        yield* promise(() => Client.eventually(async () => (await Effect.runPromise(metrics)).includes(`inference_requests_total{model="echo",version="2",outcome="cancelled"} ${i + 1}`)))
+      }
+      const page = yield* metrics
+      assert.include(page, "inference_requests_started_total{model=\"echo\",version=\"2\"} 2", "started = the sum over outcomes")
+      assert.strictEqual(pool.stats.started, 0, "nothing ran")
+    }).pipe(withFreshMetrics))
+})
+
+describe("a request whose headers come while the queue is full", () => {
+  it.live("is judged by the queue once its body is in: served when there is room by then", () =>
+    Effect.gen(function*() {
+      const { port, pool, promise, pending } = yield* makeServer({ maxConcurrentRequests: 1, maxQueuedRequests: 1 })
+      yield* pool.gate.close
+      const running = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pool.stats.started === 1))
+      const queued = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pending() === 2))
+      // Headers and part of the body while the queue is full; the rest once it has drained.
+      const body = JSON.stringify(echoBody)
+      const socket = Net.connect(port, "127.0.0.1")
+      yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
+      let received = ""
+      socket.on("data", (chunk) => (received += chunk.toString("latin1")))
+      socket.on("error", () => {})
+      socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`)
+      yield* Effect.sleep("100 millis")
+      yield* pool.gate.open
+      for (const sent of [running, queued]) {
+        const reply = yield* promise(() => sent.done)
+        assert.isTrue(Client.isReply(reply) && reply.status === 200)
+      }
+      assert.strictEqual(pending(), 0)
+      socket.write(body.slice(10))
+      yield* promise(() => Client.eventually(() => received.includes("\r\n\r\n{")))
+      assert.match(received, /^HTTP\/1\.1 200 /, received.slice(0, 200))
+    }).pipe(withFreshMetrics))
+})
+
 describe("a client that pipelines", () => {
   it.live("the server stops reading a connection with maxPipelinedRequests unanswered, and reads on as they are answered", () =>
     Effect.gen(function*() {
