@@ -157,7 +157,7 @@ const spanMs = (from: number, to: number): number => Math.round((to - from) * 1e
 const expiredExit = (request: Request, why: Scheduler.Expiry, now: number): Exit.Exit<never, InferenceError.Reason> => {
   const { modelId, requestId, timeout } = request.value.request
   if (why === "queue") {
-    return Exit.fail(new InferenceError.QueueTimeout({ modelId, requestId, queueTimeoutMs: spanMs(request.admittedAtMs, request.queueDeadlineAtMs), waitedMs: now - request.admittedAtMs }))
+    return Exit.fail(new InferenceError.QueueTimeout({ modelId, requestId, queueTimeoutMs: spanMs(request.admittedAtMs, request.queueDeadlineAtMs), waitedMs: spanMs(request.admittedAtMs, now) }))
   }
   // From submission, as the deadline counts: admission may have come after a metadata lookup.
   const timeoutMs = millisOf(timeout)
