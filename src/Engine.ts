@@ -56,8 +56,10 @@ export interface Service {
    * Runs every request and emits each result as it completes (each carries its requestId).
    * At most `concurrency` requests (default `maxConcurrentRequests`) are submitted at once, so a
    * large batch never floods the queue; a concurrency that is not a positive integer is a defect
-   * (a TypeError) before anything is submitted. Cancelling `cancel` settles what is outstanding as
-   * Cancelled; the consumer stopping early interrupts (and so cancels) what is outstanding.
+   * (a TypeError) before anything is submitted. `requests` is read as requests are submitted (a
+   * generator may be endless). Cancelling `cancel` settles what is outstanding as Cancelled and
+   * ends the stream: what `requests` has not yet given is not taken; the consumer stopping early
+   * interrupts (and so cancels) what is outstanding.
    */
   readonly inferBatch: (
     requests: Iterable<InferenceRequest>,
@@ -757,9 +759,12 @@ export const make = Effect.gen(function*() {
       const concurrency = options?.concurrency ?? config.maxConcurrentRequests
       // NaN would submit nothing and never end; 0 and negatives were taken as some other bound.
       if (!isConcurrency(concurrency)) return Stream.die(invalidConcurrency(concurrency))
-      return Stream.fromIterable(requests).pipe(
-        Stream.mapEffect((request) => inferResult(state, request, options?.cancel), { concurrency, unordered: true })
-      )
+      const cancel = options?.cancel
+      // One at a time: a generator is read as requests are submitted, not thousands ahead.
+      const source = Stream.fromIterable(requests, { chunkSize: 1 })
+      // Once cancelled, nothing more is taken from `requests` (which may never end).
+      const taken = cancel === undefined ? source : Stream.takeWhile(source, () => !CancelToken.isCancelled(cancel))
+      return Stream.mapEffect(taken, (request) => inferResult(state, request, cancel), { concurrency, unordered: true })
     },
     checkAdmission: (modelId, version) =>
       Effect.suspend(() => {

@@ -20,8 +20,9 @@
  *   running one is answered at once and its result dropped. The promise then rejects with an
  *   `InferenceError` whose reason is `Cancelled` (carrying the signal's reason).
  * - `inferBatch` yields each result as it completes (an AsyncIterable of `InferenceResult`, which
- *   never throws for a failed request). Aborting `signal` settles what is outstanding as
- *   Cancelled; leaving the `for await` loop early cancels what is outstanding.
+ *   never throws for a failed request), reading `requests` as it submits them. Aborting `signal`
+ *   settles what is outstanding as Cancelled and ends the iteration (nothing more is taken from
+ *   `requests`); leaving the `for await` loop early cancels what is outstanding.
  * - `close` stops the engine: after `grace` (default 0) the requests still queued or running are
  *   answered with ShuttingDown, then every model session is released. Later `infer` and
  *   `metadata` calls reject with ShuttingDown, `inferResult` and `inferBatch` answer it as Failed

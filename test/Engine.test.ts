@@ -508,6 +508,26 @@ describe("AsyncInferenceEngine", () => {
         const results = yield* Fiber.join(fiber)
         assert.deepStrictEqual(results.map((r) => `${r.requestId}:${r._tag}`).sort(), ["a:Success", "b:Cancelled", "c:Cancelled", "d:Cancelled"])
       }))
+
+    it.effect("reads a generator as it submits, and once cancelled takes nothing more from it: an endless one ends", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness({ script: () => ({ latency: "10 millis" }), config: { maxConcurrentRequests: 2 } })
+        let pulled = 0
+        function* endless() {
+          for (;;) yield request(String(pulled++))
+        }
+        const token = yield* CancelToken.make
+        const fiber = yield* fork(Stream.runCollect(engine.inferBatch(endless(), { cancel: token, concurrency: 2 })))
+        yield* TestClock.adjust("10 millis")
+        assert.isAtMost(pulled, 8, "about `concurrency` ahead, not a chunk of thousands")
+        yield* TestClock.adjust("20 millis")
+        yield* token.cancel("enough")
+        const results = yield* Fiber.join(fiber)
+        const cancelled = results.filter((r) => r._tag === "Cancelled").length
+        assert.isAtLeast(results.length - cancelled, 4, "the runs before the cancel")
+        assert.isAtMost(cancelled, 2, "what was outstanding")
+        assert.isAtMost(pulled, results.length + 2, "nothing taken after the cancel but the one that found it cancelled")
+      }))
   })
 
   describe("telemetry", () => {
