@@ -419,9 +419,46 @@ const recordRefusal = (state: State, request: InferenceRequest, reason: Inferenc
   recordFailure(state.telemetry, info, reason, elapsedMs)
 }
 
+/** A value in a refusal's detail: strings quoted and cut, the rest as `String` gives them. */
+const shown = (value: unknown): string => typeof value === "string" ? JSON.stringify(value.slice(0, 40)) : value === null ? "null" : Array.isArray(value) ? "an array" : typeof value === "object" ? "an object" : String(value)
+
+/**
+ * Why a request built by hand in plain JavaScript is not an `InferenceRequest` (a field of the
+ * wrong type: `modelVersion: 1`, no `modelId`), or undefined: a typed refusal before the lookup,
+ * where it was a TypeError, or a defect, from deep inside it. The rest (priority, timeout, inputs
+ * against the model) is `refusal`'s.
+ */
+const malformed = (request: InferenceRequest): InferenceError.InvalidInput | undefined => {
+  const given: unknown = request
+  if (typeof given !== "object" || given === null) {
+    return new InferenceError.InvalidInput({ modelId: "", detail: `the request is ${shown(given)}: it must be an InferenceRequest (InferenceRequest.make)` })
+  }
+  const { inputs, modelId, modelVersion, requestId } = given as Record<string, unknown>
+  if (typeof modelId !== "string") return new InferenceError.InvalidInput({ modelId: "", detail: `modelId ${shown(modelId)}: it must be a string` })
+  const problem = modelVersion !== undefined && typeof modelVersion !== "string"
+    ? `modelVersion ${shown(modelVersion)}: it must be a string of decimal digits ("1"), or absent for the default version`
+    : typeof requestId !== "string"
+    ? `requestId ${shown(requestId)}: it must be a string`
+    : typeof inputs !== "object" || inputs === null || Array.isArray(inputs)
+    ? `inputs ${shown(inputs)}: it must be an object of tensors by input name`
+    : undefined
+  return problem === undefined ? undefined : new InferenceError.InvalidInput({ modelId, detail: problem })
+}
+
+/** Counts and answers a `malformed` request: under the model named when it is a string (`refused` labels a made-up one `_unknown`). */
+const refuseMalformed = (state: State, request: InferenceRequest, reason: InferenceError.InvalidInput): InferenceError.InferenceError => {
+  refused(state, reason.modelId, reason, undefined)
+  return InferenceError.make(reason)
+}
+
 /** Admission without any Effect, for a pool whose metadata needs none: `submit`'s answer, or undefined once refused. */
 const admitNow = (state: State, request: InferenceRequest, lookup: Lookup, resume: Resume, spentMs = 0): (() => void) | undefined => {
   const startedMs = state.nowMs()
+  const wrong = malformed(request)
+  if (wrong !== undefined) {
+    resume(Exit.fail(refuseMalformed(state, request, wrong)))
+    return undefined
+  }
   const metadata = state.draining ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
   if ("_tag" in metadata) {
     recordRefusal(state, request, metadata, 0)
@@ -487,6 +524,8 @@ const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effe
       recordRefusal(state, request, reason, elapsedMs, version)
       return InferenceError.make(reason)
     }
+    const wrong = malformed(request)
+    if (wrong !== undefined) return Effect.fail(refuseMalformed(state, request, wrong))
     if (state.draining) return Effect.fail(refuse(new InferenceError.ShuttingDown({})))
     const timeout = negativeTimeout(request)
     if (timeout !== undefined) return Effect.fail(refuse(timeout, 0, versionNow(state, request.modelId, request.modelVersion)))
@@ -540,6 +579,8 @@ const spanned = <A, E>(request: InferenceRequest, effect: Effect.Effect<A, E>): 
  */
 const infer = (state: State, request: InferenceRequest, spentMs = 0): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> => {
   const lookup = state.pool.metadataUnsafe
+  // Before a span reads the request's fields.
+  if (malformed(request) !== undefined) return admitEffect(state, request, spentMs)
   if (lookup === undefined) {
     return Effect.withFiber((fiber) =>
       fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer ? admitEffect(state, request, spentMs) : spanned(request, admitEffect(state, request, spentMs))
@@ -557,6 +598,7 @@ const infer = (state: State, request: InferenceRequest, spentMs = 0): Effect.Eff
 
 const toResult = (request: InferenceRequest, error: InferenceError.InferenceError, elapsedMs: number): InferenceResult.InferenceResult => {
   const reason = error.reason
+  if (reason._tag === "InvalidInput" && malformed(request) !== undefined) return InferenceResult.Failed({ requestId: "", error, elapsedMs })
   switch (reason._tag) {
     case "Cancelled":
       return InferenceResult.Cancelled({ requestId: request.requestId, reason: reason.reason })
@@ -572,7 +614,7 @@ const inferResult = (state: State, request: InferenceRequest, cancel?: CancelTok
   Effect.suspend(() => {
     const startedMs = state.nowMs()
     const settle = Effect.catch((e: InferenceError.InferenceError) => Effect.succeed(toResult(request, e, state.nowMs() - startedMs)))
-    if (cancel === undefined) return settle(infer(state, request))
+    if (cancel === undefined || malformed(request) !== undefined) return settle(infer(state, request))
     const cancelled = CancelToken.await(cancel).pipe(Effect.flatMap((reason) =>
       Effect.fail(InferenceError.make(new InferenceError.Cancelled({ requestId: request.requestId, reason })))
     ))

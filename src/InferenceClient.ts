@@ -207,16 +207,22 @@ const fromRuntime = (
     return closing
   }
 
+  /** A request's id; "" for one built by hand in plain JavaScript that has none (the engine refuses it: InvalidInput). */
+  const idOf = (request: InferenceRequest): string => {
+    const id: unknown = (request as Partial<InferenceRequest> | null | undefined)?.requestId
+    return typeof id === "string" ? id : ""
+  }
+
   return {
-    infer: (request, options) => run(engine.infer(request), request.requestId, options?.signal),
+    infer: (request, options) => run(engine.infer(request), idOf(request), options?.signal),
     inferResult: (request, options) => {
-      if (closing !== undefined) return Promise.resolve(InferenceResult.Failed({ requestId: request.requestId, error: shuttingDown(), elapsedMs: 0 }))
+      if (closing !== undefined) return Promise.resolve(InferenceResult.Failed({ requestId: idOf(request), error: shuttingDown(), elapsedMs: 0 }))
       const startedMs = performance.now()
       // The engine answers every outcome as a result; only close (the runtime's disposal) interrupts it: ShuttingDown.
       return runtime.runPromiseExit(engine.inferResult(request, options?.signal)).then((exit) => {
         if (Exit.isSuccess(exit)) return exit.value
         if (Cause.hasInterruptsOnly(exit.cause)) {
-          return InferenceResult.Failed({ requestId: request.requestId, error: shuttingDown(), elapsedMs: performance.now() - startedMs })
+          return InferenceResult.Failed({ requestId: idOf(request), error: shuttingDown(), elapsedMs: performance.now() - startedMs })
         }
         throw Cause.squash(exit.cause)
       })

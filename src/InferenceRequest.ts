@@ -46,13 +46,31 @@ const prefix = Math.random().toString(36).slice(2, 8)
 /** A fresh request id: unique within the process, cheap to make. */
 export const nextRequestId = (): string => `${prefix}-${(++counter).toString(36)}`
 
-/** A request with the spec's defaults: 30 s timeout, Normal priority, no metadata, a generated id. */
+/**
+ * `Duration.fromInputUnsafe`, except for what it cannot take: NaN (which it reads as 0, a deadline
+ * already passed, answered as a time-out) and text it cannot parse (which it throws on) are kept
+ * as given, so that admission refuses them as InvalidInput, as it does any timeout that is not a
+ * Duration.
+ */
+const timeoutOf = (timeout: Duration.Input): Duration.Duration => {
+  if (typeof timeout === "number" && Number.isNaN(timeout)) return timeout as unknown as Duration.Duration
+  try {
+    return Duration.fromInputUnsafe(timeout)
+  } catch {
+    return timeout as unknown as Duration.Duration
+  }
+}
+
+/**
+ * A request with the spec's defaults: 30 s timeout, Normal priority, no metadata, a generated id.
+ * Never throws: a timeout that is not a duration (NaN, "5 sec") is refused at admission (InvalidInput).
+ */
 export const make = (modelId: string, inputs: Tensor.TensorMap, options: Options = {}): InferenceRequest => ({
   requestId: options.requestId ?? nextRequestId(),
   modelId,
   ...(options.modelVersion === undefined ? {} : { modelVersion: options.modelVersion }),
   inputs,
-  timeout: options.timeout === undefined ? defaultTimeout : Duration.fromInputUnsafe(options.timeout),
+  timeout: options.timeout === undefined ? defaultTimeout : timeoutOf(options.timeout),
   priority: options.priority ?? Priority.Normal,
   metadata: options.metadata ?? {},
   ...(options.transferInputs === true ? { transferInputs: true } : {})
@@ -66,4 +84,4 @@ export const withPriority: {
 export const withTimeout: {
   (timeout: Duration.Input): (self: InferenceRequest) => InferenceRequest
   (self: InferenceRequest, timeout: Duration.Input): InferenceRequest
-} = dual(2, (self: InferenceRequest, timeout: Duration.Input): InferenceRequest => ({ ...self, timeout: Duration.fromInputUnsafe(timeout) }))
+} = dual(2, (self: InferenceRequest, timeout: Duration.Input): InferenceRequest => ({ ...self, timeout: timeoutOf(timeout) }))

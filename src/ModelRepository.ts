@@ -52,7 +52,8 @@ export const maxModelNameLength = 128
 export const modelNameRule = `letters, digits, "_", "." and "-" only, starting with a letter or digit, at most ${maxModelNameLength} characters`
 
 /** True for a name that can be a model directory in the repository (and nothing else). */
-export const isValidModelName = (name: string): boolean => name.length <= maxModelNameLength && modelNamePattern.test(name)
+export const isValidModelName = (name: string): boolean =>
+  typeof name === "string" && name.length <= maxModelNameLength && modelNamePattern.test(name)
 
 /** Version directories: decimal digits only. */
 export const versionPattern = /^[0-9]+$/
@@ -812,7 +813,7 @@ export const lookup = (repository: ModelRepository, name: string, version?: stri
 
 /** Whether two version names name one version: equal, or decimal digits of one number ("01" and "1"). */
 export const sameVersion = (a: string, b: string): boolean =>
-  a === b || (versionPattern.test(a) && versionPattern.test(b) && withoutLeadingZeros(a) === withoutLeadingZeros(b))
+  a === b || (typeof a === "string" && typeof b === "string" && versionPattern.test(a) && versionPattern.test(b) && withoutLeadingZeros(a) === withoutLeadingZeros(b))
 
 /**
  * Decimal digits without their leading zeros ("0" stays): linear, where BigInt's parse of a

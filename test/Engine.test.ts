@@ -110,6 +110,42 @@ describe("AsyncInferenceEngine", () => {
         }
       }))
 
+    it.effect("a request built by hand in plain JavaScript with fields of the wrong type, or a timeout that is not a duration, is a typed InvalidInput on every path", () =>
+      Effect.gen(function*() {
+        const good = request("hand-built")
+        const cases: ReadonlyArray<readonly [string, unknown]> = [
+          ["null", null],
+          ["a string", "echo"],
+          ["modelVersion 1", { ...good, modelVersion: 1 }],
+          ["no modelId", { ...good, modelId: undefined }],
+          ["modelId 42", { ...good, modelId: 42 }],
+          ["requestId 5", { ...good, requestId: 5 }],
+          ["inputs an array", { ...good, inputs: [] }],
+          ["timeout NaN", InferenceRequest.make("echo", good.inputs, { timeout: Number.NaN })],
+          ["timeout NaN, withTimeout", InferenceRequest.withTimeout(good, Number.NaN)],
+          ["timeout \"5 sec\"", InferenceRequest.make("echo", good.inputs, { timeout: "5 sec" as Duration.Input })]
+        ]
+        for (const metadataDelay of [undefined, "1 millis"] as const) {
+          const { engine, outcomes, stats } = yield* makeHarness({ metadataDelay })
+          for (const [label, given] of cases) {
+            const bad = given as InferenceRequest.InferenceRequest
+            const where = `${label} (${metadataDelay ?? "sync"} lookup)`
+            const fiber = yield* fork(Effect.exit(engine.infer(bad)))
+            let unsafe: Exit.Exit<unknown, InferenceError.InferenceError> | undefined
+            engine.inferUnsafe(bad, (exit) => void (unsafe = exit))
+            const result = yield* fork(engine.inferResult(bad))
+            yield* TestClock.adjust("1 millis")
+            const exit = yield* Fiber.join(fiber)
+            assert.strictEqual(reasonOf(exit), "InvalidInput", `infer: ${where}: ${String(exit)}`)
+            assert.strictEqual(unsafe === undefined ? undefined : reasonOf(unsafe), "InvalidInput", `inferUnsafe: ${where}`)
+            const settled = yield* Fiber.join(result)
+            assert.strictEqual(settled._tag === "Failed" ? settled.error.reason._tag : settled._tag, "InvalidInput", `inferResult: ${where}`)
+          }
+          assert.strictEqual(stats.started, 0)
+          assert.deepInclude(outcomes(), { start: cases.length * 3, failure: cases.length * 3 }, "each counted, as a failure (invalid)")
+        }
+      }))
+
     it.effect("a spentMs that is not a positive number counts as none; one past the timeout fails at once (a NaN once made the timer spin for ever)", () =>
       Effect.gen(function*() {
         const { engine, stats } = yield* makeHarness({ script: () => ({ latency: "10 millis" }) })

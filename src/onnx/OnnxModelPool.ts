@@ -354,7 +354,7 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
  */
 const load = (loader: Loader, state: State, name: string): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
   Effect.gen(function*() {
-    if (!ModelRepository.isValidModelName(name)) return yield* new InferenceError.ModelNotFound({ modelId: name })
+    if (!ModelRepository.isValidModelName(name)) return yield* new InferenceError.ModelNotFound({ modelId: String(name) })
     const refuseClosing = Effect.suspend(() =>
       loader.closing ? Effect.fail(new InferenceError.ModelUnavailable({ modelId: name, reason: closingReason })) : Effect.void
     )
@@ -445,7 +445,10 @@ const resolveModel = (
   modelId: string,
   version: string | undefined
 ): Ready | InferenceError.ModelNotFound | InferenceError.ModelUnavailable => {
-  if (!ModelRepository.isValidModelName(modelId)) return new InferenceError.ModelNotFound(version === undefined ? { modelId } : { modelId, version })
+  // `String`: a name or version of another type (plain JavaScript) is not found, not a defect of the error's own schema.
+  if (!ModelRepository.isValidModelName(modelId) || (version !== undefined && typeof version !== "string")) {
+    return new InferenceError.ModelNotFound(version === undefined ? { modelId: String(modelId) } : { modelId: String(modelId), version: String(version) })
+  }
   if (version !== undefined) {
     const entry = ModelRepository.lookup(state.repository, modelId, version)
     return entry === undefined ? new InferenceError.ModelNotFound({ modelId, version }) : resolveEntry(state, modelId, entry)

@@ -163,6 +163,11 @@ layer(OnnxModelPool.layerWithControl({ repository: bundledRepository, defaults: 
         assert.instanceOf(yield* Effect.flip(pool.metadata(name)), InferenceError.ModelNotFound, name)
         assert.instanceOf(yield* Effect.flip(pool.run(name, mlpInputs(1), { requestId: "x" })), InferenceError.ModelNotFound, name)
       }
+      // Plain JavaScript: a name or version of another type is not found (it was a TypeError, or a defect of the error's schema).
+      for (const [name, v] of [[42, undefined], [undefined, undefined], ["mlp", 1], ["mlp", null]] as const) {
+        const error = yield* Effect.flip(pool.metadata(name as unknown as string, v as unknown as string))
+        assert.instanceOf(error, InferenceError.ModelNotFound, `${String(name)} ${String(v)}`)
+      }
     }))
 
   it.effect("fails a run that onnxruntime rejects with RunFailed and keeps the instance", () =>
