@@ -1065,15 +1065,24 @@ const close = (state: State, handOver?: HandOver): Effect.Effect<void> =>
     )
   })
 
-/** Starts every instance; fails with the first reason one did not load (after closing the others). */
-const startAll = (state: State): Effect.Effect<void, string> =>
+/** An `uninterruptibleMask`'s restore: the interruptibility of the caller. */
+export type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
+/**
+ * Starts every instance; fails with the first reason one did not load (after closing the others).
+ * `restore`: the caller's interruptibility, for the wait while they load (see `start`).
+ */
+const startAll = (state: State, restore: Restore): Effect.Effect<void, string> =>
   Effect.gen(function*() {
     state.identity = state.options.identify?.()
-    const results = yield* Effect.forEach(
+    // The one stretch of `start` as interruptible as its caller (an interrupted server start, a
+    // layer build under a timeout): loading processes are killed at once; the instances that
+    // loaded are closed, and a loading thread, which cannot be stopped in native code, once it loads.
+    const results = yield* restore(Effect.forEach(
       Array.from({ length: state.options.instances }),
       () => Effect.result(spawn(state)),
       { concurrency: "unbounded" }
-    )
+    )).pipe(Effect.onInterrupt(() => close(state)))
     const failure = results.find((r) => r._tag === "Failure")
     if (failure !== undefined) {
       yield* close(state)
@@ -1200,12 +1209,18 @@ const api = (state: State): InstancePool => {
 }
 
 /**
- * Starts the instances and waits until every one has loaded. Uninterruptible: the returned
- * pool owns threads or processes, so the caller must `close` it (or use `make`, which does).
- * Fails with LoadFailed when an instance cannot load; the others are closed first.
+ * Starts the instances and waits until every one has loaded. The returned pool owns threads or
+ * processes, so the caller must `close` it (or use `make`, which does). Fails with LoadFailed
+ * when an instance cannot load; the others are closed first. Uninterruptible but while the
+ * instances load, when its caller is interruptible: interrupted then, it kills the processes
+ * still loading, closes the instances that loaded (a thread still loading once it loads: it
+ * cannot be stopped in native code) and ends interrupted, owning nothing. `restoreCaller`: the
+ * interruptibility of a caller that is itself uninterruptible around this call (its
+ * `uninterruptibleMask`'s restore), so that what it does with the pool (register it) and the
+ * start are one step.
  */
-export const start = (options: Options, transport: Transport): Effect.Effect<InstancePool, LoadFailed> =>
-  Effect.gen(function*() {
+export const start = (options: Options, transport: Transport, restoreCaller?: Restore): Effect.Effect<InstancePool, LoadFailed> =>
+  Effect.uninterruptibleMask((restore) => Effect.gen(function*() {
     const clock = yield* Clock.Clock
     const context = yield* Effect.context<never>()
     const isProcess = transport.isolation === "process"
@@ -1242,10 +1257,9 @@ export const start = (options: Options, transport: Transport): Effect.Effect<Ins
       first: undefined,
       identity: undefined
     }
-    yield* Effect.mapError(startAll(state), (reason) => new LoadFailed({ modelId: options.modelId, version: options.version, reason }))
+    yield* Effect.mapError(startAll(state, restoreCaller ?? restore), (reason) => new LoadFailed({ modelId: options.modelId, version: options.version, reason }))
     return api(state)
-  }).pipe(
-    Effect.uninterruptible,
+  })).pipe(
     Effect.withSpan(`${transport.spanPrefix}.start`, { attributes: { model: options.modelId, version: options.version, instances: options.instances } })
   )
 

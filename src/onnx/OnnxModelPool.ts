@@ -317,12 +317,14 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
   }
   // Refused once the pool closes; otherwise counted before the start and registered when it
   // ends, in one uninterruptible step: the finalizer waits for every start counted, then closes
-  // every host registered, so none escapes it.
-  const start = Effect.suspend(() => {
+  // every host registered, so none escapes it. The wait while its instances load is as
+  // interruptible as the caller (the server's start, yes; a `load`, no), and an interrupted
+  // start owns nothing (`InstancePool.start`).
+  const start = Effect.uninterruptibleMask((restore) => {
     if (loader.closing) return Effect.fail(closingReason)
     loader.starting++
     loader.started.closeUnsafe()
-    return InstancePool.start(options, loader.transports[entry.config.isolation]).pipe(
+    return InstancePool.start(options, loader.transports[entry.config.isolation], restore).pipe(
       Effect.tap((host) => Effect.sync(() => loader.hosts.push(host))),
       Effect.mapError((e) => e.reason),
       Effect.ensuring(Effect.sync(() => {
@@ -331,7 +333,6 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
     )
   })
   return start.pipe(
-    Effect.uninterruptible,
     // started while the pool began closing: the finalizer closes it
     Effect.filterOrFail(() => !loader.closing, () => closingReason),
     Effect.flatMap((host) => configure(loader, entry, host)),

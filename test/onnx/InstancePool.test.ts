@@ -73,6 +73,33 @@ describe("InstancePool", () => {
       assert.isTrue(fake.instances[0]!.sent.some((m) => m._tag === "close"), "the loaded one was asked to close")
     }))
 
+  it.effect("a start interrupted while its instances load kills the processes still loading, closes those that loaded, and ends at once", () =>
+    Effect.gen(function*() {
+      const fake = fakeTransport("process")
+      const fiber = yield* Effect.forkChild(InstancePool.start(options({ instances: 2 }), fake.transport), { startImmediately: true })
+      yield* settle
+      fake.instances[0]!.ready()
+      yield* settle
+      yield* Fiber.interrupt(fiber)
+      const exit = yield* Fiber.await(fiber)
+      assert.isTrue(Exit.hasInterrupts(exit), String(exit))
+      assert.isTrue(fake.instances[0]!.sent.some((m) => m._tag === "close"), "the one that loaded was closed")
+      assert.isTrue(fake.instances[1]!.killed, "the one still loading was killed")
+      assert.deepStrictEqual(fake.instances.map((i) => i.exited), [true, true])
+
+      // Threads: the one still loading cannot be killed; it is closed once it loads, and the interruption waits for it.
+      const threads = fakeTransport("thread")
+      const started = yield* Effect.forkChild(InstancePool.start(options({ instances: 1 }), { ...threads.transport, killMidRunAbortsProcess: true }), { startImmediately: true })
+      yield* settle
+      const interrupting = yield* Effect.forkChild(Fiber.interrupt(started), { startImmediately: true })
+      yield* settle
+      assert.isFalse(threads.instances[0]!.killed)
+      threads.instances[0]!.ready()
+      yield* settle
+      yield* Fiber.join(interrupting)
+      assert.isTrue(threads.instances[0]!.exited, "closed once it loaded")
+    }))
+
   it.effect("gives a job to an idle instance first, then one ahead to each, then queues in FIFO order", () =>
     Effect.gen(function*() {
       const { instances: [a, b], pool } = yield* started()

@@ -2,7 +2,9 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Fiber, Layer, References, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import * as InferenceError from "../../src/InferenceError.ts"
+import type * as InstancePool from "../../src/onnx/InstancePool.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import * as ProcessHost from "../../src/onnx/ProcessHost.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
@@ -142,6 +144,47 @@ describe("OnnxModelPool lifecycle", () => {
       const answers = yield* Effect.all(Array.from({ length: 6 }, () => answer), { concurrency: 2 })
       assert.deepStrictEqual(new Set(answers), new Set([before]), "every answer comes from the model loaded")
       assert.strictEqual((yield* pool.models)[0]?.state, "READY")
+    }))
+
+  it.live("a start interrupted while its processes load kills them at once; a load under explicit control is not interrupted with its caller", () =>
+    Effect.gen(function*() {
+      // Processes whose session loads after SLOW_LOAD_MS, each pid noted.
+      const pids: Array<number> = []
+      const slow = ProcessHost.transportFor(new URL("../fixtures/SlowSessionProcess.ts", import.meta.url))
+      const process_: InstancePool.Transport = {
+        ...slow,
+        spawn: (config, events) => {
+          const instance = slow.spawn(config, events)
+          if (instance.pid !== undefined) pids.push(instance.pid)
+          return instance
+        }
+      }
+      const alive = (pid: number) => {
+        try {
+          process.kill(pid, 0)
+          return true
+        } catch {
+          return false
+        }
+      }
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 2, isolation: "process" }) })
+      const previous = process.env["SLOW_LOAD_MS"]
+      yield* Effect.addFinalizer(() => Effect.sync(() => previous === undefined ? delete process.env["SLOW_LOAD_MS"] : void (process.env["SLOW_LOAD_MS"] = previous)))
+
+      process.env["SLOW_LOAD_MS"] = "60000"
+      const startedAt = now()
+      const exit = yield* Effect.exit(Effect.scoped(quiet(OnnxModelPool.make({ repository, transports: { process: process_ } }))).pipe(Effect.timeout("500 millis")))
+      assert.isTrue(Exit.isFailure(exit) && String(exit).includes("TimeoutError"), String(exit))
+      assert.isBelow(now() - startedAt, 30_000, "it did not wait for the loads (a minute)")
+      assert.strictEqual(pids.length, 2)
+      yield* eventually("the loading processes are gone", () => pids.every((pid) => !alive(pid)))
+
+      process.env["SLOW_LOAD_MS"] = "1500"
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: { process: process_ }, modelControl: "explicit", loadModels: [] }))
+      const load = yield* Effect.forkChild(quiet(pool.load!("mlp")), { startImmediately: true })
+      yield* Effect.sleep(300)
+      yield* Fiber.interrupt(load)
+      assert.strictEqual((yield* pool.models).find((m) => m.name === "mlp")?.state, "READY", "the load went on to its end")
     }))
 
   it.live("a reload moves the runs waiting in the old host to the new one: none fails", () =>
