@@ -123,6 +123,18 @@ const badHost = (request: Http.IncomingMessage): string | undefined => {
 const refuseBadHost = (response: Http.ServerResponse, why: string): void => jsonAnswer(response, 400, why)
 
 /**
+ * A request read past `maxUnansweredRequests` on its connection: 429 without its work (its body
+ * discarded). The connection stays open: closing it with requests the server has not read would
+ * reset it, and the client would lose the answers it has not read yet.
+ */
+const refuseOverLimit = (request: Http.IncomingMessage, response: Http.ServerResponse): void => {
+  request.resume()
+  const body = JSON.stringify({ error: `more than ${maxUnansweredRequests} requests pipelined on one connection without reading their answers` })
+  response.writeHead(429, { "content-type": "application/json", "content-length": Buffer.byteLength(body) })
+  response.end(body)
+}
+
+/**
  * What Node's HTTP parser refuses (bytes that are not HTTP, a malformed header, headers over
  * 16 KiB) never reaches the routes; Node would answer a bare 400 or 431. This answers the same
  * status as JSON `{error}`, like every other error, and closes the connection. So do the other
@@ -167,6 +179,16 @@ const answerClientErrors = (server: Http.Server, afterAnswers: Tracked["afterAns
  */
 export const maxPipelinedRequests = 32
 
+/**
+ * Requests one connection may have read and not answered at all. Node pauses a connection only
+ * after the read in hand is parsed whole (up to 64 KiB: some 1 900 `GET /metrics`), so the requests
+ * that came in the same read as the one that reached `maxPipelinedRequests` are still dispatched:
+ * six connections that each wrote 1 900 `GET /metrics` at once had the server render 11 400 pages
+ * (1 GB, `/v2/health/ready` 26 s late). Past this bound a request is answered 429 at once, without
+ * its work (its answer is small, and waits its turn like the others).
+ */
+export const maxUnansweredRequests = 128
+
 /** The members of Node's HTTP server connection that pause and resume its reading (`_http_server.js`). */
 type PausableSocket = Net.Socket & { _paused?: boolean; parser?: { resume(): void } | null }
 
@@ -195,6 +217,8 @@ interface Tracked extends NodeServerHandle {
    * answer comes after this one (HTTP/1.1 answers in order), so this one must keep the connection.
    */
   readonly pipelinedBehind: (request: Http.IncomingMessage) => boolean
+  /** Whether `request` was read past `maxUnansweredRequests` on its connection (it is refused). */
+  readonly overLimit: (request: Http.IncomingMessage) => boolean
 }
 
 const track = (server: Http.Server, nowMs: () => number): Tracked => {
@@ -203,6 +227,7 @@ const track = (server: Http.Server, nowMs: () => number): Tracked => {
   let lastConnectionMs = 0
   let requests = 0
   let answersCut = 0
+  const over = new WeakSet<Http.IncomingMessage>()
   server.on("connection", (socket: Net.Socket) => {
     lastActivityMs = lastConnectionMs = nowMs()
     const state: Connection = { active: 0, idleSinceMs: lastActivityMs, queued: new Set(), last: undefined, whenAnswered: undefined }
@@ -229,7 +254,8 @@ const track = (server: Http.Server, nowMs: () => number): Tracked => {
     const state = connections.get(socket)
     if (state === undefined) return
     // Checked at every request: Node's own resume (once its answers drain) may have undone a pause.
-    if (++state.active >= maxPipelinedRequests && !socket._paused) {
+    if (++state.active > maxUnansweredRequests) over.add(request)
+    if (state.active >= maxPipelinedRequests && !socket._paused) {
       // As Node pauses a connection whose answers back up: `_paused` keeps a request's body read
       // (`IncomingMessage#_read`) from resuming it, and has the parser paused after this chunk.
       socket._paused = true
@@ -269,7 +295,8 @@ const track = (server: Http.Server, nowMs: () => number): Tracked => {
     const last = connections.get(request.socket)?.last
     return last !== undefined && last !== request
   }
-  return { onRequest, afterAnswers, pipelinedBehind, server, connections, nowMs, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
+  const overLimit = (request: Http.IncomingMessage): boolean => over.has(request)
+  return { onRequest, afterAnswers, pipelinedBehind, overLimit, server, connections, nowMs, lastActivityMs: () => lastActivityMs, lastConnectionMs: () => lastConnectionMs, requests: () => requests, answersCut: () => answersCut }
 }
 
 /** Serves the routes on `options.host:options.port`; also provides the Lifecycle and the Node server. */
@@ -306,32 +333,36 @@ export const layer = (
     )
     // Once the router listens: the Host check, then the infer route's Node handler, go first; the router answers what they decline.
     const inferFirst = Layer.effectDiscard(Effect.acquireRelease(
-      Effect.sync(() => routeThrough(server, nodeInfer, handle.onRequest)),
+      Effect.sync(() => routeThrough(server, nodeInfer, handle)),
       (restore) => Effect.sync(() => restore())
     ))
     return inferFirst.pipe(Layer.provideMerge(served))
   })))
 
 /**
- * Puts the Host check (`badHost`: 400) and `first` in front of the server's `request` and
- * `checkContinue` listeners, except `keep`, which observes every request: a request they decline
+ * Puts the pipelining bound (`maxUnansweredRequests`: 429), the Host check (`badHost`: 400) and
+ * `first` in front of the server's `request` and `checkContinue` listeners, except `tracked`'s,
+ * which observes every request: a request they decline
  * goes to them. A request that sent `Expect: 100-continue` (curl does for bodies over 1 KiB) and
  * that `first` takes is told to continue before its body is read. Returns what puts the
  * listeners back.
  */
-const routeThrough = (server: Http.Server, first: NodeInfer.Handler | undefined, keep: (...args: Array<any>) => void): () => void => {
+const routeThrough = (server: Http.Server, first: NodeInfer.Handler | undefined, tracked: Tracked): () => void => {
   type Listener = (request: Http.IncomingMessage, response: Http.ServerResponse) => void
+  const keep = tracked.onRequest
   const requestListeners = server.listeners("request").filter((listener) => listener !== keep) as Array<Listener>
   const continueListeners = server.listeners("checkContinue").filter((listener) => listener !== keep) as Array<Listener>
   for (const listener of requestListeners) server.off("request", listener)
   for (const listener of continueListeners) server.off("checkContinue", listener)
   const onRequest: Listener = (request, response) => {
+    if (tracked.overLimit(request)) return refuseOverLimit(request, response)
     const host = badHost(request)
     if (host !== undefined) return refuseBadHost(response, host)
     if (first !== undefined && first(request, response)) return
     for (const listener of requestListeners) listener.call(server, request, response)
   }
   const onCheckContinue: Listener = (request, response) => {
+    if (tracked.overLimit(request)) return refuseOverLimit(request, response)
     const host = badHost(request)
     if (host !== undefined) return refuseBadHost(response, host)
     if (first !== undefined && first(request, response)) return response.writeContinue()

@@ -151,6 +151,30 @@ describe("a request whose headers come while the queue is full", () => {
 })
 
 describe("a client that pipelines", () => {
+  it.live("requests read past maxUnansweredRequests in one read are answered 429 without their work", () =>
+    Effect.gen(function*() {
+      const { node, port, promise } = yield* makeServer()
+      // 2 000 GET /metrics in one write (about 66 KB): Node parses a whole read (up to 64 KiB)
+      // before the pause takes, so most of them are read at once.
+      const request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+      const socket = Net.connect(port, "127.0.0.1")
+      yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
+      let received = ""
+      socket.on("data", (chunk) => (received += chunk.toString("latin1")))
+      socket.on("error", () => {})
+      socket.write(request.repeat(2000))
+      const statuses = () => (received.match(/HTTP\/1\.1 \d+/g) ?? []).map((line) => line.slice(9))
+      yield* promise(() => Client.eventually(() => statuses().length === 2000, 10_000))
+      // The first read's requests past the bound are refused; the rest of the write, read once answers went out, is served.
+      const served = statuses().indexOf("429")
+      assert.isAtMost(served, Server.maxUnansweredRequests, "no more pages rendered at once than the bound")
+      assert.isAtLeast(served, Server.maxPipelinedRequests, "the ones within the bound are answered")
+      assert.isAtLeast(statuses().filter((status) => status === "429").length, 1000)
+      assert.isTrue(statuses().every((status) => status === "429" || status === "200"))
+      assert.include(received, `more than ${Server.maxUnansweredRequests} requests pipelined on one connection`)
+      assert.strictEqual(node.requests(), 2000)
+    }))
+
   it.live("the server stops reading a connection with maxPipelinedRequests unanswered, and reads on as they are answered", () =>
     Effect.gen(function*() {
       const { node, pool, port, promise } = yield* makeServer()
