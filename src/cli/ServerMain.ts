@@ -8,9 +8,12 @@
  * - the first SIGTERM or SIGINT drains gracefully (`Server.shutdown`), releases every session and
  *   exits 0. A second signal ends the process at once by that signal (a log line says what was
  *   abandoned), even while a worker thread is inside a native run.
- * - when its parent process goes away (`npm start` killed: npm does not pass SIGTERM on, and the
- *   server would go on under init), the server notices within `orphanPollMs` and drains as on
- *   SIGTERM. Both are watched from before the models load: a signal then stops the start (exit 0).
+ * - run by an npm script (`npm start`: `npm_lifecycle_event` is set), when its parent process
+ *   goes away (npm killed: npm does not pass SIGTERM on, and the server would go on under init),
+ *   the server notices within `orphanPollMs` and drains as on SIGTERM. Run otherwise (`node
+ *   src/bin/server.ts`, a process manager, `nohup … &` from a script that then exits), its
+ *   parent's exit changes nothing. Both are watched from before the models load: a signal then
+ *   stops the start (exit 0).
  *
  * @module ServerMain
  */
@@ -60,6 +63,7 @@ const watchStops = (onForce: () => string) =>
       process.on("SIGINT", () => onSignal("SIGINT"))
       process.on("SIGTERM", () => onSignal("SIGTERM"))
       const parent = Cli.parentAtStart
+      if (process.env["npm_lifecycle_event"] === undefined) return undefined
       const timer = setInterval(() => {
         if (process.ppid === parent) return
         clearInterval(timer)
@@ -72,7 +76,7 @@ const watchStops = (onForce: () => string) =>
       timer.unref()
       return timer
     }),
-    (timer) => Effect.sync(() => clearInterval(timer))
+    (timer) => Effect.sync(() => timer !== undefined && clearInterval(timer))
   )
 
 /** Runs the server until interrupted (a signal), then drains. Fails with an exit code once reported. */

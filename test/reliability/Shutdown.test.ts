@@ -193,7 +193,7 @@ describe("stopping the server process", () => {
     }
   }, 60_000)
 
-  it("when its parent process dies (npm start killed), the server notices, drains and exits", async () => {
+  it("run by an npm script, when its parent process dies (npm start killed), the server notices, drains and exits", async () => {
     const server = underParent([])
     try {
       const serverPid = await server.serverPid()
@@ -206,6 +206,21 @@ describe("stopping the server process", () => {
       assert.isBelow(goneMs, 5000, server.output())
       assert.match(server.output(), /parent process \d+ is gone: draining as on SIGTERM/)
       assert.include(server.output(), "drained in")
+    } finally {
+      server.stop()
+    }
+  }, 45_000)
+
+  it("run directly (not by npm), the server goes on when its parent exits (a script that started it in the background)", async () => {
+    const server = underParent(["--grpc-port", "off"], "setInterval(() => {}, 1000)", false)
+    try {
+      const serverPid = await server.serverPid()
+      await waitFor(() => /listening on/.test(server.output()), 30_000)
+      server.parent.kill("SIGKILL")
+      // Well past the parent watch's poll (500 ms).
+      await new Promise((r) => setTimeout(r, 2000))
+      assert.isTrue(alive(serverPid), server.output())
+      assert.notMatch(server.output(), /parent process \d+ is gone/)
     } finally {
       server.stop()
     }
@@ -270,10 +285,16 @@ const alive = (pid: number): boolean => {
  * parent's stdout and stderr (read here as `output`), and the parent prints the server's pid, then
  * runs `then` (by default it idles). `stop` kills what is left of both.
  */
-const underParent = (serverArgs: ReadonlyArray<string>, then = "setInterval(() => {}, 1000)") => {
+/**
+ * The server as the child of a Node process (`then` runs in it after the spawn). `npmScript`: the
+ * server is told it runs as an npm script's (`npm_lifecycle_event`, as npm sets it), else it is not.
+ */
+const underParent = (serverArgs: ReadonlyArray<string>, then = "setInterval(() => {}, 1000)", npmScript = true) => {
+  const env: Record<string, string | undefined> = { ...process.env, npm_lifecycle_event: npmScript ? "start" : undefined }
+  if (!npmScript) delete env["npm_lifecycle_event"]
   const parentScript = `
     const { spawn } = require("node:child_process")
-    const child = spawn(process.execPath, ${JSON.stringify([entry, "--port", "0", ...serverArgs])}, { stdio: ["ignore", "inherit", "inherit"] })
+    const child = spawn(process.execPath, ${JSON.stringify([entry, "--port", "0", ...serverArgs])}, { stdio: ["ignore", "inherit", "inherit"], env: ${JSON.stringify(env)} })
     console.log("server pid " + child.pid)
     ${then}
   `
