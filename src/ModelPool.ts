@@ -116,8 +116,12 @@ export interface Service {
    * reloads, every version of `name` from the repository as it is on disk now; the versions that
    * served before keep serving until the new ones are READY, then are released. Fails with
    * ModelNotFound when the repository has no such model, ModelUnavailable when it cannot load.
+   * Loads and unloads of one model take turns; `admit` runs when this load's turn comes, before
+   * anything starts, and its failure is the load's (a server that began shutting down meanwhile).
    */
-  readonly load?: ((name: string) => Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable>) | undefined
+  readonly load?:
+    | (<E = never>(name: string, admit?: Effect.Effect<void, E>) => Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable | E>)
+    | undefined
   /**
    * Explicit model control: stops admitting requests for `name` at once (`metadata` fails with
    * ModelUnavailable "unloading"), waits for `drained` (the caller's queue emptying of the

@@ -51,7 +51,8 @@ export const isEnabled = (pool: ModelPool.Service): boolean => pool.load !== und
 
 /**
  * Loads (or reloads) `name`. Refused with ShuttingDown (HTTP 503, gRPC UNAVAILABLE) once the
- * server's shutdown has begun: sessions started then would outlive the drain.
+ * server's shutdown has begun, also when it began while this load waited for its turn (behind
+ * another load or unload of the model): sessions started then would outlive the drain.
  */
 export const load = (
   pool: ModelPool.Service,
@@ -61,7 +62,9 @@ export const load = (
   pool.load === undefined
     ? Effect.fail(new NotSupported())
     : Effect.suspend((): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable | InferenceError.ShuttingDown> =>
-      lifecycle.isShuttingDown() ? Effect.fail(new InferenceError.ShuttingDown({})) : pool.load!(name)
+      Effect.suspend(() => lifecycle.isShuttingDown() ? Effect.fail(new InferenceError.ShuttingDown({})) : Effect.void).pipe(
+        (admit) => Effect.andThen(admit, pool.load!(name, admit))
+      )
     )
 
 /** Waits until the engine has nothing of `name` that has not started: queued, forming or sent ahead (other models' work does not hold it). */

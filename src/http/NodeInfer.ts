@@ -64,11 +64,11 @@ export interface Options {
   /** The router's answer for an engine failure. */
   readonly errorOf: (reason: InferenceError.Reason) => ErrorAnswer
   /**
-   * Counts a request refused here (a body that did not fit its model, a full queue) or cancelled
-   * before it reached the engine (its client left), as the engine
+   * Counts a request refused here (a body that did not fit its model, a full queue, a model
+   * unloaded while the body arrived) or cancelled before it reached the engine (its client left), as the engine
    * counts refusals; `version`: the model version it was checked against, where it was.
    */
-  readonly recordRefused: (name: string, reason: InferenceError.InvalidInput | InferenceError.QueueFull | InferenceError.Cancelled, version?: string) => void
+  readonly recordRefused: (name: string, reason: InferenceError.Reason, version?: string) => void
   /** The engine's queue bound, for the QueueFull this answers when its own backlog fills the queue. */
   readonly maxQueuedRequests: number
   /** Reports a defect (the answer is 500 "internal error"). */
@@ -289,7 +289,8 @@ const answer = (
   const { options, pool, queue } = context
   const metadata = options.metadataUnsafe(name, version)
   if ("_tag" in metadata) {
-    // Unloaded while the body arrived.
+    // Unloaded while the body arrived: counted as the router counts it.
+    options.recordRefused(name, metadata, version)
     return sendError(context, response, options.errorOf(metadata))
   }
   const header = request.headers[Oip.inferenceHeaderContentLength]

@@ -650,7 +650,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
           // Once begun, a load or an unload runs to its end though its caller leaves (an HTTP client that
           // disconnects): stopped midway, an unload left the model refusing every request as "unloading",
           // and a load left its new instances running for nothing. Waiting for the model's turn may be abandoned.
-          load: (name) => inTurn(name, Effect.uninterruptible(Effect.ensuring(load(loader, state, name), rescan))),
+          load: (name, admit) => inTurn(name, Effect.andThen(admit ?? Effect.void, Effect.uninterruptible(Effect.ensuring(load(loader, state, name), rescan)))),
           unload: (name, drained) => inTurn(name, Effect.uninterruptible(Effect.ensuring(unload(loader, state, name, drained), rescan)))
         }
         : {}),

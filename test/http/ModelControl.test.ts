@@ -159,6 +159,20 @@ describe("explicit model control", () => {
       assert.deepStrictEqual(stateOf(index, "mlp"), { name: "mlp", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
     }).pipe(withFreshMetrics), 60_000)
 
+  it.live("a load that waits for its turn (behind another load of the model) when the shutdown begins is refused with 503 and starts nothing", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const send = yield* makeApp(repository, [])
+      const first = yield* Effect.forkChild(send("POST", "/v2/repository/models/mlp/load"), { startImmediately: true })
+      const second = yield* Effect.forkChild(send("POST", "/v2/repository/models/mlp/load"), { startImmediately: true })
+      yield* Effect.yieldNow
+      yield* send.lifecycle.beginShutdown
+      assert.strictEqual((yield* Fiber.join(first)).status, 200, "the load under way when the shutdown began ends")
+      const refused = yield* Fiber.join(second)
+      assert.strictEqual(refused.status, 503, JSON.stringify(refused.json))
+      assert.include(refused.json.error, "shutting down")
+    }).pipe(withFreshMetrics), 60_000)
+
   it.live("a load body: empty or {parameters} only; config and file: overrides and malformed bodies are refused with 400, not ignored", () =>
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })

@@ -83,7 +83,7 @@ const makeHandlerServer = (
     const engine = Context.get(context, AsyncInferenceEngine)
     const lifecycle = Context.get(context, Lifecycle)
     const pool = Context.get(context, ModelPool)
-    const invalid: Array<InferenceError.InvalidInput | InferenceError.QueueFull | InferenceError.Cancelled> = []
+    const invalid: Array<InferenceError.Reason> = []
     const defects: Array<unknown> = []
     const handler = NodeInfer.make({
       engine,
@@ -106,7 +106,7 @@ const makeHandlerServer = (
       () => Effect.sync(() => server.close())
     )
     const port = (server.address() as { port: number }).port
-    return { port, engine, lifecycle, gate: testPool.gate, stats: testPool.stats, invalid, defects }
+    return { port, engine, lifecycle, gate: testPool.gate, stats: testPool.stats, down: testPool.down, invalid, defects }
   })
 
 describe("NodeInfer.make", () => {
@@ -231,6 +231,25 @@ describe("NodeInfer.make", () => {
       for (const socket of sockets) socket.destroy()
       assert.isBelow(grownMb, 20, `20 bodies of one byte reserved ${grownMb.toFixed(0)} MB`)
       yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 0))
+    }).pipe(withFreshMetrics))
+
+  it.live("a model unloaded while the body arrived is answered with the router's error and counted, as the router counts it", () =>
+    Effect.gen(function*() {
+      const { port, down, invalid } = yield* makeHandlerServer()
+      const body = JSON.stringify(echoBody)
+      const socket = Net.connect(port, "127.0.0.1")
+      yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
+      let received = ""
+      socket.on("data", (chunk) => (received += chunk.toString("latin1")))
+      socket.on("error", () => {})
+      socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`)
+      yield* Effect.sleep("50 millis")
+      down.add("echo")
+      socket.write(body.slice(10))
+      yield* Effect.promise(() => Client.eventually(() => received.includes("\r\n\r\n{")))
+      // This harness's `errorOf` answers 400 for it (the server's answers 503).
+      assert.include(received, "unloaded")
+      assert.deepStrictEqual(invalid.map((r) => r._tag), ["ModelUnavailable"])
     }).pipe(withFreshMetrics))
 
   it.live("a full queue or a shutdown is declined before the body is read (the router answers 429 or 503)", () =>

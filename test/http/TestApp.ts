@@ -101,6 +101,8 @@ const tokens: ModelMetadata.ModelMetadata = {
 export const makeTestPool = (options: TestPoolOptions = {}) =>
   Effect.gen(function*() {
     const stats: TestPoolStats = { started: 0, finished: 0, lookupsUnsafe: 0 }
+    /** Models a test has taken down (unloaded): unavailable until removed from here. */
+    const down = new Set<string>()
     const gate = yield* Latch.make(true)
     const models: Record<string, Record<string, ModelMetadata.ModelMetadata>> = {
       echo: { "1": echo("1"), "2": echo("2") },
@@ -123,6 +125,7 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
       version: string | undefined
     ): Effect.Effect<ModelMetadata.ModelMetadata, InferenceError.ModelNotFound | InferenceError.ModelUnavailable> => {
       if (modelId === "broken") return Effect.fail(new InferenceError.ModelUnavailable({ modelId, reason: brokenReason }))
+      if (down.has(modelId)) return Effect.fail(new InferenceError.ModelUnavailable({ modelId, reason: "unloaded" }))
       const versions = models[modelId]
       if (versions === undefined) return Effect.fail(new InferenceError.ModelNotFound({ modelId }))
       const chosen = version ?? Object.keys(versions).sort().at(-1)!
@@ -183,7 +186,7 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
       run,
       models: Effect.succeed(statuses)
     })
-    return { pool, stats, gate, layer: Layer.succeed(ModelPool, pool) }
+    return { pool, stats, gate, down, layer: Layer.succeed(ModelPool, pool) }
   })
 
 export interface AppOptions extends TestPoolOptions {
