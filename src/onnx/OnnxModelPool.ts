@@ -541,19 +541,52 @@ const unseenTtl = Duration.seconds(1)
 /**
  * Explicit model control, from a scan of the repository now: the model versions on disk that were
  * never loaded (a directory added after start), as Triton's index lists them (UNAVAILABLE,
- * "unloaded"), and the names of the models on disk (undefined when the scan failed), so that
- * one not loaded whose directory has gone is no longer listed.
+ * "unloaded"), and the versions on disk of each model (undefined when the scan failed), so that a
+ * model none of whose versions is loaded is listed as it is on disk now (a version directory
+ * added or removed since), and one whose directory has gone is no longer listed.
  */
-const unseen = (loader: Loader, state: State): Effect.Effect<{ readonly unseen: ReadonlyArray<ModelStatus>; readonly onDisk: ReadonlySet<string> | undefined }> =>
+const unseen = (
+  loader: Loader,
+  state: State
+): Effect.Effect<{ readonly unseen: ReadonlyArray<ModelStatus>; readonly onDisk: ReadonlyMap<string, ReadonlyArray<string>> | undefined }> =>
   ModelRepository.scan(loader.options.repository, { defaults: loader.options.defaults }).pipe(
-    Effect.map((scanned) => ({
-      unseen: scanned.entries
-        .filter((e) => ModelRepository.versionsOf(state.repository, e.name).length === 0)
-        .map((e): ModelStatus => ({ name: e.name, version: e.version, state: "UNAVAILABLE", reason: "unloaded" })),
-      onDisk: new Set(scanned.entries.map((e) => e.name))
-    })),
+    Effect.map((scanned) => {
+      const onDisk = new Map<string, Array<string>>()
+      for (const e of scanned.entries) onDisk.set(e.name, [...(onDisk.get(e.name) ?? []), e.version])
+      return {
+        unseen: scanned.entries
+          .filter((e) => ModelRepository.versionsOf(state.repository, e.name).length === 0)
+          .map((e): ModelStatus => unloadedStatus(e.name, e.version)),
+        onDisk
+      }
+    }),
     Effect.orElseSucceed(() => ({ unseen: [], onDisk: undefined }))
   )
+
+const unloadedStatus = (name: string, version: string): ModelStatus => ({ name, version, state: "UNAVAILABLE", reason: "unloaded" })
+
+/**
+ * The index under explicit control: the versions known (`loaded`), except that a model none of
+ * whose versions is loaded is listed with the versions on disk now, then the models never seen.
+ */
+const explicitIndex = (
+  loaded: ReadonlyArray<ModelStatus>,
+  now: { readonly unseen: ReadonlyArray<ModelStatus>; readonly onDisk: ReadonlyMap<string, ReadonlyArray<string>> | undefined }
+): ReadonlyArray<ModelStatus> => {
+  const onDisk = now.onDisk
+  if (onDisk === undefined) return loaded.concat(now.unseen)
+  const someLoaded = new Set(loaded.filter((m) => m.reason !== "unloaded").map((m) => m.name))
+  const listed: Array<ModelStatus> = []
+  const relisted = new Set<string>()
+  for (const m of loaded) {
+    if (someLoaded.has(m.name)) listed.push(m)
+    else if (!relisted.has(m.name)) {
+      relisted.add(m.name)
+      for (const version of onDisk.get(m.name) ?? []) listed.push(unloadedStatus(m.name, version))
+    }
+  }
+  return listed.concat(now.unseen)
+}
 
 /**
  * Scans the repository and loads every model version; the current scope owns every worker.
@@ -608,10 +641,9 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     // A scan reads every model's config.json (112 ms of CPU for 300 models), and readiness, metadata and
     // the index ask per request: one scan serves a second, or until a load or unload changes what is loaded.
     const [unseenNow, rescan] = yield* Effect.cachedInvalidateWithTTL(Effect.suspend(() => unseen(loader, state)), unseenTtl)
-    /** The index: what is loaded (less, under explicit control, a model not loaded whose directory has gone), then what was never seen. */
+    /** The index: what is loaded (under explicit control, a model not loaded as it is on disk now), then what was never seen. */
     const listed: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit
-      ? Effect.map(Effect.zip(loadedModels, unseenNow), ([loaded, now]) =>
-        (now.onDisk === undefined ? loaded : loaded.filter((m) => m.reason !== "unloaded" || now.onDisk!.has(m.name))).concat(now.unseen))
+      ? Effect.map(Effect.zip(loadedModels, unseenNow), ([loaded, now]) => explicitIndex(loaded, now))
       : loadedModels
 
     // one series per model, bound once (an update is then a lookup, not a context built per run)

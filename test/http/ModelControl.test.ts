@@ -147,6 +147,24 @@ describe("explicit model control", () => {
     }).pipe(Effect.provide(Logger.layer([capture], { mergeWithExisting: true })), withFreshMetrics)
   }, 60_000)
 
+  it.live("the index lists a model none of whose versions is loaded as it is on disk now: a version removed or added since is too", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/1/model.onnx": mlpBytes(), "mlp/2/model.onnx": mlpBytes() })
+      const send = yield* makeApp(repository, ["mlp"])
+      const versions = () =>
+        Effect.map(send("POST", "/v2/repository/index"), (r) =>
+          (r.json as ReadonlyArray<{ name: string; version: string; state: string }>).map((m) => `${m.name}@${m.version}:${m.state}`))
+      assert.deepStrictEqual(yield* versions(), ["mlp@1:READY", "mlp@2:READY"])
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/unload")).status, 200)
+      Fs.rmSync(Path.join(repository, "mlp", "2"), { recursive: true })
+      writeTree(repository, { "mlp/3/model.onnx": mlpBytes() })
+      // The index rescans at most once a second.
+      yield* Effect.sleep("1100 millis")
+      assert.deepStrictEqual(yield* versions(), ["mlp@1:UNAVAILABLE", "mlp@3:UNAVAILABLE"])
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/load")).status, 200)
+      assert.deepStrictEqual(yield* versions(), ["mlp@1:READY", "mlp@3:READY"])
+    }).pipe(withFreshMetrics), 60_000)
+
   it.live("a load once the server is shutting down is refused with 503 and loads nothing", () =>
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
