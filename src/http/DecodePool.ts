@@ -48,7 +48,8 @@ const specOf = (metadata: ModelMetadata.ModelMetadata): Spec => {
 }
 
 export type ToDecoder =
-  | { readonly _tag: "spec"; readonly spec: number; readonly value: Spec }
+  /** A model version's spec; it replaces the one sent before for the same `key` (name and version: a reload's new metadata). */
+  | { readonly _tag: "spec"; readonly spec: number; readonly key: string; readonly value: Spec }
   | { readonly _tag: "decode"; readonly id: number; readonly spec: number; readonly name: string; readonly bytes: Uint8Array }
 
 export type FromDecoder =
@@ -62,6 +63,8 @@ export interface DecodePool {
   readonly threads: number
   /** Bodies sent to the threads and not yet answered. */
   readonly inFlight: () => number
+  /** Model specs the threads hold, over every thread: one a model version a thread decoded for (a reload replaces it). */
+  readonly specsHeld: () => number
   /** Decodes `bytes` (the JSON text of a body without a binary part) for `metadata`; see the module's contracts. */
   readonly decode: (
     name: string,
@@ -77,8 +80,9 @@ export const workerUrl: URL = new URL("./DecodeWorker.ts", import.meta.url)
 
 interface Thread {
   readonly worker: Worker
-  /** Spec ids this thread has received. */
+  /** Spec ids this thread holds: the last sent for each key (as the thread keeps them, `DecodeWorker`). */
   readonly specs: Set<number>
+  readonly specByKey: Map<string, number>
   readonly jobs: Map<number, (outcome: Outcome | undefined) => void>
   exited: boolean
 }
@@ -109,7 +113,7 @@ const startThread = (
 ): Thread => {
   const worker = new Worker(entry, { name: "decode" })
   worker.unref()
-  const thread: Thread = { worker, specs: new Set(), jobs: new Map(), exited: false }
+  const thread: Thread = { worker, specs: new Set(), specByKey: new Map(), jobs: new Map(), exited: false }
   worker.on("message", (message: FromDecoder) => settle(thread, message.id, outcomeOf(message)))
   const lost = () => {
     if (thread.exited) return
@@ -152,6 +156,7 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
   return {
     threads,
     inFlight: () => inFlight,
+    specsHeld: () => pool.reduce((n, thread) => n + (thread?.specs.size ?? 0), 0),
     decode: (name, metadata, bytes, onDone) => {
       if (closed || pool.length === 0) return onDone(undefined)
       const thread = pick()
@@ -159,7 +164,12 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
       if (spec === undefined) specIds.set(metadata, spec = nextSpec++)
       try {
         if (!thread.specs.has(spec)) {
-          thread.worker.postMessage({ _tag: "spec", spec, value: specOf(metadata) } satisfies ToDecoder)
+          // One spec a model version: a reload's replaces the one before, so that reloads add none.
+          const key = `${metadata.name}@${metadata.version}`
+          thread.worker.postMessage({ _tag: "spec", spec, key, value: specOf(metadata) } satisfies ToDecoder)
+          const before = thread.specByKey.get(key)
+          if (before !== undefined) thread.specs.delete(before)
+          thread.specByKey.set(key, spec)
           thread.specs.add(spec)
         }
         const id = nextJob++

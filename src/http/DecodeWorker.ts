@@ -15,9 +15,14 @@ const port = parentPort
 if (port === null) throw new Error("DecodeWorker.ts must run in a worker thread")
 
 const specs = new Map<number, DecodePool.Spec>()
+/** The spec held for each model version: a new one replaces it (as `DecodePool` counts them). */
+const specByKey = new Map<string, number>()
 
 port.on("message", (message: DecodePool.ToDecoder) => {
   if (message._tag === "spec") {
+    const before = specByKey.get(message.key)
+    if (before !== undefined) specs.delete(before)
+    specByKey.set(message.key, message.spec)
     specs.set(message.spec, message.value)
     return
   }

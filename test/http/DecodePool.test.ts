@@ -55,6 +55,30 @@ const decodeOn = (pool: DecodePool.DecodePool, body: string | Buffer) =>
   new Promise<DecodePool.Outcome | undefined>((resolve) => pool.decode("m", metadata, Buffer.from(body), resolve))
 
 describe("DecodePool", () => {
+  it("holds one spec a model version: each reload's metadata replaces the one before, and either decodes right", async () => {
+    const pool = DecodePool.make(1)
+    try {
+      const body = Buffer.from(JSON.stringify({ inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] }] }))
+      const decode = (m: ModelMetadata.ModelMetadata) => new Promise<DecodePool.Outcome | undefined>((resolve) => pool.decode("m", m, body, resolve))
+      const x = (outcome: DecodePool.Outcome | undefined) =>
+        outcome !== undefined && "inputs" in outcome ? Array.from(outcome.inputs["x"]!.data as Float32Array) : outcome
+      let current = metadata
+      for (let reload = 0; reload < 20; reload++) {
+        current = { ...metadata } // a reload: new metadata for the same name and version
+        assert.deepStrictEqual(x(await decode(current)), [1, 2, 3, 4])
+      }
+      assert.strictEqual(pool.specsHeld(), 1)
+      // An older metadata object still in use (a body resolved before the reload): its spec is sent again.
+      assert.deepStrictEqual(x(await decode(metadata)), [1, 2, 3, 4])
+      assert.deepStrictEqual(x(await decode(current)), [1, 2, 3, 4])
+      assert.strictEqual(pool.specsHeld(), 1)
+      assert.deepStrictEqual(x(await decode({ ...metadata, version: "4" })), [1, 2, 3, 4])
+      assert.strictEqual(pool.specsHeld(), 2, "another version has its own")
+    } finally {
+      pool.close()
+    }
+  })
+
   it("decodes every kind of body as the main thread does", async () => {
     const pool = DecodePool.make(2)
     try {
