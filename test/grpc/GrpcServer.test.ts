@@ -388,8 +388,9 @@ describe("ModelInfer", () => {
       yield* gate.close
       const first = client.ModelInfer({ ...echoRaw([1, 2, 3, 4]), model_name: "slow" }, () => {})
       yield* waitFor(() => stats.started === 1)
-      // A client with a 200 ms deadline whose header reached a busy server 30 ms late: the server's
-      // deadline is 200 ms after it read the header, the client's RST_STREAM comes at 170 ms.
+      // A client with a 200 ms deadline whose header reached a busy server 15 ms late: the server's
+      // deadline is 200 ms after it read the header, the client's RST_STREAM comes at 185 ms. (Not
+      // closer to the 50 ms tolerance: the server reads the header late here too, when the machine is busy.)
       const message = (definitions["inference.GRPCInferenceService"] as any).ModelInfer.requestSerialize({ ...echoRaw([1, 2, 3, 4]), model_name: "slow" }) as Buffer
       const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, 0]), message])
       frame.writeUInt32BE(message.length, 1)
@@ -404,7 +405,7 @@ describe("ModelInfer", () => {
       })
       stream.on("error", () => {})
       stream.end(frame)
-      yield* Effect.sleep("170 millis")
+      yield* Effect.sleep("185 millis")
       stream.close(Http2.constants.NGHTTP2_CANCEL)
       const settled = () => telemetry.filter((e) => e._tag === "timeout" || e._tag === "cancelled").map((e) => e._tag)
       yield* waitFor(() => settled().length > 0)
