@@ -104,6 +104,25 @@ describe("BatchPolicy.resolve", () => {
       assert.isUndefined(set.inputAxes["constructor"])
     }))
 
+  it.effect("an explicit enabled: false turns batching off for a model that could batch", () =>
+    Effect.gen(function*() {
+      assert.isFalse((yield* BatchPolicy.resolve({ enabled: false }, mlp)).enabled)
+      assert.isFalse((yield* BatchPolicy.resolve({ enabled: false, maxQueueDelayMs: 2 }, mlp)).enabled)
+    }))
+
+  it.effect("is off by default when config.json leaves every input unbatched", () =>
+    Effect.gen(function*() {
+      const c = yield* BatchPolicy.resolve({ inputAxes: { input: null } }, mlp)
+      assert.isFalse(c.enabled)
+    }))
+
+  it.effect("accepts a preferred size equal to maxBatchSize", () =>
+    Effect.gen(function*() {
+      const c = yield* BatchPolicy.resolve({ maxBatchSize: 8, preferredBatchSizes: [8, 4] }, mlp)
+      assert.deepStrictEqual(c.preferredBatchSizes, [4, 8])
+      assert.strictEqual(c.maxBatchSize, 8)
+    }))
+
   it.effect("leaves an invalid axis alone when batching is disabled", () =>
     Effect.gen(function*() {
       assert.isFalse((yield* BatchPolicy.resolve({ enabled: false, inputAxes: { input: 5 } }, mlp)).enabled)
@@ -120,6 +139,8 @@ describe("BatchPolicy.resolve", () => {
     ["enabling a model that cannot batch", { enabled: true }, /fixed dim 1 on batch axis 0/],
     ["an axis for an unknown input", { inputAxes: { nope: 0 } }, /unknown input "nope"/],
     ["an input axis beyond the input's rank", { inputAxes: { input: 5 } }, /^batching\.inputAxes\.input is 5, but the input has rank 2$/],
+    ["an input axis equal to the input's rank", { inputAxes: { input: 2 } }, /^batching\.inputAxes\.input is 2, but the input has rank 2$/],
+    ["enabling batching when no input has a batch axis", { enabled: true, inputAxes: { input: null } }, /^batching is enabled but the model cannot batch: no input has a batch axis$/],
     ["an output axis on a fixed dim", { outputAxes: { logits: 1 } }, /^batching\.outputAxes\.logits is 1, but the output fixes that dim at 10$/],
     ["a preferred size above the maximum", { maxBatchSize: 4, preferredBatchSizes: [8] }, /above maxBatchSize 4/],
     ["preferred sizes with learned sizing", { sizing: "learned", preferredBatchSizes: [16, 8] }, /sizing "learned" chooses batch sizes itself: leave out batching.preferredBatchSizes \(8, 16\)/]

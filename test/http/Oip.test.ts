@@ -101,6 +101,27 @@ describe("Oip.decodeTensor", () => {
     }
   })
 
+  it("refuses a 64-bit decimal string one past the datatype's range, at either end", () => {
+    const cases: ReadonlyArray<readonly [Tensor.DataType, string, string, string | undefined]> = [
+      ["int64", "INT64", "9223372036854775807", undefined],
+      ["int64", "INT64", "9223372036854775808", "element 0 is 9223372036854775808, out of the INT64 range"],
+      ["int64", "INT64", "-9223372036854775809", "element 0 is -9223372036854775809, out of the INT64 range"],
+      ["uint64", "UINT64", "18446744073709551615", undefined],
+      ["uint64", "UINT64", "18446744073709551616", "element 0 is 18446744073709551616, out of the UINT64 range"],
+      ["uint64", "UINT64", "-1", "element 0 is -1, out of the UINT64 range"]
+    ]
+    for (const [dtype, datatype, text, refused] of cases) {
+      const t = Oip.decodeTensor("m", spec(dtype, [-1]), input(datatype, [1], [text]))
+      if (refused === undefined) {
+        assert.notInstanceOf(t, InferenceError.InvalidInput, text)
+        assert.strictEqual(String((t as Tensor.Tensor<"int64">).data[0]), text)
+      } else {
+        assert.instanceOf(t, InferenceError.InvalidInput, text)
+        assert.include((t as InferenceError.InvalidInput).detail, refused)
+      }
+    }
+  })
+
   it("refuses shapes beyond the element limit before looking at the data", () => {
     let touched = false
     const data = new Proxy([], { get: (target, key) => (touched = true, Reflect.get(target, key)) })
@@ -119,6 +140,13 @@ describe("Oip.decodeTensor", () => {
     assert.include((ragged as InferenceError.InvalidInput).detail, "does not match shape [2, 2]")
     const deep = Oip.decodeTensor("m", spec("float32"), input("FP32", [2, 2], [1, 2, 3, [4]]))
     assert.include((deep as InferenceError.InvalidInput).detail, "element 3 is an array, not FP32")
+  })
+
+  it("reads nested data whose outer length equals the element count (shape [2, 1] as [[1], [2]]) as nested, not flat", () => {
+    const t = Oip.decodeTensor("m", spec("float32"), input("FP32", [2, 1], [[1], [2]]))
+    assert.notInstanceOf(t, InferenceError.InvalidInput)
+    assert.deepStrictEqual(Array.from((t as Tensor.Tensor<"float32">).data), [1, 2])
+    assert.deepStrictEqual((t as Tensor.Tensor<"float32">).dims, [2, 1])
   })
 
   it("refuses a rank the model does not take before walking the data, however deep it nests", () => {
