@@ -357,3 +357,38 @@ describe("Dispatcher: a run's failure past its caller's deadline", () => {
       assert.strictEqual(reasonOf(yield* Fiber.join(c)), "RunFailed")
     }))
 })
+
+describe("Dispatcher: a run's failure as its caller gets it", () => {
+  /** The engine over a pool whose every run ends as `fail` says. */
+  const engineFailingWith = (fail: Effect.Effect<never, InferenceError.RunFailed | InferenceError.ModelUnavailable>) =>
+    Effect.gen(function*() {
+      const metadata = { name: "m", version: "1", inputs: [{ name: "x", dtype: "float32" as const, dims: [-1, 1] }], outputs: [{ name: "y", dtype: "float32" as const, dims: [-1, 1] }], concurrency: 1 }
+      const modelPool = ModelPool.of({
+        metadata: () => Effect.succeed(metadata),
+        metadataUnsafe: () => metadata,
+        run: () => fail,
+        models: Effect.succeed([])
+      })
+      const context = yield* Layer.build(
+        AsyncInferenceEngine.layer.pipe(Layer.provideMerge(Layer.mergeAll(Layer.succeed(ModelPool, modelPool), layerRecording, AsyncConfigService.layerWith({}))))
+      )
+      return Context.get(context, AsyncInferenceEngine)
+    })
+
+  const table: ReadonlyArray<readonly [string, Effect.Effect<never, InferenceError.RunFailed | InferenceError.ModelUnavailable>, string, string]> = [
+    ["a RunFailed keeps the pool's detail", Effect.fail(new InferenceError.RunFailed({ modelId: "m", requestId: "r", detail: "kernel error" })), "RunFailed", "kernel error"],
+    ["a ModelUnavailable stays ModelUnavailable", Effect.fail(new InferenceError.ModelUnavailable({ modelId: "m", reason: "unloading" })), "ModelUnavailable", "unloading"],
+    ["only a defect becomes RunFailed, saying so", Effect.die(new Error("worker lost")), "RunFailed", "the run ended with a defect: worker lost"]
+  ]
+  for (const [name, fail, tag, said] of table) {
+    it.effect(name, () =>
+      Effect.gen(function*() {
+        const engine = yield* engineFailingWith(fail)
+        const exit = yield* Effect.exit(engine.infer(request("m", "r")))
+        assert.isTrue(Exit.isFailure(exit), String(exit))
+        const reason = Exit.isFailure(exit) ? (Cause.squash(exit.cause) as InferenceError.InferenceError).reason : undefined
+        assert.strictEqual(reason?._tag, tag)
+        assert.strictEqual(reason?._tag === "RunFailed" ? reason.detail : reason?._tag === "ModelUnavailable" ? reason.reason : undefined, said)
+      }))
+  }
+})
