@@ -63,6 +63,13 @@ describe("InputSignature.resolve", () => {
       assert.deepStrictEqual(yield* InputSignature.resolve([{ state: { dims: [2, 1, 128] } }], vad), [{ state: { dims: [2, 1, 128] } }])
     }))
 
+  it.effect("accepts -1 on a dim the model fixes (any size the model takes), and a range whose min equals its max", () =>
+    Effect.gen(function*() {
+      const fixed: InputSignature.ModelInputs = { inputs: [{ name: "input", dims: [1, 512] }, { name: "sr", dims: [] }] }
+      assert.deepStrictEqual(yield* InputSignature.resolve([{ input: { dims: [-1, 512] } }], fixed), [{ input: { dims: [-1, 512] } }])
+      assert.deepStrictEqual(yield* InputSignature.resolve([{ sr: { min: 5, max: 5 } }], vad), [{ sr: { min: 5, max: 5 } }])
+    }))
+
   const refusals: ReadonlyArray<readonly [string, InputSignature.ConfigJson, string]> = [
     ["an unknown input", [{ input: {} }, { audio: { dims: [-1] } }], "inputSignatures[1].audio: unknown input; the model takes input, state, sr, text"],
     ["a different rank", [{ input: { dims: [512] } }], "inputSignatures[0].input.dims: rank 1, the model's input has rank 2 [-1, -1]"],

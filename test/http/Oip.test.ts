@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Schema } from "effect"
+import * as BatchPolicy from "../../src/BatchPolicy.ts"
 import * as Oip from "../../src/http/Oip.ts"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
@@ -304,6 +305,7 @@ describe("binary tensor data (Triton's extension)", () => {
     const { body, jsonLength } = Oip.binaryBody({ json: "{\"é\":1}", binary: [Uint8Array.from([1, 2]), Uint8Array.from([3])] })
     assert.strictEqual(jsonLength, 8, "bytes, not characters (é is two)")
     assert.deepStrictEqual(Oip.splitBinaryBody(body, String(jsonLength)), { text: "{\"é\":1}", binary: Uint8Array.from([1, 2, 3]) })
+    assert.deepStrictEqual(Oip.splitBinaryBody(body, String(body.length)), { text: "{\"é\":1}\u0001\u0002\u0003", binary: new Uint8Array(0) }, "a header of the whole body: no binary part")
     for (const header of ["12", "-1", "8.0", " 8", "abc", ""]) {
       assert.match(Oip.splitBinaryBody(body, header) as string, /must be a byte count within the body's 11 bytes/, header)
     }
@@ -388,6 +390,20 @@ describe("Oip.rawBinaryRequest", () => {
     assert.deepStrictEqual(raw.body.inputs[0]!.shape, [3, 2])
     const prepared = Oip.prepare(model("int16", [3, -1]), raw.body, raw.binary)
     assert.match((prepared as InferenceError.InvalidInput).message, /the binary data is 14 bytes, shape \[3, 2\] of INT16 needs 12/)
+  })
+
+  it("takes a batching model's batch dim as 1 (a batch of one), not as the dim to deduce: two rows' bytes are refused", () => {
+    const batching: ModelMetadata.ModelMetadata = { ...model("float32", [-1, 4]), batching: { ...BatchPolicy.disabled, enabled: true } }
+    const one = Oip.rawBinaryRequest(batching, new Uint8Array(16))
+    if (one instanceof InferenceError.InvalidInput) return assert.fail(one.message)
+    assert.deepStrictEqual(one.body.inputs[0]!.shape, [1, 4])
+    const two = Oip.rawBinaryRequest(batching, new Uint8Array(32))
+    if (two instanceof InferenceError.InvalidInput) return assert.fail(two.message)
+    assert.deepStrictEqual(two.body.inputs[0]!.shape, [1, 4])
+    assert.match((Oip.prepare(batching, two.body, two.binary) as InferenceError.InvalidInput).message, /the binary data is 32 bytes, shape \[1, 4\] of FP32 needs 16/)
+    // Without batching, the same dim is the one deduced from the byte count.
+    const unbatched = Oip.rawBinaryRequest(model("float32", [-1, 4]), new Uint8Array(32))
+    assert.deepStrictEqual((unbatched as Exclude<typeof unbatched, InferenceError.InvalidInput>).body.inputs[0]!.shape, [2, 4])
   })
 })
 
