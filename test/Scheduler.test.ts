@@ -321,6 +321,8 @@ describe("Scheduler", () => {
     { maxBatchSize: 64, queuedRows: 3, freeSlots: 2, cap: 64 },
     { maxBatchSize: 16, queuedRows: 64, freeSlots: 2, cap: 16 },
     { maxBatchSize: 64, queuedRows: 20, freeSlots: 2, cap: 10 },
+    { maxBatchSize: 64, queuedRows: 16, freeSlots: 2, cap: 8 },
+    { maxBatchSize: 64, queuedRows: 14, freeSlots: 2, cap: 64 },
     { maxBatchSize: 64, queuedRows: 100, freeSlots: Infinity, cap: 64 }
   ])("batchCap($maxBatchSize, $queuedRows, $freeSlots) = $cap", ({ cap, freeSlots, maxBatchSize, queuedRows }) => {
     assert.strictEqual(Scheduler.batchCap(maxBatchSize, queuedRows, freeSlots), cap)
@@ -492,6 +494,98 @@ describe("Scheduler", () => {
     assert.deepStrictEqual(s.next(2), { _tag: "Idle" })
     assert.deepStrictEqual(s.counts(), { queued: 0, forming: 0, runs: 1 })
     assert.deepStrictEqual(s.abandoned, { queued: 0, forming: 1, running: 0 })
+  })
+
+  it("a burst splits only over the slots that have a permit: one permit free for two idle instances takes the whole burst in one batch", () => {
+    const s = make({ maxConcurrent: 2 })
+    admit(s, "b-run", spec("b"))
+    assert.deepStrictEqual(drainSteps(s).out, [["b-run"]], "model b holds one permit")
+    const a = spec("a", { instances: 2, batching: batching({ maxBatchSize: 64 }) })
+    for (let i = 0; i < 64; i++) admit(s, `r${i}`, a)
+    assert.deepStrictEqual(drainSteps(s).out.map((b) => b.length), [64])
+  })
+
+  /**
+   * Model m (two instances, a 10 ms delay) runs one request and forms a batch of `forming` on its
+   * second slot, taking the last of two permits; then a request of model o waits for a permit.
+   */
+  const formingHoldsLastPermit = (forming: ReadonlyArray<Priority.Priority>) => {
+    const s = make({ maxConcurrent: 2 })
+    const m = spec("m", { instances: 2, batching: batching({ maxQueueDelay: Duration.millis(10) }) })
+    admit(s, "running", m, 0)
+    assert.deepStrictEqual(drainSteps(s, 0).out, [["running"]])
+    const members = forming.map((priority, i) => admit(s, `f${i}`, m, 1, { priority })!)
+    assert.deepStrictEqual(s.next(1), { _tag: "Wait", untilMs: 11 })
+    assert.isTrue(members.every((r) => r.stage === "forming"))
+    assert.strictEqual(s.freePermits, 0)
+    return { s, members, other: spec("o") }
+  }
+
+  it("a request of the forming batch's own priority waiting for its permit does not cut the batch's delay", () => {
+    const { other, s } = formingHoldsLastPermit(["Normal"])
+    admit(s, "o", other, 2)
+    assert.deepStrictEqual(s.next(2), { _tag: "Wait", untilMs: 11 })
+    admit(s, "o-high", other, 3, { priority: "High" })
+    assert.deepStrictEqual(drainSteps(s, 3).out, [["f0"]], "a higher priority does")
+  })
+
+  it("a forming batch left with Low members only is Low again: a Normal request waiting for its permit sends it", () => {
+    const { members, other, s } = formingHoldsLastPermit(["Low", "Low"])
+    s.cancel(members[0]!)
+    assert.strictEqual(members[1]!.batch!.highest, "Low")
+    admit(s, "o", other, 2)
+    assert.deepStrictEqual(drainSteps(s, 2).out, [["f1"]])
+  })
+
+  it("rows that could not join while a Critical member led a forming batch ride along when it goes without it", () => {
+    const s = make()
+    const m = spec("m", { depth: 2, batching: batching({ maxQueueDelay: Duration.millis(10) }) })
+    admit(s, "running", m, 0)
+    drainSteps(s, 0)
+    admit(s, "n1", m, 1)
+    assert.strictEqual(s.next(1)._tag, "Wait")
+    const c = admit(s, "c", m, 2, { priority: "Critical" })!
+    assert.strictEqual(c.stage, "forming", "c joins the forming batch")
+    const n2 = admit(s, "n2", m, 3)!
+    assert.strictEqual(n2.stage, "queued", "a batch led by a Critical request takes only Critical requests")
+    s.cancel(c)
+    assert.deepStrictEqual(drainSteps(s, 11).out, [["n1", "n2"]], "sent at its delay with the row that waited")
+  })
+
+  it("a reload that lowers a model's instances: a run that completes gives the permits beyond its busy instances to other models", () => {
+    const s = make({ maxConcurrent: 3 })
+    const before = spec("m", { instances: 3 })
+    for (const value of ["a", "b", "c"]) admit(s, value, before)
+    const { batches } = drainSteps(s)
+    assert.strictEqual(s.freePermits, 0)
+    s.model(spec("m", { instances: 1 })) // reloaded with one instance
+    for (const member of batches[0]!.members) s.settle(member)
+    s.complete(batches[0]!, 1)
+    assert.strictEqual(s.freePermits, 2, "m keeps one permit for its one instance")
+    const other = spec("o", { instances: 2 })
+    admit(s, "o1", other, 1)
+    admit(s, "o2", other, 1)
+    assert.deepStrictEqual(drainSteps(s, 1).out, [["o1"], ["o2"]])
+  })
+
+  it("a batch's start time is its first: a second started() or another batch's complete() does not move it", () => {
+    const s = make()
+    const m = spec("m", { instances: 2, depth: 2, reportsStarts: true })
+    admit(s, "r0", m, 0)
+    const { batches: [r0] } = drainSteps(s, 0)
+    s.started(r0!, 1)
+    s.started(r0!, 3)
+    assert.strictEqual(r0!.startedAtMs, 1)
+    const f = make()
+    const n = spec("n", { instances: 2 })
+    admit(f, "first", n, 0)
+    const [first] = drainSteps(f, 0).batches
+    admit(f, "second", n, 4)
+    const [second] = drainSteps(f, 4).batches
+    assert.deepStrictEqual([first!.startedAtMs, second!.startedAtMs], [0, 4])
+    for (const member of first!.members) f.settle(member)
+    f.complete(first!, 10)
+    assert.strictEqual(second!.startedAtMs, 4, "still running since 4")
   })
 })
 
