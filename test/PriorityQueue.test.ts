@@ -128,6 +128,41 @@ describe("PriorityQueue", () => {
     assert.isUndefined(queue.firstWhere((s) => s.startsWith("z"), 50))
   })
 
+  it("with aging, firstWhere takes what peek would among equal effective ranks: the older head, and on an exact tie the higher level", () => {
+    const older = PriorityQueue.make<string>(10, true, { Low: 10 })
+    older.offer("high", Priority.High, 0)
+    older.offer("low", Priority.Low, 5)
+    // at 30 ms Low has waited 25 ms: served as High, but younger than the High head
+    assert.strictEqual(older.peek(30)?.value, "high")
+    assert.strictEqual(older.firstWhere(() => true, 30)?.value, "high")
+    const tie = PriorityQueue.make<string>(10, true, { Low: 10 })
+    tie.offer("high", Priority.High, 0)
+    tie.offer("low", Priority.Low, 0)
+    assert.strictEqual(tie.peek(20)?.value, "high")
+    assert.strictEqual(tie.firstWhere(() => true, 20)?.value, "high")
+  })
+
+  it("takeWhere takes at most max entries, within a level and across levels", () => {
+    const queue = PriorityQueue.make<string>(10)
+    for (const value of ["n1", "n2", "n3"]) queue.offer(value, Priority.Normal)
+    assert.deepStrictEqual(queue.takeWhere(() => true, 2), ["n1", "n2"])
+    queue.offer("c", Priority.Critical)
+    queue.offer("l", Priority.Low)
+    assert.deepStrictEqual(queue.takeWhere(() => true, 2), ["c", "n3"])
+    assert.deepStrictEqual([...queue.values()], ["l"])
+  })
+
+  it("with priorities disabled, stats count by level after a poll or a remove too", () => {
+    const queue = PriorityQueue.make<string>(10, false)
+    queue.offer("low", Priority.Low)
+    const critical = queue.offer("critical", Priority.Critical)!
+    queue.offer("normal", Priority.Normal)
+    assert.strictEqual(queue.poll(), "low")
+    assert.deepStrictEqual(queue.stats(), { critical: 1, high: 0, normal: 1, low: 0, total: 2 })
+    queue.remove(critical)
+    assert.deepStrictEqual(queue.stats(), { critical: 0, high: 0, normal: 1, low: 0, total: 1 })
+  })
+
   it("ignores aging when priorities are disabled", () => {
     const queue = PriorityQueue.make<string>(10, false, { Low: 1 })
     queue.offer("a", Priority.Critical, 0)

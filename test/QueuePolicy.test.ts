@@ -16,7 +16,10 @@ describe("QueuePolicy.effectiveRank", () => {
     ["Normal", 100, aging, 1],
     ["High", 100, aging, 0],
     ["Critical", 10_000, aging, 0],
-    ["Normal", 10_000, { Low: 10 }, 2]
+    ["Normal", 10_000, { Low: 10 }, 2],
+    ["Low", 10, { Low: 0 }, 3],
+    ["Low", 1, { Low: 1 }, 2],
+    ["Low", 0.5, { Low: 0.25 }, 1]
   ]
   for (const [priority, waited, a, rank] of table) {
     it(`${priority} after ${waited} ms with ${a === undefined ? "no aging" : JSON.stringify(a)} is served at rank ${rank}`, () => {
