@@ -45,6 +45,14 @@ describe("Batch", () => {
     assert.isUndefined(Batch.keyOf({ ...on, maxBatchSize: 2 }, { x: Tensor.float32(new Float32Array(9), [3, 3]) }), "more rows than a batch holds")
   })
 
+  it("keys an unbatched input of up to 16 elements by its values; a larger one, or a request of zero rows, has no key", () => {
+    const config = { ...on, inputAxes: { table: null } }
+    const k = (elements: number) => Batch.keyOf(config, { x: Tensor.float32([0], [1, 1]), table: Tensor.float32(new Float32Array(elements), [elements]) })
+    assert.isDefined(k(16))
+    assert.isUndefined(k(17))
+    assert.isUndefined(Batch.keyOf(on, { x: Tensor.float32(new Float32Array(0), [0, 4]) }))
+  })
+
   it("keys differ whenever unbatched values differ: strings that contain the separator, and -0 against 0", () => {
     const config = { ...on, inputAxes: { mode: null, bias: null } }
     const k = (mode: ReadonlyArray<string>, bias: number) =>
