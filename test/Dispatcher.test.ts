@@ -7,14 +7,18 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Layer, Scope } from "effect"
+import { TestClock } from "effect/testing"
 import { AsyncConfigService, type AsyncConfig } from "../src/AsyncConfig.ts"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
+import * as Dispatcher from "../src/Dispatcher.ts"
 import { AsyncInferenceEngine } from "../src/Engine.ts"
 import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import { ModelPool } from "../src/ModelPool.ts"
 import * as InstancePool from "../src/onnx/InstancePool.ts"
-import { layerRecording, TelemetryLog } from "../src/Telemetry.ts"
+import type * as ModelMetadata from "../src/ModelMetadata.ts"
+import type * as Scheduler from "../src/Scheduler.ts"
+import { layerRecording, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { type FakeInstance, fakeTransport, poolOptions } from "./fixtures/FakeTransport.ts"
 
@@ -391,4 +395,79 @@ describe("Dispatcher: a run's failure as its caller gets it", () => {
         assert.strictEqual(reason?._tag === "RunFailed" ? reason.detail : reason?._tag === "ModelUnavailable" ? reason.reason : undefined, said)
       }))
   }
+})
+
+describe("Dispatcher.make: what it hands the pool and learns from it", () => {
+  const metadata: ModelMetadata.ModelMetadata = {
+    name: "m",
+    version: "1",
+    inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }],
+    outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }]
+  }
+  const batching: BatchPolicy.BatchingConfig = { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 8 }
+  const output = (x: Tensor.Tensor) => ({ outputs: { y: x }, deviceUsed: "cpu" })
+
+  /** A dispatcher over `pool`; `submit` admits a request of `spec` whose deadline is `deadlineInMs` from now, and records its answer. */
+  const dispatcherOver = (pool: ModelPool["Service"]) =>
+    Effect.gen(function*() {
+      const dispatcher = yield* Dispatcher.make({ maxConcurrent: 1, maxQueued: 100, enablePriority: true }).pipe(
+        Effect.provideService(ModelPool, pool),
+        Effect.provide(TelemetryCollector.layerNoop)
+      )
+      const answers: Record<string, string> = {}
+      const submit = (spec: Scheduler.ModelSpec, requestId: string, deadlineInMs: number) =>
+        dispatcher.submit({
+          value: {
+            request: request("m", requestId),
+            metadata,
+            batching: spec.batching,
+            resume: (exit) => void (answers[requestId] = Exit.isSuccess(exit) ? "ok" : String(exit))
+          },
+          model: spec,
+          priority: "Normal",
+          rows: 1,
+          batchKey: spec.batching.enabled ? "k" : undefined,
+          deadlineAtMs: dispatcher.nowMs() + deadlineInMs,
+          queueDeadlineAtMs: Infinity
+        })
+      return { dispatcher, answers, submit }
+    })
+
+  it.effect("a batch's or a group's run may last until its latest member's deadline, whichever member that is", () =>
+    Effect.gen(function*() {
+      const timeouts: Array<number> = []
+      const { answers, submit } = yield* dispatcherOver(ModelPool.of({
+        metadata: () => Effect.succeed(metadata),
+        run: (_modelId, inputs, options) => Effect.sync(() => (timeouts.push(Duration.toMillis(options.timeout!)), output(inputs["x"]!))),
+        runGroup: (_modelId, inputs, options) => Effect.sync(() => (timeouts.push(Duration.toMillis(options.timeout!)), inputs.map((i) => Exit.succeed(output(i["x"]!))))),
+        models: Effect.succeed([])
+      }))
+      const batched: Scheduler.ModelSpec = { key: "batched", instances: 1, depth: 1, batching, maxGroup: 1 }
+      const grouped: Scheduler.ModelSpec = { key: "grouped", instances: 1, depth: 1, batching: BatchPolicy.disabled, maxGroup: 4 }
+      for (const spec of [batched, grouped]) {
+        submit(spec, `${spec.key}-late`, 100)
+        submit(spec, `${spec.key}-early`, 10)
+        yield* TestClock.adjust("1 millis")
+      }
+      assert.deepStrictEqual(answers, { "batched-late": "ok", "batched-early": "ok", "grouped-late": "ok", "grouped-early": "ok" })
+      assert.deepStrictEqual(timeouts, [100, 100], "one job each, until the first member's deadline, not the last member's")
+    }))
+
+  it.effect("learns the model's run cost from the pool's native run time, not the job's wall time", () =>
+    Effect.gen(function*() {
+      const { answers, dispatcher, submit } = yield* dispatcherOver(ModelPool.of({
+        metadata: () => Effect.succeed(metadata),
+        // 10 ms in the pool (waiting for an instance, crossing to it), of which 2 ms ran
+        run: (_modelId, inputs) => Effect.as(Effect.sleep("10 millis"), { ...output(inputs["x"]!), runMs: 2 }),
+        models: Effect.succeed([])
+      }))
+      const spec: Scheduler.ModelSpec = { key: "m", instances: 1, depth: 1, batching: { ...batching, sizing: "learned" }, maxGroup: 1 }
+      submit(spec, "r", 1000)
+      yield* TestClock.adjust("20 millis")
+      assert.deepStrictEqual(answers, { r: "ok" })
+      const model = dispatcher.scheduler.model(spec)
+      assert.strictEqual(model.cost.runs, 1)
+      assert.strictEqual(model.cost.predict(1), 2)
+      assert.strictEqual(model.expectedRunMs, 10, "the wall time is the last run's time")
+    }))
 })
