@@ -94,6 +94,9 @@ describe("AsyncInferenceEngine dynamic batching", () => {
       const { engine, stats, gate, log } = yield* gated({ batching: batching(), config: { maxConcurrentRequests: 1 } })
       const fibers = []
       for (let i = 0; i < 5; i++) fibers.push(yield* fork(engine.infer(request(`r${i}`, i + 1, {}))))
+      // Time passes and the pump's microtasks run: the closed gate holds dispatch all the while.
+      yield* TestClock.adjust("5 millis")
+      assert.strictEqual(stats.started, 0, "nothing dispatched before the gate opened")
       assert.strictEqual((yield* engine.queueStats).total, 5)
       yield* gate.open
       yield* TestClock.adjust("10 millis")
