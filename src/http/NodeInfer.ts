@@ -31,7 +31,7 @@
  * @module NodeInfer
  */
 import type * as Http from "node:http"
-import { Cause, Exit } from "effect"
+import { Cause, Effect, Exit } from "effect"
 import type { Service as Engine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
@@ -400,8 +400,9 @@ const accept = (
     const body: Body = { route, head, binary, inAtMs: performance.now() }
     const metadata = options.metadataUnsafe(route.name, route.version)
     const engine = options.engine
-    if (engine.admitsUnsafe() && !engine.admitsUnsafe(queue.waiting() + (context.pool?.inFlight() ?? 0))) {
-      // Refused before decoding: no request id yet ("", which the message leaves out).
+    // Full (counting the bodies waiting here) and not draining (then the engine's own answer, 503):
+    // refused before decoding, no request id yet ("", which the message leaves out).
+    if (!engine.admitsUnsafe(queue.waiting() + (context.pool?.inFlight() ?? 0)) && !Effect.runSync(engine.isDraining)) {
       const reason = new InferenceError.QueueFull({ modelId: route.name, requestId: "", capacity: options.maxQueuedRequests })
       options.recordRefused(route.name, reason, versionOf(metadata))
       return sendError(context, response, options.errorOf(reason))

@@ -252,6 +252,31 @@ describe("NodeInfer.make", () => {
       assert.deepStrictEqual(invalid.map((r) => r._tag), ["ModelUnavailable"])
     }).pipe(withFreshMetrics))
 
+  it.live("a queue that filled while a body arrived answers 429 once the body is in, before decoding it", () =>
+    Effect.gen(function*() {
+      const { port, gate, lifecycle, invalid } = yield* makeHandlerServer({ maxQueuedRequests: 1 })
+      yield* gate.close
+      // Accepted while the queue is empty; its body (not JSON: decoding it would answer 400) comes later.
+      const body = "{".repeat(40)
+      const socket = Net.connect(port, "127.0.0.1")
+      yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
+      let received = ""
+      socket.on("data", (chunk) => (received += chunk.toString("latin1")))
+      socket.on("error", () => {})
+      socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 5)}`)
+      yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 1))
+      const running = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      const queued = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 3))
+      yield* Effect.sleep(20)
+      socket.write(body.slice(5))
+      yield* Effect.promise(() => Client.eventually(() => received.includes("\r\n\r\n{")))
+      assert.match(received, /^HTTP\/1\.1 429 /, received.slice(0, 200))
+      assert.deepStrictEqual(invalid.map((r) => r._tag), ["QueueFull"])
+      yield* gate.open
+      for (const pending of [running, queued]) yield* Effect.promise(() => pending.done)
+    }).pipe(withFreshMetrics))
+
   it.live("a full queue or a shutdown is declined before the body is read (the router answers 429 or 503)", () =>
     Effect.gen(function*() {
       const { port, gate, lifecycle } = yield* makeHandlerServer({ maxQueuedRequests: 1 })
