@@ -9,6 +9,7 @@ import { Cause, type Config, Data, Effect, Exit, type Runtime } from "effect"
 import { CliError, CliOutput } from "effect/cli"
 import * as AsyncConfig from "../AsyncConfig.ts"
 import * as InstancePool from "../onnx/InstancePool.ts"
+import * as Startup from "./Startup.ts"
 
 /** Ends the process with `code`, after the message was printed. */
 export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
@@ -37,18 +38,7 @@ export const presenter: CliOutput.Presenter = {
   }
 }
 
-/**
- * This process's parent as this module loaded, before any model: a server whose parent dies
- * while it starts must still see that it changed (it would read init's pid later).
- */
-export const parentAtStart = process.ppid
-
-let stoppedBySignal = false
-
-/** The server calls this when a signal (or its parent's exit) asks it to stop: the interruption that follows is its normal end. */
-export const markStoppedBySignal = (): void => {
-  stoppedBySignal = true
-}
+export { markStoppedBySignal, parentAtStart } from "./Startup.ts"
 
 /**
  * Exit codes: 0 done (and a server stopped by a signal, after its drain), 130 interrupted
@@ -57,7 +47,7 @@ export const markStoppedBySignal = (): void => {
  */
 export const teardown: Runtime.Teardown = (exit, onExit) => {
   if (Exit.isSuccess(exit)) return onExit(0)
-  if (Cause.hasInterruptsOnly(exit.cause)) return onExit(stoppedBySignal ? 0 : 130)
+  if (Cause.hasInterruptsOnly(exit.cause)) return onExit(Startup.wasStoppedBySignal() ? 0 : 130)
   const error = Cause.findErrorOption(exit.cause)
   if (error._tag === "Some") {
     if (error.value instanceof ExitCode) return onExit(error.value.code)
