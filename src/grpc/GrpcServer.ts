@@ -45,6 +45,8 @@
  * @module GrpcServer
  */
 import * as Grpc from "@grpc/grpc-js"
+import type * as Http2 from "node:http2"
+import { constants as Http2Constants } from "node:http2"
 import { Context, Data, Duration, Effect, Exit, Layer, type Scope, Stream } from "effect"
 import * as GrpcCodec from "./GrpcCodec.ts"
 import * as GrpcService from "./GrpcService.ts"
@@ -69,17 +71,90 @@ export interface Options {
   readonly shutdownTimeout?: Duration.Input | undefined
   /** Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Default `maxConcurrentStreams`. */
   readonly maxConcurrentStreams?: number | undefined
+  /** Calls open at once over every connection; past it a call is refused at once. Default `maxOpenCalls`. */
+  readonly maxOpenCalls?: number | undefined
+  /** Connections open at once; past it a new one is closed as it comes. Default `maxConnections`. */
+  readonly maxConnections?: number | undefined
 }
 
 /**
- * Calls (HTTP/2 streams) one connection may have open at once by default: 1 000. Without a
- * bound (grpc-js and Node leave it at 2^32 - 1) one connection's idle streams, a HEADERS frame of
- * some 30 bytes each, cost the server about 17 KB each for as long as the client keeps them: 80 000
- * took 1.35 GB. A client past the bound waits for one of its calls to end (grpc-js queues them)
- * rather than failing; the engine's own bound (`maxConcurrentRequests + maxQueuedRequests`)
- * decides what is refused.
+ * Calls (HTTP/2 streams) one connection may have open at once by default: 100 (HTTP/2's
+ * recommended minimum). Without a bound (grpc-js and Node leave it at 2^32 - 1) one connection's
+ * idle streams, a HEADERS frame of some 30 bytes each, cost the server about 17 KB each for as
+ * long as the client keeps them: 80 000 took 1.35 GB. A client past the bound waits for one of its
+ * calls to end (grpc-js queues them) rather than failing; the engine's own bound
+ * (`maxConcurrentRequests + maxQueuedRequests`, 104 by default) decides what is refused. It was
+ * 1 000: with many connections, the refused streams each held (`maxOpenCalls`) took the heap past
+ * 400 MB; at 100 they stayed under 300.
  */
-export const maxConcurrentStreams = 1000
+export const maxConcurrentStreams = 100
+
+/**
+ * Calls open at once over every connection, by default: 10 000. The bound a connection has
+ * (`maxConcurrentStreams`) is no bound on a client that opens many connections: 250 connections
+ * of 1 000 idle ModelStreamInfer calls each (a HEADERS frame each, never a message) took the
+ * server past its 4 GB heap and it died. A call past this bound is answered at once with
+ * RESOURCE_EXHAUSTED ("too many open calls") and costs nothing after; 10 000 idle calls cost
+ * some 180 MB.
+ */
+export const maxOpenCalls = 10_000
+
+/**
+ * Connections open at once, by default: 1 000. With `maxConcurrentStreams` a connection, they bound
+ * the HTTP/2 streams the server holds (a stream refused by `maxOpenCalls` still costs its
+ * connection some memory until the garbage collector runs): without it, clients that opened
+ * connection after connection of refused streams kept 600 MB of them live. A connection past the
+ * bound is closed as it comes (Node's `maxConnections`).
+ */
+export const maxConnections = 1000
+
+/** Sets `limit` on the Node servers grpc-js listens with (private to grpc-js 1.14, checked by a test). */
+const boundConnections = (server: Grpc.Server, limit: number): void => {
+  const servers = (server as unknown as { http2Servers?: Map<{ maxConnections: number }, unknown> }).http2Servers
+  for (const listening of servers?.keys() ?? []) listening.maxConnections = limit
+}
+
+/** The handlers grpc-js runs for each new HTTP/2 stream (private to grpc-js 1.14; one of them serves, as channelz is on or off). */
+const streamHandlers = ["_streamHandler", "_channelzHandler"] as const
+
+/**
+ * Counts the calls open on `server` and refuses those past `limit` before grpc-js builds anything
+ * for them: a trailers-only answer, RESOURCE_EXHAUSTED. Wraps grpc-js's private per-stream handlers
+ * (checked by a test: a grpc-js that renames them fails it); returns the count of open calls.
+ */
+const boundOpenCalls = (server: Grpc.Server, limit: number): () => number => {
+  let open = 0
+  const internals = server as unknown as Record<string, unknown>
+  for (const name of streamHandlers) {
+    const handler = internals[name]
+    if (typeof handler !== "function") continue
+    internals[name] = function(this: unknown, extra: unknown, stream: Http2.ServerHttp2Stream, headers: Http2.IncomingHttpHeaders) {
+      if (open >= limit) {
+        stream.once("error", () => {})
+        if (!stream.destroyed && !stream.headersSent) {
+          stream.respond({
+            ":status": 200,
+            "content-type": "application/grpc",
+            "grpc-status": String(Grpc.status.RESOURCE_EXHAUSTED),
+            // Printable ASCII without "%": as gRPC's percent-encoding leaves it.
+            "grpc-message": `too many open calls: ${limit} are open on this server; send it again once fewer are`
+          }, { endStream: true })
+          // And RST_STREAM (NO_ERROR) a second later, unless the client has ended its side by then: one
+          // that never does would keep the refused stream, half closed, on the server. Not at once:
+          // grpc-js's client then reads the reset before the status (INTERNAL, not RESOURCE_EXHAUSTED).
+          setTimeout(() => {
+            if (!stream.closed) stream.close(Http2Constants.NGHTTP2_NO_ERROR)
+          }, 1000).unref()
+        }
+        return
+      }
+      open++
+      stream.once("close", () => void open--)
+      return (handler as (...args: Array<unknown>) => unknown).call(this, extra, stream, headers)
+    }
+  }
+  return () => open
+}
 
 /** The server could not bind. */
 export class GrpcServeError extends Data.TaggedError("GrpcServeError")<{ readonly message: string }> {}
@@ -89,6 +164,8 @@ export class GrpcServer extends Context.Service<GrpcServer, {
   /** Where it listens, as a client dials it: `host:port`, an IPv6 host in brackets (`[::1]:8001`). */
   readonly address: string
   readonly server: Grpc.Server
+  /** Calls open now over every connection (`maxOpenCalls` bounds them). */
+  readonly openCalls: () => number
 }>()("effect-onnx/grpc/GrpcServer") {}
 
 /**
@@ -319,8 +396,10 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
     const server = new Grpc.Server({
       "grpc.max_receive_message_length": options.maxMessageBytes,
       "grpc.max_send_message_length": -1,
-      "grpc.max_concurrent_streams": options.maxConcurrentStreams ?? maxConcurrentStreams
+      "grpc.max_concurrent_streams": options.maxConcurrentStreams ?? maxConcurrentStreams,
+      "grpc.enable_channelz": 0
     })
+    const openCalls = boundOpenCalls(server, options.maxOpenCalls ?? maxOpenCalls)
     // A message that does not decode is answered as bad input (INVALID_ARGUMENT; on a stream, its
     // error_message), not by grpc-js ending the call with INTERNAL.
     server.addService(GrpcCodec.tolerantRequests(proto.inference.GRPCInferenceService.service), inferenceService)
@@ -330,6 +409,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
     const port = yield* Effect.acquireRelease(
       Effect.callback<number, GrpcServeError>((resume) => {
         server.bindAsync(hostPort(options.host, options.port), Grpc.ServerCredentials.createInsecure(), (error, port) => {
+          if (error === null) boundConnections(server, options.maxConnections ?? maxConnections)
           resume(error === null ? Effect.succeed(port) : Effect.fail(new GrpcServeError({ message: error.message })))
         })
       }),
@@ -344,7 +424,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
           Effect.andThen(Effect.sync(() => server.forceShutdown()))
         )
     )
-    return { port, address: hostPort(options.host, port), server }
+    return { port, address: hostPort(options.host, port), server, openCalls }
   })
 
 /** The gRPC server as a layer; needs what the HTTP routes need (`Statistics` optional). */

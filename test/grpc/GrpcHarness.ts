@@ -35,6 +35,8 @@ export interface HarnessOptions {
   /** Another pool than the scripted one (a real OnnxModelPool, say). */
   readonly pool?: Layer.Layer<ModelPool, unknown> | undefined
   readonly maxConcurrentStreams?: number | undefined
+  readonly maxOpenCalls?: number | undefined
+  readonly maxConnections?: number | undefined
 }
 
 export const makeHarness = (options: HarnessOptions = {}) =>
@@ -51,7 +53,9 @@ export const makeHarness = (options: HarnessOptions = {}) =>
         redactPaths: [secretPath],
         strictReadiness: options.strictReadiness ?? false,
         shutdownTimeout: "1 second",
-        maxConcurrentStreams: options.maxConcurrentStreams
+        maxConcurrentStreams: options.maxConcurrentStreams,
+        maxOpenCalls: options.maxOpenCalls,
+        maxConnections: options.maxConnections
       }).pipe(
         Layer.provideMerge(AsyncInferenceEngine.layer),
         Layer.provideMerge(Statistics.layer),
@@ -63,7 +67,7 @@ export const makeHarness = (options: HarnessOptions = {}) =>
         ))
       )
     )
-    const { port, server, address } = Context.get(services, GrpcServer.GrpcServer)
+    const { port, server, address, openCalls } = Context.get(services, GrpcServer.GrpcServer)
     const client = new proto.inference.GRPCInferenceService(address, Grpc.credentials.createInsecure())
     const health = new proto.grpc.health.v1.Health(address, Grpc.credentials.createInsecure())
     yield* Effect.addFinalizer(() => Effect.sync(() => {
@@ -82,6 +86,7 @@ export const makeHarness = (options: HarnessOptions = {}) =>
       address,
       port,
       server,
+      openCalls,
       client,
       health,
       call,

@@ -747,7 +747,7 @@ const connectError = (target: string, ms: number) =>
   })
 
 describe("connections", () => {
-  it.live("a connection may have at most maxConcurrentStreams calls open: unbounded, one client's idle streams took 1.35 GB (80 000 of them)", () =>
+  it.live("a connection may have at most maxConcurrentStreams (100) calls open: unbounded, one client's idle streams took 1.35 GB (80 000 of them)", () =>
     Effect.gen(function*() {
       const { address } = yield* makeHarness()
       const session = Http2.connect(`http://${address}`)
@@ -756,6 +756,54 @@ describe("connections", () => {
         session.once("remoteSettings", (settings) => resume(Effect.succeed(settings)))
       })
       assert.strictEqual(settings.maxConcurrentStreams, maxConcurrentStreams)
+    }))
+
+  it.live("the server has at most maxOpenCalls calls open over all its connections: past it a call is refused RESOURCE_EXHAUSTED at once, and served again once fewer are open", () =>
+    Effect.gen(function*() {
+      const { address, call, openCalls } = yield* makeHarness({ maxOpenCalls: 6 })
+      // Three connections of two idle ModelStreamInfer calls each (headers, never a message): what
+      // many connections of idle calls did to a server bounded only per connection.
+      const sessions = Array.from({ length: 3 }, () => Http2.connect(`http://${address}`))
+      yield* Effect.addFinalizer(() => Effect.sync(() => sessions.forEach((s) => s.destroy())))
+      const idle = sessions.flatMap((session) =>
+        Array.from({ length: 2 }, () => {
+          const stream = session.request({ ":method": "POST", ":path": "/inference.GRPCInferenceService/ModelStreamInfer", "content-type": "application/grpc", te: "trailers" }, { endStream: false })
+          stream.on("error", () => {})
+          return stream
+        }))
+      yield* waitFor(() => openCalls() === 6)
+      const refused = yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))
+      assert.strictEqual(refused.error?.code, Grpc.status.RESOURCE_EXHAUSTED, String(refused.error))
+      assert.include(refused.error?.details ?? "", "too many open calls: 6 are open")
+      assert.strictEqual(openCalls(), 6, "the refused call was never counted")
+      idle[0]!.close()
+      yield* waitFor(() => openCalls() === 5)
+      const served = yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))
+      assert.deepStrictEqual(fromF32(served.response.raw_output_contents[0]), [2, 4, 6, 8])
+    }))
+
+  it.live("the server keeps at most maxConnections connections open: one past it is closed as it comes, and one is taken again once fewer are open", () =>
+    Effect.gen(function*() {
+      const { address } = yield* makeHarness({ maxConnections: 2 })
+      /** A connection's fate: its SETTINGS from the server, or closed first. */
+      const connect = () =>
+        Effect.callback<{ readonly session: Http2.ClientHttp2Session; readonly settled: boolean }>((resume) => {
+          const session = Http2.connect(`http://${address}`)
+          session.on("error", () => {})
+          session.once("remoteSettings", () => resume(Effect.succeed({ session, settled: true })))
+          session.once("close", () => resume(Effect.succeed({ session, settled: false })))
+        })
+      const first = yield* connect()
+      const second = yield* connect()
+      yield* Effect.addFinalizer(() => Effect.sync(() => [first, second].forEach((c) => c.session.destroy())))
+      assert.deepStrictEqual([first.settled, second.settled], [true, true])
+      const third = yield* connect()
+      assert.isFalse(third.settled, "closed as it came")
+      first.session.destroy()
+      yield* Effect.sleep("100 millis")
+      const again = yield* connect()
+      yield* Effect.addFinalizer(() => Effect.sync(() => again.session.destroy()))
+      assert.isTrue(again.settled)
     }))
 
   it.live("a client with more calls at once than the bound waits for its turn: every call is answered", () =>
