@@ -110,9 +110,10 @@ export const layer = (options: Options): Layer.Layer<OtlpExporter.Flusher> => {
 }
 
 /**
- * Parses the OpenTelemetry `key=value,key2=value2` list (values URL-encoded; a value that does
- * not decode is taken as written). Empty entries are skipped; an entry that is not `key=value`
- * with a key fails, naming it.
+ * Parses the OpenTelemetry `key=value,key2=value2` list (values URL-encoded). Empty entries are
+ * skipped; an entry that is not `key=value` with a key, or whose value does not decode (a `%`
+ * not followed by two hex digits), fails, naming it: Effect's OTLP resource reads
+ * `OTEL_RESOURCE_ATTRIBUTES` again itself, and ends the program on such a value.
  */
 export const parseKeyValues = (text: string): Result.Result<Record<string, string>, string> => {
   const out: Record<string, string> = {}
@@ -122,13 +123,11 @@ export const parseKeyValues = (text: string): Result.Result<Record<string, strin
     const key = at < 0 ? "" : item.slice(0, at).trim()
     if (key === "") return Result.fail(`${JSON.stringify(item.trim())} is not key=value`)
     const raw = item.slice(at + 1).trim()
-    let value: string
     try {
-      value = decodeURIComponent(raw)
+      out[key] = decodeURIComponent(raw)
     } catch {
-      value = raw
+      return Result.fail(`the value of ${JSON.stringify(key)} is not URL-encoded (a "%" starts %XX; write a "%" itself as %25): ${JSON.stringify(raw.slice(0, 100))}`)
     }
-    out[key] = value
   }
   return Result.succeed(out)
 }
@@ -189,13 +188,16 @@ export const config = (defaults: { readonly serviceName?: string | undefined; re
     metricsMs: intervalMs("OTEL_METRIC_EXPORT_INTERVAL")
   }).pipe(Config.map((c) => {
     if (c.disabled || Option.isNone(c.endpoint)) return Option.none()
+    const attributes = keyValues(c.attributes)
     return Option.some<Options>({
       endpoint: c.endpoint.value,
-      serviceName: Option.getOrElse(c.serviceName, () => defaults.serviceName ?? defaultServiceName),
-      serviceVersion: defaults.serviceVersion,
+      // As the OpenTelemetry spec orders them: OTEL_SERVICE_NAME, then service.name (and
+      // service.version) in OTEL_RESOURCE_ATTRIBUTES, then the program's own.
+      serviceName: Option.getOrElse(c.serviceName, () => attributes["service.name"] ?? defaults.serviceName ?? defaultServiceName),
+      serviceVersion: attributes["service.version"] ?? defaults.serviceVersion,
       protocol: c.protocol === "http/protobuf" ? "protobuf" : "json",
       headers: keyValues(c.headers),
-      attributes: keyValues(c.attributes),
+      attributes,
       tracesExportInterval: Option.match(c.tracesMs, { onNone: () => undefined, onSome: Duration.millis }),
       metricsExportInterval: Option.match(c.metricsMs, { onNone: () => undefined, onSome: Duration.millis })
     })

@@ -132,7 +132,7 @@ type Family = keyof typeof specs
 const familyOf = <F extends Family>(family: F) => (attributes?: Attributes): (typeof specs)[F]["type"] extends "Counter" ? Metric.Counter<number> : Metric.Histogram<number> => {
   const spec: FamilySpec = specs[family]
   return (spec.type === "Counter"
-    ? Metric.counter(spec.name, { description: spec.description, attributes })
+    ? Metric.counter(spec.name, { description: spec.description, attributes, incremental: true })
     : Metric.histogram(spec.name, { description: spec.description, boundaries: spec.boundaries, attributes })) as never
 }
 
@@ -168,7 +168,8 @@ const counterState = (): SeriesState => {
     update: (value) => {
       count += value
     },
-    get: () => ({ count, incremental: false })
+    // Monotonic: only counts and durations go in (OTLP exports it as a monotonic sum, a counter).
+    get: () => ({ count, incremental: true })
   }
 }
 

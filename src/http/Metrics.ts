@@ -37,6 +37,7 @@ const unsettledGauge = Metric.gauge("inference_unsettled_requests", {
   description: "Requests admitted and not yet answered: queued, forming a batch or running"
 })
 const instanceEventsCounter = Metric.counter("inference_instance_events_total", {
+  incremental: true,
   description: "What happened to the model instances (threads or processes), over every model: crash, deadline_kill, abandon_kill, respawn, respawn_failure"
 })
 
@@ -167,6 +168,18 @@ export interface Page {
       readonly instanceEvents?: Readonly<InstanceEvents> | undefined
     }
   ) => Effect.Effect<string>
+  /**
+   * What `render` does to the registry before it formats it (the pending and unsettled gauges, the
+   * instance events), alone: for exporters that read the registry themselves (OTLP), which would
+   * otherwise see those series only as of the last scrape of the page.
+   */
+  readonly refresh: (
+    engine: AsyncInferenceEngine["Service"],
+    options?: {
+      readonly served?: ReadonlyArray<{ readonly name: string; readonly version: string }> | undefined
+      readonly instanceEvents?: Readonly<InstanceEvents> | undefined
+    }
+  ) => Effect.Effect<void>
 }
 
 /** Makes a page in the current scope: the process observers start now and stop when the scope closes. */
@@ -177,38 +190,43 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
     const modelsSeen = new Set<string>()
     /** The instance counts the counter holds: each scrape adds what grew since. */
     const eventsCounted = new Map<string, number>()
+    const refresh: Page["refresh"] = (engine, options = {}) =>
+      Effect.gen(function*() {
+        const byModel = yield* engine.queueStatsByModel
+        const unsettled = yield* engine.pending
+        for (const { name } of options.served ?? []) modelsSeen.add(name)
+        for (const model of byModel.keys()) modelsSeen.add(model)
+        for (const model of modelsSeen) {
+          const stats = byModel.get(model)
+          const byLevel: Record<Priority.Priority, number> = {
+            Critical: stats?.critical ?? 0,
+            High: stats?.high ?? 0,
+            Normal: stats?.normal ?? 0,
+            Low: stats?.low ?? 0
+          }
+          for (const level of Priority.levels) {
+            yield* Metric.update(Metric.withAttributes(pendingGauge, { model, priority: level }), byLevel[level])
+          }
+        }
+        yield* Metric.update(unsettledGauge, unsettled)
+        const events = options.instanceEvents
+        if (events !== undefined) {
+          for (const [label, key] of instanceEventLabels) {
+            const counted = eventsCounted.get(label)
+            const now = events[key]
+            // The first scrape adds the row even at 0, so that a dashboard finds every series at once.
+            if (counted === undefined || now > counted) {
+              yield* Metric.update(Metric.withAttributes(instanceEventsCounter, { event: label }), now - (counted ?? 0))
+              eventsCounted.set(label, now)
+            }
+          }
+        }
+      })
     return {
+      refresh,
       render: (engine, options = {}) =>
         Effect.gen(function*() {
-          const byModel = yield* engine.queueStatsByModel
-          const unsettled = yield* engine.pending
-          for (const { name } of options.served ?? []) modelsSeen.add(name)
-          for (const model of byModel.keys()) modelsSeen.add(model)
-          for (const model of modelsSeen) {
-            const stats = byModel.get(model)
-            const byLevel: Record<Priority.Priority, number> = {
-              Critical: stats?.critical ?? 0,
-              High: stats?.high ?? 0,
-              Normal: stats?.normal ?? 0,
-              Low: stats?.low ?? 0
-            }
-            for (const level of Priority.levels) {
-              yield* Metric.update(Metric.withAttributes(pendingGauge, { model, priority: level }), byLevel[level])
-            }
-          }
-          yield* Metric.update(unsettledGauge, unsettled)
-          const events = options.instanceEvents
-          if (events !== undefined) {
-            for (const [label, key] of instanceEventLabels) {
-              const counted = eventsCounted.get(label)
-              const now = events[key]
-              // The first scrape adds the row even at 0, so that a dashboard finds every series at once.
-              if (counted === undefined || now > counted) {
-                yield* Metric.update(Metric.withAttributes(instanceEventsCounter, { event: label }), now - (counted ?? 0))
-                eventsCounted.set(label, now)
-              }
-            }
-          }
+          yield* refresh(engine, options)
           const text = yield* PrometheusMetrics.format()
           const page = text + (text.endsWith("\n") || text === "" ? "" : "\n") + processMetrics.render()
           if (options.format !== "triton") return page

@@ -36,7 +36,7 @@
  *
  * @module Routes
  */
-import { ByteSize, Cause, Data, Effect, Layer, type Option, type Scope, Tracer } from "effect"
+import { ByteSize, Cause, Data, Effect, Layer, type Option, Schedule, type Scope, Tracer } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
@@ -547,6 +547,13 @@ export const layer = (
       const lifecycle = yield* Lifecycle.Lifecycle
       // The /metrics page's state (models seen, process observers) lives as long as these routes.
       const metricsPage = yield* Metrics.make
+      // The gauges the page sets as it renders, every 5 s as well: an OTLP exporter reads the
+      // registry itself, and would see them only as of the last scrape (never, without one).
+      yield* (pool.loadedModels ?? pool.models).pipe(
+        Effect.flatMap((models) => metricsPage.refresh(engine, { served: models.filter((m) => m.state === "READY"), instanceEvents: pool.counters })),
+        Effect.repeat(Schedule.spaced("5 seconds")),
+        Effect.forkScoped
+      )
       // Optional: without Statistics.layer (an embedding that did not wire it) the stats routes answer 501.
       const statistics = yield* Effect.serviceOption(Statistics.Statistics)
       const roots = options.redactPaths ?? []

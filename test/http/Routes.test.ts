@@ -3,7 +3,7 @@
  * requests built with `HttpServerRequest.fromWeb` and run in the test's fiber (TestClock).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Effect, Fiber, Metric } from "effect"
 import { TestClock } from "effect/testing"
 import * as Zlib from "node:zlib"
 import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
@@ -816,6 +816,23 @@ describe("GET /metrics", () => {
       const third = (yield* send("GET", "/metrics")).text
       assert.include(third, `inference_instance_events_total{event="crash"} 5`, "a counter, not a sum of scrapes")
       assert.include(third, `inference_instance_events_total{event="respawn"} 3`)
+    }).pipe(withFreshMetrics))
+
+  it.effect("the gauges the page sets are set every 5 s without a scrape too, for exporters that read the registry (OTLP)", () =>
+    Effect.gen(function*() {
+      const { send, gate, stats } = yield* makeApp({ config: { maxConcurrentRequests: 1 } })
+      const unsettled = Effect.map(Metric.snapshot, (snapshot) =>
+        snapshot.filter((m) => m.id === "inference_unsettled_requests").map((m) => (m.state as { value: number }).value))
+      yield* Effect.yieldNow // the refresh fiber's first turn
+      assert.deepStrictEqual(yield* unsettled, [0], "set as the routes start")
+      yield* gate.close
+      const running = yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => stats.started === 1)
+      yield* TestClock.adjust("5 seconds")
+      assert.deepStrictEqual(yield* unsettled, [1], "no /metrics scrape in between")
+      yield* gate.open
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual((yield* Fiber.join(running)).status, 200)
     }).pipe(withFreshMetrics))
 
   it.effect("a pool without instance counts has no instance events family", () =>

@@ -65,6 +65,17 @@ describe("Otel", () => {
     assert.strictEqual(Option.getOrThrow(fromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c" })).serviceName, "default-name")
   })
 
+  it("takes the service's name and version as the OpenTelemetry spec orders them: OTEL_SERVICE_NAME, then OTEL_RESOURCE_ATTRIBUTES, then the program's", () => {
+    const endpoint = { OTEL_EXPORTER_OTLP_ENDPOINT: "http://c" }
+    const named = (env: Record<string, string>) => {
+      const o = Option.getOrThrow(fromEnv({ ...endpoint, ...env }))
+      return [o.serviceName, o.serviceVersion]
+    }
+    assert.deepStrictEqual(named({ OTEL_RESOURCE_ATTRIBUTES: "service.name=from-attrs,service.version=9.9" }), ["from-attrs", "9.9"])
+    assert.deepStrictEqual(named({ OTEL_SERVICE_NAME: "svc", OTEL_RESOURCE_ATTRIBUTES: "service.name=from-attrs" }), ["svc", undefined])
+    assert.deepStrictEqual(named({}), ["default-name", undefined])
+  })
+
   it("refuses at startup, naming the variable: an export interval that is not a positive integer, headers or attributes that are not key=value, an endpoint that is not an http(s) URL", () => {
     const failure = (env: Record<string, string>) =>
       Effect.runSync(Effect.flip(Effect.provideService(Otel.config(), ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env }))))
@@ -76,6 +87,9 @@ describe("Otel", () => {
       [{ ...endpoint, OTEL_EXPORTER_OTLP_HEADERS: "garbage" }, "OTEL_EXPORTER_OTLP_HEADERS", "\"garbage\" is not key=value"],
       [{ ...endpoint, OTEL_EXPORTER_OTLP_HEADERS: "api-key=1,=x" }, "OTEL_EXPORTER_OTLP_HEADERS", "\"=x\" is not key=value"],
       [{ ...endpoint, OTEL_RESOURCE_ATTRIBUTES: "env" }, "OTEL_RESOURCE_ATTRIBUTES", "is not key=value"],
+      // Effect's OTLP resource reads the variable again and ends the program on it: refused here first.
+      [{ ...endpoint, OTEL_RESOURCE_ATTRIBUTES: "team=a%ZZb" }, "OTEL_RESOURCE_ATTRIBUTES", "the value of \"team\" is not URL-encoded"],
+      [{ ...endpoint, OTEL_EXPORTER_OTLP_HEADERS: "share=100%" }, "OTEL_EXPORTER_OTLP_HEADERS", "the value of \"share\" is not URL-encoded"],
       [{ OTEL_EXPORTER_OTLP_ENDPOINT: "notaurl" }, "OTEL_EXPORTER_OTLP_ENDPOINT", "expected an http:// or https:// URL"],
       [{ OTEL_EXPORTER_OTLP_ENDPOINT: "ftp://collector:4318" }, "OTEL_EXPORTER_OTLP_ENDPOINT", "expected an http:// or https:// URL"]
     ] as const) {
@@ -101,6 +115,12 @@ describe("Otel", () => {
     assert.include(metrics, "inference_requests_total")
     assert.isTrue(metrics.some((m) => m.startsWith("inference_")))
     assert.include(Collector.serviceNames(collector.bodies("/v1/traces")), "otel-test")
+    // A counter is a monotonic sum (what backends take for a counter), as /metrics declares it.
+    const sums = collector.bodies("/v1/metrics").flatMap((body) =>
+      (JSON.parse(body).resourceMetrics ?? []).flatMap((r: any) => r.scopeMetrics.flatMap((s: any) => s.metrics))
+    ).filter((m: any) => m.name.endsWith("_total"))
+    assert.isAbove(sums.length, 0)
+    for (const m of sums) assert.strictEqual(m.sum?.isMonotonic, true, m.name)
   })
 
   it("the server exports traces and metrics when OTEL_EXPORTER_OTLP_ENDPOINT is set", async () => {
