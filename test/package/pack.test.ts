@@ -73,6 +73,13 @@ describe("npm pack", () => {
     await timed("install", () =>
       ok("npm install", sh("npm", ["install", Path.join(work, info!.filename), "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"], consumer)))
 
+    // One copy of effect: effect-onnx's and @effect/platform-node's (and so the consumer's) resolve
+    // to the same (pinned exactly, 4.1.0 sat beside the 4.1.x platform-node-shared requires, and an
+    // Effect program's layers did not type-check against the engine's).
+    const effects = Fs.readdirSync(Path.join(consumer, "node_modules"), { recursive: true, encoding: "utf8" })
+      .filter((p) => p.split(Path.sep).at(-1) === "effect" && Fs.existsSync(Path.join(consumer, "node_modules", p, "package.json")))
+    assert.deepStrictEqual(effects, ["effect"], "one node_modules/effect, at the top")
+
     // The library: root and deep imports, one inference through the Promise facade.
     Fs.writeFileSync(Path.join(consumer, "main.mjs"), `
 import { InferenceClient, InferenceRequest, Tensor } from "effect-onnx"
@@ -106,8 +113,18 @@ await client.close()
     // expect-error directive below fails the check if the declarations do not resolve (types turn `any`);
     // skipLibCheck spares re-checking effect's own declarations.
     Fs.writeFileSync(Path.join(consumer, "check.ts"), `
-import { Engine, InferenceClient, InferenceError, InferenceRequest, Tensor } from "effect-onnx"
+import { Effect, Layer } from "effect"
+import { AsyncConfig, Engine, InferenceClient, InferenceError, InferenceRequest, OnnxModelPool, Telemetry, Tensor } from "effect-onnx"
 import { AsyncInferenceEngine } from "effect-onnx/Engine"
+// An Effect program of the consumer's own, over the engine's layers (the README's "Effect users").
+const EngineLive = Engine.AsyncInferenceEngine.layer.pipe(
+  Layer.provide(Layer.mergeAll(OnnxModelPool.layer({ repository: InferenceClient.bundledModels }), Telemetry.TelemetryCollector.layer, AsyncConfig.AsyncConfigService.layerConfig))
+)
+const program: Effect.Effect<number, never> = Effect.gen(function*() {
+  const engine = yield* Engine.AsyncInferenceEngine
+  const out = yield* engine.infer(InferenceRequest.make("mlp", { input: Tensor.float32(new Float32Array(784), [1, 784]) }))
+  return out.outputs["logits"]!.dims.length
+}).pipe(Effect.catchTag("InferenceError", () => Effect.succeed(0)), Effect.provide(EngineLive), Effect.orDie)
 const client: InferenceClient.InferenceClient = await InferenceClient.make({ config: { maxConcurrentRequests: 2 } })
 const result = await client.infer(InferenceRequest.make("mlp", { input: Tensor.float32(new Float32Array(784), [1, 784]) }), { signal: AbortSignal.timeout(1000) })
 const dims: ReadonlyArray<number> = result.outputs["logits"]!.dims
@@ -115,7 +132,7 @@ const reason: InferenceError.ReasonTag = "Cancelled"
 const layer: typeof AsyncInferenceEngine.layer = Engine.AsyncInferenceEngine.layer
 // @ts-expect-error the queue bound is a number
 const wrong: string = client.config.maxQueuedRequests
-export { dims, layer, reason, wrong }
+export { dims, layer, program, reason, wrong }
 `)
     Fs.writeFileSync(Path.join(consumer, "tsconfig.json"), JSON.stringify({
       compilerOptions: {
