@@ -130,7 +130,7 @@ describe("TelemetryCollector.layer series", () => {
       second.recordStart(info)
       first.recordSuccess(info, 2)
       const started = snapshotOf(registry).filter((s) => s.id === metrics.started.id)
-      assert.deepStrictEqual(started.map((s) => s.state), [{ count: 2, incremental: false }])
+      assert.deepStrictEqual(started.map((s) => s.state), [{ count: 2, incremental: true }])
       const outcomes = snapshotOf(registry).filter((s) => s.id === metrics.requests.id).map((s) => [s.attributes?.["outcome"], (s.state as Metric.CounterState<number>).count])
       assert.deepStrictEqual(Object.fromEntries(outcomes), { success: 1, rejected: 0, cancelled: 0, timeout: 0, invalid: 0, backend: 0 })
       assert.isFalse(snapshotOf(registry).some((s) => s.id === metrics.run.id), "no run yet: no compute series")
