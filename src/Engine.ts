@@ -598,7 +598,11 @@ const infer = (state: State, request: InferenceRequest, spentMs = 0): Effect.Eff
 
 const toResult = (request: InferenceRequest, error: InferenceError.InferenceError, elapsedMs: number): InferenceResult.InferenceResult => {
   const reason = error.reason
-  if (reason._tag === "InvalidInput" && malformed(request) !== undefined) return InferenceResult.Failed({ requestId: "", error, elapsedMs })
+  if (reason._tag === "InvalidInput" && malformed(request) !== undefined) {
+    // Its id when it has one of the right type (`modelVersion: 1` is the mistake, say).
+    const id: unknown = (request as Partial<InferenceRequest> | null | undefined)?.requestId
+    return InferenceResult.Failed({ requestId: typeof id === "string" ? id : "", error, elapsedMs })
+  }
   switch (reason._tag) {
     case "Cancelled":
       return InferenceResult.Cancelled({ requestId: request.requestId, reason: reason.reason })
