@@ -140,6 +140,9 @@ describe("AsyncInferenceEngine", () => {
             assert.strictEqual(unsafe === undefined ? undefined : reasonOf(unsafe), "InvalidInput", `inferUnsafe: ${where}`)
             const settled = yield* Fiber.join(result)
             assert.strictEqual(settled._tag === "Failed" ? settled.error.reason._tag : settled._tag, "InvalidInput", `inferResult: ${where}`)
+            // Its id when it has one that is a string.
+            const id = (given as { requestId?: unknown } | null)?.requestId
+            assert.strictEqual(settled.requestId, typeof id === "string" ? id : "", `inferResult's requestId: ${where}`)
           }
           assert.strictEqual(stats.started, 0)
           assert.deepInclude(outcomes(), { start: cases.length * 3, failure: cases.length * 3 }, "each counted, as a failure (invalid)")
