@@ -48,9 +48,132 @@ export class Undecodable {
   }
 }
 
+/** The most inputs, outputs, raw_input_contents and parameters-map entries (all together) a ModelInferRequest may hold. */
+export const maxInferEntries = 4096
+
+/**
+ * The most varint-coded tensor values (bool, int32, int64, uint32, uint64 contents; shape dims)
+ * and bytes elements a ModelInferRequest may hold: 2^20, about a second of the main thread to
+ * decode here (4 million took 2.5–3.5 s). Larger tensors go in `raw_input_contents`, as Triton's
+ * clients send them.
+ */
+export const maxInferValues = 1 << 20
+
+/** The most dims an input's shape may have. */
+export const maxInferRank = 64
+
+/** The end of the varint at `at`, or -1 past `end`. */
+const varintEnd = (b: Uint8Array, at: number, end: number): number => {
+  while (at < end && b[at]! >= 0x80) at++
+  return at < end ? at + 1 : -1
+}
+
+/** The varint at `at` (up to 2^53), and where it ends; undefined past `end`. */
+const varint = (b: Uint8Array, at: number, end: number): readonly [number, number] | undefined => {
+  let value = 0
+  let scale = 1
+  for (let i = at; i < end && i < at + 8; i++) {
+    value += (b[i]! & 0x7f) * scale
+    if (b[i]! < 0x80) return [value, i + 1]
+    scale *= 128
+  }
+  return undefined
+}
+
+/** Varints in a packed field's payload: the bytes that end one. */
+const packedVarints = (b: Uint8Array, from: number, to: number): number => {
+  let n = 0
+  for (let i = from; i < to; i++) if (b[i]! < 0x80) n++
+  return n
+}
+
+/**
+ * Walks the fields of the message in `b[from, to)`, calling `on(field, wire, at, end)` for each
+ * (`at`/`end`: its payload for a length-delimited one, its value otherwise); false when the bytes
+ * are not protobuf this can walk (then the decoder says why).
+ */
+const eachField = (b: Uint8Array, from: number, to: number, on: (field: number, wire: number, at: number, end: number) => void): boolean => {
+  let at = from
+  while (at < to) {
+    const key = varint(b, at, to)
+    if (key === undefined) return false
+    const [tag, next] = key
+    const field = Math.floor(tag / 8)
+    const wire = tag % 8
+    let end: number
+    let start = next
+    if (wire === 0) end = varintEnd(b, next, to)
+    else if (wire === 1) end = next + 8
+    else if (wire === 5) end = next + 4
+    else if (wire === 2) {
+      const length = varint(b, next, to)
+      if (length === undefined) return false
+      start = length[1]
+      end = start + length[0]
+    } else return false
+    if (end < 0 || end > to) return false
+    on(field, wire, start, end)
+    at = end
+  }
+  return true
+}
+
+/**
+ * Why a ModelInferRequest's bytes hold more entries or values than any request needs
+ * (`maxInferEntries`, `maxInferValues`), or undefined; read from the wire format before the
+ * message is decoded, in one pass over its bytes. Decoding costs by entries and values, not by
+ * bytes: a 16 MB message of 8 million empty `inputs` (15.6 KB gzip-compressed) took 45 s of the
+ * main thread to decode.
+ */
+export const inferRequestTooLarge = (b: Uint8Array): string | undefined => {
+  let entries = 0
+  let values = 0
+  let rank = 0
+  const scalars = (field: number, wire: number, at: number, end: number) => {
+    // bool, int32, int64, uint32, uint64 (packed or not); bytes, one each.
+    if (field >= 1 && field <= 5) values += wire === 2 ? packedVarints(b, at, end) : 1
+    else if (field === 8) values++
+  }
+  const input = (field: number, wire: number, at: number, end: number) => {
+    if (field === 3) {
+      const dims = wire === 2 ? packedVarints(b, at, end) : 1
+      values += dims
+      rank = Math.max(rank, dims)
+    } else if (field === 4) entries++
+    else if (field === 5 && wire === 2) eachField(b, at, end, scalars)
+  }
+  const output = (field: number) => {
+    if (field === 2) entries++
+  }
+  const walked = eachField(b, 0, b.length, (field, wire, at, end) => {
+    if (field === 4 || field === 7) entries++
+    else if (field === 5) {
+      entries++
+      if (wire === 2) eachField(b, at, end, input)
+    } else if (field === 6) {
+      entries++
+      if (wire === 2) eachField(b, at, end, output)
+    }
+  })
+  if (!walked) return undefined
+  if (rank > maxInferRank) return `an input's shape has ${rank} dims; at most ${maxInferRank}`
+  if (entries > maxInferEntries) {
+    return `the request holds ${entries} inputs, outputs, raw_input_contents and parameters together; at most ${maxInferEntries}`
+  }
+  if (values > maxInferValues) {
+    return `the request holds ${values} integer, bool and bytes tensor values and shape dims; at most ${maxInferValues} (send large tensors in raw_input_contents)`
+  }
+  return undefined
+}
+
+/** The methods whose request is a ModelInferRequest. */
+const inferMethods = new Set(["ModelInfer", "ModelStreamInfer"])
+
 /**
  * `definition` (a service's methods) with request deserializers that return `Undecodable`
- * instead of throwing, so that a handler answers a bad message as bad input and a stream goes on.
+ * instead of throwing, so that a handler answers a bad message as bad input and a stream goes on;
+ * an inference request is refused so before it is decoded when it holds more than any request
+ * needs (`inferRequestTooLarge`).
  */
 export const tolerantRequests = <D extends Record<string, { readonly requestDeserialize: (bytes: Buffer) => unknown }>>(definition: D): D => {
   const methods: Record<string, unknown> = {}
@@ -58,6 +181,8 @@ export const tolerantRequests = <D extends Record<string, { readonly requestDese
     methods[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer) => {
+        const tooLarge = inferMethods.has(name) ? inferRequestTooLarge(bytes) : undefined
+        if (tooLarge !== undefined) return new Undecodable(tooLarge)
         try {
           return method.requestDeserialize(bytes)
         } catch (e) {

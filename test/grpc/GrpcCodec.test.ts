@@ -182,3 +182,53 @@ describe("GrpcCodec.toOip", () => {
     for (const [datatype, field] of table) assert.strictEqual(GrpcCodec.contentsFieldOf(datatype), field, datatype)
   })
 })
+
+describe("GrpcCodec.inferRequestTooLarge", () => {
+  const definitions = GrpcCodec.loadDefinitions() as unknown as Record<string, Record<string, { requestSerialize: (m: unknown) => Buffer; requestDeserialize: (b: Buffer) => unknown }>>
+  const service = definitions["inference.GRPCInferenceService"]!
+  const encode = (message: unknown) => service["ModelInfer"]!.requestSerialize(message)
+  /** A length-delimited field `field` holding `payload`. */
+  const lengthDelimited = (field: number, payload: Buffer): Buffer => {
+    const length: Array<number> = []
+    for (let n = payload.length; ; n = Math.floor(n / 128)) {
+      length.push(n >= 128 ? (n % 128) | 0x80 : n)
+      if (n < 128) break
+    }
+    return Buffer.concat([Buffer.from([(field << 3) | 2, ...length]), payload])
+  }
+
+  it("passes what a request holds, refuses before decoding what no request needs: entries past maxInferEntries, values past maxInferValues", () => {
+    const ok = encode({
+      model_name: "m",
+      parameters: { priority: { int64_param: "1" } },
+      inputs: [{ name: "x", datatype: "INT64", shape: ["2", "3"], contents: { int64_contents: ["1", "2", "3", "4", "5", "6"] } }],
+      outputs: [{ name: "y", parameters: { binary_data: { bool_param: true } } }],
+      raw_input_contents: [Buffer.from([1, 2, 3, 4])]
+    })
+    assert.isUndefined(GrpcCodec.inferRequestTooLarge(ok))
+    // Empty inputs, 2 bytes each: what decoded for 45 s at 8 million.
+    const inputs = encode({ model_name: "m", inputs: Array.from({ length: GrpcCodec.maxInferEntries + 1 }, () => ({})) })
+    assert.match(GrpcCodec.inferRequestTooLarge(inputs) ?? "", /^the request holds 4097 inputs, outputs, raw_input_contents and parameters together; at most 4096/)
+    // One input whose int64_contents, packed, hold a value a byte past the bound.
+    const packed = Buffer.alloc(GrpcCodec.maxInferValues + 1, 1)
+    const values = lengthDelimited(5, lengthDelimited(5, lengthDelimited(3, packed)))
+    assert.match(GrpcCodec.inferRequestTooLarge(values) ?? "", /holds 1048577 integer, bool and bytes tensor values and shape dims; at most 1048576/)
+    assert.isUndefined(GrpcCodec.inferRequestTooLarge(lengthDelimited(5, lengthDelimited(5, lengthDelimited(3, packed.subarray(1))))))
+    // A shape of more dims than any model has.
+    const shape = lengthDelimited(5, lengthDelimited(3, Buffer.alloc(GrpcCodec.maxInferRank + 1, 1)))
+    assert.strictEqual(GrpcCodec.inferRequestTooLarge(shape), "an input's shape has 65 dims; at most 64")
+    assert.isUndefined(GrpcCodec.inferRequestTooLarge(lengthDelimited(5, lengthDelimited(3, Buffer.alloc(GrpcCodec.maxInferRank, 1)))))
+    // Bytes that are not protobuf: left to the decoder, which says why.
+    assert.isUndefined(GrpcCodec.inferRequestTooLarge(Buffer.from([0xff, 0xff, 0xff])))
+  })
+
+  it("the tolerant deserializer answers such a request Undecodable, before decoding it", () => {
+    const tolerant = GrpcCodec.tolerantRequests(service)
+    const inputs = encode({ model_name: "m", inputs: Array.from({ length: GrpcCodec.maxInferEntries + 1 }, () => ({})) })
+    for (const method of ["ModelInfer", "ModelStreamInfer"]) {
+      const decoded = tolerant[method]!.requestDeserialize(inputs)
+      assert.instanceOf(decoded, GrpcCodec.Undecodable, method)
+      assert.include((decoded as GrpcCodec.Undecodable).details, "4097 inputs")
+    }
+  })
+})
