@@ -397,6 +397,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
       "grpc.max_receive_message_length": options.maxMessageBytes,
       "grpc.max_send_message_length": -1,
       "grpc.max_concurrent_streams": options.maxConcurrentStreams ?? maxConcurrentStreams,
+      // Nothing here serves channelz, and it keeps a record of every call and connection.
       "grpc.enable_channelz": 0
     })
     const openCalls = boundOpenCalls(server, options.maxOpenCalls ?? maxOpenCalls)
