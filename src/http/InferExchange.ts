@@ -79,7 +79,8 @@ export const decodeBody = (
     body = raw.body
     binary = raw.binary
   } else {
-    if (JsonDepth.nestsDeeperThan(text)) return { _tag: "NotJson", message: JsonDepth.tooDeepMessage("the request body") }
+    const problem = JsonDepth.inferBodyProblem(text, "the request body")
+    if (problem !== undefined) return { _tag: "NotJson", message: problem }
     let json: unknown
     try {
       json = JSON.parse(text)

@@ -35,3 +35,20 @@ describe("JsonDepth.nestsDeeperThan", () => {
     assert.isTrue(JsonDepth.nestsDeeperThan(nested(10_001)))
   })
 })
+
+describe("JsonDepth.inferBodyProblem", () => {
+  const body = (inputs: string) => `{"inputs": [${inputs}]}`
+  const row = `{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}`
+  it("passes a request body; refuses, before JSON.parse, one deeper than maxDepth, or with more objects or arrays than any request holds", () => {
+    assert.isUndefined(JsonDepth.inferBodyProblem(body(row), "the body"))
+    // 1 000 rows of nested data: 1 002 arrays, few objects.
+    assert.isUndefined(JsonDepth.inferBodyProblem(body(`{"name": "x", "shape": [1000, 2], "datatype": "FP32", "data": [${Array(1000).fill("[1, 2]").join(",")}]}`), "the body"))
+    assert.strictEqual(JsonDepth.inferBodyProblem(`{"inputs": ${"[".repeat(20_000)}${"]".repeat(20_000)}}`, "the body"), JsonDepth.tooDeepMessage("the body"))
+    // What 16 KB of gzip inflated to: objects and empty arrays by the million.
+    assert.match(JsonDepth.inferBodyProblem(body(Array(JsonDepth.maxObjects + 1).fill("{}").join(",")), "the body") ?? "", /^the body holds more than 4096 objects/)
+    assert.isUndefined(JsonDepth.inferBodyProblem(body(Array(JsonDepth.maxObjects - 1).fill("{}").join(",")), "the body"))
+    assert.match(JsonDepth.inferBodyProblem(`{"inputs": [${Array(JsonDepth.maxArrays + 1).fill("[]").join(",")}]}`, "the body") ?? "", /^the body holds more than 1048576 arrays/)
+    // Braces inside strings (BYTES data) are not objects.
+    assert.isUndefined(JsonDepth.inferBodyProblem(body(`{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["${"{".repeat(10_000)}"]}`), "the body"))
+  })
+})
