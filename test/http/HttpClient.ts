@@ -4,6 +4,7 @@
  * ECONNRESET) rather than thrown.
  */
 import * as Http from "node:http"
+import * as Net from "node:net"
 
 export interface Reply {
   readonly status: number
@@ -97,3 +98,22 @@ export const sendBinary = (port: number, path: string, header: unknown, binary: 
     request.on("error", reject)
     request.end(body)
   })
+
+/**
+ * A raw connection that has sent the headers of `POST /v2/models/echo/infer` with `body` and the
+ * first `sentBytes` of it (`extraHeaders`: whole header lines, each ending in CRLF); `rest` sends
+ * the remainder, `received` is what came back so far, `close` destroys the socket.
+ */
+export const partialEchoPost = (port: number, body: string, sentBytes: number, extraHeaders = "") => {
+  const socket = Net.connect(port, "127.0.0.1")
+  let received = ""
+  socket.on("data", (chunk: Buffer) => (received += chunk.toString("latin1")))
+  socket.on("error", () => {})
+  socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n${extraHeaders}Content-Length: ${body.length}\r\n\r\n${body.slice(0, sentBytes)}`)
+  return {
+    socket,
+    rest: () => void socket.write(body.slice(sentBytes)),
+    received: () => received,
+    close: () => socket.destroy()
+  }
+}

@@ -236,17 +236,13 @@ describe("NodeInfer.make", () => {
   it.live("a model unloaded while the body arrived is answered with the router's error and counted, as the router counts it", () =>
     Effect.gen(function*() {
       const { port, down, invalid } = yield* makeHandlerServer()
-      const body = JSON.stringify(echoBody)
-      const socket = Net.connect(port, "127.0.0.1")
-      yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
-      let received = ""
-      socket.on("data", (chunk) => (received += chunk.toString("latin1")))
-      socket.on("error", () => {})
-      socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`)
+      const client = Client.partialEchoPost(port, JSON.stringify(echoBody), 10)
+      yield* Effect.addFinalizer(() => Effect.sync(client.close))
       yield* Effect.sleep("50 millis")
       down.add("echo")
-      socket.write(body.slice(10))
-      yield* Effect.promise(() => Client.eventually(() => received.includes("\r\n\r\n{")))
+      client.rest()
+      yield* Effect.promise(() => Client.eventually(() => client.received().includes("\r\n\r\n{")))
+      const received = client.received()
       // This harness's `errorOf` answers 400 for it (the server's answers 503).
       assert.include(received, "unloaded")
       assert.deepStrictEqual(invalid.map((r) => r._tag), ["ModelUnavailable"])
@@ -257,21 +253,16 @@ describe("NodeInfer.make", () => {
       const { port, gate, lifecycle, invalid } = yield* makeHandlerServer({ maxQueuedRequests: 1 })
       yield* gate.close
       // Accepted while the queue is empty; its body (not JSON: decoding it would answer 400) comes later.
-      const body = "{".repeat(40)
-      const socket = Net.connect(port, "127.0.0.1")
-      yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
-      let received = ""
-      socket.on("data", (chunk) => (received += chunk.toString("latin1")))
-      socket.on("error", () => {})
-      socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 5)}`)
+      const client = Client.partialEchoPost(port, "{".repeat(40), 5)
+      yield* Effect.addFinalizer(() => Effect.sync(client.close))
       yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 1))
       const running = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
       const queued = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
       yield* Effect.promise(() => Client.eventually(() => lifecycle.inFlight() === 3))
       yield* Effect.sleep(20)
-      socket.write(body.slice(5))
-      yield* Effect.promise(() => Client.eventually(() => received.includes("\r\n\r\n{")))
-      assert.match(received, /^HTTP\/1\.1 429 /, received.slice(0, 200))
+      client.rest()
+      yield* Effect.promise(() => Client.eventually(() => client.received().includes("\r\n\r\n{")))
+      assert.match(client.received(), /^HTTP\/1\.1 429 /, client.received().slice(0, 200))
       assert.deepStrictEqual(invalid.map((r) => r._tag), ["QueueFull"])
       yield* gate.open
       for (const pending of [running, queued]) yield* Effect.promise(() => pending.done)

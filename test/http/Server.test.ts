@@ -104,14 +104,10 @@ describe("a client that disconnects before its request reaches the engine", () =
   it.live("while its body is read, on Node's request event and on the router: it is counted cancelled, and nothing runs", () =>
     Effect.gen(function*() {
       const { port, pool, metrics, promise } = yield* makeServer()
-      const body = JSON.stringify(echoBody)
       for (const [i, router] of [false, true].entries()) {
-        const encoding = router ? "Content-Encoding: identity\r\n" : ""
-        const socket = Net.connect(port, "127.0.0.1")
-        socket.on("error", () => {})
-        socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\n${encoding}Content-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`)
+        const client = Client.partialEchoPost(port, JSON.stringify(echoBody), 10, router ? "Content-Encoding: identity\r\n" : "")
         yield* Effect.sleep("100 millis")
-        socket.destroy()
+        client.close()
         yield* promise(() => Client.eventually(async () => (await Effect.runPromise(metrics)).includes(`inference_requests_total{model="echo",version="2",outcome="cancelled"} ${i + 1}`)))
       }
       const page = yield* metrics
@@ -130,13 +126,8 @@ describe("a request whose headers come while the queue is full", () => {
       const queued = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
       yield* promise(() => Client.eventually(() => pending() === 2))
       // Headers and part of the body while the queue is full; the rest once it has drained.
-      const body = JSON.stringify(echoBody)
-      const socket = Net.connect(port, "127.0.0.1")
-      yield* Effect.addFinalizer(() => Effect.sync(() => socket.destroy()))
-      let received = ""
-      socket.on("data", (chunk) => (received += chunk.toString("latin1")))
-      socket.on("error", () => {})
-      socket.write(`POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, 10)}`)
+      const client = Client.partialEchoPost(port, JSON.stringify(echoBody), 10)
+      yield* Effect.addFinalizer(() => Effect.sync(client.close))
       yield* Effect.sleep("100 millis")
       yield* pool.gate.open
       for (const sent of [running, queued]) {
@@ -144,9 +135,9 @@ describe("a request whose headers come while the queue is full", () => {
         assert.isTrue(Client.isReply(reply) && reply.status === 200)
       }
       assert.strictEqual(pending(), 0)
-      socket.write(body.slice(10))
-      yield* promise(() => Client.eventually(() => received.includes("\r\n\r\n{")))
-      assert.match(received, /^HTTP\/1\.1 200 /, received.slice(0, 200))
+      client.rest()
+      yield* promise(() => Client.eventually(() => client.received().includes("\r\n\r\n{")))
+      assert.match(client.received(), /^HTTP\/1\.1 200 /, client.received().slice(0, 200))
     }).pipe(withFreshMetrics))
 })
 
