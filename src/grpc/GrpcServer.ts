@@ -47,7 +47,8 @@
 import * as Grpc from "@grpc/grpc-js"
 import type * as Http2 from "node:http2"
 import { constants as Http2Constants } from "node:http2"
-import { Context, Data, Duration, Effect, Exit, Layer, type Scope, Stream } from "effect"
+import { Context, Data, Duration, Effect, Exit, Layer, Option, type Scope, Stream, Tracer } from "effect"
+import { Headers, HttpTraceContext } from "effect/http"
 import * as GrpcCodec from "./GrpcCodec.ts"
 import * as GrpcService from "./GrpcService.ts"
 import { GrpcFailure, type Requirements } from "./GrpcService.ts"
@@ -155,6 +156,21 @@ const boundOpenCalls = (server: Grpc.Server, limit: number): () => number => {
   }
   return () => open
 }
+
+/**
+ * `effect` in the call's server span, named as OpenTelemetry names RPC spans
+ * (`inference.GRPCInferenceService/ModelInfer`), the child of the trace the call's metadata
+ * carries (`traceparent`, or B3), as HTTP's server span is: the engine's spans nest under it.
+ * Only when a tracer exports (a span costs CPU on every call for nobody otherwise).
+ */
+const traced = <A, E, R>(call: { readonly metadata: Grpc.Metadata; getPath(): string }, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.withFiber((fiber) => {
+    if (fiber.getRef(Tracer.Tracer) === Tracer.nativeTracer) return effect
+    const entries: Record<string, string> = {}
+    for (const [key, value] of Object.entries(call.metadata.getMap())) if (typeof value === "string") entries[key] = value
+    const parent = Option.getOrUndefined(HttpTraceContext.fromHeaders(Headers.fromInput(entries)))
+    return Effect.withSpan(effect, call.getPath().replace(/^\//, ""), parent === undefined ? { kind: "server" } : { kind: "server", parent })
+  })
 
 /** The server could not bind. */
 export class GrpcServeError extends Data.TaggedError("GrpcServeError")<{ readonly message: string }> {}
@@ -306,7 +322,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
       (call: Grpc.ServerUnaryCall<Req, Res>, callback: Grpc.sendUnaryData<Res>) => {
         const request: unknown = call.request
         if (request instanceof GrpcCodec.Undecodable) return callback({ code: Grpc.status.INVALID_ARGUMENT, details: request.details })
-        const effect = internalOnDefect(lifecycle.track(f(call.request, deadlineOf(call))))
+        const effect = traced(call, internalOnDefect(lifecycle.track(f(call.request, deadlineOf(call)))))
         const interrupt = run(effect, {
           onExit: (exit) => {
             if (Exit.isSuccess(exit)) return callback(null, exit.value)
@@ -354,7 +370,7 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
         Stream.mapEffect(answer, { concurrency, unordered: true }),
         Stream.runForEach(write)
       )
-      const interrupt = run(effect, {
+      const interrupt = run(traced(call, effect), {
         onExit: (exit) => {
           streams.delete(call)
           if (Exit.isSuccess(exit)) return call.end()

@@ -5,10 +5,12 @@
  */
 import { afterEach, assert, describe, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Layer, Logger, Option } from "effect"
+import * as Grpc from "@grpc/grpc-js"
 import * as Net from "node:net"
 import { spawn } from "node:child_process"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
+import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
 import * as InferenceClient from "../../src/InferenceClient.ts"
 import * as InferenceRequest from "../../src/InferenceRequest.ts"
 import * as Otel from "../../src/Otel.ts"
@@ -123,9 +125,9 @@ describe("Otel", () => {
     for (const m of sums) assert.strictEqual(m.sum?.isMonotonic, true, m.name)
   })
 
-  it("the server exports traces and metrics when OTEL_EXPORTER_OTLP_ENDPOINT is set", async () => {
+  it("the server exports traces and metrics when OTEL_EXPORTER_OTLP_ENDPOINT is set; a gRPC call has its server span, in the trace its traceparent names", async () => {
     collector = await Collector.start()
-    const child = spawn(process.execPath, [Path.join(root, "src/bin/server.ts"), "--port", "0", "--grace-period-seconds", "2"], {
+    const child = spawn(process.execPath, [Path.join(root, "src/bin/server.ts"), "--port", "0", "--grpc-port", "0", "--grace-period-seconds", "2"], {
       cwd: root,
       env: { ...process.env, OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_SERVICE_NAME: "oip-server-test" },
       stdio: ["ignore", "pipe", "pipe"]
@@ -146,11 +148,31 @@ describe("Otel", () => {
     const body = { inputs: [{ name: "input", datatype: "FP32", shape: [1, 784], data: new Array(784).fill(0) }] }
     const response = await fetch(`http://127.0.0.1:${port}/v2/models/mlp/infer`, { method: "POST", body: JSON.stringify(body) })
     assert.strictEqual(response.status, 200, await response.text())
+    // Over gRPC, with the caller's trace context in the metadata.
+    const grpcAddress = /gRPC listening on (\S+)/.exec(output)![1]!
+    const proto = Grpc.loadPackageDefinition(GrpcCodec.loadDefinitions()) as any
+    const grpcClient = new proto.inference.GRPCInferenceService(grpcAddress, Grpc.credentials.createInsecure())
+    const traceId = "4bf92f3577b34da6a3ce929d0e0e4736"
+    const metadata = new Grpc.Metadata()
+    metadata.set("traceparent", `00-${traceId}-00f067aa0ba902b7-01`)
+    const grpcError = await new Promise<unknown>((resolve) =>
+      grpcClient.ModelInfer({ model_name: "mlp", inputs: [{ name: "input", datatype: "FP32", shape: [1, 784], contents: { fp32_contents: new Array(784).fill(0) } }] }, metadata, (e: unknown) => resolve(e))
+    )
+    grpcClient.close()
+    assert.isNull(grpcError)
     child.kill("SIGTERM")
     assert.strictEqual(await exited, 0, output)
     assert.include(Collector.spanNames(collector.bodies("/v1/traces")), "Engine.infer")
     assert.include(Collector.metricNames(collector.bodies("/v1/metrics")), "inference_requests_total")
     assert.include(Collector.serviceNames(collector.bodies("/v1/traces")), "oip-server-test")
+    const spans = collector.bodies("/v1/traces").flatMap((b) =>
+      (JSON.parse(b).resourceSpans ?? []).flatMap((r: any) => r.scopeSpans.flatMap((s: any) => s.spans))
+    ) as Array<{ name: string; traceId: string; spanId: string; parentSpanId?: string; kind: number }>
+    const server = spans.find((s) => s.name === "inference.GRPCInferenceService/ModelInfer")
+    assert.isDefined(server, spans.map((s) => s.name).join(", "))
+    assert.strictEqual(server!.traceId, traceId, "the trace the caller named")
+    assert.strictEqual(server!.parentSpanId, "00f067aa0ba902b7")
+    assert.isTrue(spans.some((s) => s.name === "Engine.infer" && s.parentSpanId === server!.spanId), "the engine's span under it")
   }, 60_000)
 
   it("an endpoint that nothing listens on: one warning naming it, and closing waits at most about a second", async () => {
