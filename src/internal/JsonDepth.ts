@@ -38,21 +38,30 @@ export const nestsDeeperThan = (text: string, depth: number = maxDepth): boolean
   return scanDeeperThan(text, depth)
 }
 
-/** `nestsDeeperThan`'s scan, without its count first. */
-const scanDeeperThan = (text: string, depth: number): boolean => {
-  let level = 0
+/**
+ * Calls `stop` with each bracket or brace of `text` outside strings, in order, jumping from one
+ * structural character to the next; true once `stop` says so, false at the end (or at a string
+ * that does not end: JSON.parse refuses it).
+ */
+const scanUntil = (text: string, stop: (char: number) => boolean): boolean => {
   structural.lastIndex = 0
   for (let match = structural.exec(text); match !== null; match = structural.exec(text)) {
     const c = text.charCodeAt(match.index)
-    if (c === 0x22) {
-      const end = stringEnd(text, match.index)
-      if (end === -1) return false // unterminated: JSON.parse refuses it
-      structural.lastIndex = end + 1
-    } else if (c === 0x5b || c === 0x7b) {
-      if (++level > depth) return true
-    } else level--
+    if (c !== 0x22) {
+      if (stop(c)) return true
+      continue
+    }
+    const end = stringEnd(text, match.index)
+    if (end === -1) return false
+    structural.lastIndex = end + 1
   }
   return false
+}
+
+/** `nestsDeeperThan`'s scan, without its count first. */
+const scanDeeperThan = (text: string, depth: number): boolean => {
+  let level = 0
+  return scanUntil(text, (c) => (c === 0x5b || c === 0x7b ? ++level > depth : (level--, false)))
 }
 
 /** The index of the quote that closes the string opened at `start`: one after an even run of backslashes; -1 if none. */
@@ -94,18 +103,9 @@ export const inferBodyProblem = (text: string, what: string): string | undefined
 const scanTooMany = (text: string, what: string): string | undefined => {
   let objects = 0
   let arrays = 0
-  structural.lastIndex = 0
-  for (let match = structural.exec(text); match !== null; match = structural.exec(text)) {
-    const c = text.charCodeAt(match.index)
-    if (c === 0x22) {
-      const end = stringEnd(text, match.index)
-      if (end === -1) return undefined // unterminated: JSON.parse refuses it
-      structural.lastIndex = end + 1
-    } else if (c === 0x7b) {
-      if (++objects > maxObjects) return `${what} holds more than ${maxObjects} objects (a request's inputs, outputs and parameters are a few)`
-    } else if (c === 0x5b) {
-      if (++arrays > maxArrays) return `${what} holds more than ${maxArrays} arrays (send many rows as one flat data array, or as binary tensor data)`
-    }
-  }
-  return undefined
+  const over = scanUntil(text, (c) => (c === 0x7b && ++objects > maxObjects) || (c === 0x5b && ++arrays > maxArrays))
+  if (!over) return undefined
+  return objects > maxObjects
+    ? `${what} holds more than ${maxObjects} objects (a request's inputs, outputs and parameters are a few)`
+    : `${what} holds more than ${maxArrays} arrays (send many rows as one flat data array, or as binary tensor data)`
 }
