@@ -65,6 +65,20 @@ describe("npm pack", () => {
     }
     assert.isFalse(paths.some((p) => p.startsWith("src/") || p.startsWith("test/") || p.endsWith(".ts") && !p.endsWith(".d.ts")))
 
+    // The packed Markdown's relative links land on packed files (README linked docs the package
+    // left out), except the examples and the Grafana dashboard: they run or load from a checkout
+    // (the examples import ../src), and the README says so where it links them.
+    const checkoutOnly = ["examples", "deploy/"]
+    for (const doc of paths.filter((p) => p.endsWith(".md"))) {
+      const text = Fs.readFileSync(Path.join(root, doc), "utf8")
+      for (const [, target] of text.matchAll(/\]\(([^)#\s]+)(?:#[^)]*)?\)/g)) {
+        if (/^[a-z]+:/.test(target!)) continue
+        const resolved = Path.posix.normalize(Path.posix.join(Path.posix.dirname(doc), target!))
+        if (checkoutOnly.some((prefix) => resolved.startsWith(prefix))) continue
+        assert.include(paths, resolved, `${doc} links ${target}, which the package does not ship`)
+      }
+    }
+
     // A fresh consumer project.
     const consumer = Path.join(work, "consumer")
     Fs.mkdirSync(consumer)
