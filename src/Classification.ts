@@ -38,7 +38,7 @@ export const countOf = (value: unknown): number | string => {
  * (where `toFixed` turns to exponents) the integer the double is, in full.
  */
 const floatText = (v: number): string =>
-  Number.isNaN(v) ? "nan" : v === Infinity ? "inf" : v === -Infinity ? "-inf" : Math.abs(v) < 1e21 ? v.toFixed(6) : `${BigInt(v)}.000000`
+  Number.isNaN(v) ? "nan" : v === Infinity ? "inf" : v === -Infinity ? "-inf" : Object.is(v, -0) ? "-0.000000" : Math.abs(v) < 1e21 ? v.toFixed(6) : `${BigInt(v)}.000000`
 
 const isFloat = (dtype: Tensor.DataType): boolean => dtype === "float32" || dtype === "float64" || dtype === "float16"
 

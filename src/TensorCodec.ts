@@ -541,6 +541,7 @@ const roundedTo = (v: number, a: number, p: number, exp: number): number => {
  */
 const float32Text = (v: number): string => {
   if (!Number.isFinite(v)) return "null"
+  if (v === 0) return zeroText(v)
   if (Number.isInteger(v) && Math.abs(v) < 1e15) return String(v)
   const a = Math.abs(v)
   let exp = Math.floor(Math.log10(a))
@@ -557,11 +558,15 @@ const float32Text = (v: number): string => {
   return String(v < 0 ? -rounded : rounded)
 }
 
-const float64Text = (v: number): string => (Number.isFinite(v) ? String(v) : "null")
+/** A zero with its sign: `String(-0)` is "0", which reads back as +0 (JSON's grammar has `-0`). */
+const zeroText = (v: number): string => (Object.is(v, -0) ? "-0" : "0")
+
+const float64Text = (v: number): string => (Number.isFinite(v) ? (v === 0 ? zeroText(v) : String(v)) : "null")
 
 const float16Text = (bits: number): string => {
   const v = fromHalfBits(bits)
   if (!Number.isFinite(v)) return "null"
+  if (v === 0) return zeroText(v)
   if (Number.isInteger(v)) return String(v)
   for (let p = 3; p < 5; p++) {
     const s = Number(v.toPrecision(p))

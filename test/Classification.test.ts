@@ -23,6 +23,8 @@ describe("Classification", () => {
     const cases: ReadonlyArray<readonly [Tensor.Tensor, ReadonlyArray<string>]> = [
       [Tensor.make("float64", Float64Array.of(0.1234567, Infinity, -Infinity, 1e22), [4]), ["inf:1", "10000000000000000000000.000000:3", "0.123457:0"]],
       [Tensor.make("float16", Uint16Array.of(toHalfBits(0.5), toHalfBits(-2)), [2]), ["0.500000:0", "-2.000000:1"]],
+      // std::to_string(-0.0) is "-0.000000"; (-0).toFixed(6) is "0.000000".
+      [Tensor.float32([-0, -1e-7, -1], [3]), ["-0.000000:0", "-0.000000:1", "-1.000000:2"]],
       // 2^53 + 1 above 2^53: ordered exactly, not as the doubles they round to.
       [Tensor.int64([9007199254740992n, 9007199254740993n, -5n], [3]), ["9007199254740993:1", "9007199254740992:0", "-5:2"]],
       [Tensor.make("uint64", BigUint64Array.of(18446744073709551615n, 0n), [2]), ["18446744073709551615:0", "0:1"]],

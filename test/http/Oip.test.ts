@@ -171,10 +171,18 @@ describe("Oip encoding", () => {
     back.slice(0, 4).forEach((v, i) => assert.strictEqual(Math.fround(v!), (t.data as Float32Array)[i]))
   })
 
+  it("prints a negative zero as -0 in every float type (String(-0) is \"0\", which reads back as +0)", () => {
+    assert.strictEqual(Oip.encodeData(Tensor.float32([-0, 0, -1], [3])), "[-0,0,-1]")
+    assert.strictEqual(Oip.encodeData(Tensor.make("float64", Float64Array.of(-0, 0), [2])), "[-0,0]")
+    assert.strictEqual(Oip.encodeData(Tensor.make("float16", Uint16Array.of(0x8000, 0x0000), [2])), "[-0,0]")
+    assert.isTrue(Object.is(JSON.parse(Oip.encodeData(Tensor.float32([-0], [1])))[0], -0))
+  })
+
   it("prints each float32 as Number(v.toPrecision(p)) for the least p from 6 that reads back: random bit patterns and edges", () => {
     // The definition, one toPrecision per p (what the encoder computes faster).
     const reference = (v: number): string => {
       if (!Number.isFinite(v)) return "null"
+      if (Object.is(v, -0)) return "-0"
       if (Number.isInteger(v) && Math.abs(v) < 1e15) return String(v)
       for (let p = 6; p < 9; p++) {
         const s = Number(v.toPrecision(p))
@@ -184,7 +192,7 @@ describe("Oip encoding", () => {
     }
     let seed = 12345
     const bits = new Uint32Array(40_000).map(() => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0))
-    const edges = [0.1, 0.3, 9.999999, 99999.995, 0.0999999, 1e-10, 2.5e-7, 123456.7, 8.5e37, 3.4028234663852886e38, 1.1754943508222875e-38, 1e-45, 16777217, 1e20]
+    const edges = [0, 0.1, 0.3, 9.999999, 99999.995, 0.0999999, 1e-10, 2.5e-7, 123456.7, 8.5e37, 3.4028234663852886e38, 1.1754943508222875e-38, 1e-45, 16777217, 1e20]
     const powers = Array.from({ length: 277 }, (_, i) => [2 ** (i - 149), 10 ** ((i - 149) / 4)]).flat()
     const values = Float32Array.from([...new Float32Array(bits.buffer), ...edges, ...edges.map((x) => -x), ...powers])
     const printed = Oip.encodeData(Tensor.float32(values, [values.length])).slice(1, -1).split(",")
