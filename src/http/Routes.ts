@@ -170,7 +170,13 @@ export const redact = (message: string, roots: ReadonlyArray<string> = []): stri
 export const clientMessage = (reason: InferenceError.Reason, roots: ReadonlyArray<string>): string =>
   reason._tag === "InvalidInput" ? cut(reason.message) : redact(reason.message, roots)
 
-const cut = (text: string): string => text.length > maxMessageLength ? `${text.slice(0, maxMessageLength - 1)}…` : text
+/** At most `maxMessageLength` UTF-16 units, never half a surrogate pair (a lone one is not valid UTF-8 text). */
+const cut = (text: string): string => {
+  if (text.length <= maxMessageLength) return text
+  const end = maxMessageLength - 1
+  const high = text.charCodeAt(end - 1)
+  return `${text.slice(0, high >= 0xd800 && high <= 0xdbff ? end - 1 : end)}…`
+}
 
 const json = (status: number, body: unknown, headers?: Readonly<Record<string, string>>) =>
   HttpServerResponse.text(JSON.stringify(body), { status, contentType: "application/json", ...(headers === undefined ? {} : { headers }) })
@@ -632,6 +638,7 @@ export const layer = (
 
 /**
  * Router options for these routes: `/v2/` and `/v2` are the same; long names reach the name check
- * (400); paths are case-sensitive, as Triton's and the fast path's (`/V2/MODELS/…` is a 404).
+ * (400; a parameter past the router's limit would be "no route", 404, and the 16 KiB of a request's
+ * head, Node's limit, bounds it first); paths are case-sensitive, as Triton's and the fast path's (`/V2/MODELS/…` is a 404).
  */
-export const routerConfig = { ignoreTrailingSlash: true, maxParamLength: 1024, caseSensitive: true } as const
+export const routerConfig = { ignoreTrailingSlash: true, maxParamLength: 16 * 1024, caseSensitive: true } as const

@@ -88,7 +88,7 @@ const rawJsonAnswer = (socket: Net.Socket, status: number, reason: string, messa
   // Destroyed once written, as Node does: ending only our side would leave the socket open for
   // as long as a client that keeps its own side open wants (no parser watches it any more).
   socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extra}connection: close\r\n\r\n${body}`,
+    `HTTP/1.1 ${status} ${reason}\r\ndate: ${new Date().toUTCString()}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n${extra}connection: close\r\n\r\n${body}`,
     () => socket.destroy()
   )
 }

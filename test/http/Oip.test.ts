@@ -424,6 +424,16 @@ describe("redact", () => {
     assert.strictEqual(redact("short"), "short")
   })
 
+  it("cuts between characters, never inside a surrogate pair (a lone surrogate is not UTF-8 text)", () => {
+    for (const prefix of ["", "x"]) {
+      const invalid = new InferenceError.InvalidInput({ modelId: "mlp", detail: prefix + "😀".repeat(2_000) })
+      const text = clientMessage(invalid, [])
+      assert.isTrue(text.isWellFormed(), `prefix ${JSON.stringify(prefix)}`)
+      assert.isAtMost(text.length, maxMessageLength)
+      assert.isTrue(text.endsWith("😀…"))
+    }
+  })
+
   it("drops stack frames and absolute paths, keeps paths relative to the repository", () => {
     assert.strictEqual(
       redact("Load model from /srv/models/a/1/model.onnx failed: bad\n    at Session.create (/app/node_modules/x.js:1:2)"),

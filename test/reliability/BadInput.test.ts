@@ -140,7 +140,8 @@ export const corpus: ReadonlyArray<Case> = [
   { name: "model name with a NUL byte", path: "/v2/models/echo%00/infer", body: valid, status: 400, error: /^invalid model name/ },
   { name: "model name with markup", path: "/v2/models/%3Cscript%3E/infer", body: valid, status: 400, error: /^invalid model name/ },
   { name: "model name of 300 characters", path: `/v2/models/${"m".repeat(300)}/infer`, body: valid, status: 400, error: /^invalid model name/ },
-  { name: "model name of 2000 characters (past the router's limit)", path: `/v2/models/${"m".repeat(2000)}/infer`, body: valid, status: 404, error: /^no route for POST/ },
+  { name: "model name of 2000 characters", path: `/v2/models/${"m".repeat(2000)}/infer`, body: valid, status: 400, error: /^invalid model name/ },
+  { name: "model version of 2000 letters", path: `/v2/models/echo/versions/${"v".repeat(2000)}/infer`, body: valid, status: 400, error: /^invalid model version/ },
   { name: "absolute path as model name", method: "GET", path: "/v2/models/%2Fetc%2Fpasswd", status: 400, error: /^invalid model name/ },
   { name: "unknown model", body: valid, path: "/v2/models/nope/infer", status: 404, error: /model "nope" not found/ },
   { name: "version ../1 (encoded)", path: "/v2/models/echo/versions/..%2F1/infer", body: valid, status: 400, error: /^invalid model version/ },
@@ -342,6 +343,8 @@ describe("malformed requests, over a real socket", () => {
         assert.strictEqual(r.status, status, `${label}: ${reply.text.slice(0, 200)}`)
         assert.include(r.head, "content-type: application/json", label)
         assert.include(r.head, "connection: close", label)
+        // RFC 9110 §6.6.1: an origin server with a clock sends Date on every 4xx.
+        assert.match(r.head, /\bdate: [A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT\b/i, label)
         assertCleanError(label, r.status, r.body, error)
         // The client kept its side open: the server must still let go of the socket.
         const released = yield* Effect.promise(() => Client.eventually(() => connections() === 0, 1000).then(() => true, () => false))
