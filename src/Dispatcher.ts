@@ -290,7 +290,9 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       const nativeMs = Exit.isSuccess(exit) ? exit.value.runMs : undefined
       batch.model.cost.observe(rows, nativeMs ?? runMs)
       // The compute time is the native run's too: a job sent ahead to a busy instance waited there first.
-      state.telemetry.recordRun(request.modelId, nativeMs ?? runMs, members.length, rows, metadata.version)
+      // Only a run that completed counts (Triton's execution and inference counts): a failed
+      // batch's members run again alone, and would count twice.
+      if (Exit.isSuccess(exit)) state.telemetry.recordRun(request.modelId, nativeMs ?? runMs, members.length, rows, metadata.version)
       if (Exit.isFailure(exit) && joined && isRunFailure(exit)) {
         // One member's input can fail a whole batch: each member runs again alone, but one past
         // its deadline (the pool refused or killed the job for it) is answered so, not run again.
@@ -340,8 +342,8 @@ const runGroup = (state: State, batch: Scheduler.Batch<Caller>): Effect.Effect<v
         const m = members[i]!
         const outcome = outcomes[i]
         const { modelId, requestId } = m.value.request
-        // A run the pool did not time counts the group's wall time per member, as a batch's run does, not 0.
-        state.telemetry.recordRun(modelId, outcome === undefined ? 0 : Exit.isSuccess(outcome) ? outcome.value.runMs ?? wallMs : wallMs, 1, m.rows, metadata.version)
+        // A run the pool did not time counts the group's wall time per member, as a batch's run does; a failed one does not count.
+        if (outcome !== undefined && Exit.isSuccess(outcome)) state.telemetry.recordRun(modelId, outcome.value.runMs ?? wallMs, 1, m.rows, metadata.version)
         if (outcome === undefined) answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: "the pool answered fewer runs than it was sent" })))
         else if (Exit.isSuccess(outcome)) answer(state, m, Exit.succeed({ outputs: outcome.value.outputs, deviceUsed: outcome.value.deviceUsed }))
         else answer(state, m, Exit.fail(new InferenceError.RunFailed({ modelId, requestId, detail: outcome.cause.reasons[0]?._tag === "Fail" ? outcome.cause.reasons[0].error.detail : "run failed" })))

@@ -19,7 +19,7 @@
  * `nv_inference_*` families (`RequestInfo.version`, the last argument of `recordQueueWait` and
  * `recordRun`); empty where none was chosen (a refusal of a model or version the pool does not have).
  *
- * Tests provide `TelemetryCollector.layerRecording` and read its log.
+ * Tests provide `layerRecording` (this module's) and read its `TelemetryLog`.
  *
  * Every accepted or rejected request is recorded by `recordStart` and then exactly one of
  * success, failure, cancelled, timeout or rejected, so started = the sum over outcomes.
@@ -30,7 +30,8 @@
  * needs Effects (an exporter, a queue) should buffer and work elsewhere. The engine passes one
  * `RequestInfo` object for a request's start and its outcome (the same object, holding nothing of
  * its inputs), so a collector may pair them by identity. `recordRun` is called
- * once per native run (a batch is one run), with the requests and the rows it held.
+ * once per native run that completed (a batch is one run), with the requests and the rows it
+ * held; a failed run is not one (a failed batch's members run again alone, and count then).
  *
  * @module Telemetry
  */

@@ -15,7 +15,7 @@ import type * as InferenceResult from "../src/InferenceResult.ts"
 import * as ModelMetadata from "../src/ModelMetadata.ts"
 import { ModelPool } from "../src/ModelPool.ts"
 import type * as Priority from "../src/Priority.ts"
-import { TelemetryCollector } from "../src/Telemetry.ts"
+import { layerRecording, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { makeHarness } from "./fixtures/EngineHarness.ts"
 import { echoInputs, echoMetadata, type Script } from "./fixtures/FakeModelPool.ts"
@@ -270,7 +270,7 @@ describe("AsyncInferenceEngine dynamic batching", () => {
   it.effect("a batch whose run fails runs each member again alone: only a member that fails alone fails", () =>
     Effect.gen(function*() {
       // b's input poisons any run it is part of (like a token id past the vocabulary).
-      const { engine, gate, stats } = yield* gated({
+      const { engine, gate, stats, log } = yield* gated({
         script: (_id, rowValues) => rowValues.includes(2) ? { latency: "1 millis", failWith: "bad kernel" } : { latency: "1 millis" },
         batching: batching()
       })
@@ -284,6 +284,9 @@ describe("AsyncInferenceEngine dynamic batching", () => {
       assert.isTrue(Exit.isSuccess(ec) && firstValue(ec.value) === 6, "c got its result")
       assert.isTrue(Exit.isFailure(eb) && eb.cause.reasons.some((r) => r._tag === "Fail" && r.error.reason._tag === "RunFailed"), "b failed")
       assert.deepStrictEqual(stats.batchSizes, [3, 1, 1, 1], "one batch, then each member alone, one after the other")
+      // Only the runs that completed count (Triton's execution and inference counts): a and c alone.
+      const runs = log.events.flatMap((e) => e._tag === "run" ? [[e.batchSize, e.rows]] : [])
+      assert.deepStrictEqual(runs, [[1, 1], [1, 1]], "the failed batch and b's failed rerun are not runs")
       assert.strictEqual(stats.maxActive, 1, "the reruns hold the batch's permit")
       assert.strictEqual(yield* engine.pending, 0)
     }))
@@ -512,6 +515,34 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
         assert.isTrue(Exit.isFailure(exit), String(exit))
         assert.include(String(exit), "its data does not fill its dims")
       }
+    }))
+
+  it.effect("a group's failed runs are not counted as runs: only those that completed are (Triton's execution and inference counts)", () =>
+    Effect.gen(function*() {
+      const poison = 13
+      const valueOf = (inputs: Tensor.TensorMap) => (inputs["x"]!.data as Float32Array)[0]!
+      const pool = Layer.succeed(ModelPool, {
+        metadata: () => Effect.succeed({ ...echoMetadata, concurrency: 1 }),
+        run: (_modelId, inputs) => Effect.succeed({ outputs: { y: inputs["x"]! }, deviceUsed: "cpu", runMs: 1 }),
+        runGroup: (modelId, inputs) =>
+          Effect.succeed(inputs.map((i) =>
+            valueOf(i) === poison
+              ? Exit.fail(new InferenceError.RunFailed({ modelId, requestId: "r", detail: "bad kernel" }))
+              : Exit.succeed({ outputs: { y: i["x"]! }, deviceUsed: "cpu", runMs: 1 })
+          )),
+        models: Effect.succeed([])
+      })
+      const gate = yield* Latch.make(false)
+      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
+        Layer.provideMerge(Layer.mergeAll(pool, layerRecording, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
+      )).pipe(Effect.provideService(DispatchGate, gate.await))
+      const engine = Context.get(context, AsyncInferenceEngine)
+      const fibers = yield* Effect.forEach([1, poison, 3], (v) => fork(Effect.exit(engine.infer(InferenceRequest.make("echo", echoInputs(v))))))
+      yield* gate.open
+      const exits = yield* Effect.forEach(fibers, Fiber.join)
+      assert.deepStrictEqual(exits.map((e) => Exit.isSuccess(e) ? firstValue(e.value) : "failed"), [1, "failed", 3])
+      const runs = Context.get(context, TelemetryLog).events.filter((e) => e._tag === "run")
+      assert.deepStrictEqual(runs.map((e) => e._tag === "run" ? e.batchSize : 0), [1, 1], "two runs completed; the failed one is not counted")
     }))
 
   it.effect("a group whose job fails as a whole (its instance died) runs its members again alone: one crashing input fails only itself", () =>
