@@ -52,10 +52,10 @@ export class Undecodable {
 export const maxInferEntries = 4096
 
 /**
- * The most varint-coded tensor values (bool, int32, int64, uint32, uint64 contents; shape dims)
- * and bytes elements a ModelInferRequest may hold: 2^20, about a second of the main thread to
- * decode here (4 million took 2.5–3.5 s). Larger tensors go in `raw_input_contents`, as Triton's
- * clients send them.
+ * The most tensor values in `contents` (bool, integer, float, bytes elements) and shape dims a
+ * ModelInferRequest may hold: 2^20, about a second of the main thread to decode here at most (4
+ * million varints took 2.5–3.5 s, 4 million floats 1.9 s). Larger tensors go in
+ * `raw_input_contents`, as Triton's clients send them.
  */
 export const maxInferValues = 1 << 20
 
@@ -68,14 +68,18 @@ const varintEnd = (b: Uint8Array, at: number, end: number): number => {
   return at < end ? at + 1 : -1
 }
 
-/** The varint at `at` (up to 2^53), and where it ends; undefined past `end`. */
-const varint = (b: Uint8Array, at: number, end: number): readonly [number, number] | undefined => {
+/**
+ * The varint at `at` read as protobufjs reads keys and lengths (`Reader.uint32`): its low 32
+ * bits, at most 10 bytes; and where it ends. Undefined when it does not end by `end` (or in 10 bytes).
+ */
+const uint32At = (b: Uint8Array, at: number, end: number): readonly [number, number] | undefined => {
   let value = 0
-  let scale = 1
-  for (let i = at; i < end && i < at + 8; i++) {
-    value += (b[i]! & 0x7f) * scale
-    if (b[i]! < 0x80) return [value, i + 1]
-    scale *= 128
+  for (let k = 0; k < 10; k++) {
+    const i = at + k
+    if (i >= end) return undefined
+    const byte = b[i]!
+    if (k < 5) value |= (byte & 0x7f) << (7 * k)
+    if (byte < 0x80) return [value >>> 0, i + 1]
   }
   return undefined
 }
@@ -87,81 +91,109 @@ const packedVarints = (b: Uint8Array, from: number, to: number): number => {
   return n
 }
 
+/** A field's visit: why the message is refused, or undefined to go on. */
+type Visit = (field: number, wire: number, at: number, end: number) => string | undefined
+
 /**
  * Walks the fields of the message in `b[from, to)`, calling `on(field, wire, at, end)` for each
- * (`at`/`end`: its payload for a length-delimited one, its value otherwise); false when the bytes
- * are not protobuf this can walk (then the decoder says why).
+ * (`at`/`end`: its payload for a length-delimited one, its value otherwise), with the wire types
+ * `wires` allows for its known fields (the decoder reads a known field by its type whatever the
+ * wire type says, so a wrong one would hide what it holds). Why it cannot be walked, or what `on`
+ * refused, else undefined. Groups (wire types 3 and 4) are refused: no field of an inference
+ * request is one, and the decoder would skip what they hold unseen.
  */
-const eachField = (b: Uint8Array, from: number, to: number, on: (field: number, wire: number, at: number, end: number) => void): boolean => {
+const eachField = (b: Uint8Array, from: number, to: number, wires: Readonly<Record<number, ReadonlyArray<number>>>, on: Visit): string | undefined => {
   let at = from
   while (at < to) {
-    const key = varint(b, at, to)
-    if (key === undefined) return false
+    const key = uint32At(b, at, to)
+    if (key === undefined) return `a field key at byte ${at} does not end`
     const [tag, next] = key
-    const field = Math.floor(tag / 8)
-    const wire = tag % 8
-    let end: number
+    const field = tag >>> 3
+    const wire = tag & 7
+    const allowed = wires[field]
+    if (allowed !== undefined && !allowed.includes(wire)) return `field ${field} at byte ${at} has wire type ${wire}, not its type's (${allowed.join(" or ")})`
     let start = next
+    let end: number
     if (wire === 0) end = varintEnd(b, next, to)
     else if (wire === 1) end = next + 8
     else if (wire === 5) end = next + 4
     else if (wire === 2) {
-      const length = varint(b, next, to)
-      if (length === undefined) return false
+      const length = uint32At(b, next, to)
+      if (length === undefined) return `the length of field ${field} at byte ${at} does not end`
       start = length[1]
       end = start + length[0]
-    } else return false
-    if (end < 0 || end > to) return false
-    on(field, wire, start, end)
+    } else return `field ${field} at byte ${at} is a group (wire type ${wire}), which no field of an inference request is`
+    if (end < 0 || end > to) return `field ${field} at byte ${at} runs past the end of its message`
+    const refused = on(field, wire, start, end)
+    if (refused !== undefined) return refused
     at = end
   }
-  return true
+  return undefined
 }
 
+/** Wire types of each known field: ModelInferRequest, InferInputTensor, InferRequestedOutputTensor, InferTensorContents. */
+const requestWires = { 1: [2], 2: [2], 3: [2], 4: [2], 5: [2], 6: [2], 7: [2] } as const
+const inputWires = { 1: [2], 2: [2], 3: [0, 2], 4: [2], 5: [2] } as const
+const outputWires = { 1: [2], 2: [2] } as const
+const contentsWires = { 1: [0, 2], 2: [0, 2], 3: [0, 2], 4: [0, 2], 5: [0, 2], 6: [5, 2], 7: [1, 2], 8: [2] } as const
+
 /**
- * Why a ModelInferRequest's bytes hold more entries or values than any request needs
- * (`maxInferEntries`, `maxInferValues`), or undefined; read from the wire format before the
- * message is decoded, in one pass over its bytes. Decoding costs by entries and values, not by
- * bytes: a 16 MB message of 8 million empty `inputs` (15.6 KB gzip-compressed) took 45 s of the
- * main thread to decode.
+ * What stops a ModelInferRequest's bytes before they are decoded, or undefined: `unreadable`
+ * when they are not protobuf this walk reads as the decoder would (a group, a known field of
+ * the wrong wire type, a field past its message's end), `tooLarge` when they hold more entries
+ * or values than any request needs (`maxInferEntries`, `maxInferValues`, `maxInferRank`). One
+ * pass over the bytes. Decoding costs by entries and values, not by bytes: a 16 MB message of 8
+ * million empty `inputs` (15.6 KB gzip-compressed) took 45 s of the main thread to decode; and
+ * bytes this walk could not read were once let through, undecoded and uncounted.
  */
-export const inferRequestTooLarge = (b: Uint8Array): string | undefined => {
+export const inferRequestProblem = (b: Uint8Array): { readonly _tag: "unreadable" | "tooLarge"; readonly why: string } | undefined => {
   let entries = 0
   let values = 0
   let rank = 0
-  const scalars = (field: number, wire: number, at: number, end: number) => {
-    // bool, int32, int64, uint32, uint64 (packed or not); bytes, one each.
+  let inputDims = 0
+  const contents: Visit = (field, wire, at, end) => {
+    // bool, int32, int64, uint32, uint64 (packed or not); float and double; bytes, one each.
     if (field >= 1 && field <= 5) values += wire === 2 ? packedVarints(b, at, end) : 1
+    else if (field === 6) values += wire === 2 ? Math.ceil((end - at) / 4) : 1
+    else if (field === 7) values += wire === 2 ? Math.ceil((end - at) / 8) : 1
     else if (field === 8) values++
+    return undefined
   }
-  const input = (field: number, wire: number, at: number, end: number) => {
+  const input: Visit = (field, wire, at, end) => {
     if (field === 3) {
+      // The decoder joins repeated occurrences into one shape.
       const dims = wire === 2 ? packedVarints(b, at, end) : 1
       values += dims
-      rank = Math.max(rank, dims)
+      inputDims += dims
     } else if (field === 4) entries++
-    else if (field === 5 && wire === 2) eachField(b, at, end, scalars)
+    else if (field === 5) return eachField(b, at, end, contentsWires, contents)
+    return undefined
   }
-  const output = (field: number) => {
+  const output: Visit = (field) => {
     if (field === 2) entries++
+    return undefined
   }
-  const walked = eachField(b, 0, b.length, (field, wire, at, end) => {
+  const unreadable = eachField(b, 0, b.length, requestWires, (field, _wire, at, end) => {
     if (field === 4 || field === 7) entries++
     else if (field === 5) {
       entries++
-      if (wire === 2) eachField(b, at, end, input)
+      inputDims = 0
+      const refused = eachField(b, at, end, inputWires, input)
+      rank = Math.max(rank, inputDims)
+      return refused
     } else if (field === 6) {
       entries++
-      if (wire === 2) eachField(b, at, end, output)
+      return eachField(b, at, end, outputWires, output)
     }
+    return undefined
   })
-  if (!walked) return undefined
-  if (rank > maxInferRank) return `an input's shape has ${rank} dims; at most ${maxInferRank}`
+  if (unreadable !== undefined) return { _tag: "unreadable", why: unreadable }
+  if (rank > maxInferRank) return { _tag: "tooLarge", why: `an input's shape has ${rank} dims; at most ${maxInferRank}` }
   if (entries > maxInferEntries) {
-    return `the request holds ${entries} inputs, outputs, raw_input_contents and parameters together; at most ${maxInferEntries}`
+    return { _tag: "tooLarge", why: `the request holds ${entries} inputs, outputs, raw_input_contents and parameters together; at most ${maxInferEntries}` }
   }
   if (values > maxInferValues) {
-    return `the request holds ${values} integer, bool and bytes tensor values and shape dims; at most ${maxInferValues} (send large tensors in raw_input_contents)`
+    return { _tag: "tooLarge", why: `the request holds ${values} tensor values in contents and shape dims; at most ${maxInferValues} (send large tensors in raw_input_contents)` }
   }
   return undefined
 }
@@ -172,8 +204,8 @@ const inferMethods = new Set(["ModelInfer", "ModelStreamInfer"])
 /**
  * `definition` (a service's methods) with request deserializers that return `Undecodable`
  * instead of throwing, so that a handler answers a bad message as bad input and a stream goes on;
- * an inference request is refused so before it is decoded when it holds more than any request
- * needs (`inferRequestTooLarge`).
+ * an inference request is refused so before it is decoded when its bytes are not what the decoder
+ * would read unseen, or hold more than any request needs (`inferRequestProblem`).
  */
 export const tolerantRequests = <D extends Record<string, { readonly requestDeserialize: (bytes: Buffer) => unknown }>>(definition: D): D => {
   const methods: Record<string, unknown> = {}
@@ -181,8 +213,10 @@ export const tolerantRequests = <D extends Record<string, { readonly requestDese
     methods[name] = {
       ...method,
       requestDeserialize: (bytes: Buffer) => {
-        const tooLarge = inferMethods.has(name) ? inferRequestTooLarge(bytes) : undefined
-        if (tooLarge !== undefined) return new Undecodable(tooLarge)
+        const problem = inferMethods.has(name) ? inferRequestProblem(bytes) : undefined
+        if (problem !== undefined) {
+          return new Undecodable(problem._tag === "tooLarge" ? problem.why : `the request message could not be decoded as ${name}'s request: ${problem.why}`)
+        }
         try {
           return method.requestDeserialize(bytes)
         } catch (e) {

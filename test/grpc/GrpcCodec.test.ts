@@ -183,7 +183,7 @@ describe("GrpcCodec.toOip", () => {
   })
 })
 
-describe("GrpcCodec.inferRequestTooLarge", () => {
+describe("GrpcCodec.inferRequestProblem", () => {
   const definitions = GrpcCodec.loadDefinitions() as unknown as Record<string, Record<string, { requestSerialize: (m: unknown) => Buffer; requestDeserialize: (b: Buffer) => unknown }>>
   const service = definitions["inference.GRPCInferenceService"]!
   const encode = (message: unknown) => service["ModelInfer"]!.requestSerialize(message)
@@ -197,6 +197,11 @@ describe("GrpcCodec.inferRequestTooLarge", () => {
     return Buffer.concat([Buffer.from([(field << 3) | 2, ...length]), payload])
   }
 
+  const tooLarge = (b: Uint8Array) => {
+    const problem = GrpcCodec.inferRequestProblem(b)
+    return problem?._tag === "tooLarge" ? problem.why : problem === undefined ? undefined : `unreadable: ${problem.why}`
+  }
+
   it("passes what a request holds, refuses before decoding what no request needs: entries past maxInferEntries, values past maxInferValues", () => {
     const ok = encode({
       model_name: "m",
@@ -205,21 +210,51 @@ describe("GrpcCodec.inferRequestTooLarge", () => {
       outputs: [{ name: "y", parameters: { binary_data: { bool_param: true } } }],
       raw_input_contents: [Buffer.from([1, 2, 3, 4])]
     })
-    assert.isUndefined(GrpcCodec.inferRequestTooLarge(ok))
+    assert.isUndefined(tooLarge(ok))
     // Empty inputs, 2 bytes each: what decoded for 45 s at 8 million.
     const inputs = encode({ model_name: "m", inputs: Array.from({ length: GrpcCodec.maxInferEntries + 1 }, () => ({})) })
-    assert.match(GrpcCodec.inferRequestTooLarge(inputs) ?? "", /^the request holds 4097 inputs, outputs, raw_input_contents and parameters together; at most 4096/)
+    assert.match(tooLarge(inputs) ?? "", /^the request holds 4097 inputs, outputs, raw_input_contents and parameters together; at most 4096/)
     // One input whose int64_contents, packed, hold a value a byte past the bound.
     const packed = Buffer.alloc(GrpcCodec.maxInferValues + 1, 1)
     const values = lengthDelimited(5, lengthDelimited(5, lengthDelimited(3, packed)))
-    assert.match(GrpcCodec.inferRequestTooLarge(values) ?? "", /holds 1048577 integer, bool and bytes tensor values and shape dims; at most 1048576/)
-    assert.isUndefined(GrpcCodec.inferRequestTooLarge(lengthDelimited(5, lengthDelimited(5, lengthDelimited(3, packed.subarray(1))))))
+    assert.match(tooLarge(values) ?? "", /holds 1048577 tensor values in contents and shape dims; at most 1048576/)
+    assert.isUndefined(tooLarge(lengthDelimited(5, lengthDelimited(5, lengthDelimited(3, packed.subarray(1))))))
     // A shape of more dims than any model has.
     const shape = lengthDelimited(5, lengthDelimited(3, Buffer.alloc(GrpcCodec.maxInferRank + 1, 1)))
-    assert.strictEqual(GrpcCodec.inferRequestTooLarge(shape), "an input's shape has 65 dims; at most 64")
-    assert.isUndefined(GrpcCodec.inferRequestTooLarge(lengthDelimited(5, lengthDelimited(3, Buffer.alloc(GrpcCodec.maxInferRank, 1)))))
-    // Bytes that are not protobuf: left to the decoder, which says why.
-    assert.isUndefined(GrpcCodec.inferRequestTooLarge(Buffer.from([0xff, 0xff, 0xff])))
+    assert.strictEqual(tooLarge(shape), "an input's shape has 65 dims; at most 64")
+    assert.isUndefined(tooLarge(lengthDelimited(5, lengthDelimited(3, Buffer.alloc(GrpcCodec.maxInferRank, 1)))))
+    // Bytes that are not protobuf: refused as unreadable.
+    assert.match(tooLarge(Buffer.from([0xff, 0xff, 0xff])) ?? "", /^unreadable: a field key at byte 0 does not end/)
+  })
+
+  it("refuses what the decoder would read unseen: groups, a known field of the wrong wire type, keys past 32 bits; counts floats and every shape field", () => {
+    const many = encode({ model_name: "m", inputs: Array.from({ length: GrpcCodec.maxInferEntries + 1 }, () => ({})) })
+    const problem = (b: Uint8Array) => GrpcCodec.inferRequestProblem(b)
+    // An empty group (field 15, wire types 3 and 4) after the inputs: protobufjs skips it.
+    assert.match(problem(Buffer.concat([many, Buffer.from([0x7b, 0x7c])]))?.why ?? "", /field 15 at byte \d+ is a group/)
+    // Inside an input's contents, ahead of int64 values past the bound.
+    const values = Buffer.alloc(GrpcCodec.maxInferValues + 1, 1)
+    const grouped = lengthDelimited(5, lengthDelimited(5, Buffer.concat([Buffer.from([0x7b, 0x7c]), lengthDelimited(3, values)])))
+    assert.strictEqual(problem(grouped)?._tag, "unreadable")
+    // An input (field 5) as a varint: the decoder still reads a length and a message.
+    assert.match(problem(Buffer.from([0x28, 0x02, 0x1a, 0x00]))?.why ?? "", /^field 5 at byte 0 has wire type 0, not its type's \(2\)/)
+    // A key of 5 bytes whose bits past 32 make it another field number, to the decoder field 5.
+    const input = encode({ inputs: [{ name: "x" }] })
+    assert.strictEqual(input[0], 0x2a)
+    const longKeys = Buffer.concat(Array.from({ length: GrpcCodec.maxInferEntries + 1 }, () => Buffer.concat([Buffer.from([0xaa, 0x80, 0x80, 0x80, 0x10]), input.subarray(1)])))
+    assert.strictEqual((service["ModelInfer"]!.requestDeserialize(longKeys) as GrpcCodec.ModelInferRequest).inputs.length, 4097, "the decoder reads inputs")
+    assert.match(tooLarge(longKeys) ?? "", /holds 4097 inputs/)
+    // A shape's dims in several fields (unpacked, or packed chunks) are one shape to the decoder.
+    const unpacked = lengthDelimited(5, Buffer.from(Array.from({ length: GrpcCodec.maxInferRank + 1 }, () => [0x18, 0x01]).flat()))
+    assert.strictEqual(tooLarge(unpacked), "an input's shape has 65 dims; at most 64")
+    const chunks = lengthDelimited(5, Buffer.concat([lengthDelimited(3, Buffer.alloc(40, 1)), lengthDelimited(3, Buffer.alloc(25, 1))]))
+    assert.strictEqual(tooLarge(chunks), "an input's shape has 65 dims; at most 64")
+    // Float and double contents count as values, packed or not.
+    const floats = lengthDelimited(5, lengthDelimited(5, lengthDelimited(6, Buffer.alloc(4 * (GrpcCodec.maxInferValues + 1)))))
+    assert.match(tooLarge(floats) ?? "", /holds 1048577 tensor values/)
+    const doubles = lengthDelimited(5, lengthDelimited(5, Buffer.concat(Array.from({ length: 3 }, () => Buffer.from([0x39, 0, 0, 0, 0, 0, 0, 0, 0])))))
+    assert.isUndefined(tooLarge(doubles))
+    assert.isUndefined(tooLarge(encode({ inputs: [{ name: "x", datatype: "FP32", shape: ["2"], contents: { fp32_contents: [1, 2] } }] })))
   })
 
   it("the tolerant deserializer answers such a request Undecodable, before decoding it", () => {
