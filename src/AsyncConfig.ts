@@ -26,6 +26,8 @@ export interface AsyncConfig {
   /**
    * Longest wait in the queue before a request fails with QueueTimeout (it never runs). 0 means
    * none, as Triton's `default_timeout_microseconds` 0 does: only the request's own deadline applies.
+   * A request handed to an instance is out of the queue, one in a job sent ahead to a busy
+   * instance too: only its deadline applies there.
    */
   readonly queueTimeout: Duration.Duration
   /** When false, one FIFO for all priorities. */

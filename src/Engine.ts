@@ -10,7 +10,10 @@
  * runs than `maxConcurrentRequests`, nor more of one model than its instances.
  *
  * Deadlines: a request's `timeout` covers queue wait plus run and fires on time from the Clock.
- * A request still queued after `queueTimeout` fails with QueueTimeout and never runs.
+ * A request still queued after `queueTimeout` fails with QueueTimeout and never runs. The queue
+ * ends where a request is handed to an instance: one in a job sent ahead to a busy instance (the
+ * ONNX pool's instances take one job ahead) counts as waiting for the bound, but only its
+ * deadline applies there, as Triton's queue policy ends at its scheduler.
  *
  * Cancellation (interrupting the caller's fiber, a CancelToken or an AbortSignal):
  * - while queued, the request leaves the queue at once and never runs;
@@ -699,6 +702,24 @@ const spentOf = (options: { readonly spentMs?: number | undefined } | undefined)
 }
 
 /** A batch's concurrency: a positive integer. */
+/**
+ * `requests`, ending as soon as `cancel` is cancelled: checked before each element is asked
+ * for, so a cancelled batch takes nothing more (a generator's side effects included); the
+ * iterator is closed (`return`, a generator's `finally`) when it ends so.
+ */
+const untilCancelled = <A>(requests: Iterable<A>, cancel: CancelToken.Cancellation): Iterable<A> => ({
+  [Symbol.iterator]: () => {
+    const iterator = requests[Symbol.iterator]()
+    return {
+      next: () => {
+        if (!CancelToken.isCancelled(cancel)) return iterator.next()
+        iterator.return?.()
+        return { done: true, value: undefined }
+      }
+    }
+  }
+})
+
 export const isConcurrency = (concurrency: number): boolean => Number.isInteger(concurrency) && concurrency >= 1
 
 /** The error of a batch concurrency that `isConcurrency` refuses. */
@@ -806,11 +827,10 @@ export const make = Effect.gen(function*() {
       // NaN would submit nothing and never end; 0 and negatives were taken as some other bound.
       if (!isConcurrency(concurrency)) return Stream.die(invalidConcurrency(concurrency))
       const cancel = options?.cancel
-      // One at a time: a generator is read as requests are submitted, not thousands ahead.
-      const source = Stream.fromIterable(requests, { chunkSize: 1 })
-      // Once cancelled, nothing more is taken from `requests` (which may never end).
-      const taken = cancel === undefined ? source : Stream.takeWhile(source, () => !CancelToken.isCancelled(cancel))
-      return Stream.mapEffect(taken, (request) => inferResult(state, request, cancel), { concurrency, unordered: true })
+      // One at a time: a generator is read as requests are submitted, not thousands ahead; once
+      // cancelled, nothing more is taken from `requests` (which may never end), not even one more.
+      const source = Stream.fromIterable(cancel === undefined ? requests : untilCancelled(requests, cancel), { chunkSize: 1 })
+      return Stream.mapEffect(source, (request) => inferResult(state, request, cancel), { concurrency, unordered: true })
     },
     checkAdmission: (modelId, version) =>
       Effect.suspend(() => {

@@ -552,20 +552,44 @@ describe("AsyncInferenceEngine", () => {
       Effect.gen(function*() {
         const { engine } = yield* makeHarness({ script: () => ({ latency: "10 millis" }), config: { maxConcurrentRequests: 2 } })
         let pulled = 0
+        let closed = false
         function* endless() {
-          for (;;) yield request(String(pulled++))
+          try {
+            for (;;) yield request(String(pulled++))
+          } finally {
+            closed = true
+          }
         }
         const token = yield* CancelToken.make
         const fiber = yield* fork(Stream.runCollect(engine.inferBatch(endless(), { cancel: token, concurrency: 2 })))
         yield* TestClock.adjust("10 millis")
         assert.isAtMost(pulled, 8, "about `concurrency` ahead, not a chunk of thousands")
         yield* TestClock.adjust("20 millis")
+        const pulledBeforeCancel = pulled
         yield* token.cancel("enough")
         const results = yield* Fiber.join(fiber)
         const cancelled = results.filter((r) => r._tag === "Cancelled").length
         assert.isAtLeast(results.length - cancelled, 4, "the runs before the cancel")
         assert.isAtMost(cancelled, 2, "what was outstanding")
-        assert.isAtMost(pulled, results.length + 2, "nothing taken after the cancel but the one that found it cancelled")
+        assert.strictEqual(pulled, pulledBeforeCancel, "nothing taken after the cancel")
+        assert.strictEqual(results.length, pulled, "every request taken has its result")
+        assert.isTrue(closed, "the generator was closed (its finally ran)")
+      }))
+
+    it.effect("a batch cancelled before it starts takes nothing from its requests", () =>
+      Effect.gen(function*() {
+        const { engine } = yield* makeHarness()
+        let pulled = 0
+        function* counted() {
+          for (;;) yield request(String(pulled++))
+        }
+        const token = yield* CancelToken.make
+        yield* token.cancel("before")
+        const results = yield* Stream.runCollect(engine.inferBatch(counted(), { cancel: token }))
+        assert.deepStrictEqual([results.length, pulled], [0, 0])
+        const aborted = AbortSignal.abort()
+        assert.strictEqual((yield* Stream.runCollect(engine.inferBatch(counted(), { cancel: aborted }))).length, 0)
+        assert.strictEqual(pulled, 0)
       }))
   })
 
