@@ -8,7 +8,7 @@
 // Single modules, not the package's index, which loads every Node service (~0.6 s of CPU).
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as NodeServices from "@effect/platform-node/NodeServices"
-import { Effect, References } from "effect"
+import { Effect, Logger, References } from "effect"
 import { CliOutput, Command } from "effect/cli"
 import { readFileSync } from "node:fs"
 import * as Cli from "../cli/Cli.ts"
@@ -16,11 +16,13 @@ import * as Cli from "../cli/Cli.ts"
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }
 
 // Batch commands: the engine's INFO lines (models loading) would interleave with the progress
-// bar; `--log-level info` shows them. The server logs at INFO (its lifecycle is its output).
+// bar; `--log-level info` shows them. Their log lines go to standard error, as the progress does:
+// standard output is the records (`--output -`) or `perf --json`'s document. The server logs at
+// INFO (its lifecycle is its output).
 const quiet = process.argv[2] !== "serve"
 
 Command.run(Cli.command, { version }).pipe(
-  quiet ? Effect.provideService(References.MinimumLogLevel, "Warn") : (effect) => effect,
+  quiet ? (effect) => effect.pipe(Effect.provideService(References.MinimumLogLevel, "Warn"), Effect.provideService(Logger.LogToStderr, true)) : (effect) => effect,
   Effect.provide(CliOutput.layerPresenter(Cli.presenter)),
   Effect.provide(NodeServices.layer),
   NodeRuntime.runMain({ teardown: Cli.teardown, disableErrorReporting: true })

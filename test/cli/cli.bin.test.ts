@@ -131,6 +131,19 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.strictEqual(devices.stdout, dash.stdout)
   }, 60_000)
 
+  it("keeps standard output for the records: log lines (a model that did not load, --log-level info) go to standard error", async () => {
+    const repository = Path.join(dir, "with-broken")
+    Fs.mkdirSync(Path.join(repository, "mlp"), { recursive: true })
+    Fs.mkdirSync(Path.join(repository, "broken", "1"), { recursive: true })
+    Fs.copyFileSync(Path.join(root, "models/mlp/model.onnx"), Path.join(repository, "mlp/model.onnx"))
+    Fs.writeFileSync(Path.join(repository, "broken/1/model.onnx"), "not onnx")
+    const records = [mlpRecord(1), mlpRecord(2)].join("\n") + "\n"
+    const piped = await run(["infer", "--model", "mlp", "--input", "-", "--output", "-", "--models", repository, "--progress", "none", "--log-level", "info"], records)
+    assert.strictEqual(piped.code, 0, piped.stderr)
+    assert.deepStrictEqual(piped.stdout.trim().split("\n").map((l) => (JSON.parse(l) as { line: number }).line), [1, 2])
+    assert.match(piped.stderr, /model broken version 1 is UNAVAILABLE/)
+  }, 60_000)
+
   it("writes one result per record in input order, skipping malformed lines with their line numbers", async () => {
     const input = Path.join(dir, "mixed.ndjson")
     const lines = [
