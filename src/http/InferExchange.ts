@@ -149,15 +149,24 @@ export const decode = (
   return body._tag === "Body" ? toDecoded(name, version, metadata, body, ownsBody) : body
 }
 
-/** An answer's body: JSON text, or bytes (JSON head and binary part) with the head's length. */
+/** An answer's body: JSON text, or bytes (JSON head and binary part) with the head's length; or why it is not given (a 400). */
 export type Answer =
   | { readonly _tag: "Json"; readonly text: string }
   | { readonly _tag: "Binary"; readonly bytes: Uint8Array; readonly jsonLength: number }
+  | { readonly _tag: "TooLarge"; readonly message: string }
+
+/**
+ * The most output values an answer carries as JSON `data`: 2^20, about 10 MB of text and a second
+ * or two of the main thread here (the text is built there, and 10^8 values ran the heap out: the
+ * server died). Larger outputs come as binary tensor data (`binary_data_output`), which copies bytes.
+ */
+export const maxJsonOutputValues = 1 << 20
 
 /**
  * Encodes a success: the selected outputs in order (as classifications where asked), those asked
  * as binary in the binary part.
- * An output the model did not return is a defect (the metadata promised it): an Error.
+ * An output the model did not return is a defect (the metadata promised it): an Error. Outputs
+ * of more than `maxJsonOutputValues` values to write as JSON are not written: `TooLarge`.
  */
 export const encode = (
   metadata: ModelMetadata.ModelMetadata,
@@ -171,6 +180,14 @@ export const encode = (
       return new Error(`model ${metadata.name} returned no output ${output} (request ${decoded.request.requestId})`)
     }
     tensors.push([output, Oip.answerTensor(metadata, output, tensor, decoded.classifications)])
+  }
+  let jsonValues = 0
+  for (const [name, tensor] of tensors) if (decoded.binaryOutputs?.has(name) !== true) jsonValues += tensor.data.length
+  if (jsonValues > maxJsonOutputValues) {
+    return {
+      _tag: "TooLarge",
+      message: `the outputs asked as JSON hold ${jsonValues} values, more than the ${maxJsonOutputValues} a JSON answer carries; ask for them as binary tensor data (parameters.binary_data_output: true)`
+    }
   }
   const encoded = Oip.encodeResponse({
     modelName: metadata.name,

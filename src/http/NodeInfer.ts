@@ -258,6 +258,7 @@ const run = (
     }
     const encoded = InferExchange.encode(metadata, decoded, exit.value)
     if (encoded instanceof Error) return defect(context, response, encoded)
+    if (encoded._tag === "TooLarge") return sendError(context, response, { status: 400, message: encoded.message })
     if (encoded._tag === "Json") return send(context, response, 200, "application/json", encoded.text)
     send(context, response, 200, "application/octet-stream", encoded.bytes, { [Oip.inferenceHeaderContentLength]: String(encoded.jsonLength) })
   }, { spentMs: performance.now() - inAtMs })

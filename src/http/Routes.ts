@@ -408,6 +408,7 @@ const inferRoute = (ctx: Ctx) => {
     const result = yield* engine.infer(decoded.request, { spentMs: performance.now() - inAtMs }).pipe(Effect.mapError((e) => fromReason(e.reason)))
     const answer = InferExchange.encode(metadata, decoded, result)
     if (answer instanceof Error) return yield* Effect.die(answer)
+    if (answer._tag === "TooLarge") return yield* fail(400, answer.message)
     if (answer._tag === "Json") return HttpServerResponse.text(answer.text, { contentType: "application/json" })
     return HttpServerResponse.uint8Array(answer.bytes, {
       contentType: "application/octet-stream",

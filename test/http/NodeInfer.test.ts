@@ -13,6 +13,7 @@ import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import type * as InferenceError from "../../src/InferenceError.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
 import * as DecodePool from "../../src/http/DecodePool.ts"
+import * as InferExchange from "../../src/http/InferExchange.ts"
 import type * as QueuePolicy from "../../src/QueuePolicy.ts"
 import * as NodeInfer from "../../src/http/NodeInfer.ts"
 import * as Server from "../../src/http/Server.ts"
@@ -119,6 +120,23 @@ describe("NodeInfer.make", () => {
       assert.strictEqual(deep.status, 400)
       assert.match(JSON.parse(deep.body.toString()).error, /^the request body nests arrays or objects more than 64 levels deep/)
       assert.strictEqual(invalid.length, 0, "not JSON the server reads: refused as a malformed body is, not counted against the model")
+    }))
+
+  it.live("outputs of more than maxJsonOutputValues values are refused as JSON (400, naming binary data), and come as binary data", () =>
+    Effect.gen(function*() {
+      const { port, defects } = yield* makeHandlerServer({ bodyLimitBytes: 8 << 20 })
+      const rows = InferExchange.maxJsonOutputValues / 4 + 1
+      const bytes = Buffer.alloc(rows * 4 * 4)
+      const post = (parameters: Record<string, unknown>) => {
+        const head = Buffer.from(JSON.stringify({ inputs: [{ name: "x", datatype: "FP32", shape: [rows, 4], parameters: { binary_data_size: bytes.length } }], parameters }))
+        return Effect.promise(() => request(port, "POST", "/v2/models/echo/infer", Buffer.concat([head, bytes]), { "inference-header-content-length": String(head.length) }))
+      }
+      const json = yield* post({})
+      assert.strictEqual(json.status, 400, json.body.toString().slice(0, 200))
+      assert.match(JSON.parse(json.body.toString()).error, /^the outputs asked as JSON hold 1048580 values, more than the 1048576 a JSON answer carries; ask for them as binary tensor data/)
+      const binary = yield* post({ binary_data_output: true })
+      assert.strictEqual(binary.status, 200)
+      assert.deepStrictEqual(defects, [])
     }))
 
   it.live("declines what the router must answer, and answers the rest", () =>

@@ -9,6 +9,7 @@ import * as Zlib from "node:zlib"
 import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
 import * as Lifecycle from "../../src/http/Lifecycle.ts"
 import * as RetryAfter from "../../src/http/RetryAfter.ts"
+import * as InferExchange from "../../src/http/InferExchange.ts"
 import * as Routes from "../../src/http/Routes.ts"
 
 const echoRequest = (values: ReadonlyArray<number>, extra: Record<string, unknown> = {}) => ({
@@ -443,6 +444,23 @@ describe("inference", () => {
       assert.strictEqual(binary.headers.get("content-type"), "application/octet-stream")
       const head = JSON.parse(binary.text.slice(0, Number(binary.headers.get("inference-header-content-length"))))
       assert.deepStrictEqual(head.outputs.map((o: { parameters: unknown }) => o.parameters), [{ binary_data_size: 4 }, { binary_data_size: 12 }, { binary_data_size: 8 }])
+    }).pipe(withFreshMetrics))
+
+  it.effect("outputs of more than maxJsonOutputValues values are refused as JSON (400, naming binary data), and come as binary data", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp({ bodyLimitBytes: 8 << 20 })
+      const rows = InferExchange.maxJsonOutputValues / 4 + 1
+      const bytes = new Uint8Array(rows * 4 * 4)
+      const request = (parameters: Record<string, unknown>) => {
+        const head = Buffer.from(JSON.stringify({ inputs: [{ name: "x", datatype: "FP32", shape: [rows, 4], parameters: { binary_data_size: bytes.length } }], parameters }))
+        return send("POST", "/v2/models/echo/infer", Buffer.concat([head, bytes]), { "inference-header-content-length": String(head.length) })
+      }
+      const json = yield* request({})
+      assert.strictEqual(json.status, 400)
+      assert.strictEqual(json.json.error, `the outputs asked as JSON hold ${rows * 4} values, more than the ${InferExchange.maxJsonOutputValues} a JSON answer carries; ask for them as binary tensor data (parameters.binary_data_output: true)`)
+      const binary = yield* request({ binary_data_output: true })
+      assert.strictEqual(binary.status, 200)
+      assert.strictEqual(binary.headers.get("content-type"), "application/octet-stream")
     }).pipe(withFreshMetrics))
 
   it.effect("a raw binary request (Inference-Header-Content-Length: 0) is the bytes of the model's one input, its shape deduced, every output binary", () =>
