@@ -65,6 +65,12 @@ export interface Dispatcher {
    * job sent ahead that nobody waits for now is withdrawn). It is not answered.
    */
   readonly cancel: (request: Request) => void
+  /**
+   * Answers every request not yet handed to an instance (queued, or in a batch forming) with
+   * ShuttingDown: they never run. What a drain does once its grace has passed, so that an edge
+   * can answer them before it closes its connections. Runs, and jobs sent ahead, go on. How many.
+   */
+  readonly refuseWaiting: () => number
 }
 
 /**
@@ -438,6 +444,12 @@ export const make = (options: Scheduler.Options): Effect.Effect<Dispatcher, neve
         if (!state.scheduler.cancel(request)) return
         withdrawIfAbandoned(state, request)
         schedule(state)
+      },
+      refuseWaiting: () => {
+        const waiting = state.scheduler.waiting()
+        for (const request of waiting) answer(state, request, shuttingDown)
+        schedule(state)
+        return waiting.length
       }
     } satisfies Dispatcher
   })

@@ -125,7 +125,9 @@ export interface Service {
   readonly config: AsyncConfig
   /**
    * Stops admitting (new requests fail with ShuttingDown), then waits until every queued and
-   * running request has settled, or `grace` has passed. Idempotent.
+   * running request has settled, or `grace` has passed: then those not yet handed to an instance
+   * (queued, or in a batch forming) are answered ShuttingDown at once and never run; runs go on
+   * until the engine closes (which answers their callers ShuttingDown). Idempotent.
    */
   readonly drain: (grace: Duration.Input) => Effect.Effect<{ readonly drained: boolean }>
   /** True once draining has begun. */
@@ -640,7 +642,11 @@ const drain = (state: State, grace: Duration.Input) =>
     noteSettled(state)
     return state.settled.await.pipe(
       Effect.timeoutOption(grace),
-      Effect.map((o) => ({ drained: o._tag === "Some" }))
+      Effect.map((o) => {
+        // Grace spent: what never reached an instance is answered now, not cut off with its connection.
+        if (o._tag === "None") state.dispatcher.refuseWaiting()
+        return { drained: o._tag === "Some" }
+      })
     )
   })
 

@@ -18,7 +18,9 @@
  *    keep-alive connections are not cut either: cutting one while its client sends resets that
  *    request (see `anchors.md` §6).
  * 3. `engine.drain` with what is left of the grace: it refuses new work and waits for what other
- *    callers (a library caller in the same process) still have queued or running.
+ *    callers (a library caller in the same process) still have queued or running. When the grace
+ *    runs out it answers what never reached an instance ShuttingDown (503), and the server waits
+ *    a poll phase and 20 ms for those answers to be written.
  * 4. The listener stops accepting connections: at the first quiet moment (no connection, no
  *    request, no answer finished for `quietMs`: a client answered with `Connection: close`
  *    reconnects at once, and gets its 503 on the new connection), and after one more pass of the
@@ -428,6 +430,9 @@ export const shutdown = (grace: Duration.Input): Effect.Effect<ShutdownReport, n
     // that is answered (or the grace is spent), and only then drains what is left (library callers).
     yield* lifecycle.awaitAcceptedIdle.pipe(Effect.timeoutOption(Duration.millis(yield* leftMs)))
     const { drained } = yield* engine.drain(Duration.millis(yield* leftMs))
+    // Grace spent: the drain answered what never reached an instance (503 ShuttingDown); let
+    // those answers reach their sockets before the connections are closed below.
+    if (!drained) yield* Effect.andThen(afterPollPhase, Effect.sleep(Duration.millis(20)))
     const inFlight = lifecycle.acceptedInFlight()
     // Closing the listener resets connections still in its accept queue: wait for a quiet moment,
     // counted from the last answer too (its client may reconnect at once), then let one poll

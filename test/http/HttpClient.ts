@@ -25,7 +25,8 @@ export const start = (
   method: string,
   path: string,
   body?: unknown,
-  agent?: Http.Agent
+  agent?: Http.Agent,
+  headers: Readonly<Record<string, string>> = {}
 ): Pending => {
   const payload = body === undefined ? undefined : typeof body === "string" || body instanceof Uint8Array ? body : JSON.stringify(body)
   let request!: Http.ClientRequest
@@ -36,7 +37,7 @@ export const start = (
       method,
       path,
       agent: agent ?? false,
-      headers: payload === undefined ? {} : { "content-type": "application/json", "content-length": Buffer.byteLength(payload) }
+      headers: payload === undefined ? { ...headers } : { "content-type": "application/json", "content-length": Buffer.byteLength(payload), ...headers }
     }, (response) => {
       const chunks: Array<Buffer> = []
       response.on("data", (c: Buffer) => chunks.push(c))

@@ -335,6 +335,28 @@ describe("graceful shutdown", () => {
       yield* pool.gate.open
     }).pipe(withFreshMetrics))
 
+  it.live("when the grace period ends, requests that never reached an instance are answered 503 (both paths), only the running one is cut", () =>
+    Effect.gen(function*() {
+      const { port, pool, promise, shutdown, pending } = yield* makeServer({ maxConcurrentRequests: 1 })
+      yield* pool.gate.close
+      const running = Client.start(port, "POST", "/v2/models/slow/infer", echoBody)
+      yield* promise(() => Client.eventually(() => pool.stats.started === 1))
+      // Queued behind it: on the fast path, and on the router's (Content-Encoding: identity).
+      const queued = [
+        Client.start(port, "POST", "/v2/models/slow/infer", echoBody),
+        Client.start(port, "POST", "/v2/models/slow/infer", echoBody, undefined, { "content-encoding": "identity" })
+      ]
+      yield* promise(() => Client.eventually(() => pending() === 3))
+      const report = yield* shutdown("150 millis")
+      assert.isFalse(report.drained)
+      for (const q of queued) {
+        const outcome = yield* promise(() => q.done)
+        assert.isTrue(Client.isReply(outcome) && outcome.status === 503, `queued: ${JSON.stringify(outcome).slice(0, 200)}`)
+      }
+      assert.isFalse(Client.isReply(yield* promise(() => running.done)), "the running one's connection was closed")
+      yield* pool.gate.open
+    }).pipe(withFreshMetrics))
+
   it.live("a request accepted before the signal whose body is still arriving finishes: not refused as the engine drains (plain and gzip bodies)", () =>
     Effect.gen(function*() {
       for (const gzip of [false, true]) {
