@@ -161,7 +161,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
     const engine = yield* AsyncInferenceEngine
     abandoned = () => {
       const pending = Effect.runSync(Effect.orElseSucceed(engine.pending, () => NaN))
-      return `abandoning ${lifecycle.inFlight()} HTTP requests in flight and ${pending} requests queued or running in the engine`
+      return `abandoning ${lifecycle.inFlight()} requests in flight (HTTP and gRPC) and ${pending} requests queued or running in the engine`
     }
     // Registered after the layers were built, so it runs before they close.
     yield* Effect.addFinalizer(() =>
@@ -174,7 +174,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
         yield* Effect.logInfo(
           report.drained && report.inFlight === 0
             ? `drained in ${report.elapsedMs} ms (${refused}); releasing sessions`
-            : `grace period over after ${report.elapsedMs} ms with work still pending (${report.inFlight} HTTP requests in flight, ${report.connectionsDestroyed} connections destroyed); releasing sessions`
+            : `grace period over after ${report.elapsedMs} ms with work still pending (${report.inFlight} requests in flight, HTTP and gRPC; ${report.connectionsDestroyed} connections destroyed); releasing sessions`
         )
       })
     )

@@ -383,7 +383,7 @@ const routeThrough = (server: Http.Server, first: NodeInfer.Handler | undefined,
 export interface ShutdownReport {
   /** Every queued and running request settled within the grace period. */
   readonly drained: boolean
-  /** HTTP requests accepted before the signal and still being answered when the grace period ended. */
+  /** Requests (HTTP and gRPC) accepted before the signal and still being answered when the grace period ended. */
   readonly inFlight: number
   /** Connections still open when the grace period ended (then destroyed). */
   readonly connectionsDestroyed: number

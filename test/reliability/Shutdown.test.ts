@@ -167,7 +167,7 @@ describe("stopping the server process", () => {
     assert.isNull(code, running.output())
     assert.strictEqual(running.child.signalCode, "SIGINT", running.output())
     assert.isBelow(exitMs, 2000, running.output())
-    assert.match(running.output(), /second SIGINT: exiting now without draining; abandoning 1 HTTP requests in flight/)
+    assert.match(running.output(), /second SIGINT: exiting now without draining; abandoning 1 requests in flight \(HTTP and gRPC\)/)
   }, 30_000)
 
   it("a second signal while a worker thread is inside a long native run ends the process at once, by that signal", async () => {
@@ -184,7 +184,7 @@ describe("stopping the server process", () => {
       const report = `a run of ${rows} rows; exit ${code} (${running.child.signalCode}) after ${exitMs.toFixed(0)} ms\n${running.output()}`
       assert.isBelow(exitMs, 2000, report)
       assert.strictEqual(running.child.signalCode, "SIGINT", report)
-      assert.match(running.output(), /second SIGINT: exiting now without draining; abandoning 1 HTTP requests in flight and 1 requests queued or running/, report)
+      assert.match(running.output(), /second SIGINT: exiting now without draining; abandoning 1 requests in flight \(HTTP and gRPC\) and 1 requests queued or running/, report)
       assert.notInclude(running.output(), "terminate called", report)
       assert.notStrictEqual((await long).status, 200, report)
       agent.destroy()
