@@ -39,6 +39,6 @@ export const write = (repository: string, name = "slow", layers = 400): void => 
   Fs.writeFileSync(Path.join(repository, name, "config.json"), JSON.stringify({ batching: { enabled: false } }))
 }
 
-/** An OIP request body of `rows` rows of zeros. */
+/** An OIP request body of `rows` rows of zeros, its output asked as binary data (thousands of rows are more values than a JSON answer carries). */
 export const body = (rows: number): string =>
-  JSON.stringify({ inputs: [{ name: "x", shape: [rows, width], datatype: "FP32", data: new Array(rows * width).fill(0) }] })
+  JSON.stringify({ inputs: [{ name: "x", shape: [rows, width], datatype: "FP32", data: new Array(rows * width).fill(0) }], parameters: { binary_data_output: true } })
