@@ -83,6 +83,13 @@ export interface Service {
    */
   readonly admitsUnsafe: (waitingAtEdge?: number) => boolean
   /**
+   * The QueueFull an admission of `modelId` (at `version`) would get now, counting nothing: the
+   * queue with `waitingAtEdge` more counted (as `admitsUnsafe`), or the model version's own
+   * bound (`ModelMetadata.maxQueuedRequests`) with `waitingAtEdgeForModel` of those its own;
+   * undefined when it would be queued.
+   */
+  readonly queueFullUnsafe: (modelId: string, version: string | undefined, waitingAtEdge?: number, waitingAtEdgeForModel?: number) => InferenceError.QueueFull | undefined
+  /**
    * `infer` for a caller outside any fiber (the HTTP server's infer path): `onExit` is called
    * once with the outcome, synchronously when the request is refused. The returned function
    * cancels it as interrupting `infer` does (out of the queue, or its result dropped, counted as
@@ -231,11 +238,20 @@ const specOf = (state: State, modelId: string, metadata: ModelMetadata.ModelMeta
       stopsAbandonedRuns: metadata.stopsAbandonedRuns === true,
       devices: metadata.devices,
       batching: metadata.batching ?? BatchPolicy.disabled,
-      maxGroup: state.pool.runGroup === undefined || metadata.batching?.enabled === true ? 1 : maxGroup
+      maxGroup: state.pool.runGroup === undefined || metadata.batching?.enabled === true ? 1 : maxGroup,
+      maxQueued: metadata.maxQueuedRequests
     }
     byId.set(modelId, spec)
   }
   return spec
+}
+
+/** The QueueFull for a refused admission: the model version's own bound when that is what is full (`key`), else the queue's. */
+const queueFull = (state: State, modelId: string, requestId: string, key: string | undefined): InferenceError.QueueFull => {
+  const own = key === undefined || state.scheduler.isFull() ? undefined : state.scheduler.modelFullAt(key)
+  return own === undefined
+    ? new InferenceError.QueueFull({ modelId, requestId, capacity: state.config.maxQueuedRequests })
+    : new InferenceError.QueueFull({ modelId, requestId, capacity: own, bound: "model" })
 }
 
 const noteSettled = (state: State): void => {
@@ -315,9 +331,7 @@ const submit = (
     deadlineAtMs: startedMs - spentMs + millisOf(request.timeout),
     queueDeadlineAtMs: state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
   }, queuedMs)
-  if (admitted === undefined) {
-    return refuseNow(state, info, new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: state.config.maxQueuedRequests }), resume)
-  }
+  if (admitted === undefined) return refuseNow(state, info, queueFull(state, request.modelId, request.requestId, spec.key), resume)
   state.settled.closeUnsafe()
   // Interrupted: out of the queue or its forming batch at once; running, its result is dropped.
   return () => {
@@ -842,13 +856,18 @@ export const make = Effect.gen(function*() {
       Effect.suspend(() => {
         const reason = state.draining
           ? new InferenceError.ShuttingDown({})
-          : scheduler.isFull()
-          ? new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
+          : scheduler.isFull() || (version !== undefined && scheduler.modelFullAt(`${modelId}@${version}`) !== undefined)
+          ? queueFull(state, modelId, "", version === undefined ? undefined : `${modelId}@${version}`)
           : undefined
         if (reason === undefined) return Effect.void
         return Effect.andThen(refusedEffect(state, modelId, reason, version), Effect.fail(InferenceError.make(reason)))
       }),
     admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
+    queueFullUnsafe: (modelId, version, waitingAtEdge = 0, waitingAtEdgeForModel = 0) => {
+      if (scheduler.isFull(waitingAtEdge)) return new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
+      const own = version === undefined ? undefined : scheduler.modelFullAt(`${modelId}@${version}`, waitingAtEdgeForModel)
+      return own === undefined ? undefined : new InferenceError.QueueFull({ modelId, requestId: "", capacity: own, bound: "model" })
+    },
     inferUnsafe: (request, onExit, options) => inferUnsafe(state, request, onExit, spentOf(options)),
     recordRefused: (modelId, reason, version) => refusedEffect(state, modelId, reason, version),
     queueStats: Effect.sync(() => queueStats(state)),

@@ -16,11 +16,18 @@ export class QueueFull extends Schema.Error<QueueFull>("effect-onnx/InferenceErr
   _tag: Schema.tag("QueueFull"),
   modelId: Schema.String,
   requestId: Schema.String,
-  capacity: Schema.Number
+  capacity: Schema.Number,
+  /**
+   * Which bound: "model" when the model's own (config.json `maxQueuedRequests`) is full; absent
+   * (or "server") when the queue all models share is.
+   */
+  bound: Schema.optional(Schema.Literals(["server", "model"]))
 }) {
   override get message(): string {
     const request = this.requestId === "" ? "" : `, request ${this.requestId}`
-    return `queue full: ${this.capacity} requests already queued (model ${this.modelId}${request})`
+    return this.bound === "model"
+      ? `queue full: model ${this.modelId} already has ${this.capacity} requests waiting, the most its config.json allows (maxQueuedRequests)${this.requestId === "" ? "" : ` (request ${this.requestId})`}`
+      : `queue full: ${this.capacity} requests already queued, all models together (model ${this.modelId}${request})`
   }
 }
 

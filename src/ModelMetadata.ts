@@ -63,6 +63,11 @@ export interface ModelMetadata {
   readonly deviceUsed?: string | undefined
   /** The priority a server gives a request that names none; absent means Normal. */
   readonly defaultPriority?: Priority.Priority | undefined
+  /**
+   * The most of this version's requests that may wait at once (queued, or in a job sent ahead to
+   * a busy instance), within the engine's `maxQueuedRequests`; absent: only that bound.
+   */
+  readonly maxQueuedRequests?: number | undefined
   /** Class labels by output, line i labelling class i (config.json `labels`), for Triton's classification extension. */
   readonly labels?: Readonly<Record<string, ReadonlyArray<string>>> | undefined
   /** The file each output's labels came from (config.json `labels` as written), as Triton's `label_filename` reports it. */

@@ -213,6 +213,8 @@ export const configFields = {
   loadTimeoutMs: Schema.optionalKey(LoadTimeoutMs),
   /** The priority of a request that names none (Triton's priority 0 or absent). */
   defaultPriority: Schema.optionalKey(Priority.schema),
+  /** The most requests of one version that may wait at once, within the server's own bound (Triton's `max_queue_size`). */
+  maxQueuedRequests: Schema.optionalKey(Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 1_000_000 }))),
   /** Alternatives a request's inputs must fit, narrower than the ONNX signature (see `InputSignature`). */
   inputSignatures: Schema.optionalKey(InputSignature.ConfigJson),
   /** Class labels of outputs, for Triton's classification extension: output name → a file of one label a line, in the model's directory. */
@@ -237,6 +239,11 @@ export interface ModelConfig {
   readonly loadTimeoutMs: number
   /** The priority of a request that names none. */
   readonly defaultPriority: Priority.Priority
+  /**
+   * The most requests of one version of the model that may wait at once (queued, or in a job sent
+   * ahead to a busy instance); undefined: only the server's `maxQueuedRequests`, which all share.
+   */
+  readonly maxQueuedRequests: number | undefined
   /** config.json's `batching` section as written; undefined without one (see BatchPolicy.resolve). */
   readonly batching: BatchPolicy.ConfigJson | undefined
   /** config.json's `inputSignatures` as written (checked against the model by `InputSignature.resolve` once loaded). */
@@ -250,7 +257,7 @@ export interface ModelConfig {
   readonly raw: Readonly<Record<string, unknown>>
 }
 
-export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels">
+export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests">
 
 /** Instances per model by default: 1 on up to 3 cores, 2 from 4 cores (more than the cores only slows runs down). */
 export const defaultInstances = (cores: number = Os.availableParallelism()): number => (cores >= 4 ? 2 : 1)
@@ -424,6 +431,7 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
       killGraceMs: config.killGraceMs ?? base.killGraceMs,
       loadTimeoutMs: config.loadTimeoutMs ?? base.loadTimeoutMs,
       defaultPriority: config.defaultPriority ?? base.defaultPriority,
+      maxQueuedRequests: config.maxQueuedRequests,
       batching: config.batching,
       inputSignatures: config.inputSignatures,
       // Read from the files config.json names by the scan (`readLabels`), which has the model's directory.

@@ -77,6 +77,13 @@ export interface ModelSpec {
    * instance is paid once per group, not per request. 1: every request is its own job.
    */
   readonly maxGroup: number
+  /**
+   * The most of this model version's requests that may wait at once (in the queue, or in a job
+   * sent ahead to a busy instance), besides the queue's own bound (`Options.maxQueued`, which all
+   * models share); absent: only that one. Triton's per-model `max_queue_size`: a flooded model
+   * cannot fill the queue for the others.
+   */
+  readonly maxQueued?: number | undefined
 }
 
 /** A model's scheduling state. */
@@ -96,6 +103,10 @@ export interface Model {
   readonly arrivals: RunCost.ArrivalRate
   /** Rows of its requests waiting in the queue. */
   queuedRows: number
+  /** Its requests waiting in the queue. */
+  queued: number
+  /** Its requests waiting in jobs sent ahead to busy instances. */
+  waitingAhead: number
   /** Forming batches by batch key. */
   readonly forming: Map<string, Batch<unknown>>
   /**
@@ -256,7 +267,7 @@ export class Scheduler<A> {
   model(spec: ModelSpec): Model {
     let model = this.#models.get(spec.key)
     if (model === undefined) {
-      model = { spec, slots: 0, permitsHeld: 0, runs: 0, expectedRunMs: 0, cost: RunCost.make(), arrivals: new RunCost.ArrivalRate(), queuedRows: 0, forming: new Map(), inFlight: [] }
+      model = { spec, slots: 0, permitsHeld: 0, runs: 0, expectedRunMs: 0, cost: RunCost.make(), arrivals: new RunCost.ArrivalRate(), queuedRows: 0, queued: 0, waitingAhead: 0, forming: new Map(), inFlight: [] }
       this.#models.set(spec.key, model)
     } else if (model.spec !== spec) {
       // A reloaded model: its new instances and batching apply from now on.
@@ -292,7 +303,7 @@ export class Scheduler<A> {
     if (open !== undefined) {
       this.#join(open, request)
     } else {
-      if (this.isFull()) return undefined
+      if (this.isFull() || this.#modelFull(model)) return undefined
       request.entry = this.queue.offer(request, input.priority, nowMs)
       if (request.entry === undefined) return undefined
       this.#queuedMore(model, request.rows)
@@ -358,7 +369,7 @@ export class Scheduler<A> {
     } else if (request.batch!.waiting > 0) {
       // In a job sent ahead: it no longer waits there, nor counts against `maxQueued`.
       request.batch!.waiting--
-      this.#waitingAhead--
+      this.#ahead(request.model, -1)
     }
     if (abandoned) this.abandoned[stage]++
     request.stage = "settled"
@@ -435,13 +446,13 @@ export class Scheduler<A> {
     const inFlight = model.inFlight as Array<Batch<A>>
     const i = inFlight.indexOf(batch)
     if (i >= 0) inFlight.splice(i, 1)
-    this.#waitingAhead -= batch.waiting
+    this.#ahead(model, -batch.waiting)
     batch.waiting = 0
     if (model.spec.reportsStarts === true) return
     // The first `instances` in flight now run: what waited in them no longer does.
     const running = Math.min(inFlight.length, model.spec.instances)
     for (let j = 0; j < running; j++) {
-      this.#waitingAhead -= inFlight[j]!.waiting
+      this.#ahead(model, -inFlight[j]!.waiting)
       inFlight[j]!.waiting = 0
       if (Number.isNaN(inFlight[j]!.startedAtMs)) inFlight[j]!.startedAtMs = nowMs
     }
@@ -455,7 +466,7 @@ export class Scheduler<A> {
   started(batch: Batch<A>, nowMs: number): void {
     if (!Number.isNaN(batch.startedAtMs) || !batch.model.inFlight.includes(batch as Batch<unknown>)) return
     batch.startedAtMs = nowMs
-    this.#waitingAhead -= batch.waiting
+    this.#ahead(batch.model, -batch.waiting)
     batch.waiting = 0
   }
 
@@ -471,7 +482,7 @@ export class Scheduler<A> {
     for (const m of batch.members) if (m.stage === "running") waiting++
     batch.startedAtMs = NaN
     batch.waiting = waiting
-    this.#waitingAhead += waiting
+    this.#ahead(batch.model, waiting)
   }
 
   /**
@@ -511,6 +522,16 @@ export class Scheduler<A> {
    */
   isFull(waitingElsewhere = 0): boolean {
     return this.queue.size + this.#waitingAhead + waitingElsewhere >= this.options.maxQueued
+  }
+
+  /**
+   * The bound of its own that `key`'s model version has reached (`ModelSpec.maxQueued`), counting
+   * `waitingElsewhere` more of its requests (an edge's backlog), or undefined: `admit` would
+   * refuse its request that joins no forming batch, though the queue (`isFull`) has room.
+   */
+  modelFullAt(key: string, waitingElsewhere = 0): number | undefined {
+    const model = this.#models.get(key)
+    return model !== undefined && this.#modelFull(model, waitingElsewhere) ? model.spec.maxQueued : undefined
   }
 
   /**
@@ -647,11 +668,25 @@ export class Scheduler<A> {
   #queuedMore(model: Model, rows: number): void {
     if (model.queuedRows === 0) this.#queuedModels.add(model)
     model.queuedRows += rows
+    model.queued++
   }
 
   #queuedLess(model: Model, rows: number): void {
     model.queuedRows -= rows
+    model.queued--
     if (model.queuedRows === 0) this.#queuedModels.delete(model)
+  }
+
+  /** Requests of `model` now waiting ahead in its jobs: `delta` more (or fewer). */
+  #ahead(model: Model, delta: number): void {
+    this.#waitingAhead += delta
+    model.waitingAhead += delta
+  }
+
+  /** True when `model` holds its `maxQueued` waiting requests (queued, or in jobs sent ahead). */
+  #modelFull(model: Model, waitingElsewhere = 0): boolean {
+    const max = model.spec.maxQueued
+    return max !== undefined && model.queued + model.waitingAhead + waitingElsewhere >= max
   }
 
   #formingFor(request: Request<A>): Batch<A> | undefined {
@@ -792,7 +827,7 @@ export class Scheduler<A> {
     // the batch's run is handed over); until then the batch waits.
     if (batch.model.spec.reportsStarts === true || inFlight.length >= batch.model.spec.instances) {
       batch.waiting = batch.members.length
-      this.#waitingAhead += batch.waiting
+      this.#ahead(batch.model, batch.waiting)
     } else {
       batch.startedAtMs = nowMs
     }

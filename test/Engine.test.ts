@@ -218,6 +218,30 @@ describe("AsyncInferenceEngine", () => {
         assert.strictEqual(outcomes().rejected, 1)
       }))
 
+    it.effect("a model's own maxQueuedRequests: QueueFull names that bound when it is full, though the queue has room; checkAdmission agrees", () =>
+      Effect.gen(function*() {
+        const { engine, outcomes } = yield* makeHarness({
+          script: () => ({ latency: "1 second" }),
+          metadata: { maxQueuedRequests: 2 },
+          config: { maxConcurrentRequests: 1, maxQueuedRequests: 10 }
+        })
+        yield* fork(engine.infer(request("running")))
+        yield* Effect.yieldNow
+        yield* fork(engine.infer(request("q1")))
+        yield* fork(engine.infer(request("q2")))
+        const exit = yield* Effect.exit(engine.infer(request("overflow")))
+        assert.strictEqual(reasonOf(exit), "QueueFull")
+        if (Exit.isFailure(exit)) {
+          const reason = exit.cause.reasons[0]
+          assert.deepInclude(reason?._tag === "Fail" ? reason.error.reason : {}, { capacity: 2, bound: "model", requestId: "overflow", modelId: "echo" })
+        }
+        const admission = yield* Effect.exit(engine.checkAdmission("echo", "1"))
+        assert.strictEqual(reasonOf(admission), "QueueFull")
+        assert.match(String(admission), /model echo already has 2 requests waiting/)
+        assert.strictEqual((yield* engine.queueStats).total, 2)
+        assert.strictEqual(outcomes().rejected, 2)
+      }))
+
     it.effect("checkAdmission answers by the engine's own rule (QueueFull, then ShuttingDown) and counts the refusal; recordRefused counts an edge's refusal", () =>
       Effect.gen(function*() {
         const { engine, outcomes } = yield* makeHarness({ script: () => ({ latency: "1 second" }), config: { maxConcurrentRequests: 1, maxQueuedRequests: 1 } })

@@ -37,8 +37,13 @@ describe("InferenceError", () => {
     }))
 
   it("a QueueFull names its request, or none when it had no id yet (refused before its body was read)", () => {
-    assert.strictEqual(new InferenceError.QueueFull({ modelId: "mlp", requestId: "r-1", capacity: 3 }).message, "queue full: 3 requests already queued (model mlp, request r-1)")
-    assert.strictEqual(new InferenceError.QueueFull({ modelId: "mlp", requestId: "", capacity: 3 }).message, "queue full: 3 requests already queued (model mlp)")
+    assert.strictEqual(new InferenceError.QueueFull({ modelId: "mlp", requestId: "r-1", capacity: 3 }).message, "queue full: 3 requests already queued, all models together (model mlp, request r-1)")
+    assert.strictEqual(new InferenceError.QueueFull({ modelId: "mlp", requestId: "", capacity: 3 }).message, "queue full: 3 requests already queued, all models together (model mlp)")
+    // The model's own bound (config.json maxQueuedRequests): the message says whose queue is full.
+    assert.strictEqual(
+      new InferenceError.QueueFull({ modelId: "mlp", requestId: "r-1", capacity: 2, bound: "model" }).message,
+      "queue full: model mlp already has 2 requests waiting, the most its config.json allows (maxQueuedRequests) (request r-1)"
+    )
   })
 
   it("messages name the model and the input", () => {

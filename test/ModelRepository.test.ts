@@ -35,6 +35,15 @@ describe("ModelRepository", () => {
         assert.include(error.message, `["defaultPriority"]`)
       }))
 
+    it.effect("reads a model's own queue bound (maxQueuedRequests: an integer from 1), and names the field when it is wrong", () =>
+      Effect.gen(function*() {
+        assert.strictEqual((yield* ModelRepository.decodeConfig({ maxQueuedRequests: 50 })).maxQueuedRequests, 50)
+        for (const bad of [0, -1, 1.5, "50"]) {
+          const error = yield* Effect.flip(ModelRepository.decodeConfig({ maxQueuedRequests: bad }))
+          assert.include(error.message, `["maxQueuedRequests"]`, String(bad))
+        }
+      }))
+
     it.effect("fills every default when the file is empty", () =>
       Effect.gen(function*() {
         const config = yield* ModelRepository.decodeConfig({})
@@ -47,6 +56,7 @@ describe("ModelRepository", () => {
           killGraceMs: 1000,
           loadTimeoutMs: 600_000,
           defaultPriority: "Normal",
+          maxQueuedRequests: undefined,
           batching: undefined,
           inputSignatures: undefined,
           labels: undefined,

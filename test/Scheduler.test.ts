@@ -82,6 +82,31 @@ describe("Scheduler", () => {
     assert.isDefined(admit(s, "r3", m))
   })
 
+  it("a model's own bound (maxQueued): a flooded model is refused past it, another model is still admitted; jobs sent ahead count", () => {
+    const s = make({ maxQueued: 10, maxConcurrent: 1 })
+    const flooded = spec("flooded", { maxQueued: 2, depth: 2 })
+    const other = spec("other")
+    assert.isDefined(admit(s, "f0", flooded))
+    assert.isDefined(admit(s, "f1", flooded))
+    assert.isUndefined(admit(s, "f2", flooded), "its own bound of 2 is reached")
+    assert.strictEqual(s.modelFullAt("flooded"), 2)
+    assert.isUndefined(s.modelFullAt("other"))
+    assert.isFalse(s.isFull(), "the shared queue has room")
+    assert.isDefined(admit(s, "o0", other), "another model is not held up by it")
+    // f0 runs, f1 is sent ahead to the busy instance: it still waits, and counts.
+    const { out, batches } = drainSteps(s)
+    assert.deepStrictEqual(out, [["f0"], ["f1"]], "o0 waits for the one permit")
+    assert.strictEqual(s.waitingAhead, 1)
+    assert.isDefined(admit(s, "f2", flooded), "one waits ahead, none queued: room for one")
+    assert.isUndefined(admit(s, "f3", flooded))
+    // f0's run completes, so f1's job runs: it no longer waits, and f3 finds room.
+    for (const member of batches[0]!.members) s.settle(member)
+    s.complete(batches[0]!, 1)
+    assert.isUndefined(s.modelFullAt("flooded"))
+    assert.isDefined(admit(s, "f3", flooded))
+    assert.isUndefined(admit(s, "f4", flooded))
+  })
+
   it("a model whose pool reports starts: a job waits until its pool says it began, whatever its place in dispatch order", () => {
     const s = make()
     const m = spec("m", { instances: 2, depth: 2, reportsStarts: true })

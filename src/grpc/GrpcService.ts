@@ -69,7 +69,7 @@ export const make = (options: Options) =>
 
     /** A refusal as the client can match it: a QueueFull names the request's own id, when it has one (the engine knows another, or none yet). */
     const refusedAs = (reason: InferenceError.Reason, id: string) =>
-      fromReason(reason._tag === "QueueFull" && id !== "" ? new InferenceError.QueueFull({ modelId: reason.modelId, requestId: id, capacity: reason.capacity }) : reason)
+      fromReason(reason._tag === "QueueFull" && id !== "" ? new InferenceError.QueueFull({ modelId: reason.modelId, requestId: id, capacity: reason.capacity, bound: reason.bound }) : reason)
 
     const invalid = (name: string, version: string, reason: InferenceError.InvalidInput) =>
       Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))

@@ -81,7 +81,8 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
         timeout_action: "REJECT",
         default_timeout_microseconds: micros(engine.queueTimeout),
         allow_timeout_override: true,
-        max_queue_size: engine.maxQueuedRequests
+        // The model's own bound where config.json sets one (within the server's, which all models share).
+        max_queue_size: metadata.maxQueuedRequests ?? engine.maxQueuedRequests
       }
     }
   }

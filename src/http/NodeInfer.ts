@@ -199,6 +199,8 @@ interface Context {
   readonly pool: DecodePool.DecodePool | undefined
   readonly offloadMinBytes: number
   readonly offloadLimit: number
+  /** Bodies in `queue` (read, waiting for their turn to be decoded) by model version key (`name@version`). */
+  readonly waitingByKey: Map<string, number>
 }
 
 const send = (
@@ -401,16 +403,26 @@ const accept = (
     const body: Body = { route, head, binary, inAtMs: performance.now() }
     const metadata = options.metadataUnsafe(route.name, route.version)
     const engine = options.engine
-    // Full (counting the bodies waiting here) and not draining (then the engine's own answer, 503):
-    // refused before decoding, no request id yet ("", which the message leaves out).
-    if (!engine.admitsUnsafe(queue.waiting() + (context.pool?.inFlight() ?? 0)) && !Effect.runSync(engine.isDraining)) {
-      const reason = new InferenceError.QueueFull({ modelId: route.name, requestId: "", capacity: options.maxQueuedRequests })
-      options.recordRefused(route.name, reason, versionOf(metadata))
-      return sendError(context, response, options.errorOf(reason))
+    // Full (counting the bodies waiting here), or the model version at its own bound, and not
+    // draining (then the engine's own answer, 503): refused before decoding, no request id yet
+    // ("", which the message leaves out).
+    const version = versionOf(metadata)
+    const key = version === undefined ? undefined : `${route.name}@${version}`
+    const waitingHere = key === undefined ? 0 : context.waitingByKey.get(key) ?? 0
+    const full = engine.queueFullUnsafe(route.name, version, queue.waiting() + (context.pool?.inFlight() ?? 0), waitingHere)
+    if (full !== undefined && !Effect.runSync(engine.isDraining)) {
+      options.recordRefused(route.name, full, version)
+      return sendError(context, response, options.errorOf(full))
     }
     const fallback = "_tag" in metadata ? 0 : Priority.rank(metadata.defaultPriority ?? Priority.Normal)
     const rank = priorityHint(head, fallback)
+    if (key !== undefined) context.waitingByKey.set(key, waitingHere + 1)
     queue.push(rank, () => {
+      if (key !== undefined) {
+        const left = context.waitingByKey.get(key)! - 1
+        if (left === 0) context.waitingByKey.delete(key)
+        else context.waitingByKey.set(key, left)
+      }
       if (response.destroyed) return
       try {
         answer(context, request, response, body, rank, (started) => {
@@ -431,7 +443,8 @@ export const make = (options: Options): Handler => {
     queue: makeDecodeQueue(1, engine.config.aging),
     pool,
     offloadMinBytes: options.offloadMinBytes ?? 4096,
-    offloadLimit: options.decodeInFlightLimit ?? 16 * (pool?.threads ?? 0)
+    offloadLimit: options.decodeInFlightLimit ?? 16 * (pool?.threads ?? 0),
+    waitingByKey: new Map()
   }
   return (request, response) => {
     if (request.method !== "POST") return false

@@ -266,6 +266,7 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
         ...host.metadata,
         batching,
         defaultPriority: entry.config.defaultPriority,
+        ...(entry.config.maxQueuedRequests === undefined ? {} : { maxQueuedRequests: entry.config.maxQueuedRequests }),
         concurrency: entry.config.instances,
         pipelineDepth: host.depth,
         reportsStarts: true,

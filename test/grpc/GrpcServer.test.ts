@@ -446,10 +446,10 @@ describe("ModelInfer", () => {
       yield* waitFor(() => stats.started === 1 && Effect.runSync(engine.queueStats).total === 1)
       const full = yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))
       assert.strictEqual(full.error?.code, Grpc.status.RESOURCE_EXHAUSTED)
-      assert.strictEqual(full.error?.details, "queue full: 1 requests already queued (model echo)")
+      assert.strictEqual(full.error?.details, "queue full: 1 requests already queued, all models together (model echo)")
       // The request's own id, when it has one, so that the client can tell which was refused.
       const named = yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { id: "req-7" }))
-      assert.strictEqual(named.error?.details, "queue full: 1 requests already queued (model echo, request req-7)")
+      assert.strictEqual(named.error?.details, "queue full: 1 requests already queued, all models together (model echo, request req-7)")
       for (const c of calls) c.cancel()
       yield* gate.open
       assert.strictEqual((yield* call("ModelInfer", { ...echoRaw([1, 2, 3, 4]), model_name: "broken" })).error?.code, Grpc.status.UNAVAILABLE)

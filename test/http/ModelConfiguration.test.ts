@@ -29,6 +29,11 @@ describe("ModelConfiguration", () => {
     }
   })
 
+  it("max_queue_size: the model's own bound where config.json sets one, else the server's", () => {
+    assert.strictEqual(ModelConfiguration.of(model({}), engine).dynamic_batching.default_queue_policy.max_queue_size, 10)
+    assert.strictEqual(ModelConfiguration.of(model({ maxQueuedRequests: 3 }), engine).dynamic_batching.default_queue_policy.max_queue_size, 3)
+  })
+
   it("max_batch_size and dims: the batch axis left out only where every tensor is batched on its first; otherwise max_batch_size 0 and every dim in place, as a Triton client must send them", () => {
     const batching = (inputAxes: Record<string, number | null>, outputAxes: Record<string, number | null> = {}) =>
       ({ ...BatchPolicy.disabled, enabled: true, maxBatchSize: 64, inputAxes, outputAxes })

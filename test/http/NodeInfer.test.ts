@@ -17,6 +17,7 @@ import * as InferExchange from "../../src/http/InferExchange.ts"
 import type * as QueuePolicy from "../../src/QueuePolicy.ts"
 import * as NodeInfer from "../../src/http/NodeInfer.ts"
 import * as Server from "../../src/http/Server.ts"
+import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import * as Client from "./HttpClient.ts"
@@ -69,10 +70,15 @@ describe("NodeInfer.matchInferPath", () => {
 
 /** The handler alone on a Node server: what it declines answers 599, so a test sees who answered. */
 const makeHandlerServer = (
-  options: { readonly bodyLimitBytes?: number; readonly maxQueuedRequests?: number; readonly decodePool?: DecodePool.DecodePool } = {}
+  options: {
+    readonly bodyLimitBytes?: number
+    readonly maxQueuedRequests?: number
+    readonly decodePool?: DecodePool.DecodePool
+    readonly slowMetadata?: Partial<ModelMetadata.ModelMetadata>
+  } = {}
 ) =>
   Effect.gen(function*() {
-    const testPool = yield* makeTestPool({ slowLatency: "20 millis" })
+    const testPool = yield* makeTestPool({ slowLatency: "20 millis", slowMetadata: options.slowMetadata })
     const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
       Layer.provideMerge(Layer.mergeAll(
         testPool.layer,
@@ -137,6 +143,29 @@ describe("NodeInfer.make", () => {
       const binary = yield* post({ binary_data_output: true })
       assert.strictEqual(binary.status, 200)
       assert.deepStrictEqual(defects, [])
+    }))
+
+  it.live("a model at its own queue bound (maxQueuedRequests) is refused 429 before decoding; another model is still served", () =>
+    Effect.gen(function*() {
+      const { port, gate, invalid, engine } = yield* makeHandlerServer({ slowMetadata: { maxQueuedRequests: 1 } })
+      yield* gate.close
+      const json = JSON.stringify(echoBody)
+      const post = (model: string) => Client.start(port, "POST", `/v2/models/${model}/infer`, json)
+      const running = post("slow")
+      const queued = post("slow")
+      yield* Effect.promise(() => Client.eventually(() => Effect.runSync(engine.pending) === 2))
+      // The third: refused before decoding (one runs, one waits: the model's bound of 1).
+      const refused = yield* Effect.promise(() => post("slow").done)
+      assert.isTrue(Client.isReply(refused) && refused.status === 429, JSON.stringify(refused).slice(0, 200))
+      if (Client.isReply(refused)) assert.match(JSON.parse(refused.body).error, /^queue full: model slow already has 1 requests waiting/)
+      assert.deepInclude(invalid.at(-1), { _tag: "QueueFull", capacity: 1, bound: "model" })
+      // Another model is admitted (it waits for the one permit the running request holds).
+      const other = post("echo")
+      yield* gate.open
+      for (const p of [running, queued, other]) {
+        const outcome = yield* Effect.promise(() => p.done)
+        assert.isTrue(Client.isReply(outcome) && outcome.status === 200, JSON.stringify(outcome).slice(0, 200))
+      }
     }))
 
   it.live("declines what the router must answer, and answers the rest", () =>

@@ -715,7 +715,7 @@ describe("inference", () => {
       assert.strictEqual(c.status, 429)
       assert.strictEqual(c.headers.get("retry-after"), "1")
       // Refused before the body was read: the request has no id yet, and the message names none.
-      assert.strictEqual(c.json.error, "queue full: 1 requests already queued (model echo)")
+      assert.strictEqual(c.json.error, "queue full: 1 requests already queued, all models together (model echo)")
       assert.strictEqual(yield* engine.pending, 2)
       yield* gate.open
       yield* TestClock.adjust("2 seconds")

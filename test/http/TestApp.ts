@@ -38,6 +38,8 @@ export interface TestPoolOptions {
   readonly metadataUnsafe?: boolean | undefined
   /** The pool's instance counts (`ModelPool.counters`), read live; absent: the pool has none. */
   readonly counters?: InstanceEvents | undefined
+  /** More of `slow`'s metadata (its own queue bound). */
+  readonly slowMetadata?: Partial<ModelMetadata.ModelMetadata> | undefined
 }
 
 const identityModels: ReadonlyArray<ModelMetadata.ModelMetadata> = Tensor.dataTypes.map((dtype) => ({
@@ -107,7 +109,7 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
     const models: Record<string, Record<string, ModelMetadata.ModelMetadata>> = {
       echo: { "1": echo("1"), "2": echo("2") },
       multi: { "1": multi },
-      slow: { "1": slow },
+      slow: { "1": { ...slow, ...options.slowMetadata } },
       vad: { "1": vad },
       tokens: { "1": tokens },
       batched: { "1": batched }

@@ -32,7 +32,7 @@ describe("OnnxModelPool on a repository with broken models", () => {
         "badjson/model.onnx": good,
         "badjson/config.json": "{\"instances\": 1,",
         "batched/model.onnx": good,
-        "batched/config.json": JSON.stringify({ batching: { maxBatchSize: 16, maxQueueDelayMs: 2 } }),
+        "batched/config.json": JSON.stringify({ batching: { maxBatchSize: 16, maxQueueDelayMs: 2 }, maxQueuedRequests: 40 }),
         "badbatching/model.onnx": good,
         "badbatching/config.json": JSON.stringify({ batching: { inputAxes: { pixels: 0 } } }),
         "badsignature/model.onnx": good,
@@ -83,6 +83,9 @@ describe("OnnxModelPool on a repository with broken models", () => {
       assert.deepInclude((yield* pool.metadata("good")).batching, { enabled: true, maxBatchSize: 64 })
       const batching = (yield* pool.metadata("batched")).batching
       assert.deepInclude(batching, { enabled: true, maxBatchSize: 16 })
+      // the model's own queue bound, for the engine; none without one
+      assert.strictEqual((yield* pool.metadata("batched")).maxQueuedRequests, 40)
+      assert.notProperty(yield* pool.metadata("good"), "maxQueuedRequests")
 
       // the broken ones fail fast with ModelUnavailable, naming the model and the reason
       for (const name of ["corrupt", "truncated", "missing", "badconfig", "badbatching", "badsignature"]) {
