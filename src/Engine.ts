@@ -246,6 +246,18 @@ const specOf = (state: State, modelId: string, metadata: ModelMetadata.ModelMeta
   return spec
 }
 
+/**
+ * The bound of its own that `modelId`'s `version` has reached, counting `waitingElsewhere` more
+ * (an edge's backlog), or undefined. The scheduler first takes the version's spec as the pool has
+ * it now (`metadataUnsafe`), so that a reload's new bound applies before any of its requests is admitted.
+ */
+const ownBoundFull = (state: State, modelId: string, version: string | undefined, waitingElsewhere = 0): number | undefined => {
+  if (version === undefined) return undefined
+  const metadata = state.pool.metadataUnsafe?.(modelId, version)
+  if (metadata !== undefined && !("_tag" in metadata)) state.scheduler.model(specOf(state, modelId, metadata))
+  return state.scheduler.modelFullAt(`${modelId}@${version}`, waitingElsewhere)
+}
+
 /** The QueueFull for a refused admission: the model version's own bound when that is what is full (`key`), else the queue's. */
 const queueFull = (state: State, modelId: string, requestId: string, key: string | undefined): InferenceError.QueueFull => {
   const own = key === undefined || state.scheduler.isFull() ? undefined : state.scheduler.modelFullAt(key)
@@ -856,7 +868,7 @@ export const make = Effect.gen(function*() {
       Effect.suspend(() => {
         const reason = state.draining
           ? new InferenceError.ShuttingDown({})
-          : scheduler.isFull() || (version !== undefined && scheduler.modelFullAt(`${modelId}@${version}`) !== undefined)
+          : scheduler.isFull() || ownBoundFull(state, modelId, version) !== undefined
           ? queueFull(state, modelId, "", version === undefined ? undefined : `${modelId}@${version}`)
           : undefined
         if (reason === undefined) return Effect.void
@@ -865,7 +877,7 @@ export const make = Effect.gen(function*() {
     admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
     queueFullUnsafe: (modelId, version, waitingAtEdge = 0, waitingAtEdgeForModel = 0) => {
       if (scheduler.isFull(waitingAtEdge)) return new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
-      const own = version === undefined ? undefined : scheduler.modelFullAt(`${modelId}@${version}`, waitingAtEdgeForModel)
+      const own = ownBoundFull(state, modelId, version, waitingAtEdgeForModel)
       return own === undefined ? undefined : new InferenceError.QueueFull({ modelId, requestId: "", capacity: own, bound: "model" })
     },
     inferUnsafe: (request, onExit, options) => inferUnsafe(state, request, onExit, spentOf(options)),

@@ -517,6 +517,31 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
       }
     }))
 
+  it.effect("a reload's new maxQueuedRequests applies to the edges' checks at once, before any of its requests is admitted", () =>
+    Effect.gen(function*() {
+      let metadata: ModelMetadata.ModelMetadata = { ...echoMetadata, concurrency: 1, maxQueuedRequests: 1 }
+      const gate = yield* Latch.make(false)
+      const pool = Layer.succeed(ModelPool, {
+        metadata: () => Effect.sync(() => metadata),
+        metadataUnsafe: () => metadata,
+        run: (_modelId, inputs) => Effect.as(gate.await, { outputs: { y: inputs["x"]! }, deviceUsed: "cpu" }),
+        models: Effect.succeed([])
+      })
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 4, maxQueuedRequests: 100 })
+      const running = yield* fork(engine.infer(request("running", 1)))
+      yield* Effect.yieldNow
+      const queued = yield* fork(engine.infer(request("queued", 2)))
+      yield* Effect.yieldNow
+      assert.deepInclude(yield* engine.diagnostics, { queued: 1, runs: 1 })
+      assert.strictEqual(engine.queueFullUnsafe("echo", "1")?.bound, "model", "one runs, one waits: the bound of 1")
+      // Reloaded with a bound of 50 (a new metadata object for the same version).
+      metadata = { ...metadata, maxQueuedRequests: 50 }
+      assert.isUndefined(engine.queueFullUnsafe("echo", "1"))
+      assert.isTrue(Exit.isSuccess(yield* Effect.exit(engine.checkAdmission("echo", "1"))))
+      yield* gate.open
+      for (const f of [running, queued]) yield* Fiber.join(f)
+    }))
+
   it.effect("a group's failed runs are not counted as runs: only those that completed are (Triton's execution and inference counts)", () =>
     Effect.gen(function*() {
       const poison = 13
