@@ -159,6 +159,21 @@ const sliceTensor = (tensor: Tensor.Tensor, axis: number, from: number, rows: nu
 }
 
 /**
+ * Why a run's outputs are not rows of its inputs, or undefined: an output with a batch axis
+ * whose size there is not the run's `rows` (a detection model's `[num_detections, …]` output on a
+ * dynamic axis 0). Such a model cannot be batched: its outputs do not split back into callers.
+ */
+export const rowsMismatch = (config: BatchPolicy.BatchingConfig, outputs: Tensor.TensorMap, rows: number): string | undefined => {
+  for (const name in outputs) {
+    const axis = axisOf(config.outputAxes, name)
+    if (axis === null) continue
+    const size = outputs[name]!.dims[axis]
+    if (size !== rows) return `output ${JSON.stringify(name)} has ${size} along its batch axis (${axis}) for a run of ${rows} row${rows === 1 ? "" : "s"}`
+  }
+  return undefined
+}
+
+/**
  * Splits a batch's outputs back into one output map per member, `rows[i]` rows each, in member
  * order. An unbatched output (axis null) is given whole to every member, each its own copy (the
  * first the run's own): a caller owns its outputs. Fails (undefined) when an output's batch dim

@@ -295,6 +295,22 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       for (const m of members) rows += m.rows
       const nativeMs = Exit.isSuccess(exit) ? exit.value.runMs : undefined
       batch.model.cost.observe(rows, nativeMs ?? runMs)
+      // Outputs that are not rows of the inputs (a detection model's `[num_detections, …]`): the
+      // model cannot be batched. Its requests go alone from now on, and a batch's members run
+      // again alone, each answered with its own run's outputs.
+      const mismatch = Exit.isSuccess(exit) && batching.enabled ? Batch.rowsMismatch(batching, exit.value.outputs, rows) : undefined
+      let warned: Effect.Effect<void> = Effect.void
+      if (mismatch !== undefined) {
+        const key = Scheduler.unbatchableKey(batch.model.spec)
+        if (!state.scheduler.unbatchable.has(key)) {
+          state.scheduler.unbatchable.add(key)
+          warned = Effect.logWarning(
+            `model ${request.modelId} version ${metadata.version}: ${mismatch}: its outputs are not rows of its inputs, so its requests are not batched from now on ` +
+              `(set "batching": { "enabled": false } in its config.json)`
+          )
+        }
+        if (joined) return Effect.andThen(warned, Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true }))
+      }
       // The compute time is the native run's too: a job sent ahead to a busy instance waited there first.
       // Only a run that completed counts (Triton's execution and inference counts): a failed
       // batch's members run again alone, and would count twice.
@@ -306,7 +322,7 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
         return Effect.forEach(members, (m) => runMembers(state, batch, [m]), { discard: true })
       }
       deliver(state, members, batching, exit)
-      return Effect.void
+      return warned
     })
   })
 

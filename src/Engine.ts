@@ -35,7 +35,7 @@ import * as ModelMetadata from "./ModelMetadata.ts"
 import { ModelPool, type RunOutput } from "./ModelPool.ts"
 import * as Priority from "./Priority.ts"
 import type * as PriorityQueue from "./PriorityQueue.ts"
-import type * as Scheduler from "./Scheduler.ts"
+import * as Scheduler from "./Scheduler.ts"
 import * as Telemetry from "./Telemetry.ts"
 import { type RequestInfo, TelemetryCollector, unknownModel } from "./Telemetry.ts"
 import { millisOf } from "./internal/Millis.ts"
@@ -333,7 +333,9 @@ const submit = (
   // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
   if (state.draining) return refuseNow(state, info, new InferenceError.ShuttingDown({}), resume)
   const spec = specOf(state, request.modelId, metadata)
-  const joinable = spec.batching.enabled ? Batch.keyOf(spec.batching, request.inputs) : undefined
+  // (no key built while no model is unbatchable: the hot path allocates nothing for it)
+  const unbatchable = state.scheduler.unbatchable.size > 0 && state.scheduler.unbatchable.has(Scheduler.unbatchableKey(spec))
+  const joinable = spec.batching.enabled && !unbatchable ? Batch.keyOf(spec.batching, request.inputs) : undefined
   const admitted = state.dispatcher.submit({
     value: callerOf(state, request, info, metadata, spec.batching, startedMs, resume),
     model: spec,

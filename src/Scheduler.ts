@@ -86,6 +86,9 @@ export interface ModelSpec {
   readonly maxQueued?: number | undefined
 }
 
+/** The key under which `Scheduler.unbatchable` holds a model version (its signature's generation too: a reload with other inputs or outputs starts afresh). */
+export const unbatchableKey = (spec: ModelSpec): string => `${spec.key}#${spec.generation ?? 0}`
+
 /** A model's scheduling state. */
 export interface Model {
   spec: ModelSpec
@@ -251,6 +254,12 @@ export class Scheduler<A> {
   #waitingAhead = 0
   /** Requests admitted and not settled. */
   unsettled = 0
+  /**
+   * Model versions (`unbatchableKey`) seen answering with outputs that are not rows of their
+   * inputs (`Batch.rowsMismatch`): their requests are not joined any more (the engine gives them
+   * no batch key), whatever their config says.
+   */
+  readonly unbatchable = new Set<string>()
   /** Requests abandoned (cancelled or timed out) since the start, by the stage they were in. */
   readonly abandoned = { queued: 0, forming: 0, running: 0 }
 

@@ -7,6 +7,19 @@ const on: BatchPolicy.BatchingConfig = { ...BatchPolicy.disabled, enabled: true,
 const silero: BatchPolicy.BatchingConfig = { ...on, inputAxes: { state: 1, sr: null }, outputAxes: { stateN: 1 } }
 
 describe("Batch", () => {
+  it("rowsMismatch: an output whose batch axis is not the run's rows (axis 0, another axis, not an unbatched one)", () => {
+    const config = { ...BatchPolicy.disabled, enabled: true, outputAxes: { state: 1, constant: null } }
+    const outputs = (rowsY: number, rowsState: number) => ({
+      y: Tensor.float32(new Float32Array(rowsY * 2), [rowsY, 2]),
+      state: Tensor.float32(new Float32Array(2 * rowsState), [2, rowsState]),
+      constant: Tensor.float32([1, 2, 3], [3])
+    })
+    assert.isUndefined(Batch.rowsMismatch(config, outputs(3, 3), 3))
+    assert.strictEqual(Batch.rowsMismatch(config, outputs(4, 3), 3), "output \"y\" has 4 along its batch axis (0) for a run of 3 rows")
+    assert.strictEqual(Batch.rowsMismatch(config, outputs(1, 2), 1), "output \"state\" has 2 along its batch axis (1) for a run of 1 row")
+  })
+
+
   it("joins on axis 0 and splits each member's rows back", () => {
     const a = { x: Tensor.float32([1, 2, 3], [1, 3]) }
     const b = { x: Tensor.float32([4, 5, 6, 7, 8, 9], [2, 3]) }

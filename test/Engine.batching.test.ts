@@ -517,6 +517,34 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
       }
     }))
 
+  it.effect("a model whose outputs are not rows of its inputs (a detection model's) is not batched once seen: the batch's members run again alone, later requests go alone", () =>
+    Effect.gen(function*() {
+      const runs: Array<number> = []
+      const pool = Layer.succeed(ModelPool, {
+        metadata: () => Effect.succeed({ ...echoMetadata, concurrency: 1, batching: batching() }),
+        run: (_modelId, inputs) => {
+          const x = inputs["x"]!
+          runs.push(x.dims[0]!)
+          // One more "detection" than input rows, each filled with the run's first value.
+          const detections = x.dims[0]! + 1
+          return Effect.succeed({ outputs: { y: Tensor.float32(new Float32Array(detections * 4).fill((x.data as Float32Array)[0]!), [detections, 4]) }, deviceUsed: "cpu" })
+        },
+        models: Effect.succeed([])
+      })
+      const gate = yield* Latch.make(false)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
+      const infer = (value: number) => fork(engine.infer(InferenceRequest.make("echo", echoInputs(value))))
+      const first = [yield* infer(1), yield* infer(2)]
+      yield* gate.open
+      const answers = yield* Effect.forEach(first, Fiber.join)
+      assert.deepStrictEqual(answers.map((r) => [r.outputs["y"]!.dims, firstValue(r)]), [[[2, 4], 1], [[2, 4], 2]], "each its own run's outputs")
+      assert.deepStrictEqual(runs, [2, 1, 1], "one batch of two, then each member alone")
+      // Three at once: the first goes at once; without the guard the two behind it would be joined.
+      const later = [yield* infer(3), yield* infer(4), yield* infer(5)]
+      for (const f of later) yield* Fiber.join(f)
+      assert.deepStrictEqual(runs.slice(3), [1, 1, 1], "alone from now on")
+    }))
+
   it.effect("a reload's new maxQueuedRequests applies to the edges' checks at once, before any of its requests is admitted", () =>
     Effect.gen(function*() {
       let metadata: ModelMetadata.ModelMetadata = { ...echoMetadata, concurrency: 1, maxQueuedRequests: 1 }
