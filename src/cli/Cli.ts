@@ -98,7 +98,8 @@ export const infer = Command.make("infer", {
   }
   const concurrency = Option.getOrUndefined(flags.concurrency)
   if (concurrency !== undefined && concurrency < 1) return fail("--concurrency must be at least 1", 2)
-  if (flags.input !== "-" && !isReadable(flags.input)) return fail(`--input ${JSON.stringify(flags.input)}: no such file (- reads standard input)`, 2)
+  const unreadable = flags.input === "-" ? undefined : inputProblem(flags.input)
+  if (unreadable !== undefined) return fail(`--input ${JSON.stringify(flags.input)}: ${unreadable} (- reads standard input)`, 2)
   if (flags.input !== "-" && flags.output !== "-" && isSameFile(flags.input, flags.output)) {
     return fail("--output must not be the --input file", 2)
   }
@@ -152,12 +153,15 @@ export const infer = Command.make("infer", {
   }])
 )
 
-/** True for something that can be read as the input: a file, a pipe, a device (`/dev/stdin`); not a directory. */
-const isReadable = (path: string): boolean => {
+/** Why `path` cannot be read as an input (a file, a pipe, a device such as `/dev/stdin`), or undefined. */
+const inputProblem = (path: string): string | undefined => {
   try {
-    return !Fs.statSync(path).isDirectory()
-  } catch {
-    return false
+    if (Fs.statSync(path).isDirectory()) return "is a directory"
+    Fs.accessSync(path, Fs.constants.R_OK)
+    return undefined
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    return code === "ENOENT" || code === "ENOTDIR" ? "no such file" : `cannot be read (${code ?? String(e)})`
   }
 }
 
@@ -214,8 +218,11 @@ export const perf = Command.make("perf", {
   if (flags.grpc && flags.binary) return fail("perf: --grpc sends raw tensors already; --binary is for HTTP", 2)
   if (flags.binary && Option.isNone(flags.url)) return fail("perf: --binary needs --url (in process, tensors are not encoded)", 2)
   const target = Option.getOrUndefined(flags.url)
-  const badUrl = target === undefined || flags.grpc ? undefined : Perf.checkHttpUrl(target)
+  const badUrl = target === undefined ? undefined : flags.grpc ? Perf.checkGrpcAddress(target) : Perf.checkHttpUrl(target)
   if (badUrl !== undefined) return fail(`perf: --url ${badUrl}`, 2)
+  const input = Option.getOrUndefined(flags.input)
+  const unreadable = input === undefined ? undefined : inputProblem(input)
+  if (unreadable !== undefined) return fail(`perf: --input ${JSON.stringify(input)}: ${unreadable}`, 2)
   const finished: Array<Perf.LevelResult> = []
   /** The levels finished, when there are any: all of them, or those before a stop (Ctrl-C, a failure). */
   const report = (complete: boolean) =>

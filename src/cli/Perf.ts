@@ -92,6 +92,19 @@ export const checkHttpUrl = (text: string): string | undefined => {
   return undefined
 }
 
+/**
+ * Why `text` is not a gRPC address (`HOST:PORT`, or `grpc://HOST:PORT`), or undefined: an
+ * http(s):// URL or a missing port would reach grpc-js as a name it cannot resolve.
+ */
+export const checkGrpcAddress = (text: string): string | undefined => {
+  const address = text.replace(/^grpc:\/\//, "")
+  const expected = "expected HOST:PORT, e.g. 127.0.0.1:8001 (the server's gRPC port)"
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(address)) return `${JSON.stringify(text)} is a URL: ${expected}`
+  const match = /^(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5})$/.exec(address)
+  if (match === null || Number(match[2]) > 65535) return `invalid address ${JSON.stringify(text)}: ${expected}`
+  return undefined
+}
+
 /** A small deterministic generator (mulberry32), so that a run's inputs are repeatable. */
 const random = (seed: number) => () => {
   seed = (seed + 0x6d2b79f5) | 0

@@ -83,7 +83,8 @@ export const decode = (metadata: ModelMetadata.ModelMetadata, line: number, text
     if ("error" in decoded) return malformed(decoded.error.replace("invalid inference request", "invalid tensor map"))
     body = decoded
   }
-  if (body.inputs.length === 0) return malformed("no input tensors")
+  // A model without inputs takes `{"inputs": []}` (or `{}`), as the server does.
+  if (body.inputs.length === 0 && metadata.inputs.length > 0) return malformed("no input tensors")
 
   const inputs = TensorCodec.decodeInputs(metadata, body.inputs)
   if (inputs instanceof InferenceError.InvalidInput) return malformed(inputs.message)

@@ -29,6 +29,7 @@
  * @module ServerConfig
  */
 import { Data, Duration, Schema, SchemaTransformation } from "effect"
+import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as ModelRepository from "../ModelRepository.ts"
 
@@ -117,6 +118,18 @@ const withSchema = <A>(schema: Schema.Codec<A, string>, map: (a: A) => unknown =
   return result._tag === "Success" ? { value: map(result.success) } : { error: result.failure.message.replace(/\n\s*/g, " ") }
 }
 
+/** Why `dir` cannot be a model repository (it does not exist, is not a directory, cannot be read), or undefined. */
+const directoryProblem = (dir: string): string | undefined => {
+  try {
+    if (!Fs.statSync(dir).isDirectory()) return "is not a directory"
+    Fs.accessSync(dir, Fs.constants.R_OK | Fs.constants.X_OK)
+    return undefined
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    return code === "ENOENT" ? "does not exist" : code === "ENOTDIR" ? "is not a directory" : `cannot be read (${code ?? String(e)})`
+  }
+}
+
 const truthy = (text: string) => text === "true" || text === "1" || text === "yes" || text === "on"
 
 /** Every option of the server, in help order. */
@@ -129,7 +142,12 @@ export const options: ReadonlyArray<Option> = [
     variable: "MODEL_REPOSITORY",
     metavar: "DIR",
     description: "model repository (default: the bundled models/)",
-    decode: withSchema(Schema.String.check(Schema.isMinLength(1)), (dir) => Path.resolve(dir))
+    decode: (text) => {
+      const decoded = withSchema(Schema.String.check(Schema.isMinLength(1)), (dir) => Path.resolve(dir))(text)
+      if ("error" in decoded) return decoded
+      const problem = directoryProblem(decoded.value as string)
+      return problem === undefined ? decoded : { error: problem }
+    }
   },
   {
     key: "maxBodyBytes",

@@ -29,6 +29,13 @@ describe("Perf", () => {
     for (const bad of ["localhost:18700", "127.0.0.1:8000", "ftp://x", "https://x", "http://", ""]) assert.include(Perf.checkHttpUrl(bad) ?? "", "expected http://HOST:PORT", bad)
   })
 
+  it("checkGrpcAddress: HOST:PORT (or grpc://HOST:PORT); a URL of another scheme or an address without its port is refused with the form expected", () => {
+    for (const good of ["127.0.0.1:8001", "localhost:8001", "grpc://127.0.0.1:8001", "[::1]:8001", "inference.example.com:443"]) assert.isUndefined(Perf.checkGrpcAddress(good), good)
+    for (const bad of ["http://127.0.0.1:8001", "https://x:1", "127.0.0.1", "localhost:", ":8001", "x:70000", "a b:1", ""]) {
+      assert.include(Perf.checkGrpcAddress(bad) ?? "", "expected HOST:PORT", bad)
+    }
+  })
+
   it("makeInputs: dynamic dims 1, the first declared signature's dims and values; the model accepts them", () => {
     const made = Perf.makeInputs(vad, 3)
     assert.strictEqual(made.length, 3)

@@ -63,6 +63,15 @@ describe("Records", () => {
     assert.deepStrictEqual(Array.from(record.inputs["x"]!.data as Float32Array), [1, 2, 3, 4])
   })
 
+  it("a model without inputs takes an empty request ({\"inputs\": []} or {}), as the server does", () => {
+    const noInputs: ModelMetadata.ModelMetadata = { ...metadata, inputs: [] }
+    for (const text of ["{\"inputs\": []}", "{}", "{\"id\": \"a\", \"inputs\": []}"]) {
+      const decoded = Records.decode(noInputs, 1, text)
+      assert.isFalse(Records.isMalformed(decoded), text)
+      if (!Records.isMalformed(decoded)) assert.deepStrictEqual(decoded.inputs, {})
+    }
+  })
+
   it("names why a line is malformed", () => {
     assert.include(malformedReason("{nope"), "not JSON")
     assert.include(malformedReason("[1, 2]"), "expected a JSON object")

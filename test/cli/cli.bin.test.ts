@@ -284,6 +284,18 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.include(grpc.stderr, "--grpc needs --url HOST:PORT")
   }, 60_000)
 
+  it("perf refuses an --input it cannot read and a gRPC --url that is not HOST:PORT, before loading anything (exit 2, one line)", async () => {
+    const [missing, directory, url] = await Promise.all([
+      run(["perf", "--model", "mlp", "--input", "/no/such/input.ndjson"]),
+      run(["perf", "--model", "mlp", "--input", dir]),
+      run(["perf", "--model", "mlp", "--grpc", "--url", "http://127.0.0.1:8001"])
+    ])
+    assert.deepStrictEqual([missing.code, missing.stderr.trim()], [2, `effect-onnx: perf: --input "/no/such/input.ndjson": no such file`])
+    assert.deepStrictEqual([directory.code, directory.stderr.trim()], [2, `effect-onnx: perf: --input ${JSON.stringify(dir)}: is a directory`])
+    assert.strictEqual(url.code, 2)
+    assert.match(url.stderr.trim(), /^effect-onnx: perf: --url "http:\/\/127\.0\.0\.1:8001" is a URL: expected HOST:PORT/)
+  }, 30_000)
+
   it("perf stopped by Ctrl-C (SIGINT) prints the levels it finished, saying it stopped, and exits 130", async () => {
     const { child, done } = start(["perf", "--model", "mlp", "--models", models, "--concurrency", "1,2,4", "--duration", "1", "--warmup", "0", "--json"])
     let stderr = ""

@@ -1,5 +1,7 @@
-import { assert, describe, it } from "@effect/vitest"
+import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Duration } from "effect"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
 import * as Path from "node:path"
 import * as ServerConfig from "../../src/http/ServerConfig.ts"
 
@@ -14,6 +16,14 @@ const assertRefused = (cases: ReadonlyArray<readonly [Flags, Record<string, stri
     if (result instanceof ServerConfig.ConfigError) assert.include(result.message, message)
   }
 }
+
+// Repositories that exist: --models and MODEL_REPOSITORY are checked to be readable directories.
+const flagRepository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "server-config-flag-"))
+const envRepository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "server-config-env-"))
+Fs.writeFileSync(Path.join(flagRepository, "file"), "")
+afterAll(() => {
+  for (const dir of [flagRepository, envRepository]) Fs.rmSync(dir, { recursive: true, force: true })
+})
 
 describe("ServerConfig", () => {
   it("defaults to 127.0.0.1:8000, the bundled repository, 16 MiB bodies, a 30 s grace period, strict readiness", () => {
@@ -41,7 +51,7 @@ describe("ServerConfig", () => {
     const env = {
       HOST: "0.0.0.0",
       PORT: "8080",
-      MODEL_REPOSITORY: "/mnt/models",
+      MODEL_REPOSITORY: envRepository,
       MAX_BODY_BYTES: "1024",
       GRACE_PERIOD_SECONDS: "2.5",
       STRICT_READINESS: "false",
@@ -49,19 +59,19 @@ describe("ServerConfig", () => {
       METRICS_FORMAT: "triton"
     }
     const fromEnv = decode({}, env)
-    assert.deepInclude(fromEnv, { host: "0.0.0.0", port: 8080, models: "/mnt/models", maxBodyBytes: 1024, strictReadiness: false, exitOnError: true, metricsFormat: "triton" })
+    assert.deepInclude(fromEnv, { host: "0.0.0.0", port: 8080, models: envRepository, maxBodyBytes: 1024, strictReadiness: false, exitOnError: true, metricsFormat: "triton" })
     if ("gracePeriod" in fromEnv) assert.strictEqual(Duration.toMillis(fromEnv.gracePeriod), 2500)
     const fromFlags = decode({
       host: "::1",
       port: "9000",
-      models: "repo",
+      models: Path.relative(process.cwd(), flagRepository),
       maxBodyBytes: "2048",
       gracePeriod: "0",
       strictReadiness: "true",
       exitOnError: "no",
       metricsFormat: "default"
     }, env)
-    assert.deepInclude(fromFlags, { host: "::1", port: 9000, models: Path.resolve("repo"), maxBodyBytes: 2048, strictReadiness: true, exitOnError: false, metricsFormat: "default" })
+    assert.deepInclude(fromFlags, { host: "::1", port: 9000, models: flagRepository, maxBodyBytes: 2048, strictReadiness: true, exitOnError: false, metricsFormat: "default" })
     if ("gracePeriod" in fromFlags) assert.strictEqual(Duration.toMillis(fromFlags.gracePeriod), 0)
   })
 
@@ -74,6 +84,8 @@ describe("ServerConfig", () => {
       [{}, { GRACE_PERIOD_SECONDS: "soon" }, "invalid GRACE_PERIOD_SECONDS \"soon\""],
       [{ host: "a b" }, {}, "invalid --host \"a b\""],
       [{ models: "" }, {}, "invalid --models \"\""],
+      [{ models: "/no/such/repository" }, {}, "invalid --models \"/no/such/repository\": does not exist"],
+      [{}, { MODEL_REPOSITORY: Path.join(flagRepository, "file") }, `invalid MODEL_REPOSITORY "${Path.join(flagRepository, "file")}": is not a directory`],
       [{ strictReadiness: "maybe" }, {}, "invalid --strict-readiness \"maybe\""],
       [{}, { METRICS_FORMAT: "prometheus" }, "invalid METRICS_FORMAT \"prometheus\""]
     ]
