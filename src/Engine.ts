@@ -73,9 +73,11 @@ export interface Service {
    * the ShuttingDown or QueueFull it would answer (and counts the refusal, as it would). For an
    * edge that wants to refuse before the costly part (reading and decoding a body); admission
    * itself still decides when the request comes. `version`: the model version the request goes to
-   * (its metadata's), under which the refusal is counted (absent: the default version).
+   * (its metadata's), under which the refusal is counted (absent: the default version); `metadata`:
+   * that version's, as the edge looked it up (its own queue bound, `maxQueuedRequests`; absent:
+   * the pool is asked).
    */
-  readonly checkAdmission: (modelId: string, version?: string) => Effect.Effect<void, InferenceError.InferenceError>
+  readonly checkAdmission: (modelId: string, version?: string, metadata?: ModelMetadata.ModelMetadata) => Effect.Effect<void, InferenceError.InferenceError>
   /**
    * `checkAdmission` as a plain answer, counting nothing: true when a request would be queued now,
    * with `waitingAtEdge` more requests counted as queued (an edge's own backlog of accepted bodies
@@ -83,12 +85,17 @@ export interface Service {
    */
   readonly admitsUnsafe: (waitingAtEdge?: number) => boolean
   /**
-   * The QueueFull an admission of `modelId` (at `version`) would get now, counting nothing: the
-   * queue with `waitingAtEdge` more counted (as `admitsUnsafe`), or the model version's own
-   * bound (`ModelMetadata.maxQueuedRequests`) with `waitingAtEdgeForModel` of those its own;
-   * undefined when it would be queued.
+   * The QueueFull an admission of `modelId` (to the version `metadata` describes, as the edge
+   * looked it up) would get now, counting nothing: the queue with `waitingAtEdge` more counted (as
+   * `admitsUnsafe`), or the version's own bound (`ModelMetadata.maxQueuedRequests`) with
+   * `waitingAtEdgeForModel` of those its own; undefined when it would be queued.
    */
-  readonly queueFullUnsafe: (modelId: string, version: string | undefined, waitingAtEdge?: number, waitingAtEdgeForModel?: number) => InferenceError.QueueFull | undefined
+  readonly queueFullUnsafe: (
+    modelId: string,
+    metadata: ModelMetadata.ModelMetadata | undefined,
+    waitingAtEdge?: number,
+    waitingAtEdgeForModel?: number
+  ) => InferenceError.QueueFull | undefined
   /**
    * `infer` for a caller outside any fiber (the HTTP server's infer path): `onExit` is called
    * once with the outcome, synchronously when the request is refused. The returned function
@@ -248,13 +255,26 @@ const specOf = (state: State, modelId: string, metadata: ModelMetadata.ModelMeta
 
 /**
  * The bound of its own that `modelId`'s `version` has reached, counting `waitingElsewhere` more
- * (an edge's backlog), or undefined. The scheduler first takes the version's spec as the pool has
- * it now (`metadataUnsafe`), so that a reload's new bound applies before any of its requests is admitted.
+ * (an edge's backlog), or undefined. The scheduler first takes the version's spec from `known`
+ * (the metadata the edge looked up) or as the pool has it now (`metadataUnsafe`), so that a
+ * reload's new bound applies before any of its requests is admitted. Nothing is built for a
+ * version without a bound of its own, before or after (the edges' hot path).
  */
-const ownBoundFull = (state: State, modelId: string, version: string | undefined, waitingElsewhere = 0): number | undefined => {
+const ownBoundFull = (
+  state: State,
+  modelId: string,
+  version: string | undefined,
+  known: ModelMetadata.ModelMetadata | undefined,
+  waitingElsewhere = 0
+): number | undefined => {
   if (version === undefined) return undefined
-  const metadata = state.pool.metadataUnsafe?.(modelId, version)
-  if (metadata !== undefined && !("_tag" in metadata)) state.scheduler.model(specOf(state, modelId, metadata))
+  const looked = known ?? state.pool.metadataUnsafe?.(modelId, version)
+  const metadata = looked === undefined || "_tag" in looked ? undefined : looked
+  if (metadata !== undefined) {
+    const spec = specOf(state, modelId, metadata)
+    const model = state.scheduler.model(spec)
+    if (spec.maxQueued === undefined && model.spec.maxQueued === undefined) return undefined
+  }
   return state.scheduler.modelFullAt(`${modelId}@${version}`, waitingElsewhere)
 }
 
@@ -866,20 +886,20 @@ export const make = Effect.gen(function*() {
       const source = Stream.fromIterable(cancel === undefined ? requests : untilCancelled(requests, cancel), { chunkSize: 1 })
       return Stream.mapEffect(source, (request) => inferResult(state, request, cancel), { concurrency, unordered: true })
     },
-    checkAdmission: (modelId, version) =>
+    checkAdmission: (modelId, version, metadata) =>
       Effect.suspend(() => {
         const reason = state.draining
           ? new InferenceError.ShuttingDown({})
-          : scheduler.isFull() || ownBoundFull(state, modelId, version) !== undefined
+          : scheduler.isFull() || ownBoundFull(state, modelId, version, metadata) !== undefined
           ? queueFull(state, modelId, "", version === undefined ? undefined : `${modelId}@${version}`)
           : undefined
         if (reason === undefined) return Effect.void
         return Effect.andThen(refusedEffect(state, modelId, reason, version), Effect.fail(InferenceError.make(reason)))
       }),
     admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
-    queueFullUnsafe: (modelId, version, waitingAtEdge = 0, waitingAtEdgeForModel = 0) => {
+    queueFullUnsafe: (modelId, metadata, waitingAtEdge = 0, waitingAtEdgeForModel = 0) => {
       if (scheduler.isFull(waitingAtEdge)) return new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
-      const own = ownBoundFull(state, modelId, version, waitingAtEdgeForModel)
+      const own = metadata === undefined ? undefined : ownBoundFull(state, modelId, metadata.version, metadata, waitingAtEdgeForModel)
       return own === undefined ? undefined : new InferenceError.QueueFull({ modelId, requestId: "", capacity: own, bound: "model" })
     },
     inferUnsafe: (request, onExit, options) => inferUnsafe(state, request, onExit, spentOf(options)),

@@ -561,11 +561,13 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
       const queued = yield* fork(engine.infer(request("queued", 2)))
       yield* Effect.yieldNow
       assert.deepInclude(yield* engine.diagnostics, { queued: 1, runs: 1 })
-      assert.strictEqual(engine.queueFullUnsafe("echo", "1")?.bound, "model", "one runs, one waits: the bound of 1")
-      // Reloaded with a bound of 50 (a new metadata object for the same version).
+      assert.strictEqual(engine.queueFullUnsafe("echo", metadata)?.bound, "model", "one runs, one waits: the bound of 1")
+      assert.isFalse(Exit.isSuccess(yield* Effect.exit(engine.checkAdmission("echo", "1"))))
+      // Reloaded with a bound of 50 (a new metadata object for the same version): as the edges
+      // see it (the metadata they looked up), and as the pool has it (checkAdmission without one).
       metadata = { ...metadata, maxQueuedRequests: 50 }
-      assert.isUndefined(engine.queueFullUnsafe("echo", "1"))
       assert.isTrue(Exit.isSuccess(yield* Effect.exit(engine.checkAdmission("echo", "1"))))
+      assert.isUndefined(engine.queueFullUnsafe("echo", metadata))
       yield* gate.open
       for (const f of [running, queued]) yield* Fiber.join(f)
     }))

@@ -31,6 +31,8 @@ export const command = Command.make("serve", flags, (values) => {
   }
   const config = ServerConfig.decode(given, process.env)
   if (config instanceof ServerConfig.ConfigError) return Cli.fail(`serve: ${config.message}`, 2)
+  const repository = ServerConfig.checkRepository(config, given, process.env)
+  if (repository !== undefined) return Cli.fail(`serve: ${repository.message}`, 2)
   // A signal while ServerMain loads, before it watches signals itself, stops the start as one
   // during the models' load does (exit 0): it ended as a Ctrl-C of a batch command (130).
   process.once("SIGINT", Cli.markStoppedBySignal)

@@ -85,7 +85,7 @@ export const make = (options: Options) =>
         const refuse = (reason: InferenceError.Reason) => Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
         if (lifecycle.isShuttingDown()) return yield* refuse(new InferenceError.ShuttingDown({}))
         const metadata = yield* Effect.catch(pool.metadata(name, version), refuse)
-        yield* Effect.mapError(engine.checkAdmission(name, metadata.version), (e) => refusedAs(e.reason, message.id))
+        yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => refusedAs(e.reason, message.id))
         const oip = GrpcCodec.toOip(message)
         if (typeof oip === "string") return yield* invalid(name, metadata.version, new InferenceError.InvalidInput({ modelId: name, detail: oip }))
         const body = Oip.decodeInferRequest(oip.body)

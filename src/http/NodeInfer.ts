@@ -409,7 +409,7 @@ const accept = (
     const version = versionOf(metadata)
     const key = version === undefined ? undefined : `${route.name}@${version}`
     const waitingHere = key === undefined ? 0 : context.waitingByKey.get(key) ?? 0
-    const full = engine.queueFullUnsafe(route.name, version, queue.waiting() + (context.pool?.inFlight() ?? 0), waitingHere)
+    const full = engine.queueFullUnsafe(route.name, "_tag" in metadata ? undefined : metadata, queue.waiting() + (context.pool?.inFlight() ?? 0), waitingHere)
     if (full !== undefined && !Effect.runSync(engine.isDraining)) {
       options.recordRefused(route.name, full, version)
       return sendError(context, response, options.errorOf(full))

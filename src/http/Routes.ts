@@ -399,7 +399,7 @@ const inferRoute = (ctx: Ctx) => {
     const { binary, text } = yield* Effect.onInterrupt(readInferBody, () => engine.recordRefused(name, notReached, metadata.version))
     // The engine's own admission rule before the costly part: a full queue answers 429 before
     // decoding anything, as the queue is once the body is in (not when its headers came).
-    yield* Effect.mapError(engine.checkAdmission(name, metadata.version), (e) => fromReason(e.reason))
+    yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => fromReason(e.reason))
     // As on the fast path (`NodeInfer`), the deadline counts from when the body was in: its decoding is inside it.
     const inAtMs = performance.now()
     const decoded = InferExchange.decode(name, version, metadata, text, binary)

@@ -142,12 +142,7 @@ export const options: ReadonlyArray<Option> = [
     variable: "MODEL_REPOSITORY",
     metavar: "DIR",
     description: "model repository (default: the bundled models/)",
-    decode: (text) => {
-      const decoded = withSchema(Schema.String.check(Schema.isMinLength(1)), (dir) => Path.resolve(dir))(text)
-      if ("error" in decoded) return decoded
-      const problem = directoryProblem(decoded.value as string)
-      return problem === undefined ? decoded : { error: problem }
-    }
+    decode: withSchema(Schema.String.check(Schema.isMinLength(1)), (dir) => Path.resolve(dir))
   },
   {
     key: "maxBodyBytes",
@@ -255,6 +250,26 @@ export const environmentText = (): string => {
  * Decodes the flags' values (by `Option.key`; undefined when not given) over `env` over the
  * defaults. Returns the configuration or a ConfigError naming the flag or variable.
  */
+/**
+ * Why the configured model repository cannot be served (it does not exist, is not a directory,
+ * cannot be read), naming the flag or variable that gave it, or undefined. Apart from `decode`,
+ * which reads no file: a manifest's settings are checked where its paths do not exist.
+ */
+export const checkRepository = (
+  config: ServerConfig,
+  flags: Readonly<Partial<Record<keyof ServerConfig, string | undefined>>>,
+  env: Readonly<Record<string, string | undefined>>
+): ConfigError | undefined => {
+  const problem = directoryProblem(config.models)
+  if (problem === undefined) return undefined
+  const source = flags.models !== undefined
+    ? `--models ${JSON.stringify(flags.models)}`
+    : (env["MODEL_REPOSITORY"] ?? "") !== ""
+    ? `MODEL_REPOSITORY ${JSON.stringify(env["MODEL_REPOSITORY"])}`
+    : `model repository ${JSON.stringify(config.models)} (the bundled one)`
+  return new ConfigError({ message: `invalid ${source}: ${problem}` })
+}
+
 export const decode = (
   flags: Readonly<Partial<Record<keyof ServerConfig, string | undefined>>>,
   env: Readonly<Record<string, string | undefined>>

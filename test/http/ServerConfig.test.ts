@@ -84,12 +84,23 @@ describe("ServerConfig", () => {
       [{}, { GRACE_PERIOD_SECONDS: "soon" }, "invalid GRACE_PERIOD_SECONDS \"soon\""],
       [{ host: "a b" }, {}, "invalid --host \"a b\""],
       [{ models: "" }, {}, "invalid --models \"\""],
-      [{ models: "/no/such/repository" }, {}, "invalid --models \"/no/such/repository\": does not exist"],
-      [{}, { MODEL_REPOSITORY: Path.join(flagRepository, "file") }, `invalid MODEL_REPOSITORY "${Path.join(flagRepository, "file")}": is not a directory`],
       [{ strictReadiness: "maybe" }, {}, "invalid --strict-readiness \"maybe\""],
       [{}, { METRICS_FORMAT: "prometheus" }, "invalid METRICS_FORMAT \"prometheus\""]
     ]
     assertRefused(cases)
+  })
+
+  it("checkRepository: a repository that does not exist or is not a directory, naming the flag or variable; decode reads no file (a manifest's /mnt/models)", () => {
+    const check = (flags: Flags, env: Record<string, string>) => {
+      const config = decode(flags, env)
+      assert.notInstanceOf(config, ServerConfig.ConfigError)
+      return ServerConfig.checkRepository(config as ServerConfig.ServerConfig, flags, env)?.message
+    }
+    assert.strictEqual(check({ models: "/no/such/repository" }, {}), "invalid --models \"/no/such/repository\": does not exist")
+    const file = Path.join(flagRepository, "file")
+    assert.strictEqual(check({}, { MODEL_REPOSITORY: file }), `invalid MODEL_REPOSITORY ${JSON.stringify(file)}: is not a directory`)
+    assert.isUndefined(check({ models: flagRepository }, {}))
+    assert.isUndefined(check({}, {}), "the bundled repository")
   })
 
   it("refuses an empty flag and numbers that are not decimal (they became 0, 8080, 1000); an empty variable is unset", () => {
