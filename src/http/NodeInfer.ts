@@ -407,7 +407,8 @@ const accept = (
     // draining (then the engine's own answer, 503): refused before decoding, no request id yet
     // ("", which the message leaves out).
     const version = versionOf(metadata)
-    const key = version === undefined ? undefined : `${route.name}@${version}`
+    // Counted by version only for a version with a queue bound of its own (nothing built otherwise).
+    const key = "_tag" in metadata || metadata.maxQueuedRequests === undefined ? undefined : `${route.name}@${metadata.version}`
     const waitingHere = key === undefined ? 0 : context.waitingByKey.get(key) ?? 0
     const full = engine.queueFullUnsafe(route.name, "_tag" in metadata ? undefined : metadata, queue.waiting() + (context.pool?.inFlight() ?? 0), waitingHere)
     if (full !== undefined && !Effect.runSync(engine.isDraining)) {
