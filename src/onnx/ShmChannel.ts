@@ -121,10 +121,22 @@ const writeAll = (fd: number, maps: ReadonlyArray<Tensor.TensorMap>): Array<Plac
   if (bytes < minBytes) return undefined
   const out: Array<PlacedMap> = []
   let end = 0
-  for (const m of maps) {
-    const w = write(fd, m, end)
-    out.push(w.placed)
-    end = w.end
+  try {
+    for (const m of maps) {
+      const w = write(fd, m, end)
+      out.push(w.placed)
+      end = w.end
+    }
+  } catch (e) {
+    // Full (ENOSPC: /dev/shm is 64 MiB in a container) partway: the message goes through the pipe
+    // (the caller's fallback), and the file gives its memory back, not held at the failed
+    // message's partial size for the child's life, where the next one would fail the same way.
+    try {
+      Fs.ftruncateSync(fd, 0)
+    } catch {
+      // a file that cannot be truncated is one that could not be written either
+    }
+    throw e
   }
   return out
 }

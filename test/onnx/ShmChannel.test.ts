@@ -1,4 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
+import { spawnSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
@@ -28,6 +29,39 @@ describe("ShmChannel", () => {
       Fs.writeSync(channel.inputFd, new Uint8Array([1, 2, 3]), 0, 3, 0)
       assert.strictEqual(Fs.fstatSync(channel.inputFd).size, 3)
     }))
+
+  it("a write that fails partway (the file system full) empties the file, not left at the failed message's partial size", () => {
+    // A file size limit (ulimit -f) stands in for a full /dev/shm: writes past it fail with EFBIG
+    // (SIGXFSZ handled), after a partial write, as ENOSPC does partway through a message.
+    const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "shm-full-"))
+    try {
+      const script = Path.join(dir, "fill.mjs")
+      const module = new URL("../../src/onnx/ShmChannel.ts", import.meta.url).href
+      const tensor = new URL("../../src/Tensor.ts", import.meta.url).href
+      Fs.writeFileSync(script, `
+        import * as Fs from "node:fs"
+        import * as ShmChannel from ${JSON.stringify(module)}
+        import * as Tensor from ${JSON.stringify(tensor)}
+        process.on("SIGXFSZ", () => {})
+        const channel = ShmChannel.open(${JSON.stringify(dir)})
+        const run = (n) => ({ _tag: "run", id: n, inputs: { x: Tensor.float32(new Float32Array(n), [n / 4, 4]) } })
+        const small = ShmChannel.placeInputs(channel.inputFd, run(20_000))
+        const sizes = [Fs.fstatSync(channel.inputFd).size]
+        let failed = ""
+        try { ShmChannel.placeInputs(channel.inputFd, run(1_000_000)) } catch (e) { failed = e.code }
+        sizes.push(Fs.fstatSync(channel.inputFd).size)
+        console.log(JSON.stringify({ placed: small !== undefined, failed, sizes }))
+      `)
+      const out = spawnSync("sh", ["-c", `ulimit -f 1024 && exec "${process.execPath}" "${script}"`], { encoding: "utf8" })
+      assert.strictEqual(out.status, 0, out.stderr)
+      const result = JSON.parse(out.stdout.trim().split("\n").at(-1)!) as { placed: boolean; failed: string; sizes: Array<number> }
+      assert.isTrue(result.placed, "80 KB fits")
+      assert.strictEqual(result.failed, "EFBIG", "4 MB does not")
+      assert.deepStrictEqual(result.sizes, [80_000, 0], "emptied after the failed write")
+    } finally {
+      Fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
 
   it("is unavailable where the directory is not", () => {
     assert.isUndefined(ShmChannel.open("/nonexistent/dir"))
