@@ -165,6 +165,15 @@ export const validateInputs = (metadata: ModelMetadata, inputs: Tensor.TensorMap
     if (tensor.data.length !== count) {
       return invalid(modelId, spec.name, `data has ${tensor.data.length} elements, dims ${Tensor.dimsText(tensor.dims)} need ${count}`)
     }
+    if (tensor.dtype === "string") {
+      // What the edges refuse when they decode (a NUL, a lone surrogate), for library callers too.
+      const strings = tensor.data as ReadonlyArray<unknown>
+      for (let i = 0; i < strings.length; i++) {
+        const element = strings[i]
+        const problem = typeof element === "string" ? Tensor.stringElementProblem(element) : `is a ${element === null ? "null" : typeof element}, not a string`
+        if (problem !== undefined) return invalid(modelId, spec.name, `element ${i} ${problem}`)
+      }
+    }
   }
   const refused = InputSignature.check(metadata.signatures, inputs)
   return refused === undefined ? undefined : invalid(modelId, undefined, refused)

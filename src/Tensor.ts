@@ -154,6 +154,21 @@ export const viewOf = <T extends Exclude<DataType, "string">>(dtype: T, bytes: U
   return new ctor(bytes.buffer, bytes.byteOffset, length) as DataTypeToArray[T]
 }
 
+const loneSurrogate = /\p{Cs}/u
+
+/**
+ * Why `text` cannot be an element of an ONNX string tensor, or undefined. onnxruntime-node hands
+ * each element to the runtime as a C string, so a NUL (U+0000) would end it there; a lone
+ * surrogate has no UTF-8 form and would become U+FFFD. Either way the model would see other text
+ * than was sent, so such an element is refused.
+ */
+export const stringElementProblem = (text: string): string | undefined =>
+  text.includes("\0")
+    ? "holds a NUL character (U+0000), where onnxruntime would cut the string (send binary payloads as UINT8)"
+    : loneSurrogate.test(text)
+    ? "is not well-formed Unicode (a lone surrogate, which UTF-8 cannot encode)"
+    : undefined
+
 /** True when `data` is the typed array (or string array) that holds `dtype`. */
 export const dataMatches = (dtype: DataType, data: unknown): boolean =>
   dtype === "string" ? Array.isArray(data) : data instanceof constructors[dtype]

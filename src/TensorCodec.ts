@@ -352,20 +352,8 @@ const decodeBinaryData = (
 
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true })
 
-const loneSurrogate = /\p{Cs}/u
-
-/**
- * Why `text` cannot be an element of an ONNX string tensor, or undefined. onnxruntime-node hands
- * each element to the runtime as a C string, so a NUL (U+0000) would end it there; a lone
- * surrogate has no UTF-8 form and would become U+FFFD. Either way the model would see other text
- * than was sent, so such an element is refused, as bytes that are not UTF-8 are (`utf8Element`).
- */
-export const stringElementProblem = (text: string): string | undefined =>
-  text.includes("\0")
-    ? "holds a NUL character (U+0000), where onnxruntime would cut the string (send binary payloads as UINT8)"
-    : loneSurrogate.test(text)
-    ? "is not well-formed Unicode (a lone surrogate, which UTF-8 cannot encode)"
-    : undefined
+/** `Tensor.stringElementProblem`: an element refused as bytes that are not UTF-8 are (`utf8Element`). */
+export const stringElementProblem = Tensor.stringElementProblem
 
 /**
  * One BYTES element as the string an ONNX string tensor holds, or undefined where it is not UTF-8:

@@ -19,6 +19,20 @@ describe("ModelMetadata.validateInputs", () => {
     assert.isUndefined(ModelMetadata.validateInputs(metadata, valid))
   })
 
+  it("refuses a string element onnxruntime would change (a NUL, a lone surrogate) or that is no string, as the edges do", () => {
+    const texts: ModelMetadata.ModelMetadata = { name: "t", version: "1", inputs: [{ name: "s", dtype: "string", dims: [-1] }], outputs: [] }
+    const strings = (data: ReadonlyArray<unknown>) => ({ s: Tensor.make("string", data as Array<string>, [data.length]) })
+    assert.isUndefined(ModelMetadata.validateInputs(texts, strings(["", "é", "😀"])))
+    for (const [data, expected] of [
+      [["a", "b\0c"], /element 1 holds a NUL character/],
+      [["\ud83d"], /element 0 is not well-formed Unicode/],
+      [["a", 7], /element 1 is a number, not a string/],
+      [[null], /element 0 is a null, not a string/]
+    ] as const) {
+      assert.match(ModelMetadata.validateInputs(texts, strings(data))?.message ?? "", expected, JSON.stringify(data))
+    }
+  })
+
   const cases: ReadonlyArray<readonly [string, Tensor.TensorMap, string | undefined, RegExp]> = [
     ["an unknown input", { ...valid, z: Tensor.float32([1], [1]) }, "z", /unknown input; the model takes x, sr/],
     ["a missing input", { x: valid.x }, "sr", /missing input/],
