@@ -201,19 +201,23 @@ describe("AsyncInferenceEngine", () => {
         assert.deepStrictEqual(stats.order, ["low-1", "critical", "low-2", "low-3"], "the waiting requests stayed in the priority queue")
       }))
 
-    it.effect("answers QueueFull at once when the queue is at its bound, queuing nothing", () =>
+    /** One request running and two queued, then "overflow", which must be refused QueueFull: its reason's fields. */
+    const twoQueuedThenOverflow = (engine: AsyncInferenceEngine["Service"]) =>
       Effect.gen(function*() {
-        const { engine, outcomes } = yield* makeHarness({ script: () => ({ latency: "1 second" }), config: { maxConcurrentRequests: 1, maxQueuedRequests: 2 } })
         yield* fork(engine.infer(request("running")))
         yield* Effect.yieldNow
         yield* fork(engine.infer(request("q1")))
         yield* fork(engine.infer(request("q2")))
         const exit = yield* Effect.exit(engine.infer(request("overflow")))
         assert.strictEqual(reasonOf(exit), "QueueFull")
-        if (Exit.isFailure(exit)) {
-          const reason = exit.cause.reasons[0]
-          assert.deepInclude(reason?._tag === "Fail" ? reason.error.reason : {}, { capacity: 2, requestId: "overflow", modelId: "echo" })
-        }
+        const reason = Exit.isFailure(exit) ? exit.cause.reasons[0] : undefined
+        return reason?._tag === "Fail" ? reason.error.reason : {}
+      })
+
+    it.effect("answers QueueFull at once when the queue is at its bound, queuing nothing", () =>
+      Effect.gen(function*() {
+        const { engine, outcomes } = yield* makeHarness({ script: () => ({ latency: "1 second" }), config: { maxConcurrentRequests: 1, maxQueuedRequests: 2 } })
+        assert.deepInclude(yield* twoQueuedThenOverflow(engine), { capacity: 2, requestId: "overflow", modelId: "echo" })
         assert.strictEqual((yield* engine.queueStats).total, 2)
         assert.strictEqual(outcomes().rejected, 1)
       }))
@@ -225,16 +229,7 @@ describe("AsyncInferenceEngine", () => {
           metadata: { maxQueuedRequests: 2 },
           config: { maxConcurrentRequests: 1, maxQueuedRequests: 10 }
         })
-        yield* fork(engine.infer(request("running")))
-        yield* Effect.yieldNow
-        yield* fork(engine.infer(request("q1")))
-        yield* fork(engine.infer(request("q2")))
-        const exit = yield* Effect.exit(engine.infer(request("overflow")))
-        assert.strictEqual(reasonOf(exit), "QueueFull")
-        if (Exit.isFailure(exit)) {
-          const reason = exit.cause.reasons[0]
-          assert.deepInclude(reason?._tag === "Fail" ? reason.error.reason : {}, { capacity: 2, bound: "model", requestId: "overflow", modelId: "echo" })
-        }
+        assert.deepInclude(yield* twoQueuedThenOverflow(engine), { capacity: 2, bound: "model", requestId: "overflow", modelId: "echo" })
         const admission = yield* Effect.exit(engine.checkAdmission("echo", "1"))
         assert.strictEqual(reasonOf(admission), "QueueFull")
         assert.match(String(admission), /model echo already has 2 requests waiting/)
