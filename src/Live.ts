@@ -13,7 +13,7 @@
  *
  * @module Live
  */
-import { type Config, Effect, Layer, References } from "effect"
+import { type Config, Effect, Layer, Metric, References } from "effect"
 import { type AsyncConfig, AsyncConfigService, config as asyncConfigFromEnv } from "./AsyncConfig.ts"
 import { AsyncInferenceEngine } from "./Engine.ts"
 import type { ModelPool } from "./ModelPool.ts"
@@ -79,11 +79,17 @@ const compose = <T extends TelemetryCollector, PE, E, R>(
   /** Without export, turn tracing off for the program the layer is provided to too, not only for its build. */
   untracedProgram: boolean
 ) => {
-  const base = AsyncInferenceEngine.layer.pipe(Layer.provideMerge(Layer.mergeAll(pool, telemetry, config)))
+  // Fresh: the engine and collector layers are module constants, which Effect builds once per
+  // runtime; two stacks in one runtime (two servers over two repositories) shared the first's engine.
+  const base = Layer.fresh(AsyncInferenceEngine.layer).pipe(Layer.provideMerge(Layer.mergeAll(pool, Layer.fresh(telemetry), config)))
+  // A metric registry of the stack's own, for everything in it and the program it is provided to
+  // (a server's /metrics, the OTLP exporter): Effect's default one is the whole process's, where
+  // two engines (two InferenceClients, two servers) counted each other's requests.
+  const registry = Layer.sync(Metric.MetricRegistry, () => new Map())
   // provideMerge: the tracer the OTLP layer installs must reach the runtime's own context.
-  if (tracing !== undefined) return base.pipe(Layer.provideMerge(tracing))
+  if (tracing !== undefined) return base.pipe(Layer.provideMerge(tracing), Layer.provideMerge(registry))
   const off = Layer.succeed(References.TracerEnabled, false)
-  return untracedProgram ? base.pipe(Layer.provideMerge(off)) : base.pipe(Layer.provide(off))
+  return (untracedProgram ? base.pipe(Layer.provideMerge(off)) : base.pipe(Layer.provide(off))).pipe(Layer.provideMerge(registry))
 }
 
 /**

@@ -330,7 +330,8 @@ export const layer = (
       routerConfig: Routes.routerConfig
     }).pipe(
       Layer.provideMerge(NodeHttpServer.layer(() => server, { host: options.host, port: options.port, disablePreemptiveShutdown: true })),
-      Layer.provideMerge(Lifecycle.layer),
+      // Fresh: one server's shutdown is its own, though another server is built in the same runtime.
+      Layer.provideMerge(Layer.fresh(Lifecycle.layer)),
       Layer.provideMerge(Layer.succeed(NodeServer, handle))
     )
     // Once the router listens: the Host check, then the infer route's Node handler, go first; the router answers what they decline.
