@@ -28,7 +28,7 @@ port.on("message", (message: DecodePool.ToDecoder) => {
   }
   const spec = specs.get(message.spec)!
   const text = Oip.jsonText(message.bytes)
-  const outcome = text === undefined ? InferExchange.notUtf8 : InferExchange.decodeBody(message.name, asMetadata(spec), text, undefined)
+  const outcome = text === undefined ? { _tag: "NotJson" as const, message: Oip.undecodableMessage(message.bytes) } : InferExchange.decodeBody(message.name, asMetadata(spec), text, undefined)
   let reply: DecodePool.FromDecoder
   const transfer: Array<ArrayBuffer> = []
   if (outcome._tag === "Body") {

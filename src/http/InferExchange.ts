@@ -128,12 +128,9 @@ export const toDecoded = (
   id: body.id
 })
 
-/** A body whose bytes are not UTF-8 (`Oip.jsonText`). */
-export const notUtf8: NotJson = { _tag: "NotJson", message: Oip.notUtf8Message }
-
 /**
  * `decodeBody`, then `toDecoded`. `json` is the JSON text, or its bytes as an edge read them
- * (then bytes that are not UTF-8 are `notUtf8`).
+ * (then bytes that are not UTF-8, or too many for a string, are NotJson: `Oip.undecodableMessage`).
  */
 export const decode = (
   name: string,
@@ -144,7 +141,7 @@ export const decode = (
   ownsBody = false
 ): Decoded | NotJson | InferenceError.InvalidInput => {
   const text = typeof json === "string" ? json : Oip.jsonText(json)
-  if (text === undefined) return notUtf8
+  if (text === undefined) return { _tag: "NotJson", message: Oip.undecodableMessage(json as Uint8Array) }
   const body = decodeBody(name, metadata, text, binary)
   return body._tag === "Body" ? toDecoded(name, version, metadata, body, ownsBody) : body
 }

@@ -59,17 +59,28 @@ const utf8 = new TextDecoder("utf-8", { fatal: true })
 /** The refusal of a body whose bytes are not UTF-8: 400. */
 export const notUtf8Message = "the request body is not valid UTF-8, as JSON text must be (RFC 8259 §8.1)"
 
+/** The most bytes a JSON text may have here: V8's longest string (UTF-8 has at least a byte a character). */
+export const maxJsonTextBytes = 0x1fffffe8
+
 /**
- * A body's bytes as JSON text, or undefined when they are not UTF-8: such bytes are refused,
- * never read with U+FFFD in their place, which would change the strings and ids that were sent.
+ * A body's bytes as JSON text, or undefined when they are not UTF-8 (such bytes are refused,
+ * never read with U+FFFD in their place, which would change the strings and ids that were sent)
+ * or longer than a string can be (`maxJsonTextBytes`): `undecodableMessage` says which.
  */
 export const jsonText = (bytes: Uint8Array): string | undefined => {
+  if (bytes.length > maxJsonTextBytes) return undefined
   try {
     return utf8.decode(bytes)
   } catch {
     return undefined
   }
 }
+
+/** Why `jsonText` gave no text for `bytes`: too long for a string, or not UTF-8. */
+export const undecodableMessage = (bytes: Uint8Array): string =>
+  bytes.length > maxJsonTextBytes
+    ? `the request's JSON is ${bytes.length} bytes, more than the ${maxJsonTextBytes} a JSON text can be here (send large tensors as binary data)`
+    : notUtf8Message
 
 const utf8Encoder = new TextEncoder()
 
@@ -172,8 +183,9 @@ export const splitBinaryBody = (bytes: Uint8Array, header: string): { readonly t
   if (!(jsonLength <= bytes.length)) {
     return `${TensorCodec.inferenceHeaderContentLength} ${JSON.stringify(header.slice(0, 40))} must be a byte count within the body's ${bytes.length} bytes`
   }
-  const text = jsonText(bytes.subarray(0, jsonLength))
-  return text === undefined ? notUtf8Message : { text, binary: bytes.subarray(jsonLength) }
+  const head = bytes.subarray(0, jsonLength)
+  const text = jsonText(head)
+  return text === undefined ? undecodableMessage(head) : { text, binary: bytes.subarray(jsonLength) }
 }
 
 /**

@@ -253,7 +253,7 @@ const bodyReaders = (bodyLimit: number) => {
   /** The body as text. */
   const readBody = Effect.flatMap(readBytes, (bytes) => {
     const text = Oip.jsonText(bytes)
-    return text === undefined ? fail(400, Oip.notUtf8Message) : Effect.succeed(text)
+    return text === undefined ? fail(400, Oip.undecodableMessage(bytes)) : Effect.succeed(text)
   })
 
   /**

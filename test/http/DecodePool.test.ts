@@ -6,6 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as DecodePool from "../../src/http/DecodePool.ts"
 import * as InferExchange from "../../src/http/InferExchange.ts"
+import * as Oip from "../../src/http/Oip.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import * as BatchPolicy from "../../src/BatchPolicy.ts"
 
@@ -90,8 +91,9 @@ describe("DecodePool", () => {
       }
       // Bytes that are not UTF-8: refused as on the main thread (`InferExchange.decode` of bytes), not read as U+FFFD.
       const notUtf8 = Buffer.concat([Buffer.from('{"id": "'), Buffer.of(0xff), Buffer.from('", "inputs": []}')])
-      assert.deepStrictEqual(await decodeOn(pool, notUtf8), InferExchange.notUtf8)
-      assert.deepStrictEqual(InferExchange.decode("m", undefined, metadata, notUtf8, undefined), InferExchange.notUtf8)
+      const refused = { _tag: "NotJson" as const, message: Oip.notUtf8Message }
+      assert.deepStrictEqual(await decodeOn(pool, notUtf8), refused)
+      assert.deepStrictEqual(InferExchange.decode("m", undefined, metadata, notUtf8, undefined), refused)
       assert.strictEqual(pool.inFlight(), 0)
       const decoded = await decodeOn(pool, bodies[0]![1])
       assert.isTrue(decoded !== undefined && decoded._tag === "Body" && (decoded.inputs["x"]!.data as Float32Array).buffer.byteLength === 32, "the tensors came back whole")

@@ -415,6 +415,17 @@ describe("Oip.rawBinaryRequest", () => {
   })
 })
 
+describe("Oip.jsonText", () => {
+  it("a body longer than a string can be is refused as such, not as bytes that are not UTF-8", () => {
+    // Half a gigabyte to make for real; a view that says it is that long stands in for it.
+    const huge = Object.defineProperty(new Uint8Array(1), "length", { value: Oip.maxJsonTextBytes + 1 })
+    assert.isUndefined(Oip.jsonText(huge))
+    assert.strictEqual(Oip.undecodableMessage(huge), `the request's JSON is ${Oip.maxJsonTextBytes + 1} bytes, more than the ${Oip.maxJsonTextBytes} a JSON text can be here (send large tensors as binary data)`)
+    assert.strictEqual(Oip.undecodableMessage(Uint8Array.of(0xff)), Oip.notUtf8Message)
+    assert.strictEqual(Oip.jsonText(Buffer.from('{"a": 1}')), '{"a": 1}')
+  })
+})
+
 describe("redact", () => {
   it("cuts a message that quotes a huge field to maxMessageLength characters", () => {
     const long = `datatype ${JSON.stringify("A".repeat(1_000_000))} is not supported`
