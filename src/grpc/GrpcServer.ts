@@ -115,6 +115,24 @@ const boundConnections = (server: Grpc.Server, limit: number): void => {
   for (const listening of servers?.keys() ?? []) listening.maxConnections = limit
 }
 
+/** The longest `grpc-timeout` grpc-js can time: its timer takes the milliseconds as a 32-bit integer. */
+const maxTimeoutMs = 2 ** 31 - 1
+
+const timeoutUnitMs: Readonly<Record<string, number>> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 }
+
+/**
+ * A call's `grpc-timeout` past 2^31 - 1 ms (24.8 days) is set to that: grpc-js 1.14 truncates the
+ * milliseconds to 32 bits, so a client's 25-day deadline (tritonclient's `client_timeout` of a
+ * month, for "none") became negative and ended the call at once, DEADLINE_EXCEEDED. The request's
+ * own timeout (30 s by default) is far sooner either way.
+ */
+const clampTimeout = (headers: Http2.IncomingHttpHeaders): void => {
+  const header = headers["grpc-timeout"]
+  if (typeof header !== "string") return
+  const match = /(\d{1,8})\s*([HMSmun])/.exec(header)
+  if (match !== null && Number(match[1]) * timeoutUnitMs[match[2]!]! > maxTimeoutMs) headers["grpc-timeout"] = `${Math.floor(maxTimeoutMs / 1000)}S`
+}
+
 /** The handlers grpc-js runs for each new HTTP/2 stream (private to grpc-js 1.14; one of them serves, as channelz is on or off). */
 const streamHandlers = ["_streamHandler", "_channelzHandler"] as const
 
@@ -151,6 +169,7 @@ const boundOpenCalls = (server: Grpc.Server, limit: number): () => number => {
       }
       open++
       stream.once("close", () => void open--)
+      clampTimeout(headers)
       return (handler as (...args: Array<unknown>) => unknown).call(this, extra, stream, headers)
     }
   }

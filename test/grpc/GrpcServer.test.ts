@@ -324,11 +324,15 @@ describe("ModelInfer", () => {
       ok(yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { parameters: { timeout: { int64_param: "10000000" } } }), { deadline: Date.now() + 3_600_000 }))
       ok(yield* call("ModelInfer", echoRaw([1, 2, 3, 4], { parameters: { timeout: { int64_param: "100000000" } } }), { deadline: Date.now() + 20_000 }))
       ok(yield* call("ModelInfer", echoRaw([1, 2, 3, 4]), { deadline: Date.now() + 5_000 }))
-      assert.strictEqual(timeouts.length, 5)
+      // Past 2^31 - 1 ms (24.8 days), which grpc-js's timer truncated to 32 bits (a negative
+      // timeout: DEADLINE_EXCEEDED at once): a month, as tritonclient's client_timeout for "none".
+      ok(yield* call("ModelInfer", echoRaw([1, 2, 3, 4]), { deadline: Date.now() + 30 * 86_400_000 }))
+      assert.strictEqual(timeouts.length, 6)
       assert.deepStrictEqual(timeouts.slice(0, 3), [30_000, 30_000, 10_000])
       // A sooner deadline is the request's (less what has passed since the call began).
       assert.isTrue(timeouts[3]! <= 20_000 && timeouts[3]! > 19_000, String(timeouts[3]))
       assert.isTrue(timeouts[4]! <= 5_000 && timeouts[4]! > 4_000, String(timeouts[4]))
+      assert.strictEqual(timeouts[5], 30_000, "the month-long deadline leaves the 30 s default")
     }))
 
   it.live("the deadline covers the message's decoding: the engine is told what it took, and a timeout it spends fails without running", () =>
