@@ -33,10 +33,13 @@ export const tritonDataType = (spec: ModelMetadata.TensorSpec): string => {
   return datatype === "BYTES" ? "TYPE_STRING" : `TYPE_${datatype}`
 }
 
-/** Whole microseconds; 0 for none or an infinite duration. */
+/**
+ * Whole microseconds; 0 for none, or a duration too long for a uint64 of them (infinite, or
+ * 1e308 ms, whose microseconds are not finite: JSON wrote null, gRPC 2^64 - 1).
+ */
 const micros = (d: Duration.Duration) => {
-  const ms = Duration.toMillis(d)
-  return Number.isFinite(ms) ? Math.round(ms * 1000) : 0
+  const us = Duration.toMillis(d) * 1000
+  return Number.isFinite(us) && us < 2 ** 64 ? Math.round(us) : 0
 }
 
 /** The model's instances as Triton's one instance group: on GPU 0 when its sessions run on the GPU. */
