@@ -755,7 +755,6 @@ const spentOf = (options: { readonly spentMs?: number | undefined } | undefined)
   return ms !== undefined && ms > 0 ? ms : 0
 }
 
-/** A batch's concurrency: a positive integer. */
 /**
  * `requests`, ending as soon as `cancel` is cancelled: checked before each element is asked
  * for, so a cancelled batch takes nothing more (a generator's side effects included); the
@@ -774,6 +773,7 @@ const untilCancelled = <A>(requests: Iterable<A>, cancel: CancelToken.Cancellati
   }
 })
 
+/** A batch's concurrency: a positive integer. */
 export const isConcurrency = (concurrency: number): boolean => Number.isInteger(concurrency) && concurrency >= 1
 
 /** The error of a batch concurrency that `isConcurrency` refuses. */
