@@ -69,8 +69,6 @@ export interface Options {
    * counts refusals; `version`: the model version it was checked against, where it was.
    */
   readonly recordRefused: (name: string, reason: InferenceError.Reason, version?: string) => void
-  /** The engine's queue bound, for the QueueFull this answers when its own backlog fills the queue. */
-  readonly maxQueuedRequests: number
   /** Reports a defect (the answer is 500 "internal error"). */
   readonly onDefect: (defect: unknown) => void
   /** Threads that decode JSON bodies while the main thread has a queue of them; none: all decoded here. */

@@ -538,7 +538,6 @@ const serveInferFromNode = (
       bodyLimitBytes: options.bodyLimitBytes,
       errorOf: fromReason,
       recordRefused: (name, reason, version) => Effect.runSync(engine.recordRefused(name, reason, version)),
-      maxQueuedRequests: engine.config.maxQueuedRequests,
       onDefect: (defect) => void runFork(Effect.logError("unexpected failure while answering a request", defect))
     }))
   })

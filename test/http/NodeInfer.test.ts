@@ -99,7 +99,6 @@ const makeHandlerServer = (
       bodyLimitBytes: options.bodyLimitBytes ?? 1024,
       errorOf: (reason) => ({ status: reason._tag === "QueueFull" ? 429 : reason._tag === "DeadlineExceeded" ? 504 : 400, message: reason.message }),
       recordRefused: (_, reason) => void invalid.push(reason),
-      maxQueuedRequests: options.maxQueuedRequests ?? 16,
       onDefect: (defect) => void defects.push(defect),
       decodePool: options.decodePool
     })
