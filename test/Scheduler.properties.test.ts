@@ -78,7 +78,9 @@ const ModelGen = Schema.Struct({
    * and says when each starts (`reportsStarts`), as `InstancePool` does; else it starts its jobs in
    * the order they came (one FIFO).
    */
-  pins: Schema.Boolean
+  pins: Schema.Boolean,
+  /** Its own queue bound (config.json `maxQueuedRequests`), or null: the shared one alone. */
+  maxQueued: Schema.NullOr(Int(1, 6))
 })
 
 /** Whether the Dispatcher pumps after the step (0: not yet, as within one burst of admissions). */
@@ -139,7 +141,8 @@ const specOf = (gen: SchedulerScenario["models"][number], i: number): Scheduler.
     }
     : BatchPolicy.disabled,
   maxGroup: gen.batching > 0 ? 1 : gen.maxGroup,
-  reportsStarts: gen.pins
+  reportsStarts: gen.pins,
+  maxQueued: gen.maxQueued ?? undefined
 })
 
 type Outcome = "answered" | "cancelled" | Scheduler.Expiry
@@ -206,7 +209,9 @@ const newCoverage = () => ({
   formed: 0,
   cancelled: { queued: 0, forming: 0, running: 0 },
   expired: { queue: 0, deadline: 0 },
-  refused: 0
+  refused: 0,
+  /** Refused by the model's own bound while the shared queue had room. */
+  refusedByModel: 0
 })
 type Coverage = ReturnType<typeof newCoverage>
 
@@ -520,6 +525,12 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
       let queuedRows = 0
       for (const r of s.queue.values()) if (r.model === model) queuedRows += r.rows
       check(model.queuedRows === queuedRows, `${spec.key}: queuedRows ${model.queuedRows}, queue holds ${queuedRows}`)
+      let queuedHere = 0
+      for (const r of s.queue.values()) if (r.model === model) queuedHere++
+      check(model.queued === queuedHere, `${spec.key}: queued ${model.queued}, queue holds ${queuedHere}`)
+      let aheadHere = 0
+      for (const batch of model.inFlight) aheadHere += batch.waiting
+      check(model.waitingAhead === aheadHere, `${spec.key}: waitingAhead ${model.waitingAhead}, its jobs hold ${aheadHere}`)
       for (const [key, batch] of model.forming) {
         check(batch.key === key && batch.model === model && batch.stage === "forming", `${spec.key}: a forming batch out of place`)
         checkMembers(batch as Scheduler.Batch<number>, `forming batch of ${spec.key}`)
@@ -562,14 +573,16 @@ const runScenario = (sc: SchedulerScenario, coverage: Coverage = newCoverage()):
         const rows = batches ? op.rows : 1
         const priority = priorities[op.priority]!
         for (let c = 0; c < op.copies; c++) {
-          const wasFull = s.isFull()
+          const ownBound = !s.isFull() && s.modelFullAt(spec.key) !== undefined
+          const wasFull = s.isFull() || ownBound
           const id = recs.length
           const deadlineAtMs = now + op.deadlineInMs
           const queueDeadlineAtMs = op.queueTimeoutMs === null || op.queueTimeoutMs === 0 ? Infinity : now + op.queueTimeoutMs
           const request = s.admit({ value: id, model: spec, priority, rows, batchKey: kind, deadlineAtMs, queueDeadlineAtMs }, now)
           if (request === undefined) {
-            check(wasFull, "a request refused while the queue had room")
+            check(wasFull, "a request refused while the queue (and its model's own bound) had room")
             coverage.refused++
+            if (ownBound) coverage.refusedByModel++
             continue
           }
           check(request.value === id && request.model.spec.key === spec.key, "admit returned another request or model")
