@@ -298,7 +298,9 @@ const runMembers = (state: State, batch: Scheduler.Batch<Caller>, candidates: Re
       // Outputs that are not rows of the inputs (a detection model's `[num_detections, …]`): the
       // model cannot be batched. Its requests go alone from now on, and a batch's members run
       // again alone, each answered with its own run's outputs.
-      const mismatch = Exit.isSuccess(exit) && batching.enabled ? Batch.rowsMismatch(batching, exit.value.outputs, rows) : undefined
+      // Only requests that could be joined (a batch key) know their rows: one too tall for a batch,
+      // or whose unbatched inputs are too long to key, runs alone counted as 1 row.
+      const mismatch = Exit.isSuccess(exit) && batching.enabled && batch.key !== undefined ? Batch.rowsMismatch(batching, exit.value.outputs, rows) : undefined
       let warned: Effect.Effect<void> = Effect.void
       if (mismatch !== undefined) {
         const key = Scheduler.unbatchableKey(batch.model.spec)

@@ -135,6 +135,12 @@ describe("AsyncInferenceEngine dynamic batching", () => {
       assert.deepStrictEqual((yield* Fiber.join(pair)).outputs["y"]!.dims, [3, 4])
       assert.deepStrictEqual((yield* Fiber.join(one)).outputs["y"]!.dims, [1, 4])
       assert.deepStrictEqual(stats.batchSizes, [5, 4])
+      // The big one ran alone, without a batch key (the scheduler counts it as one row): its 5
+      // output rows do not make the model look like one whose outputs are not rows of its inputs.
+      const later = [yield* fork(engine.infer(request("l1", 1))), yield* fork(engine.infer(request("l2", 1))), yield* fork(engine.infer(request("l3", 1)))]
+      yield* TestClock.adjust("30 millis")
+      for (const f of later) yield* Fiber.join(f)
+      assert.deepStrictEqual(stats.batchSizes.slice(2), [3], "still batched")
     }))
 
   it.effect("fills a batch from the highest level first", () =>
