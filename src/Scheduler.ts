@@ -692,10 +692,19 @@ export class Scheduler<A> {
     model.waitingAhead += delta
   }
 
-  /** True when `model` holds its `maxQueued` waiting requests (queued, or in jobs sent ahead). */
+  /**
+   * True when `model` holds its `maxQueued` waiting requests (queued, or in jobs sent ahead),
+   * not counting what its free slots take at the next dispatch (each a batch of up to
+   * `maxBatchSize` requests, or a group of `maxGroup`): a burst that reaches an idle model is
+   * admitted before the pump hands any of it over, and the requests it would run or join into one
+   * batch do not wait.
+   */
   #modelFull(model: Model, waitingElsewhere = 0): boolean {
     const max = model.spec.maxQueued
-    return max !== undefined && model.queued + model.waitingAhead + waitingElsewhere >= max
+    if (max === undefined) return false
+    const freeSlots = Math.max(0, this.#slotsOf(model) - model.slots)
+    const takes = freeSlots * (model.spec.batching.enabled ? model.spec.batching.maxBatchSize : model.spec.maxGroup)
+    return model.queued + model.waitingAhead + waitingElsewhere - takes >= max
   }
 
   #formingFor(request: Request<A>): Batch<A> | undefined {

@@ -226,6 +226,8 @@ describe("AsyncInferenceEngine", () => {
       Effect.gen(function*() {
         const { engine, outcomes } = yield* makeHarness({
           script: () => ({ latency: "1 second" }),
+          // One instance: "running" takes its one slot, and the two behind it wait.
+          concurrency: 1,
           metadata: { maxQueuedRequests: 2 },
           config: { maxConcurrentRequests: 1, maxQueuedRequests: 10 }
         })

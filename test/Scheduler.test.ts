@@ -82,29 +82,36 @@ describe("Scheduler", () => {
     assert.isDefined(admit(s, "r3", m))
   })
 
-  it("a model's own bound (maxQueued): a flooded model is refused past it, another model is still admitted; jobs sent ahead count", () => {
+  it("a model's own bound (maxQueued): a flooded model is refused past it, another model is still admitted; jobs sent ahead count, what its free slots take at once does not", () => {
     const s = make({ maxQueued: 10, maxConcurrent: 1 })
     const flooded = spec("flooded", { maxQueued: 2, depth: 2 })
     const other = spec("other")
-    assert.isDefined(admit(s, "f0", flooded))
-    assert.isDefined(admit(s, "f1", flooded))
-    assert.isUndefined(admit(s, "f2", flooded), "its own bound of 2 is reached")
+    // Idle, with 2 slots (one instance, a job ahead): a burst of 4 is admitted before any pump,
+    // 2 of it taken at the next dispatch, 2 left waiting: the bound.
+    for (const value of ["f0", "f1", "f2", "f3"]) assert.isDefined(admit(s, value, flooded), value)
+    assert.isUndefined(admit(s, "f4", flooded), "its own bound of 2 is reached")
     assert.strictEqual(s.modelFullAt("flooded"), 2)
     assert.isUndefined(s.modelFullAt("other"))
     assert.isFalse(s.isFull(), "the shared queue has room")
     assert.isDefined(admit(s, "o0", other), "another model is not held up by it")
-    // f0 runs, f1 is sent ahead to the busy instance: it still waits, and counts.
+    // f0 runs, f1 is sent ahead to the busy instance: it still waits, and counts beside f2 and f3.
     const { out, batches } = drainSteps(s)
     assert.deepStrictEqual(out, [["f0"], ["f1"]], "o0 waits for the one permit")
     assert.strictEqual(s.waitingAhead, 1)
-    assert.isDefined(admit(s, "f2", flooded), "one waits ahead, none queued: room for one")
-    assert.isUndefined(admit(s, "f3", flooded))
-    // f0's run completes, so f1's job runs: it no longer waits, and f3 finds room.
+    assert.isUndefined(admit(s, "f4", flooded))
+    // f0's run completes, so f1's job runs: it no longer waits, and a slot is free: f4 finds room.
     for (const member of batches[0]!.members) s.settle(member)
     s.complete(batches[0]!, 1)
     assert.isUndefined(s.modelFullAt("flooded"))
-    assert.isDefined(admit(s, "f3", flooded))
-    assert.isUndefined(admit(s, "f4", flooded))
+    assert.isDefined(admit(s, "f4", flooded))
+    assert.isUndefined(admit(s, "f5", flooded))
+  })
+
+  it("a batching model's own bound does not count the requests one free slot's batch takes: a burst at an idle model is batched, not refused", () => {
+    const s = make({ maxQueued: 100, maxConcurrent: 1 })
+    const batching = spec("b", { maxQueued: 2, batching: { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 8 } })
+    for (let i = 0; i < 10; i++) assert.isDefined(admit(s, `r${i}`, batching), `r${i}: 8 go in the free slot's batch, 2 wait`)
+    assert.isUndefined(admit(s, "r10", batching))
   })
 
   it("a model whose pool reports starts: a job waits until its pool says it began, whatever its place in dispatch order", () => {

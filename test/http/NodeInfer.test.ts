@@ -146,7 +146,7 @@ describe("NodeInfer.make", () => {
 
   it.live("a model at its own queue bound (maxQueuedRequests) is refused 429 before decoding; another model is still served", () =>
     Effect.gen(function*() {
-      const { port, gate, invalid, engine } = yield* makeHandlerServer({ slowMetadata: { maxQueuedRequests: 1 } })
+      const { port, gate, invalid, engine } = yield* makeHandlerServer({ slowMetadata: { maxQueuedRequests: 1, concurrency: 1 } })
       yield* gate.close
       const json = JSON.stringify(echoBody)
       const post = (model: string) => Client.start(port, "POST", `/v2/models/${model}/infer`, json)
