@@ -340,9 +340,8 @@ export const upfrontBodyBytes = 64 * 1024
 /**
  * Takes a request the handler accepted: counts it in flight, reads its body (the binary part, with
  * Triton's binary tensor data, into memory of its own: its tensors are views on it, aligned, that
- * can move to the worker without a copy; memory taken as `upfrontBodyBytes` says), then queues its
- * decoding by the priority its body asks for, unless the engine's queue, counting the bodies
- * waiting here, is full once the body is in (then 429). A client that leaves before its request
+ * can move to the worker without a copy; memory taken as `upfrontBodyBytes` says), then hands it
+ * to `queueBody` (refused 429 there, or queued for decoding). A client that leaves before its request
  * reached the engine (while its body was read, or waited to be decoded) is counted as cancelled.
  */
 const accept = (
@@ -352,7 +351,7 @@ const accept = (
   route: Body["route"],
   length: number
 ): void => {
-  const { options, queue } = context
+  const { options } = context
   const leave = options.lifecycle.enterUnsafe()
   let cancel: (() => void) | undefined
   response.once("close", () => {
@@ -398,39 +397,51 @@ const accept = (
   request.once("end", () => {
     if (response.destroyed) return
     if (received !== length || head === undefined) return sendError(context, response, { status: 400, message: "could not read the request body" })
-    const body: Body = { route, head, binary, inAtMs: performance.now() }
-    const metadata = options.metadataUnsafe(route.name, route.version)
-    const engine = options.engine
-    // Full (counting the bodies waiting here), or the model version at its own bound, and not
-    // draining (then the engine's own answer, 503): refused before decoding, no request id yet
-    // ("", which the message leaves out).
-    const version = versionOf(metadata)
-    // Counted by version only for a version with a queue bound of its own (nothing built otherwise).
-    const key = "_tag" in metadata || metadata.maxQueuedRequests === undefined ? undefined : `${route.name}@${metadata.version}`
-    const waitingHere = key === undefined ? 0 : context.waitingByKey.get(key) ?? 0
-    const full = engine.queueFullUnsafe(route.name, "_tag" in metadata ? undefined : metadata, queue.waiting() + (context.pool?.inFlight() ?? 0), waitingHere)
-    if (full !== undefined && !Effect.runSync(engine.isDraining)) {
-      options.recordRefused(route.name, full, version)
-      return sendError(context, response, options.errorOf(full))
-    }
-    const fallback = "_tag" in metadata ? 0 : Priority.rank(metadata.defaultPriority ?? Priority.Normal)
-    const rank = priorityHint(head, fallback)
-    if (key !== undefined) context.waitingByKey.set(key, waitingHere + 1)
-    queue.push(rank, () => {
-      if (key !== undefined) {
-        const left = context.waitingByKey.get(key)! - 1
-        if (left === 0) context.waitingByKey.delete(key)
-        else context.waitingByKey.set(key, left)
-      }
-      if (response.destroyed) return
-      try {
-        answer(context, request, response, body, rank, (started) => {
-          cancel = started
-        })
-      } catch (e) {
-        defect(context, response, e)
-      }
+    queueBody(context, request, response, { route, head, binary, inAtMs: performance.now() }, (started) => {
+      cancel = started
     })
+  })
+}
+
+/**
+ * The body is in: refused (429) when the engine's queue, counting the bodies waiting here, or the
+ * model version's own bound is full, unless draining (then the engine's own answer, 503); else
+ * queued for decoding by the priority it asks for. `started` receives the run's cancellation.
+ */
+const queueBody = (
+  context: Context,
+  request: Http.IncomingMessage,
+  response: Http.ServerResponse,
+  body: Body,
+  started: (cancel: (() => void) | undefined) => void
+): void => {
+  const { options, queue } = context
+  const { name } = body.route
+  const metadata = options.metadataUnsafe(name, body.route.version)
+  const found = "_tag" in metadata ? undefined : metadata
+  // Counted by version only for a version with a queue bound of its own (nothing built otherwise).
+  const key = found?.maxQueuedRequests === undefined ? undefined : `${name}@${found.version}`
+  const waitingHere = key === undefined ? 0 : context.waitingByKey.get(key) ?? 0
+  const full = options.engine.queueFullUnsafe(name, found, queue.waiting() + (context.pool?.inFlight() ?? 0), waitingHere)
+  if (full !== undefined && !Effect.runSync(options.engine.isDraining)) {
+    // Refused before decoding: no request id yet ("", which the message leaves out).
+    options.recordRefused(name, full, found?.version)
+    return sendError(context, response, options.errorOf(full))
+  }
+  const rank = priorityHint(body.head, found === undefined ? 0 : Priority.rank(found.defaultPriority ?? Priority.Normal))
+  if (key !== undefined) context.waitingByKey.set(key, waitingHere + 1)
+  queue.push(rank, () => {
+    if (key !== undefined) {
+      const left = context.waitingByKey.get(key)! - 1
+      if (left === 0) context.waitingByKey.delete(key)
+      else context.waitingByKey.set(key, left)
+    }
+    if (response.destroyed) return
+    try {
+      answer(context, request, response, body, rank, started)
+    } catch (e) {
+      defect(context, response, e)
+    }
   })
 }
 
