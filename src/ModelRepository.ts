@@ -528,6 +528,20 @@ const errorText = (e: unknown): string => {
   return e instanceof Error ? e.message : String(e)
 }
 
+/**
+ * Why `root` cannot be read as a model repository, in the scan's words (does not exist, is not a
+ * directory, permission denied), or undefined. Synchronous: for a start's checks of its settings.
+ */
+export const rootProblem = (root: string): string | undefined => {
+  try {
+    if (!FsSync.statSync(root).isDirectory()) return "is not a directory"
+    FsSync.accessSync(root, FsSync.constants.R_OK | FsSync.constants.X_OK)
+    return undefined
+  } catch (e) {
+    return errorText(e)
+  }
+}
+
 const inside = (root: string, path: string) => path.startsWith(root.endsWith(Path.sep) ? root : root + Path.sep)
 
 const compareVersions = (a: string, b: string): number => {

@@ -29,7 +29,6 @@
  * @module ServerConfig
  */
 import { Data, Duration, Schema, SchemaTransformation } from "effect"
-import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as ModelRepository from "../ModelRepository.ts"
 
@@ -116,18 +115,6 @@ export interface Option {
 const withSchema = <A>(schema: Schema.Codec<A, string>, map: (a: A) => unknown = (a) => a) => (text: string) => {
   const result = Schema.decodeUnknownResult(schema)(text)
   return result._tag === "Success" ? { value: map(result.success) } : { error: result.failure.message.replace(/\n\s*/g, " ") }
-}
-
-/** Why `dir` cannot be a model repository (it does not exist, is not a directory, cannot be read), or undefined. */
-const directoryProblem = (dir: string): string | undefined => {
-  try {
-    if (!Fs.statSync(dir).isDirectory()) return "is not a directory"
-    Fs.accessSync(dir, Fs.constants.R_OK | Fs.constants.X_OK)
-    return undefined
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code
-    return code === "ENOENT" ? "does not exist" : code === "ENOTDIR" ? "is not a directory" : `cannot be read (${code ?? String(e)})`
-  }
 }
 
 const truthy = (text: string) => text === "true" || text === "1" || text === "yes" || text === "on"
@@ -260,7 +247,7 @@ export const checkRepository = (
   flags: Readonly<Partial<Record<keyof ServerConfig, string | undefined>>>,
   env: Readonly<Record<string, string | undefined>>
 ): ConfigError | undefined => {
-  const problem = directoryProblem(config.models)
+  const problem = ModelRepository.rootProblem(config.models)
   if (problem === undefined) return undefined
   const source = flags.models !== undefined
     ? `--models ${JSON.stringify(flags.models)}`
