@@ -404,6 +404,13 @@ const countLinesInBackground = (options: Options, tally: Tally) =>
     })))
     : Effect.void
 
+/** The lines in `done` past the input's `lastLine`: an output resumed against a shorter input (or another one). */
+const countBeyond = (done: ReadonlySet<number>, lastLine: number): number => {
+  let n = 0
+  for (const line of done) if (line > lastLine) n++
+  return n
+}
+
 /** Runs the batch (see the module doc). */
 export const run = (options: Options) =>
   Effect.gen(function*() {
@@ -459,7 +466,11 @@ export const run = (options: Options) =>
       Effect.onExit((exit) =>
         Effect.suspend(() => {
           writeFinished()
-          if (Exit.isSuccess(exit)) tally.lineCount = tally.read
+          if (Exit.isSuccess(exit)) {
+            tally.lineCount = tally.read
+            const beyond = countBeyond(alreadyDone, tally.read)
+            if (beyond > 0) progress.log(`${beyond} records in ${options.output} answer lines past the input's last (${tally.read}): the output may be another input's`)
+          }
           return progress.finish(Exit.isSuccess(exit) ? "done" : Exit.hasInterrupts(exit) ? "interrupted" : "stopped")
         })
       )

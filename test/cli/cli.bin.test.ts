@@ -253,6 +253,17 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.deepStrictEqual(outputLines(output).map((o) => o.line), [1, 2])
   }, 30_000)
 
+  it("--resume says when the output answers lines the input does not have", async () => {
+    const input = Path.join(dir, "short.ndjson")
+    Fs.writeFileSync(input, [mlpRecord(1), mlpRecord(2)].join("\n") + "\n")
+    const output = Path.join(dir, "short.out.ndjson")
+    Fs.writeFileSync(output, [1, 2, 3, 4].map((line) => JSON.stringify({ line, outputs: {} })).join("\n") + "\n")
+    const result = await run(["infer", "--model", "mlp", "--input", input, "--output", output, "--models", models, "--resume", "--progress", "none"])
+    assert.strictEqual(result.code, 0, result.stderr)
+    assert.include(result.stderr, `2 records in ${output} answer lines past the input's last (2)`)
+    assert.deepStrictEqual(outputLines(output).map((o) => o.line), [1, 2, 3, 4])
+  }, 30_000)
+
   it("--resume refuses an output that is not this command's, and standard output", async () => {
     const input = Path.join(dir, "r.ndjson")
     Fs.writeFileSync(input, mlpRecord(1))
