@@ -9,7 +9,14 @@ import { Config, Context, Duration, Effect, Layer, Option, Result, Schema, Schem
 import type * as QueuePolicy from "./QueuePolicy.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(1))
-const NonNegativeMillis = Schema.Number.check(Schema.isGreaterThanOrEqualTo(0))
+/**
+ * 0 (none) or at least a nanosecond, the Duration's grain: a smaller positive figure would round to
+ * 0 and mean no queue timeout at all.
+ */
+const QueueTimeoutMillis = Schema.Number.check(
+  Schema.isGreaterThanOrEqualTo(0),
+  Schema.makeFilter((ms: number) => ms === 0 || ms >= 1e-6, { expected: "0 (no queue timeout) or at least 0.000001 (1 ns)" })
+)
 
 const PositiveMillis = Schema.Number.check(Schema.isGreaterThan(0))
 const AgingMs = Schema.Struct({
@@ -54,7 +61,7 @@ export const decode = (input: unknown): Effect.Effect<AsyncConfig, Schema.Schema
   Schema.decodeUnknownEffect(Schema.Struct({
     maxConcurrentRequests: Schema.optional(PositiveInt),
     maxQueuedRequests: Schema.optional(PositiveInt),
-    queueTimeoutMs: Schema.optional(NonNegativeMillis),
+    queueTimeoutMs: Schema.optional(QueueTimeoutMillis),
     enablePriorityQueue: Schema.optional(Schema.Boolean),
     agingMs: Schema.optional(AgingMs)
   }))(input, { onExcessProperty: "error" }).pipe(Effect.map((c): AsyncConfig => ({
@@ -118,7 +125,7 @@ export const describeError = (error: Config.ConfigError | Schema.SchemaError): s
 export const config: Config.Config<AsyncConfig> = Config.all({
   maxConcurrentRequests: Config.schema(PositiveInt, "MAX_CONCURRENT_REQUESTS").pipe(Config.withDefault(defaults.maxConcurrentRequests)),
   maxQueuedRequests: Config.schema(PositiveInt, "MAX_QUEUED_REQUESTS").pipe(Config.withDefault(defaults.maxQueuedRequests)),
-  queueTimeoutMs: Config.schema(NonNegativeMillis, "QUEUE_TIMEOUT_MS").pipe(Config.withDefault(Duration.toMillis(defaults.queueTimeout))),
+  queueTimeoutMs: Config.schema(QueueTimeoutMillis, "QUEUE_TIMEOUT_MS").pipe(Config.withDefault(Duration.toMillis(defaults.queueTimeout))),
   enablePriorityQueue: Config.Boolean("ENABLE_PRIORITY_QUEUE").pipe(Config.withDefault(defaults.enablePriorityQueue)),
   agingMs: Config.schema(PositiveMillis, "AGING_MS").pipe(Config.option)
 }).pipe(Config.map(({ agingMs, queueTimeoutMs, ...rest }): AsyncConfig => ({

@@ -20,7 +20,7 @@ describe("AsyncConfig", () => {
 
   it.effect("refuses bad values with a SchemaError naming the field", () =>
     Effect.gen(function*() {
-      for (const [input, field] of [[{ maxConcurrentRequests: 0 }, "maxConcurrentRequests"], [{ maxQueuedRequests: 1.5 }, "maxQueuedRequests"], [{ queueTimeoutMs: -1 }, "queueTimeoutMs"], [{ enablePriorityQueue: "yes" }, "enablePriorityQueue"], [{ queueTimeout: 5 }, "queueTimeout"], [{ agingMs: { Hgh: 1 } }, "Hgh"]] as const) {
+      for (const [input, field] of [[{ maxConcurrentRequests: 0 }, "maxConcurrentRequests"], [{ maxQueuedRequests: 1.5 }, "maxQueuedRequests"], [{ queueTimeoutMs: -1 }, "queueTimeoutMs"], [{ queueTimeoutMs: 1e-9 }, "queueTimeoutMs"], [{ enablePriorityQueue: "yes" }, "enablePriorityQueue"], [{ queueTimeout: 5 }, "queueTimeout"], [{ agingMs: { Hgh: 1 } }, "Hgh"]] as const) {
         const error = yield* Effect.flip(AsyncConfig.decode(input))
         assert.isTrue(Schema.isSchemaError(error))
         assert.include(error.message, field)
@@ -65,6 +65,8 @@ describe("AsyncConfig", () => {
         [{ MAX_CONCURRENT_REQUESTS: "1.5" }, "MAX_CONCURRENT_REQUESTS: Expected an integer"],
         [{ QUEUE_TIMEOUT_MS: "x" }, "QUEUE_TIMEOUT_MS: Expected a string representing a finite number"],
         [{ QUEUE_TIMEOUT_MS: "-1" }, "QUEUE_TIMEOUT_MS: Expected a value greater than or equal to 0"],
+        // Below a nanosecond it would round to 0, which means no queue timeout.
+        [{ QUEUE_TIMEOUT_MS: "0.0000001" }, "QUEUE_TIMEOUT_MS: Expected 0 (no queue timeout) or at least 0.000001 (1 ns)"],
         [{ AGING_MS: "0" }, "AGING_MS: Expected a value greater than 0"]
       ]
       for (const [env, message] of cases) {
