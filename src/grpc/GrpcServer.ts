@@ -10,11 +10,11 @@
  * | ModelReady | ready, or false when unavailable or unknown (as Triton) |
  * | ServerMetadata, ModelMetadata | as `GET /v2`, `GET /v2/models/{m}` |
  * | ModelInfer | one inference; tensors in `raw_input_contents` or typed `contents`, outputs in `raw_output_contents` |
- * | ModelStreamInfer | a bidirectional stream of inferences, answered in completion order |
+ * | ModelStreamInfer | a bidirectional stream of inferences, answered in the order of their requests (as Triton) |
  * | ModelConfig, ModelStatistics | Triton's configuration and statistics extensions (`ModelConfiguration`, `Statistics`) |
  * | RepositoryIndex | every model version with its state and reason |
  * | RepositoryModelLoad / Unload | as HTTP's load and unload (`ModelControl`); INVALID_ARGUMENT without explicit model control |
- * | Health.Check | SERVING while ready (as ServerReady), NOT_SERVING otherwise |
+ * | Health.Check | SERVING while ready (as ServerReady), NOT_SERVING otherwise, whatever service it names (as Triton) |
  * | (the shared-memory, trace and log RPCs) | UNIMPLEMENTED |
  *
  * The rules are HTTP's: a request is refused as early as it can be (shutting down, model name,
@@ -30,10 +30,14 @@
  *
  * ModelStreamInfer: every request of the stream goes into the engine as it arrives, at most
  * `maxConcurrentRequests + maxQueuedRequests` outstanding (beyond that the stream is not read,
- * and HTTP/2 flow control holds the client back). Each answer is written as it completes, with
- * `parameters.triton_final_response` true (one answer a request, as Triton marks them); a
- * failed request answers `error_message` (and the stream goes on), also a message that does not
- * decode as protobuf (unary: INVALID_ARGUMENT; grpc-js would end the call). When the client half-closes,
+ * and HTTP/2 flow control holds the client back). Answers are written in the order of their
+ * requests, as Triton writes a stream's answers for a model that is not decoupled (a fast request
+ * behind a slow one waits for its answer to go first), with `parameters.triton_final_response`
+ * true (one answer a request, as Triton marks them); a failed request answers `error_message`
+ * (and the stream goes on), also a message that does not decode as protobuf (unary:
+ * INVALID_ARGUMENT; grpc-js would end the call). A stream opened with Triton's
+ * `triton_grpc_error: true` header ends at its first failed request instead, with that failure's
+ * status (`endsOnError`). When the client half-closes,
  * the stream ends once every answer is written; when it cancels, what is outstanding is cancelled.
  *
  * The server is a scoped resource: closing the scope shuts it down: a stream that owes no
@@ -263,6 +267,29 @@ const internalOnDefect = <A, R>(effect: Effect.Effect<A, GrpcFailure, R>): Effec
  */
 const finalResponse = { triton_final_response: { bool_param: true } }
 
+/** A stream answer to write, and the failure it reports (for a stream that ends on the first: `endsOnError`). */
+interface StreamAnswer {
+  readonly message: unknown
+  readonly failure?: GrpcFailure | undefined
+}
+
+/** A failed request's answer: its error_message, with the request's model, version and id. */
+const failedAnswer = (failure: GrpcFailure, request: { readonly model_name: string; readonly model_version: string; readonly id: string }): StreamAnswer => ({
+  message: {
+    error_message: failure.details,
+    infer_response: { model_name: request.model_name, model_version: request.model_version, id: request.id, parameters: finalResponse }
+  },
+  failure
+})
+
+/**
+ * Triton's `triton_grpc_error: true` stream header: the stream's first failed request ends it
+ * with that failure's gRPC status (answers before it in the stream's order are written first;
+ * those after it are cancelled), instead of an `error_message` answer and the stream going on.
+ */
+export const endsOnError = (metadata: Grpc.Metadata): boolean =>
+  metadata.get("triton_grpc_error").some((v) => String(v).trim().toLowerCase() === "true")
+
 /**
  * A call's requests, read one at a time as the consumer pulls (backpressure: what is not pulled
  * is not read). Returning stops reading and leaves the call alone. Node's own iterator does not:
@@ -360,33 +387,35 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
 
     const streamInfer = (call: Grpc.ServerDuplexStream<GrpcCodec.ModelInferRequest, unknown>) => {
       const state = { outstanding: 0, stop: () => {} }
-      const write = (message: unknown) =>
-        Effect.callback<void>((resume) => {
-          if (call.write(message)) resume(Effect.void)
-          else call.once("drain", () => resume(Effect.void))
-        }).pipe(Effect.andThen(Effect.sync(() => {
-          state.outstanding--
-          // Closing: a stream ends once it owes nothing.
-          if (closing && state.outstanding === 0) state.stop()
-        })))
+      const endOnError = endsOnError(call.metadata)
+      /** Writes an answer; with `triton_grpc_error`, a failed one ends the stream with its status instead. */
+      const write = ({ message, failure }: StreamAnswer) =>
+        failure !== undefined && endOnError
+          ? Effect.fail(failure)
+          : Effect.callback<void>((resume) => {
+            if (call.write(message)) resume(Effect.void)
+            else call.once("drain", () => resume(Effect.void))
+          }).pipe(Effect.andThen(Effect.sync(() => {
+            state.outstanding--
+            // Closing: a stream ends once it owes nothing.
+            if (closing && state.outstanding === 0) state.stop()
+          })))
       const deadlineMs = deadlineOf(call)
       const concurrency = handlers.engine.config.maxConcurrentRequests + handlers.engine.config.maxQueuedRequests
       /** A stream answer: the inference's response, or its error_message (also for a message that did not decode). */
-      const answer = (message: GrpcCodec.ModelInferRequest | GrpcCodec.Undecodable) =>
+      const answer = (message: GrpcCodec.ModelInferRequest | GrpcCodec.Undecodable): Effect.Effect<StreamAnswer, never, Requirements> =>
         message instanceof GrpcCodec.Undecodable
-          ? Effect.succeed({ error_message: message.details, infer_response: { model_name: "", model_version: "", id: "", parameters: finalResponse } })
+          ? Effect.succeed(failedAnswer(new GrpcFailure({ code: Grpc.status.INVALID_ARGUMENT, details: message.details }), { model_name: "", model_version: "", id: "" }))
           : internalOnDefect(handlers.infer(message, deadlineMs)).pipe(
             Effect.match({
-              onFailure: (e) => ({
-                error_message: e.details,
-                infer_response: { model_name: message.model_name, model_version: message.model_version, id: message.id, parameters: finalResponse }
-              }),
-              onSuccess: (response) => ({ error_message: "", infer_response: { ...response, parameters: finalResponse } })
+              onFailure: (e) => failedAnswer(e, message),
+              onSuccess: (response) => ({ message: { error_message: "", infer_response: { ...response, parameters: finalResponse } } })
             })
           )
+      // Every request goes into the engine as it arrives; answers leave in the order of their requests.
       const effect = Stream.fromAsyncIterable(requestsOf<GrpcCodec.ModelInferRequest | GrpcCodec.Undecodable>(call), (e) => e).pipe(
         Stream.tap(() => Effect.sync(() => void state.outstanding++)),
-        Stream.mapEffect(answer, { concurrency, unordered: true }),
+        Stream.mapEffect(answer, { concurrency }),
         Stream.runForEach(write)
       )
       const interrupt = run(traced(call, effect), {
@@ -394,10 +423,12 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
           streams.delete(call)
           if (Exit.isSuccess(exit)) return call.end()
           if (call.cancelled) return
-          const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
-          call.emit("error", failure === undefined && (closing || lifecycle.isShuttingDown())
+          const failure = exit.cause.reasons.find((r) => r._tag === "Fail")?.error
+          call.emit("error", failure instanceof GrpcFailure
+            ? toServiceError(failure)
+            : failure === undefined && (closing || lifecycle.isShuttingDown())
             ? { code: Grpc.status.UNAVAILABLE, details: "the server is shutting down" }
-            : { code: Grpc.status.INTERNAL, details: failure === undefined ? "internal error" : String((failure.error as Error)?.message ?? failure.error) })
+            : { code: Grpc.status.INTERNAL, details: failure === undefined ? "internal error" : String((failure as Error)?.message ?? failure) })
         }
       })
       state.stop = () => interrupt()
@@ -420,12 +451,10 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
       RepositoryModelUnload: unary(handlers.modelControl("unload"))
     }
 
-    const healthServices = new Set(["", "inference.GRPCInferenceService", "grpc.health.v1.Health"])
+    // Whatever service it names, as Triton's Check (which never reads it): a Kubernetes probe
+    // configured with a service name of its own still sees the server's readiness.
     const healthService: Grpc.UntypedServiceImplementation = {
-      Check: unary((request: { service: string }) =>
-        healthServices.has(request.service)
-          ? Effect.map(handlers.serverReadiness, (r) => ({ status: r.ready ? "SERVING" : "NOT_SERVING" }))
-          : Effect.fail(new GrpcFailure({ code: Grpc.status.NOT_FOUND, details: `unknown service ${JSON.stringify(request.service.slice(0, 200))}` })))
+      Check: unary(() => Effect.map(handlers.serverReadiness, (r) => ({ status: r.ready ? "SERVING" : "NOT_SERVING" })))
     }
 
     const server = new Grpc.Server({

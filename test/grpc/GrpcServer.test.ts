@@ -1,6 +1,6 @@
 /**
  * The gRPC server driven by `@grpc/grpc-js` as a Triton or KServe client would: every RPC, raw
- * and typed contents, streaming (completion order, half-close, cancel mid-stream), deadlines,
+ * and typed contents, streaming (request order, half-close, cancel mid-stream, triton_grpc_error), deadlines,
  * every error code, bad messages. Real sockets on 127.0.0.1, real engine, scripted pool.
  */
 import * as Grpc from "@grpc/grpc-js"
@@ -42,7 +42,8 @@ describe("health, server and model metadata", () => {
       assert.strictEqual(meta.version, "0.0.0-test")
       assert.include(meta.extensions, "model_configuration")
       assert.deepStrictEqual((yield* call("Check", { service: "" }, {}, health)).response, { status: "SERVING" })
-      assert.strictEqual((yield* call("Check", { service: "nope" }, {}, health)).error?.code, Grpc.status.NOT_FOUND)
+      // Whatever service it names, as Triton's (a Kubernetes probe may name one of its own).
+      assert.deepStrictEqual((yield* call("Check", { service: "my-app" }, {}, health)).response, { status: "SERVING" })
       yield* lifecycle.beginShutdown
       assert.deepStrictEqual((yield* call("Check", { service: "" }, {}, health)).response, { status: "NOT_SERVING" })
       assert.deepStrictEqual((yield* call("ServerReady", {})).response, { ready: false })
@@ -550,9 +551,9 @@ describe("statistics", () => {
 })
 
 describe("ModelStreamInfer", () => {
-  it.live("answers in completion order, carries errors in error_message, and ends after the half-close once every answer is sent", () =>
+  it.live("runs requests at once but answers them in the order asked (as Triton), carries errors in error_message, and ends after the half-close once every answer is sent", () =>
     Effect.gen(function*() {
-      const { client, gate } = yield* makeHarness()
+      const { client, gate, stats } = yield* makeHarness()
       yield* gate.close
       const stream = client.ModelStreamInfer()
       const received: Array<any> = []
@@ -565,24 +566,59 @@ describe("ModelStreamInfer", () => {
       stream.write(echoRaw([1, 1, 1, 1], { id: "fast-1" }))
       stream.write({ model_name: "nope", id: "bad", inputs: [] })
       stream.write(echoRaw([2, 2, 2, 2], { id: "fast-2" }))
-      yield* waitFor(() => received.length === 3)
-      assert.sameMembers(received.map((m) => m.infer_response.id), ["fast-1", "bad", "fast-2"])
-      const bad = received.find((m) => m.infer_response.id === "bad")
-      assert.strictEqual(bad.error_message, "model \"nope\" not found")
-      const fast = received.find((m) => m.infer_response.id === "fast-2")
-      assert.strictEqual(fast.error_message, "")
-      assert.deepStrictEqual(fromF32(fast.infer_response.raw_output_contents[0]), [4, 4, 4, 4])
+      // The fast ones have run (not held behind the slow one) but wait for its answer to go first.
+      yield* waitFor(() => stats.finished === 2)
       stream.end()
-      let done = false
-      void ended.then(() => {
-        done = true
-      })
       yield* Effect.sleep("30 millis")
-      assert.isFalse(done, "the stream must stay open while an answer is outstanding")
+      assert.strictEqual(received.length, 0, "no answer may overtake the first request's")
       yield* gate.open
       yield* Effect.promise(() => ended)
-      assert.strictEqual(received.length, 4)
-      assert.strictEqual(received[3].infer_response.id, "slow")
+      assert.deepStrictEqual(received.map((m) => m.infer_response.id), ["slow", "fast-1", "bad", "fast-2"])
+      assert.strictEqual(received[2].error_message, "model \"nope\" not found")
+      assert.strictEqual(received[3].error_message, "")
+      assert.deepStrictEqual(fromF32(received[3].infer_response.raw_output_contents[0]), [4, 4, 4, 4])
+    }))
+
+  it.live("with Triton's triton_grpc_error header, the first failed request ends the stream with its status, after the answers before it", () =>
+    Effect.gen(function*() {
+      const { client } = yield* makeHarness()
+      const metadata = new Grpc.Metadata()
+      metadata.set("triton_grpc_error", "true")
+      const stream = client.ModelStreamInfer(metadata)
+      const received: Array<any> = []
+      const status = yield* Effect.promise(() =>
+        new Promise<Grpc.ServiceError | "ended">((resolve) => {
+          stream.on("data", (m: any) => received.push(m))
+          stream.on("end", () => resolve("ended"))
+          stream.on("error", (e: Grpc.ServiceError) => resolve(e))
+          stream.write(echoRaw([1, 1, 1, 1], { id: "first" }))
+          stream.write({ model_name: "nope", id: "bad", inputs: [] })
+          stream.write(echoRaw([2, 2, 2, 2], { id: "after" }))
+          stream.end()
+        })
+      )
+      assert.notStrictEqual(status, "ended")
+      assert.strictEqual((status as Grpc.ServiceError).code, Grpc.status.NOT_FOUND)
+      assert.strictEqual((status as Grpc.ServiceError).details, "model \"nope\" not found")
+      assert.deepStrictEqual(received.map((m) => m.infer_response.id), ["first"])
+      // Without the header (or with another value), the stream goes on past a failure.
+      for (const value of [undefined, "false"]) {
+        const plain = new Grpc.Metadata()
+        if (value !== undefined) plain.set("triton_grpc_error", value)
+        const other = client.ModelStreamInfer(plain)
+        const answers: Array<any> = []
+        yield* Effect.promise(() =>
+          new Promise<void>((resolve, reject) => {
+            other.on("data", (m: any) => answers.push(m))
+            other.on("end", () => resolve())
+            other.on("error", reject)
+            other.write({ model_name: "nope", id: "bad", inputs: [] })
+            other.write(echoRaw([2, 2, 2, 2], { id: "after" }))
+            other.end()
+          })
+        )
+        assert.deepStrictEqual(answers.map((m) => [m.infer_response.id, m.error_message]), [["bad", "model \"nope\" not found"], ["after", ""]], String(value))
+      }
     }))
 
   it.live("every answer, a failed one too, says it is its request's last (parameters.triton_final_response true), as Triton's stream does", () =>
@@ -687,7 +723,7 @@ describe("ModelStreamInfer", () => {
       stream.write(multi)
       stream.end()
       assert.strictEqual(yield* Effect.promise(() => status), Grpc.status.OK)
-      assert.deepStrictEqual(received.map((m) => [m.infer_response.id, m.error_message]), [["broken", "internal error"], ["slow", ""]])
+      assert.deepStrictEqual(received.map((m) => [m.infer_response.id, m.error_message]), [["slow", ""], ["broken", "internal error"]])
     }))
 
   it.live("many requests on one stream all come back, each once", () =>
