@@ -34,11 +34,21 @@ export const makeUnsafe = (): CancelToken => {
 
 export const make: Effect.Effect<CancelToken> = Effect.sync(makeUnsafe)
 
-const abortReason = (signal: AbortSignal): string => {
-  const reason: unknown = signal.reason
-  if (reason instanceof Error) return reason.message
-  return reason === undefined ? "aborted" : String(reason)
+/**
+ * An AbortSignal's reason as a Cancelled's text: an Error's message, else the reason as a string,
+ * "aborted" without one. Never throws: a reason with no string form (`Object.create(null)`, a
+ * `toString` that throws) reads "aborted (the reason has no text)".
+ */
+export const abortReasonText = (reason: unknown): string => {
+  try {
+    if (reason instanceof Error) return String(reason.message)
+    return reason === undefined ? "aborted" : String(reason)
+  } catch {
+    return "aborted (the reason has no text)"
+  }
 }
+
+const abortReason = (signal: AbortSignal): string => abortReasonText(signal.reason)
 
 /** True when the handle has already fired. */
 export const isCancelled = (cancellation: Cancellation): boolean =>

@@ -62,7 +62,9 @@ export interface Service {
    * (a TypeError) before anything is submitted. `requests` is read as requests are submitted (a
    * generator may be endless). Cancelling `cancel` settles what is outstanding as Cancelled and
    * ends the stream: what `requests` has not yet given is not taken; the consumer stopping early
-   * interrupts (and so cancels) what is outstanding.
+   * interrupts (and so cancels) what is outstanding. Once the engine drains, the next request
+   * taken is answered ShuttingDown and the stream ends there. However it ends, an iterator of
+   * `requests` not run to its end is closed (`return`: a generator's `finally` runs).
    */
   readonly inferBatch: (
     requests: Iterable<InferenceRequest>,
@@ -756,22 +758,48 @@ const spentOf = (options: { readonly spentMs?: number | undefined } | undefined)
 }
 
 /**
- * `requests`, ending as soon as `cancel` is cancelled: checked before each element is asked
- * for, so a cancelled batch takes nothing more (a generator's side effects included); the
- * iterator is closed (`return`, a generator's `finally`) when it ends so.
+ * `requests` as one run of a batch reads them (`iterable`), ending early: as soon as `cancel` is
+ * cancelled (checked before each element is asked for, so a cancelled batch takes nothing more, a
+ * generator's side effects included), and once the engine drains (`draining`): the first element
+ * asked for after it began is still taken, and answered ShuttingDown, and the batch ends there, so
+ * an endless generator does not spin on ShuttingDown answers. `close` closes the iterator
+ * (`return`, a generator's `finally`) unless it has run to its end: the batch ending early, or its
+ * consumer stopping early, leaves no generator open.
  */
-const untilCancelled = <A>(requests: Iterable<A>, cancel: CancelToken.Cancellation): Iterable<A> => ({
-  [Symbol.iterator]: () => {
-    const iterator = requests[Symbol.iterator]()
-    return {
-      next: () => {
-        if (!CancelToken.isCancelled(cancel)) return iterator.next()
-        iterator.return?.()
-        return { done: true, value: undefined }
+const batchSource = <A>(requests: Iterable<A>, cancel: CancelToken.Cancellation | undefined, draining: () => boolean) => {
+  let iterator: Iterator<A> | undefined
+  let open = false
+  let last = false
+  const close = () => {
+    if (!open) return
+    open = false
+    try {
+      iterator!.return?.()
+    } catch {
+      // The caller's generator failed in its own `finally`: nothing of the batch's to answer.
+    }
+  }
+  const ended = (): IteratorResult<A> => {
+    close()
+    return { done: true, value: undefined }
+  }
+  const iterable: Iterable<A> = {
+    [Symbol.iterator]: () => {
+      iterator = requests[Symbol.iterator]()
+      open = true
+      return {
+        next: () => {
+          if (last || (cancel !== undefined && CancelToken.isCancelled(cancel))) return ended()
+          if (draining()) last = true
+          const result = iterator!.next()
+          if (result.done === true) open = false
+          return result
+        }
       }
     }
   }
-})
+  return { iterable, close }
+}
 
 /** A batch's concurrency: a positive integer. */
 export const isConcurrency = (concurrency: number): boolean => Number.isInteger(concurrency) && concurrency >= 1
@@ -883,8 +911,13 @@ export const make = Effect.gen(function*() {
       const cancel = options?.cancel
       // One at a time: a generator is read as requests are submitted, not thousands ahead; once
       // cancelled, nothing more is taken from `requests` (which may never end), not even one more.
-      const source = Stream.fromIterable(cancel === undefined ? requests : untilCancelled(requests, cancel), { chunkSize: 1 })
-      return Stream.mapEffect(source, (request) => inferResult(state, request, cancel), { concurrency, unordered: true })
+      return Stream.suspend(() => {
+        const source = batchSource(requests, cancel, () => state.draining)
+        return Stream.fromIterable(source.iterable, { chunkSize: 1 }).pipe(
+          Stream.ensuring(Effect.sync(source.close)),
+          Stream.mapEffect((request) => inferResult(state, request, cancel), { concurrency, unordered: true })
+        )
+      })
     },
     checkAdmission: (modelId, version, metadata) =>
       Effect.suspend(() => {

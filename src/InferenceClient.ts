@@ -22,17 +22,20 @@
  * - `inferBatch` yields each result as it completes (an AsyncIterable of `InferenceResult`, which
  *   never throws for a failed request), reading `requests` as it submits them. Aborting `signal`
  *   settles what is outstanding as Cancelled and ends the iteration (nothing more is taken from
- *   `requests`); leaving the `for await` loop early cancels what is outstanding.
+ *   `requests`); leaving the `for await` loop early cancels what is outstanding. However the
+ *   iteration ends, a generator it reads is closed (its `finally` runs).
  * - `close` stops the engine: after `grace` (default 0) the requests still queued or running are
  *   answered with ShuttingDown, then every model session is released. Later `infer` and
- *   `metadata` calls reject with ShuttingDown, `inferResult` and `inferBatch` answer it as Failed
- *   results, and `models`, `stats` and `config` still answer. `await using` calls it through
- *   `Symbol.asyncDispose`.
+ *   `metadata` calls reject with ShuttingDown, `inferResult` answers it as a Failed result, a
+ *   batch (one in flight included) answers the next request it takes so and ends there, and
+ *   `models`, `stats` and `config` still answer. `await using` calls it through
+ *   `Symbol.asyncDispose`. Until it is called the client's worker threads keep Node running.
  *
  * @module InferenceClient
  */
 import { Cause, type Config, Context, Duration, Effect, Exit, Layer, type LogLevel, ManagedRuntime, Option, References, Result, Stream } from "effect"
 import * as AsyncConfig from "./AsyncConfig.ts"
+import * as CancelToken from "./CancelToken.ts"
 import { AsyncInferenceEngine, invalidConcurrency, isConcurrency } from "./Engine.ts"
 import * as InferenceError from "./InferenceError.ts"
 import type { InferenceRequest } from "./InferenceRequest.ts"
@@ -164,11 +167,7 @@ const graceOf = (input: Duration.Input | undefined): Duration.Duration | undefin
 
 const shuttingDown = () => InferenceError.make(new InferenceError.ShuttingDown({}))
 
-const abortReason = (signal: AbortSignal | undefined): string => {
-  const reason: unknown = signal?.reason
-  if (reason instanceof Error) return reason.message
-  return reason === undefined ? "aborted" : String(reason)
-}
+const abortReason = (signal: AbortSignal | undefined): string => CancelToken.abortReasonText(signal?.reason)
 
 const fromRuntime = (
   runtime: ManagedRuntime.ManagedRuntime<Services, unknown>,

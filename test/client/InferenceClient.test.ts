@@ -131,6 +131,74 @@ describe("InferenceClient", () => {
     await client.close()
   })
 
+  it("an abort reason with no string form is Cancelled with a fallback text, not a crash", async () => {
+    const { client } = await fakeClient(() => ({ latency: "50 millis" }))
+    const throwing = { toString: () => { throw new Error("no string for you") } }
+    for (const reason of [Object.create(null) as unknown, throwing]) {
+      const queued = new AbortController()
+      const running = client.inferResult(echo("running"))
+      const result = client.inferResult(echo("queued"), { signal: queued.signal })
+      const rejected = rejection(client.infer(echo("queued-2"), { signal: queued.signal }))
+      queued.abort(reason)
+      assert.deepInclude(await result, { _tag: "Cancelled", reason: "aborted (the reason has no text)" })
+      assert.strictEqual(reasonOf(await rejected), "Cancelled")
+      const batch: Array<string> = []
+      for await (const r of client.inferBatch([echo("b")], { signal: AbortSignal.abort(reason) })) batch.push(r._tag)
+      assert.deepStrictEqual(batch, [])
+      await running
+    }
+    await client.close()
+  })
+
+  it("a batch ending early closes the caller's generator (its finally runs): a break, an abort, or the end", async () => {
+    const { client } = await fakeClient(() => ({ latency: "5 millis" }), 2)
+    const source = (closed: { value: boolean }) =>
+      (function*() {
+        try {
+          for (let i = 0;; i++) yield echo(`g${i}`)
+        } finally {
+          closed.value = true
+        }
+      })()
+    const onBreak = { value: false }
+    for await (const _ of client.inferBatch(source(onBreak), { concurrency: 2 })) break
+    assert.isTrue(onBreak.value, "break")
+    const onAbort = { value: false }
+    const controller = new AbortController()
+    let seen = 0
+    for await (const _ of client.inferBatch(source(onAbort), { concurrency: 2, signal: controller.signal })) if (++seen === 3) controller.abort()
+    assert.isTrue(onAbort.value, "abort")
+    await client.close()
+  })
+
+  it("close ends a batch in flight: the next request it takes is answered ShuttingDown, and an endless generator is not read on", async () => {
+    const { client } = await fakeClient(() => ({ latency: "2 millis" }), 2)
+    let pulled = 0
+    let closed = false
+    const endless = (function*() {
+      try {
+        for (;;) {
+          pulled++
+          yield echo(`e${pulled}`)
+        }
+      } finally {
+        closed = true
+      }
+    })()
+    const tags: Array<string> = []
+    let closing: Promise<void> | undefined
+    for await (const r of client.inferBatch(endless, { concurrency: 4 })) {
+      tags.push(r._tag === "Failed" ? r.error.reason._tag : r._tag)
+      if (tags.length === 10) closing = client.close()
+      if (tags.length > 10_000) break
+    }
+    await closing
+    assert.isBelow(tags.length, 100, "the loop ended soon after close")
+    assert.strictEqual(tags.at(-1), "ShuttingDown")
+    assert.isTrue(closed, "the generator was closed")
+    assert.isBelow(pulled, 100)
+  })
+
   it("aborting a batch's signal settles what is outstanding as Cancelled", async () => {
     const { client } = await fakeClient(() => ({ latency: "40 millis" }), 1)
     const controller = new AbortController()
