@@ -1,6 +1,6 @@
 /**
- * `npm run bench -- gpu [--quick] [--sizes=1024,4096,4096,1000] [--seconds=4] [--rounds=2] [--emulate] [--emulated-only]
- * [--instances=1,2,3]`: a
+ * `npm run bench -- gpu [--quick] [--sizes=1024,4096,4096,1000] [--seconds=4] [--rounds=2] [--warmup-ms=2000] [--emulate]
+ * [--emulated-only] [--instances=1,2,3]`: a
  * compute-heavy generated MLP (`scripts/gpu/model.ts`) on each provider that loads here, cpu
  * always and webgpu where an adapter is found (`scripts/gpu/probe.ts`; otherwise one line says
  * why and the CPU is measured alone).
@@ -19,6 +19,9 @@
  *   isolation, `ModelRepository.defaultInstances()` instances, `OnnxModelPool.gpuBatching`), on a
  *   model with the MLP's signature whose run is one Slice (`sliceOnnx`), on the CPU. Whatever the
  *   GPU does, the engine cannot serve this model's requests faster than that here.
+ * Every engine contender (and the emulated ones) first runs `--warmup-ms` at 64 outstanding
+ * (default 2000, quick 1000): V8 optimises the engine over its first seconds of load, and the
+ * first level's blocks measured that (`bench/throughput.ts` warms its contenders too).
  * Prints req/s, p50/p99 latency, rows per native run, and the largest difference between the
  * provider's outputs and the CPU session's on the same 8 rows. `--quick` uses a smaller MLP
  * (1024-1024-1024-1000) and short blocks, for a machine without a GPU.
@@ -60,6 +63,7 @@ const args = parseArgs()
 const sizes = parseSizes(args.options["sizes"], args.quick ? [1024, 1024, 1024, 1000] : heavySizes)
 const blockMs = Number(args.options["seconds"] ?? (args.quick ? 1.5 : 4)) * 1000
 const rounds = Number(args.options["rounds"] ?? (args.quick ? 1 : 2))
+const warmupMs = Number(args.options["warmup-ms"] ?? (args.quick ? 1000 : 2000))
 const outstandings = [1, 64, 256]
 const cores = Os.availableParallelism()
 const maxBatchSize = 256
@@ -104,9 +108,9 @@ console.log(`model: MLP ${sizes.join("-")} (${(sizes.slice(1).reduce((n, s, i) =
 const row = repo.input(1, 7)
 
 /** `k` callers in a closed loop of one-row requests to `model` on `handle`, with the native runs they caused. */
-const oneRowLoad = (handle: EngineHandle, model: string) => async (k: number): Promise<LoadResult> => {
+const oneRowLoad = (handle: EngineHandle, model: string) => async (k: number, ms = blockMs): Promise<LoadResult> => {
   const before = { ...handle.counts }
-  const r = await handle.runtime.runPromise(closedLoopEffect(k, blockMs, () => ({
+  const r = await handle.runtime.runPromise(closedLoopEffect(k, ms, () => ({
     run: handle.engine.infer(InferenceRequest.make(model, { input: Tensor.float32(row, [1, inputs]) }))
   })))
   return withRunCounts(r, before, handle.counts)
@@ -192,6 +196,7 @@ const emulate = async (): Promise<Emulated> => {
     { maxConcurrentRequests: 4, maxQueuedRequests: 4096 }
   ))
   const out: Array<Emulated[number]> = []
+  for (const model of ["emulated", "emulated_fixed"]) await oneRowLoad(emulated, model)(64, warmupMs)
   for (const k of outstandings) {
     const results = await alternate(rounds, [
       { name: "learned (default)", run: () => oneRowLoad(emulated, "emulated")(k) },
@@ -277,6 +282,9 @@ interface Block {
   readonly result: LoadResult
 }
 const blocks: Array<Block> = []
+// The engine contenders' warm-up, before any level is measured (not counted).
+for (const p of providers) for (const suffix of ["", other[p].suffix]) await viaEngine(p, suffix)(64, warmupMs)
+await ceiling(64, warmupMs)
 
 /** Each contender's blocks at each level, as one row keyed `provider|contender|outstanding`. */
 const summarizeBlocks = (all: ReadonlyArray<Block>) => {
@@ -365,6 +373,7 @@ const file = writeResults("gpu", {
   cores,
   blockMs,
   rounds,
+  warmupMs,
   webgpu: probe,
   deviceUsed,
   maxAbsDiff: diffs,

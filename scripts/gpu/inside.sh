@@ -47,7 +47,7 @@ phase probe 30 node scripts/gpu/probe.ts
 phase checks 90 node scripts/gpu/checks.ts
 phase narrow 75 env ENGINE_SECONDS=${ENGINE_SECONDS:-5} node scripts/gpu/narrow.ts --runs=300 --timeout=20 --sizes="$sizes" --out="$out/narrow.json" ${NARROW_ONLY:+--only=$NARROW_ONLY}
 rm -f bench/results/gpu.json # a stale one must not pass for this run
-phase bench 150 node --expose-gc bench/gpu.ts --seconds=2 --rounds=1 --sizes="$sizes" --instances=1,2,3
+phase bench 150 node --expose-gc bench/gpu.ts --seconds=2 --rounds=1 --warmup-ms=1500 --sizes="$sizes" --instances=1,2,3
 [ -f bench/results/gpu.json ] && cp bench/results/gpu.json "$out/gpu.json"
 # 40 s for the soak to load its models and the CPU reference before, and to write its summary after
 soak=$(($(left) - 40))
