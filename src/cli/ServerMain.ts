@@ -103,7 +103,8 @@ const appLayer = (config: ServerConfig.ServerConfig) => {
       serverName: packageJson.name,
       serverVersion: packageJson.version,
       redactPaths: Routes.repositoryRoots(config.models),
-      strictReadiness: config.strictReadiness
+      strictReadiness: config.strictReadiness,
+      streamOrder: config.grpcStreamOrder
     })
   return Grpc.pipe(
     Layer.provideMerge(Http),

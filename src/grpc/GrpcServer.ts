@@ -10,7 +10,7 @@
  * | ModelReady | ready, or false when unavailable or unknown (as Triton) |
  * | ServerMetadata, ModelMetadata | as `GET /v2`, `GET /v2/models/{m}` |
  * | ModelInfer | one inference; tensors in `raw_input_contents` or typed `contents`, outputs in `raw_output_contents` |
- * | ModelStreamInfer | a bidirectional stream of inferences, answered in the order of their requests (as Triton) |
+ * | ModelStreamInfer | a bidirectional stream of inferences, answered in completion order (`streamOrder` "request": in the order asked, as Triton) |
  * | ModelConfig, ModelStatistics | Triton's configuration and statistics extensions (`ModelConfiguration`, `Statistics`) |
  * | RepositoryIndex | every model version with its state and reason |
  * | RepositoryModelLoad / Unload | as HTTP's load and unload (`ModelControl`); INVALID_ARGUMENT without explicit model control |
@@ -30,14 +30,14 @@
  *
  * ModelStreamInfer: every request of the stream goes into the engine as it arrives, at most
  * `maxConcurrentRequests + maxQueuedRequests` outstanding (beyond that the stream is not read,
- * and HTTP/2 flow control holds the client back). Answers are written in the order of their
- * requests, as Triton writes a stream's answers for a model that is not decoupled (a fast request
- * behind a slow one waits for its answer to go first), with `parameters.triton_final_response`
+ * and HTTP/2 flow control holds the client back). Each answer is written as it completes (with
+ * `streamOrder` "request", in the order of the requests, as Triton), with `parameters.triton_final_response`
  * true (one answer a request, as Triton marks them); a failed request answers `error_message`
  * (and the stream goes on), also a message that does not decode as protobuf (unary:
  * INVALID_ARGUMENT; grpc-js would end the call). A stream opened with Triton's
  * `triton_grpc_error: true` header ends at its first failed request instead, with that failure's
- * status (`endsOnError`). When the client half-closes,
+ * status (`endsOnError`): the answers written before it are those that came before it in the stream's
+ * order. When the client half-closes,
  * the stream ends once every answer is written; when it cancels, what is outstanding is cancelled.
  *
  * The server is a scoped resource: closing the scope shuts it down: a stream that owes no
@@ -72,6 +72,13 @@ export interface Options {
   readonly redactPaths?: ReadonlyArray<string> | undefined
   /** Triton's `--strict-readiness` for ServerReady and Health.Check, as HTTP's. Default true. */
   readonly strictReadiness?: boolean | undefined
+  /**
+   * The order of ModelStreamInfer's answers: "completion" (the default), each as it completes (match
+   * them by `id`); "request", in the order of their requests, as Triton writes them for a model
+   * that is not decoupled (a client may pair them by position; a fast request's answer waits for
+   * the slower ones asked before it).
+   */
+  readonly streamOrder?: "completion" | "request" | undefined
   /** How long closing waits for calls in flight before cutting them. Default 5 seconds. */
   readonly shutdownTimeout?: Duration.Input | undefined
   /** Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Default `maxConcurrentStreams`. */
@@ -412,10 +419,10 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
               onSuccess: (response) => ({ message: { error_message: "", infer_response: { ...response, parameters: finalResponse } } })
             })
           )
-      // Every request goes into the engine as it arrives; answers leave in the order of their requests.
+      // Every request goes into the engine as it arrives; answers leave as they complete, or in the order asked.
       const effect = Stream.fromAsyncIterable(requestsOf<GrpcCodec.ModelInferRequest | GrpcCodec.Undecodable>(call), (e) => e).pipe(
         Stream.tap(() => Effect.sync(() => void state.outstanding++)),
-        Stream.mapEffect(answer, { concurrency }),
+        Stream.mapEffect(answer, { concurrency, unordered: options.streamOrder !== "request" }),
         Stream.runForEach(write)
       )
       const interrupt = run(traced(call, effect), {

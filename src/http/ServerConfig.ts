@@ -14,6 +14,7 @@
  * | `--max-body-bytes` | `MAX_BODY_BYTES` | 16 MiB |
  * | `--grace-period-seconds` | `GRACE_PERIOD_SECONDS` | 30 |
  * | `--grpc-port` | `GRPC_PORT` | `8001`, or 0 when `--port` is 0 (0: any free port; `off`: no gRPC server) |
+ * | `--grpc-stream-order completion\|request` | `GRPC_STREAM_ORDER` | `completion`; `request`: ModelStreamInfer answers in the order asked, as Triton |
  * | `--model-control-mode none\|explicit` | `MODEL_CONTROL_MODE` | `none` |
  * | `--load-model NAME` (repeatable) | `LOAD_MODELS` (comma-separated) | none (explicit mode: loaded at start) |
  * | `--strict-readiness BOOL` | `STRICT_READINESS` | true: not ready while any model is unavailable (Triton's) |
@@ -43,6 +44,8 @@ export interface ServerConfig {
   readonly gracePeriod: Duration.Duration
   /** The gRPC port (0: any free one); undefined: no gRPC server. */
   readonly grpcPort: number | undefined
+  /** The order of ModelStreamInfer's answers (`GrpcServer.Options.streamOrder`). */
+  readonly grpcStreamOrder: "completion" | "request"
   /** Triton's model control mode: "none" (every model loaded at start, no load/unload) or "explicit". */
   readonly modelControlMode: "none" | "explicit"
   /** Under explicit model control, the models loaded at start. */
@@ -67,6 +70,7 @@ export const defaults: ServerConfig = {
   maxBodyBytes: 16 * 1024 * 1024,
   gracePeriod: Duration.seconds(30),
   grpcPort: 8001,
+  grpcStreamOrder: "completion",
   modelControlMode: "none",
   loadModels: [],
   strictReadiness: true,
@@ -93,6 +97,7 @@ const Port = decimal(false).check(Schema.isInt(), Schema.isBetween({ minimum: 0,
 const Host = Schema.String.check(Schema.isMinLength(1), Schema.isPattern(/^[A-Za-z0-9.:_-]+$/))
 const Bytes = decimal(false).check(Schema.isInt(), Schema.isBetween({ minimum: 1, maximum: 2 ** 31 - 1 }))
 const ModelControlMode = Schema.Literals(["none", "explicit"])
+const StreamOrder = Schema.Literals(["completion", "request"])
 const Seconds = decimal(true).check(Schema.isFinite(), Schema.isBetween({ minimum: 0, maximum: 24 * 3600 }))
 const Bool = Schema.Literals(["true", "false", "1", "0", "yes", "no", "on", "off"])
 const Format = Schema.Literals(["default", "triton"])
@@ -154,6 +159,14 @@ export const options: ReadonlyArray<Option> = [
     metavar: "PORT",
     description: `gRPC port on the same host, 0 for any free one, off for none (default ${defaults.grpcPort}; 0 when --port is 0)`,
     decode: (text) => (text.toLowerCase() === "off" ? { value: undefined } : withSchema(Port)(text))
+  },
+  {
+    key: "grpcStreamOrder",
+    flag: "grpc-stream-order",
+    variable: "GRPC_STREAM_ORDER",
+    metavar: "ORDER",
+    description: "completion: ModelStreamInfer writes each answer as it completes (match them by id); request: in the order of the requests, as Triton does (default completion)",
+    decode: withSchema(StreamOrder)
   },
   {
     key: "modelControlMode",

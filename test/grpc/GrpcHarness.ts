@@ -37,6 +37,7 @@ export interface HarnessOptions {
   readonly maxConcurrentStreams?: number | undefined
   readonly maxOpenCalls?: number | undefined
   readonly maxConnections?: number | undefined
+  readonly streamOrder?: "completion" | "request" | undefined
 }
 
 export const makeHarness = (options: HarnessOptions = {}) =>
@@ -55,7 +56,8 @@ export const makeHarness = (options: HarnessOptions = {}) =>
         shutdownTimeout: "1 second",
         maxConcurrentStreams: options.maxConcurrentStreams,
         maxOpenCalls: options.maxOpenCalls,
-        maxConnections: options.maxConnections
+        maxConnections: options.maxConnections,
+        streamOrder: options.streamOrder
       }).pipe(
         Layer.provideMerge(AsyncInferenceEngine.layer),
         Layer.provideMerge(Statistics.layer),

@@ -1,6 +1,6 @@
 /**
  * The gRPC server driven by `@grpc/grpc-js` as a Triton or KServe client would: every RPC, raw
- * and typed contents, streaming (request order, half-close, cancel mid-stream, triton_grpc_error), deadlines,
+ * and typed contents, streaming (completion or request order, half-close, cancel mid-stream, triton_grpc_error), deadlines,
  * every error code, bad messages. Real sockets on 127.0.0.1, real engine, scripted pool.
  */
 import * as Grpc from "@grpc/grpc-js"
@@ -551,9 +551,44 @@ describe("statistics", () => {
 })
 
 describe("ModelStreamInfer", () => {
-  it.live("runs requests at once but answers them in the order asked (as Triton), carries errors in error_message, and ends after the half-close once every answer is sent", () =>
+  it.live("answers in completion order, carries errors in error_message, and ends after the half-close once every answer is sent", () =>
     Effect.gen(function*() {
-      const { client, gate, stats } = yield* makeHarness()
+      const { client, gate } = yield* makeHarness()
+      yield* gate.close
+      const stream = client.ModelStreamInfer()
+      const received: Array<any> = []
+      const ended = new Promise<void>((resolve, reject) => {
+        stream.on("data", (m: any) => received.push(m))
+        stream.on("end", () => resolve())
+        stream.on("error", reject)
+      })
+      stream.write({ ...echoRaw([1, 2, 3, 4]), model_name: "slow", id: "slow" })
+      stream.write(echoRaw([1, 1, 1, 1], { id: "fast-1" }))
+      stream.write({ model_name: "nope", id: "bad", inputs: [] })
+      stream.write(echoRaw([2, 2, 2, 2], { id: "fast-2" }))
+      yield* waitFor(() => received.length === 3)
+      assert.sameMembers(received.map((m) => m.infer_response.id), ["fast-1", "bad", "fast-2"])
+      const bad = received.find((m) => m.infer_response.id === "bad")
+      assert.strictEqual(bad.error_message, "model \"nope\" not found")
+      const fast = received.find((m) => m.infer_response.id === "fast-2")
+      assert.strictEqual(fast.error_message, "")
+      assert.deepStrictEqual(fromF32(fast.infer_response.raw_output_contents[0]), [4, 4, 4, 4])
+      stream.end()
+      let done = false
+      void ended.then(() => {
+        done = true
+      })
+      yield* Effect.sleep("30 millis")
+      assert.isFalse(done, "the stream must stay open while an answer is outstanding")
+      yield* gate.open
+      yield* Effect.promise(() => ended)
+      assert.strictEqual(received.length, 4)
+      assert.strictEqual(received[3].infer_response.id, "slow")
+    }))
+
+  it.live("with streamOrder \"request\" (--grpc-stream-order request), runs requests at once but answers them in the order asked, as Triton", () =>
+    Effect.gen(function*() {
+      const { client, gate, stats } = yield* makeHarness({ streamOrder: "request" })
       yield* gate.close
       const stream = client.ModelStreamInfer()
       const received: Array<any> = []
@@ -586,21 +621,23 @@ describe("ModelStreamInfer", () => {
       metadata.set("triton_grpc_error", "true")
       const stream = client.ModelStreamInfer(metadata)
       const received: Array<any> = []
-      const status = yield* Effect.promise(() =>
-        new Promise<Grpc.ServiceError | "ended">((resolve) => {
-          stream.on("data", (m: any) => received.push(m))
-          stream.on("end", () => resolve("ended"))
-          stream.on("error", (e: Grpc.ServiceError) => resolve(e))
-          stream.write(echoRaw([1, 1, 1, 1], { id: "first" }))
-          stream.write({ model_name: "nope", id: "bad", inputs: [] })
-          stream.write(echoRaw([2, 2, 2, 2], { id: "after" }))
-          stream.end()
-        })
-      )
+      const ended = new Promise<Grpc.ServiceError | "ended">((resolve) => {
+        stream.on("data", (m: any) => received.push(m))
+        stream.on("end", () => resolve("ended"))
+        stream.on("error", (e: Grpc.ServiceError) => resolve(e))
+      })
+      stream.write(echoRaw([1, 1, 1, 1], { id: "first" }))
+      yield* waitFor(() => received.length === 1)
+      stream.write({ model_name: "nope", id: "bad", inputs: [] })
+      stream.write(echoRaw([2, 2, 2, 2], { id: "after" }))
+      stream.end()
+      const status = yield* Effect.promise(() => ended)
       assert.notStrictEqual(status, "ended")
       assert.strictEqual((status as Grpc.ServiceError).code, Grpc.status.NOT_FOUND)
       assert.strictEqual((status as Grpc.ServiceError).details, "model \"nope\" not found")
-      assert.deepStrictEqual(received.map((m) => m.infer_response.id), ["first"])
+      // The failure is the call's status, not an answer (one after it, already done, may have gone out first).
+      assert.strictEqual(received[0].infer_response.id, "first")
+      assert.notInclude(received.map((m) => m.infer_response.id), "bad")
       // Without the header (or with another value), the stream goes on past a failure.
       for (const value of [undefined, "false"]) {
         const plain = new Grpc.Metadata()
@@ -723,7 +760,7 @@ describe("ModelStreamInfer", () => {
       stream.write(multi)
       stream.end()
       assert.strictEqual(yield* Effect.promise(() => status), Grpc.status.OK)
-      assert.deepStrictEqual(received.map((m) => [m.infer_response.id, m.error_message]), [["slow", ""], ["broken", "internal error"]])
+      assert.deepStrictEqual(received.map((m) => [m.infer_response.id, m.error_message]), [["broken", "internal error"], ["slow", ""]])
     }))
 
   it.live("many requests on one stream all come back, each once", () =>

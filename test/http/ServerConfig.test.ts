@@ -38,6 +38,7 @@ describe("ServerConfig", () => {
     assert.strictEqual(config.strictReadiness, true)
     assert.strictEqual(config.exitOnError, false)
     assert.strictEqual(config.metricsFormat, "default")
+    assert.strictEqual(config.grpcStreamOrder, "completion")
     assert.strictEqual(config.decodeThreads, 0)
   })
 
@@ -56,10 +57,11 @@ describe("ServerConfig", () => {
       GRACE_PERIOD_SECONDS: "2.5",
       STRICT_READINESS: "false",
       EXIT_ON_ERROR: "1",
-      METRICS_FORMAT: "triton"
+      METRICS_FORMAT: "triton",
+      GRPC_STREAM_ORDER: "request"
     }
     const fromEnv = decode({}, env)
-    assert.deepInclude(fromEnv, { host: "0.0.0.0", port: 8080, models: envRepository, maxBodyBytes: 1024, strictReadiness: false, exitOnError: true, metricsFormat: "triton" })
+    assert.deepInclude(fromEnv, { host: "0.0.0.0", port: 8080, models: envRepository, maxBodyBytes: 1024, strictReadiness: false, exitOnError: true, metricsFormat: "triton", grpcStreamOrder: "request" })
     if ("gracePeriod" in fromEnv) assert.strictEqual(Duration.toMillis(fromEnv.gracePeriod), 2500)
     const fromFlags = decode({
       host: "::1",
@@ -69,9 +71,10 @@ describe("ServerConfig", () => {
       gracePeriod: "0",
       strictReadiness: "true",
       exitOnError: "no",
-      metricsFormat: "default"
+      metricsFormat: "default",
+      grpcStreamOrder: "completion"
     }, env)
-    assert.deepInclude(fromFlags, { host: "::1", port: 9000, models: flagRepository, maxBodyBytes: 2048, strictReadiness: true, exitOnError: false, metricsFormat: "default" })
+    assert.deepInclude(fromFlags, { host: "::1", port: 9000, models: flagRepository, maxBodyBytes: 2048, strictReadiness: true, exitOnError: false, metricsFormat: "default", grpcStreamOrder: "completion" })
     if ("gracePeriod" in fromFlags) assert.strictEqual(Duration.toMillis(fromFlags.gracePeriod), 0)
   })
 
@@ -85,7 +88,8 @@ describe("ServerConfig", () => {
       [{ host: "a b" }, {}, "invalid --host \"a b\""],
       [{ models: "" }, {}, "invalid --models \"\""],
       [{ strictReadiness: "maybe" }, {}, "invalid --strict-readiness \"maybe\""],
-      [{}, { METRICS_FORMAT: "prometheus" }, "invalid METRICS_FORMAT \"prometheus\""]
+      [{}, { METRICS_FORMAT: "prometheus" }, "invalid METRICS_FORMAT \"prometheus\""],
+      [{ grpcStreamOrder: "fifo" }, {}, "invalid --grpc-stream-order \"fifo\""]
     ]
     assertRefused(cases)
   })
