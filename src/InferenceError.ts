@@ -81,11 +81,17 @@ export class ModelNotFound extends Schema.Error<ModelNotFound>("effect-onnx/Infe
   }
 }
 
-/** The model exists but cannot serve (it failed to load, or is still loading). */
+/**
+ * The model exists but cannot serve (it failed to load, or is still loading). `unloaded`: it is
+ * not loaded under explicit model control (never loaded, or unloaded), which only a load changes:
+ * answered as not found (HTTP 404, gRPC NOT_FOUND, as Triton's "has no available versions"),
+ * and not retryable.
+ */
 export class ModelUnavailable extends Schema.Error<ModelUnavailable>("effect-onnx/InferenceError/ModelUnavailable")({
   _tag: Schema.tag("ModelUnavailable"),
   modelId: Schema.String,
-  reason: Schema.String
+  reason: Schema.String,
+  unloaded: Schema.optional(Schema.Boolean)
 }) {
   override get message(): string {
     return `model ${JSON.stringify(this.modelId)} is unavailable: ${this.reason}`
@@ -167,9 +173,10 @@ export const isRetryable = (reason: Reason): boolean => {
   switch (reason._tag) {
     case "QueueFull":
     case "QueueTimeout":
-    case "ModelUnavailable":
     case "ShuttingDown":
       return true
+    case "ModelUnavailable":
+      return reason.unloaded !== true
     default:
       return false
   }
@@ -192,6 +199,7 @@ export const httpStatus = (reason: Reason): number => {
     case "RunFailed":
       return 500
     case "ModelUnavailable":
+      return reason.unloaded === true ? 404 : 503
     case "ShuttingDown":
       return 503
     case "QueueTimeout":
@@ -203,7 +211,8 @@ export const httpStatus = (reason: Reason): number => {
 /**
  * The one mapping from reason to gRPC status code (numbers as in `grpc-js`'s `status`):
  * INVALID_ARGUMENT (3), NOT_FOUND (5), RESOURCE_EXHAUSTED (8) for a full queue, DEADLINE_EXCEEDED
- * (4), CANCELLED (1), INTERNAL (13), UNAVAILABLE (14). As Triton's except a full queue and an
+ * (4), CANCELLED (1), INTERNAL (13), UNAVAILABLE (14); a model not loaded under explicit model
+ * control NOT_FOUND, as Triton's (HTTP 404). As Triton's except a full queue and an
  * expired timeout, which Triton answers UNAVAILABLE (a code clients retry as transient): here
  * overload and a deadline say what they are, as HTTP's 429 and 504 do.
  */
@@ -220,6 +229,7 @@ export const grpcCode = (reason: Reason): number => {
     case "RunFailed":
       return 13
     case "ModelUnavailable":
+      return reason.unloaded === true ? 5 : 14
     case "ShuttingDown":
       return 14
     case "QueueTimeout":

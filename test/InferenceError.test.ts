@@ -9,6 +9,8 @@ const reasons: ReadonlyArray<readonly [InferenceError.Reason, number, boolean]> 
   [new InferenceError.Cancelled({ requestId: "r", reason: "stop" }), 499, false],
   [new InferenceError.ModelNotFound({ modelId: "m" }), 404, false],
   [new InferenceError.ModelUnavailable({ modelId: "m", reason: "corrupt" }), 503, true],
+  // Not loaded under explicit model control: only a load changes that (Triton: NOT_FOUND).
+  [new InferenceError.ModelUnavailable({ modelId: "m", reason: "unloaded", unloaded: true }), 404, false],
   [new InferenceError.InvalidInput({ modelId: "m", input: "x", detail: "missing input" }), 400, false],
   [new InferenceError.RunFailed({ modelId: "m", requestId: "r", detail: "boom" }), 500, false],
   [new InferenceError.ShuttingDown({}), 503, true]

@@ -432,7 +432,9 @@ const unload = (loader: Loader, state: State, name: string, drained: Effect.Effe
 const resolveEntry = (state: State, modelId: string, entry: ModelRepository.Entry): Ready | InferenceError.ModelUnavailable => {
   const loaded = state.loaded.get(key(entry.name, entry.version))
   if (loaded === undefined) return new InferenceError.ModelUnavailable({ modelId, reason: "not loaded" })
-  if (loaded._tag === "Unavailable") return new InferenceError.ModelUnavailable({ modelId, reason: loaded.reason })
+  if (loaded._tag === "Unavailable") {
+    return new InferenceError.ModelUnavailable({ modelId, reason: loaded.reason, ...(loaded.reason === "unloaded" ? { unloaded: true } : {}) })
+  }
   const reason = loaded.host.unavailableReason()
   return reason === undefined ? loaded : new InferenceError.ModelUnavailable({ modelId, reason })
 }

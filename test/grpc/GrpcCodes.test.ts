@@ -13,6 +13,7 @@ const reasons: ReadonlyArray<readonly [InferenceError.Reason, Grpc.status, numbe
   [new InferenceError.Cancelled({ requestId: "r", reason: "x" }), Grpc.status.CANCELLED, 499],
   [new InferenceError.RunFailed({ modelId: "m", requestId: "r", detail: "d" }), Grpc.status.INTERNAL, 500],
   [new InferenceError.ModelUnavailable({ modelId: "m", reason: "x" }), Grpc.status.UNAVAILABLE, 503],
+  [new InferenceError.ModelUnavailable({ modelId: "m", reason: "unloaded", unloaded: true }), Grpc.status.NOT_FOUND, 404],
   [new InferenceError.ShuttingDown({}), Grpc.status.UNAVAILABLE, 503],
   [new InferenceError.QueueTimeout({ modelId: "m", requestId: "r", queueTimeoutMs: 1, waitedMs: 2 }), Grpc.status.DEADLINE_EXCEEDED, 504],
   [new InferenceError.DeadlineExceeded({ modelId: "m", requestId: "r", timeoutMs: 1, elapsedMs: 2 }), Grpc.status.DEADLINE_EXCEEDED, 504]

@@ -912,13 +912,15 @@ describe("model control over gRPC", () => {
       const infer = { model_name: "mlp", inputs: [{ name: "input", datatype: "FP32", shape: [1, 784] }], raw_input_contents: [f32(new Array(784).fill(0.5))] }
       assert.include((yield* call("ServerMetadata", {})).response.extensions, "model_repository")
       assert.deepInclude((yield* call("RepositoryIndex", {})).response.models, { name: "mlp", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
-      assert.strictEqual((yield* call("ModelInfer", infer)).error?.code, Grpc.status.UNAVAILABLE)
+      // Not loaded: NOT_FOUND, as Triton's "has no available versions" (UNAVAILABLE would invite retries).
+      assert.strictEqual((yield* call("ModelInfer", infer)).error?.code, Grpc.status.NOT_FOUND)
+      assert.strictEqual((yield* call("ModelMetadata", { name: "mlp" })).error?.code, Grpc.status.NOT_FOUND)
       assert.isUndefined((yield* call("RepositoryModelLoad", { model_name: "mlp" })).error)
       const r = yield* call("ModelInfer", infer)
       assert.isUndefined(r.error)
       assert.deepStrictEqual(r.response.outputs[0].shape, ["1", "10"])
       assert.isUndefined((yield* call("RepositoryModelUnload", { model_name: "mlp" })).error)
-      assert.strictEqual((yield* call("ModelInfer", infer)).error?.code, Grpc.status.UNAVAILABLE)
+      assert.strictEqual((yield* call("ModelInfer", infer)).error?.code, Grpc.status.NOT_FOUND)
       assert.strictEqual((yield* call("RepositoryModelLoad", { model_name: "nope" })).error?.code, Grpc.status.NOT_FOUND)
       // Overrides the server cannot apply are refused, not ignored.
       const config = yield* call("RepositoryModelLoad", { model_name: "mlp", parameters: { config: { string_param: "{}" } } })
