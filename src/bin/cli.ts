@@ -12,6 +12,9 @@ import { Effect, Logger, References } from "effect"
 import { CliOutput, Command } from "effect/cli"
 import { readFileSync } from "node:fs"
 import * as Cli from "../cli/Cli.ts"
+import * as Startup from "../cli/Startup.ts"
+
+Startup.surviveClosedOutput()
 
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }
 

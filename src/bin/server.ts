@@ -22,6 +22,7 @@ let loaded = false
 const onSignal = () => (loaded ? Startup.markStoppedBySignal() : process.exit(0))
 process.once("SIGINT", onSignal)
 process.once("SIGTERM", onSignal)
+Startup.surviveClosedOutput()
 
 const [NodeRuntime, NodeServices, { CliOutput, Command }, { Effect }, Fs, Cli] = await Promise.all([
   import("@effect/platform-node/NodeRuntime"),

@@ -1,5 +1,5 @@
 /**
- * What the server's process must note the moment it starts, before it loads anything else (the
+ * What the server's process must note (and guard against) the moment it starts, before it loads anything else (the
  * rest of the program takes a second or more to load on a busy machine): its parent, and whether
  * a signal has asked it to stop. No imports, so that an entry point that imports it alone first
  * has it evaluated at once (`bin/server.ts`).
@@ -22,3 +22,15 @@ export const markStoppedBySignal = (): void => {
 
 /** Whether `markStoppedBySignal` was called. */
 export const wasStoppedBySignal = (): boolean => stoppedBySignal
+
+/**
+ * A reader of standard output or standard error that goes away (`| head`, a log shipper that
+ * restarts, a closed terminal) must not end the process: Node reports the failed write as an
+ * "error" event on the stream, and without a listener that is an uncaught exception (exit 1,
+ * what was in flight lost, no drain). With this listener the lines are lost instead. A command
+ * that writes its results to standard output (`infer --output -`) still sees the error through
+ * its own listener.
+ */
+export const surviveClosedOutput = (): void => {
+  for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {})
+}

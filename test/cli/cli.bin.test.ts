@@ -253,6 +253,18 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.deepStrictEqual(outputLines(output).map((o) => o.line), [1, 2])
   }, 30_000)
 
+  it("infer runs to the end when the reader of its progress (standard error) goes away", async () => {
+    const input = Path.join(dir, "stderr-gone.ndjson")
+    Fs.writeFileSync(input, Array.from({ length: 300 }, (_, i) => mlpRecord(i + 1)).join("\n") + "\n")
+    const output = Path.join(dir, "stderr-gone.out.ndjson")
+    const { child, done } = start(["infer", "--model", "mlp", "--input", input, "--output", output, "--models", models, "--progress", "plain", "--log-level", "info"])
+    // Its reader closes at once: every progress or log line after that fails (EPIPE).
+    child.stderr!.destroy()
+    const result = await done
+    assert.strictEqual(result.code, 0)
+    assert.deepStrictEqual(outputLines(output).map((o) => o.line), Array.from({ length: 300 }, (_, i) => i + 1))
+  }, 60_000)
+
   it("--resume says when the output answers lines the input does not have", async () => {
     const input = Path.join(dir, "short.ndjson")
     Fs.writeFileSync(input, [mlpRecord(1), mlpRecord(2)].join("\n") + "\n")

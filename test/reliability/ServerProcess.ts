@@ -28,7 +28,9 @@ export interface Running {
 export const startServer = (
   args: ReadonlyArray<string> = [],
   env: Record<string, string> = {},
-  nodeArgs: ReadonlyArray<string> = []
+  nodeArgs: ReadonlyArray<string> = [],
+  /** `detached`: a process group of its own (its pid is the group's id), as a terminal's foreground job has. */
+  options: { readonly detached?: boolean } = {}
 ): Promise<Running> =>
   new Promise((resolve, reject) => {
     // An ephemeral port unless the caller names one (the CLI takes a flag once).
@@ -36,7 +38,8 @@ export const startServer = (
     const child = spawn(process.execPath, [...nodeArgs, entry, ...port, ...args], {
       cwd: root,
       env: { ...process.env, ...env },
-      stdio: ["ignore", "pipe", "pipe"]
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: options.detached === true
     })
     let output = ""
     let exitedAt: number | undefined

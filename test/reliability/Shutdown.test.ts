@@ -193,6 +193,54 @@ describe("stopping the server process", () => {
     }
   }, 60_000)
 
+  it("Ctrl-C in a terminal (SIGINT to the whole process group) drains: a process-isolated model's session processes finish their runs", async () => {
+    // The session processes are in the server's process group, so the signal reaches them too.
+    const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "shutdown-group-"))
+    try {
+      SlowModel.write(repository)
+      Fs.writeFileSync(Path.join(repository, "slow", "config.json"), JSON.stringify({ isolation: "process", batching: { enabled: false } }))
+      const running = server = await startServer(["--models", repository, "--grpc-port", "off"], {}, [], { detached: true })
+      const agent = new Http.Agent()
+      const long = request(running.port, "/v2/models/slow/infer", SlowModel.body(await rowsForRun(running.port, agent, 2000)), agent)
+      await new Promise((r) => setTimeout(r, 400))
+      process.kill(-running.child.pid!, "SIGINT")
+      const answer = await long
+      const code = await running.exit
+      agent.destroy()
+      assert.strictEqual(answer.status, 200, `${answer.body}\n${running.output()}`)
+      assert.strictEqual(code, 0, running.output())
+      assert.notInclude(running.output(), "died (signal SIGINT)", running.output())
+    } finally {
+      Fs.rmSync(repository, { recursive: true, force: true })
+    }
+  }, 60_000)
+
+  it("a reader of its standard output that goes away does not end the server: it serves on, and SIGTERM still drains (exit 0)", async () => {
+    const port = await freePort()
+    const child = spawn(process.execPath, [entry, "--port", String(port), "--grpc-port", "off"], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
+    // The reader closes its end at once: every log line the server writes after that fails (EPIPE).
+    child.stdout!.destroy()
+    let stderr = ""
+    child.stderr!.on("data", (c: Buffer) => (stderr += c.toString("utf8")))
+    const exit = new Promise<number | null>((r) => child.on("exit", (code) => r(code)))
+    try {
+      const agent = new Http.Agent()
+      let ready = false
+      for (const until = performance.now() + 30_000; !ready && performance.now() < until && child.exitCode === null;) {
+        ready = await request(port, "/v2/health/ready", undefined, agent).then((r) => r.status === 200, () => false)
+        if (!ready) await new Promise((r) => setTimeout(r, 100))
+      }
+      assert.isTrue(ready, `never ready; exit ${child.exitCode}\n${stderr}`)
+      // Each answer logs nothing at info, but loading did: the server has written into the closed pipe by now.
+      assert.strictEqual((await request(port, "/v2/models/mlp/infer", mlpBody(), agent)).status, 200, stderr)
+      agent.destroy()
+      child.kill("SIGTERM")
+      assert.strictEqual(await exit, 0, stderr)
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL")
+    }
+  }, 60_000)
+
   it("run by an npm script, when its parent process dies (npm start killed), the server notices, drains and exits", async () => {
     const server = underParent([])
     try {
@@ -336,6 +384,17 @@ const signalTwice = async (running: Running): Promise<{ readonly code: number | 
   const code = await running.exit
   return { code, exitMs: running.exitedAt()! - secondAt }
 }
+
+/** A TCP port free on 127.0.0.1 a moment ago. */
+const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const probe = Net.createServer()
+    probe.once("error", reject)
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address() as Net.AddressInfo
+      probe.close(() => resolve(port))
+    })
+  })
 
 /** Resolves once `condition` holds (checked every 20 ms); rejects after `timeoutMs`. */
 const waitFor = async (condition: () => boolean, timeoutMs: number): Promise<void> => {
