@@ -20,7 +20,8 @@
  * silent default: the model is `Unavailable` with a reason that names the key and the closest
  * known one (`unknown key "batchng" (did you mean "batching"?)`).
  *
- * Model names must match `modelNamePattern`; directories that do not are listed in `ignored`.
+ * Model names must match `modelNamePattern`; directories that do not are listed in `ignored`, and
+ * so is a Triton `config.pbtxt` without a config.json beside it (`tritonConfigFileName`).
  * Nothing is ever resolved outside the root: a model file or config.json whose real path
  * (symlinks followed) leaves the root makes the model unavailable, and nothing of it is read. A missing or empty model file, or an invalid config.json,
  * makes that model (every version of it, for the config) `Unavailable` with a reason; the other
@@ -63,6 +64,17 @@ export const modelFileName = "model.onnx"
 
 /** The optional per-model configuration file. */
 export const configFileName = "config.json"
+
+/**
+ * Triton's model configuration, which this server does not read. A model directory copied from a
+ * Triton repository (the layout is the same) that has it and no config.json is named in `ignored`,
+ * so that its settings are not silently replaced by the defaults.
+ */
+export const tritonConfigFileName = "config.pbtxt"
+
+const tritonConfigIgnored =
+  "Triton's model configuration is not read here: its settings (max_batch_size, dynamic_batching, instance_group, …) do not apply, " +
+  "the defaults do; write them as config.json (models/README.md)"
 
 // ---------------------------------------------------------------------------
 // config.json
@@ -743,6 +755,9 @@ const scanModel = async (root: string, name: string, overrides: Partial<Defaults
     if (!/^[0-9]/.test(child) || !(await isDirectory(Path.join(realDir, child)))) continue
     if (versionPattern.test(child)) versions.push(child)
     else ignored.push({ name: `${name}/${child}`, reason: "not a version directory (a version is decimal digits only)" })
+  }
+  if (children.includes(tritonConfigFileName) && !children.includes(configFileName)) {
+    ignored.push({ name: `${name}/${tritonConfigFileName}`, reason: tritonConfigIgnored })
   }
   versions.sort(compareVersions)
   const conflicts = versionConflicts(versions)

@@ -273,6 +273,21 @@ describe("ModelRepository", () => {
         assert.deepStrictEqual(repository.ignored, [{ name: "m/1a", reason: "not a version directory (a version is decimal digits only)" }])
       }))
 
+    it.effect("names a Triton config.pbtxt without a config.json beside it: its settings would otherwise be replaced by the defaults in silence", () =>
+      Effect.gen(function*() {
+        const root = yield* tempRepository({
+          "triton/1/model.onnx": onnx,
+          "triton/config.pbtxt": "max_batch_size: 8\ndynamic_batching { }\n",
+          "both/model.onnx": onnx,
+          "both/config.pbtxt": "max_batch_size: 8\n",
+          "both/config.json": "{}"
+        })
+        const repository = yield* ModelRepository.scan(root)
+        assert.strictEqual(entry(repository, "triton", "1")._tag, "Found", "the model itself serves, on the defaults")
+        assert.deepStrictEqual(repository.ignored.map((i) => i.name), ["triton/config.pbtxt"])
+        assert.match(repository.ignored[0]!.reason, /^Triton's model configuration is not read here: .* write them as config\.json/)
+      }))
+
     it("versionConflicts names every directory of a number that several share", () => {
       assert.deepStrictEqual([...ModelRepository.versionConflicts(["1", "2", "3"])], [])
       assert.deepStrictEqual([...ModelRepository.versionConflicts(["0", "00", "000", "5"]).keys()], ["0", "00", "000"])
