@@ -31,6 +31,7 @@ import { Statistics } from "../http/Statistics.ts"
 import * as Live from "../Live.ts"
 import { ModelPool } from "../ModelPool.ts"
 import * as InstancePool from "../onnx/InstancePool.ts"
+import * as ProcessHost from "../onnx/ProcessHost.ts"
 import * as Cli from "./CliCommon.ts"
 
 const packageJson = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { name: string; version: string }
@@ -54,7 +55,9 @@ const watchStops = (onForce: () => string) =>
         if (stops < 2) return
         process.stderr.write(`${new Date().toISOString()} second ${signal}: exiting now without draining; ${onForce()}\n`)
         // Ends by the signal's default action (status 128 + its number): process.exit would first
-        // wait for a worker thread's native run to return, then abort (134).
+        // wait for a worker thread's native run to return, then abort (134). That runs no "exit"
+        // handler, so the session processes (which ignore the group's signals) are killed first.
+        ProcessHost.killSessionProcesses()
         process.removeAllListeners(signal)
         process.kill(process.pid, signal)
         process.exit(1)

@@ -18,15 +18,44 @@
  * during which the model has one instance fewer. See docs/isolation.md for figures.
  *
  * Children inherit stdout and stderr. They exit when the IPC channel closes, so they do not
- * outlive a parent that dies without closing them (beyond the run in hand).
+ * outlive a parent that dies without closing them (beyond the run in hand), and this process
+ * kills those still alive when it exits (they ignore a process group's SIGINT and SIGTERM while
+ * it is there: `ProcessPort`).
  *
  * @module ProcessHost
  */
-import { fork } from "node:child_process"
+import { type ChildProcess, fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import * as InstancePool from "./InstancePool.ts"
 import type * as Protocol from "./Protocol.ts"
 import * as ShmChannel from "./ShmChannel.ts"
+
+/**
+ * The session processes alive, killed (SIGKILL) when this process exits: they ignore a process
+ * group's SIGINT and SIGTERM while their host is there (`ProcessPort`), counting on its drain, so
+ * an exit without one (`process.exit`; the server's forced exit calls `killSessionProcesses`)
+ * must not leave them to finish their run reparented to init. (A host killed by a signal's
+ * default action cannot do this; its children exit once the run in hand is over.)
+ */
+const alive = new Set<ChildProcess>()
+let killOnExit = false
+const track = (child: ChildProcess): void => {
+  if (!killOnExit) {
+    killOnExit = true
+    process.on("exit", killSessionProcesses)
+  }
+  alive.add(child)
+  child.once("exit", () => alive.delete(child))
+}
+
+/**
+ * Kills (SIGKILL) every session process this process started that is still alive. For an exit
+ * that runs no "exit" handler (ending by a signal's default action, as the server's forced exit
+ * does) and must not leave them behind.
+ */
+export const killSessionProcesses = (): void => {
+  for (const child of alive) child.kill("SIGKILL")
+}
 
 /** The child process entry, run directly by Node 22 (type stripping). */
 export const processUrl: URL = new URL("./SessionProcess.ts", import.meta.url)
@@ -48,6 +77,7 @@ export const transportFor = (entry: URL, options: { readonly sharedMemory?: bool
       serialization: "advanced",
       stdio: ["ignore", "inherit", "inherit", "ipc", ...(shm === undefined ? [] : [shm.inputFd, shm.outputFd])]
     })
+    track(child)
     /** The job whose inputs are in shared memory: no other job's may be written there until it ends. */
     let placedJob: number | undefined
     child.on("message", (message: Protocol.FromWorker) => {

@@ -5,9 +5,15 @@
  *   or when the parent goes away (the channel's other end closes), so an instance never
  *   outlives its host by more than the run in hand.
  * - An uncaught exception is reported as `fatal` and the process exits with code 1.
+ * - SIGINT and SIGTERM sent to the whole process group (Ctrl-C in a terminal, systemd's default
+ *   stop, `kill -- -PGID`) reach the child too: while the host is there the child ignores them,
+ *   since the host drains (the child's run finishes) and then closes it, and the host kills its
+ *   children (SIGKILL) whenever it exits without that (`ProcessHost`); with the host gone the
+ *   child exits. SIGHUP, which the server does not drain on, keeps its default: it ends the child.
  *
  * @module ProcessPort
  */
+import * as Os from "node:os"
 import type * as Protocol from "./Protocol.ts"
 import type * as SessionEndpoint from "./SessionEndpoint.ts"
 import * as ShmChannel from "./ShmChannel.ts"
@@ -35,6 +41,11 @@ export const make = (options: { readonly shm?: boolean } = {}): SessionEndpoint.
   }
   // The parent closed the channel (or died): nothing is left to serve.
   process.on("disconnect", () => process.exit(0))
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    process.on(signal, () => {
+      if (!process.connected) process.exit(128 + Os.constants.signals[signal])
+    })
+  }
   process.on("uncaughtException", (e) => {
     post({ _tag: "fatal", error: e instanceof Error ? `${e.name}: ${e.message}` : String(e) }, () => process.exit(1))
     setTimeout(() => process.exit(1), 1_000).unref() // the parent may not be reading

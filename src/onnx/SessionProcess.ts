@@ -8,23 +8,13 @@
  *   closes), so an instance never outlives its host by more than the run in hand.
  * - An uncaught exception is reported as `fatal` and the process exits with code 1.
  * - Native crashes (SIGSEGV, abort) end only this process; the host sees the signal.
- * - SIGINT, SIGTERM and SIGHUP sent to the whole process group (Ctrl-C in a terminal, systemd's
- *   stop, `kill -- -PGID`) reach this process too: while the host is there it ignores them, since
- *   the host drains (its runs, this one's included, finish) and then closes it; with the host
- *   gone it exits. (The host ends an instance with SIGKILL.)
+ * - SIGINT and SIGTERM sent to the whole process group are left to the host (`ProcessPort`).
  *
  * @module SessionProcess
  */
-import * as Os from "node:os"
 import * as ProcessPort from "./ProcessPort.ts"
 import type * as Protocol from "./Protocol.ts"
 import * as SessionEndpoint from "./SessionEndpoint.ts"
-
-for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-  process.on(signal, () => {
-    if (!process.connected) process.exit(128 + Os.constants.signals[signal])
-  })
-}
 
 // A second argument "shm": the host passed ShmChannel's files as descriptors 4 and 5.
 await SessionEndpoint.serve(JSON.parse(process.argv[2] ?? "null") as Protocol.WorkerConfig, ProcessPort.make({ shm: process.argv[3] === "shm" }))

@@ -215,6 +215,31 @@ describe("stopping the server process", () => {
     }
   }, 60_000)
 
+  it("a second Ctrl-C (the forced exit, no drain) leaves no session process running its job on (they ignore the group's signals while the server is there)", async () => {
+    const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "shutdown-group-forced-"))
+    try {
+      SlowModel.write(repository)
+      Fs.writeFileSync(Path.join(repository, "slow", "config.json"), JSON.stringify({ isolation: "process", batching: { enabled: false } }))
+      const running = server = await startServer(["--models", repository, "--grpc-port", "off"], {}, [], { detached: true })
+      const agent = new Http.Agent()
+      const long = request(running.port, "/v2/models/slow/infer", SlowModel.body(await rowsForRun(running.port, agent, 6000)), agent)
+      await new Promise((r) => setTimeout(r, 400))
+      const children = childrenOf(running.child.pid!)
+      assert.isAbove(children.length, 0, running.output())
+      process.kill(-running.child.pid!, "SIGINT")
+      await waitFor(() => running.output().includes("shutting down"), 5000)
+      process.kill(-running.child.pid!, "SIGINT")
+      await running.exit
+      await long.catch(() => undefined)
+      agent.destroy()
+      // Killed as the server exited, not left to finish a 6 s run (a zombie waits for init to reap it).
+      await waitFor(() => children.every((pid) => !runs(pid)), 1500).catch(() => undefined)
+      assert.deepStrictEqual(children.filter(runs), [], running.output())
+    } finally {
+      Fs.rmSync(repository, { recursive: true, force: true })
+    }
+  }, 60_000)
+
   it("a reader of its standard output that goes away does not end the server: it serves on, and SIGTERM still drains (exit 0)", async () => {
     const port = await freePort()
     const child = spawn(process.execPath, [entry, "--port", String(port), "--grpc-port", "off"], { cwd: root, stdio: ["ignore", "pipe", "pipe"] })
@@ -319,6 +344,27 @@ describe("stopping the server process", () => {
 })
 
 /** Whether a process of that pid is alive. */
+/** The pids of `pid`'s child processes (Linux: /proc). */
+const childrenOf = (pid: number): Array<number> =>
+  Fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d)).flatMap((d) => {
+    try {
+      const stat = Fs.readFileSync(`/proc/${d}/stat`, "utf8")
+      return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid ? [Number(d)] : []
+    } catch {
+      return []
+    }
+  })
+
+/** Whether `pid` exists and is not a zombie (killed, not yet reaped). */
+const runs = (pid: number): boolean => {
+  try {
+    const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0] !== "Z"
+  } catch {
+    return false
+  }
+}
+
 const alive = (pid: number): boolean => {
   try {
     process.kill(pid, 0)
