@@ -14,7 +14,9 @@ import { readFileSync } from "node:fs"
 import * as Cli from "../cli/Cli.ts"
 import * as Startup from "../cli/Startup.ts"
 
-Startup.surviveClosedOutput()
+// Standard error carries logs and progress; standard output is the server's log, but the batch
+// commands' product (records, perf's document), whose loss must fail them.
+Startup.surviveClosedOutput(process.argv[2] === "serve" ? [process.stdout, process.stderr] : [process.stderr])
 
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }
 

@@ -336,6 +336,8 @@ const readResume = (path: string) =>
  */
 class Tally {
   read = 0
+  /** The input's line number of the last record read (blank lines are numbered, not read). */
+  lastLine = 0
   done = 0
   failed = 0
   skipped = 0
@@ -381,6 +383,7 @@ const recordsOf = (
   return lines(fs, options.input, maxLineBytes).pipe(
     Stream.mapEffect(({ line, text, tooLongBytes, notUtf8Bytes }) => {
       tally.read++
+      tally.lastLine = line
       tally.charsRead += (text?.length ?? tooLongBytes ?? notUtf8Bytes ?? 0) + 1
       if (alreadyDone.has(line)) {
         tally.done++
@@ -468,8 +471,8 @@ export const run = (options: Options) =>
           writeFinished()
           if (Exit.isSuccess(exit)) {
             tally.lineCount = tally.read
-            const beyond = countBeyond(alreadyDone, tally.read)
-            if (beyond > 0) progress.log(`${beyond} records in ${options.output} answer lines past the input's last (${tally.read}): the output may be another input's`)
+            const beyond = countBeyond(alreadyDone, tally.lastLine)
+            if (beyond > 0) progress.log(`${beyond} records in ${options.output} answer lines past the input's last (${tally.lastLine}): the output may be another input's`)
           }
           return progress.finish(Exit.isSuccess(exit) ? "done" : Exit.hasInterrupts(exit) ? "interrupted" : "stopped")
         })

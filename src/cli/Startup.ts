@@ -24,13 +24,13 @@ export const markStoppedBySignal = (): void => {
 export const wasStoppedBySignal = (): boolean => stoppedBySignal
 
 /**
- * A reader of standard output or standard error that goes away (`| head`, a log shipper that
- * restarts, a closed terminal) must not end the process: Node reports the failed write as an
- * "error" event on the stream, and without a listener that is an uncaught exception (exit 1,
- * what was in flight lost, no drain). With this listener the lines are lost instead. A command
- * that writes its results to standard output (`infer --output -`) still sees the error through
- * its own listener.
+ * A reader of `streams` (default standard output and error) that goes away (`| head`, a log
+ * shipper that restarts, a closed terminal) must not end the process: Node reports the failed
+ * write as an "error" event on the stream, and without a listener that is an uncaught exception
+ * (exit 1, what was in flight lost, no drain). With this listener the lines are lost instead. For
+ * streams that carry logs and progress only: a command whose product is standard output (`perf`,
+ * `infer --output -`) must still fail when it cannot write it.
  */
-export const surviveClosedOutput = (): void => {
-  for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {})
+export const surviveClosedOutput = (streams: ReadonlyArray<NodeJS.WritableStream> = [process.stdout, process.stderr]): void => {
+  for (const stream of streams) stream.on("error", () => {})
 }

@@ -265,6 +265,13 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.deepStrictEqual(outputLines(output).map((o) => o.line), Array.from({ length: 300 }, (_, i) => i + 1))
   }, 60_000)
 
+  it("perf fails when the reader of its results (standard output) goes away: its product is lost", async () => {
+    const { child, done } = start(["perf", "--model", "mlp", "--models", models, "--concurrency", "1", "--duration", "0.3", "--warmup", "0", "--json"])
+    child.stdout!.destroy()
+    const result = await done
+    assert.notStrictEqual(result.code, 0, result.stderr)
+  }, 60_000)
+
   it("--resume says when the output answers lines the input does not have", async () => {
     const input = Path.join(dir, "short.ndjson")
     Fs.writeFileSync(input, [mlpRecord(1), mlpRecord(2)].join("\n") + "\n")
@@ -274,6 +281,16 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.strictEqual(result.code, 0, result.stderr)
     assert.include(result.stderr, `2 records in ${output} answer lines past the input's last (2)`)
     assert.deepStrictEqual(outputLines(output).map((o) => o.line), [1, 2, 3, 4])
+    // Blank lines are numbered: resuming an input's own output says nothing.
+    const spaced = Path.join(dir, "spaced.ndjson")
+    Fs.writeFileSync(spaced, [mlpRecord(1), "", mlpRecord(2), "", "", mlpRecord(3)].join("\n") + "\n")
+    const spacedOut = Path.join(dir, "spaced.out.ndjson")
+    Fs.rmSync(spacedOut, { force: true })
+    assert.strictEqual((await run(["infer", "--model", "mlp", "--input", spaced, "--output", spacedOut, "--models", models, "--progress", "none"])).code, 0)
+    const again = await run(["infer", "--model", "mlp", "--input", spaced, "--output", spacedOut, "--models", models, "--resume", "--progress", "none"])
+    assert.strictEqual(again.code, 0, again.stderr)
+    assert.notInclude(again.stderr, "past the input's last")
+    assert.deepStrictEqual(outputLines(spacedOut).map((o) => o.line), [1, 3, 6])
   }, 30_000)
 
   it("--resume refuses an output that is not this command's, and standard output", async () => {
