@@ -83,8 +83,8 @@ const latencyBoundariesSeconds = Metric.exponentialBoundaries({ start: 0.00005, 
  * How a settled request is counted in `inference_requests_total{outcome}`: `success`; `rejected`
  * (refused at admission: queue full, shutting down); `cancelled` (the caller went away);
  * `timeout` (deadline exceeded, queue timeout); `invalid` (the request's fault: bad input,
- * unknown model or version); `backend` (the server's or model's fault: a failed run, an
- * unavailable model).
+ * unknown model or version, or one not loaded under explicit model control: `outcomeOfReason`);
+ * `backend` (the server's or model's fault: a failed run, an unavailable model).
  */
 export type RequestOutcome = "success" | "rejected" | "cancelled" | "timeout" | "invalid" | "backend"
 
@@ -109,6 +109,14 @@ export const outcomeOf = (reason: InferenceError.ReasonTag): RequestOutcome => {
       return "backend"
   }
 }
+
+/**
+ * A failure's outcome, as `outcomeOf` its tag, except a model version not loaded under explicit
+ * model control (`ModelUnavailable.unloaded`): answered as not found, counted `invalid` as an
+ * unknown model is, not `backend` (nothing failed in the server).
+ */
+export const outcomeOfReason = (reason: InferenceError.Reason): RequestOutcome =>
+  reason._tag === "ModelUnavailable" && reason.unloaded === true ? "invalid" : outcomeOf(reason._tag)
 
 type Attributes = Readonly<Record<string, string>>
 
@@ -333,7 +341,7 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
         settle(info, "success")
         seriesOf(info.modelId, info.version).latency.update(latencyMs / 1000)
       },
-      recordFailure: (info, error) => settle(info, outcomeOf(error._tag)),
+      recordFailure: (info, error) => settle(info, outcomeOfReason(error)),
       recordCancelled: (info) => settle(info, "cancelled"),
       recordTimeout: (info) => settle(info, "timeout"),
       recordRejected: (info) => settle(info, "rejected"),

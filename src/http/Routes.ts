@@ -437,10 +437,12 @@ const modelRoutes = (ctx: Ctx) => {
   const modelReady = handle(Effect.gen(function*() {
     const { name, version } = yield* modelParams
     if (lifecycle.isShuttingDown()) return json(503, { name, ready: false, error: "the server is shutting down" })
-    const result = yield* Effect.result(metadataOf(name, version))
+    const result = yield* Effect.result(pool.metadata(name, version))
     if (result._tag === "Success") return json(200, { name, ready: true })
-    const error = result.failure
-    return error.status === 404 ? errorResponse(error) : json(503, { name, ready: false, error: error.message })
+    // A model the repository lacks is a 404; one it holds that cannot serve (not loaded under
+    // explicit model control included, whose inferences are a 404) is not ready, as gRPC's ModelReady says.
+    const error = fromReason(result.failure)
+    return result.failure._tag === "ModelNotFound" ? errorResponse(error) : json(503, { name, ready: false, error: error.message })
   }))
 
   const modelConfig = handle(Effect.gen(function*() {

@@ -47,7 +47,7 @@ const makeApp = (repository: string, loadModels: ReadonlyArray<string>, gate: Ef
         )
         const web = HttpServerResponse.toWeb(response)
         const text = yield* Effect.promise(() => web.text())
-        return { status: web.status, json: JSON.parse(text) as any }
+        return { status: web.status, text, json: (web.headers.get("content-type") ?? "").includes("json") ? JSON.parse(text) as any : undefined }
       })
     const send = (method: string, path: string, body?: unknown, rawBody?: string) => {
       const init: RequestInit = { method }
@@ -70,6 +70,12 @@ describe("explicit model control", () => {
       assert.deepStrictEqual(stateOf(index, "mlp"), { name: "mlp", version: "1", state: "UNAVAILABLE", reason: "unloaded" })
       // Not loaded: a 404, as Triton's "has no available versions" (only a load changes it; no retry helps).
       assert.strictEqual((yield* send("POST", "/v2/models/mlp/infer", mlpRequest())).status, 404)
+      // ... counted as an unknown model's is (invalid, not a backend failure), and not ready (as gRPC's ModelReady).
+      assert.include((yield* send("GET", "/metrics")).text, `inference_requests_total{model="mlp",version="",outcome="invalid"} 1\n`)
+      const notReady = yield* send("GET", "/v2/models/mlp/ready")
+      assert.strictEqual(notReady.status, 503)
+      assert.deepInclude(notReady.json, { name: "mlp", ready: false })
+      assert.include(notReady.json.error, "unloaded")
       const load = yield* send("POST", "/v2/repository/models/mlp/load")
       assert.strictEqual(load.status, 200, JSON.stringify(load.json))
       index = (yield* send("POST", "/v2/repository/index")).json
