@@ -35,11 +35,12 @@ export const tritonDataType = (spec: ModelMetadata.TensorSpec): string => {
 
 /**
  * Whole microseconds; 0 for none, or a duration too long for a uint64 of them (infinite, or
- * 1e308 ms, whose microseconds are not finite: JSON wrote null, gRPC 2^64 - 1).
+ * 1e308 ms, whose microseconds are not finite: JSON wrote null, gRPC 2^64 - 1). A positive one
+ * is at least 1: below half a microsecond it rounded to 0, which reads as no timeout.
  */
 const micros = (d: Duration.Duration) => {
   const us = Duration.toMillis(d) * 1000
-  return Number.isFinite(us) && us < 2 ** 64 ? Math.round(us) : 0
+  return Number.isFinite(us) && us < 2 ** 64 ? (us > 0 ? Math.max(1, Math.round(us)) : 0) : 0
 }
 
 /** The model's instances as Triton's one instance group: on GPU 0 when its sessions run on the GPU. */
