@@ -21,7 +21,8 @@
  *   GPU does, the engine cannot serve this model's requests faster than that here.
  * Every engine contender (and the emulated ones) first runs `--warmup-ms` at 64 outstanding
  * (default 2000, quick 1000): V8 optimises the engine over its first seconds of load, and the
- * first level's blocks measured that (`bench/throughput.ts` warms its contenders too).
+ * first level's blocks measured that (`bench/throughput.ts` warms its contenders too); so does
+ * each model of the `--instances` sweep, at 256.
  * Prints req/s, p50/p99 latency, rows per native run, and the largest difference between the
  * provider's outputs and the CPU session's on the same 8 rows. `--quick` uses a smaller MLP
  * (1024-1024-1024-1000) and short blocks, for a machine without a GPU.
@@ -64,6 +65,7 @@ const sizes = parseSizes(args.options["sizes"], args.quick ? [1024, 1024, 1024, 
 const blockMs = Number(args.options["seconds"] ?? (args.quick ? 1.5 : 4)) * 1000
 const rounds = Number(args.options["rounds"] ?? (args.quick ? 1 : 2))
 const warmupMs = Number(args.options["warmup-ms"] ?? (args.quick ? 1000 : 2000))
+if (!Number.isFinite(warmupMs) || warmupMs < 0) throw new Error(`--warmup-ms must be a number of milliseconds, got ${args.options["warmup-ms"]}`)
 const outstandings = [1, 64, 256]
 const cores = Os.availableParallelism()
 const maxBatchSize = 256
@@ -153,6 +155,7 @@ const instancesSweep = async (onGpu: boolean): Promise<Sweep | { readonly error:
       { maxConcurrentRequests: Math.max(4, ...sweep), maxQueuedRequests: 4096 }
     ))
     try {
+      for (const n of sweep) await oneRowLoad(handle, name(n))(k, warmupMs)
       const results = await alternate(rounds, sweep.map((n) => ({ name: String(n), run: () => oneRowLoad(handle, name(n))(k) })), (_r, n, b) =>
         console.error(`  ${onGpu ? "webgpu" : "emulated"} ${n} instance(s) k=${k}: ${b.reqPerSec.toFixed(0)}/s`), "instances")
       return sweep.map((n) => ({ instances: n, ...summarize(results[String(n)]!) }))

@@ -150,7 +150,7 @@ describe("InferenceClient", () => {
     await client.close()
   })
 
-  it("a batch ending early closes the caller's generator (its finally runs): a break, an abort, or the end", async () => {
+  it("a batch ending early closes the caller's generator (its finally runs): a break, or an abort", async () => {
     const { client } = await fakeClient(() => ({ latency: "5 millis" }), 2)
     const source = (closed: { value: boolean }) =>
       (function*() {
