@@ -234,6 +234,13 @@ describe("NodeInfer.make", () => {
       assert.deepStrictEqual([...new Float32Array(tail.buffer.slice(tail.byteOffset, tail.byteOffset + tail.length))], [3, -4, 0, 8])
       const badSplit = yield* post("/v2/models/echo/infer", json, { "inference-header-content-length": "99999" })
       assert.strictEqual(badSplit.status, 400)
+      // A header as long as the whole body: all JSON, no binary part (tritonclient sends this).
+      const whole = yield* post("/v2/models/echo/infer", json, { "inference-header-content-length": String(Buffer.byteLength(json)) })
+      assert.strictEqual(whole.status, 200, whole.body.toString())
+      // An output asked for twice is answered once.
+      const twice = yield* post("/v2/models/echo/infer", JSON.stringify({ ...echoBody, outputs: [{ name: "y" }, { name: "y" }] }))
+      assert.strictEqual(twice.status, 200, twice.body.toString())
+      assert.deepStrictEqual(JSON.parse(twice.body.toString()).outputs.map((o: { name: string }) => o.name), ["y"])
 
       assert.strictEqual(lifecycle.inFlight(), 0, "every request left the in-flight count")
       assert.deepStrictEqual(defects, [])
@@ -507,6 +514,9 @@ describe("NodeInfer.priorityHint", () => {
     ['{"parameters":{"priority":\n 2}}', 1],
     ['{"parameters":{"priority":0}}', 2],
     ['{"parameters":{"priority":10}}', 2],
+    // Past the four levels: the fallback (a rank past Low would index no queue).
+    ['{"parameters":{"priority":5}}', 2],
+    ['{"parameters":{"priority":9}}', 2],
     ['{"parameters":{"priority":-1}}', 2],
     ['{"parameters":{"priority":"1"}}', 2],
     ['{"inputs":[]}', 2],
