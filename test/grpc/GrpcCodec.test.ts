@@ -257,6 +257,21 @@ describe("GrpcCodec.inferRequestProblem", () => {
     assert.isUndefined(tooLarge(encode({ inputs: [{ name: "x", datatype: "FP32", shape: ["2"], contents: { fp32_contents: [1, 2] } }] })))
   })
 
+  it("counts every kind of entry and value: request parameters, bytes contents, the largest rank of any input, and the entries bound exactly", () => {
+    // 4 096 entries pass, one more does not; request parameters count among them.
+    const entries = (inputs: number, parameters: number) =>
+      encode({ model_name: "m", inputs: Array.from({ length: inputs }, () => ({})), parameters: Object.fromEntries(Array.from({ length: parameters }, (_, i) => [`p${i}`, { bool_param: true }])) })
+    assert.isUndefined(tooLarge(entries(GrpcCodec.maxInferEntries - 2, 2)))
+    assert.match(tooLarge(entries(GrpcCodec.maxInferEntries - 2, 3)) ?? "", /holds 4097 inputs/)
+    // bytes_contents (field 8 of contents): each element is a value.
+    const bytes = lengthDelimited(5, lengthDelimited(5, Buffer.concat(Array.from({ length: GrpcCodec.maxInferValues + 1 }, () => Buffer.from([0x42, 0x00])))))
+    assert.match(tooLarge(bytes) ?? "", /holds 1048577 tensor values/)
+    // The rank bound holds for every input, not only the last.
+    const deep = lengthDelimited(5, lengthDelimited(3, Buffer.alloc(GrpcCodec.maxInferRank + 1, 1)))
+    const flat = lengthDelimited(5, lengthDelimited(3, Buffer.alloc(2, 1)))
+    assert.strictEqual(tooLarge(Buffer.concat([deep, flat])), "an input's shape has 65 dims; at most 64")
+  })
+
   it("the tolerant deserializer answers such a request Undecodable, before decoding it", () => {
     const tolerant = GrpcCodec.tolerantRequests(service)
     const inputs = encode({ model_name: "m", inputs: Array.from({ length: GrpcCodec.maxInferEntries + 1 }, () => ({})) })
