@@ -486,6 +486,23 @@ describe("ModelInfer", () => {
       assert.isUndefined((yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))).error)
     }))
 
+  it.live("an answer over grpc-js's default 4 MiB is sent: the server sets no send limit (its receive limit is --max-body-bytes)", () =>
+    Effect.gen(function*() {
+      const { address } = yield* makeHarness({ maxMessageBytes: 16 * 1024 * 1024 })
+      const ctor = (Grpc.loadPackageDefinition(definitions) as any).inference.GRPCInferenceService
+      const client = new ctor(address, Grpc.credentials.createInsecure(), { "grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1 })
+      const rows = 5 * 1024 * 1024 / 16 // 5 MiB of FP32 in, the same out
+      const answer = yield* Effect.callback<{ error: Grpc.ServiceError | null; response: any }>((resume) => {
+        client.ModelInfer(
+          { model_name: "echo", inputs: [{ name: "x", datatype: "FP32", shape: [rows, 4] }], raw_input_contents: [Buffer.alloc(rows * 16)] },
+          (error: Grpc.ServiceError | null, response: any) => resume(Effect.succeed({ error, response }))
+        )
+      })
+      client.close()
+      assert.isNull(answer.error, answer.error?.details)
+      assert.strictEqual(answer.response.raw_output_contents[0].length, rows * 16)
+    }))
+
   it.live("an undecodable message on a stream answers its error_message; the requests before and after it are answered and the stream ends OK", () =>
     Effect.gen(function*() {
       const { address } = yield* makeHarness()
