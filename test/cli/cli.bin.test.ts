@@ -265,6 +265,19 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.deepStrictEqual(outputLines(output).map((o) => o.line), Array.from({ length: 300 }, (_, i) => i + 1))
   }, 60_000)
 
+  it("the summary counts every record that did not succeed as failed: timed out included", async () => {
+    const input = Path.join(dir, "timeouts.ndjson")
+    const timedOut = JSON.stringify({ inputs: [{ name: "input", datatype: "FP32", shape: [1, 784], data: new Array(784).fill(0.5) }], parameters: { timeout: 1 } })
+    Fs.writeFileSync(input, [mlpRecord(1), timedOut, mlpRecord(2)].join("\n") + "\n")
+    const output = Path.join(dir, "timeouts.out.ndjson")
+    const result = await run(["infer", "--model", "mlp", "--input", input, "--output", output, "--models", models, "--progress", "plain"])
+    assert.strictEqual(result.code, 0, result.stderr)
+    const lines = outputLines(output)
+    assert.strictEqual(lines.length, 3)
+    assert.isDefined(lines[1]!.error, JSON.stringify(lines[1]))
+    assert.match(result.stderr, /done: 3 records .*1 failed/)
+  }, 60_000)
+
   it("perf fails when the reader of its results (standard output) goes away: its product is lost", async () => {
     const { child, done } = start(["perf", "--model", "mlp", "--models", models, "--concurrency", "1", "--duration", "0.3", "--warmup", "0", "--json"])
     child.stdout!.destroy()
