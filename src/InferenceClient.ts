@@ -57,7 +57,7 @@ export interface Options<PE = unknown> {
   readonly repository?: string | undefined
   /** Engine settings over `AsyncConfig.defaults`. */
   readonly config?: Partial<AsyncConfig.AsyncConfig> | undefined
-  /** Defaults for models without a config.json (instances, execution providers, threads). */
+  /** Defaults for models without a config.json (instances, execution providers, threads), within config.json's bounds: else `make` rejects with a RepositoryError naming the field. */
   readonly modelDefaults?: Partial<ModelRepository.Defaults> | undefined
   /** Where telemetry goes. Default `TelemetryCollector.layer` (Effect Metrics). */
   readonly telemetry?: Layer.Layer<TelemetryCollector> | undefined

@@ -30,7 +30,10 @@ export const bundledModels: string = ModelRepository.bundled
 export interface PoolOptions<PE = unknown> {
   /** The repository root (see `ModelRepository`). Default: `bundledModels`. */
   readonly repository?: string | undefined
-  /** Defaults for models without a config.json. */
+  /**
+   * Defaults for models without a config.json, within config.json's bounds (`instances` 1–64, …):
+   * an invalid one fails the layer with a RepositoryError naming it (`ModelRepository.defaultsProblem`).
+   */
   readonly modelDefaults?: Partial<ModelRepository.Defaults> | undefined
   /** Triton's model control mode (the server's `--model-control-mode`); default none. */
   readonly modelControl?: "none" | "explicit" | undefined

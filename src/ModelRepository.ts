@@ -271,6 +271,30 @@ export interface ModelConfig {
 
 export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests">
 
+/** The operator's defaults (`scan`'s `defaults`) checked as config.json's fields are. */
+const DefaultsSchema = Schema.Struct({
+  instances: configFields.instances,
+  executionProviders: configFields.executionProviders,
+  intraOpNumThreads: configFields.intraOpNumThreads,
+  interOpNumThreads: configFields.interOpNumThreads,
+  isolation: configFields.isolation,
+  killGraceMs: configFields.killGraceMs,
+  loadTimeoutMs: configFields.loadTimeoutMs,
+  defaultPriority: configFields.defaultPriority
+})
+
+/**
+ * What is wrong with defaults given in code (`Live.layer`'s `modelDefaults`), on one line, or
+ * undefined: the same bounds as config.json's (`instances` 1–64, …), unknown keys refused, a key
+ * set to undefined taken as unset. Types let `instances: 0` through; it stopped every model's load
+ * with a defect.
+ */
+export const defaultsProblem = (overrides: Partial<Defaults>): string | undefined => {
+  const given = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined))
+  const decoded = Schema.decodeUnknownResult(DefaultsSchema)(given, { onExcessProperty: "error" })
+  return decoded._tag === "Failure" ? `invalid model defaults: ${decoded.failure.message.replace(/\n\s*/g, " ")}` : undefined
+}
+
 /** Instances per model by default: 1 on up to 3 cores, 2 from 4 cores (more than the cores only slows runs down). */
 export const defaultInstances = (cores: number = Os.availableParallelism()): number => (cores >= 4 ? 2 : 1)
 
@@ -790,6 +814,8 @@ export const scan = (
 ): Effect.Effect<ModelRepository, RepositoryError> =>
   Effect.tryPromise({
     try: async () => {
+      const invalidDefaults = defaultsProblem(options.defaults ?? {})
+      if (invalidDefaults !== undefined) throw new Error(invalidDefaults)
       const realRoot = await Fs.realpath(root)
       const dirents = await Fs.readdir(realRoot, { withFileTypes: true })
       const names = dirents.map((d) => d.name).filter((n) => !n.startsWith(".")).sort()

@@ -288,6 +288,17 @@ describe("ModelRepository", () => {
         assert.match(repository.ignored[0]!.reason, /^Triton's model configuration is not read here: .* write them as config\.json/)
       }))
 
+    it.effect("refuses defaults given in code that config.json could not hold (instances 0 stopped every load with a defect), naming the field", () =>
+      Effect.gen(function*() {
+        const root = yield* tempRepository({ "m/model.onnx": onnx })
+        for (const [defaults, field] of [[{ instances: 0 }, "instances"], [{ instances: 1.5 }, "instances"], [{ loadTimeoutMs: -5 }, "loadTimeoutMs"], [{ intraOpNumThreads: 0 }, "intraOpNumThreads"]] as const) {
+          const error = yield* Effect.flip(ModelRepository.scan(root, { defaults }))
+          assert.match(error.message, new RegExp(`invalid model defaults: .*\\["${field}"\\]`), JSON.stringify(defaults))
+        }
+        // A key set to undefined is unset, as in config.json's absence.
+        assert.strictEqual(entry(yield* ModelRepository.scan(root, { defaults: { instances: undefined } as never }), "m", "1")._tag, "Found")
+      }))
+
     it("versionConflicts names every directory of a number that several share", () => {
       assert.deepStrictEqual([...ModelRepository.versionConflicts(["1", "2", "3"])], [])
       assert.deepStrictEqual([...ModelRepository.versionConflicts(["0", "00", "000", "5"]).keys()], ["0", "00", "000"])
