@@ -46,6 +46,12 @@ export interface AsyncConfig {
   readonly aging?: QueuePolicy.Aging | undefined
 }
 
+/**
+ * Settings given in code over the defaults: any subset, a key set to undefined keeping its default
+ * (as `Partial<AsyncConfig>`, and so under `exactOptionalPropertyTypes` too: `maxConcurrentRequests: fromEnv`).
+ */
+export type Overrides = { readonly [K in keyof AsyncConfig]?: AsyncConfig[K] | undefined }
+
 export const defaults: AsyncConfig = {
   maxConcurrentRequests: 4,
   maxQueuedRequests: 100,
@@ -91,7 +97,7 @@ const Settings = Schema.Struct({
  * unknown one too (`aging.Lwo`: plain JavaScript would otherwise run on the defaults, without
  * aging); `describeError` puts it on one line.
  */
-export const validate = (overrides: Partial<AsyncConfig> = {}): Result.Result<AsyncConfig, Schema.SchemaError> => {
+export const validate = (overrides: Overrides = {}): Result.Result<AsyncConfig, Schema.SchemaError> => {
   const merged: Record<string, unknown> = { ...defaults }
   for (const [key, value] of Object.entries(overrides)) if (value !== undefined) merged[key] = value
   return Result.map(Schema.decodeUnknownResult(Settings)(merged, { errors: "all", reportInput: true, onExcessProperty: "error" }), () => merged as unknown as AsyncConfig)
@@ -141,7 +147,7 @@ export class AsyncConfigService extends Context.Service<AsyncConfigService, Asyn
   /** From the environment (see the module doc), defaults for what is unset. */
   static readonly layerConfig = Layer.effect(AsyncConfigService, config)
   /** `overrides` over the defaults; fails with a ConfigError naming an invalid setting (see `validate`). */
-  static readonly layerWith = (overrides: Partial<AsyncConfig>): Layer.Layer<AsyncConfigService, Config.ConfigError> =>
+  static readonly layerWith = (overrides: Overrides): Layer.Layer<AsyncConfigService, Config.ConfigError> =>
     Layer.effect(
       AsyncConfigService,
       Effect.mapError(Effect.fromResult(validate(overrides)), (e) => new Config.ConfigError(e))

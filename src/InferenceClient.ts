@@ -56,7 +56,7 @@ export interface Options<PE = unknown> {
   /** The model repository root (see `ModelRepository`). Default: `bundledModels`. */
   readonly repository?: string | undefined
   /** Engine settings over `AsyncConfig.defaults`. */
-  readonly config?: Partial<AsyncConfig.AsyncConfig> | undefined
+  readonly config?: AsyncConfig.Overrides | undefined
   /** Defaults for models without a config.json (instances, execution providers, threads), within config.json's bounds: else `make` rejects with a RepositoryError naming the field. */
   readonly modelDefaults?: Partial<ModelRepository.Defaults> | undefined
   /** Where telemetry goes. Default `TelemetryCollector.layer` (Effect Metrics). */

@@ -14,7 +14,7 @@
  * @module Live
  */
 import { type Config, Effect, Layer, Metric, References } from "effect"
-import { type AsyncConfig, AsyncConfigService, config as asyncConfigFromEnv } from "./AsyncConfig.ts"
+import { type AsyncConfig, AsyncConfigService, config as asyncConfigFromEnv, type Overrides as AsyncConfigOverrides } from "./AsyncConfig.ts"
 import { AsyncInferenceEngine } from "./Engine.ts"
 import type { ModelPool } from "./ModelPool.ts"
 import * as ModelRepository from "./ModelRepository.ts"
@@ -53,7 +53,7 @@ export interface TelemetryOptions<T extends TelemetryCollector = TelemetryCollec
 
 export interface Options<T extends TelemetryCollector = TelemetryCollector, PE = unknown> extends PoolOptions<PE>, TelemetryOptions<T> {
   /** Engine settings over `AsyncConfig.defaults`. */
-  readonly config?: Partial<AsyncConfig> | undefined
+  readonly config?: AsyncConfigOverrides | undefined
   /** Export traces and metrics over OTLP; traced only then. */
   readonly otel?: Otel.Options | undefined
 }

@@ -27,7 +27,7 @@ export interface ModelStatus {
   readonly version: string
   readonly state: "READY" | "UNAVAILABLE"
   /** Why it is unavailable. */
-  readonly reason?: string
+  readonly reason?: string | undefined
 }
 
 /** The options of `Service.run`. */
@@ -75,10 +75,12 @@ export interface Service {
    * `metadata` without an Effect, for the engine's admission path: the metadata, or the
    * error `metadata` would fail with. Optional: without it the engine runs `metadata`.
    */
-  readonly metadataUnsafe?: (
-    modelId: string,
-    version?: string
-  ) => ModelMetadata.ModelMetadata | InferenceError.ModelNotFound | InferenceError.ModelUnavailable
+  readonly metadataUnsafe?:
+    | ((
+      modelId: string,
+      version?: string
+    ) => ModelMetadata.ModelMetadata | InferenceError.ModelNotFound | InferenceError.ModelUnavailable)
+    | undefined
   /**
    * Runs `inputs` (already validated) on a free instance of the model, waiting in FIFO order
    * when every instance is busy. Interrupting a run that has begun returns at once; the
@@ -99,11 +101,13 @@ export interface Service {
    * of the result is that run's outcome; the Effect fails (RunFailed) only when the whole job
    * does (the instance died). The engine uses it for models that do not batch.
    */
-  readonly runGroup?: (
-    modelId: string,
-    inputs: ReadonlyArray<Tensor.TensorMap>,
-    options: RunOptions
-  ) => Effect.Effect<ReadonlyArray<Exit.Exit<RunOutput, InferenceError.RunFailed>>, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>
+  readonly runGroup?:
+    | ((
+      modelId: string,
+      inputs: ReadonlyArray<Tensor.TensorMap>,
+      options: RunOptions
+    ) => Effect.Effect<ReadonlyArray<Exit.Exit<RunOutput, InferenceError.RunFailed>>, InferenceError.RunFailed | InferenceError.ModelNotFound | InferenceError.ModelUnavailable>)
+    | undefined
   /** Every model in the repository with its state. */
   readonly models: Effect.Effect<ReadonlyArray<ModelStatus>>
   /**

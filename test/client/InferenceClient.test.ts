@@ -264,6 +264,15 @@ describe("InferenceClient", () => {
     }
   })
 
+  it("a config key set to undefined keeps its default (typed so under exactOptionalPropertyTypes: a value read from the environment may be missing)", async () => {
+    const fromEnv: number | undefined = process.env["EFFECT_ONNX_TEST_UNSET"] === undefined ? undefined : 1
+    const fake = Effect.runSync(makeFake(() => ({ latency: "1 millis" })))
+    const client = await InferenceClient.make({ modelPool: fake.layer, config: { maxConcurrentRequests: fromEnv, maxQueuedRequests: 7 } })
+    assert.strictEqual(client.config.maxConcurrentRequests, 4)
+    assert.strictEqual(client.config.maxQueuedRequests, 7)
+    await client.close()
+  })
+
   it("close rejects a grace that is not a duration, or is negative or NaN, with a TypeError and closes nothing", async () => {
     const { client } = await fakeClient(() => ({ latency: "1 millis" }))
     for (const grace of ["abc", Number.NaN, -1000, "-1 seconds"] as const) {

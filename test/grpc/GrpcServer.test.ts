@@ -750,8 +750,11 @@ describe("ModelStreamInfer", () => {
     Effect.gen(function*() {
       // A pool that returns fewer outputs than `multi` declares: answering it dies.
       const inner = yield* makeTestPool({ slowLatency: "100 millis" })
+      // A decorator forwards the optional members as they are (typed `| undefined`, so this compiles under exactOptionalPropertyTypes).
       const pool = ModelPool.of({
         ...inner.pool,
+        metadataUnsafe: inner.pool.metadataUnsafe,
+        runGroup: inner.pool.runGroup,
         run: (modelId, inputs, options) =>
           Effect.map(inner.pool.run(modelId, inputs, options), (out) => (modelId === "multi" ? { ...out, outputs: { sum: out.outputs["sum"]! } } : out))
       })
