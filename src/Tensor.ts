@@ -37,12 +37,19 @@ export interface DataTypeToArray {
 
 export type TensorData = DataTypeToArray[DataType]
 
-export interface Tensor<T extends DataType = DataType> {
+/** One element type's tensor (`Tensor` distributes over the element types, so checking `dtype` narrows `data`). */
+export interface TensorOf<T extends DataType> {
   readonly dtype: T
   /** Row-major dimensions; every entry a non-negative integer. */
   readonly dims: ReadonlyArray<number>
   readonly data: DataTypeToArray[T]
 }
+
+/**
+ * A tensor of element type `T`; of any element type by default, as a union over them, so that
+ * `if (t.dtype === "float32")` makes `t.data` a Float32Array.
+ */
+export type Tensor<T extends DataType = DataType> = T extends DataType ? TensorOf<T> : never
 
 /** Input or output name → tensor. */
 export type TensorMap = Readonly<Record<string, Tensor>>
@@ -51,7 +58,7 @@ export const make = <T extends DataType>(dtype: T, data: DataTypeToArray[T], dim
   dtype,
   dims,
   data
-})
+}) as TensorOf<T> as Tensor<T>
 
 export const float32 = (data: Float32Array | ReadonlyArray<number>, dims: ReadonlyArray<number>): Tensor<"float32"> =>
   make("float32", data instanceof Float32Array ? data : Float32Array.from(data), dims)

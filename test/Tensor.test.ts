@@ -48,3 +48,21 @@ describe("Tensor.recycle", () => {
     assert.isTrue(fresh.every((x) => x === 0))
   })
 })
+
+describe("Tensor", () => {
+  it("checking a tensor's dtype narrows its data (the type is a union over the element types)", () => {
+    const tensors: ReadonlyArray<Tensor.Tensor> = [Tensor.float32([1.5], [1]), Tensor.int64([2n], [1])]
+    const seen: Array<string> = []
+    for (const t of tensors) {
+      // Each branch compiles only if `data` narrowed with `dtype`.
+      if (t.dtype === "float32") {
+        const data: Float32Array = t.data
+        seen.push(`f32 ${data[0]}`)
+      } else if (t.dtype === "int64") {
+        const data: BigInt64Array = t.data
+        seen.push(`i64 ${data[0]}`)
+      }
+    }
+    assert.deepStrictEqual(seen, ["f32 1.5", "i64 2"])
+  })
+})

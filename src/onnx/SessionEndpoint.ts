@@ -150,7 +150,8 @@ const fromResults = (results: ort.InferenceSession.ReturnType): { outputs: Recor
       seen.add(buffer)
       transfer.push(buffer)
     }
-    outputs[name] = { dtype: tensor.type, dims: [...tensor.dims], data }
+    // onnxruntime's data is of the tensor's type.
+    outputs[name] = { dtype: tensor.type, dims: [...tensor.dims], data } as Tensor.Tensor
   }
   return { outputs, transfer }
 }
