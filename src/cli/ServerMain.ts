@@ -33,6 +33,7 @@ import { ModelPool } from "../ModelPool.ts"
 import * as InstancePool from "../onnx/InstancePool.ts"
 import * as ProcessHost from "../onnx/ProcessHost.ts"
 import * as Cli from "./CliCommon.ts"
+import * as LogFormat from "./LogFormat.ts"
 
 const packageJson = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { name: string; version: string }
 
@@ -45,7 +46,7 @@ export const orphanPollMs = 500
  * parent's exit raises SIGTERM on this process so that it takes the same path, unless a stop has
  * begun (then it is no second signal). The second exits at once with `onForce`'s line.
  */
-const watchStops = (onForce: () => string) =>
+const watchStops = (onForce: () => string, format: LogFormat.LogFormat) =>
   Effect.acquireRelease(
     Effect.sync(() => {
       let stops = 0
@@ -53,7 +54,7 @@ const watchStops = (onForce: () => string) =>
         stops++
         Cli.markStoppedBySignal()
         if (stops < 2) return
-        process.stderr.write(`${new Date().toISOString()} second ${signal}: exiting now without draining; ${onForce()}\n`)
+        process.stderr.write(`${LogFormat.immediateLine(format, "WARN", `second ${signal}: exiting now without draining; ${onForce()}`)}\n`)
         // Ends by the signal's default action (status 128 + its number): process.exit would first
         // wait for a worker thread's native run to return, then abort (134). That runs no "exit"
         // handler, so the session processes (which ignore the group's signals) are killed first.
@@ -72,8 +73,8 @@ const watchStops = (onForce: () => string) =>
         clearInterval(timer)
         // Already stopping (Ctrl-C on `npm start` signals npm and the server both): the drain goes
         // on; raising SIGTERM would count as a second signal and cut it short.
-        if (stops > 0) return void process.stderr.write(`${new Date().toISOString()} parent process ${parent} is gone; the drain goes on\n`)
-        process.stderr.write(`${new Date().toISOString()} parent process ${parent} is gone: draining as on SIGTERM\n`)
+        if (stops > 0) return void process.stderr.write(`${LogFormat.immediateLine(format, "INFO", `parent process ${parent} is gone; the drain goes on`)}\n`)
+        process.stderr.write(`${LogFormat.immediateLine(format, "WARN", `parent process ${parent} is gone: draining as on SIGTERM`)}\n`)
         process.kill(process.pid, "SIGTERM")
       }, orphanPollMs)
       timer.unref()
@@ -204,5 +205,7 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
 
   // Tracing and OTLP export are decided by Live.layerConfig (traced only when exporting).
   // The stops are watched from before the models load: a signal or the parent's exit then stops the start.
-  return Effect.scoped(Effect.andThen(watchStops(() => abandoned()), Effect.ensuring(main, Cli.awaitLeftRunning(() => abandoned = leftRunningText))))
+  return Effect.scoped(Effect.andThen(watchStops(() => abandoned(), config.logFormat), Effect.ensuring(main, Cli.awaitLeftRunning(() => abandoned = leftRunningText)))).pipe(
+    LogFormat.withFormat(config.logFormat)
+  )
 }

@@ -20,6 +20,7 @@
  * | `--strict-readiness BOOL` | `STRICT_READINESS` | true: not ready while any model is unavailable (Triton's) |
  * | `--exit-on-error BOOL` | `EXIT_ON_ERROR` | false: exit 1 at start when a model fails to load (Triton's flag; Triton defaults it to true) |
  * | `--metrics-format F` | `METRICS_FORMAT` | `default`; `triton` also exposes Triton's `nv_inference_*` names |
+ * | `--log-format F` | `LOG_FORMAT` | `text`; `json`: one JSON object a log line (`cli/LogFormat`) |
  *
  * To add an option: one row in `options`, one field in `ServerConfig` and `defaults`.
  *
@@ -56,6 +57,8 @@ export interface ServerConfig {
   readonly exitOnError: boolean
   /** `triton`: /metrics also carries Triton's `nv_inference_*` families. */
   readonly metricsFormat: MetricsFormat
+  /** `json`: one JSON object a log line, for a log collector. */
+  readonly logFormat: "text" | "json"
   /** Threads that decode large JSON inference bodies while the main thread has a queue of them (`Routes.Options.decodeThreads`). */
   readonly decodeThreads: number
 }
@@ -76,6 +79,7 @@ export const defaults: ServerConfig = {
   strictReadiness: true,
   exitOnError: false,
   metricsFormat: "default",
+  logFormat: "text",
   decodeThreads: 0
 }
 
@@ -101,6 +105,7 @@ const StreamOrder = Schema.Literals(["completion", "request"])
 const Seconds = decimal(true).check(Schema.isFinite(), Schema.isBetween({ minimum: 0, maximum: 24 * 3600 }))
 const Bool = Schema.Literals(["true", "false", "1", "0", "yes", "no", "on", "off"])
 const Format = Schema.Literals(["default", "triton"])
+const LogFormat = Schema.Literals(["text", "json"])
 const Threads = decimal(false).check(Schema.isInt(), Schema.isBetween({ minimum: 0, maximum: 64 }))
 
 /** One option: its flag, its variable, how it reads, and where it goes in `ServerConfig`. */
@@ -212,6 +217,14 @@ export const options: ReadonlyArray<Option> = [
     metavar: "FORMAT",
     description: "default: inference_* families; triton: Triton's nv_inference_* names too, for existing dashboards (default default)",
     decode: withSchema(Format)
+  },
+  {
+    key: "logFormat",
+    flag: "log-format",
+    variable: "LOG_FORMAT",
+    metavar: "FORMAT",
+    description: "text: a line a log event; json: one JSON object a line (time, level, message, fiber, cause), for a log collector (default text)",
+    decode: withSchema(LogFormat)
   },
   {
     key: "decodeThreads",

@@ -39,6 +39,7 @@ describe("ServerConfig", () => {
     assert.strictEqual(config.exitOnError, false)
     assert.strictEqual(config.metricsFormat, "default")
     assert.strictEqual(config.grpcStreamOrder, "completion")
+    assert.strictEqual(config.logFormat, "text")
     assert.strictEqual(config.decodeThreads, 0)
   })
 
@@ -89,7 +90,8 @@ describe("ServerConfig", () => {
       [{ models: "" }, {}, "invalid --models \"\""],
       [{ strictReadiness: "maybe" }, {}, "invalid --strict-readiness \"maybe\""],
       [{}, { METRICS_FORMAT: "prometheus" }, "invalid METRICS_FORMAT \"prometheus\""],
-      [{ grpcStreamOrder: "fifo" }, {}, "invalid --grpc-stream-order \"fifo\""]
+      [{ grpcStreamOrder: "fifo" }, {}, "invalid --grpc-stream-order \"fifo\""],
+      [{}, { LOG_FORMAT: "yaml" }, "invalid LOG_FORMAT \"yaml\""]
     ]
     assertRefused(cases)
   })

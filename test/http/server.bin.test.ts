@@ -277,6 +277,37 @@ describe("node src/bin/server.ts", () => {
     assert.notInclude(output, "listening on")
   }, 30_000)
 
+  it("--log-format json writes every log line as one JSON object (time, level, message), the Triton config.pbtxt warning and the drain included", async () => {
+    const triton = Fs.mkdtempSync(Path.join(Os.tmpdir(), "json-logs-"))
+    Fs.mkdirSync(Path.join(triton, "t", "1"), { recursive: true })
+    Fs.copyFileSync(Path.join(bundled, "mlp/model.onnx"), Path.join(triton, "t", "1", "model.onnx"))
+    Fs.writeFileSync(Path.join(triton, "t", "config.pbtxt"), "max_batch_size: 8\n")
+    const running = await startServer(["--port", "0", "--grpc-port", "off", "--models", triton, "--log-format", "json"])
+    try {
+      running.child.kill("SIGTERM")
+      assert.strictEqual(await running.exit, 0, running.output())
+      const lines = running.output().split("\n").filter((l) => l !== "")
+      const parsed = lines.map((l) => {
+        try {
+          return JSON.parse(l) as { time: string; level: string; message: string }
+        } catch {
+          throw new Error(`not a JSON line: ${l}`)
+        }
+      })
+      for (const p of parsed) {
+        assert.match(p.time, /^\d{4}-\d\d-\d\dT/)
+        assert.include(["DEBUG", "INFO", "WARN", "ERROR"], p.level)
+      }
+      const messages = parsed.map((p) => `${p.level} ${p.message}`)
+      assert.isTrue(messages.some((m) => /^INFO listening on http:/.test(m)), messages.join("\n"))
+      assert.isTrue(messages.some((m) => /^WARN model repository: ignoring "t\/config.pbtxt": Triton's model configuration is not read here/.test(m)), messages.join("\n"))
+      assert.isTrue(messages.some((m) => /^INFO drained in \d+ ms/.test(m)), messages.join("\n"))
+    } finally {
+      if (running.child.exitCode === null) running.child.kill("SIGKILL")
+      Fs.rmSync(triton, { recursive: true, force: true })
+    }
+  }, 30_000)
+
   it("an empty repository: a warning at start, and never ready under strict readiness (ready with --strict-readiness false)", async () => {
     const empty = Fs.mkdtempSync(Path.join(Os.tmpdir(), "empty-repo-"))
     const [strict, lenient] = await Promise.all([
