@@ -37,8 +37,7 @@ export interface DataTypeToArray {
 
 export type TensorData = DataTypeToArray[DataType]
 
-/** One element type's tensor (`Tensor` distributes over the element types, so checking `dtype` narrows `data`). */
-export interface TensorOf<T extends DataType> {
+export interface Tensor<T extends DataType = DataType> {
   readonly dtype: T
   /** Row-major dimensions; every entry a non-negative integer. */
   readonly dims: ReadonlyArray<number>
@@ -46,10 +45,10 @@ export interface TensorOf<T extends DataType> {
 }
 
 /**
- * A tensor of element type `T`; of any element type by default, as a union over them, so that
- * `if (t.dtype === "float32")` makes `t.data` a Float32Array.
+ * True when `tensor`'s element type is `dtype`, narrowing its `data` to that type's array:
+ * `if (Tensor.isOf(out, "float32")) out.data` is a Float32Array, no cast.
  */
-export type Tensor<T extends DataType = DataType> = T extends DataType ? TensorOf<T> : never
+export const isOf = <T extends DataType>(tensor: Tensor, dtype: T): tensor is Tensor<T> => tensor.dtype === dtype
 
 /** Input or output name → tensor. */
 export type TensorMap = Readonly<Record<string, Tensor>>
@@ -58,7 +57,7 @@ export const make = <T extends DataType>(dtype: T, data: DataTypeToArray[T], dim
   dtype,
   dims,
   data
-}) as TensorOf<T> as Tensor<T>
+})
 
 export const float32 = (data: Float32Array | ReadonlyArray<number>, dims: ReadonlyArray<number>): Tensor<"float32"> =>
   make("float32", data instanceof Float32Array ? data : Float32Array.from(data), dims)

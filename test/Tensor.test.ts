@@ -49,16 +49,16 @@ describe("Tensor.recycle", () => {
   })
 })
 
-describe("Tensor", () => {
-  it("checking a tensor's dtype narrows its data (the type is a union over the element types)", () => {
+describe("Tensor.isOf", () => {
+  it("narrows a tensor's data by its element type (a type guard: generic code keeps Tensor<T>)", () => {
     const tensors: ReadonlyArray<Tensor.Tensor> = [Tensor.float32([1.5], [1]), Tensor.int64([2n], [1])]
     const seen: Array<string> = []
     for (const t of tensors) {
-      // Each branch compiles only if `data` narrowed with `dtype`.
-      if (t.dtype === "float32") {
+      // Each branch compiles only if `data` narrowed (checked by the type check).
+      if (Tensor.isOf(t, "float32")) {
         const data: Float32Array = t.data
         seen.push(`f32 ${data[0]}`)
-      } else if (t.dtype === "int64") {
+      } else if (Tensor.isOf(t, "int64")) {
         const data: BigInt64Array = t.data
         seen.push(`i64 ${data[0]}`)
       }

@@ -110,7 +110,7 @@ export const inThreadPool = (models: ReadonlyArray<InThreadModel>): Layer.Layer<
             const outputs: Record<string, Tensor.Tensor> = {}
             for (const name in results) {
               const t = results[name]!
-              outputs[name] = { dtype: t.type as Tensor.DataType, dims: t.dims, data: t.data as Tensor.TensorData } as Tensor.Tensor
+              outputs[name] = { dtype: t.type as Tensor.DataType, dims: t.dims, data: t.data as Tensor.TensorData }
             }
             return { outputs, deviceUsed: "cpu" }
           }))

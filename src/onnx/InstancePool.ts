@@ -1146,12 +1146,11 @@ const wireInputs = (state: State, inputs: Tensor.TensorMap, transfer: boolean) =
       continue
     }
     // copied on the way: exact-size first; a SharedArrayBuffer would be shared (thread) or refused (process)
-    // The same element type as `t`'s: a copy of its data.
     wire[name] = {
       dtype: t.dtype,
       dims: t.dims,
       data: ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer ? (data as unknown as { slice: () => Tensor.TensorData }).slice() : Tensor.compact(data)
-    } as Tensor.Tensor
+    }
   }
   return { wire, transfer: moving === undefined || moving.size === 0 ? undefined : [...moving] }
 }

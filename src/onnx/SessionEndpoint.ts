@@ -150,8 +150,7 @@ const fromResults = (results: ort.InferenceSession.ReturnType): { outputs: Recor
       seen.add(buffer)
       transfer.push(buffer)
     }
-    // onnxruntime's data is of the tensor's type.
-    outputs[name] = { dtype: tensor.type, dims: [...tensor.dims], data } as Tensor.Tensor
+    outputs[name] = { dtype: tensor.type, dims: [...tensor.dims], data }
   }
   return { outputs, transfer }
 }
