@@ -58,7 +58,7 @@ export interface Options<PE = unknown> {
   /** Engine settings over `AsyncConfig.defaults`. */
   readonly config?: AsyncConfig.Overrides | undefined
   /** Defaults for models without a config.json (instances, execution providers, threads), within config.json's bounds: else `make` rejects with a RepositoryError naming the field. */
-  readonly modelDefaults?: Partial<ModelRepository.Defaults> | undefined
+  readonly modelDefaults?: ModelRepository.DefaultsOverrides | undefined
   /** Where telemetry goes. Default `TelemetryCollector.layer` (Effect Metrics). */
   readonly telemetry?: Layer.Layer<TelemetryCollector> | undefined
   /** Export traces and metrics over OTLP (`Otel.layer`). Default: no export, and no spans. */

@@ -34,7 +34,7 @@ export interface PoolOptions<PE = unknown> {
    * Defaults for models without a config.json, within config.json's bounds (`instances` 1–64, …):
    * an invalid one fails the layer with a RepositoryError naming it (`ModelRepository.defaultsProblem`).
    */
-  readonly modelDefaults?: Partial<ModelRepository.Defaults> | undefined
+  readonly modelDefaults?: ModelRepository.DefaultsOverrides | undefined
   /** Triton's model control mode (the server's `--model-control-mode`); default none. */
   readonly modelControl?: "none" | "explicit" | undefined
   /** Under explicit model control, the models loaded at start. */

@@ -271,6 +271,13 @@ export interface ModelConfig {
 
 export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests">
 
+/** Defaults given in code over `defaults()`: any subset, a key set to undefined keeping its default. */
+export type DefaultsOverrides = { readonly [K in keyof Defaults]?: Defaults[K] | undefined }
+
+/** `overrides` without the keys set to undefined (which keep their defaults). */
+const givenOverrides = (overrides: DefaultsOverrides): Partial<Defaults> =>
+  Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)) as Partial<Defaults>
+
 /** The operator's defaults (`scan`'s `defaults`) checked as config.json's fields are. */
 const DefaultsSchema = Schema.Struct({
   instances: configFields.instances,
@@ -289,9 +296,8 @@ const DefaultsSchema = Schema.Struct({
  * set to undefined taken as unset. Types let `instances: 0` through; it stopped every model's load
  * with a defect.
  */
-export const defaultsProblem = (overrides: Partial<Defaults>): string | undefined => {
-  const given = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined))
-  const decoded = Schema.decodeUnknownResult(DefaultsSchema)(given, { onExcessProperty: "error" })
+export const defaultsProblem = (overrides: DefaultsOverrides): string | undefined => {
+  const decoded = Schema.decodeUnknownResult(DefaultsSchema)(givenOverrides(overrides), { onExcessProperty: "error" })
   return decoded._tag === "Failure" ? `invalid model defaults: ${decoded.failure.message.replace(/\n\s*/g, " ")}` : undefined
 }
 
@@ -451,12 +457,12 @@ export const defaultIntraOpNumThreads = (instances: number, cores: number = Os.a
  * `defaultIsolation` unless `overrides` names one. `intraOpNumThreads` is the override or 1 here;
  * `scan` derives it from the host (`defaultIntraOpNumThreads`) when neither sets it.
  */
-export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): Effect.Effect<ModelConfig, Schema.SchemaError | UnknownConfigKey> =>
+export const decodeConfig = (json: unknown, overrides: DefaultsOverrides = {}): Effect.Effect<ModelConfig, Schema.SchemaError | UnknownConfigKey> =>
   Effect.suspend((): Effect.Effect<ConfigJson, Schema.SchemaError | UnknownConfigKey> => {
     const unknown = unknownKeys(json)
     return unknown.length > 0 ? Effect.fail(unknown[0]!) : Schema.decodeUnknownEffect(ConfigJson)(json)
   }).pipe(Effect.map((config) => {
-    const base = { ...defaults(), ...overrides }
+    const base = { ...defaults(), ...givenOverrides(overrides) }
     const executionProviders = (config.executionProviders ?? base.executionProviders).map(normalizeProvider)
     return {
       instances: config.instances ?? base.instances,
@@ -482,7 +488,7 @@ export const decodeConfig = (json: unknown, overrides: Partial<Defaults> = {}): 
  */
 export const withHostThreadDefaults = (
   entries: ReadonlyArray<Entry>,
-  overrides: Partial<Defaults>,
+  overrides: DefaultsOverrides,
   cores: number = Os.availableParallelism()
 ): Array<Entry> => {
   if (overrides.intraOpNumThreads !== undefined) return [...entries]
@@ -657,7 +663,7 @@ const utf8Text = (bytes: Uint8Array): string | undefined => {
   }
 }
 
-const readConfig = async (root: string, dir: string, overrides: Partial<Defaults>): Promise<ModelConfig | string> => {
+const readConfig = async (root: string, dir: string, overrides: DefaultsOverrides): Promise<ModelConfig | string> => {
   const read = await readRepositoryFile(root, Path.join(dir, configFileName), maxConfigBytes, "a configuration")
   if (read === "missing") {
     const config = Effect.runSync(decodeConfig({}, overrides))
@@ -768,7 +774,7 @@ export const versionConflicts = (versions: ReadonlyArray<string>): ReadonlyMap<s
   return conflicts
 }
 
-const scanModel = async (root: string, name: string, overrides: Partial<Defaults>): Promise<{ entries: Array<Entry>; ignored: Array<Ignored> }> => {
+const scanModel = async (root: string, name: string, overrides: DefaultsOverrides): Promise<{ entries: Array<Entry>; ignored: Array<Ignored> }> => {
   const dir = Path.join(root, name)
   const realDir = await Fs.realpath(dir)
   if (!inside(root, realDir)) return { entries: [{ _tag: "Unavailable", name, version: "1", reason: `${name}/ resolves outside the model repository` }], ignored: [] }
@@ -810,7 +816,7 @@ const scanModel = async (root: string, name: string, overrides: Partial<Defaults
  */
 export const scan = (
   root: string,
-  options: { readonly defaults?: Partial<Defaults> | undefined; /** For tests: the host's cores (`withHostThreadDefaults`). */ readonly cores?: number | undefined } = {}
+  options: { readonly defaults?: DefaultsOverrides | undefined; /** For tests: the host's cores (`withHostThreadDefaults`). */ readonly cores?: number | undefined } = {}
 ): Effect.Effect<ModelRepository, RepositoryError> =>
   Effect.tryPromise({
     try: async () => {

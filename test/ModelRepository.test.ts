@@ -295,8 +295,12 @@ describe("ModelRepository", () => {
           const error = yield* Effect.flip(ModelRepository.scan(root, { defaults }))
           assert.match(error.message, new RegExp(`invalid model defaults: .*\\["${field}"\\]`), JSON.stringify(defaults))
         }
-        // A key set to undefined is unset, as in config.json's absence.
-        assert.strictEqual(entry(yield* ModelRepository.scan(root, { defaults: { instances: undefined } as never }), "m", "1")._tag, "Found")
+        // A key set to undefined is unset, as in config.json's absence: the defaults apply.
+        const unset = entry(yield* ModelRepository.scan(root, { defaults: { instances: undefined, loadTimeoutMs: undefined, executionProviders: undefined } }), "m", "1")
+        assert.strictEqual(unset._tag, "Found")
+        const config = (unset as ModelRepository.Found).config
+        const base = ModelRepository.defaults()
+        assert.deepStrictEqual([config.instances, config.loadTimeoutMs, config.executionProviders], [base.instances, base.loadTimeoutMs, base.executionProviders])
       }))
 
     it("versionConflicts names every directory of a number that several share", () => {

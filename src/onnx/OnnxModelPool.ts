@@ -51,7 +51,7 @@ export interface Options {
   /** The repository root (see `ModelRepository`). */
   readonly repository: string
   /** Defaults for models without (or with a partial) config.json; otherwise `ModelRepository.defaults()`. */
-  readonly defaults?: Partial<ModelRepository.Defaults> | undefined
+  readonly defaults?: ModelRepository.DefaultsOverrides | undefined
   /**
    * How instances are started, by isolation: default `WorkerHost.transport` and
    * `ProcessHost.transport`. Tests substitute transports whose instances take failure-injecting
