@@ -84,7 +84,7 @@ const latencyBoundariesSeconds = Metric.exponentialBoundaries({ start: 0.00005, 
  * (refused at admission: queue full, shutting down); `cancelled` (the caller went away);
  * `timeout` (deadline exceeded, queue timeout); `invalid` (the request's fault: bad input,
  * unknown model or version, or one not loaded under explicit model control: `outcomeOfReason`);
- * `backend` (the server's or model's fault: a failed run, an unavailable model).
+ * `backend` (the server's or model's fault: a failed run, a model that failed to load or is being unloaded).
  */
 export type RequestOutcome = "success" | "rejected" | "cancelled" | "timeout" | "invalid" | "backend"
 

@@ -16,20 +16,26 @@
  * @module LogFormat
  */
 import { Cause, Effect, Logger, References } from "effect"
+import * as Util from "node:util"
 
 export type LogFormat = "text" | "json"
 
 export const formats: ReadonlyArray<LogFormat> = ["text", "json"]
 
-/** One part of a log call's message as text. */
+/** For JSON.stringify: a BigInt as its digits, an Error by its name, message and stack (JSON writes `{}` for one). */
+const replacer = (_key: string, value: unknown): unknown =>
+  typeof value === "bigint" ? value.toString() : value instanceof Error ? { name: value.name, message: value.message, stack: value.stack } : value
+
+/** One part of a log call's message as text: JSON where it can be, else Node's inspection (a circular object). */
 const partText = (part: unknown): string => {
   if (typeof part === "string") return part
+  if (typeof part === "bigint") return part.toString()
   if (part instanceof Error) return part.stack ?? `${part.name}: ${part.message}`
   try {
-    return JSON.stringify(part) ?? String(part)
+    return JSON.stringify(part, replacer) ?? String(part)
   } catch {
     try {
-      return String(part)
+      return Util.inspect(part, { depth: 4, breakLength: Infinity })
     } catch {
       return "(a value with no text)"
     }
@@ -48,7 +54,7 @@ export const jsonLine = (options: Logger.Options<unknown>, annotations: Readonly
   if (options.cause.reasons.length > 0) line["cause"] = Cause.pretty(options.cause)
   if (Object.keys(annotations).length > 0) line["annotations"] = annotations
   try {
-    return JSON.stringify(line)
+    return JSON.stringify(line, replacer)
   } catch {
     return JSON.stringify({ ...line, annotations: partText(annotations) })
   }
@@ -60,6 +66,18 @@ export const jsonLine = (options: Logger.Options<unknown>, annotations: Readonly
  */
 export const immediateLine = (format: LogFormat, level: "INFO" | "WARN" | "ERROR", text: string, date = new Date()): string =>
   format === "json" ? JSON.stringify({ time: date.toISOString(), level, message: text }) : `${date.toISOString()} ${text}`
+
+/**
+ * grpc-js's own log lines (`E No address added out of total 1 resolved`, which it writes to
+ * standard error with `console.error`) in `format`: as they are for text, as JSON lines of their
+ * level for json. Process-wide (grpc-js has one logger); a no-op for text.
+ */
+export const routeGrpcLog = (format: LogFormat, setLogger: (logger: Partial<Console>) => void): void => {
+  if (format === "text") return
+  const write = (level: "INFO" | "WARN" | "ERROR" | "DEBUG") => (...parts: Array<unknown>) =>
+    void process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level, message: `grpc-js: ${parts.map(partText).join(" ")}` })}\n`)
+  setLogger({ error: write("ERROR"), info: write("INFO"), debug: write("DEBUG") })
+}
 
 /** Writes each log event as a JSON line, to standard output (standard error under `Logger.LogToStderr`). */
 export const jsonLogger: Logger.Logger<unknown, void> = Logger.make((options) => {

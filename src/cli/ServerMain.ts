@@ -17,6 +17,7 @@
  *
  * @module ServerMain
  */
+import * as GrpcJs from "@grpc/grpc-js"
 import { Duration, Effect, Layer } from "effect"
 import { HttpServer } from "effect/http"
 import { readFileSync } from "node:fs"
@@ -158,6 +159,7 @@ const leftRunningText = () => {
 }
 
 export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.ExitCode> => {
+  LogFormat.routeGrpcLog(config.logFormat, GrpcJs.setLogger)
   /** What a second signal abandons: the models being loaded, until the server listens. */
   let abandoned = () => "abandoning the models being loaded"
   const main = Effect.gen(function*() {

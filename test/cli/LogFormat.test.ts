@@ -20,13 +20,33 @@ describe("LogFormat.jsonLine", () => {
     assert.deepStrictEqual(withCause["annotations"], { model: "mlp" })
   })
 
-  it("never fails: a part JSON cannot write (circular, a BigInt) is written as text", () => {
-    const circular: Record<string, unknown> = {}
+  it("never fails, and loses nothing JSON cannot write: BigInts as digits, errors inside objects, a circular object by inspection", () => {
+    const circular: Record<string, unknown> = { n: 1 }
     circular["self"] = circular
-    assert.strictEqual(line(["x", circular]).message, "x [object Object]")
+    assert.strictEqual(line(["x", circular]).message, "x <ref *1> { n: 1, self: [Circular *1] }")
     assert.strictEqual(line(["n", 10n]).message, "n 10")
-    const noText = { toString: () => { throw new Error("no") }, toJSON: () => { throw new Error("no") } }
+    assert.strictEqual(line(["big", { rows: 2n ** 70n }]).message, `big {"rows":"${2n ** 70n}"}`)
+    assert.match(line(["wrapped", { error: new Error("boom") }]).message as string, /^wrapped \{"error":\{"name":"Error","message":"boom","stack":"Error: boom/)
+    assert.deepStrictEqual(line("annotated", Cause.empty, { rows: 3n })["annotations"], { rows: "3" })
+    const noText = { toString: () => { throw new Error("no") }, toJSON: () => { throw new Error("no") }, [Symbol.for("nodejs.util.inspect.custom")]: () => { throw new Error("no") } }
     assert.strictEqual(line(["?", noText]).message, "? (a value with no text)")
+  })
+
+  it("routeGrpcLog: grpc-js's own lines become JSON lines on standard error under json, and are left alone under text", () => {
+    let installed: Partial<Console> | undefined
+    LogFormat.routeGrpcLog("text", (logger) => (installed = logger))
+    assert.isUndefined(installed)
+    LogFormat.routeGrpcLog("json", (logger) => (installed = logger))
+    const written: Array<string> = []
+    const write = process.stderr.write
+    process.stderr.write = ((chunk: string) => (written.push(chunk), true)) as typeof process.stderr.write
+    try {
+      installed!.error!("No address added out of total", 1, "resolved")
+    } finally {
+      process.stderr.write = write
+    }
+    assert.strictEqual(written.length, 1)
+    assert.deepInclude(JSON.parse(written[0]!), { level: "ERROR", message: "grpc-js: No address added out of total 1 resolved" })
   })
 
   it("immediateLine: a forced exit's line in the same format", () => {

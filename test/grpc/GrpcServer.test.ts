@@ -486,7 +486,7 @@ describe("ModelInfer", () => {
       assert.isUndefined((yield* call("ModelInfer", echoRaw([1, 2, 3, 4]))).error)
     }))
 
-  it.live("an answer over grpc-js's default 4 MiB is sent: the server sets no send limit (its receive limit is --max-body-bytes)", () =>
+  it.live("an answer over 4 MiB is sent: the server sets no send limit (its receive limit is --max-body-bytes; a finite send limit would fail this)", () =>
     Effect.gen(function*() {
       const { address } = yield* makeHarness({ maxMessageBytes: 16 * 1024 * 1024 })
       const ctor = (Grpc.loadPackageDefinition(definitions) as any).inference.GRPCInferenceService

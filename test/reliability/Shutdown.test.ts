@@ -343,7 +343,6 @@ describe("stopping the server process", () => {
   }, 45_000)
 })
 
-/** Whether a process of that pid is alive. */
 /** The pids of `pid`'s child processes (Linux: /proc). */
 const childrenOf = (pid: number): Array<number> =>
   Fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d)).flatMap((d) => {
@@ -365,6 +364,7 @@ const runs = (pid: number): boolean => {
   }
 }
 
+/** Whether a process of that pid is alive. */
 const alive = (pid: number): boolean => {
   try {
     process.kill(pid, 0)
