@@ -1,8 +1,9 @@
 /**
- * What the server's process must note (and guard against) the moment it starts, before it loads anything else (the
- * rest of the program takes a second or more to load on a busy machine): its parent, and whether
- * a signal has asked it to stop. No imports, so that an entry point that imports it alone first
- * has it evaluated at once (`bin/server.ts`).
+ * What the server's process must note, or guard against, the moment it starts, before it loads
+ * anything else (the rest of the program takes a second or more to load on a busy machine): its
+ * parent, whether a signal has asked it to stop, and a reader of its output that goes away. No
+ * imports, so that an entry point that imports it alone first has it evaluated at once
+ * (`bin/server.ts`).
  *
  * @module Startup
  */
