@@ -58,8 +58,14 @@ describe("Statistics", () => {
       const [one] = yield* Statistics.report(pool, stats, "m", "01")
       assert.deepStrictEqual([one!.version, one!.execution_count, one!.inference_stats.queue.count], ["1", 1, 1])
       assert.deepStrictEqual((yield* Statistics.report(pool, stats, "m", undefined)).map((t) => t.version), ["1", "2"], "a model's every version, as Triton answers")
+      // Merged with what has no version, a version keeps its own last inference (the later of the two).
+      assert.isAbove(all[1]!.last_inference, 0)
+      assert.strictEqual(all[1]!.last_inference, stats.get("m", "2")!.lastInferenceMs)
       const twoDown = { models: Effect.succeed([{ name: "m", version: "1", state: "READY" }, { name: "m", version: "2", state: "UNAVAILABLE" }]) } as unknown as ModelPool.Service
       assert.deepStrictEqual((yield* Statistics.report(twoDown, stats, "m", undefined)).map((t) => [t.version, t.inference_stats.fail.count]), [["1", 1], ["2", 0]])
+      // A READY version wins over one listed before it that is not, whatever their numbers.
+      const oneDown = { models: Effect.succeed([{ name: "m", version: "1", state: "UNAVAILABLE" }, { name: "m", version: "2", state: "READY" }]) } as unknown as ModelPool.Service
+      assert.deepStrictEqual((yield* Statistics.report(oneDown, stats, "m", undefined)).map((t) => [t.version, t.inference_stats.fail.count]), [["1", 0], ["2", 1]])
     }))
 
   it.effect("counts inferences and batch sizes in rows, as Triton: one run of a 64-row request is 64 inferences of batch size 64", () =>
