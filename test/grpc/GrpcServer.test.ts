@@ -978,6 +978,27 @@ describe("shutdown with open streams", () => {
       assert.strictEqual(status.details, "the server is shutting down")
     }))
 
+  it.live("a stream that owes an answer when the server closes writes it, then ends at once, not cut at the shutdown timeout", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const { client, stats } = yield* makeHarness({ slowLatency: "200 millis" }).pipe(Scope.provide(scope))
+      const stream = client.ModelStreamInfer()
+      const received: Array<any> = []
+      stream.on("data", (m: any) => received.push(m))
+      const ended = new Promise<{ code?: number; details?: string }>((resolve) => {
+        stream.on("error", (e: Grpc.ServiceError) => resolve({ code: e.code, details: e.details }))
+        stream.on("end", () => resolve({}))
+      })
+      stream.write({ ...echoRaw([1, 2, 3, 4]), model_name: "slow", id: "owed" })
+      yield* waitFor(() => stats.started === 1)
+      const [elapsed] = yield* Effect.timed(Scope.close(scope, Exit.void))
+      const status = yield* Effect.promise(() => ended)
+      assert.deepStrictEqual(received.map((m) => [m.infer_response.id, m.error_message]), [["owed", ""]])
+      assert.strictEqual(status.code, Grpc.status.UNAVAILABLE, status.details)
+      // The harness gives calls 1 s to finish; the stream ended once it owed nothing (after the 200 ms run).
+      assert.isBelow(Duration.toMillis(elapsed), 800)
+    }))
+
   it.live("a stream still receiving requests when the server closes ends with UNAVAILABLE too, at once, not cut at the shutdown timeout", () =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
