@@ -694,17 +694,20 @@ export class Scheduler<A> {
 
   /**
    * True when `model` holds its `maxQueued` waiting requests (queued, or in jobs sent ahead),
-   * not counting what its free slots take at the next dispatch (each a batch of up to
-   * `maxBatchSize` requests, or a group of `maxGroup`): a burst that reaches an idle model is
-   * admitted before the pump hands any of it over, and the requests it would run or join into one
-   * batch do not wait.
+   * not counting what the next dispatch takes out of waiting: a job for each idle instance that a
+   * free permit lets run (a batch of up to `maxBatchSize` rows, as many requests as the rows of
+   * those queued allow, or a group of `maxGroup`). A burst that reaches an idle model is admitted
+   * before the pump hands any of it over, and the requests it would run at once do not wait. A job
+   * sent ahead to a busy instance still waits, so pipelined slots take nothing here; nor does an
+   * idle instance without a permit.
    */
   #modelFull(model: Model, waitingElsewhere = 0): boolean {
     const max = model.spec.maxQueued
     if (max === undefined) return false
-    const freeSlots = Math.max(0, this.#slotsOf(model) - model.slots)
-    const takes = freeSlots * (model.spec.batching.enabled ? model.spec.batching.maxBatchSize : model.spec.maxGroup)
-    return model.queued + model.waitingAhead + waitingElsewhere - takes >= max
+    const runnable = Math.min(Math.max(0, model.spec.instances - model.slots), Math.max(0, this.freePermits))
+    const meanRows = model.queued > 0 ? model.queuedRows / model.queued : 1
+    const perJob = model.spec.batching.enabled ? Math.max(1, Math.floor(model.spec.batching.maxBatchSize / meanRows)) : model.spec.maxGroup
+    return model.queued + model.waitingAhead + waitingElsewhere - runnable * perJob >= max
   }
 
   #formingFor(request: Request<A>): Batch<A> | undefined {

@@ -86,25 +86,43 @@ describe("Scheduler", () => {
     const s = make({ maxQueued: 10, maxConcurrent: 1 })
     const flooded = spec("flooded", { maxQueued: 2, depth: 2 })
     const other = spec("other")
-    // Idle, with 2 slots (one instance, a job ahead): a burst of 4 is admitted before any pump,
-    // 2 of it taken at the next dispatch, 2 left waiting: the bound.
-    for (const value of ["f0", "f1", "f2", "f3"]) assert.isDefined(admit(s, value, flooded), value)
-    assert.isUndefined(admit(s, "f4", flooded), "its own bound of 2 is reached")
+    // Idle, with one instance and a job ahead: a burst of 3 is admitted before any pump; the next
+    // dispatch runs one (f0) and sends one ahead (f1), which still waits beside f2: the bound.
+    for (const value of ["f0", "f1", "f2"]) assert.isDefined(admit(s, value, flooded), value)
+    assert.isUndefined(admit(s, "f3", flooded), "its own bound of 2 is reached")
     assert.strictEqual(s.modelFullAt("flooded"), 2)
     assert.isUndefined(s.modelFullAt("other"))
     assert.isFalse(s.isFull(), "the shared queue has room")
     assert.isDefined(admit(s, "o0", other), "another model is not held up by it")
-    // f0 runs, f1 is sent ahead to the busy instance: it still waits, and counts beside f2 and f3.
+    // f0 runs, f1 is sent ahead to the busy instance: it still waits, and counts beside f2.
     const { out, batches } = drainSteps(s)
     assert.deepStrictEqual(out, [["f0"], ["f1"]], "o0 waits for the one permit")
     assert.strictEqual(s.waitingAhead, 1)
-    assert.isUndefined(admit(s, "f4", flooded))
-    // f0's run completes, so f1's job runs: it no longer waits, and a slot is free: f4 finds room.
+    assert.isUndefined(admit(s, "f3", flooded))
+    // f0's run completes, so f1's job runs: it no longer waits: f3 finds room.
     for (const member of batches[0]!.members) s.settle(member)
     s.complete(batches[0]!, 1)
     assert.isUndefined(s.modelFullAt("flooded"))
-    assert.isDefined(admit(s, "f4", flooded))
-    assert.isUndefined(admit(s, "f5", flooded))
+    assert.isDefined(admit(s, "f3", flooded))
+    assert.isUndefined(admit(s, "f4", flooded))
+  })
+
+  it("a model's own bound allows, at an idle model, only what the next dispatch runs at once: batches of the queued requests' rows, and none without a permit", () => {
+    const waitingAfterDispatch = (s: Scheduler.Scheduler<string>, model: Scheduler.ModelSpec, rows: number) => {
+      let admitted = 0
+      for (let i = 0; i < 50; i++) if (admit(s, `r${i}`, model, 0, { rows }) !== undefined) admitted++
+      drainSteps(s)
+      const m = [...s.models()].find((x) => x.spec.key === model.key)!
+      return { admitted, waiting: m.queued + m.waitingAhead }
+    }
+    const batching = { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 8 }
+    // Requests of 4 rows: a batch of 8 rows takes 2 of them, so 3 are admitted, 1 waits.
+    assert.deepStrictEqual(waitingAfterDispatch(make({ maxQueued: 1000, maxConcurrent: 4 }), spec("rows", { maxQueued: 1, batching }), 4), { admitted: 3, waiting: 1 })
+    // Another model holds the only permit: the idle instance runs nothing at once, so only the bound waits.
+    const s = make({ maxQueued: 1000, maxConcurrent: 1 })
+    admit(s, "busy", spec("other"))
+    drainSteps(s)
+    assert.deepStrictEqual(waitingAfterDispatch(s, spec("blocked", { maxQueued: 1, batching }), 1), { admitted: 1, waiting: 1 })
   })
 
   it("a batching model's own bound does not count the requests one free slot's batch takes: a burst at an idle model is batched, not refused", () => {
