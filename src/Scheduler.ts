@@ -18,7 +18,13 @@
  * job crosses the thread boundary), but an instance runs one at a time. A slot that makes an
  * instance busy takes one of `maxConcurrent` permits; a pipelined one does not. So native runs,
  * `Σ min(slots used, instances)`, never exceed `maxConcurrent`, and a forming batch (which holds
- * a slot while it waits for rows) counts as a run.
+ * a slot while it waits for rows) counts as a run. One exception: a reload that changes a model's
+ * `instances` while it has jobs in flight (`model` takes the new spec at once). Raised, the jobs
+ * already sent ahead count as busy without a permit, so until they end the runs may exceed the
+ * bound by them; lowered, the next `complete` gives back the permits beyond the new count while
+ * the old runs go on. Both last only until the jobs dispatched before the reload have ended (a
+ * property campaign found both; the ONNX pool, which pins jobs to the instances that took them
+ * and reports starts, keeps running those jobs one at a time per old instance).
  *
  * Which jobs in flight run. A pool that starts its jobs in the order they were dispatched (one
  * FIFO for its instances) runs the oldest `instances` of them: `complete` infers the starts from
