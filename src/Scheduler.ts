@@ -20,11 +20,13 @@
  * `Σ min(slots used, instances)`, never exceed `maxConcurrent`, and a forming batch (which holds
  * a slot while it waits for rows) counts as a run. One exception: a reload that changes a model's
  * `instances` while it has jobs in flight (`model` takes the new spec at once). Raised, the jobs
- * already sent ahead count as busy without a permit, so until they end the runs may exceed the
- * bound by them; lowered, the next `complete` gives back the permits beyond the new count while
- * the old runs go on. Both last only until the jobs dispatched before the reload have ended (a
- * property campaign found both; the ONNX pool, which pins jobs to the instances that took them
- * and reports starts, keeps running those jobs one at a time per old instance).
+ * already sent ahead count as busy, so until they end the runs may exceed the bound by them;
+ * lowered, the next `complete` gives back the permits beyond the new count while
+ * the old runs go on. Both last only until the jobs dispatched before the reload have ended, and
+ * while raised ones exceed it nothing else starts (their permits are taken at once, past the
+ * bound: `freePermits` goes below 0) (a property campaign found both; the ONNX pool, which pins
+ * jobs to the instances that took them and reports starts, keeps running those jobs one at a time
+ * per old instance).
  *
  * Which jobs in flight run. A pool that starts its jobs in the order they were dispatched (one
  * FIFO for its instances) runs the oldest `instances` of them: `complete` infers the starts from
@@ -285,8 +287,15 @@ export class Scheduler<A> {
       model = { spec, slots: 0, permitsHeld: 0, runs: 0, expectedRunMs: 0, cost: RunCost.make(), arrivals: new RunCost.ArrivalRate(), queuedRows: 0, queued: 0, waitingAhead: 0, forming: new Map(), inFlight: [] }
       this.#models.set(spec.key, model)
     } else if (model.spec !== spec) {
-      // A reloaded model: its new instances and batching apply from now on.
+      // A reloaded model: its new instances and batching apply from now on. Raised instances make
+      // jobs sent ahead busy ones: they take their permits at once, past `maxConcurrent` if need
+      // be, so that nothing else starts until enough runs have ended.
       model.spec = spec
+      const held = Math.min(model.slots, spec.instances)
+      if (held > model.permitsHeld) {
+        this.#permits += held - model.permitsHeld
+        model.permitsHeld = held
+      }
     }
     return model
   }
@@ -647,7 +656,7 @@ export class Scheduler<A> {
     const bySlots = this.#slotsOf(model) - model.slots
     const idleInstances = Math.max(0, model.spec.instances - model.slots)
     const pipelined = bySlots - idleInstances
-    return Math.min(idleInstances, this.freePermits) + pipelined
+    return Math.min(idleInstances, Math.max(0, this.freePermits)) + pipelined
   }
 
   /** `next` may take it now: its model has a slot free, or a batch of its kind is forming (it joins, or sends that batch). */

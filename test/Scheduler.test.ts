@@ -125,6 +125,34 @@ describe("Scheduler", () => {
     assert.deepStrictEqual(waitingAfterDispatch(s, spec("blocked", { maxQueued: 1, batching }), 1), { admitted: 1, waiting: 1 })
   })
 
+  it("a reload that raises a model's instances takes the permits of the jobs already sent ahead at once: nothing else starts until the runs are back under maxConcurrent", () => {
+    const s = make({ maxQueued: 100, maxConcurrent: 2 })
+    const a1 = spec("a", { instances: 1, depth: 3 })
+    for (const value of ["a0", "a1", "a2"]) admit(s, value, a1)
+    admit(s, "b0", spec("b"))
+    const { batches } = drainSteps(s)
+    assert.strictEqual(s.freePermits, 0)
+    // Reloaded with 3 instances: its 3 jobs count as busy (the scheduler's start inference says so).
+    const a3 = spec("a", { instances: 3, depth: 3 })
+    admit(s, "a3", a3)
+    assert.strictEqual(s.freePermits, -2, "over the bound by the jobs sent before the reload")
+    admit(s, "c0", spec("c"))
+    assert.deepStrictEqual(drainSteps(s).out, [["a3"]], "a's own pipelined slot takes a job; c0 gets no permit")
+    const settle = (value: string) => {
+      const batch = batches.find((b) => b.members[0]!.value === value)!
+      for (const member of batch.members) s.settle(member)
+      s.complete(batch, 1)
+    }
+    settle("a0")
+    settle("a1")
+    settle("b0")
+    assert.deepStrictEqual(drainSteps(s).out, [], "a2 and a3 run on two of a's three instances: at the bound")
+    const a2 = batches.find((b) => b.members[0]!.value === "a2")!
+    for (const member of a2.members) s.settle(member)
+    s.complete(a2, 1)
+    assert.deepStrictEqual(drainSteps(s).out, [["c0"]], "under it: c0 starts")
+  })
+
   it("a batching model's own bound does not count the requests one free slot's batch takes: a burst at an idle model is batched, not refused", () => {
     const s = make({ maxQueued: 100, maxConcurrent: 1 })
     const batching = spec("b", { maxQueued: 2, batching: { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 8 } })
