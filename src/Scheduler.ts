@@ -709,20 +709,34 @@ export class Scheduler<A> {
 
   /**
    * True when `model` holds its `maxQueued` waiting requests (queued, or in jobs sent ahead),
-   * not counting what the next dispatch takes out of waiting: a job for each idle instance that a
-   * free permit lets run (a batch of up to `maxBatchSize` rows, as many requests as the rows of
-   * those queued allow, or a group of `maxGroup`). A burst that reaches an idle model is admitted
-   * before the pump hands any of it over, and the requests it would run at once do not wait. A job
-   * sent ahead to a busy instance still waits, so pipelined slots take nothing here; nor does an
-   * idle instance without a permit.
+   * not counting what the next dispatch runs at once: a job for each idle instance that a free
+   * permit lets run, each as large as `#open` makes it (a batch's rows capped as `batchCap` splits
+   * the queued rows over the free slots, taken as requests of the queued ones' mean rows; a group
+   * capped by `groupCap`; one request for a version that no longer batches). A burst that reaches
+   * an idle model is admitted before the pump hands any of it over, and the requests it runs at
+   * once do not wait. A job sent ahead to a busy instance still waits, so pipelined slots take
+   * nothing here; nor does an idle instance without a permit. An estimate: two idle models may
+   * each count the one free permit, a batch filled past a large request may take a few more than
+   * the mean says, and requests of a batching model that have no batch key (which run alone) are
+   * taken as batched until the version is marked `unbatchable`: each can let a model's waiting pass
+   * its bound by up to a batch, never the shared bound.
    */
   #modelFull(model: Model, waitingElsewhere = 0): boolean {
     const max = model.spec.maxQueued
     if (max === undefined) return false
     const runnable = Math.min(Math.max(0, model.spec.instances - model.slots), Math.max(0, this.freePermits))
+    const waiting = model.queued + model.waitingAhead + waitingElsewhere
+    if (runnable === 0) return waiting >= max
+    // The queue as it would be with the request asked about (its rows taken as the mean).
+    const freeSlots = this.#freeSlots(model)
+    const { batching } = model.spec
     const meanRows = model.queued > 0 ? model.queuedRows / model.queued : 1
-    const perJob = model.spec.batching.enabled ? Math.max(1, Math.floor(model.spec.batching.maxBatchSize / meanRows)) : model.spec.maxGroup
-    return model.queued + model.waitingAhead + waitingElsewhere - runnable * perJob >= max
+    const perJob = !batching.enabled
+      ? batchCap(groupCap(model.spec.maxGroup, model.expectedRunMs), model.queued + 1, freeSlots)
+      : this.unbatchable.has(unbatchableKey(model.spec))
+      ? 1
+      : Math.max(1, Math.floor(batchCap(batching.maxBatchSize, model.queuedRows + meanRows, freeSlots) / meanRows))
+    return waiting - runnable * perJob >= max
   }
 
   #formingFor(request: Request<A>): Batch<A> | undefined {

@@ -118,6 +118,14 @@ describe("Scheduler", () => {
     const batching = { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 8 }
     // Requests of 4 rows: a batch of 8 rows takes 2 of them, so 3 are admitted, 1 waits.
     assert.deepStrictEqual(waitingAfterDispatch(make({ maxQueued: 1000, maxConcurrent: 4 }), spec("rows", { maxQueued: 1, batching }), 4), { admitted: 3, waiting: 1 })
+    // A group is capped by the model's run time (groupCap: 1 for a 2 ms model), not maxGroup.
+    const g = make({ maxQueued: 1000, maxConcurrent: 4 })
+    const grouped = spec("grouped", { maxGroup: 8, maxQueued: 1 })
+    g.model(grouped).expectedRunMs = 2
+    assert.deepStrictEqual(waitingAfterDispatch(g, grouped, 1), { admitted: 2, waiting: 1 })
+    // Two slots (a job ahead): a deep burst is split over them (batchCap), and the half sent ahead waits.
+    const d = make({ maxQueued: 1000, maxConcurrent: 4 })
+    assert.isAtMost(waitingAfterDispatch(d, spec("deep", { maxQueued: 1, depth: 2, batching: { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 64 } }), 1).waiting, 1)
     // Another model holds the only permit: the idle instance runs nothing at once, so only the bound waits.
     const s = make({ maxQueued: 1000, maxConcurrent: 1 })
     admit(s, "busy", spec("other"))
