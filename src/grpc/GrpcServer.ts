@@ -31,14 +31,14 @@
  * ModelStreamInfer: every request of the stream goes into the engine as it arrives, at most
  * `maxConcurrentRequests + maxQueuedRequests` outstanding (beyond that the stream is not read,
  * and HTTP/2 flow control holds the client back). Each answer is written as it completes (with
- * `streamOrder` "request", in the order of the requests, as Triton), with `parameters.triton_final_response`
- * true (one answer a request, as Triton marks them); a failed request answers `error_message`
- * (and the stream goes on), also a message that does not decode as protobuf (unary:
- * INVALID_ARGUMENT; grpc-js would end the call). A stream opened with Triton's
- * `triton_grpc_error: true` header ends at its first failed request instead, with that failure's
- * status (`endsOnError`): the answers written before it are those that came before it in the stream's
- * order. When the client half-closes,
- * the stream ends once every answer is written; when it cancels, what is outstanding is cancelled.
+ * `streamOrder` "request", in the order of the requests, as Triton), with
+ * `parameters.triton_final_response` true (one answer a request, as Triton marks them); a failed
+ * request answers `error_message` (and the stream goes on), also a message that does not decode
+ * as protobuf (unary: INVALID_ARGUMENT; grpc-js would end the call). A stream opened with
+ * Triton's `triton_grpc_error: true` header ends at its first failed request instead, with that
+ * failure's status (`endsOnError`): the answers written before it are those that came before it
+ * in the stream's order. When the client half-closes, the stream ends once every answer is
+ * written; when it cancels, what is outstanding is cancelled.
  *
  * The server is a scoped resource: closing the scope shuts it down: a stream that owes no
  * answer ends at once with UNAVAILABLE ("the server is shutting down"), one that does once it has
