@@ -567,22 +567,37 @@ describe("statistics", () => {
     }))
 })
 
+/** A new ModelStreamInfer call, its answers as they come, and its end (rejected on an error status). */
+const openStream = (client: any) => {
+  const stream = client.ModelStreamInfer()
+  const received: Array<any> = []
+  const ended = new Promise<void>((resolve, reject) => {
+    stream.on("data", (m: any) => received.push(m))
+    stream.on("end", () => resolve())
+    stream.on("error", reject)
+  })
+  return { stream, received, ended }
+}
+
+/**
+ * A stream sent, in order: a request to the slow model ("slow"), a fast one ("fast-1"), one for a
+ * model that does not exist ("bad") and another fast one ("fast-2"); the answers as they come.
+ */
+const mixedStream = (client: any) => {
+  const { stream, received, ended } = openStream(client)
+  stream.write({ ...echoRaw([1, 2, 3, 4]), model_name: "slow", id: "slow" })
+  stream.write(echoRaw([1, 1, 1, 1], { id: "fast-1" }))
+  stream.write({ model_name: "nope", id: "bad", inputs: [] })
+  stream.write(echoRaw([2, 2, 2, 2], { id: "fast-2" }))
+  return { stream, received, ended }
+}
+
 describe("ModelStreamInfer", () => {
   it.live("answers in completion order, carries errors in error_message, and ends after the half-close once every answer is sent", () =>
     Effect.gen(function*() {
       const { client, gate } = yield* makeHarness()
       yield* gate.close
-      const stream = client.ModelStreamInfer()
-      const received: Array<any> = []
-      const ended = new Promise<void>((resolve, reject) => {
-        stream.on("data", (m: any) => received.push(m))
-        stream.on("end", () => resolve())
-        stream.on("error", reject)
-      })
-      stream.write({ ...echoRaw([1, 2, 3, 4]), model_name: "slow", id: "slow" })
-      stream.write(echoRaw([1, 1, 1, 1], { id: "fast-1" }))
-      stream.write({ model_name: "nope", id: "bad", inputs: [] })
-      stream.write(echoRaw([2, 2, 2, 2], { id: "fast-2" }))
+      const { stream, received, ended } = mixedStream(client)
       yield* waitFor(() => received.length === 3)
       assert.sameMembers(received.map((m) => m.infer_response.id), ["fast-1", "bad", "fast-2"])
       const bad = received.find((m) => m.infer_response.id === "bad")
@@ -607,17 +622,7 @@ describe("ModelStreamInfer", () => {
     Effect.gen(function*() {
       const { client, gate, stats } = yield* makeHarness({ streamOrder: "request" })
       yield* gate.close
-      const stream = client.ModelStreamInfer()
-      const received: Array<any> = []
-      const ended = new Promise<void>((resolve, reject) => {
-        stream.on("data", (m: any) => received.push(m))
-        stream.on("end", () => resolve())
-        stream.on("error", reject)
-      })
-      stream.write({ ...echoRaw([1, 2, 3, 4]), model_name: "slow", id: "slow" })
-      stream.write(echoRaw([1, 1, 1, 1], { id: "fast-1" }))
-      stream.write({ model_name: "nope", id: "bad", inputs: [] })
-      stream.write(echoRaw([2, 2, 2, 2], { id: "fast-2" }))
+      const { stream, received, ended } = mixedStream(client)
       // The fast ones have run (not held behind the slow one) but wait for its answer to go first.
       yield* waitFor(() => stats.finished === 2)
       stream.end()
@@ -678,13 +683,7 @@ describe("ModelStreamInfer", () => {
   it.live("every answer, a failed one too, says it is its request's last (parameters.triton_final_response true), as Triton's stream does", () =>
     Effect.gen(function*() {
       const { client } = yield* makeHarness()
-      const stream = client.ModelStreamInfer()
-      const received: Array<any> = []
-      const ended = new Promise<void>((resolve, reject) => {
-        stream.on("data", (m: any) => received.push(m))
-        stream.on("end", () => resolve())
-        stream.on("error", reject)
-      })
+      const { stream, received, ended } = openStream(client)
       // tritonclient's async_stream_infer(enable_empty_final_response=True) sends this, then waits
       // for an answer whose triton_final_response is true before it takes the request as done.
       const final = { triton_enable_empty_final_response: { bool_param: true } }
@@ -956,18 +955,24 @@ describe("model control over gRPC", () => {
     }), 60_000)
 })
 
+/** A new ModelStreamInfer call, its answers as they come, and the status it ends with (`{}` for OK). */
+const streamToItsStatus = (client: any) => {
+  const stream = client.ModelStreamInfer()
+  const received: Array<any> = []
+  stream.on("data", (m: any) => received.push(m))
+  const ended = new Promise<{ code?: number; details?: string }>((resolve) => {
+    stream.on("error", (e: Grpc.ServiceError) => resolve({ code: e.code, details: e.details }))
+    stream.on("end", () => resolve({}))
+  })
+  return { stream, received, ended }
+}
+
 describe("shutdown with open streams", () => {
   it.live("closing the server ends an idle stream at once with UNAVAILABLE, without waiting for the shutdown timeout", () =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
       const { client } = yield* makeHarness().pipe(Scope.provide(scope))
-      const stream = client.ModelStreamInfer()
-      const received: Array<any> = []
-      stream.on("data", (m: any) => received.push(m))
-      const ended = new Promise<{ code?: number; details?: string }>((resolve) => {
-        stream.on("error", (e: Grpc.ServiceError) => resolve({ code: e.code, details: e.details }))
-        stream.on("end", () => resolve({}))
-      })
+      const { stream, received, ended } = streamToItsStatus(client)
       stream.write(echoRaw([1, 2, 3, 4], { id: "one" }))
       yield* waitFor(() => received.length === 1)
       const [elapsed] = yield* Effect.timed(Scope.close(scope, Exit.void))
@@ -982,13 +987,7 @@ describe("shutdown with open streams", () => {
     Effect.gen(function*() {
       const scope = yield* Scope.make()
       const { client, stats } = yield* makeHarness({ slowLatency: "200 millis" }).pipe(Scope.provide(scope))
-      const stream = client.ModelStreamInfer()
-      const received: Array<any> = []
-      stream.on("data", (m: any) => received.push(m))
-      const ended = new Promise<{ code?: number; details?: string }>((resolve) => {
-        stream.on("error", (e: Grpc.ServiceError) => resolve({ code: e.code, details: e.details }))
-        stream.on("end", () => resolve({}))
-      })
+      const { stream, received, ended } = streamToItsStatus(client)
       stream.write({ ...echoRaw([1, 2, 3, 4]), model_name: "slow", id: "owed" })
       yield* waitFor(() => stats.started === 1)
       const [elapsed] = yield* Effect.timed(Scope.close(scope, Exit.void))

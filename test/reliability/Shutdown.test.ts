@@ -195,14 +195,10 @@ describe("stopping the server process", () => {
 
   it("Ctrl-C in a terminal (SIGINT to the whole process group) drains: a process-isolated model's session processes finish their runs", async () => {
     // The session processes are in the server's process group, so the signal reaches them too.
-    const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "shutdown-group-"))
+    const repository = processIsolatedSlow("shutdown-group-")
     try {
-      SlowModel.write(repository)
-      Fs.writeFileSync(Path.join(repository, "slow", "config.json"), JSON.stringify({ isolation: "process", batching: { enabled: false } }))
-      const running = server = await startServer(["--models", repository, "--grpc-port", "off"], {}, [], { detached: true })
-      const agent = new Http.Agent()
-      const long = request(running.port, "/v2/models/slow/infer", SlowModel.body(await rowsForRun(running.port, agent, 2000)), agent)
-      await new Promise((r) => setTimeout(r, 400))
+      const { running, agent, long } = await groupLeaderRunning(repository, 2000)
+      server = running
       process.kill(-running.child.pid!, "SIGINT")
       const answer = await long
       const code = await running.exit
@@ -216,14 +212,10 @@ describe("stopping the server process", () => {
   }, 60_000)
 
   it("a second Ctrl-C (the forced exit, no drain) leaves no session process running its job on (they ignore the group's signals while the server is there)", async () => {
-    const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "shutdown-group-forced-"))
+    const repository = processIsolatedSlow("shutdown-group-forced-")
     try {
-      SlowModel.write(repository)
-      Fs.writeFileSync(Path.join(repository, "slow", "config.json"), JSON.stringify({ isolation: "process", batching: { enabled: false } }))
-      const running = server = await startServer(["--models", repository, "--grpc-port", "off"], {}, [], { detached: true })
-      const agent = new Http.Agent()
-      const long = request(running.port, "/v2/models/slow/infer", SlowModel.body(await rowsForRun(running.port, agent, 6000)), agent)
-      await new Promise((r) => setTimeout(r, 400))
+      const { running, agent, long } = await groupLeaderRunning(repository, 6000)
+      server = running
       const children = childrenOf(running.child.pid!)
       assert.isAbove(children.length, 0, running.output())
       process.kill(-running.child.pid!, "SIGINT")
@@ -342,6 +334,26 @@ describe("stopping the server process", () => {
     }
   }, 45_000)
 })
+
+/** A repository of `SlowModel` in process isolation, batching off. */
+const processIsolatedSlow = (prefix: string): string => {
+  const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), prefix))
+  SlowModel.write(repository)
+  Fs.writeFileSync(Path.join(repository, "slow", "config.json"), JSON.stringify({ isolation: "process", batching: { enabled: false } }))
+  return repository
+}
+
+/**
+ * The server on `repository` as the leader of a process group of its own (as a terminal's
+ * foreground job), with one request running on the slow model for about `runMs`.
+ */
+const groupLeaderRunning = async (repository: string, runMs: number) => {
+  const running = await startServer(["--models", repository, "--grpc-port", "off"], {}, [], { detached: true })
+  const agent = new Http.Agent()
+  const long = request(running.port, "/v2/models/slow/infer", SlowModel.body(await rowsForRun(running.port, agent, runMs)), agent)
+  await new Promise((r) => setTimeout(r, 400))
+  return { running, agent, long }
+}
 
 /** The pids of `pid`'s child processes (Linux: /proc). */
 const childrenOf = (pid: number): Array<number> =>
