@@ -22,6 +22,7 @@ import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import * as Server from "../../src/http/Server.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import * as Client from "../http/HttpClient.ts"
+import { freePort } from "../deploy/Tools.ts"
 import { makeTestPool, routeOptions, withFreshMetrics } from "../http/TestApp.ts"
 import { closedLoop, entry, mlpBody, request, root, type Running, startServer, stopServer } from "./ServerProcess.ts"
 import * as SlowModel from "./SlowModel.ts"
@@ -442,17 +443,6 @@ const signalTwice = async (running: Running): Promise<{ readonly code: number | 
   const code = await running.exit
   return { code, exitMs: running.exitedAt()! - secondAt }
 }
-
-/** A TCP port free on 127.0.0.1 a moment ago. */
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const probe = Net.createServer()
-    probe.once("error", reject)
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as Net.AddressInfo
-      probe.close(() => resolve(port))
-    })
-  })
 
 /** Resolves once `condition` holds (checked every 20 ms); rejects after `timeoutMs`. */
 const waitFor = async (condition: () => boolean, timeoutMs: number): Promise<void> => {
