@@ -118,8 +118,9 @@ export interface Service {
   /**
    * Explicit model control (optional: a pool without it cannot load or unload). Loads, or
    * reloads, every version of `name` from the repository as it is on disk now; the versions that
-   * served before keep serving until the new ones are READY, then are released. Fails with
-   * ModelNotFound when the repository has no such model, ModelUnavailable when it cannot load.
+   * served before keep serving until the new ones are READY, then are released. All or nothing:
+   * when any version fails, none of the new ones serves and what served before keeps serving.
+   * Fails with ModelNotFound when the repository has no such model, ModelUnavailable when it cannot load.
    * Loads and unloads of one model take turns; `admit` runs when this load's turn comes, before
    * anything starts, and its failure is the load's (a server that began shutting down meanwhile).
    */

@@ -345,14 +345,47 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
 }
 
 /**
+ * A load in which some version failed, all or nothing as Triton's: none of the new versions
+ * serves (those that loaded are closed). A model that had a version serving keeps every version
+ * as it was (entries and hosts unchanged); one that served nothing lists each new version
+ * UNAVAILABLE, with its own reason or the failed versions'. Fails with the reasons.
+ */
+const refuseLoad = (
+  loader: Loader,
+  state: State,
+  name: string,
+  fresh: ReadonlyArray<ModelRepository.Entry>,
+  states: ReadonlyArray<Loaded>,
+  old: ReadonlyArray<{ readonly version: string; readonly loaded: Loaded | undefined }>,
+  failures: ReadonlyArray<{ readonly version: string; readonly reason: string }>
+): Effect.Effect<never, InferenceError.ModelUnavailable> =>
+  Effect.gen(function*() {
+    yield* Effect.forEach(states, (s) => (s._tag === "Ready" ? release(loader, s.host) : Effect.void), { concurrency: "unbounded", discard: true })
+    const reasons = failures.map((f) => `version ${f.version}: ${f.reason}`).join("; ")
+    const serving = old.filter((o) => o.loaded?._tag === "Ready").map((o) => `version ${o.version}`)
+    if (serving.length > 0) {
+      const keeps = serving.length === 1 ? "keeps" : "keep"
+      yield* Effect.logWarning(`model ${name}: the reload failed, and ${serving.join(", ")} ${keeps} serving as loaded before: ${reasons}`)
+      return yield* new InferenceError.ModelUnavailable({
+        modelId: name,
+        reason: `the reload failed (${reasons}); the version${serving.length === 1 ? "" : "s"} loaded before ${keeps} serving`
+      })
+    }
+    for (const e of ModelRepository.versionsOf(state.repository, name)) state.loaded.delete(key(e.name, e.version))
+    const notLoaded = `not loaded: the load failed (${reasons}), and a load is all or nothing`
+    fresh.forEach((e, i) => state.loaded.set(key(e.name, e.version), states[i]!._tag === "Ready" ? { _tag: "Unavailable", reason: notLoaded } : states[i]!))
+    state.repository = { ...state.repository, entries: [...state.repository.entries.filter((e) => e.name !== name), ...fresh].sort(byNameThenVersion) }
+    return yield* new InferenceError.ModelUnavailable({ modelId: name, reason: fresh.length === 1 ? failures[0]!.reason : reasons })
+  })
+
+/**
  * Scans the repository again and loads `name`'s versions as found; once they are loaded they
  * serve, and the old versions' hosts finish what they run, then close. Runs waiting in an old
  * host (never sent to an instance) move to the same version's new host when it takes the same
  * inputs in the same isolation; otherwise they fail with ModelUnavailable saying the model was
- * reloaded (retryable). As Triton's reload: a version that was serving and fails to load again
- * (its new files broken) keeps serving as it was loaded, its entry and host unchanged, and the
- * load fails with the reason. Fails too when the model is not on disk (nothing changes), or when
- * every version failed to load (those that served none are UNAVAILABLE with the reason).
+ * reloaded (retryable). All or nothing, as Triton's load: when any version fails, none of the
+ * new ones serves, a model that was serving keeps serving as it was loaded (`refuseLoad`), and
+ * the load fails with the reasons. Fails too when the model is not on disk (nothing changes).
  */
 const load = (loader: Loader, state: State, name: string): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable> =>
   Effect.gen(function*() {
@@ -374,43 +407,25 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
     const states = yield* Effect.forEach(fresh, (entry) => loadEntry(loader, entry), { concurrency: "unbounded" })
     // The pool began closing while they loaded: the finalizer closes their hosts, and nothing is swapped.
     yield* refuseClosing
-    const old = ModelRepository.versionsOf(state.repository, name).map((e) => ({ entry: e, version: e.version, loaded: state.loaded.get(key(e.name, e.version)) }))
-    // A version that serves and failed to load again keeps serving as it was (Triton's reload).
-    const kept = new Map<string, { readonly entry: ModelRepository.Entry; readonly reason: string }>()
-    fresh.forEach((e, i) => {
-      const now = states[i]!
-      const before = old.find((o) => o.version === e.version)
-      if (now._tag === "Unavailable" && before?.loaded?._tag === "Ready") kept.set(e.version, { entry: before.entry, reason: now.reason })
-    })
-    const entries = fresh.map((e) => kept.get(e.version)?.entry ?? e)
-    // The swap: the new versions serve from here on; the old hosts finish what they run, then go.
-    for (const e of ModelRepository.versionsOf(state.repository, name)) if (!kept.has(e.version)) state.loaded.delete(key(e.name, e.version))
-    fresh.forEach((e, i) => {
-      if (!kept.has(e.version)) state.loaded.set(key(e.name, e.version), states[i]!)
-    })
-    state.repository = { ...state.repository, entries: [...state.repository.entries.filter((e) => e.name !== name), ...entries].sort(byNameThenVersion) }
+    const old = ModelRepository.versionsOf(state.repository, name).map((e) => ({ version: e.version, loaded: state.loaded.get(key(e.name, e.version)) }))
     state.unloading.delete(name)
+    const failures = fresh.flatMap((e, i) => {
+      const now = states[i]!
+      return now._tag === "Unavailable" ? [{ version: e.version, reason: now.reason }] : []
+    })
+    if (failures.length > 0) return yield* refuseLoad(loader, state, name, fresh, states, old, failures)
+    // The swap: the new versions serve from here on; the old hosts finish what they run, then go.
+    for (const e of ModelRepository.versionsOf(state.repository, name)) state.loaded.delete(key(e.name, e.version))
+    fresh.forEach((e, i) => state.loaded.set(key(e.name, e.version), states[i]!))
+    state.repository = { ...state.repository, entries: [...state.repository.entries.filter((e) => e.name !== name), ...fresh].sort(byNameThenVersion) }
     // A run still waiting in an old host (never sent) moves to the same version's new host, or fails saying why it cannot.
     yield* Effect.forEach(old, ({ loaded, version }) => {
-      if (loaded?._tag !== "Ready" || kept.has(version)) return Effect.void
+      if (loaded?._tag !== "Ready") return Effect.void
       const next = ModelRepository.lookup(state.repository, name, version)
       const now = next === undefined ? undefined : state.loaded.get(key(next.name, next.version))
-      const reason = now === undefined
-        ? `the model was reloaded without version ${version}`
-        : now._tag === "Unavailable"
-        ? `the model was reloaded and version ${version} is UNAVAILABLE: ${now.reason}`
-        : "the model was reloaded while this run waited"
+      const reason = now === undefined ? `the model was reloaded without version ${version}` : "the model was reloaded while this run waited"
       return release(loader, loaded.host, { next: now?._tag === "Ready" ? now.host : undefined, reason })
     }, { concurrency: "unbounded", discard: true })
-    if (kept.size > 0) {
-      const reasons = [...kept].map(([version, { reason }]) => `version ${version}: ${reason}`).join("; ")
-      yield* Effect.logWarning(`model ${name}: the reload failed, and ${[...kept.keys()].map((v) => `version ${v}`).join(", ")} keep${kept.size === 1 ? "s" : ""} serving as loaded before: ${reasons}`)
-      return yield* new InferenceError.ModelUnavailable({ modelId: name, reason: `the reload failed (${reasons}); the version${kept.size === 1 ? "" : "s"} loaded before keep${kept.size === 1 ? "s" : ""} serving` })
-    }
-    const failed = states.find((s) => s._tag === "Unavailable")
-    if (failed !== undefined && failed._tag === "Unavailable" && states.every((s) => s._tag === "Unavailable")) {
-      return yield* new InferenceError.ModelUnavailable({ modelId: name, reason: failed.reason })
-    }
   }).pipe(Effect.withSpan("OnnxModelPool.load", { attributes: { model: name } }))
 
 /** Stops `name` admitting, waits for `drained`, then closes its hosts. Runs in the model's turn (`inTurn`): no load of it runs meanwhile. */

@@ -172,6 +172,39 @@ describe("explicit model control", () => {
       assert.deepStrictEqual(yield* versions(), ["mlp@1:READY", "mlp@3:READY"])
     }).pipe(withFreshMetrics), 60_000)
 
+  it.live("a load is all or nothing, as Triton's: one broken version fails it, a served version is never dropped, and nothing new serves", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/1/model.onnx": mlpBytes(), "mlp/2/model.onnx": mlpBytes(), "other/1/model.onnx": mlpBytes(), "other/2/model.onnx": "not a model" })
+      const send = yield* makeApp(repository, ["mlp"], Effect.void, true)
+      const versions = (name: string) =>
+        Effect.map(send("POST", "/v2/repository/index"), (r) =>
+          (r.json as ReadonlyArray<{ name: string; version: string; state: string }>).filter((m) => m.name === name).map((m) => `${m.version}:${m.state}`))
+      // Version 2 removed from disk, and a broken version 3 added: the reload fails, and both versions loaded before keep serving.
+      Fs.rmSync(Path.join(repository, "mlp", "2"), { recursive: true })
+      writeTree(repository, { "mlp/3/model.onnx": "not a model" })
+      const reload = yield* send("POST", "/v2/repository/models/mlp/load")
+      assert.strictEqual(reload.status, 503, JSON.stringify(reload.json))
+      assert.match(reload.json.error, /the reload failed \(version 3: .+\); the versions loaded before keep serving/)
+      assert.deepStrictEqual(yield* versions("mlp"), ["1:READY", "2:READY"])
+      assert.strictEqual((yield* send("POST", "/v2/models/mlp/versions/2/infer", mlpRequest())).status, 200)
+      assert.strictEqual((yield* send("POST", "/v2/models/mlp/infer", mlpRequest())).json.model_version, "2")
+      assert.strictEqual((yield* send("GET", "/v2/health/ready")).status, 200, "still ready: nothing that served changed")
+      // A first load with one broken version: it fails, and the version that loaded does not serve either.
+      const first = yield* send("POST", "/v2/repository/models/other/load")
+      assert.strictEqual(first.status, 503, JSON.stringify(first.json))
+      assert.match(first.json.error, /^.*version 2: .+/)
+      assert.deepStrictEqual(yield* versions("other"), ["1:UNAVAILABLE", "2:UNAVAILABLE"])
+      const index = (yield* send("POST", "/v2/repository/index")).json as ReadonlyArray<{ name: string; version: string; reason?: string }>
+      assert.match(index.find((m) => m.name === "other" && m.version === "1")?.reason ?? "", /not loaded: the load failed \(version 2: .+\), and a load is all or nothing/)
+      assert.strictEqual((yield* send("POST", "/v2/models/other/versions/1/infer", mlpRequest())).status, 503)
+      // Fixed, the next load takes both.
+      writeTree(repository, { "other/2/model.onnx": mlpBytes(), "mlp/3/model.onnx": mlpBytes() })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/other/load")).status, 200)
+      assert.deepStrictEqual(yield* versions("other"), ["1:READY", "2:READY"])
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/load")).status, 200)
+      assert.deepStrictEqual(yield* versions("mlp"), ["1:READY", "3:READY"])
+    }).pipe(withFreshMetrics), 60_000)
+
   it.live("a load once the server is shutting down is refused with 503 and loads nothing", () =>
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
