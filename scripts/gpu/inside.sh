@@ -3,7 +3,10 @@
 # The device tool brings back at most 8 files from it, so it holds 7 whatever the moment the run is stopped at:
 # summary.txt (host, commit, each phase's exit and seconds), logs.tar.gz (every phase's whole log, refreshed after
 # each phase), soak.log (written as the soak runs), narrow.json, gpu.json, soak.json, and check.log (check.sh's).
-# Dry run on a CPU machine:  BUDGET_S=120 SOAK_S=10 SIZES=1024,1024,1024,1000 NARROW_ONLY=main-fixed,workers2-fixed bash scripts/gpu/inside.sh /tmp/out
+# The phases run in the order of what the "Done when" needs: the probe (without an adapter the run stops there, in
+# seconds, with the host's Vulkan facts: nothing else is worth the device time), the GPU checks, `bench gpu` (its goals),
+# the soak (300 s), then the crash hunt with whatever time is left.
+# Dry run on a CPU machine (every phase, ~2 min):  ALLOW_CPU=1 BUDGET_S=220 SOAK_S=10 SIZES=1024,1024,1024,1000 NARROW_ONLY=main-fixed,workers2-fixed bash scripts/gpu/inside.sh /tmp/out
 set -uo pipefail
 out=${1:?usage: inside.sh OUT_DIR}
 mkdir -p "$out"
@@ -11,7 +14,8 @@ mkdir -p "$out"
 # packages and the unpack of ~11,700 files too, which a sandboxed host may take a while over), else from here.
 budget=${BUDGET_S:-575}
 sizes=${SIZES:-1024,4096,4096,1000}
-phases=${PHASES:-probe checks narrow bench soak}
+phases=${PHASES:-probe checks bench soak narrow}
+soak_s=${SOAK_S:-300}
 t0=${CHECK_STARTED_S:-$(date +%s)}
 left() { echo $((budget - ($(date +%s) - t0))); }
 logs=$(mktemp -d)
@@ -25,6 +29,7 @@ phase() { # name limit command...
   if [ "$room" -lt 5 ]; then echo "$name skipped: the budget is spent" | tee -a "$summary"; return 0; fi
   [ "$limit" -gt "$room" ] && limit=$room
   echo "== $name: limit ${limit} s, $(left) s of the budget left"
+  echo "$name: $*" >>"$summary"
   s=$(date +%s)
   # the soak's log goes straight to $out, so that a run stopped during it still brings its progress back
   local log="$logs/$name.log"
@@ -44,14 +49,30 @@ phase() { # name limit command...
 cat "$summary"
 
 phase probe 30 node scripts/gpu/probe.ts
-phase checks 90 node scripts/gpu/checks.ts
-phase narrow 75 env ENGINE_SECONDS=${ENGINE_SECONDS:-5} node scripts/gpu/narrow.ts --runs=300 --timeout=20 --sizes="$sizes" --out="$out/narrow.json" ${NARROW_ONLY:+--only=$NARROW_ONLY}
+if [[ " $phases " == *" probe "* ]] && ! grep -q '"available":true' "$logs/probe.log" && [ "${ALLOW_CPU:-0}" != 1 ]; then
+  # No adapter: every later phase would measure the CPU alone. Say what the host lacks, and stop (ALLOW_CPU=1 goes on).
+  {
+    echo "no WebGPU adapter: the run stops here (ALLOW_CPU=1 runs the CPU phases anyway)"
+    echo "-- vulkan/glvnd libraries:"; ldconfig -p | grep -Ei 'libvulkan|libGLX|libEGL|libGLdispatch|nvidia' | head -20
+    echo "-- /dev/nvidia*:"; ls -l /dev/nvidia* 2>&1 | head
+    echo "-- ICD files:"; timeout 20 find / -xdev \( -path /proc -o -path /sys \) -prune -o -name '*nvidia*icd*.json' -print 2>/dev/null | head
+    echo "-- the probe with VK_LOADER_DEBUG=error,warn:"; VK_LOADER_DEBUG=error,warn timeout 30 node scripts/gpu/probe.ts 2>&1 | tail -n 30
+  } >>"$summary" 2>&1
+  tar -czf "$out/logs.tar.gz" -C "$logs" .
+  cat "$summary"
+  exit 3
+fi
+phase checks 60 node scripts/gpu/checks.ts
 rm -f bench/results/gpu.json # a stale one must not pass for this run
-phase bench 150 node --expose-gc bench/gpu.ts --seconds=2 --rounds=1 --warmup-ms=1500 --sizes="$sizes" --instances=1,2,3
+# bench gets 90-150 s: what leaves the soak its 300 s (plus 55 s to load and summarise), never under 90
+bench=$(($(left) - 15 - soak_s - 55))
+[ "$bench" -gt 150 ] && bench=150
+[ "$bench" -lt 90 ] && bench=90
+phase bench "$bench" node --expose-gc bench/gpu.ts --seconds=2 --rounds=1 --warmup-ms=1500 --sizes="$sizes" --instances=1,2,3
 [ -f bench/results/gpu.json ] && cp bench/results/gpu.json "$out/gpu.json"
 # 40 s for the soak to load its models and the CPU reference before, and to write its summary after
 soak=$(($(left) - 40))
-[ "$soak" -gt "${SOAK_S:-300}" ] && soak=${SOAK_S:-300}
+[ "$soak" -gt "$soak_s" ] && soak=$soak_s
 if [[ " $phases " != *" soak "* ]]; then
   : # not asked for
 elif [ "$soak" -ge 10 ]; then
@@ -59,6 +80,7 @@ elif [ "$soak" -ge 10 ]; then
 else
   echo "soak skipped: $soak s (under 10) left for it" | tee -a "$summary"
 fi
+phase narrow 75 env ENGINE_SECONDS=${ENGINE_SECONDS:-5} node scripts/gpu/narrow.ts --runs=300 --timeout=20 --sizes="$sizes" --out="$out/narrow.json" ${NARROW_ONLY:+--only=$NARROW_ONLY}
 echo "== report (scripts/gpu/report.ts: the tables for the README)"
 timeout 20 node scripts/gpu/report.ts "$out" || echo "report failed: rerun node scripts/gpu/report.ts on the files brought back"
 echo "== summary ($(($(date +%s) - t0)) s)"

@@ -11,7 +11,7 @@
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { pathToFileURL } from "node:url"
-import { fmt, table } from "../../bench/lib/common.ts"
+import { fmt, goal, type Goal, table } from "../../bench/lib/common.ts"
 
 export interface BenchRow {
   readonly provider: string
@@ -48,10 +48,45 @@ export interface RunFiles {
   readonly summary?: string | undefined
   readonly gpu?: GpuJson | undefined
   readonly soak?: Readonly<Record<string, unknown>> | undefined
+  /** The soak's own log (a JSON line every window), for a soak stopped before its summary. */
+  readonly soakLog?: string | undefined
   readonly narrow?: { readonly outcomes: ReadonlyArray<{ readonly case: string; readonly ended: string; readonly seconds: number; readonly stderrTail?: string }> } | undefined
+  /** Files that came back but are not JSON (cut short), with the parse error. */
+  readonly unreadable?: Readonly<Record<string, string>> | undefined
 }
 
-const missing = (file: string) => `(${file} was not brought back: see summary.txt and logs.tar.gz)`
+const missing = (file: string, run: RunFiles) =>
+  run.unreadable?.[file] !== undefined
+    ? `(${file} came back unreadable: ${run.unreadable[file]}; see check.log and logs.tar.gz)`
+    : `(${file} was not brought back: see summary.txt, check.log and logs.tar.gz)`
+
+/** The contender name of the raw batched rate (`bench/gpu.ts`). */
+export const rawBatchedContender = (rows: number): string => `session.run, ${rows} rows a run (rows/s)`
+
+/**
+ * The issue's goals from `bench gpu`'s rows (WebGPU only; none without its rows): the engine at
+ * 256 outstanding against raw 256-row runs (≥ 50%), at 64 against per-request `session.run`
+ * (≥ 10×), against the engine on the CPU at 64 (the issue's wording) and at 256 (≥ 3×), and the
+ * outputs against the CPU's (≤ 1e-4). A rate the run did not reach is NaN, and its goal missed.
+ */
+export const gpuGoals = (rows: ReadonlyArray<BenchRow>, maxAbsDiff: Readonly<Record<string, number>>, cores: number | undefined, maxBatchSize = 256): Array<Goal> => {
+  const rate = (provider: string, contender: string, outstanding: number) =>
+    rows.find((r) => r.provider === provider && r.contender === contender && r.outstanding === outstanding)?.reqPerSec ?? NaN
+  const engine = (provider: string, k: number) => rate(provider, "engine, batching", k)
+  const a = engine("webgpu", 256) / rate("webgpu", rawBatchedContender(maxBatchSize), 1)
+  const b = engine("webgpu", 64) / rate("webgpu", "session.run per request", 64)
+  const c64 = engine("webgpu", 64) / engine("cpu", 64)
+  const c256 = engine("webgpu", 256) / engine("cpu", 256)
+  const diff = Math.max(maxAbsDiff["engine webgpu"] ?? Infinity, maxAbsDiff["session.run webgpu"] ?? Infinity)
+  const threads = cores === undefined ? "" : ` (intra-op ${cores})`
+  return [
+    goal("engine on webgpu at 256 outstanding vs raw 256-row webgpu runs", "≥ 0.5", a, a >= 0.5, `${(a * 100).toFixed(0)}%`),
+    goal("engine on webgpu vs per-request webgpu session.run at 64", "≥ 10×", b, b >= 10, `${b.toFixed(1)}×`),
+    goal(`engine on webgpu vs engine on cpu${threads} at 64`, "≥ 3×", c64, c64 >= 3, `${c64.toFixed(1)}×`),
+    goal(`engine on webgpu vs engine on cpu${threads} at 256`, "≥ 3×", c256, c256 >= 3, `${c256.toFixed(1)}×`),
+    goal("webgpu outputs vs cpu outputs", "≤ 1e-4", diff, diff <= 1e-4, diff.toExponential(1))
+  ]
+}
 
 /** `bench gpu`'s table: a row per provider, contender and outstanding level. */
 export const benchTable = (rows: ReadonlyArray<BenchRow>): string =>
@@ -73,10 +108,17 @@ const benchSection = (gpu: GpuJson): Array<string> => {
   out.push(benchTable(gpu.results ?? []))
   const diffs = Object.entries(gpu.maxAbsDiff ?? {})
   if (diffs.length > 0) out.push("", `Max abs diff against the CPU session on 8 rows: ${diffs.map(([k, v]) => `${k} ${v.toExponential(1)}`).join(", ")}.`)
-  if ((gpu.goals ?? []).length > 0) {
-    out.push("", table(gpu.goals!.map((g) => ({ goal: g.goal, target: g.target, measured: g.measured, result: g.pass ? "met" : "missed" }))))
+  // A bench stopped before its end wrote no goals: they are computed here from the levels it finished.
+  const goals = (gpu.goals ?? []).length > 0
+    ? gpu.goals!
+    : gpu.webgpu?.available === true && (gpu.results ?? []).some((r) => r.provider === "webgpu")
+    ? gpuGoals(gpu.results!, gpu.maxAbsDiff ?? {}, gpu.cores)
+    : []
+  if (goals.length > 0) {
+    if (gpu.goals === undefined || gpu.goals.length === 0) out.push("", "Goals computed from the levels above (the bench wrote none):")
+    out.push("", table(goals.map((g) => ({ goal: g.goal, target: g.target, measured: g.measured, result: g.pass ? "met" : "missed" }))))
   } else {
-    out.push("", "No goals measured (they need a WebGPU adapter).")
+    out.push("", gpu.webgpu?.available === true ? "No goals: the bench measured no WebGPU level." : "No goals measured (they need a WebGPU adapter).")
   }
   if ((gpu.learnedVsFixed ?? []).length > 0) {
     out.push("", "Learned against fixed sizing, same engine:", "", table(gpu.learnedVsFixed!.map((r) => ({
@@ -104,23 +146,33 @@ const benchSection = (gpu: GpuJson): Array<string> => {
 const soakSection = (soak: Readonly<Record<string, unknown>>): string => {
   const n = (k: string) => (typeof soak[k] === "number" ? fmt(soak[k]) : "?")
   const json = (k: string) => JSON.stringify(soak[k] ?? null)
-  return `${soak["pass"] === true ? "**Passed**" : "**Failed**"}: ${n("seconds")} s at ${n("outstanding")} outstanding, ${n("completed")} requests answered ` +
+  const verdict = soak["partial"] === true ? "**Stopped before its end** (written at its last 10 s window; no verdict)" : soak["pass"] === true ? "**Passed**" : "**Failed**"
+  return `${verdict}: ${n("seconds")} s at ${n("outstanding")} outstanding, ${n("completed")} requests answered ` +
     `(${n("reqPerSec")} req/s, ${n("rowsPerRun")} rows and ${n("requestsPerRun")} requests a run on average), ${n("cancelledAsked")} cancellations and ` +
     `${n("tightDeadlines")} tight deadlines asked; expected failures ${json("expectedFailures")}, unexpected ${json("unexpectedFailures")}; ` +
     `${n("mismatches")} answers off the CPU's by more than 1e-4 (max abs diff ${typeof soak["maxAbsDiff"] === "number" ? (soak["maxAbsDiff"] as number).toExponential(1) : "?"}); devices ${json("devices")}.`
 }
 
+/** A soak stopped before its summary: its last window lines, as it logged them. */
+const soakLogSection = (log: string): string => {
+  const windows = log.split("\n").filter((l) => l.startsWith("{\"t\":"))
+  return windows.length === 0
+    ? "soak.log has no window line: the soak ended before its first 10 s."
+    : `**Stopped before its summary** (soak.log, ${windows.length} window(s); the last ones):\n\n\`\`\`\n${windows.slice(-6).join("\n")}\n\`\`\``
+}
+
 /** The report, as Markdown. */
 export const report = (files: RunFiles): string => {
   const out: Array<string> = ["## The GPU run", ""]
-  out.push(files.summary === undefined ? missing("summary.txt") : ["```", files.summary.trim(), "```"].join("\n"))
+  out.push(files.summary === undefined ? missing("summary.txt", files) : ["```", files.summary.trim(), "```"].join("\n"))
   out.push("", "### bench gpu", "")
-  if (files.gpu === undefined) out.push(missing("gpu.json"))
+  if (files.gpu === undefined) out.push(missing("gpu.json", files))
   else out.push(...benchSection(files.gpu))
   out.push("", "### Soak", "")
-  out.push(files.soak === undefined ? missing("soak.json") : soakSection(files.soak))
+  if (files.soak !== undefined) out.push(soakSection(files.soak))
+  else out.push(missing("soak.json", files), ...(files.soakLog === undefined ? [] : ["", soakLogSection(files.soakLog)]))
   out.push("", "### Crash hunt", "")
-  out.push(files.narrow === undefined ? missing("narrow.json") : table(files.narrow.outcomes.map((o) => ({
+  out.push(files.narrow === undefined ? missing("narrow.json", files) : table(files.narrow.outcomes.map((o) => ({
     case: o.case,
     ended: o.ended,
     seconds: o.seconds,
@@ -135,11 +187,19 @@ export const readRun = (dir: string): RunFiles => {
     const file = Path.join(dir, name)
     return Fs.existsSync(file) ? Fs.readFileSync(file, "utf8") : undefined
   }
+  const unreadable: Record<string, string> = {}
   const json = (name: string) => {
     const t = text(name)
-    return t === undefined ? undefined : JSON.parse(t)
+    if (t === undefined) return undefined
+    try {
+      return JSON.parse(t)
+    } catch (e) {
+      unreadable[name] = e instanceof Error ? e.message : String(e)
+      return undefined
+    }
   }
-  return { summary: text("summary.txt"), gpu: json("gpu.json"), soak: json("soak.json"), narrow: json("narrow.json") }
+  const files = { summary: text("summary.txt"), gpu: json("gpu.json"), soak: json("soak.json"), soakLog: text("soak.log"), narrow: json("narrow.json") }
+  return Object.keys(unreadable).length === 0 ? files : { ...files, unreadable }
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(Path.resolve(process.argv[1])).href) {

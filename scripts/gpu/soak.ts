@@ -10,8 +10,9 @@
  * Fails (exit 1) on any answer that differs from the CPU's by more than 1e-4, on any failure
  * other than Cancelled / DeadlineExceeded / QueueTimeout for a request that was cancelled or
  * given a tight deadline, or when nothing completed. Where no adapter is found the model falls
- * back to the CPU and the soak measures that (the JSON says `deviceUsed`). A native crash of
- * the server process ends it without a summary: the caller sees the signal.
+ * back to the CPU and the soak measures that (the JSON says `deviceUsed`). `--out` is rewritten
+ * at every window, marked `partial` (no verdict), so that a soak stopped by a time limit or a
+ * native crash of its process still leaves its figures; the end replaces it with the verdict.
  *
  * @module soak
  */
@@ -103,6 +104,20 @@ const t0 = performance.now()
 const end = t0 + seconds * 1000
 const windows: Array<Record<string, number>> = []
 let last = { t: t0, completed: 0, runs: 0, requests: 0 }
+/** The summary so far (`partial` until the end, with no verdict): a soak stopped by the run's limit still leaves its figures. */
+const summarize = (elapsedS: number, partial: boolean) => ({
+  ...(partial ? { partial: true } : {}),
+  sizes,
+  seconds: +elapsedS.toFixed(1),
+  outstanding,
+  ...tally,
+  reqPerSec: Math.round(tally.completed / elapsedS),
+  requestsPerRun: +(counts.rows / Math.max(1, counts.runs)).toFixed(1),
+  rowsPerRun: +(tally.rowsCompleted / Math.max(1, counts.runs)).toFixed(1),
+  runs: counts.runs,
+  windows,
+  pass: !partial && Object.values(tally.unexpectedFailures).reduce((a, b) => a + b, 0) === 0 && tally.mismatches === 0 && tally.completed > 0
+})
 const report = setInterval(() => {
   const now = performance.now()
   const w = {
@@ -115,6 +130,10 @@ const report = setInterval(() => {
   }
   windows.push(w)
   console.log(JSON.stringify(w))
+  if (out !== undefined) {
+    Fs.writeFileSync(`${out}.tmp`, JSON.stringify(summarize((now - t0) / 1000, true), null, 2))
+    Fs.renameSync(`${out}.tmp`, out)
+  }
   last = { t: now, completed: tally.completed, runs: counts.runs, requests: counts.rows }
 }, Math.min(10_000, seconds * 250))
 await Promise.all(Array.from({ length: outstanding }, async () => {
@@ -125,19 +144,7 @@ const elapsed = (performance.now() - t0) / 1000
 await client.close()
 repo.remove()
 
-const unexpected = Object.values(tally.unexpectedFailures).reduce((a, b) => a + b, 0)
-const summary = {
-  sizes,
-  seconds: +elapsed.toFixed(1),
-  outstanding,
-  ...tally,
-  reqPerSec: Math.round(tally.completed / elapsed),
-  requestsPerRun: +(counts.rows / Math.max(1, counts.runs)).toFixed(1),
-  rowsPerRun: +(tally.rowsCompleted / Math.max(1, counts.runs)).toFixed(1),
-  runs: counts.runs,
-  windows,
-  pass: unexpected === 0 && tally.mismatches === 0 && tally.completed > 0
-}
+const summary = summarize(elapsed, false)
 if (out !== undefined) Fs.writeFileSync(out, JSON.stringify(summary, null, 2))
 const { windows: _, ...brief } = summary
 console.log(JSON.stringify(brief))

@@ -2,7 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import { readRun, report } from "../../../scripts/gpu/report.ts"
+import { type BenchRow, gpuGoals, readRun, report } from "../../../scripts/gpu/report.ts"
 
 const gpu = {
   sizes: [1024, 4096, 4096, 1000],
@@ -52,6 +52,56 @@ describe("scripts/gpu/report", () => {
   it("says when the bench stopped before its end", () => {
     assert.include(report({ gpu: { ...gpu, partial: true } }), "**Partial**: the bench stopped before its end")
     assert.notInclude(report({ gpu }), "Partial")
+  })
+
+  it("computes the goals from the levels a bench stopped before its end finished, 3× at 64 and at 256", () => {
+    const row = (provider: string, contender: string, outstanding: number, reqPerSec: number): BenchRow =>
+      ({ provider, contender, outstanding, reqPerSec, p50: 1, p99: 2, rowsPerRun: 1, failed: 0 })
+    const rows = [
+      row("webgpu", "session.run, 256 rows a run (rows/s)", 1, 100_000),
+      row("webgpu", "engine, batching", 256, 60_000),
+      row("webgpu", "engine, batching", 64, 30_000),
+      row("webgpu", "session.run per request", 64, 1_000),
+      row("cpu", "engine, batching", 64, 12_000),
+      row("cpu", "engine, batching", 256, 15_000)
+    ]
+    const goals = gpuGoals(rows, { "engine webgpu": 3e-6, "session.run webgpu": 2e-6 }, 16)
+    assert.deepStrictEqual(goals.map((g) => [g.measured, g.pass]), [["60%", true], ["30.0×", true], ["2.5×", false], ["4.0×", true], ["3.0e-6", true]])
+    assert.include(goals[2]!.goal, "cpu (intra-op 16) at 64")
+    // A level the bench did not reach: its goals are missed, not made up.
+    assert.deepStrictEqual(gpuGoals(rows.filter((r) => r.outstanding !== 256), {}, 16).map((g) => g.pass), [false, true, false, false, false])
+    const partial = report({ gpu: { ...gpu, partial: true, goals: undefined, results: rows, maxAbsDiff: { "engine webgpu": 3e-6 } } })
+    assert.include(partial, "Goals computed from the levels above (the bench wrote none)")
+    assert.match(partial, /at 64 +\| ≥ 3× +\| 2\.5× +\| missed/)
+    assert.include(report({ gpu: { ...gpu, goals: undefined, webgpu: { available: false, reason: "no adapter" } } }), "No goals measured (they need a WebGPU adapter).")
+  })
+
+  it("reports a soak stopped before its end from its partial JSON, or from soak.log's windows when the JSON is missing", () => {
+    const partial = report({ soak: { partial: true, pass: false, seconds: 120, outstanding: 256, completed: 5000, mismatches: 0 } })
+    assert.include(partial, "**Stopped before its end** (written at its last 10 s window; no verdict): 120 s at 256 outstanding")
+    assert.notInclude(partial, "**Failed**")
+    const log = "loading\n{\"t\":10,\"reqPerSec\":900}\n{\"t\":20,\"reqPerSec\":950}\n"
+    const fromLog = report({ soakLog: log })
+    assert.include(fromLog, "(soak.json was not brought back")
+    assert.include(fromLog, "**Stopped before its summary** (soak.log, 2 window(s)")
+    assert.include(fromLog, "{\"t\":20,\"reqPerSec\":950}")
+    assert.include(report({ soakLog: "loading\n" }), "soak.log has no window line")
+  })
+
+  it("names a file that came back cut short instead of failing the whole report", () => {
+    const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "gpu-report-"))
+    try {
+      Fs.writeFileSync(Path.join(dir, "narrow.json"), "{\"outcomes\": [")
+      Fs.writeFileSync(Path.join(dir, "gpu.json"), JSON.stringify(gpu))
+      const run = readRun(dir)
+      assert.isUndefined(run.narrow)
+      assert.deepStrictEqual(run.gpu, gpu)
+      const text = report(run)
+      assert.match(text, /\(narrow\.json came back unreadable: .*JSON.*; see check\.log and logs\.tar\.gz\)/)
+      assert.include(text, "WebGPU found.")
+    } finally {
+      Fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 
   it("reads what is in the folder, and leaves out what is not", () => {
