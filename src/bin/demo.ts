@@ -14,6 +14,15 @@ import * as Tensor from "../Tensor.ts"
 
 const repository = Live.bundledModels
 
+// The demo's product is standard output: a reader that goes away (`npm run demo | head -1`) ends
+// it with one line on stderr and exit code 1, as `infer --output -` does, not with an uncaught
+// EPIPE and its stack trace. Standard error carries only that line: losing it must not crash it.
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  process.stderr.write(`demo: cannot write standard output: ${error.code === "EPIPE" ? "the reader closed the pipe (EPIPE)" : error.message}\n`)
+  process.exit(1)
+})
+process.stderr.on("error", () => {})
+
 const mlpInput = (rows: number, seed: number) => {
   const data = new Float32Array(rows * 784)
   let s = seed >>> 0
