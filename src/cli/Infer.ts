@@ -187,8 +187,8 @@ export const isRegularFile = (path: string): boolean => {
 const sequentialBytes = (open: () => AsyncIterable<Uint8Array>, name: string): Stream.Stream<Uint8Array, InputError> =>
   Stream.suspend(() => Stream.fromAsyncIterable(open(), (e) => new InputError({ path: name, reason: e instanceof Error ? e.message : String(e) })))
 
-/** The non-blank lines of `path` (standard input for `-`), numbered from 1. */
-const lines = (fs: FileSystem.FileSystem, path: string, maxLineBytes: number) => {
+/** The non-blank lines of `path` (standard input for `-`), numbered from 1; `perf --input` reads its records with it too. */
+export const inputLines = (fs: FileSystem.FileSystem, path: string, maxLineBytes: number) => {
   const bytes: Stream.Stream<Uint8Array, InputError | PlatformError.PlatformError> = path === stdio
     ? sequentialBytes(() => process.stdin as AsyncIterable<Uint8Array>, "standard input")
     : isRegularFile(path)
@@ -200,6 +200,16 @@ const lines = (fs: FileSystem.FileSystem, path: string, maxLineBytes: number) =>
     Stream.filter((l) => l.text === undefined || !Records.isBlank(l.text))
   )
 }
+
+/** A line's record, or why it is malformed: not JSON of a record, not UTF-8, or over `maxLineBytes` (never read). */
+export const decodeLine = (metadata: ModelMetadata.ModelMetadata, maxLineBytes: number, l: Line): Records.Record | Records.Malformed =>
+  l.text !== undefined
+    ? Records.decode(metadata, l.line, l.text)
+    : {
+      _tag: "Malformed",
+      line: l.line,
+      reason: l.notUtf8Bytes !== undefined ? "not valid UTF-8, as JSON text must be" : `line of ${l.tooLongBytes} bytes, longer than the ${maxLineBytes} bytes read (not read)`
+    }
 
 /**
  * The number of lines of `path` (a final line without a newline counts), counted on raw bytes:
@@ -380,7 +390,7 @@ const recordsOf = (
         progress.log(`line ${m.line}: skipped malformed record: ${m.reason}`)
       })
   const maxLineBytes = options.maxLineBytes ?? defaultMaxLineBytes
-  return lines(fs, options.input, maxLineBytes).pipe(
+  return inputLines(fs, options.input, maxLineBytes).pipe(
     Stream.mapEffect(({ line, text, tooLongBytes, notUtf8Bytes }) => {
       tally.read++
       tally.lastLine = line
@@ -389,9 +399,7 @@ const recordsOf = (
         tally.done++
         return Effect.succeed(undefined)
       }
-      const decoded = text !== undefined
-        ? Records.decode(metadata, line, text)
-        : { _tag: "Malformed" as const, line, reason: notUtf8Bytes !== undefined ? "not valid UTF-8, as JSON text must be" : `line of ${tooLongBytes} bytes, longer than the ${maxLineBytes} bytes read (not read)` }
+      const decoded = decodeLine(metadata, maxLineBytes, { line, text, tooLongBytes, notUtf8Bytes } as Line)
       return Records.isMalformed(decoded) ? Effect.as(malformed(decoded), undefined) : Effect.succeed(decoded)
     }),
     Stream.filter((record): record is Records.Record => record !== undefined)

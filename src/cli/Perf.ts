@@ -24,7 +24,7 @@
  *
  * @module Perf
  */
-import { Data, Effect, FileSystem } from "effect"
+import { Data, Effect, FileSystem, Stream } from "effect"
 import * as Http from "node:http"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as TensorCodec from "../TensorCodec.ts"
@@ -63,12 +63,13 @@ export interface Options {
 /** A perf run that cannot go on: bad inputs, an unreachable server, an unknown model. */
 export class PerfError extends Data.TaggedError("PerfError")<{ readonly message: string }> {}
 
-/** `1,16,64` → [1, 16, 64]; a message for anything else. */
+/** `1,16,64` → [1, 16, 64]; a message for anything else (an empty entry, `1,,2` or `1,`, included). */
 export const parseLevels = (text: string): ReadonlyArray<number> | string => {
-  const parts = text.split(",").map((p) => p.trim()).filter((p) => p !== "")
-  if (parts.length === 0) return "expected a comma-separated list of positive integers, e.g. 1,16,64"
+  if (text.trim() === "") return "expected a comma-separated list of positive integers, e.g. 1,16,64"
+  const parts = text.split(",").map((p) => p.trim())
   const levels: Array<number> = []
   for (const part of parts) {
+    if (part === "") return `an empty entry in ${JSON.stringify(text)}: expected a comma-separated list of positive integers, e.g. 1,16,64`
     if (!/^\d+$/.test(part) || Number(part) < 1 || Number(part) > 4096) return `invalid concurrency ${JSON.stringify(part)}: an integer from 1 to 4096`
     levels.push(Number(part))
   }
@@ -249,16 +250,18 @@ const inputsFor = (metadata: ModelMetadata.ModelMetadata, file: string | undefin
       }
       return made
     }
+    // Read as `infer` reads its input: a line that is not UTF-8, or over its bound (never held), is named, not echoed.
     const fs = yield* FileSystem.FileSystem
-    const text = yield* fs.readFileString(file).pipe(Effect.mapError((e) => new PerfError({ message: `cannot read ${file}: ${e.message}` })))
-    const records: Array<Tensor.TensorMap> = []
-    const lines = text.split("\n")
-    for (let i = 0; i < lines.length; i++) {
-      if (Records.isBlank(lines[i]!)) continue
-      const decoded = Records.decode(metadata, i + 1, lines[i]!)
-      if (Records.isMalformed(decoded)) return yield* new PerfError({ message: `${file} line ${decoded.line}: ${decoded.reason}` })
-      records.push(decoded.inputs)
-    }
+    const records = yield* Infer.inputLines(fs, file, Infer.defaultMaxLineBytes).pipe(
+      Stream.mapError((e) => new PerfError({ message: `cannot read ${file}: ${e.message}` })),
+      Stream.mapEffect((line) => {
+        const decoded = Infer.decodeLine(metadata, Infer.defaultMaxLineBytes, line)
+        return Records.isMalformed(decoded)
+          ? Effect.fail(new PerfError({ message: `${file} line ${decoded.line}: ${decoded.reason}` }))
+          : Effect.succeed(decoded.inputs)
+      }),
+      Stream.runCollect
+    )
     if (records.length === 0) return yield* new PerfError({ message: `${file} holds no record` })
     return records
   })

@@ -22,6 +22,7 @@ describe("Perf", () => {
     assert.deepStrictEqual(Perf.parseLevels("1,16,64"), [1, 16, 64])
     assert.deepStrictEqual(Perf.parseLevels(" 4 "), [4])
     for (const bad of ["", "0", "1,x", "-1", "1.5", "5000"]) assert.isString(Perf.parseLevels(bad), bad)
+    for (const empty of ["1,,2", "1,", ",4", " , "]) assert.include(Perf.parseLevels(empty), "an empty entry in", empty)
   })
 
   it("checkHttpUrl: http://HOST[:PORT]; a URL without its scheme, or another scheme, is refused with the form expected", () => {

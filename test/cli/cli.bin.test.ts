@@ -349,6 +349,14 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.match(url.stderr.trim(), /^effect-onnx: perf: --url "http:\/\/127\.0\.0\.1:8001" is a URL: expected HOST:PORT/)
   }, 30_000)
 
+  it("perf reads --input as infer does: a line that is not UTF-8 is named, its bytes not echoed (exit 1, one line)", async () => {
+    const input = Path.join(dir, "garbage.ndjson")
+    Fs.writeFileSync(input, Buffer.concat([Buffer.from(mlpRecord(1) + "\n"), Buffer.from([0xff, 0xfe, 0x7b, 0x0a])]))
+    const result = await run(["perf", "--model", "mlp", "--models", models, "--input", input, "--concurrency", "1", "--duration", "0.2", "--warmup", "0"])
+    assert.strictEqual(result.code, 1, result.stderr)
+    assert.deepStrictEqual(result.stderr.trim().split("\n"), [`effect-onnx: perf: ${input} line 2: not valid UTF-8, as JSON text must be`])
+  }, 60_000)
+
   it("perf stopped by Ctrl-C (SIGINT) prints the levels it finished, saying it stopped, and exits 130", async () => {
     const { child, done } = start(["perf", "--model", "mlp", "--models", models, "--concurrency", "1,2,4", "--duration", "1", "--warmup", "0", "--json"])
     let stderr = ""
