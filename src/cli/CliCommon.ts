@@ -27,13 +27,17 @@ export const failConfig = (error: Config.ConfigError): Effect.Effect<never, Exit
 
 /**
  * Help and version as effect/cli prints them; an invalid invocation as one line per error on
- * stderr (`effect-onnx infer: Missing required flag: --model`), then a pointer to `--help`.
+ * stderr (`effect-onnx infer: Missing required flag: --model`), then a pointer to `--help`. A
+ * mistyped subcommand is the only error said: the flags after it, which it would have taken,
+ * are not named as unrecognized.
  */
 export const presenter: CliOutput.Presenter = {
   present: (event) => {
     if (event._tag !== "InvalidInvocation") return CliOutput.defaultPresenter.present(event)
     const path = event.commandPath.join(" ")
-    const lines = event.errors.map((e) => `${path}: ${String((e as { message?: unknown }).message ?? e)}`.replace(/\s*\n\s*/g, " "))
+    const unknownSubcommand = event.errors.filter((e) => (e as { _tag?: unknown })._tag === "UnknownSubcommand")
+    const errors = unknownSubcommand.length > 0 ? unknownSubcommand : event.errors
+    const lines = errors.map((e) => `${path}: ${String((e as { message?: unknown }).message ?? e)}`.replace(/\s*\n\s*/g, " "))
     return Effect.sync(() => process.stderr.write(`${lines.join("\n")}\nRun '${path} --help' for usage.\n`))
   }
 }

@@ -21,6 +21,7 @@
  * | `--exit-on-error BOOL` | `EXIT_ON_ERROR` | false: exit 1 at start when a model fails to load (Triton's flag; Triton defaults it to true) |
  * | `--metrics-format F` | `METRICS_FORMAT` | `default`; `triton` also exposes Triton's `nv_inference_*` names |
  * | `--log-format F` | `LOG_FORMAT` | `text`; `json`: one JSON object a log line (`cli/LogFormat`) |
+ * | `--decode-threads N` | `DECODE_THREADS` | 0: none (threads that decode large JSON bodies while the main thread has a queue of them) |
  *
  * To add an option: one row in `options`, one field in `ServerConfig` and `defaults`.
  *

@@ -71,9 +71,16 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
   it("refuses an invalid command line with exit code 2", async () => {
     const file = Path.join(dir, "same.ndjson")
     Fs.writeFileSync(file, mlpRecord(1))
-    const [missing, same] = await Promise.all([
+    const [missing, same, typo] = await Promise.all([
       run(["infer", "--model", "mlp"]),
-      run(["infer", "--model", "mlp", "--input", file, "--output", file])
+      run(["infer", "--model", "mlp", "--input", file, "--output", file]),
+      run(["infre", "--model", "mlp", "--input", file, "--output", "out.ndjson"])
+    ])
+    // A mistyped subcommand is the one error said, not the flags it would have taken.
+    assert.strictEqual(typo.code, 2)
+    assert.deepStrictEqual(typo.stderr.trim().split("\n"), [
+      `effect-onnx: Unknown subcommand "infre" for "effect-onnx" Did you mean this? infer`,
+      "Run 'effect-onnx --help' for usage."
     ])
     assert.strictEqual(missing.code, 2)
     // The error first, on one line, then where the usage is: not thirty lines of help.
