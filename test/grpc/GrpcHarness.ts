@@ -37,6 +37,7 @@ export interface HarnessOptions {
   readonly maxConcurrentStreams?: number | undefined
   readonly maxOpenCalls?: number | undefined
   readonly maxConnections?: number | undefined
+  readonly streamResets?: { readonly burst: number; readonly perSecond: number } | undefined
   readonly streamOrder?: "completion" | "request" | undefined
 }
 
@@ -57,6 +58,7 @@ export const makeHarness = (options: HarnessOptions = {}) =>
         maxConcurrentStreams: options.maxConcurrentStreams,
         maxOpenCalls: options.maxOpenCalls,
         maxConnections: options.maxConnections,
+        streamResets: options.streamResets,
         streamOrder: options.streamOrder
       }).pipe(
         Layer.provideMerge(AsyncInferenceEngine.layer),

@@ -5,6 +5,7 @@
  */
 import * as Grpc from "@grpc/grpc-js"
 import * as Http2 from "node:http2"
+import { constants as Http2Constants } from "node:http2"
 import * as Stream from "node:stream"
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, Latch, Layer, Scope } from "effect"
@@ -900,6 +901,36 @@ describe("connections", () => {
       const again = yield* connect()
       yield* Effect.addFinalizer(() => Effect.sync(() => again.session.destroy()))
       assert.isTrue(again.settled)
+    }))
+
+  it.live("a client that cancels many calls keeps its connection (Node's rapid-reset bound is raised); past the server's own bound it is closed", () =>
+    Effect.gen(function*() {
+      /** Opens `n` ModelInfer calls on one connection and resets each at once (a cancel); whether the server closed the connection (GOAWAY). */
+      const resets = (address: string, n: number) =>
+        Effect.callback<boolean>((resume) => {
+          const session = Http2.connect(`http://${address}`)
+          session.on("error", () => {})
+          let closed = false
+          session.once("goaway", () => void (closed = true))
+          let sent = 0
+          const next = () => {
+            for (let i = 0; i < 100 && sent < n && !closed && !session.destroyed; i++, sent++) {
+              const stream = session.request({ ":method": "POST", ":path": "/inference.GRPCInferenceService/ModelInfer", "content-type": "application/grpc", te: "trailers" }, { endStream: false })
+              stream.on("error", () => {})
+              stream.close(Http2Constants.NGHTTP2_CANCEL)
+            }
+            if (sent < n && !closed && !session.destroyed) setImmediate(next)
+            else setTimeout(() => resume(Effect.succeed(closed)), 300)
+          }
+          session.once("remoteSettings", next)
+          return Effect.sync(() => session.destroy())
+        })
+      const raised = yield* makeHarness()
+      assert.isFalse(yield* resets(raised.address, 3000), "3 000 resets at once (Node's own bound: 1 000) keep the connection")
+      const after = yield* raised.call("ModelInfer", echoRaw([1, 2, 3, 4]))
+      assert.deepStrictEqual(fromF32(after.response?.raw_output_contents[0]), [2, 4, 6, 8], String(after.error))
+      const bounded = yield* makeHarness({ streamResets: { burst: 200, perSecond: 10 } })
+      assert.isTrue(yield* resets(bounded.address, 3000), "past the bound the connection is closed")
     }))
 
   it.live("a client with more calls at once than the bound waits for its turn: every call is answered", () =>
