@@ -148,3 +148,23 @@ describe("Batch", () => {
     assert.notStrictEqual((parts[0]!["out"]!.data as Float32Array).buffer, (joined["x"]!.data as Float32Array).buffer)
   })
 })
+
+describe("Batch keys and row checks: dtype, the bound, unbatched outputs", () => {
+  it("keys differ by dtype, on a batched input and on an unbatched one", () => {
+    const batched = Batch.keyOf(on, { x: Tensor.float32([0, 0], [1, 2]) })?.key
+    assert.notStrictEqual(batched, Batch.keyOf(on, { x: Tensor.make("int32", new Int32Array(2), [1, 2]) })?.key)
+    const config = { ...on, inputAxes: { sr: null } }
+    const withSr = (sr: Tensor.Tensor) => Batch.keyOf(config, { x: Tensor.float32([0], [1, 1]), sr })?.key
+    assert.notStrictEqual(withSr(Tensor.int64([16000], [])), withSr(Tensor.make("int32", new Int32Array([16000]), [])))
+  })
+
+  it("a request of exactly maxBatchSize rows has a key", () => {
+    assert.deepStrictEqual(Batch.keyOf({ ...on, maxBatchSize: 3 }, { x: Tensor.float32(new Float32Array(9), [3, 3]) })?.rows, 3)
+  })
+
+  it("rowsMismatch looks past an unbatched output to the batched ones after it", () => {
+    const config = { ...on, outputAxes: { constant: null } }
+    const outputs = { constant: Tensor.float32([1, 2, 3], [3]), y: Tensor.float32(new Float32Array(8), [4, 2]) }
+    assert.strictEqual(Batch.rowsMismatch(config, outputs, 3), "output \"y\" has 4 along its batch axis (0) for a run of 3 rows")
+  })
+})

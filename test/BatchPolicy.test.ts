@@ -170,3 +170,29 @@ describe("BatchPolicy.mayJoin", () => {
       assert.strictEqual(BatchPolicy.mayJoin(batch, candidate), expected))
   }
 })
+
+const learned: BatchPolicy.BatchingConfig = {
+  ...BatchPolicy.disabled,
+  enabled: true,
+  maxBatchSize: 8,
+  maxQueueDelay: Duration.millis(10),
+  sizing: "learned"
+}
+
+describe("BatchPolicy learned sizing and deadlines", () => {
+  it("learned sizing, short of the rows with an instance free: the wait for rows ends at the deadline's headroom", () => {
+    const decision = BatchPolicy.decide(learned, {
+      rows: 2,
+      oldestWaitMs: 1,
+      earliestDeadlineInMs: 8,
+      highestPriority: "Normal",
+      runsInFlight: 1,
+      expectedRunMs: 2,
+      predictedRunMs: 2,
+      handOverInMs: 0,
+      targetRows: 5
+    })
+    // delay left 9 ms, deadline headroom 8 - 2 × 2 = 4 ms
+    assert.deepStrictEqual(decision, { _tag: "Wait", ms: 4 })
+  })
+})

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Schema } from "effect"
+import { Effect, Exit, Schema } from "effect"
 import * as InputSignature from "../src/InputSignature.ts"
 import * as ModelMetadata from "../src/ModelMetadata.ts"
 import * as Tensor from "../src/Tensor.ts"
@@ -110,5 +110,37 @@ describe("ModelMetadata.validateInputs with declared signatures", () => {
     assert.include(refused?.message, "for model \"vad\": the inputs fit none of the model's 2 declared input signatures")
     const wrongType = ModelMetadata.validateInputs(metadata, { input: Tensor.float32([0], [1, 1]), sr: Tensor.float32([16000], []) })
     assert.include(wrongType?.message, "dtype float32 given, the model takes int64")
+  })
+})
+
+const failure = <A>(effect: Effect.Effect<A, string>) => {
+  const exit = Effect.runSyncExit(Effect.flip(effect))
+  return Exit.isSuccess(exit) ? exit.value : "succeeded"
+}
+
+describe("InputSignature edges: strings, dims of 0, int64 values", () => {
+  it("resolve refuses max alone on a string input", () => {
+    const model: InputSignature.ModelInputs = { inputs: [{ name: "text", dtype: "string", dims: [-1] }] }
+    assert.strictEqual(failure(InputSignature.resolve([{ text: { max: 5 } }], model)), "inputSignatures[0].text: values, min and max apply to numbers; the input holds strings")
+  })
+
+  it("resolve refuses a declared dim that disagrees with a model dim fixed at 0", () => {
+    const model: InputSignature.ModelInputs = { inputs: [{ name: "x", dims: [0, 3] }] }
+    assert.include(failure(InputSignature.resolve([{ x: { dims: [1, 3] } }], model)), "dim 0 is 1, the model fixes it at 0")
+  })
+
+  it("an int64 element never equals a non-integer declared value, and checking does not throw", () => {
+    const signatures = [{ sr: { values: [0.6, 16000] } }]
+    assert.strictEqual(InputSignature.check(signatures, { sr: Tensor.int64([16000], []) }), undefined)
+    assert.strictEqual(
+      InputSignature.check(signatures, { sr: Tensor.int64([1], []) }),
+      "sr value 1 (element 0) is not one of [0.6, 16000] (the model's declared input signature)"
+    )
+  })
+
+  it("a declared dim of 0 is a size, not a wildcard", () => {
+    const signatures = [{ x: { dims: [-1, 0] } }]
+    assert.isDefined(InputSignature.check(signatures, { x: Tensor.float32(new Float32Array(2), [1, 2]) }))
+    assert.isUndefined(InputSignature.check(signatures, { x: Tensor.float32(new Float32Array(0), [1, 0]) }))
   })
 })

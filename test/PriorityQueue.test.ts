@@ -170,3 +170,26 @@ describe("PriorityQueue", () => {
     assert.strictEqual(queue.poll(1000), "a")
   })
 })
+
+describe("PriorityQueue.firstWhere agrees with peek", () => {
+  it("firstWhere looks past a level's non-matching head to a later match in that level", () => {
+    const queue = PriorityQueue.make<string>(10)
+    queue.offer("x-normal", Priority.Normal)
+    queue.offer("a-normal", Priority.Normal)
+    queue.offer("a-low", Priority.Low)
+    assert.strictEqual(queue.firstWhere((s) => s.startsWith("a"))?.value, "a-normal")
+    const aged = PriorityQueue.make<string>(10, true, { Low: 10 })
+    aged.offer("x-high", Priority.High, 0)
+    aged.offer("a-high", Priority.High, 1)
+    assert.strictEqual(aged.firstWhere((s) => s.startsWith("a"), 2)?.value, "a-high")
+  })
+
+  it("with aging, firstWhere prefers the older head among equal effective ranks even when it is in the lower level", () => {
+    const queue = PriorityQueue.make<string>(10, true, { Low: 10 })
+    queue.offer("low", Priority.Low, 0)
+    queue.offer("high", Priority.High, 10)
+    // at 25 ms Low has waited 25 ms: rank 3 - floor(25/10) = 1, the High head's rank, and it is older
+    assert.strictEqual(queue.peek(25)?.value, "low")
+    assert.strictEqual(queue.firstWhere(() => true, 25)?.value, "low")
+  })
+})

@@ -86,3 +86,51 @@ describe("RunCost.targetRows", () => {
     it(what, () => close(RunCost.targetRows(cost, rowsPerMs, runners, 256), expected, 1e-6))
   }
 })
+
+describe("RunCost edges", () => {
+  it("a run that took 0 ms is a run: it counts and it is fitted", () => {
+    const cost = RunCost.make()
+    cost.observe(1, 0)
+    cost.observe(101, 10)
+    assert.strictEqual(cost.runs, 2)
+    // both runs fitted (through the origin, the line's intercept being -0.1): a 1-row run is cheap;
+    // with the 0 ms run ignored, the 101-row run's 10 ms would be predicted for any rows
+    assert.isTrue(cost.predict(1) < 1, `predict(1) = ${cost.predict(1)}`)
+  })
+
+  it("never fits a negative per-row cost: runs that get faster with more rows cost a fixed time", () => {
+    const cost = RunCost.make()
+    for (const [rows, ms] of [[1, 2], [100, 1], [1, 2], [100, 1]] as const) cost.observe(rows, ms)
+    assert.strictEqual(cost.perRowMs, 0)
+    assert.isTrue(cost.fixedMs > 1 && cost.fixedMs < 2)
+  })
+
+  it("a fit through the origin passes through the weighted mean run", () => {
+    const runs = [[10, 0.5], [100, 9.5], [10, 0.5], [100, 9.5]] as const
+    const cost = RunCost.make()
+    for (const [rows, ms] of runs) cost.observe(rows, ms)
+    let sx = 0
+    let sy = 0
+    runs.forEach(([rows, ms], i) => {
+      const w = RunCost.forget ** (runs.length - 1 - i)
+      sx += w * rows
+      sy += w * ms
+    })
+    assert.strictEqual(cost.fixedMs, 0)
+    close(cost.perRowMs, sy / sx)
+  })
+
+  it("a rate read before the last arrival is not inflated", () => {
+    const rate = new RunCost.ArrivalRate()
+    rate.observe(1, 100)
+    close(rate.rowsPerMs(50), 1 / RunCost.arrivalWindowMs)
+  })
+
+  it("targetRows never exceeds maxBatchSize while a run size could still keep up", () => {
+    const gpuLike = RunCost.make()
+    gpuLike.observe(1, 1.0057)
+    gpuLike.observe(256, 1 + 0.0057 * 256)
+    // capacity 0.8 - 100 * 0.0057 = 0.23 > 0, but 100 * 1 / 0.23 ≈ 435 rows
+    assert.strictEqual(RunCost.targetRows(gpuLike, 100, 1, 256), 256)
+  })
+})

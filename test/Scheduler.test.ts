@@ -744,3 +744,20 @@ describe("Scheduler learned sizing", () => {
     assert.strictEqual(t.startedAtMs, 10, "it starts when the run before it completes")
   })
 })
+
+describe("Scheduler timers and batch caps", () => {
+  it("a request answered before its deadline leaves no timer behind", () => {
+    const s = Scheduler.make<string>({ maxConcurrent: 1, maxQueued: 10, enablePriority: true })
+    const m = spec("m")
+    const running = s.admit({ value: "a", model: m, priority: "Normal", rows: 1, batchKey: undefined, deadlineAtMs: 50, queueDeadlineAtMs: Infinity }, 0)!
+    const queued = s.admit({ value: "b", model: m, priority: "Normal", rows: 1, batchKey: undefined, deadlineAtMs: 60, queueDeadlineAtMs: Infinity }, 0)!
+    assert.strictEqual(s.next(0)._tag, "Dispatch")
+    s.settle(running)
+    assert.isTrue(s.cancel(queued))
+    assert.strictEqual(s.nextTimerMs(), Infinity, "nothing left to time")
+  })
+
+  it("batchCap with one free slot takes all it may", () => {
+    assert.strictEqual(Scheduler.batchCap(64, 16, 1), 64)
+  })
+})
