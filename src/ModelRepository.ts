@@ -731,7 +731,7 @@ export const fileIdentity = (path: string): string => {
   }
 }
 
-/** Checks one model file: present, a non-empty regular file, really inside the root. */
+/** Checks one model file: present, a non-empty regular file this process may read, really inside the root. */
 const checkFile = async (root: string, file: string): Promise<{ readonly path: string } | { readonly reason: string }> => {
   const relative = Path.relative(root, file)
   let real: string
@@ -745,6 +745,8 @@ const checkFile = async (root: string, file: string): Promise<{ readonly path: s
     const stat = await Fs.stat(real)
     if (!stat.isFile()) return { reason: `${relative} is not a regular file` }
     if (stat.size === 0) return { reason: `${relative} is empty` }
+    // Unreadable: "permission denied" here, not onnxruntime's "system error number 13" at the load.
+    await Fs.access(real, FsSync.constants.R_OK)
   } catch (e) {
     return { reason: `${relative}: ${errorText(e)}` }
   }

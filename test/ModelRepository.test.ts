@@ -8,6 +8,21 @@ import { tempDirectory, tempRepository } from "./fixtures/ModelRepositoryFixture
 
 const onnx = "not checked by the scan, only by the runtime"
 
+/**
+ * Scans `root` in a process that is not root (as `nobody` when this one is root, which reads any
+ * file), and returns each entry as `name@version: reason` or `name@version: found`.
+ */
+const scanUnprivileged = (root: string): ReadonlyArray<string> => {
+  const module = new URL("../src/ModelRepository.ts", import.meta.url).href
+  const script = `import { Effect } from "effect"
+import * as R from ${JSON.stringify(module)}
+const r = await Effect.runPromise(R.scan(${JSON.stringify(root)}))
+console.log(JSON.stringify(r.entries.map((e) => e.name + "@" + e.version + ": " + (e._tag === "Found" ? "found" : e.reason))))`
+  const asNobody = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {}
+  const out = execFileSync(process.execPath, ["--input-type=module", "-e", script], { cwd: Path.join(import.meta.dirname, ".."), encoding: "utf8", ...asNobody })
+  return JSON.parse(out.trim().split("\n").pop()!) as ReadonlyArray<string>
+}
+
 const entry = (repository: ModelRepository.ModelRepository, name: string, version: string) => {
   const found = repository.entries.find((e) => e.name === name && e.version === version)
   assert.isDefined(found, `${name}@${version} is listed`)
@@ -194,6 +209,16 @@ describe("ModelRepository", () => {
   })
 
   describe("scan", () => {
+    it.effect("a model file the server may not read is named 'permission denied' by the scan, not left to onnxruntime ('system error number 13')", () =>
+      Effect.gen(function*() {
+        const root = yield* tempRepository({ "readable/model.onnx": onnx, "locked/model.onnx": onnx })
+        // The unprivileged scan must reach the files: the temporary directories are the owner's alone.
+        for (const dir of [root, Path.join(root, "readable"), Path.join(root, "locked")]) Fs.chmodSync(dir, 0o755)
+        Fs.chmodSync(Path.join(root, "readable", "model.onnx"), 0o644)
+        Fs.chmodSync(Path.join(root, "locked", "model.onnx"), 0o000)
+        assert.deepStrictEqual(scanUnprivileged(root), ["locked@1: locked/model.onnx: permission denied", "readable@1: found"])
+      }))
+
     it.effect("reads flat and versioned layouts; the highest version is the default", () =>
       Effect.gen(function*() {
         const root = yield* tempRepository({
