@@ -58,10 +58,12 @@ const runCase = (name: string): Promise<Outcome> =>
 
 /**
  * The cases that check the engine's fixes run first (two GPU sessions in threads taking turns, two GPU
- * models in threads, the process default at 256 outstanding), then the ones that narrowed the crash
- * down: a run stopped at the phase's time limit then loses the least.
+ * models in threads, the process default at 256 outstanding), after the layout `bench gpu` itself
+ * runs in (a WebGPU session on the main thread beside CPU sessions in worker threads: were it to
+ * crash, this says why the bench ended early), then the ones that narrowed the crash down: a run
+ * stopped at the phase's time limit then loses the least.
  */
-const first = ["workers2-locked", "engine-thread-2models", "engine-process-256", "engine-process-2models-256", "engine-thread-1x64"]
+const first = ["gpumain+cpuworker", "workers2-locked", "engine-thread-2models", "engine-process-256", "engine-process-2models-256", "engine-thread-1x64"]
 const order = [...first.filter((n) => n in cases), ...Object.keys(cases).filter((n) => !first.includes(n))]
 
 const outcomes: Array<Outcome> = []
