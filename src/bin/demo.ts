@@ -16,10 +16,15 @@ const repository = Live.bundledModels
 
 // The demo's product is standard output: a reader that goes away (`npm run demo | head -1`) ends
 // it with one line on stderr and exit code 1, as `infer --output -` does, not with an uncaught
-// EPIPE and its stack trace. Standard error carries only that line: losing it must not crash it.
+// EPIPE and its stack trace: the program is interrupted, so that the engine's scope closes its
+// sessions (exiting while a worker is inside onnxruntime aborts the process, exit 134). Standard
+// error carries only that line: losing it must not crash it.
+const stop = new AbortController()
+let outputClosed: string | undefined
 process.stdout.on("error", (error: NodeJS.ErrnoException) => {
-  process.stderr.write(`demo: cannot write standard output: ${error.code === "EPIPE" ? "the reader closed the pipe (EPIPE)" : error.message}\n`)
-  process.exit(1)
+  if (outputClosed !== undefined) return
+  outputClosed = error.code === "EPIPE" ? "the reader closed the pipe (EPIPE)" : error.message
+  stop.abort()
 })
 process.stderr.on("error", () => {})
 
@@ -100,9 +105,22 @@ const program = Effect.gen(function*() {
 const EngineLive = Live.layerConfig({ repository, serviceName: "effect-onnx-demo" })
 
 // One line on stderr, as the CLI does: exit code 2 for an invalid environment variable, 1 for anything else.
-Effect.runPromise(program.pipe(Effect.provide(EngineLive))).catch((error: unknown) => {
-  const configError = error instanceof Config.ConfigError
-  const message = configError ? `invalid configuration: ${AsyncConfig.describeError(error)}` : error instanceof Error ? error.message : String(error)
-  process.stderr.write(`demo: ${message}\n`)
-  process.exitCode = configError ? 2 : 1
-})
+Effect.runPromise(program.pipe(Effect.provide(EngineLive)), { signal: stop.signal }).then(
+  () => {
+    if (outputClosed === undefined) return
+    process.stderr.write(`demo: cannot write standard output: ${outputClosed}\n`)
+    process.exitCode = 1
+  },
+  (error: unknown) => {
+    const configError = error instanceof Config.ConfigError
+    const message = outputClosed !== undefined
+      ? `cannot write standard output: ${outputClosed}`
+      : configError
+      ? `invalid configuration: ${AsyncConfig.describeError(error)}`
+      : error instanceof Error
+      ? error.message
+      : String(error)
+    process.stderr.write(`demo: ${message}\n`)
+    process.exitCode = configError && outputClosed === undefined ? 2 : 1
+  }
+)
