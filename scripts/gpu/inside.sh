@@ -70,8 +70,9 @@ bench=$(($(left) - 15 - soak_s - 55))
 [ "$bench" -lt 90 ] && bench=90
 phase bench "$bench" node --expose-gc bench/gpu.ts --seconds=2 --rounds=1 --warmup-ms=1500 --sizes="$sizes" --instances=1,2,3
 [ -f bench/results/gpu.json ] && cp bench/results/gpu.json "$out/gpu.json"
-# 40 s for the soak to load its models and the CPU reference before, and to write its summary after
-soak=$(($(left) - 40))
+# 40 s for the soak to load its models and the CPU reference before, and to write its summary after (within its phase's
+# limit, which keeps 15 s of the budget)
+soak=$(($(left) - 55))
 [ "$soak" -gt "$soak_s" ] && soak=$soak_s
 if [[ " $phases " != *" soak "* ]]; then
   : # not asked for
@@ -82,6 +83,6 @@ else
 fi
 phase narrow 75 env ENGINE_SECONDS=${ENGINE_SECONDS:-5} node scripts/gpu/narrow.ts --runs=300 --timeout=20 --sizes="$sizes" --out="$out/narrow.json" ${NARROW_ONLY:+--only=$NARROW_ONLY}
 echo "== report (scripts/gpu/report.ts: the tables for the README)"
-timeout 20 node scripts/gpu/report.ts "$out" || echo "report failed: rerun node scripts/gpu/report.ts on the files brought back"
+timeout 10 node scripts/gpu/report.ts "$out" || echo "report failed: rerun node scripts/gpu/report.ts on the files brought back"
 echo "== summary ($(($(date +%s) - t0)) s)"
 cat "$summary"
