@@ -171,11 +171,12 @@ const expiredExit = (request: Request, why: Scheduler.Expiry, now: number): Exit
 }
 
 /**
- * Answers `request` with its run's failure; once its deadline has passed, the deadline is why
- * (DeadlineExceeded, a 504 counted as a timeout, and expired in the scheduler as its timer would
- * have), whatever the pool said of it: a pool that stops runs refuses a job whose deadline passed
- * while it waited for an instance, and kills a run at its deadline (plus its grace), each a
- * RunFailed a moment before the engine's own timer answers it.
+ * Answers `request` with its run's failure; a RunFailed once its deadline has passed is the
+ * deadline's doing (DeadlineExceeded, a 504 counted as a timeout, and expired in the scheduler as
+ * its timer would have): a pool that stops runs refuses a job whose deadline passed while it
+ * waited for an instance, and kills a run at its deadline (plus its grace), each a RunFailed a
+ * moment before the engine's own timer answers it. Any other failure (the model unloading, say)
+ * keeps its reason, past the deadline or not.
  */
 const answerFailed = (state: State, request: Request, cause: Cause.Cause<InferenceError.Reason>): void => {
   const exit = Exit.failCause(cause)

@@ -450,7 +450,7 @@ describe("Dispatcher.make: what it hands the pool and learns from it", () => {
         yield* TestClock.adjust("1 millis")
       }
       assert.deepStrictEqual(answers, { "batched-late": "ok", "batched-early": "ok", "grouped-late": "ok", "grouped-early": "ok" })
-      assert.deepStrictEqual(timeouts, [100, 100], "one job each, until the first member's deadline, not the last member's")
+      assert.deepStrictEqual(timeouts, [100, 100], "one job each, until the latest member's deadline (the first submitted), not the earliest's")
     }))
 
   it.effect("learns the model's run cost from the pool's native run time, not the job's wall time", () =>
