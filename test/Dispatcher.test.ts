@@ -21,6 +21,7 @@ import type * as Scheduler from "../src/Scheduler.ts"
 import { layerRecording, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { type FakeInstance, fakeTransport, poolOptions } from "./fixtures/FakeTransport.ts"
+import { stoppedClock } from "./fixtures/StoppedClock.ts"
 
 /** Lets forked fibers, microtasks and the dispatcher's pumps run. */
 const settle = Effect.gen(function*() {
@@ -298,26 +299,6 @@ describe("Dispatcher over a pool that pins jobs to instances", () => {
 })
 
 describe("Dispatcher: a run's failure past its caller's deadline", () => {
-  /**
-   * A clock the test moves, whose sleeps never end: the dispatcher's own timer never answers a
-   * deadline, so only the pool's failure does, as when a process pool refuses a job whose deadline
-   * passed while it waited, or kills a run at its deadline, a moment before that timer fires.
-   */
-  const stoppedClock = () => {
-    let nowMs = 1_000
-    const nanos = () => BigInt(Math.round(nowMs * 1e6))
-    const clock: Clock.Clock = {
-      currentTimeMillisUnsafe: () => nowMs,
-      currentTimeMillis: Effect.sync(() => nowMs),
-      currentTimeNanosUnsafe: nanos,
-      currentTimeNanos: Effect.sync(nanos),
-      monotonicTimeNanosUnsafe: nanos,
-      monotonicTimeNanos: Effect.sync(nanos),
-      sleep: () => Effect.never
-    }
-    return { clock, advance: (ms: number) => void (nowMs += ms) }
-  }
-
   /** The engine over a pool whose runs wait for the test to fail them (one instance, batching as given). */
   const engineFailingOnCue = (clock: Clock.Clock, batching: BatchPolicy.BatchingConfig) =>
     Effect.gen(function*() {

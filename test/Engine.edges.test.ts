@@ -19,6 +19,7 @@ import type * as Scheduler from "../src/Scheduler.ts"
 import { layerRecording, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { makeHarness } from "./fixtures/EngineHarness.ts"
+import { stoppedClock } from "./fixtures/StoppedClock.ts"
 import { echoInputs, echoMetadata, makeFake } from "./fixtures/FakeModelPool.ts"
 
 /** Lets the dispatcher's pump (a microtask) and the forked runs go. */
@@ -124,17 +125,7 @@ describe("Engine and Dispatcher edges", () => {
   it.live("a run that fails past its caller's deadline for a reason other than RunFailed (the model unloading) keeps that reason", () =>
     Effect.gen(function*() {
       // A clock the test moves, whose sleeps never end: only the pool's failure answers the request.
-      let nowMs = 1_000
-      const nanos = () => BigInt(Math.round(nowMs * 1e6))
-      const clock: Clock.Clock = {
-        currentTimeMillisUnsafe: () => nowMs,
-        currentTimeMillis: Effect.sync(() => nowMs),
-        currentTimeNanosUnsafe: nanos,
-        currentTimeNanos: Effect.sync(nanos),
-        monotonicTimeNanosUnsafe: nanos,
-        monotonicTimeNanos: Effect.sync(nanos),
-        sleep: () => Effect.never
-      }
+      const { advance, clock } = stoppedClock()
       const runs: Array<Deferred.Deferred<never, InferenceError.ModelUnavailable>> = []
       const metadata: ModelMetadata.ModelMetadata = { name: "m", version: "1", inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }], concurrency: 1 }
       const pool = ModelPool.of({
@@ -150,7 +141,7 @@ describe("Engine and Dispatcher edges", () => {
       const fiber = yield* fork(Effect.exit(engine.infer(InferenceRequest.make("m", { x: Tensor.float32(new Float32Array([1]), [1, 1]) }, { requestId: "a", timeout: "10 millis" }))))
       yield* settle
       assert.strictEqual(runs.length, 1)
-      nowMs += 10
+      advance(10)
       yield* Deferred.fail(runs[0]!, new InferenceError.ModelUnavailable({ modelId: "m", reason: "unloading" }))
       yield* settle
       const exit = yield* Fiber.join(fiber)
@@ -406,17 +397,7 @@ describe("Engine and Dispatcher edges", () => {
   it.live("a group whose job fails at its members' deadline answers them DeadlineExceeded and runs none of them again", () =>
     Effect.gen(function*() {
       // A clock the test moves, whose sleeps never end: only the pool's failure answers the requests.
-      let nowMs = 1_000
-      const nanos = () => BigInt(Math.round(nowMs * 1e6))
-      const clock: Clock.Clock = {
-        currentTimeMillisUnsafe: () => nowMs,
-        currentTimeMillis: Effect.sync(() => nowMs),
-        currentTimeNanosUnsafe: nanos,
-        currentTimeNanos: Effect.sync(nanos),
-        monotonicTimeNanosUnsafe: nanos,
-        monotonicTimeNanos: Effect.sync(nanos),
-        sleep: () => Effect.never
-      }
+      const { advance, clock } = stoppedClock()
       const jobs: Array<string> = []
       const groups: Array<Deferred.Deferred<never, InferenceError.RunFailed>> = []
       const metadata: ModelMetadata.ModelMetadata = { name: "m", version: "1", inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }], concurrency: 1 }
@@ -437,7 +418,7 @@ describe("Engine and Dispatcher edges", () => {
       yield* gate.open
       yield* settle
       assert.deepStrictEqual(jobs, ["group"])
-      nowMs += 10
+      advance(10)
       yield* Deferred.fail(groups[0]!, new InferenceError.RunFailed({ modelId: "m", requestId: "a", detail: "killed at its deadline" }))
       yield* settle
       for (const f of fibers) {
