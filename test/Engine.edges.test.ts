@@ -7,7 +7,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Latch, Layer, Scope } from "effect"
 import { TestClock } from "effect/testing"
-import { AsyncConfigService } from "../src/AsyncConfig.ts"
+import { type AsyncConfig, AsyncConfigService } from "../src/AsyncConfig.ts"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
 import * as Dispatcher from "../src/Dispatcher.ts"
 import { AsyncInferenceEngine, DispatchGate } from "../src/Engine.ts"
@@ -32,6 +32,17 @@ const settle = Effect.gen(function*() {
 
 const fork = <A, E>(effect: Effect.Effect<A, E>) => Effect.forkChild(effect, { startImmediately: true })
 
+/** The engine over `pool`, keeping no telemetry; with `gate`, nothing is dispatched until it opens (DispatchGate); with `clock`, on that clock. */
+const engineOver = (pool: Layer.Layer<ModelPool>, config: Partial<AsyncConfig> = {}, options: { readonly gate?: Latch.Latch; readonly clock?: Clock.Clock } = {}) =>
+  Effect.gen(function*() {
+    let build = Layer.build(AsyncInferenceEngine.layer.pipe(
+      Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith(config)))
+    ))
+    if (options.gate !== undefined) build = build.pipe(Effect.provideService(DispatchGate, options.gate.await))
+    if (options.clock !== undefined) build = build.pipe(Effect.provideService(Clock.Clock, options.clock))
+    return Context.get(yield* build, AsyncInferenceEngine)
+  })
+
 describe("Engine and Dispatcher edges", () => {
   // Mutant (Dispatcher.ts, runGroup): `nativeMs / members.length` → `nativeMs`.
   it.effect("a group's native run time is learned per member: a group of cheap runs does not shrink the next groups to one", () =>
@@ -51,10 +62,7 @@ describe("Engine and Dispatcher edges", () => {
         models: Effect.succeed([])
       })
       const gate = yield* Latch.make(false)
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
-      )).pipe(Effect.provideService(DispatchGate, gate.await))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, { gate })
       const infer = (v: number) => fork(Effect.exit(engine.infer(InferenceRequest.make("echo", echoInputs(v)))))
       const first = yield* Effect.forEach([1, 2, 3, 4], infer)
       yield* gate.open
@@ -134,10 +142,7 @@ describe("Engine and Dispatcher edges", () => {
         run: () => Effect.flatMap(Deferred.make<never, InferenceError.ModelUnavailable>(), (d) => Effect.andThen(Effect.sync(() => runs.push(d)), Deferred.await(d))),
         models: Effect.succeed([])
       })
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(Layer.succeed(ModelPool, pool), TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
-      )).pipe(Effect.provideService(Clock.Clock, clock))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(Layer.succeed(ModelPool, pool), { maxConcurrentRequests: 1 }, { clock })
       const fiber = yield* fork(Effect.exit(engine.infer(InferenceRequest.make("m", { x: Tensor.float32(new Float32Array([1]), [1, 1]) }, { requestId: "a", timeout: "10 millis" }))))
       yield* settle
       assert.strictEqual(runs.length, 1)
@@ -162,10 +167,7 @@ describe("Engine and Dispatcher edges", () => {
         },
         models: Effect.succeed([])
       })
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(Layer.succeed(ModelPool, pool), TelemetryCollector.layerNoop, AsyncConfigService.layerWith({})))
-      ))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(Layer.succeed(ModelPool, pool))
       const fiber = yield* fork(Effect.exit(engine.infer(InferenceRequest.make("echo", echoInputs(1), { timeout: "1 second" }))))
       yield* settle
       const exit = fiber.pollUnsafe()
@@ -191,10 +193,7 @@ describe("Engine and Dispatcher edges", () => {
         models: Effect.succeed([])
       })
       const gate = yield* Latch.make(false)
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
-      )).pipe(Effect.provideService(DispatchGate, gate.await))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, { gate })
       const batch = yield* Effect.forEach([1, 2], (v) => fork(Effect.exit(engine.infer(InferenceRequest.make("echo", echoInputs(v))))))
       yield* gate.open
       for (const f of batch) assert.isTrue(Exit.isSuccess(yield* Fiber.join(f)))
@@ -271,10 +270,7 @@ describe("Engine and Dispatcher edges", () => {
         models: Effect.succeed([])
       })
       const gate = yield* Latch.make(false)
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
-      )).pipe(Effect.provideService(DispatchGate, gate.await))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, { gate })
       const fibers = yield* Effect.forEach([1, 2, 3], (v) => fork(Effect.exit(engine.infer(InferenceRequest.make("echo", echoInputs(v))))))
       yield* gate.open
       for (const f of fibers) {
@@ -312,10 +308,7 @@ describe("Engine and Dispatcher edges", () => {
           }),
         models: Effect.succeed([])
       })
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 2 })))
-      ))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 2 })
       yield* fork(engine.infer(InferenceRequest.make("x", width(4), { requestId: "long" })))
       yield* TestClock.adjust("1 millis")
       // x is busy: this one forms a batch (its 40 ms delay), holding the second permit
@@ -340,10 +333,7 @@ describe("Engine and Dispatcher edges", () => {
         run: () => Effect.interrupt,
         models: Effect.succeed([])
       })
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({})))
-      ))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(pool)
       const exit = yield* Effect.exit(engine.infer(InferenceRequest.make("echo", echoInputs(1))))
       const reason = Exit.isFailure(exit) ? (Cause.squash(exit.cause) as InferenceError.InferenceError).reason : undefined
       assert.strictEqual(reason?._tag, "ShuttingDown")
@@ -409,10 +399,7 @@ describe("Engine and Dispatcher edges", () => {
         models: Effect.succeed([])
       })
       const gate = yield* Latch.make(false)
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(Layer.succeed(ModelPool, pool), TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
-      )).pipe(Effect.provideService(Clock.Clock, clock), Effect.provideService(DispatchGate, gate.await))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(Layer.succeed(ModelPool, pool), { maxConcurrentRequests: 1 }, { clock, gate })
       const fibers = yield* Effect.forEach(["a", "b"], (requestId) =>
         fork(Effect.exit(engine.infer(InferenceRequest.make("m", { x: Tensor.float32(new Float32Array([1]), [1, 1]) }, { requestId, timeout: "10 millis" })))))
       yield* gate.open
@@ -458,10 +445,7 @@ describe("Engine and Dispatcher edges", () => {
       ...fake.pool,
       metadataUnsafe: (modelId) => modelId === "echo" ? metadata : new InferenceError.ModelNotFound({ modelId })
     })
-    const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-      Layer.provide(Layer.mergeAll(Layer.succeed(ModelPool, pool), TelemetryCollector.layerNoop, AsyncConfigService.layerWith({ maxConcurrentRequests: 1 })))
-    ))
-    return { engine: Context.get(context, AsyncInferenceEngine), stats: fake.stats }
+    return { engine: yield* engineOver(Layer.succeed(ModelPool, pool), { maxConcurrentRequests: 1 }), stats: fake.stats }
   })
 
   // Mutant (Engine.ts, submit's cleanup): `noteSettled(state)` after a cancel dropped.
@@ -560,10 +544,7 @@ describe("Engine and Dispatcher edges", () => {
         run: (_modelId, inputs) => Effect.sync(() => (runs++, { outputs: { y: inputs["a"]! }, deviceUsed: "cpu" })),
         models: Effect.succeed([])
       })
-      const context = yield* Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith({})))
-      ))
-      const engine = Context.get(context, AsyncInferenceEngine)
+      const engine = yield* engineOver(pool)
       const inputs = { a: Tensor.float32(new Float32Array([1]), [1, 1]), b: Tensor.float32(new Float32Array([1, 2]), [2, 1]) }
       const exit = yield* Effect.exit(engine.infer(InferenceRequest.make("echo", inputs)))
       const reason = Exit.isFailure(exit) ? (Cause.squash(exit.cause) as InferenceError.InferenceError).reason : undefined
