@@ -133,24 +133,12 @@ export const maxConnections = 1000
  */
 export const streamResets = { burst: 10_000, perSecond: 5_000 } as const
 
-/**
- * New streams Node may refuse in a row on one connection before it closes it, by default 10 000
- * (Node's: 100). A stream the client reset stays in the connection's table until JavaScript frees
- * it, so a client resetting many calls finds the `maxConcurrentStreams` taken for a moment: its
- * next stream is refused (that call alone fails, RESOURCE_EXHAUSTED), and at Node's 100 refusals
- * in a row the connection closed and the valid calls in flight on it failed with INTERNAL (a
- * reviewer's 300 loops of 1 ms deadlines: 100 such failures a closed connection). The count
- * starts again at each stream accepted.
- */
-export const maxRejectedStreamsInARow = 10_000
-
-/** Sets Node's stream-reset and refused-stream bounds on the HTTP/2 servers grpc-js will create (private to grpc-js 1.14, checked by a test). */
+/** Sets Node's stream-reset bound on the HTTP/2 servers grpc-js will create (private to grpc-js 1.14, checked by a test). */
 const boundStreamResets = (server: Grpc.Server, limits: { readonly burst: number; readonly perSecond: number }): void => {
   const common = (server as unknown as { commonServerOptions?: Record<string, unknown> }).commonServerOptions
   if (common === undefined) return
   common["streamResetBurst"] = limits.burst
   common["streamResetRate"] = limits.perSecond
-  common["maxSessionRejectedStreams"] = maxRejectedStreamsInARow
 }
 
 /** Sets `limit` on the Node servers grpc-js listens with (private to grpc-js 1.14, checked by a test). */
