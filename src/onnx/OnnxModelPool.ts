@@ -371,6 +371,7 @@ const refuseLoad = (
         reason: `the reload failed (${reasons}); the version${serving.length === 1 ? "" : "s"} loaded before ${keeps} serving`
       })
     }
+    yield* Effect.logWarning(`model ${name}: the load failed, and no version of it serves (a load is all or nothing): ${reasons}`)
     for (const e of ModelRepository.versionsOf(state.repository, name)) state.loaded.delete(key(e.name, e.version))
     const notLoaded = `not loaded: the load failed (${reasons}), and a load is all or nothing`
     fresh.forEach((e, i) => state.loaded.set(key(e.name, e.version), states[i]!._tag === "Ready" ? { _tag: "Unavailable", reason: notLoaded } : states[i]!))
