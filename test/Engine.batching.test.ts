@@ -6,7 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Exit, Fiber, Latch, Layer, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
-import { type AsyncConfig, AsyncConfigService } from "../src/AsyncConfig.ts"
+import { AsyncConfigService } from "../src/AsyncConfig.ts"
 import { AsyncInferenceEngine, DispatchGate } from "../src/Engine.ts"
 import * as ModelControl from "../src/http/ModelControl.ts"
 import * as InferenceError from "../src/InferenceError.ts"
@@ -15,9 +15,9 @@ import type * as InferenceResult from "../src/InferenceResult.ts"
 import * as ModelMetadata from "../src/ModelMetadata.ts"
 import { ModelPool } from "../src/ModelPool.ts"
 import type * as Priority from "../src/Priority.ts"
-import { layerRecording, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
+import { layerRecording, TelemetryLog } from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
-import { makeHarness } from "./fixtures/EngineHarness.ts"
+import { engineOver, makeHarness } from "./fixtures/EngineHarness.ts"
 import { echoInputs, echoMetadata, type Script } from "./fixtures/FakeModelPool.ts"
 
 const batching = (overrides: Partial<BatchPolicy.BatchingConfig> = {}): BatchPolicy.BatchingConfig => ({
@@ -397,14 +397,6 @@ describe("AsyncInferenceEngine dynamic batching", () => {
 
 describe("AsyncInferenceEngine dynamic batching across models", () => {
   /** The engine over `pool` with no telemetry; with `gate`, nothing is dispatched until it opens. */
-  const engineOver = (pool: Layer.Layer<ModelPool>, config: Partial<AsyncConfig> = {}, gate?: Latch.Latch) =>
-    Effect.map(
-      Layer.build(AsyncInferenceEngine.layer.pipe(
-        Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith(config)))
-      )).pipe(Effect.provideService(DispatchGate, gate === undefined ? Effect.void : gate.await)),
-      (context) => Context.get(context, AsyncInferenceEngine)
-    )
-
   it.effect("never joins requests of two models (or two versions of one) into one run, even when their inputs look alike", () =>
     Effect.gen(function*() {
       // Two models with one signature, each multiplying by its own factor; both batch.
@@ -423,7 +415,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
         models: Effect.succeed([])
       })
       const gate = yield* Latch.make(false)
-      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, { gate })
       // queued while dispatch is held: interleaved, so a batch that gathers by input kind alone would take both models' requests
       const calls = ["double", "triple", "double", "triple"].map((model, i) => ({ model, value: i + 1 }))
       const fibers = yield* Effect.forEach(calls, ({ model, value }) => fork(engine.infer(InferenceRequest.make(model, echoInputs(value), { requestId: `${model}-${value}` }))))
@@ -483,7 +475,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
           models: Effect.succeed([])
         })
         const gate = yield* Latch.make(false)
-        const engine = yield* engineOver(pool, {}, gate)
+        const engine = yield* engineOver(pool, {}, { gate })
         const infer = (id: string, priority: Priority.Priority) => fork(Effect.exit(engine.infer(InferenceRequest.make("m", echoInputs(1), { requestId: id, priority }))))
         const old = yield* infer("old", oldPriority) // admitted against output y
         current = after
@@ -513,7 +505,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
         models: Effect.succeed([])
       })
       const gate = yield* Latch.make(false)
-      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, { gate })
       const fibers = yield* Effect.forEach(["a", "b"], (id) =>
         fork(Effect.exit(engine.infer(InferenceRequest.make("echo", { x: Tensor.float32(new Float32Array(width).fill(1), [1, width]) }, { requestId: id })))))
       yield* gate.open
@@ -538,7 +530,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
         models: Effect.succeed([])
       })
       const gate = yield* Latch.make(false)
-      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, { gate })
       const infer = (value: number) => fork(engine.infer(InferenceRequest.make("echo", echoInputs(value))))
       const first = [yield* infer(1), yield* infer(2)]
       yield* gate.open
@@ -627,7 +619,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
         models: Effect.succeed([])
       })
       const gate = yield* Latch.make(false)
-      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
+      const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, { gate })
       const values = [1, poison, 3]
       const fibers = yield* Effect.forEach(values, (v) => fork(Effect.exit(engine.infer(InferenceRequest.make("echo", echoInputs(v))))))
       yield* gate.open
@@ -696,7 +688,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
           models: Effect.succeed([])
         })
         const gate = yield* Latch.make(false)
-        const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
+        const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, { gate })
         const calls = ["double", "triple", "double", "triple"].map((model, i) => ({ model, value: i + 1 }))
         const fibers = yield* Effect.forEach(calls, ({ model, value }) => fork(engine.infer(InferenceRequest.make(model, echoInputs(value)))))
         yield* gate.open
@@ -728,7 +720,7 @@ describe("AsyncInferenceEngine dynamic batching across models", () => {
           models: Effect.succeed([])
         })
         const gate = yield* Latch.make(false)
-        const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, gate)
+        const engine = yield* engineOver(pool, { maxConcurrentRequests: 1 }, { gate })
         // "1" is the highest version now: all four are admitted to it, and run under it even if a load makes another the highest first
         const versions = [undefined, "1", undefined, "01"]
         const fibers = yield* Effect.forEach(versions, (modelVersion, i) =>

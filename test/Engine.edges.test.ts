@@ -7,7 +7,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, Fiber, Latch, Layer, Scope } from "effect"
 import { TestClock } from "effect/testing"
-import { type AsyncConfig, AsyncConfigService } from "../src/AsyncConfig.ts"
+import { AsyncConfigService } from "../src/AsyncConfig.ts"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
 import * as Dispatcher from "../src/Dispatcher.ts"
 import { AsyncInferenceEngine, DispatchGate } from "../src/Engine.ts"
@@ -18,7 +18,7 @@ import { ModelPool } from "../src/ModelPool.ts"
 import type * as Scheduler from "../src/Scheduler.ts"
 import { layerRecording, TelemetryCollector, TelemetryLog } from "../src/Telemetry.ts"
 import * as Tensor from "../src/Tensor.ts"
-import { makeHarness } from "./fixtures/EngineHarness.ts"
+import { engineOver, makeHarness } from "./fixtures/EngineHarness.ts"
 import { stoppedClock } from "./fixtures/StoppedClock.ts"
 import { echoInputs, echoMetadata, makeFake } from "./fixtures/FakeModelPool.ts"
 
@@ -32,16 +32,13 @@ const settle = Effect.gen(function*() {
 
 const fork = <A, E>(effect: Effect.Effect<A, E>) => Effect.forkChild(effect, { startImmediately: true })
 
-/** The engine over `pool`, keeping no telemetry; with `gate`, nothing is dispatched until it opens (DispatchGate); with `clock`, on that clock. */
-const engineOver = (pool: Layer.Layer<ModelPool>, config: Partial<AsyncConfig> = {}, options: { readonly gate?: Latch.Latch; readonly clock?: Clock.Clock } = {}) =>
-  Effect.gen(function*() {
-    let build = Layer.build(AsyncInferenceEngine.layer.pipe(
-      Layer.provide(Layer.mergeAll(pool, TelemetryCollector.layerNoop, AsyncConfigService.layerWith(config)))
-    ))
-    if (options.gate !== undefined) build = build.pipe(Effect.provideService(DispatchGate, options.gate.await))
-    if (options.clock !== undefined) build = build.pipe(Effect.provideService(Clock.Clock, options.clock))
-    return Context.get(yield* build, AsyncInferenceEngine)
-  })
+/** Model "m" version 1: one float32 column in (x), the same out (y), rows along axis 0. */
+const oneColumn: ModelMetadata.ModelMetadata = {
+  name: "m",
+  version: "1",
+  inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }],
+  outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }]
+}
 
 describe("Engine and Dispatcher edges", () => {
   // Mutant (Dispatcher.ts, runGroup): `nativeMs / members.length` → `nativeMs`.
@@ -79,12 +76,7 @@ describe("Engine and Dispatcher edges", () => {
   // Mutant (Dispatcher.ts, make's submit): `if (state.closed) return undefined` dropped.
   it.effect("a dispatcher whose scope has closed admits nothing: submit answers undefined, nothing is left unsettled", () =>
     Effect.gen(function*() {
-      const metadata: ModelMetadata.ModelMetadata = {
-        name: "m",
-        version: "1",
-        inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }],
-        outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }]
-      }
+      const metadata = oneColumn
       const pool = ModelPool.of({
         metadata: () => Effect.succeed(metadata),
         run: (_modelId, inputs) => Effect.succeed({ outputs: { y: inputs["x"]! }, deviceUsed: "cpu" }),
@@ -135,7 +127,7 @@ describe("Engine and Dispatcher edges", () => {
       // A clock the test moves, whose sleeps never end: only the pool's failure answers the request.
       const { advance, clock } = stoppedClock()
       const runs: Array<Deferred.Deferred<never, InferenceError.ModelUnavailable>> = []
-      const metadata: ModelMetadata.ModelMetadata = { name: "m", version: "1", inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }], concurrency: 1 }
+      const metadata: ModelMetadata.ModelMetadata = { ...oneColumn, concurrency: 1 }
       const pool = ModelPool.of({
         metadata: () => Effect.succeed(metadata),
         metadataUnsafe: () => metadata,
@@ -342,12 +334,7 @@ describe("Engine and Dispatcher edges", () => {
   // Mutant (Dispatcher.ts, runGroup): the group's pool timeout taken from its first member's deadline, not its latest.
   it.effect("a group's run may last until its latest member's deadline when that member came last", () =>
     Effect.gen(function*() {
-      const metadata: ModelMetadata.ModelMetadata = {
-        name: "m",
-        version: "1",
-        inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }],
-        outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }]
-      }
+      const metadata = oneColumn
       const timeouts: Array<number> = []
       const output = (x: Tensor.Tensor) => ({ outputs: { y: x }, deviceUsed: "cpu" })
       const pool = ModelPool.of({
@@ -390,7 +377,7 @@ describe("Engine and Dispatcher edges", () => {
       const { advance, clock } = stoppedClock()
       const jobs: Array<string> = []
       const groups: Array<Deferred.Deferred<never, InferenceError.RunFailed>> = []
-      const metadata: ModelMetadata.ModelMetadata = { name: "m", version: "1", inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }], concurrency: 1 }
+      const metadata: ModelMetadata.ModelMetadata = { ...oneColumn, concurrency: 1 }
       const pool = ModelPool.of({
         metadata: () => Effect.succeed(metadata),
         metadataUnsafe: () => metadata,
