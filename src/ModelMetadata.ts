@@ -9,6 +9,7 @@ import * as InferenceError from "./InferenceError.ts"
 import * as InputSignature from "./InputSignature.ts"
 import type * as Priority from "./Priority.ts"
 import * as Tensor from "./Tensor.ts"
+import type * as VersionPolicy from "./VersionPolicy.ts"
 
 /** One input or output. A dim of -1 is dynamic (any size). */
 export interface TensorSpec {
@@ -72,6 +73,8 @@ export interface ModelMetadata {
   readonly labels?: Readonly<Record<string, ReadonlyArray<string>>> | undefined
   /** The file each output's labels came from (config.json `labels` as written), as Triton's `label_filename` reports it. */
   readonly labelFiles?: Readonly<Record<string, string>> | undefined
+  /** Which of the model's version directories are served (config.json `versionPolicy`); absent: all of them. */
+  readonly versionPolicy?: VersionPolicy.VersionPolicy | undefined
   /** Declared alternatives the inputs must fit (config.json `inputSignatures`); absent means the ONNX signature alone. */
   readonly signatures?: ReadonlyArray<InputSignature.Signature> | undefined
 }

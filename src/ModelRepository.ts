@@ -39,6 +39,7 @@ import { fileURLToPath } from "node:url"
 import * as BatchPolicy from "./BatchPolicy.ts"
 import * as InputSignature from "./InputSignature.ts"
 import * as Priority from "./Priority.ts"
+import * as VersionPolicy from "./VersionPolicy.ts"
 
 /** The model repository shipped with the package (`models/`: `mlp` and `silero_vad`). The one place its path is defined. */
 export const bundled: string = fileURLToPath(new URL("../models", import.meta.url))
@@ -230,7 +231,9 @@ export const configFields = {
   /** Alternatives a request's inputs must fit, narrower than the ONNX signature (see `InputSignature`). */
   inputSignatures: Schema.optionalKey(InputSignature.ConfigJson),
   /** Class labels of outputs, for Triton's classification extension: output name → a file of one label a line, in the model's directory. */
-  labels: Schema.optionalKey(Schema.Record(Schema.String, LabelFileName))
+  labels: Schema.optionalKey(Schema.Record(Schema.String, LabelFileName)),
+  /** Which version directories are served (Triton's `version_policy`, see `VersionPolicy`); absent: all of them. */
+  versionPolicy: Schema.optionalKey(VersionPolicy.ConfigJson)
 }
 
 /** `config.json` as written. The schema itself ignores unknown keys; `decodeConfig` refuses them first (`unknownKeys`). */
@@ -265,11 +268,13 @@ export interface ModelConfig {
    * class i); undefined without any. Checked against the model's outputs once it loaded.
    */
   readonly labels: Readonly<Record<string, ReadonlyArray<string>>> | undefined
+  /** Which version directories are served (config.json's `versionPolicy`; `VersionPolicy.all` without one). */
+  readonly versionPolicy: VersionPolicy.VersionPolicy
   /** config.json as parsed (an empty object without one). */
   readonly raw: Readonly<Record<string, unknown>>
 }
 
-export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests">
+export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests" | "versionPolicy">
 
 /** Defaults given in code over `defaults()`: any subset, a key set to undefined keeping its default. */
 export type DefaultsOverrides = { readonly [K in keyof Defaults]?: Defaults[K] | undefined }
@@ -478,6 +483,7 @@ export const decodeConfig = (json: unknown, overrides: DefaultsOverrides = {}): 
       inputSignatures: config.inputSignatures,
       // Read from the files config.json names by the scan (`readLabels`), which has the model's directory.
       labels: undefined,
+      versionPolicy: config.versionPolicy === undefined ? VersionPolicy.all : VersionPolicy.fromJson(config.versionPolicy),
       raw: json as Readonly<Record<string, unknown>>
     }
   }))
@@ -532,6 +538,19 @@ export interface ModelRepository {
    * versions but are not (`m/1a`), with the reason.
    */
   readonly ignored: ReadonlyArray<{ readonly name: string; readonly reason: string }>
+  /** Per model whose `versionPolicy` leaves version directories out, or names versions that have none. */
+  readonly notServed: ReadonlyArray<NotServed>
+}
+
+/** What a model's `versionPolicy` does not serve: nothing of either is loaded or listed. */
+export interface NotServed {
+  readonly name: string
+  /** The policy in words ("latest 1"). */
+  readonly policy: string
+  /** Version directories the policy leaves out. */
+  readonly leftOut: ReadonlyArray<string>
+  /** Versions `specific` names that no directory holds (skipped, as Triton does, while another one serves). */
+  readonly missing: ReadonlyArray<string>
 }
 
 /** The repository root itself cannot be read. */
@@ -776,10 +795,16 @@ export const versionConflicts = (versions: ReadonlyArray<string>): ReadonlyMap<s
   return conflicts
 }
 
-const scanModel = async (root: string, name: string, overrides: DefaultsOverrides): Promise<{ entries: Array<Entry>; ignored: Array<Ignored> }> => {
+const scanModel = async (
+  root: string,
+  name: string,
+  overrides: DefaultsOverrides
+): Promise<{ entries: Array<Entry>; ignored: Array<Ignored>; notServed: NotServed | undefined }> => {
   const dir = Path.join(root, name)
   const realDir = await Fs.realpath(dir)
-  if (!inside(root, realDir)) return { entries: [{ _tag: "Unavailable", name, version: "1", reason: `${name}/ resolves outside the model repository` }], ignored: [] }
+  if (!inside(root, realDir)) {
+    return { entries: [{ _tag: "Unavailable", name, version: "1", reason: `${name}/ resolves outside the model repository` }], ignored: [], notServed: undefined }
+  }
   const children = await Fs.readdir(realDir)
   const versions: Array<string> = []
   const ignored: Array<Ignored> = []
@@ -793,12 +818,13 @@ const scanModel = async (root: string, name: string, overrides: DefaultsOverride
   }
   versions.sort(compareVersions)
   const conflicts = versionConflicts(versions)
-  const files = versions.length === 0
-    ? [{ version: "1", file: Path.join(realDir, modelFileName) }]
-    : versions.map((version) => ({ version, file: Path.join(realDir, version, modelFileName) }))
   const config = await readConfig(root, realDir, overrides)
+  // A model.onnx without version directories is version 1, for the policy as for everything else.
+  const found = versions.length === 0 ? ["1"] : versions
+  const selection = typeof config === "string" ? VersionPolicy.select(VersionPolicy.all, found) : VersionPolicy.select(config.versionPolicy, found)
   const entries: Array<Entry> = []
-  for (const { file, version } of files) {
+  for (const version of selection.served) {
+    const file = versions.length === 0 ? Path.join(realDir, modelFileName) : Path.join(realDir, version, modelFileName)
     const conflict = conflicts.get(version)
     if (typeof config === "string" || conflict !== undefined) {
       entries.push({ _tag: "Unavailable", name, version, reason: conflict ?? (config as string) })
@@ -809,7 +835,15 @@ const scanModel = async (root: string, name: string, overrides: DefaultsOverride
       ? { _tag: "Found", name, version, path: checked.path, config }
       : { _tag: "Unavailable", name, version, reason: checked.reason.replaceAll(Path.sep, "/") })
   }
-  return { entries, ignored }
+  if (typeof config === "string" || (selection.left.length === 0 && selection.missing.length === 0)) return { entries, ignored, notServed: undefined }
+  const policy = VersionPolicy.describe(config.versionPolicy)
+  if (entries.length === 0) {
+    // Triton's "at least one version must be available under the version policy": the model does not serve.
+    const version = selection.missing.reduce((a, b) => (compareVersions(a, b) >= 0 ? a : b))
+    const present = versions.length === 0 ? "only model.onnx, version 1" : `version directories ${versions.join(", ")}`
+    entries.push({ _tag: "Unavailable", name, version, reason: `no version that versionPolicy (${policy}) names is in the repository (it has ${present})` })
+  }
+  return { entries, ignored, notServed: { name, policy, leftOut: selection.left, missing: selection.missing } }
 }
 
 /**
@@ -829,6 +863,7 @@ export const scan = (
       const names = dirents.map((d) => d.name).filter((n) => !n.startsWith(".")).sort()
       const entries: Array<Entry> = []
       const ignored: Array<{ name: string; reason: string }> = []
+      const notServed: Array<NotServed> = []
       for (const name of names) {
         if (!(await isDirectory(Path.join(realRoot, name)))) continue
         if (!isValidModelName(name)) {
@@ -839,11 +874,12 @@ export const scan = (
           const model = await scanModel(realRoot, name, options.defaults ?? {})
           entries.push(...model.entries)
           ignored.push(...model.ignored)
+          if (model.notServed !== undefined) notServed.push(model.notServed)
         } catch (e) {
           entries.push({ _tag: "Unavailable", name, version: "1", reason: `${name}/: ${errorText(e)}` })
         }
       }
-      return { root: realRoot, entries: withHostThreadDefaults(entries, options.defaults ?? {}, options.cores), ignored } satisfies ModelRepository
+      return { root: realRoot, entries: withHostThreadDefaults(entries, options.defaults ?? {}, options.cores), ignored, notServed } satisfies ModelRepository
     },
     catch: (e) => new RepositoryError({ root, reason: errorText(e) })
   }).pipe(Effect.withSpan("ModelRepository.scan", { attributes: { root } }))

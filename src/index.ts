@@ -31,6 +31,7 @@ export * as InputSignature from "./InputSignature.ts"
 export * as ModelMetadata from "./ModelMetadata.ts"
 export * as ModelPool from "./ModelPool.ts"
 export * as ModelRepository from "./ModelRepository.ts"
+export * as VersionPolicy from "./VersionPolicy.ts"
 export * as OnnxModelPool from "./onnx/OnnxModelPool.ts"
 
 // Observability

@@ -4,6 +4,7 @@ import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import * as ModelRepository from "../src/ModelRepository.ts"
+import * as VersionPolicy from "../src/VersionPolicy.ts"
 import { tempDirectory, tempRepository } from "./fixtures/ModelRepositoryFixture.ts"
 
 const onnx = "not checked by the scan, only by the runtime"
@@ -90,6 +91,7 @@ describe("ModelRepository", () => {
           batching: undefined,
           inputSignatures: undefined,
           labels: undefined,
+          versionPolicy: VersionPolicy.all,
           raw: {}
         })
         assert.strictEqual(ModelRepository.defaultInstances(2), 1)
@@ -269,7 +271,7 @@ describe("ModelRepository", () => {
 
     it("versionsOf reads each repository object's own entries, lowest version first: a replaced repository is not served from the old one's index", () => {
       const found = (name: string, version: string) => ({ _tag: "Unavailable", name, version, reason: "test" }) as ModelRepository.Entry
-      const before: ModelRepository.ModelRepository = { root: "/r", entries: [found("a", "1"), found("b", "1"), found("b", "2"), found("c", "7")], ignored: [] }
+      const before: ModelRepository.ModelRepository = { root: "/r", entries: [found("a", "1"), found("b", "1"), found("b", "2"), found("c", "7")], ignored: [], notServed: [] }
       assert.deepStrictEqual(ModelRepository.versionsOf(before, "b").map((e) => e.version), ["1", "2"])
       assert.deepStrictEqual(ModelRepository.versionsOf(before, "nope"), [])
       // what a load does: a new object, the model's versions replaced
@@ -312,6 +314,56 @@ describe("ModelRepository", () => {
         assert.strictEqual(reasonOf(entry(repository, "m", "1")), "version directories 01 and 1 are both version 1: keep one")
         assert.strictEqual(entry(repository, "lone", "02")._tag, "Found", "a lone 02 is version 2")
         assert.deepStrictEqual(repository.ignored, [{ name: "m/1a", reason: "not a version directory (a version is decimal digits only)" }])
+      }))
+
+    it.effect("serves only the version directories config.json's versionPolicy selects, and says what it left out", () =>
+      Effect.gen(function*() {
+        const root = yield* tempRepository({
+          "latest/1/model.onnx": onnx,
+          "latest/2/model.onnx": onnx,
+          "latest/10/model.onnx": onnx,
+          "latest/config.json": JSON.stringify({ versionPolicy: { latest: { numVersions: 2 } } }),
+          "specific/1/model.onnx": onnx,
+          "specific/2/model.onnx": "", // named by the policy and broken: unavailable, as without a policy
+          "specific/3/model.onnx": onnx,
+          "specific/config.json": JSON.stringify({ versionPolicy: { specific: { versions: [2, 3, 9] } } }),
+          "none/1/model.onnx": onnx,
+          "none/config.json": JSON.stringify({ versionPolicy: { specific: { versions: [4, 5] } } }),
+          "flat/model.onnx": onnx,
+          "flat/config.json": JSON.stringify({ versionPolicy: { latest: { numVersions: 1 } } }),
+          "all/1/model.onnx": onnx,
+          "all/2/model.onnx": onnx,
+          "all/config.json": JSON.stringify({ versionPolicy: { all: {} } }),
+          "typo/1/model.onnx": onnx,
+          "typo/2/model.onnx": onnx,
+          "typo/config.json": JSON.stringify({ versionPolicy: { latest: { num_versions: 1 } } })
+        })
+        const repository = yield* ModelRepository.scan(root)
+        assert.deepStrictEqual(repository.entries.map((e) => `${e._tag} ${e.name}@${e.version}`), [
+          "Found all@1",
+          "Found all@2",
+          "Found flat@1",
+          "Found latest@2",
+          "Found latest@10",
+          "Unavailable none@5",
+          "Unavailable specific@2",
+          "Found specific@3",
+          "Unavailable typo@1",
+          "Unavailable typo@2"
+        ])
+        assert.strictEqual(ModelRepository.lookup(repository, "latest")?.version, "10")
+        assert.isUndefined(ModelRepository.lookup(repository, "latest", "1"), "a version left out is not a version of the model")
+        assert.strictEqual(reasonOf(entry(repository, "none", "5")), "no version that versionPolicy (specific 4, 5) names is in the repository (it has version directories 1)")
+        assert.strictEqual(reasonOf(entry(repository, "specific", "2")), "specific/2/model.onnx is empty")
+        assert.include(reasonOf(entry(repository, "typo", "1")), `"latest" takes only "numVersions", got "num_versions"`)
+        assert.include(reasonOf(entry(repository, "typo", "1")), `["versionPolicy"]`)
+        assert.deepStrictEqual(repository.notServed, [
+          { name: "latest", policy: "latest 2", leftOut: ["1"], missing: [] },
+          { name: "none", policy: "specific 4, 5", leftOut: ["1"], missing: ["4", "5"] },
+          { name: "specific", policy: "specific 2, 3, 9", leftOut: ["1"], missing: ["9"] }
+        ])
+        const latest = entry(repository, "latest", "10")
+        assert.deepStrictEqual(latest._tag === "Found" && latest.config.versionPolicy, { _tag: "Latest", numVersions: 2 })
       }))
 
     it.effect("names a Triton config.pbtxt without a config.json beside it: its settings would otherwise be replaced by the defaults in silence", () =>

@@ -25,6 +25,7 @@ import type { AsyncConfig } from "../AsyncConfig.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import * as Priority from "../Priority.ts"
+import * as VersionPolicy from "../VersionPolicy.ts"
 import * as Oip from "./Oip.ts"
 
 /** Triton's `DataType` enum name of a tensor's dtype. */
@@ -66,8 +67,8 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
     name: metadata.name,
     platform: Oip.platformName,
     backend: "onnxruntime",
-    // every version in the repository is loaded and served (by name; the highest ready one by default)
-    version_policy: { all: {} },
+    // config.json's versionPolicy; without one every version directory is served (the highest ready one by default)
+    version_policy: VersionPolicy.toTriton(metadata.versionPolicy ?? VersionPolicy.all),
     max_batch_size: leadingBatch ? batching.maxBatchSize : 0,
     input: metadata.inputs.map(tensor),
     // Triton's label_filename, where config.json names one (classification answers carry the labels).

@@ -268,6 +268,7 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
         defaultPriority: entry.config.defaultPriority,
         ...(entry.config.maxQueuedRequests === undefined ? {} : { maxQueuedRequests: entry.config.maxQueuedRequests }),
         concurrency: entry.config.instances,
+        versionPolicy: entry.config.versionPolicy,
         pipelineDepth: host.depth,
         reportsStarts: true,
         // A process can be killed mid-run (after `killGraceMs`); a thread cannot.
@@ -284,6 +285,20 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
     Effect.catch((reason) => Effect.andThen(release(loader, host), Effect.fail(`config.json: ${reason}`)))
   )
 }
+
+/**
+ * Logs what a model's `versionPolicy` does not serve: the version directories it leaves out (one
+ * line, at info: the operator chose it), and a warning per version it names that has no directory.
+ */
+const announceNotServed = (notServed: ModelRepository.NotServed): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    if (notServed.leftOut.length > 0) {
+      yield* Effect.logInfo(`model ${notServed.name}: versionPolicy ${notServed.policy} leaves out version(s) ${notServed.leftOut.join(", ")}; they are not loaded`)
+    }
+    for (const version of notServed.missing) {
+      yield* Effect.logWarning(`model ${notServed.name}: versionPolicy ${notServed.policy} names version ${version}, but no version directory ${version}/ is present`)
+    }
+  })
 
 /** Logs a version READY, as a warning when a requested provider fell back. */
 const announceReady = (entry: ModelRepository.Found, host: InstancePool.InstancePool): Effect.Effect<void> => {
@@ -402,6 +417,7 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
     for (const ignored of scanned.ignored) {
       if (ignored.name.startsWith(`${name}/`)) yield* Effect.logWarning(`model repository: ignoring ${JSON.stringify(ignored.name)}: ${ignored.reason}`)
     }
+    yield* Effect.forEach(scanned.notServed.filter((n) => n.name === name), announceNotServed, { discard: true })
     const fresh = ModelRepository.versionsOf(scanned, name)
     if (fresh.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
     yield* refuseClosing
@@ -638,6 +654,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     for (const name of repository.ignored) {
       yield* Effect.logWarning(`model repository: ignoring ${JSON.stringify(name.name)}: ${name.reason}`)
     }
+    yield* Effect.forEach(repository.notServed, announceNotServed, { discard: true })
     yield* warnGpuThreads(repository)
 
     /** Explicit model control: only the models named are loaded at start; the others wait for `load`. */

@@ -114,7 +114,11 @@ describe("health, server and model metadata", () => {
       assert.deepStrictEqual(config.input.map((t: any) => [t.name, t.data_type, t.dims]), [["x", "TYPE_FP32", ["4"]]])
       assert.strictEqual(config.instance_group[0].kind, "KIND_GPU")
       assert.deepStrictEqual(config.instance_group[0].gpus, [0])
-      assert.strictEqual((yield* call("ModelConfig", { name: "slow" })).response.config.instance_group[0].kind, "KIND_CPU")
+      const slow = (yield* call("ModelConfig", { name: "slow" })).response.config
+      assert.strictEqual(slow.instance_group[0].kind, "KIND_CPU")
+      assert.deepStrictEqual(slow.version_policy, { latest: { num_versions: 1 }, policy_choice: "latest" }, "config.json's versionPolicy, as Triton's message")
+      const vad = (yield* call("ModelConfig", { name: "vad" })).response.config
+      assert.deepStrictEqual(vad.version_policy, { specific: { versions: ["1", "3"] }, policy_choice: "specific" })
       assert.strictEqual(config.dynamic_batching.priority_levels, "4")
       assert.strictEqual(config.dynamic_batching.default_priority_level, "3")
       assert.deepStrictEqual(config.dynamic_batching.preferred_batch_size, [2])

@@ -133,6 +133,35 @@ describe("explicit model control", () => {
       void Path
     }).pipe(withFreshMetrics), 60_000)
 
+  it.live("a reload applies a changed versionPolicy: the versions it leaves out stop serving, the model configuration reports it", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/1/model.onnx": mlpBytes(), "mlp/2/model.onnx": mlpBytes() })
+      const send = yield* makeApp(repository, ["mlp"])
+      const versions = (index: any) => (index as Array<{ name: string; version: string; state: string }>).filter((m) => m.name === "mlp").map((m) => `${m.version} ${m.state}`)
+      assert.deepStrictEqual(versions((yield* send("POST", "/v2/repository/index")).json), ["1 READY", "2 READY"])
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/mlp/config")).json.version_policy, { all: {} })
+      writeTree(repository, { "mlp/config.json": JSON.stringify({ versionPolicy: { latest: { numVersions: 1 } } }) })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/load")).status, 200)
+      assert.deepStrictEqual(versions((yield* send("POST", "/v2/repository/index")).json), ["2 READY"])
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/mlp/config")).json.version_policy, { latest: { num_versions: 1 } })
+      assert.strictEqual((yield* send("POST", "/v2/models/mlp/versions/2/infer", mlpRequest())).status, 200)
+      const leftOut = yield* send("POST", "/v2/models/mlp/versions/1/infer", mlpRequest())
+      assert.strictEqual(leftOut.status, 404, "a version the policy leaves out is not a version of the model")
+      assert.include(leftOut.json.error, `version "1"`)
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/mlp")).json.versions, ["2"])
+      assert.strictEqual((yield* send("GET", "/v2/health/ready")).status, 200, "a version left out does not make the server unready")
+      // Back to an older version only; a policy that names no version on disk fails the load and keeps what serves.
+      writeTree(repository, { "mlp/config.json": JSON.stringify({ versionPolicy: { specific: { versions: [1] } } }) })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/load")).status, 200)
+      assert.deepStrictEqual(versions((yield* send("POST", "/v2/repository/index")).json), ["1 READY"])
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/mlp/config")).json.version_policy, { specific: { versions: [1] } })
+      writeTree(repository, { "mlp/config.json": JSON.stringify({ versionPolicy: { specific: { versions: [7] } } }) })
+      const none = yield* send("POST", "/v2/repository/models/mlp/load")
+      assert.strictEqual(none.status, 503)
+      assert.include(none.json.error, "no version that versionPolicy (specific 7) names is in the repository (it has version directories 1, 2)")
+      assert.strictEqual((yield* send("POST", "/v2/models/mlp/versions/1/infer", mlpRequest())).status, 200, "the version loaded before keeps serving")
+    }).pipe(withFreshMetrics), 60_000)
+
   it.live("the index drops a model never loaded whose directory has gone (its load is a 404); a load names its ignored directories in a warning, as the start does", () => {
     const warnings: Array<string> = []
     const capture = Logger.make((options) => {
@@ -148,6 +177,10 @@ describe("explicit model control", () => {
       writeTree(repository, { "thr/2a/model.onnx": mlpBytes() })
       assert.strictEqual((yield* send("POST", "/v2/repository/models/thr/load")).status, 200)
       assert.isTrue(warnings.some((w) => w.includes(`ignoring "thr/2a": not a version directory`)), JSON.stringify(warnings))
+      // A version a specific versionPolicy names that has no directory: skipped, with a warning.
+      writeTree(repository, { "thr/config.json": JSON.stringify({ versionPolicy: { specific: { versions: [1, 4] } } }) })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/thr/load")).status, 200)
+      assert.isTrue(warnings.some((w) => w === "model thr: versionPolicy specific 1, 4 names version 4, but no version directory 4/ is present"), JSON.stringify(warnings))
       // The load rescanned: "gone" is no longer listed, and cannot be loaded.
       assert.deepStrictEqual(yield* index(), ["mlp", "thr"])
       assert.strictEqual((yield* send("POST", "/v2/repository/models/gone/load")).status, 404)

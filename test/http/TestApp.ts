@@ -63,7 +63,7 @@ const multi: ModelMetadata.ModelMetadata = {
   outputs: [{ name: "sum", dtype: "float32", dims: [1] }, { name: "scaled", dtype: "float32", dims: [-1] }, { name: "b_out", dtype: "int64", dims: [] }]
 }
 
-const slow: ModelMetadata.ModelMetadata = { ...echo("1"), name: "slow", defaultPriority: "High" }
+const slow: ModelMetadata.ModelMetadata = { ...echo("1"), name: "slow", defaultPriority: "High", versionPolicy: { _tag: "Latest", numVersions: 1 } }
 
 /** An identity that batches, at most 2 rows a run (y = x), on the GPU as its pool says. */
 const batched: ModelMetadata.ModelMetadata = {
@@ -80,7 +80,8 @@ const vad: ModelMetadata.ModelMetadata = {
   version: "1",
   inputs: [{ name: "audio", dtype: "float32", dims: [-1, -1] }, { name: "sr", dtype: "int64", dims: [] }],
   outputs: [{ name: "y", dtype: "float32", dims: [-1, -1] }],
-  signatures: [{ audio: { dims: [-1, 4] }, sr: { values: [16000] } }, { audio: { dims: [-1, 2] }, sr: { values: [8000] } }]
+  signatures: [{ audio: { dims: [-1, 4] }, sr: { values: [16000] } }, { audio: { dims: [-1, 2] }, sr: { values: [8000] } }],
+  versionPolicy: { _tag: "Specific", versions: ["1", "3"] }
 }
 
 /** Like a text model's embedding lookup: token ids within [0, 9] (y = ids). */
@@ -95,8 +96,9 @@ const tokens: ModelMetadata.ModelMetadata = {
 /**
  * The models: `echo` v1 (y = x) and v2 (y = 2x, the default), `identity_<dtype>` for every
  * dtype (y = x, any [-1, -1] shape), `multi` (outputs sum(a), a * b and b), `slow` (echo that
- * takes `slowLatency`, or until `gate` opens when it is closed; its default priority is High),
- * `vad` and `tokens` (identities with declared input signatures), `batched` (an identity that
+ * takes `slowLatency`, or until `gate` opens when it is closed; its default priority is High,
+ * its version policy latest 1), `vad` (version policy specific 1, 3) and `tokens` (identities with
+ * declared input signatures), `batched` (an identity that
  * batches up to 2 rows, on "webgpu"), and `broken`, unavailable with
  * a reason that names an absolute path.
  */
