@@ -21,14 +21,22 @@ export interface RunOutput {
   readonly runMs?: number | undefined
 }
 
-/** A model's state in the repository, as the server's repository index reports it. */
+/**
+ * A model's state in the repository, as the server's repository index reports it (Triton's
+ * states): READY serves; UNAVAILABLE does not, with the reason; LOADING is being loaded and does
+ * not serve yet (a version that serves keeps READY through its reload, until the new one takes
+ * over); UNLOADING is being unloaded: it admits nothing more and finishes what it was given.
+ */
 export interface ModelStatus {
   readonly name: string
   readonly version: string
-  readonly state: "READY" | "UNAVAILABLE"
+  readonly state: "READY" | "UNAVAILABLE" | "LOADING" | "UNLOADING"
   /** Why it is unavailable. */
   readonly reason?: string | undefined
 }
+
+/** Whether a version still runs what it was given: READY, or UNLOADING while it drains (its series stay in the metrics until then). */
+export const runs = (status: ModelStatus): boolean => status.state === "READY" || status.state === "UNLOADING"
 
 /** The options of `Service.run`. */
 export interface RunOptions {

@@ -25,14 +25,16 @@ export const unloadedReason = "unloaded"
  * Whether the server is ready (`/v2/health/ready`), and if not why. Shutting down is never
  * ready. Strict (the default, as Triton's): not ready while a model version that should be up is
  * unavailable (the reason names them; one UNAVAILABLE with reason "unloaded", never loaded under
- * explicit model control or unloaded since, does not count, as in Triton's `IsReady`) or while
+ * explicit model control or unloaded since, does not count, as in Triton's `IsReady`, and neither
+ * does one LOADING or UNLOADING under explicit model control until that ends) or while
  * the repository holds no model. Not strict: ready once listening, whatever the models.
  */
 export const readiness = (input: ReadinessInput): Readiness => {
   if (input.shuttingDown) return { ready: false, reason: "the server is shutting down" }
   if (!input.strict) return { ready: true }
   if (input.models.length === 0) return { ready: false, reason: "the model repository holds no model" }
-  const counted = input.models.filter((m) => m.state === "READY" || m.reason !== unloadedReason)
+  // Being loaded or unloaded on an operator's request is not a failure: neither counts until it ends.
+  const counted = input.models.filter((m) => m.state === "READY" || (m.state === "UNAVAILABLE" && m.reason !== unloadedReason))
   const unavailable = counted.filter((m) => m.state !== "READY")
   if (unavailable.length === 0) return { ready: true }
   const names = unavailable.slice(0, 5).map((m) => `${m.name}@${m.version}`).join(", ")

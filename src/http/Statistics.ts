@@ -25,7 +25,7 @@
  */
 import { Context, Effect, Layer } from "effect"
 import * as InferenceError from "../InferenceError.ts"
-import type * as ModelPool from "../ModelPool.ts"
+import * as ModelPool from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import { type RequestInfo, TelemetryCollector } from "../Telemetry.ts"
 
@@ -139,7 +139,7 @@ export const report = (
     const unversionedOn = new Map<string, { readonly version: string; readonly ready: boolean }>()
     for (const m of models) {
       const seen = unversionedOn.get(m.name)
-      const ready = m.state === "READY"
+      const ready = ModelPool.runs(m)
       if (seen === undefined || (ready && !seen.ready) || (ready === seen.ready && Number(m.version) > Number(seen.version))) unversionedOn.set(m.name, { version: m.version, ready })
     }
     const of = (model: string, v: string) =>

@@ -208,6 +208,8 @@ interface State {
   readonly loaded: Map<string, Loaded>
   /** Models being unloaded: they admit nothing more. */
   readonly unloading: Set<string>
+  /** Models being loaded (their versions that do not serve yet are LOADING in the index). */
+  readonly loading: Set<string>
 }
 
 /** Several GPU models in worker threads take turns on the device, and a native crash would end the server: say so. */
@@ -421,7 +423,10 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
     const fresh = ModelRepository.versionsOf(scanned, name)
     if (fresh.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
     yield* refuseClosing
-    const states = yield* Effect.forEach(fresh, (entry) => loadEntry(loader, entry), { concurrency: "unbounded" })
+    state.loading.add(name)
+    const states = yield* Effect.forEach(fresh, (entry) => loadEntry(loader, entry), { concurrency: "unbounded" }).pipe(
+      Effect.ensuring(Effect.sync(() => state.loading.delete(name)))
+    )
     // The pool began closing while they loaded: the finalizer closes their hosts, and nothing is swapped.
     yield* refuseClosing
     const old = ModelRepository.versionsOf(state.repository, name).map((e) => ({ version: e.version, loaded: state.loaded.get(key(e.name, e.version)) }))
@@ -598,6 +603,18 @@ const unseen = (
     Effect.orElseSucceed(() => ({ unseen: [], onDisk: undefined }))
   )
 
+/**
+ * A version's state while a load or an unload of its model is under way, as Triton's index shows
+ * it: one that does not serve yet is LOADING (one that serves stays READY until the new one takes
+ * over), and one that serves while its model is unloaded is UNLOADING (it drains).
+ */
+const inTransition = (state: State) => (m: ModelStatus): ModelStatus =>
+  m.state === "READY"
+    ? (state.unloading.has(m.name) ? { name: m.name, version: m.version, state: "UNLOADING" } : m)
+    : state.loading.has(m.name)
+    ? { name: m.name, version: m.version, state: "LOADING" }
+    : m
+
 const unloadedStatus = (name: string, version: string): ModelStatus => ({ name, version, state: "UNAVAILABLE", reason: "unloaded" })
 
 /**
@@ -640,7 +657,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       starting: 0,
       started: Latch.makeUnsafe(true)
     }
-    const state: State = { repository, loaded: new Map(), unloading: new Set() }
+    const state: State = { repository, loaded: new Map(), unloading: new Set(), loading: new Set() }
 
     // One finalizer closes every host at once (in-flight runs end in parallel, not one model after another).
     // From its start no host starts; the hosts a `load` is still starting are waited for and closed with the others.
@@ -679,7 +696,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     const [unseenNow, rescan] = yield* Effect.cachedInvalidateWithTTL(Effect.suspend(() => unseen(loader, state)), unseenTtl)
     /** The index: what is loaded (under explicit control, a model not loaded as it is on disk now), then what was never seen. */
     const listed: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit
-      ? Effect.map(Effect.zip(loadedModels, unseenNow), ([loaded, now]) => explicitIndex(loaded, now))
+      ? Effect.map(Effect.zip(loadedModels, unseenNow), ([loaded, now]) => explicitIndex(loaded, now).map(inTransition(state)))
       : loadedModels
 
     // one series per model, bound once (an update is then a lookup, not a context built per run)

@@ -69,11 +69,15 @@ describe("server and health routes", () => {
       assert.strictEqual((yield* lenient.send("GET", "/v2/health/ready")).status, 200)
     }).pipe(withFreshMetrics))
 
-  it("readiness: shutting down, strict or not, an empty repository, unavailable models; unloaded ones do not count", () => {
+  it("readiness: shutting down, strict or not, an empty repository, unavailable models; unloaded ones, and those being loaded or unloaded, do not count", () => {
     const ready = { name: "a", version: "1", state: "READY" }
     const down = { name: "b", version: "2", state: "UNAVAILABLE", reason: "x" }
     const unloaded = { name: "u", version: "1", state: "UNAVAILABLE", reason: "unloaded" }
+    const loading = { name: "l", version: "1", state: "LOADING" }
+    const unloading = { name: "v", version: "3", state: "UNLOADING" }
     const cases: ReadonlyArray<readonly [Lifecycle.ReadinessInput, boolean, string?]> = [
+      [{ shuttingDown: false, strict: true, models: [ready, loading, unloading] }, true],
+      [{ shuttingDown: false, strict: true, models: [loading, down] }, false, "1 of 1 model versions unavailable: b@2"],
       [{ shuttingDown: false, strict: true, models: [ready] }, true],
       [{ shuttingDown: false, strict: true, models: [ready, down] }, false, "1 of 2 model versions unavailable: b@2"],
       [{ shuttingDown: false, strict: true, models: [ready, unloaded] }, true],

@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Fiber, Layer, References, Scope } from "effect"
+import { Context, Effect, Exit, Fiber, Latch, Layer, References, Scope } from "effect"
 import { TestClock } from "effect/testing"
+import * as Lifecycle from "../../src/http/Lifecycle.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import type * as InstancePool from "../../src/onnx/InstancePool.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
@@ -237,6 +238,53 @@ describe("OnnxModelPool lifecycle", () => {
       assert.deepStrictEqual(yield* names, ["mlp READY", "other UNAVAILABLE"])
       yield* quiet(pool.unload!("mlp", Effect.void))
       assert.deepStrictEqual(yield* names, ["mlp UNAVAILABLE", "other UNAVAILABLE"])
+    }))
+
+  it.live("explicit control: the index says LOADING while a model that does not serve loads, keeps READY through a reload, and says UNLOADING while an unload drains; none of them holds readiness back", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1 }) })
+      // Instances announce themselves ready only when the test lets them: a load stays under way until then.
+      let release: () => void = () => {}
+      let held = new Promise<void>((resolve) => (release = resolve))
+      const thread = TestOps.transports.thread!
+      const holding: InstancePool.Transport = {
+        ...thread,
+        spawn: (config, events) => thread.spawn(config, { ...events, message: (m) => (m._tag === "ready" ? void held.then(() => events.message(m)) : events.message(m)) })
+      }
+      const pool = yield* quiet(OnnxModelPool.make({ repository, transports: { thread: holding }, modelControl: "explicit", loadModels: [] }))
+      // Runs before the pool's close (finalizers run last added first): a failed assertion does not leave a load held.
+      yield* Effect.addFinalizer(() => Effect.sync(() => release()))
+      const states = Effect.map(pool.models, (models) => models.map((m) => `${m.name}@${m.version} ${m.state}${m.reason === undefined ? "" : ` (${m.reason})`}`))
+      const readiness = Effect.map(pool.models, (models) => Lifecycle.readiness({ shuttingDown: false, strict: true, models }).ready)
+      assert.deepStrictEqual(yield* states, ["mlp@1 UNAVAILABLE (unloaded)"])
+      const load = yield* Effect.forkChild(quiet(pool.load!("mlp")), { startImmediately: true })
+      yield* eventually("the load spawned its instance", () => pool.counters.workersSpawned === 1)
+      assert.deepStrictEqual(yield* states, ["mlp@1 LOADING"])
+      assert.isTrue(yield* readiness, "a load under way is not a failed model")
+      release()
+      yield* Fiber.join(load)
+      assert.deepStrictEqual(yield* states, ["mlp@1 READY"])
+      // A reload: the version serves throughout, so it stays READY while its new instance loads.
+      held = new Promise<void>((resolve) => (release = resolve))
+      const reload = yield* Effect.forkChild(quiet(pool.load!("mlp")), { startImmediately: true })
+      yield* eventually("the reload spawned its instance", () => pool.counters.workersSpawned === 2)
+      assert.deepStrictEqual(yield* states, ["mlp@1 READY"])
+      release()
+      yield* Fiber.join(reload)
+      // An unload waits for what the engine holds of the model (here: until the test says so).
+      const drained = yield* Latch.make(false)
+      const unload = yield* Effect.forkChild(quiet(pool.unload!("mlp", drained.await)), { startImmediately: true })
+      yield* Effect.yieldNow
+      assert.deepStrictEqual(yield* states, ["mlp@1 UNLOADING"])
+      assert.isTrue(yield* readiness, "an unload under way is not a failed model")
+      yield* drained.open
+      yield* Fiber.join(unload)
+      assert.deepStrictEqual(yield* states, ["mlp@1 UNAVAILABLE (unloaded)"])
+      // A load that fails passes through LOADING to UNAVAILABLE with its reason, which readiness counts.
+      Fs.writeFileSync(Path.join(repository, "mlp", "config.json"), "{ not json")
+      assert.isTrue(Exit.isFailure(yield* Effect.exit(quiet(pool.load!("mlp")))))
+      assert.match((yield* states)[0]!, /^mlp@1 UNAVAILABLE \(config\.json: invalid JSON/)
+      assert.isFalse(yield* readiness)
     }))
 
   it.live("a load and an unload of one model take turns: an unload asked while a load runs ends the model unloaded", () =>
