@@ -35,8 +35,11 @@ export interface PoolOptions<PE = unknown> {
    * an invalid one fails the layer with a RepositoryError naming it (`ModelRepository.defaultsProblem`).
    */
   readonly modelDefaults?: ModelRepository.DefaultsOverrides | undefined
-  /** Triton's model control mode (the server's `--model-control-mode`); default none. */
-  readonly modelControl?: "none" | "explicit" | undefined
+  /**
+   * Triton's model control mode (the server's `--model-control-mode`); default none. Under
+   * "poll" the pool offers its `poll` side: provide `RepositoryPoll.layer` to follow the repository.
+   */
+  readonly modelControl?: "none" | "explicit" | "poll" | undefined
   /** Under explicit model control, the models loaded at start. */
   readonly loadModels?: ReadonlyArray<string> | undefined
   /** A pool to use instead of the onnxruntime one (a fake in tests); the options above are then unused. */

@@ -8,6 +8,7 @@
 import { Context, type Duration, type Effect, type Exit } from "effect"
 import type * as InferenceError from "./InferenceError.ts"
 import type * as ModelMetadata from "./ModelMetadata.ts"
+import type * as ModelRepository from "./ModelRepository.ts"
 import type * as Tensor from "./Tensor.ts"
 
 export interface RunOutput {
@@ -142,6 +143,18 @@ export interface Service {
    * not in the repository.
    */
   readonly unload?: ((name: string, drained: Effect.Effect<void>) => Effect.Effect<void, InferenceError.ModelNotFound>) | undefined
+  /**
+   * Model control mode "poll" (optional: absent otherwise): the pool's models follow the
+   * repository on disk, and `load` and `unload` are for the poller alone (a client's are
+   * refused). `scan` reads the repository now, as the pool would load it; `loaded` is the scan
+   * the pool serves from (each model as its last load, or the start, found it).
+   */
+  readonly poll?:
+    | {
+      readonly scan: Effect.Effect<ModelRepository.ModelRepository, ModelRepository.RepositoryError>
+      readonly loaded: () => ModelRepository.ModelRepository
+    }
+    | undefined
   /**
    * Optional: lifetime counts of what happened to the pool's instances (threads or processes),
    * over every model, read live; what `/metrics` reports as `inference_instance_events_total`.

@@ -515,6 +515,8 @@ export interface Found {
   readonly version: string
   /** Absolute real path of model.onnx, inside the repository root. */
   readonly path: string
+  /** The model file's modification time (ms since the epoch) and size at the scan: a file replaced since differs in one. */
+  readonly file: { readonly modifiedMs: number; readonly bytes: number }
   readonly config: ModelConfig
 }
 
@@ -751,7 +753,10 @@ export const fileIdentity = (path: string): string => {
 }
 
 /** Checks one model file: present, a non-empty regular file this process may read, really inside the root. */
-const checkFile = async (root: string, file: string): Promise<{ readonly path: string } | { readonly reason: string }> => {
+const checkFile = async (
+  root: string,
+  file: string
+): Promise<{ readonly path: string; readonly modifiedMs: number; readonly bytes: number } | { readonly reason: string }> => {
   const relative = Path.relative(root, file)
   let real: string
   try {
@@ -766,10 +771,10 @@ const checkFile = async (root: string, file: string): Promise<{ readonly path: s
     if (stat.size === 0) return { reason: `${relative} is empty` }
     // Unreadable: "permission denied" here, not onnxruntime's "system error number 13" at the load.
     await Fs.access(real, FsSync.constants.R_OK)
+    return { path: real, modifiedMs: stat.mtimeMs, bytes: stat.size }
   } catch (e) {
     return { reason: `${relative}: ${errorText(e)}` }
   }
-  return { path: real }
 }
 
 type Ignored = { readonly name: string; readonly reason: string }
@@ -832,7 +837,7 @@ const scanModel = async (
     }
     const checked = await checkFile(root, file)
     entries.push("path" in checked
-      ? { _tag: "Found", name, version, path: checked.path, config }
+      ? { _tag: "Found", name, version, path: checked.path, file: { modifiedMs: checked.modifiedMs, bytes: checked.bytes }, config }
       : { _tag: "Unavailable", name, version, reason: checked.reason.replaceAll(Path.sep, "/") })
   }
   if (typeof config === "string" || (selection.left.length === 0 && selection.missing.length === 0)) return { entries, ignored, notServed: undefined }
@@ -883,6 +888,23 @@ export const scan = (
     },
     catch: (e) => new RepositoryError({ root, reason: errorText(e) })
   }).pipe(Effect.withSpan("ModelRepository.scan", { attributes: { root } }))
+
+/**
+ * What a model is on disk, as one string: each version's model file (path, modification time,
+ * size) or why it is unavailable, and its config.json as written with the labels it names. Two
+ * scans of an unchanged model give the same string; a replaced model.onnx, an edited config.json
+ * or label file, a version directory added or removed, or a change of `versionPolicy` change it.
+ * Empty for a model the repository does not hold.
+ */
+export const fingerprint = (repository: ModelRepository, name: string): string => {
+  const versions = versionsOf(repository, name)
+  if (versions.length === 0) return ""
+  const found = versions.find((e): e is Found => e._tag === "Found")
+  return JSON.stringify([
+    versions.map((e) => (e._tag === "Found" ? [e.version, e.path, e.file.modifiedMs, e.file.bytes] : [e.version, e.reason])),
+    found === undefined ? null : [found.config.raw, found.config.labels ?? null]
+  ])
+}
 
 /** Each repository's versions by name, built on first use: a repository is never changed, only replaced. */
 const byName = new WeakMap<ModelRepository, ReadonlyMap<string, ReadonlyArray<Entry>>>()

@@ -26,6 +26,7 @@ import { AsyncInferenceEngine } from "../Engine.ts"
 import * as GrpcServer from "../grpc/GrpcServer.ts"
 import { Lifecycle, unloadedReason } from "../http/Lifecycle.ts"
 import * as Routes from "../http/Routes.ts"
+import * as RepositoryPoll from "../http/RepositoryPoll.ts"
 import * as Server from "../http/Server.ts"
 import * as ServerConfig from "../http/ServerConfig.ts"
 import { Statistics } from "../http/Statistics.ts"
@@ -111,7 +112,7 @@ const appLayer = (config: ServerConfig.ServerConfig) => {
       strictReadiness: config.strictReadiness,
       streamOrder: config.grpcStreamOrder
     })
-  return Grpc.pipe(
+  const app = Grpc.pipe(
     Layer.provideMerge(Http),
     Layer.provideMerge(Live.layerConfig({
       repository: config.models,
@@ -123,6 +124,10 @@ const appLayer = (config: ServerConfig.ServerConfig) => {
       telemetry: Statistics.layer
     }))
   )
+  // Under --model-control-mode poll, the poller follows the repository from the first interval on.
+  return config.modelControlMode === "poll"
+    ? RepositoryPoll.layer({ interval: config.repositoryPollInterval }).pipe(Layer.provideMerge(app))
+    : app
 }
 
 /**

@@ -3,7 +3,9 @@
  * (`POST /v2/repository/models/{m}/load|unload`, gRPC `RepositoryModelLoad|Unload`). They work
  * when the pool offers them (`ModelPool.load`/`unload`: `OnnxModelPool` under
  * `--model-control-mode explicit`); otherwise they are refused with `NotSupported` (HTTP 400,
- * gRPC INVALID_ARGUMENT), as under Triton's `--model-control-mode none`.
+ * gRPC INVALID_ARGUMENT), as under Triton's `--model-control-mode none`, and so are a client's
+ * under `--model-control-mode poll`, where the repository poller (`RepositoryPoll`) alone loads
+ * and unloads (Triton: "explicit model load / unload is not allowed if polling is enabled").
  *
  * Unload stops admitting at once, then waits until the engine holds no queued request of the
  * model and no batch is forming, then releases the sessions (a run still going finishes first).
@@ -17,11 +19,27 @@ import * as InferenceError from "../InferenceError.ts"
 import type * as ModelPool from "../ModelPool.ts"
 import type * as Lifecycle from "./Lifecycle.ts"
 
-export class NotSupported extends Data.TaggedError("NotSupported")<{}> {
+export class NotSupported extends Data.TaggedError("NotSupported")<{
+  /** The server polls the repository (`--model-control-mode poll`): its models follow the files. */
+  readonly polling?: boolean
+}> {
   override get message(): string {
-    return "explicit model control is not supported: the repository is loaded once, at startup; start the server with --model-control-mode explicit"
+    return this.polling === true
+      ? "explicit model load and unload are not allowed while the server polls the model repository (--model-control-mode poll): change the files, and the next poll loads them"
+      : "explicit model control is not supported: the repository is loaded once, at startup; start the server with --model-control-mode explicit"
   }
 }
+
+/** Who asks for a load or an unload: a client (HTTP or gRPC), or the repository poller. */
+export type Caller = "client" | "poll"
+
+/** Why `caller` may not load or unload on `pool`, or undefined. */
+const refusal = (pool: ModelPool.Service, caller: Caller): NotSupported | undefined =>
+  pool.load === undefined || pool.unload === undefined
+    ? new NotSupported({})
+    : (pool.poll !== undefined) !== (caller === "poll")
+    ? new NotSupported({ polling: pool.poll !== undefined })
+    : undefined
 
 /**
  * Whether the server can apply the request parameters of a load or unload (Triton's
@@ -46,8 +64,8 @@ export const checkParameters = (action: "load" | "unload", parameters: Readonly<
   return undefined
 }
 
-/** True when the pool can load and unload. */
-export const isEnabled = (pool: ModelPool.Service): boolean => pool.load !== undefined && pool.unload !== undefined
+/** True when a client can load and unload (explicit model control). */
+export const isEnabled = (pool: ModelPool.Service): boolean => refusal(pool, "client") === undefined
 
 /**
  * Loads (or reloads) `name`. Refused with ShuttingDown (HTTP 503, gRPC UNAVAILABLE) once the
@@ -57,10 +75,11 @@ export const isEnabled = (pool: ModelPool.Service): boolean => pool.load !== und
 export const load = (
   pool: ModelPool.Service,
   name: string,
-  lifecycle: Pick<Lifecycle.Service, "isShuttingDown">
+  lifecycle: Pick<Lifecycle.Service, "isShuttingDown">,
+  caller: Caller = "client"
 ): Effect.Effect<void, NotSupported | InferenceError.ModelNotFound | InferenceError.ModelUnavailable | InferenceError.ShuttingDown> =>
-  pool.load === undefined
-    ? Effect.fail(new NotSupported())
+  refusal(pool, caller) !== undefined
+    ? Effect.fail(refusal(pool, caller)!)
     : Effect.suspend((): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable | InferenceError.ShuttingDown> =>
       Effect.suspend(() => lifecycle.isShuttingDown() ? Effect.fail(new InferenceError.ShuttingDown({})) : Effect.void).pipe(
         (admit) => Effect.andThen(admit, pool.load!(name, admit))
@@ -76,6 +95,7 @@ export const drained = (engine: AsyncInferenceEngine["Service"], name: string): 
 export const unload = (
   pool: ModelPool.Service,
   engine: AsyncInferenceEngine["Service"],
-  name: string
+  name: string,
+  caller: Caller = "client"
 ): Effect.Effect<void, NotSupported | InferenceError.ModelNotFound> =>
-  pool.unload === undefined ? Effect.fail(new NotSupported()) : pool.unload(name, drained(engine, name))
+  refusal(pool, caller) !== undefined ? Effect.fail(refusal(pool, caller)!) : pool.unload!(name, drained(engine, name))

@@ -15,7 +15,8 @@
  * | `--grace-period-seconds` | `GRACE_PERIOD_SECONDS` | 30 |
  * | `--grpc-port` | `GRPC_PORT` | `8001`, or 0 when `--port` is 0 (0: any free port; `off`: no gRPC server) |
  * | `--grpc-stream-order completion\|request` | `GRPC_STREAM_ORDER` | `completion`; `request`: ModelStreamInfer answers in the order asked, as Triton |
- * | `--model-control-mode none\|explicit` | `MODEL_CONTROL_MODE` | `none` |
+ * | `--model-control-mode none\|explicit\|poll` | `MODEL_CONTROL_MODE` | `none` |
+ * | `--repository-poll-secs S` | `REPOSITORY_POLL_SECS` | 15 (poll mode: seconds between scans of the repository, at least 1) |
  * | `--load-model NAME` (repeatable) | `LOAD_MODELS` (comma-separated) | none (explicit mode: loaded at start) |
  * | `--strict-readiness BOOL` | `STRICT_READINESS` | true: not ready while any model is unavailable (Triton's) |
  * | `--exit-on-error BOOL` | `EXIT_ON_ERROR` | false: exit 1 at start when a model fails to load (Triton's flag; Triton defaults it to true) |
@@ -48,8 +49,10 @@ export interface ServerConfig {
   readonly grpcPort: number | undefined
   /** The order of ModelStreamInfer's answers (`GrpcServer.Options.streamOrder`). */
   readonly grpcStreamOrder: "completion" | "request"
-  /** Triton's model control mode: "none" (every model loaded at start, no load/unload) or "explicit". */
-  readonly modelControlMode: "none" | "explicit"
+  /** Triton's model control mode: "none" (every model loaded at start, no load/unload), "explicit" or "poll" (`RepositoryPoll`). */
+  readonly modelControlMode: "none" | "explicit" | "poll"
+  /** Under model control mode poll, the time between two scans of the repository. */
+  readonly repositoryPollInterval: Duration.Duration
   /** Under explicit model control, the models loaded at start. */
   readonly loadModels: ReadonlyArray<string>
   /** Not ready while any model is unavailable, or while the repository is empty. */
@@ -76,6 +79,7 @@ export const defaults: ServerConfig = {
   grpcPort: 8001,
   grpcStreamOrder: "completion",
   modelControlMode: "none",
+  repositoryPollInterval: Duration.seconds(15),
   loadModels: [],
   strictReadiness: true,
   exitOnError: false,
@@ -101,7 +105,7 @@ const decimal = (fraction: boolean) =>
 const Port = decimal(false).check(Schema.isInt(), Schema.isBetween({ minimum: 0, maximum: 65535 }))
 const Host = Schema.String.check(Schema.isMinLength(1), Schema.isPattern(/^[A-Za-z0-9.:_-]+$/))
 const Bytes = decimal(false).check(Schema.isInt(), Schema.isBetween({ minimum: 1, maximum: 2 ** 31 - 1 }))
-const ModelControlMode = Schema.Literals(["none", "explicit"])
+const ModelControlMode = Schema.Literals(["none", "explicit", "poll"])
 const StreamOrder = Schema.Literals(["completion", "request"])
 const Seconds = decimal(true).check(Schema.isFinite(), Schema.isBetween({ minimum: 0, maximum: 24 * 3600 }))
 const Bool = Schema.Literals(["true", "false", "1", "0", "yes", "no", "on", "off"])
@@ -179,8 +183,17 @@ export const options: ReadonlyArray<Option> = [
     flag: "model-control-mode",
     variable: "MODEL_CONTROL_MODE",
     metavar: "MODE",
-    description: "none: every model loaded at start; explicit: only the --load-model ones, then POST /v2/repository/models/NAME/load|unload (default none)",
+    description: "none: every model loaded at start; explicit: only the --load-model ones, then POST /v2/repository/models/NAME/load|unload; " +
+      "poll: every model at start, then the repository is rescanned every --repository-poll-secs and changed models reloaded (default none)",
     decode: withSchema(ModelControlMode)
+  },
+  {
+    key: "repositoryPollInterval",
+    flag: "repository-poll-secs",
+    variable: "REPOSITORY_POLL_SECS",
+    metavar: "S",
+    description: "under --model-control-mode poll, seconds between two scans of the model repository, at least 1 (default 15)",
+    decode: withSchema(Seconds.check(Schema.isGreaterThanOrEqualTo(1)), (s) => Duration.millis(s * 1000))
   },
   {
     key: "loadModels",
@@ -312,6 +325,9 @@ export const decode = (
   if (!grpcGiven && config["port"] === 0) config["grpcPort"] = 0
   if ((config["loadModels"] as ReadonlyArray<string>).length > 0 && config["modelControlMode"] !== "explicit") {
     return new ConfigError({ message: `${sources["loadModels"]} needs --model-control-mode explicit or MODEL_CONTROL_MODE=explicit (without it every model is loaded)` })
+  }
+  if (sources["repositoryPollInterval"] !== undefined && config["modelControlMode"] !== "poll") {
+    return new ConfigError({ message: `${sources["repositoryPollInterval"]} needs --model-control-mode poll or MODEL_CONTROL_MODE=poll (only the poll mode rescans the repository)` })
   }
   return config as unknown as ServerConfig
 }

@@ -74,8 +74,10 @@ export interface Options {
    * `load`/`unload`; "explicit" loads only `loadModels` at start (the others are UNAVAILABLE,
    * "unloaded") and offers `load` and `unload`; `models` also lists, as UNAVAILABLE "unloaded",
    * the model directories added to the repository since (from a scan at most a second old).
+   * "poll" loads every model at start, lists models as "explicit" does, and offers `load`,
+   * `unload` and `poll` for a poller that follows the repository (`RepositoryPoll`).
    */
-  readonly modelControl?: "none" | "explicit" | undefined
+  readonly modelControl?: "none" | "explicit" | "poll" | undefined
   /** The models loaded at start under explicit model control. */
   readonly loadModels?: ReadonlyArray<string> | undefined
 }
@@ -676,6 +678,8 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
 
     /** Explicit model control: only the models named are loaded at start; the others wait for `load`. */
     const explicit = options.modelControl === "explicit"
+    /** Poll: every model loaded at start, then `load` and `unload` as the poller finds the repository changed. */
+    const polled = options.modelControl === "poll"
     const startup = explicit ? new Set(options.loadModels ?? []) : undefined
     yield* Effect.forEach(repository.entries, (entry) =>
       startup !== undefined && !startup.has(entry.name)
@@ -695,7 +699,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     // the index ask per request: one scan serves a second, or until a load or unload changes what is loaded.
     const [unseenNow, rescan] = yield* Effect.cachedInvalidateWithTTL(Effect.suspend(() => unseen(loader, state)), unseenTtl)
     /** The index: what is loaded (under explicit control, a model not loaded as it is on disk now), then what was never seen. */
-    const listed: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit
+    const listed: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit || polled
       ? Effect.map(Effect.zip(loadedModels, unseenNow), ([loaded, now]) => explicitIndex(loaded, now).map(inTransition(state)))
       : loadedModels
 
@@ -730,13 +734,21 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         return state.repository
       },
       info,
-      ...(explicit
+      ...(explicit || polled
         ? {
           // Once begun, a load or an unload runs to its end though its caller leaves (an HTTP client that
           // disconnects): stopped midway, an unload left the model refusing every request as "unloading",
           // and a load left its new instances running for nothing. Waiting for the model's turn may be abandoned.
           load: (name, admit) => inTurn(name, Effect.andThen(admit ?? Effect.void, Effect.uninterruptible(Effect.ensuring(load(loader, state, name), rescan)))),
           unload: (name, drained) => inTurn(name, Effect.uninterruptible(Effect.ensuring(unload(loader, state, name, drained), rescan)))
+        }
+        : {}),
+      ...(polled
+        ? {
+          poll: {
+            scan: ModelRepository.scan(loader.options.repository, { defaults: loader.options.defaults }),
+            loaded: () => state.repository
+          }
         }
         : {}),
       stats: (modelId, version) => {

@@ -144,16 +144,26 @@ describe("ServerConfig", () => {
     if (bad instanceof ServerConfig.ConfigError) assert.include(bad.message, "invalid --grpc-port \"grpc\"")
   })
 
-  it("explicit model control with --load-model (repeatable: its values arrive joined); --load-model alone, a bad mode or a bad name is refused", () => {
+  it("explicit model control with --load-model (repeatable: its values arrive joined), poll mode with its interval; --load-model or --repository-poll-secs alone, a bad mode, interval or name is refused", () => {
     assert.deepInclude(decode({}, {}) as ServerConfig.ServerConfig, { modelControlMode: "none", loadModels: [] })
     assert.deepInclude(decode({ modelControlMode: "explicit", loadModels: "a,b.2" }, {}) as ServerConfig.ServerConfig, {
       modelControlMode: "explicit",
       loadModels: ["a", "b.2"]
     })
     assert.deepInclude(decode({}, { MODEL_CONTROL_MODE: "explicit" }) as ServerConfig.ServerConfig, { modelControlMode: "explicit" })
+    // poll: every model at start, the repository rescanned every --repository-poll-secs (Triton's flag, default 15)
+    const polled = decode({ modelControlMode: "poll" }, {}) as ServerConfig.ServerConfig
+    assert.strictEqual(polled.modelControlMode, "poll")
+    assert.strictEqual(Duration.toMillis(polled.repositoryPollInterval), 15_000)
+    const often = decode({}, { MODEL_CONTROL_MODE: "poll", REPOSITORY_POLL_SECS: "2.5" }) as ServerConfig.ServerConfig
+    assert.strictEqual(Duration.toMillis(often.repositoryPollInterval), 2_500)
     const cases: ReadonlyArray<readonly [Record<string, string>, string]> = [
       [{ loadModels: "a" }, "--load-model needs --model-control-mode explicit"],
-      [{ modelControlMode: "poll" }, "invalid --model-control-mode \"poll\""],
+      [{ modelControlMode: "watch" }, "invalid --model-control-mode \"watch\""],
+      [{ modelControlMode: "poll", loadModels: "a" }, "--load-model needs --model-control-mode explicit"],
+      [{ repositoryPollInterval: "5" }, "--repository-poll-secs needs --model-control-mode poll"],
+      [{ modelControlMode: "poll", repositoryPollInterval: "0.5" }, "invalid --repository-poll-secs \"0.5\""],
+      [{ modelControlMode: "poll", repositoryPollInterval: "x" }, "invalid --repository-poll-secs \"x\""],
       [{ modelControlMode: "explicit", loadModels: "../x" }, "invalid --load-model \"../x\""],
       [{ modelControlMode: "explicit", loadModels: "m".repeat(129) }, "at most 128 characters"]
     ]

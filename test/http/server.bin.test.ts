@@ -308,6 +308,43 @@ describe("node src/bin/server.ts", () => {
     }
   }, 30_000)
 
+  it("--model-control-mode poll: a model copied into the repository serves after the next poll, one removed stops; a client's load is refused", async () => {
+    const polled = Fs.mkdtempSync(Path.join(Os.tmpdir(), "polled-repo-"))
+    Fs.mkdirSync(Path.join(polled, "mlp"))
+    Fs.copyFileSync(Path.join(bundled, "mlp/model.onnx"), Path.join(polled, "mlp", "model.onnx"))
+    const running = await startServer(["--port", "0", "--grpc-port", "off", "--models", polled, "--model-control-mode", "poll", "--repository-poll-secs", "1"])
+    const states = async () => ((await json(Client.send(running.port, "POST", "/v2/repository/index"))).body as Array<{ name: string; state: string }>).map((m) => `${m.name} ${m.state}`)
+    const until = async (what: string, check: (s: ReadonlyArray<string>) => boolean) => {
+      for (let i = 0; ; i++) {
+        const now = await states()
+        if (check(now)) return
+        if (i > 100) throw new Error(`${what}: ${now.join(", ")}\n${running.output()}`)
+        await new Promise((r) => setTimeout(r, 100))
+      }
+    }
+    try {
+      assert.deepStrictEqual(await states(), ["mlp READY"])
+      // copied in under another name, then renamed into place, as for Triton
+      Fs.mkdirSync(Path.join(polled, ".incoming"))
+      Fs.copyFileSync(Path.join(bundled, "mlp/model.onnx"), Path.join(polled, ".incoming", "model.onnx"))
+      Fs.renameSync(Path.join(polled, ".incoming"), Path.join(polled, "added"))
+      await until("the added model is loaded by a poll", (s) => s.includes("added READY"))
+      const row = { inputs: [{ name: "input", shape: [1, 784], datatype: "FP32", data: new Array(784).fill(0.5) }] }
+      assert.strictEqual((await json(Client.send(running.port, "POST", "/v2/models/added/infer", JSON.stringify(row)))).status, 200)
+      const refused = await json(Client.send(running.port, "POST", "/v2/repository/models/mlp/unload"))
+      assert.strictEqual(refused.status, 400)
+      assert.match(refused.body.error, /not allowed while the server polls the model repository/)
+      Fs.rmSync(Path.join(polled, "added"), { recursive: true })
+      await until("the removed model is unloaded", (s) => !s.some((m) => m.startsWith("added")))
+      assert.strictEqual((await json(Client.send(running.port, "POST", "/v2/models/added/infer", JSON.stringify(row)))).status, 404)
+      assert.match(running.output(), /repository poll: model added changed on disk: loading it/)
+    } finally {
+      running.child.kill("SIGKILL")
+      await running.exit
+      Fs.rmSync(polled, { recursive: true, force: true })
+    }
+  }, 60_000)
+
   it("an empty repository: a warning at start, and never ready under strict readiness (ready with --strict-readiness false)", async () => {
     const empty = Fs.mkdtempSync(Path.join(Os.tmpdir(), "empty-repo-"))
     const [strict, lenient] = await Promise.all([
