@@ -272,7 +272,7 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
         defaultPriority: entry.config.defaultPriority,
         ...(entry.config.maxQueuedRequests === undefined ? {} : { maxQueuedRequests: entry.config.maxQueuedRequests }),
         concurrency: entry.config.instances,
-        versionPolicy: entry.config.versionPolicy,
+        ...(entry.config.versionPolicy._tag === "All" ? {} : { versionPolicy: entry.config.versionPolicy }),
         pipelineDepth: host.depth,
         reportsStarts: true,
         // A process can be killed mid-run (after `killGraceMs`); a thread cannot.
