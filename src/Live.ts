@@ -40,7 +40,7 @@ export interface PoolOptions<PE = unknown> {
    * "poll" the pool offers its `poll` side: provide `RepositoryPoll.layer` to follow the repository.
    */
   readonly modelControl?: "none" | "explicit" | "poll" | undefined
-  /** Under explicit model control, the models loaded at start. */
+  /** Under explicit model control, the models loaded at start (`["*"]`: every model). */
   readonly loadModels?: ReadonlyArray<string> | undefined
   /** A pool to use instead of the onnxruntime one (a fake in tests); the options above are then unused. */
   readonly modelPool?: Layer.Layer<ModelPool, PE> | undefined

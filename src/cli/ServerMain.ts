@@ -141,7 +141,9 @@ const reportModels = (config: ServerConfig.ServerConfig) =>
     const models = yield* (yield* ModelPool).models
     const loaded = models.filter((m) => m.state === "READY" || m.reason !== unloadedReason)
     const unavailable = loaded.filter((m) => m.state !== "READY")
-    const missing = config.modelControlMode === "explicit" ? config.loadModels.filter((name) => !models.some((m) => m.name === name)) : []
+    const missing = config.modelControlMode === "explicit"
+      ? config.loadModels.filter((name) => name !== ServerConfig.allModels && !models.some((m) => m.name === name))
+      : []
     if (config.exitOnError && missing.length > 0) {
       yield* Effect.logError(`--load-model ${missing.join(", ")}: not in the model repository ${config.models}; exiting (--exit-on-error)`)
       return yield* Effect.fail(new Cli.ExitCode({ code: 1 }))

@@ -17,7 +17,7 @@
  * | `--grpc-stream-order completion\|request` | `GRPC_STREAM_ORDER` | `completion`; `request`: ModelStreamInfer answers in the order asked, as Triton |
  * | `--model-control-mode none\|explicit\|poll` | `MODEL_CONTROL_MODE` | `none` |
  * | `--repository-poll-secs S` | `REPOSITORY_POLL_SECS` | 15 (poll mode: seconds between scans of the repository, at least 1) |
- * | `--load-model NAME` (repeatable) | `LOAD_MODELS` (comma-separated) | none (explicit mode: loaded at start) |
+ * | `--load-model NAME` (repeatable) | `LOAD_MODELS` (comma-separated) | none (explicit mode: loaded at start; `*`: every model) |
  * | `--strict-readiness BOOL` | `STRICT_READINESS` | true: not ready while any model is unavailable (Triton's) |
  * | `--exit-on-error BOOL` | `EXIT_ON_ERROR` | false: exit 1 at start when a model fails to load (Triton's flag; Triton defaults it to true) |
  * | `--metrics-format F` | `METRICS_FORMAT` | `default`; `triton` also exposes Triton's `nv_inference_*` names |
@@ -87,6 +87,9 @@ export const defaults: ServerConfig = {
   logFormat: "text",
   decodeThreads: 0
 }
+
+/** `--load-model '*'`: every model of the repository is loaded at start (Triton's wildcard; it must be the only name). */
+export const allModels = "*"
 
 /** A flag or variable that cannot be used; `message` says which and why. */
 export class ConfigError extends Data.TaggedError("ConfigError")<{ readonly message: string }> {}
@@ -200,11 +203,12 @@ export const options: ReadonlyArray<Option> = [
     flag: "load-model",
     variable: "LOAD_MODELS",
     metavar: "NAME",
-    description: "under explicit model control, a model loaded at start (repeatable)",
+    description: "under explicit model control, a model loaded at start (repeatable; * for every model of the repository, as Triton's)",
     repeatable: true,
     decode: (text) => {
       const names = text.split(",").map((n) => n.trim()).filter((n) => n !== "")
-      const bad = names.find((name) => !ModelRepository.isValidModelName(name))
+      if (names.includes(allModels) && names.length > 1) return { error: `"*" (every model) must be the only model named, as in Triton` }
+      const bad = names.find((name) => name !== allModels && !ModelRepository.isValidModelName(name))
       return bad === undefined ? { value: names } : { error: `${JSON.stringify(bad)}: ${ModelRepository.modelNameRule}` }
     }
   },

@@ -78,7 +78,7 @@ export interface Options {
    * `unload` and `poll` for a poller that follows the repository (`RepositoryPoll`).
    */
   readonly modelControl?: "none" | "explicit" | "poll" | undefined
-  /** The models loaded at start under explicit model control. */
+  /** The models loaded at start under explicit model control; `["*"]`: every model (Triton's wildcard). */
   readonly loadModels?: ReadonlyArray<string> | undefined
 }
 
@@ -680,7 +680,9 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     const explicit = options.modelControl === "explicit"
     /** Poll: every model loaded at start, then `load` and `unload` as the poller finds the repository changed. */
     const polled = options.modelControl === "poll"
-    const startup = explicit ? new Set(options.loadModels ?? []) : undefined
+    // Triton's `--load-model=*`: every model at start, then load and unload as under explicit control.
+    const everyModel = (options.loadModels ?? []).includes("*")
+    const startup = explicit && !everyModel ? new Set(options.loadModels ?? []) : undefined
     yield* Effect.forEach(repository.entries, (entry) =>
       startup !== undefined && !startup.has(entry.name)
         ? Effect.sync(() => state.loaded.set(key(entry.name, entry.version), { _tag: "Unavailable", reason: "unloaded" }))

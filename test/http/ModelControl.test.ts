@@ -91,6 +91,19 @@ describe("explicit model control", () => {
       assert.strictEqual((yield* send("POST", "/v2/repository/models/nope/unload")).status, 404)
     }).pipe(withFreshMetrics), 60_000)
 
+  it.live("--load-model '*' (Triton's wildcard) loads every model at start, and load and unload work as for named ones", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "other/1/model.onnx": mlpBytes(), "other/2/model.onnx": mlpBytes() })
+      const send = yield* makeApp(repository, ["*"])
+      const states = () => Effect.map(send("POST", "/v2/repository/index"), (r) => (r.json as Array<{ name: string; version: string; state: string }>).map((m) => `${m.name}@${m.version} ${m.state}`))
+      assert.deepStrictEqual(yield* states(), ["mlp@1 READY", "other@1 READY", "other@2 READY"])
+      assert.strictEqual((yield* send("POST", "/v2/models/other/infer", mlpRequest())).status, 200)
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/other/unload")).status, 200)
+      assert.deepStrictEqual(yield* states(), ["mlp@1 READY", "other@1 UNAVAILABLE", "other@2 UNAVAILABLE"])
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/other/load")).status, 200)
+      assert.deepStrictEqual(yield* states(), ["mlp@1 READY", "other@1 READY", "other@2 READY"])
+    }).pipe(withFreshMetrics), 60_000)
+
   it.live("--load-model models serve from the start; load picks up a directory added after start and a changed config.json", () =>
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })

@@ -151,6 +151,7 @@ describe("ServerConfig", () => {
       loadModels: ["a", "b.2"]
     })
     assert.deepInclude(decode({}, { MODEL_CONTROL_MODE: "explicit" }) as ServerConfig.ServerConfig, { modelControlMode: "explicit" })
+    assert.deepInclude(decode({ modelControlMode: "explicit", loadModels: "*" }, {}) as ServerConfig.ServerConfig, { loadModels: ["*"] }, "Triton's wildcard")
     // poll: every model at start, the repository rescanned every --repository-poll-secs (Triton's flag, default 15)
     const polled = decode({ modelControlMode: "poll" }, {}) as ServerConfig.ServerConfig
     assert.strictEqual(polled.modelControlMode, "poll")
@@ -160,6 +161,7 @@ describe("ServerConfig", () => {
     const cases: ReadonlyArray<readonly [Record<string, string>, string]> = [
       [{ loadModels: "a" }, "--load-model needs --model-control-mode explicit"],
       [{ modelControlMode: "watch" }, "invalid --model-control-mode \"watch\""],
+      [{ modelControlMode: "explicit", loadModels: "*,mlp" }, "\"*\" (every model) must be the only model named"],
       [{ modelControlMode: "poll", loadModels: "a" }, "--load-model needs --model-control-mode explicit"],
       [{ repositoryPollInterval: "5" }, "--repository-poll-secs needs --model-control-mode poll"],
       [{ modelControlMode: "poll", repositoryPollInterval: "0.5" }, "invalid --repository-poll-secs \"0.5\""],
