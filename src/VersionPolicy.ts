@@ -10,9 +10,10 @@
  *
  * Pure: `select` decides from the version directories found on disk. The versions a policy
  * leaves out are not loaded (a request for one is answered as for a version that does not
- * exist); a version `specific` names that has no directory is unavailable, with the reason, so
- * that an operator who asked for it sees that it does not serve. Versions compare as numbers
- * ("01" is version 1), as everywhere in the repository.
+ * exist); a version `specific` names that has no directory is skipped (the scan reports it in
+ * `ModelRepository.NotServed.missing`, and the server logs a warning), and when none of them has
+ * one the model is unavailable, as Triton's "at least one version must be available under the
+ * version policy". Versions compare as numbers ("01" is version 1), as everywhere in the repository.
  *
  * The default differs from Triton's: Triton serves only the latest version when the policy is
  * absent; this server serves every version directory, as it always has.
@@ -35,13 +36,18 @@ export const maxVersions = 1_000
 
 const isCount = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= maxVersions
 
-/** A version as config.json may write it: a non-negative integer, or its decimal digits (at most 19). */
-const versionText = (v: unknown): string | undefined =>
-  Number.isSafeInteger(v) && (v as number) >= 0
+/**
+ * A version as config.json may write it: an integer from 0 to 2^53 - 1 (the largest a JSON number
+ * holds exactly, and the model configuration reports), or its decimal digits.
+ */
+const versionText = (v: unknown): string | undefined => {
+  const digits = Number.isSafeInteger(v) && (v as number) >= 0
     ? String(v)
-    : typeof v === "string" && /^[0-9]{1,19}$/.test(v)
+    : typeof v === "string" && /^[0-9]{1,30}$/.test(v)
     ? v.replace(/^0+(?=[0-9])/, "")
     : undefined
+  return digits !== undefined && BigInt(digits) <= BigInt(Number.MAX_SAFE_INTEGER) ? digits : undefined
+}
 
 const keysOf = (o: object): string => Object.keys(o).map((k) => JSON.stringify(k)).join(", ")
 
@@ -50,7 +56,7 @@ const isObject = (v: unknown): v is Readonly<Record<string, unknown>> => typeof 
 /**
  * Why `json` is not a version policy, or undefined: exactly one of `all` (an empty object),
  * `latest` (`numVersions`, 1 to 1,000) or `specific` (`versions`, 1 to 1,000 distinct
- * non-negative integers), and no other key at any level.
+ * integers from 0 to 2^53 - 1, as numbers or digits), and no other key at any level.
  */
 export const problem = (json: unknown): string | undefined => {
   if (!isObject(json)) return `must be an object with one of "all", "latest" or "specific"`
@@ -79,7 +85,7 @@ export const problem = (json: unknown): string | undefined => {
       }
       const texts = versions.map(versionText)
       const bad = texts.findIndex((t) => t === undefined)
-      if (bad >= 0) return `"specific.versions" must be non-negative integers, got ${JSON.stringify(versions[bad])}`
+      if (bad >= 0) return `"specific.versions" must be integers from 0 to ${Number.MAX_SAFE_INTEGER}, got ${JSON.stringify(versions[bad])}`
       return new Set(texts).size === texts.length ? undefined : `"specific.versions" names a version twice`
     }
     default:

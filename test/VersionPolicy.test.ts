@@ -8,7 +8,8 @@ describe("VersionPolicy", () => {
       { latest: { numVersions: 1 } },
       { latest: { numVersions: VersionPolicy.maxVersions } },
       { specific: { versions: [1] } },
-      { specific: { versions: [0, 3, "7", "0012"] } }
+      { specific: { versions: [0, 3, "7", "0012"] } },
+      { specific: { versions: [Number.MAX_SAFE_INTEGER, "0009007199254740990"] } }
     ]
     for (const json of accepted) {
       it(`accepts ${JSON.stringify(json)}`, () => assert.isUndefined(VersionPolicy.problem(json)))
@@ -34,11 +35,12 @@ describe("VersionPolicy", () => {
       [{ specific: { versions: [] } }, `"specific.versions" must list 1 to 1000 versions`],
       [{ specific: { versions: 1 } }, `"specific.versions" must list`],
       [{ specific: { versions: Array.from({ length: 1001 }, (_, i) => i) } }, `"specific.versions" must list`],
-      [{ specific: { versions: [-1] } }, `must be non-negative integers, got -1`],
+      [{ specific: { versions: [-1] } }, `must be integers from 0 to 9007199254740991, got -1`],
       [{ specific: { versions: [1.5] } }, `got 1.5`],
       [{ specific: { versions: ["1a"] } }, `got "1a"`],
       [{ specific: { versions: [2 ** 53] } }, `got ${2 ** 53}`],
       [{ specific: { versions: ["12345678901234567890"] } }, `got "12345678901234567890"`],
+      [{ specific: { versions: ["9007199254740992"] } }, `must be integers from 0 to 9007199254740991, got "9007199254740992"`],
       [{ specific: { versions: [1, "01"] } }, `names a version twice`],
       [{ specific: { versions: [1], extra: true } }, `"specific" takes only "versions", got "extra"`]
     ]

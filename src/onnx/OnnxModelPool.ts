@@ -210,8 +210,8 @@ interface State {
   readonly loaded: Map<string, Loaded>
   /** Models being unloaded: they admit nothing more. */
   readonly unloading: Set<string>
-  /** Models being loaded (their versions that do not serve yet are LOADING in the index). */
-  readonly loading: Set<string>
+  /** Models being loaded, with the versions the load found on disk (those that do not serve yet are LOADING in the index). */
+  readonly loading: Map<string, ReadonlyArray<string>>
 }
 
 /** Several GPU models in worker threads take turns on the device, and a native crash would end the server: say so. */
@@ -425,7 +425,7 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
     const fresh = ModelRepository.versionsOf(scanned, name)
     if (fresh.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
     yield* refuseClosing
-    state.loading.add(name)
+    state.loading.set(name, fresh.map((e) => e.version))
     const states = yield* Effect.forEach(fresh, (entry) => loadEntry(loader, entry), { concurrency: "unbounded" }).pipe(
       Effect.ensuring(Effect.sync(() => state.loading.delete(name)))
     )
@@ -606,16 +606,32 @@ const unseen = (
   )
 
 /**
- * A version's state while a load or an unload of its model is under way, as Triton's index shows
- * it: one that does not serve yet is LOADING (one that serves stays READY until the new one takes
- * over), and one that serves while its model is unloaded is UNLOADING (it drains).
+ * The index while loads or unloads are under way, as Triton's shows it: a version being loaded
+ * that does not serve yet is LOADING (one that serves stays READY until the new one takes over),
+ * a version the load found on disk that was not listed yet is listed LOADING after its model's
+ * others, and one that serves while its model is unloaded is UNLOADING (it drains).
  */
-const inTransition = (state: State) => (m: ModelStatus): ModelStatus =>
-  m.state === "READY"
-    ? (state.unloading.has(m.name) ? { name: m.name, version: m.version, state: "UNLOADING" } : m)
-    : state.loading.has(m.name)
-    ? { name: m.name, version: m.version, state: "LOADING" }
-    : m
+const inTransition = (state: State, listed: ReadonlyArray<ModelStatus>): ReadonlyArray<ModelStatus> => {
+  if (state.loading.size === 0 && state.unloading.size === 0) return listed
+  const loadingStatus = (name: string, version: string): ModelStatus => ({ name, version, state: "LOADING" })
+  const unlisted = (name: string) =>
+    (state.loading.get(name) ?? []).filter((v) => !listed.some((m) => m.name === name && ModelRepository.sameVersion(m.version, v)))
+  const out: Array<ModelStatus> = []
+  listed.forEach((m, i) => {
+    out.push(
+      m.state === "READY"
+        ? (state.unloading.has(m.name) ? { name: m.name, version: m.version, state: "UNLOADING" } : m)
+        : state.loading.has(m.name)
+        ? loadingStatus(m.name, m.version)
+        : m
+    )
+    if (listed[i + 1]?.name !== m.name) out.push(...unlisted(m.name).map((v) => loadingStatus(m.name, v)))
+  })
+  for (const name of state.loading.keys()) {
+    if (!listed.some((m) => m.name === name)) out.push(...unlisted(name).map((v) => loadingStatus(name, v)))
+  }
+  return out
+}
 
 const unloadedStatus = (name: string, version: string): ModelStatus => ({ name, version, state: "UNAVAILABLE", reason: "unloaded" })
 
@@ -659,7 +675,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       starting: 0,
       started: Latch.makeUnsafe(true)
     }
-    const state: State = { repository, loaded: new Map(), unloading: new Set(), loading: new Set() }
+    const state: State = { repository, loaded: new Map(), unloading: new Set(), loading: new Map() }
 
     // One finalizer closes every host at once (in-flight runs end in parallel, not one model after another).
     // From its start no host starts; the hosts a `load` is still starting are waited for and closed with the others.
@@ -702,7 +718,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     const [unseenNow, rescan] = yield* Effect.cachedInvalidateWithTTL(Effect.suspend(() => unseen(loader, state)), unseenTtl)
     /** The index: what is loaded (under explicit control, a model not loaded as it is on disk now), then what was never seen. */
     const listed: Effect.Effect<ReadonlyArray<ModelStatus>> = explicit || polled
-      ? Effect.map(Effect.zip(loadedModels, unseenNow), ([loaded, now]) => explicitIndex(loaded, now).map(inTransition(state)))
+      ? Effect.map(Effect.zip(loadedModels, unseenNow), ([loaded, now]) => inTransition(state, explicitIndex(loaded, now)))
       : loadedModels
 
     // one series per model, bound once (an update is then a lookup, not a context built per run)

@@ -242,7 +242,7 @@ describe("OnnxModelPool lifecycle", () => {
 
   it.live("explicit control: the index says LOADING while a model that does not serve loads, keeps READY through a reload, and says UNLOADING while an unload drains; none of them holds readiness back", () =>
     Effect.gen(function*() {
-      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1 }) })
+      const repository = yield* tempRepository({ "mlp/1/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ instances: 1 }) })
       // Instances announce themselves ready only when the test lets them: a load stays under way until then.
       let release: () => void = () => {}
       let held = new Promise<void>((resolve) => (release = resolve))
@@ -264,22 +264,26 @@ describe("OnnxModelPool lifecycle", () => {
       release()
       yield* Fiber.join(load)
       assert.deepStrictEqual(yield* states, ["mlp@1 READY"])
-      // A reload: the version serves throughout, so it stays READY while its new instance loads.
+      // A reload that adds a version: the one that serves stays READY while its new instance loads,
+      // and the new one is listed LOADING from the start of the load.
+      Fs.mkdirSync(Path.join(repository, "mlp", "2"))
+      Fs.writeFileSync(Path.join(repository, "mlp", "2", "model.onnx"), mlpBytes())
       held = new Promise<void>((resolve) => (release = resolve))
       const reload = yield* Effect.forkChild(quiet(pool.load!("mlp")), { startImmediately: true })
-      yield* eventually("the reload spawned its instance", () => pool.counters.workersSpawned === 2)
-      assert.deepStrictEqual(yield* states, ["mlp@1 READY"])
+      yield* eventually("the reload spawned its instances", () => pool.counters.workersSpawned === 3)
+      assert.deepStrictEqual(yield* states, ["mlp@1 READY", "mlp@2 LOADING"])
       release()
       yield* Fiber.join(reload)
+      assert.deepStrictEqual(yield* states, ["mlp@1 READY", "mlp@2 READY"])
       // An unload waits for what the engine holds of the model (here: until the test says so).
       const drained = yield* Latch.make(false)
       const unload = yield* Effect.forkChild(quiet(pool.unload!("mlp", drained.await)), { startImmediately: true })
       yield* Effect.yieldNow
-      assert.deepStrictEqual(yield* states, ["mlp@1 UNLOADING"])
+      assert.deepStrictEqual(yield* states, ["mlp@1 UNLOADING", "mlp@2 UNLOADING"])
       assert.isTrue(yield* readiness, "an unload under way is not a failed model")
       yield* drained.open
       yield* Fiber.join(unload)
-      assert.deepStrictEqual(yield* states, ["mlp@1 UNAVAILABLE (unloaded)"])
+      assert.deepStrictEqual(yield* states, ["mlp@1 UNAVAILABLE (unloaded)", "mlp@2 UNAVAILABLE (unloaded)"])
       // A load that fails passes through LOADING to UNAVAILABLE with its reason, which readiness counts.
       Fs.writeFileSync(Path.join(repository, "mlp", "config.json"), "{ not json")
       assert.isTrue(Exit.isFailure(yield* Effect.exit(quiet(pool.load!("mlp")))))
