@@ -147,12 +147,15 @@ export interface Service {
    * Model control mode "poll" (optional: absent otherwise): the pool's models follow the
    * repository on disk, and `load` and `unload` are for the poller alone (a client's are
    * refused). `scan` reads the repository now, as the pool would load it; `loaded` is the scan
-   * the pool serves from (each model as its last load, or the start, found it).
+   * the pool serves from (each model as its last load, or the start, found it); `load` is `load`
+   * except that it can be interrupted midway (what it started closes with the pool): the poller
+   * is interrupted only as the server closes, which must not wait for a load nobody asked for.
    */
   readonly poll?:
     | {
       readonly scan: Effect.Effect<ModelRepository.ModelRepository, ModelRepository.RepositoryError>
       readonly loaded: () => ModelRepository.ModelRepository
+      readonly load: <E = never>(name: string, admit?: Effect.Effect<void, E>) => Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable | E>
     }
     | undefined
   /**

@@ -515,8 +515,12 @@ export interface Found {
   readonly version: string
   /** Absolute real path of model.onnx, inside the repository root. */
   readonly path: string
-  /** The model file's modification time (ms since the epoch) and size at the scan: a file replaced since differs in one. */
-  readonly file: { readonly modifiedMs: number; readonly bytes: number }
+  /**
+   * The model file at the scan: its modification time (ms since the epoch), size, and identity
+   * (device, inode and status-change time: a file renamed into place, or rewritten with the same
+   * size and modification time, differs in it).
+   */
+  readonly file: { readonly modifiedMs: number; readonly bytes: number; readonly identity: string }
   readonly config: ModelConfig
 }
 
@@ -756,7 +760,7 @@ export const fileIdentity = (path: string): string => {
 const checkFile = async (
   root: string,
   file: string
-): Promise<{ readonly path: string; readonly modifiedMs: number; readonly bytes: number } | { readonly reason: string }> => {
+): Promise<{ readonly path: string; readonly modifiedMs: number; readonly bytes: number; readonly identity: string } | { readonly reason: string }> => {
   const relative = Path.relative(root, file)
   let real: string
   try {
@@ -766,12 +770,12 @@ const checkFile = async (
   }
   if (!inside(root, real)) return { reason: `${relative} resolves outside the model repository` }
   try {
-    const stat = await Fs.stat(real)
+    const stat = await Fs.stat(real, { bigint: true })
     if (!stat.isFile()) return { reason: `${relative} is not a regular file` }
-    if (stat.size === 0) return { reason: `${relative} is empty` }
+    if (stat.size === 0n) return { reason: `${relative} is empty` }
     // Unreadable: "permission denied" here, not onnxruntime's "system error number 13" at the load.
     await Fs.access(real, FsSync.constants.R_OK)
-    return { path: real, modifiedMs: stat.mtimeMs, bytes: stat.size }
+    return { path: real, modifiedMs: Number(stat.mtimeMs), bytes: Number(stat.size), identity: `${stat.dev}:${stat.ino}:${stat.ctimeNs}` }
   } catch (e) {
     return { reason: `${relative}: ${errorText(e)}` }
   }
@@ -837,7 +841,7 @@ const scanModel = async (
     }
     const checked = await checkFile(root, file)
     entries.push("path" in checked
-      ? { _tag: "Found", name, version, path: checked.path, file: { modifiedMs: checked.modifiedMs, bytes: checked.bytes }, config }
+      ? { _tag: "Found", name, version, path: checked.path, file: { modifiedMs: checked.modifiedMs, bytes: checked.bytes, identity: checked.identity }, config }
       : { _tag: "Unavailable", name, version, reason: checked.reason.replaceAll(Path.sep, "/") })
   }
   if (typeof config === "string" || (selection.left.length === 0 && selection.missing.length === 0)) return { entries, ignored, notServed: undefined }
@@ -891,9 +895,11 @@ export const scan = (
 
 /**
  * What a model is on disk, as one string: each version's model file (path, modification time,
- * size) or why it is unavailable, and its config.json as written with the labels it names. Two
- * scans of an unchanged model give the same string; a replaced model.onnx, an edited config.json
- * or label file, a version directory added or removed, or a change of `versionPolicy` change it.
+ * size, device, inode and status-change time) or why it is unavailable, and its config.json as
+ * written with the labels it names. Two scans of an unchanged model give the same string; a
+ * model.onnx replaced (renamed into place, or rewritten, whatever its size and modification
+ * time), an edited config.json or label file, a version directory added or removed, or a change
+ * of `versionPolicy` change it (so does a `chmod` of the model file: a reload, not a miss).
  * Empty for a model the repository does not hold.
  */
 export const fingerprint = (repository: ModelRepository, name: string): string => {
@@ -901,7 +907,7 @@ export const fingerprint = (repository: ModelRepository, name: string): string =
   if (versions.length === 0) return ""
   const found = versions.find((e): e is Found => e._tag === "Found")
   return JSON.stringify([
-    versions.map((e) => (e._tag === "Found" ? [e.version, e.path, e.file.modifiedMs, e.file.bytes] : [e.version, e.reason])),
+    versions.map((e) => (e._tag === "Found" ? [e.version, e.path, e.file.modifiedMs, e.file.bytes, e.file.identity] : [e.version, e.reason])),
     found === undefined ? null : [found.config.raw, found.config.labels ?? null]
   ])
 }

@@ -82,7 +82,8 @@ export const load = (
     ? Effect.fail(refusal(pool, caller)!)
     : Effect.suspend((): Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable | InferenceError.ShuttingDown> =>
       Effect.suspend(() => lifecycle.isShuttingDown() ? Effect.fail(new InferenceError.ShuttingDown({})) : Effect.void).pipe(
-        (admit) => Effect.andThen(admit, pool.load!(name, admit))
+        // The poller's load can be interrupted (by the shutdown); a client's runs to its end.
+        (admit) => Effect.andThen(admit, caller === "poll" ? pool.poll!.load(name, admit) : pool.load!(name, admit))
       )
     )
 

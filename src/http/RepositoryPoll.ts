@@ -11,14 +11,15 @@
  * - a model directory removed is unloaded: it stops admitting, what it was given runs, then its
  *   sessions are released.
  *
- * A change is seen by `ModelRepository.fingerprint` (each model file's path, modification time and
- * size, and config.json as written): a file rewritten in place with the same size within the
- * file system's timestamp resolution is not seen. Copy a new version in under a temporary name and
- * rename it into place, as for Triton, so that no scan reads a file half written (such a file
+ * A change is seen by `ModelRepository.fingerprint` (each model file's path, modification time,
+ * size, inode and status-change time, and config.json as written), so a file renamed into place
+ * is seen whatever its size and modification time. Copy a new version in under a temporary name
+ * and rename it into place, as for Triton, so that no scan reads a file half written (such a file
  * fails to load, and the next change loads it). Loads run one model after another; a scan that
  * fails (the repository root unreadable) is logged and retried at the next interval. Clients
  * cannot load or unload meanwhile (`ModelControl`: refused, as Triton refuses them). Once the
- * server is shutting down nothing more is loaded.
+ * server is shutting down nothing more is loaded, and a load under way is abandoned when the
+ * poller is interrupted (`ModelPool.poll.load`): the shutdown does not wait for it.
  *
  * @module RepositoryPoll
  */
@@ -102,8 +103,9 @@ export const pollOnce = (tried: Map<string, string>): Effect.Effect<ReadonlyArra
 
 /**
  * Polls every `interval` (the first poll one interval after start) for as long as the layer's
- * scope is open; interrupted with it, after the load or unload under way ends (they run to their
- * end). Without a polled pool (`ModelPool.poll`) it does nothing.
+ * scope is open; interrupted with it, abandoning a load under way (an unload under way ends
+ * first: by then the server has drained what it waits for). Without a polled pool
+ * (`ModelPool.poll`) it does nothing.
  */
 export const layer = (options: { readonly interval: Duration.Duration }): Layer.Layer<never, never, ModelPool.ModelPool | AsyncInferenceEngine | Lifecycle> =>
   Layer.effectDiscard(Effect.gen(function*() {

@@ -765,7 +765,11 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         ? {
           poll: {
             scan: ModelRepository.scan(loader.options.repository, { defaults: loader.options.defaults }),
-            loaded: () => state.repository
+            loaded: () => state.repository,
+            // Unlike a client's, interruptible: the poller is interrupted only as the server closes,
+            // and a shutdown must not wait for a load nobody asked for (an instance may take up to
+            // `loadTimeoutMs` to load). An interrupted load owns nothing: its hosts close with the pool.
+            load: (name, admit) => inTurn(name, Effect.andThen(admit ?? Effect.void, Effect.ensuring(load(loader, state, name), rescan)))
           }
         }
         : {}),

@@ -4,7 +4,7 @@
  * replaced, broken, added and removed, and the layer polling on its own.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Layer, References } from "effect"
+import { Context, Duration, Effect, Fiber, Layer, References } from "effect"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { AsyncConfigService } from "../../src/AsyncConfig.ts"
@@ -16,21 +16,29 @@ import * as RepositoryPoll from "../../src/http/RepositoryPoll.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
 import type * as ModelRepository from "../../src/ModelRepository.ts"
 import * as VersionPolicy from "../../src/VersionPolicy.ts"
+import type * as InstancePool from "../../src/onnx/InstancePool.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { mlpBytes, sampleInput, tempRepository, writeTree } from "../fixtures/ModelRepositoryFixture.ts"
+import * as TestOps from "../fixtures/TestOps.ts"
 
 const quiet = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.provideService(self, References.MinimumLogLevel, "Error")
 
 describe("RepositoryPoll.changes", () => {
-  const found = (name: string, version: string, modifiedMs = 1, raw: Record<string, unknown> = {}): ModelRepository.Entry => ({
+  const found = (
+    name: string,
+    version: string,
+    modifiedMs = 1,
+    raw: Record<string, unknown> = {},
+    { bytes = 100, identity = "1:1:1", path = `/r/${name}/${version}/model.onnx`, labels = undefined as Record<string, ReadonlyArray<string>> | undefined } = {}
+  ): ModelRepository.Entry => ({
     _tag: "Found",
     name,
     version,
-    path: `/r/${name}/${version}/model.onnx`,
-    file: { modifiedMs, bytes: 100 },
-    config: { raw, labels: undefined, versionPolicy: VersionPolicy.all } as unknown as ModelRepository.ModelConfig
+    path,
+    file: { modifiedMs, bytes, identity },
+    config: { raw, labels, versionPolicy: VersionPolicy.all } as unknown as ModelRepository.ModelConfig
   })
   const unavailable = (name: string, version: string, reason: string): ModelRepository.Entry => ({ _tag: "Unavailable", name, version, reason })
   const repo = (...entries: ReadonlyArray<ModelRepository.Entry>): ModelRepository.ModelRepository => ({ root: "/r", entries, ignored: [], notServed: [] })
@@ -45,6 +53,10 @@ describe("RepositoryPoll.changes", () => {
     ["a version directory removed", repo(a1, found("a", "2")), repo(a1), ["Load a"]],
     ["a model file replaced (another modification time)", repo(a1), repo(found("a", "1", 2)), ["Load a"]],
     ["config.json edited", repo(a1), repo(found("a", "1", 1, { instances: 2 })), ["Load a"]],
+    ["a model file of another size, same modification time", repo(a1), repo(found("a", "1", 1, {}, { bytes: 101 })), ["Load a"]],
+    ["a model file renamed into place: same size and modification time, another inode", repo(a1), repo(found("a", "1", 1, {}, { identity: "1:2:1" })), ["Load a"]],
+    ["a model file that resolves elsewhere (a symlink re-pointed)", repo(a1), repo(found("a", "1", 1, {}, { path: "/r/elsewhere/model.onnx" })), ["Load a"]],
+    ["a label file edited", repo(found("a", "1", 1, {}, { labels: { y: ["cat"] } })), repo(found("a", "1", 1, {}, { labels: { y: ["dog"] } })), ["Load a"]],
     ["a model that was unavailable is fixed", repo(unavailable("a", "1", "a/model.onnx is empty")), repo(a1), ["Load a"]],
     ["a model added", repo(a1), repo(a1, b1), ["Load b"]],
     ["a model removed", repo(a1, b1), repo(a1), ["Unload b"]],
@@ -72,12 +84,12 @@ describe("RepositoryPoll.changes", () => {
 })
 
 /** The engine over a real pool in poll mode, with the services a poll needs. */
-const pollApp = (repository: string) =>
+const pollApp = (repository: string, transports?: OnnxModelPool.Options["transports"]) =>
   Effect.gen(function*() {
     const services = yield* Layer.build(
       AsyncInferenceEngine.layer.pipe(
         Layer.provideMerge(Layer.mergeAll(
-          OnnxModelPool.layer({ repository, modelControl: "poll", defaults: { instances: 1 }, closeTimeout: "5 seconds" }),
+          OnnxModelPool.layer({ repository, modelControl: "poll", defaults: { instances: 1 }, closeTimeout: "5 seconds", transports }),
           TelemetryCollector.layer,
           AsyncConfigService.layerWith({}),
           Lifecycle.layer
@@ -134,6 +146,18 @@ describe("RepositoryPoll over a real pool", () => {
       Fs.writeFileSync(file, mlpBytes())
       assert.deepStrictEqual((yield* app.poll).map((c) => c._tag), ["Load"])
       assert.strictEqual(yield* app.infer("mlp"), "ok")
+      // retrained weights of the same size, renamed into place with the old file's modification time
+      const retrained = mlpBytes()
+      retrained[Math.floor(retrained.length / 2)]! ^= 1
+      Fs.utimesSync(file, 1_000_000_000, 1_000_000_000)
+      assert.deepStrictEqual((yield* app.poll).map((c) => c._tag), ["Load"], "a new modification time is a change")
+      const before = Fs.statSync(file)
+      const staged = Path.join(repository, "mlp", "3", ".model.onnx.new")
+      Fs.writeFileSync(staged, retrained)
+      Fs.utimesSync(staged, 1_000_000_000, 1_000_000_000)
+      Fs.renameSync(staged, file)
+      assert.deepStrictEqual([Fs.statSync(file).size, Fs.statSync(file).mtimeMs], [before.size, before.mtimeMs])
+      assert.deepStrictEqual((yield* app.poll).map((c) => `${c._tag} ${c.name}`), ["Load mlp"], "seen by its inode")
 
       // a model added, then removed
       writeTree(repository, { "other/model.onnx": mlpBytes() })
@@ -149,6 +173,31 @@ describe("RepositoryPoll over a real pool", () => {
       yield* app.poll
       assert.strictEqual(yield* app.infer("other"), "ok")
     }), 120_000)
+
+  it.live("a poll's load is abandoned when the poller is interrupted (the shutdown does not wait for an instance that takes long to load)", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      // After the start, instances never announce themselves ready: a load hangs as a stuck one would.
+      let hold = false
+      // A process, which the interruption kills at once (a thread loading in native code cannot be
+      // stopped: it is waited for up to the pool's close timeout).
+      const process_ = TestOps.transports.process!
+      const holding: InstancePool.Transport = {
+        ...process_,
+        spawn: (config, events) => process_.spawn(config, { ...events, message: (m) => (m._tag === "ready" && hold ? undefined : events.message(m)) })
+      }
+      const app = yield* pollApp(repository, { process: holding })
+      hold = true
+      writeTree(repository, { "added/model.onnx": mlpBytes(), "added/config.json": JSON.stringify({ isolation: "process" }) })
+      const poll = yield* Effect.forkChild(app.poll, { startImmediately: true })
+      for (let i = 0; (yield* app.states).every((m) => !m.startsWith("added")) || !(yield* app.states).includes("added@1 LOADING"); i++) {
+        assert.isBelow(i, 400, "the poll began loading the added model")
+        yield* Effect.sleep("10 millis")
+      }
+      const started = Date.now()
+      yield* Fiber.interrupt(poll)
+      assert.isBelow(Date.now() - started, 2_000, "the interruption did not wait for the load")
+    }), 60_000)
 
   it.live("the layer polls on its own every interval, and stops with its scope", () =>
     Effect.gen(function*() {
