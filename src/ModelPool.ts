@@ -159,10 +159,24 @@ export interface Service {
     }
     | undefined
   /**
+   * Optional (pools that load after their start): lifetime counts of the loads and reloads asked
+   * for after the start (explicit model control, or the repository poller), read live; what
+   * `/metrics` reports as `inference_model_loads_total`.
+   */
+  readonly modelLoads?: Readonly<ModelLoads> | undefined
+  /**
    * Optional: lifetime counts of what happened to the pool's instances (threads or processes),
    * over every model, read live; what `/metrics` reports as `inference_instance_events_total`.
    */
   readonly counters?: Readonly<InstanceEvents> | undefined
+}
+
+/** The loads a pool did after its start (each a count, only ever growing). */
+export interface ModelLoads {
+  /** Loads whose new versions all loaded and now serve. */
+  readonly succeeded: number
+  /** Loads of which some version failed: none of the new versions serves, what served keeps serving. */
+  readonly failed: number
 }
 
 /** What happened to a pool's instances since it started (each a count, only ever growing). */

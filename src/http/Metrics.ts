@@ -10,6 +10,8 @@
  *   answered (queued, forming a batch or running).
  * - `inference_instance_events_total{event}`: what happened to the pool's instances (crashes,
  *   kills, replacements), from the pool's `counters` where it has them; every event has its row.
+ * - `inference_model_loads_total{outcome}`: loads after the start (explicit model control or the
+ *   repository poller), `success` or `failure`, from the pool's `modelLoads` where it has them.
  *
  * With `format: "triton"` the page also carries Triton's names, computed from the same counters
  * (`tritonFamilies`), so that dashboards built for Triton work: `nv_inference_request_success`,
@@ -24,7 +26,7 @@
 import { Effect, Metric, type Scope } from "effect"
 import { PrometheusMetrics } from "effect/observability"
 import type { AsyncInferenceEngine } from "../Engine.ts"
-import type { InstanceEvents } from "../ModelPool.ts"
+import type { InstanceEvents, ModelLoads } from "../ModelPool.ts"
 import * as Priority from "../Priority.ts"
 import { metrics, type RequestOutcome } from "../Telemetry.ts"
 import * as ProcessMetrics from "./ProcessMetrics.ts"
@@ -40,6 +42,17 @@ const instanceEventsCounter = Metric.counter("inference_instance_events_total", 
   incremental: true,
   description: "What happened to the model instances (threads or processes), over every model: crash, deadline_kill, abandon_kill, respawn, respawn_failure"
 })
+
+const modelLoadsCounter = Metric.counter("inference_model_loads_total", {
+  incremental: true,
+  description: "Model loads and reloads after the start (explicit model control or the repository poller), by outcome: success, failure (what served keeps serving)"
+})
+
+/** Each `outcome` label of `inference_model_loads_total`, and the count it reports. */
+export const modelLoadLabels: ReadonlyArray<readonly [label: string, key: keyof ModelLoads]> = [
+  ["success", "succeeded"],
+  ["failure", "failed"]
+]
 
 /** Each `event` label of `inference_instance_events_total`, and the count it reports. */
 export const instanceEventLabels: ReadonlyArray<readonly [label: string, key: keyof InstanceEvents]> = [
@@ -166,6 +179,8 @@ export interface Page {
       readonly served?: ReadonlyArray<{ readonly name: string; readonly version: string }> | undefined
       /** The pool's instance counts (`ModelPool.counters`); absent: no `inference_instance_events_total`. */
       readonly instanceEvents?: Readonly<InstanceEvents> | undefined
+      /** The pool's load counts (`ModelPool.modelLoads`); absent: no `inference_model_loads_total`. */
+      readonly modelLoads?: Readonly<ModelLoads> | undefined
     }
   ) => Effect.Effect<string>
   /**
@@ -178,6 +193,7 @@ export interface Page {
     options?: {
       readonly served?: ReadonlyArray<{ readonly name: string; readonly version: string }> | undefined
       readonly instanceEvents?: Readonly<InstanceEvents> | undefined
+      readonly modelLoads?: Readonly<ModelLoads> | undefined
     }
   ) => Effect.Effect<void>
 }
@@ -190,6 +206,8 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
     const modelsSeen = new Set<string>()
     /** The instance counts the counter holds: each scrape adds what grew since. */
     const eventsCounted = new Map<string, number>()
+    /** The load counts the counter holds, likewise. */
+    const loadsCounted = new Map<string, number>()
     const refresh: Page["refresh"] = (engine, options = {}) =>
       Effect.gen(function*() {
         const byModel = yield* engine.queueStatsByModel
@@ -218,6 +236,17 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
             if (counted === undefined || now > counted) {
               yield* Metric.update(Metric.withAttributes(instanceEventsCounter, { event: label }), now - (counted ?? 0))
               eventsCounted.set(label, now)
+            }
+          }
+        }
+        const loads = options.modelLoads
+        if (loads !== undefined) {
+          for (const [label, key] of modelLoadLabels) {
+            const counted = loadsCounted.get(label)
+            const now = loads[key]
+            if (counted === undefined || now > counted) {
+              yield* Metric.update(Metric.withAttributes(modelLoadsCounter, { outcome: label }), now - (counted ?? 0))
+              loadsCounted.set(label, now)
             }
           }
         }

@@ -359,7 +359,7 @@ const serverRoutes = (ctx: Ctx) => {
     // The versions served now; `models` may rescan the repository (explicit model control), each scrape.
     (pool.loadedModels ?? pool.models).pipe(
       Effect.flatMap((models) =>
-        metricsPage.render(engine, { format: options.metricsFormat, served: models.filter(versionRuns), instanceEvents: pool.counters })
+        metricsPage.render(engine, { format: options.metricsFormat, served: models.filter(versionRuns), instanceEvents: pool.counters, modelLoads: pool.modelLoads })
       ),
       Effect.map((text) => HttpServerResponse.text(text, { contentType: Metrics.contentType }))
     )
@@ -558,7 +558,7 @@ export const layer = (
       // The gauges the page sets as it renders, every 5 s as well: an OTLP exporter reads the
       // registry itself, and would see them only as of the last scrape (never, without one).
       yield* (pool.loadedModels ?? pool.models).pipe(
-        Effect.flatMap((models) => metricsPage.refresh(engine, { served: models.filter(versionRuns), instanceEvents: pool.counters })),
+        Effect.flatMap((models) => metricsPage.refresh(engine, { served: models.filter(versionRuns), instanceEvents: pool.counters, modelLoads: pool.modelLoads })),
         Effect.repeat(Schedule.spaced("5 seconds")),
         Effect.forkScoped
       )

@@ -200,6 +200,8 @@ interface Loader {
   /** Hosts being started; the finalizer waits for them (`started` is open when there are none). */
   starting: number
   readonly started: Latch.Latch
+  /** Loads after the start that served, or failed (`ModelPool.modelLoads`). */
+  readonly loads: { succeeded: number; failed: number }
 }
 
 const closingReason = "the model pool is closing"
@@ -437,7 +439,11 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
       const now = states[i]!
       return now._tag === "Unavailable" ? [{ version: e.version, reason: now.reason }] : []
     })
-    if (failures.length > 0) return yield* refuseLoad(loader, state, name, fresh, states, old, failures)
+    if (failures.length > 0) {
+      loader.loads.failed++
+      return yield* refuseLoad(loader, state, name, fresh, states, old, failures)
+    }
+    loader.loads.succeeded++
     // The swap: the new versions serve from here on; the old hosts finish what they run, then go.
     for (const e of ModelRepository.versionsOf(state.repository, name)) state.loaded.delete(key(e.name, e.version))
     fresh.forEach((e, i) => state.loaded.set(key(e.name, e.version), states[i]!))
@@ -673,7 +679,8 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       hosts: [],
       closing: false,
       starting: 0,
-      started: Latch.makeUnsafe(true)
+      started: Latch.makeUnsafe(true),
+      loads: { succeeded: 0, failed: 0 }
     }
     const state: State = { repository, loaded: new Map(), unloading: new Set(), loading: new Map() }
 
@@ -777,6 +784,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
         const model = resolveModel(state, modelId, version)
         return isError(model) ? undefined : model.host.stats()
       },
+      ...(explicit || polled ? { modelLoads: loader.loads } : {}),
       counters: loader.counters
     }
     return service

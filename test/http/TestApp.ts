@@ -14,7 +14,7 @@ import * as Routes from "../../src/http/Routes.ts"
 import { Statistics } from "../../src/http/Statistics.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
-import { type InstanceEvents, ModelPool, type ModelStatus, type RunOutput } from "../../src/ModelPool.ts"
+import { type InstanceEvents, type ModelLoads, ModelPool, type ModelStatus, type RunOutput } from "../../src/ModelPool.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import * as Tensor from "../../src/Tensor.ts"
 
@@ -38,6 +38,8 @@ export interface TestPoolOptions {
   readonly metadataUnsafe?: boolean | undefined
   /** The pool's instance counts (`ModelPool.counters`), read live; absent: the pool has none. */
   readonly counters?: InstanceEvents | undefined
+  /** The pool's load counts (`ModelPool.modelLoads`), read live; absent: the pool has none. */
+  readonly modelLoads?: ModelLoads | undefined
   /** More of `slow`'s metadata (its own queue bound). */
   readonly slowMetadata?: Partial<ModelMetadata.ModelMetadata> | undefined
 }
@@ -187,6 +189,7 @@ export const makeTestPool = (options: TestPoolOptions = {}) =>
       metadata: lookup,
       ...(options.metadataUnsafe === false ? {} : { metadataUnsafe }),
       ...(options.counters === undefined ? {} : { counters: options.counters }),
+      ...(options.modelLoads === undefined ? {} : { modelLoads: options.modelLoads }),
       run,
       models: Effect.succeed(statuses)
     })
