@@ -156,6 +156,10 @@ export interface Service {
       readonly scan: Effect.Effect<ModelRepository.ModelRepository, ModelRepository.RepositoryError>
       readonly loaded: () => ModelRepository.ModelRepository
       readonly load: <E = never>(name: string, admit?: Effect.Effect<void, E>) => Effect.Effect<void, InferenceError.ModelNotFound | InferenceError.ModelUnavailable | E>
+      /** Registers a poller (`RepositoryPoll.layer` does); the function it returns unregisters it. */
+      readonly attach: () => () => void
+      /** Whether a poller is registered: without one nothing follows the repository. */
+      readonly followed: () => boolean
     }
     | undefined
   /**

@@ -20,13 +20,17 @@ import type * as ModelPool from "../ModelPool.ts"
 import type * as Lifecycle from "./Lifecycle.ts"
 
 export class NotSupported extends Data.TaggedError("NotSupported")<{
-  /** The server polls the repository (`--model-control-mode poll`): its models follow the files. */
+  /** The pool is in poll mode (`--model-control-mode poll`): its models follow the files. */
   readonly polling?: boolean
+  /** In poll mode, whether a poller follows the repository (`RepositoryPoll.layer`). */
+  readonly followed?: boolean
 }> {
   override get message(): string {
-    return this.polling === true
-      ? "explicit model load and unload are not allowed while the server polls the model repository (--model-control-mode poll): change the files, and the next poll loads them"
-      : "explicit model control is not supported: the repository is loaded once, at startup; start the server with --model-control-mode explicit"
+    return this.polling !== true
+      ? "explicit model control is not supported: the repository is loaded once, at startup; start the server with --model-control-mode explicit"
+      : this.followed === false
+      ? "explicit model load and unload are not allowed in poll mode, and nothing polls the model repository: provide RepositoryPoll.layer beside the pool, or use explicit model control"
+      : "explicit model load and unload are not allowed while the server polls the model repository (--model-control-mode poll): change the files, and the next poll loads them"
   }
 }
 
@@ -38,7 +42,7 @@ const refusal = (pool: ModelPool.Service, caller: Caller): NotSupported | undefi
   pool.load === undefined || pool.unload === undefined
     ? new NotSupported({})
     : (pool.poll !== undefined) !== (caller === "poll")
-    ? new NotSupported({ polling: pool.poll !== undefined })
+    ? new NotSupported(pool.poll === undefined ? { polling: false } : { polling: true, followed: pool.poll.followed() })
     : undefined
 
 /**

@@ -110,7 +110,9 @@ export const pollOnce = (tried: Map<string, string>): Effect.Effect<ReadonlyArra
 export const layer = (options: { readonly interval: Duration.Duration }): Layer.Layer<never, never, ModelPool.ModelPool | AsyncInferenceEngine | Lifecycle> =>
   Layer.effectDiscard(Effect.gen(function*() {
     const pool = yield* ModelPool.ModelPool
-    if (pool.poll === undefined) return
+    const poll = pool.poll
+    if (poll === undefined) return
+    yield* Effect.acquireRelease(Effect.sync(() => poll.attach()), (detach) => Effect.sync(detach))
     const tried = new Map<string, string>()
     yield* Effect.forkScoped(Effect.repeat(Effect.delay(pollOnce(tried), options.interval), Schedule.forever))
   }))

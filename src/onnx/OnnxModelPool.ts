@@ -292,19 +292,16 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
   )
 }
 
-/**
- * Logs what a model's `versionPolicy` does not serve: the version directories it leaves out (one
- * line, at info: the operator chose it), and a warning per version it names that has no directory.
- */
-const announceNotServed = (notServed: ModelRepository.NotServed): Effect.Effect<void> =>
-  Effect.gen(function*() {
-    if (notServed.leftOut.length > 0) {
-      yield* Effect.logInfo(`model ${notServed.name}: versionPolicy ${notServed.policy} leaves out version(s) ${notServed.leftOut.join(", ")}; they are not loaded`)
-    }
-    for (const version of notServed.missing) {
-      yield* Effect.logWarning(`model ${notServed.name}: versionPolicy ${notServed.policy} names version ${version}, but no version directory ${version}/ is present`)
-    }
-  })
+/** Warns of each version a model's `versionPolicy` names that has no directory (skipped, as Triton's). */
+const warnMissing = (notServed: ModelRepository.NotServed): Effect.Effect<void> =>
+  Effect.forEach(notServed.missing, (version) =>
+    Effect.logWarning(`model ${notServed.name}: versionPolicy ${notServed.policy} names version ${version}, but no version directory ${version}/ is present`), { discard: true })
+
+/** Says which version directories a model's `versionPolicy` leaves out (at info: the operator chose it), once they are not served. */
+const announceLeftOut = (notServed: ModelRepository.NotServed): Effect.Effect<void> =>
+  notServed.leftOut.length === 0
+    ? Effect.void
+    : Effect.logInfo(`model ${notServed.name}: versionPolicy ${notServed.policy} leaves out version(s) ${notServed.leftOut.join(", ")}; they are not loaded`)
 
 /** Logs a version READY, as a warning when a requested provider fell back. */
 const announceReady = (entry: ModelRepository.Found, host: InstancePool.InstancePool): Effect.Effect<void> => {
@@ -423,7 +420,8 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
     for (const ignored of scanned.ignored) {
       if (ignored.name.startsWith(`${name}/`)) yield* Effect.logWarning(`model repository: ignoring ${JSON.stringify(ignored.name)}: ${ignored.reason}`)
     }
-    yield* Effect.forEach(scanned.notServed.filter((n) => n.name === name), announceNotServed, { discard: true })
+    const notServed = scanned.notServed.filter((n) => n.name === name)
+    yield* Effect.forEach(notServed, warnMissing, { discard: true })
     const fresh = ModelRepository.versionsOf(scanned, name)
     if (fresh.length === 0) return yield* new InferenceError.ModelNotFound({ modelId: name })
     yield* refuseClosing
@@ -444,6 +442,8 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
       return yield* refuseLoad(loader, state, name, fresh, states, old, failures)
     }
     loader.loads.succeeded++
+    // Said only now: a load that fails leaves what served, left-out versions included.
+    yield* Effect.forEach(notServed, announceLeftOut, { discard: true })
     // The swap: the new versions serve from here on; the old hosts finish what they run, then go.
     for (const e of ModelRepository.versionsOf(state.repository, name)) state.loaded.delete(key(e.name, e.version))
     fresh.forEach((e, i) => state.loaded.set(key(e.name, e.version), states[i]!))
@@ -696,7 +696,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     for (const name of repository.ignored) {
       yield* Effect.logWarning(`model repository: ignoring ${JSON.stringify(name.name)}: ${name.reason}`)
     }
-    yield* Effect.forEach(repository.notServed, announceNotServed, { discard: true })
+    yield* Effect.forEach(repository.notServed, (n) => Effect.andThen(warnMissing(n), announceLeftOut(n)), { discard: true })
     yield* warnGpuThreads(repository)
 
     /** Explicit model control: only the models named are loaded at start; the others wait for `load`. */
@@ -715,6 +715,8 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
     }
 
     const inTurn = makeTurns()
+    /** Pollers registered on the poll facet (`RepositoryPoll.layer`). */
+    let pollers = 0
     const info = Effect.sync(() => infoOf(state))
     const loadedModels: Effect.Effect<ReadonlyArray<ModelStatus>> = Effect.map(info, (all) =>
       all.map((m): ModelStatus => (m.reason === undefined
@@ -776,7 +778,16 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
             // Unlike a client's, interruptible: the poller is interrupted only as the server closes,
             // and a shutdown must not wait for a load nobody asked for (an instance may take up to
             // `loadTimeoutMs` to load). An interrupted load owns nothing: its hosts close with the pool.
-            load: (name, admit) => inTurn(name, Effect.andThen(admit ?? Effect.void, Effect.ensuring(load(loader, state, name), rescan)))
+            load: (name, admit) => inTurn(name, Effect.andThen(admit ?? Effect.void, Effect.ensuring(load(loader, state, name), rescan))),
+            attach: () => {
+              pollers++
+              let attached = true
+              return () => {
+                if (attached) pollers--
+                attached = false
+              }
+            },
+            followed: () => pollers > 0
           }
         }
         : {}),

@@ -179,6 +179,29 @@ describe("explicit model control", () => {
       assert.strictEqual((yield* send("POST", "/v2/models/mlp/versions/1/infer", mlpRequest())).status, 200, "the version loaded before keeps serving")
     }).pipe(withFreshMetrics), 60_000)
 
+  it.live("the versions a versionPolicy leaves out are logged at start and after a load that took, not after one that failed (what served, left-out versions included, still serves)", () => {
+    const infos: Array<string> = []
+    const capture = Logger.make((options) => {
+      if (options.logLevel === "Info") infos.push(String(Array.isArray(options.message) ? options.message.join(" ") : options.message))
+    })
+    return Effect.gen(function*() {
+      const repository = yield* tempRepository({
+        "mlp/1/model.onnx": mlpBytes(),
+        "mlp/2/model.onnx": mlpBytes(),
+        "mlp/config.json": JSON.stringify({ versionPolicy: { latest: { numVersions: 1 } } })
+      })
+      const send = yield* makeApp(repository, ["mlp"])
+      const leftOut = (versions: string) => infos.filter((l) => l === `model mlp: versionPolicy latest 1 leaves out version(s) ${versions}; they are not loaded`).length
+      assert.strictEqual(leftOut("1"), 1, JSON.stringify(infos))
+      writeTree(repository, { "mlp/3/model.onnx": "not a model" })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/load")).status, 503)
+      assert.strictEqual(leftOut("1, 2"), 0, "version 2 still serves")
+      writeTree(repository, { "mlp/3/model.onnx": mlpBytes() })
+      assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/load")).status, 200)
+      assert.strictEqual(leftOut("1, 2"), 1)
+    }).pipe(Effect.provide(Logger.layer([capture], { mergeWithExisting: true })), withFreshMetrics)
+  }, 60_000)
+
   it.live("the index drops a model never loaded whose directory has gone (its load is a 404); a load names its ignored directories in a warning, as the start does", () => {
     const warnings: Array<string> = []
     const capture = Logger.make((options) => {

@@ -114,8 +114,11 @@ describe("RepositoryPoll over a real pool", () => {
       const app = yield* pollApp(repository)
       assert.deepStrictEqual(yield* app.states, ["mlp@1 READY"])
       assert.deepStrictEqual(yield* app.poll, [], "nothing changed since the start")
-      // a client's load and unload are refused: the files decide
+      // a client's load and unload are refused: the files decide (and, with no poller, nothing does: said so)
+      assert.match((yield* Effect.flip(ModelControl.load(app.pool, "mlp", app.lifecycle))).message, /not allowed in poll mode, and nothing polls the model repository: provide RepositoryPoll.layer/)
+      const detach = app.pool.poll!.attach()
       const refused = yield* Effect.flip(ModelControl.load(app.pool, "mlp", app.lifecycle))
+      detach()
       assert.match(refused.message, /not allowed while the server polls the model repository/)
       assert.strictEqual((yield* Effect.flip(ModelControl.unload(app.pool, app.engine, "mlp")))._tag, "NotSupported")
       assert.isFalse(ModelControl.isEnabled(app.pool))
@@ -205,6 +208,7 @@ describe("RepositoryPoll over a real pool", () => {
       const app = yield* pollApp(repository)
       const scope = yield* Effect.scope
       yield* quiet(Layer.buildWithScope(RepositoryPoll.layer({ interval: Duration.millis(50) }), scope).pipe(Effect.provide(app.services)))
+      assert.isTrue(app.pool.poll!.followed(), "the layer registered its poller")
       writeTree(repository, { "added/model.onnx": mlpBytes() })
       for (let i = 0; !(yield* app.states).includes("added@1 READY"); i++) {
         assert.isBelow(i, 400, "the added model was loaded by a poll")
