@@ -532,3 +532,47 @@ describe("ModelRepository", () => {
       }))
   })
 })
+
+describe("ModelRepository: versionPolicy edges and file identity", () => {
+  it.effect("notServed reports a version specific names that has no directory though none is left out", () =>
+    Effect.gen(function*() {
+      const root = yield* tempRepository({
+        "m/1/model.onnx": onnx,
+        "m/config.json": JSON.stringify({ versionPolicy: { specific: { versions: [1, 9] } } })
+      })
+      const repository = yield* ModelRepository.scan(root)
+      assert.deepStrictEqual(repository.entries.map((e) => `${e._tag} ${e.name}@${e.version}`), ["Found m@1"])
+      assert.deepStrictEqual(repository.notServed, [{ name: "m", policy: "specific 1, 9", leftOut: [], missing: ["9"] }])
+    }))
+
+  it.effect("a model.onnx without version directories under a specific policy naming another version is unavailable, saying so", () =>
+    Effect.gen(function*() {
+      const root = yield* tempRepository({
+        "flat/model.onnx": onnx,
+        "flat/config.json": JSON.stringify({ versionPolicy: { specific: { versions: [2] } } })
+      })
+      const repository = yield* ModelRepository.scan(root)
+      assert.deepStrictEqual(repository.entries, [{
+        _tag: "Unavailable",
+        name: "flat",
+        version: "2",
+        reason: "no version that versionPolicy (specific 2) names is in the repository (it has only model.onnx, version 1)"
+      }])
+      assert.deepStrictEqual(repository.notServed, [{ name: "flat", policy: "specific 2", leftOut: ["1"], missing: ["2"] }])
+    }))
+
+  it.live("fingerprint changes when model.onnx is rewritten in place with the same size and its old modification time restored", () =>
+    Effect.gen(function*() {
+      const root = yield* tempRepository({ "m/1/model.onnx": "weights-A" })
+      const file = Path.join(root, "m", "1", "model.onnx")
+      Fs.utimesSync(file, 1_000_000_000, 1_000_000_000)
+      const before = ModelRepository.fingerprint(yield* ModelRepository.scan(root), "m")
+      yield* Effect.sleep("50 millis") // past the filesystem's coarse timestamp tick
+      const inode = Fs.statSync(file).ino
+      Fs.writeFileSync(file, "weights-B") // same inode, same size
+      Fs.utimesSync(file, 1_000_000_000, 1_000_000_000)
+      assert.strictEqual(Fs.statSync(file).ino, inode)
+      const after = ModelRepository.fingerprint(yield* ModelRepository.scan(root), "m")
+      assert.notStrictEqual(after, before)
+    }))
+})

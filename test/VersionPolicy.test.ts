@@ -85,3 +85,13 @@ describe("VersionPolicy", () => {
     }
   })
 })
+
+describe("VersionPolicy bounds and counting", () => {
+  it("specific accepts exactly maxVersions versions (the bound is inclusive, as latest's is)", () => {
+    assert.isUndefined(VersionPolicy.problem({ specific: { versions: Array.from({ length: VersionPolicy.maxVersions }, (_, i) => i) } }))
+  })
+
+  it("latest n counts distinct numbers: two directories of one number take one of the n places", () => {
+    assert.deepStrictEqual(VersionPolicy.select({ _tag: "Latest", numVersions: 2 }, ["1", "02", "2"]), { served: ["1", "02", "2"], left: [], missing: [] })
+  })
+})

@@ -66,6 +66,10 @@ describe("RepositoryPoll.changes", () => {
     it(name, () => assert.deepStrictEqual(plan(loaded, onDisk), expected))
   }
 
+  it("changes come in name order, an unload before a load of a later name", () => {
+    assert.deepStrictEqual(RepositoryPoll.changes(repo(a1), repo(b1), new Map()).map((c) => `${c._tag} ${c.name}`), ["Unload a", "Load b"])
+  })
+
   it("what the poller tried wins over what the pool loaded: a failed load is not retried, an unloaded model is loaded when it comes back", () => {
     const changed = repo(found("a", "1", 2))
     const [load] = RepositoryPoll.changes(repo(a1), changed, new Map())
@@ -89,7 +93,7 @@ const pollApp = (repository: string, transports?: OnnxModelPool.Options["transpo
     const services = yield* Layer.build(
       AsyncInferenceEngine.layer.pipe(
         Layer.provideMerge(Layer.mergeAll(
-          OnnxModelPool.layer({ repository, modelControl: "poll", defaults: { instances: 1 }, closeTimeout: "5 seconds", transports }),
+          OnnxModelPool.layerWithControl({ repository, modelControl: "poll", defaults: { instances: 1 }, closeTimeout: "5 seconds", transports }),
           TelemetryCollector.layer,
           AsyncConfigService.layerWith({}),
           Lifecycle.layer
@@ -104,7 +108,17 @@ const pollApp = (repository: string, transports?: OnnxModelPool.Options["transpo
       Context.get(services, AsyncInferenceEngine).infer(
         InferenceRequest.make(name, { input: Tensor.float32(sampleInput(1), [1, 784]) }, { modelVersion: version })
       ).pipe(Effect.map(() => "ok"), Effect.catch((e) => Effect.succeed(e.reason._tag)))
-    return { services, pool, poll, states, infer, lifecycle: Context.get(services, Lifecycle), engine: Context.get(services, AsyncInferenceEngine) }
+    return {
+      services,
+      pool,
+      /** The same pool, with its instance counters. */
+      onnx: Context.get(services, OnnxModelPool.OnnxModelPool),
+      poll,
+      states,
+      infer,
+      lifecycle: Context.get(services, Lifecycle),
+      engine: Context.get(services, AsyncInferenceEngine)
+    }
   })
 
 describe("RepositoryPoll over a real pool", () => {
@@ -214,5 +228,79 @@ describe("RepositoryPoll over a real pool", () => {
         assert.isBelow(i, 400, "the added model was loaded by a poll")
         yield* Effect.sleep("25 millis")
       }
+    }), 60_000)
+})
+
+describe("RepositoryPoll: order, shutdown, interval, counts and the index", () => {
+
+  it.live("a poll once the shutdown has begun does nothing and reports nothing", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const app = yield* pollApp(repository)
+      writeTree(repository, { "added/model.onnx": mlpBytes() })
+      yield* app.lifecycle.beginShutdown
+      assert.deepStrictEqual(yield* app.poll, [])
+      assert.notInclude(yield* app.states, "added@1 READY")
+    }), 60_000)
+
+  it.live("the layer's first poll waits one interval", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const app = yield* pollApp(repository)
+      const scope = yield* Effect.scope
+      yield* quiet(Layer.buildWithScope(RepositoryPoll.layer({ interval: Duration.seconds(60) }), scope).pipe(Effect.provide(app.services)))
+      writeTree(repository, { "added/model.onnx": mlpBytes() })
+      yield* Effect.sleep("500 millis")
+      assert.notInclude(yield* app.states, "added@1 READY")
+    }), 60_000)
+
+  it.live("under poll, the pool counts the poller's loads by outcome (inference_model_loads_total)", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const app = yield* pollApp(repository)
+      assert.deepStrictEqual(app.pool.modelLoads, { succeeded: 0, failed: 0 })
+      writeTree(repository, { "added/model.onnx": mlpBytes() })
+      yield* app.poll
+      Fs.writeFileSync(Path.join(repository, "mlp", "model.onnx"), "not a model")
+      yield* app.poll
+      assert.deepStrictEqual(app.pool.modelLoads, { succeeded: 1, failed: 1 })
+    }), 60_000)
+
+  it.live("a model added since the index last scanned is listed LOADING while the poll loads it", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      let release: () => void = () => {}
+      let hold = false
+      const held = new Promise<void>((resolve) => (release = resolve))
+      const thread = TestOps.transports.thread!
+      const holding: InstancePool.Transport = {
+        ...thread,
+        spawn: (config, events) => thread.spawn(config, { ...events, message: (m) => (m._tag === "ready" && hold ? void held.then(() => events.message(m)) : events.message(m)) })
+      }
+      const app = yield* pollApp(repository, { thread: holding })
+      yield* Effect.addFinalizer(() => Effect.sync(() => release()))
+      hold = true
+      const spawned = app.onnx.counters.workersSpawned
+      assert.deepStrictEqual(yield* app.states, ["mlp@1 READY"]) // the index scans now, and keeps that scan for a second
+      writeTree(repository, { "added/model.onnx": mlpBytes() })
+      const poll = yield* Effect.forkChild(app.poll, { startImmediately: true })
+      for (let i = 0; app.onnx.counters.workersSpawned === spawned; i++) {
+        assert.isBelow(i, 400, "the poll began loading the added model")
+        yield* Effect.sleep("2 millis")
+      }
+      assert.deepStrictEqual(yield* app.states, ["mlp@1 READY", "added@1 LOADING"])
+      release()
+      yield* Fiber.join(poll)
+      assert.include(yield* app.states, "added@1 READY")
+    }), 60_000)
+
+  it.live("right after a poll loads a model added since start, the index lists it once, READY (the poll's load rescans the index)", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const app = yield* pollApp(repository)
+      writeTree(repository, { "added/model.onnx": mlpBytes() })
+      assert.deepStrictEqual(yield* app.states, ["mlp@1 READY", "added@1 UNAVAILABLE"]) // scanned now, kept a second
+      yield* app.poll
+      assert.deepStrictEqual(yield* app.states, ["added@1 READY", "mlp@1 READY"])
     }), 60_000)
 })

@@ -1157,3 +1157,23 @@ describe("Triton's statistics extension", () => {
       assert.match((yield* send("GET", "/metrics")).text, /inference_count_total\{model="batched",version="1"\} 2\b/)
     }).pipe(withFreshMetrics))
 })
+
+describe("Routes: model loads on /metrics", () => {
+  it.effect("reports the pool's model loads by outcome from the first scrape, counting on as they grow (a counter, not a sum of scrapes)", () =>
+    Effect.gen(function*() {
+      const modelLoads = { succeeded: 0, failed: 0 }
+      const { send } = yield* makeApp({ modelLoads })
+      const first = (yield* send("GET", "/metrics")).text
+      assert.include(first, `inference_model_loads_total{outcome="success"} 0`)
+      assert.include(first, `inference_model_loads_total{outcome="failure"} 0`)
+      modelLoads.succeeded = 2
+      modelLoads.failed = 1
+      const second = (yield* send("GET", "/metrics")).text
+      assert.include(second, `inference_model_loads_total{outcome="success"} 2\n`)
+      assert.include(second, `inference_model_loads_total{outcome="failure"} 1\n`)
+      modelLoads.succeeded = 3
+      const third = (yield* send("GET", "/metrics")).text
+      assert.include(third, `inference_model_loads_total{outcome="success"} 3\n`)
+      assert.include(third, `inference_model_loads_total{outcome="failure"} 1\n`)
+    }).pipe(withFreshMetrics))
+})

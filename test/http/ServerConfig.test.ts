@@ -187,3 +187,19 @@ describe("ServerConfig", () => {
     assert.strictEqual(new Set(ServerConfig.options.map((o) => o.variable)).size, ServerConfig.options.length)
   })
 })
+
+describe("ServerConfig: poll interval and wildcard edges", () => {
+  it("--repository-poll-secs 1, the documented minimum, is accepted", () => {
+    const config = ServerConfig.decode({ modelControlMode: "poll", repositoryPollInterval: "1" }, {})
+    assert.notInstanceOf(config, ServerConfig.ConfigError)
+    assert.strictEqual(Duration.toMillis((config as ServerConfig.ServerConfig).repositoryPollInterval), 1_000)
+  })
+
+  it("\"*\" beside another name is refused wherever it stands", () => {
+    for (const loadModels of ["*,mlp", "mlp,*"]) {
+      const result = ServerConfig.decode({ modelControlMode: "explicit", loadModels }, {})
+      assert.instanceOf(result, ServerConfig.ConfigError, loadModels)
+      if (result instanceof ServerConfig.ConfigError) assert.include(result.message, "\"*\" (every model) must be the only model named")
+    }
+  })
+})

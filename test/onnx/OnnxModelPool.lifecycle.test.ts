@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Exit, Fiber, Latch, Layer, References, Scope } from "effect"
+import { Context, Effect, Exit, Fiber, Latch, Layer, Logger, References, Scope } from "effect"
 import { TestClock } from "effect/testing"
 import * as Lifecycle from "../../src/http/Lifecycle.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
@@ -382,4 +382,30 @@ describe("OnnxModelPool lifecycle", () => {
       assert.strictEqual(counters.sessionsClosed, counters.sessionsOpened)
       assert.strictEqual(counters.interruptedRunning + counters.interruptedQueued, 6)
     }))
+})
+
+describe("OnnxModelPool: load counts and versionPolicy logs", () => {
+  it.live("without model control the pool has no load counts (no inference_model_loads_total row)", () =>
+    Effect.gen(function*() {
+      const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, defaults: { instances: 1 } }))
+      assert.isUndefined(pool.modelLoads)
+    }), 60_000)
+
+  it.live("the start says what each model's versionPolicy leaves out (info) and names that has no directory (warning)", () => {
+    const lines: Array<string> = []
+    const capture = Logger.make((options) => {
+      lines.push(`${options.logLevel} ${Array.isArray(options.message) ? options.message.join(" ") : String(options.message)}`)
+    })
+    return Effect.gen(function*() {
+      const repository = yield* tempRepository({
+        "mlp/1/model.onnx": mlpBytes(),
+        "mlp/2/model.onnx": mlpBytes(),
+        "mlp/config.json": JSON.stringify({ versionPolicy: { specific: { versions: [2, 5] } } })
+      })
+      yield* OnnxModelPool.make({ repository, defaults: { instances: 1 } })
+      assert.include(lines, "Info model mlp: versionPolicy specific 2, 5 leaves out version(s) 1; they are not loaded", JSON.stringify(lines))
+      assert.include(lines, "Warn model mlp: versionPolicy specific 2, 5 names version 5, but no version directory 5/ is present", JSON.stringify(lines))
+    }).pipe(Effect.provide(Logger.layer([capture], { mergeWithExisting: false })))
+  }, 60_000)
 })
