@@ -120,29 +120,36 @@ export const outcomeOfReason = (reason: InferenceError.Reason): RequestOutcome =
 
 type Attributes = Readonly<Record<string, string>>
 
+/**
+ * A family. `unit` ("seconds") travels as the metric's `unit` attribute, which Effect's OTLP
+ * exporter sends as the UCUM unit ("s"; "1", dimensionless, without one) and its Prometheus
+ * formatter leaves out of the labels (the name says it there).
+ */
 type FamilySpec =
-  | { readonly type: "Counter"; readonly name: string; readonly description: string }
-  | { readonly type: "Histogram"; readonly name: string; readonly description: string; readonly boundaries: ReadonlyArray<number> }
+  | { readonly type: "Counter"; readonly name: string; readonly description: string; readonly unit?: "seconds" }
+  | { readonly type: "Histogram"; readonly name: string; readonly description: string; readonly boundaries: ReadonlyArray<number>; readonly unit?: "seconds" }
 
 const specs = {
   started: { type: "Counter", name: "inference_requests_started_total", description: "Requests submitted (admitted or refused), by model version" },
   requests: { type: "Counter", name: "inference_requests_total", description: "Requests settled, by model version and outcome: success, rejected, cancelled, timeout, invalid, backend" },
-  latency: { type: "Histogram", name: "inference_request_duration_seconds", description: "End-to-end latency of successful requests, admission to answer (seconds)", boundaries: latencyBoundariesSeconds },
-  queueWait: { type: "Histogram", name: "inference_queue_duration_seconds", description: "Time from admission to dispatch (seconds)", boundaries: latencyBoundariesSeconds },
-  run: { type: "Histogram", name: "inference_compute_duration_seconds", description: "Time of one native run, a batch being one run (seconds)", boundaries: latencyBoundariesSeconds },
+  latency: { type: "Histogram", name: "inference_request_duration_seconds", description: "End-to-end latency of successful requests, admission to answer (seconds)", boundaries: latencyBoundariesSeconds, unit: "seconds" },
+  queueWait: { type: "Histogram", name: "inference_queue_duration_seconds", description: "Time from admission to dispatch (seconds)", boundaries: latencyBoundariesSeconds, unit: "seconds" },
+  run: { type: "Histogram", name: "inference_compute_duration_seconds", description: "Time of one native run, a batch being one run (seconds)", boundaries: latencyBoundariesSeconds, unit: "seconds" },
   batchSize: { type: "Histogram", name: "inference_batch_size", description: "Requests per native run", boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 9 }) },
   executions: { type: "Counter", name: "inference_executions_total", description: "Native runs, by model version" },
   inferences: { type: "Counter", name: "inference_count_total", description: "Inferences run, by model version: rows of the batch dim (a request of 64 rows counts 64), 1 a request for a model that does not batch" },
-  requestCompute: { type: "Counter", name: "inference_request_compute_seconds_total", description: "Native run time counted once per request in the run, as Triton's compute_infer (a run of n requests adds n times its time; seconds)" }
+  requestCompute: { type: "Counter", name: "inference_request_compute_seconds_total", description: "Native run time counted once per request in the run, as Triton's compute_infer (a run of n requests adds n times its time; seconds)", unit: "seconds" }
 } as const satisfies Record<string, FamilySpec>
 
 type Family = keyof typeof specs
 
 const familyOf = <F extends Family>(family: F) => (attributes?: Attributes): (typeof specs)[F]["type"] extends "Counter" ? Metric.Counter<number> : Metric.Histogram<number> => {
   const spec: FamilySpec = specs[family]
+  // First, as `Metric.withAttributes(family(), labels)` orders it: one series either way.
+  const withUnit = spec.unit === undefined ? attributes : { unit: spec.unit, ...attributes }
   return (spec.type === "Counter"
-    ? Metric.counter(spec.name, { description: spec.description, attributes, incremental: true })
-    : Metric.histogram(spec.name, { description: spec.description, boundaries: spec.boundaries, attributes })) as never
+    ? Metric.counter(spec.name, { description: spec.description, attributes: withUnit, incremental: true })
+    : Metric.histogram(spec.name, { description: spec.description, boundaries: spec.boundaries, attributes: withUnit })) as never
 }
 
 /**

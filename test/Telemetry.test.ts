@@ -192,7 +192,7 @@ describe("TelemetryCollector.layer versions", () => {
       ])
       assert.deepStrictEqual(counts(metrics.inferences.id), ['{"model":"m","version":"1"} 4'])
       const waits = snapshot.filter((s) => s.id === metrics.queueWait.id).map((s) => JSON.stringify(s.attributes))
-      assert.deepStrictEqual(waits, ['{"model":"m","version":"2","priority":"Normal"}'])
+      assert.deepStrictEqual(waits, ['{"unit":"seconds","model":"m","version":"2","priority":"Normal"}'], "durations carry their unit, for OTLP")
     }))
 })
 

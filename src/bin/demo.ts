@@ -93,7 +93,8 @@ const program = Effect.gen(function*() {
   console.log("\ntelemetry (Effect metrics recorded by TelemetryCollector.layer):")
   for (const snapshot of yield* Metric.snapshot) {
     if (!snapshot.id.startsWith("inference_")) continue
-    const labels = Object.entries(snapshot.attributes ?? {}).map(([k, v]) => `${k}=${v}`).join(",")
+    // `unit` is the family's (the name says it), not a label
+    const labels = Object.entries(snapshot.attributes ?? {}).filter(([k]) => k !== "unit").map(([k, v]) => `${k}=${v}`).join(",")
     const state = snapshot.state as { count?: number; sum?: number; min?: number; max?: number }
     const value = snapshot.type === "Histogram"
       ? `count ${state.count} mean ${((state.sum ?? 0) / Math.max(1, state.count ?? 1)).toFixed(3)} max ${(state.max ?? 0).toFixed(3)}`

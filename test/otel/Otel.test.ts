@@ -123,6 +123,14 @@ describe("Otel", () => {
     ).filter((m: any) => m.name.endsWith("_total"))
     assert.isAbove(sums.length, 0)
     for (const m of sums) assert.strictEqual(m.sum?.isMonotonic, true, m.name)
+    // Durations carry their unit (UCUM "s"), counts none ("1"): the exporter read "1" for seconds too.
+    const exported = collector.bodies("/v1/metrics").flatMap((body) =>
+      (JSON.parse(body).resourceMetrics ?? []).flatMap((r: any) => r.scopeMetrics.flatMap((s: any) => s.metrics))
+    )
+    const unitOf = (name: string) => exported.find((m: any) => m.name === name)?.unit
+    assert.strictEqual(unitOf("inference_request_duration_seconds"), "s")
+    assert.strictEqual(unitOf("inference_queue_duration_seconds"), "s")
+    assert.strictEqual(unitOf("inference_requests_total"), "1")
   })
 
   it("the server exports traces and metrics when OTEL_EXPORTER_OTLP_ENDPOINT is set; a gRPC call has its server span, in the trace its traceparent names", async () => {
