@@ -7,6 +7,9 @@
  * <root>/<model>/config.json             optional, applies to every version of the model
  * ```
  *
+ * Which version directories serve is config.json's `versionPolicy` (`VersionPolicy`: all of them
+ * by default); the ones it leaves out are not entries, only `notServed`.
+ *
  * When a model has version directories, a `model.onnx` beside them is ignored. Two version
  * directories of one number ("01" and "1") are both unavailable, saying so (`versionConflicts`);
  * a directory that starts with a digit but is not all digits ("1a") is listed in `ignored`.
@@ -548,7 +551,10 @@ export interface ModelRepository {
   readonly notServed: ReadonlyArray<NotServed>
 }
 
-/** What a model's `versionPolicy` does not serve: nothing of either is loaded or listed. */
+/**
+ * What a model's `versionPolicy` does not serve: neither list is loaded or listed (when it names
+ * no version that is present, the model is one UNAVAILABLE entry saying so instead).
+ */
 export interface NotServed {
   readonly name: string
   /** The policy in words ("latest 1"). */

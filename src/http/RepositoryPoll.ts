@@ -62,9 +62,6 @@ export const changes = (loaded: ModelRepository.ModelRepository, onDisk: ModelRe
   return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
 }
 
-/** The shortest poll interval: a scan reads every model's config.json. */
-export const minIntervalMs = 1_000
-
 /**
  * One poll: scans, then applies each change in turn. Never fails: a scan or a change that fails
  * is logged. Returns the changes it applied or tried.
