@@ -82,8 +82,9 @@ export const pollOnce = (tried: Map<string, string>): Effect.Effect<ReadonlyArra
     for (const change of planned) {
       if (lifecycle.isShuttingDown()) break
       if (change._tag === "Load") {
+        const added = tried.get(change.name) === "" || ModelRepository.versionsOf(poll.loaded(), change.name).length === 0
         tried.set(change.name, change.fingerprint)
-        yield* Effect.logInfo(`repository poll: model ${change.name} changed on disk: loading it`)
+        yield* Effect.logInfo(`repository poll: model ${change.name} ${added ? "appeared in the repository" : "changed on disk"}: loading it`)
         yield* ModelControl.load(pool, change.name, lifecycle, "poll").pipe(
           Effect.catch((e) => Effect.logWarning(`repository poll: model ${change.name} did not load: ${e.message}`))
         )

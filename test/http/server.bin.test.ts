@@ -337,7 +337,7 @@ describe("node src/bin/server.ts", () => {
       Fs.rmSync(Path.join(polled, "added"), { recursive: true })
       await until("the removed model is unloaded", (s) => !s.some((m) => m.startsWith("added")))
       assert.strictEqual((await json(Client.send(running.port, "POST", "/v2/models/added/infer", JSON.stringify(row)))).status, 404)
-      assert.match(running.output(), /repository poll: model added changed on disk: loading it/)
+      assert.match(running.output(), /repository poll: model added appeared in the repository: loading it/)
     } finally {
       running.child.kill("SIGKILL")
       await running.exit
