@@ -31,7 +31,7 @@ export type VersionPolicy =
 /** Serve every version directory (the default). */
 export const all: VersionPolicy = { _tag: "All" }
 
-/** Most versions `latest` or `specific` may name, beside the bound on a version's digits. */
+/** Most versions `latest` or `specific` may name (each version at most 2^53 - 1). */
 export const maxVersions = 1_000
 
 const isCount = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= maxVersions
