@@ -63,6 +63,26 @@ export const instanceEventLabels: ReadonlyArray<readonly [label: string, key: ke
   ["respawn_failure", "respawnFailures"]
 ]
 
+/**
+ * Adds to `counter` what each of `counts` grew by since the last call (`counted` holds what it
+ * holds), one series per label. The first call adds every row, even at 0, so that a dashboard
+ * finds every series at once (and `increase()` sees the first event).
+ */
+const countUp = <K extends string>(
+  counter: Metric.Counter<number>,
+  labelName: string,
+  labels: ReadonlyArray<readonly [label: string, key: K]>,
+  counts: Readonly<Record<K, number>>,
+  counted: Map<string, number>
+): Effect.Effect<void> =>
+  Effect.forEach(labels, ([label, key]) => {
+    const before = counted.get(label)
+    const now = counts[key]
+    if (before !== undefined && now <= before) return Effect.void
+    counted.set(label, now)
+    return Metric.update(Metric.withAttributes(counter, { [labelName]: label }), now - (before ?? 0))
+  }, { discard: true })
+
 /** Versions as numbers where both are ("2" before "10"), else as text. */
 const byVersion = (a: string, b: string): number => {
   const x = Number(a)
@@ -227,29 +247,10 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
           }
         }
         yield* Metric.update(unsettledGauge, unsettled)
-        const events = options.instanceEvents
-        if (events !== undefined) {
-          for (const [label, key] of instanceEventLabels) {
-            const counted = eventsCounted.get(label)
-            const now = events[key]
-            // The first scrape adds the row even at 0, so that a dashboard finds every series at once.
-            if (counted === undefined || now > counted) {
-              yield* Metric.update(Metric.withAttributes(instanceEventsCounter, { event: label }), now - (counted ?? 0))
-              eventsCounted.set(label, now)
-            }
-          }
+        if (options.instanceEvents !== undefined) {
+          yield* countUp(instanceEventsCounter, "event", instanceEventLabels, options.instanceEvents, eventsCounted)
         }
-        const loads = options.modelLoads
-        if (loads !== undefined) {
-          for (const [label, key] of modelLoadLabels) {
-            const counted = loadsCounted.get(label)
-            const now = loads[key]
-            if (counted === undefined || now > counted) {
-              yield* Metric.update(Metric.withAttributes(modelLoadsCounter, { outcome: label }), now - (counted ?? 0))
-              loadsCounted.set(label, now)
-            }
-          }
-        }
+        if (options.modelLoads !== undefined) yield* countUp(modelLoadsCounter, "outcome", modelLoadLabels, options.modelLoads, loadsCounted)
       })
     return {
       refresh,

@@ -16,7 +16,6 @@ import * as RepositoryPoll from "../../src/http/RepositoryPoll.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
 import type * as ModelRepository from "../../src/ModelRepository.ts"
 import * as VersionPolicy from "../../src/VersionPolicy.ts"
-import type * as InstancePool from "../../src/onnx/InstancePool.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import * as Tensor from "../../src/Tensor.ts"
@@ -198,11 +197,7 @@ describe("RepositoryPoll over a real pool", () => {
       let hold = false
       // A process, which the interruption kills at once (a thread loading in native code cannot be
       // stopped: it is waited for up to the pool's close timeout).
-      const process_ = TestOps.transports.process!
-      const holding: InstancePool.Transport = {
-        ...process_,
-        spawn: (config, events) => process_.spawn(config, { ...events, message: (m) => (m._tag === "ready" && hold ? undefined : events.message(m)) })
-      }
+      const holding = TestOps.holdingReady(TestOps.transports.process, () => (hold ? new Promise<void>(() => {}) : undefined))
       const app = yield* pollApp(repository, { process: holding })
       hold = true
       writeTree(repository, { "added/model.onnx": mlpBytes(), "added/config.json": JSON.stringify({ isolation: "process" }) })
@@ -272,11 +267,7 @@ describe("RepositoryPoll: order, shutdown, interval, counts and the index", () =
       let release: () => void = () => {}
       let hold = false
       const held = new Promise<void>((resolve) => (release = resolve))
-      const thread = TestOps.transports.thread!
-      const holding: InstancePool.Transport = {
-        ...thread,
-        spawn: (config, events) => thread.spawn(config, { ...events, message: (m) => (m._tag === "ready" && hold ? void held.then(() => events.message(m)) : events.message(m)) })
-      }
+      const holding = TestOps.holdingReady(TestOps.transports.thread, () => (hold ? held : undefined))
       const app = yield* pollApp(repository, { thread: holding })
       yield* Effect.addFinalizer(() => Effect.sync(() => release()))
       hold = true

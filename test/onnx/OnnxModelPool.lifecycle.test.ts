@@ -246,11 +246,7 @@ describe("OnnxModelPool lifecycle", () => {
       // Instances announce themselves ready only when the test lets them: a load stays under way until then.
       let release: () => void = () => {}
       let held = new Promise<void>((resolve) => (release = resolve))
-      const thread = TestOps.transports.thread!
-      const holding: InstancePool.Transport = {
-        ...thread,
-        spawn: (config, events) => thread.spawn(config, { ...events, message: (m) => (m._tag === "ready" ? void held.then(() => events.message(m)) : events.message(m)) })
-      }
+      const holding = TestOps.holdingReady(TestOps.transports.thread, () => held)
       const pool = yield* quiet(OnnxModelPool.make({ repository, transports: { thread: holding }, modelControl: "explicit", loadModels: [] }))
       // Runs before the pool's close (finalizers run last added first): a failed assertion does not leave a load held.
       yield* Effect.addFinalizer(() => Effect.sync(() => release()))
