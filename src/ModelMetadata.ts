@@ -10,6 +10,7 @@ import * as InputSignature from "./InputSignature.ts"
 import type * as Priority from "./Priority.ts"
 import * as Tensor from "./Tensor.ts"
 import type * as VersionPolicy from "./VersionPolicy.ts"
+import type * as Warmup from "./Warmup.ts"
 
 /** One input or output. A dim of -1 is dynamic (any size). */
 export interface TensorSpec {
@@ -75,6 +76,8 @@ export interface ModelMetadata {
   readonly labelFiles?: Readonly<Record<string, string>> | undefined
   /** Which of the model's version directories are served (config.json `versionPolicy`); absent: all of them. */
   readonly versionPolicy?: VersionPolicy.VersionPolicy | undefined
+  /** The warm-up runs each instance made before it served (config.json `warmup`); absent: none. */
+  readonly warmup?: Warmup.Plan | undefined
   /** Declared alternatives the inputs must fit (config.json `inputSignatures`); absent means the ONNX signature alone. */
   readonly signatures?: ReadonlyArray<InputSignature.Signature> | undefined
 }

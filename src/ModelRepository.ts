@@ -43,6 +43,7 @@ import * as BatchPolicy from "./BatchPolicy.ts"
 import * as InputSignature from "./InputSignature.ts"
 import * as Priority from "./Priority.ts"
 import * as VersionPolicy from "./VersionPolicy.ts"
+import * as Warmup from "./Warmup.ts"
 
 /** The model repository shipped with the package (`models/`: `mlp` and `silero_vad`). The one place its path is defined. */
 export const bundled: string = fileURLToPath(new URL("../models", import.meta.url))
@@ -236,7 +237,9 @@ export const configFields = {
   /** Class labels of outputs, for Triton's classification extension: output name → a file of one label a line, in the model's directory. */
   labels: Schema.optionalKey(Schema.Record(Schema.String, LabelFileName)),
   /** Which version directories are served (Triton's `version_policy`, see `VersionPolicy`); absent: all of them. */
-  versionPolicy: Schema.optionalKey(VersionPolicy.ConfigJson)
+  versionPolicy: Schema.optionalKey(VersionPolicy.ConfigJson),
+  /** Runs each instance makes before it serves (Triton's `model_warmup`, see `Warmup`); absent: none. */
+  warmup: Schema.optionalKey(Schema.Unknown.check(Schema.makeFilter((json: unknown) => Warmup.problem(json) ?? true)))
 }
 
 /** `config.json` as written. The schema itself ignores unknown keys; `decodeConfig` refuses them first (`unknownKeys`). */
@@ -273,11 +276,13 @@ export interface ModelConfig {
   readonly labels: Readonly<Record<string, ReadonlyArray<string>>> | undefined
   /** Which version directories are served (config.json's `versionPolicy`; `VersionPolicy.all` without one). */
   readonly versionPolicy: VersionPolicy.VersionPolicy
+  /** config.json's `warmup` samples (`Warmup`), run by every instance before it serves; undefined: none. */
+  readonly warmup: ReadonlyArray<Warmup.Sample> | undefined
   /** config.json as parsed (an empty object without one). */
   readonly raw: Readonly<Record<string, unknown>>
 }
 
-export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests" | "versionPolicy">
+export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests" | "versionPolicy" | "warmup">
 
 /** Defaults given in code over `defaults()`: any subset, a key set to undefined keeping its default. */
 export type DefaultsOverrides = { readonly [K in keyof Defaults]?: Defaults[K] | undefined }
@@ -487,6 +492,7 @@ export const decodeConfig = (json: unknown, overrides: DefaultsOverrides = {}): 
       // Read from the files config.json names by the scan (`readLabels`), which has the model's directory.
       labels: undefined,
       versionPolicy: config.versionPolicy === undefined ? VersionPolicy.all : VersionPolicy.fromJson(config.versionPolicy),
+      warmup: config.warmup === undefined ? undefined : Warmup.fromJson(config.warmup as ReadonlyArray<unknown>),
       raw: json as Readonly<Record<string, unknown>>
     }
   }))

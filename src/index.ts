@@ -32,6 +32,7 @@ export * as ModelMetadata from "./ModelMetadata.ts"
 export * as ModelPool from "./ModelPool.ts"
 export * as ModelRepository from "./ModelRepository.ts"
 export * as VersionPolicy from "./VersionPolicy.ts"
+export * as Warmup from "./Warmup.ts"
 export * as OnnxModelPool from "./onnx/OnnxModelPool.ts"
 
 // Observability

@@ -87,7 +87,7 @@ class World {
     spawn: (_config, events) => {
       const instance = new Instance(events)
       this.instances.push(instance)
-      queueMicrotask(() => events.message({ _tag: "ready", deviceUsed: "cpu", fallbacks: [], inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }], loadMs: 1 }))
+      queueMicrotask(() => events.message({ _tag: "ready", deviceUsed: "cpu", fallbacks: [], inputs: [{ name: "x", dtype: "float32", dims: [-1, 1] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 1] }], loadMs: 1, warmupMs: 0 }))
       return {
         send: (message: Protocol.ToWorker) => {
           if (instance.exited) throw new Error("channel closed")

@@ -75,6 +75,15 @@ describe("ModelRepository", () => {
         }
       }))
 
+    it.effect("decodes warmup samples with their defaults, and refuses an invalid one at the key", () =>
+      Effect.gen(function*() {
+        const config = yield* ModelRepository.decodeConfig({ warmup: [{ batchSize: 8, inputs: { input: { data: "random" } } }] })
+        assert.deepStrictEqual(config.warmup, [{ name: "sample 0", batchSize: 8, count: 1, inputs: { input: { dims: undefined, data: { _tag: "Random" } } } }])
+        const error = yield* Effect.flip(ModelRepository.decodeConfig({ warmup: [{ batchSize: 8, inputs: { input: { data: "ones" } } }] }))
+        assert.include(error.message, `warmup[0].inputs.input.data must be "zero", "random" or {"fill": value}`)
+        assert.include(error.message, `["warmup"]`)
+      }))
+
     it.effect("fills every default when the file is empty", () =>
       Effect.gen(function*() {
         const config = yield* ModelRepository.decodeConfig({})
@@ -92,6 +101,7 @@ describe("ModelRepository", () => {
           inputSignatures: undefined,
           labels: undefined,
           versionPolicy: VersionPolicy.all,
+          warmup: undefined,
           raw: {}
         })
         assert.strictEqual(ModelRepository.defaultInstances(2), 1)

@@ -26,6 +26,7 @@ import type * as ModelMetadata from "../ModelMetadata.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import * as Priority from "../Priority.ts"
 import * as VersionPolicy from "../VersionPolicy.ts"
+import * as Warmup from "../Warmup.ts"
 import * as Oip from "./Oip.ts"
 
 /** Triton's `DataType` enum name of a tensor's dtype. */
@@ -52,6 +53,33 @@ const instanceGroup = (metadata: ModelMetadata.ModelMetadata) => {
     : { name: metadata.name, kind: "KIND_CPU", count }
 }
 
+/**
+ * config.json's warm-up samples in Triton's form (`ModelWarmup`): per input its `data_type`, the
+ * shape it ran with (`Warmup.shapeOf`) and `zero_data` or `random_data`; a `fill` value, which
+ * Triton's form cannot say, leaves the data kind out. Where the configuration writes dims without
+ * the batch dim (`leadingBatch`), so does each input here, and `batch_size` is the rows the runs
+ * had (the first input's leading dim); else `batch_size` is 1 and the dims whole, as Triton's for
+ * a model without an implicit batch dim.
+ */
+const modelWarmup = (plan: Warmup.Plan, inputs: ReadonlyArray<ModelMetadata.TensorSpec>, leadingBatch: boolean) =>
+  plan.samples.map((sample) => {
+    // The load made these same tensors from this same plan and signature: a misfit failed it then.
+    const shapes = inputs.map((spec) => Warmup.shapeOf(sample, spec, Warmup.axisOf(plan.inputAxes, spec.name)))
+    return {
+      name: sample.name,
+      batch_size: leadingBatch ? shapes[0]?.[0] ?? sample.batchSize : 1,
+      inputs: Object.fromEntries(inputs.map((spec, i) => {
+        const data = Object.hasOwn(sample.inputs, spec.name) ? sample.inputs[spec.name]!.data._tag : "Zero"
+        return [spec.name, {
+          data_type: tritonDataType(spec),
+          dims: leadingBatch ? shapes[i]!.slice(1) : shapes[i]!,
+          ...(data === "Zero" ? { zero_data: true } : data === "Random" ? { random_data: true } : {})
+        }]
+      })),
+      count: sample.count
+    }
+  })
+
 /** The configuration of a model, in Triton's form. */
 export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) => {
   const batching = metadata.batching?.enabled === true ? metadata.batching : undefined
@@ -77,6 +105,7 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
       return labelFile === undefined ? tensor(spec) : { ...tensor(spec), label_filename: labelFile }
     }),
     instance_group: [instanceGroup(metadata)],
+    ...(metadata.warmup === undefined ? {} : { model_warmup: modelWarmup(metadata.warmup, metadata.inputs, leadingBatch) }),
     dynamic_batching: {
       preferred_batch_size: batching?.preferredBatchSizes.slice() ?? [],
       max_queue_delay_microseconds: batching === undefined ? 0 : micros(batching.maxQueueDelay),

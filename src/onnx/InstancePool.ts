@@ -165,6 +165,12 @@ export interface Options {
    * (see the module doc). Without it, only a replacement's signature and provider are compared.
    */
   readonly identify?: (() => string) | undefined
+  /**
+   * config.json's warm-up samples (`Warmup`): each instance, replacements included, runs them
+   * after its session loads and before it takes a job; one whose warm-up fails counts as a failed
+   * start (with the reason). The load timeout covers the warm-up too.
+   */
+  readonly warmup?: Protocol.WorkerConfig["warmup"]
 }
 
 /** Per-run options. */
@@ -219,6 +225,8 @@ export interface InstancePool {
   readonly deviceUsed: string
   /** Requested providers that could not load before `deviceUsed` did. */
   readonly fallbacks: ReadonlyArray<Protocol.Fallback>
+  /** How long the first instance's warm-up runs took (0 without `Options.warmup`). */
+  readonly warmupMs: number
   /**
    * Runs each of `inputs` as its own native run, one after another on one instance, in one job
    * (see `ModelPool.runGroup`): each element of the result is that run's outcome.
@@ -1181,6 +1189,7 @@ const api = (state: State): InstancePool => {
     metadata: { name: options.modelId, version: options.version, inputs: first.inputs, outputs: first.outputs },
     deviceUsed: first.deviceUsed,
     fallbacks: first.fallbacks,
+    warmupMs: first.warmupMs,
     run: (inputs, requestId, runOptions) => {
       const { transfer, wire } = wireInputs(state, inputs, runOptions?.transfer === true)
       // Inputs moved to a thread come back after the run (`recycle`), for the next batch's buffers.
@@ -1234,7 +1243,8 @@ export const start = (options: Options, transport: Transport, restoreCaller?: Re
         executionProviders: options.executionProviders,
         intraOpNumThreads: options.intraOpNumThreads,
         interOpNumThreads: options.interOpNumThreads,
-        isolation: transport.isolation
+        isolation: transport.isolation,
+        ...(options.warmup === undefined ? {} : { warmup: options.warmup })
       },
       counters: options.counters,
       depth: Math.max(1, options.depth ?? (isProcess ? 1 : 2)),

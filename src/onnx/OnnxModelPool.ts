@@ -35,6 +35,7 @@
 import { Context, Duration, Effect, Latch, Layer, Metric, type Scope, Semaphore } from "effect"
 import * as Batch from "../Batch.ts"
 import * as BatchPolicy from "../BatchPolicy.ts"
+import * as Warmup from "../Warmup.ts"
 import * as Classification from "../Classification.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InputSignature from "../InputSignature.ts"
@@ -275,6 +276,7 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
         ...(entry.config.maxQueuedRequests === undefined ? {} : { maxQueuedRequests: entry.config.maxQueuedRequests }),
         concurrency: entry.config.instances,
         ...(entry.config.versionPolicy._tag === "All" ? {} : { versionPolicy: entry.config.versionPolicy }),
+        ...(entry.config.warmup === undefined ? {} : { warmup: warmupOf(entry.config.warmup, entry.config) }),
         pipelineDepth: host.depth,
         reportsStarts: true,
         // A process can be killed mid-run (after `killGraceMs`); a thread cannot.
@@ -292,6 +294,12 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
   )
 }
 
+/** What each instance of a model runs before it serves: config.json's `warmup` samples, each input on its `batching.inputAxes` axis. */
+const warmupOf = (samples: ReadonlyArray<Warmup.Sample>, config: ModelRepository.ModelConfig): Warmup.Plan => ({
+  samples,
+  inputAxes: config.batching?.inputAxes ?? {}
+})
+
 /** Warns of each version a model's `versionPolicy` names that has no directory (skipped, as Triton's). */
 const warnMissing = (notServed: ModelRepository.NotServed): Effect.Effect<void> =>
   Effect.forEach(notServed.missing, (version) =>
@@ -305,7 +313,10 @@ const announceLeftOut = (notServed: ModelRepository.NotServed): Effect.Effect<vo
 
 /** Logs a version READY, as a warning when a requested provider fell back. */
 const announceReady = (entry: ModelRepository.Found, host: InstancePool.InstancePool): Effect.Effect<void> => {
-  const line = `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation, ${entry.config.intraOpNumThreads} intra-op thread(s))`
+  const warmup = entry.config.warmup === undefined
+    ? ""
+    : `, warm-up of ${Warmup.runs(entry.config.warmup)} run(s) in ${host.warmupMs.toFixed(1)} ms`
+  const line = `model ${entry.name} version ${entry.version} is READY on ${host.deviceUsed} (${entry.config.instances} instance(s), ${host.isolation} isolation, ${entry.config.intraOpNumThreads} intra-op thread(s)${warmup})`
   return host.fallbacks.length === 0
     ? Effect.logInfo(line)
     : Effect.logWarning(`${line} after falling back: ${host.fallbacks.map((f) => f.error.split("\n")[0]).join("; ")}`)
@@ -332,7 +343,8 @@ const loadEntry = (loader: Loader, entry: ModelRepository.Entry): Effect.Effect<
     respawnAttempts: loader.options.respawnAttempts,
     killGrace: Duration.millis(entry.config.killGraceMs),
     loadTimeout: Duration.millis(entry.config.loadTimeoutMs),
-    identify: () => ModelRepository.fileIdentity(entry.path)
+    identify: () => ModelRepository.fileIdentity(entry.path),
+    ...(entry.config.warmup === undefined ? {} : { warmup: warmupOf(entry.config.warmup, entry.config) })
   }
   // Refused once the pool closes; otherwise counted before the start and registered when it
   // ends, in one uninterruptible step: the finalizer waits for every start counted, then closes

@@ -22,6 +22,7 @@ import type * as ModelMetadata from "../ModelMetadata.ts"
 import type * as DeviceLock from "./DeviceLock.ts"
 import type * as Tensor from "../Tensor.ts"
 import type * as ShmChannel from "./ShmChannel.ts"
+import type * as Warmup from "../Warmup.ts"
 
 /** Where sessions run: worker threads of this process, or child processes. */
 export type Isolation = "thread" | "process"
@@ -41,6 +42,8 @@ export interface WorkerConfig {
   readonly interOpNumThreads: number
   /** Where this instance runs. */
   readonly isolation: Isolation
+  /** config.json's `warmup`: runs made after the session loads and before `ready` (none when undefined). */
+  readonly warmup?: Warmup.Plan | undefined
 }
 
 /** What a thread instance gets as `workerData`: its config and the process's `DeviceLock` (see `SessionEndpoint.Exclusive`). */
@@ -101,6 +104,8 @@ export type FromWorker =
     readonly outputs: ReadonlyArray<ModelMetadata.TensorSpec>
     /** Time to create the session, all attempts included. */
     readonly loadMs: number
+    /** Time of the warm-up runs (`WorkerConfig.warmup`), after `loadMs`; 0 without any. */
+    readonly warmupMs: number
   }
   | { readonly _tag: "loadFailed"; readonly error: string }
   | {

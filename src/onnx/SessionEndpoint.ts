@@ -31,6 +31,7 @@ import * as Tensor from "../Tensor.ts"
 import * as DeviceLock from "./DeviceLock.ts"
 import * as ProviderDiagnosis from "./ProviderDiagnosis.ts"
 import type * as Protocol from "./Protocol.ts"
+import * as Warmup from "../Warmup.ts"
 
 /** The channel to the host, as a thread's `parentPort` or a process's IPC channel offers it. */
 export interface Port {
@@ -179,7 +180,32 @@ const sharedWithOutput = (buffer: ArrayBuffer, outputs: Tensor.TensorMap): boole
   return false
 }
 
-/** Creates the session and reports `ready`; on failure reports `loadFailed` and ends the port. */
+/**
+ * Runs config.json's warm-up samples on the session, each `count` times, in order (`Warmup`);
+ * throws with the sample's name and why it does not fit the model or its run failed.
+ */
+const warmUp = async (plan: Warmup.Plan, loaded: Loaded, inputs: ReadonlyArray<ModelMetadata.TensorSpec>, exclusive: Exclusive | undefined): Promise<void> => {
+  for (const sample of plan.samples) {
+    let feeds: Record<string, ort.Tensor>
+    try {
+      feeds = toFeeds(Warmup.tensors(sample, inputs, plan.inputAxes))
+    } catch (e) {
+      throw new Error(`warmup sample ${JSON.stringify(sample.name)} does not fit the model: ${errorText(e)}`)
+    }
+    for (let i = 0; i < sample.count; i++) {
+      try {
+        await exclusively(exclusive, loaded.deviceUsed, () => loaded.session.run(feeds))
+      } catch (e) {
+        throw new Error(`warmup sample ${JSON.stringify(sample.name)} failed: ${errorText(e)}`)
+      }
+    }
+  }
+}
+
+/**
+ * Creates the session, makes its warm-up runs (`WorkerConfig.warmup`), and reports `ready`; on
+ * failure reports `loadFailed` and ends the port.
+ */
 const load = async (config: Protocol.WorkerConfig, port: Port, exclusive: Exclusive | undefined): Promise<Loaded | undefined> => {
   const started = performance.now()
   let loaded: Loaded | undefined
@@ -187,7 +213,10 @@ const load = async (config: Protocol.WorkerConfig, port: Port, exclusive: Exclus
     loaded = await createSession(config, exclusive)
     const inputs = loaded.session.inputMetadata.map((m) => toSpec(m, "input"))
     const outputs = loaded.session.outputMetadata.map((m) => toSpec(m, "output"))
-    port.post({ _tag: "ready", deviceUsed: loaded.deviceUsed, fallbacks: loaded.fallbacks, inputs, outputs, loadMs: performance.now() - started })
+    const loadMs = performance.now() - started
+    if (config.warmup !== undefined) await warmUp(config.warmup, loaded, inputs, exclusive)
+    const warmupMs = config.warmup === undefined ? 0 : performance.now() - started - loadMs
+    port.post({ _tag: "ready", deviceUsed: loaded.deviceUsed, fallbacks: loaded.fallbacks, inputs, outputs, loadMs, warmupMs })
     return loaded
   } catch (e) {
     if (loaded !== undefined) await exclusively(exclusive, loaded.deviceUsed, () => loaded!.session.release())

@@ -114,6 +114,13 @@ describe("health, server and model metadata", () => {
       assert.deepStrictEqual(config.input.map((t: any) => [t.name, t.data_type, t.dims]), [["x", "TYPE_FP32", ["4"]]])
       assert.strictEqual(config.instance_group[0].kind, "KIND_GPU")
       assert.deepStrictEqual(config.instance_group[0].gpus, [0])
+      assert.deepStrictEqual(config.model_warmup, [{
+        name: "pair",
+        batch_size: 2,
+        count: 3,
+        inputs: { x: { data_type: "TYPE_FP32", dims: ["4"], random_data: true, input_data_type: "random_data" } }
+      }], "config.json's warmup, as Triton's ModelWarmup")
+      assert.deepStrictEqual((yield* call("ModelConfig", { name: "slow" })).response.config.model_warmup, [], "none without warmup")
       const slow = (yield* call("ModelConfig", { name: "slow" })).response.config
       assert.strictEqual(slow.instance_group[0].kind, "KIND_CPU")
       assert.deepStrictEqual(slow.version_policy, { latest: { num_versions: 1 }, policy_choice: "latest" }, "config.json's versionPolicy, as Triton's message")

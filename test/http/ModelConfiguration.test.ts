@@ -36,6 +36,24 @@ describe("ModelConfiguration", () => {
     assert.strictEqual(timeout(0.0001), 1)
   })
 
+  it("model_warmup: the shapes the warm-up ran with, batch_size the rows where dims leave the batch dim out, else 1 and whole dims", () => {
+    const batching = { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 64 }
+    const plan = {
+      samples: [
+        { name: "given", batchSize: 1, count: 2, inputs: { x: { dims: [3, 4], data: { _tag: "Fill" as const, value: 2 } } } },
+        { name: "default", batchSize: 8, count: 1, inputs: {} }
+      ],
+      inputAxes: {}
+    }
+    assert.deepStrictEqual(ModelConfiguration.of(model({ batching, warmup: plan }), engine).model_warmup, [
+      { name: "given", batch_size: 3, inputs: { x: { data_type: "TYPE_FP32", dims: [4] } }, count: 2 },
+      { name: "default", batch_size: 8, inputs: { x: { data_type: "TYPE_FP32", dims: [4], zero_data: true } }, count: 1 }
+    ])
+    // not batched: Triton's batch_size 1, dims whole
+    assert.deepStrictEqual(ModelConfiguration.of(model({ warmup: plan }), engine).model_warmup?.map((s) => [s.batch_size, s.inputs["x"]!.dims]), [[1, [3, 4]], [1, [8, 4]]])
+    assert.isUndefined(ModelConfiguration.of(model({}), engine).model_warmup)
+  })
+
   it("max_queue_size: the model's own bound where config.json sets one, else the server's", () => {
     assert.strictEqual(ModelConfiguration.of(model({}), engine).dynamic_batching.default_queue_policy.max_queue_size, 10)
     assert.strictEqual(ModelConfiguration.of(model({ maxQueuedRequests: 3 }), engine).dynamic_batching.default_queue_policy.max_queue_size, 3)

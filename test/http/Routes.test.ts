@@ -1058,6 +1058,8 @@ describe("Triton's model configuration extension", () => {
         input: [{ name: "x", data_type: "TYPE_FP32", dims: [4] }],
         output: [{ name: "y", data_type: "TYPE_FP32", dims: [4] }],
         instance_group: [{ name: "batched", kind: "KIND_GPU", count: 2, gpus: [0] }],
+        // config.json's warmup, as Triton's model_warmup
+        model_warmup: [{ name: "pair", batch_size: 2, inputs: { x: { data_type: "TYPE_FP32", dims: [4], random_data: true } }, count: 3 }],
         dynamic_batching: {
           preferred_batch_size: [2],
           max_queue_delay_microseconds: 5000,
@@ -1071,6 +1073,7 @@ describe("Triton's model configuration extension", () => {
       assert.deepStrictEqual(slow.json.instance_group, [{ name: "slow", kind: "KIND_CPU", count: 1 }], "a pool that does not say where it runs: the CPU")
       assert.deepStrictEqual(slow.json.input, [{ name: "x", data_type: "TYPE_FP32", dims: [-1, 4] }])
       assert.strictEqual(slow.json.dynamic_batching.default_priority_level, 2)
+      assert.notProperty(slow.json, "model_warmup", "none without warmup")
       assert.strictEqual((yield* send("GET", "/v2/models/identity_string/config")).json.input[0].data_type, "TYPE_STRING")
       assert.strictEqual((yield* send("GET", "/v2/models/nope/config")).status, 404)
       assert.strictEqual((yield* send("GET", "/v2/models/echo/versions/9/config")).status, 404)

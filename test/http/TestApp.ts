@@ -73,7 +73,8 @@ const batched: ModelMetadata.ModelMetadata = {
   name: "batched",
   batching: { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 2, preferredBatchSizes: [2], maxQueueDelay: Duration.millis(5) },
   concurrency: 2,
-  deviceUsed: "webgpu"
+  deviceUsed: "webgpu",
+  warmup: { samples: [{ name: "pair", batchSize: 2, count: 3, inputs: { x: { dims: undefined, data: { _tag: "Random" } } } }], inputAxes: {} }
 }
 
 /** Like Silero VAD: 4 samples at 16 kHz or 2 at 8 kHz, as declared signatures (y = audio). */

@@ -219,6 +219,19 @@ describe("InstancePool", () => {
       assert.deepStrictEqual(Array.from((yield* Fiber.join(ahead)).outputs["y"]!.data as Float32Array), [5])
     }))
 
+  it.effect("every instance, a replacement too, is started with the warm-up plan, so none takes a job before its warm-up ran", () =>
+    Effect.gen(function*() {
+      const warmup = { samples: [{ name: "full", batchSize: 64, count: 2, inputs: {} }], inputAxes: { x: 0 } }
+      const { auto, instances } = yield* started({ instances: 2, warmup })
+      auto.ready = true
+      instances[0]!.die("exit code 3")
+      yield* settle
+      assert.strictEqual(instances.length, 3, "a replacement was started")
+      for (const instance of instances) assert.deepStrictEqual(instance.config.warmup, warmup)
+      const { instances: plain } = yield* started({ instances: 1 })
+      assert.isUndefined(plain[0]!.config.warmup)
+    }))
+
   it.effect("an instance whose session does not load within loadTimeout is killed: the start fails saying so, and a replacement that hangs is retried", () =>
     Effect.gen(function*() {
       // At start: one of two instances never loads (a hung GPU driver, a stopped process).

@@ -10,7 +10,7 @@ import * as Mlp from "../../scripts/Mlp.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import * as ProcessHost from "../../src/onnx/ProcessHost.ts"
 import * as Tensor from "../../src/Tensor.ts"
-import { maxAbsDiff, mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+import { bundledRepository, maxAbsDiff, mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
 import * as TestOps from "../fixtures/TestOps.ts"
 
 const quiet = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.provideService(self, References.MinimumLogLevel, "Error")
@@ -169,6 +169,58 @@ describe("OnnxModelPool on a repository with broken models", () => {
         const [value, index, label] = s.split(":")
         assert.strictEqual(value, logits[Number(index)]!.toFixed(6))
         assert.strictEqual(label, Number(index) === 3 ? undefined : `class ${index}`, s)
+      }
+    }))
+
+  it.live("warmup (Triton's model_warmup): every instance runs the samples before the model is READY; a sample that misfits or fails makes it UNAVAILABLE", () =>
+    Effect.gen(function*() {
+      const good = mlpBytes()
+      const vad = Fs.readFileSync(Path.join(bundledRepository, "silero_vad", "model.onnx"))
+      const vadConfig = JSON.parse(Fs.readFileSync(Path.join(bundledRepository, "silero_vad", "config.json"), "utf8")) as object
+      const samples = [{ name: "one row" }, { name: "full", batchSize: 64, count: 2, inputs: { input: { data: "random" } } }]
+      const repository = yield* tempRepository({
+        "warm/model.onnx": good,
+        "warm/config.json": JSON.stringify({ instances: 2, warmup: samples }),
+        "warmproc/model.onnx": good,
+        "warmproc/config.json": JSON.stringify({ isolation: "process", warmup: samples }),
+        "misfit/model.onnx": good,
+        "misfit/config.json": JSON.stringify({ warmup: [{ inputs: { pixels: { data: "random" } } }] }),
+        "badwarmup/model.onnx": good,
+        "badwarmup/config.json": JSON.stringify({ warmup: [{ count: 0 }] }),
+        // Silero refuses a sample rate of 0 (zero data) in its run, and takes 16000
+        "vadzero/model.onnx": vad,
+        "vadzero/config.json": JSON.stringify({ ...vadConfig, warmup: [{ name: "zeros", inputs: { input: { dims: [1, 512] } } }] }),
+        "vad16k/model.onnx": vad,
+        "vad16k/config.json": JSON.stringify({ ...vadConfig, warmup: [{ batchSize: 4, inputs: { input: { dims: [4, 512], data: "random" }, sr: { data: { fill: 16000 } } } }] })
+      })
+      const pool = yield* quiet(OnnxModelPool.make({ repository, defaults: { instances: 1 } }))
+      const states = Object.fromEntries((yield* pool.models).map((m) => [m.name, m]))
+      for (const name of ["warm", "warmproc", "vad16k"]) assert.strictEqual(states[name]!.state, "READY", `${name}: ${states[name]!.reason}`)
+      const reason = (name: string) => {
+        assert.strictEqual(states[name]!.state, "UNAVAILABLE", name)
+        return states[name]!.reason ?? ""
+      }
+      assert.include(reason("misfit"), `warmup sample "sample 0" does not fit the model: the model has no input "pixels" (its inputs: input)`)
+      assert.include(reason("badwarmup"), "warmup[0].count must be an integer from 1 to 1000")
+      assert.include(reason("vadzero"), `warmup sample "zeros" failed: `)
+      // What ran is what the model configuration reports, in Triton's form.
+      const metadata = yield* pool.metadata("warm")
+      assert.deepStrictEqual(metadata.warmup?.samples.map((s) => [s.name, s.batchSize, s.count]), [["one row", 1, 1], ["full", 64, 2]])
+      assert.deepStrictEqual(ModelConfiguration.of(metadata, AsyncConfig.defaults).model_warmup, [
+        { name: "one row", batch_size: 1, inputs: { input: { data_type: "TYPE_FP32", dims: [784], zero_data: true } }, count: 1 },
+        { name: "full", batch_size: 64, inputs: { input: { data_type: "TYPE_FP32", dims: [784], random_data: true } }, count: 2 }
+      ])
+      // Silero is batched on other axes than the first: batch_size 1 and whole shapes; a fill has no Triton kind.
+      const vadWarmup = ModelConfiguration.of(yield* pool.metadata("vad16k"), AsyncConfig.defaults).model_warmup
+      assert.deepStrictEqual(vadWarmup?.[0]?.inputs, {
+        input: { data_type: "TYPE_FP32", dims: [4, 512], random_data: true },
+        state: { data_type: "TYPE_FP32", dims: [2, 4, 128], zero_data: true },
+        sr: { data_type: "TYPE_INT64", dims: [] }
+      })
+      // and it serves as any model
+      for (const name of ["warm", "warmproc"]) {
+        const out = yield* pool.run(name, mlpInputs(2), { requestId: name })
+        assert.deepStrictEqual(out.outputs["logits"]!.dims, [2, 10], name)
       }
     }))
 
