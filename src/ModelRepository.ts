@@ -720,10 +720,45 @@ const readConfig = async (root: string, dir: string, overrides: DefaultsOverride
   if (decoded._tag === "Failure") return `${configFileName}: ${decoded.failure.message.replace(/\n\s*/g, " ")}`
   const conflict = configConflict(decoded.success)
   if (conflict !== undefined) return `${configFileName}: ${conflict}`
+  const warmup = decoded.success.warmup === undefined ? undefined : await checkWarmupFiles(root, dir, decoded.success.warmup)
+  if (typeof warmup === "string") return `${configFileName}: ${warmup}`
+  const config = warmup === undefined ? decoded.success : { ...decoded.success, warmup }
   const files = (json as { readonly labels?: Readonly<Record<string, string>> }).labels
-  if (files === undefined) return decoded.success
+  if (files === undefined) return config
   const labels = await readLabels(root, dir, files)
-  return typeof labels === "string" ? `${configFileName}: ${labels}` : { ...decoded.success, labels }
+  return typeof labels === "string" ? `${configFileName}: ${labels}` : { ...config, labels }
+}
+
+/**
+ * The warm-up samples with each file they name (`{"file": name}`, in the model's `warmup/`
+ * directory) checked as config.json is, without reading it: inside `root` (symlinks followed), a
+ * regular file of at most `Warmup.maxTensorBytes`; its real path and identity filled in (the
+ * instance reads it; the identity makes a changed file a changed model for a poll). A string is
+ * why one cannot be used.
+ */
+const checkWarmupFiles = async (root: string, dir: string, samples: ReadonlyArray<Warmup.Sample>): Promise<ReadonlyArray<Warmup.Sample> | string> => {
+  const out: Array<Warmup.Sample> = []
+  for (const sample of samples) {
+    const inputs: Record<string, Warmup.Input> = {}
+    for (const [name, input] of Object.entries(sample.inputs)) {
+      inputs[name] = input
+      if (input.data._tag !== "File") continue
+      const relative = `${Warmup.directoryName}/${input.data.name}`
+      const why = (reason: string) => `warmup sample ${JSON.stringify(sample.name)}, input ${JSON.stringify(name)}: ${relative} ${reason}`
+      try {
+        const real = await Fs.realpath(Path.join(dir, Warmup.directoryName, input.data.name))
+        if (!inside(root, real)) return why("resolves outside the model repository")
+        const stat = await Fs.stat(real, { bigint: true })
+        if (!stat.isFile()) return why("is not a regular file")
+        if (stat.size > BigInt(Warmup.maxTensorBytes)) return why(`is ${stat.size} bytes, more than a warm-up tensor may have (${Warmup.maxTensorBytes})`)
+        inputs[name] = { ...input, data: { ...input.data, path: real, identity: `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeNs}:${stat.ctimeNs}` } }
+      } catch (e) {
+        return why((e as { code?: unknown }).code === "ENOENT" ? "cannot be read (no such file)" : `cannot be read (${errorText(e)})`)
+      }
+    }
+    out.push({ ...sample, inputs })
+  }
+  return out
 }
 
 /** Largest label file read (16 MiB: a label a line, and a few hundred thousand classes at most). */
@@ -908,9 +943,10 @@ export const scan = (
 /**
  * What a model is on disk, as one string: each version's model file (path, modification time,
  * size, device, inode and status-change time) or why it is unavailable, and its config.json as
- * written with the labels it names. Two scans of an unchanged model give the same string; a
- * model.onnx replaced (renamed into place, or rewritten, whatever its size and modification
- * time), an edited config.json or label file, a version directory added or removed, or a change
+ * written with the labels it names and the identity of each warm-up file. Two scans of an
+ * unchanged model give the same string; a model.onnx replaced (renamed into place, or rewritten,
+ * whatever its size and modification time), an edited config.json, label file or warm-up file, a
+ * version directory added or removed, or a change
  * of `versionPolicy` change it (so does a `chmod` of the model file: a reload, not a miss).
  * Empty for a model the repository does not hold.
  */
@@ -920,7 +956,7 @@ export const fingerprint = (repository: ModelRepository, name: string): string =
   const found = versions.find((e): e is Found => e._tag === "Found")
   return JSON.stringify([
     versions.map((e) => (e._tag === "Found" ? [e.version, e.path, e.file.modifiedMs, e.file.bytes, e.file.identity] : [e.version, e.reason])),
-    found === undefined ? null : [found.config.raw, found.config.labels ?? null]
+    found === undefined ? null : [found.config.raw, found.config.labels ?? null, found.config.warmup ?? null]
   ])
 }
 

@@ -21,7 +21,12 @@
  * - `data`: `"zero"` (the default; empty strings for a string input), `"random"` (uniform in
  *   [0, 1) for floats, integers from 0 to 127 within the type's range, 0 or 1 for bool, and
  *   empty strings, as Triton's random data for strings; the same values at every start), or
- *   `{"fill": v}` (every element v: a number, a boolean for a bool input, text for a string one).
+ *   `{"fill": v}` (every element v: a number, a boolean for a bool input, text for a string one),
+ *   or `{"file": name}` (Triton's `input_data_file`: a file of the model's `warmup/` directory
+ *   holding the tensor's raw little-endian elements, or one row of them on batch axis 0, repeated
+ *   for each row; a string input's elements as Triton writes them, each a 4-byte little-endian
+ *   length and its UTF-8 bytes). The scan checks the file as it checks config.json (inside the
+ *   repository, a regular file); the instance reads it.
  * - A sample that does not fit the model (an input it does not have, dims of another rank or
  *   against a fixed dim, a fill value its type cannot hold), or a run that fails, fails the
  *   instance's load with the sample's name and the reason: the model is UNAVAILABLE, as Triton's.
@@ -39,6 +44,12 @@ export type Data =
   | { readonly _tag: "Zero" }
   | { readonly _tag: "Random" }
   | { readonly _tag: "Fill"; readonly value: number | boolean | string }
+  /**
+   * Read from a file of the model's `warmup/` directory (Triton's `input_data_file`). `name` as
+   * config.json writes it; `path` (its real path) and `identity` filled in by the repository's
+   * scan, which checked it (`ModelRepository`).
+   */
+  | { readonly _tag: "File"; readonly name: string; readonly path?: string | undefined; readonly identity?: string | undefined }
 
 /** One input of a sample: its whole shape (undefined: from the model and `batchSize`) and its data. */
 export interface Input {
@@ -84,14 +95,23 @@ const unknownKey = (at: string, o: Readonly<Record<string, unknown>>, known: Rea
 
 const dataProblem = (at: string, data: unknown): string | undefined => {
   if (data === "zero" || data === "random") return undefined
+  if (isObject(data) && Object.keys(data).length === 1 && "file" in data) return fileNameProblem(`${at}.data.file`, data["file"])
   if (isObject(data) && Object.keys(data).length === 1 && "fill" in data) {
     const v = data["fill"]
     return (typeof v === "number" && Number.isFinite(v)) || typeof v === "boolean" || typeof v === "string"
       ? undefined
       : `${at}.data.fill must be a finite number, a boolean or a string`
   }
-  return `${at}.data must be "zero", "random" or {"fill": value}`
+  return `${at}.data must be "zero", "random", {"fill": value} or {"file": name}`
 }
+
+/** The directory of a model's warm-up files, in its directory (Triton's). */
+export const directoryName = "warmup"
+
+const fileNameProblem = (at: string, name: unknown): string | undefined =>
+  typeof name === "string" && name.length > 0 && name.length <= 255 && !/[/\\\0]/.test(name) && name !== "." && name !== ".."
+    ? undefined
+    : `${at} must be a file name in the model's ${directoryName}/ directory (no "/", "\\" or ".."), got ${JSON.stringify(name)}`
 
 const inputProblem = (at: string, input: unknown): string | undefined => {
   if (!isObject(input)) return `${at} must be an object with "dims" and/or "data"`
@@ -140,7 +160,13 @@ export const problem = (json: unknown): string | undefined => {
 }
 
 const dataOf = (json: unknown): Data =>
-  json === "random" ? { _tag: "Random" } : isObject(json) ? { _tag: "Fill", value: json["fill"] as number | boolean | string } : { _tag: "Zero" }
+  json === "random"
+    ? { _tag: "Random" }
+    : isObject(json) && "file" in json
+    ? { _tag: "File", name: json["file"] as string }
+    : isObject(json)
+    ? { _tag: "Fill", value: json["fill"] as number | boolean | string }
+    : { _tag: "Zero" }
 
 /** The samples `json` lists (`problem(json)` undefined), defaults filled in. */
 export const fromJson = (json: ReadonlyArray<unknown>): ReadonlyArray<Sample> =>
@@ -262,22 +288,96 @@ const randomFill = (dtype: Tensor.DataType, data: Tensor.TensorData, seed: numbe
   }
 }
 
+const utf8 = new TextDecoder("utf-8", { fatal: true })
+
+/** The elements of a string tensor's file: each a 4-byte little-endian length, then that many bytes of UTF-8 (Triton's form). */
+const stringElements = (bytes: Uint8Array, what: string): Array<string> => {
+  const out: Array<string> = []
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  for (let at = 0; at < bytes.length;) {
+    if (at + 4 > bytes.length) throw new Misfit(`${what}: ends inside the length of element ${out.length}`)
+    const n = view.getUint32(at, true)
+    if (at + 4 + n > bytes.length) throw new Misfit(`${what}: element ${out.length} says ${n} bytes, ${bytes.length - at - 4} are left`)
+    try {
+      out.push(utf8.decode(bytes.subarray(at + 4, at + 4 + n)))
+    } catch {
+      throw new Misfit(`${what}: element ${out.length} is not UTF-8`)
+    }
+    at += 4 + n
+  }
+  return out
+}
+
+/**
+ * An input's elements from its warm-up file: the whole tensor, or (on batch axis 0) one row that
+ * is repeated for each row, as Triton repeats a sample to its batch size. Numbers are raw
+ * little-endian elements; strings in Triton's form (`stringElements`).
+ */
+const fromFile = (
+  input: InputSpec,
+  dims: ReadonlyArray<number>,
+  axis: number | null,
+  file: Extract<Data, { readonly _tag: "File" }>,
+  read: (path: string) => Uint8Array
+): Tensor.TensorData => {
+  const what = `input ${JSON.stringify(input.name)}: ${directoryName}/${file.name}`
+  let bytes: Uint8Array
+  try {
+    bytes = read(file.path ?? "")
+  } catch (e) {
+    throw new Misfit(`${what} cannot be read (${e instanceof Error ? e.message : String(e)})`)
+  }
+  const length = Tensor.elementCount(dims)
+  const rows = axis === 0 && dims.length > 0 && dims[0]! > 0 ? dims[0]! : 1
+  const bpe = Tensor.bytesPerElement(input.dtype)
+  const elements = bpe === undefined ? stringElements(bytes, what) : undefined
+  const count = elements?.length ?? bytes.length / bpe!
+  const shape = `${Tensor.dimsText(dims)} ${input.dtype}`
+  if (count !== length && (rows === 1 || count * rows !== length)) {
+    // strings count in elements, numbers in bytes
+    const size = (elementsOf: number) => bpe === undefined ? `${elementsOf} element${elementsOf === 1 ? "" : "s"}` : `${elementsOf * bpe} bytes`
+    const row = rows === 1 ? "" : ` (or ${size(length / rows)} for one row, repeated ${rows} times)`
+    throw new Misfit(`${what} has ${bpe === undefined ? size(count) : `${bytes.length} bytes`}; ${shape} takes ${size(length)}${row}`)
+  }
+  const times = length / count
+  if (elements !== undefined) return Array.from({ length: times }, () => elements).flat()
+  const data = Tensor.allocate(input.dtype, length) as Exclude<Tensor.TensorData, ReadonlyArray<string>>
+  const target = new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+  for (let i = 0; i < times; i++) target.set(bytes, i * bytes.length)
+  return data
+}
+
+/** Reads a warm-up file whole (the instance's: `fs.readFileSync`). */
+export type Read = (path: string) => Uint8Array
+
 /**
  * The tensors of one run of `sample` for a model with `inputs`, each input on its batch axis
- * from `inputAxes` (0 unless listed; null: none). Throws `Misfit` with the reason (the sample's
- * name is the caller's to add).
+ * from `inputAxes` (0 unless listed; null: none), files read with `read`. Throws `Misfit` with
+ * the reason (the sample's name is the caller's to add).
  */
-export const tensors = (sample: Sample, inputs: ReadonlyArray<InputSpec>, inputAxes: Readonly<Record<string, number | null>>): Tensor.TensorMap => {
+export const tensors = (
+  sample: Sample,
+  inputs: ReadonlyArray<InputSpec>,
+  inputAxes: Readonly<Record<string, number | null>>,
+  read: Read = () => {
+    throw new Error("no file reader")
+  }
+): Tensor.TensorMap => {
   const unknown = Object.keys(sample.inputs).find((name) => !inputs.some((i) => i.name === name))
   if (unknown !== undefined) throw new Misfit(`the model has no input ${JSON.stringify(unknown)} (its inputs: ${inputs.map((i) => i.name).join(", ")})`)
   const out: Record<string, Tensor.Tensor> = {}
   inputs.forEach((input, index) => {
-    const dims = shapeOf(sample, input, axisOf(inputAxes, input.name))
+    const axis = axisOf(inputAxes, input.name)
+    const dims = shapeOf(sample, input, axis)
     const length = Tensor.elementCount(dims)
     const bytes = length * (Tensor.bytesPerElement(input.dtype) ?? 8)
     if (bytes > maxTensorBytes) throw new Misfit(`input ${JSON.stringify(input.name)}: ${Tensor.dimsText(dims)} is ${bytes} bytes, more than a warm-up tensor may have (${maxTensorBytes})`)
-    const data = Tensor.allocate(input.dtype, length)
     const spec = inputOf(sample, input.name)?.data ?? { _tag: "Zero" }
+    if (spec._tag === "File") {
+      out[input.name] = Tensor.make(input.dtype, fromFile(input, dims, axis, spec, read), dims)
+      return
+    }
+    const data = Tensor.allocate(input.dtype, length)
     if (spec._tag === "Random") randomFill(input.dtype, data, index + 1)
     else if (spec._tag === "Fill") (data as unknown as { fill: (v: unknown) => void }).fill(fillValue(input, spec.value))
     out[input.name] = Tensor.make(input.dtype, data, dims)

@@ -80,7 +80,7 @@ describe("ModelRepository", () => {
         const config = yield* ModelRepository.decodeConfig({ warmup: [{ batchSize: 8, inputs: { input: { data: "random" } } }] })
         assert.deepStrictEqual(config.warmup, [{ name: "sample 0", batchSize: 8, count: 1, inputs: { input: { dims: undefined, data: { _tag: "Random" } } } }])
         const error = yield* Effect.flip(ModelRepository.decodeConfig({ warmup: [{ batchSize: 8, inputs: { input: { data: "ones" } } }] }))
-        assert.include(error.message, `warmup[0].inputs.input.data must be "zero", "random" or {"fill": value}`)
+        assert.include(error.message, `warmup[0].inputs.input.data must be "zero", "random", {"fill": value} or {"file": name}`)
         assert.include(error.message, `["warmup"]`)
       }))
 
@@ -569,6 +569,46 @@ describe("ModelRepository: versionPolicy edges and file identity", () => {
         reason: "no version that versionPolicy (specific 2) names is in the repository (it has only model.onnx, version 1)"
       }])
       assert.deepStrictEqual(repository.notServed, [{ name: "flat", policy: "specific 2", leftOut: ["1"], missing: ["2"] }])
+    }))
+
+  it.live("warm-up files: checked at the scan in the model's warmup/ directory, their real path filled in, and a rewritten one changes the fingerprint", () =>
+    Effect.gen(function*() {
+      const warmup = (file: string) => JSON.stringify({ warmup: [{ name: "w", inputs: { x: { data: { file } } } }] })
+      const root = yield* tempRepository({
+        "m/model.onnx": "weights",
+        "m/config.json": warmup("row.bin"),
+        "m/warmup/row.bin": "abcd",
+        "missing/model.onnx": "weights",
+        "missing/config.json": warmup("nope.bin"),
+        "dir/model.onnx": "weights",
+        "dir/config.json": warmup("sub"),
+        "dir/warmup/sub/x": "x",
+        "outside/model.onnx": "weights",
+        "outside/config.json": warmup("link.bin")
+      })
+      const secret = Path.join(Path.dirname(root), `${Path.basename(root)}-secret.bin`)
+      Fs.writeFileSync(secret, "s")
+      yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(secret, { force: true })))
+      Fs.mkdirSync(Path.join(root, "outside", "warmup"))
+      Fs.symlinkSync(secret, Path.join(root, "outside", "warmup", "link.bin"))
+      const repository = yield* ModelRepository.scan(root)
+      const byName = Object.fromEntries(repository.entries.map((e) => [e.name, e]))
+      const m = byName["m"]!
+      assert.strictEqual(m._tag, "Found")
+      const data = m._tag === "Found" ? m.config.warmup?.[0]?.inputs["x"]?.data : undefined
+      assert.deepInclude(data, { _tag: "File", name: "row.bin", path: Fs.realpathSync(Path.join(root, "m", "warmup", "row.bin")) })
+      const reason = (name: string) => {
+        const e = byName[name]!
+        return e._tag === "Unavailable" ? e.reason : assert.fail(`${name} is ${e._tag}`)
+      }
+      assert.strictEqual(reason("missing"), `config.json: warmup sample "w", input "x": warmup/nope.bin cannot be read (no such file)`)
+      assert.strictEqual(reason("dir"), `config.json: warmup sample "w", input "x": warmup/sub is not a regular file`)
+      assert.strictEqual(reason("outside"), `config.json: warmup sample "w", input "x": warmup/link.bin resolves outside the model repository`)
+      const before = ModelRepository.fingerprint(repository, "m")
+      assert.strictEqual(ModelRepository.fingerprint(yield* ModelRepository.scan(root), "m"), before, "unchanged")
+      yield* Effect.sleep("50 millis") // past the filesystem's coarse timestamp tick
+      Fs.writeFileSync(Path.join(root, "m", "warmup", "row.bin"), "efgh")
+      assert.notStrictEqual(ModelRepository.fingerprint(yield* ModelRepository.scan(root), "m"), before, "a rewritten warm-up file is a changed model")
     }))
 
   it.live("fingerprint changes when model.onnx is rewritten in place with the same size and its old modification time restored", () =>

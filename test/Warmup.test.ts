@@ -24,6 +24,7 @@ describe("Warmup.problem", () => {
         [{ batchSize: 64, count: 1000, inputs: { input: { data: "random" } } }],
         [{ inputs: { input: { dims: [1, 512], data: "zero" }, sr: { data: { fill: 16000 } }, flag: { data: { fill: true } }, text: { data: { fill: "hi" } } } }],
         [{ name: "a" }, { name: "b" }],
+        [{ inputs: { input: { data: { file: "input.bin" } } } }],
         Array.from({ length: Warmup.maxSamples }, () => ({}))
       ]
     ) assert.isUndefined(Warmup.problem(ok), JSON.stringify(ok))
@@ -49,8 +50,14 @@ describe("Warmup.problem", () => {
       [[{ inputs: { x: { dims: [1, -1] } } }], "warmup[0].inputs.x.dims must be a list of at most 32 integers from 0 to 2147483647 (the input's whole shape)"],
       [[{ inputs: { x: { dims: "1,2" } } }], "warmup[0].inputs.x.dims must be a list of at most 32 integers from 0 to 2147483647 (the input's whole shape)"],
       [[{ inputs: { x: { dims: Array.from({ length: 33 }, () => 1) } } }], "warmup[0].inputs.x.dims must be a list of at most 32 integers from 0 to 2147483647 (the input's whole shape)"],
-      [[{ inputs: { x: { data: "ones" } } }], `warmup[0].inputs.x.data must be "zero", "random" or {"fill": value}`],
-      [[{ inputs: { x: { data: { fill: 1, also: 2 } } } }], `warmup[0].inputs.x.data must be "zero", "random" or {"fill": value}`],
+      [[{ inputs: { x: { data: "ones" } } }], `warmup[0].inputs.x.data must be "zero", "random", {"fill": value} or {"file": name}`],
+      [[{ inputs: { x: { data: { fill: 1, also: 2 } } } }], `warmup[0].inputs.x.data must be "zero", "random", {"fill": value} or {"file": name}`],
+      [[{ inputs: { x: { data: { fill: 1, file: "a" } } } }], `warmup[0].inputs.x.data must be "zero", "random", {"fill": value} or {"file": name}`],
+      [[{ inputs: { x: { data: { file: "../a.bin" } } } }], `warmup[0].inputs.x.data.file must be a file name in the model's warmup/ directory (no "/", "\\" or ".."), got "../a.bin"`],
+      [[{ inputs: { x: { data: { file: "a\\b" } } } }], `warmup[0].inputs.x.data.file must be a file name in the model's warmup/ directory (no "/", "\\" or ".."), got "a\\\\b"`],
+      [[{ inputs: { x: { data: { file: ".." } } } }], `warmup[0].inputs.x.data.file must be a file name in the model's warmup/ directory (no "/", "\\" or ".."), got ".."`],
+      [[{ inputs: { x: { data: { file: "" } } } }], `warmup[0].inputs.x.data.file must be a file name in the model's warmup/ directory (no "/", "\\" or ".."), got ""`],
+      [[{ inputs: { x: { data: { file: 1 } } } }], `warmup[0].inputs.x.data.file must be a file name in the model's warmup/ directory (no "/", "\\" or ".."), got 1`],
       [[{ inputs: { x: { data: { fill: null } } } }], "warmup[0].inputs.x.data.fill must be a finite number, a boolean or a string"],
       [[{ inputs: { x: { data: { fill: [1] } } } }], "warmup[0].inputs.x.data.fill must be a finite number, a boolean or a string"],
       [[{ name: "a" }, { name: "a" }], `warmup names the sample "a" twice`],
@@ -75,6 +82,7 @@ describe("Warmup.fromJson", () => {
         x: { dims: undefined, data: { _tag: "Zero" } }
       }
     })
+    assert.deepStrictEqual(Warmup.fromJson([{ inputs: { x: { data: { file: "x.bin" } } } }])[0]!.inputs["x"]!.data, { _tag: "File", name: "x.bin" })
     assert.strictEqual(Warmup.runs([a!, b!]), 4)
   })
 })
@@ -188,5 +196,53 @@ describe("Warmup.tensors", () => {
     // an input named like an Object.prototype member is an input, and an inputAxes without it is axis 0
     const out = Warmup.tensors(sample({ batchSize: 2 }), [input("constructor", "float32", [-1])], {})
     assert.deepStrictEqual(out["constructor"], Tensor.float32(new Float32Array(2), [2]))
+  })
+})
+
+describe("Warmup.tensors from files", () => {
+  const file = (name: string, dims?: ReadonlyArray<number>) => ({ dims, data: { _tag: "File" as const, name, path: `/repo/m/warmup/${name}` } })
+  const bytesOf = (values: ArrayLike<number>) => new Uint8Array(Float32Array.from(values).buffer)
+  const files: Record<string, Uint8Array> = {
+    "/repo/m/warmup/whole.bin": bytesOf([1, 2, 3, 4, 5, 6]),
+    "/repo/m/warmup/row.bin": bytesOf([1, 2, 3]),
+    "/repo/m/warmup/odd.bin": Uint8Array.of(1, 2, 3, 4, 5),
+    // Triton's string form: a 4-byte little-endian length, then the UTF-8 bytes
+    "/repo/m/warmup/text.bin": Uint8Array.of(2, 0, 0, 0, 0x68, 0x69, 3, 0, 0, 0, 0xc3, 0xa9, 0x21),
+    "/repo/m/warmup/cut.bin": Uint8Array.of(9, 0, 0, 0, 0x68),
+    "/repo/m/warmup/short.bin": Uint8Array.of(1, 0),
+    "/repo/m/warmup/latin1.bin": Uint8Array.of(1, 0, 0, 0, 0xe9)
+  }
+  const read: Warmup.Read = (path) => {
+    const bytes = files[path]
+    if (bytes === undefined) throw new Error(`ENOENT: no such file or directory, open '${path}'`)
+    return bytes
+  }
+  const run = (batchSize: number, inputs: Warmup.Sample["inputs"], spec: Warmup.InputSpec) => Warmup.tensors(sample({ batchSize, inputs }), [spec], {}, read)[spec.name]!
+
+  it("takes the whole tensor, or one row repeated for each row on batch axis 0 (Triton's batch_size)", () => {
+    const x = input("x", "float32", [-1, 3])
+    assert.deepStrictEqual(run(2, { x: file("whole.bin") }, x), Tensor.float32([1, 2, 3, 4, 5, 6], [2, 3]))
+    assert.deepStrictEqual(run(3, { x: file("row.bin") }, x), Tensor.float32([1, 2, 3, 1, 2, 3, 1, 2, 3], [3, 3]))
+    assert.deepStrictEqual(run(1, { x: file("row.bin") }, x), Tensor.float32([1, 2, 3], [1, 3]))
+    const text = run(2, { t: file("text.bin") }, input("t", "string", [-1]))
+    assert.deepStrictEqual(text, Tensor.make("string", ["hi", "é!"], [2]))
+    assert.deepStrictEqual(run(4, { t: file("text.bin", [2, 2]) }, input("t", "string", [-1, 2])).data, ["hi", "é!", "hi", "é!"])
+  })
+
+  it("refuses a file of another size, a string file cut short or not UTF-8, and one that cannot be read, naming the file", () => {
+    const x = input("x", "float32", [-1, 3])
+    const table: ReadonlyArray<readonly [() => unknown, string]> = [
+      [() => run(4, { x: file("whole.bin") }, x), `input "x": warmup/whole.bin has 24 bytes; [4, 3] float32 takes 48 bytes (or 12 bytes for one row, repeated 4 times)`],
+      [() => run(1, { x: file("whole.bin") }, x), `input "x": warmup/whole.bin has 24 bytes; [1, 3] float32 takes 12 bytes`],
+      [() => run(2, { x: file("odd.bin") }, x), `input "x": warmup/odd.bin has 5 bytes; [2, 3] float32 takes 24 bytes (or 12 bytes for one row, repeated 2 times)`],
+      // on another batch axis a row is not a contiguous run of bytes: the whole tensor only
+      [() => Warmup.tensors(sample({ batchSize: 2, inputs: { s: file("row.bin") } }), [input("s", "float32", [3, -1])], { s: 1 }, read), `input "s": warmup/row.bin has 12 bytes; [3, 2] float32 takes 24 bytes`],
+      [() => run(3, { t: file("text.bin") }, input("t", "string", [-1])), `input "t": warmup/text.bin has 2 elements; [3] string takes 3 elements (or 1 element for one row, repeated 3 times)`],
+      [() => run(1, { t: file("cut.bin") }, input("t", "string", [-1])), `input "t": warmup/cut.bin: element 0 says 9 bytes, 1 are left`],
+      [() => run(1, { t: file("short.bin") }, input("t", "string", [-1])), `input "t": warmup/short.bin: ends inside the length of element 0`],
+      [() => run(1, { t: file("latin1.bin") }, input("t", "string", [-1])), `input "t": warmup/latin1.bin: element 0 is not UTF-8`],
+      [() => run(1, { x: file("gone.bin") }, x), `input "x": warmup/gone.bin cannot be read (ENOENT: no such file or directory, open '/repo/m/warmup/gone.bin')`]
+    ]
+    for (const [f, expected] of table) assert.strictEqual(misfit(f), expected)
   })
 })

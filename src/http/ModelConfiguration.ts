@@ -55,7 +55,7 @@ const instanceGroup = (metadata: ModelMetadata.ModelMetadata) => {
 
 /**
  * config.json's warm-up samples in Triton's form (`ModelWarmup`): per input its `data_type`, the
- * shape it ran with (`Warmup.shapeOf`) and `zero_data` or `random_data`; a `fill` value, which
+ * shape it ran with (`Warmup.shapeOf`) and `zero_data`, `random_data` or `input_data_file`; a `fill` value, which
  * Triton's form cannot say, leaves the data kind out. Where the configuration writes dims without
  * the batch dim (`leadingBatch`), so does each input here, and `batch_size` is the rows the runs
  * had (the first input's leading dim); else `batch_size` is 1 and the dims whole, as Triton's for
@@ -69,11 +69,11 @@ const modelWarmup = (plan: Warmup.Plan, inputs: ReadonlyArray<ModelMetadata.Tens
       name: sample.name,
       batch_size: leadingBatch ? shapes[0]?.[0] ?? sample.batchSize : 1,
       inputs: Object.fromEntries(inputs.map((spec, i) => {
-        const data = Object.hasOwn(sample.inputs, spec.name) ? sample.inputs[spec.name]!.data._tag : "Zero"
+        const data: Warmup.Data = Object.hasOwn(sample.inputs, spec.name) ? sample.inputs[spec.name]!.data : { _tag: "Zero" }
         return [spec.name, {
           data_type: tritonDataType(spec),
           dims: leadingBatch ? shapes[i]!.slice(1) : shapes[i]!,
-          ...(data === "Zero" ? { zero_data: true } : data === "Random" ? { random_data: true } : {})
+          ...(data._tag === "Zero" ? { zero_data: true } : data._tag === "Random" ? { random_data: true } : data._tag === "File" ? { input_data_file: data.name } : {})
         }]
       })),
       count: sample.count

@@ -25,6 +25,7 @@
  *
  * @module SessionEndpoint
  */
+import * as Fs from "node:fs"
 import * as ort from "onnxruntime-node"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import * as Tensor from "../Tensor.ts"
@@ -181,6 +182,20 @@ const sharedWithOutput = (buffer: ArrayBuffer, outputs: Tensor.TensorMap): boole
 }
 
 /**
+ * A warm-up file's bytes: opened without blocking and read only when it is a regular file (the
+ * scan checked it, but it may have been replaced since; a FIFO would hold this thread for good).
+ */
+const readRegularFile = (path: string): Uint8Array => {
+  const fd = Fs.openSync(path, Fs.constants.O_RDONLY | (Fs.constants.O_NONBLOCK ?? 0))
+  try {
+    if (!Fs.fstatSync(fd).isFile()) throw new Error("not a regular file")
+    return Fs.readFileSync(fd)
+  } finally {
+    Fs.closeSync(fd)
+  }
+}
+
+/**
  * Runs config.json's warm-up samples on the session, each `count` times, in order (`Warmup`);
  * throws with the sample's name and why it does not fit the model or its run failed.
  */
@@ -188,7 +203,7 @@ const warmUp = async (plan: Warmup.Plan, loaded: Loaded, inputs: ReadonlyArray<M
   for (const sample of plan.samples) {
     let feeds: Record<string, ort.Tensor>
     try {
-      feeds = toFeeds(Warmup.tensors(sample, inputs, plan.inputAxes))
+      feeds = toFeeds(Warmup.tensors(sample, inputs, plan.inputAxes, readRegularFile))
     } catch (e) {
       throw new Error(`warmup sample ${JSON.stringify(sample.name)} does not fit the model: ${errorText(e)}`)
     }

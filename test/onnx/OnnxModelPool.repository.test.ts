@@ -190,12 +190,19 @@ describe("OnnxModelPool on a repository with broken models", () => {
         // Silero refuses a sample rate of 0 (zero data) in its run, and takes 16000
         "vadzero/model.onnx": vad,
         "vadzero/config.json": JSON.stringify({ ...vadConfig, warmup: [{ name: "zeros", inputs: { input: { dims: [1, 512] } } }] }),
+        // Triton's input_data_file: one row of the MLP's input, repeated for each row
+        "fromfile/model.onnx": good,
+        "fromfile/config.json": JSON.stringify({ isolation: "process", warmup: [{ name: "rows", batchSize: 4, inputs: { input: { data: { file: "row.bin" } } } }] }),
+        "fromfile/warmup/row.bin": new Uint8Array(sampleInput(1).buffer),
+        "shortfile/model.onnx": good,
+        "shortfile/config.json": JSON.stringify({ warmup: [{ name: "rows", batchSize: 4, inputs: { input: { data: { file: "row.bin" } } } }] }),
+        "shortfile/warmup/row.bin": new Uint8Array(12),
         "vad16k/model.onnx": vad,
         "vad16k/config.json": JSON.stringify({ ...vadConfig, warmup: [{ batchSize: 4, inputs: { input: { dims: [4, 512], data: "random" }, sr: { data: { fill: 16000 } } } }] })
       })
       const pool = yield* quiet(OnnxModelPool.make({ repository, defaults: { instances: 1 } }))
       const states = Object.fromEntries((yield* pool.models).map((m) => [m.name, m]))
-      for (const name of ["warm", "warmproc", "vad16k"]) assert.strictEqual(states[name]!.state, "READY", `${name}: ${states[name]!.reason}`)
+      for (const name of ["warm", "warmproc", "vad16k", "fromfile"]) assert.strictEqual(states[name]!.state, "READY", `${name}: ${states[name]!.reason}`)
       const reason = (name: string) => {
         assert.strictEqual(states[name]!.state, "UNAVAILABLE", name)
         return states[name]!.reason ?? ""
@@ -203,6 +210,10 @@ describe("OnnxModelPool on a repository with broken models", () => {
       assert.include(reason("misfit"), `warmup sample "sample 0" does not fit the model: the model has no input "pixels" (its inputs: input)`)
       assert.include(reason("badwarmup"), "warmup[0].count must be an integer from 1 to 1000")
       assert.include(reason("vadzero"), `warmup sample "zeros" failed: `)
+      assert.include(reason("shortfile"), `warmup sample "rows" does not fit the model: input "input": warmup/row.bin has 12 bytes; [4, 784] float32 takes 12544 bytes (or 3136 bytes for one row, repeated 4 times)`)
+      assert.deepStrictEqual(ModelConfiguration.of(yield* pool.metadata("fromfile"), AsyncConfig.defaults).model_warmup, [
+        { name: "rows", batch_size: 4, inputs: { input: { data_type: "TYPE_FP32", dims: [784], input_data_file: "row.bin" } }, count: 1 }
+      ])
       // What ran is what the model configuration reports, in Triton's form.
       const metadata = yield* pool.metadata("warm")
       assert.deepStrictEqual(metadata.warmup?.samples.map((s) => [s.name, s.batchSize, s.count]), [["one row", 1, 1], ["full", 64, 2]])
