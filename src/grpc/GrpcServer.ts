@@ -378,113 +378,158 @@ export const requestsOf = <A>(call: NodeJS.EventEmitter & { read(): unknown }): 
   }
 })
 
+/** What `GrpcService.make` gives: the handlers every RPC calls. */
+type Handlers = Effect.Success<ReturnType<typeof GrpcService.make>>
+
+/** Runs an effect as a callback, with the server's services; returns its interrupt. */
+type Run = ReturnType<typeof Effect.runCallbackWith<Requirements>>
+
+/** A unary RPC: the effect runs as one call the lifecycle tracks; a cancel interrupts it. */
+const unaryWith = (run: Run, handlers: Handlers) =>
+<Req, Res>(f: (request: Req, deadlineMs: number | undefined) => Effect.Effect<Res, GrpcFailure, Requirements>) =>
+(call: Grpc.ServerUnaryCall<Req, Res>, callback: Grpc.sendUnaryData<Res>) => {
+  const request: unknown = call.request
+  if (request instanceof GrpcCodec.Undecodable) return callback({ code: Grpc.status.INVALID_ARGUMENT, details: request.details })
+  const effect = traced(call, internalOnDefect(handlers.lifecycle.track(f(call.request, deadlineOf(call)))))
+  const interrupt = run(effect, {
+    onExit: (exit) => {
+      if (Exit.isSuccess(exit)) return callback(null, exit.value)
+      const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
+      if (failure !== undefined) return callback(toServiceError(failure.error as GrpcFailure))
+      // Interrupted: the client is gone (cancel or deadline); grpc-js has already ended the call.
+      callback({ code: Grpc.status.CANCELLED, details: "cancelled" })
+    }
+  })
+  onCancelled(call, interrupt)
+}
+
+type InferStream = Grpc.ServerDuplexStream<GrpcCodec.ModelInferRequest, unknown>
+
+/** The open `ModelStreamInfer` streams, each with the requests it has received and not yet answered, and whether the server closes. */
+interface Streams {
+  readonly open: Map<InferStream, { outstanding: number; stop: () => void }>
+  closing: boolean
+}
+
+/**
+ * `ModelStreamInfer`: every request goes into the engine as it arrives; answers leave as they
+ * complete, or in the order asked (`Options.streamOrder`). A failed inference is an answer with
+ * its `error_message`, unless the client asked `triton_grpc_error` (the stream then ends with its
+ * status). Once the server closes, a stream ends when it owes no answer.
+ */
+const streamInferWith = (run: Run, handlers: Handlers, options: Options, streams: Streams) => (call: InferStream) => {
+  const state = { outstanding: 0, stop: () => {} }
+  const endOnError = endsOnError(call.metadata)
+  /** Writes an answer; with `triton_grpc_error`, a failed one ends the stream with its status instead. */
+  const write = ({ message, failure }: StreamAnswer) =>
+    failure !== undefined && endOnError
+      ? Effect.fail(failure)
+      : Effect.callback<void>((resume) => {
+        if (call.write(message)) resume(Effect.void)
+        else call.once("drain", () => resume(Effect.void))
+      }).pipe(Effect.andThen(Effect.sync(() => {
+        state.outstanding--
+        // Closing: a stream ends once it owes nothing.
+        if (streams.closing && state.outstanding === 0) state.stop()
+      })))
+  const deadlineMs = deadlineOf(call)
+  const concurrency = handlers.engine.config.maxConcurrentRequests + handlers.engine.config.maxQueuedRequests
+  /** A stream answer: the inference's response, or its error_message (also for a message that did not decode). */
+  const answer = (message: GrpcCodec.ModelInferRequest | GrpcCodec.Undecodable): Effect.Effect<StreamAnswer, never, Requirements> =>
+    message instanceof GrpcCodec.Undecodable
+      ? Effect.succeed(failedAnswer(new GrpcFailure({ code: Grpc.status.INVALID_ARGUMENT, details: message.details }), { model_name: "", model_version: "", id: "" }))
+      : internalOnDefect(handlers.infer(message, deadlineMs)).pipe(
+        Effect.match({
+          onFailure: (e) => failedAnswer(e, message),
+          onSuccess: (response) => ({ message: { error_message: "", infer_response: { ...response, parameters: finalResponse } } })
+        })
+      )
+  const effect = Stream.fromAsyncIterable(requestsOf<GrpcCodec.ModelInferRequest | GrpcCodec.Undecodable>(call), (e) => e).pipe(
+    Stream.tap(() => Effect.sync(() => void state.outstanding++)),
+    Stream.mapEffect(answer, { concurrency, unordered: options.streamOrder !== "request" }),
+    Stream.runForEach(write)
+  )
+  const interrupt = run(traced(call, effect), {
+    onExit: (exit) => {
+      streams.open.delete(call)
+      if (Exit.isSuccess(exit)) return call.end()
+      if (call.cancelled) return
+      const failure = exit.cause.reasons.find((r) => r._tag === "Fail")?.error
+      call.emit("error", failure instanceof GrpcFailure
+        ? toServiceError(failure)
+        : failure === undefined && (streams.closing || handlers.lifecycle.isShuttingDown())
+        ? { code: Grpc.status.UNAVAILABLE, details: "the server is shutting down" }
+        : { code: Grpc.status.INTERNAL, details: failure === undefined ? "internal error" : String((failure as Error)?.message ?? failure) })
+    }
+  })
+  state.stop = () => interrupt()
+  streams.open.set(call, state)
+  onCancelled(call, interrupt)
+}
+
+/** The inference service's RPCs and the health service's `Check`, over `handlers`. */
+const services = (run: Run, handlers: Handlers, options: Options, streams: Streams) => {
+  const unary = unaryWith(run, handlers)
+  const inference: Grpc.UntypedServiceImplementation = {
+    ServerLive: unary(() => Effect.succeed({ live: true })),
+    ServerReady: unary(() => Effect.map(handlers.serverReadiness, (r) => ({ ready: r.ready }))),
+    ModelReady: unary(handlers.modelReady),
+    ServerMetadata: unary(() => Effect.succeed({ name: options.serverName, version: options.serverVersion, extensions: handlers.extensions })),
+    ModelMetadata: unary(handlers.modelMetadata),
+    ModelInfer: unary(handlers.infer),
+    ModelStreamInfer: streamInferWith(run, handlers, options, streams),
+    ModelConfig: unary(handlers.modelConfig),
+    ModelStatistics: unary(handlers.modelStatistics),
+    RepositoryIndex: unary(handlers.repositoryIndex),
+    RepositoryModelLoad: unary(handlers.modelControl("load")),
+    RepositoryModelUnload: unary(handlers.modelControl("unload"))
+  }
+  // Whatever service it names, as Triton's Check (which never reads it): a Kubernetes probe
+  // configured with a service name of its own still sees the server's readiness.
+  const health: Grpc.UntypedServiceImplementation = {
+    Check: unary(() => Effect.map(handlers.serverReadiness, (r) => ({ status: r.ready ? "SERVING" : "NOT_SERVING" })))
+  }
+  return { inference, health }
+}
+
+/**
+ * Binds `server`; the scope's close stops it: streams that owe no answer end at once
+ * (UNAVAILABLE), the others once they have answered, and what is left after `shutdownTimeout`
+ * is forced.
+ */
+const bind = (server: Grpc.Server, options: Options, streams: Streams): Effect.Effect<number, GrpcServeError, Scope.Scope> => {
+  const shutdownTimeout = Duration.fromInputUnsafe(options.shutdownTimeout ?? Duration.seconds(5))
+  return Effect.acquireRelease(
+    Effect.callback<number, GrpcServeError>((resume) => {
+      server.bindAsync(hostPort(options.host, options.port), Grpc.ServerCredentials.createInsecure(), (error, port) => {
+        if (error === null) boundConnections(server, options.maxConnections ?? maxConnections)
+        resume(error === null ? Effect.succeed(port) : Effect.fail(new GrpcServeError({ message: error.message })))
+      })
+    }),
+    () =>
+      Effect.callback<void>((resume) => {
+        streams.closing = true
+        for (const state of [...streams.open.values()]) if (state.outstanding === 0) state.stop()
+        server.tryShutdown(() => resume(Effect.void))
+      }).pipe(
+        Effect.timeoutOption(shutdownTimeout),
+        Effect.andThen(Effect.sync(() => server.forceShutdown()))
+      )
+  )
+}
+
 /** Builds the server and binds it; the current scope owns it. */
 export const make = (options: Options): Effect.Effect<GrpcServer["Service"], GrpcServeError, Requirements | Scope.Scope> =>
   Effect.gen(function*() {
     const context = yield* Effect.context<Requirements>()
     const handlers = yield* GrpcService.make(options)
-    const { lifecycle } = handlers
     const run = Effect.runCallbackWith(context)
-    const definitions = GrpcCodec.loadDefinitions()
-    const proto = Grpc.loadPackageDefinition(definitions) as unknown as {
+    const proto = Grpc.loadPackageDefinition(GrpcCodec.loadDefinitions()) as unknown as {
       inference: { GRPCInferenceService: { service: Grpc.ServiceDefinition } }
       grpc: { health: { v1: { Health: { service: Grpc.ServiceDefinition } } } }
     }
-
-    /** A unary RPC: the effect runs as one tracked call; a cancel interrupts it. */
-    const unary = <Req, Res>(f: (request: Req, deadlineMs: number | undefined) => Effect.Effect<Res, GrpcFailure, Requirements>) =>
-      (call: Grpc.ServerUnaryCall<Req, Res>, callback: Grpc.sendUnaryData<Res>) => {
-        const request: unknown = call.request
-        if (request instanceof GrpcCodec.Undecodable) return callback({ code: Grpc.status.INVALID_ARGUMENT, details: request.details })
-        const effect = traced(call, internalOnDefect(lifecycle.track(f(call.request, deadlineOf(call)))))
-        const interrupt = run(effect, {
-          onExit: (exit) => {
-            if (Exit.isSuccess(exit)) return callback(null, exit.value)
-            const failure = exit.cause.reasons.find((r) => r._tag === "Fail")
-            if (failure !== undefined) return callback(toServiceError(failure.error as GrpcFailure))
-            // Interrupted: the client is gone (cancel or deadline); grpc-js has already ended the call.
-            callback({ code: Grpc.status.CANCELLED, details: "cancelled" })
-          }
-        })
-        onCancelled(call, interrupt)
-      }
-
-    /** Open streams, with the requests each has received and not yet answered. */
-    const streams = new Map<Grpc.ServerDuplexStream<GrpcCodec.ModelInferRequest, unknown>, { outstanding: number; readonly stop: () => void }>()
-    let closing = false
-
-    const streamInfer = (call: Grpc.ServerDuplexStream<GrpcCodec.ModelInferRequest, unknown>) => {
-      const state = { outstanding: 0, stop: () => {} }
-      const endOnError = endsOnError(call.metadata)
-      /** Writes an answer; with `triton_grpc_error`, a failed one ends the stream with its status instead. */
-      const write = ({ message, failure }: StreamAnswer) =>
-        failure !== undefined && endOnError
-          ? Effect.fail(failure)
-          : Effect.callback<void>((resume) => {
-            if (call.write(message)) resume(Effect.void)
-            else call.once("drain", () => resume(Effect.void))
-          }).pipe(Effect.andThen(Effect.sync(() => {
-            state.outstanding--
-            // Closing: a stream ends once it owes nothing.
-            if (closing && state.outstanding === 0) state.stop()
-          })))
-      const deadlineMs = deadlineOf(call)
-      const concurrency = handlers.engine.config.maxConcurrentRequests + handlers.engine.config.maxQueuedRequests
-      /** A stream answer: the inference's response, or its error_message (also for a message that did not decode). */
-      const answer = (message: GrpcCodec.ModelInferRequest | GrpcCodec.Undecodable): Effect.Effect<StreamAnswer, never, Requirements> =>
-        message instanceof GrpcCodec.Undecodable
-          ? Effect.succeed(failedAnswer(new GrpcFailure({ code: Grpc.status.INVALID_ARGUMENT, details: message.details }), { model_name: "", model_version: "", id: "" }))
-          : internalOnDefect(handlers.infer(message, deadlineMs)).pipe(
-            Effect.match({
-              onFailure: (e) => failedAnswer(e, message),
-              onSuccess: (response) => ({ message: { error_message: "", infer_response: { ...response, parameters: finalResponse } } })
-            })
-          )
-      // Every request goes into the engine as it arrives; answers leave as they complete, or in the order asked.
-      const effect = Stream.fromAsyncIterable(requestsOf<GrpcCodec.ModelInferRequest | GrpcCodec.Undecodable>(call), (e) => e).pipe(
-        Stream.tap(() => Effect.sync(() => void state.outstanding++)),
-        Stream.mapEffect(answer, { concurrency, unordered: options.streamOrder !== "request" }),
-        Stream.runForEach(write)
-      )
-      const interrupt = run(traced(call, effect), {
-        onExit: (exit) => {
-          streams.delete(call)
-          if (Exit.isSuccess(exit)) return call.end()
-          if (call.cancelled) return
-          const failure = exit.cause.reasons.find((r) => r._tag === "Fail")?.error
-          call.emit("error", failure instanceof GrpcFailure
-            ? toServiceError(failure)
-            : failure === undefined && (closing || lifecycle.isShuttingDown())
-            ? { code: Grpc.status.UNAVAILABLE, details: "the server is shutting down" }
-            : { code: Grpc.status.INTERNAL, details: failure === undefined ? "internal error" : String((failure as Error)?.message ?? failure) })
-        }
-      })
-      state.stop = () => interrupt()
-      streams.set(call, state)
-      onCancelled(call, interrupt)
-    }
-
-    const inferenceService: Grpc.UntypedServiceImplementation = {
-      ServerLive: unary(() => Effect.succeed({ live: true })),
-      ServerReady: unary(() => Effect.map(handlers.serverReadiness, (r) => ({ ready: r.ready }))),
-      ModelReady: unary(handlers.modelReady),
-      ServerMetadata: unary(() => Effect.succeed({ name: options.serverName, version: options.serverVersion, extensions: handlers.extensions })),
-      ModelMetadata: unary(handlers.modelMetadata),
-      ModelInfer: unary(handlers.infer),
-      ModelStreamInfer: streamInfer,
-      ModelConfig: unary(handlers.modelConfig),
-      ModelStatistics: unary(handlers.modelStatistics),
-      RepositoryIndex: unary(handlers.repositoryIndex),
-      RepositoryModelLoad: unary(handlers.modelControl("load")),
-      RepositoryModelUnload: unary(handlers.modelControl("unload"))
-    }
-
-    // Whatever service it names, as Triton's Check (which never reads it): a Kubernetes probe
-    // configured with a service name of its own still sees the server's readiness.
-    const healthService: Grpc.UntypedServiceImplementation = {
-      Check: unary(() => Effect.map(handlers.serverReadiness, (r) => ({ status: r.ready ? "SERVING" : "NOT_SERVING" })))
-    }
-
+    const streams: Streams = { open: new Map(), closing: false }
+    const { inference, health } = services(run, handlers, options, streams)
     const server = new Grpc.Server({
       "grpc.max_receive_message_length": options.maxMessageBytes,
       "grpc.max_send_message_length": -1,
@@ -496,28 +541,9 @@ export const make = (options: Options): Effect.Effect<GrpcServer["Service"], Grp
     const openCalls = boundOpenCalls(server, options.maxOpenCalls ?? maxOpenCalls)
     // A message that does not decode is answered as bad input (INVALID_ARGUMENT; on a stream, its
     // error_message), not by grpc-js ending the call with INTERNAL.
-    server.addService(GrpcCodec.tolerantRequests(proto.inference.GRPCInferenceService.service), inferenceService)
-    server.addService(GrpcCodec.tolerantRequests(proto.grpc.health.v1.Health.service), healthService)
-
-    const shutdownTimeout = Duration.fromInputUnsafe(options.shutdownTimeout ?? Duration.seconds(5))
-    const port = yield* Effect.acquireRelease(
-      Effect.callback<number, GrpcServeError>((resume) => {
-        server.bindAsync(hostPort(options.host, options.port), Grpc.ServerCredentials.createInsecure(), (error, port) => {
-          if (error === null) boundConnections(server, options.maxConnections ?? maxConnections)
-          resume(error === null ? Effect.succeed(port) : Effect.fail(new GrpcServeError({ message: error.message })))
-        })
-      }),
-      () =>
-        Effect.callback<void>((resume) => {
-          // Streams that owe no answer end now (UNAVAILABLE); the others once they have answered.
-          closing = true
-          for (const state of [...streams.values()]) if (state.outstanding === 0) state.stop()
-          server.tryShutdown(() => resume(Effect.void))
-        }).pipe(
-          Effect.timeoutOption(shutdownTimeout),
-          Effect.andThen(Effect.sync(() => server.forceShutdown()))
-        )
-    )
+    server.addService(GrpcCodec.tolerantRequests(proto.inference.GRPCInferenceService.service), inference)
+    server.addService(GrpcCodec.tolerantRequests(proto.grpc.health.v1.Health.service), health)
+    const port = yield* bind(server, options, streams)
     return { port, address: hostPort(options.host, port), server, openCalls }
   })
 
