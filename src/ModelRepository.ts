@@ -739,10 +739,12 @@ const readConfig = async (root: string, dir: string, overrides: DefaultsOverride
 const checkWarmupFiles = async (root: string, dir: string, samples: ReadonlyArray<Warmup.Sample>): Promise<ReadonlyArray<Warmup.Sample> | string> => {
   const out: Array<Warmup.Sample> = []
   for (const sample of samples) {
-    const inputs: Record<string, Warmup.Input> = {}
+    const inputs: Array<[string, Warmup.Input]> = []
     for (const [name, input] of Object.entries(sample.inputs)) {
-      inputs[name] = input
-      if (input.data._tag !== "File") continue
+      if (input.data._tag !== "File") {
+        inputs.push([name, input])
+        continue
+      }
       const relative = `${Warmup.directoryName}/${input.data.name}`
       const why = (reason: string) => `warmup sample ${JSON.stringify(sample.name)}, input ${JSON.stringify(name)}: ${relative} ${reason}`
       try {
@@ -751,12 +753,13 @@ const checkWarmupFiles = async (root: string, dir: string, samples: ReadonlyArra
         const stat = await Fs.stat(real, { bigint: true })
         if (!stat.isFile()) return why("is not a regular file")
         if (stat.size > BigInt(Warmup.maxTensorBytes)) return why(`is ${stat.size} bytes, more than a warm-up tensor may have (${Warmup.maxTensorBytes})`)
-        inputs[name] = { ...input, data: { ...input.data, path: real, identity: `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeNs}:${stat.ctimeNs}` } }
+        inputs.push([name, { ...input, data: { ...input.data, path: real, identity: `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeNs}:${stat.ctimeNs}` } }])
       } catch (e) {
         return why((e as { code?: unknown }).code === "ENOENT" ? "cannot be read (no such file)" : `cannot be read (${errorText(e)})`)
       }
     }
-    out.push({ ...sample, inputs })
+    // own keys whatever the names ("__proto__" included: an assignment would set the prototype)
+    out.push({ ...sample, inputs: Object.fromEntries(inputs) })
   }
   return out
 }

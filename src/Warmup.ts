@@ -250,12 +250,18 @@ const fillValue = (input: InputSpec, value: number | boolean | string): number |
     if (input.dtype !== "bool") throw new Misfit(`${what}: fill ${value} is a boolean, the input is not bool`)
     return value ? 1 : 0
   }
-  if (input.dtype === "float16") return toHalfBits(value)
-  if (isFloat(input.dtype)) return value
+  if (isFloat(input.dtype)) {
+    const bits = input.dtype === "float16" ? toHalfBits(value) : undefined
+    const overflows = bits !== undefined ? (bits & 0x7fff) === 0x7c00 : input.dtype === "float32" && !Number.isFinite(Math.fround(value))
+    if (overflows) throw new Misfit(`${what}: fill ${value} is beyond the largest ${input.dtype}`)
+    return bits ?? value
+  }
   const range = integerRange[input.dtype]!
   if (!Number.isInteger(value) || BigInt(value) < range[0] || BigInt(value) > range[1]) {
     throw new Misfit(`${what}: fill ${value} is not ${input.dtype === "bool" ? "0 or 1" : `an integer from ${range[0]} to ${range[1]}`}`)
   }
+  // config.json's numbers are doubles: past 2^53 the value read is not the one written
+  if (!Number.isSafeInteger(value)) throw new Misfit(`${what}: fill ${value} is beyond 2^53, where a JSON number is not exact`)
   return input.dtype === "int64" || input.dtype === "uint64" ? BigInt(value) : value
 }
 
@@ -289,6 +295,18 @@ const randomFill = (dtype: Tensor.DataType, data: Tensor.TensorData, seed: numbe
 }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true })
+const encoder = new TextEncoder()
+const utf8Length = (text: string): number => encoder.encode(text).length
+
+/** What a string element counts for besides its UTF-8 bytes (its slot in the array). */
+const stringSlotBytes = 8
+
+/** Throws `Misfit` when a tensor of `bytes` (strings: their UTF-8 bytes and slots) is over `maxTensorBytes`. */
+const checkSize = (input: InputSpec, dims: ReadonlyArray<number>, bytes: number): void => {
+  if (bytes > maxTensorBytes) {
+    throw new Misfit(`input ${JSON.stringify(input.name)}: ${Tensor.dimsText(dims)} ${input.dtype} is ${bytes} bytes, more than a warm-up tensor may have (${maxTensorBytes})`)
+  }
+}
 
 /** The elements of a string tensor's file: each a 4-byte little-endian length, then that many bytes of UTF-8 (Triton's form). */
 const stringElements = (bytes: Uint8Array, what: string): Array<string> => {
@@ -340,7 +358,10 @@ const fromFile = (
     throw new Misfit(`${what} has ${bpe === undefined ? size(count) : `${bytes.length} bytes`}; ${shape} takes ${size(length)}${row}`)
   }
   const times = length / count
-  if (elements !== undefined) return Array.from({ length: times }, () => elements).flat()
+  if (elements !== undefined) {
+    checkSize(input, dims, times * elements.reduce((n, e) => n + stringSlotBytes + utf8Length(e), 0))
+    return Array.from({ length: times }, () => elements).flat()
+  }
   const data = Tensor.allocate(input.dtype, length) as Exclude<Tensor.TensorData, ReadonlyArray<string>>
   const target = new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
   for (let i = 0; i < times; i++) target.set(bytes, i * bytes.length)
@@ -365,24 +386,26 @@ export const tensors = (
 ): Tensor.TensorMap => {
   const unknown = Object.keys(sample.inputs).find((name) => !inputs.some((i) => i.name === name))
   if (unknown !== undefined) throw new Misfit(`the model has no input ${JSON.stringify(unknown)} (its inputs: ${inputs.map((i) => i.name).join(", ")})`)
-  const out: Record<string, Tensor.Tensor> = {}
+  const out: Array<[string, Tensor.Tensor]> = []
   inputs.forEach((input, index) => {
     const axis = axisOf(inputAxes, input.name)
     const dims = shapeOf(sample, input, axis)
     const length = Tensor.elementCount(dims)
-    const bytes = length * (Tensor.bytesPerElement(input.dtype) ?? 8)
-    if (bytes > maxTensorBytes) throw new Misfit(`input ${JSON.stringify(input.name)}: ${Tensor.dimsText(dims)} is ${bytes} bytes, more than a warm-up tensor may have (${maxTensorBytes})`)
     const spec = inputOf(sample, input.name)?.data ?? { _tag: "Zero" }
+    // a string element costs its UTF-8 bytes besides its slot (a file's are counted as it is read)
+    const fillBytes = spec._tag === "Fill" && typeof spec.value === "string" ? utf8Length(spec.value) : 0
+    checkSize(input, dims, length * ((Tensor.bytesPerElement(input.dtype) ?? stringSlotBytes) + fillBytes))
     if (spec._tag === "File") {
-      out[input.name] = Tensor.make(input.dtype, fromFile(input, dims, axis, spec, read), dims)
+      out.push([input.name, Tensor.make(input.dtype, fromFile(input, dims, axis, spec, read), dims)])
       return
     }
     const data = Tensor.allocate(input.dtype, length)
     if (spec._tag === "Random") randomFill(input.dtype, data, index + 1)
     else if (spec._tag === "Fill") (data as unknown as { fill: (v: unknown) => void }).fill(fillValue(input, spec.value))
-    out[input.name] = Tensor.make(input.dtype, data, dims)
+    out.push([input.name, Tensor.make(input.dtype, data, dims)])
   })
-  return out
+  // own keys whatever the names ("__proto__" included)
+  return Object.fromEntries(out)
 }
 
 /** Runs of every sample: what one instance's warm-up costs. */

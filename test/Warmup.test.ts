@@ -146,6 +146,10 @@ describe("Warmup.tensors", () => {
     assert.deepStrictEqual(Array.from(one("bool", 0).data as Uint8Array), [0, 0])
     assert.deepStrictEqual(one("string", "hi").data, ["hi", "hi"])
     assert.deepStrictEqual(Array.from(one("float16", 1.5).data as Uint16Array).map(fromHalfBits), [1.5, 1.5])
+    // the largest of each, and 2^53 - 1 for the 64-bit integers
+    assert.deepStrictEqual(Array.from(one("float16", 65504).data as Uint16Array).map(fromHalfBits), [65504, 65504])
+    assert.strictEqual((one("float32", 3.4028234663852886e38).data as Float32Array)[0], 3.4028234663852886e38)
+    assert.deepStrictEqual(Array.from(one("int64", -(2 ** 53 - 1)).data as BigInt64Array), [-(2n ** 53n - 1n), -(2n ** 53n - 1n)])
   })
 
   it("refuses a fill value the dtype cannot hold, naming the input", () => {
@@ -158,7 +162,12 @@ describe("Warmup.tensors", () => {
       ["bool", 2, `input "x" (bool): fill 2 is not 0 or 1`],
       ["float32", true, `input "x" (float32): fill true is a boolean, the input is not bool`],
       ["float32", "1", `input "x" (float32): fill "1" is text, the input is numeric`],
-      ["string", 1, `input "x" (string): fill 1 is not text`]
+      ["string", 1, `input "x" (string): fill 1 is not text`],
+      ["float32", 1e39, `input "x" (float32): fill 1e+39 is beyond the largest float32`],
+      ["float16", 70000, `input "x" (float16): fill 70000 is beyond the largest float16`],
+      ["float16", -65520, `input "x" (float16): fill -65520 is beyond the largest float16`],
+      ["int64", 2 ** 53 + 2, `input "x" (int64): fill 9007199254740994 is beyond 2^53, where a JSON number is not exact`],
+      ["uint64", 2 ** 60, `input "x" (uint64): fill 1152921504606847000 is beyond 2^53, where a JSON number is not exact`]
     ]
     for (const [dtype, value, expected] of table) assert.strictEqual(misfit(() => Warmup.tensors(fill(value), [input("x", dtype, [1])], {})), expected, `${dtype} ${value}`)
   })
@@ -191,11 +200,16 @@ describe("Warmup.tensors", () => {
     )
     assert.strictEqual(
       misfit(() => Warmup.tensors(sample({ batchSize: 65536 }), [input("x", "float32", [-1, 2048])], {})),
-      `input "x": [65536, 2048] is 536870912 bytes, more than a warm-up tensor may have (268435456)`
+      `input "x": [65536, 2048] float32 is 536870912 bytes, more than a warm-up tensor may have (268435456)`
     )
+    // a string counts its text: 900,000 characters in each of 2,048 rows is 1.8 GB, not 16 KB of slots
+    const text = sample({ batchSize: 2048, inputs: { s: { dims: undefined, data: { _tag: "Fill", value: "x".repeat(900_000) } } } })
+    assert.strictEqual(misfit(() => Warmup.tensors(text, [input("s", "string", [-1, 1])], {})), `input "s": [2048, 1] string is 1843216384 bytes, more than a warm-up tensor may have (268435456)`)
     // an input named like an Object.prototype member is an input, and an inputAxes without it is axis 0
-    const out = Warmup.tensors(sample({ batchSize: 2 }), [input("constructor", "float32", [-1])], {})
+    const out = Warmup.tensors(sample({ batchSize: 2 }), [input("constructor", "float32", [-1]), input("__proto__", "float32", [-1])], {})
     assert.deepStrictEqual(out["constructor"], Tensor.float32(new Float32Array(2), [2]))
+    assert.deepStrictEqual(Object.keys(out), ["constructor", "__proto__"])
+    assert.strictEqual(Object.getPrototypeOf(out), Object.prototype)
   })
 })
 
@@ -241,6 +255,7 @@ describe("Warmup.tensors from files", () => {
       [() => run(1, { t: file("cut.bin") }, input("t", "string", [-1])), `input "t": warmup/cut.bin: element 0 says 9 bytes, 1 are left`],
       [() => run(1, { t: file("short.bin") }, input("t", "string", [-1])), `input "t": warmup/short.bin: ends inside the length of element 0`],
       [() => run(1, { t: file("latin1.bin") }, input("t", "string", [-1])), `input "t": warmup/latin1.bin: element 0 is not UTF-8`],
+      [() => run(13_000_000, { t: file("text.bin") }, input("t", "string", [-1, 2])), `input "t": [13000000, 2] string is 273000000 bytes, more than a warm-up tensor may have (268435456)`],
       [() => run(1, { x: file("gone.bin") }, x), `input "x": warmup/gone.bin cannot be read (ENOENT: no such file or directory, open '/repo/m/warmup/gone.bin')`]
     ]
     for (const [f, expected] of table) assert.strictEqual(misfit(f), expected)

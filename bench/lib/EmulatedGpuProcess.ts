@@ -11,7 +11,6 @@
  */
 import * as Fs from "node:fs"
 import * as ProcessPort from "../../src/onnx/ProcessPort.ts"
-import type * as Protocol from "../../src/onnx/Protocol.ts"
 import * as SessionEndpoint from "../../src/onnx/SessionEndpoint.ts"
 import { costMs } from "./emulatedGpu.ts"
 import { reportingWebGpu } from "../../test/fixtures/WebGpuPort.ts"
@@ -35,7 +34,7 @@ const leaveDevice = (id: number): number | undefined => {
   return heldMs
 }
 
-const emulated = reportingWebGpu(ProcessPort.make({ shm: process.argv[3] === "shm" }), leaveDevice)
+const emulated = reportingWebGpu(ProcessPort.make({ shm: process.argv[2] === "shm" }), leaveDevice)
 
 const intercept: SessionEndpoint.Intercept = (message) => {
   const rows = Object.values(message.inputs)[0]?.dims[0] ?? 1
@@ -44,4 +43,4 @@ const intercept: SessionEndpoint.Intercept = (message) => {
   return false // the session computes the outputs, on the device's time
 }
 
-await SessionEndpoint.serve(JSON.parse(process.argv[2] ?? "null") as Protocol.WorkerConfig, emulated, { intercept })
+await SessionEndpoint.serve(await ProcessPort.receiveConfig(), emulated, { intercept })

@@ -1244,7 +1244,9 @@ export const start = (options: Options, transport: Transport, restoreCaller?: Re
         intraOpNumThreads: options.intraOpNumThreads,
         interOpNumThreads: options.interOpNumThreads,
         isolation: transport.isolation,
-        ...(options.warmup === undefined ? {} : { warmup: options.warmup })
+        ...(options.warmup === undefined
+          ? {}
+          : { warmup: options.warmup, loadTimeoutMs: Duration.toMillis(Duration.fromInputUnsafe(options.loadTimeout ?? defaultLoadTimeout)) })
       },
       counters: options.counters,
       depth: Math.max(1, options.depth ?? (isProcess ? 1 : 2)),

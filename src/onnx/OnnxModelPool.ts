@@ -252,9 +252,17 @@ const labelsConflict = (labels: ModelRepository.ModelConfig["labels"], metadata:
   return Effect.void
 }
 
+/** Why config.json's warm-up does not fit the model's batching: a sample of more rows than any batch the engine runs (as Triton refuses). */
+const warmupConflict = (samples: ReadonlyArray<Warmup.Sample> | undefined, batching: BatchPolicy.BatchingConfig): Effect.Effect<void, string> => {
+  const over = batching.enabled ? samples?.find((s) => s.batchSize > batching.maxBatchSize) : undefined
+  return over === undefined
+    ? Effect.void
+    : Effect.fail(`warmup sample ${JSON.stringify(over.name)}: batchSize ${over.batchSize} is above batching.maxBatchSize ${batching.maxBatchSize}, more rows than any run the engine makes`)
+}
+
 /**
  * The metadata a started host serves under: config.json's batching, inputSignatures and labels
- * sections checked against the signature the session reports (without a batching section,
+ * sections checked against the signature the session reports (and warmup against the batching) (without a batching section,
  * batching is on exactly when every input and output has a dynamic batch dim). On a bad section
  * the host is released (closed and dropped from `loader.hosts`) and it fails with
  * `config.json: <reason>`.
@@ -266,6 +274,7 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
     InputSignature.resolve(entry.config.inputSignatures, host.metadata),
     labelsConflict(entry.config.labels, host.metadata)
   ]).pipe(
+    Effect.tap(([batching]) => warmupConflict(entry.config.warmup, batching)),
     Effect.map(([batching, signatures]): Ready => ({
       _tag: "Ready",
       host,

@@ -28,6 +28,7 @@ import { type ChildProcess, fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import * as InstancePool from "./InstancePool.ts"
 import type * as Protocol from "./Protocol.ts"
+import type * as ProcessPort from "./ProcessPort.ts"
 import * as ShmChannel from "./ShmChannel.ts"
 
 /**
@@ -71,13 +72,15 @@ export const transportFor = (entry: URL, options: { readonly sharedMemory?: bool
   spawn: (config, events) => {
     // Without /dev/shm (another OS, a container without it) every message goes through the pipe.
     const shm = options.sharedMemory === false ? undefined : ShmChannel.open()
-    const child = fork(fileURLToPath(entry), [JSON.stringify(config), ...(shm === undefined ? [] : ["shm"])], {
+    const child = fork(fileURLToPath(entry), shm === undefined ? [] : ["shm"], {
       execPath: process.execPath,
       execArgv: [],
       serialization: "advanced",
       stdio: ["ignore", "inherit", "inherit", "ipc", ...(shm === undefined ? [] : [shm.inputFd, shm.outputFd])]
     })
     track(child)
+    // Its config first, over the channel (`ProcessPort.receiveConfig`): not on the command line, which Linux bounds.
+    child.send({ _tag: "start", config } satisfies ProcessPort.Start)
     /** The job whose inputs are in shared memory: no other job's may be written there until it ends. */
     let placedJob: number | undefined
     child.on("message", (message: Protocol.FromWorker) => {

@@ -19,6 +19,23 @@ import type * as SessionEndpoint from "./SessionEndpoint.ts"
 import * as ShmChannel from "./ShmChannel.ts"
 
 /**
+ * The host's first message to a session process: its config. It goes over the IPC channel, not
+ * on the command line, where Linux refuses one argument over 128 KiB (`spawn E2BIG`): a warm-up
+ * plan of many inputs and samples can be that large.
+ */
+export interface Start {
+  readonly _tag: "start"
+  readonly config: Protocol.WorkerConfig
+}
+
+/**
+ * The config the host sends first (`Start`). Call after `make` (whose handlers end the process
+ * if the host goes away meanwhile); Node keeps a message that arrives before a listener.
+ */
+export const receiveConfig = (): Promise<Protocol.WorkerConfig> =>
+  new Promise((resolve) => process.once("message", (message: Start) => resolve(message.config)))
+
+/**
  * Sets up the process's exit handlers and returns its port. Call once, in a forked child. With
  * `shm`, the host passed `ShmChannel`'s files as descriptors 4 and 5: placed inputs are read from
  * one, and the reply to a job whose inputs came that way goes through the other when worth it.

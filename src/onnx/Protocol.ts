@@ -44,6 +44,11 @@ export interface WorkerConfig {
   readonly isolation: Isolation
   /** config.json's `warmup`: runs made after the session loads and before `ready` (none when undefined). */
   readonly warmup?: Warmup.Plan | undefined
+  /**
+   * The host's load timeout, in ms: a warm-up still going this long after the instance started
+   * stops before its next run and fails the load (a thread cannot be stopped from outside).
+   */
+  readonly loadTimeoutMs?: number | undefined
 }
 
 /** What a thread instance gets as `workerData`: its config and the process's `DeviceLock` (see `SessionEndpoint.Exclusive`). */

@@ -197,9 +197,19 @@ const readRegularFile = (path: string): Uint8Array => {
 
 /**
  * Runs config.json's warm-up samples on the session, each `count` times, in order (`Warmup`);
- * throws with the sample's name and why it does not fit the model or its run failed.
+ * throws with the sample's name and why it does not fit the model or its run failed, or once
+ * `loadTimeoutMs` has passed since `startedMs` (checked before each run).
  */
-const warmUp = async (plan: Warmup.Plan, loaded: Loaded, inputs: ReadonlyArray<ModelMetadata.TensorSpec>, exclusive: Exclusive | undefined): Promise<void> => {
+const warmUp = async (
+  config: Protocol.WorkerConfig & { readonly warmup: Warmup.Plan },
+  startedMs: number,
+  loaded: Loaded,
+  inputs: ReadonlyArray<ModelMetadata.TensorSpec>,
+  exclusive: Exclusive | undefined
+): Promise<void> => {
+  const plan = config.warmup
+  const total = Warmup.runs(plan.samples)
+  let done = 0
   for (const sample of plan.samples) {
     let feeds: Record<string, ort.Tensor>
     try {
@@ -207,7 +217,11 @@ const warmUp = async (plan: Warmup.Plan, loaded: Loaded, inputs: ReadonlyArray<M
     } catch (e) {
       throw new Error(`warmup sample ${JSON.stringify(sample.name)} does not fit the model: ${errorText(e)}`)
     }
-    for (let i = 0; i < sample.count; i++) {
+    for (let i = 0; i < sample.count; i++, done++) {
+      // The host gave this load up by now (a process is killed; a thread must stop itself).
+      if (config.loadTimeoutMs !== undefined && performance.now() - startedMs > config.loadTimeoutMs) {
+        throw new Error(`the warm-up did not finish within the load timeout (${config.loadTimeoutMs} ms): ${done} of ${total} runs made`)
+      }
       try {
         await exclusively(exclusive, loaded.deviceUsed, () => loaded.session.run(feeds))
       } catch (e) {
@@ -229,7 +243,7 @@ const load = async (config: Protocol.WorkerConfig, port: Port, exclusive: Exclus
     const inputs = loaded.session.inputMetadata.map((m) => toSpec(m, "input"))
     const outputs = loaded.session.outputMetadata.map((m) => toSpec(m, "output"))
     const loadMs = performance.now() - started
-    if (config.warmup !== undefined) await warmUp(config.warmup, loaded, inputs, exclusive)
+    if (config.warmup !== undefined) await warmUp({ ...config, warmup: config.warmup }, started, loaded, inputs, exclusive)
     const warmupMs = config.warmup === undefined ? 0 : performance.now() - started - loadMs
     port.post({ _tag: "ready", deviceUsed: loaded.deviceUsed, fallbacks: loaded.fallbacks, inputs, outputs, loadMs, warmupMs })
     return loaded

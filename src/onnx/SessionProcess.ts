@@ -1,7 +1,8 @@
 /**
  * Child-process entry: one onnxruntime session for the life of the process, served by
  * `SessionEndpoint` over the IPC channel (`serialization: "advanced"`, so typed arrays cross
- * as such). Started by `ProcessHost` with a JSON `Protocol.WorkerConfig` as its only argument.
+ * as such). Started by `ProcessHost`, which sends its `Protocol.WorkerConfig` first over the
+ * channel (`ProcessPort.receiveConfig`), and passes "shm" as its argument when it shares memory.
  *
  * - It exits when the channel closes: after `close` (session released, `closed` sent), after a
  *   failed load (`loadFailed` sent), or when the parent goes away (the channel's other end
@@ -13,8 +14,8 @@
  * @module SessionProcess
  */
 import * as ProcessPort from "./ProcessPort.ts"
-import type * as Protocol from "./Protocol.ts"
 import * as SessionEndpoint from "./SessionEndpoint.ts"
 
-// A second argument "shm": the host passed ShmChannel's files as descriptors 4 and 5.
-await SessionEndpoint.serve(JSON.parse(process.argv[2] ?? "null") as Protocol.WorkerConfig, ProcessPort.make({ shm: process.argv[3] === "shm" }))
+// An argument "shm": the host passed ShmChannel's files as descriptors 4 and 5.
+const port = ProcessPort.make({ shm: process.argv[2] === "shm" })
+await SessionEndpoint.serve(await ProcessPort.receiveConfig(), port)

@@ -11,7 +11,9 @@ import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import * as ProcessHost from "../../src/onnx/ProcessHost.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { bundledRepository, maxAbsDiff, mlpBytes, sampleInput, tempRepository } from "../fixtures/ModelRepositoryFixture.ts"
+import * as OnnxGraph from "../fixtures/OnnxGraph.ts"
 import * as TestOps from "../fixtures/TestOps.ts"
+import onnxProto from "onnx-proto"
 
 const quiet = <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.provideService(self, References.MinimumLogLevel, "Error")
 const mlpInputs = (batch: number) => ({ input: Tensor.float32(sampleInput(batch), [batch, 784]) })
@@ -233,6 +235,51 @@ describe("OnnxModelPool on a repository with broken models", () => {
         const out = yield* pool.run(name, mlpInputs(2), { requestId: name })
         assert.deepStrictEqual(out.outputs["logits"]!.dims, [2, 10], name)
       }
+    }))
+
+  it.live("warmup edge cases: a plan over 128 KiB reaches a session process, a warm-up past loadTimeoutMs stops, batchSize past maxBatchSize and an input named __proto__ are refused", () =>
+    Effect.gen(function*() {
+      const { onnx } = onnxProto
+      // 64 inputs, each passed through: a plan of 64 samples × 64 inputs is about 200 KB of JSON,
+      // over Linux's 128 KiB bound on one command-line argument (spawn E2BIG when it went there).
+      const names = Array.from({ length: 64 }, (_, i) => `input_${i}`)
+      const wide = OnnxGraph.encodeModel(onnx.GraphProto.create({
+        name: "wide",
+        node: names.map((n) => onnx.NodeProto.create({ name: `id_${n}`, opType: "Identity", input: [n], output: [`out_${n}`] })),
+        input: names.map((n) => OnnxGraph.valueInfo(n, onnx.TensorProto.DataType.FLOAT, ["batch", 4])),
+        output: names.map((n) => OnnxGraph.valueInfo(`out_${n}`, onnx.TensorProto.DataType.FLOAT, ["batch", 4]))
+      }))
+      const bigPlan = Array.from({ length: 64 }, (_, i) => ({
+        name: `sample ${i} ${"-".repeat(150)}`,
+        inputs: Object.fromEntries(names.map((n) => [n, { dims: [1, 4], data: "random" }]))
+      }))
+      assert.isAbove(JSON.stringify(bigPlan).length, 128 * 1024)
+      const good = mlpBytes()
+      const repository = yield* tempRepository({
+        "wide/model.onnx": wide,
+        "wide/config.json": JSON.stringify({ isolation: "process", warmup: bigPlan }),
+        // each run of 16,384 rows takes tens of ms here: 1,000 of them far outlast the 1 s load timeout
+        "slow/model.onnx": good,
+        "slow/config.json": JSON.stringify({ loadTimeoutMs: 1000, warmup: [{ batchSize: 16384, count: 1000 }] }),
+        "toolarge/model.onnx": good,
+        "toolarge/config.json": JSON.stringify({ batching: { maxBatchSize: 8 }, warmup: [{ name: "big", batchSize: 16 }] }),
+        "proto/model.onnx": good,
+        "proto/config.json": `{"warmup": [{"inputs": {"__proto__": {"data": "random"}}}]}`
+      })
+      const startedMs = Date.now()
+      const pool = yield* quiet(OnnxModelPool.make({ repository, defaults: { instances: 1 } }))
+      const elapsedMs = Date.now() - startedMs
+      const states = Object.fromEntries((yield* pool.models).map((m) => [m.name, m]))
+      assert.strictEqual(states["wide"]!.state, "READY", states["wide"]!.reason)
+      const reason = (name: string) => {
+        assert.strictEqual(states[name]!.state, "UNAVAILABLE", name)
+        return states[name]!.reason ?? ""
+      }
+      assert.include(reason("slow"), "did not load its session within 1s")
+      // The thread stops its warm-up itself (nothing can stop it from outside): the start does not wait out 1,000 runs.
+      assert.isBelow(elapsedMs, 20_000)
+      assert.include(reason("toolarge"), `config.json: warmup sample "big": batchSize 16 is above batching.maxBatchSize 8`)
+      assert.include(reason("proto"), `the model has no input "__proto__"`)
     }))
 
   it.live("falls back to cpu when the requested execution providers cannot load, and says so", () =>
