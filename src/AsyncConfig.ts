@@ -1,7 +1,8 @@
 /**
  * Engine configuration, with the spec's defaults. Decoded with Schema; loadable from the
  * environment (`MAX_CONCURRENT_REQUESTS`, `MAX_QUEUED_REQUESTS`, `QUEUE_TIMEOUT_MS`,
- * `ENABLE_PRIORITY_QUEUE`, `AGING_MS` for one aging bound on every level below Critical).
+ * `ENABLE_PRIORITY_QUEUE`, `AGING_MS` for one aging bound on every level below Critical,
+ * `RESPONSE_CACHE_BYTES` for the response cache).
  *
  * @module AsyncConfig
  */
@@ -19,6 +20,8 @@ const QueueTimeoutMillis = Schema.Number.check(
 )
 
 const PositiveMillis = Schema.Number.check(Schema.isGreaterThan(0))
+/** The response cache's size: 0 (none) to 2^53 - 1 bytes. */
+const CacheBytes = Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER }))
 const AgingMs = Schema.Struct({
   High: Schema.optional(PositiveMillis),
   Normal: Schema.optional(PositiveMillis),
@@ -44,6 +47,12 @@ export interface AsyncConfig {
    * waiting past its level's bound is served as if one level higher, one more per further bound.
    */
   readonly aging?: QueuePolicy.Aging | undefined
+  /**
+   * Bytes the response cache may hold, for every model together (`ResponseCache`; Triton's
+   * `--cache-config local,size=N`); absent or 0: no cache. A model uses it only where its metadata
+   * says `responseCache` (config.json's `responseCache: {"enable": true}`).
+   */
+  readonly responseCacheBytes?: number | undefined
 }
 
 /**
@@ -69,13 +78,15 @@ export const decode = (input: unknown): Effect.Effect<AsyncConfig, Schema.Schema
     maxQueuedRequests: Schema.optional(PositiveInt),
     queueTimeoutMs: Schema.optional(QueueTimeoutMillis),
     enablePriorityQueue: Schema.optional(Schema.Boolean),
-    agingMs: Schema.optional(AgingMs)
+    agingMs: Schema.optional(AgingMs),
+    responseCacheBytes: Schema.optional(CacheBytes)
   }))(input, { onExcessProperty: "error" }).pipe(Effect.map((c): AsyncConfig => ({
     maxConcurrentRequests: c.maxConcurrentRequests ?? defaults.maxConcurrentRequests,
     maxQueuedRequests: c.maxQueuedRequests ?? defaults.maxQueuedRequests,
     queueTimeout: c.queueTimeoutMs === undefined ? defaults.queueTimeout : Duration.millis(c.queueTimeoutMs),
     enablePriorityQueue: c.enablePriorityQueue ?? defaults.enablePriorityQueue,
-    ...(c.agingMs === undefined ? {} : { aging: c.agingMs })
+    ...(c.agingMs === undefined ? {} : { aging: c.agingMs }),
+    ...(c.responseCacheBytes === undefined || c.responseCacheBytes === 0 ? {} : { responseCacheBytes: c.responseCacheBytes })
   })))
 
 const NonNegativeDuration = Schema.Duration.check(
@@ -88,7 +99,8 @@ const Settings = Schema.Struct({
   maxQueuedRequests: PositiveInt,
   queueTimeout: NonNegativeDuration,
   enablePriorityQueue: Schema.Boolean,
-  aging: Schema.optional(AgingMs)
+  aging: Schema.optional(AgingMs),
+  responseCacheBytes: Schema.optional(CacheBytes)
 })
 
 /**
@@ -133,11 +145,13 @@ export const config: Config.Config<AsyncConfig> = Config.all({
   maxQueuedRequests: Config.schema(PositiveInt, "MAX_QUEUED_REQUESTS").pipe(Config.withDefault(defaults.maxQueuedRequests)),
   queueTimeoutMs: Config.schema(QueueTimeoutMillis, "QUEUE_TIMEOUT_MS").pipe(Config.withDefault(Duration.toMillis(defaults.queueTimeout))),
   enablePriorityQueue: Config.Boolean("ENABLE_PRIORITY_QUEUE").pipe(Config.withDefault(defaults.enablePriorityQueue)),
-  agingMs: Config.schema(PositiveMillis, "AGING_MS").pipe(Config.option)
-}).pipe(Config.map(({ agingMs, queueTimeoutMs, ...rest }): AsyncConfig => ({
+  agingMs: Config.schema(PositiveMillis, "AGING_MS").pipe(Config.option),
+  responseCacheBytes: Config.schema(CacheBytes, "RESPONSE_CACHE_BYTES").pipe(Config.withDefault(0))
+}).pipe(Config.map(({ agingMs, queueTimeoutMs, responseCacheBytes, ...rest }): AsyncConfig => ({
   ...rest,
   queueTimeout: Duration.millis(queueTimeoutMs),
-  ...(Option.isSome(agingMs) ? { aging: { High: agingMs.value, Normal: agingMs.value, Low: agingMs.value } } : {})
+  ...(Option.isSome(agingMs) ? { aging: { High: agingMs.value, Normal: agingMs.value, Low: agingMs.value } } : {}),
+  ...(responseCacheBytes > 0 ? { responseCacheBytes } : {})
 })))
 
 /** The engine's configuration as a service. */

@@ -35,6 +35,7 @@ import * as ModelMetadata from "./ModelMetadata.ts"
 import { ModelPool, type RunOutput } from "./ModelPool.ts"
 import * as Priority from "./Priority.ts"
 import type * as PriorityQueue from "./PriorityQueue.ts"
+import * as ResponseCache from "./ResponseCache.ts"
 import * as Scheduler from "./Scheduler.ts"
 import * as Telemetry from "./Telemetry.ts"
 import { type RequestInfo, TelemetryCollector, unknownModel } from "./Telemetry.ts"
@@ -213,6 +214,11 @@ interface State {
   readonly knownModels: Set<string>
   /** Reports an `inferUnsafe` callback that threw (logged once; the engine goes on). */
   readonly callbackThrew: (error: unknown) => void
+  /** The response cache (`AsyncConfig.responseCacheBytes`), for the model versions whose metadata says `responseCache`. */
+  readonly cache: ResponseCache.ResponseCache | undefined
+  /** A name for each loaded model version (each metadata object), for the cache's keys: a reload is another. */
+  readonly loads: WeakMap<ModelMetadata.ModelMetadata, string>
+  nextLoad: number
 }
 
 /**
@@ -354,6 +360,16 @@ const submit = (
 ): (() => void) | undefined => {
   // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
   if (state.draining) return refuseNow(state, info, new InferenceError.ShuttingDown({}), resume)
+  if (state.cache !== undefined && metadata.responseCache === true) {
+    const key = cacheKey(state, state.cache, request, info, metadata, startedMs, resume)
+    if (key === undefined) return undefined
+    const cache = state.cache
+    const answer = resume
+    resume = (exit) => {
+      if (Exit.isSuccess(exit)) cache.insert(key, exit.value)
+      answer(exit)
+    }
+  }
   const spec = specOf(state, request.modelId, metadata)
   // (no key built while no model is unbatchable: the hot path allocates nothing for it)
   const unbatchable = state.scheduler.unbatchable.size > 0 && state.scheduler.unbatchable.has(Scheduler.unbatchableKey(spec))
@@ -376,6 +392,33 @@ const submit = (
     state.telemetry.recordCancelled(info, state.nowMs() - startedMs)
     noteSettled(state)
   }
+}
+
+/**
+ * Looks the request up in the response cache: on a hit answers it (a success, its latency the
+ * lookup's) and returns undefined; on a miss returns the key its outputs go under once it succeeds.
+ */
+const cacheKey = (
+  state: State,
+  cache: ResponseCache.ResponseCache,
+  request: InferenceRequest,
+  info: RequestInfo,
+  metadata: ModelMetadata.ModelMetadata,
+  startedMs: number,
+  resume: Resume
+): string | undefined => {
+  const lookupMs = state.nowMs()
+  let load = state.loads.get(metadata)
+  if (load === undefined) state.loads.set(metadata, load = `${metadata.version}#${state.nextLoad++}`)
+  const key = ResponseCache.keyOf(request.modelId, load, request.inputs)
+  const hit = cache.lookup(key)
+  const nowMs = state.nowMs()
+  state.telemetry.recordCacheLookup?.(info, hit !== undefined, nowMs - lookupMs)
+  if (hit === undefined) return key
+  const latencyMs = nowMs - startedMs
+  state.telemetry.recordSuccess(info, latencyMs)
+  resume(Exit.succeed(InferenceResult.Success({ requestId: request.requestId, outputs: hit.outputs, latencyMs, deviceUsed: hit.deviceUsed, modelVersion: metadata.version }) as InferenceResult.Success))
+  return undefined
 }
 
 /** A negative timeout is a caller's mistake, not a deadline that passed (which looks retryable). `isNegative` allocates nothing. */
@@ -892,6 +935,9 @@ export const make = Effect.gen(function*() {
     signatures: new Map(),
     draining: false,
     knownModels: new Set(),
+    cache: config.responseCacheBytes !== undefined && config.responseCacheBytes > 0 ? ResponseCache.make(config.responseCacheBytes) : undefined,
+    loads: new WeakMap(),
+    nextLoad: 0,
     callbackThrew: (error) => {
       if (callbackWarned) return
       callbackWarned = true

@@ -76,6 +76,8 @@ export interface ModelMetadata {
   readonly labelFiles?: Readonly<Record<string, string>> | undefined
   /** Which of the model's version directories are served (config.json `versionPolicy`); absent: all of them. */
   readonly versionPolicy?: VersionPolicy.VersionPolicy | undefined
+  /** Answers of this version are kept in the engine's response cache, where it has one (config.json `responseCache`; `ResponseCache`). */
+  readonly responseCache?: boolean | undefined
   /** The warm-up runs each instance made before it served (config.json `warmup`); absent: none. */
   readonly warmup?: Warmup.Plan | undefined
   /** Declared alternatives the inputs must fit (config.json `inputSignatures`); absent means the ONNX signature alone. */

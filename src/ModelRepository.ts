@@ -238,6 +238,13 @@ export const configFields = {
   labels: Schema.optionalKey(Schema.Record(Schema.String, LabelFileName)),
   /** Which version directories are served (Triton's `version_policy`, see `VersionPolicy`); absent: all of them. */
   versionPolicy: Schema.optionalKey(VersionPolicy.ConfigJson),
+  /** Whether the engine's response cache keeps this model's answers (Triton's `response_cache`, see `ResponseCache`). */
+  responseCache: Schema.optionalKey(
+    Schema.Unknown.check(Schema.makeFilter((json: unknown) =>
+      (typeof json === "object" && json !== null && !Array.isArray(json) && Object.keys(json).length === 1 && typeof (json as { enable?: unknown }).enable === "boolean") ||
+      `responseCache must be {"enable": true} or {"enable": false}`
+    ))
+  ),
   /** Runs each instance makes before it serves (Triton's `model_warmup`, see `Warmup`); absent: none. */
   warmup: Schema.optionalKey(Schema.Unknown.check(Schema.makeFilter((json: unknown) => Warmup.problem(json) ?? true)))
 }
@@ -276,13 +283,15 @@ export interface ModelConfig {
   readonly labels: Readonly<Record<string, ReadonlyArray<string>>> | undefined
   /** Which version directories are served (config.json's `versionPolicy`; `VersionPolicy.all` without one). */
   readonly versionPolicy: VersionPolicy.VersionPolicy
+  /** Whether the engine's response cache keeps this model's answers (config.json's `responseCache.enable`; false without it). */
+  readonly responseCache: boolean
   /** config.json's `warmup` samples (`Warmup`), run by every instance before it serves; undefined: none. */
   readonly warmup: ReadonlyArray<Warmup.Sample> | undefined
   /** config.json as parsed (an empty object without one). */
   readonly raw: Readonly<Record<string, unknown>>
 }
 
-export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests" | "versionPolicy" | "warmup">
+export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests" | "versionPolicy" | "warmup" | "responseCache">
 
 /** Defaults given in code over `defaults()`: any subset, a key set to undefined keeping its default. */
 export type DefaultsOverrides = { readonly [K in keyof Defaults]?: Defaults[K] | undefined }
@@ -493,6 +502,7 @@ export const decodeConfig = (json: unknown, overrides: DefaultsOverrides = {}): 
       labels: undefined,
       versionPolicy: config.versionPolicy === undefined ? VersionPolicy.all : VersionPolicy.fromJson(config.versionPolicy),
       warmup: config.warmup === undefined ? undefined : Warmup.fromJson(config.warmup as ReadonlyArray<unknown>),
+      responseCache: (config.responseCache as { readonly enable?: boolean } | undefined)?.enable === true,
       raw: json as Readonly<Record<string, unknown>>
     }
   }))

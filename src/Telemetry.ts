@@ -74,6 +74,12 @@ export interface Service {
    * that does not say (`rows` undefined) counts each request as one. `version`: the model version that ran.
    */
   readonly recordRun: (modelId: string, runMs: number, batchSize: number, rows?: number, version?: string) => void
+  /**
+   * A request of a model version that uses the response cache was looked up in it (`ResponseCache`):
+   * `hit`, answered from it (its `recordSuccess` follows), or not (it goes on to the queue).
+   * `lookupMs`: the lookup's time. Optional: a collector without it counts hits as successes only.
+   */
+  readonly recordCacheLookup?: ((info: RequestInfo, hit: boolean, lookupMs: number) => void) | undefined
 }
 
 /** 50 µs to about 26 s, doubling. */
@@ -138,7 +144,9 @@ const specs = {
   batchSize: { type: "Histogram", name: "inference_batch_size", description: "Requests per native run", boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 9 }) },
   executions: { type: "Counter", name: "inference_executions_total", description: "Native runs, by model version" },
   inferences: { type: "Counter", name: "inference_count_total", description: "Inferences run, by model version: rows of the batch dim (a request of 64 rows counts 64), 1 a request for a model that does not batch" },
-  requestCompute: { type: "Counter", name: "inference_request_compute_seconds_total", description: "Native run time counted once per request in the run, as Triton's compute_infer (a run of n requests adds n times its time; seconds)", unit: "seconds" }
+  requestCompute: { type: "Counter", name: "inference_request_compute_seconds_total", description: "Native run time counted once per request in the run, as Triton's compute_infer (a run of n requests adds n times its time; seconds)", unit: "seconds" },
+  cacheHits: { type: "Counter", name: "inference_cache_hits_total", description: "Requests answered from the response cache, by model version (models with responseCache only)" },
+  cacheMisses: { type: "Counter", name: "inference_cache_misses_total", description: "Requests looked up in the response cache and not found there, by model version (models with responseCache only)" }
 } as const satisfies Record<string, FamilySpec>
 
 type Family = keyof typeof specs
@@ -165,7 +173,9 @@ export const families = {
   batchSize: familyOf("batchSize"),
   executions: familyOf("executions"),
   inferences: familyOf("inferences"),
-  requestCompute: familyOf("requestCompute")
+  requestCompute: familyOf("requestCompute"),
+  cacheHits: familyOf("cacheHits"),
+  cacheMisses: familyOf("cacheMisses")
 } as const
 
 /** One series the default layer records into: a plain update, no context or registry lookup. */
@@ -279,7 +289,9 @@ export const metrics = {
   batchSize: families.batchSize(),
   executions: families.executions(),
   inferences: families.inferences(),
-  requestCompute: families.requestCompute()
+  requestCompute: families.requestCompute(),
+  cacheHits: families.cacheHits(),
+  cacheMisses: families.cacheMisses()
 } as const
 
 export class TelemetryCollector extends Context.Service<TelemetryCollector, Service>()("effect-onnx/TelemetryCollector") {
@@ -298,6 +310,8 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
       readonly executions: Series
       readonly inferences: Series
       readonly requestCompute: Series
+      readonly cacheHits: Series
+      readonly cacheMisses: Series
       readonly outcomes: Map<string, Series>
       readonly queueWait: Map<string, Series>
     }
@@ -316,6 +330,8 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
           executions: seriesIn(context, "executions", labels),
           inferences: seriesIn(context, "inferences", labels),
           requestCompute: seriesIn(context, "requestCompute", labels),
+          cacheHits: seriesIn(context, "cacheHits", labels),
+          cacheMisses: seriesIn(context, "cacheMisses", labels),
           outcomes: new Map(),
           queueWait: new Map()
         }
@@ -361,6 +377,12 @@ export class TelemetryCollector extends Context.Service<TelemetryCollector, Serv
         series.executions.update(1)
         series.inferences.update(rows ?? batchSize)
         series.requestCompute.update((runMs / 1000) * batchSize)
+      },
+      recordCacheLookup: (info, hit) => {
+        const series = seriesOf(info.modelId, info.version)
+        // both at once, so a model version that uses the cache shows both series from its first lookup
+        series.cacheHits.update(hit ? 1 : 0)
+        series.cacheMisses.update(hit ? 0 : 1)
       }
     })
   }))
@@ -439,6 +461,13 @@ export const guard = (service: Service, onThrow: (recordPoint: keyof Service, er
     } catch (e) {
       onThrow("recordRun", e)
     }
+  },
+  recordCacheLookup: (info, hit, lookupMs) => {
+    try {
+      service.recordCacheLookup?.(info, hit, lookupMs)
+    } catch (e) {
+      onThrow("recordCacheLookup", e)
+    }
   }
 })
 
@@ -449,6 +478,7 @@ export type Event =
   | { readonly _tag: "failure" | "rejected"; readonly requestId: string; readonly modelId: string; readonly reason: InferenceError.ReasonTag }
   | { readonly _tag: "queueWait"; readonly modelId: string; readonly priority: Priority.Priority; readonly waitMs: number }
   | { readonly _tag: "run"; readonly modelId: string; readonly runMs: number; readonly batchSize: number; readonly rows?: number | undefined }
+  | { readonly _tag: "cacheLookup"; readonly requestId: string; readonly modelId: string; readonly hit: boolean }
 
 /** An in-memory log of every record call, for tests and examples. */
 export class TelemetryLog extends Context.Service<TelemetryLog, { readonly events: ReadonlyArray<Event> }>()("effect-onnx/TelemetryLog") {}
@@ -465,6 +495,7 @@ export const layerRecording: Layer.Layer<TelemetryCollector | TelemetryLog> = La
     recordTimeout: (i) => push({ _tag: "timeout", requestId: i.requestId, modelId: i.modelId }),
     recordRejected: (i, e) => push({ _tag: "rejected", requestId: i.requestId, modelId: i.modelId, reason: e._tag }),
     recordQueueWait: (modelId, priority, waitMs) => push({ _tag: "queueWait", modelId, priority, waitMs }),
-    recordRun: (modelId, runMs, batchSize, rows) => push(rows === undefined ? { _tag: "run", modelId, runMs, batchSize } : { _tag: "run", modelId, runMs, batchSize, rows })
+    recordRun: (modelId, runMs, batchSize, rows) => push(rows === undefined ? { _tag: "run", modelId, runMs, batchSize } : { _tag: "run", modelId, runMs, batchSize, rows }),
+    recordCacheLookup: (i, hit) => push({ _tag: "cacheLookup", requestId: i.requestId, modelId: i.modelId, hit })
   }))
 }))

@@ -48,6 +48,19 @@ describe("AsyncConfig", () => {
       assert.isUndefined(strict.aging)
     }))
 
+  it.effect("reads the response cache's bytes from RESPONSE_CACHE_BYTES (0, the default, for none), and from JSON and code", () =>
+    Effect.gen(function*() {
+      const read = (env: Record<string, string>) => AsyncConfig.config.pipe(Effect.provideService(ConfigProvider.ConfigProvider, ConfigProvider.fromEnv({ env })))
+      assert.strictEqual((yield* read({ RESPONSE_CACHE_BYTES: "1048576" })).responseCacheBytes, 1048576)
+      assert.isUndefined((yield* read({ RESPONSE_CACHE_BYTES: "0" })).responseCacheBytes)
+      assert.isUndefined((yield* read({})).responseCacheBytes)
+      assert.strictEqual(AsyncConfig.describeError(yield* Effect.flip(read({ RESPONSE_CACHE_BYTES: "-1" }))), "RESPONSE_CACHE_BYTES: Expected a value between 0 and 9007199254740991")
+      assert.strictEqual(AsyncConfig.describeError(yield* Effect.flip(read({ RESPONSE_CACHE_BYTES: "1.5" }))), "RESPONSE_CACHE_BYTES: Expected an integer")
+      assert.strictEqual((yield* AsyncConfig.decode({ responseCacheBytes: 4096 })).responseCacheBytes, 4096)
+      assert.isTrue(Result.isFailure(AsyncConfig.validate({ responseCacheBytes: -1 })))
+      assert.isTrue(Result.isSuccess(AsyncConfig.validate({ responseCacheBytes: 4096 })))
+    }))
+
   it.effect("fails to load an invalid environment value", () =>
     Effect.gen(function*() {
       const error = yield* Effect.flip(AsyncConfig.config.pipe(

@@ -84,6 +84,17 @@ describe("ModelRepository", () => {
         assert.include(error.message, `["warmup"]`)
       }))
 
+    it.effect("responseCache: {enable} only, a boolean", () =>
+      Effect.gen(function*() {
+        assert.isTrue((yield* ModelRepository.decodeConfig({ responseCache: { enable: true } })).responseCache)
+        assert.isFalse((yield* ModelRepository.decodeConfig({ responseCache: { enable: false } })).responseCache)
+        assert.isFalse((yield* ModelRepository.decodeConfig({})).responseCache)
+        for (const bad of [{ enable: "yes" }, {}, { enable: true, size: 5 }, true]) {
+          const error = yield* Effect.flip(ModelRepository.decodeConfig({ responseCache: bad }))
+          assert.include(error.message, `["responseCache"]`, JSON.stringify(bad))
+        }
+      }))
+
     it.effect("fills every default when the file is empty", () =>
       Effect.gen(function*() {
         const config = yield* ModelRepository.decodeConfig({})
@@ -102,6 +113,7 @@ describe("ModelRepository", () => {
           labels: undefined,
           versionPolicy: VersionPolicy.all,
           warmup: undefined,
+          responseCache: false,
           raw: {}
         })
         assert.strictEqual(ModelRepository.defaultInstances(2), 1)

@@ -106,6 +106,8 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
     }),
     instance_group: [instanceGroup(metadata)],
     ...(metadata.warmup === undefined ? {} : { model_warmup: modelWarmup(metadata.warmup, metadata.inputs, leadingBatch) }),
+    // config.json's responseCache; the engine keeps answers only when the server has a cache (--cache-config)
+    response_cache: { enable: metadata.responseCache === true },
     dynamic_batching: {
       preferred_batch_size: batching?.preferredBatchSizes.slice() ?? [],
       max_queue_delay_microseconds: batching === undefined ? 0 : micros(batching.maxQueueDelay),

@@ -27,7 +27,7 @@
  * To add an option: one row in `options`, one field in `ServerConfig` and `defaults`.
  *
  * The engine's own settings come from its variables (`AsyncConfig`: `MAX_CONCURRENT_REQUESTS`,
- * `MAX_QUEUED_REQUESTS`, `QUEUE_TIMEOUT_MS`, `ENABLE_PRIORITY_QUEUE`, `AGING_MS`), OTLP export
+ * `MAX_QUEUED_REQUESTS`, `QUEUE_TIMEOUT_MS`, `ENABLE_PRIORITY_QUEUE`, `AGING_MS`, `RESPONSE_CACHE_BYTES`), OTLP export
  * from `OTEL_*` (`Otel`): `environment` lists them all for the help text.
  *
  * @module ServerConfig
@@ -261,6 +261,7 @@ export const environment: ReadonlyArray<readonly [string, string]> = [
   ["QUEUE_TIMEOUT_MS", "longest queue wait (default 5000)"],
   ["ENABLE_PRIORITY_QUEUE", "false: one FIFO for every priority (default true)"],
   ["AGING_MS", "aging bound of every level below critical, in ms (default: none, strict priority)"],
+  ["RESPONSE_CACHE_BYTES", "bytes of the response cache, for models whose config.json has responseCache (default 0: none; Triton's --cache-config local,size=N)"],
   ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/HTTP collector: traces, metrics and logs are exported there (default: none)"],
   ["OTEL_SERVICE_NAME", "service.name (default effect-onnx)"],
   ["OTEL_EXPORTER_OTLP_PROTOCOL", "http/json (default) or http/protobuf"],

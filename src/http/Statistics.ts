@@ -17,6 +17,9 @@
  *   model that batches counts 64; one to a model that does not, 1), `execution_count`: native
  *   runs, `last_inference`: when the last request was answered (ms since the epoch).
  * - `batch_stats`: per batch size (the rows of the run), the runs of that size and their time.
+ * - `cache_hit` and `cache_miss`: lookups in the response cache, with their time (a hit is also a
+ *   `success`, with its latency; it ran nothing, so `inference_count` and the compute figures do
+ *   not count it).
  * Statistics are per model version, the one a request was admitted to (`RequestInfo.version`)
  * and the one that ran; a request refused before admission counts under the version it named, or
  * the one it would have gone to (the engine looks it up at the refusal, so counts never move).
@@ -43,6 +46,10 @@ export interface ModelStatistics {
   readonly fail: Duration
   readonly queue: Duration
   readonly computeInfer: Duration
+  /** Response cache lookups that found the request (Triton's `cache_hit`), with the lookups' time. */
+  readonly cacheHit: Duration
+  /** Response cache lookups that did not (`cache_miss`), with the lookups' time. */
+  readonly cacheMiss: Duration
   /** Batch size (rows of the run) → runs of that size. */
   readonly batches: Map<number, Duration>
 }
@@ -65,6 +72,8 @@ const empty = (): ModelStatistics => ({
   fail: { count: 0, ns: 0 },
   queue: { count: 0, ns: 0 },
   computeInfer: { count: 0, ns: 0 },
+  cacheHit: { count: 0, ns: 0 },
+  cacheMiss: { count: 0, ns: 0 },
   batches: new Map()
 })
 
@@ -84,6 +93,8 @@ const merged = (a: ModelStatistics | undefined, b: ModelStatistics | undefined):
     fail: sum(a.fail, b.fail),
     queue: sum(a.queue, b.queue),
     computeInfer: sum(a.computeInfer, b.computeInfer),
+    cacheHit: sum(a.cacheHit, b.cacheHit),
+    cacheMiss: sum(a.cacheMiss, b.cacheMiss),
     batches
   }
 }
@@ -106,8 +117,8 @@ export const toTriton = (name: string, version: string, stats: ModelStatistics |
       compute_input: copies,
       compute_infer: dur(s.computeInfer),
       compute_output: copies,
-      cache_hit: zero,
-      cache_miss: zero
+      cache_hit: dur(s.cacheHit),
+      cache_miss: dur(s.cacheMiss)
     },
     // Per-response statistics (Triton's, for models that answer a request more than once) and the
     // memory a load took are not tracked: present, as the extension lists them, and empty.
@@ -215,6 +226,11 @@ export class Statistics extends Context.Service<Statistics, Service>()("effect-o
           }
           add(batch, 1, runMs)
           inner.recordRun(modelId, runMs, batchSize, rows, version)
+        },
+        recordCacheLookup: (info, hit, lookupMs) => {
+          const s = of(info.modelId, info.version)
+          add(hit ? s.cacheHit : s.cacheMiss, 1, lookupMs)
+          inner.recordCacheLookup?.(info, hit, lookupMs)
         }
       })
       return Context.make(Statistics, { get: (model, version) => byModel.get(model)?.get(version ?? "") }).pipe(Context.add(TelemetryCollector, collector))

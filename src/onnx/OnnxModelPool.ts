@@ -286,6 +286,7 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
         concurrency: entry.config.instances,
         ...(entry.config.versionPolicy._tag === "All" ? {} : { versionPolicy: entry.config.versionPolicy }),
         ...(entry.config.warmup === undefined ? {} : { warmup: warmupOf(entry.config.warmup, entry.config) }),
+        ...(entry.config.responseCache ? { responseCache: true } : {}),
         pipelineDepth: host.depth,
         reportsStarts: true,
         // A process can be killed mid-run (after `killGraceMs`); a thread cannot.

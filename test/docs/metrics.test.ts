@@ -34,7 +34,14 @@ describe("metrics documentation", () => {
     Effect.gen(function*() {
       // A pool with instance counts, as the ONNX pool has (`inference_instance_events_total`).
       const counters = { crashes: 0, deadlineKills: 0, abandonKills: 0, respawns: 0, respawnFailures: 0 }
-      const app = yield* makeApp({ routes: { metricsFormat: "triton" }, config: { maxConcurrentRequests: 1 }, counters, modelLoads: { succeeded: 0, failed: 0 } })
+      // slow uses the response cache: its requests below are looked up (misses) as they are admitted
+      const app = yield* makeApp({
+        routes: { metricsFormat: "triton" },
+        config: { maxConcurrentRequests: 1, responseCacheBytes: 100_000 },
+        slowMetadata: { responseCache: true },
+        counters,
+        modelLoads: { succeeded: 0, failed: 0 }
+      })
       const body = { inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] }] }
       assert.strictEqual((yield* app.send("POST", "/v2/models/echo/infer", body)).status, 200)
       // The fake pool does not batch; a batching model's run in the ONNX pool records its fill here.

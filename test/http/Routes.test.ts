@@ -1060,6 +1060,7 @@ describe("Triton's model configuration extension", () => {
         instance_group: [{ name: "batched", kind: "KIND_GPU", count: 2, gpus: [0] }],
         // config.json's warmup, as Triton's model_warmup
         model_warmup: [{ name: "pair", batch_size: 2, inputs: { x: { data_type: "TYPE_FP32", dims: [4], random_data: true } }, count: 3 }],
+        response_cache: { enable: false },
         dynamic_batching: {
           preferred_batch_size: [2],
           max_queue_delay_microseconds: 5000,
@@ -1082,6 +1083,27 @@ describe("Triton's model configuration extension", () => {
 })
 
 describe("Triton's statistics extension", () => {
+  it.live("the response cache: a repeated request is a cache_hit in the statistics and on /metrics, a new one a cache_miss; /config says response_cache", () =>
+    Effect.gen(function*() {
+      const { send, stats } = yield* makeApp({ config: { responseCacheBytes: 100_000 }, slowMetadata: { responseCache: true }, slowLatency: "1 millis" })
+      for (const data of [[1, 2, 3, 4], [1, 2, 3, 4], [5, 6, 7, 8], [1, 2, 3, 4]]) {
+        const r = yield* send("POST", "/v2/models/slow/infer", echoRequest(data))
+        assert.strictEqual(r.status, 200)
+        assert.deepStrictEqual(r.json.outputs[0].data, data)
+      }
+      assert.strictEqual(stats.started, 2, "two distinct requests ran; the repeats did not")
+      const s = (yield* send("GET", "/v2/models/slow/stats")).json.model_stats[0]
+      assert.deepStrictEqual([s.inference_stats.cache_hit.count, s.inference_stats.cache_miss.count, s.inference_stats.success.count, s.execution_count], [2, 2, 4, 2])
+      assert.isAbove(s.inference_stats.cache_miss.ns, 0)
+      const metrics = (yield* send("GET", "/metrics")).text
+      assert.match(metrics, /inference_cache_hits_total\{model="slow",version="1"\} 2\b/)
+      assert.match(metrics, /inference_cache_misses_total\{model="slow",version="1"\} 2\b/)
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/slow/config")).json.response_cache, { enable: true })
+      assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/config")).json.response_cache, { enable: false })
+      // no hit or miss series for a model that does not use the cache
+      assert.notMatch(metrics, /inference_cache_hits_total\{model="echo"/)
+    }).pipe(withFreshMetrics))
+
   it.effect("counts successes, failures, queue and compute per model version, from the same telemetry as /metrics", () =>
     Effect.gen(function*() {
       const { send } = yield* makeApp()

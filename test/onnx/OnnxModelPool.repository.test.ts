@@ -182,7 +182,7 @@ describe("OnnxModelPool on a repository with broken models", () => {
       const samples = [{ name: "one row" }, { name: "full", batchSize: 64, count: 2, inputs: { input: { data: "random" } } }]
       const repository = yield* tempRepository({
         "warm/model.onnx": good,
-        "warm/config.json": JSON.stringify({ instances: 2, warmup: samples }),
+        "warm/config.json": JSON.stringify({ instances: 2, warmup: samples, responseCache: { enable: true } }),
         "warmproc/model.onnx": good,
         "warmproc/config.json": JSON.stringify({ isolation: "process", warmup: samples }),
         "misfit/model.onnx": good,
@@ -218,6 +218,8 @@ describe("OnnxModelPool on a repository with broken models", () => {
       ])
       // What ran is what the model configuration reports, in Triton's form.
       const metadata = yield* pool.metadata("warm")
+      assert.isTrue(metadata.responseCache, "config.json's responseCache reaches the engine")
+      assert.isUndefined((yield* pool.metadata("warmproc")).responseCache)
       assert.deepStrictEqual(metadata.warmup?.samples.map((s) => [s.name, s.batchSize, s.count]), [["one row", 1, 1], ["full", 64, 2]])
       assert.deepStrictEqual(ModelConfiguration.of(metadata, AsyncConfig.defaults).model_warmup, [
         { name: "one row", batch_size: 1, inputs: { input: { data_type: "TYPE_FP32", dims: [784], zero_data: true } }, count: 1 },
