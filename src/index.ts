@@ -25,6 +25,7 @@ export * as Batch from "./Batch.ts"
 export * as BatchPolicy from "./BatchPolicy.ts"
 export * as PriorityQueue from "./PriorityQueue.ts"
 export * as QueuePolicy from "./QueuePolicy.ts"
+export * as ResponseCache from "./ResponseCache.ts"
 
 // Models
 export * as InputSignature from "./InputSignature.ts"

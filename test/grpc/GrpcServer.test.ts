@@ -121,6 +121,7 @@ describe("health, server and model metadata", () => {
         inputs: { x: { data_type: "TYPE_FP32", dims: ["4"], random_data: true, input_data_type: "random_data" } }
       }], "config.json's warmup, as Triton's ModelWarmup")
       assert.deepStrictEqual((yield* call("ModelConfig", { name: "slow" })).response.config.model_warmup, [], "none without warmup")
+      assert.deepStrictEqual(config.response_cache, { enable: false }, "Triton's ModelResponseCache")
       const slow = (yield* call("ModelConfig", { name: "slow" })).response.config
       assert.strictEqual(slow.instance_group[0].kind, "KIND_CPU")
       assert.deepStrictEqual(slow.version_policy, { latest: { num_versions: 1 }, policy_choice: "latest" }, "config.json's versionPolicy, as Triton's message")
