@@ -366,7 +366,14 @@ const submit = (
     const cache = state.cache
     const answer = resume
     resume = (exit) => {
-      if (Exit.isSuccess(exit)) cache.insert(key, exit.value)
+      if (Exit.isSuccess(exit)) {
+        // An entry the cache cannot take (a Map at V8's size limit) must not keep the answer back.
+        try {
+          cache.insert(key, exit.value)
+        } catch {
+          // not kept: the next such request runs
+        }
+      }
       answer(exit)
     }
   }

@@ -10,9 +10,11 @@
  *   SHA-256 makes that as unlikely as anything in computing.
  * - Entries are copied in and copied out: the caller that ran it and each caller of a hit own
  *   their arrays, and may write them.
- * - Least recently used first out, within `capacityBytes` for every model together (each entry
- *   counts its outputs' bytes, a string its UTF-8 bytes and 8 more, plus `entryOverheadBytes`).
- *   An entry larger than the whole capacity is not kept.
+ * - Least recently used first out, within `capacityBytes` for every model together. Each entry
+ *   counts what it costs the process as measured (`sizeOf`): its outputs' bytes, 384 bytes a
+ *   tensor and 256 an entry for the objects around them (the MLP's 40-byte answer took 516 bytes
+ *   of heap and 590 of resident memory an entry, and counts 680), a string element 32 bytes and
+ *   2 a character. An entry larger than the whole capacity is not kept.
  * - Only successful runs are kept; a failed, timed-out or cancelled request leaves nothing.
  *   Identical requests that arrive together both run (the second is not held for the first).
  *
@@ -45,16 +47,21 @@ export interface Stats {
   readonly evictions: number
 }
 
-/** What an entry costs besides its outputs: its key and bookkeeping. */
+/** What an entry costs besides its tensors: its key, its place in the map, the objects holding it. */
 export const entryOverheadBytes = 256
 
-const stringSlotBytes = 8
+/** What a tensor costs besides its elements: the tensor, its dims, its typed array and buffer. */
+export const tensorOverheadBytes = 384
+
 const encoder = new TextEncoder()
 
+/** A string element as V8 holds it, at most: its header and two bytes a UTF-16 unit. */
+const stringBytes = (s: string): number => 32 + 2 * s.length
+
 const tensorBytes = (tensor: Tensor.Tensor): number =>
-  tensor.dtype === "string"
-    ? (tensor.data as ReadonlyArray<string>).reduce((n, s) => n + stringSlotBytes + encoder.encode(s).length, 0)
-    : (tensor.data as ArrayBufferView).byteLength
+  tensorOverheadBytes + (tensor.dtype === "string"
+    ? (tensor.data as ReadonlyArray<string>).reduce((n, s) => n + stringBytes(s), 0)
+    : (tensor.data as ArrayBufferView).byteLength)
 
 /** What `entry` counts for against the capacity. */
 export const sizeOf = (entry: Entry): number => {

@@ -26,8 +26,8 @@ describe("ResponseCache", () => {
   })
 
   it("drops the least recently used entries to stay within its bytes, and keeps nothing larger than all of them", () => {
-    const size = ResponseCache.sizeOf(entry([1, 2, 3, 4])) // 16 bytes of floats and the overhead
-    assert.strictEqual(size, 16 + ResponseCache.entryOverheadBytes)
+    const size = ResponseCache.sizeOf(entry([1, 2, 3, 4])) // 16 bytes of floats and the overheads
+    assert.strictEqual(size, 16 + ResponseCache.tensorOverheadBytes + ResponseCache.entryOverheadBytes)
     const cache = ResponseCache.make(3 * size)
     cache.insert("a", entry([1, 0, 0, 0]))
     cache.insert("b", entry([2, 0, 0, 0]))
@@ -47,9 +47,11 @@ describe("ResponseCache", () => {
     assert.strictEqual(cache.stats().bytes, 3 * size)
   })
 
-  it("counts a string output's text", () => {
+  it("counts each tensor's objects and a string output's text", () => {
     const strings: ResponseCache.Entry = { outputs: { s: Tensor.make("string", ["é", "abc"], [2]) }, deviceUsed: "cpu" }
-    assert.strictEqual(ResponseCache.sizeOf(strings), ResponseCache.entryOverheadBytes + (8 + 2) + (8 + 3))
+    assert.strictEqual(ResponseCache.sizeOf(strings), ResponseCache.entryOverheadBytes + ResponseCache.tensorOverheadBytes + (32 + 2) + (32 + 6))
+    const two: ResponseCache.Entry = { outputs: { a: Tensor.float32([1], [1]), b: Tensor.float32([1], [1]) }, deviceUsed: "cpu" }
+    assert.strictEqual(ResponseCache.sizeOf(two), ResponseCache.entryOverheadBytes + 2 * (ResponseCache.tensorOverheadBytes + 4))
   })
 
   it("keyOf tells apart every part of a request, and only those", () => {

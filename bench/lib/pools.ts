@@ -156,6 +156,8 @@ export interface WorkerModel {
   readonly instances: number
   /** config.json's `batching`; undefined = batching off (`{ "enabled": false }` is written). */
   readonly batching?: BatchPolicy.ConfigJson | undefined
+  /** config.json's `responseCache.enable` (the engine keeps answers only with `responseCacheBytes`). */
+  readonly responseCache?: boolean | undefined
 }
 
 /**
@@ -198,7 +200,13 @@ export const workerPool = (
 const repositoryFor = (models: ReadonlyArray<WorkerModel>) =>
   tempRepository(models.map((m) => ({
     name: m.name,
-    config: { instances: m.instances, intraOpNumThreads: 1, interOpNumThreads: 1, batching: m.batching ?? { enabled: false } }
+    config: {
+      instances: m.instances,
+      intraOpNumThreads: 1,
+      interOpNumThreads: 1,
+      batching: m.batching ?? { enabled: false },
+      ...(m.responseCache === true ? { responseCache: { enable: true } } : {})
+    }
   })))
 
 /** OnnxModelPool with its extras (`counters`, `stats`, `runMs`), as both ModelPool and OnnxModelPool. */
