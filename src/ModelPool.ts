@@ -75,6 +75,9 @@ export interface Service {
   /**
    * The metadata of a model that can serve. `version` defaults to the highest one.
    * Fails with ModelNotFound, or ModelUnavailable when the model failed to load.
+   * One object per load of a version, the same at every call until the version is loaded again:
+   * the engine keys what it derives from a model (its scheduling facts, its response cache
+   * entries) by that object, so a pool that swaps a model's weights must answer a new one.
    */
   readonly metadata: (
     modelId: string,
