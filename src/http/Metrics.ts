@@ -110,6 +110,8 @@ interface TritonCounts {
   queueUs: number
   computeUs: number
   pending: number
+  /** Response cache lookups; undefined for a model version that does not use the cache. */
+  cache: { hits: number; misses: number } | undefined
 }
 
 /**
@@ -130,7 +132,7 @@ export const tritonFamilies = (
     if (versions === undefined) byModel.set(model, versions = new Map())
     let e = versions.get(version)
     if (e === undefined) {
-      e = { success: 0, failure: { REJECTED: 0, CANCELED: 0, BACKEND: 0, OTHER: 0 }, count: 0, execCount: 0, requestUs: 0, queueUs: 0, computeUs: 0, pending: 0 }
+      e = { success: 0, failure: { REJECTED: 0, CANCELED: 0, BACKEND: 0, OTHER: 0 }, count: 0, execCount: 0, requestUs: 0, queueUs: 0, computeUs: 0, pending: 0, cache: undefined }
       versions.set(version, e)
     }
     return e
@@ -149,6 +151,12 @@ export const tritonFamilies = (
       } else if (s.id === metrics.inferences.id) entry(model, version).count += n
       else if (s.id === metrics.executions.id) entry(model, version).execCount += n
       else if (s.id === metrics.requestCompute.id) entry(model, version).computeUs += n * 1e6
+      else if (s.id === metrics.cacheHits.id || s.id === metrics.cacheMisses.id) {
+        const e = entry(model, version)
+        e.cache ??= { hits: 0, misses: 0 }
+        if (s.id === metrics.cacheHits.id) e.cache.hits += n
+        else e.cache.misses += n
+      }
     } else if (s.type === "Histogram") {
       const us = (s.state as Metric.HistogramState).sum * 1e6
       if (s.id === metrics.latency.id) entry(model, version).requestUs += us
@@ -180,6 +188,14 @@ export const tritonFamilies = (
   text += family("nv_inference_compute_infer_duration_us", "counter", "Cumulative compute inference duration in microseconds, a batch's time counted for each request in it", (e) => e.computeUs)
   text += family("nv_inference_compute_output_duration_us", "counter", "Cumulative compute output duration in microseconds (inside the run here: 0)", () => 0)
   text += family("nv_inference_pending_request_count", "gauge", "Instantaneous number of pending requests awaiting execution", (e) => e.pending)
+  // Triton's per-model cache counts, for the versions that use the response cache (none without).
+  const cached = rows.filter(([, e]) => e.cache !== undefined)
+  if (cached.length > 0) {
+    const cacheFamily = (name: string, help: string, value: (c: { hits: number; misses: number }) => number) =>
+      `# HELP ${name} ${help}\n# TYPE ${name} counter\n${cached.map(([labels, e]) => `${name}{${labels}} ${value(e.cache!)}`).join("\n")}\n`
+    text += cacheFamily("nv_cache_num_hits_per_model", "Number of response cache hits per model", (c) => c.hits)
+    text += cacheFamily("nv_cache_num_misses_per_model", "Number of response cache misses per model", (c) => c.misses)
+  }
   return text
 }
 

@@ -1083,9 +1083,9 @@ describe("Triton's model configuration extension", () => {
 })
 
 describe("Triton's statistics extension", () => {
-  it.live("the response cache: a repeated request is a cache_hit in the statistics and on /metrics, a new one a cache_miss; /config says response_cache", () =>
+  it.live("the response cache: a repeated request is a cache_hit in the statistics and on /metrics (Triton's names too), a new one a cache_miss; /config says response_cache", () =>
     Effect.gen(function*() {
-      const { send, stats } = yield* makeApp({ config: { responseCacheBytes: 100_000 }, slowMetadata: { responseCache: true }, slowLatency: "1 millis" })
+      const { send, stats } = yield* makeApp({ config: { responseCacheBytes: 100_000 }, slowMetadata: { responseCache: true }, slowLatency: "1 millis", routes: { metricsFormat: "triton" } })
       for (const data of [[1, 2, 3, 4], [1, 2, 3, 4], [5, 6, 7, 8], [1, 2, 3, 4]]) {
         const r = yield* send("POST", "/v2/models/slow/infer", echoRequest(data))
         assert.strictEqual(r.status, 200)
@@ -1098,6 +1098,10 @@ describe("Triton's statistics extension", () => {
       const metrics = (yield* send("GET", "/metrics")).text
       assert.match(metrics, /inference_cache_hits_total\{model="slow",version="1"\} 2\b/)
       assert.match(metrics, /inference_cache_misses_total\{model="slow",version="1"\} 2\b/)
+      // and Triton's names, only for the model that uses the cache
+      assert.match(metrics, /\nnv_cache_num_hits_per_model\{model="slow",version="1"\} 2\n/)
+      assert.match(metrics, /\nnv_cache_num_misses_per_model\{model="slow",version="1"\} 2\n/)
+      assert.notMatch(metrics, /nv_cache_num_hits_per_model\{model="echo"/)
       assert.deepStrictEqual((yield* send("GET", "/v2/models/slow/config")).json.response_cache, { enable: true })
       assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/config")).json.response_cache, { enable: false })
       // no hit or miss series for a model that does not use the cache
