@@ -262,8 +262,9 @@ const warmupConflict = (samples: ReadonlyArray<Warmup.Sample> | undefined, batch
 
 /**
  * The metadata a started host serves under: config.json's batching, inputSignatures and labels
- * sections checked against the signature the session reports (and warmup against the batching) (without a batching section,
- * batching is on exactly when every input and output has a dynamic batch dim). On a bad section
+ * sections checked against the signature the session reports (without a batching section,
+ * batching is on exactly when every input and output has a dynamic batch dim), and its warmup's
+ * batch sizes against the batching. On a bad section
  * the host is released (closed and dropped from `loader.hosts`) and it fails with
  * `config.json: <reason>`.
  */
