@@ -78,7 +78,8 @@ export interface Service {
    * itself still decides when the request comes. `version`: the model version the request goes to
    * (its metadata's), under which the refusal is counted (absent: the default version); `metadata`:
    * that version's, as the edge looked it up (its own queue bound, `maxQueuedRequests`; absent:
-   * the pool is asked).
+   * the pool is asked). A full queue does not refuse a model version that uses the response cache
+   * (`ResponseCache`): its request may be a hit, which admission answers without the queue.
    */
   readonly checkAdmission: (modelId: string, version?: string, metadata?: ModelMetadata.ModelMetadata) => Effect.Effect<void, InferenceError.InferenceError>
   /**
@@ -91,7 +92,8 @@ export interface Service {
    * The QueueFull an admission of `modelId` (to the version `metadata` describes, as the edge
    * looked it up) would get now, counting nothing: the queue with `waitingAtEdge` more counted (as
    * `admitsUnsafe`), or the version's own bound (`ModelMetadata.maxQueuedRequests`) with
-   * `waitingAtEdgeForModel` of those its own; undefined when it would be queued.
+   * `waitingAtEdgeForModel` of those its own; undefined when it would be queued, or may be answered
+   * from the response cache (as `checkAdmission`).
    */
   readonly queueFullUnsafe: (
     modelId: string,
@@ -399,6 +401,17 @@ const submit = (
     state.telemetry.recordCancelled(info, state.nowMs() - startedMs)
     noteSettled(state)
   }
+}
+
+/**
+ * Whether a request for `modelId` may be answered from the response cache: an edge's check
+ * before decoding then lets it through a full queue, since only the inputs can tell (admission
+ * answers a hit, or refuses a miss with the same QueueFull).
+ */
+const mayHitCache = (state: State, modelId: string, version: string | undefined, metadata: ModelMetadata.ModelMetadata | undefined): boolean => {
+  if (state.cache === undefined) return false
+  const found = metadata ?? state.pool.metadataUnsafe?.(modelId, version)
+  return found !== undefined && !("_tag" in found) && found.responseCache === true
 }
 
 /**
@@ -976,7 +989,7 @@ export const make = Effect.gen(function*() {
       Effect.suspend(() => {
         const reason = state.draining
           ? new InferenceError.ShuttingDown({})
-          : scheduler.isFull() || ownBoundFull(state, modelId, version, metadata) !== undefined
+          : (scheduler.isFull() || ownBoundFull(state, modelId, version, metadata) !== undefined) && !mayHitCache(state, modelId, version, metadata)
           ? queueFull(state, modelId, "", version === undefined ? undefined : `${modelId}@${version}`)
           : undefined
         if (reason === undefined) return Effect.void
@@ -984,6 +997,7 @@ export const make = Effect.gen(function*() {
       }),
     admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
     queueFullUnsafe: (modelId, metadata, waitingAtEdge = 0, waitingAtEdgeForModel = 0) => {
+      if (mayHitCache(state, modelId, metadata?.version, metadata)) return undefined
       if (scheduler.isFull(waitingAtEdge)) return new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
       const own = metadata === undefined ? undefined : ownBoundFull(state, modelId, metadata.version, metadata, waitingAtEdgeForModel)
       return own === undefined ? undefined : new InferenceError.QueueFull({ modelId, requestId: "", capacity: own, bound: "model" })

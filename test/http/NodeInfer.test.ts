@@ -75,6 +75,7 @@ const makeHandlerServer = (
     readonly maxQueuedRequests?: number
     readonly decodePool?: DecodePool.DecodePool
     readonly slowMetadata?: Partial<ModelMetadata.ModelMetadata>
+    readonly responseCacheBytes?: number
   } = {}
 ) =>
   Effect.gen(function*() {
@@ -83,7 +84,7 @@ const makeHandlerServer = (
       Layer.provideMerge(Layer.mergeAll(
         testPool.layer,
         TelemetryCollector.layer,
-        AsyncConfigService.layerWith({ maxConcurrentRequests: 1, maxQueuedRequests: options.maxQueuedRequests ?? 16 }),
+        AsyncConfigService.layerWith({ maxConcurrentRequests: 1, maxQueuedRequests: options.maxQueuedRequests ?? 16, responseCacheBytes: options.responseCacheBytes }),
         Lifecycle.layer
       ))
     ))
@@ -164,6 +165,31 @@ describe("NodeInfer.make", () => {
       for (const p of [running, queued, other]) {
         const outcome = yield* Effect.promise(() => p.done)
         assert.isTrue(Client.isReply(outcome) && outcome.status === 200, JSON.stringify(outcome).slice(0, 200))
+      }
+    }))
+
+  it.live("a model at its own queue bound that uses the response cache: a repeated request is answered from it (200), a new one refused 429", () =>
+    Effect.gen(function*() {
+      const { port, gate, engine, stats } = yield* makeHandlerServer({ slowMetadata: { maxQueuedRequests: 1, concurrency: 1, responseCache: true }, responseCacheBytes: 100_000 })
+      const body = (first: number) => JSON.stringify({ inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [first, 2, 3, 4] }] })
+      const post = (first: number) => Client.start(port, "POST", "/v2/models/slow/infer", body(first))
+      const primed = yield* Effect.promise(() => post(1).done)
+      assert.isTrue(Client.isReply(primed) && primed.status === 200)
+      yield* gate.close
+      const running = post(2)
+      const queued = post(3)
+      yield* Effect.promise(() => Client.eventually(() => Effect.runSync(engine.pending) === 2))
+      const runs = stats.started
+      const hit = yield* Effect.promise(() => post(1).done)
+      assert.isTrue(Client.isReply(hit) && hit.status === 200, JSON.stringify(hit).slice(0, 200))
+      if (Client.isReply(hit)) assert.deepStrictEqual(JSON.parse(hit.body).outputs[0].data, [1, 2, 3, 4])
+      const refused = yield* Effect.promise(() => post(4).done)
+      assert.isTrue(Client.isReply(refused) && refused.status === 429, JSON.stringify(refused).slice(0, 200))
+      assert.strictEqual(stats.started, runs, "neither ran")
+      yield* gate.open
+      for (const p of [running, queued]) {
+        const outcome = yield* Effect.promise(() => p.done)
+        assert.isTrue(Client.isReply(outcome) && outcome.status === 200)
       }
     }))
 

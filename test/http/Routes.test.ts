@@ -1108,6 +1108,29 @@ describe("Triton's statistics extension", () => {
       assert.notMatch(metrics, /inference_cache_hits_total\{model="echo"/)
     }).pipe(withFreshMetrics))
 
+  it.live("the response cache over the router: a full queue does not refuse a repeated request before its body is read; a new one gets the 429", () =>
+    Effect.gen(function*() {
+      const { engine, gate, send, stats } = yield* makeApp({
+        config: { responseCacheBytes: 100_000, maxConcurrentRequests: 1, maxQueuedRequests: 1 },
+        slowMetadata: { responseCache: true, concurrency: 1 },
+        slowLatency: "1 millis"
+      })
+      assert.strictEqual((yield* send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4]))).status, 200)
+      yield* gate.close
+      const running = yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([2, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => stats.started === 2)
+      const queued = yield* Effect.forkChild(send("POST", "/v2/models/slow/infer", echoRequest([3, 2, 3, 4])), { startImmediately: true })
+      yield* waitUntil(() => Effect.runSync(engine.pending) === 2)
+      const runs = stats.started
+      const hit = yield* send("POST", "/v2/models/slow/infer", echoRequest([1, 2, 3, 4]))
+      assert.strictEqual(hit.status, 200)
+      assert.deepStrictEqual(hit.json.outputs[0].data, [1, 2, 3, 4])
+      assert.strictEqual((yield* send("POST", "/v2/models/slow/infer", echoRequest([4, 2, 3, 4]))).status, 429)
+      assert.strictEqual(stats.started, runs)
+      yield* gate.open
+      for (const f of [running, queued]) assert.strictEqual((yield* Fiber.join(f)).status, 200)
+    }).pipe(withFreshMetrics))
+
   it.effect("counts successes, failures, queue and compute per model version, from the same telemetry as /metrics", () =>
     Effect.gen(function*() {
       const { send } = yield* makeApp()
