@@ -38,6 +38,7 @@
  */
 import * as Tensor from "./Tensor.ts"
 import { toHalfBits } from "./internal/Float16.ts"
+import * as Mulberry32 from "./internal/Mulberry32.ts"
 
 /** How an input's elements are made. */
 export type Data =
@@ -265,21 +266,10 @@ const fillValue = (input: InputSpec, value: number | boolean | string): number |
   return input.dtype === "int64" || input.dtype === "uint64" ? BigInt(value) : value
 }
 
-/** mulberry32: the same values at every start, so a warm-up that fails fails alike. */
-const randomSource = (seed: number): () => number => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 const randomFill = (dtype: Tensor.DataType, data: Tensor.TensorData, seed: number): void => {
   if (dtype === "string") return
-  const next = randomSource(seed)
+  // the same values at every start, so a warm-up that fails fails alike
+  const next = Mulberry32.make(seed)
   const array = data as unknown as { length: number; [i: number]: number | bigint }
   const top = dtype === "bool" ? 2 : 128
   for (let i = 0; i < array.length; i++) {

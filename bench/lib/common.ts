@@ -11,6 +11,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
+import * as Mulberry32 from "../../src/internal/Mulberry32.ts"
 
 export const benchDir = fileURLToPath(new URL("..", import.meta.url))
 export const repoRoot = Path.resolve(benchDir, "..")
@@ -324,15 +325,6 @@ export const mlpData = (rows: number, seed = 1): Float32Array<ArrayBuffer> => {
 }
 
 /** A deterministic PRNG (mulberry32) for workload choices. */
-export const rng = (seed: number): () => number => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+export const rng = (seed: number): () => number => Mulberry32.make(seed)
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
