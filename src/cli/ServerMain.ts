@@ -158,6 +158,26 @@ const reportModels = (config: ServerConfig.ServerConfig) =>
       yield* Effect.logError(`${unavailable.length} of ${loaded.length} model versions failed to load; exiting (--exit-on-error)`)
       return yield* Effect.fail(new Cli.ExitCode({ code: 1 }))
     }
+    yield* reportResponseCache(models.filter((m) => m.state === "READY"))
+  })
+
+/**
+ * Says whether the response cache serves the model versions that ask for it (config.json
+ * `responseCache`): the bytes it has, or a warning when `RESPONSE_CACHE_BYTES` gave it none.
+ */
+const reportResponseCache = (ready: ReadonlyArray<{ readonly name: string; readonly version: string }>) =>
+  Effect.gen(function*() {
+    const pool = yield* ModelPool
+    const bytes = (yield* AsyncInferenceEngine).config.responseCacheBytes ?? 0
+    const asking: Array<string> = []
+    for (const m of ready) {
+      const metadata = yield* Effect.option(pool.metadata(m.name, m.version))
+      if (metadata._tag === "Some" && metadata.value.responseCache === true) asking.push(`${m.name}@${m.version}`)
+    }
+    if (asking.length === 0) return
+    yield* bytes > 0
+      ? Effect.logInfo(`response cache: ${bytes} bytes for ${asking.join(", ")}`)
+      : Effect.logWarning(`${asking.join(", ")}: config.json enables responseCache, but RESPONSE_CACHE_BYTES is 0, so nothing is cached`)
   })
 
 const leftRunningText = () => {

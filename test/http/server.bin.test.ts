@@ -67,6 +67,8 @@ describe("node src/bin/server.ts", () => {
     put("silero_vad/config.json", Fs.readFileSync(Path.join(bundled, "silero_vad/config.json")))
     put("versioned/1/model.onnx", mlp)
     put("versioned/2/model.onnx", mlp)
+    // asks for the response cache, which the server is not given (RESPONSE_CACHE_BYTES unset): a warning
+    put("versioned/config.json", JSON.stringify({ responseCache: { enable: true } }))
     put("corrupt/model.onnx", "this is not an ONNX model")
     put("truncated/model.onnx", mlp.subarray(0, Math.floor(mlp.length / 2)))
     put("empty/model.onnx", "")
@@ -79,6 +81,10 @@ describe("node src/bin/server.ts", () => {
       await server.exit
     }
     if (repository !== undefined) Fs.rmSync(repository, { recursive: true, force: true })
+  })
+
+  it("warns at start of a model that enables responseCache when RESPONSE_CACHE_BYTES gives the cache nothing", () => {
+    assert.include(server.output(), "versioned@1, versioned@2: config.json enables responseCache, but RESPONSE_CACHE_BYTES is 0, so nothing is cached")
   })
 
   it("reports each model READY or UNAVAILABLE with a reason; broken files do not stop the others", async () => {
