@@ -38,7 +38,7 @@ for (let r = 0; r < 7; r++) {
 }
 log(table([
   { op: "keyOf, one MLP row (3 KB)", "µs": fmt(median(keyUs)) },
-  { op: "lookup, a hit (10 outputs copied out)", "µs": fmt(median(hitUs)) }
+  { op: "lookup, a hit (one output of 10 floats copied out)", "µs": fmt(median(hitUs)) }
 ]))
 
 section("the engine, 64 outstanding, the same row every request")

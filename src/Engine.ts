@@ -92,8 +92,9 @@ export interface Service {
    * The QueueFull an admission of `modelId` (to the version `metadata` describes, as the edge
    * looked it up) would get now, counting nothing: the queue with `waitingAtEdge` more counted (as
    * `admitsUnsafe`), or the version's own bound (`ModelMetadata.maxQueuedRequests`) with
-   * `waitingAtEdgeForModel` of those its own; undefined when it would be queued, or may be answered
-   * from the response cache (as `checkAdmission`).
+   * `waitingAtEdgeForModel` of those its own; undefined when it would be queued. For a model
+   * version that uses the response cache, only `waitingAtEdge` counts against the queue's size (as
+   * `checkAdmission`, a full queue does not refuse what may be a hit).
    */
   readonly queueFullUnsafe: (
     modelId: string,
@@ -997,7 +998,11 @@ export const make = Effect.gen(function*() {
       }),
     admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
     queueFullUnsafe: (modelId, metadata, waitingAtEdge = 0, waitingAtEdgeForModel = 0) => {
-      if (mayHitCache(state, modelId, metadata?.version, metadata)) return undefined
+      // A cached model's request goes through a full queue (it may be a hit), but the bodies
+      // waiting at the edge stay bounded by the queue's size.
+      if (mayHitCache(state, modelId, metadata?.version, metadata)) {
+        return waitingAtEdge >= config.maxQueuedRequests ? new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests }) : undefined
+      }
       if (scheduler.isFull(waitingAtEdge)) return new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
       const own = metadata === undefined ? undefined : ownBoundFull(state, modelId, metadata.version, metadata, waitingAtEdgeForModel)
       return own === undefined ? undefined : new InferenceError.QueueFull({ modelId, requestId: "", capacity: own, bound: "model" })

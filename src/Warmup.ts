@@ -79,7 +79,7 @@ export const maxSamples = 64
 /** Largest `count`, and largest `batchSize`. */
 export const maxCount = 1_000
 export const maxBatchSize = 65_536
-/** Largest tensor a sample may make, in bytes (a string input counts 8 bytes an element). */
+/** Largest tensor a sample may make, in bytes (a string element counts its UTF-8 bytes and 8 more). */
 export const maxTensorBytes = 256 * 1024 * 1024
 
 const isObject = (v: unknown): v is Readonly<Record<string, unknown>> => typeof v === "object" && v !== null && !Array.isArray(v)
@@ -222,6 +222,21 @@ export const shapeOf = (sample: Sample, input: InputSpec, axis: number | null): 
     if (i === axis) return sample.batchSize
     throw new Misfit(`input ${JSON.stringify(input.name)} has a dynamic dim at axis ${i} (${model}): give the sample's "dims" for it`)
   })
+}
+
+/**
+ * The rows a run of `sample` has: the largest dim on a batch axis among `inputs` (`shapeOf`;
+ * inputs without a batch axis do not count), 1 when none has one. Throws `Misfit` as `shapeOf`.
+ */
+export const rows = (sample: Sample, inputs: ReadonlyArray<InputSpec>, inputAxes: Readonly<Record<string, number | null>>): number => {
+  let most = 1
+  for (const input of inputs) {
+    const axis = axisOf(inputAxes, input.name)
+    if (axis === null) continue
+    const dim = shapeOf(sample, input, axis)[axis]
+    if (dim !== undefined && dim > most) most = dim
+  }
+  return most
 }
 
 /** The integer range of each integer dtype (bool: 0 and 1). */

@@ -5,7 +5,7 @@ import * as InferenceRequest from "../src/InferenceRequest.ts"
 import * as ResponseCache from "../src/ResponseCache.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { makeHarness } from "./fixtures/EngineHarness.ts"
-import { echoInputs } from "./fixtures/FakeModelPool.ts"
+import { echoInputs, echoMetadata } from "./fixtures/FakeModelPool.ts"
 
 const entry = (values: ReadonlyArray<number>): ResponseCache.Entry => ({ outputs: { y: Tensor.float32(values, [1, values.length]) }, deviceUsed: "cpu" })
 const valuesOf = (e: ResponseCache.Entry | undefined) => Array.from((e?.outputs["y"]?.data ?? []) as Float32Array)
@@ -133,6 +133,18 @@ describe("the engine's response cache", () => {
         assert.strictEqual(stats.started, 2, JSON.stringify(options))
         assert.isFalse(log.events.some((e) => e._tag === "cacheLookup"))
       }
+    }))
+
+  it.effect("an edge's early check lets a cached model's request through a full queue, but not past the bodies the queue can hold waiting at the edge", () =>
+    Effect.gen(function*() {
+      const withCache = yield* makeHarness({ ...cached, config: { ...cached.config, maxQueuedRequests: 2 } })
+      const without = yield* makeHarness({ config: { maxQueuedRequests: 2 } })
+      const metadata = { ...echoMetadata, responseCache: true }
+      // the queue holds 2: with 2 bodies waiting at the edge it is full for any other model
+      assert.strictEqual(without.engine.queueFullUnsafe("echo", echoMetadata, 2)?._tag, "QueueFull")
+      assert.isUndefined(withCache.engine.queueFullUnsafe("echo", metadata, 1))
+      assert.strictEqual(withCache.engine.queueFullUnsafe("echo", metadata, 2)?._tag, "QueueFull")
+      assert.strictEqual(withCache.engine.queueFullUnsafe("echo", metadata, 1000)?._tag, "QueueFull")
     }))
 
   it.effect("a hit answers at admission: past a full queue, at once for a request whose deadline the queue would miss", () =>

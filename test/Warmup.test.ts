@@ -120,6 +120,16 @@ describe("Warmup.shapeOf", () => {
   })
 })
 
+describe("Warmup.rows", () => {
+  it("is the largest dim on a batch axis, given or from batchSize; 1 without a batched input", () => {
+    const inputs = [input("input", "float32", [-1, 4]), input("state", "float32", [2, -1, 3]), input("sr", "int64", [])]
+    const axes = { state: 1, sr: null }
+    assert.strictEqual(Warmup.rows(sample({ batchSize: 8 }), inputs, axes), 8)
+    assert.strictEqual(Warmup.rows(sample({ inputs: { input: { dims: [100, 4], data: { _tag: "Zero" } } } }), inputs, axes), 100)
+    assert.strictEqual(Warmup.rows(sample({ batchSize: 8 }), [input("sr", "int64", [])], { sr: null }), 1)
+  })
+})
+
 describe("Warmup.tensors", () => {
   it("makes zeros by default, of each input's dtype and shape, with batch axes from inputAxes", () => {
     const out = Warmup.tensors(sample({ batchSize: 3 }), [

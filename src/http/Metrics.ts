@@ -19,7 +19,8 @@
  * `nv_inference_exec_count`, `nv_inference_request_duration_us`, `nv_inference_queue_duration_us`,
  * `nv_inference_compute_infer_duration_us` (cumulative microseconds, counters as Triton's) and
  * `nv_inference_pending_request_count`, each labelled `model` and `version` (the version a request
- * was admitted to; empty for the refusals of a version the server does not have).
+ * was admitted to; empty for the refusals of a version the server does not have); and, for the
+ * versions that use the response cache, `nv_cache_num_hits_per_model` and `nv_cache_num_misses_per_model`.
  *
  * @module Metrics
  */
@@ -115,7 +116,8 @@ interface TritonCounts {
 }
 
 /**
- * Triton's `nv_inference_*` families, from a snapshot of the engine's metrics and the number of
+ * Triton's `nv_inference_*` families (and `nv_cache_*` for the versions that use the response
+ * cache, from their first lookup), from a snapshot of the engine's metrics and the number of
  * requests waiting per model and version (`Engine.waitingByVersion`); every version in `served`
  * has its rows, at 0 before its first request (as Triton's, from the model's load). Pure: the
  * snapshot in, the text out.

@@ -58,7 +58,7 @@ const instanceGroup = (metadata: ModelMetadata.ModelMetadata) => {
  * shape it ran with (`Warmup.shapeOf`) and `zero_data`, `random_data` or `input_data_file`; a `fill` value, which
  * Triton's form cannot say, leaves the data kind out. Where the configuration writes dims without
  * the batch dim (`leadingBatch`), so does each input here, and `batch_size` is the rows the runs
- * had (the first input's leading dim); else `batch_size` is 1 and the dims whole, as Triton's for
+ * had (`Warmup.rows`); else `batch_size` is 1 and the dims whole, as Triton's for
  * a model without an implicit batch dim.
  */
 const modelWarmup = (plan: Warmup.Plan, inputs: ReadonlyArray<ModelMetadata.TensorSpec>, leadingBatch: boolean) =>
@@ -67,7 +67,7 @@ const modelWarmup = (plan: Warmup.Plan, inputs: ReadonlyArray<ModelMetadata.Tens
     const shapes = inputs.map((spec) => Warmup.shapeOf(sample, spec, Warmup.axisOf(plan.inputAxes, spec.name)))
     return {
       name: sample.name,
-      batch_size: leadingBatch ? shapes[0]?.[0] ?? sample.batchSize : 1,
+      batch_size: leadingBatch ? Warmup.rows(sample, inputs, plan.inputAxes) : 1,
       inputs: Object.fromEntries(inputs.map((spec, i) => {
         const data: Warmup.Data = Object.hasOwn(sample.inputs, spec.name) ? sample.inputs[spec.name]!.data : { _tag: "Zero" }
         return [spec.name, {

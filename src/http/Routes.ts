@@ -73,7 +73,7 @@ export interface Options {
   readonly retryAfterSeconds?: number | undefined
   /** Triton's strict readiness: not ready while any model is unavailable or none is loaded. Default true. */
   readonly strictReadiness?: boolean | undefined
-  /** `/metrics`: `triton` adds Triton's `nv_inference_*` families (see `Metrics`). Default `default`. */
+  /** `/metrics`: `triton` adds Triton's `nv_inference_*` and `nv_cache_*` families (see `Metrics`). Default `default`. */
   readonly metricsFormat?: "default" | "triton" | undefined
   /**
    * Where the routes hand over the infer route as a Node `request` handler (`NodeInfer`), for a

@@ -20,7 +20,7 @@
  * | `--load-model NAME` (repeatable) | `LOAD_MODELS` (comma-separated) | none (explicit mode: loaded at start; `*`: every model) |
  * | `--strict-readiness BOOL` | `STRICT_READINESS` | true: not ready while any model is unavailable (Triton's) |
  * | `--exit-on-error BOOL` | `EXIT_ON_ERROR` | false: exit 1 at start when a model fails to load (Triton's flag; Triton defaults it to true) |
- * | `--metrics-format F` | `METRICS_FORMAT` | `default`; `triton` also exposes Triton's `nv_inference_*` names |
+ * | `--metrics-format F` | `METRICS_FORMAT` | `default`; `triton` also exposes Triton's `nv_inference_*` and `nv_cache_*` names |
  * | `--log-format F` | `LOG_FORMAT` | `text`; `json`: one JSON object a log line (`cli/LogFormat`) |
  * | `--decode-threads N` | `DECODE_THREADS` | 0: none (threads that decode large JSON bodies while the main thread has a queue of them) |
  *
@@ -59,7 +59,7 @@ export interface ServerConfig {
   readonly strictReadiness: boolean
   /** Exit 1 at start when any model failed to load. */
   readonly exitOnError: boolean
-  /** `triton`: /metrics also carries Triton's `nv_inference_*` families. */
+  /** `triton`: /metrics also carries Triton's `nv_inference_*` and `nv_cache_*` families. */
   readonly metricsFormat: MetricsFormat
   /** `json`: one JSON object a log line, for a log collector. */
   readonly logFormat: "text" | "json"
@@ -233,7 +233,7 @@ export const options: ReadonlyArray<Option> = [
     flag: "metrics-format",
     variable: "METRICS_FORMAT",
     metavar: "FORMAT",
-    description: "default: inference_* families; triton: Triton's nv_inference_* names too, for existing dashboards (default default)",
+    description: "default: inference_* families; triton: Triton's nv_inference_* and nv_cache_* names too, for existing dashboards (default default)",
     decode: withSchema(Format)
   },
   {

@@ -252,12 +252,25 @@ const labelsConflict = (labels: ModelRepository.ModelConfig["labels"], metadata:
   return Effect.void
 }
 
-/** Why config.json's warm-up does not fit the model's batching: a sample of more rows than any batch the engine runs (as Triton refuses). */
-const warmupConflict = (samples: ReadonlyArray<Warmup.Sample> | undefined, batching: BatchPolicy.BatchingConfig): Effect.Effect<void, string> => {
-  const over = batching.enabled ? samples?.find((s) => s.batchSize > batching.maxBatchSize) : undefined
-  return over === undefined
-    ? Effect.void
-    : Effect.fail(`warmup sample ${JSON.stringify(over.name)}: batchSize ${over.batchSize} is above batching.maxBatchSize ${batching.maxBatchSize}, more rows than any run the engine makes`)
+/**
+ * Why config.json's warm-up does not fit the model's batching: a sample of more rows (its
+ * `batchSize`, or what its `dims` give) than any batch the engine runs, as Triton refuses it.
+ * Known only once the model loaded (and its instances ran the warm-up): the batching is resolved then.
+ */
+const warmupConflict = (
+  config: ModelRepository.ModelConfig,
+  metadata: ModelMetadata.ModelMetadata,
+  batching: BatchPolicy.BatchingConfig
+): Effect.Effect<void, string> => {
+  if (config.warmup === undefined || !batching.enabled) return Effect.void
+  const plan = warmupOf(config.warmup, config)
+  for (const sample of plan.samples) {
+    const rows = Warmup.rows(sample, metadata.inputs, plan.inputAxes)
+    if (rows > batching.maxBatchSize) {
+      return Effect.fail(`warmup sample ${JSON.stringify(sample.name)}: ${rows} rows, above batching.maxBatchSize ${batching.maxBatchSize}, more than any run the engine makes`)
+    }
+  }
+  return Effect.void
 }
 
 /**
@@ -275,7 +288,7 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
     InputSignature.resolve(entry.config.inputSignatures, host.metadata),
     labelsConflict(entry.config.labels, host.metadata)
   ]).pipe(
-    Effect.tap(([batching]) => warmupConflict(entry.config.warmup, batching)),
+    Effect.tap(([batching]) => warmupConflict(entry.config, host.metadata, batching)),
     Effect.map(([batching, signatures]): Ready => ({
       _tag: "Ready",
       host,

@@ -265,6 +265,9 @@ describe("OnnxModelPool on a repository with broken models", () => {
         "slow/config.json": JSON.stringify({ loadTimeoutMs: 1000, warmup: [{ batchSize: 16384, count: 1000 }] }),
         "toolarge/model.onnx": good,
         "toolarge/config.json": JSON.stringify({ batching: { maxBatchSize: 8 }, warmup: [{ name: "big", batchSize: 16 }] }),
+        // the rows its dims give count as well
+        "toolargedims/model.onnx": good,
+        "toolargedims/config.json": JSON.stringify({ batching: { maxBatchSize: 8 }, warmup: [{ name: "dims", inputs: { input: { dims: [100, 784] } } }] }),
         "proto/model.onnx": good,
         "proto/config.json": `{"warmup": [{"inputs": {"__proto__": {"data": "random"}}}]}`
       })
@@ -280,7 +283,8 @@ describe("OnnxModelPool on a repository with broken models", () => {
       assert.include(reason("slow"), "did not load its session within 1s")
       // The thread stops its warm-up itself (nothing can stop it from outside): the start does not wait out 1,000 runs.
       assert.isBelow(elapsedMs, 20_000)
-      assert.include(reason("toolarge"), `config.json: warmup sample "big": batchSize 16 is above batching.maxBatchSize 8`)
+      assert.include(reason("toolarge"), `config.json: warmup sample "big": 16 rows, above batching.maxBatchSize 8`)
+      assert.include(reason("toolargedims"), `config.json: warmup sample "dims": 100 rows, above batching.maxBatchSize 8`)
       assert.include(reason("proto"), `the model has no input "__proto__"`)
     }))
 
