@@ -142,6 +142,8 @@ export interface Service {
   readonly notStarted: (modelId: string) => Effect.Effect<number>
   /** Requests admitted and not yet answered: queued, forming a batch, or running. */
   readonly pending: Effect.Effect<number>
+  /** The response cache's figures now (`ResponseCache.Stats`); undefined when the engine has none (`AsyncConfig.responseCacheBytes`). */
+  readonly responseCache: Effect.Effect<ResponseCache.Stats | undefined>
   readonly config: AsyncConfig
   /**
    * Stops admitting (new requests fail with ShuttingDown), then waits until every queued and
@@ -1014,6 +1016,7 @@ export const make = Effect.gen(function*() {
     waitingByVersion: Effect.sync(() => waitingByVersion(state)),
     notStarted: (modelId) => Effect.sync(() => notStarted(state, modelId)),
     pending: Effect.sync(() => scheduler.unsettled),
+    responseCache: Effect.sync(() => state.cache?.stats()),
     config,
     drain: (grace) => drain(state, grace),
     isDraining: Effect.sync(() => state.draining),

@@ -12,6 +12,9 @@
  *   kills, replacements), from the pool's `counters` where it has them; every event has its row.
  * - `inference_model_loads_total{outcome}`: loads after the start (explicit model control or the
  *   repository poller), `success` or `failure`, from the pool's `modelLoads` where it has them.
+ * - `inference_cache_bytes`, `inference_cache_capacity_bytes`, `inference_cache_entries` and
+ *   `inference_cache_evictions_total`: the response cache as a whole, from the engine's
+ *   `responseCache`, where it has one (`RESPONSE_CACHE_BYTES`).
  *
  * With `format: "triton"` the page also carries Triton's names, computed from the same counters
  * (`tritonFamilies`), so that dashboards built for Triton work: `nv_inference_request_success`,
@@ -42,6 +45,14 @@ const unsettledGauge = Metric.gauge("inference_unsettled_requests", {
 const instanceEventsCounter = Metric.counter("inference_instance_events_total", {
   incremental: true,
   description: "What happened to the model instances (threads or processes), over every model: crash, deadline_kill, abandon_kill, respawn, respawn_failure"
+})
+
+const cacheBytesGauge = Metric.gauge("inference_cache_bytes", { description: "Bytes the response cache holds now, every model together (as its entries count them)" })
+const cacheCapacityGauge = Metric.gauge("inference_cache_capacity_bytes", { description: "Bytes the response cache may hold (RESPONSE_CACHE_BYTES)" })
+const cacheEntriesGauge = Metric.gauge("inference_cache_entries", { description: "Answers the response cache holds now" })
+const cacheEvictionsCounter = Metric.counter("inference_cache_evictions_total", {
+  incremental: true,
+  description: "Answers the response cache dropped, least recently used first, to make room"
 })
 
 const modelLoadsCounter = Metric.counter("inference_model_loads_total", {
@@ -246,6 +257,8 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
     const eventsCounted = new Map<string, number>()
     /** The load counts the counter holds, likewise. */
     const loadsCounted = new Map<string, number>()
+    /** The evictions the counter holds, likewise. */
+    let evictionsCounted = 0
     const refresh: Page["refresh"] = (engine, options = {}) =>
       Effect.gen(function*() {
         const byModel = yield* engine.queueStatsByModel
@@ -269,6 +282,14 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
           yield* countUp(instanceEventsCounter, "event", instanceEventLabels, options.instanceEvents, eventsCounted)
         }
         if (options.modelLoads !== undefined) yield* countUp(modelLoadsCounter, "outcome", modelLoadLabels, options.modelLoads, loadsCounted)
+        const cache = yield* engine.responseCache
+        if (cache !== undefined) {
+          yield* Metric.update(cacheBytesGauge, cache.bytes)
+          yield* Metric.update(cacheCapacityGauge, cache.capacityBytes)
+          yield* Metric.update(cacheEntriesGauge, cache.entries)
+          yield* Metric.update(cacheEvictionsCounter, cache.evictions - evictionsCounted)
+          evictionsCounted = cache.evictions
+        }
       })
     return {
       refresh,

@@ -1098,6 +1098,12 @@ describe("Triton's statistics extension", () => {
       const metrics = (yield* send("GET", "/metrics")).text
       assert.match(metrics, /inference_cache_hits_total\{model="slow",version="1"\} 2\b/)
       assert.match(metrics, /inference_cache_misses_total\{model="slow",version="1"\} 2\b/)
+      // the cache as a whole: two answers kept (the two distinct requests), nothing evicted
+      assert.match(metrics, /\ninference_cache_entries 2\n/)
+      assert.match(metrics, /\ninference_cache_capacity_bytes 100000\n/)
+      assert.match(metrics, /\ninference_cache_evictions_total 0\n/)
+      const bytes = Number(/\ninference_cache_bytes (\d+)\n/.exec(metrics)?.[1])
+      assert.isAbove(bytes, 0)
       // and Triton's names, only for the model that uses the cache
       assert.match(metrics, /\nnv_cache_num_hits_per_model\{model="slow",version="1"\} 2\n/)
       assert.match(metrics, /\nnv_cache_num_misses_per_model\{model="slow",version="1"\} 2\n/)
@@ -1106,6 +1112,19 @@ describe("Triton's statistics extension", () => {
       assert.deepStrictEqual((yield* send("GET", "/v2/models/echo/config")).json.response_cache, { enable: false })
       // no hit or miss series for a model that does not use the cache
       assert.notMatch(metrics, /inference_cache_hits_total\{model="echo"/)
+    }).pipe(withFreshMetrics))
+
+  it.live("the response cache's evictions on /metrics count each answer dropped once, across scrapes", () =>
+    Effect.gen(function*() {
+      // room for one echo answer (4 floats: 656 bytes as counted), so each new one drops the last
+      const { send } = yield* makeApp({ config: { responseCacheBytes: 1000 }, slowMetadata: { responseCache: true }, slowLatency: "1 millis" })
+      const evictions = Effect.map(send("GET", "/metrics"), (r) => Number(/\ninference_cache_evictions_total (\d+)\n/.exec(r.text)?.[1]))
+      for (const first of [1, 2, 3]) assert.strictEqual((yield* send("POST", "/v2/models/slow/infer", echoRequest([first, 2, 3, 4]))).status, 200)
+      assert.strictEqual(yield* evictions, 2)
+      assert.strictEqual(yield* evictions, 2, "a second scrape adds nothing")
+      assert.strictEqual((yield* send("POST", "/v2/models/slow/infer", echoRequest([4, 2, 3, 4]))).status, 200)
+      assert.strictEqual(yield* evictions, 3)
+      assert.match((yield* send("GET", "/metrics")).text, /\ninference_cache_entries 1\n/)
     }).pipe(withFreshMetrics))
 
   it.live("the response cache over the router: a full queue does not refuse a repeated request before its body is read; a new one gets the 429", () =>
