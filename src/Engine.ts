@@ -37,7 +37,10 @@ import * as Priority from "./Priority.ts"
 import type * as PriorityQueue from "./PriorityQueue.ts"
 import * as ResponseCache from "./ResponseCache.ts"
 import * as Scheduler from "./Scheduler.ts"
+import * as Sequence from "./Sequence.ts"
+import * as SequenceTable from "./SequenceTable.ts"
 import * as Telemetry from "./Telemetry.ts"
+import type * as Tensor from "./Tensor.ts"
 import { type RequestInfo, TelemetryCollector, unknownModel } from "./Telemetry.ts"
 import { millisOf } from "./internal/Millis.ts"
 
@@ -224,6 +227,10 @@ interface State {
   /** A name for each loaded model version (each metadata object), for the cache's keys: a reload is another. */
   readonly loads: WeakMap<ModelMetadata.ModelMetadata, string>
   nextLoad: number
+  /** The sequences of stateful models under way (`ModelMetadata.sequence`). */
+  readonly sequences: SequenceTable.SequenceTable
+  /** Starts a fiber in the engine's context (a waiting turn's deadline). */
+  readonly runFork: <A, E>(effect: Effect.Effect<A, E>) => Fiber.Fiber<A, E>
 }
 
 /**
@@ -300,7 +307,7 @@ const queueFull = (state: State, modelId: string, requestId: string, key: string
 }
 
 const noteSettled = (state: State): void => {
-  if (state.draining && state.scheduler.unsettled === 0) state.settled.openUnsafe()
+  if (state.draining && state.scheduler.unsettled === 0 && state.sequences.waiting() === 0) state.settled.openUnsafe()
 }
 
 /** How a request's waiter is answered. */
@@ -365,6 +372,7 @@ const submit = (
 ): (() => void) | undefined => {
   // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
   if (state.draining) return refuseNow(state, info, new InferenceError.ShuttingDown({}), resume)
+  if (metadata.sequence !== undefined) return takeTurn(state, request, info, metadata, metadata.sequence, startedMs, resume, queuedMs, spentMs)
   if (state.cache !== undefined && metadata.responseCache === true) {
     const key = cacheKey(state, state.cache, request, info, metadata, startedMs, resume)
     if (key === undefined) return undefined
@@ -382,6 +390,20 @@ const submit = (
       answer(exit)
     }
   }
+  return enqueue(state, request, info, metadata, startedMs, resume, queuedMs, spentMs)
+}
+
+/** `submit`'s last step: the request to the dispatcher (the queue, or a batch forming). */
+const enqueue = (
+  state: State,
+  request: InferenceRequest,
+  info: RequestInfo,
+  metadata: ModelMetadata.ModelMetadata,
+  startedMs: number,
+  resume: Resume,
+  queuedMs: number,
+  spentMs: number
+): (() => void) | undefined => {
   const spec = specOf(state, request.modelId, metadata)
   // (no key built while no model is unbatchable: the hot path allocates nothing for it)
   const unbatchable = state.scheduler.unbatchable.size > 0 && state.scheduler.unbatchable.has(Scheduler.unbatchableKey(spec))
@@ -401,6 +423,120 @@ const submit = (
   return () => {
     if (admitted.stage === "settled") return
     state.dispatcher.cancel(admitted)
+    state.telemetry.recordCancelled(info, state.nowMs() - startedMs)
+    noteSettled(state)
+  }
+}
+
+/** The refusal of a request whose sequence is not under way. */
+const sequenceNotStarted = (request: InferenceRequest, flags: Sequence.Flags, sequence: Sequence.Resolved): InferenceError.InvalidInput =>
+  new InferenceError.InvalidInput({
+    modelId: request.modelId,
+    detail: `sequence ${Sequence.idText(flags.id)} of model ${request.modelId} is not under way (never started, ended, or idle for ${sequence.maxSequenceIdleMs} ms, its maxSequenceIdleMs): its first request must set sequence_start`
+  })
+
+/** A sequence's state tensors in buffers of their own (`transferInputs` may move a request's). */
+const copyStates = (states: Tensor.TensorMap): Tensor.TensorMap => {
+  const out: Array<[string, Tensor.Tensor]> = []
+  for (const name in states) if (Object.hasOwn(states, name)) out.push([name, Sequence.copyState(states[name]!)])
+  // own keys whatever the names ("__proto__" included)
+  return Object.fromEntries(out)
+}
+
+/**
+ * A stateful model's request (`ModelMetadata.sequence`): its turn in its sequence
+ * (`SequenceTable`), run now with the sequence's state, or once the earlier requests of its
+ * sequence are answered. Waiting there is queue wait: its deadline covers it (a timer answers
+ * DeadlineExceeded), a cancellation takes it out, and it counts against the queue's bound. The
+ * answer leaves out the state outputs, which the sequence keeps (copied) for its next request.
+ */
+const takeTurn = (
+  state: State,
+  request: InferenceRequest,
+  info: RequestInfo,
+  metadata: ModelMetadata.ModelMetadata,
+  sequence: Sequence.Resolved,
+  startedMs: number,
+  resume: Resume,
+  queuedMs: number,
+  spentMs: number
+): (() => void) | undefined => {
+  const flags = request.sequence!
+  let timer: Fiber.Fiber<void> | undefined
+  let started = false
+  const stopTimer = () => {
+    timer?.interruptUnsafe()
+    timer = undefined
+  }
+  const turn: SequenceTable.Turn = {
+    start: flags.start === true,
+    end: flags.end === true,
+    canWait: () => !state.scheduler.isFull(state.sequences.waiting()),
+    go: (states, done) => {
+      started = true
+      stopTimer()
+      const inputs = Sequence.withStates(request.inputs, request.transferInputs === true ? copyStates(states) : states)
+      return enqueue(state, { ...request, inputs }, info, metadata, startedMs, (exit) => {
+        if (Exit.isFailure(exit)) {
+          done(undefined)
+          return resume(exit)
+        }
+        const next: Record<string, Tensor.Tensor> = {}
+        const outputs: Record<string, Tensor.Tensor> = {}
+        for (const name in exit.value.outputs) {
+          if (Object.hasOwn(exit.value.outputs, name) && !Sequence.isStateOutput(sequence, name)) {
+            Object.defineProperty(outputs, name, { value: exit.value.outputs[name], enumerable: true, writable: true, configurable: true })
+          }
+        }
+        for (const s of sequence.states) {
+          const output = exit.value.outputs[s.output]
+          // a pool that left a state output out ran something else: the state stays as it was
+          if (output === undefined) return (done(undefined), resume(exit))
+          Object.defineProperty(next, s.input, { value: Sequence.copyState(output), enumerable: true, writable: true, configurable: true })
+        }
+        done(next)
+        const { deviceUsed, latencyMs, modelVersion, requestId } = exit.value
+        resume(Exit.succeed(InferenceResult.Success({ requestId, outputs, latencyMs, deviceUsed, modelVersion }) as InferenceResult.Success))
+      }, queuedMs, spentMs)
+    },
+    refuse: (why) => {
+      stopTimer()
+      refuseNow(state, info, why === "ended" ? sequenceNotStarted(request, flags, sequence) : new InferenceError.ShuttingDown({}), resume)
+      noteSettled(state)
+    }
+  }
+  const taken = state.sequences.take(`${request.modelId}@${metadata.version}`, sequence, flags, turn)
+  switch (taken._tag) {
+    case "Answered":
+      return undefined
+    case "Running":
+      return taken.cancel
+    case "NotStarted":
+      return refuseNow(state, info, sequenceNotStarted(request, flags, sequence), resume)
+    case "Full":
+      return refuseNow(state, info, new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: taken.capacity, bound: "sequences" }), resume)
+    case "QueueFull":
+      return refuseNow(state, info, queueFull(state, request.modelId, request.requestId, undefined), resume)
+  }
+  const deadlineAtMs = startedMs - spentMs + millisOf(request.timeout)
+  timer = state.runFork(Effect.andThen(
+    Effect.sleep(Duration.millis(Math.max(0, deadlineAtMs - state.nowMs()))),
+    Effect.sync(() => {
+      timer = undefined
+      if (started) return
+      taken.cancel()
+      const elapsedMs = state.nowMs() - startedMs + spentMs
+      const reason = new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs: millisOf(request.timeout), elapsedMs })
+      recordFailure(state.telemetry, info, reason, elapsedMs)
+      resume(Exit.fail(InferenceError.make(reason)))
+      noteSettled(state)
+    })
+  ))
+  return () => {
+    stopTimer()
+    const waited = !started
+    taken.cancel()
+    if (!waited) return
     state.telemetry.recordCancelled(info, state.nowMs() - startedMs)
     noteSettled(state)
   }
@@ -470,12 +606,42 @@ const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadat
   }
   const timeout = negativeTimeout(request)
   if (timeout !== undefined) return timeout
-  const invalid = ModelMetadata.validateInputs(metadata, request.inputs)
+  let inputs = request.inputs
+  if (metadata.sequence !== undefined || request.sequence !== undefined) {
+    const misfit = sequenceMisfit(request, metadata)
+    if (misfit !== undefined) return new InferenceError.InvalidInput({ modelId: request.modelId, detail: misfit })
+    // checked with the initial state in place of the sequence's (same dtypes and dims)
+    if (metadata.sequence !== undefined) inputs = Sequence.withStates(request.inputs, metadata.sequence.initialInputs)
+  }
+  const invalid = ModelMetadata.validateInputs(metadata, inputs)
   if (invalid !== undefined) return invalid
   const batching = metadata.batching
   if (batching?.enabled === true) {
-    const disagreement = Batch.rowsDisagreement(batching, request.inputs)
+    const disagreement = Batch.rowsDisagreement(batching, inputs)
     if (disagreement !== undefined) return new InferenceError.InvalidInput({ modelId: request.modelId, detail: disagreement })
+  }
+  return undefined
+}
+
+/**
+ * Why a request does not fit its model's sequences (`Sequence`), or undefined: a stateful model
+ * needs the request's sequence, and refuses a state input sent by the client; a model without
+ * state refuses a sequence (its request would run without the state its client counts on).
+ */
+const sequenceMisfit = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadata): string | undefined => {
+  const sequence = metadata.sequence
+  if (sequence === undefined) {
+    return `model ${request.modelId} keeps no state between requests (its config.json has no sequenceBatching): send no sequence id`
+  }
+  if (request.sequence === undefined) {
+    return `model ${request.modelId} keeps a state between the requests of a sequence (config.json sequenceBatching): each request needs a sequence id (parameters.sequence_id: a positive integer or text), and its first one sequence_start`
+  }
+  const problem = Sequence.flagsProblem(request.sequence)
+  if (problem !== undefined) return problem
+  for (const state of sequence.states) {
+    if (Object.hasOwn(request.inputs, state.input)) {
+      return `input ${JSON.stringify(state.input)} is the sequence's state, which the server keeps between its requests (config.json sequenceBatching): do not send it`
+    }
   }
   return undefined
 }
@@ -760,7 +926,10 @@ const drain = (state: State, grace: Duration.Input) =>
       Effect.timeoutOption(grace),
       Effect.map((o) => {
         // Grace spent: what never reached an instance is answered now, not cut off with its connection.
-        if (o._tag === "None") state.dispatcher.refuseWaiting()
+        if (o._tag === "None") {
+          state.dispatcher.refuseWaiting()
+          state.sequences.refuseWaiting()
+        }
         return { drained: o._tag === "Some" }
       })
     )
@@ -961,6 +1130,8 @@ export const make = Effect.gen(function*() {
     cache: config.responseCacheBytes !== undefined && config.responseCacheBytes > 0 ? ResponseCache.make(config.responseCacheBytes) : undefined,
     loads: new WeakMap(),
     nextLoad: 0,
+    sequences: SequenceTable.make(dispatcher.nowMs),
+    runFork,
     callbackThrew: (error) => {
       if (callbackWarned) return
       callbackWarned = true
@@ -968,7 +1139,13 @@ export const make = Effect.gen(function*() {
     }
   }
   // Closing the scope refuses new work first (the dispatcher's finalizer then answers what waits).
-  yield* Effect.addFinalizer(() => Effect.sync(() => void (state.draining = true)))
+  // Turns waiting behind their sequence are answered before the dispatcher answers the runs they wait for.
+  yield* Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      state.draining = true
+      state.sequences.refuseWaiting()
+    })
+  )
   const { scheduler } = state
   return AsyncInferenceEngine.of({
     infer: (request, options) => infer(state, request, spentOf(options)),

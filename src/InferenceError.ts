@@ -18,13 +18,17 @@ export class QueueFull extends Schema.Error<QueueFull>("effect-onnx/InferenceErr
   requestId: Schema.String,
   capacity: Schema.Number,
   /**
-   * Which bound: "model" when the model's own (config.json `maxQueuedRequests`) is full; absent
-   * (or "server") when the queue all models share is.
+   * Which bound: "model" when the model's own (config.json `maxQueuedRequests`) is full;
+   * "sequences" when a new sequence of a stateful model finds it at its `maxSequences` (config.json
+   * `sequenceBatching`; `capacity` is that); absent (or "server") when the queue all models share is.
    */
-  bound: Schema.optional(Schema.Literals(["server", "model"]))
+  bound: Schema.optional(Schema.Literals(["server", "model", "sequences"]))
 }) {
   override get message(): string {
     const request = this.requestId === "" ? "" : `, request ${this.requestId}`
+    if (this.bound === "sequences") {
+      return `too many sequences: model ${this.modelId} already has ${this.capacity} under way, the most its config.json allows (sequenceBatching.maxSequences); one must end or go idle first${this.requestId === "" ? "" : ` (request ${this.requestId})`}`
+    }
     return this.bound === "model"
       ? `queue full: model ${this.modelId} already has ${this.capacity} requests waiting, the most its config.json allows (maxQueuedRequests)${this.requestId === "" ? "" : ` (request ${this.requestId})`}`
       : `queue full: ${this.capacity} requests already queued, all models together (model ${this.modelId}${request})`

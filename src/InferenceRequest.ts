@@ -6,6 +6,7 @@
 import { Duration } from "effect"
 import { dual } from "effect/Function"
 import * as Priority from "./Priority.ts"
+import type * as Sequence from "./Sequence.ts"
 import type * as Tensor from "./Tensor.ts"
 
 export interface InferenceRequest {
@@ -25,6 +26,11 @@ export interface InferenceRequest {
    * after `infer`. Only a buffer that holds exactly its tensor moves. Default false: copied.
    */
   readonly transferInputs?: boolean | undefined
+  /**
+   * The sequence the request belongs to, for a model that keeps state between requests
+   * (config.json `sequenceBatching`, see `Sequence`): required there, refused elsewhere.
+   */
+  readonly sequence?: Sequence.Flags | undefined
 }
 
 /** 30 seconds, as in the spec. */
@@ -38,6 +44,7 @@ export interface Options {
   readonly priority?: Priority.Priority | undefined
   readonly metadata?: Readonly<Record<string, string>> | undefined
   readonly transferInputs?: boolean | undefined
+  readonly sequence?: Sequence.Flags | undefined
 }
 
 let counter = 0
@@ -73,7 +80,8 @@ export const make = (modelId: string, inputs: Tensor.TensorMap, options: Options
   timeout: options.timeout === undefined ? defaultTimeout : timeoutOf(options.timeout),
   priority: options.priority ?? Priority.Normal,
   metadata: options.metadata ?? {},
-  ...(options.transferInputs === true ? { transferInputs: true } : {})
+  ...(options.transferInputs === true ? { transferInputs: true } : {}),
+  ...(options.sequence === undefined ? {} : { sequence: options.sequence })
 })
 
 export const withPriority: {

@@ -8,6 +8,7 @@ import type * as BatchPolicy from "./BatchPolicy.ts"
 import * as InferenceError from "./InferenceError.ts"
 import * as InputSignature from "./InputSignature.ts"
 import type * as Priority from "./Priority.ts"
+import type * as Sequence from "./Sequence.ts"
 import * as Tensor from "./Tensor.ts"
 import type * as VersionPolicy from "./VersionPolicy.ts"
 import type * as Warmup from "./Warmup.ts"
@@ -78,6 +79,12 @@ export interface ModelMetadata {
   readonly versionPolicy?: VersionPolicy.VersionPolicy | undefined
   /** Answers of this version are kept in the engine's response cache, where it has one (config.json `responseCache`; `ResponseCache`). */
   readonly responseCache?: boolean | undefined
+  /**
+   * The state the engine keeps between the requests of a sequence (config.json
+   * `sequenceBatching`, see `Sequence`): each request then names its sequence, sends no state
+   * input and gets no state output. Absent: the model keeps nothing between requests.
+   */
+  readonly sequence?: Sequence.Resolved | undefined
   /** The warm-up runs each instance made before it served (config.json `warmup`); absent: none. */
   readonly warmup?: Warmup.Plan | undefined
   /** Declared alternatives the inputs must fit (config.json `inputSignatures`); absent means the ONNX signature alone. */

@@ -43,6 +43,7 @@ import * as BatchPolicy from "./BatchPolicy.ts"
 import * as InputSignature from "./InputSignature.ts"
 import * as Priority from "./Priority.ts"
 import * as VersionPolicy from "./VersionPolicy.ts"
+import * as Sequence from "./Sequence.ts"
 import * as Warmup from "./Warmup.ts"
 
 /** The model repository shipped with the package (`models/`: `mlp` and `silero_vad`). The one place its path is defined. */
@@ -246,7 +247,9 @@ export const configFields = {
     ))
   ),
   /** Runs each instance makes before it serves (Triton's `model_warmup`, see `Warmup`); absent: none. */
-  warmup: Schema.optionalKey(Schema.Unknown.check(Schema.makeFilter((json: unknown) => Warmup.problem(json) ?? true)))
+  warmup: Schema.optionalKey(Schema.Unknown.check(Schema.makeFilter((json: unknown) => Warmup.problem(json) ?? true))),
+  /** The state kept between the requests of a sequence (Triton's `sequence_batching` with implicit state, see `Sequence`); absent: none. */
+  sequenceBatching: Schema.optionalKey(Schema.Unknown.check(Schema.makeFilter((json: unknown) => Sequence.problem(json) ?? true)))
 }
 
 /** `config.json` as written. The schema itself ignores unknown keys; `decodeConfig` refuses them first (`unknownKeys`). */
@@ -287,11 +290,13 @@ export interface ModelConfig {
   readonly responseCache: boolean
   /** config.json's `warmup` samples (`Warmup`), run by every instance before it serves; undefined: none. */
   readonly warmup: ReadonlyArray<Warmup.Sample> | undefined
+  /** config.json's `sequenceBatching` (`Sequence`), checked against the model once it loaded; undefined: none. */
+  readonly sequenceBatching: Sequence.Config | undefined
   /** config.json as parsed (an empty object without one). */
   readonly raw: Readonly<Record<string, unknown>>
 }
 
-export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests" | "versionPolicy" | "warmup" | "responseCache">
+export type Defaults = Omit<ModelConfig, "raw" | "batching" | "inputSignatures" | "labels" | "maxQueuedRequests" | "versionPolicy" | "warmup" | "responseCache" | "sequenceBatching">
 
 /** Defaults given in code over `defaults()`: any subset, a key set to undefined keeping its default. */
 export type DefaultsOverrides = { readonly [K in keyof Defaults]?: Defaults[K] | undefined }
@@ -453,10 +458,13 @@ export const defaultIsolation = (providers: ReadonlyArray<ExecutionProvider>): I
  * (microsoft/onnxruntime#32561) say is safe but no GPU host has confirmed here yet (the crash
  * hunt's `workers2-locked` and `engine-thread-2models` cases); and they would gain nothing over
  * one instance, the GPU running one at a time anyway. One instance in a thread is allowed (the
- * server then shares the process with the GPU stack: the operator chose).
+ * server then shares the process with the GPU stack: the operator chose). Also the response cache
+ * together with sequences: an answer of a stateful model depends on its sequence's state.
  */
-export const configConflict = (config: Pick<ModelConfig, "executionProviders" | "isolation" | "instances">): string | undefined =>
-  requestsGpu(config.executionProviders) && config.isolation === "thread" && config.instances > 1
+export const configConflict = (config: Pick<ModelConfig, "executionProviders" | "isolation" | "instances"> & Partial<Pick<ModelConfig, "responseCache" | "sequenceBatching">>): string | undefined =>
+  config.responseCache === true && config.sequenceBatching !== undefined
+    ? `responseCache and sequenceBatching exclude each other: a sequence's answer depends on its state, not on the request alone`
+    : requestsGpu(config.executionProviders) && config.isolation === "thread" && config.instances > 1
     ? `${config.instances} instances of a GPU model (${config.executionProviders.map(providerName).join(", ")}) with isolation "thread" ` +
       `would run several WebGPU sessions in worker threads of one process, which crashes it (SIGSEGV) when their runs overlap; ` +
       `taking turns they would gain nothing over one instance: use isolation "process" (the default for GPU models) or instances 1`
@@ -503,6 +511,7 @@ export const decodeConfig = (json: unknown, overrides: DefaultsOverrides = {}): 
       versionPolicy: config.versionPolicy === undefined ? VersionPolicy.all : VersionPolicy.fromJson(config.versionPolicy),
       warmup: config.warmup === undefined ? undefined : Warmup.fromJson(config.warmup as ReadonlyArray<unknown>),
       responseCache: (config.responseCache as { readonly enable?: boolean } | undefined)?.enable === true,
+      sequenceBatching: config.sequenceBatching === undefined ? undefined : Sequence.fromJson(config.sequenceBatching),
       raw: json as Readonly<Record<string, unknown>>
     }
   }))

@@ -37,6 +37,7 @@ import type * as ModelMetadata from "./ModelMetadata.ts"
 import { checkDims } from "./ModelMetadata.ts"
 import * as Priority from "./Priority.ts"
 import * as Tensor from "./Tensor.ts"
+import type * as Sequence from "./Sequence.ts"
 
 export { fromHalfBits, toHalfBits }
 
@@ -116,8 +117,39 @@ export const InferParameters = Schema.Struct({
     Schema.isGreaterThanOrEqualTo(0)
   )),
   /** Binary tensor data extension: every output as binary unless its own `binary_data` says otherwise. */
-  binary_data_output: Schema.optionalKey(Schema.Boolean)
+  binary_data_output: Schema.optionalKey(Schema.Boolean),
+  /**
+   * The sequence of a stateful model the request belongs to (Triton's correlation id, see
+   * `Sequence`): a non-negative integer below 2^53 or text of at most 256 characters; 0 and ""
+   * mean none.
+   */
+  sequence_id: Schema.optionalKey(Schema.Union([
+    Schema.Number.check(Schema.makeFilter((n: number) =>
+      (Number.isSafeInteger(n) && n >= 0) || `sequence_id ${n}: an integer from 0 to 2^53 - 1 (a larger id goes as text)`
+    )),
+    Schema.String.check(Schema.isMaxLength(256))
+  ])),
+  /** The first request of its sequence: the sequence's state starts over. */
+  sequence_start: Schema.optionalKey(Schema.Boolean),
+  /** The last request of its sequence: the sequence ends once it succeeds. */
+  sequence_end: Schema.optionalKey(Schema.Boolean)
 })
+
+/**
+ * A request's sequence flags from its parameters (`InferParameters`): undefined without a
+ * sequence id (absent, 0 or ""); a problem when `sequence_start` or `sequence_end` is set without one.
+ */
+export const sequenceOf = (parameters: InferParameters | undefined): Sequence.Flags | undefined | { readonly problem: string } => {
+  const id = parameters?.sequence_id
+  if (id === undefined || id === 0 || id === "") {
+    return parameters?.sequence_start === true || parameters?.sequence_end === true
+      ? { problem: "parameters.sequence_start and sequence_end need a sequence_id (a positive integer or text)" }
+      : undefined
+  }
+  return { id, start: parameters?.sequence_start === true, end: parameters?.sequence_end === true }
+}
+
+export type InferParameters = typeof InferParameters.Type
 
 /** The body of `POST /v2/models/{name}[/versions/{version}]/infer`. */
 export const InferRequest = Schema.Struct({

@@ -95,6 +95,23 @@ describe("ModelRepository", () => {
         }
       }))
 
+    it.effect("sequenceBatching: decoded with its defaults, bad sections and the response cache beside it refused", () =>
+      Effect.gen(function*() {
+        const config = yield* ModelRepository.decodeConfig({ sequenceBatching: { state: [{ input: "h", output: "hN" }] } })
+        assert.deepStrictEqual(config.sequenceBatching, {
+          maxSequenceIdleMs: 1000,
+          maxSequences: 1024,
+          states: [{ input: "h", output: "hN", dims: undefined }]
+        })
+        for (const bad of [{}, { state: [] }, { state: [{ input: "h" }] }, { state: [{ input: "h", output: "o", size: 3 }] }, { maxSequenceIdleMs: 0, state: [{ input: "h", output: "o" }] }]) {
+          const error = yield* Effect.flip(ModelRepository.decodeConfig({ sequenceBatching: bad }))
+          assert.include(error.message, `sequenceBatching`, JSON.stringify(bad))
+        }
+        const both = yield* ModelRepository.decodeConfig({ responseCache: { enable: true }, sequenceBatching: { state: [{ input: "h", output: "hN" }] } })
+        assert.include(ModelRepository.configConflict(both), "responseCache and sequenceBatching exclude each other")
+        assert.isUndefined(ModelRepository.configConflict(config))
+      }))
+
     it.effect("fills every default when the file is empty", () =>
       Effect.gen(function*() {
         const config = yield* ModelRepository.decodeConfig({})
@@ -114,6 +131,7 @@ describe("ModelRepository", () => {
           versionPolicy: VersionPolicy.all,
           warmup: undefined,
           responseCache: false,
+          sequenceBatching: undefined,
           raw: {}
         })
         assert.strictEqual(ModelRepository.defaultInstances(2), 1)

@@ -19,6 +19,7 @@ import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
 import { ModelPool } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
+import * as Sequence from "../Sequence.ts"
 import * as GrpcCodec from "./GrpcCodec.ts"
 
 export interface Options {
@@ -103,7 +104,8 @@ export const make = (options: Options) =>
           modelVersion: version,
           priority: prepared.priority ?? metadata.defaultPriority,
           timeout,
-          metadata: body.id === undefined ? undefined : { id: body.id }
+          metadata: body.id === undefined ? undefined : { id: body.id },
+          sequence: prepared.sequence
         })
         const result = yield* engine.infer(request, { spentMs: performance.now() - inAtPreciseMs }).pipe(Effect.mapError((e) => refusedAs(e.reason, message.id)))
         const outputs: Array<readonly [string, (typeof result.outputs)[string]]> = []
@@ -123,8 +125,8 @@ export const make = (options: Options) =>
           name,
           versions: Oip.metadataVersions(yield* pool.models, metadata, version),
           platform: Oip.platformName,
-          inputs: metadata.inputs.map(Oip.tensorMetadata),
-          outputs: metadata.outputs.map(Oip.tensorMetadata)
+          inputs: Sequence.clientInputs(metadata).map(Oip.tensorMetadata),
+          outputs: Sequence.clientOutputs(metadata).map(Oip.tensorMetadata)
         }
       })
 

@@ -12,6 +12,7 @@ import * as InferenceRequest from "../InferenceRequest.ts"
 import type * as InferenceResult from "../InferenceResult.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import type * as Priority from "../Priority.ts"
+import type * as Sequence from "../Sequence.ts"
 import type * as Tensor from "../Tensor.ts"
 import * as Oip from "./Oip.ts"
 import { millisOf } from "../internal/Millis.ts"
@@ -52,6 +53,8 @@ export interface Body {
   /** Undefined: the engine's default deadline. */
   readonly timeoutMs: number | undefined
   readonly id: string | undefined
+  /** The request's sequence (`Oip.Prepared.sequence`); undefined: none. */
+  readonly sequence: Sequence.Flags | undefined
 }
 
 /** A body that asks for no classification (most): one shared empty list. */
@@ -100,7 +103,8 @@ export const decodeBody = (
     classifications: prepared.classifications.size === 0 ? noPairs : [...prepared.classifications],
     priority: prepared.priority,
     timeoutMs: prepared.timeout === undefined ? undefined : millisOf(prepared.timeout),
-    id: body.id
+    id: body.id,
+    sequence: prepared.sequence
   }
 }
 
@@ -120,7 +124,8 @@ export const toDecoded = (
     priority: body.priority ?? metadata.defaultPriority,
     timeout: body.timeoutMs === undefined ? undefined : Duration.millis(body.timeoutMs),
     metadata: body.id === undefined ? undefined : { id: body.id },
-    transferInputs: ownsBody
+    transferInputs: ownsBody,
+    sequence: body.sequence
   }),
   outputs: body.outputs,
   binaryOutputs: new Set(body.binaryOutputs),

@@ -25,6 +25,7 @@ import type { AsyncConfig } from "../AsyncConfig.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import * as Priority from "../Priority.ts"
+import * as Sequence from "../Sequence.ts"
 import * as VersionPolicy from "../VersionPolicy.ts"
 import * as Warmup from "../Warmup.ts"
 import * as Oip from "./Oip.ts"
@@ -90,7 +91,6 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
     const dims = leadingBatch ? spec.dims.slice(1) : spec.dims
     return { name: spec.name, data_type: tritonDataType(spec), dims: dims.map((d) => (d < 0 ? -1 : d)) }
   }
-  const defaultPriority = metadata.defaultPriority ?? Priority.Normal
   return {
     name: metadata.name,
     platform: Oip.platformName,
@@ -98,9 +98,10 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
     // config.json's versionPolicy; without one every version directory is served (the highest ready one by default)
     version_policy: VersionPolicy.toTriton(metadata.versionPolicy ?? VersionPolicy.all),
     max_batch_size: leadingBatch ? batching.maxBatchSize : 0,
-    input: metadata.inputs.map(tensor),
+    // a stateful model's state tensors are in sequence_batching.state, as Triton lists them
+    input: Sequence.clientInputs(metadata).map(tensor),
     // Triton's label_filename, where config.json names one (classification answers carry the labels).
-    output: metadata.outputs.map((spec) => {
+    output: Sequence.clientOutputs(metadata).map((spec) => {
       const labelFile = metadata.labelFiles?.[spec.name]
       return labelFile === undefined ? tensor(spec) : { ...tensor(spec), label_filename: labelFile }
     }),
@@ -108,18 +109,58 @@ export const of = (metadata: ModelMetadata.ModelMetadata, engine: AsyncConfig) =
     ...(metadata.warmup === undefined ? {} : { model_warmup: modelWarmup(metadata.warmup, metadata.inputs, leadingBatch) }),
     // config.json's responseCache; the engine keeps answers only when the server has a cache (--cache-config)
     response_cache: { enable: metadata.responseCache === true },
-    dynamic_batching: {
-      preferred_batch_size: batching?.preferredBatchSizes.slice() ?? [],
-      max_queue_delay_microseconds: batching === undefined ? 0 : micros(batching.maxQueueDelay),
-      priority_levels: Oip.priorityLevels,
-      default_priority_level: Priority.rank(defaultPriority) + 1,
-      default_queue_policy: {
-        timeout_action: "REJECT",
-        default_timeout_microseconds: micros(engine.queueTimeout),
-        allow_timeout_override: true,
-        // The model's own bound where config.json sets one (within the server's, which all models share).
-        max_queue_size: metadata.maxQueuedRequests ?? engine.maxQueuedRequests
-      }
+    ...scheduling(metadata, engine, batching, leadingBatch)
+  }
+}
+
+/** Triton's scheduling choice: a stateful model's sequence batcher, else the dynamic batcher (one of the two). */
+const scheduling = (
+  metadata: ModelMetadata.ModelMetadata,
+  engine: AsyncConfig,
+  batching: ModelMetadata.ModelMetadata["batching"],
+  leadingBatch: boolean
+): { dynamic_batching?: ReturnType<typeof dynamicBatching>; sequence_batching?: ReturnType<typeof sequenceBatching> } =>
+  metadata.sequence === undefined
+    ? { dynamic_batching: dynamicBatching(metadata, engine, batching) }
+    : { sequence_batching: sequenceBatching(metadata.sequence, batching, leadingBatch) }
+
+/**
+ * A stateful model's sequences in Triton's form: its `oldest` strategy (requests of different
+ * sequences batch together, within the model's batching), the idle limit, and each implicit state
+ * (dims without the batch dim when the model's batch dim is every tensor's first).
+ */
+const sequenceBatching = (sequence: Sequence.Resolved, batching: ModelMetadata.ModelMetadata["batching"], leadingBatch: boolean) => ({
+  max_sequence_idle_microseconds: sequence.maxSequenceIdleMs * 1000,
+  oldest: {
+    max_candidate_sequences: sequence.maxSequences,
+    preferred_batch_size: batching?.enabled === true ? batching.preferredBatchSizes.slice() : [],
+    max_queue_delay_microseconds: batching?.enabled === true ? micros(batching.maxQueueDelay) : 0
+  },
+  state: sequence.states.map((state) => {
+    const data_type = tritonDataType({ name: state.input, dtype: state.initial.dtype, dims: state.initial.dims })
+    const dims = leadingBatch ? state.initial.dims.slice(1) : state.initial.dims.slice()
+    return { input_name: state.input, output_name: state.output, data_type, dims, initial_state: [{ name: "zero", data_type, dims, zero_data: true }] }
+  })
+})
+
+/** The model's dynamic batching and queue policy in Triton's form. */
+const dynamicBatching = (
+  metadata: ModelMetadata.ModelMetadata,
+  engine: AsyncConfig,
+  batching: ModelMetadata.ModelMetadata["batching"]
+) => {
+  const defaultPriority = metadata.defaultPriority ?? Priority.Normal
+  return {
+    preferred_batch_size: batching?.preferredBatchSizes.slice() ?? [],
+    max_queue_delay_microseconds: batching === undefined ? 0 : micros(batching.maxQueueDelay),
+    priority_levels: Oip.priorityLevels,
+    default_priority_level: Priority.rank(defaultPriority) + 1,
+    default_queue_policy: {
+      timeout_action: "REJECT",
+      default_timeout_microseconds: micros(engine.queueTimeout),
+      allow_timeout_override: true,
+      // The model's own bound where config.json sets one (within the server's, which all models share).
+      max_queue_size: metadata.maxQueuedRequests ?? engine.maxQueuedRequests
     }
   }
 }

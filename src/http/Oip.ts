@@ -25,6 +25,7 @@ import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import type * as ModelPool from "../ModelPool.ts"
 import * as Priority from "../Priority.ts"
+import * as Sequence from "../Sequence.ts"
 import * as Tensor from "../Tensor.ts"
 import * as TensorCodec from "../TensorCodec.ts"
 
@@ -140,13 +141,20 @@ export const selectOutputs = (
   metadata: ModelMetadata.ModelMetadata,
   requested: ReadonlyArray<{ readonly name: string }> | undefined
 ): ReadonlyArray<string> | InferenceError.InvalidInput => {
-  if (requested === undefined || requested.length === 0) return metadata.outputs.map((s) => s.name)
+  const outputs = Sequence.clientOutputs(metadata)
+  if (requested === undefined || requested.length === 0) return outputs.map((s) => s.name)
   const names: Array<string> = []
   for (const { name } of requested) {
-    if (!metadata.outputs.some((s) => s.name === name)) {
+    if (Sequence.isStateOutput(metadata.sequence, name)) {
       return new InferenceError.InvalidInput({
         modelId: metadata.name,
-        detail: `unknown output ${JSON.stringify(name)}; the model returns ${metadata.outputs.map((s) => s.name).join(", ")}`
+        detail: `output ${JSON.stringify(name)} is the sequence's next state, which the server keeps for the sequence's next request (config.json sequenceBatching): it is not returned`
+      })
+    }
+    if (!outputs.some((s) => s.name === name)) {
+      return new InferenceError.InvalidInput({
+        modelId: metadata.name,
+        detail: `unknown output ${JSON.stringify(name)}; the model returns ${outputs.map((s) => s.name).join(", ")}`
       })
     }
     if (!names.includes(name)) names.push(name)
@@ -400,10 +408,11 @@ export const rawBinaryRequest = (
 ): { readonly body: TensorCodec.InferRequest; readonly binary: Uint8Array } | InferenceError.InvalidInput => {
   const refuse = (detail: string) =>
     new InferenceError.InvalidInput({ modelId: metadata.name, detail: `a raw binary request (Inference-Header-Content-Length 0) ${detail}` })
-  if (metadata.inputs.length !== 1) {
-    return refuse(`needs a model of one input; ${metadata.name} takes ${metadata.inputs.length} (${metadata.inputs.map((s) => s.name).join(", ")})`)
+  const inputs = Sequence.clientInputs(metadata)
+  if (inputs.length !== 1) {
+    return refuse(`needs a model of one input; ${metadata.name} takes ${inputs.length} (${inputs.map((s) => s.name).join(", ")})`)
   }
-  const spec = metadata.inputs[0]!
+  const spec = inputs[0]!
   const batching = metadata.batching?.enabled === true ? metadata.batching : undefined
   const batchAxis = batching === undefined ? null : Batch.axisOf(batching.inputAxes, spec.name)
   const shape = spec.dims.slice()
@@ -445,6 +454,8 @@ export interface Prepared {
   readonly priority: Priority.Priority | undefined
   /** Undefined: the engine's default deadline. */
   readonly timeout: Duration.Duration | undefined
+  /** The request's sequence (`parameters.sequence_id`, `sequence_start`, `sequence_end`); undefined: none. */
+  readonly sequence: Sequence.Flags | undefined
 }
 
 /**
@@ -467,12 +478,15 @@ export const prepare = (
   if (binaryOutputs instanceof InferenceError.InvalidInput) return binaryOutputs
   const classifications = classificationsOf(metadata, body)
   if (classifications instanceof InferenceError.InvalidInput) return classifications
+  const sequence = TensorCodec.sequenceOf(body.parameters)
+  if (sequence !== undefined && "problem" in sequence) return new InferenceError.InvalidInput({ modelId: metadata.name, detail: sequence.problem })
   return {
     inputs,
     outputs,
     binaryOutputs,
     classifications,
     priority: TensorCodec.priorityOf(body.parameters?.priority),
-    timeout: TensorCodec.timeoutOf(body.parameters?.timeout)
+    timeout: TensorCodec.timeoutOf(body.parameters?.timeout),
+    sequence
   }
 }

@@ -45,6 +45,7 @@ import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool, runs as versionRuns, type Service as ModelPoolService } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
+import * as Sequence from "../Sequence.ts"
 import * as Lifecycle from "./Lifecycle.ts"
 import * as DecodePool from "./DecodePool.ts"
 import * as InferExchange from "./InferExchange.ts"
@@ -428,8 +429,8 @@ const modelRoutes = (ctx: Ctx) => {
       name,
       versions: Oip.metadataVersions(yield* pool.models, metadata, version),
       platform,
-      inputs: metadata.inputs.map(Oip.tensorMetadata),
-      outputs: metadata.outputs.map(Oip.tensorMetadata),
+      inputs: Sequence.clientInputs(metadata).map(Oip.tensorMetadata),
+      outputs: Sequence.clientOutputs(metadata).map(Oip.tensorMetadata),
       properties: Oip.modelProperties(metadata)
     })
   }))

@@ -42,6 +42,7 @@ import * as InputSignature from "../InputSignature.ts"
 import * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool, type ModelStatus, type RunOptions as ModelPoolRunOptions, type Service as ModelPoolService } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
+import * as Sequence from "../Sequence.ts"
 import type * as Tensor from "../Tensor.ts"
 import * as InstancePool from "./InstancePool.ts"
 import * as ProcessHost from "./ProcessHost.ts"
@@ -252,6 +253,13 @@ const labelsConflict = (labels: ModelRepository.ModelConfig["labels"], metadata:
   return Effect.void
 }
 
+/** config.json's `sequenceBatching` checked against the loaded model (`Sequence.resolve`); undefined without one. */
+const sequenceOf = (config: Sequence.Config | undefined, metadata: ModelMetadata.ModelMetadata): Effect.Effect<Sequence.Resolved | undefined, string> => {
+  if (config === undefined) return Effect.succeed(undefined)
+  const resolved = Sequence.resolve(config, metadata)
+  return typeof resolved === "string" ? Effect.fail(resolved) : Effect.succeed(resolved)
+}
+
 /**
  * Why config.json's warm-up does not fit the model's batching: a sample of more rows (its
  * `batchSize`, or what its `dims` give) than any batch the engine runs, as Triton refuses it.
@@ -286,10 +294,11 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
   return Effect.all([
     BatchPolicy.resolve(gpu ? gpuBatching(entry.config.batching) : entry.config.batching, host.metadata),
     InputSignature.resolve(entry.config.inputSignatures, host.metadata),
-    labelsConflict(entry.config.labels, host.metadata)
+    labelsConflict(entry.config.labels, host.metadata),
+    sequenceOf(entry.config.sequenceBatching, host.metadata)
   ]).pipe(
     Effect.tap(([batching]) => warmupConflict(entry.config, host.metadata, batching)),
-    Effect.map(([batching, signatures]): Ready => ({
+    Effect.map(([batching, signatures, , sequence]): Ready => ({
       _tag: "Ready",
       host,
       metadata: {
@@ -301,6 +310,7 @@ const configure = (loader: Loader, entry: ModelRepository.Found, host: InstanceP
         ...(entry.config.versionPolicy._tag === "All" ? {} : { versionPolicy: entry.config.versionPolicy }),
         ...(entry.config.warmup === undefined ? {} : { warmup: warmupOf(entry.config.warmup, entry.config) }),
         ...(entry.config.responseCache ? { responseCache: true } : {}),
+        ...(sequence === undefined ? {} : { sequence }),
         pipelineDepth: host.depth,
         reportsStarts: true,
         // A process can be killed mid-run (after `killGraceMs`); a thread cannot.

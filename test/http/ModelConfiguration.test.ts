@@ -30,7 +30,7 @@ describe("ModelConfiguration", () => {
   })
 
   it("default_timeout_microseconds: whole microseconds, 0 for none or past a uint64 (an infinite or 1e308 ms queue timeout)", () => {
-    const timeout = (ms: number) => ModelConfiguration.of(model({}), { ...engine, queueTimeout: Duration.millis(ms) }).dynamic_batching.default_queue_policy.default_timeout_microseconds
+    const timeout = (ms: number) => ModelConfiguration.of(model({}), { ...engine, queueTimeout: Duration.millis(ms) }).dynamic_batching!.default_queue_policy.default_timeout_microseconds
     assert.deepStrictEqual([timeout(5000), timeout(0.0015), timeout(Infinity), timeout(1e308), timeout(0)], [5_000_000, 2, 0, 0, 0])
     // A timeout below half a microsecond is still one: not 0, which would read as none.
     assert.strictEqual(timeout(0.0001), 1)
@@ -55,8 +55,8 @@ describe("ModelConfiguration", () => {
   })
 
   it("max_queue_size: the model's own bound where config.json sets one, else the server's", () => {
-    assert.strictEqual(ModelConfiguration.of(model({}), engine).dynamic_batching.default_queue_policy.max_queue_size, 10)
-    assert.strictEqual(ModelConfiguration.of(model({ maxQueuedRequests: 3 }), engine).dynamic_batching.default_queue_policy.max_queue_size, 3)
+    assert.strictEqual(ModelConfiguration.of(model({}), engine).dynamic_batching!.default_queue_policy.max_queue_size, 10)
+    assert.strictEqual(ModelConfiguration.of(model({ maxQueuedRequests: 3 }), engine).dynamic_batching!.default_queue_policy.max_queue_size, 3)
   })
 
   it("max_batch_size and dims: the batch axis left out only where every tensor is batched on its first; otherwise max_batch_size 0 and every dim in place, as a Triton client must send them", () => {

@@ -1,0 +1,229 @@
+/**
+ * The sequences of stateful models under way (`Sequence`): each one's state between its
+ * requests, its requests run one at a time in the order they came, and how long it has been idle.
+ * Synchronous and without a clock of its own (`nowMs` is given): the engine runs each turn, and
+ * answers a turn that waits past its deadline.
+ *
+ * - A sequence's requests run one at a time: one that comes while an earlier one of its sequence
+ *   is unanswered waits behind it (`Waiting`), and runs with the state that one leaves.
+ * - A success moves the state on (its state outputs are the next state); a failure, a
+ *   cancellation or a time-out leaves the state as it was. A start sets the initial state, an end
+ *   that succeeds drops the sequence once its turn is over.
+ * - A sequence without a request for `maxSequenceIdleMs` (none running, none waiting) is dropped
+ *   at the next `take`: its memory is given back then, whatever the model.
+ *
+ * @module SequenceTable
+ */
+import * as Sequence from "./Sequence.ts"
+import type * as Tensor from "./Tensor.ts"
+
+/** A request's turn in its sequence. */
+export interface Turn {
+  readonly start: boolean
+  readonly end: boolean
+  /**
+   * Runs the request with the sequence's state (`states`, by input name: the table's own, which
+   * the run must neither move nor change); calls `done` once it settles, with the next state (by
+   * input name, tensors the table may keep) after a success, undefined otherwise. Returns what
+   * cancels it, or undefined when it was answered at once (`done` called).
+   */
+  readonly go: (states: Tensor.TensorMap, done: (next: Tensor.TensorMap | undefined) => void) => (() => void) | undefined
+  /**
+   * Answers the turn without running it, when its turn comes: "ended" (its sequence ended, or
+   * changed shape in a reload, before it), "shuttingDown" (`refuseWaiting`).
+   */
+  readonly refuse: (why: "ended" | "shuttingDown") => void
+  /** Whether the turn may wait behind its sequence's running request now (the queue's bound counts waiting turns). */
+  readonly canWait: () => boolean
+}
+
+/** What `take` did with a turn. */
+export type Taken =
+  | { readonly _tag: "Running"; readonly cancel: () => void }
+  /**
+   * Behind an earlier request of its sequence: `cancel` takes it out (it is then never run nor
+   * refused), or, once its turn has come, cancels its run as `Running`'s does.
+   */
+  | { readonly _tag: "Waiting"; readonly cancel: () => void }
+  /** It would wait, and `canWait` said no. */
+  | { readonly _tag: "QueueFull" }
+  /** Answered at once (`go` settled it, or `refuse`). */
+  | { readonly _tag: "Answered" }
+  /** Not a start, and no such sequence is under way (never started, ended, or idle past its limit). */
+  | { readonly _tag: "NotStarted" }
+  /** A start of a new sequence while the model version already has `capacity` (its `maxSequences`). */
+  | { readonly _tag: "Full"; readonly capacity: number }
+
+interface Waiting {
+  readonly turn: Turn
+  readonly sequence: Sequence.Resolved
+  gone: boolean
+  /** Its run's cancel once its turn came and it runs. */
+  running: (() => void) | undefined
+}
+
+interface Slot {
+  readonly model: Map<string, Slot>
+  readonly key: string
+  /** The state now, by input name (undefined before the first turn ran). */
+  states: Tensor.TensorMap | undefined
+  /** `Sequence.Resolved.shape` of the states held. */
+  shape: string
+  idleMs: number
+  lastMs: number
+  busy: boolean
+  /** Its end succeeded: later turns that are not starts are refused. */
+  ended: boolean
+  readonly waiting: Array<Waiting>
+}
+
+export interface SequenceTable {
+  /**
+   * Takes a turn of the sequence `flags.id` of `model` (a model version's key), configured as
+   * `sequence`: runs it now, queues it behind its sequence's running request, or says why not.
+   */
+  readonly take: (model: string, sequence: Sequence.Resolved, flags: Sequence.Flags, turn: Turn) => Taken
+  /** Turns waiting behind an earlier request of their sequence, all models together. */
+  readonly waiting: () => number
+  /** Answers every waiting turn "shuttingDown" (a drain past its grace); returns how many. */
+  readonly refuseWaiting: () => number
+  /** Sequences under way by model version key (idle ones not yet dropped included). */
+  readonly counts: () => ReadonlyMap<string, number>
+}
+
+export const make = (nowMs: () => number): SequenceTable => {
+  const models = new Map<string, Map<string, Slot>>()
+  let waitingCount = 0
+
+  const idle = (slot: Slot, now: number): boolean => !slot.busy && slot.waiting.length === 0 && now - slot.lastMs >= slot.idleMs
+
+  /** Drops the idle sequences: each model's map is in order of last use, so only its front is looked at. */
+  const sweep = (now: number): void => {
+    for (const [name, model] of models) {
+      for (const slot of model.values()) {
+        if (!idle(slot, now)) break
+        model.delete(slot.key)
+      }
+      if (model.size === 0) models.delete(name)
+    }
+  }
+
+  const touch = (slot: Slot, now: number): void => {
+    slot.lastMs = now
+    // to the back: the map stays in order of last use
+    if (slot.model.get(slot.key) === slot) {
+      slot.model.delete(slot.key)
+      slot.model.set(slot.key, slot)
+    }
+  }
+
+  /** The turns after the one that just left: each runs or is refused in order until one runs. */
+  const next = (slot: Slot): void => {
+    while (!slot.busy) {
+      const entry = slot.waiting.shift()
+      if (entry === undefined) break
+      if (entry.gone) continue
+      entry.gone = true
+      waitingCount--
+      entry.running = run(slot, entry.turn, entry.sequence)
+    }
+    if (!slot.busy && slot.waiting.length === 0 && slot.ended && slot.model.get(slot.key) === slot) {
+      slot.model.delete(slot.key)
+    }
+  }
+
+  /** Runs `turn` on `slot` (free), or refuses it when its sequence ended before it; returns its cancel while it runs. */
+  const run = (slot: Slot, turn: Turn, sequence: Sequence.Resolved): (() => void) | undefined => {
+    if (turn.start) {
+      slot.states = undefined
+      slot.shape = sequence.shape
+      slot.idleMs = sequence.maxSequenceIdleMs
+      slot.ended = false
+    } else if (slot.ended || slot.shape !== sequence.shape) {
+      turn.refuse("ended")
+      return undefined
+    }
+    slot.busy = true
+    let over = false
+    const leave = () => {
+      over = true
+      slot.busy = false
+      touch(slot, nowMs())
+      next(slot)
+    }
+    const cancel = turn.go(slot.states ?? sequence.initialInputs, (nextStates) => {
+      if (over) return
+      if (nextStates !== undefined) {
+        slot.states = nextStates
+        if (turn.end) slot.ended = true
+      }
+      leave()
+    })
+    if (cancel === undefined || over) return undefined
+    return () => {
+      if (!over) leave()
+      cancel()
+    }
+  }
+
+  return {
+    take: (modelKey, sequence, flags, turn) => {
+      const now = nowMs()
+      let model = models.get(modelKey)
+      if (model === undefined) models.set(modelKey, model = new Map())
+      const key = Sequence.keyOf(flags.id)
+      let slot = model.get(key)
+      if (slot !== undefined && !slot.busy && slot.waiting.length === 0 && (idle(slot, now) || slot.ended)) {
+        model.delete(key)
+        slot = undefined
+      }
+      if (slot === undefined) {
+        if (turn.start !== true) return { _tag: "NotStarted" }
+        sweep(now)
+        if (!models.has(modelKey)) models.set(modelKey, model)
+        if (model.size >= sequence.maxSequences) return { _tag: "Full", capacity: sequence.maxSequences }
+        slot = { model, key, states: undefined, shape: sequence.shape, idleMs: sequence.maxSequenceIdleMs, lastMs: now, busy: false, ended: false, waiting: [] }
+        model.set(key, slot)
+      }
+      touch(slot, now)
+      if (slot.busy) {
+        if (!turn.canWait()) return { _tag: "QueueFull" }
+        const entry: Waiting = { turn, sequence, gone: false, running: undefined }
+        slot.waiting.push(entry)
+        waitingCount++
+        const waited = slot
+        return {
+          _tag: "Waiting",
+          cancel: () => {
+            if (entry.running !== undefined) return entry.running()
+            if (entry.gone) return
+            entry.gone = true
+            waitingCount--
+            const i = waited.waiting.indexOf(entry)
+            if (i >= 0) waited.waiting.splice(i, 1)
+          }
+        }
+      }
+      const cancel = run(slot, turn, sequence)
+      if (!slot.busy) next(slot)
+      return cancel === undefined ? { _tag: "Answered" } : { _tag: "Running", cancel }
+    },
+    waiting: () => waitingCount,
+    refuseWaiting: () => {
+      let refused = 0
+      for (const model of models.values()) {
+        for (const slot of model.values()) {
+          for (const entry of slot.waiting.splice(0)) {
+            if (entry.gone) continue
+            entry.gone = true
+            waitingCount--
+            refused++
+            entry.turn.refuse("shuttingDown")
+          }
+        }
+      }
+      return refused
+    },
+    counts: () => new Map([...models].filter(([, m]) => m.size > 0).map(([name, m]) => [name, m.size] as const))
+  }
+}

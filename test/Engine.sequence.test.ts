@@ -1,0 +1,281 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Clock, Effect, Exit, Fiber } from "effect"
+import { TestClock } from "effect/testing"
+import type * as InferenceError from "../src/InferenceError.ts"
+import * as InferenceRequest from "../src/InferenceRequest.ts"
+import type * as InferenceResult from "../src/InferenceResult.ts"
+import * as Tensor from "../src/Tensor.ts"
+import { counterEngine, counterSequence, step } from "./fixtures/CounterPool.ts"
+
+const fork = <A, E>(effect: Effect.Effect<A, E>) => Effect.forkChild(effect, { startImmediately: true })
+
+const yOf = (result: InferenceResult.Success) => (result.outputs["y"]!.data as Float32Array)[0]
+
+const failureOf = <A>(exit: Exit.Exit<A, InferenceError.InferenceError>) => {
+  if (Exit.isSuccess(exit)) return undefined
+  const fail = exit.cause.reasons.find((r) => r._tag === "Fail")
+  return fail === undefined ? "Interrupted" : fail.error.reason
+}
+
+/** Runs `request` to its end, moving the TestClock on 200 ms (a run takes 10 by default). */
+const settle = <A, E>(effect: Effect.Effect<A, E>) =>
+  Effect.gen(function*() {
+    const fiber = yield* fork(Effect.exit(effect))
+    yield* TestClock.adjust("200 millis")
+    return yield* Fiber.join(fiber)
+  })
+
+describe("AsyncInferenceEngine sequences", () => {
+  it.effect("keeps each sequence's state between its requests, and answers without the state output", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine()
+      const answers: Array<number | undefined> = []
+      for (const [id, x, flags] of [[1, 5, { start: true }], ["a", 100, { start: true }], [1, 2, {}], ["a", 1, {}], [1, 3, { end: true }]] as const) {
+        const exit = yield* settle(engine.infer(step(id, x, flags)))
+        assert.isTrue(Exit.isSuccess(exit), JSON.stringify(failureOf(exit)))
+        if (Exit.isSuccess(exit)) {
+          assert.deepStrictEqual(Object.keys(exit.value.outputs), ["y"])
+          answers.push(yOf(exit.value))
+        }
+      }
+      assert.deepStrictEqual(answers, [5, 100, 7, 101, 10])
+    }))
+
+  it.effect("a start starts an ongoing sequence over; an integer id and the same digits as text are two sequences", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine()
+      const y = (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => (Exit.isSuccess(exit) ? yOf(exit.value) : failureOf(exit))
+      assert.strictEqual(y(yield* settle(engine.infer(step(7, 1, { start: true })))), 1)
+      assert.strictEqual(y(yield* settle(engine.infer(step("7", 50, { start: true })))), 50)
+      assert.strictEqual(y(yield* settle(engine.infer(step(7, 1)))), 2)
+      assert.strictEqual(y(yield* settle(engine.infer(step(7, 4, { start: true })))), 4)
+      assert.strictEqual(y(yield* settle(engine.infer(step("7", 1)))), 51)
+    }))
+
+  it.effect("refuses a request of a sequence that is not under way: never started, ended, or idle past maxSequenceIdleMs", () =>
+    Effect.gen(function*() {
+      const { engine, runs } = yield* counterEngine()
+      const refused = (exit: Exit.Exit<unknown, InferenceError.InferenceError>) => {
+        const reason = failureOf(exit)
+        assert.strictEqual(typeof reason === "object" ? reason._tag : reason, "InvalidInput")
+        assert.include(typeof reason === "object" ? reason.message : "", "is not under way")
+        assert.include(typeof reason === "object" ? reason.message : "", "sequence_start")
+      }
+      refused(yield* settle(engine.infer(step(1, 1))))
+      yield* settle(engine.infer(step(1, 1, { start: true, end: true })))
+      refused(yield* settle(engine.infer(step(1, 1))))
+      yield* settle(engine.infer(step(2, 1, { start: true })))
+      // 1 s after its answer (at 10 ms of the 200 settle waited), it is idle past the limit: gone
+      yield* TestClock.adjust("810 millis")
+      refused(yield* settle(engine.infer(step(2, 1))))
+      assert.strictEqual(runs.length, 2)
+    }))
+
+  it.effect("a sequence idle for less than maxSequenceIdleMs goes on", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine({ sequence: counterSequence({ maxSequenceIdleMs: 5_000 }) })
+      yield* settle(engine.infer(step(1, 1, { start: true })))
+      yield* TestClock.adjust("3 seconds")
+      const exit = yield* settle(engine.infer(step(1, 1)))
+      assert.strictEqual(Exit.isSuccess(exit) ? yOf(exit.value) : -1, 2)
+    }))
+
+  it.effect("runs a sequence's requests one at a time in the order they came, each with the state the one before left", () =>
+    Effect.gen(function*() {
+      const { engine, runs } = yield* counterEngine()
+      const fibers = []
+      fibers.push(yield* fork(engine.infer(step(1, 1, { start: true }))))
+      for (const x of [2, 3, 4]) fibers.push(yield* fork(engine.infer(step(1, x))))
+      yield* TestClock.adjust("1 second")
+      const answers = []
+      for (const f of fibers) answers.push(yOf(yield* Fiber.join(f)))
+      assert.deepStrictEqual(answers, [1, 3, 6, 10])
+      assert.deepStrictEqual(runs, [[[1, 0]], [[2, 1]], [[3, 3]], [[4, 6]]])
+    }))
+
+  it.effect("batches the requests of different sequences together, each row with its own state", () =>
+    Effect.gen(function*() {
+      const { engine, runs } = yield* counterEngine({ batching: true, sequence: counterSequence({ maxSequenceIdleMs: 60_000 }) })
+      const fibers = []
+      for (const id of [1, 2, 3]) fibers.push(yield* fork(engine.infer(step(id, id * 10, { start: true }))))
+      yield* TestClock.adjust("1 second")
+      for (const f of fibers) yield* Fiber.join(f)
+      const second = []
+      for (const id of [1, 2, 3]) second.push(yield* fork(engine.infer(step(id, 1))))
+      yield* TestClock.adjust("1 second")
+      const answers = []
+      for (const f of second) answers.push(yOf(yield* Fiber.join(f)))
+      assert.deepStrictEqual(answers, [11, 21, 31])
+      assert.deepStrictEqual(runs, [[[10, 0], [20, 0], [30, 0]], [[1, 10], [1, 20], [1, 30]]])
+    }))
+
+  it.effect("a failed request leaves the state as it was, and the sequence goes on", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine()
+      yield* settle(engine.infer(step(1, 5, { start: true })))
+      const failed = yield* settle(engine.infer(step(1, -1)))
+      assert.strictEqual((failureOf(failed) as InferenceError.Reason)._tag, "RunFailed")
+      const exit = yield* settle(engine.infer(step(1, 1)))
+      assert.strictEqual(Exit.isSuccess(exit) ? yOf(exit.value) : -1, 6)
+    }))
+
+  it.effect("an end that fails does not end the sequence", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine()
+      yield* settle(engine.infer(step(1, 5, { start: true })))
+      yield* settle(engine.infer(step(1, -1, { end: true })))
+      const exit = yield* settle(engine.infer(step(1, 1, { end: true })))
+      assert.strictEqual(Exit.isSuccess(exit) ? yOf(exit.value) : -1, 6)
+      assert.strictEqual((failureOf(yield* settle(engine.infer(step(1, 1)))) as InferenceError.Reason)._tag, "InvalidInput")
+    }))
+
+  it.effect("a request waiting behind its sequence: cancelled, it leaves and never runs; past its deadline, DeadlineExceeded on time; the next one still runs after the first", () =>
+    Effect.gen(function*() {
+      const { engine, runs, log } = yield* counterEngine({ latencyMs: 100 })
+      const first = yield* fork(engine.infer(step(1, 1, { start: true })))
+      const cancelled = yield* fork(Effect.exit(engine.infer(step(1, 1000))))
+      const late = yield* fork(Effect.exit(engine.infer(step(1, 2000, {}, { timeout: "30 millis" }))))
+      const third = yield* fork(engine.infer(step(1, 2)))
+      yield* Fiber.interrupt(cancelled)
+      yield* TestClock.adjust("30 millis")
+      const lateExit = yield* Fiber.join(late)
+      assert.strictEqual((failureOf(lateExit) as InferenceError.Reason)._tag, "DeadlineExceeded")
+      assert.strictEqual(runs.length, 1, "answered at its deadline, while the first still runs")
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yOf(yield* Fiber.join(first)), 1)
+      assert.strictEqual(yOf(yield* Fiber.join(third)), 3)
+      assert.deepStrictEqual(runs, [[[1, 0]], [[2, 1]]])
+      const tags = log.events.map((e) => e._tag)
+      assert.strictEqual(tags.filter((t) => t === "cancelled").length, 1)
+      assert.strictEqual(tags.filter((t) => t === "timeout").length, 1)
+    }))
+
+  it.effect("cancelling a running request frees its sequence: the next one runs at once, with the state before it", () =>
+    Effect.gen(function*() {
+      const { engine, runs } = yield* counterEngine({ latencyMs: 100 })
+      yield* settle(engine.infer(step(1, 1, { start: true })))
+      const running = yield* fork(engine.infer(step(1, 5)))
+      yield* TestClock.adjust("10 millis")
+      const next = yield* fork(engine.infer(step(1, 2)))
+      yield* Fiber.interrupt(running)
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yOf(yield* Fiber.join(next)), 3)
+      assert.deepStrictEqual(runs.slice(1), [[[5, 1]], [[2, 1]]])
+    }))
+
+  it.effect("refuses the third of two sequences while both are under way, with a message naming the bound", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine({ sequence: counterSequence({ maxSequences: 2, maxSequenceIdleMs: 60_000 }) })
+      yield* settle(engine.infer(step(1, 1, { start: true })))
+      yield* settle(engine.infer(step(2, 1, { start: true })))
+      const exit = yield* settle(engine.infer(step(3, 1, { start: true })))
+      const reason = failureOf(exit) as InferenceError.Reason
+      assert.strictEqual(reason._tag, "QueueFull")
+      assert.strictEqual((reason as InferenceError.QueueFull).bound, "sequences")
+      assert.include(reason.message, "sequenceBatching.maxSequences")
+      yield* settle(engine.infer(step(2, 1, { end: true })))
+      assert.isTrue(Exit.isSuccess(yield* settle(engine.infer(step(3, 1, { start: true })))))
+    }))
+
+  it.effect("refuses, before queueing: no sequence for a stateful model, a sequence for one without state, a state input sent, a bad id", () =>
+    Effect.gen(function*() {
+      const { engine, runs } = yield* counterEngine()
+      const message = (exit: Exit.Exit<unknown, InferenceError.InferenceError>) => {
+        const reason = failureOf(exit)
+        assert.strictEqual(typeof reason === "object" ? reason._tag : reason, "InvalidInput")
+        return typeof reason === "object" ? reason.message : ""
+      }
+      const x = { x: Tensor.float32([1], [1, 1]) }
+      assert.include(message(yield* Effect.exit(engine.infer(InferenceRequest.make("counter", x)))), "needs a sequence id")
+      const sent = InferenceRequest.make("counter", { ...x, h: Tensor.float32([1], [1, 1]) }, { sequence: { id: 1, start: true } })
+      assert.include(message(yield* Effect.exit(engine.infer(sent))), `input "h" is the sequence's state`)
+      for (const id of [0, -3, 1.5, "", 2 ** 60] as const) {
+        assert.include(message(yield* Effect.exit(engine.infer(step(id, 1, { start: true })))), "sequence id", String(id))
+      }
+      assert.strictEqual(runs.length, 0)
+      // batched, a request of two rows disagrees with the state's one
+      const batched = yield* counterEngine({ batching: true })
+      const twoRows = InferenceRequest.make("counter", { x: Tensor.float32([1, 2], [2, 1]) }, { sequence: { id: 1, start: true } })
+      assert.include(message(yield* Effect.exit(batched.engine.infer(twoRows))), "batch")
+      assert.strictEqual(batched.runs.length, 0)
+    }))
+
+  it.effect("a model without state refuses a request that names a sequence", () =>
+    Effect.gen(function*() {
+      const { engine, reload } = yield* counterEngine()
+      reload({ sequence: undefined })
+      const exit = yield* Effect.exit(engine.infer(InferenceRequest.make("counter", { x: Tensor.float32([1], [1, 1]), h: Tensor.float32([0], [1, 1]) }, { sequence: { id: 1 } })))
+      const reason = failureOf(exit) as InferenceError.Reason
+      assert.strictEqual(reason._tag, "InvalidInput")
+      assert.include(reason.message, "keeps no state between requests")
+    }))
+
+  it.effect("a reload that keeps the states' shape keeps the sequences going; one that changes it ends them", () =>
+    Effect.gen(function*() {
+      const { engine, reload } = yield* counterEngine({ sequence: counterSequence({ maxSequenceIdleMs: 60_000 }) })
+      yield* settle(engine.infer(step(1, 1, { start: true })))
+      reload({ sequence: counterSequence({ maxSequenceIdleMs: 60_000 }) })
+      const kept = yield* settle(engine.infer(step(1, 1)))
+      assert.strictEqual(Exit.isSuccess(kept) ? yOf(kept.value) : -1, 2)
+      reload({ sequence: { ...counterSequence({ maxSequenceIdleMs: 60_000 }), shape: "another" } })
+      assert.strictEqual((failureOf(yield* settle(engine.infer(step(1, 1)))) as InferenceError.Reason)._tag, "InvalidInput")
+    }))
+
+  it.effect("drain waits for requests waiting behind their sequence and runs them; past its grace they are answered ShuttingDown", () =>
+    Effect.gen(function*() {
+      const { engine, runs } = yield* counterEngine({ latencyMs: 100 })
+      const atMs: Record<string, number> = {}
+      const noted = <A, E>(name: string, effect: Effect.Effect<A, E>) => Effect.tap(effect, () => Effect.map(Clock.currentTimeMillis, (ms) => void (atMs[name] = ms)))
+      const first = yield* fork(noted("first", engine.infer(step(1, 1, { start: true }))))
+      const second = yield* fork(noted("second", engine.infer(step(1, 2))))
+      const drained = yield* fork(noted("drained", engine.drain("1 second")))
+      yield* TestClock.adjust("250 millis")
+      assert.deepStrictEqual(yield* Fiber.join(drained), { drained: true })
+      assert.strictEqual(yOf(yield* Fiber.join(first)), 1)
+      assert.strictEqual(yOf(yield* Fiber.join(second)), 3)
+      // the drain ended once the waiting one had run too (100 to 200 ms), not when the first was answered
+      assert.deepStrictEqual(atMs, { first: 100, second: 200, drained: 200 })
+      assert.strictEqual(runs.length, 2)
+    }))
+
+  it.effect("drain past its grace answers the waiting turns ShuttingDown", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine({ latencyMs: 5_000 })
+      const first = yield* fork(Effect.exit(engine.infer(step(1, 1, { start: true }))))
+      const second = yield* fork(Effect.exit(engine.infer(step(1, 2))))
+      const drained = yield* fork(engine.drain("1 second"))
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(yield* Fiber.join(drained), { drained: false })
+      assert.strictEqual((failureOf(yield* Fiber.join(second)) as InferenceError.Reason)._tag, "ShuttingDown")
+      yield* TestClock.adjust("10 seconds")
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(first)))
+    }))
+
+  it.effect("transferInputs: the sequence's state is copied, never moved, so a failure keeps it", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine()
+      yield* settle(engine.infer(step(1, 5, { start: true }, { transferInputs: true })))
+      yield* settle(engine.infer(step(1, -1, {}, { transferInputs: true })))
+      const exit = yield* settle(engine.infer(step(1, 1, {}, { transferInputs: true })))
+      assert.strictEqual(Exit.isSuccess(exit) ? yOf(exit.value) : -1, 6)
+    }))
+
+  it.effect("inferUnsafe: a waiting turn's cancel takes it out; cancelled once running, the next runs", () =>
+    Effect.gen(function*() {
+      const { engine, runs } = yield* counterEngine({ latencyMs: 100 })
+      const answers: Array<string> = []
+      const onExit = (name: string) => (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) =>
+        answers.push(`${name}:${Exit.isSuccess(exit) ? yOf(exit.value) : (failureOf(exit) as InferenceError.Reason)._tag}`)
+      engine.inferUnsafe(step(1, 1, { start: true }), onExit("a"))
+      const cancelB = engine.inferUnsafe(step(1, 10), onExit("b"))
+      const cancelC = engine.inferUnsafe(step(1, 100), onExit("c"))
+      engine.inferUnsafe(step(1, 1000), onExit("d"))
+      cancelB()
+      yield* TestClock.adjust("150 millis")
+      // c runs now (100 to 200 ms): cancelled while it runs, d starts at once with a's state
+      cancelC()
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(answers, ["a:1", "d:1001"])
+      assert.deepStrictEqual(runs.map((r) => r[0]![0]), [1, 100, 1000])
+    }))
+})
