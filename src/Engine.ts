@@ -147,6 +147,11 @@ export interface Service {
   readonly pending: Effect.Effect<number>
   /** The response cache's figures now (`ResponseCache.Stats`); undefined when the engine has none (`AsyncConfig.responseCacheBytes`). */
   readonly responseCache: Effect.Effect<ResponseCache.Stats | undefined>
+  /**
+   * Sequences of stateful models under way now (`Sequence`), by model then version: started, not
+   * ended, not idle past their `maxSequenceIdleMs` (those are dropped first). Models with none are absent.
+   */
+  readonly sequences: Effect.Effect<ReadonlyMap<string, ReadonlyMap<string, number>>>
   readonly config: AsyncConfig
   /**
    * Stops admitting (new requests fail with ShuttingDown), then waits until every queued and
@@ -935,6 +940,19 @@ const drain = (state: State, grace: Duration.Input) =>
     )
   })
 
+const sequencesByModel = (state: State): ReadonlyMap<string, ReadonlyMap<string, number>> => {
+  const out = new Map<string, Map<string, number>>()
+  for (const [key, count] of state.sequences.counts()) {
+    // keyed `${modelId}@${version}` (`takeTurn`): a version is digits, so the last "@" splits them
+    const at = key.lastIndexOf("@")
+    const model = key.slice(0, at)
+    let versions = out.get(model)
+    if (versions === undefined) out.set(model, versions = new Map())
+    versions.set(key.slice(at + 1), count)
+  }
+  return out
+}
+
 const queueStats = (state: State): PriorityQueue.QueueStats => {
   const inQueue = state.scheduler.queue.stats()
   if (state.scheduler.waitingAhead === 0) return inQueue
@@ -1194,6 +1212,7 @@ export const make = Effect.gen(function*() {
     notStarted: (modelId) => Effect.sync(() => notStarted(state, modelId)),
     pending: Effect.sync(() => scheduler.unsettled),
     responseCache: Effect.sync(() => state.cache?.stats()),
+    sequences: Effect.sync(() => sequencesByModel(state)),
     config,
     drain: (grace) => drain(state, grace),
     isDraining: Effect.sync(() => state.draining),

@@ -87,7 +87,7 @@ export interface SequenceTable {
   readonly waiting: () => number
   /** Answers every waiting turn "shuttingDown" (a drain past its grace); returns how many. */
   readonly refuseWaiting: () => number
-  /** Sequences under way by model version key (idle ones not yet dropped included). */
+  /** Sequences under way by model version key, after dropping the idle ones. */
   readonly counts: () => ReadonlyMap<string, number>
 }
 
@@ -224,6 +224,9 @@ export const make = (nowMs: () => number): SequenceTable => {
       }
       return refused
     },
-    counts: () => new Map([...models].filter(([, m]) => m.size > 0).map(([name, m]) => [name, m.size] as const))
+    counts: () => {
+      sweep(nowMs())
+      return new Map([...models].filter(([, m]) => m.size > 0).map(([name, m]) => [name, m.size] as const))
+    }
   }
 }

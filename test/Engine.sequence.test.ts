@@ -278,4 +278,17 @@ describe("AsyncInferenceEngine sequences", () => {
       assert.deepStrictEqual(answers, ["a:1", "d:1001"])
       assert.deepStrictEqual(runs.map((r) => r[0]![0]), [1, 100, 1000])
     }))
+
+  it.effect("sequences: those under way by model and version, without the ended or idle ones", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine()
+      assert.deepStrictEqual(yield* engine.sequences, new Map())
+      yield* settle(engine.infer(step(1, 1, { start: true })))
+      yield* settle(engine.infer(step(2, 1, { start: true })))
+      assert.deepStrictEqual(yield* engine.sequences, new Map([["counter", new Map([["1", 2]])]]))
+      yield* settle(engine.infer(step(2, 1, { end: true })))
+      assert.deepStrictEqual(yield* engine.sequences, new Map([["counter", new Map([["1", 1]])]]))
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(yield* engine.sequences, new Map())
+    }))
 })

@@ -15,6 +15,8 @@
  * - `inference_cache_bytes`, `inference_cache_capacity_bytes`, `inference_cache_entries` and
  *   `inference_cache_evictions_total`: the response cache as a whole, from the engine's
  *   `responseCache`, where it has one (`RESPONSE_CACHE_BYTES`).
+ * - `inference_sequences{model,version}`: sequences of stateful models under way (config.json
+ *   `sequenceBatching`), from the engine's `sequences`; a version seen once stays, at 0.
  *
  * With `format: "triton"` the page also carries Triton's names, computed from the same counters
  * (`tritonFamilies`), so that dashboards built for Triton work: `nv_inference_request_success`,
@@ -53,6 +55,10 @@ const cacheEntriesGauge = Metric.gauge("inference_cache_entries", { description:
 const cacheEvictionsCounter = Metric.counter("inference_cache_evictions_total", {
   incremental: true,
   description: "Answers the response cache dropped, least recently used first, to make room"
+})
+
+const sequencesGauge = Metric.gauge("inference_sequences", {
+  description: "Sequences of stateful models under way (config.json sequenceBatching): started, not ended, not idle past maxSequenceIdleMs"
 })
 
 const modelLoadsCounter = Metric.counter("inference_model_loads_total", {
@@ -259,6 +265,8 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
     const loadsCounted = new Map<string, number>()
     /** The evictions the counter holds, likewise. */
     let evictionsCounted = 0
+    /** Model versions that had sequences at an earlier scrape: their gauge stays, at 0 when they have none. */
+    const sequencesSeen = new Map<string, { readonly model: string; readonly version: string }>()
     const refresh: Page["refresh"] = (engine, options = {}) =>
       Effect.gen(function*() {
         const byModel = yield* engine.queueStatsByModel
@@ -289,6 +297,13 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
           yield* Metric.update(cacheEntriesGauge, cache.entries)
           yield* Metric.update(cacheEvictionsCounter, cache.evictions - evictionsCounted)
           evictionsCounted = cache.evictions
+        }
+        const sequences = yield* engine.sequences
+        for (const [model, versions] of sequences) {
+          for (const version of versions.keys()) sequencesSeen.set(`${model}@${version}`, { model, version })
+        }
+        for (const { model, version } of sequencesSeen.values()) {
+          yield* Metric.update(Metric.withAttributes(sequencesGauge, { model, version }), sequences.get(model)?.get(version) ?? 0)
         }
       })
     return {

@@ -190,4 +190,19 @@ describe("sequences of a stateful model, through the server", () => {
       assert.notInclude(r.body.error, "    at ")
     }
   })
+
+  it("/metrics counts the sequences under way by model and version", async () => {
+    const count = async () => {
+      const o = await Client.send(ports.http, "GET", "/metrics")
+      if (!Client.isReply(o)) throw new Error(o.error)
+      return Number(/\ninference_sequences\{model="vad",version="1"\} (\d+)\n/.exec(o.body)?.[1])
+    }
+    // the gRPC test's sequence never ended (and its idle limit is a minute)
+    assert.strictEqual(await count(), 1)
+    const step = (flags: Record<string, unknown>) => send(ports.http, "POST", "/v2/models/vad/infer", { parameters: { sequence_id: "m", ...flags }, inputs: audio(chunks[0]!) })
+    assert.strictEqual((await step({ sequence_start: true })).status, 200)
+    assert.strictEqual(await count(), 2)
+    assert.strictEqual((await step({ sequence_end: true })).status, 200)
+    assert.strictEqual(await count(), 1)
+  })
 })

@@ -527,3 +527,40 @@ describe("Oip.metadataVersions", () => {
     it(name, () => assert.deepStrictEqual(Oip.metadataVersions(listed, metadata(answered), asked), expected))
   }
 })
+
+describe("Oip sequence parameters", () => {
+  const metadata: ModelMetadata.ModelMetadata = { name: "m", version: "1", inputs: [spec("float32")], outputs: [{ name: "y", dtype: "float32", dims: [-1, -1] }] }
+  const prepare = (parameters: unknown) => {
+    const body = Oip.decodeInferRequest({ ...(parameters === undefined ? {} : { parameters }), inputs: [input("FP32", [1, 1], [1])] })
+    if ("error" in body) return body.error
+    const prepared = Oip.prepare(metadata, body)
+    return prepared instanceof InferenceError.InvalidInput ? prepared.message : prepared.sequence
+  }
+
+  it("reads sequence_id (a non-negative integer or text; 0 and \"\" mean none), sequence_start and sequence_end", () => {
+    const table: ReadonlyArray<readonly [unknown, unknown]> = [
+      [undefined, undefined],
+      [{ sequence_id: 0 }, undefined],
+      [{ sequence_id: "" }, undefined],
+      [{ sequence_id: 42 }, { id: 42, start: false, end: false }],
+      [{ sequence_id: "abc", sequence_start: true }, { id: "abc", start: true, end: false }],
+      [{ sequence_id: 2 ** 53 - 1, sequence_end: true }, { id: 2 ** 53 - 1, start: false, end: true }],
+      [{ sequence_start: false }, undefined]
+    ]
+    for (const [parameters, expected] of table) assert.deepStrictEqual(prepare(parameters), expected, JSON.stringify(parameters))
+  })
+
+  it("refuses an id that is not one, and flags without an id", () => {
+    const table: ReadonlyArray<readonly [unknown, string]> = [
+      [{ sequence_id: -1 }, "sequence_id"],
+      [{ sequence_id: 1.5 }, "sequence_id"],
+      [{ sequence_id: 2 ** 53 }, "a larger id goes as text"],
+      [{ sequence_id: true }, "sequence_id"],
+      [{ sequence_id: "x".repeat(257) }, "sequence_id"],
+      [{ sequence_id: 1, sequence_start: "yes" }, "sequence_start"],
+      [{ sequence_start: true }, "sequence_start and sequence_end need a sequence_id"],
+      [{ sequence_id: 0, sequence_end: true }, "need a sequence_id"]
+    ]
+    for (const [parameters, expected] of table) assert.include(String(prepare(parameters)), expected, JSON.stringify(parameters))
+  })
+})
