@@ -57,7 +57,8 @@ const cacheEvictionsCounter = Metric.counter("inference_cache_evictions_total", 
   description: "Answers the response cache dropped, least recently used first, to make room"
 })
 
-const sequencesGauge = Metric.gauge("inference_sequences", {
+/** `inference_sequences{model,version}`, set at each scrape from the engine's `sequences`. */
+export const sequencesGauge = Metric.gauge("inference_sequences", {
   description: "Sequences of stateful models under way (config.json sequenceBatching): started, not ended, not idle past maxSequenceIdleMs"
 })
 

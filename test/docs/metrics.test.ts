@@ -10,6 +10,7 @@ import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { makeApp, waitUntil, withFreshMetrics } from "../http/TestApp.ts"
 import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
+import * as Metrics from "../../src/http/Metrics.ts"
 
 const root = fileURLToPath(new URL("../..", import.meta.url))
 const serverDoc = Fs.readFileSync(Path.join(root, "docs/server.md"), "utf8")
@@ -46,6 +47,8 @@ describe("metrics documentation", () => {
       assert.strictEqual((yield* app.send("POST", "/v2/models/echo/infer", body)).status, 200)
       // The fake pool does not batch; a batching model's run in the ONNX pool records its fill here.
       yield* Metric.update(Metric.withAttributes(OnnxModelPool.batchFill, { model: "echo" }), 0.5)
+      // Nor does it have a stateful model, whose sequences under way a scrape reports here.
+      yield* Metric.update(Metric.withAttributes(Metrics.sequencesGauge, { model: "echo", version: "1" }), 0)
       // One request running and one queued, so that the queue gauges have a row.
       yield* app.gate.close
       const fibers = [
