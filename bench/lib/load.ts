@@ -171,23 +171,24 @@ export const closedLoopAsync = async (
 export const closedLoopEffect = <E>(
   outstanding: number,
   durationMs: number,
-  request: (seq: number) => Request<Effect.Effect<unknown, E>>
+  /** `client`: which of the `outstanding` clients asks (0 …), for a client with state of its own. */
+  request: (seq: number, client: number) => Request<Effect.Effect<unknown, E>>
 ): Effect.Effect<LoadResult> =>
   Effect.suspend(() => {
     const rec = recorder()
     const t0 = performance.now()
     const end = t0 + durationMs
     let seq = 0
-    const client = Effect.gen(function*() {
+    const client = (index: number) => Effect.gen(function*() {
       while (performance.now() < end) {
-        const { cls, run } = request(seq++)
+        const { cls, run } = request(seq++, index)
         const t = performance.now()
         const exit = yield* Effect.exit(run)
         if (Exit.isSuccess(exit)) rec.record(cls ?? "all", performance.now() - t)
         else rec.fail(exit.cause)
       }
     })
-    return Effect.all(Array.from({ length: outstanding }, () => client), { concurrency: "unbounded", discard: true }).pipe(
+    return Effect.all(Array.from({ length: outstanding }, (_, index) => client(index)), { concurrency: "unbounded", discard: true }).pipe(
       Effect.map(() => rec.finish(t0))
     )
   })
