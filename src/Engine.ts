@@ -311,6 +311,18 @@ const queueFull = (state: State, modelId: string, requestId: string, key: string
     : new InferenceError.QueueFull({ modelId, requestId, capacity: own, bound: "model" })
 }
 
+/**
+ * `queueFull` where turns waiting behind their sequences count: the model version's own bound
+ * when that is what is full with them, else the queue's.
+ */
+const queueFullWithTurns = (state: State, modelId: string, requestId: string, metadata: ModelMetadata.ModelMetadata, key: string): InferenceError.QueueFull => {
+  if (!state.scheduler.isFull(state.sequences.waiting())) {
+    const own = ownBoundFull(state, modelId, metadata.version, metadata, turnsWaiting(state, key))
+    if (own !== undefined) return new InferenceError.QueueFull({ modelId, requestId, capacity: own, bound: "model" })
+  }
+  return new InferenceError.QueueFull({ modelId, requestId, capacity: state.config.maxQueuedRequests })
+}
+
 const noteSettled = (state: State): void => {
   if (state.draining && state.scheduler.unsettled === 0 && state.sequences.waiting() === 0) state.settled.openUnsafe()
 }
@@ -398,7 +410,10 @@ const submit = (
   return enqueue(state, request, info, metadata, startedMs, resume, queuedMs, spentMs)
 }
 
-/** `submit`'s last step: the request to the dispatcher (the queue, or a batch forming). */
+/**
+ * `submit`'s last step: the request to the dispatcher (the queue, or a batch forming). `promoted`:
+ * a turn that waited behind its sequence, whose place in the queue's bounds was counted then.
+ */
 const enqueue = (
   state: State,
   request: InferenceRequest,
@@ -407,9 +422,14 @@ const enqueue = (
   startedMs: number,
   resume: Resume,
   queuedMs: number,
-  spentMs: number
+  spentMs: number,
+  promoted = false
 ): (() => void) | undefined => {
   const spec = specOf(state, request.modelId, metadata)
+  // Turns waiting behind their sequence count against the queue's bounds (none wait: nothing to look up).
+  if (!promoted && state.sequences.waiting() > 0 && (state.scheduler.isFull(state.sequences.waiting()) || ownBoundFull(state, request.modelId, metadata.version, metadata, turnsWaiting(state, spec.key)) !== undefined)) {
+    return refuseNow(state, info, queueFullWithTurns(state, request.modelId, request.requestId, metadata, spec.key), resume)
+  }
   // (no key built while no model is unbatchable: the hot path allocates nothing for it)
   const unbatchable = state.scheduler.unbatchable.size > 0 && state.scheduler.unbatchable.has(Scheduler.unbatchableKey(spec))
   const joinable = spec.batching.enabled && !unbatchable ? Batch.keyOf(spec.batching, request.inputs) : undefined
@@ -467,24 +487,33 @@ const takeTurn = (
   spentMs: number
 ): (() => void) | undefined => {
   const flags = request.sequence!
+  const key = `${request.modelId}@${metadata.version}`
   let timer: Fiber.Fiber<void> | undefined
   let started = false
+  let waited = false
   const stopTimer = () => {
     timer?.interruptUnsafe()
     timer = undefined
   }
   const turn: SequenceTable.Turn = {
+    rank: Priority.rank(request.priority),
     start: flags.start === true,
     end: flags.end === true,
-    canWait: () => !state.scheduler.isFull(state.sequences.waiting()),
+    // as the queue counts it: the server's bound and the model version's own
+    canWait: () =>
+      !state.scheduler.isFull(state.sequences.waiting()) &&
+      ownBoundFull(state, request.modelId, metadata.version, metadata, turnsWaiting(state, key)) === undefined,
     go: (states, done) => {
       started = true
       stopTimer()
       const inputs = Sequence.withStates(request.inputs, request.transferInputs === true ? copyStates(states) : states)
       return enqueue(state, { ...request, inputs }, info, metadata, startedMs, (exit) => {
         if (Exit.isFailure(exit)) {
-          done(undefined)
-          return resume(exit)
+          try {
+            return resume(exit)
+          } finally {
+            done(undefined)
+          }
         }
         const next: Record<string, Tensor.Tensor> = {}
         const outputs: Record<string, Tensor.Tensor> = {}
@@ -499,18 +528,30 @@ const takeTurn = (
           if (output === undefined) return (done(undefined), resume(exit))
           Object.defineProperty(next, s.input, { value: Sequence.copyState(output), enumerable: true, writable: true, configurable: true })
         }
-        done(next)
         const { deviceUsed, latencyMs, modelVersion, requestId } = exit.value
-        resume(Exit.succeed(InferenceResult.Success({ requestId, outputs, latencyMs, deviceUsed, modelVersion }) as InferenceResult.Success))
-      }, queuedMs, spentMs)
+        // answered first, then the next turn goes (a turn refused as ended is answered after this one)
+        try {
+          resume(Exit.succeed(InferenceResult.Success({ requestId, outputs, latencyMs, deviceUsed, modelVersion }) as InferenceResult.Success))
+        } finally {
+          done(next)
+        }
+      }, queuedMs, spentMs, waited)
     },
     refuse: (why) => {
       stopTimer()
-      refuseNow(state, info, why === "ended" ? sequenceNotStarted(request, flags, sequence) : new InferenceError.ShuttingDown({}), resume)
+      const reason = why === "ended"
+        ? sequenceNotStarted(request, flags, sequence)
+        : why === "reshaped"
+        ? new InferenceError.InvalidInput({
+          modelId: request.modelId,
+          detail: `sequence ${Sequence.idText(flags.id)} of model ${request.modelId} ended: the model was reloaded with other state tensors (names, types or dims), so a sequence under way must start again (sequence_start)`
+        })
+        : new InferenceError.ShuttingDown({})
+      refuseNow(state, info, reason, resume)
       noteSettled(state)
     }
   }
-  const taken = state.sequences.take(`${request.modelId}@${metadata.version}`, sequence, flags, turn)
+  const taken = state.sequences.take(key, sequence, flags, turn)
   switch (taken._tag) {
     case "Answered":
       return undefined
@@ -521,17 +562,23 @@ const takeTurn = (
     case "Full":
       return refuseNow(state, info, new InferenceError.QueueFull({ modelId: request.modelId, requestId: request.requestId, capacity: taken.capacity, bound: "sequences" }), resume)
     case "QueueFull":
-      return refuseNow(state, info, queueFull(state, request.modelId, request.requestId, undefined), resume)
+      return refuseNow(state, info, queueFullWithTurns(state, request.modelId, request.requestId, metadata, key), resume)
   }
+  waited = true
+  // Waiting here is queue wait: its deadline and the queue timeout both cover it.
   const deadlineAtMs = startedMs - spentMs + millisOf(request.timeout)
+  const queueDeadlineAtMs = state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
   timer = state.runFork(Effect.andThen(
-    Effect.sleep(Duration.millis(Math.max(0, deadlineAtMs - state.nowMs()))),
+    Effect.sleep(Duration.millis(Math.max(0, Math.min(deadlineAtMs, queueDeadlineAtMs) - state.nowMs()))),
     Effect.sync(() => {
       timer = undefined
       if (started) return
       taken.cancel()
-      const elapsedMs = state.nowMs() - startedMs + spentMs
-      const reason = new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs: millisOf(request.timeout), elapsedMs })
+      const nowMs = state.nowMs()
+      const elapsedMs = nowMs - startedMs + spentMs
+      const reason = queueDeadlineAtMs < deadlineAtMs
+        ? new InferenceError.QueueTimeout({ modelId: request.modelId, requestId: request.requestId, queueTimeoutMs: state.queueTimeoutMs, waitedMs: nowMs - queuedMs })
+        : new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs: millisOf(request.timeout), elapsedMs })
       recordFailure(state.telemetry, info, reason, elapsedMs)
       resume(Exit.fail(InferenceError.make(reason)))
       noteSettled(state)
@@ -539,9 +586,9 @@ const takeTurn = (
   ))
   return () => {
     stopTimer()
-    const waited = !started
+    const stillWaiting = !started
     taken.cancel()
-    if (!waited) return
+    if (!stillWaiting) return
     state.telemetry.recordCancelled(info, state.nowMs() - startedMs)
     noteSettled(state)
   }
@@ -932,32 +979,44 @@ const drain = (state: State, grace: Duration.Input) =>
       Effect.map((o) => {
         // Grace spent: what never reached an instance is answered now, not cut off with its connection.
         if (o._tag === "None") {
-          state.dispatcher.refuseWaiting()
+          // turns first: a queued request refused now would promote the turn behind it into the queue
           state.sequences.refuseWaiting()
+          state.dispatcher.refuseWaiting()
         }
         return { drained: o._tag === "Some" }
       })
     )
   })
 
+/** A sequence table's model version key (`${modelId}@${version}`, `takeTurn`) split: a version is digits, so the last "@" splits them. */
+const splitKey = (key: string): readonly [model: string, version: string] => {
+  const at = key.lastIndexOf("@")
+  return [key.slice(0, at), key.slice(at + 1)]
+}
+
 const sequencesByModel = (state: State): ReadonlyMap<string, ReadonlyMap<string, number>> => {
   const out = new Map<string, Map<string, number>>()
   for (const [key, count] of state.sequences.counts()) {
-    // keyed `${modelId}@${version}` (`takeTurn`): a version is digits, so the last "@" splits them
-    const at = key.lastIndexOf("@")
-    const model = key.slice(0, at)
+    const [model, version] = splitKey(key)
     let versions = out.get(model)
     if (versions === undefined) out.set(model, versions = new Map())
-    versions.set(key.slice(at + 1), count)
+    versions.set(version, count)
   }
   return out
 }
 
+/** Turns waiting behind their sequence (`SequenceTable`) of the model version `key`, all priorities. */
+const turnsWaiting = (state: State, key: string): number => {
+  const counts = state.sequences.waitingByModel().get(key)
+  return counts === undefined ? 0 : counts[0]! + counts[1]! + counts[2]! + counts[3]!
+}
+
 const queueStats = (state: State): PriorityQueue.QueueStats => {
   const inQueue = state.scheduler.queue.stats()
-  if (state.scheduler.waitingAhead === 0) return inQueue
+  if (state.scheduler.waitingAhead === 0 && state.sequences.waiting() === 0) return inQueue
   const counts = [inQueue.critical, inQueue.high, inQueue.normal, inQueue.low]
   state.scheduler.forEachWaitingAhead((request) => counts[Priority.rank(request.priority)]!++)
+  for (const waiting of state.sequences.waitingByModel().values()) for (let rank = 0; rank < 4; rank++) counts[rank]! += waiting[rank]!
   const [critical, high, normal, low] = counts as [number, number, number, number]
   return { critical, high, normal, low, total: critical + high + normal + low }
 }
@@ -972,12 +1031,23 @@ const queueStatsByModel = (state: State): ReadonlyMap<string, PriorityQueue.Queu
   }
   for (const pending of state.scheduler.queue.values()) count(pending)
   state.scheduler.forEachWaitingAhead(count)
+  for (const [key, waiting] of state.sequences.waitingByModel()) {
+    const [model] = splitKey(key)
+    let counts = byModel.get(model)
+    if (counts === undefined) byModel.set(model, counts = [0, 0, 0, 0])
+    for (let rank = 0; rank < 4; rank++) counts[rank]! += waiting[rank]!
+  }
   return new Map([...byModel].map(([model, [critical, high, normal, low]]) =>
     [model, { critical, high, normal, low, total: critical + high + normal + low }] as const
   ))
 }
 
+/** Turns waiting behind their sequence for `modelId` at `version` (0 when none wait, without a lookup: the edges' hot path). */
+const waitingTurnsOf = (state: State, modelId: string, version: string | undefined): number =>
+  state.sequences.waiting() === 0 || version === undefined ? 0 : turnsWaiting(state, `${modelId}@${version}`)
+
 const notStarted = (state: State, modelId: string): number => {
+  // (turns waiting behind their sequence are in queueStatsByModel's counts)
   let n = queueStatsByModel(state).get(modelId)?.total ?? 0
   for (const model of state.scheduler.models()) {
     for (const batch of model.forming.values() as IterableIterator<Scheduler.Batch<Dispatcher.Caller>>) {
@@ -997,6 +1067,12 @@ const waitingByVersion = (state: State): ReadonlyMap<string, ReadonlyMap<string,
   }
   for (const pending of state.scheduler.queue.values()) count(pending)
   state.scheduler.forEachWaitingAhead(count)
+  for (const key of state.sequences.waitingByModel().keys()) {
+    const [model, version] = splitKey(key)
+    let versions = byModel.get(model)
+    if (versions === undefined) byModel.set(model, versions = new Map())
+    versions.set(version, (versions.get(version) ?? 0) + turnsWaiting(state, key))
+  }
   return byModel
 }
 
@@ -1187,21 +1263,24 @@ export const make = Effect.gen(function*() {
       Effect.suspend(() => {
         const reason = state.draining
           ? new InferenceError.ShuttingDown({})
-          : (scheduler.isFull() || ownBoundFull(state, modelId, version, metadata) !== undefined) && !mayHitCache(state, modelId, version, metadata)
+          : (scheduler.isFull(state.sequences.waiting()) || ownBoundFull(state, modelId, version, metadata, waitingTurnsOf(state, modelId, version)) !== undefined) &&
+              !mayHitCache(state, modelId, version, metadata)
           ? queueFull(state, modelId, "", version === undefined ? undefined : `${modelId}@${version}`)
           : undefined
         if (reason === undefined) return Effect.void
         return Effect.andThen(refusedEffect(state, modelId, reason, version), Effect.fail(InferenceError.make(reason)))
       }),
-    admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge),
+    admitsUnsafe: (waitingAtEdge = 0) => !state.draining && !scheduler.isFull(waitingAtEdge + state.sequences.waiting()),
     queueFullUnsafe: (modelId, metadata, waitingAtEdge = 0, waitingAtEdgeForModel = 0) => {
       // A cached model's request goes through a full queue (it may be a hit), but the bodies
       // waiting at the edge stay bounded by the queue's size.
       if (mayHitCache(state, modelId, metadata?.version, metadata)) {
         return waitingAtEdge >= config.maxQueuedRequests ? new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests }) : undefined
       }
-      if (scheduler.isFull(waitingAtEdge)) return new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
-      const own = metadata === undefined ? undefined : ownBoundFull(state, modelId, metadata.version, metadata, waitingAtEdgeForModel)
+      if (scheduler.isFull(waitingAtEdge + state.sequences.waiting())) return new InferenceError.QueueFull({ modelId, requestId: "", capacity: config.maxQueuedRequests })
+      const own = metadata === undefined
+        ? undefined
+        : ownBoundFull(state, modelId, metadata.version, metadata, waitingAtEdgeForModel + waitingTurnsOf(state, modelId, metadata.version))
       return own === undefined ? undefined : new InferenceError.QueueFull({ modelId, requestId: "", capacity: own, bound: "model" })
     },
     inferUnsafe: (request, onExit, options) => inferUnsafe(state, request, onExit, spentOf(options)),
@@ -1210,7 +1289,7 @@ export const make = Effect.gen(function*() {
     queueStatsByModel: Effect.sync(() => queueStatsByModel(state)),
     waitingByVersion: Effect.sync(() => waitingByVersion(state)),
     notStarted: (modelId) => Effect.sync(() => notStarted(state, modelId)),
-    pending: Effect.sync(() => scheduler.unsettled),
+    pending: Effect.sync(() => scheduler.unsettled + state.sequences.waiting()),
     responseCache: Effect.sync(() => state.cache?.stats()),
     sequences: Effect.sync(() => sequencesByModel(state)),
     config,

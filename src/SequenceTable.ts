@@ -10,7 +10,8 @@
  *   cancellation or a time-out leaves the state as it was. A start sets the initial state, an end
  *   that succeeds drops the sequence once its turn is over.
  * - A sequence without a request for `maxSequenceIdleMs` (none running, none waiting) is dropped
- *   at the next `take`: its memory is given back then, whatever the model.
+ *   at the next `take` or `counts`, whatever its model (an unloaded one's too): its memory is
+ *   given back then.
  *
  * @module SequenceTable
  */
@@ -19,6 +20,8 @@ import type * as Tensor from "./Tensor.ts"
 
 /** A request's turn in its sequence. */
 export interface Turn {
+  /** The request's priority rank (0 = Critical … 3 = Low), for the counts of waiting turns. */
+  readonly rank: number
   readonly start: boolean
   readonly end: boolean
   /**
@@ -29,10 +32,11 @@ export interface Turn {
    */
   readonly go: (states: Tensor.TensorMap, done: (next: Tensor.TensorMap | undefined) => void) => (() => void) | undefined
   /**
-   * Answers the turn without running it, when its turn comes: "ended" (its sequence ended, or
-   * changed shape in a reload, before it), "shuttingDown" (`refuseWaiting`).
+   * Answers the turn without running it, when its turn comes: "ended" (its sequence ended before
+   * it), "reshaped" (a reload of the model changed its states' shape, which ends its sequences),
+   * "shuttingDown" (`refuseWaiting`).
    */
-  readonly refuse: (why: "ended" | "shuttingDown") => void
+  readonly refuse: (why: "ended" | "reshaped" | "shuttingDown") => void
   /** Whether the turn may wait behind its sequence's running request now (the queue's bound counts waiting turns). */
   readonly canWait: () => boolean
 }
@@ -55,6 +59,7 @@ export type Taken =
   | { readonly _tag: "Full"; readonly capacity: number }
 
 interface Waiting {
+  readonly model: string
   readonly turn: Turn
   readonly sequence: Sequence.Resolved
   gone: boolean
@@ -85,6 +90,11 @@ export interface SequenceTable {
   readonly take: (model: string, sequence: Sequence.Resolved, flags: Sequence.Flags, turn: Turn) => Taken
   /** Turns waiting behind an earlier request of their sequence, all models together. */
   readonly waiting: () => number
+  /**
+   * The same by model version key, then by priority rank (Critical … Low); versions with none are
+   * absent. The array is the table's own: read it, do not keep it.
+   */
+  readonly waitingByModel: () => ReadonlyMap<string, ReadonlyArray<number>>
   /** Answers every waiting turn "shuttingDown" (a drain past its grace); returns how many. */
   readonly refuseWaiting: () => number
   /** Sequences under way by model version key, after dropping the idle ones. */
@@ -94,13 +104,25 @@ export interface SequenceTable {
 export const make = (nowMs: () => number): SequenceTable => {
   const models = new Map<string, Map<string, Slot>>()
   let waitingCount = 0
+  const waitingCounts = new Map<string, Array<number>>()
+  const countWaiting = (entry: Waiting, by: 1 | -1): void => {
+    waitingCount += by
+    let counts = waitingCounts.get(entry.model)
+    if (counts === undefined) waitingCounts.set(entry.model, counts = [0, 0, 0, 0])
+    counts[entry.turn.rank] = (counts[entry.turn.rank] ?? 0) + by
+    if (counts.every((n) => n === 0)) waitingCounts.delete(entry.model)
+  }
 
   const idle = (slot: Slot, now: number): boolean => !slot.busy && slot.waiting.length === 0 && now - slot.lastMs >= slot.idleMs
 
-  /** Drops the idle sequences: each model's map is in order of last use, so only its front is looked at. */
+  /**
+   * Drops the idle sequences: each model's map is in order of last use, so it stops at the first
+   * free one still in use; the busy ones before it (a run longer than the idle limit) are stepped over.
+   */
   const sweep = (now: number): void => {
     for (const [name, model] of models) {
       for (const slot of model.values()) {
+        if (slot.busy || slot.waiting.length > 0) continue
         if (!idle(slot, now)) break
         model.delete(slot.key)
       }
@@ -124,7 +146,7 @@ export const make = (nowMs: () => number): SequenceTable => {
       if (entry === undefined) break
       if (entry.gone) continue
       entry.gone = true
-      waitingCount--
+      countWaiting(entry, -1)
       entry.running = run(slot, entry.turn, entry.sequence)
     }
     if (!slot.busy && slot.waiting.length === 0 && slot.ended && slot.model.get(slot.key) === slot) {
@@ -140,7 +162,7 @@ export const make = (nowMs: () => number): SequenceTable => {
       slot.idleMs = sequence.maxSequenceIdleMs
       slot.ended = false
     } else if (slot.ended || slot.shape !== sequence.shape) {
-      turn.refuse("ended")
+      turn.refuse(slot.ended ? "ended" : "reshaped")
       return undefined
     }
     slot.busy = true
@@ -169,6 +191,7 @@ export const make = (nowMs: () => number): SequenceTable => {
   return {
     take: (modelKey, sequence, flags, turn) => {
       const now = nowMs()
+      sweep(now)
       let model = models.get(modelKey)
       if (model === undefined) models.set(modelKey, model = new Map())
       const key = Sequence.keyOf(flags.id)
@@ -179,8 +202,6 @@ export const make = (nowMs: () => number): SequenceTable => {
       }
       if (slot === undefined) {
         if (turn.start !== true) return { _tag: "NotStarted" }
-        sweep(now)
-        if (!models.has(modelKey)) models.set(modelKey, model)
         if (model.size >= sequence.maxSequences) return { _tag: "Full", capacity: sequence.maxSequences }
         slot = { model, key, states: undefined, shape: sequence.shape, idleMs: sequence.maxSequenceIdleMs, lastMs: now, busy: false, ended: false, waiting: [] }
         model.set(key, slot)
@@ -188,9 +209,9 @@ export const make = (nowMs: () => number): SequenceTable => {
       touch(slot, now)
       if (slot.busy) {
         if (!turn.canWait()) return { _tag: "QueueFull" }
-        const entry: Waiting = { turn, sequence, gone: false, running: undefined }
+        const entry: Waiting = { model: modelKey, turn, sequence, gone: false, running: undefined }
         slot.waiting.push(entry)
-        waitingCount++
+        countWaiting(entry, 1)
         const waited = slot
         return {
           _tag: "Waiting",
@@ -198,7 +219,7 @@ export const make = (nowMs: () => number): SequenceTable => {
             if (entry.running !== undefined) return entry.running()
             if (entry.gone) return
             entry.gone = true
-            waitingCount--
+            countWaiting(entry, -1)
             const i = waited.waiting.indexOf(entry)
             if (i >= 0) waited.waiting.splice(i, 1)
           }
@@ -209,6 +230,7 @@ export const make = (nowMs: () => number): SequenceTable => {
       return cancel === undefined ? { _tag: "Answered" } : { _tag: "Running", cancel }
     },
     waiting: () => waitingCount,
+    waitingByModel: () => waitingCounts,
     refuseWaiting: () => {
       let refused = 0
       for (const model of models.values()) {
@@ -216,7 +238,7 @@ export const make = (nowMs: () => number): SequenceTable => {
           for (const entry of slot.waiting.splice(0)) {
             if (entry.gone) continue
             entry.gone = true
-            waitingCount--
+            countWaiting(entry, -1)
             refused++
             entry.turn.refuse("shuttingDown")
           }

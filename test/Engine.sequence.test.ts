@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Effect, Exit, Fiber } from "effect"
+import { Clock, Duration, Effect, Exit, Fiber } from "effect"
 import { TestClock } from "effect/testing"
 import type * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
@@ -15,6 +15,20 @@ const failureOf = <A>(exit: Exit.Exit<A, InferenceError.InferenceError>) => {
   if (Exit.isSuccess(exit)) return undefined
   const fail = exit.cause.reasons.find((r) => r._tag === "Fail")
   return fail === undefined ? "Interrupted" : fail.error.reason
+}
+
+/** The outcome of a fiber of `Effect.exit(…)` if it has ended, without waiting. */
+const polled = <A>(fiber: Fiber.Fiber<Exit.Exit<A, InferenceError.InferenceError>>): Exit.Exit<A, InferenceError.InferenceError> | undefined => {
+  const outer = fiber.pollUnsafe()
+  return outer === undefined ? undefined : Exit.isSuccess(outer) ? outer.value : undefined
+}
+
+/** The refusal's tag of an ended fiber of `Effect.exit(…)`: "pending" while it runs, "Success" once it succeeded. */
+const outcomeOf = <A>(fiber: Fiber.Fiber<Exit.Exit<A, InferenceError.InferenceError>>): string => {
+  const exit = polled(fiber)
+  if (exit === undefined) return "pending"
+  const reason = failureOf(exit)
+  return reason === undefined ? "Success" : typeof reason === "string" ? reason : reason._tag
 }
 
 /** Runs `request` to its end, moving the TestClock on 200 ms (a run takes 10 by default). */
@@ -218,7 +232,9 @@ describe("AsyncInferenceEngine sequences", () => {
       const kept = yield* settle(engine.infer(step(1, 1)))
       assert.strictEqual(Exit.isSuccess(kept) ? yOf(kept.value) : -1, 2)
       reload({ sequence: { ...counterSequence({ maxSequenceIdleMs: 60_000 }), shape: "another" } })
-      assert.strictEqual((failureOf(yield* settle(engine.infer(step(1, 1)))) as InferenceError.Reason)._tag, "InvalidInput")
+      const reshaped = failureOf(yield* settle(engine.infer(step(1, 1)))) as InferenceError.Reason
+      assert.strictEqual(reshaped._tag, "InvalidInput")
+      assert.include(reshaped.message, "the model was reloaded with other state tensors")
     }))
 
   it.effect("drain waits for requests waiting behind their sequence and runs them; past its grace they are answered ShuttingDown", () =>
@@ -290,5 +306,73 @@ describe("AsyncInferenceEngine sequences", () => {
       assert.deepStrictEqual(yield* engine.sequences, new Map([["counter", new Map([["1", 1]])]]))
       yield* TestClock.adjust("1 second")
       assert.deepStrictEqual(yield* engine.sequences, new Map())
+    }))
+
+  it.effect("drain past its grace refuses a turn waiting behind a queued request too, not only the queued one", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine({ latencyMs: 5_000, config: { maxConcurrentRequests: 1 } })
+      const busy = yield* fork(Effect.exit(engine.infer(step(2, 7, { start: true }, { timeout: "60 seconds" }))))
+      const queued = yield* fork(Effect.exit(engine.infer(step(1, 1, { start: true }, { timeout: "60 seconds" }))))
+      const behind = yield* fork(Effect.exit(engine.infer(step(1, 2, {}, { timeout: "60 seconds" }))))
+      const drained = yield* fork(engine.drain("1 second"))
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(yield* Fiber.join(drained), { drained: false })
+      assert.strictEqual((failureOf(yield* Fiber.join(queued)) as InferenceError.Reason)._tag, "ShuttingDown")
+      assert.strictEqual(outcomeOf(behind), "ShuttingDown", "answered at the grace")
+      yield* TestClock.adjust("10 seconds")
+      assert.isTrue(Exit.isSuccess(yield* Fiber.join(busy)))
+    }))
+
+  it.effect("turns waiting behind their sequence count against the queue's bound and the model's own, both ways", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine({ latencyMs: 5_000, config: { maxConcurrentRequests: 1, maxQueuedRequests: 2 } })
+      const fibers = [yield* fork(Effect.exit(engine.infer(step(1, 1, { start: true }))))]
+      yield* TestClock.adjust("1 millis")
+      for (const request of [step(1, 2), step(1, 3), step(2, 1, { start: true }), step(3, 1, { start: true }), step(1, 4)]) {
+        fibers.push(yield* fork(Effect.exit(engine.infer(request))))
+      }
+      yield* Effect.yieldNow
+      const outcomes = fibers.map(outcomeOf)
+      // one running, two waiting behind it: the bound of 2 is reached, so a start queued and another turn are refused
+      assert.deepStrictEqual(outcomes, ["pending", "pending", "pending", "QueueFull", "QueueFull", "QueueFull"])
+      assert.deepStrictEqual((yield* engine.queueStats).total, 2)
+      assert.isFalse(engine.admitsUnsafe())
+      assert.isDefined(engine.queueFullUnsafe("counter", undefined))
+    }))
+
+  it.effect("the model's own maxQueuedRequests bounds the turns waiting behind their sequences", () =>
+    Effect.gen(function*() {
+      const { engine, reload } = yield* counterEngine({ latencyMs: 5_000 })
+      reload({ maxQueuedRequests: 1, concurrency: 1 })
+      const fibers = [yield* fork(Effect.exit(engine.infer(step(1, 1, { start: true }))))]
+      for (const x of [2, 3]) fibers.push(yield* fork(Effect.exit(engine.infer(step(1, x)))))
+      yield* Effect.yieldNow
+      assert.deepStrictEqual(fibers.map(outcomeOf), ["pending", "pending", "QueueFull"])
+      assert.strictEqual((failureOf(polled(fibers[2]!)!) as InferenceError.QueueFull).bound, "model")
+    }))
+
+  it.effect("a turn waiting behind its sequence past the queue timeout is answered QueueTimeout then, not when its turn comes", () =>
+    Effect.gen(function*() {
+      const { engine, log } = yield* counterEngine({ latencyMs: 1_000, config: { queueTimeout: Duration.millis(50) } })
+      const first = yield* fork(engine.infer(step(1, 1, { start: true }, { timeout: "60 seconds" })))
+      const behind = yield* fork(Effect.exit(engine.infer(step(1, 2, {}, { timeout: "60 seconds" }))))
+      yield* TestClock.adjust("50 millis")
+      assert.strictEqual(outcomeOf(behind), "QueueTimeout", "answered at the queue timeout")
+      assert.strictEqual(log.events.filter((e) => e._tag === "timeout").length, 1)
+      yield* TestClock.adjust("1 second")
+      assert.strictEqual(yOf(yield* Fiber.join(first)), 1)
+    }))
+
+  it.effect("turns waiting behind their sequence are counted where requests not started are: notStarted (an unload's wait), pending, the queue's stats", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine({ latencyMs: 5_000 })
+      yield* fork(engine.infer(step(1, 1, { start: true })))
+      for (const [x, priority] of [[2, "High"], [3, "Low"], [4, "Low"]] as const) yield* fork(engine.infer(step(1, x, {}, { priority })))
+      yield* Effect.yieldNow
+      assert.strictEqual(yield* engine.notStarted("counter"), 3)
+      assert.strictEqual(yield* engine.pending, 4)
+      assert.deepStrictEqual(yield* engine.queueStats, { critical: 0, high: 1, normal: 0, low: 2, total: 3 })
+      assert.deepStrictEqual((yield* engine.queueStatsByModel).get("counter")?.total, 3)
+      assert.deepStrictEqual(yield* engine.waitingByVersion, new Map([["counter", new Map([["1", 3]])]]))
     }))
 })

@@ -6,6 +6,7 @@ import { counterSequence } from "./fixtures/CounterPool.ts"
 
 /** A turn that settles at once with `next` (undefined: a failure), recording the state it ran with. */
 const turnOf = (seen: Array<Tensor.TensorMap>, flags: { readonly start?: boolean; readonly end?: boolean }, next?: Tensor.TensorMap): SequenceTable.Turn => ({
+  rank: 2,
   start: flags.start === true,
   end: flags.end === true,
   canWait: () => true,
@@ -23,6 +24,7 @@ const heldTurn = (flags: { readonly start?: boolean } = {}, canWait = true) => {
   const refusals: Array<string> = []
   let ran = 0
   const turn: SequenceTable.Turn = {
+    rank: 2,
     start: flags.start === true,
     end: false,
     canWait: () => canWait,
@@ -89,5 +91,19 @@ describe("SequenceTable", () => {
     assert.deepStrictEqual(refusals, ["ended"])
     assert.strictEqual(seen.length, 2)
     assert.deepStrictEqual([...table.counts()], [["a@1", 1]])
+  })
+
+  it("an idle sequence behind a busy one that was used earlier is dropped all the same", () => {
+    let now = 0
+    const table = SequenceTable.make(() => now)
+    const seen: Array<Tensor.TensorMap> = []
+    const longRun = heldTurn({ start: true })
+    assert.strictEqual(table.take("m@1", sequence, { id: "A", start: true }, longRun.turn)._tag, "Running")
+    now = 1
+    table.take("m@1", sequence, { id: "B", start: true }, turnOf(seen, { start: true }, next))
+    now = 10_000
+    // A still runs (used at 0, before B); B has been idle far past 100 ms: C takes its place
+    assert.strictEqual(table.take("m@1", sequence, { id: "C", start: true }, turnOf(seen, { start: true }, next))._tag, "Answered")
+    assert.deepStrictEqual([...table.counts()], [["m@1", 2]])
   })
 })
