@@ -508,33 +508,26 @@ const takeTurn = (
       stopTimer()
       const inputs = Sequence.withStates(request.inputs, request.transferInputs === true ? copyStates(states) : states)
       return enqueue(state, { ...request, inputs }, info, metadata, startedMs, (exit) => {
+        // The sequence moves on before the answer goes: a client that sends its next request as
+        // soon as it has the answer finds its sequence free, not busy (a wait and a timer fiber).
         if (Exit.isFailure(exit)) {
-          try {
-            return resume(exit)
-          } finally {
-            done(undefined)
-          }
+          done(undefined)
+          return resume(exit)
         }
         const next: Record<string, Tensor.Tensor> = {}
         const outputs: Record<string, Tensor.Tensor> = {}
         for (const name in exit.value.outputs) {
-          if (Object.hasOwn(exit.value.outputs, name) && !Sequence.isStateOutput(sequence, name)) {
-            Object.defineProperty(outputs, name, { value: exit.value.outputs[name], enumerable: true, writable: true, configurable: true })
-          }
+          if (Object.hasOwn(exit.value.outputs, name) && !Sequence.isStateOutput(sequence, name)) Sequence.setOwn(outputs, name, exit.value.outputs[name]!)
         }
         for (const s of sequence.states) {
-          const output = exit.value.outputs[s.output]
+          const output = Object.hasOwn(exit.value.outputs, s.output) ? exit.value.outputs[s.output] : undefined
           // a pool that left a state output out ran something else: the state stays as it was
           if (output === undefined) return (done(undefined), resume(exit))
-          Object.defineProperty(next, s.input, { value: Sequence.copyState(output), enumerable: true, writable: true, configurable: true })
+          Sequence.setOwn(next, s.input, Sequence.copyState(output))
         }
+        done(next)
         const { deviceUsed, latencyMs, modelVersion, requestId } = exit.value
-        // answered first, then the next turn goes (a turn refused as ended is answered after this one)
-        try {
-          resume(Exit.succeed(InferenceResult.Success({ requestId, outputs, latencyMs, deviceUsed, modelVersion }) as InferenceResult.Success))
-        } finally {
-          done(next)
-        }
+        resume(Exit.succeed(InferenceResult.Success({ requestId, outputs, latencyMs, deviceUsed, modelVersion }) as InferenceResult.Success))
       }, queuedMs, spentMs, waited)
     },
     refuse: (why) => {

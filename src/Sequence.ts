@@ -245,9 +245,15 @@ export const idText = (id: Id): string => (typeof id === "number" ? String(id) :
  */
 export const withStates = (inputs: Tensor.TensorMap, states: Tensor.TensorMap): Tensor.TensorMap => {
   const out: Record<string, Tensor.Tensor> = {}
-  for (const name in inputs) if (Object.hasOwn(inputs, name)) Object.defineProperty(out, name, { value: inputs[name], enumerable: true, writable: true, configurable: true })
-  for (const name in states) if (Object.hasOwn(states, name)) Object.defineProperty(out, name, { value: states[name], enumerable: true, writable: true, configurable: true })
+  for (const name in inputs) if (Object.hasOwn(inputs, name)) setOwn(out, name, inputs[name]!)
+  for (const name in states) if (Object.hasOwn(states, name)) setOwn(out, name, states[name]!)
   return out
+}
+
+/** `target[name] = value` as an own property, "__proto__" too (which plain assignment would take as the prototype). */
+export const setOwn = <A>(target: Record<string, A>, name: string, value: A): void => {
+  if (name === "__proto__") Object.defineProperty(target, name, { value, enumerable: true, writable: true, configurable: true })
+  else target[name] = value
 }
 
 /** A copy of a state tensor, in a buffer of its own (a run may move it; an output may be a view of a batch's). */
