@@ -1258,7 +1258,9 @@ export const make = Effect.gen(function*() {
           ? new InferenceError.ShuttingDown({})
           : (scheduler.isFull(state.sequences.waiting()) || ownBoundFull(state, modelId, version, metadata, waitingTurnsOf(state, modelId, version)) !== undefined) &&
               !mayHitCache(state, modelId, version, metadata)
-          ? queueFull(state, modelId, "", version === undefined ? undefined : `${modelId}@${version}`)
+          ? metadata !== undefined && version !== undefined && state.sequences.waiting() > 0
+            ? queueFullWithTurns(state, modelId, "", metadata, `${modelId}@${version}`)
+            : queueFull(state, modelId, "", version === undefined ? undefined : `${modelId}@${version}`)
           : undefined
         if (reason === undefined) return Effect.void
         return Effect.andThen(refusedEffect(state, modelId, reason, version), Effect.fail(InferenceError.make(reason)))

@@ -67,13 +67,26 @@ interface Waiting {
   running: (() => void) | undefined
 }
 
+/** A model version's sequences. */
+interface Model {
+  readonly key: string
+  /** Every sequence under way, by `Sequence.keyOf` (what `maxSequences` counts). */
+  readonly all: Map<string, Slot>
+  /**
+   * The free ones (none running, none waiting), by their idle limit, each map in the order they
+   * became free, which is the order they go idle in: a sweep stops at the first that is not.
+   */
+  readonly free: Map<number, Map<string, Slot>>
+}
+
 interface Slot {
-  readonly model: Map<string, Slot>
+  readonly model: Model
   readonly key: string
   /** The state now, by input name (undefined before the first turn ran). */
   states: Tensor.TensorMap | undefined
   /** `Sequence.Resolved.shape` of the states held. */
   shape: string
+  /** The idle limit it is filed under while free (the model version's at its last take). */
   idleMs: number
   lastMs: number
   busy: boolean
@@ -102,7 +115,6 @@ export interface SequenceTable {
 }
 
 export const make = (nowMs: () => number): SequenceTable => {
-  const models = new Map<string, Map<string, Slot>>()
   let waitingCount = 0
   const waitingCounts = new Map<string, Array<number>>()
   const countWaiting = (entry: Waiting, by: 1 | -1): void => {
@@ -113,33 +125,47 @@ export const make = (nowMs: () => number): SequenceTable => {
     if (counts.every((n) => n === 0)) waitingCounts.delete(entry.model)
   }
 
-  const idle = (slot: Slot, now: number): boolean => !slot.busy && slot.waiting.length === 0 && now - slot.lastMs >= slot.idleMs
+  const models = new Map<string, Model>()
 
-  /**
-   * Drops the idle sequences: each model's map is in order of last use, so it stops at the first
-   * free one still in use; the busy ones before it (a run longer than the idle limit) are stepped over.
-   */
+  const idle = (slot: Slot, now: number): boolean => now - slot.lastMs >= slot.idleMs
+
+  /** Files `slot` as free (at the back: the last to go idle), or drops it once its end succeeded. */
+  const free = (slot: Slot): void => {
+    const { model } = slot
+    if (slot.ended) {
+      if (model.all.get(slot.key) === slot) model.all.delete(slot.key)
+      if (model.all.size === 0 && models.get(model.key) === model) models.delete(model.key)
+      return
+    }
+    let bucket = model.free.get(slot.idleMs)
+    if (bucket === undefined) model.free.set(slot.idleMs, bucket = new Map())
+    bucket.set(slot.key, slot)
+  }
+
+  /** Takes `slot` off its free list (it runs, or a turn waits on it). */
+  const unfree = (slot: Slot): void => {
+    const bucket = slot.model.free.get(slot.idleMs)
+    if (bucket === undefined || bucket.get(slot.key) !== slot) return
+    bucket.delete(slot.key)
+    if (bucket.size === 0) slot.model.free.delete(slot.idleMs)
+  }
+
+  /** Drops the free sequences idle past their limit, every model's: each free list's front only. */
   const sweep = (now: number): void => {
-    for (const [name, model] of models) {
-      for (const slot of model.values()) {
-        if (slot.busy || slot.waiting.length > 0) continue
-        if (!idle(slot, now)) break
-        model.delete(slot.key)
+    for (const model of models.values()) {
+      for (const [idleMs, bucket] of model.free) {
+        for (const slot of bucket.values()) {
+          if (!idle(slot, now)) break
+          bucket.delete(slot.key)
+          model.all.delete(slot.key)
+        }
+        if (bucket.size === 0) model.free.delete(idleMs)
       }
-      if (model.size === 0) models.delete(name)
+      if (model.all.size === 0) models.delete(model.key)
     }
   }
 
-  const touch = (slot: Slot, now: number): void => {
-    slot.lastMs = now
-    // to the back: the map stays in order of last use
-    if (slot.model.get(slot.key) === slot) {
-      slot.model.delete(slot.key)
-      slot.model.set(slot.key, slot)
-    }
-  }
-
-  /** The turns after the one that just left: each runs or is refused in order until one runs. */
+  /** The turns after the one that just left: each runs or is refused in order until one runs; then the slot is free again if none did. */
   const next = (slot: Slot): void => {
     while (!slot.busy) {
       const entry = slot.waiting.shift()
@@ -149,17 +175,14 @@ export const make = (nowMs: () => number): SequenceTable => {
       countWaiting(entry, -1)
       entry.running = run(slot, entry.turn, entry.sequence)
     }
-    if (!slot.busy && slot.waiting.length === 0 && slot.ended && slot.model.get(slot.key) === slot) {
-      slot.model.delete(slot.key)
-    }
+    if (!slot.busy && slot.waiting.length === 0) free(slot)
   }
 
-  /** Runs `turn` on `slot` (free), or refuses it when its sequence ended before it; returns its cancel while it runs. */
+  /** Runs `turn` on `slot` (not busy, off the free lists), or refuses it when its sequence ended before it; returns its cancel while it runs. */
   const run = (slot: Slot, turn: Turn, sequence: Sequence.Resolved): (() => void) | undefined => {
     if (turn.start) {
       slot.states = undefined
       slot.shape = sequence.shape
-      slot.idleMs = sequence.maxSequenceIdleMs
       slot.ended = false
     } else if (slot.ended || slot.shape !== sequence.shape) {
       turn.refuse(slot.ended ? "ended" : "reshaped")
@@ -170,7 +193,7 @@ export const make = (nowMs: () => number): SequenceTable => {
     const leave = () => {
       over = true
       slot.busy = false
-      touch(slot, nowMs())
+      slot.lastMs = nowMs()
       next(slot)
     }
     const cancel = turn.go(slot.states ?? sequence.initialInputs, (nextStates) => {
@@ -193,26 +216,28 @@ export const make = (nowMs: () => number): SequenceTable => {
       const now = nowMs()
       sweep(now)
       let model = models.get(modelKey)
-      if (model === undefined) models.set(modelKey, model = new Map())
+      if (model === undefined) models.set(modelKey, model = { key: modelKey, all: new Map(), free: new Map() })
       const key = Sequence.keyOf(flags.id)
-      let slot = model.get(key)
-      if (slot !== undefined && !slot.busy && slot.waiting.length === 0 && (idle(slot, now) || slot.ended)) {
-        model.delete(key)
-        slot = undefined
-      }
+      let slot = model.all.get(key)
       if (slot === undefined) {
-        if (turn.start !== true) return { _tag: "NotStarted" }
-        if (model.size >= sequence.maxSequences) return { _tag: "Full", capacity: sequence.maxSequences }
+        if (turn.start !== true) {
+          if (model.all.size === 0) models.delete(modelKey)
+          return { _tag: "NotStarted" }
+        }
+        if (model.all.size >= sequence.maxSequences) return { _tag: "Full", capacity: sequence.maxSequences }
         slot = { model, key, states: undefined, shape: sequence.shape, idleMs: sequence.maxSequenceIdleMs, lastMs: now, busy: false, ended: false, waiting: [] }
-        model.set(key, slot)
+        model.all.set(key, slot)
+      } else if (!slot.busy && slot.waiting.length === 0) {
+        unfree(slot)
       }
-      touch(slot, now)
+      slot.lastMs = now
+      // the model version's limit now (a reload may have changed it): it is filed under it when free again
+      slot.idleMs = sequence.maxSequenceIdleMs
       if (slot.busy) {
         if (!turn.canWait()) return { _tag: "QueueFull" }
         const entry: Waiting = { model: modelKey, turn, sequence, gone: false, running: undefined }
         slot.waiting.push(entry)
         countWaiting(entry, 1)
-        const waited = slot
         return {
           _tag: "Waiting",
           cancel: () => {
@@ -220,8 +245,8 @@ export const make = (nowMs: () => number): SequenceTable => {
             if (entry.gone) return
             entry.gone = true
             countWaiting(entry, -1)
-            const i = waited.waiting.indexOf(entry)
-            if (i >= 0) waited.waiting.splice(i, 1)
+            const i = slot.waiting.indexOf(entry)
+            if (i >= 0) slot.waiting.splice(i, 1)
           }
         }
       }
@@ -234,7 +259,8 @@ export const make = (nowMs: () => number): SequenceTable => {
     refuseWaiting: () => {
       let refused = 0
       for (const model of models.values()) {
-        for (const slot of model.values()) {
+        for (const slot of model.all.values()) {
+          if (slot.waiting.length === 0) continue
           for (const entry of slot.waiting.splice(0)) {
             if (entry.gone) continue
             entry.gone = true
@@ -242,13 +268,14 @@ export const make = (nowMs: () => number): SequenceTable => {
             refused++
             entry.turn.refuse("shuttingDown")
           }
+          if (!slot.busy) free(slot)
         }
       }
       return refused
     },
     counts: () => {
       sweep(nowMs())
-      return new Map([...models].filter(([, m]) => m.size > 0).map(([name, m]) => [name, m.size] as const))
+      return new Map([...models.values()].filter((m) => m.all.size > 0).map((m) => [m.key, m.all.size] as const))
     }
   }
 }

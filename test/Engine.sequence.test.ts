@@ -342,13 +342,18 @@ describe("AsyncInferenceEngine sequences", () => {
 
   it.effect("the model's own maxQueuedRequests bounds the turns waiting behind their sequences", () =>
     Effect.gen(function*() {
-      const { engine, reload } = yield* counterEngine({ latencyMs: 5_000 })
+      const { engine, pool, reload } = yield* counterEngine({ latencyMs: 5_000 })
       reload({ maxQueuedRequests: 1, concurrency: 1 })
       const fibers = [yield* fork(Effect.exit(engine.infer(step(1, 1, { start: true }))))]
       for (const x of [2, 3]) fibers.push(yield* fork(Effect.exit(engine.infer(step(1, x)))))
       yield* Effect.yieldNow
       assert.deepStrictEqual(fibers.map(outcomeOf), ["pending", "pending", "QueueFull"])
       assert.strictEqual((failureOf(polled(fibers[2]!)!) as InferenceError.QueueFull).bound, "model")
+      // the edges' early checks name the same bound
+      const metadata = yield* Effect.orDie(pool.metadata("counter"))
+      assert.strictEqual(engine.queueFullUnsafe("counter", metadata)?.bound, "model")
+      const early = yield* Effect.flip(engine.checkAdmission("counter", "1", metadata))
+      assert.strictEqual((early.reason as InferenceError.QueueFull).bound, "model")
     }))
 
   it.effect("a turn waiting behind its sequence past the queue timeout is answered QueueTimeout then, not when its turn comes", () =>
@@ -374,5 +379,21 @@ describe("AsyncInferenceEngine sequences", () => {
       assert.deepStrictEqual(yield* engine.queueStats, { critical: 0, high: 1, normal: 0, low: 2, total: 3 })
       assert.deepStrictEqual((yield* engine.queueStatsByModel).get("counter")?.total, 3)
       assert.deepStrictEqual(yield* engine.waitingByVersion, new Map([["counter", new Map([["1", 3]])]]))
+    }))
+
+  it.effect("a reload that shortens maxSequenceIdleMs: sequences that go idle under the new limit are dropped, behind one started under the old", () =>
+    Effect.gen(function*() {
+      const { engine, reload } = yield* counterEngine({ sequence: counterSequence({ maxSequenceIdleMs: 60_000, maxSequences: 3 }) })
+      yield* settle(engine.infer(step(1, 1, { start: true })))
+      reload({ sequence: counterSequence({ maxSequenceIdleMs: 100, maxSequences: 3 }) })
+      yield* settle(engine.infer(step(2, 1, { start: true })))
+      yield* settle(engine.infer(step(3, 1, { start: true })))
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(yield* engine.sequences, new Map([["counter", new Map([["1", 1]])]]))
+      assert.isTrue(Exit.isSuccess(yield* settle(engine.infer(step(4, 1, { start: true })))))
+      // and the first, used again, goes idle under the new limit too
+      yield* settle(engine.infer(step(1, 1)))
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(yield* engine.sequences, new Map())
     }))
 })
