@@ -15,6 +15,7 @@ import * as ResponseCache from "../src/ResponseCache.ts"
 import * as Tensor from "../src/Tensor.ts"
 import { alternate, fmt, log, median, parseArgs, ratio, section, table, writeResults } from "./lib/common.ts"
 import { mlpInputs, viaEngine } from "./lib/contenders.ts"
+import { engineRow } from "./lib/load.ts"
 import { engineLayer, startEngine, workerPool } from "./lib/pools.ts"
 
 const args = parseArgs()
@@ -54,16 +55,7 @@ const contenders = [
 // warm both (V8 optimises the engine over its first seconds of load)
 for (const c of contenders) await c.run()
 const results = await alternate(rounds, contenders)
-const rows = contenders.map((c) => {
-  const rs = results[c.name]!
-  return {
-    contender: c.name,
-    "req/s": Math.round(median(rs.map((r) => r.reqPerSec))),
-    "p50 ms": fmt(median(rs.map((r) => r.latency["all"]?.p50 ?? NaN))),
-    "main CPU µs/req": fmt(median(rs.map((r) => r.mainCpuUsPerReq))),
-    "rows a run": fmt(median(rs.map((r) => r.meanBatch ?? NaN)))
-  }
-})
+const rows = contenders.map((c) => engineRow(c.name, results[c.name]!))
 const perRound = results[contenders[1]!.name]!.map((r, i) => r.reqPerSec / results[contenders[0]!.name]![i]!.reqPerSec)
 log(table(rows))
 log(`req/s with the cache over without, median of ${rounds} rounds: ${ratio(median(perRound))}`)

@@ -20,9 +20,9 @@ import { Effect } from "effect"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import * as OnnxModelPool from "../src/onnx/OnnxModelPool.ts"
 import * as Tensor from "../src/Tensor.ts"
-import { alternate, fmt, log, median, modelsDir, parseArgs, ratio, section, table, writeResults } from "./lib/common.ts"
+import { alternate, log, median, modelsDir, parseArgs, ratio, section, table, writeResults } from "./lib/common.ts"
 import { withRunCounts } from "./lib/contenders.ts"
-import { closedLoopEffect, type LoadResult } from "./lib/load.ts"
+import { closedLoopEffect, engineRow, type LoadResult } from "./lib/load.ts"
 import { engineLayer, type EngineHandle, startEngine } from "./lib/pools.ts"
 
 const args = parseArgs()
@@ -77,18 +77,7 @@ for (const streams of [1, 16]) {
   // V8 optimises the engine over its first seconds of load
   for (const c of cs) await c.run()
   const results = await alternate(rounds, cs)
-  const rows = cs.map((c) => {
-    const rs = results[c.name]!
-    const failed = rs.reduce((n, r) => n + r.failed, 0)
-    if (failed > 0) throw new Error(`${c.name}: ${failed} requests failed: ${rs.find((r) => r.firstError !== undefined)?.firstError}`)
-    return {
-      contender: c.name,
-      "req/s": Math.round(median(rs.map((r) => r.reqPerSec))),
-      "p50 ms": fmt(median(rs.map((r) => r.latency["all"]?.p50 ?? NaN))),
-      "main CPU µs/req": fmt(median(rs.map((r) => r.mainCpuUsPerReq))),
-      "rows a run": fmt(median(rs.map((r) => r.meanBatch ?? NaN)))
-    }
-  })
+  const rows = cs.map((c) => engineRow(c.name, results[c.name]!))
   const perRound = results[cs[1]!.name]!.map((r, i) => r.reqPerSec / results[cs[0]!.name]![i]!.reqPerSec)
   log(table(rows))
   log(`req/s kept over carried, median of ${rounds} rounds: ${ratio(median(perRound))}`)

@@ -8,7 +8,7 @@ import { Effect, Exit } from "effect"
 import { readFileSync } from "node:fs"
 import { performance } from "node:perf_hooks"
 import * as v8 from "node:v8"
-import { Samples, type Stats, stats } from "./common.ts"
+import { fmt, median, Samples, type Stats, stats } from "./common.ts"
 
 /** CPU seconds (user + system, every thread) process `pid` has used, from /proc; NaN off Linux. */
 export const cpuSeconds = (pid: number): number => {
@@ -216,3 +216,20 @@ export const sequentialEffect = <E>(n: number, run: () => Effect.Effect<unknown,
     }
     return out
   })
+
+/**
+ * One contender's row of an engine benchmark's table, medians over its rounds: req/s, p50, main
+ * CPU µs a request, rows a run. Throws when any of its requests failed (a benchmark of failures
+ * measures nothing).
+ */
+export const engineRow = (contender: string, rounds: ReadonlyArray<LoadResult>) => {
+  const failed = rounds.reduce((n, r) => n + r.failed, 0)
+  if (failed > 0) throw new Error(`${contender}: ${failed} requests failed: ${rounds.find((r) => r.firstError !== undefined)?.firstError}`)
+  return {
+    contender,
+    "req/s": Math.round(median(rounds.map((r) => r.reqPerSec))),
+    "p50 ms": fmt(median(rounds.map((r) => r.latency["all"]?.p50 ?? NaN))),
+    "main CPU µs/req": fmt(median(rounds.map((r) => r.mainCpuUsPerReq))),
+    "rows a run": fmt(median(rounds.map((r) => r.meanBatch ?? NaN)))
+  }
+}

@@ -6,17 +6,14 @@
  */
 import * as Grpc from "@grpc/grpc-js"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { type ChildProcess, spawn } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import { fileURLToPath } from "node:url"
 import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
+import { root, type ServerProcess, startServer } from "../fixtures/ServerProcess.ts"
 import * as Client from "../http/HttpClient.ts"
 
-const root = fileURLToPath(new URL("../..", import.meta.url))
 const bundled = Path.join(root, "models", "silero_vad")
-const entry = Path.join(root, "src/bin/server.ts")
 const proto = Grpc.loadPackageDefinition(GrpcCodec.loadDefinitions()) as any
 
 const unary = (client: any, method: string, request: unknown): Promise<{ error?: Grpc.ServiceError; response?: any }> =>
@@ -39,8 +36,7 @@ const audio = (chunk: ReadonlyArray<number>) => [
 
 describe("sequences of a stateful model, through the server", () => {
   let repository: string
-  let child: ChildProcess
-  let output = ""
+  let server: ServerProcess
   let ports: { http: number; grpc: number }
 
   beforeAll(async () => {
@@ -52,27 +48,12 @@ describe("sequences of a stateful model, through the server", () => {
       Fs.writeFileSync(Path.join(repository, name, "model.onnx"), model)
       Fs.writeFileSync(Path.join(repository, name, "config.json"), JSON.stringify({ ...config, ...extra }))
     }
-    child = spawn(process.execPath, [entry, "--port", "0", "--grpc-port", "0", "--models", repository, "--grace-period-seconds", "1"], {
-      cwd: root,
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    const exit = new Promise<number | null>((r) => child.on("exit", (code) => r(code)))
-    ports = await new Promise((resolve, reject) => {
-      const onData = (chunk: Buffer) => {
-        output += chunk.toString("utf8")
-        const http = /listening on http:\/\/[^:\s]+:(\d+)/.exec(output)
-        const grpc = /gRPC listening on [^:\s]+:(\d+)/.exec(output)
-        if (http !== null && grpc !== null) resolve({ http: Number(http[1]), grpc: Number(grpc[1]) })
-      }
-      child.stdout!.on("data", onData)
-      child.stderr!.on("data", onData)
-      void exit.then((code) => reject(new Error(`server exited with ${code}:\n${output}`)))
-      setTimeout(() => reject(new Error(`server did not listen in time:\n${output}`)), 30_000).unref()
-    })
+    server = await startServer(["--port", "0", "--grpc-port", "0", "--models", repository, "--grace-period-seconds", "1"], { grpc: true })
+    ports = { http: server.http, grpc: server.grpc }
   }, 40_000)
 
   afterAll(() => {
-    if (child !== undefined && child.exitCode === null) child.kill("SIGKILL")
+    if (server !== undefined && server.child.exitCode === null) server.child.kill("SIGKILL")
     if (repository !== undefined) Fs.rmSync(repository, { recursive: true, force: true })
   })
 

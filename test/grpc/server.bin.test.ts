@@ -10,6 +10,7 @@ import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import * as Mlp from "../../scripts/Mlp.ts"
 import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
+import { startServer } from "../fixtures/ServerProcess.ts"
 import * as Client from "../http/HttpClient.ts"
 
 const root = fileURLToPath(new URL("../..", import.meta.url))
@@ -21,24 +22,9 @@ const unary = (client: any, method: string, request: unknown): Promise<{ error?:
 
 describe("node src/bin/server.ts with gRPC", () => {
   it("serves gRPC beside HTTP on the same engine; SIGTERM turns gRPC health NOT_SERVING, drains and exits 0", async () => {
-    const child = spawn(process.execPath, [entry, "--port", "0", "--grpc-port", "0", "--grace-period-seconds", "5"], {
-      cwd: root,
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    let output = ""
-    const exit = new Promise<number | null>((r) => child.on("exit", (code) => r(code)))
-    const ports = await new Promise<{ http: number; grpc: number }>((resolve, reject) => {
-      const onData = (chunk: Buffer) => {
-        output += chunk.toString("utf8")
-        const http = /listening on http:\/\/[^:\s]+:(\d+)/.exec(output)
-        const grpc = /gRPC listening on [^:\s]+:(\d+)/.exec(output)
-        if (http !== null && grpc !== null) resolve({ http: Number(http[1]), grpc: Number(grpc[1]) })
-      }
-      child.stdout!.on("data", onData)
-      child.stderr!.on("data", onData)
-      void exit.then((code) => reject(new Error(`server exited with ${code}:\n${output}`)))
-      setTimeout(() => reject(new Error(`server did not listen in time:\n${output}`)), 20_000).unref()
-    })
+    const server = await startServer(["--port", "0", "--grpc-port", "0", "--grace-period-seconds", "5"], { grpc: true, timeoutMs: 20_000 })
+    const { child, exit } = server
+    const ports = { http: server.http, grpc: server.grpc }
     const address = `127.0.0.1:${ports.grpc}`
     const client = new proto.inference.GRPCInferenceService(address, Grpc.credentials.createInsecure())
     const health = new proto.grpc.health.v1.Health(address, Grpc.credentials.createInsecure())
@@ -69,7 +55,7 @@ describe("node src/bin/server.ts with gRPC", () => {
         if (status !== "NOT_SERVING") await new Promise((resolve) => setTimeout(resolve, 5))
       }
       assert.strictEqual(status, "NOT_SERVING")
-      assert.strictEqual(await exit, 0, output)
+      assert.strictEqual(await exit, 0, server.output())
     } finally {
       client.close()
       health.close()
