@@ -471,9 +471,10 @@ const copyStates = (states: Tensor.TensorMap): Tensor.TensorMap => {
 /**
  * A stateful model's request (`ModelMetadata.sequence`): its turn in its sequence
  * (`SequenceTable`), run now with the sequence's state, or once the earlier requests of its
- * sequence are answered. Waiting there is queue wait: its deadline covers it (a timer answers
- * DeadlineExceeded), a cancellation takes it out, and it counts against the queue's bound. The
- * answer leaves out the state outputs, which the sequence keeps (copied) for its next request.
+ * sequence are answered. Waiting there is queue wait: its deadline and the queue timeout cover
+ * it (a timer answers DeadlineExceeded or QueueTimeout), a cancellation takes it out, it counts
+ * against the queue's bounds (the server's and the model version's own), and a drain waits for it.
+ * The answer leaves out the state outputs, which the sequence keeps (copied) for its next request.
  */
 const takeTurn = (
   state: State,
