@@ -131,6 +131,43 @@ describe("sequences of a stateful model, through the server", () => {
     }
   }, 30_000)
 
+  it("over a gRPC stream, the chunks of a sequence sent at once without waiting run in order and answer as carried", async () => {
+    const expected = await carried()
+    const client = new proto.inference.GRPCInferenceService(`127.0.0.1:${ports.grpc}`, Grpc.credentials.createInsecure())
+    try {
+      const stream = client.ModelStreamInfer()
+      const received: Array<any> = []
+      const ended = new Promise<void>((resolve, reject) => {
+        stream.on("data", (m: any) => received.push(m))
+        stream.on("end", () => resolve())
+        stream.on("error", reject)
+      })
+      for (let c = 0; c < chunks.length; c++) {
+        stream.write({
+          model_name: "vad",
+          id: `chunk-${c}`,
+          parameters: {
+            sequence_id: { int64_param: 77 },
+            sequence_start: { bool_param: c === 0 },
+            sequence_end: { bool_param: c === chunks.length - 1 }
+          },
+          inputs: [{ name: "input", datatype: "FP32", shape: [1, 512] }, { name: "sr", datatype: "INT64", shape: [] }],
+          raw_input_contents: [Buffer.from(Float32Array.from(chunks[c]!).buffer), Buffer.from(BigInt64Array.from([16000n]).buffer)]
+        })
+      }
+      stream.end()
+      await ended
+      assert.deepStrictEqual(received.map((m) => m.error_message), chunks.map(() => ""))
+      for (const m of received) {
+        const c = Number(m.infer_response.id.slice("chunk-".length))
+        const value = new Float32Array(new Uint8Array(m.infer_response.raw_output_contents[0]).buffer)[0]!
+        assert.closeTo(value, expected[c]!, 1e-7, `chunk ${c}`)
+      }
+    } finally {
+      client.close()
+    }
+  }, 30_000)
+
   it("metadata and config leave the state out, as Triton lists a sequence model", async () => {
     const metadata = await send(ports.http, "GET", "/v2/models/vad")
     assert.deepStrictEqual(metadata.body.inputs.map((t: any) => t.name), ["input", "sr"])
