@@ -448,7 +448,8 @@ export const run = (options: Options) =>
         modelVersion: options.version,
         priority: record.priority ?? options.priority,
         timeout: record.timeout ?? options.timeout,
-        metadata: { line: String(record.line) }
+        metadata: { line: String(record.line) },
+        sequence: record.sequence
       })).pipe(Effect.map((result) => {
         tally.done++
         if (result._tag !== "Success") tally.failed++

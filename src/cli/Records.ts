@@ -12,6 +12,10 @@
  *
  *     {"id": "a", "parameters": {"priority": 1}, "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 784], "data": [...]}]}
  *
+ * A stateful model's records (config.json `sequenceBatching`) are OIP bodies that name their
+ * sequence (`parameters.sequence_id`, `sequence_start`, `sequence_end`) and carry no state
+ * input; a sequence's records run in the order of their lines.
+ *
  * A line is malformed when it is not JSON, not one of these shapes, or does not fit the model
  * (unknown, missing or repeated input, wrong datatype, shape or element count): `decode` says
  * why. Blank lines are not records.
@@ -28,6 +32,7 @@ import * as InferenceError from "../InferenceError.ts"
 import type * as InferenceResult from "../InferenceResult.ts"
 import * as ModelMetadata from "../ModelMetadata.ts"
 import type * as Priority from "../Priority.ts"
+import * as Sequence from "../Sequence.ts"
 import * as TensorCodec from "../TensorCodec.ts"
 import type * as Tensor from "../Tensor.ts"
 
@@ -41,6 +46,8 @@ export interface Record {
   /** From the OIP body's parameters; undefined: the command-line default. */
   readonly priority?: Priority.Priority | undefined
   readonly timeout?: Duration.Duration | undefined
+  /** The sequence of a stateful model it belongs to (`parameters.sequence_id`, …). */
+  readonly sequence?: Sequence.Flags | undefined
 }
 
 /** A line that cannot be a request, and why. */
@@ -88,14 +95,18 @@ export const decode = (metadata: ModelMetadata.ModelMetadata, line: number, text
 
   const inputs = TensorCodec.decodeInputs(metadata, body.inputs)
   if (inputs instanceof InferenceError.InvalidInput) return malformed(inputs.message)
-  const invalid = ModelMetadata.validateInputs(metadata, inputs)
+  const sequence = TensorCodec.sequenceOf(body.parameters)
+  if (sequence !== undefined && "problem" in sequence) return malformed(sequence.problem)
+  // a stateful model's state is the engine's to add: checked with the initial one in its place
+  const invalid = ModelMetadata.validateInputs(metadata, metadata.sequence === undefined ? inputs : Sequence.withStates(inputs, metadata.sequence.initialInputs))
   if (invalid !== undefined) return malformed(invalid.message)
   return {
     line,
     id: body.id,
     inputs,
     priority: TensorCodec.priorityOf(body.parameters?.priority),
-    timeout: TensorCodec.timeoutOf(body.parameters?.timeout)
+    timeout: TensorCodec.timeoutOf(body.parameters?.timeout),
+    ...(sequence === undefined ? {} : { sequence })
   }
 }
 

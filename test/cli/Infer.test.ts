@@ -14,6 +14,8 @@ import { AsyncConfigService } from "../../src/AsyncConfig.ts"
 import * as Infer from "../../src/cli/Infer.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
+import { ModelPool } from "../../src/ModelPool.ts"
+import { makeCounterPool } from "../fixtures/CounterPool.ts"
 import { makeFake } from "../fixtures/FakeModelPool.ts"
 
 const bytes = (text: string) => new TextEncoder().encode(text)
@@ -84,6 +86,35 @@ describe("Infer", () => {
         const output = Fs.readFileSync(outputPath, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as { line: number })
         return { exit, messages: messages.join(""), lines: output.map((o) => o.line) }
       })
+
+    it.live("a stateful model's records name their sequence: run in the order of their lines, each with the state the one before left", () =>
+      Effect.gen(function*() {
+        const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "infer-test-"))
+        yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
+        const step = (id: number, x: number, flags: Record<string, boolean> = {}) =>
+          JSON.stringify({ parameters: { sequence_id: id, ...flags }, inputs: [{ name: "x", datatype: "FP32", shape: [1, 1], data: [x] }] })
+        const lines = [step(1, 1, { sequence_start: true }), step(2, 100, { sequence_start: true }), step(1, 2), step(1, 3), step(2, 1, { sequence_end: true }), step(1, 4, { sequence_end: true })]
+        Fs.writeFileSync(Path.join(dir, "in.ndjson"), lines.join("\n") + "\n")
+        const counter = makeCounterPool({ latencyMs: 1 })
+        const exit = yield* Effect.exit(Infer.run({
+          model: "counter",
+          input: Path.join(dir, "in.ndjson"),
+          output: Path.join(dir, "out.ndjson"),
+          priority: "Normal",
+          onMalformed: "fail",
+          concurrency: 8,
+          maxLineBytes: 1000,
+          progress: { mode: "none" },
+          messages: { write: () => {} }
+        }).pipe(Effect.provide(AsyncInferenceEngine.layer.pipe(
+          Layer.provideMerge(Layer.mergeAll(Layer.succeed(ModelPool, counter.pool), TelemetryCollector.layer, AsyncConfigService.layer, NodeServices.layer))
+        ))))
+        assert.isTrue(Exit.isSuccess(exit), String(exit))
+        const output = Fs.readFileSync(Path.join(dir, "out.ndjson"), "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l))
+        assert.deepStrictEqual(output.map((o: any) => [o.line, o.outputs?.y.data[0], Object.keys(o.outputs ?? {})]), [
+          [1, 1, ["y"]], [2, 100, ["y"]], [3, 3, ["y"]], [4, 6, ["y"]], [5, 101, ["y"]], [6, 10, ["y"]]
+        ])
+      }))
 
     it.live("reads a named pipe (mkfifo, or a shell's <(…)): in order, once, without positional reads", () =>
       Effect.gen(function*() {

@@ -3,6 +3,7 @@
  * line number and reason, and the output lines for each kind of result.
  */
 import { assert, describe, it } from "@effect/vitest"
+import { counterSequence, counterSignature } from "../fixtures/CounterPool.ts"
 import { Duration } from "effect"
 import * as Records from "../../src/cli/Records.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
@@ -120,6 +121,25 @@ describe("Records", () => {
       reason: "Cancelled",
       message: "stop"
     })
+  })
+})
+
+describe("Records of a stateful model", () => {
+  const counter = { name: "counter", version: "1", ...counterSignature, sequence: counterSequence() }
+  const body = (parameters: unknown, inputs = [{ name: "x", datatype: "FP32", shape: [1, 1], data: [1] }]) => JSON.stringify({ parameters, inputs })
+
+  it("reads the sequence from the parameters, without the state input", () => {
+    const record = Records.decode(counter, 1, body({ sequence_id: "s", sequence_start: true }))
+    assert.isFalse(Records.isMalformed(record))
+    assert.deepStrictEqual((record as Records.Record).sequence, { id: "s", start: true, end: false })
+    assert.deepStrictEqual(Object.keys((record as Records.Record).inputs), ["x"])
+  })
+
+  it("names flags without an id, a bad id, and a missing input as malformed", () => {
+    const reason = (text: string) => (Records.decode(counter, 3, text) as Records.Malformed).reason
+    assert.include(reason(body({ sequence_start: true })), "need a sequence_id")
+    assert.include(reason(body({ sequence_id: -2 })), "sequence_id")
+    assert.include(reason(body({ sequence_id: 1 }, [])), "no input tensors")
   })
 })
 
