@@ -208,12 +208,18 @@ export const perf = Command.make("perf", {
     Flag.withMetavar("DIR"),
     Flag.optional,
     Flag.withDescription("in process: the model repository (default: the bundled models/)")
+  ),
+  sequenceLength: Flag.Int("sequence-length").pipe(
+    Flag.withMetavar("N"),
+    Flag.withDefault(Perf.defaultSequenceLength),
+    Flag.withDescription(`a stateful model (sequenceBatching): requests per sequence each client sends, the first a start, the last an end (default ${Perf.defaultSequenceLength}, as perf_analyzer)`)
   )
 }, (flags) => {
   const levels = Perf.parseLevels(flags.concurrency)
   if (typeof levels === "string") return fail(`perf: --concurrency: ${levels}`, 2)
   if (!(flags.duration > 0)) return fail("perf: --duration must be positive", 2)
   if (!(flags.warmup >= 0)) return fail("perf: --warmup must not be negative", 2)
+  if (!(flags.sequenceLength >= 1)) return fail("perf: --sequence-length must be at least 1", 2)
   if (flags.grpc && Option.isNone(flags.url)) return fail("perf: --grpc needs --url HOST:PORT (the server's gRPC address)", 2)
   if (flags.grpc && flags.binary) return fail("perf: --grpc sends raw tensors already; --binary is for HTTP", 2)
   if (flags.binary && Option.isNone(flags.url)) return fail("perf: --binary needs --url (in process, tensors are not encoded)", 2)
@@ -248,6 +254,7 @@ export const perf = Command.make("perf", {
     grpc: flags.grpc,
     input: Option.getOrUndefined(flags.input),
     repository: Option.getOrUndefined(flags.models),
+    sequenceLength: flags.sequenceLength,
     messages: (line) => void process.stderr.write(`${line}\n`),
     onLevel: (result) => void finished.push(result)
   }).pipe(

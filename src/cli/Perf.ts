@@ -14,6 +14,11 @@
  *   made from the model's metadata (`makeInputs`): each dynamic dim 1, or the dims of the
  *   model's first declared input signature, values within the signature's `values`/`min`/`max`,
  *   else small random numbers.
+ * - A stateful model (config.json `sequenceBatching`; over HTTP and gRPC, its configuration's
+ *   `sequence_batching`): each client sends sequences of `sequenceLength` requests (Triton's
+ *   `perf_analyzer --sequence-length`, default 20), the first a start, the last an end, each
+ *   sequence with an id of its own (`perf-<pid>-<n>`); a sequence cut by the end of a level is
+ *   left to go idle on the server.
  * - Latency is measured at the client, from send to answer; a request that fails (an error
  *   status, an engine error) counts as an error and not in the latencies. A server that is gone
  *   (its connection refused: nothing listens at the address) stops the run with PerfError: the
@@ -32,6 +37,7 @@ import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
 import type * as InputSignature from "../InputSignature.ts"
 import * as ModelMetadata from "../ModelMetadata.ts"
+import * as Sequence from "../Sequence.ts"
 import { ModelPool } from "../ModelPool.ts"
 import type * as Tensor from "../Tensor.ts"
 import * as Cli from "./CliCommon.ts"
@@ -58,7 +64,12 @@ export interface Options {
   readonly messages: (line: string) => void
   /** Called with each level's result as it finishes, so that a run stopped part-way still has them. */
   readonly onLevel?: ((result: LevelResult) => void) | undefined
+  /** A stateful model's requests per sequence (default `defaultSequenceLength`). */
+  readonly sequenceLength?: number | undefined
 }
+
+/** Requests per sequence of a stateful model by default: perf_analyzer's `--sequence-length`. */
+export const defaultSequenceLength = 20
 
 /** A perf run that cannot go on: bad inputs, an unreachable server, an unknown model. */
 export class PerfError extends Data.TaggedError("PerfError")<{ readonly message: string }> {}
@@ -126,7 +137,7 @@ export const makeInputs = (metadata: ModelMetadata.ModelMetadata, count: number,
   const next = random(seed)
   const signature: InputSignature.Signature = metadata.signatures?.[0] ?? {}
   return Array.from({ length: count }, () =>
-    metadata.inputs.map((spec) => {
+    Sequence.clientInputs(metadata).map((spec) => {
       const constraint = signature[spec.name]
       const shape = (constraint?.dims ?? spec.dims).map((d) => (d < 0 ? 1 : d))
       const size = shape.reduce((a, b) => a * b, 1)
@@ -192,7 +203,25 @@ export const formatTable = (results: ReadonlyArray<LevelResult>): string => {
 }
 
 /** One request, answered (true) or failed (its error text); fails with PerfError when the server is gone. */
-type Send = (inputs: Tensor.TensorMap) => Effect.Effect<true | string, PerfError>
+/** Sends one request (with its sequence, for a stateful model): true when it succeeded, else why not. */
+type Send = (inputs: Tensor.TensorMap, sequence?: Sequence.Flags) => Effect.Effect<true | string, PerfError>
+
+let sequences = 0
+
+/**
+ * A client's sequences of a stateful model: the flags of each next request, `length` to a
+ * sequence, each with an id no other client or run uses. Pure but for the id counter.
+ */
+export const sequenceFlags = (length: number): () => Sequence.Flags => {
+  let id = ""
+  let step = 0
+  return () => {
+    if (step === 0) id = `perf-${process.pid}-${++sequences}`
+    const flags = { id, start: step === 0, end: step === length - 1 }
+    step = (step + 1) % length
+    return flags
+  }
+}
 
 /** Connection errors that mean no server listens at the address any more (not one busy or slow). */
 const goneCodes: ReadonlySet<string> = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND"])
@@ -201,7 +230,7 @@ const goneCodes: ReadonlySet<string> = new Set(["ECONNREFUSED", "EHOSTUNREACH", 
 const serverGone = (where: string, why: string) => new PerfError({ message: `${where} stopped answering (${why}): the server is gone` })
 
 /** Runs each level in turn with `send`, cycling through `inputs`. */
-const runLevels = (options: Options, inputs: ReadonlyArray<Tensor.TensorMap>, send: Send) =>
+const runLevels = (options: Options, inputs: ReadonlyArray<Tensor.TensorMap>, send: Send, stateful = false) =>
   Effect.gen(function*() {
     const results: Array<LevelResult> = []
     let next = 0
@@ -212,9 +241,10 @@ const runLevels = (options: Options, inputs: ReadonlyArray<Tensor.TensorMap>, se
       const latencies: Array<number> = []
       const errors: Array<string> = []
       const client = Effect.gen(function*() {
+        const nextFlags = stateful ? sequenceFlags(options.sequenceLength ?? defaultSequenceLength) : undefined
         while (performance.now() < end) {
           const started = performance.now()
-          const outcome = yield* send(pick())
+          const outcome = yield* send(pick(), nextFlags?.())
           const finished = performance.now()
           if (started < warmupEnd || finished > end) continue
           if (outcome === true) latencies.push(finished - started)
@@ -242,7 +272,10 @@ const inputsFor = (metadata: ModelMetadata.ModelMetadata, file: string | undefin
       const made: Array<Tensor.TensorMap> = []
       for (const inputs of makeInputs(metadata, 16)) {
         const decoded = TensorCodec.decodeInputs(metadata, inputs)
-        const invalid = decoded instanceof InferenceError.InvalidInput ? decoded : ModelMetadata.validateInputs(metadata, decoded)
+        // a stateful model's state is the engine's to add: checked with the initial one in its place
+        const invalid = decoded instanceof InferenceError.InvalidInput
+          ? decoded
+          : ModelMetadata.validateInputs(metadata, metadata.sequence === undefined ? decoded : Sequence.withStates(decoded, metadata.sequence.initialInputs))
         if (invalid !== undefined) {
           return yield* new PerfError({ message: `cannot make inputs for model ${metadata.name} from its metadata (${invalid.message}): give records with --input FILE.ndjson` })
         }
@@ -323,15 +356,22 @@ const remoteMetadata = (agent: Http.Agent, url: URL, model: string, version: str
   })
 
 /** One inference request body for `inputs`: JSON, or JSON and binary tensor data. */
-export const encodeRequest = (inputs: Tensor.TensorMap, binary: boolean): { readonly bytes: Uint8Array | string; readonly headers: Record<string, string> } => {
+export const encodeRequest = (
+  inputs: Tensor.TensorMap,
+  binary: boolean,
+  sequence?: Sequence.Flags
+): { readonly bytes: Uint8Array | string; readonly headers: Record<string, string> } => {
+  const parameters = sequence === undefined ? undefined : { sequence_id: sequence.id, sequence_start: sequence.start === true, sequence_end: sequence.end === true }
   if (!binary) {
     const parts = Object.entries(inputs).map(([name, tensor]) =>
       `{"name":${JSON.stringify(name)},"datatype":"${TensorCodec.datatypeOf[tensor.dtype]}","shape":[${tensor.dims.join(",")}],"data":${TensorCodec.encodeData(tensor)}}`
     )
-    return { bytes: `{"inputs":[${parts.join(",")}]}`, headers: { "content-type": "application/json" } }
+    const head = parameters === undefined ? "" : `"parameters":${JSON.stringify(parameters)},`
+    return { bytes: `{${head}"inputs":[${parts.join(",")}]}`, headers: { "content-type": "application/json" } }
   }
   const blobs = Object.values(inputs).map(TensorCodec.encodeBinaryData)
   const header = JSON.stringify({
+    ...(parameters === undefined ? {} : { parameters }),
     inputs: Object.entries(inputs).map(([name, tensor], i) => ({
       name,
       datatype: TensorCodec.datatypeOf[tensor.dtype],
@@ -358,14 +398,35 @@ const overHttp = (options: Options & { readonly url: string }) =>
     const metadata = yield* remoteMetadata(agent, url, options.model, options.version)
     const inputs = yield* inputsFor(metadata, options.input)
     const encoded = new Map(inputs.map((i) => [i, encodeRequest(i, options.binary)] as const))
-    const path = `/v2/models/${encodeURIComponent(options.model)}${options.version === undefined ? "" : `/versions/${encodeURIComponent(options.version)}`}/infer`
-    const send: Send = (i) =>
-      httpRequest(agent, url, "POST", path, encoded.get(i)!).pipe(
+    const modelPath = `/v2/models/${encodeURIComponent(options.model)}${options.version === undefined ? "" : `/versions/${encodeURIComponent(options.version)}`}`
+    const path = `${modelPath}/infer`
+    const stateful = yield* remoteStateful(agent, url, `${modelPath}/config`)
+    const send: Send = (i, sequence) =>
+      // a sequence's parameters differ at each request: encoded then
+      httpRequest(agent, url, "POST", path, sequence === undefined ? encoded.get(i)! : encodeRequest(i, options.binary, sequence)).pipe(
         Effect.map((answer): true | string => (answer.status === 200 ? true : `HTTP ${answer.status}: ${answer.body.slice(0, 120)}`)),
         Effect.catch((e) => goneCodes.has(e) ? Effect.fail(serverGone(url.origin, e)) : Effect.succeed(e))
       )
-    return yield* runLevels(options, inputs, send)
+    return yield* runLevels(options, inputs, send, stateful)
   }).pipe(Effect.scoped)
+
+/**
+ * Whether the server's configuration of the model (`GET …/config`, Triton's model configuration
+ * extension) has `sequence_batching`: a stateful model. A server without the extension answers
+ * 404 or 400: not stateful as far as this client can tell.
+ */
+const remoteStateful = (agent: Http.Agent, url: URL, path: string) =>
+  httpRequest(agent, url, "GET", path).pipe(
+    Effect.map((answer) => {
+      if (answer.status !== 200) return false
+      try {
+        return (JSON.parse(answer.body) as { sequence_batching?: unknown }).sequence_batching !== undefined
+      } catch {
+        return false
+      }
+    }),
+    Effect.mapError((e) => new PerfError({ message: `cannot reach ${url.origin}: ${e}` }))
+  )
 
 // -- over gRPC ------------------------------------------------------------------
 
@@ -421,12 +482,24 @@ const overGrpc = (options: Options & { readonly url: string }) =>
       inputs: Object.entries(record).map(([name, tensor]) => ({ name, datatype: TensorCodec.datatypeOf[tensor.dtype], shape: tensor.dims })),
       raw_input_contents: Object.values(record).map((tensor) => Buffer.from(TensorCodec.encodeBinaryData(tensor)))
     }] as const))
-    const send: Send = (i) =>
-      unary(client, "ModelInfer", requests.get(i)!).pipe(
+    // a stateful model's configuration has sequence_batching (a server without the RPC: not stateful, as far as this client can tell)
+    const stateful = yield* unary(client, "ModelConfig", { name: options.model, version: options.version ?? "" }).pipe(
+      Effect.map((answer) => answer?.config?.sequence_batching != null),
+      Effect.orElseSucceed(() => false)
+    )
+    const send: Send = (i, sequence) =>
+      unary(client, "ModelInfer", sequence === undefined ? requests.get(i)! : {
+        ...requests.get(i)!,
+        parameters: {
+          sequence_id: { string_param: String(sequence.id) },
+          sequence_start: { bool_param: sequence.start === true },
+          sequence_end: { bool_param: sequence.end === true }
+        }
+      }).pipe(
         Effect.as(true as const),
         Effect.catch((e) => grpcGone(e) ? Effect.fail(serverGone(`gRPC ${address}`, e.details)) : Effect.succeed(`gRPC: ${e.details}`))
       )
-    return yield* runLevels(options, records, send)
+    return yield* runLevels(options, records, send, stateful)
   }).pipe(Effect.scoped)
 
 // -- in process ---------------------------------------------------------------------
@@ -437,12 +510,12 @@ const inProcess = (options: Options) =>
     const engine = yield* AsyncInferenceEngine
     const metadata = yield* pool.metadata(options.model, options.version).pipe(Effect.mapError((reason) => new PerfError({ message: InferenceError.make(reason).message })))
     const inputs = yield* inputsFor(metadata, options.input)
-    const send: Send = (i) =>
-      Effect.match(engine.infer(InferenceRequest.make(options.model, i, { modelVersion: options.version })), {
+    const send: Send = (i, sequence) =>
+      Effect.match(engine.infer(InferenceRequest.make(options.model, i, { modelVersion: options.version, sequence })), {
         onSuccess: (): true | string => true,
         onFailure: (e) => `${e.reason._tag}: ${e.message}`
       })
-    return yield* runLevels(options, inputs, send)
+    return yield* runLevels(options, inputs, send, metadata.sequence !== undefined)
   }).pipe(
     Effect.provide(Infer.engineLayer({ repository: options.repository, concurrency: Math.max(...options.levels), serviceName: "effect-onnx-perf" })),
     // A worker thread the engine's close left inside a native run: exiting now would abort the process.

@@ -3,7 +3,9 @@ import * as Perf from "../../src/cli/Perf.ts"
 import * as Oip from "../../src/http/Oip.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
 import * as ModelMetadata from "../../src/ModelMetadata.ts"
+import * as Sequence from "../../src/Sequence.ts"
 import * as Tensor from "../../src/Tensor.ts"
+import * as TensorCodec from "../../src/TensorCodec.ts"
 
 const vad: ModelMetadata.ModelMetadata = {
   name: "vad",
@@ -90,5 +92,36 @@ describe("Perf", () => {
     const header = Oip.decodeInferRequest(JSON.parse(split.text))
     if ("error" in header) return assert.fail(header.error)
     assert.deepStrictEqual(Oip.decodeInputs(vad, header.inputs, split.binary), inputs)
+  })
+
+  it("sequenceFlags: sequences of the given length, a start first and an end last, each with an id of its own", () => {
+    const next = Perf.sequenceFlags(3)
+    const flags = Array.from({ length: 7 }, next)
+    assert.deepStrictEqual(flags.map((f) => [f.start, f.end]), [[true, false], [false, false], [false, true], [true, false], [false, false], [false, true], [true, false]])
+    const ids = flags.map((f) => f.id)
+    assert.deepStrictEqual([ids[0] === ids[2], ids[2] !== ids[3], ids[3] === ids[5], ids[5] !== ids[6]], [true, true, true, true])
+    assert.notStrictEqual(Perf.sequenceFlags(3)().id, ids[0], "another client's sequences have other ids")
+    assert.deepStrictEqual(Array.from({ length: 2 }, Perf.sequenceFlags(1)).map((f) => [f.start, f.end]), [[true, true], [true, true]])
+  })
+
+  it("a stateful model: makeInputs leaves the state input out; encodeRequest carries the sequence as Triton's parameters, in JSON and binary", () => {
+    const stateful: ModelMetadata.ModelMetadata = {
+      ...vad,
+      sequence: Sequence.resolve({ maxSequenceIdleMs: 1000, maxSequences: 8, states: [{ input: "state", output: "stateN", dims: undefined }] }, {
+        inputs: vad.inputs,
+        outputs: [...vad.outputs, { name: "stateN", dtype: "float32", dims: [2, -1, 128] }]
+      }) as Sequence.Resolved
+    }
+    const made = Perf.makeInputs(stateful, 1)[0]!
+    assert.deepStrictEqual(made.map((i) => i.name), ["input", "sr"])
+    const inputs = Oip.decodeInputs(stateful, made) as Tensor.TensorMap
+    for (const binary of [false, true]) {
+      const encoded = Perf.encodeRequest(inputs, binary, { id: "s-1", start: true, end: false })
+      const bytes = typeof encoded.bytes === "string" ? new TextEncoder().encode(encoded.bytes) : encoded.bytes
+      const jsonLength = binary ? Number(encoded.headers["inference-header-content-length"]) : bytes.length
+      const body = Oip.decodeInferRequest(JSON.parse(new TextDecoder().decode(bytes.subarray(0, jsonLength))))
+      assert.notProperty(body, "error")
+      assert.deepStrictEqual(TensorCodec.sequenceOf((body as TensorCodec.InferRequest).parameters), { id: "s-1", start: true, end: false }, `binary ${binary}`)
+    }
   })
 })
