@@ -17,8 +17,9 @@
  * - A stateful model (config.json `sequenceBatching`; over HTTP and gRPC, its configuration's
  *   `sequence_batching`): each client sends sequences of `sequenceLength` requests (Triton's
  *   `perf_analyzer --sequence-length`, default 20), the first a start, the last an end, each
- *   sequence with an id of its own (`perf-<pid>-<n>`); a sequence cut by the end of a level is
- *   left to go idle on the server.
+ *   sequence with an id of its own (`perf-<pid>-<n>`); a sequence cut by the end of a level gets
+ *   one more request, an end, not measured, so that the next level's sequences find room
+ *   (`maxSequences`).
  * - Latency is measured at the client, from send to answer; a request that fails (an error
  *   status, an engine error) counts as an error and not in the latencies. A server that is gone
  *   (its connection refused: nothing listens at the address) stops the run with PerfError: the
@@ -208,18 +209,33 @@ type Send = (inputs: Tensor.TensorMap, sequence?: Sequence.Flags) => Effect.Effe
 
 let sequences = 0
 
+/** A client's sequences of a stateful model (`sequenceFlags`). */
+export interface SequenceFlags {
+  /** The flags of its next request. */
+  readonly next: () => Sequence.Flags
+  /** The flags of a request that ends the sequence under way, if one is (not at its end yet). */
+  readonly closing: () => Sequence.Flags | undefined
+}
+
 /**
- * A client's sequences of a stateful model: the flags of each next request, `length` to a
- * sequence, each with an id no other client or run uses. Pure but for the id counter.
+ * A client's sequences of a stateful model: `length` requests to a sequence, the first a start,
+ * the last an end, each sequence with an id no other client or run uses. Pure but for the id counter.
  */
-export const sequenceFlags = (length: number): () => Sequence.Flags => {
+export const sequenceFlags = (length: number): SequenceFlags => {
   let id = ""
   let step = 0
-  return () => {
-    if (step === 0) id = `perf-${process.pid}-${++sequences}`
-    const flags = { id, start: step === 0, end: step === length - 1 }
-    step = (step + 1) % length
-    return flags
+  return {
+    next: () => {
+      if (step === 0) id = `perf-${process.pid}-${++sequences}`
+      const flags = { id, start: step === 0, end: step === length - 1 }
+      step = (step + 1) % length
+      return flags
+    },
+    closing: () => {
+      if (step === 0) return undefined
+      step = 0
+      return { id, start: false, end: true }
+    }
   }
 }
 
@@ -244,12 +260,15 @@ const runLevels = (options: Options, inputs: ReadonlyArray<Tensor.TensorMap>, se
         const nextFlags = stateful ? sequenceFlags(options.sequenceLength ?? defaultSequenceLength) : undefined
         while (performance.now() < end) {
           const started = performance.now()
-          const outcome = yield* send(pick(), nextFlags?.())
+          const outcome = yield* send(pick(), nextFlags?.next())
           const finished = performance.now()
           if (started < warmupEnd || finished > end) continue
           if (outcome === true) latencies.push(finished - started)
           else errors.push(outcome)
         }
+        // the sequence the level's end cut: ended on the server (not measured), which would keep it until it went idle
+        const closing = nextFlags?.closing()
+        if (closing !== undefined) yield* send(pick(), closing)
       })
       options.messages(`concurrency ${concurrency}: ${options.warmupSeconds} s warm-up, ${options.durationSeconds} s measured…`)
       yield* Effect.forEach(Array.from({ length: concurrency }), () => client, { concurrency: "unbounded", discard: true })

@@ -95,13 +95,21 @@ describe("Perf", () => {
   })
 
   it("sequenceFlags: sequences of the given length, a start first and an end last, each with an id of its own", () => {
-    const next = Perf.sequenceFlags(3)
-    const flags = Array.from({ length: 7 }, next)
+    const client = Perf.sequenceFlags(3)
+    const flags = Array.from({ length: 7 }, client.next)
     assert.deepStrictEqual(flags.map((f) => [f.start, f.end]), [[true, false], [false, false], [false, true], [true, false], [false, false], [false, true], [true, false]])
     const ids = flags.map((f) => f.id)
     assert.deepStrictEqual([ids[0] === ids[2], ids[2] !== ids[3], ids[3] === ids[5], ids[5] !== ids[6]], [true, true, true, true])
-    assert.notStrictEqual(Perf.sequenceFlags(3)().id, ids[0], "another client's sequences have other ids")
-    assert.deepStrictEqual(Array.from({ length: 2 }, Perf.sequenceFlags(1)).map((f) => [f.start, f.end]), [[true, true], [true, true]])
+    assert.notStrictEqual(Perf.sequenceFlags(3).next().id, ids[0], "another client's sequences have other ids")
+    assert.deepStrictEqual(Array.from({ length: 2 }, Perf.sequenceFlags(1).next).map((f) => [f.start, f.end]), [[true, true], [true, true]])
+    // the 7th request started a sequence: closing ends it, once; the next request starts another
+    assert.deepStrictEqual(client.closing(), { id: ids[6]!, start: false, end: true })
+    assert.isUndefined(client.closing())
+    assert.isTrue(client.next().start)
+    const ended = Perf.sequenceFlags(2)
+    ended.next()
+    ended.next()
+    assert.isUndefined(ended.closing(), "a sequence at its end needs no closing request")
   })
 
   it("a stateful model: makeInputs leaves the state input out; encodeRequest carries the sequence as Triton's parameters, in JSON and binary", () => {
