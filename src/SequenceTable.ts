@@ -233,7 +233,8 @@ export const make = (nowMs: () => number): SequenceTable => {
       slot.lastMs = now
       // the model version's limit now (a reload may have changed it): it is filed under it when free again
       slot.idleMs = sequence.maxSequenceIdleMs
-      if (slot.busy) {
+      // turns waiting and the slot free: only inside `next`, which a refused turn's answer re-entered; it runs them in order
+      if (slot.busy || slot.waiting.length > 0) {
         if (!turn.canWait()) return { _tag: "QueueFull" }
         const entry: Waiting = { model: modelKey, turn, sequence, gone: false, running: undefined }
         slot.waiting.push(entry)

@@ -106,4 +106,33 @@ describe("SequenceTable", () => {
     assert.strictEqual(table.take("m@1", sequence, { id: "C", start: true }, turnOf(seen, { start: true }, next))._tag, "Answered")
     assert.deepStrictEqual([...table.counts()], [["m@1", 2]])
   })
+
+  it("a turn taken from inside a refused turn's answer goes behind the turns already waiting, not ahead of them", () => {
+    const table = SequenceTable.make(() => 0)
+    const ran: Array<string> = []
+    const named = (name: string, flags: { readonly start?: boolean; readonly end?: boolean }, onRefuse?: () => void): SequenceTable.Turn => ({
+      rank: 2,
+      start: flags.start === true,
+      end: flags.end === true,
+      canWait: () => true,
+      go: () => {
+        ran.push(name)
+        return () => {}
+      },
+      refuse: () => {
+        ran.push(`${name} refused`)
+        onRefuse?.()
+      }
+    })
+    const first = heldTurn({ start: true })
+    table.take("m@1", sequence, { id: 1, start: true }, first.turn)
+    const ending = heldTurn()
+    table.take("m@1", sequence, { id: 1, end: true }, { ...ending.turn, end: true })
+    // after the end: refused, and its answer at once starts the sequence again (a client reacting to the refusal)
+    table.take("m@1", sequence, { id: 1 }, named("late", {}, () => void table.take("m@1", sequence, { id: 1, start: true }, named("restart", { start: true }))))
+    table.take("m@1", sequence, { id: 1, start: true }, named("queued start", { start: true }))
+    first.finish(next)
+    ending.finish(next)
+    assert.deepStrictEqual(ran, ["late refused", "queued start"])
+  })
 })
