@@ -292,8 +292,20 @@ const parametersOf = (parameters: Readonly<Record<string, InferParameter>> | und
   const keys = Object.keys(parameters)
   if (keys.length === 0) return undefined
   const out: Record<string, unknown> = {}
-  for (const key of keys) out[key] = parameterValue(parameters[key]!)
+  for (const key of keys) out[key] = key === "sequence_id" ? sequenceIdValue(parameters[key]!) : parameterValue(parameters[key]!)
   return out
+}
+
+/**
+ * `sequence_id` as `parameterValue` gives it, except an integer past 2^53 (Triton's correlation
+ * ids are uint64: a client may draw them at random), which a number cannot hold exactly: kept as
+ * its decimal text, so that each id stays its own sequence (the same as that text sent as
+ * `string_param`).
+ */
+const sequenceIdValue = (p: InferParameter): unknown => {
+  const value = parameterValue(p)
+  if (p.parameter_choice !== "int64_param" && p.parameter_choice !== "uint64_param") return value
+  return Number.isSafeInteger(value) ? value : String(p.parameter_choice === "int64_param" ? p.int64_param : p.uint64_param)
 }
 
 /** The fields of `InferTensorContents`, in the proto's order. */

@@ -115,6 +115,17 @@ describe("sequences of a stateful model, through the server", () => {
         const value = new Float32Array(new Uint8Array(r.response.raw_output_contents[0]).buffer)[0]!
         assert.closeTo(value, expected[c]!, 1e-7, `chunk ${c}`)
       }
+      // a uint64 correlation id past 2^53 (drawn at random by some clients) is its own sequence, kept exact
+      const big = (start: boolean, id: string) => unary(client, "ModelInfer", {
+        model_name: "vad",
+        parameters: { sequence_id: { uint64_param: id }, sequence_start: { bool_param: start } },
+        inputs: [{ name: "input", datatype: "FP32", shape: [1, 512] }, { name: "sr", datatype: "INT64", shape: [] }],
+        raw_input_contents: [Buffer.from(Float32Array.from(chunks[0]!).buffer), Buffer.from(BigInt64Array.from([16000n]).buffer)]
+      })
+      assert.isUndefined((await big(true, "18446744073709551615")).error)
+      assert.isUndefined((await big(false, "18446744073709551615")).error)
+      // its neighbour, the same double, was never started
+      assert.include((await big(false, "18446744073709551614")).error?.details, "is not under way")
       const metadata = await unary(client, "ModelMetadata", { name: "vad" })
       assert.deepStrictEqual(metadata.response.inputs.map((t: any) => t.name), ["input", "sr"])
       const config = await unary(client, "ModelConfig", { name: "vad" })

@@ -129,6 +129,18 @@ describe("GrpcCodec.toOip", () => {
     if (typeof oip !== "string") assert.deepStrictEqual((oip.body as { outputs: unknown }).outputs, [{ name: "y", parameters: { classification: 3 } }])
   })
 
+  it("keeps a sequence_id past 2^53 exact, as its decimal text (Triton's uint64 correlation ids); smaller ones as numbers", () => {
+    const sequenceId = (parameter: GrpcCodec.InferParameter) => {
+      const oip = GrpcCodec.toOip(request({ raw_input_contents: [f32([1, 2, 3, 4])], parameters: { sequence_id: parameter, priority: parameter } }))
+      const parameters = (oip as { body: { parameters: Record<string, unknown> } }).body.parameters
+      return [parameters["sequence_id"], parameters["priority"]]
+    }
+    assert.deepStrictEqual(sequenceId({ parameter_choice: "uint64_param", uint64_param: "18446744073709551615" }), ["18446744073709551615", 18446744073709552000])
+    assert.deepStrictEqual(sequenceId({ parameter_choice: "int64_param", int64_param: "9007199254740993" }), ["9007199254740993", 9007199254740992])
+    assert.deepStrictEqual(sequenceId({ parameter_choice: "uint64_param", uint64_param: "42" }), [42, 42])
+    assert.deepStrictEqual(sequenceId({ parameter_choice: "string_param", string_param: "a" }), ["a", "a"])
+  })
+
   it("takes raw contents as the binary part and typed contents as data", () => {
     const raw = GrpcCodec.toOip(request({ raw_input_contents: [f32([1, 2, 3, 4])] }))
     assert.notStrictEqual(typeof raw, "string")
