@@ -184,6 +184,8 @@ export interface ModelLoads {
   readonly succeeded: number
   /** Loads of which some version failed: none of the new versions serves, what served keeps serving. */
   readonly failed: number
+  /** The same counts by model name (models of the repository only), where the pool keeps them. */
+  readonly byModel?: ReadonlyMap<string, { readonly succeeded: number; readonly failed: number }> | undefined
 }
 
 /** What happened to a pool's instances since it started (each a count, only ever growing). */

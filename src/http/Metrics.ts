@@ -10,8 +10,9 @@
  *   answered (queued, forming a batch or running).
  * - `inference_instance_events_total{event}`: what happened to the pool's instances (crashes,
  *   kills, replacements), from the pool's `counters` where it has them; every event has its row.
- * - `inference_model_loads_total{outcome}`: loads after the start (explicit model control or the
- *   repository poller), `success` or `failure`, from the pool's `modelLoads` where it has them.
+ * - `inference_model_loads_total{model,outcome}`: loads after the start (explicit model control or
+ *   the repository poller), `success` or `failure`, from the pool's `modelLoads` where it has them
+ *   (by model where the pool counts by model, as the ONNX pool does; else `{outcome}` alone).
  * - `inference_cache_bytes`, `inference_cache_capacity_bytes`, `inference_cache_entries` and
  *   `inference_cache_evictions_total`: the response cache as a whole, from the engine's
  *   `responseCache`, where it has one (`RESPONSE_CACHE_BYTES`).
@@ -67,8 +68,10 @@ const modelLoadsCounter = Metric.counter("inference_model_loads_total", {
   description: "Model loads and reloads after the start (explicit model control or the repository poller), by outcome: success, failure (what served keeps serving)"
 })
 
+const noLoads: ModelLoads = { succeeded: 0, failed: 0 }
+
 /** Each `outcome` label of `inference_model_loads_total`, and the count it reports. */
-export const modelLoadLabels: ReadonlyArray<readonly [label: string, key: keyof ModelLoads]> = [
+export const modelLoadLabels: ReadonlyArray<readonly [label: string, key: "succeeded" | "failed"]> = [
   ["success", "succeeded"],
   ["failure", "failed"]
 ]
@@ -92,14 +95,17 @@ const countUp = <K extends string>(
   labelName: string,
   labels: ReadonlyArray<readonly [label: string, key: K]>,
   counts: Readonly<Record<K, number>>,
-  counted: Map<string, number>
+  counted: Map<string, number>,
+  /** The series' other label (`model`), if any: its counts are kept apart. */
+  model?: string
 ): Effect.Effect<void> =>
   Effect.forEach(labels, ([label, key]) => {
-    const before = counted.get(label)
+    const seen = model === undefined ? label : `${model}\u0000${label}`
+    const before = counted.get(seen)
     const now = counts[key]
     if (before !== undefined && now <= before) return Effect.void
-    counted.set(label, now)
-    return Metric.update(Metric.withAttributes(counter, { [labelName]: label }), now - (before ?? 0))
+    counted.set(seen, now)
+    return Metric.update(Metric.withAttributes(counter, model === undefined ? { [labelName]: label } : { model, [labelName]: label }), now - (before ?? 0))
   }, { discard: true })
 
 /** Versions as numbers where both are ("2" before "10"), else as text. */
@@ -262,8 +268,10 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
     const modelsSeen = new Set<string>()
     /** The instance counts the counter holds: each scrape adds what grew since. */
     const eventsCounted = new Map<string, number>()
-    /** The load counts the counter holds, likewise. */
+    /** The load counts the counter holds, likewise (by model and outcome where the pool counts by model). */
     const loadsCounted = new Map<string, number>()
+    /** Models with load rows: those served or loaded at an earlier scrape. */
+    const loadsSeen = new Set<string>()
     /** The evictions the counter holds, likewise. */
     let evictionsCounted = 0
     /** Model versions that had sequences at an earlier scrape: their gauge stays, at 0 when they have none. */
@@ -290,7 +298,15 @@ export const make: Effect.Effect<Page, never, Scope.Scope> = Effect.map(
         if (options.instanceEvents !== undefined) {
           yield* countUp(instanceEventsCounter, "event", instanceEventLabels, options.instanceEvents, eventsCounted)
         }
-        if (options.modelLoads !== undefined) yield* countUp(modelLoadsCounter, "outcome", modelLoadLabels, options.modelLoads, loadsCounted)
+        const loads = options.modelLoads
+        if (loads?.byModel === undefined) {
+          if (loads !== undefined) yield* countUp(modelLoadsCounter, "outcome", modelLoadLabels, loads, loadsCounted)
+        } else {
+          // by model: each served one has its rows (0 before its first load), and each loaded since
+          for (const { name } of options.served ?? []) loadsSeen.add(name)
+          for (const model of loads.byModel.keys()) loadsSeen.add(model)
+          for (const model of loadsSeen) yield* countUp(modelLoadsCounter, "outcome", modelLoadLabels, loads.byModel.get(model) ?? noLoads, loadsCounted, model)
+        }
         const cache = yield* engine.responseCache
         if (cache !== undefined) {
           yield* Metric.update(cacheBytesGauge, cache.bytes)

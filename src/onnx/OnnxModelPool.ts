@@ -202,8 +202,8 @@ interface Loader {
   /** Hosts being started; the finalizer waits for them (`started` is open when there are none). */
   starting: number
   readonly started: Latch.Latch
-  /** Loads after the start that served, or failed (`ModelPool.modelLoads`). */
-  readonly loads: { succeeded: number; failed: number }
+  /** Loads after the start that served, or failed, in all and by model (`ModelPool.modelLoads`). */
+  readonly loads: { succeeded: number; failed: number; readonly byModel: Map<string, { succeeded: number; failed: number }> }
 }
 
 const closingReason = "the model pool is closing"
@@ -483,11 +483,15 @@ const load = (loader: Loader, state: State, name: string): Effect.Effect<void, I
       const now = states[i]!
       return now._tag === "Unavailable" ? [{ version: e.version, reason: now.reason }] : []
     })
+    let byModel = loader.loads.byModel.get(name)
+    if (byModel === undefined) loader.loads.byModel.set(name, byModel = { succeeded: 0, failed: 0 })
     if (failures.length > 0) {
       loader.loads.failed++
+      byModel.failed++
       return yield* refuseLoad(loader, state, name, fresh, states, old, failures)
     }
     loader.loads.succeeded++
+    byModel.succeeded++
     // Said only now: a load that fails leaves what served, left-out versions included.
     yield* Effect.forEach(notServed, announceLeftOut, { discard: true })
     // The swap: the new versions serve from here on; the old hosts finish what they run, then go.
@@ -726,7 +730,7 @@ export const make = (options: Options): Effect.Effect<Service, ModelRepository.R
       closing: false,
       starting: 0,
       started: Latch.makeUnsafe(true),
-      loads: { succeeded: 0, failed: 0 }
+      loads: { succeeded: 0, failed: 0, byModel: new Map() }
     }
     const state: State = { repository, loaded: new Map(), unloading: new Set(), loading: new Map() }
 

@@ -143,10 +143,13 @@ describe("explicit model control", () => {
       writeTree(repository, { "mlp/model.onnx": mlpBytes(), "mlp/config.json": JSON.stringify({ batching: { enabled: true, maxBatchSize: 4 } }) })
       assert.strictEqual((yield* send("POST", "/v2/repository/models/mlp/load")).status, 200)
       assert.strictEqual((yield* send("GET", "/v2/models/mlp/config")).json.max_batch_size, 4)
-      // Every load after the start counted by outcome (the --load-model one at start is not): 3 served, 2 failed.
+      // Every load after the start counted by model and outcome (the --load-model one at start is not):
+      // added once; mlp twice served, twice failed.
       const page = (yield* send("GET", "/metrics")).text
-      assert.include(page, `inference_model_loads_total{outcome="success"} 3\n`)
-      assert.include(page, `inference_model_loads_total{outcome="failure"} 2\n`)
+      assert.include(page, `inference_model_loads_total{model="mlp",outcome="success"} 2\n`)
+      assert.include(page, `inference_model_loads_total{model="mlp",outcome="failure"} 2\n`)
+      assert.include(page, `inference_model_loads_total{model="added",outcome="success"} 1\n`)
+      assert.include(page, `inference_model_loads_total{model="added",outcome="failure"} 0\n`)
       void Path
     }).pipe(withFreshMetrics), 60_000)
 

@@ -253,12 +253,16 @@ describe("RepositoryPoll: order, shutdown, interval, counts and the index", () =
     Effect.gen(function*() {
       const repository = yield* tempRepository({ "mlp/model.onnx": mlpBytes() })
       const app = yield* pollApp(repository)
-      assert.deepStrictEqual(app.pool.modelLoads, { succeeded: 0, failed: 0 })
+      assert.deepStrictEqual(app.pool.modelLoads, { succeeded: 0, failed: 0, byModel: new Map() })
       writeTree(repository, { "added/model.onnx": mlpBytes() })
       yield* app.poll
       Fs.writeFileSync(Path.join(repository, "mlp", "model.onnx"), "not a model")
       yield* app.poll
-      assert.deepStrictEqual(app.pool.modelLoads, { succeeded: 1, failed: 1 })
+      assert.deepStrictEqual(app.pool.modelLoads, {
+        succeeded: 1,
+        failed: 1,
+        byModel: new Map([["added", { succeeded: 1, failed: 0 }], ["mlp", { succeeded: 0, failed: 1 }]])
+      })
     }), 60_000)
 
   it.live("a model added since the index last scanned is listed LOADING while the poll loads it", () =>
