@@ -507,7 +507,12 @@ const takeTurn = (
     go: (states, done) => {
       started = true
       stopTimer()
-      const inputs = Sequence.withStates(request.inputs, request.transferInputs === true ? copyStates(states) : states)
+      const given = request.transferInputs === true ? copyStates(states) : states
+      // the controls say where this request stands: a start for the turn that (re)starts the sequence
+      const inputs = Sequence.withStates(
+        request.inputs,
+        sequence.controls.length === 0 ? given : Sequence.withStates(given, Sequence.controlInputs(sequence, flags))
+      )
       return enqueue(state, { ...request, inputs }, info, metadata, startedMs, (exit) => {
         // The sequence moves on before the answer goes: a client that sends its next request as
         // soon as it has the answer finds its sequence free, not busy (a wait and a timer fiber).
@@ -689,7 +694,12 @@ const sequenceMisfit = (request: InferenceRequest, metadata: ModelMetadata.Model
       return `input ${JSON.stringify(state.input)} is the sequence's state, which the server keeps between its requests (config.json sequenceBatching): do not send it`
     }
   }
-  return undefined
+  for (const control of sequence.controls) {
+    if (Object.hasOwn(request.inputs, control.input)) {
+      return `input ${JSON.stringify(control.input)} is the sequence's ${control.kind} control, which the server sets on each request (config.json sequenceBatching.control): do not send it`
+    }
+  }
+  return sequence.controls.length === 0 ? undefined : Sequence.corridProblem(sequence, request.sequence.id)
 }
 
 type Lookup = NonNullable<ModelPool["Service"]["metadataUnsafe"]>

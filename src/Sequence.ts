@@ -19,6 +19,12 @@
  *   outputs of its answer for the next request, which it does not return.
  * - `state[].dims`: the state's whole shape for one sequence; without it, the model's dims with 1
  *   for each dynamic dim. A sequence starts from zeros (Triton's `zero_data` initial state).
+ * - `control` (Triton's `control_input`): inputs the engine sets on each request for a model that
+ *   wants to know where a request stands in its sequence: `{"input": "START", "kind": "start"}`
+ *   (1 on a sequence's first request, else 0), `"end"` (1 on its last), `"ready"` (always 1: a
+ *   request is there) and `"corrid"` (the sequence's id: an integer for a numeric input, text for
+ *   a string one). One element each, of the input's dtype (bool, integer or float: false 0,
+ *   true 1). A model may have controls and no state.
  * - `maxSequenceIdleMs` (Triton's `max_sequence_idle_microseconds`; default 1000): a sequence
  *   with no request for that long is dropped, and its next request must start again.
  *   `maxSequences` (default 1024): the most sequences of the model version at once; a start
@@ -64,11 +70,31 @@ export interface StateConfig {
   readonly dims: ReadonlyArray<number> | undefined
 }
 
+/** What a control input tells the model (Triton's `CONTROL_SEQUENCE_*`). */
+export type ControlKind = "start" | "end" | "ready" | "corrid"
+
+export const controlKinds: ReadonlyArray<ControlKind> = ["start", "end", "ready", "corrid"]
+
+/** A control input as config.json writes it. */
+export interface ControlConfig {
+  readonly input: string
+  readonly kind: ControlKind
+}
+
 /** `sequenceBatching` decoded (`fromJson`). */
 export interface Config {
   readonly maxSequenceIdleMs: number
   readonly maxSequences: number
   readonly states: ReadonlyArray<StateConfig>
+  readonly controls?: ReadonlyArray<ControlConfig> | undefined
+}
+
+/** A control input of a loaded model: its dtype and dims (one element). */
+export interface Control {
+  readonly input: string
+  readonly kind: ControlKind
+  readonly dtype: Tensor.DataType
+  readonly dims: ReadonlyArray<number>
 }
 
 /** One state tensor of a loaded model: what the engine adds to a request, and the output it keeps. */
@@ -84,7 +110,10 @@ export interface Resolved {
   readonly maxSequenceIdleMs: number
   readonly maxSequences: number
   readonly states: ReadonlyArray<State>
-  /** Each state's initial tensor by input name: a new sequence's first state, and admission's check of a request's inputs (shared: never mutated). */
+  readonly controls: ReadonlyArray<Control>
+  /** Each state's initial tensor by input name: a new sequence's first state (shared: never mutated). */
+  readonly initialStates: Tensor.TensorMap
+  /** The initial states and a zero of each control input: what admission checks a request's inputs with (shared: never mutated). */
   readonly initialInputs: Tensor.TensorMap
   /**
    * The states' names, dtypes and dims: a reload of the model that keeps them keeps its
@@ -97,7 +126,8 @@ const isObject = (v: unknown): v is Readonly<Record<string, unknown>> => typeof 
 
 const isIntIn = (v: unknown, min: number, max: number): v is number => Number.isInteger(v) && (v as number) >= min && (v as number) <= max
 
-const configKeys = ["maxSequenceIdleMs", "maxSequences", "state"]
+const configKeys = ["maxSequenceIdleMs", "maxSequences", "state", "control"]
+const controlKeys = ["input", "kind"]
 const stateKeys = ["input", "output", "dims"]
 
 const unknownKey = (at: string, o: Readonly<Record<string, unknown>>, known: ReadonlyArray<string>): string | undefined => {
@@ -129,15 +159,37 @@ export const problem = (json: unknown): string | undefined => {
   const { maxSequenceIdleMs, maxSequences, state } = json
   if (maxSequenceIdleMs !== undefined && !isIntIn(maxSequenceIdleMs, 1, 86_400_000)) return `${at}.maxSequenceIdleMs must be an integer from 1 to 86400000 (a day)`
   if (maxSequences !== undefined && !isIntIn(maxSequences, 1, maxMaxSequences)) return `${at}.maxSequences must be an integer from 1 to ${maxMaxSequences}`
-  if (!Array.isArray(state) || state.length === 0 || state.length > 64) return `${at}.state must list 1 to 64 state tensors ({"input", "output"})`
-  for (let i = 0; i < state.length; i++) {
-    const p = stateProblem(`${at}.state[${i}]`, state[i])
+  const control = json["control"]
+  if (state === undefined && control === undefined) return `${at} must list its "state" tensors, its "control" inputs, or both`
+  if (state !== undefined && (!Array.isArray(state) || state.length === 0 || state.length > 64)) return `${at}.state must list 1 to 64 state tensors ({"input", "output"})`
+  const states = (state ?? []) as ReadonlyArray<unknown>
+  for (let i = 0; i < states.length; i++) {
+    const p = stateProblem(`${at}.state[${i}]`, states[i])
     if (p !== undefined) return p
   }
   for (const key of ["input", "output"] as const) {
-    const names = state.map((s: Readonly<Record<string, unknown>>) => s[key] as string)
+    const names = states.map((s) => (s as Readonly<Record<string, unknown>>)[key] as string)
     const twice = names.find((n, i) => names.indexOf(n) !== i)
     if (twice !== undefined) return `${at}.state names the ${key} ${JSON.stringify(twice)} twice`
+  }
+  if (control !== undefined) {
+    if (!Array.isArray(control) || control.length === 0 || control.length > controlKinds.length) return `${at}.control must list 1 to ${controlKinds.length} control inputs ({"input", "kind"})`
+    for (let i = 0; i < control.length; i++) {
+      const c = control[i] as unknown
+      const where = `${at}.control[${i}]`
+      if (!isObject(c)) return `${where} must be an object with "input" and "kind"`
+      const extraKey = unknownKey(where, c, controlKeys)
+      if (extraKey !== undefined) return extraKey
+      if (typeof c["input"] !== "string" || c["input"].length === 0) return `${where}.input must name one of the model's inputs`
+      if (!controlKinds.includes(c["kind"] as ControlKind)) return `${where}.kind must be one of ${controlKinds.map((k) => JSON.stringify(k)).join(", ")}`
+    }
+    for (const key of ["input", "kind"] as const) {
+      const names = control.map((c: Readonly<Record<string, unknown>>) => c[key] as string)
+      const twice = names.find((n, i) => names.indexOf(n) !== i)
+      if (twice !== undefined) return `${at}.control names the ${key} ${JSON.stringify(twice)} twice`
+    }
+    const shared = control.map((c: Readonly<Record<string, unknown>>) => c["input"] as string).find((name) => states.some((s) => (s as Readonly<Record<string, unknown>>)["input"] === name))
+    if (shared !== undefined) return `${at}: ${JSON.stringify(shared)} is both a state and a control input`
   }
   return undefined
 }
@@ -148,11 +200,14 @@ export const fromJson = (json: unknown): Config => {
   return {
     maxSequenceIdleMs: (o["maxSequenceIdleMs"] as number | undefined) ?? defaultMaxSequenceIdleMs,
     maxSequences: (o["maxSequences"] as number | undefined) ?? defaultMaxSequences,
-    states: (o["state"] as ReadonlyArray<Readonly<Record<string, unknown>>>).map((s) => ({
+    states: ((o["state"] ?? []) as ReadonlyArray<Readonly<Record<string, unknown>>>).map((s) => ({
       input: s["input"] as string,
       output: s["output"] as string,
       dims: s["dims"] as ReadonlyArray<number> | undefined
-    }))
+    })),
+    ...(o["control"] === undefined
+      ? {}
+      : { controls: (o["control"] as ReadonlyArray<Readonly<Record<string, unknown>>>).map((c) => ({ input: c["input"] as string, kind: c["kind"] as ControlKind })) })
   }
 }
 
@@ -196,20 +251,77 @@ export const resolve = (config: Config, model: Signature): Resolved | string => 
     if (bytes > maxStateBytes) return `${at}: the states of one sequence come to ${bytes} bytes, more than ${maxStateBytes}`
     states.push({ input: input.name, output: output.name, initial: Tensor.make(input.dtype, Tensor.allocate(input.dtype, Tensor.elementCount(dims)), dims) })
   }
+  const controls: Array<Control> = []
+  for (let i = 0; i < (config.controls ?? []).length; i++) {
+    const control = config.controls![i]!
+    const at = `sequenceBatching.control[${i}]`
+    const input = model.inputs.find((s) => s.name === control.input)
+    if (input === undefined) return `${at}.input: the model has no input ${JSON.stringify(control.input)} (its inputs: ${model.inputs.map((s) => s.name).join(", ")})`
+    const dims = input.dims.map((d) => (d < 0 ? 1 : d))
+    if (Tensor.elementCount(dims) !== 1) return `${at}.input: ${JSON.stringify(input.name)} ${Tensor.dimsText(input.dims)} holds more than one element; a control input holds one`
+    const allowed = control.kind === "corrid" ? corridTypes : flagTypes
+    if (!allowed.includes(input.dtype)) return `${at}.input: ${JSON.stringify(input.name)} is ${input.dtype}; a ${control.kind} control input is ${allowed.join(", ")}`
+    controls.push({ input: input.name, kind: control.kind, dtype: input.dtype, dims })
+  }
   const shape = states.map((s) => `${s.input}>${s.output}:${s.initial.dtype}${Tensor.dimsText(s.initial.dims)}`).join(";")
-  const initialInputs = Object.fromEntries(states.map((s) => [s.input, s.initial]))
-  return { maxSequenceIdleMs: config.maxSequenceIdleMs, maxSequences: config.maxSequences, states, initialInputs, shape }
+  const initialStates = Object.fromEntries(states.map((s) => [s.input, s.initial]))
+  const initialInputs = Object.fromEntries([
+    ...states.map((s) => [s.input, s.initial] as const),
+    ...controls.map((c) => [c.input, Tensor.make(c.dtype, Tensor.allocate(c.dtype, 1), c.dims)] as const)
+  ])
+  return { maxSequenceIdleMs: config.maxSequenceIdleMs, maxSequences: config.maxSequences, states, controls, initialStates, initialInputs, shape }
 }
 
-/** Whether `name` is one of the state inputs (never sent by a client). */
+const flagTypes: ReadonlyArray<Tensor.DataType> = ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"]
+const corridTypes: ReadonlyArray<Tensor.DataType> = ["int32", "int64", "uint32", "uint64", "string"]
+
+/** A one-element tensor of `dtype` holding `value` (0 or 1, an id). */
+const scalar = (control: Control, value: number | string): Tensor.Tensor => {
+  const data = Tensor.allocate(control.dtype, 1) as unknown as { [i: number]: unknown }
+  data[0] = control.dtype === "string"
+    ? String(value)
+    : control.dtype === "int64" || control.dtype === "uint64"
+    ? BigInt(value)
+    : control.dtype === "float16"
+    ? (value === 1 ? 0x3c00 : 0)
+    : value
+  return Tensor.make(control.dtype, data as unknown as Tensor.TensorData, control.dims)
+}
+
+/**
+ * The control inputs of one request of a sequence (`Resolved.controls`): start (1 on the
+ * sequence's first request), end, ready (1), corrid (the id). `flagsProblem` and `corridProblem`
+ * said undefined.
+ */
+export const controlInputs = (sequence: Resolved, flags: Flags): Tensor.TensorMap => {
+  const out: Record<string, Tensor.Tensor> = {}
+  for (const control of sequence.controls) {
+    const value = control.kind === "start" ? (flags.start === true ? 1 : 0) : control.kind === "end" ? (flags.end === true ? 1 : 0) : control.kind === "ready" ? 1 : flags.id
+    setOwn(out, control.input, scalar(control, value))
+  }
+  return out
+}
+
+/** Why `id` cannot be the model's corrid control input (a text id for a numeric one, a number past its range), or undefined. */
+export const corridProblem = (sequence: Resolved, id: Id): string | undefined => {
+  const corrid = sequence.controls.find((c) => c.kind === "corrid")
+  if (corrid === undefined || corrid.dtype === "string") return undefined
+  if (typeof id === "string") {
+    return `the model takes the sequence id as its ${corrid.dtype} input ${JSON.stringify(corrid.input)}: sequence_id must be an integer below 2^53, not text (nor a gRPC integer past 2^53, kept as text)`
+  }
+  const max = corrid.dtype === "int32" ? 2 ** 31 - 1 : corrid.dtype === "uint32" ? 2 ** 32 - 1 : Number.MAX_SAFE_INTEGER
+  return id > max ? `sequence_id ${id} does not fit the model's ${corrid.dtype} input ${JSON.stringify(corrid.input)}` : undefined
+}
+
+/** Whether `name` is one of the state or control inputs (the engine's to set, never sent by a client). */
 export const isStateInput = (sequence: Resolved | undefined, name: string): boolean =>
-  sequence !== undefined && sequence.states.some((s) => s.input === name)
+  sequence !== undefined && (sequence.states.some((s) => s.input === name) || sequence.controls.some((c) => c.input === name))
 
 /** Whether `name` is one of the state outputs (kept by the engine, never answered). */
 export const isStateOutput = (sequence: Resolved | undefined, name: string): boolean =>
   sequence !== undefined && sequence.states.some((s) => s.output === name)
 
-/** The model's inputs a client sends: all but the state inputs. */
+/** The model's inputs a client sends: all but the state and control inputs. */
 export const clientInputs = <S extends TensorSpec>(model: { readonly inputs: ReadonlyArray<S>; readonly sequence?: Resolved | undefined }): ReadonlyArray<S> =>
   model.sequence === undefined ? model.inputs : model.inputs.filter((s) => !isStateInput(model.sequence, s.name))
 

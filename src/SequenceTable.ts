@@ -196,7 +196,7 @@ export const make = (nowMs: () => number): SequenceTable => {
       slot.lastMs = nowMs()
       next(slot)
     }
-    const cancel = turn.go(slot.states ?? sequence.initialInputs, (nextStates) => {
+    const cancel = turn.go(slot.states ?? sequence.initialStates, (nextStates) => {
       if (over) return
       if (nextStates !== undefined) {
         slot.states = nextStates

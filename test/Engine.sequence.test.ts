@@ -5,7 +5,7 @@ import type * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
 import type * as InferenceResult from "../src/InferenceResult.ts"
 import * as Tensor from "../src/Tensor.ts"
-import { counterEngine, counterSequence, step } from "./fixtures/CounterPool.ts"
+import { controls, counterEngine, counterSequence, step } from "./fixtures/CounterPool.ts"
 
 const fork = <A, E>(effect: Effect.Effect<A, E>) => Effect.forkChild(effect, { startImmediately: true })
 
@@ -395,5 +395,38 @@ describe("AsyncInferenceEngine sequences", () => {
       yield* settle(engine.infer(step(1, 1)))
       yield* TestClock.adjust("1 second")
       assert.deepStrictEqual(yield* engine.sequences, new Map())
+    }))
+
+  it.effect("control inputs: the engine sets START on a sequence's first request, END on its last, READY always, CORRID to its id; requests of several sequences batched, each row its own", () =>
+    Effect.gen(function*() {
+      const { engine, controlRuns, runs } = yield* counterEngine({ batching: true, sequence: counterSequence({ controls, maxSequenceIdleMs: 60_000 }) })
+      const round = (requests: ReadonlyArray<ReturnType<typeof step>>) =>
+        Effect.gen(function*() {
+          const fibers = []
+          for (const request of requests) fibers.push(yield* fork(engine.infer(request)))
+          yield* TestClock.adjust("100 millis")
+          const ys = []
+          for (const f of fibers) ys.push(yOf(yield* Fiber.join(f)))
+          return ys
+        })
+      assert.deepStrictEqual(yield* round([step(7, 1, { start: true }), step(9, 10, { start: true })]), [1, 10])
+      assert.deepStrictEqual(yield* round([step(7, 2), step(9, 20, { end: true })]), [3, 30])
+      assert.deepStrictEqual(yield* round([step(7, 3, { end: true })]), [6])
+      assert.deepStrictEqual(runs.map((r) => r.length), [2, 2, 1])
+      assert.deepStrictEqual(controlRuns, [
+        [[1, 0, 1, 7n], [1, 0, 1, 9n]],
+        [[0, 0, 1, 7n], [0, 1, 1, 9n]],
+        [[0, 1, 1, 7n]]
+      ])
+    }))
+
+  it.effect("control inputs: a client may not send them, and a text id does not fit a numeric CORRID", () =>
+    Effect.gen(function*() {
+      const { engine, runs } = yield* counterEngine({ sequence: counterSequence({ controls }) })
+      const message = (exit: Exit.Exit<unknown, InferenceError.InferenceError>) => (failureOf(exit) as InferenceError.Reason).message
+      const sent = InferenceRequest.make("counter", { x: Tensor.float32([1], [1, 1]), START: Tensor.make("int32", Int32Array.of(1), [1, 1]) }, { sequence: { id: 1, start: true } })
+      assert.include(message(yield* Effect.exit(engine.infer(sent))), `input "START" is the sequence's start control, which the server sets`)
+      assert.include(message(yield* Effect.exit(engine.infer(step("a", 1, { start: true })))), `sequence_id must be an integer below 2^53, not text`)
+      assert.strictEqual(runs.length, 0)
     }))
 })

@@ -24,7 +24,13 @@ describe("Sequence", () => {
       [{ state: [{ input: "state", output: "stateN" }] }, undefined],
       [{ maxSequenceIdleMs: 5000, maxSequences: 10, state: [{ input: "state", output: "stateN", dims: [2, 1, 128] }] }, undefined],
       [[], "must be an object"],
-      [{}, "sequenceBatching.state must list 1 to 64"],
+      [{}, `sequenceBatching must list its "state" tensors, its "control" inputs, or both`],
+      [{ control: [{ input: "START", kind: "start" }] }, undefined],
+      [{ control: [] }, "control must list 1 to 4"],
+      [{ control: [{ input: "S", kind: "begin" }] }, `control[0].kind must be one of "start", "end", "ready", "corrid"`],
+      [{ control: [{ input: "S", kind: "start", fp32: [0, 1] }] }, `control[0] has unknown key "fp32"`],
+      [{ control: [{ input: "S", kind: "start" }, { input: "E", kind: "start" }] }, `names the kind "start" twice`],
+      [{ state: [{ input: "h", output: "hN" }], control: [{ input: "h", kind: "ready" }] }, `"h" is both a state and a control input`],
       [{ state: [] }, "sequenceBatching.state must list 1 to 64"],
       [{ state: [{ input: "state" }] }, "state[0].output must name one of the model's outputs"],
       [{ state: [{ input: "", output: "x" }] }, "state[0].input must name"],
@@ -129,5 +135,35 @@ describe("Sequence", () => {
     const tensor = Tensor.float32(new Float32Array(8).subarray(2, 4), [2])
     const copy = Sequence.copyState(tensor)
     assert.deepStrictEqual([copy.dims, copy.data.length, (copy.data as Float32Array).buffer.byteLength], [[2], 2, 8])
+  })
+
+  it("control inputs: resolved against the model (one element, a type its kind takes), set per request, the id checked against CORRID's type", () => {
+    const model: Sequence.Signature = {
+      inputs: [
+        { name: "x", dtype: "float32", dims: [-1, 4] },
+        { name: "S", dtype: "bool", dims: [-1, 1] },
+        { name: "C", dtype: "int32", dims: [1] },
+        { name: "T", dtype: "string", dims: [-1] },
+        { name: "W", dtype: "float32", dims: [2] }
+      ],
+      outputs: [{ name: "y", dtype: "float32", dims: [-1, 4] }]
+    }
+    const resolve = (control: ReadonlyArray<unknown>) => Sequence.resolve(config({ control }), model)
+    assert.include(resolve([{ input: "W", kind: "ready" }]) as string, `"W" [2] holds more than one element`)
+    assert.include(resolve([{ input: "T", kind: "start" }]) as string, "a start control input is bool, int8")
+    assert.include(resolve([{ input: "S", kind: "corrid" }]) as string, "a corrid control input is int32, int64, uint32, uint64, string")
+    assert.include(resolve([{ input: "nope", kind: "end" }]) as string, `the model has no input "nope"`)
+    const resolved = resolve([{ input: "S", kind: "start" }, { input: "C", kind: "corrid" }]) as Sequence.Resolved
+    assert.deepStrictEqual(resolved.states, [])
+    const inputs = Sequence.controlInputs(resolved, { id: 12, start: true })
+    assert.deepStrictEqual([inputs["S"]!.dims, Array.from(inputs["S"]!.data as Uint8Array), inputs["C"]!.dims, Array.from(inputs["C"]!.data as Int32Array)], [[1, 1], [1], [1], [12]])
+    assert.deepStrictEqual(Array.from(Sequence.controlInputs(resolved, { id: 12 })["S"]!.data as Uint8Array), [0])
+    assert.deepStrictEqual(Sequence.clientInputs({ ...model, sequence: resolved }).map((s) => s.name), ["x", "T", "W"])
+    assert.include(Sequence.corridProblem(resolved, "a"), "must be an integer below 2^53, not text")
+    assert.include(Sequence.corridProblem(resolved, 2 ** 31), "does not fit the model's int32 input")
+    assert.isUndefined(Sequence.corridProblem(resolved, 2 ** 31 - 1))
+    const text = resolve([{ input: "T", kind: "corrid" }]) as Sequence.Resolved
+    assert.isUndefined(Sequence.corridProblem(text, "a"))
+    assert.deepStrictEqual(Sequence.controlInputs(text, { id: 5 })["T"]!.data, ["5"])
   })
 })

@@ -136,12 +136,28 @@ const sequenceBatching = (sequence: Sequence.Resolved, batching: ModelMetadata.M
     preferred_batch_size: batching?.enabled === true ? batching.preferredBatchSizes.slice() : [],
     max_queue_delay_microseconds: batching?.enabled === true ? micros(batching.maxQueueDelay) : 0
   },
+  control_input: sequence.controls.map((control) => ({ name: control.input, control: [controlOf(control)] })),
   state: sequence.states.map((state) => {
     const data_type = tritonDataType({ name: state.input, dtype: state.initial.dtype, dims: state.initial.dims })
     const dims = leadingBatch ? state.initial.dims.slice(1) : state.initial.dims.slice()
     return { input_name: state.input, output_name: state.output, data_type, dims, initial_state: [{ name: "zero", data_type, dims, zero_data: true }] }
   })
 })
+
+const controlKinds = { start: "CONTROL_SEQUENCE_START", end: "CONTROL_SEQUENCE_END", ready: "CONTROL_SEQUENCE_READY", corrid: "CONTROL_SEQUENCE_CORRID" } as const
+
+/** A control input in Triton's form: its kind and, for a flag, the false and true values in the field of its type. */
+const controlOf = (control: Sequence.Control) => {
+  const data_type = tritonDataType({ name: control.input, dtype: control.dtype, dims: control.dims })
+  const kind = controlKinds[control.kind]
+  if (control.kind === "corrid") return { kind, data_type }
+  // Triton's fields: bool_false_true, fp32_false_true (floats), int32_false_true (integers)
+  return control.dtype === "bool"
+    ? { kind, bool_false_true: [false, true] }
+    : control.dtype.startsWith("float")
+    ? { kind, fp32_false_true: [0, 1] }
+    : { kind, int32_false_true: [0, 1] }
+}
 
 /** The model's dynamic batching and queue policy in Triton's form. */
 const dynamicBatching = (

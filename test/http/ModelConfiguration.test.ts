@@ -4,6 +4,7 @@ import type { AsyncConfig } from "../../src/AsyncConfig.ts"
 import * as BatchPolicy from "../../src/BatchPolicy.ts"
 import * as ModelConfiguration from "../../src/http/ModelConfiguration.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
+import { controlledSignature, controls, counterSequence } from "../fixtures/CounterPool.ts"
 
 const engine = { queueTimeout: Duration.millis(0), maxQueuedRequests: 10 } as AsyncConfig
 const model = (extra: Partial<ModelMetadata.ModelMetadata>): ModelMetadata.ModelMetadata => ({
@@ -86,5 +87,21 @@ describe("ModelConfiguration", () => {
       assert.deepStrictEqual(config.input.map((t) => t.dims), inputs, why)
       assert.deepStrictEqual(config.output.map((t) => t.dims), outputs, why)
     }
+  })
+
+  it("a stateful model: sequence_batching with its implicit state and control inputs, as Triton writes them, and no dynamic_batching", () => {
+    const sequence = counterSequence({ controls, maxSequenceIdleMs: 2000 })
+    const config = ModelConfiguration.of({ name: "counter", version: "1", ...controlledSignature, sequence }, engine)
+    assert.isUndefined(config.dynamic_batching)
+    assert.deepStrictEqual(config.input.map((t) => t.name), ["x"])
+    assert.deepStrictEqual(config.output.map((t) => t.name), ["y"])
+    assert.strictEqual(config.sequence_batching?.max_sequence_idle_microseconds, 2_000_000)
+    assert.deepStrictEqual(config.sequence_batching?.control_input, [
+      { name: "START", control: [{ kind: "CONTROL_SEQUENCE_START", int32_false_true: [0, 1] }] },
+      { name: "END", control: [{ kind: "CONTROL_SEQUENCE_END", bool_false_true: [false, true] }] },
+      { name: "READY", control: [{ kind: "CONTROL_SEQUENCE_READY", fp32_false_true: [0, 1] }] },
+      { name: "CORRID", control: [{ kind: "CONTROL_SEQUENCE_CORRID", data_type: "TYPE_UINT64" }] }
+    ])
+    assert.deepStrictEqual(config.sequence_batching?.state.map((s) => [s.input_name, s.output_name, s.dims]), [["h", "hN", [1, 1]]])
   })
 })
