@@ -65,7 +65,7 @@ export const sequencesGauge = Metric.gauge("inference_sequences", {
 
 const modelLoadsCounter = Metric.counter("inference_model_loads_total", {
   incremental: true,
-  description: "Model loads and reloads after the start (explicit model control or the repository poller), by outcome: success, failure (what served keeps serving)"
+  description: "Model loads and reloads after the start (explicit model control or the repository poller), by model and outcome: success, failure (what served keeps serving)"
 })
 
 const noLoads: ModelLoads = { succeeded: 0, failed: 0 }
