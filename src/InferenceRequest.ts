@@ -75,13 +75,14 @@ const timeoutOf = (timeout: Duration.Input): Duration.Duration => {
 export const make = (modelId: string, inputs: Tensor.TensorMap, options: Options = {}): InferenceRequest => ({
   requestId: options.requestId ?? nextRequestId(),
   modelId,
-  ...(options.modelVersion === undefined ? {} : { modelVersion: options.modelVersion }),
+  // (spreading `false` allocates nothing, where `{}` is an object a request)
+  ...(options.modelVersion !== undefined && { modelVersion: options.modelVersion }),
   inputs,
   timeout: options.timeout === undefined ? defaultTimeout : timeoutOf(options.timeout),
   priority: options.priority ?? Priority.Normal,
   metadata: options.metadata ?? {},
-  ...(options.transferInputs === true ? { transferInputs: true } : {}),
-  ...(options.sequence === undefined ? {} : { sequence: options.sequence })
+  ...(options.transferInputs === true && { transferInputs: true }),
+  ...(options.sequence !== undefined && { sequence: options.sequence })
 })
 
 export const withPriority: {
