@@ -17,7 +17,8 @@
  * - A stateful model (config.json `sequenceBatching`; over HTTP and gRPC, its configuration's
  *   `sequence_batching`): each client sends sequences of `sequenceLength` requests (Triton's
  *   `perf_analyzer --sequence-length`, default 20), the first a start, the last an end, each
- *   sequence with an id of its own (`perf-<pid>-<n>`); a sequence cut by the end of a level gets
+ *   sequence with an integer id of its own (from a random base below 2^30, so that it fits an
+ *   int32 CORRID control and another run's ids are unlikely to meet it); a sequence cut by the end of a level gets
  *   one more request, an end, not measured, so that the next level's sequences find room
  *   (`maxSequences`).
  * - Latency is measured at the client, from send to answer; a request that fails (an error
@@ -207,6 +208,8 @@ export const formatTable = (results: ReadonlyArray<LevelResult>): string => {
 /** Sends one request (with its sequence, for a stateful model): true when it succeeded, else why not. */
 type Send = (inputs: Tensor.TensorMap, sequence?: Sequence.Flags) => Effect.Effect<true | string, PerfError>
 
+/** This process's first sequence id less one: random, below 2^30, so that its ids (a counter on from it) stay below 2^31. */
+const idBase = Math.floor(Math.random() * 2 ** 30)
 let sequences = 0
 
 /** A client's sequences of a stateful model (`sequenceFlags`). */
@@ -219,14 +222,16 @@ export interface SequenceFlags {
 
 /**
  * A client's sequences of a stateful model: `length` requests to a sequence, the first a start,
- * the last an end, each sequence with an id no other client or run uses. Pure but for the id counter.
+ * the last an end, each sequence with an integer id no other client of this run uses (and, from
+ * a random base, unlikely to be another run's), below 2^31: it fits a model's int32 CORRID
+ * control, which a text id would not. Pure but for the id counter.
  */
 export const sequenceFlags = (length: number): SequenceFlags => {
-  let id = ""
+  let id = 0
   let step = 0
   return {
     next: () => {
-      if (step === 0) id = `perf-${process.pid}-${++sequences}`
+      if (step === 0) id = idBase + ++sequences
       const flags = { id, start: step === 0, end: step === length - 1 }
       step = (step + 1) % length
       return flags

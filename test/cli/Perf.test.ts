@@ -1,4 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit, Fiber } from "effect"
+import { TestClock } from "effect/testing"
 import * as Perf from "../../src/cli/Perf.ts"
 import * as Oip from "../../src/http/Oip.ts"
 import * as InferenceError from "../../src/InferenceError.ts"
@@ -6,6 +8,8 @@ import * as ModelMetadata from "../../src/ModelMetadata.ts"
 import * as Sequence from "../../src/Sequence.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import * as TensorCodec from "../../src/TensorCodec.ts"
+import * as InferenceRequest from "../../src/InferenceRequest.ts"
+import { controls, counterEngine, counterSequence } from "../fixtures/CounterPool.ts"
 
 const vad: ModelMetadata.ModelMetadata = {
   name: "vad",
@@ -101,6 +105,8 @@ describe("Perf", () => {
     const ids = flags.map((f) => f.id)
     assert.deepStrictEqual([ids[0] === ids[2], ids[2] !== ids[3], ids[3] === ids[5], ids[5] !== ids[6]], [true, true, true, true])
     assert.notStrictEqual(Perf.sequenceFlags(3).next().id, ids[0], "another client's sequences have other ids")
+    // integers below 2^31: a model's int32 CORRID control takes them (it refuses text ids)
+    for (const id of ids) assert.isTrue(Number.isInteger(id) && (id as number) >= 1 && (id as number) < 2 ** 31, String(id))
     assert.deepStrictEqual(Array.from({ length: 2 }, Perf.sequenceFlags(1).next).map((f) => [f.start, f.end]), [[true, true], [true, true]])
     // the 7th request started a sequence: closing ends it, once; the next request starts another
     assert.deepStrictEqual(client.closing(), { id: ids[6]!, start: false, end: true })
@@ -132,4 +138,17 @@ describe("Perf", () => {
       assert.deepStrictEqual(TensorCodec.sequenceOf((body as TensorCodec.InferRequest).parameters), { id: "s-1", start: true, end: false }, `binary ${binary}`)
     }
   })
+
+  it.effect("the ids of its sequences fit a model's integer CORRID control (which refuses text ids): an engine runs them", () =>
+    Effect.gen(function*() {
+      const { engine, controlRuns } = yield* counterEngine({ sequence: counterSequence({ controls }) })
+      const flags = Perf.sequenceFlags(2)
+      for (let i = 0; i < 2; i++) {
+        const run = yield* Effect.forkChild(Effect.exit(engine.infer(InferenceRequest.make("counter", { x: Tensor.float32([1], [1, 1]) }, { sequence: flags.next() }))))
+        yield* TestClock.adjust("100 millis")
+        assert.isTrue(Exit.isSuccess(yield* Fiber.join(run)))
+      }
+      assert.strictEqual(controlRuns.length, 2)
+      assert.strictEqual(controlRuns[0]![0]![3], controlRuns[1]![0]![3], "one sequence, one CORRID")
+    }))
 })
