@@ -54,6 +54,11 @@ const expected: Record<string, ReadonlyArray<RegExp>> = {
     /^POST \/v2\/models\/mlp\/infer, binary tensors -> 200: 10 logits, the same as JSON: true$/m,
     /^POST \/v2\/models\/nope\/infer -> 404$/m,
     /^shutdown: drained true$/m
+  ],
+  "06_stateful_stream.ts": [
+    /^answers carry no state: output$/m,
+    /^2 streams of 8 chunks: the state kept by the engine answers as the state carried by the client: true$/m,
+    /^a chunk of a stream that ended: rejected with InferenceError InvalidInput$/m
   ]
 }
 
