@@ -153,7 +153,7 @@ const stateProblem = (at: string, state: unknown): string | undefined => {
 /** What is wrong with config.json's `sequenceBatching`, on one line, or undefined. */
 export const problem = (json: unknown): string | undefined => {
   const at = "sequenceBatching"
-  if (!isObject(json)) return `${at} must be an object with "state"`
+  if (!isObject(json)) return `${at} must be an object with "state", "control" or both`
   const extra = unknownKey(at, json, configKeys)
   if (extra !== undefined) return extra
   const { maxSequenceIdleMs, maxSequences, state } = json
