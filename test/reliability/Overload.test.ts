@@ -13,7 +13,8 @@
  *   flood saturates), and faster than an admitted answer at the median and at p99;
  * - admitted requests keep a bounded latency: on average below what the same goodput would give
  *   if every client were admitted (Little's law: 3 × capacity × service time), p99 within a
- *   slack of that; goodput does not collapse;
+ *   slack of that; goodput does not collapse (at least a third of the slower of two capacity
+ *   measures, one before the overload and one after: the shared machine's speed moves between them);
  * - the server's memory stays bounded (it levels off after ~20 s of this load, ~100 MiB above
  *   idle, as the V8 heap grows; a 48 s run measured that, this test only bounds the growth).
  */
@@ -104,8 +105,12 @@ describe("overload at 3× capacity", () => {
     const unboundedMeanMs = 3 * capacity * serviceMs
     const p99BoundMs = 10 * capacity * serviceMs + 500
     const rssMax = Math.max(...overload.rss, rssBefore)
+    // Capacity again, after: the machine is shared (npm test runs two files at once), so its speed
+    // moves between phases; a collapse shows against the slower of the two measures, noise does not.
+    const after = await run(server, capacity, 2500)
+    const throughputAfter = after.outcomes.filter((o) => o.status === 200).length / after.seconds
     const report = JSON.stringify({
-      capacity: { clients: capacity, reqPerSec: Math.round(throughput), counts: count(atCapacity.outcomes), p99: round(quantile(ok.map((o) => o.ms), 0.99)) },
+      capacity: { clients: capacity, reqPerSec: Math.round(throughput), reqPerSecAfter: Math.round(throughputAfter), counts: count(atCapacity.outcomes), p99: round(quantile(ok.map((o) => o.ms), 0.99)) },
       overload: {
         clients: 3 * capacity,
         counts,
@@ -137,7 +142,7 @@ describe("overload at 3× capacity", () => {
     assert.isBelow(fast.p99, admitted.p99 + live.p99, `a 429 comes no later than an admitted answer (p99): ${report}`)
     assert.isBelow(admitted.mean, unboundedMeanMs, `admitted latency is bounded by the queue, not by the number of clients: ${report}`)
     assert.isBelow(admitted.p99, p99BoundMs, `admitted p99 is bounded: ${report}`)
-    assert.isAtLeast(goodput, throughput / 3, `goodput does not collapse: ${report}`)
+    assert.isAtLeast(goodput, Math.min(throughput, throughputAfter) / 3, `goodput does not collapse: ${report}`)
     assert.isBelow(rssMax - rssBefore, 160 * 2 ** 20, `memory stays bounded: ${report}`)
-  }, 30_000)
+  }, 40_000)
 })
