@@ -469,6 +469,64 @@ const copyStates = (states: Tensor.TensorMap): Tensor.TensorMap => {
 }
 
 /**
+ * A turn's run settled: the sequence moves on (`done`: the state outputs, copied, after a
+ * success), then the caller is answered, without the state outputs. The sequence moves first: a
+ * client that sends its next request as soon as it has the answer finds its sequence free, not
+ * busy (a wait and a timer fiber).
+ */
+const settleTurn = (
+  sequence: Sequence.Resolved,
+  exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>,
+  done: (next: Tensor.TensorMap | undefined) => void,
+  resume: Resume
+): void => {
+  if (Exit.isFailure(exit)) {
+    done(undefined)
+    return resume(exit)
+  }
+  const next: Record<string, Tensor.Tensor> = {}
+  const outputs: Record<string, Tensor.Tensor> = {}
+  for (const name in exit.value.outputs) {
+    if (Object.hasOwn(exit.value.outputs, name) && !Sequence.isStateOutput(sequence, name)) Sequence.setOwn(outputs, name, exit.value.outputs[name]!)
+  }
+  for (const s of sequence.states) {
+    const output = Object.hasOwn(exit.value.outputs, s.output) ? exit.value.outputs[s.output] : undefined
+    // a pool that left a state output out ran something else: the state stays as it was
+    if (output === undefined) return (done(undefined), resume(exit))
+    Sequence.setOwn(next, s.input, Sequence.copyState(output))
+  }
+  done(next)
+  const { deviceUsed, latencyMs, modelVersion, requestId } = exit.value
+  resume(Exit.succeed(InferenceResult.Success({ requestId, outputs, latencyMs, deviceUsed, modelVersion }) as InferenceResult.Success))
+}
+
+/** Why a turn is answered without running when its turn comes (`SequenceTable.Turn.refuse`). */
+const turnRefusal = (why: "ended" | "reshaped" | "shuttingDown", request: InferenceRequest, flags: Sequence.Flags, sequence: Sequence.Resolved): InferenceError.Reason =>
+  why === "ended"
+    ? sequenceNotStarted(request, flags, sequence)
+    : why === "reshaped"
+    ? new InferenceError.InvalidInput({
+      modelId: request.modelId,
+      detail: `sequence ${Sequence.idText(flags.id)} of model ${request.modelId} ended: the model was reloaded with other state tensors (names, types or dims), so a sequence under way must start again (sequence_start)`
+    })
+    : new InferenceError.ShuttingDown({})
+
+/**
+ * Waiting behind its sequence is queue wait: sleeps on the Clock until the request's deadline or
+ * its queue timeout, whichever comes first, then gives the reason it is answered with.
+ */
+const waitLimit = (state: State, request: InferenceRequest, startedMs: number, queuedMs: number, spentMs: number) => {
+  const deadlineAtMs = startedMs - spentMs + millisOf(request.timeout)
+  const queueDeadlineAtMs = state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
+  return Effect.sleep(Duration.millis(Math.max(0, Math.min(deadlineAtMs, queueDeadlineAtMs) - state.nowMs()))).pipe(Effect.map((): InferenceError.Reason => {
+    const nowMs = state.nowMs()
+    return queueDeadlineAtMs < deadlineAtMs
+      ? new InferenceError.QueueTimeout({ modelId: request.modelId, requestId: request.requestId, queueTimeoutMs: state.queueTimeoutMs, waitedMs: nowMs - queuedMs })
+      : new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs: millisOf(request.timeout), elapsedMs: nowMs - startedMs + spentMs })
+  }))
+}
+
+/**
  * A stateful model's request (`ModelMetadata.sequence`): its turn in its sequence
  * (`SequenceTable`), run now with the sequence's state, or once the earlier requests of its
  * sequence are answered. Waiting there is queue wait: its deadline and the queue timeout cover
@@ -513,40 +571,11 @@ const takeTurn = (
         request.inputs,
         sequence.controls.length === 0 ? given : Sequence.withStates(given, Sequence.controlInputs(sequence, flags))
       )
-      return enqueue(state, { ...request, inputs }, info, metadata, startedMs, (exit) => {
-        // The sequence moves on before the answer goes: a client that sends its next request as
-        // soon as it has the answer finds its sequence free, not busy (a wait and a timer fiber).
-        if (Exit.isFailure(exit)) {
-          done(undefined)
-          return resume(exit)
-        }
-        const next: Record<string, Tensor.Tensor> = {}
-        const outputs: Record<string, Tensor.Tensor> = {}
-        for (const name in exit.value.outputs) {
-          if (Object.hasOwn(exit.value.outputs, name) && !Sequence.isStateOutput(sequence, name)) Sequence.setOwn(outputs, name, exit.value.outputs[name]!)
-        }
-        for (const s of sequence.states) {
-          const output = Object.hasOwn(exit.value.outputs, s.output) ? exit.value.outputs[s.output] : undefined
-          // a pool that left a state output out ran something else: the state stays as it was
-          if (output === undefined) return (done(undefined), resume(exit))
-          Sequence.setOwn(next, s.input, Sequence.copyState(output))
-        }
-        done(next)
-        const { deviceUsed, latencyMs, modelVersion, requestId } = exit.value
-        resume(Exit.succeed(InferenceResult.Success({ requestId, outputs, latencyMs, deviceUsed, modelVersion }) as InferenceResult.Success))
-      }, queuedMs, spentMs, waited)
+      return enqueue(state, { ...request, inputs }, info, metadata, startedMs, (exit) => settleTurn(sequence, exit, done, resume), queuedMs, spentMs, waited)
     },
     refuse: (why) => {
       stopTimer()
-      const reason = why === "ended"
-        ? sequenceNotStarted(request, flags, sequence)
-        : why === "reshaped"
-        ? new InferenceError.InvalidInput({
-          modelId: request.modelId,
-          detail: `sequence ${Sequence.idText(flags.id)} of model ${request.modelId} ended: the model was reloaded with other state tensors (names, types or dims), so a sequence under way must start again (sequence_start)`
-        })
-        : new InferenceError.ShuttingDown({})
-      refuseNow(state, info, reason, resume)
+      refuseNow(state, info, turnRefusal(why, request, flags, sequence), resume)
       noteSettled(state)
     }
   }
@@ -564,25 +593,15 @@ const takeTurn = (
       return refuseNow(state, info, queueFullWithTurns(state, request.modelId, request.requestId, metadata, key), resume)
   }
   waited = true
-  // Waiting here is queue wait: its deadline and the queue timeout both cover it.
-  const deadlineAtMs = startedMs - spentMs + millisOf(request.timeout)
-  const queueDeadlineAtMs = state.queueTimeoutMs > 0 ? queuedMs + state.queueTimeoutMs : Infinity
-  timer = state.runFork(Effect.andThen(
-    Effect.sleep(Duration.millis(Math.max(0, Math.min(deadlineAtMs, queueDeadlineAtMs) - state.nowMs()))),
-    Effect.sync(() => {
-      timer = undefined
-      if (started) return
-      taken.cancel()
-      const nowMs = state.nowMs()
-      const elapsedMs = nowMs - startedMs + spentMs
-      const reason = queueDeadlineAtMs < deadlineAtMs
-        ? new InferenceError.QueueTimeout({ modelId: request.modelId, requestId: request.requestId, queueTimeoutMs: state.queueTimeoutMs, waitedMs: nowMs - queuedMs })
-        : new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs: millisOf(request.timeout), elapsedMs })
-      recordFailure(state.telemetry, info, reason, elapsedMs)
-      resume(Exit.fail(InferenceError.make(reason)))
-      noteSettled(state)
-    })
-  ))
+  timer = state.runFork(Effect.map(waitLimit(state, request, startedMs, queuedMs, spentMs), (reason) => {
+    timer = undefined
+    if (started) return
+    taken.cancel()
+    const elapsedMs = state.nowMs() - startedMs + spentMs
+    recordFailure(state.telemetry, info, reason, elapsedMs)
+    resume(Exit.fail(InferenceError.make(reason)))
+    noteSettled(state)
+  }))
   return () => {
     stopTimer()
     const stillWaiting = !started
@@ -662,7 +681,7 @@ const refusal = (request: InferenceRequest, metadata: ModelMetadata.ModelMetadat
     const misfit = sequenceMisfit(request, metadata)
     if (misfit !== undefined) return new InferenceError.InvalidInput({ modelId: request.modelId, detail: misfit })
     // checked with the initial state in place of the sequence's (same dtypes and dims)
-    if (metadata.sequence !== undefined) inputs = Sequence.withStates(request.inputs, metadata.sequence.initialInputs)
+    inputs = Sequence.asRun(metadata.sequence, request.inputs)
   }
   const invalid = ModelMetadata.validateInputs(metadata, inputs)
   if (invalid !== undefined) return invalid

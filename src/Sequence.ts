@@ -314,7 +314,7 @@ export const corridProblem = (sequence: Resolved, id: Id): string | undefined =>
 }
 
 /** Whether `name` is one of the state or control inputs (the engine's to set, never sent by a client). */
-export const isStateInput = (sequence: Resolved | undefined, name: string): boolean =>
+export const isServerInput = (sequence: Resolved | undefined, name: string): boolean =>
   sequence !== undefined && (sequence.states.some((s) => s.input === name) || sequence.controls.some((c) => c.input === name))
 
 /** Whether `name` is one of the state outputs (kept by the engine, never answered). */
@@ -323,7 +323,7 @@ export const isStateOutput = (sequence: Resolved | undefined, name: string): boo
 
 /** The model's inputs a client sends: all but the state and control inputs. */
 export const clientInputs = <S extends TensorSpec>(model: { readonly inputs: ReadonlyArray<S>; readonly sequence?: Resolved | undefined }): ReadonlyArray<S> =>
-  model.sequence === undefined ? model.inputs : model.inputs.filter((s) => !isStateInput(model.sequence, s.name))
+  model.sequence === undefined ? model.inputs : model.inputs.filter((s) => !isServerInput(model.sequence, s.name))
 
 /** The model's outputs a client gets: all but the state outputs. */
 export const clientOutputs = <S extends TensorSpec>(model: { readonly outputs: ReadonlyArray<S>; readonly sequence?: Resolved | undefined }): ReadonlyArray<S> =>
@@ -367,6 +367,14 @@ export const setOwn = <A>(target: Record<string, A>, name: string, value: A): vo
   if (name === "__proto__") Object.defineProperty(target, name, { value, enumerable: true, writable: true, configurable: true })
   else target[name] = value
 }
+
+/**
+ * A client's `inputs` as the model will run them, for checking them against its signature: with
+ * the initial state and a zero of each control in the places the engine fills (same dtypes and
+ * dims); `inputs` themselves for a model without sequences.
+ */
+export const asRun = (sequence: Resolved | undefined, inputs: Tensor.TensorMap): Tensor.TensorMap =>
+  sequence === undefined ? inputs : withStates(inputs, sequence.initialInputs)
 
 /** A copy of a state tensor, in a buffer of its own (a run may move it; an output may be a view of a batch's). */
 export const copyState = (tensor: Tensor.Tensor): Tensor.Tensor => {

@@ -114,169 +114,182 @@ export interface SequenceTable {
   readonly counts: () => ReadonlyMap<string, number>
 }
 
-export const make = (nowMs: () => number): SequenceTable => {
-  let waitingCount = 0
-  const waitingCounts = new Map<string, Array<number>>()
-  const countWaiting = (entry: Waiting, by: 1 | -1): void => {
-    waitingCount += by
-    let counts = waitingCounts.get(entry.model)
-    if (counts === undefined) waitingCounts.set(entry.model, counts = [0, 0, 0, 0])
-    counts[entry.turn.rank] = (counts[entry.turn.rank] ?? 0) + by
-    if (counts.every((n) => n === 0)) waitingCounts.delete(entry.model)
+/** The table's state. */
+interface Table {
+  readonly nowMs: () => number
+  readonly models: Map<string, Model>
+  waitingCount: number
+  /** Waiting turns by model version key, then priority rank (`waitingByModel`). */
+  readonly waitingCounts: Map<string, Array<number>>
+}
+
+const countWaiting = (table: Table, entry: Waiting, by: 1 | -1): void => {
+  table.waitingCount += by
+  let counts = table.waitingCounts.get(entry.model)
+  if (counts === undefined) table.waitingCounts.set(entry.model, counts = [0, 0, 0, 0])
+  counts[entry.turn.rank] = (counts[entry.turn.rank] ?? 0) + by
+  if (counts.every((n) => n === 0)) table.waitingCounts.delete(entry.model)
+}
+
+const idle = (slot: Slot, now: number): boolean => now - slot.lastMs >= slot.idleMs
+
+/** Files `slot` as free (at the back: the last to go idle), or drops it once its end succeeded. */
+const free = (table: Table, slot: Slot): void => {
+  const { model } = slot
+  if (slot.ended) {
+    if (model.all.get(slot.key) === slot) model.all.delete(slot.key)
+    if (model.all.size === 0 && table.models.get(model.key) === model) table.models.delete(model.key)
+    return
   }
+  let bucket = model.free.get(slot.idleMs)
+  if (bucket === undefined) model.free.set(slot.idleMs, bucket = new Map())
+  bucket.set(slot.key, slot)
+}
 
-  const models = new Map<string, Model>()
+/** Takes `slot` off its free list (it runs, or a turn waits on it). */
+const unfree = (slot: Slot): void => {
+  const bucket = slot.model.free.get(slot.idleMs)
+  if (bucket === undefined || bucket.get(slot.key) !== slot) return
+  bucket.delete(slot.key)
+  if (bucket.size === 0) slot.model.free.delete(slot.idleMs)
+}
 
-  const idle = (slot: Slot, now: number): boolean => now - slot.lastMs >= slot.idleMs
-
-  /** Files `slot` as free (at the back: the last to go idle), or drops it once its end succeeded. */
-  const free = (slot: Slot): void => {
-    const { model } = slot
-    if (slot.ended) {
-      if (model.all.get(slot.key) === slot) model.all.delete(slot.key)
-      if (model.all.size === 0 && models.get(model.key) === model) models.delete(model.key)
-      return
-    }
-    let bucket = model.free.get(slot.idleMs)
-    if (bucket === undefined) model.free.set(slot.idleMs, bucket = new Map())
-    bucket.set(slot.key, slot)
-  }
-
-  /** Takes `slot` off its free list (it runs, or a turn waits on it). */
-  const unfree = (slot: Slot): void => {
-    const bucket = slot.model.free.get(slot.idleMs)
-    if (bucket === undefined || bucket.get(slot.key) !== slot) return
-    bucket.delete(slot.key)
-    if (bucket.size === 0) slot.model.free.delete(slot.idleMs)
-  }
-
-  /** Drops the free sequences idle past their limit, every model's: each free list's front only. */
-  const sweep = (now: number): void => {
-    for (const model of models.values()) {
-      for (const [idleMs, bucket] of model.free) {
-        for (const slot of bucket.values()) {
-          if (!idle(slot, now)) break
-          bucket.delete(slot.key)
-          model.all.delete(slot.key)
-        }
-        if (bucket.size === 0) model.free.delete(idleMs)
+/** Drops the free sequences idle past their limit, every model's: each free list's front only. */
+const sweep = (table: Table, now: number): void => {
+  for (const model of table.models.values()) {
+    for (const [idleMs, bucket] of model.free) {
+      for (const slot of bucket.values()) {
+        if (!idle(slot, now)) break
+        bucket.delete(slot.key)
+        model.all.delete(slot.key)
       }
-      if (model.all.size === 0) models.delete(model.key)
+      if (bucket.size === 0) model.free.delete(idleMs)
     }
+    if (model.all.size === 0) table.models.delete(model.key)
   }
+}
 
-  /** The turns after the one that just left: each runs or is refused in order until one runs; then the slot is free again if none did. */
-  const next = (slot: Slot): void => {
-    while (!slot.busy) {
-      const entry = slot.waiting.shift()
-      if (entry === undefined) break
-      if (entry.gone) continue
-      entry.gone = true
-      countWaiting(entry, -1)
-      entry.running = run(slot, entry.turn, entry.sequence)
-    }
-    if (!slot.busy && slot.waiting.length === 0) free(slot)
+/** The turns after the one that just left: each runs or is refused in order until one runs; then the slot is free again if none did. */
+const next = (table: Table, slot: Slot): void => {
+  while (!slot.busy) {
+    const entry = slot.waiting.shift()
+    if (entry === undefined) break
+    if (entry.gone) continue
+    entry.gone = true
+    countWaiting(table, entry, -1)
+    entry.running = run(table, slot, entry.turn, entry.sequence)
   }
+  if (!slot.busy && slot.waiting.length === 0) free(table, slot)
+}
 
-  /** Runs `turn` on `slot` (not busy, off the free lists), or refuses it when its sequence ended before it; returns its cancel while it runs. */
-  const run = (slot: Slot, turn: Turn, sequence: Sequence.Resolved): (() => void) | undefined => {
-    if (turn.start) {
-      slot.states = undefined
-      slot.shape = sequence.shape
-      slot.ended = false
-    } else if (slot.ended || slot.shape !== sequence.shape) {
-      turn.refuse(slot.ended ? "ended" : "reshaped")
-      return undefined
-    }
-    slot.busy = true
-    let over = false
-    const leave = () => {
-      over = true
-      slot.busy = false
-      slot.lastMs = nowMs()
-      next(slot)
-    }
-    const cancel = turn.go(slot.states ?? sequence.initialStates, (nextStates) => {
-      if (over) return
-      if (nextStates !== undefined) {
-        slot.states = nextStates
-        if (turn.end) slot.ended = true
-      }
-      leave()
-    })
-    if (cancel === undefined || over) return undefined
-    return () => {
-      if (!over) leave()
-      cancel()
-    }
+/** Runs `turn` on `slot` (not busy, off the free lists), or refuses it when its sequence ended before it; returns its cancel while it runs. */
+const run = (table: Table, slot: Slot, turn: Turn, sequence: Sequence.Resolved): (() => void) | undefined => {
+  if (turn.start) {
+    slot.states = undefined
+    slot.shape = sequence.shape
+    slot.ended = false
+  } else if (slot.ended || slot.shape !== sequence.shape) {
+    turn.refuse(slot.ended ? "ended" : "reshaped")
+    return undefined
   }
+  slot.busy = true
+  let over = false
+  const leave = () => {
+    over = true
+    slot.busy = false
+    slot.lastMs = table.nowMs()
+    next(table, slot)
+  }
+  const cancel = turn.go(slot.states ?? sequence.initialStates, (nextStates) => {
+    if (over) return
+    if (nextStates !== undefined) {
+      slot.states = nextStates
+      if (turn.end) slot.ended = true
+    }
+    leave()
+  })
+  if (cancel === undefined || over) return undefined
+  return () => {
+    if (!over) leave()
+    cancel()
+  }
+}
 
+/** Queues `turn` behind the running request of `slot`'s sequence. */
+const wait = (table: Table, slot: Slot, modelKey: string, turn: Turn, sequence: Sequence.Resolved): Taken => {
+  if (!turn.canWait()) return { _tag: "QueueFull" }
+  const entry: Waiting = { model: modelKey, turn, sequence, gone: false, running: undefined }
+  slot.waiting.push(entry)
+  countWaiting(table, entry, 1)
   return {
-    take: (modelKey, sequence, flags, turn) => {
-      const now = nowMs()
-      sweep(now)
-      let model = models.get(modelKey)
-      if (model === undefined) models.set(modelKey, model = { key: modelKey, all: new Map(), free: new Map() })
-      const key = Sequence.keyOf(flags.id)
-      let slot = model.all.get(key)
-      if (slot === undefined) {
-        if (turn.start !== true) {
-          if (model.all.size === 0) models.delete(modelKey)
-          return { _tag: "NotStarted" }
-        }
-        if (model.all.size >= sequence.maxSequences) return { _tag: "Full", capacity: sequence.maxSequences }
-        slot = { model, key, states: undefined, shape: sequence.shape, idleMs: sequence.maxSequenceIdleMs, lastMs: now, busy: false, ended: false, waiting: [] }
-        model.all.set(key, slot)
-      } else if (!slot.busy && slot.waiting.length === 0) {
-        unfree(slot)
+    _tag: "Waiting",
+    cancel: () => {
+      if (entry.running !== undefined) return entry.running()
+      if (entry.gone) return
+      entry.gone = true
+      countWaiting(table, entry, -1)
+      const i = slot.waiting.indexOf(entry)
+      if (i >= 0) slot.waiting.splice(i, 1)
+    }
+  }
+}
+
+const take = (table: Table, modelKey: string, sequence: Sequence.Resolved, flags: Sequence.Flags, turn: Turn): Taken => {
+  const now = table.nowMs()
+  sweep(table, now)
+  let model = table.models.get(modelKey)
+  if (model === undefined) table.models.set(modelKey, model = { key: modelKey, all: new Map(), free: new Map() })
+  const key = Sequence.keyOf(flags.id)
+  let slot = model.all.get(key)
+  if (slot === undefined) {
+    if (turn.start !== true) {
+      if (model.all.size === 0) table.models.delete(modelKey)
+      return { _tag: "NotStarted" }
+    }
+    if (model.all.size >= sequence.maxSequences) return { _tag: "Full", capacity: sequence.maxSequences }
+    slot = { model, key, states: undefined, shape: sequence.shape, idleMs: sequence.maxSequenceIdleMs, lastMs: now, busy: false, ended: false, waiting: [] }
+    model.all.set(key, slot)
+  } else if (!slot.busy && slot.waiting.length === 0) {
+    unfree(slot)
+  }
+  slot.lastMs = now
+  // the model version's limit now (a reload may have changed it): it is filed under it when free again
+  slot.idleMs = sequence.maxSequenceIdleMs
+  // turns waiting and the slot free: only inside `next`, which a refused turn's answer re-entered; it runs them in order
+  if (slot.busy || slot.waiting.length > 0) return wait(table, slot, modelKey, turn, sequence)
+  const cancel = run(table, slot, turn, sequence)
+  if (!slot.busy) next(table, slot)
+  return cancel === undefined ? { _tag: "Answered" } : { _tag: "Running", cancel }
+}
+
+const refuseWaiting = (table: Table): number => {
+  let refused = 0
+  for (const model of table.models.values()) {
+    for (const slot of model.all.values()) {
+      if (slot.waiting.length === 0) continue
+      for (const entry of slot.waiting.splice(0)) {
+        if (entry.gone) continue
+        entry.gone = true
+        countWaiting(table, entry, -1)
+        refused++
+        entry.turn.refuse("shuttingDown")
       }
-      slot.lastMs = now
-      // the model version's limit now (a reload may have changed it): it is filed under it when free again
-      slot.idleMs = sequence.maxSequenceIdleMs
-      // turns waiting and the slot free: only inside `next`, which a refused turn's answer re-entered; it runs them in order
-      if (slot.busy || slot.waiting.length > 0) {
-        if (!turn.canWait()) return { _tag: "QueueFull" }
-        const entry: Waiting = { model: modelKey, turn, sequence, gone: false, running: undefined }
-        slot.waiting.push(entry)
-        countWaiting(entry, 1)
-        return {
-          _tag: "Waiting",
-          cancel: () => {
-            if (entry.running !== undefined) return entry.running()
-            if (entry.gone) return
-            entry.gone = true
-            countWaiting(entry, -1)
-            const i = slot.waiting.indexOf(entry)
-            if (i >= 0) slot.waiting.splice(i, 1)
-          }
-        }
-      }
-      const cancel = run(slot, turn, sequence)
-      if (!slot.busy) next(slot)
-      return cancel === undefined ? { _tag: "Answered" } : { _tag: "Running", cancel }
-    },
-    waiting: () => waitingCount,
-    waitingByModel: () => waitingCounts,
-    refuseWaiting: () => {
-      let refused = 0
-      for (const model of models.values()) {
-        for (const slot of model.all.values()) {
-          if (slot.waiting.length === 0) continue
-          for (const entry of slot.waiting.splice(0)) {
-            if (entry.gone) continue
-            entry.gone = true
-            countWaiting(entry, -1)
-            refused++
-            entry.turn.refuse("shuttingDown")
-          }
-          if (!slot.busy) free(slot)
-        }
-      }
-      return refused
-    },
+      if (!slot.busy) free(table, slot)
+    }
+  }
+  return refused
+}
+
+export const make = (nowMs: () => number): SequenceTable => {
+  const table: Table = { nowMs, models: new Map(), waitingCount: 0, waitingCounts: new Map() }
+  return {
+    take: (modelKey, sequence, flags, turn) => take(table, modelKey, sequence, flags, turn),
+    waiting: () => table.waitingCount,
+    waitingByModel: () => table.waitingCounts,
+    refuseWaiting: () => refuseWaiting(table),
     counts: () => {
-      sweep(nowMs())
-      return new Map([...models.values()].filter((m) => m.all.size > 0).map((m) => [m.key, m.all.size] as const))
+      sweep(table, nowMs())
+      return new Map([...table.models.values()].filter((m) => m.all.size > 0).map((m) => [m.key, m.all.size] as const))
     }
   }
 }

@@ -299,7 +299,7 @@ const inputsFor = (metadata: ModelMetadata.ModelMetadata, file: string | undefin
         // a stateful model's state is the engine's to add: checked with the initial one in its place
         const invalid = decoded instanceof InferenceError.InvalidInput
           ? decoded
-          : ModelMetadata.validateInputs(metadata, metadata.sequence === undefined ? decoded : Sequence.withStates(decoded, metadata.sequence.initialInputs))
+          : ModelMetadata.validateInputs(metadata, Sequence.asRun(metadata.sequence, decoded))
         if (invalid !== undefined) {
           return yield* new PerfError({ message: `cannot make inputs for model ${metadata.name} from its metadata (${invalid.message}): give records with --input FILE.ndjson` })
         }

@@ -98,7 +98,7 @@ export const decode = (metadata: ModelMetadata.ModelMetadata, line: number, text
   const sequence = TensorCodec.sequenceOf(body.parameters)
   if (sequence !== undefined && "problem" in sequence) return malformed(sequence.problem)
   // a stateful model's state is the engine's to add: checked with the initial one in its place
-  const invalid = ModelMetadata.validateInputs(metadata, metadata.sequence === undefined ? inputs : Sequence.withStates(inputs, metadata.sequence.initialInputs))
+  const invalid = ModelMetadata.validateInputs(metadata, Sequence.asRun(metadata.sequence, inputs))
   if (invalid !== undefined) return malformed(invalid.message)
   return {
     line,

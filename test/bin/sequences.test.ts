@@ -12,6 +12,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
 import { root, type ServerProcess, startServer } from "../fixtures/ServerProcess.ts"
+import { openStream } from "../grpc/GrpcHarness.ts"
 import * as Client from "../http/HttpClient.ts"
 
 const bundled = Path.join(root, "models", "silero_vad")
@@ -147,13 +148,7 @@ describe("sequences of a stateful model, through the server", () => {
     const expected = await carried()
     const client = new proto.inference.GRPCInferenceService(`127.0.0.1:${ports.grpc}`, Grpc.credentials.createInsecure())
     try {
-      const stream = client.ModelStreamInfer()
-      const received: Array<any> = []
-      const ended = new Promise<void>((resolve, reject) => {
-        stream.on("data", (m: any) => received.push(m))
-        stream.on("end", () => resolve())
-        stream.on("error", reject)
-      })
+      const { stream, received, ended } = openStream(client)
       for (let c = 0; c < chunks.length; c++) {
         stream.write({
           model_name: "vad",

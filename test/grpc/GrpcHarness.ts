@@ -118,3 +118,15 @@ export const echoRaw = (values: ReadonlyArray<number>, extra: Record<string, unk
 })
 
 export type { Scope }
+
+/** A new ModelStreamInfer call, its answers as they come, and its end (rejected on an error status). */
+export const openStream = (client: any) => {
+  const stream = client.ModelStreamInfer()
+  const received: Array<any> = []
+  const ended = new Promise<void>((resolve, reject) => {
+    stream.on("data", (m: any) => received.push(m))
+    stream.on("end", () => resolve())
+    stream.on("error", reject)
+  })
+  return { stream, received, ended }
+}

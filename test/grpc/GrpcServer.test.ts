@@ -18,7 +18,7 @@ import * as OnnxModelPool from "../../src/onnx/OnnxModelPool.ts"
 import { mlpBytes, tempRepository, writeTree } from "../fixtures/ModelRepositoryFixture.ts"
 import { scaleBytes } from "../fixtures/OnnxGraph.ts"
 import { makeTestPool } from "../http/TestApp.ts"
-import { echoRaw, f32, fromF32, makeHarness } from "./GrpcHarness.ts"
+import { echoRaw, f32, fromF32, makeHarness, openStream } from "./GrpcHarness.ts"
 
 const definitions = GrpcCodec.loadDefinitions()
 
@@ -579,18 +579,6 @@ describe("statistics", () => {
       }
     }))
 })
-
-/** A new ModelStreamInfer call, its answers as they come, and its end (rejected on an error status). */
-const openStream = (client: any) => {
-  const stream = client.ModelStreamInfer()
-  const received: Array<any> = []
-  const ended = new Promise<void>((resolve, reject) => {
-    stream.on("data", (m: any) => received.push(m))
-    stream.on("end", () => resolve())
-    stream.on("error", reject)
-  })
-  return { stream, received, ended }
-}
 
 /**
  * A stream sent, in order: a request to the slow model ("slow"), a fast one ("fast-1"), one for a
