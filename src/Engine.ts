@@ -158,8 +158,21 @@ export interface Service {
    * running request has settled, or `grace` has passed: then those not yet handed to an instance
    * (queued, or in a batch forming) are answered ShuttingDown at once and never run; runs go on
    * until the engine closes (which answers their callers ShuttingDown). Idempotent.
+   *
+   * Sequences of stateful models under way go on, as in Triton: until the grace is spent, a
+   * request of one (not a start) is still admitted, and the drain waits for each to end, by its
+   * end request or by going idle past its `maxSequenceIdleMs` (checked at least every 100 ms).
+   * Once the grace is spent they are refused too (ShuttingDown).
    */
   readonly drain: (grace: Duration.Input) => Effect.Effect<{ readonly drained: boolean }>
+  /**
+   * Whether the engine would still take a request of the sequence `sequence` (a request's
+   * `InferenceRequest.sequence`) of `modelId` at `version` while it drains: the sequence is under
+   * way and the request is not a start; without `sequence`, whether any sequence of that model
+   * version is under way. False once a drain's grace is spent. For an edge that refuses new work
+   * during a shutdown (before its engine drains) but lets sequences under way go on.
+   */
+  readonly takesSequenceUnsafe: (modelId: string, version: string, sequence?: Sequence.Flags) => boolean
   /** True once draining has begun. */
   readonly isDraining: Effect.Effect<boolean>
   /** Where work is right now, for tests, soak runs and operators. */
@@ -220,6 +233,8 @@ interface State {
   /** Per model key, the last metadata seen and its generation (`Scheduler.ModelSpec.generation`). */
   readonly signatures: Map<string, { readonly metadata: ModelMetadata.ModelMetadata; readonly generation: number }>
   draining: boolean
+  /** Set once a drain's grace is spent (or the engine closes): sequences under way are refused then too. */
+  sequencesClosed: boolean
   /**
    * Models this engine's lookups found (loaded or not), for `modelLabel` where the pool has no
    * `metadataUnsafe`: bounded by the models there are, since a made-up name is never found.
@@ -324,8 +339,23 @@ const queueFullWithTurns = (state: State, modelId: string, requestId: string, me
 }
 
 const noteSettled = (state: State): void => {
-  if (state.draining && state.scheduler.unsettled === 0 && state.sequences.waiting() === 0) state.settled.openUnsafe()
+  if (
+    state.draining && state.scheduler.unsettled === 0 && state.sequences.waiting() === 0 &&
+    (state.sequencesClosed || state.sequences.live() === 0)
+  ) state.settled.openUnsafe()
 }
+
+/** `Service.takesSequenceUnsafe`. */
+const takesSequence = (state: State, modelId: string, version: string, flags: Sequence.Flags | undefined): boolean =>
+  !state.sequencesClosed && (flags === undefined || flags.start !== true) &&
+  state.sequences.underWay(`${modelId}@${version}`, flags?.id)
+
+/**
+ * Whether a draining engine may still look `request` up: it names a sequence, not as a start,
+ * and sequences are not closed (`submit` then checks that the sequence is under way).
+ */
+const mayContinue = (state: State, request: InferenceRequest): boolean =>
+  !state.sequencesClosed && request.sequence !== undefined && request.sequence.start !== true
 
 /** How a request's waiter is answered. */
 type Resume = (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
@@ -387,8 +417,11 @@ const submit = (
   queuedMs = startedMs,
   spentMs = 0
 ): (() => void) | undefined => {
-  // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued then.
-  if (state.draining) return refuseNow(state, info, new InferenceError.ShuttingDown({}), resume)
+  // Draining may have begun while the metadata was looked up (the Effect path): nothing is queued
+  // then, but for a request of a sequence under way (Triton's rule: sequences under way go on).
+  if (state.draining && (metadata.sequence === undefined || !takesSequence(state, request.modelId, metadata.version, request.sequence))) {
+    return refuseNow(state, info, new InferenceError.ShuttingDown({}), resume)
+  }
   if (metadata.sequence !== undefined) return takeTurn(state, request, info, metadata, metadata.sequence, startedMs, resume, queuedMs, spentMs)
   if (state.cache !== undefined && metadata.responseCache === true) {
     const key = cacheKey(state, state.cache, request, info, metadata, startedMs, resume)
@@ -571,7 +604,11 @@ const takeTurn = (
         request.inputs,
         sequence.controls.length === 0 ? given : Sequence.withStates(given, Sequence.controlInputs(sequence, flags))
       )
-      return enqueue(state, { ...request, inputs }, info, metadata, startedMs, (exit) => settleTurn(sequence, exit, done, resume), queuedMs, spentMs, waited)
+      return enqueue(state, { ...request, inputs }, info, metadata, startedMs, (exit) => {
+        settleTurn(sequence, exit, done, resume)
+        // a draining engine waits for its sequences: one that just ended may be the last
+        noteSettled(state)
+      }, queuedMs, spentMs, waited)
     },
     refuse: (why) => {
       stopTimer()
@@ -821,7 +858,7 @@ const admitNow = (state: State, request: InferenceRequest, lookup: Lookup, resum
     resume(Exit.fail(refuseMalformed(state, request, wrong)))
     return undefined
   }
-  const metadata = state.draining ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
+  const metadata = state.draining && !mayContinue(state, request) ? new InferenceError.ShuttingDown({}) : lookup(request.modelId, request.modelVersion)
   if ("_tag" in metadata) {
     recordRefusal(state, request, metadata, 0)
     resume(Exit.fail(InferenceError.make(metadata)))
@@ -888,7 +925,7 @@ const admitEffect = (state: State, request: InferenceRequest, spentMs = 0): Effe
     }
     const wrong = malformed(request)
     if (wrong !== undefined) return Effect.fail(refuseMalformed(state, request, wrong))
-    if (state.draining) return Effect.fail(refuse(new InferenceError.ShuttingDown({})))
+    if (state.draining && !mayContinue(state, request)) return Effect.fail(refuse(new InferenceError.ShuttingDown({})))
     const timeout = negativeTimeout(request)
     if (timeout !== undefined) return Effect.fail(refuse(timeout, 0, versionNow(state, request.modelId, request.modelVersion)))
     // The deadline covers the lookup too: a pool slow to answer fails the request at its deadline, not after.
@@ -993,22 +1030,39 @@ const inferResult = (state: State, request: InferenceRequest, cancel?: CancelTok
     ))
   })
 
+/** How often a drain that waits for sequences under way checks whether they went idle (none may come to say so). */
+const drainSweepMs = 100
+
 const drain = (state: State, grace: Duration.Input) =>
   Effect.suspend(() => {
     state.draining = true
-    noteSettled(state)
-    return state.settled.await.pipe(
-      Effect.timeoutOption(grace),
-      Effect.map((o) => {
-        // Grace spent: what never reached an instance is answered now, not cut off with its connection.
-        if (o._tag === "None") {
-          // turns first: a queued request refused now would promote the turn behind it into the queue
-          state.sequences.refuseWaiting()
-          state.dispatcher.refuseWaiting()
-        }
-        return { drained: o._tag === "Some" }
-      })
-    )
+    const endMs = state.nowMs() + Duration.toMillis(Duration.fromInputUnsafe(grace))
+    // Settled, or grace spent. While sequences are under way, nothing may settle to say that the
+    // last one went idle: wake at the first idle limit (at most every `drainSweepMs`) and look.
+    const wait: Effect.Effect<boolean> = Effect.suspend(() => {
+      noteSettled(state)
+      const leftMs = endMs - state.nowMs()
+      if (state.settled.isOpen()) return Effect.succeed(true)
+      if (leftMs <= 0) return Effect.succeed(false)
+      const idleAtMs = state.sequences.nextIdleAtMs()
+      const stepMs = state.sequences.live() === 0
+        ? leftMs
+        : Math.min(leftMs, drainSweepMs, idleAtMs === undefined ? Infinity : Math.max(1, idleAtMs - state.nowMs()))
+      return state.settled.await.pipe(
+        Effect.timeoutOption(stepMs === Infinity ? Duration.infinity : Duration.millis(stepMs)),
+        Effect.flatMap((o) => (o._tag === "Some" ? Effect.succeed(true) : wait))
+      )
+    })
+    return Effect.map(wait, (drained) => {
+      // Grace spent: what never reached an instance is answered now, not cut off with its connection.
+      if (!drained) {
+        state.sequencesClosed = true
+        // turns first: a queued request refused now would promote the turn behind it into the queue
+        state.sequences.refuseWaiting()
+        state.dispatcher.refuseWaiting()
+      }
+      return { drained }
+    })
   })
 
 /** A sequence table's model version key (`${modelId}@${version}`, `takeTurn`) split: a version is digits, so the last "@" splits them. */
@@ -1243,6 +1297,7 @@ export const make = Effect.gen(function*() {
     specs: new WeakMap(),
     signatures: new Map(),
     draining: false,
+    sequencesClosed: false,
     knownModels: new Set(),
     cache: config.responseCacheBytes !== undefined && config.responseCacheBytes > 0 ? ResponseCache.make(config.responseCacheBytes) : undefined,
     loads: new WeakMap(),
@@ -1260,6 +1315,7 @@ export const make = Effect.gen(function*() {
   yield* Effect.addFinalizer(() =>
     Effect.sync(() => {
       state.draining = true
+      state.sequencesClosed = true
       state.sequences.refuseWaiting()
     })
   )
@@ -1284,7 +1340,8 @@ export const make = Effect.gen(function*() {
     },
     checkAdmission: (modelId, version, metadata) =>
       Effect.suspend(() => {
-        const reason = state.draining
+        // draining: only a model version with sequences under way may still be asked (`submit` decides)
+        const reason = state.draining && (version === undefined || !takesSequence(state, modelId, version, undefined))
           ? new InferenceError.ShuttingDown({})
           : (scheduler.isFull(state.sequences.waiting()) || ownBoundFull(state, modelId, version, metadata, waitingTurnsOf(state, modelId, version)) !== undefined) &&
               !mayHitCache(state, modelId, version, metadata)
@@ -1319,6 +1376,7 @@ export const make = Effect.gen(function*() {
     sequences: Effect.sync(() => sequencesByModel(state)),
     config,
     drain: (grace) => drain(state, grace),
+    takesSequenceUnsafe: (modelId, version, sequence) => takesSequence(state, modelId, version, sequence),
     isDraining: Effect.sync(() => state.draining),
     diagnostics: Effect.sync(() => ({ ...scheduler.counts(), ahead: scheduler.waitingAhead, unsettled: scheduler.unsettled, abandoned: { ...scheduler.abandoned } }))
   })

@@ -112,6 +112,15 @@ export interface SequenceTable {
   readonly refuseWaiting: () => number
   /** Sequences under way by model version key, after dropping the idle ones. */
   readonly counts: () => ReadonlyMap<string, number>
+  /**
+   * Whether sequence `id` of `model` (a model version's key) is under way now: started, not ended,
+   * not idle past its limit. Without `id`: whether any of the model version's is.
+   */
+  readonly underWay: (model: string, id?: Sequence.Id) => boolean
+  /** Sequences under way, all models together, after dropping the idle ones. */
+  readonly live: () => number
+  /** When the first free sequence goes idle (on `nowMs`'s clock), or undefined when none is free. */
+  readonly nextIdleAtMs: () => number | undefined
 }
 
 /** The table's state. */
@@ -280,6 +289,34 @@ const refuseWaiting = (table: Table): number => {
   return refused
 }
 
+const underWay = (table: Table, modelKey: string, id: Sequence.Id | undefined): boolean => {
+  const model = table.models.get(modelKey)
+  if (model === undefined) return false
+  const now = table.nowMs()
+  const live = (slot: Slot) => !slot.ended && (slot.busy || slot.waiting.length > 0 || !idle(slot, now))
+  if (id !== undefined) {
+    const slot = model.all.get(Sequence.keyOf(id))
+    return slot !== undefined && live(slot)
+  }
+  for (const slot of model.all.values()) if (live(slot)) return true
+  return false
+}
+
+const nextIdleAtMs = (table: Table): number | undefined => {
+  let first: number | undefined
+  for (const model of table.models.values()) {
+    for (const bucket of model.free.values()) {
+      // each bucket in the order its sequences go idle: its front is its first
+      for (const slot of bucket.values()) {
+        const atMs = slot.lastMs + slot.idleMs
+        if (first === undefined || atMs < first) first = atMs
+        break
+      }
+    }
+  }
+  return first
+}
+
 export const make = (nowMs: () => number): SequenceTable => {
   const table: Table = { nowMs, models: new Map(), waitingCount: 0, waitingCounts: new Map() }
   return {
@@ -290,6 +327,14 @@ export const make = (nowMs: () => number): SequenceTable => {
     counts: () => {
       sweep(table, nowMs())
       return new Map([...table.models.values()].filter((m) => m.all.size > 0).map((m) => [m.key, m.all.size] as const))
-    }
+    },
+    underWay: (modelKey, id) => underWay(table, modelKey, id),
+    live: () => {
+      sweep(table, nowMs())
+      let n = 0
+      for (const model of table.models.values()) n += model.all.size
+      return n
+    },
+    nextIdleAtMs: () => nextIdleAtMs(table)
   }
 }

@@ -31,6 +31,12 @@ const outcomeOf = <A>(fiber: Fiber.Fiber<Exit.Exit<A, InferenceError.InferenceEr
   return reason === undefined ? "Success" : typeof reason === "string" ? reason : reason._tag
 }
 
+/** The success of `exit`, failing the test otherwise. */
+const succeeded = <A>(exit: Exit.Exit<A, InferenceError.InferenceError>): A => {
+  if (Exit.isSuccess(exit)) return exit.value
+  throw new Error(`expected a success, got ${JSON.stringify(failureOf(exit))}`)
+}
+
 /** Runs `request` to its end, moving the TestClock on 200 ms (a run takes 10 by default). */
 const settle = <A, E>(effect: Effect.Effect<A, E>) =>
   Effect.gen(function*() {
@@ -243,7 +249,8 @@ describe("AsyncInferenceEngine sequences", () => {
       const atMs: Record<string, number> = {}
       const noted = <A, E>(name: string, effect: Effect.Effect<A, E>) => Effect.tap(effect, () => Effect.map(Clock.currentTimeMillis, (ms) => void (atMs[name] = ms)))
       const first = yield* fork(noted("first", engine.infer(step(1, 1, { start: true }))))
-      const second = yield* fork(noted("second", engine.infer(step(1, 2))))
+      // its end: the drain waits for sequences under way too
+      const second = yield* fork(noted("second", engine.infer(step(1, 2, { end: true }))))
       const drained = yield* fork(noted("drained", engine.drain("1 second")))
       yield* TestClock.adjust("250 millis")
       assert.deepStrictEqual(yield* Fiber.join(drained), { drained: true })
@@ -252,6 +259,70 @@ describe("AsyncInferenceEngine sequences", () => {
       // the drain ended once the waiting one had run too (100 to 200 ms), not when the first was answered
       assert.deepStrictEqual(atMs, { first: 100, second: 200, drained: 200 })
       assert.strictEqual(runs.length, 2)
+    }))
+
+  for (const path of ["metadataUnsafe", "Effect metadata"] as const) {
+    it.effect(`drain (${path}): a sequence under way goes on, a start or a request without a sequence is refused ShuttingDown, and the drain ends when the sequence ends`, () =>
+      Effect.gen(function*() {
+        const { engine } = yield* counterEngine({ effectMetadataOnly: path === "Effect metadata" })
+        yield* settle(engine.infer(step(1, 1, { start: true })))
+        yield* settle(engine.infer(step(2, 10, { start: true })))
+        const atMs: Record<string, number> = {}
+        const drained = yield* fork(Effect.tap(engine.drain("10 seconds"), () => Effect.map(Clock.currentTimeMillis, (ms) => void (atMs["drained"] = ms))))
+        const shutting = (exit: Exit.Exit<unknown, InferenceError.InferenceError>) => (failureOf(exit) as InferenceError.Reason | undefined)?._tag
+        assert.strictEqual(yOf(succeeded(yield* settle(engine.infer(step(1, 2))))), 3)
+        assert.strictEqual(shutting(yield* settle(engine.infer(step(3, 1, { start: true })))), "ShuttingDown")
+        // a start of a sequence under way starts it over: new work too
+        assert.strictEqual(shutting(yield* settle(engine.infer(step(1, 1, { start: true })))), "ShuttingDown")
+        assert.strictEqual(shutting(yield* settle(engine.infer(InferenceRequest.make("counter", { x: Tensor.float32([1], [1, 1]) })))), "ShuttingDown")
+        assert.isUndefined(drained.pollUnsafe())
+        assert.strictEqual(yOf(succeeded(yield* settle(engine.infer(step(2, 5, { end: true }))))), 15)
+        assert.isUndefined(drained.pollUnsafe(), "sequence 1 is still under way")
+        // the state survived the refused start: 1 + 2 + 4
+        assert.strictEqual(yOf(succeeded(yield* settle(engine.infer(step(1, 4, { end: true }))))), 7)
+        const ended = yield* Clock.currentTimeMillis
+        assert.deepStrictEqual(yield* Fiber.join(drained), { drained: true })
+        assert.isAtMost(atMs["drained"]! - ended, 0, "the drain ended with the last sequence's end")
+        // ended: nothing continues it
+        assert.strictEqual(shutting(yield* settle(engine.infer(step(1, 1)))), "ShuttingDown")
+      }))
+  }
+
+  it.effect("drain: a sequence under way that nobody continues ends the drain when it goes idle past maxSequenceIdleMs (within 100 ms)", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine({ sequence: counterSequence({ maxSequenceIdleMs: 700 }) })
+      yield* settle(engine.infer(step(1, 1, { start: true })))
+      const lastMs = (yield* Clock.currentTimeMillis) - 190 // answered 10 ms in, `settle` moved on 200
+      const drained = yield* fork(Effect.andThen(engine.drain("10 seconds"), (d) => Effect.map(Clock.currentTimeMillis, (ms) => ({ ...d, ms }))))
+      yield* TestClock.adjust("450 millis")
+      assert.isUndefined(drained.pollUnsafe(), "the sequence is not idle yet")
+      yield* TestClock.adjust("200 millis")
+      const { drained: done, ms } = yield* Fiber.join(drained)
+      assert.isTrue(done)
+      assert.isAtLeast(ms - lastMs, 700)
+      assert.isAtMost(ms - lastMs, 800)
+      assert.deepStrictEqual(yield* engine.sequences, new Map())
+    }))
+
+  it.effect("drain past its grace: sequences under way are refused from then on, and takesSequenceUnsafe says so", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine({ sequence: counterSequence({ maxSequenceIdleMs: 60_000 }) })
+      yield* settle(engine.infer(step(1, 1, { start: true })))
+      assert.isTrue(engine.takesSequenceUnsafe("counter", "1", { id: 1 }))
+      assert.isTrue(engine.takesSequenceUnsafe("counter", "1"))
+      assert.isFalse(engine.takesSequenceUnsafe("counter", "1", { id: 1, start: true }))
+      assert.isFalse(engine.takesSequenceUnsafe("counter", "1", { id: 2 }))
+      assert.isFalse(engine.takesSequenceUnsafe("counter", "2"))
+      const drained = yield* fork(engine.drain("1 second"))
+      // the edges' early check: only a model version with sequences under way is let through
+      assert.isTrue(Exit.isSuccess(yield* Effect.exit(engine.checkAdmission("counter", "1"))))
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(yield* Fiber.join(drained), { drained: false })
+      assert.isFalse(engine.takesSequenceUnsafe("counter", "1", { id: 1 }))
+      const refused = yield* settle(engine.infer(step(1, 2)))
+      assert.strictEqual((failureOf(refused) as InferenceError.Reason)._tag, "ShuttingDown")
+      const early = yield* Effect.exit(engine.checkAdmission("counter", "1"))
+      assert.strictEqual((failureOf(early) as InferenceError.Reason)._tag, "ShuttingDown")
     }))
 
   it.effect("drain past its grace answers the waiting turns ShuttingDown", () =>

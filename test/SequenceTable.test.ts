@@ -60,6 +60,27 @@ describe("SequenceTable", () => {
     assert.deepStrictEqual(table.take("a@1", sequence, { id: 1 }, turnOf(seen, {}, next)), { _tag: "NotStarted" })
   })
 
+  it("underWay, live and nextIdleAtMs: a running sequence is under way and never idle; a free one until its idle limit; an ended one not", () => {
+    let now = 0
+    const table = SequenceTable.make(() => now)
+    const seen: Array<Tensor.TensorMap> = []
+    assert.deepStrictEqual([table.underWay("a@1"), table.live(), table.nextIdleAtMs()], [false, 0, undefined])
+    const running = heldTurn({ start: true })
+    assert.strictEqual(table.take("a@1", sequence, { id: 1, start: true }, running.turn)._tag, "Running")
+    assert.deepStrictEqual([table.underWay("a@1"), table.underWay("a@1", 1), table.underWay("a@1", 2), table.underWay("b@1")], [true, true, false, false])
+    assert.deepStrictEqual([table.live(), table.nextIdleAtMs()], [1, undefined], "busy: no idle limit")
+    now = 30
+    table.take("a@1", sequence, { id: "x", start: true }, turnOf(seen, { start: true }, next))
+    assert.deepStrictEqual([table.live(), table.nextIdleAtMs()], [2, 130])
+    now = 500
+    // the running one is not idle however long it runs
+    assert.deepStrictEqual([table.underWay("a@1", 1), table.underWay("a@1", "x")], [true, false])
+    running.finish(next)
+    assert.deepStrictEqual([table.live(), table.nextIdleAtMs()], [1, 600])
+    table.take("a@1", sequence, { id: 1, end: true }, turnOf(seen, { end: true }, next))
+    assert.deepStrictEqual([table.underWay("a@1"), table.live(), table.nextIdleAtMs()], [false, 0, undefined])
+  })
+
   it("a turn that would wait while the queue is full is QueueFull; waiting turns are counted, and refused ShuttingDown by refuseWaiting", () => {
     const table = SequenceTable.make(() => 0)
     const first = heldTurn({ start: true })
