@@ -166,13 +166,18 @@ export interface Service {
    */
   readonly drain: (grace: Duration.Input) => Effect.Effect<{ readonly drained: boolean }>
   /**
-   * Whether the engine would still take a request of the sequence `sequence` (a request's
-   * `InferenceRequest.sequence`) of `modelId` at `version` while it drains: the sequence is under
-   * way and the request is not a start; without `sequence`, whether any sequence of that model
-   * version is under way. False once a drain's grace is spent. For an edge that refuses new work
-   * during a shutdown (before its engine drains) but lets sequences under way go on.
+   * Whether the engine would still take a request of `modelId` at `version` whose sequence is
+   * `sequence` (its `InferenceRequest.sequence`) while it drains: the sequence is under way and the
+   * request is not a start; a request without a sequence: false. False for all once a drain's
+   * grace is spent. For an edge that refuses new work during a shutdown (before its engine
+   * drains) but lets sequences under way go on.
    */
-  readonly takesSequenceUnsafe: (modelId: string, version: string, sequence?: Sequence.Flags) => boolean
+  readonly takesSequenceUnsafe: (modelId: string, version: string, sequence: Sequence.Flags | undefined) => boolean
+  /**
+   * Whether some sequence of `modelId` at `version` is under way and would go on during a drain
+   * (`takesSequenceUnsafe`): an edge's check before it has read a request's sequence.
+   */
+  readonly sequencesUnderWayUnsafe: (modelId: string, version: string) => boolean
   /** True once draining has begun. */
   readonly isDraining: Effect.Effect<boolean>
   /** Where work is right now, for tests, soak runs and operators. */
@@ -347,8 +352,11 @@ const noteSettled = (state: State): void => {
 
 /** `Service.takesSequenceUnsafe`. */
 const takesSequence = (state: State, modelId: string, version: string, flags: Sequence.Flags | undefined): boolean =>
-  !state.sequencesClosed && (flags === undefined || flags.start !== true) &&
-  state.sequences.underWay(`${modelId}@${version}`, flags?.id)
+  !state.sequencesClosed && flags !== undefined && flags.start !== true && state.sequences.underWay(`${modelId}@${version}`, flags.id)
+
+/** `Service.sequencesUnderWayUnsafe`. */
+const sequencesUnderWay = (state: State, modelId: string, version: string): boolean =>
+  !state.sequencesClosed && state.sequences.underWay(`${modelId}@${version}`)
 
 /**
  * Whether a draining engine may still look `request` up: it names a sequence, not as a start,
@@ -1341,7 +1349,7 @@ export const make = Effect.gen(function*() {
     checkAdmission: (modelId, version, metadata) =>
       Effect.suspend(() => {
         // draining: only a model version with sequences under way may still be asked (`submit` decides)
-        const reason = state.draining && (version === undefined || !takesSequence(state, modelId, version, undefined))
+        const reason = state.draining && (version === undefined || !sequencesUnderWay(state, modelId, version))
           ? new InferenceError.ShuttingDown({})
           : (scheduler.isFull(state.sequences.waiting()) || ownBoundFull(state, modelId, version, metadata, waitingTurnsOf(state, modelId, version)) !== undefined) &&
               !mayHitCache(state, modelId, version, metadata)
@@ -1377,6 +1385,7 @@ export const make = Effect.gen(function*() {
     config,
     drain: (grace) => drain(state, grace),
     takesSequenceUnsafe: (modelId, version, sequence) => takesSequence(state, modelId, version, sequence),
+    sequencesUnderWayUnsafe: (modelId, version) => sequencesUnderWay(state, modelId, version),
     isDraining: Effect.sync(() => state.draining),
     diagnostics: Effect.sync(() => ({ ...scheduler.counts(), ahead: scheduler.waitingAhead, unsettled: scheduler.unsettled, abandoned: { ...scheduler.abandoned } }))
   })

@@ -200,15 +200,29 @@ export const run = (config: ServerConfig.ServerConfig): Effect.Effect<void, Cli.
     // Registered after the layers were built, so it runs before they close.
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
-        yield* Effect.logInfo(`shutting down: draining for up to ${Duration.toSeconds(config.gracePeriod)} s (a second signal exits at once)`)
+        // Sequences of stateful models under way go on until they end (Triton's rule): say how many the drain waits for.
+        const sequencesUnderWay = Effect.map(engine.sequences, (byModel) => {
+          let n = 0
+          for (const versions of byModel.values()) for (const count of versions.values()) n += count
+          return n
+        })
+        const sequencesAtStart = yield* sequencesUnderWay
+        yield* Effect.logInfo(
+          `shutting down: draining for up to ${Duration.toSeconds(config.gracePeriod)} s${
+            sequencesAtStart === 0 ? "" : `, until the ${sequencesAtStart} sequences under way end`
+          } (a second signal exits at once)`
+        )
         const report = yield* Server.shutdown(config.gracePeriod)
+        const sequencesCut = report.drained ? 0 : yield* sequencesUnderWay
         const refused = config.grpcPort === undefined
           ? `${report.refused} requests refused meanwhile`
           : `${report.refused} HTTP requests and ${lifecycle.refused().grpc} gRPC requests refused meanwhile`
         yield* Effect.logInfo(
           report.drained && report.inFlight === 0
             ? `drained in ${report.elapsedMs} ms (${refused}); releasing sessions`
-            : `grace period over after ${report.elapsedMs} ms with work still pending (${report.inFlight} requests in flight, HTTP and gRPC; ${report.connectionsDestroyed} connections destroyed); releasing sessions`
+            : `grace period over after ${report.elapsedMs} ms with work still pending (${report.inFlight} requests in flight, HTTP and gRPC; ${report.connectionsDestroyed} connections destroyed${
+              sequencesCut === 0 ? "" : `; ${sequencesCut} sequences cut before their end`
+            }); releasing sessions`
         )
       })
     )

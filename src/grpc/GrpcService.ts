@@ -84,8 +84,10 @@ export const make = (options: Options) =>
         const { name, version } = yield* modelParams(message.model_name, message.model_version)
         // Counted as over HTTP (draining: rejected; an unavailable model: backend; a version it lacks: invalid).
         const refuse = (reason: InferenceError.Reason) => Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
-        if (lifecycle.isShuttingDown()) return yield* refuse(new InferenceError.ShuttingDown({}))
-        const metadata = yield* Effect.catch(pool.metadata(name, version), refuse)
+        const shuttingDown = lifecycle.isShuttingDown()
+        const metadata = yield* Effect.catch(pool.metadata(name, version), (reason) => refuse(shuttingDown ? new InferenceError.ShuttingDown({}) : reason))
+        // Shutting down: new work is refused, sequences under way go on (Triton's rule; as over HTTP).
+        if (shuttingDown && !engine.sequencesUnderWayUnsafe(name, metadata.version)) return yield* refuse(new InferenceError.ShuttingDown({}))
         yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => refusedAs(e.reason, message.id))
         const oip = GrpcCodec.toOip(message)
         if (typeof oip === "string") return yield* invalid(name, metadata.version, new InferenceError.InvalidInput({ modelId: name, detail: oip }))
@@ -93,6 +95,10 @@ export const make = (options: Options) =>
         if ("error" in body) return yield* invalid(name, metadata.version, new InferenceError.InvalidInput({ modelId: name, detail: body.error }))
         const prepared = Oip.prepare(metadata, body, oip.binary)
         if (prepared instanceof InferenceError.InvalidInput) return yield* invalid(name, metadata.version, prepared)
+        if (shuttingDown && !engine.takesSequenceUnsafe(name, metadata.version, prepared.sequence)) {
+          const reason = new InferenceError.ShuttingDown({})
+          return yield* Effect.andThen(engine.recordRefused(name, reason, metadata.version), Effect.fail(fromReason(reason)))
+        }
         // The call's deadline when it is sooner than the request's timeout (the default when it names none).
         let timeout = prepared.timeout
         if (deadlineMs !== undefined) {

@@ -338,6 +338,11 @@ interface Ctx {
   readonly metadataOf: (name: string, version: string | undefined) => Effect.Effect<ModelMetadata.ModelMetadata, ApiError>
   readonly readBody: Effect.Effect<string, ApiError, HttpServerRequest.HttpServerRequest>
   readonly readInferBody: ReturnType<typeof bodyReaders>["readInferBody"]
+  /**
+   * Requests (`HttpServerRequest.source`) whose answer keeps its connection open during a shutdown:
+   * those of a sequence under way that goes on (`inferRoute`).
+   */
+  readonly keepsConnection: WeakSet<object>
 }
 
 /** `GET /v2`, the health routes and `/metrics`. */
@@ -373,7 +378,7 @@ const notReached = new InferenceError.Cancelled({ requestId: "", reason: "the cl
 
 /** `POST /v2/models/{name}[/versions/{v}]/infer` on the router (the fast path is `NodeInfer`'s). */
 const inferRoute = (ctx: Ctx) => {
-  const { handle, engine, pool, lifecycle, fromReason, readBody, readInferBody } = ctx
+  const { handle, engine, pool, lifecycle, fromReason, readBody, readInferBody, keepsConnection } = ctx
   /** A body that did not decode for `version` of the model: the engine counts the refusal, the client gets the reason. */
   const invalid = (name: string, version: string, reason: InferenceError.InvalidInput) =>
     Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
@@ -387,13 +392,19 @@ const inferRoute = (ctx: Ctx) => {
     Effect.catchTag(checks, "ApiError", (e) => Effect.andThen(Effect.ignore(readBody), Effect.fail(e)))
 
   const infer = handle(Effect.gen(function*() {
+    const shuttingDown = lifecycle.isShuttingDown()
     const { name, version, metadata } = yield* refuseEarly(Effect.gen(function*() {
       const { name, version } = yield* modelParams
       // Counted as the engine counts its refusals (draining: rejected; an unavailable model:
       // backend; a version it lacks: invalid, without a version label), then answered.
       const refuse = (reason: InferenceError.Reason) => Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
-      if (lifecycle.isShuttingDown()) return yield* refuse(new InferenceError.ShuttingDown({}))
-      const metadata: ModelMetadata.ModelMetadata = yield* Effect.catch(pool.metadata(name, version), refuse)
+      const metadata: ModelMetadata.ModelMetadata = yield* Effect.catch(
+        pool.metadata(name, version),
+        (reason) => refuse(shuttingDown ? new InferenceError.ShuttingDown({}) : reason)
+      )
+      // Shutting down: new work is refused, but sequences under way go on (Triton's rule); whether
+      // this request continues one, its body says (checked once decoded).
+      if (shuttingDown && !engine.sequencesUnderWayUnsafe(name, metadata.version)) return yield* refuse(new InferenceError.ShuttingDown({}))
       return { name, version, metadata }
     }))
     // A client that leaves while its body is read (or inflated) never reaches the engine, which counts its own cancellations.
@@ -406,7 +417,17 @@ const inferRoute = (ctx: Ctx) => {
     const decoded = InferExchange.decode(name, version, metadata, text, binary)
     if (decoded._tag === "NotJson") return yield* fail(400, decoded.message)
     if (decoded._tag === "InvalidInput") return yield* invalid(name, metadata.version, decoded)
+    if (shuttingDown) {
+      const { sequence } = decoded.request
+      if (!engine.takesSequenceUnsafe(name, metadata.version, sequence)) {
+        const reason = new InferenceError.ShuttingDown({})
+        return yield* Effect.andThen(engine.recordRefused(name, reason, metadata.version), Effect.fail(fromReason(reason)))
+      }
+    }
     const result = yield* engine.infer(decoded.request, { spentMs: performance.now() - inAtMs }).pipe(Effect.mapError((e) => fromReason(e.reason)))
+    // Shutting down, a sequence goes on: its connection stays open after the answer (unless the
+    // sequence ended there), since a new connection may reach another server, which knows nothing of it.
+    if (shuttingDown && decoded.request.sequence?.end !== true) keepsConnection.add((yield* HttpServerRequest.HttpServerRequest).source)
     const answer = InferExchange.encode(metadata, decoded, result)
     if (answer instanceof Error) return yield* Effect.die(answer)
     if (answer._tag === "TooLarge") return yield* fail(400, answer.message)
@@ -586,6 +607,7 @@ export const layer = (
         })
       }
 
+      const keepsConnection = new WeakSet<object>()
       const handle = <R>(effect: Effect.Effect<HttpServerResponse.HttpServerResponse, ApiError, R>) =>
         lifecycle.track(effect.pipe(
           Effect.catchTag("ApiError", (e) => Effect.succeed(errorResponse(e))),
@@ -597,7 +619,9 @@ export const layer = (
           Effect.flatMap((response) =>
             lifecycle.closesConnections()
               ? Effect.map(HttpServerRequest.HttpServerRequest, (request) =>
-                closesConnection(lifecycle, options, request.source) ? HttpServerResponse.setHeader(response, "connection", "close") : response)
+                closesConnection(lifecycle, options, request.source) && !keepsConnection.has(request.source)
+                  ? HttpServerResponse.setHeader(response, "connection", "close")
+                  : response)
               : Effect.succeed(response)
           )
         ))
@@ -607,7 +631,7 @@ export const layer = (
 
       yield* serveInferFromNode(options, engine, pool, lifecycle, fromReason)
 
-      const ctx: Ctx = { options, engine, pool, lifecycle, statistics, metricsPage, roots, strictReadiness, fromReason, handle, metadataOf, readBody, readInferBody }
+      const ctx: Ctx = { options, engine, pool, lifecycle, statistics, metricsPage, roots, strictReadiness, fromReason, handle, metadataOf, readBody, readInferBody, keepsConnection }
       const { serverMetadata, live, ready, prometheus } = serverRoutes(ctx)
       const { modelMetadata, modelReady, infer, modelConfig, allStats, modelStats } = modelRoutes(ctx)
       const { repositoryIndex, modelControl } = repositoryRoutes(ctx)

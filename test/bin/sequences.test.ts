@@ -3,11 +3,13 @@
  * (`sequenceBatching`) beside the same model without it. A stream of audio chunks sent as one
  * sequence, over HTTP and over gRPC, answers what the client that carries the state itself gets;
  * the metadata and the configuration leave the state out, as Triton's; bad sequences are 400s.
+ * A graceful shutdown lets sequences under way finish, as Triton's does.
  */
 import * as Grpc from "@grpc/grpc-js"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { spawnSync } from "node:child_process"
 import * as Fs from "node:fs"
+import * as Http from "node:http"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
@@ -247,4 +249,114 @@ describe("sequences of a stateful model, through the server", () => {
     assert.strictEqual((await step({ sequence_end: true })).status, 200)
     assert.strictEqual(await count(), before)
   })
+
+  it("SIGTERM with a sequence under way that nobody ends (the gRPC test's): the drain waits out its 1 s grace, then exits and says so", async () => {
+    const signalledAt = Date.now()
+    server.child.kill("SIGTERM")
+    assert.strictEqual(await server.exit, 0, server.output())
+    assert.isAtLeast(Date.now() - signalledAt, 1000)
+    assert.match(server.output(), /until the \d+ sequences under way end/)
+    assert.match(server.output(), /grace period over after \d+ ms with work still pending \(.*; \d+ sequences cut before their end\)/)
+  }, 30_000)
+})
+
+describe("a graceful shutdown lets sequences under way finish (Triton's rule)", () => {
+  let repository: string
+  let server: ServerProcess
+
+  beforeAll(async () => {
+    repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "sequences-drain-"))
+    const model = Fs.readFileSync(Path.join(bundled, "model.onnx"))
+    const config = JSON.parse(Fs.readFileSync(Path.join(bundled, "config.json"), "utf8")) as Record<string, unknown>
+    for (const [name, extra] of [["vad", { sequenceBatching: { maxSequenceIdleMs: 60_000, state: [{ input: "state", output: "stateN" }] } }], ["vad_plain", {}]] as const) {
+      Fs.mkdirSync(Path.join(repository, name))
+      Fs.writeFileSync(Path.join(repository, name, "model.onnx"), model)
+      Fs.writeFileSync(Path.join(repository, name, "config.json"), JSON.stringify({ ...config, ...extra }))
+    }
+    server = await startServer(["--port", "0", "--grpc-port", "0", "--models", repository, "--grace-period-seconds", "30"], { grpc: true })
+  }, 40_000)
+
+  afterAll(() => {
+    if (server !== undefined && server.child.exitCode === null) server.child.kill("SIGKILL")
+    if (repository !== undefined) Fs.rmSync(repository, { recursive: true, force: true })
+  })
+
+  it("after SIGTERM: the sequences' next requests are answered (HTTP on its open connection, gRPC), new ones 503 / UNAVAILABLE; the server exits once both ended, long before its grace", async () => {
+    const port = server.http
+    const agent = new Http.Agent({ keepAlive: true, maxSockets: 1 })
+    const client = new proto.inference.GRPCInferenceService(`127.0.0.1:${server.grpc}`, Grpc.credentials.createInsecure())
+    try {
+      // what a client that carries the state gets, chunk by chunk
+      let state: ReadonlyArray<number> = new Array(256).fill(0)
+      const expected: Array<number> = []
+      for (const chunk of chunks) {
+        const r = await send(port, "POST", "/v2/models/vad_plain/infer", { inputs: [...audio(chunk), { name: "state", shape: [2, 1, 128], datatype: "FP32", data: state }] })
+        expected.push(r.body.outputs.find((o: any) => o.name === "output").data[0])
+        state = r.body.outputs.find((o: any) => o.name === "stateN").data
+      }
+      const overHttp = async (id: string, c: number, flags: Record<string, unknown>) => {
+        const o = await Client.send(port, "POST", "/v2/models/vad/infer", { parameters: { sequence_id: id, ...flags }, inputs: audio(chunks[c]!) }, agent)
+        if (!Client.isReply(o)) throw new Error(o.error)
+        return { status: o.status, connection: o.headers["connection"], body: JSON.parse(o.body) }
+      }
+      const overGrpc = (id: string, c: number, flags: Record<string, boolean>) =>
+        unary(client, "ModelInfer", {
+          model_name: "vad",
+          parameters: {
+            sequence_id: { string_param: id },
+            ...Object.fromEntries(Object.entries(flags).map(([k, v]) => [k, { bool_param: v }]))
+          },
+          inputs: [{ name: "input", datatype: "FP32", shape: [1, 512] }, { name: "sr", datatype: "INT64", shape: [] }],
+          raw_input_contents: [Buffer.from(Float32Array.from(chunks[c]!).buffer), Buffer.from(BigInt64Array.from([16000n]).buffer)]
+        })
+      const grpcValue = (r: { response?: any }) => new Float32Array(new Uint8Array(r.response.raw_output_contents[0]).buffer)[0]!
+
+      const h0 = await overHttp("h", 0, { sequence_start: true })
+      assert.strictEqual(h0.status, 200, JSON.stringify(h0.body))
+      const g0 = await overGrpc("g", 0, { sequence_start: true })
+      assert.isUndefined(g0.error, g0.error?.message)
+
+      server.child.kill("SIGTERM")
+      await Client.eventually(async () => (await send(port, "GET", "/v2/health/ready")).status === 503)
+
+      // the sequences go on, with their state
+      const h1 = await overHttp("h", 1, {})
+      assert.strictEqual(h1.status, 200, JSON.stringify(h1.body))
+      assert.closeTo(h1.body.outputs[0].data[0], expected[1]!, 1e-7)
+      assert.notStrictEqual(h1.connection, "close", "the connection stays open for the sequence's next request")
+      const g1 = await overGrpc("g", 1, {})
+      assert.isUndefined(g1.error, g1.error?.message)
+      assert.closeTo(grpcValue(g1), expected[1]!, 1e-7)
+
+      // new work is refused: a new sequence, a start over of one under way, a model without state
+      const fresh = await send(port, "POST", "/v2/models/vad/infer", { parameters: { sequence_id: "new", sequence_start: true }, inputs: audio(chunks[0]!) })
+      assert.strictEqual(fresh.status, 503, JSON.stringify(fresh.body))
+      assert.include(fresh.body.error, "shutting down")
+      assert.strictEqual((await send(port, "POST", "/v2/models/vad/infer", { parameters: { sequence_id: "g", sequence_start: true }, inputs: audio(chunks[0]!) })).status, 503)
+      const plain = await send(port, "POST", "/v2/models/vad_plain/infer", { inputs: [...audio(chunks[0]!), { name: "state", shape: [2, 1, 128], datatype: "FP32", data: new Array(256).fill(0) }] })
+      assert.strictEqual(plain.status, 503)
+      const grpcFresh = await overGrpc("new", 0, { sequence_start: true })
+      assert.strictEqual(grpcFresh.error?.code, Grpc.status.UNAVAILABLE)
+
+      // HTTP's sequence ends: that answer closes its connection; gRPC's is still under way, so the server waits
+      const h2 = await overHttp("h", 2, { sequence_end: true })
+      assert.strictEqual(h2.status, 200, JSON.stringify(h2.body))
+      assert.closeTo(h2.body.outputs[0].data[0], expected[2]!, 1e-7)
+      assert.strictEqual(h2.connection, "close")
+      await new Promise((r) => setTimeout(r, 300))
+      assert.isNull(server.child.exitCode, "the gRPC sequence is still under way")
+      const endedAt = Date.now()
+      const g2 = await overGrpc("g", 2, { sequence_end: true })
+      assert.isUndefined(g2.error, g2.error?.message)
+      assert.closeTo(grpcValue(g2), expected[2]!, 1e-7)
+
+      assert.strictEqual(await server.exit, 0, server.output())
+      assert.isBelow(Date.now() - endedAt, 15_000, "it exits once the sequences ended, not at its 30 s grace")
+      assert.match(server.output(), /drained in \d+ ms/)
+      assert.include(server.output(), "until the 2 sequences under way end")
+    } finally {
+      client.close()
+      agent.destroy()
+    }
+  }, 60_000)
 })
