@@ -34,6 +34,7 @@
  * @module ModelRepository
  */
 import { Data, Effect, Schema } from "effect"
+import * as Crypto from "node:crypto"
 import * as FsSync from "node:fs"
 import * as Fs from "node:fs/promises"
 import * as Os from "node:os"
@@ -741,7 +742,9 @@ const readConfig = async (root: string, dir: string, overrides: DefaultsOverride
   if (conflict !== undefined) return `${configFileName}: ${conflict}`
   const warmup = decoded.success.warmup === undefined ? undefined : await checkWarmupFiles(root, dir, decoded.success.warmup)
   if (typeof warmup === "string") return `${configFileName}: ${warmup}`
-  const config = warmup === undefined ? decoded.success : { ...decoded.success, warmup }
+  const sequenceBatching = decoded.success.sequenceBatching === undefined ? undefined : await readInitialStates(root, dir, decoded.success.sequenceBatching)
+  if (typeof sequenceBatching === "string") return `${configFileName}: ${sequenceBatching}`
+  const config = { ...decoded.success, ...(warmup === undefined ? {} : { warmup }), ...(sequenceBatching === undefined ? {} : { sequenceBatching }) }
   const files = (json as { readonly labels?: Readonly<Record<string, string>> }).labels
   if (files === undefined) return config
   const labels = await readLabels(root, dir, files)
@@ -781,6 +784,33 @@ const checkWarmupFiles = async (root: string, dir: string, samples: ReadonlyArra
     out.push({ ...sample, inputs: Object.fromEntries(inputs) })
   }
   return out
+}
+
+/**
+ * Reads each initial state file that `sequenceBatching` names (`{"file": name}`, in the model's
+ * `initial_state/` directory), as config.json is read: inside `root` (symlinks followed), a regular
+ * file of at most `Sequence.maxStateBytes`; its bytes and a digest of them (a changed file is a
+ * changed model for a poll) filled in. Its size is checked against the state's once the model is
+ * loaded (`Sequence.resolve`). A string is why one cannot be used.
+ */
+const readInitialStates = async (root: string, dir: string, config: Sequence.Config): Promise<Sequence.Config | string> => {
+  if (!config.states.some((s) => s.initialFile !== undefined)) return config
+  const states: Array<Sequence.StateConfig> = []
+  for (let i = 0; i < config.states.length; i++) {
+    const state = config.states[i]!
+    const file = state.initialFile
+    if (file === undefined) {
+      states.push(state)
+      continue
+    }
+    const relative = `${Sequence.initialStateDirectory}/${file.name}`
+    const read = await readRepositoryFile(root, Path.join(dir, Sequence.initialStateDirectory, file.name), Sequence.maxStateBytes, "a state")
+    if (read === "missing") return `sequenceBatching.state[${i}].initialState: ${relative} cannot be read (no such file)`
+    if ("why" in read) return `sequenceBatching.state[${i}].initialState: ${relative} ${read.why}`
+    const bytes = new Uint8Array(read.buffer, read.byteOffset, read.byteLength)
+    states.push({ ...state, initialFile: { name: file.name, bytes, identity: Crypto.createHash("sha256").update(bytes).digest("hex") } })
+  }
+  return { ...config, states }
 }
 
 /** Largest label file read (16 MiB: a label a line, and a few hundred thousand classes at most). */
@@ -967,7 +997,7 @@ export const scan = (
  * size, device, inode and status-change time) or why it is unavailable, and its config.json as
  * written with the labels it names and the identity of each warm-up file. Two scans of an
  * unchanged model give the same string; a model.onnx replaced (renamed into place, or rewritten,
- * whatever its size and modification time), an edited config.json, label file or warm-up file, a
+ * whatever its size and modification time), an edited config.json, label file, warm-up file or initial state file, a
  * version directory added or removed, or a change
  * of `versionPolicy` change it (so does a `chmod` of the model file: a reload, not a miss).
  * Empty for a model the repository does not hold.
@@ -978,8 +1008,15 @@ export const fingerprint = (repository: ModelRepository, name: string): string =
   const found = versions.find((e): e is Found => e._tag === "Found")
   return JSON.stringify([
     versions.map((e) => (e._tag === "Found" ? [e.version, e.path, e.file.modifiedMs, e.file.bytes, e.file.identity] : [e.version, e.reason])),
-    found === undefined ? null : [found.config.raw, found.config.labels ?? null, found.config.warmup ?? null]
+    found === undefined ? null : [found.config.raw, found.config.labels ?? null, found.config.warmup ?? null],
+    // the initial state files' digests, where config.json names some
+    ...initialStateIdentities(found)
   ])
+}
+
+const initialStateIdentities = (found: Found | undefined): ReadonlyArray<ReadonlyArray<string | null>> => {
+  const states = found?.config.sequenceBatching?.states ?? []
+  return states.some((s) => s.initialFile !== undefined) ? [states.map((s) => s.initialFile?.identity ?? null)] : []
 }
 
 /** Each repository's versions by name, built on first use: a repository is never changed, only replaced. */

@@ -18,7 +18,10 @@
  *   adds the sequence's state to the request (the initial state on a start) and keeps the state
  *   outputs of its answer for the next request, which it does not return.
  * - `state[].dims`: the state's whole shape for one sequence; without it, the model's dims with 1
- *   for each dynamic dim. A sequence starts from zeros (Triton's `zero_data` initial state).
+ *   for each dynamic dim. A sequence starts from zeros (Triton's `zero_data` initial state), or
+ *   with `"initialState": {"file": name}` from a file of the model's `initial_state/` directory
+ *   (Triton's `data_file`): the state's raw little-endian elements, exactly its size. The scan
+ *   reads the file (`ModelRepository`); `resolve` checks its size against the state's.
  * - `control` (Triton's `control_input`): inputs the engine sets on each request for a model that
  *   wants to know where a request stands in its sequence: `{"input": "START", "kind": "start"}`
  *   (1 on a sequence's first request, else 0), `"end"` (1 on its last), `"ready"` (always 1: a
@@ -35,6 +38,7 @@
  * @module Sequence
  */
 import * as Tensor from "./Tensor.ts"
+import * as FileName from "./internal/FileName.ts"
 
 /** A sequence's id, as Triton's `sequence_id`: a positive integer or non-empty text (0 and "" mean none). */
 export type Id = number | string
@@ -63,11 +67,27 @@ export const maxMaxSequences = 1_000_000
 /** The largest state one sequence may keep, in bytes, all its state tensors together. */
 export const maxStateBytes = 16 * 1024 * 1024
 
+/** The directory of a model's initial state files, in its directory (Triton's). */
+export const initialStateDirectory = "initial_state"
+
+/**
+ * A state's initial value from a file of the model's `initial_state/` directory (Triton's
+ * `initial_state.data_file`): `bytes` and `identity` (a digest of them, so that a changed file is a
+ * changed model for a poll) once the scan has read it.
+ */
+export interface InitialFile {
+  readonly name: string
+  readonly bytes?: Uint8Array | undefined
+  readonly identity?: string | undefined
+}
+
 /** One state tensor as config.json writes it. */
 export interface StateConfig {
   readonly input: string
   readonly output: string
   readonly dims: ReadonlyArray<number> | undefined
+  /** Its initial value from a file; absent: zeros. */
+  readonly initialFile?: InitialFile | undefined
 }
 
 /** What a control input tells the model (Triton's `CONTROL_SEQUENCE_*`). */
@@ -101,8 +121,10 @@ export interface Control {
 export interface State {
   readonly input: string
   readonly output: string
-  /** The state of a sequence that starts (zeros): never mutated, never moved (the engine copies what a run may move). */
+  /** The state of a sequence that starts (zeros, or its file's): never mutated, never moved (the engine copies what a run may move). */
   readonly initial: Tensor.Tensor
+  /** The file of `initial_state/` it was read from; undefined: zeros. */
+  readonly initialFile?: string | undefined
 }
 
 /** `Config` checked against a loaded model (`resolve`): the model's metadata carries it. */
@@ -128,7 +150,9 @@ const isIntIn = (v: unknown, min: number, max: number): v is number => Number.is
 
 const configKeys = ["maxSequenceIdleMs", "maxSequences", "state", "control"]
 const controlKeys = ["input", "kind"]
-const stateKeys = ["input", "output", "dims"]
+const stateKeys = ["input", "output", "dims", "initialState"]
+
+const fileNameProblem = (at: string, name: unknown): string | undefined => FileName.problem(at, name, initialStateDirectory)
 
 const unknownKey = (at: string, o: Readonly<Record<string, unknown>>, known: ReadonlyArray<string>): string | undefined => {
   const extra = Object.keys(o).find((k) => !known.includes(k))
@@ -147,7 +171,10 @@ const stateProblem = (at: string, state: unknown): string | undefined => {
   if (dims !== undefined && (!Array.isArray(dims) || dims.length > 32 || !dims.every((d) => isIntIn(d, 1, 2 ** 31 - 1)))) {
     return `${at}.dims must be a list of at most 32 integers from 1 to ${2 ** 31 - 1} (the state's whole shape for one sequence)`
   }
-  return undefined
+  const initial = state["initialState"]
+  if (initial === undefined || initial === "zero") return undefined
+  if (isObject(initial) && Object.keys(initial).length === 1 && "file" in initial) return fileNameProblem(`${at}.initialState.file`, initial["file"])
+  return `${at}.initialState must be "zero" (the default) or {"file": name}`
 }
 
 /** What is wrong with config.json's `sequenceBatching`, on one line, or undefined. */
@@ -200,11 +227,15 @@ export const fromJson = (json: unknown): Config => {
   return {
     maxSequenceIdleMs: (o["maxSequenceIdleMs"] as number | undefined) ?? defaultMaxSequenceIdleMs,
     maxSequences: (o["maxSequences"] as number | undefined) ?? defaultMaxSequences,
-    states: ((o["state"] ?? []) as ReadonlyArray<Readonly<Record<string, unknown>>>).map((s) => ({
-      input: s["input"] as string,
-      output: s["output"] as string,
-      dims: s["dims"] as ReadonlyArray<number> | undefined
-    })),
+    states: ((o["state"] ?? []) as ReadonlyArray<Readonly<Record<string, unknown>>>).map((s) => {
+      const initial = s["initialState"]
+      return {
+        input: s["input"] as string,
+        output: s["output"] as string,
+        dims: s["dims"] as ReadonlyArray<number> | undefined,
+        ...(typeof initial === "object" && initial !== null ? { initialFile: { name: (initial as { readonly file: string }).file } } : {})
+      }
+    }),
     ...(o["control"] === undefined
       ? {}
       : { controls: (o["control"] as ReadonlyArray<Readonly<Record<string, unknown>>>).map((c) => ({ input: c["input"] as string, kind: c["kind"] as ControlKind })) })
@@ -247,9 +278,23 @@ export const resolve = (config: Config, model: Signature): Resolved | string => 
     const dims = state.dims ?? input.dims.map((d) => (d < 0 ? 1 : d))
     if (!fits(dims, input.dims)) return `${at}.dims ${Tensor.dimsText(dims)} do not fit input ${JSON.stringify(input.name)} ${Tensor.dimsText(input.dims)}`
     if (!fits(dims, output.dims)) return `${at}.dims ${Tensor.dimsText(dims)} do not fit output ${JSON.stringify(output.name)} ${Tensor.dimsText(output.dims)}`
-    bytes += Tensor.elementCount(dims) * Tensor.bytesPerElement(input.dtype)!
+    const stateBytes = Tensor.elementCount(dims) * Tensor.bytesPerElement(input.dtype)!
+    bytes += stateBytes
     if (bytes > maxStateBytes) return `${at}: the states of one sequence come to ${bytes} bytes, more than ${maxStateBytes}`
-    states.push({ input: input.name, output: output.name, initial: Tensor.make(input.dtype, Tensor.allocate(input.dtype, Tensor.elementCount(dims)), dims) })
+    const data = Tensor.allocate(input.dtype, Tensor.elementCount(dims)) as Exclude<Tensor.TensorData, ReadonlyArray<string>>
+    const file = state.initialFile
+    if (file !== undefined) {
+      const what = `${at}.initialState: ${initialStateDirectory}/${file.name}`
+      if (file.bytes === undefined) return `${what} was not read`
+      if (file.bytes.length !== stateBytes) return `${what} has ${file.bytes.length} bytes; the state ${Tensor.dimsText(dims)} ${input.dtype} takes ${stateBytes}`
+      new Uint8Array(data.buffer, data.byteOffset, data.byteLength).set(file.bytes)
+    }
+    states.push({
+      input: input.name,
+      output: output.name,
+      initial: Tensor.make(input.dtype, data, dims),
+      ...(file === undefined ? {} : { initialFile: file.name })
+    })
   }
   const controls: Array<Control> = []
   for (let i = 0; i < (config.controls ?? []).length; i++) {

@@ -37,6 +37,7 @@
  * @module Warmup
  */
 import * as Tensor from "./Tensor.ts"
+import * as FileName from "./internal/FileName.ts"
 import { toHalfBits } from "./internal/Float16.ts"
 import * as Mulberry32 from "./internal/Mulberry32.ts"
 
@@ -109,10 +110,7 @@ const dataProblem = (at: string, data: unknown): string | undefined => {
 /** The directory of a model's warm-up files, in its directory (Triton's). */
 export const directoryName = "warmup"
 
-const fileNameProblem = (at: string, name: unknown): string | undefined =>
-  typeof name === "string" && name.length > 0 && name.length <= 255 && !/[/\\\0]/.test(name) && name !== "." && name !== ".."
-    ? undefined
-    : `${at} must be a file name in the model's ${directoryName}/ directory (no "/", "\\" or ".."), got ${JSON.stringify(name)}`
+const fileNameProblem = (at: string, name: unknown): string | undefined => FileName.problem(at, name, directoryName)
 
 const inputProblem = (at: string, input: unknown): string | undefined => {
   if (!isObject(input)) return `${at} must be an object with "dims" and/or "data"`

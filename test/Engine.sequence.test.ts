@@ -61,6 +61,15 @@ describe("AsyncInferenceEngine sequences", () => {
       assert.deepStrictEqual(answers, [5, 100, 7, 101, 10])
     }))
 
+  it.effect("a sequence starts from its initial state: a file's values (Triton's data_file), on every start", () =>
+    Effect.gen(function*() {
+      const sequence = counterSequence({ states: [{ input: "h", output: "hN", dims: undefined, initialFile: { name: "h0.bin", bytes: new Uint8Array(Float32Array.of(100).buffer) } }] })
+      const { engine } = yield* counterEngine({ sequence })
+      const answers: Array<number | undefined> = []
+      for (const [x, flags] of [[1, { start: true }], [2, {}], [5, { start: true }]] as const) answers.push(yOf(succeeded(yield* settle(engine.infer(step(1, x, flags))))))
+      assert.deepStrictEqual(answers, [101, 103, 105])
+    }))
+
   it.effect("a start starts an ongoing sequence over; an integer id and the same digits as text are two sequences", () =>
     Effect.gen(function*() {
       const { engine } = yield* counterEngine()

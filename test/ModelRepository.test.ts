@@ -641,6 +641,48 @@ describe("ModelRepository: versionPolicy edges and file identity", () => {
       assert.notStrictEqual(ModelRepository.fingerprint(yield* ModelRepository.scan(root), "m"), before, "a rewritten warm-up file is a changed model")
     }))
 
+  it.live("initial state files: read at the scan from the model's initial_state/ directory, and a rewritten one changes the fingerprint", () =>
+    Effect.gen(function*() {
+      const stateful = (file: string) => JSON.stringify({ sequenceBatching: { state: [{ input: "h", output: "hN" }, { input: "c", output: "cN", initialState: { file } }] } })
+      const root = yield* tempRepository({
+        "m/model.onnx": "weights",
+        "m/config.json": stateful("c0.bin"),
+        "m/initial_state/c0.bin": "abcd",
+        "missing/model.onnx": "weights",
+        "missing/config.json": stateful("nope.bin"),
+        "dir/model.onnx": "weights",
+        "dir/config.json": stateful("sub"),
+        "dir/initial_state/sub/x": "x",
+        "outside/model.onnx": "weights",
+        "outside/config.json": stateful("link.bin")
+      })
+      const secret = Path.join(Path.dirname(root), `${Path.basename(root)}-secret-state.bin`)
+      Fs.writeFileSync(secret, "s")
+      yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(secret, { force: true })))
+      Fs.mkdirSync(Path.join(root, "outside", "initial_state"))
+      Fs.symlinkSync(secret, Path.join(root, "outside", "initial_state", "link.bin"))
+      const repository = yield* ModelRepository.scan(root)
+      const byName = Object.fromEntries(repository.entries.map((e) => [e.name, e]))
+      const m = byName["m"]!
+      assert.strictEqual(m._tag, "Found")
+      const states = m._tag === "Found" ? m.config.sequenceBatching?.states : undefined
+      assert.deepStrictEqual(states?.[0], { input: "h", output: "hN", dims: undefined })
+      assert.strictEqual(states?.[1]?.initialFile?.name, "c0.bin")
+      assert.deepStrictEqual(Array.from(states?.[1]?.initialFile?.bytes ?? []), [97, 98, 99, 100])
+      const reason = (name: string) => {
+        const e = byName[name]!
+        return e._tag === "Unavailable" ? e.reason : assert.fail(`${name} is ${e._tag}`)
+      }
+      assert.strictEqual(reason("missing"), "config.json: sequenceBatching.state[1].initialState: initial_state/nope.bin cannot be read (no such file)")
+      assert.strictEqual(reason("dir"), "config.json: sequenceBatching.state[1].initialState: initial_state/sub is not a regular file")
+      assert.strictEqual(reason("outside"), "config.json: sequenceBatching.state[1].initialState: initial_state/link.bin resolves outside the model repository")
+      const before = ModelRepository.fingerprint(repository, "m")
+      assert.strictEqual(ModelRepository.fingerprint(yield* ModelRepository.scan(root), "m"), before, "unchanged")
+      // the same size, the same config.json: only the bytes differ
+      Fs.writeFileSync(Path.join(root, "m", "initial_state", "c0.bin"), "abce")
+      assert.notStrictEqual(ModelRepository.fingerprint(yield* ModelRepository.scan(root), "m"), before, "a rewritten initial state file is a changed model")
+    }))
+
   it.live("fingerprint changes when model.onnx is rewritten in place with the same size and its old modification time restored", () =>
     Effect.gen(function*() {
       const root = yield* tempRepository({ "m/1/model.onnx": "weights-A" })

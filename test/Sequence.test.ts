@@ -36,6 +36,12 @@ describe("Sequence", () => {
       [{ state: [{ input: "", output: "x" }] }, "state[0].input must name"],
       [{ state: [{ input: "a", output: "b", dims: [2, 0] }] }, "state[0].dims must be a list"],
       [{ state: [{ input: "a", output: "b", initial: "zero" }] }, `state[0] has unknown key "initial"`],
+      [{ state: [{ input: "a", output: "b", initialState: "zero" }] }, undefined],
+      [{ state: [{ input: "a", output: "b", initialState: { file: "h0.bin" } }] }, undefined],
+      [{ state: [{ input: "a", output: "b", initialState: "random" }] }, `state[0].initialState must be "zero" (the default) or {"file": name}`],
+      [{ state: [{ input: "a", output: "b", initialState: { file: "h0.bin", zero: true } }] }, `state[0].initialState must be "zero"`],
+      [{ state: [{ input: "a", output: "b", initialState: { file: "../h0.bin" } }] }, `state[0].initialState.file must be a file name in the model's initial_state/ directory`],
+      [{ state: [{ input: "a", output: "b", initialState: { file: "" } }] }, "initialState.file must be a file name"],
       [{ idle: 3, state: [{ input: "a", output: "b" }] }, `sequenceBatching has unknown key "idle"`],
       [{ maxSequenceIdleMs: 0, state: [{ input: "a", output: "b" }] }, "maxSequenceIdleMs must be an integer from 1"],
       [{ maxSequences: 1.5, state: [{ input: "a", output: "b" }] }, "maxSequences must be an integer from 1"],
@@ -67,6 +73,28 @@ describe("Sequence", () => {
     assert.strictEqual(resolved.initialInputs["state"], initial)
     const given = Sequence.resolve(config({ state: [{ input: "state", output: "stateN", dims: [2, 1, 128] }] }), silero)
     assert.strictEqual(typeof given === "string" ? given : given.shape, resolved.shape)
+  })
+
+  it("fromJson and resolve: an initial state from a file (Triton's data_file), its raw little-endian elements, exactly the state's size", () => {
+    const json = { state: [{ input: "state", output: "stateN", initialState: { file: "h0.bin" } }] }
+    assert.deepStrictEqual(config(json).states, [{ input: "state", output: "stateN", dims: undefined, initialFile: { name: "h0.bin" } }])
+    const values = Float32Array.from({ length: 256 }, (_, i) => i / 4)
+    const read = (bytes: Uint8Array): Sequence.Config => ({
+      ...config(json),
+      states: [{ input: "state", output: "stateN", dims: undefined, initialFile: { name: "h0.bin", bytes } }]
+    })
+    const resolved = Sequence.resolve(read(new Uint8Array(values.buffer)), silero)
+    if (typeof resolved === "string") return assert.fail(resolved)
+    const initial = resolved.states[0]!
+    assert.deepStrictEqual([initial.initial.dims, Array.from(initial.initial.data as Float32Array), initial.initialFile], [[2, 1, 128], Array.from(values), "h0.bin"])
+    assert.strictEqual(resolved.initialStates["state"], initial.initial)
+    // the same shape as zeros: a reload from zeros to a file keeps the sequences going
+    assert.strictEqual(resolved.shape, (Sequence.resolve(config({ state: [{ input: "state", output: "stateN" }] }), silero) as Sequence.Resolved).shape)
+    assert.strictEqual(
+      Sequence.resolve(read(new Uint8Array(1020)), silero),
+      "sequenceBatching.state[0].initialState: initial_state/h0.bin has 1020 bytes; the state [2, 1, 128] float32 takes 1024"
+    )
+    assert.include(Sequence.resolve(config(json), silero) as string, "initial_state/h0.bin was not read")
   })
 
   it("resolve: refuses states that do not fit the model", () => {

@@ -140,7 +140,10 @@ const sequenceBatching = (sequence: Sequence.Resolved, batching: ModelMetadata.M
   state: sequence.states.map((state) => {
     const data_type = tritonDataType({ name: state.input, dtype: state.initial.dtype, dims: state.initial.dims })
     const dims = leadingBatch ? state.initial.dims.slice(1) : state.initial.dims.slice()
-    return { input_name: state.input, output_name: state.output, data_type, dims, initial_state: [{ name: "zero", data_type, dims, zero_data: true }] }
+    const initial = state.initialFile === undefined
+      ? { name: "zero", data_type, dims, zero_data: true }
+      : { name: state.initialFile, data_type, dims, data_file: state.initialFile }
+    return { input_name: state.input, output_name: state.output, data_type, dims, initial_state: [initial] }
   })
 })
 

@@ -38,6 +38,9 @@ const audio = (chunk: ReadonlyArray<number>) => [
   { name: "sr", shape: [], datatype: "INT64", data: [16000] }
 ]
 
+/** A state that is not zeros, for a sequence that starts from a file. */
+const initialState = Float32Array.from({ length: 256 }, (_, i) => Math.sin(i) * 0.5)
+
 describe("sequences of a stateful model, through the server", () => {
   let repository: string
   let server: ServerProcess
@@ -52,6 +55,14 @@ describe("sequences of a stateful model, through the server", () => {
       Fs.writeFileSync(Path.join(repository, name, "model.onnx"), model)
       Fs.writeFileSync(Path.join(repository, name, "config.json"), JSON.stringify({ ...config, ...extra }))
     }
+    // the same, its sequences starting from a state read from initial_state/state0.bin
+    Fs.mkdirSync(Path.join(repository, "vad_init", "initial_state"), { recursive: true })
+    Fs.writeFileSync(Path.join(repository, "vad_init", "model.onnx"), model)
+    Fs.writeFileSync(Path.join(repository, "vad_init", "initial_state", "state0.bin"), new Uint8Array(initialState.buffer))
+    Fs.writeFileSync(
+      Path.join(repository, "vad_init", "config.json"),
+      JSON.stringify({ ...config, sequenceBatching: { state: [{ input: "state", output: "stateN", initialState: { file: "state0.bin" } }] } })
+    )
     server = await startServer(["--port", "0", "--grpc-port", "0", "--models", repository, "--grace-period-seconds", "1"], { grpc: true })
     ports = { http: server.http, grpc: server.grpc }
   }, 40_000)
@@ -176,6 +187,23 @@ describe("sequences of a stateful model, through the server", () => {
       client.close()
     }
   }, 30_000)
+
+  it("a sequence of a model whose initial state is a file starts from it: it answers what a client carrying that state gets, and /config names the file", async () => {
+    const carriedFrom = await send(ports.http, "POST", "/v2/models/vad_plain/infer", {
+      inputs: [...audio(chunks[0]!), { name: "state", shape: [2, 1, 128], datatype: "FP32", data: Array.from(initialState) }]
+    })
+    const zeros = await send(ports.http, "POST", "/v2/models/vad_plain/infer", {
+      inputs: [...audio(chunks[0]!), { name: "state", shape: [2, 1, 128], datatype: "FP32", data: new Array(256).fill(0) }]
+    })
+    const expected = carriedFrom.body.outputs.find((o: any) => o.name === "output").data[0]
+    // the state matters for this chunk: from zeros it answers otherwise
+    assert.isAbove(Math.abs(zeros.body.outputs.find((o: any) => o.name === "output").data[0] - expected), 1e-6)
+    const r = await send(ports.http, "POST", "/v2/models/vad_init/infer", { parameters: { sequence_id: 1, sequence_start: true }, inputs: audio(chunks[0]!) })
+    assert.strictEqual(r.status, 200, JSON.stringify(r.body))
+    assert.closeTo(r.body.outputs[0].data[0], expected, 1e-7)
+    const config = (await send(ports.http, "GET", "/v2/models/vad_init/config")).body
+    assert.deepStrictEqual(config.sequence_batching.state[0].initial_state, [{ name: "state0.bin", data_type: "TYPE_FP32", dims: [2, 1, 128], data_file: "state0.bin" }])
+  })
 
   it("metadata and config leave the state out, as Triton lists a sequence model", async () => {
     const metadata = await send(ports.http, "GET", "/v2/models/vad")

@@ -4,7 +4,7 @@ import type { AsyncConfig } from "../../src/AsyncConfig.ts"
 import * as BatchPolicy from "../../src/BatchPolicy.ts"
 import * as ModelConfiguration from "../../src/http/ModelConfiguration.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
-import { controlledSignature, controls, counterSequence } from "../fixtures/CounterPool.ts"
+import { controlledSignature, controls, counterSequence, counterSignature } from "../fixtures/CounterPool.ts"
 
 const engine = { queueTimeout: Duration.millis(0), maxQueuedRequests: 10 } as AsyncConfig
 const model = (extra: Partial<ModelMetadata.ModelMetadata>): ModelMetadata.ModelMetadata => ({
@@ -103,5 +103,12 @@ describe("ModelConfiguration", () => {
       { name: "CORRID", control: [{ kind: "CONTROL_SEQUENCE_CORRID", data_type: "TYPE_UINT64" }] }
     ])
     assert.deepStrictEqual(config.sequence_batching?.state.map((s) => [s.input_name, s.output_name, s.dims]), [["h", "hN", [1, 1]]])
+    assert.deepStrictEqual(config.sequence_batching?.state[0]?.initial_state, [{ name: "zero", data_type: "TYPE_FP32", dims: [1, 1], zero_data: true }])
+  })
+
+  it("a state whose initial value comes from a file: initial_state names it as Triton's data_file", () => {
+    const sequence = counterSequence({ states: [{ input: "h", output: "hN", dims: undefined, initialFile: { name: "h0.bin", bytes: new Uint8Array(Float32Array.of(5).buffer) } }] })
+    const config = ModelConfiguration.of({ name: "counter", version: "1", ...counterSignature, sequence }, engine)
+    assert.deepStrictEqual(config.sequence_batching?.state[0]?.initial_state, [{ name: "h0.bin", data_type: "TYPE_FP32", dims: [1, 1], data_file: "h0.bin" }])
   })
 })
