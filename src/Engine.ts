@@ -238,7 +238,10 @@ interface State {
   /** Per model key, the last metadata seen and its generation (`Scheduler.ModelSpec.generation`). */
   readonly signatures: Map<string, { readonly metadata: ModelMetadata.ModelMetadata; readonly generation: number }>
   draining: boolean
-  /** Set once a drain's grace is spent (or the engine closes): sequences under way are refused then too. */
+  /**
+   * Set once a drain's grace is spent (or the engine closes): sequences under way are refused then
+   * too, and no drain reports that everything was drained.
+   */
   sequencesClosed: boolean
   /**
    * Models this engine's lookups found (loaded or not), for `modelLabel` where the pool has no
@@ -1069,7 +1072,8 @@ const drain = (state: State, grace: Duration.Input) =>
         state.sequences.refuseWaiting()
         state.dispatcher.refuseWaiting()
       }
-      return { drained }
+      // another drain's grace (or the engine's close) may have cut what this one waited for
+      return { drained: drained && !state.sequencesClosed }
     })
   })
 

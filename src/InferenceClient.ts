@@ -26,7 +26,9 @@
  *   iteration ends, a generator it reads is closed (its `finally` runs).
  * - `close` stops the engine: after `grace` (default 0) the requests still queued or running are
  *   answered with ShuttingDown, then every model session is released. Later `infer` and
- *   `metadata` calls reject with ShuttingDown, `inferResult` answers it as a Failed result, a
+ *   `metadata` calls reject with ShuttingDown, `inferResult` answers it as a Failed result
+ *   (while the grace lasts, a request of a sequence under way is still answered: the engine's
+ *   drain lets sequences finish, `Sequence`), a
  *   batch (one in flight included) answers the next request it takes so and ends there, and
  *   `models`, `stats` and `config` still answer. `await using` calls it through
  *   `Symbol.asyncDispose`. Until it is called the client's worker threads keep Node running.
@@ -176,10 +178,15 @@ const fromRuntime = (
   const engine = Context.get(context, AsyncInferenceEngine)
   const pool = Context.get(context, ModelPool)
   let closing: Promise<void> | undefined
+  /** Set once the drain is over: the runtime is being disposed. Until then the draining engine decides (it lets sequences under way go on). */
+  let closed = false
 
-  /** Runs `effect`; an interruption becomes Cancelled (the signal's) or ShuttingDown (close). */
-  const run = <A>(effect: Effect.Effect<A, InferenceError.InferenceError>, requestId: string, signal?: AbortSignal): Promise<A> => {
-    if (closing !== undefined) return Promise.reject(shuttingDown())
+  /**
+   * Runs `effect`; an interruption becomes Cancelled (the signal's) or ShuttingDown (close).
+   * Refused once `close` was called, or with `duringDrain` once the drain is over.
+   */
+  const run = <A>(effect: Effect.Effect<A, InferenceError.InferenceError>, requestId: string, signal?: AbortSignal, duringDrain = false): Promise<A> => {
+    if (duringDrain ? closed : closing !== undefined) return Promise.reject(shuttingDown())
     return runtime.runPromiseExit(effect, signal === undefined ? undefined : { signal }).then((exit) => {
       if (Exit.isSuccess(exit)) return exit.value
       const error = Cause.findErrorOption(exit.cause)
@@ -199,10 +206,11 @@ const fromRuntime = (
       const given = typeof options?.grace === "string" ? JSON.stringify(options.grace) : String(options?.grace)
       return Promise.reject(new TypeError(`InferenceClient.close: invalid grace ${given}: expected a duration that is not negative, such as "5 seconds" or 5000 (ms)`))
     }
-    closing ??= runtime.runPromise(engine.drain(grace)).then(
-      () => runtime.dispose(),
-      () => runtime.dispose()
-    )
+    const dispose = () => {
+      closed = true
+      return runtime.dispose()
+    }
+    closing ??= runtime.runPromise(engine.drain(grace)).then(dispose, dispose)
     return closing
   }
 
@@ -213,9 +221,9 @@ const fromRuntime = (
   }
 
   return {
-    infer: (request, options) => run(engine.infer(request), idOf(request), options?.signal),
+    infer: (request, options) => run(engine.infer(request), idOf(request), options?.signal, true),
     inferResult: (request, options) => {
-      if (closing !== undefined) return Promise.resolve(InferenceResult.Failed({ requestId: idOf(request), error: shuttingDown(), elapsedMs: 0 }))
+      if (closed) return Promise.resolve(InferenceResult.Failed({ requestId: idOf(request), error: shuttingDown(), elapsedMs: 0 }))
       const startedMs = performance.now()
       // The engine answers every outcome as a result; only close (the runtime's disposal) interrupts it: ShuttingDown.
       return runtime.runPromiseExit(engine.inferResult(request, options?.signal)).then((exit) => {

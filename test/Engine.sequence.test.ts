@@ -288,10 +288,11 @@ describe("AsyncInferenceEngine sequences", () => {
         assert.strictEqual(yOf(succeeded(yield* settle(engine.infer(step(2, 5, { end: true }))))), 15)
         assert.isUndefined(drained.pollUnsafe(), "sequence 1 is still under way")
         // the state survived the refused start: 1 + 2 + 4
-        assert.strictEqual(yOf(succeeded(yield* settle(engine.infer(step(1, 4, { end: true }))))), 7)
-        const ended = yield* Clock.currentTimeMillis
+        const end = yield* fork(Effect.tap(engine.infer(step(1, 4, { end: true })), () => Effect.map(Clock.currentTimeMillis, (ms) => void (atMs["ended"] = ms))))
+        yield* TestClock.adjust("10 millis")
+        assert.strictEqual(yOf(yield* Fiber.join(end)), 7)
         assert.deepStrictEqual(yield* Fiber.join(drained), { drained: true })
-        assert.isAtMost(atMs["drained"]! - ended, 0, "the drain ended with the last sequence's end")
+        assert.strictEqual(atMs["drained"], atMs["ended"], "the drain ended with the last sequence's end, not at a later sweep")
         // ended: nothing continues it
         assert.strictEqual(shutting(yield* settle(engine.infer(step(1, 1)))), "ShuttingDown")
       }))
@@ -334,6 +335,18 @@ describe("AsyncInferenceEngine sequences", () => {
       assert.strictEqual((failureOf(refused) as InferenceError.Reason)._tag, "ShuttingDown")
       const early = yield* Effect.exit(engine.checkAdmission("counter", "1"))
       assert.strictEqual((failureOf(early) as InferenceError.Reason)._tag, "ShuttingDown")
+    }))
+
+  it.effect("two drains: when the shorter one's grace cuts a sequence, the longer one does not report everything drained", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine({ sequence: counterSequence({ maxSequenceIdleMs: 60_000 }) })
+      yield* settle(engine.infer(step(1, 1, { start: true })))
+      const long = yield* fork(engine.drain("30 seconds"))
+      const short = yield* fork(engine.drain("1 second"))
+      yield* TestClock.adjust("1 second")
+      assert.deepStrictEqual(yield* Fiber.join(short), { drained: false })
+      yield* TestClock.adjust("200 millis")
+      assert.deepStrictEqual(yield* Fiber.join(long), { drained: false })
     }))
 
   it.effect("drain past its grace answers the waiting turns ShuttingDown", () =>

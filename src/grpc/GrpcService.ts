@@ -88,7 +88,8 @@ export const make = (options: Options) =>
         const metadata = yield* Effect.catch(pool.metadata(name, version), (reason) => refuse(shuttingDown ? new InferenceError.ShuttingDown({}) : reason))
         // Shutting down: new work is refused, sequences under way go on (Triton's rule; as over HTTP).
         if (shuttingDown && !engine.sequencesUnderWayUnsafe(name, metadata.version)) return yield* refuse(new InferenceError.ShuttingDown({}))
-        yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => refusedAs(e.reason, message.id))
+        // not while shutting down: what is let through then is a sequence's next request, or new work refused once decoded
+        if (!shuttingDown) yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => refusedAs(e.reason, message.id))
         const oip = GrpcCodec.toOip(message)
         if (typeof oip === "string") return yield* invalid(name, metadata.version, new InferenceError.InvalidInput({ modelId: name, detail: oip }))
         const body = Oip.decodeInferRequest(oip.body)

@@ -7,6 +7,7 @@
  * @module InferExchange
  */
 import { Duration } from "effect"
+import type { Service as Engine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
 import type * as InferenceResult from "../InferenceResult.ts"
@@ -203,3 +204,18 @@ export const encode = (
   const { body, jsonLength } = Oip.binaryBody(encoded)
   return { _tag: "Binary", bytes: body, jsonLength }
 }
+
+/**
+ * Whether the answer to a request of `sequence` keeps its connection open though the server shuts
+ * down (which closes connections after their next answer): the request is not its sequence's end
+ * and the sequence is still under way, so the client will send its next request, and a new
+ * connection might reach another server, which knows nothing of the sequence. Read when the
+ * answer is written (the signal may have come while the request ran).
+ */
+export const keepsConnectionAtShutdown = (
+  shuttingDown: boolean,
+  engine: Pick<Engine, "takesSequenceUnsafe">,
+  name: string,
+  version: string,
+  sequence: Sequence.Flags | undefined
+): boolean => shuttingDown && sequence !== undefined && sequence.end !== true && engine.takesSequenceUnsafe(name, version, { id: sequence.id })

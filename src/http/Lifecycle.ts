@@ -1,7 +1,8 @@
 /**
  * The server's lifecycle state: serving, then shutting down. Routes read it (readiness turns 503,
  * new inferences are refused with ShuttingDown, responses after the signal carry
- * `Connection: close` but for a moment before the listener closes) and count themselves in and out, so that a graceful shutdown can wait for
+ * `Connection: close` but for a moment before the listener closes; a sequence under way goes
+ * on, on its connection: `InferExchange.keepsConnectionAtShutdown`) and count themselves in and out, so that a graceful shutdown can wait for
  * the HTTP requests still being answered, not only for the engine's work.
  *
  * @module Lifecycle

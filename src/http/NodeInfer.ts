@@ -207,7 +207,8 @@ const send = (
   status: number,
   contentType: string,
   body: string | Uint8Array,
-  extra?: Readonly<Record<string, string>>
+  extra?: Readonly<Record<string, string>>,
+  keepsConnection = false
 ): void => {
   if (response.headersSent || response.destroyed) return
   const headers: Record<string, string | number> = {
@@ -215,7 +216,7 @@ const send = (
     "content-length": typeof body === "string" ? Buffer.byteLength(body) : body.byteLength
   }
   if (extra !== undefined) Object.assign(headers, extra)
-  if (options.lifecycle.closesConnections() && options.pipelinedBehind?.(response.req) !== true) headers["connection"] = "close"
+  if (options.lifecycle.closesConnections() && !keepsConnection && options.pipelinedBehind?.(response.req) !== true) headers["connection"] = "close"
   response.writeHead(status, headers)
   response.end(body)
 }
@@ -252,15 +253,20 @@ const run = (
     return undefined
   }
   return options.engine.inferUnsafe(decoded.request, (exit) => {
+    const { sequence } = decoded.request
+    // a shutdown that began while it ran: a sequence that goes on keeps its connection
+    const keeps = sequence !== undefined && InferExchange.keepsConnectionAtShutdown(options.lifecycle.isShuttingDown(), options.engine, name, metadata.version, sequence)
     if (Exit.isFailure(exit)) {
       const failure = exit.cause.reasons.find(Cause.isFailReason)
-      return failure === undefined ? defect(context, response, Cause.squash(exit.cause)) : sendError(context, response, options.errorOf(failure.error.reason))
+      if (failure === undefined) return defect(context, response, Cause.squash(exit.cause))
+      const answer = options.errorOf(failure.error.reason)
+      return send(context, response, answer.status, "application/json", errorBody(answer.message), answer.headers, keeps)
     }
     const encoded = InferExchange.encode(metadata, decoded, exit.value)
     if (encoded instanceof Error) return defect(context, response, encoded)
-    if (encoded._tag === "TooLarge") return sendError(context, response, { status: 400, message: encoded.message })
-    if (encoded._tag === "Json") return send(context, response, 200, "application/json", encoded.text)
-    send(context, response, 200, "application/octet-stream", encoded.bytes, { [Oip.inferenceHeaderContentLength]: String(encoded.jsonLength) })
+    if (encoded._tag === "TooLarge") return send(context, response, 400, "application/json", errorBody(encoded.message), undefined, keeps)
+    if (encoded._tag === "Json") return send(context, response, 200, "application/json", encoded.text, undefined, keeps)
+    send(context, response, 200, "application/octet-stream", encoded.bytes, { [Oip.inferenceHeaderContentLength]: String(encoded.jsonLength) }, keeps)
   }, { spentMs: performance.now() - inAtMs })
 }
 

@@ -36,7 +36,7 @@
  *
  * @module Routes
  */
-import { ByteSize, Cause, Data, Effect, Layer, type Option, Schedule, type Scope, Tracer } from "effect"
+import { ByteSize, Cause, Data, Effect, identity, Layer, type Option, Schedule, type Scope, Tracer } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { HttpIncomingMessage, HttpRouter, HttpServerError, HttpServerRequest, HttpServerResponse } from "effect/http"
@@ -410,8 +410,10 @@ const inferRoute = (ctx: Ctx) => {
     // A client that leaves while its body is read (or inflated) never reaches the engine, which counts its own cancellations.
     const { binary, text } = yield* Effect.onInterrupt(readInferBody, () => engine.recordRefused(name, notReached, metadata.version))
     // The engine's own admission rule before the costly part: a full queue answers 429 before
-    // decoding anything, as the queue is once the body is in (not when its headers came).
-    yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => fromReason(e.reason))
+    // decoding anything, as the queue is once the body is in (not when its headers came). Not
+    // while shutting down: what is let through then is a sequence's next request, or new work
+    // refused 503 once decoded; the engine bounds what it admits.
+    if (!shuttingDown) yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => fromReason(e.reason))
     // As on the fast path (`NodeInfer`), the deadline counts from when the body was in: its decoding is inside it.
     const inAtMs = performance.now()
     const decoded = InferExchange.decode(name, version, metadata, text, binary)
@@ -424,10 +426,15 @@ const inferRoute = (ctx: Ctx) => {
         return yield* Effect.andThen(engine.recordRefused(name, reason, metadata.version), Effect.fail(fromReason(reason)))
       }
     }
-    const result = yield* engine.infer(decoded.request, { spentMs: performance.now() - inAtMs }).pipe(Effect.mapError((e) => fromReason(e.reason)))
-    // Shutting down, a sequence goes on: its connection stays open after the answer (unless the
-    // sequence ended there), since a new connection may reach another server, which knows nothing of it.
-    if (shuttingDown && decoded.request.sequence?.end !== true) keepsConnection.add((yield* HttpServerRequest.HttpServerRequest).source)
+    const { sequence } = decoded.request
+    const result = yield* engine.infer(decoded.request, { spentMs: performance.now() - inAtMs }).pipe(
+      Effect.mapError((e) => fromReason(e.reason)),
+      // a shutdown that began while it ran, or before: a sequence that goes on keeps its connection
+      sequence === undefined ? identity : Effect.ensuring(Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+        Effect.sync(() => {
+          if (InferExchange.keepsConnectionAtShutdown(lifecycle.isShuttingDown(), engine, name, metadata.version, sequence)) keepsConnection.add(request.source)
+        })))
+    )
     const answer = InferExchange.encode(metadata, decoded, result)
     if (answer instanceof Error) return yield* Effect.die(answer)
     if (answer._tag === "TooLarge") return yield* fail(400, answer.message)

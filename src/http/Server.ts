@@ -8,7 +8,9 @@
  * 1. `Lifecycle.beginShutdown`: at once, `/v2/health/ready` and model ready answer 503, new
  *    inferences 503 (ShuttingDown), and every response carries `Connection: close`, so that
  *    keep-alive connections close themselves after their next answer (but for one with requests
- *    pipelined behind it on its connection: the last answer there closes it).
+ *    pipelined behind it on its connection: the last answer there closes it). Sequences of
+ *    stateful models under way go on (Triton's rule): their next requests are still answered, and
+ *    keep their connection (`InferExchange.keepsConnectionAtShutdown`), until they end.
  * 2. The HTTP requests that arrived before the signal finish, within the grace period: queued and
  *    running ones, and also those whose body is still arriving or being decoded, which the engine
  *    still admits; those that arrive after it are answered 503 at once and waited for no longer.
@@ -18,7 +20,8 @@
  *    keep-alive connections are not cut either: cutting one while its client sends resets that
  *    request (see `anchors.md` §6).
  * 3. `engine.drain` with what is left of the grace: it refuses new work and waits for what other
- *    callers (a library caller in the same process) still have queued or running. When the grace
+ *    callers (a library caller in the same process) still have queued or running, and for the
+ *    sequences under way to end (or go idle). When the grace
  *    runs out it answers what never reached an instance ShuttingDown (503), and the server waits
  *    a poll phase and 20 ms for those answers to be written.
  * 4. The listener stops accepting connections: at the first quiet moment (no connection, no

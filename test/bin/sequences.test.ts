@@ -344,11 +344,31 @@ describe("a graceful shutdown lets sequences under way finish (Triton's rule)", 
       const g0 = await overGrpc("g", 0, { sequence_start: true })
       assert.isUndefined(g0.error, g0.error?.message)
 
-      server.child.kill("SIGTERM")
-      await Client.eventually(async () => (await send(port, "GET", "/v2/health/ready")).status === 503)
+      // the next chunk is on its way when the signal comes: half its body sent
+      const body = JSON.stringify({ parameters: { sequence_id: "h" }, inputs: audio(chunks[1]!) })
+      const inFlight = new Promise<{ status: number; connection: string | undefined; body: any }>((resolve, reject) => {
+        const request = Http.request({
+          host: "127.0.0.1",
+          port,
+          method: "POST",
+          path: "/v2/models/vad/infer",
+          agent,
+          headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) }
+        }, (response) => {
+          const parts: Array<Buffer> = []
+          response.on("data", (c: Buffer) => parts.push(c))
+          response.on("end", () => resolve({ status: response.statusCode ?? 0, connection: response.headers["connection"], body: JSON.parse(Buffer.concat(parts).toString("utf8")) }))
+        })
+        request.on("error", reject)
+        request.write(body.slice(0, 100))
+        setTimeout(() => {
+          server.child.kill("SIGTERM")
+          void Client.eventually(async () => (await send(port, "GET", "/v2/health/ready")).status === 503).then(() => request.end(body.slice(100)), reject)
+        }, 100)
+      })
 
-      // the sequences go on, with their state
-      const h1 = await overHttp("h", 1, {})
+      // the sequences go on, with their state, and their connections stay open: the request in flight at the signal's,
+      const h1 = await inFlight
       assert.strictEqual(h1.status, 200, JSON.stringify(h1.body))
       assert.closeTo(h1.body.outputs[0].data[0], expected[1]!, 1e-7)
       assert.notStrictEqual(h1.connection, "close", "the connection stays open for the sequence's next request")
@@ -366,11 +386,19 @@ describe("a graceful shutdown lets sequences under way finish (Triton's rule)", 
       const grpcFresh = await overGrpc("new", 0, { sequence_start: true })
       assert.strictEqual(grpcFresh.error?.code, Grpc.status.UNAVAILABLE)
 
-      // HTTP's sequence ends: that answer closes its connection; gRPC's is still under way, so the server waits
-      const h2 = await overHttp("h", 2, { sequence_end: true })
+      // and one sent after it (a failed one too: the sequence is still under way)
+      const h2 = await overHttp("h", 2, {})
       assert.strictEqual(h2.status, 200, JSON.stringify(h2.body))
       assert.closeTo(h2.body.outputs[0].data[0], expected[2]!, 1e-7)
-      assert.strictEqual(h2.connection, "close")
+      assert.notStrictEqual(h2.connection, "close")
+      const bad = await Client.send(port, "POST", "/v2/models/vad/infer", { parameters: { sequence_id: "h" }, inputs: [{ name: "input", shape: [1, 512], datatype: "FP32", data: chunks[0] }] }, agent)
+      assert.isTrue(Client.isReply(bad) && bad.status === 400 && bad.headers["connection"] !== "close", JSON.stringify(bad))
+
+      // HTTP's sequence ends: that answer closes its connection; gRPC's is still under way, so the server waits
+      const h3 = await overHttp("h", 3, { sequence_end: true })
+      assert.strictEqual(h3.status, 200, JSON.stringify(h3.body))
+      assert.closeTo(h3.body.outputs[0].data[0], expected[3]!, 1e-7)
+      assert.strictEqual(h3.connection, "close")
       await new Promise((r) => setTimeout(r, 300))
       assert.isNull(server.child.exitCode, "the gRPC sequence is still under way")
       const endedAt = Date.now()

@@ -12,6 +12,7 @@ import * as InferenceRequest from "../../src/InferenceRequest.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
 import type * as InferenceResult from "../../src/InferenceResult.ts"
 import * as Tensor from "../../src/Tensor.ts"
+import { makeCounterPool, step } from "../fixtures/CounterPool.ts"
 import { echoInputs, makeFake, type Script } from "../fixtures/FakeModelPool.ts"
 
 const echo = (id: string, value = 1) => InferenceRequest.make("echo", echoInputs(value), { requestId: id })
@@ -46,6 +47,23 @@ describe("InferenceClient", () => {
     assert.strictEqual(result._tag, "Success")
     assert.deepStrictEqual(Array.from(result.outputs["y"]!.data as Float32Array), [6, 6, 6, 6])
     await client.close()
+  })
+
+  it("close lets a sequence under way finish within its grace: its end is answered, a new one refused, and close returns then, not at the grace", async () => {
+    const counter = makeCounterPool({ sequence: undefined, latencyMs: 1 })
+    const client = await InferenceClient.make({ modelPool: Layer.succeed(ModelPool, counter.pool) })
+    const y = (r: InferenceResult.Success) => (r.outputs["y"]!.data as Float32Array)[0]
+    assert.strictEqual(y(await client.infer(step(1, 5, { start: true }))), 5)
+    const startedMs = performance.now()
+    const closing = client.close({ grace: "10 seconds" })
+    assert.strictEqual(reasonOf(await rejection(client.infer(step(2, 1, { start: true })))), "ShuttingDown")
+    assert.strictEqual(reasonOf(await rejection(client.metadata("counter"))), "ShuttingDown")
+    assert.strictEqual(y(await client.infer(step(1, 2))), 7)
+    const ended = await client.inferResult(step(1, 3, { end: true }))
+    assert.strictEqual(ended._tag, "Success")
+    await closing
+    assert.isBelow(performance.now() - startedMs, 5_000, "close returned once the sequence ended")
+    assert.strictEqual(reasonOf(await rejection(client.infer(step(1, 1)))), "ShuttingDown")
   })
 
   it("rejects with the typed InferenceError (unknown model, invalid input)", async () => {

@@ -3,7 +3,7 @@
  * requests built with `HttpServerRequest.fromWeb` and run in the test's fiber (TestClock).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Metric } from "effect"
+import { Effect, Fiber, Layer, Metric } from "effect"
 import { TestClock } from "effect/testing"
 import * as Zlib from "node:zlib"
 import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
@@ -11,6 +11,8 @@ import * as Lifecycle from "../../src/http/Lifecycle.ts"
 import * as RetryAfter from "../../src/http/RetryAfter.ts"
 import * as InferExchange from "../../src/http/InferExchange.ts"
 import * as Routes from "../../src/http/Routes.ts"
+import { ModelPool } from "../../src/ModelPool.ts"
+import { makeCounterPool } from "../fixtures/CounterPool.ts"
 
 const echoRequest = (values: ReadonlyArray<number>, extra: Record<string, unknown> = {}) => ({
   inputs: [{ name: "x", shape: [values.length / 4, 4], datatype: "FP32", data: values }],
@@ -1247,4 +1249,38 @@ describe("Routes: model loads on /metrics", () => {
       assert.include(third, `inference_model_loads_total{outcome="success"} 3\n`)
       assert.include(third, `inference_model_loads_total{outcome="failure"} 1\n`)
     }).pipe(withFreshMetrics))
+})
+
+describe("shutdown with sequences under way (Triton's rule)", () => {
+  const counterBody = (sequence?: Record<string, unknown>) => ({
+    ...(sequence === undefined ? {} : { parameters: sequence }),
+    inputs: [{ name: "x", shape: [1, 1], datatype: "FP32", data: [1] }]
+  })
+
+  it.live("new work for a model with sequences under way is refused 503 even while its queue is full (not 429), and a sequence's next request is let through", () =>
+    withFreshMetrics(Effect.gen(function*() {
+      // runs long enough for three requests to arrive behind the first, however loaded the machine
+      const counter = makeCounterPool({ latencyMs: 300 })
+      const { send, lifecycle, engine } = yield* makeApp({ modelPool: Layer.succeed(ModelPool, counter.pool), config: { maxConcurrentRequests: 1, maxQueuedRequests: 2 } })
+      const started = yield* send("POST", "/v2/models/counter/infer", counterBody({ sequence_id: 1, sequence_start: true }))
+      assert.strictEqual(started.status, 200, started.text)
+      // one running and two waiting behind it: the queue's bound (2) is reached
+      const fibers = []
+      for (let n = 1; n <= 3; n++) {
+        fibers.push(yield* Effect.forkChild(send("POST", "/v2/models/counter/infer", counterBody({ sequence_id: 1 })), { startImmediately: true }))
+        for (let i = 0; i < 200 && (yield* engine.pending) < n; i++) yield* Effect.sleep("1 millis")
+      }
+      assert.strictEqual(yield* engine.pending, 3)
+      assert.strictEqual((yield* send("POST", "/v2/models/counter/infer", counterBody())).status, 429, "before the shutdown: the queue is full")
+      yield* lifecycle.beginShutdown
+      for (const body of [counterBody(), counterBody({ sequence_id: 2, sequence_start: true })]) {
+        const refused = yield* send("POST", "/v2/models/counter/infer", body)
+        assert.strictEqual(refused.status, 503, refused.text)
+        assert.include((refused.json as { error: string }).error, "shutting down")
+      }
+      for (const fiber of fibers) assert.strictEqual((yield* Fiber.join(fiber)).status, 200)
+      const next = yield* send("POST", "/v2/models/counter/infer", counterBody({ sequence_id: 1, sequence_end: true }))
+      assert.strictEqual(next.status, 200, next.text)
+      assert.strictEqual(next.headers.get("connection"), "close", "its end closes the connection")
+    })))
 })

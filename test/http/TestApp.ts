@@ -202,6 +202,8 @@ export interface AppOptions extends TestPoolOptions {
   readonly bodyLimitBytes?: number | undefined
   /** Overrides of `routeOptions` (strict readiness, Retry-After, metrics format). */
   readonly routes?: Partial<Routes.Options> | undefined
+  /** Another pool instead of the test pool (whose `stats` and `gate` then go unused). */
+  readonly modelPool?: Layer.Layer<ModelPool> | undefined
 }
 
 /**
@@ -253,7 +255,7 @@ export const makeApp = (options: AppOptions = {}): Effect.Effect<
       AsyncInferenceEngine.layer.pipe(
         Layer.provideMerge(Statistics.layer),
         Layer.provideMerge(Layer.mergeAll(
-          testPool.layer,
+          options.modelPool ?? testPool.layer,
           TelemetryCollector.layer,
           // A test's own settings: an invalid one is the test's bug.
           AsyncConfigService.layerWith(options.config ?? {}).pipe(Layer.orDie),
