@@ -67,7 +67,8 @@ export interface Service {
    * generator may be endless). Cancelling `cancel` settles what is outstanding as Cancelled and
    * ends the stream: what `requests` has not yet given is not taken; the consumer stopping early
    * interrupts (and so cancels) what is outstanding. Once the engine drains, the next request
-   * taken is answered ShuttingDown and the stream ends there. However it ends, an iterator of
+   * taken is answered ShuttingDown and the stream ends there (requests of sequences under way,
+   * which a drain still runs, go on until then). However it ends, an iterator of
    * `requests` not run to its end is closed (`return`: a generator's `finally` runs).
    */
   readonly inferBatch: (
@@ -239,10 +240,11 @@ interface State {
   readonly signatures: Map<string, { readonly metadata: ModelMetadata.ModelMetadata; readonly generation: number }>
   draining: boolean
   /**
-   * Set once a drain's grace is spent (or the engine closes): sequences under way are refused then
-   * too, and no drain reports that everything was drained.
+   * Set once a drain's grace is spent (or the engine closes): sequences under way are refused then too.
    */
   sequencesClosed: boolean
+  /** Set once a drain's grace cut work (refused what waited, or left sequences under way): no drain reports everything drained after that. */
+  drainCut: boolean
   /**
    * Models this engine's lookups found (loaded or not), for `modelLabel` where the pool has no
    * `metadataUnsafe`: bounded by the models there are, since a made-up name is never found.
@@ -365,8 +367,11 @@ const sequencesUnderWay = (state: State, modelId: string, version: string): bool
  * Whether a draining engine may still look `request` up: it names a sequence, not as a start,
  * and sequences are not closed (`submit` then checks that the sequence is under way).
  */
-const mayContinue = (state: State, request: InferenceRequest): boolean =>
-  !state.sequencesClosed && request.sequence !== undefined && request.sequence.start !== true
+const mayContinue = (state: State, request: InferenceRequest): boolean => {
+  // (a batch's request may be anything a plain JavaScript caller passed: admission refuses it)
+  const sequence = (request as Partial<InferenceRequest> | null | undefined)?.sequence
+  return !state.sequencesClosed && sequence !== undefined && sequence !== null && sequence.start !== true
+}
 
 /** How a request's waiter is answered. */
 type Resume = (exit: Exit.Exit<InferenceResult.Success, InferenceError.InferenceError>) => void
@@ -1067,13 +1072,14 @@ const drain = (state: State, grace: Duration.Input) =>
     return Effect.map(wait, (drained) => {
       // Grace spent: what never reached an instance is answered now, not cut off with its connection.
       if (!drained) {
+        const sequencesLeft = state.sequences.live()
         state.sequencesClosed = true
         // turns first: a queued request refused now would promote the turn behind it into the queue
-        state.sequences.refuseWaiting()
-        state.dispatcher.refuseWaiting()
+        const refused = state.sequences.refuseWaiting() + state.dispatcher.refuseWaiting()
+        if (refused > 0 || sequencesLeft > 0) state.drainCut = true
       }
-      // another drain's grace (or the engine's close) may have cut what this one waited for
-      return { drained: drained && !state.sequencesClosed }
+      // another drain's grace may have cut what this one waited for
+      return { drained: drained && !state.drainCut }
     })
   })
 
@@ -1184,7 +1190,7 @@ const spentOf = (options: { readonly spentMs?: number | undefined } | undefined)
  * (`return`, a generator's `finally`) unless it has run to its end: the batch ending early, or its
  * consumer stopping early, leaves no generator open.
  */
-const batchSource = <A>(requests: Iterable<A>, cancel: CancelToken.Cancellation | undefined, draining: () => boolean) => {
+const batchSource = <A>(requests: Iterable<A>, cancel: CancelToken.Cancellation | undefined, endsBatch: (request: A) => boolean) => {
   let iterator: Iterator<A> | undefined
   let open = false
   let last = false
@@ -1208,9 +1214,10 @@ const batchSource = <A>(requests: Iterable<A>, cancel: CancelToken.Cancellation 
       return {
         next: () => {
           if (last || (cancel !== undefined && CancelToken.isCancelled(cancel))) return ended()
-          if (draining()) last = true
           const result = iterator!.next()
           if (result.done === true) open = false
+          // the engine drains: this one is answered ShuttingDown, and the batch ends there
+          else if (endsBatch(result.value)) last = true
           return result
         }
       }
@@ -1310,6 +1317,7 @@ export const make = Effect.gen(function*() {
     signatures: new Map(),
     draining: false,
     sequencesClosed: false,
+    drainCut: false,
     knownModels: new Set(),
     cache: config.responseCacheBytes !== undefined && config.responseCacheBytes > 0 ? ResponseCache.make(config.responseCacheBytes) : undefined,
     loads: new WeakMap(),
@@ -1343,7 +1351,8 @@ export const make = Effect.gen(function*() {
       // One at a time: a generator is read as requests are submitted, not thousands ahead; once
       // cancelled, nothing more is taken from `requests` (which may never end), not even one more.
       return Stream.suspend(() => {
-        const source = batchSource(requests, cancel, () => state.draining)
+        // a request of a sequence under way still goes on during a drain, and the batch with it
+        const source = batchSource(requests, cancel, (request) => state.draining && !mayContinue(state, request))
         return Stream.fromIterable(source.iterable, { chunkSize: 1 }).pipe(
           Stream.ensuring(Effect.sync(source.close)),
           Stream.mapEffect((request) => inferResult(state, request, cancel), { concurrency, unordered: true })

@@ -789,13 +789,15 @@ const checkWarmupFiles = async (root: string, dir: string, samples: ReadonlyArra
 /**
  * Reads each initial state file that `sequenceBatching` names (`{"file": name}`, in the model's
  * `initial_state/` directory), as config.json is read: inside `root` (symlinks followed), a regular
- * file of at most `Sequence.maxStateBytes`; its bytes and a digest of them (a changed file is a
- * changed model for a poll) filled in. Its size is checked against the state's once the model is
- * loaded (`Sequence.resolve`). A string is why one cannot be used.
+ * file; its bytes and a digest of them (a changed file is a changed model for a poll) filled in.
+ * The files together hold at most `Sequence.maxStateBytes`, as a sequence's states do: reading
+ * stops at the file that would pass it (a scan runs at every poll). Each file's size is checked
+ * against its state's once the model is loaded (`Sequence.resolve`). A string is why one cannot be used.
  */
 const readInitialStates = async (root: string, dir: string, config: Sequence.Config): Promise<Sequence.Config | string> => {
   if (!config.states.some((s) => s.initialFile !== undefined)) return config
   const states: Array<Sequence.StateConfig> = []
+  let total = 0
   for (let i = 0; i < config.states.length; i++) {
     const state = config.states[i]!
     const file = state.initialFile
@@ -804,9 +806,13 @@ const readInitialStates = async (root: string, dir: string, config: Sequence.Con
       continue
     }
     const relative = `${Sequence.initialStateDirectory}/${file.name}`
-    const read = await readRepositoryFile(root, Path.join(dir, Sequence.initialStateDirectory, file.name), Sequence.maxStateBytes, "a state")
+    const read = await readRepositoryFile(root, Path.join(dir, Sequence.initialStateDirectory, file.name), Sequence.maxStateBytes, "a sequence's states")
     if (read === "missing") return `sequenceBatching.state[${i}].initialState: ${relative} cannot be read (no such file)`
     if ("why" in read) return `sequenceBatching.state[${i}].initialState: ${relative} ${read.why}`
+    total += read.byteLength
+    if (total > Sequence.maxStateBytes) {
+      return `sequenceBatching.state[${i}].initialState: ${relative}: the initial state files come to ${total} bytes so far, more than the ${Sequence.maxStateBytes} a sequence's states may have`
+    }
     const bytes = new Uint8Array(read.buffer, read.byteOffset, read.byteLength)
     states.push({ ...state, initialFile: { name: file.name, bytes, identity: Crypto.createHash("sha256").update(bytes).digest("hex") } })
   }

@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Exit, Fiber } from "effect"
+import { Clock, Duration, Effect, Exit, Fiber, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import type * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
@@ -335,6 +335,22 @@ describe("AsyncInferenceEngine sequences", () => {
       assert.strictEqual((failureOf(refused) as InferenceError.Reason)._tag, "ShuttingDown")
       const early = yield* Effect.exit(engine.checkAdmission("counter", "1"))
       assert.strictEqual((failureOf(early) as InferenceError.Reason)._tag, "ShuttingDown")
+    }))
+
+  it.effect("inferBatch during a drain: requests of sequences under way go on, the first that is new work is refused ShuttingDown and ends the batch", () =>
+    Effect.gen(function*() {
+      const { engine } = yield* counterEngine()
+      yield* settle(engine.infer(step(1, 1, { start: true })))
+      yield* settle(engine.infer(step(2, 10, { start: true })))
+      const drained = yield* fork(engine.drain("10 seconds"))
+      const batch = [step(1, 1, { end: true }), step(2, 1, { end: true }), step(3, 1, { start: true }), step(1, 5, { start: true })]
+      const results = yield* fork(Stream.runCollect(engine.inferBatch(batch)))
+      yield* TestClock.adjust("100 millis")
+      const byId = new Map(Array.from(yield* Fiber.join(results), (r) => [r.requestId, r]))
+      const outcome = (r: InferenceResult.InferenceResult | undefined) =>
+        r === undefined ? "not taken" : r._tag === "Success" ? yOf(r) : r._tag === "Failed" ? r.error.reason._tag : r._tag
+      assert.deepStrictEqual(batch.map((r) => outcome(byId.get(r.requestId))), [2, 11, "ShuttingDown", "not taken"])
+      assert.deepStrictEqual(yield* Fiber.join(drained), { drained: true })
     }))
 
   it.effect("two drains: when the shorter one's grace cuts a sequence, the longer one does not report everything drained", () =>

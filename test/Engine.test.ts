@@ -761,6 +761,28 @@ describe("AsyncInferenceEngine", () => {
         assert.deepStrictEqual(yield* Fiber.join(drain), { drained: false })
       }))
 
+    it.effect("a second drain after one whose grace ran out reports drained when nothing was cut (the run it waited for finished), not when queued work was refused", () =>
+      Effect.gen(function*() {
+        const running = yield* makeHarness({ script: () => ({ latency: "2 seconds" }) })
+        const a = yield* fork(Effect.exit(running.engine.infer(request("a"))))
+        const first = yield* fork(running.engine.drain("1 second"))
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual(yield* Fiber.join(first), { drained: false })
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual(reasonOf(yield* Fiber.join(a)), "Success")
+        assert.deepStrictEqual(yield* running.engine.drain("1 second"), { drained: true })
+
+        const queued = yield* makeHarness({ script: () => ({ latency: "2 seconds" }), config: { maxConcurrentRequests: 1 } })
+        yield* fork(Effect.exit(queued.engine.infer(request("b"))))
+        const c = yield* fork(Effect.exit(queued.engine.infer(request("c"))))
+        const cut = yield* fork(queued.engine.drain("1 second"))
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual(yield* Fiber.join(cut), { drained: false })
+        assert.strictEqual(reasonOf(yield* Fiber.join(c)), "ShuttingDown")
+        yield* TestClock.adjust("1 second")
+        assert.deepStrictEqual(yield* queued.engine.drain("1 second"), { drained: false }, "c was refused by the first drain's grace")
+      }))
+
     it.effect("closing the engine's scope answers queued requests with ShuttingDown", () =>
       Effect.gen(function*() {
         const scope = yield* Scope.make()

@@ -683,6 +683,21 @@ describe("ModelRepository: versionPolicy edges and file identity", () => {
       assert.notStrictEqual(ModelRepository.fingerprint(yield* ModelRepository.scan(root), "m"), before, "a rewritten initial state file is a changed model")
     }))
 
+  it.live("initial state files: together at most what a sequence's states may hold; reading stops at the file that passes it", () =>
+    Effect.gen(function*() {
+      const big = Buffer.alloc(10 * 1024 * 1024)
+      const states = [0, 1, 2].map((i) => ({ input: `h${i}`, output: `h${i}N`, initialState: { file: "big.bin" } }))
+      const root = yield* tempRepository({ "m/model.onnx": "weights", "m/config.json": JSON.stringify({ sequenceBatching: { state: states } }) })
+      Fs.mkdirSync(Path.join(root, "m", "initial_state"))
+      Fs.writeFileSync(Path.join(root, "m", "initial_state", "big.bin"), big)
+      const [entry] = (yield* ModelRepository.scan(root)).entries
+      assert.strictEqual(entry?._tag, "Unavailable")
+      assert.strictEqual(
+        entry?._tag === "Unavailable" ? entry.reason : undefined,
+        "config.json: sequenceBatching.state[1].initialState: initial_state/big.bin: the initial state files come to 20971520 bytes so far, more than the 16777216 a sequence's states may have"
+      )
+    }))
+
   it.live("fingerprint changes when model.onnx is rewritten in place with the same size and its old modification time restored", () =>
     Effect.gen(function*() {
       const root = yield* tempRepository({ "m/1/model.onnx": "weights-A" })

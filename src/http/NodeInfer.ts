@@ -243,13 +243,12 @@ const run = (
   inAtMs: number
 ): (() => void) | undefined => {
   const { options } = context
-  if (decoded._tag === "NotJson") {
-    sendError(context, response, { status: 400, message: decoded.message })
-    return undefined
-  }
-  if (decoded._tag === "InvalidInput") {
-    options.recordRefused(name, decoded, metadata.version)
-    sendError(context, response, options.errorOf(decoded))
+  if (decoded._tag !== "Decoded") {
+    // shutting down, a body that does not decode may still come from a sequence's client: its connection stays
+    const keeps = options.lifecycle.isShuttingDown() && options.engine.sequencesUnderWayUnsafe(name, metadata.version)
+    const answer = decoded._tag === "NotJson" ? { status: 400, message: decoded.message } : options.errorOf(decoded)
+    if (decoded._tag === "InvalidInput") options.recordRefused(name, decoded, metadata.version)
+    send(context, response, answer.status, "application/json", errorBody(answer.message), answer.headers, keeps)
     return undefined
   }
   return options.engine.inferUnsafe(decoded.request, (exit) => {

@@ -413,12 +413,15 @@ const inferRoute = (ctx: Ctx) => {
     // decoding anything, as the queue is once the body is in (not when its headers came). Not
     // while shutting down: what is let through then is a sequence's next request, or new work
     // refused 503 once decoded; the engine bounds what it admits.
-    if (!shuttingDown) yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => fromReason(e.reason))
+    if (!lifecycle.isShuttingDown()) yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => fromReason(e.reason))
     // As on the fast path (`NodeInfer`), the deadline counts from when the body was in: its decoding is inside it.
     const inAtMs = performance.now()
     const decoded = InferExchange.decode(name, version, metadata, text, binary)
-    if (decoded._tag === "NotJson") return yield* fail(400, decoded.message)
-    if (decoded._tag === "InvalidInput") return yield* invalid(name, metadata.version, decoded)
+    if (decoded._tag !== "Decoded") {
+      // shutting down, a body that does not decode may still come from a sequence's client: its connection stays
+      if (lifecycle.isShuttingDown() && engine.sequencesUnderWayUnsafe(name, metadata.version)) keepsConnection.add((yield* HttpServerRequest.HttpServerRequest).source)
+      return yield* (decoded._tag === "NotJson" ? fail(400, decoded.message) : invalid(name, metadata.version, decoded))
+    }
     if (shuttingDown) {
       const { sequence } = decoded.request
       if (!engine.takesSequenceUnsafe(name, metadata.version, sequence)) {

@@ -1279,6 +1279,13 @@ describe("shutdown with sequences under way (Triton's rule)", () => {
         assert.include((refused.json as { error: string }).error, "shutting down")
       }
       for (const fiber of fibers) assert.strictEqual((yield* Fiber.join(fiber)).status, 200)
+      // a sequence's client whose body does not decode keeps its connection: its sequence goes on
+      const undecodable = yield* send("POST", "/v2/models/counter/infer", { parameters: { sequence_id: 1 }, inputs: [{ name: "x", shape: [1, 1], datatype: "FP32", data: [1, 2] }] })
+      assert.strictEqual(undecodable.status, 400, undecodable.text)
+      assert.isNull(undecodable.headers.get("connection"))
+      const notJson = yield* send("POST", "/v2/models/counter/infer", "{")
+      assert.strictEqual(notJson.status, 400, notJson.text)
+      assert.isNull(notJson.headers.get("connection"))
       const next = yield* send("POST", "/v2/models/counter/infer", counterBody({ sequence_id: 1, sequence_end: true }))
       assert.strictEqual(next.status, 200, next.text)
       assert.strictEqual(next.headers.get("connection"), "close", "its end closes the connection")
