@@ -48,6 +48,12 @@ export { fromHalfBits, toHalfBits }
 /** Triton's binary tensor data extension: the header that gives the length of the JSON part of a body, in bytes. */
 export const inferenceHeaderContentLength = "inference-header-content-length"
 
+/**
+ * The header in which this project's server names a refusal's reason, as JSON (`Routes.reasonFields`),
+ * so that a client (`OipClient`) rebuilds the typed error the engine gave. Not Triton's: other servers send none.
+ */
+export const inferenceErrorHeader = "inference-error"
+
 /** The OIP datatype of each engine dtype. */
 export const datatypeOf: { readonly [K in Tensor.DataType]: string } = {
   float32: "FP32",

@@ -48,6 +48,9 @@ export * as Live from "./Live.ts"
 // Without Effect
 export * as InferenceClient from "./InferenceClient.ts"
 
+// A client of a server (this one, Triton, KServe) over the Open Inference Protocol
+export * as OipClient from "./OipClient.ts"
+
 // The Open Inference Protocol server
 export * as Lifecycle from "./http/Lifecycle.ts"
 export * as Metrics from "./http/Metrics.ts"

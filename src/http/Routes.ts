@@ -46,6 +46,7 @@ import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool, runs as versionRuns, type Service as ModelPoolService } from "../ModelPool.ts"
 import * as ModelRepository from "../ModelRepository.ts"
 import * as Sequence from "../Sequence.ts"
+import * as TensorCodec from "../TensorCodec.ts"
 import * as Lifecycle from "./Lifecycle.ts"
 import * as DecodePool from "./DecodePool.ts"
 import * as InferExchange from "./InferExchange.ts"
@@ -170,6 +171,42 @@ export const redact = (message: string, roots: ReadonlyArray<string> = []): stri
  */
 export const clientMessage = (reason: InferenceError.Reason, roots: ReadonlyArray<string>): string =>
   reason._tag === "InvalidInput" ? cut(reason.message) : redact(reason.message, roots)
+
+/** The header naming a refusal's reason (`reasonFields`), for clients that rebuild the typed error (`OipClient`). */
+export const reasonHeader = TensorCodec.inferenceErrorHeader
+
+/**
+ * A refusal's reason as the `inference-error` header says it: its tag and the fields that carry
+ * no text of the server's (numbers, a version, an input's name), as JSON in ASCII (a header's
+ * value is Latin-1: other characters are `\u` escapes). The message, redacted, stays in the body.
+ */
+export const reasonFields = (reason: InferenceError.Reason): string => {
+  const fields: Record<string, unknown> = { _tag: reason._tag }
+  switch (reason._tag) {
+    case "QueueFull":
+      fields["capacity"] = reason.capacity
+      if (reason.bound !== undefined) fields["bound"] = reason.bound
+      break
+    case "QueueTimeout":
+      fields["queueTimeoutMs"] = reason.queueTimeoutMs
+      fields["waitedMs"] = reason.waitedMs
+      break
+    case "DeadlineExceeded":
+      fields["timeoutMs"] = reason.timeoutMs
+      fields["elapsedMs"] = reason.elapsedMs
+      break
+    case "ModelNotFound":
+      if (reason.version !== undefined) fields["version"] = reason.version
+      break
+    case "ModelUnavailable":
+      if (reason.unloaded === true) fields["unloaded"] = true
+      break
+    case "InvalidInput":
+      if (reason.input !== undefined) fields["input"] = reason.input.length > 256 ? reason.input.slice(0, 256) : reason.input
+      break
+  }
+  return JSON.stringify(fields).replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
+}
 
 /** At most `maxMessageLength` UTF-16 units, never half a surrogate pair (a lone one is not valid UTF-8 text). */
 const cut = (text: string): string => {
@@ -613,7 +650,9 @@ export const layer = (
         return new ApiError({
           status: InferenceError.httpStatus(reason),
           message: clientMessage(reason, roots),
-          headers: reason._tag === "QueueFull" ? { "retry-after": retryAfter() } : undefined
+          headers: reason._tag === "QueueFull"
+            ? { "retry-after": retryAfter(), [reasonHeader]: reasonFields(reason) }
+            : { [reasonHeader]: reasonFields(reason) }
         })
       }
 

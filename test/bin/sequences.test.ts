@@ -38,6 +38,19 @@ const audio = (chunk: ReadonlyArray<number>) => [
   { name: "sr", shape: [], datatype: "INT64", data: [16000] }
 ]
 
+const bundledConfig = () => JSON.parse(Fs.readFileSync(Path.join(bundled, "config.json"), "utf8")) as Record<string, unknown>
+
+/** A repository with Silero VAD twice: `vad` keeps its state (sequences idle after a minute), `vad_plain` as bundled (the client carries it). */
+const sileroRepository = (prefix: string): string => {
+  const repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), prefix))
+  for (const [name, extra] of [["vad", { sequenceBatching: { maxSequenceIdleMs: 60_000, state: [{ input: "state", output: "stateN" }] } }], ["vad_plain", {}]] as const) {
+    Fs.mkdirSync(Path.join(repository, name))
+    Fs.copyFileSync(Path.join(bundled, "model.onnx"), Path.join(repository, name, "model.onnx"))
+    Fs.writeFileSync(Path.join(repository, name, "config.json"), JSON.stringify({ ...bundledConfig(), ...extra }))
+  }
+  return repository
+}
+
 /** A state that is not zeros, for a sequence that starts from a file. */
 const initialState = Float32Array.from({ length: 256 }, (_, i) => Math.sin(i) * 0.5)
 
@@ -47,21 +60,14 @@ describe("sequences of a stateful model, through the server", () => {
   let ports: { http: number; grpc: number }
 
   beforeAll(async () => {
-    repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "sequences-"))
-    const model = Fs.readFileSync(Path.join(bundled, "model.onnx"))
-    const config = JSON.parse(Fs.readFileSync(Path.join(bundled, "config.json"), "utf8")) as Record<string, unknown>
-    for (const [name, extra] of [["vad", { sequenceBatching: { maxSequenceIdleMs: 60_000, state: [{ input: "state", output: "stateN" }] } }], ["vad_plain", {}]] as const) {
-      Fs.mkdirSync(Path.join(repository, name))
-      Fs.writeFileSync(Path.join(repository, name, "model.onnx"), model)
-      Fs.writeFileSync(Path.join(repository, name, "config.json"), JSON.stringify({ ...config, ...extra }))
-    }
+    repository = sileroRepository("sequences-")
     // the same, its sequences starting from a state read from initial_state/state0.bin
     Fs.mkdirSync(Path.join(repository, "vad_init", "initial_state"), { recursive: true })
-    Fs.writeFileSync(Path.join(repository, "vad_init", "model.onnx"), model)
+    Fs.copyFileSync(Path.join(bundled, "model.onnx"), Path.join(repository, "vad_init", "model.onnx"))
     Fs.writeFileSync(Path.join(repository, "vad_init", "initial_state", "state0.bin"), new Uint8Array(initialState.buffer))
     Fs.writeFileSync(
       Path.join(repository, "vad_init", "config.json"),
-      JSON.stringify({ ...config, sequenceBatching: { state: [{ input: "state", output: "stateN", initialState: { file: "state0.bin" } }] } })
+      JSON.stringify({ ...bundledConfig(), sequenceBatching: { state: [{ input: "state", output: "stateN", initialState: { file: "state0.bin" } }] } })
     )
     server = await startServer(["--port", "0", "--grpc-port", "0", "--models", repository, "--grace-period-seconds", "1"], { grpc: true })
     ports = { http: server.http, grpc: server.grpc }
@@ -293,14 +299,7 @@ describe("a graceful shutdown lets sequences under way finish (Triton's rule)", 
   let server: ServerProcess
 
   beforeAll(async () => {
-    repository = Fs.mkdtempSync(Path.join(Os.tmpdir(), "sequences-drain-"))
-    const model = Fs.readFileSync(Path.join(bundled, "model.onnx"))
-    const config = JSON.parse(Fs.readFileSync(Path.join(bundled, "config.json"), "utf8")) as Record<string, unknown>
-    for (const [name, extra] of [["vad", { sequenceBatching: { maxSequenceIdleMs: 60_000, state: [{ input: "state", output: "stateN" }] } }], ["vad_plain", {}]] as const) {
-      Fs.mkdirSync(Path.join(repository, name))
-      Fs.writeFileSync(Path.join(repository, name, "model.onnx"), model)
-      Fs.writeFileSync(Path.join(repository, name, "config.json"), JSON.stringify({ ...config, ...extra }))
-    }
+    repository = sileroRepository("sequences-drain-")
     server = await startServer(["--port", "0", "--grpc-port", "0", "--models", repository, "--grace-period-seconds", "30"], { grpc: true })
   }, 40_000)
 

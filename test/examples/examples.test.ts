@@ -47,6 +47,13 @@ const expected: Record<string, ReadonlyArray<RegExp>> = {
     /^success latency: p50 [\d.]+ ms, max [\d.]+ ms$/m,
     /^spans: Engine\.infer=22$/m
   ],
+  "07_remote_client.ts": [
+    /^remote: Success, logits \[1, 10\], the same as in process: true$/m,
+    /^a row of 2 floats -> InvalidInput \(input input\), retryable: false$/m,
+    /^an unknown model -> ModelNotFound$/m,
+    /^metadata: input float32 \[-1, 784\]; ready: true$/m,
+    /^shutdown: drained true$/m
+  ],
   "05_server_in_process.ts": [
     /^listening on http:\/\/127\.0\.0\.1:<port>$/m,
     /^GET \/v2\/health\/ready -> 200$/m,

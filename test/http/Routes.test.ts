@@ -588,6 +588,8 @@ describe("inference", () => {
       const full = yield* send("POST", "/v2/models/echo/infer", echoRequest([1, 2, 3, 4]))
       assert.strictEqual(full.status, 429)
       assert.strictEqual(full.headers.get("retry-after"), "5", "10 queued at 2 a second")
+      // the reason with its numbers, for a client that rebuilds the engine's error (`OipClient`)
+      assert.deepStrictEqual(JSON.parse(full.headers.get(Routes.reasonHeader) ?? "null"), { _tag: "QueueFull", capacity: 10 })
       // Nothing runs for a while (the gate is closed; less than the 5 s queue timeout): the
       // measured rate decays towards 0, the wait grows.
       yield* TestClock.adjust("4 seconds")

@@ -1,0 +1,411 @@
+/**
+ * A client of an Open Inference Protocol v2 server over HTTP (this project's server, Triton,
+ * KServe): the engine's own `InferenceRequest` in, its `InferenceResult.Success` or typed
+ * `InferenceError` out, so that code written against the engine in process runs against a
+ * server by swapping one call.
+ *
+ * - Inputs go as Triton's binary tensor data (`binaryInputs`, default true: no JSON number
+ *   printing and parsing) or as JSON; outputs are asked as binary (`binaryOutputs`, default true).
+ *   String tensors go as JSON either way. Output tensors are the client's own memory.
+ * - A request's priority, timeout and sequence go as Triton's parameters (`priority` 1 = Critical
+ *   … 4 = Low, `timeout` in µs, `sequence_id`/`sequence_start`/`sequence_end`), its `requestId` as
+ *   the body's `id`. The deadline covers the whole exchange here too: when `timeout` passes before
+ *   the answer, the request is abandoned (its connection closed, which cancels it at this
+ *   project's server) and fails with DeadlineExceeded.
+ * - Interrupting `infer` closes the request's connection the same way: the server cancels it
+ *   wherever it is (queued, batching, running), as for any client that goes away.
+ * - Errors: this project's server names the reason of each refusal in an `inference-error` header
+ *   (`TensorCodec.inferenceErrorHeader`), so the client rebuilds the same `InferenceError` the server's engine
+ *   gave, with its numbers (a full queue's capacity, a queue timeout's wait). From another server,
+ *   the status decides: 400 InvalidInput, 404 ModelNotFound, 504 DeadlineExceeded, anything else
+ *   ModelUnavailable carrying the status and the server's message (Triton answers a full queue
+ *   503). A server that cannot be reached, or answers something that is not the protocol, is
+ *   ModelUnavailable too, with the reason.
+ * - One keep-alive connection pool (`maxSockets`, default 64) per client, closed with its scope.
+ * - Effect users take `make` (scoped) or `OipClient.layer`; other code `connect`, whose calls
+ *   return Promises and take an AbortSignal.
+ * - Over HTTP only (gRPC is for Triton's own clients); it asks for neither shared memory nor
+ *   classification outputs (Triton's extensions).
+ *
+ * @module OipClient
+ */
+import { Cause, Context, Duration, Effect, Exit, Layer, Scope } from "effect"
+import * as Http from "node:http"
+import * as CancelToken from "./CancelToken.ts"
+import * as InferenceError from "./InferenceError.ts"
+import type { InferenceRequest } from "./InferenceRequest.ts"
+import * as InferenceResult from "./InferenceResult.ts"
+import type * as ModelMetadata from "./ModelMetadata.ts"
+import * as Priority from "./Priority.ts"
+import type * as Tensor from "./Tensor.ts"
+import * as TensorCodec from "./TensorCodec.ts"
+import { millisOf } from "./internal/Millis.ts"
+
+export interface Options {
+  /** The server's base URL: `http://host:port`. */
+  readonly url: string
+  /** Keep-alive connections at most at once. Default 64. */
+  readonly maxSockets?: number | undefined
+  /** Send numeric inputs as binary tensor data. Default true. */
+  readonly binaryInputs?: boolean | undefined
+  /** Ask for outputs as binary tensor data. Default true. */
+  readonly binaryOutputs?: boolean | undefined
+  /** The largest answer read, in bytes; a larger one fails the request (ModelUnavailable). Default 256 MiB. */
+  readonly maxResponseBytes?: number | undefined
+}
+
+export interface Service {
+  /**
+   * Runs `request` at the server. `outputs`: the outputs to return (default: all the model's).
+   * The result's `latencyMs` is this client's, from the call to the answer; `deviceUsed` is "remote".
+   */
+  readonly infer: (
+    request: InferenceRequest,
+    options?: { readonly outputs?: ReadonlyArray<string> | undefined }
+  ) => Effect.Effect<InferenceResult.Success, InferenceError.InferenceError>
+  /** The model's inputs and outputs (`GET /v2/models/{name}[/versions/{v}]`); `version` is the highest the server lists when none is named. */
+  readonly metadata: (model: string, version?: string) => Effect.Effect<ModelMetadata.ModelMetadata, InferenceError.InferenceError>
+  /** `GET /v2/health/ready` (no model) or `/v2/models/{name}[/versions/{v}]/ready`: true on 200; false on any other answer or none. */
+  readonly ready: (model?: string, version?: string) => Effect.Effect<boolean>
+}
+
+/** The header in which this project's server names a refusal's reason (`Routes.reasonFields`). */
+export const reasonHeader = TensorCodec.inferenceErrorHeader
+
+/** What an answer was, before it is read as the protocol. */
+export interface Answer {
+  readonly status: number
+  readonly headers: Http.IncomingHttpHeaders
+  readonly body: Buffer
+}
+
+const unavailable = (modelId: string, reason: string) => InferenceError.make(new InferenceError.ModelUnavailable({ modelId, reason }))
+
+/** `text` without `prefix` when it starts with it (a message the reason's own class wrote), else whole. */
+const after = (text: string, prefix: string): string => (text.startsWith(prefix) ? text.slice(prefix.length) : text)
+
+const numberOf = (fields: Readonly<Record<string, unknown>>, key: string): number | undefined =>
+  typeof fields[key] === "number" ? fields[key] : undefined
+
+/**
+ * The reason of a refusal (a status other than 200), as the engine that answered it gave it when
+ * the server names it (`reasonHeader`), else from the status. `message` is the body's `error`;
+ * `elapsedMs` this client's wait. Pure.
+ */
+export const reasonOf = (
+  request: Pick<InferenceRequest, "modelId" | "modelVersion" | "requestId" | "timeout">,
+  status: number,
+  header: string | undefined,
+  message: string,
+  elapsedMs: number
+): InferenceError.Reason => {
+  const { modelId, requestId } = request
+  let fields: Readonly<Record<string, unknown>> | undefined
+  try {
+    const parsed: unknown = header === undefined ? undefined : JSON.parse(header)
+    if (typeof parsed === "object" && parsed !== null && !Array.isArray(parsed)) fields = parsed as Readonly<Record<string, unknown>>
+  } catch {
+    // not this project's header: the status decides
+  }
+  const timeoutMs = millisOf(request.timeout)
+  switch (fields?.["_tag"]) {
+    case "QueueFull": {
+      const bound = fields["bound"]
+      return new InferenceError.QueueFull({
+        modelId,
+        requestId,
+        capacity: numberOf(fields, "capacity") ?? 0,
+        ...(bound === "server" || bound === "model" || bound === "sequences" ? { bound } : {})
+      })
+    }
+    case "QueueTimeout":
+      return new InferenceError.QueueTimeout({ modelId, requestId, queueTimeoutMs: numberOf(fields, "queueTimeoutMs") ?? 0, waitedMs: numberOf(fields, "waitedMs") ?? elapsedMs })
+    case "DeadlineExceeded":
+      return new InferenceError.DeadlineExceeded({ modelId, requestId, timeoutMs: numberOf(fields, "timeoutMs") ?? timeoutMs, elapsedMs: numberOf(fields, "elapsedMs") ?? elapsedMs })
+    case "Cancelled":
+      return new InferenceError.Cancelled({ requestId, reason: after(message, new InferenceError.Cancelled({ requestId, reason: "" }).message) })
+    case "ModelNotFound": {
+      const version = fields["version"]
+      return new InferenceError.ModelNotFound({ modelId, ...(typeof version === "string" ? { version } : {}) })
+    }
+    case "ModelUnavailable": {
+      const unloaded = fields["unloaded"] === true
+      return new InferenceError.ModelUnavailable({
+        modelId,
+        reason: after(message, new InferenceError.ModelUnavailable({ modelId, reason: "" }).message),
+        ...(unloaded ? { unloaded } : {})
+      })
+    }
+    case "InvalidInput": {
+      const input = typeof fields["input"] === "string" ? fields["input"] : undefined
+      const prefix = new InferenceError.InvalidInput({ modelId, detail: "", ...(input === undefined ? {} : { input }) }).message
+      return new InferenceError.InvalidInput({ modelId, detail: after(message, prefix), ...(input === undefined ? {} : { input }) })
+    }
+    case "RunFailed":
+      return new InferenceError.RunFailed({ modelId, requestId, detail: after(message, new InferenceError.RunFailed({ modelId, requestId, detail: "" }).message) })
+    case "ShuttingDown":
+      return new InferenceError.ShuttingDown({})
+  }
+  switch (status) {
+    case 400:
+      return new InferenceError.InvalidInput({ modelId, detail: message })
+    case 404:
+      return new InferenceError.ModelNotFound({ modelId, ...(request.modelVersion === undefined ? {} : { version: request.modelVersion }) })
+    case 504:
+      return new InferenceError.DeadlineExceeded({ modelId, requestId, timeoutMs, elapsedMs })
+    default:
+      return new InferenceError.ModelUnavailable({ modelId, reason: `the server answered ${status}: ${message}` })
+  }
+}
+
+/** The request's body: JSON, or JSON then the inputs' bytes (binary tensor data). */
+export const encodeRequest = (
+  request: InferenceRequest,
+  options: { readonly binaryInputs: boolean; readonly binaryOutputs: boolean; readonly outputs?: ReadonlyArray<string> | undefined }
+): { readonly bytes: Uint8Array; readonly headers: Record<string, string> } => {
+  const parameters: Record<string, unknown> = {
+    priority: Priority.levels.indexOf(request.priority) + 1,
+    timeout: Math.max(1, Math.round(millisOf(request.timeout) * 1000))
+  }
+  if (request.sequence !== undefined) {
+    parameters["sequence_id"] = request.sequence.id
+    if (request.sequence.start === true) parameters["sequence_start"] = true
+    if (request.sequence.end === true) parameters["sequence_end"] = true
+  }
+  if (options.binaryOutputs) parameters["binary_data_output"] = true
+  const blobs: Array<Uint8Array> = []
+  const inputs = Object.entries(request.inputs).map(([name, tensor]) => {
+    const head = { name, datatype: TensorCodec.datatypeOf[tensor.dtype], shape: tensor.dims }
+    if (!options.binaryInputs || tensor.dtype === "string") return { ...head, data: JSON.parse(TensorCodec.encodeData(tensor)) as unknown }
+    const blob = TensorCodec.encodeBinaryData(tensor)
+    blobs.push(blob)
+    return { ...head, parameters: { binary_data_size: blob.byteLength } }
+  })
+  const outputs = options.outputs?.map((name) => ({ name, ...(options.binaryOutputs ? { parameters: { binary_data: true } } : {}) }))
+  const json = Buffer.from(JSON.stringify({ id: request.requestId, parameters, inputs, ...(outputs === undefined ? {} : { outputs }) }), "utf8")
+  if (blobs.length === 0) return { bytes: json, headers: { "content-type": "application/json" } }
+  const bytes = Buffer.concat([json, ...blobs])
+  return { bytes, headers: { "content-type": "application/octet-stream", [TensorCodec.inferenceHeaderContentLength]: String(json.byteLength) } }
+}
+
+interface ResponseOutput {
+  readonly name: string
+  readonly datatype: string
+  readonly shape: ReadonlyArray<number>
+  readonly data?: unknown
+  readonly parameters?: Readonly<Record<string, unknown>>
+}
+
+/** A 200 answer's outputs as tensors (JSON `data`, or bytes of its binary part), or why it is not the protocol. */
+export const decodeResponse = (
+  modelId: string,
+  answer: Answer
+): { readonly modelVersion: string; readonly outputs: Tensor.TensorMap } | string => {
+  const headerLength = answer.headers[TensorCodec.inferenceHeaderContentLength]
+  const jsonLength = headerLength === undefined ? answer.body.byteLength : Number(headerLength)
+  if (!Number.isSafeInteger(jsonLength) || jsonLength < 0 || jsonLength > answer.body.byteLength) return `its ${TensorCodec.inferenceHeaderContentLength} ${String(headerLength)} does not fit its ${answer.body.byteLength} bytes`
+  let body: { readonly model_version?: unknown; readonly outputs?: unknown }
+  try {
+    body = JSON.parse(answer.body.subarray(0, jsonLength).toString("utf8")) as typeof body
+  } catch {
+    return "its body is not JSON"
+  }
+  if (!Array.isArray(body?.outputs)) return "its body has no outputs"
+  const outputs: Record<string, Tensor.Tensor> = {}
+  let offset = jsonLength
+  for (const output of body.outputs as ReadonlyArray<ResponseOutput>) {
+    const dtype = typeof output?.datatype === "string" ? TensorCodec.dtypeOf(output.datatype) : undefined
+    if (dtype === undefined || typeof output.name !== "string" || !Array.isArray(output.shape)) return `an output is not a tensor it knows (${JSON.stringify(output).slice(0, 120)})`
+    const size = output.parameters?.["binary_data_size"]
+    let binary: Uint8Array | undefined
+    if (size !== undefined) {
+      if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0 || offset + size > answer.body.byteLength) return `output ${JSON.stringify(output.name)}: binary_data_size ${String(size)} does not fit the answer`
+      binary = answer.body.subarray(offset, offset + size)
+      offset += size
+    }
+    const spec: ModelMetadata.TensorSpec = { name: output.name, dtype, dims: output.shape }
+    const tensor = TensorCodec.decodeTensor(modelId, spec, { name: output.name, datatype: output.datatype, shape: output.shape, data: output.data }, binary)
+    if (tensor instanceof InferenceError.InvalidInput) return `output ${JSON.stringify(output.name)}: ${tensor.detail}`
+    outputs[output.name] = tensor
+  }
+  return { modelVersion: typeof body.model_version === "string" ? body.model_version : "", outputs }
+}
+
+/** One HTTP exchange; interrupting it destroys the request (its connection closes). */
+const exchange = (
+  agent: Http.Agent,
+  url: URL,
+  maxResponseBytes: number,
+  method: string,
+  path: string,
+  body?: { readonly bytes: Uint8Array; readonly headers: Record<string, string> }
+): Effect.Effect<Answer, string> =>
+  Effect.callback<Answer, string>((resume) => {
+    const request = Http.request({
+      host: url.hostname,
+      port: url.port === "" ? 80 : Number(url.port),
+      method,
+      path: `${url.pathname.replace(/\/$/, "")}${path}`,
+      agent,
+      headers: body === undefined ? {} : { ...body.headers, "content-length": String(body.bytes.byteLength) }
+    }, (response) => {
+      const chunks: Array<Buffer> = []
+      let bytes = 0
+      response.on("data", (chunk: Buffer) => {
+        bytes += chunk.byteLength
+        if (bytes > maxResponseBytes) {
+          request.destroy()
+          return resume(Effect.fail(`its answer is larger than ${maxResponseBytes} bytes (maxResponseBytes)`))
+        }
+        chunks.push(chunk)
+      })
+      response.on("end", () => resume(Effect.succeed({ status: response.statusCode ?? 0, headers: response.headers, body: Buffer.concat(chunks) })))
+      response.on("error", (e: NodeJS.ErrnoException) => resume(Effect.fail(e.code ?? e.message)))
+    })
+    request.on("error", (e: NodeJS.ErrnoException) => resume(Effect.fail(e.code ?? e.message)))
+    request.end(body?.bytes)
+    return Effect.sync(() => request.destroy())
+  })
+
+const modelPath = (model: string, version: string | undefined) =>
+  `/v2/models/${encodeURIComponent(model)}${version === undefined ? "" : `/versions/${encodeURIComponent(version)}`}`
+
+const errorMessage = (body: Buffer): string => {
+  try {
+    const parsed = JSON.parse(body.toString("utf8")) as { readonly error?: unknown }
+    if (typeof parsed?.error === "string") return parsed.error
+  } catch {
+    // not JSON
+  }
+  return body.toString("utf8").slice(0, 200)
+}
+
+/** The client, its connection pool closed with the scope. Fails (a defect) on a URL that is not http://. */
+export const make = (options: Options): Effect.Effect<Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const url = new URL(options.url)
+    if (url.protocol !== "http:") return yield* Effect.die(new TypeError(`OipClient: ${JSON.stringify(options.url)} is not an http:// URL`))
+    const agent = yield* Effect.acquireRelease(
+      Effect.sync(() => new Http.Agent({ keepAlive: true, maxSockets: options.maxSockets ?? 64 })),
+      (agent) => Effect.sync(() => agent.destroy())
+    )
+    const maxResponseBytes = options.maxResponseBytes ?? 256 * 1024 * 1024
+    const binaryInputs = options.binaryInputs ?? true
+    const binaryOutputs = options.binaryOutputs ?? true
+    const call = (modelId: string, method: string, path: string, body?: { readonly bytes: Uint8Array; readonly headers: Record<string, string> }) =>
+      Effect.mapError(exchange(agent, url, maxResponseBytes, method, path, body), (why) => unavailable(modelId, `${url.origin}: ${why}`))
+
+    const infer: Service["infer"] = (request, inferOptions) =>
+      Effect.suspend(() => {
+        const startedMs = performance.now()
+        const timeoutMs = millisOf(request.timeout)
+        const body = encodeRequest(request, { binaryInputs, binaryOutputs, outputs: inferOptions?.outputs })
+        const answered = Effect.flatMap(call(request.modelId, "POST", `${modelPath(request.modelId, request.modelVersion)}/infer`, body), (answer) => {
+          const elapsedMs = performance.now() - startedMs
+          if (answer.status !== 200) {
+            const header = answer.headers[reasonHeader]
+            return Effect.fail(InferenceError.make(reasonOf(request, answer.status, typeof header === "string" ? header : undefined, errorMessage(answer.body), elapsedMs)))
+          }
+          const decoded = decodeResponse(request.modelId, answer)
+          if (typeof decoded === "string") return Effect.fail(unavailable(request.modelId, `${url.origin} answered what is not an inference response: ${decoded}`))
+          return Effect.succeed(InferenceResult.Success({
+            requestId: request.requestId,
+            outputs: decoded.outputs,
+            latencyMs: elapsedMs,
+            deviceUsed: "remote",
+            modelVersion: decoded.modelVersion
+          }) as InferenceResult.Success)
+        })
+        // the deadline covers the whole exchange: past it the request is abandoned (its connection closed)
+        return Effect.timeoutOrElse(answered, {
+          duration: Duration.millis(timeoutMs),
+          orElse: () =>
+            Effect.fail(InferenceError.make(new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs, elapsedMs: performance.now() - startedMs })))
+        })
+      })
+
+    const metadata: Service["metadata"] = (model, version) =>
+      Effect.flatMap(call(model, "GET", modelPath(model, version)), (answer) => {
+        if (answer.status !== 200) {
+          const header = answer.headers[reasonHeader]
+          const request = { modelId: model, modelVersion: version, requestId: "", timeout: Duration.zero }
+          return Effect.fail(InferenceError.make(reasonOf(request, answer.status, typeof header === "string" ? header : undefined, errorMessage(answer.body), 0)))
+        }
+        let json: { name?: unknown; versions?: unknown; inputs?: unknown; outputs?: unknown }
+        try {
+          json = JSON.parse(answer.body.toString("utf8")) as typeof json
+        } catch {
+          return Effect.fail(unavailable(model, `${url.origin} answered metadata that is not JSON`))
+        }
+        const specs = (list: unknown): Array<ModelMetadata.TensorSpec> | undefined => {
+          if (!Array.isArray(list)) return undefined
+          const out: Array<ModelMetadata.TensorSpec> = []
+          for (const t of list as ReadonlyArray<{ name?: unknown; datatype?: unknown; shape?: unknown }>) {
+            const dtype = typeof t?.datatype === "string" ? TensorCodec.dtypeOf(t.datatype) : undefined
+            if (dtype === undefined || typeof t.name !== "string" || !Array.isArray(t.shape)) return undefined
+            out.push({ name: t.name, dtype, dims: t.shape as ReadonlyArray<number> })
+          }
+          return out
+        }
+        const inputs = specs(json.inputs)
+        const outputs = specs(json.outputs)
+        if (inputs === undefined || outputs === undefined) return Effect.fail(unavailable(model, `${url.origin} answered metadata with tensors it does not know`))
+        const versions = Array.isArray(json.versions) ? json.versions.filter((v): v is string => typeof v === "string") : []
+        return Effect.succeed({ name: model, version: version ?? versions.at(-1) ?? "1", inputs, outputs })
+      })
+
+    const ready: Service["ready"] = (model, version) =>
+      call(model ?? "", "GET", model === undefined ? "/v2/health/ready" : `${modelPath(model, version)}/ready`).pipe(
+        Effect.map((answer) => answer.status === 200),
+        Effect.orElseSucceed(() => false)
+      )
+
+    return { infer, metadata, ready }
+  })
+
+/** The client as a service. */
+export class OipClient extends Context.Service<OipClient, Service>()("effect-onnx/OipClient") {
+  /** The client; its connections close with the layer. */
+  static readonly layer = (options: Options): Layer.Layer<OipClient> => Layer.effect(OipClient, make(options))
+}
+
+/** The client for code without Effect (`connect`): Promises, an AbortSignal for cancellation. */
+export interface PromiseClient {
+  /** `Service.infer`; rejects with the `InferenceError`. Aborting `signal` closes the request (Cancelled). */
+  readonly infer: (
+    request: InferenceRequest,
+    options?: { readonly outputs?: ReadonlyArray<string> | undefined; readonly signal?: AbortSignal | undefined }
+  ) => Promise<InferenceResult.Success>
+  readonly metadata: (model: string, version?: string) => Promise<ModelMetadata.ModelMetadata>
+  readonly ready: (model?: string, version?: string) => Promise<boolean>
+  /** Closes the client's connections (idempotent); requests in flight are abandoned. */
+  readonly close: () => Promise<void>
+}
+
+/**
+ * `make` for code without Effect. A request aborted by its signal rejects with an
+ * `InferenceError` whose reason is Cancelled; its connection is closed, which cancels it at this
+ * project's server. Throws a TypeError on a URL that is not http://.
+ */
+export const connect = (options: Options): PromiseClient => {
+  const scope = Scope.makeUnsafe()
+  const exit = Effect.runSyncExit(Scope.provide(make(options), scope))
+  if (Exit.isFailure(exit)) throw Cause.squash(exit.cause)
+  const client = exit.value
+  const run = <A>(effect: Effect.Effect<A, InferenceError.InferenceError>, requestId: string, signal?: AbortSignal): Promise<A> =>
+    Effect.runPromiseExit(effect, signal === undefined ? undefined : { signal }).then((result) => {
+      if (Exit.isSuccess(result)) return result.value
+      const error = Cause.findErrorOption(result.cause)
+      if (error._tag === "Some") throw error.value
+      if (Cause.hasInterruptsOnly(result.cause)) {
+        throw InferenceError.make(new InferenceError.Cancelled({ requestId, reason: CancelToken.abortReasonText(signal?.reason) }))
+      }
+      throw Cause.squash(result.cause)
+    })
+  return {
+    infer: (request, inferOptions) => run(client.infer(request, inferOptions), request.requestId, inferOptions?.signal),
+    metadata: (model, version) => run(client.metadata(model, version), ""),
+    ready: (model, version) => Effect.runPromise(client.ready(model, version)),
+    close: () => Effect.runPromise(Scope.close(scope, Exit.void))
+  }
+}

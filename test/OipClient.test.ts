@@ -1,0 +1,242 @@
+/**
+ * The Open Inference Protocol client: its pure parts (a refusal's reason from the server's header
+ * or status, the request body, the answer's tensors), the exchange's cancellation on a plain
+ * `node:http` server, and the whole client against `node src/bin/server.ts` on the bundled models.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Fiber } from "effect"
+import * as Http from "node:http"
+import type * as Net from "node:net"
+import * as InferenceError from "../src/InferenceError.ts"
+import * as InferenceRequest from "../src/InferenceRequest.ts"
+import * as OipClient from "../src/OipClient.ts"
+import * as Routes from "../src/http/Routes.ts"
+import * as Tensor from "../src/Tensor.ts"
+import * as TensorCodec from "../src/TensorCodec.ts"
+import { type ServerProcess, startServer } from "./fixtures/ServerProcess.ts"
+
+const request = InferenceRequest.make("m", { x: Tensor.float32([1, 2], [1, 2]) }, { requestId: "r1", timeout: "2 seconds", modelVersion: "3" })
+
+const reasonFor = (status: number, reason: InferenceError.Reason | undefined, message: string) =>
+  OipClient.reasonOf(request, status, reason === undefined ? undefined : Routes.reasonFields(reason), message, 12)
+
+describe("OipClient.reasonOf", () => {
+  it("rebuilds the reason the server's engine gave from its header, numbers and words included", () => {
+    const cases: ReadonlyArray<InferenceError.Reason> = [
+      new InferenceError.QueueFull({ modelId: "m", requestId: "r1", capacity: 256 }),
+      new InferenceError.QueueFull({ modelId: "m", requestId: "r1", capacity: 8, bound: "model" }),
+      new InferenceError.QueueFull({ modelId: "m", requestId: "r1", capacity: 16, bound: "sequences" }),
+      new InferenceError.QueueTimeout({ modelId: "m", requestId: "r1", queueTimeoutMs: 100, waitedMs: 104 }),
+      new InferenceError.DeadlineExceeded({ modelId: "m", requestId: "r1", timeoutMs: 2000, elapsedMs: 2001 }),
+      new InferenceError.Cancelled({ requestId: "r1", reason: "the client went away" }),
+      new InferenceError.ModelNotFound({ modelId: "m", version: "3" }),
+      new InferenceError.ModelUnavailable({ modelId: "m", reason: "failed to load: bad file" }),
+      new InferenceError.ModelUnavailable({ modelId: "m", reason: "unloaded", unloaded: true }),
+      new InferenceError.InvalidInput({ modelId: "m", input: "x", detail: "rank 1 given, the model takes rank 2" }),
+      new InferenceError.InvalidInput({ modelId: "m", input: "größe", detail: "missing input" }),
+      new InferenceError.InvalidInput({ modelId: "m", detail: "unknown priority" }),
+      new InferenceError.RunFailed({ modelId: "m", requestId: "r1", detail: "a defect" }),
+      new InferenceError.ShuttingDown({})
+    ]
+    for (const reason of cases) {
+      const header = Routes.reasonFields(reason)
+      assert.match(header, /^[\x20-\x7e]*$/, "a header value in ASCII")
+      const rebuilt = OipClient.reasonOf(request, InferenceError.httpStatus(reason), header, reason.message, 12)
+      assert.deepStrictEqual({ ...rebuilt }, { ...reason }, reason._tag)
+      assert.strictEqual(rebuilt.message, reason.message)
+    }
+  })
+
+  it("from another server (no header), the status decides, keeping its message", () => {
+    const invalid = reasonFor(400, undefined, "unexpected shape")
+    assert.deepStrictEqual([invalid._tag, invalid._tag === "InvalidInput" && invalid.detail], ["InvalidInput", "unexpected shape"])
+    assert.deepStrictEqual({ ...reasonFor(404, undefined, "no model") }, { ...new InferenceError.ModelNotFound({ modelId: "m", version: "3" }) })
+    const late = reasonFor(504, undefined, "timeout")
+    assert.deepStrictEqual({ ...late }, { ...new InferenceError.DeadlineExceeded({ modelId: "m", requestId: "r1", timeoutMs: 2000, elapsedMs: 12 }) })
+    // Triton answers a full queue 503: retryable, as ModelUnavailable is
+    const full = reasonFor(503, undefined, "Exceeds maximum queue size")
+    assert.strictEqual(full._tag, "ModelUnavailable")
+    assert.include(full.message, "the server answered 503: Exceeds maximum queue size")
+    assert.isTrue(InferenceError.make(full).isRetryable)
+    // a header that is not ours is ignored
+    assert.strictEqual(OipClient.reasonOf(request, 400, "not json", "bad", 0)._tag, "InvalidInput")
+  })
+})
+
+describe("OipClient request and answer", () => {
+  it("encodes the request's parameters as Triton's and numeric inputs as binary tensor data; strings as JSON", () => {
+    const seq = InferenceRequest.make("m", { x: Tensor.float32([1, 2], [1, 2]), s: Tensor.make("string", ["a"], [1]) }, {
+      requestId: "q",
+      priority: "High",
+      timeout: "250 millis",
+      sequence: { id: 7, start: true }
+    })
+    const { bytes, headers } = OipClient.encodeRequest(seq, { binaryInputs: true, binaryOutputs: true, outputs: ["y"] })
+    const jsonLength = Number(headers[TensorCodec.inferenceHeaderContentLength])
+    const json = JSON.parse(Buffer.from(bytes).subarray(0, jsonLength).toString("utf8"))
+    assert.deepStrictEqual(json.parameters, { priority: 2, timeout: 250_000, sequence_id: 7, sequence_start: true, binary_data_output: true })
+    assert.strictEqual(json.id, "q")
+    assert.deepStrictEqual(json.inputs, [
+      { name: "x", datatype: "FP32", shape: [1, 2], parameters: { binary_data_size: 8 } },
+      { name: "s", datatype: "BYTES", shape: [1], data: ["a"] }
+    ])
+    assert.deepStrictEqual(json.outputs, [{ name: "y", parameters: { binary_data: true } }])
+    assert.deepStrictEqual(Array.from(new Float32Array(Uint8Array.from(bytes.subarray(jsonLength)).buffer)), [1, 2])
+    const plain = OipClient.encodeRequest(seq, { binaryInputs: false, binaryOutputs: false })
+    assert.strictEqual(plain.headers["content-type"], "application/json")
+    assert.deepStrictEqual(JSON.parse(Buffer.from(plain.bytes).toString("utf8")).inputs[0].data, [1, 2])
+  })
+
+  it("decodes an answer's JSON and binary outputs, and says why an answer is not the protocol", () => {
+    const head = Buffer.from(JSON.stringify({
+      model_name: "m",
+      model_version: "2",
+      outputs: [
+        { name: "a", datatype: "INT64", shape: [2], parameters: { binary_data_size: 16 } },
+        { name: "b", datatype: "FP32", shape: [1, 2], data: [0.5, 1.5] }
+      ]
+    }))
+    const body = Buffer.concat([head, Buffer.from(BigInt64Array.of(3n, -4n).buffer)])
+    const decoded = OipClient.decodeResponse("m", { status: 200, headers: { [TensorCodec.inferenceHeaderContentLength]: String(head.byteLength) }, body })
+    if (typeof decoded === "string") return assert.fail(decoded)
+    assert.strictEqual(decoded.modelVersion, "2")
+    assert.deepStrictEqual(Array.from(decoded.outputs["a"]!.data as BigInt64Array), [3n, -4n])
+    assert.deepStrictEqual([Array.from(decoded.outputs["b"]!.data as Float32Array), decoded.outputs["b"]!.dims], [[0.5, 1.5], [1, 2]])
+    const short = OipClient.decodeResponse("m", { status: 200, headers: { [TensorCodec.inferenceHeaderContentLength]: String(head.byteLength) }, body: body.subarray(0, body.byteLength - 1) })
+    assert.include(short as string, `output "a": binary_data_size 16 does not fit the answer`)
+    assert.strictEqual(OipClient.decodeResponse("m", { status: 200, headers: {}, body: Buffer.from("<html>") }), "its body is not JSON")
+  })
+})
+
+describe("OipClient exchange", () => {
+  it.live("interrupting infer closes the request's connection (the server sees its client go); a deadline does too, as DeadlineExceeded", () =>
+    Effect.gen(function*() {
+      const closed: Array<number> = []
+      const server = Http.createServer((req) => req.on("close", () => closed.push(performance.now())))
+      yield* Effect.acquireRelease(
+        Effect.callback<void>((resume) => void server.listen(0, "127.0.0.1", () => resume(Effect.void))),
+        () => Effect.sync(() => (server.closeAllConnections(), server.close()))
+      )
+      const port = (server.address() as Net.AddressInfo).port
+      const client = yield* OipClient.make({ url: `http://127.0.0.1:${port}` })
+      const fiber = yield* Effect.forkChild(client.infer(InferenceRequest.make("m", { x: Tensor.float32([1], [1]) })), { startImmediately: true })
+      yield* Effect.sleep("100 millis")
+      assert.strictEqual(closed.length, 0)
+      yield* Fiber.interrupt(fiber)
+      for (let i = 0; i < 100 && closed.length === 0; i++) yield* Effect.sleep("5 millis")
+      assert.strictEqual(closed.length, 1, "the server saw the request go")
+      const startedMs = performance.now()
+      const exit = yield* Effect.exit(client.infer(InferenceRequest.make("m", { x: Tensor.float32([1], [1]) }, { timeout: "150 millis" })))
+      const reason = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail")?.error.reason : undefined
+      assert.strictEqual(reason?._tag, "DeadlineExceeded")
+      assert.isAtLeast(performance.now() - startedMs, 140)
+      for (let i = 0; i < 100 && closed.length === 1; i++) yield* Effect.sleep("5 millis")
+      assert.strictEqual(closed.length, 2)
+    }))
+})
+
+describe("OipClient.connect (Promises)", () => {
+  it("aborting a request's signal closes its connection and rejects with Cancelled; close ends the client", async () => {
+    const closed: Array<string> = []
+    const server = Http.createServer((req) => req.on("close", () => closed.push(req.url ?? "")))
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()))
+    try {
+      const client = OipClient.connect({ url: `http://127.0.0.1:${(server.address() as Net.AddressInfo).port}` })
+      const controller = new AbortController()
+      const pending = client.infer(InferenceRequest.make("m", { x: Tensor.float32([1], [1]) }, { requestId: "q" }), { signal: controller.signal })
+      await new Promise((r) => setTimeout(r, 50))
+      controller.abort("the user left")
+      const error = await pending.then(() => undefined, (e: unknown) => e)
+      assert.isTrue(InferenceError.isInferenceError(error))
+      assert.deepStrictEqual({ ...(error as InferenceError.InferenceError).reason }, { ...new InferenceError.Cancelled({ requestId: "q", reason: "the user left" }) })
+      for (let i = 0; i < 100 && closed.length === 0; i++) await new Promise((r) => setTimeout(r, 5))
+      assert.deepStrictEqual(closed, ["/v2/models/m/infer"])
+      await client.close()
+      assert.throws(() => OipClient.connect({ url: "https://example.com" }), /is not an http:\/\/ URL/)
+    } finally {
+      server.closeAllConnections()
+      server.close()
+    }
+  })
+})
+
+describe("OipClient against the server", () => {
+  let server: ServerProcess
+
+  beforeAll(async () => {
+    server = await startServer(["--port", "0", "--grpc-port", "off"])
+  }, 40_000)
+
+  afterAll(() => {
+    if (server !== undefined && server.child.exitCode === null) server.child.kill("SIGKILL")
+  })
+
+  const row = Float32Array.from({ length: 784 }, (_, i) => (i % 17) / 17)
+
+  it.live("infer: binary and JSON both ways give the same logits; metadata and readiness", () =>
+    Effect.gen(function*() {
+      const url = `http://127.0.0.1:${server.http}`
+      const binary = yield* OipClient.make({ url })
+      const json = yield* OipClient.make({ url, binaryInputs: false, binaryOutputs: false })
+      const req = InferenceRequest.make("mlp", { input: Tensor.float32(row, [1, 784]) }, { requestId: "mine" })
+      const a = yield* binary.infer(req)
+      const b = yield* json.infer(req)
+      assert.deepStrictEqual([a.requestId, a.modelVersion, a.deviceUsed, Object.keys(a.outputs)], ["mine", "1", "remote", ["logits"]])
+      assert.deepStrictEqual(a.outputs["logits"]!.dims, [1, 10])
+      const x = a.outputs["logits"]!.data as Float32Array
+      const y = b.outputs["logits"]!.data as Float32Array
+      // JSON prints each float32 so that it reads back the same
+      assert.deepStrictEqual(Array.from(x), Array.from(y))
+      assert.isTrue(x.some((v) => v !== 0))
+      const metadata = yield* binary.metadata("mlp")
+      assert.deepStrictEqual([metadata.version, metadata.inputs.map((t) => [t.name, t.dtype, t.dims])], ["1", [["input", "float32", [-1, 784]]]])
+      assert.isTrue(yield* binary.ready())
+      assert.isTrue(yield* binary.ready("mlp"))
+      assert.isFalse(yield* binary.ready("nope"))
+      const unreachable = yield* OipClient.make({ url: "http://127.0.0.1:9" })
+      assert.isFalse(yield* unreachable.ready())
+      const down = yield* Effect.flip(unreachable.infer(req))
+      assert.strictEqual(down.reason._tag, "ModelUnavailable")
+      assert.include(down.message, "ECONNREFUSED")
+    }))
+
+  it.live("refusals are the engine's own typed errors: an unknown model, an input that does not fit (named), a version the model lacks", () =>
+    Effect.gen(function*() {
+      const client = yield* OipClient.make({ url: `http://127.0.0.1:${server.http}` })
+      const nope = yield* Effect.flip(client.infer(InferenceRequest.make("nope", { input: Tensor.float32(row, [1, 784]) })))
+      assert.deepStrictEqual({ ...nope.reason }, { ...new InferenceError.ModelNotFound({ modelId: "nope" }) })
+      const wrong = yield* Effect.flip(client.infer(InferenceRequest.make("mlp", { input: Tensor.float32([1, 2], [1, 2]) })))
+      assert.strictEqual(wrong.reason._tag, "InvalidInput")
+      if (wrong.reason._tag === "InvalidInput") {
+        assert.strictEqual(wrong.reason.input, "input")
+        // the server's words once, not wrapped in the client's own prefix
+        assert.strictEqual(wrong.message.split("for model").length, 2, wrong.message)
+      }
+      const version = yield* Effect.flip(client.infer(InferenceRequest.make("mlp", { input: Tensor.float32(row, [1, 784]) }, { modelVersion: "9" })))
+      assert.strictEqual(version.reason._tag, "ModelNotFound")
+      // the same through the Promise client
+      const promised = OipClient.connect({ url: `http://127.0.0.1:${server.http}` })
+      const answered = yield* Effect.promise(() => promised.infer(InferenceRequest.make("mlp", { input: Tensor.float32(row, [1, 784]) })))
+      assert.deepStrictEqual(answered.outputs["logits"]!.dims, [1, 10])
+      const refused = yield* Effect.promise(() => promised.infer(InferenceRequest.make("mlp", { input: Tensor.float32([1, 2], [1, 2]) })).then(() => undefined, (e: unknown) => e))
+      assert.strictEqual((refused as InferenceError.InferenceError).reason._tag, "InvalidInput")
+      yield* Effect.promise(() => promised.close())
+      const missing = yield* Effect.flip(client.metadata("nope"))
+      assert.strictEqual(missing.reason._tag, "ModelNotFound")
+      assert.isFalse(wrong.isRetryable)
+    }), 20_000)
+
+  it.live("many requests at once over the client's connections, each answered with its own row's logits", () =>
+    Effect.gen(function*() {
+      const client = yield* OipClient.make({ url: `http://127.0.0.1:${server.http}`, maxSockets: 8 })
+      const rows = Array.from({ length: 40 }, (_, r) => Float32Array.from({ length: 784 }, (_, i) => ((i + r) % 13) / 13))
+      const alone = yield* Effect.forEach(rows.slice(0, 3), (r) => client.infer(InferenceRequest.make("mlp", { input: Tensor.float32(r, [1, 784]) })))
+      const together = yield* Effect.forEach(rows, (r) => client.infer(InferenceRequest.make("mlp", { input: Tensor.float32(r, [1, 784]) }, { timeout: Duration.seconds(10) })), { concurrency: 40 })
+      // (batched with others, a row's logits may differ from its run alone by float rounding)
+      for (let r = 0; r < 3; r++) {
+        const got = together[r]!.outputs["logits"]!.data as Float32Array
+        ;(alone[r]!.outputs["logits"]!.data as Float32Array).forEach((v, i) => assert.closeTo(got[i]!, v, 1e-5))
+      }
+      assert.notDeepEqual(Array.from(together[0]!.outputs["logits"]!.data as Float32Array), Array.from(together[1]!.outputs["logits"]!.data as Float32Array))
+    }), 30_000)
+})
