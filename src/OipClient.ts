@@ -174,15 +174,19 @@ export const encodeRequest = (
   }
   if (options.binaryOutputs) parameters["binary_data_output"] = true
   const blobs: Array<Uint8Array> = []
+  // JSON text written as it goes: a tensor's data printed once (`encodeData`), never parsed back
   const inputs = Object.entries(request.inputs).map(([name, tensor]) => {
-    const head = { name, datatype: TensorCodec.datatypeOf[tensor.dtype], shape: tensor.dims }
-    if (!options.binaryInputs || tensor.dtype === "string") return { ...head, data: JSON.parse(TensorCodec.encodeData(tensor)) as unknown }
+    const head = `{"name":${JSON.stringify(name)},"datatype":"${TensorCodec.datatypeOf[tensor.dtype]}","shape":${JSON.stringify(tensor.dims)}`
+    if (!options.binaryInputs || tensor.dtype === "string") return `${head},"data":${TensorCodec.encodeData(tensor)}}`
     const blob = TensorCodec.encodeBinaryData(tensor)
     blobs.push(blob)
-    return { ...head, parameters: { binary_data_size: blob.byteLength } }
+    return `${head},"parameters":{"binary_data_size":${blob.byteLength}}}`
   })
   const outputs = options.outputs?.map((name) => ({ name, ...(options.binaryOutputs ? { parameters: { binary_data: true } } : {}) }))
-  const json = Buffer.from(JSON.stringify({ id: request.requestId, parameters, inputs, ...(outputs === undefined ? {} : { outputs }) }), "utf8")
+  const text = `{"id":${JSON.stringify(request.requestId)},"parameters":${JSON.stringify(parameters)},"inputs":[${inputs.join(",")}]${
+    outputs === undefined ? "" : `,"outputs":${JSON.stringify(outputs)}`
+  }}`
+  const json = Buffer.from(text, "utf8")
   if (blobs.length === 0) return { bytes: json, headers: { "content-type": "application/json" } }
   const bytes = Buffer.concat([json, ...blobs])
   return { bytes, headers: { "content-type": "application/octet-stream", [TensorCodec.inferenceHeaderContentLength]: String(json.byteLength) } }
