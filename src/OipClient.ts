@@ -37,7 +37,7 @@ import type { InferenceRequest } from "./InferenceRequest.ts"
 import * as InferenceResult from "./InferenceResult.ts"
 import type * as ModelMetadata from "./ModelMetadata.ts"
 import * as Priority from "./Priority.ts"
-import type * as Tensor from "./Tensor.ts"
+import * as Tensor from "./Tensor.ts"
 import * as TensorCodec from "./TensorCodec.ts"
 import { millisOf } from "./internal/Millis.ts"
 
@@ -163,10 +163,10 @@ export const encodeRequest = (
   request: InferenceRequest,
   options: { readonly binaryInputs: boolean; readonly binaryOutputs: boolean; readonly outputs?: ReadonlyArray<string> | undefined }
 ): { readonly bytes: Uint8Array; readonly headers: Record<string, string> } => {
-  const parameters: Record<string, unknown> = {
-    priority: Priority.levels.indexOf(request.priority) + 1,
-    timeout: Math.max(1, Math.round(millisOf(request.timeout) * 1000))
-  }
+  const timeoutMs = millisOf(request.timeout)
+  const parameters: Record<string, unknown> = { priority: Priority.levels.indexOf(request.priority) + 1 }
+  // an infinite deadline is none: the parameter left out (Triton's 0)
+  if (Number.isFinite(timeoutMs)) parameters["timeout"] = Math.max(1, Math.round(timeoutMs * 1000))
   if (request.sequence !== undefined) {
     parameters["sequence_id"] = request.sequence.id
     if (request.sequence.start === true) parameters["sequence_start"] = true
@@ -210,7 +210,7 @@ export const decodeResponse = (
   if (!Number.isSafeInteger(jsonLength) || jsonLength < 0 || jsonLength > answer.body.byteLength) return `its ${TensorCodec.inferenceHeaderContentLength} ${String(headerLength)} does not fit its ${answer.body.byteLength} bytes`
   let body: { readonly model_version?: unknown; readonly outputs?: unknown }
   try {
-    body = JSON.parse(answer.body.subarray(0, jsonLength).toString("utf8")) as typeof body
+    body = JSON.parse(answer.body.subarray(0, jsonLength).toString("utf8"), exactIntegers) as typeof body
   } catch {
     return "its body is not JSON"
   }
@@ -227,13 +227,34 @@ export const decodeResponse = (
       binary = answer.body.subarray(offset, offset + size)
       offset += size
     }
+    // an empty output (a detector that found nothing) is a tensor too; the decoder, made for inputs, refuses one
+    if (output.shape.every((d) => Number.isSafeInteger(d) && d >= 0) && Tensor.elementCount(output.shape) === 0) {
+      if (binary !== undefined ? binary.byteLength !== 0 : !(Array.isArray(output.data) && output.data.length === 0)) return `output ${JSON.stringify(output.name)}: an empty tensor with data`
+      outputs[output.name] = Tensor.make(dtype, (dtype === "string" ? [] : Tensor.allocate(dtype, 0)) as Tensor.TensorData, output.shape.slice())
+      continue
+    }
     const spec: ModelMetadata.TensorSpec = { name: output.name, dtype, dims: output.shape }
-    const tensor = TensorCodec.decodeTensor(modelId, spec, { name: output.name, datatype: output.datatype, shape: output.shape, data: output.data }, binary)
+    // integers past 2^53 come as their digits (`exactIntegers`): an int64 output reads them exactly, any other as numbers
+    const data = dtype === "int64" || dtype === "uint64" ? output.data : numbersOf(output.data)
+    const tensor = TensorCodec.decodeTensor(modelId, spec, { name: output.name, datatype: output.datatype, shape: output.shape, data }, binary)
     if (tensor instanceof InferenceError.InvalidInput) return `output ${JSON.stringify(output.name)}: ${tensor.detail}`
     outputs[output.name] = tensor
   }
   return { modelVersion: typeof body.model_version === "string" ? body.model_version : "", outputs }
 }
+
+/**
+ * `JSON.parse`'s reviver for answers: an integer past 2^53 kept as its digits (the server prints
+ * int64 outputs exactly; a number would round them), from the source text Node 22's reviver gets.
+ */
+const exactIntegers = (_key: string, value: unknown, context?: { readonly source?: string }): unknown =>
+  typeof value === "number" && !Number.isSafeInteger(value) && Number.isInteger(value) && context?.source !== undefined && /^-?\d+$/.test(context.source)
+    ? context.source
+    : value
+
+/** `data` with the digits `exactIntegers` kept turned back into numbers (an output that is not int64). */
+const numbersOf = (data: unknown): unknown =>
+  Array.isArray(data) ? data.map(numbersOf) : typeof data === "string" && /^-?\d+$/.test(data) ? Number(data) : data
 
 /** One HTTP exchange; interrupting it destroys the request (its connection closes). */
 const exchange = (
@@ -246,7 +267,8 @@ const exchange = (
 ): Effect.Effect<Answer, string> =>
   Effect.callback<Answer, string>((resume) => {
     const request = Http.request({
-      host: url.hostname,
+      // an IPv6 address without its brackets
+      host: url.hostname.replace(/^\[(.*)\]$/, "$1"),
       port: url.port === "" ? 80 : Number(url.port),
       method,
       path: `${url.pathname.replace(/\/$/, "")}${path}`,
@@ -289,18 +311,34 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
   Effect.gen(function*() {
     const url = new URL(options.url)
     if (url.protocol !== "http:") return yield* Effect.die(new TypeError(`OipClient: ${JSON.stringify(options.url)} is not an http:// URL`))
+    let closed = false
     const agent = yield* Effect.acquireRelease(
       Effect.sync(() => new Http.Agent({ keepAlive: true, maxSockets: options.maxSockets ?? 64 })),
-      (agent) => Effect.sync(() => agent.destroy())
+      (agent) =>
+        Effect.sync(() => {
+          closed = true
+          agent.destroy()
+        })
     )
     const maxResponseBytes = options.maxResponseBytes ?? 256 * 1024 * 1024
     const binaryInputs = options.binaryInputs ?? true
     const binaryOutputs = options.binaryOutputs ?? true
+    // a closed client refuses (an Agent opens new sockets after `destroy`)
     const call = (modelId: string, method: string, path: string, body?: { readonly bytes: Uint8Array; readonly headers: Record<string, string> }) =>
-      Effect.mapError(exchange(agent, url, maxResponseBytes, method, path, body), (why) => unavailable(modelId, `${url.origin}: ${why}`))
+      closed
+        ? Effect.fail(InferenceError.make(new InferenceError.ShuttingDown({})))
+        : Effect.mapError(exchange(agent, url, maxResponseBytes, method, path, body), (why) => unavailable(modelId, `${url.origin}: ${why}`))
 
     const infer: Service["infer"] = (request, inferOptions) =>
       Effect.suspend(() => {
+        // refused as the engine refuses them, before anything is sent
+        const timeout: unknown = request.timeout
+        if (!Duration.isDuration(timeout) || Duration.isNegative(timeout)) {
+          return Effect.fail(InferenceError.make(new InferenceError.InvalidInput({ modelId: request.modelId, detail: `timeout ${String(timeout)}: it must be a Duration that is not negative` })))
+        }
+        if (!Priority.is(request.priority)) {
+          return Effect.fail(InferenceError.make(new InferenceError.InvalidInput({ modelId: request.modelId, detail: `unknown priority ${JSON.stringify(request.priority)}: one of ${Priority.levels.join(", ")}` })))
+        }
         const startedMs = performance.now()
         const timeoutMs = millisOf(request.timeout)
         const body = encodeRequest(request, { binaryInputs, binaryOutputs, outputs: inferOptions?.outputs })
@@ -321,6 +359,7 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
           }) as InferenceResult.Success)
         })
         // the deadline covers the whole exchange: past it the request is abandoned (its connection closed)
+        if (!Number.isFinite(timeoutMs)) return answered
         return Effect.timeoutOrElse(answered, {
           duration: Duration.millis(timeoutMs),
           orElse: () =>
@@ -354,8 +393,10 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         const inputs = specs(json.inputs)
         const outputs = specs(json.outputs)
         if (inputs === undefined || outputs === undefined) return Effect.fail(unavailable(model, `${url.origin} answered metadata with tensors it does not know`))
-        const versions = Array.isArray(json.versions) ? json.versions.filter((v): v is string => typeof v === "string") : []
-        return Effect.succeed({ name: model, version: version ?? versions.at(-1) ?? "1", inputs, outputs })
+        // the highest version it lists (Triton does not promise an order)
+        const versions = Array.isArray(json.versions) ? json.versions.filter((v): v is string => typeof v === "string" && /^\d+$/.test(v)) : []
+        const highest = versions.reduce<string | undefined>((best, v) => (best === undefined || Number(v) > Number(best) ? v : best), undefined)
+        return Effect.succeed({ name: model, version: version ?? highest ?? "1", inputs, outputs })
       })
 
     const ready: Service["ready"] = (model, version) =>
@@ -382,7 +423,7 @@ export interface PromiseClient {
   ) => Promise<InferenceResult.Success>
   readonly metadata: (model: string, version?: string) => Promise<ModelMetadata.ModelMetadata>
   readonly ready: (model?: string, version?: string) => Promise<boolean>
-  /** Closes the client's connections (idempotent); requests in flight are abandoned. */
+  /** Closes the client's connections (idempotent): requests in flight are abandoned (Cancelled), later ones refused (ShuttingDown). */
   readonly close: () => Promise<void>
 }
 
@@ -396,20 +437,32 @@ export const connect = (options: Options): PromiseClient => {
   const exit = Effect.runSyncExit(Scope.provide(make(options), scope))
   if (Exit.isFailure(exit)) throw Cause.squash(exit.cause)
   const client = exit.value
-  const run = <A>(effect: Effect.Effect<A, InferenceError.InferenceError>, requestId: string, signal?: AbortSignal): Promise<A> =>
-    Effect.runPromiseExit(effect, signal === undefined ? undefined : { signal }).then((result) => {
+  let closed = false
+  /** Each call's own abort, so that `close` cancels what is in flight. */
+  const inFlight = new Set<AbortController>()
+  const run = <A>(effect: Effect.Effect<A, InferenceError.InferenceError>, requestId: string, given?: AbortSignal): Promise<A> => {
+    if (closed) return Promise.reject(InferenceError.make(new InferenceError.ShuttingDown({})))
+    const controller = new AbortController()
+    const signal = given === undefined ? controller.signal : AbortSignal.any([given, controller.signal])
+    inFlight.add(controller)
+    return Effect.runPromiseExit(effect, { signal }).then((result) => {
       if (Exit.isSuccess(result)) return result.value
       const error = Cause.findErrorOption(result.cause)
       if (error._tag === "Some") throw error.value
       if (Cause.hasInterruptsOnly(result.cause)) {
-        throw InferenceError.make(new InferenceError.Cancelled({ requestId, reason: CancelToken.abortReasonText(signal?.reason) }))
+        throw InferenceError.make(new InferenceError.Cancelled({ requestId, reason: CancelToken.abortReasonText(signal.reason) }))
       }
       throw Cause.squash(result.cause)
-    })
+    }).finally(() => inFlight.delete(controller))
+  }
   return {
     infer: (request, inferOptions) => run(client.infer(request, inferOptions), request.requestId, inferOptions?.signal),
     metadata: (model, version) => run(client.metadata(model, version), ""),
-    ready: (model, version) => Effect.runPromise(client.ready(model, version)),
-    close: () => Effect.runPromise(Scope.close(scope, Exit.void))
+    ready: (model, version) => (closed ? Promise.resolve(false) : Effect.runPromise(client.ready(model, version))),
+    close: () => {
+      closed = true
+      for (const controller of inFlight) controller.abort("the client was closed")
+      return Effect.runPromise(Scope.close(scope, Exit.void))
+    }
   }
 }

@@ -4,7 +4,7 @@
  * `node:http` server, and the whole client against `node src/bin/server.ts` on the bundled models.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber } from "effect"
+import { Duration, Effect, Exit, Fiber, Scope } from "effect"
 import * as Http from "node:http"
 import type * as Net from "node:net"
 import * as InferenceError from "../src/InferenceError.ts"
@@ -106,6 +106,111 @@ describe("OipClient request and answer", () => {
     assert.include(short as string, `output "a": binary_data_size 16 does not fit the answer`)
     assert.strictEqual(OipClient.decodeResponse("m", { status: 200, headers: {}, body: Buffer.from("<html>") }), "its body is not JSON")
   })
+
+  it("decodes int64 JSON outputs past 2^53 exactly, other outputs' large integers as numbers, and empty outputs", () => {
+    const body = Buffer.from(
+      `{"model_version":"1","outputs":[{"name":"i","datatype":"INT64","shape":[2],"data":[9007199254740993,-9007199254740995]},` +
+        `{"name":"f","datatype":"FP64","shape":[2],"data":[9007199254740993,1e20]},` +
+        `{"name":"e","datatype":"FP32","shape":[0,4],"data":[]},{"name":"b","datatype":"INT32","shape":[0],"parameters":{"binary_data_size":0}}]}`
+    )
+    const decoded = OipClient.decodeResponse("m", { status: 200, headers: {}, body })
+    if (typeof decoded === "string") return assert.fail(decoded)
+    assert.deepStrictEqual(Array.from(decoded.outputs["i"]!.data as BigInt64Array), [9007199254740993n, -9007199254740995n])
+    assert.deepStrictEqual(Array.from(decoded.outputs["f"]!.data as Float64Array), [9007199254740992, 1e20])
+    assert.deepStrictEqual([decoded.outputs["e"]!.dims, decoded.outputs["e"]!.data.length, decoded.outputs["b"]!.dims], [[0, 4], 0, [0]])
+  })
+
+  it("leaves out the timeout of a request that has none (an infinite one), as Triton's 0", () => {
+    const endless = InferenceRequest.make("m", { x: Tensor.float32([1], [1]) }, { timeout: Duration.infinity })
+    const { bytes } = OipClient.encodeRequest(endless, { binaryInputs: false, binaryOutputs: false })
+    assert.deepStrictEqual(JSON.parse(Buffer.from(bytes).toString("utf8")).parameters, { priority: 3 })
+  })
+
+  it("prints JSON inputs exactly: an int64 past 2^53, a negative zero", () => {
+    const exact = InferenceRequest.make("m", { i: Tensor.make("int64", BigInt64Array.of(9007199254740993n), [1]), z: Tensor.float32([-0, 1], [2]) })
+    const text = Buffer.from(OipClient.encodeRequest(exact, { binaryInputs: false, binaryOutputs: false }).bytes).toString("utf8")
+    assert.include(text, `"data":[9007199254740993]`)
+    assert.include(text, `"data":[-0,1]`)
+  })
+
+  it("the server's header leaves out an input name too long to carry, rather than a cut one", () => {
+    const long = "n".repeat(300)
+    assert.deepStrictEqual(JSON.parse(Routes.reasonFields(new InferenceError.InvalidInput({ modelId: "m", input: long, detail: "x" }))), { _tag: "InvalidInput" })
+  })
+})
+
+/** A plain `node:http` server on `host` answering every request with `answer`, for the client's transport. */
+const fakeServer = (host: string, answer: (req: Http.IncomingMessage, res: Http.ServerResponse, body: string) => void) =>
+  Effect.gen(function*() {
+    const server = Http.createServer((req, res) => {
+      let body = ""
+      req.on("data", (c: Buffer) => (body += c.toString("utf8")))
+      req.on("end", () => answer(req, res, body))
+    })
+    yield* Effect.acquireRelease(
+      Effect.callback<void>((resume) => void server.listen(0, host, () => resume(Effect.void))),
+      () => Effect.sync(() => (server.closeAllConnections(), server.close()))
+    )
+    const port = (server.address() as Net.AddressInfo).port
+    return host.includes(":") ? `http://[${host}]:${port}` : `http://${host}:${port}`
+  })
+
+const answerY = (res: Http.ServerResponse) => {
+  res.writeHead(200, { "content-type": "application/json" })
+  res.end(JSON.stringify({ model_name: "m", model_version: "1", outputs: [{ name: "y", datatype: "FP32", shape: [1], data: [2] }] }))
+}
+
+describe("OipClient over a plain server", () => {
+  it.live("an IPv6 URL; a request without a timeout waits as long as the answer takes; bad timeouts and priorities are refused before anything is sent", () =>
+    Effect.gen(function*() {
+      const bodies: Array<string> = []
+      const url = yield* fakeServer("::1", (_req, res, body) => {
+        bodies.push(body)
+        setTimeout(() => answerY(res), 30)
+      })
+      const client = yield* OipClient.make({ url })
+      const endless = yield* client.infer(InferenceRequest.make("m", { x: Tensor.float32([1], [1]) }, { timeout: Duration.infinity }))
+      assert.deepStrictEqual(Array.from(endless.outputs["y"]!.data as Float32Array), [2])
+      const x = { x: Tensor.float32([1], [1]) }
+      for (const request of [
+        InferenceRequest.make("m", x, { timeout: -5 }),
+        InferenceRequest.make("m", x, { timeout: Number.NaN }),
+        { ...InferenceRequest.make("m", x), priority: "Urgent" } as unknown as InferenceRequest.InferenceRequest
+      ]) {
+        const refused = yield* Effect.flip(client.infer(request))
+        assert.strictEqual(refused.reason._tag, "InvalidInput", refused.message)
+      }
+      assert.strictEqual(bodies.length, 1, "the refused ones were never sent")
+    }))
+
+  it.live("metadata names the highest version listed, whatever the order", () =>
+    Effect.gen(function*() {
+      const url = yield* fakeServer("127.0.0.1", (_req, res) => {
+        res.writeHead(200, { "content-type": "application/json" })
+        res.end(JSON.stringify({ name: "m", versions: ["10", "9", "2"], inputs: [{ name: "x", datatype: "FP32", shape: [-1] }], outputs: [] }))
+      })
+      const client = yield* OipClient.make({ url })
+      assert.strictEqual((yield* client.metadata("m")).version, "10")
+    }))
+
+  it.live("closing: connect's close cancels what is in flight and refuses what comes after; make's client refuses once its scope closed", () =>
+    Effect.gen(function*() {
+      const url = yield* fakeServer("127.0.0.1", (_req, res) => setTimeout(() => answerY(res), 300))
+      const promised = OipClient.connect({ url })
+      const pending = promised.infer(InferenceRequest.make("m", { x: Tensor.float32([1], [1]) }, { requestId: "p" }))
+      yield* Effect.sleep("50 millis")
+      yield* Effect.promise(() => promised.close())
+      const cut = yield* Effect.promise(() => pending.then(() => undefined, (e: unknown) => e))
+      assert.deepStrictEqual({ ...(cut as InferenceError.InferenceError).reason }, { ...new InferenceError.Cancelled({ requestId: "p", reason: "the client was closed" }) })
+      const after = yield* Effect.promise(() => promised.infer(InferenceRequest.make("m", { x: Tensor.float32([1], [1]) })).then(() => undefined, (e: unknown) => e))
+      assert.strictEqual((after as InferenceError.InferenceError).reason._tag, "ShuttingDown")
+      assert.isFalse(yield* Effect.promise(() => promised.ready()))
+
+      const scope = yield* Scope.make()
+      const scoped = yield* Scope.provide(OipClient.make({ url }), scope)
+      yield* Scope.close(scope, Exit.void)
+      assert.strictEqual((yield* Effect.flip(scoped.infer(InferenceRequest.make("m", { x: Tensor.float32([1], [1]) })))).reason._tag, "ShuttingDown")
+    }))
 })
 
 describe("OipClient exchange", () => {

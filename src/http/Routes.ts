@@ -202,7 +202,8 @@ export const reasonFields = (reason: InferenceError.Reason): string => {
       if (reason.unloaded === true) fields["unloaded"] = true
       break
     case "InvalidInput":
-      if (reason.input !== undefined) fields["input"] = reason.input.length > 256 ? reason.input.slice(0, 256) : reason.input
+      // (a longer name is left out rather than cut: the client rebuilds the message from it)
+      if (reason.input !== undefined && reason.input.length <= 256) fields["input"] = reason.input
       break
   }
   return JSON.stringify(fields).replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
