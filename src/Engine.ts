@@ -1018,15 +1018,7 @@ const toResult = (request: InferenceRequest, error: InferenceError.InferenceErro
     const id: unknown = (request as Partial<InferenceRequest> | null | undefined)?.requestId
     return InferenceResult.Failed({ requestId: typeof id === "string" ? id : "", error, elapsedMs })
   }
-  switch (reason._tag) {
-    case "Cancelled":
-      return InferenceResult.Cancelled({ requestId: request.requestId, reason: reason.reason })
-    case "DeadlineExceeded":
-    case "QueueTimeout":
-      return InferenceResult.TimedOut({ requestId: request.requestId, elapsedMs })
-    default:
-      return InferenceResult.Failed({ requestId: request.requestId, error, elapsedMs })
-  }
+  return InferenceResult.ofError(request.requestId, error, elapsedMs)
 }
 
 const inferResult = (state: State, request: InferenceRequest, cancel?: CancelToken.Cancellation): Effect.Effect<InferenceResult.InferenceResult> =>

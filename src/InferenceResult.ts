@@ -39,3 +39,20 @@ export const latencyMs = (result: InferenceResult): number | undefined => {
       return undefined
   }
 }
+
+/**
+ * The result of a request that failed with `error` after `elapsedMs`, as `inferResult` answers
+ * it: Cancelled for a cancellation, TimedOut for a deadline or queue timeout, Failed otherwise.
+ */
+export const ofError = (requestId: string, error: InferenceError.InferenceError, elapsedMs: number): InferenceResult => {
+  const reason = error.reason
+  switch (reason._tag) {
+    case "Cancelled":
+      return Cancelled({ requestId, reason: reason.reason })
+    case "DeadlineExceeded":
+    case "QueueTimeout":
+      return TimedOut({ requestId, elapsedMs })
+    default:
+      return Failed({ requestId, error, elapsedMs })
+  }
+}

@@ -84,6 +84,11 @@ export const infer = Command.make("infer", {
     Flag.optional,
     Flag.withDescription("model repository (default: the bundled models/: mlp, silero_vad)")
   ),
+  url: Flag.String("url").pipe(
+    Flag.withMetavar("URL"),
+    Flag.optional,
+    Flag.withDescription("run the records at a running Open Inference Protocol server (this one, Triton, KServe), e.g. http://127.0.0.1:8000, instead of in this process (--concurrency default 16)")
+  ),
   progress: Flag.Literals("progress", Progress.modes).pipe(
     Flag.withMetavar("MODE"),
     Flag.withDefault("auto" as const),
@@ -106,10 +111,14 @@ export const infer = Command.make("infer", {
   if (flags.resume && flags.output === "-") return fail("--resume needs an --output file to resume, not standard output", 2)
   const timeoutMs = Option.getOrUndefined(flags.timeoutMs)
   if (timeoutMs !== undefined && timeoutMs <= 0) return fail("--timeout-ms must be positive", 2)
+  const url = Option.getOrUndefined(flags.url)
+  if (url !== undefined && Option.isSome(flags.models)) return fail("--url runs the records at a server, which has its own models: leave --models out", 2)
+  const badUrl = url === undefined ? undefined : Perf.checkHttpUrl(url, false)
+  if (badUrl !== undefined) return fail(`--url ${badUrl}`, 2)
   // The engine and its pipeline load only when a batch runs: `--help` stays quick.
   return Effect.promise(() => import("./Infer.ts")).pipe(
-    Effect.flatMap((Infer) =>
-      Infer.runWithEngine({
+    Effect.flatMap((Infer) => {
+      const options = {
         model: flags.model,
         version: Option.getOrUndefined(flags.modelVersion),
         input: flags.input,
@@ -121,8 +130,11 @@ export const infer = Command.make("infer", {
         onMalformed: flags.onMalformed,
         progress: { mode: flags.progress },
         messages: stderr
-      }, { repository: Option.getOrUndefined(flags.models), serviceName: `${name}-cli` })
-    ),
+      }
+      return url === undefined
+        ? Infer.runWithEngine(options, { repository: Option.getOrUndefined(flags.models), serviceName: `${name}-cli` })
+        : Infer.runRemote(options, url)
+    }),
     Effect.asVoid,
     Effect.catchTags({
       MalformedLine: (e) => fail(e.message),
@@ -150,6 +162,9 @@ export const infer = Command.make("infer", {
   }, {
     command: `${name} infer --model mlp --input in.ndjson --output out.ndjson --resume`,
     description: "after an interruption: run only the records not in out.ndjson yet"
+  }, {
+    command: `${name} infer --model mlp --input in.ndjson --output out.ndjson --url http://127.0.0.1:8000`,
+    description: "at a running server (this one, Triton, KServe) instead of in this process"
   }])
 )
 

@@ -13,6 +13,8 @@
  *   the output holds exactly the records that finished; `resume` then runs only the others.
  * - `-` as input reads standard input, as output writes standard output (the progress and the
  *   reports go to `messages`, stderr in the CLI), so that the command can sit in a pipe.
+ * - The records run on the engine in this process (`run`), or at a server over the Open
+ *   Inference Protocol (`runRemote`: this project's, Triton, KServe).
  *
  * @module Infer
  */
@@ -21,9 +23,11 @@ import * as Fs from "node:fs"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
 import * as InferenceRequest from "../InferenceRequest.ts"
+import * as InferenceResult from "../InferenceResult.ts"
 import * as Live from "../Live.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool } from "../ModelPool.ts"
+import * as OipClient from "../OipClient.ts"
 import type * as Priority from "../Priority.ts"
 import * as Cli from "./CliCommon.ts"
 import * as Progress from "./Progress.ts"
@@ -422,17 +426,58 @@ const countBeyond = (done: ReadonlySet<number>, lastLine: number): number => {
   return n
 }
 
-/** Runs the batch (see the module doc). */
+/** Where a batch's records run: the engine in this process (`run`), or a server (`runRemote`). */
+export interface Backend {
+  /** The model's metadata, which records are decoded against. */
+  readonly metadata: Effect.Effect<ModelMetadata.ModelMetadata, InferenceError.InferenceError>
+  /** One record's result; never fails (a refusal is a Failed result). */
+  readonly inferResult: (request: InferenceRequest.InferenceRequest) => Effect.Effect<InferenceResult.InferenceResult>
+  /** Records in flight at once unless `Options.concurrency` says otherwise. */
+  readonly concurrency: number
+}
+
+/** Runs the batch (see the module doc) on the engine in this process. */
 export const run = (options: Options) =>
   Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
     const engine = yield* AsyncInferenceEngine
     const pool = yield* ModelPool
-    const metadata = yield* pool.metadata(options.model, options.version).pipe(Effect.mapError(InferenceError.make))
+    return yield* runOn(options, {
+      metadata: Effect.mapError(pool.metadata(options.model, options.version), InferenceError.make),
+      inferResult: (request) => engine.inferResult(request),
+      concurrency: engine.config.maxConcurrentRequests * 2
+    })
+  })
+
+/** Records in flight at once against a server, unless `Options.concurrency` says otherwise. */
+export const remoteConcurrency = 16
+
+/**
+ * Runs the batch against a server that speaks the Open Inference Protocol (this one, Triton,
+ * KServe) at `url`, through `OipClient`: the records are decoded against the model's metadata as
+ * the server gives it, each record's deadline covers its exchange, and a refusal is an error record.
+ */
+export const runRemote = (options: Options, url: string) =>
+  Effect.gen(function*() {
+    const client = yield* OipClient.make({ url })
+    return yield* runOn(options, {
+      metadata: client.metadata(options.model, options.version),
+      inferResult: (request) =>
+        Effect.suspend(() => {
+          const startedMs = performance.now()
+          return Effect.catch(client.infer(request), (error) => Effect.succeed(InferenceResult.ofError(request.requestId, error, performance.now() - startedMs)))
+        }),
+      concurrency: remoteConcurrency
+    })
+  }).pipe(Effect.scoped)
+
+const runOn = (options: Options, backend: Backend) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const metadata = yield* backend.metadata
     const resumed = options.resume === true ? yield* readResume(options.output) : undefined
     const output = yield* openOutput(options.output, resumed)
     const alreadyDone = resumed?.done ?? new Set<number>()
-    const concurrency = Math.max(1, options.concurrency ?? engine.config.maxConcurrentRequests * 2)
+    const concurrency = Math.max(1, options.concurrency ?? backend.concurrency)
 
     const fileBytes = options.input === stdio ? 0 : yield* fs.stat(options.input).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => 0))
     const tally = new Tally(fileBytes)
@@ -444,7 +489,7 @@ export const run = (options: Options) =>
     const finished = new Map<number, string>()
 
     const infer = (record: Records.Record) =>
-      engine.inferResult(InferenceRequest.make(options.model, record.inputs, {
+      backend.inferResult(InferenceRequest.make(options.model, record.inputs, {
         modelVersion: options.version,
         priority: record.priority ?? options.priority,
         timeout: record.timeout ?? options.timeout,

@@ -93,7 +93,7 @@ export const parseLevels = (text: string): ReadonlyArray<number> | string => {
  * `--url` for HTTP: `http://HOST[:PORT]` (a path after it is ignored); a message for anything else,
  * such as `localhost:8000`, which the URL parser reads as the scheme `localhost:`.
  */
-export const checkHttpUrl = (text: string): string | undefined => {
+export const checkHttpUrl = (text: string, grpcHint = true): string | undefined => {
   let url: URL
   try {
     url = new URL(text)
@@ -101,7 +101,7 @@ export const checkHttpUrl = (text: string): string | undefined => {
     return `invalid URL ${JSON.stringify(text)}: expected http://HOST:PORT, e.g. http://127.0.0.1:8000`
   }
   if (url.protocol !== "http:" || url.hostname === "") {
-    return `${JSON.stringify(text)} is not an http:// URL: expected http://HOST:PORT, e.g. http://127.0.0.1:8000 (with --grpc: HOST:PORT)`
+    return `${JSON.stringify(text)} is not an http:// URL: expected http://HOST:PORT, e.g. http://127.0.0.1:8000${grpcHint ? " (with --grpc: HOST:PORT)" : ""}`
   }
   return undefined
 }

@@ -63,7 +63,7 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
     assert.match(top.stdout, /serve\s+Serves the Open Inference Protocol/)
     assert.match(top.stdout, /perf\s+Load-tests a model/)
     assert.strictEqual(infer.code, 0)
-    for (const flag of ["--model", "--input", "--output", "--concurrency", "--priority", "--on-malformed", "--progress", "--models", "--timeout-ms"]) {
+    for (const flag of ["--model", "--input", "--output", "--concurrency", "--priority", "--on-malformed", "--progress", "--models", "--timeout-ms", "--url"]) {
       assert.include(infer.stdout, flag)
     }
   }, 30_000)
@@ -501,6 +501,26 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
       assert.isAbove(level.throughput, 0)
       assert.isAtMost(level.latencyMs.p50, level.latencyMs.p99)
     }
+
+    // infer --url runs the records at it: the same results as in this process, a line that does
+    // not fit the model as the server describes it reported, the output in input order
+    const records = [mlpRecord(1), mlpRecord(2), JSON.stringify({ input: { datatype: "FP32", shape: [1, 3], data: [1, 2, 3] } }), mlpRecord(3)].join("\n") + "\n"
+    const remote = await run(["infer", "--model", "mlp", "--input", "-", "--output", "-", "--url", `http://127.0.0.1:${port}`, "--progress", "none"], records)
+    assert.strictEqual(remote.code, 0, remote.stderr)
+    assert.match(remote.stderr, /line 3/)
+    const local = await run(["infer", "--model", "mlp", "--input", "-", "--output", "-", "--models", models, "--progress", "none"], records)
+    assert.strictEqual(local.code, 0, local.stderr)
+    const lines = (text: string) => text.trim().split("\n").map((l) => JSON.parse(l) as { line: number; outputs: { logits: { shape: Array<number>; data: Array<number> } } })
+    const [got, want] = [lines(remote.stdout), lines(local.stdout)]
+    assert.deepStrictEqual(got.map((l) => l.line), [1, 2, 4])
+    assert.deepStrictEqual(want.map((l) => l.line), [1, 2, 4])
+    got.forEach((l, i) => l.outputs.logits.data.forEach((v, j) => assert.closeTo(v, want[i]!.outputs.logits.data[j]!, 1e-5)))
+    const both = await run(["infer", "--model", "mlp", "--input", "-", "--output", "-", "--url", `http://127.0.0.1:${port}`, "--models", models], records)
+    assert.strictEqual(both.code, 2)
+    assert.include(both.stderr, "leave --models out")
+    const unknown = await run(["infer", "--model", "nope", "--input", "-", "--output", "-", "--url", `http://127.0.0.1:${port}`], records)
+    assert.strictEqual(unknown.code, 1)
+    assert.include(unknown.stderr, `model "nope" not found`)
 
     // and over gRPC: ModelMetadata, then ModelInfer with raw contents
     const overGrpc = await run(["perf", "--model", "mlp", "--url", `127.0.0.1:${grpcPort}`, "--grpc", "--concurrency", "2", "--duration", "0.5", "--warmup", "0.1", "--json"])
