@@ -89,13 +89,15 @@ export class ModelNotFound extends Schema.Error<ModelNotFound>("effect-onnx/Infe
  * The model exists but cannot serve (it failed to load, or is still loading). `unloaded`: it is
  * not loaded under explicit model control (never loaded, or unloaded), which only a load changes:
  * answered as not found (HTTP 404, gRPC NOT_FOUND, as Triton's "has no available versions"),
- * and not retryable.
+ * and not retryable. `unreachable`: a client of a server (`OipClient`) got no answer at all (the
+ * server could not be reached, or went away): nothing is known of the model.
  */
 export class ModelUnavailable extends Schema.Error<ModelUnavailable>("effect-onnx/InferenceError/ModelUnavailable")({
   _tag: Schema.tag("ModelUnavailable"),
   modelId: Schema.String,
   reason: Schema.String,
-  unloaded: Schema.optional(Schema.Boolean)
+  unloaded: Schema.optional(Schema.Boolean),
+  unreachable: Schema.optional(Schema.Boolean)
 }) {
   override get message(): string {
     return `model ${JSON.stringify(this.modelId)} is unavailable: ${this.reason}`

@@ -19,8 +19,9 @@
  *   gave, with its numbers (a full queue's capacity, a queue timeout's wait). From another server,
  *   the status decides: 400 InvalidInput, 404 ModelNotFound, 504 DeadlineExceeded, anything else
  *   ModelUnavailable carrying the status and the server's message (Triton answers a full queue
- *   503). A server that cannot be reached, or answers something that is not the protocol, is
- *   ModelUnavailable too, with the reason.
+ *   503). A server that cannot be reached (or goes away, or sends an answer larger than
+ *   `maxResponseBytes`) is ModelUnavailable with `unreachable`; one that answers something that is
+ *   not the protocol is ModelUnavailable too, with the reason.
  * - One keep-alive connection pool (`maxSockets`, default 64) per client, closed with its scope.
  * - Effect users take `make` (scoped) or `OipClient.layer`; other code `connect`, whose calls
  *   return Promises and take an AbortSignal.
@@ -35,6 +36,7 @@ import * as CancelToken from "./CancelToken.ts"
 import * as InferenceError from "./InferenceError.ts"
 import type { InferenceRequest } from "./InferenceRequest.ts"
 import * as InferenceResult from "./InferenceResult.ts"
+import type * as InputSignature from "./InputSignature.ts"
 import type * as ModelMetadata from "./ModelMetadata.ts"
 import * as Priority from "./Priority.ts"
 import * as Tensor from "./Tensor.ts"
@@ -327,7 +329,11 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
     const call = (modelId: string, method: string, path: string, body?: { readonly bytes: Uint8Array; readonly headers: Record<string, string> }) =>
       closed
         ? Effect.fail(InferenceError.make(new InferenceError.ShuttingDown({})))
-        : Effect.mapError(exchange(agent, url, maxResponseBytes, method, path, body), (why) => unavailable(modelId, `${url.origin}: ${why}`))
+        : Effect.mapError(
+          exchange(agent, url, maxResponseBytes, method, path, body),
+          // no answer at all: the server is unreachable, or went away
+          (why) => InferenceError.make(new InferenceError.ModelUnavailable({ modelId, reason: `${url.origin}: ${why}`, unreachable: true }))
+        )
 
     const infer: Service["infer"] = (request, inferOptions) =>
       Effect.suspend(() => {
@@ -394,9 +400,20 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         const outputs = specs(json.outputs)
         if (inputs === undefined || outputs === undefined) return Effect.fail(unavailable(model, `${url.origin} answered metadata with tensors it does not know`))
         // the highest version it lists (Triton does not promise an order)
+        // this project's server publishes the model's input signatures (config.json `inputSignatures`) as a property
+        const declared = (json as { properties?: { input_signatures?: unknown } }).properties?.input_signatures
+        let signatures: ReadonlyArray<InputSignature.Signature> | undefined
+        if (typeof declared === "string") {
+          try {
+            const parsed: unknown = JSON.parse(declared)
+            if (Array.isArray(parsed)) signatures = parsed as ReadonlyArray<InputSignature.Signature>
+          } catch {
+            // not ours: no signatures
+          }
+        }
         const versions = Array.isArray(json.versions) ? json.versions.filter((v): v is string => typeof v === "string" && /^\d+$/.test(v)) : []
         const highest = versions.reduce<string | undefined>((best, v) => (best === undefined || Number(v) > Number(best) ? v : best), undefined)
-        return Effect.succeed({ name: model, version: version ?? highest ?? "1", inputs, outputs })
+        return Effect.succeed({ name: model, version: version ?? highest ?? "1", inputs, outputs, ...(signatures === undefined ? {} : { signatures }) })
       })
 
     const ready: Service["ready"] = (model, version) =>

@@ -183,14 +183,23 @@ describe("OipClient over a plain server", () => {
       assert.strictEqual(bodies.length, 1, "the refused ones were never sent")
     }))
 
-  it.live("metadata names the highest version listed, whatever the order", () =>
+  it.live("metadata names the highest version listed, whatever the order, and the input signatures the server declares", () =>
     Effect.gen(function*() {
       const url = yield* fakeServer("127.0.0.1", (_req, res) => {
         res.writeHead(200, { "content-type": "application/json" })
-        res.end(JSON.stringify({ name: "m", versions: ["10", "9", "2"], inputs: [{ name: "x", datatype: "FP32", shape: [-1] }], outputs: [] }))
+        res.end(JSON.stringify({
+          name: "m",
+          versions: ["10", "9", "2"],
+          inputs: [{ name: "x", datatype: "FP32", shape: [-1] }],
+          outputs: [],
+          // this project's server publishes config.json's inputSignatures so
+          properties: { input_signatures: JSON.stringify([{ x: { dims: [1, 4] } }]) }
+        }))
       })
       const client = yield* OipClient.make({ url })
-      assert.strictEqual((yield* client.metadata("m")).version, "10")
+      const metadata = yield* client.metadata("m")
+      assert.strictEqual(metadata.version, "10")
+      assert.deepStrictEqual(metadata.signatures, [{ x: { dims: [1, 4] } }])
     }))
 
   it.live("closing: connect's close cancels what is in flight and refuses what comes after; make's client refuses once its scope closed", () =>
@@ -302,6 +311,7 @@ describe("OipClient against the server", () => {
       assert.isFalse(yield* unreachable.ready())
       const down = yield* Effect.flip(unreachable.infer(req))
       assert.strictEqual(down.reason._tag, "ModelUnavailable")
+      assert.isTrue(down.reason._tag === "ModelUnavailable" && down.reason.unreachable === true)
       assert.include(down.message, "ECONNREFUSED")
     }))
 

@@ -62,7 +62,7 @@ export const infer = Command.make("infer", {
   concurrency: Flag.Int("concurrency").pipe(
     Flag.withMetavar("N"),
     Flag.optional,
-    Flag.withDescription("records in the engine at once (default: twice MAX_CONCURRENT_REQUESTS)")
+    Flag.withDescription("records in the engine at once (default: twice MAX_CONCURRENT_REQUESTS; with --url, 16)")
   ),
   priority: Flag.ChoiceWithValue("priority", priorities).pipe(
     Flag.withMetavar("P"),

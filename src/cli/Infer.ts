@@ -18,7 +18,7 @@
  *
  * @module Infer
  */
-import { Data, type Duration, Effect, Exit, FileSystem, type PlatformError, Stream } from "effect"
+import { Data, Deferred, Duration, Effect, Exit, FileSystem, type PlatformError, Stream } from "effect"
 import * as Fs from "node:fs"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
@@ -28,6 +28,7 @@ import * as Live from "../Live.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool } from "../ModelPool.ts"
 import * as OipClient from "../OipClient.ts"
+import * as Sequence from "../Sequence.ts"
 import type * as Priority from "../Priority.ts"
 import * as Cli from "./CliCommon.ts"
 import * as Progress from "./Progress.ts"
@@ -46,7 +47,7 @@ export interface Options {
    * yet (see `Records.readResume`). A missing output file starts from scratch.
    */
   readonly resume?: boolean | undefined
-  /** Records in the engine at once. Default: twice the engine's `maxConcurrentRequests`. */
+  /** Records in the engine (or at the server) at once. Default: twice the engine's `maxConcurrentRequests`; 16 with a server. */
   readonly concurrency?: number | undefined
   /** Priority of records that do not set one. */
   readonly priority: Priority.Priority
@@ -430,8 +431,11 @@ const countBeyond = (done: ReadonlySet<number>, lastLine: number): number => {
 export interface Backend {
   /** The model's metadata, which records are decoded against. */
   readonly metadata: Effect.Effect<ModelMetadata.ModelMetadata, InferenceError.InferenceError>
-  /** One record's result; never fails (a refusal is a Failed result). */
-  readonly inferResult: (request: InferenceRequest.InferenceRequest) => Effect.Effect<InferenceResult.InferenceResult>
+  /**
+   * One record's result (a refusal is a Failed result); fails only when the batch cannot go on
+   * (a server gone), which stops it as an interruption does: what finished is written.
+   */
+  readonly inferResult: (request: InferenceRequest.InferenceRequest) => Effect.Effect<InferenceResult.InferenceResult, InferenceError.InferenceError>
   /** Records in flight at once unless `Options.concurrency` says otherwise. */
   readonly concurrency: number
 }
@@ -454,20 +458,52 @@ export const remoteConcurrency = 16
 /**
  * Runs the batch against a server that speaks the Open Inference Protocol (this one, Triton,
  * KServe) at `url`, through `OipClient`: the records are decoded against the model's metadata as
- * the server gives it, each record's deadline covers its exchange, and a refusal is an error record.
+ * the server gives it (this server's declared input signatures included), each record's deadline
+ * covers its exchange, and a refusal is an error record.
+ * - A sequence's records go one at a time, in line order, as the engine runs them in process:
+ *   each waits for the one before it (that wait counts in its deadline); on the wire they could
+ *   overtake one another.
+ * - A server that gives no answer (unreachable, gone) or shuts down stops the batch (exit 1):
+ *   what finished is written, and `resume` runs the rest once a server is back. The metadata's
+ *   request has the records' deadline.
  */
 export const runRemote = (options: Options, url: string) =>
   Effect.gen(function*() {
     const client = yield* OipClient.make({ url })
-    return yield* runOn(options, {
-      metadata: client.metadata(options.model, options.version),
-      inferResult: (request) =>
-        Effect.suspend(() => {
-          const startedMs = performance.now()
-          return Effect.catch(client.infer(request), (error) => Effect.succeed(InferenceResult.ofError(request.requestId, error, performance.now() - startedMs)))
-        }),
-      concurrency: remoteConcurrency
+    const deadline = options.timeout ?? InferenceRequest.defaultTimeout
+    const metadata = Effect.timeoutOrElse(client.metadata(options.model, options.version), {
+      duration: deadline,
+      orElse: () =>
+        Effect.fail(InferenceError.make(new InferenceError.ModelUnavailable({ modelId: options.model, reason: `${url} gave no metadata within ${Duration.format(deadline)}`, unreachable: true })))
     })
+    /** The last record of each sequence under way, by `Sequence.keyOf` its id: the next waits for it. */
+    const tails = new Map<string, Deferred.Deferred<void>>()
+    const send = (request: InferenceRequest.InferenceRequest, startedMs: number) =>
+      Effect.catch(client.infer(request), (error) => {
+        const reason = error.reason
+        // no server to answer the rest: stop, so that `resume` runs them once there is one
+        if ((reason._tag === "ModelUnavailable" && reason.unreachable === true) || reason._tag === "ShuttingDown") return Effect.fail(error)
+        return Effect.succeed(InferenceResult.ofError(request.requestId, error, performance.now() - startedMs))
+      })
+    const inferResult = (request: InferenceRequest.InferenceRequest) =>
+      Effect.suspend(() => {
+        const startedMs = performance.now()
+        if (request.sequence === undefined) return send(request, startedMs)
+        const key = Sequence.keyOf(request.sequence.id)
+        const before = tails.get(key)
+        const mine = Deferred.makeUnsafe<void>()
+        tails.set(key, mine)
+        const turn = before === undefined ? send(request, startedMs) : Effect.andThen(Deferred.await(before), () => {
+          // the wait behind the record before is part of its deadline, as queue wait is in process
+          const leftMs = Math.max(0, Duration.toMillis(request.timeout) - (performance.now() - startedMs))
+          return send(InferenceRequest.withTimeout(request, Duration.millis(leftMs)), startedMs)
+        })
+        return Effect.ensuring(turn, Effect.sync(() => {
+          Deferred.doneUnsafe(mine, Effect.void)
+          if (tails.get(key) === mine) tails.delete(key)
+        }))
+      })
+    return yield* runOn(options, { metadata, inferResult, concurrency: remoteConcurrency })
   }).pipe(Effect.scoped)
 
 const runOn = (options: Options, backend: Backend) =>

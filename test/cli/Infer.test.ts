@@ -5,9 +5,11 @@
  */
 import * as NodeServices from "@effect/platform-node/NodeServices"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Layer, Stream } from "effect"
+import { Duration, Effect, Exit, Layer, Stream } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
+import * as Http from "node:http"
+import type * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { AsyncConfigService } from "../../src/AsyncConfig.ts"
@@ -166,4 +168,118 @@ describe("Infer", () => {
         assert.deepStrictEqual(lines, [1])
       }))
   })
+})
+
+describe("Infer.runRemote (--url)", () => {
+  /**
+   * A fake OIP server of one model "counter" (x: FP32 [1, 1] → y = x + the sequence's state): it
+   * records, for each sequence, the most of its requests it ever had at once, and answers after
+   * `delayMs` (a random delay each time, so that requests in flight together would overtake each
+   * other). `metadata: false`: it never answers the metadata request.
+   */
+  const fakeServer = (options: { readonly delayMs: () => number; readonly metadata?: boolean; readonly dieAfter?: number }) =>
+    Effect.gen(function*() {
+      const inFlight = new Map<string, number>()
+      const most = new Map<string, number>()
+      const states = new Map<string, number>()
+      const order: Array<string> = []
+      let answered = 0
+      const server = Http.createServer((req, res) => {
+        const chunks: Array<Buffer> = []
+        req.on("data", (c: Buffer) => chunks.push(c))
+        req.on("end", () => {
+          const bytes = Buffer.concat(chunks)
+          // the client sends Triton's binary tensor data: a JSON header, then x's 4 bytes
+          const jsonLength = Number(req.headers["inference-header-content-length"] ?? bytes.byteLength)
+          const body = bytes.subarray(0, jsonLength).toString("utf8")
+          const binaryX = jsonLength < bytes.byteLength ? bytes.readFloatLE(jsonLength) : undefined
+          if (req.method === "GET") {
+            if (options.metadata === false) return
+            res.writeHead(200, { "content-type": "application/json" })
+            return res.end(JSON.stringify({ name: "counter", versions: ["1"], inputs: [{ name: "x", datatype: "FP32", shape: [1, 1] }], outputs: [{ name: "y", datatype: "FP32", shape: [1, 1] }] }))
+          }
+          const json = JSON.parse(body) as { parameters: { sequence_id?: number; sequence_start?: boolean }; inputs: Array<{ data?: Array<number> }> }
+          const id = String(json.parameters.sequence_id)
+          const x = binaryX ?? json.inputs[0]!.data![0]!
+          order.push(`${id}:${x}`)
+          inFlight.set(id, (inFlight.get(id) ?? 0) + 1)
+          most.set(id, Math.max(most.get(id) ?? 0, inFlight.get(id)!))
+          setTimeout(() => {
+            inFlight.set(id, inFlight.get(id)! - 1)
+            if (options.dieAfter !== undefined && answered >= options.dieAfter) return req.socket.destroy()
+            answered++
+            const y = (json.parameters.sequence_start === true ? 0 : states.get(id) ?? 0) + x
+            states.set(id, y)
+            res.writeHead(200, { "content-type": "application/json" })
+            res.end(JSON.stringify({ model_name: "counter", model_version: "1", outputs: [{ name: "y", datatype: "FP32", shape: [1, 1], data: [y] }] }))
+          }, options.delayMs())
+        })
+      })
+      yield* Effect.acquireRelease(
+        Effect.callback<void>((resume) => void server.listen(0, "127.0.0.1", () => resume(Effect.void))),
+        () => Effect.sync(() => (server.closeAllConnections(), server.close()))
+      )
+      return { url: `http://127.0.0.1:${(server.address() as Net.AddressInfo).port}`, most, order }
+    })
+
+  const runAt = (url: string, lines: ReadonlyArray<string>, options: { readonly timeout?: Duration.Duration } = {}) =>
+    Effect.gen(function*() {
+      const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "infer-remote-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
+      Fs.writeFileSync(Path.join(dir, "in.ndjson"), lines.join("\n") + "\n")
+      const exit = yield* Effect.exit(Infer.runRemote({
+        model: "counter",
+        input: Path.join(dir, "in.ndjson"),
+        output: Path.join(dir, "out.ndjson"),
+        priority: "Normal",
+        onMalformed: "fail",
+        concurrency: 16,
+        timeout: options.timeout,
+        progress: { mode: "none" },
+        messages: { write: () => {} }
+      }, url).pipe(Effect.provide(NodeServices.layer)))
+      const out = Fs.existsSync(Path.join(dir, "out.ndjson"))
+        ? Fs.readFileSync(Path.join(dir, "out.ndjson"), "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l) as { line: number; outputs?: { y: { data: Array<number> } }; error?: unknown })
+        : []
+      return { exit, out }
+    })
+
+  const step = (id: number, x: number, flags: Record<string, boolean> = {}) =>
+    JSON.stringify({ parameters: { sequence_id: id, ...flags }, inputs: [{ name: "x", datatype: "FP32", shape: [1, 1], data: [x] }] })
+
+  it.live("a sequence's records go one at a time in line order, though 16 records are in flight and answers come back in any order", () =>
+    Effect.gen(function*() {
+      const { url, most, order } = yield* fakeServer({ delayMs: () => Math.random() * 20 })
+      const lines: Array<string> = []
+      for (let i = 1; i <= 10; i++) for (const id of [1, 2, 3]) lines.push(step(id, i, i === 1 ? { sequence_start: true } : i === 10 ? { sequence_end: true } : {}))
+      const { exit, out } = yield* runAt(url, lines)
+      assert.isTrue(Exit.isSuccess(exit), String(exit))
+      assert.deepStrictEqual([...most.values()], [1, 1, 1], "never two requests of a sequence at the server at once")
+      for (const id of ["1", "2", "3"]) assert.deepStrictEqual(order.filter((o) => o.startsWith(`${id}:`)).map((o) => Number(o.split(":")[1])), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+      // each answer the running sum of its sequence: 1, 3, 6, …
+      assert.deepStrictEqual(out.filter((_, i) => i % 3 === 0).map((o) => o.outputs!.y.data[0]), [1, 3, 6, 10, 15, 21, 28, 36, 45, 55])
+    }))
+
+  it.live("a server that goes away stops the batch (it does not turn the rest into error records), with what finished written", () =>
+    Effect.gen(function*() {
+      const { url } = yield* fakeServer({ delayMs: () => 2, dieAfter: 5 })
+      const lines = Array.from({ length: 40 }, (_, i) => JSON.stringify({ inputs: [{ name: "x", datatype: "FP32", shape: [1, 1], data: [i] }] }))
+      const { exit, out } = yield* runAt(url, lines)
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail")?.error : undefined
+      assert.include(String((error as { message?: string } | undefined)?.message), "ECONNRESET")
+      assert.isAtMost(out.length, 40)
+      assert.isTrue(out.every((o) => o.error === undefined), "no error records")
+    }))
+
+  it.live("a server that never gives the metadata: the batch stops at the records' deadline", () =>
+    Effect.gen(function*() {
+      const { url } = yield* fakeServer({ delayMs: () => 0, metadata: false })
+      const startedMs = performance.now()
+      const { exit } = yield* runAt(url, [step(1, 1, { sequence_start: true })], { timeout: Duration.millis(300) })
+      assert.isTrue(Exit.isFailure(exit))
+      assert.isBelow(performance.now() - startedMs, 5_000)
+      const error = Exit.isFailure(exit) ? exit.cause.reasons.find((r) => r._tag === "Fail")?.error : undefined
+      assert.include(String((error as { message?: string } | undefined)?.message), "gave no metadata within")
+    }))
 })
