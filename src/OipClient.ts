@@ -14,6 +14,10 @@
  *   project's server) and fails with DeadlineExceeded.
  * - Interrupting `infer` closes the request's connection the same way: the server cancels it
  *   wherever it is (queued, batching, running), as for any client that goes away.
+ * - A sequence's requests (`InferenceRequest.sequence`) go one at a time, in the order they were
+ *   made, as the engine runs them: each waits for the one before it to be answered (inside its
+ *   deadline), since over separate connections they could overtake one another.
+ * - `inferResult` and `inferBatch` answer every outcome as a result, as the engine's do.
  * - Errors: this project's server names the reason of each refusal in an `inference-error` header
  *   (`TensorCodec.inferenceErrorHeader`), so the client rebuilds the same `InferenceError` the server's engine
  *   gave, with its numbers (a full queue's capacity, a queue timeout's wait). From another server,
@@ -30,7 +34,7 @@
  *
  * @module OipClient
  */
-import { Cause, Context, Duration, Effect, Exit, Layer, Scope } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Layer, Scope, Stream } from "effect"
 import * as Http from "node:http"
 import * as CancelToken from "./CancelToken.ts"
 import * as InferenceError from "./InferenceError.ts"
@@ -39,6 +43,7 @@ import * as InferenceResult from "./InferenceResult.ts"
 import type * as InputSignature from "./InputSignature.ts"
 import type * as ModelMetadata from "./ModelMetadata.ts"
 import * as Priority from "./Priority.ts"
+import * as Sequence from "./Sequence.ts"
 import * as Tensor from "./Tensor.ts"
 import * as TensorCodec from "./TensorCodec.ts"
 import { millisOf } from "./internal/Millis.ts"
@@ -65,6 +70,19 @@ export interface Service {
     request: InferenceRequest,
     options?: { readonly outputs?: ReadonlyArray<string> | undefined }
   ) => Effect.Effect<InferenceResult.Success, InferenceError.InferenceError>
+  /**
+   * `infer` as the engine's `inferResult`: every outcome a result (a refusal Failed, a deadline
+   * TimedOut, a cancellation Cancelled), also a server that gives no answer (Failed, ModelUnavailable).
+   */
+  readonly inferResult: (request: InferenceRequest) => Effect.Effect<InferenceResult.InferenceResult>
+  /**
+   * Runs every request, at most `concurrency` at once (default `maxSockets`), and emits each
+   * result as it completes, as the engine's `inferBatch`. `requests` is read as they are sent.
+   */
+  readonly inferBatch: (
+    requests: Iterable<InferenceRequest>,
+    options?: { readonly concurrency?: number | undefined }
+  ) => Stream.Stream<InferenceResult.InferenceResult>
   /** The model's inputs and outputs (`GET /v2/models/{name}[/versions/{v}]`); `version` is the highest the server lists when none is named. */
   readonly metadata: (model: string, version?: string) => Effect.Effect<ModelMetadata.ModelMetadata, InferenceError.InferenceError>
   /** `GET /v2/health/ready` (no model) or `/v2/models/{name}[/versions/{v}]/ready`: true on 200; false on any other answer or none. */
@@ -347,8 +365,17 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         }
         const startedMs = performance.now()
         const timeoutMs = millisOf(request.timeout)
-        const body = encodeRequest(request, { binaryInputs, binaryOutputs, outputs: inferOptions?.outputs })
-        const answered = Effect.flatMap(call(request.modelId, "POST", `${modelPath(request.modelId, request.modelVersion)}/infer`, body), (answer) => {
+        // the server's deadline is what is left of the request's once it is sent (a sequence's may have waited its turn)
+        const sent = Effect.suspend(() => {
+          const leftMs = timeoutMs - (performance.now() - startedMs)
+          const body = encodeRequest(Number.isFinite(leftMs) ? { ...request, timeout: Duration.millis(Math.max(0, leftMs)) } : request, {
+            binaryInputs,
+            binaryOutputs,
+            outputs: inferOptions?.outputs
+          })
+          return call(request.modelId, "POST", `${modelPath(request.modelId, request.modelVersion)}/infer`, body)
+        })
+        const answered = Effect.flatMap(inTurn(request, sent), (answer) => {
           const elapsedMs = performance.now() - startedMs
           if (answer.status !== 200) {
             const header = answer.headers[reasonHeader]
@@ -372,6 +399,40 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
             Effect.fail(InferenceError.make(new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs, elapsedMs: performance.now() - startedMs })))
         })
       })
+
+    /** The last request of each sequence under way (by model, version and `Sequence.keyOf` its id): the next waits for it. */
+    const tails = new Map<string, Deferred.Deferred<void>>()
+    /**
+     * `send` once the requests of the same sequence sent before it are answered: the server runs a
+     * sequence's requests in the order they come, and over separate connections they could overtake
+     * one another. Other requests go at once.
+     */
+    const inTurn = <A, E>(request: InferenceRequest, send: Effect.Effect<A, E>): Effect.Effect<A, E> => {
+      if (request.sequence === undefined) return send
+      const key = `${request.modelId}@${request.modelVersion ?? ""}#${Sequence.keyOf(request.sequence.id)}`
+      const before = tails.get(key)
+      const mine = Deferred.makeUnsafe<void>()
+      tails.set(key, mine)
+      return Effect.ensuring(
+        before === undefined ? send : Effect.andThen(Deferred.await(before), send),
+        Effect.sync(() => {
+          Deferred.doneUnsafe(mine, Effect.void)
+          if (tails.get(key) === mine) tails.delete(key)
+        })
+      )
+    }
+
+    const inferResult: Service["inferResult"] = (request) =>
+      Effect.suspend(() => {
+        const startedMs = performance.now()
+        const id: unknown = (request as Partial<InferenceRequest> | null | undefined)?.requestId
+        return Effect.catch(infer(request), (error) => Effect.succeed(InferenceResult.ofError(typeof id === "string" ? id : "", error, performance.now() - startedMs)))
+      })
+
+    const inferBatch: Service["inferBatch"] = (requests, batchOptions) =>
+      Stream.fromIterable(requests, { chunkSize: 1 }).pipe(
+        Stream.mapEffect(inferResult, { concurrency: batchOptions?.concurrency ?? options.maxSockets ?? 64, unordered: true })
+      )
 
     const metadata: Service["metadata"] = (model, version) =>
       Effect.flatMap(call(model, "GET", modelPath(model, version)), (answer) => {
@@ -422,7 +483,7 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         Effect.orElseSucceed(() => false)
       )
 
-    return { infer, metadata, ready }
+    return { infer, inferResult, inferBatch, metadata, ready }
   })
 
 /** The client as a service. */
@@ -438,6 +499,10 @@ export interface PromiseClient {
     request: InferenceRequest,
     options?: { readonly outputs?: ReadonlyArray<string> | undefined; readonly signal?: AbortSignal | undefined }
   ) => Promise<InferenceResult.Success>
+  /** `Service.inferResult`: never rejects; aborting `signal` answers Cancelled. */
+  readonly inferResult: (request: InferenceRequest, options?: { readonly signal?: AbortSignal | undefined }) => Promise<InferenceResult.InferenceResult>
+  /** `Service.inferBatch` as an AsyncIterable: each result as it completes; leaving the loop early cancels what is in flight. */
+  readonly inferBatch: (requests: Iterable<InferenceRequest>, options?: { readonly concurrency?: number | undefined }) => AsyncIterable<InferenceResult.InferenceResult>
   readonly metadata: (model: string, version?: string) => Promise<ModelMetadata.ModelMetadata>
   readonly ready: (model?: string, version?: string) => Promise<boolean>
   /** Closes the client's connections (idempotent): requests in flight are abandoned (Cancelled), later ones refused (ShuttingDown). */
@@ -474,6 +539,13 @@ export const connect = (options: Options): PromiseClient => {
   }
   return {
     infer: (request, inferOptions) => run(client.infer(request, inferOptions), request.requestId, inferOptions?.signal),
+    inferResult: (request, resultOptions) =>
+      run(client.inferResult(request), request.requestId, resultOptions?.signal).catch((e: unknown) => {
+        if (InferenceError.isInferenceError(e)) return InferenceResult.ofError(request.requestId, e, 0)
+        throw e
+      }),
+    // (once closed, each request is answered Failed, ShuttingDown)
+    inferBatch: (requests, batchOptions) => Stream.toAsyncIterable(client.inferBatch(requests, batchOptions)),
     metadata: (model, version) => run(client.metadata(model, version), ""),
     ready: (model, version) => (closed ? Promise.resolve(false) : Effect.runPromise(client.ready(model, version))),
     close: () => {

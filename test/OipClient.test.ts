@@ -4,11 +4,12 @@
  * `node:http` server, and the whole client against `node src/bin/server.ts` on the bundled models.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Scope } from "effect"
+import { Duration, Effect, Exit, Fiber, Scope, Stream } from "effect"
 import * as Http from "node:http"
 import type * as Net from "node:net"
 import * as InferenceError from "../src/InferenceError.ts"
 import * as InferenceRequest from "../src/InferenceRequest.ts"
+import type * as InferenceResult from "../src/InferenceResult.ts"
 import * as OipClient from "../src/OipClient.ts"
 import * as Routes from "../src/http/Routes.ts"
 import * as Tensor from "../src/Tensor.ts"
@@ -246,6 +247,69 @@ describe("OipClient exchange", () => {
       assert.isAtLeast(performance.now() - startedMs, 140)
       for (let i = 0; i < 100 && closed.length === 1; i++) yield* Effect.sleep("5 millis")
       assert.strictEqual(closed.length, 2)
+    }))
+})
+
+describe("OipClient: a sequence's requests, inferResult, inferBatch", () => {
+  it.live("a sequence's requests made at once go one at a time in the order they were made; other requests do not wait", () =>
+    Effect.gen(function*() {
+      let inFlight = 0
+      let most = 0
+      const order: Array<string> = []
+      const url = yield* fakeServer("127.0.0.1", (req, res, body) => {
+        const json = JSON.parse(body.slice(0, Number(req.headers["inference-header-content-length"] ?? body.length))) as { id: string; parameters: { sequence_id?: number } }
+        order.push(json.id)
+        if (json.parameters.sequence_id === undefined) return answerY(res)
+        inFlight++
+        most = Math.max(most, inFlight)
+        setTimeout(() => {
+          inFlight--
+          answerY(res)
+        }, 5 + Math.random() * 15)
+      })
+      const client = yield* OipClient.make({ url })
+      const x = { x: Tensor.float32([1], [1]) }
+      const steps = Array.from({ length: 8 }, (_, i) => InferenceRequest.make("m", x, { requestId: `s${i}`, sequence: { id: 1, start: i === 0 } }))
+      const fiber = yield* Effect.forkChild(Effect.forEach(steps, (r) => client.infer(r), { concurrency: "unbounded" }), { startImmediately: true })
+      yield* Effect.sleep("2 millis")
+      // a request of no sequence goes at once, ahead of the sequence's waiting ones
+      yield* client.infer(InferenceRequest.make("m", x, { requestId: "free" }))
+      yield* Fiber.join(fiber)
+      assert.strictEqual(most, 1)
+      assert.deepStrictEqual(order.filter((id) => id !== "free"), steps.map((r) => r.requestId))
+      assert.isBelow(order.indexOf("free"), 7)
+    }))
+
+  it.live("inferResult answers every outcome as a result; inferBatch each request's, as the engine's do", () =>
+    Effect.gen(function*() {
+      const url = yield* fakeServer("127.0.0.1", (req, res, body) => {
+        const id = (JSON.parse(body.slice(0, Number(req.headers["inference-header-content-length"] ?? body.length))) as { id: string }).id
+        if (id.startsWith("bad")) {
+          res.writeHead(400, { "content-type": "application/json" })
+          return res.end(JSON.stringify({ error: "no" }))
+        }
+        if (id.startsWith("slow")) return setTimeout(() => answerY(res), 300)
+        answerY(res)
+      })
+      const client = yield* OipClient.make({ url })
+      const x = { x: Tensor.float32([1], [1]) }
+      const tags = (results: ReadonlyArray<InferenceResult.InferenceResult>) => results.map((r) => `${r.requestId}:${r._tag}`).sort()
+      const one = yield* Effect.forEach(["ok", "bad", "slow"], (id) => client.inferResult(InferenceRequest.make("m", x, { requestId: id, timeout: "100 millis" })))
+      assert.deepStrictEqual(tags(one), ["bad:Failed", "ok:Success", "slow:TimedOut"])
+      const down = yield* (yield* OipClient.make({ url: "http://127.0.0.1:9" })).inferResult(InferenceRequest.make("m", x, { requestId: "d" }))
+      assert.strictEqual(down._tag, "Failed")
+      const batch = Array.from(yield* Stream.runCollect(client.inferBatch(["a", "bad1", "b", "c"].map((id) => InferenceRequest.make("m", x, { requestId: id }))))) as Array<InferenceResult.InferenceResult>
+      assert.deepStrictEqual(tags(batch), ["a:Success", "b:Success", "bad1:Failed", "c:Success"])
+      const promised = OipClient.connect({ url })
+      const seen = yield* Effect.promise(async () => {
+        const out: Array<string> = []
+        for await (const r of promised.inferBatch([InferenceRequest.make("m", x, { requestId: "p1" }), InferenceRequest.make("m", x, { requestId: "bad2" })])) out.push(`${r.requestId}:${r._tag}`)
+        return out
+      })
+      assert.deepStrictEqual(seen.sort(), ["bad2:Failed", "p1:Success"])
+      const aborted = yield* Effect.promise(() => promised.inferResult(InferenceRequest.make("m", x, { requestId: "slow2" }), { signal: AbortSignal.timeout(50) }))
+      assert.strictEqual(aborted._tag, "Cancelled")
+      yield* Effect.promise(() => promised.close())
     }))
 })
 

@@ -18,7 +18,7 @@
  *
  * @module Infer
  */
-import { Data, Deferred, Duration, Effect, Exit, FileSystem, type PlatformError, Stream } from "effect"
+import { Data, Duration, Effect, Exit, FileSystem, type PlatformError, Stream } from "effect"
 import * as Fs from "node:fs"
 import { AsyncInferenceEngine } from "../Engine.ts"
 import * as InferenceError from "../InferenceError.ts"
@@ -29,7 +29,6 @@ import type * as ModelMetadata from "../ModelMetadata.ts"
 import { ModelPool } from "../ModelPool.ts"
 import * as OipClient from "../OipClient.ts"
 import type * as Priority from "../Priority.ts"
-import * as Sequence from "../Sequence.ts"
 import * as Cli from "./CliCommon.ts"
 import * as Progress from "./Progress.ts"
 import * as Records from "./Records.ts"
@@ -476,32 +475,16 @@ export const runRemote = (options: Options, url: string) =>
       orElse: () =>
         Effect.fail(InferenceError.make(new InferenceError.ModelUnavailable({ modelId: options.model, reason: `${url} gave no metadata within ${Duration.format(deadline)}`, unreachable: true })))
     })
-    /** The last record of each sequence under way, by `Sequence.keyOf` its id: the next waits for it. */
-    const tails = new Map<string, Deferred.Deferred<void>>()
-    const send = (request: InferenceRequest.InferenceRequest, startedMs: number) =>
-      Effect.catch(client.infer(request), (error) => {
-        const reason = error.reason
-        // no server to answer the rest: stop, so that `resume` runs them once there is one
-        if ((reason._tag === "ModelUnavailable" && reason.unreachable === true) || reason._tag === "ShuttingDown") return Effect.fail(error)
-        return Effect.succeed(InferenceResult.ofError(request.requestId, error, performance.now() - startedMs))
-      })
+    // (OipClient sends a sequence's records one at a time, in the order they come)
     const inferResult = (request: InferenceRequest.InferenceRequest) =>
       Effect.suspend(() => {
         const startedMs = performance.now()
-        if (request.sequence === undefined) return send(request, startedMs)
-        const key = Sequence.keyOf(request.sequence.id)
-        const before = tails.get(key)
-        const mine = Deferred.makeUnsafe<void>()
-        tails.set(key, mine)
-        const turn = before === undefined ? send(request, startedMs) : Effect.andThen(Deferred.await(before), () => {
-          // the wait behind the record before is part of its deadline, as queue wait is in process
-          const leftMs = Math.max(0, Duration.toMillis(request.timeout) - (performance.now() - startedMs))
-          return send(InferenceRequest.withTimeout(request, Duration.millis(leftMs)), startedMs)
+        return Effect.catch(client.infer(request), (error) => {
+          const reason = error.reason
+          // no server to answer the rest: stop, so that `resume` runs them once there is one
+          if ((reason._tag === "ModelUnavailable" && reason.unreachable === true) || reason._tag === "ShuttingDown") return Effect.fail(error)
+          return Effect.succeed(InferenceResult.ofError(request.requestId, error, performance.now() - startedMs))
         })
-        return Effect.ensuring(turn, Effect.sync(() => {
-          Deferred.doneUnsafe(mine, Effect.void)
-          if (tails.get(key) === mine) tails.delete(key)
-        }))
       })
     return yield* runOn(options, { metadata, inferResult, concurrency: remoteConcurrency })
   }).pipe(Effect.scoped)
