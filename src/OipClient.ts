@@ -349,13 +349,22 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         ? Effect.fail(InferenceError.make(new InferenceError.ShuttingDown({})))
         : Effect.mapError(
           exchange(agent, url, maxResponseBytes, method, path, body),
-          // no answer at all: the server is unreachable, or went away
-          (why) => InferenceError.make(new InferenceError.ModelUnavailable({ modelId, reason: `${url.origin}: ${why}`, unreachable: true }))
+          // no answer at all: the server is unreachable, or went away (or this client was closed meanwhile)
+          (why) =>
+            InferenceError.make(
+              closed
+                ? new InferenceError.ShuttingDown({})
+                : new InferenceError.ModelUnavailable({ modelId, reason: `${url.origin}: ${why}`, unreachable: true })
+            )
         )
 
     const infer: Service["infer"] = (request, inferOptions) =>
       Effect.suspend(() => {
         // refused as the engine refuses them, before anything is sent
+        const given = request as Partial<InferenceRequest> | null | undefined
+        if (typeof given !== "object" || given === null || typeof given.modelId !== "string" || typeof given.inputs !== "object" || given.inputs === null) {
+          return Effect.fail(InferenceError.make(new InferenceError.InvalidInput({ modelId: typeof given?.modelId === "string" ? given.modelId : "", detail: "not an InferenceRequest (InferenceRequest.make builds one)" })))
+        }
         const timeout: unknown = request.timeout
         if (!Duration.isDuration(timeout) || Duration.isNegative(timeout)) {
           return Effect.fail(InferenceError.make(new InferenceError.InvalidInput({ modelId: request.modelId, detail: `timeout ${String(timeout)}: it must be a Duration that is not negative` })))
@@ -368,6 +377,8 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         // the server's deadline is what is left of the request's once it is sent (a sequence's may have waited its turn)
         const sent = Effect.suspend(() => {
           const leftMs = timeoutMs - (performance.now() - startedMs)
+          // its turn came too late: not sent (a sequence's state at the server is left as it was)
+          if (leftMs <= 0) return Effect.fail(InferenceError.make(new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs, elapsedMs: performance.now() - startedMs })))
           const body = encodeRequest(Number.isFinite(leftMs) ? { ...request, timeout: Duration.millis(Math.max(0, leftMs)) } : request, {
             binaryInputs,
             binaryOutputs,
@@ -400,24 +411,37 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         })
       })
 
-    /** The last request of each sequence under way (by model, version and `Sequence.keyOf` its id): the next waits for it. */
-    const tails = new Map<string, Deferred.Deferred<void>>()
     /**
-     * `send` once the requests of the same sequence sent before it are answered: the server runs a
+     * Each sequence under way (by model, version and `Sequence.keyOf` its id): the last request
+     * made, which the next waits for, and how many of its requests are not over yet.
+     */
+    const tails = new Map<string, { tail: Deferred.Deferred<void>; users: number }>()
+    /**
+     * `send` once the requests of the same sequence made before it are over: the server runs a
      * sequence's requests in the order they come, and over separate connections they could overtake
-     * one another. Other requests go at once.
+     * one another. A request that leaves early (its deadline, an interruption) passes the turn on
+     * only once the one before it is over too. Other requests go at once.
      */
     const inTurn = <A, E>(request: InferenceRequest, send: Effect.Effect<A, E>): Effect.Effect<A, E> => {
       if (request.sequence === undefined) return send
       const key = `${request.modelId}@${request.modelVersion ?? ""}#${Sequence.keyOf(request.sequence.id)}`
-      const before = tails.get(key)
-      const mine = Deferred.makeUnsafe<void>()
-      tails.set(key, mine)
-      return Effect.ensuring(
-        before === undefined ? send : Effect.andThen(Deferred.await(before), send),
-        Effect.sync(() => {
-          Deferred.doneUnsafe(mine, Effect.void)
-          if (tails.get(key) === mine) tails.delete(key)
+      // registered and its release attached in one step, in the fiber that runs it: no interruption between
+      return Effect.uninterruptibleMask((restore) =>
+        Effect.suspend(() => {
+          const mine = Deferred.makeUnsafe<void>()
+          let entry = tails.get(key)
+          const before = entry?.tail
+          if (entry === undefined) tails.set(key, entry = { tail: mine, users: 0 })
+          entry.tail = mine
+          entry.users++
+          const held = entry
+          return Effect.ensuring(
+            restore(before === undefined ? send : Effect.andThen(Deferred.await(before), send)),
+            Effect.sync(() => {
+              Deferred.doneUnsafe(mine, before === undefined ? Effect.void : Deferred.await(before))
+              if (--held.users === 0 && tails.get(key) === held) tails.delete(key)
+            })
+          )
         })
       )
     }
@@ -429,10 +453,12 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         return Effect.catch(infer(request), (error) => Effect.succeed(InferenceResult.ofError(typeof id === "string" ? id : "", error, performance.now() - startedMs)))
       })
 
-    const inferBatch: Service["inferBatch"] = (requests, batchOptions) =>
-      Stream.fromIterable(requests, { chunkSize: 1 }).pipe(
-        Stream.mapEffect(inferResult, { concurrency: batchOptions?.concurrency ?? options.maxSockets ?? 64, unordered: true })
-      )
+    const inferBatch: Service["inferBatch"] = (requests, batchOptions) => {
+      const concurrency = batchOptions?.concurrency ?? options.maxSockets ?? 64
+      // as the engine's: NaN would send nothing and never end
+      if (!(Number.isInteger(concurrency) && concurrency >= 1)) return Stream.die(new TypeError(`OipClient.inferBatch: concurrency ${concurrency}: it must be a positive integer`))
+      return Stream.fromIterable(requests, { chunkSize: 1 }).pipe(Stream.mapEffect(inferResult, { concurrency, unordered: true }))
+    }
 
     const metadata: Service["metadata"] = (model, version) =>
       Effect.flatMap(call(model, "GET", modelPath(model, version)), (answer) => {
@@ -505,7 +531,10 @@ export interface PromiseClient {
   readonly inferBatch: (requests: Iterable<InferenceRequest>, options?: { readonly concurrency?: number | undefined }) => AsyncIterable<InferenceResult.InferenceResult>
   readonly metadata: (model: string, version?: string) => Promise<ModelMetadata.ModelMetadata>
   readonly ready: (model?: string, version?: string) => Promise<boolean>
-  /** Closes the client's connections (idempotent): requests in flight are abandoned (Cancelled), later ones refused (ShuttingDown). */
+  /**
+   * Closes the client's connections (idempotent): requests in flight are abandoned (Cancelled; a
+   * batch's are answered ShuttingDown), later ones refused (ShuttingDown).
+   */
   readonly close: () => Promise<void>
 }
 
@@ -539,11 +568,14 @@ export const connect = (options: Options): PromiseClient => {
   }
   return {
     infer: (request, inferOptions) => run(client.infer(request, inferOptions), request.requestId, inferOptions?.signal),
-    inferResult: (request, resultOptions) =>
-      run(client.inferResult(request), request.requestId, resultOptions?.signal).catch((e: unknown) => {
-        if (InferenceError.isInferenceError(e)) return InferenceResult.ofError(request.requestId, e, 0)
+    inferResult: (request, resultOptions) => {
+      const id: unknown = (request as Partial<InferenceRequest> | null | undefined)?.requestId
+      const requestId = typeof id === "string" ? id : ""
+      return run(client.inferResult(request), requestId, resultOptions?.signal).catch((e: unknown) => {
+        if (InferenceError.isInferenceError(e)) return InferenceResult.ofError(requestId, e, 0)
         throw e
-      }),
+      })
+    },
     // (once closed, each request is answered Failed, ShuttingDown)
     inferBatch: (requests, batchOptions) => Stream.toAsyncIterable(client.inferBatch(requests, batchOptions)),
     metadata: (model, version) => run(client.metadata(model, version), ""),

@@ -4,7 +4,7 @@
  * `node:http` server, and the whole client against `node src/bin/server.ts` on the bundled models.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Scope, Stream } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, Scope, Stream } from "effect"
 import * as Http from "node:http"
 import type * as Net from "node:net"
 import * as InferenceError from "../src/InferenceError.ts"
@@ -280,6 +280,48 @@ describe("OipClient: a sequence's requests, inferResult, inferBatch", () => {
       assert.isBelow(order.indexOf("free"), 7)
     }))
 
+  it.live("a request of a sequence that leaves while waiting its turn (deadline, interruption) is never sent, and passes the turn on only once the one before it is over", () =>
+    Effect.gen(function*() {
+      const log: Array<string> = []
+      const url = yield* fakeServer("127.0.0.1", (req, res, body) => {
+        const id = (JSON.parse(body.slice(0, Number(req.headers["inference-header-content-length"] ?? body.length))) as { id: string }).id
+        log.push(`+${id}`)
+        setTimeout(() => {
+          log.push(`-${id}`)
+          answerY(res)
+        }, id.startsWith("P") ? 300 : 5)
+      })
+      const client = yield* OipClient.make({ url })
+      const x = { x: Tensor.float32([1], [1]) }
+      const of = (id: string, timeout: Duration.Input = "2 seconds") => InferenceRequest.make("m", x, { requestId: id, timeout, sequence: { id: 7 } })
+      // A's deadline runs out while P runs
+      const p = yield* Effect.forkChild(client.infer(of("P1")), { startImmediately: true })
+      const a = yield* Effect.forkChild(Effect.exit(client.infer(of("A1", "50 millis"))), { startImmediately: true })
+      const b = yield* Effect.forkChild(client.infer(of("B1")), { startImmediately: true })
+      const aExit = yield* Fiber.join(a)
+      assert.strictEqual(Exit.isFailure(aExit) ? aExit.cause.reasons.find((r) => r._tag === "Fail")?.error.reason._tag : "Success", "DeadlineExceeded")
+      yield* Fiber.join(p)
+      yield* Fiber.join(b)
+      // C is interrupted while P runs
+      const p2 = yield* Effect.forkChild(client.infer(of("P2")), { startImmediately: true })
+      const c = yield* Effect.forkChild(client.infer(of("C2")), { startImmediately: true })
+      const d = yield* Effect.forkChild(client.infer(of("D2")), { startImmediately: true })
+      yield* Effect.sleep("50 millis")
+      yield* Fiber.interrupt(c)
+      yield* Fiber.join(p2)
+      yield* Fiber.join(d)
+      assert.deepStrictEqual(log, ["+P1", "-P1", "+B1", "-B1", "+P2", "-P2", "+D2", "-D2"])
+    }))
+
+  it.live("inferBatch refuses a concurrency that is not a positive integer, as the engine's (NaN would never end)", () =>
+    Effect.gen(function*() {
+      const client = yield* OipClient.make({ url: "http://127.0.0.1:9" })
+      for (const concurrency of [Number.NaN, 0, -1, 1.5]) {
+        const exit = yield* Effect.exit(Stream.runCollect(client.inferBatch([], { concurrency })))
+        assert.isTrue(Exit.isFailure(exit) && Cause.hasDies(exit.cause), String(concurrency))
+      }
+    }))
+
   it.live("inferResult answers every outcome as a result; inferBatch each request's, as the engine's do", () =>
     Effect.gen(function*() {
       const url = yield* fakeServer("127.0.0.1", (req, res, body) => {
@@ -309,7 +351,21 @@ describe("OipClient: a sequence's requests, inferResult, inferBatch", () => {
       assert.deepStrictEqual(seen.sort(), ["bad2:Failed", "p1:Success"])
       const aborted = yield* Effect.promise(() => promised.inferResult(InferenceRequest.make("m", x, { requestId: "slow2" }), { signal: AbortSignal.timeout(50) }))
       assert.strictEqual(aborted._tag, "Cancelled")
+      // not a request at all: a Failed result, not a throw
+      const notOne = yield* Effect.promise(() => promised.inferResult(null as unknown as InferenceRequest.InferenceRequest))
+      assert.isTrue(notOne._tag === "Failed" && notOne.error.reason._tag === "InvalidInput")
+      // a batch in flight when the client closes: its requests are answered ShuttingDown, not "unreachable"
+      const closing = Effect.promise(async () => {
+        const out: Array<string> = []
+        for await (const r of promised.inferBatch(["slow3", "slow4"].map((id) => InferenceRequest.make("m", x, { requestId: id })))) {
+          out.push(r._tag === "Failed" ? r.error.reason._tag : r._tag)
+        }
+        return out
+      })
+      const batchFiber = yield* Effect.forkChild(closing, { startImmediately: true })
+      yield* Effect.sleep("50 millis")
       yield* Effect.promise(() => promised.close())
+      assert.deepStrictEqual(yield* Fiber.join(batchFiber), ["ShuttingDown", "ShuttingDown"])
     }))
 })
 
