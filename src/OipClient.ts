@@ -18,6 +18,8 @@
  *   made, as the engine runs them: each waits for the one before it to be answered (inside its
  *   deadline), since over separate connections they could overtake one another.
  * - `inferResult` and `inferBatch` answer every outcome as a result, as the engine's do.
+ * - `retryOnQueueFull: n` sends a request refused with a full queue again, after the server's
+ *   `Retry-After`, up to n times within its deadline (off by default).
  * - Errors: this project's server names the reason of each refusal in an `inference-error` header
  *   (`TensorCodec.inferenceErrorHeader`), so the client rebuilds the same `InferenceError` the server's engine
  *   gave, with its numbers (a full queue's capacity, a queue timeout's wait). From another server,
@@ -59,6 +61,13 @@ export interface Options {
   readonly binaryOutputs?: boolean | undefined
   /** The largest answer read, in bytes; a larger one fails the request (ModelUnavailable). Default 256 MiB. */
   readonly maxResponseBytes?: number | undefined
+  /**
+   * How many times a request refused with a full queue (429: refused before it ran, so sending it
+   * again is safe, a sequence's request too) is sent again, each after the server's `Retry-After`
+   * (1 s when it gives none), as long as its deadline leaves time for the wait. Default 0: the
+   * QueueFull is the answer.
+   */
+  readonly retryOnQueueFull?: number | undefined
 }
 
 export interface Service {
@@ -313,6 +322,12 @@ const exchange = (
     return Effect.sync(() => request.destroy())
   })
 
+/** A `Retry-After` header in ms: whole seconds (this server's), else 1 s (an HTTP date, or none). */
+const retryAfterMs = (header: string | ReadonlyArray<string> | undefined): number => {
+  const text = typeof header === "string" ? header.trim() : undefined
+  return text !== undefined && /^\d+$/.test(text) ? Number(text) * 1000 : 1000
+}
+
 const modelPath = (model: string, version: string | undefined) =>
   `/v2/models/${encodeURIComponent(model)}${version === undefined ? "" : `/versions/${encodeURIComponent(version)}`}`
 
@@ -343,6 +358,7 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
     const maxResponseBytes = options.maxResponseBytes ?? 256 * 1024 * 1024
     const binaryInputs = options.binaryInputs ?? true
     const binaryOutputs = options.binaryOutputs ?? true
+    const retryOnQueueFull = Math.max(0, Math.floor(options.retryOnQueueFull ?? 0))
     // a closed client refuses (an Agent opens new sockets after `destroy`)
     const call = (modelId: string, method: string, path: string, body?: { readonly bytes: Uint8Array; readonly headers: Record<string, string> }) =>
       closed
@@ -386,7 +402,15 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
           })
           return call(request.modelId, "POST", `${modelPath(request.modelId, request.modelVersion)}/infer`, body)
         })
-        const answered = Effect.flatMap(inTurn(request, sent), (answer) => {
+        // a full queue (429) sent again after its Retry-After, while the deadline leaves time for the wait
+        const sentWithRetries = (retriesLeft: number): Effect.Effect<Answer, InferenceError.InferenceError> =>
+          Effect.flatMap(sent, (answer) => {
+            if (answer.status !== 429 || retriesLeft <= 0) return Effect.succeed(answer)
+            const waitMs = retryAfterMs(answer.headers["retry-after"])
+            if (waitMs >= timeoutMs - (performance.now() - startedMs)) return Effect.succeed(answer)
+            return Effect.andThen(Effect.sleep(Duration.millis(waitMs)), sentWithRetries(retriesLeft - 1))
+          })
+        const answered = Effect.flatMap(inTurn(request, sentWithRetries(retryOnQueueFull)), (answer) => {
           const elapsedMs = performance.now() - startedMs
           if (answer.status !== 200) {
             const header = answer.headers[reasonHeader]

@@ -313,6 +313,40 @@ describe("OipClient: a sequence's requests, inferResult, inferBatch", () => {
       assert.deepStrictEqual(log, ["+P1", "-P1", "+B1", "-B1", "+P2", "-P2", "+D2", "-D2"])
     }))
 
+  it.live("retryOnQueueFull: a 429 sent again after its Retry-After, within the deadline; off by default", () =>
+    Effect.gen(function*() {
+      let received = 0
+      let refuseNext = 0
+      let retryAfter = "0"
+      const url = yield* fakeServer("127.0.0.1", (_req, res) => {
+        received++
+        if (refuseNext > 0) {
+          refuseNext--
+          res.writeHead(429, { "content-type": "application/json", "retry-after": retryAfter, [OipClient.reasonHeader]: Routes.reasonFields(new InferenceError.QueueFull({ modelId: "m", requestId: "", capacity: 4 })) })
+          return res.end(JSON.stringify({ error: "queue full" }))
+        }
+        answerY(res)
+      })
+      const x = { x: Tensor.float32([1], [1]) }
+      const plain = yield* OipClient.make({ url })
+      refuseNext = 1
+      assert.strictEqual((yield* Effect.flip(plain.infer(InferenceRequest.make("m", x)))).reason._tag, "QueueFull")
+      assert.strictEqual(received, 1)
+      const retrying = yield* OipClient.make({ url, retryOnQueueFull: 3 })
+      received = 0
+      refuseNext = 2
+      assert.strictEqual((yield* retrying.infer(InferenceRequest.make("m", x)))._tag, "Success")
+      assert.strictEqual(received, 3, "two refusals, then the answer")
+      // a Retry-After longer than what is left of the deadline: the QueueFull at once, no wait
+      received = 0
+      refuseNext = 1
+      retryAfter = "5"
+      const startedMs = performance.now()
+      const full = yield* Effect.flip(retrying.infer(InferenceRequest.make("m", x, { timeout: "1 second" })))
+      assert.deepStrictEqual([full.reason._tag, received], ["QueueFull", 1])
+      assert.isBelow(performance.now() - startedMs, 500)
+    }))
+
   it.live("inferBatch refuses a concurrency that is not a positive integer, as the engine's (NaN would never end)", () =>
     Effect.gen(function*() {
       const client = yield* OipClient.make({ url: "http://127.0.0.1:9" })
