@@ -460,14 +460,11 @@ const inferRoute = (ctx: Ctx) => {
       if (lifecycle.isShuttingDown() && engine.sequencesUnderWayUnsafe(name, metadata.version)) keepsConnection.add((yield* HttpServerRequest.HttpServerRequest).source)
       return yield* (decoded._tag === "NotJson" ? fail(400, decoded.message) : invalid(name, metadata.version, decoded))
     }
-    if (shuttingDown) {
-      const { sequence } = decoded.request
-      if (!engine.takesSequenceUnsafe(name, metadata.version, sequence)) {
-        const reason = new InferenceError.ShuttingDown({})
-        return yield* Effect.andThen(engine.recordRefused(name, reason, metadata.version), Effect.fail(fromReason(reason)))
-      }
-    }
     const { sequence } = decoded.request
+    if (shuttingDown && !engine.takesSequenceUnsafe(name, metadata.version, sequence)) {
+      const reason = new InferenceError.ShuttingDown({})
+      return yield* Effect.andThen(engine.recordRefused(name, reason, metadata.version), Effect.fail(fromReason(reason)))
+    }
     const result = yield* engine.infer(decoded.request, { spentMs: performance.now() - inAtMs }).pipe(
       Effect.mapError((e) => fromReason(e.reason)),
       // a shutdown that began while it ran, or before: a sequence that goes on keeps its connection
