@@ -341,6 +341,163 @@ const errorMessage = (body: Buffer): string => {
   return body.toString("utf8").slice(0, 200)
 }
 
+/** Why `request` would be refused by the engine before it ran (not a request, a bad timeout or priority), or undefined. */
+const refusal = (request: InferenceRequest): InferenceError.InvalidInput | undefined => {
+  const given = request as Partial<InferenceRequest> | null | undefined
+  if (typeof given !== "object" || given === null || typeof given.modelId !== "string" || typeof given.inputs !== "object" || given.inputs === null) {
+    return new InferenceError.InvalidInput({ modelId: typeof given?.modelId === "string" ? given.modelId : "", detail: "not an InferenceRequest (InferenceRequest.make builds one)" })
+  }
+  const timeout: unknown = request.timeout
+  if (!Duration.isDuration(timeout) || Duration.isNegative(timeout)) {
+    return new InferenceError.InvalidInput({ modelId: request.modelId, detail: `timeout ${String(timeout)}: it must be a Duration that is not negative` })
+  }
+  if (!Priority.is(request.priority)) {
+    return new InferenceError.InvalidInput({ modelId: request.modelId, detail: `unknown priority ${JSON.stringify(request.priority)}: one of ${Priority.levels.join(", ")}` })
+  }
+  return undefined
+}
+
+/**
+ * A `GET /v2/models/{name}[/versions/{v}]` answer's body as the model's metadata, or why it is not
+ * one: its inputs and outputs, the highest version it lists (Triton does not promise an order)
+ * when `version` is not named, and the input signatures this project's server publishes as a
+ * property (config.json `inputSignatures`). Pure.
+ */
+export const decodeMetadata = (model: string, version: string | undefined, body: Uint8Array): ModelMetadata.ModelMetadata | string => {
+  let json: { readonly versions?: unknown; readonly inputs?: unknown; readonly outputs?: unknown; readonly properties?: { readonly input_signatures?: unknown } }
+  try {
+    json = JSON.parse(Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString("utf8")) as typeof json
+  } catch {
+    return "metadata that is not JSON"
+  }
+  const specs = (list: unknown): Array<ModelMetadata.TensorSpec> | undefined => {
+    if (!Array.isArray(list)) return undefined
+    const out: Array<ModelMetadata.TensorSpec> = []
+    for (const t of list as ReadonlyArray<{ name?: unknown; datatype?: unknown; shape?: unknown }>) {
+      const dtype = typeof t?.datatype === "string" ? TensorCodec.dtypeOf(t.datatype) : undefined
+      if (dtype === undefined || typeof t.name !== "string" || !Array.isArray(t.shape)) return undefined
+      out.push({ name: t.name, dtype, dims: t.shape as ReadonlyArray<number> })
+    }
+    return out
+  }
+  const inputs = specs(json?.inputs)
+  const outputs = specs(json?.outputs)
+  if (inputs === undefined || outputs === undefined) return "metadata with tensors it does not know"
+  const declared = json.properties?.input_signatures
+  let signatures: ReadonlyArray<InputSignature.Signature> | undefined
+  if (typeof declared === "string") {
+    try {
+      const parsed: unknown = JSON.parse(declared)
+      if (Array.isArray(parsed)) signatures = parsed as ReadonlyArray<InputSignature.Signature>
+    } catch {
+      // not ours: no signatures
+    }
+  }
+  const versions = Array.isArray(json.versions) ? json.versions.filter((v): v is string => typeof v === "string" && /^\d+$/.test(v)) : []
+  const highest = versions.reduce<string | undefined>((best, v) => (best === undefined || Number(v) > Number(best) ? v : best), undefined)
+  return { name: model, version: version ?? highest ?? "1", inputs, outputs, ...(signatures === undefined ? {} : { signatures }) }
+}
+
+/**
+ * Each sequence under way (by model, version and `Sequence.keyOf` its id): the last request made,
+ * which the next waits for, and how many of its requests are not over yet.
+ */
+type Tails = Map<string, { tail: Deferred.Deferred<void>; users: number }>
+
+/**
+ * `send` once the requests of the same sequence made before it are over: the server runs a
+ * sequence's requests in the order they come, and over separate connections they could overtake
+ * one another. A request that leaves early (its deadline, an interruption) passes the turn on
+ * only once the one before it is over too. Other requests go at once.
+ */
+const inTurn = <A, E>(tails: Tails, request: InferenceRequest, send: Effect.Effect<A, E>): Effect.Effect<A, E> => {
+  if (request.sequence === undefined) return send
+  const key = `${request.modelId}@${request.modelVersion ?? ""}#${Sequence.keyOf(request.sequence.id)}`
+  // registered and its release attached in one step, in the fiber that runs it: no interruption between
+  return Effect.uninterruptibleMask((restore) =>
+    Effect.suspend(() => {
+      const mine = Deferred.makeUnsafe<void>()
+      let entry = tails.get(key)
+      const before = entry?.tail
+      if (entry === undefined) tails.set(key, entry = { tail: mine, users: 0 })
+      entry.tail = mine
+      entry.users++
+      const held = entry
+      return Effect.ensuring(
+        restore(before === undefined ? send : Effect.andThen(Deferred.await(before), send)),
+        Effect.sync(() => {
+          Deferred.doneUnsafe(mine, before === undefined ? Effect.void : Deferred.await(before))
+          if (--held.users === 0 && tails.get(key) === held) tails.delete(key)
+        })
+      )
+    })
+  )
+}
+
+/** What a client's operations share (`make`). */
+interface Connection {
+  readonly url: URL
+  /** One exchange: a refusal (ShuttingDown) once closed; no answer at all is ModelUnavailable, `unreachable`. */
+  readonly call: (modelId: string, method: string, path: string, body?: { readonly bytes: Uint8Array; readonly headers: Record<string, string> }) => Effect.Effect<Answer, InferenceError.InferenceError>
+  readonly binaryInputs: boolean
+  readonly binaryOutputs: boolean
+  readonly retryOnQueueFull: number
+  readonly tails: Tails
+}
+
+/** A refusal's answer (a status other than 200) as the typed error. */
+const refusedBy = (request: Parameters<typeof reasonOf>[0], answer: Answer, elapsedMs: number): InferenceError.InferenceError => {
+  const header = answer.headers[reasonHeader]
+  return InferenceError.make(reasonOf(request, answer.status, typeof header === "string" ? header : undefined, errorMessage(answer.body), elapsedMs))
+}
+
+/** `Service.infer` (see the module doc). */
+const infer = (conn: Connection, request: InferenceRequest, outputs: ReadonlyArray<string> | undefined): Effect.Effect<InferenceResult.Success, InferenceError.InferenceError> =>
+  Effect.suspend(() => {
+    // refused as the engine refuses them, before anything is sent
+    const refused = refusal(request)
+    if (refused !== undefined) return Effect.fail(InferenceError.make(refused))
+    const startedMs = performance.now()
+    const timeoutMs = millisOf(request.timeout)
+    const late = () => InferenceError.make(new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs, elapsedMs: performance.now() - startedMs }))
+    // the server's deadline is what is left of the request's once it is sent (a sequence's may have waited its turn)
+    const sent = Effect.suspend(() => {
+      const leftMs = timeoutMs - (performance.now() - startedMs)
+      // its turn came too late: not sent (a sequence's state at the server is left as it was)
+      if (leftMs <= 0) return Effect.fail(late())
+      const body = encodeRequest(Number.isFinite(leftMs) ? { ...request, timeout: Duration.millis(leftMs) } : request, {
+        binaryInputs: conn.binaryInputs,
+        binaryOutputs: conn.binaryOutputs,
+        outputs
+      })
+      return conn.call(request.modelId, "POST", `${modelPath(request.modelId, request.modelVersion)}/infer`, body)
+    })
+    // a full queue (429) sent again after its Retry-After, while the deadline leaves time for the wait
+    const sentWithRetries = (retriesLeft: number): Effect.Effect<Answer, InferenceError.InferenceError> =>
+      Effect.flatMap(sent, (answer) => {
+        if (answer.status !== 429 || retriesLeft <= 0) return Effect.succeed(answer)
+        const waitMs = retryAfterMs(answer.headers["retry-after"])
+        if (waitMs >= timeoutMs - (performance.now() - startedMs)) return Effect.succeed(answer)
+        return Effect.andThen(Effect.sleep(Duration.millis(waitMs)), sentWithRetries(retriesLeft - 1))
+      })
+    const answered = Effect.flatMap(inTurn(conn.tails, request, sentWithRetries(conn.retryOnQueueFull)), (answer) => {
+      const elapsedMs = performance.now() - startedMs
+      if (answer.status !== 200) return Effect.fail(refusedBy(request, answer, elapsedMs))
+      const decoded = decodeResponse(request.modelId, answer)
+      if (typeof decoded === "string") return Effect.fail(unavailable(request.modelId, `${conn.url.origin} answered what is not an inference response: ${decoded}`))
+      return Effect.succeed(InferenceResult.Success({
+        requestId: request.requestId,
+        outputs: decoded.outputs,
+        latencyMs: elapsedMs,
+        deviceUsed: "remote",
+        modelVersion: decoded.modelVersion
+      }) as InferenceResult.Success)
+    })
+    // the deadline covers the whole exchange: past it the request is abandoned (its connection closed)
+    if (!Number.isFinite(timeoutMs)) return answered
+    return Effect.timeoutOrElse(answered, { duration: Duration.millis(timeoutMs), orElse: () => Effect.fail(late()) })
+  })
+
 /** The client, its connection pool closed with the scope. Fails (a defect) on a URL that is not http://. */
 export const make = (options: Options): Effect.Effect<Service, never, Scope.Scope> =>
   Effect.gen(function*() {
@@ -356,184 +513,56 @@ export const make = (options: Options): Effect.Effect<Service, never, Scope.Scop
         })
     )
     const maxResponseBytes = options.maxResponseBytes ?? 256 * 1024 * 1024
-    const binaryInputs = options.binaryInputs ?? true
-    const binaryOutputs = options.binaryOutputs ?? true
-    const retryOnQueueFull = Math.max(0, Math.floor(options.retryOnQueueFull ?? 0))
-    // a closed client refuses (an Agent opens new sockets after `destroy`)
-    const call = (modelId: string, method: string, path: string, body?: { readonly bytes: Uint8Array; readonly headers: Record<string, string> }) =>
-      closed
-        ? Effect.fail(InferenceError.make(new InferenceError.ShuttingDown({})))
-        : Effect.mapError(
-          exchange(agent, url, maxResponseBytes, method, path, body),
-          // no answer at all: the server is unreachable, or went away (or this client was closed meanwhile)
-          (why) =>
-            InferenceError.make(
-              closed
-                ? new InferenceError.ShuttingDown({})
-                : new InferenceError.ModelUnavailable({ modelId, reason: `${url.origin}: ${why}`, unreachable: true })
-            )
-        )
-
-    const infer: Service["infer"] = (request, inferOptions) =>
-      Effect.suspend(() => {
-        // refused as the engine refuses them, before anything is sent
-        const given = request as Partial<InferenceRequest> | null | undefined
-        if (typeof given !== "object" || given === null || typeof given.modelId !== "string" || typeof given.inputs !== "object" || given.inputs === null) {
-          return Effect.fail(InferenceError.make(new InferenceError.InvalidInput({ modelId: typeof given?.modelId === "string" ? given.modelId : "", detail: "not an InferenceRequest (InferenceRequest.make builds one)" })))
-        }
-        const timeout: unknown = request.timeout
-        if (!Duration.isDuration(timeout) || Duration.isNegative(timeout)) {
-          return Effect.fail(InferenceError.make(new InferenceError.InvalidInput({ modelId: request.modelId, detail: `timeout ${String(timeout)}: it must be a Duration that is not negative` })))
-        }
-        if (!Priority.is(request.priority)) {
-          return Effect.fail(InferenceError.make(new InferenceError.InvalidInput({ modelId: request.modelId, detail: `unknown priority ${JSON.stringify(request.priority)}: one of ${Priority.levels.join(", ")}` })))
-        }
-        const startedMs = performance.now()
-        const timeoutMs = millisOf(request.timeout)
-        // the server's deadline is what is left of the request's once it is sent (a sequence's may have waited its turn)
-        const sent = Effect.suspend(() => {
-          const leftMs = timeoutMs - (performance.now() - startedMs)
-          // its turn came too late: not sent (a sequence's state at the server is left as it was)
-          if (leftMs <= 0) return Effect.fail(InferenceError.make(new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs, elapsedMs: performance.now() - startedMs })))
-          const body = encodeRequest(Number.isFinite(leftMs) ? { ...request, timeout: Duration.millis(Math.max(0, leftMs)) } : request, {
-            binaryInputs,
-            binaryOutputs,
-            outputs: inferOptions?.outputs
-          })
-          return call(request.modelId, "POST", `${modelPath(request.modelId, request.modelVersion)}/infer`, body)
-        })
-        // a full queue (429) sent again after its Retry-After, while the deadline leaves time for the wait
-        const sentWithRetries = (retriesLeft: number): Effect.Effect<Answer, InferenceError.InferenceError> =>
-          Effect.flatMap(sent, (answer) => {
-            if (answer.status !== 429 || retriesLeft <= 0) return Effect.succeed(answer)
-            const waitMs = retryAfterMs(answer.headers["retry-after"])
-            if (waitMs >= timeoutMs - (performance.now() - startedMs)) return Effect.succeed(answer)
-            return Effect.andThen(Effect.sleep(Duration.millis(waitMs)), sentWithRetries(retriesLeft - 1))
-          })
-        const answered = Effect.flatMap(inTurn(request, sentWithRetries(retryOnQueueFull)), (answer) => {
-          const elapsedMs = performance.now() - startedMs
-          if (answer.status !== 200) {
-            const header = answer.headers[reasonHeader]
-            return Effect.fail(InferenceError.make(reasonOf(request, answer.status, typeof header === "string" ? header : undefined, errorMessage(answer.body), elapsedMs)))
-          }
-          const decoded = decodeResponse(request.modelId, answer)
-          if (typeof decoded === "string") return Effect.fail(unavailable(request.modelId, `${url.origin} answered what is not an inference response: ${decoded}`))
-          return Effect.succeed(InferenceResult.Success({
-            requestId: request.requestId,
-            outputs: decoded.outputs,
-            latencyMs: elapsedMs,
-            deviceUsed: "remote",
-            modelVersion: decoded.modelVersion
-          }) as InferenceResult.Success)
-        })
-        // the deadline covers the whole exchange: past it the request is abandoned (its connection closed)
-        if (!Number.isFinite(timeoutMs)) return answered
-        return Effect.timeoutOrElse(answered, {
-          duration: Duration.millis(timeoutMs),
-          orElse: () =>
-            Effect.fail(InferenceError.make(new InferenceError.DeadlineExceeded({ modelId: request.modelId, requestId: request.requestId, timeoutMs, elapsedMs: performance.now() - startedMs })))
-        })
-      })
-
-    /**
-     * Each sequence under way (by model, version and `Sequence.keyOf` its id): the last request
-     * made, which the next waits for, and how many of its requests are not over yet.
-     */
-    const tails = new Map<string, { tail: Deferred.Deferred<void>; users: number }>()
-    /**
-     * `send` once the requests of the same sequence made before it are over: the server runs a
-     * sequence's requests in the order they come, and over separate connections they could overtake
-     * one another. A request that leaves early (its deadline, an interruption) passes the turn on
-     * only once the one before it is over too. Other requests go at once.
-     */
-    const inTurn = <A, E>(request: InferenceRequest, send: Effect.Effect<A, E>): Effect.Effect<A, E> => {
-      if (request.sequence === undefined) return send
-      const key = `${request.modelId}@${request.modelVersion ?? ""}#${Sequence.keyOf(request.sequence.id)}`
-      // registered and its release attached in one step, in the fiber that runs it: no interruption between
-      return Effect.uninterruptibleMask((restore) =>
-        Effect.suspend(() => {
-          const mine = Deferred.makeUnsafe<void>()
-          let entry = tails.get(key)
-          const before = entry?.tail
-          if (entry === undefined) tails.set(key, entry = { tail: mine, users: 0 })
-          entry.tail = mine
-          entry.users++
-          const held = entry
-          return Effect.ensuring(
-            restore(before === undefined ? send : Effect.andThen(Deferred.await(before), send)),
-            Effect.sync(() => {
-              Deferred.doneUnsafe(mine, before === undefined ? Effect.void : Deferred.await(before))
-              if (--held.users === 0 && tails.get(key) === held) tails.delete(key)
-            })
-          )
-        })
-      )
+    const conn: Connection = {
+      url,
+      // a closed client refuses (an Agent opens new sockets after `destroy`)
+      call: (modelId, method, path, body) =>
+        closed
+          ? Effect.fail(InferenceError.make(new InferenceError.ShuttingDown({})))
+          : Effect.mapError(
+            exchange(agent, url, maxResponseBytes, method, path, body),
+            // no answer at all: the server is unreachable, or went away (or this client was closed meanwhile)
+            (why) =>
+              InferenceError.make(
+                closed
+                  ? new InferenceError.ShuttingDown({})
+                  : new InferenceError.ModelUnavailable({ modelId, reason: `${url.origin}: ${why}`, unreachable: true })
+              )
+          ),
+      binaryInputs: options.binaryInputs ?? true,
+      binaryOutputs: options.binaryOutputs ?? true,
+      retryOnQueueFull: Math.max(0, Math.floor(options.retryOnQueueFull ?? 0)),
+      tails: new Map()
     }
 
     const inferResult: Service["inferResult"] = (request) =>
       Effect.suspend(() => {
         const startedMs = performance.now()
         const id: unknown = (request as Partial<InferenceRequest> | null | undefined)?.requestId
-        return Effect.catch(infer(request), (error) => Effect.succeed(InferenceResult.ofError(typeof id === "string" ? id : "", error, performance.now() - startedMs)))
+        return Effect.catch(infer(conn, request, undefined), (error) => Effect.succeed(InferenceResult.ofError(typeof id === "string" ? id : "", error, performance.now() - startedMs)))
       })
 
-    const inferBatch: Service["inferBatch"] = (requests, batchOptions) => {
-      const concurrency = batchOptions?.concurrency ?? options.maxSockets ?? 64
-      // as the engine's: NaN would send nothing and never end
-      if (!(Number.isInteger(concurrency) && concurrency >= 1)) return Stream.die(new TypeError(`OipClient.inferBatch: concurrency ${concurrency}: it must be a positive integer`))
-      return Stream.fromIterable(requests, { chunkSize: 1 }).pipe(Stream.mapEffect(inferResult, { concurrency, unordered: true }))
+    return {
+      infer: (request, inferOptions) => infer(conn, request, inferOptions?.outputs),
+      inferResult,
+      inferBatch: (requests, batchOptions) => {
+        const concurrency = batchOptions?.concurrency ?? options.maxSockets ?? 64
+        // as the engine's: NaN would send nothing and never end
+        if (!(Number.isInteger(concurrency) && concurrency >= 1)) return Stream.die(new TypeError(`OipClient.inferBatch: concurrency ${concurrency}: it must be a positive integer`))
+        return Stream.fromIterable(requests, { chunkSize: 1 }).pipe(Stream.mapEffect(inferResult, { concurrency, unordered: true }))
+      },
+      metadata: (model, version) =>
+        Effect.flatMap(conn.call(model, "GET", modelPath(model, version)), (answer) => {
+          if (answer.status !== 200) return Effect.fail(refusedBy({ modelId: model, modelVersion: version, requestId: "", timeout: Duration.zero }, answer, 0))
+          const decoded = decodeMetadata(model, version, answer.body)
+          return typeof decoded === "string" ? Effect.fail(unavailable(model, `${url.origin} answered ${decoded}`)) : Effect.succeed(decoded)
+        }),
+      ready: (model, version) =>
+        conn.call(model ?? "", "GET", model === undefined ? "/v2/health/ready" : `${modelPath(model, version)}/ready`).pipe(
+          Effect.map((answer) => answer.status === 200),
+          Effect.orElseSucceed(() => false)
+        )
     }
-
-    const metadata: Service["metadata"] = (model, version) =>
-      Effect.flatMap(call(model, "GET", modelPath(model, version)), (answer) => {
-        if (answer.status !== 200) {
-          const header = answer.headers[reasonHeader]
-          const request = { modelId: model, modelVersion: version, requestId: "", timeout: Duration.zero }
-          return Effect.fail(InferenceError.make(reasonOf(request, answer.status, typeof header === "string" ? header : undefined, errorMessage(answer.body), 0)))
-        }
-        let json: { name?: unknown; versions?: unknown; inputs?: unknown; outputs?: unknown }
-        try {
-          json = JSON.parse(answer.body.toString("utf8")) as typeof json
-        } catch {
-          return Effect.fail(unavailable(model, `${url.origin} answered metadata that is not JSON`))
-        }
-        const specs = (list: unknown): Array<ModelMetadata.TensorSpec> | undefined => {
-          if (!Array.isArray(list)) return undefined
-          const out: Array<ModelMetadata.TensorSpec> = []
-          for (const t of list as ReadonlyArray<{ name?: unknown; datatype?: unknown; shape?: unknown }>) {
-            const dtype = typeof t?.datatype === "string" ? TensorCodec.dtypeOf(t.datatype) : undefined
-            if (dtype === undefined || typeof t.name !== "string" || !Array.isArray(t.shape)) return undefined
-            out.push({ name: t.name, dtype, dims: t.shape as ReadonlyArray<number> })
-          }
-          return out
-        }
-        const inputs = specs(json.inputs)
-        const outputs = specs(json.outputs)
-        if (inputs === undefined || outputs === undefined) return Effect.fail(unavailable(model, `${url.origin} answered metadata with tensors it does not know`))
-        // the highest version it lists (Triton does not promise an order)
-        // this project's server publishes the model's input signatures (config.json `inputSignatures`) as a property
-        const declared = (json as { properties?: { input_signatures?: unknown } }).properties?.input_signatures
-        let signatures: ReadonlyArray<InputSignature.Signature> | undefined
-        if (typeof declared === "string") {
-          try {
-            const parsed: unknown = JSON.parse(declared)
-            if (Array.isArray(parsed)) signatures = parsed as ReadonlyArray<InputSignature.Signature>
-          } catch {
-            // not ours: no signatures
-          }
-        }
-        const versions = Array.isArray(json.versions) ? json.versions.filter((v): v is string => typeof v === "string" && /^\d+$/.test(v)) : []
-        const highest = versions.reduce<string | undefined>((best, v) => (best === undefined || Number(v) > Number(best) ? v : best), undefined)
-        return Effect.succeed({ name: model, version: version ?? highest ?? "1", inputs, outputs, ...(signatures === undefined ? {} : { signatures }) })
-      })
-
-    const ready: Service["ready"] = (model, version) =>
-      call(model ?? "", "GET", model === undefined ? "/v2/health/ready" : `${modelPath(model, version)}/ready`).pipe(
-        Effect.map((answer) => answer.status === 200),
-        Effect.orElseSucceed(() => false)
-      )
-
-    return { infer, inferResult, inferBatch, metadata, ready }
   })
 
 /** The client as a service. */

@@ -121,6 +121,16 @@ describe("OipClient request and answer", () => {
     assert.deepStrictEqual([decoded.outputs["e"]!.dims, decoded.outputs["e"]!.data.length, decoded.outputs["b"]!.dims], [[0, 4], 0, [0]])
   })
 
+  it("decodeMetadata: inputs and outputs, the highest version listed, declared signatures; says why a body is not metadata", () => {
+    const body = (json: unknown) => Buffer.from(JSON.stringify(json))
+    const decoded = OipClient.decodeMetadata("m", undefined, body({ versions: ["2", "10"], inputs: [{ name: "x", datatype: "INT64", shape: [-1, 3] }], outputs: [] }))
+    assert.deepStrictEqual(decoded, { name: "m", version: "10", inputs: [{ name: "x", dtype: "int64", dims: [-1, 3] }], outputs: [] })
+    assert.strictEqual((OipClient.decodeMetadata("m", "2", body({ versions: ["10"], inputs: [], outputs: [] })) as { version: string }).version, "2")
+    assert.strictEqual(OipClient.decodeMetadata("m", undefined, body({ inputs: [{ name: "x", datatype: "COMPLEX", shape: [1] }], outputs: [] })), "metadata with tensors it does not know")
+    assert.strictEqual(OipClient.decodeMetadata("m", undefined, Buffer.from("<html>")), "metadata that is not JSON")
+    assert.strictEqual(OipClient.decodeMetadata("m", undefined, Buffer.from("null")), "metadata with tensors it does not know")
+  })
+
   it("leaves out the timeout of a request that has none (an infinite one), as Triton's 0", () => {
     const endless = InferenceRequest.make("m", { x: Tensor.float32([1], [1]) }, { timeout: Duration.infinity })
     const { bytes } = OipClient.encodeRequest(endless, { binaryInputs: false, binaryOutputs: false })

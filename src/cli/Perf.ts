@@ -41,6 +41,7 @@ import type * as InputSignature from "../InputSignature.ts"
 import * as ModelMetadata from "../ModelMetadata.ts"
 import * as Sequence from "../Sequence.ts"
 import { ModelPool } from "../ModelPool.ts"
+import * as OipClient from "../OipClient.ts"
 import type * as Tensor from "../Tensor.ts"
 import * as Cli from "./CliCommon.ts"
 import * as Infer from "./Infer.ts"
@@ -356,27 +357,9 @@ const remoteMetadata = (agent: Http.Agent, url: URL, model: string, version: str
     const path = `/v2/models/${encodeURIComponent(model)}${version === undefined ? "" : `/versions/${encodeURIComponent(version)}`}`
     const answer = yield* httpRequest(agent, url, "GET", path).pipe(Effect.mapError((e) => new PerfError({ message: `cannot reach ${url.origin}: ${e}` })))
     if (answer.status !== 200) return yield* new PerfError({ message: `${url.origin}${path} answered ${answer.status}: ${answer.body.slice(0, 300)}` })
-    const json = JSON.parse(answer.body) as {
-      name: string
-      versions?: Array<string>
-      inputs: Array<{ name: string; datatype: string; shape: Array<number> }>
-      outputs: Array<{ name: string; datatype: string; shape: Array<number> }>
-      properties?: Record<string, string>
-    }
-    const spec = (t: { name: string; datatype: string; shape: Array<number> }): ModelMetadata.TensorSpec | undefined => {
-      const dtype = TensorCodec.dtypeOf(t.datatype)
-      return dtype === undefined ? undefined : { name: t.name, dtype, dims: t.shape }
-    }
-    const inputs = json.inputs.map(spec)
-    if (inputs.some((i) => i === undefined)) return yield* new PerfError({ message: `model ${model} has an input of a datatype this client does not know` })
-    const signatures = json.properties?.["input_signatures"]
-    return {
-      name: json.name,
-      version: version ?? json.versions?.at(-1) ?? "1",
-      inputs: inputs as Array<ModelMetadata.TensorSpec>,
-      outputs: json.outputs.map(spec).filter((o): o is ModelMetadata.TensorSpec => o !== undefined),
-      ...(signatures === undefined ? {} : { signatures: JSON.parse(signatures) as ReadonlyArray<InputSignature.Signature> })
-    } satisfies ModelMetadata.ModelMetadata
+    const metadata = OipClient.decodeMetadata(model, version, Buffer.from(answer.body, "utf8"))
+    if (typeof metadata === "string") return yield* new PerfError({ message: `model ${model}: ${url.origin} answered ${metadata}` })
+    return metadata
   })
 
 /** One inference request body for `inputs`: JSON, or JSON and binary tensor data. */
