@@ -6,7 +6,9 @@
  *     the envelope, the tensor);
  *   - a `postMessage` round trip to a worker thread that answers at once, measured as the main
  *     thread's CPU per round trip (`/proc/self/task/<pid>/schedstat`): an empty message, and a
- *     100 KB buffer transferred there and back (as a batch's input buffer goes and comes back).
+ *     100 KB buffer transferred there and back (as a batch's input buffer goes and comes back);
+ *   - the JSON text of a float32 output as an answer carries it (`TensorCodec.encodeData`): 10
+ *     values (the MLP's logits) and 65,536 (64 rows of a 1,024-float embedding).
  * No goal; not part of `npm run bench`. Run it by hand:
  *
  *   node bench/costs.ts [--quick]
@@ -15,6 +17,8 @@ import * as Fs from "node:fs"
 import { Worker } from "node:worker_threads"
 import * as InferExchange from "../src/http/InferExchange.ts"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
+import * as Tensor from "../src/Tensor.ts"
+import * as TensorCodec from "../src/TensorCodec.ts"
 import type * as ModelMetadata from "../src/ModelMetadata.ts"
 import { fmt, log, median, parseArgs, section, table, writeResults } from "./lib/common.ts"
 import { jsonBody } from "./lib/oipHttp.ts"
@@ -31,6 +35,14 @@ const mlp: ModelMetadata.ModelMetadata = {
   outputs: [{ name: "logits", dtype: "float32", dims: [-1, 10] }],
   batching: { ...BatchPolicy.disabled, enabled: true, maxBatchSize: 64 }
 }
+
+/** Outputs to print as JSON: seeded values in (-1, 1), as logits and embeddings are. */
+const outputOf = (n: number): Tensor.Tensor => {
+  let seed = 7
+  return Tensor.float32(Array.from({ length: n }, () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 31 - 1), [n])
+}
+const logits = outputOf(10)
+const embeddings = outputOf(65_536)
 
 const mainThreadUs = (): number => Number(Fs.readFileSync(`/proc/self/task/${process.pid}/schedstat`, "utf8").split(" ")[0]) / 1000
 
@@ -65,24 +77,30 @@ const roundTrips = (n: number, bytes: number | undefined): Promise<number> =>
 
 const main = async () => {
   log(`costs: ${ROUNDS} rounds × ${N} operations each`)
-  const samples: Record<string, Array<number>> = { parse: [], decode: [], emptyTrip: [], bufferTrip: [] }
+  const samples: Record<string, Array<number>> = { parse: [], decode: [], emptyTrip: [], bufferTrip: [], encodeSmall: [], encodeLarge: [] }
   // Warm-up: the JIT and the worker.
   timeSync(N, () => JSON.parse(text))
   timeSync(N, () => InferExchange.decode("mlp", undefined, mlp, text, undefined, true))
   await roundTrips(N, undefined)
   await roundTrips(N, 100_352)
+  timeSync(N, () => TensorCodec.encodeData(logits))
+  timeSync(20, () => TensorCodec.encodeData(embeddings))
   for (let round = 0; round < ROUNDS; round++) {
     samples["parse"]!.push(timeSync(N, () => JSON.parse(text)))
     samples["decode"]!.push(timeSync(N, () => InferExchange.decode("mlp", undefined, mlp, text, undefined, true)))
     samples["emptyTrip"]!.push(await roundTrips(N, undefined))
     samples["bufferTrip"]!.push(await roundTrips(N, 100_352))
+    samples["encodeSmall"]!.push(timeSync(N, () => TensorCodec.encodeData(logits)))
+    samples["encodeLarge"]!.push(timeSync(Math.max(5, N / 500), () => TensorCodec.encodeData(embeddings)))
   }
   await echo.terminate()
   const rows = [
     { operation: `JSON.parse of the HTTP benchmark's body (${jsonBody.length} bytes)`, "µs (median)": median(samples["parse"]!), kind: "wall" },
     { operation: "InferExchange.decode of that body for the MLP", "µs (median)": median(samples["decode"]!), kind: "wall" },
     { operation: "postMessage round trip to a worker, empty message", "µs (median)": median(samples["emptyTrip"]!), kind: "main-thread CPU" },
-    { operation: "… with a 100 KB buffer transferred there and back", "µs (median)": median(samples["bufferTrip"]!), kind: "main-thread CPU" }
+    { operation: "… with a 100 KB buffer transferred there and back", "µs (median)": median(samples["bufferTrip"]!), kind: "main-thread CPU" },
+    { operation: "JSON text of a float32 output of 10 values", "µs (median)": median(samples["encodeSmall"]!), kind: "wall" },
+    { operation: "JSON text of a float32 output of 65,536 values", "µs (median)": median(samples["encodeLarge"]!), kind: "wall" }
   ]
   section(`costs: unit costs of the HTTP request path (${ROUNDS} rounds, medians)`)
   console.log(table(rows))

@@ -558,6 +558,17 @@ const roundedTo = (v: number, a: number, p: number, exp: number): number => {
   return k >= 0 ? m / powersOfTen[k]! : m * powersOfTen[-k]!
 }
 
+/** `|v|`'s decimal exponent (⌊log10 |v|⌋), `a` = |v| finite and not 0. */
+const decimalExponent = (a: number): number => {
+  let exp = Math.floor(Math.log10(a))
+  // log10 can be one off next to a power of ten
+  if (exp > -23 && exp < 22) {
+    if (exp >= 0 ? powersOfTen[exp]! > a : 1 / powersOfTen[-exp]! > a) exp--
+    else if (exp + 1 >= 0 ? powersOfTen[exp + 1]! <= a : 1 / powersOfTen[-exp - 1]! <= a) exp++
+  }
+  return exp
+}
+
 /**
  * The shortest decimal (from 6 significant digits) that reads back as the float32 `v`: the text
  * of `Number(v.toPrecision(p))` for the least p in 6..9 that round-trips. The digits are found with
@@ -570,18 +581,140 @@ const float32Text = (v: number): string => {
   if (v === 0) return zeroText(v)
   if (Number.isInteger(v) && Math.abs(v) < 1e15) return String(v)
   const a = Math.abs(v)
-  let exp = Math.floor(Math.log10(a))
-  // log10 can be one off next to a power of ten
-  if (exp > -23 && exp < 22) {
-    if (exp >= 0 ? powersOfTen[exp]! > a : 1 / powersOfTen[-exp]! > a) exp--
-    else if (exp + 1 >= 0 ? powersOfTen[exp + 1]! <= a : 1 / powersOfTen[-exp - 1]! <= a) exp++
-  }
+  const exp = decimalExponent(a)
   for (let p = 6; p < 9; p++) {
     const rounded = roundedTo(v, a, p, exp)
     if (Math.fround(rounded) === a) return String(v < 0 ? -rounded : rounded)
   }
   const rounded = roundedTo(v, a, 9, exp)
   return String(v < 0 ? -rounded : rounded)
+}
+
+/** Writes the `count` decimal digits of the integer `m` (0 ≤ m < 2^53) at `at`; returns where they end. */
+const writeDigits = (out: Uint8Array, at: number, m: number, count: number): number => {
+  for (let pos = at + count - 1; pos >= at; pos--) {
+    const q = Math.floor(m / 10)
+    out[pos] = 48 + m - q * 10
+    m = q
+  }
+  return at + count
+}
+
+/** As `writeDigits`, for 0 ≤ m < 2^31 (integer arithmetic). */
+const writeSmallDigits = (out: Uint8Array, at: number, m: number, count: number): number => {
+  for (let pos = at + count - 1; pos >= at; pos--) {
+    const q = (m / 10) | 0
+    out[pos] = 48 + m - q * 10
+    m = q
+  }
+  return at + count
+}
+
+/** How many decimal digits the integer `m` (1 ≤ m < 10^22) has. */
+const digitCount = (m: number): number => {
+  let n = 1
+  while (n < 22 && m >= powersOfTen[n]!) n++
+  return n
+}
+
+const writeAscii = (out: Uint8Array, at: number, text: string): number => {
+  for (let i = 0; i < text.length; i++) out[at++] = text.charCodeAt(i)
+  return at
+}
+
+/**
+ * Writes the number m × 10^-k, m a positive integer of `digits` digits below 10^10 (whose digits
+ * are then the shortest decimal of the double it denotes), as `String` prints that double:
+ * ECMAScript's Number::toString, plain from 10^-7 to below 10^21, else with an exponent.
+ */
+const writeDecimal = (out: Uint8Array, at: number, negative: boolean, m: number, digits: number, k: number): number => {
+  for (let q = (m / 10) | 0; m === q * 10; q = (m / 10) | 0) {
+    m = q
+    digits--
+    k--
+  }
+  if (negative) out[at++] = 45 // -
+  // the value is 0.<digits> × 10^n
+  const n = digits - k
+  if (0 < n && n < digits) {
+    const scale = powersOfTen[digits - n]!
+    const whole = (m / scale) | 0
+    at = writeSmallDigits(out, at, whole, n)
+    out[at++] = 46 // .
+    return writeSmallDigits(out, at, m - whole * scale, digits - n)
+  }
+  if (-6 < n && n <= 0) {
+    out[at++] = 48 // 0
+    out[at++] = 46 // .
+    for (let i = n; i < 0; i++) out[at++] = 48
+    return writeSmallDigits(out, at, m, digits)
+  }
+  if (digits <= n && n <= 21) {
+    at = writeSmallDigits(out, at, m, digits)
+    for (let i = digits; i < n; i++) out[at++] = 48
+    return at
+  }
+  const scale = powersOfTen[digits - 1]!
+  const lead = (m / scale) | 0
+  out[at++] = 48 + lead
+  if (digits > 1) {
+    out[at++] = 46 // .
+    at = writeSmallDigits(out, at, m - lead * scale, digits - 1)
+  }
+  out[at++] = 101 // e
+  const e = n - 1
+  out[at++] = e < 0 ? 45 : 43 // - or +
+  return writeSmallDigits(out, at, Math.abs(e), Math.abs(e) >= 10 ? 2 : 1)
+}
+
+/** Writes `float32Text(v)` as ASCII at `at`, at most `float32TextMaxBytes` bytes; returns where it ends. */
+const writeFloat32 = (out: Uint8Array, at: number, v: number): number => {
+  if (v === 0 || !Number.isFinite(v)) return writeAscii(out, at, v === 0 ? zeroText(v) : "null")
+  const a = Math.abs(v)
+  if (Number.isInteger(v) && a < 1e15) {
+    if (v < 0) out[at++] = 45
+    return writeDigits(out, at, a, digitCount(a))
+  }
+  const exp = decimalExponent(a)
+  for (let p = 6; p <= 9; p++) {
+    const k = p - 1 - exp
+    if (k < -22 || k > 22) break
+    const scaled = k >= 0 ? a * powersOfTen[k]! : a / powersOfTen[-k]!
+    // next to a tie, toPrecision decides (`roundedTo`)
+    if (Math.abs(scaled - Math.floor(scaled) - 0.5) < 1e-6) break
+    const m = Math.round(scaled)
+    if (p === 9 || Math.fround(k >= 0 ? m / powersOfTen[k]! : m * powersOfTen[-k]!) === a) {
+      // rounding up may have made it 10^p
+      return writeDecimal(out, at, v < 0, m, m === powersOfTen[p] ? p + 1 : p, k)
+    }
+  }
+  return writeAscii(out, at, float32Text(v))
+}
+
+/** The most bytes `writeFloat32` writes: a sign and 21 digits ("-12345678900000000000000" is printed with an exponent). */
+const float32TextMaxBytes = 22
+
+/**
+ * Below this many values a float32 array's text is joined as strings; from it, written as bytes
+ * into one buffer and read as one string (faster for many values; slower for a few, where
+ * decoding the buffer costs more than it saves).
+ */
+const float32BytesFrom = 256
+
+const ascii = new TextDecoder()
+
+/** `[v0,v1,…]` of a float32 array, each as `float32Text`. */
+const float32ArrayText = (data: Float32Array): string => {
+  if (data.length < float32BytesFrom) return `[${joinMapped(data, float32Text)}]`
+  const out = new Uint8Array(2 + data.length * (float32TextMaxBytes + 1))
+  let at = 0
+  out[at++] = 91 // [
+  for (let i = 0; i < data.length; i++) {
+    if (i > 0) out[at++] = 44 // ,
+    at = writeFloat32(out, at, data[i]!)
+  }
+  out[at++] = 93 // ]
+  return ascii.decode(out.subarray(0, at))
 }
 
 /** A zero with its sign: `String(-0)` is "0", which reads back as +0 (JSON's grammar has `-0`). */
@@ -615,7 +748,7 @@ export const encodeData = (tensor: Tensor.Tensor): string => {
   const data = tensor.data
   switch (tensor.dtype) {
     case "float32":
-      return `[${joinMapped(data as Float32Array, float32Text)}]`
+      return float32ArrayText(data as Float32Array)
     case "float64":
       return `[${joinMapped(data as Float64Array, float64Text)}]`
     case "float16":

@@ -192,12 +192,19 @@ describe("Oip encoding", () => {
     }
     let seed = 12345
     const bits = new Uint32Array(40_000).map(() => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0))
-    const edges = [0, 0.1, 0.3, 9.999999, 99999.995, 0.0999999, 1e-10, 2.5e-7, 123456.7, 8.5e37, 3.4028234663852886e38, 1.1754943508222875e-38, 1e-45, 16777217, 1e20]
+    const edges = [
+      0, 0.1, 0.3, 9.999999, 99999.995, 0.0999999, 1e-10, 2.5e-7, 123456.7, 8.5e37, 3.4028234663852886e38, 1.1754943508222875e-38, 1e-45, 16777217, 1e20,
+      // where String switches notation (10^-7, 10^21) and where the exponent gets a second digit
+      1e-6, 1.5e-6, 9.999999e-7, 1e-7, 1.2345e-7, 123456789012, 1.0000001e15, 1.2e16, 9.99e20, 1e21, 4.2e21, 5e-10, 3e-38, 1.5e10
+    ]
     const powers = Array.from({ length: 277 }, (_, i) => [2 ** (i - 149), 10 ** ((i - 149) / 4)]).flat()
     const values = Float32Array.from([...new Float32Array(bits.buffer), ...edges, ...edges.map((x) => -x), ...powers])
     const printed = Oip.encodeData(Tensor.float32(values, [values.length])).slice(1, -1).split(",")
     const wrong = printed.flatMap((text, i) => text === reference(values[i]!) ? [] : [`${values[i]}: ${text}, not ${reference(values[i]!)}`])
     assert.deepStrictEqual(wrong.slice(0, 5), [])
+    // a few values at a time are joined as strings, many written as bytes: the same text
+    const inSmallArrays = Array.from({ length: Math.ceil(values.length / 100) }, (_, i) => Oip.encodeData(Tensor.float32(values.slice(i * 100, i * 100 + 100), [Math.min(100, values.length - i * 100)])).slice(1, -1))
+    assert.strictEqual(inSmallArrays.join(","), printed.join(","))
   })
 
   it("prints 64-bit integers exactly, booleans as true/false, strings as JSON strings", () => {
