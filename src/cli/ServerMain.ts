@@ -97,7 +97,8 @@ const appLayer = (config: ServerConfig.ServerConfig) => {
     redactPaths: Routes.repositoryRoots(config.models),
     strictReadiness: config.strictReadiness,
     metricsFormat: config.metricsFormat,
-    decodeThreads: config.decodeThreads
+    decodeThreads: config.decodeThreads,
+    largeBodyBytes: config.largeBodyBytes
   })
   /** gRPC beside HTTP, on the same host, engine and lifecycle (so a signal drains both); none with --grpc-port off. */
   const Grpc = config.grpcPort === undefined

@@ -1,15 +1,17 @@
 /**
  * Worker threads that decode JSON inference bodies (`InferExchange.decodeBody`: `JSON.parse` of the
- * tensors, the envelope, the typed arrays) off the main thread, for `NodeInfer` when the main thread
- * has a queue of bodies. `JSON.parse` of a 784-float row is about 85 µs, the largest cost of a JSON
- * request on the main thread. Off by default (`--decode-threads`): on a 2-core host the threads
- * cost more CPU than they save (README "Benchmarks").
+ * tensors, the envelope, the typed arrays) off the main thread: large bodies always (1 MiB and
+ * more by default, `--large-body-bytes`: about 9 ms a MiB that would stall every other request),
+ * and for `NodeInfer` others while the main thread has a queue of bodies. `JSON.parse` of a
+ * 784-float row is about 85 µs, the largest cost of a JSON request on the main thread; for those
+ * the threads are off by default (`--decode-threads`): on a 2-core host they cost more CPU than
+ * they save (README "Benchmarks"). Threads start on first use.
  *
  * Contracts:
  * - `decode` calls back exactly once: with the decoded body (its tensors moved from the thread,
  *   not copied), or with `undefined` when the thread could not answer (it crashed or is closing), in
- *   which case the caller decodes on the main thread; the body's bytes are copied to the thread, so
- *   they are still the caller's.
+ *   which case the caller decodes on the main thread; the body's bytes (or text) are copied to the
+ *   thread, so they are still the caller's.
  * - A model's decoding facts (`Spec`: name, inputs, outputs, batching) are sent to a thread once per
  *   metadata object, before its first body.
  * - A thread that exits is replaced at the next `decode`; `close` terminates them all.
@@ -50,7 +52,7 @@ const specOf = (metadata: ModelMetadata.ModelMetadata): Spec => {
 export type ToDecoder =
   /** A model version's spec; it replaces the one sent before for the same `key` (name and version: a reload's new metadata). */
   | { readonly _tag: "spec"; readonly spec: number; readonly key: string; readonly value: Spec }
-  | { readonly _tag: "decode"; readonly id: number; readonly spec: number; readonly name: string; readonly bytes: Uint8Array }
+  | { readonly _tag: "decode"; readonly id: number; readonly spec: number; readonly name: string; readonly bytes: Uint8Array | string }
 
 export type FromDecoder =
   | { readonly _tag: "body"; readonly id: number; readonly body: InferExchange.Body }
@@ -65,13 +67,15 @@ export interface DecodePool {
   readonly inFlight: () => number
   /** Model specs the threads hold, over every thread: one a model version a thread decoded for (a reload replaces it). */
   readonly specsHeld: () => number
-  /** Decodes `bytes` (the JSON text of a body without a binary part) for `metadata`; see the module's contracts. */
+  /** Decodes `bytes` (the JSON of a body without a binary part, as bytes or text) for `metadata`; see the module's contracts. */
   readonly decode: (
     name: string,
     metadata: ModelMetadata.ModelMetadata,
-    bytes: Uint8Array,
+    bytes: Uint8Array | string,
     onDone: (outcome: Outcome | undefined) => void
   ) => void
+  /** Starts the threads not started yet (they start at their first body otherwise): for a body on its way. */
+  readonly start: () => void
   readonly close: () => void
 }
 
@@ -179,6 +183,9 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
       } catch {
         onDone(undefined)
       }
+    },
+    start: () => {
+      if (!closed) pick()
     },
     close: () => {
       closed = true

@@ -27,8 +27,11 @@ port.on("message", (message: DecodePool.ToDecoder) => {
     return
   }
   const spec = specs.get(message.spec)!
-  const text = Oip.jsonText(message.bytes)
-  const outcome = text === undefined ? { _tag: "NotJson" as const, message: Oip.undecodableMessage(message.bytes) } : InferExchange.decodeBody(message.name, asMetadata(spec), text, undefined)
+  const { bytes } = message
+  const text = typeof bytes === "string" ? bytes : Oip.jsonText(bytes)
+  const outcome = text === undefined
+    ? { _tag: "NotJson" as const, message: Oip.undecodableMessage(bytes as Uint8Array) }
+    : InferExchange.decodeBody(message.name, asMetadata(spec), text, undefined)
   let reply: DecodePool.FromDecoder
   const transfer: Array<ArrayBuffer> = []
   if (outcome._tag === "Body") {

@@ -17,10 +17,13 @@
  * - bodies are decoded after the poll phase that read them, Critical first (`priorityHint`,
  *   `makeDecodeQueue`): under load the main thread's queue of bodies is where a request waits
  *   longest, and its priority is in its body;
- * - with a `decodePool` (off by default: `--decode-threads`), while bodies queue up, large JSON
- *   ones (4 KiB and more) are decoded on its threads, up to 16 a thread at once, the rest here; a
- *   Critical body, a binary one and any body when nothing else waits are always decoded here (a
- *   hop would only add latency);
+ * - with a `decodePool`, a JSON body of `largeBodyBytes` and more is always decoded on its threads,
+ *   whatever its priority and the load: parsed here, it would hold up every other request (about
+ *   9 ms a MiB on these machines);
+ * - with decode threads beside that (`decodeInFlightLimit` above 0, off by default:
+ *   `--decode-threads`), while bodies queue up, JSON ones of 4 KiB and more are decoded on them,
+ *   up to 16 a thread at once, the rest here; below `largeBodyBytes`, a Critical body, a binary
+ *   one and any body when nothing else waits are decoded here (a hop would only add latency);
  * - the request is counted in flight (`Lifecycle`) from its arrival until its answer is
  *   written or its connection closes; answers carry `Connection: close` once the shutdown began;
  * - a client that disconnects cancels the inference (out of the queue, or its result dropped);
@@ -71,8 +74,10 @@ export interface Options {
   readonly recordRefused: (name: string, reason: InferenceError.Reason, version?: string) => void
   /** Reports a defect (the answer is 500 "internal error"). */
   readonly onDefect: (defect: unknown) => void
-  /** Threads that decode JSON bodies while the main thread has a queue of them; none: all decoded here. */
+  /** Threads that decode large JSON bodies, and others while the main thread has a queue of them; none: all decoded here. */
   readonly decodePool?: DecodePool.DecodePool | undefined
+  /** Smallest JSON body always decoded on `decodePool` (see the module's contracts). Default: none is. */
+  readonly largeBodyBytes?: number | undefined
   /** Smallest JSON body sent to a decode thread (smaller ones cost less than the hop). Default 4096 bytes. */
   readonly offloadMinBytes?: number | undefined
   /**
@@ -197,6 +202,7 @@ interface Context {
   readonly pool: DecodePool.DecodePool | undefined
   readonly offloadMinBytes: number
   readonly offloadLimit: number
+  readonly largeBodyBytes: number
   /** Bodies in `queue` (read, waiting for their turn to be decoded) by model version key (`name@version`). */
   readonly waitingByKey: Map<string, number>
 }
@@ -307,11 +313,13 @@ const answer = (
   }
   // The body's memory is this request's alone: its inputs (binary ones are views on it) may move to the worker.
   const here = () => started(run(context, response, name, metadata, InferExchange.decode(name, version, metadata, head, binary, true), inAtMs))
-  // Here when idle (a hop costs more than it saves), for a small or binary body, for a Critical
-  // one (never behind the thread's queue), and when the threads have enough.
-  const busy = queue.waiting() > 0 || (pool !== undefined && pool.inFlight() > 0)
-  if (pool === undefined || binary !== undefined || head.length < context.offloadMinBytes || !busy || rank === 0 || pool.inFlight() >= context.offloadLimit) {
-    return here()
+  if (pool === undefined || binary !== undefined) return here()
+  // A large body always goes (decoded here, it would stall every other request). Others stay here
+  // when idle (a hop costs more than it saves), when small, when Critical (never behind the
+  // thread's queue), and when the threads have enough.
+  if (head.length < context.largeBodyBytes) {
+    const busy = queue.waiting() > 0 || pool.inFlight() > 0
+    if (head.length < context.offloadMinBytes || !busy || rank === 0 || pool.inFlight() >= context.offloadLimit) return here()
   }
   pool.decode(name, metadata, head, (outcome) => {
     if (response.destroyed) return
@@ -333,6 +341,14 @@ const place = (head: Buffer, binary: Uint8Array | undefined, jsonLength: number,
     binary.set(chunk.subarray(offset, offset + Math.min(chunk.length - offset, binary.length - from)), from)
   }
 }
+
+/**
+ * Memory for a body's JSON: shared (a `SharedArrayBuffer`) when it will be decoded on a thread
+ * whatever the load (`largeBodyBytes`), so that it goes there without a copy (15 MiB took 38 ms of
+ * the main thread to clone) and is still here should the thread fail to answer.
+ */
+const allocateHead = (context: Context, jsonLength: number): Buffer =>
+  context.pool !== undefined && jsonLength >= context.largeBodyBytes ? Buffer.from(new SharedArrayBuffer(jsonLength)) : Buffer.allocUnsafeSlow(jsonLength)
 
 /**
  * Bodies up to this size (64 KiB) get their memory when accepted. A larger one keeps the chunks
@@ -373,13 +389,15 @@ const accept = (
   const declared = typeof header === "string" && /^[0-9]+$/.test(header) ? Number(header) : undefined
   const splitAt = declared !== undefined && declared <= length ? declared : undefined
   const jsonLength = splitAt ?? length
+  // The thread that will decode a large body starts while the body arrives, not after.
+  if (context.pool !== undefined && splitAt === undefined && jsonLength >= context.largeBodyBytes) context.pool.start()
   const binaryLength = splitAt === undefined ? -1 : length - splitAt
   // A large body's chunks wait in `early` until half of it has come (`upfrontBodyBytes`).
   let early: Array<Buffer> | undefined
   let head: Buffer | undefined
   let binary: Uint8Array | undefined
   if (length <= upfrontBodyBytes) {
-    head = Buffer.allocUnsafeSlow(jsonLength)
+    head = allocateHead(context, jsonLength)
     if (binaryLength >= 0) binary = new Uint8Array(binaryLength)
   } else early = []
   let received = 0
@@ -387,7 +405,7 @@ const accept = (
     if (early === undefined) place(head!, binary, jsonLength, chunk, received)
     else if ((received + chunk.length) * 2 < length) early.push(chunk)
     else {
-      head = Buffer.allocUnsafeSlow(jsonLength)
+      head = allocateHead(context, jsonLength)
       if (binaryLength >= 0) binary = new Uint8Array(binaryLength)
       let at = 0
       for (const c of early) {
@@ -459,6 +477,7 @@ export const make = (options: Options): Handler => {
     pool,
     offloadMinBytes: options.offloadMinBytes ?? 4096,
     offloadLimit: options.decodeInFlightLimit ?? 16 * (pool?.threads ?? 0),
+    largeBodyBytes: options.largeBodyBytes ?? Infinity,
     waitingByKey: new Map()
   }
   return (request, response) => {

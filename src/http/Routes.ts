@@ -91,6 +91,13 @@ export interface Options {
    */
   readonly decodeThreads?: number | undefined
   /**
+   * JSON inference bodies of this many bytes and more are decoded on a decode thread, whatever the
+   * load and their priority (one is started at the first such body, with or without
+   * `decodeThreads`): parsed on the main thread, a 16 MiB body would stall every other request for
+   * over 100 ms. Default `defaultLargeBodyBytes` (1 MiB, about 9 ms of parsing); 0: none.
+   */
+  readonly largeBodyBytes?: number | undefined
+  /**
    * Whether the connection of a request (its platform request: `HttpServerRequest.source`, for
    * Node an `IncomingMessage`) holds more requests to answer after it (HTTP/1.1 pipelining). Its
    * answer then does not carry the shutdown's `Connection: close`, on which the client gives up
@@ -381,7 +388,18 @@ interface Ctx {
    * those of a sequence under way that goes on (`inferRoute`).
    */
   readonly keepsConnection: WeakSet<object>
+  /** Decodes an inference body: on a decode thread when it is large (`Options.largeBodyBytes`), else here. */
+  readonly decodeInfer: DecodeInfer
 }
+
+/** Decodes an inference body for a model version (`decoderOf`). */
+export type DecodeInfer = (
+  name: string,
+  version: string | undefined,
+  metadata: ModelMetadata.ModelMetadata,
+  text: string | Uint8Array,
+  binary: Uint8Array | undefined
+) => Effect.Effect<ReturnType<typeof InferExchange.decode>>
 
 /** `GET /v2`, the health routes and `/metrics`. */
 const serverRoutes = (ctx: Ctx) => {
@@ -416,7 +434,7 @@ const notReached = new InferenceError.Cancelled({ requestId: "", reason: "the cl
 
 /** `POST /v2/models/{name}[/versions/{v}]/infer` on the router (the fast path is `NodeInfer`'s). */
 const inferRoute = (ctx: Ctx) => {
-  const { handle, engine, pool, lifecycle, fromReason, readBody, readInferBody, keepsConnection } = ctx
+  const { handle, engine, pool, lifecycle, fromReason, readBody, readInferBody, keepsConnection, decodeInfer } = ctx
   /** A body that did not decode for `version` of the model: the engine counts the refusal, the client gets the reason. */
   const invalid = (name: string, version: string, reason: InferenceError.InvalidInput) =>
     Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
@@ -454,7 +472,7 @@ const inferRoute = (ctx: Ctx) => {
     if (!lifecycle.isShuttingDown()) yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => fromReason(e.reason))
     // As on the fast path (`NodeInfer`), the deadline counts from when the body was in: its decoding is inside it.
     const inAtMs = performance.now()
-    const decoded = InferExchange.decode(name, version, metadata, text, binary)
+    const decoded = yield* decodeInfer(name, version, metadata, text, binary)
     if (decoded._tag !== "Decoded") {
       // shutting down, a body that does not decode may still come from a sequence's client: its connection stays
       if (lifecycle.isShuttingDown() && engine.sequencesUnderWayUnsafe(name, metadata.version)) keepsConnection.add((yield* HttpServerRequest.HttpServerRequest).source)
@@ -587,19 +605,18 @@ const serveInferFromNode = (
   engine: EngineService,
   pool: ModelPoolService,
   lifecycle: Lifecycle.Service,
-  fromReason: (reason: InferenceError.Reason) => ApiError
+  fromReason: (reason: InferenceError.Reason) => ApiError,
+  decodePool: DecodePool.DecodePool | undefined
 ): Effect.Effect<void, never, Scope.Scope> =>
   Effect.gen(function*() {
     const metadataUnsafe = pool.metadataUnsafe
     const tracer = yield* Effect.withFiber((fiber) => Effect.succeed(fiber.getRef(Tracer.Tracer)))
     if (options.serveInferFromNode === undefined || metadataUnsafe === undefined || tracer !== Tracer.nativeTracer) return
     const runFork = Effect.runForkWith(yield* Effect.context<never>())
-    const threads = options.decodeThreads ?? 0
-    const decodePool = threads > 0
-      ? yield* Effect.acquireRelease(Effect.sync(() => DecodePool.make(threads)), (pool) => Effect.sync(pool.close))
-      : undefined
     options.serveInferFromNode(NodeInfer.make({
       decodePool,
+      largeBodyBytes: largeBodyBytesOf(options),
+      decodeInFlightLimit: 16 * (options.decodeThreads ?? 0),
       engine,
       metadataUnsafe,
       lifecycle,
@@ -676,9 +693,15 @@ export const layer = (
       const metadataOf = (name: string, version: string | undefined) =>
         Effect.mapError(pool.metadata(name, version), fromReason)
 
-      yield* serveInferFromNode(options, engine, pool, lifecycle, fromReason)
+      // Threads for large bodies (started at the first) and, with --decode-threads, for bodies that queue up.
+      const threads = Math.max(options.decodeThreads ?? 0, largeBodyBytesOf(options) < Infinity ? 1 : 0)
+      const decodePool = threads > 0
+        ? yield* Effect.acquireRelease(Effect.sync(() => DecodePool.make(threads)), (pool) => Effect.sync(pool.close))
+        : undefined
+      yield* serveInferFromNode(options, engine, pool, lifecycle, fromReason, decodePool)
+      const decodeInfer = decoderOf(decodePool, largeBodyBytesOf(options))
 
-      const ctx: Ctx = { options, engine, pool, lifecycle, statistics, metricsPage, roots, strictReadiness, fromReason, handle, metadataOf, readBody, readInferBody, keepsConnection }
+      const ctx: Ctx = { options, engine, pool, lifecycle, statistics, metricsPage, roots, strictReadiness, fromReason, handle, metadataOf, readBody, readInferBody, keepsConnection, decodeInfer }
       const { serverMetadata, live, ready, prometheus } = serverRoutes(ctx)
       const { modelMetadata, modelReady, infer, modelConfig, allStats, modelStats } = modelRoutes(ctx)
       const { repositoryIndex, modelControl } = repositoryRoutes(ctx)
@@ -709,6 +732,43 @@ export const layer = (
       yield* router.addAll(routes)
     })
   )
+
+/**
+ * `Options.largeBodyBytes`' default: 1 MiB, about 9 ms of parsing on these machines. A body sent to
+ * the thread waits a few milliseconds more for its own answer (a 1 MiB one 32-39 → 42-51 ms end to
+ * end here), and the first one waits for the thread to start (0.6-0.9 s): below 1 MiB the stall it
+ * spares the others is not worth that.
+ */
+export const defaultLargeBodyBytes = 1024 * 1024
+
+/** The smallest body always decoded on a thread; Infinity for none. */
+const largeBodyBytesOf = (options: Options): number => {
+  const bytes = options.largeBodyBytes ?? defaultLargeBodyBytes
+  return bytes > 0 ? bytes : Infinity
+}
+
+/**
+ * The router's decoding of an inference body: a JSON body of `largeBodyBytes` and more without a
+ * binary part on a decode thread (on the main thread again if the thread could not answer),
+ * anything else here. Either way the decoded tensors are this request's own, as on the fast path.
+ * Exported for its test.
+ */
+export const decoderOf = (decodePool: DecodePool.DecodePool | undefined, largeBodyBytes: number): DecodeInfer =>
+  (name, version, metadata, text, binary) => {
+    if (decodePool === undefined || binary !== undefined || text.length < largeBodyBytes) {
+      return Effect.sync(() => InferExchange.decode(name, version, metadata, text, binary))
+    }
+    return Effect.callback((resume) => {
+      decodePool.decode(name, metadata, text, (outcome) =>
+        resume(Effect.sync(() =>
+          outcome === undefined
+            ? InferExchange.decode(name, version, metadata, text, undefined)
+            : outcome._tag === "Body"
+            ? InferExchange.toDecoded(name, version, metadata, outcome, true)
+            : outcome
+        )))
+    })
+  }
 
 /**
  * Router options for these routes: `/v2/` and `/v2` are the same; long names reach the name check

@@ -65,6 +65,8 @@ export interface ServerConfig {
   readonly logFormat: "text" | "json"
   /** Threads that decode large JSON inference bodies while the main thread has a queue of them (`Routes.Options.decodeThreads`). */
   readonly decodeThreads: number
+  /** JSON inference bodies of this many bytes and more are always decoded on a thread (`Routes.Options.largeBodyBytes`); 0: none. */
+  readonly largeBodyBytes: number
 }
 
 /** The repository shipped with the package (`ModelRepository.bundled`). */
@@ -85,7 +87,8 @@ export const defaults: ServerConfig = {
   exitOnError: false,
   metricsFormat: "default",
   logFormat: "text",
-  decodeThreads: 0
+  decodeThreads: 0,
+  largeBodyBytes: 1024 * 1024
 }
 
 /** `--load-model '*'`: every model of the repository is loaded at start (Triton's wildcard; it must be the only name). */
@@ -114,6 +117,7 @@ const Seconds = decimal(true).check(Schema.isFinite(), Schema.isBetween({ minimu
 const Bool = Schema.Literals(["true", "false", "1", "0", "yes", "no", "on", "off"])
 const Format = Schema.Literals(["default", "triton"])
 const LogFormat = Schema.Literals(["text", "json"])
+const BytesOrZero = decimal(false).check(Schema.isInt(), Schema.isBetween({ minimum: 0, maximum: 2 ** 31 - 1 }))
 const Threads = decimal(false).check(Schema.isInt(), Schema.isBetween({ minimum: 0, maximum: 64 }))
 
 /** One option: its flag, its variable, how it reads, and where it goes in `ServerConfig`. */
@@ -251,6 +255,14 @@ export const options: ReadonlyArray<Option> = [
     metavar: "N",
     description: "threads that decode large JSON inference bodies while the main thread has a queue of them; worth it only with cores to spare (default 0: none)",
     decode: withSchema(Threads)
+  },
+  {
+    key: "largeBodyBytes",
+    flag: "large-body-bytes",
+    variable: "LARGE_BODY_BYTES",
+    metavar: "N",
+    description: `JSON inference bodies of N bytes and more are always decoded on a thread, so that parsing one does not stall every other request (default ${defaults.largeBodyBytes}; 0: none)`,
+    decode: withSchema(BytesOrZero)
   }
 ]
 

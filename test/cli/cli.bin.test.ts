@@ -120,7 +120,7 @@ describe("effect-onnx (src/bin/cli.ts)", () => {
       assert.include(infer.stdout, variable)
       assert.include(serve.stdout, variable)
     }
-    for (const [flag, variable] of [["--host", "HOST"], ["--port", "PORT"], ["--models", "MODEL_REPOSITORY"], ["--max-body-bytes", "MAX_BODY_BYTES"], ["--grace-period-seconds", "GRACE_PERIOD_SECONDS"], ["--strict-readiness", "STRICT_READINESS"], ["--exit-on-error", "EXIT_ON_ERROR"], ["--metrics-format", "METRICS_FORMAT"], ["--decode-threads", "DECODE_THREADS"]]) {
+    for (const [flag, variable] of [["--host", "HOST"], ["--port", "PORT"], ["--models", "MODEL_REPOSITORY"], ["--max-body-bytes", "MAX_BODY_BYTES"], ["--grace-period-seconds", "GRACE_PERIOD_SECONDS"], ["--strict-readiness", "STRICT_READINESS"], ["--exit-on-error", "EXIT_ON_ERROR"], ["--metrics-format", "METRICS_FORMAT"], ["--decode-threads", "DECODE_THREADS"], ["--large-body-bytes", "LARGE_BODY_BYTES"]]) {
       assert.match(serve.stdout, new RegExp(`${flag} .*\\[${variable}\\]`))
     }
     assert.match(serve.stdout, /USAGE\n\s+effect-onnx serve \[flags\]/)

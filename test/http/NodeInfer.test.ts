@@ -74,6 +74,8 @@ const makeHandlerServer = (
     readonly bodyLimitBytes?: number
     readonly maxQueuedRequests?: number
     readonly decodePool?: DecodePool.DecodePool
+    readonly largeBodyBytes?: number
+    readonly decodeInFlightLimit?: number
     readonly slowMetadata?: Partial<ModelMetadata.ModelMetadata>
     readonly responseCacheBytes?: number
   } = {}
@@ -101,7 +103,9 @@ const makeHandlerServer = (
       errorOf: (reason) => ({ status: reason._tag === "QueueFull" ? 429 : reason._tag === "DeadlineExceeded" ? 504 : 400, message: reason.message }),
       recordRefused: (_, reason) => void invalid.push(reason),
       onDefect: (defect) => void defects.push(defect),
-      decodePool: options.decodePool
+      decodePool: options.decodePool,
+      largeBodyBytes: options.largeBodyBytes,
+      decodeInFlightLimit: options.decodeInFlightLimit
     })
     const server = Http.createServer((req, res) => {
       if (handler(req, res)) return
@@ -427,6 +431,75 @@ describe("NodeInfer with decode threads", () => {
       }
       assert.isAbove(offloaded, 0, "some bodies went to the decode thread")
       assert.isBelow(offloaded, 200, "not all: the first (nothing queued yet) and the Critical ones are decoded here")
+      assert.deepStrictEqual(defects, [])
+    }).pipe(withFreshMetrics))
+})
+
+describe("NodeInfer with large bodies", () => {
+  /** A body for `identity_float32` of `n` values (row-major [1, n]), Critical or not. */
+  const identityBody = (n: number, critical: boolean) => {
+    const data = Array.from({ length: n }, (_, j) => Math.fround(j / 7919))
+    return { data, text: JSON.stringify({ parameters: { priority: critical ? 1 : 4 }, inputs: [{ name: "x", shape: [1, n], datatype: "FP32", data }] }) }
+  }
+
+  it.live("a JSON body of largeBodyBytes and more is decoded on a thread when nothing else waits and when Critical, from memory it shares; a smaller one here", () =>
+    Effect.gen(function*() {
+      const real = DecodePool.make(1)
+      yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      const sent: Array<{ readonly bytes: number; readonly shared: boolean }> = []
+      let started = 0
+      const decodePool: DecodePool.DecodePool = {
+        ...real,
+        start: () => {
+          started++
+          real.start()
+        },
+        decode: (name, metadata, bytes, onDone) => {
+          sent.push({ bytes: bytes.length, shared: typeof bytes !== "string" && bytes.buffer instanceof SharedArrayBuffer })
+          real.decode(name, metadata, bytes, onDone)
+        }
+      }
+      // No decode threads for bodies that queue up (decodeInFlightLimit 0): only the large rule sends any.
+      const { port, defects } = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20, decodePool, largeBodyBytes: 16_384, decodeInFlightLimit: 0 })
+      const small = identityBody(100, false)
+      const large = identityBody(2000, true)
+      assert.isBelow(Buffer.byteLength(small.text), 16_384)
+      assert.isAbove(Buffer.byteLength(large.text), 16_384)
+      for (const [body, data] of [[small.text, small.data], [large.text, large.data]] as const) {
+        const reply = yield* Effect.promise(() => request(port, "POST", "/v2/models/identity_float32/infer", body))
+        assert.strictEqual(reply.status, 200, reply.body.toString())
+        assert.deepStrictEqual((JSON.parse(reply.body.toString()).outputs[0].data as Array<number>).map(Math.fround), data)
+      }
+      assert.deepStrictEqual(sent, [{ bytes: Buffer.byteLength(large.text), shared: true }], "the large body alone, shared, not copied")
+      assert.strictEqual(started, 1, "its thread was started as the body arrived")
+      // A large body that is not valid for the model: the thread's refusal is the answer.
+      const bad = yield* Effect.promise(() => request(port, "POST", "/v2/models/identity_float32/infer", large.text.replace("[1,2000]", "[1,2001]")))
+      assert.strictEqual(bad.status, 400)
+      assert.match(JSON.parse(bad.body.toString()).error, /2001/)
+      assert.strictEqual(sent.length, 2)
+      assert.deepStrictEqual(defects, [])
+    }).pipe(withFreshMetrics))
+
+  it.live("a large body whose thread cannot answer (it crashed, or the pool closed) is decoded here from the same memory", () =>
+    Effect.gen(function*() {
+      let asked = 0
+      const lost: DecodePool.DecodePool = {
+        threads: 1,
+        inFlight: () => 0,
+        specsHeld: () => 0,
+        start: () => {},
+        decode: (_name, _metadata, _bytes, onDone) => {
+          asked++
+          onDone(undefined)
+        },
+        close: () => {}
+      }
+      const { port, defects } = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20, decodePool: lost, largeBodyBytes: 16_384 })
+      const large = identityBody(2000, false)
+      const reply = yield* Effect.promise(() => request(port, "POST", "/v2/models/identity_float32/infer", large.text))
+      assert.strictEqual(reply.status, 200, reply.body.toString())
+      assert.deepStrictEqual((JSON.parse(reply.body.toString()).outputs[0].data as Array<number>).map(Math.fround), large.data)
+      assert.strictEqual(asked, 1)
       assert.deepStrictEqual(defects, [])
     }).pipe(withFreshMetrics))
 })

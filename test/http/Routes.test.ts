@@ -10,7 +10,9 @@ import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
 import * as Lifecycle from "../../src/http/Lifecycle.ts"
 import * as RetryAfter from "../../src/http/RetryAfter.ts"
 import * as InferExchange from "../../src/http/InferExchange.ts"
+import * as DecodePool from "../../src/http/DecodePool.ts"
 import * as Routes from "../../src/http/Routes.ts"
+import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
 import { makeCounterPool } from "../fixtures/CounterPool.ts"
 
@@ -954,6 +956,61 @@ describe("Triton's limits and request codings", () => {
       assert.deepStrictEqual(ok.json.outputs[0].shape, [2, 4])
       // A model that does not batch has no such limit.
       assert.strictEqual((yield* send("POST", "/v2/models/echo/infer", echoRequest(Array.from({ length: 12 }, (_, i) => i)))).status, 200)
+    }).pipe(withFreshMetrics))
+})
+
+describe("Routes.decoderOf: large bodies on the router's path", () => {
+  const metadata: ModelMetadata.ModelMetadata = {
+    name: "m",
+    version: "1",
+    inputs: [{ name: "x", dtype: "float32", dims: [-1, -1] }],
+    outputs: [{ name: "y", dtype: "float32", dims: [-1, -1] }]
+  }
+  const body = (n: number) => JSON.stringify({ id: "r", inputs: [{ name: "x", shape: [1, n], datatype: "FP32", data: Array.from({ length: n }, (_, i) => i / 8) }] })
+  /** What a decode answers, without its request id (each decode makes one). */
+  const plain = (outcome: ReturnType<typeof InferExchange.decode>) =>
+    outcome._tag === "Decoded" ? { id: outcome.id, x: Array.from(outcome.request.inputs["x"]!.data as Float32Array), dims: outcome.request.inputs["x"]!.dims } : outcome
+
+  it.live("a JSON body of largeBodyBytes and more is decoded on a thread, others here, and both give what decoding here gives", () =>
+    Effect.gen(function*() {
+      const real = DecodePool.make(1)
+      yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      const sent: Array<number> = []
+      const pool: DecodePool.DecodePool = {
+        ...real,
+        decode: (name, m, bytes, onDone) => {
+          sent.push(bytes.length)
+          real.decode(name, m, bytes, onDone)
+        }
+      }
+      const decode = Routes.decoderOf(pool, 1000)
+      const small = body(10)
+      const large = body(400)
+      const wrong = large.replace("[1,400]", "[1,401]")
+      for (const text of [small, large, wrong, new TextEncoder().encode(large)]) {
+        const here = InferExchange.decode("m", undefined, metadata, text, undefined)
+        assert.deepStrictEqual(plain(yield* decode("m", undefined, metadata, text, undefined)), plain(here))
+      }
+      assert.deepStrictEqual(sent, [large.length, wrong.length, large.length], "the large ones alone, as text or as bytes")
+      // A binary part is never sent (its tensors are views on bytes here).
+      yield* decode("m", undefined, metadata, large, new Uint8Array(0))
+      assert.strictEqual(sent.length, 3)
+      // Without a pool, or when the thread cannot answer, it is decoded here.
+      assert.deepStrictEqual(plain(yield* Routes.decoderOf(undefined, 1000)("m", undefined, metadata, large, undefined)), plain(InferExchange.decode("m", undefined, metadata, large, undefined)))
+      const lost: DecodePool.DecodePool = { ...real, decode: (_n, _m, _b, onDone) => onDone(undefined) }
+      assert.deepStrictEqual(plain(yield* Routes.decoderOf(lost, 1000)("m", undefined, metadata, large, undefined)), plain(InferExchange.decode("m", undefined, metadata, large, undefined)))
+    }))
+
+  it.effect("on the router's path (a compressed body), a large body is answered as a small one is", () =>
+    Effect.gen(function*() {
+      const { send } = yield* makeApp({ routes: { largeBodyBytes: 64 } })
+      const large = JSON.stringify(echoRequest([1, 2, 3, 4], { id: "a-request-id-long-enough-to-make-this-body-large" }))
+      assert.isAbove(large.length, 64)
+      const r = yield* send("POST", "/v2/models/echo/infer", Zlib.gzipSync(large), { "content-encoding": "gzip" })
+      assert.strictEqual(r.status, 200, r.text)
+      assert.deepStrictEqual(r.json.outputs[0].data, [2, 4, 6, 8])
+      const bad = yield* send("POST", "/v2/models/echo/infer", Zlib.gzipSync(large.replace("[1,4]", "[1,5]")), { "content-encoding": "gzip" })
+      assert.strictEqual(bad.status, 400)
     }).pipe(withFreshMetrics))
 })
 

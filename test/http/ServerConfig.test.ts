@@ -49,6 +49,13 @@ describe("ServerConfig", () => {
     for (const text of ["-1", "65", "1.5", "auto"]) assert.instanceOf(decode({ decodeThreads: text }), ServerConfig.ConfigError, text)
   })
 
+  it("--large-body-bytes or LARGE_BODY_BYTES: bytes from 0 (none), 1 MiB by default", () => {
+    assert.deepInclude(decode({}), { largeBodyBytes: 1024 * 1024 })
+    assert.deepInclude(decode({}, { LARGE_BODY_BYTES: "0" }), { largeBodyBytes: 0 })
+    assert.deepInclude(decode({ largeBodyBytes: "65536" }, { LARGE_BODY_BYTES: "0" }), { largeBodyBytes: 65536 })
+    for (const text of ["-1", "1e6", "2147483648", "1MiB"]) assert.instanceOf(decode({ largeBodyBytes: text }), ServerConfig.ConfigError, text)
+  })
+
   it("reads the environment, and flags win over it", () => {
     const env = {
       HOST: "0.0.0.0",
