@@ -2,7 +2,8 @@
  * Worker threads that decode JSON inference bodies (`InferExchange.decodeBody`: `JSON.parse` of the
  * tensors, the envelope, the typed arrays) off the main thread: large bodies always (1 MiB and
  * more by default, `--large-body-bytes`: about 9 ms a MiB that would stall every other request),
- * and for `NodeInfer` others while the main thread has a queue of bodies. `JSON.parse` of a
+ * and for `NodeInfer` others while the main thread has a queue of bodies. They also encode large
+ * answers (`encode`: 65,536 JSON values and more, `Routes.largeAnswerValues`). `JSON.parse` of a
  * 784-float row is about 85 µs, the largest cost of a JSON request on the main thread; for those
  * the threads are off by default (`--decode-threads`): on a 2-core host they cost more CPU than
  * they save (README "Benchmarks"). Threads start on first use.
@@ -21,6 +22,7 @@
 import { Worker } from "node:worker_threads"
 import * as InferenceError from "../InferenceError.ts"
 import type * as ModelMetadata from "../ModelMetadata.ts"
+import type * as Tensor from "../Tensor.ts"
 import type * as InferExchange from "./InferExchange.ts"
 
 /**
@@ -53,17 +55,20 @@ export type ToDecoder =
   /** A model version's spec; it replaces the one sent before for the same `key` (name and version: a reload's new metadata). */
   | { readonly _tag: "spec"; readonly spec: number; readonly key: string; readonly value: Spec }
   | { readonly _tag: "decode"; readonly id: number; readonly spec: number; readonly name: string; readonly bytes: Uint8Array | string }
+  | { readonly _tag: "encode"; readonly id: number; readonly response: InferExchange.Response }
 
 export type FromDecoder =
   | { readonly _tag: "body"; readonly id: number; readonly body: InferExchange.Body }
   | { readonly _tag: "notJson"; readonly id: number; readonly message: string }
   | { readonly _tag: "invalid"; readonly id: number; readonly modelId: string; readonly input: string | undefined; readonly detail: string }
+  /** An encoded answer: its bytes, JSON alone or (with `jsonLength`) a JSON head and a binary part. */
+  | { readonly _tag: "encoded"; readonly id: number; readonly bytes: Uint8Array; readonly jsonLength: number | undefined }
 
 export type Outcome = InferExchange.Body | InferExchange.NotJson | InferenceError.InvalidInput
 
 export interface DecodePool {
   readonly threads: number
-  /** Bodies sent to the threads and not yet answered. */
+  /** Bodies sent to the threads and not yet answered (answers being encoded are not counted). */
   readonly inFlight: () => number
   /** Model specs the threads hold, over every thread: one a model version a thread decoded for (a reload replaces it). */
   readonly specsHeld: () => number
@@ -74,6 +79,13 @@ export interface DecodePool {
     bytes: Uint8Array | string,
     onDone: (outcome: Outcome | undefined) => void
   ) => void
+  /**
+   * Encodes an answer (`InferExchange.encodePrepared`) on a thread: calls back exactly once, with
+   * its body (as bytes: a JSON answer as its UTF-8 text) or with `undefined` when the thread could
+   * not answer (the caller encodes it itself). The tensors are copied to the thread (a view's own
+   * bytes, not all of its buffer), so they are still the caller's.
+   */
+  readonly encode: (response: InferExchange.Response, onDone: (answer: InferExchange.Answer | undefined) => void) => void
   /** Starts the threads not started yet (they start at their first body otherwise): for a body on its way. */
   readonly start: () => void
   readonly close: () => void
@@ -87,12 +99,12 @@ interface Thread {
   /** Spec ids this thread holds: the last sent for each key (as the thread keeps them, `DecodeWorker`). */
   readonly specs: Set<number>
   readonly specByKey: Map<string, number>
-  readonly jobs: Map<number, (outcome: Outcome | undefined) => void>
+  readonly jobs: Map<number, (reply: FromDecoder | undefined) => void>
   exited: boolean
 }
 
 /** The answer a decode thread's message carries. */
-const outcomeOf = (message: FromDecoder): Outcome => {
+const outcomeOf = (message: Exclude<FromDecoder, { readonly _tag: "encoded" }>): Outcome => {
   switch (message._tag) {
     case "body":
       return message.body
@@ -113,12 +125,12 @@ const startThread = (
   entry: URL,
   slot: number,
   pool: Array<Thread | undefined>,
-  settle: (thread: Thread, id: number, outcome: Outcome | undefined) => void
+  settle: (thread: Thread, id: number, reply: FromDecoder | undefined) => void
 ): Thread => {
   const worker = new Worker(entry, { name: "decode" })
   worker.unref()
   const thread: Thread = { worker, specs: new Set(), specByKey: new Map(), jobs: new Map(), exited: false }
-  worker.on("message", (message: FromDecoder) => settle(thread, message.id, outcomeOf(message)))
+  worker.on("message", (message: FromDecoder) => settle(thread, message.id, message))
   const lost = () => {
     if (thread.exited) return
     thread.exited = true
@@ -137,15 +149,15 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
   const specIds = new WeakMap<ModelMetadata.ModelMetadata, number>()
   let nextSpec = 0
   let nextJob = 0
+  /** Bodies at the threads (`inFlight`); encodes are not counted. */
   let inFlight = 0
   let closed = false
 
-  const settle = (thread: Thread, id: number, outcome: Outcome | undefined) => {
+  const settle = (thread: Thread, id: number, reply: FromDecoder | undefined) => {
     const done = thread.jobs.get(id)
     if (done === undefined) return
     thread.jobs.delete(id)
-    inFlight--
-    done(outcome)
+    done(reply)
   }
 
   const pick = (): Thread => {
@@ -178,8 +190,38 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
         }
         const id = nextJob++
         thread.worker.postMessage({ _tag: "decode", id, spec, name, bytes } satisfies ToDecoder)
-        thread.jobs.set(id, onDone)
         inFlight++
+        thread.jobs.set(id, (reply) => {
+          inFlight--
+          onDone(reply === undefined || reply._tag === "encoded" ? undefined : outcomeOf(reply))
+        })
+      } catch {
+        onDone(undefined)
+      }
+    },
+    encode: (response, onDone) => {
+      if (closed || pool.length === 0) return onDone(undefined)
+      const thread = pick()
+      // A slice of a batch's outputs would take all of that batch's buffer with it: its own bytes go.
+      const copies: Array<ArrayBuffer> = []
+      const outputs = response.outputs.map(([name, tensor]): readonly [string, Tensor.Tensor] => {
+        const data = tensor.data
+        if (!ArrayBuffer.isView(data) || (data.byteOffset === 0 && data.byteLength === data.buffer.byteLength)) return [name, tensor]
+        const own = data.slice()
+        copies.push(own.buffer as ArrayBuffer)
+        return [name, { ...tensor, data: own } as Tensor.Tensor]
+      })
+      try {
+        const id = nextJob++
+        thread.worker.postMessage({ _tag: "encode", id, response: { ...response, outputs } } satisfies ToDecoder, copies)
+        thread.jobs.set(id, (reply) =>
+          onDone(
+            reply?._tag !== "encoded"
+              ? undefined
+              : reply.jsonLength === undefined
+              ? { _tag: "JsonBytes", bytes: reply.bytes }
+              : { _tag: "Binary", bytes: reply.bytes, jsonLength: reply.jsonLength }
+          ))
       } catch {
         onDone(undefined)
       }

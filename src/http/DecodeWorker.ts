@@ -1,6 +1,7 @@
 /**
  * Decode-thread entry (`DecodePool`): decodes inference bodies for the models whose `Spec` it was
- * sent, and posts each outcome back with the tensors' buffers moved, not copied.
+ * sent, and posts each outcome back with the tensors' buffers moved, not copied; encodes answers,
+ * and posts their bytes back moved.
  *
  * @module DecodeWorker
  */
@@ -15,6 +16,7 @@ const port = parentPort
 if (port === null) throw new Error("DecodeWorker.ts must run in a worker thread")
 
 const specs = new Map<number, DecodePool.Spec>()
+const utf8 = new TextEncoder()
 /** The spec held for each model version: a new one replaces it (as `DecodePool` counts them). */
 const specByKey = new Map<string, number>()
 
@@ -24,6 +26,14 @@ port.on("message", (message: DecodePool.ToDecoder) => {
     if (before !== undefined) specs.delete(before)
     specByKey.set(message.key, message.spec)
     specs.set(message.spec, message.value)
+    return
+  }
+  if (message._tag === "encode") {
+    const answer = InferExchange.encodePrepared(message.response)
+    // Json or Binary: an answer that is prepared is never TooLarge
+    const bytes = answer._tag === "Json" ? utf8.encode(answer.text) : answer._tag === "Binary" || answer._tag === "JsonBytes" ? answer.bytes : new Uint8Array(0)
+    const jsonLength = answer._tag === "Binary" ? answer.jsonLength : undefined
+    port.postMessage({ _tag: "encoded", id: message.id, bytes, jsonLength } satisfies DecodePool.FromDecoder, [bytes.buffer as ArrayBuffer])
     return
   }
   const spec = specs.get(message.spec)!

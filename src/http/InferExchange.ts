@@ -152,9 +152,10 @@ export const decode = (
   return body._tag === "Body" ? toDecoded(name, version, metadata, body, ownsBody) : body
 }
 
-/** An answer's body: JSON text, or bytes (JSON head and binary part) with the head's length; or why it is not given (a 400). */
+/** An answer's body: JSON text (or its UTF-8 bytes), or bytes (JSON head and binary part) with the head's length; or why it is not given (a 400). */
 export type Answer =
   | { readonly _tag: "Json"; readonly text: string }
+  | { readonly _tag: "JsonBytes"; readonly bytes: Uint8Array }
   | { readonly _tag: "Binary"; readonly bytes: Uint8Array; readonly jsonLength: number }
   | { readonly _tag: "TooLarge"; readonly message: string }
 
@@ -165,17 +166,33 @@ export type Answer =
  */
 export const maxJsonOutputValues = 1 << 20
 
+/** What an answer says, before it is text (`Oip.encodeResponse`'s argument): plain data, which a decode thread can be sent. */
+export interface Response {
+  readonly modelName: string
+  readonly modelVersion: string
+  readonly id: string | undefined
+  readonly outputs: ReadonlyArray<readonly [string, Tensor.Tensor]>
+  readonly binaryOutputs: ReadonlySet<string> | undefined
+}
+
+/** A success ready to encode, and how many values it writes as JSON text (the costly part). */
+export interface Prepared {
+  readonly _tag: "Prepared"
+  readonly response: Response
+  readonly jsonValues: number
+}
+
 /**
- * Encodes a success: the selected outputs in order (as classifications where asked), those asked
- * as binary in the binary part.
+ * Selects a success's outputs in order (as classifications where asked), those asked as binary
+ * going in the binary part.
  * An output the model did not return is a defect (the metadata promised it): an Error. Outputs
  * of more than `maxJsonOutputValues` values to write as JSON are not written: `TooLarge`.
  */
-export const encode = (
+export const prepare = (
   metadata: ModelMetadata.ModelMetadata,
   decoded: Decoded,
   result: InferenceResult.Success
-): Answer | Error => {
+): Prepared | Extract<Answer, { readonly _tag: "TooLarge" }> | Error => {
   const tensors: Array<readonly [string, Tensor.Tensor]> = []
   for (const output of decoded.outputs) {
     const tensor = result.outputs[output]
@@ -192,17 +209,36 @@ export const encode = (
       message: `the outputs asked as JSON hold ${jsonValues} values, more than the ${maxJsonOutputValues} a JSON answer carries; ask for them as binary tensor data (parameters.binary_data_output: true)`
     }
   }
-  const encoded = Oip.encodeResponse({
-    modelName: metadata.name,
-    // the version that ran it, which a load between this edge's lookup and the engine's may have made another
-    modelVersion: result.modelVersion,
-    id: decoded.id,
-    outputs: tensors,
-    binaryOutputs: decoded.binaryOutputs
-  })
+  return {
+    _tag: "Prepared",
+    response: {
+      modelName: metadata.name,
+      // the version that ran it, which a load between this edge's lookup and the engine's may have made another
+      modelVersion: result.modelVersion,
+      id: decoded.id,
+      outputs: tensors,
+      binaryOutputs: decoded.binaryOutputs
+    },
+    jsonValues
+  }
+}
+
+/** The answer's body for a prepared success. */
+export const encodePrepared = (response: Response): Answer => {
+  const encoded = Oip.encodeResponse(response)
   if (encoded.binary.length === 0) return { _tag: "Json", text: encoded.json }
   const { body, jsonLength } = Oip.binaryBody(encoded)
   return { _tag: "Binary", bytes: body, jsonLength }
+}
+
+/** Encodes a success (`prepare`, then `encodePrepared`), here. */
+export const encode = (
+  metadata: ModelMetadata.ModelMetadata,
+  decoded: Decoded,
+  result: InferenceResult.Success
+): Answer | Error => {
+  const prepared = prepare(metadata, decoded, result)
+  return prepared instanceof Error || prepared._tag !== "Prepared" ? prepared : encodePrepared(prepared.response)
 }
 
 /**

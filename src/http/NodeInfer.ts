@@ -20,6 +20,8 @@
  * - with a `decodePool`, a JSON body of `largeBodyBytes` and more is always decoded on its threads,
  *   whatever its priority and the load: parsed here, it would hold up every other request (about
  *   9 ms a MiB on these machines);
+ * - likewise an answer that writes `largeAnswerValues` and more as JSON text is encoded there
+ *   (about 8 ms for 65,536 float32 values here); the request counts in flight until it is written;
  * - with decode threads beside that (`decodeInFlightLimit` above 0, off by default:
  *   `--decode-threads`), while bodies queue up, JSON ones of 4 KiB and more are decoded on them,
  *   up to 16 a thread at once, the rest here; below `largeBodyBytes`, a Critical body, a binary
@@ -78,6 +80,8 @@ export interface Options {
   readonly decodePool?: DecodePool.DecodePool | undefined
   /** Smallest JSON body always decoded on `decodePool` (see the module's contracts). Default: none is. */
   readonly largeBodyBytes?: number | undefined
+  /** Fewest values an answer writes as JSON text for it to be encoded on `decodePool`. Default: none is. */
+  readonly largeAnswerValues?: number | undefined
   /** Smallest JSON body sent to a decode thread (smaller ones cost less than the hop). Default 4096 bytes. */
   readonly offloadMinBytes?: number | undefined
   /**
@@ -203,6 +207,7 @@ interface Context {
   readonly offloadMinBytes: number
   readonly offloadLimit: number
   readonly largeBodyBytes: number
+  readonly largeAnswerValues: number
   /** Bodies in `queue` (read, waiting for their turn to be decoded) by model version key (`name@version`). */
   readonly waitingByKey: Map<string, number>
 }
@@ -267,12 +272,37 @@ const run = (
       const answer = options.errorOf(failure.error.reason)
       return send(context, response, answer.status, "application/json", errorBody(answer.message), answer.headers, keeps)
     }
-    const encoded = InferExchange.encode(metadata, decoded, exit.value)
-    if (encoded instanceof Error) return defect(context, response, encoded)
-    if (encoded._tag === "TooLarge") return send(context, response, 400, "application/json", errorBody(encoded.message), undefined, keeps)
-    if (encoded._tag === "Json") return send(context, response, 200, "application/json", encoded.text, undefined, keeps)
-    send(context, response, 200, "application/octet-stream", encoded.bytes, { [Oip.inferenceHeaderContentLength]: String(encoded.jsonLength) }, keeps)
+    const prepared = InferExchange.prepare(metadata, decoded, exit.value)
+    if (prepared instanceof Error) return defect(context, response, prepared)
+    if (prepared._tag === "TooLarge") return send(context, response, 400, "application/json", errorBody(prepared.message), undefined, keeps)
+    const { pool } = context
+    if (pool === undefined || prepared.jsonValues < context.largeAnswerValues) {
+      return sendAnswer(context, response, InferExchange.encodePrepared(prepared.response), keeps)
+    }
+    // Encoded on a thread (here again if it cannot answer); the request stays in flight meanwhile.
+    pool.encode(prepared.response, (answer) => {
+      if (response.destroyed) return
+      try {
+        sendAnswer(context, response, answer ?? InferExchange.encodePrepared(prepared.response), keeps)
+      } catch (e) {
+        defect(context, response, e)
+      }
+    })
   }, { spentMs: performance.now() - inAtMs })
+}
+
+/** Writes a success's answer. */
+const sendAnswer = (context: Context, response: Http.ServerResponse, answer: InferExchange.Answer, keeps: boolean): void => {
+  switch (answer._tag) {
+    case "Json":
+      return send(context, response, 200, "application/json", answer.text, undefined, keeps)
+    case "JsonBytes":
+      return send(context, response, 200, "application/json", answer.bytes, undefined, keeps)
+    case "Binary":
+      return send(context, response, 200, "application/octet-stream", answer.bytes, { [Oip.inferenceHeaderContentLength]: String(answer.jsonLength) }, keeps)
+    case "TooLarge":
+      return send(context, response, 400, "application/json", errorBody(answer.message), undefined, keeps)
+  }
 }
 
 /** Where an infer request's body goes: `head` (its JSON) and, with a valid binary header, `binary`. */
@@ -478,6 +508,7 @@ export const make = (options: Options): Handler => {
     offloadMinBytes: options.offloadMinBytes ?? 4096,
     offloadLimit: options.decodeInFlightLimit ?? 16 * (pool?.threads ?? 0),
     largeBodyBytes: options.largeBodyBytes ?? Infinity,
+    largeAnswerValues: options.largeAnswerValues ?? Infinity,
     waitingByKey: new Map()
   }
   return (request, response) => {

@@ -390,6 +390,8 @@ interface Ctx {
   readonly keepsConnection: WeakSet<object>
   /** Decodes an inference body: on a decode thread when it is large (`Options.largeBodyBytes`), else here. */
   readonly decodeInfer: DecodeInfer
+  /** Encodes a success's answer: on a decode thread when it is large (`largeAnswerValues`), else here. */
+  readonly encodeAnswer: (prepared: InferExchange.Prepared) => Effect.Effect<InferExchange.Answer>
 }
 
 /** Decodes an inference body for a model version (`decoderOf`). */
@@ -434,7 +436,7 @@ const notReached = new InferenceError.Cancelled({ requestId: "", reason: "the cl
 
 /** `POST /v2/models/{name}[/versions/{v}]/infer` on the router (the fast path is `NodeInfer`'s). */
 const inferRoute = (ctx: Ctx) => {
-  const { handle, engine, pool, lifecycle, fromReason, readBody, readInferBody, keepsConnection, decodeInfer } = ctx
+  const { handle, engine, pool, lifecycle, fromReason, readBody, readInferBody, keepsConnection, decodeInfer, encodeAnswer } = ctx
   /** A body that did not decode for `version` of the model: the engine counts the refusal, the client gets the reason. */
   const invalid = (name: string, version: string, reason: InferenceError.InvalidInput) =>
     Effect.andThen(engine.recordRefused(name, reason, version), Effect.fail(fromReason(reason)))
@@ -491,14 +493,23 @@ const inferRoute = (ctx: Ctx) => {
           if (InferExchange.keepsConnectionAtShutdown(lifecycle.isShuttingDown(), engine, name, metadata.version, sequence)) keepsConnection.add(request.source)
         })))
     )
-    const answer = InferExchange.encode(metadata, decoded, result)
-    if (answer instanceof Error) return yield* Effect.die(answer)
-    if (answer._tag === "TooLarge") return yield* fail(400, answer.message)
-    if (answer._tag === "Json") return HttpServerResponse.text(answer.text, { contentType: "application/json" })
-    return HttpServerResponse.uint8Array(answer.bytes, {
-      contentType: "application/octet-stream",
-      headers: { [Oip.inferenceHeaderContentLength]: String(answer.jsonLength) }
-    })
+    const prepared = InferExchange.prepare(metadata, decoded, result)
+    if (prepared instanceof Error) return yield* Effect.die(prepared)
+    if (prepared._tag === "TooLarge") return yield* fail(400, prepared.message)
+    const answer = yield* encodeAnswer(prepared)
+    switch (answer._tag) {
+      case "Json":
+        return HttpServerResponse.text(answer.text, { contentType: "application/json" })
+      case "JsonBytes":
+        return HttpServerResponse.uint8Array(answer.bytes, { contentType: "application/json" })
+      case "Binary":
+        return HttpServerResponse.uint8Array(answer.bytes, {
+          contentType: "application/octet-stream",
+          headers: { [Oip.inferenceHeaderContentLength]: String(answer.jsonLength) }
+        })
+      case "TooLarge":
+        return yield* fail(400, answer.message)
+    }
   }))
   return infer
 }
@@ -616,6 +627,7 @@ const serveInferFromNode = (
     options.serveInferFromNode(NodeInfer.make({
       decodePool,
       largeBodyBytes: largeBodyBytesOf(options),
+      largeAnswerValues: largeAnswerValuesOf(options),
       decodeInFlightLimit: 16 * (options.decodeThreads ?? 0),
       engine,
       metadataUnsafe,
@@ -700,8 +712,9 @@ export const layer = (
         : undefined
       yield* serveInferFromNode(options, engine, pool, lifecycle, fromReason, decodePool)
       const decodeInfer = decoderOf(decodePool, largeBodyBytesOf(options))
+      const encodeAnswer = encoderOf(decodePool, largeAnswerValuesOf(options))
 
-      const ctx: Ctx = { options, engine, pool, lifecycle, statistics, metricsPage, roots, strictReadiness, fromReason, handle, metadataOf, readBody, readInferBody, keepsConnection, decodeInfer }
+      const ctx: Ctx = { options, engine, pool, lifecycle, statistics, metricsPage, roots, strictReadiness, fromReason, handle, metadataOf, readBody, readInferBody, keepsConnection, decodeInfer, encodeAnswer }
       const { serverMetadata, live, ready, prometheus } = serverRoutes(ctx)
       const { modelMetadata, modelReady, infer, modelConfig, allStats, modelStats } = modelRoutes(ctx)
       const { repositoryIndex, modelControl } = repositoryRoutes(ctx)
@@ -769,6 +782,26 @@ export const decoderOf = (decodePool: DecodePool.DecodePool | undefined, largeBo
         )))
     })
   }
+
+/**
+ * Answers that write this many values and more as JSON text (about 8 ms for float32 values here)
+ * are encoded on a decode thread, whenever large bodies are decoded there (`Options.largeBodyBytes`
+ * not 0). Unlike a body's, an answer's cost is known before any of it is written.
+ */
+export const largeAnswerValues = 65_536
+
+const largeAnswerValuesOf = (options: Options): number => (largeBodyBytesOf(options) < Infinity ? largeAnswerValues : Infinity)
+
+/**
+ * The router's encoding of a success (`Ctx.encodeAnswer`): one that writes `largeValues` and more
+ * as JSON on a decode thread (here again if the thread cannot answer), else here. Exported for its test.
+ */
+export const encoderOf = (decodePool: DecodePool.DecodePool | undefined, largeValues: number) => (prepared: InferExchange.Prepared): Effect.Effect<InferExchange.Answer> =>
+  decodePool === undefined || prepared.jsonValues < largeValues
+    ? Effect.sync(() => InferExchange.encodePrepared(prepared.response))
+    : Effect.callback((resume) => {
+      decodePool.encode(prepared.response, (answer) => resume(Effect.sync(() => answer ?? InferExchange.encodePrepared(prepared.response))))
+    })
 
 /**
  * Router options for these routes: `/v2/` and `/v2` are the same; long names reach the name check

@@ -9,6 +9,7 @@ import * as InferExchange from "../../src/http/InferExchange.ts"
 import * as Oip from "../../src/http/Oip.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import * as BatchPolicy from "../../src/BatchPolicy.ts"
+import * as Tensor from "../../src/Tensor.ts"
 
 const metadata: ModelMetadata.ModelMetadata = {
   name: "m",
@@ -122,6 +123,42 @@ describe("DecodePool", () => {
     } finally {
       pool.close()
     }
+  })
+
+  it("encodes an answer as encoding it here does, JSON and binary, copying a view's own bytes and leaving the tensors the caller's", async () => {
+    const pool = DecodePool.make(1)
+    try {
+      // a slice of a batch's outputs (rows 1 and 2 of 4), as a batched request's answer holds
+      const batch = Float32Array.from({ length: 4 * 3 }, (_, i) => i / 3)
+      const y = Tensor.make("float32", batch.subarray(3, 9), [2, 3])
+      const ids = Tensor.int64([2n ** 60n, -1n], [2])
+      const encodeOn = (response: InferExchange.Response) => new Promise<InferExchange.Answer | undefined>((resolve) => pool.encode(response, resolve))
+      const json: InferExchange.Response = { modelName: "m", modelVersion: "1", id: "r", outputs: [["y", y], ["ids", ids]], binaryOutputs: undefined }
+      const here = InferExchange.encodePrepared(json)
+      assert.strictEqual(here._tag, "Json")
+      const there = await encodeOn(json)
+      assert.strictEqual(there?._tag, "JsonBytes")
+      assert.strictEqual(new TextDecoder().decode((there as { readonly bytes: Uint8Array }).bytes), (here as { readonly text: string }).text)
+      const binary: InferExchange.Response = { ...json, binaryOutputs: new Set(["y"]) }
+      const hereBinary = InferExchange.encodePrepared(binary) as { readonly bytes: Uint8Array; readonly jsonLength: number }
+      const thereBinary = await encodeOn(binary)
+      assert.deepStrictEqual(thereBinary, { _tag: "Binary", bytes: hereBinary.bytes, jsonLength: hereBinary.jsonLength })
+      // the caller's tensors are untouched: nothing was moved out from under them
+      assert.strictEqual(batch.byteLength, 48)
+      assert.deepStrictEqual(Array.from(y.data as Float32Array), [1, 4 / 3, 5 / 3, 2, 7 / 3, 8 / 3].map(Math.fround))
+      assert.strictEqual(pool.inFlight(), 0, "answers being encoded are not bodies")
+    } finally {
+      pool.close()
+    }
+  })
+
+  it("close answers an encode in flight undefined, and every later one at once", async () => {
+    const pool = DecodePool.make(1)
+    const response: InferExchange.Response = { modelName: "m", modelVersion: "1", id: undefined, outputs: [["y", Tensor.float32([1, 2], [2])]], binaryOutputs: undefined }
+    const pending = new Promise<InferExchange.Answer | undefined>((resolve) => pool.encode(response, resolve))
+    pool.close()
+    assert.isUndefined(await pending)
+    assert.isUndefined(await new Promise<InferExchange.Answer | undefined>((resolve) => pool.encode(response, resolve)))
   })
 
   it("close answers what is in flight undefined, and every later body at once", async () => {

@@ -75,6 +75,7 @@ const makeHandlerServer = (
     readonly maxQueuedRequests?: number
     readonly decodePool?: DecodePool.DecodePool
     readonly largeBodyBytes?: number
+    readonly largeAnswerValues?: number
     readonly decodeInFlightLimit?: number
     readonly slowMetadata?: Partial<ModelMetadata.ModelMetadata>
     readonly responseCacheBytes?: number
@@ -105,6 +106,7 @@ const makeHandlerServer = (
       onDefect: (defect) => void defects.push(defect),
       decodePool: options.decodePool,
       largeBodyBytes: options.largeBodyBytes,
+      largeAnswerValues: options.largeAnswerValues,
       decodeInFlightLimit: options.decodeInFlightLimit
     })
     const server = Http.createServer((req, res) => {
@@ -480,7 +482,40 @@ describe("NodeInfer with large bodies", () => {
       assert.deepStrictEqual(defects, [])
     }).pipe(withFreshMetrics))
 
-  it.live("a large body whose thread cannot answer (it crashed, or the pool closed) is decoded here from the same memory", () =>
+  it.live("an answer of largeAnswerValues JSON values and more is encoded on a thread, the same bytes as here; a smaller one here", () =>
+    Effect.gen(function*() {
+      const real = DecodePool.make(1)
+      yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      let encoded = 0
+      const decodePool: DecodePool.DecodePool = {
+        ...real,
+        encode: (response, onDone) => {
+          encoded++
+          real.encode(response, onDone)
+        }
+      }
+      const threaded = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20, decodePool, largeAnswerValues: 1000 })
+      const here = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20 })
+      for (const n of [999, 1000, 3000]) {
+        const { text } = identityBody(n, false)
+        const [a, b] = yield* Effect.promise(() => Promise.all([request(threaded.port, "POST", "/v2/models/identity_float32/infer", text), request(here.port, "POST", "/v2/models/identity_float32/infer", text)]))
+        assert.strictEqual(a.status, 200, a.body.toString())
+        assert.strictEqual(a.headers["content-type"], "application/json")
+        assert.strictEqual(a.headers["content-length"], b.headers["content-length"])
+        assert.isTrue(a.body.equals(b.body), `${n} values: the same bytes`)
+      }
+      assert.strictEqual(encoded, 2, "the answers of 1,000 and 3,000 values")
+      // binary outputs are not JSON values: a large one asked as binary is encoded here
+      const { text } = identityBody(3000, false)
+      const binary = JSON.stringify({ ...JSON.parse(text), parameters: { binary_data_output: true } })
+      const r = yield* Effect.promise(() => request(threaded.port, "POST", "/v2/models/identity_float32/infer", binary))
+      assert.strictEqual(r.status, 200)
+      assert.strictEqual(r.headers["content-type"], "application/octet-stream")
+      assert.strictEqual(encoded, 2)
+      assert.deepStrictEqual([...threaded.defects, ...here.defects], [])
+    }).pipe(withFreshMetrics))
+
+  it.live("a large body (and answer) whose thread cannot answer (it crashed, or the pool closed) is decoded (and encoded) here, the body from the same memory", () =>
     Effect.gen(function*() {
       let asked = 0
       const lost: DecodePool.DecodePool = {
@@ -492,14 +527,18 @@ describe("NodeInfer with large bodies", () => {
           asked++
           onDone(undefined)
         },
+        encode: (_response, onDone) => {
+          asked++
+          onDone(undefined)
+        },
         close: () => {}
       }
-      const { port, defects } = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20, decodePool: lost, largeBodyBytes: 16_384 })
+      const { port, defects } = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20, decodePool: lost, largeBodyBytes: 16_384, largeAnswerValues: 1000 })
       const large = identityBody(2000, false)
       const reply = yield* Effect.promise(() => request(port, "POST", "/v2/models/identity_float32/infer", large.text))
       assert.strictEqual(reply.status, 200, reply.body.toString())
       assert.deepStrictEqual((JSON.parse(reply.body.toString()).outputs[0].data as Array<number>).map(Math.fround), large.data)
-      assert.strictEqual(asked, 1)
+      assert.strictEqual(asked, 2, "asked to decode the body, and to encode the answer")
       assert.deepStrictEqual(defects, [])
     }).pipe(withFreshMetrics))
 })
@@ -673,7 +712,8 @@ describe("NodeInfer.makeDecodeQueue", () => {
       queue.push(1, high)
       queue.push(1, high)
       queue.push(3, () => order.push("low"))
-      await new Promise((resolve) => setTimeout(resolve, 400))
+      // until the flood and the Low body are all decoded (a fixed wait was too short on a loaded machine)
+      for (let waited = 0; (highs < 30 || !order.includes("low")) && waited < 10_000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10))
       return order.indexOf("low")
     }
     const strict = await run(undefined)

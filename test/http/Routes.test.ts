@@ -13,6 +13,7 @@ import * as InferExchange from "../../src/http/InferExchange.ts"
 import * as DecodePool from "../../src/http/DecodePool.ts"
 import * as Routes from "../../src/http/Routes.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
+import * as Tensor from "../../src/Tensor.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
 import { makeCounterPool } from "../fixtures/CounterPool.ts"
 
@@ -999,6 +1000,36 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
       assert.deepStrictEqual(plain(yield* Routes.decoderOf(undefined, 1000)("m", undefined, metadata, large, undefined)), plain(InferExchange.decode("m", undefined, metadata, large, undefined)))
       const lost: DecodePool.DecodePool = { ...real, decode: (_n, _m, _b, onDone) => onDone(undefined) }
       assert.deepStrictEqual(plain(yield* Routes.decoderOf(lost, 1000)("m", undefined, metadata, large, undefined)), plain(InferExchange.decode("m", undefined, metadata, large, undefined)))
+    }))
+
+  it.live("encoderOf: an answer of largeValues JSON values and more is encoded on a thread, the same bytes; a smaller one here", () =>
+    Effect.gen(function*() {
+      const real = DecodePool.make(1)
+      yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      let sent = 0
+      const pool: DecodePool.DecodePool = {
+        ...real,
+        encode: (response, onDone) => {
+          sent++
+          real.encode(response, onDone)
+        }
+      }
+      const prepared = (n: number): InferExchange.Prepared => ({
+        _tag: "Prepared",
+        response: { modelName: "m", modelVersion: "1", id: "r", outputs: [["y", Tensor.float32(Array.from({ length: n }, (_, i) => i / 3), [1, n])]], binaryOutputs: undefined },
+        jsonValues: n
+      })
+      const text = (answer: InferExchange.Answer) =>
+        answer._tag === "Json" ? answer.text : answer._tag === "JsonBytes" ? new TextDecoder().decode(answer.bytes) : answer._tag
+      const encode = Routes.encoderOf(pool, 100)
+      for (const n of [99, 100, 1000]) {
+        const answer = yield* encode(prepared(n))
+        assert.strictEqual(answer._tag, n < 100 ? "Json" : "JsonBytes")
+        assert.strictEqual(text(answer), text(InferExchange.encodePrepared(prepared(n).response)))
+      }
+      assert.strictEqual(sent, 2)
+      const lost: DecodePool.DecodePool = { ...real, encode: (_r, onDone) => onDone(undefined) }
+      assert.strictEqual(text(yield* Routes.encoderOf(lost, 100)(prepared(1000))), text(InferExchange.encodePrepared(prepared(1000).response)))
     }))
 
   it.effect("on the router's path (a compressed body), a large body is answered as a small one is", () =>
