@@ -26,8 +26,11 @@ import type * as Tensor from "../Tensor.ts"
 import type * as InferExchange from "./InferExchange.ts"
 
 /**
- * What `Oip.prepare` reads of a model: its name, inputs and outputs, and of its batching whether
- * it is on, the most rows and the batch axes. Plain data, for structured clone.
+ * What `Oip.prepare` reads of a model: its name, inputs and outputs, of its batching whether it is
+ * on, the most rows and the batch axes, and of its sequence batching the names of its state and
+ * control inputs and state outputs (which a client neither sends nor gets: `Sequence.clientInputs`,
+ * `clientOutputs`). Plain data, for structured clone; a test decodes the same bodies with it and
+ * with the whole metadata.
  */
 export interface Spec {
   readonly name: string
@@ -35,6 +38,12 @@ export interface Spec {
   readonly inputs: ModelMetadata.ModelMetadata["inputs"]
   readonly outputs: ModelMetadata.ModelMetadata["outputs"]
   readonly batching: { readonly enabled: boolean; readonly maxBatchSize: number; readonly inputAxes: Readonly<Record<string, number | null>> } | undefined
+  readonly sequence:
+    | {
+      readonly states: ReadonlyArray<{ readonly input: string; readonly output: string }>
+      readonly controls: ReadonlyArray<{ readonly input: string; readonly kind: string }>
+    }
+    | undefined
 }
 
 /** A `Spec` as the metadata `Oip.prepare` takes (it reads nothing else). */
@@ -47,7 +56,12 @@ const specOf = (metadata: ModelMetadata.ModelMetadata): Spec => {
     version: metadata.version,
     inputs: metadata.inputs,
     outputs: metadata.outputs,
-    batching: b === undefined ? undefined : { enabled: b.enabled, maxBatchSize: b.maxBatchSize, inputAxes: b.inputAxes }
+    batching: b === undefined ? undefined : { enabled: b.enabled, maxBatchSize: b.maxBatchSize, inputAxes: b.inputAxes },
+    // the names alone: a state's initial tensor may be megabytes
+    sequence: metadata.sequence === undefined ? undefined : {
+      states: metadata.sequence.states.map((s) => ({ input: s.input, output: s.output })),
+      controls: metadata.sequence.controls.map((c) => ({ input: c.input, kind: c.kind }))
+    }
   }
 }
 

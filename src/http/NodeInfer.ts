@@ -374,11 +374,12 @@ const place = (head: Buffer, binary: Uint8Array | undefined, jsonLength: number,
 
 /**
  * Memory for a body's JSON: shared (a `SharedArrayBuffer`) when it will be decoded on a thread
- * whatever the load (`largeBodyBytes`), so that it goes there without a copy (15 MiB took 38 ms of
- * the main thread to clone) and is still here should the thread fail to answer.
+ * whatever the load (`largeBodyBytes`, a body without a binary part), so that it goes there without
+ * a copy (15 MiB took 38 ms of the main thread to clone) and is still here should the thread fail
+ * to answer.
  */
-const allocateHead = (context: Context, jsonLength: number): Buffer =>
-  context.pool !== undefined && jsonLength >= context.largeBodyBytes ? Buffer.from(new SharedArrayBuffer(jsonLength)) : Buffer.allocUnsafeSlow(jsonLength)
+const allocateHead = (context: Context, jsonLength: number, jsonOnly: boolean): Buffer =>
+  jsonOnly && context.pool !== undefined && jsonLength >= context.largeBodyBytes ? Buffer.from(new SharedArrayBuffer(jsonLength)) : Buffer.allocUnsafeSlow(jsonLength)
 
 /**
  * Bodies up to this size (64 KiB) get their memory when accepted. A larger one keeps the chunks
@@ -427,7 +428,7 @@ const accept = (
   let head: Buffer | undefined
   let binary: Uint8Array | undefined
   if (length <= upfrontBodyBytes) {
-    head = allocateHead(context, jsonLength)
+    head = allocateHead(context, jsonLength, binaryLength < 0)
     if (binaryLength >= 0) binary = new Uint8Array(binaryLength)
   } else early = []
   let received = 0
@@ -435,7 +436,7 @@ const accept = (
     if (early === undefined) place(head!, binary, jsonLength, chunk, received)
     else if ((received + chunk.length) * 2 < length) early.push(chunk)
     else {
-      head = allocateHead(context, jsonLength)
+      head = allocateHead(context, jsonLength, binaryLength < 0)
       if (binaryLength >= 0) binary = new Uint8Array(binaryLength)
       let at = 0
       for (const c of early) {

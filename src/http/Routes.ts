@@ -97,6 +97,8 @@ export interface Options {
    * over 100 ms. Default `defaultLargeBodyBytes` (1 MiB, about 9 ms of parsing); 0: none.
    */
   readonly largeBodyBytes?: number | undefined
+  /** Makes the decode threads' pool (`DecodePool.make`, the default); for tests. */
+  readonly makeDecodePool?: ((threads: number) => DecodePool.DecodePool) | undefined
   /**
    * Whether the connection of a request (its platform request: `HttpServerRequest.source`, for
    * Node an `IncomingMessage`) holds more requests to answer after it (HTTP/1.1 pipelining). Its
@@ -474,7 +476,8 @@ const inferRoute = (ctx: Ctx) => {
     if (!lifecycle.isShuttingDown()) yield* Effect.mapError(engine.checkAdmission(name, metadata.version, metadata), (e) => fromReason(e.reason))
     // As on the fast path (`NodeInfer`), the deadline counts from when the body was in: its decoding is inside it.
     const inAtMs = performance.now()
-    const decoded = yield* decodeInfer(name, version, metadata, text, binary)
+    // On a thread for a large body: a client that leaves meanwhile is counted as one that left while its body was read.
+    const decoded = yield* Effect.onInterrupt(decodeInfer(name, version, metadata, text, binary), () => engine.recordRefused(name, notReached, metadata.version))
     if (decoded._tag !== "Decoded") {
       // shutting down, a body that does not decode may still come from a sequence's client: its connection stays
       if (lifecycle.isShuttingDown() && engine.sequencesUnderWayUnsafe(name, metadata.version)) keepsConnection.add((yield* HttpServerRequest.HttpServerRequest).source)
@@ -708,7 +711,7 @@ export const layer = (
       // Threads for large bodies (started at the first) and, with --decode-threads, for bodies that queue up.
       const threads = Math.max(options.decodeThreads ?? 0, largeBodyBytesOf(options) < Infinity ? 1 : 0)
       const decodePool = threads > 0
-        ? yield* Effect.acquireRelease(Effect.sync(() => DecodePool.make(threads)), (pool) => Effect.sync(pool.close))
+        ? yield* Effect.acquireRelease(Effect.sync(() => (options.makeDecodePool ?? DecodePool.make)(threads)), (pool) => Effect.sync(pool.close))
         : undefined
       yield* serveInferFromNode(options, engine, pool, lifecycle, fromReason, decodePool)
       const decodeInfer = decoderOf(decodePool, largeBodyBytesOf(options))
@@ -768,7 +771,8 @@ const largeBodyBytesOf = (options: Options): number => {
  */
 export const decoderOf = (decodePool: DecodePool.DecodePool | undefined, largeBodyBytes: number): DecodeInfer =>
   (name, version, metadata, text, binary) => {
-    if (decodePool === undefined || binary !== undefined || text.length < largeBodyBytes) {
+    // in bytes, as on the fast path (a string of n UTF-16 units is n to 3n bytes)
+    if (decodePool === undefined || binary !== undefined || (typeof text === "string" ? text.length * 3 < largeBodyBytes || Buffer.byteLength(text) < largeBodyBytes : text.length < largeBodyBytes)) {
       return Effect.sync(() => InferExchange.decode(name, version, metadata, text, binary))
     }
     return Effect.callback((resume) => {

@@ -10,6 +10,7 @@ import * as Oip from "../../src/http/Oip.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import * as BatchPolicy from "../../src/BatchPolicy.ts"
 import * as Tensor from "../../src/Tensor.ts"
+import * as CounterPool from "../fixtures/CounterPool.ts"
 
 const metadata: ModelMetadata.ModelMetadata = {
   name: "m",
@@ -159,6 +160,33 @@ describe("DecodePool", () => {
     pool.close()
     assert.isUndefined(await pending)
     assert.isUndefined(await new Promise<InferExchange.Answer | undefined>((resolve) => pool.encode(response, resolve)))
+  })
+
+  it("decodes bodies for a stateful model as the main thread does: its state and control inputs and state output are the server's", async () => {
+    const stateful: ModelMetadata.ModelMetadata = {
+      name: "counter",
+      version: "1",
+      inputs: CounterPool.controlledSignature.inputs,
+      outputs: CounterPool.controlledSignature.outputs,
+      sequence: CounterPool.counterSequence({ controls: CounterPool.controls })
+    }
+    const x = { name: "x", shape: [1, 1], datatype: "FP32", data: [1] }
+    const sequenced = { parameters: { sequence_id: 7, sequence_start: true } }
+    const cases: ReadonlyArray<readonly [string, string]> = [
+      ["no outputs asked: the client's alone", JSON.stringify({ ...sequenced, inputs: [x] })],
+      ["the state output asked", JSON.stringify({ ...sequenced, inputs: [x], outputs: [{ name: "hN" }] })],
+      ["a state input sent", JSON.stringify({ ...sequenced, inputs: [x, { name: "h", shape: [1, 1], datatype: "FP32", data: [5] }] })],
+      ["a control input sent", JSON.stringify({ ...sequenced, inputs: [x, { name: "START", shape: [1, 1], datatype: "INT32", data: [1] }] })]
+    ]
+    const pool = DecodePool.make(1)
+    try {
+      for (const [label, body] of cases) {
+        const there = await new Promise<DecodePool.Outcome | undefined>((resolve) => pool.decode("counter", stateful, Buffer.from(body), resolve))
+        assert.deepStrictEqual(plain(there), plain(InferExchange.decodeBody("counter", stateful, body, undefined)), label)
+      }
+    } finally {
+      pool.close()
+    }
   })
 
   it("close answers what is in flight undefined, and every later body at once", async () => {

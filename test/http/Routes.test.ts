@@ -993,6 +993,12 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
         assert.deepStrictEqual(plain(yield* decode("m", undefined, metadata, text, undefined)), plain(here))
       }
       assert.deepStrictEqual(sent, [large.length, wrong.length, large.length], "the large ones alone, as text or as bytes")
+      // The threshold is in bytes: text of 600 two-byte characters is 1,200 bytes.
+      const wide = JSON.stringify({ id: "é".repeat(600), inputs: [{ name: "x", shape: [1, 1], datatype: "FP32", data: [1] }] })
+      assert.isBelow(wide.length, 1000)
+      yield* decode("m", undefined, metadata, wide, undefined)
+      assert.strictEqual(sent.length, 4)
+      sent.pop()
       // A binary part is never sent (its tensors are views on bytes here).
       yield* decode("m", undefined, metadata, large, new Uint8Array(0))
       assert.strictEqual(sent.length, 3)
@@ -1031,6 +1037,29 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
       const lost: DecodePool.DecodePool = { ...real, encode: (_r, onDone) => onDone(undefined) }
       assert.strictEqual(text(yield* Routes.encoderOf(lost, 100)(prepared(1000))), text(InferExchange.encodePrepared(prepared(1000).response)))
     }))
+
+  it.effect("on the router's path, a client that leaves while its large body is decoded on a thread is counted cancelled", () =>
+    Effect.gen(function*() {
+      // a thread that never answers: the request waits on it until its client leaves
+      let asked = 0
+      const stuck: DecodePool.DecodePool = {
+        threads: 1,
+        inFlight: () => asked,
+        specsHeld: () => 0,
+        start: () => {},
+        decode: () => void asked++,
+        encode: () => {},
+        close: () => {}
+      }
+      const { send, stats } = yield* makeApp({ routes: { largeBodyBytes: 64, makeDecodePool: () => stuck } })
+      const large = JSON.stringify(echoRequest([1, 2, 3, 4], { id: "a-request-id-long-enough-to-make-this-body-large" }))
+      const leaving = yield* Effect.forkChild(send("POST", "/v2/models/echo/infer", Zlib.gzipSync(large), { "content-encoding": "gzip" }), { startImmediately: true })
+      yield* waitUntil(() => asked === 1)
+      yield* Fiber.interrupt(leaving)
+      assert.strictEqual(stats.started, 0)
+      const metrics = yield* send("GET", "/metrics")
+      assert.include(metrics.text, "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"cancelled\"} 1")
+    }).pipe(withFreshMetrics))
 
   it.effect("on the router's path (a compressed body), a large body is answered as a small one is", () =>
     Effect.gen(function*() {
