@@ -10,12 +10,13 @@
  *
  * Contracts:
  * - `decode` calls back exactly once: with the decoded body (its tensors moved from the thread,
- *   not copied), or with `undefined` when the thread could not answer (it crashed or is closing), in
- *   which case the caller decodes on the main thread; the body's bytes (or text) are copied to the
- *   thread, so they are still the caller's.
+ *   not copied), or with `undefined` when no thread could answer, in which case the caller decodes
+ *   on the main thread: at once while no thread is ready (one is started; a thread takes 0.6-0.9 s
+ *   to load its modules here, which no body waits for), later when its thread crashed or the pool
+ *   closed. The body's bytes (or text) are copied to the thread, so they are still the caller's.
  * - A model's decoding facts (`Spec`: name, inputs, outputs, batching) are sent to a thread once per
  *   metadata object, before its first body.
- * - A thread that exits is replaced at the next `decode`; `close` terminates them all.
+ * - A thread that exits is replaced at the next `decode` (or `encode`, `start`); `close` terminates them all.
  *
  * @module DecodePool
  */
@@ -77,6 +78,8 @@ export type FromDecoder =
   | { readonly _tag: "invalid"; readonly id: number; readonly modelId: string; readonly input: string | undefined; readonly detail: string }
   /** An encoded answer: its bytes, JSON alone or (with `jsonLength`) a JSON head and a binary part. */
   | { readonly _tag: "encoded"; readonly id: number; readonly bytes: Uint8Array; readonly jsonLength: number | undefined }
+  /** The thread has loaded its modules and takes work (its first message; `id` -1). */
+  | { readonly _tag: "ready"; readonly id: number }
 
 export type Outcome = InferExchange.Body | InferExchange.NotJson | InferenceError.InvalidInput
 
@@ -95,13 +98,15 @@ export interface DecodePool {
   ) => void
   /**
    * Encodes an answer (`InferExchange.encodePrepared`) on a thread: calls back exactly once, with
-   * its body (as bytes: a JSON answer as its UTF-8 text) or with `undefined` when the thread could
-   * not answer (the caller encodes it itself). The tensors are copied to the thread (a view's own
-   * bytes, not all of its buffer), so they are still the caller's.
+   * its body (as bytes: a JSON answer as its UTF-8 text) or with `undefined` when no thread could
+   * answer (none ready yet, as for `decode`; the caller encodes it itself). The tensors are copied
+   * to the thread (a view's own bytes, not all of its buffer), so they are still the caller's.
    */
   readonly encode: (response: InferExchange.Response, onDone: (answer: InferExchange.Answer | undefined) => void) => void
   /** Starts the threads not started yet (they start at their first body otherwise): for a body on its way. */
   readonly start: () => void
+  /** Starts the threads and resolves once each is ready (or the pool is closed). */
+  readonly warm: () => Promise<void>
   readonly close: () => void
 }
 
@@ -114,11 +119,13 @@ interface Thread {
   readonly specs: Set<number>
   readonly specByKey: Map<string, number>
   readonly jobs: Map<number, (reply: FromDecoder | undefined) => void>
+  /** Its modules are loaded (its "ready" message came): it is given work from then on. */
+  ready: boolean
   exited: boolean
 }
 
 /** The answer a decode thread's message carries. */
-const outcomeOf = (message: Exclude<FromDecoder, { readonly _tag: "encoded" }>): Outcome => {
+const outcomeOf = (message: Exclude<FromDecoder, { readonly _tag: "encoded" | "ready" }>): Outcome => {
   switch (message._tag) {
     case "body":
       return message.body
@@ -139,17 +146,23 @@ const startThread = (
   entry: URL,
   slot: number,
   pool: Array<Thread | undefined>,
-  settle: (thread: Thread, id: number, reply: FromDecoder | undefined) => void
+  settle: (thread: Thread, id: number, reply: FromDecoder | undefined) => void,
+  changed: () => void
 ): Thread => {
   const worker = new Worker(entry, { name: "decode" })
   worker.unref()
-  const thread: Thread = { worker, specs: new Set(), specByKey: new Map(), jobs: new Map(), exited: false }
-  worker.on("message", (message: FromDecoder) => settle(thread, message.id, message))
+  const thread: Thread = { worker, specs: new Set(), specByKey: new Map(), jobs: new Map(), ready: false, exited: false }
+  worker.on("message", (message: FromDecoder) => {
+    if (message._tag !== "ready") return settle(thread, message.id, message)
+    thread.ready = true
+    changed()
+  })
   const lost = () => {
     if (thread.exited) return
     thread.exited = true
     if (pool[slot] === thread) pool[slot] = undefined
     for (const id of [...thread.jobs.keys()]) settle(thread, id, undefined)
+    changed()
   }
   worker.on("error", lost)
   worker.on("exit", lost)
@@ -174,13 +187,22 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
     done(reply)
   }
 
-  const pick = (): Thread => {
+  /** Called when a thread becomes ready or is lost: `warm`'s waiters look again. */
+  let waiters: Array<() => void> = []
+  const changed = () => {
+    const now = waiters
+    waiters = []
+    for (const w of now) w()
+  }
+
+  /** Starts the threads not started (or lost); the ready one with the fewest jobs, if any is ready. */
+  const pick = (): Thread | undefined => {
     let best: Thread | undefined
     for (let slot = 0; slot < pool.length; slot++) {
-      const thread = pool[slot] ?? startThread(entry, slot, pool, settle)
-      if (best === undefined || thread.jobs.size < best.jobs.size) best = thread
+      const thread = pool[slot] ?? startThread(entry, slot, pool, settle, changed)
+      if (thread.ready && (best === undefined || thread.jobs.size < best.jobs.size)) best = thread
     }
-    return best!
+    return best
   }
 
   return {
@@ -188,8 +210,8 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
     inFlight: () => inFlight,
     specsHeld: () => pool.reduce((n, thread) => n + (thread?.specs.size ?? 0), 0),
     decode: (name, metadata, bytes, onDone) => {
-      if (closed || pool.length === 0) return onDone(undefined)
-      const thread = pick()
+      const thread = closed ? undefined : pick()
+      if (thread === undefined) return onDone(undefined)
       let spec = specIds.get(metadata)
       if (spec === undefined) specIds.set(metadata, spec = nextSpec++)
       try {
@@ -207,15 +229,15 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
         inFlight++
         thread.jobs.set(id, (reply) => {
           inFlight--
-          onDone(reply === undefined || reply._tag === "encoded" ? undefined : outcomeOf(reply))
+          onDone(reply === undefined || reply._tag === "encoded" || reply._tag === "ready" ? undefined : outcomeOf(reply))
         })
       } catch {
         onDone(undefined)
       }
     },
     encode: (response, onDone) => {
-      if (closed || pool.length === 0) return onDone(undefined)
-      const thread = pick()
+      const thread = closed ? undefined : pick()
+      if (thread === undefined) return onDone(undefined)
       // A slice of a batch's outputs would take all of that batch's buffer with it: its own bytes go.
       const copies: Array<ArrayBuffer> = []
       const outputs = response.outputs.map(([name, tensor]): readonly [string, Tensor.Tensor] => {
@@ -243,8 +265,19 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
     start: () => {
       if (!closed) pick()
     },
+    warm: () =>
+      new Promise<void>((resolve) => {
+        const look = () => {
+          if (closed) return resolve()
+          pick()
+          if (pool.every((thread) => thread?.ready === true)) return resolve()
+          waiters.push(look)
+        }
+        look()
+      }),
     close: () => {
       closed = true
+      changed()
       for (const thread of pool) {
         if (thread === undefined) continue
         thread.exited = true

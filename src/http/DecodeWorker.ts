@@ -61,3 +61,6 @@ port.on("message", (message: DecodePool.ToDecoder) => {
   }
   port.postMessage(reply, transfer)
 })
+
+// Its modules are loaded: work may come (until now the pool's caller did it itself).
+port.postMessage({ _tag: "ready", id: -1 } satisfies DecodePool.FromDecoder)

@@ -283,7 +283,9 @@ const run = (
     pool.encode(prepared.response, (answer) => {
       if (response.destroyed) return
       try {
-        sendAnswer(context, response, answer ?? InferExchange.encodePrepared(prepared.response), keeps)
+        // read again when written: a shutdown may have begun while it was encoded
+        const keepsNow = sequence !== undefined && InferExchange.keepsConnectionAtShutdown(options.lifecycle.isShuttingDown(), options.engine, name, metadata.version, sequence)
+        sendAnswer(context, response, answer ?? InferExchange.encodePrepared(prepared.response), keepsNow)
       } catch (e) {
         defect(context, response, e)
       }

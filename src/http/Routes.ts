@@ -93,8 +93,9 @@ export interface Options {
   /**
    * JSON inference bodies of this many bytes and more are decoded on a decode thread, whatever the
    * load and their priority (one is started at the first such body, with or without
-   * `decodeThreads`): parsed on the main thread, a 16 MiB body would stall every other request for
-   * over 100 ms. Default `defaultLargeBodyBytes` (1 MiB, about 9 ms of parsing); 0: none.
+   * `decodeThreads`; until it has loaded, 0.6-0.9 s here, they are decoded on the main thread, as
+   * no request waits for it): parsed on the main thread, a 16 MiB body would stall every other
+   * request for over 100 ms. Default `defaultLargeBodyBytes` (1 MiB, about 9 ms of parsing); 0: none.
    */
   readonly largeBodyBytes?: number | undefined
   /** Makes the decode threads' pool (`DecodePool.make`, the default); for tests. */
@@ -500,6 +501,10 @@ const inferRoute = (ctx: Ctx) => {
     if (prepared instanceof Error) return yield* Effect.die(prepared)
     if (prepared._tag === "TooLarge") return yield* fail(400, prepared.message)
     const answer = yield* encodeAnswer(prepared)
+    // a shutdown that began while it was encoded (on a thread): read again before it is written
+    if (sequence !== undefined && InferExchange.keepsConnectionAtShutdown(lifecycle.isShuttingDown(), engine, name, metadata.version, sequence)) {
+      keepsConnection.add((yield* HttpServerRequest.HttpServerRequest).source)
+    }
     switch (answer._tag) {
       case "Json":
         return HttpServerResponse.text(answer.text, { contentType: "application/json" })
@@ -752,8 +757,7 @@ export const layer = (
 /**
  * `Options.largeBodyBytes`' default: 1 MiB, about 9 ms of parsing on these machines. A body sent to
  * the thread waits a few milliseconds more for its own answer (a 1 MiB one 32-39 → 42-51 ms end to
- * end here), and the first one waits for the thread to start (0.6-0.9 s): below 1 MiB the stall it
- * spares the others is not worth that.
+ * end here): below 1 MiB the stall it spares the others is not worth that.
  */
 export const defaultLargeBodyBytes = 1024 * 1024
 

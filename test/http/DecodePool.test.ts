@@ -60,6 +60,7 @@ const decodeOn = (pool: DecodePool.DecodePool, body: string | Buffer) =>
 describe("DecodePool", () => {
   it("holds one spec a model version: each reload's metadata replaces the one before, and either decodes right", async () => {
     const pool = DecodePool.make(1)
+    await pool.warm()
     try {
       const body = Buffer.from(JSON.stringify({ inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] }] }))
       const decode = (m: ModelMetadata.ModelMetadata) => new Promise<DecodePool.Outcome | undefined>((resolve) => pool.decode("m", m, body, resolve))
@@ -84,6 +85,7 @@ describe("DecodePool", () => {
 
   it("decodes every kind of body as the main thread does", async () => {
     const pool = DecodePool.make(2)
+    await pool.warm()
     try {
       for (const [label, body] of bodies) {
         const there = await decodeOn(pool, body)
@@ -106,6 +108,7 @@ describe("DecodePool", () => {
 
   it("a thread that dies answers its bodies undefined (the caller decodes them) and is replaced", async () => {
     const pool = DecodePool.make(1, new URL("../fixtures/ExitingDecodeWorker.ts", import.meta.url))
+    await pool.warm()
     try {
       const calls: Array<unknown> = []
       const first = new Promise<void>((resolve) =>
@@ -128,6 +131,7 @@ describe("DecodePool", () => {
 
   it("encodes an answer as encoding it here does, JSON and binary, copying a view's own bytes and leaving the tensors the caller's", async () => {
     const pool = DecodePool.make(1)
+    await pool.warm()
     try {
       // a slice of a batch's outputs (rows 1 and 2 of 4), as a batched request's answer holds
       const batch = Float32Array.from({ length: 4 * 3 }, (_, i) => i / 3)
@@ -155,6 +159,7 @@ describe("DecodePool", () => {
 
   it("close answers an encode in flight undefined, and every later one at once", async () => {
     const pool = DecodePool.make(1)
+    await pool.warm()
     const response: InferExchange.Response = { modelName: "m", modelVersion: "1", id: undefined, outputs: [["y", Tensor.float32([1, 2], [2])]], binaryOutputs: undefined }
     const pending = new Promise<InferExchange.Answer | undefined>((resolve) => pool.encode(response, resolve))
     pool.close()
@@ -179,6 +184,7 @@ describe("DecodePool", () => {
       ["a control input sent", JSON.stringify({ ...sequenced, inputs: [x, { name: "START", shape: [1, 1], datatype: "INT32", data: [1] }] })]
     ]
     const pool = DecodePool.make(1)
+    await pool.warm()
     try {
       for (const [label, body] of cases) {
         const there = await new Promise<DecodePool.Outcome | undefined>((resolve) => pool.decode("counter", stateful, Buffer.from(body), resolve))
@@ -189,8 +195,26 @@ describe("DecodePool", () => {
     }
   })
 
+  it("until a thread is ready, a body or an answer is given back at once (the caller does it itself, no waiting for a thread to load); then the thread takes them", async () => {
+    const pool = DecodePool.make(1)
+    try {
+      const response: InferExchange.Response = { modelName: "m", modelVersion: "1", id: undefined, outputs: [["y", Tensor.float32([1, 2], [2])]], binaryOutputs: undefined }
+      // answered within the call: nothing waits for the thread to load
+      const answers: Array<unknown> = []
+      pool.decode("m", metadata, Buffer.from(bodies[0]![1]), (outcome) => answers.push(outcome))
+      pool.encode(response, (answer) => answers.push(answer))
+      assert.deepStrictEqual(answers, [undefined, undefined])
+      await pool.warm()
+      assert.strictEqual((await decodeOn(pool, bodies[0]![1]))?._tag, "Body")
+      assert.strictEqual((await new Promise<InferExchange.Answer | undefined>((resolve) => pool.encode(response, resolve)))?._tag, "JsonBytes")
+    } finally {
+      pool.close()
+    }
+  })
+
   it("close answers what is in flight undefined, and every later body at once", async () => {
     const pool = DecodePool.make(1)
+    await pool.warm()
     const pending = decodeOn(pool, bodies[0]![1])
     pool.close()
     assert.isUndefined(await pending)

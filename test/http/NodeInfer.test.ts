@@ -4,13 +4,14 @@
  * route's contracts (disconnect cancels, in-flight counting, Connection: close in a shutdown).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Exit, Layer } from "effect"
 import { HttpServer } from "effect/http"
 import * as Http from "node:http"
 import * as Net from "node:net"
 import { AsyncConfigService } from "../../src/AsyncConfig.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
 import type * as InferenceError from "../../src/InferenceError.ts"
+import * as LifecycleModule from "../../src/http/Lifecycle.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
 import * as DecodePool from "../../src/http/DecodePool.ts"
 import * as InferExchange from "../../src/http/InferExchange.ts"
@@ -20,6 +21,7 @@ import * as Server from "../../src/http/Server.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
+import * as Tensor from "../../src/Tensor.ts"
 import * as Client from "./HttpClient.ts"
 import { makeTestPool, routeOptions, withFreshMetrics } from "./TestApp.ts"
 
@@ -397,6 +399,7 @@ describe("NodeInfer with decode threads", () => {
     Effect.gen(function*() {
       const real = DecodePool.make(1)
       yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      yield* Effect.promise(() => real.warm())
       let offloaded = 0
       const decodePool: DecodePool.DecodePool = {
         ...real,
@@ -448,6 +451,7 @@ describe("NodeInfer with large bodies", () => {
     Effect.gen(function*() {
       const real = DecodePool.make(1)
       yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      yield* Effect.promise(() => real.warm())
       const sent: Array<{ readonly bytes: number; readonly shared: boolean }> = []
       let started = 0
       const decodePool: DecodePool.DecodePool = {
@@ -486,6 +490,7 @@ describe("NodeInfer with large bodies", () => {
     Effect.gen(function*() {
       const real = DecodePool.make(1)
       yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      yield* Effect.promise(() => real.warm())
       let encoded = 0
       const decodePool: DecodePool.DecodePool = {
         ...real,
@@ -515,6 +520,75 @@ describe("NodeInfer with large bodies", () => {
       assert.deepStrictEqual([...threaded.defects, ...here.defects], [])
     }).pipe(withFreshMetrics))
 
+  it.live("a shutdown that begins while a large answer is encoded on a thread: a sequence that goes on keeps its connection", () =>
+    Effect.gen(function*() {
+      const lifecycle = yield* LifecycleModule.make
+      const real = DecodePool.make(1)
+      yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      yield* Effect.promise(() => real.warm())
+      let encodes = 0
+      const decodePool: DecodePool.DecodePool = {
+        ...real,
+        encode: (response, onDone) => {
+          encodes++
+          Effect.runSync(lifecycle.beginShutdown)
+          real.encode(response, onDone)
+        }
+      }
+      const n = 70_000
+      const metadata: ModelMetadata.ModelMetadata = { name: "m", version: "1", inputs: [{ name: "x", dtype: "float32", dims: [-1] }], outputs: [{ name: "y", dtype: "float32", dims: [-1] }] }
+      // an engine whose sequence 1 goes on after this request, answering n values
+      const engine = {
+        config: { aging: undefined },
+        admitsUnsafe: () => true,
+        queueFullUnsafe: () => undefined,
+        isDraining: Effect.succeed(false),
+        sequencesUnderWayUnsafe: () => true,
+        takesSequenceUnsafe: () => true,
+        inferUnsafe: (_request: unknown, onExit: (exit: Exit.Exit<unknown>) => void) => {
+          setTimeout(() => onExit(Exit.succeed({ modelVersion: "1", outputs: { y: Tensor.float32(new Float32Array(n), [n]) } })), 1)
+          return () => {}
+        }
+      } as unknown as NodeInfer.Options["engine"]
+      const handler = NodeInfer.make({
+        engine,
+        lifecycle,
+        metadataUnsafe: () => metadata,
+        bodyLimitBytes: 1 << 20,
+        errorOf: (reason) => ({ status: 400, message: reason.message }),
+        recordRefused: () => {},
+        onDefect: (defect) => assert.fail(String(defect)),
+        decodePool,
+        largeAnswerValues: 65_536
+      })
+      const server = Http.createServer((req, res) => {
+        if (!handler(req, res)) res.writeHead(599).end()
+      })
+      yield* Effect.acquireRelease(
+        Effect.callback<void>((resume) => void server.listen(0, "127.0.0.1", () => resume(Effect.void))),
+        () => Effect.sync(() => server.close())
+      )
+      const port = (server.address() as { port: number }).port
+      // a client that keeps its connection (without an agent, Node's client asks to close it)
+      const agent = new Http.Agent({ keepAlive: true })
+      yield* Effect.addFinalizer(() => Effect.sync(() => agent.destroy()))
+      const body = Buffer.from(JSON.stringify({ parameters: { sequence_id: 1 }, inputs: [{ name: "x", shape: [1], datatype: "FP32", data: [1] }] }))
+      const reply = yield* Effect.promise(() =>
+        new Promise<Http.IncomingMessage>((resolve, reject) => {
+          const r = Http.request({ host: "127.0.0.1", port, method: "POST", path: "/v2/models/m/infer", agent, headers: { "content-length": body.length } }, (response) => {
+            response.resume()
+            response.on("end", () => resolve(response))
+          })
+          r.on("error", reject)
+          r.end(body)
+        })
+      )
+      assert.strictEqual(reply.statusCode, 200)
+      assert.strictEqual(encodes, 1)
+      assert.isTrue(lifecycle.isShuttingDown())
+      assert.notStrictEqual(reply.headers["connection"], "close", "the sequence goes on: its connection stays")
+    }))
+
   it.live("a large body (and answer) whose thread cannot answer (it crashed, or the pool closed) is decoded (and encoded) here, the body from the same memory", () =>
     Effect.gen(function*() {
       let asked = 0
@@ -523,6 +597,7 @@ describe("NodeInfer with large bodies", () => {
         inFlight: () => 0,
         specsHeld: () => 0,
         start: () => {},
+        warm: () => Promise.resolve(),
         decode: (_name, _metadata, _bytes, onDone) => {
           asked++
           onDone(undefined)

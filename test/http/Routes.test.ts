@@ -15,7 +15,7 @@ import * as Routes from "../../src/http/Routes.ts"
 import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import { ModelPool } from "../../src/ModelPool.ts"
-import { makeCounterPool } from "../fixtures/CounterPool.ts"
+import { counterSequence, makeCounterPool } from "../fixtures/CounterPool.ts"
 
 const echoRequest = (values: ReadonlyArray<number>, extra: Record<string, unknown> = {}) => ({
   inputs: [{ name: "x", shape: [values.length / 4, 4], datatype: "FP32", data: values }],
@@ -976,6 +976,7 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
     Effect.gen(function*() {
       const real = DecodePool.make(1)
       yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      yield* Effect.promise(() => real.warm())
       const sent: Array<number> = []
       const pool: DecodePool.DecodePool = {
         ...real,
@@ -1012,6 +1013,7 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
     Effect.gen(function*() {
       const real = DecodePool.make(1)
       yield* Effect.addFinalizer(() => Effect.sync(real.close))
+      yield* Effect.promise(() => real.warm())
       let sent = 0
       const pool: DecodePool.DecodePool = {
         ...real,
@@ -1047,6 +1049,7 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
         inFlight: () => asked,
         specsHeld: () => 0,
         start: () => {},
+        warm: () => Promise.resolve(),
         decode: () => void asked++,
         encode: () => {},
         close: () => {}
@@ -1059,6 +1062,39 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
       assert.strictEqual(stats.started, 0)
       const metrics = yield* send("GET", "/metrics")
       assert.include(metrics.text, "inference_requests_total{model=\"echo\",version=\"2\",outcome=\"cancelled\"} 1")
+    }).pipe(withFreshMetrics))
+
+  it.live("a shutdown that begins while a large answer is encoded on a thread: a sequence that goes on keeps its connection", () =>
+    Effect.gen(function*() {
+      const n = 70_000
+      // the counter's state as large as its input, so that its answer is large (n values)
+      const counter = makeCounterPool({ sequence: counterSequence({ states: [{ input: "h", output: "hN", dims: [n, 1] }] }) })
+      let real: DecodePool.DecodePool | undefined
+      let shutdownAtEncode = false
+      let encodes = 0
+      const makeDecodePool = (threads: number): DecodePool.DecodePool => {
+        const made = real = DecodePool.make(threads)
+        return {
+          ...made,
+          encode: (response, onDone) => {
+            encodes++
+            if (shutdownAtEncode) Effect.runSync(app.lifecycle.beginShutdown)
+            made.encode(response, onDone)
+          }
+        }
+      }
+      const app = yield* makeApp({ modelPool: Layer.succeed(ModelPool, counter.pool), routes: { makeDecodePool } })
+      yield* Effect.promise(() => real!.warm())
+      const body = (parameters: Record<string, unknown>) => ({ parameters, inputs: [{ name: "x", shape: [n, 1], datatype: "FP32", data: new Array(n).fill(1) }] })
+      const first = yield* app.send("POST", "/v2/models/counter/infer", body({ sequence_id: 1, sequence_start: true }))
+      assert.strictEqual(first.status, 200, first.text.slice(0, 200))
+      shutdownAtEncode = true
+      const next = yield* app.send("POST", "/v2/models/counter/infer", body({ sequence_id: 1 }))
+      assert.strictEqual(next.status, 200, next.text.slice(0, 200))
+      assert.strictEqual(encodes, 2, "both answers were encoded on the thread")
+      assert.isNull(next.headers.get("connection"), "the sequence goes on: its connection stays")
+      const last = yield* app.send("POST", "/v2/models/counter/infer", body({ sequence_id: 1, sequence_end: true }))
+      assert.strictEqual(last.headers.get("connection"), "close", "the sequence's end: its connection closes")
     }).pipe(withFreshMetrics))
 
   it.effect("on the router's path (a compressed body), a large body is answered as a small one is", () =>
