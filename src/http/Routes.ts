@@ -94,8 +94,8 @@ export interface Options {
    * JSON inference bodies of this many bytes and more are decoded on a decode thread, whatever the
    * load and their priority (one is started at the first such body, with or without
    * `decodeThreads`; until it has loaded, 0.6-0.9 s here, they are decoded on the main thread, as
-   * no request waits for it): parsed on the main thread, a 16 MiB body would stall every other
-   * request for over 100 ms. Default `defaultLargeBodyBytes` (1 MiB, about 9 ms of parsing); 0: none.
+   * no request waits for it; it then holds about 70 MB): parsed on the main thread, a 16 MiB body
+   * would stall every other request for over 100 ms. Default `defaultLargeBodyBytes` (1 MiB, about 9 ms of parsing); 0: none.
    */
   readonly largeBodyBytes?: number | undefined
   /** Makes the decode threads' pool (`DecodePool.make`, the default); for tests. */
