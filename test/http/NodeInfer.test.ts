@@ -23,7 +23,7 @@ import { ModelPool } from "../../src/ModelPool.ts"
 import { TelemetryCollector } from "../../src/Telemetry.ts"
 import * as Tensor from "../../src/Tensor.ts"
 import * as Client from "./HttpClient.ts"
-import { makeTestPool, routeOptions, withFreshMetrics } from "./TestApp.ts"
+import { countedDecodePool, makeTestPool, routeOptions, withFreshMetrics } from "./TestApp.ts"
 
 const echoBody = { inputs: [{ name: "x", shape: [1, 4], datatype: "FP32", data: [1, 2, 3, 4] }] }
 
@@ -397,17 +397,7 @@ describe("NodeInfer.make", () => {
 describe("NodeInfer with decode threads", () => {
   it.live("large JSON bodies that queue up are decoded on a thread, Critical ones here, and every answer is right", () =>
     Effect.gen(function*() {
-      const real = DecodePool.make(1)
-      yield* Effect.addFinalizer(() => Effect.sync(real.close))
-      yield* Effect.promise(() => real.warm())
-      let offloaded = 0
-      const decodePool: DecodePool.DecodePool = {
-        ...real,
-        decode: (name, metadata, bytes, onDone) => {
-          offloaded++
-          real.decode(name, metadata, bytes, onDone)
-        }
-      }
+      const { pool: decodePool, calls } = yield* countedDecodePool
       const { port, defects } = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20, maxQueuedRequests: 512, decodePool })
       const agent = new Http.Agent({ keepAlive: true, maxSockets: 32 })
       yield* Effect.addFinalizer(() => Effect.sync(() => agent.destroy()))
@@ -434,8 +424,8 @@ describe("NodeInfer with decode threads", () => {
         // Floats print as the shortest text that reads back to the same float32.
         assert.deepStrictEqual((reply.body.outputs[0].data as Array<number>).map(Math.fround), row(reply.i))
       }
-      assert.isAbove(offloaded, 0, "some bodies went to the decode thread")
-      assert.isBelow(offloaded, 200, "not all: the first (nothing queued yet) and the Critical ones are decoded here")
+      assert.isAbove(calls.bodies.length, 0, "some bodies went to the decode thread")
+      assert.isBelow(calls.bodies.length, 200, "not all: the first (nothing queued yet) and the Critical ones are decoded here")
       assert.deepStrictEqual(defects, [])
     }).pipe(withFreshMetrics))
 })
@@ -449,22 +439,8 @@ describe("NodeInfer with large bodies", () => {
 
   it.live("a JSON body of largeBodyBytes and more is decoded on a thread when nothing else waits and when Critical, from memory it shares; a smaller one here", () =>
     Effect.gen(function*() {
-      const real = DecodePool.make(1)
-      yield* Effect.addFinalizer(() => Effect.sync(real.close))
-      yield* Effect.promise(() => real.warm())
-      const sent: Array<{ readonly bytes: number; readonly shared: boolean }> = []
-      let started = 0
-      const decodePool: DecodePool.DecodePool = {
-        ...real,
-        start: () => {
-          started++
-          real.start()
-        },
-        decode: (name, metadata, bytes, onDone) => {
-          sent.push({ bytes: bytes.length, shared: typeof bytes !== "string" && bytes.buffer instanceof SharedArrayBuffer })
-          real.decode(name, metadata, bytes, onDone)
-        }
-      }
+      const { pool: decodePool, calls } = yield* countedDecodePool
+      const sent = () => calls.bodies.map((bytes) => ({ bytes: bytes.length, shared: typeof bytes !== "string" && bytes.buffer instanceof SharedArrayBuffer }))
       // No decode threads for bodies that queue up (decodeInFlightLimit 0): only the large rule sends any.
       const { port, defects } = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20, decodePool, largeBodyBytes: 16_384, decodeInFlightLimit: 0 })
       const small = identityBody(100, false)
@@ -476,29 +452,19 @@ describe("NodeInfer with large bodies", () => {
         assert.strictEqual(reply.status, 200, reply.body.toString())
         assert.deepStrictEqual((JSON.parse(reply.body.toString()).outputs[0].data as Array<number>).map(Math.fround), data)
       }
-      assert.deepStrictEqual(sent, [{ bytes: Buffer.byteLength(large.text), shared: true }], "the large body alone, shared, not copied")
-      assert.strictEqual(started, 1, "its thread was started as the body arrived")
+      assert.deepStrictEqual(sent(), [{ bytes: Buffer.byteLength(large.text), shared: true }], "the large body alone, shared, not copied")
+      assert.strictEqual(calls.starts, 1, "its thread was started as the body arrived")
       // A large body that is not valid for the model: the thread's refusal is the answer.
       const bad = yield* Effect.promise(() => request(port, "POST", "/v2/models/identity_float32/infer", large.text.replace("[1,2000]", "[1,2001]")))
       assert.strictEqual(bad.status, 400)
       assert.match(JSON.parse(bad.body.toString()).error, /2001/)
-      assert.strictEqual(sent.length, 2)
+      assert.strictEqual(calls.bodies.length, 2)
       assert.deepStrictEqual(defects, [])
     }).pipe(withFreshMetrics))
 
   it.live("an answer of largeAnswerValues JSON values and more is encoded on a thread, the same bytes as here; a smaller one here", () =>
     Effect.gen(function*() {
-      const real = DecodePool.make(1)
-      yield* Effect.addFinalizer(() => Effect.sync(real.close))
-      yield* Effect.promise(() => real.warm())
-      let encoded = 0
-      const decodePool: DecodePool.DecodePool = {
-        ...real,
-        encode: (response, onDone) => {
-          encoded++
-          real.encode(response, onDone)
-        }
-      }
+      const { pool: decodePool, calls } = yield* countedDecodePool
       const threaded = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20, decodePool, largeAnswerValues: 1000 })
       const here = yield* makeHandlerServer({ bodyLimitBytes: 1 << 20 })
       for (const n of [999, 1000, 3000]) {
@@ -509,14 +475,14 @@ describe("NodeInfer with large bodies", () => {
         assert.strictEqual(a.headers["content-length"], b.headers["content-length"])
         assert.isTrue(a.body.equals(b.body), `${n} values: the same bytes`)
       }
-      assert.strictEqual(encoded, 2, "the answers of 1,000 and 3,000 values")
+      assert.strictEqual(calls.encodes, 2, "the answers of 1,000 and 3,000 values")
       // binary outputs are not JSON values: a large one asked as binary is encoded here
       const { text } = identityBody(3000, false)
       const binary = JSON.stringify({ ...JSON.parse(text), parameters: { binary_data_output: true } })
       const r = yield* Effect.promise(() => request(threaded.port, "POST", "/v2/models/identity_float32/infer", binary))
       assert.strictEqual(r.status, 200)
       assert.strictEqual(r.headers["content-type"], "application/octet-stream")
-      assert.strictEqual(encoded, 2)
+      assert.strictEqual(calls.encodes, 2)
       assert.deepStrictEqual([...threaded.defects, ...here.defects], [])
     }).pipe(withFreshMetrics))
 

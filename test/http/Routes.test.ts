@@ -6,7 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Fiber, Layer, Metric } from "effect"
 import { TestClock } from "effect/testing"
 import * as Zlib from "node:zlib"
-import { makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
+import { countedDecodePool, makeApp, secretPath, waitUntil, withFreshMetrics } from "./TestApp.ts"
 import * as Lifecycle from "../../src/http/Lifecycle.ts"
 import * as RetryAfter from "../../src/http/RetryAfter.ts"
 import * as InferExchange from "../../src/http/InferExchange.ts"
@@ -974,17 +974,8 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
 
   it.live("a JSON body of largeBodyBytes and more is decoded on a thread, others here, and both give what decoding here gives", () =>
     Effect.gen(function*() {
-      const real = DecodePool.make(1)
-      yield* Effect.addFinalizer(() => Effect.sync(real.close))
-      yield* Effect.promise(() => real.warm())
-      const sent: Array<number> = []
-      const pool: DecodePool.DecodePool = {
-        ...real,
-        decode: (name, m, bytes, onDone) => {
-          sent.push(bytes.length)
-          real.decode(name, m, bytes, onDone)
-        }
-      }
+      const { pool, real, calls } = yield* countedDecodePool
+      const sent = calls.bodies
       const decode = Routes.decoderOf(pool, 1000)
       const small = body(10)
       const large = body(400)
@@ -993,7 +984,7 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
         const here = InferExchange.decode("m", undefined, metadata, text, undefined)
         assert.deepStrictEqual(plain(yield* decode("m", undefined, metadata, text, undefined)), plain(here))
       }
-      assert.deepStrictEqual(sent, [large.length, wrong.length, large.length], "the large ones alone, as text or as bytes")
+      assert.deepStrictEqual(sent.map((b) => b.length), [large.length, wrong.length, large.length], "the large ones alone, as text or as bytes")
       // The threshold is in bytes: text of 600 two-byte characters is 1,200 bytes.
       const wide = JSON.stringify({ id: "é".repeat(600), inputs: [{ name: "x", shape: [1, 1], datatype: "FP32", data: [1] }] })
       assert.isBelow(wide.length, 1000)
@@ -1011,17 +1002,7 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
 
   it.live("encoderOf: an answer of largeValues JSON values and more is encoded on a thread, the same bytes; a smaller one here", () =>
     Effect.gen(function*() {
-      const real = DecodePool.make(1)
-      yield* Effect.addFinalizer(() => Effect.sync(real.close))
-      yield* Effect.promise(() => real.warm())
-      let sent = 0
-      const pool: DecodePool.DecodePool = {
-        ...real,
-        encode: (response, onDone) => {
-          sent++
-          real.encode(response, onDone)
-        }
-      }
+      const { pool, real, calls } = yield* countedDecodePool
       const prepared = (n: number): InferExchange.Prepared => ({
         _tag: "Prepared",
         response: { modelName: "m", modelVersion: "1", id: "r", outputs: [["y", Tensor.float32(Array.from({ length: n }, (_, i) => i / 3), [1, n])]], binaryOutputs: undefined },
@@ -1035,7 +1016,7 @@ describe("Routes.decoderOf: large bodies on the router's path", () => {
         assert.strictEqual(answer._tag, n < 100 ? "Json" : "JsonBytes")
         assert.strictEqual(text(answer), text(InferExchange.encodePrepared(prepared(n).response)))
       }
-      assert.strictEqual(sent, 2)
+      assert.strictEqual(calls.encodes, 2)
       const lost: DecodePool.DecodePool = { ...real, encode: (_r, onDone) => onDone(undefined) }
       assert.strictEqual(text(yield* Routes.encoderOf(lost, 100)(prepared(1000))), text(InferExchange.encodePrepared(prepared(1000).response)))
     }))

@@ -9,6 +9,7 @@ import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { type AsyncConfig, AsyncConfigService } from "../../src/AsyncConfig.ts"
 import * as BatchPolicy from "../../src/BatchPolicy.ts"
 import { AsyncInferenceEngine } from "../../src/Engine.ts"
+import * as DecodePool from "../../src/http/DecodePool.ts"
 import { Lifecycle } from "../../src/http/Lifecycle.ts"
 import * as Routes from "../../src/http/Routes.ts"
 import { Statistics } from "../../src/http/Statistics.ts"
@@ -305,3 +306,38 @@ export const waitUntil = (condition: () => boolean, maxYields = 1000): Effect.Ef
 /** Runs `effect` with a metric registry of its own. */
 export const withFreshMetrics = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.provideService(effect, Metric.MetricRegistry, new Map())
+
+/** What was handed to a `countedDecodePool`: each body's bytes (or text), answers encoded, threads started. */
+export interface DecodePoolCalls {
+  readonly bodies: Array<Uint8Array | string>
+  encodes: number
+  starts: number
+}
+
+/**
+ * A real decode pool of one thread, loaded before it is returned (so that it takes work at once),
+ * closed with the scope, whose calls are counted in `calls`.
+ */
+export const countedDecodePool: Effect.Effect<{ readonly pool: DecodePool.DecodePool; readonly real: DecodePool.DecodePool; readonly calls: DecodePoolCalls }, never, Scope.Scope> =
+  Effect.gen(function*() {
+    const real = DecodePool.make(1)
+    yield* Effect.addFinalizer(() => Effect.sync(real.close))
+    yield* Effect.promise(() => real.warm())
+    const calls: DecodePoolCalls = { bodies: [], encodes: 0, starts: 0 }
+    const pool: DecodePool.DecodePool = {
+      ...real,
+      start: () => {
+        calls.starts++
+        real.start()
+      },
+      decode: (name, metadata, bytes, onDone) => {
+        calls.bodies.push(bytes)
+        real.decode(name, metadata, bytes, onDone)
+      },
+      encode: (response, onDone) => {
+        calls.encodes++
+        real.encode(response, onDone)
+      }
+    }
+    return { pool, real, calls }
+  })
