@@ -8,7 +8,9 @@
  *     thread's CPU per round trip (`/proc/self/task/<pid>/schedstat`): an empty message, and a
  *     100 KB buffer transferred there and back (as a batch's input buffer goes and comes back);
  *   - the JSON text of a float32 output as an answer carries it (`TensorCodec.encodeData`): 10
- *     values (the MLP's logits) and 65,536 (64 rows of a 1,024-float embedding).
+ *     values (the MLP's logits) and 65,536 (64 rows of a 1,024-float embedding);
+ *   - decoding a gRPC ModelInferRequest of 100,000 floats in typed `fp32_contents`: proto-loader's
+ *     decoder alone, and the server's (`GrpcCodec.tolerantRequests`: checked, floats read as bytes).
  * No goal; not part of `npm run bench`. Run it by hand:
  *
  *   node bench/costs.ts [--quick]
@@ -17,6 +19,7 @@ import * as Fs from "node:fs"
 import { Worker } from "node:worker_threads"
 import * as InferExchange from "../src/http/InferExchange.ts"
 import * as BatchPolicy from "../src/BatchPolicy.ts"
+import * as GrpcCodec from "../src/grpc/GrpcCodec.ts"
 import * as Tensor from "../src/Tensor.ts"
 import * as TensorCodec from "../src/TensorCodec.ts"
 import type * as ModelMetadata from "../src/ModelMetadata.ts"
@@ -43,6 +46,15 @@ const outputOf = (n: number): Tensor.Tensor => {
 }
 const logits = outputOf(10)
 const embeddings = outputOf(65_536)
+
+/** proto-loader's ModelInfer method, and the server's tolerant one over it. */
+type Method = { readonly requestSerialize: (m: unknown) => Buffer; readonly requestDeserialize: (b: Buffer) => unknown }
+const inference = (GrpcCodec.loadDefinitions() as unknown as Record<string, Record<string, Method>>)["inference.GRPCInferenceService"]!
+const tolerantInfer = GrpcCodec.tolerantRequests(inference)["ModelInfer"]!
+const typedMessage = inference["ModelInfer"]!.requestSerialize({
+  model_name: "mlp",
+  inputs: [{ name: "input", datatype: "FP32", shape: ["1", "100000"], contents: { fp32_contents: Array.from(outputOf(100_000).data as Float32Array) } }]
+})
 
 const mainThreadUs = (): number => Number(Fs.readFileSync(`/proc/self/task/${process.pid}/schedstat`, "utf8").split(" ")[0]) / 1000
 
@@ -77,7 +89,7 @@ const roundTrips = (n: number, bytes: number | undefined): Promise<number> =>
 
 const main = async () => {
   log(`costs: ${ROUNDS} rounds × ${N} operations each`)
-  const samples: Record<string, Array<number>> = { parse: [], decode: [], emptyTrip: [], bufferTrip: [], encodeSmall: [], encodeLarge: [] }
+  const samples: Record<string, Array<number>> = { parse: [], decode: [], emptyTrip: [], bufferTrip: [], encodeSmall: [], encodeLarge: [], grpcPlain: [], grpcServer: [] }
   // Warm-up: the JIT and the worker.
   timeSync(N, () => JSON.parse(text))
   timeSync(N, () => InferExchange.decode("mlp", undefined, mlp, text, undefined, true))
@@ -85,6 +97,8 @@ const main = async () => {
   await roundTrips(N, 100_352)
   timeSync(N, () => TensorCodec.encodeData(logits))
   timeSync(20, () => TensorCodec.encodeData(embeddings))
+  timeSync(10, () => inference["ModelInfer"]!.requestDeserialize(typedMessage))
+  timeSync(10, () => tolerantInfer.requestDeserialize(typedMessage))
   for (let round = 0; round < ROUNDS; round++) {
     samples["parse"]!.push(timeSync(N, () => JSON.parse(text)))
     samples["decode"]!.push(timeSync(N, () => InferExchange.decode("mlp", undefined, mlp, text, undefined, true)))
@@ -92,6 +106,8 @@ const main = async () => {
     samples["bufferTrip"]!.push(await roundTrips(N, 100_352))
     samples["encodeSmall"]!.push(timeSync(N, () => TensorCodec.encodeData(logits)))
     samples["encodeLarge"]!.push(timeSync(Math.max(5, N / 500), () => TensorCodec.encodeData(embeddings)))
+    samples["grpcPlain"]!.push(timeSync(Math.max(5, N / 1000), () => inference["ModelInfer"]!.requestDeserialize(typedMessage)))
+    samples["grpcServer"]!.push(timeSync(Math.max(5, N / 1000), () => tolerantInfer.requestDeserialize(typedMessage)))
   }
   await echo.terminate()
   const rows = [
@@ -100,7 +116,9 @@ const main = async () => {
     { operation: "postMessage round trip to a worker, empty message", "µs (median)": median(samples["emptyTrip"]!), kind: "main-thread CPU" },
     { operation: "… with a 100 KB buffer transferred there and back", "µs (median)": median(samples["bufferTrip"]!), kind: "main-thread CPU" },
     { operation: "JSON text of a float32 output of 10 values", "µs (median)": median(samples["encodeSmall"]!), kind: "wall" },
-    { operation: "JSON text of a float32 output of 65,536 values", "µs (median)": median(samples["encodeLarge"]!), kind: "wall" }
+    { operation: "JSON text of a float32 output of 65,536 values", "µs (median)": median(samples["encodeLarge"]!), kind: "wall" },
+    { operation: "gRPC ModelInferRequest of 100,000 fp32_contents, proto-loader's decoder", "µs (median)": median(samples["grpcPlain"]!), kind: "wall" },
+    { operation: "… the server's decoding (checked, floats read as bytes)", "µs (median)": median(samples["grpcServer"]!), kind: "wall" }
   ]
   section(`costs: unit costs of the HTTP request path (${ROUNDS} rounds, medians)`)
   console.log(table(rows))

@@ -440,6 +440,12 @@ export const decodeTensor = (
     return decodeBinaryData(dtype, dims, count, binary, invalid)
   }
   const data = input.data
+  // Float values read straight from a gRPC message's packed contents (`GrpcCodec`): flat, and this
+  // request's own, so they become the tensor as they are.
+  if ((dtype === "float32" && data instanceof Float32Array) || (dtype === "float64" && data instanceof Float64Array)) {
+    if (data.length !== count) return invalid(`data has ${data.length} elements, shape ${Tensor.dimsText(dims)} needs ${count}`)
+    return Tensor.make(dtype, data, dims.slice())
+  }
   if (!Array.isArray(data)) return invalid(`data must be an array, got ${describe(data)}`)
   const flat = data.length === count && (count === 0 || !Array.isArray(data[0]))
   if (!flat && !(dims.length > 1 && nestedMatches(data, dims, 0))) {

@@ -4,6 +4,9 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as GrpcCodec from "../../src/grpc/GrpcCodec.ts"
+import * as Oip from "../../src/http/Oip.ts"
+import * as InferenceError from "../../src/InferenceError.ts"
+import type * as ModelMetadata from "../../src/ModelMetadata.ts"
 import { f32 } from "./GrpcHarness.ts"
 
 /** A request as proto-loader gives it (`defaults: true`): absent contents are null, absent lists empty. */
@@ -282,6 +285,73 @@ describe("GrpcCodec.inferRequestProblem", () => {
     const deep = lengthDelimited(5, lengthDelimited(3, Buffer.alloc(GrpcCodec.maxInferRank + 1, 1)))
     const flat = lengthDelimited(5, lengthDelimited(3, Buffer.alloc(2, 1)))
     assert.strictEqual(tooLarge(Buffer.concat([deep, flat])), "an input's shape has 65 dims; at most 64")
+  })
+
+  it("the tolerant deserializer reads packed float and double contents straight into typed arrays: what the decoder reads, in its order", () => {
+    const tolerant = GrpcCodec.tolerantRequests(service)
+    /** A decoded request with its typed arrays as arrays, for comparison with the decoder's own. */
+    const plain = (decoded: unknown) =>
+      JSON.parse(JSON.stringify(decoded, (_key, value: unknown) =>
+        ArrayBuffer.isView(value) && !(value instanceof Uint8Array)
+          ? Array.from(value as Float32Array)
+          : typeof value === "number" && (Object.is(value, -0) || !Number.isFinite(value))
+          ? String(Object.is(value, -0) ? "-0" : value)
+          : value))
+    const f = (values: ReadonlyArray<number>) => Buffer.from(Float32Array.from(values).buffer)
+    const d = (values: ReadonlyArray<number>) => Buffer.from(Float64Array.from(values).buffer)
+    const name = (text: string) => lengthDelimited(1, Buffer.from(text))
+    const datatype = (text: string) => lengthDelimited(2, Buffer.from(text))
+    const cases: ReadonlyArray<readonly [string, Buffer]> = [
+      ["one FP32 input", encode({ model_name: "m", inputs: [{ name: "x", datatype: "FP32", shape: ["1", "4"], contents: { fp32_contents: [1, -0, NaN, Infinity] } }] })],
+      ["FP32, INT64 and FP64 inputs, and an output", encode({
+        model_name: "m",
+        id: "r",
+        parameters: { priority: { int64_param: "1" } },
+        inputs: [
+          { name: "a", datatype: "FP32", shape: ["2"], contents: { fp32_contents: [0.1, 1e-40] } },
+          { name: "b", datatype: "INT64", shape: ["1"], contents: { int64_contents: ["9007199254740993"] } },
+          { name: "c", datatype: "FP64", shape: ["3"], contents: { fp64_contents: [Math.PI, -1e300, 5e-324] } }
+        ],
+        outputs: [{ name: "y" }]
+      })],
+      ["an input with empty contents beside one with values", encode({ model_name: "m", inputs: [{ name: "e", datatype: "FP32", shape: ["0"], contents: {} }, { name: "x", datatype: "FP32", shape: ["1"], contents: { fp32_contents: [7] } }] })],
+      // one input whose contents come twice: the decoder keeps the last (protobufjs does not merge them)
+      ["contents given twice for one input", lengthDelimited(5, Buffer.concat([name("x"), datatype("FP32"), lengthDelimited(5, lengthDelimited(6, f([1, 2]))), lengthDelimited(5, lengthDelimited(6, f([3])))]))],
+      ["a packed field given twice in one contents", lengthDelimited(5, Buffer.concat([name("x"), lengthDelimited(5, Buffer.concat([lengthDelimited(6, f([1])), lengthDelimited(7, d([2])), lengthDelimited(6, f([3, 4]))]))]))],
+      // unpacked floats (a key each, wire type 5): left to the decoder, whole message
+      ["unpacked floats beside packed ones", lengthDelimited(5, Buffer.concat([name("x"), lengthDelimited(5, Buffer.concat([lengthDelimited(6, f([1])), Buffer.from([(6 << 3) | 5]), f([2])]))]))]
+    ]
+    for (const [label, bytes] of cases) {
+      const before = Buffer.from(bytes)
+      const fast = tolerant["ModelInfer"]!.requestDeserialize(bytes)
+      assert.notInstanceOf(fast, GrpcCodec.Undecodable, label)
+      assert.deepStrictEqual(plain(fast), plain(service["ModelInfer"]!.requestDeserialize(bytes)), label)
+      assert.isTrue(bytes.equals(before), `${label}: the message's bytes are as they came`)
+    }
+    const typed = (label: string) => (tolerant["ModelInfer"]!.requestDeserialize(cases.find(([l]) => l === label)![1]) as GrpcCodec.ModelInferRequest).inputs
+    assert.instanceOf(typed("one FP32 input")[0]!.contents!.fp32_contents, Float32Array, "read as a Float32Array")
+    assert.instanceOf(typed("FP32, INT64 and FP64 inputs, and an output")[2]!.contents!.fp64_contents, Float64Array)
+    assert.deepStrictEqual(Array.from(typed("contents given twice for one input")[0]!.contents!.fp32_contents!), [3])
+    assert.deepStrictEqual(Array.from(typed("a packed field given twice in one contents")[0]!.contents!.fp32_contents!), [1, 3, 4])
+    assert.notInstanceOf(typed("unpacked floats beside packed ones")[0]!.contents!.fp32_contents, Float32Array, "left to the decoder")
+    // A packed payload that is not whole floats is the decoder's to refuse, as before.
+    const ragged = lengthDelimited(5, lengthDelimited(5, lengthDelimited(6, Buffer.from([0, 0, 128]))))
+    assert.instanceOf(tolerant["ModelInfer"]!.requestDeserialize(ragged), GrpcCodec.Undecodable)
+    // Through toOip and the OIP checks (as GrpcService takes them), the values become the tensor as they were sent.
+    const oip = GrpcCodec.toOip(tolerant["ModelInfer"]!.requestDeserialize(cases[0]![1]) as GrpcCodec.ModelInferRequest)
+    if (typeof oip === "string") return assert.fail(oip)
+    const body = Oip.decodeInferRequest(oip.body)
+    if ("error" in body) return assert.fail(body.error)
+    const model: ModelMetadata.ModelMetadata = { name: "m", version: "1", inputs: [{ name: "x", dtype: "float32", dims: [-1, 4] }], outputs: [{ name: "y", dtype: "float32", dims: [-1, 4] }] }
+    const prepared = Oip.prepare(model, body)
+    if (prepared instanceof InferenceError.InvalidInput) return assert.fail(prepared.message)
+    assert.deepStrictEqual(prepared.inputs["x"]!.dims, [1, 4])
+    assert.deepStrictEqual(Array.from(prepared.inputs["x"]!.data as Float32Array), [1, -0, NaN, Infinity])
+    // too few values for the shape: the same refusal as the decoder's array gets
+    const short = encode({ model_name: "m", inputs: [{ name: "x", datatype: "FP32", shape: ["1", "4"], contents: { fp32_contents: [1, 2, 3] } }] })
+    for (const decoded of [tolerant["ModelInfer"]!.requestDeserialize(short), service["ModelInfer"]!.requestDeserialize(short)]) {
+      assert.strictEqual(GrpcCodec.toOip(decoded as GrpcCodec.ModelInferRequest), "input \"x\": contents.fp32_contents holds 3 values, shape [1, 4] needs 4")
+    }
   })
 
   it("the tolerant deserializer answers such a request Undecodable, before decoding it", () => {
