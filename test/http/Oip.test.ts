@@ -57,6 +57,18 @@ describe("Oip.decodeTensor", () => {
     assert.deepStrictEqual(scalar, Tensor.int64([16000], []))
   })
 
+  it("takes a Float32Array (Float64Array) of its dtype as flat data, as it is (gRPC's packed contents); refuses one of another length", () => {
+    const values = Float32Array.of(1, -0, NaN, 2.5)
+    const t = Oip.decodeTensor("m", spec("float32"), input("FP32", [2, 2], values))
+    assert.deepStrictEqual(t, Tensor.make("float32", values, [2, 2]))
+    assert.strictEqual((t as Tensor.Tensor).data, values, "not copied")
+    assert.deepStrictEqual(Oip.decodeTensor("m", spec("float64"), input("FP64", [1, 2], Float64Array.of(1, 2))), Tensor.make("float64", Float64Array.of(1, 2), [1, 2]))
+    const short = Oip.decodeTensor("m", spec("float32"), input("FP32", [2, 3], values))
+    assert.strictEqual((short as InferenceError.InvalidInput).detail, "data has 4 elements, shape [2, 3] needs 6")
+    // another kind of array is not data
+    assert.match((Oip.decodeTensor("m", spec("float32"), input("FP32", [1, 2], Float64Array.of(1, 2))) as InferenceError.InvalidInput).detail, /^data must be an array/)
+  })
+
   it("refuses an empty tensor (a zero-size dim): onnxruntime can abort the process on one", () => {
     const empty = Oip.decodeTensor("m", spec("float32"), input("FP32", [0, 4], []))
     assert.instanceOf(empty, InferenceError.InvalidInput)
