@@ -108,6 +108,9 @@ const eachField = (b: Uint8Array, from: number, to: number, wires: Readonly<Reco
     const key = uint32At(b, at, to)
     if (key === undefined) return `a field key at byte ${at} does not end`
     const [tag, next] = key
+    // The decoder reads a key or a length of more than 5 bytes as 10 (protobufjs's Reader.uint32
+    // skips 5 more bytes unread): this walk would see other fields than it does.
+    if (next - at > 5) return `the key at byte ${at} takes ${next - at} bytes, more than a 32-bit varint's 5`
     const field = tag >>> 3
     const wire = tag & 7
     const allowed = wires[field]
@@ -120,6 +123,7 @@ const eachField = (b: Uint8Array, from: number, to: number, wires: Readonly<Reco
     else if (wire === 2) {
       const length = uint32At(b, next, to)
       if (length === undefined) return `the length of field ${field} at byte ${at} does not end`
+      if (length[1] - next > 5) return `the length of field ${field} at byte ${at} takes ${length[1] - next} bytes, more than a 32-bit varint's 5`
       start = length[1]
       end = start + length[0]
     } else return `field ${field} at byte ${at} is a group (wire type ${wire}), which no field of an inference request is`
@@ -152,6 +156,10 @@ export const inferRequestProblem = (b: Uint8Array): { readonly _tag: "unreadable
   let rank = 0
   let inputDims = 0
   const contents: Visit = (field, wire, at, end) => {
+    // bool, int32 and uint32 are read as 32-bit varints: 6 to 9 bytes would be read as 10 (above)
+    if (wire === 0 && (field === 1 || field === 2 || field === 4) && end - at > 5 && end - at < 10) {
+      return `a value of field ${field} at byte ${at} takes ${end - at} bytes, which the decoder reads as 10`
+    }
     // bool, int32, int64, uint32, uint64 (packed or not); float and double; bytes, one each.
     if (field >= 1 && field <= 5) values += wire === 2 ? packedVarints(b, at, end) : 1
     else if (field === 6) values += wire === 2 ? Math.ceil((end - at) / 4) : 1

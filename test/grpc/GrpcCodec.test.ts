@@ -334,6 +334,18 @@ describe("GrpcCodec.inferRequestProblem", () => {
     assert.deepStrictEqual(Array.from(typed("contents given twice for one input")[0]!.contents!.fp32_contents!), [3])
     assert.deepStrictEqual(Array.from(typed("a packed field given twice in one contents")[0]!.contents!.fp32_contents!), [1, 3, 4])
     assert.notInstanceOf(typed("unpacked floats beside packed ones")[0]!.contents!.fp32_contents, Float32Array, "left to the decoder")
+    // Varints the decoder reads as 10 bytes though they end sooner (a 6-byte key or length): the walk
+    // would see other fields than the decoder, so the message is refused before either reads it.
+    const longKeyInContents = lengthDelimited(5, Buffer.concat([name("x"), datatype("FP32"), Buffer.from([0x18, 0x01]), lengthDelimited(5, Buffer.from([0xc8, 0x80, 0x80, 0x80, 0x80, 0x00, 0x00, 0x32, 0x04, 0x00, 0x00, 0x48, 0x00]))]))
+    const longKeyOnTop = Buffer.concat([Buffer.from([0x92, 0x80, 0x80, 0x80, 0x80, 0x00, 0x03, 0x41, 0x41, 0x41]), lengthDelimited(5, Buffer.concat([name("xxx"), lengthDelimited(5, lengthDelimited(6, Buffer.alloc(32)))]))])
+    const longValue = lengthDelimited(5, lengthDelimited(5, Buffer.from([0x10, 0x81, 0x80, 0x80, 0x80, 0x80, 0x00])))
+    for (const bytes of [longKeyInContents, longKeyOnTop, longValue]) {
+      assert.strictEqual(GrpcCodec.inferRequestProblem(bytes)?._tag, "unreadable")
+      assert.instanceOf(tolerant["ModelInfer"]!.requestDeserialize(bytes), GrpcCodec.Undecodable)
+    }
+    // A negative int32, sign-extended to 10 bytes as encoders write it, still passes.
+    const negative = encode({ model_name: "m", inputs: [{ name: "x", datatype: "INT32", shape: ["1"], contents: { int_contents: [-5] } }] })
+    assert.isUndefined(GrpcCodec.inferRequestProblem(negative))
     // A packed payload that is not whole floats is the decoder's to refuse, as before.
     const ragged = lengthDelimited(5, lengthDelimited(5, lengthDelimited(6, Buffer.from([0, 0, 128]))))
     assert.instanceOf(tolerant["ModelInfer"]!.requestDeserialize(ragged), GrpcCodec.Undecodable)
