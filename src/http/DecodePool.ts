@@ -105,7 +105,7 @@ export interface DecodePool {
   readonly encode: (response: InferExchange.Response, onDone: (answer: InferExchange.Answer | undefined) => void) => void
   /** Starts the threads not started yet (they start at their first body otherwise): for a body on its way. */
   readonly start: () => void
-  /** Starts the threads and resolves once each is ready (or the pool is closed). */
+  /** Starts the threads and resolves once each is ready (or one was lost before it was, or the pool is closed). */
   readonly warm: () => Promise<void>
   readonly close: () => void
 }
@@ -267,12 +267,9 @@ export const make = (threads: number, entry: URL = workerUrl): DecodePool => {
     },
     warm: () =>
       new Promise<void>((resolve) => {
-        const look = () => {
-          if (closed) return resolve()
-          pick()
-          if (pool.every((thread) => thread?.ready === true)) return resolve()
-          waiters.push(look)
-        }
+        if (!closed) pick()
+        // a thread lost before it was ready is not started again here (one that cannot load would loop)
+        const look = () => (closed || pool.every((thread) => thread?.ready === true) || pool.some((thread) => thread === undefined) ? resolve() : void waiters.push(look))
         look()
       }),
     close: () => {

@@ -1,7 +1,7 @@
 /**
  * One inference over HTTP, between the body's bytes and the engine: the body decoded for its
  * model into an `InferenceRequest` (`decode`), and the engine's result encoded as the answer
- * (`encode`). Both ways of serving the infer route use it, the router's (`Routes`) and the one
+ * (`prepare`, `encodePrepared`). Both ways of serving the infer route use it, the router's (`Routes`) and the one
  * on Node's request event (`NodeInfer`), so that they answer the same bytes and the same errors.
  *
  * @module InferExchange
@@ -120,7 +120,7 @@ export const toDecoded = (
 ): Decoded => ({
   _tag: "Decoded",
   request: InferenceRequest.make(name, body.inputs, {
-    // As the client named it (or not): the engine admits it to a version, which the answer names (`encode`).
+    // As the client named it (or not): the engine admits it to a version, which the answer names (`prepare`, `encodePrepared`).
     modelVersion: version,
     priority: body.priority ?? metadata.defaultPriority,
     timeout: body.timeoutMs === undefined ? undefined : Duration.millis(body.timeoutMs),
@@ -229,16 +229,6 @@ export const encodePrepared = (response: Response): Answer => {
   if (encoded.binary.length === 0) return { _tag: "Json", text: encoded.json }
   const { body, jsonLength } = Oip.binaryBody(encoded)
   return { _tag: "Binary", bytes: body, jsonLength }
-}
-
-/** Encodes a success (`prepare`, then `encodePrepared`), here. */
-export const encode = (
-  metadata: ModelMetadata.ModelMetadata,
-  decoded: Decoded,
-  result: InferenceResult.Success
-): Answer | Error => {
-  const prepared = prepare(metadata, decoded, result)
-  return prepared instanceof Error || prepared._tag !== "Prepared" ? prepared : encodePrepared(prepared.response)
 }
 
 /**
